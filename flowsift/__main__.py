@@ -1,0 +1,3 @@
+from flowsift.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""The `flowsift` command line: thin over the library."""
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from flowsift import __version__
+from flowsift.errors import FlowsiftError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="flowsift: read captures as streams and run middlebox modules over them.",
+)
+
+# Files smaller than this finish before a progress bar is worth drawing.
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+def _fail(message):
+    typer.echo(f"flowsift: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _progress(size, label):
+    """A rich progress bar on stderr when it is a terminal and the work is long; else None."""
+    if size < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.console import Console
+    return Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"flowsift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    pass
+
+
+@app.command()
+def stats(
+    capture: str = typer.Argument(..., metavar="CAPTURE", help="A pcap or pcapng file."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR",
+                                         help="BPF expression (tcpdump syntax), e.g. 'tcp port 80'."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (fields in docs/cli.md)."),
+):
+    """Summarise a capture: packets, bytes, time span, link types, protocols, flows, and every
+    packet that could not be decoded, by reason.
+
+    \b
+    Examples:
+      flowsift stats trace.pcap
+      flowsift stats trace.pcapng --filter 'tcp port 443' --json
+    """
+    from flowsift.stats import capture_stats
+
+    size = os.path.getsize(capture) if os.path.isfile(capture) else 0
+    bar = _progress(size, "reading")
+    if bar is not None:
+        with bar:
+            task = bar.add_task("read", total=size)
+            result = capture_stats(capture, filter, on_progress=lambda pos, total: bar.update(task, completed=pos))
+    else:
+        result = capture_stats(capture, filter)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        from flowsift.render import print_stats
+        print_stats(result)
+    if result["error"]:
+        _fail(result["error"])
+
+
+def main():
+    try:
+        app()
+    except FlowsiftError as e:
+        typer.echo(f"flowsift: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("flowsift: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -1,0 +1,29 @@
+"""flowsift's exceptions: a shallow hierarchy for the caller's mistakes and unreadable input.
+
+Malformed *traffic* is not an exception: it is counted. These are for things the caller must fix.
+"""
+
+
+class FlowsiftError(Exception):
+    """Base of every error flowsift raises on purpose. The CLI prints it as one line, exit 2."""
+
+
+class UsageError(FlowsiftError):
+    """A bad argument, option or expression."""
+
+
+class CaptureFormatError(FlowsiftError):
+    """A capture that cannot be read (further): names the file, the position and the problem."""
+
+    def __init__(self, path, message, position=None, record=None):
+        self.path = str(path)
+        self.position = position
+        self.record = record
+        self.detail = message
+        where = []
+        if record is not None:
+            where.append(f"record {record}")
+        if position is not None:
+            where.append(f"at byte {position}")
+        prefix = f"{self.path}: " + (" ".join(where) + ": " if where else "")
+        super().__init__(prefix + message)

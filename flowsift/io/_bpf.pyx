@@ -1,0 +1,119 @@
+# cython: language_level=3
+"""BPF filters compiled by libpcap and run per packet in C (bpf_filter), one program per link type."""
+from libc.stdint cimport uint8_t, uint16_t
+
+from flowsift.io._batch cimport Batch, pkt_t, ST_OK
+
+cdef extern from "pcap/pcap.h" nogil:
+    ctypedef struct pcap_t:
+        pass
+    struct bpf_insn:
+        pass
+    struct bpf_program:
+        unsigned int bf_len
+        bpf_insn* bf_insns
+    pcap_t* pcap_open_dead(int linktype, int snaplen)
+    int pcap_compile(pcap_t* p, bpf_program* fp, const char* s, int optimize, unsigned int netmask)
+    char* pcap_geterr(pcap_t* p)
+    void pcap_freecode(bpf_program* fp)
+    void pcap_close(pcap_t* p)
+    unsigned int bpf_filter(const bpf_insn* pc, const unsigned char* pkt, unsigned int wirelen, unsigned int buflen)
+    const char* pcap_datalink_val_to_name(int dlt)
+    unsigned int PCAP_NETMASK_UNKNOWN
+
+# pcap files carry LINKTYPE_ values; libpcap's compiler wants the platform's DLT_ values.
+# Only LINKTYPE_RAW differs on Linux.
+LINKTYPE_TO_DLT = {101: 12}
+# libpcap's own snaplen ceiling; the compiler only uses it to bound loads.
+DEF COMPILE_SNAPLEN = 262144
+DEF MAX_PROGS = 32
+
+
+class BpfError(Exception):
+    """A filter expression libpcap would not compile (message is libpcap's)."""
+
+
+cdef class BpfFilter:
+    """`apply(batch)` keeps the frames the expression accepts and counts the rest."""
+    cdef readonly str expression
+    cdef bpf_program progs[MAX_PROGS]
+    cdef int linktypes[MAX_PROGS]
+    cdef int n_progs
+    cdef readonly unsigned long long rejected
+    cdef readonly unsigned long long accepted
+
+    def __cinit__(self, str expression):
+        self.expression = expression
+        self.n_progs = 0
+        self.check()
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.n_progs):
+            pcap_freecode(&self.progs[i])
+
+    def check(self, int linktype=1):
+        """Compile for `linktype` without keeping the program; raises BpfError."""
+        cdef bpf_program prog
+        self._compile(linktype, &prog)
+        pcap_freecode(&prog)
+
+    cdef int _compile(self, int linktype, bpf_program* prog) except -1:
+        cdef int dlt = LINKTYPE_TO_DLT.get(linktype, linktype)
+        cdef pcap_t* pd = pcap_open_dead(dlt, COMPILE_SNAPLEN)
+        if pd == NULL:
+            raise MemoryError()
+        expr = self.expression.encode()
+        try:
+            if pcap_compile(pd, prog, expr, 1, PCAP_NETMASK_UNKNOWN) != 0:
+                raise BpfError(pcap_geterr(pd).decode("utf-8", "replace"))
+        finally:
+            pcap_close(pd)
+        return 0
+
+    cdef int _index(self, int linktype) except -2:
+        cdef int i
+        for i in range(self.n_progs):
+            if self.linktypes[i] == linktype:
+                return i
+        if self.n_progs == MAX_PROGS:
+            raise BpfError(f"more than {MAX_PROGS} link types in one capture")
+        self._compile(linktype, &self.progs[self.n_progs])
+        self.linktypes[self.n_progs] = linktype
+        self.n_progs += 1
+        return self.n_progs - 1
+
+    def apply(self, Batch batch):
+        """Compact `batch` to the accepted frames; returns how many were rejected."""
+        cdef Py_ssize_t i, k = 0, n = batch.n
+        cdef pkt_t* p
+        cdef int j, last_lt = -1, last_j = -1
+        cdef unsigned long long rej = 0
+        # compile for link types not met before (needs the GIL); the loop below does not
+        for i in range(n):
+            p = &batch.pkts[i]
+            if p.status == ST_OK and p.linktype != last_lt:
+                last_lt = p.linktype
+                self._index(p.linktype)
+        last_lt = -1
+        with nogil:
+            for i in range(n):
+                p = &batch.pkts[i]
+                if p.status == ST_OK:
+                    # frames a reader already rejected stay: they are reported under their reason
+                    if p.linktype != last_lt:
+                        last_lt = p.linktype
+                        for j in range(self.n_progs):
+                            if self.linktypes[j] == last_lt:
+                                last_j = j
+                                break
+                    if bpf_filter(self.progs[last_j].bf_insns, p.data, p.wirelen, p.caplen) == 0:
+                        rej += 1
+                        continue
+                if k != i:
+                    batch.pkts[k] = batch.pkts[i]
+                k += 1
+        batch.n = k
+        self.rejected += rej
+        self.accepted += k
+        return rej

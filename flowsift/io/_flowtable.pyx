@@ -1,0 +1,305 @@
+# cython: language_level=3
+"""Bidirectional flow table: canonical 5-tuple -> flow id, open addressing, in C.
+
+Both directions of a connection hash to the same slot because the key is canonical (the lower
+endpoint first), which is also what makes the hash usable for symmetric sharding. A TCP
+5-tuple that is reused after its connection closed gets a new flow id: see `_new_connection`.
+"""
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport calloc, realloc, free
+
+from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4
+
+DEF TH_FIN = 0x01
+DEF TH_SYN = 0x02
+DEF TH_RST = 0x04
+DEF TH_ACK = 0x10
+
+# Slots are kept at most half full: linear probing stays short and the table cheap to grow.
+DEF INITIAL_SLOTS = 1024
+
+cdef extern from *:
+    """
+    /* flow ids are uint32; 0xFFFFFFFF means "no flow" */
+    #define FS_NONE32 0xFFFFFFFFu
+    #define FS_MAX_FLOWS 0xFFFFFFFEu
+    """
+    const uint32_t NONE32 "FS_NONE32"
+    const uint32_t MAX_FLOWS "FS_MAX_FLOWS"
+
+NO_FLOW = 0xFFFFFFFF
+
+ctypedef struct slot_t:
+    uint32_t hash
+    uint32_t idx1          # flow index + 1; 0 marks an empty slot
+
+ctypedef struct flow_t:
+    uint8_t a[16]          # canonical key: endpoint a <= endpoint b
+    uint8_t b[16]
+    uint16_t pa
+    uint16_t pb
+    uint8_t proto
+    uint8_t ipver
+    uint8_t client_is_a    # endpoint a sends direction 0
+    uint8_t closing        # FIN or RST seen (either direction)
+    uint8_t syn_seen[2]
+    uint8_t seq_seen[2]
+    uint8_t in_table       # still reachable by key (not replaced by a newer connection)
+    uint8_t _pad[3]
+    uint32_t hash
+    uint32_t prev          # earlier connection on the same 5-tuple, or NO_FLOW
+    uint32_t isn[2]
+    uint32_t first_seq[2]
+    int64_t first_ts
+    int64_t last_ts
+    uint64_t pkts[2]
+    uint64_t bytes[2]      # captured L4 payload bytes
+
+
+cdef inline uint64_t rotl(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef inline uint64_t mix(uint64_t h, uint64_t w) noexcept nogil:
+    h ^= rotl(w * 0x87C37B91114253D5ULL, 31) * 0x4CF5AD432745937FULL
+    return rotl(h, 27) * 5 + 0x52DCE729
+
+
+cdef inline uint32_t key_hash(const flow_t* k) noexcept nogil:
+    cdef uint64_t w[4]
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL
+    memcpy(w, k.a, 16)
+    memcpy(&w[2], k.b, 16)
+    h = mix(h, w[0])
+    h = mix(h, w[1])
+    h = mix(h, w[2])
+    h = mix(h, w[3])
+    h = mix(h, (<uint64_t>k.pa << 32) | (<uint64_t>k.pb << 16) | k.proto)
+    h ^= h >> 33
+    h *= 0xFF51AFD7ED558CCDULL
+    h ^= h >> 33
+    return <uint32_t>h
+
+
+cdef inline bint same_key(const flow_t* x, const flow_t* y) noexcept nogil:
+    return (x.pa == y.pa and x.pb == y.pb and x.proto == y.proto
+            and memcmp(x.a, y.a, 16) == 0 and memcmp(x.b, y.b, 16) == 0)
+
+
+cdef class FlowTable:
+    """Assigns flow_id and dir to every decoded TCP/UDP packet of a batch."""
+    cdef slot_t* slots
+    cdef uint32_t mask
+    cdef uint32_t used
+    cdef flow_t* flows
+    cdef readonly uint32_t n_flows
+    cdef uint32_t cap_flows
+    cdef readonly uint64_t tcp_connections
+    cdef readonly uint64_t udp_flows
+    cdef readonly uint64_t reused_tuples   # new connections on a 5-tuple seen before
+
+    def __cinit__(self):
+        self.slots = <slot_t*> calloc(INITIAL_SLOTS, sizeof(slot_t))
+        self.mask = INITIAL_SLOTS - 1
+        self.cap_flows = 1024
+        self.flows = <flow_t*> calloc(self.cap_flows, sizeof(flow_t))
+        if self.slots == NULL or self.flows == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.flows)
+
+    def __len__(self):
+        return self.n_flows
+
+    def update(self, Batch batch):
+        cdef Py_ssize_t i
+        cdef pkt_t* p
+        cdef int rc = 0
+        with nogil:
+            for i in range(batch.n):
+                p = &batch.pkts[i]
+                p.flow_id = NONE32
+                if p.status != ST_OK or not (p.flags & PF_L4) or (p.proto != 6 and p.proto != 17):
+                    continue
+                if self._assign(p) < 0:
+                    rc = -1
+                    break
+        if rc < 0:
+            raise MemoryError("flow table")
+
+    cdef int _grow_slots(self) noexcept nogil:
+        cdef uint32_t old_n = self.mask + 1, n = old_n * 2, i, j
+        cdef slot_t* s = <slot_t*> calloc(n, sizeof(slot_t))
+        if s == NULL:
+            return -1
+        for i in range(old_n):
+            if self.slots[i].idx1:
+                j = self.slots[i].hash & (n - 1)
+                while s[j].idx1:
+                    j = (j + 1) & (n - 1)
+                s[j] = self.slots[i]
+        free(self.slots)
+        self.slots = s
+        self.mask = n - 1
+        return 0
+
+    cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil:
+        cdef flow_t* grown
+        if self.n_flows == MAX_FLOWS:
+            return -1
+        if self.n_flows == self.cap_flows:
+            grown = <flow_t*> realloc(self.flows, 2 * self.cap_flows * sizeof(flow_t))
+            if grown == NULL:
+                return -1
+            self.flows = grown
+            self.cap_flows *= 2
+        cdef flow_t* f = &self.flows[self.n_flows]
+        memcpy(f, key, sizeof(flow_t))
+        f.hash = h
+        f.prev = NONE32
+        f.in_table = 1
+        self.n_flows += 1
+        if f.proto == 6:
+            self.tcp_connections += 1
+        else:
+            self.udp_flows += 1
+        return <int>(self.n_flows - 1)
+
+    cdef int _assign(self, pkt_t* p) noexcept nogil:
+        cdef flow_t key
+        cdef flow_t* f
+        cdef int src_is_a, c, idx
+        cdef uint32_t h, j, old
+        cdef uint8_t d, fl
+        cdef int alen = 4 if p.ipver == 4 else 16
+        memset(&key, 0, sizeof(flow_t))
+        c = memcmp(p.src, p.dst, alen)
+        src_is_a = c < 0 or (c == 0 and p.sport <= p.dport)
+        if src_is_a:
+            memcpy(key.a, p.src, alen)
+            memcpy(key.b, p.dst, alen)
+            key.pa = p.sport
+            key.pb = p.dport
+        else:
+            memcpy(key.a, p.dst, alen)
+            memcpy(key.b, p.src, alen)
+            key.pa = p.dport
+            key.pb = p.sport
+        key.proto = p.proto
+        key.ipver = p.ipver
+        h = key_hash(&key)
+        j = h & self.mask
+        idx = -1
+        while self.slots[j].idx1:
+            if self.slots[j].hash == h and same_key(&self.flows[self.slots[j].idx1 - 1], &key):
+                idx = <int>self.slots[j].idx1 - 1
+                break
+            j = (j + 1) & self.mask
+        fl = p.tcp_flags
+        if idx >= 0 and p.proto == 6 and (fl & (TH_SYN | TH_ACK)) == TH_SYN:
+            f = &self.flows[idx]
+            d = 0 if (src_is_a == f.client_is_a) else 1
+            if self._new_connection(f, d, p.seq):
+                old = <uint32_t>idx
+                idx = self._new_flow(&key, h)
+                if idx < 0:
+                    return -1
+                self.flows[idx].prev = old
+                self.flows[old].in_table = 0
+                self.slots[j].idx1 = <uint32_t>idx + 1
+                self.reused_tuples += 1
+                f = &self.flows[idx]
+                f.client_is_a = src_is_a
+                f.first_ts = p.ts_ns
+        if idx < 0:
+            idx = self._new_flow(&key, h)
+            if idx < 0:
+                return -1
+            self.slots[j].hash = h
+            self.slots[j].idx1 = <uint32_t>idx + 1
+            self.used += 1
+            f = &self.flows[idx]
+            # the client sends direction 0: the SYN's sender, the SYN-ACK's receiver, else the first sender
+            if p.proto == 6 and (fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
+                f.client_is_a = not src_is_a
+            else:
+                f.client_is_a = src_is_a
+            f.first_ts = p.ts_ns
+            if self.used * 2 > self.mask + 1:
+                if self._grow_slots() < 0:
+                    return -1
+        f = &self.flows[idx]
+        d = 0 if (src_is_a == f.client_is_a) else 1
+        p.flow_id = <uint32_t>idx
+        p.dir = d
+        f.pkts[d] += 1
+        f.bytes[d] += p.payload_len
+        f.last_ts = p.ts_ns
+        if p.proto == 6:
+            if fl & (TH_FIN | TH_RST):
+                f.closing = 1
+            if fl & TH_SYN:
+                if not f.syn_seen[d]:
+                    f.syn_seen[d] = 1
+                    f.isn[d] = p.seq
+            if not f.seq_seen[d]:
+                f.seq_seen[d] = 1
+                f.first_seq[d] = p.seq
+        return 0
+
+    cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil:
+        # A SYN (without ACK) starts a new connection on a known 5-tuple when it cannot belong
+        # to the current one: that side already sent a SYN with another ISN, or the connection
+        # was closing (FIN/RST) and the SYN does not precede the bytes seen from that side
+        # (a reordered capture can deliver the SYN last: ISN + 1 == first sequence seen).
+        if f.syn_seen[d]:
+            return f.isn[d] != seq
+        if f.closing:
+            return not (f.seq_seen[d] and <uint32_t>(seq + 1) == f.first_seq[d])
+        return False
+
+    def flow(self, uint32_t flow_id):
+        """One flow as a dict (for tools and tests; not for per-packet use)."""
+        if flow_id >= self.n_flows:
+            raise IndexError(flow_id)
+        cdef flow_t* f = &self.flows[flow_id]
+        alen = 4 if f.ipver == 4 else 16
+        a = (bytes(f.a[:alen]), f.pa)
+        b = (bytes(f.b[:alen]), f.pb)
+        client, server = (a, b) if f.client_is_a else (b, a)
+        return {
+            "id": flow_id, "proto": f.proto, "ipver": f.ipver, "client": client, "server": server,
+            "packets": (f.pkts[0], f.pkts[1]), "bytes": (f.bytes[0], f.bytes[1]),
+            "first_ts": f.first_ts, "last_ts": f.last_ts, "closing": bool(f.closing),
+            "prev": None if f.prev == NONE32 else f.prev, "live": bool(f.in_table),
+        }
+
+    def remove(self, uint32_t flow_id):
+        """Forget a flow's key (its id stays valid for `flow`); a later packet opens a new flow."""
+        if flow_id >= self.n_flows:
+            raise IndexError(flow_id)
+        cdef flow_t* f = &self.flows[flow_id]
+        cdef uint32_t j, k, want
+        if not f.in_table:
+            return False
+        j = f.hash & self.mask
+        while self.slots[j].idx1 and self.slots[j].idx1 != flow_id + 1:
+            j = (j + 1) & self.mask
+        if not self.slots[j].idx1:
+            return False
+        # backward-shift deletion keeps every probe sequence unbroken without tombstones
+        self.slots[j].idx1 = 0
+        k = (j + 1) & self.mask
+        while self.slots[k].idx1:
+            want = self.slots[k].hash & self.mask
+            if ((k - want) & self.mask) >= ((k - j) & self.mask):
+                self.slots[j] = self.slots[k]
+                self.slots[k].idx1 = 0
+                j = k
+            k = (k + 1) & self.mask
+        f.in_table = 0
+        self.used -= 1
+        return True

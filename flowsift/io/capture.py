@@ -1,0 +1,113 @@
+"""Opening capture files: the Python face over the compiled reader."""
+import os
+import stat
+
+from flowsift.errors import CaptureFormatError, FlowsiftError
+from flowsift.io._batch import Batch, DEFAULT_BATCH
+from flowsift.io._reader import CaptureReader
+
+_MESSAGES = {
+    1: "file cut short inside a record header ({a} bytes left)",
+    2: "caplen {a} is absurd (libpcap's limit is 262144): corrupt record header",
+    3: "caplen {a} exceeds the end of the file ({b} bytes left): the file is cut short",
+    4: "file cut short inside a block header ({a} bytes left)",
+    5: "block length {a} is below the 12-byte minimum: corrupt block header",
+    6: "block length {a} is not a multiple of 4: corrupt block header",
+    7: "block length {a} exceeds the 16 MiB limit: corrupt block header",
+    8: "block length {a} exceeds the end of the file ({b} bytes left): the file is cut short",
+    9: "block length {a} does not match its trailing copy {b}: corrupt block",
+    10: "section header has an unknown byte-order magic 0x{a:08x}",
+    11: "unsupported pcapng major version {a} (flowsift reads version 1)",
+    12: "more than 65535 interfaces",
+}
+
+
+class Capture:
+    """An open pcap or pcapng file.
+
+    >>> cap = open_capture("trace.pcap")
+    >>> for batch in cap.batches():
+    ...     batch.array["caplen"].sum()
+    """
+
+    def __init__(self, path, reader, size):
+        self.path = str(path)
+        self.size = size
+        self._reader = reader
+
+    @property
+    def format(self):
+        return "pcap" if self._reader.fmt == 1 else "pcapng"
+
+    @property
+    def version(self):
+        return f"{self._reader.version_major}.{self._reader.version_minor}"
+
+    @property
+    def position(self):
+        """Bytes of the file consumed so far (for progress)."""
+        return self._reader.pos
+
+    @property
+    def reader(self):
+        return self._reader
+
+    def interfaces(self):
+        return self._reader.interfaces()
+
+    def fill(self, batch):
+        """Refill `batch` with the next packets; 0 at the end (call check() then)."""
+        return self._reader.fill(batch)
+
+    def check(self):
+        """Raise CaptureFormatError if reading stopped at a defect rather than the end."""
+        r = self._reader
+        if r.err:
+            msg = _MESSAGES.get(r.err, "unreadable").format(a=r.err_a, b=r.err_b)
+            if self.format == "pcap":
+                raise CaptureFormatError(self.path, msg, position=r.err_pos, record=r.err_record)
+            raise CaptureFormatError(self.path, "block " + msg, position=r.err_pos)
+
+    def batches(self, capacity=DEFAULT_BATCH):
+        """Yield one Batch, refilled in place, until the end; then raise any defect met."""
+        batch = Batch(capacity)
+        while self._reader.fill(batch):
+            yield batch
+        self.check()
+
+    def counters(self):
+        r = self._reader
+        return {"records": r.records, "blocks_skipped": r.blocks_skipped, "sections": r.sections,
+                "caplen_gt_snaplen": r.caplen_gt_snaplen, "caplen_gt_wirelen": r.caplen_gt_wirelen,
+                "bad_ts_fraction": r.bad_ts_fraction}
+
+    def __repr__(self):
+        return f"<Capture {self.path!r} {self.format} {self.size} bytes>"
+
+
+def open_capture(path):
+    """Open a pcap or pcapng file; raises FlowsiftError with one line on anything unreadable."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise FlowsiftError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FlowsiftError(f"{path}: is a directory, not a capture file") from None
+    except PermissionError:
+        raise FlowsiftError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise FlowsiftError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FlowsiftError(f"{path}: is a directory, not a capture file")
+        if not stat.S_ISREG(st.st_mode):
+            raise FlowsiftError(f"{path}: not a regular file (pipes and devices are not read; save the capture to a file first)")
+        reader = CaptureReader()
+        problem = reader.open(path, fd, st.st_size)
+        if problem:
+            raise CaptureFormatError(path, problem, position=0)
+        return Capture(path, reader, st.st_size)
+    finally:
+        os.close(fd)   # the mapping stays valid after close

@@ -1,0 +1,1 @@
+"""The module API, the chain runner and the built-in modules."""

@@ -1,0 +1,1 @@
+"""TCP reassembly (sans-IO): segments in, stream events out."""

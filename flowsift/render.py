@@ -1,0 +1,62 @@
+"""Tables for people (rich). Machines get --json instead."""
+from rich.console import Console
+from rich.table import Table
+
+from flowsift.io.reasons import REASON_HELP
+
+
+def _n(x):
+    return f"{x:,}"
+
+
+def _bytes(x):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if x < 1024 or unit == "TiB":
+            return f"{x:,.0f} {unit}" if unit == "B" else f"{x:,.1f} {unit}"
+        x /= 1024
+
+
+def print_stats(s, console=None):
+    console = console or Console()
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("file", f"{s['file']} ({s['format']} {s['version']}, {_bytes(s['size'])})")
+    head.add_row("packets", _n(s["packets"]) + (f"  ({_n(s['filtered'])} rejected by filter {s['filter']!r})" if s["filter"] else ""))
+    head.add_row("bytes", f"{_bytes(s['bytes_captured'])} captured, {_bytes(s['bytes_wire'])} on the wire")
+    if s["time"]:
+        t = s["time"]
+        head.add_row("time", f"{t['first']} .. {t['last']}  ({t['duration_s']:,.3f} s)")
+    head.add_row("flows", f"{_n(s['flows']['tcp'])} TCP connections, {_n(s['flows']['udp'])} UDP flows")
+    console.print(head)
+
+    ifs = Table(title="interfaces", title_justify="left")
+    for col in ("#", "link type", "snaplen", "name", "packets"):
+        ifs.add_column(col, justify="right" if col in ("#", "snaplen", "packets") else "left")
+    for i in s["interfaces"]:
+        ifs.add_row(str(i["index"]), f"{i['linktype_name']} ({i['linktype']})", str(i["snaplen"]), i["name"] or "", _n(i["packets"]))
+    console.print(ifs)
+
+    pt = Table(title="decoded", title_justify="left")
+    pt.add_column("protocol")
+    pt.add_column("packets", justify="right")
+    for name, n in s["protocols"].items():
+        pt.add_row(name, _n(n))
+    pt.add_row("[bold]total[/bold]", f"[bold]{_n(s['decoded'])}[/bold]")
+    console.print(pt)
+
+    if s["undecoded"]:
+        ut = Table(title="not decoded", title_justify="left")
+        ut.add_column("reason")
+        ut.add_column("packets", justify="right")
+        ut.add_column("meaning")
+        for reason, n in s["undecoded"].items():
+            extra = ""
+            if reason == "non_ip" and s["non_ip"]:
+                extra = " (" + ", ".join(f"{k} {_n(v)}" for k, v in s["non_ip"].items()) + ")"
+            ut.add_row(reason, _n(n), REASON_HELP.get(reason, "") + extra)
+        console.print(ut)
+
+    notes = {k: v for k, v in s["anomalies"].items() if v}
+    if notes:
+        console.print("notes: " + ", ".join(f"{k.replace('_', ' ')} {_n(v)}" for k, v in notes.items()))

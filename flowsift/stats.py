@@ -1,0 +1,105 @@
+"""`flowsift stats`: what a capture holds, with every packet accounted for."""
+import datetime as _dt
+
+from flowsift.errors import CaptureFormatError, UsageError
+from flowsift.io import Batch, BpfError, BpfFilter, Decoder, FlowTable, open_capture
+from flowsift.io.reasons import REASONS, ethertype_name, linktype_name, proto_name
+
+
+def compile_filter(expression):
+    """A BpfFilter for `expression`, or UsageError with libpcap's message."""
+    if expression is None:
+        return None
+    try:
+        return BpfFilter(expression)
+    except BpfError as e:
+        raise UsageError(f"bad filter {expression!r}: {e}") from None
+
+
+def _iso(ns):
+    return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def capture_stats(path, filter_expression=None, on_progress=None):
+    """Read the whole capture and return the stats dict documented in docs/cli.md.
+
+    A defect that stops reading (a file cut short...) does not lose what was read: the dict
+    carries it under "error", and the caller decides how to exit.
+    """
+    bpf = compile_filter(filter_expression)
+    cap = open_capture(path)
+    decoder, flows, batch = Decoder(), FlowTable(), Batch()
+    error = None
+    try:
+        while cap.fill(batch):
+            if bpf is not None:
+                bpf.apply(batch)
+            decoder.decode(batch)
+            flows.update(batch)
+            if on_progress is not None:
+                on_progress(cap.position, cap.size)
+        cap.check()
+    except CaptureFormatError as e:
+        error = str(e)
+    except BpfError as e:
+        raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
+    return _summarise(cap, decoder, flows, bpf, error)
+
+
+def _summarise(cap, decoder, flows, bpf, error):
+    c = decoder.counters()
+    rc = cap.counters()
+    protocols = {}
+    for table in (c["proto4"], c["proto6"]):
+        for proto, n in table.items():
+            name = proto_name(proto)
+            protocols[name] = protocols.get(name, 0) + n
+    if c["ipv4_later_fragments"]:
+        protocols["ipv4-fragment"] = c["ipv4_later_fragments"]
+    if c["ipv6_later_fragments"]:
+        protocols["ipv6-fragment"] = c["ipv6_later_fragments"]
+    protocols = dict(sorted(protocols.items(), key=lambda kv: (-kv[1], kv[0])))
+    undecoded = {REASONS[k]: n for k, n in sorted(c["reasons"].items())}
+    non_ip = {ethertype_name(k): n for k, n in sorted(c["non_ip_ethertypes"].items(), key=lambda kv: -kv[1])}
+    ifaces = []
+    for i in cap.interfaces():
+        ifaces.append({"index": i["index"], "linktype": i["linktype"], "linktype_name": linktype_name(i["linktype"]),
+                       "snaplen": i["snaplen"], "name": i["name"], "tsresol": i["tsresol"], "packets": i["packets"]})
+    packets = c["packets"] + (bpf.rejected if bpf is not None else 0)
+    out = {
+        "file": cap.path,
+        "format": cap.format,
+        "version": cap.version,
+        "size": cap.size,
+        "packets": packets,
+        "bytes_captured": c["bytes_captured"],
+        "bytes_wire": c["bytes_wire"],
+        "time": None,
+        "interfaces": ifaces,
+        "decoded": sum(protocols.values()),
+        "protocols": protocols,
+        "ip": {"ipv4": c["ipv4"], "ipv6": c["ipv6"],
+               "ipv4_fragments": c["ipv4_fragments"], "ipv6_fragments": c["ipv6_fragments"]},
+        "flows": {"tcp": flows.tcp_connections, "udp": flows.udp_flows, "tcp_reused_tuples": flows.reused_tuples},
+        "undecoded": undecoded,
+        "non_ip": non_ip,
+        "filter": bpf.expression if bpf is not None else None,
+        "filtered": bpf.rejected if bpf is not None else 0,
+        "anomalies": {
+            "snaplen_cut": c["snaplen_cut"],
+            "link_trailers": c["trailers"],
+            "ip_length_from_frame": c["ip_len_from_frame"],
+            "bad_tcp_options": c["bad_tcp_options"],
+            "timestamps_backwards": c["ts_backwards"],
+            "caplen_gt_snaplen": rc["caplen_gt_snaplen"],
+            "caplen_gt_wirelen": rc["caplen_gt_wirelen"],
+            "bad_timestamp_fraction": rc["bad_ts_fraction"],
+        },
+        "pcapng_blocks_skipped": rc["blocks_skipped"],
+        "error": error,
+    }
+    if c["packets"]:
+        first, last = c["ts_min"], c["ts_max"]
+        out["time"] = {"first": _iso(first), "last": _iso(last), "first_ns": first, "last_ns": last,
+                       "duration_s": round((last - first) / 1e9, 9)}
+    return out

@@ -1,0 +1,1 @@
+"""Per-connection record files and stream pointers."""

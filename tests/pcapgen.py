@@ -1,0 +1,103 @@
+"""Hand-built captures for tests: pcap and pcapng written byte by byte with struct.
+
+Independent of flowsift's reader on purpose, so the reader is checked against the formats'
+specifications and not against itself.
+"""
+import struct
+
+
+def pcap(records, linktype=1, nanosecond=False, big_endian=False, snaplen=65535, kuznetzov=False):
+    """records: iterable of (ts_sec, ts_frac, data[, wirelen])."""
+    e = ">" if big_endian else "<"
+    magic = 0xA1B2CD34 if kuznetzov else (0xA1B23C4D if nanosecond else 0xA1B2C3D4)
+    out = [struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for rec in records:
+        sec, frac, data = rec[:3]
+        wire = rec[3] if len(rec) > 3 else len(data)
+        out.append(struct.pack(e + "IIII", sec, frac, len(data), wire))
+        if kuznetzov:
+            out.append(struct.pack(e + "IHBB", 0, 0, 0, 0))
+        out.append(data)
+    return b"".join(out)
+
+
+def _pad4(b):
+    return b + b"\0" * (-len(b) % 4)
+
+
+def _options(opts, e):
+    if not opts:
+        return b""
+    out = b"".join(struct.pack(e + "HH", code, len(val)) + _pad4(val) for code, val in opts)
+    return out + struct.pack(e + "HH", 0, 0)
+
+
+def block(btype, body, e="<"):
+    body = _pad4(body)
+    n = len(body) + 12
+    return struct.pack(e + "II", btype, n) + body + struct.pack(e + "I", n)
+
+
+def shb(e="<", options=()):
+    return block(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1) + _options(options, e), e)
+
+
+def idb(linktype, snaplen=0, e="<", name=None, tsresol=None, tsoffset=None):
+    opts = []
+    if name is not None:
+        opts.append((2, name.encode()))
+    if tsresol is not None:
+        opts.append((9, bytes([tsresol])))
+    if tsoffset is not None:
+        opts.append((14, struct.pack(e + "q", tsoffset)))
+    return block(1, struct.pack(e + "HHI", linktype, 0, snaplen) + _options(opts, e), e)
+
+
+def epb(iface, ts, data, wirelen=None, e="<", options=()):
+    wire = len(data) if wirelen is None else wirelen
+    body = struct.pack(e + "IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data), wire) + _pad4(data)
+    return block(6, body + _options(options, e), e)
+
+
+def opb(iface, ts, data, e="<"):
+    body = struct.pack(e + "HHIIII", iface, 0, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + _pad4(data)
+    return block(2, body, e)
+
+
+def spb(data, wirelen=None, e="<"):
+    return block(3, struct.pack(e + "I", len(data) if wirelen is None else wirelen) + _pad4(data), e)
+
+
+# --- packets -----------------------------------------------------------------------------
+
+def ipv4(src, dst, proto, payload, ttl=64, ident=1, frag=0, options=b"", total=None):
+    ihl = 5 + len(options) // 4
+    tot = 4 * ihl + len(payload) if total is None else total
+    return struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, 0, tot, ident, frag, ttl, proto, 0, bytes(src), bytes(dst)) + options + payload
+
+
+def ipv6(src, dst, nh, payload, hlim=64, plen=None):
+    return struct.pack(">IHBB16s16s", 0x60000000, len(payload) if plen is None else plen, nh, hlim, bytes(src), bytes(dst)) + payload
+
+
+def tcp(sport, dport, seq=1, ack=0, flags=0x18, window=8192, options=b"", payload=b"", doff=None):
+    options = options + b"\0" * (-len(options) % 4)
+    off = (5 + len(options) // 4) if doff is None else doff
+    return struct.pack(">HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, window, 0, 0) + options + payload
+
+
+def udp(sport, dport, payload=b"", length=None):
+    return struct.pack(">HHHH", sport, dport, 8 + len(payload) if length is None else length, 0) + payload
+
+
+def ether(payload, ethertype=0x0800, vlans=()):
+    hdr = b"\x02\0\0\0\0\x01" + b"\x02\0\0\0\0\x02"
+    for tpid, vid in vlans:
+        hdr += struct.pack(">HH", tpid, vid)
+    return hdr + struct.pack(">H", ethertype) + payload
+
+
+A = bytes([10, 0, 0, 1])
+B = bytes([10, 0, 0, 2])
+A6 = bytes.fromhex("20010db8000000000000000000000001")
+B6 = bytes.fromhex("20010db8000000000000000000000002")
