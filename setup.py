@@ -11,7 +11,6 @@ import sys
 import sysconfig
 import tempfile
 
-import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -48,10 +47,9 @@ def ext(name, libraries=()):
     return Extension(
         name,
         [name.replace(".", "/") + ".pyx"],
-        include_dirs=[numpy.get_include(), "flowsift/io"],
+        include_dirs=["flowsift/io"],
         libraries=list(libraries),
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 
 

@@ -71,3 +71,11 @@ def decode_bytes(tmp_path, blob, name="t.pcap"):
     arr = np.concatenate([r for r, _ in rows]) if rows else np.zeros(0)
     pay = [p for _, ps in rows for p in ps]
     return arr, frames, pay, cap, dec
+
+
+from hypothesis import settings as _hsettings
+
+# `HYPOTHESIS_PROFILE=deep` for the long runs done before resolving reassembly/decoder issues.
+_hsettings.register_profile("default", max_examples=100)
+_hsettings.register_profile("deep", max_examples=5000, deadline=None)
+_hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

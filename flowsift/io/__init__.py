@@ -1,10 +1,10 @@
 """Sources and sinks: capture files (pcap, pcapng), BPF filters, decoding, the flow table."""
-from flowsift.io._batch import Batch, PKT_DTYPE, DEFAULT_BATCH
+from flowsift.io._batch import Batch, DEFAULT_BATCH
 from flowsift.io._bpf import BpfFilter, BpfError
 from flowsift.io._decode import Decoder
 from flowsift.io._flowtable import FlowTable, NO_FLOW
 from flowsift.io.capture import Capture, open_capture
 from flowsift.io.pcapwriter import PcapWriter
 
-__all__ = ["Batch", "PKT_DTYPE", "DEFAULT_BATCH", "BpfFilter", "BpfError", "Decoder", "FlowTable", "NO_FLOW",
+__all__ = ["Batch", "DEFAULT_BATCH", "BpfFilter", "BpfError", "Decoder", "FlowTable", "NO_FLOW",
            "Capture", "open_capture", "PcapWriter"]

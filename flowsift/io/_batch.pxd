@@ -1,8 +1,8 @@
 # The batch: the one structure every source fills and every later stage reads.
 # A batch is an array of pkt_t, one per captured frame. Sources fill the capture fields,
-# decode fills the header fields, the flow table fills flow_id/dir. The array is owned by a
-# numpy structured array (PKT_DTYPE in _batch.pyx mirrors this struct) so Python tools can
-# read whole columns without a per-packet loop.
+# decode fills the header fields, the flow table fills flow_id/dir. Batch.array views the
+# memory as a numpy structured array (PKT_DTYPE in columns.py mirrors this struct) so Python
+# tools read whole columns without a per-packet loop.
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 
 # status: 0 = decoded, else the reason the frame could not be decoded.
@@ -93,5 +93,5 @@ cdef class Batch:
     cdef pkt_t* pkts
     cdef public Py_ssize_t n          # packets in use
     cdef readonly Py_ssize_t capacity
-    cdef object _array                # numpy array owning the memory
+    cdef bytearray _buf               # owns the memory; numpy views it on demand
     cdef public object owner          # keeps the memory behind pkt_t.data alive

@@ -8,7 +8,7 @@ a position; the Python face (capture.py) turns them into one-line errors.
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memset
 from libc.stdlib cimport realloc, free
-from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL, MADV_WILLNEED
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL, MADV_DONTNEED
 
 from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, ST_BAD_INTERFACE, ST_BAD_RECORD
 from flowsift.io._bytes cimport fs_rd16, fs_rd32, fs_rd64, fs_ld32
@@ -18,6 +18,10 @@ DEF MAX_CAPLEN = 262144
 # Largest pcapng block we accept: a packet block of MAX_CAPLEN plus generous options.
 # Wireshark's limit is the same order (16 MiB); larger lengths are corrupt.
 DEF MAX_BLOCK = 16777216
+
+# Pages already read are dropped from our mapping in steps of this size: they stay in the
+# page cache, but the process's resident size stays bounded however large the file.
+DEF RELEASE_STEP = 8388608
 
 DEF PCAP_MAGIC_US = 0xA1B2C3D4
 DEF PCAP_MAGIC_NS = 0xA1B23C4D
@@ -114,6 +118,7 @@ cdef class CaptureReader:
     cdef readonly object path
     cdef readonly uint32_t version_major
     cdef readonly uint32_t version_minor
+    cdef uint64_t released
 
     def __cinit__(self):
         self.base = NULL
@@ -188,10 +193,17 @@ cdef class CaptureReader:
     def fill(self, Batch batch):
         """Read up to batch.capacity packet records into `batch`; returns how many (0 at end)."""
         cdef Py_ssize_t n
+        cdef uint64_t upto
         if self.err != E_NONE:
             batch.n = 0
             return 0
         with nogil:
+            # the previous batch is no longer valid: what lies before pos can leave our RSS
+            # (a private read-only file mapping re-reads from the file if touched again)
+            if self.pos - self.released >= RELEASE_STEP:
+                upto = self.pos & ~(<uint64_t>4095)
+                madvise(<void*>(self.base + self.released), upto - self.released, MADV_DONTNEED)
+                self.released = upto
             if self.fmt == FMT_PCAP:
                 n = self._fill_pcap(batch.pkts, batch.capacity)
             else:

@@ -89,7 +89,8 @@ def open_capture(path):
     """Open a pcap or pcapng file; raises FlowsiftError with one line on anything unreadable."""
     path = os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (we refuse FIFOs below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise FlowsiftError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -1,0 +1,115 @@
+"""Bad input of every kind: one line naming the file, the position and the problem; exit 2."""
+import os
+import random
+import struct
+
+import pytest
+
+from conftest import run_cli
+from pcapgen import A, B, epb, ether, idb, ipv4, pcap, shb, tcp
+
+GOOD = pcap([(1, 0, ether(ipv4(A, B, 6, tcp(1, 2, payload=b"x" * 50))))] * 3)
+GOOD_NG = shb() + idb(1) + epb(0, 1, ether(ipv4(A, B, 6, tcp(1, 2)))) * 3
+
+
+def one_line_error(res, *needles):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def write(tmp_path, name, blob):
+    p = tmp_path / name
+    p.write_bytes(blob)
+    return p
+
+
+def test_missing_file(tmp_path):
+    one_line_error(run_cli("stats", tmp_path / "nope.pcap"), "nope.pcap", "no such file")
+
+
+def test_directory(tmp_path):
+    one_line_error(run_cli("stats", tmp_path), "is a directory")
+
+
+def test_fifo_is_refused_not_hung(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    one_line_error(run_cli("stats", fifo), "not a regular file")
+
+
+def test_empty_file(tmp_path):
+    one_line_error(run_cli("stats", write(tmp_path, "e.pcap", b"")), "e.pcap", "empty file")
+
+
+def test_random_bytes(tmp_path):
+    rng = random.Random(7)
+    blob = bytes(rng.getrandbits(8) for _ in range(4096))
+    one_line_error(run_cli("stats", write(tmp_path, "r.pcap", blob)), "r.pcap", "magic")
+
+
+def test_text_file(tmp_path):
+    one_line_error(run_cli("stats", write(tmp_path, "t.pcap", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")), "not a capture", "GET")
+
+
+def test_truncated_pcap_header(tmp_path):
+    one_line_error(run_cli("stats", write(tmp_path, "h.pcap", GOOD[:20])), "h.pcap", "header cut short")
+
+
+def test_truncated_record_reports_what_was_read(tmp_path):
+    res = run_cli("stats", "--json", write(tmp_path, "c.pcap", GOOD[:-10]))
+    line = one_line_error(res, "c.pcap", "record 3", "exceeds the end of the file", "cut short")
+    import json
+    out = json.loads(res.stdout)
+    assert out["packets"] == 2 and out["error"] == line.removeprefix("flowsift: ")
+
+
+def test_cut_inside_record_header(tmp_path):
+    one_line_error(run_cli("stats", write(tmp_path, "c.pcap", GOOD + b"\0" * 7)), "record 4", "record header")
+
+
+def test_absurd_caplen(tmp_path):
+    blob = bytearray(GOOD)
+    struct.pack_into("<I", blob, 24 + 8, 70_000_000)       # first record's caplen
+    one_line_error(run_cli("stats", write(tmp_path, "a.pcap", bytes(blob))), "record 1", "at byte 24", "caplen 70000000")
+
+
+@pytest.mark.parametrize("length,needle", [(13, "multiple of 4"), (8, "below the 12-byte"), (1 << 30, "16 MiB"),
+                                           (4096, "end of the file")])
+def test_pcapng_bad_block_length(tmp_path, length, needle):
+    blob = bytearray(GOOD_NG)
+    at = len(shb()) + len(idb(1))                        # the first packet block
+    struct.pack_into("<I", blob, at + 4, length)
+    line = one_line_error(run_cli("stats", write(tmp_path, "b.pcapng", bytes(blob))), "b.pcapng", needle)
+    assert f"at byte {at}" in line
+
+
+def test_pcapng_trailing_length_mismatch(tmp_path):
+    blob = bytearray(GOOD_NG)
+    struct.pack_into("<I", blob, len(blob) - 4, 9999 * 4)
+    one_line_error(run_cli("stats", write(tmp_path, "t.pcapng", bytes(blob))), "trailing copy")
+
+
+def test_pcapng_packet_larger_than_its_block_is_counted_and_reading_goes_on(tmp_path):
+    bad = bytearray(epb(0, 1, ether(ipv4(A, B, 6, tcp(1, 2)))))
+    struct.pack_into("<I", bad, 8 + 12, 5000)             # caplen beyond the block
+    blob = shb() + idb(1) + bytes(bad) + epb(0, 2, ether(ipv4(A, B, 6, tcp(1, 2))))
+    res = run_cli("stats", "--json", write(tmp_path, "p.pcapng", blob))
+    assert res.returncode == 0, res.stderr
+    import json
+    out = json.loads(res.stdout)
+    assert out["packets"] == 2 and out["undecoded"] == {"bad_record": 1} and out["decoded"] == 1
+
+
+def test_bad_filter_expression(tmp_path):
+    line = one_line_error(run_cli("stats", "--filter", "tcp prot 80", write(tmp_path, "g.pcap", GOOD)), "bad filter")
+    assert "syntax error" in line
+
+
+def test_unknown_option_is_a_usage_error(tmp_path):
+    res = run_cli("stats", "--frobnicate", write(tmp_path, "g.pcap", GOOD))
+    assert res.returncode == 2 and "Traceback" not in res.stderr

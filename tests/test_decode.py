@@ -1,0 +1,174 @@
+"""Header decoding: each link type, tags, IP variants, transport options, and property tests."""
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import decode_bytes
+from pcapgen import A, A6, B, B6, ether, ipv4, ipv6, pcap, tcp, udp
+from flowsift.io.reasons import REASONS
+
+REASON = {v: k for k, v in REASONS.items()}
+SEG = tcp(1234, 80, seq=1000, ack=2000, flags=0x18, payload=b"GET / HTTP/1.0\r\n\r\n")
+
+
+def one(tmp_path, frame, linktype=1, wirelen=None):
+    rec = (1, 0, frame) if wirelen is None else (1, 0, frame, wirelen)
+    arr, _, pay, _, _ = decode_bytes(tmp_path, pcap([rec], linktype=linktype))
+    return arr[0], pay[0]
+
+
+def test_ethernet_ipv4_tcp_fields(tmp_path):
+    p, pay = one(tmp_path, ether(ipv4(A, B, 6, SEG, ttl=33, ident=7)))
+    assert p["status"] == 0 and p["ipver"] == 4 and p["proto"] == 6 and p["ttl"] == 33
+    assert bytes(p["src"][:4]) == A and bytes(p["dst"][:4]) == B
+    assert (p["sport"], p["dport"], p["seq"], p["ack"], p["tcp_flags"]) == (1234, 80, 1000, 2000, 0x18)
+    assert p["l3_off"] == 14 and p["l4_off"] == 34 and pay == b"GET / HTTP/1.0\r\n\r\n"
+
+
+@pytest.mark.parametrize("tags", [[(0x8100, 10)], [(0x88A8, 100), (0x8100, 10)], [(0x9100, 5), (0x8100, 6)]],
+                         ids=["802.1Q", "802.1ad-QinQ", "old-QinQ"])
+def test_vlan_tags(tmp_path, tags):
+    p, pay = one(tmp_path, ether(ipv4(A, B, 6, SEG), vlans=tags))
+    assert p["status"] == 0 and p["vlan"] == tags[0][1] and p["vlan_depth"] == len(tags)
+    assert p["l3_off"] == 14 + 4 * len(tags) and pay.startswith(b"GET")
+
+
+def test_pppoe_and_mpls(tmp_path):
+    pppoe = struct.pack(">BBHHH", 0x11, 0, 1, 40, 0x0021) + ipv4(A, B, 6, SEG)
+    p, _ = one(tmp_path, ether(pppoe, ethertype=0x8864))
+    assert p["status"] == 0 and p["proto"] == 6
+    mpls = struct.pack(">I", (16 << 12) | 64) + struct.pack(">I", (17 << 12) | 0x100 | 64) + ipv6(A6, B6, 6, SEG)
+    p, _ = one(tmp_path, ether(mpls, ethertype=0x8847))
+    assert p["status"] == 0 and p["ipver"] == 6 and p["dport"] == 80
+
+
+@pytest.mark.parametrize("linktype,prefix", [
+    (0, struct.pack("<I", 2)), (0, struct.pack(">I", 2)),        # NULL in either host order
+    (108, struct.pack(">I", 2)),                                  # LOOP: network order
+    (12, b""), (101, b""), (228, b""),                            # raw IP
+    (113, struct.pack(">HHH8sH", 0, 1, 6, b"\0" * 8, 0x0800)),    # Linux SLL
+    (276, struct.pack(">HHIHBB8s", 0x0800, 0, 2, 1, 0, 6, b"\0" * 8)),  # Linux SLL2
+])
+def test_link_types_ipv4(tmp_path, linktype, prefix):
+    p, pay = one(tmp_path, prefix + ipv4(A, B, 6, SEG), linktype=linktype)
+    assert p["status"] == 0 and p["l3_off"] == len(prefix) and pay.startswith(b"GET")
+
+
+@pytest.mark.parametrize("linktype,prefix", [(0, struct.pack("<I", 10)), (0, struct.pack("<I", 30)), (101, b""), (229, b"")])
+def test_link_types_ipv6(tmp_path, linktype, prefix):
+    p, _ = one(tmp_path, prefix + ipv6(A6, B6, 6, SEG), linktype=linktype)
+    assert p["status"] == 0 and p["ipver"] == 6 and bytes(p["dst"]) == B6
+
+
+def test_unsupported_link_type_and_non_ip(tmp_path):
+    p, _ = one(tmp_path, b"\0" * 40, linktype=147)
+    assert p["status"] == REASON["unsupported_link_type"]
+    p, _ = one(tmp_path, ether(b"\0" * 28, ethertype=0x0806))
+    assert p["status"] == REASON["non_ip"] and p["ethertype"] == 0x0806
+
+
+def test_ipv4_options_and_padding(tmp_path):
+    frame = ether(ipv4(A, B, 6, SEG, options=b"\x01\x01\x01\x00")) + b"\0" * 6   # + Ethernet padding
+    p, pay = one(tmp_path, frame)
+    assert p["l4_off"] == 14 + 24 and pay == b"GET / HTTP/1.0\r\n\r\n"
+    assert p["flags"] & 128   # PF_TRAILER: the padding is not payload
+
+
+def test_ipv4_fragments(tmp_path):
+    first, _ = one(tmp_path, ether(ipv4(A, B, 6, SEG[:24], frag=0x2000, ident=9)))
+    assert first["flags"] & 2 and first["flags"] & 4 and first["flags"] & 8 and first["frag_id"] == 9
+    assert first["dport"] == 80 and first["flags"] & 256
+    later, _ = one(tmp_path, ether(ipv4(A, B, 6, SEG[24:], frag=3, ident=9)))
+    assert later["flags"] & 2 and not later["flags"] & 4 and later["frag_off"] == 24 and later["dport"] == 0
+
+
+def test_ipv6_extension_headers_and_fragments(tmp_path):
+    hop = bytes([60, 0]) + b"\x01\x04\0\0\0\0"                  # hop-by-hop -> destination options
+    dst = bytes([44, 0]) + b"\x01\x04\0\0\0\0"                  # destination options -> fragment
+    atomic = struct.pack(">BBHI", 6, 0, 0, 77)                   # offset 0, M=0: not really a fragment
+    p, pay = one(tmp_path, ether(ipv6(A6, B6, 0, hop + dst + atomic + SEG), ethertype=0x86DD))
+    assert p["status"] == 0 and p["proto"] == 6 and not p["flags"] & 2 and pay.startswith(b"GET")
+    frag = struct.pack(">BBHI", 6, 0, 1, 78)                     # offset 0, M=1
+    p, _ = one(tmp_path, ether(ipv6(A6, B6, 44, frag + SEG), ethertype=0x86DD))
+    assert p["flags"] & 2 and p["flags"] & 4 and p["frag_id"] == 78 and p["dport"] == 80
+
+
+def test_tcp_options(tmp_path):
+    opts = (b"\x02\x04\x05\xb4" + b"\x01\x03\x03\x07" + b"\x04\x02" + b"\x08\x0a" + struct.pack(">II", 11, 22)
+            + b"\x01\x01" + b"\x05\x12" + struct.pack(">IIII", 100, 200, 300, 400))
+    p, _ = one(tmp_path, ether(ipv4(A, B, 6, tcp(1, 2, flags=0x02, options=opts))))
+    assert p["mss"] == 1460 and p["wscale"] == 7 and (p["tsval"], p["tsecr"]) == (11, 22)
+    assert p["nsack"] == 2 and list(p["sack"][:4]) == [100, 200, 300, 400]
+    assert p["opts"] & 0x1F == 0x1F and not p["flags"] & 32
+    p, _ = one(tmp_path, ether(ipv4(A, B, 6, tcp(1, 2, options=b"\x02\x09\x05\xb4"))))   # length runs past header
+    assert p["status"] == 0 and p["flags"] & 32
+
+
+@pytest.mark.parametrize("frame,reason", [
+    (ether(b"")[:10], "truncated_link_header"),
+    (ether(ipv4(A, B, 6, SEG)[:15]), "truncated_ip_header"),
+    (ether(b"\x55" + b"\0" * 39), "bad_ip_version"),
+    (ether(b"\x44" + ipv4(A, B, 6, SEG)[1:]), "bad_ip_header_length"),
+    (ether(ipv4(A, B, 6, SEG, total=15)), "bad_ip_total_length"),
+    (ether(ipv4(A, B, 6, SEG, total=200)), "bad_ip_total_length"),
+    (ether(ipv4(A, B, 6, SEG[:12])), "truncated_tcp_header"),
+    (ether(ipv4(A, B, 6, tcp(1, 2, doff=4))), "bad_tcp_data_offset"),
+    (ether(ipv4(A, B, 6, tcp(1, 2, doff=15))), "bad_tcp_data_offset"),
+    (ether(ipv4(A, B, 17, b"\0\1\0\2")), "truncated_udp_header"),
+    (ether(ipv4(A, B, 17, udp(1, 2, b"abc", length=50))), "bad_udp_length"),
+    (ether(ipv6(A6, B6, 0, b"\x06\x09"), ethertype=0x86DD), "truncated_ipv6_extension"),
+])
+def test_malformed_headers_get_a_reason(tmp_path, frame, reason):
+    p, _ = one(tmp_path, frame)
+    assert REASONS[int(p["status"])] == reason
+
+
+def test_tso_zero_ip_length_uses_frame(tmp_path):
+    big = tcp(1, 2, payload=b"x" * 4000)
+    p, pay = one(tmp_path, ether(ipv4(A, B, 6, big, total=0)))
+    assert p["status"] == 0 and len(pay) == 4000 and p["flags"] & 16
+
+
+def test_snaplen_cut_inside_tcp_header_is_truncation_not_malformation(tmp_path):
+    frame = ether(ipv4(A, B, 6, SEG))
+    p, _ = one(tmp_path, frame[:14 + 20 + 10], wirelen=len(frame))
+    assert REASONS[int(p["status"])] == "truncated_tcp_header"
+
+
+# --- properties -----------------------------------------------------------------------------
+
+ports = st.integers(0, 65535)
+u32 = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(v6=st.booleans(), sport=ports, dport=ports, seq=u32, ack=u32, flags=st.integers(0, 255),
+       window=st.integers(0, 65535), payload=st.binary(max_size=300), ttl=st.integers(0, 255),
+       vlans=st.lists(st.integers(0, 4095), max_size=2), mss=st.one_of(st.none(), st.integers(0, 65535)),
+       pad=st.integers(0, 20))
+def test_tcp_fields_round_trip(tmp_path, v6, sport, dport, seq, ack, flags, window, payload, ttl, vlans, mss, pad):
+    opts = b"" if mss is None else struct.pack(">BBH", 2, 4, mss)
+    seg = tcp(sport, dport, seq=seq, ack=ack, flags=flags, window=window, options=opts, payload=payload)
+    l3 = ipv6(A6, B6, 6, seg, hlim=ttl) if v6 else ipv4(A, B, 6, seg, ttl=ttl)
+    frame = ether(l3, ethertype=0x86DD if v6 else 0x0800, vlans=[(0x8100, v) for v in vlans]) + b"\0" * pad
+    p, pay = one(tmp_path, frame)
+    assert p["status"] == 0
+    assert (p["sport"], p["dport"], p["seq"], p["ack"], p["tcp_flags"], p["window"], p["ttl"]) == \
+        (sport, dport, seq, ack, flags, window, ttl)
+    assert pay == payload and p["payload_wirelen"] == len(payload)
+    assert (p["mss"] if p["opts"] & 1 else None) == mss
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(linktype=st.sampled_from([0, 1, 12, 101, 108, 113, 228, 229, 276]), data=st.binary(max_size=200),
+       cut=st.integers(0, 60))
+def test_any_bytes_decode_or_get_a_reason(tmp_path, linktype, data, cut):
+    """Garbage in, never a crash; offsets stay inside the captured bytes; status is a known reason."""
+    frame = ether(ipv4(A, B, 6, SEG))[:cut] + data if linktype == 1 else data
+    p, pay = one(tmp_path, frame, linktype=linktype)
+    assert p["status"] == 0 or int(p["status"]) in REASONS
+    if p["status"] == 0 and p["flags"] & 256 and p["proto"] in (6, 17):
+        assert p["payload_off"] + p["payload_len"] <= len(frame)
+        assert len(pay) == p["payload_len"] <= p["payload_wirelen"]
