@@ -89,6 +89,7 @@ def _summarise(cap, decoder, flows, bpf, error):
             "snaplen_cut": c["snaplen_cut"],
             "link_trailers": c["trailers"],
             "ip_length_from_frame": c["ip_len_from_frame"],
+            "ip_length_exceeds_frame": c["ip_len_exceeds_frame"],
             "bad_tcp_options": c["bad_tcp_options"],
             "timestamps_backwards": c["ts_backwards"],
             "caplen_gt_snaplen": rc["caplen_gt_snaplen"],

@@ -17,7 +17,7 @@ cdef enum:
     ST_TRUNCATED_IP = 6          # frame ends inside the IP header
     ST_BAD_IP_VERSION = 7
     ST_BAD_IP_HEADER_LEN = 8
-    ST_BAD_IP_TOTAL_LEN = 9      # length field below the header size or beyond the frame on the wire
+    ST_BAD_IP_TOTAL_LEN = 9      # length field below the header size
     ST_TRUNCATED_IPV6_EXT = 10   # frame ends inside an IPv6 extension header
     ST_TRUNCATED_TCP = 11        # frame ends inside the TCP header
     ST_BAD_TCP_DATA_OFFSET = 12
@@ -36,6 +36,7 @@ cdef enum:
     PF_CAPLEN_GT_WIRELEN = 64 # record claims more captured than on-wire bytes
     PF_TRAILER = 128          # link-layer bytes after the IP packet (padding or FCS)
     PF_L4 = 256               # transport header decoded: ports (and TCP fields) are valid
+    PF_IP_LEN_EXCEEDS_FRAME = 512  # IP length claims more than the frame held on the wire
 
 # pkt_t.opts: which TCP options were present
 cdef enum:

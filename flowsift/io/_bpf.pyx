@@ -3,10 +3,17 @@
 from libc.stdint cimport uint8_t, uint16_t
 
 from flowsift.io._batch cimport Batch, pkt_t, ST_OK
+from flowsift.io._bytes cimport fs_ld32
+
+from libc.stdio cimport FILE, fclose
+
+cdef extern from "stdio.h" nogil:
+    FILE* fmemopen(void* buf, size_t size, const char* mode)
 
 cdef extern from "pcap/pcap.h" nogil:
     ctypedef struct pcap_t:
         pass
+    pcap_t* pcap_fopen_offline(FILE* fp, char* errbuf)
     struct bpf_insn:
         pass
     struct bpf_program:
@@ -21,9 +28,8 @@ cdef extern from "pcap/pcap.h" nogil:
     const char* pcap_datalink_val_to_name(int dlt)
     unsigned int PCAP_NETMASK_UNKNOWN
 
-# pcap files carry LINKTYPE_ values; libpcap's compiler wants the platform's DLT_ values.
-# Only LINKTYPE_RAW differs on Linux.
-LINKTYPE_TO_DLT = {101: 12}
+import struct
+
 # libpcap's own snaplen ceiling; the compiler only uses it to bound loads.
 DEF COMPILE_SNAPLEN = 262144
 DEF MAX_PROGS = 32
@@ -59,10 +65,20 @@ cdef class BpfFilter:
         pcap_freecode(&prog)
 
     cdef int _compile(self, int linktype, bpf_program* prog) except -1:
-        cdef int dlt = LINKTYPE_TO_DLT.get(linktype, linktype)
-        cdef pcap_t* pd = pcap_open_dead(dlt, COMPILE_SNAPLEN)
-        if pd == NULL:
+        # Compile as tcpdump does for a *file* of this link type: libpcap's code generator
+        # treats offline captures differently (DLT_NULL accepts every BSD AF_INET6 value, in
+        # the file's byte order), so it is given an in-memory pcap header rather than
+        # pcap_open_dead. A "linktype" above 0xFFFF asks for the byte-swapped variant.
+        cdef char errbuf[256]
+        cdef bytes header = struct.pack(">IHHiIII" if linktype >> 16 else "<IHHiIII",
+                                        0xA1B2C3D4, 2, 4, 0, 0, COMPILE_SNAPLEN, linktype & 0xFFFF)
+        cdef FILE* fp = fmemopen(<char*> header, len(header), "rb")
+        if fp == NULL:
             raise MemoryError()
+        cdef pcap_t* pd = pcap_fopen_offline(fp, errbuf)
+        if pd == NULL:
+            fclose(fp)
+            raise BpfError(errbuf.decode("utf-8", "replace"))
         expr = self.expression.encode()
         try:
             if pcap_compile(pd, prog, expr, 1, PCAP_NETMASK_UNKNOWN) != 0:
@@ -83,26 +99,37 @@ cdef class BpfFilter:
         self.n_progs += 1
         return self.n_progs - 1
 
+    # DLT_NULL's family field is in the byte order of the machine that captured, which
+    # pcapng does not record per interface: a family that reads as > 0xFFFF here was written
+    # big-endian, and gets the program compiled for a byte-swapped file.
+    @staticmethod
+    cdef inline int _effective_linktype(const pkt_t* p) noexcept nogil:
+        if p.linktype == 0 and p.caplen >= 4 and fs_ld32(p.data) > 0xFFFF:
+            return 0x10000
+        return p.linktype
+
     def apply(self, Batch batch):
         """Compact `batch` to the accepted frames; returns how many were rejected."""
         cdef Py_ssize_t i, k = 0, n = batch.n
         cdef pkt_t* p
-        cdef int j, last_lt = -1, last_j = -1
+        cdef int j, lt, last_lt = -1, last_j = -1
         cdef unsigned long long rej = 0
         # compile for link types not met before (needs the GIL); the loop below does not
         for i in range(n):
             p = &batch.pkts[i]
-            if p.status == ST_OK and p.linktype != last_lt:
-                last_lt = p.linktype
-                self._index(p.linktype)
+            lt = BpfFilter._effective_linktype(p)
+            if p.status == ST_OK and lt != last_lt:
+                last_lt = lt
+                self._index(lt)
         last_lt = -1
         with nogil:
             for i in range(n):
                 p = &batch.pkts[i]
                 if p.status == ST_OK:
                     # frames a reader already rejected stay: they are reported under their reason
-                    if p.linktype != last_lt:
-                        last_lt = p.linktype
+                    lt = BpfFilter._effective_linktype(p)
+                    if lt != last_lt:
+                        last_lt = lt
                         for j in range(self.n_progs):
                             if self.linktypes[j] == last_lt:
                                 last_j = j

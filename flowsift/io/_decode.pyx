@@ -52,6 +52,7 @@ cdef class Decoder:
     cdef readonly uint64_t trailers
     cdef readonly uint64_t ip_len_from_frame
     cdef readonly uint64_t bad_tcp_options
+    cdef readonly uint64_t ip_len_exceeds_frame
     cdef readonly uint64_t ts_backwards     # packets stamped earlier than the one before
     cdef uint64_t reasons[ST_COUNT]
     cdef uint64_t proto4[256]        # decoded IPv4 packets by protocol (later fragments apart)
@@ -110,6 +111,8 @@ cdef class Decoder:
             self.ip_len_from_frame += 1
         if p.flags & PF_BAD_TCP_OPTION:
             self.bad_tcp_options += 1
+        if p.flags & PF_IP_LEN_EXCEEDS_FRAME:
+            self.ip_len_exceeds_frame += 1
         if p.ipver == 4:
             self.ipv4 += 1
             if p.flags & PF_FRAGMENT:
@@ -141,7 +144,7 @@ cdef class Decoder:
             "ipv4": self.ipv4, "ipv6": self.ipv6, "ipv4_fragments": self.frag4, "ipv6_fragments": self.frag6,
             "ipv4_later_fragments": self.later_frag4, "ipv6_later_fragments": self.later_frag6,
             "snaplen_cut": self.snaplen_cut, "trailers": self.trailers,
-            "ip_len_from_frame": self.ip_len_from_frame, "bad_tcp_options": self.bad_tcp_options, "ts_backwards": self.ts_backwards,
+            "ip_len_from_frame": self.ip_len_from_frame, "bad_tcp_options": self.bad_tcp_options, "ip_len_exceeds_frame": self.ip_len_exceeds_frame, "ts_backwards": self.ts_backwards,
             "reasons": reasons, "proto4": proto4, "proto6": proto6, "non_ip_ethertypes": ethertypes,
         }
 
@@ -281,9 +284,13 @@ cdef inline void decode_ipv4(pkt_t* p, uint32_t off) noexcept nogil:
         # TSO/GSO captures carry length 0: the frame is the packet
         tot = wire
         p.flags |= PF_IP_LEN_FROM_FRAME
-    if tot < ihl or tot > wire:
+    if tot < ihl:
         p.status = ST_BAD_IP_TOTAL_LEN
         return
+    if tot > wire:
+        # the frame is shorter than its IP header says: decode what is there and let the
+        # missing tail count as missing bytes (as for a snaplen cut), flagged apart
+        p.flags |= PF_IP_LEN_EXCEEDS_FRAME
     p.ipver = 4
     p.ttl = d[off + 8]
     p.proto = d[off + 9]
@@ -324,8 +331,7 @@ cdef inline void decode_ipv6(pkt_t* p, uint32_t off) noexcept nogil:
         tot = wire
         p.flags |= PF_IP_LEN_FROM_FRAME
     if tot > wire:
-        p.status = ST_BAD_IP_TOTAL_LEN
-        return
+        p.flags |= PF_IP_LEN_EXCEEDS_FRAME
     p.ipver = 6
     p.ttl = d[off + 7]
     memcpy(p.src, d + off + 8, 16)

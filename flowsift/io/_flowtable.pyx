@@ -5,7 +5,7 @@ Both directions of a connection hash to the same slot because the key is canonic
 endpoint first), which is also what makes the hash usable for symmetric sharding. A TCP
 5-tuple that is reused after its connection closed gets a new flow id: see `_new_connection`.
 """
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport calloc, realloc, free
 
@@ -50,7 +50,7 @@ ctypedef struct flow_t:
     uint32_t hash
     uint32_t prev          # earlier connection on the same 5-tuple, or NO_FLOW
     uint32_t isn[2]
-    uint32_t first_seq[2]
+    uint32_t min_seq[2]     # lowest sequence number seen per direction (mod 2^32)
     int64_t first_ts
     int64_t last_ts
     uint64_t pkts[2]
@@ -245,20 +245,20 @@ cdef class FlowTable:
                 if not f.syn_seen[d]:
                     f.syn_seen[d] = 1
                     f.isn[d] = p.seq
-            if not f.seq_seen[d]:
+            if not f.seq_seen[d] or <int32_t>(p.seq - f.min_seq[d]) < 0:
                 f.seq_seen[d] = 1
-                f.first_seq[d] = p.seq
+                f.min_seq[d] = p.seq
         return 0
 
     cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil:
         # A SYN (without ACK) starts a new connection on a known 5-tuple when it cannot belong
         # to the current one: that side already sent a SYN with another ISN, or the connection
         # was closing (FIN/RST) and the SYN does not precede the bytes seen from that side
-        # (a reordered capture can deliver the SYN last: ISN + 1 == first sequence seen).
+        # (a reordered capture can deliver the SYN last: ISN + 1 == lowest sequence seen).
         if f.syn_seen[d]:
             return f.isn[d] != seq
         if f.closing:
-            return not (f.seq_seen[d] and <uint32_t>(seq + 1) == f.first_seq[d])
+            return not (f.seq_seen[d] and <uint32_t>(seq + 1) == f.min_seq[d])
         return False
 
     def flow(self, uint32_t flow_id):

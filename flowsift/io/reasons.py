@@ -29,7 +29,7 @@ REASON_HELP = {
     "truncated_ip_header": "frame ends inside the IP header (snaplen or short frame)",
     "bad_ip_version": "IP version field is neither 4 nor 6",
     "bad_ip_header_length": "IPv4 header length below 20 bytes",
-    "bad_ip_total_length": "IP length field below the header size or beyond the frame",
+    "bad_ip_total_length": "IP length field below the header size",
     "truncated_ipv6_extension": "IPv6 extension header chain runs past the packet",
     "truncated_tcp_header": "TCP header cut short (snaplen or IP length)",
     "bad_tcp_data_offset": "TCP data offset below 20 bytes or beyond the segment",
