@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 # Files smaller than this finish before a progress bar is worth drawing.
-PROGRESS_MIN_BYTES = 64 << 20
+PROGRESS_MIN_BYTES = int(os.environ.get("FLOWSIFT_PROGRESS_MIN_BYTES", 64 << 20))
 
 
 def _fail(message):

@@ -43,3 +43,43 @@ def test_demo_capture_has_what_the_demo_needs():
     out = json.loads(run_cli("stats", "--json", ROOT / "examples" / "demo.pcap", check=True).stdout)
     assert out["flows"]["tcp"] >= 5 and out["flows"]["udp"] >= 3 and out["ip"]["ipv6"] > 0
     assert out["undecoded"] == {} and out["error"] is None
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """A bar is drawn on stderr when it is a terminal (threshold lowered so a small file qualifies)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    env = dict(os.environ, FLOWSIFT_PROGRESS_MIN_BYTES="0", COLUMNS="100")
+    master, slave = pty.openpty()
+    res = subprocess.run([sys.executable, "-m", "flowsift", "stats", "--json", str(ROOT / "examples" / "demo.pcap")],
+                         stdout=subprocess.PIPE, stderr=slave, env=env, timeout=60)
+    os.close(slave)
+    seen = b""
+    try:
+        while chunk := os.read(master, 65536):
+            seen += chunk
+    except OSError:
+        pass
+    os.close(master)
+    assert res.returncode == 0 and json.loads(res.stdout)["packets"] > 0
+    assert b"reading" in seen
+    piped = run_cli("stats", "--json", ROOT / "examples" / "demo.pcap")
+    assert piped.stderr == ""
+
+
+def test_build_says_in_one_line_what_is_missing(tmp_path):
+    """setup.py's preflight: no compiler, or no libpcap headers, is one line and no compiler spew."""
+    import os
+    import subprocess
+    import sys
+    for cc, needle in (("no-such-cc", "no C compiler"), ("gcc -nostdinc", "libpcap development files")):
+        env = dict(os.environ, CC=cc)
+        res = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-temp", str(tmp_path / "b"),
+                              "--build-lib", str(tmp_path / "l")], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 1
+        ours = [l for l in res.stderr.splitlines() if l.startswith("flowsift build:")]
+        assert len(ours) == 1 and needle in ours[0], res.stderr[-2000:]
+        assert "gcc:" not in res.stderr and "error:" not in res.stderr.replace(ours[0], "")
