@@ -47,7 +47,7 @@ def ext(name, libraries=()):
     return Extension(
         name,
         [name.replace(".", "/") + ".pyx"],
-        include_dirs=["flowsift/io"],
+        include_dirs=["flowsift/io", "."],
         libraries=list(libraries),
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"],
     )
@@ -59,6 +59,7 @@ EXTENSIONS = [
     ext("flowsift.io._decode"),
     ext("flowsift.io._bpf", libraries=["pcap"]),
     ext("flowsift.io._flowtable"),
+    ext("flowsift.reassembly._engine"),
 ]
 
 setup(

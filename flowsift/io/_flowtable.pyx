@@ -30,33 +30,6 @@ cdef extern from *:
 
 NO_FLOW = 0xFFFFFFFF
 
-ctypedef struct slot_t:
-    uint32_t hash
-    uint32_t idx1          # flow index + 1; 0 marks an empty slot
-
-ctypedef struct flow_t:
-    uint8_t a[16]          # canonical key: endpoint a <= endpoint b
-    uint8_t b[16]
-    uint16_t pa
-    uint16_t pb
-    uint8_t proto
-    uint8_t ipver
-    uint8_t client_is_a    # endpoint a sends direction 0
-    uint8_t closing        # FIN or RST seen (either direction)
-    uint8_t syn_seen[2]
-    uint8_t seq_seen[2]
-    uint8_t in_table       # still reachable by key (not replaced by a newer connection)
-    uint8_t _pad[3]
-    uint32_t hash
-    uint32_t prev          # earlier connection on the same 5-tuple, or NO_FLOW
-    uint32_t isn[2]
-    uint32_t min_seq[2]     # lowest sequence number seen per direction (mod 2^32)
-    int64_t first_ts
-    int64_t last_ts
-    uint64_t pkts[2]
-    uint64_t bytes[2]      # captured L4 payload bytes
-
-
 cdef inline uint64_t rotl(uint64_t x, int r) noexcept nogil:
     return (x << r) | (x >> (64 - r))
 
@@ -89,15 +62,6 @@ cdef inline bint same_key(const flow_t* x, const flow_t* y) noexcept nogil:
 
 cdef class FlowTable:
     """Assigns flow_id and dir to every decoded TCP/UDP packet of a batch."""
-    cdef slot_t* slots
-    cdef uint32_t mask
-    cdef uint32_t used
-    cdef flow_t* flows
-    cdef readonly uint32_t n_flows
-    cdef uint32_t cap_flows
-    cdef readonly uint64_t tcp_connections
-    cdef readonly uint64_t udp_flows
-    cdef readonly uint64_t reused_tuples   # new connections on a 5-tuple seen before
 
     def __cinit__(self):
         self.slots = <slot_t*> calloc(INITIAL_SLOTS, sizeof(slot_t))
@@ -124,7 +88,7 @@ cdef class FlowTable:
                 p.flow_id = NONE32
                 if p.status != ST_OK or not (p.flags & PF_L4) or (p.proto != 6 and p.proto != 17):
                     continue
-                if self._assign(p) < 0:
+                if self._assign(<void*>p) < 0:
                     rc = -1
                     break
         if rc < 0:
@@ -168,7 +132,8 @@ cdef class FlowTable:
             self.udp_flows += 1
         return <int>(self.n_flows - 1)
 
-    cdef int _assign(self, pkt_t* p) noexcept nogil:
+    cdef int _assign(self, void* pv) noexcept nogil:
+        cdef pkt_t* p = <pkt_t*>pv
         cdef flow_t key
         cdef flow_t* f
         cdef int src_is_a, c, idx
@@ -281,6 +246,9 @@ cdef class FlowTable:
         """Forget a flow's key (its id stays valid for `flow`); a later packet opens a new flow."""
         if flow_id >= self.n_flows:
             raise IndexError(flow_id)
+        return self._remove(flow_id)
+
+    cdef bint _remove(self, uint32_t flow_id) noexcept nogil:
         cdef flow_t* f = &self.flows[flow_id]
         cdef uint32_t j, k, want
         if not f.in_table:

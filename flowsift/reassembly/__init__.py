@@ -1,1 +1,59 @@
-"""TCP reassembly (sans-IO): segments in, stream events out."""
+"""TCP reassembly (sans-IO): decoded segments in, stream events out.
+
+    from flowsift.reassembly import Reassembler
+    r = Reassembler()                      # collects events; or Reassembler(sink=...)
+    r.feed_capture("trace.pcap")
+    for (conn, direction), d in r.collector.dirs.items():
+        d.data, d.gaps
+
+The engine is compiled (`_engine.pyx`); `reference.py` is a small pure-Python twin used to
+check it. docs/reassembly.md describes the semantics.
+"""
+from flowsift.reassembly._engine import CountSink, Engine, PySink, Sink, POLICIES
+from flowsift.reassembly.events import (CLOSE_REASONS, GAP_REASONS, Datagram, Direction, EventCollector, Gap,
+                                        Overlap, StreamData)
+
+__all__ = ["Reassembler", "Engine", "Sink", "CountSink", "PySink", "POLICIES", "EventCollector", "StreamData",
+           "Gap", "Overlap", "Datagram", "Direction", "GAP_REASONS", "CLOSE_REASONS"]
+
+
+class Reassembler:
+    """Flow table + engine over batches of decoded packets (capture order).
+
+    `sink`: a compiled Sink (CountSink, the streams FileSink...), or None to collect events
+    in Python (`self.collector`). Options are the Engine's: policy, timeouts, memory bounds.
+    """
+
+    def __init__(self, sink=None, **options):
+        from flowsift.io import FlowTable
+        self.flows = FlowTable()
+        self.collector = None
+        if sink is None:
+            self.collector = EventCollector()
+            sink = PySink(self.collector)
+        self.sink = sink
+        self.engine = Engine(self.flows, sink, **options)
+
+    def feed(self, batch):
+        self.flows.update(batch)
+        self.engine.feed(batch)
+
+    def finish(self):
+        self.engine.close_all("eof")
+
+    def feed_capture(self, path, bpf=None, decoder=None, on_progress=None):
+        """Read, decode and reassemble a whole capture, then close everything (end of input)."""
+        from flowsift.io import Batch, Decoder, open_capture
+        cap = open_capture(path)
+        decoder = decoder or Decoder()
+        batch = Batch()
+        while cap.fill(batch):
+            if bpf is not None:
+                bpf.apply(batch)
+            decoder.decode(batch)
+            self.feed(batch)
+            if on_progress is not None:
+                on_progress(cap.position, cap.size)
+        self.finish()
+        cap.check()
+        return decoder

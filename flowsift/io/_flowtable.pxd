@@ -1,0 +1,44 @@
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+
+ctypedef struct slot_t:
+    uint32_t hash
+    uint32_t idx1
+
+ctypedef struct flow_t:
+    uint8_t a[16]
+    uint8_t b[16]
+    uint16_t pa
+    uint16_t pb
+    uint8_t proto
+    uint8_t ipver
+    uint8_t client_is_a
+    uint8_t closing
+    uint8_t syn_seen[2]
+    uint8_t seq_seen[2]
+    uint8_t in_table
+    uint8_t _pad[3]
+    uint32_t hash
+    uint32_t prev
+    uint32_t isn[2]
+    uint32_t min_seq[2]
+    int64_t first_ts
+    int64_t last_ts
+    uint64_t pkts[2]
+    uint64_t bytes[2]
+
+
+cdef class FlowTable:
+    cdef slot_t* slots
+    cdef uint32_t mask
+    cdef uint32_t used
+    cdef flow_t* flows
+    cdef readonly uint32_t n_flows
+    cdef uint32_t cap_flows
+    cdef readonly uint64_t tcp_connections
+    cdef readonly uint64_t udp_flows
+    cdef readonly uint64_t reused_tuples
+    cdef int _grow_slots(self) noexcept nogil
+    cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil
+    cdef int _assign(self, void* p) noexcept nogil
+    cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil
+    cdef bint _remove(self, uint32_t flow_id) noexcept nogil

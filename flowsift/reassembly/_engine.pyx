@@ -1,0 +1,947 @@
+# cython: language_level=3
+"""TCP reassembly, sans-IO: decoded segments in, stream events out (to a Sink).
+
+Theory of operation
+-------------------
+Each connection has two directions. A direction maps 32-bit sequence numbers onto 64-bit
+*internal offsets* anchored at the first sequence number it met (ISN + 1 when the SYN was
+seen). Reported offsets are internal - origin, so the stream starts at 0.
+
+A direction is *settled* once its start is known: at once when its SYN was seen; for a
+midstream pickup (no SYN) only when one of these happens first: SETTLE_BYTES held, SETTLE_NS of
+capture time since its first segment, the peer acknowledging its data, or the connection
+ending. Until then nothing is delivered, so segments that arrive reordered at the very start
+still count: the stream starts at the lowest sequence number seen.
+
+Bytes are delivered the moment they are contiguous with what was delivered before (`next`).
+Segments beyond `next` are *held*, as non-overlapping chunks that remember which segment
+supplied each byte; overlapping held bytes are resolved by the overlap policy. Delivered bytes
+are final: a later copy that differs is reported (Overlap events, conflict counts) but cannot
+change them. To compare, each direction keeps its delivered-but-unacknowledged bytes (at most
+RETAIN_MAX) in a ring.
+
+A hole becomes a gap when it can no longer fill: the receiver acknowledged past it while
+data waits beyond it, the out-of-order memory bound is reached (the oldest hole is given up),
+the capture cut the bytes, or the connection ends. Gaps are events with an offset and a
+length; the stream goes on after them.
+
+Connections end lazily: FIN from both sides with nothing missing ends one at once; a RST,
+or FINs with holes left, moves it to the closing timeout so late retransmissions still count.
+Idle timeouts are per state (embryonic, established, closing, UDP), kept in one LRU list per
+state so expiry is O(1) per connection.
+"""
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport malloc, calloc, realloc, free
+
+from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT, PF_FRAG_FIRST
+from flowsift.io._flowtable cimport FlowTable, flow_t
+
+cdef extern from "string.h" nogil:
+    void* _memmove "memmove"(void* dst, const void* src, size_t n)
+
+# --- limits, each with why ---------------------------------------------------------------
+# Delivered bytes kept for comparing retransmissions, per direction, until the peer ACKs them.
+# 64 KiB is the largest window without window scaling: enough for most in-flight data.
+DEF RETAIN_MAX = 65536
+# A midstream direction waits this long / this much before fixing its start (see above).
+DEF SETTLE_BYTES = 16384
+DEF SETTLE_NS = 1000000000
+# A trailing gap (bytes proven sent by FIN or ACK but never captured) larger than this is not
+# believed: such ACK values come from broken or crafted packets.
+DEF MAX_TRAILING_GAP = 1073741824
+
+DEF TH_FIN = 0x01
+DEF TH_SYN = 0x02
+DEF TH_RST = 0x04
+DEF TH_ACK = 0x10
+
+cdef enum:
+    POL_FIRST = 0
+    POL_LAST = 1
+    POL_BSD = 2
+    POL_LINUX = 3
+    POL_WINDOWS = 4
+    POL_SOLARIS = 5
+
+POLICIES = {"first": POL_FIRST, "last": POL_LAST, "bsd": POL_BSD, "linux": POL_LINUX,
+            "windows": POL_WINDOWS, "solaris": POL_SOLARIS}
+
+# LRU classes (timeouts)
+cdef enum:
+    LRU_EMBRYONIC = 0
+    LRU_ESTABLISHED = 1
+    LRU_CLOSING = 2
+    LRU_UDP = 3
+    LRU_NONE = 4
+    N_LRU = 4
+
+# connection state
+cdef enum:
+    CS_UNUSED = 0
+    CS_OPEN = 1
+    CS_DONE = 2
+
+ctypedef struct chunk_t:
+    int64_t start
+    int64_t end
+    int64_t own_start      # the segment that supplied these bytes, for the overlap policy
+    int64_t own_end
+    uint8_t* data          # NULL for bytes known to be missing (cut by the capture)
+
+ctypedef struct dir_t:
+    uint8_t anchored       # the sequence-to-offset mapping is fixed
+    uint8_t settled        # the start (origin) is known: delivery may proceed
+    uint8_t syn_seen
+    uint8_t midstream
+    uint8_t fin_seen
+    uint8_t rst_seen
+    uint8_t done
+    uint8_t close_reason
+    uint32_t anchor_seq    # sequence number at internal offset anchor_off
+    int64_t anchor_off
+    int64_t origin         # internal offset of stream byte 0
+    int64_t next           # internal offset of the next byte to deliver
+    int64_t fin_off
+    int64_t acked          # highest internal offset the peer acknowledged (valid if has_ack)
+    uint8_t has_ack
+    uint8_t _pad[7]
+    int64_t first_data_ts
+    # held (out-of-order) data
+    chunk_t* chunks
+    int32_t n_chunks
+    int32_t cap_chunks
+    uint64_t held_bytes
+    # delivered but unacknowledged bytes, a ring
+    uint8_t* ring
+    uint32_t ring_cap
+    uint32_t ring_len
+    int64_t ring_start
+    # counters
+    uint64_t packets
+    uint64_t payload_bytes     # captured payload bytes seen
+    uint64_t delivered
+    uint64_t gap_bytes
+    uint64_t n_gaps
+    uint64_t conflict_bytes
+    uint64_t overlap_bytes     # bytes seen more than once (same or different)
+    uint64_t retransmissions   # segments whose bytes were all seen before
+    uint64_t late_bytes        # bytes that arrived for a range already given up as a gap
+    uint64_t unverified_bytes  # repeated bytes no longer retained, so not compared
+    int64_t first_ts
+    int64_t last_ts
+
+ctypedef struct conn_t:
+    dir_t d[2]
+    uint8_t state
+    uint8_t proto
+    uint8_t lru
+    uint8_t close_reason
+    uint8_t rst
+    uint8_t ipver
+    uint8_t _pad[2]
+    int32_t lru_prev
+    int32_t lru_next
+    int64_t first_ts
+    int64_t last_ts
+    uint8_t client[16]
+    uint8_t server[16]
+    uint16_t cport
+    uint16_t sport
+
+
+cdef inline bint new_wins(int policy, int64_t ns, int64_t ne, int64_t os, int64_t oe) noexcept nogil:
+    # Overlap between a new segment [ns, ne) and bytes held from an older one [os, oe):
+    # does the new copy replace the old? (Suricata's and Snort's target-based policies.)
+    if policy == POL_FIRST:
+        return False
+    if policy == POL_LAST:
+        return True
+    if policy == POL_BSD or policy == POL_WINDOWS:
+        return ns < os
+    if policy == POL_LINUX:
+        return ns < os or (ns == os and ne > oe)
+    # solaris
+    return ne > oe or (ne == oe and ns <= os)
+
+
+cdef class Sink:
+    """Base sink: ignores everything. Subclass in Cython (cdef methods) or use EventSink."""
+    cdef int on_open(self, uint32_t conn, object engine) except -1:
+        return 0
+    cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
+        return 0
+    cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
+        return 0
+    cdef int on_overlap(self, uint32_t conn, int d, int64_t offset, int64_t length, uint64_t conflicts) except -1:
+        return 0
+    cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1:
+        return 0
+    cdef int on_close(self, uint32_t conn, object engine) except -1:
+        return 0
+
+
+cdef class CountSink(Sink):
+    """Counts delivered bytes and events; touches every delivered byte (the benchmark's no-op consumer)."""
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t datagram_bytes
+    cdef readonly uint64_t chunks
+    cdef readonly uint64_t gaps
+    cdef readonly uint64_t closes
+    cdef readonly uint64_t checksum
+
+    cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
+        self.bytes += n
+        self.chunks += 1
+        if n:
+            self.checksum += data[0] + data[n - 1]
+        return 0
+
+    cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
+        self.gaps += 1
+        return 0
+
+    cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1:
+        self.datagram_bytes += n
+        return 0
+
+    cdef int on_close(self, uint32_t conn, object engine) except -1:
+        self.closes += 1
+        return 0
+
+
+cdef class PySink(Sink):
+    """Forwards events to Python methods of `target` (events.EventCollector): for tests and tools."""
+    cdef object target
+
+    def __init__(self, target):
+        self.target = target
+
+    cdef int on_open(self, uint32_t conn, object engine) except -1:
+        self.target.on_open(conn, engine)
+        return 0
+
+    cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
+        self.target.on_data(conn, d, offset, (<const char*>data)[:n])
+        return 0
+
+    cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
+        self.target.on_gap(conn, d, offset, length, reason)
+        return 0
+
+    cdef int on_overlap(self, uint32_t conn, int d, int64_t offset, int64_t length, uint64_t conflicts) except -1:
+        self.target.on_overlap(conn, d, offset, length, conflicts)
+        return 0
+
+    cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1:
+        self.target.on_datagram(conn, d, ts, (<const char*>data)[:n])
+        return 0
+
+    cdef int on_close(self, uint32_t conn, object engine) except -1:
+        self.target.on_close(conn, engine)
+        return 0
+
+
+cdef class Engine:
+    """One reassembler for many connections. Feed it decoded batches (flow ids assigned by `flows`)."""
+    cdef conn_t* conns
+    cdef uint32_t cap_conns
+    cdef FlowTable flows
+    cdef Sink sink
+    cdef int policy
+    cdef int32_t lru_head[N_LRU]
+    cdef int32_t lru_tail[N_LRU]
+    cdef int64_t timeouts[N_LRU]
+    cdef readonly uint64_t max_held_per_dir
+    cdef readonly uint64_t memcap
+    cdef readonly uint64_t max_connections
+    cdef readonly uint64_t held_total
+    cdef readonly uint64_t open_connections
+    cdef readonly uint64_t peak_open
+    cdef readonly uint64_t memcap_gaps
+    cdef readonly uint64_t evictions
+    cdef readonly uint64_t timeouts_fired
+    cdef readonly uint64_t late_packets      # packets for a connection already finished
+    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
+    cdef readonly uint64_t segments
+    cdef readonly int64_t now
+
+    def __cinit__(self, FlowTable flows, Sink sink, str policy="first", double embryonic_timeout=30.0,
+                  double established_timeout=600.0, double closing_timeout=10.0, double udp_timeout=120.0,
+                  uint64_t max_held_per_dir=4 << 20, uint64_t memcap=1 << 30, uint64_t max_connections=1 << 20):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown overlap policy {policy!r} (one of: {', '.join(POLICIES)})")
+        self.flows = flows
+        self.sink = sink
+        self.policy = POLICIES[policy]
+        cdef int i
+        for i in range(N_LRU):
+            self.lru_head[i] = -1
+            self.lru_tail[i] = -1
+        self.timeouts[LRU_EMBRYONIC] = <int64_t>(embryonic_timeout * 1e9)
+        self.timeouts[LRU_ESTABLISHED] = <int64_t>(established_timeout * 1e9)
+        self.timeouts[LRU_CLOSING] = <int64_t>(closing_timeout * 1e9)
+        self.timeouts[LRU_UDP] = <int64_t>(udp_timeout * 1e9)
+        self.max_held_per_dir = max_held_per_dir
+        self.memcap = memcap
+        self.max_connections = max_connections
+        self.cap_conns = 0
+        self.conns = NULL
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        cdef int d
+        if self.conns != NULL:
+            for i in range(self.cap_conns):
+                for d in range(2):
+                    self._free_dir(&self.conns[i].d[d])
+            free(self.conns)
+
+    # --- public API ---------------------------------------------------------------------
+
+    def feed(self, Batch batch):
+        """Process a decoded batch whose packets carry flow ids (FlowTable.update first)."""
+        cdef Py_ssize_t i
+        cdef pkt_t* p
+        for i in range(batch.n):
+            p = &batch.pkts[i]
+            if p.flow_id == 0xFFFFFFFF:
+                continue
+            if p.ts_ns > self.now:
+                self.now = p.ts_ns
+            self._packet(p)
+        self._expire()
+
+    def advance(self, int64_t now_ns):
+        """Let capture time pass (fires idle timeouts); time never moves backwards."""
+        if now_ns > self.now:
+            self.now = now_ns
+        self._expire()
+
+    def close_all(self, str reason="eof"):
+        """End every open connection (end of input); holes become gaps."""
+        cdef int r = CLOSE_EOF if reason == "eof" else CLOSE_EVICTED
+        cdef int c
+        for c in range(N_LRU):
+            while self.lru_head[c] >= 0:
+                self._finish(<uint32_t>self.lru_head[c], r)
+
+    def connection(self, uint32_t conn):
+        """A finished or open connection's summary, as a dict (per connection, not per packet)."""
+        if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
+            raise KeyError(conn)
+        cdef conn_t* c = &self.conns[conn]
+        alen = 4 if c.ipver == 4 else 16
+        out = {"id": conn, "proto": "tcp" if c.proto == 6 else "udp", "ipver": c.ipver,
+               "client": (bytes(c.client[:alen]), c.cport), "server": (bytes(c.server[:alen]), c.sport),
+               "first_ts": c.first_ts, "last_ts": c.last_ts, "open": c.state == CS_OPEN, "dirs": []}
+        for d in range(2):
+            D = &c.d[d]
+            out["dirs"].append({
+                "packets": D.packets, "payload_bytes": D.payload_bytes, "delivered": D.delivered,
+                "gap_bytes": D.gap_bytes, "gaps": D.n_gaps, "conflicts": D.conflict_bytes,
+                "overlap_bytes": D.overlap_bytes, "retransmissions": D.retransmissions,
+                "late_bytes": D.late_bytes, "unverified_bytes": D.unverified_bytes,
+                "midstream": bool(D.midstream), "syn": bool(D.syn_seen), "fin": bool(D.fin_seen),
+                "rst": bool(D.rst_seen), "close": CLOSE_NAMES.get(D.close_reason),
+                "first_ts": D.first_ts, "last_ts": D.last_ts,
+            })
+        return out
+
+    def counters(self):
+        return {"segments": self.segments, "open_connections": self.open_connections, "peak_open": self.peak_open,
+                "held_bytes": self.held_total, "memcap_gaps": self.memcap_gaps, "evictions": self.evictions,
+                "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
+                "ignored_flags": self.ignored_flags}
+
+    # --- connections ----------------------------------------------------------------------
+
+    cdef int _grow(self, uint32_t need) except -1:
+        cdef uint32_t cap = self.cap_conns if self.cap_conns else 1024
+        while cap <= need:
+            cap *= 2
+        cdef conn_t* c = <conn_t*> realloc(self.conns, cap * sizeof(conn_t))
+        if c == NULL:
+            raise MemoryError("reassembly connection table")
+        memset(&c[self.cap_conns], 0, (cap - self.cap_conns) * sizeof(conn_t))
+        self.conns = c
+        self.cap_conns = cap
+        return 0
+
+    cdef void _lru_unlink(self, uint32_t i) noexcept nogil:
+        cdef conn_t* c = &self.conns[i]
+        if c.lru == LRU_NONE:
+            return
+        if c.lru_prev >= 0:
+            self.conns[c.lru_prev].lru_next = c.lru_next
+        else:
+            self.lru_head[c.lru] = c.lru_next
+        if c.lru_next >= 0:
+            self.conns[c.lru_next].lru_prev = c.lru_prev
+        else:
+            self.lru_tail[c.lru] = c.lru_prev
+        c.lru = LRU_NONE
+
+    cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil:
+        cdef conn_t* c = &self.conns[i]
+        self._lru_unlink(i)
+        c.lru = cls
+        c.lru_next = -1
+        c.lru_prev = self.lru_tail[cls]
+        if self.lru_tail[cls] >= 0:
+            self.conns[self.lru_tail[cls]].lru_next = <int32_t>i
+        else:
+            self.lru_head[cls] = <int32_t>i
+        self.lru_tail[cls] = <int32_t>i
+
+    cdef int _open(self, uint32_t i, pkt_t* p) except -1:
+        cdef conn_t* c = &self.conns[i]
+        cdef flow_t* f = &self.flows.flows[i]
+        memset(c, 0, sizeof(conn_t))
+        c.state = CS_OPEN
+        c.proto = p.proto
+        c.ipver = p.ipver
+        c.lru = LRU_NONE
+        c.lru_prev = -1
+        c.lru_next = -1
+        c.first_ts = p.ts_ns
+        if f.client_is_a:
+            memcpy(c.client, f.a, 16)
+            memcpy(c.server, f.b, 16)
+            c.cport, c.sport = f.pa, f.pb
+        else:
+            memcpy(c.client, f.b, 16)
+            memcpy(c.server, f.a, 16)
+            c.cport, c.sport = f.pb, f.pa
+        self.open_connections += 1
+        if self.open_connections > self.peak_open:
+            self.peak_open = self.open_connections
+        if f.prev != 0xFFFFFFFF and f.prev < self.cap_conns and self.conns[f.prev].state == CS_OPEN:
+            # the 5-tuple was reused: the earlier connection is over
+            self._finish(f.prev, CLOSE_FIN if self._any_fin(f.prev) else (CLOSE_RST if self.conns[f.prev].rst else CLOSE_EVICTED))
+            c = &self.conns[i]
+        self.sink.on_open(i, self)
+        if self.open_connections > self.max_connections:
+            self._evict_idlest(i)
+        return 0
+
+    cdef bint _any_fin(self, uint32_t i) noexcept nogil:
+        return self.conns[i].d[0].fin_seen or self.conns[i].d[1].fin_seen
+
+    cdef int _evict_idlest(self, uint32_t keep) except -1:
+        cdef int cls, best = -1
+        cdef int64_t best_ts = 0
+        cdef int32_t h
+        for cls in range(N_LRU):
+            h = self.lru_head[cls]
+            if h >= 0 and <uint32_t>h != keep and (best < 0 or self.conns[h].last_ts < best_ts):
+                best = h
+                best_ts = self.conns[h].last_ts
+        if best >= 0:
+            self.evictions += 1
+            self._finish(<uint32_t>best, CLOSE_EVICTED)
+        return 0
+
+    cdef int _expire(self) except -1:
+        cdef int cls
+        cdef int32_t h
+        for cls in range(N_LRU):
+            while True:
+                h = self.lru_head[cls]
+                if h < 0 or self.conns[h].last_ts + self.timeouts[cls] > self.now:
+                    break
+                self.timeouts_fired += 1
+                self._finish(<uint32_t>h, CLOSE_TIMEOUT)
+        return 0
+
+    cdef int _finish(self, uint32_t i, int reason) except -1:
+        cdef conn_t* c = &self.conns[i]
+        cdef int d
+        cdef dir_t* D
+        if c.state != CS_OPEN:
+            return 0
+        self._lru_unlink(i)
+        c.close_reason = reason
+        for d in range(2):
+            D = &c.d[d]
+            if not D.anchored:
+                D.close_reason = CLOSE_RST if c.rst else reason
+                continue
+            if not D.settled:
+                self._settle(i, d)
+            self._flush_all(i, d, GAP_CLOSED)
+            self._trailing_gap(i, d)
+            D.done = 1
+            D.close_reason = CLOSE_FIN if D.fin_seen else (CLOSE_RST if c.rst else reason)
+            self._free_dir(D)
+        c.state = CS_DONE
+        self.open_connections -= 1
+        if reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED:
+            # a later packet on this 5-tuple starts a new connection
+            self.flows._remove(i)
+        self.sink.on_close(i, self)
+        return 0
+
+    cdef void _free_dir(self, dir_t* D) noexcept nogil:
+        cdef int32_t k
+        for k in range(D.n_chunks):
+            free(D.chunks[k].data)
+            self.held_total -= <uint64_t>(D.chunks[k].end - D.chunks[k].start) if D.chunks[k].data != NULL else 0
+        free(D.chunks)
+        D.chunks = NULL
+        D.n_chunks = 0
+        D.cap_chunks = 0
+        D.held_bytes = 0
+        free(D.ring)
+        D.ring = NULL
+        D.ring_cap = 0
+        D.ring_len = 0
+
+    # --- per packet ------------------------------------------------------------------------
+
+    cdef int _packet(self, pkt_t* p) except -1:
+        cdef uint32_t i = p.flow_id
+        cdef conn_t* c
+        cdef dir_t* D
+        cdef dir_t* P
+        cdef int d = p.dir
+        cdef uint32_t seq
+        cdef int64_t o, ack_off
+        cdef uint8_t fl
+        cdef bint has_payload
+        if i >= self.cap_conns:
+            self._grow(i)
+        c = &self.conns[i]
+        if c.state == CS_UNUSED:
+            self._open(i, p)
+            c = &self.conns[i]
+        elif c.state == CS_DONE:
+            self.late_packets += 1
+            return 0
+        self.segments += 1
+        c.last_ts = p.ts_ns
+        D = &c.d[d]
+        P = &c.d[1 - d]
+        D.packets += 1
+        if D.packets == 1:
+            D.first_ts = p.ts_ns
+        D.last_ts = p.ts_ns
+        if c.proto == 17:
+            D.payload_bytes += p.payload_len
+            D.delivered += p.payload_len
+            self.sink.on_datagram(i, d, p.ts_ns, p.data + p.payload_off, p.payload_len)
+            self._lru_push(i, LRU_UDP)
+            return 0
+
+        fl = p.tcp_flags
+        seq = p.seq
+        has_payload = p.payload_wirelen > 0
+        if fl & TH_SYN:
+            if not D.syn_seen:
+                D.syn_seen = 1
+                if not D.anchored:
+                    self._anchor(D, seq + 1)
+                    D.settled = 1
+                    D.origin = D.anchor_off
+                    D.next = D.origin
+                elif not D.settled:
+                    # a reordered capture: the SYN came after data; the stream starts after it
+                    D.midstream = 0
+                    self._settle_at(i, d, self._off(D, seq + 1))
+            seq += 1
+        elif not D.anchored:
+            if (fl & (TH_FIN | TH_RST)) and not has_payload and P.syn_seen and not P.fin_seen and P.next == P.origin:
+                # a FIN/RST from a side that never answered the peer's SYN says nothing about its
+                # stream (an evasion trick): do not let it fix the start or close anything
+                self.ignored_flags += 1
+                self._lru_push(i, LRU_EMBRYONIC)
+                return 0
+            self._anchor(D, seq)
+            D.midstream = 1
+
+        o = self._off(D, seq)
+        if has_payload:
+            D.payload_bytes += p.payload_len
+            if D.first_data_ts == 0:
+                D.first_data_ts = p.ts_ns
+            self._insert(i, d, o, p.data + p.payload_off, p.payload_len, p.payload_wirelen)
+        if fl & TH_FIN and not D.fin_seen:
+            D.fin_seen = 1
+            D.fin_off = o + p.payload_wirelen
+        if fl & TH_RST:
+            D.rst_seen = 1
+            c.rst = 1
+        if (fl & TH_ACK) and P.anchored:
+            ack_off = self._off(P, p.ack)
+            if not P.has_ack or ack_off > P.acked:
+                P.acked = ack_off
+                P.has_ack = 1
+                self._on_ack(i, 1 - d)
+        if not D.settled and D.n_chunks and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS):
+            self._settle(i, d)
+        c = &self.conns[i]
+        if c.state != CS_OPEN:
+            return 0
+        # where the connection now waits for its timeout
+        if c.rst or (c.d[0].fin_seen and c.d[1].fin_seen):
+            if self._complete(&c.d[0]) and self._complete(&c.d[1]) and not c.rst:
+                self._finish(i, CLOSE_FIN)
+            else:
+                self._lru_push(i, LRU_CLOSING)
+        elif c.d[0].packets and c.d[1].packets and (c.d[0].next > c.d[0].origin or c.d[1].next > c.d[1].origin or
+                                                   (c.d[0].syn_seen and c.d[1].syn_seen)):
+            self._lru_push(i, LRU_ESTABLISHED)
+        else:
+            self._lru_push(i, LRU_EMBRYONIC)
+        return 0
+
+    cdef bint _complete(self, dir_t* D) noexcept nogil:
+        return D.settled and D.n_chunks == 0 and (not D.fin_seen or D.next >= D.fin_off)
+
+    cdef void _anchor(self, dir_t* D, uint32_t seq) noexcept nogil:
+        D.anchored = 1
+        D.anchor_seq = seq
+        D.anchor_off = 0
+        D.origin = 0
+        D.next = 0
+
+    cdef inline int64_t _off(self, dir_t* D, uint32_t seq) noexcept nogil:
+        # unwrap against the anchor, which follows the stream so differences stay < 2^31
+        return D.anchor_off + <int32_t>(seq - D.anchor_seq)
+
+    cdef inline void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil:
+        D.anchor_seq = <uint32_t>(D.anchor_seq + <uint32_t>(off - D.anchor_off))
+        D.anchor_off = off
+
+    cdef int _settle(self, uint32_t i, int d) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef int64_t start = D.chunks[0].start if D.n_chunks else D.next
+        return self._settle_at(i, d, start)
+
+    cdef int _settle_at(self, uint32_t i, int d, int64_t start) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        D.settled = 1
+        D.origin = start
+        D.next = start
+        self._flush(i, d)
+        return 0
+
+    cdef int _on_ack(self, uint32_t i, int d) except -1:
+        # the peer acknowledged direction d up to D.acked
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef int64_t drop
+        if D.ring_len and D.acked > D.ring_start:
+            drop = D.acked - D.ring_start
+            if drop >= D.ring_len:
+                D.ring_len = 0
+                D.ring_start = D.next
+            else:
+                D.ring_start += drop
+                D.ring_len -= <uint32_t>drop
+        if not D.settled:
+            if D.n_chunks and D.acked > D.chunks[0].start:
+                self._settle(i, d)
+            return 0
+        if D.n_chunks and D.acked > D.next:
+            # the receiver has bytes the capture missed, and data waits beyond: a gap
+            self._gap_to(i, d, D.acked if D.acked < D.chunks[0].start else D.chunks[0].start, GAP_ACKED)
+            self._flush(i, d)
+        return 0
+
+    cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        if upto <= D.next:
+            return 0
+        D.gap_bytes += <uint64_t>(upto - D.next)
+        D.n_gaps += 1
+        self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
+        D = &self.conns[i].d[d]
+        D.next = upto
+        self._move_anchor(D, upto)
+        D.ring_len = 0
+        D.ring_start = upto
+        return 0
+
+    cdef int _trailing_gap(self, uint32_t i, int d) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef int64_t end = D.next
+        if D.fin_seen and D.fin_off > end:
+            end = D.fin_off
+        if D.has_ack and D.acked > end:
+            end = D.acked
+        # an ACK of the FIN itself covers one sequence number that carries no byte
+        if D.fin_seen and end > D.fin_off:
+            end = D.fin_off if D.fin_off > D.next else D.next
+        # an ACK far beyond anything sent is garbage (zero or random ACK fields), not a loss
+        if end > D.next and end - D.next < MAX_TRAILING_GAP:
+            self._gap_to(i, d, end, GAP_TRAILING)
+        return 0
+
+    cdef int _flush_all(self, uint32_t i, int d, int reason) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        while D.n_chunks:
+            self._gap_to(i, d, D.chunks[0].start, reason)
+            self._flush(i, d)
+            D = &self.conns[i].d[d]
+        return 0
+
+    # --- data ------------------------------------------------------------------------------
+
+    cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        self._ring_append(D, data, n)
+        D.delivered += n
+        self.sink.on_data(i, d, D.next - D.origin, data, n)
+        D = &self.conns[i].d[d]
+        D.next += n
+        if D.next - D.anchor_off > 0x40000000:
+            self._move_anchor(D, D.next)
+        return 0
+
+    cdef void _ring_append(self, dir_t* D, const uint8_t* data, uint32_t n) noexcept nogil:
+        cdef uint32_t cap, need, first, pos, k
+        cdef uint8_t* nr
+        if n >= RETAIN_MAX:
+            data += n - RETAIN_MAX
+            D.ring_start = D.next + (n - RETAIN_MAX)
+            D.ring_len = 0
+            n = RETAIN_MAX
+        elif D.ring_len == 0:
+            D.ring_start = D.next
+        need = D.ring_len + n
+        if need > D.ring_cap and D.ring_cap < RETAIN_MAX:
+            cap = D.ring_cap if D.ring_cap else 2048
+            while cap < need and cap < RETAIN_MAX:
+                cap *= 2
+            nr = <uint8_t*> malloc(cap)
+            if nr == NULL:
+                D.ring_len = 0
+                return
+            for k in range(D.ring_len):
+                nr[k] = D.ring[(D.ring_start + k) & (D.ring_cap - 1)]
+            free(D.ring)
+            D.ring = nr
+            D.ring_cap = cap
+            # the ring now starts at index ring_start & (cap-1): rotate into place
+            if D.ring_len:
+                pos = <uint32_t>(D.ring_start & (cap - 1))
+                if pos:
+                    nr = <uint8_t*> malloc(cap)
+                    if nr == NULL:
+                        D.ring_len = 0
+                        return
+                    for k in range(D.ring_len):
+                        nr[(pos + k) & (cap - 1)] = D.ring[k]
+                    free(D.ring)
+                    D.ring = nr
+        if need > D.ring_cap:
+            k = need - D.ring_cap          # drop the oldest
+            D.ring_start += k
+            D.ring_len -= k
+        pos = <uint32_t>((D.ring_start + D.ring_len) & (D.ring_cap - 1))
+        first = D.ring_cap - pos
+        if first >= n:
+            memcpy(D.ring + pos, data, n)
+        else:
+            memcpy(D.ring + pos, data, first)
+            memcpy(D.ring, data + first, n - first)
+        D.ring_len += n
+
+    cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0:
+        # bytes [o, o+n) lie below next: compare with what was delivered, where still retained
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef int64_t a = o, b = o + n, k, lo, hi
+        cdef uint64_t diff = 0
+        D.overlap_bytes += <uint64_t>n
+        lo = a if a > D.ring_start else D.ring_start
+        hi = b if b < D.ring_start + D.ring_len else D.ring_start + D.ring_len
+        if hi > lo and D.ring_cap:
+            for k in range(lo, hi):
+                if D.ring[k & (D.ring_cap - 1)] != data[k - a]:
+                    diff += 1
+            D.unverified_bytes += <uint64_t>(n - (hi - lo))
+        else:
+            D.unverified_bytes += <uint64_t>n
+        if diff:
+            D.conflict_bytes += diff
+        self.sink.on_overlap(i, d, a - D.origin, n, diff)
+        return diff
+
+    cdef int _insert(self, uint32_t i, int d, int64_t o, const uint8_t* data, uint32_t n, uint32_t wire) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef int64_t end = o + n, skip, cut_start = o + n, cut_end = o + wire
+        if D.settled and o < D.next and n:
+            # bytes below next were delivered (or given up): compare, then keep the rest
+            if end <= D.next:
+                D.retransmissions += 1
+            skip = (end if end < D.next else D.next) - o
+            self._compare_delivered(i, d, o, data, skip)
+            D = &self.conns[i].d[d]
+            o += skip
+            data += skip
+            n -= <uint32_t>skip
+        if n and D.settled and o == D.next and D.n_chunks == 0:
+            self._deliver(i, d, data, n)          # the common case: in order, nothing held
+        elif n:
+            self._hold(i, d, o, o + n, data)
+        if cut_end > cut_start:
+            # bytes the capture cut: a piece known to be missing
+            self._hold(i, d, cut_start, cut_end, NULL)
+        D = &self.conns[i].d[d]
+        if D.settled and D.n_chunks and D.chunks[0].start <= D.next:
+            self._flush(i, d)
+        self._check_memory(i, d)
+        return 0
+
+    cdef int _check_memory(self, uint32_t i, int d) except -1:
+        cdef dir_t* D = &self.conns[i].d[d]
+        while D.n_chunks and (D.held_bytes > self.max_held_per_dir or self.held_total > self.memcap):
+            if not D.settled:
+                self._settle(i, d)
+            else:
+                self.memcap_gaps += 1
+                self._gap_to(i, d, D.chunks[0].start, GAP_MEMCAP)
+                self._flush(i, d)
+            D = &self.conns[i].d[d]
+            if D.n_chunks and D.chunks[0].start <= D.next:
+                self._flush(i, d)
+                D = &self.conns[i].d[d]
+        return 0
+
+    cdef int _flush(self, uint32_t i, int d) except -1:
+        # deliver held chunks that now touch next
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef chunk_t ch
+        cdef int64_t from_
+        if not D.settled:
+            return 0
+        while D.n_chunks and D.chunks[0].start <= D.next:
+            ch = D.chunks[0]
+            D.n_chunks -= 1
+            memcpy(D.chunks, D.chunks + 1, D.n_chunks * sizeof(chunk_t))
+            if ch.data != NULL:
+                D.held_bytes -= <uint64_t>(ch.end - ch.start)
+                self.held_total -= <uint64_t>(ch.end - ch.start)
+            if ch.end > D.next:
+                from_ = D.next
+                if ch.data != NULL:
+                    self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_))
+                else:
+                    self._gap_to(i, d, ch.end, GAP_SNAPLEN)
+            free(ch.data)
+            D = &self.conns[i].d[d]
+        return 0
+
+    cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe,
+                         const uint8_t* src) except -1:
+        # insert chunk [s, e) at index `at`; returns 1 if a chunk was added
+        cdef chunk_t* grown
+        cdef uint8_t* buf = NULL
+        if e <= s:
+            return 0
+        if D.n_chunks == D.cap_chunks:
+            D.cap_chunks = 8 if D.cap_chunks == 0 else D.cap_chunks * 2
+            grown = <chunk_t*> realloc(D.chunks, D.cap_chunks * sizeof(chunk_t))
+            if grown == NULL:
+                raise MemoryError()
+            D.chunks = grown
+        if src != NULL:
+            buf = <uint8_t*> malloc(e - s)
+            if buf == NULL:
+                raise MemoryError()
+            memcpy(buf, src, e - s)
+            D.held_bytes += <uint64_t>(e - s)
+            self.held_total += <uint64_t>(e - s)
+        if at < D.n_chunks:
+            _memmove(D.chunks + at + 1, D.chunks + at, (D.n_chunks - at) * sizeof(chunk_t))
+        D.chunks[at].start = s
+        D.chunks[at].end = e
+        D.chunks[at].own_start = os
+        D.chunks[at].own_end = oe
+        D.chunks[at].data = buf
+        D.n_chunks += 1
+        return 1
+
+    cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data) except -1:
+        # Insert [s, e) (data, or NULL for bytes known missing) among the held chunks. The
+        # overlapped chunks are replaced by pieces: old bytes, or new ones where the policy says.
+        cdef dir_t* D = &self.conns[i].d[d]
+        cdef int32_t first = 0, last, k, n_old, at
+        cdef chunk_t* old
+        cdef int64_t pos, a, b, cs, ce, x, overlap = 0
+        cdef uint64_t diff = 0
+        cdef bint take_new
+        if e <= s:
+            return 0
+        if D.settled and s < D.next:
+            if data != NULL:
+                data += D.next - s
+            s = D.next
+            if e <= s:
+                return 0
+        while first < D.n_chunks and D.chunks[first].end <= s:
+            first += 1
+        last = first
+        while last < D.n_chunks and D.chunks[last].start < e:
+            last += 1
+        n_old = last - first
+        if n_old == 0:
+            return self._push_chunk(D, first, s, e, s, e, data)
+        # take the overlapped chunks out, then write pieces back in order
+        old = <chunk_t*> malloc(n_old * sizeof(chunk_t))
+        if old == NULL:
+            raise MemoryError()
+        memcpy(old, D.chunks + first, n_old * sizeof(chunk_t))
+        _memmove(D.chunks + first, D.chunks + last, (D.n_chunks - last) * sizeof(chunk_t))
+        D.n_chunks -= n_old
+        for k in range(n_old):
+            if old[k].data != NULL:
+                D.held_bytes -= <uint64_t>(old[k].end - old[k].start)
+                self.held_total -= <uint64_t>(old[k].end - old[k].start)
+        at = first
+        pos = s
+        try:
+            for k in range(n_old):
+                cs = old[k].start
+                ce = old[k].end
+                if cs < s:          # the old chunk's part before the new segment
+                    at += self._push_chunk(D, at, cs, s, old[k].own_start, old[k].own_end, old[k].data)
+                if pos < cs:        # new bytes in the space before this old chunk
+                    at += self._push_chunk(D, at, pos, cs, s, e, data + (pos - s) if data != NULL else NULL)
+                a = cs if cs > s else s
+                b = ce if ce < e else e
+                if old[k].data == NULL:
+                    take_new = data != NULL            # real bytes replace "known missing"
+                elif data == NULL:
+                    take_new = False                   # "known missing" never replaces bytes
+                else:
+                    overlap += b - a
+                    for x in range(a, b):
+                        if old[k].data[x - cs] != data[x - s]:
+                            diff += 1
+                    take_new = new_wins(self.policy, s, e, old[k].own_start, old[k].own_end)
+                if take_new:
+                    at += self._push_chunk(D, at, a, b, s, e, data + (a - s) if data != NULL else NULL)
+                else:
+                    at += self._push_chunk(D, at, a, b, old[k].own_start, old[k].own_end,
+                                           old[k].data + (a - cs) if old[k].data != NULL else NULL)
+                if ce > e:          # the old chunk's part after the new segment
+                    at += self._push_chunk(D, at, e, ce, old[k].own_start, old[k].own_end,
+                                           old[k].data + (e - cs) if old[k].data != NULL else NULL)
+                pos = b
+            if pos < e:
+                self._push_chunk(D, at, pos, e, s, e, data + (pos - s) if data != NULL else NULL)
+        finally:
+            for k in range(n_old):
+                free(old[k].data)
+            free(old)
+        D = &self.conns[i].d[d]
+        if overlap:
+            D.overlap_bytes += <uint64_t>overlap
+            D.conflict_bytes += diff
+            self.sink.on_overlap(i, d, s - D.origin, overlap, diff)
+        return 0
+
+
+CLOSE_NAMES = {CLOSE_FIN: "fin", CLOSE_RST: "rst", CLOSE_TIMEOUT: "timeout", CLOSE_EVICTED: "evicted", CLOSE_EOF: "eof"}
+GAP_NAMES = {GAP_ACKED: "acked", GAP_CLOSED: "closed", GAP_MEMCAP: "memcap", GAP_SNAPLEN: "snaplen", GAP_TRAILING: "trailing"}
