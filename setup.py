@@ -59,6 +59,7 @@ EXTENSIONS = [
     ext("flowsift.io._decode"),
     ext("flowsift.io._bpf", libraries=["pcap"]),
     ext("flowsift.io._flowtable"),
+    ext("flowsift.io._defrag"),
     ext("flowsift.reassembly._engine"),
 ]
 

@@ -2,7 +2,7 @@
 import datetime as _dt
 
 from flowsift.errors import CaptureFormatError, UsageError
-from flowsift.io import Batch, BpfError, BpfFilter, Decoder, FlowTable, open_capture
+from flowsift.io import Batch, BpfError, BpfFilter, Decoder, Defragmenter, FlowTable, open_capture
 from flowsift.io.reasons import REASONS, ethertype_name, linktype_name, proto_name
 
 
@@ -28,13 +28,14 @@ def capture_stats(path, filter_expression=None, on_progress=None):
     """
     bpf = compile_filter(filter_expression)
     cap = open_capture(path)
-    decoder, flows, batch = Decoder(), FlowTable(), Batch()
+    decoder, defrag, flows, batch = Decoder(), Defragmenter(), FlowTable(), Batch()
     error = None
     try:
         while cap.fill(batch):
             if bpf is not None:
                 bpf.apply(batch)
             decoder.decode(batch)
+            defrag.process(batch)
             flows.update(batch)
             if on_progress is not None:
                 on_progress(cap.position, cap.size)
@@ -43,10 +44,11 @@ def capture_stats(path, filter_expression=None, on_progress=None):
         error = str(e)
     except BpfError as e:
         raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
-    return _summarise(cap, decoder, flows, bpf, error)
+    defrag.finish()
+    return _summarise(cap, decoder, flows, bpf, error, defrag)
 
 
-def _summarise(cap, decoder, flows, bpf, error):
+def _summarise(cap, decoder, flows, bpf, error, defrag):
     c = decoder.counters()
     rc = cap.counters()
     protocols = {}
@@ -79,7 +81,9 @@ def _summarise(cap, decoder, flows, bpf, error):
         "decoded": sum(protocols.values()),
         "protocols": protocols,
         "ip": {"ipv4": c["ipv4"], "ipv6": c["ipv6"],
-               "ipv4_fragments": c["ipv4_fragments"], "ipv6_fragments": c["ipv6_fragments"]},
+               "ipv4_fragments": c["ipv4_fragments"], "ipv6_fragments": c["ipv6_fragments"],
+               "reassembled_datagrams": defrag.datagrams, "fragment_overlaps": defrag.overlaps,
+               "incomplete_datagrams": defrag.counters()["incomplete"]},
         "flows": {"tcp": flows.tcp_connections, "udp": flows.udp_flows, "tcp_reused_tuples": flows.reused_tuples},
         "undecoded": undecoded,
         "non_ip": non_ip,

@@ -9,10 +9,6 @@ REFERENCE = corpus_reference()
 
 # Where flowsift and tshark count TCP connections differently, and why (docs/cli.md).
 TCP_COUNT_DIFFERENCES = {
-    # Every TCP segment is split into 8-byte IP fragments, so no first fragment holds a whole
-    # TCP header; tshark reassembles IP fragments before counting. Counting follows
-    # defragmentation, which belongs to the reassembly engine.
-    "frag__peafowl__http_ip_fragmented_out_of_order.pcap": 0,
     # The capture was shuffled: the client's SYN comes last, after both FINs. tshark opens a
     # second stream for it; flowsift sees that ISN + 1 is the first byte the client already
     # sent, so the SYN belongs to the same connection.

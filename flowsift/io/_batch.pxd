@@ -37,6 +37,7 @@ cdef enum:
     PF_TRAILER = 128          # link-layer bytes after the IP packet (padding or FCS)
     PF_L4 = 256               # transport header decoded: ports (and TCP fields) are valid
     PF_IP_LEN_EXCEEDS_FRAME = 512  # IP length claims more than the frame held on the wire
+    PF_REASSEMBLED = 1024     # a datagram rebuilt from IP fragments (data owned by the defragmenter)
 
 # pkt_t.opts: which TCP options were present
 cdef enum:

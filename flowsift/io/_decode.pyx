@@ -149,7 +149,7 @@ cdef class Decoder:
         }
 
 
-cdef inline void decode_packet(pkt_t* p) noexcept nogil:
+cdef void decode_packet(pkt_t* p) noexcept nogil:
     cdef const uint8_t* d = p.data
     cdef uint32_t L = p.caplen
     cdef uint32_t off = 0, fam

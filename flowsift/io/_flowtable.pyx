@@ -9,7 +9,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport calloc, realloc, free
 
-from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4
+from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT
 
 DEF TH_FIN = 0x01
 DEF TH_SYN = 0x02
@@ -86,7 +86,8 @@ cdef class FlowTable:
             for i in range(batch.n):
                 p = &batch.pkts[i]
                 p.flow_id = NONE32
-                if p.status != ST_OK or not (p.flags & PF_L4) or (p.proto != 6 and p.proto != 17):
+                # fragments wait for the defragmenter, which hands on the whole datagram
+                if p.status != ST_OK or not (p.flags & PF_L4) or (p.flags & PF_FRAGMENT) or (p.proto != 6 and p.proto != 17):
                     continue
                 if self._assign(<void*>p) < 0:
                     rc = -1

@@ -24,9 +24,10 @@ class Reassembler:
     in Python (`self.collector`). Options are the Engine's: policy, timeouts, memory bounds.
     """
 
-    def __init__(self, sink=None, **options):
-        from flowsift.io import FlowTable
+    def __init__(self, sink=None, fragment_policy="first", **options):
+        from flowsift.io import Defragmenter, FlowTable
         self.flows = FlowTable()
+        self.defrag = Defragmenter(fragment_policy)
         self.collector = None
         if sink is None:
             self.collector = EventCollector()
@@ -35,10 +36,13 @@ class Reassembler:
         self.engine = Engine(self.flows, sink, **options)
 
     def feed(self, batch):
+        """A decoded batch: fragments are rebuilt, flows assigned, segments reassembled."""
+        self.defrag.process(batch)
         self.flows.update(batch)
         self.engine.feed(batch)
 
     def finish(self):
+        self.defrag.finish()
         self.engine.close_all("eof")
 
     def feed_capture(self, path, bpf=None, decoder=None, on_progress=None):

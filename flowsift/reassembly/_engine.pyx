@@ -17,8 +17,7 @@ Bytes are delivered the moment they are contiguous with what was delivered befor
 Segments beyond `next` are *held*, as non-overlapping chunks that remember which segment
 supplied each byte; overlapping held bytes are resolved by the overlap policy. Delivered bytes
 are final: a later copy that differs is reported (Overlap events, conflict counts) but cannot
-change them. To compare, each direction keeps its delivered-but-unacknowledged bytes (at most
-RETAIN_MAX) in a ring.
+change them. To compare, each direction keeps its last delivered bytes (RETAIN_MAX) in a ring.
 
 A hole becomes a gap when it can no longer fill: the receiver acknowledged past it while
 data waits beyond it, the out-of-order memory bound is reached (the oldest hole is given up),
@@ -41,12 +40,17 @@ cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
 
 # --- limits, each with why ---------------------------------------------------------------
-# Delivered bytes kept for comparing retransmissions, per direction, until the peer ACKs them.
-# 64 KiB is the largest window without window scaling: enough for most in-flight data.
-DEF RETAIN_MAX = 65536
+# The last delivered bytes kept per direction to compare with later copies (retransmissions,
+# keep-alive probes). Kept whether or not the peer ACKed them, since late copies come after
+# the ACK too; 32 KiB covers typical in-flight data while bounding memory per open stream.
+DEF RETAIN_MAX = 32768
 # A midstream direction waits this long / this much before fixing its start (see above).
 DEF SETTLE_BYTES = 16384
 DEF SETTLE_NS = 1000000000
+# A hole the receiver acknowledged (the capture missed bytes the receiver got) is given up this
+# long after the ACK, not at once: a capture can hold the (spurious) retransmission just after
+# the ACK, or stamped a little earlier on another interface.
+DEF ACK_GRACE_NS = 500000000
 # A trailing gap (bytes proven sent by FIN or ACK but never captured) larger than this is not
 # believed: such ACK values come from broken or crafted packets.
 DEF MAX_TRAILING_GAP = 1073741824
@@ -106,6 +110,7 @@ ctypedef struct dir_t:
     int64_t acked          # highest internal offset the peer acknowledged (valid if has_ack)
     uint8_t has_ack
     uint8_t _pad[7]
+    int64_t hole_acked_ts  # when the receiver first ACKed past the current hole (0: not)
     int64_t first_data_ts
     # held (out-of-order) data
     chunk_t* chunks
@@ -126,8 +131,7 @@ ctypedef struct dir_t:
     uint64_t conflict_bytes
     uint64_t overlap_bytes     # bytes seen more than once (same or different)
     uint64_t retransmissions   # segments whose bytes were all seen before
-    uint64_t late_bytes        # bytes that arrived for a range already given up as a gap
-    uint64_t unverified_bytes  # repeated bytes no longer retained, so not compared
+    uint64_t unverified_bytes  # repeated bytes not compared: no longer retained, or in a gap
     int64_t first_ts
     int64_t last_ts
 
@@ -341,7 +345,7 @@ cdef class Engine:
                 "packets": D.packets, "payload_bytes": D.payload_bytes, "delivered": D.delivered,
                 "gap_bytes": D.gap_bytes, "gaps": D.n_gaps, "conflicts": D.conflict_bytes,
                 "overlap_bytes": D.overlap_bytes, "retransmissions": D.retransmissions,
-                "late_bytes": D.late_bytes, "unverified_bytes": D.unverified_bytes,
+                "unverified_bytes": D.unverified_bytes,
                 "midstream": bool(D.midstream), "syn": bool(D.syn_seen), "fin": bool(D.fin_seen),
                 "rst": bool(D.rst_seen), "close": CLOSE_NAMES.get(D.close_reason),
                 "first_ts": D.first_ts, "last_ts": D.last_ts,
@@ -560,6 +564,7 @@ cdef class Engine:
             D.midstream = 1
 
         o = self._off(D, seq)
+        self._move_anchor(D, o)
         if has_payload:
             D.payload_bytes += p.payload_len
             if D.first_data_ts == 0:
@@ -579,6 +584,8 @@ cdef class Engine:
                 self._on_ack(i, 1 - d)
         if not D.settled and D.n_chunks and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS):
             self._settle(i, d)
+        if c.d[0].hole_acked_ts or c.d[1].hole_acked_ts:
+            self._acked_holes(i)
         c = &self.conns[i]
         if c.state != CS_OPEN:
             return 0
@@ -610,8 +617,11 @@ cdef class Engine:
         return D.anchor_off + <int32_t>(seq - D.anchor_seq)
 
     cdef inline void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil:
-        D.anchor_seq = <uint32_t>(D.anchor_seq + <uint32_t>(off - D.anchor_off))
-        D.anchor_off = off
+        # the anchor follows the highest offset seen, so a later sequence number is read as
+        # within +-2^31 of the latest one (thinned captures jump far between segments)
+        if off > D.anchor_off:
+            D.anchor_seq = <uint32_t>(D.anchor_seq + <uint32_t>(off - D.anchor_off))
+            D.anchor_off = off
 
     cdef int _settle(self, uint32_t i, int d) except -1:
         cdef dir_t* D = &self.conns[i].d[d]
@@ -629,23 +639,26 @@ cdef class Engine:
     cdef int _on_ack(self, uint32_t i, int d) except -1:
         # the peer acknowledged direction d up to D.acked
         cdef dir_t* D = &self.conns[i].d[d]
-        cdef int64_t drop
-        if D.ring_len and D.acked > D.ring_start:
-            drop = D.acked - D.ring_start
-            if drop >= D.ring_len:
-                D.ring_len = 0
-                D.ring_start = D.next
-            else:
-                D.ring_start += drop
-                D.ring_len -= <uint32_t>drop
         if not D.settled:
             if D.n_chunks and D.acked > D.chunks[0].start:
                 self._settle(i, d)
             return 0
-        if D.n_chunks and D.acked > D.next:
-            # the receiver has bytes the capture missed, and data waits beyond: a gap
-            self._gap_to(i, d, D.acked if D.acked < D.chunks[0].start else D.chunks[0].start, GAP_ACKED)
-            self._flush(i, d)
+        if D.n_chunks and D.acked > D.next and D.hole_acked_ts == 0:
+            # the receiver has bytes the capture missed, and data waits beyond: a gap soon
+            D.hole_acked_ts = self.now if self.now else 1
+        return 0
+
+    cdef int _acked_holes(self, uint32_t i) except -1:
+        # give up holes acknowledged more than ACK_GRACE_NS ago
+        cdef int d
+        cdef dir_t* D
+        for d in range(2):
+            D = &self.conns[i].d[d]
+            if D.hole_acked_ts and self.now - D.hole_acked_ts >= ACK_GRACE_NS:
+                D.hole_acked_ts = 0
+                if D.settled and D.n_chunks and D.acked > D.next:
+                    self._gap_to(i, d, D.acked if D.acked < D.chunks[0].start else D.chunks[0].start, GAP_ACKED)
+                    self._flush(i, d)
         return 0
 
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1:
@@ -694,8 +707,6 @@ cdef class Engine:
         self.sink.on_data(i, d, D.next - D.origin, data, n)
         D = &self.conns[i].d[d]
         D.next += n
-        if D.next - D.anchor_off > 0x40000000:
-            self._move_anchor(D, D.next)
         return 0
 
     cdef void _ring_append(self, dir_t* D, const uint8_t* data, uint32_t n) noexcept nogil:
@@ -830,6 +841,8 @@ cdef class Engine:
                     self._gap_to(i, d, ch.end, GAP_SNAPLEN)
             free(ch.data)
             D = &self.conns[i].d[d]
+        if D.hole_acked_ts and (D.n_chunks == 0 or D.acked <= D.next):
+            D.hole_acked_ts = 0
         return 0
 
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe,

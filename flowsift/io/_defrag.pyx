@@ -1,0 +1,311 @@
+# cython: language_level=3
+"""IP defragmentation (IPv4 and IPv6) over batches, before the flow table.
+
+Fragments stay in the batch (counted by the decoder, skipped by the flow table); when the last
+missing piece of a datagram arrives, its slot in the batch is replaced by the whole datagram,
+decoded as raw IP, so TCP/UDP see it as one packet. Overlapping fragments are resolved by a
+policy (first copy wins, or last) and counted, with the bytes that differed.
+"""
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport malloc, calloc, realloc, free
+
+from flowsift.io._batch cimport *
+from flowsift.io._bytes cimport fs_be16
+from flowsift.io._decode cimport decode_packet
+
+cdef extern from "string.h" nogil:
+    void* _memmove "memmove"(void* dst, const void* src, size_t n)
+
+# Datagrams being rebuilt at once; past this the oldest is dropped (counted). Real traffic
+# has a handful; the bound keeps a fragment flood from eating memory.
+DEF MAX_TRACKERS = 4096
+# IP datagrams are at most 64 KiB (IPv6 jumbograms are not fragmented).
+DEF MAX_DATAGRAM = 65535
+# Linux's ipfrag_time default: a datagram not complete after 30 s of capture time is dropped.
+DEF MAX_RANGES = 64
+
+cdef extern from *:
+    """
+    #define FS_FRAG_TIMEOUT_NS 30000000000LL
+    """
+    const int64_t FRAG_TIMEOUT_NS "FS_FRAG_TIMEOUT_NS"
+
+ctypedef struct range_t:
+    uint32_t start
+    uint32_t end
+
+ctypedef struct tracker_t:
+    uint8_t used
+    uint8_t ipver
+    uint8_t proto
+    uint8_t poisoned         # a fragment was cut by the snaplen: the datagram cannot be whole
+    uint8_t have_first
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint32_t ident
+    uint32_t total           # payload length, known once the last fragment (MF=0) arrived
+    int64_t first_ts
+    int64_t last_ts
+    uint8_t hdr[60]          # IPv4 header of the offset-0 fragment (options included)
+    uint16_t hdr_len
+    uint8_t* data            # MAX_DATAGRAM bytes of payload
+    range_t ranges[MAX_RANGES]
+    int n_ranges
+    uint32_t fragments
+
+
+cdef class Defragmenter:
+    cdef tracker_t* trk
+    cdef int n_used
+    cdef list _out                 # datagram buffers handed out with the current batch
+    cdef readonly bint last_wins
+    cdef readonly uint64_t datagrams      # datagrams rebuilt
+    cdef readonly uint64_t fragments      # fragments taken in
+    cdef readonly uint64_t overlaps       # fragments that overlapped bytes already held
+    cdef readonly uint64_t conflict_bytes # overlapping bytes whose copies differed
+    cdef readonly uint64_t timeouts       # datagrams dropped incomplete (timeout or table full)
+    cdef readonly uint64_t truncated      # datagrams dropped because a fragment was cut by the snaplen
+    cdef readonly uint64_t malformed      # fragments whose offsets run past 64 KiB or contradict the total
+
+    def __cinit__(self, str policy="first"):
+        if policy not in ("first", "last"):
+            raise ValueError(f"unknown fragment overlap policy {policy!r} (first or last)")
+        self.last_wins = policy == "last"
+        self.trk = <tracker_t*> calloc(MAX_TRACKERS, sizeof(tracker_t))
+        if self.trk == NULL:
+            raise MemoryError()
+        self._out = []
+
+    def __dealloc__(self):
+        cdef int i
+        if self.trk != NULL:
+            for i in range(MAX_TRACKERS):
+                free(self.trk[i].data)
+            free(self.trk)
+
+    def pending(self):
+        return self.n_used
+
+    def process(self, Batch batch):
+        """Take in the batch's fragments; completed datagrams replace their last fragment."""
+        cdef Py_ssize_t i
+        cdef pkt_t* p
+        cdef int64_t now = 0
+        self._out = []
+        for i in range(batch.n):
+            p = &batch.pkts[i]
+            if p.ts_ns > now:
+                now = p.ts_ns
+            if p.status == ST_OK and (p.flags & PF_FRAGMENT) and (p.ipver == 4 or p.ipver == 6):
+                self._take(p)
+        self._expire(now)
+
+    cdef int _find(self, pkt_t* p, uint32_t ident) noexcept nogil:
+        cdef int i, free_slot = -1, oldest = -1
+        cdef int alen = 4 if p.ipver == 4 else 16
+        for i in range(MAX_TRACKERS):
+            if self.trk[i].used:
+                if (self.trk[i].ident == ident and self.trk[i].ipver == p.ipver and
+                        (p.ipver == 6 or self.trk[i].proto == p.proto) and
+                        memcmp(self.trk[i].src, p.src, alen) == 0 and memcmp(self.trk[i].dst, p.dst, alen) == 0):
+                    return i
+                if oldest < 0 or self.trk[i].last_ts < self.trk[oldest].last_ts:
+                    oldest = i
+            elif free_slot < 0:
+                free_slot = i
+                if self.n_used == 0:
+                    break
+        if free_slot < 0:
+            self.timeouts += 1
+            self._drop(oldest)
+            free_slot = oldest
+        return -1 - free_slot
+
+    cdef void _drop(self, int i) noexcept nogil:
+        self.trk[i].used = 0
+        self.n_used -= 1
+
+    cdef int _take(self, pkt_t* p) except -1:
+        cdef const uint8_t* d = p.data
+        cdef uint32_t l3 = p.l3_off, l4 = p.l4_off, off = p.frag_off, n, wire_n, a, b, s, e, k2
+        cdef int k
+        cdef int i
+        cdef tracker_t* t
+        cdef bint more = (p.flags & PF_MORE_FRAGS) != 0
+        self.fragments += 1
+        # fragment payload: from the transport offset to the end of the IP packet
+        if p.ipver == 4:
+            wire_n = fs_be16(d + l3 + 2) - (l4 - l3) if not (p.flags & PF_IP_LEN_FROM_FRAME) else p.wirelen - l4
+        else:
+            wire_n = <uint32_t>fs_be16(d + l3 + 4) + 40 - (l4 - l3)
+        n = p.caplen - l4 if p.caplen > l4 else 0
+        if n > wire_n:
+            n = wire_n          # link trailer (padding / FCS) is not payload
+        i = self._find(p, p.frag_id)
+        if i < 0:
+            i = -1 - i
+            t = &self.trk[i]
+            if t.data == NULL:
+                t.data = <uint8_t*> malloc(MAX_DATAGRAM)
+                if t.data == NULL:
+                    raise MemoryError()
+            t.used = 1
+            self.n_used += 1
+            t.ipver = p.ipver
+            t.proto = p.proto
+            memcpy(t.src, p.src, 16)
+            memcpy(t.dst, p.dst, 16)
+            t.ident = p.frag_id
+            t.total = 0
+            t.poisoned = 0
+            t.have_first = 0
+            t.n_ranges = 0
+            t.fragments = 0
+            t.first_ts = p.ts_ns
+        t = &self.trk[i]
+        t.last_ts = p.ts_ns
+        t.fragments += 1
+        if n < wire_n:
+            t.poisoned = 1
+        if off + wire_n > MAX_DATAGRAM or (t.total and off + wire_n > t.total) or (not more and t.total and off + wire_n != t.total):
+            self.malformed += 1
+            return 0
+        if not more:
+            t.total = off + wire_n
+        if off == 0:
+            t.have_first = 1
+            t.proto = p.proto
+            if p.ipver == 4:
+                t.hdr_len = <uint16_t>(l4 - l3)
+                memcpy(t.hdr, d + l3, t.hdr_len)
+        # copy the bytes: where ranges already cover them, the policy decides
+        s = off
+        e = off + n
+        for k in range(t.n_ranges):
+            a = t.ranges[k].start if t.ranges[k].start > s else s
+            b = t.ranges[k].end if t.ranges[k].end < e else e
+            if a < b:
+                self.overlaps += 1
+                for k2 in range(a, b):
+                    if t.data[k2] != d[l4 + k2 - off]:
+                        self.conflict_bytes += 1
+        if self.last_wins:
+            memcpy(t.data + s, d + l4, e - s)
+        else:
+            self._copy_uncovered(t, s, e, d + l4 - off)
+        self._add_range(t, s, e)
+        if t.total and t.have_first and t.n_ranges == 1 and t.ranges[0].start == 0 and t.ranges[0].end >= t.total:
+            self._emit(i, p)
+        return 0
+
+    cdef void _copy_uncovered(self, tracker_t* t, uint32_t s, uint32_t e, const uint8_t* src) noexcept nogil:
+        # src[x] is the byte for datagram offset x
+        cdef uint32_t pos = s, a, b
+        cdef int k
+        for k in range(t.n_ranges):
+            a = t.ranges[k].start
+            b = t.ranges[k].end
+            if b <= pos or a >= e:
+                continue
+            if a > pos:
+                memcpy(t.data + pos, src + pos, a - pos)
+            pos = b if b > pos else pos
+            if pos >= e:
+                return
+        if pos < e:
+            memcpy(t.data + pos, src + pos, e - pos)
+
+    cdef void _add_range(self, tracker_t* t, uint32_t s, uint32_t e) noexcept nogil:
+        # keep ranges sorted and merged
+        cdef int k = 0, j
+        if e <= s:
+            return
+        while k < t.n_ranges and t.ranges[k].end < s:
+            k += 1
+        j = k
+        while j < t.n_ranges and t.ranges[j].start <= e:
+            if t.ranges[j].start < s:
+                s = t.ranges[j].start
+            if t.ranges[j].end > e:
+                e = t.ranges[j].end
+            j += 1
+        if j - k != 1 and t.n_ranges - (j - k) + 1 > MAX_RANGES:
+            t.poisoned = 1      # more holes than tracked: give up on this datagram
+            return
+        if j != k + 1:
+            _memmove(&t.ranges[k + 1], &t.ranges[j], (t.n_ranges - j) * sizeof(range_t))
+        t.n_ranges = t.n_ranges - (j - k) + 1
+        t.ranges[k].start = s
+        t.ranges[k].end = e
+
+    cdef int _emit(self, int i, pkt_t* p) except -1:
+        cdef tracker_t* t = &self.trk[i]
+        cdef uint32_t hl, total = t.total
+        cdef bytearray buf
+        cdef uint8_t* b
+        cdef int64_t ts
+        cdef uint64_t pos
+        cdef uint16_t iface
+        if t.poisoned:
+            self.truncated += 1
+            self._drop(i)
+            return 0
+        hl = t.hdr_len if t.ipver == 4 else 40
+        buf = bytearray(hl + total)
+        b = <uint8_t*> (<char*> buf)
+        if t.ipver == 4:
+            memcpy(b, t.hdr, hl)
+            b[2] = <uint8_t>((hl + total) >> 8)
+            b[3] = <uint8_t>((hl + total) & 0xFF)
+            b[6] = 0
+            b[7] = 0
+        else:
+            memset(b, 0, 40)
+            b[0] = 0x60
+            b[4] = <uint8_t>(total >> 8)
+            b[5] = <uint8_t>(total & 0xFF)
+            b[6] = t.proto
+            b[7] = 64
+            memcpy(b + 8, t.src, 16)
+            memcpy(b + 24, t.dst, 16)
+        memcpy(b + hl, t.data, total)
+        self._out.append(buf)
+        ts = p.ts_ns
+        pos = p.rec_pos
+        iface = p.iface
+        memset(p, 0, sizeof(pkt_t))
+        p.ts_ns = ts
+        p.rec_pos = pos
+        p.iface = iface
+        p.data = b
+        p.caplen = hl + total
+        p.wirelen = hl + total
+        p.linktype = 101
+        decode_packet(p)
+        p.flags |= PF_REASSEMBLED
+        self.datagrams += 1
+        self._drop(i)
+        return 0
+
+    cdef void _expire(self, int64_t now) noexcept nogil:
+        cdef int i
+        if self.n_used == 0:
+            return
+        for i in range(MAX_TRACKERS):
+            if self.trk[i].used and self.trk[i].last_ts + FRAG_TIMEOUT_NS < now:
+                self.timeouts += 1
+                self._drop(i)
+
+    def finish(self):
+        """End of input: datagrams still incomplete are dropped (counted)."""
+        cdef int i
+        for i in range(MAX_TRACKERS):
+            if self.trk[i].used:
+                self.timeouts += 1
+                self._drop(i)
+
+    def counters(self):
+        return {"fragments": self.fragments, "datagrams": self.datagrams, "overlaps": self.overlaps,
+                "conflict_bytes": self.conflict_bytes, "incomplete": self.timeouts + self.n_used,
+                "truncated": self.truncated, "malformed": self.malformed}
