@@ -61,6 +61,7 @@ EXTENSIONS = [
     ext("flowsift.io._flowtable"),
     ext("flowsift.io._defrag"),
     ext("flowsift.reassembly._engine"),
+    ext("flowsift.reassembly._filesink"),
 ]
 
 setup(

@@ -80,6 +80,52 @@ def stats(
         _fail(result["error"])
 
 
+@app.command()
+def streams(
+    capture: str = typer.Argument(..., metavar="CAPTURE", help="A pcap or pcapng file."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR",
+                                         help="Write one file per direction and DIR/index.jsonl."),
+    discard: bool = typer.Option(False, "--discard", help="Reassemble everything, write nothing but the summary."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR",
+                                         help="BPF expression (tcpdump syntax) applied before reassembly."),
+    policy: str = typer.Option("first", "--policy", metavar="NAME",
+                               help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (docs/cli.md)."),
+):
+    """Reassemble every TCP connection (and UDP flow) of a capture into its byte streams.
+
+    Each direction's delivered bytes go to their own file, exactly as delivered: a hole the
+    capture never filled is a gap listed in the index, never filled with zeros. Overlapping
+    copies that differ are resolved by --policy and counted as conflicts.
+
+    \b
+    Examples:
+      flowsift streams trace.pcap -o out/
+      flowsift streams trace.pcap -o out/ --filter 'tcp port 80' --policy linux
+      flowsift streams big.pcap --discard --json
+    """
+    from flowsift.extract import extract_streams
+
+    if (output is None) == (not discard):
+        _fail("give either -o DIR or --discard")
+    size = os.path.getsize(capture) if os.path.isfile(capture) else 0
+    bar = _progress(size, "reassembling")
+    if bar is not None:
+        with bar:
+            task = bar.add_task("read", total=size)
+            result = extract_streams(capture, output, filter, policy,
+                                     on_progress=lambda pos, total: bar.update(task, completed=pos))
+    else:
+        result = extract_streams(capture, output, filter, policy)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        from flowsift.render import print_streams
+        print_streams(result)
+    if result["error"]:
+        _fail(result["error"])
+
+
 def main():
     try:
         app()
@@ -93,3 +139,8 @@ def main():
         # the reader of our output went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except Exception as e:
+        if os.environ.get("FLOWSIFT_DEBUG"):
+            raise
+        typer.echo(f"flowsift: internal error: {type(e).__name__}: {e} (FLOWSIFT_DEBUG=1 shows where)", err=True)
+        sys.exit(1)

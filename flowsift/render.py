@@ -60,3 +60,24 @@ def print_stats(s, console=None):
     notes = {k: v for k, v in s["anomalies"].items() if v}
     if notes:
         console.print("notes: " + ", ".join(f"{k.replace('_', ' ')} {_n(v)}" for k, v in notes.items()))
+
+
+def print_streams(s, console=None):
+    console = console or Console()
+    t = Table(title="streams", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("connections", f"{_n(s['tcp'])} TCP, {_n(s['udp'])} UDP")
+    t.add_row("packets", _n(s["packets"]))
+    t.add_row("bytes delivered", _bytes(s["bytes"]))
+    t.add_row("gaps", f"{_n(s['gaps'])} ({_bytes(s['gap_bytes'])} never captured)")
+    t.add_row("conflicting bytes", f"{_n(s['conflicts'])} (policy {s['policy']})")
+    t.add_row("retransmissions", _n(s["retransmissions"]))
+    t.add_row("midstream directions", _n(s["midstream_directions"]))
+    t.add_row("closed by", ", ".join(f"{k} {_n(v)}" for k, v in s["close"].items()) or "-")
+    frag = s["fragments"]
+    if frag["fragments"]:
+        t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_n(frag['datagrams'])} datagrams")
+    if s["output"]:
+        t.add_row("written", f"{_n(s['files'])} files in {s['output']} (index: {s['index']})")
+    console.print(t)

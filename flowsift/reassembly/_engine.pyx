@@ -269,6 +269,16 @@ cdef class Engine:
     cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
     cdef readonly uint64_t segments
     cdef readonly int64_t now
+    # totals over finished connections (summaries without a Python call per connection)
+    cdef uint64_t t_conns[2]          # tcp, udp
+    cdef uint64_t t_close[6]          # by CLOSE_*
+    cdef uint64_t t_packets
+    cdef uint64_t t_delivered
+    cdef uint64_t t_gaps
+    cdef uint64_t t_gap_bytes
+    cdef uint64_t t_conflicts
+    cdef uint64_t t_retrans
+    cdef uint64_t t_midstream
 
     def __cinit__(self, FlowTable flows, Sink sink, str policy="first", double embryonic_timeout=30.0,
                   double established_timeout=600.0, double closing_timeout=10.0, double udp_timeout=120.0,
@@ -351,6 +361,14 @@ cdef class Engine:
                 "first_ts": D.first_ts, "last_ts": D.last_ts,
             })
         return out
+
+    def totals(self):
+        """Sums over the finished connections."""
+        return {"tcp": self.t_conns[0], "udp": self.t_conns[1], "packets": self.t_packets,
+                "bytes": self.t_delivered, "gaps": self.t_gaps, "gap_bytes": self.t_gap_bytes,
+                "conflicts": self.t_conflicts, "retransmissions": self.t_retrans,
+                "midstream_directions": self.t_midstream,
+                "close": {name: self.t_close[k] for k, name in CLOSE_NAMES.items() if self.t_close[k]}}
 
     def counters(self):
         return {"segments": self.segments, "open_connections": self.open_connections, "peak_open": self.peak_open,
@@ -480,6 +498,17 @@ cdef class Engine:
             self._free_dir(D)
         c.state = CS_DONE
         self.open_connections -= 1
+        self.t_conns[0 if c.proto == 6 else 1] += 1
+        self.t_close[reason] += 1
+        for d in range(2):
+            D = &c.d[d]
+            self.t_packets += D.packets
+            self.t_delivered += D.delivered
+            self.t_gaps += D.n_gaps
+            self.t_gap_bytes += D.gap_bytes
+            self.t_conflicts += D.conflict_bytes
+            self.t_retrans += D.retransmissions
+            self.t_midstream += D.midstream
         if reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED:
             # a later packet on this 5-tuple starts a new connection
             self.flows._remove(i)
