@@ -610,6 +610,7 @@ cdef class Engine:
             if not P.has_ack or ack_off > P.acked:
                 P.acked = ack_off
                 P.has_ack = 1
+            if P.n_chunks:
                 self._on_ack(i, 1 - d)
         if not D.settled and D.n_chunks and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS):
             self._settle(i, d)
@@ -809,7 +810,7 @@ cdef class Engine:
 
     cdef int _insert(self, uint32_t i, int d, int64_t o, const uint8_t* data, uint32_t n, uint32_t wire) except -1:
         cdef dir_t* D = &self.conns[i].d[d]
-        cdef int64_t end = o + n, skip, cut_start = o + n, cut_end = o + wire
+        cdef int64_t end = o + n, skip, seg_s = o, cut_start = o + n, cut_end = o + wire
         if D.settled and o < D.next and n:
             # bytes below next were delivered (or given up): compare, then keep the rest
             if end <= D.next:
@@ -823,10 +824,11 @@ cdef class Engine:
         if n and D.settled and o == D.next and D.n_chunks == 0:
             self._deliver(i, d, data, n)          # the common case: in order, nothing held
         elif n:
-            self._hold(i, d, o, o + n, data)
+            # the policy judges the whole segment as sent, so pass its original extent
+            self._hold(i, d, o, o + n, data, seg_s, cut_start)
         if cut_end > cut_start:
             # bytes the capture cut: a piece known to be missing
-            self._hold(i, d, cut_start, cut_end, NULL)
+            self._hold(i, d, cut_start, cut_end, NULL, cut_start, cut_end)
         D = &self.conns[i].d[d]
         if D.settled and D.n_chunks and D.chunks[0].start <= D.next:
             self._flush(i, d)
@@ -904,7 +906,8 @@ cdef class Engine:
         D.n_chunks += 1
         return 1
 
-    cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data) except -1:
+    cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data,
+                   int64_t own_s, int64_t own_e) except -1:
         # Insert [s, e) (data, or NULL for bytes known missing) among the held chunks. The
         # overlapped chunks are replaced by pieces: old bytes, or new ones where the policy says.
         cdef dir_t* D = &self.conns[i].d[d]
@@ -928,7 +931,8 @@ cdef class Engine:
             last += 1
         n_old = last - first
         if n_old == 0:
-            return self._push_chunk(D, first, s, e, s, e, data)
+            self._push_chunk(D, first, s, e, own_s, own_e, data)
+            return 0
         # take the overlapped chunks out, then write pieces back in order
         old = <chunk_t*> malloc(n_old * sizeof(chunk_t))
         if old == NULL:
@@ -949,7 +953,7 @@ cdef class Engine:
                 if cs < s:          # the old chunk's part before the new segment
                     at += self._push_chunk(D, at, cs, s, old[k].own_start, old[k].own_end, old[k].data)
                 if pos < cs:        # new bytes in the space before this old chunk
-                    at += self._push_chunk(D, at, pos, cs, s, e, data + (pos - s) if data != NULL else NULL)
+                    at += self._push_chunk(D, at, pos, cs, own_s, own_e, data + (pos - s) if data != NULL else NULL)
                 a = cs if cs > s else s
                 b = ce if ce < e else e
                 if old[k].data == NULL:
@@ -961,9 +965,9 @@ cdef class Engine:
                     for x in range(a, b):
                         if old[k].data[x - cs] != data[x - s]:
                             diff += 1
-                    take_new = new_wins(self.policy, s, e, old[k].own_start, old[k].own_end)
+                    take_new = new_wins(self.policy, own_s, own_e, old[k].own_start, old[k].own_end)
                 if take_new:
-                    at += self._push_chunk(D, at, a, b, s, e, data + (a - s) if data != NULL else NULL)
+                    at += self._push_chunk(D, at, a, b, own_s, own_e, data + (a - s) if data != NULL else NULL)
                 else:
                     at += self._push_chunk(D, at, a, b, old[k].own_start, old[k].own_end,
                                            old[k].data + (a - cs) if old[k].data != NULL else NULL)
@@ -972,7 +976,7 @@ cdef class Engine:
                                            old[k].data + (e - cs) if old[k].data != NULL else NULL)
                 pos = b
             if pos < e:
-                self._push_chunk(D, at, pos, e, s, e, data + (pos - s) if data != NULL else NULL)
+                self._push_chunk(D, at, pos, e, own_s, own_e, data + (pos - s) if data != NULL else NULL)
         finally:
             for k in range(n_old):
                 free(old[k].data)

@@ -1,0 +1,220 @@
+"""TCP reassembly: `flowsift streams` against libnids, tcpflow, dpkt and Scapy, in one run.
+
+    .venv/bin/python bench/reassembly.py [CAPTURE] [--repeat 3] [--dpkt-packets N] [--scapy-packets N]
+                                         [--nids-streams N] [--json]
+
+Without CAPTURE, builds the shared workload into bench/out/ first (see ingest.py). Everything
+runs on one core: this process pins itself and its children inherit the pin. Rows:
+- C libpcap read loop (pcap_loop.c): the floor, reading only;
+- libnids (nids_count.c) and `flowsift streams --discard`: both directions reassembled, every
+  byte handed to a no-op consumer;
+- `flowsift streams -o DIR` and `tcpflow -o DIR`: the same, written to files on tmpfs;
+- dpkt + dict (dpkt_reassembler.py) and Scapy TCPSession: first N packets, extrapolated.
+Full-file rows are the best of --repeat runs, page cache warm. Peak RSS is each tool's own
+process (Python rows run in a child that measures itself). Needs gcc, libpcap-dev, libnids-dev,
+tcpflow, and dpkt + scapy in the venv.
+"""
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from ingest import OUT, c_loop, workload  # noqa: E402
+
+# Runs FUNC(PATH, LIMIT) of a bench module and prints [seconds, peak RSS KiB, *FUNC's result].
+CHILD = """import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+mod, fn = sys.argv[2].split(":")
+fn = getattr(__import__(mod), fn)
+t0 = time.perf_counter()
+r = fn(sys.argv[3], int(sys.argv[4]))
+t = time.perf_counter() - t0
+print(json.dumps([t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, *r]))
+"""
+
+
+def nids_count():
+    exe, src = OUT / "nids_count", HERE / "nids_count.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        OUT.mkdir(exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(src), "-lnids", "-lpcap"], check=True)
+    return exe
+
+
+def measure(cmd):
+    """One run of cmd: (wall seconds, stdout, peak RSS in KiB)."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], capture_output=True, text=True)
+        t = time.perf_counter() - t0
+        if p.returncode:
+            # Keep the text of the last lines, not the frame a rich error box draws around it.
+            lines = [s for s in (line.strip("│╭╮╰╯─ ") for line in p.stderr.splitlines()) if s][-2:]
+            raise RuntimeError(f"`{' '.join(cmd[:2])} ...` exited {p.returncode}: {' '.join(lines)}")
+        return t, p.stdout, int(rss.read().split()[-1])
+
+
+def best(run, repeat):
+    return min((run() for _ in range(repeat)), key=lambda r: r[0])
+
+
+def into_tmpfs(cmd):
+    """One run of cmd(DIR) writing into a fresh tmpfs directory: (seconds, stdout, RSS KiB, stream
+    files, their bytes); tcpflow's report.xml and flowsift's index.jsonl are not stream files."""
+    d = tempfile.mkdtemp(prefix="reassembly-", dir="/dev/shm")
+    try:
+        t, out, rss = measure(cmd(d))
+        sizes = [e.stat().st_size for e in os.scandir(d)
+                 if e.is_file() and e.name not in ("report.xml", "index.jsonl")]
+        return t, out, rss, len(sizes), sum(sizes)
+    finally:
+        shutil.rmtree(d)
+
+
+def in_child(func, path, limit):
+    out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), func, str(path), str(limit)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def head_pcap(src, n, dst):
+    """Copies the first n records of a classic pcap file."""
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        header = f.read(24)
+        order = "<" if header[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        out.write(header)
+        for _ in range(n):
+            rec = f.read(16)
+            if len(rec) < 16:
+                break
+            out.write(rec + f.read(struct.unpack(order + "I", rec[8:12])[0]))
+
+
+def scapy_reassemble(path, _limit):
+    """Scapy's TCPSession over the whole of path, which the caller cut to the subset: sniff's
+    count= counts what the session emits, not packets read. Returns (packets, None, bytes)."""
+    from scapy.layers.inet import TCP
+    from scapy.sendrecv import sniff
+    from scapy.sessions import TCPSession
+
+    class Counting(TCPSession):
+        packets = 0
+
+        def process(self, pkt, cls=None):
+            Counting.packets += 1
+            return super().process(pkt, cls)
+
+    delivered = 0
+
+    def consume(p):
+        nonlocal delivered
+        if TCP in p:
+            delivered += len(p[TCP].payload)
+
+    sniff(offline=path, session=Counting, store=False, prn=consume)
+    return Counting.packets, None, delivered
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("capture", nargs="?")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dpkt-packets", type=int, default=100_000)
+    ap.add_argument("--scapy-packets", type=int, default=5_000)
+    ap.add_argument("--nids-streams", type=int, default=1 << 18,
+                    help="libnids stream table size; preallocated, so it shows in its RSS")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    path = Path(a.capture) if a.capture else workload()
+    size = path.stat().st_size
+    cpu = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
+    flowsift = str(Path(sys.executable).parent / "flowsift")
+
+    t, out, rss = best(lambda: measure([str(c_loop()), str(path)]), a.repeat)
+    total = int(out.split()[0])
+    rows = [dict(tool="C libpcap read loop", packets=total, seconds=t, rss=rss, conns=None, bytes=None,
+                 note="reads only")]
+
+    def row(tool, fn):
+        try:
+            rows.append(dict(tool=tool, **fn()))
+        except Exception as e:   # one tool missing or failing costs its row, not the run
+            print(f"{tool}: skipped: {e}", file=sys.stderr)
+
+    def libnids():
+        t, out, rss = best(lambda: measure([str(nids_count()), str(path), str(a.nids_streams)]), a.repeat)
+        r = json.loads(out)
+        return dict(packets=total, seconds=t, rss=rss, conns=r["streams"], bytes=r["bytes"],
+                    note=f"skips IPv6, SYN-less flows, all after a side's first hole; {r['closed']:,} closed"
+                         + (f", {r['evicted']:,} evicted (table full)" if r["evicted"] else ""))
+
+    def discard():
+        t, out, rss = best(lambda: measure([flowsift, "streams", str(path), "--discard", "--json"]), a.repeat)
+        r = json.loads(out)   # its "packets" are the TCP and UDP ones it reassembled, of capture_packets
+        return dict(packets=r.get("capture_packets", r["packets"]), seconds=t, rss=rss, conns=r["connections"], bytes=r["bytes"],
+                    note=f"complete; {r['gaps']:,} gaps, {r['conflicts']:,} conflicts")
+
+    def to_files(cmd, note):
+        def run():
+            t, out, rss, files, nbytes = best(lambda: into_tmpfs(cmd), a.repeat)
+            conns = json.loads(out)["connections"] if out.strip() else None
+            return dict(packets=total, seconds=t, rss=rss, conns=conns, bytes=nbytes, files=files,
+                        note=f"{files:,} files; {note}")
+        return run
+
+    def python_row(func, limit, capture, note):
+        t, rss, n, conns, nbytes = in_child(func, capture, limit)
+        subset = f"subset, extrapolated: first {n:,} packets, whole file ~{t * total / n:,.0f} s; "
+        return dict(packets=n, seconds=t, rss=rss, conns=conns, bytes=nbytes, subset=n < total,
+                    note=(subset if n < total else "") + note)
+
+    row("libnids (nids_count.c)", libnids)
+    row("flowsift streams --discard", discard)
+    row("flowsift streams -o tmpfs", to_files(lambda d: [flowsift, "streams", str(path), "-o", d, "--json"],
+                                              "complete, holes left out and listed"))
+    row("tcpflow -o tmpfs", to_files(lambda d: ["tcpflow", "-r", str(path), "-o", d],
+                                     "NUL-fills holes, last copy wins"))
+    row("dpkt + dict (Python)", lambda: python_row(
+        "dpkt_reassembler:reassemble", a.dpkt_packets, path, "stalls on re-cut retransmissions"))
+    with tempfile.NamedTemporaryFile(suffix=".pcap", dir="/dev/shm") as head:
+        head_pcap(path, a.scapy_packets, head.name)
+        row("Scapy sniff TCPSession", lambda: python_row(
+            "reassembly:scapy_reassemble", a.scapy_packets, head.name, "zero-fills holes, last copy wins"))
+
+    print_table(rows, path, size, total, cpu, a)
+    if a.json:
+        print(json.dumps(rows))
+
+
+def print_table(rows, path, size, total, cpu, a):
+    ref = {r["tool"].split()[0]: r["packets"] / r["seconds"] for r in rows}
+    print(f"capture: {path} ({size / 2**20:,.0f} MiB, {total:,} packets); CPU {cpu} only; "
+          f"best of {a.repeat} for full-file rows; libnids table {a.nids_streams:,} streams; "
+          f"/libnids, /tcpflow: packets/s against theirs, above 1x is faster")
+    head = (f"{'tool':<28} {'packets':>10} {'seconds':>8} {'Mpkt/s':>7} {'Gbit/s':>6} {'RSS MiB':>7} "
+            f"{'conns':>7} {'MB out':>7} {'/libnids':>8} {'/tcpflow':>8}  complete?")
+    print(head)
+    for r in rows:
+        pps = r["packets"] / r["seconds"]
+        r.setdefault("subset", False)
+        r.update(pps=pps, gbps=size * r["packets"] / total * 8 / r["seconds"] / 1e9, rss_mib=r["rss"] / 1024,
+                 vs_libnids=pps / ref["libnids"] if "libnids" in ref else None,
+                 vs_tcpflow=pps / ref["tcpflow"] if "files" in r and "tcpflow" in ref else None)
+        num = lambda v, fmt, unit="": "-" if v is None else format(v, fmt) + unit   # noqa: E731
+        print(f"{r['tool']:<28} {r['packets']:>10,} {r['seconds']:>8.3f} {pps / 1e6:>7.3f} {r['gbps']:>6.2f} "
+              f"{r['rss_mib']:>7.0f} {num(r['conns'], ','):>7} {num(r['bytes'] and r['bytes'] / 1e6, ',.1f'):>7} "
+              f"{num(r['vs_libnids'], '.3g', 'x'):>8} {num(r['vs_tcpflow'], '.3g', 'x'):>8}  {r['note']}")
+
+
+if __name__ == "__main__":
+    main()
