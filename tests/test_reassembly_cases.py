@@ -1,0 +1,195 @@
+"""Targeted reassembly cases from the corpus, one per category."""
+import hashlib
+import json
+
+import pytest
+
+from conftest import run_cli
+from flowsift.reassembly import Gap, Reassembler
+
+
+def run(path, **options):
+    r = Reassembler(**options)
+    r.feed_capture(path)
+    return r
+
+
+def streams(r):
+    """conn -> (client bytes, server bytes)"""
+    out = {}
+    for conn in r.collector.closed:
+        c = r.collector.dirs.get((conn, 0))
+        s = r.collector.dirs.get((conn, 1))
+        out[conn] = (bytes(c.data) if c else b"", bytes(s.data) if s else b"")
+    return out
+
+
+def test_wrap_and_its_control_give_identical_bytes(corpus):
+    wrapped = run(corpus / "wrap__pcpp__one_tcp_stream_max_seq.pcap")
+    control = run(corpus / "wrap-control__pcpp__one_tcp_stream.pcap")
+    assert streams(wrapped) == streams(control)
+    (c, s), = streams(wrapped).values()
+    assert len(c) == 9948 and len(s) > 0
+
+
+def test_evasion_captures_deliver_what_the_control_delivers(corpus):
+    """RST/FIN injected before the handshake must not end the connection (bug-3286 captures)."""
+    control = streams(run(corpus / "overlap__suri__without_evasion.pcap"))
+    (ctrl_c, ctrl_s), = control.values()
+    assert ctrl_c.startswith(b"GET /") and ctrl_s.startswith(b"HTTP/1.1 200")
+    for name in ("overlap__suri__with_evasion_linux.pcap", "overlap__suri__with_evasion_windows.pcap"):
+        r = run(corpus / name)
+        (c, s), = streams(r).values()
+        assert c.startswith(b"GET /") and s.startswith(b"HTTP/1.1 200")
+        assert len(s) == len(ctrl_s)
+
+
+@pytest.mark.parametrize("policy,want", [("first", b"GOOD"), ("last", b"GOOD")])
+def test_exact_overlap_first_copy_delivered_conflict_reported(corpus, policy, want):
+    r = run(corpus / "overlap__suri__eve-payload-01-tcp-exact-overlap.pcap", policy=policy)
+    d = r.collector.dirs[(0, 0)]
+    assert bytes(d.data) == want and d.conflicts == 4
+
+
+def test_retransmissions_are_not_delivered_twice(corpus):
+    r = run(corpus / "retrans__zeek__ssh-dups.pcap")
+    info = next(iter(r.collector.closed.values()))
+    assert sum(x["retransmissions"] for x in info["dirs"]) > 100
+    for (conn, d), D in r.collector.dirs.items():
+        assert len(D.data) == info["dirs"][d]["delivered"]
+        assert not D.gaps
+
+
+def test_gaps_keep_data_flowing_and_are_not_filled(corpus):
+    r = run(corpus / "gap__suri__tcp-simple-gap2.pcap")
+    d = r.collector.dirs[(0, 0)]
+    assert d.gaps == [[4, 4]] and len(d.data) > 4
+    assert b"\0\0\0\0" not in bytes(d.data)
+    gaps = [e for e in r.collector.events if isinstance(e, Gap)]
+    # the receiver ACKed past the hole, but the capture ends within the ACK grace: given up at close
+    assert [(g.offset, g.length, g.reason) for g in gaps] == [(4, 4, "closed")]
+
+
+def test_trailing_gap_from_fin(corpus):
+    """The server's FIN says 2902 bytes were sent that the capture never saw."""
+    r = run(corpus / "gap__zeek__miss_end_data.pcap")
+    gaps = [e for e in r.collector.events if isinstance(e, Gap) and e.reason == "trailing"]
+    assert sum(g.length for g in gaps) == 2902
+
+
+def test_midstream_directions_are_flagged(corpus):
+    r = run(corpus / "midstream__zeek__get_nosyn.pcap")        # neither SYN nor SYN-ACK captured
+    info = next(iter(r.collector.closed.values()))
+    assert info["dirs"][0]["midstream"] and info["dirs"][1]["midstream"]
+    assert len(r.collector.dirs[(0, 0)].data) == 136
+    r = run(corpus / "http__zeek__get.pcap")
+    info = next(iter(r.collector.closed.values()))
+    assert not info["dirs"][0]["midstream"] and not info["dirs"][1]["midstream"]
+
+
+def test_midstream_start_is_the_lowest_sequence_seen(corpus):
+    """Second half first: the stream starts at the lowest sequence number, not the first seen."""
+    r = run(corpus / "ooo__tcpflow__test1-out-of-order.pcap")
+    d = r.collector.dirs[(0, 0)]
+    assert d.gaps == [] or d.gaps[0][0] > 0
+
+
+def test_rst_data_is_delivered_and_close_reasons(corpus):
+    r = run(corpus / "rstfin__suri__tcp-rst-with-data.pcap")
+    info = next(iter(r.collector.closed.values()))
+    assert info["dirs"][0]["close"] == "rst" and len(r.collector.dirs[(0, 0)].data) == 13
+    r = run(corpus / "http__zeek__get.pcap")
+    info = next(iter(r.collector.closed.values()))
+    assert [d["close"] for d in info["dirs"]] == ["fin", "fin"]
+
+
+def test_tcp_fast_open_data_on_the_syn(corpus):
+    r = run(corpus / "rstfin__suri__tcp-fastopen-01.pcap")
+    sizes = sorted(len(r.collector.dirs[(c, 0)].data) for c in r.collector.closed if (c, 0) in r.collector.dirs)
+    assert 86 <= max(sizes)
+
+
+def test_ip_fragments_are_reassembled_before_tcp(corpus):
+    for name, want in (("frag__pcpp__frag_http_req.pcap", 1460), ("frag__suri__frag-eth-vlan-ipv6-tcp.pcap", 1000)):
+        r = run(corpus / name)
+        assert r.defrag.datagrams >= 1
+        assert len(r.collector.dirs[(0, 0)].data) == want
+
+
+def test_snaplen_cut_bytes_are_gaps(corpus):
+    r = run(corpus / "trunc__zeek__timestamp.pcap")
+    gaps = [e for e in r.collector.events if isinstance(e, Gap)]
+    assert gaps and all(g.reason in ("snaplen", "trailing", "closed") for g in gaps)
+    assert sum(g.length for g in gaps if g.reason == "snaplen") > 900_000
+
+
+def test_reused_tuple_after_close_is_a_new_connection(corpus):
+    r = run(corpus / "rstfin__suri__tcp-fastopen-01.pcap")
+    assert len(r.collector.closed) == 2
+
+
+def test_idle_timeout_and_eviction(tmp_path):
+    """Tiny timeouts and a table of one: connections end by timeout or eviction, and say so."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    frames = []
+    for i in range(5):
+        t = 1_000 + i * 100
+        frames.append((t, 0, ether(ipv4(A, B, 6, tcp(1000 + i, 80, seq=10, flags=0x02)))))
+        frames.append((t, 1, ether(ipv4(A, B, 6, tcp(1000 + i, 80, seq=11, flags=0x18, payload=b"hi")))))
+    path = tmp_path / "idle.pcap"
+    path.write_bytes(pcap(frames))
+    r = Reassembler(embryonic_timeout=10.0, established_timeout=10.0)
+    r.feed_capture(path)
+    assert [r.collector.closed[c]["dirs"][0]["close"] for c in sorted(r.collector.closed)] == ["timeout"] * 4 + ["eof"]
+    r = Reassembler(max_connections=1)
+    r.feed_capture(path)
+    assert r.engine.evictions == 4
+
+
+def test_streams_cli_files_and_index(tmp_path, corpus):
+    out = tmp_path / "out"
+    res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", out, "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    lines = [json.loads(l) for l in (out / "index.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * summary["connections"]
+    keys = {"src", "dst", "proto", "file", "bytes", "sha256", "gaps", "conflicts", "retransmissions", "midstream",
+            "close", "packets", "first_ts", "last_ts"}
+    for line in lines:
+        assert keys <= set(line)
+        if line["file"]:
+            data = (out / line["file"]).read_bytes()
+            assert len(data) == line["bytes"] and hashlib.sha256(data).hexdigest() == line["sha256"]
+        else:
+            assert line["bytes"] == 0
+    assert sum(l["bytes"] for l in lines) == summary["bytes"]
+
+
+def test_streams_cli_discard_and_policy(corpus):
+    res = run_cli("streams", corpus / "http__dpkt__http.pcap", "--discard", "--json", "--policy", "linux")
+    s = json.loads(res.stdout)
+    assert res.returncode == 0 and s["output"] is None and s["policy"] == "linux" and s["bytes"] > 20000
+
+
+def test_streams_cli_ipv6_addresses_in_brackets(tmp_path, corpus):
+    out = tmp_path / "o"
+    run_cli("streams", corpus / "ipv6__pcpp__one_ipv6_http_stream.pcap", "-o", out, check=True)
+    line = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    assert line["src"].startswith("[") and "]:" in line["src"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--discard", "--policy", "nope"], "unknown policy"),
+    ([], "either -o DIR or --discard"),
+    (["--discard", "--filter", "tcp prot"], "bad filter"),
+])
+def test_streams_cli_bad_arguments(corpus, args, needle):
+    res = run_cli("streams", corpus / "http__zeek__get.pcap", *args)
+    assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_streams_cli_unwritable_output(tmp_path, corpus):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run_cli("streams", corpus / "http__zeek__get.pcap", "-o", blocker / "sub")
+    assert res.returncode == 2 and "cannot write" in res.stderr and "Traceback" not in res.stderr
