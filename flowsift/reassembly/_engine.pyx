@@ -340,6 +340,26 @@ cdef class Engine:
             while self.lru_head[c] >= 0:
                 self._finish(<uint32_t>self.lru_head[c], r)
 
+    def endpoints(self, uint32_t conn):
+        """(ipver, client address bytes, client port, server address bytes, server port)."""
+        if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
+            raise KeyError(conn)
+        cdef conn_t* c = &self.conns[conn]
+        alen = 4 if c.ipver == 4 else 16
+        return c.ipver, c.client[:alen], c.cport, c.server[:alen], c.sport
+
+    def is_tcp(self, uint32_t conn):
+        return conn < self.cap_conns and self.conns[conn].proto == 6
+
+    def direction_summary(self, uint32_t conn, int d):
+        """(packets, delivered, gap_bytes, conflicts, retransmissions, midstream, close, first_ts, last_ts):
+        the fields an index line needs, as one tuple."""
+        if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
+            raise KeyError(conn)
+        cdef dir_t* D = &self.conns[conn].d[d & 1]
+        return (D.packets, D.delivered, D.gap_bytes, D.conflict_bytes, D.retransmissions, bool(D.midstream),
+                CLOSE_NAMES.get(D.close_reason), D.first_ts, D.last_ts)
+
     def connection(self, uint32_t conn):
         """A finished or open connection's summary, as a dict (per connection, not per packet)."""
         if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
@@ -740,7 +760,8 @@ cdef class Engine:
         return 0
 
     cdef void _ring_append(self, dir_t* D, const uint8_t* data, uint32_t n) noexcept nogil:
-        cdef uint32_t cap, need, first, pos, k
+        # keep the last RETAIN_MAX delivered bytes; byte at offset x lives at ring[x & (cap-1)]
+        cdef uint32_t cap, need, pos, first, old_pos
         cdef uint8_t* nr
         if n >= RETAIN_MAX:
             data += n - RETAIN_MAX
@@ -751,42 +772,39 @@ cdef class Engine:
             D.ring_start = D.next
         need = D.ring_len + n
         if need > D.ring_cap and D.ring_cap < RETAIN_MAX:
-            cap = D.ring_cap if D.ring_cap else 2048
+            cap = D.ring_cap if D.ring_cap else 4096
             while cap < need and cap < RETAIN_MAX:
                 cap *= 2
             nr = <uint8_t*> malloc(cap)
             if nr == NULL:
                 D.ring_len = 0
                 return
-            for k in range(D.ring_len):
-                nr[k] = D.ring[(D.ring_start + k) & (D.ring_cap - 1)]
+            if D.ring_len:
+                # move the live bytes to where the new mask puts them (at most two pieces each way)
+                old_pos = <uint32_t>(D.ring_start & (D.ring_cap - 1))
+                first = D.ring_cap - old_pos
+                if first > D.ring_len:
+                    first = D.ring_len
+                self._ring_put(nr, cap, D.ring_start, D.ring + old_pos, first)
+                if first < D.ring_len:
+                    self._ring_put(nr, cap, D.ring_start + first, D.ring, D.ring_len - first)
             free(D.ring)
             D.ring = nr
             D.ring_cap = cap
-            # the ring now starts at index ring_start & (cap-1): rotate into place
-            if D.ring_len:
-                pos = <uint32_t>(D.ring_start & (cap - 1))
-                if pos:
-                    nr = <uint8_t*> malloc(cap)
-                    if nr == NULL:
-                        D.ring_len = 0
-                        return
-                    for k in range(D.ring_len):
-                        nr[(pos + k) & (cap - 1)] = D.ring[k]
-                    free(D.ring)
-                    D.ring = nr
         if need > D.ring_cap:
-            k = need - D.ring_cap          # drop the oldest
-            D.ring_start += k
-            D.ring_len -= k
-        pos = <uint32_t>((D.ring_start + D.ring_len) & (D.ring_cap - 1))
-        first = D.ring_cap - pos
-        if first >= n:
-            memcpy(D.ring + pos, data, n)
-        else:
-            memcpy(D.ring + pos, data, first)
-            memcpy(D.ring, data + first, n - first)
+            D.ring_start += need - D.ring_cap          # drop the oldest
+            D.ring_len -= need - D.ring_cap
+        self._ring_put(D.ring, D.ring_cap, D.ring_start + D.ring_len, data, n)
         D.ring_len += n
+
+    cdef inline void _ring_put(self, uint8_t* ring, uint32_t cap, int64_t at, const uint8_t* src, uint32_t n) noexcept nogil:
+        cdef uint32_t pos = <uint32_t>(at & (cap - 1))
+        cdef uint32_t first = cap - pos
+        if first >= n:
+            memcpy(ring + pos, src, n)
+        else:
+            memcpy(ring + pos, src, first)
+            memcpy(ring, src + first, n - first)
 
     cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0:
         # bytes [o, o+n) lie below next: compare with what was delivered, where still retained
