@@ -426,6 +426,8 @@ cdef class Engine:
 
     cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil:
         cdef conn_t* c = &self.conns[i]
+        if c.lru == cls and self.lru_tail[cls] == <int32_t>i:
+            return          # already the most recent of its class: the common case in a burst
         self._lru_unlink(i)
         c.lru = cls
         c.lru_next = -1
