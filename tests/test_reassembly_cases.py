@@ -193,3 +193,53 @@ def test_streams_cli_unwritable_output(tmp_path, corpus):
     blocker.write_text("x")
     res = run_cli("streams", corpus / "http__zeek__get.pcap", "-o", blocker / "sub")
     assert res.returncode == 2 and "cannot write" in res.stderr and "Traceback" not in res.stderr
+
+
+def _frames(segs, start=1_000):
+    from pcapgen import A, B, ether, ipv4, tcp
+    out = []
+    for k, (seq, payload, flags) in enumerate(segs):
+        out.append((start + k, 0, ether(ipv4(A, B, 6, tcp(5000, 80, seq=seq, flags=flags, payload=payload)))))
+    return out
+
+
+def test_midstream_start_waits_for_reordered_first_segments(tmp_path):
+    from pcapgen import pcap
+    path = tmp_path / "m.pcap"
+    # no SYN; the second segment is captured first
+    path.write_bytes(pcap([(1000, 0, f[2]) for f in _frames([(2100, b"B" * 100, 0x18), (2000, b"A" * 100, 0x18)])]))
+    r = run(path)
+    d = r.collector.dirs[(0, 0)]
+    assert bytes(d.data) == b"A" * 100 + b"B" * 100 and d.gaps == []
+    assert r.collector.closed[0]["dirs"][0]["midstream"]
+
+
+def test_memcap_gives_up_the_oldest_hole(tmp_path):
+    from pcapgen import pcap
+    segs = [(1, b"", 0x02), (2, b"a" * 10, 0x18)] + [(2 + 10 + 100 + k * 100, b"x" * 100, 0x18) for k in range(30)]
+    path = tmp_path / "mem.pcap"
+    path.write_bytes(pcap(_frames(segs)))
+    r = Reassembler(max_held_per_dir=1000)
+    r.feed_capture(path)
+    gaps = [e for e in r.collector.events if isinstance(e, Gap)]
+    assert gaps[0].reason == "memcap" and (gaps[0].offset, gaps[0].length) == (10, 100)
+    assert r.engine.memcap_gaps == 1 and len(r.collector.dirs[(0, 0)].data) == 10 + 3000
+
+
+def test_udp_datagrams_per_direction(corpus):
+    r = run(corpus / "pcapng__pcpp__many_interfaces-1.pcapng")
+    from flowsift.reassembly import Datagram
+    grams = [e for e in r.collector.events if isinstance(e, Datagram)]
+    assert grams and all(isinstance(g.data, bytes) for g in grams)
+    udp = [c for c, i in r.collector.closed.items() if i["proto"] == "udp"]
+    assert len(udp) == 13
+
+
+def test_streams_index_fields_are_documented(tmp_path, corpus):
+    from conftest import ROOT
+    out = tmp_path / "o"
+    summary = json.loads(run_cli("streams", corpus / "http__zeek__get.pcap", "-o", out, "--json", check=True).stdout)
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    line = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    for key in list(line) + list(summary) + list(summary["engine"]) + list(summary["fragments"]):
+        assert f"`{key}`" in doc, key
