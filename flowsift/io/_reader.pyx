@@ -398,7 +398,7 @@ cdef class CaptureReader:
                         ifid = 0
                         caplen = 0xFFFFFFFF
                         wirelen = 0
-                if <int>ifid < self.n_ifaces - self.section_first:
+                if ifid < <uint32_t>(self.n_ifaces - self.section_first):   # unsigned: a huge id must not pass
                     ifc = &self.ifaces[self.section_first + ifid]
                     p.iface = <uint16_t>(self.section_first + ifid)
                     p.linktype = ifc.linktype
