@@ -148,7 +148,7 @@ ports = st.integers(0, 65535)
 u32 = st.integers(0, 2**32 - 1)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(v6=st.booleans(), sport=ports, dport=ports, seq=u32, ack=u32, flags=st.integers(0, 255),
        window=st.integers(0, 65535), payload=st.binary(max_size=300), ttl=st.integers(0, 255),
        vlans=st.lists(st.integers(0, 4095), max_size=2), mss=st.one_of(st.none(), st.integers(0, 65535)),
@@ -166,7 +166,7 @@ def test_tcp_fields_round_trip(tmp_path, v6, sport, dport, seq, ack, flags, wind
     assert (p["mss"] if p["opts"] & 1 else None) == mss
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(linktype=st.sampled_from([0, 1, 12, 101, 108, 113, 228, 229, 276]), data=st.binary(max_size=200),
        cut=st.integers(0, 60))
 def test_any_bytes_decode_or_get_a_reason(tmp_path, linktype, data, cut):
