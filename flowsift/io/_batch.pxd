@@ -48,10 +48,22 @@ cdef enum:
     OPT_TS = 16
     OPT_TFO = 32
 
+# pkt_t.rflags: set by reassembly for each TCP segment
+cdef enum:
+    RF_RETRANSMISSION = 1     # every byte was seen before
+    RF_OVERLAP = 2            # some bytes were seen before
+    RF_CONFLICT = 4           # some of those bytes differed
+    RF_OUT_OF_ORDER = 8       # arrived beyond the next expected byte: held
+    RF_GAP_BEFORE = 16        # a gap was declared in this direction while handling it
+    RF_SNAPLEN_CUT = 32       # the capture cut some of its payload
+    RF_LATE = 64              # its connection had already ended
+    RF_IGNORED = 128          # FIN/RST from a side that never started: not applied
+
 ctypedef struct pkt_t:
     int64_t ts_ns            # capture time, ns since the epoch
     const uint8_t* data      # frame bytes (valid until the source produces its next batch)
     uint64_t rec_pos         # source position of the record (byte offset in a file)
+    int64_t stream_off       # set by reassembly: stream offset of the payload (or of next, without one)
     uint32_t caplen          # bytes captured
     uint32_t wirelen         # bytes on the wire
     uint32_t seq
@@ -76,6 +88,7 @@ ctypedef struct pkt_t:
     uint16_t ethertype       # L3 protocol as an ethertype (0x0800 / 0x86dd / other)
     uint16_t vlan            # outermost VLAN id (0 when untagged)
     uint16_t flags           # PF_*
+    uint16_t rflags          # set by reassembly: RF_* (what happened to this segment)
     uint8_t src[16]          # IPv4 in the first 4 bytes
     uint8_t dst[16]
     uint8_t status           # ST_OK or a reason code
@@ -89,7 +102,7 @@ ctypedef struct pkt_t:
     uint8_t dir              # 0: from the connection's client, 1: from its server
     uint8_t vlan_depth
     uint8_t filtered         # 1 when a BPF filter rejected the frame
-    uint8_t _pad[5]
+    uint8_t _pad[7]
 
 cdef class Batch:
     cdef pkt_t* pkts

@@ -1,4 +1,7 @@
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+
+from flowsift.io._batch cimport Batch, pkt_t
+from flowsift.io._flowtable cimport FlowTable
 
 # Gap reasons (names in flowsift/reassembly/events.py)
 cdef enum:
@@ -25,3 +28,162 @@ cdef class Sink:
     cdef int on_overlap(self, uint32_t conn, int d, int64_t offset, int64_t length, uint64_t conflicts) except -1
     cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1
     cdef int on_close(self, uint32_t conn, object engine) except -1
+
+
+cdef enum:
+    POL_FIRST = 0
+    POL_LAST = 1
+    POL_BSD = 2
+    POL_LINUX = 3
+    POL_WINDOWS = 4
+    POL_SOLARIS = 5
+
+
+# LRU classes (timeouts)
+cdef enum:
+    LRU_EMBRYONIC = 0
+    LRU_ESTABLISHED = 1
+    LRU_CLOSING = 2
+    LRU_UDP = 3
+    LRU_NONE = 4
+    N_LRU = 4
+
+# connection state
+cdef enum:
+    CS_UNUSED = 0
+    CS_OPEN = 1
+    CS_DONE = 2
+
+ctypedef struct chunk_t:
+    int64_t start
+    int64_t end
+    int64_t own_start      # the segment that supplied these bytes, for the overlap policy
+    int64_t own_end
+    uint8_t* data          # NULL for bytes known to be missing (cut by the capture)
+
+ctypedef struct dir_t:
+    uint8_t anchored       # the sequence-to-offset mapping is fixed
+    uint8_t settled        # the start (origin) is known: delivery may proceed
+    uint8_t syn_seen
+    uint8_t midstream
+    uint8_t fin_seen
+    uint8_t rst_seen
+    uint8_t done
+    uint8_t close_reason
+    uint32_t anchor_seq    # sequence number at internal offset anchor_off
+    int64_t anchor_off
+    int64_t origin         # internal offset of stream byte 0
+    int64_t next           # internal offset of the next byte to deliver
+    int64_t fin_off
+    int64_t acked          # highest internal offset the peer acknowledged (valid if has_ack)
+    uint8_t has_ack
+    uint8_t _pad[7]
+    int64_t hole_acked_ts  # when the receiver first ACKed past the current hole (0: not)
+    int64_t first_data_ts
+    # held (out-of-order) data
+    chunk_t* chunks
+    int32_t n_chunks
+    int32_t cap_chunks
+    uint64_t held_bytes
+    # delivered but unacknowledged bytes, a ring
+    uint8_t* ring
+    uint32_t ring_cap
+    uint32_t ring_len
+    int64_t ring_start
+    # counters
+    uint64_t packets
+    uint64_t payload_bytes     # captured payload bytes seen
+    uint64_t delivered
+    uint64_t gap_bytes
+    uint64_t n_gaps
+    uint64_t conflict_bytes
+    uint64_t overlap_bytes     # bytes seen more than once (same or different)
+    uint64_t retransmissions   # segments whose bytes were all seen before
+    uint64_t unverified_bytes  # repeated bytes not compared: no longer retained, or in a gap
+    int64_t first_ts
+    int64_t last_ts
+
+ctypedef struct conn_t:
+    dir_t d[2]
+    uint8_t state
+    uint8_t proto
+    uint8_t lru
+    uint8_t close_reason
+    uint8_t rst
+    uint8_t ipver
+    uint8_t _pad[2]
+    int32_t lru_prev
+    int32_t lru_next
+    int64_t first_ts
+    int64_t last_ts
+    uint8_t client[16]
+    uint8_t server[16]
+    uint16_t cport
+    uint16_t sport
+
+
+
+cdef class Engine:
+    cdef conn_t* conns
+    cdef uint32_t cap_conns
+    cdef FlowTable flows
+    cdef Sink sink
+    cdef int policy
+    cdef int32_t lru_head[N_LRU]
+    cdef int32_t lru_tail[N_LRU]
+    cdef int64_t timeouts[N_LRU]
+    cdef readonly uint64_t max_held_per_dir
+    cdef readonly uint64_t memcap
+    cdef readonly uint64_t max_connections
+    cdef readonly uint64_t held_total
+    cdef readonly uint64_t open_connections
+    cdef readonly uint64_t peak_open
+    cdef readonly uint64_t memcap_gaps
+    cdef readonly uint64_t evictions
+    cdef readonly uint64_t timeouts_fired
+    cdef readonly uint64_t late_packets      # packets for a connection already finished
+    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
+    cdef readonly uint64_t segments
+    cdef readonly int64_t now
+    # totals over finished connections (summaries without a Python call per connection)
+    cdef uint64_t t_conns[2]          # tcp, udp
+    cdef uint64_t t_close[6]          # by CLOSE_*
+    cdef uint64_t t_packets
+    cdef uint64_t t_delivered
+    cdef uint64_t t_gaps
+    cdef uint64_t t_gap_bytes
+    cdef uint64_t t_conflicts
+    cdef uint64_t t_retrans
+    cdef uint64_t t_midstream
+    cdef uint16_t cur_rflags         # RF_* of the segment being handled
+
+    cdef int _grow(self, uint32_t need) except -1
+    cdef void _lru_unlink(self, uint32_t i) noexcept nogil
+    cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil
+    cdef int _open(self, uint32_t i, pkt_t* p) except -1
+    cdef bint _any_fin(self, uint32_t i) noexcept nogil
+    cdef int _evict_idlest(self, uint32_t keep) except -1
+    cdef int _expire(self) except -1
+    cdef int _finish(self, uint32_t i, int reason) except -1
+    cdef void _free_dir(self, dir_t* D) noexcept nogil
+    cdef int _packet(self, pkt_t* p) except -1
+    cdef bint _complete(self, dir_t* D) noexcept nogil
+    cdef void _anchor(self, dir_t* D, uint32_t seq) noexcept nogil
+    cdef int64_t _off(self, dir_t* D, uint32_t seq) noexcept nogil
+    cdef void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil
+    cdef int _settle(self, uint32_t i, int d) except -1
+    cdef int _settle_at(self, uint32_t i, int d, int64_t start) except -1
+    cdef int _on_ack(self, uint32_t i, int d) except -1
+    cdef int _acked_holes(self, uint32_t i) except -1
+    cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1
+    cdef int _trailing_gap(self, uint32_t i, int d) except -1
+    cdef int _flush_all(self, uint32_t i, int d, int reason) except -1
+    cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n) except -1
+    cdef void _ring_append(self, dir_t* D, const uint8_t* data, uint32_t n) noexcept nogil
+    cdef void _ring_put(self, uint8_t* ring, uint32_t cap, int64_t at, const uint8_t* src, uint32_t n) noexcept nogil
+    cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0
+    cdef int _insert(self, uint32_t i, int d, int64_t o, const uint8_t* data, uint32_t n, uint32_t wire) except -1
+    cdef int _check_memory(self, uint32_t i, int d) except -1
+    cdef int _flush(self, uint32_t i, int d) except -1
+    cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe, const uint8_t* src) except -1
+    cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1

@@ -33,7 +33,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 
-from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT, PF_FRAG_FIRST
+from flowsift.io._batch cimport *
 from flowsift.io._flowtable cimport FlowTable, flow_t
 
 cdef extern from "string.h" nogil:
@@ -60,98 +60,8 @@ DEF TH_SYN = 0x02
 DEF TH_RST = 0x04
 DEF TH_ACK = 0x10
 
-cdef enum:
-    POL_FIRST = 0
-    POL_LAST = 1
-    POL_BSD = 2
-    POL_LINUX = 3
-    POL_WINDOWS = 4
-    POL_SOLARIS = 5
-
 POLICIES = {"first": POL_FIRST, "last": POL_LAST, "bsd": POL_BSD, "linux": POL_LINUX,
             "windows": POL_WINDOWS, "solaris": POL_SOLARIS}
-
-# LRU classes (timeouts)
-cdef enum:
-    LRU_EMBRYONIC = 0
-    LRU_ESTABLISHED = 1
-    LRU_CLOSING = 2
-    LRU_UDP = 3
-    LRU_NONE = 4
-    N_LRU = 4
-
-# connection state
-cdef enum:
-    CS_UNUSED = 0
-    CS_OPEN = 1
-    CS_DONE = 2
-
-ctypedef struct chunk_t:
-    int64_t start
-    int64_t end
-    int64_t own_start      # the segment that supplied these bytes, for the overlap policy
-    int64_t own_end
-    uint8_t* data          # NULL for bytes known to be missing (cut by the capture)
-
-ctypedef struct dir_t:
-    uint8_t anchored       # the sequence-to-offset mapping is fixed
-    uint8_t settled        # the start (origin) is known: delivery may proceed
-    uint8_t syn_seen
-    uint8_t midstream
-    uint8_t fin_seen
-    uint8_t rst_seen
-    uint8_t done
-    uint8_t close_reason
-    uint32_t anchor_seq    # sequence number at internal offset anchor_off
-    int64_t anchor_off
-    int64_t origin         # internal offset of stream byte 0
-    int64_t next           # internal offset of the next byte to deliver
-    int64_t fin_off
-    int64_t acked          # highest internal offset the peer acknowledged (valid if has_ack)
-    uint8_t has_ack
-    uint8_t _pad[7]
-    int64_t hole_acked_ts  # when the receiver first ACKed past the current hole (0: not)
-    int64_t first_data_ts
-    # held (out-of-order) data
-    chunk_t* chunks
-    int32_t n_chunks
-    int32_t cap_chunks
-    uint64_t held_bytes
-    # delivered but unacknowledged bytes, a ring
-    uint8_t* ring
-    uint32_t ring_cap
-    uint32_t ring_len
-    int64_t ring_start
-    # counters
-    uint64_t packets
-    uint64_t payload_bytes     # captured payload bytes seen
-    uint64_t delivered
-    uint64_t gap_bytes
-    uint64_t n_gaps
-    uint64_t conflict_bytes
-    uint64_t overlap_bytes     # bytes seen more than once (same or different)
-    uint64_t retransmissions   # segments whose bytes were all seen before
-    uint64_t unverified_bytes  # repeated bytes not compared: no longer retained, or in a gap
-    int64_t first_ts
-    int64_t last_ts
-
-ctypedef struct conn_t:
-    dir_t d[2]
-    uint8_t state
-    uint8_t proto
-    uint8_t lru
-    uint8_t close_reason
-    uint8_t rst
-    uint8_t ipver
-    uint8_t _pad[2]
-    int32_t lru_prev
-    int32_t lru_next
-    int64_t first_ts
-    int64_t last_ts
-    uint8_t client[16]
-    uint8_t server[16]
-    uint16_t cport
-    uint16_t sport
 
 
 cdef inline bint new_wins(int policy, int64_t ns, int64_t ne, int64_t os, int64_t oe) noexcept nogil:
@@ -248,37 +158,6 @@ cdef class PySink(Sink):
 
 cdef class Engine:
     """One reassembler for many connections. Feed it decoded batches (flow ids assigned by `flows`)."""
-    cdef conn_t* conns
-    cdef uint32_t cap_conns
-    cdef FlowTable flows
-    cdef Sink sink
-    cdef int policy
-    cdef int32_t lru_head[N_LRU]
-    cdef int32_t lru_tail[N_LRU]
-    cdef int64_t timeouts[N_LRU]
-    cdef readonly uint64_t max_held_per_dir
-    cdef readonly uint64_t memcap
-    cdef readonly uint64_t max_connections
-    cdef readonly uint64_t held_total
-    cdef readonly uint64_t open_connections
-    cdef readonly uint64_t peak_open
-    cdef readonly uint64_t memcap_gaps
-    cdef readonly uint64_t evictions
-    cdef readonly uint64_t timeouts_fired
-    cdef readonly uint64_t late_packets      # packets for a connection already finished
-    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
-    cdef readonly uint64_t segments
-    cdef readonly int64_t now
-    # totals over finished connections (summaries without a Python call per connection)
-    cdef uint64_t t_conns[2]          # tcp, udp
-    cdef uint64_t t_close[6]          # by CLOSE_*
-    cdef uint64_t t_packets
-    cdef uint64_t t_delivered
-    cdef uint64_t t_gaps
-    cdef uint64_t t_gap_bytes
-    cdef uint64_t t_conflicts
-    cdef uint64_t t_retrans
-    cdef uint64_t t_midstream
 
     def __cinit__(self, FlowTable flows, Sink sink, str policy="first", double embryonic_timeout=30.0,
                   double established_timeout=600.0, double closing_timeout=10.0, double udp_timeout=120.0,
@@ -572,7 +451,9 @@ cdef class Engine:
             c = &self.conns[i]
         elif c.state == CS_DONE:
             self.late_packets += 1
+            p.rflags = RF_LATE
             return 0
+        self.cur_rflags = 0
         self.segments += 1
         c.last_ts = p.ts_ns
         D = &c.d[d]
@@ -609,12 +490,14 @@ cdef class Engine:
                 # a FIN/RST from a side that never answered the peer's SYN says nothing about its
                 # stream (an evasion trick): do not let it fix the start or close anything
                 self.ignored_flags += 1
+                p.rflags = RF_IGNORED
                 self._lru_push(i, LRU_EMBRYONIC)
                 return 0
             self._anchor(D, seq)
             D.midstream = 1
 
         o = self._off(D, seq)
+        p.stream_off = o
         self._move_anchor(D, o)
         if has_payload:
             D.payload_bytes += p.payload_len
@@ -639,6 +522,7 @@ cdef class Engine:
         if c.d[0].hole_acked_ts or c.d[1].hole_acked_ts:
             self._acked_holes(i)
         c = &self.conns[i]
+        p.rflags = self.cur_rflags
         if c.state != CS_OPEN:
             return 0
         # where the connection now waits for its timeout
@@ -664,11 +548,11 @@ cdef class Engine:
         D.origin = 0
         D.next = 0
 
-    cdef inline int64_t _off(self, dir_t* D, uint32_t seq) noexcept nogil:
+    cdef int64_t _off(self, dir_t* D, uint32_t seq) noexcept nogil:
         # unwrap against the anchor, which follows the stream so differences stay < 2^31
         return D.anchor_off + <int32_t>(seq - D.anchor_seq)
 
-    cdef inline void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil:
+    cdef void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil:
         # the anchor follows the highest offset seen, so a later sequence number is read as
         # within +-2^31 of the latest one (thinned captures jump far between segments)
         if off > D.anchor_off:
@@ -719,6 +603,7 @@ cdef class Engine:
             return 0
         D.gap_bytes += <uint64_t>(upto - D.next)
         D.n_gaps += 1
+        self.cur_rflags |= RF_GAP_BEFORE
         self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
         D = &self.conns[i].d[d]
         D.next = upto
@@ -799,7 +684,7 @@ cdef class Engine:
         self._ring_put(D.ring, D.ring_cap, D.ring_start + D.ring_len, data, n)
         D.ring_len += n
 
-    cdef inline void _ring_put(self, uint8_t* ring, uint32_t cap, int64_t at, const uint8_t* src, uint32_t n) noexcept nogil:
+    cdef void _ring_put(self, uint8_t* ring, uint32_t cap, int64_t at, const uint8_t* src, uint32_t n) noexcept nogil:
         cdef uint32_t pos = <uint32_t>(at & (cap - 1))
         cdef uint32_t first = cap - pos
         if first >= n:
@@ -823,8 +708,10 @@ cdef class Engine:
             D.unverified_bytes += <uint64_t>(n - (hi - lo))
         else:
             D.unverified_bytes += <uint64_t>n
+        self.cur_rflags |= RF_OVERLAP
         if diff:
             D.conflict_bytes += diff
+            self.cur_rflags |= RF_CONFLICT
         self.sink.on_overlap(i, d, a - D.origin, n, diff)
         return diff
 
@@ -835,6 +722,7 @@ cdef class Engine:
             # bytes below next were delivered (or given up): compare, then keep the rest
             if end <= D.next:
                 D.retransmissions += 1
+                self.cur_rflags |= RF_RETRANSMISSION
             skip = (end if end < D.next else D.next) - o
             self._compare_delivered(i, d, o, data, skip)
             D = &self.conns[i].d[d]
@@ -844,9 +732,11 @@ cdef class Engine:
         if n and D.settled and o == D.next and D.n_chunks == 0:
             self._deliver(i, d, data, n)          # the common case: in order, nothing held
         elif n:
+            self.cur_rflags |= RF_OUT_OF_ORDER
             # the policy judges the whole segment as sent, so pass its original extent
             self._hold(i, d, o, o + n, data, seg_s, cut_start)
         if cut_end > cut_start:
+            self.cur_rflags |= RF_SNAPLEN_CUT
             # bytes the capture cut: a piece known to be missing
             self._hold(i, d, cut_start, cut_end, NULL, cut_start, cut_end)
         D = &self.conns[i].d[d]
@@ -1003,6 +893,7 @@ cdef class Engine:
             free(old)
         D = &self.conns[i].d[d]
         if overlap:
+            self.cur_rflags |= RF_OVERLAP | (RF_CONFLICT if diff else 0)
             D.overlap_bytes += <uint64_t>overlap
             D.conflict_bytes += diff
             self.sink.on_overlap(i, d, s - D.origin, overlap, diff)
