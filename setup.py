@@ -47,7 +47,7 @@ def ext(name, libraries=()):
     return Extension(
         name,
         [name.replace(".", "/") + ".pyx"],
-        include_dirs=["flowsift/io", "."],
+        include_dirs=["flowsift/io", "flowsift/streams", "."],
         libraries=list(libraries),
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"],
     )
@@ -62,6 +62,7 @@ EXTENSIONS = [
     ext("flowsift.io._defrag"),
     ext("flowsift.reassembly._engine"),
     ext("flowsift.reassembly._filesink"),
+    ext("flowsift.streams._store"),
 ]
 
 setup(

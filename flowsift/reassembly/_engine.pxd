@@ -28,6 +28,7 @@ cdef class Sink:
     cdef int on_overlap(self, uint32_t conn, int d, int64_t offset, int64_t length, uint64_t conflicts) except -1
     cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1
     cdef int on_close(self, uint32_t conn, object engine) except -1
+    cdef int on_packet(self, uint32_t conn, pkt_t* p) except -1
 
 
 cdef enum:

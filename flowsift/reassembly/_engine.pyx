@@ -93,6 +93,9 @@ cdef class Sink:
         return 0
     cdef int on_close(self, uint32_t conn, object engine) except -1:
         return 0
+    cdef int on_packet(self, uint32_t conn, pkt_t* p) except -1:
+        # every segment, once the engine handled it (p.stream_off, p.rflags set), before any close
+        return 0
 
 
 cdef class CountSink(Sink):
@@ -466,6 +469,8 @@ cdef class Engine:
             D.payload_bytes += p.payload_len
             D.delivered += p.payload_len
             self.sink.on_datagram(i, d, p.ts_ns, p.data + p.payload_off, p.payload_len)
+            p.rflags = 0
+            self.sink.on_packet(i, p)
             self._lru_push(i, LRU_UDP)
             return 0
 
@@ -491,6 +496,8 @@ cdef class Engine:
                 # stream (an evasion trick): do not let it fix the start or close anything
                 self.ignored_flags += 1
                 p.rflags = RF_IGNORED
+                p.stream_off = 0
+                self.sink.on_packet(i, p)
                 self._lru_push(i, LRU_EMBRYONIC)
                 return 0
             self._anchor(D, seq)
@@ -523,6 +530,8 @@ cdef class Engine:
             self._acked_holes(i)
         c = &self.conns[i]
         p.rflags = self.cur_rflags
+        self.sink.on_packet(i, p)
+        c = &self.conns[i]
         if c.state != CS_OPEN:
             return 0
         # where the connection now waits for its timeout

@@ -1,0 +1,80 @@
+"""The gateway: the only writer of the record store.
+
+source -> decode -> defragment -> flow table -> reassembly -> record files, over batches, with
+no Python per packet: the engine calls the store (a compiled sink) for every segment, byte
+range, gap, open and close; the gateway publishes the store's headers once per batch.
+"""
+import json
+import os
+import tempfile
+import time
+
+from flowsift.errors import CaptureFormatError, UsageError
+from flowsift.io import BpfError
+from flowsift.reassembly import POLICIES, Reassembler
+from flowsift.stats import compile_filter
+from flowsift.streams._store import RecordStore
+
+# Default home of a run's store: memory-backed, gone at reboot; --store DIR keeps it on disk.
+DEFAULT_STORE_PARENT = "/dev/shm"
+
+
+def new_store_dir(parent=DEFAULT_STORE_PARENT):
+    parent = parent if os.path.isdir(parent) else tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="flowsift-store-", dir=parent)
+
+
+class Gateway:
+    """Writes one record file per connection of a source into `store` (a directory)."""
+
+    def __init__(self, store=None, keep=False, policy="first", filter_expression=None, **engine_options):
+        if policy not in POLICIES:
+            raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
+        self.store_dir = str(store) if store is not None else new_store_dir()
+        self.bpf = compile_filter(filter_expression)
+        self.store = RecordStore(self.store_dir, keep)
+        self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
+        self.store.attach(self.reassembler.engine)
+        self.source = None
+        self._write_manifest(complete=False)
+
+    def _write_manifest(self, complete, **extra):
+        info = {"format": "flowsift record store", "version": 1, "source": self.source,
+                "keep": self.store.keep, "complete": complete, "written": time.time(), **extra}
+        tmp = os.path.join(self.store_dir, ".store.json.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(info, f)
+            os.replace(tmp, os.path.join(self.store_dir, "store.json"))
+        except OSError as e:
+            from flowsift.errors import FlowsiftError
+            raise FlowsiftError(f"{self.store_dir}: cannot write the store manifest: {e.strerror}") from None
+
+    def run_capture(self, path, on_progress=None):
+        """Read a whole capture into the store; returns a summary dict."""
+        from flowsift.io import Batch, Decoder, open_capture
+        self.source = str(path)
+        cap = open_capture(path)
+        decoder, batch, error = Decoder(), Batch(), None
+        try:
+            while cap.fill(batch):
+                if self.bpf is not None:
+                    self.bpf.apply(batch)
+                decoder.decode(batch)
+                self.reassembler.feed(batch)
+                self.store.publish()
+                if on_progress is not None:
+                    on_progress(cap.position, cap.size)
+            cap.check()
+        except CaptureFormatError as e:
+            error = str(e)
+        except BpfError as e:
+            raise UsageError(f"filter cannot be applied to {path}: {e}") from None
+        finally:
+            self.reassembler.finish()
+            self.store.publish()
+        summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
+                   "connections": self.reassembler.engine.totals(), "engine": self.reassembler.engine.counters(),
+                   "packets": decoder.packets, "error": error}
+        self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
+        return summary

@@ -1,0 +1,489 @@
+# cython: language_level=3
+"""The record store's writer: one sparse record file per connection (format in format.py).
+
+A Sink of the reassembly engine (delivered bytes, gaps, opens, closes) that also turns every
+segment of a batch into a record (`write_records`). Files are written through shared mappings
+of fixed-size windows, so a record or a payload costs a memcpy, not a system call. Descriptors
+and mappings are held for at most MAX_HANDLES connections at a time (least recently used are
+closed and reopened on demand), so any number of live connections fits in the process's
+descriptor and vm.max_map_count limits. Counters in each header are published at the end of
+every batch with release stores: a reader that sees a count sees everything it covers.
+"""
+import os
+
+from libc.errno cimport errno, ENOSPC
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.string cimport memcpy, memset, strerror
+from libc.stdlib cimport calloc, realloc, free
+from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_TRUNC
+from posix.unistd cimport close as c_close, ftruncate, unlink
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+
+from flowsift.errors import FlowsiftError
+from flowsift.io._batch cimport Batch, pkt_t
+from flowsift.reassembly._engine cimport Sink, Engine, conn_t, dir_t, CS_OPEN
+
+cdef extern from "_atomic.h":
+    void fs_publish_u64(uint64_t* p, uint64_t v) nogil
+    void fs_publish_i64(int64_t* p, int64_t v) nogil
+
+cdef extern from "fcntl.h" nogil:
+    int fallocate(int fd, int mode, int64_t offset, int64_t length)
+    enum: FALLOC_FL_PUNCH_HOLE
+    enum: FALLOC_FL_KEEP_SIZE
+
+# --- format constants (mirror flowsift/streams/format.py) --------------------------------
+DEF HEADER_SIZE = 4096
+DEF RECORD_SIZE = 128
+DEF GAP_SIZE = 32
+DEF RECORDS_OFF = 4096
+DEF VERSION = 1
+DEF HF_CLOSED = 1
+DEF HF_KEEP = 2
+
+cdef extern from *:
+    """
+    #define FS_GAPS_OFF (1LL << 39)
+    #define FS_DATA0_OFF (1LL << 40)
+    #define FS_DATA1_OFF (1LL << 42)
+    #define FS_FILE_SIZE (1LL << 43)
+    """
+    const int64_t GAPS_OFF "FS_GAPS_OFF"
+    const int64_t DATA0_OFF "FS_DATA0_OFF"
+    const int64_t DATA1_OFF "FS_DATA1_OFF"
+    const int64_t FILE_SIZE "FS_FILE_SIZE"
+
+# Writable windows of 1 MiB: large enough that remapping is rare, small enough that a few
+# hundred open connections stay far below vm.max_map_count.
+DEF WSHIFT = 20
+DEF WSIZE = 1048576
+# Connections whose file is open (descriptor + up to 5 mappings) at once.
+DEF MAX_HANDLES = 256
+
+# which window of a handle
+DEF W_RECORDS = 0
+DEF W_GAPS = 1
+DEF W_DATA0 = 2
+DEF W_DATA1 = 3
+DEF N_WIN = 4
+
+ctypedef struct hdr_t:           # the header's first 232 bytes, at their offsets (format.py)
+    uint8_t magic[8]
+    uint32_t version
+    uint32_t header_size
+    uint32_t record_size
+    uint32_t flags
+    uint64_t conn
+    uint64_t first_record_id
+    uint64_t records
+    uint64_t gaps
+    uint8_t ipver
+    uint8_t proto
+    uint16_t _pad0
+    uint16_t client_port
+    uint16_t server_port
+    uint8_t client_addr[16]
+    uint8_t server_addr[16]
+    uint64_t records_off
+    uint64_t gaps_off
+    uint64_t data_off[2]
+    int64_t origin[2]
+    int64_t end[2]
+    int64_t acked[2]
+    int64_t reclaimed[2]
+    int64_t first_ts
+    int64_t last_ts
+    uint8_t settled[2]
+    uint8_t close[2]
+    uint8_t midstream[2]
+    uint8_t _pad1[2]
+    uint64_t modules_mask
+    uint64_t oldest_unacked_done
+
+ctypedef struct rec_t:
+    uint64_t record_id
+    int64_t ts_ns
+    uint64_t modules
+    int64_t seq_offset
+    uint32_t payload_len
+    uint32_t payload_wirelen
+    uint32_t seq
+    uint32_t ack
+    uint16_t window
+    uint8_t tcp_flags
+    uint8_t dir
+    uint16_t rflags
+    uint8_t ipver
+    uint8_t proto
+    uint16_t sport
+    uint16_t dport
+    uint32_t caplen
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint32_t wirelen
+    uint8_t _pad[28]
+
+ctypedef struct gap_t:
+    uint8_t dir
+    uint8_t reason
+    uint8_t _pad[6]
+    uint64_t record_index
+    int64_t offset
+    int64_t length
+
+ctypedef struct cstate_t:
+    uint8_t exists           # a file was created for this connection
+    uint8_t closed
+    uint8_t touched          # in this batch's publish list
+    uint8_t _pad
+    int32_t handle           # index in the handle table, or -1
+    uint64_t records
+    uint64_t gaps
+    uint64_t first_id
+    int64_t udp_end[2]       # data written so far for a UDP direction (datagrams are appended)
+    int64_t udp_rec[2]       # the same, advanced as records are written
+
+ctypedef struct handle_t:
+    int fd
+    uint32_t conn
+    uint64_t stamp
+    hdr_t* hdr
+    uint8_t* win[N_WIN]
+    int64_t win_idx[N_WIN]   # window number (file offset >> WSHIFT) mapped, or -1
+
+
+cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
+    state[0] += 0x9E3779B97F4A7C15ULL
+    cdef uint64_t z = state[0]
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef class RecordStore(Sink):
+    """Writes record files for every connection into `directory` (see format.py)."""
+    cdef readonly str directory
+    cdef readonly bint keep
+    cdef Engine engine
+    cdef cstate_t* cs
+    cdef uint32_t cap
+    cdef handle_t handles[MAX_HANDLES]
+    cdef uint64_t clock
+    cdef uint64_t rng
+    cdef uint32_t* touched
+    cdef uint32_t n_touched
+    cdef uint32_t cap_touched
+    cdef readonly uint64_t files
+    cdef readonly uint64_t records_written
+    cdef readonly uint64_t bytes_written
+    cdef readonly uint64_t reopens
+    cdef readonly uint64_t late_packets
+    cdef readonly uint64_t modules_mask
+    cdef readonly uint64_t reclaimed_bytes
+
+    def __init__(self, str directory, bint keep=False):
+        cdef int k
+        self.directory = directory
+        self.keep = keep
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise FlowsiftError(f"{directory}: cannot create the store: {e.strerror}") from None
+        if not os.access(directory, os.W_OK):
+            raise FlowsiftError(f"{directory}: store directory is not writable")
+        self.rng = int.from_bytes(os.urandom(8), "little")
+        for k in range(MAX_HANDLES):
+            self.handles[k].fd = -1
+
+    def __dealloc__(self):
+        cdef int k
+        for k in range(MAX_HANDLES):
+            self._close_handle(k)
+        free(self.cs)
+        free(self.touched)
+
+    def attach(self, Engine engine):
+        """The engine whose connections this store records (for per-direction state)."""
+        self.engine = engine
+
+    def path(self, uint32_t conn):
+        return os.path.join(self.directory, f"c{conn:08d}.rec")
+
+    # --- handles and windows ---------------------------------------------------------------
+
+    cdef cstate_t* _state(self, uint32_t conn) except NULL:
+        cdef uint32_t cap
+        cdef cstate_t* grown
+        if conn >= self.cap:
+            cap = self.cap if self.cap else 1024
+            while cap <= conn:
+                cap *= 2
+            grown = <cstate_t*> realloc(self.cs, cap * sizeof(cstate_t))
+            if grown == NULL:
+                raise MemoryError()
+            memset(&grown[self.cap], 0, (cap - self.cap) * sizeof(cstate_t))
+            for k in range(self.cap, cap):
+                grown[k].handle = -1
+            self.cs = grown
+            self.cap = cap
+        return &self.cs[conn]
+
+    cdef void _close_handle(self, int k) noexcept nogil:
+        cdef handle_t* h = &self.handles[k]
+        cdef int w
+        if h.fd < 0:
+            return
+        for w in range(N_WIN):
+            if h.win[w] != NULL:
+                munmap(h.win[w], WSIZE)
+                h.win[w] = NULL
+        if h.hdr != NULL:
+            munmap(h.hdr, HEADER_SIZE)
+            h.hdr = NULL
+        c_close(h.fd)
+        h.fd = -1
+        if self.cs != NULL and h.conn < self.cap:
+            self.cs[h.conn].handle = -1
+
+    cdef handle_t* _handle(self, uint32_t conn, bint create) except NULL:
+        cdef cstate_t* st = self._state(conn)
+        cdef int k, victim = 0, fd, w
+        cdef void* m
+        self.clock += 1
+        if st.handle >= 0:
+            self.handles[st.handle].stamp = self.clock
+            return &self.handles[st.handle]
+        for k in range(MAX_HANDLES):
+            if self.handles[k].fd < 0:
+                victim = k
+                break
+            if self.handles[k].stamp < self.handles[victim].stamp:
+                victim = k
+        self._close_handle(victim)
+        path = self.path(conn).encode()
+        if create:
+            fd = c_open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+            if fd >= 0 and ftruncate(fd, FILE_SIZE) != 0:
+                c_close(fd)
+                fd = -1
+        else:
+            fd = c_open(path, O_RDWR, 0)
+            self.reopens += 1
+        if fd < 0:
+            raise FlowsiftError(f"{self.directory}: cannot write record file {os.path.basename(path.decode())}: "
+                                f"{strerror(errno).decode()}")
+        m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if m == MAP_FAILED:
+            c_close(fd)
+            raise FlowsiftError(f"{self.directory}: cannot map a record file: {strerror(errno).decode()}")
+        h = &self.handles[victim]
+        h.fd = fd
+        h.conn = conn
+        h.stamp = self.clock
+        h.hdr = <hdr_t*> m
+        for w in range(N_WIN):
+            h.win[w] = NULL
+            h.win_idx[w] = -1
+        st.handle = victim
+        return h
+
+    cdef uint8_t* _at(self, handle_t* h, int w, int64_t off, int64_t* room) except NULL:
+        # a writable pointer to file offset `off` through window slot w; *room: bytes to its end
+        cdef int64_t idx = off >> WSHIFT
+        cdef void* m
+        if h.win_idx[w] != idx:
+            if h.win[w] != NULL:
+                munmap(h.win[w], WSIZE)
+                h.win[w] = NULL
+            m = mmap(NULL, WSIZE, PROT_READ | PROT_WRITE, MAP_SHARED, h.fd, idx << WSHIFT)
+            if m == MAP_FAILED:
+                raise FlowsiftError(f"{self.directory}: cannot map a record file window: {strerror(errno).decode()}")
+            h.win[w] = <uint8_t*> m
+            h.win_idx[w] = idx
+        room[0] = ((idx + 1) << WSHIFT) - off
+        return h.win[w] + (off - (idx << WSHIFT))
+
+    cdef int _write(self, handle_t* h, int w, int64_t off, const uint8_t* src, int64_t n) except -1:
+        cdef int64_t room, take
+        cdef uint8_t* dst
+        while n > 0:
+            dst = self._at(h, w, off, &room)
+            take = n if n < room else room
+            memcpy(dst, src, take)
+            off += take
+            src += take
+            n -= take
+        return 0
+
+    cdef void _touch(self, uint32_t conn, cstate_t* st) noexcept nogil:
+        cdef uint32_t* grown
+        if st.touched:
+            return
+        if self.n_touched == self.cap_touched:
+            self.cap_touched = 256 if self.cap_touched == 0 else self.cap_touched * 2
+            grown = <uint32_t*> realloc(self.touched, self.cap_touched * sizeof(uint32_t))
+            if grown == NULL:
+                return          # publishing this one waits for its close
+            self.touched = grown
+        st.touched = 1
+        self.touched[self.n_touched] = conn
+        self.n_touched += 1
+
+    # --- sink -------------------------------------------------------------------------------
+
+    cdef int on_open(self, uint32_t conn, object engine) except -1:
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h = self._handle(conn, True)
+        cdef conn_t* c = &self.engine.conns[conn]
+        cdef hdr_t* hd = h.hdr
+        memcpy(hd.magic, b"FSRECORD", 8)
+        hd.version = VERSION
+        hd.header_size = HEADER_SIZE
+        hd.record_size = RECORD_SIZE
+        hd.flags = HF_KEEP if self.keep else 0
+        hd.conn = conn
+        st.first_id = splitmix64(&self.rng)      # SIFT: record ids start at a random 64-bit value
+        hd.first_record_id = st.first_id
+        hd.ipver = c.ipver
+        hd.proto = c.proto
+        hd.client_port = c.cport
+        hd.server_port = c.sport
+        memcpy(hd.client_addr, c.client, 16)
+        memcpy(hd.server_addr, c.server, 16)
+        hd.records_off = RECORDS_OFF
+        hd.gaps_off = GAPS_OFF
+        hd.data_off[0] = DATA0_OFF
+        hd.data_off[1] = DATA1_OFF
+        hd.acked[0] = -1
+        hd.acked[1] = -1
+        hd.first_ts = c.first_ts
+        hd.modules_mask = self.modules_mask
+        st.exists = 1
+        st.closed = 0
+        st.records = 0
+        st.gaps = 0
+        st.udp_end[0] = st.udp_end[1] = 0
+        st.udp_rec[0] = st.udp_rec[1] = 0
+        self.files += 1
+        return 0
+
+    cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
+        cdef handle_t* h = self._handle(conn, False)
+        self._write(h, W_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + offset, data, n)
+        self.bytes_written += n
+        return 0
+
+    cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1:
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h = self._handle(conn, False)
+        self._write(h, W_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + st.udp_end[d], data, n)
+        st.udp_end[d] += n
+        self.bytes_written += n
+        return 0
+
+    cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h = self._handle(conn, False)
+        cdef gap_t g
+        memset(&g, 0, sizeof(gap_t))
+        g.dir = d
+        g.reason = reason
+        g.record_index = st.records
+        g.offset = offset
+        g.length = length
+        self._write(h, W_GAPS, GAPS_OFF + <int64_t>st.gaps * GAP_SIZE, <const uint8_t*>&g, GAP_SIZE)
+        st.gaps += 1
+        self._touch(conn, st)
+        return 0
+
+    cdef int on_close(self, uint32_t conn, object engine) except -1:
+        cdef cstate_t* st = self._state(conn)
+        if not st.exists:
+            return 0
+        self._publish(conn, True)
+        st.closed = 1
+        if st.handle >= 0:
+            self._close_handle(st.handle)
+        return 0
+
+    # --- records ----------------------------------------------------------------------------
+
+    cdef int on_packet(self, uint32_t conn, pkt_t* p) except -1:
+        # one record per segment, in arrival order
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h
+        cdef rec_t r
+        if not st.exists or st.closed:
+            self.late_packets += 1
+            return 0
+        h = self._handle(conn, False)
+        memset(&r, 0, sizeof(rec_t))
+        r.record_id = st.first_id + st.records
+        r.ts_ns = p.ts_ns
+        if p.proto == 17:
+            r.seq_offset = st.udp_rec[p.dir]
+            st.udp_rec[p.dir] += p.payload_len
+        else:
+            r.seq_offset = p.stream_off
+        r.payload_len = p.payload_len
+        r.payload_wirelen = p.payload_wirelen
+        r.seq = p.seq
+        r.ack = p.ack
+        r.window = p.window
+        r.tcp_flags = p.tcp_flags
+        r.dir = p.dir
+        r.rflags = p.rflags
+        r.ipver = p.ipver
+        r.proto = p.proto
+        r.sport = p.sport
+        r.dport = p.dport
+        r.caplen = p.caplen
+        r.wirelen = p.wirelen
+        memcpy(r.src, p.src, 16)
+        memcpy(r.dst, p.dst, 16)
+        self._write(h, W_RECORDS, RECORDS_OFF + <int64_t>st.records * RECORD_SIZE, <const uint8_t*>&r, RECORD_SIZE)
+        st.records += 1
+        self.records_written += 1
+        self._touch(conn, st)
+        return 0
+
+    def publish(self):
+        """Make everything written so far visible to readers (header counters)."""
+        cdef uint32_t k
+        for k in range(self.n_touched):
+            self.cs[self.touched[k]].touched = 0
+            if not self.cs[self.touched[k]].closed:
+                self._publish(self.touched[k], False)
+        self.n_touched = 0
+
+    cdef int _publish(self, uint32_t conn, bint final) except -1:
+        cdef cstate_t* st = &self.cs[conn]
+        cdef handle_t* h = self._handle(conn, False)
+        cdef hdr_t* hd = h.hdr
+        cdef conn_t* c = &self.engine.conns[conn]
+        cdef dir_t* D
+        cdef int d
+        for d in range(2):
+            D = &c.d[d]
+            hd.settled[d] = D.settled
+            hd.midstream[d] = D.midstream
+            fs_publish_i64(&hd.origin[d], D.origin)
+            if c.proto == 17:
+                fs_publish_i64(&hd.end[d], st.udp_end[d])
+            elif D.settled:
+                fs_publish_i64(&hd.end[d], D.next - D.origin)
+            if D.has_ack and D.settled:
+                fs_publish_i64(&hd.acked[d], D.acked - D.origin)
+            if final:
+                hd.close[d] = D.close_reason if D.close_reason else c.close_reason
+        hd.last_ts = c.last_ts
+        hd.modules_mask = self.modules_mask
+        fs_publish_u64(&hd.gaps, st.gaps)
+        fs_publish_u64(&hd.records, st.records)
+        if final:
+            hd.flags |= HF_CLOSED
+        return 0
+
+    def counters(self):
+        return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
+                "reopens": self.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes}

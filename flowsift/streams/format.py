@@ -1,0 +1,116 @@
+"""The record file format, version 1, as data (docs/record-format.md says the same in prose).
+
+One file per connection, written only by the gateway. Little-endian throughout. The file is
+sparse: four regions sit at fixed offsets, so each can grow without moving the others, and a
+byte's position never changes (reclaimed space is punched out, offsets stay valid).
+
+    0            header (HEADER_SIZE bytes)
+    RECORDS_OFF  records, RECORD_SIZE bytes each, in arrival order
+    GAPS_OFF     gap entries, GAP_SIZE bytes each
+    DATA_OFF[0]  client-to-server bytes, at DATA_OFF[0] + stream offset
+    DATA_OFF[1]  server-to-client bytes, at DATA_OFF[1] + stream offset
+"""
+import struct
+
+MAGIC = b"FSRECORD"
+VERSION = 1
+
+HEADER_SIZE = 4096
+RECORD_SIZE = 128
+GAP_SIZE = 32
+RECORDS_OFF = 4096
+GAPS_OFF = 1 << 39              # 512 GiB: room for 4 billion records before it
+DATA_OFF = (1 << 40, 1 << 42)   # 1 TiB and 4 TiB: 3 TiB for the client's stream, 4 TiB for the server's
+FILE_SIZE = 1 << 43             # 8 TiB apparent size (sparse; ext4 allows 16 TiB, tmpfs more)
+
+# header flags
+HF_CLOSED = 1        # the gateway finished the connection: nothing more will be written
+HF_KEEP = 2          # space is never reclaimed (--keep)
+
+# header: (name, struct code, offset)
+HEADER_FIELDS = [
+    ("magic", "8s", 0),
+    ("version", "I", 8),
+    ("header_size", "I", 12),
+    ("record_size", "I", 16),
+    ("flags", "I", 20),
+    ("conn", "Q", 24),
+    ("first_record_id", "Q", 32),
+    ("records", "Q", 40),             # published records: each of them is complete
+    ("gaps", "Q", 48),                # published gap entries
+    ("ipver", "B", 56),
+    ("proto", "B", 57),
+    ("client_port", "H", 60),
+    ("server_port", "H", 62),
+    ("client_addr", "16s", 64),       # IPv4 in the first 4 bytes
+    ("server_addr", "16s", 80),
+    ("records_off", "Q", 96),
+    ("gaps_off", "Q", 104),
+    ("data_off0", "Q", 112),
+    ("data_off1", "Q", 120),
+    ("origin0", "q", 128),            # record seq_offset of stream byte 0, per direction
+    ("origin1", "q", 136),
+    ("end0", "q", 144),               # stream offset after the last delivered byte or gap
+    ("end1", "q", 152),
+    ("acked0", "q", 160),             # stream offset the peer acknowledged (-1: never)
+    ("acked1", "q", 168),
+    ("reclaimed0", "q", 176),         # data below this stream offset was punched out
+    ("reclaimed1", "q", 184),
+    ("first_ts", "q", 192),
+    ("last_ts", "q", 200),
+    ("settled0", "B", 208),           # origin known (midstream directions wait; see docs/reassembly.md)
+    ("settled1", "B", 209),
+    ("close0", "B", 210),             # 0 open, else fin/rst/timeout/evicted/eof (1..5)
+    ("close1", "B", 211),
+    ("midstream0", "B", 212),
+    ("midstream1", "B", 213),
+    ("modules_mask", "Q", 216),       # the global module bitmap at the last publish
+    ("oldest_unacked_done", "Q", 224),  # index of the oldest record every module finished that is not yet ACKed
+]
+
+
+def parse_header(buf):
+    """The header fields of a record file, from its first HEADER_SIZE bytes."""
+    return {name: struct.unpack_from("<" + code, buf, off)[0] for name, code, off in HEADER_FIELDS}
+
+RECORD_FIELDS = [
+    ("record_id", "Q", 0),            # first_record_id + index, modulo 2^64
+    ("ts_ns", "q", 8),
+    ("modules", "Q", 16),             # bit k set: module k is done with this record
+    ("seq_offset", "q", 24),          # sequence-space offset: stream offset = seq_offset - origin[dir]
+    ("payload_len", "I", 32),         # payload bytes captured
+    ("payload_wirelen", "I", 36),     # payload bytes on the wire
+    ("seq", "I", 40),
+    ("ack", "I", 44),
+    ("window", "H", 48),
+    ("tcp_flags", "B", 50),
+    ("dir", "B", 51),                 # 0 client to server, 1 server to client
+    ("rflags", "H", 52),              # RF_* below
+    ("ipver", "B", 54),
+    ("proto", "B", 55),
+    ("sport", "H", 56),
+    ("dport", "H", 58),
+    ("caplen", "I", 60),
+    ("src", "16s", 64),
+    ("dst", "16s", 80),
+    ("wirelen", "I", 96),
+]
+RECORD_STRUCT = struct.Struct("<QqQqIIIIHBBHBBHHI16s16sI28x")
+assert RECORD_STRUCT.size == RECORD_SIZE
+
+# record rflags (what reassembly made of the segment)
+RF_RETRANSMISSION = 1
+RF_OVERLAP = 2
+RF_CONFLICT = 4
+RF_OUT_OF_ORDER = 8
+RF_GAP_BEFORE = 16
+RF_SNAPLEN_CUT = 32
+RF_NAMES = {RF_RETRANSMISSION: "retransmission", RF_OVERLAP: "overlap", RF_CONFLICT: "conflict",
+            RF_OUT_OF_ORDER: "out-of-order", RF_GAP_BEFORE: "gap-before", RF_SNAPLEN_CUT: "snaplen-cut"}
+
+# gap entry: dir, reason, record index during which it was declared, stream offset, length
+GAP_STRUCT = struct.Struct("<BB6xQqq")
+assert GAP_STRUCT.size == GAP_SIZE
+
+CLOSE_NAMES = {0: None, 1: "fin", 2: "rst", 3: "timeout", 4: "evicted", 5: "eof"}
+GAP_REASONS = {1: "acked", 2: "closed", 3: "memcap", 4: "snaplen", 5: "trailing"}

@@ -1,0 +1,138 @@
+"""Reading record files (pure Python: struct over read-only mappings). For tools and tests;
+modules read streams through StreamPointer."""
+import mmap
+import os
+from collections import namedtuple
+
+from flowsift.errors import FlowsiftError
+from flowsift.streams import format as F
+
+Record = namedtuple("Record", [name for name, _, _ in F.RECORD_FIELDS] + ["index", "stream_offset"])
+GapEntry = namedtuple("GapEntry", "dir reason record_index offset length")
+
+
+class StoreError(FlowsiftError):
+    """A record file or store that cannot be read."""
+
+
+class RecordFile:
+    """One connection's record file, opened read-only and mapped PROT_READ.
+
+    `records()` yields only published records (complete by construction). If the gateway
+    stopped without closing the file, `cut` is True and `unpublished` counts the complete
+    records found after the published ones.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: no such record file") from None
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot open: {e.strerror}") from None
+        size = os.fstat(self._fd).st_size
+        if size < F.HEADER_SIZE:
+            os.close(self._fd)
+            raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
+        self._hdr = mmap.mmap(self._fd, F.HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        self._maps = {}
+        h = self.refresh()
+        if h["magic"] != F.MAGIC:
+            self.close()
+            raise StoreError(f"{self.path}: not a flowsift record file (magic {h['magic']!r})")
+        if h["version"] != F.VERSION:
+            self.close()
+            raise StoreError(f"{self.path}: record file format version {h['version']}; "
+                             f"this flowsift reads version {F.VERSION}")
+
+    def refresh(self):
+        """Re-read the header: what the gateway has published since."""
+        self.header = F.parse_header(self._hdr)
+        return self.header
+
+    @property
+    def closed_by_gateway(self):
+        return bool(self.header["flags"] & F.HF_CLOSED)
+
+    def _region(self, offset, length):
+        """Bytes [offset, offset+length) of the file, through a read-only mapping."""
+        if length <= 0:
+            return memoryview(b"")
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        key = (start, offset + length - start)
+        m = self._maps.get(key)
+        if m is None:
+            m = mmap.mmap(self._fd, key[1], mmap.MAP_SHARED, mmap.PROT_READ, offset=start)
+            self._maps = {key: m}          # keep one mapping: tools walk forward
+        return memoryview(m)[offset - start:offset - start + length]
+
+    def records(self, start=0, stop=None):
+        h = self.header
+        stop = h["records"] if stop is None else min(stop, h["records"])
+        origin = (h["origin0"], h["origin1"])
+        for i in range(start, stop):
+            raw = self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE)
+            fields = F.RECORD_STRUCT.unpack(raw)
+            rec = dict(zip([n for n, _, _ in F.RECORD_FIELDS], fields))
+            yield Record(**rec, index=i, stream_offset=rec["seq_offset"] - origin[rec["dir"]]
+                         if rec["proto"] == 6 else rec["seq_offset"])
+
+    def gaps(self, direction=None):
+        h = self.header
+        out = []
+        for i in range(h["gaps"]):
+            d, reason, rec, off, ln = F.GAP_STRUCT.unpack(self._region(h["gaps_off"] + i * F.GAP_SIZE, F.GAP_SIZE))
+            if direction is None or d == direction:
+                out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
+        return out
+
+    @property
+    def unpublished(self):
+        """Complete records written after the published count (a gateway stopped mid-batch)."""
+        h = self.header
+        n, i = 0, h["records"]
+        size = os.fstat(self._fd).st_size
+        while h["records_off"] + (i + 1) * F.RECORD_SIZE <= min(size, h["gaps_off"]):
+            rid = F.RECORD_STRUCT.unpack(self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE))[0]
+            if rid != (h["first_record_id"] + i) % 2**64:
+                break
+            n, i = n + 1, i + 1
+        return n
+
+    @property
+    def cut(self):
+        return not self.closed_by_gateway
+
+    def data(self, direction, offset=0, length=None):
+        """Delivered bytes of a direction (a copy). Gap ranges are holes: callers skip them."""
+        h = self.header
+        end = h[f"end{direction}"]
+        length = end - offset if length is None else min(length, end - offset)
+        return bytes(self._region(h[f"data_off{direction}"] + offset, length))
+
+    def close(self):
+        for m in self._maps.values():
+            m.close()
+        self._maps = {}
+        if self._hdr is not None:
+            self._hdr.close()
+            self._hdr = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def store_files(directory):
+    """The record files of a store directory, in connection order."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".rec"))
+    except FileNotFoundError:
+        raise StoreError(f"{directory}: no such store directory") from None
+    return [os.path.join(directory, n) for n in names]
