@@ -63,6 +63,7 @@ EXTENSIONS = [
     ext("flowsift.reassembly._engine"),
     ext("flowsift.reassembly._filesink"),
     ext("flowsift.streams._store"),
+    ext("flowsift.streams._pointer"),
 ]
 
 setup(

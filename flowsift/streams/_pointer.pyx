@@ -1,0 +1,218 @@
+# cython: language_level=3
+"""Stream pointers: a module's cursor into one direction of one connection's record file.
+
+Reads return memoryviews into a read-only mapping of the file: no copy until the caller asks
+for bytes. A gap is a value the reader meets (`at_gap`), never an exception, never filler.
+The hot loops (find, read_until) run memmem over the mapping.
+"""
+import mmap as _mmap
+
+from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memchr
+
+from flowsift.reassembly.events import Gap
+from flowsift.streams import format as F
+from flowsift.streams.reader import RecordFile
+
+cdef extern from "string.h" nogil:
+    void* memmem(const void* haystack, size_t hl, const void* needle, size_t nl)
+
+# Virtual size of one mapping of a direction's data: no page is touched until read, so a big
+# window costs address space only, and the stream rarely outgrows it.
+DEF MAP_WINDOW = 1073741824
+
+
+cdef class StreamPointer:
+    """Cursor into direction `direction` (0: client to server, 1: server to client) of a record file."""
+    cdef readonly object file
+    cdef readonly int direction
+    cdef int64_t pos
+    cdef int64_t end              # stream offset after the last delivered byte or gap (published)
+    cdef int64_t start            # lowest offset still retained (reclaimed below)
+    cdef list gaps                # [(offset, length, reason)], increasing
+    cdef Py_ssize_t gap_i         # first gap whose end is beyond pos
+    cdef object _map
+    cdef const uint8_t* base      # mapping start
+    cdef int64_t map_off          # stream offset at `base`
+    cdef int64_t map_len
+    cdef int64_t data_off
+
+    def __init__(self, file, int direction):
+        self.file = file if isinstance(file, RecordFile) else RecordFile(file)
+        if direction not in (0, 1):
+            raise ValueError("direction is 0 (client to server) or 1 (server to client)")
+        self.direction = direction
+        self.data_off = self.file.header[f"data_off{direction}"]
+        self.pos = 0
+        self._map = None
+        self.gaps = []
+        self.gap_i = 0
+        self.refresh()
+        self.pos = self.start
+
+    def refresh(self):
+        """Learn what the gateway published since; returns True if the stream grew."""
+        h = self.file.refresh()
+        old = self.end
+        self.end = h[f"end{self.direction}"]
+        self.start = max(0, h[f"reclaimed{self.direction}"])
+        if len(self.gaps) < h["gaps"]:
+            self.gaps = [(g.offset, g.length, g.reason) for g in self.file.gaps(self.direction)]
+        return self.end > old
+
+    @property
+    def closed(self):
+        """The connection ended: nothing will be added after `end`."""
+        return bool(self.file.header[f"close{self.direction}"])
+
+    @property
+    def eof(self):
+        return self.closed and self.pos >= self.end
+
+    def tell(self):
+        return self.pos
+
+    @property
+    def end_offset(self):
+        return self.end
+
+    cdef int64_t _limit(self):
+        # end of the contiguous bytes from pos: the next gap's start, or end
+        cdef Py_ssize_t i = self.gap_i
+        cdef int64_t goff, glen
+        while i < len(self.gaps):
+            goff, glen = self.gaps[i][0], self.gaps[i][1]
+            if goff + glen <= self.pos:
+                i += 1
+                continue
+            self.gap_i = i
+            return goff if goff > self.pos else self.pos
+        self.gap_i = i
+        return self.end
+
+    @property
+    def available(self):
+        """Bytes readable from the position before the next gap or the end."""
+        return self._limit() - self.pos
+
+    @property
+    def at_gap(self):
+        """The Gap starting at (or containing) the position, or None."""
+        self._limit()
+        if self.gap_i < len(self.gaps):
+            goff, glen, reason = self.gaps[self.gap_i]
+            if goff <= self.pos < goff + glen:
+                return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
+        return None
+
+    @property
+    def next_gap(self):
+        """The next Gap at or after the position, or None."""
+        self._limit()
+        if self.gap_i < len(self.gaps):
+            goff, glen, reason = self.gaps[self.gap_i]
+            return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
+        return None
+
+    cdef const uint8_t* _ptr(self, int64_t off, int64_t n) except NULL:
+        # pointer to stream bytes [off, off+n), (re)mapping as needed
+        cdef const uint8_t[::1] view
+        cdef int64_t start
+        if self._map is None or off < self.map_off or off + n > self.map_off + self.map_len:
+            start = off - (off + self.data_off) % _mmap.ALLOCATIONGRANULARITY
+            length = max(MAP_WINDOW, n + (off - start))
+            m = _mmap.mmap(self.file._fd, length, _mmap.MAP_SHARED, _mmap.PROT_READ, offset=self.data_off + start)
+            view = m
+            self._map = m
+            self.base = &view[0]
+            self.map_off = start
+            self.map_len = length
+        return self.base + (off - self.map_off)
+
+    cdef object _view(self, int64_t off, int64_t n):
+        if n <= 0:
+            return memoryview(b"")
+        self._ptr(off, n)
+        return memoryview(self._map)[off - self.map_off:off - self.map_off + n]
+
+    def peek(self, Py_ssize_t n=-1):
+        """Up to n bytes from the position (all available if n < 0), without moving."""
+        cdef int64_t avail = self._limit() - self.pos
+        if n < 0 or n > avail:
+            n = avail
+        return self._view(self.pos, n)
+
+    def read(self, Py_ssize_t n=-1):
+        """Up to n bytes (all available if n < 0); moves past them. Empty at a gap or the end."""
+        v = self.peek(n)
+        self.pos += len(v)
+        return v
+
+    def read_until(self, delim, Py_ssize_t max=-1):
+        """Bytes up to and including `delim` if it occurs within the available bytes (and within
+        `max`), moving past them; else None and the position stays (more may come)."""
+        cdef const uint8_t[::1] d = memoryview(delim).cast("B") if not isinstance(delim, bytes) else delim
+        cdef int64_t avail = self._limit() - self.pos
+        cdef const uint8_t* p
+        cdef const uint8_t* hit
+        if max >= 0 and max < avail:
+            avail = max
+        if avail <= 0 or len(d) == 0:
+            return None
+        p = self._ptr(self.pos, avail)
+        if len(d) == 1:
+            hit = <const uint8_t*> memchr(p, d[0], avail)
+        else:
+            hit = <const uint8_t*> memmem(p, avail, &d[0], len(d))
+        if hit == NULL:
+            return None
+        return self.read(hit - p + len(d))
+
+    def find(self, pattern, start=None, end=None):
+        """Stream offset of the first `pattern` at or after `start` (default: the position) in the
+        contiguous bytes there (a gap ends the search), or -1. Works across packet boundaries."""
+        cdef const uint8_t[::1] pat = pattern
+        cdef int64_t s = self.pos if start is None else start
+        cdef int64_t saved = self.pos, lim, n
+        cdef const uint8_t* p
+        cdef const uint8_t* hit
+        if s < self.start or s > self.end:
+            return -1
+        self.pos = s
+        lim = self._limit()
+        self.pos = saved
+        self.gap_i = 0
+        if end is not None and end < lim:
+            lim = end
+        n = lim - s
+        if len(pat) == 0:
+            return s
+        if n < len(pat):
+            return -1
+        p = self._ptr(s, n)
+        with nogil:
+            hit = <const uint8_t*> memmem(p, n, &pat[0], len(pat))
+        return -1 if hit == NULL else s + (hit - p)
+
+    def skip(self, int64_t n):
+        """Move forward n bytes (over a gap too); not past the end."""
+        self.pos = min(self.pos + n, self.end)
+        return self.pos
+
+    def skip_gap(self):
+        """At a gap: move past it and return it; else None."""
+        g = self.at_gap
+        if g is not None:
+            self.pos = g.offset + g.length
+        return g
+
+    def seek(self, int64_t offset):
+        """Move to a stream offset within what is retained [start, end]."""
+        if offset < self.start or offset > self.end:
+            raise ValueError(f"offset {offset} outside the retained stream [{self.start}, {self.end}]")
+        self.pos = offset
+        self.gap_i = 0
+        return self.pos
+
+    def __repr__(self):
+        return f"<StreamPointer conn {self.file.header['conn']} dir {self.direction} at {self.pos}/{self.end}>"

@@ -1,0 +1,102 @@
+"""Stream pointers over record files: reads without copies, searches across packets, gaps as values."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flowsift.gateway import Gateway
+from flowsift.reassembly import Gap, Reassembler
+from flowsift.streams import Entry, EntryTable, RecordFile, StreamPointer, store_files
+
+
+def store_of(tmp_path, corpus, name):
+    store = tmp_path / "store"
+    Gateway(store, keep=True).run_capture(corpus / name)
+    return store
+
+
+def test_read_find_read_until_across_packet_boundaries(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__zeek__206_example_b.pcap")
+    r = Reassembler()
+    r.feed_capture(corpus / "http__zeek__206_example_b.pcap")
+    path = store_files(store)[0]
+    sp = StreamPointer(path, 1)
+    want = bytes(r.collector.dirs[(0, 1)].data)
+    assert sp.available == len(want) > 100_000
+    head = sp.read_until(b"\r\n\r\n", max=65536)
+    assert bytes(head) == want[:want.index(b"\r\n\r\n") + 4]
+    assert isinstance(head, memoryview) and head.readonly
+    # a pattern that straddles two segments (each ~1448 bytes): the 3000th-3010th bytes
+    pat = want[3000:3010]
+    assert sp.find(pat, start=0) == want.find(pat)
+    assert sp.find(b"definitely not in there") == -1
+    assert sp.tell() == len(head)
+    sp.seek(0)
+    total = b""
+    while True:
+        chunk = sp.read(5000)
+        if not chunk:
+            break
+        total += bytes(chunk)
+    assert total == want and sp.eof
+
+
+def test_gaps_are_values_never_filler(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "gap__suri__tcp-simple-gap2.pcap")
+    sp = StreamPointer(store_files(store)[0], 0)
+    first = bytes(sp.read())
+    assert len(first) == 4 and sp.available == 0
+    gap = sp.at_gap
+    assert isinstance(gap, Gap) and (gap.offset, gap.length) == (4, 4)
+    assert sp.read() == b"" or len(sp.read()) == 0
+    assert sp.skip_gap() == gap and sp.at_gap is None
+    rest = bytes(sp.read())
+    assert rest and b"\0\0\0\0" not in first + rest
+
+
+def test_peek_does_not_move_and_seek_stays_in_bounds(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
+    sp = StreamPointer(store_files(store)[0], 0)
+    assert bytes(sp.peek(3)) == b"GET" and sp.tell() == 0
+    with pytest.raises(ValueError):
+        sp.seek(10**9)
+
+
+def test_writes_through_a_readers_mapping_fail_and_the_file_is_unchanged(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
+    path = store_files(store)[0]
+    before = hashlib.sha256(open(path, "rb").read(1 << 20)).hexdigest()
+    code = f"""
+import ctypes, numpy
+from flowsift.streams import StreamPointer
+sp = StreamPointer({str(path)!r}, 0)
+view = sp.peek(16)
+addr = numpy.frombuffer(view, dtype=numpy.uint8).ctypes.data
+ctypes.memset(addr, 0x41, 16)      # the mapping is PROT_READ: the kernel stops this
+print("wrote")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == -11 and "wrote" not in res.stdout          # SIGSEGV
+    assert hashlib.sha256(open(path, "rb").read(1 << 20)).hexdigest() == before
+    # and the descriptor readers get is read-only
+    rf = RecordFile(path)
+    with pytest.raises(OSError):
+        os.write(rf._fd, b"x")
+    rf.close()
+
+
+def test_entry_state_follows_published_records(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__pcpp__three_http_streams.pcap")
+    table = EntryTable(store)
+    new = table.scan()
+    assert len(new) == 3
+    for e in new:
+        assert e.latest_record == e.file.header["records"] > 0 and e.next_record == 0
+        recs = e.pending()
+        assert [r.index for r in recs] == list(range(e.latest_record))
+        e.done(len(recs))
+        assert e.finished
+    table.close_finished()
+    assert table.entries == {}
