@@ -126,6 +126,72 @@ def streams(
         _fail(result["error"])
 
 
+@app.command()
+def gateway(
+    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file."),
+    store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
+                                        help="Store directory (default: a fresh one under /dev/shm)."),
+    keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR", help="BPF expression."),
+    policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+):
+    """Run the gateway alone: write one record file per connection into a store.
+
+    Each file holds a record per packet and each direction's reassembled bytes, stored by
+    stream offset (docs/record-format.md). Read them with `flowsift inspect`, or from Python
+    with flowsift.streams.StreamPointer.
+
+    \b
+    Examples:
+      flowsift gateway trace.pcap --store /tmp/run1 --keep
+      flowsift inspect /tmp/run1
+    """
+    from flowsift.gateway import Gateway
+
+    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter)
+    size = os.path.getsize(source) if os.path.isfile(source) else 0
+    bar = _progress(size, "gateway")
+    if bar is not None:
+        with bar:
+            task = bar.add_task("read", total=size)
+            result = g.run_capture(source, on_progress=lambda pos, total: bar.update(task, completed=pos))
+    else:
+        result = g.run_capture(source)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        from flowsift.render import print_gateway
+        print_gateway(result)
+    if result["error"]:
+        _fail(result["error"])
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., metavar="PATH", help="A record file (.rec) or a store directory."),
+    records: int = typer.Option(20, "--records", "-n", metavar="N", help="Records to show (0: none, -1: all)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
+):
+    """Show a record file (header, records with their flags and bitmaps, stream extents, gaps)
+    or summarise a store directory (one line per connection).
+
+    \b
+    Examples:
+      flowsift inspect /dev/shm/flowsift-store-abc123
+      flowsift inspect /dev/shm/flowsift-store-abc123/c00000007.rec -n -1 --json
+    """
+    from flowsift.inspect import describe_file, describe_store
+    from flowsift.render import print_inspect_file, print_inspect_store
+
+    if os.path.isdir(path):
+        result = describe_store(path)
+        typer.echo(json.dumps(result)) if as_json else print_inspect_store(result)
+    else:
+        result = describe_file(path, records)
+        typer.echo(json.dumps(result)) if as_json else print_inspect_file(result)
+
+
 def main():
     try:
         app()

@@ -81,3 +81,61 @@ def print_streams(s, console=None):
     if s["output"]:
         t.add_row("written", f"{_n(s['files'])} files in {s['output']} (index: {s['index']})")
     console.print(t)
+
+
+def print_gateway(s, console=None):
+    console = console or Console()
+    c = s["connections"]
+    t = Table(title="gateway", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("store", s["store"])
+    t.add_row("record files", _n(s["files"]))
+    t.add_row("records", _n(s["records"]))
+    t.add_row("stream bytes", _bytes(s["bytes"]))
+    t.add_row("connections", f"{_n(c['tcp'])} TCP, {_n(c['udp'])} UDP")
+    t.add_row("gaps", f"{_n(c['gaps'])} ({_bytes(c['gap_bytes'])})")
+    t.add_row("late packets", _n(s["engine"]["late_packets"]))
+    console.print(t)
+
+
+def print_inspect_store(s, console=None):
+    console = console or Console()
+    t = Table(title=f"store {s['store']}", title_justify="left")
+    for col in ("file", "proto", "client", "server", "records", "c2s end", "s2c end", "gaps", "closed"):
+        t.add_column(col, justify="right" if col in ("records", "c2s end", "s2c end", "gaps") else "left")
+    for c in s["connections"]:
+        t.add_row(c["file"], c["proto"], c["client"], c["server"], _n(c["records"]), _n(c["bytes"][0]),
+                  _n(c["bytes"][1]), _n(c["gaps"]), "yes" if c["closed"] else "no")
+    console.print(t)
+    for p in s["problems"]:
+        console.print(f"[red]{p}[/red]")
+
+
+def print_inspect_file(s, console=None):
+    console = console or Console()
+    head = Table(show_header=False, box=None)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("file", f"{s['file']} (format {s['version']})")
+    head.add_row("connection", f"{s['conn']}: {s['proto']} {s['client']} -> {s['server']}")
+    head.add_row("records", f"{_n(s['records'])} (first id {s['first_record_id']})")
+    head.add_row("state", "closed by the gateway" if s["closed"] else "[yellow]open or cut[/yellow]")
+    if "cut" in s:
+        head.add_row("cut", f"{s['cut']['note']} ({s['cut']['unpublished_complete_records']} complete unpublished)")
+    console.print(head)
+    st = Table(title="streams", title_justify="left")
+    for col in ("dir", "bytes", "acked", "reclaimed", "midstream", "close", "gaps"):
+        st.add_column(col)
+    for x in s["streams"]:
+        st.add_row(x["dir"], _n(x["end"]), str(x["acked"]), _n(x["reclaimed"]), str(x["midstream"]), str(x["close"]),
+                   ", ".join(f"{o}+{l} ({r})" for o, l, r in x["gaps"]) or "-")
+    console.print(st)
+    if s["record_list"]:
+        rt = Table(title="records", title_justify="left")
+        for col in ("#", "id", "dir", "flags", "seq", "ack", "offset", "len", "reassembly", "modules"):
+            rt.add_column(col, justify="right" if col in ("#", "seq", "ack", "offset", "len") else "left")
+        for r in s["record_list"]:
+            rt.add_row(str(r["index"]), f"{r['id']:#018x}", "c2s" if r["dir"] == 0 else "s2c", r["flags"], str(r["seq"]),
+                       str(r["ack"]), str(r["offset"]), str(r["len"]), ",".join(r["rflags"]) or "-", f"{r['modules']:#x}")
+        console.print(rt)

@@ -1,0 +1,71 @@
+"""`flowsift inspect`: record files and stores, described as plain data."""
+import ipaddress
+import json
+import os
+
+from flowsift.streams import format as F
+from flowsift.streams.reader import RecordFile, StoreError, store_files
+
+
+def _addr(raw, ipver):
+    return str(ipaddress.ip_address(raw[:4] if ipver == 4 else raw))
+
+
+def _flags(rflags):
+    return [name for bit, name in F.RF_NAMES.items() if rflags & bit]
+
+
+def _tcp_flags(f):
+    return "".join(c for bit, c in ((2, "S"), (16, "."), (8, "P"), (1, "F"), (4, "R"), (32, "U")) if f & bit) or "-"
+
+
+def describe_file(path, n_records=20):
+    with RecordFile(path) as rf:
+        h = rf.header
+        cut = rf.cut
+        info = {
+            "file": str(path), "conn": h["conn"], "version": h["version"],
+            "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
+            "client": f"{_addr(h['client_addr'], h['ipver'])}:{h['client_port']}",
+            "server": f"{_addr(h['server_addr'], h['ipver'])}:{h['server_port']}",
+            "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
+            "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP),
+            "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
+            "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"], "acked": h[f"acked{d}"],
+                         "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
+                         "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"]),
+                         "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
+        }
+        if cut:
+            info["cut"] = {"unpublished_complete_records": rf.unpublished,
+                           "note": "the gateway did not close this file: records after these may be missing"}
+        stop = None if n_records < 0 else n_records
+        info["record_list"] = [
+            {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
+             "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
+             "wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules}
+            for r in rf.records(0, stop)]
+    return info
+
+
+def describe_store(directory):
+    manifest = None
+    try:
+        with open(os.path.join(directory, "store.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        pass
+    conns, problems = [], []
+    for path in store_files(directory):
+        try:
+            with RecordFile(path) as rf:
+                h = rf.header
+                conns.append({"file": os.path.basename(path), "conn": h["conn"],
+                              "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
+                              "client": f"{_addr(h['client_addr'], h['ipver'])}:{h['client_port']}",
+                              "server": f"{_addr(h['server_addr'], h['ipver'])}:{h['server_port']}",
+                              "records": h["records"], "bytes": [h["end0"], h["end1"]], "gaps": h["gaps"],
+                              "closed": rf.closed_by_gateway})
+        except StoreError as e:
+            problems.append(str(e))
+    return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems}
