@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 
-from flowsift.errors import CaptureFormatError, UsageError
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.reassembly import POLICIES, Reassembler
 from flowsift.stats import compile_filter
@@ -47,8 +47,14 @@ class Gateway:
                 json.dump(info, f)
             os.replace(tmp, os.path.join(self.store_dir, "store.json"))
         except OSError as e:
-            from flowsift.errors import FlowsiftError
             raise FlowsiftError(f"{self.store_dir}: cannot write the store manifest: {e.strerror}") from None
+
+    def _fail(self, error):
+        self.store.abort()
+        try:
+            self._write_manifest(complete=False, error=error)
+        except FlowsiftError:
+            pass                    # a full disk may refuse even the manifest
 
     def run_capture(self, path, on_progress=None):
         """Read a whole capture into the store; returns a summary dict."""
@@ -67,12 +73,21 @@ class Gateway:
                     on_progress(cap.position, cap.size)
             cap.check()
         except CaptureFormatError as e:
-            error = str(e)
+            error = str(e)          # what was read is still recorded and closed below
         except BpfError as e:
+            self._fail(str(e))
             raise UsageError(f"filter cannot be applied to {path}: {e}") from None
-        finally:
+        except FlowsiftError as e:
+            # the store cannot be written (full, unwritable): leave files as they are, unclosed,
+            # and the manifest saying the store is incomplete
+            self._fail(str(e))
+            raise
+        try:
             self.reassembler.finish()
             self.store.publish()
+        except FlowsiftError as e:
+            self._fail(str(e))
+            raise
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": self.reassembler.engine.counters(),
                    "packets": decoder.packets, "error": error}

@@ -45,12 +45,26 @@ def read_with_struct(path):
     return h, records, gaps, streams
 
 
+@pytest.fixture(params=["disk", "shm"])
+def store_dir(request, tmp_path):
+    """A store on a disk file system (written with pwrite) and in /dev/shm (through mappings)."""
+    if request.param == "disk":
+        yield tmp_path / "store"
+    else:
+        import tempfile
+        from pathlib import Path
+        d = Path(tempfile.mkdtemp(prefix="flowsift-test-", dir="/dev/shm"))
+        yield d / "store"
+        shutil.rmtree(d)
+
+
 @pytest.mark.parametrize("name", ["http__zeek__get.pcap", "overlap__zeek__reassembly.pcap", "ipv6__zeek__ipv6.pcap",
-                                  "trunc__suri__tcp-rst-unacked-stream-10.pcap", "wrap__pcpp__one_tcp_stream_max_seq.pcap"])
-def test_struct_alone_reads_what_the_reassembler_delivered(tmp_path, corpus, name):
+                                  "trunc__suri__tcp-rst-unacked-stream-10.pcap", "wrap__pcpp__one_tcp_stream_max_seq.pcap",
+                                  "pcapng__pcpp__many_interfaces-1.pcapng"])
+def test_struct_alone_reads_what_the_reassembler_delivered(store_dir, corpus, name):
     from flowsift.gateway import Gateway
     from flowsift.reassembly import Reassembler
-    store = tmp_path / "store"
+    store = store_dir
     summary = Gateway(store, keep=True).run_capture(corpus / name)
     r = Reassembler()
     r.feed_capture(corpus / name)

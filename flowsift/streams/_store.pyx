@@ -16,8 +16,8 @@ from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, strerror
 from libc.stdlib cimport calloc, realloc, free
 from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_TRUNC
-from posix.unistd cimport close as c_close, ftruncate, unlink
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.unistd cimport close as c_close, ftruncate, unlink, pwrite, pread
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED, MADV_RANDOM
 
 from flowsift.errors import FlowsiftError
 from flowsift.io._batch cimport Batch, pkt_t
@@ -26,6 +26,11 @@ from flowsift.reassembly._engine cimport Sink, Engine, conn_t, dir_t, CS_OPEN
 cdef extern from "_atomic.h":
     void fs_publish_u64(uint64_t* p, uint64_t v) nogil
     void fs_publish_i64(int64_t* p, int64_t v) nogil
+
+cdef extern from "sys/vfs.h" nogil:
+    struct statfs_t "statfs":
+        long f_type
+    int statfs(const char* path, statfs_t* buf)
 
 cdef extern from "fcntl.h" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
@@ -59,6 +64,14 @@ DEF WSHIFT = 20
 DEF WSIZE = 1048576
 # Connections whose file is open (descriptor + up to 5 mappings) at once.
 DEF MAX_HANDLES = 256
+# Blocks are allocated (fallocate) ahead of writes through the mappings in steps of this size,
+# so a full file system is an error we can report, not a SIGBUS on a store to the mapping.
+DEF RESERVE_STEP = 16384
+
+# File systems whose pages live in memory: writing through shared mappings is a memcpy there.
+# On disk file systems every first write to a page of a mapping faults into the file system
+# (measured here: milliseconds on ext4), so the store writes with pwrite(2) instead.
+MEMORY_FS = (0x01021994, 0x858458F6)    # tmpfs, ramfs
 
 # which window of a handle
 DEF W_RECORDS = 0
@@ -142,6 +155,7 @@ ctypedef struct cstate_t:
     uint64_t first_id
     int64_t udp_end[2]       # data written so far for a UDP direction (datagrams are appended)
     int64_t udp_rec[2]       # the same, advanced as records are written
+    int64_t reserved[4]      # per window kind: file offset up to which blocks are allocated
 
 ctypedef struct handle_t:
     int fd
@@ -180,9 +194,11 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t late_packets
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
+    cdef readonly bint mapped        # write through mappings (memory file systems) or pwrite
 
     def __init__(self, str directory, bint keep=False):
         cdef int k
+        cdef statfs_t sf
         self.directory = directory
         self.keep = keep
         try:
@@ -191,6 +207,7 @@ cdef class RecordStore(Sink):
             raise FlowsiftError(f"{directory}: cannot create the store: {e.strerror}") from None
         if not os.access(directory, os.W_OK):
             raise FlowsiftError(f"{directory}: store directory is not writable")
+        self.mapped = statfs(directory.encode(), &sf) == 0 and sf.f_type in MEMORY_FS
         self.rng = int.from_bytes(os.urandom(8), "little")
         for k in range(MAX_HANDLES):
             self.handles[k].fd = -1
@@ -238,7 +255,10 @@ cdef class RecordStore(Sink):
                 munmap(h.win[w], WSIZE)
                 h.win[w] = NULL
         if h.hdr != NULL:
-            munmap(h.hdr, HEADER_SIZE)
+            if self.mapped:
+                munmap(h.hdr, HEADER_SIZE)
+            else:
+                free(h.hdr)
             h.hdr = NULL
         c_close(h.fd)
         h.fd = -1
@@ -272,10 +292,27 @@ cdef class RecordStore(Sink):
         if fd < 0:
             raise FlowsiftError(f"{self.directory}: cannot write record file {os.path.basename(path.decode())}: "
                                 f"{strerror(errno).decode()}")
-        m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if m == MAP_FAILED:
-            c_close(fd)
-            raise FlowsiftError(f"{self.directory}: cannot map a record file: {strerror(errno).decode()}")
+        if self.mapped:
+            if create and fallocate(fd, 0, 0, HEADER_SIZE) != 0:
+                c_close(fd)
+                unlink(path)
+                if errno == ENOSPC:
+                    raise FlowsiftError(f"{self.directory}: store is full (no space left on device)")
+                raise FlowsiftError(f"{self.directory}: cannot allocate a record file: {strerror(errno).decode()}")
+            m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            if m == MAP_FAILED:
+                c_close(fd)
+                raise FlowsiftError(f"{self.directory}: cannot map a record file: {strerror(errno).decode()}")
+        else:
+            # the header lives in memory and is written out at each publish
+            m = calloc(1, HEADER_SIZE)
+            if m == NULL:
+                c_close(fd)
+                raise MemoryError()
+            if not create and pread(fd, m, HEADER_SIZE, 0) != HEADER_SIZE:
+                free(m)
+                c_close(fd)
+                raise FlowsiftError(f"{self.directory}: cannot read back a record file header: {strerror(errno).decode()}")
         h = &self.handles[victim]
         h.fd = fd
         h.conn = conn
@@ -298,14 +335,68 @@ cdef class RecordStore(Sink):
             m = mmap(NULL, WSIZE, PROT_READ | PROT_WRITE, MAP_SHARED, h.fd, idx << WSHIFT)
             if m == MAP_FAILED:
                 raise FlowsiftError(f"{self.directory}: cannot map a record file window: {strerror(errno).decode()}")
+            # no readahead: on a disk file system a fault would otherwise read (zero-fill) pages
+            # of the window's holes ahead of the one being written
+            madvise(m, WSIZE, MADV_RANDOM)
             h.win[w] = <uint8_t*> m
             h.win_idx[w] = idx
         room[0] = ((idx + 1) << WSHIFT) - off
         return h.win[w] + (off - (idx << WSHIFT))
 
+    cdef int _reserve(self, handle_t* h, int w, int64_t off, int64_t n) except -1:
+        cdef cstate_t* st = &self.cs[h.conn]
+        cdef int64_t start, stop
+        if off + n <= st.reserved[w]:
+            return 0
+        start = off & ~(<int64_t>4095)
+        if start < st.reserved[w]:
+            start = st.reserved[w]
+        stop = (off + n + RESERVE_STEP - 1) & ~(<int64_t>(RESERVE_STEP - 1))
+        if fallocate(h.fd, 0, start, stop - start) != 0:
+            if errno == ENOSPC:
+                raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
+                                    f"the connections being written are incomplete")
+            raise FlowsiftError(f"{self.directory}: cannot allocate space in a record file: {strerror(errno).decode()}")
+        st.reserved[w] = stop
+        return 0
+
+    cdef int _trim(self, handle_t* h) except -1:
+        # give back blocks reserved beyond what was written (the file is finished)
+        cdef cstate_t* st = &self.cs[h.conn]
+        cdef conn_t* c = &self.engine.conns[h.conn]
+        cdef int64_t used[4]
+        cdef int w
+        used[W_RECORDS] = RECORDS_OFF + <int64_t>st.records * RECORD_SIZE
+        used[W_GAPS] = GAPS_OFF + <int64_t>st.gaps * GAP_SIZE
+        for w in range(2):
+            used[W_DATA0 + w] = (DATA1_OFF if w else DATA0_OFF) + (
+                st.udp_end[w] if c.proto == 17 else (c.d[w].next - c.d[w].origin if c.d[w].settled else 0))
+        for w in range(4):
+            used[w] = (used[w] + 4095) & ~(<int64_t>4095)
+            if st.reserved[w] > used[w]:
+                fallocate(h.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, used[w], st.reserved[w] - used[w])
+        return 0
+
+    cdef int _pwrite(self, int fd, const void* src, int64_t n, int64_t off) except -1:
+        cdef int64_t w
+        while n > 0:
+            w = pwrite(fd, src, n, off)
+            if w < 0:
+                if errno == ENOSPC:
+                    raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
+                                        f"the connections being written are incomplete")
+                raise FlowsiftError(f"{self.directory}: cannot write a record file: {strerror(errno).decode()}")
+            n -= w
+            off += w
+            src = <const uint8_t*>src + w
+        return 0
+
     cdef int _write(self, handle_t* h, int w, int64_t off, const uint8_t* src, int64_t n) except -1:
         cdef int64_t room, take
         cdef uint8_t* dst
+        if not self.mapped:
+            return self._pwrite(h.fd, src, n, off)
+        self._reserve(h, w, off, n)
         while n > 0:
             dst = self._at(h, w, off, &room)
             take = n if n < room else room
@@ -364,6 +455,7 @@ cdef class RecordStore(Sink):
         st.gaps = 0
         st.udp_end[0] = st.udp_end[1] = 0
         st.udp_rec[0] = st.udp_rec[1] = 0
+        memset(st.reserved, 0, sizeof(st.reserved))
         self.files += 1
         return 0
 
@@ -401,10 +493,21 @@ cdef class RecordStore(Sink):
         if not st.exists:
             return 0
         self._publish(conn, True)
+        if self.mapped:
+            self._trim(self._handle(conn, False))
         st.closed = 1
         if st.handle >= 0:
             self._close_handle(st.handle)
         return 0
+
+    def abort(self):
+        """Stop writing (after an error): close every file as it is, CLOSED flags left clear."""
+        cdef int k
+        for k in range(MAX_HANDLES):
+            self._close_handle(k)
+        if self.cs != NULL:
+            for k in range(self.cap):
+                self.cs[k].closed = 1
 
     # --- records ----------------------------------------------------------------------------
 
@@ -482,6 +585,9 @@ cdef class RecordStore(Sink):
         fs_publish_u64(&hd.records, st.records)
         if final:
             hd.flags |= HF_CLOSED
+        if not self.mapped:
+            # pwrites are ordered: the records and bytes written before are in the file first
+            self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
         return 0
 
     def counters(self):

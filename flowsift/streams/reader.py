@@ -47,9 +47,19 @@ class RecordFile:
                              f"this flowsift reads version {F.VERSION}")
 
     def refresh(self):
-        """Re-read the header: what the gateway has published since."""
-        self.header = F.parse_header(self._hdr)
-        return self.header
+        """Re-read the header: what the gateway has published since. A file shorter than its
+        layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
+        h = F.parse_header(self._hdr)
+        size = os.fstat(self._fd).st_size
+        self.truncated = size < F.FILE_SIZE
+        if self.truncated:
+            fit = lambda off, unit: max(0, (size - off) // unit)
+            h["records"] = min(h["records"], fit(h["records_off"], F.RECORD_SIZE))
+            h["gaps"] = min(h["gaps"], fit(h["gaps_off"], F.GAP_SIZE))
+            for d in (0, 1):
+                h[f"end{d}"] = min(h[f"end{d}"], fit(h[f"data_off{d}"], 1))
+        self.header = h
+        return h
 
     @property
     def closed_by_gateway(self):
@@ -93,7 +103,7 @@ class RecordFile:
         h = self.header
         n, i = 0, h["records"]
         size = os.fstat(self._fd).st_size
-        while h["records_off"] + (i + 1) * F.RECORD_SIZE <= min(size, h["gaps_off"]):
+        while h["records_off"] + (i + 1) * F.RECORD_SIZE <= min(size, h["gaps_off"]) and n < 1 << 20:
             rid = F.RECORD_STRUCT.unpack(self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE))[0]
             if rid != (h["first_record_id"] + i) % 2**64:
                 break
@@ -102,7 +112,7 @@ class RecordFile:
 
     @property
     def cut(self):
-        return not self.closed_by_gateway
+        return not self.closed_by_gateway or self.truncated
 
     def data(self, direction, offset=0, length=None):
         """Delivered bytes of a direction (a copy). Gap ranges are holes: callers skip them."""

@@ -1,0 +1,119 @@
+"""The store under bad conditions: unwritable, full, killed mid-write, cut, another version."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import require, run_cli
+from pcapgen import A, B, ether, ipv4, pcap, tcp
+from flowsift.streams import RecordFile, StoreError, StreamPointer, store_files
+
+
+def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000):
+    """n short TCP connections (SYN, SYN-ACK, data, FIN, FIN) between distinct port pairs."""
+    frames = []
+    for i in range(n):
+        t = start + i // 1000
+        c = (A, 1024 + i % 60000)
+        s = (bytes([10, 1, (i // 60000) & 255, 1]), 80)
+        seg = lambda src, dst, seq, ack, fl, pl=b"": ether(ipv4(src[0], dst[0], 6, tcp(src[1], dst[1], seq=seq, ack=ack, flags=fl, payload=pl)))
+        frames += [(t, 0, seg(c, s, 100, 0, 0x02)), (t, 1, seg(s, c, 500, 101, 0x12)),
+                   (t, 2, seg(c, s, 101, 501, 0x18, payload)), (t, 3, seg(c, s, 101 + len(payload), 501, 0x11)),
+                   (t, 4, seg(s, c, 501, 102 + len(payload), 0x11))]
+    path.write_bytes(pcap(frames))
+    return path
+
+
+def one_line(res, needle):
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_store_path_that_cannot_be_a_directory(tmp_path, corpus):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line(run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", blocker / "store"), "cannot create the store")
+
+
+def test_full_store_is_one_line_and_nothing_looks_complete(tmp_path, corpus):
+    require("mount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    try:
+        res = run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", mnt / "s")
+        one_line(res, "store is full")
+        manifest = json.loads((mnt / "s" / "store.json").read_text())
+        assert manifest["complete"] is False and "full" in manifest["error"]
+        for path in store_files(mnt / "s"):
+            with RecordFile(path) as rf:
+                assert not rf.closed_by_gateway and rf.cut
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_other_format_version_is_named(tmp_path, corpus):
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    path = store_files(store)[0]
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", 2))
+    one_line(run_cli("inspect", path), "version 2; this flowsift reads version 1")
+
+
+def test_not_a_record_file(tmp_path):
+    p = tmp_path / "junk.rec"
+    p.write_bytes(b"\0" * 5000)
+    one_line(run_cli("inspect", p), "not a flowsift record file")
+    p.write_bytes(b"short")
+    one_line(run_cli("inspect", p), "cut short")
+
+
+def test_file_cut_by_hand_reads_up_to_the_last_complete_record(tmp_path, corpus):
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", store, "--keep", check=True)
+    path = store_files(store)[0]
+    with RecordFile(path) as rf:
+        total = rf.header["records"]
+    os.truncate(path, 4096 + 128 * 100 + 50)          # in the middle of record 100
+    with RecordFile(path) as rf:
+        assert rf.cut and rf.header["records"] == 100 == len(list(rf.records()))
+        assert rf.header["end0"] == rf.header["end1"] == 0         # the data regions are gone
+    res = run_cli("inspect", path, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["records"] == 100 < total
+
+
+def test_gateway_killed_mid_write_leaves_readable_files(tmp_path):
+    capture = many_connections(tmp_path / "many.pcap", 60_000)
+    store = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "flowsift", "gateway", str(capture), "--store", str(store), "--keep"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline and len(os.listdir(store) if store.exists() else []) < 2000:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    files = store_files(store)
+    assert 2000 <= len(files) < 60_000
+    closed = cut = 0
+    for path in files:
+        with RecordFile(path) as rf:
+            recs = list(rf.records())
+            assert len(recs) == rf.header["records"]
+            assert all(r.record_id == (rf.header["first_record_id"] + r.index) % 2**64 for r in recs)
+            if rf.closed_by_gateway:
+                closed += 1
+                assert len(recs) == 5 and StreamPointer(rf, 0).read().tobytes() == b"x" * 200
+            else:
+                cut += 1
+    assert closed > 0 and cut > 0
+    res = run_cli("inspect", files[-1])
+    assert res.returncode == 0 and ("cut" in res.stdout or "open or cut" in res.stdout)
