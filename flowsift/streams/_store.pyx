@@ -282,6 +282,9 @@ cdef class RecordStore(Sink):
         self._close_handle(victim)
         path = self.path(conn).encode()
         if create:
+            # created under a temporary name; on_open renames it once the header is written,
+            # so a reader never finds a record file without its header
+            path = (self.path(conn) + ".new").encode()
             fd = c_open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
             if fd >= 0 and ftruncate(fd, FILE_SIZE) != 0:
                 c_close(fd)
@@ -449,6 +452,13 @@ cdef class RecordStore(Sink):
         hd.acked[1] = -1
         hd.first_ts = c.first_ts
         hd.modules_mask = self.modules_mask
+        if not self.mapped:
+            self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
+        final = self.path(conn)
+        try:
+            os.rename(final + ".new", final)
+        except OSError as e:
+            raise FlowsiftError(f"{final}: cannot create the record file: {e.strerror}") from None
         st.exists = 1
         st.closed = 0
         st.records = 0
