@@ -14,17 +14,25 @@ from pcapgen import A, B, ether, ipv4, pcap, tcp
 from flowsift.streams import RecordFile, StoreError, StreamPointer, store_files
 
 
-def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000):
-    """n short TCP connections (SYN, SYN-ACK, data, FIN, FIN) between distinct port pairs."""
+def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000, block=1000):
+    """n short TCP connections (SYN, SYN-ACK, data, FIN, FIN), interleaved by blocks of `block`
+    so that many are open at once."""
+    def seg(src, dst, seq, ack, fl, pl=b""):
+        return ether(ipv4(src[0], dst[0], 6, tcp(src[1], dst[1], seq=seq, ack=ack, flags=fl, payload=pl)))
     frames = []
-    for i in range(n):
-        t = start + i // 1000
-        c = (A, 1024 + i % 60000)
-        s = (bytes([10, 1, (i // 60000) & 255, 1]), 80)
-        seg = lambda src, dst, seq, ack, fl, pl=b"": ether(ipv4(src[0], dst[0], 6, tcp(src[1], dst[1], seq=seq, ack=ack, flags=fl, payload=pl)))
-        frames += [(t, 0, seg(c, s, 100, 0, 0x02)), (t, 1, seg(s, c, 500, 101, 0x12)),
-                   (t, 2, seg(c, s, 101, 501, 0x18, payload)), (t, 3, seg(c, s, 101 + len(payload), 501, 0x11)),
-                   (t, 4, seg(s, c, 501, 102 + len(payload), 0x11))]
+    for b0 in range(0, n, block):
+        ends = [((A, 1024 + i % 60000), (bytes([10, 1, (i // 60000) & 255, 1]), 80)) for i in range(b0, min(n, b0 + block))]
+        t = start + b0 // block
+        for k, (c, s) in enumerate(ends):
+            frames.append((t, k, seg(c, s, 100, 0, 0x02)))
+        for k, (c, s) in enumerate(ends):
+            frames.append((t, 2000 + k, seg(s, c, 500, 101, 0x12)))
+        for k, (c, s) in enumerate(ends):
+            frames.append((t, 4000 + k, seg(c, s, 101, 501, 0x18, payload)))
+        for k, (c, s) in enumerate(ends):
+            frames.append((t, 6000 + k, seg(c, s, 101 + len(payload), 501, 0x11)))
+        for k, (c, s) in enumerate(ends):
+            frames.append((t, 8000 + k, seg(s, c, 501, 102 + len(payload), 0x11)))
     path.write_bytes(pcap(frames))
     return path
 
