@@ -600,6 +600,116 @@ cdef class RecordStore(Sink):
             self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
         return 0
 
+    # --- modules, acknowledgements, reclaiming ------------------------------------------------
+
+    def register_module(self, int bit):
+        """A module takes bit `bit` of the global bitmap (0..63)."""
+        if not 0 <= bit < 64:
+            raise ValueError("module bits are 0..63")
+        self.modules_mask |= (<uint64_t>1) << bit
+
+    def release_module(self, int bit):
+        self.modules_mask &= ~((<uint64_t>1) << bit)
+
+    cdef int _rec_io(self, handle_t* h, uint64_t index, rec_t* r, bint write) except -1:
+        cdef int64_t off = RECORDS_OFF + <int64_t>index * RECORD_SIZE, room
+        cdef uint8_t* p
+        if self.mapped:
+            p = self._at(h, W_RECORDS, off, &room)
+            if write:
+                memcpy(p, r, RECORD_SIZE)
+            else:
+                memcpy(r, p, RECORD_SIZE)
+        elif write:
+            self._pwrite(h.fd, r, RECORD_SIZE, off)
+        elif pread(h.fd, r, RECORD_SIZE, off) != RECORD_SIZE:
+            raise FlowsiftError(f"{self.directory}: cannot read back a record: {strerror(errno).decode()}")
+        return 0
+
+    def module_done(self, uint32_t conn, int bit, uint64_t upto):
+        """Module `bit` finished records [0, upto) of `conn`: set its bit in them (the gateway is
+        the only writer; modules report, the gateway records). Then reclaim what is complete and
+        acknowledged. Returns the connection's state as reclaim() does."""
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h
+        cdef rec_t r
+        cdef uint64_t i, mask = (<uint64_t>1) << bit
+        if not st.exists:
+            raise KeyError(conn)
+        if upto > st.records:
+            upto = st.records
+        h = self._handle(conn, False)
+        for i in range(upto):
+            self._rec_io(h, i, &r, False)
+            if not (r.modules & mask):
+                r.modules |= mask
+                self._rec_io(h, i, &r, True)
+        return self.reclaim(conn)
+
+    def reclaim(self, uint32_t conn):
+        """Give back the space of records every registered module finished and the receiver
+        acknowledged: their stream bytes are punched out (offsets stay valid). Nothing is given
+        back with keep, or while no module is registered (nobody said what "done" means).
+        Returns {"complete": records complete, "reclaimed": [bytes per direction], "oldest_unacked_done": i}."""
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h
+        cdef hdr_t* hd
+        cdef conn_t* c = &self.engine.conns[conn]
+        cdef rec_t r
+        cdef uint64_t i, complete = 0, oldest
+        cdef int64_t bound[2]
+        cdef int64_t acked[2]
+        cdef int64_t start, stop, data_off
+        cdef int d
+        if not st.exists:
+            raise KeyError(conn)
+        h = self._handle(conn, False)
+        hd = h.hdr
+        mask = self.modules_mask
+        # the complete prefix: records whose bitmap holds every registered module's bit
+        while complete < st.records:
+            self._rec_io(h, complete, &r, False)
+            if mask == 0 or (r.modules & mask) != mask:
+                break
+            complete += 1
+        for d in range(2):
+            acked[d] = hd.acked[d]
+            bound[d] = -1
+        # bytes below the first incomplete record of a direction are complete
+        oldest = complete
+        for i in range(st.records):
+            self._rec_io(h, i, &r, False)
+            d = r.dir & 1
+            if i < complete:
+                if oldest == complete and c.proto == 6 and r.payload_len and \
+                        r.seq_offset - hd.origin[d] + r.payload_len > acked[d]:
+                    oldest = i          # done by every module, not yet acknowledged
+            elif bound[d] < 0:
+                bound[d] = r.seq_offset - hd.origin[d] if c.proto == 6 else r.seq_offset
+                if bound[0] >= 0 and bound[1] >= 0:
+                    break
+        out = []
+        for d in range(2):
+            if bound[d] < 0:
+                bound[d] = hd.end[d]
+            stop = acked[d] if acked[d] < bound[d] else bound[d]
+            if self.keep or mask == 0 or c.proto != 6:
+                stop = hd.reclaimed[d]
+            stop &= ~(<int64_t>4095)
+            start = (hd.reclaimed[d] + 4095) & ~(<int64_t>4095)
+            data_off = DATA1_OFF if d else DATA0_OFF
+            if stop > start:
+                if fallocate(h.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, data_off + start, stop - start) != 0:
+                    raise FlowsiftError(f"{self.directory}: cannot give back space: {strerror(errno).decode()}")
+                self.reclaimed_bytes += stop - start
+                fs_publish_i64(&hd.reclaimed[d], stop)
+            out.append(hd.reclaimed[d])
+        hd.oldest_unacked_done = oldest
+        hd.modules_mask = mask
+        if not self.mapped:
+            self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
+        return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest}
+
     def counters(self):
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
                 "reopens": self.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes}

@@ -1,0 +1,100 @@
+"""ACK tracking and reclaiming: space goes back only for records every module finished and the
+receiver acknowledged; --keep keeps everything; offsets stay valid."""
+import os
+
+import pytest
+
+from flowsift.gateway import Gateway
+from flowsift.streams import RecordFile, StreamPointer, store_files
+
+SEEK_DATA, SEEK_HOLE = 3, 4
+
+
+def data_extents(path, start, end):
+    """(offset, length) runs of real data in [start, end) of a sparse file."""
+    fd = os.open(path, os.O_RDONLY)
+    runs, pos = [], start
+    try:
+        while pos < end:
+            try:
+                d = os.lseek(fd, pos, SEEK_DATA)
+            except OSError:
+                break
+            if d >= end:
+                break
+            h = min(os.lseek(fd, d, SEEK_HOLE), end)
+            runs.append((d - start, h - d))
+            pos = h
+    finally:
+        os.close(fd)
+    return runs
+
+
+@pytest.fixture
+def gateway_run(tmp_path, corpus):
+    def run(keep):
+        g = Gateway(tmp_path / ("keep" if keep else "reclaim"), keep=keep)
+        g.store.register_module(3)
+        g.run_capture(corpus / "http__zeek__206_example_b.pcap")
+        return g
+    return run
+
+
+def test_nothing_goes_back_before_modules_are_done(gateway_run):
+    g = gateway_run(keep=False)
+    path = store_files(g.store_dir)[0]
+    state = g.store.reclaim(0)
+    assert state["complete"] == 0 and state["reclaimed"] == [0, 0]
+
+
+def test_done_and_acknowledged_bytes_are_punched_out_offsets_stay(gateway_run):
+    g = gateway_run(keep=False)
+    path = store_files(g.store_dir)[0]
+    with RecordFile(path) as rf:
+        n, end1, acked1 = rf.header["records"], rf.header["end1"], rf.header["acked1"]
+        tail = rf.data(1, end1 - 1000, 1000)
+    half = g.store.module_done(0, 3, n // 2)
+    assert half["complete"] == n // 2 and 0 < half["reclaimed"][1] < end1
+    done = g.store.module_done(0, 3, n)
+    assert done["complete"] == n
+    with RecordFile(path) as rf:
+        h = rf.header
+        # the client acknowledged only part of the server's bytes (the connection was reset):
+        # space goes back up to the acknowledgement, page by page, and no further
+        assert acked1 < end1
+        assert h["reclaimed1"] == done["reclaimed"][1] == acked1 // 4096 * 4096
+        assert all(r.modules & (1 << 3) for r in rf.records())
+        # the punched range reads as a hole; what is left keeps its offset
+        assert data_extents(path, h["data_off1"], h["data_off1"] + h["reclaimed1"]) == []
+        assert rf.data(1, end1 - 1000, 1000) == tail
+    sp = StreamPointer(path, 1)
+    assert sp.tell() == done["reclaimed"][1]          # a reader starts at what is retained
+    with pytest.raises(ValueError):
+        sp.seek(0)
+
+
+def test_keep_keeps_everything(gateway_run):
+    g = gateway_run(keep=True)
+    path = store_files(g.store_dir)[0]
+    with RecordFile(path) as rf:
+        n, end1 = rf.header["records"], rf.header["end1"]
+    state = g.store.module_done(0, 3, n)
+    assert state["complete"] == n and state["reclaimed"] == [0, 0]
+    with RecordFile(path) as rf:
+        assert rf.header["flags"] & 2 and rf.data(1, 0, 10) == StreamPointer(path, 1).peek(10).tobytes()
+
+
+def test_oldest_unacked_done_record(gateway_run):
+    g = gateway_run(keep=True)
+    path = store_files(g.store_dir)[0]
+    with RecordFile(path) as rf:
+        n = rf.header["records"]
+    state = g.store.module_done(0, 3, n)
+    with RecordFile(path) as rf:
+        h = rf.header
+        i = h["oldest_unacked_done"]
+        assert i == state["oldest_unacked_done"] < n
+        recs = list(rf.records())
+        # the first record done by every module whose bytes the receiver has not acknowledged
+        assert recs[i].stream_offset + recs[i].payload_len > h[f"acked{recs[i].dir}"]
+        assert all(r.stream_offset + r.payload_len <= h[f"acked{r.dir}"] for r in recs[:i] if r.payload_len)
