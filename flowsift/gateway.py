@@ -27,12 +27,13 @@ def new_store_dir(parent=DEFAULT_STORE_PARENT):
 class Gateway:
     """Writes one record file per connection of a source into `store` (a directory)."""
 
-    def __init__(self, store=None, keep=False, policy="first", filter_expression=None, **engine_options):
+    def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
+                 **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.store_dir = str(store) if store is not None else new_store_dir()
         self.bpf = compile_filter(filter_expression)
-        self.store = RecordStore(self.store_dir, keep)
+        self.store = RecordStore(self.store_dir, keep, max_open_files)
         self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None

@@ -37,7 +37,7 @@ def test_many_connections_bounded_descriptors_and_mappings(tmp_path, where):
             peak["fds"] = max(peak["fds"], open_fds() - fds0)
             peak["maps"] = max(peak["maps"], mappings() - maps0)
 
-        g = Gateway(base / "store", keep=True)
+        g = Gateway(base / "store", keep=True, max_open_files=256)   # fewer than the 1,000 open connections
         summary = g.run_capture(capture, on_progress=watch)
         assert summary["files"] == N and summary["connections"]["tcp"] == N
         assert summary["records"] == 5 * N

@@ -4,7 +4,7 @@
 A Sink of the reassembly engine (delivered bytes, gaps, opens, closes) that also turns every
 segment of a batch into a record (`write_records`). Files are written through shared mappings
 of fixed-size windows, so a record or a payload costs a memcpy, not a system call. Descriptors
-and mappings are held for at most MAX_HANDLES connections at a time (least recently used are
+and mappings are held for at most `max_handles` connections at a time (least recently used are
 closed and reopened on demand), so any number of live connections fits in the process's
 descriptor and vm.max_map_count limits. Counters in each header are published at the end of
 every batch with release stores: a reader that sees a count sees everything it covers.
@@ -62,8 +62,9 @@ cdef extern from *:
 # hundred open connections stay far below vm.max_map_count.
 DEF WSHIFT = 20
 DEF WSIZE = 1048576
-# Connections whose file is open (descriptor + up to 5 mappings) at once.
-DEF MAX_HANDLES = 256
+# Connections whose file is open at once (a descriptor and up to 5 mappings each) is sized at
+# start from the process's limits (see _handle_budget); never fewer than this.
+DEF MIN_HANDLES = 64
 # Blocks are allocated (fallocate) ahead of writes through the mappings in steps of this size,
 # so a full file system is an error we can report, not a SIGBUS on a store to the mapping.
 DEF RESERVE_STEP = 16384
@@ -166,6 +167,27 @@ ctypedef struct handle_t:
     int64_t win_idx[N_WIN]   # window number (file offset >> WSHIFT) mapped, or -1
 
 
+def _handle_budget():
+    """How many record files may be open at once: within the descriptor limit (raised to its
+    hard limit if need be) and vm.max_map_count (each open file holds up to 5 mappings)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            max_maps = int(f.read())
+    except (OSError, ValueError):
+        max_maps = 65530
+    # leave room for everything else the process maps and opens
+    return max(MIN_HANDLES, min(soft - 256, (max_maps - 8192) // 6, 8192))
+
+
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
     state[0] += 0x9E3779B97F4A7C15ULL
     cdef uint64_t z = state[0]
@@ -181,7 +203,8 @@ cdef class RecordStore(Sink):
     cdef Engine engine
     cdef cstate_t* cs
     cdef uint32_t cap
-    cdef handle_t handles[MAX_HANDLES]
+    cdef handle_t* handles
+    cdef readonly int max_handles
     cdef uint64_t clock
     cdef uint64_t rng
     cdef uint32_t* touched
@@ -196,7 +219,7 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t reclaimed_bytes
     cdef readonly bint mapped        # write through mappings (memory file systems) or pwrite
 
-    def __init__(self, str directory, bint keep=False):
+    def __init__(self, str directory, bint keep=False, max_handles=None):
         cdef int k
         cdef statfs_t sf
         self.directory = directory
@@ -208,14 +231,20 @@ cdef class RecordStore(Sink):
         if not os.access(directory, os.W_OK):
             raise FlowsiftError(f"{directory}: store directory is not writable")
         self.mapped = statfs(directory.encode(), &sf) == 0 and sf.f_type in MEMORY_FS
+        self.max_handles = _handle_budget() if max_handles is None else max(MIN_HANDLES, int(max_handles))
+        self.handles = <handle_t*> calloc(self.max_handles, sizeof(handle_t))
+        if self.handles == NULL:
+            raise MemoryError()
         self.rng = int.from_bytes(os.urandom(8), "little")
-        for k in range(MAX_HANDLES):
+        for k in range(self.max_handles):
             self.handles[k].fd = -1
 
     def __dealloc__(self):
         cdef int k
-        for k in range(MAX_HANDLES):
-            self._close_handle(k)
+        if self.handles != NULL:
+            for k in range(self.max_handles):
+                self._close_handle(k)
+            free(self.handles)
         free(self.cs)
         free(self.touched)
 
@@ -273,7 +302,7 @@ cdef class RecordStore(Sink):
         if st.handle >= 0:
             self.handles[st.handle].stamp = self.clock
             return &self.handles[st.handle]
-        for k in range(MAX_HANDLES):
+        for k in range(self.max_handles):
             if self.handles[k].fd < 0:
                 victim = k
                 break
@@ -513,7 +542,7 @@ cdef class RecordStore(Sink):
     def abort(self):
         """Stop writing (after an error): close every file as it is, CLOSED flags left clear."""
         cdef int k
-        for k in range(MAX_HANDLES):
+        for k in range(self.max_handles):
             self._close_handle(k)
         if self.cs != NULL:
             for k in range(self.cap):
