@@ -68,6 +68,7 @@ class Gateway:
                 if self.bpf is not None:
                     self.bpf.apply(batch)
                 decoder.decode(batch)
+                self.store.check_space(batch)
                 self.reassembler.feed(batch)
                 self.store.publish()
                 if on_progress is not None:
@@ -84,6 +85,7 @@ class Gateway:
             self._fail(str(e))
             raise
         try:
+            self.store.check_space(batch)
             self.reassembler.finish()
             self.store.publish()
         except FlowsiftError as e:

@@ -65,9 +65,10 @@ DEF WSIZE = 1048576
 # Connections whose file is open at once (a descriptor and up to 5 mappings each) is sized at
 # start from the process's limits (see _handle_budget); never fewer than this.
 DEF MIN_HANDLES = 64
-# Blocks are allocated (fallocate) ahead of writes through the mappings in steps of this size,
-# so a full file system is an error we can report, not a SIGBUS on a store to the mapping.
-DEF RESERVE_STEP = 16384
+# A write through a mapping to a full file system is a SIGBUS, not an error: before each batch
+# the gateway checks that the store's file system has at least this much free, plus four times
+# the batch's captured bytes (more than a batch can write), and stops cleanly otherwise.
+DEF FREE_MARGIN = 16777216
 
 # File systems whose pages live in memory: writing through shared mappings is a memcpy there.
 # On disk file systems every first write to a page of a mapping faults into the file system
@@ -156,7 +157,6 @@ ctypedef struct cstate_t:
     uint64_t first_id
     int64_t udp_end[2]       # data written so far for a UDP direction (datagrams are appended)
     int64_t udp_rec[2]       # the same, advanced as records are written
-    int64_t reserved[4]      # per window kind: file offset up to which blocks are allocated
 
 ctypedef struct handle_t:
     int fd
@@ -205,6 +205,8 @@ cdef class RecordStore(Sink):
     cdef uint32_t cap
     cdef handle_t* handles
     cdef readonly int max_handles
+    cdef int* free_slots             # handle slots not in use (a stack), so opening is O(1)
+    cdef int n_free
     cdef uint64_t clock
     cdef uint64_t rng
     cdef uint32_t* touched
@@ -233,8 +235,12 @@ cdef class RecordStore(Sink):
         self.mapped = statfs(directory.encode(), &sf) == 0 and sf.f_type in MEMORY_FS
         self.max_handles = _handle_budget() if max_handles is None else max(MIN_HANDLES, int(max_handles))
         self.handles = <handle_t*> calloc(self.max_handles, sizeof(handle_t))
-        if self.handles == NULL:
+        self.free_slots = <int*> calloc(self.max_handles, sizeof(int))
+        if self.handles == NULL or self.free_slots == NULL:
             raise MemoryError()
+        for k in range(self.max_handles):
+            self.free_slots[k] = self.max_handles - 1 - k
+        self.n_free = self.max_handles
         self.rng = int.from_bytes(os.urandom(8), "little")
         for k in range(self.max_handles):
             self.handles[k].fd = -1
@@ -245,6 +251,7 @@ cdef class RecordStore(Sink):
             for k in range(self.max_handles):
                 self._close_handle(k)
             free(self.handles)
+        free(self.free_slots)
         free(self.cs)
         free(self.touched)
 
@@ -293,6 +300,9 @@ cdef class RecordStore(Sink):
         h.fd = -1
         if self.cs != NULL and h.conn < self.cap:
             self.cs[h.conn].handle = -1
+        if self.free_slots != NULL:
+            self.free_slots[self.n_free] = k
+            self.n_free += 1
 
     cdef handle_t* _handle(self, uint32_t conn, bint create) except NULL:
         cdef cstate_t* st = self._state(conn)
@@ -302,13 +312,14 @@ cdef class RecordStore(Sink):
         if st.handle >= 0:
             self.handles[st.handle].stamp = self.clock
             return &self.handles[st.handle]
-        for k in range(self.max_handles):
-            if self.handles[k].fd < 0:
-                victim = k
-                break
-            if self.handles[k].stamp < self.handles[victim].stamp:
-                victim = k
-        self._close_handle(victim)
+        if self.n_free == 0:
+            # every slot busy: close the least recently used (a scan, but only when full)
+            for k in range(self.max_handles):
+                if self.handles[k].stamp < self.handles[victim].stamp:
+                    victim = k
+            self._close_handle(victim)
+        self.n_free -= 1
+        victim = self.free_slots[self.n_free]
         path = self.path(conn).encode()
         if create:
             # created under a temporary name; on_open renames it once the header is written,
@@ -325,12 +336,6 @@ cdef class RecordStore(Sink):
             raise FlowsiftError(f"{self.directory}: cannot write record file {os.path.basename(path.decode())}: "
                                 f"{strerror(errno).decode()}")
         if self.mapped:
-            if create and fallocate(fd, 0, 0, HEADER_SIZE) != 0:
-                c_close(fd)
-                unlink(path)
-                if errno == ENOSPC:
-                    raise FlowsiftError(f"{self.directory}: store is full (no space left on device)")
-                raise FlowsiftError(f"{self.directory}: cannot allocate a record file: {strerror(errno).decode()}")
             m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             if m == MAP_FAILED:
                 c_close(fd)
@@ -375,40 +380,6 @@ cdef class RecordStore(Sink):
         room[0] = ((idx + 1) << WSHIFT) - off
         return h.win[w] + (off - (idx << WSHIFT))
 
-    cdef int _reserve(self, handle_t* h, int w, int64_t off, int64_t n) except -1:
-        cdef cstate_t* st = &self.cs[h.conn]
-        cdef int64_t start, stop
-        if off + n <= st.reserved[w]:
-            return 0
-        start = off & ~(<int64_t>4095)
-        if start < st.reserved[w]:
-            start = st.reserved[w]
-        stop = (off + n + RESERVE_STEP - 1) & ~(<int64_t>(RESERVE_STEP - 1))
-        if fallocate(h.fd, 0, start, stop - start) != 0:
-            if errno == ENOSPC:
-                raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
-                                    f"the connections being written are incomplete")
-            raise FlowsiftError(f"{self.directory}: cannot allocate space in a record file: {strerror(errno).decode()}")
-        st.reserved[w] = stop
-        return 0
-
-    cdef int _trim(self, handle_t* h) except -1:
-        # give back blocks reserved beyond what was written (the file is finished)
-        cdef cstate_t* st = &self.cs[h.conn]
-        cdef conn_t* c = &self.engine.conns[h.conn]
-        cdef int64_t used[4]
-        cdef int w
-        used[W_RECORDS] = RECORDS_OFF + <int64_t>st.records * RECORD_SIZE
-        used[W_GAPS] = GAPS_OFF + <int64_t>st.gaps * GAP_SIZE
-        for w in range(2):
-            used[W_DATA0 + w] = (DATA1_OFF if w else DATA0_OFF) + (
-                st.udp_end[w] if c.proto == 17 else (c.d[w].next - c.d[w].origin if c.d[w].settled else 0))
-        for w in range(4):
-            used[w] = (used[w] + 4095) & ~(<int64_t>4095)
-            if st.reserved[w] > used[w]:
-                fallocate(h.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, used[w], st.reserved[w] - used[w])
-        return 0
-
     cdef int _pwrite(self, int fd, const void* src, int64_t n, int64_t off) except -1:
         cdef int64_t w
         while n > 0:
@@ -428,7 +399,6 @@ cdef class RecordStore(Sink):
         cdef uint8_t* dst
         if not self.mapped:
             return self._pwrite(h.fd, src, n, off)
-        self._reserve(h, w, off, n)
         while n > 0:
             dst = self._at(h, w, off, &room)
             take = n if n < room else room
@@ -494,7 +464,6 @@ cdef class RecordStore(Sink):
         st.gaps = 0
         st.udp_end[0] = st.udp_end[1] = 0
         st.udp_rec[0] = st.udp_rec[1] = 0
-        memset(st.reserved, 0, sizeof(st.reserved))
         self.files += 1
         return 0
 
@@ -532,8 +501,6 @@ cdef class RecordStore(Sink):
         if not st.exists:
             return 0
         self._publish(conn, True)
-        if self.mapped:
-            self._trim(self._handle(conn, False))
         st.closed = 1
         if st.handle >= 0:
             self._close_handle(st.handle)
@@ -738,6 +705,19 @@ cdef class RecordStore(Sink):
         if not self.mapped:
             self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
         return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest}
+
+    def check_space(self, Batch batch):
+        """Before writing a batch through mappings: is there room for it? (see FREE_MARGIN)"""
+        cdef Py_ssize_t i
+        cdef uint64_t need = FREE_MARGIN
+        if not self.mapped:
+            return          # pwrite reports ENOSPC itself
+        for i in range(batch.n):
+            need += 4 * batch.pkts[i].caplen
+        st = os.statvfs(self.directory)
+        if st.f_bavail * st.f_frsize < need:
+            raise FlowsiftError(f"{self.directory}: store is full (less than {need >> 20} MiB free); "
+                                f"the connections being written are incomplete")
 
     def counters(self):
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
