@@ -98,3 +98,26 @@ def test_oldest_unacked_done_record(gateway_run):
         # the first record done by every module whose bytes the receiver has not acknowledged
         assert recs[i].stream_offset + recs[i].payload_len > h[f"acked{recs[i].dir}"]
         assert all(r.stream_offset + r.payload_len <= h[f"acked{r.dir}"] for r in recs[:i] if r.payload_len)
+
+
+def test_finished_connections_are_retired(tmp_path, corpus):
+    """A closed connection that every module finished and whose bytes were all acknowledged
+    leaves the store; one with unacknowledged bytes stays (it may have to be replayed)."""
+    g = Gateway(tmp_path / "s")
+    g.store.register_module(0)
+    g.run_capture(corpus / "http__pcpp__three_http_streams.pcap")
+    files = store_files(g.store_dir)
+    assert len(files) == 3
+    for conn in range(3):
+        with RecordFile(files[conn]) as rf:
+            n = rf.header["records"]
+        state = g.store.module_done(conn, 0, n)
+        assert state["retired"]
+    assert store_files(g.store_dir) == [] and g.store.counters()["retired"] == 3
+    g2 = Gateway(tmp_path / "s2")
+    g2.store.register_module(0)
+    g2.run_capture(corpus / "http__zeek__206_example_b.pcap")      # reset before all bytes were ACKed
+    with RecordFile(store_files(g2.store_dir)[0]) as rf:
+        n = rf.header["records"]
+    assert not g2.store.module_done(0, 0, n)["retired"]
+    assert os.path.exists(os.path.join(g2.store_dir, "c00000000.rec"))

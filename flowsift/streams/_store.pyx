@@ -219,6 +219,7 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t late_packets
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
+    cdef readonly uint64_t retired
     cdef readonly bint mapped        # write through mappings (memory file systems) or pwrite
 
     def __init__(self, str directory, bint keep=False, max_handles=None):
@@ -704,7 +705,17 @@ cdef class RecordStore(Sink):
         hd.modules_mask = mask
         if not self.mapped:
             self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
-        return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest}
+        retire = (st.closed and not self.keep and mask != 0 and complete == st.records and oldest == st.records)
+        if retire:
+            # every module is done with every record and nothing waits for an ACK: the file goes
+            self._close_handle(st.handle)
+            try:
+                os.unlink(self.path(conn))
+            except FileNotFoundError:
+                pass
+            st.exists = 0
+            self.retired += 1
+        return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest, "retired": bool(retire)}
 
     def check_space(self, Batch batch):
         """Before writing a batch through mappings: is there room for it? (see FREE_MARGIN)"""
@@ -721,4 +732,5 @@ cdef class RecordStore(Sink):
 
     def counters(self):
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
-                "reopens": self.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes}
+                "reopens": self.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes,
+                "retired": self.retired}
