@@ -35,6 +35,25 @@ def _progress(size, label):
                     console=Console(stderr=True), transient=True)
 
 
+def _run(path, label, work, as_json, render):
+    """Run `work(on_progress)` with a progress bar when worth it, print the result (JSON or
+    `render`), and exit 2 with its one-line error if reading stopped at a defect."""
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    bar = _progress(size, label)
+    if bar is not None:
+        with bar:
+            task = bar.add_task(label, total=size)
+            result = work(lambda pos, total: bar.update(task, completed=pos))
+    else:
+        result = work(None)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        render(result)
+    if result["error"]:
+        _fail(result["error"])
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"flowsift {__version__}")
@@ -61,23 +80,10 @@ def stats(
       flowsift stats trace.pcap
       flowsift stats trace.pcapng --filter 'tcp port 443' --json
     """
+    from flowsift.render import print_stats
     from flowsift.stats import capture_stats
 
-    size = os.path.getsize(capture) if os.path.isfile(capture) else 0
-    bar = _progress(size, "reading")
-    if bar is not None:
-        with bar:
-            task = bar.add_task("read", total=size)
-            result = capture_stats(capture, filter, on_progress=lambda pos, total: bar.update(task, completed=pos))
-    else:
-        result = capture_stats(capture, filter)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        from flowsift.render import print_stats
-        print_stats(result)
-    if result["error"]:
-        _fail(result["error"])
+    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress), as_json, print_stats)
 
 
 @app.command()
@@ -106,24 +112,12 @@ def streams(
     """
     from flowsift.extract import extract_streams
 
+    from flowsift.render import print_streams
+
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
-    size = os.path.getsize(capture) if os.path.isfile(capture) else 0
-    bar = _progress(size, "reassembling")
-    if bar is not None:
-        with bar:
-            task = bar.add_task("read", total=size)
-            result = extract_streams(capture, output, filter, policy,
-                                     on_progress=lambda pos, total: bar.update(task, completed=pos))
-    else:
-        result = extract_streams(capture, output, filter, policy)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        from flowsift.render import print_streams
-        print_streams(result)
-    if result["error"]:
-        _fail(result["error"])
+    _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress),
+         as_json, print_streams)
 
 
 @app.command()
@@ -149,22 +143,10 @@ def gateway(
     """
     from flowsift.gateway import Gateway
 
+    from flowsift.render import print_gateway
+
     g = Gateway(store, keep=keep, policy=policy, filter_expression=filter)
-    size = os.path.getsize(source) if os.path.isfile(source) else 0
-    bar = _progress(size, "gateway")
-    if bar is not None:
-        with bar:
-            task = bar.add_task("read", total=size)
-            result = g.run_capture(source, on_progress=lambda pos, total: bar.update(task, completed=pos))
-    else:
-        result = g.run_capture(source)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        from flowsift.render import print_gateway
-        print_gateway(result)
-    if result["error"]:
-        _fail(result["error"])
+    _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json, print_gateway)
 
 
 @app.command()

@@ -24,8 +24,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     try:
         decoder = r.feed_capture(path, bpf=bpf, on_progress=on_progress)
     except CaptureFormatError as e:
-        error = str(e)
-        r.finish()
+        error = str(e)          # feed_capture closed everything read so far
         decoder = None
     except BpfError as e:
         raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None

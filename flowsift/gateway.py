@@ -59,21 +59,14 @@ class Gateway:
 
     def run_capture(self, path, on_progress=None):
         """Read a whole capture into the store; returns a summary dict."""
-        from flowsift.io import Batch, Decoder, open_capture
+        from flowsift.io import Decoder, decoded_batches
         self.source = str(path)
-        cap = open_capture(path)
-        decoder, batch, error = Decoder(), Batch(), None
+        decoder, batch, error = Decoder(), None, None
         try:
-            while cap.fill(batch):
-                if self.bpf is not None:
-                    self.bpf.apply(batch)
-                decoder.decode(batch)
+            for batch in decoded_batches(path, decoder, self.bpf, on_progress):
                 self.store.check_space(batch)
                 self.reassembler.feed(batch)
                 self.store.publish()
-                if on_progress is not None:
-                    on_progress(cap.position, cap.size)
-            cap.check()
         except CaptureFormatError as e:
             error = str(e)          # what was read is still recorded and closed below
         except BpfError as e:
@@ -85,7 +78,8 @@ class Gateway:
             self._fail(str(e))
             raise
         try:
-            self.store.check_space(batch)
+            if batch is not None:
+                self.store.check_space(batch)
             self.reassembler.finish()
             self.store.publish()
         except FlowsiftError as e:

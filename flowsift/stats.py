@@ -2,7 +2,7 @@
 import datetime as _dt
 
 from flowsift.errors import CaptureFormatError, UsageError
-from flowsift.io import Batch, BpfError, BpfFilter, Decoder, Defragmenter, FlowTable, open_capture
+from flowsift.io import BpfError, BpfFilter, Decoder, Defragmenter, FlowTable, decoded_batches, open_capture
 from flowsift.io.reasons import REASONS, ethertype_name, linktype_name, proto_name
 
 
@@ -28,18 +28,12 @@ def capture_stats(path, filter_expression=None, on_progress=None):
     """
     bpf = compile_filter(filter_expression)
     cap = open_capture(path)
-    decoder, defrag, flows, batch = Decoder(), Defragmenter(), FlowTable(), Batch()
+    decoder, defrag, flows = Decoder(), Defragmenter(), FlowTable()
     error = None
     try:
-        while cap.fill(batch):
-            if bpf is not None:
-                bpf.apply(batch)
-            decoder.decode(batch)
+        for batch in decoded_batches(cap, decoder, bpf, on_progress):
             defrag.process(batch)
             flows.update(batch)
-            if on_progress is not None:
-                on_progress(cap.position, cap.size)
-        cap.check()
     except CaptureFormatError as e:
         error = str(e)
     except BpfError as e:

@@ -4,8 +4,8 @@ from flowsift.io._bpf import BpfFilter, BpfError
 from flowsift.io._decode import Decoder
 from flowsift.io._defrag import Defragmenter
 from flowsift.io._flowtable import FlowTable, NO_FLOW
-from flowsift.io.capture import Capture, open_capture
+from flowsift.io.capture import Capture, decoded_batches, open_capture
 from flowsift.io.pcapwriter import PcapWriter
 
 __all__ = ["Batch", "DEFAULT_BATCH", "BpfFilter", "BpfError", "Decoder", "Defragmenter", "FlowTable", "NO_FLOW",
-           "Capture", "open_capture", "PcapWriter"]
+           "Capture", "decoded_batches", "open_capture", "PcapWriter"]

@@ -112,3 +112,19 @@ def open_capture(path):
         return Capture(path, reader, st.st_size)
     finally:
         os.close(fd)   # the mapping stays valid after close
+
+
+def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=DEFAULT_BATCH):
+    """Yield each batch of `source` (a path or an open Capture) filtered (bpf) and decoded,
+    reporting progress; at the end, raise the defect that stopped reading, if any. The one
+    loop every command shares."""
+    cap = source if isinstance(source, Capture) else open_capture(source)
+    batch = Batch(capacity)
+    while cap.fill(batch):
+        if bpf is not None:
+            bpf.apply(batch)
+        decoder.decode(batch)
+        yield batch
+        if on_progress is not None:
+            on_progress(cap.position, cap.size)
+    cap.check()

@@ -47,17 +47,11 @@ class Reassembler:
 
     def feed_capture(self, path, bpf=None, decoder=None, on_progress=None):
         """Read, decode and reassemble a whole capture, then close everything (end of input)."""
-        from flowsift.io import Batch, Decoder, open_capture
-        cap = open_capture(path)
+        from flowsift.io import Decoder, decoded_batches
         decoder = decoder or Decoder()
-        batch = Batch()
-        while cap.fill(batch):
-            if bpf is not None:
-                bpf.apply(batch)
-            decoder.decode(batch)
-            self.feed(batch)
-            if on_progress is not None:
-                on_progress(cap.position, cap.size)
-        self.finish()
-        cap.check()
+        try:
+            for batch in decoded_batches(path, decoder, bpf, on_progress):
+                self.feed(batch)
+        finally:
+            self.finish()
         return decoder
