@@ -174,6 +174,64 @@ def inspect(
         typer.echo(json.dumps(result)) if as_json else print_inspect_file(result)
 
 
+@app.command()
+def chain(
+    modules: str = typer.Argument(..., metavar="MODULES", help="Modules in order, e.g. 'counter' or 'a,b(x=1),c'."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file."),
+    events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
+    store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
+                                        help="Keep the record store here (default: a temporary one in /dev/shm)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep every record (and the default store) after the run."),
+    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR", help="BPF expression."),
+    policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
+):
+    """Run a chain of modules over a capture: the gateway writes each connection's records
+    and streams, and the modules read them (byte streams, gaps, packets) and emit events.
+    Modules run in order in the gateway's process, after each batch.
+
+    \b
+    Examples:
+      flowsift chain counter trace.pcap
+      flowsift chain counter,./mymodule.py:Mine trace.pcap --events out.jsonl
+      flowsift modules            (what modules there are)
+    """
+    from flowsift.chain import run_chain
+    from flowsift.render import print_chain
+
+    out = sys.stdout if events == "-" else None
+    try:
+        if out is None:
+            try:
+                out = open(events, "w")
+            except OSError as e:
+                _fail(f"{events}: cannot write events: {e.strerror}")
+        _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
+                                                         filter_expression=filter, policy=policy, strict=strict,
+                                                         on_progress=progress), as_json, print_chain)
+    finally:
+        if out is not None and out is not sys.stdout:
+            out.close()
+
+
+@app.command("modules")
+def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help="A module: print its documentation.")):
+    """List the modules flowsift can find, or print one module's documentation."""
+    import inspect as _inspect
+    from flowsift.modules.loader import BUILTINS, find
+
+    if name:
+        cls = find(name)
+        typer.echo(f"{cls.name}: " + _inspect.cleandoc(cls.__doc__))
+        hooks = ", ".join(cls.hooks()) or "none"
+        typer.echo(f"\nHooks: {hooks}\nRead-only: {'yes' if cls.read_only() else 'no (writes ' + ', '.join(sorted(cls.writes)) + ')'}")
+        return
+    for n in sorted(BUILTINS):
+        cls = find(n)
+        typer.echo(f"{n:12} {_inspect.cleandoc(cls.__doc__).splitlines()[0]}")
+
+
 def main():
     try:
         app()

@@ -57,8 +57,9 @@ class Gateway:
         except FlowsiftError:
             pass                    # a full disk may refuse even the manifest
 
-    def run_capture(self, path, on_progress=None):
-        """Read a whole capture into the store; returns a summary dict."""
+    def run_capture(self, path, on_progress=None, after_batch=None):
+        """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
+        closed)` is called with the connections each publish changed and ended (an inline chain)."""
         from flowsift.io import Decoder, decoded_batches
         self.source = str(path)
         decoder, batch, error = Decoder(), None, None
@@ -66,7 +67,9 @@ class Gateway:
             for batch in decoded_batches(path, decoder, self.bpf, on_progress):
                 self.store.check_space(batch)
                 self.reassembler.feed(batch)
-                self.store.publish()
+                changed = self.store.publish()
+                if after_batch is not None:
+                    after_batch(*changed)
         except CaptureFormatError as e:
             error = str(e)          # what was read is still recorded and closed below
         except BpfError as e:
@@ -81,7 +84,9 @@ class Gateway:
             if batch is not None:
                 self.store.check_space(batch)
             self.reassembler.finish()
-            self.store.publish()
+            changed = self.store.publish()
+            if after_batch is not None:
+                after_batch(*changed)
         except FlowsiftError as e:
             self._fail(str(e))
             raise

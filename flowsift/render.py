@@ -139,3 +139,28 @@ def print_inspect_file(s, console=None):
             rt.add_row(str(r["index"]), f"{r['id']:#018x}", "c2s" if r["dir"] == 0 else "s2c", r["flags"], str(r["seq"]),
                        str(r["ack"]), str(r["offset"]), str(r["len"]), ",".join(r["rflags"]) or "-", f"{r['modules']:#x}")
         console.print(rt)
+
+
+def print_chain(s, console=None):
+    console = console or Console(stderr=False)
+    for name, rows in s.get("tables", {}).items():
+        if not rows:
+            continue
+        t = Table(title=name, title_justify="left")
+        cols = [c for c in rows[0] if c not in ("conn",)]
+        for c in cols:
+            t.add_column(c)
+        for r in rows[:50]:
+            t.add_row(*[("/".join(map(str, r[c])) if isinstance(r[c], list) else str(r[c])) for c in cols])
+        if len(rows) > 50:
+            t.caption = f"{len(rows) - 50:,} more rows (use --json or --events)"
+        console.print(t)
+    m = Table(title="modules", title_justify="left")
+    m.add_column("module")
+    m.add_column("counters")
+    for name, counters in s["modules"].items():
+        m.add_row(name, ", ".join(f"{k} {_n(v)}" for k, v in counters.items()))
+    console.print(m)
+    c = s["connections"]
+    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
+                  f"{_n(s['events'])} events")

@@ -1,1 +1,9 @@
-"""The module API, the chain runner and the built-in modules."""
+"""The module API, the chain runner and the built-in modules.
+
+A module is a plain class with hook methods (on_open, on_data, on_gap, on_close, on_packet),
+declared as data (name, writes, options); see flowsift.modules.base and docs/modules.md.
+"""
+from flowsift.modules.base import HOOKS, Flow, Module, ModuleError, Option
+from flowsift.modules.loader import find, parse_chain
+
+__all__ = ["Module", "Option", "Flow", "ModuleError", "HOOKS", "find", "parse_chain"]

@@ -220,7 +220,8 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
     cdef readonly uint64_t retired
-    cdef readonly bint mapped        # write through mappings (memory file systems) or pwrite
+    cdef readonly bint mapped
+    cdef list just_closed            # connections closed since the last publish        # write through mappings (memory file systems) or pwrite
 
     def __init__(self, str directory, bint keep=False, max_handles=None):
         cdef int k
@@ -242,6 +243,7 @@ cdef class RecordStore(Sink):
         for k in range(self.max_handles):
             self.free_slots[k] = self.max_handles - 1 - k
         self.n_free = self.max_handles
+        self.just_closed = []
         self.rng = int.from_bytes(os.urandom(8), "little")
         for k in range(self.max_handles):
             self.handles[k].fd = -1
@@ -503,6 +505,7 @@ cdef class RecordStore(Sink):
             return 0
         self._publish(conn, True)
         st.closed = 1
+        self.just_closed.append(conn)
         if st.handle >= 0:
             self._close_handle(st.handle)
         return 0
@@ -558,13 +561,18 @@ cdef class RecordStore(Sink):
         return 0
 
     def publish(self):
-        """Make everything written so far visible to readers (header counters)."""
+        """Make everything written so far visible to readers (header counters). Returns the
+        connections that changed since the last publish and those that ended (for in-process
+        readers such as an inline chain)."""
         cdef uint32_t k
+        touched = [self.touched[k] for k in range(self.n_touched)]
         for k in range(self.n_touched):
             self.cs[self.touched[k]].touched = 0
             if not self.cs[self.touched[k]].closed:
                 self._publish(self.touched[k], False)
         self.n_touched = 0
+        closed, self.just_closed = self.just_closed, []
+        return touched, closed
 
     cdef int _publish(self, uint32_t conn, bint final) except -1:
         cdef cstate_t* st = &self.cs[conn]

@@ -1,0 +1,30 @@
+"""`flowsift chain`: the gateway and a chain of modules over one source."""
+import shutil
+import sys
+
+from flowsift.gateway import Gateway
+from flowsift.modules.loader import parse_chain
+from flowsift.modules.runner import InlineChain
+
+
+def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
+              strict=False, on_progress=None):
+    """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
+    text file for the JSON event lines, or None. A store given with `store` stays; a default one
+    (under /dev/shm) is removed at the end unless `keep`."""
+    chain = parse_chain(spec)                  # before the first packet: errors name the module
+    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression)
+    runner = InlineChain(chain, g.store, events=events, strict=strict)
+    try:
+        summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process)
+        runner.finish()
+    finally:
+        if store is None and not keep:
+            shutil.rmtree(g.store_dir, ignore_errors=True)
+    summary["modules"] = runner.counters()
+    summary["events"] = runner.event_count
+    summary["chain"] = [cls.name for cls, _ in chain]
+    summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}
+    if store is None and not keep:
+        summary["store"] = None
+    return summary

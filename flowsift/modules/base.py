@@ -1,0 +1,161 @@
+"""The module API: a module is a plain class with hook methods, declared as data.
+
+    class Hello(Module):
+        \"\"\"Says hello to every flow.
+
+        Synopsis: hello
+        Reads: nothing
+        Writes: nothing
+        Options: greeting (str) the word to use
+        Counters: flows
+        Example: flowsift chain hello trace.pcap
+        \"\"\"
+        name = "hello"
+        options = {"greeting": Option(str, "hello", "the word to use")}
+
+        def on_open(self, flow):
+            self.emit("greeting", text=self.config["greeting"])
+            self.count("flows")
+
+Hooks a module does not define are never called (they cost nothing). Unknown hook names,
+wrong signatures and bad declarations are errors when the module loads, naming it.
+"""
+import inspect
+import traceback
+from dataclasses import dataclass
+
+from flowsift.errors import FlowsiftError
+
+# hook name -> its parameters after self (the contract; docs/modules.md)
+HOOKS = {
+    "on_open": ("flow",),
+    "on_data": ("flow", "stream"),
+    "on_gap": ("flow", "direction", "gap"),
+    "on_close": ("flow", "reason"),
+    "on_packet": ("flow", "record"),
+}
+
+# fields a writing module may declare (the gateway verifies edits against them)
+WRITABLE = frozenset({"ip.src", "ip.dst", "ip.ttl", "tcp.sport", "tcp.dport", "udp.sport", "udp.dport",
+                      "tcp.flags", "payload"})
+
+DOC_SECTIONS = ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example")
+
+
+class ModuleError(FlowsiftError):
+    """A module that cannot be loaded or run (names the module and the problem)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    type: type
+    default: object
+    help: str
+
+    def parse(self, module, name, text):
+        try:
+            if self.type is bool:
+                low = text.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return self.type(text)
+        except ValueError:
+            raise ModuleError(f"module {module}: option {name}={text!r} is not a {self.type.__name__}") from None
+
+
+class Flow:
+    """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
+    __slots__ = ("conn", "proto", "client", "server", "state", "first_ts", "last_ts", "dropped", "_file")
+
+    def __init__(self, conn, proto, client, server, first_ts):
+        self.conn = conn
+        self.proto = proto
+        self.client = client          # "ip:port"
+        self.server = server
+        self.state = {}               # per-flow state: created at open, dropped at close
+        self.first_ts = first_ts
+        self.last_ts = first_ts
+        self.dropped = set()          # record indexes a module asked to drop
+
+    def drop(self, record):
+        """Verdict: do not forward this packet (record) on egress."""
+        self.dropped.add(record.index)
+
+    def key(self):
+        return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
+
+    def __repr__(self):
+        return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}>"
+
+
+class Module:
+    """Base class. Subclasses set `name`, optionally `writes` and `options`, and define hooks."""
+    name = None
+    writes = frozenset()
+    options = {}
+
+    def __init__(self, config=None):
+        self.config = dict(config or {})
+        self.counters = {}
+        self._emit = None
+
+    # --- what a module calls ---
+    def emit(self, kind, **fields):
+        """A structured event (a JSON line with the flow key and time, EVE style)."""
+        if self._emit is not None:
+            self._emit(self, kind, fields)
+
+    def count(self, name, n=1):
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def summary(self):
+        """Rows for the end-of-run table (a list of dicts); none by default."""
+        return []
+
+    # --- declared shape ---
+    @classmethod
+    def hooks(cls):
+        return [h for h in HOOKS if callable(getattr(cls, h, None))]
+
+    @classmethod
+    def read_only(cls):
+        return not cls.writes
+
+
+def validate(cls, where):
+    """Check a module class when it loads; raises ModuleError naming it and the problem."""
+    label = getattr(cls, "name", None) or getattr(cls, "__name__", repr(cls))
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise ModuleError(f"{where}: {label} is not a flowsift Module subclass")
+    if not isinstance(cls.name, str) or not cls.name.isidentifier():
+        raise ModuleError(f"{where}: module class {cls.__name__} needs a `name` that is an identifier")
+    for attr in dir(cls):
+        if attr.startswith("on_") and attr not in HOOKS and callable(getattr(cls, attr)):
+            raise ModuleError(f"module {cls.name}: unknown hook {attr}() (hooks: {', '.join(HOOKS)})")
+    for hook, params in HOOKS.items():
+        fn = getattr(cls, hook, None)
+        if fn is None:
+            continue
+        got = [p for p in list(inspect.signature(fn).parameters)[1:]]
+        if len(got) != len(params):
+            raise ModuleError(f"module {cls.name}: {hook}() takes ({', '.join(got)}), expected "
+                              f"({', '.join(params)})")
+    writes = cls.writes
+    if not isinstance(writes, (set, frozenset)) or not set(writes) <= WRITABLE:
+        bad = sorted(set(writes) - WRITABLE) if isinstance(writes, (set, frozenset)) else writes
+        raise ModuleError(f"module {cls.name}: `writes` must be a set of {sorted(WRITABLE)}; got {bad!r}")
+    if not isinstance(cls.options, dict) or not all(isinstance(o, Option) for o in cls.options.values()):
+        raise ModuleError(f"module {cls.name}: `options` must map names to Option(type, default, help)")
+    if not cls.__doc__ or not cls.__doc__.strip():
+        raise ModuleError(f"module {cls.name}: needs a docstring (Synopsis, Reads, Writes, Options, Counters, Example)")
+    return cls
+
+
+def trimmed_traceback(exc):
+    """The traceback of an exception raised in a hook, without flowsift's own frames."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/flowsift/" not in f.filename.replace("\\", "/")
+              or "/flowsift/modules/builtin/" in f.filename.replace("\\", "/")]
+    return "".join(traceback.format_list(frames)) + f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,1 @@
+"""Built-in modules (found by name: `flowsift modules` lists them)."""

@@ -1,0 +1,80 @@
+"""Finding modules by name (built-ins, the `flowsift.modules` entry-point group, or a file) and
+parsing a chain such as `strsearch(patterns=rules.txt,nocase=true),counter`."""
+import importlib
+import importlib.util
+import os
+import re
+from importlib.metadata import entry_points
+
+from flowsift.modules.base import Module, ModuleError, validate
+
+BUILTINS = {
+    "counter": "flowsift.modules.builtin.counter:Counter",
+}
+
+
+def _import(target, where):
+    mod_name, _, cls_name = target.partition(":")
+    mod = importlib.import_module(mod_name)
+    return validate(getattr(mod, cls_name), where)
+
+
+def _from_file(spec):
+    path, _, cls_name = spec.partition(":") if spec.count(":") == 1 and not spec.startswith(":") else (spec, "", "")
+    if not os.path.isfile(path):
+        raise ModuleError(f"{path}: no such module file")
+    modspec = importlib.util.spec_from_file_location(f"flowsift_user_{abs(hash(path))}", path)
+    mod = importlib.util.module_from_spec(modspec)
+    try:
+        modspec.loader.exec_module(mod)
+    except Exception as e:
+        raise ModuleError(f"{path}: cannot load: {type(e).__name__}: {e}") from None
+    if cls_name:
+        if not hasattr(mod, cls_name):
+            raise ModuleError(f"{path}: no class {cls_name}")
+        return validate(getattr(mod, cls_name), path)
+    found = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Module) and v is not Module
+             and v.__module__ == mod.__name__]
+    if len(found) != 1:
+        raise ModuleError(f"{path}: {len(found)} Module classes; say which with {path}:ClassName")
+    return validate(found[0], path)
+
+
+def find(name):
+    """The module class for a name, an entry point or `path/to/file.py[:Class]`."""
+    if name.endswith(".py") or ".py:" in name:
+        return _from_file(name)
+    if name in BUILTINS:
+        return _import(BUILTINS[name], f"built-in {name}")
+    for ep in entry_points(group="flowsift.modules"):
+        if ep.name == name:
+            return validate(ep.load(), f"entry point {ep.value}")
+    known = sorted(set(BUILTINS) | {ep.name for ep in entry_points(group="flowsift.modules")})
+    raise ModuleError(f"unknown module {name!r} (known: {', '.join(known)}; or give path/to/file.py)")
+
+
+_ITEM = re.compile(r"\s*([^,(]+?)\s*(?:\(([^)]*)\))?\s*(?:,|$)")
+
+
+def parse_chain(text):
+    """`a,b(x=1,y=two),c` -> [(module class, config dict)], options typed and checked."""
+    if not text or not text.strip():
+        raise ModuleError("empty chain: name at least one module")
+    chain, pos = [], 0
+    while pos < len(text):
+        m = _ITEM.match(text, pos)
+        if not m or m.end() == pos:
+            raise ModuleError(f"cannot read the chain at {text[pos:]!r}")
+        pos = m.end()
+        cls = find(m.group(1))
+        config = {k: o.default for k, o in cls.options.items()}
+        for part in filter(None, (p.strip() for p in (m.group(2) or "").split(","))):
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if not eq:
+                raise ModuleError(f"module {cls.name}: option {part!r} needs name=value")
+            if key not in cls.options:
+                raise ModuleError(f"module {cls.name}: no option {key!r} (options: {', '.join(cls.options) or 'none'})")
+            config[key] = cls.options[key].parse(cls.name, key, value.strip())
+        chain.append((cls, config))
+    return chain

@@ -1,0 +1,161 @@
+"""Running a chain of modules over the record store, in the gateway's process (inline).
+
+After each batch the gateway publishes; the runner advances every connection that changed:
+new records go to `on_packet`, new stream bytes to `on_data` (each module has its own stream
+pointer per direction: what it leaves unread is there at its next call), gaps to `on_gap`,
+and a connection's end to `on_close`. Then each module's bit is set in the records it is done
+with (the gateway records it), so complete and acknowledged space can be reclaimed.
+"""
+import ipaddress
+import json
+import sys
+
+from flowsift.modules.base import ModuleError, trimmed_traceback
+from flowsift.streams import RecordFile, StreamPointer
+from flowsift.streams.format import CLOSE_NAMES
+
+
+def _ep(raw, port, ipver):
+    a = ipaddress.ip_address(raw[:4] if ipver == 4 else raw)
+    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
+
+
+class _Conn:
+    __slots__ = ("flow", "file", "next_record", "pointers", "seen")
+
+    def __init__(self, flow, file):
+        self.flow = flow
+        self.file = file
+        self.next_record = 0
+        self.pointers = {}       # (module index, direction) -> StreamPointer
+        self.seen = {}           # (module index, direction) -> (position, available) at the last on_data
+
+
+class InlineChain:
+    """Modules of a chain, called in order for each connection, in one process."""
+
+    def __init__(self, chain, store, events=None, strict=False):
+        from flowsift.modules.base import Flow
+        self._Flow = Flow
+        self.modules = [cls(config) for cls, config in chain]
+        self.store = store
+        self.events = events
+        self.strict = strict
+        self.errors = {}
+        self.event_count = 0
+        self.conns = {}
+        for i, m in enumerate(self.modules):
+            m._emit = self._on_emit
+            store.register_module(i)
+        self.by_hook = {h: [(i, m) for i, m in enumerate(self.modules) if callable(getattr(m, h, None))]
+                        for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
+        self.streaming = [(i, m) for i, m in enumerate(self.modules)
+                          if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
+        self._current = None
+
+    # --- events and failures ---
+    def _on_emit(self, module, kind, fields):
+        self.event_count += 1
+        if self.events is None:
+            return
+        flow = self._current
+        line = {"ts": flow.last_ts / 1e9 if flow else None, "module": module.name, "kind": kind}
+        if flow is not None:
+            line.update(flow.key())
+        line.update(fields)
+        self.events.write(json.dumps(line, default=str) + "\n")
+
+    def _call(self, m, hook, *args):
+        try:
+            getattr(m, hook)(*args)
+        except Exception as e:
+            if self.strict:
+                raise ModuleError(f"module {m.name}: {hook}() raised {type(e).__name__}: {e}") from e
+            n = self.errors.get(m.name, 0)
+            self.errors[m.name] = n + 1
+            if n == 0:
+                sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
+                                 f"{trimmed_traceback(e)}\n")
+
+    # --- per batch ---
+    def process(self, touched, closed):
+        for conn in touched:
+            self._advance(conn)
+        for conn in closed:
+            self._advance(conn)
+            self._close(conn)
+
+    def _open(self, conn):
+        rf = RecordFile(self.store.path(conn))
+        h = rf.header
+        flow = self._Flow(conn, {6: "tcp", 17: "udp"}.get(h["proto"], str(h["proto"])),
+                          _ep(h["client_addr"], h["client_port"], h["ipver"]),
+                          _ep(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
+        c = self.conns[conn] = _Conn(flow, rf)
+        self._current = flow
+        for _, m in self.by_hook["on_open"]:
+            self._call(m, "on_open", flow)
+        return c
+
+    def _advance(self, conn):
+        c = self.conns.get(conn) or self._open(conn)
+        flow = c.flow
+        self._current = flow
+        h = c.file.refresh()
+        flow.last_ts = h["last_ts"]
+        if self.by_hook["on_packet"] and h["records"] > c.next_record:
+            for rec in c.file.records(c.next_record, h["records"]):
+                for _, m in self.by_hook["on_packet"]:
+                    self._call(m, "on_packet", flow, rec)
+        c.next_record = h["records"]
+        for i, m in self.streaming:
+            for d in (0, 1):
+                self._stream(c, i, m, d)
+
+    def _stream(self, c, i, m, d):
+        sp = c.pointers.get((i, d))
+        if sp is None:
+            sp = c.pointers[(i, d)] = StreamPointer(c.file, d)
+        else:
+            sp.refresh()
+        has_data = callable(getattr(m, "on_data", None))
+        has_gap = callable(getattr(m, "on_gap", None))
+        while True:
+            gap = sp.at_gap
+            if gap is not None:
+                if has_gap:
+                    self._call(m, "on_gap", c.flow, d, gap)
+                sp.skip_gap()
+                continue
+            state = (sp.tell(), sp.available)
+            if state[1] <= 0:
+                break
+            if not has_data:
+                sp.read()                      # the module only wants gaps: pass over the bytes
+                continue
+            if c.seen.get((i, d)) == state:
+                break                          # nothing new since its last call: unread bytes wait
+            c.seen[(i, d)] = state
+            self._call(m, "on_data", c.flow, sp)
+
+    def _close(self, conn):
+        c = self.conns.pop(conn, None)
+        if c is None:
+            return
+        h = c.file.refresh()
+        reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
+        self._current = c.flow
+        for _, m in self.by_hook["on_close"]:
+            self._call(m, "on_close", c.flow, reason)
+        c.flow.state.clear()
+        records = h["records"]
+        c.file.close()
+        for i in range(len(self.modules)):
+            self.store.module_done(conn, i, records)
+
+    def finish(self):
+        for conn in list(self.conns):
+            self._close(conn)
+
+    def counters(self):
+        return {m.name: dict(m.counters, errors=self.errors.get(m.name, 0)) for m in self.modules}

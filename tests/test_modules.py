@@ -1,0 +1,176 @@
+"""Modules: loading and validation, the inline chain over record files, the CLI."""
+import json
+import textwrap
+
+import pytest
+
+from conftest import ROOT, run_cli
+from flowsift.modules import Module, ModuleError, Option, find, parse_chain
+
+
+def write_module(tmp_path, body, name="m.py"):
+    p = tmp_path / name
+    p.write_text("from flowsift.modules import Module, Option\n" + textwrap.dedent(body))
+    return p
+
+
+def test_builtin_and_file_modules_and_options(tmp_path):
+    assert find("counter").name == "counter"
+    p = write_module(tmp_path, '''
+        class Greeter(Module):
+            """Greets.
+
+            Synopsis: greeter
+            """
+            name = "greeter"
+            options = {"times": Option(int, 1, "how often"), "loud": Option(bool, False, "shout")}
+            def on_open(self, flow):
+                self.count("hi", self.config["times"])
+    ''')
+    chain = parse_chain(f"counter,{p}(times=3,loud=yes),{p}:Greeter")
+    assert [(c.name, cfg) for c, cfg in chain] == [("counter", {}), ("greeter", {"times": 3, "loud": True}),
+                                                  ("greeter", {"times": 1, "loud": False})]
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("nosuch", "unknown module 'nosuch'"),
+    ("counter(x=1)", "no option 'x'"),
+    ("", "empty chain"),
+    ("/no/such/file.py", "no such module file"),
+])
+def test_chain_errors_name_the_problem(spec, needle):
+    with pytest.raises(ModuleError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        parse_chain(spec)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         def on_dat(self, flow, stream): pass
+     ''', "unknown hook on_dat()"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         def on_data(self, flow): pass
+     ''', "on_data() takes (flow), expected (flow, stream)"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         writes = {"ip.dst", "the moon"}
+     ''', "`writes` must be a set of"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         options = {"x": 3}
+     ''', "`options` must map names to Option"),
+    ('''
+     class Bad(Module):
+         name = "bad"
+     ''', "needs a docstring"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "not an identifier"
+     ''', "needs a `name`"),
+])
+def test_bad_modules_fail_when_they_load(tmp_path, body, needle):
+    p = write_module(tmp_path, body)
+    with pytest.raises(ModuleError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("`", "`")):
+        parse_chain(str(p))
+
+
+def test_stream_pointer_hooks_unread_bytes_stay_and_gaps_arrive_in_order(tmp_path, corpus):
+    """A module that reads 3 bytes per call sees the whole client stream, gap included, in order."""
+    p = write_module(tmp_path, '''
+        class Slow(Module):
+            """Reads three bytes per call.
+
+            Synopsis: slow
+            """
+            name = "slow"
+            def on_open(self, flow):
+                flow.state["seen"] = [b"", b""]
+                flow.state["order"] = []
+            def on_data(self, flow, stream):
+                chunk = bytes(stream.read(3))
+                flow.state["seen"][stream.direction] += chunk
+                flow.state["order"].append(("data", stream.direction, len(chunk)))
+            def on_gap(self, flow, direction, gap):
+                flow.state["order"].append(("gap", direction, gap.offset, gap.length))
+            def on_close(self, flow, reason):
+                self.emit("done", client=flow.state["seen"][0].hex(), order=flow.state["order"], reason=reason)
+    ''')
+    out = tmp_path / "events.jsonl"
+    res = run_cli("chain", p, corpus / "gap__suri__tcp-simple-gap2.pcap", "--events", out, "--json")
+    assert res.returncode == 0, res.stderr
+    (ev,) = [json.loads(l) for l in out.read_text().splitlines()]
+    from flowsift.reassembly import Reassembler
+    r = Reassembler()
+    r.feed_capture(corpus / "gap__suri__tcp-simple-gap2.pcap")
+    assert bytes.fromhex(ev["client"]) == bytes(r.collector.dirs[(0, 0)].data)
+    kinds = [tuple(x[:2]) for x in ev["order"] if x[1] == 0]
+    gap_at = kinds.index(("gap", 0))
+    assert kinds[:gap_at] and all(k == ("data", 0) for k in kinds[:gap_at])     # bytes before the gap first
+    assert ev["reason"] in ("eof", "fin", "rst")
+
+
+def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
+    p = write_module(tmp_path, '''
+        class Boom(Module):
+            """Fails on every packet.
+
+            Synopsis: boom
+            """
+            name = "boom"
+            def on_packet(self, flow, record):
+                raise RuntimeError("kaboom")
+    ''')
+    res = run_cli("chain", f"{p},counter", corpus / "http__zeek__get.pcap", "--json")
+    assert res.returncode == 0
+    assert res.stderr.count("RuntimeError: kaboom") == 1 and res.stderr.count("module boom failed in on_packet()") == 1
+    assert "flowsift/modules" not in res.stderr            # flowsift's own frames are trimmed
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["modules"]["boom"]["errors"] == 13 and summary["modules"]["counter"]["flows"] == 1
+    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict")
+    assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1
+    assert "module boom: on_packet() raised RuntimeError: kaboom" in strict.stderr
+
+
+def test_chain_sets_module_bits_in_kept_records(tmp_path, corpus):
+    store = tmp_path / "s"
+    res = run_cli("chain", f"counter,{ROOT / 'examples' / 'minimal.py'}", corpus / "http__zeek__get.pcap",
+                  "--store", store, "--keep", "--events", tmp_path / "e.jsonl")
+    assert res.returncode == 0, res.stderr
+    from flowsift.streams import RecordFile, store_files
+    with RecordFile(store_files(store)[0]) as rf:
+        assert rf.header["modules_mask"] == 0b11
+        assert all(r.modules == 0b11 for r in rf.records())
+
+
+def test_examples_run(corpus):
+    res = run_cli("chain", f"{ROOT / 'examples' / 'http_requests.py'},{ROOT / 'examples' / 'minimal.py'}",
+                  ROOT / "examples" / "demo.pcap", "--json")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    events = [json.loads(l) for l in lines[:-1]]
+    uris = sorted(e["uri"] for e in events if e["kind"] == "request")
+    assert uris == ["/", "/big.txt", "/index.html", "/missing"]
+    summary = json.loads(lines[-1])
+    assert summary["modules"]["minimal"]["connections"] == 9 and summary["store"] is None
+
+
+def test_modules_command(tmp_path):
+    res = run_cli("modules")
+    assert res.returncode == 0 and "counter" in res.stdout
+    res = run_cli("modules", "counter")
+    for section in ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example", "Hooks"):
+        assert section in res.stdout
+    bad = run_cli("modules", "nosuch")
+    assert bad.returncode == 2 and "unknown module" in bad.stderr
+    bad = run_cli("chain", "nosuch", ROOT / "examples" / "demo.pcap")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
