@@ -79,6 +79,7 @@ class Flow:
         self.first_ts = first_ts
         self.last_ts = first_ts
         self.dropped = set()          # record indexes a module asked to drop
+        self._file = None
 
     def drop(self, record):
         """Verdict: do not forward this packet (record) on egress."""
@@ -86,6 +87,13 @@ class Flow:
 
     def key(self):
         return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
+
+    def payload(self, record):
+        """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the
+        delivered bytes at its offset). Empty when the flow is not backed by a record file."""
+        if self._file is None or not record.payload_len:
+            return b""
+        return self._file.data(record.dir, record.stream_offset, record.payload_len)
 
     def __repr__(self):
         return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}>"

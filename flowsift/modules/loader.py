@@ -10,6 +10,9 @@ from flowsift.modules.base import Module, ModuleError, validate
 
 BUILTINS = {
     "counter": "flowsift.modules.builtin.counter:Counter",
+    "tls": "flowsift.modules.builtin.tls:Tls",
+    "http": "flowsift.modules.builtin.http:Http",
+    "dns": "flowsift.modules.builtin.dns:Dns",
 }
 
 

@@ -91,6 +91,7 @@ class InlineChain:
         flow = self._Flow(conn, {6: "tcp", 17: "udp"}.get(h["proto"], str(h["proto"])),
                           _ep(h["client_addr"], h["client_port"], h["ipver"]),
                           _ep(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
+        flow._file = rf
         c = self.conns[conn] = _Conn(flow, rf)
         self._current = flow
         for _, m in self.by_hook["on_open"]:
