@@ -89,3 +89,26 @@ def test_the_main_job(tmp_path):
     assert kinds["request"] == 4 and kinds["response"] == 4 and kinds["client_hello"] == 1
     assert kinds["query"] == 4 and kinds["answer"] == 4 and kinds["flow"] == 9
     assert "modules" in res.stdout and "counter" in res.stdout
+
+
+def test_strsearch_finds_patterns_across_packet_boundaries(tmp_path, corpus):
+    from flowsift.reassembly import Reassembler
+    from flowsift.testing import run_module, segments_capture
+    cap = segments_capture(tmp_path, client=[b"xxxNEED", b"LExxx needle", b"NEEDLE"], server=[b"Needle here"])
+    res = run_module("strsearch(patterns=inline:NEEDLE|needle)", cap)
+    got = sorted((e["direction"], e["offset"], e["pattern"]) for e in res.of_kind("match"))
+    assert got == [("c2s", 3, "NEEDLE"), ("c2s", 13, "needle"), ("c2s", 19, "NEEDLE")]
+    res = run_module("strsearch(patterns=inline:needle,nocase=true)", cap)
+    assert len(res.of_kind("match")) == 4
+    # on a real capture: every match offset points at the pattern in the reassembled stream
+    rules = tmp_path / "rules.txt"
+    rules.write_text("Content-Type\nHTTP/1.1 206\n\\x0d\\x0a\\x0d\\x0a\n")
+    name = corpus / "http__zeek__206_example_b.pcap"
+    res = run_module(f"strsearch(patterns={rules})", name)
+    r = Reassembler()
+    r.feed_capture(name)
+    for e in res.of_kind("match"):
+        d = 0 if e["direction"] == "c2s" else 1
+        data = bytes(r.collector.dirs[(e["conn"], d)].data)
+        assert data[e["offset"]:e["offset"] + len(e["pattern"])] == e["pattern"].encode("latin-1")
+    assert res.counters("strsearch")["matches"] >= 6

@@ -13,6 +13,7 @@ BUILTINS = {
     "tls": "flowsift.modules.builtin.tls:Tls",
     "http": "flowsift.modules.builtin.http:Http",
     "dns": "flowsift.modules.builtin.dns:Dns",
+    "strsearch": "flowsift.modules.builtin.strsearch:StrSearch",
 }
 
 

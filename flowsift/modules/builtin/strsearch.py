@@ -1,0 +1,62 @@
+import ahocorasick
+
+from flowsift.modules.base import Module, ModuleError, Option
+
+
+class StrSearch(Module):
+    """Many patterns searched in both byte streams at once (Aho-Corasick), across packet
+    boundaries; one event per match with its stream offset.
+
+    Synopsis: strsearch(patterns=FILE, nocase=false)
+    Reads: both streams of every connection
+    Writes: nothing (read-only)
+    Options: patterns (str) a file with one pattern per line (\\xNN escapes allowed), or
+             patterns given inline separated by '|' when prefixed with 'inline:'
+             nocase (bool) match without regard to ASCII case
+    Counters: matches, gaps (a pattern cannot match across a gap)
+    Example: flowsift chain "strsearch(patterns=rules.txt,nocase=true)",counter trace.pcap
+    """
+    name = "strsearch"
+    options = {"patterns": Option(str, "", "pattern file, or 'inline:a|b|c'"),
+               "nocase": Option(bool, False, "ignore ASCII case")}
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        spec = self.config.get("patterns", "")
+        if spec.startswith("inline:"):
+            raw = [p for p in spec[len("inline:"):].split("|") if p]
+        else:
+            try:
+                with open(spec, "rb") as f:
+                    raw = [line.rstrip(b"\r\n").decode("unicode_escape") for line in f if line.strip()]
+            except OSError as e:
+                raise ModuleError(f"module strsearch: patterns file {spec!r}: {e.strerror}") from None
+        if not raw:
+            raise ModuleError("module strsearch: no patterns (patterns=FILE or patterns=inline:a|b)")
+        self.nocase = self.config.get("nocase", False)
+        self.auto = ahocorasick.Automaton()
+        for p in raw:
+            key = p.lower() if self.nocase else p
+            self.auto.add_word(key, (p, len(key)))
+        self.auto.make_automaton()
+        self.longest = max(len(p) for p in raw)
+
+    def on_data(self, flow, stream):
+        d = stream.direction
+        tails = flow.state.setdefault("tails", {})
+        tail_off, tail = tails.get(d, (stream.tell(), ""))
+        start = stream.tell()
+        # bytes as latin-1 text: one character per byte, so offsets stay byte offsets
+        text = tail + bytes(stream.read()).decode("latin-1")
+        hay = text.lower() if self.nocase else text
+        for end, (pattern, n) in self.auto.iter(hay):
+            if end >= len(tail):                   # a match not already reported from the tail
+                self.emit("match", direction="c2s" if d == 0 else "s2c", pattern=pattern,
+                          offset=tail_off + end - n + 1)
+                self.count("matches")
+        keep = text[-(self.longest - 1):] if self.longest > 1 else ""
+        tails[d] = (tail_off + len(text) - len(keep), keep)
+
+    def on_gap(self, flow, direction, gap):
+        flow.state.setdefault("tails", {}).pop(direction, None)    # nothing matches across a gap
+        self.count("gaps")
