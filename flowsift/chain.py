@@ -8,23 +8,34 @@ from flowsift.modules.runner import InlineChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
-              strict=False, on_progress=None):
+              strict=False, on_progress=None, inline=False):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression)
-    runner = InlineChain(chain, g.store, events=events, strict=strict)
+    if inline or not all(cls.read_only() for cls, _ in chain):
+        # writing modules have no verified write-back yet: they run in the gateway's process
+        runner = InlineChain(chain, g.store, events=events, strict=strict)
+    else:
+        from flowsift.modules.workers import ParallelChain
+        runner = ParallelChain(spec, chain, g.store, events=events, strict=strict)
     try:
         summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process)
         runner.finish()
     finally:
         if store is None and not keep:
             shutil.rmtree(g.store_dir, ignore_errors=True)
-    summary["modules"] = runner.counters()
+    if isinstance(runner, InlineChain):
+        summary["modules"] = runner.counters()
+        summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}
+        summary["mode"] = "inline"
+    else:
+        summary["modules"] = runner.counters_summary()
+        summary["tables"] = runner.tables
+        summary["mode"] = "parallel"
     summary["events"] = runner.event_count
     summary["chain"] = [cls.name for cls, _ in chain]
-    summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}
     if store is None and not keep:
         summary["store"] = None
     return summary

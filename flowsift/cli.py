@@ -185,11 +185,13 @@ def chain(
     filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR", help="BPF expression."),
     policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
+    inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
 ):
     """Run a chain of modules over a capture: the gateway writes each connection's records
     and streams, and the modules read them (byte streams, gaps, packets) and emit events.
-    Modules run in order in the gateway's process, after each batch.
+    Read-only modules each run in a worker process, in parallel, restarted if they die;
+    --inline runs them in order in the gateway's process.
 
     \b
     Examples:
@@ -209,7 +211,7 @@ def chain(
                 _fail(f"{events}: cannot write events: {e.strerror}")
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
-                                                         on_progress=progress), as_json, print_chain)
+                                                         on_progress=progress, inline=inline), as_json, print_chain)
     finally:
         if out is not None and out is not sys.stdout:
             out.close()

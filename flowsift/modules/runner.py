@@ -21,7 +21,7 @@ def _ep(raw, port, ipver):
 
 
 class _Conn:
-    __slots__ = ("flow", "file", "next_record", "pointers", "seen")
+    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events")
 
     def __init__(self, flow, file):
         self.flow = flow
@@ -29,16 +29,23 @@ class _Conn:
         self.next_record = 0
         self.pointers = {}       # (module index, direction) -> StreamPointer
         self.seen = {}           # (module index, direction) -> (position, available) at the last on_data
+        self.events = []         # event lines held until the connection is done (worker mode)
 
 
 class InlineChain:
     """Modules of a chain, called in order for each connection, in one process."""
 
-    def __init__(self, chain, store, events=None, strict=False):
+    def __init__(self, chain, store, events=None, strict=False, path_of=None, on_done=None, hold_events=False):
+        """`store`: the gateway's RecordStore (inline), or None with `path_of(conn)` giving record
+        file paths and `on_done(conn, records, events)` told when a connection is finished (a worker
+        process; with `hold_events`, a connection's events are handed to on_done, not written)."""
         from flowsift.modules.base import Flow
         self._Flow = Flow
         self.modules = [cls(config) for cls, config in chain]
         self.store = store
+        self.path_of = path_of or store.path
+        self.on_done = on_done
+        self.hold_events = hold_events
         self.events = events
         self.strict = strict
         self.errors = {}
@@ -46,24 +53,31 @@ class InlineChain:
         self.conns = {}
         for i, m in enumerate(self.modules):
             m._emit = self._on_emit
-            store.register_module(i)
+            if store is not None:
+                store.register_module(i)
         self.by_hook = {h: [(i, m) for i, m in enumerate(self.modules) if callable(getattr(m, h, None))]
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
                           if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
         self._current = None
+        self._closing = None
 
     # --- events and failures ---
     def _on_emit(self, module, kind, fields):
         self.event_count += 1
-        if self.events is None:
+        if self.events is None and not self.hold_events:
             return
         flow = self._current
         line = {"ts": flow.last_ts / 1e9 if flow else None, "module": module.name, "kind": kind}
         if flow is not None:
             line.update(flow.key())
         line.update(fields)
-        self.events.write(json.dumps(line, default=str) + "\n")
+        text = json.dumps(line, default=str) + "\n"
+        holder = (self.conns.get(flow.conn) or self._closing) if (self.hold_events and flow is not None) else None
+        if holder is not None:
+            holder.events.append(text)
+        elif self.events is not None:
+            self.events.write(text)
 
     def _call(self, m, hook, *args):
         try:
@@ -86,7 +100,7 @@ class InlineChain:
             self._close(conn)
 
     def _open(self, conn):
-        rf = RecordFile(self.store.path(conn))
+        rf = RecordFile(self.path_of(conn))
         h = rf.header
         flow = self._Flow(conn, {6: "tcp", 17: "udp"}.get(h["proto"], str(h["proto"])),
                           _ep(h["client_addr"], h["client_port"], h["ipver"]),
@@ -146,13 +160,18 @@ class InlineChain:
         h = c.file.refresh()
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
         self._current = c.flow
+        self._closing = c
         for _, m in self.by_hook["on_close"]:
             self._call(m, "on_close", c.flow, reason)
         c.flow.state.clear()
         records = h["records"]
         c.file.close()
-        for i in range(len(self.modules)):
-            self.store.module_done(conn, i, records)
+        self._closing = None
+        if self.on_done is not None:
+            self.on_done(conn, records, c.events)
+        else:
+            for i in range(len(self.modules)):
+                self.store.module_done(conn, i, records)
 
     def finish(self):
         for conn in list(self.conns):

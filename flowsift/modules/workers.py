@@ -1,0 +1,181 @@
+"""Read-only modules in worker processes, in parallel (FlowOS), restarted if they die (SIFT).
+
+The gateway process sends each worker, after every batch, the connections that changed and
+those that ended. A worker runs its module over the record files (read-only) and reports each
+finished connection with the records it covered, the events it emitted and its counter
+increments; only then does the gateway set the module's bit in those records and write the
+events. A worker that dies (even by SIGKILL) is started again and told which connections it has
+not finished: it reads them again from their first record (its bit is not set in them), so no
+record is lost and none is counted twice, and events of unfinished connections, which were held
+back, are written once.
+"""
+import json
+import multiprocessing as mp
+import os
+import sys
+
+from flowsift.modules.base import ModuleError
+from flowsift.modules.loader import parse_chain
+from flowsift.modules.runner import InlineChain
+
+
+def _worker(spec, index, store_dir, conn, strict):
+    from flowsift.streams._store import RecordStore  # noqa: F401  (imports the compiled parts once)
+    cls, config = parse_chain(spec)[index]
+    deltas = {}
+
+    def path_of(c):
+        return os.path.join(store_dir, f"c{c:08d}.rec")
+
+    def on_done(c, records, events):
+        conn.send(("done", c, records, events, deltas.pop(c, {})))
+
+    runner = InlineChain([(cls, config)], None, events=None, strict=strict, path_of=path_of,
+                         on_done=on_done, hold_events=True)
+    module = runner.modules[0]
+    counting = module.count
+
+    def count(name, n=1, _c=counting):
+        # counters are reported per connection with its "done", so a restart cannot count twice
+        cur = runner._current.conn if runner._current is not None else None
+        if cur is not None:
+            d = deltas.setdefault(cur, {})
+            d[name] = d.get(name, 0) + n
+        _c(name, n)
+    module.count = count
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "batch":
+                runner.process(msg[1], msg[2])
+            elif msg[0] == "resume":
+                runner.process(msg[1], msg[2])
+            elif msg[0] == "finish":
+                runner.finish()
+                conn.send(("bye", runner.errors.get(module.name, 0), deltas.pop(None, {}), module.summary()))
+                return
+    except ModuleError as e:
+        conn.send(("fatal", str(e)))
+    except (EOFError, BrokenPipeError):
+        pass
+
+
+class _Worker:
+    def __init__(self, owner, index):
+        self.owner = owner
+        self.index = index
+        self.name = owner.names[index]
+        self.done = set()                # connections this worker finished
+        self.restarts = 0
+        self.bye = None
+        self.start()
+
+    def start(self):
+        parent, child = self.owner.ctx.Pipe()
+        self.conn = parent
+        self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.index, self.owner.store_dir,
+                                                                  child, self.owner.strict), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def send(self, msg):
+        try:
+            self.conn.send(msg)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+
+class ParallelChain:
+    """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
+
+    def __init__(self, spec, chain, store, events=None, strict=False):
+        self.spec = spec
+        self.store = store
+        self.store_dir = store.directory
+        self.events = events
+        self.strict = strict
+        self.names = [cls.name for cls, _ in chain]
+        self.modules = [cls(config) for cls, config in chain]     # for summaries and tables
+        for i in range(len(chain)):
+            store.register_module(i)
+        self.ctx = mp.get_context("fork")
+        self.open_conns = set()          # connections seen and not yet finished by every worker
+        self.closed_conns = set()        # ... of which the gateway has ended these
+        self.tables = {}
+        self.event_count = 0
+        self.errors = {}
+        self.counters = [dict() for _ in chain]
+        self.workers = [_Worker(self, i) for i in range(len(chain))]
+
+    def _apply(self, w, msg):
+        kind = msg[0]
+        if kind == "done":
+            _, conn, records, events, delta = msg
+            if conn in w.done:
+                return
+            w.done.add(conn)
+            self.store.module_done(conn, w.index, records)
+            if all(conn in x.done for x in self.workers):
+                # finished by every module: forget it (memory stays bounded by open connections)
+                self.open_conns.discard(conn)
+                self.closed_conns.discard(conn)
+                for x in self.workers:
+                    x.done.discard(conn)
+            for line in events:
+                if self.events is not None:
+                    self.events.write(line)
+                self.event_count += 1
+            for k, v in delta.items():
+                self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
+        elif kind == "bye":
+            w.bye = msg
+            self.errors[w.name] = msg[1]
+            if msg[3]:
+                self.tables[w.name] = msg[3]
+            for k, v in msg[2].items():
+                self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
+        elif kind == "fatal":
+            raise ModuleError(msg[1])
+
+    def _drain(self, w, block=False):
+        while True:
+            try:
+                if not block and not w.conn.poll():
+                    return True
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                return False
+            self._apply(w, msg)
+            if block and msg[0] in ("bye", "fatal"):
+                return True
+
+    def _restart(self, w):
+        w.proc.join(timeout=1)
+        w.restarts += 1
+        if w.restarts > 100:
+            raise ModuleError(f"module {w.name}: worker died {w.restarts} times; giving up")
+        sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}); restarting it\n")
+        w.start()
+        todo = self.open_conns - w.done
+        w.send(("resume", sorted(todo - self.closed_conns), sorted(todo & self.closed_conns)))
+
+    def process(self, touched, closed):
+        self.open_conns.update(touched)
+        self.open_conns.update(closed)
+        self.closed_conns.update(closed)
+        for w in self.workers:
+            while not (self._drain(w) and w.send(("batch", touched, closed))):
+                self._restart(w)
+
+    def finish(self):
+        for w in self.workers:
+            while True:
+                if w.send(("finish",)) and self._drain(w, block=True) and w.bye is not None:
+                    break
+                self._restart(w)
+            w.proc.join(timeout=5)
+
+    def counters_summary(self):
+        return {name: dict(self.counters[i], errors=self.errors.get(name, 0), restarts=self.workers[i].restarts)
+                for i, name in enumerate(self.names)}

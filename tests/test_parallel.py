@@ -1,0 +1,82 @@
+"""Read-only modules in worker processes: same output as inline, and a worker killed with
+SIGKILL at random points is restarted without losing or repeating a record."""
+import collections
+import io
+import json
+import textwrap
+
+import pytest
+
+from flowsift.chain import run_chain
+
+KILLER = '''
+import os, signal, random
+from flowsift.modules import Module
+
+class PerRecord(Module):
+    """One event per record; kills its own process, once per marker, at a random record.
+
+    Synopsis: per_record
+    """
+    name = "per_record"
+    options = {}
+
+    def on_packet(self, flow, record):
+        self.emit("record", index=record.index, id=record.record_id)
+        self.count("records")
+        marker = os.environ.get("FLOWSIFT_KILL_MARKER")
+        if marker and not os.path.exists(marker) and random.random() < float(os.environ.get("FLOWSIFT_KILL_P", "0.01")):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_close(self, flow, reason):
+        self.emit("closed", reason=reason)
+'''
+
+
+def run(spec, capture, inline, **kw):
+    out = io.StringIO()
+    summary = run_chain(spec, str(capture), events=out, inline=inline, strict=True, **kw)
+    return [json.loads(l) for l in out.getvalue().splitlines()], summary
+
+
+def key(events):
+    return collections.Counter((e["module"], e["kind"], e["conn"], e.get("index"), e.get("id") is not None)
+                               for e in events)
+
+
+def test_parallel_gives_the_inline_output(corpus):
+    name = corpus / "http__tcpflow__jpegs.cap"
+    a, sa = run("http,tls,counter", name, inline=True)
+    b, sb = run("http,tls,counter", name, inline=False)
+    assert sa["mode"] == "inline" and sb["mode"] == "parallel"
+    strip = lambda evs: collections.Counter(json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True) for e in evs)
+    assert strip(a) == strip(b) and len(a) > 30
+    for m in ("http", "counter"):
+        assert {k: v for k, v in sa["modules"][m].items() if k != "errors"} == \
+               {k: v for k, v in sb["modules"][m].items() if k not in ("errors", "restarts")}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_killed_worker_is_restarted_nothing_lost_nothing_twice(tmp_path, corpus, monkeypatch, seed):
+    module = tmp_path / "per_record.py"
+    module.write_text(textwrap.dedent(KILLER))
+    name = corpus / "http__zeek__bro.org.pcap"
+    reference, ref_summary = run(f"{module},counter", name, inline=True)
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / f"killed-{seed}"))
+    monkeypatch.setenv("FLOWSIFT_KILL_P", str(0.002 * (seed + 1)))
+    import random
+    random.seed(seed)
+    got, summary = run(f"{module},counter", name, inline=False, store=tmp_path / "store", keep=True)
+    assert (tmp_path / f"killed-{seed}").exists(), "the worker was not killed: nothing was tested"
+    assert summary["modules"]["per_record"]["restarts"] >= 1
+    per_record = [e for e in got if e["module"] == "per_record" and e["kind"] == "record"]
+    # every record exactly once, as in an undisturbed run
+    assert key(got) == key(reference)
+    assert len(per_record) == len({(e["conn"], e["index"]) for e in per_record}) == summary["records"]
+    assert summary["modules"]["per_record"]["records"] == ref_summary["modules"]["per_record"]["records"]
+    # and the gateway recorded both modules' bits in every record
+    from flowsift.streams import RecordFile, store_files
+    for path in store_files(tmp_path / "store"):
+        with RecordFile(path) as rf:
+            assert all(r.modules == 0b11 for r in rf.records())
