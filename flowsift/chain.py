@@ -1,4 +1,5 @@
 """`flowsift chain`: the gateway and a chain of modules over one source."""
+import os
 import shutil
 import sys
 
@@ -8,21 +9,32 @@ from flowsift.modules.runner import InlineChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
-              strict=False, on_progress=None, inline=False):
+              strict=False, on_progress=None, inline=False, write=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
-    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression)
-    if inline or not all(cls.read_only() for cls, _ in chain):
-        # writing modules have no verified write-back yet: they run in the gateway's process
-        runner = InlineChain(chain, g.store, events=events, strict=strict)
+    # egress rereads stream bytes after the run: nothing may be given back before it is written
+    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression)
+    editor = None
+    if write is not None or not all(cls.read_only() for cls, _ in chain):
+        from flowsift.modules.edits import Editor
+        editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
+    if inline or editor is not None:
+        # writing modules run in the gateway's process, which verifies and merges their edits
+        runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor)
     else:
         from flowsift.modules.workers import ParallelChain
         runner = ParallelChain(spec, chain, g.store, events=events, strict=strict)
     try:
         summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process)
         runner.finish()
+        if editor is not None:
+            editor.log.close()
+            summary["edits"] = editor.counters()
+        if write is not None:
+            from flowsift.egress import write_egress
+            summary["egress"] = dict(write_egress(source, write, editor, g.store), file=str(write))
     finally:
         if store is None and not keep:
             shutil.rmtree(g.store_dir, ignore_errors=True)

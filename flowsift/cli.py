@@ -186,6 +186,8 @@ def chain(
     policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
+    write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
+                                        help="Write the chain's output: edited packets, dropped ones left out."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
 ):
     """Run a chain of modules over a capture: the gateway writes each connection's records
@@ -211,7 +213,8 @@ def chain(
                 _fail(f"{events}: cannot write events: {e.strerror}")
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
-                                                         on_progress=progress, inline=inline), as_json, print_chain)
+                                                         on_progress=progress, inline=inline, write=write),
+             as_json, print_chain)
     finally:
         if out is not None and out is not sys.stdout:
             out.close()

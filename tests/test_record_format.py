@@ -14,7 +14,7 @@ HEADER_FIELDS = {   # from docs/record-format.md, not from flowsift
     "records_off": ("Q", 96), "gaps_off": ("Q", 104), "data_off0": ("Q", 112), "data_off1": ("Q", 120),
     "origin0": ("q", 128), "origin1": ("q", 136), "end0": ("q", 144), "end1": ("q", 152),
 }
-RECORD = struct.Struct("<QqQqIIIIHBBHBBHHI16s16sI28x")
+RECORD = struct.Struct("<QqQqIIIIHBBHBBHHI16s16sI4xQ16x")
 GAP = struct.Struct("<BB6xQqq")
 
 

@@ -68,7 +68,8 @@ class Option:
 
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
-    __slots__ = ("conn", "proto", "client", "server", "state", "first_ts", "last_ts", "dropped", "_file")
+    __slots__ = ("conn", "proto", "client", "server", "state", "first_ts", "last_ts", "dropped", "_file", "_editor",
+                 "_module")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -80,10 +81,23 @@ class Flow:
         self.last_ts = first_ts
         self.dropped = set()          # record indexes a module asked to drop
         self._file = None
+        self._editor = None           # the gateway's Editor, for writing modules
+        self._module = None           # the module whose hook is running
 
     def drop(self, record):
-        """Verdict: do not forward this packet (record) on egress."""
+        """Verdict: do not forward this packet (record) on egress (-w)."""
         self.dropped.add(record.index)
+        if self._editor is not None:
+            self._editor.drop(record)
+
+    def edit(self, record, **fields):
+        """Ask the gateway to change header fields of a packet (record), e.g.
+        edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
+        module's `writes`. Returns an Edit: accepted, or rejected with its reason."""
+        if self._editor is None:
+            from flowsift.modules.edits import Edit
+            return Edit(False, "edits need a chain run by the gateway")
+        return self._editor.edit(self._module, self, record, fields)
 
     def key(self):
         return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}

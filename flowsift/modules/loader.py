@@ -14,6 +14,8 @@ BUILTINS = {
     "http": "flowsift.modules.builtin.http:Http",
     "dns": "flowsift.modules.builtin.dns:Dns",
     "strsearch": "flowsift.modules.builtin.strsearch:StrSearch",
+    "nat": "flowsift.modules.builtin.nat:Nat",
+    "redact": "flowsift.modules.builtin.redact:Redact",
 }
 
 

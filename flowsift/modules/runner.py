@@ -35,7 +35,8 @@ class _Conn:
 class InlineChain:
     """Modules of a chain, called in order for each connection, in one process."""
 
-    def __init__(self, chain, store, events=None, strict=False, path_of=None, on_done=None, hold_events=False):
+    def __init__(self, chain, store, events=None, strict=False, path_of=None, on_done=None, hold_events=False,
+                 editor=None):
         """`store`: the gateway's RecordStore (inline), or None with `path_of(conn)` giving record
         file paths and `on_done(conn, records, events)` told when a connection is finished (a worker
         process; with `hold_events`, a connection's events are handed to on_done, not written)."""
@@ -46,6 +47,7 @@ class InlineChain:
         self.path_of = path_of or store.path
         self.on_done = on_done
         self.hold_events = hold_events
+        self.editor = editor
         self.events = events
         self.strict = strict
         self.errors = {}
@@ -80,6 +82,8 @@ class InlineChain:
             self.events.write(text)
 
     def _call(self, m, hook, *args):
+        if self._current is not None:
+            self._current._module = m
         try:
             getattr(m, hook)(*args)
         except Exception as e:
@@ -106,6 +110,7 @@ class InlineChain:
                           _ep(h["client_addr"], h["client_port"], h["ipver"]),
                           _ep(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
         flow._file = rf
+        flow._editor = self.editor
         c = self.conns[conn] = _Conn(flow, rf)
         self._current = flow
         for _, m in self.by_hook["on_open"]:
@@ -130,7 +135,12 @@ class InlineChain:
     def _stream(self, c, i, m, d):
         sp = c.pointers.get((i, d))
         if sp is None:
-            sp = c.pointers[(i, d)] = StreamPointer(c.file, d)
+            if self.editor is not None and m.writes:
+                from flowsift.modules.edits import EditableStream
+                sp = EditableStream(c.file, d, self.editor, c.flow, m)
+            else:
+                sp = StreamPointer(c.file, d)
+            c.pointers[(i, d)] = sp
         else:
             sp.refresh()
         has_data = callable(getattr(m, "on_data", None))

@@ -136,7 +136,9 @@ ctypedef struct rec_t:
     uint8_t src[16]
     uint8_t dst[16]
     uint32_t wirelen
-    uint8_t _pad[28]
+    uint32_t _pad0
+    uint64_t frame_pos
+    uint8_t _pad[16]
 
 ctypedef struct gap_t:
     uint8_t dir
@@ -552,6 +554,7 @@ cdef class RecordStore(Sink):
         r.dport = p.dport
         r.caplen = p.caplen
         r.wirelen = p.wirelen
+        r.frame_pos = p.rec_pos
         memcpy(r.src, p.src, 16)
         memcpy(r.dst, p.dst, 16)
         self._write(h, W_RECORDS, RECORDS_OFF + <int64_t>st.records * RECORD_SIZE, <const uint8_t*>&r, RECORD_SIZE)
@@ -604,6 +607,15 @@ cdef class RecordStore(Sink):
             # pwrites are ordered: the records and bytes written before are in the file first
             self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
         return 0
+
+    def write_data(self, uint32_t conn, int d, int64_t offset, bytes data):
+        """Merge a verified payload edit: the gateway, the only writer, overwrites stream bytes in
+        place (same length), so every later reader sees the merged bytes."""
+        cdef cstate_t* st = self._state(conn)
+        if not st.exists:
+            raise KeyError(conn)
+        h = self._handle(conn, False)
+        self._write(h, W_DATA0 + (d & 1), (DATA1_OFF if d else DATA0_OFF) + offset, <const uint8_t*><char*>data, len(data))
 
     # --- modules, acknowledgements, reclaiming ------------------------------------------------
 

@@ -94,8 +94,9 @@ RECORD_FIELDS = [
     ("src", "16s", 64),
     ("dst", "16s", 80),
     ("wirelen", "I", 96),
+    ("frame_pos", "Q", 104),          # where the frame is in its source (byte offset of the pcap record)
 ]
-RECORD_STRUCT = struct.Struct("<QqQqIIIIHBBHBBHHI16s16sI28x")
+RECORD_STRUCT = struct.Struct("<QqQqIIIIHBBHBBHHI16s16sI4xQ16x")
 assert RECORD_STRUCT.size == RECORD_SIZE
 
 # record rflags (what reassembly made of the segment)

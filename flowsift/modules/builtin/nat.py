@@ -1,0 +1,60 @@
+import ipaddress
+
+from flowsift.modules.base import Module, ModuleError, Option
+
+
+def _endpoint(text, what):
+    host, _, port = text.rpartition(":") if text.count(":") == 1 or text.startswith("[") else (text, "", "")
+    host = host.strip("[]") or text
+    try:
+        addr = ipaddress.ip_address(host)
+        return addr, int(port) if port else None
+    except ValueError:
+        raise ModuleError(f"module nat: {what}={text!r} is not ip or ip:port") from None
+
+
+class Nat(Module):
+    """Rewrites a server's address and port: the destination of client-to-server packets and
+    the source of the answers (a destination NAT). Edits are verified by the gateway.
+
+    Synopsis: nat(to=IP[:PORT], match=IP[:PORT])
+    Reads: packets (records)
+    Writes: ip.src, ip.dst, tcp.sport, tcp.dport, udp.sport, udp.dport
+    Options: to (str) the new server address, optionally with a port
+             match (str) only flows to this server (ip or ip:port); default: every flow
+    Counters: rewritten, rejected, flows
+    Example: flowsift chain "nat(to=10.0.0.2:8080,match=93.184.216.34:80)" in.pcap -w out.pcap
+    """
+    name = "nat"
+    writes = frozenset({"ip.src", "ip.dst", "tcp.sport", "tcp.dport", "udp.sport", "udp.dport"})
+    options = {"to": Option(str, "", "new server ip[:port]"), "match": Option(str, "", "server ip[:port] to rewrite")}
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if not self.config.get("to"):
+            raise ModuleError("module nat: option to=IP[:PORT] is required")
+        self.to_ip, self.to_port = _endpoint(self.config["to"], "to")
+        self.match = _endpoint(self.config["match"], "match") if self.config.get("match") else None
+
+    def on_open(self, flow):
+        host, _, port = flow.server.rpartition(":")
+        addr = ipaddress.ip_address(host.strip("[]"))
+        ok = self.match is None or (addr == self.match[0] and (self.match[1] is None or self.match[1] == int(port)))
+        flow.state["nat"] = ok and addr.version == self.to_ip.version
+        if flow.state["nat"]:
+            self.count("flows")
+
+    def on_packet(self, flow, record):
+        if not flow.state.get("nat"):
+            return
+        proto = "tcp" if record.proto == 6 else "udp"
+        if record.dir == 0:
+            fields = {"ip_dst": str(self.to_ip)}
+            if self.to_port is not None:
+                fields[f"{proto}_dport"] = self.to_port
+        else:
+            fields = {"ip_src": str(self.to_ip)}
+            if self.to_port is not None:
+                fields[f"{proto}_sport"] = self.to_port
+        result = flow.edit(record, **fields)
+        self.count("rewritten" if result else "rejected")

@@ -1,0 +1,126 @@
+"""Verified write-back: modules ask, the gateway decides (SIFT).
+
+An edit names a record and a field the module declared in `writes` (`ip.src`, `ip.dst`,
+`ip.ttl`, `tcp.sport`, `tcp.dport`, `udp.sport`, `udp.dport`), or a same-length range of stream
+bytes (`payload`). The gateway checks the declaration and the value, merges it (header fields
+into the edit table that egress applies; stream bytes into the record file, where every later
+reader sees them), logs it (module, record, field, old, new), and counts it. A rejected edit is
+counted and its reason returned to the module.
+"""
+import collections
+import ipaddress
+import json
+
+from flowsift.streams._pointer import StreamPointer
+
+# keyword of flow.edit() -> the name a module declares in `writes`
+FIELDS = {"ip_src": "ip.src", "ip_dst": "ip.dst", "ip_ttl": "ip.ttl", "tcp_sport": "tcp.sport",
+          "tcp_dport": "tcp.dport", "udp_sport": "udp.sport", "udp_dport": "udp.dport"}
+
+
+class Edit(collections.namedtuple("Edit", "accepted reason")):
+    """What the gateway said to an edit: accepted, or rejected with a reason."""
+    __slots__ = ()
+
+    def __bool__(self):
+        return self.accepted
+
+
+class Editor:
+    def __init__(self, store, log=None):
+        self.store = store
+        self.log = log                    # a text file for edit log lines, or None
+        self.headers = {}                 # frame_pos -> {keyword: value}
+        self.dropped = set()              # frame_pos of packets not to forward
+        self.payload_dirs = set()         # (conn, dir) whose stream bytes were edited
+        self.accepted = collections.Counter()
+        self.rejected = collections.Counter()
+
+    def _reject(self, module, reason):
+        self.rejected[f"{module.name}: {reason}"] += 1
+        return Edit(False, reason)
+
+    def _log(self, module, conn, record_id, field, old, new):
+        self.accepted[module.name] += 1
+        if self.log is not None:
+            self.log.write(json.dumps({"module": module.name, "conn": conn, "record": record_id, "field": field,
+                                       "old": old, "new": new}) + "\n")
+
+    def edit(self, module, flow, record, fields):
+        checked = {}
+        for key, value in fields.items():
+            name = FIELDS.get(key)
+            if name is None:
+                return self._reject(module, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
+            if name not in module.writes:
+                return self._reject(module, f"{name} is not declared in writes")
+            if name.startswith(("tcp.", "udp.")) and name[:3] != {6: "tcp", 17: "udp"}.get(record.proto):
+                return self._reject(module, f"{name} on a {'tcp' if record.proto == 6 else 'udp'} packet")
+            if name in ("ip.src", "ip.dst"):
+                try:
+                    addr = ipaddress.ip_address(value)
+                except ValueError:
+                    return self._reject(module, f"{name}={value!r} is not an IP address")
+                if addr.version != record.ipver:
+                    return self._reject(module, f"{name}={value} is IPv{addr.version} on an IPv{record.ipver} packet")
+                checked[key] = addr
+            else:
+                limit = 255 if name == "ip.ttl" else 65535
+                if not isinstance(value, int) or not 0 <= value <= limit:
+                    return self._reject(module, f"{name}={value!r} is not an integer in 0..{limit}")
+                checked[key] = value
+        merged = self.headers.setdefault(record.frame_pos, {})
+        for key, value in checked.items():
+            old = merged.get(key, _original(record, key))
+            merged[key] = value
+            self._log(module, flow.conn, record.record_id, FIELDS[key], str(old), str(value))
+        return Edit(True, None)
+
+    def replace(self, module, flow, stream, offset, new):
+        new = bytes(new)
+        if "payload" not in module.writes:
+            return self._reject(module, "payload is not declared in writes")
+        if not new:
+            return self._reject(module, "an empty replacement")
+        start, end = stream._retained()
+        if offset < start or offset + len(new) > end:
+            return self._reject(module, f"range {offset}+{len(new)} outside the stream's bytes [{start}, {end})")
+        for g in stream.file.gaps(stream.direction):
+            if offset < g.offset + g.length and g.offset < offset + len(new):
+                return self._reject(module, f"range {offset}+{len(new)} crosses a gap at {g.offset}")
+        old = stream.file.data(stream.direction, offset, len(new))
+        self.store.write_data(flow.conn, stream.direction, offset, new)
+        self.payload_dirs.add((flow.conn, stream.direction))
+        self._log(module, flow.conn, None, f"payload[{stream.direction}]@{offset}", old.hex(), new.hex())
+        return Edit(True, None)
+
+    def drop(self, record):
+        self.dropped.add(record.frame_pos)
+
+    def counters(self):
+        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "dropped": len(self.dropped)}
+
+
+def _original(record, key):
+    if key in ("ip_src", "ip_dst"):
+        raw = record.src if key == "ip_src" else record.dst
+        return ipaddress.ip_address(raw[:4] if record.ipver == 4 else raw)
+    return {"ip_ttl": None, "tcp_sport": record.sport, "udp_sport": record.sport,
+            "tcp_dport": record.dport, "udp_dport": record.dport}[key]
+
+
+class EditableStream(StreamPointer):
+    """The stream pointer a writing module gets: it can also ask for same-length replacements."""
+
+    def __init__(self, file, direction, editor, flow, module):
+        super().__init__(file, direction)
+        self._editor, self._flow, self._module = editor, flow, module
+
+    def _retained(self):
+        h = self.file.refresh()
+        return max(0, h[f"reclaimed{self.direction}"]), h[f"end{self.direction}"]
+
+    def replace(self, offset, new_bytes):
+        """Ask the gateway to replace stream bytes [offset, offset+len) with `new_bytes` (same
+        length). Returns an Edit: accepted, or rejected with its reason."""
+        return self._editor.replace(self._module, self._flow, self, offset, new_bytes)

@@ -1,0 +1,99 @@
+"""Verified write-back: NAT and redact through the gateway, written out with -w and read again."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import require, run_cli
+from flowsift.io import open_capture
+from flowsift.modules import ModuleError
+from flowsift.testing import run_module, segments_capture
+
+
+def frames(path):
+    out = []
+    for b in open_capture(path).batches():
+        out.extend(b.frame(i) for i in range(len(b)))
+    return out
+
+
+def test_nat_and_redact_round_trip(tmp_path, corpus):
+    src = corpus / "http__zeek__get.pcap"
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", "nat(to=10.0.0.2:8080),redact(pattern=Wget/[0-9.]+)", src, "-w", out, "--json",
+                  "--events", tmp_path / "ev.jsonl")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["edits"]["rejected"] == {} and summary["egress"]["edited"] > 0
+    tshark = require("tshark")
+    rows = subprocess.run([tshark, "-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-r", str(out),
+                           "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "tcp.srcport", "-e", "tcp.dstport",
+                           "-e", "ip.checksum.status", "-e", "tcp.checksum.status"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    before, after = frames(src), frames(out)
+    assert len(before) == len(after) == len(rows)
+    edited = 0
+    for row, old, new in zip(rows, before, after):
+        ip_src, ip_dst, sport, dport, ipsum, tcpsum = row.split("\t")
+        if old == new:
+            continue                                   # untouched frames are byte-identical
+        edited += 1
+        assert "10.0.0.2" in (ip_src, ip_dst) and "8080" in (sport, dport)
+        assert ipsum == "1" and tcpsum == "1"          # checksums valid per tshark
+        assert len(old) == len(new)
+    assert edited == summary["egress"]["edited"]
+    ua = subprocess.run([tshark, "-r", str(out), "-Y", "http.request", "-T", "fields", "-e", "http.user_agent"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+    assert ua == "XXXXXXXXX (darwin12.2.0)"            # "Wget/1.14" masked, same length
+
+
+def test_undeclared_and_invalid_edits_are_rejected_with_a_reason(tmp_path):
+    cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
+    mod = tmp_path / "m.py"
+    mod.write_text('''
+from flowsift.modules import Module
+
+class Sneaky(Module):
+    """Tries edits it may and may not make.
+
+    Synopsis: sneaky
+    """
+    name = "sneaky"
+    writes = {"ip.dst", "payload"}
+
+    def on_packet(self, flow, record):
+        for fields in ({"tcp_dport": 1}, {"ip_dst": "2001:db8::1"}, {"ip_dst": "300.1.1.1"}, {"ip_dst": "10.9.9.9"}):
+            r = flow.edit(record, **fields)
+            self.emit("edit", fields=str(fields), accepted=r.accepted, reason=r.reason)
+
+    def on_data(self, flow, stream):
+        r = stream.replace(stream.tell() + 10**6, b"x")
+        self.emit("replace", accepted=r.accepted, reason=r.reason)
+        stream.read()
+''')
+    res = run_module(str(mod), cap)
+    edits = res.of_kind("edit")
+    reasons = {e["fields"]: (e["accepted"], e["reason"]) for e in edits}
+    assert reasons["{'tcp_dport': 1}"] == (False, "tcp.dport is not declared in writes")
+    assert reasons["{'ip_dst': '2001:db8::1'}"][1] == "ip.dst=2001:db8::1 is IPv6 on an IPv4 packet"
+    assert "not an IP address" in reasons["{'ip_dst': '300.1.1.1'}"][1]
+    assert reasons["{'ip_dst': '10.9.9.9'}"] == (True, None)
+    assert all(not e["accepted"] and "outside the stream" in e["reason"] for e in res.of_kind("replace"))
+    rejected = res.summary["edits"]["rejected"]
+    assert sum(rejected.values()) == 3 * len([e for e in edits if e["fields"] == "{'tcp_dport': 1}"]) + len(res.of_kind("replace"))
+
+
+def test_downstream_modules_see_merged_bytes(tmp_path):
+    cap = segments_capture(tmp_path, client=[b"user=alice&password=hunter2&x=1"], server=[b"ok"])
+    res = run_module("redact(pattern=password=[^&]*),strsearch(patterns=inline:hunter2|XXXX)", cap)
+    patterns = {e["pattern"] for e in res.of_kind("match")}
+    assert patterns == {"XXXX"}                       # strsearch, after redact, never sees the secret
+
+
+@pytest.mark.parametrize("spec,needle", [("nat", "to=IP[:PORT] is required"), ("redact", "pattern=REGEX is required"),
+                                         ("redact(pattern=[)", "bad pattern")])
+def test_writing_modules_check_their_options(spec, needle):
+    from flowsift.modules import parse_chain
+    chain = parse_chain(spec)
+    with pytest.raises(ModuleError, match=needle.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        chain[0][0](chain[0][1])
