@@ -102,6 +102,13 @@ class Flow:
     def key(self):
         return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
 
+    def records(self):
+        """Every record of the connection so far, as a numpy structured array (columns: dir,
+        payload_len, rflags, ts_ns, ...): for modules that want totals without a call per packet."""
+        if self._file is None:
+            raise ModuleError("records need a flow backed by a record file")
+        return self._file.record_array()
+
     def payload(self, record):
         """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the
         delivered bytes at its offset). Empty when the flow is not backed by a record file."""

@@ -130,9 +130,9 @@ class InlineChain:
         c.next_record = h["records"]
         for i, m in self.streaming:
             for d in (0, 1):
-                self._stream(c, i, m, d)
+                self._stream(c, i, m, d, h)
 
-    def _stream(self, c, i, m, d):
+    def _stream(self, c, i, m, d, h):
         sp = c.pointers.get((i, d))
         if sp is None:
             if self.editor is not None and m.writes:
@@ -142,7 +142,7 @@ class InlineChain:
                 sp = StreamPointer(c.file, d)
             c.pointers[(i, d)] = sp
         else:
-            sp.refresh()
+            sp.refresh(h)
         has_data = callable(getattr(m, "on_data", None))
         has_gap = callable(getattr(m, "on_gap", None))
         while True:

@@ -50,9 +50,10 @@ cdef class StreamPointer:
         self.refresh()
         self.pos = self.start
 
-    def refresh(self):
-        """Learn what the gateway published since; returns True if the stream grew."""
-        h = self.file.refresh()
+    def refresh(self, header=None):
+        """Learn what the gateway published since; returns True if the stream grew. `header`:
+        the file's header just read by the caller (saves reading it again)."""
+        h = header if header is not None else self.file.refresh()
         old = self.end
         self.end = h[f"end{self.direction}"]
         self.start = max(0, h[f"reclaimed{self.direction}"])

@@ -10,6 +10,7 @@ byte's position never changes (reclaimed space is punched out, offsets stay vali
     DATA_OFF[0]  client-to-server bytes, at DATA_OFF[0] + stream offset
     DATA_OFF[1]  server-to-client bytes, at DATA_OFF[1] + stream offset
 """
+import functools
 import struct
 
 MAGIC = b"FSRECORD"
@@ -69,9 +70,24 @@ HEADER_FIELDS = [
 ]
 
 
+def _header_struct():
+    fmt, pos = "<", 0
+    for _, code, off in sorted(HEADER_FIELDS, key=lambda f: f[2]):
+        if off > pos:
+            fmt += f"{off - pos}x"
+        fmt += code
+        pos = off + struct.calcsize("<" + code)
+    return struct.Struct(fmt)
+
+
+# every header field in one unpack: readers poll headers often
+HEADER_STRUCT = _header_struct()
+_HEADER_NAMES = [name for name, _, _ in sorted(HEADER_FIELDS, key=lambda f: f[2])]
+
+
 def parse_header(buf):
     """The header fields of a record file, from its first HEADER_SIZE bytes."""
-    return {name: struct.unpack_from("<" + code, buf, off)[0] for name, code, off in HEADER_FIELDS}
+    return dict(zip(_HEADER_NAMES, HEADER_STRUCT.unpack_from(buf)))
 
 RECORD_FIELDS = [
     ("record_id", "Q", 0),            # first_record_id + index, modulo 2^64
@@ -115,3 +131,13 @@ assert GAP_STRUCT.size == GAP_SIZE
 
 CLOSE_NAMES = {0: None, 1: "fin", 2: "rst", 3: "timeout", 4: "evicted", 5: "eof"}
 GAP_REASONS = {1: "acked", 2: "closed", 3: "memcap", 4: "snaplen", 5: "trailing"}
+
+
+@functools.lru_cache(maxsize=1)
+def record_dtype():
+    """numpy dtype of a record (for reading many records at once without a loop)."""
+    import numpy as np
+    return np.dtype({"names": [n for n, _, _ in RECORD_FIELDS],
+                     "formats": ["<u8", "<i8", "<u8", "<i8", "<u4", "<u4", "<u4", "<u4", "<u2", "u1", "u1", "<u2",
+                                 "u1", "u1", "<u2", "<u2", "<u4", "S16", "S16", "<u4", "<u8"],
+                     "offsets": [off for _, _, off in RECORD_FIELDS], "itemsize": RECORD_SIZE})

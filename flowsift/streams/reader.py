@@ -37,6 +37,7 @@ class RecordFile:
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
         self._hdr = mmap.mmap(self._fd, F.HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
         self._maps = {}
+        self._size = None
         h = self.refresh()
         if h["magic"] != F.MAGIC:
             self.close()
@@ -50,7 +51,10 @@ class RecordFile:
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
         h = F.parse_header(self._hdr)
-        size = os.fstat(self._fd).st_size
+        if self._size is None or self._size < F.FILE_SIZE:
+            # a record file keeps its full (sparse) size; only a cut one is measured again
+            self._size = os.fstat(self._fd).st_size
+        size = self._size
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
             fit = lambda off, unit: max(0, (size - off) // unit)
@@ -87,6 +91,15 @@ class RecordFile:
             rec = dict(zip([n for n, _, _ in F.RECORD_FIELDS], fields))
             yield Record(**rec, index=i, stream_offset=rec["seq_offset"] - origin[rec["dir"]]
                          if rec["proto"] == 6 else rec["seq_offset"])
+
+    def record_array(self, start=0, stop=None):
+        """Published records [start, stop) as a numpy structured array viewing the mapping."""
+        import numpy as np
+        h = self.header
+        stop = h["records"] if stop is None else min(stop, h["records"])
+        n = max(0, stop - start)
+        view = self._region(h["records_off"] + start * F.RECORD_SIZE, n * F.RECORD_SIZE)
+        return np.frombuffer(view, dtype=F.record_dtype(), count=n)
 
     def gaps(self, direction=None):
         h = self.header
