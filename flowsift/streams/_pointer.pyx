@@ -7,8 +7,11 @@ The hot loops (find, read_until) run memmem over the mapping.
 """
 import mmap as _mmap
 
+from cpython.buffer cimport PyBuffer_FillInfo
+from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint8_t
-from libc.string cimport memchr
+from libc.string cimport memchr, strerror
+from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
 
 from flowsift.reassembly.events import Gap
 from flowsift.streams import format as F
@@ -20,6 +23,34 @@ cdef extern from "string.h" nogil:
 # Virtual size of one mapping of a direction's data: no page is touched until read, so a big
 # window costs address space only, and the stream rarely outgrows it.
 DEF MAP_WINDOW = 1073741824
+
+
+cdef class Mapping:
+    """A read-only shared mapping of part of a file, usable as a buffer (memoryview), that does
+    not duplicate the descriptor (Python's mmap does: thousands of open streams would cost
+    thousands of descriptors)."""
+    cdef void* addr
+    cdef readonly Py_ssize_t length
+
+    def __cinit__(self, int fd, Py_ssize_t length, long long offset):
+        self.addr = mmap(NULL, length, PROT_READ, MAP_SHARED, fd, offset)
+        if self.addr == MAP_FAILED:
+            self.addr = NULL
+            raise OSError(errno, strerror(errno).decode())
+        self.length = length
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, self.addr, self.length, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __len__(self):
+        return self.length
+
+    def __dealloc__(self):
+        if self.addr != NULL:
+            munmap(self.addr, self.length)
 
 
 cdef class StreamPointer:
@@ -122,7 +153,7 @@ cdef class StreamPointer:
         if self._map is None or off < self.map_off or off + n > self.map_off + self.map_len:
             start = off - (off + self.data_off) % _mmap.ALLOCATIONGRANULARITY
             length = max(MAP_WINDOW, n + (off - start))
-            m = _mmap.mmap(self.file._fd, length, _mmap.MAP_SHARED, _mmap.PROT_READ, offset=self.data_off + start)
+            m = Mapping(self.file._fd, length, self.data_off + start)
             view = m
             self._map = m
             self.base = &view[0]

@@ -186,8 +186,8 @@ def _handle_budget():
             max_maps = int(f.read())
     except (OSError, ValueError):
         max_maps = 65530
-    # leave room for everything else the process maps and opens
-    return max(MIN_HANDLES, min(soft - 256, (max_maps - 8192) // 6, 8192))
+    # leave half for readers in the same process (an inline chain maps and opens files too)
+    return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 12, 8192))
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:

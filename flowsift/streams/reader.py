@@ -35,7 +35,9 @@ class RecordFile:
         if size < F.HEADER_SIZE:
             os.close(self._fd)
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
-        self._hdr = mmap.mmap(self._fd, F.HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        from flowsift.streams._pointer import Mapping
+        self._Mapping = Mapping
+        self._hdr = Mapping(self._fd, F.HEADER_SIZE, 0)
         self._maps = {}
         self._size = None
         h = self.refresh()
@@ -77,7 +79,7 @@ class RecordFile:
         key = (start, offset + length - start)
         m = self._maps.get(key)
         if m is None:
-            m = mmap.mmap(self._fd, key[1], mmap.MAP_SHARED, mmap.PROT_READ, offset=start)
+            m = self._Mapping(self._fd, key[1], start)
             self._maps = {key: m}          # keep one mapping: tools walk forward
         return memoryview(m)[offset - start:offset - start + length]
 
@@ -135,12 +137,8 @@ class RecordFile:
         return bytes(self._region(h[f"data_off{direction}"] + offset, length))
 
     def close(self):
-        for m in self._maps.values():
-            m.close()
-        self._maps = {}
-        if self._hdr is not None:
-            self._hdr.close()
-            self._hdr = None
+        self._maps = {}                    # mappings go when the last view of them does
+        self._hdr = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
