@@ -24,8 +24,9 @@ class PerRecord(Module):
     def on_packet(self, flow, record):
         self.emit("record", index=record.index, id=record.record_id)
         self.count("records")
+        self.seen = getattr(self, "seen", 0) + 1
         marker = os.environ.get("FLOWSIFT_KILL_MARKER")
-        if marker and not os.path.exists(marker) and random.random() < float(os.environ.get("FLOWSIFT_KILL_P", "0.01")):
+        if marker and not os.path.exists(marker) and self.seen == int(os.environ["FLOWSIFT_KILL_AT"]):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -57,16 +58,14 @@ def test_parallel_gives_the_inline_output(corpus):
                {k: v for k, v in sb["modules"][m].items() if k not in ("errors", "restarts")}
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(3))     # the worker kills itself at a different record each time
 def test_killed_worker_is_restarted_nothing_lost_nothing_twice(tmp_path, corpus, monkeypatch, seed):
     module = tmp_path / "per_record.py"
     module.write_text(textwrap.dedent(KILLER))
     name = corpus / "http__zeek__bro.org.pcap"
     reference, ref_summary = run(f"{module},counter", name, inline=True)
     monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / f"killed-{seed}"))
-    monkeypatch.setenv("FLOWSIFT_KILL_P", str(0.002 * (seed + 1)))
-    import random
-    random.seed(seed)
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", str(40 + 230 * seed))      # different points of the run
     got, summary = run(f"{module},counter", name, inline=False, store=tmp_path / "store", keep=True)
     assert (tmp_path / f"killed-{seed}").exists(), "the worker was not killed: nothing was tested"
     assert summary["modules"]["per_record"]["restarts"] >= 1

@@ -53,6 +53,7 @@ class InlineChain:
         self.errors = {}
         self.event_count = 0
         self.conns = {}
+        self.finished = set()     # connections already closed here (a resumed worker may hear of them again)
         for i, m in enumerate(self.modules):
             m._emit = self._on_emit
             if store is not None:
@@ -98,10 +99,12 @@ class InlineChain:
     # --- per batch ---
     def process(self, touched, closed):
         for conn in touched:
-            self._advance(conn)
+            if conn not in self.finished:
+                self._advance(conn)
         for conn in closed:
-            self._advance(conn)
-            self._close(conn)
+            if conn not in self.finished:
+                self._advance(conn)
+                self._close(conn)
 
     def _open(self, conn):
         rf = RecordFile(self.path_of(conn))
@@ -167,6 +170,7 @@ class InlineChain:
         c = self.conns.pop(conn, None)
         if c is None:
             return
+        self.finished.add(conn)
         h = c.file.refresh()
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
         self._current = c.flow
