@@ -21,7 +21,7 @@ def _ep(raw, port, ipver):
 
 
 class _Conn:
-    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events")
+    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen")
 
     def __init__(self, flow, file):
         self.flow = flow
@@ -30,6 +30,8 @@ class _Conn:
         self.pointers = {}       # (module index, direction) -> StreamPointer
         self.seen = {}           # (module index, direction) -> (position, available) at the last on_data
         self.events = []         # event lines held until the connection is done (worker mode)
+        self.gaps_seen = {}      # module index -> gap entries already handed to its on_gap (gap-only modules)
+        self.ends_seen = None    # (end0, end1, gaps) at the last advance: nothing new, nothing to do
 
 
 class InlineChain:
@@ -131,9 +133,25 @@ class InlineChain:
                 for _, m in self.by_hook["on_packet"]:
                     self._call(m, "on_packet", flow, rec)
         c.next_record = h["records"]
+        ends = (h["end0"], h["end1"], h["gaps"])
+        if ends == c.ends_seen:
+            return                 # no new bytes and no new gap since the last advance
+        c.ends_seen = ends
         for i, m in self.streaming:
+            if not callable(getattr(m, "on_data", None)):
+                self._gaps_only(c, i, m, h)
+                continue
             for d in (0, 1):
                 self._stream(c, i, m, d, h)
+
+    def _gaps_only(self, c, i, m, h):
+        # a module with on_gap but no on_data: hand it new gap entries, no stream pointer needed
+        seen = c.gaps_seen.get(i, 0)
+        if h["gaps"] > seen:
+            for g in c.file.gaps()[seen:]:
+                from flowsift.reassembly.events import Gap
+                self._call(m, "on_gap", c.flow, g.dir, Gap(c.flow.conn, g.dir, g.offset, g.length, g.reason))
+            c.gaps_seen[i] = h["gaps"]
 
     def _stream(self, c, i, m, d, h):
         sp = c.pointers.get((i, d))
