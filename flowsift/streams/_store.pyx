@@ -1,13 +1,15 @@
 # cython: language_level=3
 """The record store's writer: one sparse record file per connection (format in format.py).
 
-A Sink of the reassembly engine (delivered bytes, gaps, opens, closes) that also turns every
-segment of a batch into a record (`write_records`). Files are written through shared mappings
-of fixed-size windows, so a record or a payload costs a memcpy, not a system call. Descriptors
-and mappings are held for at most `max_handles` connections at a time (least recently used are
-closed and reopened on demand), so any number of live connections fits in the process's
-descriptor and vm.max_map_count limits. Counters in each header are published at the end of
-every batch with release stores: a reader that sees a count sees everything it covers.
+A Sink of the reassembly engine: delivered bytes, gaps, opens and closes, and every segment
+(`on_packet`), which becomes a record. On memory file systems (tmpfs) files are written through
+shared mappings of fixed-size windows, so a record or a payload costs a memcpy, not a system
+call; elsewhere with pwrite (see MEMORY_FS). Descriptors and mappings are held for at most
+`max_handles` connections at a time (least recently used are closed and reopened on demand), so
+any number of live connections fits in the process's descriptor and vm.max_map_count limits.
+Counters in each header are published once per batch (`publish`) with release stores: a reader
+that sees a count sees everything it covers. The gateway also records module bitmaps, gives
+back space (reclaim) and retires finished files.
 """
 import os
 
