@@ -83,3 +83,11 @@ def test_build_says_in_one_line_what_is_missing(tmp_path):
         ours = [l for l in res.stderr.splitlines() if l.startswith("flowsift build:")]
         assert len(ours) == 1 and needle in ours[0], res.stderr[-2000:]
         assert "gcc:" not in res.stderr and "error:" not in res.stderr.replace(ours[0], "")
+
+
+def test_every_package_is_listed_for_installation():
+    """A package missing from pyproject's list works from the source tree but not once installed."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in (ROOT / "flowsift").rglob("__init__.py")}
+    assert found == listed
