@@ -35,6 +35,14 @@ def _progress(size, label):
                     console=Console(stderr=True), transient=True)
 
 
+def _render(name):
+    """A printer from flowsift.render, imported only when tables are printed (rich is slow to import)."""
+    def show(result):
+        from flowsift import render
+        getattr(render, name)(result)
+    return show
+
+
 def _run(path, label, work, as_json, render):
     """Run `work(on_progress)` with a progress bar when worth it, print the result (JSON or
     `render`), and exit 2 with its one-line error if reading stopped at a defect."""
@@ -80,10 +88,9 @@ def stats(
       flowsift stats trace.pcap
       flowsift stats trace.pcapng --filter 'tcp port 443' --json
     """
-    from flowsift.render import print_stats
     from flowsift.stats import capture_stats
 
-    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress), as_json, print_stats)
+    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress), as_json, _render('print_stats'))
 
 
 @app.command()
@@ -112,12 +119,10 @@ def streams(
     """
     from flowsift.extract import extract_streams
 
-    from flowsift.render import print_streams
-
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress),
-         as_json, print_streams)
+         as_json, _render('print_streams'))
 
 
 @app.command()
@@ -143,10 +148,8 @@ def gateway(
     """
     from flowsift.gateway import Gateway
 
-    from flowsift.render import print_gateway
-
     g = Gateway(store, keep=keep, policy=policy, filter_expression=filter)
-    _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json, print_gateway)
+    _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json, _render('print_gateway'))
 
 
 @app.command()
@@ -202,8 +205,6 @@ def chain(
       flowsift modules            (what modules there are)
     """
     from flowsift.chain import run_chain
-    from flowsift.render import print_chain
-
     out = sys.stdout if events == "-" else None
     try:
         if out is None:
@@ -214,7 +215,7 @@ def chain(
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
                                                          on_progress=progress, inline=inline, write=write),
-             as_json, print_chain)
+             as_json, _render('print_chain'))
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
