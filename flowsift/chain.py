@@ -20,12 +20,15 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     if write is not None or not all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.edits import Editor
         editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
-    if inline or editor is not None:
-        # writing modules run in the gateway's process, which verifies and merges their edits
+    if inline:
         runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor)
-    else:
+    elif all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.workers import ParallelChain
         runner = ParallelChain(spec, chain, g.store, events=events, strict=strict)
+    else:
+        # read-only runs in parallel stages, each writing module a stage of its own in this process
+        from flowsift.modules.stages import StagedChain
+        runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor)
     try:
         summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process)
         runner.finish()
@@ -45,7 +48,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     else:
         summary["modules"] = runner.counters_summary()
         summary["tables"] = runner.tables
-        summary["mode"] = "parallel"
+        summary["mode"] = "parallel" if runner.__class__.__name__ == "ParallelChain" else "staged"
     summary["events"] = runner.event_count
     summary["chain"] = [cls.name for cls, _ in chain]
     if store is None and not keep:

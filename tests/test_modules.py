@@ -174,3 +174,11 @@ def test_modules_command(tmp_path):
     assert bad.returncode == 2 and "unknown module" in bad.stderr
     bad = run_cli("chain", "nosuch", ROOT / "examples" / "demo.pcap")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_chain_options_may_hold_regular_expressions():
+    chain = parse_chain("redact(pattern=(?<=key=)[^,&]{1,8}),strsearch(patterns=inline:a|b,nocase=yes),counter")
+    assert [c.name for c, _ in chain] == ["redact", "strsearch", "counter"]
+    assert chain[0][1]["pattern"] == "(?<=key=)[^,&]{1,8}" and chain[1][1] == {"patterns": "inline:a|b", "nocase": True}
+    with pytest.raises(ModuleError, match="unbalanced"):
+        parse_chain("redact(pattern=[a)")

@@ -79,3 +79,22 @@ def test_killed_worker_is_restarted_nothing_lost_nothing_twice(tmp_path, corpus,
     for path in store_files(tmp_path / "store"):
         with RecordFile(path) as rf:
             assert all(r.modules == 0b11 for r in rf.records())
+
+
+def test_mixed_chain_runs_in_stages_and_later_stages_read_merged_bytes(tmp_path, corpus):
+    """counter (read-only: a worker) | redact (writes: its own stage, in the gateway) | http
+    (read-only: a worker that sees each connection after redact is done with it)."""
+    spec = "counter,redact(pattern=(?<=User-Agent: )[^\\r]*),http"
+    name = corpus / "http__pcpp__three_http_streams.pcap"
+    staged, s1 = run(spec, name, inline=False)
+    inline, s2 = run(spec, name, inline=True)
+    assert s1["mode"] == "staged" and s2["mode"] == "inline"
+    strip = lambda evs: collections.Counter(json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True) for e in evs)
+    assert strip(staged) == strip(inline)
+    agents = [e["user_agent"] for e in staged if e["kind"] == "request"]
+    assert len(agents) == 3 and all(a and set(a) == {"X"} for a in agents)   # http saw the masked values
+    assert s1["edits"]["accepted"]["redact"] == 3
+    from flowsift.modules.stages import split
+    from flowsift.modules import parse_chain
+    assert [(ro, [c.name for c, _ in mods]) for ro, mods, _ in split(parse_chain(spec))] == \
+        [(True, ["counter"]), (False, ["redact"]), (True, ["http"])]

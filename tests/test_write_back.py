@@ -91,7 +91,7 @@ def test_downstream_modules_see_merged_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("spec,needle", [("nat", "to=IP[:PORT] is required"), ("redact", "pattern=REGEX is required"),
-                                         ("redact(pattern=[)", "bad pattern")])
+                                         ("redact(pattern=a{2,1})", "bad pattern")])
 def test_writing_modules_check_their_options(spec, needle):
     from flowsift.modules import parse_chain
     chain = parse_chain(spec)

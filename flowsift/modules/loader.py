@@ -3,7 +3,6 @@ parsing a chain such as `strsearch(patterns=rules.txt,nocase=true),counter`."""
 import importlib
 import importlib.util
 import os
-import re
 from importlib.metadata import entry_points
 
 from flowsift.modules.base import Module, ModuleError, validate
@@ -59,22 +58,49 @@ def find(name):
     raise ModuleError(f"unknown module {name!r} (known: {', '.join(known)}; or give path/to/file.py)")
 
 
-_ITEM = re.compile(r"\s*([^,(]+?)\s*(?:\(([^)]*)\))?\s*(?:,|$)")
+def _split(text, sep):
+    """Split at `sep` outside (), [] and {} (option values may be regular expressions)."""
+    parts, depth, cur, esc = [], 0, [], False
+    for ch in text:
+        if esc:
+            cur.append(ch)
+            esc = False
+            continue
+        if ch == "\\":
+            esc = True
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise ModuleError(f"unbalanced {ch!r} in {text!r}")
+        elif ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if depth:
+        raise ModuleError(f"unbalanced brackets in {text!r}")
+    parts.append("".join(cur))
+    return parts
 
 
 def parse_chain(text):
-    """`a,b(x=1,y=two),c` -> [(module class, config dict)], options typed and checked."""
+    """`a,b(x=1,y=two),c` -> [(module class, config dict)], options typed and checked. Option
+    values may hold brackets and commas inside brackets (regular expressions)."""
     if not text or not text.strip():
         raise ModuleError("empty chain: name at least one module")
-    chain, pos = [], 0
-    while pos < len(text):
-        m = _ITEM.match(text, pos)
-        if not m or m.end() == pos:
-            raise ModuleError(f"cannot read the chain at {text[pos:]!r}")
-        pos = m.end()
-        cls = find(m.group(1))
+    chain = []
+    for item in _split(text, ","):
+        item = item.strip()
+        if not item:
+            raise ModuleError(f"empty module name in the chain {text!r}")
+        name, paren, rest = item.partition("(")
+        if paren and not rest.endswith(")"):
+            raise ModuleError(f"cannot read the chain at {item!r}: options end with ')'")
+        cls = find(name.strip())
         config = {k: o.default for k, o in cls.options.items()}
-        for part in filter(None, (p.strip() for p in (m.group(2) or "").split(","))):
+        for part in filter(None, (p.strip() for p in _split(rest[:-1], ","))) if paren else ():
             key, eq, value = part.partition("=")
             key = key.strip()
             if not eq:

@@ -38,7 +38,7 @@ class InlineChain:
     """Modules of a chain, called in order for each connection, in one process."""
 
     def __init__(self, chain, store, events=None, strict=False, path_of=None, on_done=None, hold_events=False,
-                 editor=None):
+                 editor=None, bit_base=0):
         """`store`: the gateway's RecordStore (inline), or None with `path_of(conn)` giving record
         file paths and `on_done(conn, records, events)` told when a connection is finished (a worker
         process; with `hold_events`, a connection's events are handed to on_done, not written)."""
@@ -50,6 +50,8 @@ class InlineChain:
         self.on_done = on_done
         self.hold_events = hold_events
         self.editor = editor
+        self.bit_base = bit_base          # this chain's modules hold bits bit_base.. of the global bitmap
+        self.finished_now = []            # connections finished since the caller last looked (stages)
         self.events = events
         self.strict = strict
         self.errors = {}
@@ -59,7 +61,7 @@ class InlineChain:
         for i, m in enumerate(self.modules):
             m._emit = self._on_emit
             if store is not None:
-                store.register_module(i)
+                store.register_module(bit_base + i)
         self.by_hook = {h: [(i, m) for i, m in enumerate(self.modules) if callable(getattr(m, h, None))]
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
@@ -203,7 +205,8 @@ class InlineChain:
             self.on_done(conn, records, c.events)
         else:
             for i in range(len(self.modules)):
-                self.store.module_done(conn, i, records)
+                self.store.module_done(conn, self.bit_base + i, records)
+        self.finished_now.append(conn)
 
     def finish(self):
         for conn in list(self.conns):

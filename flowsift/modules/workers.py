@@ -20,6 +20,7 @@ from flowsift.modules.runner import InlineChain
 
 
 def _worker(spec, index, store_dir, conn, strict):
+    # `index`: the module's place in the whole chain (spec)
     from flowsift.streams._store import RecordStore  # noqa: F401  (imports the compiled parts once)
     cls, config = parse_chain(spec)[index]
     deltas = {}
@@ -73,7 +74,8 @@ class _Worker:
     def start(self):
         parent, child = self.owner.ctx.Pipe()
         self.conn = parent
-        self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.index, self.owner.store_dir,
+        self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
+                                                                  self.owner.store_dir,
                                                                   child, self.owner.strict), daemon=True)
         self.proc.start()
         child.close()
@@ -89,8 +91,12 @@ class _Worker:
 class ParallelChain:
     """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
 
-    def __init__(self, spec, chain, store, events=None, strict=False):
+    def __init__(self, spec, chain, store, events=None, strict=False, first=0):
+        """`chain`: this stage's modules, which are modules first.. of the whole chain `spec`
+        (their bits in the global bitmap too)."""
         self.spec = spec
+        self.first = first
+        self.finished_now = []
         self.store = store
         self.store_dir = store.directory
         self.events = events
@@ -98,7 +104,7 @@ class ParallelChain:
         self.names = [cls.name for cls, _ in chain]
         self.modules = [cls(config) for cls, config in chain]     # for summaries and tables
         for i in range(len(chain)):
-            store.register_module(i)
+            store.register_module(first + i)
         self.ctx = mp.get_context("fork")
         self.open_conns = set()          # connections seen and not yet finished by every worker
         self.closed_conns = set()        # ... of which the gateway has ended these
@@ -115,8 +121,9 @@ class ParallelChain:
             if conn in w.done:
                 return
             w.done.add(conn)
-            self.store.module_done(conn, w.index, records)
+            self.store.module_done(conn, self.first + w.index, records)
             if all(conn in x.done for x in self.workers):
+                self.finished_now.append(conn)
                 # finished by every module: forget it (memory stays bounded by open connections)
                 self.open_conns.discard(conn)
                 self.closed_conns.discard(conn)
