@@ -9,7 +9,7 @@ from flowsift.modules.runner import InlineChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
-              strict=False, on_progress=None, inline=False, write=None):
+              strict=False, on_progress=None, inline=False, write=None, max_backlog=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
@@ -24,7 +24,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor)
     elif all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.workers import ParallelChain
-        runner = ParallelChain(spec, chain, g.store, events=events, strict=strict)
+        runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog)
     else:
         # read-only runs in parallel stages, each writing module a stage of its own in this process
         from flowsift.modules.stages import StagedChain

@@ -189,6 +189,9 @@ def chain(
     policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
+    max_backlog: Optional[int] = typer.Option(None, "--max-backlog", metavar="N",
+                                              help="A read-only module more than N batches behind loses connections "
+                                                   "(counted) instead of holding the gateway back."),
     write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
                                         help="Write the chain's output: edited packets, dropped ones left out."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
@@ -214,7 +217,8 @@ def chain(
                 _fail(f"{events}: cannot write events: {e.strerror}")
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
-                                                         on_progress=progress, inline=inline, write=write),
+                                                         on_progress=progress, inline=inline, write=write,
+                                                         max_backlog=max_backlog),
              as_json, _render('print_chain'))
     finally:
         if out is not None and out is not sys.stdout:

@@ -98,3 +98,44 @@ def test_mixed_chain_runs_in_stages_and_later_stages_read_merged_bytes(tmp_path,
     from flowsift.modules import parse_chain
     assert [(ro, [c.name for c, _ in mods]) for ro, mods, _ in split(parse_chain(spec))] == \
         [(True, ["counter"]), (False, ["redact"]), (True, ["http"])]
+
+
+SLOW = '''
+import time
+from flowsift.modules import Module
+
+class Slow(Module):
+    """Takes its time with every connection.
+
+    Synopsis: slow
+    """
+    name = "slow"
+
+    def on_open(self, flow):
+        time.sleep(0.004)
+        self.count("opened")
+
+    def on_close(self, flow, reason):
+        self.emit("seen")
+'''
+
+
+def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path):
+    from test_store_faults import many_connections
+    capture = many_connections(tmp_path / "many.pcap", 1500, payload=b"q" * 20, block=100)
+    module = tmp_path / "slow.py"
+    module.write_text(textwrap.dedent(SLOW))
+    events, summary = run(f"{module},counter", capture, inline=False, max_backlog=3, store=tmp_path / "s", keep=True)
+    slow, counter = summary["modules"]["slow"], summary["modules"]["counter"]
+    assert slow["dropped_connections"] > 0 and slow["dropped_batches"] > 0
+    # nothing lost silently: every connection was seen by each module or counted as dropped for it
+    assert len([e for e in events if e["module"] == "slow"]) + slow["dropped_connections"] == 1500
+    assert counter["flows"] + counter.get("dropped_connections", 0) == 1500
+    assert counter.get("dropped_connections", 0) < slow["dropped_connections"]
+    from flowsift.streams import RecordFile, store_files
+    for path in store_files(tmp_path / "s")[::97]:
+        with RecordFile(path) as rf:
+            assert all(r.modules == 0b11 for r in rf.records())      # dropped or done: the store moves on
+    # without --max-backlog the gateway waits: nothing is dropped
+    events, summary = run(f"{module},counter", capture, inline=False)
+    assert "dropped_connections" not in summary["modules"]["slow"] and len(events) == 2 * 1500

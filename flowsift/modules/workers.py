@@ -49,6 +49,7 @@ def _worker(spec, index, store_dir, conn, strict):
             msg = conn.recv()
             if msg[0] == "batch":
                 runner.process(msg[1], msg[2])
+                conn.send(("ack",))
             elif msg[0] == "resume":
                 runner.process(msg[1], msg[2])
             elif msg[0] == "finish":
@@ -67,6 +68,9 @@ class _Worker:
         self.index = index
         self.name = owner.names[index]
         self.done = set()                # connections this worker finished
+        self.pending = 0                 # batches sent and not yet acknowledged (its backlog)
+        self.dropped = set()             # connections given up for this module (--max-backlog)
+        self.dropped_batches = 0
         self.restarts = 0
         self.bye = None
         self.start()
@@ -74,6 +78,7 @@ class _Worker:
     def start(self):
         parent, child = self.owner.ctx.Pipe()
         self.conn = parent
+        self.pending = 0
         self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
                                                                   self.owner.store_dir,
                                                                   child, self.owner.strict), daemon=True)
@@ -91,11 +96,12 @@ class _Worker:
 class ParallelChain:
     """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
 
-    def __init__(self, spec, chain, store, events=None, strict=False, first=0):
+    def __init__(self, spec, chain, store, events=None, strict=False, first=0, max_backlog=None):
         """`chain`: this stage's modules, which are modules first.. of the whole chain `spec`
         (their bits in the global bitmap too)."""
         self.spec = spec
         self.first = first
+        self.max_backlog = max_backlog   # None: back-pressure (the gateway waits for a slow module)
         self.finished_now = []
         self.store = store
         self.store_dir = store.directory
@@ -116,9 +122,12 @@ class ParallelChain:
 
     def _apply(self, w, msg):
         kind = msg[0]
+        if kind == "ack":
+            w.pending -= 1
+            return
         if kind == "done":
             _, conn, records, events, delta = msg
-            if conn in w.done:
+            if conn in w.done or conn in w.dropped:
                 return
             w.done.add(conn)
             self.store.module_done(conn, self.first + w.index, records)
@@ -172,8 +181,33 @@ class ParallelChain:
         self.open_conns.update(closed)
         self.closed_conns.update(closed)
         for w in self.workers:
-            while not (self._drain(w) and w.send(("batch", touched, closed))):
+            while not self._drain(w):
                 self._restart(w)
+            if self.max_backlog is not None and w.pending >= self.max_backlog:
+                self._drop(w, touched, closed)
+                continue
+            t = [c for c in touched if c not in w.dropped] if w.dropped else touched
+            k = [c for c in closed if c not in w.dropped] if w.dropped else closed
+            for conn in closed:
+                if conn in w.dropped:
+                    self.store.module_done(conn, self.first + w.index, 1 << 62)
+            while not w.send(("batch", t, k)):
+                self._restart(w)
+            w.pending += 1
+
+    def _drop(self, w, touched, closed):
+        """The module is more than max_backlog batches behind: it loses these connections (they
+        count as done for it, so the store is not held back), and the loss is counted."""
+        w.dropped_batches += 1
+        for conn in set(touched) | set(closed):
+            if conn in w.dropped or conn in w.done:
+                continue
+            w.dropped.add(conn)
+            w.done.add(conn)
+            self.counters[w.index]["dropped_connections"] = self.counters[w.index].get("dropped_connections", 0) + 1
+        for conn in closed:
+            # a dropped connection that ended: record it as done by this module
+            self.store.module_done(conn, self.first + w.index, 1 << 62)
 
     def finish(self):
         for w in self.workers:
@@ -184,5 +218,6 @@ class ParallelChain:
             w.proc.join(timeout=5)
 
     def counters_summary(self):
-        return {name: dict(self.counters[i], errors=self.errors.get(name, 0), restarts=self.workers[i].restarts)
+        return {name: dict(self.counters[i], errors=self.errors.get(name, 0), restarts=self.workers[i].restarts,
+                           **({"dropped_batches": self.workers[i].dropped_batches} if self.workers[i].dropped_batches else {}))
                 for i, name in enumerate(self.names)}
