@@ -68,6 +68,15 @@ def _version(value: bool):
         raise typer.Exit()
 
 
+# options several commands share, declared once
+CAPTURE = typer.Argument(..., metavar="CAPTURE", help="A pcap or pcapng file.")
+FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
+                      help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
+POLICY = typer.Option("first", "--policy", metavar="NAME",
+                      help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris.")
+JSON = typer.Option(False, "--json", help="Print one JSON object (fields in docs/cli.md).")
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
     pass
@@ -75,10 +84,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 def stats(
-    capture: str = typer.Argument(..., metavar="CAPTURE", help="A pcap or pcapng file."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR",
-                                         help="BPF expression (tcpdump syntax), e.g. 'tcp port 80'."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (fields in docs/cli.md)."),
+    capture: str = CAPTURE,
+    filter: Optional[str] = FILTER,
+    as_json: bool = JSON,
 ):
     """Summarise a capture: packets, bytes, time span, link types, protocols, flows, and every
     packet that could not be decoded, by reason.
@@ -95,15 +103,13 @@ def stats(
 
 @app.command()
 def streams(
-    capture: str = typer.Argument(..., metavar="CAPTURE", help="A pcap or pcapng file."),
+    capture: str = CAPTURE,
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR",
                                          help="Write one file per direction and DIR/index.jsonl."),
     discard: bool = typer.Option(False, "--discard", help="Reassemble everything, write nothing but the summary."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR",
-                                         help="BPF expression (tcpdump syntax) applied before reassembly."),
-    policy: str = typer.Option("first", "--policy", metavar="NAME",
-                               help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (docs/cli.md)."),
+    filter: Optional[str] = FILTER,
+    policy: str = POLICY,
+    as_json: bool = JSON,
 ):
     """Reassemble every TCP connection (and UDP flow) of a capture into its byte streams.
 
@@ -131,9 +137,9 @@ def gateway(
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Store directory (default: a fresh one under /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR", help="BPF expression."),
-    policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    filter: Optional[str] = FILTER,
+    policy: str = POLICY,
+    as_json: bool = JSON,
 ):
     """Run the gateway alone: write one record file per connection into a store.
 
@@ -185,8 +191,8 @@ def chain(
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Keep the record store here (default: a temporary one in /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Keep every record (and the default store) after the run."),
-    filter: Optional[str] = typer.Option(None, "--filter", "-f", metavar="EXPR", help="BPF expression."),
-    policy: str = typer.Option("first", "--policy", metavar="NAME", help="Overlap policy (see `flowsift streams`)."),
+    filter: Optional[str] = FILTER,
+    policy: str = POLICY,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
     max_backlog: Optional[int] = typer.Option(None, "--max-backlog", metavar="N",
