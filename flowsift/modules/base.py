@@ -68,8 +68,7 @@ class Option:
 
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
-    __slots__ = ("conn", "proto", "client", "server", "state", "first_ts", "last_ts", "dropped", "_file", "_editor",
-                 "_module")
+    __slots__ = ("conn", "proto", "client", "server", "state", "first_ts", "last_ts", "_file", "_editor", "_module")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -79,14 +78,12 @@ class Flow:
         self.state = {}               # per-flow state: created at open, dropped at close
         self.first_ts = first_ts
         self.last_ts = first_ts
-        self.dropped = set()          # record indexes a module asked to drop
         self._file = None
         self._editor = None           # the gateway's Editor, for writing modules
         self._module = None           # the module whose hook is running
 
     def drop(self, record):
         """Verdict: do not forward this packet (record) on egress (-w)."""
-        self.dropped.add(record.index)
         if self._editor is not None:
             self._editor.drop(record)
 

@@ -21,7 +21,6 @@ from flowsift.modules.runner import InlineChain
 
 def _worker(spec, index, store_dir, conn, strict):
     # `index`: the module's place in the whole chain (spec)
-    from flowsift.streams._store import RecordStore  # noqa: F401  (imports the compiled parts once)
     cls, config = parse_chain(spec)[index]
     deltas = {}
 
