@@ -21,14 +21,15 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.modules.edits import Editor
         editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
     if inline:
-        runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor)
+        runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
     elif all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.workers import ParallelChain
-        runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog)
+        runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog,
+                               registry=g.registry)
     else:
         # read-only runs in parallel stages, each writing module a stage of its own in this process
         from flowsift.modules.stages import StagedChain
-        runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor)
+        runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
     try:
         summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process)
         runner.finish()

@@ -28,7 +28,7 @@ class Gateway:
     """Writes one record file per connection of a source into `store` (a directory)."""
 
     def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
-                 **engine_options):
+                 registry=None, **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.store_dir = str(store) if store is not None else new_store_dir()
@@ -37,6 +37,15 @@ class Gateway:
         self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None
+        if registry is None:
+            from flowsift.registry import EmbeddedRegistry
+            registry = EmbeddedRegistry()
+        if registry.kind == "embedded":
+            registry.bind(self.store)
+        self.registry = registry
+        self.announced = set()        # connections the registry knows
+        self.module_bits = {}         # bit -> info of the modules registered through the registry
+        self.done_by = {}             # bit -> connections that module finished (remote modules)
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
@@ -57,6 +66,91 @@ class Gateway:
         except FlowsiftError:
             pass                    # a full disk may refuse even the manifest
 
+    # --- the registry (announcing connections, taking module progress) ---
+    def sync(self, touched=(), closed=()):
+        """Once per batch: tell a remote registry the new connections and the latest record of
+        each changed one, and record the progress its modules reported. Nothing to do for the
+        embedded registry (its modules report straight into the store)."""
+        reg = self.registry
+        if reg.kind == "embedded":
+            return
+        conns = list(touched)
+        if closed:
+            seen = set(conns)
+            conns += [c for c in closed if c not in seen]
+        new = []
+        if conns:
+            from flowsift.registry.base import identity_text
+            for c in conns:
+                if c not in self.announced:
+                    self.announced.add(c)
+                    new.append((c, identity_text(self.store.identity(c), self.store.path(c))))
+        updates = [(c, *latest) for c, latest in zip(conns, self.store.latest(conns))] if conns else []
+        progress, modules, intact = reg.sync(new, updates)
+        if not intact:
+            self._restore()
+        for bit, info in modules.items():
+            if bit not in self.module_bits:
+                self.module_bits[bit] = info
+                self.done_by.setdefault(bit, set())
+                self.store.register_module(bit)
+        for bit, conn, records in progress:
+            if bit in self.module_bits and conn in self.announced:
+                self.done_by[bit].add(conn)
+                self.store.module_done(conn, bit, records)
+        for bit in [b for b in self.module_bits if b not in modules]:
+            # released (a clean exit): it holds nothing back any more
+            if intact:
+                del self.module_bits[bit]
+                self.done_by.pop(bit, None)
+                self.store.release_module(bit)
+
+    def _restore(self):
+        """The registry lost this run's keys (a restarted server): rebuild them from the record
+        files, which are the truth."""
+        from flowsift.registry.base import identity_text
+        from flowsift.streams.reader import RecordFile
+        rows = []
+        for c in sorted(self.announced):
+            with RecordFile(self.store.path(c)) as rf:
+                h = rf.header
+                n = 4 if h["ipver"] == 4 else 16
+                ident = (h["proto"], h["ipver"], h["client_addr"][:n], h["client_port"], h["server_addr"][:n],
+                         h["server_port"])
+                latest = h["first_record_id"] + h["records"] - 1 if h["records"] else 0
+                rows.append((c, identity_text(ident, rf.path), h["records"], latest, rf.closed_by_gateway))
+        self.registry.restore(rows, self.module_bits)
+        import sys
+        sys.stderr.write(f"flowsift: registry restored from the store: {len(rows)} connections, "
+                         f"{len(self.module_bits)} modules\n")
+
+    def expect(self, names):
+        """Hold bits for modules that will attach later: nothing is reclaimed before they read it,
+        and the gateway waits for them at the end."""
+        for name in names:
+            bit = self.registry.reserve(name)
+            self.module_bits[bit] = {"name": name, "reserved": True}
+            self.done_by.setdefault(bit, set())
+            self.store.register_module(bit)
+
+    def wait_for_modules(self, on_status=None, poll=0.1):
+        """After the source: wait until every registered module finished every connection (or
+        released its bit). `on_status(lines)` is told now and then who is still at work."""
+        import time
+        last = time.monotonic()
+        while True:
+            self.sync()
+            total = len(self.announced)
+            waiting = {b: info for b, info in self.module_bits.items() if len(self.done_by.get(b, ())) < total}
+            if not waiting:
+                return
+            if on_status is not None and time.monotonic() - last > 10:
+                last = time.monotonic()
+                alive = self.registry.alive_bits(list(waiting))
+                on_status([f"{info.get('name')} (bit {b}): {len(self.done_by.get(b, ())):,} of {total:,} connections"
+                           + ("" if alive.get(b) else ", not attached") for b, info in sorted(waiting.items())])
+            time.sleep(poll)
+
     def run_capture(self, path, on_progress=None, after_batch=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
         closed)` is called with the connections each publish changed and ended (an inline chain)."""
@@ -68,6 +162,7 @@ class Gateway:
                 self.store.check_space(batch)
                 self.reassembler.feed(batch)
                 changed = self.store.publish()
+                self.sync(*changed)
                 if after_batch is not None:
                     after_batch(*changed)
         except CaptureFormatError as e:
@@ -85,6 +180,7 @@ class Gateway:
                 self.store.check_space(batch)
             self.reassembler.finish()
             changed = self.store.publish()
+            self.sync(*changed)
             if after_batch is not None:
                 after_batch(*changed)
         except FlowsiftError as e:

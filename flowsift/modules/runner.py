@@ -38,10 +38,13 @@ class InlineChain:
     """Modules of a chain, called in order for each connection, in one process."""
 
     def __init__(self, chain, store, events=None, strict=False, path_of=None, on_done=None, hold_events=False,
-                 editor=None, bit_base=0):
+                 editor=None, bit_base=0, registry=None):
         """`store`: the gateway's RecordStore (inline), or None with `path_of(conn)` giving record
-        file paths and `on_done(conn, records, events)` told when a connection is finished (a worker
-        process; with `hold_events`, a connection's events are handed to on_done, not written)."""
+        file paths and `on_done(conn, records, events, counts)` told when a connection is finished
+        (a worker or an attached module process; with `hold_events`, a connection's events are
+        handed to on_done, not written, and so are the counter increments made while it was the
+        current connection). `registry` assigns the modules' bits and records their progress
+        (default: an embedded one over `store`)."""
         from flowsift.modules.base import Flow
         self._Flow = Flow
         self.modules = [cls(config) for cls, config in chain]
@@ -58,10 +61,17 @@ class InlineChain:
         self.event_count = 0
         self.conns = {}
         self.finished = set()     # connections already closed here (a resumed worker may hear of them again)
+        if registry is None and store is not None:
+            from flowsift.registry import EmbeddedRegistry
+            registry = EmbeddedRegistry(store=store)
+        self.registry = registry
+        self.deltas = {}          # conn -> counter increments not yet handed to on_done (None: outside a connection)
         for i, m in enumerate(self.modules):
             m._emit = self._on_emit
-            if store is not None:
-                store.register_module(bit_base + i)
+            if registry is not None:
+                registry.register(m.name, bit_base + i)
+            if on_done is not None:
+                m.count = self._counting(m.count)
         self.by_hook = {h: [(i, m) for i, m in enumerate(self.modules) if callable(getattr(m, h, None))]
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
@@ -85,6 +95,15 @@ class InlineChain:
             holder.events.append(text)
         elif self.events is not None:
             self.events.write(text)
+
+    def _counting(self, count):
+        # counters travel with their connection's "done", so a restart cannot count them twice
+        def counted(name, n=1):
+            cur = self._current.conn if self._current is not None else None
+            d = self.deltas.setdefault(cur, {})
+            d[name] = d.get(name, 0) + n
+            count(name, n)
+        return counted
 
     def _call(self, m, hook, *args):
         if self._current is not None:
@@ -201,12 +220,23 @@ class InlineChain:
         records = h["records"]
         c.file.close()
         self._closing = None
+        self._current = None
         if self.on_done is not None:
-            self.on_done(conn, records, c.events)
+            self.on_done(conn, records, c.events, self.deltas.pop(conn, {}))
         else:
             for i in range(len(self.modules)):
-                self.store.module_done(conn, self.bit_base + i, records)
+                self.registry.commit(self.bit_base + i, conn, records)
         self.finished_now.append(conn)
+
+    def follow(self, conns):
+        """Advance `conns`, and close those whose record file the gateway has closed (a process
+        attached to the store: the record files, not a message, say a connection ended)."""
+        for conn in conns:
+            if conn in self.finished:
+                continue
+            self._advance(conn)
+            if self.conns[conn].file.closed_by_gateway:
+                self._close(conn)
 
     def finish(self):
         for conn in list(self.conns):

@@ -20,13 +20,13 @@ def split(chain):
 
 
 class StagedChain:
-    def __init__(self, spec, chain, store, events=None, strict=False, editor=None):
+    def __init__(self, spec, chain, store, events=None, strict=False, editor=None, registry=None):
         self.stages = []
         for ro, mods, first in split(chain):
             if ro:
-                self.stages.append(ParallelChain(spec, mods, store, events=events, strict=strict, first=first))
+                self.stages.append(ParallelChain(spec, mods, store, events=events, strict=strict, first=first, registry=registry))
             else:
-                self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first))
+                self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry))
         self.modules = [m for st in self.stages for m in st.modules]
 
     def _cascade(self, k):

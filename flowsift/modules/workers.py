@@ -22,27 +22,16 @@ from flowsift.modules.runner import InlineChain
 def _worker(spec, index, store_dir, conn, strict):
     # `index`: the module's place in the whole chain (spec)
     cls, config = parse_chain(spec)[index]
-    deltas = {}
 
     def path_of(c):
         return os.path.join(store_dir, f"c{c:08d}.rec")
 
-    def on_done(c, records, events):
-        conn.send(("done", c, records, events, deltas.pop(c, {})))
+    def on_done(c, records, events, counts):
+        conn.send(("done", c, records, events, counts))
 
     runner = InlineChain([(cls, config)], None, events=None, strict=strict, path_of=path_of,
                          on_done=on_done, hold_events=True)
     module = runner.modules[0]
-    counting = module.count
-
-    def count(name, n=1, _c=counting):
-        # counters are reported per connection with its "done", so a restart cannot count twice
-        cur = runner._current.conn if runner._current is not None else None
-        if cur is not None:
-            d = deltas.setdefault(cur, {})
-            d[name] = d.get(name, 0) + n
-        _c(name, n)
-    module.count = count
     try:
         while True:
             msg = conn.recv()
@@ -53,7 +42,7 @@ def _worker(spec, index, store_dir, conn, strict):
                 runner.process(msg[1], msg[2])
             elif msg[0] == "finish":
                 runner.finish()
-                conn.send(("bye", runner.errors.get(module.name, 0), deltas.pop(None, {}), module.summary()))
+                conn.send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
                 return
     except ModuleError as e:
         conn.send(("fatal", str(e)))
@@ -95,7 +84,7 @@ class _Worker:
 class ParallelChain:
     """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
 
-    def __init__(self, spec, chain, store, events=None, strict=False, first=0, max_backlog=None):
+    def __init__(self, spec, chain, store, events=None, strict=False, first=0, max_backlog=None, registry=None):
         """`chain`: this stage's modules, which are modules first.. of the whole chain `spec`
         (their bits in the global bitmap too)."""
         self.spec = spec
@@ -108,8 +97,12 @@ class ParallelChain:
         self.strict = strict
         self.names = [cls.name for cls, _ in chain]
         self.modules = [cls(config) for cls, config in chain]     # for summaries and tables
-        for i in range(len(chain)):
-            store.register_module(first + i)
+        if registry is None:
+            from flowsift.registry import EmbeddedRegistry
+            registry = EmbeddedRegistry(store=store)
+        self.registry = registry
+        for i, name in enumerate(self.names):
+            registry.register(name, first + i)
         self.ctx = mp.get_context("fork")
         self.open_conns = set()          # connections seen and not yet finished by every worker
         self.closed_conns = set()        # ... of which the gateway has ended these
@@ -129,7 +122,7 @@ class ParallelChain:
             if conn in w.done or conn in w.dropped:
                 return
             w.done.add(conn)
-            self.store.module_done(conn, self.first + w.index, records)
+            self.registry.commit(self.first + w.index, conn, records)
             if all(conn in x.done for x in self.workers):
                 self.finished_now.append(conn)
                 # finished by every module: forget it (memory stays bounded by open connections)
@@ -189,7 +182,7 @@ class ParallelChain:
             k = [c for c in closed if c not in w.dropped] if w.dropped else closed
             for conn in closed:
                 if conn in w.dropped:
-                    self.store.module_done(conn, self.first + w.index, 1 << 62)
+                    self.registry.commit(self.first + w.index, conn, 1 << 62)
             while not w.send(("batch", t, k)):
                 self._restart(w)
             w.pending += 1
@@ -206,7 +199,7 @@ class ParallelChain:
             self.counters[w.index]["dropped_connections"] = self.counters[w.index].get("dropped_connections", 0) + 1
         for conn in closed:
             # a dropped connection that ended: record it as done by this module
-            self.store.module_done(conn, self.first + w.index, 1 << 62)
+            self.registry.commit(self.first + w.index, conn, 1 << 62)
 
     def finish(self):
         for w in self.workers:

@@ -619,6 +619,23 @@ cdef class RecordStore(Sink):
         h = self._handle(conn, False)
         self._write(h, W_DATA0 + (d & 1), (DATA1_OFF if d else DATA0_OFF) + offset, <const uint8_t*><char*>data, len(data))
 
+    def latest(self, conns):
+        """(records published, latest record id, closed) of each connection: what the registry
+        announces once per batch."""
+        cdef uint32_t conn
+        cdef cstate_t* st
+        out = []
+        for conn in conns:
+            st = self._state(conn)
+            out.append((st.records, st.first_id + st.records - 1 if st.records else 0, bool(st.closed)))
+        return out
+
+    def identity(self, uint32_t conn):
+        """(proto, ipver, client address bytes, client port, server address bytes, server port)."""
+        cdef conn_t* c = &self.engine.conns[conn]
+        n = 4 if c.ipver == 4 else 16
+        return (c.proto, c.ipver, bytes(c.client[:n]), c.cport, bytes(c.server[:n]), c.sport)
+
     # --- modules, acknowledgements, reclaiming ------------------------------------------------
 
     def register_module(self, int bit):

@@ -1,0 +1,91 @@
+"""The registry interface both backends implement.
+
+Who calls what:
+- the gateway: `start_run`, `announce` (once per batch: new connections and the latest record
+  of each changed one), `take_progress` (module progress to record in the record files),
+  `modules`, `set_state`, `heartbeat`, `end_run`;
+- a module: `register` (a bit of the global bitmap, the same one again after a restart),
+  `module_state` (what it finished before), `commit` (a connection finished, with its counter
+  increments and how far its output file is written, atomically), `connections`, `wait`
+  (a wake-up), `release`.
+"""
+import os
+import secrets
+import socket
+
+MAX_MODULES = 64             # bits of the global (and per-record) module bitmap
+
+
+class RegistryError(Exception):
+    """The registry cannot be used (unreachable, refused, misconfigured): one line for the user."""
+
+
+def new_run_id():
+    return secrets.token_hex(4)
+
+
+def whoami():
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def endpoint(raw, port, ipver):
+    import ipaddress
+    a = ipaddress.ip_address(raw)
+    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
+
+
+def identity_text(ident, path):
+    """One connection's identity as the registry keeps it: 'tcp 10.0.0.1:1234 10.0.0.2:80 c00000001.rec'."""
+    proto, ipver, caddr, cport, saddr, sport = ident
+    name = {6: "tcp", 17: "udp"}.get(proto, str(proto))
+    return f"{name} {endpoint(caddr, cport, ipver)} {endpoint(saddr, sport, ipver)} {os.path.basename(path)}"
+
+
+class Registry:
+    run = None
+    kind = "abstract"
+
+    # --- gateway side ---
+    def start_run(self, meta):
+        raise NotImplementedError
+
+    def announce(self, new, updates):
+        """`new`: [(conn, identity text)]; `updates`: [(conn, records, latest record id, closed)]."""
+        raise NotImplementedError
+
+    def set_state(self, state, **extra):
+        raise NotImplementedError
+
+    def take_progress(self):
+        """[(bit, conn, records done)] reported since the last call."""
+        raise NotImplementedError
+
+    def modules(self):
+        """{bit: {"name": ..., "alive": bool, ...}} of the modules registered or reserved."""
+        raise NotImplementedError
+
+    def reserve(self, name):
+        """Hold a bit for a module expected to attach later (nothing is reclaimed before it has
+        read it). Returns the bit."""
+        raise NotImplementedError
+
+    def heartbeat(self):
+        pass
+
+    def end_run(self):
+        pass
+
+    # --- module side ---
+    def register(self, name, bit=None):
+        """A bit for module `name`: its own bit again if it had one (a restart), else the lowest
+        free one. Returns (bit, resumed)."""
+        raise NotImplementedError
+
+    def release(self, bit):
+        raise NotImplementedError
+
+    def commit(self, bit, conn, records, counters=None, outpos=None):
+        raise NotImplementedError
+
+    def close(self):
+        pass

@@ -1,0 +1,498 @@
+"""The Redis registry: what lets a module run as its own process and attach to a running gateway.
+
+Keys of run R (the braces are a Redis Cluster hash tag: one run's keys live in one slot, so
+the Lua scripts and transactions below stay valid on a cluster):
+
+    flowsift:runs                 hash  R -> JSON (store, source, host, pid, started)
+    flowsift:{R}:gateway          string, expires: the gateway's heartbeat
+    flowsift:{R}:meta             hash  store, source, state (running|complete|failed), connections
+    flowsift:{R}:conns            hash  conn -> "tcp 10.0.0.1:1234 10.0.0.2:80 c00000001.rec"
+    flowsift:{R}:c:{conn}         hash  records, latest (record ID), closed   <- modules are woken
+                                        by the keyspace notifications of these keys
+    flowsift:{R}:modules          hash  bit -> JSON (name, host, pid, started; reserved)
+    flowsift:{R}:alive:{bit}      string, expires: a module's heartbeat
+    flowsift:{R}:done:{bit}       hash  conn -> records the module finished
+    flowsift:{R}:counters:{bit}   hash  counter -> value (committed with "done")
+    flowsift:{R}:out:{bit}        string: bytes of the module's event file that are committed
+    flowsift:{R}:progress         list  "bit conn records", taken by the gateway once per batch
+
+The record files are the truth: after a Redis restart (no persistence) the gateway rebuilds
+its keys from the store, and each module re-registers with its bit and rewrites its progress.
+"""
+import json
+import os
+import time
+import urllib.parse
+
+from flowsift.registry.base import MAX_MODULES, Registry, RegistryError, new_run_id, whoami
+
+HEARTBEAT_EVERY = 1.0        # seconds between heartbeats
+HEARTBEAT_TTL = 5000         # ms without a heartbeat after which a process is taken for dead
+RETRY_FOR = float(os.environ.get("FLOWSIFT_REGISTRY_RETRY", 120))   # seconds of back-off before giving up
+NOTIFY_FLAGS = "Kh"          # keyspace events (K) of hash commands (h): what modules subscribe to
+
+# Take a bit for module ARGV[2]: its own again if it held one and is not alive (a restart, or
+# a bit the gateway reserved for it), else the wanted one if free, else the lowest free one.
+# Returns {bit, resumed} or {-1, bit, holder} (alive elsewhere) or {-2} (all bits taken).
+_REGISTER = """
+local prefix, name, info, ttl, want, max, live = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local held = cjson.decode(all[i + 1])
+  if held.name == name and (want < 0 or tonumber(all[i]) == want) then
+    if redis.call('EXISTS', prefix .. 'alive:' .. all[i]) == 1 then
+      return {-1, tonumber(all[i]), all[i + 1]}
+    end
+    redis.call('HSET', KEYS[1], all[i], info)
+    if live == '1' then redis.call('SET', prefix .. 'alive:' .. all[i], info, 'PX', ttl) end
+    return {tonumber(all[i]), 1}
+  end
+end
+local function take(b)
+  redis.call('HSET', KEYS[1], b, info)
+  if live == '1' then redis.call('SET', prefix .. 'alive:' .. b, info, 'PX', ttl) end
+  return {b, 0}
+end
+if want >= 0 and redis.call('HEXISTS', KEYS[1], want) == 0 then return take(want) end
+for b = 0, max - 1 do
+  if redis.call('HEXISTS', KEYS[1], b) == 0 then return take(b) end
+end
+return {-2}
+"""
+
+
+def _redact(url):
+    p = urllib.parse.urlsplit(url)
+    if p.password:
+        netloc = p.netloc.replace(":" + p.password + "@", ":***@")
+        return urllib.parse.urlunsplit(p._replace(netloc=netloc))
+    return url
+
+
+def run_prefix(run):
+    return f"flowsift:{{{run}}}:"
+
+
+class RedisRegistry(Registry):
+    kind = "redis"
+    announces = True
+
+    def __init__(self, url, run=None, role="gateway", retry_for=None):
+        try:
+            import redis
+        except ImportError:
+            raise RegistryError("the Redis registry needs redis-py: pip install 'redis>=5' hiredis") from None
+        self._redis = redis
+        self.url = url
+        self.shown = _redact(url)
+        self.role = role
+        self.retry_for = RETRY_FOR if retry_for is None else retry_for
+        try:
+            self.r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10,
+                                          health_check_interval=15, decode_responses=True)
+        except ValueError as e:
+            raise RegistryError(f"registry {self.shown}: {e}") from None
+        self.db = self.r.connection_pool.connection_kwargs.get("db", 0)
+        self.user = self.r.connection_pool.connection_kwargs.get("username") or "default"
+        self._register = None
+        self._check()
+        self.run = run
+        self.P = run_prefix(run) if run else None
+        self.on_reconnect = None      # called after the server came back (a restart loses every key)
+        self._last_beat = 0.0
+        self._pubsub = None
+        self.outages = 0
+
+    # --- connecting ---
+    def _explain(self, e):
+        """One line for an error of the server or the connection."""
+        redis = self._redis
+        text = str(e).strip() or type(e).__name__
+        if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid password" in text \
+                or "invalid username-password" in text:
+            return f"Redis at {self.shown} refused user {self.user!r}: wrong password or no such user"
+        if isinstance(e, redis.AuthenticationWrongNumberOfArgsError) or "NOAUTH" in text:
+            return f"Redis at {self.shown} needs a password: redis://user:password@host:port/db"
+        if isinstance(e, redis.ConnectionError):
+            return f"cannot reach Redis at {self.shown}: {text}"
+        if "NOPERM" in text:
+            return f"Redis at {self.shown}: user {self.user!r} may not do this: {text}"
+        return f"Redis at {self.shown}: {text}"
+
+    def _check(self):
+        redis = self._redis
+        try:
+            self.r.ping()
+        except redis.RedisError as e:
+            raise RegistryError(self._explain(e)) from None
+
+    def ensure_notifications(self):
+        """Keyspace notifications of hash commands are what wakes modules: turn them on where
+        this user may, else say exactly what to configure."""
+        redis = self._redis
+        try:
+            flags = self.r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        except redis.ResponseError:
+            flags = None
+        if flags is not None and "K" in flags and ("h" in flags or "A" in flags):
+            return
+        try:
+            self.r.config_set("notify-keyspace-events", "".join(sorted(set((flags or "") + NOTIFY_FLAGS))))
+        except redis.ResponseError as e:
+            raise RegistryError(
+                f"Redis at {self.shown} does not send keyspace notifications, and user {self.user!r} may not "
+                f"turn them on ({str(e).split(':')[0].strip() or e}). Configure the server with "
+                f"'notify-keyspace-events {NOTIFY_FLAGS}' in redis.conf (or as an administrator: "
+                f"CONFIG SET notify-keyspace-events {NOTIFY_FLAGS}), or allow this user +config|get +config|set"
+            ) from None
+
+    def _retry(self, op):
+        """Run `op()`; while the server is unreachable, retry with back-off. After an outage,
+        `on_reconnect` rebuilds what a restarted server lost."""
+        redis = self._redis
+        delay, start, lost = 0.05, None, False
+        while True:
+            try:
+                if lost:
+                    self.r.ping()
+                    self.outages += 1
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
+                    lost = False
+                return op()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+                now = time.monotonic()
+                if start is None:
+                    start = now
+                    import sys
+                    sys.stderr.write(f"flowsift: lost Redis at {self.shown} ({e}); reconnecting\n")
+                if now - start > self.retry_for:
+                    raise RegistryError(f"lost Redis at {self.shown} for {self.retry_for:.0f} s: {e}") from None
+                lost = True
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except redis.RedisError as e:
+                raise RegistryError(self._explain(e)) from None
+
+    def _script(self):
+        if self._register is None:
+            self._register = self.r.register_script(_REGISTER)
+        return self._register
+
+    # --- runs ---
+    def live_runs(self):
+        """{run: meta} of runs whose gateway is alive."""
+        def op():
+            runs = self.r.hgetall("flowsift:runs")
+            if not runs:
+                return {}
+            p = self.r.pipeline(transaction=False)
+            for run in runs:
+                p.exists(run_prefix(run) + "gateway")
+            alive = p.execute()
+            return {run: json.loads(v) for (run, v), a in zip(runs.items(), alive) if a}
+        return self._retry(op)
+
+    def all_runs(self):
+        return {run: json.loads(v) for run, v in self._retry(lambda: self.r.hgetall("flowsift:runs")).items()}
+
+    def gateway_alive(self, run=None):
+        return bool(self._retry(lambda: self.r.exists(run_prefix(run or self.run) + "gateway")))
+
+    def remove_run(self, run):
+        """Delete every key of `run` (its module bits and progress too)."""
+        P = run_prefix(run)
+
+        def op():
+            n = 0
+            batch = []
+            for key in self.r.scan_iter(match=P.replace("{", "\\{").replace("}", "\\}") + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    n += self.r.unlink(*batch)
+                    batch = []
+            if batch:
+                n += self.r.unlink(*batch)
+            self.r.hdel("flowsift:runs", run)
+            return n
+        return self._retry(op)
+
+    # --- gateway side ---
+    def start_run(self, meta):
+        """Claim run id `self.run` (a fresh one when None). A dead run of the same id, left by a
+        crash, is cleared first; a live one is an error."""
+        self.ensure_notifications()
+        if self.run is None:
+            self.run = new_run_id()
+            self.P = run_prefix(self.run)
+        if self.gateway_alive():
+            held = self.all_runs().get(self.run, {})
+            raise RegistryError(f"run {self.run} is live in {self.shown} (gateway pid {held.get('pid')} on "
+                                f"{held.get('host')}): pick another --run")
+        stale = self._retry(lambda: self.r.exists(self.P + "meta") or self.r.hexists("flowsift:runs", self.run))
+        if stale:
+            self.remove_run(self.run)
+            import sys
+            sys.stderr.write(f"flowsift: removed the stale keys of an earlier run {self.run} (its gateway is gone)\n")
+        self.meta = dict(meta, state="running", started=time.time(), **whoami())
+        self._write_meta()
+
+    def _write_meta(self):
+        meta = {k: ("" if v is None else v) for k, v in self.meta.items()}
+
+        def op():
+            p = self.r.pipeline(transaction=True)
+            p.set(self.P + "gateway", json.dumps(whoami()), px=HEARTBEAT_TTL)
+            p.hset(self.P + "meta", mapping={k: str(v) for k, v in meta.items()})
+            p.hset("flowsift:runs", self.run, json.dumps(meta))
+            p.execute()
+        self._retry(op)
+        self._last_beat = time.monotonic()
+
+    def set_state(self, state, **extra):
+        self.meta.update(extra, state=state)
+        self._write_meta()
+
+    def heartbeat(self, bit=None):
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_EVERY:
+            return
+        self._last_beat = now
+        key = self.P + ("gateway" if bit is None else f"alive:{bit}")
+        self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL))
+
+    def sync(self, new, updates):
+        """The gateway's one round trip per batch: new identities and latest records out, module
+        progress and registrations in. Returns (progress, modules, intact); `intact` is False
+        when the run's keys are gone (a restarted server)."""
+        P = self.P
+
+        def op():
+            p = self.r.pipeline(transaction=True)
+            p.exists(P + "meta")
+            if new:
+                p.hset(P + "conns", mapping=dict(new))
+            for conn, records, latest, closed in updates:
+                p.hset(f"{P}c:{conn}", mapping={"records": records, "latest": latest, "closed": int(closed)})
+            p.lrange(P + "progress", 0, -1)
+            p.delete(P + "progress")
+            p.hgetall(P + "modules")
+            p.set(P + "gateway", json.dumps(whoami()), px=HEARTBEAT_TTL)
+            return p.execute()
+        res = self._retry(op)
+        self._last_beat = time.monotonic()
+        progress = []
+        for item in res[-4]:
+            bit, conn, records = item.split()
+            progress.append((int(bit), int(conn), int(records)))
+        return progress, {int(b): json.loads(v) for b, v in res[-2].items()}, bool(res[0])
+
+    def alive_bits(self, bits):
+        def op():
+            p = self.r.pipeline(transaction=False)
+            for b in bits:
+                p.exists(f"{self.P}alive:{b}")
+            return p.execute()
+        return {b: bool(a) for b, a in zip(bits, self._retry(op))}
+
+    def restore(self, conns, modules):
+        """Rebuild the run's keys after a server restart: `conns` [(conn, identity, records,
+        latest, closed)] from the record files, `modules` {bit: info} the gateway knew."""
+        self._write_meta()
+
+        def op():
+            p = self.r.pipeline(transaction=False)
+            for i in range(0, len(conns), 1000):
+                part = conns[i:i + 1000]
+                p.hset(self.P + "conns", mapping={c[0]: c[1] for c in part})
+                for conn, _, records, latest, closed in part:
+                    p.hset(f"{self.P}c:{conn}", mapping={"records": records, "latest": latest, "closed": int(closed)})
+                p.execute()
+            for bit, info in modules.items():
+                p.hsetnx(self.P + "modules", bit, json.dumps(info))
+            p.execute()
+        self._retry(op)
+
+    def reserve(self, name):
+        return self._take(name, -1, {"name": name, "reserved": True}, live=False)[0]
+
+    def end_run(self):
+        if self.run is not None:
+            self.remove_run(self.run)
+
+    # --- module side ---
+    def _take(self, name, want, info, live=True):
+        res = self._retry(lambda: self._script()(keys=[self.P + "modules"],
+                                                 args=[self.P, name, json.dumps(info), HEARTBEAT_TTL,
+                                                       -1 if want is None else want, MAX_MODULES, "1" if live else "0"]))
+        if res[0] == -2:
+            raise RegistryError(f"run {self.run}: all {MAX_MODULES} module bits are taken")
+        if res[0] == -1:
+            holder = json.loads(res[2])
+            raise _Held(res[1], holder)
+        return int(res[0]), bool(res[1])
+
+    def register(self, name, bit=None, wait=HEARTBEAT_TTL / 1000 + 1):
+        """Module `name` takes its bit. A holder that is still alive on this host but whose
+        process is gone (killed) is taken over at once; elsewhere, after its heartbeat expires."""
+        info = dict(name=name, started=time.time(), **whoami())
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._take(name, bit, info)
+            except _Held as held:
+                h = held.holder
+                if h.get("host") == info["host"] and not _pid_alive(h.get("pid")):
+                    self._retry(lambda: self.r.delete(f"{self.P}alive:{held.bit}"))
+                    continue
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"module {name} is already attached to run {self.run} "
+                                        f"(pid {h.get('pid')} on {h.get('host')})") from None
+                time.sleep(0.2)
+
+    def release(self, bit):
+        def op():
+            p = self.r.pipeline(transaction=True)
+            for k in ("alive", "done", "counters", "out"):
+                p.delete(f"{self.P}{k}:{bit}")
+            p.hdel(self.P + "modules", bit)
+            p.execute()
+        self._retry(op)
+
+    def module_state(self, bit):
+        """(done {conn: records}, counters {name: n}, committed output bytes or None)."""
+        def op():
+            p = self.r.pipeline(transaction=True)
+            p.hgetall(f"{self.P}done:{bit}")
+            p.hgetall(f"{self.P}counters:{bit}")
+            p.get(f"{self.P}out:{bit}")
+            return p.execute()
+        done, counters, out = self._retry(op)
+        return ({int(c): int(n) for c, n in done.items()}, {k: int(v) for k, v in counters.items()},
+                None if out is None else int(out))
+
+    def commit_many(self, bit, items, outpos=None):
+        """Connections finished: [(conn, records, counter increments)], and the output written
+        so far, in one transaction: after a crash either all of it counts or none."""
+        def op():
+            p = self.r.pipeline(transaction=True)
+            done, totals = {}, {}
+            for conn, records, counters in items:
+                done[conn] = records
+                for k, v in (counters or {}).items():
+                    totals[k] = totals.get(k, 0) + v
+            if done:
+                p.hset(f"{self.P}done:{bit}", mapping=done)
+                p.rpush(self.P + "progress", *[f"{bit} {c} {n}" for c, n in done.items()])
+            for k, v in totals.items():
+                p.hincrby(f"{self.P}counters:{bit}", k, v)
+            if outpos is not None:
+                p.set(f"{self.P}out:{bit}", outpos)
+            p.set(f"{self.P}alive:{bit}", json.dumps(whoami()), px=HEARTBEAT_TTL)
+            p.execute()
+        self._retry(op)
+
+    def commit(self, bit, conn, records, counters=None, outpos=None):
+        self.commit_many(bit, [(conn, records, counters)], outpos)
+
+    def restore_module(self, bit, name, done, counters, outpos):
+        """After a server restart: this module's bit, progress and counters again."""
+        info = dict(name=name, started=time.time(), **whoami())
+
+        def op():
+            p = self.r.pipeline(transaction=True)
+            p.hset(self.P + "modules", bit, json.dumps(info))
+            p.set(f"{self.P}alive:{bit}", json.dumps(whoami()), px=HEARTBEAT_TTL)
+            p.delete(f"{self.P}done:{bit}", f"{self.P}counters:{bit}")
+            items = list(done.items())
+            for i in range(0, len(items), 1000):
+                p.hset(f"{self.P}done:{bit}", mapping=dict(items[i:i + 1000]))
+            if counters:
+                p.hset(f"{self.P}counters:{bit}", mapping=counters)
+            if outpos is not None:
+                p.set(f"{self.P}out:{bit}", outpos)
+            p.execute()
+        self._retry(op)
+
+    def run_meta(self):
+        return self._retry(lambda: self.r.hgetall(self.P + "meta"))
+
+    def connections(self):
+        """{conn: identity text} of every connection of the run so far."""
+        return {int(c): v for c, v in self._retry(lambda: self.r.hgetall(self.P + "conns")).items()}
+
+    def connection_count(self):
+        return self._retry(lambda: self.r.hlen(self.P + "conns"))
+
+    # --- wake-ups ---
+    def subscribe(self):
+        """Listen to the keyspace notifications of this run's connection keys and meta."""
+        self.ensure_notifications()
+        base = f"__keyspace@{self.db}__:{self.P}"
+        self._channel_base = len(base) + 2          # after "c:"
+        self._meta_channel = base + "meta"
+
+        def op():
+            if self._pubsub is not None:
+                try:
+                    self._pubsub.close()
+                except Exception:
+                    pass
+            ps = self.r.pubsub(ignore_subscribe_messages=True)
+            # glob metacharacters in the run id are escaped; braces are literal in Redis patterns
+            ps.psubscribe(_glob_escape(base) + "c:*")
+            ps.subscribe(self._meta_channel)
+            self._pubsub = ps
+        self._retry(op)
+
+    def wait(self, timeout):
+        """Connections whose keys changed (a set), after waiting at most `timeout` seconds for
+        the first notification; None after an outage (notifications may have been missed:
+        the caller rescans)."""
+        redis = self._redis
+        changed = set()
+        try:
+            msg = self._pubsub.get_message(timeout=timeout)
+            while msg is not None:
+                ch = msg.get("channel") or ""
+                if ch == self._meta_channel:
+                    changed.add(-1)
+                elif msg.get("data") == "hset":
+                    try:
+                        changed.add(int(ch[self._channel_base:]))
+                    except ValueError:
+                        pass
+                msg = self._pubsub.get_message(timeout=0)
+            return changed
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._retry(lambda: self.r.ping())      # back-off until the server is back
+            self.subscribe()
+            return None
+
+    def close(self):
+        try:
+            if self._pubsub is not None:
+                self._pubsub.close()
+            self.r.close()
+        except Exception:
+            pass
+
+
+class _Held(Exception):
+    def __init__(self, bit, holder):
+        self.bit = bit
+        self.holder = holder
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+
+
+def _glob_escape(text):
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
