@@ -9,11 +9,20 @@ from flowsift.modules.runner import InlineChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
-              strict=False, on_progress=None, inline=False, write=None, max_backlog=None):
+              strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
+    if registry not in (None, "", "embedded"):
+        if inline or write is not None or max_backlog is not None:
+            from flowsift.errors import UsageError
+            raise UsageError("--registry runs each module as its own process: --inline, --write and "
+                             "--max-backlog work with the embedded registry only")
+        from flowsift.remote import run_chain_remote
+        return run_chain_remote(spec, source, registry, events=events, store=store, keep=keep,
+                                filter_expression=filter_expression, policy=policy, strict=strict,
+                                on_progress=on_progress)
     # egress rereads stream bytes after the run: nothing may be given back before it is written
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression)
     editor = None

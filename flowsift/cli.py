@@ -131,31 +131,102 @@ def streams(
          as_json, _render('print_streams'))
 
 
+REGISTRY = typer.Option(None, "--registry", metavar="URL",
+                        help="Redis registry, redis://[user:password@]host:port/db: lets modules attach from other "
+                             "processes (flowsift module). Default: embedded, no server.")
+
+
 @app.command()
 def gateway(
-    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file."),
+    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Store directory (default: a fresh one under /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
+    registry: Optional[str] = REGISTRY,
+    run: Optional[str] = typer.Option(None, "--run", metavar="RUN",
+                                      help="Name of the run in the registry (default: a fresh random one)."),
+    expect: Optional[str] = typer.Option(None, "--expect", metavar="NAMES",
+                                         help="Modules that will attach (comma-separated): their bits are held from "
+                                              "the start, so nothing is reclaimed before they read it, and the "
+                                              "gateway waits for them at the end."),
+    cleanup: Optional[str] = typer.Option(None, "--cleanup", metavar="RUN",
+                                          help="Remove the registry keys of a dead run, then exit."),
     as_json: bool = JSON,
 ):
     """Run the gateway alone: write one record file per connection into a store.
 
     Each file holds a record per packet and each direction's reassembled bytes, stored by
     stream offset (docs/record-format.md). Read them with `flowsift inspect`, or from Python
-    with flowsift.streams.StreamPointer.
+    with flowsift.streams.StreamPointer. With --registry, modules in other processes attach
+    to the run (flowsift module); the gateway waits for the ones it knows before it exits,
+    and removes the run's keys when it does.
 
     \b
     Examples:
       flowsift gateway trace.pcap --store /tmp/run1 --keep
       flowsift inspect /tmp/run1
+      flowsift gateway trace.pcap --registry redis://localhost:6379/0 --run r1 --expect http
+      flowsift module http --registry redis://localhost:6379/0 --run r1 --events http.jsonl
+      flowsift gateway --registry redis://localhost:6379/0 --cleanup r1
     """
-    from flowsift.gateway import Gateway
+    if cleanup is not None:
+        from flowsift.remote import cleanup as remove
+        n = remove(registry, cleanup)
+        typer.echo(json.dumps({"run": cleanup, "keys_removed": n}) if as_json else f"run {cleanup}: {n} keys removed")
+        return
+    if source is None:
+        _fail("missing SOURCE (a pcap or pcapng file); see flowsift gateway --help")
+    if registry is None:
+        if run or expect:
+            _fail("--run and --expect need --registry URL")
+        from flowsift.gateway import Gateway
+        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter)
+        _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
+             _render('print_gateway'))
+        return
+    from flowsift.remote import serve
+    names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []
+    started = (lambda r: typer.echo(f"flowsift: run {r} in the registry", err=True)) if not as_json else None
+    _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
+                                                   filter_expression=filter, policy=policy, on_progress=progress,
+                                                   on_started=started),
+         as_json, _render('print_gateway'))
 
-    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter)
-    _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json, _render('print_gateway'))
+
+@app.command()
+def module(
+    name: str = typer.Argument(..., metavar="MODULE", help="One module, e.g. 'http', 'strsearch(patterns=x)' or ./mine.py:Mine."),
+    registry: str = typer.Option(..., "--registry", metavar="URL", help="The Redis registry the gateway uses."),
+    run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to attach to (default: the only live one)."),
+    events: str = typer.Option("-", "--events", metavar="FILE",
+                               help="Where the JSON event lines go ('-': stdout). A file is resumed exactly after a crash."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
+    wait: Optional[float] = typer.Option(None, "--wait", metavar="SECONDS",
+                                         help="How long to wait for the run to start (default: for ever)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (on stderr when events go to stdout)."),
+):
+    """Attach one read-only module, as its own process, to a gateway's run in a Redis registry.
+
+    It may start before or after the gateway. It catches up from the first connection it has
+    not finished, then follows new records as the registry's keyspace notifications arrive,
+    and exits when the run is complete and it has read every connection. Killed and started
+    again, it takes its bit back and resumes: no record is lost or read twice, and an --events
+    file is cut back to what was committed.
+
+    \b
+    Examples:
+      flowsift module counter --registry redis://localhost:6379/0
+      flowsift module http --registry redis://:secret@10.0.0.5:6379/0 --run r1 --events http.jsonl
+    """
+    from flowsift.remote import attach
+    summary = attach(name, registry, run=run, events=None if events == "-" else events, strict=strict, wait=wait)
+    if as_json:
+        typer.echo(json.dumps(summary), err=events == "-")
+    else:
+        from flowsift import render
+        render.print_module(summary)
 
 
 @app.command()
@@ -200,6 +271,7 @@ def chain(
                                                    "(counted) instead of holding the gateway back."),
     write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
                                         help="Write the chain's output: edited packets, dropped ones left out."),
+    registry: Optional[str] = REGISTRY,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
 ):
     """Run a chain of modules over a capture: the gateway writes each connection's records
@@ -211,6 +283,7 @@ def chain(
     Examples:
       flowsift chain counter trace.pcap
       flowsift chain counter,./mymodule.py:Mine trace.pcap --events out.jsonl
+      flowsift chain http,counter trace.pcap --registry redis://localhost:6379/0
       flowsift modules            (what modules there are)
     """
     from flowsift.chain import run_chain
@@ -224,7 +297,7 @@ def chain(
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
                                                          on_progress=progress, inline=inline, write=write,
-                                                         max_backlog=max_backlog),
+                                                         max_backlog=max_backlog, registry=registry),
              as_json, _render('print_chain'))
     finally:
         if out is not None and out is not sys.stdout:

@@ -46,6 +46,7 @@ class Gateway:
         self.announced = set()        # connections the registry knows
         self.module_bits = {}         # bit -> info of the modules registered through the registry
         self.done_by = {}             # bit -> connections that module finished (remote modules)
+        self.released = {}            # name -> connections finished, of modules that left
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
@@ -101,8 +102,8 @@ class Gateway:
         for bit in [b for b in self.module_bits if b not in modules]:
             # released (a clean exit): it holds nothing back any more
             if intact:
-                del self.module_bits[bit]
-                self.done_by.pop(bit, None)
+                info = self.module_bits.pop(bit)
+                self.released[info.get("name", str(bit))] = len(self.done_by.pop(bit, ()))
                 self.store.release_module(bit)
 
     def _restore(self):
@@ -133,18 +134,28 @@ class Gateway:
             self.done_by.setdefault(bit, set())
             self.store.register_module(bit)
 
-    def wait_for_modules(self, on_status=None, poll=0.1):
+    def wait_for_modules(self, on_status=None, poll=0.1, tick=None, linger=5.0):
         """After the source: wait until every registered module finished every connection (or
-        released its bit). `on_status(lines)` is told now and then who is still at work."""
+        released its bit), then up to `linger` seconds for the finished ones to leave. `on_status(lines)`
+        is told now and then who is still at work; `tick()` is called each round."""
         import time
         last = time.monotonic()
+        finished_at = None
         while True:
             self.sync()
             total = len(self.announced)
             waiting = {b: info for b, info in self.module_bits.items() if len(self.done_by.get(b, ())) < total}
             if not waiting:
-                return
-            if on_status is not None and time.monotonic() - last > 10:
+                # every module is through: let them commit their last words and release their bits
+                if not self.module_bits:
+                    return
+                finished_at = finished_at or time.monotonic()
+                alive = self.registry.alive_bits(list(self.module_bits))
+                if not any(alive.values()) or time.monotonic() - finished_at > linger:
+                    return
+            if tick is not None:
+                tick()
+            if waiting and on_status is not None and time.monotonic() - last > 10:
                 last = time.monotonic()
                 alive = self.registry.alive_bits(list(waiting))
                 on_status([f"{info.get('name')} (bit {b}): {len(self.done_by.get(b, ())):,} of {total:,} connections"

@@ -96,7 +96,18 @@ def print_gateway(s, console=None):
     t.add_row("connections", f"{_n(c['tcp'])} TCP, {_n(c['udp'])} UDP")
     t.add_row("gaps", f"{_n(c['gaps'])} ({_bytes(c['gap_bytes'])})")
     t.add_row("late packets", _n(s["engine"]["late_packets"]))
+    if s.get("run"):
+        t.add_row("run", f"{s['run']} in {s['registry']}")
+        for name, n in s.get("module_progress", {}).items():
+            t.add_row(f"module {name}", f"{_n(n)} connections")
     console.print(t)
+
+
+def print_module(s, console=None):
+    console = console or Console(stderr=True)
+    print_chain_tables(s, console)
+    console.print(f"module {s['module']} (bit {s['bit']}) of run {s['run']}: {_n(s['connections'])} connections, "
+                  f"{_n(s['events'])} events" + (" (resumed)" if s["resumed"] else ""))
 
 
 def print_inspect_store(s, console=None):
@@ -143,6 +154,13 @@ def print_inspect_file(s, console=None):
 
 def print_chain(s, console=None):
     console = console or Console(stderr=False)
+    print_chain_tables(s, console)
+    c = s["connections"]
+    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
+                  f"{_n(s['events'])} events")
+
+
+def print_chain_tables(s, console):
     for name, rows in s.get("tables", {}).items():
         if not rows:
             continue
@@ -161,6 +179,3 @@ def print_chain(s, console=None):
     for name, counters in s["modules"].items():
         m.add_row(name, ", ".join(f"{k} {_n(v)}" for k, v in counters.items()))
     console.print(m)
-    c = s["connections"]
-    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
-                  f"{_n(s['events'])} events")

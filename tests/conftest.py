@@ -79,3 +79,63 @@ from hypothesis import settings as _hsettings
 _hsettings.register_profile("default", max_examples=100)
 _hsettings.register_profile("deep", max_examples=5000, deadline=None)
 _hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, without persistence, for one test."""
+
+    def __init__(self, tmp_path, *extra):
+        import socket
+        self.binary = require("redis-server")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tmp_path
+        self.extra = list(extra)
+        self.proc = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self):
+        import redis
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir), *self.extra],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.AuthenticationError:
+                return                      # up, and wants a password
+            except redis.ResponseError as e:
+                if "NOAUTH" in str(e):
+                    return
+            except redis.ConnectionError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            import time
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer within 4 s")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self):
+        """Stop and start again on the same port: without persistence every key is gone."""
+        self.stop()
+        self.start()
+
+    def client(self, **kw):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, **kw)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

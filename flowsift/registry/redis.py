@@ -182,22 +182,23 @@ class RedisRegistry(Registry):
     # --- runs ---
     def live_runs(self):
         """{run: meta} of runs whose gateway is alive."""
-        def op():
-            runs = self.r.hgetall("flowsift:runs")
-            if not runs:
-                return {}
-            p = self.r.pipeline(transaction=False)
-            for run in runs:
-                p.exists(run_prefix(run) + "gateway")
-            alive = p.execute()
-            return {run: json.loads(v) for (run, v), a in zip(runs.items(), alive) if a}
-        return self._retry(op)
+        runs = self._retry(lambda: self.r.hgetall("flowsift:runs"))
+        return {run: json.loads(v) for run, v in runs.items() if self.gateway_alive(run)}
 
     def all_runs(self):
         return {run: json.loads(v) for run, v in self._retry(lambda: self.r.hgetall("flowsift:runs")).items()}
 
     def gateway_alive(self, run=None):
-        return bool(self._retry(lambda: self.r.exists(run_prefix(run or self.run) + "gateway")))
+        """A heartbeat that has not expired, from a process that still exists when it is on
+        this host (a gateway killed here is known dead at once, not after the expiry)."""
+        held = self._retry(lambda: self.r.get(run_prefix(run or self.run) + "gateway"))
+        if held is None:
+            return False
+        try:
+            who = json.loads(held)
+        except ValueError:
+            return True
+        return who.get("host") != whoami()["host"] or _pid_alive(who.get("pid"))
 
     def remove_run(self, run):
         """Delete every key of `run` (its module bits and progress too)."""
@@ -298,6 +299,7 @@ class RedisRegistry(Registry):
     def restore(self, conns, modules):
         """Rebuild the run's keys after a server restart: `conns` [(conn, identity, records,
         latest, closed)] from the record files, `modules` {bit: info} the gateway knew."""
+        self.ensure_notifications()
         self._write_meta()
 
         def op():
@@ -407,6 +409,8 @@ class RedisRegistry(Registry):
             items = list(done.items())
             for i in range(0, len(items), 1000):
                 p.hset(f"{self.P}done:{bit}", mapping=dict(items[i:i + 1000]))
+                # the gateway may have lost reports it had not taken yet: all of them again
+                p.rpush(self.P + "progress", *[f"{bit} {c} {n}" for c, n in items[i:i + 1000]])
             if counters:
                 p.hset(f"{self.P}counters:{bit}", mapping=counters)
             if outpos is not None:

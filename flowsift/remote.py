@@ -1,0 +1,386 @@
+"""A gateway and its modules as separate processes, meeting in a Redis registry.
+
+`serve` runs the gateway alone: it writes the store, announces connections and their latest
+records once per batch, records the progress modules report, and at the end of the source waits
+for the modules it knows to finish. `attach` runs one read-only module as its own process: it
+may start before or after the gateway, catches up from the first connection it has not
+finished, follows new records as keyspace notifications arrive, and after a crash (kill -9)
+resumes exactly: what it finished, counted and wrote is committed in one transaction, and its
+event file is cut back to what was committed.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+from flowsift.errors import FlowsiftError, UsageError
+from flowsift.registry import RegistryError, open_registry
+from flowsift.registry.base import identity_text  # noqa: F401  (re-exported for tools)
+
+EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
+
+
+def _say(line):
+    sys.stderr.write(f"flowsift: {line}\n")
+    sys.stderr.flush()
+
+
+def _redis(url, run=None, role="gateway"):
+    if not url or url == "embedded":
+        raise UsageError("--registry needs a Redis URL (redis://[user:password@]host:port/db): "
+                         "processes find each other there")
+    try:
+        return open_registry(url, run, role=role)
+    except RegistryError as e:
+        raise FlowsiftError(str(e)) from None
+
+
+def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
+          on_progress=None, on_status=_say, tick=None, on_started=None):
+    """Run the gateway over `source` with the registry at `url`; returns its summary."""
+    from flowsift.gateway import Gateway
+    reg = _redis(url, run)
+    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg)
+    try:
+        try:
+            reg.start_run({"store": g.store_dir, "source": str(source)})
+            g.expect(expect)
+            if on_started is not None:
+                on_started(reg.run)
+            summary = g.run_capture(source, on_progress=on_progress)
+            reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced))
+            if g.module_bits and on_status is not None:
+                names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
+                on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
+            g.wait_for_modules(on_status=(lambda lines: [on_status("waiting for " + x) for x in lines])
+                               if on_status else None, tick=tick)
+        except RegistryError as e:
+            raise FlowsiftError(str(e)) from None
+        summary["run"] = reg.run
+        summary["registry"] = reg.shown
+        summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
+                                                         for b, d in g.done_by.items()})
+        summary["registry_outages"] = reg.outages
+        return summary
+    finally:
+        try:
+            reg.end_run()               # a clean exit leaves no key behind
+        except RegistryError:
+            pass
+        reg.close()
+        if store is None and not keep:
+            shutil.rmtree(g.store_dir, ignore_errors=True)
+
+
+def cleanup(url, run):
+    """Remove the keys of a run whose gateway is gone. Returns how many keys went."""
+    reg = _redis(url, run)
+    try:
+        if reg.gateway_alive(run):
+            raise FlowsiftError(f"run {run} is live (its gateway is sending heartbeats): stop its gateway instead")
+        if run not in reg.all_runs() and not reg.r.exists(f"flowsift:{{{run}}}:meta"):
+            raise FlowsiftError(f"no run {run} in {reg.shown}")
+        return reg.remove_run(run)
+    except RegistryError as e:
+        raise FlowsiftError(str(e)) from None
+    finally:
+        reg.close()
+
+
+def _find_run(reg, run, wait, on_status):
+    """The run to attach to: `run`, or the only live one; waits for it to start."""
+    deadline = None if wait is None else time.monotonic() + wait
+    said = False
+    while True:
+        live = reg.live_runs()
+        if run is not None and run in live:
+            return run, live[run]
+        if run is None and len(live) == 1:
+            return next(iter(live.items()))
+        if run is None and len(live) > 1:
+            listed = ", ".join(f"{r} ({m.get('source')})" for r, m in sorted(live.items()))
+            raise UsageError(f"several runs are live in {reg.shown}: {listed}; choose one with --run")
+        if deadline is not None and time.monotonic() > deadline:
+            raise FlowsiftError(f"no live run{' ' + run if run else ''} in {reg.shown} after {wait:g} s")
+        if not said and on_status is not None:
+            on_status(f"waiting for {'run ' + run if run else 'a gateway'} in {reg.shown}")
+            said = True
+        time.sleep(0.2)
+
+
+class _Output:
+    """Where an attached module's event lines go. A regular file is written before its
+    connections are committed, with its length in the same commit, and cut back to that length
+    after a crash; a pipe or terminal gets the lines after the commit."""
+
+    def __init__(self, path, committed):
+        self.fd = None
+        self.held = []
+        if path is None or path == "-":
+            self.pos = None
+            return
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"{path}: cannot write events: {e.strerror}") from None
+        size = os.fstat(self.fd).st_size
+        if committed and size < committed:
+            raise FlowsiftError(f"{path} holds {size} bytes but {committed} bytes of this module's events were "
+                                f"committed: restart it with the --events file it wrote before")
+        os.ftruncate(self.fd, committed or 0)
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.pos = committed or 0
+
+    def write(self, data):
+        if not data:
+            return
+        if self.fd is None:
+            self.held.append(data)
+            return
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.pos += len(data)
+
+    def committed(self):
+        if self.held:
+            sys.stdout.buffer.write(b"".join(self.held))
+            sys.stdout.flush()
+            self.held = []
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=_say, name=None, poll=0.5):
+    """Run one read-only module against run `run` (default: the only live one) of the registry
+    at `url` until the run is complete and the module has finished every connection. Returns
+    a summary like `flowsift chain`'s."""
+    from flowsift.modules.loader import parse_chain
+    from flowsift.modules.runner import InlineChain
+    from flowsift.streams.reader import RecordFile
+    from flowsift.streams.format import HF_CLOSED
+
+    chain = parse_chain(spec)
+    if len(chain) != 1:
+        raise UsageError("flowsift module runs one module; for several, start one process each "
+                         "(or use flowsift chain ... --registry URL)")
+    cls, config = chain[0]
+    if not cls.read_only():
+        raise UsageError(f"module {cls.name} writes ({', '.join(sorted(cls.writes))}): writing modules run in the "
+                         f"gateway's process (flowsift chain); attached modules are read-only")
+    name = name or cls.name
+    reg = _redis(url, role="module")
+    try:
+        run, info = _find_run(reg, run, wait, on_status)
+        from flowsift.registry.redis import run_prefix
+        reg.run, reg.P = run, run_prefix(run)
+        store_dir = info.get("store")
+        if not store_dir or not os.path.isdir(store_dir):
+            raise FlowsiftError(f"run {run}: its store {store_dir} is not on this machine")
+        bit, resumed = reg.register(name)
+        done, counters, outpos = reg.module_state(bit) if resumed else ({}, {}, None)
+        resumed = bool(done or outpos)       # a bit the gateway held for it is a fresh start
+        out = _Output(events, outpos)
+        state = _Attached(reg, bit, name, done, counters, out)
+        if resumed and (done or outpos):
+            on_status(f"module {name} resumes run {run} (bit {bit}): {len(done):,} connections were finished")
+
+        def path_of(c):
+            return os.path.join(store_dir, f"c{c:08d}.rec")
+
+        runner = InlineChain([(cls, config)], None, strict=strict, path_of=path_of, on_done=state.on_done,
+                             hold_events=True)
+        module = runner.modules[0]
+        module.counters.update({k: v for k, v in counters.items() if k != EVENTS_KEY})
+        runner.finished = set(done)
+        reg.on_reconnect = state.restore
+        reg.subscribe()
+
+        def fresh(conn):
+            # reclaimed before this module registered: it cannot be read whole; say so, not glue
+            try:
+                with RecordFile(path_of(conn)) as rf:
+                    h = rf.header
+                    return h["reclaimed0"] <= 0 and h["reclaimed1"] <= 0, h["records"], h["flags"] & HF_CLOSED
+            except FlowsiftError:
+                return None, 0, 0
+
+        def process(conns):
+            for conn in conns:
+                if conn in runner.finished:
+                    continue
+                if conn not in runner.conns:
+                    whole, records, closed = fresh(conn)
+                    if whole is None:
+                        continue            # not written yet (announced first): its notification comes
+                    if not whole:
+                        runner.finished.add(conn)
+                        state.missed(conn, records)
+                        continue
+                runner.follow([conn])
+
+        rescan, last_full, last_check = True, 0.0, 0.0
+        while True:
+            now = time.monotonic()
+            if rescan or now - last_full > 5:
+                process(sorted(reg.connections()))
+                rescan, last_full = False, now
+                changed = {-1}
+            else:
+                changed = reg.wait(poll)
+                if changed is None:             # an outage: notifications may be lost
+                    state.restore()
+                    rescan = True
+                    continue
+                process(sorted(c for c in changed if c >= 0))
+            state.commit()
+            reg.heartbeat(bit)
+            if -1 in changed or not changed or now - last_check > 1:
+                last_check = now
+                meta = reg.run_meta()
+                if meta.get("state") in ("complete", "failed"):
+                    total = reg.connection_count()
+                    if len(runner.finished) >= total:
+                        runner.finish()
+                        state.commit()
+                        break
+                elif not meta and not reg.gateway_alive():
+                    give_up = time.monotonic() + HEARTBEAT_GRACE
+                    while time.monotonic() < give_up and not reg.run_meta() and not reg.gateway_alive():
+                        time.sleep(0.1)
+                    if not reg.run_meta() and not reg.gateway_alive():
+                        raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
+                                            f"{len(runner.finished):,} connections done")
+        summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
+                   "events": state.events, "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
+                   "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages}
+        reg.release(bit)
+        out.close()
+        return summary
+    except RegistryError as e:
+        raise FlowsiftError(str(e)) from None
+    finally:
+        reg.close()
+
+
+HEARTBEAT_GRACE = 6.0           # seconds a gateway may be silent (a registry restart) before it is taken for gone
+
+
+class _Attached:
+    """An attached module's progress: finished connections wait here until committed."""
+
+    def __init__(self, reg, bit, name, done, counters, out):
+        self.reg, self.bit, self.name, self.out = reg, bit, name, out
+        self.done = dict(done)              # committed
+        self.counters = dict(counters)      # committed
+        self.events = counters.get(EVENTS_KEY, 0)
+        self.pending = []
+        self.committed_pos = out.pos
+
+    def on_done(self, conn, records, events, counts):
+        data = "".join(events).encode()
+        self.out.write(data)
+        if events:
+            counts = dict(counts)
+            counts[EVENTS_KEY] = counts.get(EVENTS_KEY, 0) + len(events)
+        self.pending.append((conn, records, counts))
+
+    def missed(self, conn, records):
+        self.pending.append((conn, records, {"missed_connections": 1}))
+
+    def commit(self):
+        if not self.pending:
+            return
+        self.reg.commit_many(self.bit, self.pending, self.out.pos)
+        for conn, records, counts in self.pending:
+            self.done[conn] = records
+            for k, v in counts.items():
+                self.counters[k] = self.counters.get(k, 0) + v
+        self.events = self.counters.get(EVENTS_KEY, 0)
+        self.pending = []
+        self.committed_pos = self.out.pos
+        self.out.committed()
+
+    def restore(self):
+        """The server came back, maybe empty: this module's bit and committed progress again."""
+        self.reg.ensure_notifications()
+        self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos)
+
+
+def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
+                     strict=False, on_progress=None):
+    """`flowsift chain ... --registry URL`: the gateway here, each module in its own
+    `flowsift module` process attached through the registry (restarted if it dies)."""
+    import subprocess
+    import tempfile
+    from flowsift.modules.loader import _split, parse_chain
+    from flowsift.registry.base import new_run_id
+
+    chain = parse_chain(spec)
+    names = [cls.name for cls, _ in chain]
+    for cls, _ in chain:
+        if not cls.read_only():
+            raise UsageError(f"module {cls.name} writes: with --registry every module runs as its own read-only "
+                             f"process; run writing modules without --registry")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"module {twice[0]} appears twice: with --registry modules attach by name")
+    parts = [p.strip() for p in _split(spec, ",")]
+    run = new_run_id()
+    work = tempfile.mkdtemp(prefix="flowsift-chain-")
+    procs, restarts = {}, {n: 0 for n in names}
+
+    def launch(i):
+        cmd = [sys.executable, "-m", "flowsift", "module", parts[i], "--registry", url, "--run", run,
+               "--events", os.path.join(work, f"{i}.jsonl"), "--json", "--wait", "60"] + (["--strict"] if strict else [])
+        procs[i] = subprocess.Popen(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"))
+
+    def tick():
+        for i, p in list(procs.items()):
+            rc = p.poll()
+            if rc not in (None, 0):
+                restarts[names[i]] += 1
+                if restarts[names[i]] > 100:
+                    raise FlowsiftError(f"module {names[i]}: its process died {restarts[names[i]]} times; giving up")
+                _say(f"module {names[i]}: its process died ({rc}); restarting it")
+                launch(i)
+
+    try:
+        summary = serve(source, url, run=run, store=store, keep=keep, expect=names, filter_expression=filter_expression,
+                        policy=policy, on_progress=on_progress, tick=tick,
+                        on_started=lambda r: [launch(i) for i in range(len(parts))])
+        results = []
+        for i, p in procs.items():
+            try:
+                rc = p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+            if rc != 0:
+                raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
+            with open(os.path.join(work, f"{i}.json")) as f:
+                results.append(json.load(f))
+            if events is not None:
+                with open(os.path.join(work, f"{i}.jsonl")) as f:
+                    shutil.copyfileobj(f, events)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    summary["modules"] = {}
+    summary["tables"] = {}
+    for r in results:
+        m = dict(r["modules"][r["module"]], restarts=restarts[r["module"]])
+        summary["modules"][r["module"]] = m
+        summary["tables"].update(r["tables"])
+    summary["events"] = sum(r["events"] for r in results)
+    summary["chain"] = names
+    summary["mode"] = "registry"
+    if store is None and not keep:
+        summary["store"] = None
+    return summary
