@@ -96,7 +96,9 @@ class Gateway:
                 self.done_by.setdefault(bit, set())
                 self.store.register_module(bit)
         for bit, conn, records in progress:
-            if bit in self.module_bits and conn in self.announced:
+            if bit in self.module_bits and conn in self.announced and conn not in self.done_by[bit]:
+                # a report sent again (after a registry restart) is not recorded twice: the file
+                # may be retired already
                 self.done_by[bit].add(conn)
                 self.store.module_done(conn, bit, records)
         for bit in [b for b in self.module_bits if b not in modules]:
@@ -108,18 +110,26 @@ class Gateway:
 
     def _restore(self):
         """The registry lost this run's keys (a restarted server): rebuild them from the record
-        files, which are the truth."""
+        files, which are the truth (a retired file, finished by every module, from the store's
+        own state)."""
         from flowsift.registry.base import identity_text
         from flowsift.streams.reader import RecordFile
         rows = []
         for c in sorted(self.announced):
-            with RecordFile(self.store.path(c)) as rf:
+            path = self.store.path(c)
+            try:
+                rf = RecordFile(path)
+            except FlowsiftError:
+                records, latest, closed = self.store.latest([c])[0]
+                rows.append((c, identity_text(self.store.identity(c), path), records, latest, closed))
+                continue
+            with rf:
                 h = rf.header
                 n = 4 if h["ipver"] == 4 else 16
                 ident = (h["proto"], h["ipver"], h["client_addr"][:n], h["client_port"], h["server_addr"][:n],
                          h["server_port"])
                 latest = h["first_record_id"] + h["records"] - 1 if h["records"] else 0
-                rows.append((c, identity_text(ident, rf.path), h["records"], latest, rf.closed_by_gateway))
+                rows.append((c, identity_text(ident, path), h["records"], latest, rf.closed_by_gateway))
         self.registry.restore(rows, self.module_bits)
         import sys
         sys.stderr.write(f"flowsift: registry restored from the store: {len(rows)} connections, "

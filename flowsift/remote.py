@@ -62,6 +62,7 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
         summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
                                                          for b, d in g.done_by.items()})
         summary["registry_outages"] = reg.outages
+        summary["registry_rebuilt"] = reg.rebuilt
         return summary
     finally:
         try:
@@ -175,6 +176,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     name = name or cls.name
     reg = _redis(url, role="module")
     try:
+        reg.ensure_notifications()          # what wakes this module: checked before any waiting
         run, info = _find_run(reg, run, wait, on_status)
         from flowsift.registry.redis import run_prefix
         reg.run, reg.P = run, run_prefix(run)
@@ -210,14 +212,22 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                 return None, 0, 0
 
         def process(conns):
+            last = time.monotonic()
             for conn in conns:
                 if conn in runner.finished:
                     continue
+                if time.monotonic() - last > 0.5:
+                    # a long catch-up still commits and beats: a crash loses little, and nobody
+                    # takes this module for dead
+                    state.commit()
+                    if not reg.heartbeat(bit):
+                        state.restore()
+                    last = time.monotonic()
                 if conn not in runner.conns:
                     whole, records, closed = fresh(conn)
-                    if whole is None:
-                        continue            # not written yet (announced first): its notification comes
                     if not whole:
+                        # announced, so its file existed: reclaimed or retired before this module
+                        # registered (attach with the gateway's --expect to see every connection)
                         runner.finished.add(conn)
                         state.missed(conn, records)
                         continue
@@ -238,7 +248,9 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     continue
                 process(sorted(c for c in changed if c >= 0))
             state.commit()
-            reg.heartbeat(bit)
+            if not reg.heartbeat(bit):
+                state.restore()                 # the server lost our keys: write them again, look again
+                rescan = True
             if -1 in changed or not changed or now - last_check > 1:
                 last_check = now
                 meta = reg.run_meta()
@@ -257,7 +269,8 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                                             f"{len(runner.finished):,} connections done")
         summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
                    "events": state.events, "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
-                   "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages}
+                   "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
+                   "registry_rebuilt": reg.rebuilt}
         reg.release(bit)
         out.close()
         return summary
@@ -295,7 +308,8 @@ class _Attached:
     def commit(self):
         if not self.pending:
             return
-        self.reg.commit_many(self.bit, self.pending, self.out.pos)
+        while not self.reg.commit_many(self.bit, self.pending, self.out.pos):
+            self.restore()                      # the server lost our state: put it back, then commit
         for conn, records, counts in self.pending:
             self.done[conn] = records
             for k, v in counts.items():

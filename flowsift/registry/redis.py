@@ -26,8 +26,9 @@ import urllib.parse
 
 from flowsift.registry.base import MAX_MODULES, Registry, RegistryError, new_run_id, whoami
 
-HEARTBEAT_EVERY = 1.0        # seconds between heartbeats
-HEARTBEAT_TTL = 5000         # ms without a heartbeat after which a process is taken for dead
+# ms without a heartbeat after which a process is taken for dead; beats come 5 times as often
+HEARTBEAT_TTL = int(os.environ.get("FLOWSIFT_HEARTBEAT_TTL_MS", 5000))
+HEARTBEAT_EVERY = HEARTBEAT_TTL / 5000
 RETRY_FOR = float(os.environ.get("FLOWSIFT_REGISTRY_RETRY", 120))   # seconds of back-off before giving up
 NOTIFY_FLAGS = "Kh"          # keyspace events (K) of hash commands (h): what modules subscribe to
 
@@ -58,6 +59,26 @@ for b = 0, max - 1 do
   if redis.call('HEXISTS', KEYS[1], b) == 0 then return take(b) end
 end
 return {-2}
+"""
+
+# A module's commit: finished connections (done hash and the gateway's progress list), counter
+# increments and output length, all or nothing, and only while its heartbeat key exists.
+_COMMIT = """
+local prefix, bit, ttl, who, outpos, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local i = 7
+for _ = 1, n do
+  redis.call('HSET', prefix .. 'done:' .. bit, ARGV[i], ARGV[i + 1])
+  redis.call('RPUSH', prefix .. 'progress', bit .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HINCRBY', prefix .. 'counters:' .. bit, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if outpos ~= '' then redis.call('SET', prefix .. 'out:' .. bit, outpos) end
+redis.call('SET', KEYS[1], who, 'PX', ttl)
+return 1
 """
 
 
@@ -95,24 +116,26 @@ class RedisRegistry(Registry):
         self.db = self.r.connection_pool.connection_kwargs.get("db", 0)
         self.user = self.r.connection_pool.connection_kwargs.get("username") or "default"
         self._register = None
+        self._commit = None
         self._check()
         self.run = run
         self.P = run_prefix(run) if run else None
         self.on_reconnect = None      # called after the server came back (a restart loses every key)
         self._last_beat = 0.0
         self._pubsub = None
-        self.outages = 0
+        self.outages = 0              # times the server could not be reached
+        self.rebuilt = 0              # times this process wrote its part of the run again (a restarted server)
 
     # --- connecting ---
     def _explain(self, e):
         """One line for an error of the server or the connection."""
         redis = self._redis
         text = str(e).strip() or type(e).__name__
+        if "NOAUTH" in text or "Authentication required" in text:
+            return f"Redis at {self.shown} needs a password: redis://[user]:password@host:port/db"
         if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid password" in text \
                 or "invalid username-password" in text:
             return f"Redis at {self.shown} refused user {self.user!r}: wrong password or no such user"
-        if isinstance(e, redis.AuthenticationWrongNumberOfArgsError) or "NOAUTH" in text:
-            return f"Redis at {self.shown} needs a password: redis://user:password@host:port/db"
         if isinstance(e, redis.ConnectionError):
             return f"cannot reach Redis at {self.shown}: {text}"
         if "NOPERM" in text:
@@ -255,12 +278,14 @@ class RedisRegistry(Registry):
         self._write_meta()
 
     def heartbeat(self, bit=None):
+        """Refresh this process's heartbeat (at most every HEARTBEAT_EVERY). False when it had
+        gone (a restarted server, or a process too slow to beat): the caller writes its part again."""
         now = time.monotonic()
         if now - self._last_beat < HEARTBEAT_EVERY:
-            return
+            return True
         self._last_beat = now
         key = self.P + ("gateway" if bit is None else f"alive:{bit}")
-        self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL))
+        return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
 
     def sync(self, new, updates):
         """The gateway's one round trip per batch: new identities and latest records out, module
@@ -300,6 +325,7 @@ class RedisRegistry(Registry):
         """Rebuild the run's keys after a server restart: `conns` [(conn, identity, records,
         latest, closed)] from the record files, `modules` {bit: info} the gateway knew."""
         self.ensure_notifications()
+        self.rebuilt += 1
         self._write_meta()
 
         def op():
@@ -375,30 +401,29 @@ class RedisRegistry(Registry):
 
     def commit_many(self, bit, items, outpos=None):
         """Connections finished: [(conn, records, counter increments)], and the output written
-        so far, in one transaction: after a crash either all of it counts or none."""
-        def op():
-            p = self.r.pipeline(transaction=True)
-            done, totals = {}, {}
-            for conn, records, counters in items:
-                done[conn] = records
-                for k, v in (counters or {}).items():
-                    totals[k] = totals.get(k, 0) + v
-            if done:
-                p.hset(f"{self.P}done:{bit}", mapping=done)
-                p.rpush(self.P + "progress", *[f"{bit} {c} {n}" for c, n in done.items()])
-            for k, v in totals.items():
-                p.hincrby(f"{self.P}counters:{bit}", k, v)
-            if outpos is not None:
-                p.set(f"{self.P}out:{bit}", outpos)
-            p.set(f"{self.P}alive:{bit}", json.dumps(whoami()), px=HEARTBEAT_TTL)
-            p.execute()
-        self._retry(op)
+        so far, in one atomic step: after a crash either all of it counts or none. Refused
+        (returns False, nothing written) when this module's heartbeat key is gone, i.e. the
+        server lost the module's state: the caller restores it first, then commits again."""
+        done, totals = {}, {}
+        for conn, records, counters in items:
+            done[conn] = records
+            for k, v in (counters or {}).items():
+                totals[k] = totals.get(k, 0) + v
+        args = [self.P, bit, HEARTBEAT_TTL, json.dumps(whoami()), "" if outpos is None else outpos, len(done)]
+        for c, n in done.items():
+            args += [c, n]
+        for k, v in totals.items():
+            args += [k, v]
+        if self._commit is None:
+            self._commit = self.r.register_script(_COMMIT)
+        return bool(self._retry(lambda: self._commit(keys=[f"{self.P}alive:{bit}"], args=args)))
 
     def commit(self, bit, conn, records, counters=None, outpos=None):
-        self.commit_many(bit, [(conn, records, counters)], outpos)
+        return self.commit_many(bit, [(conn, records, counters)], outpos)
 
     def restore_module(self, bit, name, done, counters, outpos):
         """After a server restart: this module's bit, progress and counters again."""
+        self.rebuilt += 1
         info = dict(name=name, started=time.time(), **whoami())
 
         def op():
@@ -469,6 +494,7 @@ class RedisRegistry(Registry):
                 msg = self._pubsub.get_message(timeout=0)
             return changed
         except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self.outages += 1
             self._retry(lambda: self.r.ping())      # back-off until the server is back
             self.subscribe()
             return None

@@ -1,0 +1,313 @@
+"""The Redis registry, against a real redis-server started for each test on a free loopback port:
+a gateway and a module in separate processes give `flowsift chain`'s output, through a module
+kill -9 and a Redis restart; bits are atomic across processes; stale runs never break a new
+one; and every failure to use the server is one line, exit 2."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import RedisServer, run_cli
+from flowsift.chain import run_chain
+
+SLOW = textwrap.dedent('''
+    import os, time
+    from flowsift.modules import Module
+
+    class Slow(Module):
+        """An event per record and per connection end, taking its time at each end.
+
+        Synopsis: slow
+        """
+        name = "slow"
+
+        def on_packet(self, flow, record):
+            self.emit("record", index=record.index, id=record.record_id)
+            self.count("records")
+
+        def on_close(self, flow, reason):
+            time.sleep(float(os.environ.get("SLOW_CLOSE", "0.02")))
+            self.emit("closed", reason=reason)
+            self.count("connections")
+''')
+
+CAPTURE = "tls__suri__tls-subjectaltname.pcap"      # 110 connections, 3,083 records
+
+
+def flowsift(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "flowsift", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})), **kw)
+
+
+def finish(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def strip(events):
+    """Events without their timestamp (it says when the module read, which differs by design) and
+    record ID (each run draws a random base per connection; checked to count up instead)."""
+    bases = collections.defaultdict(set)
+    for e in events:
+        if "id" in e:
+            bases[e["conn"]].add(e["id"] - e["index"])
+    assert all(len(b) == 1 for b in bases.values())
+    return collections.Counter(json.dumps({k: v for k, v in e.items() if k not in ("ts", "id")}, sort_keys=True)
+                               for e in events)
+
+
+def read_events(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def wait_until(what, timeout=60, every=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.fixture
+def slow(tmp_path):
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW)
+    return f"{path}:Slow"
+
+
+@pytest.fixture
+def expected(corpus, slow):
+    """What `flowsift chain` makes of the capture in one process."""
+    import io
+    out = io.StringIO()
+    summary = run_chain(slow, str(corpus / CAPTURE), events=out, inline=True, strict=True)
+    return [json.loads(l) for l in out.getvalue().splitlines()], summary["modules"]["slow"]
+
+
+def test_module_attached_later_killed_and_restarted_gives_the_chain_output(tmp_path, corpus, redis_server, slow,
+                                                                           expected):
+    url, r = redis_server.url, redis_server.client()
+    store = tmp_path / "store"
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "r1", "--expect", "slow",
+                  "--store", store, "--keep", "--json")
+    # the module attaches after the gateway has read the whole source
+    wait_until(lambda: r.hget("flowsift:{r1}:meta", "state") == "complete")
+    events = tmp_path / "slow.jsonl"
+    m1 = flowsift("module", slow, "--registry", url, "--run", "r1", "--events", events, "--json")
+    wait_until(lambda: r.hlen("flowsift:{r1}:done:0") >= 30)
+    assert m1.poll() is None, "the module finished before it could be killed: nothing was tested"
+    os.kill(m1.pid, signal.SIGKILL)
+    m1.wait()
+    at_kill = r.hlen("flowsift:{r1}:done:0")
+    assert at_kill < 110
+    m2 = flowsift("module", slow, "--registry", url, "--run", "r1", "--events", events, "--json")
+    out, err = finish(m2)
+    summary = json.loads(out)
+    assert summary["resumed"] and summary["bit"] == 0 and summary["connections"] == 110
+    assert "resumes run r1" in err
+    gsum = json.loads(finish(gw)[0])
+    want_events, want_counters = expected
+    got = read_events(events)
+    # nothing lost, nothing twice: the same multiset of events as one process makes
+    assert strip(got) == strip(want_events) and len(got) == 3083 + 110
+    assert {k: v for k, v in summary["modules"]["slow"].items()} == want_counters
+    assert gsum["module_progress"] == {"slow": 110} and gsum["run"] == "r1"
+    # the gateway recorded the module's bit in every record of every file
+    from flowsift.streams.reader import RecordFile, store_files
+    files = list(store_files(store))
+    assert len(files) == 110
+    for path in files:
+        with RecordFile(path) as rf:
+            assert (rf.record_array()["modules"] & 1).all()
+    # a clean exit leaves no key behind
+    assert r.keys("flowsift:*") == []
+
+
+def test_redis_restarted_mid_run_nothing_lost(tmp_path, corpus, redis_server, slow, expected):
+    url, r = redis_server.url, redis_server.client()
+    events = tmp_path / "slow.jsonl"
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "r2", "--expect", "slow", "--json")
+    m = flowsift("module", slow, "--registry", url, "--run", "r2", "--events", events, "--json", "--wait", "30")
+    wait_until(lambda: r.hlen("flowsift:{r2}:done:0") >= 30)
+    assert m.poll() is None and gw.poll() is None
+    redis_server.restart()                  # no persistence: every key is gone
+    out, err = finish(m)
+    gsum, gerr = finish(gw)
+    summary, gsum = json.loads(out), json.loads(gsum)
+    assert summary["registry_rebuilt"] >= 1 and gsum["registry_rebuilt"] == 1
+    assert "registry restored from the store" in gerr
+    want_events, want_counters = expected
+    assert strip(read_events(events)) == strip(want_events)
+    assert summary["modules"]["slow"] == want_counters
+    assert gsum["module_progress"] == {"slow": 110}
+    assert redis_server.client().keys("flowsift:*") == []
+
+
+def test_module_started_before_the_gateway(tmp_path, corpus, redis_server, slow, expected):
+    url = redis_server.url
+    events = tmp_path / "slow.jsonl"
+    m = flowsift("module", slow, "--registry", url, "--run", "r3", "--events", events, "--wait", "60",
+                 env={"SLOW_CLOSE": "0"})
+    time.sleep(0.5)
+    assert m.poll() is None                 # waiting for the run
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "r3", "--expect", "slow")
+    _, err = finish(m)
+    assert "waiting for run r3" in err
+    finish(gw)
+    assert strip(read_events(events)) == strip(expected[0])
+
+
+def test_chain_with_registry_gives_the_embedded_output(tmp_path, corpus, redis_server):
+    cap = corpus / "http__tcpflow__jpegs.cap"
+    a = run_cli("chain", "http,tls,counter", cap, "--events", tmp_path / "a.jsonl", "--json", check=True)
+    b = run_cli("chain", "http,tls,counter", cap, "--events", tmp_path / "b.jsonl", "--json",
+                "--registry", redis_server.url, check=True)
+    sa, sb = json.loads(a.stdout), json.loads(b.stdout)
+    assert sb["mode"] == "registry" and sa["mode"] == "parallel"
+    assert strip(read_events(tmp_path / "b.jsonl")) == strip(read_events(tmp_path / "a.jsonl"))
+    assert sa["events"] == sb["events"] > 30
+    for m in ("http", "tls", "counter"):
+        assert {k: v for k, v in sa["modules"][m].items() if k != "restarts"} == \
+               {k: v for k, v in sb["modules"][m].items() if k != "restarts"}
+    assert redis_server.client().keys("flowsift:*") == []
+
+
+def _register(url, run, name, queue):
+    from flowsift.registry.redis import RedisRegistry
+    from flowsift.registry import RegistryError
+    reg = RedisRegistry(url, run, role="module")
+    try:
+        queue.put((name, reg.register(name, wait=0.3)[0]))
+        time.sleep(1)                       # alive while the others try
+    except RegistryError as e:
+        queue.put((name, str(e)))
+
+
+def test_bits_are_assigned_atomically_across_processes(redis_server):
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    names = [f"m{i}" for i in range(12)] + ["twin", "twin"]
+    procs = [ctx.Process(target=_register, args=(redis_server.url, "rb", n, q)) for n in names]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    bits = [b for n, b in got if isinstance(b, int)]
+    assert len(bits) == len(set(bits)) == 13 and set(bits) == set(range(13))
+    refused = [b for n, b in got if not isinstance(b, int)]
+    assert len(refused) == 1 and "module twin is already attached to run rb" in refused[0]
+
+
+def test_a_dead_module_is_noticed_by_its_heartbeat(redis_server):
+    from flowsift.registry.redis import RedisRegistry
+    env = dict(os.environ, FLOWSIFT_HEARTBEAT_TTL_MS="600")
+    code = ("from flowsift.registry.redis import RedisRegistry; import time; "
+            f"r = RedisRegistry({redis_server.url!r}, 'rh', role='module'); print(r.register('ghost')[0], flush=True); "
+            "time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    bit = int(p.stdout.readline())
+    reg = RedisRegistry(redis_server.url, "rh")
+    assert reg.alive_bits([bit]) == {bit: True}
+    p.kill()
+    p.wait()
+    wait_until(lambda: reg.alive_bits([bit]) == {bit: False}, timeout=5)
+
+
+def test_stale_keys_of_a_crashed_run_never_break_a_new_one(tmp_path, corpus, redis_server):
+    url, r = redis_server.url, redis_server.client()
+    cap = corpus / "http__tcpflow__jpegs.cap"
+    # a gateway waiting for a module that never comes, killed: its keys stay behind
+    for run in ("rs", "rc"):
+        gw = flowsift("gateway", cap, "--registry", url, "--run", run, "--expect", "nobody")
+        wait_until(lambda: r.hget(f"flowsift:{{{run}}}:meta", "state") == "complete")
+        os.kill(gw.pid, signal.SIGKILL)
+        gw.wait()
+        assert r.exists(f"flowsift:{{{run}}}:conns")
+    # the same run id again: the stale keys are cleared, the run works
+    res = run_cli("chain", "counter", cap, "--registry", url, "--json")   # another run alongside
+    assert res.returncode == 0, res.stderr
+    gw = flowsift("gateway", cap, "--registry", url, "--run", "rs", "--json")
+    out, err = finish(gw)
+    assert "removed the stale keys of an earlier run rs" in err
+    assert json.loads(out)["run"] == "rs"
+    # --cleanup removes a dead run's keys; a run that does not exist is one line, exit 2
+    res = run_cli("gateway", "--registry", url, "--cleanup", "rc", "--json", check=True)
+    assert json.loads(res.stdout)["keys_removed"] > 5
+    assert r.keys("flowsift:*") == []
+    res = run_cli("gateway", "--registry", url, "--cleanup", "nosuch")
+    assert res.returncode == 2 and res.stderr.strip() == f"flowsift: no run nosuch in {url}"
+
+
+def test_cleanup_refuses_a_live_run(corpus, redis_server):
+    url, r = redis_server.url, redis_server.client()
+    gw = flowsift("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rl", "--expect", "nobody")
+    try:
+        wait_until(lambda: r.hget("flowsift:{rl}:meta", "state") == "complete")
+        res = run_cli("gateway", "--registry", url, "--cleanup", "rl")
+        assert res.returncode == 2 and "run rl is live" in res.stderr
+        res = run_cli("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rl")
+        assert res.returncode == 2 and "run rl is live" in res.stderr
+    finally:
+        gw.send_signal(signal.SIGINT)
+        gw.wait(timeout=30)
+    assert r.keys("flowsift:*") == []          # interrupted is still a clean exit
+
+
+def test_unreachable_registry_is_one_line_exit_2(corpus, redis_server):
+    port = redis_server.port
+    redis_server.stop()
+    url = f"redis://127.0.0.1:{port}/0"
+    for args in (("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url),
+                 ("module", "counter", "--registry", url),
+                 ("chain", "counter", corpus / "http__tcpflow__jpegs.cap", "--registry", url)):
+        res = run_cli(*args)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"flowsift: cannot reach Redis at {url}"), res.stderr
+    res = run_cli("module", "counter", "--registry", "http://localhost/")
+    assert res.returncode == 2 and "expected redis://" in res.stderr
+
+
+def test_passwords_and_acl_users(tmp_path, corpus):
+    cap = corpus / "http__tcpflow__jpegs.cap"
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    try:
+        admin = server.client(password="s3cret")
+        admin.execute_command("ACL", "SETUSER", "alice", "on", ">alicepw", "~*", "&*", "+@all")
+        admin.execute_command("ACL", "SETUSER", "bob", "on", ">bobpw", "~flowsift:*", "&*", "+@all", "-@admin")
+        port = server.port
+        # right password (default user), right ACL user: the chain runs
+        for auth in ("s3cret", "alice:alicepw"):
+            res = run_cli("chain", "counter", cap, "--registry", f"redis://{':' if ':' not in auth else ''}{auth}@127.0.0.1:{port}/0", "--json")
+            assert res.returncode == 0, res.stderr
+        # wrong passwords: one line naming the user, password not shown
+        for auth, user in ((":nope", "default"), ("alice:nope", "alice")):
+            res = run_cli("module", "counter", "--registry", f"redis://{auth}@127.0.0.1:{port}/0")
+            assert res.returncode == 2
+            line = res.stderr.strip()
+            assert line == (f"flowsift: Redis at redis://{auth.split(':')[0]}:***@127.0.0.1:{port}/0 refused user "
+                            f"'{user}': wrong password or no such user"), line
+        res = run_cli("module", "counter", "--registry", f"redis://127.0.0.1:{port}/0")
+        assert res.returncode == 2 and "needs a password" in res.stderr
+        # notifications off and a user that may not turn them on: say exactly what to configure
+        admin.config_set("notify-keyspace-events", "")
+        res = run_cli("module", "counter", "--registry", f"redis://bob:bobpw@127.0.0.1:{port}/0")
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+        assert "'notify-keyspace-events Kh' in redis.conf" in res.stderr and "user 'bob'" in res.stderr
+        # a user who may: flowsift turns them on
+        res = run_cli("chain", "counter", cap, "--registry", f"redis://alice:alicepw@127.0.0.1:{port}/0", "--json")
+        assert res.returncode == 0, res.stderr
+        assert "K" in admin.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    finally:
+        server.stop()
