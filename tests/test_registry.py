@@ -311,3 +311,37 @@ def test_passwords_and_acl_users(tmp_path, corpus):
         assert "K" in admin.config_get("notify-keyspace-events")["notify-keyspace-events"]
     finally:
         server.stop()
+
+
+def test_redis_down_and_restarted_while_the_gateway_reads(tmp_path, corpus, redis_server, slow, expected):
+    """The server goes away between two batches of the source and comes back empty half a second
+    later: the gateway waits with back-off, rebuilds the run from the store and goes on."""
+    import threading
+    from flowsift.gateway import Gateway
+    from flowsift.registry import open_registry
+    events = tmp_path / "slow.jsonl"
+    reg = open_registry(redis_server.url, "rd")
+    g = Gateway(tmp_path / "store", registry=reg)
+    reg.start_run({"store": g.store_dir, "source": str(corpus / CAPTURE)})
+    g.expect(["slow"])
+    m = flowsift("module", slow, "--registry", redis_server.url, "--run", "rd", "--events", events, "--json",
+                 "--wait", "30", env={"SLOW_CLOSE": "0"})
+    r = redis_server.client()
+    wait_until(lambda: r.exists("flowsift:{rd}:alive:0"))      # attached before the outage
+    batches = []
+
+    def after_batch(touched, closed):
+        batches.append(len(touched))
+        if len(batches) == 3:
+            redis_server.stop()
+            threading.Timer(0.5, redis_server.start).start()
+
+    g.run_capture(corpus / CAPTURE, after_batch=after_batch)
+    reg.set_state("complete", connections=len(g.announced))
+    g.wait_for_modules()
+    reg.end_run()
+    assert len(batches) > 4 and reg.rebuilt == 1 and reg.outages >= 1
+    out, err = finish(m)
+    assert strip(read_events(events)) == strip(expected[0])
+    assert json.loads(out)["modules"]["slow"] == expected[1]
+    assert redis_server.client().keys("flowsift:*") == []

@@ -153,21 +153,28 @@ class RedisRegistry(Registry):
         """Keyspace notifications of hash commands are what wakes modules: turn them on where
         this user may, else say exactly what to configure."""
         redis = self._redis
-        try:
-            flags = self.r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
-        except redis.ResponseError:
-            flags = None
+
+        def get():
+            try:
+                return self.r.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+            except redis.ResponseError:
+                return None             # not allowed to look: try to set them all the same
+        flags = self._retry(get)
         if flags is not None and "K" in flags and ("h" in flags or "A" in flags):
             return
-        try:
-            self.r.config_set("notify-keyspace-events", "".join(sorted(set((flags or "") + NOTIFY_FLAGS))))
-        except redis.ResponseError as e:
+
+        def put():
+            try:
+                self.r.config_set("notify-keyspace-events", "".join(sorted(set((flags or "") + NOTIFY_FLAGS))))
+            except redis.ResponseError as e:
+                return e
+        refused = self._retry(put)
+        if refused is not None:
             raise RegistryError(
                 f"Redis at {self.shown} does not send keyspace notifications, and user {self.user!r} may not "
-                f"turn them on ({str(e).split(':')[0].strip() or e}). Configure the server with "
+                f"turn them on ({str(refused).split(':')[0].strip() or refused}). Configure the server with "
                 f"'notify-keyspace-events {NOTIFY_FLAGS}' in redis.conf (or as an administrator: "
-                f"CONFIG SET notify-keyspace-events {NOTIFY_FLAGS}), or allow this user +config|get +config|set"
-            ) from None
+                f"CONFIG SET notify-keyspace-events {NOTIFY_FLAGS}), or allow this user +config|get +config|set")
 
     def _retry(self, op):
         """Run `op()`; while the server is unreachable, retry with back-off. After an outage,
