@@ -14,6 +14,10 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
+    from flowsift.io.live import is_live
+    if write is not None and is_live(source):
+        from flowsift.errors import UsageError
+        raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None:
             from flowsift.errors import UsageError

@@ -62,6 +62,11 @@ def _run(path, label, work, as_json, render):
         _fail(result["error"])
 
 
+def _limits(source, count, duration):
+    from flowsift.io.live import with_limits
+    return with_limits(source, count, duration)
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"flowsift {__version__}")
@@ -69,7 +74,10 @@ def _version(value: bool):
 
 
 # options several commands share, declared once
-CAPTURE = typer.Argument(..., metavar="CAPTURE", help="A pcap or pcapng file.")
+CAPTURE = typer.Argument(..., metavar="SOURCE",
+                         help="A pcap or pcapng file, or a live interface: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw].")
+COUNT = typer.Option(None, "--count", "-c", metavar="N", help="Live sources: stop after N packets.")
+DURATION = typer.Option(None, "--duration", metavar="SECONDS", help="Live sources: stop after this long (Ctrl-C also ends cleanly).")
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
 POLICY = typer.Option("first", "--policy", metavar="NAME",
@@ -86,6 +94,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def stats(
     capture: str = CAPTURE,
     filter: Optional[str] = FILTER,
+    count: Optional[int] = COUNT,
+    duration: Optional[float] = DURATION,
     as_json: bool = JSON,
 ):
     """Summarise a capture: packets, bytes, time span, link types, protocols, flows, and every
@@ -95,8 +105,10 @@ def stats(
     Examples:
       flowsift stats trace.pcap
       flowsift stats trace.pcapng --filter 'tcp port 443' --json
+      flowsift stats afpacket:eth0 --filter 'tcp' --duration 10
     """
     from flowsift.stats import capture_stats
+    capture = _limits(capture, count, duration)
 
     _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress), as_json, _render('print_stats'))
 
@@ -109,6 +121,8 @@ def streams(
     discard: bool = typer.Option(False, "--discard", help="Reassemble everything, write nothing but the summary."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
+    count: Optional[int] = COUNT,
+    duration: Optional[float] = DURATION,
     as_json: bool = JSON,
 ):
     """Reassemble every TCP connection (and UDP flow) of a capture into its byte streams.
@@ -127,6 +141,7 @@ def streams(
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress),
          as_json, _render('print_streams'))
 
@@ -138,7 +153,7 @@ REGISTRY = typer.Option(None, "--registry", metavar="URL",
 
 @app.command()
 def gateway(
-    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file."),
+    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file, or a live interface: afpacket:IFACE."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Store directory (default: a fresh one under /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
@@ -153,6 +168,8 @@ def gateway(
                                               "gateway waits for them at the end."),
     cleanup: Optional[str] = typer.Option(None, "--cleanup", metavar="RUN",
                                           help="Remove the registry keys of a dead run, then exit."),
+    count: Optional[int] = COUNT,
+    duration: Optional[float] = DURATION,
     as_json: bool = JSON,
 ):
     """Run the gateway alone: write one record file per connection into a store.
@@ -178,6 +195,7 @@ def gateway(
         return
     if source is None:
         _fail("missing SOURCE (a pcap or pcapng file); see flowsift gateway --help")
+    source = _limits(source, count, duration)
     if registry is None:
         if run or expect:
             _fail("--run and --expect need --registry URL")
@@ -257,7 +275,7 @@ def inspect(
 @app.command()
 def chain(
     modules: str = typer.Argument(..., metavar="MODULES", help="Modules in order, e.g. 'counter' or 'a,b(x=1),c'."),
-    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live interface: afpacket:IFACE."),
     events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Keep the record store here (default: a temporary one in /dev/shm)."),
@@ -272,6 +290,8 @@ def chain(
     write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
                                         help="Write the chain's output: edited packets, dropped ones left out."),
     registry: Optional[str] = REGISTRY,
+    count: Optional[int] = COUNT,
+    duration: Optional[float] = DURATION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
 ):
     """Run a chain of modules over a capture: the gateway writes each connection's records
@@ -287,6 +307,7 @@ def chain(
       flowsift modules            (what modules there are)
     """
     from flowsift.chain import run_chain
+    source = _limits(source, count, duration)
     out = sys.stdout if events == "-" else None
     try:
         if out is None:

@@ -21,8 +21,10 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         sink = FileSink(str(outdir))
     r = Reassembler(sink=sink, policy=policy, **engine_options)
     error = None
+    from flowsift.io import open_capture
+    cap = open_capture(path, bpf)
     try:
-        decoder = r.feed_capture(path, bpf=bpf, on_progress=on_progress)
+        decoder = r.feed_capture(cap, bpf=bpf, on_progress=on_progress)
     except CaptureFormatError as e:
         error = str(e)          # feed_capture closed everything read so far
         decoder = None
@@ -54,6 +56,8 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         "engine": r.engine.counters(),
         "error": error,
     }
+    if getattr(cap, "live", False):
+        out["kernel"] = cap.live_counters()
     if decoder is not None:
         c = decoder.counters()
         out["capture_packets"] = c["packets"]

@@ -175,11 +175,16 @@ class Gateway:
     def run_capture(self, path, on_progress=None, after_batch=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
         closed)` is called with the connections each publish changed and ended (an inline chain)."""
-        from flowsift.io import Decoder, decoded_batches
+        from flowsift.io import Decoder, decoded_batches, open_capture
         self.source = str(path)
         decoder, batch, error = Decoder(), None, None
         try:
-            for batch in decoded_batches(path, decoder, self.bpf, on_progress):
+            cap = open_capture(path, self.bpf)
+        except FlowsiftError as e:
+            self._fail(str(e))
+            raise
+        try:
+            for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
                 self.store.check_space(batch)
                 self.reassembler.feed(batch)
                 changed = self.store.publish()
@@ -210,5 +215,7 @@ class Gateway:
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": self.reassembler.engine.counters(),
                    "packets": decoder.packets, "error": error}
+        if getattr(cap, "live", False):
+            summary["kernel"] = cap.live_counters()
         self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
         return summary

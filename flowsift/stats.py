@@ -27,7 +27,7 @@ def capture_stats(path, filter_expression=None, on_progress=None):
     carries it under "error", and the caller decides how to exit.
     """
     bpf = compile_filter(filter_expression)
-    cap = open_capture(path)
+    cap = open_capture(path, bpf)
     decoder, defrag, flows = Decoder(), Defragmenter(), FlowTable()
     error = None
     try:
@@ -97,6 +97,8 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
         "pcapng_blocks_skipped": rc["blocks_skipped"],
         "error": error,
     }
+    if getattr(cap, "live", False):
+        out["kernel"] = cap.live_counters()
     if c["packets"]:
         first, last = c["ts_min"], c["ts_max"]
         out["time"] = {"first": _iso(first), "last": _iso(last), "first_ns": first, "last_ns": last,

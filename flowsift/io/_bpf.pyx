@@ -144,3 +144,9 @@ cdef class BpfFilter:
         self.rejected += rej
         self.accepted += k
         return rej
+
+    def program(self, int linktype=1):
+        """The compiled program for `linktype` as bytes: struct bpf_insn[] (code u16, jt u8,
+        jf u8, k u32, host order), ready for SO_ATTACH_FILTER: the kernel filters a live source."""
+        cdef int j = self._index(linktype)
+        return (<char*> self.progs[j].bf_insns)[:self.progs[j].bf_len * 8]

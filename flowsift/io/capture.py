@@ -85,8 +85,13 @@ class Capture:
         return f"<Capture {self.path!r} {self.format} {self.size} bytes>"
 
 
-def open_capture(path):
-    """Open a pcap or pcapng file; raises FlowsiftError with one line on anything unreadable."""
+def open_capture(path, bpf=None):
+    """Open a pcap or pcapng file, or a live source (`afpacket:IFACE`, see flowsift.io.live;
+    its filter `bpf` runs in the kernel); raises FlowsiftError with one line on anything
+    unreadable."""
+    from flowsift.io.live import LiveCapture, is_live
+    if is_live(path):
+        return LiveCapture(path, bpf)
     path = os.fspath(path)
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (we refuse FIFOs below)
@@ -118,8 +123,12 @@ def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=DEFAUL
     """Yield each batch of `source` (a path or an open Capture) filtered (bpf) and decoded,
     reporting progress; at the end, raise the defect that stopped reading, if any. The one
     loop every command shares."""
-    cap = source if isinstance(source, Capture) else open_capture(source)
+    cap = source if hasattr(source, "fill") else open_capture(source, bpf)
     batch = Batch(capacity)
+    if getattr(cap, "live", False):
+        # the kernel ran the filter
+        yield from cap.batches(batch, decoder, on_progress)
+        return
     while cap.fill(batch):
         if bpf is not None:
             bpf.apply(batch)

@@ -21,6 +21,8 @@ from flowsift.modules.runner import InlineChain
 
 def _worker(spec, index, store_dir, conn, strict):
     # `index`: the module's place in the whole chain (spec)
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the gateway's to handle: it ends the run
     cls, config = parse_chain(spec)[index]
 
     def path_of(c):

@@ -1,0 +1,166 @@
+"""Live sources behind the Capture interface: `afpacket:IFACE[,option=value...]`.
+
+    afpacket:eth0                           the whole interface
+    afpacket:eth0,ring=64M,block=1M         ring size and block size (powers of two)
+    afpacket:eth0,fanout=7                  hash fan-out group 7 (several shards, one interface)
+    afpacket:eth0,timestamps=hw             hardware timestamps where the NIC gives them
+    afpacket:eth0,count=1000,duration=10    stop after 1000 packets or 10 s (--count, --duration)
+
+A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, cleanly: what
+was read is reassembled and summarised as at the end of a file.
+"""
+import signal
+import time
+
+from flowsift.errors import UsageError
+
+LIVE_SCHEMES = ("afpacket:", "dpdk:")
+
+_SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def is_live(spec):
+    return isinstance(spec, str) and spec.startswith(LIVE_SCHEMES)
+
+
+def _size(spec, key, text):
+    t = text.strip().lower().rstrip("b")
+    mult = _SIZES.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if t[-1:] in _SIZES else t) * mult
+    except ValueError:
+        raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
+
+
+def parse_spec(spec):
+    """'afpacket:eth0,ring=64M' -> ('afpacket', 'eth0', {'ring': '64M'})"""
+    scheme, _, rest = spec.partition(":")
+    parts = rest.split(",")
+    name, options = parts[0], {}
+    if not name:
+        raise UsageError(f"{spec}: name the interface, e.g. {scheme}:eth0")
+    for p in parts[1:]:
+        k, eq, v = p.partition("=")
+        if not eq or not k:
+            raise UsageError(f"{spec}: option {p!r} needs name=value")
+        options[k.strip()] = v.strip()
+    return scheme, name, options
+
+
+def with_limits(spec, count=None, duration=None):
+    """The source spec with --count/--duration folded in; refused for files."""
+    if count is None and duration is None:
+        return spec
+    if not is_live(spec):
+        raise UsageError("--count and --duration are for live sources (afpacket:IFACE, dpdk:PORT)")
+    if count is not None:
+        spec += f",count={int(count)}"
+    if duration is not None:
+        spec += f",duration={float(duration):g}"
+    return spec
+
+
+class LiveCapture:
+    """A live source with the face of a Capture: fill(batch), position, counters()."""
+    live = True
+    size = 0
+
+    def __init__(self, spec, bpf=None):
+        self.path = spec
+        scheme, name, opts = parse_spec(spec)
+        self.scheme, self.name = scheme, name
+        known = {"ring", "block", "fanout", "timestamps", "count", "duration", "outgoing"}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise UsageError(f"{spec}: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+        try:
+            self.count = int(opts["count"]) if "count" in opts else None
+            self.duration = float(opts["duration"]) if "duration" in opts else None
+            fanout = int(opts.get("fanout", -1))
+        except ValueError as e:
+            raise UsageError(f"{spec}: {e}") from None
+        block = _size(spec, "block", opts.get("block", "1M"))
+        ring = _size(spec, "ring", opts.get("ring", "32M"))
+        if ring < block:
+            raise UsageError(f"{spec}: ring={opts.get('ring')} is smaller than one block ({block} bytes)")
+        ts = opts.get("timestamps", "sw")
+        if ts not in ("sw", "hw"):
+            raise UsageError(f"{spec}: timestamps= is sw or hw")
+        if scheme != "afpacket":
+            raise UsageError(f"{spec}: unknown live source (afpacket:IFACE)")
+        from flowsift.io._afpacket import AfPacketError, AfPacketSource
+        program = bpf.program(1) if bpf is not None else None
+        try:
+            self._src = AfPacketSource(name, block_size=block, block_nr=ring // block, bpf_program=program,
+                                       fanout=fanout, hw_timestamps=ts == "hw",
+                                       outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
+        except AfPacketError as e:
+            from flowsift.errors import FlowsiftError
+            raise FlowsiftError(str(e)) from None
+        self.bpf = bpf
+        self.format = "afpacket"
+        self.version = "TPACKET_V3"
+        self.position = 0
+        self.started = None
+        self.stopped_by = None
+
+    def fill(self, batch, timeout_ms=100):
+        n = self._src.fill(batch, timeout_ms)
+        self.position += n
+        return n
+
+    def check(self):
+        pass
+
+    def interfaces(self):
+        return [{"index": 0, "linktype": 1, "snaplen": 262144, "name": self.name, "tsresol": 9,
+                 "packets": self._src.received}]
+
+    def counters(self):
+        return {"records": self._src.received, "blocks_skipped": 0, "sections": 0, "caplen_gt_snaplen": 0,
+                "caplen_gt_wirelen": 0, "bad_ts_fraction": 0}
+
+    def live_counters(self):
+        s = self._src.statistics()
+        return {"source": self.path, "interface": self.name, "stopped_by": self.stopped_by,
+                "seconds": round(time.monotonic() - self.started, 3) if self.started else 0, **s}
+
+    def close(self):
+        self._src.close()
+
+    def batches(self, batch, decoder=None, on_progress=None):
+        """Fill `batch` again and again until the count, the duration, SIGINT or SIGTERM."""
+        stop = []
+        handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.started = time.monotonic()
+        import sys
+        sys.stderr.write(f"flowsift: capturing on {self.name} ({self.scheme}); Ctrl-C ends\n")
+        sys.stderr.flush()
+        deadline = None if self.duration is None else self.started + self.duration
+        try:
+            while True:
+                if stop:
+                    self.stopped_by = stop[0]
+                    return
+                if self.count is not None and self.position >= self.count:
+                    self.stopped_by = "count"
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stopped_by = "duration"
+                    return
+                n = self.fill(batch)
+                if n == 0:
+                    continue
+                if self.count is not None and self.position > self.count:
+                    # a count is exact: the frames past it are left out of this batch
+                    batch.n -= self.position - self.count
+                    self.position = self.count
+                if decoder is not None:
+                    decoder.decode(batch)
+                yield batch
+                if on_progress is not None:
+                    on_progress(self.position, 0)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
