@@ -9,17 +9,19 @@ from flowsift.modules.runner import InlineChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
-              strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None):
+              strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     from flowsift.io.live import is_live
+    from flowsift.errors import UsageError
     if write is not None and is_live(source):
-        from flowsift.errors import UsageError
         raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
+    if write is not None and out is not None:
+        raise UsageError("-w and --out: choose one")
     if registry not in (None, "", "embedded"):
-        if inline or write is not None or max_backlog is not None:
+        if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError
             raise UsageError("--registry runs each module as its own process: --inline, --write and "
                              "--max-backlog work with the embedded registry only")
@@ -30,7 +32,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     # egress rereads stream bytes after the run: nothing may be given back before it is written
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression)
     editor = None
-    if write is not None or not all(cls.read_only() for cls, _ in chain):
+    if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.edits import Editor
         editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
     if inline:
@@ -43,9 +45,16 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         # read-only runs in parallel stages, each writing module a stage of its own in this process
         from flowsift.modules.stages import StagedChain
         runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+    forwarder = None
     try:
-        summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process)
+        if out is not None:
+            from flowsift.egress import Forwarder
+            forwarder = Forwarder(out, editor, g.store)
+        summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
+                                on_batch=forwarder.forward if forwarder is not None else None)
         runner.finish()
+        if forwarder is not None:
+            summary["egress"] = forwarder.counters()
         if editor is not None:
             editor.log.close()
             summary["edits"] = editor.counters()
@@ -53,6 +62,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             from flowsift.egress import write_egress
             summary["egress"] = dict(write_egress(source, write, editor, g.store), file=str(write))
     finally:
+        if forwarder is not None:
+            forwarder.close()
         if store is None and not keep:
             shutil.rmtree(g.store_dir, ignore_errors=True)
     if isinstance(runner, InlineChain):

@@ -289,6 +289,9 @@ def chain(
                                                    "(counted) instead of holding the gateway back."),
     write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
                                         help="Write the chain's output: edited packets, dropped ones left out."),
+    forward_to: Optional[str] = typer.Option(None, "--out", metavar="afpacket:IFACE",
+                                      help="Inline mode: forward every packet out of this interface once the chain "
+                                           "has seen it, edits applied, dropped ones not."),
     registry: Optional[str] = REGISTRY,
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
@@ -304,6 +307,7 @@ def chain(
       flowsift chain counter trace.pcap
       flowsift chain counter,./mymodule.py:Mine trace.pcap --events out.jsonl
       flowsift chain http,counter trace.pcap --registry redis://localhost:6379/0
+      flowsift chain "nat(to=10.0.0.2:8080)" afpacket:eth1 --out afpacket:eth2   (inline)
       flowsift modules            (what modules there are)
     """
     from flowsift.chain import run_chain
@@ -318,7 +322,7 @@ def chain(
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
                                                          on_progress=progress, inline=inline, write=write,
-                                                         max_backlog=max_backlog, registry=registry),
+                                                         max_backlog=max_backlog, registry=registry, out=forward_to),
              as_json, _render('print_chain'))
     finally:
         if out is not None and out is not sys.stdout:

@@ -98,3 +98,105 @@ def write_egress(source, out, editor, store):
     for rf in files.values():
         rf.close()
     return counts
+
+
+class Forwarder:
+    """Inline mode (`flowsift chain MODULES SOURCE --out afpacket:IFACE`): each batch's frames
+    leave by an interface as soon as the chain has seen them -- the writing stages run in the
+    gateway's process, synchronously, so their verdicts and edits are in; read-only stages
+    cannot change a packet, so nothing waits for them. Dropped frames are not sent, edited ones
+    are rewritten with checksums recomputed, all others go out byte for byte, non-IP included.
+    Once a frame is sent it cannot be changed: a later edit of it is rejected and counted."""
+
+    def __init__(self, spec, editor, store):
+        from flowsift.io.live import parse_spec
+        scheme, name, opts = parse_spec(spec)
+        if scheme != "afpacket" or opts:
+            raise UsageError(f"--out {spec}: expected afpacket:IFACE")
+        from flowsift.io._afpacket import AfPacketError, AfPacketSink
+        try:
+            self.sink = AfPacketSink(name)
+        except AfPacketError as e:
+            from flowsift.errors import FlowsiftError
+            raise FlowsiftError(str(e)) from None
+        self.spec = spec
+        self.editor = editor
+        self.store = store
+        editor.forwarded_upto = -1            # frame positions at or below were sent
+        editor.forwarded_end = {}             # (conn, dir) -> stream offset sent so far
+        self.files = {}
+        self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0}
+
+    def _payload(self, conn, d, off, n):
+        rf = self.files.get(conn)
+        if rf is None:
+            rf = self.files[conn] = RecordFile(self.store.path(conn))
+        return rf.data(d, off, n)
+
+    def forward(self, batch):
+        import numpy as np
+        n = len(batch)
+        if not n:
+            return
+        ed = self.editor
+        arr = batch.array
+        pos = arr["rec_pos"]
+        skip = None
+        if ed.dropped:
+            skip = np.isin(pos, np.fromiter(ed.dropped, dtype=np.uint64, count=len(ed.dropped))).astype(np.uint8)
+            self.counts["dropped"] += int(skip.sum())
+        tcp_data = (arr["proto"] == 6) & (arr["payload_len"] > 0) & (arr["flow_id"] != 0xFFFFFFFF)
+        keys = (arr["flow_id"].astype(np.uint64) << np.uint64(1)) | arr["dir"].astype(np.uint64)
+        todo = np.zeros(n, dtype=bool)
+        if ed.headers:
+            todo |= np.isin(pos, np.fromiter(ed.headers, dtype=np.uint64, count=len(ed.headers)))
+        if ed.payload_dirs:
+            edited = np.fromiter(((c << 1) | d for c, d in ed.payload_dirs), dtype=np.uint64)
+            todo |= tcp_data & np.isin(keys, edited)
+        if skip is not None:
+            todo &= skip == 0
+        replace = {}
+        for i in np.flatnonzero(todo):
+            p = arr[i]
+            fields = ed.headers.get(int(p["rec_pos"]))
+            data = None
+            if tcp_data[i] and (int(p["flow_id"]), int(p["dir"])) in ed.payload_dirs:
+                data = self._payload(int(p["flow_id"]), int(p["dir"]), int(p["stream_off"]), int(p["payload_len"]))
+            frame = batch.frame(i)
+            new = _rewrite(frame, p, fields, data)
+            if new is None:
+                self.counts["not_editable"] += 1
+            elif new != frame:
+                replace[int(i)] = new
+                self.counts["edited"] += 1
+        sent = self.sink.send_batch(batch, skip.tobytes() if skip is not None else None, replace)
+        want = n - (int(skip.sum()) if skip is not None else 0)
+        self.counts["forwarded"] += sent
+        # what was sent is final: prune the verdicts it used, remember how far each stream went
+        top = int(pos.max())
+        ed.forwarded_upto = max(ed.forwarded_upto, top)
+        if ed.headers:
+            for k in [k for k in ed.headers if k <= top]:
+                del ed.headers[k]
+        if ed.dropped:
+            ed.dropped.difference_update([k for k in ed.dropped if k <= top])
+        if tcp_data.any():
+            ends = (arr["stream_off"] + arr["payload_len"])[tcp_data]
+            uk, inv = np.unique(keys[tcp_data], return_inverse=True)
+            best = np.full(len(uk), -1, dtype=np.int64)
+            np.maximum.at(best, inv, ends)
+            fe = ed.forwarded_end
+            for k, e in zip(uk.tolist(), best.tolist()):
+                key = (k >> 1, k & 1)
+                if e > fe.get(key, -1):
+                    fe[key] = e
+        return want - sent
+
+    def close(self):
+        for rf in self.files.values():
+            rf.close()
+        self.files.clear()
+        self.sink.close()
+
+    def counters(self):
+        return dict(self.counts, failed=self.sink.failed, out=self.spec, bytes=self.sink.bytes_sent)

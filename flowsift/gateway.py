@@ -172,9 +172,10 @@ class Gateway:
                            + ("" if alive.get(b) else ", not attached") for b, info in sorted(waiting.items())])
             time.sleep(poll)
 
-    def run_capture(self, path, on_progress=None, after_batch=None):
+    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
-        closed)` is called with the connections each publish changed and ended (an inline chain)."""
+        closed)` is called with the connections each publish changed and ended (an inline chain);
+        `on_batch(frames)` then with the batch's frames as captured (inline forwarding)."""
         from flowsift.io import Decoder, decoded_batches, open_capture
         self.source = str(path)
         decoder, batch, error = Decoder(), None, None
@@ -186,11 +187,14 @@ class Gateway:
         try:
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
                 self.store.check_space(batch)
+                frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
                 changed = self.store.publish()
                 self.sync(*changed)
                 if after_batch is not None:
                     after_batch(*changed)
+                if on_batch is not None:
+                    on_batch(frames)        # the batch's frames as captured, after the chain saw them
         except CaptureFormatError as e:
             error = str(e)          # what was read is still recorded and closed below
         except BpfError as e:

@@ -421,16 +421,31 @@ cdef class AfPacketSink:
             free(ptrs)
             free(lens)
 
-    def send_batch(self, Batch batch):
-        """Send every frame of `batch` as captured."""
-        cdef int n = batch.n, i
+    def send_batch(self, Batch batch, bytes skip=None, dict replace=None):
+        """Send the frames of `batch` as captured, but not those whose byte `skip[i]` is set, and
+        `replace[i]` (bytes) instead of frame i where given. Returns how many were sent."""
+        cdef int n = batch.n, i, k = 0
+        cdef const uint8_t* sk = NULL
+        if skip is not None:
+            if len(skip) < n:
+                raise ValueError("skip is shorter than the batch")
+            sk = <const uint8_t*> <char*> skip
         cdef const uint8_t** ptrs = <const uint8_t**> malloc(max(n, 1) * sizeof(void*))
         cdef uint32_t* lens = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
+        cdef bytes b
         try:
             for i in range(n):
-                ptrs[i] = batch.pkts[i].data
-                lens[i] = batch.pkts[i].caplen
-            return self.send_frames(ptrs, lens, n)
+                if sk != NULL and sk[i]:
+                    continue
+                if replace and i in replace:
+                    b = replace[i]
+                    ptrs[k] = <const uint8_t*> <char*> b
+                    lens[k] = len(b)
+                else:
+                    ptrs[k] = batch.pkts[i].data
+                    lens[k] = batch.pkts[i].caplen
+                k += 1
+            return self.send_frames(ptrs, lens, k)
         finally:
             free(ptrs)
             free(lens)

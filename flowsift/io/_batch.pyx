@@ -3,7 +3,7 @@
 
 numpy is imported only when a caller asks for columns, so the command line starts fast.
 """
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 
 # Large enough to amortise the per-batch Python calls, small enough that a batch's
 # descriptors (and usually its frames) stay in L2 cache between the stages.
@@ -41,6 +41,15 @@ cdef class Batch:
             raise IndexError(i)
         cdef pkt_t* p = &self.pkts[i]
         return (<const char*> p.data)[p.payload_off:p.payload_off + p.payload_len]
+
+    def snapshot(self):
+        """A copy of the descriptors (frame bytes shared, valid as long as this batch's): the
+        frames as captured, before later stages (defragmentation) rewrite entries in place."""
+        cdef Batch b = Batch(max(self.n, 1))
+        memcpy(b.pkts, self.pkts, self.n * sizeof(pkt_t))
+        b.n = self.n
+        b.owner = self.owner
+        return b
 
     def clear(self):
         memset(self.pkts, 0, self.n * sizeof(pkt_t))

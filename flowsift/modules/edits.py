@@ -35,6 +35,9 @@ class Editor:
         self.payload_dirs = set()         # (conn, dir) whose stream bytes were edited
         self.accepted = collections.Counter()
         self.rejected = collections.Counter()
+        self.drops = 0
+        self.forwarded_upto = None        # inline forwarding: frame positions at or below were sent
+        self.forwarded_end = None         # inline forwarding: (conn, dir) -> stream offset sent
 
     def _reject(self, module, reason):
         self.rejected[f"{module.name}: {reason}"] += 1
@@ -47,6 +50,8 @@ class Editor:
                                        "old": old, "new": new}) + "\n")
 
     def edit(self, module, flow, record, fields):
+        if self.forwarded_upto is not None and record.frame_pos <= self.forwarded_upto:
+            return self._reject(module, "the packet was already forwarded")
         checked = {}
         for key, value in fields.items():
             name = FIELDS.get(key)
@@ -82,6 +87,8 @@ class Editor:
             return self._reject(module, "payload is not declared in writes")
         if not new:
             return self._reject(module, "an empty replacement")
+        if self.forwarded_end is not None and offset < self.forwarded_end.get((flow.conn, stream.direction), 0):
+            return self._reject(module, f"bytes at {offset} were already forwarded")
         start, end = stream._retained()
         if offset < start or offset + len(new) > end:
             return self._reject(module, f"range {offset}+{len(new)} outside the stream's bytes [{start}, {end})")
@@ -95,10 +102,15 @@ class Editor:
         return Edit(True, None)
 
     def drop(self, record):
-        self.dropped.add(record.frame_pos)
+        if self.forwarded_upto is not None and record.frame_pos <= self.forwarded_upto:
+            self.rejected["drop: the packet was already forwarded"] += 1
+            return
+        if record.frame_pos not in self.dropped:
+            self.drops += 1
+            self.dropped.add(record.frame_pos)
 
     def counters(self):
-        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "dropped": len(self.dropped)}
+        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "dropped": self.drops}
 
 
 def _original(record, key):
