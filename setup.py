@@ -67,6 +67,25 @@ EXTENSIONS = [
     ext("flowsift.streams._pointer"),
 ]
 
+
+
+def _dpdk():
+    """The DPDK port, built only where pkg-config finds libdpdk (FLOWSIFT_NO_DPDK=1 skips it)."""
+    if os.environ.get("FLOWSIFT_NO_DPDK") or not shutil.which("pkg-config"):
+        return []
+    if subprocess.run(["pkg-config", "--exists", "libdpdk"]).returncode != 0:
+        return []
+    cflags = shlex.split(subprocess.run(["pkg-config", "--cflags", "libdpdk"], capture_output=True, text=True).stdout)
+    libs = shlex.split(subprocess.run(["pkg-config", "--libs", "libdpdk"], capture_output=True, text=True).stdout)
+    e = ext("flowsift.io._dpdk")
+    # DPDK's own flags (-march, its config header) apply to this extension only
+    e.extra_compile_args = cflags + ["-O3", "-Wno-unused-function", "-Wno-deprecated-declarations"]
+    e.extra_link_args = libs
+    return [e]
+
+
+EXTENSIONS += _dpdk()
+
 setup(
     ext_modules=cythonize(
         EXTENSIONS,

@@ -75,7 +75,8 @@ def _version(value: bool):
 
 # options several commands share, declared once
 CAPTURE = typer.Argument(..., metavar="SOURCE",
-                         help="A pcap or pcapng file, or a live interface: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw].")
+                         help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
+                              "dpdk:PORT or dpdk:VDEV[,ARGS] (e.g. dpdk:net_pcap0,rx_pcap=in.pcap).")
 COUNT = typer.Option(None, "--count", "-c", metavar="N", help="Live sources: stop after N packets.")
 DURATION = typer.Option(None, "--duration", metavar="SECONDS", help="Live sources: stop after this long (Ctrl-C also ends cleanly).")
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
@@ -86,8 +87,13 @@ JSON = typer.Option(False, "--json", help="Print one JSON object (fields in docs
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
-    pass
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+          dpdk_args: Optional[str] = typer.Option(None, "--dpdk-args", metavar="ARGS",
+                                                  help="DPDK EAL arguments for dpdk: sources and --out "
+                                                       "(default: '-l 0 --no-huge -m 256 --no-pci --no-shconf "
+                                                       "--no-telemetry', for virtual devices).")):
+    if dpdk_args is not None:
+        os.environ["FLOWSIFT_DPDK_ARGS"] = dpdk_args
 
 
 @app.command()
@@ -153,7 +159,7 @@ REGISTRY = typer.Option(None, "--registry", metavar="URL",
 
 @app.command()
 def gateway(
-    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file, or a live interface: afpacket:IFACE."),
+    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE, dpdk:PORT."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Store directory (default: a fresh one under /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
@@ -275,7 +281,7 @@ def inspect(
 @app.command()
 def chain(
     modules: str = typer.Argument(..., metavar="MODULES", help="Modules in order, e.g. 'counter' or 'a,b(x=1),c'."),
-    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live interface: afpacket:IFACE."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE, dpdk:PORT."),
     events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Keep the record store here (default: a temporary one in /dev/shm)."),
@@ -289,7 +295,7 @@ def chain(
                                                    "(counted) instead of holding the gateway back."),
     write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
                                         help="Write the chain's output: edited packets, dropped ones left out."),
-    forward_to: Optional[str] = typer.Option(None, "--out", metavar="afpacket:IFACE",
+    forward_to: Optional[str] = typer.Option(None, "--out", metavar="afpacket:IFACE|dpdk:PORT",
                                       help="Inline mode: forward every packet out of this interface once the chain "
                                            "has seen it, edits applied, dropped ones not."),
     registry: Optional[str] = REGISTRY,

@@ -101,7 +101,7 @@ def write_egress(source, out, editor, store):
 
 
 class Forwarder:
-    """Inline mode (`flowsift chain MODULES SOURCE --out afpacket:IFACE`): each batch's frames
+    """Inline mode (`flowsift chain MODULES SOURCE --out afpacket:IFACE|dpdk:PORT`): each batch's frames
     leave by an interface as soon as the chain has seen them -- the writing stages run in the
     gateway's process, synchronously, so their verdicts and edits are in; read-only stages
     cannot change a packet, so nothing waits for them. Dropped frames are not sent, edited ones
@@ -109,16 +109,23 @@ class Forwarder:
     Once a frame is sent it cannot be changed: a later edit of it is rejected and counted."""
 
     def __init__(self, spec, editor, store):
-        from flowsift.io.live import parse_spec
-        scheme, name, opts = parse_spec(spec)
-        if scheme != "afpacket" or opts:
-            raise UsageError(f"--out {spec}: expected afpacket:IFACE")
-        from flowsift.io._afpacket import AfPacketError, AfPacketSink
-        try:
-            self.sink = AfPacketSink(name)
-        except AfPacketError as e:
-            from flowsift.errors import FlowsiftError
-            raise FlowsiftError(str(e)) from None
+        from flowsift.io.live import dpdk_port, parse_spec
+        scheme, name, opts = parse_spec(spec) if ":" in spec else (None, None, None)
+        if scheme not in ("afpacket", "dpdk") or opts:
+            raise UsageError(f"--out {spec}: expected afpacket:IFACE or dpdk:PORT")
+        self.shared = scheme == "dpdk"          # a DPDK port may be the source too: never closed here
+        self.sink = None
+        if scheme == "dpdk":
+            # opened at the first batch: the source (maybe this very port, with its device
+            # arguments) is open by then
+            self._open = lambda: dpdk_port(name)
+        else:
+            from flowsift.io._afpacket import AfPacketError, AfPacketSink
+            try:
+                self.sink = AfPacketSink(name)
+            except AfPacketError as e:
+                from flowsift.errors import FlowsiftError
+                raise FlowsiftError(str(e)) from None
         self.spec = spec
         self.editor = editor
         self.store = store
@@ -138,6 +145,8 @@ class Forwarder:
         n = len(batch)
         if not n:
             return
+        if self.sink is None:
+            self.sink = self._open()
         ed = self.editor
         arr = batch.array
         pos = arr["rec_pos"]
@@ -196,7 +205,10 @@ class Forwarder:
         for rf in self.files.values():
             rf.close()
         self.files.clear()
-        self.sink.close()
+        if not self.shared:
+            self.sink.close()
 
     def counters(self):
+        if self.shared:
+            return dict(self.counts, failed=self.sink.tx_failed if self.sink is not None else 0, out=self.spec)
         return dict(self.counts, failed=self.sink.failed, out=self.spec, bytes=self.sink.bytes_sent)

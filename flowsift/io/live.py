@@ -5,6 +5,12 @@
     afpacket:eth0,fanout=7                  hash fan-out group 7 (several shards, one interface)
     afpacket:eth0,timestamps=hw             hardware timestamps where the NIC gives them
     afpacket:eth0,count=1000,duration=10    stop after 1000 packets or 10 s (--count, --duration)
+    dpdk:0                                  DPDK port 0 (a NIC bound to a DPDK driver)
+    dpdk:net_pcap0,rx_pcap=in.pcap          a DPDK virtual device and its arguments
+    dpdk:net_ring0
+
+DPDK's EAL takes its arguments from `flowsift --dpdk-args "..."` (or FLOWSIFT_DPDK_ARGS); the
+default runs without hugepages or PCI devices, for virtual devices.
 
 A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, cleanly: what
 was read is reassembled and summarised as at the end of a file.
@@ -32,19 +38,55 @@ def _size(spec, key, text):
         raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
 
 
+OURS = ("count", "duration")          # options flowsift reads from a dpdk: spec; the rest are the device's
+
+
 def parse_spec(spec):
-    """'afpacket:eth0,ring=64M' -> ('afpacket', 'eth0', {'ring': '64M'})"""
+    """'afpacket:eth0,ring=64M' -> ('afpacket', 'eth0', {'ring': '64M'}). For dpdk: the name is
+    the device with its own arguments ('net_pcap0,rx_pcap=f.pcap'); flowsift's options are apart."""
     scheme, _, rest = spec.partition(":")
     parts = rest.split(",")
-    name, options = parts[0], {}
+    name, options, device = parts[0], {}, [parts[0]]
     if not name:
-        raise UsageError(f"{spec}: name the interface, e.g. {scheme}:eth0")
+        raise UsageError(f"{spec}: name the {'port' if scheme == 'dpdk' else 'interface'}, "
+                         f"e.g. {scheme}:{'0' if scheme == 'dpdk' else 'eth0'}")
     for p in parts[1:]:
         k, eq, v = p.partition("=")
         if not eq or not k:
             raise UsageError(f"{spec}: option {p!r} needs name=value")
+        if scheme == "dpdk" and k.strip() not in OURS:
+            device.append(p)
+            continue
         options[k.strip()] = v.strip()
+    if scheme == "dpdk":
+        name = ",".join(device)
     return scheme, name, options
+
+
+DEFAULT_EAL = "-l 0 --no-huge -m 256 --no-pci --no-shconf --no-telemetry --log-level=*:error"
+_FORBIDDEN_EAL = ("-h", "--help", "-v", "--version")     # EAL prints and exits the process on these
+
+
+def dpdk_port(spec_name):
+    """The DPDK port for device text `spec_name` ('0', 'net_pcap0,rx_pcap=F'), the EAL set up
+    first (once per process)."""
+    import os
+    import shlex
+    from flowsift.errors import FlowsiftError
+    try:
+        from flowsift.io import _dpdk
+    except ImportError:
+        raise FlowsiftError("dpdk: sources need flowsift built with DPDK: apt-get install libdpdk-dev "
+                            "(pkg-config libdpdk), then ./dev build") from None
+    args = shlex.split(os.environ.get("FLOWSIFT_DPDK_ARGS") or DEFAULT_EAL)
+    bad = [a for a in args if a in _FORBIDDEN_EAL or a.split("=")[0] in _FORBIDDEN_EAL]
+    if bad:
+        raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
+    try:
+        _dpdk.eal_init(args)
+        return _dpdk.open_port(spec_name)
+    except _dpdk.DpdkError as e:
+        raise FlowsiftError(str(e)) from None
 
 
 def with_limits(spec, count=None, duration=None):
@@ -70,7 +112,7 @@ class LiveCapture:
         scheme, name, opts = parse_spec(spec)
         self.scheme, self.name = scheme, name
         known = {"ring", "block", "fanout", "timestamps", "count", "duration", "outgoing"}
-        unknown = sorted(set(opts) - known)
+        unknown = sorted(set(opts) - known) if scheme == "afpacket" else []
         if unknown:
             raise UsageError(f"{spec}: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
         try:
@@ -86,8 +128,18 @@ class LiveCapture:
         ts = opts.get("timestamps", "sw")
         if ts not in ("sw", "hw"):
             raise UsageError(f"{spec}: timestamps= is sw or hw")
+        self.bpf = bpf
+        self.version = "TPACKET_V3"
+        self.position = 0
+        self.started = None
+        self.stopped_by = None
+        self.format = scheme
+        if scheme == "dpdk":
+            self._src = dpdk_port(name)
+            self.version = "DPDK"
+            return
         if scheme != "afpacket":
-            raise UsageError(f"{spec}: unknown live source (afpacket:IFACE)")
+            raise UsageError(f"{spec}: unknown live source (afpacket:IFACE or dpdk:PORT)")
         from flowsift.io._afpacket import AfPacketError, AfPacketSource
         program = bpf.program(1) if bpf is not None else None
         try:
@@ -97,12 +149,6 @@ class LiveCapture:
         except AfPacketError as e:
             from flowsift.errors import FlowsiftError
             raise FlowsiftError(str(e)) from None
-        self.bpf = bpf
-        self.format = "afpacket"
-        self.version = "TPACKET_V3"
-        self.position = 0
-        self.started = None
-        self.stopped_by = None
 
     def fill(self, batch, timeout_ms=100):
         n = self._src.fill(batch, timeout_ms)
@@ -152,6 +198,8 @@ class LiveCapture:
                 n = self.fill(batch)
                 if n == 0:
                     continue
+                if self.bpf is not None and self.scheme == "dpdk":
+                    self.bpf.apply(batch)        # no kernel here: the filter runs on the batch
                 if self.count is not None and self.position > self.count:
                     # a count is exact: the frames past it are left out of this batch
                     batch.n -= self.position - self.count

@@ -1,0 +1,357 @@
+# cython: language_level=3
+"""DPDK ports: rte_eth_rx_burst into the usual batches, rte_eth_tx_burst for egress.
+
+Built only where `pkg-config libdpdk` is found. The EAL is initialised once per process (DPDK
+allows no second time); mbufs of a batch are freed at the next fill, after the gateway has
+copied what it keeps. Multi-segment packets are copied into one buffer.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from flowsift.io._batch cimport Batch, pkt_t
+
+cdef extern from "rte_dev.h" nogil:
+    pass
+
+cdef extern from "_dpdk_helpers.h" nogil:
+    struct rte_mbuf:
+        pass
+    struct rte_mempool:
+        pass
+    int rte_eal_init(int argc, char** argv)
+    int rte_eal_cleanup()
+    int rte_errno
+    const char* rte_strerror(int errnum)
+    int rte_socket_id()
+    int rte_eth_dev_get_port_by_name(const char* name, uint16_t* port_id)
+    int rte_dev_probe(const char* devargs)
+    int rte_eth_dev_count_avail()
+    int rte_eth_dev_is_valid_port(uint16_t port_id)
+    int rte_eth_dev_socket_id(uint16_t port_id)
+    int rte_eth_rx_queue_setup(uint16_t port, uint16_t q, uint16_t nb_desc, unsigned int socket, void* conf, rte_mempool* pool)
+    int rte_eth_tx_queue_setup(uint16_t port, uint16_t q, uint16_t nb_desc, unsigned int socket, void* conf)
+    int rte_eth_dev_start(uint16_t port)
+    int rte_eth_dev_stop(uint16_t port)
+    int rte_eth_dev_close(uint16_t port)
+    int rte_eth_promiscuous_enable(uint16_t port)
+    uint16_t rte_eth_rx_burst(uint16_t port, uint16_t q, rte_mbuf** pkts, uint16_t n)
+    uint16_t rte_eth_tx_burst(uint16_t port, uint16_t q, rte_mbuf** pkts, uint16_t n)
+    rte_mempool* rte_pktmbuf_pool_create(const char* name, unsigned n, unsigned cache, uint16_t priv, uint16_t data_room, int socket)
+    void rte_pktmbuf_free(rte_mbuf* m)
+    uint16_t RTE_MBUF_DEFAULT_BUF_SIZE
+    uint64_t RTE_ETH_RX_OFFLOAD_TIMESTAMP
+    const uint8_t* fs_mbuf_data(rte_mbuf* m)
+    uint32_t fs_mbuf_data_len(rte_mbuf* m)
+    uint32_t fs_mbuf_pkt_len(rte_mbuf* m)
+    uint16_t fs_mbuf_segs(rte_mbuf* m)
+    int64_t fs_mbuf_ts(rte_mbuf* m)
+    int fs_ts_register()
+    int64_t fs_now_ns()
+    uint32_t fs_mbuf_copy(rte_mbuf* m, uint8_t* dst, uint32_t cap)
+    int fs_port_configure(uint16_t port, uint64_t rx_offloads)
+    uint64_t fs_port_rx_capa(uint16_t port)
+    const char* fs_port_driver(uint16_t port)
+    int fs_port_stats(uint16_t port, uint64_t* out)
+    rte_mbuf* fs_mbuf_from(rte_mempool* pool, const uint8_t* data, uint32_t n)
+
+DEF BURST = 64
+DEF SEG_BUF = 16384           # room for one multi-segment packet copied whole (jumbo frames)
+
+
+class DpdkError(Exception):
+    """The EAL or a port would not do what was asked (one line: what, and DPDK's reason)."""
+
+
+cdef bint _eal_ready = False
+_eal_args = None
+_ports = {}                   # port id -> DpdkPort (a port is configured once per process)
+
+
+def _err(what):
+    return f"{what}: {rte_strerror(rte_errno).decode()}"
+
+
+def eal_init(list args):
+    """Initialise the EAL once per process with `args` (already checked by the caller)."""
+    global _eal_ready, _eal_args
+    if _eal_ready:
+        if args != _eal_args:
+            raise DpdkError("the DPDK EAL is initialised once per process; it already is, with other arguments")
+        return
+    cdef int argc = len(args) + 1
+    cdef char** argv = <char**> malloc((argc + 1) * sizeof(char*))
+    encoded = [b"flowsift"] + [a.encode() for a in args]
+    for i, a in enumerate(encoded):
+        argv[i] = a
+    argv[argc] = NULL
+    try:
+        if rte_eal_init(argc, argv) < 0:
+            raise DpdkError(_err("DPDK EAL initialisation failed (arguments: " + " ".join(args) + ")"))
+    finally:
+        free(argv)
+    if fs_ts_register() < 0:
+        pass                  # no timestamp field: frames get the time they were read
+    _eal_ready = True
+    _eal_args = list(args)
+
+
+def port_by_name(str name):
+    cdef uint16_t port
+    if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
+        return None
+    return port
+
+
+def ports_available():
+    return rte_eth_dev_count_avail()
+
+
+def open_port(str devargs):
+    """The port named by `devargs`: a port id ("0"), or a virtual device ("net_pcap0,rx_pcap=F"),
+    probed now if it is not there yet. One DpdkPort per port per process."""
+    cdef uint16_t port
+    name = devargs.split(",", 1)[0]
+    if name in _ports:
+        return _ports[name]
+    if name.isdigit():
+        port = int(name)
+        if not rte_eth_dev_is_valid_port(port):
+            raise DpdkError(f"dpdk:{name}: no such port ({rte_eth_dev_count_avail()} available; is the NIC bound to a DPDK driver?)")
+    else:
+        if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
+            rc = rte_dev_probe(devargs.encode())
+            if rc < 0:
+                raise DpdkError(f"dpdk:{devargs}: the device did not probe: {rte_strerror(-rc).decode()}")
+            if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
+                raise DpdkError(f"dpdk:{devargs}: probed, but no port came of it")
+    p = DpdkPort(port, name)
+    _ports[name] = p
+    return p
+
+
+cdef class DpdkPort:
+    """One port, one Rx and one Tx queue."""
+    cdef readonly int port
+    cdef readonly str name
+    cdef rte_mempool* pool
+    cdef rte_mbuf* held[512]
+    cdef int n_held
+    cdef uint8_t* segbuf
+    cdef int n_segbuf
+    cdef int cap_segbuf
+    cdef readonly uint64_t received
+    cdef readonly uint64_t copied_multiseg
+    cdef readonly uint64_t truncated
+    cdef readonly uint64_t hw_timestamps
+    cdef readonly uint64_t sent
+    cdef readonly uint64_t tx_failed
+    cdef readonly bint timestamps
+    cdef readonly bint started
+    cdef int ts_unit            # 0: not seen yet; 1000: µs since the epoch; 1: ns; -1: a device clock (unused)
+
+    def __cinit__(self):
+        self.segbuf = NULL
+        self.n_held = 0
+
+    def __init__(self, int port, str name):
+        cdef uint64_t offloads = 0
+        cdef int sock, rc
+        if not rte_eth_dev_is_valid_port(port):
+            raise DpdkError(f"dpdk:{name}: no such port")
+        self.port = port
+        self.name = name
+        sock = rte_eth_dev_socket_id(port)
+        if sock < 0:
+            sock = 0
+        self.pool = rte_pktmbuf_pool_create(f"fs_pool_{port}".encode(), 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, sock)
+        if self.pool == NULL:
+            raise DpdkError(_err(f"dpdk:{name}: cannot create a packet buffer pool (hugepages? try --no-huge -m 256)"))
+        if fs_port_rx_capa(port) & RTE_ETH_RX_OFFLOAD_TIMESTAMP:
+            offloads |= RTE_ETH_RX_OFFLOAD_TIMESTAMP
+            self.timestamps = True
+        rc = fs_port_configure(port, offloads)
+        if rc < 0:
+            raise DpdkError(f"dpdk:{name}: cannot configure the port: {rte_strerror(-rc).decode()}")
+        rc = rte_eth_rx_queue_setup(port, 0, 1024, sock, NULL, self.pool)
+        if rc < 0:
+            raise DpdkError(f"dpdk:{name}: cannot set up an Rx queue: {rte_strerror(-rc).decode()}")
+        rc = rte_eth_tx_queue_setup(port, 0, 1024, sock, NULL)
+        if rc < 0:
+            raise DpdkError(f"dpdk:{name}: cannot set up a Tx queue: {rte_strerror(-rc).decode()}")
+        rc = rte_eth_dev_start(port)
+        if rc < 0:
+            raise DpdkError(f"dpdk:{name}: cannot start the port: {rte_strerror(-rc).decode()}")
+        self.started = True
+        rte_eth_promiscuous_enable(port)      # virtual devices may not support it: no matter
+        self.cap_segbuf = 64
+        self.segbuf = <uint8_t*> malloc(<size_t> self.cap_segbuf * SEG_BUF)
+
+    @property
+    def driver(self):
+        return fs_port_driver(self.port).decode()
+
+    cdef void _free_held(self) noexcept nogil:
+        cdef int i
+        for i in range(self.n_held):
+            rte_pktmbuf_free(self.held[i])
+        self.n_held = 0
+
+    def fill(self, Batch batch, int timeout_ms=100):
+        """Fill `batch` with the packets the port has (polling up to `timeout_ms` for the
+        first: DPDK has no interrupts here); 0 if none came."""
+        cdef rte_mbuf* m
+        cdef rte_mbuf* burst[BURST]
+        cdef pkt_t* p
+        cdef Py_ssize_t n = 0, cap = batch.capacity
+        cdef uint16_t got, i, want
+        cdef int64_t ts, deadline
+        cdef uint64_t hw = 0, multi = 0, trunc = 0
+        cdef int64_t e14 = 100000000000000, e17 = 100000000000000000     # µs and ns since the epoch, today
+        if cap > 512:
+            cap = 512
+        with nogil:
+            self._free_held()
+            self.n_segbuf = 0
+            deadline = fs_now_ns() + <int64_t> timeout_ms * 1000000
+            while n < cap:
+                want = BURST if cap - n > BURST else <uint16_t> (cap - n)
+                got = rte_eth_rx_burst(self.port, 0, burst, want)
+                if got == 0:
+                    if n > 0 or fs_now_ns() >= deadline:
+                        break
+                    continue
+                for i in range(got):
+                    m = burst[i]
+                    self.held[self.n_held] = m
+                    self.n_held += 1
+                    p = &batch.pkts[n]
+                    memset(p, 0, sizeof(pkt_t))
+                    ts = fs_mbuf_ts(m)
+                    if ts >= 0 and self.ts_unit == 0:
+                        # the field's unit is the driver's: net_pcap gives µs since the epoch,
+                        # NICs often ns of their own clock; only epoch times are used
+                        if ts >= e17:
+                            self.ts_unit = 1
+                        elif ts > e14:
+                            self.ts_unit = 1000
+                        else:
+                            self.ts_unit = -1
+                    if ts >= 0 and self.ts_unit > 0:
+                        ts *= self.ts_unit
+                        hw += 1
+                    else:
+                        ts = fs_now_ns()
+                    p.ts_ns = ts
+                    p.linktype = 1
+                    p.rec_pos = self.received + n
+                    p.wirelen = fs_mbuf_pkt_len(m)
+                    if fs_mbuf_segs(m) == 1:
+                        p.data = fs_mbuf_data(m)
+                        p.caplen = fs_mbuf_data_len(m)
+                    elif self.n_segbuf < self.cap_segbuf:
+                        # segments of one packet are made one frame (decode reads it whole)
+                        p.data = self.segbuf + <size_t> self.n_segbuf * SEG_BUF
+                        p.caplen = fs_mbuf_copy(m, self.segbuf + <size_t> self.n_segbuf * SEG_BUF, SEG_BUF)
+                        if p.caplen < p.wirelen:
+                            trunc += 1
+                        self.n_segbuf += 1
+                        multi += 1
+                    else:
+                        p.data = fs_mbuf_data(m)
+                        p.caplen = fs_mbuf_data_len(m)
+                        trunc += 1
+                    n += 1
+                if got < want:
+                    break
+        batch.n = n
+        self.received += n
+        self.hw_timestamps += hw
+        self.copied_multiseg += multi
+        self.truncated += trunc
+        return n
+
+    def send_batch(self, Batch batch, bytes skip=None, dict replace=None):
+        """Send the frames of `batch` (not those whose byte `skip[i]` is set; `replace[i]`
+        instead of frame i where given). Returns how many the port took."""
+        cdef int n = batch.n, i, k = 0, done = 0, rc
+        cdef rte_mbuf* out[512]
+        cdef const uint8_t* sk = NULL
+        cdef bytes b
+        cdef rte_mbuf* m
+        if skip is not None:
+            sk = <const uint8_t*> <char*> skip
+        for i in range(n):
+            if sk != NULL and sk[i]:
+                continue
+            if replace and i in replace:
+                b = replace[i]
+                m = fs_mbuf_from(self.pool, <const uint8_t*> <char*> b, len(b))
+            else:
+                m = fs_mbuf_from(self.pool, batch.pkts[i].data, batch.pkts[i].caplen)
+            if m == NULL:
+                self.tx_failed += 1
+                continue
+            out[k] = m
+            k += 1
+            if k == 512:
+                done += self._tx(out, k)
+                k = 0
+        if k:
+            done += self._tx(out, k)
+        return done
+
+    def send(self, frames):
+        """Send a list of frames (bytes)."""
+        cdef rte_mbuf* out[512]
+        cdef int k = 0, done = 0
+        cdef bytes b
+        cdef rte_mbuf* m
+        for f in frames:
+            b = bytes(f)
+            m = fs_mbuf_from(self.pool, <const uint8_t*> <char*> b, len(b))
+            if m == NULL:
+                self.tx_failed += 1
+                continue
+            out[k] = m
+            k += 1
+            if k == 512:
+                done += self._tx(out, k)
+                k = 0
+        if k:
+            done += self._tx(out, k)
+        return done
+
+    cdef int _tx(self, rte_mbuf** out, int k):
+        cdef int sent = 0, tries = 0, j
+        cdef uint16_t rc
+        with nogil:
+            while sent < k and tries < 1000:
+                rc = rte_eth_tx_burst(self.port, 0, out + sent, <uint16_t> (k - sent))
+                sent += rc
+                tries = tries + 1 if rc == 0 else 0
+            for j in range(sent, k):
+                rte_pktmbuf_free(out[j])
+        self.sent += sent
+        self.tx_failed += k - sent
+        return sent
+
+    def statistics(self):
+        cdef uint64_t st[8]
+        out = {"received": self.received, "sent": self.sent, "tx_failed": self.tx_failed,
+               "port_timestamps": self.hw_timestamps, "multi_segment_copied": self.copied_multiseg,
+               "truncated": self.truncated, "driver": self.driver}
+        if fs_port_stats(self.port, st) == 0:
+            out.update(port_ipackets=st[0], port_opackets=st[1], port_imissed=st[2], port_ierrors=st[3],
+                       port_oerrors=st[4], port_rx_nombuf=st[5])
+        return out
+
+    def close(self):
+        with nogil:
+            self._free_held()
+        if self.started:
+            rte_eth_dev_stop(self.port)
+            self.started = False
+
+    def __dealloc__(self):
+        free(self.segbuf)

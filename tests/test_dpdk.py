@@ -1,0 +1,126 @@
+"""DPDK with virtual devices (no NIC, no hugepages): net_pcap reads a corpus capture and writes
+what flowsift forwards, net_ring loops frames back. The EAL allows one initialisation per
+process, so every case runs flowsift in a process of its own."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CORPUS, IN_CI
+
+JPEGS = CORPUS / "http__tcpflow__jpegs.cap"
+
+
+@pytest.fixture(autouse=True)
+def dpdk_built():
+    try:
+        import flowsift.io._dpdk  # noqa: F401
+    except ImportError:
+        msg = "flowsift was built without DPDK (apt-get install libdpdk-dev; ./dev build)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def flowsift(*args, check=True):
+    res = subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], capture_output=True, text=True,
+                         timeout=120)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def frames_of(path):
+    from flowsift.io import Batch, open_capture
+    cap, b, out = open_capture(path), Batch(512), []
+    while cap.fill(b):
+        out += [b.frame(i) for i in range(b.n)]
+    return out
+
+
+def test_streams_through_net_pcap_equal_streams_of_the_file(tmp_path, corpus):
+    a, b = tmp_path / "dpdk", tmp_path / "file"
+    res = flowsift("streams", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 483, "-o", a, "--json")
+    flowsift("streams", JPEGS, "-o", b, "--json")
+    got = json.loads(res.stdout)
+    assert got["kernel"]["driver"] == "net_pcap" and got["kernel"]["received"] == 483
+    # the port's timestamps are the capture's: the index is the same to the byte, and so is every stream
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) and len(names) > 30
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_stats_and_filter_through_net_pcap(corpus):
+    expr = "tcp[tcpflags] & tcp-syn != 0"
+    got = json.loads(flowsift("stats", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 483, "--filter", expr,
+                              "--json").stdout)
+    want = json.loads(flowsift("stats", JPEGS, "--filter", expr, "--json").stdout)
+    for k in ("packets", "filtered", "flows", "protocols", "bytes_captured", "time"):
+        assert got[k] == want[k], k
+
+
+def test_inline_through_net_pcap_tx(tmp_path, corpus):
+    out = tmp_path / "tx.pcap"
+    res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out}", "--out", "dpdk:net_pcap0",
+                   "--count", 483, "--events", "/dev/null", "--json")
+    s = json.loads(res.stdout)
+    assert s["egress"]["forwarded"] == 483 and s["modules"]["counter"]["flows"] == 19
+    assert frames_of(out) == frames_of(JPEGS)            # forwarded byte for byte
+    # with nat: the frames -w writes from the file, no more, no less
+    out2, ref = tmp_path / "tx2.pcap", tmp_path / "ref.pcap"
+    chain = "nat(to=10.9.9.9:8080)"
+    flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out2}", "--out", "dpdk:net_pcap0",
+             "--count", 483, "--events", "/dev/null")
+    flowsift("chain", chain, JPEGS, "-w", ref, "--events", "/dev/null")
+    assert frames_of(out2) == frames_of(ref)
+
+
+RING = """
+import json, sys
+from flowsift.io import Batch
+from flowsift.io.live import dpdk_port
+frames = [bytes.fromhex(h) for h in json.load(sys.stdin)]
+port = dpdk_port("net_ring0")
+sent = port.send(frames)
+b, got = Batch(512), []
+for _ in range(50):
+    n = port.fill(b, 20)
+    got += [b.frame(i).hex() for i in range(n)]
+    if len(got) >= len(frames):
+        break
+print(json.dumps({"sent": sent, "got": got, "driver": port.driver}))
+"""
+
+
+def test_net_ring_loops_frames_back(corpus):
+    frames = frames_of(JPEGS)[:300]
+    res = subprocess.run([sys.executable, "-c", RING], input=json.dumps([f.hex() for f in frames]),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["driver"] == "net_ring" and r["sent"] == 300
+    assert [bytes.fromhex(h) for h in r["got"]] == frames
+
+
+def test_dpdk_mistakes_are_one_line_exit_2(corpus):
+    for args, words in (
+            (("stats", "dpdk:net_nosuch0", "--count", 1), "did not probe"),
+            (("--dpdk-args", "-l 0 --help", "stats", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 1),
+             "--help is not accepted"),
+            (("stats", "dpdk:7", "--count", 1), "dpdk:7: no such port"),
+            (("stats", "dpdk:", "--count", 1), "name the port")):
+        res = flowsift(*args, check=False)
+        assert res.returncode == 2, res.stderr
+        lines = [l for l in res.stderr.strip().splitlines() if l.startswith("flowsift:")]
+        assert len(lines) == 1 and words in lines[0], res.stderr
+
+
+def test_without_dpdk_the_message_says_what_to_install(corpus):
+    code = ("import sys; sys.modules['flowsift.io._dpdk'] = None; sys.argv = ['flowsift', 'stats', 'dpdk:0']; "
+            "from flowsift.cli import main; main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("flowsift: dpdk: sources need flowsift built with DPDK: apt-get install "
+                                  "libdpdk-dev (pkg-config libdpdk), then ./dev build")
