@@ -318,3 +318,13 @@ def test_inline_leaves_dropped_packets_out(netns, corpus, tmp_path):
     kept = frames_of(out)
     sent = frames_of(CORPUS / JPEGS)
     assert len(kept) == 483 - dropped and all(f in sent for f in kept)
+
+
+def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
+    name = "vlan__pcpp__example2.pcap"
+    want = file_stats(name)
+    got = live(netns, "stats", "afpacket:va", "--count", want["packets"], "--duration", 30, "--json",
+               capture=CORPUS / name)
+    assert got["kernel"]["vlan_tags_restored"] == 24
+    for k in ("packets", "flows", "protocols", "bytes_captured", "ip"):
+        assert got[k] == want[k], k

@@ -125,7 +125,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int SOL_PACKET, PACKET_VERSION, PACKET_RX_RING, PACKET_STATISTICS, PACKET_FANOUT, PACKET_TIMESTAMP
     int PACKET_FANOUT_HASH, PACKET_FANOUT_FLAG_DEFRAG, TPACKET_V3, PACKET_IGNORE_OUTGOING
     int TP_STATUS_KERNEL, TP_STATUS_USER, TP_STATUS_VLAN_VALID, TP_STATUS_TS_RAW_HARDWARE
-    int PACKET_OUTGOING
+    int PACKET_OUTGOING, TP_STATUS_VLAN_TPID_VALID
 
 import os
 
@@ -159,14 +159,21 @@ cdef class AfPacketSource:
     cdef readonly uint64_t kernel_packets
     cdef readonly uint64_t kernel_drops
     cdef readonly uint64_t freeze_count
-    cdef readonly uint64_t vlan_stripped    # frames whose 802.1Q tag the kernel took off (in tp_vlan_tci)
+    cdef readonly uint64_t vlan_stripped    # frames whose 802.1Q tag the kernel took off, and we put back
     cdef readonly uint64_t hw_timestamps
     cdef readonly uint64_t blocks_read
     cdef readonly int hw_ts_requested
+    cdef uint8_t* arena           # frames rebuilt with their VLAN tag, valid until the next fill
+    cdef size_t arena_size
+    cdef size_t arena_used
 
     def __cinit__(self):
         self.fd = -1
         self.ring = NULL
+        self.arena_size = 4 << 20
+        self.arena = <uint8_t*> malloc(self.arena_size)
+        if self.arena == NULL:
+            raise MemoryError()
 
     def __init__(self, str ifname, unsigned int block_size=1 << 20, unsigned int block_nr=32,
                  bytes bpf_program=None, int fanout=-1, bint hw_timestamps=False, unsigned int retire_ms=20,
@@ -241,6 +248,7 @@ cdef class AfPacketSource:
 
     def __dealloc__(self):
         self.close()
+        free(self.arena)
 
     @property
     def linktype(self):
@@ -248,6 +256,22 @@ cdef class AfPacketSource:
 
     cdef inline tpacket_block_desc* _desc(self, unsigned int i) noexcept nogil:
         return <tpacket_block_desc*> (self.ring + <size_t> i * self.block_size)
+
+    cdef void _retag(self, pkt_t* p, tpacket3_hdr* h) noexcept nogil:
+        cdef uint8_t* dst = self.arena + self.arena_used
+        cdef const uint8_t* src = p.data
+        cdef uint16_t tpid = h.hv1.tp_vlan_tpid if (h.tp_status & TP_STATUS_VLAN_TPID_VALID) and h.hv1.tp_vlan_tpid else 0x8100
+        cdef uint16_t tci = <uint16_t> h.hv1.tp_vlan_tci
+        memcpy(dst, src, 12)
+        dst[12] = tpid >> 8
+        dst[13] = tpid & 0xFF
+        dst[14] = tci >> 8
+        dst[15] = tci & 0xFF
+        memcpy(dst + 16, src + 12, p.caplen - 12)
+        p.data = dst
+        p.caplen += 4
+        p.wirelen += 4
+        self.arena_used += (p.caplen + 15) & ~(<size_t> 15)
 
     cdef void _release(self) noexcept nogil:
         # give back the blocks the previous batch finished with (all but a partly read one)
@@ -270,6 +294,7 @@ cdef class AfPacketSource:
             raise AfPacketError(f"afpacket:{self.ifname}: closed")
         with nogil:
             self._release()
+            self.arena_used = 0
             while n < cap and self.held < self.block_nr:
                 # (a held block is not read again before the kernel has had it back)
                 d = self._desc(self.block)
@@ -296,7 +321,13 @@ cdef class AfPacketSource:
                     p.wirelen = h.tp_len
                     p.linktype = LINKTYPE_ETHERNET
                     p.rec_pos = self.received + n
-                    if h.tp_status & TP_STATUS_VLAN_VALID:
+                    if (h.tp_status & TP_STATUS_VLAN_VALID) and h.tp_snaplen >= 12:
+                        # the kernel moved the 802.1Q tag out of the frame: put it back, so that
+                        # flows of different VLANs stay apart and the frame is what was sent
+                        if self.arena_used + h.tp_snaplen + 4 > self.arena_size:
+                            cap = n         # the arena is full: the rest waits for the next fill
+                            break
+                        self._retag(p, h)
                         vlan += 1
                     if h.tp_status & TP_STATUS_TS_RAW_HARDWARE:
                         hw += 1
@@ -326,7 +357,7 @@ cdef class AfPacketSource:
             self.freeze_count += st.tp_freeze_q_cnt
         return {"kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
                 "freeze_count": self.freeze_count, "received": self.received,
-                "vlan_tags_stripped": self.vlan_stripped, "hw_timestamps": self.hw_timestamps,
+                "vlan_tags_restored": self.vlan_stripped, "hw_timestamps": self.hw_timestamps,
                 "blocks": self.blocks_read}
 
 
