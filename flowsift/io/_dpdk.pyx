@@ -56,6 +56,7 @@ cdef extern from "_dpdk_helpers.h" nogil:
     rte_mbuf* fs_mbuf_from(rte_mempool* pool, const uint8_t* data, uint32_t n)
 
 DEF BURST = 64
+DEF MBUF_ROOM = 9216 + 128    # a 9000-byte MTU frame plus DPDK's headroom
 DEF SEG_BUF = 16384           # room for one multi-segment packet copied whole (jumbo frames)
 
 
@@ -107,7 +108,7 @@ def ports_available():
     return rte_eth_dev_count_avail()
 
 
-def open_port(str devargs):
+def open_port(str devargs, unsigned int mbufs=8191):
     """The port named by `devargs`: a port id ("0"), or a virtual device ("net_pcap0,rx_pcap=F"),
     probed now if it is not there yet. One DpdkPort per port per process."""
     cdef uint16_t port
@@ -125,7 +126,7 @@ def open_port(str devargs):
                 raise DpdkError(f"dpdk:{devargs}: the device did not probe: {rte_strerror(-rc).decode()}")
             if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
                 raise DpdkError(f"dpdk:{devargs}: probed, but no port came of it")
-    p = DpdkPort(port, name)
+    p = DpdkPort(port, name, mbufs)
     _ports[name] = p
     return p
 
@@ -154,7 +155,7 @@ cdef class DpdkPort:
         self.segbuf = NULL
         self.n_held = 0
 
-    def __init__(self, int port, str name):
+    def __init__(self, int port, str name, unsigned int mbufs=8191):
         cdef uint64_t offloads = 0
         cdef int sock, rc
         if not rte_eth_dev_is_valid_port(port):
@@ -164,9 +165,11 @@ cdef class DpdkPort:
         sock = rte_eth_dev_socket_id(port)
         if sock < 0:
             sock = 0
-        self.pool = rte_pktmbuf_pool_create(f"fs_pool_{port}".encode(), 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, sock)
+        # room for a jumbo frame in one mbuf: no segments to join in the common case
+        self.pool = rte_pktmbuf_pool_create(f"fs_pool_{port}".encode(), mbufs, 256, 0, MBUF_ROOM, sock)
         if self.pool == NULL:
-            raise DpdkError(_err(f"dpdk:{name}: cannot create a packet buffer pool (hugepages? try --no-huge -m 256)"))
+            raise DpdkError(_err(f"dpdk:{name}: cannot create a pool of {mbufs} packet buffers "
+                                 f"(about {mbufs * 9.5 / 1024:.0f} MiB: raise -m in --dpdk-args, or set mbufs=N)"))
         if fs_port_rx_capa(port) & RTE_ETH_RX_OFFLOAD_TIMESTAMP:
             offloads |= RTE_ETH_RX_OFFLOAD_TIMESTAMP
             self.timestamps = True

@@ -8,6 +8,7 @@
     dpdk:0                                  DPDK port 0 (a NIC bound to a DPDK driver)
     dpdk:net_pcap0,rx_pcap=in.pcap          a DPDK virtual device and its arguments
     dpdk:net_ring0
+    dpdk:net_pcap0,rx_pcap=f.pcap,mbufs=16383   more packet buffers (default 8191, 9.5 KiB each)
 
 DPDK's EAL takes its arguments from `flowsift --dpdk-args "..."` (or FLOWSIFT_DPDK_ARGS); the
 default runs without hugepages or PCI devices, for virtual devices.
@@ -38,7 +39,7 @@ def _size(spec, key, text):
         raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
 
 
-OURS = ("count", "duration")          # options flowsift reads from a dpdk: spec; the rest are the device's
+OURS = ("count", "duration", "mbufs")          # options flowsift reads from a dpdk: spec; the rest are the device's
 
 
 def parse_spec(spec):
@@ -67,7 +68,7 @@ DEFAULT_EAL = "-l 0 --no-huge -m 256 --no-pci --no-shconf --no-telemetry --log-l
 _FORBIDDEN_EAL = ("-h", "--help", "-v", "--version")     # EAL prints and exits the process on these
 
 
-def dpdk_port(spec_name):
+def dpdk_port(spec_name, mbufs=8191):
     """The DPDK port for device text `spec_name` ('0', 'net_pcap0,rx_pcap=F'), the EAL set up
     first (once per process)."""
     import os
@@ -84,7 +85,7 @@ def dpdk_port(spec_name):
         raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
     try:
         _dpdk.eal_init(args)
-        return _dpdk.open_port(spec_name)
+        return _dpdk.open_port(spec_name, mbufs)
     except _dpdk.DpdkError as e:
         raise FlowsiftError(str(e)) from None
 
@@ -135,7 +136,11 @@ class LiveCapture:
         self.stopped_by = None
         self.format = scheme
         if scheme == "dpdk":
-            self._src = dpdk_port(name)
+            try:
+                mbufs = int(opts.get("mbufs", 8191))
+            except ValueError:
+                raise UsageError(f"{spec}: mbufs= is a number of packet buffers") from None
+            self._src = dpdk_port(name, mbufs)
             self.version = "DPDK"
             return
         if scheme != "afpacket":
