@@ -328,3 +328,11 @@ def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
     assert got["kernel"]["vlan_tags_restored"] == 24
     for k in ("packets", "flows", "protocols", "bytes_captured", "ip"):
         assert got[k] == want[k], k
+
+
+def test_hardware_timestamps_asked_for_where_there_are_none(netns, corpus):
+    """veth has no clock of its own: the frames come with the kernel's time, and say so."""
+    got = live(netns, "stats", "afpacket:va,timestamps=hw", "--count", 483, "--duration", 30, "--json")
+    assert got["packets"] == 483 and got["kernel"]["hw_timestamps"] == 0
+    t = got["time"]
+    assert abs(t["last_ns"] / 1e9 - time.time()) < 60       # the receive time, not the capture's
