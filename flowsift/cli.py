@@ -335,6 +335,90 @@ def chain(
             out.close()
 
 
+@app.command()
+def replay(
+    source: Optional[str] = typer.Argument(None, metavar="CAPTURE", help="A pcap or pcapng file (or use --store)."),
+    to: str = typer.Option(..., "--to", metavar="HOST:PORT", help="The server to replay against."),
+    store: Optional[str] = typer.Option(None, "--store", metavar="DIR", help="Replay the connections of a kept store."),
+    filter: Optional[str] = FILTER,
+    server_port: Optional[int] = typer.Option(None, "--server-port", metavar="N", help="Only connections to this server port."),
+    speed: str = typer.Option("max", "--speed", metavar="X",
+                              help="'max' (as fast as possible), or a multiple of the original pace: 1, 10..."),
+    concurrency: int = typer.Option(8, "--concurrency", "-j", metavar="N", help="Connections replayed at once."),
+    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections."),
+    partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream."),
+    match: str = typer.Option("exact", "--match", metavar="MODE",
+                              help="exact (bytes), or http: status, headers (volatile ones ignored) and body."),
+    ignore_header: list[str] = typer.Option([], "--ignore-header", metavar="NAME",
+                                            help="With --match http: a header not compared (repeatable)."),
+    ignore_body_regex: Optional[str] = typer.Option(None, "--ignore-body-regex", metavar="RE",
+                                                    help="With --match http: body text matching RE is not compared."),
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="How long to wait for an answer."),
+    report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),
+    unacked: bool = typer.Option(False, "--unacked", help="Send, per connection of --store, the client bytes the "
+                                                           "server had not acknowledged, from a message boundary."),
+    as_json: bool = JSON,
+):
+    """Replay captured connections against a live server and compare its answers.
+
+    Each connection's client stream is sent over a new connection, turn by turn: the client's
+    bytes up to where the server answered in the original, then its answer is awaited and
+    compared with the recorded one. HTTP/1.x is cut at message boundaries. A hole in the
+    client's stream is never sent as anything: such connections are skipped (or replayed up
+    to it with --partial). Ctrl-C ends with the summary so far.
+
+    \b
+    Examples:
+      flowsift replay trace.pcap --to 127.0.0.1:8080 --match http --report diff.json
+      flowsift replay trace.pcap --to staging:80 --server-port 80 --speed 1 -j 32
+      flowsift replay --unacked --store run1 --to 10.0.0.2:80
+    """
+    from flowsift.render import print_replay
+    if speed == "max":
+        pace = None
+    else:
+        try:
+            pace = float(speed)
+            assert pace > 0
+        except (ValueError, AssertionError):
+            _fail(f"--speed {speed!r}: 'max' or a positive number")
+    if concurrency < 1:
+        _fail("--concurrency must be at least 1")
+    if unacked:
+        from flowsift.replay import replay_unacked
+        if store is None:
+            _fail("--unacked replays a kept store: give --store DIR")
+        result = replay_unacked(store, to, timeout=timeout, report=report)
+        typer.echo(json.dumps(result)) if as_json else print_replay(result)
+        return
+    from flowsift.replay import replay as run
+    bar, task = None, None
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        bar = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=Console(stderr=True), transient=True)
+
+    def start(total):
+        nonlocal task
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("replay", total=total)
+
+    def done(r):
+        if bar is not None and task is not None:
+            bar.advance(task)
+    try:
+        result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
+                     concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
+                     ignore_body=ignore_body_regex, timeout=timeout, report=report, on_start=start,
+                     on_conversation=done)
+    finally:
+        if bar is not None:
+            bar.stop()
+    typer.echo(json.dumps(result)) if as_json else print_replay(result)
+
+
 @app.command("modules")
 def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help="A module: print its documentation.")):
     """List the modules flowsift can find, or print one module's documentation."""

@@ -179,3 +179,25 @@ def print_chain_tables(s, console):
     for name, counters in s["modules"].items():
         m.add_row(name, ", ".join(f"{k} {_n(v)}" for k, v in counters.items()))
     console.print(m)
+
+
+def print_replay(s, console=None):
+    console = console or Console()
+    t = Table(title=f"replay against {s['target']} ({s.get('match', 'exact')})", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for key in ("connections", "identical", "differing", "failed", "turns", "turns_identical", "turns_differing",
+                "turns_unanswered", "partial"):
+        if key in s:
+            t.add_row(key.replace("_", " "), _n(s[key]))
+    for reason, n in s.get("skipped", {}).items():
+        t.add_row(f"skipped: {reason}", _n(n))
+    if s.get("seconds") is not None:
+        t.add_row("seconds", f"{s['seconds']:.2f}")
+    console.print(t)
+    for f in s.get("failures", []):
+        console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
+    if s.get("report"):
+        console.print(f"every difference: {s['report']}")
+    if s.get("interrupted"):
+        console.print("interrupted: the summary covers the connections that finished")

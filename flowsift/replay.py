@@ -1,0 +1,526 @@
+"""Application-layer replay: captured connections played against a live server, turn by turn,
+with each answer compared to the recorded one; and the replay of what a backend had not
+acknowledged (SIFT).
+
+A conversation is cut into turns from the records' order: the client's bytes up to the point
+where the server answered, then the server's answer. HTTP/1.x streams are cut at message
+boundaries instead (a request, its response), so pipelining and keep-alive replay as messages,
+not packets. A hole in the client's stream ends what can be replayed there.
+"""
+import asyncio
+import difflib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+
+from flowsift.errors import FlowsiftError, UsageError
+
+VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
+HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
+HTTP_RESPONSE = re.compile(rb"^HTTP/1\.[01] \d{3}")
+
+
+# --- HTTP/1.x framing ----------------------------------------------------------------------------
+
+def _head(data, start):
+    """(end of the header block, start line, {lowercased name: [values]}) or None if incomplete."""
+    end = data.find(b"\r\n\r\n", start)
+    sep = 4
+    if end < 0:
+        end, sep = data.find(b"\n\n", start), 2
+        if end < 0:
+            return None
+    lines = data[start:end].split(b"\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.rstrip(b"\r").partition(b":")
+        headers.setdefault(name.strip().lower().decode("latin-1"), []).append(value.strip().decode("latin-1"))
+    return end + sep, lines[0].rstrip(b"\r"), headers
+
+
+def _chunked_end(data, pos):
+    """End offset of a chunked body starting at `pos`, or None if incomplete."""
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        try:
+            size = int(data[pos:eol].split(b";")[0].strip() or b"x", 16)
+        except ValueError:
+            raise ValueError("bad chunk size")
+        pos = eol + 2
+        if size == 0:
+            # trailers, then an empty line
+            end = data.find(b"\r\n", pos)
+            while end >= 0 and end != pos:
+                pos = end + 2
+                end = data.find(b"\r\n", pos)
+            return None if end < 0 else end + 2
+        pos += size + 2
+        if pos > len(data):
+            return None
+
+
+def http_message(data, start, request, method=None, eof=False):
+    """(end, start line, headers, body slice) of the HTTP message at `start`, or None while
+    incomplete. A response without length ends at the end of the stream (`eof`)."""
+    h = _head(data, start)
+    if h is None:
+        return None
+    body_start, line, headers = h
+    te = ",".join(headers.get("transfer-encoding", [])).lower()
+    if not request:
+        code = int(line.split()[1]) if len(line.split()) > 1 and line.split()[1].isdigit() else 0
+        if method == b"HEAD" or 100 <= code < 200 or code in (204, 304):
+            return body_start, line, headers, (body_start, body_start)
+    if "chunked" in te:
+        try:
+            end = _chunked_end(data, body_start)
+        except ValueError:
+            end = len(data) if eof else None
+        return None if end is None else (end, line, headers, (body_start, end))
+    if "content-length" in headers:
+        try:
+            n = int(headers["content-length"][0])
+        except ValueError:
+            n = 0
+        end = body_start + n
+        return None if end > len(data) else (end, line, headers, (body_start, end))
+    if request:
+        return body_start, line, headers, (body_start, body_start)
+    return (len(data), line, headers, (body_start, len(data))) if eof else None
+
+
+def http_messages(data, request, methods=None):
+    """Message spans [(start, end)] of a whole stream; methods: the requests' methods, for
+    responses (a HEAD answer has no body)."""
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        m = http_message(data, pos, request, (methods[i] if methods and i < len(methods) else None), eof=True)
+        if m is None or m[0] <= pos:
+            out.append((pos, len(data)))
+            break
+        out.append((pos, m[0]))
+        pos, i = m[0], i + 1
+    return out
+
+
+def dechunk(body):
+    out, pos = bytearray(), 0
+    while True:
+        eol = body.find(b"\r\n", pos)
+        if eol < 0:
+            return bytes(out)
+        try:
+            size = int(body[pos:eol].split(b";")[0].strip() or b"0", 16)
+        except ValueError:
+            return bytes(out)
+        if size == 0:
+            return bytes(out)
+        out += body[eol + 2:eol + 2 + size]
+        pos = eol + 2 + size + 2
+
+
+# --- conversations and turns -------------------------------------------------------------------
+
+class Turn:
+    __slots__ = ("request", "response", "start", "offset", "method")
+
+    def __init__(self, request, response, start, offset, method=None):
+        self.request = request          # bytes the client sent
+        self.response = response        # bytes the server answered in the original
+        self.start = start              # capture time of the turn's first byte, ns
+        self.offset = offset            # stream offset of the request
+        self.method = method
+
+
+class Conversation:
+    def __init__(self, conn, client, server, proto):
+        self.conn, self.client, self.server, self.proto = conn, client, server, proto
+        self.turns = []
+        self.skip = None                # reason it is not replayed
+        self.cut = None                 # offset where a gap cut the client's stream
+        self.http = False
+        self.note = None
+
+
+def _endpoint(raw, port, ipver):
+    import ipaddress
+    a = ipaddress.ip_address(raw[:4] if ipver == 4 else raw)
+    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
+
+
+def conversation(path, partial=False, match=None):
+    """The turns of one record file."""
+    from flowsift.streams.reader import RecordFile
+    with RecordFile(path) as rf:
+        h = rf.header
+        conv = Conversation(h["conn"], _endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+                            _endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
+        if h["proto"] != 6:
+            conv.skip = "not TCP"
+            return conv
+        cend, send = h["end0"], h["end1"]
+        gaps = rf.gaps(0)
+        if gaps:
+            conv.cut = gaps[0].offset
+            if not partial:
+                conv.skip = "gap in the client's stream"
+                return conv
+            cend = conv.cut
+        sgap = rf.gaps(1)
+        if cend <= 0 and send <= 0:
+            conv.skip = "no data"
+            return conv
+        client = rf.data(0, 0, cend)
+        server = rf.data(1, 0, send) if not sgap else rf.data(1, 0, sgap[0].offset)
+        arr = rf.record_array()
+        ts = [int(x) for x in arr["ts_ns"]]
+        if (match == "http" or match is None) and HTTP_REQUEST.match(client):
+            conv.http = True
+            _http_turns(conv, client, server, arr, h)
+            return conv
+        if match == "http":
+            conv.skip = "not HTTP"
+            return conv
+        _timed_turns(conv, client, server, arr, h, ts)
+        return conv
+
+
+def _first_ts(arr, h, d, offset):
+    """Capture time of the record that carried stream byte `offset` of direction d."""
+    import numpy as np
+    origin = h[f"origin{d}"]
+    sel = (arr["dir"] == d) & (arr["payload_len"] > 0)
+    if not sel.any():
+        return int(arr["ts_ns"][0]) if len(arr) else 0
+    so = arr["seq_offset"][sel] - origin
+    end = so + arr["payload_len"][sel]
+    hit = np.flatnonzero((so <= offset) & (offset < end))
+    t = arr["ts_ns"][sel]
+    return int(t[hit[0]]) if len(hit) else int(t[-1])
+
+
+def _http_turns(conv, client, server, arr, h):
+    reqs = http_messages(client, True)
+    methods = [client[s:e].split(b" ", 1)[0] for s, e in reqs]
+    resps = http_messages(server, False, methods)
+    for i, (s, e) in enumerate(reqs):
+        r = server[resps[i][0]:resps[i][1]] if i < len(resps) else b""
+        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i]))
+
+
+def _timed_turns(conv, client, server, arr, h, ts):
+    """Turns from the order of the records: client bytes until the server answers, and so on."""
+    origins = (h["origin0"], h["origin1"])
+    c_start = s_start = 0
+    c_mark = s_mark = 0
+    answered = False
+    t_start = None
+    for i in range(len(arr)):
+        n = int(arr["payload_len"][i])
+        if not n:
+            continue
+        d = int(arr["dir"][i])
+        end = int(arr["seq_offset"][i]) - origins[d] + n
+        if d == 0:
+            end = min(end, len(client))
+            if answered:
+                conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start, c_start))
+                c_start, s_start, answered, t_start = c_mark, s_mark, False, None
+            if t_start is None:
+                t_start = ts[i]
+            c_mark = max(c_mark, end)
+        else:
+            if t_start is None:
+                t_start = ts[i]          # the server speaks first (a banner)
+            s_mark = max(s_mark, min(end, len(server)))
+            answered = True
+    if c_mark > c_start or s_mark > s_start:
+        conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start or 0, c_start))
+
+
+# --- comparing answers -------------------------------------------------------------------------
+
+def _text_diff(a, b, limit=12):
+    try:
+        ta, tb = a.decode("utf-8"), b.decode("utf-8")
+    except UnicodeDecodeError:
+        k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+        return [f"binary: {len(a)} bytes recorded, {len(b)} now; first difference at byte {k}"]
+    lines = list(difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm=""))
+    return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+
+
+def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=None):
+    """[] when the answers agree, else a list of differences (dicts)."""
+    if match != "http":
+        if expected == got:
+            return []
+        return [{"what": "bytes", "recorded": len(expected), "replayed": len(got), "diff": _text_diff(expected, got)}]
+    a = http_message(expected, 0, False, method, eof=True) if expected else None
+    b = http_message(got, 0, False, method, eof=True) if got else None
+    if a is None or b is None:
+        if expected == got:
+            return []
+        return [{"what": "message", "recorded": "no HTTP response" if a is None else a[1].decode("latin-1"),
+                 "replayed": "no HTTP response" if b is None else b[1].decode("latin-1")}]
+    out = []
+    sa, sb = a[1].split(b" ", 2), b[1].split(b" ", 2)
+    if sa[1:2] != sb[1:2]:
+        out.append({"what": "status", "recorded": a[1].decode("latin-1"), "replayed": b[1].decode("latin-1")})
+    skip = set(VOLATILE_HEADERS) | {x.lower() for x in ignore_headers} | {"content-length", "transfer-encoding"}
+    for name in sorted((set(a[2]) | set(b[2])) - skip):
+        if a[2].get(name) != b[2].get(name):
+            out.append({"what": f"header {name}", "recorded": a[2].get(name), "replayed": b[2].get(name)})
+    ba, bb = expected[a[3][0]:a[3][1]], got[b[3][0]:b[3][1]]
+    if "chunked" in ",".join(a[2].get("transfer-encoding", [])).lower():
+        ba = dechunk(ba)
+    if "chunked" in ",".join(b[2].get("transfer-encoding", [])).lower():
+        bb = dechunk(bb)
+    if ignore_body is not None:
+        ba, bb = ignore_body.sub(b"", ba), ignore_body.sub(b"", bb)
+    if ba != bb:
+        out.append({"what": "body", "recorded": len(ba), "replayed": len(bb), "diff": _text_diff(ba, bb)})
+    return out
+
+
+# --- playing -----------------------------------------------------------------------------------
+
+async def _read_answer(reader, turn, http, timeout, idle):
+    """What the server sends back for one turn: a whole HTTP response, or as many bytes as in
+    the original (or what came before it went idle)."""
+    buf = bytearray()
+    want = len(turn.response)
+    if not want:
+        timeout = min(timeout, idle / 4)  # the original had no answer here: do not wait long for one
+    # a recorded response that is not a whole message (the capture ended inside it) is
+    # matched by its length, as raw bytes are
+    framed = http and http_message(turn.response, 0, False, turn.method) is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        if framed:
+            m = http_message(bytes(buf), 0, False, turn.method) if buf else None
+            if m is not None:
+                return bytes(buf), m[0]
+        elif want and len(buf) >= want:
+            return bytes(buf), len(buf)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(buf), None
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), min(left, idle if buf else left))
+        except asyncio.TimeoutError:
+            if buf and not http:
+                return bytes(buf), len(buf)      # it went quiet: that is its answer
+            if buf and http:
+                continue
+            return bytes(buf), None
+        if not chunk:
+            if http and buf:
+                m = http_message(bytes(buf), 0, False, turn.method, eof=True)
+                return bytes(buf), (m[0] if m else None)
+            return bytes(buf), (len(buf) if buf or not want else None)
+        buf += chunk
+
+
+class Replayer:
+    def __init__(self, host, port, speed=None, concurrency=8, match="exact", ignore_headers=(), ignore_body=None,
+                 timeout=10.0, idle=1.0, on_done=None):
+        self.host, self.port = host, port
+        self.speed = speed              # None: as fast as possible; else a multiple of the original pace
+        self.concurrency = concurrency
+        self.match = match
+        self.ignore_headers = ignore_headers
+        self.ignore_body = re.compile(ignore_body.encode()) if ignore_body else None
+        self.timeout, self.idle = timeout, idle
+        self.on_done = on_done
+        self.stop = False
+
+    async def play(self, conv):
+        """Replay one conversation; returns its result dict."""
+        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": len(conv.turns),
+               "identical": 0, "differing": 0, "unanswered": 0, "failed": None, "differences": [],
+               "http": conv.http}
+        if conv.cut is not None:
+            res["partial_at"] = conv.cut
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            res["failed"] = f"connect: {getattr(e, 'strerror', None) or type(e).__name__}"
+            return res
+        match = "http" if (self.match == "http" and conv.http) else "exact"
+        t0, first = time.monotonic(), conv.turns[0].start if conv.turns else 0
+        try:
+            for i, turn in enumerate(conv.turns):
+                if self.stop:
+                    break
+                if self.speed and i:
+                    wait = (turn.start - first) / 1e9 / self.speed - (time.monotonic() - t0)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                if turn.request:
+                    writer.write(turn.request)
+                    await writer.drain()
+                if not turn.response and not conv.http:
+                    continue
+                got, end = await _read_answer(reader, turn, conv.http, self.timeout, self.idle)
+                if not turn.response:
+                    res["unanswered"] += 1      # nothing recorded to compare with
+                    continue
+                if end is None and not got:
+                    res["failed"] = f"turn {i}: no answer within {self.timeout:g} s"
+                    break
+                diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
+                if diff:
+                    res["differing"] += 1
+                    res["differences"].append({"turn": i, "offset": turn.offset,
+                                               "request": turn.request[:80].decode("latin-1").split("\r\n")[0],
+                                               "differences": diff})
+                else:
+                    res["identical"] += 1
+                if conv.http and end is not None and end < len(got):
+                    pass                    # bytes past the message: pipelining, not expected here
+        except (ConnectionError, OSError) as e:
+            res["failed"] = f"connection: {getattr(e, 'strerror', None) or type(e).__name__}"
+        finally:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1)
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                pass
+        return res
+
+    async def run(self, convs, limit=None):
+        sem = asyncio.Semaphore(self.concurrency)
+        results = []
+
+        async def one(c):
+            async with sem:
+                if self.stop:
+                    return
+                r = await self.play(c)
+                results.append(r)
+                if self.on_done is not None:
+                    self.on_done(r)
+        todo = convs[:limit] if limit else convs
+        await asyncio.gather(*(one(c) for c in todo))
+        return results
+
+
+def parse_target(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"--to {text!r}: expected HOST:PORT")
+    host = host.strip("[]")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise FlowsiftError(f"--to {text}: cannot resolve {host}: {e.strerror}") from None
+    return host, int(port)
+
+
+def check_target(host, port, timeout=5.0):
+    """One connection before anything is replayed: a target that is not there is one line."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise FlowsiftError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+
+
+def _store_of(source, store, filter_expression, on_progress):
+    """A kept store for `source` (a capture, read now into a temporary store) or `store`."""
+    if store is not None:
+        if not os.path.isdir(store):
+            raise FlowsiftError(f"{store}: no such store directory")
+        return store, None
+    if source is None:
+        raise UsageError("give a capture, or --store DIR")
+    from flowsift.gateway import Gateway
+    g = Gateway(None, keep=True, filter_expression=filter_expression)
+    summary = g.run_capture(source, on_progress=on_progress)
+    if summary["error"]:
+        raise FlowsiftError(summary["error"])
+    return g.store_dir, g.store_dir
+
+
+def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
+           partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, report=None,
+           on_progress=None, on_conversation=None, on_start=None):
+    """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary."""
+    from flowsift.streams.reader import store_files
+    host, port = parse_target(to)
+    if match not in ("exact", "http"):
+        raise UsageError(f"--match {match!r}: exact or http")
+    if ignore_body:
+        try:
+            re.compile(ignore_body)
+        except re.error as e:
+            raise UsageError(f"--ignore-body-regex: {e}") from None
+    check_target(host, port)
+    directory, temporary = _store_of(source, store, filter_expression, on_progress)
+    skipped, convs = {}, []
+    try:
+        for path in store_files(directory):
+            c = conversation(path, partial=partial)
+            if c.skip is None and server_port is not None and int(c.server.rpartition(":")[2]) != server_port:
+                c.skip = "other server port"
+            if c.skip is None and not c.turns:
+                c.skip = "no data"
+            if c.skip is not None:
+                skipped[c.skip] = skipped.get(c.skip, 0) + 1
+                continue
+            convs.append(c)
+        rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
+                      ignore_body=ignore_body, timeout=timeout, on_done=on_conversation)
+        if on_start is not None:
+            on_start(min(len(convs), limit) if limit else len(convs))
+        t0 = time.monotonic()
+        interrupted = False
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(rp.run(convs, limit))
+            try:
+                results = loop.run_until_complete(task)
+            except KeyboardInterrupt:
+                # Ctrl-C: no new conversation starts; the summary covers what finished
+                rp.stop, interrupted = True, True
+                results = loop.run_until_complete(task)
+        finally:
+            loop.close()
+        secs = time.monotonic() - t0
+    finally:
+        if temporary:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return _summary(results, skipped, secs, to, match, interrupted, report)
+
+
+def _summary(results, skipped, secs, to, match, interrupted, report):
+    results.sort(key=lambda r: r["conn"])
+    turns = sum(r["identical"] + r["differing"] for r in results)
+    out = {"target": to, "match": match, "seconds": round(secs, 3),
+           "connections": len(results),
+           "identical": sum(1 for r in results if not r["failed"] and not r["differing"]),
+           "differing": sum(1 for r in results if not r["failed"] and r["differing"]),
+           "failed": sum(1 for r in results if r["failed"]),
+           "turns": turns, "turns_identical": sum(r["identical"] for r in results),
+           "turns_differing": sum(r["differing"] for r in results),
+           "turns_unanswered": sum(r["unanswered"] for r in results),
+           "skipped": dict(sorted(skipped.items())), "partial": sum(1 for r in results if "partial_at" in r),
+           "interrupted": interrupted, "report": str(report) if report else None}
+    out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
+    out["turns_per_second"] = round(turns / secs, 1) if secs else None
+    out["failures"] = [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in results if r["failed"]][:20]
+    if report:
+        try:
+            with open(report, "w") as f:
+                json.dump({"summary": {k: v for k, v in out.items() if k != "failures"},
+                           "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]},
+                          f, indent=1)
+        except OSError as e:
+            raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
+    return out
