@@ -354,6 +354,9 @@ def replay(
     ignore_body_regex: Optional[str] = typer.Option(None, "--ignore-body-regex", metavar="RE",
                                                     help="With --match http: body text matching RE is not compared."),
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="How long to wait for an answer."),
+    idle: float = typer.Option(1.0, "--idle", metavar="SECONDS",
+                               help="Non-HTTP: an answer shorter than the recorded one is complete after this much "
+                                    "silence."),
     report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),
     unacked: bool = typer.Option(False, "--unacked", help="Send, per connection of --store, the client bytes the "
                                                            "server had not acknowledged, from a message boundary."),
@@ -411,7 +414,7 @@ def replay(
     try:
         result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
                      concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
-                     ignore_body=ignore_body_regex, timeout=timeout, report=report, on_start=start,
+                     ignore_body=ignore_body_regex, timeout=timeout, idle=idle, report=report, on_start=start,
                      on_conversation=done)
     finally:
         if bar is not None:

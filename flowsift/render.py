@@ -186,8 +186,8 @@ def print_replay(s, console=None):
     t = Table(title=f"replay against {s['target']} ({s.get('match', 'exact')})", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
-    for key in ("connections", "identical", "differing", "failed", "turns", "turns_identical", "turns_differing",
-                "turns_unanswered", "partial"):
+    for key in ("connections", "identical", "differing", "sent", "failed", "turns", "turns_identical",
+                "turns_differing", "turns_unanswered", "partial", "messages", "answers", "bytes"):
         if key in s:
             t.add_row(key.replace("_", " "), _n(s[key]))
     for reason, n in s.get("skipped", {}).items():

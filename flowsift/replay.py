@@ -449,7 +449,7 @@ def _store_of(source, store, filter_expression, on_progress):
 
 
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
-           partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, report=None,
+           partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
            on_progress=None, on_conversation=None, on_start=None):
     """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary."""
     from flowsift.streams.reader import store_files
@@ -476,7 +476,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
                 continue
             convs.append(c)
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
-                      ignore_body=ignore_body, timeout=timeout, on_done=on_conversation)
+                      ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         if on_start is not None:
             on_start(min(len(convs), limit) if limit else len(convs))
         t0 = time.monotonic()
@@ -521,6 +521,107 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
                 json.dump({"summary": {k: v for k, v in out.items() if k != "failures"},
                            "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]},
                           f, indent=1)
+        except OSError as e:
+            raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
+    return out
+
+
+# --- what a backend had not acknowledged -------------------------------------------------------
+
+def unacked_plan(path):
+    """What to send again for one connection of a kept store: (conversation, acked, start, end,
+    note): [start, end) of the client's stream, `acked` the first byte the server had not
+    acknowledged; or a skip reason in conversation.skip."""
+    from flowsift.streams.reader import RecordFile
+    with RecordFile(path) as rf:
+        h = rf.header
+        conv = Conversation(h["conn"], _endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+                            _endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
+        if h["proto"] != 6:
+            conv.skip = "not TCP"
+            return conv, 0, 0, 0, None
+        acked, end = h["acked0"], h["end0"]
+        acked = max(acked, 0)
+        gaps = rf.gaps(0)
+        if gaps and gaps[0].offset < end:
+            end = gaps[0].offset
+            conv.cut = end
+        if acked >= end:
+            conv.skip = "everything acknowledged"
+            return conv, acked, acked, end, None
+        client = rf.data(0, 0, end)
+    start, note = acked, "from the first unacknowledged byte (no message boundaries known)"
+    if HTTP_REQUEST.match(client):
+        conv.http = True
+        for s, e in http_messages(client, True):
+            if s <= acked < e:
+                start = s
+                note = ("from the start of the request that holds the first unacknowledged byte "
+                        f"({acked - s} bytes of it had been acknowledged)") if s < acked else "from a request boundary"
+                break
+    conv.turns = [Turn(client[start:end], b"", 0, start)]
+    return conv, acked, start, end, note
+
+
+def replay_unacked(store, to, timeout=10.0, report=None):
+    """Send, per connection of the kept `store`, the client bytes its server had not
+    acknowledged, aligned to message boundaries; returns the summary."""
+    from flowsift.streams.reader import store_files
+    host, port = parse_target(to)
+    if not os.path.isdir(store):
+        raise FlowsiftError(f"{store}: no such store directory")
+    check_target(host, port)
+    skipped, plans = {}, []
+    for path in store_files(store):
+        conv, acked, start, end, note = unacked_plan(path)
+        if conv.skip:
+            skipped[conv.skip] = skipped.get(conv.skip, 0) + 1
+            continue
+        plans.append((conv, acked, start, end, note))
+
+    async def send(conv, acked, start, end, note):
+        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
+               "sent_from": start, "bytes": end - start, "note": note, "answers": 0, "failed": None}
+        data = conv.turns[0].request
+        msgs = [(s, e) for s, e in http_messages(data, True)] if conv.http else [(0, len(data))]
+        row["messages"] = len(msgs)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            row["failed"] = f"connect: {getattr(e, 'strerror', None) or type(e).__name__}"
+            return row
+        try:
+            for s, e in msgs:
+                writer.write(data[s:e])
+                await writer.drain()
+                if conv.http:
+                    method = data[s:e].split(b" ", 1)[0]
+                    got, done = await _read_answer(reader, Turn(data[s:e], b"HTTP/1.1 200 OK\r\n\r\n", 0, s, method),
+                                                   True, timeout, 1.0)
+                    if done is None:
+                        row["failed"] = f"no answer to message {msgs.index((s, e))} within {timeout:g} s"
+                        break
+                    row["answers"] += 1
+        except (ConnectionError, OSError) as e:
+            row["failed"] = f"connection: {getattr(e, 'strerror', None) or type(e).__name__}"
+        finally:
+            writer.close()
+        return row
+
+    async def main():
+        return await asyncio.gather(*(send(*p) for p in plans))
+    t0 = time.monotonic()
+    rows = list(asyncio.run(main())) if plans else []
+    out = {"target": to, "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
+           "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
+           "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
+           "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
+           "report": str(report) if report else None,
+           "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]]}
+    if report:
+        try:
+            with open(report, "w") as f:
+                json.dump({"summary": out, "connections": rows}, f, indent=1)
         except OSError as e:
             raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
     return out

@@ -1,0 +1,273 @@
+"""`flowsift replay` against real servers on loopback: an HTTP server answering with the
+recorded responses (and a variant that changes one header and one body), a small SMTP server
+that checks it is spoken to turn by turn, and the replay of what a dead backend had not
+acknowledged, recorded live in network namespaces."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import CORPUS, require, run_cli
+
+BRO = CORPUS / "http__zeek__bro.org.pcap"
+
+RECORDED = textwrap.dedent('''
+    """Answers each HTTP request with the response recorded for its request line (in turn);
+    with --alter PATH, the response for PATH has another Content-Type and one body byte changed."""
+    import asyncio, json, sys
+    from flowsift.replay import http_message
+    table = {k: [bytes.fromhex(x) for x in v] for k, v in json.load(open(sys.argv[1])).items()}
+    alter = sys.argv[2] if len(sys.argv) > 2 else None
+    seen = {}
+
+    def changed(resp):
+        head, sep, body = resp.partition(b"\\r\\n\\r\\n")
+        head = b"\\r\\n".join(b"Content-Type: text/x-changed" if l.lower().startswith(b"content-type:") else l
+                             for l in head.split(b"\\r\\n"))
+        body = bytes([body[0] ^ 0x20]) + body[1:] if body else body
+        return head + sep + body
+
+    async def handle(r, w):
+        buf = b""
+        while True:
+            m = http_message(buf, 0, True) if buf else None
+            if m is None:
+                chunk = await r.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                continue
+            req, buf = buf[:m[0]], buf[m[0]:]
+            line = req.split(b"\\r\\n", 1)[0].decode("latin-1")
+            i = seen.get(line, 0)
+            seen[line] = i + 1
+            resps = table.get(line) or [b"HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n"]
+            resp = resps[i % len(resps)]
+            if alter and line.split()[1] == alter:
+                resp = changed(resp)
+            w.write(resp)
+            await w.drain()
+        w.close()
+
+    async def main():
+        s = await asyncio.start_server(handle, "127.0.0.1", 0)
+        print(s.sockets[0].getsockname()[1], flush=True)
+        await s.serve_forever()
+    asyncio.run(main())
+''')
+
+SMTP = textwrap.dedent('''
+    """A small SMTP server: answers each command, logs them, and notes a command that came
+    before the answer to the previous one (a client that does not wait its turn)."""
+    import asyncio, json, sys
+    log = open(sys.argv[1], "w")
+
+    async def handle(r, w):
+        w.write(b"220 test.example ESMTP ready\\r\\n")
+        await w.drain()
+        data = False
+        while True:
+            line = await r.readline()
+            if not line:
+                break
+            early = len(r._buffer) > 0 and not data        # more was waiting before we answered
+            if data:
+                if line.rstrip(b"\\r\\n") == b".":
+                    data = False
+                    log.write(json.dumps({"cmd": "END-DATA", "early": False}) + "\\n")
+                    w.write(b"250 2.0.0 queued\\r\\n")
+                continue
+            cmd = line.split(b" ")[0].strip().upper().decode()
+            log.write(json.dumps({"cmd": cmd, "early": early}) + "\\n")
+            log.flush()
+            if cmd in ("EHLO", "HELO"):
+                w.write(b"250-test.example\\r\\n250 AUTH LOGIN PLAIN\\r\\n")
+            elif cmd == "AUTH":
+                w.write(b"235 2.7.0 accepted\\r\\n")
+            elif cmd == "DATA":
+                data = True
+                w.write(b"354 go ahead\\r\\n")
+            elif cmd == "QUIT":
+                w.write(b"221 bye\\r\\n")
+                await w.drain()
+                break
+            else:
+                w.write(b"250 ok\\r\\n")
+            await w.drain()
+        log.flush()
+        w.close()
+
+    async def main():
+        s = await asyncio.start_server(handle, "127.0.0.1", 0)
+        print(s.sockets[0].getsockname()[1], flush=True)
+        await s.serve_forever()
+    asyncio.run(main())
+''')
+
+
+def recorded_table(capture):
+    """Request line -> recorded responses, from the capture."""
+    from flowsift.gateway import Gateway
+    from flowsift.replay import conversation
+    from flowsift.streams.reader import store_files
+    import shutil
+    g = Gateway(None, keep=True)
+    g.run_capture(capture)
+    table = {}
+    try:
+        for path in store_files(g.store_dir):
+            for t in conversation(path).turns:
+                line = t.request.split(b"\r\n", 1)[0].decode("latin-1")
+                table.setdefault(line, []).append(t.response.hex())
+    finally:
+        shutil.rmtree(g.store_dir)
+    return table
+
+
+class Server:
+    def __init__(self, tmp_path, script, *args):
+        path = tmp_path / f"server{abs(hash(script)) % 1000}.py"
+        path.write_text(script)
+        self.proc = subprocess.Popen([sys.executable, str(path), *map(str, args)], stdout=subprocess.PIPE, text=True)
+        self.port = int(self.proc.stdout.readline())
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def replay(*args):
+    res = run_cli("replay", *args, "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.fixture
+def http_table(tmp_path, corpus):
+    table = recorded_table(BRO)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    return path, table
+
+
+def test_recorded_answers_replay_identical(tmp_path, http_table):
+    tshark = require("tshark")
+    path, table = http_table
+    # the requests flowsift cut from the stream are the ones tshark sees
+    lines = subprocess.run([tshark, "-r", BRO, "-Y", "http.request", "-T", "fields", "-e", "http.request.method",
+                            "-e", "http.request.uri"], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert sum(len(v) for v in table.values()) == len([l for l in lines if l]) == 31
+    srv = Server(tmp_path, RECORDED, path)
+    try:
+        for match in ("http", "exact"):
+            # one at a time: a request line asked twice gets its recorded answers in order
+            s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", match, "-j", 1)
+            assert s["connections"] == 8 and s["identical"] == 8 and s["differing"] == s["failed"] == 0
+            assert s["turns"] == 26 and s["turns_unanswered"] == 5 and s["skipped"] == {"no data": 5}
+    finally:
+        srv.stop()
+
+
+def test_report_pinpoints_a_changed_response(tmp_path, http_table):
+    path, _ = http_table
+    srv = Server(tmp_path, RECORDED, path, "/css/pygments.css")
+    report = tmp_path / "report.json"
+    try:
+        s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", "http", "--report", report, "-j", "3")
+    finally:
+        srv.stop()
+    assert s["differing"] == 1 and s["identical"] == 7 and s["turns_differing"] == 1
+    r = json.loads(report.read_text())
+    assert r["summary"]["turns_differing"] == 1
+    (conn,) = r["connections"]
+    (turn,) = conn["differences"]
+    assert turn["request"] == "GET /css/pygments.css HTTP/1.1"
+    whats = {d["what"]: d for d in turn["differences"]}
+    assert set(whats) == {"header content-type", "body"}
+    assert whats["header content-type"]["replayed"] == ["text/x-changed"]
+    assert whats["body"]["recorded"] == whats["body"]["replayed"] and whats["body"]["diff"]
+    # the changed header ignored, and the body too: nothing differs
+    s = replay(BRO, "--to", f"127.0.0.1:{Server(tmp_path, RECORDED, path, '/css/pygments.css').port}",
+               "--match", "http", "--ignore-header", "Content-Type", "--ignore-body-regex", "(?s).*")
+    assert s["differing"] == 0
+
+
+def test_a_line_protocol_replays_turn_by_turn(tmp_path, corpus):
+    log = tmp_path / "smtp.log"
+    srv = Server(tmp_path, SMTP, log)
+    try:
+        s = replay(CORPUS / "smtp__zeek__smtp.pcap", "--to", f"127.0.0.1:{srv.port}", "--server-port", 25,
+                   "--timeout", 5, "--idle", 0.2)
+    finally:
+        srv.stop()
+    cmds = [json.loads(l) for l in log.read_text().splitlines()]
+    # both recorded SMTP sessions (the second ends without QUIT), command by command, each sent
+    # only after the previous answer; the AUTH LOGIN credentials are lines of their own
+    names = [c["cmd"] for c in cmds]
+    assert names.count("EHLO") == 2 and names.count("QUIT") == 1 and names.count("END-DATA") == 2
+    assert names.count("RCPT") == 4 and names.count("MAIL") == 2 and len(names) == 16
+    assert not any(c["early"] for c in cmds)
+    assert s["connections"] == 2 and s["failed"] == 0 and s["turns"] == 18
+    assert s["skipped"]["other server port"] >= 1
+
+
+def test_a_gap_in_the_client_stream_is_never_sent(tmp_path, corpus):
+    cap = CORPUS / "gap__suri__tcp-simple-gap2.pcap"
+    got = []
+    srv_sock = socket.socket()
+    srv_sock.bind(("127.0.0.1", 0))
+    srv_sock.listen(8)
+    port = srv_sock.getsockname()[1]
+    import threading
+
+    def serve():
+        srv_sock.settimeout(20)
+        while True:
+            try:
+                c, _ = srv_sock.accept()
+            except OSError:
+                return
+            c.settimeout(2)
+            data = b""
+            try:
+                while True:
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            got.append(data)
+            c.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        s = replay(cap, "--to", f"127.0.0.1:{port}", "--timeout", 1)
+        assert s["connections"] == 0 and s["skipped"] == {"gap in the client's stream": 1}
+        s = replay(cap, "--to", f"127.0.0.1:{port}", "--partial", "--timeout", 1)
+        assert s["connections"] == 1 and s["partial"] == 1
+    finally:
+        srv_sock.close()
+    # the preflight connections send nothing; the partial replay sent the 4 bytes before the gap
+    sent = [g for g in got if g]
+    assert len(sent) == 1 and len(sent[0]) == 4
+
+
+def test_bad_targets_are_one_line_exit_2(corpus):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                            # nothing listens there now
+    for args, words in ((("--to", f"127.0.0.1:{port}"), f"cannot connect to 127.0.0.1:{port}"),
+                        (("--to", "no-such-host.invalid:80"), "cannot resolve no-such-host.invalid"),
+                        (("--to", "localhost"), "expected HOST:PORT"),
+                        (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number")):
+        res = run_cli("replay", BRO, *args)
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
