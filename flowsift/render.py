@@ -197,6 +197,9 @@ def print_replay(s, console=None):
     console.print(t)
     for f in s.get("failures", []):
         console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
+    for d in s.get("first_differences", []):
+        console.print(f"  differs: connection {d['conn']} ({d['client']} -> {d['server']}) turn {d['turn']} "
+                      f"{d['request']!r}: {', '.join(d['what'])}", markup=False)
     if s.get("report"):
         console.print(f"every difference: {s['report']}")
     if s.get("interrupted"):

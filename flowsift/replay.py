@@ -396,7 +396,7 @@ class Replayer:
 
     async def run(self, convs, limit=None):
         sem = asyncio.Semaphore(self.concurrency)
-        results = []
+        results = self.results = []
 
         async def one(c):
             async with sem:
@@ -487,9 +487,14 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             try:
                 results = loop.run_until_complete(task)
             except KeyboardInterrupt:
-                # Ctrl-C: no new conversation starts; the summary covers what finished
+                # Ctrl-C: what is under way is abandoned; the summary covers what finished
                 rp.stop, interrupted = True, True
-                results = loop.run_until_complete(task)
+                task.cancel()
+                try:
+                    loop.run_until_complete(task)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    pass
+                results = list(getattr(rp, "results", []))
         finally:
             loop.close()
         secs = time.monotonic() - t0
@@ -515,10 +520,14 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
     out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
     out["turns_per_second"] = round(turns / secs, 1) if secs else None
     out["failures"] = [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in results if r["failed"]][:20]
+    out["first_differences"] = [
+        {"conn": r["conn"], "client": r["client"], "server": r["server"], "turn": d["turn"], "request": d["request"],
+         "what": [x["what"] for x in d["differences"]]}
+        for r in results for d in r["differences"]][:10]
     if report:
         try:
             with open(report, "w") as f:
-                json.dump({"summary": {k: v for k, v in out.items() if k != "failures"},
+                json.dump({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
                            "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]},
                           f, indent=1)
         except OSError as e:

@@ -271,3 +271,136 @@ def test_bad_targets_are_one_line_exit_2(corpus):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+
+
+BACKEND = textwrap.dedent('''
+    """An HTTP backend that logs every request it completes (its path) and answers it."""
+    import asyncio, sys
+    from flowsift.replay import http_message
+    log = open(sys.argv[2], "a")
+
+    async def handle(r, w):
+        buf = b""
+        while True:
+            m = http_message(buf, 0, True) if buf else None
+            if m is None:
+                chunk = await r.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                continue
+            req, buf = buf[:m[0]], buf[m[0]:]
+            log.write(req.split(b" ")[1].decode() + "\\n")
+            log.flush()
+            w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+            await w.drain()
+        w.close()
+
+    async def main():
+        s = await asyncio.start_server(handle, sys.argv[1], 8000)
+        print("up", flush=True)
+        await s.serve_forever()
+    asyncio.run(main())
+''')
+
+CLIENT = textwrap.dedent('''
+    """Six requests on one connection; the last three only when told (the backend is gone by then)."""
+    import socket, sys, time
+    s = socket.create_connection(("10.77.0.2", 8000), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)    # each request on the wire at once
+    for i in range(1, 7):
+        if i == 4:
+            print("waiting", flush=True)
+            sys.stdin.readline()
+        s.sendall(f"GET /req/{i} HTTP/1.1\\r\\nHost: backend\\r\\n\\r\\n".encode())
+        time.sleep(0.15)
+    print("sent", flush=True)
+    time.sleep(30)
+''')
+
+
+def test_unacked_requests_of_a_dead_backend_complete_exactly_once(tmp_path, corpus):
+    from test_afpacket import Netns, started
+    client_ns, server_ns = Netns(), Netns()
+    procs = []
+    try:
+        c, s = client_ns.name, server_ns.name
+        subprocess.run(["ip", "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "s0", "netns", s],
+                       check=True)
+        client_ns.exec("ip", "addr", "add", "10.77.0.1/24", "dev", "c0")
+        client_ns.exec("ip", "link", "set", "c0", "up")
+        server_ns.exec("ip", "addr", "add", "10.77.0.2/24", "dev", "s0")
+        server_ns.exec("ip", "link", "set", "s0", "up")
+        backend, log = tmp_path / "backend.py", tmp_path / "served.log"
+        backend.write_text(BACKEND)
+        (tmp_path / "client.py").write_text(CLIENT)
+        srv = subprocess.Popen(["ip", "netns", "exec", s, sys.executable, backend, "10.77.0.2", log],
+                               stdout=subprocess.PIPE, text=True)
+        procs.append(srv)
+        assert srv.stdout.readline().strip() == "up"
+        store = tmp_path / "store"
+        gw = client_ns.flowsift("gateway", "afpacket:c0", "--store", store, "--keep", "--duration", 60, "--json")
+        procs.append(gw)
+        started(gw)
+        cl = subprocess.Popen(["ip", "netns", "exec", c, sys.executable, tmp_path / "client.py"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(cl)
+        assert cl.stdout.readline().strip() == "waiting"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().split()) < 3):
+            time.sleep(0.05)
+        assert log.read_text().split() == ["/req/1", "/req/2", "/req/3"]
+        # the backend's host dies: its address goes (nothing answers, nothing is acknowledged), then the process
+        server_ns.exec("ip", "addr", "del", "10.77.0.2/24", "dev", "s0")
+        srv.kill()
+        cl.stdin.write("go\n")
+        cl.stdin.flush()
+        assert cl.stdout.readline().strip() == "sent"
+        time.sleep(0.5)
+        cl.kill()
+        gw.send_signal(signal.SIGINT)
+        out, err = gw.communicate(timeout=30)
+        assert gw.returncode == 0, err
+        # a new backend at the same address; replay what the old one never acknowledged
+        server_ns.exec("ip", "addr", "add", "10.77.0.2/24", "dev", "s0")
+        srv2 = subprocess.Popen(["ip", "netns", "exec", s, sys.executable, backend, "10.77.0.2", log],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(srv2)
+        assert srv2.stdout.readline().strip() == "up"
+        report = tmp_path / "unacked.json"
+        res = client_ns.flowsift("replay", "--unacked", "--store", store, "--to", "10.77.0.2:8000", "--report", report,
+                                 "--json")
+        out, err = res.communicate(timeout=60)
+        assert res.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["connections"] == 1 and summary["messages"] == 3 and summary["answers"] == 3
+        row = json.loads(report.read_text())["connections"][0]
+        assert row["sent_from"] == row["unacked_from"] and row["note"] == "from a request boundary"
+        # every request served exactly once, across the two backends
+        assert sorted(log.read_text().split()) == [f"/req/{i}" for i in range(1, 7)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        client_ns.close()
+        server_ns.close()
+
+
+def test_ctrl_c_ends_with_the_summary_so_far(corpus):
+    silent = socket.socket()                     # a server that accepts and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "flowsift", "replay", BRO, "--to",
+                              f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "60", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+        assert time.monotonic() - t0 < 10
+        assert p.returncode == 0, err
+        s = json.loads(out)
+        assert s["interrupted"] and s["connections"] < 8
+    finally:
+        silent.close()
