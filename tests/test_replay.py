@@ -12,55 +12,13 @@ import textwrap
 import time
 
 import pytest
+from pathlib import Path
 
 from conftest import CORPUS, require, run_cli
 
 BRO = CORPUS / "http__zeek__bro.org.pcap"
 
-RECORDED = textwrap.dedent('''
-    """Answers each HTTP request with the response recorded for its request line (in turn);
-    with --alter PATH, the response for PATH has another Content-Type and one body byte changed."""
-    import asyncio, json, sys
-    from flowsift.replay import http_message
-    table = {k: [bytes.fromhex(x) for x in v] for k, v in json.load(open(sys.argv[1])).items()}
-    alter = sys.argv[2] if len(sys.argv) > 2 else None
-    seen = {}
-
-    def changed(resp):
-        head, sep, body = resp.partition(b"\\r\\n\\r\\n")
-        head = b"\\r\\n".join(b"Content-Type: text/x-changed" if l.lower().startswith(b"content-type:") else l
-                             for l in head.split(b"\\r\\n"))
-        body = bytes([body[0] ^ 0x20]) + body[1:] if body else body
-        return head + sep + body
-
-    async def handle(r, w):
-        buf = b""
-        while True:
-            m = http_message(buf, 0, True) if buf else None
-            if m is None:
-                chunk = await r.read(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                continue
-            req, buf = buf[:m[0]], buf[m[0]:]
-            line = req.split(b"\\r\\n", 1)[0].decode("latin-1")
-            i = seen.get(line, 0)
-            seen[line] = i + 1
-            resps = table.get(line) or [b"HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n"]
-            resp = resps[i % len(resps)]
-            if alter and line.split()[1] == alter:
-                resp = changed(resp)
-            w.write(resp)
-            await w.drain()
-        w.close()
-
-    async def main():
-        s = await asyncio.start_server(handle, "127.0.0.1", 0)
-        print(s.sockets[0].getsockname()[1], flush=True)
-        await s.serve_forever()
-    asyncio.run(main())
-''')
+RECORDED = (Path(__file__).parent / "servers" / "recorded_http.py").read_text()
 
 SMTP = textwrap.dedent('''
     """A small SMTP server: answers each command, logs them, and notes a command that came
@@ -404,3 +362,16 @@ def test_ctrl_c_ends_with_the_summary_so_far(corpus):
         assert s["interrupted"] and s["connections"] < 8
     finally:
         silent.close()
+
+
+def test_pacing_follows_the_original_timing(tmp_path, http_table):
+    path, _ = http_table
+    srv = Server(tmp_path, RECORDED, path)
+    try:
+        fast = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", "http")
+        paced = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", "http", "--speed", 2)
+    finally:
+        srv.stop()
+    # the longest conversation spans 3.13 s between its first and last request
+    assert paced["seconds"] >= 3.13 / 2 and fast["seconds"] < 3.13 / 2
+    assert paced["identical"] == fast["identical"] == 8
