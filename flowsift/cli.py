@@ -422,6 +422,38 @@ def replay(
     typer.echo(json.dumps(result)) if as_json else print_replay(result)
 
 
+@app.command()
+def analyze(
+    modules: list[str] = typer.Argument(..., metavar="MODULE...", help="Modules: built-in names or path.py[:Class]."),
+    as_json: bool = JSON,
+):
+    """Find state a module keeps outside the state API (a static check: nothing is run).
+
+    Reports attributes of self and module-level names changed in hook methods, closure
+    variables and mutable default arguments, each with file:line, whether it looks per-flow,
+    cross-flow (keyed by which flow fields) or global, and the declaration that fits
+    (flow.state, CrossFlow(key=...), Global(); docs/state.md). Exit 1 when something is found.
+
+    \b
+    Examples:
+      flowsift analyze counter http tls dns
+      flowsift analyze ./mymodule.py:Mine --json
+    """
+    from flowsift.analyze import analyze as run
+    results = [run(m) for m in modules]
+    if as_json:
+        typer.echo(json.dumps(results if len(results) > 1 else results[0]))
+    else:
+        for r in results:
+            declared = ", ".join(f"{k} = {v}" for k, v in r["declared"].items()) or "flow.state only"
+            typer.echo(f"{r['module']} ({r['file']}): declared {declared}; "
+                       f"{len(r['findings'])} undeclared state{'s' if len(r['findings']) != 1 else ''}")
+            for f in r["findings"]:
+                typer.echo(f"  {f['file']}:{f['line']}: {f['what']} [{f['kind']}] -> {f['suggestion']}")
+    if any(r["findings"] for r in results):
+        raise typer.Exit(1)
+
+
 @app.command("modules")
 def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help="A module: print its documentation.")):
     """List the modules flowsift can find, or print one module's documentation."""

@@ -124,9 +124,13 @@ class Module:
     options = {}
 
     def __init__(self, config=None):
-        self.config = dict(config or {})
+        import types
+        from flowsift.modules.state import bind_state
+        # config state: the options, read-only while the module runs
+        self.config = types.MappingProxyType(dict(config or {}))
         self.counters = {}
         self._emit = None
+        bind_state(self)            # the cross-flow tables and global values the class declares
 
     # --- what a module calls ---
     def emit(self, kind, **fields):

@@ -1,4 +1,5 @@
 from flowsift.modules.base import Module
+from flowsift.modules.state import Global
 from flowsift.streams.format import RF_CONFLICT, RF_RETRANSMISSION
 
 
@@ -14,10 +15,7 @@ class Counter(Module):
              emits one "flow" event per connection when it closes and prints a table at the end
     """
     name = "counter"
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.rows = []
+    rows = Global(list)             # one row per finished flow, for the end-of-run table
 
     def on_open(self, flow):
         flow.state.update(gaps=[0, 0], gap_bytes=[0, 0])

@@ -1,0 +1,200 @@
+"""`flowsift analyze MODULE`: state a module keeps outside the state API, found by reading its
+source (Python's ast; nothing is run).
+
+Like StateAlyzr's classification of a middlebox's variables, every place where a module
+changes something that outlives one call is looked at:
+- attributes of `self` assigned or mutated outside `__init__`, other than the declared state
+  (CrossFlow, Global), `counters` and `config`;
+- module-level names changed from inside a function (`global`, or a module-level dict/list/set
+  mutated);
+- closure variables (`nonlocal`) and mutable default arguments.
+Each finding says whether the state looks per-flow (indexed by the flow or its id),
+cross-flow (indexed by flow fields: which ones) or global, and the declaration that fits.
+"""
+import ast
+import inspect
+import os
+
+from flowsift.errors import FlowsiftError
+
+MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "pop", "popitem", "remove", "discard",
+            "clear", "sort", "reverse", "__setitem__", "appendleft", "popleft", "extendleft"}
+API = {"counters", "config", "_emit", "_state", "name", "writes", "options"}
+FLOW_FIELDS = {"client": "ip.src", "server": "ip.dst", "proto": "proto"}
+
+
+def _self_attr(node):
+    """The attribute name if node is self.X (or self.X[...] / self.X.y ...)."""
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            return node.attr
+        node = node.value
+    return None
+
+
+def _root_name(node):
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _subscript_keys(node):
+    out = []
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        if isinstance(node, ast.Subscript):
+            out.append(node.slice)
+        node = node.value
+    return out
+
+
+def _classify(keys, flow_names):
+    """('per-flow'|'cross-flow'|'global', suggestion) from the index expressions used."""
+    fields = []
+    for k in keys:
+        for n in ast.walk(k):
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in flow_names:
+                if n.attr == "conn":
+                    return "per-flow", "keep it in flow.state"
+                if n.attr in FLOW_FIELDS:
+                    fields.append(FLOW_FIELDS[n.attr])
+            elif isinstance(n, ast.Name) and n.id in flow_names and k is n:
+                return "per-flow", "keep it in flow.state"
+    if fields:
+        key = ", ".join(repr(f) for f in dict.fromkeys(fields))
+        return "cross-flow", f"declare it: NAME = CrossFlow(key=({key},))"
+    return "global", "declare it: NAME = Global() (or Global(list), Global(int))"
+
+
+class _Finder(ast.NodeVisitor):
+    def __init__(self, path, module_globals, declared, classes=None):
+        self.path = path
+        self.classes = classes          # the module classes to look into (None: every class)
+        self.globals = module_globals
+        self.declared = declared
+        self.findings = []
+        self.cls = None
+        self.method = None
+        self.flow_names = set()
+
+    def add(self, node, what, kind, suggestion):
+        self.findings.append({"file": self.path, "line": node.lineno, "class": self.cls, "method": self.method,
+                              "what": what, "kind": kind, "suggestion": suggestion})
+
+    def visit_ClassDef(self, node):
+        outer = self.cls
+        self.cls = node.name
+        self.generic_visit(node)
+        self.cls = outer
+
+    def visit_FunctionDef(self, node):
+        outer, outer_flows = self.method, self.flow_names
+        self.method = node.name
+        args = [a.arg for a in node.args.args]
+        self.flow_names = {a for a in args if a == "flow"} | ({args[1]} if len(args) > 1 and self.cls and
+                                                             node.name.startswith("on_") else set())
+        for d in node.args.defaults + node.args.kw_defaults:
+            if isinstance(d, (ast.List, ast.Dict, ast.Set)) or (isinstance(d, ast.Call) and
+                                                                 getattr(d.func, "id", None) in ("list", "dict", "set")):
+                self.add(d, f"mutable default argument in {node.name}()", "global",
+                         "declare it: NAME = Global() instead of a default argument that keeps values between calls")
+        self.generic_visit(node)
+        self.method, self.flow_names = outer, outer_flows
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _in_hook(self):
+        # helper classes keep their own attributes: their instances live in declared state
+        return (self.cls is not None and self.method not in (None, "__init__")
+                and (self.classes is None or self.cls in self.classes))
+
+    def _target(self, t, node, how):
+        attr = _self_attr(t)
+        if attr is not None and self._in_hook() and attr not in API and attr not in self.declared:
+            kind, sug = _classify(_subscript_keys(t), self.flow_names)
+            self.add(node, f"self.{attr} {how} in {self.method}()", kind, sug)
+            return
+        root = _root_name(t)
+        if root in self.globals and self.method is not None and not isinstance(t, ast.Name):
+            kind, sug = _classify(_subscript_keys(t), self.flow_names)
+            self.add(node, f"module-level {root} {how} in {self.method}()", kind, sug)
+
+    def visit_Assign(self, node):
+        for t in node.targets:
+            for el in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                self._target(el, node, "assigned")
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node):
+        self._target(node.target, node, "updated")
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self._target(node.target, node, "assigned")
+        self.generic_visit(node)
+
+    def visit_Delete(self, node):
+        for t in node.targets:
+            self._target(t, node, "deleted from")
+        self.generic_visit(node)
+
+    def visit_Call(self, node):
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in MUTATORS:
+            self._target(f.value, node, f"mutated ({f.attr})") if not isinstance(f.value, ast.Name) else None
+            if isinstance(f.value, ast.Name) and f.value.id in self.globals and self.method is not None:
+                self.add(node, f"module-level {f.value.id} mutated ({f.attr}) in {self.method}()", "global",
+                         "declare it: NAME = Global() (or CrossFlow if it is keyed by flow fields)")
+        if isinstance(f, ast.Name) and f.id == "setattr" and node.args and isinstance(node.args[0], ast.Name) \
+                and node.args[0].id == "self" and self._in_hook():
+            self.add(node, f"setattr(self, ...) in {self.method}()", "global", "declare the state it keeps")
+        self.generic_visit(node)
+
+    def visit_Global(self, node):
+        if self.method is not None:
+            self.add(node, f"global {', '.join(node.names)} in {self.method}()", "global",
+                     "declare it: NAME = Global() on the module class")
+
+    def visit_Nonlocal(self, node):
+        self.add(node, f"closure state: nonlocal {', '.join(node.names)} in {self.method}()", "global",
+                 "keep it in declared state (flow.state, CrossFlow or Global): a closure is not saved or moved")
+
+
+def analyze_source(source, path, declared=(), classes=None):
+    """Findings (dicts) for the Python source of a module file; `classes`: the names of the
+    module classes in it (default: every class)."""
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as e:
+        raise FlowsiftError(f"{path}:{e.lineno}: cannot parse: {e.msg}") from None
+    module_globals = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                if isinstance(t, ast.Name):
+                    module_globals.add(t.id)
+    f = _Finder(path, module_globals, set(declared), classes)
+    f.visit(tree)
+    return sorted(f.findings, key=lambda x: x["line"])
+
+
+def analyze(spec):
+    """Analyze the module named by `spec` (a built-in name, an entry point or path.py[:Class])."""
+    from flowsift.modules.loader import find
+    from flowsift.modules.state import declared
+    cls = find(spec)
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:
+        # loaded from a file path: the class's module is not importable by name
+        import sys
+        path = getattr(sys.modules.get(cls.__module__), "__file__", None) or spec.split(":")[0]
+    if path is None or not os.path.exists(path):
+        raise FlowsiftError(f"module {cls.name}: its source is not available to read")
+    with open(path) as fh:
+        source = fh.read()
+    classes = {k.__name__ for k in cls.__mro__ if k.__module__ == cls.__module__}
+    findings = analyze_source(source, os.path.relpath(path), declared(cls), classes)
+    state = {name: type(d).__name__ + (f"(key={d.key})" if hasattr(d, "key") else "")
+             for name, d in declared(cls).items()}
+    return {"module": cls.name, "file": os.path.relpath(path), "declared": state, "findings": findings}

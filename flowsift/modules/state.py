@@ -1,0 +1,229 @@
+"""The kinds of state a module keeps, declared so that the runtime can see, save and move them.
+
+- per-flow: `flow.state`, a dict made when the connection opens and dropped when it closes;
+- cross-flow: a table keyed by named flow fields, declared on the class
+  (`per_source = CrossFlow(key=("ip.src",), expire=300)`), one entry (a dict) per key;
+- global: one value for the whole run, declared on the class (`totals = Global()`,
+  `rows = Global(list)`);
+- config: the module's options, `self.config`, read-only while it runs.
+
+Values are plain data that JSON can carry (dict, list, str, int, float, bool, None): JSON
+because it needs nothing installed, is read by people and every language, and state is small
+next to traffic; tuples come back as lists.
+"""
+import json
+
+# key fields of a cross-flow table: names a module may use, and what they read from a flow
+KEY_FIELDS = {
+    "ip.src": lambda f: f.client.rpartition(":")[0].strip("[]"),      # the connection's initiator
+    "ip.dst": lambda f: f.server.rpartition(":")[0].strip("[]"),
+    "port.src": lambda f: int(f.client.rpartition(":")[2]),
+    "port.dst": lambda f: int(f.server.rpartition(":")[2]),
+    "tcp.sport": lambda f: int(f.client.rpartition(":")[2]),
+    "tcp.dport": lambda f: int(f.server.rpartition(":")[2]),
+    "udp.sport": lambda f: int(f.client.rpartition(":")[2]),
+    "udp.dport": lambda f: int(f.server.rpartition(":")[2]),
+    "proto": lambda f: f.proto,
+}
+MERGES = ("add", "union", "last", "max", "min")
+
+
+class StateError(Exception):
+    pass
+
+
+class CrossFlow:
+    """Declares a cross-flow table: entries keyed by `key` (flow fields, see KEY_FIELDS), dropped
+    `expire` seconds (capture time) after they were last touched, and merged across shards
+    by `merge` ('add': numbers add, lists extend, dicts merge per key; 'union': lists become
+    sorted sets; 'last'; 'max'; 'min'; or a function (a, b) -> merged)."""
+
+    def __init__(self, key, expire=None, merge="add"):
+        key = (key,) if isinstance(key, str) else tuple(key)
+        unknown = [k for k in key if k not in KEY_FIELDS]
+        if not key or unknown:
+            raise StateError(f"CrossFlow key {unknown or key!r}: fields are {', '.join(KEY_FIELDS)}")
+        if not (callable(merge) or merge in MERGES):
+            raise StateError(f"CrossFlow merge {merge!r}: one of {', '.join(MERGES)} or a function")
+        self.key, self.expire, self.merge = key, expire, merge
+
+    def bind(self):
+        return CrossFlowTable(self)
+
+
+class Global:
+    """Declares a global value: `Global()` a dict, `Global(list)` a list, `Global(int)` a number
+    (read and written through `.value`)."""
+
+    def __init__(self, kind=dict, merge="add"):
+        if kind not in (dict, list, int, float):
+            raise StateError("Global(kind): dict, list, int or float")
+        self.kind, self.merge = kind, merge
+
+    def bind(self):
+        return self.kind() if self.kind in (dict, list) else Number(self.kind())
+
+
+class Number:
+    """A global number: `self.total.value += 1`."""
+    __slots__ = ("value",)
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def __repr__(self):
+        return f"Number({self.value!r})"
+
+
+class CrossFlowTable:
+    """The entries of a declared cross-flow table: `table[flow]` is the entry (a dict) for the
+    flow's key, made on first use; `table.key_of(flow)`; iteration over (key, entry)."""
+
+    def __init__(self, decl):
+        self.decl = decl
+        self.entries = {}
+        self.touched = {}          # key -> capture time (ns) of the last use, for expiry
+        self.now = 0
+
+    def key_of(self, flow):
+        return tuple(KEY_FIELDS[k](flow) for k in self.decl.key)
+
+    def __getitem__(self, flow):
+        k = flow if isinstance(flow, tuple) else self.key_of(flow)
+        e = self.entries.get(k)
+        if e is None:
+            e = self.entries[k] = {}
+        if not isinstance(flow, tuple):
+            self.touched[k] = self.now = max(self.now, flow.last_ts or 0)
+        return e
+
+    def get(self, flow, default=None):
+        k = flow if isinstance(flow, tuple) else self.key_of(flow)
+        return self.entries.get(k, default)
+
+    def __contains__(self, flow):
+        return (flow if isinstance(flow, tuple) else self.key_of(flow)) in self.entries
+
+    def __len__(self):
+        return len(self.entries)
+
+    def items(self):
+        return self.entries.items()
+
+    def expire(self, now_ns):
+        """Drop entries not touched for `expire` seconds of capture time."""
+        if self.decl.expire is None:
+            return 0
+        limit = now_ns - int(self.decl.expire * 1e9)
+        old = [k for k, t in self.touched.items() if t < limit]
+        for k in old:
+            self.entries.pop(k, None)
+            self.touched.pop(k, None)
+        return len(old)
+
+    # --- saving and merging ---
+    def dump(self):
+        return [[list(k), v, self.touched.get(k, 0)] for k, v in self.entries.items()]
+
+    def load(self, rows):
+        self.entries = {tuple(k): v for k, v, _ in rows}
+        self.touched = {tuple(k): t for k, _, t in rows}
+
+    def merge_from(self, rows):
+        for k, v, t in rows:
+            k = tuple(k)
+            if k in self.entries:
+                self.entries[k] = merge_values(self.entries[k], v, self.decl.merge)
+            else:
+                self.entries[k] = v
+            self.touched[k] = max(self.touched.get(k, 0), t)
+
+
+def merge_values(a, b, how):
+    if callable(how):
+        return how(a, b)
+    if how == "last":
+        return b
+    if how in ("max", "min"):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {k: merge_values(a.get(k), b[k], how) if k in a else b[k] for k in b} | \
+                   {k: v for k, v in a.items() if k not in b}
+        return (max if how == "max" else min)(a, b)
+    if how == "union":
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {**a, **{k: merge_values(a[k], v, how) if k in a else v for k, v in b.items()}}
+        if isinstance(a, list) and isinstance(b, list):
+            return sorted(set(map(_hashable, a)) | set(map(_hashable, b)), key=repr)
+        return b
+    # add
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge_values(a[k], v, how) if k in a else v
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return a + b
+    return b
+
+
+def _hashable(x):
+    return json.dumps(x, sort_keys=True) if isinstance(x, (dict, list)) else x
+
+
+def declared(cls):
+    """{attribute: declaration} of the CrossFlow and Global state a module class declares."""
+    out = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, (CrossFlow, Global)):
+                out[name] = value
+    return out
+
+
+def bind_state(module):
+    """Give a module instance its own tables for the state its class declares."""
+    module._state = {}
+    for name, decl in declared(type(module)).items():
+        module._state[name] = decl.bind()
+        setattr(module, name, module._state[name])
+
+
+def snapshot(module):
+    """The module's declared cross-flow and global state as JSON text."""
+    out = {}
+    for name, v in getattr(module, "_state", {}).items():
+        if isinstance(v, CrossFlowTable):
+            out[name] = {"crossflow": v.dump()}
+        elif isinstance(v, Number):
+            out[name] = {"number": v.value}
+        else:
+            out[name] = {"value": v}
+    try:
+        return json.dumps(out, separators=(",", ":"))
+    except TypeError as e:
+        raise StateError(f"module {module.name}: state that JSON cannot carry: {e}") from None
+
+
+def restore(module, text, merge=False):
+    """Load (or, with merge, fold in another shard's) snapshot of the module's declared state."""
+    data = json.loads(text)
+    for name, blob in data.items():
+        cur = module._state.get(name)
+        if cur is None:
+            continue
+        decl = declared(type(module))[name]
+        if "crossflow" in blob:
+            cur.merge_from(blob["crossflow"]) if merge else cur.load(blob["crossflow"])
+        elif "number" in blob:
+            cur.value = merge_values(cur.value, blob["number"], decl.merge) if merge else blob["number"]
+        else:
+            v = blob["value"]
+            if merge:
+                v = merge_values(cur, v, decl.merge)
+            if isinstance(cur, list):
+                cur[:] = v
+            else:
+                cur.clear()
+                cur.update(v)

@@ -1,0 +1,144 @@
+"""State by kind: the declared tables (CrossFlow, Global) and config, and `flowsift analyze`
+finding state kept outside them."""
+import json
+import textwrap
+
+import pytest
+
+from conftest import ROOT, run_cli
+from flowsift.modules import CrossFlow, Global, Module
+from flowsift.modules.base import Flow
+from flowsift.modules.state import StateError, restore, snapshot
+
+PLANTED = textwrap.dedent('''
+    from flowsift.modules import Module, Global
+
+    SEEN_BY_SOURCE = {}                      # module-level, keyed by source address
+
+
+    def make_counter():
+        n = 0
+
+        def bump():
+            nonlocal n                       # closure state
+            n += 1
+            return n
+        return bump
+
+
+    class Leaky(Module):
+        """Keeps state every way but the declared one.
+
+        Synopsis: leaky
+        """
+        name = "leaky"
+        ok = Global()
+
+        def __init__(self, config=None):
+            super().__init__(config)
+            self.flows = 0                   # set up in __init__: fine
+            self.by_conn = {}
+            self.bump = make_counter()
+
+        def on_open(self, flow):
+            self.flows += 1                                  # global, undeclared
+            self.by_conn[flow.conn] = []                     # per-flow, kept on self
+            SEEN_BY_SOURCE.setdefault(flow.client, 0)        # module-level
+            SEEN_BY_SOURCE[flow.client] += 1
+            self.ok["opened"] = self.ok.get("opened", 0) + 1     # declared: fine
+            flow.state["n"] = 0                              # per-flow API: fine
+            self.count("flows")                              # counters API: fine
+
+        def on_close(self, flow, reason):
+            self.remember(reason)
+            self.bump()
+
+        def remember(self, reason, cache=[]):
+            cache.append(reason)                             # mutable default
+''')
+
+
+def test_analyze_finds_planted_state_with_locations(tmp_path):
+    path = tmp_path / "leaky.py"
+    path.write_text(PLANTED)
+    res = run_cli("analyze", f"{path}:Leaky", "--json")
+    assert res.returncode == 1, res.stderr
+    out = json.loads(res.stdout)
+    assert out["declared"] == {"ok": "Global"}
+    found = {(f["line"], f["kind"]) for f in out["findings"]}
+    lines = PLANTED.splitlines()
+
+    def line_of(text):
+        return next(i + 1 for i, l in enumerate(lines) if text in l)
+    assert (line_of("self.flows += 1"), "global") in found
+    assert (line_of("self.by_conn[flow.conn] = []"), "per-flow") in found
+    assert (line_of("SEEN_BY_SOURCE[flow.client] += 1"), "cross-flow") in found
+    assert (line_of("nonlocal n"), "global") in found
+    assert (line_of("def remember"), "global") in found              # the mutable default
+    # and nothing that is fine
+    for ok in ("self.ok[", "flow.state[", "self.count(", "self.flows = 0", "self.by_conn = {}"):
+        assert line_of(ok) not in {f["line"] for f in out["findings"]}, ok
+    suggestion = next(f for f in out["findings"] if f["kind"] == "cross-flow")["suggestion"]
+    assert "CrossFlow(key=('ip.src',))" in suggestion
+    text = run_cli("analyze", f"{path}:Leaky")
+    assert f"leaky.py:{line_of('self.flows += 1')}: self.flows updated in on_open()" in text.stdout
+
+
+def test_builtins_and_examples_keep_state_the_declared_way():
+    names = ["counter", "http", "tls", "dns", "strsearch", "nat", "redact", ROOT / "examples" / "http_requests.py",
+             ROOT / "examples" / "minimal.py"]
+    res = run_cli("analyze", *names, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(not r["findings"] for r in json.loads(res.stdout))
+
+
+def flow(client="10.0.0.1:1234", server="10.0.0.2:80", ts=0):
+    f = Flow(1, "tcp", client, server, ts)
+    f.last_ts = ts
+    return f
+
+
+class Tally(Module):
+    """Per-source tallies.
+
+    Synopsis: tally
+    """
+    name = "tally"
+    per_source = CrossFlow(key=("ip.src",), expire=60)
+    per_server = CrossFlow(key=("ip.dst", "port.dst"), merge="union")
+    total = Global(int)
+    rows = Global(list)
+
+
+def test_declared_tables_snapshot_restore_and_merge():
+    a, b = Tally(), Tally()
+    assert a.per_source is not b.per_source                  # each instance its own tables
+    f1, f2 = flow(ts=10**9), flow("10.0.0.9:5", ts=2 * 10**9)
+    a.per_source[f1]["n"] = 1
+    a.per_source[f2]["n"] = 5
+    a.per_server[f1]["clients"] = ["10.0.0.1"]
+    a.total.value = 3
+    a.rows.append({"x": 1})
+    b.per_source[f1]["n"] = 2
+    b.per_server[f1]["clients"] = ["10.0.0.1", "10.0.0.7"]
+    b.total.value = 4
+    b.rows.append({"x": 2})
+    c = Tally()
+    restore(c, snapshot(a))
+    assert c.per_source[("10.0.0.1",)] == {"n": 1} and c.total.value == 3 and c.rows == [{"x": 1}]
+    restore(c, snapshot(b), merge=True)                      # another shard's state folded in
+    assert c.per_source[("10.0.0.1",)] == {"n": 3} and c.per_source[("10.0.0.9",)] == {"n": 5}
+    assert c.per_server[("10.0.0.2", 80)] == {"clients": ["10.0.0.1", "10.0.0.7"]}
+    assert c.total.value == 7 and c.rows == [{"x": 1}, {"x": 2}]
+    # expiry by capture time: 60 s after its last use, an entry goes
+    assert c.per_source.expire(62 * 10**9) == 1 and ("10.0.0.1",) not in c.per_source and len(c.per_source) == 1
+
+
+def test_bad_declarations_and_config_are_refused():
+    with pytest.raises(StateError, match="fields are"):
+        CrossFlow(key=("mac.src",))
+    with pytest.raises(StateError, match="merge"):
+        CrossFlow(key="ip.src", merge="avg")
+    m = Tally({"x": 1})
+    with pytest.raises(TypeError):
+        m.config["x"] = 2                                   # config is read-only at run time
