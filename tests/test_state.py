@@ -142,3 +142,59 @@ def test_bad_declarations_and_config_are_refused():
     m = Tally({"x": 1})
     with pytest.raises(TypeError):
         m.config["x"] = 2                                   # config is read-only at run time
+
+
+TALLY = textwrap.dedent('''
+    import os, signal
+    from flowsift.modules import Module, CrossFlow, Global
+
+    class SourceTally(Module):
+        """Per-source and global tallies, emitted at each connection's end; kills its own worker
+        once, at record FLOWSIFT_KILL_AT.
+
+        Synopsis: source_tally
+        """
+        name = "source_tally"
+        per_source = CrossFlow(key=("ip.src",))
+        totals = Global()
+
+        def on_packet(self, flow, record):
+            flow.state["pkts"] = flow.state.get("pkts", 0) + 1
+            self.totals["packets"] = self.totals.get("packets", 0) + 1
+            self.count("packets")
+            marker = os.environ.get("FLOWSIFT_KILL_MARKER")
+            if marker and not os.path.exists(marker) and self.totals["packets"] == int(os.environ["FLOWSIFT_KILL_AT"]):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_close(self, flow, reason):
+            e = self.per_source[flow]
+            e["conns"] = e.get("conns", 0) + 1
+            e["pkts"] = e.get("pkts", 0) + flow.state.get("pkts", 0)
+            self.emit("tally", source_conns=e["conns"], source_pkts=e["pkts"], total=self.totals.get("packets", 0))
+''')
+
+
+@pytest.mark.parametrize("kill_at", [150, 1400, 2900])
+def test_a_killed_worker_resumes_from_its_checkpoint_with_identical_output(tmp_path, corpus, monkeypatch, kill_at):
+    import io
+    from flowsift.chain import run_chain
+    path = tmp_path / "tally.py"
+    path.write_text(TALLY)
+    spec = f"{path}:SourceTally"
+    cap = str(corpus / "tls__suri__tls-subjectaltname.pcap")          # 3,083 packets, 7 batches, 110 flows
+    ref = io.StringIO()
+    run_chain(spec, cap, events=ref, inline=True, strict=True)
+    monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "2")
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", str(kill_at))
+    out = io.StringIO()
+    summary = run_chain(spec, cap, events=out, strict=True, store=tmp_path / "store", keep=True)
+    assert (tmp_path / "killed").exists() and summary["modules"]["source_tally"]["restarts"] == 1
+    strip = lambda text: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "ts"}, sort_keys=True)
+                                for l in text.splitlines())
+    got, want = strip(out.getvalue()), strip(ref.getvalue())
+    assert len(want) == 110 and got == want           # the running tallies too: state came back whole
+    assert summary["modules"]["source_tally"]["packets"] == 3083
+    saved = (tmp_path / "store" / "state" / "source_tally.0.json").read_text().splitlines()
+    assert json.loads(saved[0])["module"] == "source_tally" and json.loads(saved[1])["open"] == {}

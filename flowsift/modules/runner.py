@@ -78,6 +78,7 @@ class InlineChain:
                           if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
         self._current = None
         self._closing = None
+        self._limits = None
 
     # --- events and failures ---
     def _on_emit(self, module, kind, fields):
@@ -120,7 +121,11 @@ class InlineChain:
                                  f"{trimmed_traceback(e)}\n")
 
     # --- per batch ---
-    def process(self, touched, closed):
+    def process(self, touched, closed, limits=None):
+        """`limits`: {conn: (records, gaps, end0, end1)} as published with this batch, for a
+        reader that runs behind the gateway (a worker): it reads no further, so that what it
+        sees, batch after batch, does not depend on how far behind it is."""
+        self._limits = limits
         for conn in touched:
             if conn not in self.finished:
                 self._advance(conn)
@@ -129,7 +134,7 @@ class InlineChain:
                 self._advance(conn)
                 self._close(conn)
 
-    def _open(self, conn):
+    def _open(self, conn, call_hooks=True):
         rf = RecordFile(self.path_of(conn))
         h = rf.header
         flow = self._Flow(conn, {6: "tcp", 17: "udp"}.get(h["proto"], str(h["proto"])),
@@ -139,15 +144,16 @@ class InlineChain:
         flow._editor = self.editor
         c = self.conns[conn] = _Conn(flow, rf)
         self._current = flow
-        for _, m in self.by_hook["on_open"]:
-            self._call(m, "on_open", flow)
+        if call_hooks:
+            for _, m in self.by_hook["on_open"]:
+                self._call(m, "on_open", flow)
         return c
 
     def _advance(self, conn):
         c = self.conns.get(conn) or self._open(conn)
         flow = c.flow
         self._current = flow
-        h = c.file.refresh()
+        h = self._header(c, conn)
         flow.last_ts = h["last_ts"]
         if self.by_hook["on_packet"] and h["records"] > c.next_record:
             for rec in c.file.records(c.next_record, h["records"]):
@@ -165,6 +171,17 @@ class InlineChain:
             for d in (0, 1):
                 self._stream(c, i, m, d, h)
 
+    def _header(self, c, conn):
+        h = c.file.refresh()
+        lim = self._limits.get(conn) if self._limits else None
+        if lim is not None:
+            # in place: the file's header is what pointers, flow.records() and gaps() read
+            h["records"] = min(h["records"], lim[0])
+            h["gaps"] = min(h["gaps"], lim[1])
+            h["end0"] = min(h["end0"], lim[2])
+            h["end1"] = min(h["end1"], lim[3])
+        return h
+
     def _gaps_only(self, c, i, m, h):
         # a module with on_gap but no on_data: hand it new gap entries, no stream pointer needed
         seen = c.gaps_seen.get(i, 0)
@@ -174,15 +191,19 @@ class InlineChain:
                 self._call(m, "on_gap", c.flow, g.dir, Gap(c.flow.conn, g.dir, g.offset, g.length, g.reason))
             c.gaps_seen[i] = h["gaps"]
 
+    def _pointer(self, c, i, d, m):
+        if self.editor is not None and m.writes:
+            from flowsift.modules.edits import EditableStream
+            sp = EditableStream(c.file, d, self.editor, c.flow, m)
+        else:
+            sp = StreamPointer(c.file, d)
+        c.pointers[(i, d)] = sp
+        return sp
+
     def _stream(self, c, i, m, d, h):
         sp = c.pointers.get((i, d))
         if sp is None:
-            if self.editor is not None and m.writes:
-                from flowsift.modules.edits import EditableStream
-                sp = EditableStream(c.file, d, self.editor, c.flow, m)
-            else:
-                sp = StreamPointer(c.file, d)
-            c.pointers[(i, d)] = sp
+            sp = self._pointer(c, i, d, m)
         else:
             sp.refresh(h)
         has_data = callable(getattr(m, "on_data", None))
@@ -210,7 +231,7 @@ class InlineChain:
         if c is None:
             return
         self.finished.add(conn)
-        h = c.file.refresh()
+        h = self._header(c, conn)
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
         self._current = c.flow
         self._closing = c
@@ -241,6 +262,65 @@ class InlineChain:
     def finish(self):
         for conn in list(self.conns):
             self._close(conn)
+
+    # --- checkpoints (one module per chain: a worker) ---
+    def checkpoint(self):
+        """The module's whole state after the last batch, as JSON text: its declared state,
+        counters, and for each open connection where every stream pointer stands, what it has
+        seen, its flow.state and the events held for it. A connection whose flow.state JSON
+        cannot carry is marked to be read again from its first record after a restore (its
+        counter increments are left out of the saved counters)."""
+        from flowsift.modules.state import snapshot
+        m = self.modules[0]
+        counters = dict(m.counters)
+        conns, again = {}, []
+        for conn, c in self.conns.items():
+            try:
+                state = json.dumps(c.flow.state)
+            except (TypeError, ValueError):
+                again.append(conn)
+                for k, v in self.deltas.get(conn, {}).items():
+                    counters[k] = counters.get(k, 0) - v
+                continue
+            conns[conn] = {"next": c.next_record, "pos": {f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items()},
+                           "seen": {f"{i}.{d}": list(v) for (i, d), v in c.seen.items()},
+                           "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
+                           "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}
+        return json.dumps({"state": snapshot(m), "counters": counters, "errors": self.errors,
+                           "events": self.event_count, "open": conns, "again": again,
+                           "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
+
+    def restore_checkpoint(self, text):
+        """Take up from a checkpoint: declared state, counters and open connections where
+        they stood (those marked `again` are read from their first record)."""
+        from flowsift.modules.state import restore
+        data = json.loads(text)
+        m = self.modules[0]
+        restore(m, data["state"])
+        m.counters.clear()
+        m.counters.update(data["counters"])
+        self.errors.update(data["errors"])
+        self.event_count = data["events"]
+        if data["global_deltas"]:
+            self.deltas[None] = dict(data["global_deltas"])
+        for key, saved in data["open"].items():
+            conn = int(key)
+            c = self._open(conn, call_hooks=False)
+            c.flow.state.update(json.loads(saved["state"]))
+            c.flow.last_ts = saved["last_ts"]
+            c.next_record = saved["next"]
+            c.gaps_seen = {int(k): v for k, v in saved["gaps"].items()}
+            c.ends_seen = tuple(saved["ends"]) if saved["ends"] else None
+            c.events = list(saved["events"])
+            if saved["deltas"]:
+                self.deltas[conn] = dict(saved["deltas"])
+            for k, v in saved["seen"].items():
+                i, d = map(int, k.split("."))
+                c.seen[(i, d)] = tuple(v)
+            for k, pos in saved["pos"].items():
+                i, d = map(int, k.split("."))
+                sp = self._pointer(c, i, d, m)
+                sp.seek(pos)
 
     def counters(self):
         return {m.name: dict(m.counters, errors=self.errors.get(m.name, 0)) for m in self.modules}

@@ -1,13 +1,15 @@
 """Read-only modules in worker processes, in parallel (FlowOS), restarted if they die (SIFT).
 
 The gateway process sends each worker, after every batch, the connections that changed and
-those that ended. A worker runs its module over the record files (read-only) and reports each
-finished connection with the records it covered, the events it emitted and its counter
-increments; only then does the gateway set the module's bit in those records and write the
-events. A worker that dies (even by SIGKILL) is started again and told which connections it has
-not finished: it reads them again from their first record (its bit is not set in them), so no
-record is lost and none is counted twice, and events of unfinished connections, which were held
-back, are written once.
+those that ended. A worker runs its module over the record files (read-only). Every few batches
+it sends a checkpoint: the connections it finished since the last one (records covered, events
+emitted, counter increments) together with its whole state -- declared cross-flow and global
+state, counters, and for each open connection where its stream pointers stand, its flow.state
+and the events held for it. The gateway records the finished connections (module bit set,
+events written) and keeps the state, in one step. A worker that dies (even by SIGKILL) is
+started again from its last checkpoint and sent the batches that came after it, in the same
+order: it ends where it was, in the same state, so its output is that of an undisturbed run --
+no record lost, none counted twice.
 """
 import json
 import multiprocessing as mp
@@ -19,31 +21,50 @@ from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
 
 
-def _worker(spec, index, store_dir, conn, strict):
+CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
+
+
+def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     # `index`: the module's place in the whole chain (spec)
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the gateway's to handle: it ends the run
     cls, config = parse_chain(spec)[index]
+    done = []                                        # finished connections, reported with the next checkpoint
 
     def path_of(c):
         return os.path.join(store_dir, f"c{c:08d}.rec")
 
     def on_done(c, records, events, counts):
-        conn.send(("done", c, records, events, counts))
+        done.append((c, records, events, counts))
 
     runner = InlineChain([(cls, config)], None, events=None, strict=strict, path_of=path_of,
                          on_done=on_done, hold_events=True)
     module = runner.modules[0]
+
+    def checkpoint(seq):
+        # what it finished and the state it is in after batch `seq`, in one message: the
+        # gateway records both or neither
+        conn.send(("ckpt", seq, list(done), runner.checkpoint()))
+        done.clear()
     try:
         while True:
             msg = conn.recv()
             if msg[0] == "batch":
-                runner.process(msg[1], msg[2])
+                _, seq, touched, closed, limits = msg
+                runner.process(touched, closed, limits)
+                if seq % every == 0:
+                    checkpoint(seq)
                 conn.send(("ack",))
-            elif msg[0] == "resume":
-                runner.process(msg[1], msg[2])
+            elif msg[0] == "restore":
+                # a restarted worker: the last checkpoint, then the batches sent after it, in order
+                _, blob, batches = msg
+                if blob is not None:
+                    runner.restore_checkpoint(blob)
+                for seq, touched, closed, limits in batches:
+                    runner.process(touched, closed, limits)
             elif msg[0] == "finish":
                 runner.finish()
+                checkpoint(msg[1])
                 conn.send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
                 return
     except ModuleError as e:
@@ -63,6 +84,11 @@ class _Worker:
         self.dropped_batches = 0
         self.restarts = 0
         self.bye = None
+        self.checkpoint = None           # the last checkpoint (JSON text), after batch checkpoint_seq
+        self.checkpoint_seq = 0
+        self.log = []                    # (seq, touched, closed) sent after it: replayed after a restart
+        self.checkpoints = 0
+        self.checkpoint_bytes = 0
         self.start()
 
     def start(self):
@@ -70,8 +96,8 @@ class _Worker:
         self.conn = parent
         self.pending = 0
         self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
-                                                                  self.owner.store_dir,
-                                                                  child, self.owner.strict), daemon=True)
+                                                                  self.owner.store_dir, child, self.owner.strict,
+                                                                  self.owner.every), daemon=True)
         self.proc.start()
         child.close()
 
@@ -93,6 +119,8 @@ class ParallelChain:
         self.first = first
         self.max_backlog = max_backlog   # None: back-pressure (the gateway waits for a slow module)
         self.finished_now = []
+        self.seq = 0                     # batches sent so far
+        self.every = int(os.environ.get("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY))
         self.store = store
         self.store_dir = store.directory
         self.events = events
@@ -119,25 +147,15 @@ class ParallelChain:
         if kind == "ack":
             w.pending -= 1
             return
-        if kind == "done":
-            _, conn, records, events, delta = msg
-            if conn in w.done or conn in w.dropped:
-                return
-            w.done.add(conn)
-            self.registry.commit(self.first + w.index, conn, records)
-            if all(conn in x.done for x in self.workers):
-                self.finished_now.append(conn)
-                # finished by every module: forget it (memory stays bounded by open connections)
-                self.open_conns.discard(conn)
-                self.closed_conns.discard(conn)
-                for x in self.workers:
-                    x.done.discard(conn)
-            for line in events:
-                if self.events is not None:
-                    self.events.write(line)
-                self.event_count += 1
-            for k, v in delta.items():
-                self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
+        if kind == "ckpt":
+            _, seq, done, blob = msg
+            for conn, records, events, delta in done:
+                self._done(w, conn, records, events, delta)
+            w.checkpoint, w.checkpoint_seq = blob, seq
+            w.log = [b for b in w.log if b[0] > seq]
+            w.checkpoints += 1
+            w.checkpoint_bytes += len(blob)
+            self._save(w)
         elif kind == "bye":
             w.bye = msg
             self.errors[w.name] = msg[1]
@@ -147,6 +165,39 @@ class ParallelChain:
                 self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
         elif kind == "fatal":
             raise ModuleError(msg[1])
+
+    def _save(self, w):
+        """The checkpoint in the store too (state/NAME.json): what a module was doing is there
+        to read after the run, and for a worker on another host."""
+        d = os.path.join(self.store_dir, "state")
+        try:
+            os.makedirs(d, exist_ok=True)
+            tmp = os.path.join(d, f".{w.name}.{self.first + w.index}.tmp")
+            with open(tmp, "w") as f:
+                f.write(json.dumps({"module": w.name, "bit": self.first + w.index, "batch": w.checkpoint_seq}) + "\n")
+                f.write(w.checkpoint)
+            os.replace(tmp, os.path.join(d, f"{w.name}.{self.first + w.index}.json"))
+        except OSError:
+            pass                        # the copy in memory is what a restart uses
+
+    def _done(self, w, conn, records, events, delta):
+        if conn in w.done or conn in w.dropped:
+            return
+        w.done.add(conn)
+        self.registry.commit(self.first + w.index, conn, records)
+        if all(conn in x.done for x in self.workers):
+            self.finished_now.append(conn)
+            # finished by every module: forget it (memory stays bounded by open connections)
+            self.open_conns.discard(conn)
+            self.closed_conns.discard(conn)
+            for x in self.workers:
+                x.done.discard(conn)
+        for line in events:
+            if self.events is not None:
+                self.events.write(line)
+            self.event_count += 1
+        for k, v in delta.items():
+            self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
 
     def _drain(self, w, block=False):
         while True:
@@ -167,13 +218,21 @@ class ParallelChain:
             raise ModuleError(f"module {w.name}: worker died {w.restarts} times; giving up")
         sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}); restarting it\n")
         w.start()
-        todo = self.open_conns - w.done
-        w.send(("resume", sorted(todo - self.closed_conns), sorted(todo & self.closed_conns)))
+        # its last checkpoint, then every batch it was sent after it, in the same order: it
+        # ends where it was, with the same state, and reports what it had not reported
+        w.send(("restore", w.checkpoint, w.log))
 
     def process(self, touched, closed):
+        self.seq += 1
         self.open_conns.update(touched)
         self.open_conns.update(closed)
         self.closed_conns.update(closed)
+        # how far each connection was published with this batch: workers read no further
+        conns = list(touched)
+        if closed:
+            seen = set(conns)
+            conns += [c for c in closed if c not in seen]
+        limits = dict(zip(conns, self.store.published(conns)))
         for w in self.workers:
             while not self._drain(w):
                 self._restart(w)
@@ -185,7 +244,8 @@ class ParallelChain:
             for conn in closed:
                 if conn in w.dropped:
                     self.registry.commit(self.first + w.index, conn, 1 << 62)
-            while not w.send(("batch", t, k)):
+            w.log.append((self.seq, t, k, limits))
+            while not w.send(("batch", self.seq, t, k, limits)):
                 self._restart(w)
             w.pending += 1
 
@@ -206,7 +266,7 @@ class ParallelChain:
     def finish(self):
         for w in self.workers:
             while True:
-                if w.send(("finish",)) and self._drain(w, block=True) and w.bye is not None:
+                if w.send(("finish", self.seq)) and self._drain(w, block=True) and w.bye is not None:
                     break
                 self._restart(w)
             w.proc.join(timeout=5)

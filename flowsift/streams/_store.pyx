@@ -161,6 +161,7 @@ ctypedef struct cstate_t:
     uint64_t first_id
     int64_t udp_end[2]       # data written so far for a UDP direction (datagrams are appended)
     int64_t udp_rec[2]       # the same, advanced as records are written
+    int64_t pub_end[2]       # stream ends as last published (what readers were told)
 
 ctypedef struct handle_t:
     int fd
@@ -470,6 +471,7 @@ cdef class RecordStore(Sink):
         st.records = 0
         st.gaps = 0
         st.udp_end[0] = st.udp_end[1] = 0
+        st.pub_end[0] = st.pub_end[1] = 0
         st.udp_rec[0] = st.udp_rec[1] = 0
         self.files += 1
         return 0
@@ -593,8 +595,10 @@ cdef class RecordStore(Sink):
             fs_publish_i64(&hd.origin[d], D.origin)
             if c.proto == 17:
                 fs_publish_i64(&hd.end[d], st.udp_end[d])
+                st.pub_end[d] = st.udp_end[d]
             elif D.settled:
                 fs_publish_i64(&hd.end[d], D.next - D.origin)
+                st.pub_end[d] = D.next - D.origin
             if D.has_ack and D.settled:
                 fs_publish_i64(&hd.acked[d], D.acked - D.origin)
             if final:
@@ -628,6 +632,17 @@ cdef class RecordStore(Sink):
         for conn in conns:
             st = self._state(conn)
             out.append((st.records, st.first_id + st.records - 1 if st.records else 0, bool(st.closed)))
+        return out
+
+    def published(self, conns):
+        """(records, gaps, end0, end1) of each connection as last published: what a reader
+        that is behind may read of it, so that it sees the batches one by one."""
+        cdef uint32_t conn
+        cdef cstate_t* st
+        out = []
+        for conn in conns:
+            st = self._state(conn)
+            out.append((st.records, st.gaps, st.pub_end[0], st.pub_end[1]))
         return out
 
     def identity(self, uint32_t conn):
