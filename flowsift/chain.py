@@ -9,7 +9,8 @@ from flowsift.modules.runner import InlineChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
-              strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None):
+              strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
+              shards=None, shard=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
@@ -20,6 +21,13 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
+    if shards is not None and shards > 1:
+        if write is not None or out is not None or registry not in (None, "", "embedded") or store is not None:
+            raise UsageError("--shards runs one gateway per shard, each with its own temporary store: "
+                             "-w, --out, --registry and --store work without it")
+        from flowsift.shards import run_sharded
+        return run_sharded(spec, source, shards, events=events, filter_expression=filter_expression, policy=policy,
+                           strict=strict, inline=inline, max_backlog=max_backlog)
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError
@@ -30,7 +38,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                                 filter_expression=filter_expression, policy=policy, strict=strict,
                                 on_progress=on_progress)
     # egress rereads stream bytes after the run: nothing may be given back before it is written
-    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression)
+    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard)
     editor = None
     if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.edits import Editor
@@ -75,6 +83,9 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         summary["tables"] = runner.tables
         summary["mode"] = "parallel" if runner.__class__.__name__ == "ParallelChain" else "staged"
     summary["events"] = runner.event_count
+    state = runner.state_snapshots()
+    if state:
+        summary["state"] = state
     summary["chain"] = [cls.name for cls, _ in chain]
     if store is None and not keep:
         summary["store"] = None

@@ -299,6 +299,9 @@ def chain(
                                       help="Inline mode: forward every packet out of this interface once the chain "
                                            "has seen it, edits applied, dropped ones not."),
     registry: Optional[str] = REGISTRY,
+    shards: Optional[int] = typer.Option(None, "--shards", metavar="N",
+                                         help="Run N gateways, each with the flows of its shard (a symmetric hash), "
+                                              "and merge their outputs and declared module state."),
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
@@ -328,7 +331,8 @@ def chain(
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, strict=strict,
                                                          on_progress=progress, inline=inline, write=write,
-                                                         max_backlog=max_backlog, registry=registry, out=forward_to),
+                                                         max_backlog=max_backlog, registry=registry, out=forward_to,
+                                                         shards=shards),
              as_json, _render('print_chain'))
     finally:
         if out is not None and out is not sys.stdout:

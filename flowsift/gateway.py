@@ -28,7 +28,7 @@ class Gateway:
     """Writes one record file per connection of a source into `store` (a directory)."""
 
     def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
-                 registry=None, **engine_options):
+                 registry=None, shard=None, **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.store_dir = str(store) if store is not None else new_store_dir()
@@ -43,6 +43,8 @@ class Gateway:
         if registry.kind == "embedded":
             registry.bind(self.store)
         self.registry = registry
+        self.shard = shard            # (index, count): only the flows of this shard (flowsift.io.shard)
+        self.other_shards = 0         # packets left to the other shards
         self.announced = set()        # connections the registry knows
         self.module_bits = {}         # bit -> info of the modules registered through the registry
         self.done_by = {}             # bit -> connections that module finished (remote modules)
@@ -186,6 +188,9 @@ class Gateway:
             raise
         try:
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
+                if self.shard is not None:
+                    from flowsift.io.shard import shard_mask
+                    self.other_shards += batch.keep(shard_mask(batch, *self.shard))
                 self.store.check_space(batch)
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
@@ -221,5 +226,7 @@ class Gateway:
                    "packets": decoder.packets, "error": error}
         if getattr(cap, "live", False):
             summary["kernel"] = cap.live_counters()
+        if self.shard is not None:
+            summary["shard"] = {"index": self.shard[0], "of": self.shard[1], "other_shards_packets": self.other_shards}
         self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
         return summary

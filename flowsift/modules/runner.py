@@ -263,6 +263,11 @@ class InlineChain:
         for conn in list(self.conns):
             self._close(conn)
 
+    def state_snapshots(self):
+        """{module name: its declared state} for the modules that declare some."""
+        from flowsift.modules.state import declared, snapshot
+        return {m.name: json.loads(snapshot(m)) for m in self.modules if declared(type(m))}
+
     # --- checkpoints (one module per chain: a worker) ---
     def checkpoint(self):
         """The module's whole state after the last batch, as JSON text: its declared state,

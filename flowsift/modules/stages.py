@@ -65,3 +65,9 @@ class StagedChain:
             out.update(st.tables if isinstance(st, ParallelChain) else
                        {m.name: m.summary() for m in st.modules if m.summary()})
         return out
+
+    def state_snapshots(self):
+        out = {}
+        for st in self.stages:
+            out.update(st.state_snapshots())
+        return out

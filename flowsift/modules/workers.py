@@ -275,3 +275,13 @@ class ParallelChain:
         return {name: dict(self.counters[i], errors=self.errors.get(name, 0), restarts=self.workers[i].restarts,
                            **({"dropped_batches": self.workers[i].dropped_batches} if self.workers[i].dropped_batches else {}))
                 for i, name in enumerate(self.names)}
+
+    def state_snapshots(self):
+        """{module name: its declared state} as of each worker's last checkpoint (the final one
+        after finish)."""
+        from flowsift.modules.state import declared
+        out = {}
+        for m, w in zip(self.modules, self.workers):
+            if declared(type(m)) and w.checkpoint is not None:
+                out[w.name] = json.loads(json.loads(w.checkpoint)["state"])
+        return out
