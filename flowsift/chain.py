@@ -83,6 +83,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         summary["tables"] = runner.tables
         summary["mode"] = "parallel" if runner.__class__.__name__ == "ParallelChain" else "staged"
     summary["events"] = runner.event_count
+    if hasattr(runner, "checkpoint_stats") and runner.checkpoint_stats():
+        summary["checkpoints"] = runner.checkpoint_stats()
     state = runner.state_snapshots()
     if state:
         summary["state"] = state

@@ -71,3 +71,10 @@ class StagedChain:
         for st in self.stages:
             out.update(st.state_snapshots())
         return out
+
+    def checkpoint_stats(self):
+        out = {}
+        for st in self.stages:
+            if isinstance(st, ParallelChain):
+                out.update(st.checkpoint_stats())
+        return out

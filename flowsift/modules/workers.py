@@ -285,3 +285,6 @@ class ParallelChain:
             if declared(type(m)) and w.checkpoint is not None:
                 out[w.name] = json.loads(json.loads(w.checkpoint)["state"])
         return out
+
+    def checkpoint_stats(self):
+        return {w.name: {"checkpoints": w.checkpoints, "bytes": w.checkpoint_bytes} for w in self.workers}
