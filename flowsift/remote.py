@@ -184,8 +184,8 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         if not store_dir or not os.path.isdir(store_dir):
             raise FlowsiftError(f"run {run}: its store {store_dir} is not on this machine")
         bit, resumed = reg.register(name)
-        done, counters, outpos = reg.module_state(bit) if resumed else ({}, {}, None)
-        resumed = bool(done or outpos)       # a bit the gateway held for it is a fresh start
+        done, counters, outpos, ckpt = reg.module_state(bit) if resumed else ({}, {}, None, None)
+        resumed = bool(done or outpos or ckpt)       # a bit the gateway held for it is a fresh start
         out = _Output(events, outpos)
         state = _Attached(reg, bit, name, done, counters, out)
         if resumed and (done or outpos):
@@ -197,8 +197,13 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         runner = InlineChain([(cls, config)], None, strict=strict, path_of=path_of, on_done=state.on_done,
                              hold_events=True)
         module = runner.modules[0]
-        module.counters.update({k: v for k, v in counters.items() if k != EVENTS_KEY})
+        if ckpt:
+            # its declared state, counters and open connections as of its last commit
+            runner.restore_checkpoint(ckpt)
+        else:
+            module.counters.update({k: v for k, v in counters.items() if k != EVENTS_KEY})
         runner.finished = set(done)
+        state.runner, state.ckpt = runner, ckpt
         reg.on_reconnect = state.restore
         reg.subscribe()
 
@@ -271,6 +276,8 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                    "events": state.events, "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
                    "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
                    "registry_rebuilt": reg.rebuilt}
+        if runner.state_snapshots():
+            summary["state"] = runner.state_snapshots()
         reg.release(bit)
         out.close()
         return summary
@@ -293,6 +300,8 @@ class _Attached:
         self.events = counters.get(EVENTS_KEY, 0)
         self.pending = []
         self.committed_pos = out.pos
+        self.runner = None
+        self.ckpt = None                    # the last checkpoint committed
 
     def on_done(self, conn, records, events, counts):
         data = "".join(events).encode()
@@ -308,8 +317,10 @@ class _Attached:
     def commit(self):
         if not self.pending:
             return
-        while not self.reg.commit_many(self.bit, self.pending, self.out.pos):
+        ckpt = self.runner.checkpoint() if self.runner is not None else None
+        while not self.reg.commit_many(self.bit, self.pending, self.out.pos, ckpt):
             self.restore()                      # the server lost our state: put it back, then commit
+        self.ckpt = ckpt
         for conn, records, counts in self.pending:
             self.done[conn] = records
             for k, v in counts.items():
@@ -322,7 +333,7 @@ class _Attached:
     def restore(self):
         """The server came back, maybe empty: this module's bit and committed progress again."""
         self.reg.ensure_notifications()
-        self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos)
+        self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos, self.ckpt)
 
 
 def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
@@ -393,6 +404,9 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
         summary["modules"][r["module"]] = m
         summary["tables"].update(r["tables"])
     summary["events"] = sum(r["events"] for r in results)
+    state = {k: v for r in results for k, v in r.get("state", {}).items()}
+    if state:
+        summary["state"] = state
     summary["chain"] = names
     summary["mode"] = "registry"
     if store is None and not keep:

@@ -345,3 +345,54 @@ def test_redis_down_and_restarted_while_the_gateway_reads(tmp_path, corpus, redi
     assert strip(read_events(events)) == strip(expected[0])
     assert json.loads(out)["modules"]["slow"] == expected[1]
     assert redis_server.client().keys("flowsift:*") == []
+
+
+STATEFUL = textwrap.dedent('''
+    import time
+    from flowsift.modules import CrossFlow, Global, Module
+
+    class PerSource(Module):
+        """Packets and connections per client address, slowly.
+
+        Synopsis: per_source
+        """
+        name = "per_source"
+        by_source = CrossFlow(key=("ip.src",))
+        totals = Global()
+
+        def on_packet(self, flow, record):
+            flow.state["pkts"] = flow.state.get("pkts", 0) + 1
+
+        def on_close(self, flow, reason):
+            time.sleep(0.02)
+            e = self.by_source[flow]
+            e["conns"] = e.get("conns", 0) + 1
+            e["pkts"] = e.get("pkts", 0) + flow.state.get("pkts", 0)
+            self.totals["conns"] = self.totals.get("conns", 0) + 1
+            self.count("closed")
+''')
+
+
+def test_an_attached_module_keeps_its_declared_state_through_kill_9(tmp_path, corpus, redis_server):
+    import io
+    path = tmp_path / "per_source.py"
+    path.write_text(STATEFUL)
+    spec = f"{path}:PerSource"
+    ref = run_chain(spec, str(corpus / CAPTURE), events=io.StringIO(), inline=True, strict=True)
+    url, r = redis_server.url, redis_server.client()
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rs9", "--expect", "per_source", "--json")
+    m1 = flowsift("module", spec, "--registry", url, "--run", "rs9", "--events", tmp_path / "e.jsonl", "--json",
+                  "--wait", "30")
+    wait_until(lambda: r.hlen("flowsift:{rs9}:done:0") >= 40)
+    assert m1.poll() is None and r.exists("flowsift:{rs9}:ckpt:0")
+    os.kill(m1.pid, signal.SIGKILL)
+    m1.wait()
+    m2 = flowsift("module", spec, "--registry", url, "--run", "rs9", "--events", tmp_path / "e.jsonl", "--json")
+    out, _ = finish(m2)
+    finish(gw)
+    got = json.loads(out)
+    assert got["resumed"] and got["modules"]["per_source"]["closed"] == 110
+    entries = lambda st: (sorted((k, v) for k, v, _ in st["by_source"]["crossflow"]), st["totals"])
+    # the state from before the kill came back from the checkpoint: the totals are whole
+    assert entries(got["state"]["per_source"]) == entries(ref["state"]["per_source"])
+    assert got["state"]["per_source"]["totals"] == {"value": {"conns": 110}}

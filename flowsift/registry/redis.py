@@ -62,11 +62,13 @@ return {-2}
 """
 
 # A module's commit: finished connections (done hash and the gateway's progress list), counter
-# increments and output length, all or nothing, and only while its heartbeat key exists.
+# increments, output length and the module's checkpoint, all or nothing, and only while its
+# heartbeat key exists.
 _COMMIT = """
-local prefix, bit, ttl, who, outpos, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
+local prefix, bit, ttl, who, outpos, n, ckpt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local i = 7
+if ckpt ~= '' then redis.call('SET', prefix .. 'ckpt:' .. bit, ckpt) end
+local i = 8
 for _ = 1, n do
   redis.call('HSET', prefix .. 'done:' .. bit, ARGV[i], ARGV[i + 1])
   redis.call('RPUSH', prefix .. 'progress', bit .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
@@ -388,25 +390,27 @@ class RedisRegistry(Registry):
     def release(self, bit):
         def op():
             p = self.r.pipeline(transaction=True)
-            for k in ("alive", "done", "counters", "out"):
+            for k in ("alive", "done", "counters", "out", "ckpt"):
                 p.delete(f"{self.P}{k}:{bit}")
             p.hdel(self.P + "modules", bit)
             p.execute()
         self._retry(op)
 
     def module_state(self, bit):
-        """(done {conn: records}, counters {name: n}, committed output bytes or None)."""
+        """(done {conn: records}, counters {name: n}, committed output bytes or None, the last
+        checkpoint (JSON text) or None)."""
         def op():
             p = self.r.pipeline(transaction=True)
             p.hgetall(f"{self.P}done:{bit}")
             p.hgetall(f"{self.P}counters:{bit}")
             p.get(f"{self.P}out:{bit}")
+            p.get(f"{self.P}ckpt:{bit}")
             return p.execute()
-        done, counters, out = self._retry(op)
+        done, counters, out, ckpt = self._retry(op)
         return ({int(c): int(n) for c, n in done.items()}, {k: int(v) for k, v in counters.items()},
-                None if out is None else int(out))
+                None if out is None else int(out), ckpt)
 
-    def commit_many(self, bit, items, outpos=None):
+    def commit_many(self, bit, items, outpos=None, checkpoint=None):
         """Connections finished: [(conn, records, counter increments)], and the output written
         so far, in one atomic step: after a crash either all of it counts or none. Refused
         (returns False, nothing written) when this module's heartbeat key is gone, i.e. the
@@ -416,7 +420,8 @@ class RedisRegistry(Registry):
             done[conn] = records
             for k, v in (counters or {}).items():
                 totals[k] = totals.get(k, 0) + v
-        args = [self.P, bit, HEARTBEAT_TTL, json.dumps(whoami()), "" if outpos is None else outpos, len(done)]
+        args = [self.P, bit, HEARTBEAT_TTL, json.dumps(whoami()), "" if outpos is None else outpos, len(done),
+                checkpoint or ""]
         for c, n in done.items():
             args += [c, n]
         for k, v in totals.items():
@@ -428,7 +433,7 @@ class RedisRegistry(Registry):
     def commit(self, bit, conn, records, counters=None, outpos=None):
         return self.commit_many(bit, [(conn, records, counters)], outpos)
 
-    def restore_module(self, bit, name, done, counters, outpos):
+    def restore_module(self, bit, name, done, counters, outpos, checkpoint=None):
         """After a server restart: this module's bit, progress and counters again."""
         self.rebuilt += 1
         info = dict(name=name, started=time.time(), **whoami())
@@ -447,6 +452,8 @@ class RedisRegistry(Registry):
                 p.hset(f"{self.P}counters:{bit}", mapping=counters)
             if outpos is not None:
                 p.set(f"{self.P}out:{bit}", outpos)
+            if checkpoint:
+                p.set(f"{self.P}ckpt:{bit}", checkpoint)
             p.execute()
         self._retry(op)
 
