@@ -22,6 +22,7 @@ from flowsift.modules.runner import InlineChain
 
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
+INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
 
 
 def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
@@ -211,6 +212,15 @@ class ParallelChain:
             if block and msg[0] in ("bye", "fatal"):
                 return True
 
+    def _drain_one(self, w):
+        """Wait for one message of the worker and apply it; False if it died."""
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            return False
+        self._apply(w, msg)
+        return True
+
     def _restart(self, w):
         w.proc.join(timeout=1)
         w.restarts += 1
@@ -239,6 +249,11 @@ class ParallelChain:
             if self.max_backlog is not None and w.pending >= self.max_backlog:
                 self._drop(w, touched, closed)
                 continue
+            # back-pressure: no more than INFLIGHT batches in the pipe, or both ends could block
+            # sending to each other (batches one way, acknowledgements the other)
+            while w.pending >= INFLIGHT:
+                if not self._drain_one(w):
+                    self._restart(w)
             t = [c for c in touched if c not in w.dropped] if w.dropped else touched
             k = [c for c in closed if c not in w.dropped] if w.dropped else closed
             for conn in closed:
