@@ -191,19 +191,23 @@ class InlineChain:
                 self._call(m, "on_gap", c.flow, g.dir, Gap(c.flow.conn, g.dir, g.offset, g.length, g.reason))
             c.gaps_seen[i] = h["gaps"]
 
-    def _pointer(self, c, i, d, m):
+    def _pointer(self, c, i, d, m, h=None):
         if self.editor is not None and m.writes:
             from flowsift.modules.edits import EditableStream
             sp = EditableStream(c.file, d, self.editor, c.flow, m)
         else:
             sp = StreamPointer(c.file, d)
+        if h is not None:
+            # a new pointer reads the file's live header: hold it to what this batch published
+            c.file.header = h
+            sp.refresh(h)
         c.pointers[(i, d)] = sp
         return sp
 
     def _stream(self, c, i, m, d, h):
         sp = c.pointers.get((i, d))
         if sp is None:
-            sp = self._pointer(c, i, d, m)
+            sp = self._pointer(c, i, d, m, h)
         else:
             sp.refresh(h)
         has_data = callable(getattr(m, "on_data", None))

@@ -89,21 +89,32 @@ class Http(Module):
         if side:
             side.resync = True
             if direction == 0:
+                self._pair(flow, final=True)
                 flow.state["pending"].clear()     # responses can no longer be paired reliably
 
     def _message(self, flow, direction, msg, complete=True):
+        st = flow.state
         if direction == 0:
             req = {"method": msg["method"], "host": msg["headers"].get("host"),
                    "uri": msg["url"].decode("latin-1"), "request_body": msg["body"],
                    "user_agent": msg["headers"].get("user-agent")}
-            flow.state["pending"].append(req)
+            st["pending"].append(req)
             self.emit("request", **req)
             self.count("requests")
         else:
-            req = flow.state["pending"].pop(0) if flow.state["pending"] else {}
-            self.emit("response", status=msg["status"], response_body=msg["body"],
-                      content_type=msg["headers"].get("content-type"), complete=complete,
-                      method=req.get("method"), host=req.get("host"), uri=req.get("uri"))
+            # the n-th response answers the n-th request, whichever was parsed first: a response
+            # read before its request (it came in an earlier chunk) waits for it
+            st.setdefault("early", []).append({"status": msg["status"], "response_body": msg["body"],
+                                               "content_type": msg["headers"].get("content-type"),
+                                               "complete": complete})
+        self._pair(flow)
+
+    def _pair(self, flow, final=False):
+        st = flow.state
+        early = st.get("early", [])
+        while early and (st["pending"] or final):
+            req = st["pending"].pop(0) if st["pending"] else {}
+            self.emit("response", **early.pop(0), method=req.get("method"), host=req.get("host"), uri=req.get("uri"))
             self.count("responses")
 
     def on_close(self, flow, reason):
@@ -116,3 +127,4 @@ class Http(Module):
             cut = "chunked" in h.get("transfer-encoding", "") or (length is not None and length.isdigit()
                                                                     and side.msg["body"] < int(length))
             self._message(flow, 1, side.msg, complete=not cut)
+        self._pair(flow, final=True)           # responses no request was seen for
