@@ -153,15 +153,21 @@ def _endpoint(raw, port, ipver):
     return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
 
 
+def _conversation_of(h):
+    conv = Conversation(h["conn"], _endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+                        _endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
+    if h["proto"] != 6:
+        conv.skip = "not TCP"
+    return conv
+
+
 def conversation(path, partial=False, match=None):
     """The turns of one record file."""
     from flowsift.streams.reader import RecordFile
     with RecordFile(path) as rf:
         h = rf.header
-        conv = Conversation(h["conn"], _endpoint(h["client_addr"], h["client_port"], h["ipver"]),
-                            _endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
-        if h["proto"] != 6:
-            conv.skip = "not TCP"
+        conv = _conversation_of(h)
+        if conv.skip:
             return conv
         cend, send = h["end0"], h["end1"]
         gaps = rf.gaps(0)
@@ -544,10 +550,8 @@ def unacked_plan(path):
     from flowsift.streams.reader import RecordFile
     with RecordFile(path) as rf:
         h = rf.header
-        conv = Conversation(h["conn"], _endpoint(h["client_addr"], h["client_port"], h["ipver"]),
-                            _endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
-        if h["proto"] != 6:
-            conv.skip = "not TCP"
+        conv = _conversation_of(h)
+        if conv.skip:
             return conv, 0, 0, 0, None
         acked, end = h["acked0"], h["end0"]
         acked = max(acked, 0)

@@ -149,6 +149,9 @@ cdef class DpdkPort:
     cdef readonly uint64_t tx_failed
     cdef readonly bint timestamps
     cdef readonly bint started
+    cdef rte_mbuf* _out[512]    # frames queued for the next tx burst
+    cdef int _k
+    cdef int _done
     cdef int ts_unit            # 0: not seen yet; 1000: µs since the epoch; 1: ns; -1: a device clock (unused)
 
     def __cinit__(self):
@@ -277,11 +280,10 @@ cdef class DpdkPort:
     def send_batch(self, Batch batch, bytes skip=None, dict replace=None):
         """Send the frames of `batch` (not those whose byte `skip[i]` is set; `replace[i]`
         instead of frame i where given). Returns how many the port took."""
-        cdef int n = batch.n, i, k = 0, done = 0, rc
-        cdef rte_mbuf* out[512]
+        cdef int n = batch.n, i
         cdef const uint8_t* sk = NULL
         cdef bytes b
-        cdef rte_mbuf* m
+        self._k = self._done = 0
         if skip is not None:
             sk = <const uint8_t*> <char*> skip
         for i in range(n):
@@ -289,41 +291,37 @@ cdef class DpdkPort:
                 continue
             if replace and i in replace:
                 b = replace[i]
-                m = fs_mbuf_from(self.pool, <const uint8_t*> <char*> b, len(b))
+                self._queue(<const uint8_t*> <char*> b, len(b))
             else:
-                m = fs_mbuf_from(self.pool, batch.pkts[i].data, batch.pkts[i].caplen)
-            if m == NULL:
-                self.tx_failed += 1
-                continue
-            out[k] = m
-            k += 1
-            if k == 512:
-                done += self._tx(out, k)
-                k = 0
-        if k:
-            done += self._tx(out, k)
-        return done
+                self._queue(batch.pkts[i].data, batch.pkts[i].caplen)
+        return self._flush()
 
     def send(self, frames):
         """Send a list of frames (bytes)."""
-        cdef rte_mbuf* out[512]
-        cdef int k = 0, done = 0
         cdef bytes b
-        cdef rte_mbuf* m
+        self._k = self._done = 0
         for f in frames:
             b = bytes(f)
-            m = fs_mbuf_from(self.pool, <const uint8_t*> <char*> b, len(b))
-            if m == NULL:
-                self.tx_failed += 1
-                continue
-            out[k] = m
-            k += 1
-            if k == 512:
-                done += self._tx(out, k)
-                k = 0
-        if k:
-            done += self._tx(out, k)
-        return done
+            self._queue(<const uint8_t*> <char*> b, len(b))
+        return self._flush()
+
+    cdef void _queue(self, const uint8_t* data, uint32_t n):
+        # a frame into an mbuf of our pool (the caller's memory is not the pool's), sent 512 at a time
+        cdef rte_mbuf* m = fs_mbuf_from(self.pool, data, n)
+        if m == NULL:
+            self.tx_failed += 1
+            return
+        self._out[self._k] = m
+        self._k += 1
+        if self._k == 512:
+            self._done += self._tx(self._out, self._k)
+            self._k = 0
+
+    cdef int _flush(self):
+        if self._k:
+            self._done += self._tx(self._out, self._k)
+            self._k = 0
+        return self._done
 
     cdef int _tx(self, rte_mbuf** out, int k):
         cdef int sent = 0, tries = 0, j
