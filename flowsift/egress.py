@@ -137,6 +137,11 @@ class Forwarder:
     def _payload(self, conn, d, off, n):
         rf = self.files.get(conn)
         if rf is None:
+            if len(self.files) >= 256:
+                # a live run goes on for ever: keep the files of recent edits open, not all
+                for old in self.files.values():
+                    old.close()
+                self.files.clear()
             rf = self.files[conn] = RecordFile(self.store.path(conn))
         return rf.data(d, off, n)
 

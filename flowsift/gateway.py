@@ -19,6 +19,16 @@ from flowsift.streams._store import RecordStore
 DEFAULT_STORE_PARENT = "/dev/shm"
 
 
+def changed_connections(touched, closed):
+    """The connections a publish changed or ended, each once (one that ended without a packet
+    in the batch is in `closed` only)."""
+    conns = list(touched)
+    if closed:
+        seen = set(conns)
+        conns += [c for c in closed if c not in seen]
+    return conns
+
+
 def new_store_dir(parent=DEFAULT_STORE_PARENT):
     parent = parent if os.path.isdir(parent) else tempfile.gettempdir()
     return tempfile.mkdtemp(prefix="flowsift-store-", dir=parent)
@@ -75,12 +85,9 @@ class Gateway:
         each changed one, and record the progress its modules reported. Nothing to do for the
         embedded registry (its modules report straight into the store)."""
         reg = self.registry
-        if reg.kind == "embedded":
+        if not reg.announces:
             return
-        conns = list(touched)
-        if closed:
-            seen = set(conns)
-            conns += [c for c in closed if c not in seen]
+        conns = changed_connections(touched, closed)
         new = []
         if conns:
             from flowsift.registry.base import identity_text
@@ -127,9 +134,7 @@ class Gateway:
                 continue
             with rf:
                 h = rf.header
-                n = 4 if h["ipver"] == 4 else 16
-                ident = (h["proto"], h["ipver"], h["client_addr"][:n], h["client_port"], h["server_addr"][:n],
-                         h["server_port"])
+                ident = (h["proto"], h["ipver"], h["client_addr"], h["client_port"], h["server_addr"], h["server_port"])
                 latest = h["first_record_id"] + h["records"] - 1 if h["records"] else 0
                 rows.append((c, identity_text(ident, path), h["records"], latest, rf.closed_by_gateway))
         self.registry.restore(rows, self.module_bits)

@@ -16,7 +16,6 @@ import time
 
 from flowsift.errors import FlowsiftError, UsageError
 from flowsift.registry import RegistryError, open_registry
-from flowsift.registry.base import identity_text  # noqa: F401  (re-exported for tools)
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
 

@@ -147,15 +147,10 @@ class Conversation:
         self.note = None
 
 
-def _endpoint(raw, port, ipver):
-    import ipaddress
-    a = ipaddress.ip_address(raw[:4] if ipver == 4 else raw)
-    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
-
-
 def _conversation_of(h):
-    conv = Conversation(h["conn"], _endpoint(h["client_addr"], h["client_port"], h["ipver"]),
-                        _endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
+    from flowsift.streams.format import endpoint
+    conv = Conversation(h["conn"], endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+                        endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
     if h["proto"] != 6:
         conv.skip = "not TCP"
     return conv

@@ -6,18 +6,12 @@ pointer per direction: what it leaves unread is there at its next call), gaps to
 and a connection's end to `on_close`. Then each module's bit is set in the records it is done
 with (the gateway records it), so complete and acknowledged space can be reclaimed.
 """
-import ipaddress
 import json
 import sys
 
 from flowsift.modules.base import ModuleError, trimmed_traceback
 from flowsift.streams import RecordFile, StreamPointer
-from flowsift.streams.format import CLOSE_NAMES
-
-
-def _ep(raw, port, ipver):
-    a = ipaddress.ip_address(raw[:4] if ipver == 4 else raw)
-    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
+from flowsift.streams.format import CLOSE_NAMES, endpoint
 
 
 class _Conn:
@@ -138,8 +132,8 @@ class InlineChain:
         rf = RecordFile(self.path_of(conn))
         h = rf.header
         flow = self._Flow(conn, {6: "tcp", 17: "udp"}.get(h["proto"], str(h["proto"])),
-                          _ep(h["client_addr"], h["client_port"], h["ipver"]),
-                          _ep(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
+                          endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+                          endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
         flow._file = rf
         flow._editor = self.editor
         c = self.conns[conn] = _Conn(flow, rf)

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import sys
 
+from flowsift.gateway import changed_connections
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
@@ -238,10 +239,7 @@ class ParallelChain:
         self.open_conns.update(closed)
         self.closed_conns.update(closed)
         # how far each connection was published with this batch: workers read no further
-        conns = list(touched)
-        if closed:
-            seen = set(conns)
-            conns += [c for c in closed if c not in seen]
+        conns = changed_connections(touched, closed)
         limits = dict(zip(conns, self.store.published(conns)))
         for w in self.workers:
             while not self._drain(w):

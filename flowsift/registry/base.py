@@ -1,9 +1,9 @@
 """The registry interface both backends implement.
 
 Who calls what:
-- the gateway: `start_run`, `announce` (once per batch: new connections and the latest record
-  of each changed one), `take_progress` (module progress to record in the record files),
-  `modules`, `set_state`, `heartbeat`, `end_run`;
+- the gateway: `start_run`, `sync` (once per batch: new connections and the latest record of
+  each changed one out; module progress, to record in the record files, and module bits in),
+  `set_state`, `heartbeat`, `end_run`;
 - a module: `register` (a bit of the global bitmap, the same one again after a restart),
   `module_state` (what it finished before), `commit` (a connection finished, with its counter
   increments and how far its output file is written, atomically), `connections`, `wait`
@@ -28,13 +28,8 @@ def whoami():
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def endpoint(raw, port, ipver):
-    import ipaddress
-    a = ipaddress.ip_address(raw)
-    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
-
-
 def identity_text(ident, path):
+    from flowsift.streams.format import endpoint
     """One connection's identity as the registry keeps it: 'tcp 10.0.0.1:1234 10.0.0.2:80 c00000001.rec'."""
     proto, ipver, caddr, cport, saddr, sport = ident
     name = {6: "tcp", 17: "udp"}.get(proto, str(proto))
@@ -44,24 +39,21 @@ def identity_text(ident, path):
 class Registry:
     run = None
     kind = "abstract"
+    announces = False           # the gateway sends identities and latest records (a remote registry)
 
     # --- gateway side ---
     def start_run(self, meta):
         raise NotImplementedError
 
-    def announce(self, new, updates):
-        """`new`: [(conn, identity text)]; `updates`: [(conn, records, latest record id, closed)]."""
-        raise NotImplementedError
-
     def set_state(self, state, **extra):
         raise NotImplementedError
 
-    def take_progress(self):
-        """[(bit, conn, records done)] reported since the last call."""
-        raise NotImplementedError
-
-    def modules(self):
-        """{bit: {"name": ..., "alive": bool, ...}} of the modules registered or reserved."""
+    def sync(self, new, updates):
+        """The gateway's call once per batch. `new`: [(conn, identity text)]; `updates`: [(conn,
+        records, latest record id, closed)] (both empty where `announces` is False: the record
+        headers are the registry). Returns ([(bit, conn, records done)] reported since the last
+        call, {bit: {"name": ..., ...}} of the modules registered or reserved, whether the
+        run's state is intact)."""
         raise NotImplementedError
 
     def reserve(self, name):

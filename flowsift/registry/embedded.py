@@ -28,18 +28,13 @@ class EmbeddedRegistry(Registry):
     def start_run(self, meta):
         self.meta = dict(meta, state="running", started=time.time(), **whoami())
 
-    def announce(self, new, updates):
-        self.announced += len(new)
-
     def set_state(self, state, **extra):
         self.meta.update(extra, state=state)
 
-    def take_progress(self):
-        out, self.progress = self.progress, []
-        return out
-
-    def modules(self):
-        return {b: dict(v) for b, v in self.bits.items()}
+    def sync(self, new, updates):
+        self.announced += len(new)
+        progress, self.progress = self.progress, []
+        return progress, {b: dict(v) for b, v in self.bits.items()}, True
 
     def _free_bit(self):
         for b in range(MAX_MODULES):

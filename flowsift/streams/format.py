@@ -141,3 +141,10 @@ def record_dtype():
                      "formats": ["<u8", "<i8", "<u8", "<i8", "<u4", "<u4", "<u4", "<u4", "<u2", "u1", "u1", "<u2",
                                  "u1", "u1", "<u2", "<u2", "<u4", "S16", "S16", "<u4", "<u8"],
                      "offsets": [off for _, _, off in RECORD_FIELDS], "itemsize": RECORD_SIZE})
+
+
+def endpoint(raw, port, ipver):
+    """'10.0.0.1:80' or '[2001:db8::1]:80' from an address field (16 bytes, IPv4 in the first 4)."""
+    import ipaddress
+    a = ipaddress.ip_address(bytes(raw[:4] if ipver == 4 else raw[:16]))
+    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
