@@ -1,7 +1,6 @@
 """`flowsift chain`: the gateway and a chain of modules over one source."""
 import os
 import shutil
-import sys
 
 from flowsift.gateway import Gateway
 from flowsift.modules.loader import parse_chain

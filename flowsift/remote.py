@@ -162,7 +162,6 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     from flowsift.modules.loader import parse_chain
     from flowsift.modules.runner import InlineChain
     from flowsift.streams.reader import RecordFile
-    from flowsift.streams.format import HF_CLOSED
 
     chain = parse_chain(spec)
     if len(chain) != 1:
@@ -211,9 +210,9 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
             try:
                 with RecordFile(path_of(conn)) as rf:
                     h = rf.header
-                    return h["reclaimed0"] <= 0 and h["reclaimed1"] <= 0, h["records"], h["flags"] & HF_CLOSED
+                    return h["reclaimed0"] <= 0 and h["reclaimed1"] <= 0, h["records"]
             except FlowsiftError:
-                return None, 0, 0
+                return None, 0
 
         def process(conns):
             last = time.monotonic()
@@ -223,12 +222,10 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                 if time.monotonic() - last > 0.5:
                     # a long catch-up still commits and beats: a crash loses little, and nobody
                     # takes this module for dead
-                    state.commit()
-                    if not reg.heartbeat(bit):
-                        state.restore()
+                    state.commit_and_beat()
                     last = time.monotonic()
                 if conn not in runner.conns:
-                    whole, records, closed = fresh(conn)
+                    whole, records = fresh(conn)
                     if not whole:
                         # announced, so its file existed: reclaimed or retired before this module
                         # registered (attach with the gateway's --expect to see every connection)
@@ -251,10 +248,8 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     rescan = True
                     continue
                 process(sorted(c for c in changed if c >= 0))
-            state.commit()
-            if not reg.heartbeat(bit):
-                state.restore()                 # the server lost our keys: write them again, look again
-                rescan = True
+            if not state.commit_and_beat():
+                rescan = True                   # the server had lost our keys: look again
             if -1 in changed or not changed or now - last_check > 1:
                 last_check = now
                 meta = reg.run_meta()
@@ -328,6 +323,14 @@ class _Attached:
         self.pending = []
         self.committed_pos = self.out.pos
         self.out.committed()
+
+    def commit_and_beat(self):
+        """Commit, then beat; False when the beat found our keys gone (they are written again)."""
+        self.commit()
+        if self.reg.heartbeat(self.bit):
+            return True
+        self.restore()
+        return False
 
     def restore(self):
         """The server came back, maybe empty: this module's bit and committed progress again."""

@@ -151,8 +151,12 @@ def test_report_pinpoints_a_changed_response(tmp_path, http_table):
     assert whats["header content-type"]["replayed"] == ["text/x-changed"]
     assert whats["body"]["recorded"] == whats["body"]["replayed"] and whats["body"]["diff"]
     # the changed header ignored, and the body too: nothing differs
-    s = replay(BRO, "--to", f"127.0.0.1:{Server(tmp_path, RECORDED, path, '/css/pygments.css').port}",
-               "--match", "http", "--ignore-header", "Content-Type", "--ignore-body-regex", "(?s).*")
+    srv = Server(tmp_path, RECORDED, path, "/css/pygments.css")
+    try:
+        s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", "http", "--ignore-header", "Content-Type",
+                   "--ignore-body-regex", "(?s).*")
+    finally:
+        srv.stop()
     assert s["differing"] == 0
 
 

@@ -19,7 +19,7 @@ was read is reassembled and summarised as at the end of a file.
 import signal
 import time
 
-from flowsift.errors import UsageError
+from flowsift.errors import FlowsiftError, UsageError
 
 LIVE_SCHEMES = ("afpacket:", "dpdk:")
 
@@ -73,7 +73,6 @@ def dpdk_port(spec_name, mbufs=8191):
     first (once per process)."""
     import os
     import shlex
-    from flowsift.errors import FlowsiftError
     try:
         from flowsift.io import _dpdk
     except ImportError:
@@ -111,14 +110,36 @@ class LiveCapture:
     def __init__(self, spec, bpf=None):
         self.path = spec
         scheme, name, opts = parse_spec(spec)
-        self.scheme, self.name = scheme, name
-        known = {"ring", "block", "fanout", "timestamps", "count", "duration", "outgoing"}
-        unknown = sorted(set(opts) - known) if scheme == "afpacket" else []
-        if unknown:
-            raise UsageError(f"{spec}: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+        self.scheme, self.name, self.format = scheme, name, scheme
+        self.bpf = bpf
+        self.position = 0
+        self.started = None
+        self.stopped_by = None
         try:
             self.count = int(opts["count"]) if "count" in opts else None
             self.duration = float(opts["duration"]) if "duration" in opts else None
+        except ValueError as e:
+            raise UsageError(f"{spec}: {e}") from None
+        if scheme == "dpdk":
+            self.version = "DPDK"
+            try:
+                mbufs = int(opts.get("mbufs", 8191))
+            except ValueError:
+                raise UsageError(f"{spec}: mbufs= is a number of packet buffers") from None
+            self._src = dpdk_port(name, mbufs)
+        elif scheme == "afpacket":
+            self.version = "TPACKET_V3"
+            self._src = self._afpacket(spec, name, opts, bpf)
+        else:
+            raise UsageError(f"{spec}: unknown live source (afpacket:IFACE or dpdk:PORT)")
+
+    @staticmethod
+    def _afpacket(spec, name, opts, bpf):
+        known = {"ring", "block", "fanout", "timestamps", "count", "duration", "outgoing"}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise UsageError(f"{spec}: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+        try:
             fanout = int(opts.get("fanout", -1))
         except ValueError as e:
             raise UsageError(f"{spec}: {e}") from None
@@ -129,30 +150,12 @@ class LiveCapture:
         ts = opts.get("timestamps", "sw")
         if ts not in ("sw", "hw"):
             raise UsageError(f"{spec}: timestamps= is sw or hw")
-        self.bpf = bpf
-        self.version = "TPACKET_V3"
-        self.position = 0
-        self.started = None
-        self.stopped_by = None
-        self.format = scheme
-        if scheme == "dpdk":
-            try:
-                mbufs = int(opts.get("mbufs", 8191))
-            except ValueError:
-                raise UsageError(f"{spec}: mbufs= is a number of packet buffers") from None
-            self._src = dpdk_port(name, mbufs)
-            self.version = "DPDK"
-            return
-        if scheme != "afpacket":
-            raise UsageError(f"{spec}: unknown live source (afpacket:IFACE or dpdk:PORT)")
         from flowsift.io._afpacket import AfPacketError, AfPacketSource
-        program = bpf.program(1) if bpf is not None else None
         try:
-            self._src = AfPacketSource(name, block_size=block, block_nr=ring // block, bpf_program=program,
-                                       fanout=fanout, hw_timestamps=ts == "hw",
-                                       outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
+            return AfPacketSource(name, block_size=block, block_nr=ring // block,
+                                  bpf_program=bpf.program(1) if bpf is not None else None, fanout=fanout,
+                                  hw_timestamps=ts == "hw", outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
         except AfPacketError as e:
-            from flowsift.errors import FlowsiftError
             raise FlowsiftError(str(e)) from None
 
     def fill(self, batch, timeout_ms=100):

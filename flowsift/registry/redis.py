@@ -380,7 +380,8 @@ class RedisRegistry(Registry):
             except _Held as held:
                 h = held.holder
                 if h.get("host") == info["host"] and not _pid_alive(h.get("pid")):
-                    self._retry(lambda: self.r.delete(f"{self.P}alive:{held.bit}"))
+                    key = f"{self.P}alive:{held.bit}"
+                    self._retry(lambda: self.r.delete(key))
                     continue
                 if time.monotonic() > deadline:
                     raise RegistryError(f"module {name} is already attached to run {self.run} "

@@ -45,7 +45,6 @@ class StrSearch(Module):
         d = stream.direction
         tails = flow.state.setdefault("tails", {})
         tail_off, tail = tails.get(d, (stream.tell(), ""))
-        start = stream.tell()
         # bytes as latin-1 text: one character per byte, so offsets stay byte offsets
         text = tail + bytes(stream.read()).decode("latin-1")
         hay = text.lower() if self.nocase else text
