@@ -113,3 +113,17 @@ def test_bad_filter_expression(tmp_path):
 def test_unknown_option_is_a_usage_error(tmp_path):
     res = run_cli("stats", "--frobnicate", write(tmp_path, "g.pcap", GOOD))
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "100000"])
+def test_bad_batch_size_is_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("FLOWSIFT_BATCH", value)
+    one_line_error(run_cli("stats", write(tmp_path, "good.pcap", GOOD)), "FLOWSIFT_BATCH")
+
+
+def test_batch_size_changes_nothing_but_the_batches(tmp_path, monkeypatch):
+    import json
+    path = write(tmp_path, "good.pcap", GOOD)
+    want = json.loads(run_cli("stats", path, "--json", check=True).stdout)
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    assert json.loads(run_cli("stats", path, "--json", check=True).stdout) == want

@@ -228,3 +228,104 @@ def test_two_shards_give_the_output_of_one(tmp_path, corpus, name):
     rows = lambda s: sorted(json.dumps({k: v for k, v in r.items() if k != "conn"}, sort_keys=True)
                             for r in s["tables"]["counter"])
     assert rows(two) == rows(one)
+
+
+KILLING_BUILTINS = textwrap.dedent('''
+    import os, signal
+    from flowsift.modules.builtin.http import Http
+    from flowsift.modules.builtin.strsearch import StrSearch
+
+    def maybe_kill(name, calls={}):
+        # once per run and module: SIGKILL this worker at its FLOWSIFT_KILL_AT-th on_data call
+        calls[name] = calls.get(name, 0) + 1
+        marker = os.environ["FLOWSIFT_KILL_MARKER"] + "." + name
+        if calls[name] == int(os.environ["FLOWSIFT_KILL_AT"]) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    class KillingHttp(Http):
+        """http, killed once.
+
+        Synopsis: http
+        """
+        name = "http"
+
+        def on_data(self, flow, stream):
+            maybe_kill(self.name)
+            st = flow.state["sides"][stream.direction]
+            if st and st["msg"] and stream.direction not in flow.cache:
+                # only after a restore: a message half parsed, its parser gone with the old worker
+                open(os.environ["FLOWSIFT_KILL_MARKER"] + ".rebuilt", "a").write(f"{flow.conn}\\n")
+            super().on_data(flow, stream)
+
+    class KillingStrSearch(StrSearch):
+        """strsearch, killed once.
+
+        Synopsis: strsearch
+        """
+        name = "strsearch"
+
+        def on_data(self, flow, stream):
+            maybe_kill(self.name)
+            super().on_data(flow, stream)
+''')
+
+
+@pytest.mark.parametrize("kill_at", [25, 70, 140])
+def test_builtin_parsers_resume_mid_message_after_a_kill(tmp_path, corpus, monkeypatch, kill_at):
+    """http keeps its parser in flow.cache and what it needs to rebuild it in flow.state;
+    strsearch keeps the tail a match may span in flow.state: killed workers resume with the
+    events of an undisturbed run, and no connection has to be read again from its start."""
+    import io
+    from flowsift.chain import run_chain
+    path = tmp_path / "killing.py"
+    path.write_text(KILLING_BUILTINS)
+    spec = f"{path}:KillingHttp,{path}:KillingStrSearch(patterns=inline:HTTP/1.1 200|Content-Type: image|\\r\\n\\r\\n|</a>|espn|<script,nocase=true)"
+    cap = str(corpus / "http__csanders__http_espn.pcapng")             # 956 packets, 60 batches of 16
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", "0")
+    ref = io.StringIO()
+    run_chain(spec, cap, events=ref, inline=True, strict=True)
+    monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "1")
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", str(kill_at))
+    out = io.StringIO()
+    summary = run_chain(spec, cap, events=out, strict=True, store=tmp_path / "store", keep=True)
+    for name in ("http", "strsearch"):
+        assert (tmp_path / f"killed.{name}").exists() and summary["modules"][name]["restarts"] == 1
+    strip = lambda text: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "ts"}, sort_keys=True)
+                                for l in text.splitlines())
+    got, want = strip(out.getvalue()), strip(ref.getvalue())
+    assert len(want) > 200 and got == want
+    assert summary["modules"]["http"]["requests"] > 50 and summary["modules"]["strsearch"]["matches"] > 50
+    # the restored http rebuilt the parser of a message it was in the middle of (the connection
+    # came back from the checkpoint, not read again from its start)
+    assert (tmp_path / "killed.rebuilt").exists()
+
+
+def test_a_match_and_a_request_split_across_a_restore_are_whole(tmp_path, monkeypatch):
+    """One connection, a packet per batch, a checkpoint after each: the workers die right after
+    the first half of a request (and of a pattern) was checkpointed; what the restored ones
+    report is the whole request and the whole match."""
+    import io
+    from flowsift.chain import run_chain
+    from flowsift.testing import segments_capture
+    path = tmp_path / "killing.py"
+    path.write_text(KILLING_BUILTINS)
+    cap = segments_capture(tmp_path, client=[b"GET /a HTTP/1.1\r\nHost: example\r\nX-Key: SECRET-", b"TOKEN\r\n\r\n"],
+                           server=[b"", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"])
+    spec = f"{path}:KillingHttp,{path}:KillingStrSearch(patterns=inline:SECRET-TOKEN)"
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "1")
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", "2")                     # at the second half
+    out = io.StringIO()
+    summary = run_chain(spec, str(cap), events=out, strict=True)
+    assert summary["modules"]["http"]["restarts"] == 1 and summary["modules"]["strsearch"]["restarts"] == 1
+    assert (tmp_path / "killed.rebuilt").exists()
+    events = [json.loads(l) for l in out.getvalue().splitlines()]
+    match = [e for e in events if e["kind"] == "match"]
+    assert [(e["pattern"], e["offset"]) for e in match] == [("SECRET-TOKEN", 39)]
+    req = [e for e in events if e["kind"] == "request"]
+    assert [(e["method"], e["uri"], e["host"]) for e in req] == [("GET", "/a", "example")]
+    assert [(e["status"], e["response_body"], e["uri"]) for e in events if e["kind"] == "response"] == [(200, 5, "/a")]

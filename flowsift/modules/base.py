@@ -68,7 +68,8 @@ class Option:
 
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
-    __slots__ = ("conn", "proto", "client", "server", "state", "first_ts", "last_ts", "_file", "_editor", "_module")
+    __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
+                 "_module")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -76,6 +77,9 @@ class Flow:
         self.client = client          # "ip:port"
         self.server = server
         self.state = {}               # per-flow state: created at open, dropped at close
+        # per-flow objects JSON cannot carry (parsers, decoders): not checkpointed, so empty
+        # again after a restore; a module rebuilds them from flow.state
+        self.cache = {}
         self.first_ts = first_ts
         self.last_ts = first_ts
         self._file = None

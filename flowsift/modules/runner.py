@@ -236,6 +236,7 @@ class InlineChain:
         for _, m in self.by_hook["on_close"]:
             self._call(m, "on_close", c.flow, reason)
         c.flow.state.clear()
+        c.flow.cache.clear()
         records = h["records"]
         c.file.close()
         self._closing = None
@@ -271,8 +272,9 @@ class InlineChain:
         """The module's whole state after the last batch, as JSON text: its declared state,
         counters, and for each open connection where every stream pointer stands, what it has
         seen, its flow.state and the events held for it. A connection whose flow.state JSON
-        cannot carry is marked to be read again from its first record after a restore (its
-        counter increments are left out of the saved counters)."""
+        does not carry back unchanged (objects, tuples, non-string keys) is marked to be read
+        again from its first record after a restore (its counter increments are left out of
+        the saved counters)."""
         from flowsift.modules.state import snapshot
         m = self.modules[0]
         counters = dict(m.counters)
@@ -280,7 +282,10 @@ class InlineChain:
         for conn, c in self.conns.items():
             try:
                 state = json.dumps(c.flow.state)
+                whole = json.loads(state) == c.flow.state
             except (TypeError, ValueError):
+                whole = False
+            if not whole:
                 again.append(conn)
                 for k, v in self.deltas.get(conn, {}).items():
                     counters[k] = counters.get(k, 0) - v

@@ -223,6 +223,13 @@ class ParallelChain:
         return True
 
     def _restart(self, w):
+        # what it sent before it died counts: a checkpoint still in the pipe is the one to
+        # restart from (noticed at a send, the pipe may not have been read yet)
+        try:
+            while w.conn.poll():
+                self._apply(w, w.conn.recv())
+        except (EOFError, OSError):
+            pass
         w.proc.join(timeout=1)
         w.restarts += 1
         if w.restarts > 100:

@@ -10,35 +10,42 @@ RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
 
 
 class _Side:
-    """httptools callbacks for one direction of one connection."""
+    """httptools callbacks for one direction of one connection. The parser lives in flow.cache;
+    everything the module needs to go on lives in `st` (flow.state), as plain data: where the
+    parser was last between messages (`from`), how many messages it completed since (`done`),
+    and the message being parsed (`msg`). A checkpoint carries `st`; after a restore the parser
+    is rebuilt by feeding it the bytes from `from` again, the first `done` messages unreported."""
 
-    def __init__(self, module, flow, direction):
-        self.module, self.flow, self.direction = module, flow, direction
+    def __init__(self, module, flow, direction, st, replayed=0):
+        self.module, self.flow, self.direction, self.st = module, flow, direction, st
         self.parser = (httptools.HttpRequestParser if direction == 0 else httptools.HttpResponseParser)(self)
-        self.msg = None
-        self.resync = False
+        self.skip = replayed            # messages completed already (reported before a restore)
 
     def on_message_begin(self):
-        self.msg = {"url": b"", "headers": {}, "body": 0}
+        self.st["msg"] = {"url": "", "headers": {}, "body": 0}
 
     def on_url(self, url):
-        self.msg["url"] += url
+        self.st["msg"]["url"] += url.decode("latin-1")
 
     def on_header(self, name, value):
-        self.msg["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
+        self.st["msg"]["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self):
         if self.direction == 0:
-            self.msg["method"] = self.parser.get_method().decode()
+            self.st["msg"]["method"] = self.parser.get_method().decode()
         else:
-            self.msg["status"] = self.parser.get_status_code()
+            self.st["msg"]["status"] = self.parser.get_status_code()
 
     def on_body(self, body):
-        self.msg["body"] += len(body)
+        self.st["msg"]["body"] += len(body)
 
     def on_message_complete(self):
-        self.module._message(self.flow, self.direction, self.msg)
-        self.msg = None
+        msg, self.st["msg"] = self.st["msg"], None
+        if self.skip:
+            self.skip -= 1
+            return
+        self.st["done"] += 1
+        self.module._message(self.flow, self.direction, msg)
 
 
 class Http(Module):
@@ -58,36 +65,68 @@ class Http(Module):
 
     def on_open(self, flow):
         flow.state["pending"] = []            # requests waiting for their responses, in order
-        flow.state["sides"] = {}
+        # per direction: mode "http" (parsing), "resync" (after a gap: waiting for a message
+        # start) or "off" (not HTTP); see _Side for the rest
+        flow.state["sides"] = [None, None]
 
-    def on_data(self, flow, stream):
+    def _side(self, flow, stream, st):
+        """The parser of this direction, rebuilt after a restore from what flow.state kept."""
         d = stream.direction
-        data = bytes(stream.read())
-        sides = flow.state.setdefault("sides", {})
-        side = sides.get(d)
+        side = flow.cache.get(d)
         if side is None:
-            side = sides[d] = _Side(self, flow, d)
-        if side is False:
-            return                            # this direction is not HTTP
-        if side.resync:
-            m = (REQUEST_START if d == 0 else RESPONSE_START).search(data)
-            if m is None:
-                return
-            data = data[m.start():]
-            side = sides[d] = _Side(self, flow, d)
+            side = flow.cache[d] = _Side(self, flow, d, st, replayed=st["done"])
+            here = stream.tell()
+            if here > st["from"]:
+                try:
+                    stream.seek(st["from"])
+                except ValueError:            # no longer retained: start again at a message start
+                    st["mode"] = "resync"
+                    return side
+                st["msg"] = None
+                self._feed(side, st, bytes(stream.read(here - st["from"])))
+        return side
+
+    def _feed(self, side, st, data):
         try:
             side.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            sides[d] = False                  # upgraded (websocket, h2c): no longer HTTP/1
+            st["mode"] = "off"                # upgraded (websocket, h2c): no longer HTTP/1
         except httptools.HttpParserError:
             self.count("errors")
-            sides[d] = False
+            st["mode"] = "off"
+
+    def on_data(self, flow, stream):
+        d = stream.direction
+        sides = flow.state["sides"]
+        st = sides[d]
+        if st is None:
+            st = sides[d] = {"mode": "http", "from": stream.tell(), "done": 0, "msg": None}
+        if st["mode"] == "off":
+            stream.read()
+            return
+        if st["mode"] == "resync":
+            at = stream.tell()
+            data = bytes(stream.read())
+            m = (REQUEST_START if d == 0 else RESPONSE_START).search(data)
+            if m is None:
+                return
+            st.update(mode="http", **{"from": at + m.start()}, done=0, msg=None)
+            side = flow.cache[d] = _Side(self, flow, d, st)
+            self._feed(side, st, data[m.start():])
+            return
+        side = self._side(flow, stream, st)
+        if st["mode"] != "http":
+            return
+        if st["msg"] is None:
+            st["from"], st["done"] = stream.tell(), 0     # between messages: a restore starts here
+        self._feed(side, st, bytes(stream.read()))
 
     def on_gap(self, flow, direction, gap):
         self.count("gaps")
-        side = flow.state.get("sides", {}).get(direction)
-        if side:
-            side.resync = True
+        st = flow.state["sides"][direction]
+        if st and st["mode"] != "off":
+            st["mode"] = "resync"
+            flow.cache.pop(direction, None)
             if direction == 0:
                 self._pair(flow, final=True)
                 flow.state["pending"].clear()     # responses can no longer be paired reliably
@@ -96,7 +135,7 @@ class Http(Module):
         st = flow.state
         if direction == 0:
             req = {"method": msg["method"], "host": msg["headers"].get("host"),
-                   "uri": msg["url"].decode("latin-1"), "request_body": msg["body"],
+                   "uri": msg["url"], "request_body": msg["body"],
                    "user_agent": msg["headers"].get("user-agent")}
             st["pending"].append(req)
             self.emit("request", **req)
@@ -118,13 +157,14 @@ class Http(Module):
             self.count("responses")
 
     def on_close(self, flow, reason):
-        side = flow.state.get("sides", {}).get(1)
-        if side and side.msg is not None and "status" in side.msg:
+        st = flow.state["sides"][1]
+        msg = st and st["mode"] != "off" and st["msg"]     # cut by the end, or by a gap
+        if msg and "status" in msg:
             # the connection ended inside a response: complete only if its body is delimited by
             # the end of the connection (no length, not chunked)
-            h = side.msg["headers"]
+            h = msg["headers"]
             length = h.get("content-length")
             cut = "chunked" in h.get("transfer-encoding", "") or (length is not None and length.isdigit()
-                                                                    and side.msg["body"] < int(length))
-            self._message(flow, 1, side.msg, complete=not cut)
+                                                                    and msg["body"] < int(length))
+            self._message(flow, 1, msg, complete=not cut)
         self._pair(flow, final=True)           # responses no request was seen for

@@ -47,7 +47,8 @@ class Redact(Module):
             return
         base = stream.tell()
         data = bytes(stream.peek())
-        done = flow.state.get(("done", d), base)
+        done = flow.state.setdefault("done", [None, None])[d]      # masked up to, per direction
+        done = base if done is None else done
         for m in self.regex.finditer(data):
             start, end = base + m.start(), base + m.end()
             if start < done or end == start:
@@ -59,5 +60,5 @@ class Redact(Module):
                 done = end
             else:
                 self.count("rejected")
-        flow.state[("done", d)] = done
+        flow.state["done"][d] = done
         stream.skip(max(0, len(data) - LOOKBEHIND, done - base))

@@ -43,8 +43,8 @@ class StrSearch(Module):
 
     def on_data(self, flow, stream):
         d = stream.direction
-        tails = flow.state.setdefault("tails", {})
-        tail_off, tail = tails.get(d, (stream.tell(), ""))
+        tails = flow.state.setdefault("tails", [None, None])      # per direction: [offset, text]
+        tail_off, tail = tails[d] or (stream.tell(), "")
         # bytes as latin-1 text: one character per byte, so offsets stay byte offsets
         text = tail + bytes(stream.read()).decode("latin-1")
         hay = text.lower() if self.nocase else text
@@ -54,8 +54,8 @@ class StrSearch(Module):
                           offset=tail_off + end - n + 1)
                 self.count("matches")
         keep = text[-(self.longest - 1):] if self.longest > 1 else ""
-        tails[d] = (tail_off + len(text) - len(keep), keep)
+        tails[d] = [tail_off + len(text) - len(keep), keep]
 
     def on_gap(self, flow, direction, gap):
-        flow.state.setdefault("tails", {}).pop(direction, None)    # nothing matches across a gap
+        flow.state.setdefault("tails", [None, None])[direction] = None    # nothing matches across a gap
         self.count("gaps")
