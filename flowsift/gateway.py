@@ -56,6 +56,7 @@ class Gateway:
         self.shard = shard            # (index, count): only the flows of this shard (flowsift.io.shard)
         self.other_shards = 0         # packets left to the other shards
         self.announced = set()        # connections the registry knows
+        self.batches = 0              # publishes so far: the batch log's sequence numbers
         self.module_bits = {}         # bit -> info of the modules registered through the registry
         self.done_by = {}             # bit -> connections that module finished (remote modules)
         self.released = {}            # name -> connections finished, of modules that left
@@ -80,14 +81,22 @@ class Gateway:
             pass                    # a full disk may refuse even the manifest
 
     # --- the registry (announcing connections, taking module progress) ---
-    def sync(self, touched=(), closed=()):
+    def sync(self, touched=(), closed=(), batch=False):
         """Once per batch: tell a remote registry the new connections and the latest record of
-        each changed one, and record the progress its modules reported. Nothing to do for the
-        embedded registry (its modules report straight into the store)."""
+        each changed one, and record the progress its modules reported. With `batch` (after a
+        publish) the batch goes into the registry's batch log too: which connections changed
+        and ended, and how far each was published, so that attached modules see the batches
+        one by one, as workers do. Nothing to do for the embedded registry (its modules
+        report straight into the store)."""
         reg = self.registry
         if not reg.announces:
             return
         conns = changed_connections(touched, closed)
+        entry = None
+        if batch:
+            self.batches += 1
+            entry = (self.batches, list(touched), list(closed),
+                     [(c, *lim) for c, lim in zip(conns, self.store.published(conns))])
         new = []
         if conns:
             from flowsift.registry.base import identity_text
@@ -96,7 +105,7 @@ class Gateway:
                     self.announced.add(c)
                     new.append((c, identity_text(self.store.identity(c), self.store.path(c))))
         updates = [(c, *latest) for c, latest in zip(conns, self.store.latest(conns))] if conns else []
-        progress, modules, intact = reg.sync(new, updates)
+        progress, modules, intact = reg.sync(new, updates, entry)
         if not intact:
             self._restore()
         for bit, info in modules.items():
@@ -200,7 +209,7 @@ class Gateway:
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
                 changed = self.store.publish()
-                self.sync(*changed)
+                self.sync(*changed, batch=True)
                 if after_batch is not None:
                     after_batch(*changed)
                 if on_batch is not None:
@@ -220,7 +229,7 @@ class Gateway:
                 self.store.check_space(batch)
             self.reassembler.finish()
             changed = self.store.publish()
-            self.sync(*changed)
+            self.sync(*changed, batch=True)
             if after_batch is not None:
                 after_batch(*changed)
         except FlowsiftError as e:

@@ -18,6 +18,7 @@ from flowsift.errors import FlowsiftError, UsageError
 from flowsift.registry import RegistryError, open_registry
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
+CHECKPOINT_EVERY = 16           # batches of the log between commits when no connection finished
 
 
 def _say(line):
@@ -48,7 +49,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
             if on_started is not None:
                 on_started(reg.run)
             summary = g.run_capture(source, on_progress=on_progress)
-            reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced))
+            reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced),
+                          batches=g.batches)
             if g.module_bits and on_status is not None:
                 names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
                 on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
@@ -201,7 +203,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         else:
             module.counters.update({k: v for k, v in counters.items() if k != EVENTS_KEY})
         runner.finished = set(done)
-        state.runner, state.ckpt = runner, ckpt
+        state.runner, state.ckpt, state.seq = runner, ckpt, (runner.seq if ckpt else None)
         reg.on_reconnect = state.restore
         reg.subscribe()
 
@@ -214,7 +216,19 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
             except FlowsiftError:
                 return None, 0
 
-        def process(conns):
+        def whole_or_missed(conns):
+            # a connection first met here was reclaimed or retired before this module registered
+            # if its file is not whole: it cannot be read whole; say so, not glue
+            for conn in conns:
+                if conn in runner.finished or conn in runner.conns:
+                    continue
+                whole, records = fresh(conn)
+                if not whole:
+                    runner.finished.add(conn)
+                    state.missed(conn, records)
+
+        def follow(conns):
+            # entries of the batch log are missing: read these connections as far as the files go
             last = time.monotonic()
             for conn in conns:
                 if conn in runner.finished:
@@ -224,51 +238,62 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     # takes this module for dead
                     state.commit_and_beat()
                     last = time.monotonic()
-                if conn not in runner.conns:
-                    whole, records = fresh(conn)
-                    if not whole:
-                        # announced, so its file existed: reclaimed or retired before this module
-                        # registered (attach with the gateway's --expect to see every connection)
-                        runner.finished.add(conn)
-                        state.missed(conn, records)
-                        continue
-                runner.follow([conn])
+                whole_or_missed([conn])
+                if conn not in runner.finished:
+                    runner.follow([conn])
 
-        rescan, last_full, last_check = True, 0.0, 0.0
+        def replay_log():
+            # the batch log, entry after entry, each connection read only as far as it was
+            # published with its batch: what the module sees does not depend on when it runs
+            last = time.monotonic()
+            while True:
+                entries, lost = reg.batches_after(runner.seq)
+                if lost:
+                    state.log_gaps += 1
+                    follow(sorted(reg.connections()))
+                    if not entries:
+                        meta = reg.run_meta()
+                        runner.seq = max(runner.seq, int(meta.get("batches") or 0))
+                        return
+                for seq, touched, closed, limits in entries:
+                    whole_or_missed(touched)
+                    whole_or_missed(closed)
+                    runner.process(touched, closed, limits)
+                    runner.seq = seq
+                    if time.monotonic() - last > 0.5:
+                        state.commit_and_beat()
+                        last = time.monotonic()
+                if len(entries) < 64:
+                    return
+
+        last_check = 0.0
         while True:
-            now = time.monotonic()
-            if rescan or now - last_full > 5:
-                process(sorted(reg.connections()))
-                rescan, last_full = False, now
-                changed = {-1}
-            else:
-                changed = reg.wait(poll)
-                if changed is None:             # an outage: notifications may be lost
-                    state.restore()
-                    rescan = True
-                    continue
-                process(sorted(c for c in changed if c >= 0))
+            replay_log()
             if not state.commit_and_beat():
-                rescan = True                   # the server had lost our keys: look again
-            if -1 in changed or not changed or now - last_check > 1:
+                continue                        # the server had lost our keys: look again
+            now = time.monotonic()
+            meta = reg.run_meta()
+            if meta.get("state") in ("complete", "failed"):
+                if runner.seq >= int(meta.get("batches") or 0):
+                    follow(sorted(reg.connections()))   # none left, unless the log lost some
+                    runner.finish()
+                    state.commit()
+                    break
+                continue
+            if not meta and not reg.gateway_alive() and now - last_check > 1:
                 last_check = now
-                meta = reg.run_meta()
-                if meta.get("state") in ("complete", "failed"):
-                    total = reg.connection_count()
-                    if len(runner.finished) >= total:
-                        runner.finish()
-                        state.commit()
-                        break
-                elif not meta and not reg.gateway_alive():
-                    give_up = time.monotonic() + HEARTBEAT_GRACE
-                    while time.monotonic() < give_up and not reg.run_meta() and not reg.gateway_alive():
-                        time.sleep(0.1)
-                    if not reg.run_meta() and not reg.gateway_alive():
-                        raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
-                                            f"{len(runner.finished):,} connections done")
+                give_up = time.monotonic() + HEARTBEAT_GRACE
+                while time.monotonic() < give_up and not reg.run_meta() and not reg.gateway_alive():
+                    time.sleep(0.1)
+                if not reg.run_meta() and not reg.gateway_alive():
+                    raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
+                                        f"{len(runner.finished):,} connections done")
+            if reg.wait(poll) is None:          # an outage: our keys may be gone with the server
+                state.restore()
         summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
                    "events": state.events, "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
                    "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
+                   "batch_log_gaps": state.log_gaps,
                    "registry_rebuilt": reg.rebuilt}
         if runner.state_snapshots():
             summary["state"] = runner.state_snapshots()
@@ -296,6 +321,8 @@ class _Attached:
         self.committed_pos = out.pos
         self.runner = None
         self.ckpt = None                    # the last checkpoint committed
+        self.seq = None                     # the batch it was taken after
+        self.log_gaps = 0                   # times entries of the batch log were missing
 
     def on_done(self, conn, records, events, counts):
         data = "".join(events).encode()
@@ -309,12 +336,13 @@ class _Attached:
         self.pending.append((conn, records, {"missed_connections": 1}))
 
     def commit(self):
-        if not self.pending:
+        seq = self.runner.seq if self.runner is not None else None
+        if not self.pending and (seq is None or self.seq is not None and seq - self.seq < CHECKPOINT_EVERY):
             return
         ckpt = self.runner.checkpoint() if self.runner is not None else None
-        while not self.reg.commit_many(self.bit, self.pending, self.out.pos, ckpt):
+        while not self.reg.commit_many(self.bit, self.pending, self.out.pos, ckpt, seq):
             self.restore()                      # the server lost our state: put it back, then commit
-        self.ckpt = ckpt
+        self.ckpt, self.seq = ckpt, seq
         for conn, records, counts in self.pending:
             self.done[conn] = records
             for k, v in counts.items():

@@ -125,3 +125,27 @@ def test_divergences_are_what_we_say(corpus, ours, name, stream, key):
         assert any(sha == sv["sha256"] for sha, *_ in cands)
     if "RST" in DIVERGENCES[(name, stream, key)]:
         assert [c[1] for c in cands] == [13]
+
+
+@pytest.mark.parametrize("name", ["pcapng__pcpp__pcapng-example.pcapng", "midstream__pcpp__650HttpResponses.pcap",
+                                  "tls__suri__tls-subjectaltname.pcap", "http__csanders__http_espn.pcapng"])
+def test_results_do_not_depend_on_the_batch_size(tmp_path, monkeypatch, name):
+    """Timeouts fire at the packet whose time passes them (a packet placed by the flow table
+    before its connection timed out in the same batch is placed again), a lone broken timestamp
+    far ahead does not move the clock, and another interface's time base behind it does not
+    expire anything: every direction is the same with batches of 512, 37 and 1 packet."""
+    import json
+    from conftest import run_cli
+    runs = {}
+    for size in ("512", "37", "1"):
+        monkeypatch.setenv("FLOWSIFT_BATCH", size)
+        out = tmp_path / size
+        res = run_cli("streams", CORPUS / name, "-o", out, "--json")
+        assert res.returncode == 0, res.stderr
+        runs[size] = sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("file", "conn")},
+                                       sort_keys=True) for l in open(out / "index.jsonl"))
+        summary = json.loads(res.stdout)
+        if name.startswith("pcapng"):
+            # packet 2 is stamped 2038 between two from 2015; one interface's clock is 45 years behind
+            assert summary["engine"]["clock_outliers"] == 1 and summary["engine"]["timeouts"] == 0
+    assert runs["512"] == runs["37"] == runs["1"] and len(runs["1"]) > 10

@@ -41,8 +41,11 @@ CAPTURE = "tls__suri__tls-subjectaltname.pcap"      # 110 connections, 3,083 rec
 
 
 def flowsift(*args, env=None, **kw):
+    # batches of 64 packets: the capture is 49 batches (and a last publish at its end), so an
+    # attached module commits many times before it is done, and can be killed in between
     return subprocess.Popen([sys.executable, "-m", "flowsift", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})), **kw)
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, FLOWSIFT_BATCH="64", **(env or {})), **kw)
 
 
 def finish(proc, timeout=120):

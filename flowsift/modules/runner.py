@@ -55,6 +55,7 @@ class InlineChain:
         self.event_count = 0
         self.conns = {}
         self.finished = set()     # connections already closed here (a resumed worker may hear of them again)
+        self.seq = 0              # the last batch of a batch log processed (attached modules)
         if registry is None and store is not None:
             from flowsift.registry import EmbeddedRegistry
             registry = EmbeddedRegistry(store=store)
@@ -251,6 +252,7 @@ class InlineChain:
     def follow(self, conns):
         """Advance `conns`, and close those whose record file the gateway has closed (a process
         attached to the store: the record files, not a message, say a connection ended)."""
+        self._limits = None                # as far as the files go
         for conn in conns:
             if conn in self.finished:
                 continue
@@ -295,7 +297,7 @@ class InlineChain:
                            "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
                            "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}
         return json.dumps({"state": snapshot(m), "counters": counters, "errors": self.errors,
-                           "events": self.event_count, "open": conns, "again": again,
+                           "events": self.event_count, "open": conns, "again": again, "seq": self.seq,
                            "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
 
     def restore_checkpoint(self, text):
@@ -309,6 +311,7 @@ class InlineChain:
         m.counters.update(data["counters"])
         self.errors.update(data["errors"])
         self.event_count = data["events"]
+        self.seq = data.get("seq", 0)
         if data["global_deltas"]:
             self.deltas[None] = dict(data["global_deltas"])
         for key, saved in data["open"].items():

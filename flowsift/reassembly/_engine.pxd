@@ -117,6 +117,7 @@ ctypedef struct conn_t:
     int32_t lru_next
     int64_t first_ts
     int64_t last_ts
+    int64_t idle_ts          # the capture clock at its last packet: what idle timeouts count from
     uint8_t client[16]
     uint8_t server[16]
     uint16_t cport
@@ -146,6 +147,8 @@ cdef class Engine:
     cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
     cdef readonly uint64_t segments
     cdef readonly int64_t now
+    cdef readonly uint64_t clock_outliers    # lone timestamps far ahead of the clock, not followed
+    cdef bint jump_pending
     # totals over finished connections (summaries without a Python call per connection)
     cdef uint64_t t_conns[2]          # tcp, udp
     cdef uint64_t t_close[6]          # by CLOSE_*
@@ -165,6 +168,7 @@ cdef class Engine:
     cdef bint _any_fin(self, uint32_t i) noexcept nogil
     cdef int _evict_idlest(self, uint32_t keep) except -1
     cdef int _expire(self) except -1
+    cdef int _tick(self, int64_t ts) except -1
     cdef int _finish(self, uint32_t i, int reason) except -1
     cdef void _free_dir(self, dir_t* D) noexcept nogil
     cdef int _packet(self, pkt_t* p) except -1

@@ -54,6 +54,8 @@ DEF ACK_GRACE_NS = 500000000
 # A trailing gap (bytes proven sent by FIN or ACK but never captured) larger than this is not
 # believed: such ACK values come from broken or crafted packets.
 DEF MAX_TRAILING_GAP = 1073741824
+# a packet further than this ahead of the capture clock moves it only if the next one agrees
+DEF CLOCK_JUMP_NS = 3600000000000
 
 DEF TH_FIN = 0x01
 DEF TH_SYN = 0x02
@@ -204,9 +206,27 @@ cdef class Engine:
             if p.flow_id == 0xFFFFFFFF:
                 continue
             if p.ts_ns > self.now:
-                self.now = p.ts_ns
+                self._tick(p.ts_ns)
+            else:
+                self.jump_pending = 0
             self._packet(p)
         self._expire()
+
+    cdef int _tick(self, int64_t ts) except -1:
+        # Timeouts fire at the packet that passes them, not at the end of its batch: a
+        # connection's fate does not depend on where batches happen to be cut. A lone packet
+        # far ahead of the clock (a broken timestamp) does not move it: it would time out every
+        # connection at once; a second one in a row does (the capture really skipped ahead).
+        if self.now and ts - self.now > CLOCK_JUMP_NS and not self.jump_pending:
+            self.jump_pending = 1
+            self.clock_outliers += 1
+            return 0
+        if self.jump_pending and ts - self.now > CLOCK_JUMP_NS:
+            self.clock_outliers -= 1           # confirmed: time did move on
+        self.jump_pending = 0
+        self.now = ts
+        self._expire()
+        return 0
 
     def advance(self, int64_t now_ns):
         """Let capture time pass (fires idle timeouts); time never moves backwards."""
@@ -276,6 +296,7 @@ cdef class Engine:
         return {"segments": self.segments, "open_connections": self.open_connections, "peak_open": self.peak_open,
                 "held_bytes": self.held_total, "memcap_gaps": self.memcap_gaps, "evictions": self.evictions,
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
+                "clock_outliers": self.clock_outliers,
                 "ignored_flags": self.ignored_flags}
 
     # --- connections ----------------------------------------------------------------------
@@ -360,9 +381,9 @@ cdef class Engine:
         cdef int32_t h
         for cls in range(N_LRU):
             h = self.lru_head[cls]
-            if h >= 0 and <uint32_t>h != keep and (best < 0 or self.conns[h].last_ts < best_ts):
+            if h >= 0 and <uint32_t>h != keep and (best < 0 or self.conns[h].idle_ts < best_ts):
                 best = h
-                best_ts = self.conns[h].last_ts
+                best_ts = self.conns[h].idle_ts
         if best >= 0:
             self.evictions += 1
             self._finish(<uint32_t>best, CLOSE_EVICTED)
@@ -374,7 +395,7 @@ cdef class Engine:
         for cls in range(N_LRU):
             while True:
                 h = self.lru_head[cls]
-                if h < 0 or self.conns[h].last_ts + self.timeouts[cls] > self.now:
+                if h < 0 or self.conns[h].idle_ts + self.timeouts[cls] > self.now:
                     break
                 self.timeouts_fired += 1
                 self._finish(<uint32_t>h, CLOSE_TIMEOUT)
@@ -453,12 +474,24 @@ cdef class Engine:
             self._open(i, p)
             c = &self.conns[i]
         elif c.state == CS_DONE:
+            if not self.flows.flows[i].in_table:
+                # its connection timed out earlier in this batch, after the flow table had
+                # placed the packet: place it again, as the table would have in a later batch
+                self.flows.flows[i].pkts[d] -= 1
+                self.flows.flows[i].bytes[d] -= p.payload_len
+                if self.flows._assign(<void*>p) < 0:
+                    raise MemoryError("flow table")
+                if p.flow_id != i:
+                    return self._packet(p)
             self.late_packets += 1
             p.rflags = RF_LATE
             return 0
         self.cur_rflags = 0
         self.segments += 1
         c.last_ts = p.ts_ns
+        # the clock, not the packet's own time: a timestamp behind the clock (another
+        # interface's time base) or a lone one far ahead must neither expire nor pin the LRU
+        c.idle_ts = self.now
         D = &c.d[d]
         P = &c.d[1 - d]
         D.packets += 1
@@ -540,8 +573,11 @@ cdef class Engine:
                 self._finish(i, CLOSE_FIN)
             else:
                 self._lru_push(i, LRU_CLOSING)
-        elif c.d[0].packets and c.d[1].packets and (c.d[0].next > c.d[0].origin or c.d[1].next > c.d[1].origin or
-                                                   (c.d[0].syn_seen and c.d[1].syn_seen)):
+        elif (c.d[0].next > c.d[0].origin or c.d[1].next > c.d[1].origin or c.d[0].n_chunks or c.d[1].n_chunks or
+              (c.d[0].packets and c.d[1].packets and c.d[0].syn_seen and c.d[1].syn_seen)):
+            # bytes carried (delivered or held): established, even when only one side is captured
+            # (asymmetric routing, a one-sided tap), whose pauses between messages are not a
+            # handshake's
             self._lru_push(i, LRU_ESTABLISHED)
         else:
             self._lru_push(i, LRU_EMBRYONIC)

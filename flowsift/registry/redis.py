@@ -15,6 +15,12 @@ the Lua scripts and transactions below stay valid on a cluster):
     flowsift:{R}:counters:{bit}   hash  counter -> value (committed with "done")
     flowsift:{R}:out:{bit}        string: bytes of the module's event file that are committed
     flowsift:{R}:progress         list  "bit conn records", taken by the gateway once per batch
+    flowsift:{R}:batches          stream, entry id SEQ-0: the batch log, one entry per publish:
+                                        [touched, closed, [[conn, records, gaps, end0, end1]...]]
+                                        (what changed, how far each was published): modules
+                                        replay it in order, so they see what workers see
+    flowsift:{R}:seqs             hash  bit -> the last batch a module committed (the log is
+                                        trimmed below the lowest)
 
 The record files are the truth: after a Redis restart (no persistence) the gateway rebuilds
 its keys from the store, and each module re-registers with its bit and rewrites its progress.
@@ -30,6 +36,7 @@ from flowsift.registry.base import MAX_MODULES, Registry, RegistryError, new_run
 HEARTBEAT_TTL = int(os.environ.get("FLOWSIFT_HEARTBEAT_TTL_MS", 5000))
 HEARTBEAT_EVERY = HEARTBEAT_TTL / 5000
 RETRY_FOR = float(os.environ.get("FLOWSIFT_REGISTRY_RETRY", 120))   # seconds of back-off before giving up
+TRIM_EVERY = 64               # batches between trims of the batch log
 NOTIFY_FLAGS = "Kh"          # keyspace events (K) of hash commands (h): what modules subscribe to
 
 # Take a bit for module ARGV[2]: its own again if it held one and is not alive (a restart, or
@@ -65,10 +72,11 @@ return {-2}
 # increments, output length and the module's checkpoint, all or nothing, and only while its
 # heartbeat key exists.
 _COMMIT = """
-local prefix, bit, ttl, who, outpos, n, ckpt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local prefix, bit, ttl, who, outpos, n, ckpt, seq = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ckpt ~= '' then redis.call('SET', prefix .. 'ckpt:' .. bit, ckpt) end
-local i = 8
+if seq ~= '' then redis.call('HSET', prefix .. 'seqs', bit, seq) end
+local i = 9
 for _ = 1, n do
   redis.call('HSET', prefix .. 'done:' .. bit, ARGV[i], ARGV[i + 1])
   redis.call('RPUSH', prefix .. 'progress', bit .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
@@ -119,6 +127,7 @@ class RedisRegistry(Registry):
         self.user = self.r.connection_pool.connection_kwargs.get("username") or "default"
         self._register = None
         self._commit = None
+        self._seqs = None             # the lowest batch every module has committed (gateway)
         self._check()
         self.run = run
         self.P = run_prefix(run) if run else None
@@ -296,31 +305,64 @@ class RedisRegistry(Registry):
         key = self.P + ("gateway" if bit is None else f"alive:{bit}")
         return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
 
-    def sync(self, new, updates):
-        """The gateway's one round trip per batch: new identities and latest records out, module
-        progress and registrations in. Returns (progress, modules, intact); `intact` is False
-        when the run's keys are gone (a restarted server)."""
+    def sync(self, new, updates, batch=None):
+        """The gateway's one round trip per batch: new identities, latest records and the
+        batch's log entry out, module progress and registrations in. Returns (progress,
+        modules, intact); `intact` is False when the run's keys are gone (a restarted server)."""
         P = self.P
+        trim = None
+        if batch is not None and batch[0] % TRIM_EVERY == 0 and self._seqs is not None:
+            trim = self._seqs
 
         def op():
             p = self.r.pipeline(transaction=True)
             p.exists(P + "meta")
             if new:
                 p.hset(P + "conns", mapping=dict(new))
+            if batch is not None:
+                seq, touched, closed, limits = batch
+                p.xadd(P + "batches", {"b": json.dumps([touched, closed, limits], separators=(",", ":"))},
+                       id=f"{seq}-0")
+                if trim:
+                    # every module that will ever read it is past these entries
+                    p.xtrim(P + "batches", minid=f"{trim + 1}-0", approximate=False)
             for conn, records, latest, closed in updates:
                 p.hset(f"{P}c:{conn}", mapping={"records": records, "latest": latest, "closed": int(closed)})
             p.lrange(P + "progress", 0, -1)
             p.delete(P + "progress")
             p.hgetall(P + "modules")
+            p.hgetall(P + "seqs")
             p.set(P + "gateway", json.dumps(whoami()), px=HEARTBEAT_TTL)
             return p.execute()
         res = self._retry(op)
         self._last_beat = time.monotonic()
         progress = []
-        for item in res[-4]:
+        for item in res[-5]:
             bit, conn, records = item.split()
             progress.append((int(bit), int(conn), int(records)))
-        return progress, {int(b): json.loads(v) for b, v in res[-2].items()}, bool(res[0])
+        modules = {int(b): json.loads(v) for b, v in res[-3].items()}
+        seqs = {int(b): int(v) for b, v in res[-2].items()}
+        # the log may lose what every module that will read it has read: all registered (none
+        # merely reserved, i.e. expected and not attached yet), each past some batch
+        ready = modules and all(not info.get("reserved") and b in seqs for b, info in modules.items())
+        self._seqs = min(seqs[b] for b in modules) if ready else None
+        return progress, modules, bool(res[0])
+
+    # --- the batch log (modules) ---
+    def batches_after(self, seq, count=64):
+        """Up to `count` entries of the batch log after batch `seq`: ([(seq, touched, closed,
+        {conn: (records, gaps, end0, end1)})], lost). `lost` is True when entries right after
+        `seq` are no longer there (trimmed before this module registered, or gone with a
+        restarted server): the caller reads those connections from the record files instead."""
+        raw = self._retry(lambda: self.r.xrange(self.P + "batches", min=f"{seq + 1}-0", count=count))
+        out = []
+        for ident, fields in raw:
+            touched, closed, limits = json.loads(fields["b"])
+            out.append((int(ident.split("-")[0]), touched, closed, {c: tuple(rest) for c, *rest in limits}))
+        if out:
+            return out, out[0][0] != seq + 1
+        last = self._retry(lambda: self.r.hget(self.P + "meta", "batches"))
+        return out, last is not None and last != "" and int(last) > seq
 
     def alive_bits(self, bits):
         def op():
@@ -394,6 +436,7 @@ class RedisRegistry(Registry):
             for k in ("alive", "done", "counters", "out", "ckpt"):
                 p.delete(f"{self.P}{k}:{bit}")
             p.hdel(self.P + "modules", bit)
+            p.hdel(self.P + "seqs", bit)
             p.execute()
         self._retry(op)
 
@@ -411,7 +454,7 @@ class RedisRegistry(Registry):
         return ({int(c): int(n) for c, n in done.items()}, {k: int(v) for k, v in counters.items()},
                 None if out is None else int(out), ckpt)
 
-    def commit_many(self, bit, items, outpos=None, checkpoint=None):
+    def commit_many(self, bit, items, outpos=None, checkpoint=None, seq=None):
         """Connections finished: [(conn, records, counter increments)], and the output written
         so far, in one atomic step: after a crash either all of it counts or none. Refused
         (returns False, nothing written) when this module's heartbeat key is gone, i.e. the
@@ -422,7 +465,7 @@ class RedisRegistry(Registry):
             for k, v in (counters or {}).items():
                 totals[k] = totals.get(k, 0) + v
         args = [self.P, bit, HEARTBEAT_TTL, json.dumps(whoami()), "" if outpos is None else outpos, len(done),
-                checkpoint or ""]
+                checkpoint or "", "" if seq is None else seq]
         for c, n in done.items():
             args += [c, n]
         for k, v in totals.items():
@@ -455,6 +498,7 @@ class RedisRegistry(Registry):
                 p.set(f"{self.P}out:{bit}", outpos)
             if checkpoint:
                 p.set(f"{self.P}ckpt:{bit}", checkpoint)
+                p.hset(self.P + "seqs", bit, json.loads(checkpoint).get("seq", 0))
             p.execute()
         self._retry(op)
 
