@@ -3,8 +3,8 @@
 `serve` runs the gateway alone: it writes the store, announces connections and their latest
 records once per batch, records the progress modules report, and at the end of the source waits
 for the modules it knows to finish. `attach` runs one read-only module as its own process: it
-may start before or after the gateway, catches up from the first connection it has not
-finished, follows new records as keyspace notifications arrive, and after a crash (kill -9)
+may start before or after the gateway, replays the registry's batch log (woken by keyspace
+notifications) so that it sees the batches one by one as a worker does, and after a crash (kill -9)
 resumes exactly: what it finished, counted and wrote is committed in one transaction, and its
 event file is cut back to what was committed.
 """
@@ -245,7 +245,6 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         def replay_log():
             # the batch log, entry after entry, each connection read only as far as it was
             # published with its batch: what the module sees does not depend on when it runs
-            last = time.monotonic()
             while True:
                 entries, lost = reg.batches_after(runner.seq)
                 if lost:
@@ -260,9 +259,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     whole_or_missed(closed)
                     runner.process(touched, closed, limits)
                     runner.seq = seq
-                    if time.monotonic() - last > 0.5:
-                        state.commit_and_beat()
-                        last = time.monotonic()
+                    state.commit_and_beat()
                 if len(entries) < 64:
                     return
 
@@ -322,6 +319,7 @@ class _Attached:
         self.runner = None
         self.ckpt = None                    # the last checkpoint committed
         self.seq = None                     # the batch it was taken after
+        self.committed_at = 0.0
         self.log_gaps = 0                   # times entries of the batch log were missing
 
     def on_done(self, conn, records, events, counts):
@@ -335,14 +333,21 @@ class _Attached:
     def missed(self, conn, records):
         self.pending.append((conn, records, {"missed_connections": 1}))
 
-    def commit(self):
+    def commit(self, soon=False):
+        """Commit what it finished and its checkpoint. With `soon`, only when it is due: 16
+        batches of the log since the last commit, or half a second with something to commit
+        (a checkpoint per batch would cost more than the batch)."""
         seq = self.runner.seq if self.runner is not None else None
-        if not self.pending and (seq is None or self.seq is not None and seq - self.seq < CHECKPOINT_EVERY):
+        advanced = seq is not None and seq != self.seq
+        if not self.pending and not advanced:
+            return
+        if soon and not (self.seq is None or seq - self.seq >= CHECKPOINT_EVERY
+                         or time.monotonic() - self.committed_at > 0.5):
             return
         ckpt = self.runner.checkpoint() if self.runner is not None else None
         while not self.reg.commit_many(self.bit, self.pending, self.out.pos, ckpt, seq):
             self.restore()                      # the server lost our state: put it back, then commit
-        self.ckpt, self.seq = ckpt, seq
+        self.ckpt, self.seq, self.committed_at = ckpt, seq, time.monotonic()
         for conn, records, counts in self.pending:
             self.done[conn] = records
             for k, v in counts.items():
@@ -352,9 +357,10 @@ class _Attached:
         self.committed_pos = self.out.pos
         self.out.committed()
 
-    def commit_and_beat(self):
-        """Commit, then beat; False when the beat found our keys gone (they are written again)."""
-        self.commit()
+    def commit_and_beat(self, soon=True):
+        """Commit (when due), then beat; False when the beat found our keys gone (they are
+        written again)."""
+        self.commit(soon)
         if self.reg.heartbeat(self.bit):
             return True
         self.restore()

@@ -40,5 +40,7 @@ cdef class FlowTable:
     cdef int _grow_slots(self) noexcept nogil
     cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil
     cdef int _assign(self, void* p) noexcept nogil
+    cdef bint has_flow(self, const void* p) noexcept nogil
+    cdef int place(self, void* p) noexcept nogil
     cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil
     cdef bint _remove(self, uint32_t flow_id) noexcept nogil

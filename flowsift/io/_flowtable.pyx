@@ -87,20 +87,27 @@ cdef class FlowTable:
 
     def update(self, Batch batch):
         cdef Py_ssize_t i
-        cdef pkt_t* p
         cdef int rc = 0
         with nogil:
             for i in range(batch.n):
-                p = &batch.pkts[i]
-                p.flow_id = NONE32
-                # fragments wait for the defragmenter, which hands on the whole datagram
-                if p.status != ST_OK or not (p.flags & PF_L4) or (p.flags & PF_FRAGMENT) or (p.proto != 6 and p.proto != 17):
-                    continue
-                if self._assign(<void*>p) < 0:
+                if self.place(<void*>&batch.pkts[i]) < 0:
                     rc = -1
                     break
         if rc < 0:
             raise MemoryError("flow table")
+
+    cdef bint has_flow(self, const void* pv) noexcept nogil:
+        cdef const pkt_t* p = <const pkt_t*>pv
+        # fragments wait for the defragmenter, which hands on the whole datagram
+        return (p.status == ST_OK and (p.flags & PF_L4) and not (p.flags & PF_FRAGMENT)
+                and (p.proto == 6 or p.proto == 17))
+
+    cdef int place(self, void* pv) noexcept nogil:
+        """One packet's flow id (NONE32: it has no flow); -1 when out of memory."""
+        (<pkt_t*>pv).flow_id = NONE32
+        if not self.has_flow(pv):
+            return 0
+        return self._assign(pv)
 
     cdef int _grow_slots(self) noexcept nogil:
         cdef uint32_t old_n = self.mask + 1, n = old_n * 2, i, j

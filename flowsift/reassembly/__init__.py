@@ -36,9 +36,9 @@ class Reassembler:
         self.engine = Engine(self.flows, sink, **options)
 
     def feed(self, batch):
-        """A decoded batch: fragments are rebuilt, flows assigned, segments reassembled."""
+        """A decoded batch: fragments are rebuilt, then each packet is placed in its flow and
+        reassembled (the engine does both, packet after packet)."""
         self.defrag.process(batch)
-        self.flows.update(batch)
         self.engine.feed(batch)
 
     def finish(self):

@@ -198,17 +198,22 @@ cdef class Engine:
     # --- public API ---------------------------------------------------------------------
 
     def feed(self, Batch batch):
-        """Process a decoded batch whose packets carry flow ids (FlowTable.update first)."""
+        """Process a decoded (and defragmented) batch: each packet is placed in the flow table
+        right before it is handled, after the timeouts its time fires, so flows, their ids and
+        their fates are the same however the input is cut into batches."""
         cdef Py_ssize_t i
         cdef pkt_t* p
         for i in range(batch.n):
             p = &batch.pkts[i]
-            if p.flow_id == 0xFFFFFFFF:
+            if not self.flows.has_flow(<void*>p):
+                p.flow_id = 0xFFFFFFFF
                 continue
             if p.ts_ns > self.now:
                 self._tick(p.ts_ns)
             else:
                 self.jump_pending = 0
+            if self.flows.place(<void*>p) < 0:
+                raise MemoryError("flow table")
             self._packet(p)
         self._expire()
 
@@ -474,15 +479,6 @@ cdef class Engine:
             self._open(i, p)
             c = &self.conns[i]
         elif c.state == CS_DONE:
-            if not self.flows.flows[i].in_table:
-                # its connection timed out earlier in this batch, after the flow table had
-                # placed the packet: place it again, as the table would have in a later batch
-                self.flows.flows[i].pkts[d] -= 1
-                self.flows.flows[i].bytes[d] -= p.payload_len
-                if self.flows._assign(<void*>p) < 0:
-                    raise MemoryError("flow table")
-                if p.flow_id != i:
-                    return self._packet(p)
             self.late_packets += 1
             p.rflags = RF_LATE
             return 0
