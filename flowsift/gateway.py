@@ -53,7 +53,9 @@ class Gateway:
         if registry.kind == "embedded":
             registry.bind(self.store)
         self.registry = registry
-        self.shard = shard            # (index, count): only the flows of this shard (flowsift.io.shard)
+        # (index, count, split): only the flows of this shard; split "hash": this gateway keeps
+        # them (flowsift.io.shard), "kernel": the source gives it only those (fan-out)
+        self.shard = shard
         self.other_shards = 0         # packets left to the other shards
         self.announced = set()        # connections the registry knows
         self.batches = 0              # publishes so far: the batch log's sequence numbers
@@ -202,9 +204,9 @@ class Gateway:
             raise
         try:
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
-                if self.shard is not None:
+                if self.shard is not None and self.shard[2] == "hash":
                     from flowsift.io.shard import shard_mask
-                    self.other_shards += batch.keep(shard_mask(batch, *self.shard))
+                    self.other_shards += batch.keep(shard_mask(batch, *self.shard[:2]))
                 self.store.check_space(batch)
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
@@ -241,6 +243,7 @@ class Gateway:
         if getattr(cap, "live", False):
             summary["kernel"] = cap.live_counters()
         if self.shard is not None:
-            summary["shard"] = {"index": self.shard[0], "of": self.shard[1], "other_shards_packets": self.other_shards}
+            summary["shard"] = {"index": self.shard[0], "of": self.shard[1], "split": self.shard[2],
+                                "other_shards_packets": self.other_shards}
         self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
         return summary

@@ -336,3 +336,44 @@ def test_hardware_timestamps_asked_for_where_there_are_none(netns, corpus):
     assert got["packets"] == 483 and got["kernel"]["hw_timestamps"] == 0
     t = got["time"]
     assert abs(t["last_ns"] / 1e9 - time.time()) < 60       # the receive time, not the capture's
+
+
+def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path):
+    """`chain --shards 2 afpacket:IFACE`: the interface is read once, the kernel hands each shard
+    whole connections, and the merged output is that of the capture file."""
+    import io
+    from flowsift.chain import run_chain
+    spec = "counter,http"
+    ref = io.StringIO()
+    want = run_chain(spec, str(CORPUS / JPEGS), events=ref, inline=True, strict=True)
+    events = tmp_path / "live.jsonl"
+    p = netns.flowsift("chain", spec, "afpacket:va", "--shards", 2, "--events", events, "--json")
+    started(p)
+    started(p)                              # both shards are in the fan-out group
+    assert send(netns, CORPUS / JPEGS) == 483
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)            # Ctrl-C: every shard ends cleanly, with its summary
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    assert got["mode"] == "sharded" and [s["split"] for s in got["shards"]] == ["kernel", "kernel"]
+    assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
+    assert got["packets"] == 483 and got["kernel"]["received"] == 483 and got["kernel"]["kernel_drops"] == 0
+    assert got["kernel"]["stopped_by"] == ["SIGINT"]
+    assert all(s["other_shards_packets"] == 0 for s in got["shards"])
+    for m in ("counter", "http"):
+        assert {k: v for k, v in got["modules"][m].items() if k != "restarts"} == \
+               {k: v for k, v in want["modules"][m].items() if k != "restarts"}, m
+    per_flow = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn")},
+                                               sort_keys=True) for l in lines)
+    assert per_flow(events.read_text().splitlines()) == per_flow(ref.getvalue().splitlines())
+    rows = lambda t: sorted(json.dumps({k: v for k, v in r.items() if k != "conn"}, sort_keys=True)
+                            for r in t["counter"])
+    assert rows(got["tables"]) == rows(want["tables"])
+
+
+def test_shards_refuse_what_cannot_be_split(netns):
+    for source, needle in (("afpacket:va,fanout=3", "leave fanout= out"), ("dpdk:0", "one process owns a port")):
+        p = netns.flowsift("chain", "counter", source, "--shards", 2, "--duration", 1)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err

@@ -419,3 +419,38 @@ def test_an_attached_module_keeps_its_declared_state_through_kill_9(tmp_path, co
                                    for l in lines)
     want = tallies(ref_events.getvalue().splitlines())
     assert len(want) == 112 and tallies(open(events)) == want
+
+
+def test_the_batch_log_is_trimmed_below_what_every_module_committed(redis_server):
+    """The gateway trims the log every 64 batches, below the lowest batch every registered
+    module has committed; not while a module it waits for (--expect) has not registered; a
+    module whose entries are gone is told so (it reads the files instead)."""
+    from flowsift.registry.redis import RedisRegistry
+    gw = RedisRegistry(redis_server.url, "rt")
+    gw.start_run({"store": "/nowhere", "source": "x"})
+    reserved = gw.reserve("late")                        # expected, not attached yet
+    a = RedisRegistry(redis_server.url, "rt", role="module")
+    bit_a = a.register("a")[0]
+    key = "flowsift:{rt}:batches"
+
+    def batches(first, last):
+        for seq in range(first, last + 1):
+            gw.sync([(seq, f"tcp 10.0.0.1:{seq} 10.0.0.2:80 c{seq:08d}.rec")], [],
+                    (seq, [seq], [], [(seq, 1, 0, 10, 0)]))
+    batches(1, 64)
+    a.commit_many(bit_a, [], None, '{"seq": 50}', 50)
+    batches(65, 128)                                     # at 128: "late" has not registered
+    r = redis_server.client()
+    assert r.xlen(key) == 128
+    late = RedisRegistry(redis_server.url, "rt", role="module")
+    assert late.register("late") == (reserved, True)
+    late.commit_many(reserved, [], None, '{"seq": 100}', 100)
+    entries, lost = late.batches_after(100, count=3)
+    assert [e[0] for e in entries] == [101, 102, 103] and not lost
+    assert entries[0][1:] == ([101], [], {101: (1, 0, 10, 0)})
+    batches(129, 192)                                    # at 192: trimmed below batch 51 (a's)
+    assert r.xlen(key) == 192 - 50
+    assert a.batches_after(50, count=1) == ([(51, [51], [], {51: (1, 0, 10, 0)})], False)
+    assert a.batches_after(10, count=1)[1] is True       # entries 11.. are gone: said, not skipped
+    gw.end_run()
+    assert r.keys("flowsift:*") == []
