@@ -47,6 +47,34 @@ def _subscript_keys(node):
     return out
 
 
+def _not_data(value):
+    """Why a value written into flow.state is not plain data JSON carries back, or None."""
+    if isinstance(value, (ast.Set, ast.SetComp)):
+        return "a set"
+    if isinstance(value, ast.Tuple):
+        return "a tuple (it comes back a list)"
+    if isinstance(value, ast.Lambda):
+        return "a function"
+    if isinstance(value, ast.Constant) and isinstance(value.value, bytes):
+        return "bytes"
+    if isinstance(value, ast.Call):
+        f = value.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+        if name in ("set", "frozenset", "tuple", "bytes", "bytearray", "memoryview"):
+            return f"a {name}"
+        if name and name[:1].isupper():
+            return f"an object ({ast.unparse(f)}(...))"
+    return None
+
+
+def _flow_state(node, flow_names):
+    """True if node is FLOW.state[...]... for a flow parameter."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return (isinstance(node, ast.Attribute) and node.attr == "state" and isinstance(node.value, ast.Name)
+            and node.value.id in flow_names)
+
+
 def _classify(keys, flow_names):
     """('per-flow'|'cross-flow'|'global', suggestion) from the index expressions used."""
     fields = []
@@ -107,6 +135,20 @@ class _Finder(ast.NodeVisitor):
         return (self.cls is not None and self.method not in (None, "__init__")
                 and (self.classes is None or self.cls in self.classes))
 
+    def _flow_state_value(self, target, value, node):
+        # per-flow state that a checkpoint cannot carry: the connection would be read again from
+        # its first record after a restart
+        if not isinstance(target, ast.Subscript) or not _flow_state(target, self.flow_names):
+            return
+        key = target.slice
+        if isinstance(key, ast.Tuple) or (isinstance(key, ast.Constant) and not isinstance(key.value, str)):
+            self.add(node, f"flow.state key {ast.unparse(key)} in {self.method}() is not a string (JSON keys are)",
+                     "per-flow", "use a string key, or a list indexed by direction")
+        why = _not_data(value) if value is not None else None
+        if why:
+            self.add(node, f"flow.state holds {why} in {self.method}(): a checkpoint cannot carry it", "per-flow",
+                     "keep objects in flow.cache and, in flow.state, the plain data that rebuilds them")
+
     def _target(self, t, node, how):
         attr = _self_attr(t)
         if attr is not None and self._in_hook() and attr not in API and attr not in self.declared:
@@ -122,6 +164,7 @@ class _Finder(ast.NodeVisitor):
         for t in node.targets:
             for el in (t.elts if isinstance(t, ast.Tuple) else [t]):
                 self._target(el, node, "assigned")
+                self._flow_state_value(el, node.value if el is t else None, node)
         self.generic_visit(node)
 
     def visit_AugAssign(self, node):
@@ -140,6 +183,9 @@ class _Finder(ast.NodeVisitor):
 
     def visit_Call(self, node):
         f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "setdefault" and len(node.args) == 2 \
+                and _flow_state(f.value, self.flow_names) and isinstance(f.value, ast.Attribute):
+            self._flow_state_value(ast.Subscript(value=f.value, slice=node.args[0]), node.args[1], node)
         if isinstance(f, ast.Attribute) and f.attr in MUTATORS:
             self._target(f.value, node, f"mutated ({f.attr})") if not isinstance(f.value, ast.Name) else None
             if isinstance(f.value, ast.Name) and f.value.id in self.globals and self.method is not None:

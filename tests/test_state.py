@@ -329,3 +329,34 @@ def test_a_match_and_a_request_split_across_a_restore_are_whole(tmp_path, monkey
     req = [e for e in events if e["kind"] == "request"]
     assert [(e["method"], e["uri"], e["host"]) for e in req] == [("GET", "/a", "example")]
     assert [(e["status"], e["response_body"], e["uri"]) for e in events if e["kind"] == "response"] == [(200, 5, "/a")]
+
+
+def test_analyze_finds_per_flow_state_a_checkpoint_cannot_carry(tmp_path):
+    path = tmp_path / "objects.py"
+    path.write_text(textwrap.dedent('''
+        import httptools
+        from flowsift.modules import Module
+
+        class Objects(Module):
+            """Keeps objects and odd keys in flow.state.
+
+            Synopsis: objects
+            """
+            name = "objects"
+
+            def on_data(self, flow, stream):
+                d = stream.direction
+                flow.state["parser"] = httptools.HttpRequestParser(self)     # an object
+                flow.state[("done", d)] = 0                                  # a tuple key
+                flow.state.setdefault("seen", set())                         # a set
+                flow.state[d] = (stream.tell(), "")                          # a tuple value
+                flow.state["ok"] = [stream.tell(), ""]                       # plain data: fine
+                flow.cache["parser"] = httptools.HttpRequestParser(self)     # the place for it: fine
+    '''))
+    res = run_cli("analyze", f"{path}:Objects", "--json")
+    assert res.returncode == 1, res.stderr
+    found = {(f["line"], f["what"].split(" in ")[0]) for f in json.loads(res.stdout)["findings"]}
+    assert found == {(14, "flow.state holds an object (httptools.HttpRequestParser(...))"),
+                     (15, "flow.state key ('done', d)"),
+                     (16, "flow.state holds a set"),
+                     (17, "flow.state holds a tuple (it comes back a list)")}, found
