@@ -360,3 +360,51 @@ def test_analyze_finds_per_flow_state_a_checkpoint_cannot_carry(tmp_path):
                      (15, "flow.state key ('done', d)"),
                      (16, "flow.state holds a set"),
                      (17, "flow.state holds a tuple (it comes back a list)")}, found
+
+
+KILLING_COUNTER = textwrap.dedent('''
+    import os, signal
+    from flowsift.modules.builtin.counter import Counter
+
+    class KillingCounter(Counter):
+        """counter, killed once at its FLOWSIFT_KILL_AT-th connection end.
+
+        Synopsis: counter
+        """
+        name = "counter"
+
+        def on_close(self, flow, reason):
+            marker = os.environ["FLOWSIFT_KILL_MARKER"]
+            if len(self.rows) == int(os.environ["FLOWSIFT_KILL_AT"]) and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            super().on_close(flow, reason)
+''')
+
+
+def test_append_only_rows_are_checkpointed_in_parts_and_come_back_whole(tmp_path, corpus, monkeypatch):
+    """counter's table rows (Global(list, append_only=True)) travel in each checkpoint as the rows
+    added since the last; a worker killed after many checkpoints gets them all back."""
+    import io
+    from flowsift.chain import run_chain
+    path = tmp_path / "killing_counter.py"
+    path.write_text(KILLING_COUNTER)
+    spec = f"{path}:KillingCounter"
+    cap = str(corpus / "tls__suri__tls-subjectaltname.pcap")
+    monkeypatch.setenv("FLOWSIFT_BATCH", "64")
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", "-1")
+    want = run_chain(spec, cap, events=io.StringIO(), inline=True, strict=True)
+    monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "1")
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", "20")
+    got = run_chain(spec, cap, events=io.StringIO(), strict=True, store=tmp_path / "store", keep=True)
+    assert (tmp_path / "killed").exists() and got["modules"]["counter"]["restarts"] == 1
+    rows = lambda t: sorted(json.dumps(r, sort_keys=True) for r in t)
+    assert len(want["tables"]["counter"]) == 112
+    assert rows(got["tables"]["counter"]) == rows(want["tables"]["counter"])
+    assert rows(got["state"]["counter"]["rows"]["value"]) == rows(want["tables"]["counter"])
+    # each checkpoint carried only the new rows: together they are the table, once each
+    saved = (tmp_path / "store" / "state" / "counter.0.rows.jsonl").read_text().splitlines()
+    assert rows(map(json.loads, saved)) == rows(want["tables"]["counter"])
+    last = json.loads(json.loads((tmp_path / "store" / "state" / "counter.0.json").read_text().splitlines()[1])["state"])
+    assert last["rows"]["base"] > 0 and last["rows"]["base"] + len(last["rows"]["append"]) == 112

@@ -270,8 +270,9 @@ class InlineChain:
         return {m.name: json.loads(snapshot(m)) for m in self.modules if declared(type(m))}
 
     # --- checkpoints (one module per chain: a worker) ---
-    def checkpoint(self):
-        """The module's whole state after the last batch, as JSON text: its declared state,
+    def checkpoint(self, incremental=False):
+        """The module's whole state after the last batch, as JSON text: its declared state
+        (with `incremental`, append-only lists as the rows appended since the last one),
         counters, and for each open connection where every stream pointer stands, what it has
         seen, its flow.state and the events held for it. A connection whose flow.state JSON
         does not carry back unchanged (objects, tuples, non-string keys) is marked to be read
@@ -296,17 +297,18 @@ class InlineChain:
                            "seen": {f"{i}.{d}": list(v) for (i, d), v in c.seen.items()},
                            "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
                            "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}
-        return json.dumps({"state": snapshot(m), "counters": counters, "errors": self.errors,
+        return json.dumps({"state": snapshot(m, incremental), "counters": counters, "errors": self.errors,
                            "events": self.event_count, "open": conns, "again": again, "seq": self.seq,
                            "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
 
-    def restore_checkpoint(self, text):
+    def restore_checkpoint(self, text, rows=None):
         """Take up from a checkpoint: declared state, counters and open connections where
-        they stood (those marked `again` are read from their first record)."""
+        they stood (those marked `again` are read from their first record). `rows`: every
+        item of the append-only lists an incremental checkpoint gave in parts."""
         from flowsift.modules.state import restore
         data = json.loads(text)
         m = self.modules[0]
-        restore(m, data["state"])
+        restore(m, data["state"], rows=rows)
         m.counters.clear()
         m.counters.update(data["counters"])
         self.errors.update(data["errors"])

@@ -4,7 +4,8 @@
 - cross-flow: a table keyed by named flow fields, declared on the class
   (`per_source = CrossFlow(key=("ip.src",), expire=300)`), one entry (a dict) per key;
 - global: one value for the whole run, declared on the class (`totals = Global()`,
-  `rows = Global(list)`);
+  `rows = Global(list)`; `Global(list, append_only=True)` for rows that are only ever
+  appended, which checkpoints carry incrementally);
 - config: the module's options, `self.config`, read-only while it runs.
 
 Values are plain data that JSON can carry (dict, list, str, int, float, bool, None): JSON
@@ -53,15 +54,26 @@ class CrossFlow:
 
 class Global:
     """Declares a global value: `Global()` a dict, `Global(list)` a list, `Global(int)` a number
-    (read and written through `.value`)."""
+    (read and written through `.value`). `Global(list, append_only=True)`: rows that are only
+    appended, never changed once in (a table built as connections end): a checkpoint then
+    carries the rows appended since the last one, not all of them again."""
 
-    def __init__(self, kind=dict, merge="add"):
+    def __init__(self, kind=dict, merge="add", append_only=False):
         if kind not in (dict, list, int, float):
             raise StateError("Global(kind): dict, list, int or float")
-        self.kind, self.merge = kind, merge
+        if append_only and kind is not list:
+            raise StateError("Global(..., append_only=True) is for lists")
+        self.kind, self.merge, self.append_only = kind, merge, append_only
 
     def bind(self):
+        if self.append_only:
+            return AppendOnly()
         return self.kind() if self.kind in (dict, list) else Number(self.kind())
+
+
+class AppendOnly(list):
+    """A list whose first `saved` items are in a checkpoint already."""
+    saved = 0
 
 
 class Number:
@@ -190,11 +202,16 @@ def bind_state(module):
         setattr(module, name, module._state[name])
 
 
-def snapshot(module):
-    """The module's declared cross-flow and global state as JSON text."""
+def snapshot(module, incremental=False):
+    """The module's declared cross-flow and global state as JSON text. With `incremental`,
+    append-only lists give only what was appended since the last incremental snapshot
+    (`{"append": [...], "base": n}`); whoever keeps the checkpoints keeps the rows."""
     out = {}
     for name, v in getattr(module, "_state", {}).items():
-        if isinstance(v, CrossFlowTable):
+        if incremental and isinstance(v, AppendOnly):
+            out[name] = {"append": v[v.saved:], "base": v.saved}
+            v.saved = len(v)
+        elif isinstance(v, CrossFlowTable):
             out[name] = {"crossflow": v.dump()}
         elif isinstance(v, Number):
             out[name] = {"number": v.value}
@@ -206,15 +223,22 @@ def snapshot(module):
         raise StateError(f"module {module.name}: state that JSON cannot carry: {e}") from None
 
 
-def restore(module, text, merge=False):
-    """Load (or, with merge, fold in another shard's) snapshot of the module's declared state."""
+def restore(module, text, merge=False, rows=None):
+    """Load (or, with merge, fold in another shard's) snapshot of the module's declared state.
+    `rows`: {name: every item} of append-only lists an incremental snapshot gave in parts."""
     data = json.loads(text)
     for name, blob in data.items():
         cur = module._state.get(name)
         if cur is None:
             continue
         decl = declared(type(module))[name]
-        if "crossflow" in blob:
+        if "append" in blob:
+            items = (rows or {}).get(name)
+            if items is None or len(items) != blob["base"] + len(blob["append"]):
+                raise StateError(f"module {module.name}: {name}: the rows before this checkpoint are missing")
+            cur[:] = items
+            cur.saved = len(items)
+        elif "crossflow" in blob:
             cur.merge_from(blob["crossflow"]) if merge else cur.load(blob["crossflow"])
         elif "number" in blob:
             cur.value = merge_values(cur.value, blob["number"], decl.merge) if merge else blob["number"]

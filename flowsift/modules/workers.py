@@ -46,7 +46,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     def checkpoint(seq):
         # what it finished and the state it is in after batch `seq`, in one message: the
         # gateway records both or neither
-        conn.send(("ckpt", seq, list(done), runner.checkpoint()))
+        conn.send(("ckpt", seq, list(done), runner.checkpoint(incremental=True)))
         done.clear()
     try:
         while True:
@@ -59,9 +59,9 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 conn.send(("ack",))
             elif msg[0] == "restore":
                 # a restarted worker: the last checkpoint, then the batches sent after it, in order
-                _, blob, batches = msg
+                _, blob, rows, batches = msg
                 if blob is not None:
-                    runner.restore_checkpoint(blob)
+                    runner.restore_checkpoint(blob, rows)
                 for seq, touched, closed, limits in batches:
                     runner.process(touched, closed, limits)
             elif msg[0] == "finish":
@@ -87,6 +87,7 @@ class _Worker:
         self.restarts = 0
         self.bye = None
         self.checkpoint = None           # the last checkpoint (JSON text), after batch checkpoint_seq
+        self.rows = {}                   # every row of its append-only lists, sent in parts
         self.checkpoint_seq = 0
         self.log = []                    # (seq, touched, closed) sent after it: replayed after a restart
         self.checkpoints = 0
@@ -153,11 +154,12 @@ class ParallelChain:
             _, seq, done, blob = msg
             for conn, records, events, delta in done:
                 self._done(w, conn, records, events, delta)
+            appended = self._appended(w, blob)
             w.checkpoint, w.checkpoint_seq = blob, seq
             w.log = [b for b in w.log if b[0] > seq]
             w.checkpoints += 1
             w.checkpoint_bytes += len(blob)
-            self._save(w)
+            self._save(w, appended)
         elif kind == "bye":
             w.bye = msg
             self.errors[w.name] = msg[1]
@@ -168,12 +170,27 @@ class ParallelChain:
         elif kind == "fatal":
             raise ModuleError(msg[1])
 
-    def _save(self, w):
-        """The checkpoint in the store too (state/NAME.json): what a module was doing is there
-        to read after the run, and for a worker on another host."""
+    def _appended(self, w, blob):
+        """Keep the rows an incremental checkpoint appended to append-only lists."""
+        if "append" not in blob:
+            return {}
+        out = {}
+        for name, v in json.loads(json.loads(blob)["state"]).items():
+            if "append" in v:
+                w.rows.setdefault(name, []).extend(v["append"])
+                out[name] = v["append"]
+        return out
+
+    def _save(self, w, appended=None):
+        """The checkpoint in the store too (state/NAME.BIT.json; the rows of append-only lists
+        added to state/NAME.BIT.LIST.jsonl): what a module was doing is there to read after
+        the run, and for a worker on another host."""
         d = os.path.join(self.store_dir, "state")
         try:
             os.makedirs(d, exist_ok=True)
+            for name, items in (appended or {}).items():
+                with open(os.path.join(d, f"{w.name}.{self.first + w.index}.{name}.jsonl"), "a") as f:
+                    f.writelines(json.dumps(x, separators=(",", ":")) + "\n" for x in items)
             tmp = os.path.join(d, f".{w.name}.{self.first + w.index}.tmp")
             with open(tmp, "w") as f:
                 f.write(json.dumps({"module": w.name, "bit": self.first + w.index, "batch": w.checkpoint_seq}) + "\n")
@@ -238,7 +255,7 @@ class ParallelChain:
         w.start()
         # its last checkpoint, then every batch it was sent after it, in the same order: it
         # ends where it was, with the same state, and reports what it had not reported
-        w.send(("restore", w.checkpoint, w.log))
+        w.send(("restore", w.checkpoint, w.rows, w.log))
 
     def process(self, touched, closed):
         self.seq += 1
@@ -303,7 +320,11 @@ class ParallelChain:
         out = {}
         for m, w in zip(self.modules, self.workers):
             if declared(type(m)) and w.checkpoint is not None:
-                out[w.name] = json.loads(json.loads(w.checkpoint)["state"])
+                st = json.loads(json.loads(w.checkpoint)["state"])
+                for name, v in st.items():
+                    if "append" in v:
+                        st[name] = {"value": w.rows.get(name, [])}
+                out[w.name] = st
         return out
 
     def checkpoint_stats(self):

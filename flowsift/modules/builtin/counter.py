@@ -15,7 +15,7 @@ class Counter(Module):
              emits one "flow" event per connection when it closes and prints a table at the end
     """
     name = "counter"
-    rows = Global(list)             # one row per finished flow, for the end-of-run table
+    rows = Global(list, append_only=True)     # one row per finished flow, for the end-of-run table
 
     def on_open(self, flow):
         flow.state.update(gaps=[0, 0], gap_bytes=[0, 0])
