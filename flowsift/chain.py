@@ -42,6 +42,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
         from flowsift.modules.edits import Editor
         editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
+        if write is not None:
+            g.late = {}                     # late packets, for -w to give them their flow's edits
     if inline:
         runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
     elif all(cls.read_only() for cls, _ in chain):
@@ -57,9 +59,17 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         if out is not None:
             from flowsift.egress import Forwarder
             forwarder = Forwarder(out, editor, g.store)
+            # a connection the chain finished in a batch is given back (its bytes punched out, its
+            # file retired) only after the batch was forwarded: forwarding reads edited bytes
+            g.registry.hold = True
+
+            def forward(frames):
+                forwarder.forward(frames)
+                g.registry.flush()
         summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
-                                on_batch=forwarder.forward if forwarder is not None else None)
+                                on_batch=forward if forwarder is not None else None)
         runner.finish()
+        g.registry.flush()
         if forwarder is not None:
             summary["egress"] = forwarder.counters()
         if editor is not None:
@@ -67,7 +77,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             summary["edits"] = editor.counters()
         if write is not None:
             from flowsift.egress import write_egress
-            summary["egress"] = dict(write_egress(source, write, editor, g.store), file=str(write))
+            summary["egress"] = dict(write_egress(source, write, editor, g.store, g.late), file=str(write))
     finally:
         if forwarder is not None:
             forwarder.close()

@@ -12,6 +12,7 @@ from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
 from flowsift.streams import RecordFile
 
 PF_FRAGMENT = 2
+RF_LATE = 64                    # a packet after its connection ended (flowsift/io/_batch.pxd)
 
 
 def _csum(data, start=0):
@@ -63,7 +64,9 @@ def _rewrite(frame, p, fields, payload):
     return bytes(b)
 
 
-def write_egress(source, out, editor, store):
+def write_egress(source, out, editor, store, late=None):
+    """Write the source's frames to `out` with the chain's verdicts and edits; `late`: frame
+    position -> (conn, dir) of the packets that came after their connection ended."""
     cap = open_capture(source)
     linktypes = {i["linktype"] for i in cap.interfaces()}
     if len(linktypes) != 1:
@@ -74,7 +77,8 @@ def write_egress(source, out, editor, store):
         for rec in rf.records():
             if rec.dir == d and rec.payload_len and rec.proto == 6:
                 payload_of[rec.frame_pos] = (conn, d, rec.stream_offset, rec.payload_len)
-    counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0}
+    counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0}
+    late = late or {}
     with PcapWriter(out, linktype=linktypes.pop(), nanosecond=True) as w:
         for batch in decoded_batches(cap, Decoder()):
             arr = batch.array
@@ -85,12 +89,15 @@ def write_egress(source, out, editor, store):
                     continue
                 frame = batch.frame(i)
                 fields, where = editor.headers.get(pos), payload_of.get(pos)
+                if not fields and pos in late:
+                    fields = editor.late_fields(*late[pos])
+                    counts["late_edited"] += bool(fields)
                 if fields or where:
                     data = files[where[0]].data(where[1], where[2], where[3]) if where else None
                     new = _rewrite(frame, arr[i], fields, data)
                     if new is None:
                         counts["not_editable"] += 1
-                    else:
+                    elif new != frame:
                         frame = new
                         counts["edited"] += 1
                 w.write(int(arr["ts_ns"][i]), frame, int(arr["wirelen"][i]))
@@ -132,7 +139,8 @@ class Forwarder:
         editor.forwarded_upto = -1            # frame positions at or below were sent
         editor.forwarded_end = {}             # (conn, dir) -> stream offset sent so far
         self.files = {}
-        self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0}
+        self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
+                       "late_edited": 0}
 
     def _payload(self, conn, d, off, n):
         rf = self.files.get(conn)
@@ -167,12 +175,19 @@ class Forwarder:
         if ed.payload_dirs:
             edited = np.fromiter(((c << 1) | d for c, d in ed.payload_dirs), dtype=np.uint64)
             todo |= tcp_data & np.isin(keys, edited)
+        late = None
+        if ed.flow_fields:
+            late = ((arr["rflags"] & RF_LATE) != 0) & (arr["flow_id"] != 0xFFFFFFFF)
+            todo |= late
         if skip is not None:
             todo &= skip == 0
         replace = {}
         for i in np.flatnonzero(todo):
             p = arr[i]
             fields = ed.headers.get(int(p["rec_pos"]))
+            if not fields and late is not None and late[i]:
+                fields = ed.late_fields(int(p["flow_id"]), int(p["dir"]))
+                self.counts["late_edited"] += bool(fields)
             data = None
             if tcp_data[i] and (int(p["flow_id"]), int(p["dir"])) in ed.payload_dirs:
                 data = self._payload(int(p["flow_id"]), int(p["dir"]), int(p["stream_off"]), int(p["payload_len"]))

@@ -18,6 +18,8 @@ from flowsift.streams._store import RecordStore
 # Default home of a run's store: memory-backed, gone at reboot; --store DIR keeps it on disk.
 DEFAULT_STORE_PARENT = "/dev/shm"
 
+RF_LATE = 64                    # a packet after its connection ended (flowsift/io/_batch.pxd)
+
 
 def changed_connections(touched, closed):
     """The connections a publish changed or ended, each once (one that ended without a packet
@@ -27,6 +29,23 @@ def changed_connections(touched, closed):
         seen = set(conns)
         conns += [c for c in closed if c not in seen]
     return conns
+
+
+def _flows_onto(frames, batch):
+    """Copy what reassembly learnt of each packet (its flow, direction, stream offset, flags)
+    from the batch onto the snapshot of its frames as captured (taken before defragmentation
+    rewrote entries): forwarding needs both."""
+    import numpy as np
+    snap, post = frames.array, batch.array
+    if not len(snap) or not len(post):
+        return
+    order = np.argsort(post["rec_pos"], kind="stable")
+    keys = post["rec_pos"][order]
+    at = np.minimum(np.searchsorted(keys, snap["rec_pos"]), len(keys) - 1)
+    hit = keys[at] == snap["rec_pos"]
+    src = order[at[hit]]
+    for f in ("flow_id", "dir", "stream_off", "rflags"):
+        snap[f][hit] = post[f][src]
 
 
 def new_store_dir(parent=DEFAULT_STORE_PARENT):
@@ -59,6 +78,7 @@ class Gateway:
         self.other_shards = 0         # packets left to the other shards
         self.announced = set()        # connections the registry knows
         self.batches = 0              # publishes so far: the batch log's sequence numbers
+        self.late = None              # frame position -> (conn, dir) of late packets, when egress wants them
         self.module_bits = {}         # bit -> info of the modules registered through the registry
         self.done_by = {}             # bit -> connections that module finished (remote modules)
         self.released = {}            # name -> connections finished, of modules that left
@@ -190,6 +210,15 @@ class Gateway:
                            + ("" if alive.get(b) else ", not attached") for b, info in sorted(waiting.items())])
             time.sleep(poll)
 
+    def _note_late(self, batch):
+        # packets after their connection ended have no record: egress gives them the header
+        # edits their connection's last packet got (a NAT must not let them out unrewritten)
+        import numpy as np
+        arr = batch.array
+        late = np.flatnonzero((arr["rflags"] & RF_LATE) != 0)
+        for i in late.tolist():
+            self.late[int(arr["rec_pos"][i])] = (int(arr["flow_id"][i]), int(arr["dir"][i]))
+
     def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
         closed)` is called with the connections each publish changed and ended (an inline chain);
@@ -214,7 +243,10 @@ class Gateway:
                 self.sync(*changed, batch=True)
                 if after_batch is not None:
                     after_batch(*changed)
+                if self.late is not None:
+                    self._note_late(batch)
                 if on_batch is not None:
+                    _flows_onto(frames, batch)
                     on_batch(frames)        # the batch's frames as captured, after the chain saw them
         except CaptureFormatError as e:
             error = str(e)          # what was read is still recorded and closed below

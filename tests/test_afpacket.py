@@ -291,7 +291,7 @@ def test_inline_nat_forwards_rewritten_packets_with_valid_checksums(netns, corpu
                           "--events", "/dev/null", "--json"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     edited = json.loads(res.stdout)["egress"]["edited"]
-    assert n == 483 and summary["egress"]["forwarded"] == 483 and summary["egress"]["edited"] == edited == 454
+    assert n == 483 and summary["egress"]["forwarded"] == 483 and summary["egress"]["edited"] == edited == 464
     assert frames_of(out) == frames_of(ref)
     # an independent reader: every IP and TCP checksum valid, every server endpoint rewritten
     res = subprocess.run([tshark, "-r", out, "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
@@ -302,10 +302,11 @@ def test_inline_nat_forwards_rewritten_packets_with_valid_checksums(netns, corpu
     tcp = [r for r in rows if r[1]]
     assert len(rows) == 483 and len(tcp) == 464
     assert all(r[0] == "1" and r[1] == "1" for r in tcp), tcp[:3]          # 1: good
-    # every packet of a connection is rewritten; the 10 late ones (after their connection
-    # ended, no record) go out as they came, as with -w
+    # every packet of a connection is rewritten, the 10 late ones too (after their connection
+    # ended, no record: they get the rewrite of its last packet in their direction), as with -w
     nat = [r for r in tcp if ("10.9.9.9", "8080") in ((r[2], r[3]), (r[4], r[5]))]
-    assert len(nat) == 454 and summary["engine"]["late_packets"] == 10
+    assert len(nat) == 464 and summary["engine"]["late_packets"] == 10
+    assert summary["egress"]["late_edited"] == 10
 
 
 def test_inline_leaves_dropped_packets_out(netns, corpus, tmp_path):

@@ -77,6 +77,20 @@ def test_inline_through_net_pcap_tx(tmp_path, corpus):
     assert frames_of(out2) == frames_of(ref)
 
 
+def test_inline_payload_edits_are_applied(tmp_path, corpus):
+    """redact inline: the masked bytes leave in the forwarded frames (they are read back from
+    the record files, which are given back only after the batch was forwarded), as with -w."""
+    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
+    chain = "redact(pattern=JFIF)"
+    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out}", "--out",
+                              "dpdk:net_pcap0", "--count", 483, "--events", "/dev/null", "--json").stdout)
+    want = json.loads(flowsift("chain", chain, JPEGS, "-w", ref, "--events", "/dev/null", "--json").stdout)
+    sent, written, source = frames_of(out), frames_of(ref), frames_of(JPEGS)
+    assert sum(b"JFIF" in f for f in source) == 5
+    assert sent == written and not any(b"JFIF" in f for f in sent)
+    assert got["egress"]["edited"] == want["egress"]["edited"] == 5 and got["modules"]["redact"]["redacted"] == 5
+
+
 RING = """
 import json, sys
 from flowsift.io import Batch

@@ -42,6 +42,7 @@ def test_nat_and_redact_round_trip(tmp_path, corpus):
         assert ipsum == "1" and tcpsum == "1"          # checksums valid per tshark
         assert len(old) == len(new)
     assert edited == summary["egress"]["edited"]
+    assert summary["egress"]["late_edited"] == summary["engine"]["late_packets"] > 0
     ua = subprocess.run([tshark, "-r", str(out), "-Y", "http.request", "-T", "fields", "-e", "http.user_agent"],
                         capture_output=True, text=True, check=True).stdout.strip()
     assert ua == "XXXXXXXXX (darwin12.2.0)"            # "Wget/1.14" masked, same length

@@ -33,6 +33,7 @@ class Editor:
         self.headers = {}                 # frame_pos -> {keyword: value}
         self.dropped = set()              # frame_pos of packets not to forward
         self.payload_dirs = set()         # (conn, dir) whose stream bytes were edited
+        self.flow_fields = {}             # (conn, dir) -> the header edits of its last edited packet
         self.accepted = collections.Counter()
         self.rejected = collections.Counter()
         self.drops = 0
@@ -79,7 +80,14 @@ class Editor:
             old = merged.get(key, _original(record, key))
             merged[key] = value
             self._log(module, flow.conn, record.record_id, FIELDS[key], str(old), str(value))
+        # what the connection's packets in this direction are rewritten to last: late packets
+        # (after its end, no record) get the same
+        self.flow_fields[(flow.conn, record.dir)] = merged
         return Edit(True, None)
+
+    def late_fields(self, conn, d):
+        """The header edits for a packet of (conn, d) that came after the connection ended."""
+        return self.flow_fields.get((conn, d))
 
     def replace(self, module, flow, stream, offset, new):
         new = bytes(new)

@@ -57,6 +57,9 @@ class Registry:
         run's state is intact)."""
         raise NotImplementedError
 
+    def flush(self):
+        """Record commits held back (the embedded registry with `hold`); nothing elsewhere."""
+
     def reserve(self, name):
         """Hold a bit for a module expected to attach later (nothing is reclaimed before it has
         read it). Returns the bit."""

@@ -21,6 +21,7 @@ class EmbeddedRegistry(Registry):
         self.bits = {}                # bit -> {"name", "alive", ...}
         self.counters = {}            # bit -> {name: n}
         self.progress = []
+        self.held = []                # (conn, bit, records) commits waiting for flush()
 
     def bind(self, store):
         self.store = store
@@ -41,6 +42,12 @@ class EmbeddedRegistry(Registry):
             if b not in self.bits:
                 return b
         raise RegistryError(f"no free module bit: {MAX_MODULES} modules are registered already")
+
+    def flush(self):
+        """Record the commits held back since the last flush."""
+        held, self.held = self.held, []
+        for conn, bit, records in held:
+            self.store.module_done(conn, bit, records)
 
     def reserve(self, name):
         bit = self._free_bit()
@@ -66,12 +73,16 @@ class EmbeddedRegistry(Registry):
         if self.store is not None:
             self.store.release_module(bit)
 
+    hold = False                # commits wait for flush() (inline forwarding reads what they free)
+
     def commit(self, bit, conn, records, counters=None, outpos=None):
         if counters:
             c = self.counters.setdefault(bit, {})
             for k, v in counters.items():
                 c[k] = c.get(k, 0) + v
-        if self.store is not None:
+        if self.store is not None and self.hold:
+            self.held.append((conn, bit, records))
+        elif self.store is not None:
             self.store.module_done(conn, bit, records)      # in process: recorded at once
         else:
             self.progress.append((bit, conn, records))
