@@ -44,6 +44,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
         if write is not None:
             g.late = {}                     # late packets, for -w to give them their flow's edits
+        if write is not None or out is not None:
+            g.reassembler.defrag.members = {}     # fragments of each datagram, for its edits
     if inline:
         runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
     elif all(cls.read_only() for cls, _ in chain):
@@ -59,6 +61,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         if out is not None:
             from flowsift.egress import Forwarder
             forwarder = Forwarder(out, editor, g.store)
+            forwarder.members = g.reassembler.defrag.members
             # a connection the chain finished in a batch is given back (its bytes punched out, its
             # file retired) only after the batch was forwarded: forwarding reads edited bytes
             g.registry.hold = True
@@ -77,7 +80,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             summary["edits"] = editor.counters()
         if write is not None:
             from flowsift.egress import write_egress
-            summary["egress"] = dict(write_egress(source, write, editor, g.store, g.late), file=str(write))
+            summary["egress"] = dict(write_egress(source, write, editor, g.store, g.late,
+                                                  g.reassembler.defrag.members), file=str(write))
     finally:
         if forwarder is not None:
             forwarder.close()

@@ -64,9 +64,75 @@ def _rewrite(frame, p, fields, payload):
     return bytes(b)
 
 
-def write_egress(source, out, editor, store, late=None):
+def _incremental(csum, old, new):
+    """A ones' complement checksum after bytes `old` of what it covers became `new` (RFC 1624)."""
+    s = (~csum) & 0xFFFF
+    for i in range(0, len(old), 2):
+        s += ((~((old[i] << 8) | old[i + 1])) & 0xFFFF) + ((new[i] << 8) | new[i + 1])
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+def _rewrite_fragment(frame, p, fields):
+    """A copy of one fragment of an edited datagram with its header edits: addresses and TTL in
+    every fragment (IPv4 header checksum recomputed), ports in the first, whose transport
+    checksum is updated for the changed addresses and ports without the other fragments' bytes.
+    None for what a fragment cannot take."""
+    b = bytearray(frame)
+    l3, l4, v4 = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4
+    proto, first = int(p["proto"]), int(p["frag_off"]) == 0
+    changed = []                      # (old, new) bytes the transport checksum covers
+    for key, value in fields.items():
+        if key in ("ip_src", "ip_dst"):
+            raw = ipaddress.ip_address(value).packed
+            at = (l3 + 12 if key == "ip_src" else l3 + 16) if v4 else (l3 + 8 if key == "ip_src" else l3 + 24)
+            changed.append((bytes(b[at:at + len(raw)]), raw))
+            b[at:at + len(raw)] = raw
+        elif key == "ip_ttl":
+            b[l3 + 8 if v4 else l3 + 7] = value
+        elif key.endswith(("sport", "dport")):
+            if not first:
+                continue                  # the ports are in the first fragment only
+            if l4 + 4 > len(b):
+                return None
+            at = l4 if key.endswith("sport") else l4 + 2
+            new = struct.pack("!H", value)
+            changed.append((bytes(b[at:at + 2]), new))
+            b[at:at + 2] = new
+    if v4:
+        ihl = (b[l3] & 15) * 4
+        b[l3 + 10:l3 + 12] = b"\0\0"
+        b[l3 + 10:l3 + 12] = struct.pack("!H", _csum(b[l3:l3 + ihl]))
+    if first and changed and proto in (6, 17):
+        at = l4 + (16 if proto == 6 else 6)
+        if at + 2 > len(b):
+            return None
+        old = struct.unpack_from("!H", b, at)[0]
+        if proto == 17 and old == 0 and v4:
+            return bytes(b)               # no UDP checksum to keep right
+        c = _incremental(old, b"".join(o for o, _ in changed), b"".join(n for _, n in changed))
+        b[at:at + 2] = struct.pack("!H", c if c or proto == 6 else 0xFFFF)
+    return bytes(b)
+
+
+def _fragment_fields(editor, members, positions=None):
+    """frame position of each fragment of an edited datagram -> the datagram's header edits, or
+    None where the datagram cannot take them (its transport header spans fragments: it leaves
+    unedited, whole, and counted)."""
+    out = {}
+    for pos, fields in editor.headers.items():
+        frags, whole = members.get(pos, ((), False))
+        for m in frags:
+            if positions is None or m in positions:
+                out[m] = fields if whole else None
+    return out
+
+
+def write_egress(source, out, editor, store, late=None, members=None):
     """Write the source's frames to `out` with the chain's verdicts and edits; `late`: frame
-    position -> (conn, dir) of the packets that came after their connection ended."""
+    position -> (conn, dir) of the packets that came after their connection ended; `members`:
+    frame position of a rebuilt datagram -> its fragments' positions."""
     cap = open_capture(source)
     linktypes = {i["linktype"] for i in cap.interfaces()}
     if len(linktypes) != 1:
@@ -79,6 +145,7 @@ def write_egress(source, out, editor, store, late=None):
                 payload_of[rec.frame_pos] = (conn, d, rec.stream_offset, rec.payload_len)
     counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0}
     late = late or {}
+    fragment_fields = _fragment_fields(editor, members or {})
     with PcapWriter(out, linktype=linktypes.pop(), nanosecond=True) as w:
         for batch in decoded_batches(cap, Decoder()):
             arr = batch.array
@@ -88,6 +155,17 @@ def write_egress(source, out, editor, store, late=None):
                     counts["dropped"] += 1
                     continue
                 frame = batch.frame(i)
+                if pos in fragment_fields and arr["flags"][i] & PF_FRAGMENT:
+                    fields = fragment_fields[pos]
+                    new = _rewrite_fragment(frame, arr[i], fields) if fields else None
+                    if new is None or pos in payload_of:       # stream bytes are not put into fragments
+                        counts["not_editable"] += 1
+                    elif new != frame:
+                        frame = new
+                        counts["edited"] += 1
+                    w.write(int(arr["ts_ns"][i]), frame, int(arr["wirelen"][i]))
+                    counts["packets"] += 1
+                    continue
                 fields, where = editor.headers.get(pos), payload_of.get(pos)
                 if not fields and pos in late:
                     fields = editor.late_fields(*late[pos])
@@ -139,6 +217,7 @@ class Forwarder:
         editor.forwarded_upto = -1            # frame positions at or below were sent
         editor.forwarded_end = {}             # (conn, dir) -> stream offset sent so far
         self.files = {}
+        self.members = None                   # the defragmenter's datagram -> fragments map
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0}
 
@@ -175,6 +254,19 @@ class Forwarder:
         if ed.payload_dirs:
             edited = np.fromiter(((c << 1) | d for c, d in ed.payload_dirs), dtype=np.uint64)
             todo |= tcp_data & np.isin(keys, edited)
+        frag = {}
+        if self.members and ed.headers:
+            # a datagram's fragments take its edits only if all of them are in this batch (the
+            # ones before were sent already): the datagram leaves rewritten whole, or as it came
+            here = set(pos.tolist())
+            for at, fields in ed.headers.items():
+                frags, whole = self.members.get(at, ((), False))
+                ok = whole and all(m in here for m in frags)
+                for m in frags:
+                    if m in here:
+                        frag[m] = fields if ok else None
+            if frag:
+                todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
         late = None
         if ed.flow_fields:
             late = ((arr["rflags"] & RF_LATE) != 0) & (arr["flow_id"] != 0xFFFFFFFF)
@@ -184,6 +276,16 @@ class Forwarder:
         replace = {}
         for i in np.flatnonzero(todo):
             p = arr[i]
+            if frag and int(p["rec_pos"]) in frag and p["flags"] & PF_FRAGMENT:
+                fields = frag[int(p["rec_pos"])]
+                frame = batch.frame(i)
+                new = _rewrite_fragment(frame, p, fields) if fields else None
+                if new is None:
+                    self.counts["not_editable"] += 1
+                elif new != frame:
+                    replace[int(i)] = new
+                    self.counts["edited"] += 1
+                continue
             fields = ed.headers.get(int(p["rec_pos"]))
             if not fields and late is not None and late[i]:
                 fields = ed.late_fields(int(p["flow_id"]), int(p["dir"]))
@@ -207,6 +309,9 @@ class Forwarder:
         if ed.headers:
             for k in [k for k in ed.headers if k <= top]:
                 del ed.headers[k]
+        if self.members:
+            for k in [k for k in self.members if k <= top]:
+                del self.members[k]
         if ed.dropped:
             ed.dropped.difference_update([k for k in ed.dropped if k <= top])
         if tcp_data.any():

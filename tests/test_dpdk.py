@@ -138,3 +138,14 @@ def test_without_dpdk_the_message_says_what_to_install(corpus):
     assert res.returncode == 2
     assert res.stderr.strip() == ("flowsift: dpdk: sources need flowsift built with DPDK: apt-get install "
                                   "libdpdk-dev (pkg-config libdpdk), then ./dev build")
+
+
+def test_inline_nat_rewrites_the_fragments_of_a_datagram_as_w_does(tmp_path, corpus):
+    src = CORPUS / "frag__pcpp__frag_http_req.pcap"
+    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
+    chain = "nat(to=10.9.9.9:8080)"
+    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
+                              "--count", 11, "--events", "/dev/null", "--json").stdout)
+    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
+    assert got["egress"]["edited"] == 11 and got["egress"]["not_editable"] == 0
+    assert frames_of(out) == frames_of(ref) != frames_of(src)

@@ -98,3 +98,39 @@ def test_writing_modules_check_their_options(spec, needle):
     chain = parse_chain(spec)
     with pytest.raises(ModuleError, match=needle.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         chain[0][0](chain[0][1])
+
+
+def test_nat_rewrites_every_fragment_of_a_fragmented_request(tmp_path, corpus):
+    """A datagram's header edits go into each of its fragments: addresses (and the IPv4 header
+    checksum) in all, ports in the first, whose TCP checksum is updated for the change without
+    the other fragments' bytes. tshark reassembles the output and finds the checksum right."""
+    tshark = require("tshark")
+    src = corpus / "frag__pcpp__frag_http_req.pcap"           # one HTTP request in 11 fragments
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", "nat(to=10.9.9.9:8080)", src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    egress = json.loads(res.stdout)["egress"]
+    assert egress["edited"] == 11 and egress["not_editable"] == 0
+    rows = subprocess.run([tshark, "-r", str(out), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
+                           "-T", "fields", "-e", "ip.flags.mf", "-e", "ip.frag_offset", "-e", "ip.dst",
+                           "-e", "ip.src", "-e", "ip.checksum.status", "-e", "tcp.checksum.status",
+                           "-e", "tcp.dstport", "-e", "tcp.srcport", "-e", "http.request.method"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = [r.split("\t") for r in rows]
+    frags = [r for r in rows if r[0] == "1" or r[1] not in ("", "0")]
+    assert len(frags) == 11 and all("10.9.9.9" in (r[2], r[3]) and r[4] == "1" for r in frags)
+    whole = [r for r in rows if r[8] == "GET"]
+    # the reassembled request: rewritten port, a TCP checksum that verifies
+    assert len(whole) == 1 and whole[0][5] == "1" and "8080" in (whole[0][6], whole[0][7])
+
+
+def test_a_datagram_whose_transport_header_spans_fragments_leaves_whole_and_counted(tmp_path, corpus):
+    src = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap"   # 8-byte fragments
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", "nat(to=10.9.9.9:8080)", src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["edits"]["accepted"]["nat"] > 0
+    # no datagram half rewritten: every fragment left as it came, and said so
+    assert summary["egress"]["not_editable"] == summary["egress"]["packets"] == 444
+    assert frames(out) == frames(src)

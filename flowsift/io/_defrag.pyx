@@ -53,12 +53,17 @@ ctypedef struct tracker_t:
     range_t ranges[MAX_RANGES]
     int n_ranges
     uint32_t fragments
+    uint32_t first_len       # payload bytes of the offset-0 fragment (does it hold the transport header?)
 
 
 cdef class Defragmenter:
     cdef tracker_t* trk
     cdef int n_used
     cdef list _out                 # datagram buffers handed out with the current batch
+    # with egress: position of a rebuilt datagram (its last fragment's) -> (its fragments'
+    # positions, whether they can take its header edits); None: not kept
+    cdef public dict members
+    cdef dict _pos                 # tracker -> positions of its fragments so far
     cdef readonly bint last_wins
     cdef readonly uint64_t datagrams      # datagrams rebuilt
     cdef readonly uint64_t fragments      # fragments taken in
@@ -76,6 +81,8 @@ cdef class Defragmenter:
         if self.trk == NULL:
             raise MemoryError()
         self._out = []
+        self.members = None
+        self._pos = {}
 
     def __dealloc__(self):
         cdef int i
@@ -163,9 +170,13 @@ cdef class Defragmenter:
             t.n_ranges = 0
             t.fragments = 0
             t.first_ts = p.ts_ns
+            if self.members is not None:
+                self._pos[i] = []
         t = &self.trk[i]
         t.last_ts = p.ts_ns
         t.fragments += 1
+        if self.members is not None:
+            self._pos.setdefault(i, []).append(p.rec_pos)
         if n < wire_n:
             t.poisoned = 1
         if off + wire_n > MAX_DATAGRAM or (t.total and off + wire_n > t.total) or (not more and t.total and off + wire_n != t.total):
@@ -175,6 +186,7 @@ cdef class Defragmenter:
             t.total = off + wire_n
         if off == 0:
             t.have_first = 1
+            t.first_len = n
             t.proto = p.proto
             if p.ipver == 4:
                 t.hdr_len = <uint16_t>(l4 - l3)
@@ -274,6 +286,10 @@ cdef class Defragmenter:
         ts = p.ts_ns
         pos = p.rec_pos
         iface = p.iface
+        if self.members is not None:
+            # editable in its fragments only if the first holds the whole transport header
+            # (ports and checksum): tiny fragments spread it over several
+            self.members[pos] = (self._pos.pop(i, [pos]), t.first_len >= (20 if t.proto == 6 else 8))
         memset(p, 0, sizeof(pkt_t))
         p.ts_ns = ts
         p.rec_pos = pos
