@@ -91,6 +91,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         summary["modules"] = runner.counters()
         summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}
         summary["mode"] = "inline"
+        summary["reader_reopens"] = runner.reopens
     else:
         summary["modules"] = runner.counters_summary()
         summary["tables"] = runner.tables

@@ -182,3 +182,28 @@ def test_chain_options_may_hold_regular_expressions():
     assert chain[0][1]["pattern"] == "(?<=key=)[^,&]{1,8}" and chain[1][1] == {"patterns": "inline:a|b", "nocase": True}
     with pytest.raises(ModuleError, match="unbalanced"):
         parse_chain("redact(pattern=[a)")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_chain_over_more_live_connections_than_it_may_keep_files_open(corpus, monkeypatch, inline):
+    """Readers keep a bounded number of record files open (FLOWSIFT_READER_FILES): the
+    connection read least recently is closed, its pointers' places kept, and opened again
+    when it next has news. The events are those of a run with no bound."""
+    import io
+    import json
+    from flowsift.chain import run_chain
+    spec = "counter,http,strsearch(patterns=inline:HTTP/1.1|Content-Type,nocase=true)"
+    cap = str(corpus / "tls__suri__tls-subjectaltname.pcap")        # up to 96 connections open at once
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    runs = {}
+    for files in ("100000", "3"):
+        monkeypatch.setenv("FLOWSIFT_READER_FILES", files)
+        out = io.StringIO()
+        runs[files] = run_chain(spec, cap, events=out, inline=inline, strict=True), out.getvalue()
+    (wide, ev_wide), (narrow, ev_narrow) = runs["100000"], runs["3"]
+    norm = lambda text: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "ts"}, sort_keys=True)
+                               for l in text.splitlines())
+    assert norm(ev_narrow) == norm(ev_wide) and len(ev_wide.splitlines()) > 112
+    assert narrow["modules"] == wide["modules"]
+    if inline:
+        assert wide["reader_reopens"] == 0 and narrow["reader_reopens"] > 100

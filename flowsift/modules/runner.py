@@ -14,12 +14,32 @@ from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams.format import CLOSE_NAMES, endpoint
 
 
+def reader_budget():
+    """How many record files a chain keeps open at once (FLOWSIFT_READER_FILES, else within the
+    descriptor limit and vm.max_map_count, next to the store's share): past it, the connection
+    read least recently is closed and opened again when it next has news."""
+    import os
+    import resource
+    text = os.environ.get("FLOWSIFT_READER_FILES")
+    if text:
+        return max(2, int(text))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = 65536 if soft == resource.RLIM_INFINITY else soft
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            max_maps = int(f.read())
+    except (OSError, ValueError):
+        max_maps = 65530
+    return max(64, min((soft - 256) // 4, (max_maps - 8192) // 16, 4096))
+
+
 class _Conn:
-    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen")
+    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved")
 
     def __init__(self, flow, file):
         self.flow = flow
-        self.file = file
+        self.file = file         # None while closed to stay within the reader budget
+        self.saved = {}          # (module index, direction) -> position, while the file is closed
         self.next_record = 0
         self.pointers = {}       # (module index, direction) -> StreamPointer
         self.seen = {}           # (module index, direction) -> (position, available) at the last on_data
@@ -55,6 +75,10 @@ class InlineChain:
         self.event_count = 0
         self.conns = {}
         self.finished = set()     # connections already closed here (a resumed worker may hear of them again)
+        import collections
+        self.open_files = collections.OrderedDict()     # connections whose file is open, least recent first
+        self.file_budget = reader_budget()
+        self.reopens = 0
         self.seq = 0              # the last batch of a batch log processed (attached modules)
         if registry is None and store is not None:
             from flowsift.registry import EmbeddedRegistry
@@ -138,14 +162,42 @@ class InlineChain:
         flow._file = rf
         flow._editor = self.editor
         c = self.conns[conn] = _Conn(flow, rf)
+        self._opened(conn)
         self._current = flow
         if call_hooks:
             for _, m in self.by_hook["on_open"]:
                 self._call(m, "on_open", flow)
         return c
 
+    def _opened(self, conn):
+        self.open_files[conn] = None
+        while len(self.open_files) > self.file_budget:
+            old = next(iter(self.open_files))
+            if old == conn:
+                break
+            self._evict(old)
+
+    def _evict(self, conn):
+        # close the file; the pointers' positions wait in `saved` (nothing else is lost)
+        c = self.conns[conn]
+        for key, sp in c.pointers.items():
+            c.saved[key] = sp.tell()
+        c.pointers = {}
+        c.file.close()
+        c.file = c.flow._file = None
+        del self.open_files[conn]
+
+    def _touch(self, conn, c):
+        if c.file is None:
+            c.file = c.flow._file = RecordFile(self.path_of(conn))
+            self.reopens += 1
+            self._opened(conn)
+        else:
+            self.open_files.move_to_end(conn)
+
     def _advance(self, conn):
         c = self.conns.get(conn) or self._open(conn)
+        self._touch(conn, c)
         flow = c.flow
         self._current = flow
         h = self._header(c, conn)
@@ -196,6 +248,8 @@ class InlineChain:
             # a new pointer reads the file's live header: hold it to what this batch published
             c.file.header = h
             sp.refresh(h)
+        if (i, d) in c.saved:
+            sp.resume(c.saved.pop((i, d)))     # the file was closed for a while: where it stood
         c.pointers[(i, d)] = sp
         return sp
 
@@ -230,6 +284,7 @@ class InlineChain:
         if c is None:
             return
         self.finished.add(conn)
+        self._touch(conn, c)
         h = self._header(c, conn)
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
         self._current = c.flow
@@ -240,6 +295,7 @@ class InlineChain:
         c.flow.cache.clear()
         records = h["records"]
         c.file.close()
+        self.open_files.pop(conn, None)
         self._closing = None
         self._current = None
         if self.on_done is not None:
@@ -293,7 +349,9 @@ class InlineChain:
                 for k, v in self.deltas.get(conn, {}).items():
                     counters[k] = counters.get(k, 0) - v
                 continue
-            conns[conn] = {"next": c.next_record, "pos": {f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items()},
+            pos = {f"{i}.{d}": p for (i, d), p in c.saved.items()}
+            pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items()})
+            conns[conn] = {"next": c.next_record, "pos": pos,
                            "seen": {f"{i}.{d}": list(v) for (i, d), v in c.seen.items()},
                            "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
                            "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}
@@ -333,7 +391,7 @@ class InlineChain:
             for k, pos in saved["pos"].items():
                 i, d = map(int, k.split("."))
                 sp = self._pointer(c, i, d, m)
-                sp.seek(pos)
+                sp.resume(pos)
 
     def counters(self):
         return {m.name: dict(m.counters, errors=self.errors.get(m.name, 0)) for m in self.modules}

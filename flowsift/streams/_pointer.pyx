@@ -246,5 +246,16 @@ cdef class StreamPointer:
         self.gap_i = 0
         return self.pos
 
+    def resume(self, int64_t offset):
+        """Stand at `offset` again (a reader that closed its file, or restarted from a
+        checkpoint, comes back to where it stood). Unlike seek(), below the retained start is
+        allowed: what was given back since lies in gaps (nobody read past this reader's
+        position), which it is shown as it goes on."""
+        if offset < 0 or offset > self.end:
+            raise ValueError(f"offset {offset} outside the stream [0, {self.end}]")
+        self.pos = offset
+        self.gap_i = 0
+        return self.pos
+
     def __repr__(self):
         return f"<StreamPointer conn {self.file.header['conn']} dir {self.direction} at {self.pos}/{self.end}>"
