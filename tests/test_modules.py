@@ -207,3 +207,41 @@ def test_a_chain_over_more_live_connections_than_it_may_keep_files_open(corpus, 
     assert narrow["modules"] == wide["modules"]
     if inline:
         assert wide["reader_reopens"] == 0 and narrow["reader_reopens"] > 100
+
+
+def test_a_reader_ahead_of_a_batch_limit_does_not_read_records_again(tmp_path, corpus, monkeypatch):
+    """An attached module that read the files as far as they went (its batch log had lost
+    entries) and then replays later log entries, whose limits are behind it, must neither go
+    back nor see a record twice."""
+    import os
+    from flowsift.gateway import Gateway
+    from flowsift.modules.runner import InlineChain
+
+    class Records(Module):
+        """Counts records.
+
+        Synopsis: records
+        """
+        name = "records"
+
+        def on_packet(self, flow, record):
+            self.count("records")
+            self.count(f"r{flow.conn}.{record.index}")
+
+    monkeypatch.setenv("FLOWSIFT_BATCH", "4")
+    g = Gateway(tmp_path / "store", keep=True)
+    batches = []
+    g.run_capture(corpus / "http__zeek__get.pcap",
+                  after_batch=lambda t, c: batches.append((list(t), list(c), dict(zip(t + c, g.store.published(t + c))))))
+    conns = sorted({c for t, cl, _ in batches for c in t + cl})
+    runner = InlineChain([(Records, {})], None, path_of=lambda c: os.path.join(g.store_dir, f"c{c:08d}.rec"),
+                         on_done=lambda *a: None, hold_events=True)
+    first = batches[0]
+    runner.process(first[0], [], {c: (1, 0, 0, 0) for c in first[0]})     # one record each, then
+    runner.process(conns, [], None)                                          # the files as far as they go
+    for touched, closed, limits in batches:                                  # then the log again
+        runner.process(touched, closed, limits)
+    counts = runner.modules[0].counters
+    total = sum(g.store.published([c])[0][0] for c in conns)
+    assert len(batches) > 3
+    assert counts["records"] == total and all(v == 1 for k, v in counts.items() if k != "records")

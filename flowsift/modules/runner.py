@@ -206,7 +206,7 @@ class InlineChain:
             for rec in c.file.records(c.next_record, h["records"]):
                 for _, m in self.by_hook["on_packet"]:
                     self._call(m, "on_packet", flow, rec)
-        c.next_record = h["records"]
+        c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
         ends = (h["end0"], h["end1"], h["gaps"])
         if ends == c.ends_seen:
             return                 # no new bytes and no new gap since the last advance
