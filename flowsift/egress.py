@@ -155,29 +155,24 @@ def write_egress(source, out, editor, store, late=None, members=None):
                     counts["dropped"] += 1
                     continue
                 frame = batch.frame(i)
+                new = frame
                 if pos in fragment_fields and arr["flags"][i] & PF_FRAGMENT:
                     fields = fragment_fields[pos]
-                    new = _rewrite_fragment(frame, arr[i], fields) if fields else None
-                    if new is None or pos in payload_of:       # stream bytes are not put into fragments
-                        counts["not_editable"] += 1
-                    elif new != frame:
-                        frame = new
-                        counts["edited"] += 1
-                    w.write(int(arr["ts_ns"][i]), frame, int(arr["wirelen"][i]))
-                    counts["packets"] += 1
-                    continue
-                fields, where = editor.headers.get(pos), payload_of.get(pos)
-                if not fields and pos in late:
-                    fields = editor.late_fields(*late[pos])
-                    counts["late_edited"] += bool(fields)
-                if fields or where:
-                    data = files[where[0]].data(where[1], where[2], where[3]) if where else None
-                    new = _rewrite(frame, arr[i], fields, data)
-                    if new is None:
-                        counts["not_editable"] += 1
-                    elif new != frame:
-                        frame = new
-                        counts["edited"] += 1
+                    # stream bytes are not put into fragments
+                    new = _rewrite_fragment(frame, arr[i], fields) if fields and pos not in payload_of else None
+                else:
+                    fields, where = editor.headers.get(pos), payload_of.get(pos)
+                    if not fields and pos in late:
+                        fields = editor.late_fields(*late[pos])
+                        counts["late_edited"] += bool(fields)
+                    if fields or where:
+                        data = files[where[0]].data(where[1], where[2], where[3]) if where else None
+                        new = _rewrite(frame, arr[i], fields, data)
+                if new is None:
+                    counts["not_editable"] += 1
+                elif new != frame:
+                    frame = new
+                    counts["edited"] += 1
                 w.write(int(arr["ts_ns"][i]), frame, int(arr["wirelen"][i]))
                 counts["packets"] += 1
     for rf in files.values():
