@@ -139,3 +139,73 @@ def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path):
     # without --max-backlog the gateway waits: nothing is dropped
     events, summary = run(f"{module},counter", capture, inline=False)
     assert "dropped_connections" not in summary["modules"]["slow"] and len(events) == 2 * 1500
+
+
+FIRST_SEEN = '''
+from flowsift.modules import Module
+
+class FirstSeen(Module):
+    """When it was first shown bytes of a connection, and when the connection ended.
+
+    Synopsis: first_seen
+    """
+    name = "first_seen"
+
+    def on_data(self, flow, stream):
+        flow.state.setdefault("first", flow.last_ts)
+        self.count("bytes", len(stream.read()))
+
+    def on_close(self, flow, reason):
+        self.emit("seen", first=flow.state.get("first"), last=flow.last_ts)
+'''
+
+
+def test_a_stage_after_a_writing_stage_reads_each_batch_not_each_end(tmp_path, corpus, monkeypatch):
+    """redact (a writing stage, in the gateway) | http, first_seen (workers): after every batch
+    the workers may read as far as redact has read (what it read past is final; it may not
+    replace bytes behind its position), so long connections reach them while they last -- with
+    the masked bytes and the events of --inline."""
+    module = tmp_path / "first_seen.py"
+    module.write_text(FIRST_SEEN)
+    spec = f"redact(pattern=Mozilla/[0-9.]+),http,{module}:FirstSeen"
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    name = corpus / "http__csanders__http_espn.pcapng"
+    staged, s1 = run(spec, name, inline=False)
+    inline, s2 = run(spec, name, inline=True)
+    assert s1["mode"] == "staged"
+    # the same http events (when first_seen was first shown bytes depends on the stage by design)
+    strip = lambda evs: collections.Counter(json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True)
+                                            for e in evs if e["module"] == "http")
+    assert strip(staged) == strip(inline) and len(strip(staged)) > 100
+    agents = [e["user_agent"] for e in staged if e["kind"] == "request" and e["user_agent"]]
+    assert agents and all(not a.startswith("Mozilla/5") for a in agents) and s1["edits"]["accepted"]["redact"] > 10
+    seen = [e for e in staged if e["kind"] == "seen" and e["first"] is not None]
+    # connections shown to the workers before their end (they used to get them only then)
+    assert sum(e["first"] < e["last"] for e in seen) > 5
+    assert s1["modules"]["first_seen"]["bytes"] == s2["modules"]["first_seen"]["bytes"]
+
+
+def test_a_writing_module_may_not_replace_bytes_behind_its_position(tmp_path):
+    from flowsift.testing import run_module, segments_capture
+    cap = segments_capture(tmp_path, client=[b"secret-one", b"secret-two"])
+    mod = tmp_path / "late.py"
+    mod.write_text('''
+from flowsift.modules import Module
+
+class Late(Module):
+    """Masks what it already read.
+
+    Synopsis: late
+    """
+    name = "late"
+    writes = {"payload"}
+
+    def on_data(self, flow, stream):
+        start = stream.tell()
+        data = bytes(stream.read())
+        r = stream.replace(start, b"x" * len(data))
+        self.emit("replace", accepted=r.accepted, reason=r.reason)
+''')
+    res = run_module(f"{mod}:Late", cap)
+    reasons = [(e["accepted"], e["reason"]) for e in res.of_kind("replace")]
+    assert reasons and all(not ok and "behind the module's position" in why for ok, why in reasons)

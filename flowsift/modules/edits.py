@@ -97,6 +97,9 @@ class Editor:
             return self._reject(module, "an empty replacement")
         if self.forwarded_end is not None and offset < self.forwarded_end.get((flow.conn, stream.direction), 0):
             return self._reject(module, f"bytes at {offset} were already forwarded")
+        if offset < stream.tell():
+            # read past already: a later stage may have been handed those bytes
+            return self._reject(module, f"bytes at {offset} are behind the module's position {stream.tell()}")
         start, end = stream._retained()
         if offset < start or offset + len(new) > end:
             return self._reject(module, f"range {offset}+{len(new)} outside the stream's bytes [{start}, {end})")

@@ -305,6 +305,32 @@ class InlineChain:
                 self.registry.commit(self.bit_base + i, conn, records)
         self.finished_now.append(conn)
 
+    def handover(self, conns):
+        """How far the next stage may read each of `conns` that this chain has open, after this
+        batch: {conn: (records, gaps, end0, end1)}. Records: all it was shown (header edits
+        are not in the file). Bytes: up to where every module that reads them stands -- what
+        a writing module has read past is final (it may not replace bytes behind its position).
+        Gaps: the leading entries wholly before those ends."""
+        out = {}
+        readers = [i for i, m in self.streaming if callable(getattr(m, "on_data", None))]
+        for conn in conns:
+            c = self.conns.get(conn)
+            if c is None or c.file is None:
+                continue
+            h = c.file.header                   # as this batch read it
+            ends = [h["end0"], h["end1"]]
+            for i in readers:
+                for d in (0, 1):
+                    sp = c.pointers.get((i, d))
+                    ends[d] = min(ends[d], sp.tell() if sp is not None else c.saved.get((i, d), 0))
+            n = 0
+            for g in c.file.gaps()[:h["gaps"]] if h["gaps"] else ():
+                if g.offset + g.length > ends[g.dir]:
+                    break
+                n += 1
+            out[conn] = (h["records"], n, ends[0], ends[1])
+        return out
+
     def follow(self, conns):
         """Advance `conns`, and close those whose record file the gateway has closed (a process
         attached to the store: the record files, not a message, say a connection ended)."""

@@ -1,7 +1,9 @@
 """A chain in stages: consecutive read-only modules form one stage that runs in parallel worker
 processes; a writing module is a stage of its own, run by the gateway, which verifies and
-merges its edits. For each connection, stage k+1 sees it only after stage k is done with it
-(so it reads the merged bytes); across connections the stages pipeline.
+merges its edits. Stage k+1 reads a connection only as far as stage k is done with it, so it
+reads the merged bytes: after a writing stage (synchronous, batch by batch) that is after every
+batch, up to where its modules stand in each stream; after a parallel stage, when it finished
+the connection. Across connections the stages pipeline.
 """
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
@@ -29,18 +31,32 @@ class StagedChain:
                 self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry))
         self.modules = [m for st in self.stages for m in st.modules]
 
-    def _cascade(self, k):
-        # hand what stage k finished to stage k+1 (it sees each connection whole, once finished)
+    def _cascade(self, k, touched=()):
+        # hand stage k's progress to stage k+1: the connections it finished, whole; after a
+        # writing stage also the others it read in this batch, as far as it is done with them
         while k + 1 < len(self.stages):
-            done, self.stages[k].finished_now = self.stages[k].finished_now, []
-            if not done:
+            st = self.stages[k]
+            done, st.finished_now = st.finished_now, []
+            going = []
+            limits = None
+            if touched and isinstance(st, InlineChain):
+                going = [c for c in touched if c in st.conns]
+                limits = st.handover(going)
+            if not done and not going:
                 return
-            self.stages[k + 1].process([], done)
+            nxt = self.stages[k + 1]
+            if isinstance(nxt, InlineChain):
+                nxt.process(going, [], limits)
+                nxt.process([], done)
+            else:
+                nxt.process(going, done, limits)
+            touched = going
             k += 1
 
     def process(self, touched, closed):
         self.stages[0].process(touched, closed)
-        for k in range(len(self.stages)):
+        self._cascade(0, touched)
+        for k in range(1, len(self.stages)):
             self._cascade(k)
 
     def finish(self):

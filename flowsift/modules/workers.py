@@ -257,14 +257,19 @@ class ParallelChain:
         # ends where it was, with the same state, and reports what it had not reported
         w.send(("restore", w.checkpoint, w.rows, w.log))
 
-    def process(self, touched, closed):
+    def process(self, touched, closed, limits=None):
+        """`limits`: how far an earlier stage handed over some of `touched` (default: as far as
+        published)."""
         self.seq += 1
         self.open_conns.update(touched)
         self.open_conns.update(closed)
         self.closed_conns.update(closed)
         # how far each connection was published with this batch: workers read no further
         conns = changed_connections(touched, closed)
+        handed = limits
         limits = dict(zip(conns, self.store.published(conns)))
+        if handed:
+            limits.update({c: v for c, v in handed.items() if c not in self.closed_conns})
         for w in self.workers:
             while not self._drain(w):
                 self._restart(w)
