@@ -77,11 +77,13 @@ def test_inline_through_net_pcap_tx(tmp_path, corpus):
     assert frames_of(out2) == frames_of(ref)
 
 
-def test_inline_payload_edits_are_applied(tmp_path, corpus):
+@pytest.mark.parametrize("chain", ["redact(pattern=JFIF)", "counter,redact(pattern=JFIF)"])
+def test_inline_payload_edits_are_applied(tmp_path, corpus, chain):
     """redact inline: the masked bytes leave in the forwarded frames (they are read back from
-    the record files, which are given back only after the batch was forwarded), as with -w."""
+    the record files, which are given back only after the batch was forwarded), as with -w;
+    after a parallel stage too (the writing stage gets each batch once the workers read it,
+    not each connection at its end, when its frames are gone)."""
     out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
-    chain = "redact(pattern=JFIF)"
     got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out}", "--out",
                               "dpdk:net_pcap0", "--count", 483, "--events", "/dev/null", "--json").stdout)
     want = json.loads(flowsift("chain", chain, JPEGS, "-w", ref, "--events", "/dev/null", "--json").stdout)

@@ -2,8 +2,9 @@
 processes; a writing module is a stage of its own, run by the gateway, which verifies and
 merges its edits. Stage k+1 reads a connection only as far as stage k is done with it, so it
 reads the merged bytes: after a writing stage (synchronous, batch by batch) that is after every
-batch, up to where its modules stand in each stream; after a parallel stage, when it finished
-the connection. Across connections the stages pipeline.
+batch, up to where its modules stand in each stream; a writing stage after parallel workers
+gets each batch once every worker has read it (the gateway waits for them). Across connections
+the stages pipeline.
 """
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
@@ -31,7 +32,7 @@ class StagedChain:
                 self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry))
         self.modules = [m for st in self.stages for m in st.modules]
 
-    def _cascade(self, k, touched=()):
+    def _cascade(self, k, touched=(), closed=()):
         # hand stage k's progress to stage k+1: the connections it finished, whole; after a
         # writing stage also the others it read in this batch, as far as it is done with them
         while k + 1 < len(self.stages):
@@ -39,12 +40,22 @@ class StagedChain:
             done, st.finished_now = st.finished_now, []
             going = []
             limits = None
+            nxt = self.stages[k + 1]
             if touched and isinstance(st, InlineChain):
                 going = [c for c in touched if c in st.conns]
                 limits = st.handover(going)
+            elif touched and isinstance(nxt, InlineChain):
+                # a writing stage after parallel workers: it gets the batch once every worker has
+                # read it (as published), so that it edits (and forwarding sends) batch by batch
+                st.wait_all()
+                ended = set(closed)
+                # what ended in this batch the workers have read to its end (they report it with
+                # their next checkpoint; the next stage takes it once)
+                done = done + st.finished_now + [c for c in closed if c not in done]
+                st.finished_now = []
+                going = [c for c in touched if c in st.open_conns and c not in ended]
             if not done and not going:
                 return
-            nxt = self.stages[k + 1]
             if isinstance(nxt, InlineChain):
                 nxt.process(going, [], limits)
                 nxt.process([], done)
@@ -55,7 +66,7 @@ class StagedChain:
 
     def process(self, touched, closed):
         self.stages[0].process(touched, closed)
-        self._cascade(0, touched)
+        self._cascade(0, touched, closed)
         for k in range(1, len(self.stages)):
             self._cascade(k)
 

@@ -291,6 +291,14 @@ class ParallelChain:
                 self._restart(w)
             w.pending += 1
 
+    def wait_all(self):
+        """Block until every worker has processed every batch sent (a writing stage after this
+        one may then read those batches: this stage is done with them)."""
+        for w in self.workers:
+            while w.pending > 0:
+                if not self._drain_one(w):
+                    self._restart(w)
+
     def _drop(self, w, touched, closed):
         """The module is more than max_backlog batches behind: it loses these connections (they
         count as done for it, so the store is not held back), and the loss is counted."""
