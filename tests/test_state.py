@@ -407,4 +407,4 @@ def test_append_only_rows_are_checkpointed_in_parts_and_come_back_whole(tmp_path
     saved = (tmp_path / "store" / "state" / "counter.0.rows.jsonl").read_text().splitlines()
     assert rows(map(json.loads, saved)) == rows(want["tables"]["counter"])
     last = json.loads(json.loads((tmp_path / "store" / "state" / "counter.0.json").read_text().splitlines()[1])["state"])
-    assert last["rows"]["base"] > 0 and last["rows"]["base"] + len(last["rows"]["append"]) == 112
+    assert last["rows"] == {"rows": 112}                  # counted only: the rows are apart

@@ -48,6 +48,10 @@ class _Conn:
         self.ends_seen = None    # (end0, end1, gaps) at the last advance: nothing new, nothing to do
 
 
+_AGAIN = "again"               # a checkpoint entry: read this connection again from its first record
+_OPEN = "@@flowsift-open@@"      # where a checkpoint's open connections are put in
+
+
 class InlineChain:
     """Modules of a chain, called in order for each connection, in one process."""
 
@@ -80,6 +84,8 @@ class InlineChain:
         self.file_budget = reader_budget()
         self.reopens = 0
         self.seq = 0              # the last batch of a batch log processed (attached modules)
+        self._entries = {}        # conn -> its checkpoint entry text as of the last checkpoint
+        self._dirty = set()       # connections read since the last checkpoint
         if registry is None and store is not None:
             from flowsift.registry import EmbeddedRegistry
             registry = EmbeddedRegistry(store=store)
@@ -198,6 +204,7 @@ class InlineChain:
     def _advance(self, conn):
         c = self.conns.get(conn) or self._open(conn)
         self._touch(conn, c)
+        self._dirty.add(conn)
         flow = c.flow
         self._current = flow
         h = self._header(c, conn)
@@ -284,6 +291,7 @@ class InlineChain:
         if c is None:
             return
         self.finished.add(conn)
+        self._entries.pop(conn, None)
         self._touch(conn, c)
         h = self._header(c, conn)
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
@@ -352,9 +360,10 @@ class InlineChain:
         return {m.name: json.loads(snapshot(m)) for m in self.modules if declared(type(m))}
 
     # --- checkpoints (one module per chain: a worker) ---
-    def checkpoint(self, incremental=False):
+    def checkpoint(self, incremental=False, appended=None):
         """The module's whole state after the last batch, as JSON text: its declared state
-        (with `incremental`, append-only lists as the rows appended since the last one),
+        (with `incremental`, append-only lists only counted, the rows appended since the last
+        checkpoint put in the dict `appended`),
         counters, and for each open connection where every stream pointer stands, what it has
         seen, its flow.state and the events held for it. A connection whose flow.state JSON
         does not carry back unchanged (objects, tuples, non-string keys) is marked to be read
@@ -363,27 +372,40 @@ class InlineChain:
         from flowsift.modules.state import snapshot
         m = self.modules[0]
         counters = dict(m.counters)
-        conns, again = {}, []
+        parts, again = [], []
+        cache = self._entries
         for conn, c in self.conns.items():
-            try:
-                state = json.dumps(c.flow.state)
-                whole = json.loads(state) == c.flow.state
-            except (TypeError, ValueError):
-                whole = False
-            if not whole:
+            # a connection not read since the last checkpoint has the same entry: keep its text
+            text = cache.get(conn) if conn not in self._dirty else None
+            if text is None:
+                text = cache[conn] = self._entry(conn, c)
+            if text is _AGAIN:
                 again.append(conn)
                 for k, v in self.deltas.get(conn, {}).items():
                     counters[k] = counters.get(k, 0) - v
                 continue
-            pos = {f"{i}.{d}": p for (i, d), p in c.saved.items()}
-            pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items()})
-            conns[conn] = {"next": c.next_record, "pos": pos,
+            parts.append(f'"{conn}":{text}')
+        self._dirty.clear()
+        head = json.dumps({"state": snapshot(m, incremental, appended), "counters": counters, "errors": self.errors,
+                           "events": self.event_count, "open": _OPEN, "again": again, "seq": self.seq,
+                           "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
+        return head.replace(f'"{_OPEN}"', "{" + ",".join(parts) + "}", 1)
+
+    def _entry(self, conn, c):
+        """One open connection's part of a checkpoint, as JSON text (or _AGAIN)."""
+        try:
+            state = json.dumps(c.flow.state)
+            whole = json.loads(state) == c.flow.state
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
+            return _AGAIN
+        pos = {f"{i}.{d}": p for (i, d), p in c.saved.items()}
+        pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items()})
+        return json.dumps({"next": c.next_record, "pos": pos,
                            "seen": {f"{i}.{d}": list(v) for (i, d), v in c.seen.items()},
                            "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
-                           "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}
-        return json.dumps({"state": snapshot(m, incremental), "counters": counters, "errors": self.errors,
-                           "events": self.event_count, "open": conns, "again": again, "seq": self.seq,
-                           "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
+                           "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}, separators=(",", ":"))
 
     def restore_checkpoint(self, text, rows=None):
         """Take up from a checkpoint: declared state, counters and open connections where

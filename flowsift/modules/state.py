@@ -202,14 +202,16 @@ def bind_state(module):
         setattr(module, name, module._state[name])
 
 
-def snapshot(module, incremental=False):
+def snapshot(module, incremental=False, appended=None):
     """The module's declared cross-flow and global state as JSON text. With `incremental`,
-    append-only lists give only what was appended since the last incremental snapshot
-    (`{"append": [...], "base": n}`); whoever keeps the checkpoints keeps the rows."""
+    an append-only list is only counted (`{"rows": n}`) and the rows appended since the last
+    incremental snapshot go into the dict `appended` ({name: [rows]}): whoever keeps the
+    checkpoints keeps the rows."""
     out = {}
     for name, v in getattr(module, "_state", {}).items():
         if incremental and isinstance(v, AppendOnly):
-            out[name] = {"append": v[v.saved:], "base": v.saved}
+            out[name] = {"rows": len(v)}
+            appended[name] = v[v.saved:]
             v.saved = len(v)
         elif isinstance(v, CrossFlowTable):
             out[name] = {"crossflow": v.dump()}
@@ -232,9 +234,9 @@ def restore(module, text, merge=False, rows=None):
         if cur is None:
             continue
         decl = declared(type(module))[name]
-        if "append" in blob:
-            items = (rows or {}).get(name)
-            if items is None or len(items) != blob["base"] + len(blob["append"]):
+        if "rows" in blob:
+            items = (rows or {}).get(name, [])
+            if len(items) != blob["rows"]:
                 raise StateError(f"module {module.name}: {name}: the rows before this checkpoint are missing")
             cur[:] = items
             cur.saved = len(items)

@@ -46,7 +46,9 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     def checkpoint(seq):
         # what it finished and the state it is in after batch `seq`, in one message: the
         # gateway records both or neither
-        conn.send(("ckpt", seq, list(done), runner.checkpoint(incremental=True)))
+        appended = {}
+        blob = runner.checkpoint(incremental=True, appended=appended)
+        conn.send(("ckpt", seq, list(done), blob, appended))
         done.clear()
     try:
         while True:
@@ -151,10 +153,11 @@ class ParallelChain:
             w.pending -= 1
             return
         if kind == "ckpt":
-            _, seq, done, blob = msg
+            _, seq, done, blob, appended = msg
             for conn, records, events, delta in done:
                 self._done(w, conn, records, events, delta)
-            appended = self._appended(w, blob)
+            for name, rows in appended.items():
+                w.rows.setdefault(name, []).extend(rows)
             w.checkpoint, w.checkpoint_seq = blob, seq
             w.log = [b for b in w.log if b[0] > seq]
             w.checkpoints += 1
@@ -169,17 +172,6 @@ class ParallelChain:
                 self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
         elif kind == "fatal":
             raise ModuleError(msg[1])
-
-    def _appended(self, w, blob):
-        """Keep the rows an incremental checkpoint appended to append-only lists."""
-        if "append" not in blob:
-            return {}
-        out = {}
-        for name, v in json.loads(json.loads(blob)["state"]).items():
-            if "append" in v:
-                w.rows.setdefault(name, []).extend(v["append"])
-                out[name] = v["append"]
-        return out
 
     def _save(self, w, appended=None):
         """The checkpoint in the store too (state/NAME.BIT.json; the rows of append-only lists
@@ -335,7 +327,7 @@ class ParallelChain:
             if declared(type(m)) and w.checkpoint is not None:
                 st = json.loads(json.loads(w.checkpoint)["state"])
                 for name, v in st.items():
-                    if "append" in v:
+                    if "rows" in v:
                         st[name] = {"value": w.rows.get(name, [])}
                 out[w.name] = st
         return out
