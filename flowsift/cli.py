@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 # Files smaller than this finish before a progress bar is worth drawing.
-PROGRESS_MIN_BYTES = int(os.environ.get("FLOWSIFT_PROGRESS_MIN_BYTES", 64 << 20))
+PROGRESS_MIN_BYTES = 64 << 20          # smaller captures get no progress bar (FLOWSIFT_PROGRESS_MIN_BYTES)
 
 
 def _fail(message):
@@ -27,7 +27,9 @@ def _fail(message):
 
 def _progress(size, label):
     """A rich progress bar on stderr when it is a terminal and the work is long; else None."""
-    if size < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+    from flowsift.errors import env_number
+    least = env_number("FLOWSIFT_PROGRESS_MIN_BYTES", PROGRESS_MIN_BYTES, 0, None, "bytes a capture needs for a progress bar")
+    if size < least or not sys.stderr.isatty():
         return None
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     from rich.console import Console

@@ -27,3 +27,21 @@ class CaptureFormatError(FlowsiftError):
             where.append(f"at byte {position}")
         prefix = f"{self.path}: " + (" ".join(where) + ": " if where else "")
         super().__init__(prefix + message)
+
+
+def env_number(name, default, low, high, what, kind=int):
+    """A number from the environment variable `name` (`default` when unset), checked to lie in
+    [low, high] (high None: no bound); anything else is a one-line UsageError saying what the
+    number is for."""
+    import os
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise UsageError(f"{name}={text!r}: {what} is a number {span}")
+    return value

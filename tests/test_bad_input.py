@@ -121,6 +121,15 @@ def test_bad_batch_size_is_one_line(tmp_path, monkeypatch, value):
     one_line_error(run_cli("stats", write(tmp_path, "good.pcap", GOOD)), "FLOWSIFT_BATCH")
 
 
+@pytest.mark.parametrize("name", ["FLOWSIFT_READER_FILES", "FLOWSIFT_CHECKPOINT_EVERY", "FLOWSIFT_PROGRESS_MIN_BYTES",
+                                  "FLOWSIFT_HEARTBEAT_TTL_MS"])
+def test_bad_numbers_in_the_environment_are_one_line(tmp_path, monkeypatch, name):
+    """Said once, before the first packet (not by every worker as it dies)."""
+    monkeypatch.setenv(name, "many")
+    args = ["--registry", "redis://127.0.0.1:1"] if "HEARTBEAT" in name else []
+    one_line_error(run_cli("chain", "counter", write(tmp_path, "good.pcap", GOOD), "--events", "/dev/null", *args), name)
+
+
 def test_batch_size_changes_nothing_but_the_batches(tmp_path, monkeypatch):
     import json
     path = write(tmp_path, "good.pcap", GOOD)

@@ -122,12 +122,8 @@ def open_capture(path, bpf=None):
 def batch_size():
     """Packets per batch: DEFAULT_BATCH, or FLOWSIFT_BATCH (smaller batches hand data to
     modules sooner and checkpoint more often; larger ones cost less per packet)."""
-    text = os.environ.get("FLOWSIFT_BATCH")
-    if not text:
-        return DEFAULT_BATCH
-    if not text.isdigit() or not 1 <= int(text) <= 65536:
-        raise FlowsiftError(f"FLOWSIFT_BATCH={text!r}: packets per batch is a number from 1 to 65536")
-    return int(text)
+    from flowsift.errors import env_number
+    return env_number("FLOWSIFT_BATCH", DEFAULT_BATCH, 1, 65536, "packets per batch")
 
 
 def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None):

@@ -20,9 +20,10 @@ def reader_budget():
     read least recently is closed and opened again when it next has news."""
     import os
     import resource
-    text = os.environ.get("FLOWSIFT_READER_FILES")
-    if text:
-        return max(2, int(text))
+    from flowsift.errors import env_number
+    given = env_number("FLOWSIFT_READER_FILES", None, 2, None, "record files readers keep open")
+    if given is not None:
+        return given
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     soft = 65536 if soft == resource.RLIM_INFINITY else soft
     try:

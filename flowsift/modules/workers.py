@@ -125,7 +125,10 @@ class ParallelChain:
         self.max_backlog = max_backlog   # None: back-pressure (the gateway waits for a slow module)
         self.finished_now = []
         self.seq = 0                     # batches sent so far
-        self.every = int(os.environ.get("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY))
+        from flowsift.errors import env_number
+        from flowsift.modules.runner import reader_budget
+        self.every = env_number("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY, 1, None, "batches between checkpoints")
+        reader_budget()                  # a bad FLOWSIFT_READER_FILES is said here, not by every worker
         self.store = store
         self.store_dir = store.directory
         self.events = events

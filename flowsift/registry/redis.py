@@ -30,12 +30,13 @@ import os
 import time
 import urllib.parse
 
+from flowsift.errors import env_number
 from flowsift.registry.base import MAX_MODULES, Registry, RegistryError, new_run_id, whoami
 
 # ms without a heartbeat after which a process is taken for dead; beats come 5 times as often
-HEARTBEAT_TTL = int(os.environ.get("FLOWSIFT_HEARTBEAT_TTL_MS", 5000))
+HEARTBEAT_TTL = env_number("FLOWSIFT_HEARTBEAT_TTL_MS", 5000, 100, None, "milliseconds of heartbeat")
 HEARTBEAT_EVERY = HEARTBEAT_TTL / 5000
-RETRY_FOR = float(os.environ.get("FLOWSIFT_REGISTRY_RETRY", 120))   # seconds of back-off before giving up
+RETRY_FOR = env_number("FLOWSIFT_REGISTRY_RETRY", 120.0, 0, None, "seconds of retrying", float)   # back-off before giving up
 TRIM_EVERY = 64               # batches between trims of the batch log
 NOTIFY_FLAGS = "Kh"          # keyspace events (K) of hash commands (h): what modules subscribe to
 
