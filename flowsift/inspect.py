@@ -1,14 +1,9 @@
 """`flowsift inspect`: record files and stores, described as plain data."""
-import ipaddress
 import json
 import os
 
 from flowsift.streams import format as F
 from flowsift.streams.reader import RecordFile, StoreError, store_files
-
-
-def _addr(raw, ipver):
-    return str(ipaddress.ip_address(raw[:4] if ipver == 4 else raw))
 
 
 def _flags(rflags):
@@ -26,8 +21,8 @@ def describe_file(path, n_records=20):
         info = {
             "file": str(path), "conn": h["conn"], "version": h["version"],
             "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
-            "client": f"{_addr(h['client_addr'], h['ipver'])}:{h['client_port']}",
-            "server": f"{_addr(h['server_addr'], h['ipver'])}:{h['server_port']}",
+            "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+            "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP),
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
@@ -62,8 +57,8 @@ def describe_store(directory):
                 h = rf.header
                 conns.append({"file": os.path.basename(path), "conn": h["conn"],
                               "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
-                              "client": f"{_addr(h['client_addr'], h['ipver'])}:{h['client_port']}",
-                              "server": f"{_addr(h['server_addr'], h['ipver'])}:{h['server_port']}",
+                              "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
+                              "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
                               "records": h["records"], "bytes": [h["end0"], h["end1"]], "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway})
         except StoreError as e:

@@ -91,3 +91,13 @@ def test_every_package_is_listed_for_installation():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in (ROOT / "flowsift").rglob("__init__.py")}
     assert found == listed
+
+
+def test_inspect_writes_ipv6_endpoints_as_events_do(tmp_path, corpus):
+    store = tmp_path / "store"
+    res = run_cli("gateway", corpus / "ipv6__pcpp__one_ipv6_http_stream.pcap", "--store", store, "--keep")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(run_cli("inspect", store, "--json", check=True).stdout)["connections"]
+    assert len(got) == 1 and re.fullmatch(r"\[[0-9a-f:]+\]:\d+", got[0]["client"]) and got[0]["server"].startswith("[")
+    one = json.loads(run_cli("inspect", store / got[0]["file"], "--json", check=True).stdout)
+    assert one["client"] == got[0]["client"] and one["server"] == got[0]["server"]
