@@ -48,8 +48,8 @@ def best(fn, repeat):
     return min(times), result
 
 
-def run(cmd):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+def run(cmd, env=None):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
 
 
 def flowsift_in_process(path):

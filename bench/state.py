@@ -6,28 +6,22 @@
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ingest import workload  # noqa: E402
+from ingest import best, workload  # noqa: E402
+from ingest import run as run_cmd  # noqa: E402
 
 FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
 
 
 def run(capture, every, repeat):
-    best, out = None, None
     env = dict(os.environ, FLOWSIFT_CHECKPOINT_EVERY=str(every))
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = subprocess.run([FLOWSIFT, "chain", str(HERE / "modules" / "tally.py"), str(capture), "--events",
-                              "/dev/null", "--json"], check=True, capture_output=True, text=True, env=env).stdout
-        t = time.perf_counter() - t0
-        best = t if best is None else min(best, t)
-    return best, json.loads(out)
+    cmd = [FLOWSIFT, "chain", str(HERE / "modules" / "tally.py"), str(capture), "--events", "/dev/null", "--json"]
+    t, out = best(lambda: run_cmd(cmd, env), repeat)
+    return t, json.loads(out)
 
 
 def main():

@@ -10,9 +10,9 @@ import struct
 from flowsift.errors import UsageError
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
 from flowsift.streams import RecordFile
+from flowsift.streams.format import RF_LATE
 
 PF_FRAGMENT = 2
-RF_LATE = 64                    # a packet after its connection ended (flowsift/io/_batch.pxd)
 
 
 def _csum(data, start=0):
@@ -118,14 +118,16 @@ def _rewrite_fragment(frame, p, fields):
 
 def _fragment_fields(editor, members, positions=None):
     """frame position of each fragment of an edited datagram -> the datagram's header edits, or
-    None where the datagram cannot take them (its transport header spans fragments: it leaves
-    unedited, whole, and counted)."""
+    None where the datagram cannot take them (its transport header spans fragments; or, given
+    the `positions` that can still be sent, some of its fragments are gone already): it leaves
+    unedited, whole, and counted."""
     out = {}
     for pos, fields in editor.headers.items():
         frags, whole = members.get(pos, ((), False))
+        ok = whole and (positions is None or all(m in positions for m in frags))
         for m in frags:
             if positions is None or m in positions:
-                out[m] = fields if whole else None
+                out[m] = fields if ok else None
     return out
 
 
@@ -253,13 +255,7 @@ class Forwarder:
         if self.members and ed.headers:
             # a datagram's fragments take its edits only if all of them are in this batch (the
             # ones before were sent already): the datagram leaves rewritten whole, or as it came
-            here = set(pos.tolist())
-            for at, fields in ed.headers.items():
-                frags, whole = self.members.get(at, ((), False))
-                ok = whole and all(m in here for m in frags)
-                for m in frags:
-                    if m in here:
-                        frag[m] = fields if ok else None
+            frag = _fragment_fields(ed, self.members, set(pos.tolist()))
             if frag:
                 todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
         late = None

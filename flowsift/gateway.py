@@ -18,8 +18,6 @@ from flowsift.streams._store import RecordStore
 # Default home of a run's store: memory-backed, gone at reboot; --store DIR keeps it on disk.
 DEFAULT_STORE_PARENT = "/dev/shm"
 
-RF_LATE = 64                    # a packet after its connection ended (flowsift/io/_batch.pxd)
-
 
 def changed_connections(touched, closed):
     """The connections a publish changed or ended, each once (one that ended without a packet
@@ -214,6 +212,7 @@ class Gateway:
         # packets after their connection ended have no record: egress gives them the header
         # edits their connection's last packet got (a NAT must not let them out unrewritten)
         import numpy as np
+        from flowsift.streams.format import RF_LATE
         arr = batch.array
         late = np.flatnonzero((arr["rflags"] & RF_LATE) != 0)
         for i in late.tolist():

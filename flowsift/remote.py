@@ -18,7 +18,7 @@ from flowsift.errors import FlowsiftError, UsageError
 from flowsift.registry import RegistryError, open_registry
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
-CHECKPOINT_EVERY = 16           # batches of the log between commits when no connection finished
+LOG_CHUNK = 64                  # batch log entries read at a time
 
 
 def _say(line):
@@ -246,7 +246,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
             # the batch log, entry after entry, each connection read only as far as it was
             # published with its batch: what the module sees does not depend on when it runs
             while True:
-                entries, lost = reg.batches_after(runner.seq)
+                entries, lost = reg.batches_after(runner.seq, LOG_CHUNK)
                 if lost:
                     state.log_gaps += 1
                     follow(sorted(reg.connections()))
@@ -260,7 +260,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     runner.process(touched, closed, limits)
                     runner.seq = seq
                     state.commit_and_beat()
-                if len(entries) < 64:
+                if len(entries) < LOG_CHUNK:
                     return
 
         last_check = 0.0
@@ -319,6 +319,8 @@ class _Attached:
         self.runner = None
         self.ckpt = None                    # the last checkpoint committed
         self.seq = None                     # the batch it was taken after
+        from flowsift.modules.workers import checkpoint_every
+        self.every = checkpoint_every()     # batches of the log between commits, as workers
         self.committed_at = 0.0
         self.log_gaps = 0                   # times entries of the batch log were missing
 
@@ -334,14 +336,14 @@ class _Attached:
         self.pending.append((conn, records, {"missed_connections": 1}))
 
     def commit(self, soon=False):
-        """Commit what it finished and its checkpoint. With `soon`, only when it is due: 16
-        batches of the log since the last commit, or half a second with something to commit
+        """Commit what it finished and its checkpoint. With `soon`, only when it is due: as many
+        batches of the log since the last commit as workers checkpoint after, or half a second with something to commit
         (a checkpoint per batch would cost more than the batch)."""
         seq = self.runner.seq if self.runner is not None else None
         advanced = seq is not None and seq != self.seq
         if not self.pending and not advanced:
             return
-        if soon and not (self.seq is None or seq - self.seq >= CHECKPOINT_EVERY
+        if soon and not (self.seq is None or seq - self.seq >= self.every
                          or time.monotonic() - self.committed_at > 0.5):
             return
         ckpt = self.runner.checkpoint() if self.runner is not None else None
@@ -357,10 +359,10 @@ class _Attached:
         self.committed_pos = self.out.pos
         self.out.committed()
 
-    def commit_and_beat(self, soon=True):
+    def commit_and_beat(self):
         """Commit (when due), then beat; False when the beat found our keys gone (they are
         written again)."""
-        self.commit(soon)
+        self.commit(soon=True)
         if self.reg.heartbeat(self.bit):
             return True
         self.restore()

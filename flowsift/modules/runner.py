@@ -18,19 +18,12 @@ def reader_budget():
     """How many record files a chain keeps open at once (FLOWSIFT_READER_FILES, else within the
     descriptor limit and vm.max_map_count, next to the store's share): past it, the connection
     read least recently is closed and opened again when it next has news."""
-    import os
-    import resource
     from flowsift.errors import env_number
+    from flowsift.limits import descriptor_limit, max_map_count
     given = env_number("FLOWSIFT_READER_FILES", None, 2, None, "record files readers keep open")
     if given is not None:
         return given
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    soft = 65536 if soft == resource.RLIM_INFINITY else soft
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            max_maps = int(f.read())
-    except (OSError, ValueError):
-        max_maps = 65530
+    soft, max_maps = descriptor_limit(raise_it=False), max_map_count()
     return max(64, min((soft - 256) // 4, (max_maps - 8192) // 16, 4096))
 
 

@@ -56,11 +56,7 @@ class StagedChain:
                 going = [c for c in touched if c in st.open_conns and c not in ended]
             if not done and not going:
                 return
-            if isinstance(nxt, InlineChain):
-                nxt.process(going, [], limits)
-                nxt.process([], done)
-            else:
-                nxt.process(going, done, limits)
+            nxt.process(going, done, limits)
             touched = going
             k += 1
 

@@ -23,6 +23,11 @@ from flowsift.modules.runner import InlineChain
 
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
+
+
+def checkpoint_every():
+    from flowsift.errors import env_number
+    return env_number("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY, 1, None, "batches between checkpoints")
 INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
 
 
@@ -125,9 +130,8 @@ class ParallelChain:
         self.max_backlog = max_backlog   # None: back-pressure (the gateway waits for a slow module)
         self.finished_now = []
         self.seq = 0                     # batches sent so far
-        from flowsift.errors import env_number
         from flowsift.modules.runner import reader_budget
-        self.every = env_number("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY, 1, None, "batches between checkpoints")
+        self.every = checkpoint_every()
         reader_budget()                  # a bad FLOWSIFT_READER_FILES is said here, not by every worker
         self.store = store
         self.store_dir = store.directory
@@ -237,11 +241,7 @@ class ParallelChain:
     def _restart(self, w):
         # what it sent before it died counts: a checkpoint still in the pipe is the one to
         # restart from (noticed at a send, the pipe may not have been read yet)
-        try:
-            while w.conn.poll():
-                self._apply(w, w.conn.recv())
-        except (EOFError, OSError):
-            pass
+        self._drain(w)
         w.proc.join(timeout=1)
         w.restarts += 1
         if w.restarts > 100:
@@ -261,10 +261,10 @@ class ParallelChain:
         self.closed_conns.update(closed)
         # how far each connection was published with this batch: workers read no further
         conns = changed_connections(touched, closed)
-        handed = limits
-        limits = dict(zip(conns, self.store.published(conns)))
-        if handed:
-            limits.update({c: v for c, v in handed.items() if c not in self.closed_conns})
+        published = dict(zip(conns, self.store.published(conns)))
+        if limits:
+            published.update({c: v for c, v in limits.items() if c not in self.closed_conns})
+        limits = published
         for w in self.workers:
             while not self._drain(w):
                 self._restart(w)

@@ -212,10 +212,9 @@ cdef class Engine:
                 self._tick(p.ts_ns)
             else:
                 self.jump_pending = 0
-            if self.flows.place(<void*>p) < 0:
+            if self.flows._assign(<void*>p) < 0:
                 raise MemoryError("flow table")
             self._packet(p)
-        self._expire()
 
     cdef int _tick(self, int64_t ts) except -1:
         # Timeouts fire at the packet that passes them, not at the end of its batch: a

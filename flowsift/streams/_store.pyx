@@ -175,20 +175,8 @@ ctypedef struct handle_t:
 def _handle_budget():
     """How many record files may be open at once: within the descriptor limit (raised to its
     hard limit if need be) and vm.max_map_count (each open file holds up to 5 mappings)."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-        except (ValueError, OSError):
-            pass
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            max_maps = int(f.read())
-    except (OSError, ValueError):
-        max_maps = 65530
+    from flowsift.limits import descriptor_limit, max_map_count
+    soft, max_maps = descriptor_limit(), max_map_count()
     # leave half for readers in the same process (an inline chain maps and opens files too)
     return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 12, 8192))
 

@@ -122,6 +122,7 @@ RF_CONFLICT = 4
 RF_OUT_OF_ORDER = 8
 RF_GAP_BEFORE = 16
 RF_SNAPLEN_CUT = 32
+RF_LATE = 64                    # after its connection ended: no record holds it (batch columns only)
 RF_NAMES = {RF_RETRANSMISSION: "retransmission", RF_OVERLAP: "overlap", RF_CONFLICT: "conflict",
             RF_OUT_OF_ORDER: "out-of-order", RF_GAP_BEFORE: "gap-before", RF_SNAPLEN_CUT: "snaplen-cut"}
 
