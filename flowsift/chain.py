@@ -9,7 +9,7 @@ from flowsift.modules.runner import InlineChain
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
               strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
-              shards=None, shard=None):
+              shards=None, shard=None, reshard=None, handover=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`."""
@@ -20,13 +20,19 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
-    if shards is not None and shards > 1:
+    if reshard and not shards:
+        raise UsageError("--reshard changes the number of shards of a sharded run: give --shards N too")
+    if shards is not None and (shards > 1 or reshard):
         if write is not None or out is not None or registry not in (None, "", "embedded") or store is not None:
             raise UsageError("--shards runs one gateway per shard, each with its own temporary store: "
                              "-w, --out, --registry and --store work without it")
-        from flowsift.shards import run_sharded
-        return run_sharded(spec, source, shards, events=events, filter_expression=filter_expression, policy=policy,
-                           strict=strict, inline=inline, max_backlog=max_backlog)
+        if reshard and not all(cls.read_only() for cls, _ in chain):
+            raise UsageError("--reshard moves read-only modules' state; a chain with a writing module "
+                             "runs with a fixed number of shards")
+        from flowsift.shards import parse_reshard, run_sharded
+        return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
+                           filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
+                           max_backlog=max_backlog)
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError
@@ -56,6 +62,9 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         # read-only runs in parallel stages, each writing module a stage of its own in this process
         from flowsift.modules.stages import StagedChain
         runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+    if handover is not None:
+        from flowsift.shards import Resharder
+        g.resharder = Resharder(g, runner, shard[0], *handover)
     forwarder = None
     try:
         if out is not None:

@@ -2,7 +2,7 @@
 import json
 import os
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -304,6 +304,10 @@ def chain(
     shards: Optional[int] = typer.Option(None, "--shards", metavar="N",
                                          help="Run N gateways, each with the flows of its shard (a symmetric hash), "
                                               "and merge their outputs and declared module state."),
+    reshard: Optional[List[str]] = typer.Option(None, "--reshard", metavar="PACKETS:N",
+                                                help="With --shards and a capture file: at packet PACKETS go on with N "
+                                                     "shards, moving the flows whose shard changes, with their "
+                                                     "reassembly and module state (repeat for more steps)."),
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
@@ -319,6 +323,7 @@ def chain(
       flowsift chain counter,./mymodule.py:Mine trace.pcap --events out.jsonl
       flowsift chain http,counter trace.pcap --registry redis://localhost:6379/0
       flowsift chain "nat(to=10.0.0.2:8080)" afpacket:eth1 --out afpacket:eth2   (inline)
+      flowsift chain http,counter trace.pcap --shards 2 --reshard 500000:4
       flowsift modules            (what modules there are)
     """
     from flowsift.chain import run_chain
@@ -334,7 +339,7 @@ def chain(
                                                          filter_expression=filter, policy=policy, strict=strict,
                                                          on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
-                                                         shards=shards),
+                                                         shards=shards, reshard=reshard),
              as_json, _render('print_chain'))
     finally:
         if out is not None and out is not sys.stdout:

@@ -74,6 +74,11 @@ class Gateway:
         # them (flowsift.io.shard), "kernel": the source gives it only those (fan-out)
         self.shard = shard
         self.other_shards = 0         # packets left to the other shards
+        self.table = None             # bucket -> shard (split "hash"; flowsift.io.shard)
+        if shard is not None and shard[2] == "hash":
+            from flowsift.io.shard import initial_table
+            self.table = initial_table(shard[1])
+        self.resharder = None         # moves flows between running shards (flowsift.shards.Resharder)
         self.announced = set()        # connections the registry knows
         self.batches = 0              # publishes so far: the batch log's sequence numbers
         self.late = None              # frame position -> (conn, dir) of late packets, when egress wants them
@@ -231,10 +236,15 @@ class Gateway:
             self._fail(str(e))
             raise
         try:
+            read = 0                        # packets read so far (before sharding)
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
-                if self.shard is not None and self.shard[2] == "hash":
+                if self.table is not None:
                     from flowsift.io.shard import shard_mask
-                    self.other_shards += batch.keep(shard_mask(batch, *self.shard[:2]))
+                    if self.resharder is not None:
+                        # every shard reads the same batches: all agree on where this happens
+                        self.resharder.at(read)
+                    read += batch.n
+                    self.other_shards += batch.keep(shard_mask(batch, self.shard[0], self.table))
                 self.store.check_space(batch)
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
@@ -276,5 +286,7 @@ class Gateway:
         if self.shard is not None:
             summary["shard"] = {"index": self.shard[0], "of": self.shard[1], "split": self.shard[2],
                                 "other_shards_packets": self.other_shards}
+            if self.resharder is not None:
+                summary["shard"]["moved"] = self.resharder.counters()
         self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
         return summary

@@ -5,24 +5,161 @@ its own module workers; at the end their outputs are put together.
 A capture file is read by every shard, each keeping its flows. An AF_PACKET interface is read
 once: the shards join one PACKET_FANOUT_HASH group and the kernel hands each its flows.
 
-Per-flow state never leaves its shard (a flow lives in one). Declared cross-flow and global
-state is merged by each declaration's merge rule (numbers add, lists extend, ... see
-flowsift.modules.state); counters add; tables are joined; events are written shard after shard.
+Per-flow state stays with its flow. Re-sharding (`--reshard PACKETS:N`, capture files) changes
+the number of shards while the run goes on: at that packet every shard hands the flows whose
+bucket changes owner to their new shard, each whole -- flow-table entry, reassembly state with
+held bytes, record file, and every module's per-flow state -- and takes the ones it gets.
+Declared cross-flow and global state is merged by each declaration's merge rule (numbers add,
+lists extend, ... see flowsift.modules.state); counters add; tables are joined; events are
+written shard after shard.
 """
 import json
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import tempfile
+import time
 
 from flowsift.errors import FlowsiftError, UsageError
 
 
-def _one(spec, source, index, count, split, events_path, kw, conn):
+HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
+
+
+def parse_reshard(texts):
+    """["PACKETS:N", ...] -> [(packets, n)], in order of packets."""
+    steps = []
+    for text in texts or ():
+        at, sep, n = str(text).partition(":")
+        try:
+            step = (int(at.replace("_", "")), int(n))
+        except ValueError:
+            step = None
+        if not sep or step is None or step[0] < 1 or not 1 <= step[1] <= 64:
+            raise UsageError(f"--reshard {text}: PACKETS:N, the packet count (from 1) at which the run "
+                             f"goes on with N shards (1..64), e.g. --reshard 100000:4")
+        if steps and step[0] <= steps[-1][0]:
+            raise UsageError(f"--reshard {text}: steps go in order of packets ({steps[-1][0]} came before)")
+        steps.append(step)
+    return steps
+
+
+class Resharder:
+    """Moves flows between running shards of a capture file, at the packet counts of a plan.
+
+    At a step each shard works out the new bucket table (flowsift.io.shard.reshard_table; every
+    shard gets the same), hands each other shard the flows (and half-rebuilt datagrams) of the
+    buckets it loses, in one file per pair under `directory`, then takes what the others hand
+    it. A flow moves whole: its flow-table entry, its reassembly state (held bytes, the ring of
+    delivered bytes), its record file (renamed into the new shard's store; record ids go on)
+    and each module's per-flow state (the checkpoint entry of the connection: where its stream
+    pointers stand, flow.state, held events). A connection that already ended moves only its
+    flow-table entry (late packets and reuse of its 5-tuple are judged as in one gateway); its
+    modules finish it where it was."""
+
+    def __init__(self, gateway, runner, index, steps, directory, processes):
+        self.g = gateway
+        self.runner = runner
+        self.index = index
+        self.steps = steps
+        self.directory = directory
+        self.processes = processes
+        self.step = 0
+        self.moved = {"connections_out": 0, "connections_in": 0, "flows_out": 0, "flows_in": 0,
+                      "datagrams_out": 0, "datagrams_in": 0}
+
+    def counters(self):
+        return dict(self.moved)
+
+    def at(self, frames):
+        from flowsift.io.shard import reshard_table
+        while self.step < len(self.steps) and frames >= self.steps[self.step][0]:
+            table = reshard_table(self.g.table, self.steps[self.step][1])
+            self._exchange(self.step, table)
+            self.g.table = table
+            self.step += 1
+
+    def _path(self, step, frm, to):
+        return os.path.join(self.directory, f"{step}.{frm}.{to}.pickle")
+
+    def _exchange(self, step, table):
+        from flowsift.io.shard import bucket_of
+        me, g = self.index, self.g
+        engine, store, defrag = g.reassembler.engine, g.store, g.reassembler.defrag
+        going, frags = {}, {}
+        for i, a, b in g.reassembler.flows.live():
+            to = int(table[bucket_of(a, b)])
+            if to != me:
+                going.setdefault(to, []).append(i)
+        for i, a, b in defrag.pending_addresses():
+            to = int(table[bucket_of(a, b)])
+            if to != me:
+                frags.setdefault(to, []).append(i)
+        moving = sorted(i for ids in going.values() for i in ids if engine.is_open(i))
+        # the modules first: their workers let go of the files before the files move
+        entries = self.runner.hand_over(moving) if moving else {}
+        for to in range(self.processes):
+            if to == me:
+                continue
+            flows = []
+            for i in going.get(to, ()):
+                rec = engine.export_flow(i)
+                if rec.get("open"):
+                    rec["store"] = store.export_conn(i)
+                    rec["entries"] = {slot: e[i] for slot, e in entries.items() if i in e}
+                    self.moved["connections_out"] += 1
+                flows.append(rec)
+                self.moved["flows_out"] += 1
+            datagrams = [defrag.export_datagram(i) for i in frags.get(to, ())]
+            self.moved["datagrams_out"] += len(datagrams)
+            tmp = self._path(step, me, to) + ".tmp"
+            with open(tmp, "wb") as f:
+                pickle.dump({"flows": flows, "datagrams": datagrams}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self._path(step, me, to))
+        adopted, conns = {}, []
+        for frm in range(self.processes):
+            if frm == me:
+                continue
+            got = self._wait(self._path(step, frm, me), frm)
+            for rec in got["flows"]:
+                j = engine.import_flow(rec)
+                self.moved["flows_in"] += 1
+                if rec.get("store"):
+                    store.adopt_conn(j, *rec["store"])
+                    conns.append(j)
+                    self.moved["connections_in"] += 1
+                    for slot, text in rec["entries"].items():
+                        adopted.setdefault(slot, {})[j] = text
+            for rec in got["datagrams"]:
+                defrag.import_datagram(rec)
+            self.moved["datagrams_in"] += len(got["datagrams"])
+        if conns:
+            self.runner.take_over(adopted, conns)
+
+    def _wait(self, path, frm):
+        deadline = time.monotonic() + HANDOVER_TIMEOUT
+        while not os.path.exists(path):
+            if os.path.exists(os.path.join(self.directory, "abort")):
+                raise FlowsiftError(f"shard {self.index}: stopped, another shard failed")
+            if time.monotonic() > deadline:
+                raise FlowsiftError(f"shard {self.index}: shard {frm} handed nothing over in "
+                                    f"{HANDOVER_TIMEOUT:.0f} s; giving up")
+            time.sleep(0.002)
+        with open(path, "rb") as f:
+            got = pickle.load(f)
+        os.unlink(path)
+        return got
+
+
+def _one(spec, source, index, count, split, events_path, kw, conn, handover=None):
+    # the parent's handlers forward signals to the shards; a shard and its workers take their own
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from flowsift.chain import run_chain
         with open(events_path, "w") as ev:
-            summary = run_chain(spec, source, events=ev, shard=(index, count, split), **kw)
+            summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover, **kw)
         conn.send(("ok", summary))
     except FlowsiftError as e:
         conn.send(("error", str(e)))
@@ -73,10 +210,20 @@ def shard_source(source):
     return f"{src},fanout={os.getpid() & 0xFFFF}", "kernel"
 
 
-def run_sharded(spec, source, count, events=None, **kw):
+def run_sharded(spec, source, count, events=None, reshard=None, **kw):
     src, split = shard_source(source)
+    steps = list(reshard or ())
+    if steps and split != "hash":
+        raise UsageError("--reshard moves flows between the shards of a capture file; on an interface the "
+                         "kernel's fan-out places them")
+    # a shard that joins later runs from the start, owning no flow until its step
+    processes = max([count] + [n for _, n in steps])
     ctx = mp.get_context("fork")
     tmp = tempfile.mkdtemp(prefix="flowsift-shards-")
+    handover = None
+    if steps:
+        os.mkdir(os.path.join(tmp, "handover"))
+        handover = (steps, os.path.join(tmp, "handover"), processes)
     procs = []
     old = {}
 
@@ -88,24 +235,34 @@ def run_sharded(spec, source, count, events=None, **kw):
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, forward)
-        for k in range(count):
+        for k in range(processes):
             parent, child = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_one, args=(spec, src, k, count, split, os.path.join(tmp, f"{k}.jsonl"), kw, child))
+            p = ctx.Process(target=_one, args=(spec, src, k, count, split, os.path.join(tmp, f"{k}.jsonl"), kw, child,
+                                               handover))
             p.start()
             child.close()
             procs.append((p, parent))
-        results = []
-        for k, (p, conn) in enumerate(procs):
-            try:
-                status, value = conn.recv()
-            except EOFError:
-                status, value = "error", f"shard {k}: its process died ({p.exitcode})"
-            p.join()
-            if status != "ok":
-                raise FlowsiftError(value)
-            results.append(value)
+        results = [None] * processes
+        waiting = {conn: k for k, (p, conn) in enumerate(procs)}
+        from multiprocessing.connection import wait
+        while waiting:
+            for conn in wait(list(waiting)):
+                k = waiting.pop(conn)
+                p = procs[k][0]
+                try:
+                    status, value = conn.recv()
+                except EOFError:
+                    p.join(timeout=5)
+                    status, value = "error", f"shard {k}: its process died ({p.exitcode})"
+                p.join()
+                if status != "ok":
+                    if handover is not None:
+                        # shards waiting for this one's handover stop at once
+                        open(os.path.join(handover[1], "abort"), "w").close()
+                    raise FlowsiftError(value)
+                results[k] = value
         if events is not None:
-            for k in range(count):
+            for k in range(processes):
                 with open(os.path.join(tmp, f"{k}.jsonl")) as f:
                     for line in f:
                         events.write(line)
@@ -117,8 +274,11 @@ def run_sharded(spec, source, count, events=None, **kw):
                 p.kill()
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
-    out = {"mode": "sharded", "shards": [dict(r["shard"], packets=r["packets"]) for r in results], "chain": results[0]["chain"], "source": str(source),
+    out = {"mode": "sharded", "shards": [dict(r["shard"], packets=r["packets"]) for r in results],
+           "chain": results[0]["chain"], "source": str(source),
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
+    if steps:
+        out["reshard"] = [{"packets": at, "shards": n} for at, n in steps]
     for key in ("files", "records", "bytes", "reopens", "late_packets", "reclaimed_bytes", "retired", "events"):
         out[key] = sum(r.get(key, 0) or 0 for r in results)
     out["connections"] = _add({}, {})

@@ -94,6 +94,50 @@ cdef class Defragmenter:
     def pending(self):
         return self.n_used
 
+    # --- re-sharding: a datagram being rebuilt handed to another defragmenter ---
+    def pending_addresses(self):
+        """[(slot, source address, destination address)] of the datagrams being rebuilt."""
+        cdef int i
+        return [(i, bytes(self.trk[i].src[:16]), bytes(self.trk[i].dst[:16]))
+                for i in range(MAX_TRACKERS) if self.trk[i].used]
+
+    def export_datagram(self, int i):
+        """The fragments of one datagram taken in so far, for another defragmenter (`import_datagram`); dropped here."""
+        cdef tracker_t t = self.trk[i]
+        cdef uint32_t end = 0
+        cdef int k
+        if not t.used:
+            raise KeyError(i)
+        for k in range(t.n_ranges):
+            if t.ranges[k].end > end:
+                end = t.ranges[k].end
+        data = (<char*>t.data)[:end] if end else b""
+        t.data = NULL
+        self._drop(i)
+        self._pos.pop(i, None)
+        return {"tracker": (<char*>&t)[:sizeof(tracker_t)], "data": data}
+
+    def import_datagram(self, dict rec):
+        cdef bytes tb = rec["tracker"], data = rec["data"]
+        cdef int i
+        cdef uint8_t* buf
+        for i in range(MAX_TRACKERS):
+            if not self.trk[i].used:
+                break
+        else:
+            self.timeouts += 1           # no room: dropped, as when the table is full
+            return -1
+        buf = self.trk[i].data
+        if buf == NULL:
+            buf = <uint8_t*> malloc(MAX_DATAGRAM)
+            if buf == NULL:
+                raise MemoryError()
+        memcpy(&self.trk[i], <const char*>tb, sizeof(tracker_t))
+        self.trk[i].data = buf
+        memcpy(buf, <const char*>data, len(data))
+        self.n_used += 1
+        return i
+
     def process(self, Batch batch):
         """Take in the batch's fragments; completed datagrams replace their last fragment."""
         cdef Py_ssize_t i

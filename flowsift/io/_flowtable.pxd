@@ -44,3 +44,4 @@ cdef class FlowTable:
     cdef int place(self, void* p) noexcept nogil
     cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil
     cdef bint _remove(self, uint32_t flow_id) noexcept nogil
+    cdef int _adopt(self, const flow_t* src) noexcept nogil

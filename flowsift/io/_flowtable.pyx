@@ -287,3 +287,41 @@ cdef class FlowTable:
         f.in_table = 0
         self.used -= 1
         return True
+
+    # --- re-sharding: a flow handed from one table to another ---
+    def live(self):
+        """[(flow id, address a, address b)] of the flows in the table (whose packets it would
+        place): what a re-shard hands over when their addresses' bucket moves."""
+        cdef uint32_t i
+        out = []
+        for i in range(self.n_flows):
+            if self.flows[i].in_table:
+                out.append((i, bytes(self.flows[i].a[:16]), bytes(self.flows[i].b[:16])))
+        return out
+
+    cdef int _adopt(self, const flow_t* src) noexcept nogil:
+        # a flow another table placed (its packets, ISNs, closing flag) takes a new id here;
+        # -1: out of memory, -2: its key is already in this table
+        cdef uint32_t h = key_hash(src), j = h & self.mask
+        cdef int idx
+        while self.slots[j].idx1:
+            if self.slots[j].hash == h and same_key(&self.flows[self.slots[j].idx1 - 1], src):
+                return -2
+            j = (j + 1) & self.mask
+        idx = self._new_flow(src, h)
+        if idx < 0:
+            return -1
+        if src.proto == 6:
+            self.tcp_connections -= 1        # counted by the table it began in
+        else:
+            self.udp_flows -= 1
+        memcpy(&self.flows[idx], src, sizeof(flow_t))
+        self.flows[idx].hash = h
+        self.flows[idx].prev = NONE32        # an earlier connection on the tuple stayed behind
+        self.flows[idx].in_table = 1
+        self.slots[j].hash = h
+        self.slots[j].idx1 = <uint32_t>idx + 1
+        self.used += 1
+        if self.used * 2 > self.mask + 1 and self._grow_slots() < 0:
+            return -1
+        return idx

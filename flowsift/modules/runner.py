@@ -417,23 +417,61 @@ class InlineChain:
         if data["global_deltas"]:
             self.deltas[None] = dict(data["global_deltas"])
         for key, saved in data["open"].items():
-            conn = int(key)
-            c = self._open(conn, call_hooks=False)
-            c.flow.state.update(json.loads(saved["state"]))
-            c.flow.last_ts = saved["last_ts"]
-            c.next_record = saved["next"]
-            c.gaps_seen = {int(k): v for k, v in saved["gaps"].items()}
-            c.ends_seen = tuple(saved["ends"]) if saved["ends"] else None
-            c.events = list(saved["events"])
-            if saved["deltas"]:
-                self.deltas[conn] = dict(saved["deltas"])
-            for k, v in saved["seen"].items():
-                i, d = map(int, k.split("."))
-                c.seen[(i, d)] = tuple(v)
-            for k, pos in saved["pos"].items():
-                i, d = map(int, k.split("."))
-                sp = self._pointer(c, i, d, m)
-                sp.resume(pos)
+            self._take_entry(int(key), saved)
+
+    def _take_entry(self, conn, saved):
+        # an open connection where a checkpoint entry says it stood (restore, adoption)
+        c = self._open(conn, call_hooks=False)
+        c.flow.state.update(json.loads(saved["state"]))
+        c.flow.last_ts = saved["last_ts"]
+        c.next_record = saved["next"]
+        c.gaps_seen = {int(k): v for k, v in saved["gaps"].items()}
+        c.ends_seen = tuple(saved["ends"]) if saved["ends"] else None
+        c.events = list(saved["events"])
+        if saved["deltas"]:
+            self.deltas[conn] = dict(saved["deltas"])
+        for k, v in saved["seen"].items():
+            i, d = map(int, k.split("."))
+            c.seen[(i, d)] = tuple(v)
+        for k, pos in saved["pos"].items():
+            i, d = map(int, k.split("."))
+            sp = self._pointer(c, i, d, self.modules[i])
+            sp.resume(pos)
+
+    # --- re-sharding: open connections handed to another gateway's chain ---
+    def export(self, conns):
+        """Hand over these open connections: {conn: checkpoint entry text} (or "again": read it
+        from its first record), and forget them here without closing them (no on_close: they
+        go on in another shard)."""
+        out = {}
+        for conn in conns:
+            c = self.conns.get(conn)
+            if c is None:
+                continue
+            out[conn] = self._entry(conn, c)
+            del self.conns[conn]
+            self._entries.pop(conn, None)
+            self._dirty.discard(conn)
+            self.deltas.pop(conn, None)
+            if c.file is not None:
+                c.file.close()
+                self.open_files.pop(conn, None)
+        return out
+
+    def hand_over(self, conns):
+        """export() in the form every chain gives: {module slot: {conn: entry}}."""
+        return {0: self.export(conns)}
+
+    def take_over(self, entries, conns):
+        self.adopt(entries.get(0, {}))
+
+    def adopt(self, entries):
+        """Take up connections another chain exported ({conn: entry}, under their ids here): each
+        goes on where it stood; one marked "again" is read from its first record."""
+        for conn, text in entries.items():
+            if text != _AGAIN:
+                self._take_entry(conn, json.loads(text))
+                self._dirty.add(conn)
 
     def counters(self):
         return {m.name: dict(m.counters, errors=self.errors.get(m.name, 0)) for m in self.modules}

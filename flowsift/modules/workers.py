@@ -48,13 +48,16 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                          on_done=on_done, hold_events=True)
     module = runner.modules[0]
 
-    def checkpoint(seq):
+    def checkpoint(seq, send=True):
         # what it finished and the state it is in after batch `seq`, in one message: the
         # gateway records both or neither
         appended = {}
         blob = runner.checkpoint(incremental=True, appended=appended)
-        conn.send(("ckpt", seq, list(done), blob, appended))
+        msg = ("ckpt", seq, list(done), blob, appended)
         done.clear()
+        if send:
+            conn.send(msg)
+        return msg
     try:
         while True:
             msg = conn.recv()
@@ -71,6 +74,14 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                     runner.restore_checkpoint(blob, rows)
                 for seq, touched, closed, limits in batches:
                     runner.process(touched, closed, limits)
+            elif msg[0] == "export":
+                # connections moving to another shard: their entries and the checkpoint
+                # without them, in one message (a restart then neither loses nor keeps them)
+                entries = runner.export(msg[2])
+                conn.send(("exported", entries, checkpoint(msg[1], send=False)))
+            elif msg[0] == "adopt":
+                runner.adopt(msg[2])
+                conn.send(("adopted", checkpoint(msg[1], send=False)))
             elif msg[0] == "finish":
                 runner.finish()
                 checkpoint(msg[1])
@@ -177,6 +188,8 @@ class ParallelChain:
                 self.tables[w.name] = msg[3]
             for k, v in msg[2].items():
                 self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
+        elif kind in ("exported", "adopted"):
+            self._apply(w, msg[-1])            # the checkpoint that came with it
         elif kind == "fatal":
             raise ModuleError(msg[1])
 
@@ -293,6 +306,37 @@ class ParallelChain:
             while w.pending > 0:
                 if not self._drain_one(w):
                     self._restart(w)
+
+    def _ask(self, w, msg, reply):
+        """Send `msg` and wait for its `reply` (applying what comes before it); a worker that
+        dies on the way is restarted from its checkpoint and asked again."""
+        while True:
+            if w.send(msg):
+                while True:
+                    try:
+                        got = w.conn.recv()
+                    except (EOFError, OSError):
+                        break
+                    self._apply(w, got)
+                    if got[0] == reply:
+                        return got
+            self._restart(w)
+
+    def hand_over(self, conns):
+        """Open connections moving to another shard: {worker: {conn: its entry}}; the workers
+        forget them (no on_close) and checkpoint without them."""
+        self.wait_all()
+        out = {w.index: self._ask(w, ("export", self.seq, list(conns)), "exported")[1] for w in self.workers}
+        self.open_conns.difference_update(conns)
+        self.closed_conns.difference_update(conns)
+        return out
+
+    def take_over(self, entries, conns):
+        """Connections another shard handed over, under their ids here: each worker takes its
+        module's entries and checkpoints with them."""
+        for w in self.workers:
+            self._ask(w, ("adopt", self.seq, entries.get(w.index, {})), "adopted")
+        self.open_conns.update(conns)
 
     def _drop(self, w, touched, closed):
         """The module is more than max_backlog batches behind: it loses these connections (they

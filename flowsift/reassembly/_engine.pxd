@@ -164,6 +164,7 @@ cdef class Engine:
     cdef int _grow(self, uint32_t need) except -1
     cdef void _lru_unlink(self, uint32_t i) noexcept nogil
     cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil
+    cdef void _lru_insert(self, uint32_t i, int cls) noexcept nogil
     cdef int _open(self, uint32_t i, pkt_t* p) except -1
     cdef bint _any_fin(self, uint32_t i) noexcept nogil
     cdef int _evict_idlest(self, uint32_t keep) except -1

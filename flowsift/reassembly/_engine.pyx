@@ -254,6 +254,9 @@ cdef class Engine:
         alen = 4 if c.ipver == 4 else 16
         return c.ipver, c.client[:alen], c.cport, c.server[:alen], c.sport
 
+    def is_open(self, uint32_t conn):
+        return conn < self.cap_conns and self.conns[conn].state == CS_OPEN
+
     def is_tcp(self, uint32_t conn):
         return conn < self.cap_conns and self.conns[conn].proto == 6
 
@@ -344,6 +347,133 @@ cdef class Engine:
         else:
             self.lru_head[cls] = <int32_t>i
         self.lru_tail[cls] = <int32_t>i
+
+    cdef void _lru_insert(self, uint32_t i, int cls) noexcept nogil:
+        # after the last connection of the class idle no later than this one: the list stays
+        # in idle order, so expiry from its head stays right for a connection taken over
+        cdef conn_t* c = &self.conns[i]
+        cdef int32_t t = self.lru_tail[cls]
+        while t >= 0 and self.conns[t].idle_ts > c.idle_ts:
+            t = self.conns[t].lru_prev
+        c.lru = cls
+        c.lru_prev = t
+        if t >= 0:
+            c.lru_next = self.conns[t].lru_next
+            self.conns[t].lru_next = <int32_t>i
+        else:
+            c.lru_next = self.lru_head[cls]
+            self.lru_head[cls] = <int32_t>i
+        if c.lru_next >= 0:
+            self.conns[c.lru_next].lru_prev = <int32_t>i
+        else:
+            self.lru_tail[cls] = <int32_t>i
+
+    # --- re-sharding: a connection handed from one engine to another ---------------------------
+
+    def export_flow(self, uint32_t i):
+        """Flow i's whole state, for another engine to take up (`import_flow`): its flow-table
+        entry and, when it has one, its connection with the held bytes and the ring of
+        delivered bytes. Here the flow leaves the table; an open connection is dropped without
+        ending (no gap, no close: it goes on elsewhere), a finished one stays as it was."""
+        cdef flow_t* f
+        cdef conn_t c
+        cdef dir_t* D
+        cdef int d
+        cdef int32_t k
+        if i >= self.flows.n_flows:
+            raise KeyError(i)
+        f = &self.flows.flows[i]
+        out = {"flow": (<char*>f)[:sizeof(flow_t)]}
+        if i < self.cap_conns and self.conns[i].state != CS_UNUSED:
+            c = self.conns[i]
+            dirs = []
+            for d in range(2):
+                D = &self.conns[i].d[d]
+                chunks = []
+                for k in range(D.n_chunks):
+                    chunks.append((D.chunks[k].start, D.chunks[k].end, D.chunks[k].own_start, D.chunks[k].own_end,
+                                   None if D.chunks[k].data == NULL else
+                                   (<char*>D.chunks[k].data)[:D.chunks[k].end - D.chunks[k].start]))
+                dirs.append((chunks, (<char*>D.ring)[:D.ring_cap] if D.ring != NULL else None))
+                c.d[d].chunks = NULL
+                c.d[d].n_chunks = 0
+                c.d[d].cap_chunks = 0
+                c.d[d].ring = NULL
+            c.lru_prev = -1
+            c.lru_next = -1
+            out["conn"] = (<char*>&c)[:sizeof(conn_t)]
+            out["dirs"] = dirs
+            out["open"] = c.state == CS_OPEN
+            if c.state == CS_OPEN:
+                self._lru_unlink(i)
+                for d in range(2):
+                    self._free_dir(&self.conns[i].d[d])
+                self.open_connections -= 1
+                # a stray packet of it here would be late, not a new connection
+                self.conns[i].state = CS_DONE
+        self.flows._remove(i)
+        return out
+
+    def import_flow(self, dict rec):
+        """Take up a flow `export_flow` gave; returns its id here."""
+        cdef bytes fb = rec["flow"], cb, data
+        cdef flow_t fl
+        cdef conn_t* c
+        cdef dir_t* D
+        cdef int d, cls
+        cdef int32_t k, n
+        cdef int j
+        memcpy(&fl, <const char*>fb, sizeof(flow_t))
+        j = self.flows._adopt(&fl)
+        if j == -2:
+            raise ValueError("flow handed over is already in this table")
+        if j < 0:
+            raise MemoryError("flow table")
+        if "conn" not in rec:
+            return j
+        if <uint32_t>j >= self.cap_conns:
+            self._grow(<uint32_t>j)
+        cb = rec["conn"]
+        c = &self.conns[j]
+        memcpy(c, <const char*>cb, sizeof(conn_t))
+        cls = c.lru
+        c.lru = LRU_NONE
+        c.lru_prev = -1
+        c.lru_next = -1
+        for d in range(2):
+            D = &c.d[d]
+            chunks, ring = rec["dirs"][d]
+            n = len(chunks)
+            if n:
+                D.chunks = <chunk_t*> calloc(n if n > 8 else 8, sizeof(chunk_t))
+                if D.chunks == NULL:
+                    raise MemoryError()
+                D.cap_chunks = n if n > 8 else 8
+                for k in range(n):
+                    s, e, os_, oe, payload = chunks[k]
+                    D.chunks[k].start, D.chunks[k].end, D.chunks[k].own_start, D.chunks[k].own_end = s, e, os_, oe
+                    D.chunks[k].data = NULL
+                    if payload is not None:
+                        data = payload
+                        D.chunks[k].data = <uint8_t*> malloc(len(data) if len(data) else 1)
+                        if D.chunks[k].data == NULL:
+                            raise MemoryError()
+                        memcpy(D.chunks[k].data, <const char*>data, len(data))
+                        self.held_total += <uint64_t>len(data)
+                    D.n_chunks = k + 1
+            if ring is not None:
+                data = ring
+                D.ring = <uint8_t*> malloc(len(data))
+                if D.ring == NULL:
+                    raise MemoryError()
+                memcpy(D.ring, <const char*>data, len(data))
+        if c.state == CS_OPEN:
+            self.open_connections += 1
+            if self.open_connections > self.peak_open:
+                self.peak_open = self.open_connections
+            if cls != LRU_NONE:
+                self._lru_insert(<uint32_t>j, cls)
+        return j
 
     cdef int _open(self, uint32_t i, pkt_t* p) except -1:
         cdef conn_t* c = &self.conns[i]

@@ -639,6 +639,46 @@ cdef class RecordStore(Sink):
         n = 4 if c.ipver == 4 else 16
         return (c.proto, c.ipver, bytes(c.client[:n]), c.cport, bytes(c.server[:n]), c.sport)
 
+    # --- re-sharding: a connection's file handed to another store -----------------------------
+
+    def export_conn(self, uint32_t conn):
+        """Hand an open connection's record file over to another store (re-sharding): returns
+        (its writing state, its path), or None if it has no open file here. This store writes
+        nothing more to it."""
+        cdef cstate_t* st = self._state(conn)
+        if not st.exists or st.closed:
+            return None
+        if st.handle >= 0:
+            self._close_handle(st.handle)
+        out = ((<char*>st)[:sizeof(cstate_t)], self.path(conn))
+        st.exists = 0
+        st.closed = 1
+        return out
+
+    def adopt_conn(self, uint32_t conn, bytes state, str path):
+        """Take over a record file `export_conn` gave, as connection `conn`: the file moves into
+        this store under its new name, and writing goes on where it stopped (same record ids,
+        offsets and gaps)."""
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h
+        if st.exists:
+            raise ValueError(f"connection {conn} already has a record file")
+        memcpy(st, <const char*>state, sizeof(cstate_t))
+        st.handle = -1
+        st.touched = 0
+        final = self.path(conn)
+        try:
+            os.rename(path, final)
+        except OSError as e:
+            raise FlowsiftError(f"{final}: cannot take over the record file {path}: {e.strerror}") from None
+        h = self._handle(conn, False)
+        self.reopens -= 1                   # an adoption, not a reopen
+        h.hdr.conn = conn
+        h.hdr.modules_mask = self.modules_mask
+        if not self.mapped:
+            self._pwrite(h.fd, h.hdr, sizeof(hdr_t), 0)
+        return 0
+
     # --- modules, acknowledgements, reclaiming ------------------------------------------------
 
     def register_module(self, int bit):
