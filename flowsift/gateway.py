@@ -46,9 +46,9 @@ def _flows_onto(frames, batch):
         snap[f][hit] = post[f][src]
 
 
-def new_store_dir(parent=DEFAULT_STORE_PARENT):
+def new_store_dir(parent=DEFAULT_STORE_PARENT, prefix="flowsift-store-"):
     parent = parent if os.path.isdir(parent) else tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="flowsift-store-", dir=parent)
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
 
 
 class Gateway:

@@ -18,7 +18,6 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
-import tempfile
 import time
 
 from flowsift.errors import FlowsiftError, UsageError
@@ -106,7 +105,12 @@ class Resharder:
             for i in going.get(to, ()):
                 rec = engine.export_flow(i)
                 if rec.get("open"):
-                    rec["store"] = store.export_conn(i)
+                    state, path = store.export_conn(i)
+                    # into the handover directory (the same file system as the stores): the
+                    # file is the new shard's now, whatever becomes of this shard's store
+                    moved = os.path.join(self.directory, f"{step}.{me}.{to}.{i}.rec")
+                    os.rename(path, moved)
+                    rec["store"] = (state, moved)
                     rec["entries"] = {slot: e[i] for slot, e in entries.items() if i in e}
                     self.moved["connections_out"] += 1
                 flows.append(rec)
@@ -159,7 +163,9 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
     try:
         from flowsift.chain import run_chain
         with open(events_path, "w") as ev:
-            summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover, **kw)
+            summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
+                                store=os.path.join(os.path.dirname(events_path), f"store-{index}"), **kw)
+        summary["store"] = None             # removed with the run's directory
         conn.send(("ok", summary))
     except FlowsiftError as e:
         conn.send(("error", str(e)))
@@ -219,7 +225,10 @@ def run_sharded(spec, source, count, events=None, reshard=None, **kw):
     # a shard that joins later runs from the start, owning no flow until its step
     processes = max([count] + [n for _, n in steps])
     ctx = mp.get_context("fork")
-    tmp = tempfile.mkdtemp(prefix="flowsift-shards-")
+    # the run's directory holds every shard's store (removed with it, even a shard's that was
+    # stopped), their events and the handovers, through which record files are renamed
+    from flowsift.gateway import new_store_dir
+    tmp = new_store_dir(prefix="flowsift-shards-")
     handover = None
     if steps:
         os.mkdir(os.path.join(tmp, "handover"))

@@ -1,0 +1,215 @@
+"""Re-sharding a running run: flows move between shards with their reassembly and module state."""
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from flowsift.io.shard import BUCKETS, bucket_of, initial_table, packet_buckets, reshard_table
+from test_state import KILLING_BUILTINS, TALLY
+
+
+def test_reshard_table_moves_only_what_it_must():
+    two = initial_table(2)
+    three = reshard_table(two, 3)
+    assert np.bincount(three).tolist() == [BUCKETS // 3 + (k < BUCKETS % 3) for k in range(3)]   # even shares
+    moved = np.flatnonzero(three != two)
+    assert len(moved) == np.count_nonzero(three == 2)           # only what the new shard takes
+    assert set(two[moved].tolist()) == {0, 1}                    # from both old shards
+    back = reshard_table(three, 1)
+    assert not back.any()
+    again = reshard_table(three, 2)
+    assert np.array_equal(again, reshard_table(three, 2))       # every shard works out the same
+    assert np.count_nonzero(again != three) == np.count_nonzero(three == 2)
+
+
+def _batches(path):
+    from flowsift.io import Decoder, decoded_batches, open_capture
+    return decoded_batches(open_capture(str(path), None), Decoder(), None, None)
+
+
+def test_bucket_of_a_flow_is_the_bucket_of_its_packets(corpus):
+    from flowsift.reassembly import Reassembler
+    for name in ("ipv6__csanders__http_ip4and6.pcapng", "frag__suri__frag-eth-vlan-ipv6-tcp.pcap",
+                 "tls__suri__tls-subjectaltname.pcap"):
+        r = Reassembler()
+        seen = {}
+        for batch in _batches(corpus / name):
+            a = batch.array
+            buckets = packet_buckets(batch)
+            for k in np.flatnonzero((a["status"] == 0) & (a["ipver"] != 0)):
+                key = frozenset((bytes(a["src"][k]), bytes(a["dst"][k])))
+                assert bucket_of(bytes(a["src"][k]), bytes(a["dst"][k])) == buckets[k]
+                seen[key] = int(buckets[k])
+            r.feed(batch)
+        live = r.flows.live()
+        assert live
+        for _, x, y in live:
+            assert bucket_of(x, y) == seen[frozenset((x, y))]
+
+
+def _stream_hash(rf, d, end):
+    # the delivered bytes only: gaps are holes in the file (a 5 GB one in the wrap capture)
+    h, at = hashlib.sha256(), 0
+    for g in rf.gaps(d):
+        if g.offset > at:
+            h.update(bytes(rf.data(d, at, g.offset - at)))
+        at = max(at, g.offset + g.length)
+    if end > at:
+        h.update(bytes(rf.data(d, at, end - at)))
+    return h.hexdigest()
+
+
+def _files(store):
+    from flowsift.streams import RecordFile
+    out = {}
+    for n in os.listdir(store):
+        if not n.endswith(".rec"):
+            continue
+        with RecordFile(os.path.join(store, n)) as rf:
+            h = rf.header
+            ids = rf.record_array()["record_id"].tolist() if h["records"] else []
+            out[(h["client_addr"], h["client_port"], h["server_addr"], h["server_port"], h["first_ts"])] = (
+                h["records"], h["gaps"], [tuple(g) for g in rf.gaps()], h["close0"], h["close1"],
+                [_stream_hash(rf, d, h[f"end{d}"]) for d in (0, 1)],
+                [i - h["first_record_id"] for i in ids])
+    return out
+
+
+def _split_run(path, tmp, at, stats):
+    """One gateway, or (at >= 0) two: every flow and half-rebuilt datagram of the first handed
+    to the second before batch `at`."""
+    from flowsift.gateway import Gateway
+    gs = [Gateway(tmp / f"s{at}.{k}", keep=True) for k in range(2)]
+    g = gs[0]
+    for n, batch in enumerate(_batches(path)):
+        if n == at:
+            to = gs[1]
+            for i, _, _ in g.reassembler.flows.live():
+                rec = g.reassembler.engine.export_flow(i)
+                st = g.store.export_conn(i) if rec.get("open") else None
+                for chunks, ring in rec.get("dirs", ()):
+                    stats["chunks"] += len(chunks)
+                    stats["rings"] += ring is not None
+                stats["open"] += bool(st)
+                j = to.reassembler.engine.import_flow(rec)
+                if st:
+                    to.store.adopt_conn(j, *st)
+            for i, _, _ in g.reassembler.defrag.pending_addresses():
+                to.reassembler.defrag.import_datagram(g.reassembler.defrag.export_datagram(i))
+                stats["datagrams"] += 1
+            g = to
+        g.reassembler.feed(batch)
+        g.store.publish()
+    totals, files = {}, {}
+    for x in gs:
+        x.reassembler.finish()
+        x.store.publish()
+        for k, v in x.reassembler.engine.totals().items():
+            totals[k] = totals.get(k, 0) + v if not isinstance(v, dict) else \
+                {c: totals.get(k, {}).get(c, 0) + v.get(c, 0) for c in set(v) | set(totals.get(k, {}))}
+        files.update(_files(x.store_dir))
+        shutil.rmtree(x.store_dir)
+    return totals, files
+
+
+def test_a_gateway_hands_its_flows_over_whole(corpus, tmp_path, monkeypatch):
+    """Every corpus capture, cut at three places: what two gateways write, one before and one
+    after the handover, is what one gateway writes alone -- connections, gaps, closes, stream
+    bytes, records and their ids."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "8")
+    stats = dict(chunks=0, rings=0, open=0, datagrams=0)
+    for path in sorted(corpus.glob("*.pcap*")):
+        one = _split_run(path, tmp_path, -1, stats)
+        for at in (1, 3, 9):
+            assert _split_run(path, tmp_path, at, stats) == one, (path.name, at)
+    # the handovers carried connections in the middle of things: held out-of-order bytes,
+    # delivered bytes still compared with retransmissions, a datagram half rebuilt
+    assert stats["open"] > 100 and stats["chunks"] > 0 and stats["rings"] > 100 and stats["datagrams"] > 0, stats
+
+
+def _chain(spec, cap, ev, *extra):
+    res = run_cli("chain", spec, cap, "--events", ev, "--json", *extra)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout), ev.read_text().splitlines()
+
+
+@pytest.mark.parametrize("name,mode", [("http__csanders__http_espn.pcapng", "workers"),
+                                       ("tls__suri__tls-subjectaltname.pcap", "workers"),
+                                       ("http__csanders__http_espn.pcapng", "inline")])
+def test_resharding_gives_the_output_of_one_shard(tmp_path, corpus, monkeypatch, name, mode):
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    tally = tmp_path / "tally.py"
+    tally.write_text(TALLY)
+    spec = f"counter,http,dns,{tally}:SourceTally"
+    inline = ["--inline"] if mode == "inline" else []
+    one, ev1 = _chain(spec, corpus / name, tmp_path / "1.jsonl", *inline)
+    n = one["packets"]
+    # two shards, three from a third of the way, back to one from two thirds
+    two, ev2 = _chain(spec, corpus / name, tmp_path / "2.jsonl", "--shards", 2, "--reshard", f"{n // 3}:3",
+                      "--reshard", f"{2 * n // 3}:1", *inline)
+    assert two["reshard"] == [{"packets": n // 3, "shards": 3}, {"packets": 2 * n // 3, "shards": 1}]
+    moved = [s["moved"] for s in two["shards"]]
+    assert len(moved) == 3
+    assert sum(m["connections_out"] for m in moved) == sum(m["connections_in"] for m in moved) > 5
+    assert moved[2]["connections_in"] > 0 and moved[2]["connections_out"] > 0     # joined, then gave all back
+    assert two["connections"] == one["connections"]            # reassembly went on where it stopped
+    per_flow = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn")},
+                                               sort_keys=True) for l in lines if '"source_tally"' not in l)
+    assert per_flow(ev2) == per_flow(ev1) and len(ev2) == len(ev1)
+    for m in ("counter", "http", "dns", "source_tally"):
+        assert {k: v for k, v in two["modules"][m].items() if k != "restarts"} == \
+               {k: v for k, v in one["modules"][m].items() if k != "restarts"}, m
+    rows = lambda s: sorted(json.dumps({k: v for k, v in r.items() if k != "conn"}, sort_keys=True)
+                            for r in s["tables"]["counter"])
+    assert rows(two) == rows(one)
+    entries = lambda st: (sorted((k, v) for k, v, _ in st["per_source"]["crossflow"]), st["totals"])
+    assert entries(two["state"]["source_tally"]) == entries(one["state"]["source_tally"])
+
+
+@pytest.mark.parametrize("kill_at", [3, 40])
+def test_a_worker_killed_around_a_handover_loses_nothing(tmp_path, corpus, monkeypatch, kill_at):
+    """http is killed once, in whichever shard reaches its kill_at-th call first: restarted from
+    a checkpoint taken with the connections it handed over or took, it gives the output of an
+    undisturbed run."""
+    path = tmp_path / "killing.py"
+    path.write_text(KILLING_BUILTINS)
+    cap = corpus / "http__csanders__http_espn.pcapng"
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    ref, ev1 = _chain("http", cap, tmp_path / "1.jsonl")
+    n = ref["packets"]
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", str(kill_at))
+    got, ev2 = _chain(f"{path}:KillingHttp", cap, tmp_path / "2.jsonl", "--shards", 1, "--reshard", f"{n // 4}:2",
+                      "--reshard", f"{n // 2}:3", "--reshard", f"{3 * n // 4}:1")
+    assert (tmp_path / "killed.http").exists()
+    assert sum(s["moved"]["connections_in"] for s in got["shards"]) > 5
+    assert sum(m["restarts"] for m in [got["modules"]["http"]]) == 1
+    strip = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn")},
+                                            sort_keys=True) for l in lines)
+    assert strip(ev2) == strip(ev1)
+    assert {k: v for k, v in got["modules"]["http"].items() if k != "restarts"} == \
+           {k: v for k, v in ref["modules"]["http"].items() if k != "restarts"}
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--reshard", "100:2"], "give --shards N too"),
+    (["--shards", 2, "--reshard", "100"], "PACKETS:N"),
+    (["--shards", 2, "--reshard", "100:0"], "PACKETS:N"),
+    (["--shards", 2, "--reshard", "x:2"], "PACKETS:N"),
+    (["--shards", 2, "--reshard", "100:3", "--reshard", "50:2"], "in order of packets"),
+])
+def test_bad_reshard_plans_are_one_line(corpus, args, says):
+    res = run_cli("chain", "counter", corpus / "http__dpkt__http.pcap", *args)
+    assert res.returncode == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_resharding_refuses_what_it_cannot_move(corpus):
+    res = run_cli("chain", "counter,redact(pattern=x)", corpus / "http__dpkt__http.pcap", "--shards", 2,
+                  "--reshard", "10:3")
+    assert res.returncode == 2 and "writing module" in res.stderr
+    res = run_cli("chain", "counter", "afpacket:lo", "--shards", 2, "--reshard", "10:3")
+    assert res.returncode == 2 and "fan-out" in res.stderr
