@@ -44,24 +44,29 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                                 on_progress=on_progress)
     # egress rereads stream bytes after the run: nothing may be given back before it is written
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard)
-    editor = None
-    if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
-        from flowsift.modules.edits import Editor
-        editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
-        if write is not None:
-            g.late = {}                     # late packets, for -w to give them their flow's edits
-        if write is not None or out is not None:
-            g.reassembler.defrag.members = {}     # fragments of each datagram, for its edits
-    if inline:
-        runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
-    elif all(cls.read_only() for cls, _ in chain):
-        from flowsift.modules.workers import ParallelChain
-        runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog,
-                               registry=g.registry)
-    else:
-        # read-only runs in parallel stages, each writing module a stage of its own in this process
-        from flowsift.modules.stages import StagedChain
-        runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+    try:
+        editor = None
+        if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
+            from flowsift.modules.edits import Editor
+            editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
+            if write is not None:
+                g.late = {}                     # late packets, for -w to give them their flow's edits
+            if write is not None or out is not None:
+                g.reassembler.defrag.members = {}     # fragments of each datagram, for its edits
+        if inline:
+            runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+        elif all(cls.read_only() for cls, _ in chain):
+            from flowsift.modules.workers import ParallelChain
+            runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog,
+                                   registry=g.registry)
+        else:
+            # read-only runs in parallel stages, each writing module a stage of its own in this process
+            from flowsift.modules.stages import StagedChain
+            runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+    except BaseException:
+        if store is None and not keep:       # a chain that cannot start leaves no store behind
+            shutil.rmtree(g.store_dir, ignore_errors=True)
+        raise
     if handover is not None:
         from flowsift.shards import Resharder
         g.resharder = Resharder(g, runner, shard[0], *handover)

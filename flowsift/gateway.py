@@ -58,8 +58,8 @@ class Gateway:
                  registry=None, shard=None, **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
+        self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
         self.store_dir = str(store) if store is not None else new_store_dir()
-        self.bpf = compile_filter(filter_expression)
         self.store = RecordStore(self.store_dir, keep, max_open_files)
         self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
         self.store.attach(self.reassembler.engine)

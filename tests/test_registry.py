@@ -242,7 +242,8 @@ def test_stale_keys_of_a_crashed_run_never_break_a_new_one(tmp_path, corpus, red
     cap = corpus / "http__tcpflow__jpegs.cap"
     # a gateway waiting for a module that never comes, killed: its keys stay behind
     for run in ("rs", "rc"):
-        gw = flowsift("gateway", cap, "--registry", url, "--run", run, "--expect", "nobody")
+        gw = flowsift("gateway", cap, "--registry", url, "--run", run, "--expect", "nobody",
+                      "--store", tmp_path / run)           # a killed gateway's store stays: not in /dev/shm
         wait_until(lambda: r.hget(f"flowsift:{{{run}}}:meta", "state") == "complete")
         os.kill(gw.pid, signal.SIGKILL)
         gw.wait()
