@@ -244,7 +244,7 @@ class Gateway:
                         # every shard reads the same batches: all agree on where this happens
                         self.resharder.at(read)
                     read += batch.n
-                    self.other_shards += batch.keep(shard_mask(batch, self.shard[0], self.table))
+                    self.other_shards += batch.mark_other(shard_mask(batch, self.shard[0], self.table))
                 self.store.check_space(batch)
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)

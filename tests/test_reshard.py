@@ -213,3 +213,39 @@ def test_resharding_refuses_what_it_cannot_move(corpus):
     assert res.returncode == 2 and "writing module" in res.stderr
     res = run_cli("chain", "counter", "afpacket:lo", "--shards", 2, "--reshard", "10:3")
     assert res.returncode == 2 and "fan-out" in res.stderr
+
+
+def test_every_shard_keeps_the_capture_clock(tmp_path):
+    """Timeouts count from the capture clock, which every packet moves, whichever shard owns it:
+    A's packet stamped 100 s comes after B's stamped 105 s (another shard's), so A has been idle
+    598 s, not 603, when it speaks again at 703 s -- one connection, as in one gateway (600 s
+    established timeout)."""
+    from pcapgen import ether, ipv4, pcap, tcp
+    table = initial_table(2)
+    srv = bytes([10, 9, 0, 1])
+    shard = lambda cli: table[bucket_of(cli + bytes(12), srv + bytes(12))]
+    a = bytes([10, 0, 0, 1])
+    b = next(bytes([10, 0, 1, k]) for k in range(1, 255) if shard(bytes([10, 0, 1, k])) != shard(a))
+
+    def seg(t, cli, sport, to_server, flags, seq, ack, data=b""):
+        s, d = (cli, srv) if to_server else (srv, cli)
+        p, q = (sport, 80) if to_server else (80, sport)
+        return (t, 0, ether(ipv4(s, d, 6, tcp(p, q, seq=seq, ack=ack, flags=flags, payload=data))))
+
+    def handshake(t, cli, sport):
+        return [seg(t, cli, sport, True, 0x02, 1000, 0), seg(t, cli, sport, False, 0x12, 5000, 1001),
+                seg(t, cli, sport, True, 0x18, 1001, 5001, b"hello")]
+    frames = handshake(0, a, 1111) + handshake(50, b, 2222) + [
+        seg(105, b, 2222, True, 0x18, 1006, 5001, b"more"),       # the clock is at 105 s
+        seg(100, a, 1111, True, 0x18, 1006, 5001, b"late"),       # stamped behind it
+        seg(703, a, 1111, True, 0x18, 1010, 5001, b"again")]      # 598 s after the clock
+    cap = tmp_path / "clock.pcap"
+    cap.write_bytes(pcap(frames))
+    runs = {}
+    for extra in ([], ["--shards", 2]):
+        res = run_cli("chain", "counter", cap, "--json", "--events", tmp_path / "ev.jsonl", *extra)
+        assert res.returncode == 0, res.stderr
+        runs[len(extra)] = json.loads(res.stdout)
+    one, two = runs[0], runs[2]
+    assert one["connections"]["tcp"] == 2 and two["connections"] == one["connections"]
+    assert sorted(s["other_shards_packets"] for s in two["shards"]) == [4, 5]   # each shard had one flow

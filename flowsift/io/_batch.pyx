@@ -64,6 +64,19 @@ cdef class Batch:
         self.n = k
         return n - k
 
+    def mark_other(self, const unsigned char[:] mask):
+        """Mark the packets whose mask byte is clear as another shard's (PF_OTHER_SHARD): they
+        stay in the batch, in order, so that the capture clock moves as in one gateway, but no
+        flow, fragment or record is made of them. Returns how many were marked."""
+        cdef Py_ssize_t i, k = 0
+        if mask.shape[0] < self.n:
+            raise ValueError("mask shorter than the batch")
+        for i in range(self.n):
+            if not mask[i]:
+                self.pkts[i].flags |= PF_OTHER_SHARD
+                k += 1
+        return k
+
     def clear(self):
         memset(self.pkts, 0, self.n * sizeof(pkt_t))
         self.n = 0

@@ -148,7 +148,8 @@ cdef class Defragmenter:
             p = &batch.pkts[i]
             if p.ts_ns > now:
                 now = p.ts_ns
-            if p.status == ST_OK and (p.flags & PF_FRAGMENT) and (p.ipver == 4 or p.ipver == 6):
+            if p.status == ST_OK and (p.flags & PF_FRAGMENT) and not (p.flags & PF_OTHER_SHARD) and \
+                    (p.ipver == 4 or p.ipver == 6):
                 self._take(p)
         self._expire(now)
 

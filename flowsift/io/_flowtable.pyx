@@ -9,7 +9,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport calloc, realloc, free
 
-from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT
+from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT, PF_OTHER_SHARD
 
 DEF TH_FIN = 0x01
 DEF TH_SYN = 0x02
@@ -99,7 +99,7 @@ cdef class FlowTable:
     cdef bint has_flow(self, const void* pv) noexcept nogil:
         cdef const pkt_t* p = <const pkt_t*>pv
         # fragments wait for the defragmenter, which hands on the whole datagram
-        return (p.status == ST_OK and (p.flags & PF_L4) and not (p.flags & PF_FRAGMENT)
+        return (p.status == ST_OK and (p.flags & PF_L4) and not (p.flags & (PF_FRAGMENT | PF_OTHER_SHARD))
                 and (p.proto == 6 or p.proto == 17))
 
     cdef int place(self, void* pv) noexcept nogil:

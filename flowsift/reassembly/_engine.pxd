@@ -169,6 +169,7 @@ cdef class Engine:
     cdef bint _any_fin(self, uint32_t i) noexcept nogil
     cdef int _evict_idlest(self, uint32_t keep) except -1
     cdef int _expire(self) except -1
+    cdef int _clock(self, int64_t ts) except -1
     cdef int _tick(self, int64_t ts) except -1
     cdef int _finish(self, uint32_t i, int reason) except -1
     cdef void _free_dir(self, dir_t* D) noexcept nogil

@@ -207,14 +207,22 @@ cdef class Engine:
             p = &batch.pkts[i]
             if not self.flows.has_flow(<void*>p):
                 p.flow_id = 0xFFFFFFFF
+                if (p.flags & PF_OTHER_SHARD) and p.status == ST_OK and (p.flags & PF_L4) and \
+                        not (p.flags & PF_FRAGMENT) and (p.proto == 6 or p.proto == 17):
+                    # another shard's flow: the clock (and so timeouts) moves as in one gateway
+                    self._clock(p.ts_ns)
                 continue
-            if p.ts_ns > self.now:
-                self._tick(p.ts_ns)
-            else:
-                self.jump_pending = 0
+            self._clock(p.ts_ns)
             if self.flows._assign(<void*>p) < 0:
                 raise MemoryError("flow table")
             self._packet(p)
+
+    cdef int _clock(self, int64_t ts) except -1:
+        if ts > self.now:
+            self._tick(ts)
+        else:
+            self.jump_pending = 0
+        return 0
 
     cdef int _tick(self, int64_t ts) except -1:
         # Timeouts fire at the packet that passes them, not at the end of its batch: a
