@@ -136,6 +136,13 @@ def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path):
     for path in store_files(tmp_path / "s")[::97]:
         with RecordFile(path) as rf:
             assert all(r.modules == 0b11 for r in rf.records())      # dropped or done: the store moves on
+    # files given back as the run goes (no --keep): a dropped connection's file outlives every
+    # batch still on its way to the module that gave it up (before, the worker met a missing file
+    # and died at each restart)
+    events, summary = run(f"{module},counter", capture, inline=False, max_backlog=3)
+    slow = summary["modules"]["slow"]
+    assert slow["dropped_connections"] > 0 and slow["restarts"] == 0 and summary["modules"]["counter"]["restarts"] == 0
+    assert len([e for e in events if e["module"] == "slow"]) + slow["dropped_connections"] == 1500
     # without --max-backlog the gateway waits: nothing is dropped
     events, summary = run(f"{module},counter", capture, inline=False)
     assert "dropped_connections" not in summary["modules"]["slow"] and len(events) == 2 * 1500

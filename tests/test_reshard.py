@@ -249,3 +249,21 @@ def test_every_shard_keeps_the_capture_clock(tmp_path):
     one, two = runs[0], runs[2]
     assert one["connections"]["tcp"] == 2 and two["connections"] == one["connections"]
     assert sorted(s["other_shards_packets"] for s in two["shards"]) == [4, 5]   # each shard had one flow
+
+
+def test_a_module_behind_loses_only_what_it_counts_across_handovers(tmp_path):
+    """--max-backlog with re-sharding: a connection a slow module gave up stays given up in its
+    new shard; every connection is seen by each module or counted as dropped for it."""
+    import textwrap
+    from test_parallel import SLOW
+    from test_store_faults import many_connections
+    capture = many_connections(tmp_path / "many.pcap", 1500, payload=b"q" * 20, block=100)
+    module = tmp_path / "slow.py"
+    module.write_text(textwrap.dedent(SLOW))
+    summary, events = _chain(f"{module},counter", capture, tmp_path / "ev.jsonl", "--max-backlog", 3,
+                             "--shards", 2, "--reshard", "2000:3", "--reshard", "5000:1")
+    assert sum(s["moved"]["connections_in"] for s in summary["shards"]) > 50
+    slow, counter = summary["modules"]["slow"], summary["modules"]["counter"]
+    assert slow["dropped_connections"] > 0 and slow["restarts"] == 0 and counter["restarts"] == 0
+    assert len([e for e in events if '"module": "slow"' in e]) + slow["dropped_connections"] == 1500
+    assert counter["flows"] + counter.get("dropped_connections", 0) == 1500

@@ -23,12 +23,13 @@ from flowsift.modules.runner import InlineChain
 
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
+INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
+_DROPPED = "dropped"            # a handed-over connection this module had given up (--max-backlog)
 
 
 def checkpoint_every():
     from flowsift.errors import env_number
     return env_number("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY, 1, None, "batches between checkpoints")
-INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
 
 
 def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
@@ -62,7 +63,8 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
         while True:
             msg = conn.recv()
             if msg[0] == "batch":
-                _, seq, touched, closed, limits = msg
+                _, seq, touched, closed, limits, forget = msg
+                runner.export(forget)              # given up for this module (--max-backlog)
                 runner.process(touched, closed, limits)
                 if seq % every == 0:
                     checkpoint(seq)
@@ -72,7 +74,8 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 _, blob, rows, batches = msg
                 if blob is not None:
                     runner.restore_checkpoint(blob, rows)
-                for seq, touched, closed, limits in batches:
+                for seq, touched, closed, limits, forget in batches:
+                    runner.export(forget)
                     runner.process(touched, closed, limits)
             elif msg[0] == "export":
                 # connections moving to another shard: their entries and the checkpoint
@@ -83,6 +86,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 runner.adopt(msg[2])
                 conn.send(("adopted", checkpoint(msg[1], send=False)))
             elif msg[0] == "finish":
+                runner.export(msg[2])
                 runner.finish()
                 checkpoint(msg[1])
                 conn.send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
@@ -101,6 +105,13 @@ class _Worker:
         self.done = set()                # connections this worker finished
         self.pending = 0                 # batches sent and not yet acknowledged (its backlog)
         self.dropped = set()             # connections given up for this module (--max-backlog)
+        # A dropped connection's file may be given back only once the worker cannot read it any
+        # more: it was told to forget it (with the next batch sent) and checkpointed after that
+        # (a restart then never replays a batch naming it), and the gateway ended it.
+        self.forget = []                 # dropped, not yet told
+        self.forgotten = []              # (batch that told it, conn), until a checkpoint covers it
+        self.drop_safe = set()
+        self.drop_closed = set()
         self.dropped_batches = 0
         self.restarts = 0
         self.bye = None
@@ -178,6 +189,12 @@ class ParallelChain:
                 w.rows.setdefault(name, []).extend(rows)
             w.checkpoint, w.checkpoint_seq = blob, seq
             w.log = [b for b in w.log if b[0] > seq]
+            if w.forgotten:
+                for s, c in w.forgotten:
+                    if s <= seq:
+                        w.drop_safe.add(c)
+                        self._release_dropped(w, c)
+                w.forgotten = [(s, c) for s, c in w.forgotten if s > seq]
             w.checkpoints += 1
             w.checkpoint_bytes += len(blob)
             self._save(w, appended)
@@ -293,9 +310,12 @@ class ParallelChain:
             k = [c for c in closed if c not in w.dropped] if w.dropped else closed
             for conn in closed:
                 if conn in w.dropped:
-                    self.registry.commit(self.first + w.index, conn, 1 << 62)
-            w.log.append((self.seq, t, k, limits))
-            while not w.send(("batch", self.seq, t, k, limits)):
+                    w.drop_closed.add(conn)
+                    self._release_dropped(w, conn)
+            forget, w.forget = w.forget, []
+            w.forgotten.extend((self.seq, c) for c in forget)
+            w.log.append((self.seq, t, k, limits, forget))
+            while not w.send(("batch", self.seq, t, k, limits, forget)):
                 self._restart(w)
             w.pending += 1
 
@@ -326,7 +346,19 @@ class ParallelChain:
         """Open connections moving to another shard: {worker: {conn: its entry}}; the workers
         forget them (no on_close) and checkpoint without them."""
         self.wait_all()
-        out = {w.index: self._ask(w, ("export", self.seq, list(conns)), "exported")[1] for w in self.workers}
+        out = {}
+        moving = set(conns)
+        for w in self.workers:
+            out[w.index] = self._ask(w, ("export", self.seq, list(conns)), "exported")[1]
+            for c in w.dropped & moving:
+                # given up for this module (--max-backlog): it stays given up in its new shard
+                out[w.index][c] = _DROPPED
+            w.dropped -= moving
+            w.done -= moving
+            w.drop_safe -= moving
+            w.drop_closed -= moving
+            w.forget = [c for c in w.forget if c not in moving]
+            w.forgotten = [(s, c) for s, c in w.forgotten if c not in moving]
         self.open_conns.difference_update(conns)
         self.closed_conns.difference_update(conns)
         return out
@@ -335,7 +367,13 @@ class ParallelChain:
         """Connections another shard handed over, under their ids here: each worker takes its
         module's entries and checkpoints with them."""
         for w in self.workers:
-            self._ask(w, ("adopt", self.seq, entries.get(w.index, {})), "adopted")
+            mine = dict(entries.get(w.index, {}))
+            for c in [c for c, e in mine.items() if e == _DROPPED]:
+                del mine[c]
+                w.dropped.add(c)
+                w.done.add(c)
+                w.drop_safe.add(c)           # this worker never had it
+            self._ask(w, ("adopt", self.seq, mine), "adopted")
         self.open_conns.update(conns)
 
     def _drop(self, w, touched, closed):
@@ -347,18 +385,33 @@ class ParallelChain:
                 continue
             w.dropped.add(conn)
             w.done.add(conn)
+            w.forget.append(conn)
             self.counters[w.index]["dropped_connections"] = self.counters[w.index].get("dropped_connections", 0) + 1
         for conn in closed:
-            # a dropped connection that ended: record it as done by this module
+            if conn in w.dropped:
+                w.drop_closed.add(conn)
+                self._release_dropped(w, conn)
+
+    def _release_dropped(self, w, conn):
+        # a dropped connection that ended and that the worker no longer holds: record it as
+        # done by this module, so that its space can be given back
+        if conn in w.drop_closed and conn in w.drop_safe:
+            w.drop_closed.discard(conn)
+            w.drop_safe.discard(conn)
             self.registry.commit(self.first + w.index, conn, 1 << 62)
 
     def finish(self):
         for w in self.workers:
             while True:
-                if w.send(("finish", self.seq)) and self._drain(w, block=True) and w.bye is not None:
+                forget = w.forget + [c for _, c in w.forgotten]
+                if w.send(("finish", self.seq, forget)) and self._drain(w, block=True) and w.bye is not None:
                     break
                 self._restart(w)
             w.proc.join(timeout=5)
+            for c in w.forget:               # forgotten with the finish: the worker is gone now
+                w.drop_safe.add(c)
+                self._release_dropped(w, c)
+            w.forget = []
 
     def counters_summary(self):
         return {name: dict(self.counters[i], errors=self.errors.get(name, 0), restarts=self.workers[i].restarts,
