@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from flowsift.io.shard import BUCKETS, bucket_of, initial_table, packet_buckets, reshard_table
-from test_state import KILLING_BUILTINS, TALLY
+from test_state import KILLING_BUILTINS, TALLY, same_output
 
 
 def test_reshard_table_moves_only_what_it_must():
@@ -156,18 +156,7 @@ def test_resharding_gives_the_output_of_one_shard(tmp_path, corpus, monkeypatch,
     assert len(moved) == 3
     assert sum(m["connections_out"] for m in moved) == sum(m["connections_in"] for m in moved) > 5
     assert moved[2]["connections_in"] > 0 and moved[2]["connections_out"] > 0     # joined, then gave all back
-    assert two["connections"] == one["connections"]            # reassembly went on where it stopped
-    per_flow = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn")},
-                                               sort_keys=True) for l in lines if '"source_tally"' not in l)
-    assert per_flow(ev2) == per_flow(ev1) and len(ev2) == len(ev1)
-    for m in ("counter", "http", "dns", "source_tally"):
-        assert {k: v for k, v in two["modules"][m].items() if k != "restarts"} == \
-               {k: v for k, v in one["modules"][m].items() if k != "restarts"}, m
-    rows = lambda s: sorted(json.dumps({k: v for k, v in r.items() if k != "conn"}, sort_keys=True)
-                            for r in s["tables"]["counter"])
-    assert rows(two) == rows(one)
-    entries = lambda st: (sorted((k, v) for k, v, _ in st["per_source"]["crossflow"]), st["totals"])
-    assert entries(two["state"]["source_tally"]) == entries(one["state"]["source_tally"])
+    same_output(one, ev1, two, ev2)
 
 
 @pytest.mark.parametrize("kill_at", [3, 40])
