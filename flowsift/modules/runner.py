@@ -141,7 +141,7 @@ class InlineChain:
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):
-        """`limits`: {conn: (records, gaps, end0, end1)} as published with this batch, for a
+        """`limits`: {conn: (records, gaps, end0, end1, last_ts)} as published with this batch, for a
         reader that runs behind the gateway (a worker): it reads no further, so that what it
         sees, batch after batch, does not depend on how far behind it is."""
         self._limits = limits
@@ -228,6 +228,8 @@ class InlineChain:
             h["gaps"] = min(h["gaps"], lim[1])
             h["end0"] = min(h["end0"], lim[2])
             h["end1"] = min(h["end1"], lim[3])
+            if len(lim) > 4:
+                h["last_ts"] = lim[4]           # not the time of packets written since
         return h
 
     def _gaps_only(self, c, i, m, h):
@@ -309,7 +311,7 @@ class InlineChain:
 
     def handover(self, conns):
         """How far the next stage may read each of `conns` that this chain has open, after this
-        batch: {conn: (records, gaps, end0, end1)}. Records: all it was shown (header edits
+        batch: {conn: (records, gaps, end0, end1, last_ts)}. Records: all it was shown (header edits
         are not in the file). Bytes: up to where every module that reads them stands -- what
         a writing module has read past is final (it may not replace bytes behind its position).
         Gaps: the leading entries wholly before those ends."""
@@ -330,7 +332,7 @@ class InlineChain:
                 if g.offset + g.length > ends[g.dir]:
                     break
                 n += 1
-            out[conn] = (h["records"], n, ends[0], ends[1])
+            out[conn] = (h["records"], n, ends[0], ends[1], h["last_ts"])
         return out
 
     def follow(self, conns):

@@ -16,7 +16,7 @@ the Lua scripts and transactions below stay valid on a cluster):
     flowsift:{R}:out:{bit}        string: bytes of the module's event file that are committed
     flowsift:{R}:progress         list  "bit conn records", taken by the gateway once per batch
     flowsift:{R}:batches          stream, entry id SEQ-0: the batch log, one entry per publish:
-                                        [touched, closed, [[conn, records, gaps, end0, end1]...]]
+                                        [touched, closed, [[conn, records, gaps, end0, end1, last_ts]...]]
                                         (what changed, how far each was published): modules
                                         replay it in order, so they see what workers see
     flowsift:{R}:seqs             hash  bit -> the last batch a module committed (the log is
@@ -352,7 +352,7 @@ class RedisRegistry(Registry):
     # --- the batch log (modules) ---
     def batches_after(self, seq, count=64):
         """Up to `count` entries of the batch log after batch `seq`: ([(seq, touched, closed,
-        {conn: (records, gaps, end0, end1)})], lost). `lost` is True when entries right after
+        {conn: (records, gaps, end0, end1, last_ts)})], lost). `lost` is True when entries right after
         `seq` are no longer there (trimmed before this module registered, or gone with a
         restarted server): the caller reads those connections from the record files instead."""
         raw = self._retry(lambda: self.r.xrange(self.P + "batches", min=f"{seq + 1}-0", count=count))

@@ -163,6 +163,7 @@ ctypedef struct cstate_t:
     int64_t udp_rec[2]       # the same, advanced as records are written
     int64_t pub_end[2]       # stream ends as last published (what readers were told)
     uint64_t done_mask       # modules that finished every record
+    int64_t pub_last_ts      # the last packet's time as last published
 
 ctypedef struct handle_t:
     int fd
@@ -462,6 +463,8 @@ cdef class RecordStore(Sink):
         st.udp_end[0] = st.udp_end[1] = 0
         st.pub_end[0] = st.pub_end[1] = 0
         st.udp_rec[0] = st.udp_rec[1] = 0
+        st.done_mask = 0
+        st.pub_last_ts = c.first_ts
         self.files += 1
         return 0
 
@@ -593,6 +596,7 @@ cdef class RecordStore(Sink):
             if final:
                 hd.close[d] = D.close_reason if D.close_reason else c.close_reason
         hd.last_ts = c.last_ts
+        st.pub_last_ts = c.last_ts
         hd.modules_mask = self.modules_mask
         fs_publish_u64(&hd.gaps, st.gaps)
         fs_publish_u64(&hd.records, st.records)
@@ -624,14 +628,14 @@ cdef class RecordStore(Sink):
         return out
 
     def published(self, conns):
-        """(records, gaps, end0, end1) of each connection as last published: what a reader
-        that is behind may read of it, so that it sees the batches one by one."""
+        """(records, gaps, end0, end1, last_ts) of each connection as last published: what a
+        reader that is behind may read of it, so that it sees the batches one by one."""
         cdef uint32_t conn
         cdef cstate_t* st
         out = []
         for conn in conns:
             st = self._state(conn)
-            out.append((st.records, st.gaps, st.pub_end[0], st.pub_end[1]))
+            out.append((st.records, st.gaps, st.pub_end[0], st.pub_end[1], st.pub_last_ts))
         return out
 
     def identity(self, uint32_t conn):
