@@ -146,6 +146,13 @@ def record_dtype():
 
 def endpoint(raw, port, ipver):
     """'10.0.0.1:80' or '[2001:db8::1]:80' from an address field (16 bytes, IPv4 in the first 4)."""
+    if ipver == 4:
+        return f"{_address(bytes(raw[:4]))}:{port}"
+    return f"[{_address(bytes(raw[:16]))}]:{port}"
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(raw):
+    # servers and busy clients come back connection after connection: format each once
     import ipaddress
-    a = ipaddress.ip_address(bytes(raw[:4] if ipver == 4 else raw[:16]))
-    return f"{a}:{port}" if ipver == 4 else f"[{a}]:{port}"
+    return str(ipaddress.ip_address(raw))
