@@ -66,7 +66,7 @@ class Resharder:
         self.processes = processes
         self.step = 0
         self.moved = {"connections_out": 0, "connections_in": 0, "flows_out": 0, "flows_in": 0,
-                      "datagrams_out": 0, "datagrams_in": 0}
+                      "datagrams_out": 0, "datagrams_in": 0, "seconds": 0.0}
 
     def counters(self):
         return dict(self.moved)
@@ -75,7 +75,10 @@ class Resharder:
         from flowsift.io.shard import reshard_table
         while self.step < len(self.steps) and frames >= self.steps[self.step][0]:
             table = reshard_table(self.g.table, self.steps[self.step][1])
+            t0 = time.monotonic()
             self._exchange(self.step, table)
+            # the pause a step costs this shard (waiting for the others included)
+            self.moved["seconds"] = round(self.moved["seconds"] + time.monotonic() - t0, 6)
             self.g.table = table
             self.step += 1
 
