@@ -87,6 +87,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                                 on_batch=forward if forwarder is not None else None)
         runner.finish()
         g.registry.flush()
+        # what the modules' last reports gave back counts too
+        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
         if forwarder is not None:
             summary["egress"] = forwarder.counters()
         if editor is not None:

@@ -121,3 +121,11 @@ def test_finished_connections_are_retired(tmp_path, corpus):
         n = rf.header["records"]
     assert not g2.store.module_done(0, 0, n)["retired"]
     assert os.path.exists(os.path.join(g2.store_dir, "c00000000.rec"))
+
+
+def test_a_chain_summary_counts_what_its_last_reports_gave_back(corpus):
+    """Files retired as the modules' last reports come in, after the source ended, are in the
+    summary too (three connections, all bytes acknowledged: all three files go)."""
+    from flowsift.chain import run_chain
+    summary = run_chain("counter", str(corpus / "http__pcpp__three_http_streams.pcap"))
+    assert summary["files"] == 3 and summary["retired"] == 3
