@@ -51,19 +51,6 @@ cdef class Batch:
         b.owner = self.owner
         return b
 
-    def keep(self, const unsigned char[:] mask):
-        """Compact to the packets whose mask byte is set (in order); returns how many went."""
-        cdef Py_ssize_t i, k = 0, n = self.n
-        if mask.shape[0] < n:
-            raise ValueError("mask shorter than the batch")
-        for i in range(n):
-            if mask[i]:
-                if k != i:
-                    self.pkts[k] = self.pkts[i]
-                k += 1
-        self.n = k
-        return n - k
-
     def mark_other(self, const unsigned char[:] mask):
         """Mark the packets whose mask byte is clear as another shard's (PF_OTHER_SHARD): they
         stay in the batch, in order, so that the capture clock moves as in one gateway, but no
