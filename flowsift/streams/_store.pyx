@@ -748,6 +748,11 @@ cdef class RecordStore(Sink):
                 D = &c.d[d]
                 if st.pub_end[d] > 0 and not (D.has_ack and D.settled and D.acked - D.origin >= st.pub_end[d]):
                     return False
+        self._retire(conn, st)
+        return True
+
+    cdef int _retire(self, uint32_t conn, cstate_t* st) except -1:
+        # every module is done with every record and nothing waits for an ACK: the file goes
         if st.handle >= 0:
             self._close_handle(st.handle)
         try:
@@ -756,7 +761,7 @@ cdef class RecordStore(Sink):
             pass
         st.exists = 0
         self.retired += 1
-        return True
+        return 0
 
     def reclaim(self, uint32_t conn):
         """Give back the space of records every registered module finished and the receiver
@@ -822,14 +827,7 @@ cdef class RecordStore(Sink):
             self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
         retire = (st.closed and not self.keep and mask != 0 and complete == st.records and oldest == st.records)
         if retire:
-            # every module is done with every record and nothing waits for an ACK: the file goes
-            self._close_handle(st.handle)
-            try:
-                os.unlink(self.path(conn))
-            except FileNotFoundError:
-                pass
-            st.exists = 0
-            self.retired += 1
+            self._retire(conn, st)
         return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest, "retired": bool(retire)}
 
     def check_space(self, Batch batch):
