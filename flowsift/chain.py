@@ -32,7 +32,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.shards import parse_reshard, run_sharded
         return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
                            filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
-                           max_backlog=max_backlog)
+                           max_backlog=max_backlog, on_progress=on_progress)
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError

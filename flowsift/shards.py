@@ -24,6 +24,7 @@ from flowsift.errors import FlowsiftError, UsageError
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
+PROGRESS_EVERY = 0.2            # seconds between a shard's progress reports to the parent
 
 
 def parse_reshard(texts):
@@ -163,11 +164,20 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
     # the parent's handlers forward signals to the shards; a shard and its workers take their own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    last = [0.0]
+
+    def progress(pos, total):
+        # how far this shard has read, now and then (the parent's bar follows the slowest)
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY or pos >= total:
+            last[0] = now
+            conn.send(("progress", pos, total))
     try:
         from flowsift.chain import run_chain
         with open(events_path, "w") as ev:
             summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
-                                store=os.path.join(os.path.dirname(events_path), f"store-{index}"), **kw)
+                                store=os.path.join(os.path.dirname(events_path), f"store-{index}"),
+                                on_progress=progress if kw.pop("progress", False) else None, **kw)
         summary["store"] = None             # removed with the run's directory
         conn.send(("ok", summary))
     except FlowsiftError as e:
@@ -219,8 +229,9 @@ def shard_source(source):
     return f"{src},fanout={os.getpid() & 0xFFFF}", "kernel"
 
 
-def run_sharded(spec, source, count, events=None, reshard=None, **kw):
+def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None, **kw):
     src, split = shard_source(source)
+    kw["progress"] = on_progress is not None
     steps = list(reshard or ())
     if steps and split != "hash":
         raise UsageError("--reshard moves flows between the shards of a capture file; on an interface the "
@@ -255,17 +266,24 @@ def run_sharded(spec, source, count, events=None, reshard=None, **kw):
             child.close()
             procs.append((p, parent))
         results = [None] * processes
+        read = [0] * processes
         waiting = {conn: k for k, (p, conn) in enumerate(procs)}
         from multiprocessing.connection import wait
         while waiting:
             for conn in wait(list(waiting)):
-                k = waiting.pop(conn)
+                k = waiting[conn]
                 p = procs[k][0]
                 try:
-                    status, value = conn.recv()
+                    msg = conn.recv()
                 except EOFError:
                     p.join(timeout=5)
-                    status, value = "error", f"shard {k}: its process died ({p.exitcode})"
+                    msg = ("error", f"shard {k}: its process died ({p.exitcode})")
+                if msg[0] == "progress":
+                    read[k] = msg[1]
+                    on_progress(min(read), msg[2])
+                    continue
+                del waiting[conn]
+                status, value = msg
                 p.join()
                 if status != "ok":
                     if handover is not None:

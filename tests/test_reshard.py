@@ -257,3 +257,13 @@ def test_a_module_behind_loses_only_what_it_counts_across_handovers(tmp_path):
     assert slow["dropped_connections"] > 0 and slow["restarts"] == 0 and counter["restarts"] == 0
     assert len([e for e in events if '"module": "slow"' in e]) + slow["dropped_connections"] == 1500
     assert counter["flows"] + counter.get("dropped_connections", 0) == 1500
+
+
+def test_a_sharded_run_reports_its_progress(corpus):
+    """The progress bar of a sharded run follows the slowest shard, up to the whole file."""
+    from flowsift.chain import run_chain
+    cap = corpus / "tls__suri__tls-subjectaltname.pcap"
+    seen = []
+    run_chain("counter", str(cap), shards=2, reshard=["1000:3"], on_progress=lambda pos, total: seen.append((pos, total)))
+    assert seen and seen[-1] == (cap.stat().st_size, cap.stat().st_size)
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)
