@@ -24,6 +24,32 @@ def _csum(data, start=0):
     return (~s) & 0xFFFF
 
 
+def _put_field(b, l3, l4, v4, key, value):
+    """Write header field `key` into frame bytes `b`; returns (old bytes, new bytes) where the
+    transport checksum covers them (addresses, ports), else None."""
+    if key in ("ip_src", "ip_dst"):
+        raw = ipaddress.ip_address(value).packed
+        at = (l3 + 12 if key == "ip_src" else l3 + 16) if v4 else (l3 + 8 if key == "ip_src" else l3 + 24)
+    elif key == "ip_ttl":
+        b[l3 + 8 if v4 else l3 + 7] = value
+        return None
+    elif key.endswith(("sport", "dport")):
+        raw = struct.pack("!H", value)
+        at = l4 if key.endswith("sport") else l4 + 2
+    else:
+        return None
+    old = bytes(b[at:at + len(raw)])
+    b[at:at + len(raw)] = raw
+    return old, raw
+
+
+def _ipv4_header_checksum(b, l3):
+    ihl = (b[l3] & 15) * 4
+    b[l3 + 10:l3 + 12] = b"\0\0"
+    b[l3 + 10:l3 + 12] = struct.pack("!H", _csum(b[l3:l3 + ihl]))
+    return ihl
+
+
 def _rewrite(frame, p, fields, payload):
     """A copy of `frame` (decoded as `p`) with header `fields` and `payload` bytes applied and
     the IP and transport checksums recomputed; None if it cannot be edited (a fragment)."""
@@ -32,23 +58,12 @@ def _rewrite(frame, p, fields, payload):
     b = bytearray(frame)
     l3, l4, v4 = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4
     for key, value in (fields or {}).items():
-        if key in ("ip_src", "ip_dst"):
-            raw = ipaddress.ip_address(value).packed
-            at = (l3 + 12 if key == "ip_src" else l3 + 16) if v4 else (l3 + 8 if key == "ip_src" else l3 + 24)
-            b[at:at + len(raw)] = raw
-        elif key == "ip_ttl":
-            b[l3 + 8 if v4 else l3 + 7] = value
-        elif key.endswith("sport"):
-            b[l4:l4 + 2] = struct.pack("!H", value)
-        elif key.endswith("dport"):
-            b[l4 + 2:l4 + 4] = struct.pack("!H", value)
+        _put_field(b, l3, l4, v4, key, value)
     if payload:
         off, n = int(p["payload_off"]), min(len(payload), int(p["payload_len"]))
         b[off:off + n] = payload[:n]
     if v4:
-        ihl = (b[l3] & 15) * 4
-        b[l3 + 10:l3 + 12] = b"\0\0"
-        b[l3 + 10:l3 + 12] = struct.pack("!H", _csum(b[l3:l3 + ihl]))
+        ihl = _ipv4_header_checksum(b, l3)
         l4_len = struct.unpack_from("!H", b, l3 + 2)[0] - ihl
         src, dst = bytes(b[l3 + 12:l3 + 16]), bytes(b[l3 + 16:l3 + 20])
     else:
@@ -84,26 +99,16 @@ def _rewrite_fragment(frame, p, fields):
     proto, first = int(p["proto"]), int(p["frag_off"]) == 0
     changed = []                      # (old, new) bytes the transport checksum covers
     for key, value in fields.items():
-        if key in ("ip_src", "ip_dst"):
-            raw = ipaddress.ip_address(value).packed
-            at = (l3 + 12 if key == "ip_src" else l3 + 16) if v4 else (l3 + 8 if key == "ip_src" else l3 + 24)
-            changed.append((bytes(b[at:at + len(raw)]), raw))
-            b[at:at + len(raw)] = raw
-        elif key == "ip_ttl":
-            b[l3 + 8 if v4 else l3 + 7] = value
-        elif key.endswith(("sport", "dport")):
+        if key.endswith(("sport", "dport")):
             if not first:
                 continue                  # the ports are in the first fragment only
             if l4 + 4 > len(b):
                 return None
-            at = l4 if key.endswith("sport") else l4 + 2
-            new = struct.pack("!H", value)
-            changed.append((bytes(b[at:at + 2]), new))
-            b[at:at + 2] = new
+        change = _put_field(b, l3, l4, v4, key, value)
+        if change is not None:
+            changed.append(change)
     if v4:
-        ihl = (b[l3] & 15) * 4
-        b[l3 + 10:l3 + 12] = b"\0\0"
-        b[l3 + 10:l3 + 12] = struct.pack("!H", _csum(b[l3:l3 + ihl]))
+        _ipv4_header_checksum(b, l3)
     if first and changed and proto in (6, 17):
         at = l4 + (16 if proto == 6 else 6)
         if at + 2 > len(b):

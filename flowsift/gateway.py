@@ -216,12 +216,11 @@ class Gateway:
     def _note_late(self, batch):
         # packets after their connection ended have no record: egress gives them the header
         # edits their connection's last packet got (a NAT must not let them out unrewritten)
-        import numpy as np
         from flowsift.streams.format import RF_LATE
         arr = batch.array
-        late = np.flatnonzero((arr["rflags"] & RF_LATE) != 0)
-        for i in late.tolist():
-            self.late[int(arr["rec_pos"][i])] = (int(arr["flow_id"][i]), int(arr["dir"][i]))
+        late = (arr["rflags"] & RF_LATE) != 0
+        self.late.update(zip(arr["rec_pos"][late].tolist(),
+                             zip(arr["flow_id"][late].tolist(), arr["dir"][late].tolist())))
 
     def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,

@@ -87,18 +87,10 @@ class Resharder:
         return os.path.join(self.directory, f"{step}.{frm}.{to}.pickle")
 
     def _exchange(self, step, table):
-        from flowsift.io.shard import bucket_of
         me, g = self.index, self.g
         engine, store, defrag = g.reassembler.engine, g.store, g.reassembler.defrag
-        going, frags = {}, {}
-        for i, a, b in g.reassembler.flows.live():
-            to = int(table[bucket_of(a, b)])
-            if to != me:
-                going.setdefault(to, []).append(i)
-        for i, a, b in defrag.pending_addresses():
-            to = int(table[bucket_of(a, b)])
-            if to != me:
-                frags.setdefault(to, []).append(i)
+        going = _leaving(g.reassembler.flows.live(), table, me)
+        frags = _leaving(defrag.pending_addresses(), table, me)
         moving = sorted(i for ids in going.values() for i in ids if engine.is_open(i))
         # the modules first: their workers let go of the files before the files move
         entries = self.runner.hand_over(moving) if moving else {}
@@ -160,13 +152,24 @@ class Resharder:
         return got
 
 
-def _one(spec, source, index, count, split, events_path, kw, conn, handover=None):
+def _leaving(rows, table, me):
+    """{new shard: [ids]} of the (id, address a, address b) rows whose bucket `table` gives to
+    another shard than `me`."""
+    from flowsift.io.shard import address_buckets
+    out = {}
+    for (i, _, _), to in zip(rows, table[address_buckets(rows)].tolist()):
+        if to != me:
+            out.setdefault(to, []).append(i)
+    return out
+
+
+def _one(spec, source, index, count, split, events_path, kw, conn, handover=None, progress=False):
     # the parent's handlers forward signals to the shards; a shard and its workers take their own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     last = [0.0]
 
-    def progress(pos, total):
+    def report(pos, total):
         # how far this shard has read, now and then (the parent's bar follows the slowest)
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY or pos >= total:
@@ -177,7 +180,7 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         with open(events_path, "w") as ev:
             summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
                                 store=os.path.join(os.path.dirname(events_path), f"store-{index}"),
-                                on_progress=progress if kw.pop("progress", False) else None, **kw)
+                                on_progress=report if progress else None, **kw)
         summary["store"] = None             # removed with the run's directory
         conn.send(("ok", summary))
     except FlowsiftError as e:
@@ -231,7 +234,6 @@ def shard_source(source):
 
 def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None, **kw):
     src, split = shard_source(source)
-    kw["progress"] = on_progress is not None
     steps = list(reshard or ())
     if steps and split != "hash":
         raise UsageError("--reshard moves flows between the shards of a capture file; on an interface the "
@@ -261,7 +263,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         for k in range(processes):
             parent, child = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_one, args=(spec, src, k, count, split, os.path.join(tmp, f"{k}.jsonl"), kw, child,
-                                               handover))
+                                               handover, on_progress is not None))
             p.start()
             child.close()
             procs.append((p, parent))

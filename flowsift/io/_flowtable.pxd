@@ -1,5 +1,13 @@
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 
+from flowsift.io._batch cimport pkt_t, ST_OK, PF_L4, PF_FRAGMENT
+
+
+cdef inline bint carries_flow(const pkt_t* p) noexcept nogil:
+    # a decoded TCP/UDP packet that is not a fragment (fragments wait for the defragmenter,
+    # which hands on the whole datagram): in this shard or another
+    return p.status == ST_OK and (p.flags & PF_L4) and not (p.flags & PF_FRAGMENT) and (p.proto == 6 or p.proto == 17)
+
 ctypedef struct slot_t:
     uint32_t hash
     uint32_t idx1

@@ -98,9 +98,7 @@ cdef class FlowTable:
 
     cdef bint has_flow(self, const void* pv) noexcept nogil:
         cdef const pkt_t* p = <const pkt_t*>pv
-        # fragments wait for the defragmenter, which hands on the whole datagram
-        return (p.status == ST_OK and (p.flags & PF_L4) and not (p.flags & (PF_FRAGMENT | PF_OTHER_SHARD))
-                and (p.proto == 6 or p.proto == 17))
+        return carries_flow(p) and not (p.flags & PF_OTHER_SHARD)
 
     cdef int place(self, void* pv) noexcept nogil:
         """One packet's flow id (NONE32: it has no flow); -1 when out of memory."""

@@ -10,22 +10,30 @@ import numpy as np
 BUCKETS = 4096
 
 
-def _bucket(h):
-    return ((h.astype(np.uint64) * np.uint64(0x9E3779B1)) >> np.uint64(16)) % np.uint64(BUCKETS)
+def _buckets(words):
+    # rows of 8 little-endian words (two 16-byte addresses) -> their buckets; xor is symmetric,
+    # so both directions agree
+    h = np.bitwise_xor.reduce(words, axis=1).astype(np.uint64)
+    return ((h * np.uint64(0x9E3779B1)) >> np.uint64(16)) % np.uint64(BUCKETS)
 
 
 def packet_buckets(batch):
     """The bucket of every packet of `batch` (from its addresses only, so fragments agree)."""
     a = batch.array
-    src = np.ascontiguousarray(a["src"]).view("<u4")
-    dst = np.ascontiguousarray(a["dst"]).view("<u4")
-    return _bucket(src[:, 0] ^ src[:, 1] ^ src[:, 2] ^ src[:, 3] ^ dst[:, 0] ^ dst[:, 1] ^ dst[:, 2] ^ dst[:, 3])
+    return _buckets(np.hstack([np.ascontiguousarray(a["src"]).view("<u4"), np.ascontiguousarray(a["dst"]).view("<u4")]))
+
+
+def address_buckets(pairs):
+    """The buckets of flows (or datagrams) given as (.., address a, address b) rows, the
+    addresses 16 bytes each, as the flow table and the defragmenter keep them."""
+    if not pairs:
+        return np.zeros(0, dtype=np.uint64)
+    return _buckets(np.frombuffer(b"".join(a + b for *_, a, b in pairs), dtype="<u4").reshape(-1, 8))
 
 
 def bucket_of(a, b):
-    """The bucket of a flow from its two 16-byte addresses (as the flow table keeps them)."""
-    w = np.frombuffer(a + b, dtype="<u4")
-    return int(_bucket(np.bitwise_xor.reduce(w).reshape(1))[0])
+    """The bucket of one flow from its two 16-byte addresses."""
+    return int(address_buckets([(a, b)])[0])
 
 
 def initial_table(count):
@@ -43,15 +51,12 @@ def reshard_table(table, count):
     free = []
     for k, buckets in enumerate(owned):
         keep = share[k] if k < count else 0
-        if len(buckets) > keep:
-            free.extend(buckets[keep:])
-            del buckets[keep:]
-    free.sort()
+        free.extend(buckets[keep:])
+    free = iter(sorted(free))
     for k in range(count):
-        while len(owned[k]) < share[k]:
-            owned[k].append(free.pop(0))
-    for k in range(count):
-        table[owned[k]] = k
+        mine = owned[k][:share[k]]
+        mine += [next(free) for _ in range(share[k] - len(mine))]
+        table[mine] = k
     return table
 
 

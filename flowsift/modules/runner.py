@@ -445,20 +445,22 @@ class InlineChain:
         """Hand over these open connections: {conn: checkpoint entry text} (or "again": read it
         from its first record), and forget them here without closing them (no on_close: they
         go on in another shard)."""
-        out = {}
+        out = {conn: self._entry(conn, self.conns[conn]) for conn in conns if conn in self.conns}
+        self.forget(out)
+        return out
+
+    def forget(self, conns):
+        """Drop these open connections without closing them (no on_close, nothing reported)."""
         for conn in conns:
-            c = self.conns.get(conn)
+            c = self.conns.pop(conn, None)
             if c is None:
                 continue
-            out[conn] = self._entry(conn, c)
-            del self.conns[conn]
             self._entries.pop(conn, None)
             self._dirty.discard(conn)
             self.deltas.pop(conn, None)
             if c.file is not None:
                 c.file.close()
                 self.open_files.pop(conn, None)
-        return out
 
     def hand_over(self, conns):
         """export() in the form every chain gives: {module slot: {conn: entry}}."""
@@ -473,7 +475,6 @@ class InlineChain:
         for conn, text in entries.items():
             if text != _AGAIN:
                 self._take_entry(conn, json.loads(text))
-                self._dirty.add(conn)
 
     def counters(self):
         return {m.name: dict(m.counters, errors=self.errors.get(m.name, 0)) for m in self.modules}

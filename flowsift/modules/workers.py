@@ -64,7 +64,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
             msg = conn.recv()
             if msg[0] == "batch":
                 _, seq, touched, closed, limits, forget = msg
-                runner.export(forget)              # given up for this module (--max-backlog)
+                runner.forget(forget)              # given up for this module (--max-backlog)
                 runner.process(touched, closed, limits)
                 if seq % every == 0:
                     checkpoint(seq)
@@ -75,7 +75,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 if blob is not None:
                     runner.restore_checkpoint(blob, rows)
                 for seq, touched, closed, limits, forget in batches:
-                    runner.export(forget)
+                    runner.forget(forget)
                     runner.process(touched, closed, limits)
             elif msg[0] == "export":
                 # connections moving to another shard: their entries and the checkpoint
@@ -86,7 +86,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 runner.adopt(msg[2])
                 conn.send(("adopted", checkpoint(msg[1], send=False)))
             elif msg[0] == "finish":
-                runner.export(msg[2])
+                runner.forget(msg[2])
                 runner.finish()
                 checkpoint(msg[1])
                 conn.send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
@@ -403,8 +403,7 @@ class ParallelChain:
     def finish(self):
         for w in self.workers:
             while True:
-                forget = w.forget + [c for _, c in w.forgotten]
-                if w.send(("finish", self.seq, forget)) and self._drain(w, block=True) and w.bye is not None:
+                if w.send(("finish", self.seq, w.forget)) and self._drain(w, block=True) and w.bye is not None:
                     break
                 self._restart(w)
             w.proc.join(timeout=5)

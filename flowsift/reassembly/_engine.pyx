@@ -34,7 +34,7 @@ from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
-from flowsift.io._flowtable cimport FlowTable, flow_t
+from flowsift.io._flowtable cimport FlowTable, flow_t, carries_flow
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -207,8 +207,7 @@ cdef class Engine:
             p = &batch.pkts[i]
             if not self.flows.has_flow(<void*>p):
                 p.flow_id = 0xFFFFFFFF
-                if (p.flags & PF_OTHER_SHARD) and p.status == ST_OK and (p.flags & PF_L4) and \
-                        not (p.flags & PF_FRAGMENT) and (p.proto == 6 or p.proto == 17):
+                if (p.flags & PF_OTHER_SHARD) and carries_flow(p):
                     # another shard's flow: the clock (and so timeouts) moves as in one gateway
                     self._clock(p.ts_ns)
                 continue
