@@ -20,6 +20,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
+    if shards is not None and not 1 <= shards <= 64:
+        raise UsageError(f"--shards {shards}: the number of gateways, from 1 to 64")
     if reshard and not shards:
         raise UsageError("--reshard changes the number of shards of a sharded run: give --shards N too")
     if shards is not None and (shards > 1 or reshard):

@@ -187,6 +187,7 @@ def test_a_worker_killed_around_a_handover_loses_nothing(tmp_path, corpus, monke
 
 @pytest.mark.parametrize("args,says", [
     (["--reshard", "100:2"], "give --shards N too"),
+    (["--shards", 0, "--reshard", "100:2"], "from 1 to 64"),
     (["--shards", 2, "--reshard", "100"], "PACKETS:N"),
     (["--shards", 2, "--reshard", "100:0"], "PACKETS:N"),
     (["--shards", 2, "--reshard", "x:2"], "PACKETS:N"),
