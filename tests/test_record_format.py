@@ -47,7 +47,7 @@ def read_with_struct(path):
 
 @pytest.fixture(params=["disk", "shm"])
 def store_dir(request, tmp_path):
-    """A store on a disk file system (written with pwrite) and in /dev/shm (through mappings)."""
+    """A store on a disk file system (header written with pwrite) and in /dev/shm (header mapped)."""
     if request.param == "disk":
         yield tmp_path / "store"
     else:
@@ -60,12 +60,16 @@ def store_dir(request, tmp_path):
 
 @pytest.mark.parametrize("name", ["http__zeek__get.pcap", "overlap__zeek__reassembly.pcap", "ipv6__zeek__ipv6.pcap",
                                   "trunc__suri__tcp-rst-unacked-stream-10.pcap", "wrap__pcpp__one_tcp_stream_max_seq.pcap",
-                                  "pcapng__pcpp__many_interfaces-1.pcapng"])
+                                  "pcapng__pcpp__many_interfaces-1.pcapng", "vlan__pcpp__example2.pcap@64"])
 def test_struct_alone_reads_what_the_reassembler_delivered(store_dir, corpus, name):
+    """name@N: at most N files open at once, so files are closed and reopened while the bytes
+    and records of a batch wait to be written."""
     from flowsift.gateway import Gateway
     from flowsift.reassembly import Reassembler
     store = store_dir
-    summary = Gateway(store, keep=True).run_capture(corpus / name)
+    name, _, handles = name.partition("@")
+    summary = Gateway(store, keep=True, max_open_files=int(handles) if handles else None).run_capture(corpus / name)
+    assert summary["reopens"] > 0 if handles else True
     r = Reassembler()
     r.feed_capture(corpus / name)
     files = sorted(p for p in os.listdir(store) if p.endswith(".rec"))

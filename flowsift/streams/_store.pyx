@@ -2,24 +2,27 @@
 """The record store's writer: one sparse record file per connection (format in format.py).
 
 A Sink of the reassembly engine: delivered bytes, gaps, opens and closes, and every segment
-(`on_packet`), which becomes a record. On memory file systems (tmpfs) files are written through
-shared mappings of fixed-size windows, so a record or a payload costs a memcpy, not a system
-call; elsewhere with pwrite (see MEMORY_FS). Descriptors and mappings are held for at most
+(`on_packet`), which becomes a record. Records, gap entries and bytes are gathered per batch in
+one staging arena, as runs of contiguous file ranges, and written at `publish` with one
+pwritev(2) per run: a connection that got ten packets in a batch costs one system call per
+region, not twenty, and the kernel copies into its page cache without the page faults and
+unmapping that writing through shared mappings costs. On memory file systems (tmpfs) the header
+alone is mapped, so that its counters are published with release stores; elsewhere it is written
+with pwrite after the data (see MEMORY_FS). Descriptors and mappings are held for at most
 `max_handles` connections at a time (least recently used are closed and reopened on demand), so
 any number of live connections fits in the process's descriptor and vm.max_map_count limits.
-Counters in each header are published once per batch (`publish`) with release stores: a reader
-that sees a count sees everything it covers. The gateway also records module bitmaps, gives
-back space (reclaim) and retires finished files.
+A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
+gives back space (reclaim) and retires finished files.
 """
 import os
 
 from libc.errno cimport errno, ENOSPC
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, strerror
-from libc.stdlib cimport calloc, realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_TRUNC
 from posix.unistd cimport close as c_close, ftruncate, unlink, pwrite, pread
-from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED, MADV_RANDOM
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
 from flowsift.errors import FlowsiftError
 from flowsift.io._batch cimport Batch, pkt_t
@@ -33,6 +36,12 @@ cdef extern from "sys/vfs.h" nogil:
     struct statfs_t "statfs":
         long f_type
     int statfs(const char* path, statfs_t* buf)
+
+cdef extern from "sys/uio.h" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t pwritev(int fd, const iovec* iov, int iovcnt, int64_t offset)
 
 cdef extern from "fcntl.h" nogil:
     int fallocate(int fd, int mode, int64_t offset, int64_t length)
@@ -60,29 +69,33 @@ cdef extern from *:
     const int64_t DATA1_OFF "FS_DATA1_OFF"
     const int64_t FILE_SIZE "FS_FILE_SIZE"
 
-# Writable windows of 1 MiB: large enough that remapping is rare, small enough that a few
-# hundred open connections stay far below vm.max_map_count.
-DEF WSHIFT = 20
-DEF WSIZE = 1048576
-# Connections whose file is open at once (a descriptor and up to 5 mappings each) is sized at
+# Connections whose file is open at once (a descriptor and a header mapping each) is sized at
 # start from the process's limits (see _handle_budget); never fewer than this.
 DEF MIN_HANDLES = 64
-# A write through a mapping to a full file system is a SIGBUS, not an error: before each batch
-# the gateway checks that the store's file system has at least this much free, plus four times
-# the batch's captured bytes (more than a batch can write), and stops cleanly otherwise.
+# The staging arena is written out before it grows past this, even within a batch.
+DEF ARENA_FLUSH = 33554432
+# iovecs per pwritev (IOV_MAX is 1024 on Linux)
+DEF MAX_IOV = 1024
+# records read back at a time when setting module bits or finding what is complete
+DEF CHUNK_RECS = 512
+# Before each batch the gateway checks that the store's file system has at least this much
+# free, plus four times the batch's captured bytes (more than a batch can write), and stops
+# cleanly otherwise: a full tmpfs starves the whole machine, and the store's manifest must
+# still be written to say the store is incomplete.
 DEF FREE_MARGIN = 16777216
 
-# File systems whose pages live in memory: writing through shared mappings is a memcpy there.
-# On disk file systems every first write to a page of a mapping faults into the file system
-# (measured here: milliseconds on ext4), so the store writes with pwrite(2) instead.
+# File systems whose pages live in memory, where the header is written through a shared mapping
+# (its counters are published with release stores). On disk file systems every first write to
+# a page of a mapping faults into the file system (measured here: milliseconds on ext4), so
+# there the header is written with pwrite too.
 MEMORY_FS = (0x01021994, 0x858458F6)    # tmpfs, ramfs
 
-# which window of a handle
-DEF W_RECORDS = 0
-DEF W_GAPS = 1
-DEF W_DATA0 = 2
-DEF W_DATA1 = 3
-DEF N_WIN = 4
+# the regions of a record file that are written in runs
+DEF R_RECORDS = 0
+DEF R_GAPS = 1
+DEF R_DATA0 = 2
+DEF R_DATA1 = 3
+DEF N_REGION = 4
 
 ctypedef struct hdr_t:           # the header's first 232 bytes, at their offsets (format.py)
     uint8_t magic[8]
@@ -164,23 +177,36 @@ ctypedef struct cstate_t:
     int64_t pub_end[2]       # stream ends as last published (what readers were told)
     uint64_t done_mask       # modules that finished every record
     int64_t pub_last_ts      # the last packet's time as last published
+    int32_t run[N_REGION]    # this arena's open run of each region, or -1
+    int32_t runs             # this arena's first run of the connection, or -1
+
+ctypedef struct run_t:       # a contiguous file range of one connection waiting in the arena
+    uint32_t conn
+    int32_t next             # the connection's next run, or -1
+    int32_t first            # its pieces (a chain through piece_t.next)
+    int32_t last
+    int64_t off              # file offset
+    int64_t len              # bytes; 0 once written
+
+ctypedef struct piece_t:     # bytes of a run that are contiguous in the arena
+    int64_t pos
+    int64_t len
+    int32_t next
 
 ctypedef struct handle_t:
     int fd
     uint32_t conn
     uint64_t stamp
     hdr_t* hdr
-    uint8_t* win[N_WIN]
-    int64_t win_idx[N_WIN]   # window number (file offset >> WSHIFT) mapped, or -1
 
 
 def _handle_budget():
     """How many record files may be open at once: within the descriptor limit (raised to its
-    hard limit if need be) and vm.max_map_count (each open file holds up to 5 mappings)."""
+    hard limit if need be) and vm.max_map_count (each open file holds one mapping)."""
     from flowsift.limits import descriptor_limit, max_map_count
     soft, max_maps = descriptor_limit(), max_map_count()
     # leave half for readers in the same process (an inline chain maps and opens files too)
-    return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 12, 8192))
+    return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 4, 8192))
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
@@ -215,8 +241,20 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
     cdef readonly uint64_t retired
-    cdef readonly bint mapped
-    cdef list just_closed            # connections closed since the last publish        # write through mappings (memory file systems) or pwrite
+    cdef readonly bint mapped        # the header is written through a mapping (memory file systems)
+    cdef list just_closed            # connections closed since the last publish
+    cdef uint8_t* arena              # bytes waiting to be written (see the module's docstring)
+    cdef int64_t arena_used
+    cdef int64_t arena_cap
+    cdef run_t* runs_
+    cdef int32_t n_runs
+    cdef int32_t cap_runs
+    cdef piece_t* pieces
+    cdef int32_t n_pieces
+    cdef int32_t cap_pieces
+    cdef iovec* iov
+    cdef rec_t* rbuf                 # records read back (CHUNK_RECS)
+    cdef readonly uint64_t writes    # pwritev calls
 
     def __init__(self, str directory, bint keep=False, max_handles=None):
         cdef int k
@@ -233,7 +271,9 @@ cdef class RecordStore(Sink):
         self.max_handles = _handle_budget() if max_handles is None else max(MIN_HANDLES, int(max_handles))
         self.handles = <handle_t*> calloc(self.max_handles, sizeof(handle_t))
         self.free_slots = <int*> calloc(self.max_handles, sizeof(int))
-        if self.handles == NULL or self.free_slots == NULL:
+        self.iov = <iovec*> malloc(MAX_IOV * sizeof(iovec))
+        self.rbuf = <rec_t*> malloc(CHUNK_RECS * sizeof(rec_t))
+        if self.handles == NULL or self.free_slots == NULL or self.iov == NULL or self.rbuf == NULL:
             raise MemoryError()
         for k in range(self.max_handles):
             self.free_slots[k] = self.max_handles - 1 - k
@@ -252,6 +292,11 @@ cdef class RecordStore(Sink):
         free(self.free_slots)
         free(self.cs)
         free(self.touched)
+        free(self.arena)
+        free(self.runs_)
+        free(self.pieces)
+        free(self.iov)
+        free(self.rbuf)
 
     def attach(self, Engine engine):
         """The engine whose connections this store records (for per-direction state)."""
@@ -275,19 +320,17 @@ cdef class RecordStore(Sink):
             memset(&grown[self.cap], 0, (cap - self.cap) * sizeof(cstate_t))
             for k in range(self.cap, cap):
                 grown[k].handle = -1
+                grown[k].runs = -1
+                grown[k].run[0] = grown[k].run[1] = grown[k].run[2] = grown[k].run[3] = -1
             self.cs = grown
             self.cap = cap
         return &self.cs[conn]
 
     cdef void _close_handle(self, int k) noexcept nogil:
+        # the connection's runs must have been written first (_flush_conn)
         cdef handle_t* h = &self.handles[k]
-        cdef int w
         if h.fd < 0:
             return
-        for w in range(N_WIN):
-            if h.win[w] != NULL:
-                munmap(h.win[w], WSIZE)
-                h.win[w] = NULL
         if h.hdr != NULL:
             if self.mapped:
                 munmap(h.hdr, HEADER_SIZE)
@@ -304,8 +347,9 @@ cdef class RecordStore(Sink):
 
     cdef handle_t* _handle(self, uint32_t conn, bint create) except NULL:
         cdef cstate_t* st = self._state(conn)
-        cdef int k, victim = 0, fd, w
+        cdef int k, victim = 0, fd
         cdef void* m
+        cdef handle_t* h
         self.clock += 1
         if st.handle >= 0:
             self.handles[st.handle].stamp = self.clock
@@ -315,9 +359,8 @@ cdef class RecordStore(Sink):
             for k in range(self.max_handles):
                 if self.handles[k].stamp < self.handles[victim].stamp:
                     victim = k
+            self._flush_conn(self.handles[victim].conn)
             self._close_handle(victim)
-        self.n_free -= 1
-        victim = self.free_slots[self.n_free]
         path = self.path(conn).encode()
         if create:
             # created under a temporary name; on_open renames it once the header is written,
@@ -334,6 +377,20 @@ cdef class RecordStore(Sink):
             raise FlowsiftError(f"{self.directory}: cannot write record file {os.path.basename(path.decode())}: "
                                 f"{strerror(errno).decode()}")
         if self.mapped:
+            if create:
+                # the header's page is allocated by a write, where a full file system is an
+                # error (ENOSPC), not a SIGBUS at the first store through the mapping
+                m = calloc(1, HEADER_SIZE)
+                if m == NULL:
+                    c_close(fd)
+                    raise MemoryError()
+                try:
+                    self._pwrite(fd, m, HEADER_SIZE, 0)
+                except BaseException:
+                    c_close(fd)
+                    raise
+                finally:
+                    free(m)
             m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             if m == MAP_FAILED:
                 c_close(fd)
@@ -348,62 +405,192 @@ cdef class RecordStore(Sink):
                 free(m)
                 c_close(fd)
                 raise FlowsiftError(f"{self.directory}: cannot read back a record file header: {strerror(errno).decode()}")
-        h = &self.handles[victim]
+        self.n_free -= 1
+        k = self.free_slots[self.n_free]
+        h = &self.handles[k]
         h.fd = fd
         h.conn = conn
         h.stamp = self.clock
         h.hdr = <hdr_t*> m
-        for w in range(N_WIN):
-            h.win[w] = NULL
-            h.win_idx[w] = -1
-        st.handle = victim
+        st.handle = k
         return h
-
-    cdef uint8_t* _at(self, handle_t* h, int w, int64_t off, int64_t* room) except NULL:
-        # a writable pointer to file offset `off` through window slot w; *room: bytes to its end
-        cdef int64_t idx = off >> WSHIFT
-        cdef void* m
-        if h.win_idx[w] != idx:
-            if h.win[w] != NULL:
-                munmap(h.win[w], WSIZE)
-                h.win[w] = NULL
-            m = mmap(NULL, WSIZE, PROT_READ | PROT_WRITE, MAP_SHARED, h.fd, idx << WSHIFT)
-            if m == MAP_FAILED:
-                raise FlowsiftError(f"{self.directory}: cannot map a record file window: {strerror(errno).decode()}")
-            # no readahead: on a disk file system a fault would otherwise read (zero-fill) pages
-            # of the window's holes ahead of the one being written
-            madvise(m, WSIZE, MADV_RANDOM)
-            h.win[w] = <uint8_t*> m
-            h.win_idx[w] = idx
-        room[0] = ((idx + 1) << WSHIFT) - off
-        return h.win[w] + (off - (idx << WSHIFT))
 
     cdef int _pwrite(self, int fd, const void* src, int64_t n, int64_t off) except -1:
         cdef int64_t w
         while n > 0:
             w = pwrite(fd, src, n, off)
             if w < 0:
-                if errno == ENOSPC:
-                    raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
-                                        f"the connections being written are incomplete")
-                raise FlowsiftError(f"{self.directory}: cannot write a record file: {strerror(errno).decode()}")
+                self._write_error()
             n -= w
             off += w
             src = <const uint8_t*>src + w
         return 0
 
-    cdef int _write(self, handle_t* h, int w, int64_t off, const uint8_t* src, int64_t n) except -1:
-        cdef int64_t room, take
-        cdef uint8_t* dst
-        if not self.mapped:
-            return self._pwrite(h.fd, src, n, off)
-        while n > 0:
-            dst = self._at(h, w, off, &room)
-            take = n if n < room else room
-            memcpy(dst, src, take)
-            off += take
-            src += take
-            n -= take
+    cdef int _write_error(self) except -1:
+        if errno == ENOSPC:
+            raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
+                                f"the connections being written are incomplete")
+        raise FlowsiftError(f"{self.directory}: cannot write a record file: {strerror(errno).decode()}")
+
+    # --- the staging arena --------------------------------------------------------------------
+
+    cdef int _write(self, uint32_t conn, cstate_t* st, int region, int64_t off, const uint8_t* src, int64_t n) except -1:
+        # queue n bytes for file offset `off`: they join the region's open run when they follow
+        # it, and its last piece when they follow that in the arena too
+        cdef int32_t r = st.run[region]
+        cdef run_t* run
+        cdef piece_t* pc
+        cdef int64_t cap
+        cdef void* grown
+        if n <= 0:
+            return 0
+        if self.arena_used + n > self.arena_cap:
+            if self.arena_used and self.arena_used + n > ARENA_FLUSH:
+                self._flush_all()
+                r = -1
+            if self.arena_used + n > self.arena_cap:
+                cap = self.arena_cap * 2 if self.arena_cap else 1 << 20
+                while cap < self.arena_used + n:
+                    cap *= 2
+                grown = realloc(self.arena, cap)
+                if grown == NULL:
+                    raise MemoryError()
+                self.arena = <uint8_t*> grown
+                self.arena_cap = cap
+        memcpy(self.arena + self.arena_used, src, n)
+        if r >= 0 and self.runs_[r].off + self.runs_[r].len == off:
+            run = &self.runs_[r]
+            pc = &self.pieces[run.last]
+            if pc.pos + pc.len == self.arena_used:
+                pc.len += n
+                run.len += n
+                self.arena_used += n
+                return 0
+            self._piece(run)
+            self.pieces[run.last].pos = self.arena_used
+            self.pieces[run.last].len = n
+            run.len += n
+            self.arena_used += n
+            return 0
+        if self.n_runs == self.cap_runs:
+            self.cap_runs = self.cap_runs * 2 if self.cap_runs else 1024
+            grown = realloc(self.runs_, self.cap_runs * sizeof(run_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.runs_ = <run_t*> grown
+        r = self.n_runs
+        self.n_runs += 1
+        run = &self.runs_[r]
+        run.conn = conn
+        run.off = off
+        run.len = n
+        run.first = -1
+        self._piece(run)
+        self.pieces[run.first].pos = self.arena_used
+        self.pieces[run.first].len = n
+        self.arena_used += n
+        # a connection's runs never overlap (bytes are delivered once, records and gap entries
+        # are appended, edits are written after a flush), so their order does not matter
+        run.next = st.runs
+        st.runs = r
+        st.run[region] = r
+        self._touch(conn, st)
+        return 0
+
+    cdef int _piece(self, run_t* run) except -1:
+        # a new last piece for `run`
+        cdef void* grown
+        cdef int32_t k
+        if self.n_pieces == self.cap_pieces:
+            self.cap_pieces = self.cap_pieces * 2 if self.cap_pieces else 4096
+            grown = realloc(self.pieces, self.cap_pieces * sizeof(piece_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.pieces = <piece_t*> grown
+        k = self.n_pieces
+        self.n_pieces += 1
+        self.pieces[k].next = -1
+        if run.first < 0:
+            run.first = k
+        else:
+            self.pieces[run.last].next = k
+        run.last = k
+        return 0
+
+    cdef int _write_run(self, int fd, run_t* run) except -1:
+        cdef int32_t k = run.first
+        cdef int cnt, i
+        cdef int64_t off = run.off, done
+        while k >= 0:
+            cnt = 0
+            while k >= 0 and cnt < MAX_IOV:
+                self.iov[cnt].iov_base = self.arena + self.pieces[k].pos
+                self.iov[cnt].iov_len = self.pieces[k].len
+                cnt += 1
+                k = self.pieces[k].next
+            # a short write goes on from where it stopped
+            i = 0
+            while i < cnt:
+                done = pwritev(fd, &self.iov[i], cnt - i, off)
+                self.writes += 1
+                if done < 0:
+                    self._write_error()
+                off += done
+                while i < cnt and done >= <int64_t>self.iov[i].iov_len:
+                    done -= self.iov[i].iov_len
+                    i += 1
+                if i < cnt:
+                    self.iov[i].iov_base = <uint8_t*>self.iov[i].iov_base + done
+                    self.iov[i].iov_len -= done
+        run.len = 0
+        return 0
+
+    cdef int _flush_conn(self, uint32_t conn) except -1:
+        # write out a connection's runs now (before its file is closed, read back or published)
+        cdef cstate_t* st
+        cdef int32_t r
+        cdef handle_t* h
+        if conn >= self.cap:
+            return 0
+        st = &self.cs[conn]
+        r = st.runs
+        if r < 0:
+            return 0
+        h = self._handle(conn, False)
+        while r >= 0:
+            if self.runs_[r].len:
+                self._write_run(h.fd, &self.runs_[r])
+            r = self.runs_[r].next
+        st.runs = -1
+        st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
+        return 0
+
+    cdef int _flush_all(self) except -1:
+        # every run in the arena, in the order they were opened; then the arena is empty
+        cdef int32_t r
+        cdef cstate_t* st
+        for r in range(self.n_runs):
+            st = &self.cs[self.runs_[r].conn]
+            if self.runs_[r].len:
+                self._write_run(self._handle(self.runs_[r].conn, False).fd, &self.runs_[r])
+            st.runs = -1
+            st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
+        self.n_runs = 0
+        self.n_pieces = 0
+        self.arena_used = 0
+        return 0
+
+    cdef int _drop_runs(self) except -1:
+        # forget what waits in the arena (after an error)
+        cdef int32_t r
+        cdef cstate_t* st
+        for r in range(self.n_runs):
+            st = &self.cs[self.runs_[r].conn]
+            st.runs = -1
+            st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
+        self.n_runs = 0
+        self.n_pieces = 0
+        self.arena_used = 0
         return 0
 
     cdef void _touch(self, uint32_t conn, cstate_t* st) noexcept nogil:
@@ -469,22 +656,19 @@ cdef class RecordStore(Sink):
         return 0
 
     cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
-        cdef handle_t* h = self._handle(conn, False)
-        self._write(h, W_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + offset, data, n)
+        self._write(conn, self._state(conn), R_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + offset, data, n)
         self.bytes_written += n
         return 0
 
     cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1:
         cdef cstate_t* st = self._state(conn)
-        cdef handle_t* h = self._handle(conn, False)
-        self._write(h, W_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + st.udp_end[d], data, n)
+        self._write(conn, st, R_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + st.udp_end[d], data, n)
         st.udp_end[d] += n
         self.bytes_written += n
         return 0
 
     cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
         cdef cstate_t* st = self._state(conn)
-        cdef handle_t* h = self._handle(conn, False)
         cdef gap_t g
         memset(&g, 0, sizeof(gap_t))
         g.dir = d
@@ -492,7 +676,7 @@ cdef class RecordStore(Sink):
         g.record_index = st.records
         g.offset = offset
         g.length = length
-        self._write(h, W_GAPS, GAPS_OFF + <int64_t>st.gaps * GAP_SIZE, <const uint8_t*>&g, GAP_SIZE)
+        self._write(conn, st, R_GAPS, GAPS_OFF + <int64_t>st.gaps * GAP_SIZE, <const uint8_t*>&g, GAP_SIZE)
         st.gaps += 1
         self._touch(conn, st)
         return 0
@@ -511,6 +695,7 @@ cdef class RecordStore(Sink):
     def abort(self):
         """Stop writing (after an error): close every file as it is, CLOSED flags left clear."""
         cdef int k
+        self._drop_runs()
         for k in range(self.max_handles):
             self._close_handle(k)
         if self.cs != NULL:
@@ -522,12 +707,10 @@ cdef class RecordStore(Sink):
     cdef int on_packet(self, uint32_t conn, pkt_t* p) except -1:
         # one record per segment, in arrival order
         cdef cstate_t* st = self._state(conn)
-        cdef handle_t* h
         cdef rec_t r
         if not st.exists or st.closed:
             self.late_packets += 1
             return 0
-        h = self._handle(conn, False)
         memset(&r, 0, sizeof(rec_t))
         r.record_id = st.first_id + st.records
         r.ts_ns = p.ts_ns
@@ -553,7 +736,7 @@ cdef class RecordStore(Sink):
         r.frame_pos = p.rec_pos
         memcpy(r.src, p.src, 16)
         memcpy(r.dst, p.dst, 16)
-        self._write(h, W_RECORDS, RECORDS_OFF + <int64_t>st.records * RECORD_SIZE, <const uint8_t*>&r, RECORD_SIZE)
+        self._write(conn, st, R_RECORDS, RECORDS_OFF + <int64_t>st.records * RECORD_SIZE, <const uint8_t*>&r, RECORD_SIZE)
         st.records += 1
         self.records_written += 1
         self._touch(conn, st)
@@ -564,6 +747,7 @@ cdef class RecordStore(Sink):
         connections that changed since the last publish and those that ended (for in-process
         readers such as an inline chain)."""
         cdef uint32_t k
+        self._flush_all()
         touched = [self.touched[k] for k in range(self.n_touched)]
         for k in range(self.n_touched):
             self.cs[self.touched[k]].touched = 0
@@ -575,7 +759,9 @@ cdef class RecordStore(Sink):
 
     cdef int _publish(self, uint32_t conn, bint final) except -1:
         cdef cstate_t* st = &self.cs[conn]
-        cdef handle_t* h = self._handle(conn, False)
+        cdef handle_t* h
+        self._flush_conn(conn)
+        h = self._handle(conn, False)
         cdef hdr_t* hd = h.hdr
         cdef conn_t* c = &self.engine.conns[conn]
         cdef dir_t* D
@@ -611,10 +797,12 @@ cdef class RecordStore(Sink):
         """Merge a verified payload edit: the gateway, the only writer, overwrites stream bytes in
         place (same length), so every later reader sees the merged bytes."""
         cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h
         if not st.exists:
             raise KeyError(conn)
+        self._flush_conn(conn)
         h = self._handle(conn, False)
-        self._write(h, W_DATA0 + (d & 1), (DATA1_OFF if d else DATA0_OFF) + offset, <const uint8_t*><char*>data, len(data))
+        self._pwrite(h.fd, <const uint8_t*><char*>data, len(data), (DATA1_OFF if d else DATA0_OFF) + offset)
 
     def latest(self, conns):
         """(records published, latest record id, closed) of each connection: what the registry
@@ -653,6 +841,7 @@ cdef class RecordStore(Sink):
         cdef cstate_t* st = self._state(conn)
         if not st.exists or st.closed:
             return None
+        self._flush_conn(conn)
         if st.handle >= 0:
             self._close_handle(st.handle)
         out = ((<char*>st)[:sizeof(cstate_t)], self.path(conn))
@@ -671,6 +860,8 @@ cdef class RecordStore(Sink):
         memcpy(st, <const char*>state, sizeof(cstate_t))
         st.handle = -1
         st.touched = 0
+        st.runs = -1
+        st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
         final = self.path(conn)
         try:
             os.rename(path, final)
@@ -695,19 +886,15 @@ cdef class RecordStore(Sink):
     def release_module(self, int bit):
         self.modules_mask &= ~((<uint64_t>1) << bit)
 
-    cdef int _rec_io(self, handle_t* h, uint64_t index, rec_t* r, bint write) except -1:
-        cdef int64_t off = RECORDS_OFF + <int64_t>index * RECORD_SIZE, room
-        cdef uint8_t* p
-        if self.mapped:
-            p = self._at(h, W_RECORDS, off, &room)
-            if write:
-                memcpy(p, r, RECORD_SIZE)
-            else:
-                memcpy(r, p, RECORD_SIZE)
-        elif write:
-            self._pwrite(h.fd, r, RECORD_SIZE, off)
-        elif pread(h.fd, r, RECORD_SIZE, off) != RECORD_SIZE:
-            raise FlowsiftError(f"{self.directory}: cannot read back a record: {strerror(errno).decode()}")
+    cdef int _read_records(self, handle_t* h, uint64_t start, uint64_t n) except -1:
+        # records [start, start + n) into rbuf (n <= CHUNK_RECS; the connection's runs written)
+        cdef int64_t want = <int64_t>n * RECORD_SIZE, got = 0, k
+        while got < want:
+            k = pread(h.fd, <uint8_t*>self.rbuf + got, want - got, RECORDS_OFF + <int64_t>start * RECORD_SIZE + got)
+            if k <= 0:
+                raise FlowsiftError(f"{self.directory}: cannot read back a record: "
+                                    f"{strerror(errno).decode() if k < 0 else 'file cut short'}")
+            got += k
         return 0
 
     def module_done(self, uint32_t conn, int bit, uint64_t upto):
@@ -716,8 +903,8 @@ cdef class RecordStore(Sink):
         acknowledged. Returns the connection's state as reclaim() does."""
         cdef cstate_t* st = self._state(conn)
         cdef handle_t* h
-        cdef rec_t r
-        cdef uint64_t i, mask = (<uint64_t>1) << bit
+        cdef uint64_t i = 0, j, n, mask = (<uint64_t>1) << bit
+        cdef bint changed
         if not st.exists:
             raise KeyError(conn)
         if upto >= st.records:
@@ -726,12 +913,19 @@ cdef class RecordStore(Sink):
             return {"complete": st.records, "reclaimed": None, "oldest_unacked_done": st.records, "retired": True}
         if upto > st.records:
             upto = st.records
+        self._flush_conn(conn)
         h = self._handle(conn, False)
-        for i in range(upto):
-            self._rec_io(h, i, &r, False)
-            if not (r.modules & mask):
-                r.modules |= mask
-                self._rec_io(h, i, &r, True)
+        while i < upto:
+            n = upto - i if upto - i < CHUNK_RECS else CHUNK_RECS
+            self._read_records(h, i, n)
+            changed = False
+            for j in range(n):
+                if not (self.rbuf[j].modules & mask):
+                    self.rbuf[j].modules |= mask
+                    changed = True
+            if changed:
+                self._pwrite(h.fd, self.rbuf, <int64_t>n * RECORD_SIZE, RECORDS_OFF + <int64_t>i * RECORD_SIZE)
+            i += n
         return self.reclaim(conn)
 
     cdef bint _retire_at_once(self, uint32_t conn, cstate_t* st) except -1:
@@ -753,6 +947,7 @@ cdef class RecordStore(Sink):
 
     cdef int _retire(self, uint32_t conn, cstate_t* st) except -1:
         # every module is done with every record and nothing waits for an ACK: the file goes
+        self._flush_conn(conn)
         if st.handle >= 0:
             self._close_handle(st.handle)
         try:
@@ -772,39 +967,52 @@ cdef class RecordStore(Sink):
         cdef handle_t* h
         cdef hdr_t* hd
         cdef conn_t* c = &self.engine.conns[conn]
-        cdef rec_t r
-        cdef uint64_t i, complete = 0, oldest
+        cdef rec_t* r
+        cdef uint64_t i, j, n, complete, oldest
+        cdef bint in_prefix
         cdef int64_t bound[2]
         cdef int64_t acked[2]
         cdef int64_t start, stop, data_off
         cdef int d
         if not st.exists:
             raise KeyError(conn)
+        self._flush_conn(conn)
         h = self._handle(conn, False)
         hd = h.hdr
         mask = self.modules_mask
-        # the complete prefix: records whose bitmap holds every registered module's bit
-        while complete < st.records:
-            self._rec_io(h, complete, &r, False)
-            if mask == 0 or (r.modules & mask) != mask:
-                break
-            complete += 1
         for d in range(2):
             acked[d] = hd.acked[d]
             bound[d] = -1
-        # bytes below the first incomplete record of a direction are complete
-        oldest = complete
-        for i in range(st.records):
-            self._rec_io(h, i, &r, False)
-            d = r.dir & 1
-            if i < complete:
-                if oldest == complete and c.proto == 6 and r.payload_len and \
-                        r.seq_offset - hd.origin[d] + r.payload_len > acked[d]:
-                    oldest = i          # done by every module, not yet acknowledged
-            elif bound[d] < 0:
-                bound[d] = r.seq_offset - hd.origin[d] if c.proto == 6 else r.seq_offset
-                if bound[0] >= 0 and bound[1] >= 0:
-                    break
+        # One pass: the complete prefix (records whose bitmap holds every registered module's
+        # bit), the oldest record in it not yet acknowledged, and for each direction the offset
+        # of its first record past the prefix (bytes below it are complete).
+        complete = st.records
+        oldest = st.records
+        in_prefix = True
+        i = 0
+        while i < st.records:
+            n = st.records - i if st.records - i < CHUNK_RECS else CHUNK_RECS
+            self._read_records(h, i, n)
+            for j in range(n):
+                r = &self.rbuf[j]
+                d = r.dir & 1
+                if in_prefix and mask != 0 and (r.modules & mask) == mask:
+                    if oldest == st.records and c.proto == 6 and r.payload_len and \
+                            r.seq_offset - hd.origin[d] + r.payload_len > acked[d]:
+                        oldest = i + j      # done by every module, not yet acknowledged
+                    continue
+                if in_prefix:
+                    in_prefix = False
+                    complete = i + j
+                if bound[d] < 0:
+                    bound[d] = r.seq_offset - hd.origin[d] if c.proto == 6 else r.seq_offset
+                    if bound[0] >= 0 and bound[1] >= 0:
+                        break
+            if not in_prefix and bound[0] >= 0 and bound[1] >= 0:
+                break
+            i += n
+        if oldest > complete:
+            oldest = complete
         out = []
         for d in range(2):
             if bound[d] < 0:
@@ -831,11 +1039,9 @@ cdef class RecordStore(Sink):
         return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest, "retired": bool(retire)}
 
     def check_space(self, Batch batch):
-        """Before writing a batch through mappings: is there room for it? (see FREE_MARGIN)"""
+        """Before writing a batch: is there room for it? (see FREE_MARGIN)"""
         cdef Py_ssize_t i
         cdef uint64_t need = FREE_MARGIN
-        if not self.mapped:
-            return          # pwrite reports ENOSPC itself
         for i in range(batch.n):
             need += 4 * batch.pkts[i].caplen
         st = os.statvfs(self.directory)
@@ -846,4 +1052,4 @@ cdef class RecordStore(Sink):
     def counters(self):
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
                 "reopens": self.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes,
-                "retired": self.retired}
+                "retired": self.retired, "writes": self.writes}
