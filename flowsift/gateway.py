@@ -234,6 +234,9 @@ class Gateway:
         except FlowsiftError as e:
             self._fail(str(e))
             raise
+        # Nobody in this process reads the store during the run, and no registry announces its
+        # batches: a thread writes each batch while the next one is reassembled.
+        self.store.set_background(after_batch is None and on_batch is None and not self.registry.announces)
         try:
             read = 0                        # packets read so far (before sharding)
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
@@ -271,6 +274,7 @@ class Gateway:
                 self.store.check_space(batch)
             self.reassembler.finish()
             changed = self.store.publish()
+            self.store.set_background(False)        # everything written before the summary
             self.sync(*changed, batch=True)
             if after_batch is not None:
                 after_batch(*changed)

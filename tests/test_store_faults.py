@@ -14,12 +14,17 @@ from pcapgen import A, B, ether, ipv4, pcap, tcp
 from flowsift.streams import RecordFile, StoreError, StreamPointer, store_files
 
 
-def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000, block=1000):
+def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000, block=1000, long_lived=False):
     """n short TCP connections (SYN, SYN-ACK, data, FIN, FIN), interleaved by blocks of `block`
-    so that many are open at once."""
+    so that many are open at once. With `long_lived`, one more connection (to port 8080) opens
+    first and sends a segment in every block: it is open until the end."""
     def seg(src, dst, seq, ack, fl, pl=b""):
         return ether(ipv4(src[0], dst[0], 6, tcp(src[1], dst[1], seq=seq, ack=ack, flags=fl, payload=pl)))
     frames = []
+    lc, ls = (A, 999), (bytes([10, 2, 0, 1]), 8080)
+    if long_lived:
+        frames.append((start - 1, 0, seg(lc, ls, 100, 0, 0x02)))
+        frames.append((start - 1, 1, seg(ls, lc, 500, 101, 0x12)))
     for b0 in range(0, n, block):
         ends = [((A, 1024 + i % 60000), (bytes([10, 1, (i // 60000) & 255, 1]), 80)) for i in range(b0, min(n, b0 + block))]
         t = start + b0 // block
@@ -33,6 +38,8 @@ def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000, block=100
             frames.append((t, 6000 + k, seg(c, s, 101 + len(payload), 501, 0x11)))
         for k, (c, s) in enumerate(ends):
             frames.append((t, 8000 + k, seg(s, c, 501, 102 + len(payload), 0x11)))
+        if long_lived:
+            frames.append((t, 9999, seg(lc, ls, 101 + b0 // block, 501, 0x18, b"k")))
     path.write_bytes(pcap(frames))
     return path
 
@@ -100,18 +107,24 @@ def test_file_cut_by_hand_reads_up_to_the_last_complete_record(tmp_path, corpus)
 
 
 def test_gateway_killed_mid_write_leaves_readable_files(tmp_path):
-    capture = many_connections(tmp_path / "many.pcap", 60_000)
+    capture = many_connections(tmp_path / "many.pcap", 60_000, long_lived=True)
     store = tmp_path / "s"
     proc = subprocess.Popen([sys.executable, "-m", "flowsift", "gateway", str(capture), "--store", str(store), "--keep"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
-    while time.time() < deadline and len(os.listdir(store) if store.exists() else []) < 2000:
+
+    def first_closed():
+        with RecordFile(store_files(store)[1]) as rf:      # [0] is the long-lived one
+            return rf.closed_by_gateway
+    # killed once some connections are complete, and more than a batch's worth of files is in place
+    # (the long-lived connection is in place and open: cut)
+    while time.time() < deadline and not (store.exists() and len(store_files(store)) >= 2000 and first_closed()):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     files = store_files(store)
     assert 2000 <= len(files) < 60_000
-    closed = cut = 0
+    closed, cut = 0, []
     for path in files:
         with RecordFile(path) as rf:
             recs = list(rf.records())
@@ -121,7 +134,7 @@ def test_gateway_killed_mid_write_leaves_readable_files(tmp_path):
                 closed += 1
                 assert len(recs) == 5 and StreamPointer(rf, 0).read().tobytes() == b"x" * 200
             else:
-                cut += 1
-    assert closed > 0 and cut > 0
-    res = run_cli("inspect", files[-1])
+                cut.append(path)
+    assert closed > 0 and cut
+    res = run_cli("inspect", cut[-1])
     assert res.returncode == 0 and ("cut" in res.stdout or "open or cut" in res.stdout)

@@ -19,6 +19,7 @@ import os
 from libc.errno cimport errno, ENOSPC
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, strerror
+from libc.stdio cimport snprintf, rename
 from libc.stdlib cimport calloc, malloc, realloc, free
 from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_TRUNC
 from posix.unistd cimport close as c_close, ftruncate, unlink, pwrite, pread
@@ -27,6 +28,15 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 from flowsift.errors import FlowsiftError
 from flowsift.io._batch cimport Batch, pkt_t
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, dir_t, CS_OPEN
+
+cdef extern from "_writer.h" nogil:
+    ctypedef struct fs_bg_t:
+        int started
+    int fs_bg_start(fs_bg_t* bg, void (*job)(void*) noexcept nogil, void* arg)
+    void fs_bg_wait(fs_bg_t* bg)
+    int fs_bg_running(fs_bg_t* bg)
+    void fs_bg_kick(fs_bg_t* bg)
+    void fs_bg_stop(fs_bg_t* bg)
 
 cdef extern from "_atomic.h":
     void fs_publish_u64(uint64_t* p, uint64_t v) nogil
@@ -74,6 +84,9 @@ cdef extern from *:
 DEF MIN_HANDLES = 64
 # The staging arena is written out before it grows past this, even within a batch.
 DEF ARENA_FLUSH = 33554432
+# In the background, batches gather in the arena while the writer thread is busy, up to this:
+# longer runs, fewer system calls, and the gateway waits only when the writer falls behind.
+DEF ARENA_HOLD = 16777216
 # iovecs per pwritev (IOV_MAX is 1024 on Linux)
 DEF MAX_IOV = 1024
 # records read back at a time when setting module bits or finding what is complete
@@ -168,7 +181,7 @@ ctypedef struct cstate_t:
     uint8_t closed
     uint8_t touched          # in this batch's publish list
     uint8_t _pad
-    int32_t handle           # index in the handle table, or -1
+    int32_t _pad1
     uint64_t records
     uint64_t gaps
     uint64_t first_id
@@ -177,27 +190,99 @@ ctypedef struct cstate_t:
     int64_t pub_end[2]       # stream ends as last published (what readers were told)
     uint64_t done_mask       # modules that finished every record
     int64_t pub_last_ts      # the last packet's time as last published
-    int32_t run[N_REGION]    # this arena's open run of each region, or -1
-    int32_t runs             # this arena's first run of the connection, or -1
+    int32_t run[N_REGION]    # the filling batch's open run of each region, or -1
 
-ctypedef struct run_t:       # a contiguous file range of one connection waiting in the arena
+ctypedef struct run_t:       # a contiguous file range of one connection waiting in a batch
     uint32_t conn
-    int32_t next             # the connection's next run, or -1
     int32_t first            # its pieces (a chain through piece_t.next)
     int32_t last
     int64_t off              # file offset
-    int64_t len              # bytes; 0 once written
+    int64_t len
 
 ctypedef struct piece_t:     # bytes of a run that are contiguous in the arena
     int64_t pos
     int64_t len
     int32_t next
 
+# what a batch asks of a file besides its runs
+DEF OP_CREATE = 0            # a new file; its header (hdr_t) is in the arena
+DEF OP_PUBLISH = 1           # new counters (pub_t in the arena)
+DEF OP_FINAL = 2             # the last counters, then the file is closed
+
+ctypedef struct op_t:
+    uint32_t conn
+    uint8_t kind
+    int64_t pos
+
+ctypedef struct pub_t:       # what a publish puts into a header
+    int64_t origin[2]
+    int64_t end[2]
+    int64_t acked[2]
+    int64_t last_ts
+    uint64_t gaps
+    uint64_t records
+    uint64_t modules_mask
+    uint8_t settled[2]
+    uint8_t midstream[2]
+    uint8_t close[2]
+    uint8_t has_end[2]
+    uint8_t has_acked[2]
+
+ctypedef struct wbuf_t:      # one batch's writes: the arena, its runs and its other operations
+    uint8_t* arena
+    int64_t used
+    int64_t cap
+    run_t* runs
+    int32_t n_runs
+    int32_t cap_runs
+    piece_t* pieces
+    int32_t n_pieces
+    int32_t cap_pieces
+    op_t* ops
+    int32_t n_ops
+    int32_t cap_ops
+    int32_t n_creates
+
 ctypedef struct handle_t:
     int fd
     uint32_t conn
     uint64_t stamp
-    hdr_t* hdr
+    hdr_t* hdr               # the header: a shared mapping, or a copy in memory (in_memory)
+    uint8_t in_memory        # written out with pwrite (disk file systems; new files)
+    uint8_t fresh            # made in this drain, not yet renamed into place
+    uint8_t final            # its connection ended: closed once it is in place
+
+# what went wrong in the writer (turned into a message on the Python side)
+DEF E_NONE = 0
+DEF E_CREATE = 1             # open/ftruncate of a new file
+DEF E_REOPEN = 2
+DEF E_WRITE = 3
+DEF E_MAP = 4
+DEF E_RENAME = 5
+DEF E_READ_HEADER = 6
+DEF E_MEMORY = 7
+
+ctypedef struct wstate_t:    # the files: touched by the writer thread only, or by the gateway while it is idle
+    char dir[4096]
+    bint mapped
+    handle_t* handles
+    int max_handles
+    int* free_slots          # handle slots not in use (a stack), so opening is O(1)
+    int n_free
+    uint64_t clock
+    int32_t* hmap            # connection -> handle slot, or -1
+    uint32_t hcap
+    uint32_t* fresh          # connections whose file this drain made (ws_finish_new at its end)
+    int32_t n_fresh
+    int32_t cap_fresh
+    iovec* iov
+    uint8_t* zeros           # HEADER_SIZE zero bytes: a new header's page
+    uint64_t writes
+    uint64_t reopens
+    int err                  # E_*: the first failure; the writer does nothing more after it
+    int err_no
+    uint32_t err_conn
+    wbuf_t* job              # the batch the writer thread writes
 
 
 def _handle_budget():
@@ -217,6 +302,316 @@ cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
     return z ^ (z >> 31)
 
 
+# --- the writer: plain C over wstate_t, so that it runs without the GIL ----------------------
+
+cdef int ws_fail(wstate_t* ws, int what, uint32_t conn) noexcept nogil:
+    if ws.err == E_NONE:
+        ws.err = what
+        ws.err_no = errno
+        ws.err_conn = conn
+    return -1
+
+
+cdef void ws_path(wstate_t* ws, uint32_t conn, char* out, bint new) noexcept nogil:
+    if new:
+        snprintf(out, 4200, "%s/c%08u.rec.new", ws.dir, conn)
+    else:
+        snprintf(out, 4200, "%s/c%08u.rec", ws.dir, conn)
+
+
+cdef int ws_finish_new(wstate_t* ws, handle_t* h) noexcept nogil:
+    # A new file goes into place: its header (with the counters of this drain's publishes,
+    # written after the runs they count), then the rename that makes it visible. So a reader
+    # never finds a record file without its header, and a connection that starts and ends in
+    # one drain is never mapped at all.
+    cdef iovec v[2]
+    cdef char path[4200]
+    cdef char final[4200]
+    h.fresh = 0
+    v[0].iov_base = h.hdr
+    v[0].iov_len = sizeof(hdr_t)
+    v[1].iov_base = ws.zeros
+    v[1].iov_len = HEADER_SIZE - sizeof(hdr_t)
+    if pwritev(h.fd, v, 2, 0) != HEADER_SIZE:
+        return ws_fail(ws, E_WRITE, h.conn)
+    ws_path(ws, h.conn, path, True)
+    ws_path(ws, h.conn, final, False)
+    if rename(path, final) != 0:
+        return ws_fail(ws, E_RENAME, h.conn)
+    return 0
+
+
+cdef void ws_close_handle(wstate_t* ws, int k) noexcept nogil:
+    cdef handle_t* h = &ws.handles[k]
+    if h.fd < 0:
+        return
+    if h.fresh:
+        ws_finish_new(ws, h)        # (a full store is reported by the next check)
+    if h.hdr != NULL:
+        if h.in_memory:
+            free(h.hdr)
+        else:
+            munmap(h.hdr, HEADER_SIZE)
+        h.hdr = NULL
+    c_close(h.fd)
+    h.fd = -1
+    if h.conn < ws.hcap:
+        ws.hmap[h.conn] = -1
+    ws.free_slots[ws.n_free] = k
+    ws.n_free += 1
+
+
+cdef int ws_close_conn(wstate_t* ws, uint32_t conn) noexcept nogil:
+    if conn < ws.hcap and ws.hmap[conn] >= 0:
+        ws_close_handle(ws, ws.hmap[conn])
+    return 0
+
+
+cdef int ws_pwrite(wstate_t* ws, int fd, const void* src, int64_t n, int64_t off, uint32_t conn) noexcept nogil:
+    cdef int64_t w
+    while n > 0:
+        w = pwrite(fd, src, n, off)
+        if w < 0:
+            return ws_fail(ws, E_WRITE, conn)
+        n -= w
+        off += w
+        src = <const uint8_t*>src + w
+    return 0
+
+
+cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexcept nogil:
+    # the open file of `conn`; with `create` (its header) the file is made first
+    cdef int k, victim = 0, fd
+    cdef void* m
+    cdef handle_t* h
+    cdef char path[4200]
+    cdef char final[4200]
+    cdef iovec v[2]
+    cdef uint32_t cap
+    cdef int32_t* grown
+    ws.clock += 1
+    if conn >= ws.hcap:
+        cap = ws.hcap if ws.hcap else 1024
+        while cap <= conn:
+            cap *= 2
+        grown = <int32_t*> realloc(ws.hmap, cap * sizeof(int32_t))
+        if grown == NULL:
+            ws_fail(ws, E_MEMORY, conn)
+            return NULL
+        memset(&grown[ws.hcap], 0xFF, (cap - ws.hcap) * sizeof(int32_t))
+        ws.hmap = grown
+        ws.hcap = cap
+    k = ws.hmap[conn]
+    if k >= 0:
+        ws.handles[k].stamp = ws.clock
+        return &ws.handles[k]
+    if ws.n_free == 0:
+        # every slot busy: close the least recently used (a scan, but only when full)
+        for k in range(ws.max_handles):
+            if ws.handles[k].stamp < ws.handles[victim].stamp:
+                victim = k
+        ws_close_handle(ws, victim)
+    if create != NULL:
+        # made under a temporary name and renamed into place at the end of the drain, once its
+        # header is written (ws_finish_new)
+        if ws.n_fresh == ws.cap_fresh:
+            cap = ws.cap_fresh * 2 if ws.cap_fresh else 1024
+            grown = <int32_t*> realloc(ws.fresh, cap * sizeof(uint32_t))
+            if grown == NULL:
+                ws_fail(ws, E_MEMORY, conn)
+                return NULL
+            ws.fresh = <uint32_t*> grown
+            ws.cap_fresh = cap
+        ws_path(ws, conn, path, True)
+        fd = c_open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        if fd < 0 or ftruncate(fd, FILE_SIZE) != 0:
+            ws_fail(ws, E_CREATE, conn)
+            if fd >= 0:
+                c_close(fd)
+            return NULL
+        m = calloc(1, HEADER_SIZE)
+        if m == NULL:
+            ws_fail(ws, E_MEMORY, conn)
+            c_close(fd)
+            return NULL
+        memcpy(m, create, sizeof(hdr_t))
+        ws.fresh[ws.n_fresh] = conn
+        ws.n_fresh += 1
+    else:
+        ws_path(ws, conn, path, False)
+        fd = c_open(path, O_RDWR, 0)
+        if fd < 0:
+            ws_fail(ws, E_REOPEN, conn)
+            return NULL
+        ws.reopens += 1
+        if ws.mapped:
+            m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            if m == MAP_FAILED:
+                ws_fail(ws, E_MAP, conn)
+                c_close(fd)
+                return NULL
+        else:
+            # the header lives in memory and is written out at each publish
+            m = calloc(1, HEADER_SIZE)
+            if m == NULL:
+                ws_fail(ws, E_MEMORY, conn)
+                c_close(fd)
+                return NULL
+            if pread(fd, m, HEADER_SIZE, 0) != HEADER_SIZE:
+                ws_fail(ws, E_READ_HEADER, conn)
+                free(m)
+                c_close(fd)
+                return NULL
+    ws.n_free -= 1
+    k = ws.free_slots[ws.n_free]
+    h = &ws.handles[k]
+    h.fd = fd
+    h.conn = conn
+    h.stamp = ws.clock
+    h.hdr = <hdr_t*> m
+    h.in_memory = create != NULL or not ws.mapped
+    h.fresh = create != NULL
+    h.final = 0
+    ws.hmap[conn] = k
+    return h
+
+
+cdef int ws_write_header(wstate_t* ws, handle_t* h) noexcept nogil:
+    # a header kept in memory goes out with pwrite, after what it counts
+    if not h.in_memory or h.fresh:
+        return 0
+    return ws_pwrite(ws, h.fd, h.hdr, sizeof(hdr_t), 0, h.conn)
+
+
+cdef int ws_write_run(wstate_t* ws, wbuf_t* wb, run_t* run) noexcept nogil:
+    cdef handle_t* h = ws_handle(ws, run.conn, NULL)
+    cdef int32_t k = run.first
+    cdef int cnt, i
+    cdef int64_t off = run.off, done
+    if h == NULL:
+        return -1
+    while k >= 0:
+        cnt = 0
+        while k >= 0 and cnt < MAX_IOV:
+            ws.iov[cnt].iov_base = wb.arena + wb.pieces[k].pos
+            ws.iov[cnt].iov_len = wb.pieces[k].len
+            cnt += 1
+            k = wb.pieces[k].next
+        # a short write goes on from where it stopped
+        i = 0
+        while i < cnt:
+            done = pwritev(h.fd, &ws.iov[i], cnt - i, off)
+            ws.writes += 1
+            if done < 0:
+                return ws_fail(ws, E_WRITE, run.conn)
+            off += done
+            while i < cnt and done >= <int64_t>ws.iov[i].iov_len:
+                done -= ws.iov[i].iov_len
+                i += 1
+            if i < cnt:
+                ws.iov[i].iov_base = <uint8_t*>ws.iov[i].iov_base + done
+                ws.iov[i].iov_len -= done
+    return 0
+
+
+cdef int ws_apply(wstate_t* ws, op_t* op, const pub_t* p) noexcept nogil:
+    # a publish: counters last, with release stores, so that a reader that sees a count sees
+    # everything it covers
+    cdef handle_t* h = ws_handle(ws, op.conn, NULL)
+    cdef hdr_t* hd
+    cdef void* m
+    cdef int d
+    if h == NULL:
+        return -1
+    if ws.mapped and h.in_memory and not h.fresh:
+        # a file in place whose header is still the copy it was made with: readers may be
+        # reading it now, so from here on it changes through a mapping (release stores)
+        m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, h.fd, 0)
+        if m == MAP_FAILED:
+            return ws_fail(ws, E_MAP, op.conn)
+        free(h.hdr)
+        h.hdr = <hdr_t*> m
+        h.in_memory = 0
+    hd = h.hdr
+    for d in range(2):
+        hd.settled[d] = p.settled[d]
+        hd.midstream[d] = p.midstream[d]
+        fs_publish_i64(&hd.origin[d], p.origin[d])
+        if p.has_end[d]:
+            fs_publish_i64(&hd.end[d], p.end[d])
+        if p.has_acked[d]:
+            fs_publish_i64(&hd.acked[d], p.acked[d])
+        if op.kind == OP_FINAL:
+            hd.close[d] = p.close[d]
+    hd.last_ts = p.last_ts
+    hd.modules_mask = p.modules_mask
+    fs_publish_u64(&hd.gaps, p.gaps)
+    fs_publish_u64(&hd.records, p.records)
+    if op.kind == OP_FINAL:
+        hd.flags |= HF_CLOSED
+    if h.fresh:
+        h.final = op.kind == OP_FINAL       # written and closed at the end of the drain
+        return 0
+    if ws_write_header(ws, h) != 0:
+        return -1
+    if op.kind == OP_FINAL:
+        ws_close_handle(ws, ws.hmap[op.conn])
+    return 0
+
+
+cdef void wb_reset(wbuf_t* wb) noexcept nogil:
+    wb.n_creates = 0
+    wb.used = 0
+    wb.n_runs = 0
+    wb.n_pieces = 0
+    wb.n_ops = 0
+
+
+cdef void wb_free(wbuf_t* wb) noexcept nogil:
+    free(wb.arena)
+    free(wb.runs)
+    free(wb.pieces)
+    free(wb.ops)
+    memset(wb, 0, sizeof(wbuf_t))
+
+
+cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
+    # write one batch: new files, then every run, then the headers' counters (publishes never
+    # come before what they count); after a failure nothing more is written
+    cdef int32_t i, k
+    cdef op_t* op
+    if ws.err == E_NONE:
+        for i in range(wb.n_ops):
+            op = &wb.ops[i]
+            if op.kind == OP_CREATE and ws_handle(ws, op.conn, <hdr_t*>(wb.arena + op.pos)) == NULL:
+                break
+    if ws.err == E_NONE:
+        for i in range(wb.n_runs):
+            if ws_write_run(ws, wb, &wb.runs[i]) != 0:
+                break
+    if ws.err == E_NONE:
+        for i in range(wb.n_ops):
+            op = &wb.ops[i]
+            if op.kind != OP_CREATE and ws_apply(ws, op, <pub_t*>(wb.arena + op.pos)) != 0:
+                break
+    # the new files go into place (those let go earlier in the drain already are)
+    for i in range(ws.n_fresh):
+        k = ws.hmap[ws.fresh[i]] if ws.fresh[i] < ws.hcap else -1
+        if k >= 0 and ws.handles[k].fresh:
+            if ws.err == E_NONE:
+                ws_finish_new(ws, &ws.handles[k])
+            if ws.handles[k].final or ws.err != E_NONE:
+                ws_close_handle(ws, k)
+    ws.n_fresh = 0
+    wb_reset(wb)
+    return 0 if ws.err == E_NONE else -1
+
+
+cdef void ws_job(void* arg) noexcept nogil:
+    cdef wstate_t* ws = <wstate_t*> arg
+    ws_drain(ws, ws.job)
+
+
 cdef class RecordStore(Sink):
     """Writes record files for every connection into `directory` (see format.py)."""
     cdef readonly str directory
@@ -224,37 +619,25 @@ cdef class RecordStore(Sink):
     cdef Engine engine
     cdef cstate_t* cs
     cdef uint32_t cap
-    cdef handle_t* handles
-    cdef readonly int max_handles
-    cdef int* free_slots             # handle slots not in use (a stack), so opening is O(1)
-    cdef int n_free
-    cdef uint64_t clock
+    cdef wstate_t ws
+    cdef wbuf_t bufs[2]
+    cdef wbuf_t* cur                 # the batch being filled
+    cdef fs_bg_t bg
+    cdef bint background             # the writer thread writes a batch while the next is read
+    cdef bint busy                   # the writer thread has a batch
     cdef uint64_t rng
     cdef uint32_t* touched
     cdef uint32_t n_touched
     cdef uint32_t cap_touched
+    cdef rec_t* rbuf                 # records read back (CHUNK_RECS)
     cdef readonly uint64_t files
     cdef readonly uint64_t records_written
     cdef readonly uint64_t bytes_written
-    cdef readonly uint64_t reopens
     cdef readonly uint64_t late_packets
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
     cdef readonly uint64_t retired
-    cdef readonly bint mapped        # the header is written through a mapping (memory file systems)
     cdef list just_closed            # connections closed since the last publish
-    cdef uint8_t* arena              # bytes waiting to be written (see the module's docstring)
-    cdef int64_t arena_used
-    cdef int64_t arena_cap
-    cdef run_t* runs_
-    cdef int32_t n_runs
-    cdef int32_t cap_runs
-    cdef piece_t* pieces
-    cdef int32_t n_pieces
-    cdef int32_t cap_pieces
-    cdef iovec* iov
-    cdef rec_t* rbuf                 # records read back (CHUNK_RECS)
-    cdef readonly uint64_t writes    # pwritev calls
 
     def __init__(self, str directory, bint keep=False, max_handles=None):
         cdef int k
@@ -267,48 +650,161 @@ cdef class RecordStore(Sink):
             raise FlowsiftError(f"{directory}: cannot create the store: {e.strerror}") from None
         if not os.access(directory, os.W_OK):
             raise FlowsiftError(f"{directory}: store directory is not writable")
-        self.mapped = statfs(directory.encode(), &sf) == 0 and sf.f_type in MEMORY_FS
-        self.max_handles = _handle_budget() if max_handles is None else max(MIN_HANDLES, int(max_handles))
-        self.handles = <handle_t*> calloc(self.max_handles, sizeof(handle_t))
-        self.free_slots = <int*> calloc(self.max_handles, sizeof(int))
-        self.iov = <iovec*> malloc(MAX_IOV * sizeof(iovec))
+        raw = directory.encode()
+        if len(raw) >= 4000:
+            raise FlowsiftError(f"{directory[:60]}...: store path too long")
+        memcpy(self.ws.dir, <const char*>raw, len(raw))
+        self.ws.dir[len(raw)] = 0
+        self.ws.mapped = statfs(raw, &sf) == 0 and sf.f_type in MEMORY_FS
+        self.ws.max_handles = _handle_budget() if max_handles is None else max(MIN_HANDLES, int(max_handles))
+        self.ws.handles = <handle_t*> calloc(self.ws.max_handles, sizeof(handle_t))
+        self.ws.free_slots = <int*> calloc(self.ws.max_handles, sizeof(int))
+        self.ws.iov = <iovec*> malloc(MAX_IOV * sizeof(iovec))
+        self.ws.zeros = <uint8_t*> calloc(1, HEADER_SIZE)
         self.rbuf = <rec_t*> malloc(CHUNK_RECS * sizeof(rec_t))
-        if self.handles == NULL or self.free_slots == NULL or self.iov == NULL or self.rbuf == NULL:
+        if self.ws.handles == NULL or self.ws.free_slots == NULL or self.ws.iov == NULL or \
+                self.ws.zeros == NULL or self.rbuf == NULL:
             raise MemoryError()
-        for k in range(self.max_handles):
-            self.free_slots[k] = self.max_handles - 1 - k
-        self.n_free = self.max_handles
+        for k in range(self.ws.max_handles):
+            self.ws.free_slots[k] = self.ws.max_handles - 1 - k
+            self.ws.handles[k].fd = -1
+        self.ws.n_free = self.ws.max_handles
+        self.cur = &self.bufs[0]
         self.just_closed = []
         self.rng = int.from_bytes(os.urandom(8), "little")
-        for k in range(self.max_handles):
-            self.handles[k].fd = -1
 
     def __dealloc__(self):
         cdef int k
-        if self.handles != NULL:
-            for k in range(self.max_handles):
-                self._close_handle(k)
-            free(self.handles)
-        free(self.free_slots)
+        with nogil:
+            fs_bg_stop(&self.bg)
+        if self.ws.handles != NULL:
+            for k in range(self.ws.max_handles):
+                ws_close_handle(&self.ws, k)
+            free(self.ws.handles)
+        free(self.ws.free_slots)
+        free(self.ws.hmap)
+        free(self.ws.fresh)
+        free(self.ws.iov)
+        free(self.ws.zeros)
+        wb_free(&self.bufs[0])
+        wb_free(&self.bufs[1])
         free(self.cs)
         free(self.touched)
-        free(self.arena)
-        free(self.runs_)
-        free(self.pieces)
-        free(self.iov)
         free(self.rbuf)
 
     def attach(self, Engine engine):
         """The engine whose connections this store records (for per-direction state)."""
         self.engine = engine
 
+    @property
+    def mapped(self):
+        """Headers are written through mappings (a memory file system)."""
+        return bool(self.ws.mapped)
+
+    @property
+    def max_handles(self):
+        return self.ws.max_handles
+
+    @property
+    def reopens(self):
+        return self.ws.reopens
+
+    @property
+    def writes(self):
+        return self.ws.writes
+
+    def set_background(self, bint on):
+        """Write each batch on a thread of its own while the gateway reads the next (only when
+        nobody in this process reads the store during the run: publish then returns before
+        the batch is written)."""
+        self.sync()
+        self.background = on
+        if not on:
+            with nogil:
+                fs_bg_stop(&self.bg)       # no idle thread left behind (nor for a fork to inherit)
+
     def path(self, uint32_t conn):
         return os.path.join(self.directory, f"c{conn:08d}.rec")
 
-    # --- handles and windows ---------------------------------------------------------------
+    # --- the writer, seen from the gateway ----------------------------------------------------
+
+    cdef int _check(self) except -1:
+        cdef int what = self.ws.err
+        if what == E_NONE:
+            return 0
+        err, conn = self.ws.err_no, self.ws.err_conn
+        name = os.path.basename(self.path(conn))
+        reason = strerror(err).decode()
+        if err == ENOSPC:
+            raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
+                                f"the connections being written are incomplete")
+        if what == E_CREATE or what == E_REOPEN:
+            raise FlowsiftError(f"{self.directory}: cannot write record file {name}: {reason}")
+        if what == E_RENAME:
+            raise FlowsiftError(f"{self.path(conn)}: cannot create the record file: {reason}")
+        if what == E_MAP:
+            raise FlowsiftError(f"{self.directory}: cannot map a record file: {reason}")
+        if what == E_READ_HEADER:
+            raise FlowsiftError(f"{self.directory}: cannot read back a record file header: {reason}")
+        if what == E_MEMORY:
+            raise MemoryError()
+        raise FlowsiftError(f"{self.directory}: cannot write a record file: {reason}")
+
+    cdef int _wait(self) except -1:
+        # the writer thread is done with its batch
+        if self.busy:
+            with nogil:
+                fs_bg_wait(&self.bg)
+            self.busy = False
+        return self._check()
+
+    cdef int _end_runs(self, wbuf_t* wb) except -1:
+        # the filling batch is closed: its runs take no more bytes
+        cdef int32_t r
+        cdef cstate_t* st
+        for r in range(wb.n_runs):
+            st = &self.cs[wb.runs[r].conn]
+            st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
+        return 0
+
+    def sync(self):
+        """Everything handed over so far is written (the gateway then works on the files itself)."""
+        self._sync()
+
+    cdef int _sync(self) except -1:
+        self._wait()
+        self._end_runs(self.cur)
+        ws_drain(&self.ws, self.cur)
+        return self._check()
+
+    cdef int _hand_over(self) except -1:
+        # the filled batch goes to the writer thread; the gateway fills the other buffer
+        cdef int err
+        if self.background and self.busy and self.cur.used < ARENA_HOLD and \
+                self.cur.n_creates < self.ws.max_handles // 2 and fs_bg_running(&self.bg):
+            # The writer is busy: this batch joins the next one. Not past half the files that
+            # may be open: a drain opens its new files first, and more than fit would be let
+            # go and opened again before their runs.
+            return 0
+        self._wait()
+        self._end_runs(self.cur)
+        if not self.background:
+            ws_drain(&self.ws, self.cur)
+            return self._check()
+        if not self.bg.started:
+            err = fs_bg_start(&self.bg, ws_job, &self.ws)
+            if err:
+                raise FlowsiftError(f"cannot start the store's writer thread: {strerror(err).decode()}")
+        self.ws.job = self.cur
+        self.cur = &self.bufs[1] if self.cur == &self.bufs[0] else &self.bufs[0]
+        self.busy = True
+        fs_bg_kick(&self.bg)
+        return 0
+
+    # --- filling a batch ------------------------------------------------------------------------
 
     cdef cstate_t* _state(self, uint32_t conn) except NULL:
-        cdef uint32_t cap
+        cdef uint32_t cap, k
         cdef cstate_t* grown
         if conn >= self.cap:
             cap = self.cap if self.cap else 1024
@@ -319,278 +815,118 @@ cdef class RecordStore(Sink):
                 raise MemoryError()
             memset(&grown[self.cap], 0, (cap - self.cap) * sizeof(cstate_t))
             for k in range(self.cap, cap):
-                grown[k].handle = -1
-                grown[k].runs = -1
                 grown[k].run[0] = grown[k].run[1] = grown[k].run[2] = grown[k].run[3] = -1
             self.cs = grown
             self.cap = cap
         return &self.cs[conn]
 
-    cdef void _close_handle(self, int k) noexcept nogil:
-        # the connection's runs must have been written first (_flush_conn)
-        cdef handle_t* h = &self.handles[k]
-        if h.fd < 0:
-            return
-        if h.hdr != NULL:
-            if self.mapped:
-                munmap(h.hdr, HEADER_SIZE)
-            else:
-                free(h.hdr)
-            h.hdr = NULL
-        c_close(h.fd)
-        h.fd = -1
-        if self.cs != NULL and h.conn < self.cap:
-            self.cs[h.conn].handle = -1
-        if self.free_slots != NULL:
-            self.free_slots[self.n_free] = k
-            self.n_free += 1
-
-    cdef handle_t* _handle(self, uint32_t conn, bint create) except NULL:
-        cdef cstate_t* st = self._state(conn)
-        cdef int k, victim = 0, fd
-        cdef void* m
-        cdef handle_t* h
-        self.clock += 1
-        if st.handle >= 0:
-            self.handles[st.handle].stamp = self.clock
-            return &self.handles[st.handle]
-        if self.n_free == 0:
-            # every slot busy: close the least recently used (a scan, but only when full)
-            for k in range(self.max_handles):
-                if self.handles[k].stamp < self.handles[victim].stamp:
-                    victim = k
-            self._flush_conn(self.handles[victim].conn)
-            self._close_handle(victim)
-        path = self.path(conn).encode()
-        if create:
-            # created under a temporary name; on_open renames it once the header is written,
-            # so a reader never finds a record file without its header
-            path = (self.path(conn) + ".new").encode()
-            fd = c_open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
-            if fd >= 0 and ftruncate(fd, FILE_SIZE) != 0:
-                c_close(fd)
-                fd = -1
-        else:
-            fd = c_open(path, O_RDWR, 0)
-            self.reopens += 1
-        if fd < 0:
-            raise FlowsiftError(f"{self.directory}: cannot write record file {os.path.basename(path.decode())}: "
-                                f"{strerror(errno).decode()}")
-        if self.mapped:
-            if create:
-                # the header's page is allocated by a write, where a full file system is an
-                # error (ENOSPC), not a SIGBUS at the first store through the mapping
-                m = calloc(1, HEADER_SIZE)
-                if m == NULL:
-                    c_close(fd)
+    cdef uint8_t* _room(self, int64_t n) except NULL:
+        # n bytes at the end of the filling batch's arena
+        cdef wbuf_t* wb = self.cur
+        cdef int64_t cap
+        cdef void* grown
+        if wb.used + n > wb.cap:
+            if wb.used and wb.used + n > ARENA_FLUSH:
+                # a huge batch: write what it has so far now
+                self._sync()
+            if wb.used + n > wb.cap:
+                cap = wb.cap * 2 if wb.cap else 1 << 20
+                while cap < wb.used + n:
+                    cap *= 2
+                grown = realloc(wb.arena, cap)
+                if grown == NULL:
                     raise MemoryError()
-                try:
-                    self._pwrite(fd, m, HEADER_SIZE, 0)
-                except BaseException:
-                    c_close(fd)
-                    raise
-                finally:
-                    free(m)
-            m = mmap(NULL, HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-            if m == MAP_FAILED:
-                c_close(fd)
-                raise FlowsiftError(f"{self.directory}: cannot map a record file: {strerror(errno).decode()}")
-        else:
-            # the header lives in memory and is written out at each publish
-            m = calloc(1, HEADER_SIZE)
-            if m == NULL:
-                c_close(fd)
+                wb.arena = <uint8_t*> grown
+                wb.cap = cap
+        return wb.arena + wb.used
+
+    cdef int _op(self, uint32_t conn, int kind, const void* src, int64_t n) except -1:
+        cdef wbuf_t* wb
+        cdef void* grown
+        cdef uint8_t* dst = self._room(n)
+        wb = self.cur
+        if wb.n_ops == wb.cap_ops:
+            wb.cap_ops = wb.cap_ops * 2 if wb.cap_ops else 1024
+            grown = realloc(wb.ops, wb.cap_ops * sizeof(op_t))
+            if grown == NULL:
                 raise MemoryError()
-            if not create and pread(fd, m, HEADER_SIZE, 0) != HEADER_SIZE:
-                free(m)
-                c_close(fd)
-                raise FlowsiftError(f"{self.directory}: cannot read back a record file header: {strerror(errno).decode()}")
-        self.n_free -= 1
-        k = self.free_slots[self.n_free]
-        h = &self.handles[k]
-        h.fd = fd
-        h.conn = conn
-        h.stamp = self.clock
-        h.hdr = <hdr_t*> m
-        st.handle = k
-        return h
-
-    cdef int _pwrite(self, int fd, const void* src, int64_t n, int64_t off) except -1:
-        cdef int64_t w
-        while n > 0:
-            w = pwrite(fd, src, n, off)
-            if w < 0:
-                self._write_error()
-            n -= w
-            off += w
-            src = <const uint8_t*>src + w
+            wb.ops = <op_t*> grown
+        memcpy(dst, src, n)
+        wb.ops[wb.n_ops].conn = conn
+        wb.ops[wb.n_ops].kind = kind
+        wb.n_creates += kind == OP_CREATE
+        wb.ops[wb.n_ops].pos = wb.used
+        wb.n_ops += 1
+        wb.used += n
         return 0
-
-    cdef int _write_error(self) except -1:
-        if errno == ENOSPC:
-            raise FlowsiftError(f"{self.directory}: store is full (no space left on device); "
-                                f"the connections being written are incomplete")
-        raise FlowsiftError(f"{self.directory}: cannot write a record file: {strerror(errno).decode()}")
-
-    # --- the staging arena --------------------------------------------------------------------
 
     cdef int _write(self, uint32_t conn, cstate_t* st, int region, int64_t off, const uint8_t* src, int64_t n) except -1:
         # queue n bytes for file offset `off`: they join the region's open run when they follow
         # it, and its last piece when they follow that in the arena too
-        cdef int32_t r = st.run[region]
+        cdef wbuf_t* wb
+        cdef int32_t r
         cdef run_t* run
         cdef piece_t* pc
-        cdef int64_t cap
         cdef void* grown
+        cdef uint8_t* dst
         if n <= 0:
             return 0
-        if self.arena_used + n > self.arena_cap:
-            if self.arena_used and self.arena_used + n > ARENA_FLUSH:
-                self._flush_all()
-                r = -1
-            if self.arena_used + n > self.arena_cap:
-                cap = self.arena_cap * 2 if self.arena_cap else 1 << 20
-                while cap < self.arena_used + n:
-                    cap *= 2
-                grown = realloc(self.arena, cap)
-                if grown == NULL:
-                    raise MemoryError()
-                self.arena = <uint8_t*> grown
-                self.arena_cap = cap
-        memcpy(self.arena + self.arena_used, src, n)
-        if r >= 0 and self.runs_[r].off + self.runs_[r].len == off:
-            run = &self.runs_[r]
-            pc = &self.pieces[run.last]
-            if pc.pos + pc.len == self.arena_used:
+        dst = self._room(n)             # may write the batch out (then no run is open)
+        wb = self.cur
+        r = st.run[region]
+        memcpy(dst, src, n)
+        if r >= 0 and wb.runs[r].off + wb.runs[r].len == off:
+            run = &wb.runs[r]
+            pc = &wb.pieces[run.last]
+            if pc.pos + pc.len == wb.used:
                 pc.len += n
-                run.len += n
-                self.arena_used += n
-                return 0
-            self._piece(run)
-            self.pieces[run.last].pos = self.arena_used
-            self.pieces[run.last].len = n
+            else:
+                self._piece(run, wb.used, n)
             run.len += n
-            self.arena_used += n
+            wb.used += n
             return 0
-        if self.n_runs == self.cap_runs:
-            self.cap_runs = self.cap_runs * 2 if self.cap_runs else 1024
-            grown = realloc(self.runs_, self.cap_runs * sizeof(run_t))
+        # a connection's runs never overlap (bytes are delivered once, records and gap entries
+        # are appended, edits are written after the batch), so their order does not matter
+        if wb.n_runs == wb.cap_runs:
+            wb.cap_runs = wb.cap_runs * 2 if wb.cap_runs else 1024
+            grown = realloc(wb.runs, wb.cap_runs * sizeof(run_t))
             if grown == NULL:
                 raise MemoryError()
-            self.runs_ = <run_t*> grown
-        r = self.n_runs
-        self.n_runs += 1
-        run = &self.runs_[r]
+            wb.runs = <run_t*> grown
+        r = wb.n_runs
+        wb.n_runs += 1
+        run = &wb.runs[r]
         run.conn = conn
         run.off = off
         run.len = n
         run.first = -1
-        self._piece(run)
-        self.pieces[run.first].pos = self.arena_used
-        self.pieces[run.first].len = n
-        self.arena_used += n
-        # a connection's runs never overlap (bytes are delivered once, records and gap entries
-        # are appended, edits are written after a flush), so their order does not matter
-        run.next = st.runs
-        st.runs = r
+        self._piece(run, wb.used, n)
+        wb.used += n
         st.run[region] = r
         self._touch(conn, st)
         return 0
 
-    cdef int _piece(self, run_t* run) except -1:
+    cdef int _piece(self, run_t* run, int64_t pos, int64_t n) except -1:
         # a new last piece for `run`
+        cdef wbuf_t* wb = self.cur
         cdef void* grown
         cdef int32_t k
-        if self.n_pieces == self.cap_pieces:
-            self.cap_pieces = self.cap_pieces * 2 if self.cap_pieces else 4096
-            grown = realloc(self.pieces, self.cap_pieces * sizeof(piece_t))
+        if wb.n_pieces == wb.cap_pieces:
+            wb.cap_pieces = wb.cap_pieces * 2 if wb.cap_pieces else 4096
+            grown = realloc(wb.pieces, wb.cap_pieces * sizeof(piece_t))
             if grown == NULL:
                 raise MemoryError()
-            self.pieces = <piece_t*> grown
-        k = self.n_pieces
-        self.n_pieces += 1
-        self.pieces[k].next = -1
+            wb.pieces = <piece_t*> grown
+        k = wb.n_pieces
+        wb.n_pieces += 1
+        wb.pieces[k].pos = pos
+        wb.pieces[k].len = n
+        wb.pieces[k].next = -1
         if run.first < 0:
             run.first = k
         else:
-            self.pieces[run.last].next = k
+            wb.pieces[run.last].next = k
         run.last = k
-        return 0
-
-    cdef int _write_run(self, int fd, run_t* run) except -1:
-        cdef int32_t k = run.first
-        cdef int cnt, i
-        cdef int64_t off = run.off, done
-        while k >= 0:
-            cnt = 0
-            while k >= 0 and cnt < MAX_IOV:
-                self.iov[cnt].iov_base = self.arena + self.pieces[k].pos
-                self.iov[cnt].iov_len = self.pieces[k].len
-                cnt += 1
-                k = self.pieces[k].next
-            # a short write goes on from where it stopped
-            i = 0
-            while i < cnt:
-                done = pwritev(fd, &self.iov[i], cnt - i, off)
-                self.writes += 1
-                if done < 0:
-                    self._write_error()
-                off += done
-                while i < cnt and done >= <int64_t>self.iov[i].iov_len:
-                    done -= self.iov[i].iov_len
-                    i += 1
-                if i < cnt:
-                    self.iov[i].iov_base = <uint8_t*>self.iov[i].iov_base + done
-                    self.iov[i].iov_len -= done
-        run.len = 0
-        return 0
-
-    cdef int _flush_conn(self, uint32_t conn) except -1:
-        # write out a connection's runs now (before its file is closed, read back or published)
-        cdef cstate_t* st
-        cdef int32_t r
-        cdef handle_t* h
-        if conn >= self.cap:
-            return 0
-        st = &self.cs[conn]
-        r = st.runs
-        if r < 0:
-            return 0
-        h = self._handle(conn, False)
-        while r >= 0:
-            if self.runs_[r].len:
-                self._write_run(h.fd, &self.runs_[r])
-            r = self.runs_[r].next
-        st.runs = -1
-        st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
-        return 0
-
-    cdef int _flush_all(self) except -1:
-        # every run in the arena, in the order they were opened; then the arena is empty
-        cdef int32_t r
-        cdef cstate_t* st
-        for r in range(self.n_runs):
-            st = &self.cs[self.runs_[r].conn]
-            if self.runs_[r].len:
-                self._write_run(self._handle(self.runs_[r].conn, False).fd, &self.runs_[r])
-            st.runs = -1
-            st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
-        self.n_runs = 0
-        self.n_pieces = 0
-        self.arena_used = 0
-        return 0
-
-    cdef int _drop_runs(self) except -1:
-        # forget what waits in the arena (after an error)
-        cdef int32_t r
-        cdef cstate_t* st
-        for r in range(self.n_runs):
-            st = &self.cs[self.runs_[r].conn]
-            st.runs = -1
-            st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
-        self.n_runs = 0
-        self.n_pieces = 0
-        self.arena_used = 0
         return 0
 
     cdef void _touch(self, uint32_t conn, cstate_t* st) noexcept nogil:
@@ -611,9 +947,9 @@ cdef class RecordStore(Sink):
 
     cdef int on_open(self, uint32_t conn, object engine) except -1:
         cdef cstate_t* st = self._state(conn)
-        cdef handle_t* h = self._handle(conn, True)
         cdef conn_t* c = &self.engine.conns[conn]
-        cdef hdr_t* hd = h.hdr
+        cdef hdr_t hd
+        memset(&hd, 0, sizeof(hdr_t))
         memcpy(hd.magic, b"FSRECORD", 8)
         hd.version = VERSION
         hd.header_size = HEADER_SIZE
@@ -636,13 +972,7 @@ cdef class RecordStore(Sink):
         hd.acked[1] = -1
         hd.first_ts = c.first_ts
         hd.modules_mask = self.modules_mask
-        if not self.mapped:
-            self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
-        final = self.path(conn)
-        try:
-            os.rename(final + ".new", final)
-        except OSError as e:
-            raise FlowsiftError(f"{final}: cannot create the record file: {e.strerror}") from None
+        self._op(conn, OP_CREATE, &hd, sizeof(hdr_t))
         st.exists = 1
         st.closed = 0
         st.records = 0
@@ -688,16 +1018,19 @@ cdef class RecordStore(Sink):
         self._publish(conn, True)
         st.closed = 1
         self.just_closed.append(conn)
-        if st.handle >= 0:
-            self._close_handle(st.handle)
         return 0
 
     def abort(self):
         """Stop writing (after an error): close every file as it is, CLOSED flags left clear."""
         cdef int k
-        self._drop_runs()
-        for k in range(self.max_handles):
-            self._close_handle(k)
+        if self.busy:
+            with nogil:
+                fs_bg_wait(&self.bg)
+            self.busy = False
+        self._end_runs(self.cur)
+        wb_reset(self.cur)
+        for k in range(self.ws.max_handles):
+            ws_close_handle(&self.ws, k)
         if self.cs != NULL:
             for k in range(self.cap):
                 self.cs[k].closed = 1
@@ -745,53 +1078,59 @@ cdef class RecordStore(Sink):
     def publish(self):
         """Make everything written so far visible to readers (header counters). Returns the
         connections that changed since the last publish and those that ended (for in-process
-        readers such as an inline chain)."""
+        readers such as an inline chain). In the background (set_background) the batch is
+        being written when this returns."""
         cdef uint32_t k
-        self._flush_all()
         touched = [self.touched[k] for k in range(self.n_touched)]
         for k in range(self.n_touched):
             self.cs[self.touched[k]].touched = 0
             if not self.cs[self.touched[k]].closed:
                 self._publish(self.touched[k], False)
         self.n_touched = 0
+        self._hand_over()
         closed, self.just_closed = self.just_closed, []
         return touched, closed
 
     cdef int _publish(self, uint32_t conn, bint final) except -1:
+        # the connection's counters as they stand, to go into its header after its runs
         cdef cstate_t* st = &self.cs[conn]
-        cdef handle_t* h
-        self._flush_conn(conn)
-        h = self._handle(conn, False)
-        cdef hdr_t* hd = h.hdr
         cdef conn_t* c = &self.engine.conns[conn]
         cdef dir_t* D
+        cdef pub_t p
         cdef int d
+        memset(&p, 0, sizeof(pub_t))
         for d in range(2):
             D = &c.d[d]
-            hd.settled[d] = D.settled
-            hd.midstream[d] = D.midstream
-            fs_publish_i64(&hd.origin[d], D.origin)
+            p.settled[d] = D.settled
+            p.midstream[d] = D.midstream
+            p.origin[d] = D.origin
             if c.proto == 17:
-                fs_publish_i64(&hd.end[d], st.udp_end[d])
-                st.pub_end[d] = st.udp_end[d]
+                p.has_end[d] = 1
+                p.end[d] = st.udp_end[d]
             elif D.settled:
-                fs_publish_i64(&hd.end[d], D.next - D.origin)
-                st.pub_end[d] = D.next - D.origin
+                p.has_end[d] = 1
+                p.end[d] = D.next - D.origin
+            if p.has_end[d]:
+                st.pub_end[d] = p.end[d]
             if D.has_ack and D.settled:
-                fs_publish_i64(&hd.acked[d], D.acked - D.origin)
+                p.has_acked[d] = 1
+                p.acked[d] = D.acked - D.origin
             if final:
-                hd.close[d] = D.close_reason if D.close_reason else c.close_reason
-        hd.last_ts = c.last_ts
+                p.close[d] = D.close_reason if D.close_reason else c.close_reason
+        p.last_ts = c.last_ts
         st.pub_last_ts = c.last_ts
-        hd.modules_mask = self.modules_mask
-        fs_publish_u64(&hd.gaps, st.gaps)
-        fs_publish_u64(&hd.records, st.records)
-        if final:
-            hd.flags |= HF_CLOSED
-        if not self.mapped:
-            # pwrites are ordered: the records and bytes written before are in the file first
-            self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
+        p.modules_mask = self.modules_mask
+        p.gaps = st.gaps
+        p.records = st.records
+        self._op(conn, OP_FINAL if final else OP_PUBLISH, &p, sizeof(pub_t))
         return 0
+
+    cdef handle_t* _open(self, uint32_t conn) except NULL:
+        # a connection's file, for the gateway's own use between batches (after _sync)
+        cdef handle_t* h = ws_handle(&self.ws, conn, NULL)
+        if h == NULL:
+            self._check()
+        return h
 
     def write_data(self, uint32_t conn, int d, int64_t offset, bytes data):
         """Merge a verified payload edit: the gateway, the only writer, overwrites stream bytes in
@@ -800,9 +1139,10 @@ cdef class RecordStore(Sink):
         cdef handle_t* h
         if not st.exists:
             raise KeyError(conn)
-        self._flush_conn(conn)
-        h = self._handle(conn, False)
-        self._pwrite(h.fd, <const uint8_t*><char*>data, len(data), (DATA1_OFF if d else DATA0_OFF) + offset)
+        self._sync()
+        h = self._open(conn)
+        if ws_pwrite(&self.ws, h.fd, <const uint8_t*><char*>data, len(data), (DATA1_OFF if d else DATA0_OFF) + offset, conn) != 0:
+            self._check()
 
     def latest(self, conns):
         """(records published, latest record id, closed) of each connection: what the registry
@@ -841,9 +1181,8 @@ cdef class RecordStore(Sink):
         cdef cstate_t* st = self._state(conn)
         if not st.exists or st.closed:
             return None
-        self._flush_conn(conn)
-        if st.handle >= 0:
-            self._close_handle(st.handle)
+        self._sync()
+        ws_close_conn(&self.ws, conn)
         out = ((<char*>st)[:sizeof(cstate_t)], self.path(conn))
         st.exists = 0
         st.closed = 1
@@ -857,22 +1196,21 @@ cdef class RecordStore(Sink):
         cdef handle_t* h
         if st.exists:
             raise ValueError(f"connection {conn} already has a record file")
+        self._sync()
         memcpy(st, <const char*>state, sizeof(cstate_t))
-        st.handle = -1
         st.touched = 0
-        st.runs = -1
         st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
         final = self.path(conn)
         try:
             os.rename(path, final)
         except OSError as e:
             raise FlowsiftError(f"{final}: cannot take over the record file {path}: {e.strerror}") from None
-        h = self._handle(conn, False)
-        self.reopens -= 1                   # an adoption, not a reopen
+        h = self._open(conn)
+        self.ws.reopens -= 1                # an adoption, not a reopen
         h.hdr.conn = conn
         h.hdr.modules_mask = self.modules_mask
-        if not self.mapped:
-            self._pwrite(h.fd, h.hdr, sizeof(hdr_t), 0)
+        if ws_write_header(&self.ws, h) != 0:
+            self._check()
         return 0
 
     # --- modules, acknowledgements, reclaiming ------------------------------------------------
@@ -913,8 +1251,8 @@ cdef class RecordStore(Sink):
             return {"complete": st.records, "reclaimed": None, "oldest_unacked_done": st.records, "retired": True}
         if upto > st.records:
             upto = st.records
-        self._flush_conn(conn)
-        h = self._handle(conn, False)
+        self._sync()
+        h = self._open(conn)
         while i < upto:
             n = upto - i if upto - i < CHUNK_RECS else CHUNK_RECS
             self._read_records(h, i, n)
@@ -924,7 +1262,8 @@ cdef class RecordStore(Sink):
                     self.rbuf[j].modules |= mask
                     changed = True
             if changed:
-                self._pwrite(h.fd, self.rbuf, <int64_t>n * RECORD_SIZE, RECORDS_OFF + <int64_t>i * RECORD_SIZE)
+                if ws_pwrite(&self.ws, h.fd, self.rbuf, <int64_t>n * RECORD_SIZE, RECORDS_OFF + <int64_t>i * RECORD_SIZE, conn) != 0:
+                    self._check()
             i += n
         return self.reclaim(conn)
 
@@ -947,9 +1286,8 @@ cdef class RecordStore(Sink):
 
     cdef int _retire(self, uint32_t conn, cstate_t* st) except -1:
         # every module is done with every record and nothing waits for an ACK: the file goes
-        self._flush_conn(conn)
-        if st.handle >= 0:
-            self._close_handle(st.handle)
+        self._sync()
+        ws_close_conn(&self.ws, conn)
         try:
             os.unlink(self.path(conn))
         except FileNotFoundError:
@@ -976,8 +1314,8 @@ cdef class RecordStore(Sink):
         cdef int d
         if not st.exists:
             raise KeyError(conn)
-        self._flush_conn(conn)
-        h = self._handle(conn, False)
+        self._sync()
+        h = self._open(conn)
         hd = h.hdr
         mask = self.modules_mask
         for d in range(2):
@@ -1031,8 +1369,8 @@ cdef class RecordStore(Sink):
             out.append(hd.reclaimed[d])
         hd.oldest_unacked_done = oldest
         hd.modules_mask = mask
-        if not self.mapped:
-            self._pwrite(h.fd, hd, sizeof(hdr_t), 0)
+        if ws_write_header(&self.ws, h) != 0:
+            self._check()
         retire = (st.closed and not self.keep and mask != 0 and complete == st.records and oldest == st.records)
         if retire:
             self._retire(conn, st)
@@ -1050,6 +1388,10 @@ cdef class RecordStore(Sink):
                                 f"the connections being written are incomplete")
 
     def counters(self):
+        if self.busy:
+            with nogil:
+                fs_bg_wait(&self.bg)
+            self.busy = False
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
-                "reopens": self.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes,
-                "retired": self.retired, "writes": self.writes}
+                "reopens": self.ws.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes,
+                "retired": self.retired, "writes": self.ws.writes}
