@@ -3,6 +3,7 @@
 Before compiling anything we check for a C compiler and for libpcap's headers, so that a
 missing one is reported in one line instead of a screen of compiler output.
 """
+import glob
 import os
 import shlex
 import shutil
@@ -48,6 +49,7 @@ def ext(name, libraries=()):
         name,
         [name.replace(".", "/") + ".pyx"],
         include_dirs=["flowsift/io", "flowsift/streams", "."],
+        depends=sorted(glob.glob("flowsift/*/*.h")),   # an edited C header rebuilds what includes it
         libraries=list(libraries),
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"],
     )

@@ -1,11 +1,14 @@
 """The store under bad conditions: unwritable, full, killed mid-write, cut, another version."""
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +141,56 @@ def test_gateway_killed_mid_write_leaves_readable_files(tmp_path):
     assert closed > 0 and cut
     res = run_cli("inspect", cut[-1])
     assert res.returncode == 0 and ("cut" in res.stdout or "open or cut" in res.stdout)
+
+
+def test_standalone_gateway_writes_on_a_thread_and_a_chain_does_not(tmp_path, corpus):
+    """The writer thread runs only when nobody in the process reads the store during the run;
+    either way every file is complete when run_capture returns."""
+    from flowsift.gateway import Gateway
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        for after_batch, threaded in ((None, True), (lambda touched, closed: None, False)):
+            g = Gateway(shm / f"s{threaded}", keep=True)
+            summary = g.run_capture(corpus / "http__zeek__206_example_b.pcap", after_batch=after_batch)
+            assert (g.store.background_drains > 0) is threaded
+            files = store_files(shm / f"s{threaded}")
+            assert len(files) == summary["files"] > 0
+            for path in files:
+                with RecordFile(path) as rf:
+                    assert rf.closed_by_gateway and len(list(rf.records())) == rf.header["records"] > 0
+    finally:
+        shutil.rmtree(shm)
+
+
+def test_a_forked_child_does_not_wait_for_its_parents_writer_thread(tmp_path, corpus):
+    """A child forked while the parent's store has its writer thread (chain workers are forked)
+    lets go of its copy of the store without waiting for a thread it does not have."""
+    import gc
+    from flowsift.streams._store import RecordStore
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        store = RecordStore(str(shm / "s"))
+        store.set_background(True)
+        store.publish()                     # starts the thread (an empty batch)
+        pid = os.fork()
+        if pid == 0:                        # the child: stop writing in the background, then leave
+            try:
+                store.set_background(False)
+            finally:
+                os._exit(0)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung waiting for its parent's writer thread")
+        assert os.waitstatus_to_exitcode(status) == 0
+        store.set_background(False)
+        del store
+        gc.collect()
+    finally:
+        shutil.rmtree(shm)

@@ -279,6 +279,7 @@ ctypedef struct wstate_t:    # the files: touched by the writer thread only, or 
     uint8_t* zeros           # HEADER_SIZE zero bytes: a new header's page
     uint64_t writes
     uint64_t reopens
+    uint64_t drains          # batches (or gathered batches) the writer thread wrote
     int err                  # E_*: the first failure; the writer does nothing more after it
     int err_no
     uint32_t err_conn
@@ -610,6 +611,7 @@ cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
 cdef void ws_job(void* arg) noexcept nogil:
     cdef wstate_t* ws = <wstate_t*> arg
     ws_drain(ws, ws.job)
+    ws.drains += 1
 
 
 cdef class RecordStore(Sink):
@@ -712,6 +714,11 @@ cdef class RecordStore(Sink):
     @property
     def writes(self):
         return self.ws.writes
+
+    @property
+    def background_drains(self):
+        """Batches (gathered while it was busy) the writer thread has written."""
+        return self.ws.drains
 
     def set_background(self, bint on):
         """Write each batch on a thread of its own while the gateway reads the next (only when
