@@ -6,9 +6,13 @@ A Sink of the reassembly engine: delivered bytes, gaps, opens and closes, and ev
 one staging arena, as runs of contiguous file ranges, and written at `publish` with one
 pwritev(2) per run: a connection that got ten packets in a batch costs one system call per
 region, not twenty, and the kernel copies into its page cache without the page faults and
-unmapping that writing through shared mappings costs. On memory file systems (tmpfs) the header
-alone is mapped, so that its counters are published with release stores; elsewhere it is written
-with pwrite after the data (see MEMORY_FS). Descriptors and mappings are held for at most
+unmapping that writing through shared mappings costs. A new file is made under a temporary name
+and renamed into place once its header and what the header counts are written. After that, on
+memory file systems (tmpfs) its header is mapped, so that its counters are published with
+release stores; elsewhere the header is written with pwrite after the data (see MEMORY_FS).
+When nobody in the process reads the store during the run, a writer thread writes each batch
+while the gateway reassembles the next (set_background); the thread owns every descriptor and
+mapping while it runs, and runs plain C. Descriptors and mappings are held for at most
 `max_handles` connections at a time (least recently used are closed and reopened on demand), so
 any number of live connections fits in the process's descriptor and vm.max_map_count limits.
 A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
@@ -303,6 +307,21 @@ cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
     return z ^ (z >> 31)
 
 
+cdef int grow(void** items, int32_t* cap, int32_t n, size_t size) noexcept nogil:
+    # room for item n of a growable array: 0, or -1 when out of memory (nothing changed then)
+    cdef int32_t c
+    cdef void* p
+    if n < cap[0]:
+        return 0
+    c = cap[0] * 2 if cap[0] else 1024
+    p = realloc(items[0], c * size)
+    if p == NULL:
+        return -1
+    items[0] = p
+    cap[0] = c
+    return 0
+
+
 # --- the writer: plain C over wstate_t, so that it runs without the GIL ----------------------
 
 cdef int ws_fail(wstate_t* ws, int what, uint32_t conn) noexcept nogil:
@@ -415,14 +434,9 @@ cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexc
     if create != NULL:
         # made under a temporary name and renamed into place at the end of the drain, once its
         # header is written (ws_finish_new)
-        if ws.n_fresh == ws.cap_fresh:
-            cap = ws.cap_fresh * 2 if ws.cap_fresh else 1024
-            grown = <int32_t*> realloc(ws.fresh, cap * sizeof(uint32_t))
-            if grown == NULL:
-                ws_fail(ws, E_MEMORY, conn)
-                return NULL
-            ws.fresh = <uint32_t*> grown
-            ws.cap_fresh = cap
+        if grow(<void**>&ws.fresh, &ws.cap_fresh, ws.n_fresh, sizeof(uint32_t)) != 0:
+            ws_fail(ws, E_MEMORY, conn)
+            return NULL
         ws_path(ws, conn, path, True)
         fd = c_open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
         if fd < 0 or ftruncate(fd, FILE_SIZE) != 0:
@@ -699,23 +713,6 @@ cdef class RecordStore(Sink):
         self.engine = engine
 
     @property
-    def mapped(self):
-        """Headers are written through mappings (a memory file system)."""
-        return bool(self.ws.mapped)
-
-    @property
-    def max_handles(self):
-        return self.ws.max_handles
-
-    @property
-    def reopens(self):
-        return self.ws.reopens
-
-    @property
-    def writes(self):
-        return self.ws.writes
-
-    @property
     def background_drains(self):
         """Batches (gathered while it was busy) the writer thread has written."""
         return self.ws.drains
@@ -849,15 +846,10 @@ cdef class RecordStore(Sink):
 
     cdef int _op(self, uint32_t conn, int kind, const void* src, int64_t n) except -1:
         cdef wbuf_t* wb
-        cdef void* grown
         cdef uint8_t* dst = self._room(n)
         wb = self.cur
-        if wb.n_ops == wb.cap_ops:
-            wb.cap_ops = wb.cap_ops * 2 if wb.cap_ops else 1024
-            grown = realloc(wb.ops, wb.cap_ops * sizeof(op_t))
-            if grown == NULL:
-                raise MemoryError()
-            wb.ops = <op_t*> grown
+        if grow(<void**>&wb.ops, &wb.cap_ops, wb.n_ops, sizeof(op_t)) != 0:
+            raise MemoryError()
         memcpy(dst, src, n)
         wb.ops[wb.n_ops].conn = conn
         wb.ops[wb.n_ops].kind = kind
@@ -874,7 +866,6 @@ cdef class RecordStore(Sink):
         cdef int32_t r
         cdef run_t* run
         cdef piece_t* pc
-        cdef void* grown
         cdef uint8_t* dst
         if n <= 0:
             return 0
@@ -894,12 +885,8 @@ cdef class RecordStore(Sink):
             return 0
         # a connection's runs never overlap (bytes are delivered once, records and gap entries
         # are appended, edits are written after the batch), so their order does not matter
-        if wb.n_runs == wb.cap_runs:
-            wb.cap_runs = wb.cap_runs * 2 if wb.cap_runs else 1024
-            grown = realloc(wb.runs, wb.cap_runs * sizeof(run_t))
-            if grown == NULL:
-                raise MemoryError()
-            wb.runs = <run_t*> grown
+        if grow(<void**>&wb.runs, &wb.cap_runs, wb.n_runs, sizeof(run_t)) != 0:
+            raise MemoryError()
         r = wb.n_runs
         wb.n_runs += 1
         run = &wb.runs[r]
@@ -916,14 +903,9 @@ cdef class RecordStore(Sink):
     cdef int _piece(self, run_t* run, int64_t pos, int64_t n) except -1:
         # a new last piece for `run`
         cdef wbuf_t* wb = self.cur
-        cdef void* grown
         cdef int32_t k
-        if wb.n_pieces == wb.cap_pieces:
-            wb.cap_pieces = wb.cap_pieces * 2 if wb.cap_pieces else 4096
-            grown = realloc(wb.pieces, wb.cap_pieces * sizeof(piece_t))
-            if grown == NULL:
-                raise MemoryError()
-            wb.pieces = <piece_t*> grown
+        if grow(<void**>&wb.pieces, &wb.cap_pieces, wb.n_pieces, sizeof(piece_t)) != 0:
+            raise MemoryError()
         k = wb.n_pieces
         wb.n_pieces += 1
         wb.pieces[k].pos = pos
