@@ -70,9 +70,9 @@ HEADER_FIELDS = [
 ]
 
 
-def _header_struct():
+def _header_struct(fields=HEADER_FIELDS):
     fmt, pos = "<", 0
-    for _, code, off in sorted(HEADER_FIELDS, key=lambda f: f[2]):
+    for _, code, off in sorted(fields, key=lambda f: f[2]):
         if off > pos:
             fmt += f"{off - pos}x"
         fmt += code
@@ -88,6 +88,22 @@ _HEADER_NAMES = [name for name, _, _ in sorted(HEADER_FIELDS, key=lambda f: f[2]
 def parse_header(buf):
     """The header fields of a record file, from its first HEADER_SIZE bytes."""
     return dict(zip(_HEADER_NAMES, HEADER_STRUCT.unpack_from(buf)))
+
+
+# The fields a gateway may change after it made the file (flags, conn -- a re-shard renumbers
+# it --, the counters, and everything from origin0 on): a reader polling a header re-reads
+# only these.
+_DYNAMIC = [f for f in HEADER_FIELDS if 20 <= f[2] < 56 or f[2] >= 128]
+DYNAMIC_STRUCT = _header_struct(_DYNAMIC)
+_DYNAMIC_NAMES = [name for name, _, _ in sorted(_DYNAMIC, key=lambda f: f[2])]
+
+
+def parse_header_again(buf, first):
+    """The header fields, from `first` (a whole parse of the same file) and the fields that
+    change re-read from `buf`: half the work of parse_header."""
+    h = first.copy()
+    h.update(zip(_DYNAMIC_NAMES, DYNAMIC_STRUCT.unpack_from(buf)))
+    return h
 
 RECORD_FIELDS = [
     ("record_id", "Q", 0),            # first_record_id + index, modulo 2^64

@@ -11,6 +11,10 @@ Record = namedtuple("Record", [name for name, _, _ in F.RECORD_FIELDS] + ["index
 GapEntry = namedtuple("GapEntry", "dir reason record_index offset length")
 
 
+# regions up to this size are read with pread rather than mapped (see RecordFile._region)
+SMALL_REGION = 65536
+
+
 class StoreError(FlowsiftError):
     """A record file or store that cannot be read."""
 
@@ -40,6 +44,7 @@ class RecordFile:
         self._hdr = Mapping(self._fd, F.HEADER_SIZE, 0)
         self._maps = {}
         self._size = None
+        self._first = None                 # the first whole parse: what never changes comes from it
         h = self.refresh()
         if h["magic"] != F.MAGIC:
             self.close()
@@ -52,7 +57,11 @@ class RecordFile:
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
-        h = F.parse_header(self._hdr)
+        if self._first is None or self._first["magic"] != F.MAGIC:
+            h = self._first = F.parse_header(self._hdr)
+            h = dict(h)
+        else:
+            h = F.parse_header_again(self._hdr, self._first)
         if self._size is None or self._size < F.FILE_SIZE:
             # a record file keeps its full (sparse) size; only a cut one is measured again
             self._size = os.fstat(self._fd).st_size
@@ -72,9 +81,16 @@ class RecordFile:
         return bool(self.header["flags"] & F.HF_CLOSED)
 
     def _region(self, offset, length):
-        """Bytes [offset, offset+length) of the file, through a read-only mapping."""
+        """Bytes [offset, offset+length) of the file: a copy read with pread when small (cheaper
+        than mapping and unmapping a few pages, which a connection's records usually are), else
+        through a read-only mapping."""
         if length <= 0:
             return memoryview(b"")
+        if length <= SMALL_REGION:
+            data = os.pread(self._fd, length, offset)
+            if len(data) < length:
+                raise StoreError(f"{self.path}: cut short at {offset + len(data)} bytes")
+            return memoryview(data)
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         key = (start, offset + length - start)
         m = self._maps.get(key)
@@ -95,7 +111,8 @@ class RecordFile:
                          if rec["proto"] == 6 else rec["seq_offset"])
 
     def record_array(self, start=0, stop=None):
-        """Published records [start, stop) as a numpy structured array viewing the mapping."""
+        """Published records [start, stop) as a read-only numpy structured array (a view of
+        the mapping, or of a copy for a few records)."""
         import numpy as np
         h = self.header
         stop = h["records"] if stop is None else min(stop, h["records"])
