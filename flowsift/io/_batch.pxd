@@ -39,6 +39,7 @@ cdef enum:
     PF_IP_LEN_EXCEEDS_FRAME = 512  # IP length claims more than the frame held on the wire
     PF_REASSEMBLED = 1024     # a datagram rebuilt from IP fragments (data owned by the defragmenter)
     PF_OTHER_SHARD = 2048     # another shard's packet: it only moves this shard's clock
+    PF_STABLE = 4096          # data lies in a capture file's mapping: valid while the capture is open
 
 # pkt_t.opts: which TCP options were present
 cdef enum:

@@ -10,7 +10,7 @@ from libc.string cimport memset
 from libc.stdlib cimport realloc, free
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL, MADV_DONTNEED
 
-from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, ST_BAD_INTERFACE, ST_BAD_RECORD
+from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, PF_STABLE, ST_BAD_INTERFACE, ST_BAD_RECORD
 from flowsift.io._bytes cimport fs_rd16, fs_rd32, fs_rd64, fs_ld32
 
 # libpcap refuses records above this (MAXIMUM_SNAPLEN); anything larger is a corrupt header.
@@ -198,11 +198,13 @@ cdef class CaptureReader:
             batch.n = 0
             return 0
         with nogil:
-            # the previous batch is no longer valid: what lies before pos can leave our RSS
-            # (a private read-only file mapping re-reads from the file if touched again)
+            # what lies before pos can leave our RSS: a private read-only file mapping re-reads
+            # from the file if touched again, so pointers into it (PF_STABLE) stay valid
             if self.pos - self.released >= RELEASE_STEP:
+                # from the start: pages a reassembler touched again (comparing a retransmission
+                # with delivered bytes it keeps by reference) leave too
                 upto = self.pos & ~(<uint64_t>4095)
-                madvise(<void*>(self.base + self.released), upto - self.released, MADV_DONTNEED)
+                madvise(<void*>self.base, upto, MADV_DONTNEED)
                 self.released = upto
             if self.fmt == FMT_PCAP:
                 n = self._fill_pcap(batch.pkts, batch.capacity)
@@ -248,6 +250,7 @@ cdef class CaptureReader:
                 self.bad_ts_fraction += 1
             p.ts_ns = <int64_t>ts_sec * 1000000000 + (<int64_t>ts_frac if self.nanosec else <int64_t>ts_frac * 1000)
             p.data = h + hl
+            p.flags = PF_STABLE
             p.rec_pos = pos
             p.caplen = caplen
             p.wirelen = wirelen
@@ -256,7 +259,7 @@ cdef class CaptureReader:
                 self.caplen_gt_snaplen += 1
             if caplen > wirelen:
                 self.caplen_gt_wirelen += 1
-                p.flags = PF_CAPLEN_GT_WIRELEN
+                p.flags |= PF_CAPLEN_GT_WIRELEN
             pos += hl + caplen
             self.records += 1
             n += 1
@@ -420,13 +423,14 @@ cdef class CaptureReader:
                     caplen = 0
                     wirelen = 0
                 p.data = body + hdr
+                p.flags |= PF_STABLE
                 p.caplen = caplen
                 p.wirelen = wirelen
                 if ifc != NULL and ifc.snaplen and caplen > ifc.snaplen:
                     self.caplen_gt_snaplen += 1
                 if caplen > wirelen:
                     self.caplen_gt_wirelen += 1
-                    p.flags = PF_CAPLEN_GT_WIRELEN
+                    p.flags |= PF_CAPLEN_GT_WIRELEN
                 self.records += 1
                 n += 1
             else:

@@ -62,6 +62,11 @@ ctypedef struct chunk_t:
     int64_t own_end
     uint8_t* data          # NULL for bytes known to be missing (cut by the capture)
 
+ctypedef struct ref_t:        # delivered bytes still in the capture file's mapping (not copied)
+    int64_t start
+    const uint8_t* ptr
+    uint32_t len
+
 ctypedef struct dir_t:
     uint8_t anchored       # the sequence-to-offset mapping is fixed
     uint8_t settled        # the start (origin) is known: delivery may proceed
@@ -86,11 +91,16 @@ ctypedef struct dir_t:
     int32_t n_chunks
     int32_t cap_chunks
     uint64_t held_bytes
-    # delivered but unacknowledged bytes, a ring
+    # the last delivered bytes (RETAIN_MAX), to compare later copies with: a ring of copies,
+    # then references to bytes of the capture file (refs, a FIFO from ref_head)
     uint8_t* ring
     uint32_t ring_cap
     uint32_t ring_len
     int64_t ring_start
+    ref_t* refs
+    uint32_t ref_bytes
+    uint16_t ref_head
+    uint16_t n_refs
     # counters
     uint64_t packets
     uint64_t payload_bytes     # captured payload bytes seen
@@ -160,6 +170,7 @@ cdef class Engine:
     cdef uint64_t t_retrans
     cdef uint64_t t_midstream
     cdef uint16_t cur_rflags         # RF_* of the segment being handled
+    cdef bint cur_stable             # its bytes lie in the capture file's mapping (PF_STABLE)
 
     cdef int _grow(self, uint32_t need) except -1
     cdef void _lru_unlink(self, uint32_t i) noexcept nogil
@@ -185,8 +196,10 @@ cdef class Engine:
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1
     cdef int _trailing_gap(self, uint32_t i, int d) except -1
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1
-    cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n) except -1
-    cdef void _ring_append(self, dir_t* D, const uint8_t* data, uint32_t n) noexcept nogil
+    cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n, bint stable) except -1
+    cdef void _retain(self, dir_t* D, const uint8_t* data, uint32_t n, bint stable) noexcept nogil
+    cdef void _refs_to_ring(self, dir_t* D) noexcept nogil
+    cdef void _ring_append(self, dir_t* D, int64_t at, const uint8_t* data, uint32_t n) noexcept nogil
     cdef void _ring_put(self, uint8_t* ring, uint32_t cap, int64_t at, const uint8_t* src, uint32_t n) noexcept nogil
     cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0
     cdef int _insert(self, uint32_t i, int d, int64_t o, const uint8_t* data, uint32_t n, uint32_t wire) except -1

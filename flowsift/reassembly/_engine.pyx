@@ -17,7 +17,10 @@ Bytes are delivered the moment they are contiguous with what was delivered befor
 Segments beyond `next` are *held*, as non-overlapping chunks that remember which segment
 supplied each byte; overlapping held bytes are resolved by the overlap policy. Delivered bytes
 are final: a later copy that differs is reported (Overlap events, conflict counts) but cannot
-change them. To compare, each direction keeps its last delivered bytes (RETAIN_MAX) in a ring.
+change them. To compare, each direction keeps its last delivered bytes (RETAIN_MAX): bytes that
+lie in a capture file's mapping (PF_STABLE) by reference, the others copied into a ring. The
+references hold while the capture is open: whoever feeds a capture file ends its connections
+(close_all) before closing it, and export_flow copies them.
 
 A hole becomes a gap when it can no longer fill: the receiver acknowledged past it while
 data waits beyond it, the out-of-order memory bound is reached (the oldest hole is given up),
@@ -44,6 +47,9 @@ cdef extern from "string.h" nogil:
 # keep-alive probes). Kept whether or not the peer ACKed them, since late copies come after
 # the ACK too; 32 KiB covers typical in-flight data while bounding memory per open stream.
 DEF RETAIN_MAX = 32768
+# references to delivered bytes a direction keeps before it copies the oldest (RETAIN_MAX in
+# full-size segments)
+DEF NREF = 32
 # A midstream direction waits this long / this much before fixing its start (see above).
 DEF SETTLE_BYTES = 16384
 DEF SETTLE_NS = 1000000000
@@ -392,6 +398,8 @@ cdef class Engine:
         f = &self.flows.flows[i]
         out = {"flow": (<char*>f)[:sizeof(flow_t)]}
         if i < self.cap_conns and self.conns[i].state != CS_UNUSED:
+            for d in range(2):
+                self._refs_to_ring(&self.conns[i].d[d])    # the other engine may read another capture
             c = self.conns[i]
             dirs = []
             for d in range(2):
@@ -406,6 +414,7 @@ cdef class Engine:
                 c.d[d].n_chunks = 0
                 c.d[d].cap_chunks = 0
                 c.d[d].ring = NULL
+                c.d[d].refs = NULL
             c.lru_prev = -1
             c.lru_next = -1
             out["conn"] = (<char*>&c)[:sizeof(conn_t)]
@@ -595,6 +604,11 @@ cdef class Engine:
         D.ring = NULL
         D.ring_cap = 0
         D.ring_len = 0
+        free(D.refs)
+        D.refs = NULL
+        D.n_refs = 0
+        D.ref_head = 0
+        D.ref_bytes = 0
 
     # --- per packet ------------------------------------------------------------------------
 
@@ -619,6 +633,7 @@ cdef class Engine:
             p.rflags = RF_LATE
             return 0
         self.cur_rflags = 0
+        self.cur_stable = (p.flags & PF_STABLE) != 0
         self.segments += 1
         c.last_ts = p.ts_ns
         # the clock, not the packet's own time: a timestamp behind the clock (another
@@ -787,6 +802,9 @@ cdef class Engine:
         self._move_anchor(D, upto)
         D.ring_len = 0
         D.ring_start = upto
+        D.n_refs = 0
+        D.ref_head = 0
+        D.ref_bytes = 0
         return 0
 
     cdef int _trailing_gap(self, uint32_t i, int d) except -1:
@@ -814,26 +832,91 @@ cdef class Engine:
 
     # --- data ------------------------------------------------------------------------------
 
-    cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n) except -1:
+    cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n, bint stable) except -1:
         cdef dir_t* D = &self.conns[i].d[d]
-        self._ring_append(D, data, n)
+        self._retain(D, data, n, stable)
         D.delivered += n
         self.sink.on_data(i, d, D.next - D.origin, data, n)
         D = &self.conns[i].d[d]
         D.next += n
         return 0
 
-    cdef void _ring_append(self, dir_t* D, const uint8_t* data, uint32_t n) noexcept nogil:
-        # keep the last RETAIN_MAX delivered bytes; byte at offset x lives at ring[x & (cap-1)]
+    cdef void _retain(self, dir_t* D, const uint8_t* data, uint32_t n, bint stable) noexcept nogil:
+        # Keep the last RETAIN_MAX delivered bytes (data goes at D.next): the ring of copies,
+        # then references to bytes that stay in the capture file's mapping (no copy of the bulk
+        # of a stream). Bytes that do not stay (held chunks, a live source's buffers) are copied,
+        # and the references before them with them, so the ring always comes first.
+        cdef ref_t* r
+        cdef uint32_t over, cut
+        if n == 0:
+            return
+        if stable and n < RETAIN_MAX:
+            if D.refs == NULL:
+                D.refs = <ref_t*> malloc(NREF * sizeof(ref_t))
+            if D.refs != NULL:
+                if D.n_refs == NREF:
+                    # short segments: the oldest reference becomes a copy
+                    r = &D.refs[D.ref_head]
+                    self._ring_append(D, r.start, r.ptr, r.len)
+                    D.ref_bytes -= r.len
+                    D.ref_head = (D.ref_head + 1) % NREF
+                    D.n_refs -= 1
+                r = &D.refs[(D.ref_head + D.n_refs) % NREF]
+                r.start = D.next
+                r.ptr = data
+                r.len = n
+                D.n_refs += 1
+                D.ref_bytes += n
+                if D.ring_len + D.ref_bytes > RETAIN_MAX:
+                    # the oldest go: copies first, then references (never the one just added)
+                    over = D.ring_len + D.ref_bytes - RETAIN_MAX
+                    cut = over if over < D.ring_len else D.ring_len
+                    D.ring_start += cut
+                    D.ring_len -= cut
+                    over -= cut
+                    while over:
+                        r = &D.refs[D.ref_head]
+                        cut = over if over < r.len else r.len
+                        r.start += cut
+                        r.ptr += cut
+                        r.len -= cut
+                        D.ref_bytes -= cut
+                        over -= cut
+                        if r.len == 0:
+                            D.ref_head = (D.ref_head + 1) % NREF
+                            D.n_refs -= 1
+                return
+        if n >= RETAIN_MAX:
+            D.n_refs = 0                # all older bytes fall out of the window
+            D.ref_head = 0
+            D.ref_bytes = 0
+        else:
+            self._refs_to_ring(D)
+        self._ring_append(D, D.next, data, n)
+
+    cdef void _refs_to_ring(self, dir_t* D) noexcept nogil:
+        # the references become copies (before bytes that must be copied, or before the
+        # capture they point into goes)
+        cdef ref_t* r
+        while D.n_refs:
+            r = &D.refs[D.ref_head]
+            self._ring_append(D, r.start, r.ptr, r.len)
+            D.ref_head = (D.ref_head + 1) % NREF
+            D.n_refs -= 1
+        D.ref_head = 0
+        D.ref_bytes = 0
+
+    cdef void _ring_append(self, dir_t* D, int64_t at, const uint8_t* data, uint32_t n) noexcept nogil:
+        # bytes [at, at+n) follow the ring's; byte at offset x lives at ring[x & (cap-1)]
         cdef uint32_t cap, need, pos, first, old_pos
         cdef uint8_t* nr
         if n >= RETAIN_MAX:
             data += n - RETAIN_MAX
-            D.ring_start = D.next + (n - RETAIN_MAX)
+            D.ring_start = at + (n - RETAIN_MAX)
             D.ring_len = 0
             n = RETAIN_MAX
         elif D.ring_len == 0:
-            D.ring_start = D.next
+            D.ring_start = at
         need = D.ring_len + n
         if need > D.ring_cap and D.ring_cap < RETAIN_MAX:
             cap = D.ring_cap if D.ring_cap else 4096
@@ -873,8 +956,10 @@ cdef class Engine:
     cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0:
         # bytes [o, o+n) lie below next: compare with what was delivered, where still retained
         cdef dir_t* D = &self.conns[i].d[d]
-        cdef int64_t a = o, b = o + n, k, lo, hi
+        cdef int64_t a = o, b = o + n, k, lo, hi, verified = 0
         cdef uint64_t diff = 0
+        cdef ref_t* r
+        cdef int j
         D.overlap_bytes += <uint64_t>n
         lo = a if a > D.ring_start else D.ring_start
         hi = b if b < D.ring_start + D.ring_len else D.ring_start + D.ring_len
@@ -882,9 +967,17 @@ cdef class Engine:
             for k in range(lo, hi):
                 if D.ring[k & (D.ring_cap - 1)] != data[k - a]:
                     diff += 1
-            D.unverified_bytes += <uint64_t>(n - (hi - lo))
-        else:
-            D.unverified_bytes += <uint64_t>n
+            verified += hi - lo
+        for j in range(D.n_refs):
+            r = &D.refs[(D.ref_head + j) % NREF]
+            lo = a if a > r.start else r.start
+            hi = b if b < r.start + r.len else r.start + r.len
+            if hi > lo:
+                for k in range(lo, hi):
+                    if r.ptr[k - r.start] != data[k - a]:
+                        diff += 1
+                verified += hi - lo
+        D.unverified_bytes += <uint64_t>(n - verified)
         self.cur_rflags |= RF_OVERLAP
         if diff:
             D.conflict_bytes += diff
@@ -907,7 +1000,7 @@ cdef class Engine:
             data += skip
             n -= <uint32_t>skip
         if n and D.settled and o == D.next and D.n_chunks == 0:
-            self._deliver(i, d, data, n)          # the common case: in order, nothing held
+            self._deliver(i, d, data, n, self.cur_stable)   # the common case: in order, nothing held
         elif n:
             self.cur_rflags |= RF_OUT_OF_ORDER
             # the policy judges the whole segment as sent, so pass its original extent
@@ -954,7 +1047,7 @@ cdef class Engine:
             if ch.end > D.next:
                 from_ = D.next
                 if ch.data != NULL:
-                    self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_))
+                    self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_), False)
                 else:
                     self._gap_to(i, d, ch.end, GAP_SNAPLEN)
             free(ch.data)
