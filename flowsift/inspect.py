@@ -63,4 +63,8 @@ def describe_store(directory):
                               "closed": rf.closed_by_gateway})
         except StoreError as e:
             problems.append(str(e))
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".rec.new"):
+            problems.append(f"{name}: not in place (being made, or left by a gateway that stopped before "
+                            f"writing its header)")
     return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems}

@@ -139,6 +139,11 @@ def test_gateway_killed_mid_write_leaves_readable_files(tmp_path):
             else:
                 cut.append(path)
     assert closed > 0 and cut
+    # files not yet in place when it died are named as such by inspect STORE
+    left = sorted(n for n in os.listdir(store) if n.endswith(".rec.new"))
+    res = run_cli("inspect", store, "--json")
+    problems = json.loads(res.stdout)["problems"]
+    assert [p.split(":")[0] for p in problems if "not in place" in p] == left
     res = run_cli("inspect", cut[-1])
     assert res.returncode == 0 and ("cut" in res.stdout or "open or cut" in res.stdout)
 
