@@ -199,3 +199,32 @@ def test_a_forked_child_does_not_wait_for_its_parents_writer_thread(tmp_path, co
         gc.collect()
     finally:
         shutil.rmtree(shm)
+
+
+def test_a_failure_on_the_writer_thread_is_one_error_from_the_gateway(tmp_path):
+    """The writer thread cannot raise: what it met (here: a new file that cannot be made, a
+    directory being in its way) comes back as the gateway's error at the next batch, and the
+    manifest says the store is incomplete."""
+    from flowsift.errors import FlowsiftError
+    from flowsift.gateway import Gateway
+    capture = many_connections(tmp_path / "many.pcap", 5_000)
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        g = Gateway(shm / "s", keep=True)
+        (shm / "s" / "c00003000.rec.new").mkdir()
+        with pytest.raises(FlowsiftError, match="cannot write record file c00003000.rec: Is a directory"):
+            g.run_capture(capture)
+        assert g.store.background_drains > 0
+        manifest = json.loads((shm / "s" / "store.json").read_text())
+        assert manifest["complete"] is False and "c00003000" in manifest["error"]
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def test_a_store_directory_that_vanishes_is_one_line(tmp_path):
+    from flowsift.errors import FlowsiftError
+    from flowsift.gateway import Gateway
+    capture = many_connections(tmp_path / "many.pcap", 5_000)
+    g = Gateway(tmp_path / "s", keep=True)
+    with pytest.raises(FlowsiftError, match="s: cannot"):
+        g.run_capture(capture, on_progress=lambda pos, size: shutil.rmtree(tmp_path / "s", ignore_errors=True))

@@ -96,7 +96,8 @@ DEF MAX_IOV = 1024
 # records read back at a time when setting module bits or finding what is complete
 DEF CHUNK_RECS = 512
 # Before each batch the gateway checks that the store's file system has at least this much
-# free, plus four times the batch's captured bytes (more than a batch can write), and stops
+# free, plus what waits to be written and four times the batch's captured bytes (more than a
+# batch can write), and stops
 # cleanly otherwise: a full tmpfs starves the whole machine, and the store's manifest must
 # still be written to say the store is incomplete.
 DEF FREE_MARGIN = 16777216
@@ -1368,10 +1369,15 @@ cdef class RecordStore(Sink):
     def check_space(self, Batch batch):
         """Before writing a batch: is there room for it? (see FREE_MARGIN)"""
         cdef Py_ssize_t i
-        cdef uint64_t need = FREE_MARGIN
+        cdef uint64_t need = FREE_MARGIN + self.cur.used     # plus what waits to be written
+        if self.busy:
+            need += self.ws.job.used            # (read while the writer works: an upper bound)
         for i in range(batch.n):
             need += 4 * batch.pkts[i].caplen
-        st = os.statvfs(self.directory)
+        try:
+            st = os.statvfs(self.directory)
+        except OSError as e:
+            raise FlowsiftError(f"{self.directory}: cannot check the store's free space: {e.strerror}") from None
         if st.f_bavail * st.f_frsize < need:
             raise FlowsiftError(f"{self.directory}: store is full (less than {need >> 20} MiB free); "
                                 f"the connections being written are incomplete")
