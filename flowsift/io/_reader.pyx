@@ -10,6 +10,9 @@ from libc.string cimport memset
 from libc.stdlib cimport realloc, free
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL, MADV_DONTNEED
 
+cdef extern from "sys/mman.h" nogil:
+    enum: MADV_POPULATE_READ
+
 from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, PF_STABLE, ST_BAD_INTERFACE, ST_BAD_RECORD
 from flowsift.io._bytes cimport fs_rd16, fs_rd32, fs_rd64, fs_ld32
 
@@ -119,6 +122,7 @@ cdef class CaptureReader:
     cdef readonly uint32_t version_major
     cdef readonly uint32_t version_minor
     cdef uint64_t released
+    cdef uint64_t populated      # page tables filled up to here (MADV_POPULATE_READ)
 
     def __cinit__(self):
         self.base = NULL
@@ -193,7 +197,7 @@ cdef class CaptureReader:
     def fill(self, Batch batch):
         """Read up to batch.capacity packet records into `batch`; returns how many (0 at end)."""
         cdef Py_ssize_t n
-        cdef uint64_t upto
+        cdef uint64_t upto, start
         if self.err != E_NONE:
             batch.n = 0
             return 0
@@ -206,6 +210,16 @@ cdef class CaptureReader:
                 upto = self.pos & ~(<uint64_t>4095)
                 madvise(<void*>self.base, upto, MADV_DONTNEED)
                 self.released = upto
+            if self.pos + RELEASE_STEP > self.populated and self.populated < self.size:
+                # the next steps' page tables filled in one call, not a fault every 16 pages
+                # (best effort: kernels before 5.14 say EINVAL and faults do it)
+                upto = (self.pos & ~(<uint64_t>4095)) + 2 * RELEASE_STEP
+                if upto > self.size:
+                    upto = self.size
+                if upto > self.populated:
+                    start = self.populated if self.populated > (self.pos & ~(<uint64_t>4095)) else (self.pos & ~(<uint64_t>4095))
+                    madvise(<void*>(self.base + start), upto - start, MADV_POPULATE_READ)
+                    self.populated = upto
             if self.fmt == FMT_PCAP:
                 n = self._fill_pcap(batch.pkts, batch.capacity)
             else:
