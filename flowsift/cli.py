@@ -65,6 +65,8 @@ def _run(path, label, work, as_json, render):
 
 
 def _limits(source, count, duration):
+    if count is None and duration is None:
+        return source               # (a file run need not load the live sources)
     from flowsift.io.live import with_limits
     return with_limits(source, count, duration)
 

@@ -22,6 +22,9 @@ _MESSAGES = {
 }
 
 
+# sources that are interfaces, not files (flowsift.io.live)
+LIVE_SCHEMES = ("afpacket:", "dpdk:")
+
 class Capture:
     """An open pcap or pcapng file.
 
@@ -89,8 +92,8 @@ def open_capture(path, bpf=None):
     """Open a pcap or pcapng file, or a live source (`afpacket:IFACE`, see flowsift.io.live;
     its filter `bpf` runs in the kernel); raises FlowsiftError with one line on anything
     unreadable."""
-    from flowsift.io.live import LiveCapture, is_live
-    if is_live(path):
+    if isinstance(path, str) and path.startswith(LIVE_SCHEMES):
+        from flowsift.io.live import LiveCapture       # (only then: a file run does without it)
         return LiveCapture(path, bpf)
     path = os.fspath(path)
     try:

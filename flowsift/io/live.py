@@ -20,8 +20,7 @@ import signal
 import time
 
 from flowsift.errors import FlowsiftError, UsageError
-
-LIVE_SCHEMES = ("afpacket:", "dpdk:")
+from flowsift.io.capture import LIVE_SCHEMES
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 

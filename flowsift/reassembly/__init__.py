@@ -10,8 +10,18 @@ The engine is compiled (`_engine.pyx`); `reference.py` is a small pure-Python tw
 check it. docs/reassembly.md describes the semantics.
 """
 from flowsift.reassembly._engine import CountSink, Engine, PySink, Sink, POLICIES
-from flowsift.reassembly.events import (CLOSE_REASONS, GAP_REASONS, Datagram, Direction, EventCollector, Gap,
-                                        Overlap, StreamData)
+
+_EVENTS = ("CLOSE_REASONS", "GAP_REASONS", "Datagram", "Direction", "EventCollector", "Gap", "Overlap", "StreamData")
+
+
+def __getattr__(name):
+    # the event classes load when first asked for: a compiled sink (streams, the gateway) never
+    # needs them, and making them is a noticeable part of a short run's start
+    if name in _EVENTS:
+        from flowsift.reassembly import events
+        return getattr(events, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Reassembler", "Engine", "Sink", "CountSink", "PySink", "POLICIES", "EventCollector", "StreamData",
            "Gap", "Overlap", "Datagram", "Direction", "GAP_REASONS", "CLOSE_REASONS"]
@@ -30,6 +40,7 @@ class Reassembler:
         self.defrag = Defragmenter(fragment_policy)
         self.collector = None
         if sink is None:
+            from flowsift.reassembly.events import EventCollector
             self.collector = EventCollector()
             sink = PySink(self.collector)
         self.sink = sink
