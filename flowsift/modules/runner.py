@@ -13,6 +13,9 @@ from flowsift.modules.base import ModuleError, trimmed_traceback
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams.format import CLOSE_NAMES, endpoint
 
+# one encoder for every event (json.dumps with an argument makes a new one at each call)
+_event_json = json.JSONEncoder(default=str).encode
+
 
 def reader_budget():
     """How many record files a chain keeps open at once (FLOWSIFT_READER_FILES, else within the
@@ -109,7 +112,7 @@ class InlineChain:
         if flow is not None:
             line.update(flow.key())
         line.update(fields)
-        text = json.dumps(line, default=str) + "\n"
+        text = _event_json(line) + "\n"
         holder = (self.conns.get(flow.conn) or self._closing) if (self.hold_events and flow is not None) else None
         if holder is not None:
             holder.events.append(text)
