@@ -197,7 +197,7 @@ cdef class CaptureReader:
     def fill(self, Batch batch):
         """Read up to batch.capacity packet records into `batch`; returns how many (0 at end)."""
         cdef Py_ssize_t n
-        cdef uint64_t upto, start
+        cdef uint64_t upto, here
         if self.err != E_NONE:
             batch.n = 0
             return 0
@@ -213,12 +213,11 @@ cdef class CaptureReader:
             if self.pos + RELEASE_STEP > self.populated and self.populated < self.size:
                 # the next steps' page tables filled in one call, not a fault every 16 pages
                 # (best effort: kernels before 5.14 say EINVAL and faults do it)
-                upto = (self.pos & ~(<uint64_t>4095)) + 2 * RELEASE_STEP
-                if upto > self.size:
-                    upto = self.size
+                here = self.pos & ~(<uint64_t>4095)
+                upto = min(here + 2 * RELEASE_STEP, self.size)
                 if upto > self.populated:
-                    start = self.populated if self.populated > (self.pos & ~(<uint64_t>4095)) else (self.pos & ~(<uint64_t>4095))
-                    madvise(<void*>(self.base + start), upto - start, MADV_POPULATE_READ)
+                    here = max(here, self.populated)
+                    madvise(<void*>(self.base + here), upto - here, MADV_POPULATE_READ)
                     self.populated = upto
             if self.fmt == FMT_PCAP:
                 n = self._fill_pcap(batch.pkts, batch.capacity)

@@ -25,6 +25,11 @@ _MESSAGES = {
 # sources that are interfaces, not files (flowsift.io.live)
 LIVE_SCHEMES = ("afpacket:", "dpdk:")
 
+
+def is_live(spec):
+    return isinstance(spec, str) and spec.startswith(LIVE_SCHEMES)
+
+
 class Capture:
     """An open pcap or pcapng file.
 
@@ -92,7 +97,7 @@ def open_capture(path, bpf=None):
     """Open a pcap or pcapng file, or a live source (`afpacket:IFACE`, see flowsift.io.live;
     its filter `bpf` runs in the kernel); raises FlowsiftError with one line on anything
     unreadable."""
-    if isinstance(path, str) and path.startswith(LIVE_SCHEMES):
+    if is_live(path):
         from flowsift.io.live import LiveCapture       # (only then: a file run does without it)
         return LiveCapture(path, bpf)
     path = os.fspath(path)

@@ -199,6 +199,7 @@ cdef class Engine:
     cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n, bint stable) except -1
     cdef void _retain(self, dir_t* D, const uint8_t* data, uint32_t n, bint stable) noexcept nogil
     cdef void _refs_to_ring(self, dir_t* D) noexcept nogil
+    cdef void _oldest_ref_to_ring(self, dir_t* D) noexcept nogil
     cdef void _ring_append(self, dir_t* D, int64_t at, const uint8_t* data, uint32_t n) noexcept nogil
     cdef void _ring_put(self, uint8_t* ring, uint32_t cap, int64_t at, const uint8_t* src, uint32_t n) noexcept nogil
     cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0

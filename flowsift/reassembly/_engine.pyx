@@ -855,12 +855,7 @@ cdef class Engine:
                 D.refs = <ref_t*> malloc(NREF * sizeof(ref_t))
             if D.refs != NULL:
                 if D.n_refs == NREF:
-                    # short segments: the oldest reference becomes a copy
-                    r = &D.refs[D.ref_head]
-                    self._ring_append(D, r.start, r.ptr, r.len)
-                    D.ref_bytes -= r.len
-                    D.ref_head = (D.ref_head + 1) % NREF
-                    D.n_refs -= 1
+                    self._oldest_ref_to_ring(D)         # short segments: it becomes a copy
                 r = &D.refs[(D.ref_head + D.n_refs) % NREF]
                 r.start = D.next
                 r.ptr = data
@@ -897,14 +892,16 @@ cdef class Engine:
     cdef void _refs_to_ring(self, dir_t* D) noexcept nogil:
         # the references become copies (before bytes that must be copied, or before the
         # capture they point into goes)
-        cdef ref_t* r
         while D.n_refs:
-            r = &D.refs[D.ref_head]
-            self._ring_append(D, r.start, r.ptr, r.len)
-            D.ref_head = (D.ref_head + 1) % NREF
-            D.n_refs -= 1
+            self._oldest_ref_to_ring(D)
         D.ref_head = 0
-        D.ref_bytes = 0
+
+    cdef void _oldest_ref_to_ring(self, dir_t* D) noexcept nogil:
+        cdef ref_t* r = &D.refs[D.ref_head]
+        self._ring_append(D, r.start, r.ptr, r.len)
+        D.ref_bytes -= r.len
+        D.ref_head = (D.ref_head + 1) % NREF
+        D.n_refs -= 1
 
     cdef void _ring_append(self, dir_t* D, int64_t at, const uint8_t* data, uint32_t n) noexcept nogil:
         # bytes [at, at+n) follow the ring's; byte at offset x lives at ring[x & (cap-1)]

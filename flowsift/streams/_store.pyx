@@ -97,9 +97,8 @@ DEF MAX_IOV = 1024
 DEF CHUNK_RECS = 512
 # Before each batch the gateway checks that the store's file system has at least this much
 # free, plus what waits to be written and four times the batch's captured bytes (more than a
-# batch can write), and stops
-# cleanly otherwise: a full tmpfs starves the whole machine, and the store's manifest must
-# still be written to say the store is incomplete.
+# batch can write), and stops cleanly otherwise: a full tmpfs starves the whole machine, and
+# the store's manifest must still be written to say the store is incomplete.
 DEF FREE_MARGIN = 16777216
 
 # File systems whose pages live in memory, where the header is written through a shared mapping
@@ -186,7 +185,6 @@ ctypedef struct cstate_t:
     uint8_t closed
     uint8_t touched          # in this batch's publish list
     uint8_t _pad
-    int32_t _pad1
     uint64_t records
     uint64_t gaps
     uint64_t first_id
@@ -406,8 +404,6 @@ cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexc
     cdef void* m
     cdef handle_t* h
     cdef char path[4200]
-    cdef char final[4200]
-    cdef iovec v[2]
     cdef uint32_t cap
     cdef int32_t* grown
     ws.clock += 1
@@ -614,10 +610,10 @@ cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
     for i in range(ws.n_fresh):
         k = ws.hmap[ws.fresh[i]] if ws.fresh[i] < ws.hcap else -1
         if k >= 0 and ws.handles[k].fresh:
-            if ws.err == E_NONE:
-                ws_finish_new(ws, &ws.handles[k])
             if ws.handles[k].final or ws.err != E_NONE:
-                ws_close_handle(ws, k)
+                ws_close_handle(ws, k)          # (which puts it in place first)
+            else:
+                ws_finish_new(ws, &ws.handles[k])
     ws.n_fresh = 0
     wb_reset(wb)
     return 0 if ws.err == E_NONE else -1
@@ -785,17 +781,16 @@ cdef class RecordStore(Sink):
     cdef int _hand_over(self) except -1:
         # the filled batch goes to the writer thread; the gateway fills the other buffer
         cdef int err
-        if self.background and self.busy and self.cur.used < ARENA_HOLD and \
-                self.cur.n_creates < self.ws.max_handles // 2 and fs_bg_running(&self.bg):
+        if not self.background:
+            return self._sync()
+        if self.busy and self.cur.used < ARENA_HOLD and self.cur.n_creates < self.ws.max_handles // 2 \
+                and fs_bg_running(&self.bg):
             # The writer is busy: this batch joins the next one. Not past half the files that
             # may be open: a drain opens its new files first, and more than fit would be let
             # go and opened again before their runs.
             return 0
         self._wait()
         self._end_runs(self.cur)
-        if not self.background:
-            ws_drain(&self.ws, self.cur)
-            return self._check()
         if not self.bg.started:
             err = fs_bg_start(&self.bg, ws_job, &self.ws)
             if err:

@@ -58,8 +58,8 @@ class RecordFile:
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
         if self._first is None or self._first["magic"] != F.MAGIC:
-            h = self._first = F.parse_header(self._hdr)
-            h = dict(h)
+            self._first = F.parse_header(self._hdr)
+            h = dict(self._first)
         else:
             h = F.parse_header_again(self._hdr, self._first)
         if self._size is None or self._size < F.FILE_SIZE:
