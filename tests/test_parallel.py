@@ -104,6 +104,56 @@ def test_mixed_chain_runs_in_stages_and_later_stages_read_merged_bytes(tmp_path,
         [(True, ["counter"]), (False, ["redact"]), (True, ["http"])]
 
 
+ENDS = '''
+from flowsift.modules import Module
+
+class Ends(Module):
+    """Notes when each connection opened and what it ended with.
+
+    Synopsis: ends
+    """
+    name = "ends"
+
+    def on_open(self, flow):
+        flow.state["opened"] = flow.last_ts
+        self.count("opened")
+
+    def on_close(self, flow, reason):
+        self.emit("end", opened=flow.state["opened"], records=len(flow.records()), gaps=len(flow.gaps()),
+                  reason=reason)
+
+
+class EndsFollowing(Ends):
+    """The same, but reading every packet as it comes (so the runner follows every batch).
+
+    Synopsis: ends_following
+    """
+    name = "ends_following"
+
+    def on_packet(self, flow, record):
+        pass
+'''
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_module_without_stream_hooks_sees_each_connection_open_and_end_as_one_that_follows_it(
+        tmp_path, corpus, inline):
+    """A module with only on_open and on_close is not read at every batch: it must still be
+    opened once per connection and see, at the end, the time, records and gaps of the whole
+    connection, as a module that follows every packet does."""
+    p = tmp_path / "ends.py"
+    p.write_text(ENDS)
+    capture = corpus / "gap__zeek__gap-recovery.pcap"
+    got = {}
+    for cls in ("Ends", "EndsFollowing"):
+        events, summary = run(f"{p}:{cls}", capture, inline)
+        got[cls] = sorted((e["conn"], e["ts"], e["opened"], e["records"], e["gaps"], e["reason"]) for e in events)
+        assert summary["modules"][f"ends{'_following' if cls != 'Ends' else ''}"]["opened"] == len(events)
+    assert got["Ends"] == got["EndsFollowing"]
+    assert len(got["Ends"]) > 1 and any(g for *_, g, _ in got["Ends"])
+    assert any(ts * 1e9 > opened + 1e6 for _, ts, opened, *_ in got["Ends"])     # ts: the end's (seconds)
+
+
 SLOW = '''
 import time
 from flowsift.modules import Module

@@ -110,6 +110,13 @@ class Flow:
             raise ModuleError("records need a flow backed by a record file")
         return self._file.record_array()
 
+    def gaps(self):
+        """Every gap of the connection so far, both directions, in the order they were found:
+        entries with dir, reason, record_index, offset (in the stream) and length."""
+        if self._file is None:
+            raise ModuleError("gaps need a flow backed by a record file")
+        return self._file.gaps()
+
     def payload(self, record):
         """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the
         delivered bytes at its offset). Empty when the flow is not backed by a record file."""

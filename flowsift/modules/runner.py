@@ -98,6 +98,10 @@ class InlineChain:
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
                           if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
+        # no module reads packets, bytes or gaps as they come: a connection is read only when it
+        # opens (if a module has on_open) and when it ends, not at every batch that touched it
+        # (a writing stage still follows every batch: the next stage reads as far as it got)
+        self.passive = not self.by_hook["on_packet"] and not self.streaming and not any(m.writes for m in self.modules)
         self._current = None
         self._closing = None
         self._limits = None
@@ -148,6 +152,17 @@ class InlineChain:
         reader that runs behind the gateway (a worker): it reads no further, so that what it
         sees, batch after batch, does not depend on how far behind it is."""
         self._limits = limits
+        if self.passive:
+            if self.by_hook["on_open"]:
+                for conn in touched:
+                    if conn not in self.conns and conn not in self.finished:
+                        self._open(conn)
+            for conn in closed:
+                if conn not in self.finished:
+                    if conn not in self.conns:
+                        self._open(conn)
+                    self._close(conn)
+            return
         for conn in touched:
             if conn not in self.finished:
                 self._advance(conn)
@@ -294,6 +309,7 @@ class InlineChain:
         self._touch(conn, c)
         h = self._header(c, conn)
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
+        c.flow.last_ts = h["last_ts"]
         self._current = c.flow
         self._closing = c
         for _, m in self.by_hook["on_close"]:

@@ -123,8 +123,8 @@ class RecordFile:
     def gaps(self, direction=None):
         h = self.header
         out = []
-        for i in range(h["gaps"]):
-            d, reason, rec, off, ln = F.GAP_STRUCT.unpack(self._region(h["gaps_off"] + i * F.GAP_SIZE, F.GAP_SIZE))
+        table = self._region(h["gaps_off"], h["gaps"] * F.GAP_SIZE)
+        for d, reason, rec, off, ln in F.GAP_STRUCT.iter_unpack(table):
             if direction is None or d == direction:
                 out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
         return out

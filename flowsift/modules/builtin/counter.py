@@ -9,7 +9,7 @@ class Counter(Module):
     """Per-flow packets, bytes, retransmissions, gaps and conflicts.
 
     Synopsis: counter
-    Reads: the records of each connection at its end (in bulk) and the gaps of both streams
+    Reads: the records and gaps of each connection at its end (in bulk)
     Writes: nothing (read-only)
     Options: none
     Counters: flows, packets, bytes, gaps, conflicting segments, retransmissions
@@ -19,17 +19,11 @@ class Counter(Module):
     name = "counter"
     rows = Global(list, append_only=True)     # one row per finished flow, for the end-of-run table
 
-    def on_open(self, flow):
-        flow.state.update(gaps=[0, 0], gap_bytes=[0, 0])
-
-    def on_gap(self, flow, direction, gap):
-        flow.state["gaps"][direction] += 1
-        flow.state["gap_bytes"][direction] += gap.length
-
     def on_close(self, flow, reason):
+        # everything is read once, at the end, in bulk: the packet totals from the records'
+        # columns in as few numpy calls as can do it (most connections have a few records,
+        # where each call is the cost), the gaps from the gap table
         s = flow.state
-        # the packet totals come from the records' columns (no call per packet), in as few numpy
-        # calls as can do it: most connections have a few records, where each call is the cost
         r = flow.records()
         packets = np.bincount(r["dir"], minlength=2)
         octets = np.bincount(r["dir"], weights=r["payload_len"], minlength=2)    # exact below 2^53
@@ -37,6 +31,10 @@ class Counter(Module):
         s["bytes"] = [int(octets[0]), int(octets[1])]
         s["conflicts"] = int(np.count_nonzero(r["rflags"] & RF_CONFLICT))
         s["retrans"] = int(np.count_nonzero(r["rflags"] & RF_RETRANSMISSION))
+        s["gaps"], s["gap_bytes"] = [0, 0], [0, 0]
+        for g in flow.gaps():
+            s["gaps"][g.dir] += 1
+            s["gap_bytes"][g.dir] += g.length
         row = {"conn": flow.conn, "proto": flow.proto, "client": flow.client, "server": flow.server,
                "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
                "conflicting_segments": s["conflicts"], "retransmissions": s["retrans"], "close": reason}
