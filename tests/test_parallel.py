@@ -85,6 +85,69 @@ def test_killed_worker_is_restarted_nothing_lost_nothing_twice(tmp_path, corpus,
             assert all(r.modules == 0b11 for r in rf.records())
 
 
+PASSIVE_KILLER = '''
+import os, signal
+from flowsift.modules import Module
+from flowsift.modules.state import Global
+
+class AtEnds(Module):
+    """Counts each connection's records at its end; kills its own process once, at the Nth end.
+
+    Synopsis: at_ends
+    """
+    name = "at_ends"
+    order = Global(list, append_only=True)     # opens and ends as the module saw them
+
+    def on_open(self, flow):
+        flow.state["opened"] = 1
+        self.order.append(["open", flow.conn])
+
+    def on_close(self, flow, reason):
+        self.order.append(["end", flow.conn])
+        self.emit("end", records=len(flow.records()), opened=flow.state.get("opened"))
+        self.count("ends")
+        self.seen = getattr(self, "seen", 0) + 1
+        marker = os.environ.get("FLOWSIFT_KILL_MARKER")
+        if marker and not os.path.exists(marker) and self.seen == int(os.environ["FLOWSIFT_KILL_AT"]):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def summary(self):
+        return list(self.order)
+'''
+
+
+def test_killed_worker_of_a_module_that_reads_only_ends_is_restarted_nothing_lost_nothing_twice(
+        tmp_path, monkeypatch):
+    """The same for a worker that is told only of new and ended connections (no stream hooks)."""
+    from test_store_faults import many_connections
+    module = tmp_path / "at_ends.py"
+    module.write_text(PASSIVE_KILLER)
+    # connections open across batches and checkpoints: a restart takes their on_open state from
+    # a checkpoint, and is told again of those that opened after it
+    name = many_connections(tmp_path / "many.pcap", 400, payload=b"q" * 20, block=50)
+    monkeypatch.setenv("FLOWSIFT_BATCH", "64")
+    monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "3")
+    reference, ref_summary = run(f"{module}", name, inline=True)
+    # opened when first seen, batches before their end (not only when they end)
+    order = ref_summary["tables"]["at_ends"]
+    assert sum(1 for a, b in zip(order, order[1:]) if a[0] == "open" and b == ["end", a[1]]) < 40
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", "170")
+    got, summary = run(f"{module}", name, inline=False, store=tmp_path / "store", keep=True)
+    assert (tmp_path / "killed").exists(), "the worker was not killed: nothing was tested"
+    assert summary["modules"]["at_ends"]["restarts"] == 1
+    ends = sorted((e["conn"], e["records"], e["opened"]) for e in got)
+    assert ends == sorted((e["conn"], e["records"], e["opened"]) for e in reference)
+    assert len(ends) == len({c for c, *_ in ends}) == summary["modules"]["at_ends"]["ends"] == 400
+    assert all(opened == 1 for *_, opened in ends)
+    assert summary["tables"]["at_ends"] == order
+    from flowsift.streams import RecordFile, store_files
+    for path in store_files(tmp_path / "store"):
+        with RecordFile(path) as rf:
+            assert all(r.modules == 0b1 for r in rf.records())
+
+
 def test_mixed_chain_runs_in_stages_and_later_stages_read_merged_bytes(tmp_path, corpus):
     """counter (read-only: a worker) | redact (writes: its own stage, in the gateway) | http
     (read-only: a worker that sees each connection after redact is done with it)."""

@@ -30,6 +30,13 @@ def reader_budget():
     return max(64, min((soft - 256) // 4, (max_maps - 8192) // 16, 4096))
 
 
+def passive(cls):
+    """A module that reads no packets, bytes or gaps as they come: a chain of such modules reads
+    a connection only when it opens (if one has on_open) and when it ends, not at every batch
+    that touched it. (A writing module is never passive: the next stage reads as far as it got.)"""
+    return not cls.writes and not any(callable(getattr(cls, h, None)) for h in ("on_packet", "on_data", "on_gap"))
+
+
 class _Conn:
     __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved")
 
@@ -98,10 +105,7 @@ class InlineChain:
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
                           if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
-        # no module reads packets, bytes or gaps as they come: a connection is read only when it
-        # opens (if a module has on_open) and when it ends, not at every batch that touched it
-        # (a writing stage still follows every batch: the next stage reads as far as it got)
-        self.passive = not self.by_hook["on_packet"] and not self.streaming and not any(m.writes for m in self.modules)
+        self.passive = all(passive(type(m)) for m in self.modules)
         self._current = None
         self._closing = None
         self._limits = None

@@ -19,7 +19,7 @@ import sys
 from flowsift.gateway import changed_connections
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain
-from flowsift.modules.runner import InlineChain
+from flowsift.modules.runner import InlineChain, passive
 
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
@@ -121,6 +121,12 @@ class _Worker:
         self.log = []                    # (seq, touched, closed) sent after it: replayed after a restart
         self.checkpoints = 0
         self.checkpoint_bytes = 0
+        # a module with no on_data, on_gap or on_packet reads a connection when it opens and when
+        # it ends (see InlineChain.passive): it is sent new connections (only if it has on_open)
+        # and ended ones, not every connection each batch touched
+        cls = type(owner.modules[index])
+        self.passive = passive(cls)
+        self.opens = callable(getattr(cls, "on_open", None))
         self.start()
 
     def start(self):
@@ -175,6 +181,8 @@ class ParallelChain:
         self.errors = {}
         self.counters = [dict() for _ in chain]
         self.workers = [_Worker(self, i) for i in range(len(chain))]
+        self.following = not all(w.passive for w in self.workers)    # some worker reads every batch
+        self.opening = any(w.passive and w.opens for w in self.workers)
 
     def _apply(self, w, msg):
         kind = msg[0]
@@ -286,15 +294,20 @@ class ParallelChain:
         """`limits`: how far an earlier stage handed over some of `touched` (default: as far as
         published)."""
         self.seq += 1
+        new = [c for c in touched if c not in self.open_conns] if self.opening else ()
         self.open_conns.update(touched)
         self.open_conns.update(closed)
         self.closed_conns.update(closed)
         # how far each connection was published with this batch: workers read no further
-        conns = changed_connections(touched, closed)
-        published = dict(zip(conns, self.store.published(conns)))
-        if limits:
-            published.update({c: v for c, v in limits.items() if c not in self.closed_conns})
+        if self.following:
+            conns = changed_connections(touched, closed)
+            published = dict(zip(conns, self.store.published(conns)))
+            if limits:
+                published.update({c: v for c, v in limits.items() if c not in self.closed_conns})
+        else:
+            published = dict(zip(closed, self.store.published(closed)))
         limits = published
+        ended = None
         for w in self.workers:
             while not self._drain(w):
                 self._restart(w)
@@ -306,16 +319,24 @@ class ParallelChain:
             while w.pending >= INFLIGHT:
                 if not self._drain_one(w):
                     self._restart(w)
-            t = [c for c in touched if c not in w.dropped] if w.dropped else touched
+            t = touched if not w.passive else new if w.opens else ()
+            if w.dropped:
+                t = [c for c in t if c not in w.dropped]
             k = [c for c in closed if c not in w.dropped] if w.dropped else closed
+            if w.passive and self.following:
+                # it reads ended connections only, as far as they were published
+                ended = ended or {c: limits[c] for c in closed}
+                lim = ended
+            else:
+                lim = limits
             for conn in closed:
                 if conn in w.dropped:
                     w.drop_closed.add(conn)
                     self._release_dropped(w, conn)
             forget, w.forget = w.forget, []
             w.forgotten.extend((self.seq, c) for c in forget)
-            w.log.append((self.seq, t, k, limits, forget))
-            while not w.send(("batch", self.seq, t, k, limits, forget)):
+            w.log.append((self.seq, t, k, lim, forget))
+            while not w.send(("batch", self.seq, t, k, lim, forget)):
                 self._restart(w)
             w.pending += 1
 
