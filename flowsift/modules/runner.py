@@ -163,9 +163,10 @@ class InlineChain:
                         self._open(conn)
             for conn in closed:
                 if conn not in self.finished:
-                    if conn not in self.conns:
+                    fresh = conn not in self.conns
+                    if fresh:
                         self._open(conn)
-                    self._close(conn)
+                    self._close(conn, fresh)
             return
         for conn in touched:
             if conn not in self.finished:
@@ -241,8 +242,8 @@ class InlineChain:
             for d in (0, 1):
                 self._stream(c, i, m, d, h)
 
-    def _header(self, c, conn):
-        h = c.file.refresh()
+    def _header(self, c, conn, fresh=False):
+        h = c.file.header if fresh else c.file.refresh()
         lim = self._limits.get(conn) if self._limits else None
         if lim is not None:
             # in place: the file's header is what pointers, flow.records() and gaps() read
@@ -304,14 +305,15 @@ class InlineChain:
             c.seen[(i, d)] = state
             self._call(m, "on_data", c.flow, sp)
 
-    def _close(self, conn):
+    def _close(self, conn, fresh=False):
+        # `fresh`: its file was opened just now (its header just read)
         c = self.conns.pop(conn, None)
         if c is None:
             return
         self.finished.add(conn)
         self._entries.pop(conn, None)
         self._touch(conn, c)
-        h = self._header(c, conn)
+        h = self._header(c, conn, fresh)
         reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
         c.flow.last_ts = h["last_ts"]
         self._current = c.flow

@@ -41,9 +41,11 @@ class RecordFile:
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
         from flowsift.streams._pointer import Mapping
         self._Mapping = Mapping
-        self._hdr = Mapping(self._fd, F.HEADER_SIZE, 0)
+        # the header is read once with pread; a file whose header is polled again gets a
+        # mapping of it then (most files are read once, at their connection's end)
+        self._hdr = None
         self._maps = {}
-        self._size = None
+        self._size = size
         self._first = None                 # the first whole parse: what never changes comes from it
         h = self.refresh()
         if h["magic"] != F.MAGIC:
@@ -57,11 +59,17 @@ class RecordFile:
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
-        if self._first is None or self._first["magic"] != F.MAGIC:
-            self._first = F.parse_header(self._hdr)
+        if self._first is None:
+            self._first = F.parse_header(os.pread(self._fd, F.HEADER_STRUCT.size, 0))
             h = dict(self._first)
         else:
-            h = F.parse_header_again(self._hdr, self._first)
+            if self._hdr is None:
+                self._hdr = self._Mapping(self._fd, F.HEADER_SIZE, 0)
+            if self._first["magic"] != F.MAGIC:
+                self._first = F.parse_header(self._hdr)
+                h = dict(self._first)
+            else:
+                h = F.parse_header_again(self._hdr, self._first)
         if self._size is None or self._size < F.FILE_SIZE:
             # a record file keeps its full (sparse) size; only a cut one is measured again
             self._size = os.fstat(self._fd).st_size
