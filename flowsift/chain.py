@@ -5,6 +5,7 @@ import shutil
 from flowsift.gateway import Gateway
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
+from flowsift.modules.workers import ParallelChain
 
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
@@ -58,7 +59,6 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         if inline:
             runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
         elif all(cls.read_only() for cls, _ in chain):
-            from flowsift.modules.workers import ParallelChain
             runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog,
                                    registry=g.registry)
         else:
@@ -85,8 +85,16 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             def forward(frames):
                 forwarder.forward(frames)
                 g.registry.flush()
-        summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
-                                on_batch=forward if forwarder is not None else None)
+        if forwarder is None and write is None and shard is None and max_backlog is None \
+                and isinstance(runner, ParallelChain):
+            # workers hear of batches once a thread has written them, while the next ones are
+            # reassembled; their commits wait for the writer to be idle. (Not with --max-backlog:
+            # batches told in bursts would put a module that keeps up behind for a moment.)
+            g.registry.hold = True
+            summary = g.run_capture(source, on_progress=on_progress, after_written=runner)
+        else:
+            summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
+                                    on_batch=forward if forwarder is not None else None)
         runner.finish()
         g.registry.flush()
         # what the modules' last reports gave back counts too

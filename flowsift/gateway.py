@@ -222,10 +222,17 @@ class Gateway:
         self.late.update(zip(arr["rec_pos"][late].tolist(),
                              zip(arr["flow_id"][late].tolist(), arr["dir"][late].tolist())))
 
-    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None):
+    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None, after_written=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
         closed)` is called with the connections each publish changed and ended (an inline chain);
-        `on_batch(frames)` then with the batch's frames as captured (inline forwarding)."""
+        `on_batch(frames)` then with the batch's frames as captured (inline forwarding).
+
+        `after_written` (readers in other processes: a ParallelChain) is told of each batch, in
+        order, once it is in the files: a thread writes the batches while the next ones are
+        reassembled, gathering those published while it was busy. Its `snapshot(touched,
+        closed)` is taken at each publish and `process(touched, closed, published=snapshot)`
+        called later. The registry must hold the modules' commits: they are recorded while the
+        writer is idle."""
         from flowsift.io import Decoder, decoded_batches, open_capture
         self.source = str(path)
         decoder, batch, error = Decoder(), None, None
@@ -236,7 +243,24 @@ class Gateway:
             raise
         # Nobody in this process reads the store during the run, and no registry announces its
         # batches: a thread writes each batch while the next one is reassembled.
-        self.store.set_background(after_batch is None and on_batch is None and not self.registry.announces)
+        lagged = after_written is not None
+        if lagged and (after_batch is not None or on_batch is not None or self.registry.announces
+                       or self.table is not None or not getattr(self.registry, "hold", False)):
+            raise ValueError("after_written: one chain, unsharded, with an embedded registry that holds commits")
+        self.store.set_background(lagged or (after_batch is None and on_batch is None and not self.registry.announces))
+        staged, handed = [], []            # (touched, closed, snapshot) published, and handed to the writer
+
+        def written():
+            # the writer is idle: what it had is in the files. The commits held since are
+            # recorded now (they work on the files), the batches published since go to it, and
+            # readers hear of those it wrote.
+            nonlocal staged, handed
+            self.store.wait()
+            self.registry.flush()
+            self.store.hand_over()
+            done, handed, staged = handed, staged, []
+            for touched, closed, snapshot in done:
+                after_written.process(touched, closed, published=snapshot)
         try:
             read = 0                        # packets read so far (before sharding)
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
@@ -250,8 +274,12 @@ class Gateway:
                 self.store.check_space(batch)
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
-                changed = self.store.publish()
+                changed = self.store.publish(hand_over=not lagged)
                 self.sync(*changed, batch=True)
+                if lagged:
+                    staged.append((*changed, after_written.snapshot(*changed)))
+                    if self.store.due():
+                        written()
                 if after_batch is not None:
                     after_batch(*changed)
                 if self.late is not None:
@@ -273,7 +301,11 @@ class Gateway:
             if batch is not None:
                 self.store.check_space(batch)
             self.reassembler.finish()
-            changed = self.store.publish()
+            changed = self.store.publish(hand_over=not lagged)
+            if lagged:
+                staged.append((*changed, after_written.snapshot(*changed)))
+                written()
+                written()                           # the last batches are in the files
             self.store.set_background(False)        # everything written before the summary
             self.sync(*changed, batch=True)
             if after_batch is not None:

@@ -167,6 +167,50 @@ def test_standalone_gateway_writes_on_a_thread_and_a_chain_does_not(tmp_path, co
         shutil.rmtree(shm)
 
 
+def test_readers_in_other_processes_hear_of_each_batch_once_it_is_written(tmp_path, monkeypatch):
+    """after_written (a chain of worker processes): batches are written on the thread, gathered
+    while it is busy, and told in order once in the files; commits made meanwhile are recorded
+    when the writer is idle, and a file goes only once its end is written."""
+    from flowsift.gateway import Gateway
+    from flowsift.streams.format import HF_CLOSED
+    capture = many_connections(tmp_path / "many.pcap", 3000, block=300, long_lived=True)
+    monkeypatch.setenv("FLOWSIFT_BATCH", "128")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        g = Gateway(shm / "s")
+        bit, _ = g.registry.register("reader")
+        g.registry.hold = True
+
+        class Reader:
+            told, batches = [], 0
+
+            def snapshot(self, touched, closed):
+                conns = list(dict.fromkeys([*touched, *closed]))
+                return dict(zip(conns, g.store.published(conns)))
+
+            def process(self, touched, closed, published):
+                Reader.batches += 1
+                for c, (records, *_) in published.items():
+                    with RecordFile(g.store.path(c)) as rf:      # still there, holding what it is told
+                        assert rf.header["records"] >= records
+                        if c in closed:
+                            assert rf.header["flags"] & HF_CLOSED and rf.header["records"] == records
+                    Reader.told.append(c)
+                for c in closed:
+                    g.registry.commit(bit, c, published[c][0])   # done: recorded when the writer is idle
+
+        summary = g.run_capture(capture, after_written=Reader())
+        g.registry.flush()                   # the commits made for the last batch
+        summary.update(retired=g.store.retired)
+        assert Reader.batches == -(-summary["packets"] // 128) + 1          # every batch, and the end
+        assert 0 < g.store.background_drains < Reader.batches                # some were gathered
+        assert set(Reader.told) == set(range(summary["files"]))
+        left = store_files(shm / "s")
+        assert summary["retired"] + len(left) == summary["files"] and summary["retired"] > 2500
+    finally:
+        shutil.rmtree(shm)
+
+
 def test_a_forked_child_does_not_wait_for_its_parents_writer_thread(tmp_path, corpus):
     """A child forked while the parent's store has its writer thread (chain workers are forked)
     lets go of its copy of the store without waiting for a thread it does not have."""

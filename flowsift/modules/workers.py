@@ -290,22 +290,25 @@ class ParallelChain:
         # ends where it was, with the same state, and reports what it had not reported
         w.send(("restore", w.checkpoint, w.rows, w.log))
 
-    def process(self, touched, closed, limits=None):
+    def snapshot(self, touched, closed):
+        """How far each connection the workers will read was published with this batch (taken
+        at the publish): they read no further."""
+        conns = changed_connections(touched, closed) if self.following else closed
+        return dict(zip(conns, self.store.published(conns)))
+
+    def process(self, touched, closed, limits=None, published=None):
         """`limits`: how far an earlier stage handed over some of `touched` (default: as far as
-        published)."""
+        published). `published`: the batch's snapshot(), when the gateway tells of it after it
+        went on (default: taken now)."""
         self.seq += 1
         new = [c for c in touched if c not in self.open_conns] if self.opening else ()
         self.open_conns.update(touched)
         self.open_conns.update(closed)
         self.closed_conns.update(closed)
-        # how far each connection was published with this batch: workers read no further
-        if self.following:
-            conns = changed_connections(touched, closed)
-            published = dict(zip(conns, self.store.published(conns)))
-            if limits:
-                published.update({c: v for c, v in limits.items() if c not in self.closed_conns})
-        else:
-            published = dict(zip(closed, self.store.published(closed)))
+        if published is None:
+            published = self.snapshot(touched, closed)
+        if limits:
+            published.update({c: v for c, v in limits.items() if c not in self.closed_conns})
         limits = published
         ended = None
         for w in self.workers:

@@ -193,6 +193,8 @@ ctypedef struct cstate_t:
     int64_t pub_end[2]       # stream ends as last published (what readers were told)
     uint64_t done_mask       # modules that finished every record
     int64_t pub_last_ts      # the last packet's time as last published
+    uint64_t out_records     # records whose publish went to the writer (in the file once it is idle)
+    uint8_t out_closed       # ... and its last publish too
     int32_t run[N_REGION]    # the filling batch's open run of each region, or -1
 
 ctypedef struct run_t:       # a contiguous file range of one connection waiting in a batch
@@ -775,15 +777,48 @@ cdef class RecordStore(Sink):
     cdef int _sync(self) except -1:
         self._wait()
         self._end_runs(self.cur)
+        self._mark_out(self.cur)
         ws_drain(&self.ws, self.cur)
         return self._check()
 
-    cdef int _hand_over(self) except -1:
+    cdef void _mark_out(self, wbuf_t* wb) noexcept:
+        # the batch goes to be written: what its publishes count is what the files hold once the
+        # writer is idle (module_done and reclaim read no further, and what waits in the buffer
+        # being filled -- records, a close -- does not count yet)
+        cdef int32_t i
+        cdef op_t* op
+        cdef cstate_t* st
+        for i in range(wb.n_ops):
+            op = &wb.ops[i]
+            if op.kind != OP_CREATE:
+                st = &self.cs[op.conn]
+                st.out_records = (<pub_t*>(wb.arena + op.pos)).records
+                if op.kind == OP_FINAL:
+                    st.out_closed = 1
+
+    def wait(self):
+        """Until the writer thread is idle: the files hold every batch handed to it, and the
+        gateway may work on them (module_done, reclaim) while what it published since waits in
+        its buffer."""
+        self._wait()
+
+    def due(self):
+        """Should the batches published without a hand-over go to the writer now: it is idle,
+        or they are as many as a hand-over may gather?"""
+        return (not self.busy or not fs_bg_running(&self.bg) or self.cur.used >= ARENA_HOLD
+                or self.cur.n_creates >= self.ws.max_handles // 2)
+
+    def hand_over(self):
+        """The batches published since the last hand-over go to the writer thread now (after it
+        finished the previous ones)."""
+        self._hand_over(True)
+
+    cdef int _hand_over(self, bint now=False) except -1:
         # the filled batch goes to the writer thread; the gateway fills the other buffer
         cdef int err
         if not self.background:
             return self._sync()
-        if self.busy and self.cur.used < ARENA_HOLD and self.cur.n_creates < self.ws.max_handles // 2 \
+        if not now and self.busy and self.cur.used < ARENA_HOLD and self.cur.n_creates < self.ws.max_handles // 2 \
                 and fs_bg_running(&self.bg):
             # The writer is busy: this batch joins the next one. Not past half the files that
             # may be open: a drain opens its new files first, and more than fit would be let
@@ -791,6 +826,7 @@ cdef class RecordStore(Sink):
             return 0
         self._wait()
         self._end_runs(self.cur)
+        self._mark_out(self.cur)
         if not self.bg.started:
             err = fs_bg_start(&self.bg, ws_job, &self.ws)
             if err:
@@ -967,6 +1003,8 @@ cdef class RecordStore(Sink):
         st.udp_rec[0] = st.udp_rec[1] = 0
         st.done_mask = 0
         st.pub_last_ts = c.first_ts
+        st.out_records = 0
+        st.out_closed = 0
         self.files += 1
         return 0
 
@@ -1060,11 +1098,12 @@ cdef class RecordStore(Sink):
         self._touch(conn, st)
         return 0
 
-    def publish(self):
+    def publish(self, bint hand_over=True):
         """Make everything written so far visible to readers (header counters). Returns the
         connections that changed since the last publish and those that ended (for in-process
         readers such as an inline chain). In the background (set_background) the batch is
-        being written when this returns."""
+        being written when this returns; without `hand_over` it waits in the buffer for
+        hand_over()."""
         cdef uint32_t k
         touched = [self.touched[k] for k in range(self.n_touched)]
         for k in range(self.n_touched):
@@ -1072,7 +1111,8 @@ cdef class RecordStore(Sink):
             if not self.cs[self.touched[k]].closed:
                 self._publish(self.touched[k], False)
         self.n_touched = 0
-        self._hand_over()
+        if hand_over:
+            self._hand_over()
         closed, self.just_closed = self.just_closed, []
         return touched, closed
 
@@ -1234,9 +1274,9 @@ cdef class RecordStore(Sink):
             st.done_mask |= mask
         if self._retire_at_once(conn, st):
             return {"complete": st.records, "reclaimed": None, "oldest_unacked_done": st.records, "retired": True}
-        if upto > st.records:
-            upto = st.records
-        self._sync()
+        if upto > st.out_records:
+            upto = st.out_records
+        self._wait()
         h = self._open(conn)
         while i < upto:
             n = upto - i if upto - i < CHUNK_RECS else CHUNK_RECS
@@ -1259,7 +1299,7 @@ cdef class RecordStore(Sink):
         cdef conn_t* c = &self.engine.conns[conn]
         cdef dir_t* D
         cdef int d
-        if not st.closed or self.keep or self.modules_mask == 0 or (st.done_mask & self.modules_mask) != self.modules_mask:
+        if not st.out_closed or self.keep or self.modules_mask == 0 or (st.done_mask & self.modules_mask) != self.modules_mask:
             return False
         if c.proto == 6:
             for d in range(2):
@@ -1271,7 +1311,7 @@ cdef class RecordStore(Sink):
 
     cdef int _retire(self, uint32_t conn, cstate_t* st) except -1:
         # every module is done with every record and nothing waits for an ACK: the file goes
-        self._sync()
+        self._wait()
         ws_close_conn(&self.ws, conn)
         try:
             os.unlink(self.path(conn))
@@ -1297,9 +1337,10 @@ cdef class RecordStore(Sink):
         cdef int64_t acked[2]
         cdef int64_t start, stop, data_off
         cdef int d
+        cdef uint64_t nrec = st.out_records       # what the file holds
         if not st.exists:
             raise KeyError(conn)
-        self._sync()
+        self._wait()
         h = self._open(conn)
         hd = h.hdr
         mask = self.modules_mask
@@ -1309,18 +1350,18 @@ cdef class RecordStore(Sink):
         # One pass: the complete prefix (records whose bitmap holds every registered module's
         # bit), the oldest record in it not yet acknowledged, and for each direction the offset
         # of its first record past the prefix (bytes below it are complete).
-        complete = st.records
-        oldest = st.records
+        complete = nrec
+        oldest = nrec
         in_prefix = True
         i = 0
-        while i < st.records:
-            n = st.records - i if st.records - i < CHUNK_RECS else CHUNK_RECS
+        while i < nrec:
+            n = nrec - i if nrec - i < CHUNK_RECS else CHUNK_RECS
             self._read_records(h, i, n)
             for j in range(n):
                 r = &self.rbuf[j]
                 d = r.dir & 1
                 if in_prefix and mask != 0 and (r.modules & mask) == mask:
-                    if oldest == st.records and c.proto == 6 and r.payload_len and \
+                    if oldest == nrec and c.proto == 6 and r.payload_len and \
                             r.seq_offset - hd.origin[d] + r.payload_len > acked[d]:
                         oldest = i + j      # done by every module, not yet acknowledged
                     continue
@@ -1356,7 +1397,7 @@ cdef class RecordStore(Sink):
         hd.modules_mask = mask
         if ws_write_header(&self.ws, h) != 0:
             self._check()
-        retire = (st.closed and not self.keep and mask != 0 and complete == st.records and oldest == st.records)
+        retire = (st.out_closed and not self.keep and mask != 0 and complete == nrec and oldest == nrec)
         if retire:
             self._retire(conn, st)
         return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest, "retired": bool(retire)}
