@@ -56,6 +56,17 @@ def test_gaps_are_values_never_filler(tmp_path, corpus):
     assert rest and b"\0\0\0\0" not in first + rest
 
 
+def test_a_pointer_given_a_header_reads_no_further_than_it(tmp_path, corpus):
+    """A reader behind the gateway hands a new pointer the header as far as it may read."""
+    store = store_of(tmp_path, corpus, "http__zeek__206_example_b.pcap")
+    rf = RecordFile(store_files(store)[0])
+    whole = StreamPointer(rf, 1).available
+    h = dict(rf.header, end1=1000)
+    sp = StreamPointer(rf, 1, h)
+    assert whole > 100_000 and sp.available == 1000 and len(sp.read()) == 1000 and sp.read() == b""
+    assert sp.refresh() and sp.available == whole - 1000        # the live header, when asked
+
+
 def test_peek_does_not_move_and_seek_stays_in_bounds(tmp_path, corpus):
     store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
     sp = StreamPointer(store_files(store)[0], 0)

@@ -135,8 +135,8 @@ def _original(record, key):
 class EditableStream(StreamPointer):
     """The stream pointer a writing module gets: it can also ask for same-length replacements."""
 
-    def __init__(self, file, direction, editor, flow, module):
-        super().__init__(file, direction)
+    def __init__(self, file, direction, editor, flow, module, header=None):
+        super().__init__(file, direction, header)
         self._editor, self._flow, self._module = editor, flow, module
 
     def _retained(self):

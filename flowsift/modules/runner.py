@@ -174,7 +174,7 @@ class InlineChain:
         for conn in closed:
             if conn not in self.finished:
                 self._advance(conn)
-                self._close(conn)
+                self._close(conn, True)           # (its header just read)
 
     def _open(self, conn, call_hooks=True):
         rf = RecordFile(self.path_of(conn))
@@ -265,15 +265,14 @@ class InlineChain:
             c.gaps_seen[i] = h["gaps"]
 
     def _pointer(self, c, i, d, m, h=None):
+        if h is not None:
+            # a new pointer holds to what this batch published, not to the file's live header
+            c.file.header = h
         if self.editor is not None and m.writes:
             from flowsift.modules.edits import EditableStream
-            sp = EditableStream(c.file, d, self.editor, c.flow, m)
+            sp = EditableStream(c.file, d, self.editor, c.flow, m, h)
         else:
-            sp = StreamPointer(c.file, d)
-        if h is not None:
-            # a new pointer reads the file's live header: hold it to what this batch published
-            c.file.header = h
-            sp.refresh(h)
+            sp = StreamPointer(c.file, d, h)
         if (i, d) in c.saved:
             sp.resume(c.saved.pop((i, d)))     # the file was closed for a while: where it stood
         c.pointers[(i, d)] = sp
@@ -306,7 +305,7 @@ class InlineChain:
             self._call(m, "on_data", c.flow, sp)
 
     def _close(self, conn, fresh=False):
-        # `fresh`: its file was opened just now (its header just read)
+        # `fresh`: its header was read just now (by _open or _advance)
         c = self.conns.pop(conn, None)
         if c is None:
             return
@@ -414,11 +413,14 @@ class InlineChain:
 
     def _entry(self, conn, c):
         """One open connection's part of a checkpoint, as JSON text (or _AGAIN)."""
-        try:
-            state = json.dumps(c.flow.state)
-            whole = json.loads(state) == c.flow.state
-        except (TypeError, ValueError):
-            whole = False
+        if not c.flow.state:
+            state, whole = "{}", True
+        else:
+            try:
+                state = json.dumps(c.flow.state)
+                whole = json.loads(state) == c.flow.state
+            except (TypeError, ValueError):
+                whole = False
         if not whole:
             return _AGAIN
         pos = {f"{i}.{d}": p for (i, d), p in c.saved.items()}

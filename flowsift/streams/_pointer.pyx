@@ -68,7 +68,9 @@ cdef class StreamPointer:
     cdef int64_t map_len
     cdef int64_t data_off
 
-    def __init__(self, file, int direction):
+    def __init__(self, file, int direction, header=None):
+        """`header`: the file's header as the caller just read it (and may have limited it):
+        the pointer reads no further."""
         self.file = file if isinstance(file, RecordFile) else RecordFile(file)
         if direction not in (0, 1):
             raise ValueError("direction is 0 (client to server) or 1 (server to client)")
@@ -78,7 +80,7 @@ cdef class StreamPointer:
         self._map = None
         self.gaps = []
         self.gap_i = 0
-        self.refresh()
+        self.refresh(header)
         self.pos = self.start
 
     def refresh(self, header=None):
