@@ -30,6 +30,11 @@ def reader_budget():
     return max(64, min((soft - 256) // 4, (max_maps - 8192) // 16, 4096))
 
 
+def join_checkpoint(head, parts):
+    """A checkpoint's text from checkpoint_parts()."""
+    return head.replace(f'"{_OPEN}"', "{" + ",".join(f'"{conn}":{text}' for conn, text in parts.items()) + "}", 1)
+
+
 def passive(cls):
     """A module that reads no packets, bytes or gaps as they come: a chain of such modules reads
     a connection only when it opens (if one has on_open) and when it ends, not at every batch
@@ -389,10 +394,16 @@ class InlineChain:
         does not carry back unchanged (objects, tuples, non-string keys) is marked to be read
         again from its first record after a restore (its counter increments are left out of
         the saved counters)."""
+        return join_checkpoint(*self.checkpoint_parts(incremental, appended))
+
+    def checkpoint_parts(self, incremental=False, appended=None):
+        """checkpoint() in two parts: the text without the open connections, and {conn: entry
+        text} of each (the same text object as at the last checkpoint for a connection not read
+        since: a worker sends only the entries that changed)."""
         from flowsift.modules.state import snapshot
         m = self.modules[0]
         counters = dict(m.counters)
-        parts, again = [], []
+        parts, again = {}, []
         cache = self._entries
         for conn, c in self.conns.items():
             # a connection not read since the last checkpoint has the same entry: keep its text
@@ -404,12 +415,12 @@ class InlineChain:
                 for k, v in self.deltas.get(conn, {}).items():
                     counters[k] = counters.get(k, 0) - v
                 continue
-            parts.append(f'"{conn}":{text}')
+            parts[conn] = text
         self._dirty.clear()
         head = json.dumps({"state": snapshot(m, incremental, appended), "counters": counters, "errors": self.errors,
                            "events": self.event_count, "open": _OPEN, "again": again, "seq": self.seq,
                            "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
-        return head.replace(f'"{_OPEN}"', "{" + ",".join(parts) + "}", 1)
+        return head, parts
 
     def _entry(self, conn, c):
         """One open connection's part of a checkpoint, as JSON text (or _AGAIN)."""

@@ -19,7 +19,7 @@ import sys
 from flowsift.gateway import changed_connections
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain
-from flowsift.modules.runner import InlineChain, passive
+from flowsift.modules.runner import InlineChain, join_checkpoint, passive
 
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
@@ -49,11 +49,20 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                          on_done=on_done, hold_events=True)
     module = runner.modules[0]
 
+    sent = None                                      # {conn: entry text} the gateway holds
+
     def checkpoint(seq, send=True):
         # what it finished and the state it is in after batch `seq`, in one message: the
-        # gateway records both or neither
+        # gateway records both or neither. Open connections' entries go only when they changed
+        # (the first checkpoint of a worker process sends them all)
+        nonlocal sent
         appended = {}
-        blob = runner.checkpoint(incremental=True, appended=appended)
+        head, parts = runner.checkpoint_parts(incremental=True, appended=appended)
+        if sent is None:
+            blob = (head, parts, None)
+        else:
+            blob = (head, {c: t for c, t in parts.items() if sent.get(c) is not t}, [c for c in sent if c not in parts])
+        sent = parts
         msg = ("ckpt", seq, list(done), blob, appended)
         done.clear()
         if send:
@@ -115,7 +124,8 @@ class _Worker:
         self.dropped_batches = 0
         self.restarts = 0
         self.bye = None
-        self.checkpoint = None           # the last checkpoint (JSON text), after batch checkpoint_seq
+        self.head = None                 # the last checkpoint after batch checkpoint_seq, without
+        self.entries = {}                # ... its open connections' entries
         self.rows = {}                   # every row of its append-only lists, sent in parts
         self.checkpoint_seq = 0
         self.log = []                    # (seq, touched, closed) sent after it: replayed after a restart
@@ -138,6 +148,10 @@ class _Worker:
                                                                   self.owner.every), daemon=True)
         self.proc.start()
         child.close()
+
+    def checkpoint(self):
+        """The last checkpoint (JSON text), or None before the first."""
+        return None if self.head is None else join_checkpoint(self.head, self.entries)
 
     def send(self, msg):
         try:
@@ -190,12 +204,18 @@ class ParallelChain:
             w.pending -= 1
             return
         if kind == "ckpt":
-            _, seq, done, blob, appended = msg
+            _, seq, done, (head, changed, removed), appended = msg
             for conn, records, events, delta in done:
                 self._done(w, conn, records, events, delta)
             for name, rows in appended.items():
                 w.rows.setdefault(name, []).extend(rows)
-            w.checkpoint, w.checkpoint_seq = blob, seq
+            if removed is None:                # all of them (a new worker process)
+                w.entries = dict(changed)
+            else:
+                for c in removed:
+                    del w.entries[c]
+                w.entries.update(changed)
+            w.head, w.checkpoint_seq = head, seq
             w.log = [b for b in w.log if b[0] > seq]
             if w.forgotten:
                 for s, c in w.forgotten:
@@ -204,7 +224,7 @@ class ParallelChain:
                         self._release_dropped(w, c)
                 w.forgotten = [(s, c) for s, c in w.forgotten if s > seq]
             w.checkpoints += 1
-            w.checkpoint_bytes += len(blob)
+            w.checkpoint_bytes += len(head) + sum(len(t) for t in changed.values())
             self._save(w, appended)
         elif kind == "bye":
             w.bye = msg
@@ -231,7 +251,7 @@ class ParallelChain:
             tmp = os.path.join(d, f".{w.name}.{self.first + w.index}.tmp")
             with open(tmp, "w") as f:
                 f.write(json.dumps({"module": w.name, "bit": self.first + w.index, "batch": w.checkpoint_seq}) + "\n")
-                f.write(w.checkpoint)
+                f.write(w.checkpoint())
             os.replace(tmp, os.path.join(d, f"{w.name}.{self.first + w.index}.json"))
         except OSError:
             pass                        # the copy in memory is what a restart uses
@@ -288,7 +308,7 @@ class ParallelChain:
         w.start()
         # its last checkpoint, then every batch it was sent after it, in the same order: it
         # ends where it was, with the same state, and reports what it had not reported
-        w.send(("restore", w.checkpoint, w.rows, w.log))
+        w.send(("restore", w.checkpoint(), w.rows, w.log))
 
     def snapshot(self, touched, closed):
         """How far each connection the workers will read was published with this batch (taken
@@ -447,8 +467,8 @@ class ParallelChain:
         from flowsift.modules.state import declared
         out = {}
         for m, w in zip(self.modules, self.workers):
-            if declared(type(m)) and w.checkpoint is not None:
-                st = json.loads(json.loads(w.checkpoint)["state"])
+            if declared(type(m)) and w.head is not None:
+                st = json.loads(json.loads(w.head)["state"])
                 for name, v in st.items():
                     if "rows" in v:
                         st[name] = {"value": w.rows.get(name, [])}
