@@ -241,8 +241,9 @@ class Gateway:
         except FlowsiftError as e:
             self._fail(str(e))
             raise
-        # Nobody in this process reads the store during the run, and no registry announces its
-        # batches: a thread writes each batch while the next one is reassembled.
+        # A thread writes each batch while the next one is reassembled when nobody in this
+        # process reads the store during the run and no registry announces its batches, or when
+        # the readers hear only of written batches (after_written).
         lagged = after_written is not None
         if lagged and (after_batch is not None or on_batch is not None or self.registry.announces
                        or self.table is not None or not getattr(self.registry, "hold", False)):
