@@ -86,10 +86,13 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                 forwarder.forward(frames)
                 g.registry.flush()
         if forwarder is None and write is None and shard is None and max_backlog is None \
-                and isinstance(runner, ParallelChain):
-            # workers hear of batches once a thread has written them, while the next ones are
-            # reassembled; their commits wait for the writer to be idle. (Not with --max-backlog:
-            # batches told in bursts would put a module that keeps up behind for a moment.)
+                and isinstance(runner, ParallelChain) and not runner.following:
+            # Workers that read connections only at their ends leave the gateway the busier
+            # side: a thread writes the store while it reassembles on, and the workers hear of
+            # batches once written; their commits wait for the writer to be idle. (Workers that
+            # follow every batch are the busier side: a writer thread would take their core.
+            # Not with --max-backlog: batches told in bursts would put a module that keeps up
+            # behind for a moment.)
             g.registry.hold = True
             summary = g.run_capture(source, on_progress=on_progress, after_written=runner)
         else:
