@@ -10,9 +10,10 @@ unmapping that writing through shared mappings costs. A new file is made under a
 and renamed into place once its header and what the header counts are written. After that, on
 memory file systems (tmpfs) its header is mapped, so that its counters are published with
 release stores; elsewhere the header is written with pwrite after the data (see MEMORY_FS).
-When nobody in the process reads the store during the run, a writer thread writes each batch
-while the gateway reassembles the next (set_background); the thread owns every descriptor and
-mapping while it runs, and runs plain C. Descriptors and mappings are held for at most
+When nobody in the process reads the store during the run, or its readers hear only of
+batches once written, a writer thread writes the batches while the gateway reassembles the
+next ones (set_background); the thread owns every descriptor and mapping while it runs, and
+runs plain C. Descriptors and mappings are held for at most
 `max_handles` connections at a time (least recently used are closed and reopened on demand), so
 any number of live connections fits in the process's descriptor and vm.max_map_count limits.
 A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
@@ -323,6 +324,21 @@ cdef int grow(void** items, int32_t* cap, int32_t n, size_t size) noexcept nogil
     return 0
 
 
+cdef int64_t grow_index(void** items, uint32_t* cap, uint32_t index, size_t size) noexcept nogil:
+    # room for items[index] of an array indexed by connection: its old capacity (the caller
+    # fills what is new), or -1 when out of memory (nothing changed then)
+    cdef uint32_t old = cap[0], c = cap[0] if cap[0] else 1024
+    cdef void* p
+    while c <= index:
+        c *= 2
+    p = realloc(items[0], c * size)
+    if p == NULL:
+        return -1
+    items[0] = p
+    cap[0] = c
+    return old
+
+
 # --- the writer: plain C over wstate_t, so that it runs without the GIL ----------------------
 
 cdef int ws_fail(wstate_t* ws, int what, uint32_t conn) noexcept nogil:
@@ -406,20 +422,14 @@ cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexc
     cdef void* m
     cdef handle_t* h
     cdef char path[4200]
-    cdef uint32_t cap
-    cdef int32_t* grown
+    cdef int64_t old
     ws.clock += 1
     if conn >= ws.hcap:
-        cap = ws.hcap if ws.hcap else 1024
-        while cap <= conn:
-            cap *= 2
-        grown = <int32_t*> realloc(ws.hmap, cap * sizeof(int32_t))
-        if grown == NULL:
+        old = grow_index(<void**>&ws.hmap, &ws.hcap, conn, sizeof(int32_t))
+        if old < 0:
             ws_fail(ws, E_MEMORY, conn)
             return NULL
-        memset(&grown[ws.hcap], 0xFF, (cap - ws.hcap) * sizeof(int32_t))
-        ws.hmap = grown
-        ws.hcap = cap
+        memset(&ws.hmap[old], 0xFF, (ws.hcap - old) * sizeof(int32_t))      # no handle
     k = ws.hmap[conn]
     if k >= 0:
         ws.handles[k].stamp = ws.clock
@@ -718,8 +728,8 @@ cdef class RecordStore(Sink):
 
     def set_background(self, bint on):
         """Write each batch on a thread of its own while the gateway reads the next (only when
-        nobody in this process reads the store during the run: publish then returns before
-        the batch is written)."""
+        nobody in this process reads the store during the run, or readers hear of a batch only
+        once it is written: publish then returns before the batch is written)."""
         self.sync()
         self.background = on
         if not on:
@@ -776,18 +786,19 @@ cdef class RecordStore(Sink):
 
     cdef int _sync(self) except -1:
         self._wait()
-        self._end_runs(self.cur)
-        self._mark_out(self.cur)
+        self._seal(self.cur)
         ws_drain(&self.ws, self.cur)
         return self._check()
 
-    cdef void _mark_out(self, wbuf_t* wb) noexcept:
-        # the batch goes to be written: what its publishes count is what the files hold once the
-        # writer is idle (module_done and reclaim read no further, and what waits in the buffer
-        # being filled -- records, a close -- does not count yet)
+    cdef int _seal(self, wbuf_t* wb) except -1:
+        # the batch goes to be written: its runs take no more bytes, and what its publishes count
+        # is what the files hold once the writer is idle (module_done and reclaim read no
+        # further, and what waits in the buffer being filled -- records, a close -- does not
+        # count yet)
         cdef int32_t i
         cdef op_t* op
         cdef cstate_t* st
+        self._end_runs(wb)
         for i in range(wb.n_ops):
             op = &wb.ops[i]
             if op.kind != OP_CREATE:
@@ -795,6 +806,7 @@ cdef class RecordStore(Sink):
                 st.out_records = (<pub_t*>(wb.arena + op.pos)).records
                 if op.kind == OP_FINAL:
                     st.out_closed = 1
+        return 0
 
     def wait(self):
         """Until the writer thread is idle: the files hold every batch handed to it, and the
@@ -805,6 +817,11 @@ cdef class RecordStore(Sink):
     def due(self):
         """Should the batches published without a hand-over go to the writer now: it is idle,
         or they are as many as a hand-over may gather?"""
+        return self._due()
+
+    cdef bint _due(self):
+        # Not past half the files that may be open: a drain opens its new files first, and more
+        # than fit would be let go and opened again before their runs.
         return (not self.busy or not fs_bg_running(&self.bg) or self.cur.used >= ARENA_HOLD
                 or self.cur.n_creates >= self.ws.max_handles // 2)
 
@@ -818,15 +835,10 @@ cdef class RecordStore(Sink):
         cdef int err
         if not self.background:
             return self._sync()
-        if not now and self.busy and self.cur.used < ARENA_HOLD and self.cur.n_creates < self.ws.max_handles // 2 \
-                and fs_bg_running(&self.bg):
-            # The writer is busy: this batch joins the next one. Not past half the files that
-            # may be open: a drain opens its new files first, and more than fit would be let
-            # go and opened again before their runs.
-            return 0
+        if not now and not self._due():
+            return 0                # the writer is busy: this batch joins the next one
         self._wait()
-        self._end_runs(self.cur)
-        self._mark_out(self.cur)
+        self._seal(self.cur)
         if not self.bg.started:
             err = fs_bg_start(&self.bg, ws_job, &self.ws)
             if err:
@@ -840,20 +852,14 @@ cdef class RecordStore(Sink):
     # --- filling a batch ------------------------------------------------------------------------
 
     cdef cstate_t* _state(self, uint32_t conn) except NULL:
-        cdef uint32_t cap, k
-        cdef cstate_t* grown
+        cdef int64_t old, k
         if conn >= self.cap:
-            cap = self.cap if self.cap else 1024
-            while cap <= conn:
-                cap *= 2
-            grown = <cstate_t*> realloc(self.cs, cap * sizeof(cstate_t))
-            if grown == NULL:
+            old = grow_index(<void**>&self.cs, &self.cap, conn, sizeof(cstate_t))
+            if old < 0:
                 raise MemoryError()
-            memset(&grown[self.cap], 0, (cap - self.cap) * sizeof(cstate_t))
-            for k in range(self.cap, cap):
-                grown[k].run[0] = grown[k].run[1] = grown[k].run[2] = grown[k].run[3] = -1
-            self.cs = grown
-            self.cap = cap
+            memset(&self.cs[old], 0, (self.cap - old) * sizeof(cstate_t))
+            for k in range(old, self.cap):
+                self.cs[k].run[0] = self.cs[k].run[1] = self.cs[k].run[2] = self.cs[k].run[3] = -1
         return &self.cs[conn]
 
     cdef uint8_t* _room(self, int64_t n) except NULL:
@@ -1151,7 +1157,7 @@ cdef class RecordStore(Sink):
         return 0
 
     cdef handle_t* _open(self, uint32_t conn) except NULL:
-        # a connection's file, for the gateway's own use between batches (after _sync)
+        # a connection's file, for the gateway's own use while the writer is idle (after _wait)
         cdef handle_t* h = ws_handle(&self.ws, conn, NULL)
         if h == NULL:
             self._check()

@@ -65,12 +65,8 @@ class RecordFile:
         else:
             if self._hdr is None:
                 self._hdr = self._Mapping(self._fd, F.HEADER_SIZE, 0)
-            if self._first["magic"] != F.MAGIC:
-                self._first = F.parse_header(self._hdr)
-                h = dict(self._first)
-            else:
-                h = F.parse_header_again(self._hdr, self._first)
-        if self._size is None or self._size < F.FILE_SIZE:
+            h = F.parse_header_again(self._hdr, self._first)
+        if self._size < F.FILE_SIZE:
             # a record file keeps its full (sparse) size; only a cut one is measured again
             self._size = os.fstat(self._fd).st_size
         size = self._size
