@@ -83,11 +83,13 @@ def test_dns_queries_match_tshark(tmp_path, corpus):
 
 @pytest.mark.parametrize("name", ["gap__zeek__gap-recovery.pcap", "gap__suri__tcp-simple-gap2.pcap",
                                   "gap__pcpp__unidirectional_tcp_stream_with_missing_packet.pcap",
-                                  "retrans__zeek__retransmit-fast009.pcap"])
+                                  "retrans__zeek__retransmit-fast009.pcap",
+                                  "ipv6__pcpp__four_ipv6_http_streams.pcap"])
 @pytest.mark.parametrize("mode", ["inline", "parallel"])
 def test_counter_flows_match_the_streams_index(tmp_path, corpus, name, mode):
     """counter reads each connection once, at its end: its per-flow packets and gap bytes are
-    those `flowsift streams` finds for each direction, and it sees a gap where streams does."""
+    those `flowsift streams` finds for each direction, and it sees a gap where streams does.
+    Events name endpoints exactly as the index does (IPv6 too)."""
     out = tmp_path / "ev.jsonl"
     res = run_cli("chain", "counter", corpus / name, "--events", out, "--json", *(["--inline"] if mode == "inline" else []))
     assert res.returncode == 0, res.stderr

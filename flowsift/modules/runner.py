@@ -14,7 +14,9 @@ from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams.format import CLOSE_NAMES, endpoint
 
 # one encoder for every event (json.dumps with an argument makes a new one at each call)
-_event_json = json.JSONEncoder(default=str).encode
+# (events are trees of plain values: no cycle check, which costs a dict per event)
+_event_json = json.JSONEncoder(default=str, check_circular=False).encode
+PROTO_NAMES = {6: "tcp", 17: "udp"}
 
 
 def reader_budget():
@@ -184,7 +186,7 @@ class InlineChain:
     def _open(self, conn, call_hooks=True):
         rf = RecordFile(self.path_of(conn))
         h = rf.header
-        flow = self._Flow(conn, {6: "tcp", 17: "udp"}.get(h["proto"], str(h["proto"])),
+        flow = self._Flow(conn, PROTO_NAMES.get(h["proto"]) or str(h["proto"]),
                           endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                           endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
         flow._file = rf

@@ -12,6 +12,7 @@ byte's position never changes (reclaimed space is punched out, offsets stay vali
 """
 import functools
 import struct
+from socket import AF_INET, AF_INET6, inet_ntop
 
 MAGIC = b"FSRECORD"
 VERSION = 1
@@ -161,14 +162,9 @@ def record_dtype():
 
 
 def endpoint(raw, port, ipver):
-    """'10.0.0.1:80' or '[2001:db8::1]:80' from an address field (16 bytes, IPv4 in the first 4)."""
+    """'10.0.0.1:80' or '[2001:db8::1]:80' from an address field (16 bytes, IPv4 in the first 4),
+    formatted as `flowsift streams` writes its index (inet_ntop: an IPv4-mapped IPv6 address
+    reads ::ffff:192.0.2.1)."""
     if ipver == 4:
-        return f"{_address(bytes(raw[:4]))}:{port}"
-    return f"[{_address(bytes(raw[:16]))}]:{port}"
-
-
-@functools.lru_cache(maxsize=65536)
-def _address(raw):
-    # servers and busy clients come back connection after connection: format each once
-    import ipaddress
-    return str(ipaddress.ip_address(raw))
+        return f"{inet_ntop(AF_INET, raw[:4])}:{port}"
+    return f"[{inet_ntop(AF_INET6, raw[:16])}]:{port}"
