@@ -4,31 +4,47 @@
 Bytes are buffered per direction in C (BUF bytes, allocated while the direction is live) and
 written with write(2) to descriptors kept in a small LRU cache, so a capture with any number
 of live connections never runs out of descriptors. The SHA-256 of each direction is updated
-once per flushed buffer, never per packet. Index lines are written when connections end.
+once per flushed buffer, never per packet. Index lines are written when connections end,
+formatted in C into a buffer that goes out with write(2) (as json.dumps would write them).
 """
 import hashlib
-import json
 import os
-from socket import AF_INET, AF_INET6, inet_ntop
 
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
+from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
+from cpython.mem cimport PyMem_Free
 
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
-from libc.string cimport memcpy, memset, strerror
+from libc.stdio cimport snprintf
+from libc.string cimport memcpy, memset, strerror, strlen
 from libc.stdlib cimport malloc, realloc, free
 from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.unistd cimport write as c_write, close as c_close
 
 from flowsift.errors import FlowsiftError
-from flowsift.reassembly._engine cimport Sink
+from flowsift.reassembly._engine cimport Sink, Engine, conn_t, dir_t
+
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char* inet_ntop(int af, const void* src, char* dst, unsigned int size)
+    enum:
+        AF_INET
+        AF_INET6
 
 # Per-direction buffer: a few syscalls per 8 KiB; small enough that thousands of live
 # connections cost tens of MB, not hundreds.
 DEF BUF = 8192
 # Descriptors kept open at once; a flush to a file not in the cache reopens it (O_APPEND).
 DEF MAX_OPEN = 256
+# index.jsonl is written in pieces of this size
+DEF INDEX_BUF = 65536
+
+# CLOSE_* (engine) -> the index's "close" value, JSON-encoded
+cdef const char* CLOSE_JSON[6]
+CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof"']
+cdef const char* HEX = b"0123456789abcdef"
 
 ctypedef struct fdir_t:
     uint8_t* buf
@@ -51,8 +67,12 @@ cdef class FileSink(Sink):
     cdef fdslot_t slots[MAX_OPEN]
     cdef uint64_t clock
     cdef readonly str outdir
-    cdef object index
-    cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port")
+    cdef bytes outdir_b          # outdir + "/", for file paths
+    cdef str index_path
+    cdef int index_fd
+    cdef char* ibuf              # index lines not yet written (INDEX_BUF bytes)
+    cdef Py_ssize_t ilen
+    cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port"), UTF-8
     cdef list hashes             # 2 * conn + d -> hashlib object (or None)
     cdef dict gaps               # (conn, d) -> [[offset, length], ...]
     cdef readonly uint64_t files
@@ -61,11 +81,17 @@ cdef class FileSink(Sink):
     def __init__(self, str outdir):
         cdef int k
         self.outdir = outdir
+        self.outdir_b = os.fsencode(os.path.join(outdir, ""))
+        self.index_fd = -1
+        self.index_path = os.path.join(outdir, "index.jsonl")
         try:
             os.makedirs(outdir, exist_ok=True)
-            self.index = open(os.path.join(outdir, "index.jsonl"), "w")
+            self.index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as e:
             raise FlowsiftError(f"{outdir}: cannot write there: {e.strerror}") from None
+        self.ibuf = <char*> malloc(INDEX_BUF)
+        if self.ibuf == NULL:
+            raise MemoryError()
         self.names = {}
         self.hashes = []
         self.gaps = {}
@@ -78,6 +104,9 @@ cdef class FileSink(Sink):
         for j in range(MAX_OPEN):
             if self.slots[j].fd >= 0:
                 c_close(self.slots[j].fd)
+        if self.index_fd >= 0:
+            c_close(self.index_fd)
+        free(self.ibuf)
         if self.dirs != NULL:
             for k in range(2 * self.cap):
                 free(self.dirs[k].buf)
@@ -102,16 +131,24 @@ cdef class FileSink(Sink):
         return &self.dirs[2 * conn + d]
 
     cdef int on_open(self, uint32_t conn, object engine) except -1:
-        ipver, client, cport, server, sport = engine.endpoints(conn)
-        fam = AF_INET if ipver == 4 else AF_INET6
-        c, s = inet_ntop(fam, client), inet_ntop(fam, server)
-        fmt = "{}:{}" if ipver == 4 else "[{}]:{}"
-        self.names[conn] = (f"c{conn:06d}-{c}.{cport}-{s}.{sport}", fmt.format(c, cport), fmt.format(s, sport))
+        cdef Engine e = <Engine?> engine
+        cdef conn_t* c = &e.conns[conn]
+        cdef char ca[64]
+        cdef char sa[64]
+        cdef char out[256]
+        cdef int fam = AF_INET if c.ipver == 4 else AF_INET6
+        if inet_ntop(fam, c.client, ca, sizeof(ca)) == NULL or inet_ntop(fam, c.server, sa, sizeof(sa)) == NULL:
+            raise FlowsiftError(f"connection {conn}: address of an unknown family (IP version {c.ipver})")
+        stem = out[:snprintf(out, sizeof(out), b"c%06u-%s.%u-%s.%u", conn, ca, c.cport, sa, c.sport)]
+        fmt = b"%s:%u" if c.ipver == 4 else b"[%s]:%u"
+        client = out[:snprintf(out, sizeof(out), fmt, ca, c.cport)]
+        server = out[:snprintf(out, sizeof(out), fmt, sa, c.sport)]
+        self.names[conn] = (stem, client, server)
         self._fd(conn, 1)
         return 0
 
     cdef str _name(self, uint32_t conn, int d):
-        return f"{self.names[conn][0]}.{'c2s' if d == 0 else 's2c'}"
+        return f"{os.fsdecode(self.names[conn][0])}.{'c2s' if d == 0 else 's2c'}"
 
     cdef int _descriptor(self, uint32_t conn, int d, fdir_t* f) except -1:
         # a cached descriptor for this direction's file, opening (and evicting) as needed
@@ -130,10 +167,10 @@ cdef class FileSink(Sink):
         if self.slots[victim].fd >= 0:
             c_close(self.slots[victim].fd)
             self._fd(self.slots[victim].conn, self.slots[victim].d).slot = -1
-        path = os.path.join(self.outdir, self._name(conn, d)).encode()
+        path = self.outdir_b + self.names[conn][0] + (b".c2s" if d == 0 else b".s2c")
         fd = c_open(path, flags, 0o644)
         if fd < 0:
-            raise FlowsiftError(f"{path.decode()}: cannot write: {strerror(errno).decode()}")
+            raise FlowsiftError(f"{os.fsdecode(path)}: cannot write: {strerror(errno).decode()}")
         if not f.created:
             f.created = 1
             self.files += 1
@@ -198,12 +235,91 @@ cdef class FileSink(Sink):
             lst.append([offset, length])
         return 0
 
+    # --- index.jsonl ---
+    cdef int _iflush(self) except -1:
+        cdef Py_ssize_t done = 0, w
+        while done < self.ilen:
+            w = c_write(self.index_fd, self.ibuf + done, self.ilen - done)
+            if w < 0:
+                raise FlowsiftError(f"{self.index_path}: cannot write: {strerror(errno).decode()}")
+            done += w
+        self.ilen = 0
+        return 0
+
+    cdef int _put(self, const char* s, Py_ssize_t n) except -1:
+        cdef Py_ssize_t take
+        while n > 0:
+            if self.ilen == INDEX_BUF:
+                self._iflush()
+            take = min(n, INDEX_BUF - self.ilen)
+            memcpy(self.ibuf + self.ilen, s, take)
+            self.ilen += take
+            s += take
+            n -= take
+        return 0
+
+    cdef int _puts(self, const char* s) except -1:
+        return self._put(s, strlen(s))
+
+    cdef int _put_ts(self, uint64_t packets, int64_t ns) except -1:
+        # seconds as Python writes a float (repr), or null for a direction that saw nothing
+        cdef char* text
+        if not packets:
+            return self._put(b"null", 4)
+        text = PyOS_double_to_string(ns / 1e9, b"r", 0, Py_DTSF_ADD_DOT_0, NULL)
+        try:
+            self._puts(text)
+        finally:
+            PyMem_Free(text)
+        return 0
+
+    cdef int _index_line(self, uint32_t conn, int d, dir_t* D, const char* proto, bytes stem, bytes src,
+                         bytes dst, bint created, uint64_t written, bytes digest, list gaps) except -1:
+        # one line per direction; keys and spacing as json.dumps writes them
+        cdef char tmp[512]
+        cdef char hexd[64]
+        cdef const char* name = b"c2s" if d == 0 else b"s2c"
+        cdef const unsigned char* dg = digest
+        cdef int k
+        for k in range(32):
+            hexd[2 * k] = HEX[dg[k] >> 4]
+            hexd[2 * k + 1] = HEX[dg[k] & 15]
+        self._put(tmp, snprintf(tmp, sizeof(tmp), b'{"conn": %u, "dir": "%s", "src": "', conn, name))
+        self._put(src, len(src))
+        self._put(b'", "dst": "', 11)
+        self._put(dst, len(dst))
+        self._put(tmp, snprintf(tmp, sizeof(tmp), b'", "proto": "%s", "file": ', proto))
+        if created:
+            self._put(b'"', 1)
+            self._put(stem, len(stem))
+            self._put(tmp, snprintf(tmp, sizeof(tmp), b'.%s"', name))
+        else:
+            self._put(b"null", 4)
+        self._put(tmp, snprintf(tmp, sizeof(tmp), b', "bytes": %llu, "sha256": "', written))
+        self._put(hexd, 64)
+        self._put(b'", "gaps": [', 12)
+        for k, (offset, length) in enumerate(gaps):
+            self._put(tmp, snprintf(tmp, sizeof(tmp), b'%s[%lld, %lld]', b", " if k else b"",
+                                    <long long>offset, <long long>length))
+        self._put(tmp, snprintf(tmp, sizeof(tmp),
+                                b'], "gap_bytes": %llu, "conflicts": %llu, "retransmissions": %llu, '
+                                b'"midstream": %s, "close": %s, "packets": %llu, "first_ts": ',
+                                D.gap_bytes, D.conflict_bytes, D.retransmissions,
+                                b"true" if D.midstream else b"false",
+                                CLOSE_JSON[D.close_reason if D.close_reason < 6 else 0], D.packets))
+        self._put_ts(D.packets, D.first_ts)
+        self._put(b', "last_ts": ', 13)
+        self._put_ts(D.packets, D.last_ts)
+        self._put(b"}\n", 2)
+        return 0
+
     cdef int on_close(self, uint32_t conn, object engine) except -1:
         cdef int d
         cdef fdir_t* f
+        cdef Engine e = <Engine?> engine
         stem, client, server = self.names[conn]
         ends = (client, server)
-        proto = "tcp" if engine.is_tcp(conn) else "udp"
+        proto = b"tcp" if e.conns[conn].proto == 6 else b"udp"
         for d in range(2):
             self._flush(conn, d)
             f = self._fd(conn, d)
@@ -214,21 +330,19 @@ cdef class FileSink(Sink):
                 self.slots[f.slot].fd = -1
                 self.slots[f.slot].stamp = 0
                 f.slot = -1
-            packets, delivered, gap_bytes, conflicts, retrans, midstream, close, first, last = \
-                engine.direction_summary(conn, d)
             h = self.hashes[2 * conn + d]
             self.hashes[2 * conn + d] = None
-            name = f'"{stem}.{"c2s" if d == 0 else "s2c"}"' if f.created else "null"
-            # one line per direction, formatted directly: json.dumps of a dict costs more per connection
-            self.index.write(
-                f'{{"conn": {conn}, "dir": "{"c2s" if d == 0 else "s2c"}", "src": "{ends[d]}", "dst": "{ends[1 - d]}", '
-                f'"proto": "{proto}", "file": {name}, "bytes": {f.written}, '
-                f'"sha256": "{(h or hashlib.sha256()).hexdigest()}", "gaps": {json.dumps(self.gaps.pop((conn, d), []))}, '
-                f'"gap_bytes": {gap_bytes}, "conflicts": {conflicts}, "retransmissions": {retrans}, '
-                f'"midstream": {"true" if midstream else "false"}, "close": {json.dumps(close)}, "packets": {packets}, '
-                f'"first_ts": {first / 1e9 if packets else "null"}, "last_ts": {last / 1e9 if packets else "null"}}}\n')
+            self._index_line(conn, d, &e.conns[conn].d[d], proto, stem, ends[d], ends[1 - d], f.created,
+                             f.written, (h or hashlib.sha256()).digest(), self.gaps.pop((conn, d), []))
         del self.names[conn]
         return 0
 
     def close(self):
-        self.index.close()
+        """Write out what index.jsonl still holds and close it."""
+        if self.index_fd < 0:
+            return
+        try:
+            self._iflush()
+        finally:
+            c_close(self.index_fd)
+            self.index_fd = -1
