@@ -9,7 +9,10 @@ runs on one core: this process pins itself and its children inherit the pin. Row
 - libnids (nids_count.c) and `flowsift streams --discard`: both directions reassembled, every
   byte handed to a no-op consumer;
 - `flowsift streams -o DIR` and `tcpflow -o DIR`: the same, written to files on tmpfs;
-- dpkt + dict (dpkt_reassembler.py) and Scapy TCPSession: first N packets, extrapolated.
+- dpkt + dict (dpkt_reassembler.py) and Scapy TCPSession: first N packets, extrapolated;
+- memory against connections: peak RSS of `streams --discard` and libnids on generated captures
+  of N and 4N short connections with at most 1,000 open at once (--memory-connections N): what
+  each keeps per connection it has seen, though few are open.
 Full-file rows are the best of --repeat runs, page cache warm. Peak RSS is each tool's own
 process (Python rows run in a child that measures itself). Needs gcc, libpcap-dev, libnids-dev,
 tcpflow, and dpkt + scapy in the venv.
@@ -27,6 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 from ingest import OUT, c_loop, workload  # noqa: E402
 
 # Runs FUNC(PATH, LIMIT) of a bench module and prints [seconds, peak RSS KiB, *FUNC's result].
@@ -131,6 +135,8 @@ def main():
     ap.add_argument("--scapy-packets", type=int, default=5_000)
     ap.add_argument("--nids-streams", type=int, default=1 << 18,
                     help="libnids stream table size; preallocated, so it shows in its RSS")
+    ap.add_argument("--memory-connections", type=int, default=100_000, metavar="N",
+                    help="short connections in the smaller capture of the memory rows (0: no memory rows)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     path = Path(a.capture) if a.capture else workload()
@@ -192,8 +198,33 @@ def main():
             "reassembly:scapy_reassemble", a.scapy_packets, head.name, "zero-fills holes, last copy wins"))
 
     print_table(rows, path, size, total, cpu, a)
+    memory = memory_rows(a, flowsift) if a.memory_connections else []
     if a.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows + memory))
+
+
+def memory_rows(a, flowsift):
+    """Peak RSS on N and 4N short connections, few open at once; bytes kept per connection seen."""
+    from test_store_faults import many_connections
+    n = a.memory_connections
+    tools = {"flowsift streams --discard": lambda p: [flowsift, "streams", str(p), "--discard", "--json"],
+             "libnids (nids_count.c)": lambda p: [str(nids_count()), str(p), str(a.nids_streams)]}
+    rss = {}
+    with tempfile.TemporaryDirectory(prefix="reassembly-mem-", dir="/dev/shm") as d:
+        for k in (n, 4 * n):
+            cap = many_connections(Path(d) / f"c{k}.pcap", k)
+            for tool, cmd in tools.items():
+                rss[tool, k] = best(lambda: measure(cmd(cap)), 1)[2]
+            cap.unlink()
+    print(f"\nmemory: {n:,} and {4 * n:,} five-packet connections, at most 1,000 open at once")
+    print(f"{'tool':<28} {'RSS MiB':>8} {'RSS MiB':>8}  {'bytes kept per connection seen':>30}")
+    out = []
+    for tool in tools:
+        per = (rss[tool, 4 * n] - rss[tool, n]) * 1024 / (3 * n)
+        print(f"{tool:<28} {rss[tool, n] / 1024:>8.0f} {rss[tool, 4 * n] / 1024:>8.0f}  {per:>30,.0f}")
+        out.append(dict(tool=tool, memory_connections=[n, 4 * n], rss=[rss[tool, n], rss[tool, 4 * n]],
+                        bytes_per_connection=per))
+    return out
 
 
 def print_table(rows, path, size, total, cpu, a):
