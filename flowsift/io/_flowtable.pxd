@@ -35,13 +35,22 @@ ctypedef struct flow_t:
     uint64_t bytes[2]
 
 
+# Flows are stored in chunks of FLOW_CHUNK: a chunk whose flows were all released (their
+# connections over and forgotten) is freed, so memory follows the flows kept, not every flow seen.
+cdef enum:
+    FLOW_CHUNK_SHIFT = 6
+    FLOW_CHUNK = 64
+
+
 cdef class FlowTable:
     cdef slot_t* slots
     cdef uint32_t mask
     cdef uint32_t used
-    cdef flow_t* flows
+    cdef flow_t** chunks          # chunk k holds flows k * FLOW_CHUNK ...; NULL: not made yet, or freed
+    cdef uint8_t* released        # per chunk: its flows released so far
+    cdef uint32_t cap_chunks
     cdef readonly uint32_t n_flows
-    cdef uint32_t cap_flows
+    cdef readonly uint64_t released_flows
     cdef readonly uint64_t tcp_connections
     cdef readonly uint64_t udp_flows
     cdef readonly uint64_t reused_tuples
@@ -53,3 +62,10 @@ cdef class FlowTable:
     cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil
     cdef bint _remove(self, uint32_t flow_id) noexcept nogil
     cdef int _adopt(self, const flow_t* src) noexcept nogil
+    cdef void _release(self, uint32_t flow_id) noexcept nogil
+    cdef bint _known(self, uint32_t flow_id) noexcept nogil
+
+
+cdef inline flow_t* flow_at(FlowTable t, uint32_t i) noexcept nogil:
+    # flow i, which must be neither released nor beyond n_flows
+    return &t.chunks[i >> FLOW_CHUNK_SHIFT][i & (FLOW_CHUNK - 1)]

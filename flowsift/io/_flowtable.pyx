@@ -7,7 +7,7 @@ endpoint first), which is also what makes the hash usable for symmetric sharding
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
-from libc.stdlib cimport calloc, realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 
 from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT, PF_OTHER_SHARD
 
@@ -73,14 +73,17 @@ cdef class FlowTable:
     def __cinit__(self):
         self.slots = <slot_t*> calloc(INITIAL_SLOTS, sizeof(slot_t))
         self.mask = INITIAL_SLOTS - 1
-        self.cap_flows = 1024
-        self.flows = <flow_t*> calloc(self.cap_flows, sizeof(flow_t))
-        if self.slots == NULL or self.flows == NULL:
+        if self.slots == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
+        cdef uint32_t k
         free(self.slots)
-        free(self.flows)
+        if self.chunks != NULL:
+            for k in range(self.cap_chunks):
+                free(self.chunks[k])
+        free(self.chunks)
+        free(self.released)
 
     def __len__(self):
         return self.n_flows
@@ -124,16 +127,28 @@ cdef class FlowTable:
         return 0
 
     cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil:
-        cdef flow_t* grown
+        cdef uint32_t k = self.n_flows >> FLOW_CHUNK_SHIFT, cap
+        cdef void* grown
         if self.n_flows == MAX_FLOWS:
             return -1
-        if self.n_flows == self.cap_flows:
-            grown = <flow_t*> realloc(self.flows, 2 * self.cap_flows * sizeof(flow_t))
+        if k == self.cap_chunks:
+            cap = self.cap_chunks * 2 if self.cap_chunks else 64
+            grown = realloc(self.chunks, cap * sizeof(flow_t*))
             if grown == NULL:
                 return -1
-            self.flows = grown
-            self.cap_flows *= 2
-        cdef flow_t* f = &self.flows[self.n_flows]
+            self.chunks = <flow_t**> grown
+            grown = realloc(self.released, cap)
+            if grown == NULL:
+                return -1
+            self.released = <uint8_t*> grown
+            memset(&self.chunks[self.cap_chunks], 0, (cap - self.cap_chunks) * sizeof(flow_t*))
+            memset(&self.released[self.cap_chunks], 0, cap - self.cap_chunks)
+            self.cap_chunks = cap
+        if self.chunks[k] == NULL:
+            self.chunks[k] = <flow_t*> malloc(FLOW_CHUNK * sizeof(flow_t))
+            if self.chunks[k] == NULL:
+                return -1
+        cdef flow_t* f = flow_at(self, self.n_flows)
         memset(f, 0, sizeof(flow_t))
         memcpy(f, key, 40)
         f.hash = h
@@ -145,6 +160,19 @@ cdef class FlowTable:
         else:
             self.udp_flows += 1
         return <int>(self.n_flows - 1)
+
+    cdef void _release(self, uint32_t flow_id) noexcept nogil:
+        # the flow is out of the table and nobody will ask for it again: once every flow of its
+        # chunk is, the chunk goes
+        cdef uint32_t k = flow_id >> FLOW_CHUNK_SHIFT
+        self.released[k] += 1
+        self.released_flows += 1
+        if self.released[k] == FLOW_CHUNK:
+            free(self.chunks[k])
+            self.chunks[k] = NULL
+
+    cdef bint _known(self, uint32_t flow_id) noexcept nogil:
+        return flow_id < self.n_flows and self.chunks[flow_id >> FLOW_CHUNK_SHIFT] != NULL
 
     cdef int _assign(self, void* pv) noexcept nogil:
         cdef pkt_t* p = <pkt_t*>pv
@@ -173,24 +201,24 @@ cdef class FlowTable:
         j = h & self.mask
         idx = -1
         while self.slots[j].idx1:
-            if self.slots[j].hash == h and same_key(&self.flows[self.slots[j].idx1 - 1], &key):
+            if self.slots[j].hash == h and same_key(flow_at(self, self.slots[j].idx1 - 1), &key):
                 idx = <int>self.slots[j].idx1 - 1
                 break
             j = (j + 1) & self.mask
         fl = p.tcp_flags
         if idx >= 0 and p.proto == 6 and (fl & (TH_SYN | TH_ACK)) == TH_SYN:
-            f = &self.flows[idx]
+            f = flow_at(self, idx)
             d = 0 if (src_is_a == f.client_is_a) else 1
             if self._new_connection(f, d, p.seq):
                 old = <uint32_t>idx
                 idx = self._new_flow(&key, h)
                 if idx < 0:
                     return -1
-                self.flows[idx].prev = old
-                self.flows[old].in_table = 0
+                flow_at(self, idx).prev = old
+                flow_at(self, old).in_table = 0
                 self.slots[j].idx1 = <uint32_t>idx + 1
                 self.reused_tuples += 1
-                f = &self.flows[idx]
+                f = flow_at(self, idx)
                 f.client_is_a = src_is_a
                 f.first_ts = p.ts_ns
         if idx < 0:
@@ -200,7 +228,7 @@ cdef class FlowTable:
             self.slots[j].hash = h
             self.slots[j].idx1 = <uint32_t>idx + 1
             self.used += 1
-            f = &self.flows[idx]
+            f = flow_at(self, idx)
             # the client sends direction 0: the SYN's sender, the SYN-ACK's receiver, else the first sender
             if p.proto == 6 and (fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
                 f.client_is_a = not src_is_a
@@ -210,7 +238,7 @@ cdef class FlowTable:
             if self.used * 2 > self.mask + 1:
                 if self._grow_slots() < 0:
                     return -1
-        f = &self.flows[idx]
+        f = flow_at(self, idx)
         d = 0 if (src_is_a == f.client_is_a) else 1
         p.flow_id = <uint32_t>idx
         p.dir = d
@@ -244,7 +272,9 @@ cdef class FlowTable:
         """One flow as a dict (for tools and tests; not for per-packet use)."""
         if flow_id >= self.n_flows:
             raise IndexError(flow_id)
-        cdef flow_t* f = &self.flows[flow_id]
+        if not self._known(flow_id):
+            raise KeyError(f"flow {flow_id} was released (its connection ended long enough ago)")
+        cdef flow_t* f = flow_at(self, flow_id)
         alen = 4 if f.ipver == 4 else 16
         a = (bytes(f.a[:alen]), f.pa)
         b = (bytes(f.b[:alen]), f.pb)
@@ -263,8 +293,11 @@ cdef class FlowTable:
         return self._remove(flow_id)
 
     cdef bint _remove(self, uint32_t flow_id) noexcept nogil:
-        cdef flow_t* f = &self.flows[flow_id]
+        cdef flow_t* f
         cdef uint32_t j, k, want
+        if not self._known(flow_id):
+            return False
+        f = flow_at(self, flow_id)
         if not f.in_table:
             return False
         j = f.hash & self.mask
@@ -293,8 +326,8 @@ cdef class FlowTable:
         cdef uint32_t i
         out = []
         for i in range(self.n_flows):
-            if self.flows[i].in_table:
-                out.append((i, bytes(self.flows[i].a[:16]), bytes(self.flows[i].b[:16])))
+            if self._known(i) and flow_at(self, i).in_table:
+                out.append((i, bytes(flow_at(self, i).a[:16]), bytes(flow_at(self, i).b[:16])))
         return out
 
     cdef int _adopt(self, const flow_t* src) noexcept nogil:
@@ -303,7 +336,7 @@ cdef class FlowTable:
         cdef uint32_t h = key_hash(src), j = h & self.mask
         cdef int idx
         while self.slots[j].idx1:
-            if self.slots[j].hash == h and same_key(&self.flows[self.slots[j].idx1 - 1], src):
+            if self.slots[j].hash == h and same_key(flow_at(self, self.slots[j].idx1 - 1), src):
                 return -2
             j = (j + 1) & self.mask
         idx = self._new_flow(src, h)
@@ -313,10 +346,10 @@ cdef class FlowTable:
             self.tcp_connections -= 1        # counted by the table it began in
         else:
             self.udp_flows -= 1
-        memcpy(&self.flows[idx], src, sizeof(flow_t))
-        self.flows[idx].hash = h
-        self.flows[idx].prev = NONE32        # an earlier connection on the tuple stayed behind
-        self.flows[idx].in_table = 1
+        memcpy(flow_at(self, idx), src, sizeof(flow_t))
+        flow_at(self, idx).hash = h
+        flow_at(self, idx).prev = NONE32        # an earlier connection on the tuple stayed behind
+        flow_at(self, idx).in_table = 1
         self.slots[j].hash = h
         self.slots[j].idx1 = <uint32_t>idx + 1
         self.used += 1

@@ -21,7 +21,11 @@ cdef enum:
 
 
 cdef class Sink:
-    """Receives the engine's events. C-level methods: subclasses in Cython cost no Python call."""
+    """Receives the engine's events. C-level methods: subclasses in Cython cost no Python call.
+    `keeps_closed`: the sink reads a connection's record after on_close (the record store
+    does), so the engine keeps every record until it is gone; otherwise a finished
+    connection's record is freed after on_close, and its flow after the linger."""
+    cdef bint keeps_closed
     cdef int on_open(self, uint32_t conn, object engine) except -1
     cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1
     cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1
@@ -48,6 +52,7 @@ cdef enum:
     LRU_UDP = 3
     LRU_NONE = 4
     N_LRU = 4
+    LRU_RELEASED = 5   # (in conn_t.lru) ended, and its record released: nobody reads it
 
 # connection state
 cdef enum:
@@ -135,9 +140,29 @@ ctypedef struct conn_t:
 
 
 
+# Connection records are stored in chunks of CONN_CHUNK (flow ids are connection ids): a
+# chunk whose connections all ended and were released is freed.
+cdef enum:
+    CONN_CHUNK_SHIFT = 6
+    CONN_CHUNK = 64
+
+ctypedef struct ended_t:      # a finished connection whose flow lingers in the flow table
+    uint32_t conn
+    int64_t ts
+
+
 cdef class Engine:
-    cdef conn_t* conns
-    cdef uint32_t cap_conns
+    cdef conn_t** chunks          # chunk k: connections k * CONN_CHUNK ...; NULL: not made, or freed
+    cdef uint8_t* opened          # per chunk: connections opened in it
+    cdef uint8_t* released        # per chunk: connections released from it
+    cdef uint32_t cap_chunks
+    cdef uint32_t cap_conns       # ids the chunk table covers
+    cdef ended_t* ended           # FIFO of finished connections, by end time
+    cdef uint32_t ended_head
+    cdef uint32_t ended_len
+    cdef uint32_t ended_cap
+    cdef int64_t linger
+    cdef readonly uint64_t released_connections
     cdef FlowTable flows
     cdef Sink sink
     cdef int policy
@@ -173,6 +198,10 @@ cdef class Engine:
     cdef bint cur_stable             # its bytes lie in the capture file's mapping (PF_STABLE)
 
     cdef int _grow(self, uint32_t need) except -1
+    cdef int _state(self, uint32_t i) noexcept nogil
+    cdef int _held(self, uint32_t conn) except -1
+    cdef int _release(self, uint32_t i) except -1
+    cdef int _forget_ended(self) except -1
     cdef void _lru_unlink(self, uint32_t i) noexcept nogil
     cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil
     cdef void _lru_insert(self, uint32_t i, int cls) noexcept nogil
@@ -208,3 +237,8 @@ cdef class Engine:
     cdef int _flush(self, uint32_t i, int d) except -1
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe, const uint8_t* src) except -1
     cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1
+
+
+cdef inline conn_t* conn_at(Engine e, uint32_t i) noexcept nogil:
+    # connection i's record: its chunk must exist (the connection opened and is not released)
+    return &e.chunks[i >> CONN_CHUNK_SHIFT][i & (CONN_CHUNK - 1)]

@@ -37,7 +37,7 @@ from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
-from flowsift.io._flowtable cimport FlowTable, flow_t, carries_flow
+from flowsift.io._flowtable cimport FlowTable, flow_t, flow_at, carries_flow
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -172,7 +172,8 @@ cdef class Engine:
 
     def __cinit__(self, FlowTable flows, Sink sink, str policy="first", double embryonic_timeout=30.0,
                   double established_timeout=600.0, double closing_timeout=10.0, double udp_timeout=120.0,
-                  uint64_t max_held_per_dir=4 << 20, uint64_t memcap=1 << 30, uint64_t max_connections=1 << 20):
+                  uint64_t max_held_per_dir=4 << 20, uint64_t memcap=1 << 30, uint64_t max_connections=1 << 20,
+                  double finished_linger=60.0):
         if policy not in POLICIES:
             raise ValueError(f"unknown overlap policy {policy!r} (one of: {', '.join(POLICIES)})")
         self.flows = flows
@@ -189,17 +190,23 @@ cdef class Engine:
         self.max_held_per_dir = max_held_per_dir
         self.memcap = memcap
         self.max_connections = max_connections
-        self.cap_conns = 0
-        self.conns = NULL
+        self.linger = <int64_t>(finished_linger * 1e9)
 
     def __dealloc__(self):
-        cdef uint32_t i
+        cdef uint32_t i, k
         cdef int d
-        if self.conns != NULL:
-            for i in range(self.cap_conns):
-                for d in range(2):
-                    self._free_dir(&self.conns[i].d[d])
-            free(self.conns)
+        if self.chunks != NULL:
+            for k in range(self.cap_chunks):
+                if self.chunks[k] == NULL:
+                    continue
+                for i in range(CONN_CHUNK):
+                    for d in range(2):
+                        self._free_dir(&self.chunks[k][i].d[d])
+                free(self.chunks[k])
+        free(self.chunks)
+        free(self.opened)
+        free(self.released)
+        free(self.ended)
 
     # --- public API ---------------------------------------------------------------------
 
@@ -261,32 +268,38 @@ cdef class Engine:
 
     def endpoints(self, uint32_t conn):
         """(ipver, client address bytes, client port, server address bytes, server port)."""
-        if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
-            raise KeyError(conn)
-        cdef conn_t* c = &self.conns[conn]
+        self._held(conn)
+        cdef conn_t* c = conn_at(self, conn)
         alen = 4 if c.ipver == 4 else 16
         return c.ipver, c.client[:alen], c.cport, c.server[:alen], c.sport
 
     def is_open(self, uint32_t conn):
-        return conn < self.cap_conns and self.conns[conn].state == CS_OPEN
+        return self._state(conn) == CS_OPEN
 
     def is_tcp(self, uint32_t conn):
-        return conn < self.cap_conns and self.conns[conn].proto == 6
+        self._held(conn)
+        return conn_at(self, conn).proto == 6
+
+    cdef int _held(self, uint32_t conn) except -1:
+        # a connection whose record is here: opened, and not released since it ended
+        if self._state(conn) == CS_UNUSED:
+            raise KeyError(conn)
+        if self.chunks[conn >> CONN_CHUNK_SHIFT] == NULL or conn_at(self, conn).lru == LRU_RELEASED:
+            raise KeyError(f"connection {conn} ended and its record was released")
+        return 0
 
     def direction_summary(self, uint32_t conn, int d):
         """(packets, delivered, gap_bytes, conflicts, retransmissions, midstream, close, first_ts, last_ts):
         the fields an index line needs, as one tuple."""
-        if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
-            raise KeyError(conn)
-        cdef dir_t* D = &self.conns[conn].d[d & 1]
+        self._held(conn)
+        cdef dir_t* D = &conn_at(self, conn).d[d & 1]
         return (D.packets, D.delivered, D.gap_bytes, D.conflict_bytes, D.retransmissions, bool(D.midstream),
                 CLOSE_NAMES.get(D.close_reason), D.first_ts, D.last_ts)
 
     def connection(self, uint32_t conn):
         """A finished or open connection's summary, as a dict (per connection, not per packet)."""
-        if conn >= self.cap_conns or self.conns[conn].state == CS_UNUSED:
-            raise KeyError(conn)
-        cdef conn_t* c = &self.conns[conn]
+        self._held(conn)
+        cdef conn_t* c = conn_at(self, conn)
         alen = 4 if c.ipver == 4 else 16
         out = {"id": conn, "proto": "tcp" if c.proto == 6 else "udp", "ipver": c.ipver,
                "client": (bytes(c.client[:alen]), c.cport), "server": (bytes(c.server[:alen]), c.sport),
@@ -317,38 +330,113 @@ cdef class Engine:
                 "held_bytes": self.held_total, "memcap_gaps": self.memcap_gaps, "evictions": self.evictions,
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
-                "ignored_flags": self.ignored_flags}
+                "ignored_flags": self.ignored_flags, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
     cdef int _grow(self, uint32_t need) except -1:
-        cdef uint32_t cap = self.cap_conns if self.cap_conns else 1024
-        while cap <= need:
-            cap *= 2
-        cdef conn_t* c = <conn_t*> realloc(self.conns, cap * sizeof(conn_t))
-        if c == NULL:
-            raise MemoryError("reassembly connection table")
-        memset(&c[self.cap_conns], 0, (cap - self.cap_conns) * sizeof(conn_t))
-        self.conns = c
-        self.cap_conns = cap
+        # the chunk of connection `need` exists (a fresh chunk reads as unused connections)
+        cdef uint32_t k = need >> CONN_CHUNK_SHIFT, cap
+        cdef void* p
+        if k >= self.cap_chunks:
+            cap = self.cap_chunks * 2 if self.cap_chunks else 64
+            while cap <= k:
+                cap *= 2
+            p = realloc(self.chunks, cap * sizeof(conn_t*))
+            if p == NULL:
+                raise MemoryError("reassembly connection table")
+            self.chunks = <conn_t**> p
+            memset(&self.chunks[self.cap_chunks], 0, (cap - self.cap_chunks) * sizeof(conn_t*))
+            for arr in range(2):
+                p = realloc(self.opened if arr == 0 else self.released, cap)
+                if p == NULL:
+                    raise MemoryError("reassembly connection table")
+                memset(<uint8_t*>p + self.cap_chunks, 0, cap - self.cap_chunks)
+                if arr == 0:
+                    self.opened = <uint8_t*> p
+                else:
+                    self.released = <uint8_t*> p
+            self.cap_chunks = cap
+            self.cap_conns = cap << CONN_CHUNK_SHIFT
+        if self.chunks[k] == NULL:
+            if self.released[k] == CONN_CHUNK:
+                raise AssertionError(f"connection {need} reopened after its chunk was freed")
+            self.chunks[k] = <conn_t*> calloc(CONN_CHUNK, sizeof(conn_t))
+            if self.chunks[k] == NULL:
+                raise MemoryError("reassembly connection table")
+        return 0
+
+    cdef int _state(self, uint32_t i) noexcept nogil:
+        # CS_*: a connection in a freed chunk ended (every one of the chunk did)
+        cdef uint32_t k = i >> CONN_CHUNK_SHIFT
+        if k >= self.cap_chunks:
+            return CS_UNUSED
+        if self.chunks[k] == NULL:
+            return CS_DONE if self.released[k] == CONN_CHUNK else CS_UNUSED
+        return self.chunks[k][i & (CONN_CHUNK - 1)].state
+
+    cdef int _release(self, uint32_t i) except -1:
+        # an ended connection nobody will read again: its record goes (its state stays
+        # CS_DONE while its chunk lives); its flow lingers in the table for late packets,
+        # then goes too (_forget_ended)
+        cdef uint32_t k = i >> CONN_CHUNK_SHIFT
+        cdef conn_t* c = conn_at(self, i)
+        cdef void* p
+        c.lru = LRU_RELEASED
+        self.released_connections += 1
+        self.released[k] += 1
+        if self.released[k] == CONN_CHUNK:
+            free(self.chunks[k])
+            self.chunks[k] = NULL
+        if not self.flows._known(i) or not flow_at(self.flows, i).in_table:
+            self.flows._release(i)
+            return 0
+        if self.ended_len == self.ended_cap:
+            p = malloc((self.ended_cap * 2 if self.ended_cap else 1024) * sizeof(ended_t))
+            if p == NULL:
+                raise MemoryError("reassembly connection table")
+            for k in range(self.ended_len):
+                (<ended_t*>p)[k] = self.ended[(self.ended_head + k) % self.ended_cap]
+            free(self.ended)
+            self.ended = <ended_t*> p
+            self.ended_head = 0
+            self.ended_cap = self.ended_cap * 2 if self.ended_cap else 1024
+        k = (self.ended_head + self.ended_len) % self.ended_cap
+        self.ended[k].conn = i
+        self.ended[k].ts = self.now
+        self.ended_len += 1
+        return 0
+
+    cdef int _forget_ended(self) except -1:
+        # flows of connections that ended more than the linger ago leave the table: a packet of
+        # theirs now starts a new connection
+        cdef ended_t* e
+        while self.ended_len:
+            e = &self.ended[self.ended_head]
+            if e.ts + self.linger > self.now:
+                break
+            self.flows._remove(e.conn)
+            self.flows._release(e.conn)
+            self.ended_head = (self.ended_head + 1) % self.ended_cap
+            self.ended_len -= 1
         return 0
 
     cdef void _lru_unlink(self, uint32_t i) noexcept nogil:
-        cdef conn_t* c = &self.conns[i]
+        cdef conn_t* c = conn_at(self, i)
         if c.lru == LRU_NONE:
             return
         if c.lru_prev >= 0:
-            self.conns[c.lru_prev].lru_next = c.lru_next
+            conn_at(self, c.lru_prev).lru_next = c.lru_next
         else:
             self.lru_head[c.lru] = c.lru_next
         if c.lru_next >= 0:
-            self.conns[c.lru_next].lru_prev = c.lru_prev
+            conn_at(self, c.lru_next).lru_prev = c.lru_prev
         else:
             self.lru_tail[c.lru] = c.lru_prev
         c.lru = LRU_NONE
 
     cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil:
-        cdef conn_t* c = &self.conns[i]
+        cdef conn_t* c = conn_at(self, i)
         if c.lru == cls and self.lru_tail[cls] == <int32_t>i:
             return          # already the most recent of its class: the common case in a burst
         self._lru_unlink(i)
@@ -356,7 +444,7 @@ cdef class Engine:
         c.lru_next = -1
         c.lru_prev = self.lru_tail[cls]
         if self.lru_tail[cls] >= 0:
-            self.conns[self.lru_tail[cls]].lru_next = <int32_t>i
+            conn_at(self, self.lru_tail[cls]).lru_next = <int32_t>i
         else:
             self.lru_head[cls] = <int32_t>i
         self.lru_tail[cls] = <int32_t>i
@@ -364,20 +452,20 @@ cdef class Engine:
     cdef void _lru_insert(self, uint32_t i, int cls) noexcept nogil:
         # after the last connection of the class idle no later than this one: the list stays
         # in idle order, so expiry from its head stays right for a connection taken over
-        cdef conn_t* c = &self.conns[i]
+        cdef conn_t* c = conn_at(self, i)
         cdef int32_t t = self.lru_tail[cls]
-        while t >= 0 and self.conns[t].idle_ts > c.idle_ts:
-            t = self.conns[t].lru_prev
+        while t >= 0 and conn_at(self, t).idle_ts > c.idle_ts:
+            t = conn_at(self, t).lru_prev
         c.lru = cls
         c.lru_prev = t
         if t >= 0:
-            c.lru_next = self.conns[t].lru_next
-            self.conns[t].lru_next = <int32_t>i
+            c.lru_next = conn_at(self, t).lru_next
+            conn_at(self, t).lru_next = <int32_t>i
         else:
             c.lru_next = self.lru_head[cls]
             self.lru_head[cls] = <int32_t>i
         if c.lru_next >= 0:
-            self.conns[c.lru_next].lru_prev = <int32_t>i
+            conn_at(self, c.lru_next).lru_prev = <int32_t>i
         else:
             self.lru_tail[cls] = <int32_t>i
 
@@ -393,17 +481,20 @@ cdef class Engine:
         cdef dir_t* D
         cdef int d
         cdef int32_t k
-        if i >= self.flows.n_flows:
+        if not self.flows._known(i):
             raise KeyError(i)
-        f = &self.flows.flows[i]
+        f = flow_at(self.flows, i)
         out = {"flow": (<char*>f)[:sizeof(flow_t)]}
-        if i < self.cap_conns and self.conns[i].state != CS_UNUSED:
+        if self._state(i) == CS_DONE and (self.chunks[i >> CONN_CHUNK_SHIFT] == NULL
+                                           or conn_at(self, i).lru == LRU_RELEASED):
+            out["done"] = True          # ended, its record released: late packets stay late there too
+        elif self._state(i) != CS_UNUSED:
             for d in range(2):
-                self._refs_to_ring(&self.conns[i].d[d])    # the other engine may read another capture
-            c = self.conns[i]
+                self._refs_to_ring(&conn_at(self, i).d[d])    # the other engine may read another capture
+            c = conn_at(self, i)[0]
             dirs = []
             for d in range(2):
-                D = &self.conns[i].d[d]
+                D = &conn_at(self, i).d[d]
                 chunks = []
                 for k in range(D.n_chunks):
                     chunks.append((D.chunks[k].start, D.chunks[k].end, D.chunks[k].own_start, D.chunks[k].own_end,
@@ -423,10 +514,10 @@ cdef class Engine:
             if c.state == CS_OPEN:
                 self._lru_unlink(i)
                 for d in range(2):
-                    self._free_dir(&self.conns[i].d[d])
+                    self._free_dir(&conn_at(self, i).d[d])
                 self.open_connections -= 1
                 # a stray packet of it here would be late, not a new connection
-                self.conns[i].state = CS_DONE
+                conn_at(self, i).state = CS_DONE
         self.flows._remove(i)
         return out
 
@@ -445,12 +536,19 @@ cdef class Engine:
             raise ValueError("flow handed over is already in this table")
         if j < 0:
             raise MemoryError("flow table")
+        if rec.get("done"):
+            self._grow(<uint32_t>j)
+            c = conn_at(self, j)
+            c.state = CS_DONE
+            self.opened[<uint32_t>j >> CONN_CHUNK_SHIFT] += 1
+            self._release(<uint32_t>j)
+            return j
         if "conn" not in rec:
             return j
-        if <uint32_t>j >= self.cap_conns:
-            self._grow(<uint32_t>j)
+        self._grow(<uint32_t>j)
+        self.opened[<uint32_t>j >> CONN_CHUNK_SHIFT] += 1
         cb = rec["conn"]
-        c = &self.conns[j]
+        c = conn_at(self, j)
         memcpy(c, <const char*>cb, sizeof(conn_t))
         cls = c.lru
         c.lru = LRU_NONE
@@ -492,8 +590,8 @@ cdef class Engine:
         return j
 
     cdef int _open(self, uint32_t i, pkt_t* p) except -1:
-        cdef conn_t* c = &self.conns[i]
-        cdef flow_t* f = &self.flows.flows[i]
+        cdef conn_t* c = conn_at(self, i)
+        cdef flow_t* f = flow_at(self.flows, i)
         memset(c, 0, sizeof(conn_t))
         c.state = CS_OPEN
         c.proto = p.proto
@@ -513,17 +611,17 @@ cdef class Engine:
         self.open_connections += 1
         if self.open_connections > self.peak_open:
             self.peak_open = self.open_connections
-        if f.prev != 0xFFFFFFFF and f.prev < self.cap_conns and self.conns[f.prev].state == CS_OPEN:
+        if f.prev != 0xFFFFFFFF and self._state(f.prev) == CS_OPEN:
             # the 5-tuple was reused: the earlier connection is over
-            self._finish(f.prev, CLOSE_FIN if self._any_fin(f.prev) else (CLOSE_RST if self.conns[f.prev].rst else CLOSE_EVICTED))
-            c = &self.conns[i]
+            self._finish(f.prev, CLOSE_FIN if self._any_fin(f.prev) else (CLOSE_RST if conn_at(self, f.prev).rst else CLOSE_EVICTED))
+            c = conn_at(self, i)
         self.sink.on_open(i, self)
         if self.open_connections > self.max_connections:
             self._evict_idlest(i)
         return 0
 
     cdef bint _any_fin(self, uint32_t i) noexcept nogil:
-        return self.conns[i].d[0].fin_seen or self.conns[i].d[1].fin_seen
+        return conn_at(self, i).d[0].fin_seen or conn_at(self, i).d[1].fin_seen
 
     cdef int _evict_idlest(self, uint32_t keep) except -1:
         cdef int cls, best = -1
@@ -531,9 +629,9 @@ cdef class Engine:
         cdef int32_t h
         for cls in range(N_LRU):
             h = self.lru_head[cls]
-            if h >= 0 and <uint32_t>h != keep and (best < 0 or self.conns[h].idle_ts < best_ts):
+            if h >= 0 and <uint32_t>h != keep and (best < 0 or conn_at(self, h).idle_ts < best_ts):
                 best = h
-                best_ts = self.conns[h].idle_ts
+                best_ts = conn_at(self, h).idle_ts
         if best >= 0:
             self.evictions += 1
             self._finish(<uint32_t>best, CLOSE_EVICTED)
@@ -542,17 +640,19 @@ cdef class Engine:
     cdef int _expire(self) except -1:
         cdef int cls
         cdef int32_t h
+        if self.ended_len:
+            self._forget_ended()
         for cls in range(N_LRU):
             while True:
                 h = self.lru_head[cls]
-                if h < 0 or self.conns[h].idle_ts + self.timeouts[cls] > self.now:
+                if h < 0 or conn_at(self, h).idle_ts + self.timeouts[cls] > self.now:
                     break
                 self.timeouts_fired += 1
                 self._finish(<uint32_t>h, CLOSE_TIMEOUT)
         return 0
 
     cdef int _finish(self, uint32_t i, int reason) except -1:
-        cdef conn_t* c = &self.conns[i]
+        cdef conn_t* c = conn_at(self, i)
         cdef int d
         cdef dir_t* D
         if c.state != CS_OPEN:
@@ -588,6 +688,8 @@ cdef class Engine:
             # a later packet on this 5-tuple starts a new connection
             self.flows._remove(i)
         self.sink.on_close(i, self)
+        if not self.sink.keeps_closed:
+            self._release(i)
         return 0
 
     cdef void _free_dir(self, dir_t* D) noexcept nogil:
@@ -622,16 +724,19 @@ cdef class Engine:
         cdef int64_t o, ack_off
         cdef uint8_t fl
         cdef bint has_payload
-        if i >= self.cap_conns:
+        cdef uint32_t k = i >> CONN_CHUNK_SHIFT
+        # (the state, read straight from the chunk in the common case: an open connection)
+        cdef int st = self.chunks[k][i & (CONN_CHUNK - 1)].state \
+            if k < self.cap_chunks and self.chunks[k] != NULL else self._state(i)
+        if st == CS_UNUSED:
             self._grow(i)
-        c = &self.conns[i]
-        if c.state == CS_UNUSED:
+            self.opened[k] += 1
             self._open(i, p)
-            c = &self.conns[i]
-        elif c.state == CS_DONE:
+        elif st == CS_DONE:
             self.late_packets += 1
             p.rflags = RF_LATE
             return 0
+        c = conn_at(self, i)
         self.cur_rflags = 0
         self.cur_stable = (p.flags & PF_STABLE) != 0
         self.segments += 1
@@ -708,10 +813,10 @@ cdef class Engine:
             self._settle(i, d)
         if c.d[0].hole_acked_ts or c.d[1].hole_acked_ts:
             self._acked_holes(i)
-        c = &self.conns[i]
+        c = conn_at(self, i)
         p.rflags = self.cur_rflags
         self.sink.on_packet(i, p)
-        c = &self.conns[i]
+        c = conn_at(self, i)
         if c.state != CS_OPEN:
             return 0
         # where the connection now waits for its timeout
@@ -752,12 +857,12 @@ cdef class Engine:
             D.anchor_off = off
 
     cdef int _settle(self, uint32_t i, int d) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int64_t start = D.chunks[0].start if D.n_chunks else D.next
         return self._settle_at(i, d, start)
 
     cdef int _settle_at(self, uint32_t i, int d, int64_t start) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         D.settled = 1
         D.origin = start
         D.next = start
@@ -766,7 +871,7 @@ cdef class Engine:
 
     cdef int _on_ack(self, uint32_t i, int d) except -1:
         # the peer acknowledged direction d up to D.acked
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         if not D.settled:
             if D.n_chunks and D.acked > D.chunks[0].start:
                 self._settle(i, d)
@@ -781,7 +886,7 @@ cdef class Engine:
         cdef int d
         cdef dir_t* D
         for d in range(2):
-            D = &self.conns[i].d[d]
+            D = &conn_at(self, i).d[d]
             if D.hole_acked_ts and self.now - D.hole_acked_ts >= ACK_GRACE_NS:
                 D.hole_acked_ts = 0
                 if D.settled and D.n_chunks and D.acked > D.next:
@@ -790,14 +895,14 @@ cdef class Engine:
         return 0
 
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         if upto <= D.next:
             return 0
         D.gap_bytes += <uint64_t>(upto - D.next)
         D.n_gaps += 1
         self.cur_rflags |= RF_GAP_BEFORE
         self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
-        D = &self.conns[i].d[d]
+        D = &conn_at(self, i).d[d]
         D.next = upto
         self._move_anchor(D, upto)
         D.ring_len = 0
@@ -808,7 +913,7 @@ cdef class Engine:
         return 0
 
     cdef int _trailing_gap(self, uint32_t i, int d) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int64_t end = D.next
         if D.fin_seen and D.fin_off > end:
             end = D.fin_off
@@ -823,21 +928,21 @@ cdef class Engine:
         return 0
 
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         while D.n_chunks:
             self._gap_to(i, d, D.chunks[0].start, reason)
             self._flush(i, d)
-            D = &self.conns[i].d[d]
+            D = &conn_at(self, i).d[d]
         return 0
 
     # --- data ------------------------------------------------------------------------------
 
     cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n, bint stable) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         self._retain(D, data, n, stable)
         D.delivered += n
         self.sink.on_data(i, d, D.next - D.origin, data, n)
-        D = &self.conns[i].d[d]
+        D = &conn_at(self, i).d[d]
         D.next += n
         return 0
 
@@ -952,7 +1057,7 @@ cdef class Engine:
 
     cdef uint64_t _compare_delivered(self, uint32_t i, int d, int64_t o, const uint8_t* data, int64_t n) except? 0:
         # bytes [o, o+n) lie below next: compare with what was delivered, where still retained
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int64_t a = o, b = o + n, k, lo, hi, verified = 0
         cdef uint64_t diff = 0
         cdef ref_t* r
@@ -983,7 +1088,7 @@ cdef class Engine:
         return diff
 
     cdef int _insert(self, uint32_t i, int d, int64_t o, const uint8_t* data, uint32_t n, uint32_t wire) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int64_t end = o + n, skip, seg_s = o, cut_start = o + n, cut_end = o + wire
         if D.settled and o < D.next and n:
             # bytes below next were delivered (or given up): compare, then keep the rest
@@ -992,7 +1097,7 @@ cdef class Engine:
                 self.cur_rflags |= RF_RETRANSMISSION
             skip = (end if end < D.next else D.next) - o
             self._compare_delivered(i, d, o, data, skip)
-            D = &self.conns[i].d[d]
+            D = &conn_at(self, i).d[d]
             o += skip
             data += skip
             n -= <uint32_t>skip
@@ -1006,14 +1111,14 @@ cdef class Engine:
             self.cur_rflags |= RF_SNAPLEN_CUT
             # bytes the capture cut: a piece known to be missing
             self._hold(i, d, cut_start, cut_end, NULL, cut_start, cut_end)
-        D = &self.conns[i].d[d]
+        D = &conn_at(self, i).d[d]
         if D.settled and D.n_chunks and D.chunks[0].start <= D.next:
             self._flush(i, d)
         self._check_memory(i, d)
         return 0
 
     cdef int _check_memory(self, uint32_t i, int d) except -1:
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         while D.n_chunks and (D.held_bytes > self.max_held_per_dir or self.held_total > self.memcap):
             if not D.settled:
                 self._settle(i, d)
@@ -1021,15 +1126,15 @@ cdef class Engine:
                 self.memcap_gaps += 1
                 self._gap_to(i, d, D.chunks[0].start, GAP_MEMCAP)
                 self._flush(i, d)
-            D = &self.conns[i].d[d]
+            D = &conn_at(self, i).d[d]
             if D.n_chunks and D.chunks[0].start <= D.next:
                 self._flush(i, d)
-                D = &self.conns[i].d[d]
+                D = &conn_at(self, i).d[d]
         return 0
 
     cdef int _flush(self, uint32_t i, int d) except -1:
         # deliver held chunks that now touch next
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         cdef chunk_t ch
         cdef int64_t from_
         if not D.settled:
@@ -1048,7 +1153,7 @@ cdef class Engine:
                 else:
                     self._gap_to(i, d, ch.end, GAP_SNAPLEN)
             free(ch.data)
-            D = &self.conns[i].d[d]
+            D = &conn_at(self, i).d[d]
         if D.hole_acked_ts and (D.n_chunks == 0 or D.acked <= D.next):
             D.hole_acked_ts = 0
         return 0
@@ -1087,7 +1192,7 @@ cdef class Engine:
                    int64_t own_s, int64_t own_e) except -1:
         # Insert [s, e) (data, or NULL for bytes known missing) among the held chunks. The
         # overlapped chunks are replaced by pieces: old bytes, or new ones where the policy says.
-        cdef dir_t* D = &self.conns[i].d[d]
+        cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int32_t first = 0, last, k, n_old, at
         cdef chunk_t* old
         cdef int64_t pos, a, b, cs, ce, x, overlap = 0
@@ -1158,7 +1263,7 @@ cdef class Engine:
             for k in range(n_old):
                 free(old[k].data)
             free(old)
-        D = &self.conns[i].d[d]
+        D = &conn_at(self, i).d[d]
         if overlap:
             self.cur_rflags |= RF_OVERLAP | (RF_CONFLICT if diff else 0)
             D.overlap_bytes += <uint64_t>overlap

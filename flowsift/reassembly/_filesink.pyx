@@ -24,7 +24,7 @@ from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.unistd cimport write as c_write, close as c_close
 
 from flowsift.errors import FlowsiftError
-from flowsift.reassembly._engine cimport Sink, Engine, conn_t, dir_t
+from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 
 
 cdef extern from "<arpa/inet.h>" nogil:
@@ -132,7 +132,7 @@ cdef class FileSink(Sink):
 
     cdef int on_open(self, uint32_t conn, object engine) except -1:
         cdef Engine e = <Engine?> engine
-        cdef conn_t* c = &e.conns[conn]
+        cdef conn_t* c = conn_at(e, conn)
         cdef char ca[64]
         cdef char sa[64]
         cdef char out[256]
@@ -319,7 +319,7 @@ cdef class FileSink(Sink):
         cdef Engine e = <Engine?> engine
         stem, client, server = self.names[conn]
         ends = (client, server)
-        proto = b"tcp" if e.conns[conn].proto == 6 else b"udp"
+        proto = b"tcp" if conn_at(e, conn).proto == 6 else b"udp"
         for d in range(2):
             self._flush(conn, d)
             f = self._fd(conn, d)
@@ -332,7 +332,7 @@ cdef class FileSink(Sink):
                 f.slot = -1
             h = self.hashes[2 * conn + d]
             self.hashes[2 * conn + d] = None
-            self._index_line(conn, d, &e.conns[conn].d[d], proto, stem, ends[d], ends[1 - d], f.created,
+            self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f.created,
                              f.written, (h or hashlib.sha256()).digest(), self.gaps.pop((conn, d), []))
         del self.names[conn]
         return 0

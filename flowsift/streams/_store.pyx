@@ -32,7 +32,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 
 from flowsift.errors import FlowsiftError
 from flowsift.io._batch cimport Batch, pkt_t
-from flowsift.reassembly._engine cimport Sink, Engine, conn_t, dir_t, CS_OPEN
+from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t, CS_OPEN
 
 cdef extern from "_writer.h" nogil:
     ctypedef struct fs_bg_t:
@@ -667,6 +667,7 @@ cdef class RecordStore(Sink):
     def __init__(self, str directory, bint keep=False, max_handles=None):
         cdef int k
         cdef statfs_t sf
+        self.keeps_closed = True          # files are published, reclaimed and retired after close
         self.directory = directory
         self.keep = keep
         try:
@@ -974,7 +975,7 @@ cdef class RecordStore(Sink):
 
     cdef int on_open(self, uint32_t conn, object engine) except -1:
         cdef cstate_t* st = self._state(conn)
-        cdef conn_t* c = &self.engine.conns[conn]
+        cdef conn_t* c = conn_at(self.engine, conn)
         cdef hdr_t hd
         memset(&hd, 0, sizeof(hdr_t))
         memcpy(hd.magic, b"FSRECORD", 8)
@@ -1125,7 +1126,7 @@ cdef class RecordStore(Sink):
     cdef int _publish(self, uint32_t conn, bint final) except -1:
         # the connection's counters as they stand, to go into its header after its runs
         cdef cstate_t* st = &self.cs[conn]
-        cdef conn_t* c = &self.engine.conns[conn]
+        cdef conn_t* c = conn_at(self.engine, conn)
         cdef dir_t* D
         cdef pub_t p
         cdef int d
@@ -1199,7 +1200,7 @@ cdef class RecordStore(Sink):
 
     def identity(self, uint32_t conn):
         """(proto, ipver, client address bytes, client port, server address bytes, server port)."""
-        cdef conn_t* c = &self.engine.conns[conn]
+        cdef conn_t* c = conn_at(self.engine, conn)
         n = 4 if c.ipver == 4 else 16
         return (c.proto, c.ipver, bytes(c.client[:n]), c.cport, bytes(c.server[:n]), c.sport)
 
@@ -1302,7 +1303,7 @@ cdef class RecordStore(Sink):
         # The common end of a connection: closed, every module done with every record, all its
         # bytes acknowledged. Its file goes without being opened again to set bits in records
         # that nobody will read. Anything less certain takes the long way (reclaim).
-        cdef conn_t* c = &self.engine.conns[conn]
+        cdef conn_t* c = conn_at(self.engine, conn)
         cdef dir_t* D
         cdef int d
         if not st.out_closed or self.keep or self.modules_mask == 0 or (st.done_mask & self.modules_mask) != self.modules_mask:
@@ -1335,7 +1336,7 @@ cdef class RecordStore(Sink):
         cdef cstate_t* st = self._state(conn)
         cdef handle_t* h
         cdef hdr_t* hd
-        cdef conn_t* c = &self.engine.conns[conn]
+        cdef conn_t* c = conn_at(self.engine, conn)
         cdef rec_t* r
         cdef uint64_t i, j, n, complete, oldest
         cdef bint in_prefix
