@@ -19,7 +19,7 @@ from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset, strerror, strlen
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.unistd cimport write as c_write, close as c_close
 
@@ -40,6 +40,8 @@ DEF BUF = 8192
 DEF MAX_OPEN = 256
 # index.jsonl is written in pieces of this size
 DEF INDEX_BUF = 65536
+# connections per chunk of direction state
+DEF DIR_CHUNK = 64
 
 # CLOSE_* (engine) -> the index's "close" value, JSON-encoded
 cdef const char* CLOSE_JSON[6]
@@ -62,8 +64,9 @@ ctypedef struct fdslot_t:
 
 
 cdef class FileSink(Sink):
-    cdef fdir_t* dirs            # 2 per connection
-    cdef uint32_t cap
+    cdef fdir_t** chunks         # DIR_CHUNK connections' directions each (2 per connection);
+    cdef uint8_t* closed         # per chunk: connections closed; a chunk all closed is freed
+    cdef uint32_t cap_chunks
     cdef fdslot_t slots[MAX_OPEN]
     cdef uint64_t clock
     cdef readonly str outdir
@@ -73,7 +76,7 @@ cdef class FileSink(Sink):
     cdef char* ibuf              # index lines not yet written (INDEX_BUF bytes)
     cdef Py_ssize_t ilen
     cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port"), UTF-8
-    cdef list hashes             # 2 * conn + d -> hashlib object (or None)
+    cdef dict hashes             # 2 * conn + d -> hashlib object, while the direction is live
     cdef dict gaps               # (conn, d) -> [[offset, length], ...]
     cdef readonly uint64_t files
     cdef readonly uint64_t bytes_written
@@ -93,7 +96,7 @@ cdef class FileSink(Sink):
         if self.ibuf == NULL:
             raise MemoryError()
         self.names = {}
-        self.hashes = []
+        self.hashes = {}
         self.gaps = {}
         for k in range(MAX_OPEN):
             self.slots[k].fd = -1
@@ -107,28 +110,48 @@ cdef class FileSink(Sink):
         if self.index_fd >= 0:
             c_close(self.index_fd)
         free(self.ibuf)
-        if self.dirs != NULL:
-            for k in range(2 * self.cap):
-                free(self.dirs[k].buf)
-            free(self.dirs)
+        if self.chunks != NULL:
+            for k in range(self.cap_chunks):
+                if self.chunks[k] != NULL:
+                    for j in range(2 * DIR_CHUNK):
+                        free(self.chunks[k][j].buf)
+                    free(self.chunks[k])
+        free(self.chunks)
+        free(self.closed)
 
     cdef fdir_t* _fd(self, uint32_t conn, int d) except NULL:
-        cdef uint32_t cap, k
-        cdef fdir_t* grown
-        if conn >= self.cap:
-            cap = self.cap if self.cap else 1024
-            while cap <= conn:
+        # a live connection's direction (its chunk is made when the first one opens)
+        cdef uint32_t cap, k = conn // DIR_CHUNK, j
+        cdef void* p
+        if k >= self.cap_chunks:
+            cap = self.cap_chunks * 2 if self.cap_chunks else 64
+            while cap <= k:
                 cap *= 2
-            grown = <fdir_t*> realloc(self.dirs, 2 * cap * sizeof(fdir_t))
-            if grown == NULL:
+            p = realloc(self.chunks, cap * sizeof(fdir_t*))
+            if p == NULL:
                 raise MemoryError()
-            memset(&grown[2 * self.cap], 0, 2 * (cap - self.cap) * sizeof(fdir_t))
-            for k in range(2 * self.cap, 2 * cap):
-                grown[k].slot = -1
-            self.hashes.extend([None] * (2 * (cap - self.cap)))
-            self.dirs = grown
-            self.cap = cap
-        return &self.dirs[2 * conn + d]
+            self.chunks = <fdir_t**> p
+            memset(&self.chunks[self.cap_chunks], 0, (cap - self.cap_chunks) * sizeof(fdir_t*))
+            p = realloc(self.closed, cap)
+            if p == NULL:
+                raise MemoryError()
+            self.closed = <uint8_t*> p
+            memset(&self.closed[self.cap_chunks], 0, cap - self.cap_chunks)
+            self.cap_chunks = cap
+        if self.chunks[k] == NULL:
+            self.chunks[k] = <fdir_t*> calloc(2 * DIR_CHUNK, sizeof(fdir_t))
+            if self.chunks[k] == NULL:
+                raise MemoryError()
+            for j in range(2 * DIR_CHUNK):
+                self.chunks[k][j].slot = -1
+        return &self.chunks[k][2 * (conn % DIR_CHUNK) + d]
+
+    cdef void _closed(self, uint32_t conn) noexcept nogil:
+        cdef uint32_t k = conn // DIR_CHUNK
+        self.closed[k] += 1
+        if self.closed[k] == DIR_CHUNK:
+            free(self.chunks[k])          # (each direction's buffer went at its close)
+            self.chunks[k] = NULL
 
     cdef int on_open(self, uint32_t conn, object engine) except -1:
         cdef Engine e = <Engine?> engine
@@ -194,7 +217,7 @@ cdef class FileSink(Sink):
                 raise FlowsiftError(f"{os.path.join(self.outdir, self._name(conn, d))}: cannot write: "
                                     f"{strerror(errno).decode()}")
             done += w
-        h = self.hashes[2 * conn + d]
+        h = self.hashes.get(2 * conn + d)
         if h is None:
             h = self.hashes[2 * conn + d] = hashlib.sha256()
         h.update(PyMemoryView_FromMemory(<char*> f.buf, f.len, PyBUF_READ))   # no copy
@@ -204,7 +227,7 @@ cdef class FileSink(Sink):
         return 0
 
     cdef int _append(self, uint32_t conn, int d, const uint8_t* data, uint32_t n) except -1:
-        cdef fdir_t* f = &self.dirs[2 * conn + d]       # on_open sized the table
+        cdef fdir_t* f = self._fd(conn, d)
         cdef uint32_t take
         if f.buf == NULL:
             f.buf = <uint8_t*> malloc(BUF)
@@ -218,7 +241,7 @@ cdef class FileSink(Sink):
             n -= take
             if f.len == BUF:
                 self._flush(conn, d)
-                f = &self.dirs[2 * conn + d]
+                f = self._fd(conn, d)
         return 0
 
     cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
@@ -330,11 +353,11 @@ cdef class FileSink(Sink):
                 self.slots[f.slot].fd = -1
                 self.slots[f.slot].stamp = 0
                 f.slot = -1
-            h = self.hashes[2 * conn + d]
-            self.hashes[2 * conn + d] = None
+            h = self.hashes.pop(2 * conn + d, None)
             self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f.created,
                              f.written, (h or hashlib.sha256()).digest(), self.gaps.pop((conn, d), []))
         del self.names[conn]
+        self._closed(conn)
         return 0
 
     def close(self):
