@@ -333,3 +333,18 @@ class Late(Module):
     res = run_module(f"{mod}:Late", cap)
     reasons = [(e["accepted"], e["reason"]) for e in res.of_kind("replace")]
     assert reasons and all(not ok and "behind the module's position" in why for ok, why in reasons)
+
+
+def test_many_short_connections_neither_end_blocks_the_other(tmp_path):
+    """20,000 short connections: the gateway sends batches naming hundreds of connections
+    while the worker sends checkpoints listing as many, each larger than a pipe holds. A
+    worker that stopped reading while it sent used to leave both ends blocked for ever."""
+    import subprocess
+    import sys
+    from test_store_faults import many_connections
+    cap = many_connections(tmp_path / "many.pcap", 20_000)
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "counter", str(cap), "--events", "/dev/null",
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["mode"] == "parallel" and summary["modules"]["counter"]["flows"] == 20_000

@@ -25,6 +25,8 @@ from flowsift.modules.runner import InlineChain, join_checkpoint, passive
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
 INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
 _DROPPED = "dropped"            # a handed-over connection this module had given up (--max-backlog)
+# one encoder for the rows of every append-only list (json.dumps with arguments makes one per call)
+_row_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 def checkpoint_every():
@@ -49,6 +51,33 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                          on_done=on_done, hold_events=True)
     module = runner.modules[0]
 
+    # Messages to the gateway go out from a thread, in order: a message larger than the pipe
+    # holds blocks its sender until the other end reads, and the gateway may at that moment
+    # be blocked sending the next batch here. Reading on while a checkpoint goes out keeps
+    # both ends moving.
+    import queue
+    import threading
+    outbox = queue.SimpleQueue()
+
+    def sender():
+        while True:
+            m = outbox.get()
+            if m is None:
+                return
+            try:
+                conn.send(m)
+            except (BrokenPipeError, OSError):
+                return                                # the gateway went away: nothing to tell
+    mailer = threading.Thread(target=sender, name="flowsift-worker-send", daemon=True)
+    mailer.start()
+
+    def send(m):
+        outbox.put(m)
+
+    def flush():
+        outbox.put(None)
+        mailer.join()
+
     sent = None                                      # {conn: entry text} the gateway holds
 
     def checkpoint(seq, send=True):
@@ -66,7 +95,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
         msg = ("ckpt", seq, list(done), blob, appended)
         done.clear()
         if send:
-            conn.send(msg)
+            outbox.put(msg)
         return msg
     try:
         while True:
@@ -77,7 +106,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 runner.process(touched, closed, limits)
                 if seq % every == 0:
                     checkpoint(seq)
-                conn.send(("ack",))
+                send(("ack",))
             elif msg[0] == "restore":
                 # a restarted worker: the last checkpoint, then the batches sent after it, in order
                 _, blob, rows, batches = msg
@@ -90,20 +119,22 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 # connections moving to another shard: their entries and the checkpoint
                 # without them, in one message (a restart then neither loses nor keeps them)
                 entries = runner.export(msg[2])
-                conn.send(("exported", entries, checkpoint(msg[1], send=False)))
+                send(("exported", entries, checkpoint(msg[1], send=False)))
             elif msg[0] == "adopt":
                 runner.adopt(msg[2])
-                conn.send(("adopted", checkpoint(msg[1], send=False)))
+                send(("adopted", checkpoint(msg[1], send=False)))
             elif msg[0] == "finish":
                 runner.forget(msg[2])
                 runner.finish()
                 checkpoint(msg[1])
-                conn.send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
+                send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
                 return
     except ModuleError as e:
-        conn.send(("fatal", str(e)))
+        send(("fatal", str(e)))
     except (EOFError, BrokenPipeError):
         pass
+    finally:
+        flush()
 
 
 class _Worker:
@@ -247,7 +278,7 @@ class ParallelChain:
             os.makedirs(d, exist_ok=True)
             for name, items in (appended or {}).items():
                 with open(os.path.join(d, f"{w.name}.{self.first + w.index}.{name}.jsonl"), "a") as f:
-                    f.writelines(json.dumps(x, separators=(",", ":")) + "\n" for x in items)
+                    f.writelines(_row_json(x) + "\n" for x in items)
             tmp = os.path.join(d, f".{w.name}.{self.first + w.index}.tmp")
             with open(tmp, "w") as f:
                 f.write(json.dumps({"module": w.name, "bit": self.first + w.index, "batch": w.checkpoint_seq}) + "\n")
