@@ -51,13 +51,18 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                          on_done=on_done, hold_events=True)
     module = runner.modules[0]
 
-    # Messages to the gateway go out from a thread, in order: a message larger than the pipe
-    # holds blocks its sender until the other end reads, and the gateway may at that moment
-    # be blocked sending the next batch here. Reading on while a checkpoint goes out keeps
-    # both ends moving.
+    # A message to the gateway goes out from a thread while this one reads what the gateway
+    # sends meanwhile (kept for later): a message larger than the pipe holds blocks until the
+    # other end reads, and the gateway may at that moment be blocked sending the next batch
+    # here. post() returns once the message is wholly in the pipe, so the gateway has every
+    # checkpoint sent before the worker went on, even if it dies right after.
+    import collections
     import queue
+    import select
     import threading
     outbox = queue.SimpleQueue()
+    inbox = collections.deque()
+    wake_r, wake_w = os.pipe()
 
     def sender():
         while True:
@@ -67,16 +72,26 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
             try:
                 conn.send(m)
             except (BrokenPipeError, OSError):
-                return                                # the gateway went away: nothing to tell
+                pass                                  # the gateway went away: nothing to tell
+            os.write(wake_w, b"s")
     mailer = threading.Thread(target=sender, name="flowsift-worker-send", daemon=True)
     mailer.start()
 
-    def send(m):
-        outbox.put(m)
+    waiting = select.poll()                          # (poll: a forked worker's descriptors may pass 1024)
+    waiting.register(wake_r, select.POLLIN)
+    waiting.register(conn.fileno(), select.POLLIN)
 
-    def flush():
-        outbox.put(None)
-        mailer.join()
+    def post(m):
+        outbox.put(m)
+        while True:
+            ready = {fd for fd, _ in waiting.poll()}
+            if wake_r in ready:
+                os.read(wake_r, 1)
+                return
+            inbox.append(conn.recv())
+
+    def receive():
+        return inbox.popleft() if inbox else conn.recv()
 
     sent = None                                      # {conn: entry text} the gateway holds
 
@@ -95,18 +110,18 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
         msg = ("ckpt", seq, list(done), blob, appended)
         done.clear()
         if send:
-            outbox.put(msg)
+            post(msg)
         return msg
     try:
         while True:
-            msg = conn.recv()
+            msg = receive()
             if msg[0] == "batch":
                 _, seq, touched, closed, limits, forget = msg
                 runner.forget(forget)              # given up for this module (--max-backlog)
                 runner.process(touched, closed, limits)
                 if seq % every == 0:
                     checkpoint(seq)
-                send(("ack",))
+                post(("ack",))
             elif msg[0] == "restore":
                 # a restarted worker: the last checkpoint, then the batches sent after it, in order
                 _, blob, rows, batches = msg
@@ -119,22 +134,23 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 # connections moving to another shard: their entries and the checkpoint
                 # without them, in one message (a restart then neither loses nor keeps them)
                 entries = runner.export(msg[2])
-                send(("exported", entries, checkpoint(msg[1], send=False)))
+                post(("exported", entries, checkpoint(msg[1], send=False)))
             elif msg[0] == "adopt":
                 runner.adopt(msg[2])
-                send(("adopted", checkpoint(msg[1], send=False)))
+                post(("adopted", checkpoint(msg[1], send=False)))
             elif msg[0] == "finish":
                 runner.forget(msg[2])
                 runner.finish()
                 checkpoint(msg[1])
-                send(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
+                post(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
                 return
     except ModuleError as e:
-        send(("fatal", str(e)))
+        post(("fatal", str(e)))
     except (EOFError, BrokenPipeError):
         pass
     finally:
-        flush()
+        outbox.put(None)
+        mailer.join()
 
 
 class _Worker:
