@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,22 @@ def corpus():
             pytest.fail(f"corpus not found at {CORPUS}")
         pytest.skip(f"corpus not found at {CORPUS}")
     return CORPUS
+
+
+@contextlib.contextmanager
+def small_tmpfs(tmp_path, size):
+    """A tmpfs of `size` (mount's syntax, e.g. "64k") mounted for the block: a file system that
+    fills up. Needs root (skipped without it) and mount(8)."""
+    require("mount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def run_cli(*args, check=False, input=None):

@@ -1,12 +1,10 @@
 """Targeted reassembly cases from the corpus, one per category."""
 import hashlib
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import require, run_cli
+from conftest import run_cli, small_tmpfs
 from flowsift.reassembly import Gap, Reassembler
 
 
@@ -200,16 +198,8 @@ def test_streams_cli_unwritable_output(tmp_path, corpus):
 def test_streams_cli_full_output_names_the_file(tmp_path, corpus):
     """Stream files and index.jsonl are written with write(2): a full file system is one line
     naming the file that did not fit, exit 2."""
-    require("mount")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "64k") as mnt:
         res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", mnt / "s")
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert f"{mnt}/s/c000000-" in res.stderr and "cannot write: No space left on device" in res.stderr

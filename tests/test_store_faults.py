@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, run_cli
+from conftest import run_cli, small_tmpfs
 from pcapgen import A, B, ether, ipv4, pcap, tcp
 from flowsift.streams import RecordFile, StoreError, StreamPointer, store_files
 
@@ -59,13 +59,7 @@ def test_store_path_that_cannot_be_a_directory(tmp_path, corpus):
 
 
 def test_full_store_is_one_line_and_nothing_looks_complete(tmp_path, corpus):
-    require("mount")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "256k") as mnt:
         res = run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", mnt / "s")
         one_line(res, "store is full")
         manifest = json.loads((mnt / "s" / "store.json").read_text())
@@ -73,8 +67,6 @@ def test_full_store_is_one_line_and_nothing_looks_complete(tmp_path, corpus):
         for path in store_files(mnt / "s"):
             with RecordFile(path) as rf:
                 assert not rf.closed_by_gateway and rf.cut
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_other_format_version_is_named(tmp_path, corpus):

@@ -38,6 +38,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
 from flowsift.io._flowtable cimport FlowTable, flow_t, flow_at, carries_flow
+from flowsift.io._tables cimport capacity_for, grow_zeroed
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -337,25 +338,12 @@ cdef class Engine:
     cdef int _grow(self, uint32_t need) except -1:
         # the chunk of connection `need` exists (a fresh chunk reads as unused connections)
         cdef uint32_t k = need >> CONN_CHUNK_SHIFT, cap
-        cdef void* p
         if k >= self.cap_chunks:
-            cap = self.cap_chunks * 2 if self.cap_chunks else 64
-            while cap <= k:
-                cap *= 2
-            p = realloc(self.chunks, cap * sizeof(conn_t*))
-            if p == NULL:
+            cap = capacity_for(self.cap_chunks, k)
+            if grow_zeroed(<void**>&self.chunks, self.cap_chunks, cap, sizeof(conn_t*)) \
+                    or grow_zeroed(<void**>&self.opened, self.cap_chunks, cap, 1) \
+                    or grow_zeroed(<void**>&self.released, self.cap_chunks, cap, 1):
                 raise MemoryError("reassembly connection table")
-            self.chunks = <conn_t**> p
-            memset(&self.chunks[self.cap_chunks], 0, (cap - self.cap_chunks) * sizeof(conn_t*))
-            for arr in range(2):
-                p = realloc(self.opened if arr == 0 else self.released, cap)
-                if p == NULL:
-                    raise MemoryError("reassembly connection table")
-                memset(<uint8_t*>p + self.cap_chunks, 0, cap - self.cap_chunks)
-                if arr == 0:
-                    self.opened = <uint8_t*> p
-                else:
-                    self.released = <uint8_t*> p
             self.cap_chunks = cap
             self.cap_conns = cap << CONN_CHUNK_SHIFT
         if self.chunks[k] == NULL:

@@ -24,6 +24,7 @@ from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.unistd cimport write as c_write, close as c_close
 
 from flowsift.errors import FlowsiftError
+from flowsift.io._tables cimport capacity_for, grow_zeroed
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 
 
@@ -122,21 +123,11 @@ cdef class FileSink(Sink):
     cdef fdir_t* _fd(self, uint32_t conn, int d) except NULL:
         # a live connection's direction (its chunk is made when the first one opens)
         cdef uint32_t cap, k = conn // DIR_CHUNK, j
-        cdef void* p
         if k >= self.cap_chunks:
-            cap = self.cap_chunks * 2 if self.cap_chunks else 64
-            while cap <= k:
-                cap *= 2
-            p = realloc(self.chunks, cap * sizeof(fdir_t*))
-            if p == NULL:
+            cap = capacity_for(self.cap_chunks, k)
+            if grow_zeroed(<void**>&self.chunks, self.cap_chunks, cap, sizeof(fdir_t*)) \
+                    or grow_zeroed(<void**>&self.closed, self.cap_chunks, cap, 1):
                 raise MemoryError()
-            self.chunks = <fdir_t**> p
-            memset(&self.chunks[self.cap_chunks], 0, (cap - self.cap_chunks) * sizeof(fdir_t*))
-            p = realloc(self.closed, cap)
-            if p == NULL:
-                raise MemoryError()
-            self.closed = <uint8_t*> p
-            memset(&self.closed[self.cap_chunks], 0, cap - self.cap_chunks)
             self.cap_chunks = cap
         if self.chunks[k] == NULL:
             self.chunks[k] = <fdir_t*> calloc(2 * DIR_CHUNK, sizeof(fdir_t))
