@@ -2,6 +2,7 @@
 import gc
 import json
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -485,7 +486,16 @@ def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help=
         typer.echo(f"{n:12} {_inspect.cleandoc(cls.__doc__).splitlines()[0]}")
 
 
+class Terminated(BaseException):
+    """SIGTERM: the command ends as on Ctrl-C, cleaning up what it made for itself."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def main():
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except FlowsiftError as e:
@@ -494,6 +504,9 @@ def main():
     except KeyboardInterrupt:
         typer.echo("flowsift: interrupted", err=True)
         sys.exit(130)
+    except Terminated:
+        typer.echo("flowsift: terminated", err=True)
+        sys.exit(143)
     except BrokenPipeError:
         # the reader of our output went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -298,6 +298,9 @@ class Gateway:
             # and the manifest saying the store is incomplete
             self._fail(str(e))
             raise
+        except BaseException:
+            self.store.halt()               # cut short (Ctrl-C, SIGTERM, a module's error): nothing writes on
+            raise
         try:
             if batch is not None:
                 self.store.check_space(batch)
@@ -313,6 +316,9 @@ class Gateway:
                 after_batch(*changed)
         except FlowsiftError as e:
             self._fail(str(e))
+            raise
+        except BaseException:
+            self.store.halt()
             raise
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": self.reassembler.engine.counters(),

@@ -348,3 +348,33 @@ def test_many_short_connections_neither_end_blocks_the_other(tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["mode"] == "parallel" and summary["modules"]["counter"]["flows"] == 20_000
+
+
+def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path):
+    """SIGTERM (a service manager, `timeout`) ends a chain cleanly: exit 143, one line, the
+    default store under /dev/shm removed, no worker left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from test_store_faults import many_connections
+    cap = many_connections(tmp_path / "many.pcap", 30_000)
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("flowsift-store-")}
+    proc = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", "counter", str(cap), "--events", "/dev/null"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FLOWSIFT_BATCH": "64"})
+    store = None
+    for _ in range(200):                      # the run has made its store and is under way
+        made = {n for n in os.listdir("/dev/shm") if n.startswith("flowsift-store-")} - before
+        if made and len(os.listdir(os.path.join("/dev/shm", next(iter(made))))) > 100:
+            store = os.path.join("/dev/shm", next(iter(made)))
+            break
+        time.sleep(0.05)
+    assert store is not None and proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "flowsift: terminated"
+    assert not os.path.exists(store)
+    left = subprocess.run(["pgrep", "-f", f"flowsift chain counter {cap}"], capture_output=True, text=True).stdout
+    assert left.strip() == ""

@@ -38,6 +38,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     # `index`: the module's place in the whole chain (spec)
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the gateway's to handle: it ends the run
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # (not the command's handler: the gateway ends workers so)
     cls, config = parse_chain(spec)[index]
     done = []                                        # finished connections, reported with the next checkpoint
 

@@ -737,6 +737,13 @@ cdef class RecordStore(Sink):
             with nogil:
                 fs_bg_stop(&self.bg)       # no idle thread left behind (nor for a fork to inherit)
 
+    def halt(self):
+        """The writer thread finishes the batch it has and stops (a run cut short: nothing is
+        written after this, so its directory may be removed)."""
+        self.background = False
+        with nogil:
+            fs_bg_stop(&self.bg)
+
     def path(self, uint32_t conn):
         return os.path.join(self.directory, f"c{conn:08d}.rec")
 
