@@ -376,8 +376,10 @@ cdef class Engine:
         if self.released[k] == CONN_CHUNK:
             free(self.chunks[k])
             self.chunks[k] = NULL
-        if not self.flows._known(i) or not flow_at(self.flows, i).in_table:
-            self.flows._release(i)
+        if not self.flows._known(i):
+            return 0                        # (never: a flow goes only through here)
+        if not flow_at(self.flows, i).in_table:
+            self.flows._release(i)          # already out of the table (timeout, eviction, a reused tuple)
             return 0
         if self.ended_len == self.ended_cap:
             p = malloc((self.ended_cap * 2 if self.ended_cap else 1024) * sizeof(ended_t))
