@@ -153,10 +153,8 @@ ctypedef struct ended_t:      # a finished connection whose flow lingers in the 
 
 cdef class Engine:
     cdef conn_t** chunks          # chunk k: connections k * CONN_CHUNK ...; NULL: not made, or freed
-    cdef uint8_t* opened          # per chunk: connections opened in it
     cdef uint8_t* released        # per chunk: connections released from it
     cdef uint32_t cap_chunks
-    cdef uint32_t cap_conns       # ids the chunk table covers
     cdef ended_t* ended           # FIFO of finished connections, by end time
     cdef uint32_t ended_head
     cdef uint32_t ended_len
@@ -200,6 +198,7 @@ cdef class Engine:
     cdef int _grow(self, uint32_t need) except -1
     cdef int _state(self, uint32_t i) noexcept nogil
     cdef int _held(self, uint32_t conn) except -1
+    cdef bint _released(self, uint32_t i) noexcept nogil
     cdef int _release(self, uint32_t i) except -1
     cdef int _forget_ended(self) except -1
     cdef void _lru_unlink(self, uint32_t i) noexcept nogil

@@ -205,7 +205,6 @@ cdef class Engine:
                         self._free_dir(&self.chunks[k][i].d[d])
                 free(self.chunks[k])
         free(self.chunks)
-        free(self.opened)
         free(self.released)
         free(self.ended)
 
@@ -285,7 +284,7 @@ cdef class Engine:
         # a connection whose record is here: opened, and not released since it ended
         if self._state(conn) == CS_UNUSED:
             raise KeyError(conn)
-        if self.chunks[conn >> CONN_CHUNK_SHIFT] == NULL or conn_at(self, conn).lru == LRU_RELEASED:
+        if self._released(conn):
             raise KeyError(f"connection {conn} ended and its record was released")
         return 0
 
@@ -341,11 +340,9 @@ cdef class Engine:
         if k >= self.cap_chunks:
             cap = capacity_for(self.cap_chunks, k)
             if grow_zeroed(<void**>&self.chunks, self.cap_chunks, cap, sizeof(conn_t*)) \
-                    or grow_zeroed(<void**>&self.opened, self.cap_chunks, cap, 1) \
                     or grow_zeroed(<void**>&self.released, self.cap_chunks, cap, 1):
                 raise MemoryError("reassembly connection table")
             self.cap_chunks = cap
-            self.cap_conns = cap << CONN_CHUNK_SHIFT
         if self.chunks[k] == NULL:
             if self.released[k] == CONN_CHUNK:
                 raise AssertionError(f"connection {need} reopened after its chunk was freed")
@@ -362,6 +359,15 @@ cdef class Engine:
         if self.chunks[k] == NULL:
             return CS_DONE if self.released[k] == CONN_CHUNK else CS_UNUSED
         return self.chunks[k][i & (CONN_CHUNK - 1)].state
+
+    cdef bint _released(self, uint32_t i) noexcept nogil:
+        # ended, and its record freed (alone, or with its whole chunk)
+        cdef uint32_t k = i >> CONN_CHUNK_SHIFT
+        if k >= self.cap_chunks:
+            return False
+        if self.chunks[k] == NULL:
+            return self.released[k] == CONN_CHUNK
+        return self.chunks[k][i & (CONN_CHUNK - 1)].lru == LRU_RELEASED
 
     cdef int _release(self, uint32_t i) except -1:
         # an ended connection nobody will read again: its record goes (its state stays
@@ -475,8 +481,7 @@ cdef class Engine:
             raise KeyError(i)
         f = flow_at(self.flows, i)
         out = {"flow": (<char*>f)[:sizeof(flow_t)]}
-        if self._state(i) == CS_DONE and (self.chunks[i >> CONN_CHUNK_SHIFT] == NULL
-                                           or conn_at(self, i).lru == LRU_RELEASED):
+        if self._released(i):
             out["done"] = True          # ended, its record released: late packets stay late there too
         elif self._state(i) != CS_UNUSED:
             for d in range(2):
@@ -530,13 +535,11 @@ cdef class Engine:
             self._grow(<uint32_t>j)
             c = conn_at(self, j)
             c.state = CS_DONE
-            self.opened[<uint32_t>j >> CONN_CHUNK_SHIFT] += 1
             self._release(<uint32_t>j)
             return j
         if "conn" not in rec:
             return j
         self._grow(<uint32_t>j)
-        self.opened[<uint32_t>j >> CONN_CHUNK_SHIFT] += 1
         cb = rec["conn"]
         c = conn_at(self, j)
         memcpy(c, <const char*>cb, sizeof(conn_t))
@@ -720,7 +723,6 @@ cdef class Engine:
             if k < self.cap_chunks and self.chunks[k] != NULL else self._state(i)
         if st == CS_UNUSED:
             self._grow(i)
-            self.opened[k] += 1
             self._open(i, p)
         elif st == CS_DONE:
             self.late_packets += 1

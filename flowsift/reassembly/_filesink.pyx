@@ -47,7 +47,6 @@ DEF DIR_CHUNK = 64
 # CLOSE_* (engine) -> the index's "close" value, JSON-encoded
 cdef const char* CLOSE_JSON[6]
 CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof"']
-cdef const char* HEX = b"0123456789abcdef"
 
 ctypedef struct fdir_t:
     uint8_t* buf
@@ -161,8 +160,8 @@ cdef class FileSink(Sink):
         self._fd(conn, 1)
         return 0
 
-    cdef str _name(self, uint32_t conn, int d):
-        return f"{os.fsdecode(self.names[conn][0])}.{'c2s' if d == 0 else 's2c'}"
+    cdef bytes _path(self, uint32_t conn, int d):
+        return self.outdir_b + self.names[conn][0] + (b".c2s" if d == 0 else b".s2c")
 
     cdef int _descriptor(self, uint32_t conn, int d, fdir_t* f) except -1:
         # a cached descriptor for this direction's file, opening (and evicting) as needed
@@ -181,7 +180,7 @@ cdef class FileSink(Sink):
         if self.slots[victim].fd >= 0:
             c_close(self.slots[victim].fd)
             self._fd(self.slots[victim].conn, self.slots[victim].d).slot = -1
-        path = self.outdir_b + self.names[conn][0] + (b".c2s" if d == 0 else b".s2c")
+        path = self._path(conn, d)
         fd = c_open(path, flags, 0o644)
         if fd < 0:
             raise FlowsiftError(f"{os.fsdecode(path)}: cannot write: {strerror(errno).decode()}")
@@ -205,8 +204,7 @@ cdef class FileSink(Sink):
         while done < f.len:
             w = c_write(fd, f.buf + done, f.len - done)
             if w < 0:
-                raise FlowsiftError(f"{os.path.join(self.outdir, self._name(conn, d))}: cannot write: "
-                                    f"{strerror(errno).decode()}")
+                raise FlowsiftError(f"{os.fsdecode(self._path(conn, d))}: cannot write: {strerror(errno).decode()}")
             done += w
         h = self.hashes.get(2 * conn + d)
         if h is None:
@@ -288,16 +286,11 @@ cdef class FileSink(Sink):
         return 0
 
     cdef int _index_line(self, uint32_t conn, int d, dir_t* D, const char* proto, bytes stem, bytes src,
-                         bytes dst, bint created, uint64_t written, bytes digest, list gaps) except -1:
+                         bytes dst, bint created, uint64_t written, bytes hexdigest, list gaps) except -1:
         # one line per direction; keys and spacing as json.dumps writes them
         cdef char tmp[512]
-        cdef char hexd[64]
         cdef const char* name = b"c2s" if d == 0 else b"s2c"
-        cdef const unsigned char* dg = digest
         cdef int k
-        for k in range(32):
-            hexd[2 * k] = HEX[dg[k] >> 4]
-            hexd[2 * k + 1] = HEX[dg[k] & 15]
         self._put(tmp, snprintf(tmp, sizeof(tmp), b'{"conn": %u, "dir": "%s", "src": "', conn, name))
         self._put(src, len(src))
         self._put(b'", "dst": "', 11)
@@ -310,7 +303,7 @@ cdef class FileSink(Sink):
         else:
             self._put(b"null", 4)
         self._put(tmp, snprintf(tmp, sizeof(tmp), b', "bytes": %llu, "sha256": "', written))
-        self._put(hexd, 64)
+        self._put(hexdigest, 64)
         self._put(b'", "gaps": [', 12)
         for k, (offset, length) in enumerate(gaps):
             self._put(tmp, snprintf(tmp, sizeof(tmp), b'%s[%lld, %lld]', b", " if k else b"",
@@ -346,7 +339,7 @@ cdef class FileSink(Sink):
                 f.slot = -1
             h = self.hashes.pop(2 * conn + d, None)
             self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f.created,
-                             f.written, (h or hashlib.sha256()).digest(), self.gaps.pop((conn, d), []))
+                             f.written, (h or hashlib.sha256()).hexdigest().encode(), self.gaps.pop((conn, d), []))
         del self.names[conn]
         self._closed(conn)
         return 0
