@@ -1,5 +1,6 @@
 """Memory follows the connections kept, not every connection seen: an ended connection's record
 is freed after its end, its flow after the linger (late packets until then stay late)."""
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,26 @@ def test_a_late_packet_is_late_within_the_linger_and_a_new_connection_after_it(t
     assert r.engine.late_packets == 2 and sorted(r.collector.closed) == [0]
 
 
+@pytest.mark.parametrize("after,late", [(30, 1), (100, 0)])
+def test_an_ended_flow_handed_over_lingers_from_when_it_ended(tmp_path, after, late):
+    """A re-shard hands lingering flows to another engine, possibly one that saw no packet yet:
+    their linger runs on from their end there, not from the new engine's clock."""
+    first, then = tmp_path / "first.pcap", tmp_path / "then.pcap"
+    first.write_bytes(pcap(conversation(1000, 5000)))
+    then.write_bytes(pcap([seg(1000 + after, A, B, 5000, 80, 106, 501, PSH, b"late")]))
+    r = Reassembler()
+    r.feed_capture(first)
+    assert r.engine.released_connections == 1
+    (i, _, _), = r.flows.live()
+    rec = r.engine.export_flow(i)
+    assert rec["done"]
+    other = Reassembler()
+    other.engine.import_flow(rec)
+    other.feed_capture(then)
+    assert other.engine.late_packets == late
+    assert len(other.collector.closed) == 1 - late
+
+
 def test_records_and_flows_of_ended_connections_are_released(tmp_path):
     frames = [f for k in range(2000) for f in conversation(1000 + k // 100, 1024 + k)]   # 100 a second
     path = tmp_path / "many.pcap"
@@ -55,14 +76,31 @@ def test_records_and_flows_of_ended_connections_are_released(tmp_path):
     assert r.flows.flow(1999)["live"]
 
 
-def test_a_record_store_keeps_every_record(tmp_path, corpus):
-    """The gateway's store reads records after their connection ended (publish, reclaim,
-    retire): its engine releases nothing."""
+@pytest.mark.parametrize("acked", [True, False])
+def test_a_gateway_frees_records_and_its_store_still_retires_what_is_acknowledged(tmp_path, acked):
+    """The record store copies what it needs of a connection by its end (identity, the last
+    ACKs), so the engine frees the record under a gateway too; a file whose bytes the peer
+    acknowledged is retired once every module is done with it, one with bytes unacknowledged
+    stays (the store's copy of the ACKs, not the freed record, decides)."""
     from flowsift.gateway import Gateway
-    g = Gateway(str(tmp_path / "store"), keep=True)
-    g.run_capture(corpus / "http__zeek__get.pcap")
-    assert g.reassembler.engine.released_connections == 0
-    assert g.reassembler.engine.connection(0)["dirs"][0]["packets"] > 0
+    frames = conversation(1000, 5000)
+    if not acked:                       # the server's FIN acknowledges the SYN only
+        frames[-1] = seg(1000, B, A, 80, 5000, 501, 101, FIN)
+    path = tmp_path / "one.pcap"
+    path.write_bytes(pcap(frames))
+    g = Gateway(str(tmp_path / "store"))
+    g.store.register_module(0)
+    g.run_capture(path)
+    assert g.reassembler.engine.released_connections == 1
+    with pytest.raises(KeyError, match="released"):
+        g.reassembler.engine.connection(0)
+    assert g.store.identity(0) == (6, 4, A, 5000, B, 80)
+    records = g.store.latest([0])[0][0]
+    done = g.store.module_done(0, 0, records)
+    assert done["retired"] is acked
+    assert os.path.exists(g.store.path(0)) is not acked
+    if acked:
+        assert done["reclaimed"] is None        # at once, without reading its records back
 
 
 def kept_kib(capture):

@@ -33,6 +33,7 @@ ctypedef struct flow_t:
     int64_t last_ts
     uint64_t pkts[2]
     uint64_t bytes[2]
+    int64_t ended_ts         # when its connection ended, for the linger (set by the engine)
 
 
 # Flows are stored in chunks of FLOW_CHUNK: a chunk whose flows were all released (their

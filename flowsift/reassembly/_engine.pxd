@@ -22,10 +22,8 @@ cdef enum:
 
 cdef class Sink:
     """Receives the engine's events. C-level methods: subclasses in Cython cost no Python call.
-    `keeps_closed`: the sink reads a connection's record after on_close (the record store
-    does), so the engine keeps every record until it is gone; otherwise a finished
-    connection's record is freed after on_close, and its flow after the linger."""
-    cdef bint keeps_closed
+    A finished connection's record is freed right after on_close (and its flow after the
+    linger): a sink copies what it needs of it by then."""
     cdef int on_open(self, uint32_t conn, object engine) except -1
     cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1
     cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1
@@ -199,7 +197,7 @@ cdef class Engine:
     cdef int _state(self, uint32_t i) noexcept nogil
     cdef int _held(self, uint32_t conn) except -1
     cdef bint _released(self, uint32_t i) noexcept nogil
-    cdef int _release(self, uint32_t i) except -1
+    cdef int _release(self, uint32_t i, int64_t ended) except -1
     cdef int _forget_ended(self) except -1
     cdef void _lru_unlink(self, uint32_t i) noexcept nogil
     cdef void _lru_push(self, uint32_t i, int cls) noexcept nogil

@@ -369,11 +369,11 @@ cdef class Engine:
             return self.released[k] == CONN_CHUNK
         return self.chunks[k][i & (CONN_CHUNK - 1)].lru == LRU_RELEASED
 
-    cdef int _release(self, uint32_t i) except -1:
+    cdef int _release(self, uint32_t i, int64_t ended) except -1:
         # an ended connection nobody will read again: its record goes (its state stays
         # CS_DONE while its chunk lives); its flow lingers in the table for late packets,
-        # then goes too (_forget_ended)
-        cdef uint32_t k = i >> CONN_CHUNK_SHIFT
+        # from `ended` on, then goes too (_forget_ended)
+        cdef uint32_t k = i >> CONN_CHUNK_SHIFT, at
         cdef conn_t* c = conn_at(self, i)
         cdef void* p
         c.lru = LRU_RELEASED
@@ -397,9 +397,16 @@ cdef class Engine:
             self.ended = <ended_t*> p
             self.ended_head = 0
             self.ended_cap = self.ended_cap * 2 if self.ended_cap else 1024
-        k = (self.ended_head + self.ended_len) % self.ended_cap
+        flow_at(self.flows, i).ended_ts = ended
+        # the FIFO stays in order of end: only a flow handed over from another engine
+        # (import_flow) may have ended before the latest here
+        at = self.ended_len
+        while at and self.ended[(self.ended_head + at - 1) % self.ended_cap].ts > ended:
+            self.ended[(self.ended_head + at) % self.ended_cap] = self.ended[(self.ended_head + at - 1) % self.ended_cap]
+            at -= 1
+        k = (self.ended_head + at) % self.ended_cap
         self.ended[k].conn = i
-        self.ended[k].ts = self.now
+        self.ended[k].ts = ended
         self.ended_len += 1
         return 0
 
@@ -535,7 +542,7 @@ cdef class Engine:
             self._grow(<uint32_t>j)
             c = conn_at(self, j)
             c.state = CS_DONE
-            self._release(<uint32_t>j)
+            self._release(<uint32_t>j, fl.ended_ts)     # its linger runs on from when it ended there
             return j
         if "conn" not in rec:
             return j
@@ -681,8 +688,7 @@ cdef class Engine:
             # a later packet on this 5-tuple starts a new connection
             self.flows._remove(i)
         self.sink.on_close(i, self)
-        if not self.sink.keeps_closed:
-            self._release(i)
+        self._release(i, self.now)
         return 0
 
     cdef void _free_dir(self, dir_t* D) noexcept nogil:

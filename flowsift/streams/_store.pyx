@@ -197,6 +197,14 @@ ctypedef struct cstate_t:
     uint64_t out_records     # records whose publish went to the writer (in the file once it is idle)
     uint8_t out_closed       # ... and its last publish too
     int32_t run[N_REGION]    # the filling batch's open run of each region, or -1
+    # what the store needs of the connection once it ended (the engine frees its record then)
+    int64_t pub_acked[2]     # stream offset the peer acknowledged as last published, or -1
+    uint8_t proto
+    uint8_t ipver
+    uint16_t cport
+    uint16_t sport
+    uint8_t client[16]
+    uint8_t server[16]
 
 ctypedef struct run_t:       # a contiguous file range of one connection waiting in a batch
     uint32_t conn
@@ -667,7 +675,6 @@ cdef class RecordStore(Sink):
     def __init__(self, str directory, bint keep=False, max_handles=None):
         cdef int k
         cdef statfs_t sf
-        self.keeps_closed = True          # files are published, reclaimed and retired after close
         self.directory = directory
         self.keep = keep
         try:
@@ -1019,6 +1026,13 @@ cdef class RecordStore(Sink):
         st.pub_last_ts = c.first_ts
         st.out_records = 0
         st.out_closed = 0
+        st.pub_acked[0] = st.pub_acked[1] = -1
+        st.proto = c.proto
+        st.ipver = c.ipver
+        st.cport = c.cport
+        st.sport = c.sport
+        memcpy(st.client, c.client, 16)
+        memcpy(st.server, c.server, 16)
         self.files += 1
         return 0
 
@@ -1154,6 +1168,7 @@ cdef class RecordStore(Sink):
             if D.has_ack and D.settled:
                 p.has_acked[d] = 1
                 p.acked[d] = D.acked - D.origin
+                st.pub_acked[d] = p.acked[d]
             if final:
                 p.close[d] = D.close_reason if D.close_reason else c.close_reason
         p.last_ts = c.last_ts
@@ -1207,9 +1222,11 @@ cdef class RecordStore(Sink):
 
     def identity(self, uint32_t conn):
         """(proto, ipver, client address bytes, client port, server address bytes, server port)."""
-        cdef conn_t* c = conn_at(self.engine, conn)
-        n = 4 if c.ipver == 4 else 16
-        return (c.proto, c.ipver, bytes(c.client[:n]), c.cport, bytes(c.server[:n]), c.sport)
+        cdef cstate_t* st = self._state(conn)
+        if st.ipver == 0:                   # never opened here
+            raise KeyError(conn)
+        n = 4 if st.ipver == 4 else 16
+        return (st.proto, st.ipver, bytes(st.client[:n]), st.cport, bytes(st.server[:n]), st.sport)
 
     # --- re-sharding: a connection's file handed to another store -----------------------------
 
@@ -1309,16 +1326,14 @@ cdef class RecordStore(Sink):
     cdef bint _retire_at_once(self, uint32_t conn, cstate_t* st) except -1:
         # The common end of a connection: closed, every module done with every record, all its
         # bytes acknowledged. Its file goes without being opened again to set bits in records
-        # that nobody will read. Anything less certain takes the long way (reclaim).
-        cdef conn_t* c = conn_at(self.engine, conn)
-        cdef dir_t* D
+        # that nobody will read. Anything less certain takes the long way (reclaim). (What it
+        # published last is final: the engine takes nothing more of an ended connection.)
         cdef int d
         if not st.out_closed or self.keep or self.modules_mask == 0 or (st.done_mask & self.modules_mask) != self.modules_mask:
             return False
-        if c.proto == 6:
+        if st.proto == 6:
             for d in range(2):
-                D = &c.d[d]
-                if st.pub_end[d] > 0 and not (D.has_ack and D.settled and D.acked - D.origin >= st.pub_end[d]):
+                if st.pub_end[d] > 0 and st.pub_acked[d] < st.pub_end[d]:
                     return False
         self._retire(conn, st)
         return True
@@ -1343,7 +1358,6 @@ cdef class RecordStore(Sink):
         cdef cstate_t* st = self._state(conn)
         cdef handle_t* h
         cdef hdr_t* hd
-        cdef conn_t* c = conn_at(self.engine, conn)
         cdef rec_t* r
         cdef uint64_t i, j, n, complete, oldest
         cdef bint in_prefix
@@ -1375,7 +1389,7 @@ cdef class RecordStore(Sink):
                 r = &self.rbuf[j]
                 d = r.dir & 1
                 if in_prefix and mask != 0 and (r.modules & mask) == mask:
-                    if oldest == nrec and c.proto == 6 and r.payload_len and \
+                    if oldest == nrec and st.proto == 6 and r.payload_len and \
                             r.seq_offset - hd.origin[d] + r.payload_len > acked[d]:
                         oldest = i + j      # done by every module, not yet acknowledged
                     continue
@@ -1383,7 +1397,7 @@ cdef class RecordStore(Sink):
                     in_prefix = False
                     complete = i + j
                 if bound[d] < 0:
-                    bound[d] = r.seq_offset - hd.origin[d] if c.proto == 6 else r.seq_offset
+                    bound[d] = r.seq_offset - hd.origin[d] if st.proto == 6 else r.seq_offset
                     if bound[0] >= 0 and bound[1] >= 0:
                         break
             if not in_prefix and bound[0] >= 0 and bound[1] >= 0:
@@ -1396,7 +1410,7 @@ cdef class RecordStore(Sink):
             if bound[d] < 0:
                 bound[d] = hd.end[d]
             stop = acked[d] if acked[d] < bound[d] else bound[d]
-            if self.keep or mask == 0 or c.proto != 6:
+            if self.keep or mask == 0 or st.proto != 6:
                 stop = hd.reclaimed[d]
             stop &= ~(<int64_t>4095)
             start = (hd.reclaimed[d] + 4095) & ~(<int64_t>4095)
