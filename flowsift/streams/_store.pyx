@@ -64,11 +64,11 @@ cdef extern from "fcntl.h" nogil:
     enum: FALLOC_FL_KEEP_SIZE
 
 # --- format constants (mirror flowsift/streams/format.py) --------------------------------
-DEF HEADER_SIZE = 4096
+DEF HEADER_SIZE = 256
 DEF RECORD_SIZE = 128
 DEF GAP_SIZE = 32
-DEF RECORDS_OFF = 4096
-DEF VERSION = 1
+DEF RECORDS_OFF = 256
+DEF VERSION = 2
 DEF HF_CLOSED = 1
 DEF HF_KEEP = 2
 

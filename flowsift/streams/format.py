@@ -1,4 +1,4 @@
-"""The record file format, version 1, as data (docs/record-format.md says the same in prose).
+"""The record file format, version 2, as data (docs/record-format.md says the same in prose).
 
 One file per connection, written only by the gateway. Little-endian throughout. The file is
 sparse: four regions sit at fixed offsets, so each can grow without moving the others, and a
@@ -15,12 +15,12 @@ import struct
 from socket import AF_INET, AF_INET6, inet_ntop
 
 MAGIC = b"FSRECORD"
-VERSION = 1
+VERSION = 2
 
-HEADER_SIZE = 4096
+HEADER_SIZE = 256
 RECORD_SIZE = 128
 GAP_SIZE = 32
-RECORDS_OFF = 4096
+RECORDS_OFF = 256               # right after the header: a short connection's records share its page
 GAPS_OFF = 1 << 39              # 512 GiB: room for 4 billion records before it
 DATA_OFF = (1 << 40, 1 << 42)   # 1 TiB and 4 TiB: 3 TiB for the client's stream, 4 TiB for the server's
 FILE_SIZE = 1 << 43             # 8 TiB apparent size (sparse; ext4 allows 16 TiB, tmpfs more)
