@@ -79,14 +79,23 @@ def closed_events(path):
         return 0
 
 
-def wait_until(what, timeout=60, every=0.01):
+def wait_until(what, timeout=60, every=0.01, procs=()):
+    """Poll `what` until it is true. `procs` must keep running meanwhile: one that ends, or the
+    timeout, fails the test with what they printed (a bare timeout tells nothing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = what()
         if value:
             return value
+        for p in procs:
+            if p.poll() is not None:
+                _, err = p.communicate()
+                raise AssertionError(f"{' '.join(map(str, p.args[2:5]))} ended ({p.returncode}) while waiting: {err}")
         time.sleep(every)
-    raise AssertionError("timed out waiting")
+    for p in procs:
+        p.kill()
+    said = "".join(f"\n{' '.join(map(str, p.args[2:5]))}: {p.communicate()[1]}" for p in procs)
+    raise AssertionError(f"timed out waiting{said}")
 
 
 @pytest.fixture
@@ -116,7 +125,7 @@ def test_module_attached_later_killed_and_restarted_gives_the_chain_output(tmp_p
     events = tmp_path / "slow.jsonl"
     m1 = flowsift("module", slow, "--registry", url, "--run", "r1", "--events", events, "--json")
     # killed with part of its work committed and part written but not committed
-    wait_until(lambda: r.exists("flowsift:{r1}:ckpt:0") and closed_events(events) >= 30)
+    wait_until(lambda: r.exists("flowsift:{r1}:ckpt:0") and closed_events(events) >= 30, procs=(m1,))
     assert m1.poll() is None, "the module finished before it could be killed: nothing was tested"
     os.kill(m1.pid, signal.SIGKILL)
     m1.wait()
@@ -150,7 +159,7 @@ def test_redis_restarted_mid_run_nothing_lost(tmp_path, corpus, redis_server, sl
     events = tmp_path / "slow.jsonl"
     gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "r2", "--expect", "slow", "--json")
     m = flowsift("module", slow, "--registry", url, "--run", "r2", "--events", events, "--json", "--wait", "30")
-    wait_until(lambda: closed_events(events) >= 30)
+    wait_until(lambda: closed_events(events) >= 30, procs=(m, gw))
     assert m.poll() is None and gw.poll() is None
     redis_server.restart()                  # no persistence: every key is gone
     out, err = finish(m)
