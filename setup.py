@@ -63,6 +63,7 @@ EXTENSIONS = [
     ext("flowsift.io._flowtable"),
     ext("flowsift.io._defrag"),
     ext("flowsift.io._afpacket"),
+    ext("flowsift.io._connset"),
     ext("flowsift.reassembly._engine"),
     ext("flowsift.reassembly._filesink"),
     ext("flowsift.streams._store"),

@@ -11,6 +11,7 @@ import time
 
 from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
+from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
 from flowsift.stats import compile_filter
 from flowsift.streams._store import RecordStore
@@ -69,6 +70,9 @@ class Gateway:
             registry = EmbeddedRegistry()
         if registry.kind == "embedded":
             registry.bind(self.store)
+        # a registry that announces may lose its keys and be rebuilt from the store, which then
+        # tells of retired connections too (_restore)
+        self.store.forget_retired = not registry.announces
         self.registry = registry
         # (index, count, split): only the flows of this shard; split "hash": this gateway keeps
         # them (flowsift.io.shard), "kernel": the source gives it only those (fan-out)
@@ -79,7 +83,7 @@ class Gateway:
             from flowsift.io.shard import initial_table
             self.table = initial_table(shard[1])
         self.resharder = None         # moves flows between running shards (flowsift.shards.Resharder)
-        self.announced = set()        # connections the registry knows
+        self.announced = ConnSet()    # connections the registry knows
         self.batches = 0              # publishes so far: the batch log's sequence numbers
         self.late = None              # frame position -> (conn, dir) of late packets, when egress wants them
         self.module_bits = {}         # bit -> info of the modules registered through the registry
@@ -136,7 +140,7 @@ class Gateway:
         for bit, info in modules.items():
             if bit not in self.module_bits:
                 self.module_bits[bit] = info
-                self.done_by.setdefault(bit, set())
+                self.done_by.setdefault(bit, ConnSet())
                 self.store.register_module(bit)
         for bit, conn, records in progress:
             if bit in self.module_bits and conn in self.announced and conn not in self.done_by[bit]:
@@ -182,7 +186,7 @@ class Gateway:
         for name in names:
             bit = self.registry.reserve(name)
             self.module_bits[bit] = {"name": name, "reserved": True}
-            self.done_by.setdefault(bit, set())
+            self.done_by.setdefault(bit, ConnSet())
             self.store.register_module(bit)
 
     def wait_for_modules(self, on_status=None, poll=0.1, tick=None, linger=5.0):

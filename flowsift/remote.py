@@ -162,6 +162,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     at `url` until the run is complete and the module has finished every connection. Returns
     a summary like `flowsift chain`'s."""
     from flowsift.modules.loader import parse_chain
+    from flowsift.io._connset import ConnSet
     from flowsift.modules.runner import InlineChain
     from flowsift.streams.reader import RecordFile
 
@@ -202,7 +203,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
             runner.restore_checkpoint(ckpt)
         else:
             module.counters.update({k: v for k, v in counters.items() if k != EVENTS_KEY})
-        runner.finished = set(done)
+        runner.finished = ConnSet(done)
         state.runner, state.ckpt, state.seq = runner, ckpt, (runner.seq if ckpt else None)
         reg.on_reconnect = state.restore
         reg.subscribe()

@@ -121,3 +121,45 @@ def test_memory_kept_does_not_grow_with_connections_seen(tmp_path):
     large = many_connections(tmp_path / "80k.pcap", 80_000)
     grown = kept_kib(large) - kept_kib(small)
     assert grown * 1024 < 60_000 * 150, f"memory kept grew by {grown} KiB for 60,000 more connections"
+
+
+@pytest.mark.parametrize("announcing", [False, True])
+def test_a_store_forgets_what_it_retired_unless_a_registry_may_ask(tmp_path, announcing):
+    """Retired files' connection state goes, 64 connections at a time; a registry that announces
+    may be rebuilt from the store later, which then still names every connection."""
+    from flowsift.gateway import Gateway
+    from test_store_faults import many_connections
+    capture = many_connections(tmp_path / "many.pcap", 2048)
+    g = Gateway(str(tmp_path / "store"))
+    g.store.forget_retired = not announcing
+    g.store.register_module(0)
+    g.run_capture(capture)
+    held = g.store.state_chunks
+    assert held == 2048 // 64
+    for conn in range(2048):
+        assert g.store.module_done(conn, 0, g.store.latest([conn])[0][0])["retired"]
+    assert g.store.counters()["retired"] == 2048
+    if announcing:
+        assert g.store.state_chunks == held
+        assert g.store.identity(1999)[3] == 1024 + 1999
+    else:
+        assert g.store.state_chunks == 0
+        assert g.store.latest([5]) == [(0, 0, True)]       # a file that is gone
+        with pytest.raises(KeyError):
+            g.store.identity(5)
+        with pytest.raises(KeyError):
+            g.store.module_done(5, 0, 5)
+
+
+def test_a_connection_set_keeps_numbers_in_a_bitmap():
+    from flowsift.io._connset import ConnSet
+    s = ConnSet([7, 3, 100_000, 3])
+    assert len(s) == 3 and list(s) == [3, 7, 100_000]
+    assert 3 in s and 4 not in s and 2**40 not in s and -1 not in s and "3" not in s
+    s.discard(3)
+    s.discard(8)
+    assert len(s) == 2 and 3 not in s and list(s) == [7, 100_000]
+    s.add(2**32 - 1)
+    assert 2**32 - 1 in s and len(s) == 3
+    with pytest.raises(OverflowError):
+        s.add(2**32)

@@ -9,6 +9,7 @@ with (the gateway records it), so complete and acknowledged space can be reclaim
 import json
 import sys
 
+from flowsift.io._connset import ConnSet
 from flowsift.modules.base import ModuleError, trimmed_traceback
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams.format import CLOSE_NAMES, endpoint
@@ -89,7 +90,7 @@ class InlineChain:
         self.errors = {}
         self.event_count = 0
         self.conns = {}
-        self.finished = set()     # connections already closed here (a resumed worker may hear of them again)
+        self.finished = ConnSet()  # connections already closed here (a resumed worker may hear of them again)
         import collections
         self.open_files = collections.OrderedDict()     # connections whose file is open, least recent first
         self.file_budget = reader_budget()

@@ -33,6 +33,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 from flowsift.errors import FlowsiftError
 from flowsift.io._batch cimport Batch, pkt_t
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t, CS_OPEN
+from flowsift.io._tables cimport capacity_for, grow_zeroed
 
 cdef extern from "_writer.h" nogil:
     ctypedef struct fs_bg_t:
@@ -96,6 +97,10 @@ DEF ARENA_HOLD = 16777216
 DEF MAX_IOV = 1024
 # records read back at a time when setting module bits or finding what is complete
 DEF CHUNK_RECS = 512
+# Connection states are kept in chunks of this many; a chunk whose connections were all retired
+# (and forgotten) is freed, so a long chain keeps state for the files it has, not every one seen.
+DEF CS_CHUNK_SHIFT = 6
+DEF CS_CHUNK = 64
 # Before each batch the gateway checks that the store's file system has at least this much
 # free, plus what waits to be written and four times the batch's captured bytes (more than a
 # batch can write), and stops cleanly otherwise: a full tmpfs starves the whole machine, and
@@ -196,6 +201,7 @@ ctypedef struct cstate_t:
     int64_t pub_last_ts      # the last packet's time as last published
     uint64_t out_records     # records whose publish went to the writer (in the file once it is idle)
     uint8_t out_closed       # ... and its last publish too
+    uint8_t forgotten        # retired, and counted in its chunk's forgotten ones
     int32_t run[N_REGION]    # the filling batch's open run of each region, or -1
     # what the store needs of the connection once it ended (the engine frees its record then)
     int64_t pub_acked[2]     # stream offset the peer acknowledged as last published, or -1
@@ -650,8 +656,11 @@ cdef class RecordStore(Sink):
     cdef readonly str directory
     cdef readonly bint keep
     cdef Engine engine
-    cdef cstate_t* cs
-    cdef uint32_t cap
+    cdef cstate_t** cs               # connection states, in chunks of CS_CHUNK (_state)
+    cdef uint8_t* cs_forgotten       # per chunk: its connections retired and forgotten
+    cdef uint32_t cs_chunks
+    cdef cstate_t gone               # what _state gives for a connection of a freed chunk
+    cdef public bint forget_retired  # a retired connection's state goes (nobody asks of it again)
     cdef wstate_t ws
     cdef wbuf_t bufs[2]
     cdef wbuf_t* cur                 # the batch being filled
@@ -677,6 +686,7 @@ cdef class RecordStore(Sink):
         cdef statfs_t sf
         self.directory = directory
         self.keep = keep
+        self.forget_retired = True
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
@@ -721,7 +731,11 @@ cdef class RecordStore(Sink):
         free(self.ws.zeros)
         wb_free(&self.bufs[0])
         wb_free(&self.bufs[1])
+        if self.cs != NULL:
+            for k in range(self.cs_chunks):
+                free(self.cs[k])
         free(self.cs)
+        free(self.cs_forgotten)
         free(self.touched)
         free(self.rbuf)
 
@@ -753,6 +767,12 @@ cdef class RecordStore(Sink):
 
     def path(self, uint32_t conn):
         return os.path.join(self.directory, f"c{conn:08d}.rec")
+
+    @property
+    def state_chunks(self):
+        """Chunks of connection state held (64 connections each): what the store keeps in memory."""
+        cdef uint32_t k
+        return sum(1 for k in range(self.cs_chunks) if self.cs[k] != NULL)
 
     # --- the writer, seen from the gateway ----------------------------------------------------
 
@@ -791,7 +811,7 @@ cdef class RecordStore(Sink):
         cdef int32_t r
         cdef cstate_t* st
         for r in range(wb.n_runs):
-            st = &self.cs[wb.runs[r].conn]
+            st = self._state(wb.runs[r].conn)
             st.run[0] = st.run[1] = st.run[2] = st.run[3] = -1
         return 0
 
@@ -817,7 +837,7 @@ cdef class RecordStore(Sink):
         for i in range(wb.n_ops):
             op = &wb.ops[i]
             if op.kind != OP_CREATE:
-                st = &self.cs[op.conn]
+                st = self._state(op.conn)
                 st.out_records = (<pub_t*>(wb.arena + op.pos)).records
                 if op.kind == OP_FINAL:
                     st.out_closed = 1
@@ -867,15 +887,39 @@ cdef class RecordStore(Sink):
     # --- filling a batch ------------------------------------------------------------------------
 
     cdef cstate_t* _state(self, uint32_t conn) except NULL:
-        cdef int64_t old, k
-        if conn >= self.cap:
-            old = grow_index(<void**>&self.cs, &self.cap, conn, sizeof(cstate_t))
-            if old < 0:
-                raise MemoryError()
-            memset(&self.cs[old], 0, (self.cap - old) * sizeof(cstate_t))
-            for k in range(old, self.cap):
-                self.cs[k].run[0] = self.cs[k].run[1] = self.cs[k].run[2] = self.cs[k].run[3] = -1
-        return &self.cs[conn]
+        cdef uint32_t k = conn >> CS_CHUNK_SHIFT, cap, i
+        cdef cstate_t* chunk
+        if k >= self.cs_chunks:
+            cap = capacity_for(self.cs_chunks, k)
+            if grow_zeroed(<void**>&self.cs, self.cs_chunks, cap, sizeof(cstate_t*)) \
+                    or grow_zeroed(<void**>&self.cs_forgotten, self.cs_chunks, cap, 1):
+                raise MemoryError("record store connection table")
+            self.cs_chunks = cap
+        if self.cs[k] == NULL:
+            if self.cs_forgotten[k] == CS_CHUNK:
+                # every connection of the chunk was retired: a file that is gone, and stays so
+                memset(&self.gone, 0, sizeof(cstate_t))
+                self.gone.closed = self.gone.out_closed = self.gone.forgotten = 1
+                self.gone.run[0] = self.gone.run[1] = self.gone.run[2] = self.gone.run[3] = -1
+                return &self.gone
+            chunk = <cstate_t*> calloc(CS_CHUNK, sizeof(cstate_t))
+            if chunk == NULL:
+                raise MemoryError("record store connection table")
+            for i in range(CS_CHUNK):
+                chunk[i].run[0] = chunk[i].run[1] = chunk[i].run[2] = chunk[i].run[3] = -1
+            self.cs[k] = chunk
+        return &self.cs[k][conn & (CS_CHUNK - 1)]
+
+    cdef void _forget(self, uint32_t conn, cstate_t* st) noexcept:
+        # a retired connection's state is not asked for again: its chunk goes with its last one
+        cdef uint32_t k = conn >> CS_CHUNK_SHIFT
+        if st.forgotten or not self.forget_retired:
+            return
+        st.forgotten = 1
+        self.cs_forgotten[k] += 1
+        if self.cs_forgotten[k] == CS_CHUNK:
+            free(self.cs[k])
+            self.cs[k] = NULL
 
     cdef uint8_t* _room(self, int64_t n) except NULL:
         # n bytes at the end of the filling batch's arena
@@ -1083,8 +1127,9 @@ cdef class RecordStore(Sink):
         for k in range(self.ws.max_handles):
             ws_close_handle(&self.ws, k)
         if self.cs != NULL:
-            for k in range(self.cap):
-                self.cs[k].closed = 1
+            for k in range(<int>self.cs_chunks * CS_CHUNK):
+                if self.cs[k >> CS_CHUNK_SHIFT] != NULL:
+                    self.cs[k >> CS_CHUNK_SHIFT][k & (CS_CHUNK - 1)].closed = 1
 
     # --- records ----------------------------------------------------------------------------
 
@@ -1133,10 +1178,12 @@ cdef class RecordStore(Sink):
         being written when this returns; without `hand_over` it waits in the buffer for
         hand_over()."""
         cdef uint32_t k
+        cdef cstate_t* st
         touched = [self.touched[k] for k in range(self.n_touched)]
         for k in range(self.n_touched):
-            self.cs[self.touched[k]].touched = 0
-            if not self.cs[self.touched[k]].closed:
+            st = self._state(self.touched[k])
+            st.touched = 0
+            if not st.closed:
                 self._publish(self.touched[k], False)
         self.n_touched = 0
         if hand_over:
@@ -1146,7 +1193,7 @@ cdef class RecordStore(Sink):
 
     cdef int _publish(self, uint32_t conn, bint final) except -1:
         # the connection's counters as they stand, to go into its header after its runs
-        cdef cstate_t* st = &self.cs[conn]
+        cdef cstate_t* st = self._state(conn)
         cdef conn_t* c = conn_at(self.engine, conn)
         cdef dir_t* D
         cdef pub_t p
@@ -1242,6 +1289,7 @@ cdef class RecordStore(Sink):
         out = ((<char*>st)[:sizeof(cstate_t)], self.path(conn))
         st.exists = 0
         st.closed = 1
+        self._forget(conn, st)          # (it goes on in the other store)
         return out
 
     def adopt_conn(self, uint32_t conn, bytes state, str path):
@@ -1303,8 +1351,9 @@ cdef class RecordStore(Sink):
             raise KeyError(conn)
         if upto >= st.records:
             st.done_mask |= mask
+        n = st.records
         if self._retire_at_once(conn, st):
-            return {"complete": st.records, "reclaimed": None, "oldest_unacked_done": st.records, "retired": True}
+            return {"complete": n, "reclaimed": None, "oldest_unacked_done": n, "retired": True}
         if upto > st.out_records:
             upto = st.out_records
         self._wait()
@@ -1348,6 +1397,7 @@ cdef class RecordStore(Sink):
             pass
         st.exists = 0
         self.retired += 1
+        self._forget(conn, st)
         return 0
 
     def reclaim(self, uint32_t conn):
