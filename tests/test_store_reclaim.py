@@ -129,3 +129,34 @@ def test_a_chain_summary_counts_what_its_last_reports_gave_back(corpus):
     from flowsift.chain import run_chain
     summary = run_chain("counter", str(corpus / "http__pcpp__three_http_streams.pcap"))
     assert summary["files"] == 3 and summary["retired"] == 3
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_chain_leaves_only_the_files_it_did_not_retire(tmp_path, corpus, inline, monkeypatch):
+    """Retired files are removed while the chain runs -- by the writer thread, with the next
+    batch, when the modules run in workers -- and none is left behind at the end."""
+    from flowsift.chain import run_chain
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")      # many batches: files retire during the run
+    summary = run_chain("counter", str(corpus / "http__csanders__http_espn.pcapng"), store=str(tmp_path / "s"),
+                        inline=inline)
+    assert summary["mode"] == ("inline" if inline else "parallel")
+    assert summary["retired"] > 10
+    assert len(store_files(tmp_path / "s")) == summary["files"] - summary["retired"]
+
+
+def test_in_the_background_the_writer_removes_retired_files_with_the_next_batch(tmp_path, corpus):
+    """Writing in the background, a retire does not wait for the writer: the file goes with the
+    batch handed over next (after what the batches before it wrote)."""
+    g = Gateway(tmp_path / "s")
+    g.store.register_module(0)
+    g.run_capture(corpus / "http__pcpp__three_http_streams.pcap")
+    g.store.set_background(True)
+    try:
+        for conn in range(3):
+            assert g.store.module_done(conn, 0, g.store.latest([conn])[0][0])["retired"]
+        assert len(store_files(g.store_dir)) == 3           # not yet: they wait for the next batch
+        g.store.hand_over()
+        g.store.wait()
+        assert store_files(g.store_dir) == [] and g.store.counters()["retired"] == 3
+    finally:
+        g.store.set_background(False)

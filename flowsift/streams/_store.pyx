@@ -228,6 +228,7 @@ ctypedef struct piece_t:     # bytes of a run that are contiguous in the arena
 DEF OP_CREATE = 0            # a new file; its header (hdr_t) is in the arena
 DEF OP_PUBLISH = 1           # new counters (pub_t in the arena)
 DEF OP_FINAL = 2             # the last counters, then the file is closed
+DEF OP_RETIRE = 3            # the file goes (every module is done with it, nothing waits for an ACK)
 
 ctypedef struct op_t:
     uint32_t conn
@@ -597,6 +598,14 @@ cdef int ws_apply(wstate_t* ws, op_t* op, const pub_t* p) noexcept nogil:
     return 0
 
 
+cdef void ws_retire(wstate_t* ws, uint32_t conn) noexcept nogil:
+    # (a file already gone is fine: a retire is never undone, and nothing else removes files)
+    cdef char path[4200]
+    ws_close_conn(ws, conn)
+    ws_path(ws, conn, path, False)
+    unlink(path)
+
+
 cdef void wb_reset(wbuf_t* wb) noexcept nogil:
     wb.n_creates = 0
     wb.used = 0
@@ -630,7 +639,9 @@ cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
     if ws.err == E_NONE:
         for i in range(wb.n_ops):
             op = &wb.ops[i]
-            if op.kind != OP_CREATE and ws_apply(ws, op, <pub_t*>(wb.arena + op.pos)) != 0:
+            if op.kind == OP_RETIRE:
+                ws_retire(ws, op.conn)
+            elif op.kind != OP_CREATE and ws_apply(ws, op, <pub_t*>(wb.arena + op.pos)) != 0:
                 break
     # the new files go into place (those let go earlier in the drain already are)
     for i in range(ws.n_fresh):
@@ -836,7 +847,7 @@ cdef class RecordStore(Sink):
         self._end_runs(wb)
         for i in range(wb.n_ops):
             op = &wb.ops[i]
-            if op.kind != OP_CREATE:
+            if op.kind == OP_PUBLISH or op.kind == OP_FINAL:
                 st = self._state(op.conn)
                 st.out_records = (<pub_t*>(wb.arena + op.pos)).records
                 if op.kind == OP_FINAL:
@@ -943,11 +954,14 @@ cdef class RecordStore(Sink):
 
     cdef int _op(self, uint32_t conn, int kind, const void* src, int64_t n) except -1:
         cdef wbuf_t* wb
-        cdef uint8_t* dst = self._room(n)
+        cdef uint8_t* dst
+        if n:                       # (an empty arena has no address to give)
+            dst = self._room(n)
         wb = self.cur
         if grow(<void**>&wb.ops, &wb.cap_ops, wb.n_ops, sizeof(op_t)) != 0:
             raise MemoryError()
-        memcpy(dst, src, n)
+        if n:
+            memcpy(dst, src, n)
         wb.ops[wb.n_ops].conn = conn
         wb.ops[wb.n_ops].kind = kind
         wb.n_creates += kind == OP_CREATE
@@ -1388,13 +1402,15 @@ cdef class RecordStore(Sink):
         return True
 
     cdef int _retire(self, uint32_t conn, cstate_t* st) except -1:
-        # every module is done with every record and nothing waits for an ACK: the file goes
-        self._wait()
-        ws_close_conn(&self.ws, conn)
-        try:
-            os.unlink(self.path(conn))
-        except FileNotFoundError:
-            pass
+        # every module is done with every record and nothing waits for an ACK: the file goes.
+        # In the background the writer thread removes it with the next batch (after the
+        # batches before it, which wrote the file's end): removing a file frees its pages,
+        # which costs about as much as writing them did.
+        if self.background:
+            self._op(conn, OP_RETIRE, NULL, 0)
+        else:
+            self._wait()
+            ws_retire(&self.ws, conn)
         st.exists = 0
         self.retired += 1
         self._forget(conn, st)
