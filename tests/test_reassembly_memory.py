@@ -113,14 +113,62 @@ def kept_kib(capture):
     return int(res.stdout.split()[-1])
 
 
-def test_memory_kept_does_not_grow_with_connections_seen(tmp_path):
-    """60,000 more short connections (at most 1,000 open at once) cost far less than the
-    0.9 KB each that kept records did: what grows is the flows of the last 60 s (the linger)."""
+@pytest.fixture(scope="module")
+def twenty_and_eighty_thousand(tmp_path_factory):
+    """Captures of 20,000 and 80,000 short connections, 1,000 a second, at most 1,000 open."""
     from test_store_faults import many_connections
-    small = many_connections(tmp_path / "20k.pcap", 20_000)
-    large = many_connections(tmp_path / "80k.pcap", 80_000)
+    d = tmp_path_factory.mktemp("many")
+    return many_connections(d / "20k.pcap", 20_000), many_connections(d / "80k.pcap", 80_000)
+
+
+def test_memory_kept_does_not_grow_with_connections_seen(twenty_and_eighty_thousand):
+    """60,000 more short connections cost far less than the 0.9 KB each that kept records did:
+    what grows is the flows of the last 60 s (the linger)."""
+    small, large = twenty_and_eighty_thousand
     grown = kept_kib(large) - kept_kib(small)
     assert grown * 1024 < 60_000 * 150, f"memory kept grew by {grown} KiB for 60,000 more connections"
+
+
+RSS_MODULE = """
+from flowsift.modules import Module
+
+
+class Rss(Module):
+    \"\"\"Its process's anonymous memory at the end of the run.
+
+    Synopsis: rss.py
+    Reads: each connection's end
+    Writes: nothing
+    Options: none
+    Counters: connections
+    Example: flowsift chain rss.py trace.pcap --inline
+    \"\"\"
+    name = "rss"
+
+    def on_close(self, flow, reason):
+        self.count("connections")
+
+    def summary(self):
+        with open("/proc/self/status") as f:
+            return [{"kib": next(int(l.split()[1]) for l in f if l.startswith("RssAnon"))}]
+"""
+
+
+def test_a_chain_keeps_memory_for_what_it_holds_not_for_every_connection(tmp_path, twenty_and_eighty_thousand):
+    """A chain (gateway, store, module runner in one process) over 60,000 more connections grows
+    by the flows of the linger, not by the ~1 KB each that its engine records, store state and
+    runner kept before."""
+    import json
+    from conftest import run_cli
+    module = tmp_path / "rss.py"
+    module.write_text(RSS_MODULE)
+    kib = []
+    for capture in twenty_and_eighty_thousand:
+        summary = json.loads(run_cli("chain", module, capture, "--inline", "--json", check=True).stdout)
+        assert summary["modules"]["rss"]["connections"] == int(capture.name[:2]) * 1000
+        kib.append(summary["tables"]["rss"][0]["kib"])
+    grown = kib[1] - kib[0]
+    assert grown * 1024 < 60_000 * 300, f"a chain's memory grew by {grown} KiB for 60,000 more connections"
 
 
 @pytest.mark.parametrize("announcing", [False, True])
