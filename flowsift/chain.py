@@ -10,10 +10,11 @@ from flowsift.modules.workers import ParallelChain
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
               strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
-              shards=None, shard=None, reshard=None, handover=None):
+              shards=None, shard=None, reshard=None, handover=None, reassembly=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
-    (under /dev/shm) is removed at the end unless `keep`."""
+    (under /dev/shm) is removed at the end unless `keep`. `reassembly`: the engine's timeouts
+    and bounds (flowsift.bounds)."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     from flowsift.io.live import is_live
     from flowsift.errors import UsageError
@@ -35,7 +36,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.shards import parse_reshard, run_sharded
         return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
                            filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
-                           max_backlog=max_backlog, on_progress=on_progress)
+                           max_backlog=max_backlog, on_progress=on_progress, reassembly=reassembly)
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError
@@ -44,9 +45,10 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.remote import run_chain_remote
         return run_chain_remote(spec, source, registry, events=events, store=store, keep=keep,
                                 filter_expression=filter_expression, policy=policy, strict=strict,
-                                on_progress=on_progress)
+                                on_progress=on_progress, reassembly=reassembly)
     # egress rereads stream bytes after the run: nothing may be given back before it is written
-    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard)
+    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
+                **(reassembly or {}))
     try:
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from flowsift import __version__
+from flowsift.bounds import parse_settings, settings_help
 from flowsift.errors import FlowsiftError
 
 app = typer.Typer(
@@ -89,6 +90,9 @@ FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
 POLICY = typer.Option("first", "--policy", metavar="NAME",
                       help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris.")
+REASSEMBLY = typer.Option(None, "--reassembly", metavar="NAME=VALUE",
+                          help="Set a reassembly timeout or bound (repeat it, or comma-separate), defaults: "
+                               f"{settings_help()}. What happens at each: docs/reassembly.md.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (fields in docs/cli.md).")
 
 
@@ -133,6 +137,7 @@ def streams(
     discard: bool = typer.Option(False, "--discard", help="Reassemble everything, write nothing but the summary."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
+    reassembly: Optional[List[str]] = REASSEMBLY,
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
     as_json: bool = JSON,
@@ -148,13 +153,16 @@ def streams(
       flowsift streams trace.pcap -o out/
       flowsift streams trace.pcap -o out/ --filter 'tcp port 80' --policy linux
       flowsift streams big.pcap --discard --json
+      flowsift streams live.pcap -o out/ --reassembly memcap=4GiB,established_timeout=5m
     """
     from flowsift.extract import extract_streams
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
-    _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress),
+    _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
+                                                                   **bounds),
          as_json, _render('print_streams'))
 
 
@@ -171,6 +179,7 @@ def gateway(
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
+    reassembly: Optional[List[str]] = REASSEMBLY,
     registry: Optional[str] = REGISTRY,
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN",
                                       help="Name of the run in the registry (default: a fresh random one)."),
@@ -207,12 +216,13 @@ def gateway(
         return
     if source is None:
         _fail("missing SOURCE (a pcap or pcapng file); see flowsift gateway --help")
+    bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
     if registry is None:
         if run or expect:
             _fail("--run and --expect need --registry URL")
         from flowsift.gateway import Gateway
-        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter)
+        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, **bounds)
         _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
              _render('print_gateway'))
         return
@@ -220,8 +230,8 @@ def gateway(
     names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []
     started = (lambda r: typer.echo(f"flowsift: run {r} in the registry", err=True)) if not as_json else None
     _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
-                                                   filter_expression=filter, policy=policy, on_progress=progress,
-                                                   on_started=started),
+                                                   filter_expression=filter, policy=policy, reassembly=bounds,
+                                                   on_progress=progress, on_started=started),
          as_json, _render('print_gateway'))
 
 
@@ -294,6 +304,7 @@ def chain(
     keep: bool = typer.Option(False, "--keep", help="Keep every record (and the default store) after the run."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
+    reassembly: Optional[List[str]] = REASSEMBLY,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
     max_backlog: Optional[int] = typer.Option(None, "--max-backlog", metavar="N",
@@ -331,6 +342,7 @@ def chain(
       flowsift modules            (what modules there are)
     """
     from flowsift.chain import run_chain
+    bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
     out = sys.stdout if events == "-" else None
     try:
@@ -340,8 +352,8 @@ def chain(
             except OSError as e:
                 _fail(f"{events}: cannot write events: {e.strerror}")
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
-                                                         filter_expression=filter, policy=policy, strict=strict,
-                                                         on_progress=progress, inline=inline, write=write,
+                                                         filter_expression=filter, policy=policy, reassembly=bounds,
+                                                         strict=strict, on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
                                                          shards=shards, reshard=reshard),
              as_json, _render('print_chain'))

@@ -37,11 +37,12 @@ def _redis(url, run=None, role="gateway"):
 
 
 def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
-          on_progress=None, on_status=_say, tick=None, on_started=None):
+          on_progress=None, on_status=_say, tick=None, on_started=None, reassembly=None):
     """Run the gateway over `source` with the registry at `url`; returns its summary."""
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
-    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg)
+    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
+                **(reassembly or {}))
     try:
         try:
             reg.start_run({"store": g.store_dir, "source": str(source)})
@@ -376,7 +377,7 @@ class _Attached:
 
 
 def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
-                     strict=False, on_progress=None):
+                     strict=False, on_progress=None, reassembly=None):
     """`flowsift chain ... --registry URL`: the gateway here, each module in its own
     `flowsift module` process attached through the registry (restarted if it dies)."""
     import subprocess
@@ -415,7 +416,7 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
 
     try:
         summary = serve(source, url, run=run, store=store, keep=keep, expect=names, filter_expression=filter_expression,
-                        policy=policy, on_progress=on_progress, tick=tick,
+                        policy=policy, on_progress=on_progress, tick=tick, reassembly=reassembly,
                         on_started=lambda r: [launch(i) for i in range(len(parts))])
         results = []
         for i, p in procs.items():

@@ -3,6 +3,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, run_cli
 
 
@@ -101,3 +103,45 @@ def test_inspect_writes_ipv6_endpoints_as_events_do(tmp_path, corpus):
     assert len(got) == 1 and re.fullmatch(r"\[[0-9a-f:]+\]:\d+", got[0]["client"]) and got[0]["server"].startswith("[")
     one = json.loads(run_cli("inspect", store / got[0]["file"], "--json", check=True).stdout)
     assert one["client"] == got[0]["client"] and one["server"] == got[0]["server"]
+
+
+ESPN = "http__csanders__http_espn.pcapng"        # 39 connections, many open at once
+
+
+def test_reassembly_bounds_are_set_from_the_command_line(corpus, tmp_path):
+    """--reassembly NAME=VALUE reaches the engine of streams, gateway and chain: two open
+    connections at most evicts the idlest, and a 1 s idle timeout ends connections by timeout."""
+    cap = corpus / ESPN
+
+    def closes(*args):
+        return json.loads(run_cli(*args, "--json", check=True).stdout)
+
+    assert closes("streams", cap, "--discard")["close"] == {"eof": 39}
+    evicted = closes("streams", cap, "--discard", "--reassembly", "max_connections=2")["close"]
+    assert evicted["evicted"] > 100
+    timed_out = closes("streams", cap, "--discard", "--reassembly", "established_timeout=1s,embryonic_timeout=1s")
+    assert timed_out["close"].get("timeout", 0) > 0
+    assert closes("gateway", cap, "--store", tmp_path / "s", "--reassembly", "max_connections=2")["connections"]["close"] == evicted
+    assert closes("chain", "counter", cap, "--events", tmp_path / "e.jsonl",
+                  "--reassembly", "max_connections=2")["connections"]["close"] == evicted
+
+
+def test_reassembly_settings_read_units_and_refuse_nonsense():
+    from flowsift.bounds import parse_settings
+    from flowsift.errors import UsageError
+    assert parse_settings(["memcap=2GiB", "max_held_per_dir=64k,established_timeout=5m", "closing_timeout=500ms",
+                           "finished_linger=30", "max_connections=1000", "udp_timeout=1.5h"]) == {
+        "memcap": 2 << 30, "max_held_per_dir": 64 << 10, "established_timeout": 300.0, "closing_timeout": 0.5,
+        "finished_linger": 30.0, "max_connections": 1000, "udp_timeout": 5400.0}
+    for bad, said in [("memcap=lots", "size expected"), ("memcap=1.5", "size expected"), ("memcap=0", "size expected"),
+                      ("max_connections=1k", "whole number"), ("established_timeout=5 parsecs", "duration expected"),
+                      ("memcap", "NAME=VALUE"), ("memcpa=1G", "no such setting; one of embryonic_timeout")]:
+        with pytest.raises(UsageError, match=said):
+            parse_settings([bad])
+
+
+def test_a_bad_reassembly_setting_is_one_line(corpus):
+    for args in (["streams", corpus / ESPN, "--discard"], ["gateway", corpus / ESPN], ["chain", "counter", corpus / ESPN]):
+        res = run_cli(*args, "--reassembly", "memcap=lots")
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            "flowsift: --reassembly memcap=lots: size expected (bytes, or with a unit: 512KiB, 64MiB, 2GiB)"], res.stderr

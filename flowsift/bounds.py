@@ -1,0 +1,65 @@
+"""The reassembly engine's timeouts and bounds, as `--reassembly NAME=VALUE` sets them.
+
+    parse_settings(["memcap=2GiB", "established_timeout=5m,finished_linger=30"])
+    -> {"memcap": 2147483648, "established_timeout": 300.0, "finished_linger": 30.0}
+
+Names are the Engine's keyword arguments; docs/reassembly.md says what happens at each bound.
+(Outside the reassembly package: the command line reads this without loading the engine.)
+"""
+import re
+
+from flowsift.errors import UsageError
+
+# name: (kind, default as written, what it bounds)
+SETTINGS = {
+    "embryonic_timeout": ("duration", "30s", "a connection that has not finished its handshake"),
+    "established_timeout": ("duration", "10m", "an established connection with no packet"),
+    "closing_timeout": ("duration", "10s", "a connection after FIN or RST, for late retransmissions"),
+    "udp_timeout": ("duration", "2m", "a UDP flow with no datagram"),
+    "finished_linger": ("duration", "60s", "a flow kept after its connection ended (late packets stay late)"),
+    "max_held_per_dir": ("size", "4MiB", "out-of-order bytes held for one direction"),
+    "memcap": ("size", "1GiB", "out-of-order bytes held in all"),
+    "max_connections": ("count", "1048576", "open connections (the idlest is evicted)"),
+}
+
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+          "t": 1 << 40, "tib": 1 << 40}
+_SECONDS = {"": 1.0, "s": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0}
+_NUMBER = r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$"     # (compiled when first used: not at start-up)
+_EXAMPLES = {"duration": "seconds, or with a unit: 500ms, 30s, 5m, 1h",
+             "size": "bytes, or with a unit: 512KiB, 64MiB, 2GiB",
+             "count": "a whole number"}
+
+
+def _value(name, kind, text):
+    m = re.match(_NUMBER, text)
+    unit = m.group(2).lower() if m else None
+    if kind == "duration" and m and unit in _SECONDS:
+        return float(m.group(1)) * _SECONDS[unit]
+    if kind == "size" and m and unit in _UNITS and (unit or "." not in m.group(1)):
+        value = int(float(m.group(1)) * _UNITS[unit])
+        if value > 0:
+            return value
+    if kind == "count" and m and not unit and "." not in m.group(1) and int(m.group(1)) > 0:
+        return int(m.group(1))
+    raise UsageError(f"--reassembly {name}={text}: {kind} expected ({_EXAMPLES[kind]})")
+
+
+def parse_settings(items):
+    """`NAME=VALUE` strings (each may hold several, comma-separated) -> Engine keyword arguments."""
+    out = {}
+    for item in items or ():
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            name, eq, text = part.partition("=")
+            name = name.strip()
+            if not eq or not text.strip():
+                raise UsageError(f"--reassembly {part}: NAME=VALUE expected, e.g. memcap=2GiB")
+            if name not in SETTINGS:
+                raise UsageError(f"--reassembly {part}: no such setting; one of {', '.join(SETTINGS)}")
+            out[name] = _value(name, SETTINGS[name][0], text.strip())
+    return out
+
+
+def settings_help():
+    """One line per setting, for --help."""
+    return "; ".join(f"{name} ({default})" for name, (_, default, _) in SETTINGS.items())
