@@ -153,7 +153,7 @@ def streams(
       flowsift streams trace.pcap -o out/
       flowsift streams trace.pcap -o out/ --filter 'tcp port 80' --policy linux
       flowsift streams big.pcap --discard --json
-      flowsift streams live.pcap -o out/ --reassembly memcap=4GiB,established_timeout=5m
+      flowsift streams day.pcap -o out/ --reassembly memcap=4GiB,established_timeout=5m
     """
     from flowsift.extract import extract_streams
 
