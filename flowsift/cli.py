@@ -368,6 +368,8 @@ def replay(
     to: str = typer.Option(..., "--to", metavar="HOST:PORT", help="The server to replay against."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR", help="Replay the connections of a kept store."),
     filter: Optional[str] = FILTER,
+    policy: str = POLICY,
+    reassembly: Optional[List[str]] = REASSEMBLY,
     server_port: Optional[int] = typer.Option(None, "--server-port", metavar="N", help="Only connections to this server port."),
     speed: str = typer.Option("max", "--speed", metavar="X",
                               help="'max' (as fast as possible), or a multiple of the original pace: 1, 10..."),
@@ -414,6 +416,7 @@ def replay(
             _fail(f"--speed {speed!r}: 'max' or a positive number")
     if concurrency < 1:
         _fail("--concurrency must be at least 1")
+    bounds = parse_settings(reassembly)
     if unacked:
         from flowsift.replay import replay_unacked
         if store is None:
@@ -442,7 +445,7 @@ def replay(
         result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
                      concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
                      ignore_body=ignore_body_regex, timeout=timeout, idle=idle, report=report, on_start=start,
-                     on_conversation=done)
+                     on_conversation=done, policy=policy, reassembly=bounds)
     finally:
         if bar is not None:
             bar.stop()

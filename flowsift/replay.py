@@ -431,7 +431,7 @@ def check_target(host, port, timeout=5.0):
         raise FlowsiftError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
 
 
-def _store_of(source, store, filter_expression, on_progress):
+def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None):
     """A kept store for `source` (a capture, read now into a temporary store) or `store`."""
     if store is not None:
         if not os.path.isdir(store):
@@ -440,7 +440,7 @@ def _store_of(source, store, filter_expression, on_progress):
     if source is None:
         raise UsageError("give a capture, or --store DIR")
     from flowsift.gateway import Gateway
-    g = Gateway(None, keep=True, filter_expression=filter_expression)
+    g = Gateway(None, keep=True, filter_expression=filter_expression, policy=policy, **(reassembly or {}))
     summary = g.run_capture(source, on_progress=on_progress)
     if summary["error"]:
         raise FlowsiftError(summary["error"])
@@ -449,8 +449,9 @@ def _store_of(source, store, filter_expression, on_progress):
 
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
-           on_progress=None, on_conversation=None, on_start=None):
-    """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary."""
+           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None):
+    """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary.
+    `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled."""
     from flowsift.streams.reader import store_files
     host, port = parse_target(to)
     if match not in ("exact", "http"):
@@ -461,7 +462,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         except re.error as e:
             raise UsageError(f"--ignore-body-regex: {e}") from None
     check_target(host, port)
-    directory, temporary = _store_of(source, store, filter_expression, on_progress)
+    directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
     skipped, convs = {}, []
     try:
         for path in store_files(directory):

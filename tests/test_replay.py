@@ -229,7 +229,8 @@ def test_bad_targets_are_one_line_exit_2(corpus):
     for args, words in ((("--to", f"127.0.0.1:{port}"), f"cannot connect to 127.0.0.1:{port}"),
                         (("--to", "no-such-host.invalid:80"), "cannot resolve no-such-host.invalid"),
                         (("--to", "localhost"), "expected HOST:PORT"),
-                        (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number")):
+                        (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number"),
+                        (("--to", f"127.0.0.1:{port}", "--reassembly", "memcap=lots"), "memcap=lots: size expected")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
@@ -379,3 +380,17 @@ def test_pacing_follows_the_original_timing(tmp_path, http_table):
     # the longest conversation spans 3.13 s between its first and last request
     assert paced["seconds"] >= 3.13 / 2 and fast["seconds"] < 3.13 / 2
     assert paced["identical"] == fast["identical"] == 8
+
+
+def test_a_capture_is_reassembled_with_the_bounds_given(corpus):
+    """--policy and --reassembly reach the gateway that reads the capture for a replay: two
+    open connections at most evicts the idlest, so the espn capture's 39 become many more."""
+    import shutil
+    from flowsift.replay import _store_of
+    from flowsift.streams import store_files
+    counts = []
+    for bounds in (None, {"max_connections": 2}):
+        directory, temporary = _store_of(corpus / "http__csanders__http_espn.pcapng", None, None, None, "linux", bounds)
+        counts.append(len(store_files(directory)))
+        shutil.rmtree(temporary)
+    assert counts[0] == 39 and counts[1] > 100
