@@ -10,7 +10,7 @@ from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport calloc, malloc, realloc, free
 
 from flowsift.io._batch cimport Batch, pkt_t, ST_OK, PF_L4, PF_FRAGMENT, PF_OTHER_SHARD
-from flowsift.io._tables cimport capacity_for, grow_zeroed
+from flowsift.io._tables cimport reach_chunk
 
 DEF TH_FIN = 0x01
 DEF TH_SYN = 0x02
@@ -128,15 +128,11 @@ cdef class FlowTable:
         return 0
 
     cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil:
-        cdef uint32_t k = self.n_flows >> FLOW_CHUNK_SHIFT, cap
+        cdef uint32_t k = self.n_flows >> FLOW_CHUNK_SHIFT
         if self.n_flows == MAX_FLOWS:
             return -1
-        if k == self.cap_chunks:
-            cap = capacity_for(self.cap_chunks, k)
-            if grow_zeroed(<void**>&self.chunks, self.cap_chunks, cap, sizeof(flow_t*)) \
-                    or grow_zeroed(<void**>&self.released, self.cap_chunks, cap, 1):
-                return -1
-            self.cap_chunks = cap
+        if reach_chunk(<void**>&self.chunks, &self.released, &self.cap_chunks, k):
+            return -1
         if self.chunks[k] == NULL:
             self.chunks[k] = <flow_t*> malloc(FLOW_CHUNK * sizeof(flow_t))
             if self.chunks[k] == NULL:

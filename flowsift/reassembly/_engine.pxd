@@ -144,16 +144,11 @@ cdef enum:
     CONN_CHUNK_SHIFT = 6
     CONN_CHUNK = 64
 
-ctypedef struct ended_t:      # a finished connection whose flow lingers in the flow table
-    uint32_t conn
-    int64_t ts
-
-
 cdef class Engine:
     cdef conn_t** chunks          # chunk k: connections k * CONN_CHUNK ...; NULL: not made, or freed
     cdef uint8_t* released        # per chunk: connections released from it
     cdef uint32_t cap_chunks
-    cdef ended_t* ended           # FIFO of finished connections, by end time
+    cdef uint32_t* ended          # FIFO of finished connections whose flow lingers, by end time (flow_t.ended_ts)
     cdef uint32_t ended_head
     cdef uint32_t ended_len
     cdef uint32_t ended_cap

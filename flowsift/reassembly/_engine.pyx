@@ -38,7 +38,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
 from flowsift.io._flowtable cimport FlowTable, flow_t, flow_at, carries_flow
-from flowsift.io._tables cimport capacity_for, grow_zeroed
+from flowsift.io._tables cimport reach_chunk
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -336,13 +336,9 @@ cdef class Engine:
 
     cdef int _grow(self, uint32_t need) except -1:
         # the chunk of connection `need` exists (a fresh chunk reads as unused connections)
-        cdef uint32_t k = need >> CONN_CHUNK_SHIFT, cap
-        if k >= self.cap_chunks:
-            cap = capacity_for(self.cap_chunks, k)
-            if grow_zeroed(<void**>&self.chunks, self.cap_chunks, cap, sizeof(conn_t*)) \
-                    or grow_zeroed(<void**>&self.released, self.cap_chunks, cap, 1):
-                raise MemoryError("reassembly connection table")
-            self.cap_chunks = cap
+        cdef uint32_t k = need >> CONN_CHUNK_SHIFT
+        if reach_chunk(<void**>&self.chunks, &self.released, &self.cap_chunks, k):
+            raise MemoryError("reassembly connection table")
         if self.chunks[k] == NULL:
             if self.released[k] == CONN_CHUNK:
                 raise AssertionError(f"connection {need} reopened after its chunk was freed")
@@ -373,9 +369,9 @@ cdef class Engine:
         # an ended connection nobody will read again: its record goes (its state stays
         # CS_DONE while its chunk lives); its flow lingers in the table for late packets,
         # from `ended` on, then goes too (_forget_ended)
-        cdef uint32_t k = i >> CONN_CHUNK_SHIFT, at
+        cdef uint32_t k = i >> CONN_CHUNK_SHIFT, at, j
         cdef conn_t* c = conn_at(self, i)
-        cdef void* p
+        cdef uint32_t* p
         c.lru = LRU_RELEASED
         self.released_connections += 1
         self.released[k] += 1
@@ -388,38 +384,36 @@ cdef class Engine:
             self.flows._release(i)          # already out of the table (timeout, eviction, a reused tuple)
             return 0
         if self.ended_len == self.ended_cap:
-            p = malloc((self.ended_cap * 2 if self.ended_cap else 1024) * sizeof(ended_t))
+            p = <uint32_t*> malloc((self.ended_cap * 2 if self.ended_cap else 1024) * sizeof(uint32_t))
             if p == NULL:
                 raise MemoryError("reassembly connection table")
-            for k in range(self.ended_len):
-                (<ended_t*>p)[k] = self.ended[(self.ended_head + k) % self.ended_cap]
+            for j in range(self.ended_len):
+                p[j] = self.ended[(self.ended_head + j) % self.ended_cap]
             free(self.ended)
-            self.ended = <ended_t*> p
+            self.ended = p
             self.ended_head = 0
             self.ended_cap = self.ended_cap * 2 if self.ended_cap else 1024
         flow_at(self.flows, i).ended_ts = ended
         # the FIFO stays in order of end: only a flow handed over from another engine
         # (import_flow) may have ended before the latest here
         at = self.ended_len
-        while at and self.ended[(self.ended_head + at - 1) % self.ended_cap].ts > ended:
+        while at and flow_at(self.flows, self.ended[(self.ended_head + at - 1) % self.ended_cap]).ended_ts > ended:
             self.ended[(self.ended_head + at) % self.ended_cap] = self.ended[(self.ended_head + at - 1) % self.ended_cap]
             at -= 1
-        k = (self.ended_head + at) % self.ended_cap
-        self.ended[k].conn = i
-        self.ended[k].ts = ended
+        self.ended[(self.ended_head + at) % self.ended_cap] = i
         self.ended_len += 1
         return 0
 
     cdef int _forget_ended(self) except -1:
         # flows of connections that ended more than the linger ago leave the table: a packet of
         # theirs now starts a new connection
-        cdef ended_t* e
+        cdef uint32_t i
         while self.ended_len:
-            e = &self.ended[self.ended_head]
-            if e.ts + self.linger > self.now:
+            i = self.ended[self.ended_head]
+            if flow_at(self.flows, i).ended_ts + self.linger > self.now:
                 break
-            self.flows._remove(e.conn)
-            self.flows._release(e.conn)
+            self.flows._remove(i)
+            self.flows._release(i)
             self.ended_head = (self.ended_head + 1) % self.ended_cap
             self.ended_len -= 1
         return 0

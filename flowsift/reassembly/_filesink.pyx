@@ -24,7 +24,7 @@ from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.unistd cimport write as c_write, close as c_close
 
 from flowsift.errors import FlowsiftError
-from flowsift.io._tables cimport capacity_for, grow_zeroed
+from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 
 
@@ -121,13 +121,9 @@ cdef class FileSink(Sink):
 
     cdef fdir_t* _fd(self, uint32_t conn, int d) except NULL:
         # a live connection's direction (its chunk is made when the first one opens)
-        cdef uint32_t cap, k = conn // DIR_CHUNK, j
-        if k >= self.cap_chunks:
-            cap = capacity_for(self.cap_chunks, k)
-            if grow_zeroed(<void**>&self.chunks, self.cap_chunks, cap, sizeof(fdir_t*)) \
-                    or grow_zeroed(<void**>&self.closed, self.cap_chunks, cap, 1):
-                raise MemoryError()
-            self.cap_chunks = cap
+        cdef uint32_t k = conn // DIR_CHUNK, j
+        if reach_chunk(<void**>&self.chunks, &self.closed, &self.cap_chunks, k):
+            raise MemoryError()
         if self.chunks[k] == NULL:
             self.chunks[k] = <fdir_t*> calloc(2 * DIR_CHUNK, sizeof(fdir_t))
             if self.chunks[k] == NULL:

@@ -33,7 +33,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 from flowsift.errors import FlowsiftError
 from flowsift.io._batch cimport Batch, pkt_t
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t, CS_OPEN
-from flowsift.io._tables cimport capacity_for, grow_zeroed
+from flowsift.io._tables cimport reach_chunk
 
 cdef extern from "_writer.h" nogil:
     ctypedef struct fs_bg_t:
@@ -898,14 +898,10 @@ cdef class RecordStore(Sink):
     # --- filling a batch ------------------------------------------------------------------------
 
     cdef cstate_t* _state(self, uint32_t conn) except NULL:
-        cdef uint32_t k = conn >> CS_CHUNK_SHIFT, cap, i
+        cdef uint32_t k = conn >> CS_CHUNK_SHIFT, i
         cdef cstate_t* chunk
-        if k >= self.cs_chunks:
-            cap = capacity_for(self.cs_chunks, k)
-            if grow_zeroed(<void**>&self.cs, self.cs_chunks, cap, sizeof(cstate_t*)) \
-                    or grow_zeroed(<void**>&self.cs_forgotten, self.cs_chunks, cap, 1):
-                raise MemoryError("record store connection table")
-            self.cs_chunks = cap
+        if reach_chunk(<void**>&self.cs, &self.cs_forgotten, &self.cs_chunks, k):
+            raise MemoryError("record store connection table")
         if self.cs[k] == NULL:
             if self.cs_forgotten[k] == CS_CHUNK:
                 # every connection of the chunk was retired: a file that is gone, and stays so
