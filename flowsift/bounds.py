@@ -26,12 +26,21 @@ _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g"
           "t": 1 << 40, "tib": 1 << 40}
 _SECONDS = {"": 1.0, "s": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0}
 _NUMBER = r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$"     # (compiled when first used: not at start-up)
+# beyond these the engine's integers would overflow (durations are kept in int64 nanoseconds)
+_MOST = {"duration": (100 * 365 * 86400, "100 years"), "size": (1 << 62, "4 EiB"), "count": ((1 << 32) - 1, "4294967295")}
 _EXAMPLES = {"duration": "seconds, or with a unit: 500ms, 30s, 5m, 1h",
              "size": "bytes, or with a unit: 512KiB, 64MiB, 2GiB",
              "count": "a whole number"}
 
 
 def _value(name, kind, text):
+    value = _parse(name, kind, text)
+    if value > _MOST[kind][0]:
+        raise UsageError(f"--reassembly {name}={text}: at most {_MOST[kind][1]}")
+    return value
+
+
+def _parse(name, kind, text):
     m = re.match(_NUMBER, text)
     unit = m.group(2).lower() if m else None
     if kind == "duration" and m and unit in _SECONDS:
