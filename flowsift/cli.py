@@ -1,5 +1,6 @@
 """The `flowsift` command line: thin over the library."""
 import gc
+import inspect as _inspect     # (`inspect` is a command here)
 import json
 import os
 import signal
@@ -114,8 +115,10 @@ def stats(
     duration: Optional[float] = DURATION,
     as_json: bool = JSON,
 ):
-    """Summarise a capture: packets, bytes, time span, link types, protocols, flows, and every
-    packet that could not be decoded, by reason.
+    """Summarise a capture without reassembling it.
+
+    Packets, bytes, time span, link types, protocols, flows, and every packet that could not
+    be decoded, by reason.
 
     \b
     Examples:
@@ -275,8 +278,10 @@ def inspect(
     records: int = typer.Option(20, "--records", "-n", metavar="N", help="Records to show (0: none, -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
 ):
-    """Show a record file (header, records with their flags and bitmaps, stream extents, gaps)
-    or summarise a store directory (one line per connection).
+    """Show a record file, or summarise a store directory.
+
+    A file: its header, its records with their flags and bitmaps, its stream extents and
+    gaps. A directory: one line per connection.
 
     \b
     Examples:
@@ -327,9 +332,10 @@ def chain(
     duration: Optional[float] = DURATION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
 ):
-    """Run a chain of modules over a capture: the gateway writes each connection's records
-    and streams, and the modules read them (byte streams, gaps, packets) and emit events.
-    Read-only modules each run in a worker process, in parallel, restarted if they die;
+    """Run a chain of modules over a capture.
+
+    The gateway writes each connection's records and streams, and the modules read them (byte
+    streams, gaps, packets) and emit events. Read-only modules each run in a worker process, in parallel, restarted if they die;
     --inline runs them in order in the gateway's process.
 
     \b
@@ -337,7 +343,7 @@ def chain(
       flowsift chain counter trace.pcap
       flowsift chain counter,./mymodule.py:Mine trace.pcap --events out.jsonl
       flowsift chain http,counter trace.pcap --registry redis://localhost:6379/0
-      flowsift chain "nat(to=10.0.0.2:8080)" afpacket:eth1 --out afpacket:eth2   (inline)
+      flowsift chain "nat(to=10.0.0.2:8080)" afpacket:eth1 --out afpacket:eth2
       flowsift chain http,counter trace.pcap --shards 2 --reshard 500000:4
       flowsift modules            (what modules there are)
     """
@@ -487,7 +493,6 @@ def analyze(
 @app.command("modules")
 def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help="A module: print its documentation.")):
     """List the modules flowsift can find, or print one module's documentation."""
-    import inspect as _inspect
     from flowsift.modules.loader import BUILTINS, find
 
     if name:
@@ -507,6 +512,26 @@ class Terminated(BaseException):
 
 def _terminated(signum, frame):
     raise Terminated()
+
+
+def _reflow(doc):
+    """A docstring as rich help shows it well: each prose paragraph on one line (rich wraps it
+    to the terminal; it would keep the source's line breaks and wrap each line again), and
+    the lines of a \\b paragraph (examples) kept as they are, without the \\b mark (rich keeps
+    line breaks; click's plain help needs the mark)."""
+    out = []
+    for para in _inspect.cleandoc(doc).split("\n\n"):
+        out.append(para[1:].lstrip("\n") if para.startswith("\b") else " ".join(para.split("\n")))
+    return "\n\n".join(out)
+
+
+try:
+    import rich  # noqa: F401    (without rich, click wraps paragraphs itself and needs the \b marks)
+    for _info in app.registered_commands:
+        if _info.help is None and _info.callback.__doc__:
+            _info.help = _reflow(_info.callback.__doc__)
+except ImportError:
+    pass
 
 
 def main():

@@ -17,6 +17,28 @@ def test_help_teaches():
         assert word in res.stdout
 
 
+@pytest.mark.parametrize("command", ["stats", "streams", "gateway", "module", "inspect", "chain", "replay"])
+def test_help_prose_is_wrapped_to_the_terminal_and_examples_keep_their_lines(command):
+    # rich keeps a docstring's line breaks and wraps each line again: at 80 columns a
+    # paragraph then comes out as long and short lines, one after another
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "flowsift", command, "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "80", "TERM": "dumb"}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = [line.strip() for line in res.stdout.splitlines()]
+    prose = lines[[i for i, x in enumerate(lines) if x.startswith("Usage:")][0] + 1:lines.index("Examples:")]
+    for line, following in zip(prose, prose[1:]):
+        if line and following:
+            # a line of a paragraph followed by another: it was filled up to near the width
+            assert len(line) + 1 + len(following.split()[0]) > 78 - 2, (line, following)
+        assert line or following, "two blank lines in a row"
+    examples = res.stdout.split("Examples:")[1].split("╭")[0].splitlines()
+    assert any(x.startswith(f"   flowsift {command}") for x in examples), examples
+    assert "\b" not in res.stdout
+
+
 def test_version():
     res = run_cli("--version")
     assert res.returncode == 0 and re.match(r"flowsift \d+\.\d+", res.stdout)
