@@ -112,3 +112,31 @@ def test_the_document_lists_every_field():
     from flowsift.streams import format as F
     for name, _, _ in F.HEADER_FIELDS + F.RECORD_FIELDS:
         assert f"`{name}`" in doc, name
+
+
+@pytest.mark.parametrize("name", ["overlap__zeek__reassembly.pcap", "retrans__csanders__tcp_retransmissions.pcapng",
+                                  "http__pcpp__three_http_streams.pcap"])
+def test_totals_in_one_pass_agree_with_struct(tmp_path, corpus, name):
+    """RecordFile.totals (the counter module's one pass in C) against the records read with struct."""
+    from flowsift.gateway import Gateway
+    from flowsift.streams.reader import RecordFile
+    store = tmp_path / "s"
+    Gateway(store, keep=True).run_capture(corpus / name)
+    seen = {"retrans": 0, "conflicts": 0}
+    for fname in sorted(p for p in os.listdir(store) if p.endswith(".rec")):
+        _, records, _, _ = read_with_struct(store / fname)
+        f = RecordFile(store / fname)
+        for start, stop in ((0, None), (1, None), (0, 1), (2, 5)):
+            part = records[start:stop]
+            t = f.totals(start, stop)
+            assert t.packets == tuple(sum(1 for r in part if r[10] == d) for d in (0, 1))
+            assert t.bytes == tuple(sum(r[4] for r in part if r[10] == d) for d in (0, 1))
+            assert t.retransmissions == sum(1 for r in part if r[11] & 1)
+            assert t.conflicts == sum(1 for r in part if r[11] & 4)
+        seen["retrans"] += f.totals().retransmissions
+        seen["conflicts"] += f.totals().conflicts
+        f.close()
+    if name.startswith("overlap"):
+        assert seen["conflicts"] > 0
+    if name.startswith("retrans"):
+        assert seen["retrans"] > 0

@@ -110,6 +110,14 @@ class Flow:
             raise ModuleError("records need a flow backed by a record file")
         return self._file.record_array()
 
+    def totals(self):
+        """Totals over every record of the connection so far, in one pass: `packets` and
+        `bytes` (payload captured, retransmitted copies included) as (client to server, server
+        to client), and the records flagged `retransmissions` and `conflicts`."""
+        if self._file is None:
+            raise ModuleError("totals need a flow backed by a record file")
+        return self._file.totals()
+
     def gaps(self):
         """Every gap of the connection so far, both directions, in the order they were found:
         entries with dir, reason, record_index, offset (in the stream) and length."""

@@ -9,6 +9,9 @@ from flowsift.streams import format as F
 
 Record = namedtuple("Record", [name for name, _, _ in F.RECORD_FIELDS] + ["index", "stream_offset"])
 GapEntry = namedtuple("GapEntry", "dir reason record_index offset length")
+# per direction (client to server, server to client): packets and payload bytes captured,
+# retransmitted copies included; records flagged retransmission or conflict, both directions
+Totals = namedtuple("Totals", "packets bytes retransmissions conflicts")
 
 
 # regions up to this size are read with pread rather than mapped (see RecordFile._region)
@@ -123,6 +126,16 @@ class RecordFile:
         n = max(0, stop - start)
         view = self._region(h["records_off"] + start * F.RECORD_SIZE, n * F.RECORD_SIZE)
         return np.frombuffer(view, dtype=F.record_dtype(), count=n)
+
+    def totals(self, start=0, stop=None):
+        """Totals over the published records [start, stop), counted in one pass (see Totals)."""
+        from flowsift.streams._pointer import record_totals
+        h = self.header
+        stop = h["records"] if stop is None else min(stop, h["records"])
+        n = max(0, stop - start)
+        p0, p1, b0, b1, retrans, conflicts = record_totals(
+            self._region(h["records_off"] + start * F.RECORD_SIZE, n * F.RECORD_SIZE), n)
+        return Totals((p0, p1), (b0, b1), retrans, conflicts)
 
     def gaps(self, direction=None):
         h = self.header

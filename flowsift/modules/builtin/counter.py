@@ -1,8 +1,5 @@
-import numpy as np
-
 from flowsift.modules.base import Module
 from flowsift.modules.state import Global
-from flowsift.streams.format import RF_CONFLICT, RF_RETRANSMISSION
 
 
 class Counter(Module):
@@ -20,17 +17,14 @@ class Counter(Module):
     rows = Global(list, append_only=True)     # one row per finished flow, for the end-of-run table
 
     def on_close(self, flow, reason):
-        # everything is read once, at the end, in bulk: the packet totals from the records'
-        # columns in as few numpy calls as can do it (most connections have a few records,
-        # where each call is the cost), the gaps from the gap table
+        # everything is read once, at the end, in bulk: the packet totals in one pass over the
+        # records, the gaps from the gap table
         s = flow.state
-        r = flow.records()
-        packets = np.bincount(r["dir"], minlength=2)
-        octets = np.bincount(r["dir"], weights=r["payload_len"], minlength=2)    # exact below 2^53
-        s["packets"] = [int(packets[0]), int(packets[1])]
-        s["bytes"] = [int(octets[0]), int(octets[1])]
-        s["conflicts"] = int(np.count_nonzero(r["rflags"] & RF_CONFLICT))
-        s["retrans"] = int(np.count_nonzero(r["rflags"] & RF_RETRANSMISSION))
+        t = flow.totals()
+        s["packets"] = list(t.packets)
+        s["bytes"] = list(t.bytes)
+        s["conflicts"] = t.conflicts
+        s["retrans"] = t.retransmissions
         s["gaps"], s["gap_bytes"] = [0, 0], [0, 0]
         for g in flow.gaps():
             s["gaps"][g.dir] += 1
