@@ -20,6 +20,7 @@ from flowsift.gateway import changed_connections
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain, join_checkpoint, passive
+from flowsift.modules.state import AppendOnly
 
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
@@ -143,7 +144,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 runner.forget(msg[2])
                 runner.finish()
                 checkpoint(msg[1])
-                post(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), module.summary()))
+                post(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), _summary(module)))
                 return
     except ModuleError as e:
         post(("fatal", str(e)))
@@ -152,6 +153,22 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     finally:
         outbox.put(None)
         mailer.join()
+
+
+def _summary(module):
+    """A worker's end-of-run table. When it is one of the module's append-only lists (as the
+    counter's is), the gateway already holds those rows from the checkpoints: it is named, not
+    sent again (a row per connection: unpickling them all would be the last thing the run waits
+    for)."""
+    rows = module.summary()
+    for name, value in getattr(module, "_state", {}).items():
+        if rows is value and isinstance(value, AppendOnly):
+            return _Rows(name)
+    return rows
+
+
+class _Rows(str):
+    """The name of the append-only list that is a worker's summary (see _summary)."""
 
 
 class _Worker:
@@ -277,8 +294,9 @@ class ParallelChain:
         elif kind == "bye":
             w.bye = msg
             self.errors[w.name] = msg[1]
-            if msg[3]:
-                self.tables[w.name] = msg[3]
+            table = w.rows.get(msg[3], []) if isinstance(msg[3], _Rows) else msg[3]
+            if table:
+                self.tables[w.name] = table
             for k, v in msg[2].items():
                 self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
         elif kind in ("exported", "adopted"):
