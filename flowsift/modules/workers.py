@@ -25,6 +25,7 @@ from flowsift.modules.state import AppendOnly
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
 INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
+SMALL_MESSAGE = 4096 - 4        # PIPE_BUF less multiprocessing's length header: one atomic write
 _DROPPED = "dropped"            # a handed-over connection this module had given up (--max-backlog)
 # one encoder for the rows of every append-only list (json.dumps with arguments makes one per call)
 _row_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -72,7 +73,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
             if m is None:
                 return
             try:
-                conn.send(m)
+                conn.send_bytes(m)
             except (BrokenPipeError, OSError):
                 pass                                  # the gateway went away: nothing to tell
             os.write(wake_w, b"s")
@@ -83,8 +84,24 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     waiting.register(wake_r, select.POLLIN)
     waiting.register(conn.fileno(), select.POLLIN)
 
+    writable = select.poll()
+    writable.register(conn.fileno(), select.POLLOUT)
+    from multiprocessing.reduction import ForkingPickler
+    dumps = ForkingPickler.dumps
+
     def post(m):
-        outbox.put(m)
+        # A small message goes straight into the pipe when it has room: a write of at most
+        # PIPE_BUF bytes into a pipe that polls writable does not block, and the sender thread
+        # is idle (post returns only once it is), so order holds. Handing each batch's
+        # acknowledgement to the thread cost two thread switches.
+        data = dumps(m)
+        if len(data) <= SMALL_MESSAGE and writable.poll(0):
+            try:
+                conn.send_bytes(data)
+            except (BrokenPipeError, OSError):
+                pass                                  # the gateway went away: nothing to tell
+            return
+        outbox.put(data)
         while True:
             ready = {fd for fd, _ in waiting.poll()}
             if wake_r in ready:
