@@ -1,6 +1,8 @@
 """Tables for people (rich). Machines get --json instead."""
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from flowsift.io.reasons import REASON_HELP
 
@@ -160,18 +162,49 @@ def print_chain(s, console=None):
                   f"{_n(s['events'])} events")
 
 
+def _module_table(name, rows, narrow):
+    """A module's end-of-run rows as a table. `narrow` (the terminal is narrower than the
+    table): numbers keep their width and their headers are cut ("retra…"; the JSON output
+    and the events carry the full names), and other values are folded onto more lines,
+    never cut short (an address cut to "127.…" says nothing)."""
+    t = Table(title=name, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    cols = [c for c in rows[0] if c != "conn"]
+    if "client" in cols and "server" in cols:
+        # one column, folded at the arrow when narrow
+        cols[cols.index("client")] = "client → server"
+        cols.remove("server")
+        rows = [dict(r, **{"client → server": f"{r.get('client')} → {r.get('server')}"}) for r in rows]
+    for c in cols:
+        header = c.replace("_", " ")
+        if all(_numeric(r.get(c)) for r in rows):
+            wide = max(len(_cell(r.get(c))) for r in rows)
+            t.add_column(Text(header, overflow="ellipsis"), justify="right", no_wrap=True, min_width=wide,
+                         max_width=max(wide, 6) if narrow else None)
+        else:
+            t.add_column(header, overflow="fold")
+    for r in rows:
+        t.add_row(*[_cell(r.get(c)) for c in cols])
+    return t
+
+
+def _cell(v):
+    return "/".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v)
+
+
+def _numeric(v):
+    return isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))
+
+
 def print_chain_tables(s, console):
     for name, rows in s.get("tables", {}).items():
         if not rows:
             continue
-        t = Table(title=name, title_justify="left")
-        cols = [c for c in rows[0] if c not in ("conn",)]
-        for c in cols:
-            t.add_column(c)
-        for r in rows[:50]:
-            t.add_row(*[("/".join(map(str, r[c])) if isinstance(r[c], list) else str(r[c])) for c in cols])
-        if len(rows) > 50:
-            t.caption = f"{len(rows) - 50:,} more rows (use --json or --events)"
+        rows = rows[:50]
+        t = _module_table(name, rows, narrow=False)
+        if console.measure(t, options=console.options.update(max_width=1 << 16)).maximum > console.width:
+            t = _module_table(name, rows, narrow=True)
+        if len(s["tables"][name]) > 50:
+            t.caption = f"{len(s['tables'][name]) - 50:,} more rows (use --json or --events)"
         console.print(t)
     m = Table(title="modules", title_justify="left")
     m.add_column("module")

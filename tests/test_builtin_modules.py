@@ -127,6 +127,35 @@ def test_the_main_job(tmp_path):
     assert "modules" in res.stdout and "counter" in res.stdout
 
 
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_main_jobs_table_shows_every_value_whole_on_a_narrow_terminal(width):
+    """Ten columns do not fit 80: a value may be folded onto another line but never cut (an
+    address shown as "127.…" says nothing); only headers are shortened, and only when narrow."""
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "counter", str(ROOT / "examples" / "demo.pcap"),
+                          "--events", os.devnull], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": str(width), "TERM": "dumb"})
+    assert res.returncode == 0, res.stderr
+    table = res.stdout.split("modules")[0]
+    lines = table.splitlines()
+    rule = [i for i, line in enumerate(lines) if "───" in line][0]
+    body = lines[rule + 1:]
+    assert all(len(line) <= width for line in lines)
+    assert "…" not in "".join(body)
+    assert ("…" in "".join(lines[:rule])) == (width == 80)
+    from flowsift.chain import run_chain
+    rows = run_chain("counter", str(ROOT / "examples" / "demo.pcap"), inline=True)["tables"]["counter"]
+    # each row starts a line with its protocol; its cells (and folded pieces) follow on its lines
+    starts = [i for i, line in enumerate(body) if line.split()[:1] in (["tcp"], ["udp"])]
+    assert len(starts) == len(rows) == 9
+    for row, i, j in zip(rows, starts, starts[1:] + [len(body)]):
+        text = " ".join(body[i:j])
+        for v in (row["packets"], row["bytes"]):
+            assert f"{v[0]}/{v[1]}" in text.split()
+        assert row["client"] in text.split() and row["server"] in text.split()
+
 def test_strsearch_finds_patterns_across_packet_boundaries(tmp_path, corpus):
     from flowsift.reassembly import Reassembler
     from flowsift.testing import run_module, segments_capture
