@@ -1,11 +1,13 @@
 # cython: language_level=3, wraparound=True, boundscheck=True
 """A Sink that writes each direction's delivered bytes to its own file, plus index.jsonl.
 
-Bytes are buffered per direction in C (BUF bytes, allocated while the direction is live) and
-written with write(2) to descriptors kept in a small LRU cache, so a capture with any number
-of live connections never runs out of descriptors. The SHA-256 of each direction is updated
-once per flushed buffer, never per packet. Index lines are written when connections end,
-formatted in C into a buffer that goes out with write(2) (as json.dumps would write them).
+Bytes are buffered per direction in C (BUF bytes, allocated while the direction is live).
+A full buffer is hashed (the SHA-256 of each direction is updated once per buffer, never per
+packet) and handed to a writer thread, which appends it with write(2) through descriptors kept
+in a small LRU cache (a capture with any number of live connections never runs out of them):
+the system calls, about half the time of writing streams to tmpfs, run beside reassembly.
+Index lines are written when connections end, formatted in C into a buffer that goes out with
+write(2) (as json.dumps would write them), never before the bytes they describe.
 """
 import hashlib
 import os
@@ -20,12 +22,22 @@ from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset, strerror, strlen
 from libc.stdlib cimport calloc, malloc, realloc, free
+from libc.string cimport strdup
 from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.unistd cimport write as c_write, close as c_close
 
 from flowsift.errors import FlowsiftError
 from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
+
+
+cdef extern from "_writer.h" nogil:
+    ctypedef struct fs_bg_t:
+        pass
+    int fs_bg_start(fs_bg_t* bg, void (*job)(void*) noexcept nogil, void* arg)
+    void fs_bg_wait(fs_bg_t* bg)
+    void fs_bg_kick(fs_bg_t* bg)
+    void fs_bg_stop(fs_bg_t* bg)
 
 
 cdef extern from "<arpa/inet.h>" nogil:
@@ -39,6 +51,11 @@ cdef extern from "<arpa/inet.h>" nogil:
 DEF BUF = 8192
 # Descriptors kept open at once; a flush to a file not in the cache reopens it (O_APPEND).
 DEF MAX_OPEN = 256
+# Buffers handed to the writer thread in one go (bytes, jobs): the next ones fill meanwhile
+DEF HAND_BYTES = 4194304
+DEF HAND_JOBS = 4096
+# Written buffers kept for reuse: two lists' worth
+DEF POOL = 1024
 # index.jsonl is written in pieces of this size
 DEF INDEX_BUF = 65536
 # connections per chunk of direction state
@@ -50,25 +67,130 @@ CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof
 
 ctypedef struct fdir_t:
     uint8_t* buf
+    char* path             # its file, once it has bytes (then the writer thread's to free)
     uint32_t len
-    int32_t slot           # index in the descriptor cache, or -1
     uint8_t created
-    uint8_t _pad[7]
+    uint8_t _pad[3]
     uint64_t written
 
+# The writer thread's: a descriptor cache entry (a direction is known by its path pointer,
+# unique while the direction is live), a job, a list of jobs, and its whole state.
 ctypedef struct fdslot_t:
     int fd
-    uint32_t conn
-    int32_t d
+    const char* path
     uint64_t stamp
+
+ctypedef struct fjob_t:
+    char* path             # the direction's file (freed by the main thread after its close)
+    uint8_t* buf           # bytes to append (back to the main thread's pool once written); NULL: close the file
+    uint32_t len
+    uint8_t create         # the first bytes: create (truncate) the file
+    uint8_t index          # index lines: buf goes to index.jsonl (path NULL)
+    uint8_t _pad[2]
+
+ctypedef struct fjobs_t:
+    fjob_t* jobs
+    size_t n
+    uint64_t nbytes
+
+ctypedef struct fwriter_t:
+    fjobs_t* run           # the list the thread runs next
+    fdslot_t slots[MAX_OPEN]
+    uint64_t clock
+    int index_fd
+    char* index_path
+    int err                # the first failure (errno), and the file it failed on
+    char* err_path
+
+
+cdef int fw_descriptor(fwriter_t* w, fjob_t* j) noexcept nogil:
+    cdef int k, victim = 0, fd
+    w.clock += 1
+    for k in range(MAX_OPEN):
+        if w.slots[k].path == j.path and w.slots[k].fd >= 0:
+            w.slots[k].stamp = w.clock
+            return w.slots[k].fd
+    for k in range(MAX_OPEN):
+        if w.slots[k].fd < 0:
+            victim = k
+            break
+        if w.slots[k].stamp < w.slots[victim].stamp:
+            victim = k
+    if w.slots[victim].fd >= 0:
+        c_close(w.slots[victim].fd)
+        w.slots[victim].fd = -1
+    fd = c_open(j.path, O_WRONLY | O_CREAT | (O_TRUNC if j.create else O_APPEND), 0o644)
+    if fd >= 0:
+        w.slots[victim].fd = fd
+        w.slots[victim].path = j.path
+        w.slots[victim].stamp = w.clock
+    return fd
+
+
+cdef void fw_fail(fwriter_t* w, const char* path) noexcept nogil:
+    if w.err == 0:
+        w.err = errno
+        w.err_path = strdup(path)
+
+
+cdef void fw_run(void* arg) noexcept nogil:
+    # the writer thread: append each buffer to its file, close files whose direction ended.
+    # After a failure nothing more is written (the main thread reports it). It frees nothing:
+    # memory goes back to the thread that allocated it (malloc'd in one thread and freed in
+    # another, the buffers kept the heap trimming and faulting in fresh pages).
+    cdef fwriter_t* w = <fwriter_t*> arg
+    cdef fjobs_t* L = w.run
+    cdef fjob_t* j
+    cdef size_t i
+    cdef Py_ssize_t done, n
+    cdef int fd, k
+    for i in range(L.n):
+        j = &L.jobs[i]
+        if j.buf != NULL:
+            if w.err == 0:
+                fd = w.index_fd if j.index else fw_descriptor(w, j)
+                if fd < 0:
+                    fw_fail(w, w.index_path if j.index else j.path)
+                else:
+                    done = 0
+                    while done < j.len:
+                        n = c_write(fd, j.buf + done, j.len - done)
+                        if n < 0:
+                            fw_fail(w, w.index_path if j.index else j.path)
+                            break
+                        done += n
+        else:
+            for k in range(MAX_OPEN):
+                if w.slots[k].path == j.path and w.slots[k].fd >= 0:
+                    c_close(w.slots[k].fd)
+                    w.slots[k].fd = -1
+                    w.slots[k].path = NULL
+
+
+cdef void fw_discard(fjobs_t* L) noexcept nogil:
+    # jobs that will not run (the sink goes away after a failure): free what they own
+    cdef size_t i
+    for i in range(L.n):
+        if L.jobs[i].buf != NULL:
+            free(L.jobs[i].buf)
+        else:
+            free(L.jobs[i].path)
+    L.n = 0
+    L.nbytes = 0
 
 
 cdef class FileSink(Sink):
     cdef fdir_t** chunks         # DIR_CHUNK connections' directions each (2 per connection);
     cdef uint8_t* closed         # per chunk: connections closed; a chunk all closed is freed
     cdef uint32_t cap_chunks
-    cdef fdslot_t slots[MAX_OPEN]
-    cdef uint64_t clock
+    cdef fwriter_t w             # the writer thread's state
+    cdef fs_bg_t bg
+    cdef fjobs_t lists[2]        # jobs being gathered, jobs the thread runs (or ran)
+    cdef int gather              # index of the list being gathered
+    cdef bint busy               # the thread was given a list and not yet waited for
+    cdef fjobs_t* ran            # the list it was given (its memory to take back)
+    cdef uint8_t** pool          # written buffers, for the next bytes (at most POOL)
+    cdef int pooled
     cdef readonly str outdir
     cdef bytes outdir_b          # outdir + "/", for file paths
     cdef str index_path
@@ -95,18 +217,40 @@ cdef class FileSink(Sink):
         self.ibuf = <char*> malloc(INDEX_BUF)
         if self.ibuf == NULL:
             raise MemoryError()
+        self.w.index_fd = self.index_fd
+        self.w.index_path = strdup(os.fsencode(self.index_path))
+        if self.w.index_path == NULL:
+            raise MemoryError()
         self.names = {}
         self.hashes = {}
         self.gaps = {}
         for k in range(MAX_OPEN):
-            self.slots[k].fd = -1
+            self.w.slots[k].fd = -1
+        for k in range(2):
+            self.lists[k].jobs = <fjob_t*> malloc(HAND_JOBS * sizeof(fjob_t))
+            if self.lists[k].jobs == NULL:
+                raise MemoryError()
+        self.pool = <uint8_t**> malloc(POOL * sizeof(uint8_t*))
+        if self.pool == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         cdef uint32_t k
         cdef int j
+        fs_bg_stop(&self.bg)
+        for j in range(2):
+            if self.lists[j].jobs != NULL:
+                fw_discard(&self.lists[j])
+                free(self.lists[j].jobs)
         for j in range(MAX_OPEN):
-            if self.slots[j].fd >= 0:
-                c_close(self.slots[j].fd)
+            if self.w.slots[j].fd >= 0:
+                c_close(self.w.slots[j].fd)
+        free(self.w.err_path)
+        free(self.w.index_path)
+        if self.pool != NULL:
+            for j in range(self.pooled):
+                free(self.pool[j])
+            free(self.pool)
         if self.index_fd >= 0:
             c_close(self.index_fd)
         free(self.ibuf)
@@ -115,6 +259,7 @@ cdef class FileSink(Sink):
                 if self.chunks[k] != NULL:
                     for j in range(2 * DIR_CHUNK):
                         free(self.chunks[k][j].buf)
+                        free(self.chunks[k][j].path)
                     free(self.chunks[k])
         free(self.chunks)
         free(self.closed)
@@ -128,8 +273,6 @@ cdef class FileSink(Sink):
             self.chunks[k] = <fdir_t*> calloc(2 * DIR_CHUNK, sizeof(fdir_t))
             if self.chunks[k] == NULL:
                 raise MemoryError()
-            for j in range(2 * DIR_CHUNK):
-                self.chunks[k][j].slot = -1
         return &self.chunks[k][2 * (conn % DIR_CHUNK) + d]
 
     cdef void _closed(self, uint32_t conn) noexcept nogil:
@@ -159,66 +302,118 @@ cdef class FileSink(Sink):
     cdef bytes _path(self, uint32_t conn, int d):
         return self.outdir_b + self.names[conn][0] + (b".c2s" if d == 0 else b".s2c")
 
-    cdef int _descriptor(self, uint32_t conn, int d, fdir_t* f) except -1:
-        # a cached descriptor for this direction's file, opening (and evicting) as needed
-        cdef int j, victim = 0
-        cdef int flags = O_WRONLY | O_CREAT | (O_APPEND if f.created else O_TRUNC)
-        self.clock += 1
-        if f.slot >= 0:
-            self.slots[f.slot].stamp = self.clock
-            return self.slots[f.slot].fd
-        for j in range(MAX_OPEN):
-            if self.slots[j].fd < 0:
-                victim = j
-                break
-            if self.slots[j].stamp < self.slots[victim].stamp:
-                victim = j
-        if self.slots[victim].fd >= 0:
-            c_close(self.slots[victim].fd)
-            self._fd(self.slots[victim].conn, self.slots[victim].d).slot = -1
-        path = self._path(conn, d)
-        fd = c_open(path, flags, 0o644)
-        if fd < 0:
-            raise FlowsiftError(f"{os.fsdecode(path)}: cannot write: {strerror(errno).decode()}")
-        if not f.created:
-            f.created = 1
-            self.files += 1
-        self.slots[victim].fd = fd
-        self.slots[victim].conn = conn
-        self.slots[victim].d = d
-        self.slots[victim].stamp = self.clock
-        f.slot = victim
-        return fd
-
     cdef int _flush(self, uint32_t conn, int d) except -1:
+        # a direction's buffered bytes: hashed here, appended to its file by the writer thread
         cdef fdir_t* f = self._fd(conn, d)
-        cdef int fd
-        cdef Py_ssize_t done = 0, w
+        cdef fjobs_t* L
         if f.len == 0:
             return 0
-        fd = self._descriptor(conn, d, f)
-        while done < f.len:
-            w = c_write(fd, f.buf + done, f.len - done)
-            if w < 0:
-                raise FlowsiftError(f"{os.fsdecode(self._path(conn, d))}: cannot write: {strerror(errno).decode()}")
-            done += w
         h = self.hashes.get(2 * conn + d)
         if h is None:
             h = self.hashes[2 * conn + d] = hashlib.sha256()
         h.update(PyMemoryView_FromMemory(<char*> f.buf, f.len, PyBUF_READ))   # no copy
+        if f.path == NULL:
+            f.path = strdup(self._path(conn, d))
+            if f.path == NULL:
+                raise MemoryError()
+        L = self._room()
+        L.jobs[L.n].path = f.path
+        L.jobs[L.n].buf = f.buf
+        L.jobs[L.n].len = f.len
+        L.jobs[L.n].create = not f.created
+        L.jobs[L.n].index = 0
+        L.n += 1
+        L.nbytes += f.len
+        if not f.created:
+            f.created = 1
+            self.files += 1
+        f.buf = NULL                       # the thread's now; the next bytes get a new buffer
         f.written += f.len
         self.bytes_written += f.len
         f.len = 0
         return 0
 
+    cdef int _end(self, fdir_t* f) except -1:
+        # the direction ended: its file is closed after its last bytes (and its path freed)
+        cdef fjobs_t* L
+        if f.path == NULL:
+            return 0
+        L = self._room()
+        L.jobs[L.n].path = f.path
+        L.jobs[L.n].buf = NULL
+        L.jobs[L.n].len = 0
+        L.jobs[L.n].index = 0
+        L.n += 1
+        f.path = NULL
+        return 0
+
+    cdef fjobs_t* _room(self) except NULL:
+        # the list being gathered, with room for one more job
+        cdef fjobs_t* L = &self.lists[self.gather]
+        if L.n >= HAND_JOBS or L.nbytes >= HAND_BYTES:
+            self._hand()
+            L = &self.lists[self.gather]
+        return L
+
+    cdef int _wait(self) except -1:
+        # the list the thread was given is done (its buffers back in the pool, the paths of
+        # ended directions freed); a failure there is this one-line error
+        cdef int err
+        cdef size_t i
+        cdef fjobs_t* L
+        if self.busy:
+            with nogil:
+                fs_bg_wait(&self.bg)
+            self.busy = False
+            L = self.ran
+            for i in range(L.n):
+                if L.jobs[i].buf == NULL:
+                    free(L.jobs[i].path)
+                elif L.jobs[i].index or self.pooled >= POOL:
+                    free(L.jobs[i].buf)
+                else:
+                    self.pool[self.pooled] = L.jobs[i].buf
+                    self.pooled += 1
+            L.n = 0
+            L.nbytes = 0
+        if self.w.err:
+            err = self.w.err
+            raise FlowsiftError(f"{os.fsdecode(<bytes> self.w.err_path)}: cannot write: {strerror(err).decode()}")
+        return 0
+
+    cdef int _hand(self) except -1:
+        # give the thread what was gathered (once it is done with the last), gather anew
+        cdef int err
+        self._wait()
+        if self.lists[self.gather].n == 0:
+            return 0
+        self.w.run = self.ran = &self.lists[self.gather]
+        self.gather ^= 1
+        err = fs_bg_start(&self.bg, fw_run, &self.w)
+        if err:
+            raise FlowsiftError(f"{self.outdir}: cannot start the writer thread: {strerror(err).decode()}")
+        fs_bg_kick(&self.bg)
+        self.busy = True
+        return 0
+
+    cdef int _sync(self) except -1:
+        # everything handed over so far is written
+        self._hand()
+        self._wait()
+        return 0
+
     cdef int _append(self, uint32_t conn, int d, const uint8_t* data, uint32_t n) except -1:
         cdef fdir_t* f = self._fd(conn, d)
         cdef uint32_t take
-        if f.buf == NULL:
-            f.buf = <uint8_t*> malloc(BUF)
-            if f.buf == NULL:
-                raise MemoryError()
         while n:
+            if f.buf == NULL:
+                if self.pooled:
+                    self.pooled -= 1
+                    f.buf = self.pool[self.pooled]
+                else:
+                    f.buf = <uint8_t*> malloc(BUF)
+                    if f.buf == NULL:
+                        raise MemoryError()
             take = BUF - f.len if BUF - f.len < n else n
             memcpy(f.buf + f.len, data, take)
             f.len += take
@@ -245,12 +440,23 @@ cdef class FileSink(Sink):
 
     # --- index.jsonl ---
     cdef int _iflush(self) except -1:
-        cdef Py_ssize_t done = 0, w
-        while done < self.ilen:
-            w = c_write(self.index_fd, self.ibuf + done, self.ilen - done)
-            if w < 0:
-                raise FlowsiftError(f"{self.index_path}: cannot write: {strerror(errno).decode()}")
-            done += w
+        # index lines go out through the writer thread too, after the bytes they describe
+        cdef fjobs_t* L
+        cdef char* fresh
+        if self.ilen == 0:
+            return 0
+        fresh = <char*> malloc(INDEX_BUF)
+        if fresh == NULL:
+            raise MemoryError()
+        L = self._room()
+        L.jobs[L.n].path = NULL
+        L.jobs[L.n].buf = <uint8_t*> self.ibuf
+        L.jobs[L.n].len = self.ilen
+        L.jobs[L.n].create = 0
+        L.jobs[L.n].index = 1
+        L.n += 1
+        L.nbytes += self.ilen
+        self.ibuf = fresh
         self.ilen = 0
         return 0
 
@@ -328,11 +534,7 @@ cdef class FileSink(Sink):
             f = self._fd(conn, d)
             free(f.buf)
             f.buf = NULL
-            if f.slot >= 0:
-                c_close(self.slots[f.slot].fd)
-                self.slots[f.slot].fd = -1
-                self.slots[f.slot].stamp = 0
-                f.slot = -1
+            self._end(f)
             h = self.hashes.pop(2 * conn + d, None)
             self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f.created,
                              f.written, (h or hashlib.sha256()).hexdigest().encode(), self.gaps.pop((conn, d), []))
@@ -346,6 +548,10 @@ cdef class FileSink(Sink):
             return
         try:
             self._iflush()
+            self._sync()
         finally:
+            with nogil:
+                fs_bg_stop(&self.bg)      # (after the job it runs, if any)
+            self.busy = False
             c_close(self.index_fd)
-            self.index_fd = -1
+            self.index_fd = self.w.index_fd = -1
