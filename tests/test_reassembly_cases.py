@@ -255,10 +255,17 @@ def test_streams_index_fields_are_documented(tmp_path, corpus):
         assert f"`{key}`" in doc, key
 
 
-def test_streams_files_whole_with_more_live_connections_than_descriptors(tmp_path):
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_streams_files_whole_with_more_live_connections_than_descriptors(tmp_path, cpus):
     """600 connections live at once, each direction several buffers long, interleaved: the
     writer's descriptors (256) are evicted and files reopened to append, and bytes go to the
-    writer thread in many hand-overs. Every file and index line is what was sent."""
+    writer (a thread, or inline on one CPU) in many hand-overs. Every file and index line is
+    what was sent."""
+    import os
+    import subprocess
+    import sys
+    if len(os.sched_getaffinity(0)) < cpus:
+        pytest.skip(f"needs {cpus} CPUs")
     import hashlib
     import random
     from pcapgen import A, B, ether, ipv4, pcap, tcp
@@ -292,7 +299,10 @@ def test_streams_files_whole_with_more_live_connections_than_descriptors(tmp_pat
     cap = tmp_path / "many.pcap"
     cap.write_bytes(pcap(frames))
     out = tmp_path / "out"
-    res = run_cli("streams", cap, "-o", out, "--json", check=True)
+    on = sorted(os.sched_getaffinity(0))[:cpus]
+    res = subprocess.run([sys.executable, "-m", "flowsift", "streams", str(cap), "-o", str(out), "--json"],
+                         capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, on))
+    assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["files"] == 2 * n
     lines = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * n

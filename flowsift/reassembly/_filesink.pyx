@@ -6,6 +6,7 @@ A full buffer is hashed (the SHA-256 of each direction is updated once per buffe
 packet) and handed to a writer thread, which appends it with write(2) through descriptors kept
 in a small LRU cache (a capture with any number of live connections never runs out of them):
 the system calls, about half the time of writing streams to tmpfs, run beside reassembly.
+Confined to one CPU, the same lists of jobs are written inline, without the thread.
 Index lines are written when connections end, formatted in C into a buffer that goes out with
 write(2) (as json.dumps would write them), never before the bytes they describe.
 """
@@ -188,6 +189,7 @@ cdef class FileSink(Sink):
     cdef fjobs_t lists[2]        # jobs being gathered, jobs the thread runs (or ran)
     cdef int gather              # index of the list being gathered
     cdef bint busy               # the thread was given a list and not yet waited for
+    cdef bint threaded           # more than one CPU to run on: else the lists are written inline
     cdef fjobs_t* ran            # the list it was given (its memory to take back)
     cdef uint8_t** pool          # written buffers, for the next bytes (at most POOL)
     cdef int pooled
@@ -230,6 +232,7 @@ cdef class FileSink(Sink):
             self.lists[k].jobs = <fjob_t*> malloc(HAND_JOBS * sizeof(fjob_t))
             if self.lists[k].jobs == NULL:
                 raise MemoryError()
+        self.threaded = len(os.sched_getaffinity(0)) > 1
         self.pool = <uint8_t**> malloc(POOL * sizeof(uint8_t*))
         if self.pool == NULL:
             raise MemoryError()
@@ -362,8 +365,9 @@ cdef class FileSink(Sink):
         cdef size_t i
         cdef fjobs_t* L
         if self.busy:
-            with nogil:
-                fs_bg_wait(&self.bg)
+            if self.threaded:
+                with nogil:
+                    fs_bg_wait(&self.bg)
             self.busy = False
             L = self.ran
             for i in range(L.n):
@@ -389,6 +393,11 @@ cdef class FileSink(Sink):
             return 0
         self.w.run = self.ran = &self.lists[self.gather]
         self.gather ^= 1
+        if not self.threaded:
+            # one CPU: a thread would only add switches; the same jobs run here
+            fw_run(&self.w)
+            self.busy = True               # (for _wait to take the buffers back)
+            return 0
         err = fs_bg_start(&self.bg, fw_run, &self.w)
         if err:
             raise FlowsiftError(f"{self.outdir}: cannot start the writer thread: {strerror(err).decode()}")
