@@ -25,7 +25,7 @@ from flowsift.modules.state import AppendOnly
 
 CHECKPOINT_EVERY = 16           # batches between checkpoints (FLOWSIFT_CHECKPOINT_EVERY)
 INFLIGHT = 64                   # batches sent to a worker and not yet acknowledged, at most
-SMALL_MESSAGE = 4096 - 4        # PIPE_BUF less multiprocessing's length header: one atomic write
+SMALL_MESSAGE = 4096 - 4        # a message a worker sends itself (see post), less the length header
 _DROPPED = "dropped"            # a handed-over connection this module had given up (--max-backlog)
 # one encoder for the rows of every append-only list (json.dumps with arguments makes one per call)
 _row_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -90,10 +90,10 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     dumps = ForkingPickler.dumps
 
     def post(m):
-        # A small message goes straight into the pipe when it has room: a write of at most
-        # PIPE_BUF bytes into a pipe that polls writable does not block, and the sender thread
-        # is idle (post returns only once it is), so order holds. Handing each batch's
-        # acknowledgement to the thread cost two thread switches.
+        # A small message goes straight out when there is room: a socket pair that polls
+        # writable has room for a few KiB (it polls so well below its buffer), so the send
+        # does not block, and the sender thread is idle (post returns only once it is), so
+        # order holds. Handing each batch's acknowledgement to the thread cost two switches.
         data = dumps(m)
         if len(data) <= SMALL_MESSAGE and writable.poll(0):
             try:
