@@ -335,8 +335,8 @@ def chain(
     """Run a chain of modules over a capture.
 
     The gateway writes each connection's records and streams, and the modules read them (byte
-    streams, gaps, packets) and emit events. Read-only modules each run in a worker process, in parallel, restarted if they die;
-    --inline runs them in order in the gateway's process.
+    streams, gaps, packets) and emit events. Read-only modules each run in a worker process,
+    in parallel, restarted if they die; --inline runs them in order in the gateway's process.
 
     \b
     Examples:

@@ -68,7 +68,7 @@ CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof
 
 ctypedef struct fdir_t:
     uint8_t* buf
-    char* path             # its file, once it has bytes (then the writer thread's to free)
+    char* path             # its file, once it has bytes (freed after its close job ran)
     uint32_t len
     uint8_t created
     uint8_t _pad[3]
