@@ -114,13 +114,11 @@ def print_module(s, console=None):
 
 def print_inspect_store(s, console=None):
     console = console or Console()
-    t = Table(title=f"store {s['store']}", title_justify="left")
-    for col in ("file", "proto", "client", "server", "records", "c2s end", "s2c end", "gaps", "closed"):
-        t.add_column(col, justify="right" if col in ("records", "c2s end", "s2c end", "gaps") else "left")
-    for c in s["connections"]:
-        t.add_row(c["file"], c["proto"], c["client"], c["server"], _n(c["records"]), _n(c["bytes"][0]),
-                  _n(c["bytes"][1]), _n(c["gaps"]), "yes" if c["closed"] else "no")
-    console.print(t)
+    columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s end", True),
+               ("s2c end", True), ("gaps", True), ("closed", False)]
+    rows = [[c["file"], c["proto"], f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["bytes"][0]),
+             _n(c["bytes"][1]), _n(c["gaps"]), "yes" if c["closed"] else "no"] for c in s["connections"]]
+    console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
         console.print(f"[red]{p}[/red]")
 
@@ -137,21 +135,19 @@ def print_inspect_file(s, console=None):
     if "cut" in s:
         head.add_row("cut", f"{s['cut']['note']} ({s['cut']['unpublished_complete_records']} complete unpublished)")
     console.print(head)
-    st = Table(title="streams", title_justify="left")
-    for col in ("dir", "bytes", "acked", "reclaimed", "midstream", "close", "gaps"):
-        st.add_column(col)
-    for x in s["streams"]:
-        st.add_row(x["dir"], _n(x["end"]), str(x["acked"]), _n(x["reclaimed"]), str(x["midstream"]), str(x["close"]),
-                   ", ".join(f"{o}+{l} ({r})" for o, l, r in x["gaps"]) or "-")
-    console.print(st)
+    columns = [("dir", False), ("bytes", True), ("acked", True), ("reclaimed", True), ("midstream", False),
+               ("close", False), ("gaps", False)]
+    rows = [[x["dir"], _n(x["end"]), _n(x["acked"]), _n(x["reclaimed"]), str(x["midstream"]).lower(), str(x["close"]),
+             ", ".join(f"{o}+{l} ({r})" for o, l, r in x["gaps"]) or "-"] for x in s["streams"]]
+    console.print(fitted_table(console, "streams", columns, rows))
     if s["record_list"]:
-        rt = Table(title="records", title_justify="left")
-        for col in ("#", "id", "dir", "flags", "seq", "ack", "offset", "len", "reassembly", "modules"):
-            rt.add_column(col, justify="right" if col in ("#", "seq", "ack", "offset", "len") else "left")
-        for r in s["record_list"]:
-            rt.add_row(str(r["index"]), f"{r['id']:#018x}", "c2s" if r["dir"] == 0 else "s2c", r["flags"], str(r["seq"]),
-                       str(r["ack"]), str(r["offset"]), str(r["len"]), ",".join(r["rflags"]) or "-", f"{r['modules']:#x}")
-        console.print(rt)
+        columns = [("#", True), ("id", True), ("dir", False), ("flags", False), ("seq", True), ("ack", True),
+                   ("offset", True), ("len", True), ("reassembly", False), ("modules", True)]
+        rows = [[str(r["index"]), f"{r['id']:#018x}", "c2s" if r["dir"] == 0 else "s2c", r["flags"], str(r["seq"]),
+                 str(r["ack"]), str(r["offset"]), str(r["len"]), ", ".join(r["rflags"]) or "-", f"{r['modules']:#x}"]
+                for r in s["record_list"]]
+        console.print(fitted_table(console, "records", columns, rows, spare=(1,),
+                                   spared="id: first id + # (--json, or a wider terminal, shows them)"))
 
 
 def print_chain(s, console=None):
@@ -162,29 +158,53 @@ def print_chain(s, console=None):
                   f"{_n(s['events'])} events")
 
 
-def _module_table(name, rows, narrow):
-    """A module's end-of-run rows as a table. `narrow` (the terminal is narrower than the
-    table): numbers keep their width and their headers are cut ("retra…"; the JSON output
-    and the events carry the full names), and other values are folded onto more lines,
-    never cut short (an address cut to "127.…" says nothing)."""
-    t = Table(title=name, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+def fitted_table(console, title, columns, rows, spare=(), spared=""):
+    """A table of text cells made to fit the terminal. `columns`: [(header, numeric)].
+    When the whole table does not fit: numbers keep their width and their headers are cut
+    ("retra…"; --json carries the full names), and other values are folded onto more lines,
+    never cut short (an address cut to "127.…" says nothing). If that is still too wide, the
+    columns in `spare` are left out and `spared` says how to get them back."""
+    def build(narrow, keep):
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for i, (header, numeric) in enumerate(columns):
+            if i not in keep:
+                continue
+            if numeric:
+                wide = max((len(r[i]) for r in rows), default=1)
+                t.add_column(Text(header, overflow="ellipsis"), justify="right", no_wrap=True, min_width=wide,
+                             max_width=max(wide, 6) if narrow else None)
+            else:
+                # folded, but not narrower than its longest word (up to 16: an address)
+                word = max((len(w) for r in rows for w in r[i].split()), default=1)
+                t.add_column(Text(header, overflow="ellipsis"), overflow="fold",
+                             min_width=max(min(word, 16), min(len(header), 5)))
+        for r in rows:
+            t.add_row(*[r[i] for i in keep])
+        return t
+
+    def size(t):
+        return console.measure(t, options=console.options.update(max_width=1 << 16))
+
+    keep = list(range(len(columns)))
+    t = build(False, keep)
+    if size(t).maximum > console.width:
+        t = build(True, keep)
+        if size(t).minimum > console.width and spare:
+            t = build(True, [i for i in keep if i not in spare])
+            t.caption = spared
+    return t
+
+
+def _module_table(console, name, rows):
+    """A module's end-of-run rows (dicts) as a fitted table; client and server are one
+    column, folded at the arrow when narrow."""
     cols = [c for c in rows[0] if c != "conn"]
     if "client" in cols and "server" in cols:
-        # one column, folded at the arrow when narrow
         cols[cols.index("client")] = "client → server"
         cols.remove("server")
         rows = [dict(r, **{"client → server": f"{r.get('client')} → {r.get('server')}"}) for r in rows]
-    for c in cols:
-        header = c.replace("_", " ")
-        if all(_numeric(r.get(c)) for r in rows):
-            wide = max(len(_cell(r.get(c))) for r in rows)
-            t.add_column(Text(header, overflow="ellipsis"), justify="right", no_wrap=True, min_width=wide,
-                         max_width=max(wide, 6) if narrow else None)
-        else:
-            t.add_column(header, overflow="fold")
-    for r in rows:
-        t.add_row(*[_cell(r.get(c)) for c in cols])
-    return t
+    columns = [(c.replace("_", " "), all(_numeric(r.get(c)) for r in rows)) for c in cols]
+    return fitted_table(console, name, columns, [[_cell(r.get(c)) for c in cols] for r in rows])
 
 
 def _cell(v):
@@ -199,10 +219,7 @@ def print_chain_tables(s, console):
     for name, rows in s.get("tables", {}).items():
         if not rows:
             continue
-        rows = rows[:50]
-        t = _module_table(name, rows, narrow=False)
-        if console.measure(t, options=console.options.update(max_width=1 << 16)).maximum > console.width:
-            t = _module_table(name, rows, narrow=True)
+        t = _module_table(console, name, rows[:50])
         if len(s["tables"][name]) > 50:
             t.caption = f"{len(s['tables'][name]) - 50:,} more rows (use --json or --events)"
         console.print(t)

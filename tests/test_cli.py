@@ -169,3 +169,44 @@ def test_a_bad_reassembly_setting_is_one_line(corpus):
         res = run_cli(*args, "--reassembly", "memcap=lots")
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [
             "flowsift: --reassembly memcap=lots: size expected (bytes, or with a unit: 512KiB, 64MiB, 2GiB)"], res.stderr
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_inspect_tables_show_every_value_whole_at_any_width(tmp_path, width):
+    """At 80 columns a value may be folded onto another line, or a column left out with a
+    caption saying so, but never cut to "2363…"; what --json says is what the table shows."""
+    import os
+    import subprocess
+    import sys
+    store = tmp_path / "store"
+    run_cli("gateway", ROOT / "examples" / "demo.pcap", "--store", store, "--keep", check=True)
+
+    def shown(*args):
+        res = subprocess.run([sys.executable, "-m", "flowsift", "inspect", *map(str, args)], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "COLUMNS": str(width), "TERM": "dumb"})
+        assert res.returncode == 0, res.stderr
+        assert all(len(line) <= width for line in res.stdout.splitlines())
+        return res.stdout
+
+    def data_lines(text, title):
+        lines = text.splitlines()
+        lines = lines[[i for i, line in enumerate(lines) if line.strip() == title][0]:]
+        rule = [i for i, line in enumerate(lines) if "───" in line][0]
+        body = [line for line in lines[rule + 1:] if line.strip()]
+        assert "…" not in "".join(body)
+        return body
+
+    listing = json.loads(run_cli("inspect", store, "--json", check=True).stdout)["connections"]
+    body = " ".join(data_lines(shown(store), f"store {store}"))
+    for c in listing:
+        assert c["file"] in body.split() and c["client"] in body.split() and c["server"] in body.split()
+    one = json.loads(run_cli("inspect", store / listing[1]["file"], "--json", check=True).stdout)
+    text = shown(store / listing[1]["file"])
+    body = data_lines(text, "records")
+    body = [line for line in body if not line.strip().startswith("id: first id")]
+    assert len([line for line in body if line.split()[0].isdigit()]) == len(one["record_list"])
+    words = " ".join(body).split()
+    for r in one["record_list"]:
+        assert str(r["seq"]) in words and str(r["ack"]) in words
+    assert (f"{one['record_list'][0]['id']:#018x}" in words) == (width == 160)
+    assert ("id: first id + #" in text) == (width == 80)
