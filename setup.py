@@ -17,6 +17,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PCAP_PROBE = "#include <pcap/pcap.h>\nint main(void){pcap_t*p=pcap_open_dead(1,65535);pcap_close(p);return 0;}\n"
+# OpenSSL's libcrypto: `streams -o` hashes each direction in its writer thread, without the GIL
+CRYPTO_PROBE = "#include <openssl/evp.h>\nint main(void){EVP_MD_CTX*c=EVP_MD_CTX_new();EVP_MD_CTX_free(c);return 0;}\n"
 
 
 def _fail(msg):
@@ -29,13 +31,16 @@ def _preflight():
     if not shutil.which(cc[0]):
         _fail(f"no C compiler ({cc[0]!r} not found); install one, e.g. `apt-get install build-essential`")
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.c")
-        with open(src, "w") as f:
-            f.write(PCAP_PROBE)
-        res = subprocess.run(cc + [src, "-o", os.path.join(tmp, "probe"), "-lpcap"], capture_output=True, text=True)
-        if res.returncode != 0:
-            first = next((l for l in res.stderr.splitlines() if "error" in l), res.stderr.strip()[:200])
-            _fail(f"libpcap development files not usable ({first.strip()}); install them, e.g. `apt-get install libpcap-dev`")
+        for probe, lib, what, package in ((PCAP_PROBE, "-lpcap", "libpcap", "libpcap-dev"),
+                                          (CRYPTO_PROBE, "-lcrypto", "OpenSSL (libcrypto)", "libssl-dev")):
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write(probe)
+            res = subprocess.run(cc + [src, "-o", os.path.join(tmp, "probe"), lib], capture_output=True, text=True)
+            if res.returncode != 0:
+                first = next((l for l in res.stderr.splitlines() if "error" in l), res.stderr.strip()[:200])
+                _fail(f"{what} development files not usable ({first.strip()}); install them, "
+                      f"e.g. `apt-get install {package}`")
 
 
 class BuildExt(build_ext):
@@ -65,7 +70,7 @@ EXTENSIONS = [
     ext("flowsift.io._afpacket"),
     ext("flowsift.io._connset"),
     ext("flowsift.reassembly._engine"),
-    ext("flowsift.reassembly._filesink"),
+    ext("flowsift.reassembly._filesink", libraries=["crypto"]),
     ext("flowsift.streams._store"),
     ext("flowsift.streams._pointer"),
 ]

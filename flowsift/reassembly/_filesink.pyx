@@ -2,23 +2,21 @@
 """A Sink that writes each direction's delivered bytes to its own file, plus index.jsonl.
 
 Bytes are buffered per direction in C (BUF bytes, allocated while the direction is live).
-A full buffer is hashed (the SHA-256 of each direction is updated once per buffer, never per
-packet) and handed to a writer thread, which appends it with write(2) through descriptors kept
-in a small LRU cache (a capture with any number of live connections never runs out of them):
-the system calls, about half the time of writing streams to tmpfs, run beside reassembly.
-Confined to one CPU, the same lists of jobs are written inline, without the thread.
+A full buffer is handed to a writer thread, which appends it with write(2) through descriptors
+kept in a small LRU cache (a capture with any number of live connections never runs out of
+them) and updates the direction's SHA-256 (OpenSSL, once per buffer, never per packet): the
+system calls and the hashing, more than half the time of writing streams to tmpfs, run beside
+reassembly. Confined to one CPU, the same lists of jobs are run inline, without the thread.
 Index lines are written when connections end, formatted in C into a buffer that goes out with
-write(2) (as json.dumps would write them), never before the bytes they describe.
+write(2) (as json.dumps would write them), never before the bytes they describe; the writer
+fills in each line's digest when it has hashed the direction's last bytes.
 """
-import hashlib
 import os
 
-from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.buffer cimport PyBUF_READ
 from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
 from cpython.mem cimport PyMem_Free
 
-from libc.errno cimport errno
+from libc.errno cimport errno, ENOMEM
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset, strerror, strlen
@@ -39,6 +37,21 @@ cdef extern from "_writer.h" nogil:
     void fs_bg_wait(fs_bg_t* bg)
     void fs_bg_kick(fs_bg_t* bg)
     void fs_bg_stop(fs_bg_t* bg)
+
+
+cdef extern from "<openssl/evp.h>" nogil:
+    ctypedef struct EVP_MD_CTX:
+        pass
+    ctypedef struct EVP_MD:
+        pass
+    ctypedef struct ENGINE:
+        pass
+    EVP_MD_CTX* EVP_MD_CTX_new()
+    void EVP_MD_CTX_free(EVP_MD_CTX* ctx)
+    const EVP_MD* EVP_sha256()
+    int EVP_DigestInit_ex(EVP_MD_CTX* ctx, const EVP_MD* t, ENGINE* impl)
+    int EVP_DigestUpdate(EVP_MD_CTX* ctx, const void* d, size_t cnt)
+    int EVP_DigestFinal_ex(EVP_MD_CTX* ctx, unsigned char* md, unsigned int* s)
 
 
 cdef extern from "<arpa/inet.h>" nogil:
@@ -62,6 +75,10 @@ DEF INDEX_BUF = 65536
 # connections per chunk of direction state
 DEF DIR_CHUNK = 64
 
+cdef const char* HEX = b"0123456789abcdef"
+# the SHA-256 of no bytes (a direction that carried none)
+cdef const char* EMPTY_SHA256 = b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
 # CLOSE_* (engine) -> the index's "close" value, JSON-encoded
 cdef const char* CLOSE_JSON[6]
 CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof"']
@@ -69,6 +86,7 @@ CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof
 ctypedef struct fdir_t:
     uint8_t* buf
     char* path             # its file, once it has bytes (freed after its close job ran)
+    EVP_MD_CTX* md         # its SHA-256, once it has bytes (the writer's from its close job)
     uint32_t len
     uint8_t created
     uint8_t _pad[3]
@@ -84,6 +102,8 @@ ctypedef struct fdslot_t:
 ctypedef struct fjob_t:
     char* path             # the direction's file (freed by the main thread after its close)
     uint8_t* buf           # bytes to append (back to the main thread's pool once written); NULL: close the file
+    EVP_MD_CTX* md         # the direction's SHA-256: updated with buf; at the close, finished and freed
+    char* hex              # (close) where its index line waits for the digest, 64 hex digits
     uint32_t len
     uint8_t create         # the first bytes: create (truncate) the file
     uint8_t index          # index lines: buf goes to index.jsonl (path NULL)
@@ -135,10 +155,11 @@ cdef void fw_fail(fwriter_t* w, const char* path) noexcept nogil:
 
 
 cdef void fw_run(void* arg) noexcept nogil:
-    # the writer thread: append each buffer to its file, close files whose direction ended.
-    # After a failure nothing more is written (the main thread reports it). It frees nothing:
-    # memory goes back to the thread that allocated it (malloc'd in one thread and freed in
-    # another, the buffers kept the heap trimming and faulting in fresh pages).
+    # the writer thread: append each buffer to its file and hash it, finish the digests and
+    # close the files of directions that ended. After a failure nothing more is written (the
+    # main thread reports it). Buffers and paths go back to the main thread, which allocated
+    # them (malloc'd in one thread and freed in another, the buffers kept the heap trimming
+    # and faulting in fresh pages); only a finished digest's context is freed here.
     cdef fwriter_t* w = <fwriter_t*> arg
     cdef fjobs_t* L = w.run
     cdef fjob_t* j
@@ -160,12 +181,31 @@ cdef void fw_run(void* arg) noexcept nogil:
                             fw_fail(w, w.index_path if j.index else j.path)
                             break
                         done += n
+            if not j.index and EVP_DigestUpdate(j.md, j.buf, j.len) != 1 and w.err == 0:
+                w.err = ENOMEM
+                w.err_path = strdup(j.path)
         else:
+            fw_digest(j)
             for k in range(MAX_OPEN):
                 if w.slots[k].path == j.path and w.slots[k].fd >= 0:
                     c_close(w.slots[k].fd)
                     w.slots[k].fd = -1
                     w.slots[k].path = NULL
+
+
+cdef void fw_digest(fjob_t* j) noexcept nogil:
+    # a direction's last bytes were hashed: its digest, in hex, into its index line
+    cdef unsigned char md[32]
+    cdef unsigned int n = 0
+    cdef int k
+    if j.md == NULL:
+        return
+    if EVP_DigestFinal_ex(j.md, md, &n) == 1 and n == 32 and j.hex != NULL:
+        for k in range(32):
+            j.hex[2 * k] = HEX[md[k] >> 4]
+            j.hex[2 * k + 1] = HEX[md[k] & 15]
+    EVP_MD_CTX_free(j.md)
+    j.md = NULL
 
 
 cdef void fw_discard(fjobs_t* L) noexcept nogil:
@@ -176,6 +216,7 @@ cdef void fw_discard(fjobs_t* L) noexcept nogil:
             free(L.jobs[i].buf)
         else:
             free(L.jobs[i].path)
+            EVP_MD_CTX_free(L.jobs[i].md)
     L.n = 0
     L.nbytes = 0
 
@@ -200,7 +241,6 @@ cdef class FileSink(Sink):
     cdef char* ibuf              # index lines not yet written (INDEX_BUF bytes)
     cdef Py_ssize_t ilen
     cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port"), UTF-8
-    cdef dict hashes             # 2 * conn + d -> hashlib object, while the direction is live
     cdef dict gaps               # (conn, d) -> [[offset, length], ...]
     cdef readonly uint64_t files
     cdef readonly uint64_t bytes_written
@@ -224,7 +264,6 @@ cdef class FileSink(Sink):
         if self.w.index_path == NULL:
             raise MemoryError()
         self.names = {}
-        self.hashes = {}
         self.gaps = {}
         for k in range(MAX_OPEN):
             self.w.slots[k].fd = -1
@@ -263,6 +302,7 @@ cdef class FileSink(Sink):
                     for j in range(2 * DIR_CHUNK):
                         free(self.chunks[k][j].buf)
                         free(self.chunks[k][j].path)
+                        EVP_MD_CTX_free(self.chunks[k][j].md)
                     free(self.chunks[k])
         free(self.chunks)
         free(self.closed)
@@ -306,21 +346,22 @@ cdef class FileSink(Sink):
         return self.outdir_b + self.names[conn][0] + (b".c2s" if d == 0 else b".s2c")
 
     cdef int _flush(self, uint32_t conn, int d) except -1:
-        # a direction's buffered bytes: hashed here, appended to its file by the writer thread
+        # a direction's buffered bytes, for the writer thread to append to its file and hash
         cdef fdir_t* f = self._fd(conn, d)
         cdef fjobs_t* L
         if f.len == 0:
             return 0
-        h = self.hashes.get(2 * conn + d)
-        if h is None:
-            h = self.hashes[2 * conn + d] = hashlib.sha256()
-        h.update(PyMemoryView_FromMemory(<char*> f.buf, f.len, PyBUF_READ))   # no copy
         if f.path == NULL:
             f.path = strdup(self._path(conn, d))
             if f.path == NULL:
                 raise MemoryError()
+            f.md = EVP_MD_CTX_new()
+            if f.md == NULL or EVP_DigestInit_ex(f.md, EVP_sha256(), NULL) != 1:
+                raise MemoryError()
         L = self._room()
         L.jobs[L.n].path = f.path
+        L.jobs[L.n].md = f.md
+        L.jobs[L.n].hex = NULL
         L.jobs[L.n].buf = f.buf
         L.jobs[L.n].len = f.len
         L.jobs[L.n].create = not f.created
@@ -336,18 +377,22 @@ cdef class FileSink(Sink):
         f.len = 0
         return 0
 
-    cdef int _end(self, fdir_t* f) except -1:
-        # the direction ended: its file is closed after its last bytes (and its path freed)
+    cdef int _end(self, fdir_t* f, char* hex) except -1:
+        # the direction ended: after its last bytes, its digest goes to `hex` (in its index
+        # line) and its file is closed (and its path freed)
         cdef fjobs_t* L
         if f.path == NULL:
             return 0
         L = self._room()
         L.jobs[L.n].path = f.path
+        L.jobs[L.n].md = f.md
+        L.jobs[L.n].hex = hex
         L.jobs[L.n].buf = NULL
         L.jobs[L.n].len = 0
         L.jobs[L.n].index = 0
         L.n += 1
         f.path = NULL
+        f.md = NULL
         return 0
 
     cdef fjobs_t* _room(self) except NULL:
@@ -459,6 +504,8 @@ cdef class FileSink(Sink):
             raise MemoryError()
         L = self._room()
         L.jobs[L.n].path = NULL
+        L.jobs[L.n].md = NULL
+        L.jobs[L.n].hex = NULL
         L.jobs[L.n].buf = <uint8_t*> self.ibuf
         L.jobs[L.n].len = self.ilen
         L.jobs[L.n].create = 0
@@ -496,8 +543,18 @@ cdef class FileSink(Sink):
             PyMem_Free(text)
         return 0
 
+    cdef char* _reserve(self, Py_ssize_t n) except NULL:
+        # n bytes of index, contiguous in one buffer, for the writer to fill in
+        cdef char* p
+        if self.ilen + n > INDEX_BUF:
+            self._iflush()
+        p = self.ibuf + self.ilen
+        memset(p, ord("0"), n)
+        self.ilen += n
+        return p
+
     cdef int _index_line(self, uint32_t conn, int d, dir_t* D, const char* proto, bytes stem, bytes src,
-                         bytes dst, bint created, uint64_t written, bytes hexdigest, list gaps) except -1:
+                         bytes dst, fdir_t* f, list gaps) except -1:
         # one line per direction; keys and spacing as json.dumps writes them
         cdef char tmp[512]
         cdef const char* name = b"c2s" if d == 0 else b"s2c"
@@ -507,14 +564,19 @@ cdef class FileSink(Sink):
         self._put(b'", "dst": "', 11)
         self._put(dst, len(dst))
         self._put(tmp, snprintf(tmp, sizeof(tmp), b'", "proto": "%s", "file": ', proto))
-        if created:
+        if f.created:
             self._put(b'"', 1)
             self._put(stem, len(stem))
             self._put(tmp, snprintf(tmp, sizeof(tmp), b'.%s"', name))
         else:
             self._put(b"null", 4)
-        self._put(tmp, snprintf(tmp, sizeof(tmp), b', "bytes": %llu, "sha256": "', written))
-        self._put(hexdigest, 64)
+        self._put(tmp, snprintf(tmp, sizeof(tmp), b', "bytes": %llu, "sha256": "', f.written))
+        if f.md != NULL:
+            # the close goes right after its place is reserved: an index buffer handed over
+            # later in this line is written after the digest is in it
+            self._end(f, self._reserve(64))
+        else:
+            self._put(EMPTY_SHA256, 64)
         self._put(b'", "gaps": [', 12)
         for k, (offset, length) in enumerate(gaps):
             self._put(tmp, snprintf(tmp, sizeof(tmp), b'%s[%lld, %lld]', b", " if k else b"",
@@ -543,10 +605,8 @@ cdef class FileSink(Sink):
             f = self._fd(conn, d)
             free(f.buf)
             f.buf = NULL
-            self._end(f)
-            h = self.hashes.pop(2 * conn + d, None)
-            self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f.created,
-                             f.written, (h or hashlib.sha256()).hexdigest().encode(), self.gaps.pop((conn, d), []))
+            self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f,
+                             self.gaps.pop((conn, d), []))
         del self.names[conn]
         self._closed(conn)
         return 0
