@@ -255,6 +255,58 @@ def test_streams_index_fields_are_documented(tmp_path, corpus):
         assert f"`{key}`" in doc, key
 
 
+def interleaved_capture(path, n, rounds, size, seed=5, live=None):
+    """n TCP connections, `live` at once (default all): for each group, handshakes first, then
+    `rounds` data segments of `size` random bytes each way, round robin, then FINs. Returns
+    {(conn, dir): bytes sent}."""
+    import random
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    rnd = random.Random(seed)
+    frames, clock = [], [0]
+
+    def put(src, dst, sport, dport, **kw):
+        clock[0] += 1
+        frames.append((1_000 + clock[0] // 1000, clock[0] % 1000, ether(ipv4(src, dst, 6, tcp(sport, dport, **kw)))))
+
+    seq = {}
+    sent = {(c, d): bytearray() for c in range(n) for d in (0, 1)}
+    live = live or n
+    for first in range(0, n, live):
+        group = range(first, min(n, first + live))
+        for c in group:
+            seq[c] = [1000, 5000]
+            put(A, B, 20000 + c, 80, seq=999, flags=0x02)
+            put(B, A, 80, 20000 + c, seq=4999, ack=1000, flags=0x12)
+            put(A, B, 20000 + c, 80, seq=1000, ack=5000, flags=0x10)
+        for _ in range(rounds):
+            for c in group:
+                for d in (0, 1):
+                    data = rnd.randbytes(size)
+                    sent[(c, d)] += data
+                    src, dst, sport, dport = (A, B, 20000 + c, 80) if d == 0 else (B, A, 80, 20000 + c)
+                    put(src, dst, sport, dport, seq=seq[c][d], ack=seq[c][1 - d], flags=0x18, payload=data)
+                    seq[c][d] += size
+        for c in group:
+            put(A, B, 20000 + c, 80, seq=seq[c][0], ack=seq[c][1], flags=0x11)
+            put(B, A, 80, 20000 + c, seq=seq[c][1], ack=seq[c][0] + 1, flags=0x11)
+            put(A, B, 20000 + c, 80, seq=seq[c][0] + 1, ack=seq[c][1] + 1, flags=0x10)
+    path.write_bytes(pcap(frames))
+    return {k: bytes(v) for k, v in sent.items()}
+
+
+def index_agrees_with_files(out, sent=None):
+    """Every line of out/index.jsonl describes its file as it is: size, SHA-256, and (with
+    `sent`) the bytes sent. Returns the lines."""
+    lines = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
+    for line in lines:
+        got = (out / line["file"]).read_bytes() if line["file"] else b""
+        assert line["bytes"] == len(got) and line["sha256"] == hashlib.sha256(got).hexdigest(), line
+        if sent is not None:
+            c = int(line["src" if line["dir"] == "c2s" else "dst"].rpartition(":")[2]) - 20000
+            assert got == sent[(c, 0 if line["dir"] == "c2s" else 1)] and line["gaps"] == []
+    return lines
+
+
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_streams_files_whole_with_more_live_connections_than_descriptors(tmp_path, cpus):
     """600 connections live at once, each direction several buffers long, interleaved: the
@@ -266,49 +318,43 @@ def test_streams_files_whole_with_more_live_connections_than_descriptors(tmp_pat
     import sys
     if len(os.sched_getaffinity(0)) < cpus:
         pytest.skip(f"needs {cpus} CPUs")
-    import hashlib
-    import random
-    from pcapgen import A, B, ether, ipv4, pcap, tcp
-    rnd = random.Random(5)
     n, rounds, size = 600, 4, 3000
-    frames, clock = [], [0]
-
-    def put(src, dst, sport, dport, **kw):
-        clock[0] += 1
-        frames.append((1_000 + clock[0] // 1000, clock[0] % 1000, ether(ipv4(src, dst, 6, tcp(sport, dport, **kw)))))
-
-    seq = {}
-    for c in range(n):
-        seq[c] = [1000, 5000]
-        put(A, B, 20000 + c, 80, seq=999, flags=0x02)
-        put(B, A, 80, 20000 + c, seq=4999, ack=1000, flags=0x12)
-        put(A, B, 20000 + c, 80, seq=1000, ack=5000, flags=0x10)
-    sent = {(c, d): bytearray() for c in range(n) for d in (0, 1)}
-    for _ in range(rounds):
-        for c in range(n):
-            for d in (0, 1):
-                data = rnd.randbytes(size)
-                sent[(c, d)] += data
-                src, dst, sport, dport = (A, B, 20000 + c, 80) if d == 0 else (B, A, 80, 20000 + c)
-                put(src, dst, sport, dport, seq=seq[c][d], ack=seq[c][1 - d], flags=0x18, payload=data)
-                seq[c][d] += size
-    for c in range(n):
-        put(A, B, 20000 + c, 80, seq=seq[c][0], ack=seq[c][1], flags=0x11)
-        put(B, A, 80, 20000 + c, seq=seq[c][1], ack=seq[c][0] + 1, flags=0x11)
-        put(A, B, 20000 + c, 80, seq=seq[c][0] + 1, ack=seq[c][1] + 1, flags=0x10)
     cap = tmp_path / "many.pcap"
-    cap.write_bytes(pcap(frames))
+    sent = interleaved_capture(cap, n, rounds, size)
     out = tmp_path / "out"
     on = sorted(os.sched_getaffinity(0))[:cpus]
     res = subprocess.run([sys.executable, "-m", "flowsift", "streams", str(cap), "-o", str(out), "--json"],
                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, on))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["files"] == 2 * n
-    lines = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 * n
-    for line in lines:
-        c = int(line["src" if line["dir"] == "c2s" else "dst"].rpartition(":")[2]) - 20000
-        want = bytes(sent[(c, 0 if line["dir"] == "c2s" else 1)])
-        assert line["bytes"] == len(want) == rounds * size and line["gaps"] == []
-        assert line["sha256"] == hashlib.sha256(want).hexdigest()
-        assert (out / line["file"]).read_bytes() == want
+    lines = index_agrees_with_files(out, sent)
+    assert len(lines) == 2 * n and all(line["bytes"] == rounds * size for line in lines)
+
+
+def test_streams_killed_midway_leaves_no_index_line_ahead_of_its_file(tmp_path):
+    """streams -o killed (SIGKILL: nothing flushed on the way out) while it writes: every
+    index line out by then describes its file as it is. The writer puts index lines after
+    the bytes they count; what was still queued is lost from both."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    n = 4000
+    cap = tmp_path / "big.pcap"
+    sent = interleaved_capture(cap, n, 3, 4000, seed=9, live=300)
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "flowsift", "streams", str(cap), "-o", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = out / "index.jsonl"
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and not (index.exists() and index.stat().st_size):
+        time.sleep(0.001)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    text = index.read_text()
+    if text and not text.endswith("\n"):
+        text = text[:text.rindex("\n") + 1] if "\n" in text else ""      # a line cut by the kill
+        index.write_text(text)
+    lines = index_agrees_with_files(out, sent)
+    assert p.returncode == -signal.SIGKILL and 0 < len(lines) < 2 * n
