@@ -501,9 +501,22 @@ def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help=
         hooks = ", ".join(cls.hooks()) or "none"
         typer.echo(f"\nHooks: {hooks}\nRead-only: {'yes' if cls.read_only() else 'no (writes ' + ', '.join(sorted(cls.writes)) + ')'}")
         return
-    for n in sorted(BUILTINS):
-        cls = find(n)
-        typer.echo(f"{n:12} {_inspect.cleandoc(cls.__doc__).splitlines()[0]}")
+    import shutil
+    import textwrap
+    from flowsift.modules.loader import plugins
+    width = max(40, shutil.get_terminal_size().columns - 1)
+    listed = [(n, None) for n in sorted(BUILTINS)] + [(n, where) for n, where in sorted(plugins().items())
+                                                     if n not in BUILTINS]
+    for n, where in listed:
+        try:
+            cls = find(n)
+            summary = " ".join(_inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split()) or "(no description)"
+        except Exception as e:           # one broken plug-in costs its line, not the listing
+            summary = f"cannot load: {e}"
+        if where:
+            summary += f" [{where}]"
+        typer.echo(textwrap.fill(summary, width, initial_indent=f"{n:12} ", subsequent_indent=" " * 13,
+                                 break_on_hyphens=False))
 
 
 class Terminated(BaseException):

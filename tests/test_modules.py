@@ -176,6 +176,59 @@ def test_modules_command(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_an_installed_packages_entry_point_module_is_found_run_and_listed(tmp_path):
+    """A package declaring `[flowsift.modules] hello = hellomod:Hello` (a real dist-info on
+    the path, read by importlib.metadata) is found by name in a chain and listed by `flowsift
+    modules`, with where it comes from; a broken one costs its line, not the listing."""
+    import os
+    import subprocess
+    import sys
+    site = tmp_path / "site"
+    (site / "hellomod").mkdir(parents=True)
+    (site / "hellomod" / "__init__.py").write_text(textwrap.dedent('''
+        from flowsift.modules import Module
+
+        class Hello(Module):
+            """Says hello once per connection, at its end; a module from an installed
+            package, found through its entry point.
+
+            Synopsis: hello
+            """
+            name = "hello"
+
+            def on_close(self, flow, reason):
+                self.emit("hello", reason=reason)
+                self.count("hellos")
+        '''))
+    info = site / "hellomod-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hellomod\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[flowsift.modules]\nhello = hellomod:Hello\nbroken = nosuchpkg:Nope\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "COLUMNS": "80"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=120, cwd=tmp_path)
+
+    res = cli("chain", "hello,counter", ROOT / "examples" / "demo.pcap", "--events", "-", "--json", "--inline")
+    assert res.returncode == 0, res.stderr
+    hellos = [json.loads(line) for line in res.stdout.splitlines() if '"kind": "hello"' in line]
+    assert len(hellos) == 9 and {h["module"] for h in hellos} == {"hello"}
+    listing = cli("modules")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    hello = " ".join(x.strip() for x in lines[[i for i, x in enumerate(lines) if x.startswith("hello ")][0]:][:3])
+    assert "Says hello once per connection, at its end; a module from an installed package" in hello
+    assert "[entry point hellomod:Hello]" in hello
+    assert any(x.startswith("broken ") and "cannot load" in x for x in lines)
+    assert all(len(x) <= 80 for x in lines) and any(x.startswith("counter ") for x in lines)
+    assert "Synopsis: hello" in cli("modules", "hello").stdout
+    bad = cli("chain", "broken", ROOT / "examples" / "demo.pcap")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "flowsift: entry point nosuchpkg:Nope: cannot load: ModuleNotFoundError: No module named 'nosuchpkg'"]
+
+
 def test_chain_options_may_hold_regular_expressions():
     chain = parse_chain("redact(pattern=(?<=key=)[^,&]{1,8}),strsearch(patterns=inline:a|b,nocase=yes),counter")
     assert [c.name for c, _ in chain] == ["redact", "strsearch", "counter"]

@@ -19,9 +19,14 @@ BUILTINS = {
 
 
 def _import(target, where):
-    mod_name, _, cls_name = target.partition(":")
-    mod = importlib.import_module(mod_name)
-    return validate(getattr(mod, cls_name), where)
+    mod_name, _, attrs = target.split()[0].partition(":")      # (an entry point's "[extras]" aside)
+    try:
+        cls = importlib.import_module(mod_name)
+        for attr in attrs.split("."):
+            cls = getattr(cls, attr)
+    except Exception as e:      # (a missing dependency, a broken plug-in): one line naming it
+        raise ModuleError(f"{where}: cannot load: {type(e).__name__}: {e}") from None
+    return validate(cls, where)
 
 
 def _from_file(spec):
@@ -45,6 +50,12 @@ def _from_file(spec):
     return validate(found[0], path)
 
 
+def plugins():
+    """{name: "entry point VALUE"} of the modules installed packages declare in the
+    `flowsift.modules` entry-point group."""
+    return {ep.name: f"entry point {ep.value}" for ep in entry_points(group="flowsift.modules")}
+
+
 def find(name):
     """The module class for a name, an entry point or `path/to/file.py[:Class]`."""
     if name.endswith(".py") or ".py:" in name:
@@ -53,8 +64,8 @@ def find(name):
         return _import(BUILTINS[name], f"built-in {name}")
     for ep in entry_points(group="flowsift.modules"):
         if ep.name == name:
-            return validate(ep.load(), f"entry point {ep.value}")
-    known = sorted(set(BUILTINS) | {ep.name for ep in entry_points(group="flowsift.modules")})
+            return _import(ep.value, f"entry point {ep.value}")
+    known = sorted(set(BUILTINS) | set(plugins()))
     raise ModuleError(f"unknown module {name!r} (known: {', '.join(known)}; or give path/to/file.py)")
 
 
