@@ -538,13 +538,18 @@ def _reflow(doc):
     return "\n\n".join(out)
 
 
-try:
-    import rich  # noqa: F401    (without rich, click wraps paragraphs itself and needs the \b marks)
-    for _info in app.registered_commands:
-        if _info.help is None and _info.callback.__doc__:
-            _info.help = _reflow(_info.callback.__doc__)
-except ImportError:
-    pass
+def _rich_help():
+    # typer formats help with rich when it is installed; without it, click wraps paragraphs
+    # itself and needs the \b marks, so docstrings are left as they are
+    import importlib.util
+    if importlib.util.find_spec("rich") is None:
+        return
+    for info in app.registered_commands:
+        if info.help is None and info.callback.__doc__:
+            info.help = _reflow(info.callback.__doc__)
+
+
+_rich_help()
 
 
 def main():
