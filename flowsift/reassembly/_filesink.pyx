@@ -88,9 +88,7 @@ ctypedef struct fdir_t:
     char* path             # its file, once it has bytes (freed after its close job ran)
     EVP_MD_CTX* md         # its SHA-256, once it has bytes (the writer's from its close job)
     uint32_t len
-    uint8_t created
-    uint8_t _pad[3]
-    uint64_t written
+    uint64_t written        # bytes handed to the writer (its file exists once this is not 0)
 
 # The writer thread's: a descriptor cache entry (a direction is known by its path pointer,
 # unique while the direction is live), a job, a list of jobs, and its whole state.
@@ -364,13 +362,11 @@ cdef class FileSink(Sink):
         L.jobs[L.n].hex = NULL
         L.jobs[L.n].buf = f.buf
         L.jobs[L.n].len = f.len
-        L.jobs[L.n].create = not f.created
+        L.jobs[L.n].create = f.written == 0
         L.jobs[L.n].index = 0
         L.n += 1
         L.nbytes += f.len
-        if not f.created:
-            f.created = 1
-            self.files += 1
+        self.files += f.written == 0
         f.buf = NULL                       # the thread's now; the next bytes get a new buffer
         f.written += f.len
         self.bytes_written += f.len
@@ -564,7 +560,7 @@ cdef class FileSink(Sink):
         self._put(b'", "dst": "', 11)
         self._put(dst, len(dst))
         self._put(tmp, snprintf(tmp, sizeof(tmp), b'", "proto": "%s", "file": ', proto))
-        if f.created:
+        if f.written:
             self._put(b'"', 1)
             self._put(stem, len(stem))
             self._put(tmp, snprintf(tmp, sizeof(tmp), b'.%s"', name))
@@ -601,10 +597,8 @@ cdef class FileSink(Sink):
         ends = (client, server)
         proto = b"tcp" if conn_at(e, conn).proto == 6 else b"udp"
         for d in range(2):
-            self._flush(conn, d)
+            self._flush(conn, d)            # (hands its buffer over: none is left)
             f = self._fd(conn, d)
-            free(f.buf)
-            f.buf = NULL
             self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f,
                              self.gaps.pop((conn, d), []))
         del self.names[conn]
