@@ -52,6 +52,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         "midstream_directions": t["midstream_directions"],
         "close": t["close"],
         "files": getattr(sink, "files", None),
+        "replaced": getattr(sink, "replaced", None),
         "fragments": r.defrag.counters(),
         "engine": r.engine.counters(),
         "error": error,

@@ -82,6 +82,8 @@ def print_streams(s, console=None):
         t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_n(frag['datagrams'])} datagrams")
     if s["output"]:
         t.add_row("written", f"{_n(s['files'])} files in {s['output']} (index: {s['index']})")
+        if s.get("replaced"):
+            t.add_row("replaced", f"{_n(s['replaced'])} stream files of an earlier run, removed first")
     console.print(t)
 
 

@@ -52,6 +52,25 @@ def one_line(res, needle):
     assert needle in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_store_directory_holding_an_earlier_store_is_refused(tmp_path, corpus):
+    """Record files of an earlier run would be read as this run's (inspect, replay --store):
+    a second gateway or chain into the same store is one line, exit 2, and the kept store is
+    left as it was."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__pcpp__three_http_streams.pcap", "--store", store, "--keep", check=True)
+    def state():    # (record files are sparse, terabytes long: their mtime and header say enough)
+        return {p.name: (p.stat().st_mtime_ns, p.open("rb").read(4096)) for p in store.iterdir() if p.is_file()}
+    before = state()
+    n = sum(1 for name in before if name.endswith(".rec"))
+    for cmd in (["gateway", corpus / "http__zeek__get.pcap"], ["chain", "counter", corpus / "http__zeek__get.pcap"]):
+        one_line(run_cli(*cmd, "--store", store), f"holds an earlier store ({n} record files)")
+    assert n > 0 and state() == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "unrelated.txt").write_text("x")
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", empty, check=True)
+
+
 def test_store_path_that_cannot_be_a_directory(tmp_path, corpus):
     blocker = tmp_path / "file"
     blocker.write_text("x")

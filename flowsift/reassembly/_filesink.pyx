@@ -12,6 +12,7 @@ write(2) (as json.dumps would write them), never before the bytes they describe;
 fills in each line's digest when it has hashed the direction's last bytes.
 """
 import os
+import re
 
 from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
 from cpython.mem cimport PyMem_Free
@@ -219,6 +220,23 @@ cdef void fw_discard(fjobs_t* L) noexcept nogil:
     L.nbytes = 0
 
 
+# the names FileSink gives stream files (see on_open and _path)
+_STREAM_FILE = re.compile(r"c[0-9]{6,}-.+\.(c2s|s2c)\Z", re.S)
+
+
+def _clear_earlier(outdir):
+    """Remove what an earlier run left in `outdir` (its stream files; index.jsonl is rewritten):
+    mixed with this run's files they would read as one output. Nothing else is touched.
+    Returns how many files went."""
+    n = 0
+    with os.scandir(outdir) as it:
+        for e in it:
+            if _STREAM_FILE.match(e.name) and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+                n += 1
+    return n
+
+
 cdef class FileSink(Sink):
     cdef fdir_t** chunks         # DIR_CHUNK connections' directions each (2 per connection);
     cdef uint8_t* closed         # per chunk: connections closed; a chunk all closed is freed
@@ -242,6 +260,7 @@ cdef class FileSink(Sink):
     cdef dict gaps               # (conn, d) -> [[offset, length], ...]
     cdef readonly uint64_t files
     cdef readonly uint64_t bytes_written
+    cdef readonly uint64_t replaced      # stream files of an earlier output, removed first
 
     def __init__(self, str outdir):
         cdef int k
@@ -251,6 +270,7 @@ cdef class FileSink(Sink):
         self.index_path = os.path.join(outdir, "index.jsonl")
         try:
             os.makedirs(outdir, exist_ok=True)
+            self.replaced = _clear_earlier(outdir)
             self.index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as e:
             raise FlowsiftError(f"{outdir}: cannot write there: {e.strerror}") from None

@@ -307,6 +307,21 @@ ctypedef struct wstate_t:    # the files: touched by the writer thread only, or 
     wbuf_t* job              # the batch the writer thread writes
 
 
+def _refuse_earlier_store(directory):
+    # A store is one run's: record files left by an earlier run would be read (inspect,
+    # replay --store, modules) as connections of this one, and overwriting only some of them
+    # mixes the two. A kept store is kept for a reason, so it is never cleared here.
+    try:
+        with os.scandir(directory) as it:
+            earlier = [e.name for e in it if e.name == "store.json" or e.name.endswith((".rec", ".rec.new"))]
+    except OSError as e:
+        raise FlowsiftError(f"{directory}: cannot read the store directory: {e.strerror}") from None
+    if earlier:
+        n = sum(1 for name in earlier if name != "store.json")
+        raise FlowsiftError(f"{directory}: holds an earlier store ({n:,} record files): a run writes into a new "
+                            f"or empty directory (give another, or remove that store first)")
+
+
 def _handle_budget():
     """How many record files may be open at once: within the descriptor limit (raised to its
     hard limit if need be) and vm.max_map_count (each open file holds one mapping)."""
@@ -704,6 +719,7 @@ cdef class RecordStore(Sink):
             raise FlowsiftError(f"{directory}: cannot create the store: {e.strerror}") from None
         if not os.access(directory, os.W_OK):
             raise FlowsiftError(f"{directory}: store directory is not writable")
+        _refuse_earlier_store(directory)
         raw = directory.encode()
         if len(raw) >= 4000:
             raise FlowsiftError(f"{directory[:60]}...: store path too long")
