@@ -58,15 +58,18 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                 g.late = {}                     # late packets, for -w to give them their flow's edits
             if write is not None or out is not None:
                 g.reassembler.defrag.members = {}     # fragments of each datagram, for its edits
+        # the checkpoints' copy in the store is for reading after the run: not for a store that goes
+        kept = store is not None or keep
         if inline:
             runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
         elif all(cls.read_only() for cls, _ in chain):
             runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog,
-                                   registry=g.registry)
+                                   registry=g.registry, save_state=kept)
         else:
             # read-only runs in parallel stages, each writing module a stage of its own in this process
             from flowsift.modules.stages import StagedChain
-            runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+            runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry,
+                                 save_state=kept)
     except BaseException:
         if store is None and not keep:       # a chain that cannot start leaves no store behind
             shutil.rmtree(g.store_dir, ignore_errors=True)

@@ -23,11 +23,12 @@ def split(chain):
 
 
 class StagedChain:
-    def __init__(self, spec, chain, store, events=None, strict=False, editor=None, registry=None):
+    def __init__(self, spec, chain, store, events=None, strict=False, editor=None, registry=None, save_state=True):
         self.stages = []
         for ro, mods, first in split(chain):
             if ro:
-                self.stages.append(ParallelChain(spec, mods, store, events=events, strict=strict, first=first, registry=registry))
+                self.stages.append(ParallelChain(spec, mods, store, events=events, strict=strict, first=first, registry=registry,
+                                                 save_state=save_state))
             else:
                 self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry))
         self.modules = [m for st in self.stages for m in st.modules]

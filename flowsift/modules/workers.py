@@ -246,10 +246,13 @@ class _Worker:
 class ParallelChain:
     """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
 
-    def __init__(self, spec, chain, store, events=None, strict=False, first=0, max_backlog=None, registry=None):
+    def __init__(self, spec, chain, store, events=None, strict=False, first=0, max_backlog=None, registry=None,
+                 save_state=True):
         """`chain`: this stage's modules, which are modules first.. of the whole chain `spec`
-        (their bits in the global bitmap too)."""
+        (their bits in the global bitmap too). `save_state`: copy each checkpoint into the
+        store (see _save); pointless for a store removed at the end of the run."""
         self.spec = spec
+        self.save_state = save_state
         self.first = first
         self.max_backlog = max_backlog   # None: back-pressure (the gateway waits for a slow module)
         self.finished_now = []
@@ -325,6 +328,8 @@ class ParallelChain:
         """The checkpoint in the store too (state/NAME.BIT.json; the rows of append-only lists
         added to state/NAME.BIT.LIST.jsonl): what a module was doing is there to read after
         the run, and for a worker on another host."""
+        if not self.save_state:
+            return                      # (a restart uses the copy in memory)
         d = os.path.join(self.store_dir, "state")
         try:
             os.makedirs(d, exist_ok=True)
