@@ -43,6 +43,15 @@ def test_http_requests_and_responses_match_tshark(tmp_path, corpus, name):
     assert all(e["method"] for e in evs if e["kind"] == "response")        # paired with their requests
 
 
+def test_http_counts_directions_that_are_not_http_apart_from_the_chains_errors(tmp_path, corpus):
+    """TLS connections beside HTTP ones: http switches their directions off and counts them
+    under its own name; the chain's `errors` (exceptions in hooks) stays 0."""
+    _, summary = events(corpus / "tls__suri__tls-subjectaltname.pcap", "http,tls", tmp_path)
+    http, tls = summary["modules"]["http"], summary["modules"]["tls"]
+    assert http["errors"] == 0 and http["requests"] > 0
+    assert http["not_http"] >= tls["hellos"] > 0          # every ClientHello is a client direction http gave up
+
+
 def test_http_on_the_demo_capture(tmp_path):
     evs, _ = events(ROOT / "examples" / "demo.pcap", "http", tmp_path)
     pairs = sorted((e["uri"], e["status"], e["response_body"]) for e in evs if e["kind"] == "response")

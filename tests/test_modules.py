@@ -141,6 +141,26 @@ def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
     assert "module boom: on_packet() raised RuntimeError: kaboom" in strict.stderr
 
 
+def test_a_counter_named_like_the_chains_own_is_refused(tmp_path, corpus):
+    """`errors` is the chain's count of exceptions in a module's hooks: a module counting under
+    that name would be overwritten in the summary, so the name is refused where it is used."""
+    p = write_module(tmp_path, '''
+        class Clash(Module):
+            """Counts under a reserved name.
+
+            Synopsis: clash
+            """
+            name = "clash"
+            def on_close(self, flow, reason):
+                self.count("errors")
+    ''')
+    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict")
+    assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1, strict.stderr
+    assert "module clash: counter name 'errors' is the chain's own" in strict.stderr
+    res = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout.strip().splitlines()[-1])["modules"]["clash"]["errors"] == 1
+
+
 def test_chain_sets_module_bits_in_kept_records(tmp_path, corpus):
     store = tmp_path / "s"
     res = run_cli("chain", f"counter,{ROOT / 'examples' / 'minimal.py'}", corpus / "http__zeek__get.pcap",

@@ -39,6 +39,10 @@ HOOKS = {
 WRITABLE = frozenset({"ip.src", "ip.dst", "ip.ttl", "tcp.sport", "tcp.dport", "udp.sport", "udp.dport",
                       "tcp.flags", "payload"})
 
+# counters the chain reports beside each module's own (hook exceptions, worker restarts,
+# --max-backlog losses): a module's counter of the same name would be overwritten or mixed in
+RESERVED_COUNTERS = frozenset({"errors", "restarts", "dropped_batches", "dropped_connections"})
+
 DOC_SECTIONS = ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example")
 
 
@@ -158,7 +162,14 @@ class Module:
             self._emit(self, kind, fields)
 
     def count(self, name, n=1):
-        self.counters[name] = self.counters.get(name, 0) + n
+        c = self.counters
+        if name in c:
+            c[name] += n
+        elif name in RESERVED_COUNTERS:
+            raise ModuleError(f"module {self.name}: counter name {name!r} is the chain's own "
+                              f"({', '.join(sorted(RESERVED_COUNTERS))} are reported for every module): choose another")
+        else:
+            c[name] = n
 
     def summary(self):
         """Rows for the end-of-run table (a list of dicts); none by default."""

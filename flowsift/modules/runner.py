@@ -138,10 +138,10 @@ class InlineChain:
     def _counting(self, count):
         # counters travel with their connection's "done", so a restart cannot count them twice
         def counted(name, n=1):
+            count(name, n)            # (first: a name it refuses is not carried either)
             cur = self._current.conn if self._current is not None else None
             d = self.deltas.setdefault(cur, {})
             d[name] = d.get(name, 0) + n
-            count(name, n)
         return counted
 
     def _call(self, m, hook, *args):
@@ -151,6 +151,8 @@ class InlineChain:
             getattr(m, hook)(*args)
         except Exception as e:
             if self.strict:
+                if isinstance(e, ModuleError):
+                    raise               # the module API's own complaint names the module already
                 raise ModuleError(f"module {m.name}: {hook}() raised {type(e).__name__}: {e}") from e
             n = self.errors.get(m.name, 0)
             self.errors[m.name] = n + 1

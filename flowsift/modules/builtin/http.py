@@ -56,7 +56,7 @@ class Http(Module):
     Reads: both streams of every TCP connection
     Writes: nothing (read-only)
     Options: none
-    Counters: requests, responses, gaps, errors (bytes that are not HTTP)
+    Counters: requests, responses, gaps, not_http (directions whose bytes are not HTTP/1)
     Events: "response" has complete=false when the connection ended inside its body
     Example: flowsift chain http trace.pcap   emits "request" and "response" events with method,
              host, uri, status, body lengths
@@ -92,7 +92,7 @@ class Http(Module):
         except httptools.HttpParserUpgrade:
             st["mode"] = "off"                # upgraded (websocket, h2c): no longer HTTP/1
         except httptools.HttpParserError:
-            self.count("errors")
+            self.count("not_http")
             st["mode"] = "off"
 
     def on_data(self, flow, stream):
