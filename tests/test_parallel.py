@@ -378,3 +378,115 @@ def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path):
     assert not os.path.exists(store)
     left = subprocess.run(["pgrep", "-f", f"flowsift chain counter {cap}"], capture_output=True, text=True).stdout
     assert left.strip() == ""
+
+
+SKIPPER = '''
+import os, signal
+from flowsift.modules import Module
+
+class Skipper(Module):
+    """Reads the first bytes of each connection, then skips it; kills its own process once,
+    at the Nth record it is shown.
+
+    Synopsis: skipper
+    """
+    name = "skipper"
+
+    def on_packet(self, flow, record):
+        self.emit("record", index=record.index)
+        self.seen = getattr(self, "seen", 0) + 1
+        marker = os.environ.get("FLOWSIFT_KILL_MARKER")
+        if marker and not os.path.exists(marker) and self.seen == int(os.environ["FLOWSIFT_KILL_AT"]):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_data(self, flow, stream):
+        self.emit("data", direction=stream.direction, n=len(stream.read(100)))
+        flow.skip()
+
+    def on_close(self, flow, reason):
+        self.emit("closed", reason=reason)
+'''
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_skipped_connection_costs_the_module_nothing_more_even_across_a_restart(tmp_path, corpus, monkeypatch,
+                                                                                  seed):
+    """flow.skip(): no on_packet or on_data for the connection after it (later records are not
+    shown, the other direction and later bytes not read), on_close still comes, every record still gets
+    the module's bit; a worker killed and restarted from a checkpoint keeps skipping what it
+    skipped, so its output is the undisturbed run's."""
+    module = tmp_path / "skipper.py"
+    module.write_text(SKIPPER)
+    name = corpus / "http__zeek__bro.org.pcap"
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "2")
+    reference, ref_summary = run(f"{module},counter", name, inline=True)
+    mine = [e for e in reference if e["module"] == "skipper"]
+    conns = {e["conn"] for e in reference if e["module"] == "counter"}
+    assert {e["conn"] for e in mine if e["kind"] == "closed"} == conns and len(conns) > 3
+    data = collections.Counter(e["conn"] for e in mine if e["kind"] == "data")
+    assert set(data) <= conns and len(data) > 3 and set(data.values()) == {1}    # one look each, one direction
+    assert sum(e["n"] for e in mine if e["kind"] == "data") <= 100 * len(conns)
+    shown = sum(1 for e in mine if e["kind"] == "record")
+    assert 0 < shown < ref_summary["records"] / 2                      # most records were never shown
+    monkeypatch.setenv("FLOWSIFT_KILL_MARKER", str(tmp_path / f"killed-{seed}"))
+    monkeypatch.setenv("FLOWSIFT_KILL_AT", str(5 + 20 * seed))
+    got, summary = run(f"{module},counter", name, inline=False, store=tmp_path / "store", keep=True)
+    assert (tmp_path / f"killed-{seed}").exists(), "the worker was not killed: nothing was tested"
+    assert summary["modules"]["skipper"]["restarts"] == 1
+    strip = lambda evs: collections.Counter(json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True)
+                                            for e in evs)
+    assert strip(got) == strip(reference)
+    from flowsift.streams import RecordFile, store_files
+    for path in store_files(tmp_path / "store"):
+        with RecordFile(path) as rf:
+            assert all(r.modules == 0b11 for r in rf.records())
+
+
+STEPS = '''
+from flowsift.modules import Module
+
+class Steps(Module):
+    """Where each read of a connection's bytes ended.
+
+    Synopsis: steps
+    """
+    name = "steps"
+
+    def on_data(self, flow, stream):
+        self.emit("step", direction=stream.direction, to=stream.tell() + len(stream.read()))
+'''
+
+
+def test_a_writing_module_that_skipped_a_connection_holds_no_later_stage_back(tmp_path, corpus, monkeypatch):
+    """A writing stage hands the next one only what it has read (what it may still replace is
+    not final); a connection it skipped is final at once, so the worker after it reads its
+    bytes batch by batch exactly as it does with no writer before it, not all at the end."""
+    writer = tmp_path / "glance.py"
+    writer.write_text('''
+from flowsift.modules import Module
+
+class Glance(Module):
+    """Reads a connection's first bytes, then skips it.
+
+    Synopsis: glance
+    """
+    name = "glance"
+    writes = {"payload"}
+
+    def on_data(self, flow, stream):
+        stream.read(10)
+        flow.skip()
+''')
+    reader = tmp_path / "steps.py"
+    reader.write_text(STEPS)
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    name = corpus / "http__csanders__http_espn.pcapng"
+    got, summary = run(f"{writer},{reader}", name, inline=False)
+    alone, _ = run(f"{reader}", name, inline=False)
+    assert summary["mode"] == "staged"
+    steps = lambda evs: [(e["conn"], e["direction"], e["to"]) for e in evs if e["kind"] == "step"]
+    assert steps(got) == steps(alone)
+    per_conn = collections.Counter((c, d) for c, d, _ in steps(alone))
+    assert sum(n > 2 for n in per_conn.values()) > 5           # read in several steps while they last

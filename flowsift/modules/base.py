@@ -73,7 +73,7 @@ class Option:
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
-                 "_module")
+                 "_module", "_skipped")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -89,6 +89,18 @@ class Flow:
         self._file = None
         self._editor = None           # the gateway's Editor, for writing modules
         self._module = None           # the module whose hook is running
+        self._skipped = None          # modules that called skip() (a set), or None
+
+    def skip(self):
+        """The module calling this needs nothing more of this connection: its on_data, on_gap
+        and on_packet are not called for it again, and its bytes and records count as read
+        (on_close still comes, at the end). For a module that can tell early -- from a port,
+        from the first bytes -- that a connection is not for it: the rest costs it nothing."""
+        if self._module is None:
+            return                    # (outside a hook there is nobody to skip for)
+        if self._skipped is None:
+            self._skipped = set()
+        self._skipped.add(self._module)
 
     def drop(self, record):
         """Verdict: do not forward this packet (record) on egress (-w)."""

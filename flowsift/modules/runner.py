@@ -114,6 +114,8 @@ class InlineChain:
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
                           if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
         self.passive = all(passive(type(m)) for m in self.modules)
+        # modules that read as connections go (what flow.skip() can spare)
+        self.readers = [m for m in self.modules if not passive(type(m)) or m.writes]
         self._current = None
         self._closing = None
         self._limits = None
@@ -228,29 +230,61 @@ class InlineChain:
         else:
             self.open_files.move_to_end(conn)
 
+    def _skipping(self, flow):
+        # has every module that reads as the connection goes skipped it?
+        sk = flow._skipped
+        return sk is not None and all(m in sk for m in self.readers)
+
     def _advance(self, conn):
-        c = self.conns.get(conn) or self._open(conn)
+        c = self.conns.get(conn)
+        if c is None:
+            c = self._open(conn)
+            self._dirty.add(conn)
+        flow = c.flow
+        if flow._skipped is not None and self._skipping(flow):
+            # nothing to read it for (flow.skip()): not even its header; its file waits closed
+            # for the end (on_close)
+            if c.file is not None:
+                self._evict(conn)
+            return
         self._touch(conn, c)
         self._dirty.add(conn)
-        flow = c.flow
         self._current = flow
         h = self._header(c, conn)
         flow.last_ts = h["last_ts"]
         if self.by_hook["on_packet"] and h["records"] > c.next_record:
+            hooks = [m for _, m in self.by_hook["on_packet"]]
             for rec in c.file.records(c.next_record, h["records"]):
-                for _, m in self.by_hook["on_packet"]:
+                for m in hooks:
                     self._call(m, "on_packet", flow, rec)
+                if flow._skipped is not None:
+                    hooks = [m for m in hooks if m not in flow._skipped]
+                    if not hooks:
+                        break      # (the records are not even decoded for it any more)
         c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
         ends = (h["end0"], h["end1"], h["gaps"])
         if ends == c.ends_seen:
             return                 # no new bytes and no new gap since the last advance
         c.ends_seen = ends
         for i, m in self.streaming:
+            if flow._skipped is not None and m in flow._skipped:
+                self._let_go(c, i)
+                continue
             if not callable(getattr(m, "on_data", None)):
                 self._gaps_only(c, i, m, h)
                 continue
             for d in (0, 1):
+                if flow._skipped is not None and m in flow._skipped:
+                    break
                 self._stream(c, i, m, d, h)
+
+    def _let_go(self, c, i):
+        # a module that skipped the connection keeps no pointer into it
+        for d in (0, 1):
+            c.pointers.pop((i, d), None)
+            c.saved.pop((i, d), None)
+            c.seen.pop((i, d), None)
+        c.gaps_seen.pop(i, None)
 
     def _header(self, c, conn, fresh=False):
         h = c.file.header if fresh else c.file.refresh()
@@ -269,9 +303,11 @@ class InlineChain:
         # a module with on_gap but no on_data: hand it new gap entries, no stream pointer needed
         seen = c.gaps_seen.get(i, 0)
         if h["gaps"] > seen:
+            from flowsift.reassembly.events import Gap
             for g in c.file.gaps()[seen:]:
-                from flowsift.reassembly.events import Gap
                 self._call(m, "on_gap", c.flow, g.dir, Gap(c.flow.conn, g.dir, g.offset, g.length, g.reason))
+                if c.flow._skipped is not None and m in c.flow._skipped:
+                    break
             c.gaps_seen[i] = h["gaps"]
 
     def _pointer(self, c, i, d, m, h=None):
@@ -301,6 +337,8 @@ class InlineChain:
             if gap is not None:
                 if has_gap:
                     self._call(m, "on_gap", c.flow, d, gap)
+                    if c.flow._skipped is not None and m in c.flow._skipped:
+                        break
                 sp.skip_gap()
                 continue
             state = (sp.tell(), sp.available)
@@ -313,6 +351,8 @@ class InlineChain:
                 break                          # nothing new since its last call: unread bytes wait
             c.seen[(i, d)] = state
             self._call(m, "on_data", c.flow, sp)
+            if c.flow._skipped is not None and m in c.flow._skipped:
+                break
 
     def _close(self, conn, fresh=False):
         # `fresh`: its header was read just now (by _open or _advance)
@@ -358,6 +398,8 @@ class InlineChain:
             h = c.file.header                   # as this batch read it
             ends = [h["end0"], h["end1"]]
             for i in readers:
+                if c.flow._skipped is not None and self.modules[i] in c.flow._skipped:
+                    continue               # it reads no further: nothing waits for it
                 for d in (0, 1):
                     sp = c.pointers.get((i, d))
                     ends[d] = min(ends[d], sp.tell() if sp is not None else c.saved.get((i, d), 0))
@@ -439,9 +481,10 @@ class InlineChain:
                 whole = False
         if not whole:
             return _AGAIN
-        pos = {f"{i}.{d}": p for (i, d), p in c.saved.items()}
-        pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items()})
-        return json.dumps({"next": c.next_record, "pos": pos,
+        skip = [i for i, m in enumerate(self.modules) if c.flow._skipped is not None and m in c.flow._skipped]
+        pos = {f"{i}.{d}": p for (i, d), p in c.saved.items() if i not in skip}
+        pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items() if i not in skip})
+        return json.dumps({"next": c.next_record, "pos": pos, **({"skip": skip} if skip else {}),
                            "seen": {f"{i}.{d}": list(v) for (i, d), v in c.seen.items()},
                            "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
                            "deltas": self.deltas.get(conn, {}), "last_ts": c.flow.last_ts}, separators=(",", ":"))
@@ -468,6 +511,8 @@ class InlineChain:
         # an open connection where a checkpoint entry says it stood (restore, adoption)
         c = self._open(conn, call_hooks=False)
         c.flow.state.update(json.loads(saved["state"]))
+        if saved.get("skip"):
+            c.flow._skipped = {self.modules[i] for i in saved["skip"]}
         c.flow.last_ts = saved["last_ts"]
         c.next_record = saved["next"]
         c.gaps_seen = {int(k): v for k, v in saved["gaps"].items()}

@@ -25,12 +25,21 @@ class Dns(Module):
     def _is_dns(self, flow):
         return int(flow.server.rsplit(":", 1)[1]) in DNS_PORTS or int(flow.client.rsplit(":", 1)[1]) in DNS_PORTS
 
+    def on_open(self, flow):
+        if not self._is_dns(flow):
+            flow.skip()                       # not a packet or a byte of it is looked at
+
     def on_packet(self, flow, record):
-        if flow.proto == "udp" and record.payload_len and self._is_dns(flow):
+        if not self._is_dns(flow):
+            flow.skip()                       # (opened without on_open: a restored checkpoint)
+        elif flow.proto == "udp" and record.payload_len:
             self._message(flow, flow.payload(record))
 
     def on_data(self, flow, stream):
-        if flow.proto != "tcp" or not self._is_dns(flow):
+        if not self._is_dns(flow):
+            flow.skip()
+            return
+        if flow.proto != "tcp":
             stream.read()
             return
         while True:

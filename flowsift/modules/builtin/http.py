@@ -53,10 +53,11 @@ class Http(Module):
     bodies measured after decoding; after a gap, parsing resumes at the next message start.
 
     Synopsis: http
-    Reads: both streams of every TCP connection
+    Reads: both streams of every TCP connection, until neither is HTTP/1
     Writes: nothing (read-only)
     Options: none
-    Counters: requests, responses, gaps, not_http (directions whose bytes are not HTTP/1)
+    Counters: requests, responses, gaps (in the connections it reads), not_http (directions whose bytes
+              are not HTTP/1)
     Events: "response" has complete=false when the connection ended inside its body
     Example: flowsift chain http trace.pcap   emits "request" and "response" events with method,
              host, uri, status, body lengths
@@ -96,6 +97,12 @@ class Http(Module):
             st["mode"] = "off"
 
     def on_data(self, flow, stream):
+        self._data(flow, stream)
+        sides = flow.state["sides"]
+        if sides[0] is not None and sides[1] is not None and sides[0]["mode"] == sides[1]["mode"] == "off":
+            flow.skip()                       # neither direction is HTTP/1: nothing more to read
+
+    def _data(self, flow, stream):
         d = stream.direction
         sides = flow.state["sides"]
         st = sides[d]

@@ -80,10 +80,12 @@ class Tls(Module):
         except ValueError:
             if stream.available >= MAX_HELLO:
                 flow.state["done"] = True
+                flow.skip()
             return                                   # incomplete: wait for more bytes
         except (struct.error, IndexError):
             found = None
         flow.state["done"] = True
+        flow.skip()                                  # the hello is all it wants of a connection
         if found is None:
             self.count("not_tls")
             return
@@ -94,3 +96,4 @@ class Tls(Module):
     def on_gap(self, flow, direction, gap):
         if direction == 0:
             flow.state["done"] = True                # a hello with a hole in it is not guessed at
+            flow.skip()
