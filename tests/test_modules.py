@@ -318,3 +318,31 @@ def test_a_reader_ahead_of_a_batch_limit_does_not_read_records_again(tmp_path, c
     total = sum(g.store.published([c])[0][0] for c in conns)
     assert len(batches) > 3
     assert counts["records"] == total and all(v == 1 for k, v in counts.items() if k != "records")
+
+
+def test_a_module_attached_to_a_store_ends_the_connections_it_skipped(tmp_path, corpus):
+    """An attached module reads the files as far as they go (follow) and learns from them that
+    a connection ended: one its module skipped (tls, once it has the ClientHello) must still
+    be ended, with the chain's events."""
+    import io
+    import json
+    import os
+    from flowsift.chain import run_chain
+    from flowsift.gateway import Gateway
+    from flowsift.modules.loader import parse_chain
+    from flowsift.modules.runner import InlineChain
+    cap = corpus / "tls__suri__tls-subjectaltname.pcap"
+    out = io.StringIO()
+    run_chain("tls", str(cap), events=out, inline=True, strict=True)
+    g = Gateway(tmp_path / "store", keep=True)
+    done, events = [], []
+    runner = InlineChain(parse_chain("tls"), None, path_of=lambda c: os.path.join(g.store_dir, f"c{c:08d}.rec"),
+                         on_done=lambda c, records, evs, deltas: (done.append(c), events.extend(evs)),
+                         hold_events=True, strict=True)
+    # batch by batch while the gateway writes: skipped connections are followed on after the skip
+    g.run_capture(cap, after_batch=lambda touched, closed: runner.follow(sorted(set(touched) | set(closed))))
+    runner.follow(list(range(g.store.files)))
+    assert sorted(done) == list(range(g.store.files)) and not runner.conns
+    norm = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "ts"}, sort_keys=True)
+                                for l in lines)
+    assert norm(events) == norm(out.getvalue().splitlines()) and len(events) > 30

@@ -235,7 +235,7 @@ class InlineChain:
         sk = flow._skipped
         return sk is not None and all(m in sk for m in self.readers)
 
-    def _advance(self, conn):
+    def _advance(self, conn, let_go=True):
         c = self.conns.get(conn)
         if c is None:
             c = self._open(conn)
@@ -243,8 +243,8 @@ class InlineChain:
         flow = c.flow
         if flow._skipped is not None and self._skipping(flow):
             # nothing to read it for (flow.skip()): not even its header; its file waits closed
-            # for the end (on_close)
-            if c.file is not None:
+            # for the end (on_close), unless the file is what says when that is (let_go False)
+            if c.file is not None and let_go:
                 self._evict(conn)
             return
         self._touch(conn, c)
@@ -418,8 +418,14 @@ class InlineChain:
         for conn in conns:
             if conn in self.finished:
                 continue
-            self._advance(conn)
-            if self.conns[conn].file.closed_by_gateway:
+            self._advance(conn, let_go=False)
+            c = self.conns[conn]
+            if c.file is None or self._skipping(c.flow):
+                # skipped by every module: _advance read nothing, but the file still says when
+                # the connection ended
+                self._touch(conn, c)
+                c.file.refresh()
+            if c.file.closed_by_gateway:
                 self._close(conn)
 
     def finish(self):
