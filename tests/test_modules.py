@@ -182,6 +182,13 @@ def test_examples_run(corpus):
     assert uris == ["/", "/big.txt", "/index.html", "/missing"]
     summary = json.loads(lines[-1])
     assert summary["modules"]["minimal"]["connections"] == 9 and summary["store"] is None
+    res = run_cli("chain", ROOT / "examples" / "first_line.py", ROOT / "examples" / "demo.pcap", "--json", "--inline")
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(l) for l in res.stdout.strip().splitlines()[:-1]]
+    assert sorted(e["line"] for e in events if e["kind"] == "first_line") == \
+        ["GET / HTTP/1.1", "GET /big.txt HTTP/1.1", "GET /index.html HTTP/1.1", "GET /missing HTTP/1.1"]
+    (tls,) = [e for e in events if e["kind"] == "first_bytes"]
+    assert tls["hex"].startswith("160301")                       # a TLS handshake record
 
 
 def test_modules_command(tmp_path):
