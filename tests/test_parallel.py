@@ -41,6 +41,14 @@ def run(spec, capture, inline, **kw):
     return [json.loads(l) for l in out.getvalue().splitlines()], summary
 
 
+def every_record_has(store, bits):
+    """The gateway recorded these module bits (and no other) in every record of the store."""
+    from flowsift.streams import RecordFile, store_files
+    for path in store_files(store):
+        with RecordFile(path) as rf:
+            assert all(r.modules == bits for r in rf.records())
+
+
 def key(events):
     return collections.Counter((e["module"], e["kind"], e["conn"], e.get("index"), e.get("id") is not None)
                                for e in events)
@@ -79,10 +87,7 @@ def test_killed_worker_is_restarted_nothing_lost_nothing_twice(tmp_path, corpus,
     assert len(per_record) == len({(e["conn"], e["index"]) for e in per_record}) == summary["records"]
     assert summary["modules"]["per_record"]["records"] == ref_summary["modules"]["per_record"]["records"]
     # and the gateway recorded both modules' bits in every record
-    from flowsift.streams import RecordFile, store_files
-    for path in store_files(tmp_path / "store"):
-        with RecordFile(path) as rf:
-            assert all(r.modules == 0b11 for r in rf.records())
+    every_record_has(tmp_path / "store", 0b11)
 
 
 PASSIVE_KILLER = '''
@@ -142,10 +147,7 @@ def test_killed_worker_of_a_module_that_reads_only_ends_is_restarted_nothing_los
     assert len(ends) == len({c for c, *_ in ends}) == summary["modules"]["at_ends"]["ends"] == 400
     assert all(opened == 1 for *_, opened in ends)
     assert summary["tables"]["at_ends"] == order
-    from flowsift.streams import RecordFile, store_files
-    for path in store_files(tmp_path / "store"):
-        with RecordFile(path) as rf:
-            assert all(r.modules == 0b1 for r in rf.records())
+    every_record_has(tmp_path / "store", 0b1)
 
 
 def test_mixed_chain_runs_in_stages_and_later_stages_read_merged_bytes(tmp_path, corpus):
@@ -438,10 +440,7 @@ def test_a_skipped_connection_costs_the_module_nothing_more_even_across_a_restar
     strip = lambda evs: collections.Counter(json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True)
                                             for e in evs)
     assert strip(got) == strip(reference)
-    from flowsift.streams import RecordFile, store_files
-    for path in store_files(tmp_path / "store"):
-        with RecordFile(path) as rf:
-            assert all(r.modules == 0b11 for r in rf.records())
+    every_record_has(tmp_path / "store", 0b11)
 
 
 STEPS = '''
