@@ -185,8 +185,7 @@ class InlineChain:
                 self._advance(conn)
         for conn in closed:
             if conn not in self.finished:
-                self._advance(conn)
-                self._close(conn, True)           # (its header just read)
+                self._close(conn, self._advance(conn))      # (fresh: its header just read)
 
     def _open(self, conn, call_hooks=True):
         rf = RecordFile(self.path_of(conn))
@@ -235,18 +234,15 @@ class InlineChain:
         sk = flow._skipped
         return sk is not None and all(m in sk for m in self.readers)
 
-    def _advance(self, conn, let_go=True):
+    def _advance(self, conn):
+        """Hand the modules what is new of `conn`. True if its header was read for it."""
         c = self.conns.get(conn)
         if c is None:
             c = self._open(conn)
             self._dirty.add(conn)
         flow = c.flow
         if flow._skipped is not None and self._skipping(flow):
-            # nothing to read it for (flow.skip()): not even its header; its file waits closed
-            # for the end (on_close), unless the file is what says when that is (let_go False)
-            if c.file is not None and let_go:
-                self._evict(conn)
-            return
+            return False           # nothing to read it for (flow.skip()): not even its header
         self._touch(conn, c)
         self._dirty.add(conn)
         self._current = flow
@@ -264,7 +260,7 @@ class InlineChain:
         c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
         ends = (h["end0"], h["end1"], h["gaps"])
         if ends == c.ends_seen:
-            return                 # no new bytes and no new gap since the last advance
+            return True            # no new bytes and no new gap since the last advance
         c.ends_seen = ends
         for i, m in self.streaming:
             if flow._skipped is not None and m in flow._skipped:
@@ -277,6 +273,7 @@ class InlineChain:
                 if flow._skipped is not None and m in flow._skipped:
                     break
                 self._stream(c, i, m, d, h)
+        return True
 
     def _let_go(self, c, i):
         # a module that skipped the connection keeps no pointer into it
@@ -393,8 +390,8 @@ class InlineChain:
         readers = [i for i, m in self.streaming if callable(getattr(m, "on_data", None))]
         for conn in conns:
             c = self.conns.get(conn)
-            if c is None or c.file is None:
-                continue
+            if c is None or c.file is None or (c.flow._skipped is not None and self._skipping(c.flow)):
+                continue                        # (skipped by all: as far as published)
             h = c.file.header                   # as this batch read it
             ends = [h["end0"], h["end1"]]
             for i in readers:
@@ -418,9 +415,9 @@ class InlineChain:
         for conn in conns:
             if conn in self.finished:
                 continue
-            self._advance(conn, let_go=False)
+            read = self._advance(conn)
             c = self.conns[conn]
-            if c.file is None or self._skipping(c.flow):
+            if not read:
                 # skipped by every module: _advance read nothing, but the file still says when
                 # the connection ended
                 self._touch(conn, c)
