@@ -222,8 +222,8 @@ def print_chain_tables(s, console):
         if not rows:
             continue
         t = _module_table(console, name, rows[:50])
-        if len(s["tables"][name]) > 50:
-            t.caption = f"{len(s['tables'][name]) - 50:,} more rows (use --json or --events)"
+        if len(rows) > 50:
+            t.caption = f"{len(rows) - 50:,} more rows (use --json or --events)"
         console.print(t)
     m = Table(title="modules", title_justify="left")
     m.add_column("module")

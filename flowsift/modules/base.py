@@ -89,18 +89,15 @@ class Flow:
         self._file = None
         self._editor = None           # the gateway's Editor, for writing modules
         self._module = None           # the module whose hook is running
-        self._skipped = None          # modules that called skip() (a set), or None
+        self._skipped = set()         # modules that called skip()
 
     def skip(self):
         """The module calling this needs nothing more of this connection: its on_data, on_gap
         and on_packet are not called for it again, and its bytes and records count as read
         (on_close still comes, at the end). For a module that can tell early -- from a port,
         from the first bytes -- that a connection is not for it: the rest costs it nothing."""
-        if self._module is None:
-            return                    # (outside a hook there is nobody to skip for)
-        if self._skipped is None:
-            self._skipped = set()
-        self._skipped.add(self._module)
+        if self._module is not None:  # (outside a hook there is nobody to skip for)
+            self._skipped.add(self._module)
 
     def drop(self, record):
         """Verdict: do not forward this packet (record) on egress (-w)."""

@@ -232,7 +232,7 @@ class InlineChain:
     def _skipping(self, flow):
         # has every module that reads as the connection goes skipped it?
         sk = flow._skipped
-        return sk is not None and all(m in sk for m in self.readers)
+        return bool(sk) and all(m in sk for m in self.readers)
 
     def _advance(self, conn):
         """Hand the modules what is new of `conn`. True if its header was read for it."""
@@ -241,7 +241,7 @@ class InlineChain:
             c = self._open(conn)
             self._dirty.add(conn)
         flow = c.flow
-        if flow._skipped is not None and self._skipping(flow):
+        if self._skipping(flow):
             return False           # nothing to read it for (flow.skip()): not even its header
         self._touch(conn, c)
         self._dirty.add(conn)
@@ -253,7 +253,7 @@ class InlineChain:
             for rec in c.file.records(c.next_record, h["records"]):
                 for m in hooks:
                     self._call(m, "on_packet", flow, rec)
-                if flow._skipped is not None:
+                if flow._skipped:
                     hooks = [m for m in hooks if m not in flow._skipped]
                     if not hooks:
                         break      # (the records are not even decoded for it any more)
@@ -263,14 +263,14 @@ class InlineChain:
             return True            # no new bytes and no new gap since the last advance
         c.ends_seen = ends
         for i, m in self.streaming:
-            if flow._skipped is not None and m in flow._skipped:
+            if m in flow._skipped:
                 self._let_go(c, i)
                 continue
             if not callable(getattr(m, "on_data", None)):
                 self._gaps_only(c, i, m, h)
                 continue
             for d in (0, 1):
-                if flow._skipped is not None and m in flow._skipped:
+                if m in flow._skipped:
                     break
                 self._stream(c, i, m, d, h)
         return True
@@ -303,7 +303,7 @@ class InlineChain:
             from flowsift.reassembly.events import Gap
             for g in c.file.gaps()[seen:]:
                 self._call(m, "on_gap", c.flow, g.dir, Gap(c.flow.conn, g.dir, g.offset, g.length, g.reason))
-                if c.flow._skipped is not None and m in c.flow._skipped:
+                if m in c.flow._skipped:
                     break
             c.gaps_seen[i] = h["gaps"]
 
@@ -334,7 +334,7 @@ class InlineChain:
             if gap is not None:
                 if has_gap:
                     self._call(m, "on_gap", c.flow, d, gap)
-                    if c.flow._skipped is not None and m in c.flow._skipped:
+                    if m in c.flow._skipped:
                         break
                 sp.skip_gap()
                 continue
@@ -348,7 +348,7 @@ class InlineChain:
                 break                          # nothing new since its last call: unread bytes wait
             c.seen[(i, d)] = state
             self._call(m, "on_data", c.flow, sp)
-            if c.flow._skipped is not None and m in c.flow._skipped:
+            if m in c.flow._skipped:
                 break
 
     def _close(self, conn, fresh=False):
@@ -390,12 +390,12 @@ class InlineChain:
         readers = [i for i, m in self.streaming if callable(getattr(m, "on_data", None))]
         for conn in conns:
             c = self.conns.get(conn)
-            if c is None or c.file is None or (c.flow._skipped is not None and self._skipping(c.flow)):
+            if c is None or c.file is None or self._skipping(c.flow):
                 continue                        # (skipped by all: as far as published)
             h = c.file.header                   # as this batch read it
             ends = [h["end0"], h["end1"]]
             for i in readers:
-                if c.flow._skipped is not None and self.modules[i] in c.flow._skipped:
+                if self.modules[i] in c.flow._skipped:
                     continue               # it reads no further: nothing waits for it
                 for d in (0, 1):
                     sp = c.pointers.get((i, d))
@@ -484,7 +484,7 @@ class InlineChain:
                 whole = False
         if not whole:
             return _AGAIN
-        skip = [i for i, m in enumerate(self.modules) if c.flow._skipped is not None and m in c.flow._skipped]
+        skip = [i for i, m in enumerate(self.modules) if m in c.flow._skipped]
         pos = {f"{i}.{d}": p for (i, d), p in c.saved.items() if i not in skip}
         pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items() if i not in skip})
         return json.dumps({"next": c.next_record, "pos": pos, **({"skip": skip} if skip else {}),

@@ -123,13 +123,22 @@ ctypedef struct fwriter_t:
     char* err_path
 
 
+cdef int fw_slot(fwriter_t* w, const char* path) noexcept nogil:
+    # the cache entry holding the descriptor of this direction's file, or -1
+    cdef int k
+    for k in range(MAX_OPEN):
+        if w.slots[k].path == path and w.slots[k].fd >= 0:
+            return k
+    return -1
+
+
 cdef int fw_descriptor(fwriter_t* w, fjob_t* j) noexcept nogil:
     cdef int k, victim = 0, fd
     w.clock += 1
-    for k in range(MAX_OPEN):
-        if w.slots[k].path == j.path and w.slots[k].fd >= 0:
-            w.slots[k].stamp = w.clock
-            return w.slots[k].fd
+    k = fw_slot(w, j.path)
+    if k >= 0:
+        w.slots[k].stamp = w.clock
+        return w.slots[k].fd
     for k in range(MAX_OPEN):
         if w.slots[k].fd < 0:
             victim = k
@@ -185,11 +194,11 @@ cdef void fw_run(void* arg) noexcept nogil:
                 w.err_path = strdup(j.path)
         else:
             fw_digest(j)
-            for k in range(MAX_OPEN):
-                if w.slots[k].path == j.path and w.slots[k].fd >= 0:
-                    c_close(w.slots[k].fd)
-                    w.slots[k].fd = -1
-                    w.slots[k].path = NULL
+            k = fw_slot(w, j.path)
+            if k >= 0:
+                c_close(w.slots[k].fd)
+                w.slots[k].fd = -1
+                w.slots[k].path = NULL
 
 
 cdef void fw_digest(fjob_t* j) noexcept nogil:
@@ -366,7 +375,6 @@ cdef class FileSink(Sink):
     cdef int _flush(self, uint32_t conn, int d) except -1:
         # a direction's buffered bytes, for the writer thread to append to its file and hash
         cdef fdir_t* f = self._fd(conn, d)
-        cdef fjobs_t* L
         if f.len == 0:
             return 0
         if f.path == NULL:
@@ -376,16 +384,7 @@ cdef class FileSink(Sink):
             f.md = EVP_MD_CTX_new()
             if f.md == NULL or EVP_DigestInit_ex(f.md, EVP_sha256(), NULL) != 1:
                 raise MemoryError()
-        L = self._room()
-        L.jobs[L.n].path = f.path
-        L.jobs[L.n].md = f.md
-        L.jobs[L.n].hex = NULL
-        L.jobs[L.n].buf = f.buf
-        L.jobs[L.n].len = f.len
-        L.jobs[L.n].create = f.written == 0
-        L.jobs[L.n].index = 0
-        L.n += 1
-        L.nbytes += f.len
+        self._push(f.path, f.md, NULL, f.buf, f.len, f.written == 0, 0)
         self.files += f.written == 0
         f.buf = NULL                       # the thread's now; the next bytes get a new buffer
         f.written += f.len
@@ -396,19 +395,27 @@ cdef class FileSink(Sink):
     cdef int _end(self, fdir_t* f, char* hex) except -1:
         # the direction ended: after its last bytes, its digest goes to `hex` (in its index
         # line) and its file is closed (and its path freed)
-        cdef fjobs_t* L
         if f.path == NULL:
             return 0
-        L = self._room()
-        L.jobs[L.n].path = f.path
-        L.jobs[L.n].md = f.md
-        L.jobs[L.n].hex = hex
-        L.jobs[L.n].buf = NULL
-        L.jobs[L.n].len = 0
-        L.jobs[L.n].index = 0
-        L.n += 1
+        self._push(f.path, f.md, hex, NULL, 0, 0, 0)
         f.path = NULL
         f.md = NULL
+        return 0
+
+    cdef int _push(self, char* path, EVP_MD_CTX* md, char* hex, uint8_t* buf, uint32_t n, bint create,
+                   bint index) except -1:
+        # one job at the end of the list being gathered (see fjob_t)
+        cdef fjobs_t* L = self._room()
+        cdef fjob_t* j = &L.jobs[L.n]
+        j.path = path
+        j.md = md
+        j.hex = hex
+        j.buf = buf
+        j.len = n
+        j.create = create
+        j.index = index
+        L.n += 1
+        L.nbytes += n
         return 0
 
     cdef fjobs_t* _room(self) except NULL:
@@ -511,23 +518,13 @@ cdef class FileSink(Sink):
     # --- index.jsonl ---
     cdef int _iflush(self) except -1:
         # index lines go out through the writer thread too, after the bytes they describe
-        cdef fjobs_t* L
         cdef char* fresh
         if self.ilen == 0:
             return 0
         fresh = <char*> malloc(INDEX_BUF)
         if fresh == NULL:
             raise MemoryError()
-        L = self._room()
-        L.jobs[L.n].path = NULL
-        L.jobs[L.n].md = NULL
-        L.jobs[L.n].hex = NULL
-        L.jobs[L.n].buf = <uint8_t*> self.ibuf
-        L.jobs[L.n].len = self.ilen
-        L.jobs[L.n].create = 0
-        L.jobs[L.n].index = 1
-        L.n += 1
-        L.nbytes += self.ilen
+        self._push(NULL, NULL, NULL, <uint8_t*> self.ibuf, self.ilen, 0, 1)
         self.ibuf = fresh
         self.ilen = 0
         return 0
