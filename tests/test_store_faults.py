@@ -178,6 +178,40 @@ def test_standalone_gateway_writes_on_a_thread_and_a_chain_does_not(tmp_path, co
         shutil.rmtree(shm)
 
 
+def _store_content(directory):
+    # every file's header, records, gaps and bytes, but the random record IDs
+    out = {}
+    for path in store_files(directory):
+        with RecordFile(path) as rf:
+            h = {k: v for k, v in rf.header.items() if k != "first_record_id"}
+            recs = [r._replace(record_id=0) for r in rf.records()]
+            out[os.path.basename(path)] = (h, recs, rf.gaps(), rf.data(0), rf.data(1))
+    return out
+
+
+def test_the_gateway_writes_runs_of_the_writer_threads_batch_while_it_waits(tmp_path, monkeypatch):
+    """Waiting for the writer thread, the gateway writes runs of the same batch (the two take
+    the next run in turn): the files are byte for byte those of a store written without the
+    thread, record IDs aside."""
+    from flowsift.gateway import Gateway
+    capture = many_connections(tmp_path / "many.pcap", 6000, block=3000, long_lived=True)
+    monkeypatch.setenv("FLOWSIFT_BATCH", "65536")       # the whole capture in one batch: thousands of runs
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        stores = {}
+        for threaded in (True, False):
+            g = Gateway(shm / f"s{threaded}", keep=True)
+            after_batch = None if threaded else (lambda touched, closed: None)
+            summary = g.run_capture(capture, after_batch=after_batch)
+            assert (g.store.background_drains > 0) is threaded
+            assert (g.store.gateway_runs > 0) is threaded
+            stores[threaded] = _store_content(shm / f"s{threaded}")
+            assert len(stores[threaded]) == summary["files"] == 6001
+        assert stores[True] == stores[False]
+    finally:
+        shutil.rmtree(shm)
+
+
 def test_readers_in_other_processes_hear_of_each_batch_once_it_is_written(tmp_path, monkeypatch):
     """after_written (a chain of worker processes): batches are written on the thread, gathered
     while it is busy, and told in order once in the files; commits made meanwhile are recorded

@@ -13,7 +13,8 @@ release stores; elsewhere the header is written with pwrite after the data (see 
 When nobody in the process reads the store during the run, or its readers hear only of
 batches once written, a writer thread writes the batches while the gateway reassembles the
 next ones (set_background); the thread owns every descriptor and mapping while it runs, and
-runs plain C. Descriptors and mappings are held for at most
+runs plain C. A gateway that must wait for it writes runs of the same batch meanwhile, with
+descriptors the thread found for them (ws_share_runs). Descriptors and mappings are held for at most
 `max_handles` connections at a time (least recently used are closed and reopened on demand), so
 any number of live connections fits in the process's descriptor and vm.max_map_count limits.
 A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
@@ -43,10 +44,18 @@ cdef extern from "_writer.h" nogil:
     int fs_bg_running(fs_bg_t* bg)
     void fs_bg_kick(fs_bg_t* bg)
     void fs_bg_stop(fs_bg_t* bg)
+    void fs_bg_open_share(fs_bg_t* bg, int* open)
+    void fs_bg_notify(fs_bg_t* bg)
+    int fs_bg_await_share(fs_bg_t* bg, int* open)
+    void fs_bg_await_count(fs_bg_t* bg, int* done, int n)
 
 cdef extern from "_atomic.h":
     void fs_publish_u64(uint64_t* p, uint64_t v) nogil
     void fs_publish_i64(int64_t* p, int64_t v) nogil
+    int fs_take(int* p) nogil
+    int fs_load_int(int* p) nogil
+    void fs_add_u64(uint64_t* p, uint64_t v) nogil
+    int fs_claim_int(int* p, int v) nogil
 
 cdef extern from "sys/vfs.h" nogil:
     struct statfs_t "statfs":
@@ -218,6 +227,7 @@ ctypedef struct run_t:       # a contiguous file range of one connection waiting
     int32_t last
     int64_t off              # file offset
     int64_t len
+    int fd                   # its file's descriptor, when the batch's runs are shared (ws_share_runs)
 
 ctypedef struct piece_t:     # bytes of a run that are contiguous in the arena
     int64_t pos
@@ -297,10 +307,17 @@ ctypedef struct wstate_t:    # the files: touched by the writer thread only, or 
     int32_t n_fresh
     int32_t cap_fresh
     iovec* iov
+    iovec* iov_gateway       # the gateway's, when it writes runs of the writer thread's batch
     uint8_t* zeros           # HEADER_SIZE zero bytes: a new header's page
     uint64_t writes
     uint64_t reopens
     uint64_t drains          # batches (or gathered batches) the writer thread wrote
+    uint64_t closes          # handles let go (a descriptor number may then be reused)
+    fs_bg_t* bg              # the writer thread, when the gateway may share a batch's runs
+    int share_open           # this batch's runs may be taken (ws_take_runs) by the gateway too
+    int share_n
+    int share_next           # the next run to take
+    int share_done           # runs written (or passed over after a failure)
     int err                  # E_*: the first failure; the writer does nothing more after it
     int err_no
     uint32_t err_conn
@@ -372,8 +389,8 @@ cdef int64_t grow_index(void** items, uint32_t* cap, uint32_t index, size_t size
 # --- the writer: plain C over wstate_t, so that it runs without the GIL ----------------------
 
 cdef int ws_fail(wstate_t* ws, int what, uint32_t conn) noexcept nogil:
-    if ws.err == E_NONE:
-        ws.err = what
+    # (the writer thread and the gateway may fail at once while sharing runs: one wins)
+    if fs_claim_int(&ws.err, what):
         ws.err_no = errno
         ws.err_conn = conn
     return -1
@@ -422,6 +439,7 @@ cdef void ws_close_handle(wstate_t* ws, int k) noexcept nogil:
         h.hdr = NULL
     c_close(h.fd)
     h.fd = -1
+    ws.closes += 1
     if h.conn < ws.hcap:
         ws.hmap[h.conn] = -1
     ws.free_slots[ws.n_free] = k
@@ -539,33 +557,81 @@ cdef int ws_write_header(wstate_t* ws, handle_t* h) noexcept nogil:
 
 cdef int ws_write_run(wstate_t* ws, wbuf_t* wb, run_t* run) noexcept nogil:
     cdef handle_t* h = ws_handle(ws, run.conn, NULL)
+    if h == NULL:
+        return -1
+    return ws_write_pieces(ws, wb, run, h.fd, ws.iov)
+
+
+cdef int ws_write_pieces(wstate_t* ws, wbuf_t* wb, run_t* run, int fd, iovec* iov) noexcept nogil:
+    # touches no handle: the gateway may run it on runs of the writer thread's batch
     cdef int32_t k = run.first
     cdef int cnt, i
     cdef int64_t off = run.off, done
-    if h == NULL:
-        return -1
     while k >= 0:
         cnt = 0
         while k >= 0 and cnt < MAX_IOV:
-            ws.iov[cnt].iov_base = wb.arena + wb.pieces[k].pos
-            ws.iov[cnt].iov_len = wb.pieces[k].len
+            iov[cnt].iov_base = wb.arena + wb.pieces[k].pos
+            iov[cnt].iov_len = wb.pieces[k].len
             cnt += 1
             k = wb.pieces[k].next
         # a short write goes on from where it stopped
         i = 0
         while i < cnt:
-            done = pwritev(h.fd, &ws.iov[i], cnt - i, off)
-            ws.writes += 1
+            done = pwritev(fd, &iov[i], cnt - i, off)
+            fs_add_u64(&ws.writes, 1)
             if done < 0:
                 return ws_fail(ws, E_WRITE, run.conn)
             off += done
-            while i < cnt and done >= <int64_t>ws.iov[i].iov_len:
-                done -= ws.iov[i].iov_len
+            while i < cnt and done >= <int64_t>iov[i].iov_len:
+                done -= iov[i].iov_len
                 i += 1
             if i < cnt:
-                ws.iov[i].iov_base = <uint8_t*>ws.iov[i].iov_base + done
-                ws.iov[i].iov_len -= done
+                iov[i].iov_base = <uint8_t*>iov[i].iov_base + done
+                iov[i].iov_len -= done
     return 0
+
+
+cdef int ws_share_runs(wstate_t* ws, wbuf_t* wb) noexcept nogil:
+    # The batch's runs, written by the writer thread and, if it waits for this batch, the
+    # gateway: both take the next run until none is left (tmpfs writes to different files scale
+    # with cores, and the gateway would otherwise sleep). Each run's descriptor is found first,
+    # here, so the gateway never touches the handles.
+    cdef int32_t i
+    cdef uint64_t closes = ws.closes
+    cdef handle_t* h
+    for i in range(wb.n_runs):
+        h = ws_handle(ws, wb.runs[i].conn, NULL)
+        if h == NULL:
+            return -1
+        wb.runs[i].fd = h.fd
+    if ws.closes != closes:
+        # more connections than handles: a descriptor found early may have been let go since
+        for i in range(wb.n_runs):
+            if ws_write_run(ws, wb, &wb.runs[i]) != 0:
+                return -1
+        return 0
+    ws.share_n = wb.n_runs
+    ws.share_next = 0
+    ws.share_done = 0
+    fs_bg_open_share(ws.bg, &ws.share_open)
+    ws_take_runs(ws, wb, ws.iov)
+    fs_bg_await_count(ws.bg, &ws.share_done, wb.n_runs)
+    return 0 if fs_load_int(&ws.err) == E_NONE else -1
+
+
+cdef int32_t ws_take_runs(wstate_t* ws, wbuf_t* wb, iovec* iov) noexcept nogil:
+    # the next runs of a shared batch until none is left; how many this thread wrote
+    cdef int i, n = ws.share_n
+    cdef int32_t mine = 0
+    while True:
+        i = fs_take(&ws.share_next)
+        if i >= n:
+            return mine
+        if fs_load_int(&ws.err) == E_NONE:
+            ws_write_pieces(ws, wb, &wb.runs[i], wb.runs[i].fd, iov)
+            mine += 1
+        if fs_take(&ws.share_done) + 1 == n:
+            fs_bg_notify(ws.bg)         # the writer thread may wait for this last one
 
 
 cdef int ws_apply(wstate_t* ws, op_t* op, const pub_t* p) noexcept nogil:
@@ -637,9 +703,10 @@ cdef void wb_free(wbuf_t* wb) noexcept nogil:
     memset(wb, 0, sizeof(wbuf_t))
 
 
-cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
+cdef int ws_drain(wstate_t* ws, wbuf_t* wb, bint share) noexcept nogil:
     # write one batch: new files, then every run, then the headers' counters (publishes never
-    # come before what they count); after a failure nothing more is written
+    # come before what they count); after a failure nothing more is written. With `share` (the
+    # writer thread) the gateway may write some of the runs.
     cdef int32_t i, k
     cdef op_t* op
     if ws.err == E_NONE:
@@ -648,9 +715,12 @@ cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
             if op.kind == OP_CREATE and ws_handle(ws, op.conn, <hdr_t*>(wb.arena + op.pos)) == NULL:
                 break
     if ws.err == E_NONE:
-        for i in range(wb.n_runs):
-            if ws_write_run(ws, wb, &wb.runs[i]) != 0:
-                break
+        if share and wb.n_runs > 1:
+            ws_share_runs(ws, wb)
+        else:
+            for i in range(wb.n_runs):
+                if ws_write_run(ws, wb, &wb.runs[i]) != 0:
+                    break
     if ws.err == E_NONE:
         for i in range(wb.n_ops):
             op = &wb.ops[i]
@@ -673,7 +743,7 @@ cdef int ws_drain(wstate_t* ws, wbuf_t* wb) noexcept nogil:
 
 cdef void ws_job(void* arg) noexcept nogil:
     cdef wstate_t* ws = <wstate_t*> arg
-    ws_drain(ws, ws.job)
+    ws_drain(ws, ws.job, True)
     ws.drains += 1
 
 
@@ -705,6 +775,7 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
     cdef readonly uint64_t retired
+    cdef readonly uint64_t gateway_runs   # runs of the writer thread's batches the gateway wrote while it waited
     cdef list just_closed            # connections closed since the last publish
 
     def __init__(self, str directory, bint keep=False, max_handles=None):
@@ -730,9 +801,11 @@ cdef class RecordStore(Sink):
         self.ws.handles = <handle_t*> calloc(self.ws.max_handles, sizeof(handle_t))
         self.ws.free_slots = <int*> calloc(self.ws.max_handles, sizeof(int))
         self.ws.iov = <iovec*> malloc(MAX_IOV * sizeof(iovec))
+        self.ws.iov_gateway = <iovec*> malloc(MAX_IOV * sizeof(iovec))
+        self.ws.bg = &self.bg
         self.ws.zeros = <uint8_t*> calloc(1, HEADER_SIZE)
         self.rbuf = <rec_t*> malloc(CHUNK_RECS * sizeof(rec_t))
-        if self.ws.handles == NULL or self.ws.free_slots == NULL or self.ws.iov == NULL or \
+        if self.ws.handles == NULL or self.ws.free_slots == NULL or self.ws.iov == NULL or self.ws.iov_gateway == NULL or \
                 self.ws.zeros == NULL or self.rbuf == NULL:
             raise MemoryError()
         for k in range(self.ws.max_handles):
@@ -755,6 +828,7 @@ cdef class RecordStore(Sink):
         free(self.ws.hmap)
         free(self.ws.fresh)
         free(self.ws.iov)
+        free(self.ws.iov_gateway)
         free(self.ws.zeros)
         wb_free(&self.bufs[0])
         wb_free(&self.bufs[1])
@@ -826,10 +900,14 @@ cdef class RecordStore(Sink):
         raise FlowsiftError(f"{self.directory}: cannot write a record file: {reason}")
 
     cdef int _wait(self) except -1:
-        # the writer thread is done with its batch
+        # the writer thread is done with its batch (the gateway writes some of its runs meanwhile)
+        cdef int32_t mine = 0
         if self.busy:
             with nogil:
+                if fs_bg_await_share(&self.bg, &self.ws.share_open):
+                    mine = ws_take_runs(&self.ws, self.ws.job, self.ws.iov_gateway)
                 fs_bg_wait(&self.bg)
+            self.gateway_runs += mine
             self.busy = False
         return self._check()
 
@@ -847,9 +925,13 @@ cdef class RecordStore(Sink):
         self._sync()
 
     cdef int _sync(self) except -1:
+        if self.background:
+            # the writer thread takes the batch, and the gateway writes its runs with it
+            self._hand_over(True)
+            return self._wait()
         self._wait()
         self._seal(self.cur)
-        ws_drain(&self.ws, self.cur)
+        ws_drain(&self.ws, self.cur, False)
         return self._check()
 
     cdef int _seal(self, wbuf_t* wb) except -1:
@@ -906,6 +988,7 @@ cdef class RecordStore(Sink):
             if err:
                 raise FlowsiftError(f"cannot start the store's writer thread: {strerror(err).decode()}")
         self.ws.job = self.cur
+        self.ws.share_open = 0
         self.cur = &self.bufs[1] if self.cur == &self.bufs[0] else &self.bufs[0]
         self.busy = True
         fs_bg_kick(&self.bg)

@@ -109,4 +109,45 @@ static void fs_bg_stop(fs_bg_t *bg)
     pthread_mutex_destroy(&bg->mu);
     bg->started = 0;
 }
+
+/* Sharing a job's work with the thread that waits for it (the job is plain C too). The job
+ * sets *open (through fs_bg_open_share) once part of its work may be taken by the waiter, and
+ * counts what the waiter finished in *done; fs_bg_notify wakes whoever waits on either. */
+static void fs_bg_open_share(fs_bg_t *bg, volatile int *open)
+{
+    pthread_mutex_lock(&bg->mu);
+    __atomic_store_n(open, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&bg->cv);
+    pthread_mutex_unlock(&bg->mu);
+}
+
+static void fs_bg_notify(fs_bg_t *bg)
+{
+    pthread_mutex_lock(&bg->mu);
+    pthread_cond_broadcast(&bg->cv);
+    pthread_mutex_unlock(&bg->mu);
+}
+
+/* the waiter: 1 once the running job shares its work, 0 if it ends first (or none runs) */
+static int fs_bg_await_share(fs_bg_t *bg, volatile int *open)
+{
+    int shared;
+    if (!bg->started || bg->owner != getpid())
+        return 0;
+    pthread_mutex_lock(&bg->mu);
+    while (bg->state == 1 && !__atomic_load_n(open, __ATOMIC_ACQUIRE))
+        pthread_cond_wait(&bg->cv, &bg->mu);
+    shared = bg->state == 1;
+    pthread_mutex_unlock(&bg->mu);
+    return shared;
+}
+
+/* the job: until *done reaches n (the waiter finished what it took) */
+static void fs_bg_await_count(fs_bg_t *bg, volatile int *done, int n)
+{
+    pthread_mutex_lock(&bg->mu);
+    while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < n)
+        pthread_cond_wait(&bg->cv, &bg->mu);
+    pthread_mutex_unlock(&bg->mu);
+}
 #endif
