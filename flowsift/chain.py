@@ -105,6 +105,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                                     on_batch=forward if forwarder is not None else None)
         runner.finish()
         g.registry.flush()
+        g.store.settle_bits()               # module bits that waited for a last module that never came
         # what the modules' last reports gave back counts too
         summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
         if forwarder is not None:

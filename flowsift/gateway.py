@@ -203,10 +203,12 @@ class Gateway:
             if not waiting:
                 # every module is through: let them commit their last words and release their bits
                 if not self.module_bits:
+                    self.store.settle_bits()
                     return
                 finished_at = finished_at or time.monotonic()
                 alive = self.registry.alive_bits(list(self.module_bits))
                 if not any(alive.values()) or time.monotonic() - finished_at > linger:
+                    self.store.settle_bits()        # module bits still waiting for a last module
                     return
             if tick is not None:
                 tick()

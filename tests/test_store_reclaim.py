@@ -160,3 +160,51 @@ def test_in_the_background_the_writer_removes_retired_files_with_the_next_batch(
         assert store_files(g.store_dir) == [] and g.store.counters()["retired"] == 3
     finally:
         g.store.set_background(False)
+
+
+def test_an_ended_connections_bits_wait_for_its_last_module(tmp_path, corpus):
+    """A module done with the whole of an ended connection that other modules still read: its
+    bit waits in memory and goes into the records with the last module's, in one pass (or
+    never, if the file is retired then); settle_bits writes those whose last module never came."""
+    g = Gateway(tmp_path / "s", keep=True)
+    for bit in (0, 1, 2):
+        g.store.register_module(bit)
+    g.run_capture(corpus / "http__pcpp__three_http_streams.pcap")
+    files = store_files(g.store_dir)
+    n = [g.store.latest([c])[0][0] for c in range(3)]
+
+    def bits(path):
+        with RecordFile(path) as rf:
+            return {r.modules for r in rf.records()}
+
+    assert g.store.module_done(0, 0, n[0])["deferred"] and g.store.module_done(0, 1, n[0])["deferred"]
+    assert bits(files[0]) == {0}                          # not in the file yet
+    assert g.store.module_done(0, 2, n[0])["complete"] == n[0]
+    assert bits(files[0]) == {0b111}                      # all three, with the last one
+    assert g.store.module_done(1, 1, n[1])["deferred"]
+    assert g.store.module_done(2, 0, n[2] - 1)["complete"] == 0    # part of it: written at once
+    assert bits(files[2]) == {0b001, 0}
+    assert g.store.settle_bits() == 1 and bits(files[1]) == {0b010}
+    assert g.store.settle_bits() == 0
+
+
+def test_a_retired_connection_never_gets_its_waiting_bits(tmp_path, corpus):
+    g = Gateway(tmp_path / "s")
+    g.store.register_module(0)
+    g.store.register_module(1)
+    g.run_capture(corpus / "http__pcpp__three_http_streams.pcap")
+    n = g.store.latest([0])[0][0]
+    assert g.store.module_done(0, 1, n)["deferred"]
+    assert g.store.module_done(0, 0, n)["retired"]
+    assert g.store.settle_bits() == 0 and len(store_files(g.store_dir)) == 2
+
+
+def test_files_a_chain_leaves_hold_every_modules_bits(tmp_path, corpus):
+    """The connection was reset before all its bytes were acknowledged: its file stays, with
+    the bits of both modules in every record."""
+    from flowsift.chain import run_chain
+    summary = run_chain("http,counter", str(corpus / "http__zeek__206_example_b.pcap"), store=str(tmp_path / "s"))
+    left = store_files(tmp_path / "s")
+    assert len(left) == 1 and summary["files"] - summary["retired"] == 1
+    with RecordFile(left[0]) as rf:
+        assert {r.modules for r in rf.records()} == {0b11}

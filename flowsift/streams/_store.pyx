@@ -199,7 +199,7 @@ ctypedef struct cstate_t:
     uint8_t exists           # a file was created for this connection
     uint8_t closed
     uint8_t touched          # in this batch's publish list
-    uint8_t _pad
+    uint8_t bits_pending     # done_mask's bits are not yet in the records (module_done)
     uint64_t records
     uint64_t gaps
     uint64_t first_id
@@ -1451,11 +1451,14 @@ cdef class RecordStore(Sink):
     def module_done(self, uint32_t conn, int bit, uint64_t upto):
         """Module `bit` finished records [0, upto) of `conn`: set its bit in them (the gateway is
         the only writer; modules report, the gateway records). Then reclaim what is complete and
-        acknowledged. Returns the connection's state as reclaim() does."""
+        acknowledged. Returns the connection's state as reclaim() does.
+
+        A module done with the whole of an ended connection that other modules still read has
+        its bit recorded in memory only (done_mask; "deferred" in what this returns): it goes
+        into the records with the last module's, in one pass over them, or not at all if the
+        file is retired then (settle_bits writes what is still pending)."""
         cdef cstate_t* st = self._state(conn)
-        cdef handle_t* h
-        cdef uint64_t i = 0, j, n, mask = (<uint64_t>1) << bit
-        cdef bint changed
+        cdef uint64_t n, mask = (<uint64_t>1) << bit
         if not st.exists:
             raise KeyError(conn)
         if upto >= st.records:
@@ -1463,23 +1466,60 @@ cdef class RecordStore(Sink):
         n = st.records
         if self._retire_at_once(conn, st):
             return {"complete": n, "reclaimed": None, "oldest_unacked_done": n, "retired": True}
-        if upto > st.out_records:
-            upto = st.out_records
+        if st.out_closed and upto >= n and (st.done_mask & self.modules_mask) != self.modules_mask:
+            st.bits_pending = 1
+            return {"complete": None, "reclaimed": None, "oldest_unacked_done": None, "retired": False,
+                    "deferred": True}
+        self._set_bits(conn, st, mask, upto)
+        return self.reclaim(conn)
+
+    cdef int _set_bits(self, uint32_t conn, cstate_t* st, uint64_t mask, uint64_t upto) except -1:
+        # `mask` into records [0, upto), and the pending done_mask into every record written
+        cdef handle_t* h
+        cdef uint64_t i = 0, j, n, bits, pending = st.done_mask if st.bits_pending else 0
+        cdef uint64_t nrec
+        cdef bint changed
         self._wait()
+        nrec = st.out_records
+        if upto > nrec:
+            upto = nrec
+        if not pending:
+            nrec = upto
         h = self._open(conn)
-        while i < upto:
-            n = upto - i if upto - i < CHUNK_RECS else CHUNK_RECS
+        while i < nrec:
+            n = nrec - i if nrec - i < CHUNK_RECS else CHUNK_RECS
             self._read_records(h, i, n)
             changed = False
             for j in range(n):
-                if not (self.rbuf[j].modules & mask):
-                    self.rbuf[j].modules |= mask
+                bits = pending | (mask if i + j < upto else 0)
+                if (self.rbuf[j].modules & bits) != bits:
+                    self.rbuf[j].modules |= bits
                     changed = True
             if changed:
                 if ws_pwrite(&self.ws, h.fd, self.rbuf, <int64_t>n * RECORD_SIZE, RECORDS_OFF + <int64_t>i * RECORD_SIZE, conn) != 0:
                     self._check()
             i += n
-        return self.reclaim(conn)
+        if pending and st.out_closed:
+            st.bits_pending = 0         # (an ended connection's records are all in the file)
+        return 0
+
+    def settle_bits(self):
+        """Write the module bits still pending (module_done) into their records: for files that
+        stay after the run. Returns how many files were written to."""
+        cdef uint32_t k, i, conn
+        cdef cstate_t* st
+        cdef int done = 0
+        for k in range(self.cs_chunks):
+            if self.cs[k] == NULL:
+                continue
+            for i in range(CS_CHUNK):
+                st = &self.cs[k][i]
+                if st.exists and st.bits_pending:
+                    conn = (k << CS_CHUNK_SHIFT) | i
+                    self._set_bits(conn, st, 0, 0)
+                    self.reclaim(conn)
+                    done += 1
+        return done
 
     cdef bint _retire_at_once(self, uint32_t conn, cstate_t* st) except -1:
         # The common end of a connection: closed, every module done with every record, all its
