@@ -212,6 +212,36 @@ def test_the_gateway_writes_runs_of_the_writer_threads_batch_while_it_waits(tmp_
         shutil.rmtree(shm)
 
 
+def test_a_batch_larger_than_the_arena_bound_is_written_as_it_was_read(tmp_path, monkeypatch):
+    """One batch of 40 MB (full-size segments of a bulk transfer, all in one batch) passes the
+    staging arena's bound: what it holds so far is written mid-batch, by the writer thread when
+    there is one, and every byte lands where it belongs."""
+    from flowsift.gateway import Gateway
+    c, s = (A, 40000), (B, 443)
+    n, size = 28_000, 1448
+    frames = [(1_700_000_000, 0, ether(ipv4(c[0], s[0], 6, tcp(c[1], s[1], seq=99, ack=0, flags=0x02)))),
+              (1_700_000_000, 1, ether(ipv4(s[0], c[0], 6, tcp(s[1], c[1], seq=499, ack=100, flags=0x12))))]
+    for i in range(n):
+        payload = (i % 251).to_bytes(1, "big") * size
+        frames.append((1_700_000_001, i, ether(ipv4(s[0], c[0], 6, tcp(s[1], c[1], seq=500 + i * size, ack=100,
+                                                                        flags=0x18, payload=payload)))))
+    capture = tmp_path / "bulk.pcap"
+    capture.write_bytes(pcap(frames))
+    monkeypatch.setenv("FLOWSIFT_BATCH", "65536")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        for threaded in (True, False):
+            g = Gateway(shm / f"s{threaded}", keep=True)
+            g.run_capture(capture, after_batch=None if threaded else (lambda touched, closed: None))
+            assert (g.store.background_drains > 0) is threaded
+            with RecordFile(store_files(shm / f"s{threaded}")[0]) as rf:
+                data = rf.data(1)
+            assert len(data) == n * size
+            assert all(data[i * size] == data[i * size + size - 1] == i % 251 for i in range(n))
+    finally:
+        shutil.rmtree(shm)
+
+
 def test_readers_in_other_processes_hear_of_each_batch_once_it_is_written(tmp_path, monkeypatch):
     """after_written (a chain of worker processes): batches are written on the thread, gathered
     while it is busy, and told in order once in the files; commits made meanwhile are recorded

@@ -1034,8 +1034,10 @@ cdef class RecordStore(Sink):
         cdef void* grown
         if wb.used + n > wb.cap:
             if wb.used and wb.used + n > ARENA_FLUSH:
-                # a huge batch: write what it has so far now
+                # a huge batch: write what it has so far now (with a writer thread, the batch
+                # goes to it and filling goes on in the other buffer)
                 self._sync()
+                wb = self.cur
             if wb.used + n > wb.cap:
                 cap = wb.cap * 2 if wb.cap else 1 << 20
                 while cap < wb.used + n:
