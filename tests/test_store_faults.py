@@ -159,16 +159,23 @@ def test_gateway_killed_mid_write_leaves_readable_files(tmp_path):
     assert res.returncode == 0 and ("cut" in res.stdout or "open or cut" in res.stdout)
 
 
+def kept_run(store, capture, threaded):
+    """A gateway with --keep over `capture`, with its writer thread or (an inline chain reading
+    each batch) without: (gateway, summary)."""
+    from flowsift.gateway import Gateway
+    g = Gateway(store, keep=True)
+    summary = g.run_capture(capture, after_batch=None if threaded else (lambda touched, closed: None))
+    assert (g.store.background_drains > 0) is threaded
+    return g, summary
+
+
 def test_standalone_gateway_writes_on_a_thread_and_a_chain_does_not(tmp_path, corpus):
     """The writer thread runs only when nobody in the process reads the store during the run;
     either way every file is complete when run_capture returns."""
-    from flowsift.gateway import Gateway
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
-        for after_batch, threaded in ((None, True), (lambda touched, closed: None, False)):
-            g = Gateway(shm / f"s{threaded}", keep=True)
-            summary = g.run_capture(corpus / "http__zeek__206_example_b.pcap", after_batch=after_batch)
-            assert (g.store.background_drains > 0) is threaded
+        for threaded in (True, False):
+            g, summary = kept_run(shm / f"s{threaded}", corpus / "http__zeek__206_example_b.pcap", threaded)
             files = store_files(shm / f"s{threaded}")
             assert len(files) == summary["files"] > 0
             for path in files:
@@ -193,17 +200,13 @@ def test_the_gateway_writes_runs_of_the_writer_threads_batch_while_it_waits(tmp_
     """Waiting for the writer thread, the gateway writes runs of the same batch (the two take
     the next run in turn): the files are byte for byte those of a store written without the
     thread, record IDs aside."""
-    from flowsift.gateway import Gateway
     capture = many_connections(tmp_path / "many.pcap", 6000, block=3000, long_lived=True)
     monkeypatch.setenv("FLOWSIFT_BATCH", "65536")       # the whole capture in one batch: thousands of runs
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
         stores = {}
         for threaded in (True, False):
-            g = Gateway(shm / f"s{threaded}", keep=True)
-            after_batch = None if threaded else (lambda touched, closed: None)
-            summary = g.run_capture(capture, after_batch=after_batch)
-            assert (g.store.background_drains > 0) is threaded
+            g, summary = kept_run(shm / f"s{threaded}", capture, threaded)
             assert (g.store.gateway_runs > 0) is threaded
             stores[threaded] = _store_content(shm / f"s{threaded}")
             assert len(stores[threaded]) == summary["files"] == 6001
@@ -216,7 +219,6 @@ def test_a_batch_larger_than_the_arena_bound_is_written_as_it_was_read(tmp_path,
     """One batch of 40 MB (full-size segments of a bulk transfer, all in one batch) passes the
     staging arena's bound: what it holds so far is written mid-batch, by the writer thread when
     there is one, and every byte lands where it belongs."""
-    from flowsift.gateway import Gateway
     c, s = (A, 40000), (B, 443)
     n, size = 28_000, 1448
     frames = [(1_700_000_000, 0, ether(ipv4(c[0], s[0], 6, tcp(c[1], s[1], seq=99, ack=0, flags=0x02)))),
@@ -231,9 +233,7 @@ def test_a_batch_larger_than_the_arena_bound_is_written_as_it_was_read(tmp_path,
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
         for threaded in (True, False):
-            g = Gateway(shm / f"s{threaded}", keep=True)
-            g.run_capture(capture, after_batch=None if threaded else (lambda touched, closed: None))
-            assert (g.store.background_drains > 0) is threaded
+            kept_run(shm / f"s{threaded}", capture, threaded)
             with RecordFile(store_files(shm / f"s{threaded}")[0]) as rf:
                 data = rf.data(1)
             assert len(data) == n * size
