@@ -2,6 +2,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FLOWSIFT_CORPUS", ROOT.parent / "shared" / "corpus"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# A suite started as a background job (`./dev test &`) inherits SIGINT ignored, and so would
+# every flowsift it starts: the tests that press Ctrl-C need it delivered. A handler set here
+# goes back to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def require(tool):
