@@ -16,6 +16,7 @@ class Minimal(Module):
     Example: flowsift chain examples/minimal.py examples/demo.pcap
     """
     name = "minimal"
+    reads = set()       # nothing of a connection's bytes, records or gaps (see docs/modules.md)
 
     def on_open(self, flow):
         self.count("connections")

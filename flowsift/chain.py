@@ -46,8 +46,12 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         return run_chain_remote(spec, source, registry, events=events, store=store, keep=keep,
                                 filter_expression=filter_expression, policy=policy, strict=strict,
                                 on_progress=on_progress, reassembly=reassembly)
-    # egress rereads stream bytes after the run: nothing may be given back before it is written
+    # egress rereads stream bytes after the run: nothing may be given back before it is written.
+    # A store that goes at the end, for modules that none read the bytes: the bytes are counted,
+    # not stored (the records, gaps and counts do not change)
+    bytes_read = any("stream" in cls.reads for cls, _ in chain)
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
+                store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
                 **(reassembly or {}))
     try:
         editor = None

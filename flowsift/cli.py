@@ -499,7 +499,8 @@ def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help=
         cls = find(name)
         typer.echo(f"{cls.name}: " + _inspect.cleandoc(cls.__doc__))
         hooks = ", ".join(cls.hooks()) or "none"
-        typer.echo(f"\nHooks: {hooks}\nRead-only: {'yes' if cls.read_only() else 'no (writes ' + ', '.join(sorted(cls.writes)) + ')'}")
+        typer.echo(f"\nHooks: {hooks}\nReads: {', '.join(sorted(cls.reads))}"
+                   f"\nRead-only: {'yes' if cls.read_only() else 'no (writes ' + ', '.join(sorted(cls.writes)) + ')'}")
         return
     import shutil
     import textwrap

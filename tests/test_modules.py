@@ -1,5 +1,6 @@
 """Modules: loading and validation, the inline chain over record files, the CLI."""
 import json
+import re
 import textwrap
 
 import pytest
@@ -70,6 +71,40 @@ def test_chain_errors_name_the_problem(spec, needle):
      ''', "`options` must map names to Option"),
     ('''
      class Bad(Module):
+         """Doc."""
+         name = "bad"
+         reads = {"records", "payloads"}
+     ''', "`reads` must be a set of ['gaps', 'records', 'stream']; got ['payloads']"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         reads = {"records", "gaps"}
+         def on_data(self, flow, stream): pass
+     ''', "module bad: on_data() reads the connection's stream: add 'stream' to `reads`"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         reads = {"stream"}
+         def on_packet(self, flow, record): pass
+     ''', "on_packet() reads the connection's records: add 'records' to `reads`"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         reads = {"stream", "records"}
+         def on_gap(self, flow, direction, gap): pass
+     ''', "on_gap() reads the connection's gaps: add 'gaps' to `reads`"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         reads = {"records"}
+         writes = {"payload"}
+     ''', "writing the payload reads the stream: add 'stream' to `reads`"),
+    ('''
+     class Bad(Module):
          name = "bad"
      ''', "needs a docstring"),
     ('''
@@ -80,7 +115,7 @@ def test_chain_errors_name_the_problem(spec, needle):
 ])
 def test_bad_modules_fail_when_they_load(tmp_path, body, needle):
     p = write_module(tmp_path, body)
-    with pytest.raises(ModuleError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("`", "`")):
+    with pytest.raises(ModuleError, match=re.escape(needle)):
         parse_chain(str(p))
 
 
@@ -353,3 +388,52 @@ def test_a_module_attached_to_a_store_ends_the_connections_it_skipped(tmp_path, 
     norm = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "ts"}, sort_keys=True)
                                 for l in lines)
     assert norm(events) == norm(out.getvalue().splitlines()) and len(events) > 30
+
+
+def test_a_chain_that_reads_no_bytes_does_not_store_them_and_says_the_same(tmp_path, corpus):
+    """counter reads records and gaps only: alone, in a store that goes at the end, the gateway
+    counts the bytes without storing them, and the events are those of a run that stored them
+    (--keep, or a chain with a module that reads the stream)."""
+    cap = corpus / "speed__pcpp__example.pcap"          # TCP with gaps and UDP
+    reader = write_module(tmp_path, '''
+        class Reader(Module):
+            """Reads every byte.
+
+            Synopsis: reader
+            """
+            name = "reader"
+            def on_data(self, flow, stream):
+                stream.read()
+    ''')
+    runs = {}
+    for label, args in (("alone", ["counter"]), ("inline", ["counter", "--inline"]),
+                        ("keep", ["counter", "--keep", "--store", tmp_path / "kept"]),
+                        ("with_reader", [f"counter,{reader}"])):
+        out = tmp_path / f"{label}.jsonl"
+        res = run_cli("chain", *args[:1], cap, *args[1:], "--events", out, "--json", "--strict")
+        assert res.returncode == 0, res.stderr
+        summary = json.loads(res.stdout)
+        events = sorted(l for l in out.read_text().splitlines() if '"module":"counter"' in l.replace(" ", ""))
+        runs[label] = (summary["bytes_stored"], summary["bytes"], events)
+    assert [runs[k][0] for k in ("alone", "inline", "keep", "with_reader")] == [False, False, True, True]
+    assert runs["alone"][2] and len(runs["alone"][2]) == 136
+    for label in ("inline", "keep", "with_reader"):
+        assert runs[label][1:] == runs["alone"][1:], label
+
+
+def test_a_module_reading_what_it_did_not_declare_is_told_so(tmp_path, corpus):
+    p = write_module(tmp_path, '''
+        class Peek(Module):
+            """Looks at the bytes it said it would not read.
+
+            Synopsis: peek
+            """
+            name = "peek"
+            reads = {"records"}
+            def on_packet(self, flow, record):
+                flow.totals()
+                flow.payload(record)
+    ''')
+    res = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "module peek: flow.payload() reads the connection's stream: add 'stream' to `reads`" in res.stderr

@@ -140,3 +140,44 @@ def test_totals_in_one_pass_agree_with_struct(tmp_path, corpus, name):
         assert seen["conflicts"] > 0
     if name.startswith("retrans"):
         assert seen["retrans"] > 0
+
+
+@pytest.mark.parametrize("name", ["overlap__zeek__reassembly.pcap", "gap__suri__tcp-simple-gap2.pcap",
+                                  "speed__pcpp__example.pcap"])
+def test_a_store_without_bytes_has_the_same_records_and_refuses_to_be_read_for_bytes(tmp_path, corpus, name):
+    """store_bytes=False (a chain whose modules read no bytes): the same header counts, records
+    and gaps as a store with its bytes, the NO_BYTES flag set, no data written, and a reader
+    that asks for bytes is told they are not there (never handed zeros)."""
+    from flowsift.gateway import Gateway
+    from flowsift.streams import StreamPointer
+    from flowsift.streams.reader import RecordFile, StoreError
+    cap = corpus / name
+    with_b, without = tmp_path / "with", tmp_path / "without"
+    Gateway(with_b, keep=True).run_capture(cap)
+    Gateway(without, keep=True, store_bytes=False).run_capture(cap)
+    names = sorted(p for p in os.listdir(with_b) if p.endswith(".rec"))
+    assert names and names == sorted(p for p in os.listdir(without) if p.endswith(".rec"))
+    delivered = 0
+    for fname in names:
+        h1, rec1, gaps1, streams = read_with_struct(with_b / fname)
+        h2, rec2, gaps2, _ = read_with_struct(without / fname)
+        assert h1["flags"] & 4 == 0 and h2["flags"] & 4 == 4
+        same = ("records", "gaps", "end0", "end1", "origin0", "origin1", "client_addr", "server_addr")
+        assert {k: h1[k] for k in same} == {k: h2[k] for k in same}
+        strip = lambda recs: [r[1:] for r in recs]      # (record ids start at random values)
+        assert strip(rec1) == strip(rec2) and gaps1 == gaps2
+        delivered += sum(map(len, streams))
+        for d in (0, 1):                                 # nothing stored where the bytes would be
+            raw = []
+            for store in (with_b, without):
+                with open(store / fname, "rb") as f:
+                    f.seek(h2[f"data_off{d}"])
+                    raw.append(f.read(h2[f"end{d}"]))
+            assert raw[1] == bytes(len(raw[1])) and (not raw[0] or raw[0] != raw[1])
+        with RecordFile(without / fname) as rf:
+            assert not rf.has_bytes
+            assert rf.totals() == RecordFile(with_b / fname).totals()
+            for read in (lambda: rf.data(0), lambda: StreamPointer(rf, 1)):
+                with pytest.raises(StoreError, match="bytes were not stored"):
+                    read()
+    assert delivered > 0

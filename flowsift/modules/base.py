@@ -39,6 +39,12 @@ HOOKS = {
 WRITABLE = frozenset({"ip.src", "ip.dst", "ip.ttl", "tcp.sport", "tcp.dport", "udp.sport", "udp.dport",
                       "tcp.flags", "payload"})
 
+# what a module may read of a connection: its streams' bytes (on_data, stream pointers,
+# flow.payload), its records (on_packet, flow.records, flow.totals), its gaps (on_gap, flow.gaps).
+# When no module of a chain reads "stream", the gateway counts the bytes without storing them.
+READABLE = frozenset({"stream", "records", "gaps"})
+HOOK_READS = {"on_data": "stream", "on_gap": "gaps", "on_packet": "records"}
+
 # counters the chain reports beside each module's own (hook exceptions, worker restarts,
 # --max-backlog losses): a module's counter of the same name would be overwritten or mixed in
 RESERVED_COUNTERS = frozenset({"errors", "restarts", "dropped_batches", "dropped_connections"})
@@ -116,9 +122,15 @@ class Flow:
     def key(self):
         return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
 
+    def _reading(self, what, call):
+        m = self._module
+        if m is not None and what not in m.reads:
+            raise ModuleError(f"module {m.name}: flow.{call}() reads the connection's {what}: add {what!r} to `reads`")
+
     def records(self):
         """Every record of the connection so far, as a numpy structured array (columns: dir,
         payload_len, rflags, ts_ns, ...): for modules that want totals without a call per packet."""
+        self._reading("records", "records")
         if self._file is None:
             raise ModuleError("records need a flow backed by a record file")
         return self._file.record_array()
@@ -127,6 +139,7 @@ class Flow:
         """Totals over every record of the connection so far, in one pass: `packets` and
         `bytes` (payload captured, retransmitted copies included) as (client to server, server
         to client), and the records flagged `retransmissions` and `conflicts`."""
+        self._reading("records", "totals")
         if self._file is None:
             raise ModuleError("totals need a flow backed by a record file")
         return self._file.totals()
@@ -134,6 +147,7 @@ class Flow:
     def gaps(self):
         """Every gap of the connection so far, both directions, in the order they were found:
         entries with dir, reason, record_index, offset (in the stream) and length."""
+        self._reading("gaps", "gaps")
         if self._file is None:
             raise ModuleError("gaps need a flow backed by a record file")
         return self._file.gaps()
@@ -141,6 +155,7 @@ class Flow:
     def payload(self, record):
         """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the
         delivered bytes at its offset). Empty when the flow is not backed by a record file."""
+        self._reading("stream", "payload")
         if self._file is None or not record.payload_len:
             return b""
         return self._file.data(record.dir, record.stream_offset, record.payload_len)
@@ -150,8 +165,9 @@ class Flow:
 
 
 class Module:
-    """Base class. Subclasses set `name`, optionally `writes` and `options`, and define hooks."""
+    """Base class. Subclasses set `name`, optionally `reads`, `writes` and `options`, and define hooks."""
     name = None
+    reads = READABLE
     writes = frozenset()
     options = {}
 
@@ -216,6 +232,15 @@ def validate(cls, where):
     if not isinstance(writes, (set, frozenset)) or not set(writes) <= WRITABLE:
         bad = sorted(set(writes) - WRITABLE) if isinstance(writes, (set, frozenset)) else writes
         raise ModuleError(f"module {cls.name}: `writes` must be a set of {sorted(WRITABLE)}; got {bad!r}")
+    reads = cls.reads
+    if not isinstance(reads, (set, frozenset)) or not set(reads) <= READABLE:
+        bad = sorted(set(reads) - READABLE) if isinstance(reads, (set, frozenset)) else reads
+        raise ModuleError(f"module {cls.name}: `reads` must be a set of {sorted(READABLE)}; got {bad!r}")
+    for hook, what in HOOK_READS.items():
+        if callable(getattr(cls, hook, None)) and what not in reads:
+            raise ModuleError(f"module {cls.name}: {hook}() reads the connection's {what}: add {what!r} to `reads`")
+    if "payload" in writes and "stream" not in reads:
+        raise ModuleError(f"module {cls.name}: writing the payload reads the stream: add 'stream' to `reads`")
     if not isinstance(cls.options, dict) or not all(isinstance(o, Option) for o in cls.options.values()):
         raise ModuleError(f"module {cls.name}: `options` must map names to Option(type, default, help)")
     if not cls.__doc__ or not cls.__doc__.strip():

@@ -111,6 +111,7 @@ cdef class StreamPointer:
         if direction not in (0, 1):
             raise ValueError("direction is 0 (client to server) or 1 (server to client)")
         self.direction = direction
+        self.file.require_bytes()
         self.data_off = self.file.header[f"data_off{direction}"]
         self.pos = 0
         self._map = None

@@ -81,6 +81,7 @@ DEF RECORDS_OFF = 256
 DEF VERSION = 2
 DEF HF_CLOSED = 1
 DEF HF_KEEP = 2
+DEF HF_NO_BYTES = 4
 
 cdef extern from *:
     """
@@ -751,6 +752,7 @@ cdef class RecordStore(Sink):
     """Writes record files for every connection into `directory` (see format.py)."""
     cdef readonly str directory
     cdef readonly bint keep
+    cdef readonly bint store_bytes   # False: streams' bytes are counted, not written (no reader wants them)
     cdef Engine engine
     cdef cstate_t** cs               # connection states, in chunks of CS_CHUNK (_state)
     cdef uint8_t* cs_forgotten       # per chunk: its connections retired and forgotten
@@ -778,11 +780,12 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t gateway_runs   # runs of the writer thread's batches the gateway wrote while it waited
     cdef list just_closed            # connections closed since the last publish
 
-    def __init__(self, str directory, bint keep=False, max_handles=None):
+    def __init__(self, str directory, bint keep=False, max_handles=None, bint store_bytes=True):
         cdef int k
         cdef statfs_t sf
         self.directory = directory
         self.keep = keep
+        self.store_bytes = store_bytes
         self.forget_retired = True
         try:
             os.makedirs(directory, exist_ok=True)
@@ -1151,7 +1154,7 @@ cdef class RecordStore(Sink):
         hd.version = VERSION
         hd.header_size = HEADER_SIZE
         hd.record_size = RECORD_SIZE
-        hd.flags = HF_KEEP if self.keep else 0
+        hd.flags = (HF_KEEP if self.keep else 0) | (0 if self.store_bytes else HF_NO_BYTES)
         hd.conn = conn
         st.first_id = splitmix64(&self.rng)      # SIFT: record ids start at a random 64-bit value
         hd.first_record_id = st.first_id
@@ -1192,13 +1195,16 @@ cdef class RecordStore(Sink):
         return 0
 
     cdef int on_data(self, uint32_t conn, int d, int64_t offset, const uint8_t* data, uint32_t n) except -1:
-        self._write(conn, self._state(conn), R_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + offset, data, n)
         self.bytes_written += n
+        if not self.store_bytes:
+            return 0            # (the ends published still say how far the stream went)
+        self._write(conn, self._state(conn), R_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + offset, data, n)
         return 0
 
     cdef int on_datagram(self, uint32_t conn, int d, int64_t ts, const uint8_t* data, uint32_t n) except -1:
         cdef cstate_t* st = self._state(conn)
-        self._write(conn, st, R_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + st.udp_end[d], data, n)
+        if self.store_bytes:
+            self._write(conn, st, R_DATA0 + d, (DATA1_OFF if d else DATA0_OFF) + st.udp_end[d], data, n)
         st.udp_end[d] += n
         self.bytes_written += n
         return 0
@@ -1656,4 +1662,5 @@ cdef class RecordStore(Sink):
             self.busy = False
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
                 "reopens": self.ws.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes,
-                "retired": self.retired, "writes": self.ws.writes}
+                "retired": self.retired, "writes": self.ws.writes,
+                "bytes_stored": bool(self.store_bytes)}

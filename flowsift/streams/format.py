@@ -28,6 +28,7 @@ FILE_SIZE = 1 << 43             # 8 TiB apparent size (sparse; ext4 allows 16 Ti
 # header flags
 HF_CLOSED = 1        # the gateway finished the connection: nothing more will be written
 HF_KEEP = 2          # space is never reclaimed (--keep)
+HF_NO_BYTES = 4      # the streams' bytes were not stored: no reader of the run reads them
 
 # header: (name, struct code, offset)
 HEADER_FIELDS = [

@@ -84,6 +84,16 @@ class RecordFile:
         return h
 
     @property
+    def has_bytes(self):
+        """False when the gateway counted the streams' bytes but did not store them (a chain
+        whose modules all declared that they do not read them)."""
+        return not self.header["flags"] & F.HF_NO_BYTES
+
+    def require_bytes(self):
+        if self.header["flags"] & F.HF_NO_BYTES:
+            raise StoreError(f"{self.path}: the streams' bytes were not stored (none of the run's modules reads them)")
+
+    @property
     def closed_by_gateway(self):
         return bool(self.header["flags"] & F.HF_CLOSED)
 
@@ -165,6 +175,7 @@ class RecordFile:
 
     def data(self, direction, offset=0, length=None):
         """Delivered bytes of a direction (a copy). Gap ranges are holes: callers skip them."""
+        self.require_bytes()
         h = self.header
         end = h[f"end{direction}"]
         length = end - offset if length is None else min(length, end - offset)

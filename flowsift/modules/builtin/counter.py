@@ -14,6 +14,7 @@ class Counter(Module):
              emits one "flow" event per connection when it closes and prints a table at the end
     """
     name = "counter"
+    reads = {"records", "gaps"}               # not the bytes: a chain of such modules does not store them
     rows = Global(list, append_only=True)     # one row per finished flow, for the end-of-run table
 
     def on_close(self, flow, reason):
