@@ -24,7 +24,7 @@ def describe_file(path, n_records=20):
             "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
             "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
-            "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP),
+            "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
             "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"], "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),

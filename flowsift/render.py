@@ -134,6 +134,8 @@ def print_inspect_file(s, console=None):
     head.add_row("connection", f"{s['conn']}: {s['proto']} {s['client']} -> {s['server']}")
     head.add_row("records", f"{_n(s['records'])} (first id {s['first_record_id']})")
     head.add_row("state", "closed by the gateway" if s["closed"] else "[yellow]open or cut[/yellow]")
+    if not s.get("bytes_stored", True):
+        head.add_row("bytes", "counted, not stored (the run's modules read none)")
     if "cut" in s:
         head.add_row("cut", f"{s['cut']['note']} ({s['cut']['unpublished_complete_records']} complete unpublished)")
     console.print(head)

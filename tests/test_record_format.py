@@ -1,11 +1,12 @@
 """The record format as documented, read with struct alone; and the store against the reassembler."""
+import json
 import os
 import shutil
 import struct
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 HEADER_FIELDS = {   # from docs/record-format.md, not from flowsift
     "magic": ("8s", 0), "version": ("I", 8), "record_size": ("I", 16), "flags": ("I", 20), "conn": ("Q", 24),
@@ -181,3 +182,7 @@ def test_a_store_without_bytes_has_the_same_records_and_refuses_to_be_read_for_b
                 with pytest.raises(StoreError, match="bytes were not stored"):
                     read()
     assert delivered > 0
+    shown = run_cli("inspect", without / names[0], "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["bytes_stored"] is False
+    assert "counted, not stored" in run_cli("inspect", without / names[0]).stdout
+    assert json.loads(run_cli("inspect", with_b / names[0], "--json").stdout)["bytes_stored"] is True
