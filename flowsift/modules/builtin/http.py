@@ -7,6 +7,7 @@ from flowsift.modules.base import Module
 # After a gap, parsing starts again at the next line that looks like the start of a message.
 REQUEST_START = re.compile(rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE) [^\r\n]{1,8192} HTTP/1\.[01]\r\n")
 RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
+KEPT_HEADERS = frozenset({b"host", b"user-agent", b"content-type", b"content-length", b"transfer-encoding"})
 
 
 class _Side:
@@ -28,7 +29,11 @@ class _Side:
         self.st["msg"]["url"] += url.decode("latin-1")
 
     def on_header(self, name, value):
-        self.st["msg"]["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
+        # only the headers the events and the end of a body need: the message is in flow.state,
+        # which every checkpoint carries
+        name = name.lower()
+        if name in KEPT_HEADERS:
+            self.st["msg"]["headers"][name.decode()] = value.decode("latin-1")
 
     def on_headers_complete(self):
         if self.direction == 0:
