@@ -25,7 +25,7 @@ class HttpRequests(Module):
 
     def on_data(self, flow, stream):
         if stream.direction != 0:
-            stream.read()                      # only the client's requests matter here
+            stream.skip()                      # only the client's requests matter here
             return
         while True:
             line = stream.read_until(b"\r\n", self.config["max_line"])

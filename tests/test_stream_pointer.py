@@ -111,3 +111,53 @@ def test_entry_state_follows_published_records(tmp_path, corpus):
         assert e.finished
     table.close_finished()
     assert table.entries == {}
+
+
+def _mappings_of(path):
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if line.rstrip().endswith(str(path)))
+
+
+def test_bytes_read_from_the_file_are_what_the_views_show_and_map_nothing(tmp_path, corpus):
+    """peek_bytes/read_bytes: the same bytes, position and gap behaviour as bytes(peek/read),
+    read with pread: no mapping of the file is made for them. skip() without n passes over
+    what read() would have returned, unmapped too."""
+    store = store_of(tmp_path, corpus, "gap__suri__tcp-simple-gap2.pcap")
+    path = store_files(store)[0]
+    views, copies = StreamPointer(path, 0), StreamPointer(path, 0)
+    got_views, got_copies = [], []
+    while not views.eof:
+        if views.at_gap is not None:
+            assert copies.at_gap == views.at_gap and copies.peek_bytes() == b"" and copies.read_bytes(3) == b""
+            views.skip_gap(), copies.skip_gap()
+            continue
+        assert copies.peek_bytes(2) == bytes(views.peek(2)) and copies.tell() == views.tell()
+        got_views.append(bytes(views.read(3)))
+        got_copies.append(copies.read_bytes(3))
+        assert copies.tell() == views.tell()
+    assert got_copies == got_views and b"".join(got_copies)
+    # a fresh pointer reading everything as bytes, or passing over it, maps nothing
+    big = store_files(store_of(tmp_path / "b", corpus, "http__zeek__206_example_b.pcap"))[0]
+    want = bytes(StreamPointer(RecordFile(big), 1).read())
+    sp = StreamPointer(RecordFile(big), 1)
+    before = _mappings_of(big)                  # (its file's header may be mapped: not its bytes)
+    assert sp.read_bytes(10) == want[:10] and sp.read_bytes() == want[10:] and sp.eof
+    sp.seek(0)
+    assert sp.skip() == len(want) and sp.read_bytes() == b""
+    assert _mappings_of(big) == before
+    sp.seek(0)
+    view = sp.peek(1)                           # a view does map them
+    assert bytes(view) == want[:1] and _mappings_of(big) == before + 1
+
+
+def test_bytes_of_a_cut_file_say_so(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__zeek__206_example_b.pcap")
+    path = store_files(store)[0]
+    sp = StreamPointer(path, 1)
+    want = sp.available
+    h = RecordFile(path).header
+    os.truncate(path, h["data_off1"] + 1000)                      # cut behind the pointer's back
+    assert sp.read_bytes(500) and sp.tell() == 500
+    from flowsift.streams.reader import StoreError
+    with pytest.raises(StoreError, match="cut short at stream offset 1000"):
+        sp.read_bytes(want)

@@ -342,7 +342,7 @@ class InlineChain:
             if state[1] <= 0:
                 break
             if not has_data:
-                sp.read()                      # the module only wants gaps: pass over the bytes
+                sp.skip()                      # the module only wants gaps: pass over the bytes
                 continue
             if c.seen.get((i, d)) == state:
                 break                          # nothing new since its last call: unread bytes wait

@@ -6,6 +6,7 @@ for bytes. A gap is a value the reader meets (`at_gap`), never an exception, nev
 The hot loops (find, read_until) run memmem over the mapping.
 """
 import mmap as _mmap
+import os as _os
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.errno cimport errno
@@ -15,7 +16,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
 
 from flowsift.reassembly.events import Gap
 from flowsift.streams import format as F
-from flowsift.streams.reader import RecordFile
+from flowsift.streams.reader import RecordFile, StoreError
 
 cdef extern from "string.h" nogil:
     void* memmem(const void* haystack, size_t hl, const void* needle, size_t nl)
@@ -219,6 +220,27 @@ cdef class StreamPointer:
         self.pos += len(v)
         return v
 
+    def peek_bytes(self, Py_ssize_t n=-1):
+        """peek() as bytes, read from the file: for a caller that wants a copy anyway, no
+        mapping is made, touched or unmapped (each costs more than the copy, for a few pages)."""
+        cdef int64_t avail = self._limit() - self.pos
+        if n < 0 or n > avail:
+            n = avail
+        if n <= 0:
+            return b""
+        if self._map is not None and self.pos >= self.map_off and self.pos + n <= self.map_off + self.map_len:
+            return bytes(self._view(self.pos, n))     # mapped already
+        data = _os.pread(self.file._fd, n, self.data_off + self.pos)
+        if len(data) < n:
+            raise StoreError(f"{self.file.path}: cut short at stream offset {self.pos + len(data)}")
+        return data
+
+    def read_bytes(self, Py_ssize_t n=-1):
+        """read() as bytes, read from the file (see peek_bytes)."""
+        data = self.peek_bytes(n)
+        self.pos += len(data)
+        return data
+
     def read_until(self, delim, Py_ssize_t max=-1):
         """Bytes up to and including `delim` if it occurs within the available bytes (and within
         `max`), moving past them; else None and the position stays (more may come)."""
@@ -265,8 +287,11 @@ cdef class StreamPointer:
             hit = <const uint8_t*> memmem(p, n, &pat[0], len(pat))
         return -1 if hit == NULL else s + (hit - p)
 
-    def skip(self, int64_t n):
-        """Move forward n bytes (over a gap too); not past the end."""
+    def skip(self, int64_t n=-1):
+        """Move forward n bytes (over a gap too); not past the end. Without n: past every
+        available byte, to the next gap or the end (what read() would have returned, unmapped)."""
+        if n < 0:
+            n = self._limit() - self.pos
         self.pos = min(self.pos + n, self.end)
         return self.pos
 

@@ -40,17 +40,17 @@ class Dns(Module):
             flow.skip()
             return
         if flow.proto != "tcp":
-            stream.read()
+            stream.skip()
             return
         while True:
-            head = bytes(stream.peek(2))
+            head = stream.peek_bytes(2)
             if len(head) < 2:
                 return
             (n,) = struct.unpack(">H", head)
             if stream.available < 2 + n:
                 return                        # the message is not complete yet
             stream.skip(2)
-            self._message(flow, bytes(stream.read(n)))
+            self._message(flow, stream.read_bytes(n))
 
     def _message(self, flow, wire):
         try:

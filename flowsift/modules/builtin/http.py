@@ -89,7 +89,7 @@ class Http(Module):
                     st["mode"] = "resync"
                     return side
                 st["msg"] = None
-                self._feed(side, st, bytes(stream.read(here - st["from"])))
+                self._feed(side, st, stream.read_bytes(here - st["from"]))
         return side
 
     def _feed(self, side, st, data):
@@ -114,11 +114,11 @@ class Http(Module):
         if st is None:
             st = sides[d] = {"mode": "http", "from": stream.tell(), "done": 0, "msg": None}
         if st["mode"] == "off":
-            stream.read()
+            stream.skip()
             return
         if st["mode"] == "resync":
             at = stream.tell()
-            data = bytes(stream.read())
+            data = stream.read_bytes()
             m = (REQUEST_START if d == 0 else RESPONSE_START).search(data)
             if m is None:
                 return
@@ -131,7 +131,7 @@ class Http(Module):
             return
         if st["msg"] is None:
             st["from"], st["done"] = stream.tell(), 0     # between messages: a restore starts here
-        self._feed(side, st, bytes(stream.read()))
+        self._feed(side, st, stream.read_bytes())
 
     def on_gap(self, flow, direction, gap):
         self.count("gaps")

@@ -43,10 +43,10 @@ class Redact(Module):
     def on_data(self, flow, stream):
         d = stream.direction
         if d not in self.dirs:
-            stream.read()
+            stream.skip()
             return
         base = stream.tell()
-        data = bytes(stream.peek())
+        data = stream.peek_bytes()
         done = flow.state.setdefault("done", [None, None])[d]      # masked up to, per direction
         done = base if done is None else done
         for m in self.regex.finditer(data):

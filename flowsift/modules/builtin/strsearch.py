@@ -46,7 +46,7 @@ class StrSearch(Module):
         tails = flow.state.setdefault("tails", [None, None])      # per direction: [offset, text]
         tail_off, tail = tails[d] or (stream.tell(), "")
         # bytes as latin-1 text: one character per byte, so offsets stay byte offsets
-        text = tail + bytes(stream.read()).decode("latin-1")
+        text = tail + stream.read_bytes().decode("latin-1")
         hay = text.lower() if self.nocase else text
         for end, (pattern, n) in self.auto.iter(hay):
             if end >= len(tail):                   # a match not already reported from the tail

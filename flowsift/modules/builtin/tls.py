@@ -73,10 +73,10 @@ class Tls(Module):
 
     def on_data(self, flow, stream):
         if stream.direction != 0 or flow.state.get("done"):
-            stream.read()
+            stream.skip()
             return
         try:
-            found = parse_client_hello(bytes(stream.peek(MAX_HELLO)))
+            found = parse_client_hello(stream.peek_bytes(MAX_HELLO))
         except ValueError:
             if stream.available >= MAX_HELLO:
                 flow.state["done"] = True
