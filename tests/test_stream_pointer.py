@@ -161,3 +161,24 @@ def test_bytes_of_a_cut_file_say_so(tmp_path, corpus):
     from flowsift.streams.reader import StoreError
     with pytest.raises(StoreError, match="cut short at stream offset 1000"):
         sp.read_bytes(want)
+
+
+def test_a_header_read_again_and_again_follows_every_publish(tmp_path, corpus, monkeypatch):
+    """RecordFile.refresh reads the header with pread, then (from the third read) through a
+    mapping: both ways see each batch's publish of a live connection."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "64")
+    g = Gateway(tmp_path / "store", keep=True)
+    files, seen = {}, []
+
+    def after_batch(touched, closed):
+        for conn in touched:
+            if conn == 0 and 0 not in files:
+                files[0] = RecordFile(g.store.path(0))
+        if 0 in files and not files[0].closed_by_gateway:
+            h = files[0].refresh()
+            want = g.store.published([0])[0]
+            assert (h["records"], h["gaps"], h["end0"], h["end1"]) == want[:4]
+            seen.append(want[0])
+    g.run_capture(corpus / "http__zeek__206_example_b.pcap", after_batch=after_batch)
+    assert len(seen) >= 5 and len(set(seen)) >= 5       # read while it grew, both ways
+    files[0].close()

@@ -44,9 +44,11 @@ class RecordFile:
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
         from flowsift.streams._pointer import Mapping
         self._Mapping = Mapping
-        # the header is read once with pread; a file whose header is polled again gets a
-        # mapping of it then (most files are read once, at their connection's end)
+        # the header is read with pread; a file whose header is polled a third time gets a
+        # mapping of it then (most files are read once or twice: mapping, faulting and
+        # unmapping a page costs more than two reads)
         self._hdr = None
+        self._reads = 0
         self._maps = {}
         self._size = size
         self._first = None                 # the first whole parse: what never changes comes from it
@@ -66,9 +68,11 @@ class RecordFile:
             self._first = F.parse_header(os.pread(self._fd, F.HEADER_STRUCT.size, 0))
             h = dict(self._first)
         else:
-            if self._hdr is None:
+            if self._hdr is None and self._reads >= 2:
                 self._hdr = self._Mapping(self._fd, F.HEADER_SIZE, 0)
-            h = F.parse_header_again(self._hdr, self._first)
+            buf = self._hdr if self._hdr is not None else os.pread(self._fd, F.HEADER_SIZE, 0)
+            h = F.parse_header_again(buf, self._first)
+        self._reads += 1
         if self._size < F.FILE_SIZE:
             # a record file keeps its full (sparse) size; only a cut one is measured again
             self._size = os.fstat(self._fd).st_size
