@@ -113,19 +113,19 @@ static void fs_bg_stop(fs_bg_t *bg)
 /* Sharing a job's work with the thread that waits for it (the job is plain C too). The job
  * sets *open (through fs_bg_open_share) once part of its work may be taken by the waiter, and
  * counts what the waiter finished in *done; fs_bg_notify wakes whoever waits on either. */
-static void fs_bg_open_share(fs_bg_t *bg, volatile int *open)
-{
-    pthread_mutex_lock(&bg->mu);
-    __atomic_store_n(open, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&bg->cv);
-    pthread_mutex_unlock(&bg->mu);
-}
-
 static void fs_bg_notify(fs_bg_t *bg)
 {
     pthread_mutex_lock(&bg->mu);
     pthread_cond_broadcast(&bg->cv);
     pthread_mutex_unlock(&bg->mu);
+}
+
+/* (a waiter that saw *open still 0 is waiting on the condition by the time the broadcast
+ * takes the mutex: no wake-up is lost) */
+static void fs_bg_open_share(fs_bg_t *bg, volatile int *open)
+{
+    __atomic_store_n(open, 1, __ATOMIC_RELEASE);
+    fs_bg_notify(bg);
 }
 
 /* the waiter: 1 once the running job shares its work, 0 if it ends first (or none runs) */

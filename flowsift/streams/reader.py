@@ -94,7 +94,7 @@ class RecordFile:
         return not self.header["flags"] & F.HF_NO_BYTES
 
     def require_bytes(self):
-        if self.header["flags"] & F.HF_NO_BYTES:
+        if not self.has_bytes:
             raise StoreError(f"{self.path}: the streams' bytes were not stored (none of the run's modules reads them)")
 
     @property
