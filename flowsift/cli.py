@@ -11,6 +11,7 @@ import typer
 
 from flowsift import __version__
 from flowsift.bounds import parse_settings, settings_help
+from flowsift.limits import collect_less
 from flowsift.errors import FlowsiftError
 
 app = typer.Typer(
@@ -555,6 +556,7 @@ _rich_help()
 
 def main():
     signal.signal(signal.SIGTERM, _terminated)
+    collect_less()
     try:
         app()
     except FlowsiftError as e:

@@ -17,6 +17,7 @@ import os
 import sys
 
 from flowsift.gateway import changed_connections
+from flowsift.limits import collect_less
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain, join_checkpoint, passive
@@ -38,6 +39,11 @@ def checkpoint_every():
 
 def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
     # `index`: the module's place in the whole chain (spec)
+    # what the worker inherits from the gateway lives as long as it does: out of the
+    # collector's full passes
+    import gc
+    gc.freeze()
+    collect_less()
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the gateway's to handle: it ends the run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)    # (not the command's handler: the gateway ends workers so)

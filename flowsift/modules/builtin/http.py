@@ -11,15 +11,17 @@ KEPT_HEADERS = frozenset({b"host", b"user-agent", b"content-type", b"content-len
 
 
 class _Side:
-    """httptools callbacks for one direction of one connection. The parser lives in flow.cache;
-    everything the module needs to go on lives in `st` (flow.state), as plain data: where the
-    parser was last between messages (`from`), how many messages it completed since (`done`),
-    and the message being parsed (`msg`). A checkpoint carries `st`; after a restore the parser
-    is rebuilt by feeding it the bytes from `from` again, the first `done` messages unreported."""
+    """httptools callbacks for one direction of one connection. Its parser lives in flow.cache
+    and is not kept here: the parser holds these callbacks, so a reference back would make a
+    cycle that only the garbage collector frees, for every connection (flow.cache is cleared
+    at close, which frees both). Everything the module needs to go on lives in `st`
+    (flow.state), as plain data: where the parser was last between messages (`from`), how many
+    messages it completed since (`done`), and the message being parsed (`msg`). A checkpoint
+    carries `st`; after a restore the parser is rebuilt by feeding it the bytes from `from`
+    again, the first `done` messages unreported."""
 
     def __init__(self, module, flow, direction, st, replayed=0):
         self.module, self.flow, self.direction, self.st = module, flow, direction, st
-        self.parser = (httptools.HttpRequestParser if direction == 0 else httptools.HttpResponseParser)(self)
         self.skip = replayed            # messages completed already (reported before a restore)
 
     def on_message_begin(self):
@@ -36,10 +38,11 @@ class _Side:
             self.st["msg"]["headers"][name.decode()] = value.decode("latin-1")
 
     def on_headers_complete(self):
+        parser = self.flow.cache[self.direction]
         if self.direction == 0:
-            self.st["msg"]["method"] = self.parser.get_method().decode()
+            self.st["msg"]["method"] = parser.get_method().decode()
         else:
-            self.st["msg"]["status"] = self.parser.get_status_code()
+            self.st["msg"]["status"] = parser.get_status_code()
 
     def on_body(self, body):
         self.st["msg"]["body"] += len(body)
@@ -51,6 +54,14 @@ class _Side:
             return
         self.st["done"] += 1
         self.module._message(self.flow, self.direction, msg)
+
+
+def _parser(module, flow, direction, st, replayed=0):
+    """A parser for this direction, put in flow.cache (where its callbacks find it)."""
+    side = _Side(module, flow, direction, st, replayed)
+    kind = httptools.HttpRequestParser if direction == 0 else httptools.HttpResponseParser
+    parser = flow.cache[direction] = kind(side)
+    return parser
 
 
 class Http(Module):
@@ -75,26 +86,26 @@ class Http(Module):
         # start) or "off" (not HTTP); see _Side for the rest
         flow.state["sides"] = [None, None]
 
-    def _side(self, flow, stream, st):
+    def _parser_of(self, flow, stream, st):
         """The parser of this direction, rebuilt after a restore from what flow.state kept."""
         d = stream.direction
-        side = flow.cache.get(d)
-        if side is None:
-            side = flow.cache[d] = _Side(self, flow, d, st, replayed=st["done"])
+        parser = flow.cache.get(d)
+        if parser is None:
+            parser = _parser(self, flow, d, st, replayed=st["done"])
             here = stream.tell()
             if here > st["from"]:
                 try:
                     stream.seek(st["from"])
                 except ValueError:            # no longer retained: start again at a message start
                     st["mode"] = "resync"
-                    return side
+                    return parser
                 st["msg"] = None
-                self._feed(side, st, stream.read_bytes(here - st["from"]))
-        return side
+                self._feed(parser, st, stream.read_bytes(here - st["from"]))
+        return parser
 
-    def _feed(self, side, st, data):
+    def _feed(self, parser, st, data):
         try:
-            side.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             st["mode"] = "off"                # upgraded (websocket, h2c): no longer HTTP/1
         except httptools.HttpParserError:
@@ -123,15 +134,15 @@ class Http(Module):
             if m is None:
                 return
             st.update(mode="http", **{"from": at + m.start()}, done=0, msg=None)
-            side = flow.cache[d] = _Side(self, flow, d, st)
-            self._feed(side, st, data[m.start():])
+            parser = _parser(self, flow, d, st)
+            self._feed(parser, st, data[m.start():])
             return
-        side = self._side(flow, stream, st)
+        parser = self._parser_of(flow, stream, st)
         if st["mode"] != "http":
             return
         if st["msg"] is None:
             st["from"], st["done"] = stream.tell(), 0     # between messages: a restore starts here
-        self._feed(side, st, stream.read_bytes())
+        self._feed(parser, st, stream.read_bytes())
 
     def on_gap(self, flow, direction, gap):
         self.count("gaps")
