@@ -27,10 +27,16 @@ class HttpRequests(Module):
         if stream.direction != 0:
             stream.skip()                      # only the client's requests matter here
             return
+        longest = self.config["max_line"]
         while True:
-            line = stream.read_until(b"\r\n", self.config["max_line"])
+            line = stream.read_until(b"\r\n", longest)
             if line is None:
-                return                         # an incomplete line waits for more bytes
+                if stream.available < longest:
+                    return                     # an incomplete line waits for more bytes
+                # no line end within max_line (a body, not a request line): pass over it up to
+                # the last byte, which may be the \r of a line end split by the packets
+                stream.skip(longest - 1)
+                continue
             first = bytes(line).split(b" ", 1)[0]
             if first in METHODS:
                 method, _, rest = bytes(line).rstrip(b"\r\n").partition(b" ")

@@ -154,6 +154,36 @@ def test_stream_pointer_hooks_unread_bytes_stay_and_gaps_arrive_in_order(tmp_pat
     assert ev["reason"] in ("eof", "fin", "rst")
 
 
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_bytes_left_unread_before_a_gap_go_with_it(tmp_path, corpus, mode):
+    """The client sends VERY, loses 4 bytes, then DATA. A module that reads whole 5-byte records
+    leaves VERY unread. Once the gap is known, VERY can never grow: the module is called again
+    (stream.next_gap says so), then hears of the gap and gets DATA (it once waited for ever: no
+    on_gap, nothing after the gap)."""
+    p = write_module(tmp_path, '''
+        class Five(Module):
+            """Reads 5-byte records.
+
+            Synopsis: five
+            """
+            name = "five"
+            def on_data(self, flow, stream):
+                self.emit("data", dir=stream.direction, at=stream.tell(), n=stream.available,
+                          gap_follows=stream.next_gap is not None)
+                while stream.available >= 5:
+                    stream.read_bytes(5)
+            def on_gap(self, flow, direction, gap):
+                self.emit("gap", dir=direction, at=gap.offset, n=gap.length)
+    ''')
+    out = tmp_path / "events.jsonl"
+    res = run_cli("chain", p, corpus / "gap__suri__tcp-simple-gap2.pcap", "--events", out, *mode)
+    assert res.returncode == 0, res.stderr
+    client = [(e["kind"], e["at"], e["n"], e.get("gap_follows"))
+              for e in map(json.loads, out.read_text().splitlines()) if e["dir"] == 0]
+    # the gap is known only at the end of the capture: then the module is called again
+    assert client == [("data", 0, 4, False), ("data", 0, 4, True), ("gap", 4, 4, None), ("data", 8, 4, False)]
+
+
 def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
     p = write_module(tmp_path, '''
         class Boom(Module):
@@ -224,6 +254,18 @@ def test_examples_run(corpus):
         ["GET / HTTP/1.1", "GET /big.txt HTTP/1.1", "GET /index.html HTTP/1.1", "GET /missing HTTP/1.1"]
     (tls,) = [e for e in events if e["kind"] == "first_bytes"]
     assert tls["hex"].startswith("160301")                       # a TLS handshake record
+
+
+def test_http_requests_example_goes_on_after_a_long_line(tmp_path):
+    """A line longer than max_line (an upload without line ends) once stopped the example for
+    the rest of the connection."""
+    from flowsift.testing import segments_capture
+    cap = segments_capture(tmp_path, client=[b"POST /up HTTP/1.1\r\n\r\n", b"x" * 300 + b"\r\n",
+                                             b"GET /b HTTP/1.1\r\n\r\n"])
+    res = run_cli("chain", f"{ROOT / 'examples' / 'http_requests.py'}(max_line=100)", cap, "--json")
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(l) for l in res.stdout.strip().splitlines()[:-1]]
+    assert [e["uri"] for e in events] == ["/up", "/b"]
 
 
 def test_modules_command(tmp_path):

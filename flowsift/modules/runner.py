@@ -54,7 +54,7 @@ class _Conn:
         self.saved = {}          # (module index, direction) -> position, while the file is closed
         self.next_record = 0
         self.pointers = {}       # (module index, direction) -> StreamPointer
-        self.seen = {}           # (module index, direction) -> (position, available) at the last on_data
+        self.seen = {}           # (module index, direction) -> (position, available, gap follows) at the last on_data
         self.events = []         # event lines held until the connection is done (worker mode)
         self.gaps_seen = {}      # module index -> gap entries already handed to its on_gap (gap-only modules)
         self.ends_seen = None    # (end0, end1, gaps) at the last advance: nothing new, nothing to do
@@ -338,13 +338,21 @@ class InlineChain:
                         break
                 sp.skip_gap()
                 continue
-            state = (sp.tell(), sp.available)
-            if state[1] <= 0:
+            pos, avail = sp.tell(), sp.available
+            if avail <= 0:
                 break
             if not has_data:
                 sp.skip()                      # the module only wants gaps: pass over the bytes
                 continue
+            # do lost bytes follow these? Then they can no longer grow: the module is called
+            # once more knowing it (stream.next_gap), and what it leaves goes with the gap, or
+            # it would never reach the gap nor the bytes after it
+            g = sp.next_gap
+            state = (pos, avail, g is not None and g.offset == pos + avail)
             if c.seen.get((i, d)) == state:
+                if state[2]:
+                    sp.skip()
+                    continue
                 break                          # nothing new since its last call: unread bytes wait
             c.seen[(i, d)] = state
             self._call(m, "on_data", c.flow, sp)
