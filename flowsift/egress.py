@@ -136,6 +136,40 @@ def _fragment_fields(editor, members, positions=None):
     return out
 
 
+class _LateBytes:
+    """Where a direction's merged bytes are, for its packets that came after the connection
+    ended: such a packet reaches no module, but a retransmission among them repeats stream
+    bytes, which must leave as merged (masked) as their first copy did."""
+
+    def __init__(self, rf, d):
+        h = rf.header
+        self.rf, self.d, self.end = rf, d, h[f"end{d}"]
+        self.origin = h[f"origin{d}"]
+        self.holes = [(g.offset, g.offset + g.length) for g in rf.gaps(d)]
+        self.anchor = None                   # (seq, seq_offset) of the direction's last non-SYN record
+        for rec in rf.records():
+            if rec.dir == d and rec.proto == 6 and not rec.tcp_flags & 2:
+                self.anchor = (rec.seq, rec.seq_offset)
+
+    def payload(self, frame, p):
+        """The packet's payload with the merged bytes it repeats put in, or None when no
+        stream byte can be placed (a SYN, no anchor)."""
+        if self.anchor is None or p["tcp_flags"] & 2:
+            return None
+        seq0, off0 = self.anchor
+        delta = (int(p["seq"]) - seq0) & 0xFFFFFFFF
+        off = off0 + (delta - (1 << 32) if delta >= 1 << 31 else delta) - self.origin
+        at, n = int(p["payload_off"]), int(p["payload_len"])
+        data = bytearray(frame[at:at + n])
+        lo, hi = max(off, 0), min(off + n, self.end)
+        # delivered ranges only: a gap's range holds no bytes
+        cuts = [lo] + [x for a, b in self.holes for x in (a, b) if lo < x < hi] + [hi]
+        for a, b in zip(cuts[::2], cuts[1::2]):
+            if a < b and not any(ga <= a < gb for ga, gb in self.holes):
+                data[a - off:b - off] = self.rf.data(self.d, a, b - a)
+        return bytes(data)
+
+
 def write_egress(source, out, editor, store, late=None, members=None):
     """Write the source's frames to `out` with the chain's verdicts and edits; `late`: frame
     position -> (conn, dir) of the packets that came after their connection ended; `members`:
@@ -148,11 +182,12 @@ def write_egress(source, out, editor, store, late=None, members=None):
     for conn, d in editor.payload_dirs:
         rf = files.get(conn) or files.setdefault(conn, RecordFile(store.path(conn)))
         for rec in rf.records():
-            if rec.dir == d and rec.payload_len and rec.proto == 6:
+            if rec.dir == d and rec.payload_len:          # (a TCP segment, or a UDP datagram)
                 payload_of[rec.frame_pos] = (conn, d, rec.stream_offset, rec.payload_len)
     counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0}
     late = late or {}
     fragment_fields = _fragment_fields(editor, members or {})
+    late_bytes = {}
     with PcapWriter(out, linktype=linktypes.pop(), nanosecond=True) as w:
         for batch in decoded_batches(cap, Decoder()):
             arr = batch.array
@@ -169,11 +204,19 @@ def write_egress(source, out, editor, store, late=None, members=None):
                     new = _rewrite_fragment(frame, arr[i], fields) if fields and pos not in payload_of else None
                 else:
                     fields, where = editor.headers.get(pos), payload_of.get(pos)
-                    if not fields and pos in late:
-                        fields = editor.late_fields(*late[pos])
-                        counts["late_edited"] += bool(fields)
-                    if fields or where:
-                        data = files[where[0]].data(where[1], where[2], where[3]) if where else None
+                    data = files[where[0]].data(where[1], where[2], where[3]) if where else None
+                    if pos in late:
+                        if not fields:
+                            fields = editor.late_fields(*late[pos])
+                        if late[pos] in editor.payload_dirs and arr["proto"][i] == 6 and arr["payload_len"][i]:
+                            lb = late_bytes.get(late[pos])
+                            if lb is None:
+                                conn, d = late[pos]
+                                rf = files.get(conn) or files.setdefault(conn, RecordFile(store.path(conn)))
+                                lb = late_bytes[late[pos]] = _LateBytes(rf, d)
+                            data = lb.payload(frame, arr[i])
+                        counts["late_edited"] += bool(fields or data)
+                    if fields or data:
                         new = _rewrite(frame, arr[i], fields, data)
                 if new is None:
                     counts["not_editable"] += 1
@@ -223,7 +266,7 @@ class Forwarder:
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0}
 
-    def _payload(self, conn, d, off, n):
+    def _file(self, conn):
         rf = self.files.get(conn)
         if rf is None:
             if len(self.files) >= 256:
@@ -232,7 +275,7 @@ class Forwarder:
                     old.close()
                 self.files.clear()
             rf = self.files[conn] = RecordFile(self.store.path(conn))
-        return rf.data(d, off, n)
+        return rf
 
     def forward(self, batch):
         import numpy as np
@@ -248,14 +291,17 @@ class Forwarder:
         if ed.dropped:
             skip = np.isin(pos, np.fromiter(ed.dropped, dtype=np.uint64, count=len(ed.dropped))).astype(np.uint8)
             self.counts["dropped"] += int(skip.sum())
-        tcp_data = (arr["proto"] == 6) & (arr["payload_len"] > 0) & (arr["flow_id"] != 0xFFFFFFFF)
+        # packets carrying stream bytes at their stream offset: TCP segments and UDP datagrams
+        # (late ones have none: see below)
+        data_pkts = (arr["payload_len"] > 0) & (arr["flow_id"] != 0xFFFFFFFF) & ((arr["proto"] == 6) | (arr["proto"] == 17)) \
+            & ((arr["rflags"] & RF_LATE) == 0)
         keys = (arr["flow_id"].astype(np.uint64) << np.uint64(1)) | arr["dir"].astype(np.uint64)
         todo = np.zeros(n, dtype=bool)
         if ed.headers:
             todo |= np.isin(pos, np.fromiter(ed.headers, dtype=np.uint64, count=len(ed.headers)))
         if ed.payload_dirs:
             edited = np.fromiter(((c << 1) | d for c, d in ed.payload_dirs), dtype=np.uint64)
-            todo |= tcp_data & np.isin(keys, edited)
+            todo |= data_pkts & np.isin(keys, edited)
         frag = {}
         if self.members and ed.headers:
             # a datagram's fragments take its edits only if all of them are in this batch (the
@@ -264,7 +310,8 @@ class Forwarder:
             if frag:
                 todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
         late = None
-        if ed.flow_fields:
+        if ed.flow_fields or ed.payload_dirs:
+            # (a late packet has no stream offset of its own: its bytes are placed by _LateBytes)
             late = ((arr["rflags"] & RF_LATE) != 0) & (arr["flow_id"] != 0xFFFFFFFF)
             todo |= late
         if skip is not None:
@@ -283,13 +330,19 @@ class Forwarder:
                     self.counts["edited"] += 1
                 continue
             fields = ed.headers.get(int(p["rec_pos"]))
-            if not fields and late is not None and late[i]:
-                fields = ed.late_fields(int(p["flow_id"]), int(p["dir"]))
-                self.counts["late_edited"] += bool(fields)
+            key = (int(p["flow_id"]), int(p["dir"]))
             data = None
-            if tcp_data[i] and (int(p["flow_id"]), int(p["dir"])) in ed.payload_dirs:
-                data = self._payload(int(p["flow_id"]), int(p["dir"]), int(p["stream_off"]), int(p["payload_len"]))
             frame = batch.frame(i)
+            if late is not None and late[i]:
+                if not fields:
+                    fields = ed.late_fields(*key)
+                if key in ed.payload_dirs and p["proto"] == 6 and p["payload_len"]:
+                    data = _LateBytes(self._file(key[0]), key[1]).payload(frame, p)
+                self.counts["late_edited"] += bool(fields or data)
+            elif data_pkts[i] and key in ed.payload_dirs:
+                data = self._file(key[0]).data(key[1], int(p["stream_off"]), int(p["payload_len"]))
+            if not fields and data is None:
+                continue                      # (a late packet with nothing to put in): as it came
             new = _rewrite(frame, p, fields, data)
             if new is None:
                 self.counts["not_editable"] += 1
@@ -310,9 +363,9 @@ class Forwarder:
                 del self.members[k]
         if ed.dropped:
             ed.dropped.difference_update([k for k in ed.dropped if k <= top])
-        if tcp_data.any():
-            ends = (arr["stream_off"] + arr["payload_len"])[tcp_data]
-            uk, inv = np.unique(keys[tcp_data], return_inverse=True)
+        if data_pkts.any():
+            ends = (arr["stream_off"] + arr["payload_len"])[data_pkts]
+            uk, inv = np.unique(keys[data_pkts], return_inverse=True)
             best = np.full(len(uk), -1, dtype=np.int64)
             np.maximum.at(best, inv, ends)
             fe = ed.forwarded_end

@@ -151,3 +151,21 @@ def test_inline_nat_rewrites_the_fragments_of_a_datagram_as_w_does(tmp_path, cor
     flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
     assert got["egress"]["edited"] == 11 and got["egress"]["not_editable"] == 0
     assert frames_of(out) == frames_of(ref) != frames_of(src)
+
+
+@pytest.mark.parametrize("capture,pattern,count", [("overlap__zeek__reassembly.pcap", "displayname", 117),
+                                                   ("demo", "flowsift", 88)])
+def test_inline_masks_late_retransmissions_and_datagrams_as_w_does(tmp_path, corpus, capture, pattern, count):
+    """A retransmission after the connection ended, and UDP datagrams: masked when forwarded,
+    as in -w's output."""
+    from conftest import ROOT
+    src = ROOT / "examples" / "demo.pcap" if capture == "demo" else CORPUS / capture
+    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
+    chain = f"redact(pattern={pattern})"
+    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
+                              "--count", count, "--events", "/dev/null", "--json").stdout)
+    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
+    sent = frames_of(out)
+    assert len(sent) == count and sent == frames_of(ref)
+    assert any(pattern.encode() in f for f in frames_of(src)) and not any(pattern.encode() in f for f in sent)
+    assert got["egress"]["edited"] > 0

@@ -134,3 +134,34 @@ def test_a_datagram_whose_transport_header_spans_fragments_leaves_whole_and_coun
     # no datagram half rewritten: every fragment left as it came, and said so
     assert summary["egress"]["not_editable"] == summary["egress"]["packets"] == 444
     assert frames(out) == frames(src)
+
+
+def test_redact_masks_udp_datagrams_in_the_output(tmp_path):
+    """DNS names over UDP: their edits were accepted and counted, and the datagrams left as
+    they came."""
+    from conftest import ROOT
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", "redact(pattern=flowsift)", ROOT / "examples" / "demo.pcap", "-w", out, "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    rows = subprocess.run([require("tshark"), "-o", "udp.check_checksum:TRUE", "-r", str(out), "-Y", "udp",
+                           "-T", "fields", "-e", "udp.payload", "-e", "udp.checksum.status"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    payloads = [bytes.fromhex(r.split("\t")[0]) for r in rows]
+    assert summary["egress"]["edited"] >= 4 and len(payloads) == 6
+    assert not any(b"flowsift" in p for p in payloads)
+    assert sum(b"XXXXXXXX" in p for p in payloads) == 4
+    assert all(r.split("\t")[1] == "1" for r, p in zip(rows, payloads) if b"XXXXXXXX" in p)   # checksum good
+
+
+def test_redact_masks_a_retransmission_that_comes_after_the_close(tmp_path, corpus):
+    """Frame 116 repeats stream bytes after the connection ended: it reaches no module, and once
+    left with the unmasked copy of what frame 110 carried masked."""
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", "redact(pattern=displayname)", corpus / "overlap__zeek__reassembly.pcap", "-w", out, "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    after = frames(out)
+    assert summary["egress"]["late_edited"] >= 1
+    assert b"displayname" in frames(corpus / "overlap__zeek__reassembly.pcap")[115]
+    assert not any(b"displayname" in f for f in after)
