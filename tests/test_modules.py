@@ -169,7 +169,7 @@ def test_bytes_left_unread_before_a_gap_go_with_it(tmp_path, corpus, mode):
             name = "five"
             def on_data(self, flow, stream):
                 self.emit("data", dir=stream.direction, at=stream.tell(), n=stream.available,
-                          gap_follows=stream.next_gap is not None)
+                          gap_follows=stream.next_gap is not None, ended=stream.closed)
                 while stream.available >= 5:
                     stream.read_bytes(5)
             def on_gap(self, flow, direction, gap):
@@ -178,10 +178,12 @@ def test_bytes_left_unread_before_a_gap_go_with_it(tmp_path, corpus, mode):
     out = tmp_path / "events.jsonl"
     res = run_cli("chain", p, corpus / "gap__suri__tcp-simple-gap2.pcap", "--events", out, *mode)
     assert res.returncode == 0, res.stderr
-    client = [(e["kind"], e["at"], e["n"], e.get("gap_follows"))
+    client = [(e["kind"], e["at"], e["n"], e.get("gap_follows"), e.get("ended"))
               for e in map(json.loads, out.read_text().splitlines()) if e["dir"] == 0]
-    # the gap is known only at the end of the capture: then the module is called again
-    assert client == [("data", 0, 4, False), ("data", 0, 4, True), ("gap", 4, 4, None), ("data", 8, 4, False)]
+    # the gap is known only at the end of the capture, with the end: then the module is called
+    # again, and DATA comes once, ended
+    assert client == [("data", 0, 4, False, False), ("data", 0, 4, True, True), ("gap", 4, 4, None, None),
+                      ("data", 8, 4, False, True)]
 
 
 def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
@@ -479,3 +481,30 @@ def test_a_module_reading_what_it_did_not_declare_is_told_so(tmp_path, corpus):
     res = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "module peek: flow.payload() reads the connection's stream: add 'stream' to `reads`" in res.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_a_module_is_called_once_more_when_its_unread_bytes_can_no_longer_grow(tmp_path, monkeypatch, mode):
+    """The client's last bytes come in one batch and its FIN in a later one: a module that
+    waits for a line end hears of the end (stream.closed) with the bytes still there."""
+    from flowsift.testing import segments_capture
+    cap = segments_capture(tmp_path, client=[b"HELLO\r\n", b"no line end"], server=[b"ok"])
+    p = write_module(tmp_path, '''
+        class Lines(Module):
+            """Lines, and what is left at the end.
+
+            Synopsis: lines
+            """
+            name = "lines"
+            def on_data(self, flow, stream):
+                while (line := stream.read_until(b"\\r\\n")) is not None:
+                    self.emit("line", dir=stream.direction, text=bytes(line).decode())
+                if stream.closed and stream.available:
+                    self.emit("rest", dir=stream.direction, text=stream.read_bytes().decode())
+    ''')
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    out = tmp_path / "events.jsonl"
+    res = run_cli("chain", p, cap, "--events", out, *mode)
+    assert res.returncode == 0, res.stderr
+    events = [(e["kind"], e["text"]) for e in map(json.loads, out.read_text().splitlines()) if e["dir"] == 0]
+    assert events == [("line", "HELLO\r\n"), ("rest", "no line end")]

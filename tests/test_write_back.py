@@ -165,3 +165,35 @@ def test_redact_masks_a_retransmission_that_comes_after_the_close(tmp_path, corp
     assert summary["egress"]["late_edited"] >= 1
     assert b"displayname" in frames(corpus / "overlap__zeek__reassembly.pcap")[115]
     assert not any(b"displayname" in f for f in after)
+
+
+@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("pattern", ["password=[^&]*", "password=secret"])
+def test_a_match_split_across_batches_is_masked_whole_and_read_masked_after(tmp_path, monkeypatch, inline, pattern):
+    """password=sec | ret&x=1, one packet per batch. With password=[^&]*, the match at the end of
+    the first batch is all redact can see then: it was masked and its end (ret) left in clear.
+    With password=secret there is no match yet: redact leaves those bytes unread, and a module
+    after it reads only what it read, merged (inline, it once read the secret in clear)."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    cap = segments_capture(tmp_path, client=[b"GET /?password=sec", b"ret&x=1 HTTP/1.1\r\n\r\n"], server=[b"ok"])
+    seen = tmp_path / "seen.py"
+    seen.write_text('''from flowsift.modules import Module
+class Seen(Module):
+    """Emits the client bytes it reads.
+
+    Synopsis: seen
+    """
+    name = "seen"
+    reads = {"stream"}
+    def on_data(self, flow, stream):
+        if stream.direction == 0:
+            self.emit("chunk", data=stream.read_bytes().decode())
+        else:
+            stream.skip()
+''')
+    out = tmp_path / "out.pcap"
+    res = run_module(f"redact(pattern={pattern}),{seen}", cap, inline=inline, write=str(out))
+    client = b"".join(f[54:] for f in frames(out) if f[34:36] == (40000).to_bytes(2, "big"))
+    assert client == b"GET /?" + b"X" * 15 + b"&x=1 HTTP/1.1\r\n\r\n"
+    assert "".join(e["data"] for e in res.of_kind("chunk")) == client.decode()
+    assert res.counters("redact")["redacted"] == 1 and res.counters("redact")["bytes"] == 15

@@ -54,12 +54,13 @@ class _Conn:
         self.saved = {}          # (module index, direction) -> position, while the file is closed
         self.next_record = 0
         self.pointers = {}       # (module index, direction) -> StreamPointer
-        self.seen = {}           # (module index, direction) -> (position, available, gap follows) at the last on_data
+        self.seen = {}           # (module index, direction) -> (position, available, final) at the last on_data
         self.events = []         # event lines held until the connection is done (worker mode)
         self.gaps_seen = {}      # module index -> gap entries already handed to its on_gap (gap-only modules)
-        self.ends_seen = None    # (end0, end1, gaps) at the last advance: nothing new, nothing to do
+        self.ends_seen = None    # (end0, end1, gaps, close0, close1, closing) at the last advance: nothing new, nothing to do
 
 
+GAP_FOLLOWS, ENDED = 1, 2     # why bytes a module left unread can no longer grow (_stream)
 _AGAIN = "again"               # a checkpoint entry: read this connection again from its first record
 _OPEN = "@@flowsift-open@@"      # where a checkpoint's open connections are put in
 
@@ -185,7 +186,7 @@ class InlineChain:
                 self._advance(conn)
         for conn in closed:
             if conn not in self.finished:
-                self._close(conn, self._advance(conn))      # (fresh: its header just read)
+                self._close(conn, self._advance(conn, closing=True))      # (fresh: its header just read)
 
     def _open(self, conn, call_hooks=True):
         rf = RecordFile(self.path_of(conn))
@@ -234,8 +235,9 @@ class InlineChain:
         sk = flow._skipped
         return bool(sk) and all(m in sk for m in self.readers)
 
-    def _advance(self, conn):
-        """Hand the modules what is new of `conn`. True if its header was read for it."""
+    def _advance(self, conn, closing=False):
+        """Hand the modules what is new of `conn`. True if its header was read for it.
+        `closing`: it ended (the writing modules read all they will)."""
         c = self.conns.get(conn)
         if c is None:
             c = self._open(conn)
@@ -258,10 +260,11 @@ class InlineChain:
                     if not hooks:
                         break      # (the records are not even decoded for it any more)
         c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
-        ends = (h["end0"], h["end1"], h["gaps"])
+        ends = (h["end0"], h["end1"], h["gaps"], h["close0"], h["close1"], closing)
         if ends == c.ends_seen:
-            return True            # no new bytes and no new gap since the last advance
+            return True            # no new bytes, gap or end since the last advance
         c.ends_seen = ends
+        held = None                # per direction: how far the writing modules before read
         for i, m in self.streaming:
             if m in flow._skipped:
                 self._let_go(c, i)
@@ -272,7 +275,15 @@ class InlineChain:
             for d in (0, 1):
                 if m in flow._skipped:
                     break
-                self._stream(c, i, m, d, h)
+                self._stream(c, i, m, d, h, held[d] if held and not closing else None)
+            if m.writes and m not in flow._skipped:
+                # what a module after it reads is what it merged: as far as it read (it may not
+                # replace bytes behind its position), as in a chain of stages
+                held = held or [None, None]
+                for d in (0, 1):
+                    sp = c.pointers.get((i, d))
+                    at = sp.tell() if sp is not None else 0
+                    held[d] = at if held[d] is None else min(held[d], at)
         return True
 
     def _let_go(self, c, i):
@@ -290,8 +301,10 @@ class InlineChain:
             # in place: the file's header is what pointers, flow.records() and gaps() read
             h["records"] = min(h["records"], lim[0])
             h["gaps"] = min(h["gaps"], lim[1])
-            h["end0"] = min(h["end0"], lim[2])
-            h["end1"] = min(h["end1"], lim[3])
+            for d in (0, 1):
+                if h[f"end{d}"] > lim[2 + d]:
+                    h[f"end{d}"] = lim[2 + d]
+                    h[f"close{d}"] = 0      # not ended as far as this batch goes
             if len(lim) > 4:
                 h["last_ts"] = lim[4]           # not the time of packets written since
         return h
@@ -321,10 +334,13 @@ class InlineChain:
         c.pointers[(i, d)] = sp
         return sp
 
-    def _stream(self, c, i, m, d, h):
+    def _stream(self, c, i, m, d, h, held=None):
+        # `held`: the stream offset the writing modules before this one read to
         sp = c.pointers.get((i, d))
         if sp is None:
             sp = self._pointer(c, i, d, m, h)
+        if held is not None and held < h[f"end{d}"]:
+            sp.refresh({**h, f"end{d}": held, f"close{d}": 0})
         else:
             sp.refresh(h)
         has_data = callable(getattr(m, "on_data", None))
@@ -344,13 +360,19 @@ class InlineChain:
             if not has_data:
                 sp.skip()                      # the module only wants gaps: pass over the bytes
                 continue
-            # do lost bytes follow these? Then they can no longer grow: the module is called
-            # once more knowing it (stream.next_gap), and what it leaves goes with the gap, or
-            # it would never reach the gap nor the bytes after it
+            # Can these bytes still grow? Not when lost bytes follow them (GAP_FOLLOWS) or the
+            # direction ended (ENDED): the module is called once more knowing it
+            # (stream.next_gap, stream.closed), e.g. to finish a message cut short. What it
+            # leaves before a gap goes with it, or it would never reach the gap nor the bytes
+            # after it
             g = sp.next_gap
-            state = (pos, avail, g is not None and g.offset == pos + avail)
+            if g is not None and g.offset == pos + avail:
+                final = GAP_FOLLOWS
+            else:
+                final = ENDED if pos + avail == sp.end_offset and sp.closed else 0
+            state = (pos, avail, final)
             if c.seen.get((i, d)) == state:
-                if state[2]:
+                if final == GAP_FOLLOWS:
                     sp.skip()
                     continue
                 break                          # nothing new since its last call: unread bytes wait

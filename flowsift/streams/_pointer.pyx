@@ -104,6 +104,7 @@ cdef class StreamPointer:
     cdef int64_t map_off          # stream offset at `base`
     cdef int64_t map_len
     cdef int64_t data_off
+    cdef bint ended               # the direction ended at `end` (as the header it was given says)
 
     def __init__(self, file, int direction, header=None):
         """`header`: the file's header as the caller just read it (and may have limited it):
@@ -127,6 +128,7 @@ cdef class StreamPointer:
         h = header if header is not None else self.file.refresh()
         old = self.end
         self.end = h[f"end{self.direction}"]
+        self.ended = h[f"close{self.direction}"] != 0
         self.start = max(0, h[f"reclaimed{self.direction}"])
         if len(self.gaps) < h["gaps"]:
             self.gaps = [(g.offset, g.length, g.reason) for g in self.file.gaps(self.direction)]
@@ -134,8 +136,9 @@ cdef class StreamPointer:
 
     @property
     def closed(self):
-        """The connection ended: nothing will be added after `end`."""
-        return bool(self.file.header[f"close{self.direction}"])
+        """The direction ended: nothing will be added after `end`. (A reader held behind the
+        gateway, e.g. by a writing module before it, sees it end only once it may read to it.)"""
+        return self.ended
 
     @property
     def eof(self):
@@ -158,7 +161,8 @@ cdef class StreamPointer:
                 i += 1
                 continue
             self.gap_i = i
-            return goff if goff > self.pos else self.pos
+            # (a gap past `end`: what a limited header leaves out)
+            return min(goff, self.end) if goff > self.pos else self.pos
         self.gap_i = i
         return self.end
 
@@ -173,7 +177,7 @@ cdef class StreamPointer:
         self._limit()
         if self.gap_i < len(self.gaps):
             goff, glen, reason = self.gaps[self.gap_i]
-            if goff <= self.pos < goff + glen:
+            if goff <= self.pos < goff + glen and goff < self.end:
                 return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
         return None
 
@@ -183,7 +187,8 @@ cdef class StreamPointer:
         self._limit()
         if self.gap_i < len(self.gaps):
             goff, glen, reason = self.gaps[self.gap_i]
-            return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
+            if goff < self.end:
+                return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
         return None
 
     cdef const uint8_t* _ptr(self, int64_t off, int64_t n) except NULL:

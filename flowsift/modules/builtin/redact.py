@@ -5,6 +5,8 @@ from flowsift.modules.base import Module, ModuleError, Option
 # Bytes left unconsumed at the end of each call, so a match that continues in the next
 # segment is still found whole (matches longer than this are found only within one call).
 LOOKBEHIND = 1024
+# Bytes before a match kept with it when it may go on in the next call (for lookbehind)
+CONTEXT = 64
 
 
 class Redact(Module):
@@ -47,18 +49,48 @@ class Redact(Module):
             return
         base = stream.tell()
         data = stream.peek_bytes()
-        done = flow.state.setdefault("done", [None, None])[d]      # masked up to, per direction
-        done = base if done is None else done
+        st = flow.state.setdefault("done", [None, None])           # masked up to, per direction
+        done = base if st[d] is None else st[d]
+        pend = flow.state.get("pend")
+        if pend and pend[d] and data:
+            # the last match ended where the bytes did (at offset `at`): it is masked, and goes
+            # on here if the pattern matches further from its start (over its own bytes as they
+            # were before masking, and a little before them for lookbehinds)
+            ctx, orig, at = pend[d]
+            pend[d] = None
+            ctx, orig = ctx.encode("latin-1"), orig.encode("latin-1")
+            m = self.regex.match(ctx + orig + data, len(ctx)) if at == base else None
+            if m is not None and m.end() > len(ctx) + len(orig):
+                n = m.end() - len(ctx) - len(orig)
+                if self._mask(stream, base, base + n, whole=False):
+                    done = max(done, base + n)
+                    if n == len(data) and not self._final(stream, base + n):
+                        pend[d] = [ctx.decode("latin-1"), (orig + data).decode("latin-1"), base + n]
         for m in self.regex.finditer(data):
             start, end = base + m.start(), base + m.end()
             if start < done or end == start:
                 continue
-            result = stream.replace(start, self.mask * (end - start))
-            if result:
-                self.count("redacted")
-                self.count("bytes", end - start)
+            if self._mask(stream, start, end):
                 done = end
-            else:
-                self.count("rejected")
-        flow.state["done"][d] = done
+                if m.end() == len(data) and not self._final(stream, end):
+                    # more bytes may extend it (password=sec|ret): looked at with them
+                    pend = flow.state.setdefault("pend", [None, None])
+                    pend[d] = [data[max(0, m.start() - CONTEXT):m.start()].decode("latin-1"),
+                               m.group().decode("latin-1"), end]
+        st[d] = done
         stream.skip(max(0, len(data) - LOOKBEHIND, done - base))
+
+    def _mask(self, stream, start, end, whole=True):
+        # `whole`: a match, not the rest of one masked already
+        if stream.replace(start, self.mask * (end - start)):
+            self.count("redacted", int(whole))
+            self.count("bytes", end - start)
+            return True
+        self.count("rejected")
+        return False
+
+    @staticmethod
+    def _final(stream, at):
+        # nothing can follow stream offset `at`: the direction ended there, or lost bytes do
+        g = stream.next_gap
+        return (g is not None and g.offset == at) or (stream.closed and at == stream.end_offset)
