@@ -36,6 +36,11 @@ def _put_field(b, l3, l4, v4, key, value):
     elif key.endswith(("sport", "dport")):
         raw = struct.pack("!H", value)
         at = l4 if key.endswith("sport") else l4 + 2
+    elif key == "tcp_flags":
+        # the checksum covers the 16-bit word it is the low byte of (with the header length)
+        old = bytes(b[l4 + 12:l4 + 14])
+        b[l4 + 13] = value
+        return old, bytes(b[l4 + 12:l4 + 14])
     else:
         return None
     old = bytes(b[at:at + len(raw)])
@@ -99,10 +104,10 @@ def _rewrite_fragment(frame, p, fields):
     proto, first = int(p["proto"]), int(p["frag_off"]) == 0
     changed = []                      # (old, new) bytes the transport checksum covers
     for key, value in fields.items():
-        if key.endswith(("sport", "dport")):
+        if key.endswith(("sport", "dport")) or key == "tcp_flags":
             if not first:
-                continue                  # the ports are in the first fragment only
-            if l4 + 4 > len(b):
+                continue                  # the ports and flags are in the first fragment only
+            if l4 + (4 if key != "tcp_flags" else 14) > len(b):
                 return None
         change = _put_field(b, l3, l4, v4, key, value)
         if change is not None:

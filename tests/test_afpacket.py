@@ -247,7 +247,7 @@ class Dropper(Module):
     Synopsis: dropper
     """
     name = "dropper"
-    writes = frozenset({"ip.ttl"})          # a verdict-giving module runs in the gateway
+    writes = frozenset({"drop"})
 
     def on_packet(self, flow, record):
         if int(flow.client.rpartition(":")[2]) % 3 == 0:

@@ -63,7 +63,8 @@ class Sneaky(Module):
     writes = {"ip.dst", "payload"}
 
     def on_packet(self, flow, record):
-        for fields in ({"tcp_dport": 1}, {"ip_dst": "2001:db8::1"}, {"ip_dst": "300.1.1.1"}, {"ip_dst": "10.9.9.9"}):
+        for fields in ({"tcp_dport": 1}, {"ip_dst": "2001:db8::1"}, {"ip_dst": "300.1.1.1"}, {"ip_dst": 167772162},
+                       {"ip_dst": "10.9.9.9"}):
             r = flow.edit(record, **fields)
             self.emit("edit", fields=str(fields), accepted=r.accepted, reason=r.reason)
 
@@ -78,10 +79,11 @@ class Sneaky(Module):
     assert reasons["{'tcp_dport': 1}"] == (False, "tcp.dport is not declared in writes")
     assert reasons["{'ip_dst': '2001:db8::1'}"][1] == "ip.dst=2001:db8::1 is IPv6 on an IPv4 packet"
     assert "not an IP address" in reasons["{'ip_dst': '300.1.1.1'}"][1]
+    assert "not an IP address" in reasons["{'ip_dst': 167772162}"][1]          # text, not a number
     assert reasons["{'ip_dst': '10.9.9.9'}"] == (True, None)
     assert all(not e["accepted"] and "outside the stream" in e["reason"] for e in res.of_kind("replace"))
     rejected = res.summary["edits"]["rejected"]
-    assert sum(rejected.values()) == 3 * len([e for e in edits if e["fields"] == "{'tcp_dport': 1}"]) + len(res.of_kind("replace"))
+    assert sum(rejected.values()) == 4 * len([e for e in edits if e["fields"] == "{'tcp_dport': 1}"]) + len(res.of_kind("replace"))
 
 
 def test_downstream_modules_see_merged_bytes(tmp_path):
@@ -197,3 +199,71 @@ class Seen(Module):
     assert client == b"GET /?" + b"X" * 15 + b"&x=1 HTTP/1.1\r\n\r\n"
     assert "".join(e["data"] for e in res.of_kind("chunk")) == client.decode()
     assert res.counters("redact")["redacted"] == 1 and res.counters("redact")["bytes"] == 15
+
+
+FLAGS_AND_DROP = '''
+from flowsift.modules import Module
+
+class Flags(Module):
+    """Clears PSH on client packets, drops the server's, and tries a port given as a bool.
+
+    Synopsis: flags
+    """
+    name = "flags"
+    writes = {"tcp.flags", "tcp.dport", "drop"}
+    reads = {"records"}
+
+    def on_packet(self, flow, record):
+        if record.dir == 0 and record.tcp_flags & 0x08:
+            r = flow.edit(record, tcp_flags=record.tcp_flags & ~0x08)
+            self.emit("flags", accepted=r.accepted)
+            r = flow.edit(record, tcp_dport=True)
+            self.emit("bool", accepted=r.accepted, reason=r.reason)
+        elif record.dir == 1 and record.payload_len:
+            flow.drop(record)
+'''
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_tcp_flags_edits_and_drops_reach_the_output(tmp_path, inline):
+    cap = segments_capture(tmp_path, client=[b"GET / HTTP/1.1\r\n\r\n"], server=[b"HTTP/1.1 200 OK\r\n\r\n"])
+    mod = tmp_path / "flags.py"
+    mod.write_text(FLAGS_AND_DROP)
+    out = tmp_path / "out.pcap"
+    res = run_module(str(mod), cap, inline=inline, write=str(out))
+    assert [e["accepted"] for e in res.of_kind("flags")] == [True]
+    assert [(e["accepted"], e["reason"]) for e in res.of_kind("bool")] == [(False, "tcp.dport=True is not an integer in 0..65535")]
+    rows = subprocess.run([require("tshark"), "-o", "tcp.check_checksum:TRUE", "-r", str(out), "-T", "fields",
+                           "-e", "tcp.srcport", "-e", "tcp.flags", "-e", "tcp.len", "-e", "tcp.checksum.status"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = [r.split("\t") for r in rows]
+    assert len(rows) == len(frames(cap)) - 1                       # the server's data segment dropped
+    assert not any(r[0] == "80" and r[2] != "0" for r in rows)
+    (data,) = [r for r in rows if r[0] == "40000" and r[2] != "0"]
+    assert int(data[1], 16) == 0x10 and data[3] == "1"           # ACK without PSH, checksum good
+
+
+def test_a_module_that_drops_without_declaring_it_is_told(tmp_path):
+    """flow.drop() from a module that does not declare "drop": it ran in a worker, and the drop
+    was lost in parallel but kept with --inline."""
+    cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
+    mod = tmp_path / "dropper.py"
+    mod.write_text('''
+from flowsift.modules import Module
+
+class Dropper(Module):
+    """Drops the server's packets, read-only.
+
+    Synopsis: dropper
+    """
+    name = "dropper"
+    reads = {"records"}
+
+    def on_packet(self, flow, record):
+        if record.dir == 1:
+            flow.drop(record)
+''')
+    for mode in ([], ["--inline"]):
+        res = run_cli("chain", mod, cap, "--strict", *mode)
+        assert res.returncode == 2
+        assert res.stderr.strip().endswith("module dropper: flow.drop() is a verdict: add 'drop' to `writes`")

@@ -36,8 +36,10 @@ HOOKS = {
 }
 
 # fields a writing module may declare (the gateway verifies edits against them)
+# ("drop": the verdict flow.drop(); like an edit it must reach egress, so the module is a stage of
+# its own in the gateway, not a worker)
 WRITABLE = frozenset({"ip.src", "ip.dst", "ip.ttl", "tcp.sport", "tcp.dport", "udp.sport", "udp.dport",
-                      "tcp.flags", "payload"})
+                      "tcp.flags", "payload", "drop"})
 
 # what a module may read of a connection: its streams' bytes (on_data, stream pointers,
 # flow.payload), its records (on_packet, flow.records, flow.totals), its gaps (on_gap, flow.gaps).
@@ -106,7 +108,11 @@ class Flow:
             self._skipped.add(self._module)
 
     def drop(self, record):
-        """Verdict: do not forward this packet (record) on egress (-w)."""
+        """Verdict: do not forward this packet (record) on egress (-w, --out). The module
+        declares "drop" in `writes`."""
+        m = self._module
+        if m is not None and "drop" not in m.writes:
+            raise ModuleError(f"module {m.name}: flow.drop() is a verdict: add 'drop' to `writes`")
         if self._editor is not None:
             self._editor.drop(record)
 

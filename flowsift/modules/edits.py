@@ -1,8 +1,8 @@
 """Verified write-back: modules ask, the gateway decides (SIFT).
 
 An edit names a record and a field the module declared in `writes` (`ip.src`, `ip.dst`,
-`ip.ttl`, `tcp.sport`, `tcp.dport`, `udp.sport`, `udp.dport`), or a same-length range of stream
-bytes (`payload`). The gateway checks the declaration and the value, merges it (header fields
+`ip.ttl`, `tcp.sport`, `tcp.dport`, `tcp.flags`, `udp.sport`, `udp.dport`), or a same-length range
+of stream bytes (`payload`); a drop (flow.drop) is declared as `drop`. The gateway checks the declaration and the value, merges it (header fields
 into the edit table that egress applies; stream bytes into the record file, where every later
 reader sees them), logs it (module, record, field, old, new), and counts it. A rejected edit is
 counted and its reason returned to the module.
@@ -15,7 +15,8 @@ from flowsift.streams._pointer import StreamPointer
 
 # keyword of flow.edit() -> the name a module declares in `writes`
 FIELDS = {"ip_src": "ip.src", "ip_dst": "ip.dst", "ip_ttl": "ip.ttl", "tcp_sport": "tcp.sport",
-          "tcp_dport": "tcp.dport", "udp_sport": "udp.sport", "udp_dport": "udp.dport"}
+          "tcp_dport": "tcp.dport", "tcp_flags": "tcp.flags", "udp_sport": "udp.sport", "udp_dport": "udp.dport"}
+LIMITS = {"ip.ttl": 255, "tcp.flags": 255}          # else a port: 65535
 
 
 class Edit(collections.namedtuple("Edit", "accepted reason")):
@@ -64,6 +65,8 @@ class Editor:
                 return self._reject(module, f"{name} on a {'tcp' if record.proto == 6 else 'udp'} packet")
             if name in ("ip.src", "ip.dst"):
                 try:
+                    if not isinstance(value, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+                        raise ValueError
                     addr = ipaddress.ip_address(value)
                 except ValueError:
                     return self._reject(module, f"{name}={value!r} is not an IP address")
@@ -71,15 +74,15 @@ class Editor:
                     return self._reject(module, f"{name}={value} is IPv{addr.version} on an IPv{record.ipver} packet")
                 checked[key] = addr
             else:
-                limit = 255 if name == "ip.ttl" else 65535
-                if not isinstance(value, int) or not 0 <= value <= limit:
+                limit = LIMITS.get(name, 65535)
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
                     return self._reject(module, f"{name}={value!r} is not an integer in 0..{limit}")
                 checked[key] = value
         merged = self.headers.setdefault(record.frame_pos, {})
         for key, value in checked.items():
             old = merged.get(key, _original(record, key))
             merged[key] = value
-            self._log(module, flow.conn, record.record_id, FIELDS[key], str(old), str(value))
+            self._log(module, flow.conn, record.record_id, FIELDS[key], _text(old), _text(value))
         # what the connection's packets in this direction are rewritten to last: late packets
         # (after its end, no record) get the same
         self.flow_fields[(flow.conn, record.dir)] = merged
@@ -128,8 +131,14 @@ def _original(record, key):
     if key in ("ip_src", "ip_dst"):
         raw = record.src if key == "ip_src" else record.dst
         return ipaddress.ip_address(raw[:4] if record.ipver == 4 else raw)
-    return {"ip_ttl": None, "tcp_sport": record.sport, "udp_sport": record.sport,
+    # (records do not keep the TTL: the log says null)
+    return {"ip_ttl": None, "tcp_sport": record.sport, "udp_sport": record.sport, "tcp_flags": record.tcp_flags,
             "tcp_dport": record.dport, "udp_dport": record.dport}[key]
+
+
+def _text(value):
+    # the edit log's old and new: numbers as numbers, addresses as text, unknown as null
+    return value if value is None or isinstance(value, int) else str(value)
 
 
 class EditableStream(StreamPointer):
