@@ -138,7 +138,7 @@ def test_stream_pointer_hooks_unread_bytes_stay_and_gaps_arrive_in_order(tmp_pat
             def on_gap(self, flow, direction, gap):
                 flow.state["order"].append(("gap", direction, gap.offset, gap.length))
             def on_close(self, flow, reason):
-                self.emit("done", client=flow.state["seen"][0].hex(), order=flow.state["order"], reason=reason)
+                self.emit("done", client_bytes=flow.state["seen"][0].hex(), order=flow.state["order"], reason=reason)
     ''')
     out = tmp_path / "events.jsonl"
     res = run_cli("chain", p, corpus / "gap__suri__tcp-simple-gap2.pcap", "--events", out, "--json")
@@ -147,7 +147,7 @@ def test_stream_pointer_hooks_unread_bytes_stay_and_gaps_arrive_in_order(tmp_pat
     from flowsift.reassembly import Reassembler
     r = Reassembler()
     r.feed_capture(corpus / "gap__suri__tcp-simple-gap2.pcap")
-    assert bytes.fromhex(ev["client"]) == bytes(r.collector.dirs[(0, 0)].data)
+    assert bytes.fromhex(ev["client_bytes"]) == bytes(r.collector.dirs[(0, 0)].data)
     kinds = [tuple(x[:2]) for x in ev["order"] if x[1] == 0]
     gap_at = kinds.index(("gap", 0))
     assert kinds[:gap_at] and all(k == ("data", 0) for k in kinds[:gap_at])     # bytes before the gap first
@@ -508,3 +508,55 @@ def test_a_module_is_called_once_more_when_its_unread_bytes_can_no_longer_grow(t
     assert res.returncode == 0, res.stderr
     events = [(e["kind"], e["text"]) for e in map(json.loads, out.read_text().splitlines()) if e["dir"] == 0]
     assert events == [("line", "HELLO\r\n"), ("rest", "no line end")]
+
+
+def test_event_times_do_not_depend_on_batches_or_mode(tmp_path, corpus, monkeypatch):
+    """An event's ts is the time of the packet it is about (on_packet: the packet; on_data: the
+    one that first carried the last byte read), not the latest packet of the batch that was
+    being read: the same events, times included, for any batch size, parallel or inline."""
+    cap = corpus / "tls__suri__tls-subjectaltname.pcap"
+    p = write_module(tmp_path, '''
+        class Pkt(Module):
+            """The time of every client packet with payload.
+
+            Synopsis: pkt
+            """
+            name = "pkt"
+            reads = {"records"}
+            def on_packet(self, flow, record):
+                if record.dir == 0 and record.payload_len:
+                    self.emit("pkt", rts=record.ts_ns)
+    ''')
+    runs = []
+    for batch, mode in (("1", []), ("512", []), ("7", ["--inline"])):
+        monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+        out = tmp_path / f"ev{batch}.jsonl"
+        res = run_cli("chain", f"tls,dns,strsearch(patterns=inline:google|HTTP),{p}", cap, "--events", out, *mode)
+        assert res.returncode == 0, res.stderr
+        runs.append(sorted(out.read_text().splitlines()))
+    assert runs[0] == runs[1] == runs[2]
+    events = [json.loads(l) for l in runs[0]]
+    pkts = [e for e in events if e["kind"] == "pkt"]
+    assert pkts and all(e["rts"] / 1e9 == e["ts"] for e in pkts)
+    assert {e["kind"] for e in events} >= {"client_hello", "query", "match"}
+
+
+def test_event_fields_may_not_replace_the_envelope(tmp_path, corpus):
+    p = write_module(tmp_path, '''
+        class Spoof(Module):
+            """Emits odd fields.
+
+            Synopsis: spoof
+            """
+            name = "spoof"
+            def on_open(self, flow):
+                self.emit("odd", raw=b"\\x00ab\\xff", tags={"b", "a"})
+                self.emit("bad", client="x")
+    ''')
+    out = tmp_path / "events.jsonl"
+    res = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--events", out, "--inline", "--strict")
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith("module spoof: event field 'client' is one every event has "
+                                       "(client, conn, kind, module, proto, server, ts): choose another name")
+    (odd,) = [json.loads(l) for l in out.read_text().splitlines()]
+    assert odd["raw"] == "\x00ab\xff" and odd["tags"] == ["a", "b"] and odd["client"] != "x"

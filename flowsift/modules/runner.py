@@ -16,7 +16,22 @@ from flowsift.streams.format import CLOSE_NAMES, endpoint
 
 # one encoder for every event (json.dumps with an argument makes a new one at each call)
 # (events are trees of plain values: no cycle check, which costs a dict per event)
-_event_json = json.JSONEncoder(default=str, check_circular=False).encode
+def _plain(value):
+    # event field values JSON has no type for: bytes as latin-1 text (one character per byte),
+    # sets as lists, anything else as its text
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("latin-1")
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    return str(value)
+
+
+_event_json = json.JSONEncoder(default=_plain, check_circular=False).encode
+# what every event carries: a module's fields of these names would replace them
+ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server"})
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 
 
@@ -46,7 +61,8 @@ def passive(cls):
 
 
 class _Conn:
-    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved")
+    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved",
+                 "times")
 
     def __init__(self, flow, file):
         self.flow = flow
@@ -58,11 +74,40 @@ class _Conn:
         self.events = []         # event lines held until the connection is done (worker mode)
         self.gaps_seen = {}      # module index -> gap entries already handed to its on_gap (gap-only modules)
         self.ends_seen = None    # (end0, end1, gaps, close0, close1, closing) at the last advance: nothing new, nothing to do
+        self.times = None        # _PacketTimes, once a module emits while reading bytes
 
 
 GAP_FOLLOWS, ENDED = 1, 2     # why bytes a module left unread can no longer grow (_stream)
 _AGAIN = "again"               # a checkpoint entry: read this connection again from its first record
 _OPEN = "@@flowsift-open@@"      # where a checkpoint's open connections are put in
+
+
+class _PacketTimes:
+    """Which packet first carried a stream byte, for the time of an event a module emits while
+    reading: read from the connection's records as they come (only for connections with such
+    events), so the time does not depend on how packets were batched."""
+
+    def __init__(self):
+        self.read = 0                # records taken in so far
+        self.dirs = ([], [])         # per direction: numpy arrays (start, end, ts_ns) of records with payload
+
+    def at(self, rf, d, offset, records):
+        import numpy as np
+        if records > self.read:
+            a = rf.record_array(self.read, records)
+            h = rf.header
+            with_payload = a[a["payload_len"] > 0]
+            for k in (0, 1):
+                r = with_payload[with_payload["dir"] == k]
+                if len(r):
+                    start = r["seq_offset"] - (h[f"origin{k}"] if h["proto"] == 6 else 0)
+                    self.dirs[k].append((start, start + r["payload_len"], r["ts_ns"]))
+            self.read = records
+        for start, end, ts in self.dirs[d]:
+            hit = np.flatnonzero((start <= offset) & (offset < end))
+            if len(hit):
+                return int(ts[hit[0]])
+        return None
 
 
 class InlineChain:
@@ -120,14 +165,18 @@ class InlineChain:
         self._current = None
         self._closing = None
         self._limits = None
+        self._when = None         # what gives the time of an event now (see _event_time)
 
     # --- events and failures ---
     def _on_emit(self, module, kind, fields):
+        if not ENVELOPE.isdisjoint(fields):
+            raise ModuleError(f"module {module.name}: event field {sorted(ENVELOPE.intersection(fields))[0]!r} "
+                              f"is one every event has ({', '.join(sorted(ENVELOPE))}): choose another name")
         self.event_count += 1
         if self.events is None and not self.hold_events:
             return
         flow = self._current
-        line = {"ts": flow.last_ts / 1e9 if flow else None, "module": module.name, "kind": kind}
+        line = {"ts": self._event_time(flow) / 1e9 if flow else None, "module": module.name, "kind": kind}
         if flow is not None:
             line.update(flow.key())
         line.update(fields)
@@ -137,6 +186,23 @@ class InlineChain:
             holder.events.append(text)
         elif self.events is not None:
             self.events.write(text)
+
+    def _event_time(self, flow):
+        """When an event happened: the packet a module was handed (on_packet), the one that
+        first carried the last byte it read (on_data) or the first byte after a gap (on_gap);
+        else (on_open, on_close) the connection's latest packet."""
+        when = self._when
+        if when is None:
+            return flow.last_ts
+        if isinstance(when, int):
+            return when
+        c, d, offset = when if len(when) == 3 else (when[0], when[1], max(when[2].tell() - 1, 0))
+        if c.file is None:
+            return flow.last_ts
+        if c.times is None:
+            c.times = _PacketTimes()
+        ts = c.times.at(c.file, d, offset, c.file.header["records"])
+        return flow.last_ts if ts is None else ts
 
     def _counting(self, count):
         # counters travel with their connection's "done", so a restart cannot count them twice
@@ -253,12 +319,14 @@ class InlineChain:
         if self.by_hook["on_packet"] and h["records"] > c.next_record:
             hooks = [m for _, m in self.by_hook["on_packet"]]
             for rec in c.file.records(c.next_record, h["records"]):
+                self._when = rec.ts_ns
                 for m in hooks:
                     self._call(m, "on_packet", flow, rec)
                 if flow._skipped:
                     hooks = [m for m in hooks if m not in flow._skipped]
                     if not hooks:
                         break      # (the records are not even decoded for it any more)
+            self._when = None
         c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
         ends = (h["end0"], h["end1"], h["gaps"], h["close0"], h["close1"], closing)
         if ends == c.ends_seen:
@@ -315,7 +383,9 @@ class InlineChain:
         if h["gaps"] > seen:
             from flowsift.reassembly.events import Gap
             for g in c.file.gaps()[seen:]:
+                self._when = (c, g.dir, g.offset + g.length)
                 self._call(m, "on_gap", c.flow, g.dir, Gap(c.flow.conn, g.dir, g.offset, g.length, g.reason))
+                self._when = None
                 if m in c.flow._skipped:
                     break
             c.gaps_seen[i] = h["gaps"]
@@ -349,7 +419,9 @@ class InlineChain:
             gap = sp.at_gap
             if gap is not None:
                 if has_gap:
+                    self._when = (c, d, gap.offset + gap.length)
                     self._call(m, "on_gap", c.flow, d, gap)
+                    self._when = None
                     if m in c.flow._skipped:
                         break
                 sp.skip_gap()
@@ -377,7 +449,9 @@ class InlineChain:
                     continue
                 break                          # nothing new since its last call: unread bytes wait
             c.seen[(i, d)] = state
+            self._when = (c, d, sp, None)
             self._call(m, "on_data", c.flow, sp)
+            self._when = None
             if m in c.flow._skipped:
                 break
 

@@ -46,13 +46,17 @@ class StrSearch(Module):
         tails = flow.state.setdefault("tails", [None, None])      # per direction: [offset, text]
         tail_off, tail = tails[d] or (stream.tell(), "")
         # bytes as latin-1 text: one character per byte, so offsets stay byte offsets
-        text = tail + stream.read_bytes().decode("latin-1")
+        here = stream.tell()
+        text = tail + stream.peek_bytes().decode("latin-1")
         hay = text.lower() if self.nocase else text
         for end, (pattern, n) in self.auto.iter(hay):
             if end >= len(tail):                   # a match not already reported from the tail
+                # read to its last byte first: the event's time is that byte's packet's
+                stream.skip(tail_off + end + 1 - stream.tell())
                 self.emit("match", direction="c2s" if d == 0 else "s2c", pattern=pattern,
                           offset=tail_off + end - n + 1)
                 self.count("matches")
+        stream.skip(here + len(text) - len(tail) - stream.tell())
         keep = text[-(self.longest - 1):] if self.longest > 1 else ""
         tails[d] = [tail_off + len(text) - len(keep), keep]
 
