@@ -43,13 +43,14 @@ def run_module(spec, capture, strict=True, **options):
 
 
 def _register(cls):
-    """A Module class given directly: make it findable by a file path-free name."""
+    """A Module class given directly: findable under a name of its own (each class its own, a
+    class defined in a function too), which no built-in, entry point or file can have."""
     from flowsift.modules import loader
     from flowsift.modules.base import validate
     validate(cls, "test")
-    key = f"{cls.__module__}:{cls.__name__}"
-    loader.BUILTINS.setdefault(cls.name, key)
-    return cls.name
+    key = f"{cls.name}@{id(cls):x}"
+    loader.GIVEN[key] = cls
+    return key
 
 
 def segments_capture(directory, client=(), server=(), port=80, handshake=True, close=True, name="segments.pcap"):

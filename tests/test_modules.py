@@ -28,7 +28,7 @@ def test_builtin_and_file_modules_and_options(tmp_path):
             def on_open(self, flow):
                 self.count("hi", self.config["times"])
     ''')
-    chain = parse_chain(f"counter,{p}(times=3,loud=yes),{p}:Greeter")
+    chain = parse_chain(f"counter,{p}(times=3,loud=yes)") + parse_chain(f"{p}:Greeter")
     assert [(c.name, cfg) for c, cfg in chain] == [("counter", {}), ("greeter", {"times": 3, "loud": True}),
                                                   ("greeter", {"times": 1, "loud": False})]
 
@@ -560,3 +560,54 @@ def test_event_fields_may_not_replace_the_envelope(tmp_path, corpus):
                                        "(client, conn, kind, module, proto, server, ts): choose another name")
     (odd,) = [json.loads(l) for l in out.read_text().splitlines()]
     assert odd["raw"] == "\x00ab\xff" and odd["tags"] == ["a", "b"] and odd["client"] != "x"
+
+
+@pytest.mark.parametrize("init,needle", [
+    ("""
+            def __init__(self, config=None):
+                super().__init__(config)
+                raise FileNotFoundError("words.txt")
+    """, "module broken: cannot start: FileNotFoundError: words.txt"),
+    ("""
+            def __init__(self):
+                super().__init__()
+    """, "module broken: cannot start: TypeError: "),
+    ("""
+            def __init__(self, config=None):
+                self.n = 0
+            def on_open(self, flow):
+                self.count("opens")
+    """, "module broken: its __init__ must call super().__init__(config)"),
+])
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_a_module_that_cannot_start_is_one_line_before_the_first_packet(tmp_path, corpus, init, needle, mode):
+    """Its __init__ raising was an internal error (exit 1); without super().__init__() the
+    workers died on flowsift's own attributes, 101 times, printing each traceback."""
+    p = write_module(tmp_path, '''
+        class Broken(Module):
+            """Does not start.
+
+            Synopsis: broken
+            """
+            name = "broken"
+    ''' + init)
+    res = run_cli("chain", p, corpus / "http__zeek__get.pcap", *mode)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
+
+
+def test_a_module_is_in_a_chain_once(tmp_path, corpus):
+    """Counters, events and state go by module name: a second counter (or a file module named
+    counter) mixed its counters into the first's."""
+    p = write_module(tmp_path, '''
+        class Mine(Module):
+            """Also called counter.
+
+            Synopsis: counter
+            """
+            name = "counter"
+    ''')
+    for chain in ("counter,counter", f"counter,{p}"):
+        res = run_cli("chain", chain, corpus / "http__zeek__get.pcap")
+        assert res.returncode == 2
+        assert res.stderr.startswith("flowsift: module counter is in the chain twice")

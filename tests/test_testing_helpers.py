@@ -35,3 +35,27 @@ def test_a_module_class_directly_and_strict_errors(tmp_path):
         run_module(Echo, cap)
     result = run_module(Echo, cap, strict=False)
     assert "".join(e["text"] for e in result.of_kind("said")) == "hello world"
+
+
+def test_each_class_given_is_run_itself(tmp_path):
+    """Classes were registered by name, once for the session: a second class named like an
+    earlier one (or like a built-in) ran the earlier one, and a class defined in a function could
+    not be found at all."""
+    from flowsift.modules import Module
+    cap = segments_capture(tmp_path, client=[b"hi"], server=[b"yo"])
+
+    def make(tag, name="hello"):
+        class Hello(Module):
+            """Says hello.
+
+            Synopsis: hello
+            """
+            def on_open(self, flow):
+                self.emit("hi", tag=tag)
+        Hello.name = name
+        return Hello
+
+    assert [e["tag"] for e in run_module(make("a"), cap).events] == ["a"]
+    assert [e["tag"] for e in run_module(make("b"), cap).events] == ["b"]
+    assert [e["tag"] for e in run_module(make("c", name="counter"), cap).events] == ["c"]
+    assert [e["kind"] for e in run_module("counter", cap).events] == ["flow"]          # the built-in still

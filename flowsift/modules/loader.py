@@ -50,6 +50,25 @@ def _from_file(spec):
     return validate(found[0], path)
 
 
+def start(cls, config):
+    """An instance of module `cls` with its options: what goes wrong in its __init__ is one line
+    naming it, as a bad declaration is."""
+    try:
+        m = cls(config)
+    except ModuleError:
+        raise
+    except Exception as e:
+        raise ModuleError(f"module {cls.name}: cannot start: {type(e).__name__}: {e}") from None
+    if not all(hasattr(m, a) for a in ("config", "counters", "_emit")):
+        raise ModuleError(f"module {cls.name}: its __init__ must call super().__init__(config)")
+    return m
+
+
+# Module classes given as objects (flowsift.testing.run_module), under names no file, built-in
+# or entry point can have
+GIVEN = {}
+
+
 def plugins():
     """{name: "entry point VALUE"} of the modules installed packages declare in the
     `flowsift.modules` entry-point group."""
@@ -60,6 +79,8 @@ def find(name):
     """The module class for a name, an entry point or `path/to/file.py[:Class]`."""
     if name.endswith(".py") or ".py:" in name:
         return _from_file(name)
+    if name in GIVEN:
+        return GIVEN[name]
     if name in BUILTINS:
         return _import(BUILTINS[name], f"built-in {name}")
     for ep in entry_points(group="flowsift.modules"):
@@ -120,4 +141,9 @@ def parse_chain(text):
                 raise ModuleError(f"module {cls.name}: no option {key!r} (options: {', '.join(cls.options) or 'none'})")
             config[key] = cls.options[key].parse(cls.name, key, value.strip())
         chain.append((cls, config))
+    names = [cls.name for cls, _ in chain]
+    for name in names:
+        if names.count(name) > 1:
+            raise ModuleError(f"module {name} is in the chain twice: its counters, events and state go by its "
+                              f"name (give one module all it needs, or name a copy differently)")
     return chain

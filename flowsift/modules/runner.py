@@ -11,6 +11,7 @@ import sys
 
 from flowsift.io._connset import ConnSet
 from flowsift.modules.base import ModuleError, trimmed_traceback
+from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams.format import CLOSE_NAMES, endpoint
 
@@ -123,7 +124,7 @@ class InlineChain:
         (default: an embedded one over `store`)."""
         from flowsift.modules.base import Flow
         self._Flow = Flow
-        self.modules = [cls(config) for cls, config in chain]
+        self.modules = [start(cls, config) for cls, config in chain]
         self.store = store
         self.path_of = path_of or store.path
         self.on_done = on_done

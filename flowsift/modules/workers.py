@@ -19,7 +19,7 @@ import sys
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
 from flowsift.modules.base import ModuleError
-from flowsift.modules.loader import parse_chain
+from flowsift.modules.loader import parse_chain, start
 from flowsift.modules.runner import InlineChain, join_checkpoint, passive
 from flowsift.modules.state import AppendOnly
 
@@ -271,7 +271,7 @@ class ParallelChain:
         self.events = events
         self.strict = strict
         self.names = [cls.name for cls, _ in chain]
-        self.modules = [cls(config) for cls, config in chain]     # for summaries and tables
+        self.modules = [start(cls, config) for cls, config in chain]     # for summaries and tables
         if registry is None:
             from flowsift.registry import EmbeddedRegistry
             registry = EmbeddedRegistry(store=store)
