@@ -69,6 +69,13 @@ def _run(path, label, work, as_json, render):
         _fail(result["error"])
 
 
+def _refuse_overwrite(inputs, outputs):
+    """Every output path checked against every input (and the others) before anything is
+    opened for writing (flowsift.paths)."""
+    from flowsift.paths import refuse_overwrite
+    refuse_overwrite(inputs, outputs)
+
+
 def _limits(source, count, duration):
     if count is None and duration is None:
         return source               # (a file run need not load the live sources)
@@ -163,6 +170,15 @@ def streams(
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    if output is not None and os.path.isdir(output):
+        # index.jsonl is rewritten and an earlier run's stream files removed first
+        from flowsift.reassembly._filesink import _STREAM_FILE
+        try:
+            names = [n for n in os.listdir(output) if n == "index.jsonl" or _STREAM_FILE.match(n)]
+        except OSError:
+            names = []              # (the sink says why it cannot write there)
+        _refuse_overwrite([("input capture", capture)],
+                          [(f"-o {output}: the output file", os.path.join(output, n)) for n in names])
     bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
@@ -351,6 +367,7 @@ def chain(
     from flowsift.chain import run_chain
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events)])
     out = sys.stdout if events == "-" else None
     try:
         if out is None:
@@ -424,6 +441,7 @@ def replay(
     if concurrency < 1:
         _fail("--concurrency must be at least 1")
     bounds = parse_settings(reassembly)
+    _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
         if store is None:

@@ -136,3 +136,41 @@ def test_batch_size_changes_nothing_but_the_batches(tmp_path, monkeypatch):
     want = json.loads(run_cli("stats", path, "--json", check=True).stdout)
     monkeypatch.setenv("FLOWSIFT_BATCH", "1")
     assert json.loads(run_cli("stats", path, "--json", check=True).stdout) == want
+
+
+# --- outputs that are inputs: refused before anything is opened for writing ---
+
+def test_chain_output_that_is_the_input_capture_is_refused(tmp_path):
+    # opened for writing first, the capture was emptied before it was read (SIGBUS)
+    cap = write(tmp_path, "in.pcap", GOOD)
+    (tmp_path / "link.pcap").symlink_to(cap)
+    os.link(cap, tmp_path / "hard.pcap")
+    for args, option in [(["-w", tmp_path / "link.pcap"], "-w"), (["-w", cap], "-w"),
+                         (["--events", tmp_path / "hard.pcap"], "--events")]:
+        one_line_error(run_cli("chain", "redact(pattern=x)", cap, *args), option, "is the input capture")
+    one_line_error(run_cli("chain", "counter", cap, "-w", tmp_path / "o.pcap", "--events", tmp_path / "o.pcap"),
+                   "are the same file")
+    assert cap.read_bytes() == GOOD
+
+
+def test_streams_never_removes_the_input_capture(tmp_path):
+    # an earlier run's stream files are removed from -o DIR first: the input named like one is not
+    out = tmp_path / "out"
+    out.mkdir()
+    cap = write(out, "c000001-10.0.0.1.1-10.0.0.2.2.c2s", GOOD)
+    one_line_error(run_cli("streams", cap, "-o", out), "is the input capture")
+    assert cap.read_bytes() == GOOD
+    index = write(out, "index.jsonl", GOOD)
+    one_line_error(run_cli("streams", index, "-o", out), "is the input capture")
+    assert index.read_bytes() == GOOD
+
+
+def test_replay_report_that_is_an_input_is_refused(tmp_path):
+    cap = write(tmp_path, "in.pcap", GOOD)
+    one_line_error(run_cli("replay", cap, "--to", "127.0.0.1:1", "--report", cap), "--report", "is the input capture")
+    store = tmp_path / "st"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    rec = sorted(store.glob("c*.rec"))[0]
+    size = rec.stat().st_size          # (a record file is sparse and large: its size says enough)
+    one_line_error(run_cli("replay", "--store", store, "--to", "127.0.0.1:1", "--report", rec), "a file of the store")
+    assert rec.stat().st_size == size and cap.read_bytes() == GOOD
