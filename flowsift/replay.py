@@ -441,9 +441,14 @@ def _store_of(source, store, filter_expression, on_progress, policy="first", rea
         raise UsageError("give a capture, or --store DIR")
     from flowsift.gateway import Gateway
     g = Gateway(None, keep=True, filter_expression=filter_expression, policy=policy, **(reassembly or {}))
-    summary = g.run_capture(source, on_progress=on_progress)
-    if summary["error"]:
-        raise FlowsiftError(summary["error"])
+    try:
+        summary = g.run_capture(source, on_progress=on_progress)
+        if summary["error"]:
+            raise FlowsiftError(summary["error"])
+    except BaseException:
+        # the store is ours: a capture that cannot be read (or Ctrl-C while reading it) leaves none
+        shutil.rmtree(g.store_dir, ignore_errors=True)
+        raise
     return g.store_dir, g.store_dir
 
 

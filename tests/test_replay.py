@@ -394,3 +394,28 @@ def test_a_capture_is_reassembled_with_the_bounds_given(corpus):
         counts.append(len(store_files(directory)))
         shutil.rmtree(temporary)
     assert counts[0] == 39 and counts[1] > 100
+
+
+def _stores_of(source):
+    """The stores under /dev/shm (shared with other runs) made for `source`."""
+    found = []
+    for d in Path("/dev/shm").glob("flowsift-store-*"):
+        try:
+            if json.loads((d / "store.json").read_text()).get("source") == str(source):
+                found.append(d)
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def test_a_capture_that_cannot_be_read_leaves_no_store(tmp_path, corpus):
+    # the temporary store of a replayed capture is removed on every way out, errors included
+    cut = tmp_path / "t1000.pcap"
+    cut.write_bytes((corpus / "http__dpkt__http.pcap").read_bytes()[:1000])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        for source, words in ((tmp_path / "nope.pcap", "no such file"), (cut, "cut short")):
+            res = run_cli("replay", source, "--to", f"127.0.0.1:{s.getsockname()[1]}")
+            assert res.returncode == 2 and words in res.stderr, res.stderr
+            assert _stores_of(source) == []
