@@ -210,3 +210,13 @@ def test_inspect_tables_show_every_value_whole_at_any_width(tmp_path, width):
         assert str(r["seq"]) in words and str(r["ack"]) in words
     assert (f"{one['record_list'][0]['id']:#018x}" in words) == (width == 160)
     assert ("id: first id + #" in text) == (width == 80)
+
+
+def test_late_packets_of_the_summary_are_the_engines(corpus, tmp_path):
+    # packets after their connection ended were counted by the engine only: the top-level
+    # field, the store's count, said 0
+    cap = corpus / "vlan__pcpp__example2.pcap"
+    out = json.loads(run_cli("gateway", cap, "--store", tmp_path / "st", "--json", check=True).stdout)
+    assert out["late_packets"] == out["engine"]["late_packets"] == 73
+    out = json.loads(run_cli("chain", "counter", cap, "--events", "/dev/null", "--json", check=True).stdout)
+    assert out["late_packets"] == out["engine"]["late_packets"] == 73
