@@ -398,7 +398,7 @@ def replay(
     speed: str = typer.Option("max", "--speed", metavar="X",
                               help="'max' (as fast as possible), or a multiple of the original pace: 1, 10..."),
     concurrency: int = typer.Option(8, "--concurrency", "-j", metavar="N", help="Connections replayed at once."),
-    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections."),
+    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections (0: no limit)."),
     partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream."),
     match: str = typer.Option("exact", "--match", metavar="MODE",
                               help="exact (bytes), or http: status, headers (volatile ones ignored) and body."),

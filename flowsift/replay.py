@@ -459,6 +459,8 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled."""
     from flowsift.streams.reader import store_files
     host, port = parse_target(to)
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit {limit}: a number of connections (0: no limit)")
     if match not in ("exact", "http"):
         raise UsageError(f"--match {match!r}: exact or http")
     if ignore_body:

@@ -230,7 +230,8 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", "no-such-host.invalid:80"), "cannot resolve no-such-host.invalid"),
                         (("--to", "localhost"), "expected HOST:PORT"),
                         (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number"),
-                        (("--to", f"127.0.0.1:{port}", "--reassembly", "memcap=lots"), "memcap=lots: size expected")):
+                        (("--to", f"127.0.0.1:{port}", "--reassembly", "memcap=lots"), "memcap=lots: size expected"),
+                        (("--to", f"127.0.0.1:{port}", "--limit", "-1"), "--limit -1: a number of connections")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
