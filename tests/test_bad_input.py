@@ -174,3 +174,10 @@ def test_replay_report_that_is_an_input_is_refused(tmp_path):
     size = rec.stat().st_size          # (a record file is sparse and large: its size says enough)
     one_line_error(run_cli("replay", "--store", store, "--to", "127.0.0.1:1", "--report", rec), "a file of the store")
     assert rec.stat().st_size == size and cap.read_bytes() == GOOD
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_backlog_below_one_is_refused(tmp_path, value):
+    # it gave up every connection at once: a chain that read nothing, exit 0
+    one_line_error(run_cli("chain", "counter", write(tmp_path, "good.pcap", GOOD), "--max-backlog", value,
+                           "--events", "/dev/null"), f"--max-backlog {value}: a number of batches, 1 or more")
