@@ -302,6 +302,19 @@ def test_unreachable_registry_is_one_line_exit_2(corpus, redis_server):
     assert res.returncode == 2 and "expected redis://" in res.stderr
 
 
+@pytest.mark.parametrize("url,words", [("redis://[::1", "Invalid IPv6 URL"), ("redis://:secret@[::1", "Invalid IPv6"),
+                                       ("redis://localhost:abc/0", "Port could not be cast"),
+                                       ("redis://localhost:99999/0", "Port out of range")])
+def test_a_registry_url_that_does_not_parse_is_a_usage_error(corpus, url, words):
+    # urllib's ValueError came out as an internal error, exit 1
+    for args in (("gateway", corpus / "http__tcpflow__jpegs.cap"), ("module", "counter")):
+        res = run_cli(*args, "--registry", url)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "expected redis://" in lines[0], res.stderr
+        assert "secret" not in res.stderr
+
+
 def test_passwords_and_acl_users(tmp_path, corpus):
     cap = corpus / "http__tcpflow__jpegs.cap"
     server = RedisServer(tmp_path, "--requirepass", "s3cret")
