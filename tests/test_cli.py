@@ -220,3 +220,15 @@ def test_late_packets_of_the_summary_are_the_engines(corpus, tmp_path):
     assert out["late_packets"] == out["engine"]["late_packets"] == 73
     out = json.loads(run_cli("chain", "counter", cap, "--events", "/dev/null", "--json", check=True).stdout)
     assert out["late_packets"] == out["engine"]["late_packets"] == 73
+
+
+def test_streams_summary_has_every_field_when_reading_stops_at_a_defect(corpus, tmp_path):
+    whole = corpus / "http__dpkt__http.pcap"
+    cut = tmp_path / "t1000.pcap"
+    cut.write_bytes(whole.read_bytes()[:1000])
+    good = json.loads(run_cli("streams", whole, "--discard", "--json", check=True).stdout)
+    res = run_cli("streams", cut, "--discard", "--json")
+    assert res.returncode == 2
+    out = json.loads(res.stdout)
+    assert out["error"] and set(out) == set(good)
+    assert out["capture_packets"] == 5 and out["not_decoded"] == 0
