@@ -1,5 +1,6 @@
 """The command line as a user meets it."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -232,3 +233,23 @@ def test_streams_summary_has_every_field_when_reading_stops_at_a_defect(corpus, 
     out = json.loads(res.stdout)
     assert out["error"] and set(out) == set(good)
     assert out["capture_packets"] == 5 and out["not_decoded"] == 0
+
+
+def test_inspect_says_a_record_file_is_truncated(corpus, tmp_path, monkeypatch):
+    # a closed file cut short read as "closed by the gateway" and "the gateway did not close
+    # this file" at once, its streams 0 bytes long, exit 0; a store listed it as closed
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "http__dpkt__http.pcap", "--store", store, "--keep", check=True)
+    rec = store / "c00000000.rec"
+    os.truncate(rec, 5000)
+    said = "truncated: the file ends at byte 5,000, its header says 479 c2s bytes (0 in the file), " \
+           "18,364 s2c bytes (0 in the file)"
+    monkeypatch.setenv("COLUMNS", "300")
+    res = run_cli("inspect", rec, check=True)
+    assert said in res.stdout
+    assert "closed by the gateway" not in res.stdout and "did not close" not in res.stdout
+    out = json.loads(run_cli("inspect", rec, "--json", check=True).stdout)
+    assert out["truncated"] == said and "cut" not in out
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert [c["truncated"] for c in out["connections"]] == [True, False, False]
+    assert out["problems"] == [f"c00000000.rec: {said}"]

@@ -79,6 +79,8 @@ class RecordFile:
         size = self._size
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
+            # what the header says, for telling what is missing (`missing`)
+            self.header_says = {k: h[k] for k in ("records", "gaps", "end0", "end1")}
             fit = lambda off, unit: max(0, (size - off) // unit)
             h["records"] = min(h["records"], fit(h["records_off"], F.RECORD_SIZE))
             h["gaps"] = min(h["gaps"], fit(h["gaps_off"], F.GAP_SIZE))
@@ -172,6 +174,25 @@ class RecordFile:
                 break
             n, i = n + 1, i + 1
         return n
+
+    @property
+    def missing(self):
+        """None, or for a file shorter than its layout (cut by hand, a full disk): one line on
+        where it ends and what its header says lies beyond."""
+        if not self.truncated:
+            return None
+        says, h = self.header_says, self.header
+        if says == {k: h[k] for k in says}:
+            return None                        # everything the header counts is in the file
+        parts = []
+        if says["records"] != h["records"]:
+            parts.append(f"{says['records']:,} records ({h['records']:,} in the file)")
+        if says["gaps"] != h["gaps"]:
+            parts.append(f"{says['gaps']:,} gaps ({h['gaps']:,} in the file)")
+        for d, name in ((0, "c2s"), (1, "s2c")):
+            if says[f"end{d}"] != h[f"end{d}"]:
+                parts.append(f"{says[f'end{d}']:,} {name} bytes ({h[f'end{d}']:,} in the file)")
+        return f"truncated: the file ends at byte {self._size:,}, its header says " + ", ".join(parts)
 
     @property
     def cut(self):
