@@ -3,7 +3,7 @@ import json
 import os
 
 from flowsift.streams import format as F
-from flowsift.streams.reader import RecordFile, StoreError, store_files
+from flowsift.streams.reader import RecordFile, StoreError, check_store, store_files
 
 
 def _flags(rflags):
@@ -44,13 +44,22 @@ def describe_file(path, n_records=20):
 
 
 def describe_store(directory):
-    manifest = None
+    check_store(directory)
+    manifest, problems = None, []
     try:
         with open(os.path.join(directory, "store.json")) as f:
             manifest = json.load(f)
-    except (OSError, ValueError):
-        pass
-    conns, problems = [], []
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except FileNotFoundError:
+        problems.append("store.json: missing (the gateway writes it first: these files come from elsewhere)")
+    except (OSError, ValueError) as e:
+        manifest = None
+        problems.append(f"store.json: cannot be read: {getattr(e, 'strerror', None) or e}")
+    if manifest is not None and not manifest.get("complete"):
+        why = f": {manifest['error']}" if manifest.get("error") else ""
+        problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")
+    conns = []
     for path in store_files(directory):
         try:
             with RecordFile(path) as rf:

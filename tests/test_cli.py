@@ -253,3 +253,21 @@ def test_inspect_says_a_record_file_is_truncated(corpus, tmp_path, monkeypatch):
     out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
     assert [c["truncated"] for c in out["connections"]] == [True, False, False]
     assert out["problems"] == [f"c00000000.rec: {said}"]
+
+
+def test_inspect_tells_a_store_that_is_not_whole_or_not_a_store(corpus, tmp_path):
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "http__dpkt__http.pcap", "--store", store, "--keep", check=True)
+    assert json.loads(run_cli("inspect", store, "--json", check=True).stdout)["problems"] == []
+    manifest = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**manifest, "complete": False, "error": "disk full"}))
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert out["problems"] == ["store.json: incomplete (being written, or its gateway stopped before the end: "
+                               "disk full)"]
+    (store / "store.json").write_text("{garbage")
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert len(out["problems"]) == 1 and out["problems"][0].startswith("store.json: cannot be read: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli("inspect", empty)
+    assert res.returncode == 2 and res.stderr == f"flowsift: {empty}: not a store (no record files, no store.json)\n"

@@ -227,3 +227,16 @@ def store_files(directory):
     except FileNotFoundError:
         raise StoreError(f"{directory}: no such store directory") from None
     return [os.path.join(directory, n) for n in names]
+
+
+def check_store(directory):
+    """Raise StoreError unless `directory` is a store: it holds record files or a store.json
+    (an empty directory, or any other, would read as a store without connections)."""
+    if not os.path.isdir(directory):
+        raise StoreError(f"{directory}: no such store directory")
+    try:
+        names = os.listdir(directory)
+    except OSError as e:
+        raise StoreError(f"{directory}: cannot read the store: {e.strerror}") from None
+    if "store.json" not in names and not any(n.endswith((".rec", ".rec.new")) for n in names):
+        raise StoreError(f"{directory}: not a store (no record files, no store.json)")
