@@ -444,8 +444,8 @@ def replay(
     _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
-        if store is None:
-            _fail("--unacked replays a kept store: give --store DIR")
+        if store is None or source is not None:
+            _fail("--unacked replays a kept store: give --store DIR (and no capture)")
         result = replay_unacked(store, to, timeout=timeout, report=report)
         typer.echo(json.dumps(result)) if as_json else print_replay(result)
         return

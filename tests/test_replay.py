@@ -231,7 +231,14 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", "localhost"), "expected HOST:PORT"),
                         (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number"),
                         (("--to", f"127.0.0.1:{port}", "--reassembly", "memcap=lots"), "memcap=lots: size expected"),
-                        (("--to", f"127.0.0.1:{port}", "--limit", "-1"), "--limit -1: a number of connections")):
+                        (("--to", f"127.0.0.1:{port}", "--limit", "-1"), "--limit -1: a number of connections"),
+                        (("--to", "127.0.0.1:99999"), "port 99999 is not from 1 to 65535"),
+                        (("--to", "[::1"), "expected HOST:PORT"), (("--to", "::1"), "expected HOST:PORT"),
+                        (("--to", f"127.0.0.1:{port}", "--timeout", "0"), "--timeout 0: seconds, more than 0"),
+                        (("--to", f"127.0.0.1:{port}", "--timeout", "-1"), "--timeout -1: seconds"),
+                        (("--to", f"127.0.0.1:{port}", "--idle", "-1"), "--idle -1: seconds, more than 0"),
+                        (("--to", f"127.0.0.1:{port}", "--server-port", "99999"), "--server-port 99999: a port"),
+                        (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
@@ -420,3 +427,21 @@ def test_a_capture_that_cannot_be_read_leaves_no_store(tmp_path, corpus):
             res = run_cli("replay", source, "--to", f"127.0.0.1:{s.getsockname()[1]}")
             assert res.returncode == 2 and words in res.stderr, res.stderr
             assert _stores_of(source) == []
+
+
+def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_errors(tmp_path, corpus):
+    # the capture was ignored for the store; a directory that is no store replayed nothing, exit 0
+    store, adir = tmp_path / "st", tmp_path / "adir"
+    run_cli("gateway", BRO, "--store", store, "--keep", check=True)
+    adir.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        to = f"127.0.0.1:{s.getsockname()[1]}"
+        for args, line in (((BRO, "--store", store), "give a capture or --store DIR, not both"),
+                           (("--store", adir), f"{adir}: not a store (no record files, no store.json)"),
+                           (("--store", adir, "--unacked"), f"{adir}: not a store (no record files, no store.json)"),
+                           ((BRO, "--store", store, "--unacked"), "--unacked replays a kept store: give --store DIR "
+                                                                  "(and no capture)")):
+            res = run_cli("replay", *args, "--to", to)
+            assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n", res.stderr
