@@ -572,11 +572,42 @@ def _rich_help():
 _rich_help()
 
 
+def _usage_error(e):
+    """click's usage error (unknown option or command, missing or bad argument) as one line,
+    `flowsift: COMMAND: what (see flowsift COMMAND --help)`, instead of its usage block."""
+    import click
+    ctx = e.ctx
+    command = ctx.info_name if ctx is not None and ctx.parent is not None else None
+    if ctx is None:
+        # (an option missing its value is raised without a context: the command is the first
+        # word that names one)
+        names = typer.main.get_command(app).commands
+        command = next((a for a in sys.argv[1:] if a in names), None)
+    what = " ".join(e.format_message().split())
+    what = what[:1].lower() + what[1:]
+    what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
+    see = f"flowsift {command} --help" if command else "flowsift --help"
+    typer.echo(f"flowsift: {command + ': ' if command else ''}{what} (see {see})", err=True)
+    sys.exit(e.exit_code if isinstance(e, click.UsageError) else 2)
+
+
 def main():
+    import click
     signal.signal(signal.SIGTERM, _terminated)
     collect_less()
     try:
-        app()
+        # not standalone: click's errors come here to be said in one line
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()                    # no arguments at all: the help, as before
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        _usage_error(e)
+    except click.Abort:
+        typer.echo("flowsift: aborted", err=True)
+        sys.exit(1)
     except FlowsiftError as e:
         typer.echo(f"flowsift: {e}", err=True)
         sys.exit(2)

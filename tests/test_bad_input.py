@@ -115,6 +115,27 @@ def test_unknown_option_is_a_usage_error(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("args,line", [
+    (["stats", "--bogus", "x"], "stats: no such option '--bogus' (see flowsift stats --help)"),
+    (["stats"], "stats: missing argument 'SOURCE' (see flowsift stats --help)"),
+    (["frobnicate"], "no such command 'frobnicate' (see flowsift --help)"),
+    (["replay", "x.pcap", "--to"], "replay: option '--to' requires an argument (see flowsift replay --help)"),
+    (["replay", "x.pcap", "--to", "h:1", "--limit", "many"],
+     "replay: invalid value for '--limit': 'many' is not a valid integer (see flowsift replay --help)"),
+])
+def test_usage_errors_are_one_line(args, line):
+    # click's usage block and boxed message, on several lines, said what one line says
+    res = run_cli(*args)
+    assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n" and res.stdout == ""
+
+
+def test_help_is_still_the_help():
+    res = run_cli("stats", "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout and "--filter" in res.stdout
+    res = run_cli()
+    assert res.returncode == 2 and "Usage:" in res.stdout + res.stderr and "stats" in res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "abc", "100000"])
 def test_bad_batch_size_is_one_line(tmp_path, monkeypatch, value):
     monkeypatch.setenv("FLOWSIFT_BATCH", value)
