@@ -95,7 +95,9 @@ def test_downstream_modules_see_merged_bytes(tmp_path):
                                          ("redact(pattern=a{2,1})", "bad pattern"),
                                          ("nat(to=10.0.0.2:99999)", "port 99999 is not a number from 1 to 65535"),
                                          ("nat(to=[::1]:-1)", "port -1 is not"),
-                                         ("nat(to=10.0.0.2,match=10.0.0.1:0)", "match='10.0.0.1:0': port 0")])
+                                         ("nat(to=10.0.0.2,match=10.0.0.1:0)", "match='10.0.0.1:0': port 0"),
+                                         ("strsearch", "option patterns=FILE is required"),
+                                         ("strsearch(patterns=)", "option patterns=FILE is required")])
 def test_writing_modules_check_their_options(spec, needle):
     from flowsift.modules import parse_chain
     chain = parse_chain(spec)
