@@ -110,7 +110,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
           dpdk_args: Optional[str] = typer.Option(None, "--dpdk-args", metavar="ARGS",
                                                   help="DPDK EAL arguments for dpdk: sources and --out "
                                                        "(default: '-l 0 --no-huge -m 256 --no-pci --no-shconf "
-                                                       "--no-telemetry', for virtual devices).")):
+                                                       "--no-telemetry --log-level=*:error', for virtual devices).")):
     if dpdk_args is not None:
         os.environ["FLOWSIFT_DPDK_ARGS"] = dpdk_args
 

@@ -271,3 +271,23 @@ def test_inspect_tells_a_store_that_is_not_whole_or_not_a_store(corpus, tmp_path
     empty.mkdir()
     res = run_cli("inspect", empty)
     assert res.returncode == 2 and res.stderr == f"flowsift: {empty}: not a store (no record files, no store.json)\n"
+
+
+def test_chain_modes_and_the_dpdk_default_are_as_documented(corpus, tmp_path):
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    cap = corpus / "http__dpkt__http.pcap"
+    out = json.loads(run_cli("chain", "redact(pattern=GET),counter", cap, "-w", tmp_path / "o.pcap", "--json",
+                             "--events", "/dev/null", check=True).stdout)
+    assert out["mode"] == "staged" and "staged (a writing module" in doc
+    # --inline with --shards runs each shard's modules inline: the summary says so
+    out = json.loads(run_cli("chain", "counter", cap, "--inline", "--shards", "2", "--json", "--events", "/dev/null",
+                             check=True).stdout)
+    assert [s["mode"] for s in out["shards"]] == ["inline", "inline"]
+    from flowsift.io.live import DEFAULT_EAL
+    assert f"(default `{DEFAULT_EAL}`" in " ".join(doc.split())
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "flowsift", "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "400", "TERM": "dumb"})
+    assert DEFAULT_EAL in " ".join(res.stdout.replace("│", " ").split()), res.stdout
