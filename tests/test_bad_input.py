@@ -202,3 +202,19 @@ def test_max_backlog_below_one_is_refused(tmp_path, value):
     # it gave up every connection at once: a chain that read nothing, exit 0
     one_line_error(run_cli("chain", "counter", write(tmp_path, "good.pcap", GOOD), "--max-backlog", value,
                            "--events", "/dev/null"), f"--max-backlog {value}: a number of batches, 1 or more")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["afpacket:lo", "--count", "-1"], "--count -1: a number of packets, 1 or more"),
+    (["afpacket:lo", "--count", "0"], "--count 0: a number of packets"),
+    (["afpacket:lo", "--duration", "-1"], "--duration -1: seconds, more than 0"),
+    (["afpacket:lo", "--duration", "0"], "--duration 0: seconds, more than 0"),
+    (["afpacket:lo,count=-2"], "afpacket:lo,count=-2: count=-2: a number of packets"),
+    (["afpacket:lo,ring=3M", "--duration", "1"], "ring=3M is not a power of two"),
+    (["afpacket:lo,block=3k", "--duration", "1"], "block=3k is not a power of two"),
+    (["afpacket:lo,fanout=abc", "--duration", "1"], "fanout='abc' is a group number from 0 to 65535"),
+])
+def test_live_source_limits_and_options_are_checked_before_capturing(args, words):
+    # they started a capture that ended at once (or a ring the kernel was given fewer blocks
+    # of), exit 0; fanout=abc said what int() says
+    one_line_error(run_cli("stats", *args), words)
