@@ -22,6 +22,12 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
+    if write is not None:
+        from flowsift.paths import refuse_overwrite
+        refuse_overwrite([("input capture", source)], [("-w", write)])
+    if max_backlog is not None and max_backlog < 1:
+        # 0 would give up every connection at once: a chain that reads nothing
+        raise UsageError(f"--max-backlog {max_backlog}: a number of batches, 1 or more")
     if shards is not None and not 1 <= shards <= 64:
         raise UsageError(f"--shards {shards}: the number of gateways, from 1 to 64")
     if reshard and not shards:

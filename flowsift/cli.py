@@ -69,6 +69,13 @@ def _run(path, label, work, as_json, render):
         _fail(result["error"])
 
 
+def _refuse_overwrite(inputs, outputs):
+    """Every output path checked against every input (and the others) before anything is
+    opened for writing (flowsift.paths)."""
+    from flowsift.paths import refuse_overwrite
+    refuse_overwrite(inputs, outputs)
+
+
 def _limits(source, count, duration):
     if count is None and duration is None:
         return source               # (a file run need not load the live sources)
@@ -103,7 +110,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
           dpdk_args: Optional[str] = typer.Option(None, "--dpdk-args", metavar="ARGS",
                                                   help="DPDK EAL arguments for dpdk: sources and --out "
                                                        "(default: '-l 0 --no-huge -m 256 --no-pci --no-shconf "
-                                                       "--no-telemetry', for virtual devices).")):
+                                                       "--no-telemetry --log-level=*:error', for virtual devices).")):
     if dpdk_args is not None:
         os.environ["FLOWSIFT_DPDK_ARGS"] = dpdk_args
 
@@ -163,6 +170,15 @@ def streams(
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    if output is not None and os.path.isdir(output):
+        # index.jsonl is rewritten and an earlier run's stream files removed first
+        from flowsift.reassembly._filesink import _STREAM_FILE
+        try:
+            names = [n for n in os.listdir(output) if n == "index.jsonl" or _STREAM_FILE.match(n)]
+        except OSError:
+            names = []              # (the sink says why it cannot write there)
+        _refuse_overwrite([("input capture", capture)],
+                          [(f"-o {output}: the output file", os.path.join(output, n)) for n in names])
     bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
@@ -351,6 +367,7 @@ def chain(
     from flowsift.chain import run_chain
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events)])
     out = sys.stdout if events == "-" else None
     try:
         if out is None:
@@ -381,7 +398,7 @@ def replay(
     speed: str = typer.Option("max", "--speed", metavar="X",
                               help="'max' (as fast as possible), or a multiple of the original pace: 1, 10..."),
     concurrency: int = typer.Option(8, "--concurrency", "-j", metavar="N", help="Connections replayed at once."),
-    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections."),
+    limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections (0: no limit)."),
     partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream."),
     match: str = typer.Option("exact", "--match", metavar="MODE",
                               help="exact (bytes), or http: status, headers (volatile ones ignored) and body."),
@@ -424,10 +441,11 @@ def replay(
     if concurrency < 1:
         _fail("--concurrency must be at least 1")
     bounds = parse_settings(reassembly)
+    _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
-        if store is None:
-            _fail("--unacked replays a kept store: give --store DIR")
+        if store is None or source is not None:
+            _fail("--unacked replays a kept store: give --store DIR (and no capture)")
         result = replay_unacked(store, to, timeout=timeout, report=report)
         typer.echo(json.dumps(result)) if as_json else print_replay(result)
         return
@@ -554,11 +572,42 @@ def _rich_help():
 _rich_help()
 
 
+def _usage_error(e):
+    """click's usage error (unknown option or command, missing or bad argument) as one line,
+    `flowsift: COMMAND: what (see flowsift COMMAND --help)`, instead of its usage block."""
+    import click
+    ctx = e.ctx
+    command = ctx.info_name if ctx is not None and ctx.parent is not None else None
+    if ctx is None:
+        # (an option missing its value is raised without a context: the command is the first
+        # word that names one)
+        names = typer.main.get_command(app).commands
+        command = next((a for a in sys.argv[1:] if a in names), None)
+    what = " ".join(e.format_message().split())
+    what = what[:1].lower() + what[1:]
+    what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
+    see = f"flowsift {command} --help" if command else "flowsift --help"
+    typer.echo(f"flowsift: {command + ': ' if command else ''}{what} (see {see})", err=True)
+    sys.exit(e.exit_code if isinstance(e, click.UsageError) else 2)
+
+
 def main():
+    import click
     signal.signal(signal.SIGTERM, _terminated)
     collect_less()
     try:
-        app()
+        # not standalone: click's errors come here to be said in one line
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()                    # no arguments at all: the help, as before
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        _usage_error(e)
+    except click.Abort:
+        typer.echo("flowsift: aborted", err=True)
+        sys.exit(1)
     except FlowsiftError as e:
         typer.echo(f"flowsift: {e}", err=True)
         sys.exit(2)

@@ -21,13 +21,13 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         sink = FileSink(str(outdir))
     r = Reassembler(sink=sink, policy=policy, **engine_options)
     error = None
-    from flowsift.io import open_capture
+    from flowsift.io import Decoder, open_capture
     cap = open_capture(path, bpf)
+    decoder = Decoder()         # (ours: its counters are reported when reading stops at a defect too)
     try:
-        decoder = r.feed_capture(cap, bpf=bpf, on_progress=on_progress)
+        r.feed_capture(cap, bpf=bpf, decoder=decoder, on_progress=on_progress)
     except CaptureFormatError as e:
         error = str(e)          # feed_capture closed everything read so far
-        decoder = None
     except BpfError as e:
         raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
     finally:
@@ -59,8 +59,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     }
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
-    if decoder is not None:
-        c = decoder.counters()
-        out["capture_packets"] = c["packets"]
-        out["not_decoded"] = sum(c["reasons"].values())
+    c = decoder.counters()
+    out["capture_packets"] = c["packets"]
+    out["not_decoded"] = sum(c["reasons"].values())
     return out

@@ -326,9 +326,13 @@ class Gateway:
         except BaseException:
             self.store.halt()
             raise
+        engine = self.reassembler.engine.counters()
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
-                   "connections": self.reassembler.engine.totals(), "engine": self.reassembler.engine.counters(),
+                   "connections": self.reassembler.engine.totals(), "engine": engine,
                    "packets": decoder.packets, "error": error}
+        # packets after their connection ended have no record: the engine tells them apart and
+        # never hands them to the store, whose own count is of those that reach a closed file
+        summary["late_packets"] = engine["late_packets"] + summary["late_packets"]
         if getattr(cap, "live", False):
             summary["kernel"] = cap.live_counters()
         if self.shard is not None:

@@ -3,7 +3,7 @@ import json
 import os
 
 from flowsift.streams import format as F
-from flowsift.streams.reader import RecordFile, StoreError, store_files
+from flowsift.streams.reader import RecordFile, StoreError, check_store, store_files
 
 
 def _flags(rflags):
@@ -17,7 +17,6 @@ def _tcp_flags(f):
 def describe_file(path, n_records=20):
     with RecordFile(path) as rf:
         h = rf.header
-        cut = rf.cut
         info = {
             "file": str(path), "conn": h["conn"], "version": h["version"],
             "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
@@ -31,7 +30,8 @@ def describe_file(path, n_records=20):
                          "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"]),
                          "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
         }
-        if cut:
+        info["truncated"] = rf.missing
+        if not rf.closed_by_gateway:
             info["cut"] = {"unpublished_complete_records": rf.unpublished,
                            "note": "the gateway did not close this file: records after these may be missing"}
         stop = None if n_records < 0 else n_records
@@ -44,13 +44,22 @@ def describe_file(path, n_records=20):
 
 
 def describe_store(directory):
-    manifest = None
+    check_store(directory)
+    manifest, problems = None, []
     try:
         with open(os.path.join(directory, "store.json")) as f:
             manifest = json.load(f)
-    except (OSError, ValueError):
-        pass
-    conns, problems = [], []
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except FileNotFoundError:
+        problems.append("store.json: missing (the gateway writes it first: these files come from elsewhere)")
+    except (OSError, ValueError) as e:
+        manifest = None
+        problems.append(f"store.json: cannot be read: {getattr(e, 'strerror', None) or e}")
+    if manifest is not None and not manifest.get("complete"):
+        why = f": {manifest['error']}" if manifest.get("error") else ""
+        problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")
+    conns = []
     for path in store_files(directory):
         try:
             with RecordFile(path) as rf:
@@ -60,7 +69,9 @@ def describe_store(directory):
                               "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
                               "records": h["records"], "bytes": [h["end0"], h["end1"]], "gaps": h["gaps"],
-                              "closed": rf.closed_by_gateway})
+                              "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
+                if rf.missing:
+                    problems.append(f"{os.path.basename(path)}: {rf.missing}")
         except StoreError as e:
             problems.append(str(e))
     for name in sorted(os.listdir(directory)):

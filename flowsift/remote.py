@@ -117,16 +117,24 @@ class _Output:
     connections are committed, with its length in the same commit, and cut back to that length
     after a crash; a pipe or terminal gets the lines after the commit."""
 
-    def __init__(self, path, committed):
+    def __init__(self, path):
+        # opened before the module waits for its run: a path it cannot write is said at once
         self.fd = None
         self.held = []
+        self.path = path
+        self.pos = None
         if path is None or path == "-":
-            self.pos = None
             return
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as e:
             raise UsageError(f"{path}: cannot write events: {e.strerror}") from None
+
+    def start(self, committed):
+        """Cut the file back to what this module's last commit says it held."""
+        if self.fd is None:
+            return
+        path = self.path
         size = os.fstat(self.fd).st_size
         if committed and size < committed:
             raise FlowsiftError(f"{path} holds {size} bytes but {committed} bytes of this module's events were "
@@ -156,6 +164,7 @@ class _Output:
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
+            self.fd = None
 
 
 def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=_say, name=None, poll=0.5):
@@ -175,6 +184,11 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     if not cls.read_only():
         raise UsageError(f"module {cls.name} writes ({', '.join(sorted(cls.writes))}): writing modules run in the "
                          f"gateway's process (flowsift chain); attached modules are read-only")
+    if wait is not None and not wait >= 0:
+        raise UsageError(f"--wait {wait:g}: seconds, 0 or more")
+    # its options (checked when it is made) and its --events file, before any waiting for a run
+    cls(config)
+    out = _Output(events)
     name = name or cls.name
     reg = _redis(url, role="module")
     try:
@@ -188,7 +202,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         bit, resumed = reg.register(name)
         done, counters, outpos, ckpt = reg.module_state(bit) if resumed else ({}, {}, None, None)
         resumed = bool(done or outpos or ckpt)       # a bit the gateway held for it is a fresh start
-        out = _Output(events, outpos)
+        out.start(outpos)
         state = _Attached(reg, bit, name, done, counters, out)
         if resumed and (done or outpos):
             on_status(f"module {name} resumes run {run} (bit {bit}): {len(done):,} connections were finished")
@@ -302,6 +316,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     except RegistryError as e:
         raise FlowsiftError(str(e)) from None
     finally:
+        out.close()
         reg.close()
 
 

@@ -119,7 +119,8 @@ def print_inspect_store(s, console=None):
     columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s end", True),
                ("s2c end", True), ("gaps", True), ("closed", False)]
     rows = [[c["file"], c["proto"], f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["bytes"][0]),
-             _n(c["bytes"][1]), _n(c["gaps"]), "yes" if c["closed"] else "no"] for c in s["connections"]]
+             _n(c["bytes"][1]), _n(c["gaps"]), "truncated" if c.get("truncated") else "yes" if c["closed"] else "no"]
+            for c in s["connections"]]
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
         console.print(f"[red]{p}[/red]")
@@ -133,7 +134,10 @@ def print_inspect_file(s, console=None):
     head.add_row("file", f"{s['file']} (format {s['version']})")
     head.add_row("connection", f"{s['conn']}: {s['proto']} {s['client']} -> {s['server']}")
     head.add_row("records", f"{_n(s['records'])} (first id {s['first_record_id']})")
-    head.add_row("state", "closed by the gateway" if s["closed"] else "[yellow]open or cut[/yellow]")
+    if s.get("truncated"):
+        head.add_row("state", f"[red]{s['truncated']}[/red]")
+    else:
+        head.add_row("state", "closed by the gateway" if s["closed"] else "[yellow]open or cut[/yellow]")
     if not s.get("bytes_stored", True):
         head.add_row("bytes", "counted, not stored (the run's modules read none)")
     if "cut" in s:

@@ -412,14 +412,31 @@ class Replayer:
 
 def parse_target(text):
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"--to {text!r}: expected HOST:PORT")
-    host = host.strip("[]")
+    bracketed = host.startswith("[") or host.endswith("]")
+    if not sep or not port.isdigit() or not host or (bracketed and not (host[0] == "[" and host[-1] == "]")):
+        raise UsageError(f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)")
+    if not 1 <= int(port) <= 65535:
+        raise UsageError(f"--to {text!r}: port {port} is not from 1 to 65535")
+    host = host[1:-1] if bracketed else host
+    if ":" in host and not bracketed:
+        import ipaddress
+        try:
+            ipaddress.ip_address(host)      # (an unbracketed IPv6 address still reads)
+        except ValueError:
+            raise UsageError(f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)") from None
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise FlowsiftError(f"--to {text}: cannot resolve {host}: {e.strerror}") from None
     return host, int(port)
+
+
+def _check_waits(timeout, idle=None):
+    # 0 would fail every turn at once; no wait is negative
+    if not timeout > 0:
+        raise UsageError(f"--timeout {timeout:g}: seconds, more than 0")
+    if idle is not None and not idle > 0:
+        raise UsageError(f"--idle {idle:g}: seconds, more than 0")
 
 
 def check_target(host, port, timeout=5.0):
@@ -434,16 +451,21 @@ def check_target(host, port, timeout=5.0):
 def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None):
     """A kept store for `source` (a capture, read now into a temporary store) or `store`."""
     if store is not None:
-        if not os.path.isdir(store):
-            raise FlowsiftError(f"{store}: no such store directory")
+        from flowsift.streams.reader import check_store
+        check_store(store)
         return store, None
     if source is None:
         raise UsageError("give a capture, or --store DIR")
     from flowsift.gateway import Gateway
     g = Gateway(None, keep=True, filter_expression=filter_expression, policy=policy, **(reassembly or {}))
-    summary = g.run_capture(source, on_progress=on_progress)
-    if summary["error"]:
-        raise FlowsiftError(summary["error"])
+    try:
+        summary = g.run_capture(source, on_progress=on_progress)
+        if summary["error"]:
+            raise FlowsiftError(summary["error"])
+    except BaseException:
+        # the store is ours: a capture that cannot be read (or Ctrl-C while reading it) leaves none
+        shutil.rmtree(g.store_dir, ignore_errors=True)
+        raise
     return g.store_dir, g.store_dir
 
 
@@ -453,7 +475,17 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary.
     `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled."""
     from flowsift.streams.reader import store_files
+    if source is not None and store is not None:
+        raise UsageError("give a capture or --store DIR, not both")
     host, port = parse_target(to)
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit {limit}: a number of connections (0: no limit)")
+    if server_port is not None and not 1 <= server_port <= 65535:
+        raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
+    _check_waits(timeout, idle)
+    if store is not None:
+        from flowsift.streams.reader import check_store
+        check_store(store)
     if match not in ("exact", "http"):
         raise UsageError(f"--match {match!r}: exact or http")
     if ignore_body:
@@ -573,10 +605,10 @@ def unacked_plan(path):
 def replay_unacked(store, to, timeout=10.0, report=None):
     """Send, per connection of the kept `store`, the client bytes its server had not
     acknowledged, aligned to message boundaries; returns the summary."""
-    from flowsift.streams.reader import store_files
+    from flowsift.streams.reader import check_store, store_files
     host, port = parse_target(to)
-    if not os.path.isdir(store):
-        raise FlowsiftError(f"{store}: no such store directory")
+    _check_waits(timeout)
+    check_store(store)
     check_target(host, port)
     skipped, plans = {}, []
     for path in store_files(store):

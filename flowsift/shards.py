@@ -306,7 +306,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                 p.kill()
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
-    out = {"mode": "sharded", "shards": [dict(r["shard"], packets=r["packets"]) for r in results],
+    out = {"mode": "sharded", "shards": [dict(r["shard"], packets=r["packets"], mode=r["mode"]) for r in results],
            "chain": results[0]["chain"], "source": str(source),
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
     if steps:

@@ -115,6 +115,27 @@ def test_unknown_option_is_a_usage_error(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("args,line", [
+    (["stats", "--bogus", "x"], "stats: no such option '--bogus' (see flowsift stats --help)"),
+    (["stats"], "stats: missing argument 'SOURCE' (see flowsift stats --help)"),
+    (["frobnicate"], "no such command 'frobnicate' (see flowsift --help)"),
+    (["replay", "x.pcap", "--to"], "replay: option '--to' requires an argument (see flowsift replay --help)"),
+    (["replay", "x.pcap", "--to", "h:1", "--limit", "many"],
+     "replay: invalid value for '--limit': 'many' is not a valid integer (see flowsift replay --help)"),
+])
+def test_usage_errors_are_one_line(args, line):
+    # click's usage block and boxed message, on several lines, said what one line says
+    res = run_cli(*args)
+    assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n" and res.stdout == ""
+
+
+def test_help_is_still_the_help():
+    res = run_cli("stats", "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout and "--filter" in res.stdout
+    res = run_cli()
+    assert res.returncode == 2 and "Usage:" in res.stdout + res.stderr and "stats" in res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "abc", "100000"])
 def test_bad_batch_size_is_one_line(tmp_path, monkeypatch, value):
     monkeypatch.setenv("FLOWSIFT_BATCH", value)
@@ -136,3 +157,64 @@ def test_batch_size_changes_nothing_but_the_batches(tmp_path, monkeypatch):
     want = json.loads(run_cli("stats", path, "--json", check=True).stdout)
     monkeypatch.setenv("FLOWSIFT_BATCH", "1")
     assert json.loads(run_cli("stats", path, "--json", check=True).stdout) == want
+
+
+# --- outputs that are inputs: refused before anything is opened for writing ---
+
+def test_chain_output_that_is_the_input_capture_is_refused(tmp_path):
+    # opened for writing first, the capture was emptied before it was read (SIGBUS)
+    cap = write(tmp_path, "in.pcap", GOOD)
+    (tmp_path / "link.pcap").symlink_to(cap)
+    os.link(cap, tmp_path / "hard.pcap")
+    for args, option in [(["-w", tmp_path / "link.pcap"], "-w"), (["-w", cap], "-w"),
+                         (["--events", tmp_path / "hard.pcap"], "--events")]:
+        one_line_error(run_cli("chain", "redact(pattern=x)", cap, *args), option, "is the input capture")
+    one_line_error(run_cli("chain", "counter", cap, "-w", tmp_path / "o.pcap", "--events", tmp_path / "o.pcap"),
+                   "are the same file")
+    assert cap.read_bytes() == GOOD
+
+
+def test_streams_never_removes_the_input_capture(tmp_path):
+    # an earlier run's stream files are removed from -o DIR first: the input named like one is not
+    out = tmp_path / "out"
+    out.mkdir()
+    cap = write(out, "c000001-10.0.0.1.1-10.0.0.2.2.c2s", GOOD)
+    one_line_error(run_cli("streams", cap, "-o", out), "is the input capture")
+    assert cap.read_bytes() == GOOD
+    index = write(out, "index.jsonl", GOOD)
+    one_line_error(run_cli("streams", index, "-o", out), "is the input capture")
+    assert index.read_bytes() == GOOD
+
+
+def test_replay_report_that_is_an_input_is_refused(tmp_path):
+    cap = write(tmp_path, "in.pcap", GOOD)
+    one_line_error(run_cli("replay", cap, "--to", "127.0.0.1:1", "--report", cap), "--report", "is the input capture")
+    store = tmp_path / "st"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    rec = sorted(store.glob("c*.rec"))[0]
+    size = rec.stat().st_size          # (a record file is sparse and large: its size says enough)
+    one_line_error(run_cli("replay", "--store", store, "--to", "127.0.0.1:1", "--report", rec), "a file of the store")
+    assert rec.stat().st_size == size and cap.read_bytes() == GOOD
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_backlog_below_one_is_refused(tmp_path, value):
+    # it gave up every connection at once: a chain that read nothing, exit 0
+    one_line_error(run_cli("chain", "counter", write(tmp_path, "good.pcap", GOOD), "--max-backlog", value,
+                           "--events", "/dev/null"), f"--max-backlog {value}: a number of batches, 1 or more")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["afpacket:lo", "--count", "-1"], "--count -1: a number of packets, 1 or more"),
+    (["afpacket:lo", "--count", "0"], "--count 0: a number of packets"),
+    (["afpacket:lo", "--duration", "-1"], "--duration -1: seconds, more than 0"),
+    (["afpacket:lo", "--duration", "0"], "--duration 0: seconds, more than 0"),
+    (["afpacket:lo,count=-2"], "afpacket:lo,count=-2: count=-2: a number of packets"),
+    (["afpacket:lo,ring=3M", "--duration", "1"], "ring=3M is not a power of two"),
+    (["afpacket:lo,block=3k", "--duration", "1"], "block=3k is not a power of two"),
+    (["afpacket:lo,fanout=abc", "--duration", "1"], "fanout='abc' is a group number from 0 to 65535"),
+])
+def test_live_source_limits_and_options_are_checked_before_capturing(args, words):
+    # they started a capture that ended at once (or a ring the kernel was given fewer blocks
+    # of), exit 0; fanout=abc said what int() says
+    one_line_error(run_cli("stats", *args), words)

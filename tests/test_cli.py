@@ -1,5 +1,6 @@
 """The command line as a user meets it."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -210,3 +211,83 @@ def test_inspect_tables_show_every_value_whole_at_any_width(tmp_path, width):
         assert str(r["seq"]) in words and str(r["ack"]) in words
     assert (f"{one['record_list'][0]['id']:#018x}" in words) == (width == 160)
     assert ("id: first id + #" in text) == (width == 80)
+
+
+def test_late_packets_of_the_summary_are_the_engines(corpus, tmp_path):
+    # packets after their connection ended were counted by the engine only: the top-level
+    # field, the store's count, said 0
+    cap = corpus / "vlan__pcpp__example2.pcap"
+    out = json.loads(run_cli("gateway", cap, "--store", tmp_path / "st", "--json", check=True).stdout)
+    assert out["late_packets"] == out["engine"]["late_packets"] == 73
+    out = json.loads(run_cli("chain", "counter", cap, "--events", "/dev/null", "--json", check=True).stdout)
+    assert out["late_packets"] == out["engine"]["late_packets"] == 73
+
+
+def test_streams_summary_has_every_field_when_reading_stops_at_a_defect(corpus, tmp_path):
+    whole = corpus / "http__dpkt__http.pcap"
+    cut = tmp_path / "t1000.pcap"
+    cut.write_bytes(whole.read_bytes()[:1000])
+    good = json.loads(run_cli("streams", whole, "--discard", "--json", check=True).stdout)
+    res = run_cli("streams", cut, "--discard", "--json")
+    assert res.returncode == 2
+    out = json.loads(res.stdout)
+    assert out["error"] and set(out) == set(good)
+    assert out["capture_packets"] == 5 and out["not_decoded"] == 0
+
+
+def test_inspect_says_a_record_file_is_truncated(corpus, tmp_path, monkeypatch):
+    # a closed file cut short read as "closed by the gateway" and "the gateway did not close
+    # this file" at once, its streams 0 bytes long, exit 0; a store listed it as closed
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "http__dpkt__http.pcap", "--store", store, "--keep", check=True)
+    rec = store / "c00000000.rec"
+    os.truncate(rec, 5000)
+    said = "truncated: the file ends at byte 5,000, its header says 479 c2s bytes (0 in the file), " \
+           "18,364 s2c bytes (0 in the file)"
+    monkeypatch.setenv("COLUMNS", "300")
+    res = run_cli("inspect", rec, check=True)
+    assert said in res.stdout
+    assert "closed by the gateway" not in res.stdout and "did not close" not in res.stdout
+    out = json.loads(run_cli("inspect", rec, "--json", check=True).stdout)
+    assert out["truncated"] == said and "cut" not in out
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert [c["truncated"] for c in out["connections"]] == [True, False, False]
+    assert out["problems"] == [f"c00000000.rec: {said}"]
+
+
+def test_inspect_tells_a_store_that_is_not_whole_or_not_a_store(corpus, tmp_path):
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "http__dpkt__http.pcap", "--store", store, "--keep", check=True)
+    assert json.loads(run_cli("inspect", store, "--json", check=True).stdout)["problems"] == []
+    manifest = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**manifest, "complete": False, "error": "disk full"}))
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert out["problems"] == ["store.json: incomplete (being written, or its gateway stopped before the end: "
+                               "disk full)"]
+    (store / "store.json").write_text("{garbage")
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert len(out["problems"]) == 1 and out["problems"][0].startswith("store.json: cannot be read: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli("inspect", empty)
+    assert res.returncode == 2 and res.stderr == f"flowsift: {empty}: not a store (no record files, no store.json)\n"
+
+
+def test_chain_modes_and_the_dpdk_default_are_as_documented(corpus, tmp_path):
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    cap = corpus / "http__dpkt__http.pcap"
+    out = json.loads(run_cli("chain", "redact(pattern=GET),counter", cap, "-w", tmp_path / "o.pcap", "--json",
+                             "--events", "/dev/null", check=True).stdout)
+    assert out["mode"] == "staged" and "staged (a writing module" in doc
+    # --inline with --shards runs each shard's modules inline: the summary says so
+    out = json.loads(run_cli("chain", "counter", cap, "--inline", "--shards", "2", "--json", "--events", "/dev/null",
+                             check=True).stdout)
+    assert [s["mode"] for s in out["shards"]] == ["inline", "inline"]
+    from flowsift.io.live import DEFAULT_EAL
+    assert f"(default `{DEFAULT_EAL}`" in " ".join(doc.split())
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "flowsift", "--help"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "400", "TERM": "dumb"})
+    assert DEFAULT_EAL in " ".join(res.stdout.replace("│", " ").split()), res.stdout

@@ -302,6 +302,31 @@ def test_unreachable_registry_is_one_line_exit_2(corpus, redis_server):
     assert res.returncode == 2 and "expected redis://" in res.stderr
 
 
+@pytest.mark.parametrize("url,words", [("redis://[::1", "Invalid IPv6 URL"), ("redis://:secret@[::1", "Invalid IPv6"),
+                                       ("redis://localhost:abc/0", "Port could not be cast"),
+                                       ("redis://localhost:99999/0", "Port out of range")])
+def test_a_registry_url_that_does_not_parse_is_a_usage_error(corpus, url, words):
+    # urllib's ValueError came out as an internal error, exit 1
+    for args in (("gateway", corpus / "http__tcpflow__jpegs.cap"), ("module", "counter")):
+        res = run_cli(*args, "--registry", url)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "expected redis://" in lines[0], res.stderr
+        assert "secret" not in res.stderr
+
+
+def test_an_attached_module_checks_its_options_and_events_file_before_waiting(tmp_path, redis_server):
+    # no gateway runs: each waited (for ever by default) before saying what was wrong
+    url = redis_server.url
+    for args, line in ((("strsearch(patterns=inline:)",), "module strsearch: no patterns"),
+                       (("counter", "--events", tmp_path / "nodir" / "e.jsonl"), "cannot write events"),
+                       (("counter", "--wait", "-1"), "--wait -1: seconds, 0 or more")):
+        t0 = time.monotonic()
+        res = run_cli("module", *args, "--registry", url, *([] if "--wait" in args else ["--wait", "5"]))
+        assert res.returncode == 2 and line in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert time.monotonic() - t0 < 4
+
+
 def test_passwords_and_acl_users(tmp_path, corpus):
     cap = corpus / "http__tcpflow__jpegs.cap"
     server = RedisServer(tmp_path, "--requirepass", "s3cret")

@@ -230,7 +230,15 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", "no-such-host.invalid:80"), "cannot resolve no-such-host.invalid"),
                         (("--to", "localhost"), "expected HOST:PORT"),
                         (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number"),
-                        (("--to", f"127.0.0.1:{port}", "--reassembly", "memcap=lots"), "memcap=lots: size expected")):
+                        (("--to", f"127.0.0.1:{port}", "--reassembly", "memcap=lots"), "memcap=lots: size expected"),
+                        (("--to", f"127.0.0.1:{port}", "--limit", "-1"), "--limit -1: a number of connections"),
+                        (("--to", "127.0.0.1:99999"), "port 99999 is not from 1 to 65535"),
+                        (("--to", "[::1"), "expected HOST:PORT"), (("--to", "::1"), "expected HOST:PORT"),
+                        (("--to", f"127.0.0.1:{port}", "--timeout", "0"), "--timeout 0: seconds, more than 0"),
+                        (("--to", f"127.0.0.1:{port}", "--timeout", "-1"), "--timeout -1: seconds"),
+                        (("--to", f"127.0.0.1:{port}", "--idle", "-1"), "--idle -1: seconds, more than 0"),
+                        (("--to", f"127.0.0.1:{port}", "--server-port", "99999"), "--server-port 99999: a port"),
+                        (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
@@ -394,3 +402,46 @@ def test_a_capture_is_reassembled_with_the_bounds_given(corpus):
         counts.append(len(store_files(directory)))
         shutil.rmtree(temporary)
     assert counts[0] == 39 and counts[1] > 100
+
+
+def _stores_of(source):
+    """The stores under /dev/shm (shared with other runs) made for `source`."""
+    found = []
+    for d in Path("/dev/shm").glob("flowsift-store-*"):
+        try:
+            if json.loads((d / "store.json").read_text()).get("source") == str(source):
+                found.append(d)
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def test_a_capture_that_cannot_be_read_leaves_no_store(tmp_path, corpus):
+    # the temporary store of a replayed capture is removed on every way out, errors included
+    cut = tmp_path / "t1000.pcap"
+    cut.write_bytes((corpus / "http__dpkt__http.pcap").read_bytes()[:1000])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        for source, words in ((tmp_path / "nope.pcap", "no such file"), (cut, "cut short")):
+            res = run_cli("replay", source, "--to", f"127.0.0.1:{s.getsockname()[1]}")
+            assert res.returncode == 2 and words in res.stderr, res.stderr
+            assert _stores_of(source) == []
+
+
+def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_errors(tmp_path, corpus):
+    # the capture was ignored for the store; a directory that is no store replayed nothing, exit 0
+    store, adir = tmp_path / "st", tmp_path / "adir"
+    run_cli("gateway", BRO, "--store", store, "--keep", check=True)
+    adir.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        to = f"127.0.0.1:{s.getsockname()[1]}"
+        for args, line in (((BRO, "--store", store), "give a capture or --store DIR, not both"),
+                           (("--store", adir), f"{adir}: not a store (no record files, no store.json)"),
+                           (("--store", adir, "--unacked"), f"{adir}: not a store (no record files, no store.json)"),
+                           ((BRO, "--store", store, "--unacked"), "--unacked replays a kept store: give --store DIR "
+                                                                  "(and no capture)")):
+            res = run_cli("replay", *args, "--to", to)
+            assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n", res.stderr

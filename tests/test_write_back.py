@@ -94,7 +94,12 @@ def test_downstream_modules_see_merged_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("spec,needle", [("nat", "to=IP[:PORT] is required"), ("redact", "pattern=REGEX is required"),
-                                         ("redact(pattern=a{2,1})", "bad pattern")])
+                                         ("redact(pattern=a{2,1})", "bad pattern"),
+                                         ("nat(to=10.0.0.2:99999)", "port 99999 is not a number from 1 to 65535"),
+                                         ("nat(to=[::1]:-1)", "port -1 is not"),
+                                         ("nat(to=10.0.0.2,match=10.0.0.1:0)", "match='10.0.0.1:0': port 0"),
+                                         ("strsearch", "option patterns=FILE is required"),
+                                         ("strsearch(patterns=)", "option patterns=FILE is required")])
 def test_writing_modules_check_their_options(spec, needle):
     from flowsift.modules import parse_chain
     chain = parse_chain(spec)
@@ -267,3 +272,11 @@ class Dropper(Module):
         res = run_cli("chain", mod, cap, "--strict", *mode)
         assert res.returncode == 2
         assert res.stderr.strip().endswith("module dropper: flow.drop() is a verdict: add 'drop' to `writes`")
+
+
+def test_a_nat_port_out_of_range_stops_the_chain_before_the_first_packet(tmp_path, corpus):
+    # the gateway refused every edit of it: the run went through, rewriting nothing, exit 0
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", "nat(to=10.0.0.2:99999)", corpus / "http__dpkt__http.pcap", "-w", out, "--json")
+    assert res.returncode == 2 and res.stdout == "" and not out.exists()
+    assert res.stderr.strip() == "flowsift: module nat: to='10.0.0.2:99999': port 99999 is not a number from 1 to 65535"

@@ -84,12 +84,21 @@ def dpdk_port(spec_name, mbufs=8191):
         raise FlowsiftError(str(e)) from None
 
 
+def _check_limits(count_name, count, duration_name, duration):
+    # a count or a duration that ends the capture before it starts is a mistake, not a run
+    if count is not None and count < 1:
+        raise UsageError(f"{count_name}{count}: a number of packets, 1 or more")
+    if duration is not None and not duration > 0:
+        raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0")
+
+
 def with_limits(spec, count=None, duration=None):
     """The source spec with --count/--duration folded in; refused for files."""
     if count is None and duration is None:
         return spec
     if not is_live(spec):
         raise UsageError("--count and --duration are for live sources (afpacket:IFACE, dpdk:PORT)")
+    _check_limits("--count ", count, "--duration ", duration)
     if count is not None:
         spec += f",count={int(count)}"
     if duration is not None:
@@ -112,9 +121,13 @@ class LiveCapture:
         self.stopped_by = None
         try:
             self.count = int(opts["count"]) if "count" in opts else None
+        except ValueError:
+            raise UsageError(f"{spec}: count={opts['count']!r} is not a number of packets") from None
+        try:
             self.duration = float(opts["duration"]) if "duration" in opts else None
-        except ValueError as e:
-            raise UsageError(f"{spec}: {e}") from None
+        except ValueError:
+            raise UsageError(f"{spec}: duration={opts['duration']!r} is not a number of seconds") from None
+        _check_limits(f"{spec}: count=", self.count, f"{spec}: duration=", self.duration)
         if scheme == "dpdk":
             self.version = "DPDK"
             try:
@@ -134,12 +147,18 @@ class LiveCapture:
         unknown = sorted(set(opts) - known)
         if unknown:
             raise UsageError(f"{spec}: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
-        try:
-            fanout = int(opts.get("fanout", -1))
-        except ValueError as e:
-            raise UsageError(f"{spec}: {e}") from None
+        fanout = opts.get("fanout", "-1")
+        if fanout != "-1" and not (fanout.isdigit() and int(fanout) <= 0xFFFF):
+            # the kernel's fan-out group id is 16 bits
+            raise UsageError(f"{spec}: fanout={fanout!r} is a group number from 0 to 65535")
+        fanout = int(fanout)
         block = _size(spec, "block", opts.get("block", "1M"))
         ring = _size(spec, "ring", opts.get("ring", "32M"))
+        for key, size in (("block", block), ("ring", ring)):
+            # the kernel takes a ring of whole blocks of a power-of-two size; a ring that is not
+            # one would be cut down to fewer blocks without a word
+            if size < 1 or size & (size - 1):
+                raise UsageError(f"{spec}: {key}={opts.get(key)} is not a power of two (e.g. 1M, 32M)")
         if ring < block:
             raise UsageError(f"{spec}: ring={opts.get('ring')} is smaller than one block ({block} bytes)")
         ts = opts.get("timestamps", "sw")

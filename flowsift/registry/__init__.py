@@ -14,6 +14,14 @@ def open_registry(url=None, run=None, role="gateway"):
     if url in (None, "", "embedded"):
         return EmbeddedRegistry(run)
     if url.startswith(("redis://", "rediss://", "unix://")):
+        import re
+        import urllib.parse
+        try:
+            urllib.parse.urlsplit(url).port      # (the port too: redis-py would say less)
+        except ValueError as e:
+            shown = re.sub(r":[^:@/]*@", ":***@", url)       # a password is never printed
+            raise RegistryError(f"registry {shown!r}: {e}; expected redis://[user:password@]host:port/db "
+                                f"(an IPv6 host in brackets: redis://[::1]:6379/0)") from None
         from flowsift.registry.redis import RedisRegistry
         return RedisRegistry(url, run, role=role)
     raise RegistryError(f"registry {url!r}: expected redis://[user:password@]host:port/db "

@@ -79,6 +79,8 @@ class RecordFile:
         size = self._size
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
+            # what the header says, for telling what is missing (`missing`)
+            self.header_says = {k: h[k] for k in ("records", "gaps", "end0", "end1")}
             fit = lambda off, unit: max(0, (size - off) // unit)
             h["records"] = min(h["records"], fit(h["records_off"], F.RECORD_SIZE))
             h["gaps"] = min(h["gaps"], fit(h["gaps_off"], F.GAP_SIZE))
@@ -174,6 +176,25 @@ class RecordFile:
         return n
 
     @property
+    def missing(self):
+        """None, or for a file shorter than its layout (cut by hand, a full disk): one line on
+        where it ends and what its header says lies beyond."""
+        if not self.truncated:
+            return None
+        says, h = self.header_says, self.header
+        if says == {k: h[k] for k in says}:
+            return None                        # everything the header counts is in the file
+        parts = []
+        if says["records"] != h["records"]:
+            parts.append(f"{says['records']:,} records ({h['records']:,} in the file)")
+        if says["gaps"] != h["gaps"]:
+            parts.append(f"{says['gaps']:,} gaps ({h['gaps']:,} in the file)")
+        for d, name in ((0, "c2s"), (1, "s2c")):
+            if says[f"end{d}"] != h[f"end{d}"]:
+                parts.append(f"{says[f'end{d}']:,} {name} bytes ({h[f'end{d}']:,} in the file)")
+        return f"truncated: the file ends at byte {self._size:,}, its header says " + ", ".join(parts)
+
+    @property
     def cut(self):
         return not self.closed_by_gateway or self.truncated
 
@@ -206,3 +227,16 @@ def store_files(directory):
     except FileNotFoundError:
         raise StoreError(f"{directory}: no such store directory") from None
     return [os.path.join(directory, n) for n in names]
+
+
+def check_store(directory):
+    """Raise StoreError unless `directory` is a store: it holds record files or a store.json
+    (an empty directory, or any other, would read as a store without connections)."""
+    if not os.path.isdir(directory):
+        raise StoreError(f"{directory}: no such store directory")
+    try:
+        names = os.listdir(directory)
+    except OSError as e:
+        raise StoreError(f"{directory}: cannot read the store: {e.strerror}") from None
+    if "store.json" not in names and not any(n.endswith((".rec", ".rec.new")) for n in names):
+        raise StoreError(f"{directory}: not a store (no record files, no store.json)")

@@ -8,9 +8,15 @@ def _endpoint(text, what):
     host = host.strip("[]") or text
     try:
         addr = ipaddress.ip_address(host)
-        return addr, int(port) if port else None
     except ValueError:
         raise ModuleError(f"module nat: {what}={text!r} is not ip or ip:port") from None
+    if not port:
+        return addr, None
+    # checked here, not by the gateway at each edit: a port it would refuse is a chain that
+    # rewrites nothing
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ModuleError(f"module nat: {what}={text!r}: port {port} is not a number from 1 to 65535")
+    return addr, int(port)
 
 
 class Nat(Module):

@@ -23,6 +23,8 @@ class StrSearch(Module):
     def __init__(self, config=None):
         super().__init__(config)
         spec = self.config.get("patterns", "")
+        if not spec:
+            raise ModuleError("module strsearch: option patterns=FILE is required (or patterns=inline:a|b)")
         if spec.startswith("inline:"):
             raw = [p for p in spec[len("inline:"):].split("|") if p]
         else:

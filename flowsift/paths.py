@@ -1,0 +1,58 @@
+"""Output paths checked against input paths before anything is opened for writing.
+
+Opening an output with O_TRUNC that is the input (the same name, a symlink to it, a hard link)
+empties the capture before it is read: a mapped capture then dies of SIGBUS. Names are not
+enough to tell; the file's identity (st_dev, st_ino) after symlinks is.
+"""
+import os
+
+from flowsift.errors import UsageError
+
+
+def identity(path):
+    """(st_dev, st_ino) of what `path` names after symlinks, or None if nothing is there."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inputs(inputs):
+    """{identity: what it is} of the input files; a directory stands for the files in it
+    (a store: its record files are read)."""
+    out = {}
+    for what, path in inputs:
+        if path is None:
+            continue
+        ident = identity(path)
+        if ident is None:
+            continue
+        out[ident] = f"the {what}"
+        if os.path.isdir(path):
+            try:
+                with os.scandir(path) as it:
+                    for e in it:
+                        if e.is_file():
+                            out.setdefault(identity(e.path), f"a file of the {what} {path}")
+            except OSError:
+                pass
+    return out
+
+
+def refuse_overwrite(inputs, outputs):
+    """Raise UsageError if an output path is an input or another output. `inputs`: (what, path)
+    pairs (e.g. ("input capture", "in.pcap"); path None or a live source's name is skipped, as
+    is one that does not exist); `outputs`: (option, path) pairs, path None skipped."""
+    seen = _inputs(inputs)
+    taken = {}
+    for option, path in outputs:
+        if path is None or path == "-":
+            continue
+        ident = identity(path)
+        if ident is not None and ident in seen:
+            raise UsageError(f"{option} {path} is {seen[ident]}")
+        key = ident or os.path.realpath(path)
+        if key in taken:
+            raise UsageError(f"{taken[key]} and {option} {path} are the same file")
+        taken[key] = f"{option} {path}"
