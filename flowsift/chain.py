@@ -25,6 +25,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     if write is not None:
         from flowsift.paths import refuse_overwrite
         refuse_overwrite([("input capture", source)], [("-w", write)])
+        from flowsift.egress import egress_linktype
+        egress_linktype(source)                # (before the first packet, not after the run)
     if max_backlog is not None and max_backlog < 1:
         # 0 would give up every connection at once: a chain that reads nothing
         raise UsageError(f"--max-backlog {max_backlog}: a number of batches, 1 or more")

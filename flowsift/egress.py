@@ -94,15 +94,58 @@ def _incremental(csum, old, new):
     return (~s) & 0xFFFF
 
 
-def _rewrite_fragment(frame, p, fields):
+class _DatagramBytes:
+    """The merged stream bytes of a datagram that came in fragments, put back into each of its
+    fragments, and what they change of the transport checksum, which only the first fragment
+    holds: worked out from the edits' old and new bytes (Editor.changes), so no other fragment
+    is needed to write it."""
+
+    def __init__(self, rf, d, offset, length, header, changes):
+        # `header`: the transport header's length (the datagram's IP payload less the stream's)
+        self.rf, self.d, self.offset, self.length, self.header = rf, d, offset, length, header
+        self.changes = [c for c in changes if c[0] < offset + length and offset < c[0] + len(c[2])]
+
+    def put(self, b, l4, frag_off, frag_len, first):
+        """Put the merged bytes into fragment bytes `b` (its IP payload at l4: bytes frag_off..
+        of the datagram's); returns the (old, new) checksum word changes for the first."""
+        H = self.header
+        lo, hi = max(0, frag_off - H), min(self.length, frag_off + frag_len - H)
+        if lo < hi:
+            at = l4 + H + lo - frag_off
+            b[at:at + hi - lo] = self.rf.data(self.d, self.offset + lo, hi - lo)
+        if not first:
+            return []
+        words = []
+        for off, old, new in self.changes:
+            # clipped to the datagram, then laid on 16-bit words of the transport segment
+            a, z = max(off, self.offset), min(off + len(new), self.offset + self.length)
+            old, new = old[a - off:z - off], new[a - off:z - off]
+            if (H + a - self.offset) % 2:
+                old, new = b"\0" + old, b"\0" + new
+            if len(old) % 2:
+                old, new = old + b"\0", new + b"\0"
+            words.append((old, new))
+        return words
+
+
+def _rewrite_fragment(frame, p, fields, payload=None):
     """A copy of one fragment of an edited datagram with its header edits: addresses and TTL in
     every fragment (IPv4 header checksum recomputed), ports in the first, whose transport
-    checksum is updated for the changed addresses and ports without the other fragments' bytes.
-    None for what a fragment cannot take."""
+    checksum is updated for the changed addresses and ports without the other fragments' bytes;
+    and with the datagram's merged stream bytes (`payload`, a _DatagramBytes). None for what a
+    fragment cannot take."""
     b = bytearray(frame)
     l3, l4, v4 = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4
     proto, first = int(p["proto"]), int(p["frag_off"]) == 0
     changed = []                      # (old, new) bytes the transport checksum covers
+    if payload is not None:
+        if v4:
+            frag_len = struct.unpack_from("!H", b, l3 + 2)[0] - (l4 - l3)
+        else:
+            frag_len = struct.unpack_from("!H", b, l3 + 4)[0] + 40 - (l4 - l3)
+        if l4 + frag_len > len(b):
+            return None                   # (cut by the snaplen)
+        changed.extend(payload.put(b, l4, int(p["frag_off"]), frag_len, first))
     for key, value in fields.items():
         if key.endswith(("sport", "dport")) or key == "tcp_flags":
             if not first:
@@ -112,7 +155,7 @@ def _rewrite_fragment(frame, p, fields):
         change = _put_field(b, l3, l4, v4, key, value)
         if change is not None:
             changed.append(change)
-    if v4:
+    if v4 and fields:
         _ipv4_header_checksum(b, l3)
     if first and changed and proto in (6, 17):
         at = l4 + (16 if proto == 6 else 6)
@@ -175,26 +218,59 @@ class _LateBytes:
         return bytes(data)
 
 
+def egress_linktype(source, cap=None):
+    """The one link type of the interfaces `source` declared so far (a pcapng declares them as
+    it goes: the ones before its first packets, unless `cap` was read further); -w writes a pcap,
+    which has one."""
+    if cap is None:
+        cap = open_capture(source)
+        next(iter(cap.batches()), None)
+    linktypes = sorted({i["linktype"] for i in cap.interfaces()})
+    if len(linktypes) > 1:
+        raise UsageError(f"{source}: -w writes a pcap, with one link type; this capture has "
+                         f"{len(linktypes)} ({', '.join(map(str, linktypes))})")
+    return linktypes[0] if linktypes else None
+
+
 def write_egress(source, out, editor, store, late=None, members=None):
     """Write the source's frames to `out` with the chain's verdicts and edits; `late`: frame
     position -> (conn, dir) of the packets that came after their connection ended; `members`:
     frame position of a rebuilt datagram -> its fragments' positions."""
     cap = open_capture(source)
-    linktypes = {i["linktype"] for i in cap.interfaces()}
-    if len(linktypes) != 1:
-        raise UsageError(f"{source}: -w writes a pcap with one link type; this capture has {len(linktypes)}")
-    payload_of, files = {}, {}
+    batches = decoded_batches(cap, Decoder())
+    first = next(batches, None)
+    linktype = egress_linktype(source, cap) or 1
+    members = members or {}
+    payload_of, files, in_fragments = {}, {}, {}
     for conn, d in editor.payload_dirs:
         rf = files.get(conn) or files.setdefault(conn, RecordFile(store.path(conn)))
         for rec in rf.records():
             if rec.dir == d and rec.payload_len:          # (a TCP segment, or a UDP datagram)
                 payload_of[rec.frame_pos] = (conn, d, rec.stream_offset, rec.payload_len)
+                if rec.frame_pos in members and members[rec.frame_pos][1]:
+                    # a datagram rebuilt from fragments (its IP header, made by the defragmenter,
+                    # has no options): its bytes go back into them
+                    header = rec.wirelen - (20 if rec.ipver == 4 else 40) - rec.payload_len
+                    in_fragments[rec.frame_pos] = _DatagramBytes(rf, d, rec.stream_offset, rec.payload_len, header,
+                                                                 editor.changes.get((conn, d), ()))
     counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0}
     late = late or {}
-    fragment_fields = _fragment_fields(editor, members or {})
+    fragment_fields = _fragment_fields(editor, members)
+    for dpos in payload_of.keys() & members.keys():
+        for m in members[dpos][0]:
+            if dpos in in_fragments:
+                fragment_fields.setdefault(m, {})       # (fragments of a datagram with stream edits only)
+            else:
+                fragment_fields[m] = None               # its transport header spans fragments
+    datagram_of = {m: dpos for dpos, (frags, _) in members.items() for m in frags}
     late_bytes = {}
-    with PcapWriter(out, linktype=linktypes.pop(), nanosecond=True) as w:
-        for batch in decoded_batches(cap, Decoder()):
+    import itertools
+    known = len(cap.interfaces())
+    with PcapWriter(out, linktype=linktype, nanosecond=True) as w:
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            if len(cap.interfaces()) != known:          # a pcapng declared another interface
+                known = len(cap.interfaces())
+                egress_linktype(source, cap)
             arr = batch.array
             for i in range(len(batch)):
                 pos = int(arr["rec_pos"][i])
@@ -204,9 +280,14 @@ def write_egress(source, out, editor, store, late=None, members=None):
                 frame = batch.frame(i)
                 new = frame
                 if pos in fragment_fields and arr["flags"][i] & PF_FRAGMENT:
-                    fields = fragment_fields[pos]
-                    # stream bytes are not put into fragments
-                    new = _rewrite_fragment(frame, arr[i], fields) if fields and pos not in payload_of else None
+                    fields = fragment_fields[pos]          # (None: the datagram cannot take them)
+                    dpos = datagram_of.get(pos)
+                    if dpos in payload_of and dpos not in in_fragments:
+                        new = None                        # its transport header spans fragments
+                    elif fields is not None:
+                        new = _rewrite_fragment(frame, arr[i], fields, in_fragments.get(dpos))
+                    else:
+                        new = None
                 else:
                     fields, where = editor.headers.get(pos), payload_of.get(pos)
                     data = files[where[0]].data(where[1], where[2], where[3]) if where else None

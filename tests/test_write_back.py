@@ -280,3 +280,42 @@ def test_a_nat_port_out_of_range_stops_the_chain_before_the_first_packet(tmp_pat
     res = run_cli("chain", "nat(to=10.0.0.2:99999)", corpus / "http__dpkt__http.pcap", "-w", out, "--json")
     assert res.returncode == 2 and res.stdout == "" and not out.exists()
     assert res.stderr.strip() == "flowsift: module nat: to='10.0.0.2:99999': port 99999 is not a number from 1 to 65535"
+
+
+def test_w_writes_a_pcapng_with_one_link_type_and_refuses_several_before_the_run(tmp_path, corpus):
+    """A pcapng declares its interfaces as it goes: -w looked before reading any, found none,
+    and refused every pcapng, after the run."""
+    src = corpus / "http__csanders__http_espn.pcapng"
+    out, events = tmp_path / "out.pcap", tmp_path / "ev.jsonl"
+    res = run_cli("chain", "counter", src, "-w", out, "--events", events)
+    assert res.returncode == 0, res.stderr
+    assert frames(out) == frames(src) and len(frames(out)) == 956
+    many = corpus / "pcapng__pcpp__many_interfaces-1.pcapng"
+    res = run_cli("chain", "counter", many, "-w", tmp_path / "many.pcap", "--events", tmp_path / "ev2.jsonl")
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"flowsift: {many}: -w writes a pcap, with one link type; this capture has 3 (0, 1, 12)"
+    ev2 = tmp_path / "ev2.jsonl"
+    assert not ev2.exists() or ev2.read_text() == ""          # refused before the first packet
+
+
+@pytest.mark.parametrize("chain", ["redact(pattern=Host:.[a-z.]*)", "nat(to=10.1.1.1:81),redact(pattern=Host:.[a-z.]*)"])
+def test_stream_edits_go_into_the_fragments_of_a_datagram(tmp_path, corpus, chain):
+    """The request's Host line masked in the fragments that carry it, the TCP checksum (in the
+    first fragment) updated from the edits' old and new bytes. The fragment carrying the record
+    was once left as it came (not_editable), the others NATed: one datagram, two destinations."""
+    tshark = require("tshark")
+    src = corpus / "frag__pcpp__frag_http_req.pcap"
+    out = tmp_path / "out.pcap"
+    res = run_cli("chain", chain, src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    egress = json.loads(res.stdout)["egress"]
+    assert egress["not_editable"] == 0 and egress["edited"] == (11 if "nat" in chain else egress["edited"])
+    rows = subprocess.run([tshark, "-r", str(out), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
+                           "-T", "fields", "-e", "ip.dst", "-e", "ip.checksum.status", "-e", "tcp.checksum.status",
+                           "-e", "tcp.payload"], capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = [r.split("\t") for r in rows]
+    assert all(r[1] == "1" for r in rows)
+    assert len({r[0] for r in rows}) == 1                                 # every fragment to one place
+    (request,) = [bytes.fromhex(r[3]) for r in rows if r[3]]
+    assert [r[2] for r in rows if r[3]] == ["1"]                          # the TCP checksum verifies
+    assert b"js.bizographics" not in request and b"\r\nXXXXXXXXXXXXXXXXXXXXXXXXX\r\nUser-Agent" in request

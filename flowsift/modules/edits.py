@@ -34,6 +34,7 @@ class Editor:
         self.headers = {}                 # frame_pos -> {keyword: value}
         self.dropped = set()              # frame_pos of packets not to forward
         self.payload_dirs = set()         # (conn, dir) whose stream bytes were edited
+        self.changes = {}                 # (conn, dir) -> [(offset, old, new)]: fragments' checksums need them
         self.flow_fields = {}             # (conn, dir) -> the header edits of its last edited packet
         self.accepted = collections.Counter()
         self.rejected = collections.Counter()
@@ -112,6 +113,7 @@ class Editor:
         old = stream.file.data(stream.direction, offset, len(new))
         self.store.write_data(flow.conn, stream.direction, offset, new)
         self.payload_dirs.add((flow.conn, stream.direction))
+        self.changes.setdefault((flow.conn, stream.direction), []).append((offset, old, new))
         self._log(module, flow.conn, None, f"payload[{stream.direction}]@{offset}", old.hex(), new.hex())
         return Edit(True, None)
 
