@@ -186,3 +186,22 @@ def test_strsearch_finds_patterns_across_packet_boundaries(tmp_path, corpus):
         data = bytes(r.collector.dirs[(e["conn"], d)].data)
         assert data[e["offset"]:e["offset"] + len(e["pattern"])] == e["pattern"].encode("latin-1")
     assert res.counters("strsearch")["matches"] >= 6
+
+
+def test_http_reads_connections_seen_from_the_middle(tmp_path, corpus):
+    """650HttpResponses has only the servers' sides, SYN-less and lossy: the side seen first (the
+    'client') carries responses. http parsed them as requests and gave up: no event at all.
+    It now finds each midstream side's first message start, requests or responses."""
+    evs, summary = events(corpus / "midstream__pcpp__650HttpResponses.pcap", "http", tmp_path)
+    assert {e["kind"] for e in evs} == {"response"}
+    codes = collections.Counter(e["status"] for e in evs if e["complete"])
+    want = collections.Counter(int(c) for (c,) in tshark_fields(corpus / "midstream__pcpp__650HttpResponses.pcap",
+                                                                "http.response", "http.response.code"))
+    # tshark leaves out responses whose headers it cannot reassemble across the losses
+    assert sum(want.values()) == 365 and all(codes[c] >= n for c, n in want.items())
+    # a keep-alive byte before a midstream request (\x00GET /ping...) hid two requests
+    evs, _ = events(corpus / "vlan__pcpp__example2.pcap", "http", tmp_path)
+    ours = collections.Counter((e["method"], e["uri"]) for e in evs if e["kind"] == "request")
+    theirs = collections.Counter(tshark_fields(corpus / "vlan__pcpp__example2.pcap", "http.request",
+                                               "http.request.method", "http.request.uri"))
+    assert ours == theirs and sum(ours.values()) == 167

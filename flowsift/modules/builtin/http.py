@@ -39,7 +39,7 @@ class _Side:
 
     def on_headers_complete(self):
         parser = self.flow.cache[self.direction]
-        if self.direction == 0:
+        if _requests(self.st, self.direction):
             self.st["msg"]["method"] = parser.get_method().decode()
         else:
             self.st["msg"]["status"] = parser.get_status_code()
@@ -53,20 +53,28 @@ class _Side:
             self.skip -= 1
             return
         self.st["done"] += 1
-        self.module._message(self.flow, self.direction, msg)
+        self.module._message(self.flow, _requests(self.st, self.direction), msg)
+
+
+def _requests(st, direction):
+    """Does this direction carry requests? The client's does, unless the connection was seen
+    midstream and its messages said otherwise (the side seen first is taken as the client)."""
+    kind = st.get("kind")
+    return direction == 0 if kind is None else kind == "request"
 
 
 def _parser(module, flow, direction, st, replayed=0):
     """A parser for this direction, put in flow.cache (where its callbacks find it)."""
     side = _Side(module, flow, direction, st, replayed)
-    kind = httptools.HttpRequestParser if direction == 0 else httptools.HttpResponseParser
+    kind = httptools.HttpRequestParser if _requests(st, direction) else httptools.HttpResponseParser
     parser = flow.cache[direction] = kind(side)
     return parser
 
 
 class Http(Module):
     """HTTP/1.x requests and responses, paired in order (keep-alive and pipelining), chunked
-    bodies measured after decoding; after a gap, parsing resumes at the next message start.
+    bodies measured after decoding; after a gap, parsing resumes at the next message start, as it
+    starts in a side seen from the middle (which may be the server's, seen first).
 
     Synopsis: http
     Reads: both streams of every TCP connection, until neither is HTTP/1
@@ -124,13 +132,25 @@ class Http(Module):
         st = sides[d]
         if st is None:
             st = sides[d] = {"mode": "http", "from": stream.tell(), "done": 0, "msg": None}
+            if stream.file.header[f"midstream{d}"]:
+                # seen from the middle: what comes first may be the rest of a message (or a
+                # keep-alive byte), and the side seen first may be the server
+                st.update(mode="resync", kind=None)
         if st["mode"] == "off":
             stream.skip()
             return
         if st["mode"] == "resync":
             at = stream.tell()
             data = stream.read_bytes()
-            m = (REQUEST_START if d == 0 else RESPONSE_START).search(data)
+            if "kind" in st and st["kind"] is None:
+                found = [(m.start(), k) for k, m in (("request", REQUEST_START.search(data)),
+                                                     ("response", RESPONSE_START.search(data))) if m]
+                if not found:
+                    return
+                start, st["kind"] = min(found)
+                m = (REQUEST_START if st["kind"] == "request" else RESPONSE_START).search(data, start)
+            else:
+                m = (REQUEST_START if _requests(st, d) else RESPONSE_START).search(data)
             if m is None:
                 return
             st.update(mode="http", **{"from": at + m.start()}, done=0, msg=None)
@@ -150,13 +170,13 @@ class Http(Module):
         if st and st["mode"] != "off":
             st["mode"] = "resync"
             flow.cache.pop(direction, None)
-            if direction == 0:
+            if _requests(st, direction):
                 self._pair(flow, final=True)
                 flow.state["pending"].clear()     # responses can no longer be paired reliably
 
-    def _message(self, flow, direction, msg, complete=True):
+    def _message(self, flow, request, msg, complete=True):
         st = flow.state
-        if direction == 0:
+        if request:
             req = {"method": msg["method"], "host": msg["headers"].get("host"),
                    "uri": msg["url"], "request_body": msg["body"],
                    "user_agent": msg["headers"].get("user-agent")}
@@ -180,7 +200,8 @@ class Http(Module):
             self.count("responses")
 
     def on_close(self, flow, reason):
-        st = flow.state["sides"][1]
+        responses = [st for d, st in enumerate(flow.state["sides"]) if st and not _requests(st, d)]
+        st = responses[0] if responses else None
         msg = st and st["mode"] != "off" and st["msg"]     # cut by the end, or by a gap
         if msg and "status" in msg:
             # the connection ended inside a response: complete only if its body is delimited by
@@ -189,5 +210,5 @@ class Http(Module):
             length = h.get("content-length")
             cut = "chunked" in h.get("transfer-encoding", "") or (length is not None and length.isdigit()
                                                                     and msg["body"] < int(length))
-            self._message(flow, 1, msg, complete=not cut)
+            self._message(flow, False, msg, complete=not cut)
         self._pair(flow, final=True)           # responses no request was seen for
