@@ -146,6 +146,60 @@ def test_idle_timeout_and_eviction(tmp_path):
     assert r.engine.evictions == 4
 
 
+def _jump_capture(path, after):
+    """A connection at year 2015, then `after`: (seconds, microseconds, frame) six years on."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    t0 = 1_420_000_000
+    frames = [(t0, 0, ether(ipv4(A, B, 6, tcp(1000, 80, seq=10, flags=0x02)))),
+              (t0, 1000, ether(ipv4(B, A, 6, tcp(80, 1000, seq=50, ack=11, flags=0x12)))),
+              (t0, 2000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=11, ack=51, flags=0x18, payload=b"hi"))))]
+    frames += [(t0 + 6 * 365 * 86400 + s, us, f) for s, us, f in after]
+    path.write_bytes(pcap(frames))
+    return path
+
+
+def test_a_clock_jump_does_not_expire_what_its_first_packet_opened(tmp_path, corpus):
+    """The packet that jumps far ahead is held back from the clock until the next one agrees;
+    then the connection it opened counts its idle time from that packet, not from before the
+    jump: the SYN-ACK 0.34 s later belongs to it, with the roles kept."""
+    from pcapgen import A, B, ether, ipv4, tcp, udp
+    path = _jump_capture(tmp_path / "jump.pcap", [
+        (0, 0, ether(ipv4(A, B, 6, tcp(2000, 80, seq=100, flags=0x02)))),
+        (0, 340_000, ether(ipv4(B, A, 6, tcp(80, 2000, seq=900, ack=101, flags=0x12)))),
+        (0, 341_000, ether(ipv4(A, B, 6, tcp(2000, 80, seq=101, ack=901, flags=0x18, payload=b"after")))),
+        # and six more years on, a DNS query answered 17 ms later
+        (6 * 365 * 86400, 0, ether(ipv4(A, B, 17, udp(5353, 53, b"query")))),
+        (6 * 365 * 86400, 17_000, ether(ipv4(B, A, 17, udp(53, 5353, b"answer"))))])
+    r = run(path)
+    closed = r.collector.closed
+    assert len(closed) == 3 and r.engine.clock_outliers == 0
+    assert [closed[c]["dirs"][0]["close"] for c in sorted(closed)] == ["timeout", "timeout", "eof"]
+    assert closed[1]["client"][1] == 2000 and streams(r)[1] == (b"after", b"")
+    assert closed[2]["proto"] == "udp" and closed[2]["client"][1] == 5353
+    assert closed[2]["dirs"][0]["packets"] == closed[2]["dirs"][1]["packets"] == 1
+    # the corpus captures with such a jump: one connection each, as tshark and `stats` count
+    for name, proto, n in (("smtp__zeek__smtp.pcap", "tcp", 6), ("linktype__pcpp__raw_ip.pcap", "udp", 4)):
+        r = run(corpus / name)
+        assert sum(c["proto"] == proto for c in r.collector.closed.values()) == n
+
+
+def test_a_clock_jump_keeps_the_linger_of_what_its_first_packet_ended(tmp_path):
+    """The server's FIN, six years after the client's, ends the connection; the client's last
+    ACK right after is a late packet of it, not a new connection."""
+    from pcapgen import A, B, ether, ipv4, tcp
+    path = _jump_capture(tmp_path / "jumpfin.pcap", [])
+    blob = path.read_bytes()
+    from pcapgen import pcap
+    t0 = 1_420_000_000
+    path.write_bytes(blob + pcap([
+        (t0, 3000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=13, ack=51, flags=0x11)))),
+        (t0 + 6 * 365 * 86400, 0, ether(ipv4(B, A, 6, tcp(80, 1000, seq=51, ack=14, flags=0x11)))),
+        (t0 + 6 * 365 * 86400, 100_000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=14, ack=52, flags=0x10))))])[24:])
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.late_packets == 1
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+
+
 def test_streams_cli_files_and_index(tmp_path, corpus):
     out = tmp_path / "out"
     res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", out, "--json")

@@ -175,6 +175,10 @@ cdef class Engine:
     cdef readonly int64_t now
     cdef readonly uint64_t clock_outliers    # lone timestamps far ahead of the clock, not followed
     cdef bint jump_pending
+    cdef int64_t jump_ts             # the pending packet's own time, and the clock it left
+    cdef int64_t jump_from
+    cdef uint32_t jump_conn          # the connection it touched (0xFFFFFFFF: none)
+    cdef uint32_t jump_ended         # the linger FIFO's length before it
     # totals over finished connections (summaries without a Python call per connection)
     cdef uint64_t t_conns[2]          # tcp, udp
     cdef uint64_t t_close[6]          # by CLOSE_*
@@ -203,6 +207,7 @@ cdef class Engine:
     cdef int _expire(self) except -1
     cdef int _clock(self, int64_t ts) except -1
     cdef int _tick(self, int64_t ts) except -1
+    cdef int _jump_confirmed(self) except -1
     cdef int _finish(self, uint32_t i, int reason) except -1
     cdef void _free_dir(self, dir_t* D) noexcept nogil
     cdef int _packet(self, pkt_t* p) except -1

@@ -227,6 +227,8 @@ cdef class Engine:
             self._clock(p.ts_ns)
             if self.flows._assign(<void*>p) < 0:
                 raise MemoryError("flow table")
+            if self.jump_pending:
+                self.jump_conn = p.flow_id
             self._packet(p)
 
     cdef int _clock(self, int64_t ts) except -1:
@@ -243,19 +245,48 @@ cdef class Engine:
         # connection at once; a second one in a row does (the capture really skipped ahead).
         if self.now and ts - self.now > CLOCK_JUMP_NS and not self.jump_pending:
             self.jump_pending = 1
+            self.jump_ts = ts
+            self.jump_from = self.now
+            self.jump_conn = 0xFFFFFFFF
+            self.jump_ended = self.ended_len
             self.clock_outliers += 1
             return 0
         if self.jump_pending and ts - self.now > CLOCK_JUMP_NS:
             self.clock_outliers -= 1           # confirmed: time did move on
+            self._jump_confirmed()
         self.jump_pending = 0
         self.now = ts
         self._expire()
+        return 0
+
+    cdef int _jump_confirmed(self) except -1:
+        # The pending packet was handled at the clock it did not move, but it really came at
+        # jump_ts: what it touched counts its idle time and its linger from then, or the jump
+        # would expire a connection it had just opened (and split it, roles reversed).
+        cdef uint32_t i = self.jump_conn, j
+        cdef conn_t* c
+        cdef int cls
+        cdef flow_t* f
+        if i != 0xFFFFFFFF and self._state(i) == CS_OPEN:
+            c = conn_at(self, i)
+            if c.idle_ts == self.jump_from and c.lru < N_LRU:
+                cls = c.lru
+                self._lru_unlink(i)
+                c.idle_ts = self.jump_ts
+                self._lru_insert(i, cls)
+        # flows it ended (their connection, a reused tuple's earlier one) joined the linger
+        # FIFO last; nothing left it since (the clock did not move)
+        for j in range(self.jump_ended, self.ended_len):
+            f = flow_at(self.flows, self.ended[(self.ended_head + j) % self.ended_cap])
+            if f.ended_ts == self.jump_from:
+                f.ended_ts = self.jump_ts
         return 0
 
     def advance(self, int64_t now_ns):
         """Let capture time pass (fires idle timeouts); time never moves backwards."""
         if now_ns > self.now:
             self.now = now_ns
+            self.jump_pending = 0
         self._expire()
 
     def close_all(self, str reason="eof"):
