@@ -200,6 +200,77 @@ def test_a_clock_jump_keeps_the_linger_of_what_its_first_packet_ended(tmp_path):
     assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
 
 
+def _timed_capture(path, packets):
+    """packets: (seconds after the start, client sends?, seq, ack, flags, payload)."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    t0 = 1_700_000_000 * 10**6
+    frames = []
+    for at, from_client, seq, ack, flags, payload in packets:
+        src, dst, sp, dp = (A, B, 40000, 80) if from_client else (B, A, 80, 40000)
+        us = t0 + round(at * 10**6)
+        frames.append((us // 10**6, us % 10**6,
+                       ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags, payload=payload)))))
+    path.write_bytes(pcap(frames))
+    return path
+
+
+RESET = [(0, True, 100, 0, 0x02, b""), (0.01, False, 500, 101, 0x12, b""),
+         (0.02, True, 101, 501, 0x18, b"hello"), (0.03, True, 106, 501, 0x14, b"")]
+
+
+def test_a_reset_connection_lingers_after_its_closing_timeout(tmp_path):
+    """RST, then the closing timeout (10 s) ends the connection; its 5-tuple lingers 60 s more:
+    a FIN 15 s after the RST is a late packet, not a new midstream connection; a packet after
+    the linger starts one."""
+    path = _timed_capture(tmp_path / "rst.pcap", RESET + [
+        (15, True, 106, 501, 0x11, b""), (16, False, 501, 107, 0x11, b""),
+        (90, True, 106, 501, 0x18, b"later")])
+    r = run(path)
+    closed = r.collector.closed
+    assert len(closed) == 2 and r.engine.late_packets == 2
+    assert [d["close"] for d in closed[0]["dirs"]] == ["rst", "rst"] and closed[0]["dirs"][0]["packets"] == 3
+    assert closed[1]["dirs"][0]["midstream"] and streams(r)[1] == (b"later", b"")
+
+
+@pytest.mark.parametrize("isn,conns", [(100, 1), (7000, 2)])
+def test_a_syn_during_the_linger_after_a_reset(tmp_path, isn, conns):
+    """A SYN with the reset connection's ISN is that connection's (a late packet, as tshark keeps
+    it in the same stream); one with another ISN starts a new connection (docs/reassembly.md)."""
+    path = _timed_capture(tmp_path / "rstsyn.pcap", RESET + [
+        (20, True, isn, 0, 0x02, b""), (20.01, False, 900, isn + 1, 0x12, b""),
+        (20.02, True, isn + 1, 901, 0x18, b"again")])
+    r = run(path)
+    assert len(r.collector.closed) == conns
+    if conns == 2:
+        assert streams(r)[1] == (b"again", b"") and not r.collector.closed[1]["dirs"][0]["midstream"]
+    else:
+        assert r.engine.late_packets == 3 and streams(r)[0] == (b"hello", b"")
+
+
+def test_a_reset_of_a_stray_ack_during_the_handshake_is_ignored(tmp_path, corpus):
+    """The server answers the SYN with an ACK for an older connection on the tuple; the client
+    resets it with that ACK's number (RFC 793, SYN-SENT) and sends its SYN again 13 s later.
+    That RST is not at the client's ISN + 1: it does not reset this connection, which goes on
+    and ends by FIN, one connection as tshark sees it."""
+    path = _timed_capture(tmp_path / "stray.pcap", [
+        (0, True, 100, 0, 0x02, b""), (0.01, False, 3000, 123456, 0x10, b""),
+        (0.02, True, 123456, 123456, 0x04, b""),
+        (13, True, 100, 0, 0x02, b""), (13.01, False, 500, 101, 0x12, b""),
+        (13.02, True, 101, 501, 0x18, b"hello"), (13.03, False, 501, 106, 0x18, b"world"),
+        (14, True, 106, 506, 0x11, b""), (14.01, False, 506, 107, 0x11, b"")])
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.ignored_flags == 1
+    assert streams(r)[0] == (b"hello", b"world")
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+    # nine connections of the TLS capture start so; with their 5-tuples kept after a RST, the
+    # capture holds 68 TCP connections, as tshark counts them
+    r = run(corpus / "tls__suri__tls-subjectaltname.pcap")
+    tcp = {c: i for c, i in r.collector.closed.items() if i["proto"] == "tcp"}
+    assert len(tcp) == 68 and r.engine.ignored_flags == 9
+    (conn,) = [c for c, i in tcp.items() if i["client"][1] == 59622]
+    assert [len(x) for x in streams(r)[conn]] == [344, 1507]
+
+
 def test_streams_cli_files_and_index(tmp_path, corpus):
     out = tmp_path / "out"
     res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", out, "--json")

@@ -170,7 +170,7 @@ cdef class Engine:
     cdef readonly uint64_t evictions
     cdef readonly uint64_t timeouts_fired
     cdef readonly uint64_t late_packets      # packets for a connection already finished
-    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
+    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion), RST of a stray ACK
     cdef readonly uint64_t segments
     cdef readonly int64_t now
     cdef readonly uint64_t clock_outliers    # lone timestamps far ahead of the clock, not followed

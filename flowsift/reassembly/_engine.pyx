@@ -709,8 +709,9 @@ cdef class Engine:
             self.t_conflicts += D.conflict_bytes
             self.t_retrans += D.retransmissions
             self.t_midstream += D.midstream
-        if reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED:
-            # a later packet on this 5-tuple starts a new connection
+        if (reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED) and not c.rst and not self._any_fin(i):
+            # a later packet on this 5-tuple starts a new connection; one that saw FIN or RST
+            # lingers like the others (late packets of it are late, not a new connection)
             self.flows._remove(i)
         self.sink.on_close(i, self)
         self._release(i, self.now)
@@ -810,6 +811,17 @@ cdef class Engine:
                 return 0
             self._anchor(D, seq)
             D.midstream = 1
+        elif ((fl & TH_RST) and not has_payload and D.syn_seen and not P.syn_seen and not D.fin_seen
+              and D.next == D.origin and D.n_chunks == 0 and self._off(D, seq) != D.origin):
+            # a side still waiting for the answer to its SYN resets a stray ACK (one for an older
+            # connection on the tuple) with that ACK's number, and its handshake goes on (RFC 793,
+            # SYN-SENT): a RST not at ISN + 1 there says nothing about this connection
+            self.ignored_flags += 1
+            p.rflags = RF_IGNORED
+            p.stream_off = 0
+            self.sink.on_packet(i, p)
+            self._lru_push(i, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            return 0
 
         o = self._off(D, seq)
         p.stream_off = o
