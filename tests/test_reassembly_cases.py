@@ -271,6 +271,23 @@ def test_a_reset_of_a_stray_ack_during_the_handshake_is_ignored(tmp_path, corpus
     assert [len(x) for x in streams(r)[conn]] == [344, 1507]
 
 
+@pytest.mark.parametrize("name,holes,entries", [("retrans__zeek__retransmit-fast009.pcap", 2, 18),
+                                                ("trunc__zeek__truncated-header.pcap", 2, 11),
+                                                ("overlap__zeek__reassembly.pcap", 9, 10),
+                                                ("trunc__suri__tcp-rst-unacked-stream-10.pcap", 2, 3)])
+def test_summaries_count_holes_as_the_index_lists_them(tmp_path, corpus, name, holes, entries):
+    """A gap declared right after another (snaplen cuts in a row, then the loss at the end) is
+    the same hole: the index merges them, and the summaries of streams and gateway count them
+    so; the record files keep one entry per gap declared, each with its reason."""
+    res = run_cli("streams", corpus / name, "-o", tmp_path / "s", "--json", check=True)
+    index = [json.loads(l) for l in (tmp_path / "s" / "index.jsonl").read_text().splitlines()]
+    assert json.loads(res.stdout)["gaps"] == sum(len(d["gaps"]) for d in index) == holes
+    res = run_cli("gateway", corpus / name, "--store", tmp_path / "g", "--keep", "--json", check=True)
+    assert json.loads(res.stdout)["connections"]["gaps"] == holes
+    listed = json.loads(run_cli("inspect", tmp_path / "g", "--json", check=True).stdout)["connections"]
+    assert sum(c["gaps"] for c in listed) == entries
+
+
 def test_streams_cli_files_and_index(tmp_path, corpus):
     out = tmp_path / "out"
     res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", out, "--json")

@@ -109,7 +109,8 @@ ctypedef struct dir_t:
     uint64_t payload_bytes     # captured payload bytes seen
     uint64_t delivered
     uint64_t gap_bytes
-    uint64_t n_gaps
+    uint64_t n_gaps            # holes: a gap right after another (nothing delivered between) is the same
+    int64_t gap_end            # internal offset where the last gap ended
     uint64_t conflict_bytes
     uint64_t overlap_bytes     # bytes seen more than once (same or different)
     uint64_t retransmissions   # segments whose bytes were all seen before

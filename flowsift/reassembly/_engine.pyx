@@ -934,7 +934,9 @@ cdef class Engine:
         if upto <= D.next:
             return 0
         D.gap_bytes += <uint64_t>(upto - D.next)
-        D.n_gaps += 1
+        if D.n_gaps == 0 or D.gap_end != D.next:
+            D.n_gaps += 1           # (a snaplen cut then a loss, say, is one hole, as the index lists it)
+        D.gap_end = upto
         self.cur_rflags |= RF_GAP_BEFORE
         self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
         D = &conn_at(self, i).d[d]
