@@ -288,6 +288,20 @@ def test_summaries_count_holes_as_the_index_lists_them(tmp_path, corpus, name, h
     assert sum(c["gaps"] for c in listed) == entries
 
 
+@pytest.mark.parametrize("name", ["pcapng__pcpp__pcapng-example.pcapng", "ooo__tcpflow__test1-out-of-order.pcap",
+                                  "ooo__tcpflow__test5-lines-randomized.pcap", "pcapng__pcpp__many_interfaces-1.pcapng"])
+def test_index_times_are_the_earliest_and_latest(tmp_path, corpus, name):
+    """An index line's first_ts and last_ts span its direction's packets whatever their order in
+    the file (shuffled captures, interfaces with their own clocks), as `stats` spans a capture."""
+    run_cli("streams", corpus / name, "-o", tmp_path / "s", check=True)
+    index = [json.loads(l) for l in (tmp_path / "s" / "index.jsonl").read_text().splitlines()]
+    assert all(d["first_ts"] <= d["last_ts"] for d in index if d["packets"])
+    if name.startswith("pcapng__pcpp__pcapng-example"):
+        # connection 0's server: packets from 2015, and one stamped 2061 (in the file after its first)
+        (d,) = [d for d in index if d["conn"] == 0 and d["dir"] == "s2c"]
+        assert int(d["first_ts"]) == 1422527998 and int(d["last_ts"]) == 2894531997
+
+
 def test_streams_cli_files_and_index(tmp_path, corpus):
     out = tmp_path / "out"
     res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", out, "--json")

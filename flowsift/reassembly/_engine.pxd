@@ -115,7 +115,7 @@ ctypedef struct dir_t:
     uint64_t overlap_bytes     # bytes seen more than once (same or different)
     uint64_t retransmissions   # segments whose bytes were all seen before
     uint64_t unverified_bytes  # repeated bytes not compared: no longer retained, or in a gap
-    int64_t first_ts
+    int64_t first_ts           # earliest and latest timestamp of its packets
     int64_t last_ts
 
 ctypedef struct conn_t:

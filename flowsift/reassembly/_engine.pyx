@@ -771,9 +771,12 @@ cdef class Engine:
         D = &c.d[d]
         P = &c.d[1 - d]
         D.packets += 1
-        if D.packets == 1:
+        # the direction's time span: earliest and latest, not file order (interfaces with their
+        # own clocks, a broken timestamp), as `stats` gives a capture's
+        if D.packets == 1 or p.ts_ns < D.first_ts:
             D.first_ts = p.ts_ns
-        D.last_ts = p.ts_ns
+        if D.packets == 1 or p.ts_ns > D.last_ts:
+            D.last_ts = p.ts_ns
         if c.proto == 17:
             D.payload_bytes += p.payload_len
             D.delivered += p.payload_len
