@@ -92,7 +92,7 @@ def test_dns_queries_match_tshark(tmp_path, corpus):
 
 @pytest.mark.parametrize("name", ["gap__zeek__gap-recovery.pcap", "gap__suri__tcp-simple-gap2.pcap",
                                   "gap__pcpp__unidirectional_tcp_stream_with_missing_packet.pcap",
-                                  "retrans__zeek__retransmit-fast009.pcap",
+                                  "retrans__zeek__retransmit-fast009.pcap", "trunc__zeek__truncated-header.pcap",
                                   "ipv6__pcpp__four_ipv6_http_streams.pcap"])
 @pytest.mark.parametrize("mode", ["inline", "parallel"])
 def test_counter_flows_match_the_streams_index(tmp_path, corpus, name, mode):
@@ -118,11 +118,7 @@ def test_counter_flows_match_the_streams_index(tmp_path, corpus, name, mode):
     got = {k: {f: flows[k][f] for f in ("packets", "gaps", "gap_bytes")} for k in want}
     assert len(got) == len(flows)
     assert sum(sum(w["gaps"]) for w in want.values()) > 0 or not name.startswith("gap__")
-    # a hole the record file notes in several entries (one per cut record) is one gap in the index
-    assert all(got[k]["gaps"][d] >= want[k]["gaps"][d] and (got[k]["gaps"][d] > 0) == (want[k]["gaps"][d] > 0)
-               for k in want for d in (0, 1))
-    for w in list(got.values()) + list(want.values()):
-        del w["gaps"]
+    # a hole the record file notes in several entries (one per cut record) is one gap in both
     assert got == want
 
 

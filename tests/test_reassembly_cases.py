@@ -146,6 +146,162 @@ def test_idle_timeout_and_eviction(tmp_path):
     assert r.engine.evictions == 4
 
 
+def _jump_capture(path, after):
+    """A connection at year 2015, then `after`: (seconds, microseconds, frame) six years on."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    t0 = 1_420_000_000
+    frames = [(t0, 0, ether(ipv4(A, B, 6, tcp(1000, 80, seq=10, flags=0x02)))),
+              (t0, 1000, ether(ipv4(B, A, 6, tcp(80, 1000, seq=50, ack=11, flags=0x12)))),
+              (t0, 2000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=11, ack=51, flags=0x18, payload=b"hi"))))]
+    frames += [(t0 + 6 * 365 * 86400 + s, us, f) for s, us, f in after]
+    path.write_bytes(pcap(frames))
+    return path
+
+
+def test_a_clock_jump_does_not_expire_what_its_first_packet_opened(tmp_path, corpus):
+    """The packet that jumps far ahead is held back from the clock until the next one agrees;
+    then the connection it opened counts its idle time from that packet, not from before the
+    jump: the SYN-ACK 0.34 s later belongs to it, with the roles kept."""
+    from pcapgen import A, B, ether, ipv4, tcp, udp
+    path = _jump_capture(tmp_path / "jump.pcap", [
+        (0, 0, ether(ipv4(A, B, 6, tcp(2000, 80, seq=100, flags=0x02)))),
+        (0, 340_000, ether(ipv4(B, A, 6, tcp(80, 2000, seq=900, ack=101, flags=0x12)))),
+        (0, 341_000, ether(ipv4(A, B, 6, tcp(2000, 80, seq=101, ack=901, flags=0x18, payload=b"after")))),
+        # and six more years on, a DNS query answered 17 ms later
+        (6 * 365 * 86400, 0, ether(ipv4(A, B, 17, udp(5353, 53, b"query")))),
+        (6 * 365 * 86400, 17_000, ether(ipv4(B, A, 17, udp(53, 5353, b"answer"))))])
+    r = run(path)
+    closed = r.collector.closed
+    assert len(closed) == 3 and r.engine.clock_outliers == 0
+    assert [closed[c]["dirs"][0]["close"] for c in sorted(closed)] == ["timeout", "timeout", "eof"]
+    assert closed[1]["client"][1] == 2000 and streams(r)[1] == (b"after", b"")
+    assert closed[2]["proto"] == "udp" and closed[2]["client"][1] == 5353
+    assert closed[2]["dirs"][0]["packets"] == closed[2]["dirs"][1]["packets"] == 1
+    # the corpus captures with such a jump: one connection each, as tshark and `stats` count
+    for name, proto, n in (("smtp__zeek__smtp.pcap", "tcp", 6), ("linktype__pcpp__raw_ip.pcap", "udp", 4)):
+        r = run(corpus / name)
+        assert sum(c["proto"] == proto for c in r.collector.closed.values()) == n
+
+
+def test_a_clock_jump_keeps_the_linger_of_what_its_first_packet_ended(tmp_path):
+    """The server's FIN, six years after the client's, ends the connection; the client's last
+    ACK right after is a late packet of it, not a new connection."""
+    from pcapgen import A, B, ether, ipv4, tcp
+    path = _jump_capture(tmp_path / "jumpfin.pcap", [])
+    blob = path.read_bytes()
+    from pcapgen import pcap
+    t0 = 1_420_000_000
+    path.write_bytes(blob + pcap([
+        (t0, 3000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=13, ack=51, flags=0x11)))),
+        (t0 + 6 * 365 * 86400, 0, ether(ipv4(B, A, 6, tcp(80, 1000, seq=51, ack=14, flags=0x11)))),
+        (t0 + 6 * 365 * 86400, 100_000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=14, ack=52, flags=0x10))))])[24:])
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.late_packets == 1
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+
+
+def _timed_capture(path, packets):
+    """packets: (seconds after the start, client sends?, seq, ack, flags, payload)."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    t0 = 1_700_000_000 * 10**6
+    frames = []
+    for at, from_client, seq, ack, flags, payload in packets:
+        src, dst, sp, dp = (A, B, 40000, 80) if from_client else (B, A, 80, 40000)
+        us = t0 + round(at * 10**6)
+        frames.append((us // 10**6, us % 10**6,
+                       ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags, payload=payload)))))
+    path.write_bytes(pcap(frames))
+    return path
+
+
+RESET = [(0, True, 100, 0, 0x02, b""), (0.01, False, 500, 101, 0x12, b""),
+         (0.02, True, 101, 501, 0x18, b"hello"), (0.03, True, 106, 501, 0x14, b"")]
+
+
+def test_a_reset_connection_lingers_after_its_closing_timeout(tmp_path):
+    """RST, then the closing timeout (10 s) ends the connection; its 5-tuple lingers 60 s more:
+    a FIN 15 s after the RST is a late packet, not a new midstream connection; a packet after
+    the linger starts one."""
+    path = _timed_capture(tmp_path / "rst.pcap", RESET + [
+        (15, True, 106, 501, 0x11, b""), (16, False, 501, 107, 0x11, b""),
+        (90, True, 106, 501, 0x18, b"later")])
+    r = run(path)
+    closed = r.collector.closed
+    assert len(closed) == 2 and r.engine.late_packets == 2
+    assert [d["close"] for d in closed[0]["dirs"]] == ["rst", "rst"] and closed[0]["dirs"][0]["packets"] == 3
+    assert closed[1]["dirs"][0]["midstream"] and streams(r)[1] == (b"later", b"")
+
+
+@pytest.mark.parametrize("isn,conns", [(100, 1), (7000, 2)])
+def test_a_syn_during_the_linger_after_a_reset(tmp_path, isn, conns):
+    """A SYN with the reset connection's ISN is that connection's (a late packet, as tshark keeps
+    it in the same stream); one with another ISN starts a new connection (docs/reassembly.md)."""
+    path = _timed_capture(tmp_path / "rstsyn.pcap", RESET + [
+        (20, True, isn, 0, 0x02, b""), (20.01, False, 900, isn + 1, 0x12, b""),
+        (20.02, True, isn + 1, 901, 0x18, b"again")])
+    r = run(path)
+    assert len(r.collector.closed) == conns
+    if conns == 2:
+        assert streams(r)[1] == (b"again", b"") and not r.collector.closed[1]["dirs"][0]["midstream"]
+    else:
+        assert r.engine.late_packets == 3 and streams(r)[0] == (b"hello", b"")
+
+
+def test_a_reset_of_a_stray_ack_during_the_handshake_is_ignored(tmp_path, corpus):
+    """The server answers the SYN with an ACK for an older connection on the tuple; the client
+    resets it with that ACK's number (RFC 793, SYN-SENT) and sends its SYN again 13 s later.
+    That RST is not at the client's ISN + 1: it does not reset this connection, which goes on
+    and ends by FIN, one connection as tshark sees it."""
+    path = _timed_capture(tmp_path / "stray.pcap", [
+        (0, True, 100, 0, 0x02, b""), (0.01, False, 3000, 123456, 0x10, b""),
+        (0.02, True, 123456, 123456, 0x04, b""),
+        (13, True, 100, 0, 0x02, b""), (13.01, False, 500, 101, 0x12, b""),
+        (13.02, True, 101, 501, 0x18, b"hello"), (13.03, False, 501, 106, 0x18, b"world"),
+        (14, True, 106, 506, 0x11, b""), (14.01, False, 506, 107, 0x11, b"")])
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.ignored_flags == 1
+    assert streams(r)[0] == (b"hello", b"world")
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+    # nine connections of the TLS capture start so; with their 5-tuples kept after a RST, the
+    # capture holds 68 TCP connections, as tshark counts them
+    r = run(corpus / "tls__suri__tls-subjectaltname.pcap")
+    tcp = {c: i for c, i in r.collector.closed.items() if i["proto"] == "tcp"}
+    assert len(tcp) == 68 and r.engine.ignored_flags == 9
+    (conn,) = [c for c, i in tcp.items() if i["client"][1] == 59622]
+    assert [len(x) for x in streams(r)[conn]] == [344, 1507]
+
+
+@pytest.mark.parametrize("name,holes,entries", [("retrans__zeek__retransmit-fast009.pcap", 2, 18),
+                                                ("trunc__zeek__truncated-header.pcap", 2, 11),
+                                                ("overlap__zeek__reassembly.pcap", 9, 10),
+                                                ("trunc__suri__tcp-rst-unacked-stream-10.pcap", 2, 3)])
+def test_summaries_count_holes_as_the_index_lists_them(tmp_path, corpus, name, holes, entries):
+    """A gap declared right after another (snaplen cuts in a row, then the loss at the end) is
+    the same hole: the index merges them, and the summaries of streams and gateway count them
+    so; the record files keep one entry per gap declared, each with its reason."""
+    res = run_cli("streams", corpus / name, "-o", tmp_path / "s", "--json", check=True)
+    index = [json.loads(l) for l in (tmp_path / "s" / "index.jsonl").read_text().splitlines()]
+    assert json.loads(res.stdout)["gaps"] == sum(len(d["gaps"]) for d in index) == holes
+    res = run_cli("gateway", corpus / name, "--store", tmp_path / "g", "--keep", "--json", check=True)
+    assert json.loads(res.stdout)["connections"]["gaps"] == holes
+    listed = json.loads(run_cli("inspect", tmp_path / "g", "--json", check=True).stdout)["connections"]
+    assert sum(c["gaps"] for c in listed) == entries
+
+
+@pytest.mark.parametrize("name", ["pcapng__pcpp__pcapng-example.pcapng", "ooo__tcpflow__test1-out-of-order.pcap",
+                                  "ooo__tcpflow__test5-lines-randomized.pcap", "pcapng__pcpp__many_interfaces-1.pcapng"])
+def test_index_times_are_the_earliest_and_latest(tmp_path, corpus, name):
+    """An index line's first_ts and last_ts span its direction's packets whatever their order in
+    the file (shuffled captures, interfaces with their own clocks), as `stats` spans a capture."""
+    run_cli("streams", corpus / name, "-o", tmp_path / "s", check=True)
+    index = [json.loads(l) for l in (tmp_path / "s" / "index.jsonl").read_text().splitlines()]
+    assert all(d["first_ts"] <= d["last_ts"] for d in index if d["packets"])
+    if name.startswith("pcapng__pcpp__pcapng-example"):
+        # connection 0's server: packets from 2015, and one stamped 2061 (in the file after its first)
+        (d,) = [d for d in index if d["conn"] == 0 and d["dir"] == "s2c"]
+        assert int(d["first_ts"]) == 1422527998 and int(d["last_ts"]) == 2894531997
+
+
 def test_streams_cli_files_and_index(tmp_path, corpus):
     out = tmp_path / "out"
     res = run_cli("streams", corpus / "http__zeek__206_example_b.pcap", "-o", out, "--json")

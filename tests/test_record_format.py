@@ -186,3 +186,44 @@ def test_a_store_without_bytes_has_the_same_records_and_refuses_to_be_read_for_b
     assert shown.returncode == 0 and json.loads(shown.stdout)["bytes_stored"] is False
     assert "counted, not stored" in run_cli("inspect", without / names[0]).stdout
     assert json.loads(run_cli("inspect", with_b / names[0], "--json").stdout)["bytes_stored"] is True
+
+
+RF_DOCUMENTED = {1, 2, 4, 8, 16, 32, 128}     # docs/record-format.md, rflags
+
+
+def test_record_fields_mean_what_the_document_says(tmp_path, corpus):
+    """seq_offset, origin, acked, rflags and a gap's record_index, read with struct, on captures
+    that exercise them: FIN/RST injected before the SYN-ACK (rflags 128), a hole and its gaps,
+    FINs acknowledged."""
+    from flowsift.inspect import describe_file
+    seen_rflags, syn_offsets, fin_acked = set(), set(), 0
+    for name in ("overlap__suri__with_evasion_linux.pcap", "trunc__suri__tcp-rst-unacked-stream-10.pcap",
+                 "http__zeek__get.pcap", "trunc__zeek__truncated-header.pcap"):
+        store = tmp_path / name
+        run_cli("gateway", corpus / name, "--store", store, "--keep", check=True)
+        for fname in sorted(p for p in os.listdir(store) if p.endswith(".rec")):
+            h, records, gaps, _ = read_with_struct(store / fname)
+            origin = (h["origin0"], h["origin1"])
+            for i, r in enumerate(records):
+                flags, d, rflags = r[9], r[10], r[11]
+                for bit in range(16):
+                    if rflags & (1 << bit):
+                        seen_rflags.add(1 << bit)
+                if flags & 2:
+                    syn_offsets.add(r[3] - origin[d])     # a SYN carries ISN + 1: stream offset 0
+                if rflags & 128:
+                    assert r[3] == 0 and flags & 5      # a FIN or RST, not applied
+            for gd, reason, index, off, ln in gaps:
+                # the record being handled when it was declared carries rflag 16; one declared at the end, `records`
+                assert index == h["records"] or records[index][11] & 16
+            with open(store / fname, "rb") as f:
+                head = f.read(256)
+            for d in (0, 1):
+                acked, end = struct.unpack_from("<q", head, 160 + 8 * d)[0], h[f"end{d}"]
+                fin = any(r[9] & 1 and r[10] == d for r in records)
+                fin_acked += fin and acked == end + 1
+        if name.startswith("overlap__suri"):
+            listed = describe_file(store / "c00000000.rec", n_records=3)["record_list"]
+            assert [x["rflags"] for x in listed[1:3]] == [["ignored"], ["ignored"]]
+    assert seen_rflags <= RF_DOCUMENTED and 128 in seen_rflags and 16 in seen_rflags
+    assert syn_offsets == {0} and fin_acked > 0

@@ -109,12 +109,13 @@ ctypedef struct dir_t:
     uint64_t payload_bytes     # captured payload bytes seen
     uint64_t delivered
     uint64_t gap_bytes
-    uint64_t n_gaps
+    uint64_t n_gaps            # holes: a gap right after another (nothing delivered between) is the same
+    int64_t gap_end            # internal offset where the last gap ended
     uint64_t conflict_bytes
     uint64_t overlap_bytes     # bytes seen more than once (same or different)
     uint64_t retransmissions   # segments whose bytes were all seen before
     uint64_t unverified_bytes  # repeated bytes not compared: no longer retained, or in a gap
-    int64_t first_ts
+    int64_t first_ts           # earliest and latest timestamp of its packets
     int64_t last_ts
 
 ctypedef struct conn_t:
@@ -170,11 +171,15 @@ cdef class Engine:
     cdef readonly uint64_t evictions
     cdef readonly uint64_t timeouts_fired
     cdef readonly uint64_t late_packets      # packets for a connection already finished
-    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion)
+    cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion), RST of a stray ACK
     cdef readonly uint64_t segments
     cdef readonly int64_t now
     cdef readonly uint64_t clock_outliers    # lone timestamps far ahead of the clock, not followed
     cdef bint jump_pending
+    cdef int64_t jump_ts             # the pending packet's own time, and the clock it left
+    cdef int64_t jump_from
+    cdef uint32_t jump_conn          # the connection it touched (0xFFFFFFFF: none)
+    cdef uint32_t jump_ended         # the linger FIFO's length before it
     # totals over finished connections (summaries without a Python call per connection)
     cdef uint64_t t_conns[2]          # tcp, udp
     cdef uint64_t t_close[6]          # by CLOSE_*
@@ -203,6 +208,7 @@ cdef class Engine:
     cdef int _expire(self) except -1
     cdef int _clock(self, int64_t ts) except -1
     cdef int _tick(self, int64_t ts) except -1
+    cdef int _jump_confirmed(self) except -1
     cdef int _finish(self, uint32_t i, int reason) except -1
     cdef void _free_dir(self, dir_t* D) noexcept nogil
     cdef int _packet(self, pkt_t* p) except -1

@@ -227,6 +227,8 @@ cdef class Engine:
             self._clock(p.ts_ns)
             if self.flows._assign(<void*>p) < 0:
                 raise MemoryError("flow table")
+            if self.jump_pending:
+                self.jump_conn = p.flow_id
             self._packet(p)
 
     cdef int _clock(self, int64_t ts) except -1:
@@ -243,19 +245,48 @@ cdef class Engine:
         # connection at once; a second one in a row does (the capture really skipped ahead).
         if self.now and ts - self.now > CLOCK_JUMP_NS and not self.jump_pending:
             self.jump_pending = 1
+            self.jump_ts = ts
+            self.jump_from = self.now
+            self.jump_conn = 0xFFFFFFFF
+            self.jump_ended = self.ended_len
             self.clock_outliers += 1
             return 0
         if self.jump_pending and ts - self.now > CLOCK_JUMP_NS:
             self.clock_outliers -= 1           # confirmed: time did move on
+            self._jump_confirmed()
         self.jump_pending = 0
         self.now = ts
         self._expire()
+        return 0
+
+    cdef int _jump_confirmed(self) except -1:
+        # The pending packet was handled at the clock it did not move, but it really came at
+        # jump_ts: what it touched counts its idle time and its linger from then, or the jump
+        # would expire a connection it had just opened (and split it, roles reversed).
+        cdef uint32_t i = self.jump_conn, j
+        cdef conn_t* c
+        cdef int cls
+        cdef flow_t* f
+        if i != 0xFFFFFFFF and self._state(i) == CS_OPEN:
+            c = conn_at(self, i)
+            if c.idle_ts == self.jump_from and c.lru < N_LRU:
+                cls = c.lru
+                self._lru_unlink(i)
+                c.idle_ts = self.jump_ts
+                self._lru_insert(i, cls)
+        # flows it ended (their connection, a reused tuple's earlier one) joined the linger
+        # FIFO last; nothing left it since (the clock did not move)
+        for j in range(self.jump_ended, self.ended_len):
+            f = flow_at(self.flows, self.ended[(self.ended_head + j) % self.ended_cap])
+            if f.ended_ts == self.jump_from:
+                f.ended_ts = self.jump_ts
         return 0
 
     def advance(self, int64_t now_ns):
         """Let capture time pass (fires idle timeouts); time never moves backwards."""
         if now_ns > self.now:
             self.now = now_ns
+            self.jump_pending = 0
         self._expire()
 
     def close_all(self, str reason="eof"):
@@ -678,8 +709,9 @@ cdef class Engine:
             self.t_conflicts += D.conflict_bytes
             self.t_retrans += D.retransmissions
             self.t_midstream += D.midstream
-        if reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED:
-            # a later packet on this 5-tuple starts a new connection
+        if (reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED) and not c.rst and not self._any_fin(i):
+            # a later packet on this 5-tuple starts a new connection; one that saw FIN or RST
+            # lingers like the others (late packets of it are late, not a new connection)
             self.flows._remove(i)
         self.sink.on_close(i, self)
         self._release(i, self.now)
@@ -739,9 +771,12 @@ cdef class Engine:
         D = &c.d[d]
         P = &c.d[1 - d]
         D.packets += 1
-        if D.packets == 1:
+        # the direction's time span: earliest and latest, not file order (interfaces with their
+        # own clocks, a broken timestamp), as `stats` gives a capture's
+        if D.packets == 1 or p.ts_ns < D.first_ts:
             D.first_ts = p.ts_ns
-        D.last_ts = p.ts_ns
+        if D.packets == 1 or p.ts_ns > D.last_ts:
+            D.last_ts = p.ts_ns
         if c.proto == 17:
             D.payload_bytes += p.payload_len
             D.delivered += p.payload_len
@@ -779,6 +814,17 @@ cdef class Engine:
                 return 0
             self._anchor(D, seq)
             D.midstream = 1
+        elif ((fl & TH_RST) and not has_payload and D.syn_seen and not P.syn_seen and not D.fin_seen
+              and D.next == D.origin and D.n_chunks == 0 and self._off(D, seq) != D.origin):
+            # a side still waiting for the answer to its SYN resets a stray ACK (one for an older
+            # connection on the tuple) with that ACK's number, and its handshake goes on (RFC 793,
+            # SYN-SENT): a RST not at ISN + 1 there says nothing about this connection
+            self.ignored_flags += 1
+            p.rflags = RF_IGNORED
+            p.stream_off = 0
+            self.sink.on_packet(i, p)
+            self._lru_push(i, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            return 0
 
         o = self._off(D, seq)
         p.stream_off = o
@@ -891,7 +937,9 @@ cdef class Engine:
         if upto <= D.next:
             return 0
         D.gap_bytes += <uint64_t>(upto - D.next)
-        D.n_gaps += 1
+        if D.n_gaps == 0 or D.gap_end != D.next:
+            D.n_gaps += 1           # (a snaplen cut then a loss, say, is one hole, as the index lists it)
+        D.gap_end = upto
         self.cur_rflags |= RF_GAP_BEFORE
         self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
         D = &conn_at(self, i).d[d]

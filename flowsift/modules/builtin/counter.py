@@ -9,7 +9,8 @@ class Counter(Module):
     Reads: the records and gaps of each connection at its end (in bulk)
     Writes: nothing (read-only)
     Options: none
-    Counters: flows, packets, bytes, gaps, conflicting segments, retransmissions
+    Counters: flows, packets, bytes, gaps (holes: gap entries with no byte between them count
+              once, as in `flowsift streams`), conflicting segments, retransmissions
     Example: flowsift chain counter trace.pcap
              emits one "flow" event per connection when it closes and prints a table at the end
     """
@@ -27,8 +28,13 @@ class Counter(Module):
         s["conflicts"] = t.conflicts
         s["retrans"] = t.retransmissions
         s["gaps"], s["gap_bytes"] = [0, 0], [0, 0]
+        ends = [None, None]
         for g in flow.gaps():
-            s["gaps"][g.dir] += 1
+            # entries that follow each other with no byte between (one per cut record, then the
+            # loss at the end...) are one hole, as the streams index and summaries count them
+            if g.offset != ends[g.dir]:
+                s["gaps"][g.dir] += 1
+            ends[g.dir] = g.offset + g.length
             s["gap_bytes"][g.dir] += g.length
         row = {"conn": flow.conn, "proto": flow.proto, "client": flow.client, "server": flow.server,
                "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
