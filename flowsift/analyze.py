@@ -32,6 +32,22 @@ def _self_attr(node):
     return None
 
 
+def _class_attr(node, class_names):
+    """The attribute name if node is type(self).X, self.__class__.X or CLASS.X (for one of the
+    file's classes), or an item or attribute of one: state every instance shares."""
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            if (isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "type"
+                    and len(base.args) == 1 and isinstance(base.args[0], ast.Name) and base.args[0].id == "self") \
+                    or (isinstance(base, ast.Attribute) and base.attr == "__class__"
+                        and isinstance(base.value, ast.Name) and base.value.id == "self") \
+                    or (isinstance(base, ast.Name) and base.id in class_names):
+                return node.attr
+        node = node.value
+    return None
+
+
 def _root_name(node):
     while isinstance(node, (ast.Subscript, ast.Attribute)):
         node = node.value
@@ -94,8 +110,9 @@ def _classify(keys, flow_names):
 
 
 class _Finder(ast.NodeVisitor):
-    def __init__(self, path, module_globals, declared, classes=None):
+    def __init__(self, path, module_globals, declared, classes=None, class_names=()):
         self.path = path
+        self.class_names = set(class_names)     # every class the file defines
         self.classes = classes          # the module classes to look into (None: every class)
         self.globals = module_globals
         self.declared = declared
@@ -150,6 +167,11 @@ class _Finder(ast.NodeVisitor):
                      "keep objects in flow.cache and, in flow.state, the plain data that rebuilds them")
 
     def _target(self, t, node, how):
+        shared = _class_attr(t, self.class_names)
+        if shared is not None and self._in_hook() and shared not in API:
+            self.add(node, f"class attribute {shared} {how} in {self.method}() (every instance shares it)", "global",
+                     "declare it: NAME = Global() (or CrossFlow if it is keyed by flow fields)")
+            return
         attr = _self_attr(t)
         if attr is not None and self._in_hook() and attr not in API and attr not in self.declared:
             kind, sug = _classify(_subscript_keys(t), self.flow_names)
@@ -219,7 +241,8 @@ def analyze_source(source, path, declared=(), classes=None):
             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
                 if isinstance(t, ast.Name):
                     module_globals.add(t.id)
-    f = _Finder(path, module_globals, set(declared), classes)
+    class_names = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    f = _Finder(path, module_globals, set(declared), classes, class_names)
     f.visit(tree)
     return sorted(f.findings, key=lambda x: x["line"])
 
@@ -240,7 +263,10 @@ def analyze(spec):
     with open(path) as fh:
         source = fh.read()
     classes = {k.__name__ for k in cls.__mro__ if k.__module__ == cls.__module__}
-    findings = analyze_source(source, os.path.relpath(path), declared(cls), classes)
+    shown = os.path.relpath(path)
+    if shown.startswith(os.pardir):
+        shown = os.path.abspath(path)           # (not under the working directory)
+    findings = analyze_source(source, shown, declared(cls), classes)
     state = {name: type(d).__name__ + (f"(key={d.key})" if hasattr(d, "key") else "")
              for name, d in declared(cls).items()}
-    return {"module": cls.name, "file": os.path.relpath(path), "declared": state, "findings": findings}
+    return {"module": cls.name, "file": shown, "declared": state, "findings": findings}

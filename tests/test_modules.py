@@ -611,3 +611,78 @@ def test_a_module_is_in_a_chain_once(tmp_path, corpus):
         res = run_cli("chain", chain, corpus / "http__zeek__get.pcap")
         assert res.returncode == 2
         assert res.stderr.startswith("flowsift: module counter is in the chain twice")
+
+
+def test_a_module_file_imports_the_files_next_to_it(tmp_path, corpus):
+    (tmp_path / "helper_words.py").write_text("GREETING = 'hello'\n")
+    p = write_module(tmp_path, '''
+        from helper_words import GREETING
+
+        class Greets(Module):
+            """Greets with a word from its helper.
+
+            Synopsis: greets
+            """
+            name = "greets"
+            def on_open(self, flow):
+                self.emit("greeting", word=GREETING)
+    ''')
+    for mode in ([], ["--inline"]):
+        res = run_cli("chain", p, corpus / "http__zeek__get.pcap", *mode)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout.splitlines()[0])["word"] == "hello"
+
+
+def test_a_file_with_no_module_class_or_several_says_so(tmp_path):
+    none = tmp_path / "none.py"
+    none.write_text("X = 1\n")
+    with pytest.raises(ModuleError, match=r"none.py: no Module class in it"):
+        find(str(none))
+    two = write_module(tmp_path, '''
+        class A(Module):
+            """A.
+
+            Synopsis: a
+            """
+            name = "a"
+
+        class B(Module):
+            """B.
+
+            Synopsis: b
+            """
+            name = "b"
+    ''')
+    with pytest.raises(ModuleError, match=r"2 Module classes \(A, B\); say which with .*:ClassName"):
+        find(str(two))
+
+
+def test_options_are_checked_for_their_kind_and_given_once(tmp_path):
+    p = write_module(tmp_path, '''
+        class Opts(Module):
+            """Options of each kind.
+
+            Synopsis: opts
+            """
+            name = "opts"
+            options = {"n": Option(int, 1, "a count"), "words": Option(list, [], "words"),
+                       "ratio": Option(float, 1, "a ratio"), "on": Option(bool, False, "a switch")}
+    ''')
+    (_, cfg), = parse_chain(f"{p}(n=3,words=a;b; c,ratio=0.5,on=yes)")
+    assert cfg == {"n": 3, "words": ["a", "b", "c"], "ratio": 0.5, "on": True}
+    for spec, needle in ((f"{p}(n=x)", "option n='x' is not an integer"),
+                         (f"{p}(on=maybe)", "option on='maybe' is not true or false"),
+                         (f"{p}(n=1,n=2)", "option n is given twice")):
+        with pytest.raises(ModuleError, match=re.escape(needle)):
+            parse_chain(spec)
+    bad = write_module(tmp_path, '''
+        class BadDefault(Module):
+            """A default of the wrong kind.
+
+            Synopsis: bad
+            """
+            name = "bad"
+            options = {"n": Option(int, "ten", "a count")}
+    ''', name="bad.py")
+    with pytest.raises(ModuleError, match=re.escape("module bad: option n's default 'ten' is not an integer")):
+        find(str(bad))

@@ -33,6 +33,7 @@ PLANTED = textwrap.dedent('''
         """
         name = "leaky"
         ok = Global()
+        closes = []
 
         def __init__(self, config=None):
             super().__init__(config)
@@ -52,6 +53,9 @@ PLANTED = textwrap.dedent('''
         def on_close(self, flow, reason):
             self.remember(reason)
             self.bump()
+            type(self).closes.append(reason)                 # a class attribute: shared
+            Leaky.closes.append(reason)
+            self.__class__.last = reason
 
         def remember(self, reason, cache=[]):
             cache.append(reason)                             # mutable default
@@ -75,6 +79,8 @@ def test_analyze_finds_planted_state_with_locations(tmp_path):
     assert (line_of("SEEN_BY_SOURCE[flow.client] += 1"), "cross-flow") in found
     assert (line_of("nonlocal n"), "global") in found
     assert (line_of("def remember"), "global") in found              # the mutable default
+    for shared in ("type(self).closes.append", "Leaky.closes.append", "self.__class__.last"):
+        assert (line_of(shared), "global") in found, shared
     # and nothing that is fine
     for ok in ("self.ok[", "flow.state[", "self.count(", "self.flows = 0", "self.by_conn = {}"):
         assert line_of(ok) not in {f["line"] for f in out["findings"]}, ok

@@ -73,9 +73,24 @@ class Option:
                 if low in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(text)
+            if self.type is list:
+                # (commas part the options of a chain: a list's items are parted by semicolons)
+                return [item.strip() for item in text.split(";") if item.strip()]
             return self.type(text)
         except ValueError:
-            raise ModuleError(f"module {module}: option {name}={text!r} is not a {self.type.__name__}") from None
+            raise ModuleError(f"module {module}: option {name}={text!r} is not {_kind(self.type)}") from None
+
+
+# options' usual types, as error messages say them (any other type is made from the text)
+OPTION_TYPES = {str: "text", int: "an integer", float: "a number", bool: "true or false",
+                list: "a list (items parted by ';')"}
+
+
+def _kind(t):
+    if t in OPTION_TYPES:
+        return OPTION_TYPES[t]
+    name = getattr(t, "__name__", str(t))
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 class Flow:
@@ -249,6 +264,12 @@ def validate(cls, where):
         raise ModuleError(f"module {cls.name}: writing the payload reads the stream: add 'stream' to `reads`")
     if not isinstance(cls.options, dict) or not all(isinstance(o, Option) for o in cls.options.values()):
         raise ModuleError(f"module {cls.name}: `options` must map names to Option(type, default, help)")
+    for key, o in cls.options.items():
+        if not callable(o.type):
+            raise ModuleError(f"module {cls.name}: option {key}: its type {o.type!r} is not a type")
+        if o.type in OPTION_TYPES and o.default is not None and not (
+                type(o.default) is o.type or (o.type is float and type(o.default) is int)):
+            raise ModuleError(f"module {cls.name}: option {key}'s default {o.default!r} is not {_kind(o.type)}")
     if not cls.__doc__ or not cls.__doc__.strip():
         raise ModuleError(f"module {cls.name}: needs a docstring (Synopsis, Reads, Writes, Options, Counters, Example)")
     return cls

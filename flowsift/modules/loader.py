@@ -3,6 +3,7 @@ parsing a chain such as `strsearch(patterns=rules.txt,nocase=true),counter`."""
 import importlib
 import importlib.util
 import os
+import sys
 from importlib.metadata import entry_points
 
 from flowsift.modules.base import Module, ModuleError, validate
@@ -33,6 +34,10 @@ def _from_file(spec):
     path, _, cls_name = spec.partition(":") if spec.count(":") == 1 and not spec.startswith(":") else (spec, "", "")
     if not os.path.isfile(path):
         raise ModuleError(f"{path}: no such module file")
+    # the files next to it are importable from it (helpers of its own), after everything else
+    here = os.path.dirname(os.path.abspath(path))
+    if here not in sys.path:
+        sys.path.append(here)
     modspec = importlib.util.spec_from_file_location(f"flowsift_user_{abs(hash(path))}", path)
     mod = importlib.util.module_from_spec(modspec)
     try:
@@ -45,8 +50,11 @@ def _from_file(spec):
         return validate(getattr(mod, cls_name), path)
     found = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Module) and v is not Module
              and v.__module__ == mod.__name__]
-    if len(found) != 1:
-        raise ModuleError(f"{path}: {len(found)} Module classes; say which with {path}:ClassName")
+    if not found:
+        raise ModuleError(f"{path}: no Module class in it (a module derives from flowsift.modules.Module)")
+    if len(found) > 1:
+        names = ", ".join(sorted(c.__name__ for c in found))
+        raise ModuleError(f"{path}: {len(found)} Module classes ({names}); say which with {path}:ClassName")
     return validate(found[0], path)
 
 
@@ -132,11 +140,15 @@ def parse_chain(text):
             raise ModuleError(f"cannot read the chain at {item!r}: options end with ')'")
         cls = find(name.strip())
         config = {k: o.default for k, o in cls.options.items()}
+        given = set()
         for part in filter(None, (p.strip() for p in _split(rest[:-1], ","))) if paren else ():
             key, eq, value = part.partition("=")
             key = key.strip()
             if not eq:
                 raise ModuleError(f"module {cls.name}: option {part!r} needs name=value")
+            if key in given:
+                raise ModuleError(f"module {cls.name}: option {key} is given twice")
+            given.add(key)
             if key not in cls.options:
                 raise ModuleError(f"module {cls.name}: no option {key!r} (options: {', '.join(cls.options) or 'none'})")
             config[key] = cls.options[key].parse(cls.name, key, value.strip())
