@@ -51,6 +51,8 @@ def _parse(name, kind, text):
             return value
     if kind == "count" and m and not unit and "." not in m.group(1) and int(m.group(1)) > 0:
         return int(m.group(1))
+    if m and float(m.group(1)) == 0 and ((kind == "size" and unit in _UNITS) or (kind == "count" and not unit)):
+        raise UsageError(f"--reassembly {name}={text}: must be more than 0")
     raise UsageError(f"--reassembly {name}={text}: {kind} expected ({_EXAMPLES[kind]})")
 
 

@@ -518,8 +518,9 @@ def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help=
         cls = find(name)
         typer.echo(f"{cls.name}: " + _inspect.cleandoc(cls.__doc__))
         hooks = ", ".join(cls.hooks()) or "none"
-        typer.echo(f"\nHooks: {hooks}\nReads: {', '.join(sorted(cls.reads))}"
-                   f"\nRead-only: {'yes' if cls.read_only() else 'no (writes ' + ', '.join(sorted(cls.writes)) + ')'}")
+        # (what the class declares, below the docstring's own words)
+        writes = "read-only" if cls.read_only() else "writes " + ", ".join(sorted(cls.writes))
+        typer.echo(f"\nHooks: {hooks}\nDeclared: reads {', '.join(sorted(cls.reads)) or 'nothing'}; {writes}")
         return
     import shutil
     import textwrap

@@ -70,7 +70,20 @@ def print_streams(s, console=None):
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_row("connections", f"{_n(s['tcp'])} TCP, {_n(s['udp'])} UDP")
-    t.add_row("packets", _n(s["packets"]))
+    # every packet read: in a connection, or why not
+    why = []
+    late = s.get("engine", {}).get("late_packets", 0)
+    if late:
+        why.append(f"{_n(late)} late, after their connection ended")
+    if s.get("not_decoded"):
+        why.append(f"{_n(s['not_decoded'])} not decoded")
+    frag = s.get("fragments", {})
+    if frag.get("fragments"):
+        why.append(f"{_n(frag['fragments'])} fragments made {_n(frag['datagrams'])} "
+                   f"datagram{'' if frag['datagrams'] == 1 else 's'}")
+    read = s.get("capture_packets")
+    t.add_row("packets", _n(s["packets"]) + (f" (of {_n(read)} read: {'; '.join(why)})"
+                                             if read is not None and read != s["packets"] and why else ""))
     t.add_row("bytes delivered", _bytes(s["bytes"]))
     t.add_row("gaps", f"{_n(s['gaps'])} ({_bytes(s['gap_bytes'])} never captured)")
     t.add_row("conflicting bytes", f"{_n(s['conflicts'])} (policy {s['policy']})")

@@ -156,7 +156,8 @@ def test_reassembly_settings_read_units_and_refuse_nonsense():
                            "finished_linger=30", "max_connections=1000", "udp_timeout=1.5h"]) == {
         "memcap": 2 << 30, "max_held_per_dir": 64 << 10, "established_timeout": 300.0, "closing_timeout": 0.5,
         "finished_linger": 30.0, "max_connections": 1000, "udp_timeout": 5400.0}
-    for bad, said in [("memcap=lots", "size expected"), ("memcap=1.5", "size expected"), ("memcap=0", "size expected"),
+    for bad, said in [("memcap=lots", "size expected"), ("memcap=1.5", "size expected"), ("memcap=0", "must be more than 0"),
+                      ("max_connections=0", "must be more than 0"),
                       ("max_connections=1k", "whole number"), ("established_timeout=5 parsecs", "duration expected"),
                       ("memcap", "NAME=VALUE"), ("memcpa=1G", "no such setting; one of embryonic_timeout"),
                       ("max_connections=99999999999999999999", "at most 4294967295"),
@@ -291,3 +292,12 @@ def test_chain_modes_and_the_dpdk_default_are_as_documented(corpus, tmp_path):
     res = subprocess.run([sys.executable, "-m", "flowsift", "--help"], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "COLUMNS": "400", "TERM": "dumb"})
     assert DEFAULT_EAL in " ".join(res.stdout.replace("│", " ").split()), res.stdout
+
+
+def test_the_streams_table_accounts_for_every_packet_read(corpus):
+    """The table said 'packets 42' for a capture of 43: the late one was only in the JSON."""
+    res = run_cli("streams", corpus / "http__dpkt__http.pcap", "--discard")
+    assert res.returncode == 0, res.stderr
+    assert "42 (of 43 read: 1 late, after their connection ended)" in res.stdout
+    res = run_cli("streams", corpus / "frag__pcpp__frag_http_req.pcap", "--discard")
+    assert "1 (of 11 read: 11 fragments made 1 datagram)" in res.stdout

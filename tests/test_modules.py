@@ -276,6 +276,8 @@ def test_modules_command(tmp_path):
     res = run_cli("modules", "counter")
     for section in ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example", "Hooks"):
         assert section in res.stdout
+    # the docstring's Reads, and what the class declares, under another name
+    assert res.stdout.count("Reads:") == 1 and "Declared: reads gaps, records; read-only" in res.stdout
     bad = run_cli("modules", "nosuch")
     assert bad.returncode == 2 and "unknown module" in bad.stderr
     bad = run_cli("chain", "nosuch", ROOT / "examples" / "demo.pcap")

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from conftest import run_cli
 from flowsift.chain import run_chain
 
 KILLER = '''
@@ -489,3 +490,28 @@ class Glance(Module):
     assert steps(got) == steps(alone)
     per_conn = collections.Counter((c, d) for c, d, _ in steps(alone))
     assert sum(n > 2 for n in per_conn.values()) > 5           # read in several steps while they last
+
+
+def test_a_worker_that_dies_at_every_start_says_so_in_a_few_lines(tmp_path, corpus):
+    """It was restarted 100 times, each time with a line, then given up."""
+    mod = tmp_path / "exiter.py"
+    mod.write_text('''
+import os
+from flowsift.modules import Module
+
+class Exiter(Module):
+    """Dies.
+
+    Synopsis: exiter
+    """
+    name = "exiter"
+    def on_open(self, flow):
+        os._exit(3)
+''')
+    res = run_cli("chain", mod, corpus / "http__zeek__get.pcap")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines == ["flowsift: module exiter: worker died (3); restarting it",
+                     "flowsift: module exiter: worker died (3) (10 times); restarting it",
+                     "flowsift: module exiter: worker died (3) (100 times); restarting it",
+                     "flowsift: module exiter: worker died 101 times; giving up"]

@@ -144,6 +144,7 @@ def test_idle_timeout_and_eviction(tmp_path):
     r = Reassembler(max_connections=1)
     r.feed_capture(path)
     assert r.engine.evictions == 4
+    assert r.engine.peak_open == 1          # (it counted the new one before the eviction: 2)
 
 
 def _jump_capture(path, after):

@@ -74,7 +74,7 @@ class Capture:
             msg = _MESSAGES.get(r.err, "unreadable").format(a=r.err_a, b=r.err_b)
             if self.format == "pcap":
                 raise CaptureFormatError(self.path, msg, position=r.err_pos, record=r.err_record)
-            raise CaptureFormatError(self.path, "block " + msg, position=r.err_pos)
+            raise CaptureFormatError(self.path, msg, position=r.err_pos)
 
     def batches(self, capacity=DEFAULT_BATCH):
         """Yield one Batch, refilled in place, until the end; then raise any defect met."""

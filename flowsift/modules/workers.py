@@ -398,7 +398,10 @@ class ParallelChain:
         w.restarts += 1
         if w.restarts > 100:
             raise ModuleError(f"module {w.name}: worker died {w.restarts} times; giving up")
-        sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}); restarting it\n")
+        if w.restarts in (1, 10, 100):
+            # (one line, then at 10: a worker that dies at every start would fill the terminal)
+            again = "" if w.restarts == 1 else f" ({w.restarts} times)"
+            sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}){again}; restarting it\n")
         w.start()
         # its last checkpoint, then every batch it was sent after it, in the same order: it
         # ends where it was, with the same state, and reports what it had not reported

@@ -634,8 +634,6 @@ cdef class Engine:
             memcpy(c.server, f.a, 16)
             c.cport, c.sport = f.pb, f.pa
         self.open_connections += 1
-        if self.open_connections > self.peak_open:
-            self.peak_open = self.open_connections
         if f.prev != 0xFFFFFFFF and self._state(f.prev) == CS_OPEN:
             # the 5-tuple was reused: the earlier connection is over
             self._finish(f.prev, CLOSE_FIN if self._any_fin(f.prev) else (CLOSE_RST if conn_at(self, f.prev).rst else CLOSE_EVICTED))
@@ -643,6 +641,9 @@ cdef class Engine:
         self.sink.on_open(i, self)
         if self.open_connections > self.max_connections:
             self._evict_idlest(i)
+        # (after the eviction: the bound holds at every packet's end)
+        if self.open_connections > self.peak_open:
+            self.peak_open = self.open_connections
         return 0
 
     cdef bint _any_fin(self, uint32_t i) noexcept nogil:
