@@ -265,8 +265,14 @@ def write_egress(source, out, editor, store, late=None, members=None):
     datagram_of = {m: dpos for dpos, (frags, _) in members.items() for m in frags}
     late_bytes = {}
     import itertools
+    from flowsift.io.pcapwriter import MAX_SNAPLEN
     known = len(cap.interfaces())
-    with PcapWriter(out, linktype=linktype, nanosecond=True) as w:
+    # the source's time resolution and snaplen: a capture no module changed comes out as it came
+    ifs = cap.interfaces()
+    nanosecond = not ifs or any(i["tsresol"] != "1e-6" for i in ifs)
+    snaplen = max((i["snaplen"] for i in ifs), default=0)
+    with PcapWriter(out, linktype=linktype, nanosecond=nanosecond,
+                    snaplen=snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN) as w:
         for batch in itertools.chain([first] if first is not None else [], batches):
             if len(cap.interfaces()) != known:          # a pcapng declared another interface
                 known = len(cap.interfaces())

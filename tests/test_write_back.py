@@ -319,3 +319,36 @@ def test_stream_edits_go_into_the_fragments_of_a_datagram(tmp_path, corpus, chai
     (request,) = [bytes.fromhex(r[3]) for r in rows if r[3]]
     assert [r[2] for r in rows if r[3]] == ["1"]                          # the TCP checksum verifies
     assert b"js.bizographics" not in request and b"\r\nXXXXXXXXXXXXXXXXXXXXXXXXX\r\nUser-Agent" in request
+
+
+def test_a_capture_no_module_changed_comes_out_as_it_came(tmp_path, corpus):
+    """-w wrote nanosecond pcaps with the largest snaplen whatever the source: a capture no
+    module touched came out with another file header."""
+    for src in (corpus / "http__zeek__get.pcap", corpus / "http__dpkt__http.pcap"):
+        out = tmp_path / "out.pcap"
+        res = run_cli("chain", "counter", src, "-w", out, "--events", "/dev/null")
+        assert res.returncode == 0, res.stderr
+        assert out.read_bytes() == src.read_bytes()
+
+
+def test_an_edit_from_a_read_only_module_is_refused_for_the_same_reason_in_both_modes(tmp_path):
+    cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
+    mod = tmp_path / "ro.py"
+    mod.write_text('''
+from flowsift.modules import Module
+
+class ReadOnly(Module):
+    """Asks for an edit it did not declare.
+
+    Synopsis: ro
+    """
+    name = "ro"
+    reads = {"records"}
+
+    def on_packet(self, flow, record):
+        self.emit("edit", reason=flow.edit(record, ip_dst="10.0.0.9").reason)
+''')
+    reasons = set()
+    for inline in (False, True):
+        reasons |= {e["reason"] for e in run_module(str(mod), cap, inline=inline).events}
+    assert reasons == {"ip.dst is not declared in writes"}

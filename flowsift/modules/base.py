@@ -136,7 +136,14 @@ class Flow:
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
         module's `writes`. Returns an Edit: accepted, or rejected with its reason."""
         if self._editor is None:
-            from flowsift.modules.edits import Edit
+            from flowsift.modules.edits import FIELDS, Edit
+            m = self._module
+            for key in fields:
+                # the reason the gateway would give (a read-only module runs in a worker)
+                if key not in FIELDS:
+                    return Edit(False, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
+                if m is not None and FIELDS[key] not in m.writes:
+                    return Edit(False, f"{FIELDS[key]} is not declared in writes")
             return Edit(False, "edits need a chain run by the gateway")
         return self._editor.edit(self._module, self, record, fields)
 
