@@ -25,7 +25,8 @@ def describe_file(path, n_records=20):
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
-            "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"], "acked": h[f"acked{d}"],
+            "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"],
+                         "delivered": h[f"end{d}"] - sum(g.length for g in rf.gaps(d)), "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
                          "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"]),
                          "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
@@ -68,7 +69,9 @@ def describe_store(directory):
                               "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
                               "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
-                              "records": h["records"], "bytes": [h["end0"], h["end1"]], "gaps": h["gaps"],
+                              "records": h["records"], "end": [h["end0"], h["end1"]],
+                              "delivered": [h[f"end{d}"] - sum(g.length for g in rf.gaps(d)) for d in (0, 1)],
+                              "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
                 if rf.missing:
                     problems.append(f"{os.path.basename(path)}: {rf.missing}")

@@ -129,10 +129,11 @@ def print_module(s, console=None):
 
 def print_inspect_store(s, console=None):
     console = console or Console()
-    columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s end", True),
-               ("s2c end", True), ("gaps", True), ("closed", False)]
-    rows = [[c["file"], c["proto"], f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["bytes"][0]),
-             _n(c["bytes"][1]), _n(c["gaps"]), "truncated" if c.get("truncated") else "yes" if c["closed"] else "no"]
+    # bytes delivered per direction (a direction's end less its gaps)
+    columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s bytes", True),
+               ("s2c bytes", True), ("gaps", True), ("closed", False)]
+    rows = [[c["file"], c["proto"], f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["delivered"][0]),
+             _n(c["delivered"][1]), _n(c["gaps"]), "truncated" if c.get("truncated") else "yes" if c["closed"] else "no"]
             for c in s["connections"]]
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
@@ -156,9 +157,10 @@ def print_inspect_file(s, console=None):
     if "cut" in s:
         head.add_row("cut", f"{s['cut']['note']} ({s['cut']['unpublished_complete_records']} complete unpublished)")
     console.print(head)
-    columns = [("dir", False), ("bytes", True), ("acked", True), ("reclaimed", True), ("midstream", False),
-               ("close", False), ("gaps", False)]
-    rows = [[x["dir"], _n(x["end"]), _n(x["acked"]), _n(x["reclaimed"]), str(x["midstream"]).lower(), str(x["close"]),
+    columns = [("dir", False), ("bytes", True), ("end", True), ("acked", True), ("reclaimed", True),
+               ("midstream", False), ("close", False), ("gaps", False)]
+    rows = [[x["dir"], _n(x["delivered"]), _n(x["end"]), _n(x["acked"]), _n(x["reclaimed"]), str(x["midstream"]).lower(),
+             str(x["close"]),
              ", ".join(f"{o}+{l} ({r})" for o, l, r in x["gaps"]) or "-"] for x in s["streams"]]
     console.print(fitted_table(console, "streams", columns, rows))
     if s["record_list"]:

@@ -301,3 +301,14 @@ def test_the_streams_table_accounts_for_every_packet_read(corpus):
     assert "42 (of 43 read: 1 late, after their connection ended)" in res.stdout
     res = run_cli("streams", corpus / "frag__pcpp__frag_http_req.pcap", "--discard")
     assert "1 (of 11 read: 11 fragments made 1 datagram)" in res.stdout
+
+
+def test_inspect_says_bytes_delivered_apart_from_the_end(tmp_path, corpus):
+    """A direction that is one trailing gap delivered nothing; inspect said 'bytes 2,902' (its end)."""
+    store = tmp_path / "s"
+    assert run_cli("gateway", corpus / "gap__zeek__miss_end_data.pcap", "--store", store, "--keep").returncode == 0
+    s = json.loads(run_cli("inspect", store, "--json").stdout)
+    (c,) = s["connections"]
+    assert c["delivered"] == [538, 0] and c["end"] == [538, 2902]
+    f = json.loads(run_cli("inspect", store / c["file"], "--json").stdout)
+    assert [(x["delivered"], x["end"]) for x in f["streams"]] == [(538, 538), (0, 2902)]

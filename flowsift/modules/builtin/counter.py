@@ -10,7 +10,10 @@ class Counter(Module):
     Writes: nothing (read-only)
     Options: none
     Counters: flows, packets, bytes, gaps (holes: gap entries with no byte between them count
-              once, as in `flowsift streams`), conflicting segments, retransmissions
+              once, as in `flowsift streams`)
+    Events: "flow", per connection: packets and bytes per direction (bytes: payload captured,
+            retransmitted copies included, as on the wire; `flowsift streams` counts the bytes
+            delivered), gaps and gap_bytes, conflicting_segments, retransmissions, close
     Example: flowsift chain counter trace.pcap
              emits one "flow" event per connection when it closes and prints a table at the end
     """
