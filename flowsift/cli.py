@@ -230,6 +230,8 @@ def gateway(
       flowsift gateway --registry redis://localhost:6379/0 --cleanup r1
     """
     if cleanup is not None:
+        if source is not None:
+            _fail("--cleanup removes a run's keys: give no SOURCE with it")
         from flowsift.remote import cleanup as remove
         n = remove(registry, cleanup)
         typer.echo(json.dumps({"run": cleanup, "keys_removed": n}) if as_json else f"run {cleanup}: {n} keys removed")
@@ -440,6 +442,8 @@ def replay(
             _fail(f"--speed {speed!r}: 'max' or a positive number")
     if concurrency < 1:
         _fail("--concurrency must be at least 1")
+    if match != "http" and (ignore_header or ignore_body_regex is not None):
+        _fail("--ignore-header and --ignore-body-regex go with --match http")
     bounds = parse_settings(reassembly)
     _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:

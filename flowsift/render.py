@@ -256,7 +256,8 @@ def print_chain_tables(s, console):
 
 def print_replay(s, console=None):
     console = console or Console()
-    t = Table(title=f"replay against {s['target']} ({s.get('match', 'exact')})", title_justify="left", show_header=False)
+    what = "unacknowledged bytes" if s.get("mode") == "unacked" else s.get("match", "exact")
+    t = Table(title=f"replay against {s['target']} ({what})", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     for key in ("connections", "identical", "differing", "sent", "failed", "turns", "turns_identical",

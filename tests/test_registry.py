@@ -270,6 +270,8 @@ def test_stale_keys_of_a_crashed_run_never_break_a_new_one(tmp_path, corpus, red
     assert r.keys("flowsift:*") == []
     res = run_cli("gateway", "--registry", url, "--cleanup", "nosuch")
     assert res.returncode == 2 and res.stderr.strip() == f"flowsift: no run nosuch in {url}"
+    res = run_cli("gateway", corpus / "http__zeek__get.pcap", "--registry", url, "--cleanup", "nosuch")
+    assert res.returncode == 2 and res.stderr.strip() == "flowsift: --cleanup removes a run's keys: give no SOURCE with it"
 
 
 def test_cleanup_refuses_a_live_run(corpus, redis_server):

@@ -238,7 +238,9 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", f"127.0.0.1:{port}", "--timeout", "-1"), "--timeout -1: seconds"),
                         (("--to", f"127.0.0.1:{port}", "--idle", "-1"), "--idle -1: seconds, more than 0"),
                         (("--to", f"127.0.0.1:{port}", "--server-port", "99999"), "--server-port 99999: a port"),
-                        (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port")):
+                        (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port"),
+                        (("--to", f"127.0.0.1:{port}", "--ignore-header", "Date"),
+                         "--ignore-header and --ignore-body-regex go with --match http")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
