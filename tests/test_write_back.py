@@ -10,6 +10,25 @@ from flowsift.modules import ModuleError
 from flowsift.testing import run_module, segments_capture
 
 
+def packet_module(tmp_path, name, body):
+    """A read-only module NAME whose on_packet(self, flow, record) is `body` (indented by 8)."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(f'''
+from flowsift.modules import Module
+
+class M(Module):
+    """A read-only module of a test.
+
+    Synopsis: {name}
+    """
+    name = "{name}"
+    reads = {{"records"}}
+
+    def on_packet(self, flow, record):{body}
+''')
+    return path
+
+
 def frames(path):
     out = []
     for b in open_capture(path).batches():
@@ -252,22 +271,9 @@ def test_a_module_that_drops_without_declaring_it_is_told(tmp_path):
     """flow.drop() from a module that does not declare "drop": it ran in a worker, and the drop
     was lost in parallel but kept with --inline."""
     cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
-    mod = tmp_path / "dropper.py"
-    mod.write_text('''
-from flowsift.modules import Module
-
-class Dropper(Module):
-    """Drops the server's packets, read-only.
-
-    Synopsis: dropper
-    """
-    name = "dropper"
-    reads = {"records"}
-
-    def on_packet(self, flow, record):
+    mod = packet_module(tmp_path, "dropper", """
         if record.dir == 1:
-            flow.drop(record)
-''')
+            flow.drop(record)""")
     for mode in ([], ["--inline"]):
         res = run_cli("chain", mod, cap, "--strict", *mode)
         assert res.returncode == 2
@@ -333,21 +339,8 @@ def test_a_capture_no_module_changed_comes_out_as_it_came(tmp_path, corpus):
 
 def test_an_edit_from_a_read_only_module_is_refused_for_the_same_reason_in_both_modes(tmp_path):
     cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
-    mod = tmp_path / "ro.py"
-    mod.write_text('''
-from flowsift.modules import Module
-
-class ReadOnly(Module):
-    """Asks for an edit it did not declare.
-
-    Synopsis: ro
-    """
-    name = "ro"
-    reads = {"records"}
-
-    def on_packet(self, flow, record):
-        self.emit("edit", reason=flow.edit(record, ip_dst="10.0.0.9").reason)
-''')
+    mod = packet_module(tmp_path, "ro", """
+        self.emit("edit", reason=flow.edit(record, ip_dst="10.0.0.9").reason)""")
     reasons = set()
     for inline in (False, True):
         reasons |= {e["reason"] for e in run_module(str(mod), cap, inline=inline).events}
