@@ -843,7 +843,12 @@ cdef class Engine:
             c.rst = 1
         if (fl & TH_ACK) and P.anchored:
             ack_off = self._off(P, p.ack)
-            if not P.has_ack or ack_off > P.acked:
+            if (not P.has_ack or ack_off > P.acked) and not (
+                    # a peer that sent only its SYN can be acknowledged at its ISN + 1 alone: an ACK
+                    # for anything else, before any SYN of this side, is a stray one (for an older
+                    # connection on the tuple), and its number means nothing here
+                    P.syn_seen and not D.syn_seen and P.next == P.origin and P.n_chunks == 0
+                    and ack_off != P.origin):
                 P.acked = ack_off
                 P.has_ack = 1
             if P.n_chunks:
