@@ -13,7 +13,8 @@ from flowsift.io._connset import ConnSet
 from flowsift.modules.base import ModuleError, trimmed_traceback
 from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
-from flowsift.streams.format import CLOSE_NAMES, endpoint
+from flowsift.streams._pointer import first_carrier
+from flowsift.streams.format import CLOSE_NAMES, RECORD_SIZE, endpoint
 
 # one encoder for every event (json.dumps with an argument makes a new one at each call)
 # (events are trees of plain values: no cycle check, which costs a dict per event)
@@ -78,6 +79,7 @@ class _Conn:
         self.times = None        # _PacketTimes, once a module emits while reading bytes
 
 
+ORIGINS = ("origin0", "origin1")
 GAP_FOLLOWS, ENDED = 1, 2     # why bytes a module left unread can no longer grow (_stream)
 _AGAIN = "again"               # a checkpoint entry: read this connection again from its first record
 _OPEN = "@@flowsift-open@@"      # where a checkpoint's open connections are put in
@@ -85,30 +87,19 @@ _OPEN = "@@flowsift-open@@"      # where a checkpoint's open connections are put
 
 class _PacketTimes:
     """Which packet first carried a stream byte, for the time of an event a module emits while
-    reading: read from the connection's records as they come (only for connections with such
-    events), so the time does not depend on how packets were batched."""
+    reading: from the connection's records, copied as they come (only for connections with
+    such events), so the time does not depend on how packets were batched."""
 
     def __init__(self):
-        self.read = 0                # records taken in so far
-        self.dirs = ([], [])         # per direction: numpy arrays (start, end, ts_ns) of records with payload
+        self.records = bytearray()           # the records read so far, as in the file
+        self.count = 0
 
     def at(self, rf, d, offset, records):
-        import numpy as np
-        if records > self.read:
-            a = rf.record_array(self.read, records)
-            h = rf.header
-            with_payload = a[a["payload_len"] > 0]
-            for k in (0, 1):
-                r = with_payload[with_payload["dir"] == k]
-                if len(r):
-                    start = r["seq_offset"] - (h[f"origin{k}"] if h["proto"] == 6 else 0)
-                    self.dirs[k].append((start, start + r["payload_len"], r["ts_ns"]))
-            self.read = records
-        for start, end, ts in self.dirs[d]:
-            hit = np.flatnonzero((start <= offset) & (offset < end))
-            if len(hit):
-                return int(ts[hit[0]])
-        return None
+        h = rf.header
+        if records > self.count:
+            self.records += rf._region(h["records_off"] + self.count * RECORD_SIZE, (records - self.count) * RECORD_SIZE)
+            self.count = records
+        return first_carrier(self.records, self.count, d, h[ORIGINS[d]] if h["proto"] == 6 else 0, offset)
 
 
 class InlineChain:

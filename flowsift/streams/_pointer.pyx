@@ -10,8 +10,8 @@ import os as _os
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.errno cimport errno
-from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memchr, strerror
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcpy, strerror
 from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
 
 from flowsift.reassembly.events import Gap
@@ -30,11 +30,14 @@ DEF RECORD_SIZE = 128
 DEF OFF_PAYLOAD_LEN = 32
 DEF OFF_DIR = 51
 DEF OFF_RFLAGS = 52
+DEF OFF_TS = 8
+DEF OFF_SEQ_OFFSET = 24
 DEF RF_RETRANSMISSION = 1
 DEF RF_CONFLICT = 4
 _offsets = {name: off for name, _, off in F.RECORD_FIELDS}
-assert (F.RECORD_SIZE, _offsets["payload_len"], _offsets["dir"], _offsets["rflags"], F.RF_RETRANSMISSION, F.RF_CONFLICT) \
-    == (RECORD_SIZE, OFF_PAYLOAD_LEN, OFF_DIR, OFF_RFLAGS, RF_RETRANSMISSION, RF_CONFLICT)
+assert (F.RECORD_SIZE, _offsets["payload_len"], _offsets["dir"], _offsets["rflags"], F.RF_RETRANSMISSION, F.RF_CONFLICT,
+        _offsets["ts_ns"], _offsets["seq_offset"]) \
+    == (RECORD_SIZE, OFF_PAYLOAD_LEN, OFF_DIR, OFF_RFLAGS, RF_RETRANSMISSION, RF_CONFLICT, OFF_TS, OFF_SEQ_OFFSET)
 
 
 cdef class Mapping:
@@ -88,6 +91,32 @@ def record_totals(const uint8_t[::1] recs not None, Py_ssize_t count):
         retrans += (rflags & RF_RETRANSMISSION) != 0
         conflicts += (rflags & RF_CONFLICT) != 0
     return packets[0], packets[1], octets[0], octets[1], retrans, conflicts
+
+
+def first_carrier(const uint8_t[::1] recs not None, Py_ssize_t count, int direction, int64_t origin,
+                  int64_t offset):
+    """The time (ns) of the first of `count` records (laid out as in a record file) whose payload
+    holds stream byte `offset` of `direction` (its seq_offset less `origin`), or None: the
+    packet that first carried it. One pass in C (an event's time, flowsift.modules.runner)."""
+    cdef Py_ssize_t i
+    cdef const uint8_t* r
+    cdef int64_t start, ts
+    cdef uint32_t n
+    if count < 0 or count * RECORD_SIZE > recs.shape[0]:
+        raise ValueError(f"{count} records do not fit in {recs.shape[0]} bytes")
+    for i in range(count):
+        r = &recs[0] + i * RECORD_SIZE
+        if r[OFF_DIR] != direction:
+            continue
+        memcpy(&n, r + OFF_PAYLOAD_LEN, 4)
+        if n == 0:
+            continue
+        memcpy(&start, r + OFF_SEQ_OFFSET, 8)
+        start -= origin
+        if start <= offset < start + <int64_t>n:
+            memcpy(&ts, r + OFF_TS, 8)
+            return ts
+    return None
 
 
 cdef class StreamPointer:
