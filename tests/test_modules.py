@@ -61,6 +61,13 @@ def test_chain_errors_name_the_problem(spec, needle):
      class Bad(Module):
          """Doc."""
          name = "bad"
+         @staticmethod
+         def on_open(flow): pass
+     ''', "on_open() must be a method: def on_open(self, flow)"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
          writes = {"ip.dst", "the moon"}
      ''', "`writes` must be a set of"),
     ('''

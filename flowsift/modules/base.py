@@ -252,6 +252,8 @@ def validate(cls, where):
         fn = getattr(cls, hook, None)
         if fn is None:
             continue
+        if isinstance(inspect.getattr_static(cls, hook), (staticmethod, classmethod)):
+            raise ModuleError(f"module {cls.name}: {hook}() must be a method: def {hook}(self, {', '.join(params)})")
         got = [p for p in list(inspect.signature(fn).parameters)[1:]]
         if len(got) != len(params):
             raise ModuleError(f"module {cls.name}: {hook}() takes ({', '.join(got)}), expected "
