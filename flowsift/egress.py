@@ -367,6 +367,12 @@ class Forwarder:
                     old.close()
                 self.files.clear()
             rf = self.files[conn] = RecordFile(self.store.path(conn))
+            self.fresh.add(conn)
+        elif conn not in self.fresh:
+            # what the gateway published since the last batch: data() reads no further than
+            # the header it holds (a stale one cut this batch's bytes short: sent unedited)
+            rf.refresh()
+            self.fresh.add(conn)
         return rf
 
     def forward(self, batch):
@@ -374,6 +380,7 @@ class Forwarder:
         n = len(batch)
         if not n:
             return
+        self.fresh = set()                    # record files read again for this batch
         if self.sink is None:
             self.sink = self._open()
         ed = self.editor
