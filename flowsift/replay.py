@@ -20,7 +20,7 @@ from flowsift.errors import FlowsiftError, UsageError
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
-ANY_RESPONSE = b"HTTP/1.1 200 OK\r\n\r\n"    # a stand-in recorded answer: wait for one whole response
+ANY_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"   # a whole message: answers are read whole
 
 
 # --- HTTP/1.x framing ----------------------------------------------------------------------------
@@ -94,12 +94,30 @@ def http_message(data, start, request, method=None, eof=False):
     return (len(data), line, headers, (body_start, len(data))) if eof else None
 
 
+def _interim(line):
+    # a 1xx response other than 101 (Switching Protocols) comes before the final one
+    parts = line.split()
+    return len(parts) > 1 and parts[1][:1] == b"1" and parts[1] != b"101" and len(parts[1]) == 3
+
+
+def final_response(data, start, method=None, eof=False):
+    """http_message() of the final response at `start`, past any interim (1xx) ones in front
+    of it: they answer the same request."""
+    while True:
+        m = http_message(data, start, False, method, eof=eof)
+        if m is None or not _interim(m[1]) or m[0] >= len(data):
+            return m
+        start = m[0]
+
+
 def http_messages(data, request, methods=None):
     """Message spans [(start, end)] of a whole stream; methods: the requests' methods, for
-    responses (a HEAD answer has no body)."""
+    responses (a HEAD answer has no body). A response's span includes the interim (1xx)
+    responses before it."""
     out, pos, i = [], 0, 0
     while pos < len(data):
-        m = http_message(data, pos, request, (methods[i] if methods and i < len(methods) else None), eof=True)
+        method = methods[i] if methods and i < len(methods) else None
+        m = http_message(data, pos, True, eof=True) if request else final_response(data, pos, method, eof=True)
         if m is None or m[0] <= pos:
             out.append((pos, len(data)))
             break
@@ -227,6 +245,8 @@ def _timed_turns(conv, client, server, arr, h):
             continue
         d = int(arr["dir"][i])
         end = int(arr["seq_offset"][i]) - origins[d] + n
+        if end <= (c_mark if d == 0 else s_mark):
+            continue                     # a retransmission: nothing new, no turn of its own
         if d == 0:
             end = min(end, len(client))
             if answered:
@@ -262,13 +282,17 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
         if expected == got:
             return []
         return [{"what": "bytes", "recorded": len(expected), "replayed": len(got), "diff": _text_diff(expected, got)}]
-    a = http_message(expected, 0, False, method, eof=True) if expected else None
-    b = http_message(got, 0, False, method, eof=True) if got else None
+    a = final_response(expected, 0, method, eof=True) if expected else None
+    b = final_response(got, 0, method, eof=True) if got else None
     if a is None or b is None:
         if expected == got:
             return []
-        return [{"what": "message", "recorded": "no HTTP response" if a is None else a[1].decode("latin-1"),
-                 "replayed": "no HTTP response" if b is None else b[1].decode("latin-1")}]
+
+        def said(data, m):
+            if m is not None:
+                return m[1].decode("latin-1")
+            return f"an incomplete response ({len(data)} bytes)" if data.startswith(b"HTTP/") else "no HTTP response"
+        return [{"what": "message", "recorded": said(expected, a), "replayed": said(got, b)}]
     out = []
     sa, sb = a[1].split(b" ", 2), b[1].split(b" ", 2)
     if sa[1:2] != sb[1:2]:
@@ -300,31 +324,31 @@ async def _read_answer(reader, turn, http, timeout, idle):
         timeout = min(timeout, idle / 4)  # the original had no answer here: do not wait long for one
     # a recorded response that is not a whole message (the capture ended inside it) is
     # matched by its length, as raw bytes are
-    framed = http and http_message(turn.response, 0, False, turn.method) is not None
+    framed = http and final_response(turn.response, 0, turn.method) is not None
     deadline = time.monotonic() + timeout
     while True:
         if framed:
-            m = http_message(bytes(buf), 0, False, turn.method) if buf else None
-            if m is not None:
-                return bytes(buf), m[0]
+            m = final_response(bytes(buf), 0, turn.method) if buf else None
+            if m is not None and not _interim(m[1]):
+                return bytes(buf), m[0], False
         elif want and len(buf) >= want:
-            return bytes(buf), len(buf)
+            return bytes(buf), len(buf), False
         left = deadline - time.monotonic()
         if left <= 0:
-            return bytes(buf), None
+            return bytes(buf), None, False
         try:
             chunk = await asyncio.wait_for(reader.read(65536), min(left, idle if buf else left))
         except asyncio.TimeoutError:
             if buf and not http:
-                return bytes(buf), len(buf)      # it went quiet: that is its answer
+                return bytes(buf), len(buf), False      # it went quiet: that is its answer
             if buf and http:
                 continue
-            return bytes(buf), None
-        if not chunk:
+            return bytes(buf), None, False
+        if not chunk:                               # the server closed the connection
             if http and buf:
-                m = http_message(bytes(buf), 0, False, turn.method, eof=True)
-                return bytes(buf), (m[0] if m else None)
-            return bytes(buf), (len(buf) if buf or not want else None)
+                m = final_response(bytes(buf), 0, turn.method, eof=True)
+                return bytes(buf), (m[0] if m else None), True
+            return bytes(buf), (len(buf) if buf or not want else None), True
         buf += chunk
 
 
@@ -367,13 +391,15 @@ class Replayer:
                     writer.write(turn.request)
                     await writer.drain()
                 if not turn.response and not conv.http:
+                    res["unanswered"] += 1      # sent; the original had no answer to compare with
                     continue
-                got, end = await _read_answer(reader, turn, conv.http, self.timeout, self.idle)
+                got, end, closed = await _read_answer(reader, turn, conv.http, self.timeout, self.idle)
                 if not turn.response:
                     res["unanswered"] += 1      # nothing recorded to compare with
                     continue
                 if end is None and not got:
-                    res["failed"] = f"turn {i}: no answer within {self.timeout:g} s"
+                    res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
+                                     else f"turn {i}: no answer within {self.timeout:g} s")
                     break
                 diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
                 if diff:
@@ -636,10 +662,11 @@ def replay_unacked(store, to, timeout=10.0, report=None):
                 if conv.http:
                     method = data[s:e].split(b" ", 1)[0]
                     # nothing recorded to compare with: any whole HTTP response will do
-                    got, done = await _read_answer(reader, Turn(data[s:e], ANY_RESPONSE, 0, s, method),
-                                                   True, timeout, 1.0)
+                    got, done, closed = await _read_answer(reader, Turn(data[s:e], ANY_RESPONSE, 0, s, method),
+                                                           True, timeout, 1.0)
                     if done is None:
-                        row["failed"] = f"no answer to message {msgs.index((s, e))} within {timeout:g} s"
+                        row["failed"] = (f"the server closed the connection without answering message {msgs.index((s, e))}"
+                                         if closed else f"no answer to message {msgs.index((s, e))} within {timeout:g} s")
                         break
                     row["answers"] += 1
         except (ConnectionError, OSError) as e:

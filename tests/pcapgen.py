@@ -101,3 +101,17 @@ A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
 A6 = bytes.fromhex("20010db8000000000000000000000001")
 B6 = bytes.fromhex("20010db8000000000000000000000002")
+
+
+def timed_capture(path, packets, port=80):
+    """A pcap of one TCP connection between A:40000 and B:`port`. packets: (seconds after the
+    start, client sends?, seq, ack, flags, payload)."""
+    t0 = 1_700_000_000 * 10**6
+    frames = []
+    for at, from_client, seq, ack, flags, payload in packets:
+        src, dst, sp, dp = (A, B, 40000, port) if from_client else (B, A, port, 40000)
+        us = t0 + round(at * 10**6)
+        frames.append((us // 10**6, us % 10**6,
+                       ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags, payload=payload)))))
+    path.write_bytes(pcap(frames))
+    return path

@@ -202,17 +202,8 @@ def test_a_clock_jump_keeps_the_linger_of_what_its_first_packet_ended(tmp_path):
 
 
 def _timed_capture(path, packets):
-    """packets: (seconds after the start, client sends?, seq, ack, flags, payload)."""
-    from pcapgen import A, B, ether, ipv4, pcap, tcp
-    t0 = 1_700_000_000 * 10**6
-    frames = []
-    for at, from_client, seq, ack, flags, payload in packets:
-        src, dst, sp, dp = (A, B, 40000, 80) if from_client else (B, A, 80, 40000)
-        us = t0 + round(at * 10**6)
-        frames.append((us // 10**6, us % 10**6,
-                       ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags, payload=payload)))))
-    path.write_bytes(pcap(frames))
-    return path
+    from pcapgen import timed_capture
+    return timed_capture(path, packets)
 
 
 RESET = [(0, True, 100, 0, 0x02, b""), (0.01, False, 500, 101, 0x12, b""),

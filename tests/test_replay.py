@@ -447,3 +447,155 @@ def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_erro
                                                                   "(and no capture)")):
             res = run_cli("replay", *args, "--to", to)
             assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n", res.stderr
+
+
+SCRIPTED = textwrap.dedent('''
+    """Answers by mode (argv[1]); logs what it saw (argv[2]).
+    timed: ten As -> resp1resp2 in one write, B -> ok
+    continue: a request with Expect: 100-continue -> 100 unless its body came with it, then its answer
+    closer: reads a request, closes without answering
+    unanswered: hello -> hi, nothing to bye
+    slow: each request -> its header, 0.3 s later its body; logs bytes already waiting then"""
+    import asyncio, json, sys
+    mode, log = sys.argv[1], open(sys.argv[2], "w")
+
+    async def request(r):
+        head = await r.readuntil(b"\\r\\n\\r\\n")
+        n = 0
+        for line in head.split(b"\\r\\n"):
+            if line.lower().startswith(b"content-length:"):
+                n = int(line.split(b":")[1])
+        return head, n
+
+    async def handle(r, w):
+        try:
+            if mode == "timed":
+                await r.readexactly(10)
+                w.write(b"resp1resp2")
+                await w.drain()
+                if await r.readline() == b"B\\n":
+                    w.write(b"ok\\n")
+            elif mode == "continue":
+                while True:
+                    head, n = await request(r)
+                    if b"100-continue" in head.lower() and len(r._buffer) < n:
+                        w.write(b"HTTP/1.1 100 Continue\\r\\n\\r\\n")    # (only if the body waits for it)
+                    body = await r.readexactly(n)
+                    answer = b"one" if head.startswith(b"POST") else b"two"
+                    w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\n" + answer)
+                    await w.drain()
+            elif mode == "closer":
+                await request(r)
+            elif mode == "unanswered":
+                if await r.readline() == b"hello\\n":
+                    w.write(b"hi\\n")
+                    await w.drain()
+                log.write(json.dumps({"then": (await r.readline()).decode()}) + "\\n")
+            elif mode == "slow":
+                while True:
+                    await request(r)
+                    w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\n\\r\\n")
+                    await w.drain()
+                    await asyncio.sleep(0.3)
+                    log.write(json.dumps({"waiting": len(r._buffer)}) + "\\n")
+                    log.flush()
+                    w.write(b"hello")
+                    await w.drain()
+            await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        log.flush()
+        w.close()
+
+    async def main():
+        s = await asyncio.start_server(handle, "127.0.0.1", 0)
+        print(s.sockets[0].getsockname()[1], flush=True)
+        await s.serve_forever()
+    asyncio.run(main())
+''')
+
+
+def _exchange(tmp_path, name, turns, fin=True):
+    """A capture of one connection to port 80: turns of (client sends?, payload, retransmit?)."""
+    from pcapgen import timed_capture
+    seq = {True: 100, False: 500}
+    pkts, t = [(0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b"")], 0.01
+    sent = {True: [], False: []}
+    for from_client, payload, again in turns:
+        at = sent[from_client][-1] if again else seq[from_client]
+        pkts.append((t, from_client, at, seq[not from_client], 0x18, payload))
+        if not again:
+            sent[from_client].append(at)
+            seq[from_client] += len(payload)
+        t += 0.01
+    if fin:
+        pkts += [(t, True, seq[True], seq[False], 0x11, b""), (t + 0.001, False, seq[False], seq[True] + 1, 0x11, b""),
+                 (t + 0.002, True, seq[True] + 1, seq[False] + 1, 0x10, b"")]
+    return timed_capture(tmp_path / name, pkts)
+
+
+def _scripted(tmp_path, mode, capture, *args):
+    log = tmp_path / f"{mode}.log"
+    srv = Server(tmp_path, SCRIPTED, mode, log)
+    try:
+        s = replay(capture, "--to", f"127.0.0.1:{srv.port}", *args)
+    finally:
+        srv.stop()
+    return s, [json.loads(l) for l in log.read_text().splitlines()]
+
+
+def test_a_retransmission_is_not_a_turn_of_its_own(tmp_path):
+    """AAAAAAAAAA, resp1, the As again, resp2, B, ok: the repeated As once made a turn with
+    nothing to send, the server's right answer (resp1resp2) was reported as differing, and B was
+    never sent."""
+    cap = _exchange(tmp_path, "retrans.pcap", [(True, b"A" * 10, False), (False, b"resp1", False),
+                                               (True, b"A" * 10, True), (False, b"resp2", False),
+                                               (True, b"B\n", False), (False, b"ok\n", False)])
+    s, _ = _scripted(tmp_path, "timed", cap, "--timeout", 3, "--idle", 0.3)
+    assert (s["connections"], s["identical"], s["failed"], s["turns"], s["turns_identical"]) == (1, 1, 0, 2, 2)
+
+
+def test_an_interim_response_belongs_to_the_request_before_it(tmp_path):
+    """POST with Expect: 100-continue, 100, the body, 200 one; GET, 200 two. The 100 was paired
+    with the POST and 200 one with the GET: against a server that sends no 100 when the body
+    comes with the request (as replay sends it), both turns differed."""
+    post = b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+    cap = _exchange(tmp_path, "continue.pcap", [(True, post, False), (False, b"HTTP/1.1 100 Continue\r\n\r\n", False),
+                                                (True, b"hello", False), (False, ok + b"one", False),
+                                                (True, b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n", False),
+                                                (False, ok + b"two", False)])
+    s, _ = _scripted(tmp_path, "continue", cap, "--match", "http", "--timeout", 3)
+    assert (s["identical"], s["differing"], s["failed"], s["turns"]) == (1, 0, 0, 2), s
+
+
+def test_a_server_that_closes_at_once_is_said_to_have_closed(tmp_path, corpus):
+    s, _ = _scripted(tmp_path, "closer", BRO, "--match", "http", "--timeout", 5, "--limit", 2)
+    assert s["failed"] == 2 and s["seconds"] < 4
+    assert {f["reason"] for f in s["failures"]} == {"turn 0: the server closed the connection without answering"}
+
+
+def test_turns_the_original_never_answered_are_counted(tmp_path):
+    cap = _exchange(tmp_path, "unanswered.pcap", [(True, b"hello\n", False), (False, b"hi\n", False),
+                                                  (True, b"bye\n", False)])
+    s, seen = _scripted(tmp_path, "unanswered", cap, "--timeout", 3, "--idle", 0.3)
+    assert (s["turns"], s["turns_identical"], s["turns_unanswered"], s["failed"]) == (1, 1, 1, 0)
+    # sent all the same (the empty one: the check that the target listens)
+    assert [x for x in seen if x["then"]] == [{"then": "bye\n"}]
+
+
+def test_unacked_requests_wait_for_each_whole_answer(tmp_path):
+    """--unacked took a response's header for the whole answer (its stand-in had no length) and
+    sent the next request while the body was still to come."""
+    reqs = [(True, f"GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), False) for i in range(3)]
+    cap = _exchange(tmp_path, "unacked.pcap", reqs, fin=False)
+    store = tmp_path / "st"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    log = tmp_path / "slow.log"
+    srv = Server(tmp_path, SCRIPTED, "slow", log)
+    try:
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{srv.port}", "--timeout", 5)
+    finally:
+        srv.stop()
+    assert (s["messages"], s["answers"], s["failed"]) == (3, 3, 0)
+    assert [json.loads(l)["waiting"] for l in log.read_text().splitlines()] == [0, 0, 0]
