@@ -187,3 +187,13 @@ def test_inline_payload_edits_of_later_batches_reach_the_wire(tmp_path, corpus):
     assert got["egress"]["edited"] == got["edits"]["accepted"]["redact"]
     assert len(sent) == len(written) == 751
     assert sum(a != b for a, b in zip(sent, written)) <= late and sum(b"HTTP" in f for f in sent) <= late
+
+
+def test_a_count_takes_no_more_frames_off_the_port_than_it_processes(tmp_path, corpus):
+    """--count 100 took a whole burst of 512 off the port and left 412 out: inline, frames taken
+    off the wire and neither processed nor forwarded, counted nowhere."""
+    out = tmp_path / "tx.pcap"
+    got = json.loads(flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out}", "--out",
+                              "dpdk:net_pcap0", "--count", 100, "--events", "/dev/null", "--json").stdout)
+    assert got["packets"] == got["egress"]["forwarded"] == got["kernel"]["received"] == 100
+    assert frames_of(out) == frames_of(JPEGS)[:100]

@@ -280,9 +280,10 @@ cdef class AfPacketSource:
             self._desc((self.block + self.block_nr - self.held + k) % self.block_nr).hdr.bh1.block_status = TP_STATUS_KERNEL
         self.held = 0
 
-    def fill(self, Batch batch, int timeout_ms=100):
-        """Fill `batch` with the frames ready now (waiting up to `timeout_ms` for the first);
-        returns how many (0: none arrived in time). Frames stay valid until the next fill."""
+    def fill(self, Batch batch, int timeout_ms=100, Py_ssize_t limit=-1):
+        """Fill `batch` with the frames ready now (waiting up to `timeout_ms` for the first), at
+        most `limit` (-1: as many as it holds); returns how many (0: none arrived in time).
+        Frames stay valid until the next fill; those not taken stay in the ring."""
         cdef tpacket_block_desc* d
         cdef tpacket3_hdr* h
         cdef pkt_t* p
@@ -290,6 +291,8 @@ cdef class AfPacketSource:
         cdef pollfd pfd
         cdef int rc
         cdef uint64_t vlan = 0, hw = 0
+        if 0 <= limit < cap:
+            cap = limit
         if self.fd < 0:
             raise AfPacketError(f"afpacket:{self.ifname}: closed")
         with nogil:

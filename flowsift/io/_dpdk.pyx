@@ -203,9 +203,10 @@ cdef class DpdkPort:
             rte_pktmbuf_free(self.held[i])
         self.n_held = 0
 
-    def fill(self, Batch batch, int timeout_ms=100):
+    def fill(self, Batch batch, int timeout_ms=100, Py_ssize_t limit=-1):
         """Fill `batch` with the packets the port has (polling up to `timeout_ms` for the
-        first: DPDK has no interrupts here); 0 if none came."""
+        first: DPDK has no interrupts here), at most `limit` (-1: as many as it holds); 0 if
+        none came. Those not taken stay in the port's queue."""
         cdef rte_mbuf* m
         cdef rte_mbuf* burst[BURST]
         cdef pkt_t* p
@@ -216,6 +217,8 @@ cdef class DpdkPort:
         cdef int64_t e14 = 100000000000000, e17 = 100000000000000000     # µs and ns since the epoch, today
         if cap > 512:
             cap = 512
+        if 0 <= limit < cap:
+            cap = limit
         with nogil:
             self._free_held()
             self.n_segbuf = 0

@@ -173,7 +173,10 @@ class LiveCapture:
             raise FlowsiftError(str(e)) from None
 
     def fill(self, batch, timeout_ms=100):
-        n = self._src.fill(batch, timeout_ms)
+        # with a count, no more than it: the frames past it stay where they are (inline, they
+        # would otherwise be taken off the wire and neither processed nor forwarded)
+        limit = -1 if self.count is None else max(0, self.count - self.position)
+        n = self._src.fill(batch, timeout_ms, limit)
         self.position += n
         return n
 
