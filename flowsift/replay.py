@@ -192,7 +192,8 @@ def conversation(path, partial=False, match=None):
             cend = conv.cut
         sgap = rf.gaps(1)
         if cend <= 0 and send <= 0:
-            conv.skip = "no data"
+            # (with --partial, a gap at the very start leaves nothing before it to replay)
+            conv.skip = "gap in the client's stream" if gaps and conv.cut == 0 else "no data"
             return conv
         client = rf.data(0, 0, cend)
         server = rf.data(1, 0, send) if not sgap else rf.data(1, 0, sgap[0].offset)

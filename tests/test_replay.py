@@ -599,3 +599,12 @@ def test_unacked_requests_wait_for_each_whole_answer(tmp_path):
         srv.stop()
     assert (s["messages"], s["answers"], s["failed"]) == (3, 3, 0)
     assert [json.loads(l)["waiting"] for l in log.read_text().splitlines()] == [0, 0, 0]
+
+
+def test_a_gap_at_the_start_is_the_reason_even_with_partial(tmp_path, corpus):
+    from flowsift.replay import conversation
+    from flowsift.streams.reader import store_files
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "gap__suri__tcp-leading-gap.pcap", "--store", store, "--keep", check=True)
+    reasons = {conversation(p, partial=True).skip for p in store_files(store)}
+    assert reasons == {"gap in the client's stream"}          # it said "no data"
