@@ -43,9 +43,11 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
     reg = _redis(url, run)
     g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
                 **(reassembly or {}))
+    started = False
     try:
         try:
             reg.start_run({"store": g.store_dir, "source": str(source)})
+            started = True
             g.expect(expect)
             if on_started is not None:
                 on_started(reg.run)
@@ -68,7 +70,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
         return summary
     finally:
         try:
-            reg.end_run()               # a clean exit leaves no key behind
+            if started:                 # (a run this gateway was refused is another's: untouched)
+                reg.end_run()           # a clean exit leaves no key behind
         except RegistryError:
             pass
         reg.close()

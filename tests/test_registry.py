@@ -281,8 +281,14 @@ def test_cleanup_refuses_a_live_run(corpus, redis_server):
         wait_until(lambda: r.hget("flowsift:{rl}:meta", "state") == "complete")
         res = run_cli("gateway", "--registry", url, "--cleanup", "rl")
         assert res.returncode == 2 and "run rl is live" in res.stderr
+        before = sorted(r.keys("flowsift:*"))
         res = run_cli("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rl")
         assert res.returncode == 2 and "run rl is live" in res.stderr
+        # refused, it once removed the live run's keys on its way out; and a run named r* ended
+        # by deleting what r* matched as a pattern
+        res = run_cli("gateway", corpus / "http__zeek__get.pcap", "--registry", url, "--run", "r*")
+        assert res.returncode == 0, res.stderr
+        assert sorted(r.keys("flowsift:*")) == before and r.hget("flowsift:{rl}:meta", "state") == "complete"
     finally:
         gw.send_signal(signal.SIGINT)
         gw.wait(timeout=30)

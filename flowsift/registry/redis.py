@@ -249,7 +249,8 @@ class RedisRegistry(Registry):
         def op():
             n = 0
             batch = []
-            for key in self.r.scan_iter(match=P.replace("{", "\\{").replace("}", "\\}") + "*", count=1000):
+            # (the run's name taken literally: a '*' in it would match other runs' keys)
+            for key in self.r.scan_iter(match=_glob_escape(P) + "*", count=1000):
                 batch.append(key)
                 if len(batch) >= 1000:
                     n += self.r.unlink(*batch)
