@@ -167,6 +167,10 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
     # the parent's handlers forward signals to the shards; a shard and its workers take their own
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # the module workers this shard forks must not hold its result pipe: if the shard dies,
+    # the parent sees the pipe end (and no half message waits for ever to be finished)
+    fd = conn.fileno()
+    os.register_at_fork(after_in_child=lambda: os.dup2(os.open(os.devnull, os.O_RDWR), fd))
     last = [0.0]
 
     def report(pos, total):
@@ -272,12 +276,19 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         waiting = {conn: k for k, (p, conn) in enumerate(procs)}
         from multiprocessing.connection import wait
         while waiting:
-            for conn in wait(list(waiting)):
+            ready = wait(list(waiting), timeout=0.5)
+            # a shard killed outright says nothing, and its pipe (and its end's sentinel) stay
+            # open in its module workers, which outlive it a while: its exit code tells
+            ready += [conn for conn, k in waiting.items() if conn not in ready and procs[k][0].exitcode is not None
+                      and not conn.poll()]
+            for conn in ready:
                 k = waiting[conn]
                 p = procs[k][0]
                 try:
-                    msg = conn.recv()
+                    msg = conn.recv() if conn.poll() else None
                 except EOFError:
+                    msg = None
+                if msg is None:
                     p.join(timeout=5)
                     msg = ("error", f"shard {k}: its process died ({p.exitcode})")
                 if msg[0] == "progress":

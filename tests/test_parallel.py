@@ -515,3 +515,47 @@ class Exiter(Module):
                      "flowsift: module exiter: worker died (3) (10 times); restarting it",
                      "flowsift: module exiter: worker died (3) (100 times); restarting it",
                      "flowsift: module exiter: worker died 101 times; giving up"]
+
+
+def test_workers_of_a_gateway_killed_outright_go_too(tmp_path, corpus):
+    """Each worker held the gateway's end of its own pipe (and of the workers before it): killed
+    -9, the gateway left them waiting on those pipes for ever, holding its output open."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    slow = tmp_path / "slowpoke.py"
+    slow.write_text('''
+import time
+from flowsift.modules import Module
+
+class Slowpoke(Module):
+    """Reads slowly.
+
+    Synopsis: slowpoke
+    """
+    name = "slowpoke"
+    def on_data(self, flow, stream):
+        stream.skip()
+        time.sleep(0.05)
+''')
+    env = dict(os.environ, FLOWSIFT_BATCH="8")
+    p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", f"{slow},counter,http",
+                          str(corpus / "http__csanders__http_espn.pcapng"), "--events", "/dev/null"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 30
+    workers = []
+    while len(workers) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        workers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 3, workers
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    left = workers
+    while left and time.monotonic() < deadline + 15:
+        time.sleep(0.2)
+        left = [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
+    for w in left:
+        os.kill(int(w), signal.SIGKILL)
+    assert left == []

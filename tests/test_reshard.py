@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -268,3 +269,46 @@ def test_a_sharded_run_reports_its_progress(corpus):
     run_chain("counter", str(cap), shards=2, reshard=["1000:3"], on_progress=lambda pos, total: seen.append((pos, total)))
     assert seen and seen[-1] == (cap.stat().st_size, cap.stat().st_size)
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
+
+
+def test_a_shard_killed_outright_ends_the_run_in_one_line(tmp_path, corpus):
+    """Its module workers kept its result pipe open: the run waited for ever, saying nothing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    slow = tmp_path / "slow.py"
+    slow.write_text('''
+import time
+from flowsift.modules import Module
+
+class Slow(Module):
+    """Reads slowly.
+
+    Synopsis: slow
+    """
+    name = "slow"
+    def on_data(self, flow, stream):
+        stream.skip()
+        time.sleep(0.05)
+''')
+    env = dict(os.environ, FLOWSIFT_BATCH="8")
+    p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", str(slow), str(corpus / "http__csanders__http_espn.pcapng"),
+                          "--shards", "2", "--events", "/dev/null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        shards = []
+        while not shards and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shards = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        assert shards, "no shard started"
+        os.kill(int(shards[0]), signal.SIGKILL)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 2
+    (line,) = err.strip().splitlines()
+    assert re.fullmatch(r"flowsift: shard [01]: its process died \(-9\)", line)

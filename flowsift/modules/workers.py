@@ -18,6 +18,7 @@ import sys
 
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
+from flowsift.errors import FlowsiftError
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain, start
 from flowsift.modules.runner import InlineChain, join_checkpoint, passive
@@ -37,8 +38,12 @@ def checkpoint_every():
     return env_number("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY, 1, None, "batches between checkpoints")
 
 
-def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
-    # `index`: the module's place in the whole chain (spec)
+def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inherited=()):
+    # `index`: the module's place in the whole chain (spec). `inherited`: the gateway's ends of
+    # this worker's pipe and of the other workers': held here, they would keep those pipes open
+    # after the gateway died, and this worker (or another) would wait for it for ever
+    for c in inherited:
+        c.close()
     # what the worker inherits from the gateway lives as long as it does: out of the
     # collector's full passes
     import gc
@@ -169,7 +174,9 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY):
                 checkpoint(msg[1])
                 post(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), _summary(module)))
                 return
-    except ModuleError as e:
+    except FlowsiftError as e:
+        # a module's failure under --strict, or a store that is gone (the gateway died and
+        # its temporary store with it): one line for the gateway, if it is there to read it
         post(("fatal", str(e)))
     except (EOFError, BrokenPipeError):
         pass
@@ -228,12 +235,18 @@ class _Worker:
         self.start()
 
     def start(self):
+        ends = self.owner.__dict__.setdefault("gateway_ends", [])     # the gateway's ends of every worker pipe
+        old = getattr(self, "conn", None)
+        if old is not None:                                           # (a restart: the dead worker's pipe)
+            ends.remove(old)
+            old.close()
         parent, child = self.owner.ctx.Pipe()
         self.conn = parent
+        ends.append(parent)
         self.pending = 0
         self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
                                                                   self.owner.store_dir, child, self.owner.strict,
-                                                                  self.owner.every), daemon=True)
+                                                                  self.owner.every, list(ends)), daemon=True)
         self.proc.start()
         child.close()
 
