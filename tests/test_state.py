@@ -422,3 +422,36 @@ def test_append_only_rows_are_checkpointed_in_parts_and_come_back_whole(tmp_path
     assert rows(map(json.loads, saved)) == rows(want["tables"]["counter"])
     last = json.loads(json.loads((tmp_path / "store" / "state" / "counter.0.json").read_text().splitlines()[1])["state"])
     assert last["rows"] == {"rows": 108}                  # counted only: the rows are apart
+
+
+def test_cross_flow_entries_expire_after_their_last_use(tmp_path, corpus):
+    """expire= was declared and never applied (the table's expire() had no caller), and an
+    entry's last use was stamped with the latest time any flow had shown, not its own."""
+    mod = tmp_path / "exp.py"
+    mod.write_text('''
+from flowsift.modules import CrossFlow, Module
+
+class Exp(Module):
+    """Counts closes per source, forgetting a source idle for a millisecond.
+
+    Synopsis: exp
+    """
+    name = "exp"
+    per_src = CrossFlow(key=("ip.src",), expire=0.001)
+
+    def on_close(self, flow, reason):
+        e = self.per_src[flow]
+        e["c"] = e.get("c", 0) + 1
+        self.emit("seen", c=e["c"], last=flow.last_ts)
+''')
+    runs = {}
+    for mode in ([], ["--inline"], ["--shards", "2"]):
+        out = tmp_path / "ev.jsonl"
+        res = run_cli("chain", mod, corpus / "http__zeek__bro.org.pcap", "--events", out, *mode)
+        assert res.returncode == 0, res.stderr
+        runs[" ".join(mode)] = sorted((e["client"], e["last"], e["c"]) for e in map(json.loads, out.read_text().splitlines()))
+    assert runs[""] == runs["--inline"] == runs["--shards 2"]
+    # a source's count starts again after it was idle for more than a millisecond (without
+    # expiry it ran up to 13, one entry per source)
+    seen = runs[""]
+    assert sum(c == 1 for _, _, c in seen) > len({client.rsplit(":", 1)[0] for client, _, _ in seen})

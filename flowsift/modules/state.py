@@ -103,10 +103,15 @@ class CrossFlowTable:
     def __getitem__(self, flow):
         k = flow if isinstance(flow, tuple) else self.key_of(flow)
         e = self.entries.get(k)
+        if not isinstance(flow, tuple):
+            t = flow.last_ts or 0
+            if e is not None and self.decl.expire is not None and self.touched.get(k, 0) < t - self.decl.expire * 1e9:
+                e = None                # not used for `expire` seconds: gone, a new entry starts
+            # the key's last use: the latest time of a flow that used it, whatever their order
+            self.touched[k] = max(self.touched.get(k, 0) if e is not None else 0, t)
+            self.now = max(self.now, t)
         if e is None:
             e = self.entries[k] = {}
-        if not isinstance(flow, tuple):
-            self.touched[k] = self.now = max(self.now, flow.last_ts or 0)
         return e
 
     def get(self, flow, default=None):
@@ -135,11 +140,13 @@ class CrossFlowTable:
 
     # --- saving and merging ---
     def dump(self):
+        self.expire(self.now)           # (what a later use would find expired is not kept)
         return [[list(k), v, self.touched.get(k, 0)] for k, v in self.entries.items()]
 
     def load(self, rows):
         self.entries = {tuple(k): v for k, v, _ in rows}
         self.touched = {tuple(k): t for k, _, t in rows}
+        self.now = max(self.touched.values(), default=0)
 
     def merge_from(self, rows):
         for k, v, t in rows:
@@ -149,6 +156,8 @@ class CrossFlowTable:
             else:
                 self.entries[k] = v
             self.touched[k] = max(self.touched.get(k, 0), t)
+            self.now = max(self.now, t)
+        self.expire(self.now)           # by the latest use in any of the merged tables
 
 
 def merge_values(a, b, how):
