@@ -305,10 +305,12 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                     raise FlowsiftError(value)
                 results[k] = value
         if events is not None:
+            # each shard numbers its connections from 0: an event says whose its conn is
             for k in range(processes):
+                tail = f', "shard": {k}}}\n'
                 with open(os.path.join(tmp, f"{k}.jsonl")) as f:
                     for line in f:
-                        events.write(line)
+                        events.write(line[:-2] + tail if line.endswith("}\n") else line)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -338,9 +340,10 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             _add(out["kernel"], {k: v for k, v in r.get("kernel", {}).items() if k != "stopped_by"})
         out["kernel"]["stopped_by"] = sorted({r.get("kernel", {}).get("stopped_by") for r in results} - {None})
     tables = {}
-    for r in results:
+    for k, r in enumerate(results):
         for name, rows in r.get("tables", {}).items():
-            tables.setdefault(name, []).extend(rows)
+            tables.setdefault(name, []).extend(dict(row, shard=k) if isinstance(row, dict) and "conn" in row else row
+                                               for row in rows)
     out["tables"] = tables
     state = merge_state(spec, [r.get("state", {}) for r in results])
     if state:

@@ -179,7 +179,7 @@ def test_a_worker_killed_around_a_handover_loses_nothing(tmp_path, corpus, monke
     assert (tmp_path / "killed.http").exists()
     assert sum(s["moved"]["connections_in"] for s in got["shards"]) > 5
     assert sum(m["restarts"] for m in [got["modules"]["http"]]) == 1
-    strip = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn")},
+    strip = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn", "shard")},
                                             sort_keys=True) for l in lines)
     assert strip(ev2) == strip(ev1)
     assert {k: v for k, v in got["modules"]["http"].items() if k != "restarts"} == \
@@ -312,3 +312,19 @@ class Slow(Module):
     assert p.returncode == 2
     (line,) = err.strip().splitlines()
     assert re.fullmatch(r"flowsift: shard [01]: its process died \(-9\)", line)
+
+
+def test_sharded_events_say_whose_conn_they_are(tmp_path, corpus):
+    """Each shard numbers its connections from 0: conn 13 named two connections of
+    speed__pcpp__example. With the shard, the pair names one."""
+    out = tmp_path / "ev.jsonl"
+    res = run_cli("chain", "http,counter", corpus / "speed__pcpp__example.pcap", "--shards", 2, "--events", out, "--json")
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(l) for l in out.read_text().splitlines()]
+    owners = {}
+    for e in events:
+        owners.setdefault((e["shard"], e["conn"]), set()).add((e["client"], e["server"]))
+    assert {e["shard"] for e in events} == {0, 1} and all(len(v) == 1 for v in owners.values())
+    assert len({c for _, c in owners}) < len(owners)              # conn alone is ambiguous
+    rows = json.loads(res.stdout)["tables"]["counter"]
+    assert len({(r["shard"], r["conn"]) for r in rows}) == len(rows)

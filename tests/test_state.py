@@ -212,17 +212,17 @@ def same_output(one, ev1, two, ev2):
     SourceTally's merged declared state, and the connections reassembly found."""
     assert two["connections"] == one["connections"]
     # events that depend on one flow only are the same (flow ids are per shard: left out)
-    per_flow = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn")},
+    per_flow = lambda lines: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k not in ("ts", "conn", "shard")},
                                                sort_keys=True) for l in lines if '"source_tally"' not in l)
     assert per_flow(ev2) == per_flow(ev1) and len(ev2) == len(ev1)
     for m in ("counter", "http", "dns", "source_tally"):
         assert {k: v for k, v in two["modules"][m].items() if k != "restarts"} == \
                {k: v for k, v in one["modules"][m].items() if k != "restarts"}, m
-    # declared cross-flow and global state, merged by its rules, is the state of one shard (the
-    # entries; when each was last used, for expiry, is a capture time that ends differ on)
-    entries = lambda st: (sorted((k, v) for k, v, _ in st["per_source"]["crossflow"]), st["totals"])
+    # declared cross-flow and global state, merged by its rules, is the state of one shard: the
+    # entries, and when each was last used (the latest time of a flow that used it)
+    entries = lambda st: (sorted((k, v, t) for k, v, t in st["per_source"]["crossflow"]), st["totals"])
     assert entries(two["state"]["source_tally"]) == entries(one["state"]["source_tally"])
-    rows = lambda s: sorted(json.dumps({k: v for k, v in r.items() if k != "conn"}, sort_keys=True)
+    rows = lambda s: sorted(json.dumps({k: v for k, v in r.items() if k not in ("conn", "shard")}, sort_keys=True)
                             for r in s["tables"]["counter"])
     assert rows(two) == rows(one)
 
