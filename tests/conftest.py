@@ -163,3 +163,24 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+def slow_module(tmp_path, name="slow", pause=0.05):
+    """A module file that reads every byte slowly (`pause` seconds per call): a run that lasts
+    long enough to be interrupted."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(f'''
+import time
+from flowsift.modules import Module
+
+class Slow(Module):
+    """Reads slowly.
+
+    Synopsis: {name}
+    """
+    name = "{name}"
+    def on_data(self, flow, stream):
+        stream.skip()
+        time.sleep({pause})
+''')
+    return path

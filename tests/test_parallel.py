@@ -525,21 +525,8 @@ def test_workers_of_a_gateway_killed_outright_go_too(tmp_path, corpus):
     import subprocess
     import sys
     import time
-    slow = tmp_path / "slowpoke.py"
-    slow.write_text('''
-import time
-from flowsift.modules import Module
-
-class Slowpoke(Module):
-    """Reads slowly.
-
-    Synopsis: slowpoke
-    """
-    name = "slowpoke"
-    def on_data(self, flow, stream):
-        stream.skip()
-        time.sleep(0.05)
-''')
+    from conftest import slow_module
+    slow = slow_module(tmp_path, "slowpoke")
     env = dict(os.environ, FLOWSIFT_BATCH="8")
     p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", f"{slow},counter,http",
                           str(corpus / "http__csanders__http_espn.pcapng"), "--events", "/dev/null"],

@@ -20,6 +20,15 @@ BRO = CORPUS / "http__zeek__bro.org.pcap"
 
 RECORDED = (Path(__file__).parent / "servers" / "recorded_http.py").read_text()
 
+# the end of every test server: serve on a free loopback port and say which
+SERVE = textwrap.dedent('''
+    async def main():
+        s = await asyncio.start_server(handle, "127.0.0.1", 0)
+        print(s.sockets[0].getsockname()[1], flush=True)
+        await s.serve_forever()
+    asyncio.run(main())
+''')
+
 SMTP = textwrap.dedent('''
     """A small SMTP server: answers each command, logs them, and notes a command that came
     before the answer to the previous one (a client that does not wait its turn)."""
@@ -61,12 +70,7 @@ SMTP = textwrap.dedent('''
         log.flush()
         w.close()
 
-    async def main():
-        s = await asyncio.start_server(handle, "127.0.0.1", 0)
-        print(s.sockets[0].getsockname()[1], flush=True)
-        await s.serve_forever()
-    asyncio.run(main())
-''')
+''') + SERVE
 
 
 def recorded_table(capture):
@@ -507,12 +511,7 @@ SCRIPTED = textwrap.dedent('''
         log.flush()
         w.close()
 
-    async def main():
-        s = await asyncio.start_server(handle, "127.0.0.1", 0)
-        print(s.sockets[0].getsockname()[1], flush=True)
-        await s.serve_forever()
-    asyncio.run(main())
-''')
+''') + SERVE
 
 
 def _exchange(tmp_path, name, turns, fin=True):

@@ -277,21 +277,8 @@ def test_a_shard_killed_outright_ends_the_run_in_one_line(tmp_path, corpus):
     import subprocess
     import sys
     import time
-    slow = tmp_path / "slow.py"
-    slow.write_text('''
-import time
-from flowsift.modules import Module
-
-class Slow(Module):
-    """Reads slowly.
-
-    Synopsis: slow
-    """
-    name = "slow"
-    def on_data(self, flow, stream):
-        stream.skip()
-        time.sleep(0.05)
-''')
+    from conftest import slow_module
+    slow = slow_module(tmp_path, "slow")
     env = dict(os.environ, FLOWSIFT_BATCH="8")
     p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", str(slow), str(corpus / "http__csanders__http_espn.pcapng"),
                           "--shards", "2", "--events", "/dev/null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
