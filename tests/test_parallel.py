@@ -528,8 +528,10 @@ def test_workers_of_a_gateway_killed_outright_go_too(tmp_path, corpus):
     from conftest import slow_module
     slow = slow_module(tmp_path, "slowpoke")
     env = dict(os.environ, FLOWSIFT_BATCH="8")
+    # (its store where a gateway killed outright leaves it: not in /dev/shm)
     p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", f"{slow},counter,http",
-                          str(corpus / "http__csanders__http_espn.pcapng"), "--events", "/dev/null"],
+                          str(corpus / "http__csanders__http_espn.pcapng"), "--events", "/dev/null",
+                          "--store", str(tmp_path / "store")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 30
     workers = []
