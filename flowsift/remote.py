@@ -85,7 +85,7 @@ def cleanup(url, run):
     try:
         if reg.gateway_alive(run):
             raise FlowsiftError(f"run {run} is live (its gateway is sending heartbeats): stop its gateway instead")
-        if run not in reg.all_runs() and not reg.r.exists(f"flowsift:{{{run}}}:meta"):
+        if run not in reg.all_runs() and not reg.has_keys(run):
             raise FlowsiftError(f"no run {run} in {reg.shown}")
         return reg.remove_run(run)
     except RegistryError as e:
@@ -389,8 +389,18 @@ class _Attached:
         return False
 
     def restore(self):
-        """The server came back, maybe empty: this module's bit and committed progress again."""
+        """The server came back, maybe empty: this module's bit and committed progress again,
+        once the gateway has put the run's own keys back. Keys removed by --cleanup (its gateway
+        gone) do not come back: then the run is over, and writing ours again would leave keys
+        of a run that no longer exists, for the next run of that name to trip on."""
+        from flowsift.registry.redis import HEARTBEAT_TTL
         self.reg.ensure_notifications()
+        deadline = time.monotonic() + 3 * HEARTBEAT_TTL / 1000
+        while not self.reg.run_meta():
+            if time.monotonic() > deadline:
+                raise FlowsiftError(f"run {self.reg.run}: its keys are gone and its gateway did not put them back "
+                                    f"(the run was cleaned up, or its gateway died): module {self.name} stops")
+            time.sleep(0.1)
         self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos, self.ckpt)
 
 

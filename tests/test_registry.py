@@ -497,3 +497,27 @@ def test_the_batch_log_is_trimmed_below_what_every_module_committed(redis_server
     assert a.batches_after(10, count=1)[1] is True       # entries 11.. are gone: said, not skipped
     gw.end_run()
     assert r.keys("flowsift:*") == []
+
+
+def test_a_run_cleaned_up_under_an_attached_module_stays_gone(tmp_path, corpus, redis_server, slow):
+    """Gateway killed, run cleaned up while its module still worked: the module's next commit
+    found its keys gone, took them for a restarted server's and wrote them again. '--cleanup'
+    then said 'no run', and the next run of the name waited for ever on the old module's bit.
+    The module now waits for the gateway to put the run back; none comes: it stops."""
+    url, r = redis_server.url, redis_server.client()
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rg", "--expect", "slow",
+                  "--store", tmp_path / "store")             # (a killed gateway's store stays: not in /dev/shm)
+    wait_until(lambda: r.hget("flowsift:{rg}:meta", "state") == "complete")
+    events = tmp_path / "slow.jsonl"
+    m = flowsift("module", slow, "--registry", url, "--run", "rg", "--events", events,
+                 env={"FLOWSIFT_HEARTBEAT_TTL_MS": "1000"})
+    wait_until(lambda: closed_events(events) >= 10, procs=(m,))
+    os.kill(gw.pid, signal.SIGKILL)
+    gw.wait()
+    res = run_cli("gateway", "--registry", url, "--cleanup", "rg", "--json")
+    assert res.returncode == 0, res.stderr
+    out, err = m.communicate(timeout=60)
+    assert m.returncode == 2 and "its keys are gone and its gateway did not put them back" in err
+    assert r.keys("flowsift:{rg}:*") == []
+    res = run_cli("gateway", "--registry", url, "--cleanup", "rg")
+    assert res.returncode == 2 and "no run rg" in res.stderr

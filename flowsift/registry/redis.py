@@ -242,6 +242,11 @@ class RedisRegistry(Registry):
             return True
         return who.get("host") != whoami()["host"] or _pid_alive(who.get("pid"))
 
+    def has_keys(self, run):
+        """Is any key of `run` left (not only its meta: a module may have written some after)?"""
+        match = _glob_escape(run_prefix(run)) + "*"
+        return self._retry(lambda: next(iter(self.r.scan_iter(match=match, count=1000)), None) is not None)
+
     def remove_run(self, run):
         """Delete every key of `run` (its module bits and progress too)."""
         P = run_prefix(run)
@@ -273,7 +278,7 @@ class RedisRegistry(Registry):
             held = self.all_runs().get(self.run, {})
             raise RegistryError(f"run {self.run} is live in {self.shown} (gateway pid {held.get('pid')} on "
                                 f"{held.get('host')}): pick another --run")
-        stale = self._retry(lambda: self.r.exists(self.P + "meta") or self.r.hexists("flowsift:runs", self.run))
+        stale = self._retry(lambda: self.r.hexists("flowsift:runs", self.run)) or self.has_keys(self.run)
         if stale:
             self.remove_run(self.run)
             import sys
