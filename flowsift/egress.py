@@ -242,8 +242,14 @@ def write_egress(source, out, editor, store, late=None, members=None):
     linktype = egress_linktype(source, cap) or 1
     members = members or {}
     payload_of, files, in_fragments = {}, {}, {}
+
+    def file_of(conn):
+        rf = files.get(conn)
+        if rf is None:
+            rf = files[conn] = RecordFile(store.path(conn))
+        return rf
     for conn, d in editor.payload_dirs:
-        rf = files.get(conn) or files.setdefault(conn, RecordFile(store.path(conn)))
+        rf = file_of(conn)
         for rec in rf.records():
             if rec.dir == d and rec.payload_len:          # (a TCP segment, or a UDP datagram)
                 payload_of[rec.frame_pos] = (conn, d, rec.stream_offset, rec.payload_len)
@@ -303,9 +309,7 @@ def write_egress(source, out, editor, store, late=None, members=None):
                         if late[pos] in editor.payload_dirs and arr["proto"][i] == 6 and arr["payload_len"][i]:
                             lb = late_bytes.get(late[pos])
                             if lb is None:
-                                conn, d = late[pos]
-                                rf = files.get(conn) or files.setdefault(conn, RecordFile(store.path(conn)))
-                                lb = late_bytes[late[pos]] = _LateBytes(rf, d)
+                                lb = late_bytes[late[pos]] = _LateBytes(file_of(late[pos][0]), late[pos][1])
                             data = lb.payload(frame, arr[i])
                         counts["late_edited"] += bool(fields or data)
                     if fields or data:

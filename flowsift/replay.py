@@ -210,17 +210,15 @@ def conversation(path, partial=False, match=None):
 
 
 def _first_ts(arr, h, d, offset):
-    """Capture time of the record that carried stream byte `offset` of direction d."""
+    """Capture time of the record that carried stream byte `offset` of direction d (else of
+    the direction's last one with payload, or the connection's first record)."""
     import numpy as np
-    origin = h[f"origin{d}"]
-    sel = (arr["dir"] == d) & (arr["payload_len"] > 0)
-    if not sel.any():
-        return int(arr["ts_ns"][0]) if len(arr) else 0
-    so = arr["seq_offset"][sel] - origin
-    end = so + arr["payload_len"][sel]
-    hit = np.flatnonzero((so <= offset) & (offset < end))
-    t = arr["ts_ns"][sel]
-    return int(t[hit[0]]) if len(hit) else int(t[-1])
+    from flowsift.streams._pointer import first_carrier
+    ts = first_carrier(arr.view(np.uint8), len(arr), d, h[f"origin{d}"], offset) if len(arr) else None
+    if ts is not None:
+        return ts
+    t = arr["ts_ns"][(arr["dir"] == d) & (arr["payload_len"] > 0)]
+    return int(t[-1]) if len(t) else (int(arr["ts_ns"][0]) if len(arr) else 0)
 
 
 def _http_turns(conv, client, server, arr, h):

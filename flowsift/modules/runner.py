@@ -188,7 +188,8 @@ class InlineChain:
             return flow.last_ts
         if isinstance(when, int):
             return when
-        c, d, offset = when if len(when) == 3 else (when[0], when[1], max(when[2].tell() - 1, 0))
+        c, d, at = when                # at: a stream offset, or the pointer being read (its last byte read)
+        offset = at if isinstance(at, int) else max(at.tell() - 1, 0)
         if c.file is None:
             return flow.last_ts
         if c.times is None:
@@ -441,7 +442,7 @@ class InlineChain:
                     continue
                 break                          # nothing new since its last call: unread bytes wait
             c.seen[(i, d)] = state
-            self._when = (c, d, sp, None)
+            self._when = (c, d, sp)
             self._call(m, "on_data", c.flow, sp)
             self._when = None
             if m in c.flow._skipped:

@@ -235,7 +235,7 @@ class _Worker:
         self.start()
 
     def start(self):
-        ends = self.owner.__dict__.setdefault("gateway_ends", [])     # the gateway's ends of every worker pipe
+        ends = self.owner.gateway_ends
         old = getattr(self, "conn", None)
         if old is not None:                                           # (a restart: the dead worker's pipe)
             ends.remove(old)
@@ -298,6 +298,7 @@ class ParallelChain:
         self.event_count = 0
         self.errors = {}
         self.counters = [dict() for _ in chain]
+        self.gateway_ends = []           # this process's ends of every worker's pipe (see _worker)
         self.workers = [_Worker(self, i) for i in range(len(chain))]
         self.following = not all(w.passive for w in self.workers)    # some worker reads every batch
         self.opening = any(w.passive and w.opens for w in self.workers)
