@@ -46,6 +46,11 @@ def test_empty_file(tmp_path):
     one_line_error(run_cli("stats", write(tmp_path, "e.pcap", b"")), "e.pcap", "empty file")
 
 
+def test_proc_file_is_not_called_empty():
+    # procfs reports size 0 for a file with contents: not "empty"
+    one_line_error(run_cli("stats", "/proc/self/status"), "not a capture file", "/proc")
+
+
 def test_random_bytes(tmp_path):
     rng = random.Random(7)
     blob = bytes(rng.getrandbits(8) for _ in range(4096))

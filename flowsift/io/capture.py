@@ -118,6 +118,9 @@ def open_capture(path, bpf=None):
             raise FlowsiftError(f"{path}: is a directory, not a capture file")
         if not stat.S_ISREG(st.st_mode):
             raise FlowsiftError(f"{path}: not a regular file (pipes and devices are not read; save the capture to a file first)")
+        if st.st_size == 0 and os.pread(fd, 1, 0):
+            # procfs/sysfs files report size 0 and are made up as they are read
+            raise FlowsiftError(f"{path}: not a capture file (its size is unknown to the file system, as for /proc and /sys files)")
         reader = CaptureReader()
         problem = reader.open(path, fd, st.st_size)
         if problem:
