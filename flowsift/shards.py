@@ -336,8 +336,13 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     out["packets"] = results[0]["packets"] if split == "hash" else sum(r["packets"] for r in results)
     if split == "kernel":
         out["kernel"] = _add({}, {})
+        # each shard had the same limits and ran at the same time: those are not added up
+        same = ("stopped_by", "count", "duration", "seconds")
         for r in results:
-            _add(out["kernel"], {k: v for k, v in r.get("kernel", {}).items() if k != "stopped_by"})
+            _add(out["kernel"], {k: v for k, v in r.get("kernel", {}).items() if k not in same})
+        for k in ("count", "duration"):
+            out["kernel"][k] = results[0].get("kernel", {}).get(k)
+        out["kernel"]["seconds"] = max(r.get("kernel", {}).get("seconds", 0) for r in results)
         out["kernel"]["stopped_by"] = sorted({r.get("kernel", {}).get("stopped_by") for r in results} - {None})
     tables = {}
     for k, r in enumerate(results):

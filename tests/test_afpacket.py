@@ -119,6 +119,7 @@ def test_stats_live_equals_stats_of_the_file(netns, corpus):
     assert got["bytes_captured"] == want["bytes_captured"]
     k = got["kernel"]
     assert k["stopped_by"] == "count" and k["kernel_drops"] == 0 and k["received"] == 483
+    assert (k["count"], k["duration"]) == (483, 30.0)
     assert got["format"] == "afpacket" and got["interfaces"][0]["name"] == "va"
 
 
@@ -348,6 +349,7 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     ref = io.StringIO()
     want = run_chain(spec, str(CORPUS / JPEGS), events=ref, inline=True, strict=True)
     events = tmp_path / "live.jsonl"
+    began = time.monotonic()
     p = netns.flowsift("chain", spec, "afpacket:va", "--shards", 2, "--events", events, "--json")
     started(p)
     started(p)                              # both shards are in the fan-out group
@@ -360,7 +362,8 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     assert got["mode"] == "sharded" and [s["split"] for s in got["shards"]] == ["kernel", "kernel"]
     assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
     assert got["packets"] == 483 and got["kernel"]["received"] == 483 and got["kernel"]["kernel_drops"] == 0
-    assert got["kernel"]["stopped_by"] == ["SIGINT"]
+    assert got["kernel"]["stopped_by"] == ["SIGINT"] and got["kernel"]["count"] is None
+    assert 0 < got["kernel"]["seconds"] <= time.monotonic() - began, "the shards' seconds were added up"
     assert all(s["other_shards_packets"] == 0 for s in got["shards"])
     for m in ("counter", "http"):
         assert {k: v for k, v in got["modules"][m].items() if k != "restarts"} == \

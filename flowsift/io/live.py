@@ -193,7 +193,8 @@ class LiveCapture:
 
     def live_counters(self):
         s = self._src.statistics()
-        return {"source": self.path, "interface": self.name, "stopped_by": self.stopped_by,
+        return {"source": self.path, "interface": self.name, "count": self.count,
+                "duration": self.duration, "stopped_by": self.stopped_by,
                 "seconds": round(time.monotonic() - self.started, 3) if self.started else 0, **s}
 
     def close(self):
