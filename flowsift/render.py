@@ -7,6 +7,17 @@ from rich.text import Text
 from flowsift.io.reasons import REASON_HELP
 
 
+def _console(stderr=False):
+    """Tables go to a terminal folded to its width; piped or redirected (COLUMNS unset),
+    they are not folded at all, so that grep and cut see whole addresses."""
+    import os
+    import sys
+    stream = sys.stderr if stderr else sys.stdout
+    if not stream.isatty() and "COLUMNS" not in os.environ:
+        return Console(stderr=stderr, width=1000)
+    return Console(stderr=stderr)
+
+
 def _n(x):
     return f"{x:,}"
 
@@ -19,7 +30,7 @@ def _bytes(x):
 
 
 def print_stats(s, console=None):
-    console = console or Console()
+    console = console or _console()
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
     head.add_column()
@@ -65,7 +76,7 @@ def print_stats(s, console=None):
 
 
 def print_streams(s, console=None):
-    console = console or Console()
+    console = console or _console()
     t = Table(title="streams", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
@@ -101,7 +112,7 @@ def print_streams(s, console=None):
 
 
 def print_gateway(s, console=None):
-    console = console or Console()
+    console = console or _console()
     c = s["connections"]
     t = Table(title="gateway", title_justify="left", show_header=False)
     t.add_column(style="bold")
@@ -121,14 +132,14 @@ def print_gateway(s, console=None):
 
 
 def print_module(s, console=None):
-    console = console or Console(stderr=True)
+    console = console or _console(stderr=True)
     print_chain_tables(s, console)
     console.print(f"module {s['module']} (bit {s['bit']}) of run {s['run']}: {_n(s['connections'])} connections, "
                   f"{_n(s['events'])} events" + (" (resumed)" if s["resumed"] else ""))
 
 
 def print_inspect_store(s, console=None):
-    console = console or Console()
+    console = console or _console()
     # bytes delivered per direction (a direction's end less its gaps)
     columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s bytes", True),
                ("s2c bytes", True), ("gaps", True), ("closed", False)]
@@ -141,7 +152,7 @@ def print_inspect_store(s, console=None):
 
 
 def print_inspect_file(s, console=None):
-    console = console or Console()
+    console = console or _console()
     head = Table(show_header=False, box=None)
     head.add_column(style="bold")
     head.add_column()
@@ -174,7 +185,7 @@ def print_inspect_file(s, console=None):
 
 
 def print_chain(s, console=None):
-    console = console or Console(stderr=False)
+    console = console or _console()
     print_chain_tables(s, console)
     c = s["connections"]
     console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
@@ -255,7 +266,7 @@ def print_chain_tables(s, console):
 
 
 def print_replay(s, console=None):
-    console = console or Console()
+    console = console or _console()
     what = "unacknowledged bytes" if s.get("mode") == "unacked" else s.get("match", "exact")
     t = Table(title=f"replay against {s['target']} ({what})", title_justify="left", show_header=False)
     t.add_column(style="bold")

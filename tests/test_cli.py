@@ -312,3 +312,20 @@ def test_inspect_says_bytes_delivered_apart_from_the_end(tmp_path, corpus):
     assert c["delivered"] == [538, 0] and c["end"] == [538, 2902]
     f = json.loads(run_cli("inspect", store / c["file"], "--json").stdout)
     assert [(x["delivered"], x["end"]) for x in f["streams"]] == [(538, 538), (0, 2902)]
+
+
+def test_piped_tables_are_not_folded(tmp_path, corpus):
+    """Without a terminal (and COLUMNS unset) a table is printed whole, so that grep finds an
+    IPv6 address on one line."""
+    import os
+    import subprocess
+    import sys
+    store = tmp_path / "store"
+    run_cli("gateway", corpus / "ipv6__zeek__ipv6.pcap", "--store", store, "--keep", check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    res = subprocess.run([sys.executable, "-m", "flowsift", "inspect", str(store)], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if ".rec" in line]
+    assert len(rows) == 6
+    assert all("[2001:470:1f11:81f:c999:d94:aa7c:2e3e]:" in r and "[2001:470:4867:99::21]:" in r for r in rows)
