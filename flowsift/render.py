@@ -1,10 +1,31 @@
 """Tables for people (rich). Machines get --json instead."""
+import re
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from flowsift.io.reasons import REASON_HELP
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _DataConsole(Console):
+    """A console for text that comes from captures, file names and traffic: no rich markup
+    ("[/]" in an interface name is text, not a tag) and no control characters (an escape
+    sequence in a Host header must not reach the terminal): those are shown as \\xNN."""
+
+    def __init__(self, **kw):
+        super().__init__(markup=False, emoji=False, **kw)
+
+    def render_str(self, text, **kw):
+        return super().render_str(_clean(text), **kw)
+
+
+def _clean(text):
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _console(stderr=False):
@@ -14,8 +35,8 @@ def _console(stderr=False):
     import sys
     stream = sys.stderr if stderr else sys.stdout
     if not stream.isatty() and "COLUMNS" not in os.environ:
-        return Console(stderr=stderr, width=1000)
-    return Console(stderr=stderr)
+        return _DataConsole(stderr=stderr, width=1000)
+    return _DataConsole(stderr=stderr)
 
 
 def _n(x):
@@ -55,7 +76,7 @@ def print_stats(s, console=None):
     pt.add_column("packets", justify="right")
     for name, n in s["protocols"].items():
         pt.add_row(name, _n(n))
-    pt.add_row("[bold]total[/bold]", f"[bold]{_n(s['decoded'])}[/bold]")
+    pt.add_row(Text("total", style="bold"), Text(_n(s["decoded"]), style="bold"))
     console.print(pt)
 
     if s["undecoded"]:
@@ -148,7 +169,7 @@ def print_inspect_store(s, console=None):
             for c in s["connections"]]
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
-        console.print(f"[red]{p}[/red]")
+        console.print(Text(_clean(p), style="red"))
 
 
 def print_inspect_file(s, console=None):
@@ -160,9 +181,9 @@ def print_inspect_file(s, console=None):
     head.add_row("connection", f"{s['conn']}: {s['proto']} {s['client']} -> {s['server']}")
     head.add_row("records", f"{_n(s['records'])} (first id {s['first_record_id']})")
     if s.get("truncated"):
-        head.add_row("state", f"[red]{s['truncated']}[/red]")
+        head.add_row("state", Text(_clean(s["truncated"]), style="red"))
     else:
-        head.add_row("state", "closed by the gateway" if s["closed"] else "[yellow]open or cut[/yellow]")
+        head.add_row("state", "closed by the gateway" if s["closed"] else Text("open or cut", style="yellow"))
     if not s.get("bytes_stored", True):
         head.add_row("bytes", "counted, not stored (the run's modules read none)")
     if "cut" in s:
@@ -284,7 +305,7 @@ def print_replay(s, console=None):
         console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
     for d in s.get("first_differences", []):
         console.print(f"  differs: connection {d['conn']} ({d['client']} -> {d['server']}) turn {d['turn']} "
-                      f"{d['request']!r}: {', '.join(d['what'])}", markup=False)
+                      f"{d['request']!r}: {', '.join(d['what'])}")
     if s.get("report"):
         console.print(f"every difference: {s['report']}")
     if s.get("interrupted"):

@@ -83,6 +83,8 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
         "non_ip": non_ip,
         "filter": bpf.expression if bpf is not None else None,
         "filtered": bpf.rejected if bpf is not None else 0,
+        "filter_not_applicable": ({linktype_name(lt): n for lt, n in bpf.not_applicable_counts().items()}
+                                  if bpf is not None else {}),
         "anomalies": {
             "snaplen_cut": c["snaplen_cut"],
             "link_trailers": c["trailers"],
@@ -93,13 +95,14 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
             "caplen_gt_snaplen": rc["caplen_gt_snaplen"],
             "caplen_gt_wirelen": rc["caplen_gt_wirelen"],
             "bad_timestamp_fraction": rc["bad_ts_fraction"],
+            "timestamp_out_of_range": rc["bad_timestamp"],
         },
         "pcapng_blocks_skipped": rc["blocks_skipped"],
         "error": error,
     }
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
-    if c["packets"]:
+    if c["ts_packets"]:
         first, last = c["ts_min"], c["ts_max"]
         out["time"] = {"first": _iso(first), "last": _iso(last), "first_ns": first, "last_ns": last,
                        "duration_s": round((last - first) / 1e9, 9)}

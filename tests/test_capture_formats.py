@@ -105,3 +105,30 @@ def test_batches_refill_until_end(tmp_path):
     path.write_bytes(blob)
     seen = sum(len(b) for b in open_capture(path).batches(capacity=64))
     assert seen == 1000
+
+
+def test_packets_without_a_time_stay_out_of_the_time_span(tmp_path):
+    """SPBs (no timestamp), corrupt blocks and times past int64 nanoseconds say nothing of when
+    the capture was made: they are counted, not taken for 1970 or 1969."""
+    import json
+    from conftest import run_cli
+    ts = 1_700_000_000_000_000
+    blob = b"".join([shb(), idb(1), spb(FRAME), spb(FRAME), epb(0, ts, FRAME), epb(0, ts + 5, FRAME),
+                     epb(0, 2**64 - 1000, FRAME)])
+    f = tmp_path / "t.pcapng"
+    f.write_bytes(blob)
+    s = json.loads(run_cli("stats", "--json", f, check=True).stdout)
+    assert s["packets"] == 5 and s["decoded"] == 5
+    assert (s["time"]["first_ns"], s["time"]["last_ns"]) == (ts * 1000, (ts + 5) * 1000)
+    assert s["anomalies"]["timestamp_out_of_range"] == 1 and s["anomalies"]["timestamps_backwards"] == 0
+
+
+def test_a_malformed_interface_block_keeps_the_next_ids(tmp_path):
+    """An IDB too short to read still defines interface 0, so interface 1 is the next one."""
+    raw = ipv4(A, B, 17, b"\0\x35\0\x35\0\x08\0\0")
+    blob = b"".join([shb(), block(1, b"\x01\0"), idb(101), epb(0, 1, FRAME), epb(1, 2, raw)])
+    arr, _, _, cap, dec = decode_bytes(tmp_path, blob, "t.pcapng")
+    assert [i["linktype"] for i in cap.interfaces()] == [0xFFFF, 101]
+    assert list(arr["iface"]) == [0, 1]
+    assert dec.counters()["reasons"] == {3: 1}           # unsupported_link_type, not bad_interface_id
+    assert dec.counters()["proto4"] == {17: 1}

@@ -329,3 +329,24 @@ def test_piped_tables_are_not_folded(tmp_path, corpus):
     rows = [line for line in res.stdout.splitlines() if ".rec" in line]
     assert len(rows) == 6
     assert all("[2001:470:1f11:81f:c999:d94:aa7c:2e3e]:" in r and "[2001:470:4867:99::21]:" in r for r in rows)
+
+
+def test_tables_show_names_from_captures_as_text(tmp_path):
+    """An interface name (or file name) with rich markup or terminal escapes is text: shown
+    as it is, escapes as \\xNN, never a crash or colours sent to the terminal."""
+    from pcapgen import A, B, epb, ether, idb, ipv4, shb, tcp
+    frame = ether(ipv4(A, B, 6, tcp(1000, 80)))
+    d = tmp_path / "d[" / "b]"                  # the path reads "d[/b]": a closing tag
+    d.mkdir(parents=True)
+    f = d / "[bold]x.pcapng"
+    f.write_bytes(shb() + idb(1, name="[/]") + idb(1, name="\x1b[31mRED\x1b[0m") + epb(0, 1, frame) + epb(1, 2, frame))
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}   # piped: whole lines
+    res = subprocess.run([sys.executable, "-m", "flowsift", "stats", str(f), "--filter", "tcp[tcpflags] & tcp-syn == 0"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "[bold]x.pcapng" in res.stdout and "d[/b]" in res.stdout
+    assert "tcp[tcpflags] & tcp-syn == 0" in res.stdout
+    assert "[/]" in res.stdout and "\\x1b[31mRED\\x1b[0m" in res.stdout and "\x1b" not in res.stdout

@@ -62,6 +62,24 @@ def test_link_types_ipv6(tmp_path, linktype, prefix):
     assert p["status"] == 0 and p["ipver"] == 6 and bytes(p["dst"]) == B6
 
 
+@pytest.mark.parametrize("linktype,head", [
+    (113, struct.pack(">HHH8sH", 0, 1, 6, b"\0" * 8, 0x8100)),
+    (276, struct.pack(">HHIHBB8s", 0x8100, 0, 2, 1, 0, 6, b"\0" * 8)),
+], ids=["SLL", "SLL2"])
+def test_cooked_capture_with_a_vlan_tag(tmp_path, linktype, head):
+    # libpcap puts back the tag the kernel took off (tcpdump -i any on a host with VLANs)
+    p, pay = one(tmp_path, head + struct.pack(">HH", 42, 0x0800) + ipv4(A, B, 6, SEG), linktype=linktype)
+    assert p["status"] == 0 and p["vlan"] == 42 and p["vlan_depth"] == 1
+    assert p["l3_off"] == len(head) + 4 and pay.startswith(b"GET")
+
+
+def test_ipv4_authentication_header_is_walked(tmp_path):
+    ah = struct.pack(">BBHII", 6, 4, 0, 0x100, 1) + b"\0" * 12   # next header TCP, 24 bytes
+    p, pay = one(tmp_path, ether(ipv4(A, B, 51, ah + SEG)))
+    assert p["status"] == 0 and p["proto"] == 6 and p["dport"] == 80 and pay.startswith(b"GET")
+    assert p["l4_off"] == 14 + 20 + 24
+
+
 def test_unsupported_link_type_and_non_ip(tmp_path):
     p, _ = one(tmp_path, b"\0" * 40, linktype=147)
     assert p["status"] == REASON["unsupported_link_type"]

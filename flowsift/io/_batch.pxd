@@ -40,6 +40,7 @@ cdef enum:
     PF_REASSEMBLED = 1024     # a datagram rebuilt from IP fragments (data owned by the defragmenter)
     PF_OTHER_SHARD = 2048     # another shard's packet: it only moves this shard's clock
     PF_STABLE = 4096          # data lies in a capture file's mapping: valid while the capture is open
+    PF_NO_TS = 8192           # no timestamp of its own (SPB, bad block, out of range): ts_ns is the last one's
 
 # pkt_t.opts: which TCP options were present
 cdef enum:

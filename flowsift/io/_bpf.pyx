@@ -30,6 +30,8 @@ cdef extern from "pcap/pcap.h" nogil:
 
 import struct
 
+from flowsift.io.reasons import SUPPORTED_LINKTYPES
+
 # libpcap's own snaplen ceiling; the compiler only uses it to bound loads.
 DEF COMPILE_SNAPLEN = 262144
 DEF MAX_PROGS = 32
@@ -44,19 +46,26 @@ cdef class BpfFilter:
     cdef readonly str expression
     cdef bpf_program progs[MAX_PROGS]
     cdef int linktypes[MAX_PROGS]
+    cdef int keep_unfiltered[MAX_PROGS]     # no program: frames flowsift cannot decode anyway pass
+    cdef unsigned long long not_applicable_frames[MAX_PROGS]
     cdef int n_progs
+    cdef int n_compiled
     cdef readonly unsigned long long rejected
     cdef readonly unsigned long long accepted
+    cdef readonly dict not_applicable        # link type -> libpcap's reason
 
     def __cinit__(self, str expression):
         self.expression = expression
         self.n_progs = 0
+        self.n_compiled = 0
+        self.not_applicable = {}
         self.check()
 
     def __dealloc__(self):
         cdef int i
         for i in range(self.n_progs):
-            pcap_freecode(&self.progs[i])
+            if self.progs[i].bf_insns != NULL:
+                pcap_freecode(&self.progs[i])
 
     def check(self, int linktype=1):
         """Compile for `linktype` without keeping the program; raises BpfError."""
@@ -88,16 +97,45 @@ cdef class BpfFilter:
         return 0
 
     cdef int _index(self, int linktype) except -2:
-        cdef int i
+        cdef int i, j
         for i in range(self.n_progs):
             if self.linktypes[i] == linktype:
                 return i
         if self.n_progs == MAX_PROGS:
             raise BpfError(f"more than {MAX_PROGS} link types in one capture")
-        self._compile(linktype, &self.progs[self.n_progs])
-        self.linktypes[self.n_progs] = linktype
+        j = self.n_progs
+        try:
+            self._compile(linktype, &self.progs[j])
+            self.n_compiled += 1
+        except BpfError as e:
+            # one interface of a capture (a USB or loopback one beside Ethernet) must not make
+            # the filter unusable for the others: its frames are counted, not filtered
+            self.progs[j].bf_insns = NULL
+            self.progs[j].bf_len = 0
+            self.not_applicable[linktype & 0xFFFF] = str(e)
+            self.keep_unfiltered[j] = (linktype & 0xFFFF) not in SUPPORTED_LINKTYPES
+        self.not_applicable_frames[j] = 0
+        self.linktypes[j] = linktype
         self.n_progs += 1
-        return self.n_progs - 1
+        return j
+
+    def not_applicable_counts(self):
+        """{link type: frames} of link types the expression means nothing for, rejected (the
+        ones flowsift decodes) or passed on to be counted as unsupported (the others)."""
+        cdef int j
+        out = {}
+        for j in range(self.n_progs):
+            if self.progs[j].bf_insns == NULL:
+                lt = self.linktypes[j] & 0xFFFF
+                out[lt] = out.get(lt, 0) + self.not_applicable_frames[j]
+        return out
+
+    def finish(self):
+        """At the end of a source: raise BpfError when the expression could be applied to
+        none of its link types (what one bad link type alone would have been)."""
+        if self.n_compiled == 0 and self.not_applicable:
+            lt, why = next(iter(self.not_applicable.items()))
+            raise BpfError(why)
 
     # DLT_NULL's family field is in the byte order of the machine that captured, which
     # pcapng does not record per interface: a family that reads as > 0xFFFF here was written
@@ -134,7 +172,12 @@ cdef class BpfFilter:
                             if self.linktypes[j] == last_lt:
                                 last_j = j
                                 break
-                    if bpf_filter(self.progs[last_j].bf_insns, p.data, p.wirelen, p.caplen) == 0:
+                    if self.progs[last_j].bf_insns == NULL:
+                        self.not_applicable_frames[last_j] += 1
+                        if not self.keep_unfiltered[last_j]:
+                            rej += 1
+                            continue
+                    elif bpf_filter(self.progs[last_j].bf_insns, p.data, p.wirelen, p.caplen) == 0:
                         rej += 1
                         continue
                 if k != i:
@@ -149,4 +192,6 @@ cdef class BpfFilter:
         """The compiled program for `linktype` as bytes: struct bpf_insn[] (code u16, jt u8,
         jf u8, k u32, host order), ready for SO_ATTACH_FILTER: the kernel filters a live source."""
         cdef int j = self._index(linktype)
+        if self.progs[j].bf_insns == NULL:
+            raise BpfError(self.not_applicable[linktype & 0xFFFF])
         return (<char*> self.progs[j].bf_insns)[:self.progs[j].bf_len * 8]

@@ -54,6 +54,7 @@ cdef class Decoder:
     cdef readonly uint64_t bad_tcp_options
     cdef readonly uint64_t ip_len_exceeds_frame
     cdef readonly uint64_t ts_backwards     # packets stamped earlier than the one before
+    cdef readonly uint64_t ts_packets       # packets with a timestamp of their own
     cdef uint64_t reasons[ST_COUNT]
     cdef uint64_t proto4[256]        # decoded IPv4 packets by protocol (later fragments apart)
     cdef uint64_t proto6[256]
@@ -89,15 +90,18 @@ cdef class Decoder:
         self.packets += 1
         self.bytes_captured += p.caplen
         self.bytes_wire += p.wirelen
-        if self.packets == 1:
-            self.ts_first = p.ts_ns
-        elif p.ts_ns < self.ts_last:
-            self.ts_backwards += 1
-        self.ts_last = p.ts_ns
-        if p.ts_ns < self.ts_min:
-            self.ts_min = p.ts_ns
-        if p.ts_ns > self.ts_max:
-            self.ts_max = p.ts_ns
+        if not (p.flags & PF_NO_TS):
+            # a packet without a time of its own says nothing of the capture's time span
+            self.ts_packets += 1
+            if self.ts_packets == 1:
+                self.ts_first = p.ts_ns
+            elif p.ts_ns < self.ts_last:
+                self.ts_backwards += 1
+            self.ts_last = p.ts_ns
+            if p.ts_ns < self.ts_min:
+                self.ts_min = p.ts_ns
+            if p.ts_ns > self.ts_max:
+                self.ts_max = p.ts_ns
         if p.status != ST_OK:
             self.reasons[p.status] += 1
             if p.status == ST_NON_IP:
@@ -139,8 +143,8 @@ cdef class Decoder:
         ethertypes = {i: self.ethertypes[i] for i in range(65536) if self.ethertypes[i]}
         return {
             "packets": self.packets, "bytes_captured": self.bytes_captured, "bytes_wire": self.bytes_wire,
-            "ts_first": self.ts_first, "ts_last": self.ts_last,
-            "ts_min": self.ts_min if self.packets else 0, "ts_max": self.ts_max if self.packets else 0,
+            "ts_first": self.ts_first, "ts_last": self.ts_last, "ts_packets": self.ts_packets,
+            "ts_min": self.ts_min if self.ts_packets else 0, "ts_max": self.ts_max if self.ts_packets else 0,
             "ipv4": self.ipv4, "ipv6": self.ipv6, "ipv4_fragments": self.frag4, "ipv6_fragments": self.frag6,
             "ipv4_later_fragments": self.later_frag4, "ipv6_later_fragments": self.later_frag6,
             "snaplen_cut": self.snaplen_cut, "trailers": self.trailers,
@@ -149,12 +153,34 @@ cdef class Decoder:
         }
 
 
+cdef inline bint is_vlan(uint16_t et) noexcept nogil:
+    return et == 0x8100 or et == 0x88A8 or et == 0x9100
+
+
+cdef inline uint16_t skip_vlans(pkt_t* p, uint16_t et, uint32_t* off) noexcept nogil:
+    # 802.1Q/802.1ad tags from `off` on: the outer VLAN id and the depth noted, the inner
+    # ethertype returned (status set when the frame ends inside them)
+    cdef int tags = 0
+    cdef uint32_t o = off[0]
+    while is_vlan(et):
+        if tags == MAX_VLAN_TAGS or p.caplen < o + 4:
+            p.status = ST_TRUNCATED_LINK
+            return 0
+        if tags == 0:
+            p.vlan = fs_be16(p.data + o) & 0x0FFF
+        tags += 1
+        et = fs_be16(p.data + o + 2)
+        o += 4
+    p.vlan_depth = tags
+    off[0] = o
+    return et
+
+
 cdef void decode_packet(pkt_t* p) noexcept nogil:
     cdef const uint8_t* d = p.data
     cdef uint32_t L = p.caplen
     cdef uint32_t off = 0, fam
     cdef uint16_t et = 0
-    cdef int tags
     cdef uint16_t lt = p.linktype
     if lt == LT_EN10MB:
         if L < 14:
@@ -162,17 +188,10 @@ cdef void decode_packet(pkt_t* p) noexcept nogil:
             return
         et = fs_be16(d + 12)
         off = 14
-        tags = 0
-        while et == 0x8100 or et == 0x88A8 or et == 0x9100:
-            if tags == MAX_VLAN_TAGS or L < off + 4:
-                p.status = ST_TRUNCATED_LINK
+        if is_vlan(et):
+            et = skip_vlans(p, et, &off)
+            if p.status != ST_OK:
                 return
-            if tags == 0:
-                p.vlan = fs_be16(d + off) & 0x0FFF
-            tags += 1
-            et = fs_be16(d + off + 2)
-            off += 4
-        p.vlan_depth = tags
         if et < 0x0600:
             et = 0            # 802.3 length field: LLC/SNAP, not IP
         elif et == 0x8864:    # PPPoE session: 6-byte header, then the PPP protocol
@@ -232,12 +251,20 @@ cdef void decode_packet(pkt_t* p) noexcept nogil:
             return
         et = fs_be16(d + 14)
         off = 16
+        if is_vlan(et):      # libpcap puts the tag a cooked capture took off back in place
+            et = skip_vlans(p, et, &off)
+            if p.status != ST_OK:
+                return
     elif lt == LT_SLL2:
         if L < 20:
             p.status = ST_TRUNCATED_LINK
             return
         et = fs_be16(d)
         off = 20
+        if is_vlan(et):
+            et = skip_vlans(p, et, &off)
+            if p.status != ST_OK:
+                return
     else:
         p.status = ST_UNSUPPORTED_LINKTYPE
         return
@@ -305,7 +332,27 @@ cdef inline void decode_ipv4(pkt_t* p, uint32_t off) noexcept nogil:
             p.flags |= PF_MORE_FRAGS
         if p.frag_off == 0:
             p.flags |= PF_FRAG_FIRST
+    elif p.proto == 51:
+        # Authentication Header (RFC 4302): the transport follows it, as IPv6's walk does
+        ihl = skip_ah(p, off + ihl, off + tot)
+        if p.status != ST_OK:
+            return
+        decode_l4(p, ihl, off + tot)
+        return
     decode_l4(p, off + ihl, off + tot)
+
+
+cdef inline uint32_t skip_ah(pkt_t* p, uint32_t cur, uint32_t end) noexcept nogil:
+    cdef uint32_t n
+    if cur + 2 > p.caplen or cur + 2 > end:
+        p.status = ST_TRUNCATED_IP
+        return cur
+    n = (<uint32_t>p.data[cur + 1] + 2) * 4
+    if cur + n > end or cur + n > p.caplen:
+        p.status = ST_TRUNCATED_IP
+        return cur
+    p.proto = p.data[cur]
+    return cur + n
 
 
 cdef inline void decode_ipv6(pkt_t* p, uint32_t off) noexcept nogil:

@@ -13,7 +13,7 @@ from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILE
 cdef extern from "sys/mman.h" nogil:
     enum: MADV_POPULATE_READ
 
-from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, PF_STABLE, ST_BAD_INTERFACE, ST_BAD_RECORD
+from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, PF_STABLE, PF_NO_TS, ST_BAD_INTERFACE, ST_BAD_RECORD
 from flowsift.io._bytes cimport fs_rd16, fs_rd32, fs_rd64, fs_ld32
 
 # libpcap refuses records above this (MAXIMUM_SNAPLEN); anything larger is a corrupt header.
@@ -69,6 +69,19 @@ ctypedef struct iface_t:
     uint64_t packets
 
 
+cdef inline bint ng_ts_in_range(const iface_t* ifc, uint64_t ts) noexcept nogil:
+    # whether the time fits int64 nanoseconds (up to year 2262); beyond, it is no time at all
+    cdef uint64_t div = 1
+    cdef int i
+    if ifc.pow2:
+        return (ts >> ifc.exp) <= 9223372035ULL
+    if ifc.exp >= 9:
+        return True
+    for i in range(9 - ifc.exp):
+        div *= 10
+    return ts <= 9223372035000000000ULL // div
+
+
 cdef inline int64_t ng_ts_to_ns(const iface_t* ifc, uint64_t ts) noexcept nogil:
     cdef uint64_t secs, frac, div
     cdef int e = ifc.exp
@@ -112,6 +125,7 @@ cdef class CaptureReader:
     cdef readonly uint64_t caplen_gt_snaplen
     cdef readonly uint64_t caplen_gt_wirelen
     cdef readonly uint64_t bad_ts_fraction
+    cdef readonly uint64_t bad_timestamp  # pcapng times past int64 nanoseconds (year 2262)
     cdef int64_t last_ts
     cdef readonly int err
     cdef readonly uint64_t err_pos
@@ -292,7 +306,9 @@ cdef class CaptureReader:
         cdef uint32_t off = 8
         cdef iface_t* ifc
         if blen < 8:
-            return 0   # malformed IDB: still define the interface so packet ids stay aligned
+            # malformed IDB: still define the interface (link type 0xFFFF: unknown, its frames
+            # counted as unsupported) so the next interfaces keep their ids
+            return self._add_iface(0xFFFF, 0)
         if self._add_iface(fs_rd16(body, swap), fs_rd32(body + 4, swap)) < 0:
             return -1
         ifc = &self.ifaces[self.n_ifaces - 1]
@@ -421,18 +437,25 @@ cdef class CaptureReader:
                     ifc.packets += 1
                     if btype == BT_SPB:
                         p.ts_ns = self.last_ts   # SPBs carry no timestamp
+                        p.flags |= PF_NO_TS
                         if ifc.snaplen and caplen > ifc.snaplen:
                             caplen = ifc.snaplen
-                    else:
+                    elif ng_ts_in_range(ifc, ts):
                         p.ts_ns = ng_ts_to_ns(ifc, ts)
                         self.last_ts = p.ts_ns
+                    else:
+                        p.ts_ns = self.last_ts
+                        p.flags |= PF_NO_TS
+                        self.bad_timestamp += 1
                 else:
                     p.status = ST_BAD_INTERFACE
                     p.iface = 0xFFFF
                     p.ts_ns = self.last_ts
+                    p.flags |= PF_NO_TS
                 if caplen > bodylen - hdr or bodylen < hdr:
                     # the block is intact but its packet claims more bytes than it holds
                     p.status = ST_BAD_RECORD
+                    p.flags |= PF_NO_TS
                     caplen = 0
                     wirelen = 0
                 p.data = body + hdr

@@ -87,7 +87,7 @@ class Capture:
         r = self._reader
         return {"records": r.records, "blocks_skipped": r.blocks_skipped, "sections": r.sections,
                 "caplen_gt_snaplen": r.caplen_gt_snaplen, "caplen_gt_wirelen": r.caplen_gt_wirelen,
-                "bad_ts_fraction": r.bad_ts_fraction}
+                "bad_ts_fraction": r.bad_ts_fraction, "bad_timestamp": r.bad_timestamp}
 
     def __repr__(self):
         return f"<Capture {self.path!r} {self.format} {self.size} bytes>"
@@ -147,6 +147,8 @@ def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None):
         # the kernel ran the filter
         yield from cap.batches(batch, decoder, on_progress)
         return
+    if bpf is not None and cap.format == "pcap":
+        bpf.check(cap.interfaces()[0]["linktype"])     # one link type: a filter it refuses fails now
     while cap.fill(batch):
         if bpf is not None:
             bpf.apply(batch)
@@ -155,3 +157,5 @@ def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None):
         if on_progress is not None:
             on_progress(cap.position, cap.size)
     cap.check()
+    if bpf is not None:
+        bpf.finish()

@@ -189,7 +189,7 @@ class LiveCapture:
 
     def counters(self):
         return {"records": self._src.received, "blocks_skipped": 0, "sections": 0, "caplen_gt_snaplen": 0,
-                "caplen_gt_wirelen": 0, "bad_ts_fraction": 0}
+                "caplen_gt_wirelen": 0, "bad_ts_fraction": 0, "bad_timestamp": 0}
 
     def live_counters(self):
         s = self._src.statistics()
