@@ -132,3 +132,23 @@ def test_a_malformed_interface_block_keeps_the_next_ids(tmp_path):
     assert list(arr["iface"]) == [0, 1]
     assert dec.counters()["reasons"] == {3: 1}           # unsupported_link_type, not bad_interface_id
     assert dec.counters()["proto4"] == {17: 1}
+
+
+def test_a_file_cut_while_it_is_read_stops_with_an_error_not_a_crash(tmp_path):
+    """Log rotation or `tcpdump -w` over the file cuts it under the mapping: the pages past its
+    new end fault (SIGBUS). The reader keeps what the file still holds and stops with an error."""
+    import os
+    from flowsift.errors import CaptureFormatError
+    from flowsift.io import Batch
+    frame = ether(ipv4(A, B, 6, tcp(1000, 80, payload=b"x" * 958)))       # 1,016-byte records
+    f = tmp_path / "t.pcap"
+    f.write_bytes(pcap([(1, i, frame) for i in range(4000)]))
+    cap = open_capture(str(f))
+    batch = Batch(256)
+    got = cap.fill(batch)
+    os.truncate(f, 1_000_000)
+    while n := cap.fill(batch):
+        got += n
+    assert got == (1_000_000 - 24) // (16 + len(frame))      # every whole record left, no more
+    with pytest.raises(CaptureFormatError, match="shrank to 1000000 bytes"):
+        cap.check()

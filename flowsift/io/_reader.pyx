@@ -8,10 +8,77 @@ a position; the Python face (capture.py) turns them into one-line errors.
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memset
 from libc.stdlib cimport realloc, free
+from posix.stat cimport fstat, struct_stat as stat_t
+from posix.unistd cimport close, dup
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, MAP_PRIVATE, MAP_FAILED, MADV_SEQUENTIAL, MADV_DONTNEED
 
 cdef extern from "sys/mman.h" nogil:
     enum: MADV_POPULATE_READ
+
+cdef extern from *:
+    """
+    #include <signal.h>
+    #include <stdint.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    #include <unistd.h>
+    /* A capture file cut short while mapped (log rotation, tcpdump -w over it) makes the next
+       touch of a page past its new end a SIGBUS. For pages of our mappings, the handler maps
+       zeros there and raises the reader's flag; the reader then stops with an error at its
+       next look. Faults elsewhere go to the handler that was there before. */
+    #define FS_MAX_MAPS 64
+    static struct { uintptr_t base; size_t size; volatile int *shrunk; } fs_maps[FS_MAX_MAPS];
+    static struct sigaction fs_old_bus;
+    static int fs_bus_installed = 0;
+
+    static void fs_bus_handler(int sig, siginfo_t *si, void *ctx) {
+        uintptr_t a = (uintptr_t) si->si_addr, page;
+        int i;
+        for (i = 0; i < FS_MAX_MAPS; i++) {
+            uintptr_t b = fs_maps[i].base;
+            if (b && a >= b && a < b + fs_maps[i].size) {
+                page = a & ~((uintptr_t) sysconf(_SC_PAGESIZE) - 1);
+                mmap((void *) page, b + fs_maps[i].size - page, PROT_READ,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                *fs_maps[i].shrunk = 1;
+                return;
+            }
+        }
+        sigaction(SIGBUS, &fs_old_bus, NULL);   /* the fault repeats under the old disposition */
+    }
+
+    static int fs_watch_map(const void *base, size_t size, volatile int *flag) {
+        int i;
+        if (!fs_bus_installed) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_sigaction = fs_bus_handler;
+            sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+            sigemptyset(&sa.sa_mask);
+            if (sigaction(SIGBUS, &sa, &fs_old_bus) != 0)
+                return -1;
+            fs_bus_installed = 1;
+        }
+        for (i = 0; i < FS_MAX_MAPS; i++) {
+            if (!fs_maps[i].base) {
+                fs_maps[i].size = size;
+                fs_maps[i].shrunk = flag;
+                fs_maps[i].base = (uintptr_t) base;
+                return 0;
+            }
+        }
+        return -1;
+    }
+
+    static void fs_unwatch_map(const void *base) {
+        int i;
+        for (i = 0; i < FS_MAX_MAPS; i++)
+            if (fs_maps[i].base == (uintptr_t) base)
+                fs_maps[i].base = 0;
+    }
+    """
+    int fs_watch_map(const void* base, size_t size, volatile int* flag) nogil
+    void fs_unwatch_map(const void* base) nogil
 
 from flowsift.io._batch cimport Batch, pkt_t, PF_CAPLEN_GT_WIRELEN, PF_STABLE, PF_NO_TS, ST_BAD_INTERFACE, ST_BAD_RECORD
 from flowsift.io._bytes cimport fs_rd16, fs_rd32, fs_rd64, fs_ld32
@@ -56,6 +123,7 @@ cdef enum:
     E_SHB_BOM = 10             # a: value found
     E_SHB_VERSION = 11         # a: major
     E_TOO_MANY_IFACES = 12
+    E_FILE_SHRANK = 13         # a: the file's size now
 
 ctypedef struct iface_t:
     uint32_t snaplen
@@ -137,14 +205,21 @@ cdef class CaptureReader:
     cdef readonly uint32_t version_minor
     cdef uint64_t released
     cdef uint64_t populated      # page tables filled up to here (MADV_POPULATE_READ)
+    cdef volatile int shrunk     # set by the SIGBUS handler: the file was cut while mapped
+    cdef int fd                  # kept to see, once a batch, whether the file was cut
+    cdef uint64_t mapped         # bytes mapped (size may shrink with the file)
 
     def __cinit__(self):
         self.base = NULL
         self.ifaces = NULL
+        self.fd = -1
 
     def __dealloc__(self):
         if self.base != NULL:
-            munmap(<void*> self.base, self.size)
+            fs_unwatch_map(self.base)
+            munmap(<void*> self.base, self.mapped)
+        if self.fd >= 0:
+            close(self.fd)
         free(self.ifaces)
 
     cdef int _add_iface(self, uint16_t linktype, uint32_t snaplen) noexcept nogil:
@@ -177,6 +252,9 @@ cdef class CaptureReader:
         if m == MAP_FAILED:
             return "cannot map the file into memory"
         self.base = <const uint8_t*> m
+        self.mapped = size
+        self.fd = dup(fd)
+        fs_watch_map(m, size, &self.shrunk)     # best effort: without it a cut file is a SIGBUS
         madvise(m, size, MADV_SEQUENTIAL)
         if size < 4:
             return f"file too short ({size} bytes) for a capture header"
@@ -212,9 +290,14 @@ cdef class CaptureReader:
         """Read up to batch.capacity packet records into `batch`; returns how many (0 at end)."""
         cdef Py_ssize_t n
         cdef uint64_t upto, here
+        cdef stat_t st
         if self.err != E_NONE:
             batch.n = 0
             return 0
+        if self.fd >= 0 and fstat(self.fd, &st) == 0 and <uint64_t>st.st_size < self.size:
+            # cut since the last batch: read up to its new end, no further
+            self.size = st.st_size
+            self.shrunk = 1
         with nogil:
             # what lies before pos can leave our RSS: a private read-only file mapping re-reads
             # from the file if touched again, so pointers into it (PF_STABLE) stay valid
@@ -237,9 +320,30 @@ cdef class CaptureReader:
                 n = self._fill_pcap(batch.pkts, batch.capacity)
             else:
                 n = self._fill_pcapng(batch.pkts, batch.capacity)
+        if self.shrunk:
+            n = self._cut_to_file(batch, n)
         batch.n = n
         batch.owner = self
         return n
+
+    cdef Py_ssize_t _cut_to_file(self, Batch batch, Py_ssize_t n):
+        # the file shrank under the mapping: keep the packets whose bytes it still holds, and
+        # stop there with an error (what was read before stays read)
+        cdef Py_ssize_t i, k = 0
+        cdef stat_t st
+        now = st.st_size if self.fd >= 0 and fstat(self.fd, &st) == 0 else 0
+        if now > self.size:
+            now = self.size
+        for i in range(n):
+            if <uint64_t>(batch.pkts[i].data - self.base) + batch.pkts[i].caplen > <uint64_t>now:
+                break
+            k += 1
+        if k < n or self.err != E_NONE or self.pos >= <uint64_t>now:
+            # the reading met the cut (the loop's own "cut short" error is this one)
+            self.records -= <uint64_t>(n - k)
+            self.err = E_NONE
+            self._set_err(E_FILE_SHRANK, <uint64_t>now, <uint64_t>now, 0)
+        return k
 
     cdef Py_ssize_t _fill_pcap(self, pkt_t* pkts, Py_ssize_t cap) noexcept nogil:
         cdef Py_ssize_t n = 0

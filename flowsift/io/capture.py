@@ -19,6 +19,7 @@ _MESSAGES = {
     10: "section header has an unknown byte-order magic 0x{a:08x}",
     11: "unsupported pcapng major version {a} (flowsift reads version 1)",
     12: "more than 65535 interfaces",
+    13: "the file shrank to {a} bytes while being read (cut or rotated by another program): stopped there",
 }
 
 
