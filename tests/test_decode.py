@@ -195,3 +195,16 @@ def test_any_bytes_decode_or_get_a_reason(tmp_path, linktype, data, cut):
     if p["status"] == 0 and p["flags"] & 256 and p["proto"] in (6, 17):
         assert p["payload_off"] + p["payload_len"] <= len(frame)
         assert len(pay) == p["payload_len"] <= p["payload_wirelen"]
+
+
+def test_a_fragment_sent_again_after_its_datagram_was_rebuilt_is_a_duplicate(tmp_path):
+    import json
+    from conftest import run_cli
+    first = ether(ipv4(A, B, 6, SEG[:24], frag=0x2000, ident=9))
+    last = ether(ipv4(A, B, 6, SEG[24:], frag=3, ident=9))
+    lone = ether(ipv4(A, B, 6, SEG[:24], frag=0x2000, ident=10))        # its rest never comes
+    f = tmp_path / "f.pcap"
+    f.write_bytes(pcap([(1, 0, first), (1, 1, last), (1, 2, first), (1, 3, lone)]))
+    ip = json.loads(run_cli("stats", "--json", f, check=True).stdout)["ip"]
+    assert ip["reassembled_datagrams"] == 1 and ip["late_duplicate_fragments"] == 1
+    assert ip["incomplete_datagrams"] == 1

@@ -56,8 +56,24 @@ ctypedef struct tracker_t:
     uint32_t first_len       # payload bytes of the offset-0 fragment (does it hold the transport header?)
 
 
+# Datagrams completed lately, remembered so that a fragment sent again after its datagram
+# was whole is known for a duplicate, not taken for the start of a datagram that never ends.
+DEF MAX_DONE = 256
+
+ctypedef struct done_t:
+    uint8_t ipver
+    uint8_t proto
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint32_t ident
+    uint32_t total
+    int64_t ts
+
+
 cdef class Defragmenter:
     cdef tracker_t* trk
+    cdef done_t done[MAX_DONE]
+    cdef int done_next
     cdef int n_used
     cdef list _out                 # datagram buffers handed out with the current batch
     # with egress: position of a rebuilt datagram (its last fragment's) -> (its fragments'
@@ -72,6 +88,7 @@ cdef class Defragmenter:
     cdef readonly uint64_t timeouts       # datagrams dropped incomplete (timeout or table full)
     cdef readonly uint64_t truncated      # datagrams dropped because a fragment was cut by the snaplen
     cdef readonly uint64_t malformed      # fragments whose offsets run past 64 KiB or contradict the total
+    cdef readonly uint64_t late_duplicates  # fragments of a datagram already rebuilt, sent again
 
     def __cinit__(self, str policy="first"):
         if policy not in ("first", "last"):
@@ -195,6 +212,9 @@ cdef class Defragmenter:
         if n > wire_n:
             n = wire_n          # link trailer (padding / FCS) is not payload
         i = self._find(p, p.frag_id)
+        if i < 0 and self._was_done(p, off + wire_n):
+            self.late_duplicates += 1
+            return 0
         if i < 0:
             i = -1 - i
             t = &self.trk[i]
@@ -255,6 +275,29 @@ cdef class Defragmenter:
         if t.total and t.have_first and t.n_ranges == 1 and t.ranges[0].start == 0 and t.ranges[0].end >= t.total:
             self._emit(i, p)
         return 0
+
+    cdef bint _was_done(self, pkt_t* p, uint32_t end) noexcept nogil:
+        cdef int k
+        cdef int alen = 4 if p.ipver == 4 else 16
+        cdef done_t* x
+        for k in range(MAX_DONE):
+            x = &self.done[k]
+            if (x.ipver == p.ipver and x.ident == p.frag_id and (p.ipver == 6 or x.proto == p.proto) and
+                    end <= x.total and p.ts_ns - x.ts <= FRAG_TIMEOUT_NS and
+                    memcmp(x.src, p.src, alen) == 0 and memcmp(x.dst, p.dst, alen) == 0):
+                return True
+        return False
+
+    cdef void _remember_done(self, tracker_t* t) noexcept nogil:
+        cdef done_t* x = &self.done[self.done_next]
+        self.done_next = (self.done_next + 1) % MAX_DONE
+        x.ipver = t.ipver
+        x.proto = t.proto
+        memcpy(x.src, t.src, 16)
+        memcpy(x.dst, t.dst, 16)
+        x.ident = t.ident
+        x.total = t.total
+        x.ts = t.last_ts
 
     cdef void _copy_uncovered(self, tracker_t* t, uint32_t s, uint32_t e, const uint8_t* src) noexcept nogil:
         # src[x] is the byte for datagram offset x
@@ -346,6 +389,7 @@ cdef class Defragmenter:
         decode_packet(p)
         p.flags |= PF_REASSEMBLED
         self.datagrams += 1
+        self._remember_done(t)
         self._drop(i)
         return 0
 
@@ -369,4 +413,4 @@ cdef class Defragmenter:
     def counters(self):
         return {"fragments": self.fragments, "datagrams": self.datagrams, "overlaps": self.overlaps,
                 "conflict_bytes": self.conflict_bytes, "incomplete": self.timeouts + self.n_used,
-                "truncated": self.truncated, "malformed": self.malformed}
+                "truncated": self.truncated, "malformed": self.malformed, "late_duplicates": self.late_duplicates}
