@@ -23,6 +23,14 @@ class _DataConsole(Console):
     def render_str(self, text, **kw):
         return super().render_str(_clean(text), **kw)
 
+    def on_broken_pipe(self):
+        # the reader of our tables went away (`| head`): not an error of ours, as elsewhere
+        import os
+        import sys
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
 
 def _clean(text):
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

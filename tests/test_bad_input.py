@@ -51,6 +51,11 @@ def test_proc_file_is_not_called_empty():
     one_line_error(run_cli("stats", "/proc/self/status"), "not a capture file", "/proc")
 
 
+def test_compressed_capture_says_so(tmp_path):
+    import gzip
+    one_line_error(run_cli("stats", write(tmp_path, "g.pcap.gz", gzip.compress(GOOD))), "gzip-compressed", "gunzip")
+
+
 def test_random_bytes(tmp_path):
     rng = random.Random(7)
     blob = bytes(rng.getrandbits(8) for _ in range(4096))

@@ -350,3 +350,14 @@ def test_tables_show_names_from_captures_as_text(tmp_path):
     assert "[bold]x.pcapng" in res.stdout and "d[/b]" in res.stdout
     assert "tcp[tcpflags] & tcp-syn == 0" in res.stdout
     assert "[/]" in res.stdout and "\\x1b[31mRED\\x1b[0m" in res.stdout and "\x1b" not in res.stdout
+
+
+def test_a_reader_that_goes_away_is_not_an_error(corpus):
+    """`flowsift stats F | head -1`: the tables stop, quietly, with exit 0 (as for --json)."""
+    import subprocess
+    import sys
+    for extra in ((), ("--json",)):
+        p = subprocess.Popen([sys.executable, "-m", "flowsift", "stats", str(corpus / "http__zeek__bro.org.pcap"), *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()                    # gone before the first line: every write fails
+        assert p.wait(timeout=60) == 0 and p.stderr.read() == b"", extra

@@ -282,6 +282,12 @@ cdef class CaptureReader:
                 self.pos = 24
                 return None
         head = bytes(self.base[:min(size, 16)])
+        for sig, kind, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+                                  (b"\xfd7zXZ\x00", "xz", "unxz"), (b"BZh", "bzip2", "bunzip2"),
+                                  (b"\x04\x22\x4d\x18", "lz4", "unlz4")):
+            if head.startswith(sig):
+                return f"{kind}-compressed: decompress it first ({tool} FILE)"
+
         if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
             return f"not a capture file: starts with text {head.decode('ascii', 'replace')!r}"
         return f"not a pcap or pcapng file: unknown magic number 0x{fs_ld32(self.base):08x}"
