@@ -601,10 +601,13 @@ def main():
     signal.signal(signal.SIGTERM, _terminated)
     collect_less()
     try:
-        # not standalone: click's errors come here to be said in one line
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        # click's (and typer's) main would turn Ctrl-C and a closed pipe into bare exit codes:
+        # the command runs here so that every outcome is said in one line below
+        command = typer.main.get_command(app)
+        with command.make_context(click.utils._detect_program_name(), sys.argv[1:]) as ctx:
+            command.invoke(ctx)
+    except click.exceptions.Exit as e:          # --help, --version, ctx.exit()
+        sys.exit(e.exit_code)
     except click.exceptions.NoArgsIsHelpError as e:
         e.show()                    # no arguments at all: the help, as before
         sys.exit(e.exit_code)

@@ -353,9 +353,10 @@ def test_many_short_connections_neither_end_blocks_the_other(tmp_path):
     assert summary["mode"] == "parallel" and summary["modules"]["counter"]["flows"] == 20_000
 
 
-def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path):
-    """SIGTERM (a service manager, `timeout`) ends a chain cleanly: exit 143, one line, the
-    default store under /dev/shm removed, no worker left behind."""
+@pytest.mark.parametrize("signame,code,said", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path, signame, code, said):
+    """SIGTERM (a service manager, `timeout`) and Ctrl-C end a chain cleanly: their exit code,
+    one line, the default store under /dev/shm removed, no worker left behind."""
     import os
     import signal
     import subprocess
@@ -375,9 +376,9 @@ def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path):
             break
         time.sleep(0.05)
     assert store is not None and proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and err.strip() == "flowsift: terminated"
+    assert proc.returncode == code and err.strip() == f"flowsift: {said}"
     assert not os.path.exists(store)
     left = subprocess.run(["pgrep", "-f", f"flowsift chain counter {cap}"], capture_output=True, text=True).stdout
     assert left.strip() == ""
