@@ -197,12 +197,18 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     try:
         reg.ensure_notifications()          # what wakes this module: checked before any waiting
         run, info = _find_run(reg, run, wait, on_status)
+        from flowsift.paths import refuse_overwrite
+        refuse_overwrite([(f"run {run}'s input capture", info.get("source"))], [("--events", events)])
         from flowsift.registry.redis import run_prefix
         reg.run, reg.P = run, run_prefix(run)
         store_dir = info.get("store")
         if not store_dir or not os.path.isdir(store_dir):
             raise FlowsiftError(f"run {run}: its store {store_dir} is not on this machine")
         bit, resumed = reg.register(name)
+        if not reg.run_meta() and not reg.gateway_alive():
+            # the run ended while this module waited for its bit: its --events file is not touched
+            reg.release(bit)
+            raise FlowsiftError(f"run {run} ended before module {name} could attach")
         done, counters, outpos, ckpt = reg.module_state(bit) if resumed else ({}, {}, None, None)
         resumed = bool(done or outpos or ckpt)       # a bit the gateway held for it is a fresh start
         out.start(outpos)

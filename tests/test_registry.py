@@ -174,6 +174,24 @@ def test_redis_restarted_mid_run_nothing_lost(tmp_path, corpus, redis_server, sl
     assert redis_server.client().keys("flowsift:*") == []
 
 
+def test_an_attached_module_will_not_write_its_events_over_the_run_input(tmp_path, corpus, redis_server):
+    import shutil
+    url, r = redis_server.url, redis_server.client()
+    cap = tmp_path / "victim.pcap"
+    shutil.copy(corpus / CAPTURE, cap)
+    before = cap.read_bytes()
+    gw = flowsift("gateway", cap, "--registry", url, "--run", "rv", "--expect", "counter", "--store", tmp_path / "s")
+    try:
+        wait_until(lambda: r.hget("flowsift:{rv}:meta", "state"), procs=(gw,))
+        m = flowsift("module", "counter", "--registry", url, "--run", "rv", "--events", cap)
+        out, err = m.communicate(timeout=60)
+        assert m.returncode == 2 and "--events" in err and "input capture" in err and err.count("\n") == 1
+        assert cap.read_bytes() == before
+    finally:
+        gw.terminate()
+        gw.wait(timeout=60)
+
+
 def test_module_started_before_the_gateway(tmp_path, corpus, redis_server, slow, expected):
     url = redis_server.url
     events = tmp_path / "slow.jsonl"
@@ -229,6 +247,27 @@ def test_bits_are_assigned_atomically_across_processes(redis_server):
     assert len(bits) == len(set(bits)) == 13 and set(bits) == set(range(13))
     refused = [b for n, b in got if not isinstance(b, int)]
     assert len(refused) == 1 and "module twin is already attached to run rb" in refused[0]
+
+
+def test_a_twin_on_this_host_is_refused_at_once(redis_server):
+    """A second process of a module whose first is alive here is refused without waiting: a
+    wait could outlast the first, and the second would start its run again over its output."""
+    from flowsift.registry.redis import RedisRegistry
+    from flowsift.registry import RegistryError
+    code = ("from flowsift.registry.redis import RedisRegistry; import time; "
+            f"r = RedisRegistry({redis_server.url!r}, 'rt', role='module'); print(r.register('solo')[0], flush=True); "
+            "time.sleep(30)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "0"
+        reg = RedisRegistry(redis_server.url, "rt", role="module")
+        began = time.monotonic()
+        with pytest.raises(RegistryError, match="already attached"):
+            reg.register("solo", wait=20)
+        assert time.monotonic() - began < 5
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_a_dead_module_is_noticed_by_its_heartbeat(redis_server):

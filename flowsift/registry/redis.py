@@ -432,7 +432,9 @@ class RedisRegistry(Registry):
                     key = f"{self.P}alive:{held.bit}"
                     self._retry(lambda: self.r.delete(key))
                     continue
-                if time.monotonic() > deadline:
+                # alive on this host: refused now (waiting could outlast it, and its finished
+                # bit is not this process's to start again); elsewhere, its heartbeat decides
+                if h.get("host") == info["host"] or time.monotonic() > deadline:
                     raise RegistryError(f"module {name} is already attached to run {self.run} "
                                         f"(pid {h.get('pid')} on {h.get('host')})") from None
                 time.sleep(0.2)
