@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from flowsift.chain import run_chain
 
 KILLER = '''
@@ -240,8 +240,9 @@ class Slow(Module):
 '''
 
 
-def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path):
+def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path, monkeypatch):
     from test_store_faults import many_connections
+    monkeypatch.setenv("FLOWSIFT_BATCH", "64")      # many batches: the slow module falls behind
     capture = many_connections(tmp_path / "many.pcap", 1500, payload=b"q" * 20, block=100)
     module = tmp_path / "slow.py"
     module.write_text(textwrap.dedent(SLOW))
@@ -266,6 +267,14 @@ def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path):
     # without --max-backlog the gateway waits: nothing is dropped
     events, summary = run(f"{module},counter", capture, inline=False)
     assert "dropped_connections" not in summary["modules"]["slow"] and len(events) == 2 * 1500
+
+
+def test_max_backlog_does_not_count_a_worker_still_starting(tmp_path):
+    """The batches sent while a worker process starts are not a backlog: a fast module
+    loses nothing, and N batches behind is allowed (more than N is not)."""
+    demo = ROOT / "examples" / "demo.pcap"
+    events, summary = run("counter", demo, inline=False, max_backlog=1)
+    assert "dropped_connections" not in summary["modules"]["counter"] and len(events) == 9
 
 
 FIRST_SEEN = '''

@@ -244,6 +244,7 @@ class _Worker:
         self.conn = parent
         ends.append(parent)
         self.pending = 0
+        self.acked = False          # a worker still starting is not behind (--max-backlog)
         self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
                                                                   self.owner.store_dir, child, self.owner.strict,
                                                                   self.owner.every, list(ends)), daemon=True)
@@ -307,6 +308,7 @@ class ParallelChain:
         kind = msg[0]
         if kind == "ack":
             w.pending -= 1
+            w.acked = True
             return
         if kind == "ckpt":
             _, seq, done, (head, changed, removed), appended = msg
@@ -445,7 +447,7 @@ class ParallelChain:
         for w in self.workers:
             while not self._drain(w):
                 self._restart(w)
-            if self.max_backlog is not None and w.pending >= self.max_backlog:
+            if self.max_backlog is not None and w.acked and w.pending > self.max_backlog:
                 self._drop(w, touched, closed)
                 continue
             # back-pressure: no more than INFLIGHT batches in the pipe, or both ends could block
