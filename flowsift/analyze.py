@@ -1,5 +1,5 @@
 """`flowsift analyze MODULE`: state a module keeps outside the state API, found by reading its
-source (Python's ast; nothing is run).
+source (Python's ast; no hook is called, though loading the module runs its top-level code).
 
 Like StateAlyzr's classification of a middlebox's variables, every place where a module
 changes something that outlives one call is looked at:
@@ -91,11 +91,19 @@ def _flow_state(node, flow_names):
             and node.value.id in flow_names)
 
 
-def _classify(keys, flow_names):
-    """('per-flow'|'cross-flow'|'global', suggestion) from the index expressions used."""
+def _classify(keys, flow_names, derived=None):
+    """('per-flow'|'cross-flow'|'global', suggestion) from the index expressions used; `derived`:
+    local names assigned from an expression (`src = flow.client.rpartition(":")[0]`), followed."""
     fields = []
-    for k in keys:
+    derived = derived or {}
+    keys, seen = list(keys), set()
+    while keys:
+        k = keys.pop()
         for n in ast.walk(k):
+            if isinstance(n, ast.Name) and n.id in derived and n.id not in flow_names and n.id not in seen:
+                seen.add(n.id)
+                keys.append(derived[n.id])
+                continue
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in flow_names:
                 if n.attr == "conn":
                     return "per-flow", "keep it in flow.state"
@@ -120,6 +128,7 @@ class _Finder(ast.NodeVisitor):
         self.cls = None
         self.method = None
         self.flow_names = set()
+        self.derived = {}
 
     def add(self, node, what, kind, suggestion):
         self.findings.append({"file": self.path, "line": node.lineno, "class": self.cls, "method": self.method,
@@ -134,6 +143,10 @@ class _Finder(ast.NodeVisitor):
     def visit_FunctionDef(self, node):
         outer, outer_flows = self.method, self.flow_names
         self.method = node.name
+        outer_derived = getattr(self, "derived", {})
+        # locals assigned once from an expression: a key made from flow fields keeps its kind
+        self.derived = {t.id: n.value for n in ast.walk(node) if isinstance(n, ast.Assign)
+                        for t in n.targets if isinstance(t, ast.Name)}
         args = [a.arg for a in node.args.args]
         self.flow_names = {a for a in args if a == "flow"} | ({args[1]} if len(args) > 1 and self.cls and
                                                              node.name.startswith("on_") else set())
@@ -143,7 +156,7 @@ class _Finder(ast.NodeVisitor):
                 self.add(d, f"mutable default argument in {node.name}()", "global",
                          "declare it: NAME = Global() instead of a default argument that keeps values between calls")
         self.generic_visit(node)
-        self.method, self.flow_names = outer, outer_flows
+        self.method, self.flow_names, self.derived = outer, outer_flows, outer_derived
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -174,12 +187,12 @@ class _Finder(ast.NodeVisitor):
             return
         attr = _self_attr(t)
         if attr is not None and self._in_hook() and attr not in API and attr not in self.declared:
-            kind, sug = _classify(_subscript_keys(t), self.flow_names)
+            kind, sug = _classify(_subscript_keys(t), self.flow_names, self.derived)
             self.add(node, f"self.{attr} {how} in {self.method}()", kind, sug)
             return
         root = _root_name(t)
         if root in self.globals and self.method is not None and not isinstance(t, ast.Name):
-            kind, sug = _classify(_subscript_keys(t), self.flow_names)
+            kind, sug = _classify(_subscript_keys(t), self.flow_names, self.derived)
             self.add(node, f"module-level {root} {how} in {self.method}()", kind, sug)
 
     def visit_Assign(self, node):
@@ -209,10 +222,14 @@ class _Finder(ast.NodeVisitor):
                 and _flow_state(f.value, self.flow_names) and isinstance(f.value, ast.Attribute):
             self._flow_state_value(ast.Subscript(value=f.value, slice=node.args[0]), node.args[1], node)
         if isinstance(f, ast.Attribute) and f.attr in MUTATORS:
-            self._target(f.value, node, f"mutated ({f.attr})") if not isinstance(f.value, ast.Name) else None
+            # d.setdefault(KEY, ...) / d.pop(KEY): keyed like d[KEY]
+            keyed = ast.Subscript(value=f.value, slice=node.args[0]) if f.attr in ("setdefault", "pop") and node.args \
+                else f.value
+            self._target(keyed, node, f"mutated ({f.attr})") if not isinstance(f.value, ast.Name) else None
             if isinstance(f.value, ast.Name) and f.value.id in self.globals and self.method is not None:
-                self.add(node, f"module-level {f.value.id} mutated ({f.attr}) in {self.method}()", "global",
-                         "declare it: NAME = Global() (or CrossFlow if it is keyed by flow fields)")
+                kind, sug = _classify(_subscript_keys(keyed), self.flow_names, self.derived) \
+                    if keyed is not f.value else ("global", "declare it: NAME = Global() (or CrossFlow if it is keyed by flow fields)")
+                self.add(node, f"module-level {f.value.id} mutated ({f.attr}) in {self.method}()", kind, sug)
         if isinstance(f, ast.Name) and f.id == "setattr" and node.args and isinstance(node.args[0], ast.Name) \
                 and node.args[0].id == "self" and self._in_hook():
             self.add(node, f"setattr(self, ...) in {self.method}()", "global", "declare the state it keeps")

@@ -486,7 +486,7 @@ def analyze(
     modules: list[str] = typer.Argument(..., metavar="MODULE...", help="Modules: built-in names or path.py[:Class]."),
     as_json: bool = JSON,
 ):
-    """Find state a module keeps outside the state API (a static check: nothing is run).
+    """Find state a module keeps outside the state API (a static check: no hook is called).
 
     Reports attributes of self and module-level names changed in hook methods, closure
     variables and mutable default arguments, each with file:line, whether it looks per-flow,

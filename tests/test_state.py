@@ -376,6 +376,37 @@ def test_analyze_finds_per_flow_state_a_checkpoint_cannot_carry(tmp_path):
                      (17, "flow.state holds a tuple (it comes back a list)")}, found
 
 
+def test_analyze_follows_a_key_made_from_flow_fields(tmp_path):
+    """A key put in a local first (`src = flow.client...`) or given to setdefault is still
+    a flow field: cross-flow, not global; the connection itself is per-flow."""
+    path = tmp_path / "talkers.py"
+    path.write_text(textwrap.dedent('''
+        from flowsift.modules import Module
+
+        TABLE = {}
+
+        class Talkers(Module):
+            """Connections per client address."""
+            name = "talkers"
+
+            def __init__(self, config=None):
+                super().__init__(config)
+                self.by_source = {}
+
+            def on_close(self, flow, reason):
+                src = flow.client.rpartition(":")[0]
+                self.by_source[src] = self.by_source.get(src, 0) + 1
+                TABLE.setdefault(flow.server, []).append(1)
+                self.by_source.setdefault(flow.conn, 0)
+                total = len(TABLE)
+                self.by_source[total] = 1
+    '''))
+    res = run_cli("analyze", path, "--json")
+    assert res.returncode == 1, res.stderr
+    found = {(f["line"], f["kind"]) for f in json.loads(res.stdout)["findings"]}
+    assert found == {(16, "cross-flow"), (17, "cross-flow"), (18, "per-flow"), (20, "global")}, found
+
+
 KILLING_COUNTER = textwrap.dedent('''
     import os, signal
     from flowsift.modules.builtin.counter import Counter
