@@ -185,8 +185,8 @@ def test_a_clock_jump_does_not_expire_what_its_first_packet_opened(tmp_path, cor
 
 
 def test_a_clock_jump_keeps_the_linger_of_what_its_first_packet_ended(tmp_path):
-    """The server's FIN, six years after the client's, ends the connection; the client's last
-    ACK right after is a late packet of it, not a new connection."""
+    """The server's FIN, six years after the client's, and the client's last ACK end the
+    connection; that ACK sent again right after is a late packet of it, not a new connection."""
     from pcapgen import A, B, ether, ipv4, tcp
     path = _jump_capture(tmp_path / "jumpfin.pcap", [])
     blob = path.read_bytes()
@@ -195,7 +195,8 @@ def test_a_clock_jump_keeps_the_linger_of_what_its_first_packet_ended(tmp_path):
     path.write_bytes(blob + pcap([
         (t0, 3000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=13, ack=51, flags=0x11)))),
         (t0 + 6 * 365 * 86400, 0, ether(ipv4(B, A, 6, tcp(80, 1000, seq=51, ack=14, flags=0x11)))),
-        (t0 + 6 * 365 * 86400, 100_000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=14, ack=52, flags=0x10))))])[24:])
+        (t0 + 6 * 365 * 86400, 100_000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=14, ack=52, flags=0x10)))),
+        (t0 + 6 * 365 * 86400, 200_000, ether(ipv4(A, B, 6, tcp(1000, 80, seq=14, ack=52, flags=0x10))))])[24:])
     r = run(path)
     assert len(r.collector.closed) == 1 and r.engine.late_packets == 1
     assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
@@ -540,3 +541,244 @@ def test_a_stray_ack_before_the_answer_to_a_syn_acknowledges_nothing(tmp_path, c
             h = rf.header
             over += [(f.name, d, h[f"acked{d}"], h[f"end{d}"]) for d in (0, 1) if h[f"acked{d}"] > h[f"end{d}"] + 1]
     assert over == []
+
+
+# --- review of the TCP state machine: each case a capture built by hand ----------------------
+
+C, S = 1000, 5000
+HANDSHAKE = [(0, True, C, 0, 0x02, b""), (0.01, False, S, C + 1, 0x12, b""), (0.02, True, C + 1, S + 1, 0x10, b"")]
+
+
+def _close(t, c, s):
+    """FIN from the client at c, FIN from the server at s, the client's last ACK."""
+    return [(t, True, c, s, 0x11, b""), (t + 0.01, False, s, c + 1, 0x11, b""), (t + 0.02, True, c + 1, s + 1, 0x10, b"")]
+
+
+@pytest.mark.parametrize("far", [
+    [(1.1, True, C + 1 + 0x7FFF0000, S + 1, 0x10, b""), (1.2, True, C + 1 + 0xFFFE0000, S + 1, 0x10, b"")],
+    [(1.1, True, C + 1 + k * 0x40000000, S + 1, 0x10, b"") for k in (1, 2, 3)],
+])
+def test_bare_acks_far_off_do_not_move_the_sequence_anchor(tmp_path, far):
+    """A bare ACK's sequence number is checked by no receiver (spoofed or garbage ones are
+    common): two such, half the sequence space apart, used to walk the unwrap anchor round, so
+    the next real data landed 2^32 later, behind a 4 GiB gap."""
+    path = _timed_capture(tmp_path / "anchor.pcap", HANDSHAKE + [(1, True, C + 1, S + 1, 0x18, b"AAAA")] + far + [
+        (1.3, True, C + 5, S + 1, 0x18, b"BBBB"), (1.4, False, S + 1, C + 9, 0x10, b"")] + _close(2, C + 9, S + 1))
+    r = run(path)
+    assert streams(r)[0] == (b"AAAABBBB", b"") and r.collector.dirs[(0, 0)].gaps == []
+
+
+def test_a_far_off_data_segment_is_a_hole_of_its_own(tmp_path):
+    """Data segments 2 and 3 GiB ahead (garbage, or a capture that skipped that much) do not
+    move the anchor either: the real data after them is placed where it belongs."""
+    path = _timed_capture(tmp_path / "faroff.pcap", HANDSHAKE + [
+        (1, True, C + 1, S + 1, 0x18, b"AAAA"), (1.1, True, C + 1 + 0x7FFF0000, S + 1, 0x18, b"x"),
+        (1.2, True, C + 1 + 0xBFFF0000, S + 1, 0x18, b"y"), (1.3, True, C + 5, S + 1, 0x18, b"BBBB")])
+    r = run(path)
+    d = r.collector.dirs[(0, 0)]
+    assert bytes(d.data).startswith(b"AAAABBBB") and d.gaps[0][0] >= 8
+
+
+def test_the_reference_moves_its_anchor_as_the_engine(tmp_path):
+    from flowsift.reassembly.reference import ReferenceDirection
+    ref = ReferenceDirection(C)
+    ref.segment(C + 1, b"AAAA")
+    ref.segment((C + 1 + 0x7FFF0000) % 2**32, b"x")
+    ref.segment((C + 1 + 0xBFFF0000) % 2**32, b"y")
+    ref.segment(C + 5, b"BBBB")
+    data, gaps, _ = ref.finish()
+    assert data.startswith(b"AAAABBBB") and gaps[0][0] >= 8
+
+
+def test_a_reset_outside_the_receive_window_is_ignored(tmp_path):
+    """RFC 9293 3.10.7.4 / RFC 5961: a RST 1 GiB beyond the next byte is not acceptable; the
+    connection goes on (20 s later) and ends by FIN. One in the window still resets it."""
+    tail = [(25, True, C + 6, S + 1, 0x18, b"world"), (25.1, False, S + 1, C + 11, 0x18, b"reply")] + _close(26, C + 11, S + 6)
+    head = HANDSHAKE + [(1, True, C + 1, S + 1, 0x18, b"hello"), (1.1, False, S + 1, C + 6, 0x10, b"")]
+    path = _timed_capture(tmp_path / "oow.pcap", head + [(2, True, C + 1 + 0x40000000, 0, 0x04, b"")] + tail)
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.rst_out_of_window == 1
+    assert streams(r)[0] == (b"helloworld", b"reply")
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+    path = _timed_capture(tmp_path / "inwin.pcap", head + [(2, True, C + 6 + 5000, 0, 0x04, b"")])
+    r = run(path)
+    assert r.engine.rst_out_of_window == 0 and [d["close"] for d in r.collector.closed[0]["dirs"]] == ["rst", "rst"]
+
+
+def _tiny_held(path, n, reverse):
+    """SYN, then n one-byte segments after a one-byte hole (in order, or last first), then the hole."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    offs = list(range(1, n + 1))
+    if reverse:
+        offs.reverse()
+    frames = [(1000, 0, ether(ipv4(A, B, 6, tcp(40000, 80, seq=C, flags=0x02))))]
+    frames += [(1000, 1 + k, ether(ipv4(A, B, 6, tcp(40000, 80, seq=C + 1 + o, ack=S + 1, flags=0x10, payload=b"x"))))
+               for k, o in enumerate(offs)]
+    frames.append((1001, 0, ether(ipv4(A, B, 6, tcp(40000, 80, seq=C + 1, ack=S + 1, flags=0x10, payload=b"y")))))
+    path.write_bytes(pcap(frames))
+    return path
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_many_tiny_held_segments_cost_linear_work(tmp_path, reverse):
+    """100,000 one-byte segments held behind a one-byte hole: finding each one's place is a
+    binary search, adding it at either end and delivering the run move O(1) records each
+    (held_work counts records moved or probed: it was ~n^2/2 = 5e9 with the linear scan and a
+    move of the whole array per delivered chunk)."""
+    from flowsift.reassembly._engine import CountSink
+    n = 100_000
+    path = _tiny_held(tmp_path / "tiny.pcap", n, reverse)
+    sink = CountSink()
+    r = Reassembler(sink=sink, max_held_per_dir=1 << 30)
+    r.feed_capture(path)
+    assert sink.bytes == n + 1 and sink.gaps == 0
+    assert r.engine.held_work < 20 * n
+
+
+def test_held_memory_counts_each_chunk_not_only_its_payload(tmp_path):
+    """200 one-byte segments hold 200 bytes of payload but some 13 KB of memory: the per-direction
+    bound (here 4,000) counts what they take (payload + 64 per chunk), and gives up the hole."""
+    path = _tiny_held(tmp_path / "tiny.pcap", 200, False)
+    r = Reassembler(max_held_per_dir=4000)
+    r.feed_capture(path)
+    assert r.engine.memcap_gaps == 1
+    # (the hole's byte comes after it was given up: a copy of a gap's byte, not delivered)
+    assert r.collector.dirs[(0, 0)].gaps == [[0, 1]] and len(r.collector.dirs[(0, 0)].data) == 200
+    assert r.engine.held_total == 0
+
+
+@pytest.mark.parametrize("s2", [70000, 3000])
+def test_a_second_syn_ack_with_another_isn_restarts_that_side(tmp_path, s2):
+    """The client's SYN is answered (ISN S), the client sends it again, the server answers with
+    another ISN (it lost its first answer's state) and the client acknowledges that one: the
+    server's stream starts there, whether the new ISN is above S or below it."""
+    path = _timed_capture(tmp_path / "synack.pcap", [
+        (0, True, C, 0, 0x02, b""), (0.01, False, S, C + 1, 0x12, b""), (1, True, C, 0, 0x02, b""),
+        (1.01, False, s2, C + 1, 0x12, b""), (1.02, True, C + 1, s2 + 1, 0x10, b""),
+        (1.1, True, C + 1, s2 + 1, 0x18, b"GET"), (1.2, False, s2 + 1, C + 4, 0x18, b"OK")] + _close(2, C + 4, s2 + 3))
+    r = run(path)
+    assert streams(r) == {0: (b"GET", b"OK")}
+    assert r.collector.dirs[(0, 1)].gaps == [] and r.collector.closed[0]["dirs"][1]["retransmissions"] == 0
+
+
+def test_a_syn_on_a_tuple_picked_up_midstream_starts_a_new_connection(tmp_path):
+    """A connection picked up midstream, then 5 s later a handshake on the same 5-tuple whose
+    ISN + 1 is not where the client's bytes start: a new connection (as tshark sees it), the
+    first one ended as `reused`, and none of its bytes lost."""
+    path = _timed_capture(tmp_path / "midsyn.pcap", [
+        (0, True, 1001, 5001, 0x18, b"mid1"), (0.1, False, 5001, 1005, 0x18, b"MID1"),
+        (5, True, 777777, 0, 0x02, b""), (5.01, False, 9999, 777778, 0x12, b""), (5.02, True, 777778, 10000, 0x10, b""),
+        (5.03, True, 777778, 10000, 0x18, b"two"), (5.04, False, 10000, 777781, 0x18, b"TWO")] + _close(6, 777781, 10003))
+    r = run(path)
+    assert streams(r) == {0: (b"mid1", b"MID1"), 1: (b"two", b"TWO")}
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["reused", "reused"]
+    assert all(not d.gaps for d in r.collector.dirs.values())
+
+
+def test_a_syn_that_precedes_a_midstream_streams_bytes_is_its_own(tmp_path):
+    """A shuffled capture: the SYN after the first data, at ISN + 1 == the first byte: one connection."""
+    path = _timed_capture(tmp_path / "latesyn.pcap", [
+        (0, True, 101, 501, 0x18, b"abc"), (0.1, True, 100, 0, 0x02, b""), (0.2, True, 104, 501, 0x18, b"def")])
+    r = run(path)
+    assert streams(r) == {0: (b"abcdef", b"")} and not r.collector.closed[0]["dirs"][0]["midstream"]
+
+
+def test_bytes_after_a_fin_are_counted_not_delivered(tmp_path):
+    """The FIN (on "last") is retransmitted, then "AFTER" at the FIN's sequence number + 1: the
+    stream ended at its FIN (as tshark follows it), the FIN's number is not a gap, and the bytes
+    beyond it are counted. A FIN at another number later does not move the end (first FIN wins)."""
+    path = _timed_capture(tmp_path / "fin.pcap", HANDSHAKE + [
+        (1, True, C + 1, S + 1, 0x19, b"last"), (1.5, True, C + 1, S + 1, 0x19, b"last"),
+        (1.6, True, C + 6, S + 1, 0x18, b"AFTER"), (1.7, True, C + 20, S + 1, 0x11, b""),
+        (2, False, S + 1, C + 6, 0x11, b""), (2.1, True, C + 6, S + 2, 0x10, b"")])
+    r = run(path)
+    d = r.collector.dirs[(0, 0)]
+    assert bytes(d.data) == b"last" and d.gaps == []
+    assert r.engine.after_fin_bytes == 5 and r.engine.fin_conflicts == 1
+    assert [x["close"] for x in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+
+
+def test_held_bytes_beyond_a_fin_that_comes_later_are_dropped(tmp_path):
+    path = _timed_capture(tmp_path / "finlate.pcap", HANDSHAKE + [
+        (1, True, C + 9, S + 1, 0x18, b"XXXX"), (1.1, True, C + 5, S + 1, 0x11, b"bb"),
+        (1.2, True, C + 1, S + 1, 0x18, b"aaaa")])
+    r = run(path)
+    d = r.collector.dirs[(0, 0)]
+    assert bytes(d.data) == b"aaaabb" and d.gaps == [] and r.engine.after_fin_bytes == 4
+
+
+def test_a_refused_connection_is_reset(tmp_path):
+    """SYN answered by RST|ACK acknowledging ISN + 1 (RFC 9293 3.10.7.3), the SYN sent again and
+    refused again: one connection, reset; nothing ignored."""
+    path = _timed_capture(tmp_path / "refused.pcap", [
+        (0, True, C, 0, 0x02, b""), (0.001, False, 0, C + 1, 0x14, b""),
+        (1, True, C, 0, 0x02, b""), (1.001, False, 0, C + 1, 0x14, b"")])
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.ignored_flags == 0
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["rst", "rst"]
+    assert r.engine.totals()["close"] == {"rst": 1}
+
+
+@pytest.mark.parametrize("last,want", [
+    ([(1.1, False, S + 1, C + 6, 0x14, b"")], {"rst": 1}),
+    ([(1.1, False, S + 1, C + 6, 0x14, b""), (30, True, C + 6, S + 1, 0x18, b"x")], {"rst": 1}),
+    (_close(1.1, C + 6, S + 1), {"fin": 1}),
+    ([(1.1, True, C + 6, S + 1, 0x11, b"")], {"eof": 1}),
+])
+def test_summary_close_counts_say_how_connections_ended(tmp_path, last, want):
+    """The summary counts how each connection ended, as the index does per direction: a reset
+    connection is `rst` though the closing timeout or the end of input finished it."""
+    path = _timed_capture(tmp_path / "end.pcap", HANDSHAKE + [(1, True, C + 1, S + 1, 0x18, b"hello")] + last)
+    r = run(path)
+    assert r.engine.totals()["close"] == want
+    res = run_cli("streams", path, "-o", tmp_path / "o", "--json", check=True)
+    assert json.loads(res.stdout)["close"] == want
+    index = [json.loads(l) for l in (tmp_path / "o" / "index.jsonl").read_text().splitlines()]
+    if "rst" in want:
+        assert {d["close"] for d in index} == {"rst"}
+
+
+def test_copies_of_held_data_are_retransmissions(tmp_path):
+    """[5, 10) three times, then [0, 5): two segments whose every byte was seen before."""
+    path = _timed_capture(tmp_path / "dup.pcap", HANDSHAKE + [
+        (1, True, C + 6, S + 1, 0x10, b"bbbbb"), (1.1, True, C + 6, S + 1, 0x10, b"bbbbb"),
+        (1.2, True, C + 6, S + 1, 0x10, b"bbbbb"), (1.3, True, C + 1, S + 1, 0x10, b"aaaaa")] + _close(2, C + 11, S + 1))
+    r = run(path)
+    assert streams(r)[0] == (b"aaaaabbbbb", b"")
+    assert r.collector.closed[0]["dirs"][0]["retransmissions"] == 2
+
+
+@pytest.mark.parametrize("ack", [True, False])
+def test_the_ack_of_the_last_fin_belongs_to_its_connection(tmp_path, ack):
+    """FIN, FIN, ACK: the connection ends at that last ACK, which is its packet, not a late one;
+    without it, it ends by FIN all the same, a second after the last FIN (not a timeout)."""
+    close = _close(1, C + 3, S + 1) if ack else _close(1, C + 3, S + 1)[:2]
+    path = _timed_capture(tmp_path / "fin.pcap", HANDSHAKE + [(0.5, True, C + 1, S + 1, 0x18, b"hi")] + close
+                          + [(20, False, S + 1, C + 4, 0x18, b"late")])
+    r = run(path)
+    info = r.collector.closed[0]
+    assert r.engine.late_packets == 1 and r.engine.timeouts_fired == 0
+    assert [d["close"] for d in info["dirs"]] == ["fin", "fin"]
+    assert info["dirs"][0]["packets"] == (5 if ack else 4)
+    assert r.engine.totals()["close"] == {"fin": 1}
+
+
+def test_a_tuple_reused_by_a_new_syn_ends_the_old_connection_as_reused(tmp_path):
+    """A new handshake (another ISN) on an established connection's 5-tuple: the old one ends
+    `reused` (not `evicted`: no table was full), in the index, the summary and the record files."""
+    path = _timed_capture(tmp_path / "reuse.pcap", HANDSHAKE + [
+        (0.03, True, C + 1, S + 1, 0x18, b"one"), (0.04, False, S + 1, C + 4, 0x18, b"ONE"),
+        (5, True, 777777, 0, 0x02, b""), (5.01, False, 9999, 777778, 0x12, b""), (5.02, True, 777778, 10000, 0x10, b"")]
+        + _close(6, 777778, 10000))
+    r = run(path)
+    assert r.engine.evictions == 0
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["reused", "reused"]
+    assert r.engine.totals()["close"] == {"reused": 1, "fin": 1}
+    run_cli("streams", path, "-o", tmp_path / "o", check=True)
+    index = [json.loads(l) for l in (tmp_path / "o" / "index.jsonl").read_text().splitlines()]
+    assert [d["close"] for d in index if d["conn"] == 0] == ["reused", "reused"]
+    run_cli("gateway", path, "--store", tmp_path / "g", "--keep", check=True)
+    listed = json.loads(run_cli("inspect", tmp_path / "g", "--json", check=True).stdout)["connections"]
+    (first,) = [c["file"] for c in listed if c["conn"] == 0]
+    info = json.loads(run_cli("inspect", tmp_path / "g" / first, "--json", check=True).stdout)
+    assert [d["close"] for d in info["streams"]] == ["reused", "reused"]

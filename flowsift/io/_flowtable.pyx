@@ -249,11 +249,12 @@ cdef class FlowTable:
     cdef bint _new_connection(self, const flow_t* f, uint8_t d, uint32_t seq) noexcept nogil:
         # A SYN (without ACK) starts a new connection on a known 5-tuple when it cannot belong
         # to the current one: that side already sent a SYN with another ISN, or the connection
-        # was closing (FIN/RST) and the SYN does not precede the bytes seen from that side
-        # (a reordered capture can deliver the SYN last: ISN + 1 == lowest sequence seen).
+        # was closing (FIN/RST) or has carried data (a midstream pickup) and the SYN does not
+        # precede the bytes seen from that side (a reordered capture can deliver the SYN last:
+        # ISN + 1 == lowest sequence seen).
         if f.syn_seen[d]:
             return f.isn[d] != seq
-        if f.closing:
+        if f.closing or f.bytes[0] or f.bytes[1]:
             return not (f.seq_seen[d] and <uint32_t>(seq + 1) == f.min_seq[d])
         return False
 

@@ -1,4 +1,4 @@
-from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 
 from flowsift.io._batch cimport Batch, pkt_t
 from flowsift.io._flowtable cimport FlowTable
@@ -18,6 +18,8 @@ cdef enum:
     CLOSE_TIMEOUT = 3
     CLOSE_EVICTED = 4
     CLOSE_EOF = 5
+    CLOSE_REUSED = 6   # a new connection (a SYN with another ISN) took over the 5-tuple
+    N_CLOSE = 7
 
 
 cdef class Sink:
@@ -48,9 +50,10 @@ cdef enum:
     LRU_ESTABLISHED = 1
     LRU_CLOSING = 2
     LRU_UDP = 3
-    LRU_NONE = 4
-    N_LRU = 4
-    LRU_RELEASED = 5   # (in conn_t.lru) ended, and its record released: nobody reads it
+    LRU_LAST_ACK = 4   # both FINs, nothing missing: waiting for the ACK of the last FIN
+    LRU_NONE = 5
+    N_LRU = 5
+    LRU_RELEASED = 6   # (in conn_t.lru) ended, and its record released: nobody reads it
 
 # connection state
 cdef enum:
@@ -86,14 +89,19 @@ ctypedef struct dir_t:
     int64_t fin_off
     int64_t acked          # highest internal offset the peer acknowledged (valid if has_ack)
     uint8_t has_ack
-    uint8_t _pad[7]
+    int8_t wscale          # window scale its SYN offered (-1: none)
+    uint16_t max_win       # largest window field it advertised outside its SYN (unscaled)
+    uint8_t _pad[4]
     int64_t hole_acked_ts  # when the receiver first ACKed past the current hole (0: not)
     int64_t first_data_ts
-    # held (out-of-order) data
+    # held (out-of-order) data: n_chunks chunks from `chunks`, which points into the
+    # allocation chunk_mem of cap_chunks (room kept at both ends: delivery takes from the
+    # front, in-order arrivals add at the back, reversed ones at the front, each O(1))
     chunk_t* chunks
+    chunk_t* chunk_mem
     int32_t n_chunks
     int32_t cap_chunks
-    uint64_t held_bytes
+    uint64_t held_bytes        # payload held plus CHUNK_OVERHEAD per chunk (what memory it takes)
     # the last delivered bytes (RETAIN_MAX), to compare later copies with: a ring of copies,
     # then references to bytes of the capture file (refs, a FIFO from ref_head)
     uint8_t* ring
@@ -126,7 +134,8 @@ ctypedef struct conn_t:
     uint8_t close_reason
     uint8_t rst
     uint8_t ipver
-    uint8_t _pad[2]
+    uint8_t refused          # RSTs that acknowledged the client's SYN (with no SYN-ACK since)
+    uint8_t _pad[1]
     int32_t lru_prev
     int32_t lru_next
     int64_t first_ts
@@ -173,6 +182,10 @@ cdef class Engine:
     cdef readonly uint64_t late_packets      # packets for a connection already finished
     cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion), RST of a stray ACK
     cdef readonly uint64_t segments
+    cdef readonly uint64_t rst_out_of_window # RSTs whose sequence number lay outside the receive window: not applied
+    cdef readonly uint64_t after_fin_bytes   # bytes sent beyond a direction's FIN: not delivered
+    cdef readonly uint64_t fin_conflicts     # FINs at another sequence number than the direction's first FIN
+    cdef readonly uint64_t held_work         # chunk records moved or probed while holding (a scale witness)
     cdef readonly int64_t now
     cdef readonly uint64_t clock_outliers    # lone timestamps far ahead of the clock, not followed
     cdef bint jump_pending
@@ -182,7 +195,7 @@ cdef class Engine:
     cdef uint32_t jump_ended         # the linger FIFO's length before it
     # totals over finished connections (summaries without a Python call per connection)
     cdef uint64_t t_conns[2]          # tcp, udp
-    cdef uint64_t t_close[6]          # by CLOSE_*
+    cdef uint64_t t_close[N_CLOSE]    # by CLOSE_*: how connections ended (see _finish)
     cdef uint64_t t_packets
     cdef uint64_t t_delivered
     cdef uint64_t t_gaps
@@ -213,6 +226,7 @@ cdef class Engine:
     cdef void _free_dir(self, dir_t* D) noexcept nogil
     cdef int _packet(self, pkt_t* p) except -1
     cdef bint _complete(self, dir_t* D) noexcept nogil
+    cdef bint _fins_done(self, uint32_t i) noexcept nogil
     cdef void _anchor(self, dir_t* D, uint32_t seq) noexcept nogil
     cdef int64_t _off(self, dir_t* D, uint32_t seq) noexcept nogil
     cdef void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil
@@ -233,8 +247,14 @@ cdef class Engine:
     cdef int _insert(self, uint32_t i, int d, int64_t o, const uint8_t* data, uint32_t n, uint32_t wire) except -1
     cdef int _check_memory(self, uint32_t i, int d) except -1
     cdef int _flush(self, uint32_t i, int d) except -1
+    cdef int _make_slot(self, dir_t* D, int32_t at) except -1
+    cdef int _recentre(self, dir_t* D, int32_t cap) except -1
+    cdef int32_t _first_ending_after(self, dir_t* D, int64_t s) noexcept nogil
+    cdef void _follow(self, dir_t* D, int64_t off) noexcept nogil
+    cdef bint _rst_in_window(self, dir_t* D, dir_t* P, int64_t o) noexcept nogil
+    cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe, const uint8_t* src) except -1
-    cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1
+    cdef int64_t _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1
 
 
 cdef inline conn_t* conn_at(Engine e, uint32_t i) noexcept nogil:

@@ -63,6 +63,25 @@ DEF ACK_GRACE_NS = 500000000
 DEF MAX_TRAILING_GAP = 1073741824
 # a packet further than this ahead of the capture clock moves it only if the next one agrees
 DEF CLOCK_JUMP_NS = 3600000000000
+# A connection whose FINs both came, with nothing missing, waits this long for the ACK of the
+# last FIN (so that ACK is its packet, not a late one); it ends by FIN either way. An RTT is
+# well below it; kept short, since the connection's memory waits with it.
+DEF LAST_ACK_NS = 1000000000
+# A segment moves the sequence anchor (what later numbers are unwrapped against) by at most
+# this far beyond what its direction delivered or holds: a window is at most 2^30 bytes
+# (RFC 7323), so a segment further out is garbage or a capture that skipped as much; it is
+# still placed (a hole, at worst a gap), but it cannot make everything after it read 2^32 on.
+DEF MAX_ANCHOR_STEP = 1073741824
+# What one held chunk costs besides its payload: its chunk_t record (40 bytes) and the
+# allocator's header and rounding of its copy. Counted in held bytes, so the per-direction and
+# global bounds bound memory, not payload (a million 1-byte segments are ~70 MB, not 1 MB).
+DEF CHUNK_OVERHEAD = 64
+# A RST is applied only when its sequence number lies in the receiver's window (RFC 9293
+# 3.10.7.4, RFC 5961): from RST_SLACK before the next byte expected to the largest window the
+# peer advertised (scaled when both SYNs offered window scaling), and never less than
+# MIN_RST_WINDOW (a capture that missed the window advertisements, or the handshake).
+DEF RST_SLACK = 1
+DEF MIN_RST_WINDOW = 65536
 
 DEF TH_FIN = 0x01
 DEF TH_SYN = 0x02
@@ -86,6 +105,11 @@ cdef inline bint new_wins(int policy, int64_t ns, int64_t ne, int64_t os, int64_
         return ns < os or (ns == os and ne > oe)
     # solaris
     return ne > oe or (ne == oe and ns <= os)
+
+
+cdef inline uint64_t chunk_cost(const chunk_t* ch) noexcept nogil:
+    # what a held chunk counts for in held bytes: its payload copy and its bookkeeping
+    return <uint64_t>(ch.end - ch.start if ch.data != NULL else 0) + CHUNK_OVERHEAD
 
 
 cdef class Sink:
@@ -188,6 +212,7 @@ cdef class Engine:
         self.timeouts[LRU_ESTABLISHED] = <int64_t>(established_timeout * 1e9)
         self.timeouts[LRU_CLOSING] = <int64_t>(closing_timeout * 1e9)
         self.timeouts[LRU_UDP] = <int64_t>(udp_timeout * 1e9)
+        self.timeouts[LRU_LAST_ACK] = LAST_ACK_NS
         self.max_held_per_dir = max_held_per_dir
         self.memcap = memcap
         self.max_connections = max_connections
@@ -361,7 +386,8 @@ cdef class Engine:
                 "held_bytes": self.held_total, "memcap_gaps": self.memcap_gaps, "evictions": self.evictions,
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
-                "ignored_flags": self.ignored_flags, "released_connections": self.released_connections}
+                "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
+                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
@@ -529,6 +555,7 @@ cdef class Engine:
                                    (<char*>D.chunks[k].data)[:D.chunks[k].end - D.chunks[k].start]))
                 dirs.append((chunks, (<char*>D.ring)[:D.ring_cap] if D.ring != NULL else None))
                 c.d[d].chunks = NULL
+                c.d[d].chunk_mem = NULL
                 c.d[d].n_chunks = 0
                 c.d[d].cap_chunks = 0
                 c.d[d].ring = NULL
@@ -584,9 +611,10 @@ cdef class Engine:
             chunks, ring = rec["dirs"][d]
             n = len(chunks)
             if n:
-                D.chunks = <chunk_t*> calloc(n if n > 8 else 8, sizeof(chunk_t))
-                if D.chunks == NULL:
+                D.chunk_mem = <chunk_t*> calloc(n if n > 8 else 8, sizeof(chunk_t))
+                if D.chunk_mem == NULL:
                     raise MemoryError()
+                D.chunks = D.chunk_mem
                 D.cap_chunks = n if n > 8 else 8
                 for k in range(n):
                     s, e, os_, oe, payload = chunks[k]
@@ -598,7 +626,7 @@ cdef class Engine:
                         if D.chunks[k].data == NULL:
                             raise MemoryError()
                         memcpy(D.chunks[k].data, <const char*>data, len(data))
-                        self.held_total += <uint64_t>len(data)
+                    self.held_total += chunk_cost(&D.chunks[k])
                     D.n_chunks = k + 1
             if ring is not None:
                 data = ring
@@ -625,6 +653,8 @@ cdef class Engine:
         c.lru_prev = -1
         c.lru_next = -1
         c.first_ts = p.ts_ns
+        c.d[0].wscale = -1
+        c.d[1].wscale = -1
         if f.client_is_a:
             memcpy(c.client, f.a, 16)
             memcpy(c.server, f.b, 16)
@@ -636,7 +666,7 @@ cdef class Engine:
         self.open_connections += 1
         if f.prev != 0xFFFFFFFF and self._state(f.prev) == CS_OPEN:
             # the 5-tuple was reused: the earlier connection is over
-            self._finish(f.prev, CLOSE_FIN if self._any_fin(f.prev) else (CLOSE_RST if conn_at(self, f.prev).rst else CLOSE_EVICTED))
+            self._finish(f.prev, CLOSE_REUSED)
             c = conn_at(self, i)
         self.sink.on_open(i, self)
         if self.open_connections > self.max_connections:
@@ -673,8 +703,11 @@ cdef class Engine:
                 h = self.lru_head[cls]
                 if h < 0 or conn_at(self, h).idle_ts + self.timeouts[cls] > self.now:
                     break
-                self.timeouts_fired += 1
-                self._finish(<uint32_t>h, CLOSE_TIMEOUT)
+                if (cls == LRU_LAST_ACK or cls == LRU_CLOSING) and self._fins_done(<uint32_t>h):
+                    self._finish(<uint32_t>h, CLOSE_FIN)    # closed by FINs; the last ACK never came
+                else:
+                    self.timeouts_fired += 1
+                    self._finish(<uint32_t>h, CLOSE_TIMEOUT)
         return 0
 
     cdef int _finish(self, uint32_t i, int reason) except -1:
@@ -684,7 +717,8 @@ cdef class Engine:
         if c.state != CS_OPEN:
             return 0
         self._lru_unlink(i)
-        c.close_reason = reason
+        if c.refused:
+            c.rst = 1               # refused: a RST answered the SYN, and nothing contradicted it
         for d in range(2):
             D = &c.d[d]
             if not D.anchored:
@@ -700,7 +734,9 @@ cdef class Engine:
         c.state = CS_DONE
         self.open_connections -= 1
         self.t_conns[0 if c.proto == 6 else 1] += 1
-        self.t_close[reason] += 1
+        # how it ended, as the index says it per direction: reset, both FINs, else what ended it
+        c.close_reason = CLOSE_RST if c.rst else (CLOSE_FIN if c.d[0].fin_seen and c.d[1].fin_seen else reason)
+        self.t_close[c.close_reason] += 1
         for d in range(2):
             D = &c.d[d]
             self.t_packets += D.packets
@@ -721,10 +757,11 @@ cdef class Engine:
     cdef void _free_dir(self, dir_t* D) noexcept nogil:
         cdef int32_t k
         for k in range(D.n_chunks):
+            self.held_total -= chunk_cost(&D.chunks[k])
             free(D.chunks[k].data)
-            self.held_total -= <uint64_t>(D.chunks[k].end - D.chunks[k].start) if D.chunks[k].data != NULL else 0
-        free(D.chunks)
+        free(D.chunk_mem)
         D.chunks = NULL
+        D.chunk_mem = NULL
         D.n_chunks = 0
         D.cap_chunks = 0
         D.held_bytes = 0
@@ -747,7 +784,8 @@ cdef class Engine:
         cdef dir_t* P
         cdef int d = p.dir
         cdef uint32_t seq
-        cdef int64_t o, ack_off
+        cdef int64_t o, ack_off, keep
+        cdef uint32_t n, wire
         cdef uint8_t fl
         cdef bint has_payload
         cdef uint32_t k = i >> CONN_CHUNK_SHIFT
@@ -793,6 +831,8 @@ cdef class Engine:
         if fl & TH_SYN:
             if not D.syn_seen:
                 D.syn_seen = 1
+                if p.opts & OPT_WSCALE:
+                    D.wscale = p.wscale if p.wscale < 14 else 14
                 if not D.anchored:
                     self._anchor(D, seq + 1)
                     D.settled = 1
@@ -802,16 +842,34 @@ cdef class Engine:
                     # a reordered capture: the SYN came after data; the stream starts after it
                     D.midstream = 0
                     self._settle_at(i, d, self._off(D, seq + 1))
+            elif ((fl & TH_ACK) and D.settled and D.next == D.origin and D.n_chunks == 0 and D.gap_bytes == 0
+                  and not D.fin_seen and not D.rst_seen and self._off(D, seq + 1) != D.origin):
+                # a SYN-ACK with another ISN while this side has sent no byte: it lost the state
+                # of its first answer (the client's SYN was retransmitted); the latest one counts
+                self._anchor(D, seq + 1)
+                D.settled = 1
+                D.has_ack = 0
+            if (fl & TH_ACK) and c.refused:
+                # it answered the SYN after all: the RSTs that refused it were not real
+                self.ignored_flags += c.refused
+                c.refused = 0
             seq += 1
         elif not D.anchored:
             if (fl & (TH_FIN | TH_RST)) and not has_payload and P.syn_seen and not P.fin_seen and P.next == P.origin:
                 # a FIN/RST from a side that never answered the peer's SYN says nothing about its
-                # stream (an evasion trick): do not let it fix the start or close anything
-                self.ignored_flags += 1
+                # stream (an evasion trick): do not let it fix the start or close anything. But
+                # a RST that acknowledges the SYN (ISN + 1) answers it (RFC 9293 3.10.7.3): the
+                # connection was refused, unless that side answers the SYN after all (the
+                # evasion captures send such a RST before their SYN-ACK)
+                if (fl & (TH_RST | TH_ACK)) == (TH_RST | TH_ACK) and self._off(P, p.ack) == P.origin:
+                    if c.refused < 255:
+                        c.refused += 1      # (counted as ignored if a SYN-ACK comes after all)
+                else:
+                    self.ignored_flags += 1
                 p.rflags = RF_IGNORED
                 p.stream_off = 0
                 self.sink.on_packet(i, p)
-                self._lru_push(i, LRU_EMBRYONIC)
+                self._lru_push(i, LRU_CLOSING if c.refused else LRU_EMBRYONIC)
                 return 0
             self._anchor(D, seq)
             D.midstream = 1
@@ -828,16 +886,48 @@ cdef class Engine:
             return 0
 
         o = self._off(D, seq)
+        if (fl & TH_RST) and D.settled and not self._rst_in_window(D, P, o):
+            # RFC 9293 3.10.7.4 / RFC 5961: a RST outside the receive window is not acceptable
+            # (a blind injection, or one for an older connection): nothing of it is applied
+            self.rst_out_of_window += 1
+            p.rflags = RF_IGNORED
+            p.stream_off = 0
+            self.sink.on_packet(i, p)
+            self._lru_push(i, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            return 0
+        if not (fl & TH_SYN) and p.window > D.max_win:
+            D.max_win = p.window
         p.stream_off = o
-        self._move_anchor(D, o)
+        if has_payload or (fl & (TH_SYN | TH_FIN)):
+            # only a segment that occupies sequence space moves the anchor: a bare ACK's
+            # sequence number is not checked by any receiver, so it may be anything
+            self._follow(D, o)
         if has_payload:
             D.payload_bytes += p.payload_len
             if D.first_data_ts == 0:
                 D.first_data_ts = p.ts_ns
-            self._insert(i, d, o, p.data + p.payload_off, p.payload_len, p.payload_wirelen)
-        if fl & TH_FIN and not D.fin_seen:
-            D.fin_seen = 1
-            D.fin_off = o + p.payload_wirelen
+            n = p.payload_len
+            wire = p.payload_wirelen
+            if D.fin_seen and o + wire > D.fin_off:
+                # the stream ended at its FIN: bytes beyond it are counted, never delivered
+                keep = D.fin_off - o if D.fin_off > o else 0
+                self.after_fin_bytes += <uint64_t>(wire - keep)
+                wire = <uint32_t>keep
+                if n > wire:
+                    n = wire
+            if wire:
+                self._insert(i, d, o, p.data + p.payload_off, n, wire)
+                c = conn_at(self, i)
+                D = &c.d[d]
+                P = &c.d[1 - d]
+        if fl & TH_FIN:
+            if not D.fin_seen:
+                D.fin_seen = 1
+                D.fin_off = o + p.payload_wirelen
+                if D.n_chunks and D.chunks[D.n_chunks - 1].end > D.fin_off:
+                    self._drop_beyond(D, D.fin_off)
+            elif o + p.payload_wirelen != D.fin_off:
+                self.fin_conflicts += 1         # the first FIN stands
         if fl & TH_RST:
             D.rst_seen = 1
             c.rst = 1
@@ -865,9 +955,14 @@ cdef class Engine:
             return 0
         # where the connection now waits for its timeout
         if c.rst or (c.d[0].fin_seen and c.d[1].fin_seen):
-            if self._complete(&c.d[0]) and self._complete(&c.d[1]) and not c.rst:
+            if self._fins_done(i) and c.d[0].acked > c.d[0].fin_off and c.d[1].acked > c.d[1].fin_off:
+                # both FINs, nothing missing, and both acknowledged: the last ACK was this
+                # connection's last packet
                 self._finish(i, CLOSE_FIN)
+            elif self._fins_done(i):
+                self._lru_push(i, LRU_LAST_ACK)     # a FIN not yet acknowledged
             else:
+                # a RST, or holes left: late retransmissions still belong
                 self._lru_push(i, LRU_CLOSING)
         elif (c.d[0].next > c.d[0].origin or c.d[1].next > c.d[1].origin or c.d[0].n_chunks or c.d[1].n_chunks or
               (c.d[0].packets and c.d[1].packets and c.d[0].syn_seen and c.d[1].syn_seen)):
@@ -882,6 +977,52 @@ cdef class Engine:
     cdef bint _complete(self, dir_t* D) noexcept nogil:
         return D.settled and D.n_chunks == 0 and (not D.fin_seen or D.next >= D.fin_off)
 
+    cdef bint _fins_done(self, uint32_t i) noexcept nogil:
+        # both sides sent their FIN and nothing before either is missing: closed by FIN
+        cdef conn_t* c = conn_at(self, i)
+        return (not c.rst and c.d[0].fin_seen and c.d[1].fin_seen and self._complete(&c.d[0])
+                and self._complete(&c.d[1]))
+
+    cdef bint _rst_in_window(self, dir_t* D, dir_t* P, int64_t o) noexcept nogil:
+        # is a RST from D at offset o acceptable to its receiver P? (RFC 9293 3.10.7.4): from
+        # the next byte expected (what D delivered, or P acknowledged if less) less RST_SLACK,
+        # to the furthest D is known to have sent plus the largest window P advertised
+        cdef int64_t lo = D.next, hi = D.next, win
+        if D.has_ack and D.acked < lo:
+            lo = D.acked
+        if D.has_ack and D.acked > hi:
+            hi = D.acked
+        if D.n_chunks and D.chunks[D.n_chunks - 1].end > hi:
+            hi = D.chunks[D.n_chunks - 1].end
+        if D.fin_seen and D.fin_off + 1 > hi:
+            hi = D.fin_off + 1
+        win = <int64_t>P.max_win << (P.wscale if P.wscale >= 0 and D.wscale >= 0 else 0)
+        if win < MIN_RST_WINDOW:
+            win = MIN_RST_WINDOW
+        return lo - RST_SLACK <= o <= hi + win
+
+    cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1:
+        # held bytes past the FIN's sequence number go: counted (after_fin_bytes), never delivered
+        cdef chunk_t* ch
+        cdef uint64_t cost
+        while D.n_chunks and D.chunks[D.n_chunks - 1].end > end:
+            ch = &D.chunks[D.n_chunks - 1]
+            cost = chunk_cost(ch)
+            D.held_bytes -= cost
+            self.held_total -= cost
+            if ch.start >= end:
+                self.after_fin_bytes += <uint64_t>(ch.end - ch.start)
+                free(ch.data)
+                D.n_chunks -= 1
+            else:
+                self.after_fin_bytes += <uint64_t>(ch.end - end)
+                ch.end = end
+                cost = chunk_cost(ch)
+                D.held_bytes += cost
+                self.held_total += cost
+                break
+        return 0
+
     cdef void _anchor(self, dir_t* D, uint32_t seq) noexcept nogil:
         D.anchored = 1
         D.anchor_seq = seq
@@ -892,6 +1033,17 @@ cdef class Engine:
     cdef int64_t _off(self, dir_t* D, uint32_t seq) noexcept nogil:
         # unwrap against the anchor, which follows the stream so differences stay < 2^31
         return D.anchor_off + <int32_t>(seq - D.anchor_seq)
+
+    cdef void _follow(self, dir_t* D, int64_t off) noexcept nogil:
+        # a segment moves the anchor, but not more than MAX_ANCHOR_STEP beyond the furthest
+        # byte its direction delivered or holds (so one far-off segment is a hole of its own)
+        cdef int64_t hi
+        if off > D.anchor_off:
+            hi = D.next
+            if D.n_chunks and D.chunks[D.n_chunks - 1].end > hi:
+                hi = D.chunks[D.n_chunks - 1].end
+            if off - hi <= MAX_ANCHOR_STEP:
+                self._move_anchor(D, off)
 
     cdef void _move_anchor(self, dir_t* D, int64_t off) noexcept nogil:
         # the anchor follows the highest offset seen, so a later sequence number is read as
@@ -1152,7 +1304,11 @@ cdef class Engine:
         elif n:
             self.cur_rflags |= RF_OUT_OF_ORDER
             # the policy judges the whole segment as sent, so pass its original extent
-            self._hold(i, d, o, o + n, data, seg_s, cut_start)
+            if self._hold(i, d, o, o + n, data, seg_s, cut_start) == n and cut_end <= cut_start:
+                # every byte of it was held already: a retransmission too
+                D = &conn_at(self, i).d[d]
+                D.retransmissions += 1
+                self.cur_rflags |= RF_RETRANSMISSION
         if cut_end > cut_start:
             self.cur_rflags |= RF_SNAPLEN_CUT
             # bytes the capture cut: a piece known to be missing
@@ -1180,26 +1336,42 @@ cdef class Engine:
 
     cdef int _flush(self, uint32_t i, int d) except -1:
         # deliver held chunks that now touch next
+        # (the run of chunks delivered leaves the front at once, by moving the start pointer)
         cdef dir_t* D = &conn_at(self, i).d[d]
         cdef chunk_t ch
         cdef int64_t from_
+        cdef int32_t k = 0
+        cdef uint64_t cost
         if not D.settled:
             return 0
-        while D.n_chunks and D.chunks[0].start <= D.next:
-            ch = D.chunks[0]
-            D.n_chunks -= 1
-            memcpy(D.chunks, D.chunks + 1, D.n_chunks * sizeof(chunk_t))
-            if ch.data != NULL:
-                D.held_bytes -= <uint64_t>(ch.end - ch.start)
-                self.held_total -= <uint64_t>(ch.end - ch.start)
-            if ch.end > D.next:
-                from_ = D.next
-                if ch.data != NULL:
-                    self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_), False)
-                else:
-                    self._gap_to(i, d, ch.end, GAP_SNAPLEN)
-            free(ch.data)
+        try:
+            while k < D.n_chunks and D.chunks[k].start <= D.next:
+                ch = D.chunks[k]
+                D.chunks[k].data = NULL
+                k += 1
+                cost = chunk_cost(&ch)
+                D.held_bytes -= cost
+                self.held_total -= cost
+                try:
+                    if ch.end > D.next:
+                        from_ = D.next
+                        if ch.data != NULL:
+                            self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_), False)
+                        else:
+                            self._gap_to(i, d, ch.end, GAP_SNAPLEN)
+                    elif ch.data != NULL:
+                        # wholly before the start a late SYN fixed: never delivered, never
+                        # compared, but counted
+                        D.unverified_bytes += <uint64_t>(ch.end - ch.start)
+                finally:
+                    free(ch.data)
+                D = &conn_at(self, i).d[d]
+        finally:
             D = &conn_at(self, i).d[d]
+            D.chunks += k
+            D.n_chunks -= k
+            if D.n_chunks == 0 and D.chunk_mem != NULL:
+                D.chunks = D.chunk_mem + D.cap_chunks // 2
         if D.hole_acked_ts and (D.n_chunks == 0 or D.acked <= D.next):
             D.hole_acked_ts = 0
         return 0
@@ -1207,37 +1379,94 @@ cdef class Engine:
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe,
                          const uint8_t* src) except -1:
         # insert chunk [s, e) at index `at`; returns 1 if a chunk was added
-        cdef chunk_t* grown
         cdef uint8_t* buf = NULL
+        cdef uint64_t cost
         if e <= s:
             return 0
-        if D.n_chunks == D.cap_chunks:
-            D.cap_chunks = 8 if D.cap_chunks == 0 else D.cap_chunks * 2
-            grown = <chunk_t*> realloc(D.chunks, D.cap_chunks * sizeof(chunk_t))
-            if grown == NULL:
-                raise MemoryError()
-            D.chunks = grown
         if src != NULL:
             buf = <uint8_t*> malloc(e - s)
             if buf == NULL:
                 raise MemoryError()
             memcpy(buf, src, e - s)
-            D.held_bytes += <uint64_t>(e - s)
-            self.held_total += <uint64_t>(e - s)
-        if at < D.n_chunks:
-            _memmove(D.chunks + at + 1, D.chunks + at, (D.n_chunks - at) * sizeof(chunk_t))
+        try:
+            self._make_slot(D, at)
+        except MemoryError:
+            free(buf)
+            raise
         D.chunks[at].start = s
         D.chunks[at].end = e
         D.chunks[at].own_start = os
         D.chunks[at].own_end = oe
         D.chunks[at].data = buf
-        D.n_chunks += 1
+        cost = chunk_cost(&D.chunks[at])
+        D.held_bytes += cost
+        self.held_total += cost
         return 1
 
-    cdef int _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data,
-                   int64_t own_s, int64_t own_e) except -1:
+    cdef int _make_slot(self, dir_t* D, int32_t at) except -1:
+        # room for one more chunk at index `at` (0..n_chunks): the shorter side moves by one
+        # record. When that side has no room left, the chunks are re-centred first (in place if
+        # a quarter of the allocation is free, else into one twice as large), so adding at
+        # either end costs O(1) amortised and in the middle at most half the records.
+        cdef int32_t n = D.n_chunks, front = 0, back = 0
+        cdef bint to_front = at < n - at
+        if D.chunk_mem != NULL:
+            front = <int32_t>(D.chunks - D.chunk_mem)
+            back = D.cap_chunks - front - n
+        if D.chunk_mem == NULL or (front == 0 if to_front else back == 0):
+            if D.chunk_mem != NULL and (D.cap_chunks - n) * 4 >= D.cap_chunks:
+                self._recentre(D, D.cap_chunks)
+            else:
+                self._recentre(D, D.cap_chunks * 2 if D.cap_chunks else 8)
+        if to_front:
+            _memmove(D.chunks - 1, D.chunks, at * sizeof(chunk_t))
+            D.chunks -= 1
+            self.held_work += <uint64_t>at
+        else:
+            _memmove(D.chunks + at + 1, D.chunks + at, (n - at) * sizeof(chunk_t))
+            self.held_work += <uint64_t>(n - at)
+        D.n_chunks += 1
+        return 0
+
+    cdef int _recentre(self, dir_t* D, int32_t cap) except -1:
+        # the chunks move to the middle of an allocation of `cap` records (the same, or a new one)
+        cdef chunk_t* mem = D.chunk_mem
+        cdef int32_t lead = (cap - D.n_chunks) // 2
+        if mem == NULL or cap != D.cap_chunks:
+            mem = <chunk_t*> malloc(cap * sizeof(chunk_t))
+            if mem == NULL:
+                raise MemoryError()
+            if D.n_chunks:
+                memcpy(mem + lead, D.chunks, D.n_chunks * sizeof(chunk_t))
+            free(D.chunk_mem)
+            D.chunk_mem = mem
+            D.cap_chunks = cap
+        elif D.n_chunks:
+            _memmove(mem + lead, D.chunks, D.n_chunks * sizeof(chunk_t))
+        D.chunks = mem + lead
+        self.held_work += <uint64_t>D.n_chunks
+        return 0
+
+    cdef int32_t _first_ending_after(self, dir_t* D, int64_t s) noexcept nogil:
+        # the index of the first held chunk that ends after s (chunks are sorted and disjoint,
+        # so their ends are sorted too): a binary search, O(1) when s lies beyond them all
+        cdef int32_t lo = 0, hi = D.n_chunks, mid
+        if hi == 0 or D.chunks[hi - 1].end <= s:
+            return hi
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            self.held_work += 1
+            if D.chunks[mid].end <= s:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef int64_t _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data,
+                       int64_t own_s, int64_t own_e) except -1:
         # Insert [s, e) (data, or NULL for bytes known missing) among the held chunks. The
         # overlapped chunks are replaced by pieces: old bytes, or new ones where the policy says.
+        # Returns how many of its bytes were already held (as bytes, not as known missing).
         cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int32_t first = 0, last, k, n_old, at
         cdef chunk_t* old
@@ -1252,8 +1481,7 @@ cdef class Engine:
             s = D.next
             if e <= s:
                 return 0
-        while first < D.n_chunks and D.chunks[first].end <= s:
-            first += 1
+        first = self._first_ending_after(D, s)
         last = first
         while last < D.n_chunks and D.chunks[last].start < e:
             last += 1
@@ -1266,12 +1494,17 @@ cdef class Engine:
         if old == NULL:
             raise MemoryError()
         memcpy(old, D.chunks + first, n_old * sizeof(chunk_t))
-        _memmove(D.chunks + first, D.chunks + last, (D.n_chunks - last) * sizeof(chunk_t))
+        if first < D.n_chunks - last:       # close the hole from the shorter side
+            _memmove(D.chunks + n_old, D.chunks, first * sizeof(chunk_t))
+            D.chunks += n_old
+            self.held_work += <uint64_t>first
+        else:
+            _memmove(D.chunks + first, D.chunks + last, (D.n_chunks - last) * sizeof(chunk_t))
+            self.held_work += <uint64_t>(D.n_chunks - last)
         D.n_chunks -= n_old
         for k in range(n_old):
-            if old[k].data != NULL:
-                D.held_bytes -= <uint64_t>(old[k].end - old[k].start)
-                self.held_total -= <uint64_t>(old[k].end - old[k].start)
+            D.held_bytes -= chunk_cost(&old[k])
+            self.held_total -= chunk_cost(&old[k])
         at = first
         pos = s
         try:
@@ -1315,8 +1548,9 @@ cdef class Engine:
             D.overlap_bytes += <uint64_t>overlap
             D.conflict_bytes += diff
             self.sink.on_overlap(i, d, s - D.origin, overlap, diff)
-        return 0
+        return overlap
 
 
-CLOSE_NAMES = {CLOSE_FIN: "fin", CLOSE_RST: "rst", CLOSE_TIMEOUT: "timeout", CLOSE_EVICTED: "evicted", CLOSE_EOF: "eof"}
+CLOSE_NAMES = {CLOSE_FIN: "fin", CLOSE_RST: "rst", CLOSE_TIMEOUT: "timeout", CLOSE_EVICTED: "evicted", CLOSE_EOF: "eof",
+               CLOSE_REUSED: "reused"}
 GAP_NAMES = {GAP_ACKED: "acked", GAP_CLOSED: "closed", GAP_MEMCAP: "memcap", GAP_SNAPLEN: "snaplen", GAP_TRAILING: "trailing"}

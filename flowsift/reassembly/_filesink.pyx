@@ -81,8 +81,8 @@ cdef const char* HEX = b"0123456789abcdef"
 cdef const char* EMPTY_SHA256 = b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 # CLOSE_* (engine) -> the index's "close" value, JSON-encoded
-cdef const char* CLOSE_JSON[6]
-CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof"']
+cdef const char* CLOSE_JSON[7]
+CLOSE_JSON[:] = [b"null", b'"fin"', b'"rst"', b'"timeout"', b'"evicted"', b'"eof"', b'"reused"']
 
 ctypedef struct fdir_t:
     uint8_t* buf
@@ -599,7 +599,7 @@ cdef class FileSink(Sink):
                                 b'"midstream": %s, "close": %s, "packets": %llu, "first_ts": ',
                                 D.gap_bytes, D.conflict_bytes, D.retransmissions,
                                 b"true" if D.midstream else b"false",
-                                CLOSE_JSON[D.close_reason if D.close_reason < 6 else 0], D.packets))
+                                CLOSE_JSON[D.close_reason if D.close_reason < 7 else 0], D.packets))
         self._put_ts(D.packets, D.first_ts)
         self._put(b', "last_ts": ', 13)
         self._put_ts(D.packets, D.last_ts)

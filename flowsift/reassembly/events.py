@@ -6,7 +6,7 @@ methods, which is what tests, tools and the pure-Python reference share.
 from dataclasses import dataclass, field
 
 GAP_REASONS = {1: "acked", 2: "closed", 3: "memcap", 4: "snaplen", 5: "trailing"}
-CLOSE_REASONS = {1: "fin", 2: "rst", 3: "timeout", 4: "evicted", 5: "eof"}
+CLOSE_REASONS = {1: "fin", 2: "rst", 3: "timeout", 4: "evicted", 5: "eof", 6: "reused"}
 
 
 @dataclass(frozen=True, slots=True)

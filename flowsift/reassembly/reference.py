@@ -12,6 +12,9 @@ from sortedcontainers import SortedDict
 
 # Must match RETAIN_MAX in _engine.pyx: how far back delivered bytes are compared.
 RETAIN_MAX = 32768
+# Must match MAX_ANCHOR_STEP in _engine.pyx: how far beyond what is delivered or held one
+# segment may move the sequence anchor.
+MAX_ANCHOR_STEP = 1 << 30
 MOD = 1 << 32
 
 
@@ -50,14 +53,18 @@ class ReferenceDirection:
         self._last_off = 0
 
     def offset(self, seq):
-        """Unwrap a 32-bit sequence number against the highest segment start seen (as the engine)."""
+        """Unwrap a 32-bit sequence number against the highest segment start seen (as the engine),
+        among segments no further than MAX_ANCHOR_STEP beyond what was delivered or held."""
         diff = (seq - self._last_seq) % MOD
         if diff >= 1 << 31:
             diff -= MOD
         return self._last_off + diff
 
     def _note(self, off):
-        if off > self._last_off:
+        # as the engine: the anchor follows a segment at most MAX_ANCHOR_STEP beyond the
+        # furthest byte delivered or held
+        hi = max(self.next, self.held.peekitem(-1)[0] + 1 if self.held else 0)
+        if off > self._last_off and off - hi <= MAX_ANCHOR_STEP:
             self._last_seq = (self._last_seq + off - self._last_off) % MOD
             self._last_off = off
 

@@ -63,7 +63,7 @@ HEADER_FIELDS = [
     ("last_ts", "q", 200),
     ("settled0", "B", 208),           # origin known (midstream directions wait; see docs/reassembly.md)
     ("settled1", "B", 209),
-    ("close0", "B", 210),             # 0 open, else fin/rst/timeout/evicted/eof (1..5)
+    ("close0", "B", 210),             # 0 open, else fin/rst/timeout/evicted/eof/reused (1..6)
     ("close1", "B", 211),
     ("midstream0", "B", 212),
     ("midstream1", "B", 213),
@@ -150,7 +150,7 @@ RF_NAMES = {RF_RETRANSMISSION: "retransmission", RF_OVERLAP: "overlap", RF_CONFL
 GAP_STRUCT = struct.Struct("<BB6xQqq")
 assert GAP_STRUCT.size == GAP_SIZE
 
-CLOSE_NAMES = {0: None, 1: "fin", 2: "rst", 3: "timeout", 4: "evicted", 5: "eof"}
+CLOSE_NAMES = {0: None, 1: "fin", 2: "rst", 3: "timeout", 4: "evicted", 5: "eof", 6: "reused"}
 GAP_REASONS = {1: "acked", 2: "closed", 3: "memcap", 4: "snaplen", 5: "trailing"}
 
 
