@@ -324,8 +324,10 @@ def chain(
     source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE, dpdk:PORT."),
     events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
-                                        help="Keep the record store here (default: a temporary one in /dev/shm)."),
-    keep: bool = typer.Option(False, "--keep", help="Keep every record (and the default store) after the run."),
+                                        help="Put the record store here (default: a temporary one in /dev/shm); "
+                                             "its record files go as connections finish unless --keep."),
+    keep: bool = typer.Option(False, "--keep", help="Keep every record file (and the default store) after the run, "
+                                                     "for inspect and replay --store."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,

@@ -3,7 +3,7 @@ import json
 import os
 
 from flowsift.streams import format as F
-from flowsift.streams.reader import RecordFile, StoreError, check_store, store_files
+from flowsift.streams.reader import RecordFile, StoreError, check_store, retired_note, store_files
 
 
 def _flags(rflags):
@@ -77,6 +77,9 @@ def describe_store(directory):
                     problems.append(f"{os.path.basename(path)}: {rf.missing}")
         except StoreError as e:
             problems.append(str(e))
+    note = retired_note(directory)
+    if note:
+        problems.append(note)
     for name in sorted(os.listdir(directory)):
         if name.endswith(".rec.new"):
             problems.append(f"{name}: not in place (being made, or left by a gateway that stopped before "

@@ -509,8 +509,10 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
     _check_waits(timeout, idle)
     if store is not None:
-        from flowsift.streams.reader import check_store
+        from flowsift.streams.reader import check_store, retired_note
         check_store(store)
+        if retired_note(store):
+            raise FlowsiftError(retired_note(store))
     if match not in ("exact", "http"):
         raise UsageError(f"--match {match!r}: exact or http")
     if ignore_body:
@@ -634,6 +636,9 @@ def replay_unacked(store, to, timeout=10.0, report=None):
     host, port = parse_target(to)
     _check_waits(timeout)
     check_store(store)
+    from flowsift.streams.reader import retired_note
+    if retired_note(store):
+        raise FlowsiftError(retired_note(store))
     check_target(host, port)
     skipped, plans = {}, []
     for path in store_files(store):

@@ -363,3 +363,16 @@ def test_a_reader_that_goes_away_is_not_an_error(corpus):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         p.stdout.close()                    # gone before the first line: every write fails
         assert p.wait(timeout=60) == 0 and p.stderr.read() == b"", extra
+
+
+def test_a_store_whose_run_kept_no_files_says_so(tmp_path):
+    """`chain --store DIR` without --keep lets record files go as connections finish: inspect
+    and replay say why the store is empty instead of showing or replaying nothing."""
+    import json
+    store = tmp_path / "s"
+    run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "--store", store, "--events", "/dev/null", check=True)
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    assert out["connections"] == [] and any("--keep" in p for p in out["problems"])
+    for extra in ((), ("--unacked",)):
+        res = run_cli("replay", "--store", store, "--to", "127.0.0.1:9", *extra)
+        assert res.returncode == 2 and "record files go as connections finished" in res.stderr

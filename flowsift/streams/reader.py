@@ -1,6 +1,7 @@
 """Reading record files (pure Python: struct over read-only mappings). For tools and tests;
 modules read streams through StreamPointer."""
 import mmap
+import json
 import os
 from collections import namedtuple
 
@@ -240,3 +241,20 @@ def check_store(directory):
         raise StoreError(f"{directory}: cannot read the store: {e.strerror}") from None
     if "store.json" not in names and not any(n.endswith((".rec", ".rec.new")) for n in names):
         raise StoreError(f"{directory}: not a store (no record files, no store.json)")
+
+
+def retired_note(directory):
+    """Why a store holds no record files when its run let them go as it went (no --keep), or
+    None."""
+    try:
+        names = os.listdir(directory)
+        if any(n.endswith(".rec") for n in names):
+            return None
+        with open(os.path.join(directory, "store.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(manifest, dict) and manifest.get("keep") is False and manifest.get("files"):
+        return (f"{directory}: its run let its {manifest['files']:,} record files go as connections finished "
+                f"(run it with --keep to keep them)")
+    return None
