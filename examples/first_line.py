@@ -27,9 +27,12 @@ class FirstLine(Module):
             return                             # (left unread: the client's line is all it wants)
         line = stream.read_until(b"\n", self.config["max_line"])
         if line is None:
-            if stream.available < self.config["max_line"]:
+            final = stream.closed or stream.next_gap is not None     # no more bytes will come
+            if stream.available < self.config["max_line"] and not final:
                 return                         # an incomplete line waits for more bytes
-            line = stream.read(self.config["max_line"])
+            if not stream.available:
+                return                         # (a stream that ended with nothing)
+            line = stream.read(min(stream.available, self.config["max_line"]))
         text = bytes(line).rstrip(b"\r\n").decode("latin-1")
         if text.isprintable():
             self.emit("first_line", line=text)

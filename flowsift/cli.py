@@ -400,7 +400,8 @@ def replay(
     reassembly: Optional[List[str]] = REASSEMBLY,
     server_port: Optional[int] = typer.Option(None, "--server-port", metavar="N", help="Only connections to this server port."),
     speed: str = typer.Option("max", "--speed", metavar="X",
-                              help="'max' (as fast as possible), or a multiple of the original pace: 1, 10..."),
+                              help="'max' (as fast as possible), or a multiple of the original pace between the turns "
+                                   "of a connection: 1, 10... (connections start as --concurrency allows)."),
     concurrency: int = typer.Option(8, "--concurrency", "-j", metavar="N", help="Connections replayed at once."),
     limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections (0: no limit)."),
     partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream."),
@@ -619,6 +620,9 @@ def main():
         typer.echo("flowsift: aborted", err=True)
         sys.exit(1)
     except FlowsiftError as e:
+        if os.environ.get("FLOWSIFT_DEBUG"):
+            import traceback
+            traceback.print_exc()
         typer.echo(f"flowsift: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
