@@ -201,3 +201,145 @@ def test_http_reads_connections_seen_from_the_middle(tmp_path, corpus):
     theirs = collections.Counter(tshark_fields(corpus / "vlan__pcpp__example2.pcap", "http.request",
                                                "http.request.method", "http.request.uri"))
     assert ours == theirs and sum(ours.values()) == 167
+
+
+def conversation(path, turns, port=80):
+    """A pcap of one TCP connection (handshake, `turns`, FINs) between pcapgen's A:40000 and
+    B:`port`; turns: (client sends?, payload[, lost]) -- a lost segment is left out of the
+    capture, its bytes counted in the sequence numbers (and acknowledged by what follows)."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    frames, seq = [], {True: 100, False: 500}
+
+    def add(c2s, flags, payload=b"", lost=False):
+        src, dst, sp, dp = (A, B, 40000, port) if c2s else (B, A, port, 40000)
+        if not lost:
+            us = len(frames) * 1000
+            frames.append((1_700_000_000, us, ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq[c2s], ack=seq[not c2s],
+                                                                            flags=flags, payload=payload)))))
+        seq[c2s] += len(payload) + (1 if flags & 0x03 else 0)
+
+    add(True, 0x02)
+    add(False, 0x12)
+    add(True, 0x10)
+    for c2s, payload, *lost in turns:
+        add(c2s, 0x18, payload, bool(lost and lost[0]))
+    add(True, 0x11)
+    add(False, 0x11)
+    add(True, 0x10)
+    path.write_bytes(pcap(frames))
+    return path
+
+
+def http_pairs(capture, **kw):
+    from flowsift.testing import run_module
+    res = run_module("http", capture, **kw)
+    return [(e["status"], e["method"], e["uri"], e["complete"]) for e in res.of_kind("response")], res
+
+
+def test_http_a_lost_response_does_not_shift_the_pairing_of_the_next_ones(tmp_path, corpus):
+    """The header block of the 2nd response is lost: it still answers /two (status unknown,
+    incomplete); the next ones answer /three and /four, not the request before theirs."""
+    cap = conversation(tmp_path / "respgap.pcap", [
+        (True, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+        (True, b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\n", True),
+        (False, b"two"),
+        (True, b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree"),
+        (True, b"GET /four HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 302 Found\r\nContent-Length: 4\r\n\r\nfour"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/one", True), (None, "GET", "/two", False), (200, "GET", "/three", True),
+                     (302, "GET", "/four", True)]
+    assert res.counters("http")["lost_responses"] == 1
+    # tshark pairs each 21999-byte text/css response with /5fc521982b, the one after the gap too
+    evs, _ = events(corpus / "gap__zeek__gap-recovery.pcap", "http", tmp_path)
+    css = [e for e in evs if e["kind"] == "response" and e["content_type"] == "text/css"]
+    assert len(css) == 5 and all(e["uri"] == "/5fc521982b" for e in css)
+    assert [e["complete"] for e in css] == [False, True, True, True, True]      # the first has the gap
+    html = [e for e in evs if e["kind"] == "response" and e["content_type"].startswith("text/html")]
+    assert len(html) == 5 and all(e["uri"] == "/" for e in html)
+
+
+def test_http_a_request_whose_body_was_lost_is_reported_and_answered(tmp_path):
+    """POST's body is lost, its header block arrived: it is reported (complete=false) and
+    answered by the 201; GET /three by the 200."""
+    cap = conversation(tmp_path / "reqgap.pcap", [
+        (True, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+        (True, b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"),
+        (True, b"0123456789", True),
+        (True, b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\ntwo"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/one", True), (201, "POST", "/two", True), (200, "GET", "/three", True)]
+    reqs = [(e["method"], e["uri"], e["request_body"], e["complete"]) for e in res.of_kind("request")]
+    assert reqs == [("GET", "/one", 0, True), ("POST", "/two", 0, False), ("GET", "/three", 0, True)]
+    # a request lost whole (header block and all) is still answered by its response
+    cap = conversation(tmp_path / "reqlost.pcap", [
+        (True, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (True, b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (True, b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 204 No Content\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/one", True), (204, None, None, True), (200, "GET", "/three", True)]
+    assert res.counters("http")["lost_requests"] == 1
+
+
+def test_http_head_1xx_204_and_304_responses_have_no_body(tmp_path):
+    """A HEAD's 200 says Content-Length: 1234 and has no body: the 404 after it is the next
+    response. A 100 Continue is interim: the 201 answers the POST, the 200 the GET."""
+    cap = conversation(tmp_path / "head.pcap", [
+        (True, b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+        (True, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nnope!"),
+        (True, b"GET /c HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"e\"\r\n\r\n"),
+        (False, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n"),
+        (True, b"DELETE /d HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"),
+        (True, b"GET /e HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "HEAD", "/a", True), (404, "GET", "/b", True), (304, "GET", "/c", True),
+                     (204, "DELETE", "/d", True), (200, "GET", "/e", True)]
+    assert [e["response_body"] for e in res.of_kind("response")] == [0, 5, 0, 0, 2]
+    cap = conversation(tmp_path / "continue.pcap", [
+        (True, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"),
+        (False, b"HTTP/1.1 100 Continue\r\n\r\n"),
+        (True, b"abcd"),
+        (False, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        (True, b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(100, "POST", "/up", True), (201, "POST", "/up", True), (200, "GET", "/next", True)]
+    assert [e["interim"] for e in res.of_kind("response")] == [True, False, False]
+    assert res.counters("http")["responses"] == 2 and res.counters("http")["interim"] == 1
+
+
+def test_http_reads_a_header_written_with_a_space_before_its_colon(tmp_path, corpus):
+    """`Name : value` (Express servers send it) is refused by strict parsers; servers and tshark
+    read it, and so does http, counting it as lenient: the rest of the connection is read."""
+    cap = conversation(tmp_path / "spacecolon.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Credentials : true\r\nContent-Length: 2\r\n\r\nok"),
+        (True, b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", True), (200, "GET", "/2", True)]
+    assert res.counters("http")["lenient"] == 1
+    name = corpus / "vlan__pcpp__example2.pcap"
+    evs, _ = events(name, "http", tmp_path)
+    ours = collections.Counter(e["status"] for e in evs if e["kind"] == "response" and e["server"] == "137.116.210.57:80")
+    theirs = collections.Counter(int(c) for (c,) in tshark_fields(name, "http.response && ip.src == 137.116.210.57",
+                                                                  "http.response.code"))
+    assert ours == theirs and sum(ours.values()) == 14
