@@ -353,7 +353,7 @@ def test_a_match_and_a_request_split_across_a_restore_are_whole(tmp_path, monkey
 def test_analyze_finds_per_flow_state_a_checkpoint_cannot_carry(tmp_path):
     path = tmp_path / "objects.py"
     path.write_text(textwrap.dedent('''
-        import httptools
+        import threading
         from flowsift.modules import Module
 
         class Objects(Module):
@@ -365,17 +365,17 @@ def test_analyze_finds_per_flow_state_a_checkpoint_cannot_carry(tmp_path):
 
             def on_data(self, flow, stream):
                 d = stream.direction
-                flow.state["parser"] = httptools.HttpRequestParser(self)     # an object
+                flow.state["parser"] = threading.Lock()                      # an object
                 flow.state[("done", d)] = 0                                  # a tuple key
                 flow.state.setdefault("seen", set())                         # a set
                 flow.state[d] = (stream.tell(), "")                          # a tuple value
                 flow.state["ok"] = [stream.tell(), ""]                       # plain data: fine
-                flow.cache["parser"] = httptools.HttpRequestParser(self)     # the place for it: fine
+                flow.cache["parser"] = threading.Lock()                      # the place for it: fine
     '''))
     res = run_cli("analyze", f"{path}:Objects", "--json")
     assert res.returncode == 1, res.stderr
     found = {(f["line"], f["what"].split(" in ")[0]) for f in json.loads(res.stdout)["findings"]}
-    assert found == {(14, "flow.state holds an object (httptools.HttpRequestParser(...))"),
+    assert found == {(14, "flow.state holds an object (threading.Lock(...))"),
                      (15, "flow.state key ('done', d)"),
                      (16, "flow.state holds a set"),
                      (17, "flow.state holds a tuple (it comes back a list)")}, found
