@@ -343,3 +343,49 @@ def test_http_reads_a_header_written_with_a_space_before_its_colon(tmp_path, cor
     theirs = collections.Counter(int(c) for (c,) in tshark_fields(name, "http.response && ip.src == 137.116.210.57",
                                                                   "http.response.code"))
     assert ours == theirs and sum(ours.values()) == 14
+
+
+def client_hello(sni=b"example.com", alpn=(b"h2", b"http/1.1")):
+    """A TLS 1.3 ClientHello handshake message (type, length, body) with SNI, ALPN and
+    supported_versions."""
+    import struct
+
+    def ext(t, data):
+        return struct.pack(">HH", t, len(data)) + data
+    name = struct.pack(">BH", 0, len(sni)) + sni
+    protocols = b"".join(bytes([len(a)]) + a for a in alpn)
+    exts = (ext(0x0A0A, b"") + ext(0, struct.pack(">H", len(name)) + name)
+            + ext(16, struct.pack(">H", len(protocols)) + protocols) + ext(43, b"\x04\x03\x04\x03\x03"))
+    body = (b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(32) + b"\x00\x04\x13\x01\x13\x02\x01\x00"
+            + struct.pack(">H", len(exts)) + exts)
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+@pytest.mark.parametrize("cut", [None, 2, 40, 95])
+def test_tls_puts_together_a_client_hello_split_over_records(tmp_path, cut):
+    """The hello in two handshake records, the boundary anywhere (in the handshake header, after
+    40 bytes, inside the server name): the same SNI, ALPN and version as from one record."""
+    import struct
+    from flowsift.testing import run_module
+    hello = client_hello()
+    parts = [hello] if cut is None else [hello[:cut], hello[cut:]]
+    if cut == 95:
+        assert hello.find(b"example.com") < cut < hello.find(b"example.com") + len(b"example.com")
+    records = b"".join(struct.pack(">BHH", 22, 0x0301, len(p)) + p for p in parts)
+    cap = conversation(tmp_path / "hello.pcap", [(True, records), (False, b"\x16\x03\x03\x00\x04\x02\x00\x00\x00")],
+                       port=443)
+    res = run_module("tls", cap)
+    (e,) = res.of_kind("client_hello")
+    assert (e["sni"], e["alpn"], e["version"], e["sslv2"]) == ("example.com", ["h2", "http/1.1"], "TLS 1.3", False)
+    assert res.counters("tls").get("not_tls", 0) == 0
+
+
+def test_tls_reports_an_sslv2_format_client_hello(tmp_path, corpus):
+    """ssl.v3.pcap's first connection opens with an SSLv2-format ClientHello offering TLS 1.0
+    (tshark: "SSLv2 Record Layer: Client Hello, Version TLS 1.0"); the other two with TLS
+    records."""
+    evs, summary = events(corpus / "tls__zeek__ssl.v3.pcap", "tls", tmp_path)
+    got = sorted((e["client"], e["version"], e["sslv2"], e["sni"]) for e in evs if e["kind"] == "client_hello")
+    assert got == [("192.150.187.164:58868", "TLS 1.0", True, None), ("192.150.187.164:58869", "TLS 1.0", False, None),
+                   ("192.150.187.164:58870", "TLS 1.0", False, None)]
+    assert summary["modules"]["tls"]["sslv2"] == 1 and summary["modules"]["tls"].get("not_tls", 0) == 0
