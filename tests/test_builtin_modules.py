@@ -389,3 +389,28 @@ def test_tls_reports_an_sslv2_format_client_hello(tmp_path, corpus):
     assert got == [("192.150.187.164:58868", "TLS 1.0", True, None), ("192.150.187.164:58869", "TLS 1.0", False, None),
                    ("192.150.187.164:58870", "TLS 1.0", False, None)]
     assert summary["modules"]["tls"]["sslv2"] == 1 and summary["modules"]["tls"].get("not_tls", 0) == 0
+
+
+def test_counter_close_is_the_connections_reason_from_both_directions(tmp_path):
+    """The client closes with FIN, the server resets: the connection was reset (counter said
+    fin, the client's reason). Both FIN: fin. A FIN from one side and the capture's end: eof."""
+    from flowsift.modules.runner import connection_close
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+
+    def capture(name, last):
+        pkts = [(A, B, 40000, 80, 100, 0, 0x02, b""), (B, A, 80, 40000, 500, 101, 0x12, b""),
+                (A, B, 40000, 80, 101, 501, 0x10, b""), (A, B, 40000, 80, 101, 501, 0x18, b"hello"),
+                (B, A, 80, 40000, 501, 106, 0x10, b""), (A, B, 40000, 80, 106, 501, 0x11, b"")] + last
+        frames = [(1_700_000_000, i * 1000, ether(ipv4(s, d, 6, tcp(sp, dp, seq=q, ack=a, flags=f, payload=p))))
+                  for i, (s, d, sp, dp, q, a, f, p) in enumerate(pkts)]
+        (tmp_path / name).write_bytes(pcap(frames))
+        (flow,) = run_module("counter", tmp_path / name).of_kind("flow")
+        return flow["close"]
+
+    assert capture("rst.pcap", [(B, A, 80, 40000, 501, 107, 0x14, b"")]) == "rst"
+    assert capture("fin.pcap", [(B, A, 80, 40000, 501, 107, 0x11, b""), (A, B, 40000, 80, 107, 502, 0x10, b"")]) == "fin"
+    assert capture("eof.pcap", [(B, A, 80, 40000, 501, 107, 0x10, b"")]) == "eof"
+    assert connection_close(1, 2) == connection_close(2, 1) == connection_close(5, 2) == "rst"
+    assert connection_close(1, 1) == "fin" and connection_close(1, 0) == "fin" and connection_close(0, 0) is None
+    assert connection_close(1, 3) == "timeout" and connection_close(5, 1) == "eof" and connection_close(4, 5) == "evicted"
