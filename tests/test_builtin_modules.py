@@ -414,3 +414,41 @@ def test_counter_close_is_the_connections_reason_from_both_directions(tmp_path):
     assert connection_close(1, 2) == connection_close(2, 1) == connection_close(5, 2) == "rst"
     assert connection_close(1, 1) == "fin" and connection_close(1, 0) == "fin" and connection_close(0, 0) is None
     assert connection_close(1, 3) == "timeout" and connection_close(5, 1) == "eof" and connection_close(4, 5) == "evicted"
+
+
+def test_dns_reports_mdns_answers_dnspython_refuses_in_part(tmp_path, corpus):
+    """mDNS answers compress the names in their NSEC records, which dnspython refuses
+    (DecompressionForbidden): the 4 answers were counted malformed. tshark decodes all 8
+    messages; so does dns now, the answers marked partial."""
+    name = corpus / "linktype__tcpflow__local2.pcap"
+    evs, summary = events(name, "dns", tmp_path)
+    theirs = tshark_fields(name, "mdns", "dns.flags.response")
+    ours = [e for e in evs if e["kind"] in ("query", "answer")]
+    assert len(ours) == len(theirs) == 8
+    assert sorted(e["kind"] for e in ours) == sorted("answer" if r in ("1", "True") else "query" for (r,) in theirs)
+    counters = summary["modules"]["dns"]
+    assert counters["partial"] == 4 and counters.get("malformed", 0) == 0
+    assert all(e["partial"] for e in ours if e["kind"] == "answer") and all(e["answers"] for e in ours if e["kind"] == "answer")
+
+
+def test_dns_events_carry_the_header_flags_and_ports_restrict_the_flows(tmp_path):
+    """A UDP answer with TC set (the answer goes on over TCP): tc=true, and aa, rd, ra as set;
+    dns(ports=5300) reads a resolver on port 5300, which the default ports leave out."""
+    import dns.flags
+    import dns.message
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    q = dns.message.make_query("a.example.com", "A")
+    r = dns.message.make_response(q)
+    r.flags |= dns.flags.TC | dns.flags.AA | dns.flags.RA
+    for port in (53, 5300):
+        frames = [(1_700_000_000, i, ether(ipv4(s, d, 17, udp(sp, dp, m.to_wire()))))
+                  for i, (s, d, sp, dp, m) in enumerate([(A, B, 40000, port, q), (B, A, port, 40000, r)])]
+        (tmp_path / f"tc{port}.pcap").write_bytes(pcap(frames))
+    res = run_module("dns", tmp_path / "tc53.pcap")
+    flags = lambda e: {k: e[k] for k in ("aa", "tc", "rd", "ra", "partial")}
+    (query,), (answer,) = res.of_kind("query"), res.of_kind("answer")
+    assert flags(query) == {"aa": False, "tc": False, "rd": True, "ra": False, "partial": False}
+    assert flags(answer) == {"aa": True, "tc": True, "rd": True, "ra": True, "partial": False}
+    assert run_module("dns", tmp_path / "tc5300.pcap").events == []
+    assert len(run_module("dns(ports=5300;53)", tmp_path / "tc5300.pcap").events) == 2
