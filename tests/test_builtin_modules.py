@@ -452,3 +452,19 @@ def test_dns_events_carry_the_header_flags_and_ports_restrict_the_flows(tmp_path
     assert flags(answer) == {"aa": True, "tc": True, "rd": True, "ra": True, "partial": False}
     assert run_module("dns", tmp_path / "tc5300.pcap").events == []
     assert len(run_module("dns(ports=5300;53)", tmp_path / "tc5300.pcap").events) == 2
+
+
+def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
+    """A pattern is text searched for as its UTF-8 bytes (inline: café never matched; from a
+    file it did, reported as 'cafÃ©'); events name it as given. nocase folds ASCII only."""
+    from flowsift.testing import run_module, segments_capture
+    text = "GET /café?q=naïve HTTP/1.1\r\nX: ÉCOLE école\r\n\r\n".encode("utf-8")
+    cap = segments_capture(tmp_path, client=[text[:4], text[4:6], text[6:]])
+    where = lambda p: text.find(p.encode("utf-8"))
+    got = lambda spec: sorted((e["pattern"], e["offset"]) for e in run_module(spec, cap).of_kind("match"))
+    assert got("strsearch(patterns=inline:café|naïve)") == [("café", where("café")), ("naïve", where("naïve"))]
+    # C folds to c; É (c3 89) is not é (c3 a9): école is not found for ÉCOLE
+    assert got("strsearch(patterns=inline:Café|ÉCOLE,nocase=true)") == [("Café", where("café")), ("ÉCOLE", where("ÉCOLE"))]
+    rules = tmp_path / "rules.txt"
+    rules.write_bytes("naïve\n".encode("utf-8") + b"\\xc3\\xa9cole\n")
+    assert got(f"strsearch(patterns={rules})") == [("naïve", where("naïve")), ("école", where("école"))]
