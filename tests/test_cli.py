@@ -329,3 +329,21 @@ def test_piped_tables_are_not_folded(tmp_path, corpus):
     rows = [line for line in res.stdout.splitlines() if ".rec" in line]
     assert len(rows) == 6
     assert all("[2001:470:1f11:81f:c999:d94:aa7c:2e3e]:" in r and "[2001:470:4867:99::21]:" in r for r in rows)
+
+
+def test_chain_with_events_on_stdout_keeps_stdout_to_json_lines(tmp_path):
+    """`flowsift chain http,counter X | jq -c .kind` failed on the tables printed after the
+    events: with the events on stdout the tables go to stderr, and a --json summary is the
+    last line (the one object without a kind)."""
+    demo = ROOT / "examples" / "demo.pcap"
+    res = run_cli("chain", "http,counter", demo)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in res.stdout.splitlines()]
+    assert lines and all("kind" in e for e in lines) and {"request", "response", "flow"} <= {e["kind"] for e in lines}
+    assert "counter" in res.stderr and "events" in res.stderr
+    res = run_cli("chain", "http,counter", demo, "--json")
+    *events, summary = [json.loads(l) for l in res.stdout.splitlines()]
+    assert all("kind" in e for e in events) and "kind" not in summary and summary["events"] == len(events)
+    # events to a file: stdout is the tables (or the summary), as before
+    res = run_cli("chain", "http,counter", demo, "--events", tmp_path / "ev.jsonl")
+    assert "counter" in res.stdout and not res.stdout.lstrip().startswith("{")
