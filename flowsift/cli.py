@@ -42,11 +42,15 @@ def _progress(size, label):
                     console=Console(stderr=True), transient=True)
 
 
-def _render(name):
-    """A printer from flowsift.render, imported only when tables are printed (rich is slow to import)."""
+def _render(name, stderr=False):
+    """A printer from flowsift.render, imported only when tables are printed (rich is slow to
+    import); `stderr`: the tables go there (stdout carries JSON lines)."""
     def show(result):
         from flowsift import render
-        getattr(render, name)(result)
+        if stderr:
+            getattr(render, name)(result, render._console(stderr=True))
+        else:
+            getattr(render, name)(result)
     return show
 
 
@@ -351,7 +355,7 @@ def chain(
                                                      "reassembly and module state (repeat for more steps)."),
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object after the events."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (after the events, as their last line, when they go to stdout)."),
 ):
     """Run a chain of modules over a capture.
 
@@ -384,7 +388,7 @@ def chain(
                                                          strict=strict, on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
                                                          shards=shards, reshard=reshard),
-             as_json, _render('print_chain'))
+             as_json, _render('print_chain', stderr=events == "-"))
     finally:
         if out is not None and out is not sys.stdout:
             out.close()

@@ -16,6 +16,7 @@ import shutil
 import socket
 import time
 
+from flowsift import http1
 from flowsift.errors import FlowsiftError, UsageError
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
@@ -74,7 +75,7 @@ def http_message(data, start, request, method=None, eof=False):
     te = ",".join(headers.get("transfer-encoding", [])).lower()
     if not request:
         code = int(line.split()[1]) if len(line.split()) > 1 and line.split()[1].isdigit() else 0
-        if method == b"HEAD" or 100 <= code < 200 or code in (204, 304):
+        if http1.response_without_body(method, code):
             return body_start, line, headers, (body_start, body_start)
     if "chunked" in te:
         try:
@@ -95,9 +96,8 @@ def http_message(data, start, request, method=None, eof=False):
 
 
 def _interim(line):
-    # a 1xx response other than 101 (Switching Protocols) comes before the final one
     parts = line.split()
-    return len(parts) > 1 and parts[1][:1] == b"1" and parts[1] != b"101" and len(parts[1]) == 3
+    return len(parts) > 1 and len(parts[1]) == 3 and parts[1].isdigit() and http1.interim(int(parts[1]))
 
 
 def final_response(data, start, method=None, eof=False):

@@ -376,3 +376,21 @@ def test_a_store_whose_run_kept_no_files_says_so(tmp_path):
     for extra in ((), ("--unacked",)):
         res = run_cli("replay", "--store", store, "--to", "127.0.0.1:9", *extra)
         assert res.returncode == 2 and "record files go as connections finished" in res.stderr
+
+
+def test_chain_with_events_on_stdout_keeps_stdout_to_json_lines(tmp_path):
+    """`flowsift chain http,counter X | jq -c .kind` failed on the tables printed after the
+    events: with the events on stdout the tables go to stderr, and a --json summary is the
+    last line (the one object without a kind)."""
+    demo = ROOT / "examples" / "demo.pcap"
+    res = run_cli("chain", "http,counter", demo)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in res.stdout.splitlines()]
+    assert lines and all("kind" in e for e in lines) and {"request", "response", "flow"} <= {e["kind"] for e in lines}
+    assert "counter" in res.stderr and "events" in res.stderr
+    res = run_cli("chain", "http,counter", demo, "--json")
+    *events, summary = [json.loads(l) for l in res.stdout.splitlines()]
+    assert all("kind" in e for e in events) and "kind" not in summary and summary["events"] == len(events)
+    # events to a file: stdout is the tables (or the summary), as before
+    res = run_cli("chain", "http,counter", demo, "--events", tmp_path / "ev.jsonl")
+    assert "counter" in res.stdout and not res.stdout.lstrip().startswith("{")

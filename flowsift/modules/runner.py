@@ -62,6 +62,28 @@ def passive(cls):
     return not cls.writes and not any(callable(getattr(cls, h, None)) for h in ("on_packet", "on_data", "on_gap"))
 
 
+
+# What ended a connection, from what ended each direction (the record header's close0/close1)
+CLOSE_FIN, CLOSE_RST = 1, 2
+CLOSE_ORDER = ("reused", "evicted", "timeout", "eof")   # when neither was reset nor both closed by FIN
+
+
+def connection_close(close0, close1):
+    """The reason a connection ended, given to on_close: `rst` if either direction was reset;
+    `fin` if each direction that was seen ended with a FIN; otherwise what ended the one(s) a FIN
+    did not close (`evicted`, then `timeout`, then `eof` if they differ): the FIN of one side
+    alone did not end the connection. None if neither direction has ended."""
+    ends = {c for c in (close0, close1) if c}
+    if not ends:
+        return None
+    if CLOSE_RST in ends:
+        return "rst"
+    if ends == {CLOSE_FIN}:
+        return "fin"
+    names = {CLOSE_NAMES[c] for c in ends if c != CLOSE_FIN}
+    return next((n for n in CLOSE_ORDER if n in names), None) or sorted(names)[0]
+
+
 class _Conn:
     __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved",
                  "times")
@@ -457,7 +479,7 @@ class InlineChain:
         self._entries.pop(conn, None)
         self._touch(conn, c)
         h = self._header(c, conn, fresh)
-        reason = CLOSE_NAMES.get(h["close0"] or h["close1"])
+        reason = connection_close(h["close0"], h["close1"])
         c.flow.last_ts = h["last_ts"]
         self._current = c.flow
         self._closing = c

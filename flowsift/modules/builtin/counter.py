@@ -13,7 +13,10 @@ class Counter(Module):
               once, as in `flowsift streams`)
     Events: "flow", per connection: packets and bytes per direction (bytes: payload captured,
             retransmitted copies included, as on the wire; `flowsift streams` counts the bytes
-            delivered), gaps and gap_bytes, conflicting_segments, retransmissions, close
+            delivered), gaps and gap_bytes, conflicting_segments, retransmissions, close (the
+            connection's reason, as on_close gets it: rst if either side reset it, fin if both
+            sides closed with FIN, else what ended the side a FIN did not: evicted, timeout or
+            eof)
     Example: flowsift chain counter trace.pcap
              emits one "flow" event per connection when it closes and prints a table at the end
     """

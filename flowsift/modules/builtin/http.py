@@ -1,59 +1,16 @@
 import re
 
-import httptools
-
+from flowsift import http1
 from flowsift.modules.base import Module
 
 # After a gap, parsing starts again at the next line that looks like the start of a message.
-REQUEST_START = re.compile(rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE) [^\r\n]{1,8192} HTTP/1\.[01]\r\n")
+REQUEST_START = re.compile(rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE) [^\r\n]{1,8192} HTTP/1\.[01]\r?\n")
 RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
-KEPT_HEADERS = frozenset({b"host", b"user-agent", b"content-type", b"content-length", b"transfer-encoding"})
-
-
-class _Side:
-    """httptools callbacks for one direction of one connection. Its parser lives in flow.cache
-    and is not kept here: the parser holds these callbacks, so a reference back would make a
-    cycle that only the garbage collector frees, for every connection (flow.cache is cleared
-    at close, which frees both). Everything the module needs to go on lives in `st`
-    (flow.state), as plain data: where the parser was last between messages (`from`), how many
-    messages it completed since (`done`), and the message being parsed (`msg`). A checkpoint
-    carries `st`; after a restore the parser is rebuilt by feeding it the bytes from `from`
-    again, the first `done` messages unreported."""
-
-    def __init__(self, module, flow, direction, st, replayed=0):
-        self.module, self.flow, self.direction, self.st = module, flow, direction, st
-        self.skip = replayed            # messages completed already (reported before a restore)
-
-    def on_message_begin(self):
-        self.st["msg"] = {"url": "", "headers": {}, "body": 0}
-
-    def on_url(self, url):
-        self.st["msg"]["url"] += url.decode("latin-1")
-
-    def on_header(self, name, value):
-        # only the headers the events and the end of a body need: the message is in flow.state,
-        # which every checkpoint carries
-        name = name.lower()
-        if name in KEPT_HEADERS:
-            self.st["msg"]["headers"][name.decode()] = value.decode("latin-1")
-
-    def on_headers_complete(self):
-        parser = self.flow.cache[self.direction]
-        if _requests(self.st, self.direction):
-            self.st["msg"]["method"] = parser.get_method().decode()
-        else:
-            self.st["msg"]["status"] = parser.get_status_code()
-
-    def on_body(self, body):
-        self.st["msg"]["body"] += len(body)
-
-    def on_message_complete(self):
-        msg, self.st["msg"] = self.st["msg"], None
-        if self.skip:
-            self.skip -= 1
-            return
-        self.st["done"] += 1
-        self.module._message(self.flow, _requests(self.st, self.direction), msg)
+# While looking for a message start, the last bytes are kept for the next call: a start line
+# cut between two deliveries is still found (REQUEST_START spans up to 8 KiB).
+RESYNC_TAIL = 8300
+# A chunk-size line (size, extensions) longer than this is not HTTP.
+MAX_CHUNK_LINE = 4096
 
 
 def _requests(st, direction):
@@ -63,26 +20,43 @@ def _requests(st, direction):
     return direction == 0 if kind is None else kind == "request"
 
 
-def _parser(module, flow, direction, st, replayed=0):
-    """A parser for this direction, put in flow.cache (where its callbacks find it)."""
-    side = _Side(module, flow, direction, st, replayed)
-    kind = httptools.HttpRequestParser if _requests(st, direction) else httptools.HttpResponseParser
-    parser = flow.cache[direction] = kind(side)
-    return parser
+def _cannot_grow(stream):
+    """Are the bytes at hand all this direction will have before a loss or its end?"""
+    end = stream.tell() + stream.available
+    g = stream.next_gap
+    return (g is not None and g.offset == end) or (stream.closed and end == stream.end_offset)
 
 
 class Http(Module):
-    """HTTP/1.x requests and responses, paired in order (keep-alive and pipelining), chunked
-    bodies measured after decoding; after a gap, parsing resumes at the next message start, as it
-    starts in a side seen from the middle (which may be the server's, seen first).
+    """HTTP/1.x requests and responses, paired in order (keep-alive, pipelining, interim 1xx
+    responses), chunked bodies measured after decoding. A response to HEAD, a 1xx, 204 or 304,
+    and a CONNECT's 2xx have no body, whatever their headers say. Headers are read leniently,
+    as servers and tshark read them (`Name : value`, folded lines, bare LF), and counted.
+
+    After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
+    known) and is reported with complete=false; a gap where a message was to start lost that
+    message: a lost response still answers its request (reported with status null), a lost
+    request still waits for its response (which is reported with method, host and uri null),
+    so the pairing of what follows does not shift; parsing resumes at the next message start,
+    as it starts in a side seen from the middle (which may be the server's, seen first).
 
     Synopsis: http
     Reads: both streams of every TCP connection, until neither is HTTP/1
     Writes: nothing (read-only)
     Options: none
-    Counters: requests, responses, gaps (in the connections it reads), not_http (directions whose bytes
-              are not HTTP/1)
-    Events: "response" has complete=false when the connection ended inside its body
+    Counters: requests, responses (final ones), interim (1xx before a final response), gaps (in
+              the connections it reads), lost_requests, lost_responses (message starts lost in a
+              gap), unanswered (requests without a response when the connection ended), lenient
+              (messages with header lines a strict parser refuses), malformed (a message after
+              HTTP was seen that could not be framed: parsing resumes at the next start),
+              not_http (directions whose first bytes are not HTTP/1)
+    Events: "request": method, host, uri, request_body, user_agent, complete (false: bytes of
+            the message were lost, or the connection ended inside it);
+            "response": status (null when its header block was lost), response_body (bytes
+            seen, null when the header block was lost), content_type, complete (false: the
+            connection ended inside its body, or bytes of it were lost), interim (a 1xx before
+            the final response: it does not answer the request), and the method, host and uri
+            of the request it answers (null when that request was lost or never seen)
     Example: flowsift chain http trace.pcap   emits "request" and "response" events with method,
              host, uri, status, body lengths
     """
@@ -90,35 +64,12 @@ class Http(Module):
 
     def on_open(self, flow):
         flow.state["pending"] = []            # requests waiting for their responses, in order
+        flow.state["early"] = []              # responses waiting for their requests, in order
         # per direction: mode "http" (parsing), "resync" (after a gap: waiting for a message
-        # start) or "off" (not HTTP); see _Side for the rest
+        # start) or "off" (not HTTP); phase (where in a message), left (body or chunk bytes to
+        # go), msg (the message being read, from its header block on). All plain data: a
+        # checkpoint carries it, and a restored worker goes on from its stream position.
         flow.state["sides"] = [None, None]
-
-    def _parser_of(self, flow, stream, st):
-        """The parser of this direction, rebuilt after a restore from what flow.state kept."""
-        d = stream.direction
-        parser = flow.cache.get(d)
-        if parser is None:
-            parser = _parser(self, flow, d, st, replayed=st["done"])
-            here = stream.tell()
-            if here > st["from"]:
-                try:
-                    stream.seek(st["from"])
-                except ValueError:            # no longer retained: start again at a message start
-                    st["mode"] = "resync"
-                    return parser
-                st["msg"] = None
-                self._feed(parser, st, stream.read_bytes(here - st["from"]))
-        return parser
-
-    def _feed(self, parser, st, data):
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            st["mode"] = "off"                # upgraded (websocket, h2c): no longer HTTP/1
-        except httptools.HttpParserError:
-            self.count("not_http")
-            st["mode"] = "off"
 
     def on_data(self, flow, stream):
         self._data(flow, stream)
@@ -131,84 +82,307 @@ class Http(Module):
         sides = flow.state["sides"]
         st = sides[d]
         if st is None:
-            st = sides[d] = {"mode": "http", "from": stream.tell(), "done": 0, "msg": None}
+            st = sides[d] = {"mode": "http", "phase": "head", "left": 0, "msg": None, "seen": 0}
             if stream.file.header[f"midstream{d}"]:
                 # seen from the middle: what comes first may be the rest of a message (or a
                 # keep-alive byte), and the side seen first may be the server
                 st.update(mode="resync", kind=None)
-        if st["mode"] == "off":
-            stream.skip()
-            return
-        if st["mode"] == "resync":
-            at = stream.tell()
-            data = stream.read_bytes()
-            if "kind" in st and st["kind"] is None:
-                found = [(m.start(), k) for k, m in (("request", REQUEST_START.search(data)),
-                                                     ("response", RESPONSE_START.search(data))) if m]
-                if not found:
-                    return
+        while True:
+            if st["mode"] == "resync":
+                self._resync(stream, st, d)
+                if st["mode"] == "resync":
+                    return                    # no message start yet
+            if st["mode"] == "off":
+                stream.skip()
+                return
+            self._parse(flow, stream, st, d)
+            if st["mode"] == "http":
+                return                        # waiting for more bytes
+
+    def _resync(self, stream, st, d):
+        data = stream.peek_bytes()
+        if "kind" in st and st["kind"] is None:
+            found = [(m.start(), k) for k, m in (("request", REQUEST_START.search(data)),
+                                                 ("response", RESPONSE_START.search(data))) if m]
+            m = None
+            if found:
                 start, st["kind"] = min(found)
                 m = (REQUEST_START if st["kind"] == "request" else RESPONSE_START).search(data, start)
-            else:
-                m = (REQUEST_START if _requests(st, d) else RESPONSE_START).search(data)
-            if m is None:
+        else:
+            m = (REQUEST_START if _requests(st, d) else RESPONSE_START).search(data)
+        if m is None:
+            stream.skip(max(0, len(data) - RESYNC_TAIL))
+            return
+        stream.skip(m.start())
+        st.update(mode="http", phase="head", left=0, msg=None)
+
+    # --- framing --------------------------------------------------------------------------
+
+    def _parse(self, flow, stream, st, d):
+        request = _requests(st, d)
+        while st["mode"] == "http":
+            phase = st["phase"]
+            if phase == "head":
+                if not self._head(flow, stream, st, d, request):
+                    return
+            elif phase in ("body", "chunk_data"):
+                n = min(st["left"], stream.available)
+                if n <= 0:
+                    return
+                stream.skip(n)
+                st["left"] -= n
+                st["msg"]["body"] += n
+                if st["left"] == 0:
+                    if phase == "body":
+                        self._done(flow, st, d, request)
+                    else:
+                        st["phase"] = "chunk_end"
+            elif phase == "eof":              # a response read to the end of the connection
+                n = stream.available
+                if n <= 0:
+                    return
+                stream.skip(n)
+                st["msg"]["body"] += n
                 return
-            st.update(mode="http", **{"from": at + m.start()}, done=0, msg=None)
-            parser = _parser(self, flow, d, st)
-            self._feed(parser, st, data[m.start():])
+            elif phase == "chunk_end":        # the CRLF after a chunk's data
+                b = stream.peek_bytes(2)
+                if b[:1] == b"\n" or b == b"\r\n":
+                    stream.skip(len(b) if b == b"\r\n" else 1)
+                    st["phase"] = "chunk"
+                    if b[:1] == b"\n":
+                        st["msg"]["lenient"] = True
+                elif b in (b"", b"\r"):
+                    return
+                else:
+                    self._malformed(flow, stream, st, d, request)
+            else:                             # "chunk": a chunk-size line, or "trailer": a trailer line
+                line = self._line(stream)
+                if line is None:
+                    if stream.available >= MAX_CHUNK_LINE:
+                        self._malformed(flow, stream, st, d, request)
+                        continue
+                    return
+                if phase == "trailer":
+                    if not line.strip():
+                        self._done(flow, st, d, request)
+                    continue
+                try:
+                    size = int(line.split(b";")[0].strip(b" \t"), 16)
+                except ValueError:
+                    self._malformed(flow, stream, st, d, request)
+                    continue
+                if size:
+                    st.update(phase="chunk_data", left=size)
+                else:
+                    st["phase"] = "trailer"
+
+    @staticmethod
+    def _line(stream):
+        buf = stream.peek_bytes(MAX_CHUNK_LINE)
+        i = buf.find(b"\n")
+        if i < 0:
+            return None
+        stream.skip(i + 1)
+        return buf[:i].rstrip(b"\r")
+
+    def _head(self, flow, stream, st, d, request):
+        """Read a header block; False when there is not one whole yet (or the direction ended)."""
+        avail = stream.available
+        if avail <= 0:
+            return False
+        buf = stream.peek_bytes(min(avail, http1.MAX_HEAD))
+        blank = len(buf) - len(buf.lstrip(b"\r\n"))
+        if blank:                             # empty lines before a message are passed over
+            stream.skip(blank)
+            buf = buf[blank:]
+            if not buf:
+                return False
+        nl = buf.find(b"\n")
+        if not http1.plausible_start(buf if nl < 0 else buf[:nl], request, nl >= 0):
+            self._malformed(flow, stream, st, d, request)
+            return False
+        end = http1.head_end(buf)
+        if end < 0:
+            if len(buf) >= http1.MAX_HEAD:
+                self._malformed(flow, stream, st, d, request)
+            elif _cannot_grow(stream):
+                # the header block is cut by a loss or by the end: what its start line says is
+                # kept for the lost message (on_gap, on_close)
+                parsed = http1.parse_head(buf[:nl], request) if nl >= 0 else None
+                if parsed is not None:
+                    st["cut"] = self._fields(request, parsed[0], parsed[1])
+            return False
+        parsed = http1.parse_head(buf[:end], request)
+        if parsed is None:
+            self._malformed(flow, stream, st, d, request)
+            return False
+        start, headers, lenient = parsed
+        pending, early = flow.state["pending"], flow.state["early"]
+        if request:
+            method = start[0]
+            status = None
+        else:
+            status = start[1]
+            # the request this response answers: the first one waiting, unless responses wait
+            # for their requests already (then it is not known yet: taken as a GET)
+            method = pending[0]["method"] if pending and not early else None
+        try:
+            kind, n = http1.framing(request, headers, method, status)
+        except ValueError:
+            self._malformed(flow, stream, st, d, request)
+            return False
+        stream.skip(end)
+        st["seen"] += 1
+        msg = self._fields(request, start, headers)
+        msg.update(body=0, lenient=bool(lenient))
+        st["msg"] = msg
+        if request:
+            pending.append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
+        if kind == http1.NONE:
+            self._done(flow, st, d, request)
+            if request and (method == "CONNECT" or self._upgrade(headers)):
+                st["mode"] = "off"            # what follows is another protocol (if accepted)
+            elif not request and (status == 101 or (method == "CONNECT" and 200 <= status < 300)):
+                st["mode"] = "off"
+        elif kind == http1.LENGTH:
+            st.update(phase="body", left=n)
+        elif kind == http1.CHUNKED:
+            st.update(phase="chunk", left=0)
+        else:
+            st.update(phase="eof", left=0)
+        return True
+
+    @staticmethod
+    def _upgrade(headers):
+        connection = ",".join(headers.get("connection", ())).lower()
+        return "upgrade" in connection and "upgrade" in headers
+
+    @staticmethod
+    def _fields(request, start, headers):
+        if request:
+            return {"method": start[0], "uri": start[1], "host": (headers.get("host") or [None])[0],
+                    "user_agent": (headers.get("user-agent") or [None])[0]}
+        return {"status": start[1], "content_type": (headers.get("content-type") or [None])[0]}
+
+    def _malformed(self, flow, stream, st, d, request):
+        """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: at a
+        direction's start it is not HTTP; later, that message is reported as far as it was
+        read (or counted lost) and parsing resumes at the next message start after it."""
+        if not st["seen"]:
+            self.count("not_http")
+            st["mode"] = "off"
             return
-        parser = self._parser_of(flow, stream, st)
-        if st["mode"] != "http":
+        self.count("malformed")
+        if st["msg"] is not None:
+            self._done(flow, st, d, request, complete=False)
+        else:
+            self._lost(flow, request, None)
+        stream.skip(1)                        # the next start found is after this one
+        st.update(mode="resync", phase="head", left=0, msg=None)
+
+    def _done(self, flow, st, d, request, complete=True):
+        msg, st["msg"] = st["msg"], None
+        st.update(phase="head", left=0)
+        if msg.pop("lenient", False):
+            self.count("lenient")
+        self._message(flow, request, msg, complete and not msg.pop("gap", False))
+
+    # --- pairing --------------------------------------------------------------------------
+
+    def _message(self, flow, request, msg, complete=True):
+        s = flow.state
+        if request:
+            self.emit("request", method=msg["method"], host=msg["host"], uri=msg["uri"],
+                      request_body=msg["body"], user_agent=msg["user_agent"], complete=complete)
+            self.count("requests")
             return
-        if st["msg"] is None:
-            st["from"], st["done"] = stream.tell(), 0     # between messages: a restore starts here
-        self._feed(parser, st, stream.read_bytes())
+        resp = {"status": msg["status"], "response_body": msg["body"], "content_type": msg["content_type"],
+                "complete": complete}
+        if msg["status"] is not None and http1.interim(msg["status"]):
+            # it precedes the final response to the first request waiting, and answers nothing
+            req = s["pending"][0] if s["pending"] and not s["early"] else {}
+            self.emit("response", **resp, interim=True, method=req.get("method"), host=req.get("host"),
+                      uri=req.get("uri"))
+            self.count("interim")
+            return
+        # the n-th response answers the n-th request, whichever was read first: a response read
+        # before its request (it came in an earlier chunk) waits for it
+        s["early"].append(resp)
+        self._pair(flow)
+
+    def _pair(self, flow, final=False):
+        s = flow.state
+        early = s["early"]
+        while early and (s["pending"] or final):
+            req = s["pending"].pop(0) if s["pending"] else {}
+            if not req and early[0]["status"] is None:
+                early.pop(0)                  # lost, and answering no request seen: nothing to say
+                continue
+            self.emit("response", **early.pop(0), interim=False, method=req.get("method"), host=req.get("host"),
+                      uri=req.get("uri"))
+            self.count("responses")
 
     def on_gap(self, flow, direction, gap):
         self.count("gaps")
         st = flow.state["sides"][direction]
-        if st and st["mode"] != "off":
-            st["mode"] = "resync"
-            flow.cache.pop(direction, None)
-            if _requests(st, direction):
-                self._pair(flow, final=True)
-                flow.state["pending"].clear()     # responses can no longer be paired reliably
-
-    def _message(self, flow, request, msg, complete=True):
-        st = flow.state
-        if request:
-            req = {"method": msg["method"], "host": msg["headers"].get("host"),
-                   "uri": msg["url"], "request_body": msg["body"],
-                   "user_agent": msg["headers"].get("user-agent")}
-            st["pending"].append(req)
-            self.emit("request", **req)
-            self.count("requests")
+        if st is None or st["mode"] != "http":
+            return                            # not HTTP, or looking for a message start already
+        request = _requests(st, direction)
+        phase, msg = st["phase"], st["msg"]
+        if phase in ("body", "chunk_data") and gap.length <= st["left"]:
+            # inside a body (or a chunk) whose length is known: the framing holds, the message
+            # goes on; what follows the loss is read as it would have been
+            st["left"] -= gap.length
+            msg["gap"] = True
+            if st["left"] == 0:
+                if phase == "body":
+                    self._done(flow, st, direction, request)
+                else:
+                    st["phase"] = "chunk_end"
+            return
+        if phase == "eof":
+            msg["gap"] = True                 # read to the end of the connection anyway
+            return
+        if msg is not None:
+            # the message ends in the loss (or where in it cannot be told): it is reported as
+            # far as it was read; past the end of a body of known length, the loss holds the
+            # start of the next message
+            self._done(flow, st, direction, request, complete=False)
+            if phase == "body":
+                self._lost(flow, request, None)
         else:
-            # the n-th response answers the n-th request, whichever was parsed first: a response
-            # read before its request (it came in an earlier chunk) waits for it
-            st.setdefault("early", []).append({"status": msg["status"], "response_body": msg["body"],
-                                               "content_type": msg["headers"].get("content-type"),
-                                               "complete": complete})
-        self._pair(flow)
+            # a message was to start where the bytes were lost: at least one is gone
+            self._lost(flow, request, st.pop("cut", None))
+        st.update(mode="resync", phase="head", left=0, msg=None)
 
-    def _pair(self, flow, final=False):
-        st = flow.state
-        early = st.get("early", [])
-        while early and (st["pending"] or final):
-            req = st["pending"].pop(0) if st["pending"] else {}
-            self.emit("response", **early.pop(0), method=req.get("method"), host=req.get("host"), uri=req.get("uri"))
-            self.count("responses")
+    def _lost(self, flow, request, cut):
+        """A message whose start was lost (`cut`: what its start line said, if it was seen)."""
+        s = flow.state
+        if request:
+            # its response will come: it answers this request, not the next one
+            cut = cut or {}
+            s["pending"].append({"method": cut.get("method"), "host": cut.get("host"), "uri": cut.get("uri")})
+            self.count("lost_requests")
+        else:
+            resp = {"status": None, "response_body": None, "content_type": None, "complete": False}
+            if cut is not None:
+                resp.update(status=cut["status"], content_type=cut["content_type"])
+            if resp["status"] is not None and http1.interim(resp["status"]):
+                return
+            s["early"].append(resp)
+            self.count("lost_responses")
+            self._pair(flow)
 
     def on_close(self, flow, reason):
-        responses = [st for d, st in enumerate(flow.state["sides"]) if st and not _requests(st, d)]
-        st = responses[0] if responses else None
-        msg = st and st["mode"] != "off" and st["msg"]     # cut by the end, or by a gap
-        if msg and "status" in msg:
-            # the connection ended inside a response: complete only if its body is delimited by
-            # the end of the connection (no length, not chunked)
-            h = msg["headers"]
-            length = h.get("content-length")
-            cut = "chunked" in h.get("transfer-encoding", "") or (length is not None and length.isdigit()
-                                                                    and msg["body"] < int(length))
-            self._message(flow, False, msg, complete=not cut)
+        for d, st in enumerate(flow.state["sides"]):
+            if st is None or st["mode"] != "http":
+                continue
+            request = _requests(st, d)
+            if st["msg"] is not None:
+                # the connection ended inside a message: a response read to the end is whole
+                self._done(flow, st, d, request, complete=not request and st["phase"] == "eof")
+            elif "cut" in st:
+                self._lost(flow, request, st.pop("cut"))
         self._pair(flow, final=True)           # responses no request was seen for
+        if flow.state["pending"]:
+            self.count("unanswered", len(flow.state["pending"]))

@@ -3,16 +3,29 @@ import ahocorasick
 from flowsift.modules.base import Module, ModuleError, Option
 
 
+def _shown(pattern):
+    """A pattern's bytes as events name it: UTF-8 text, or latin-1 where it is not UTF-8."""
+    try:
+        return pattern.decode("utf-8")
+    except UnicodeDecodeError:
+        return pattern.decode("latin-1")
+
+
 class StrSearch(Module):
     """Many patterns searched in both byte streams at once (Aho-Corasick), across packet
     boundaries; one event per match with its stream offset.
+
+    Patterns are text, searched for as their UTF-8 bytes (a file's lines are taken as bytes,
+    with \\xNN escapes for any byte); an event names its pattern as given: the bytes read as
+    UTF-8 (as latin-1 where they are not UTF-8).
 
     Synopsis: strsearch(patterns=FILE, nocase=false)
     Reads: both streams of every connection
     Writes: nothing (read-only)
     Options: patterns (str) a file with one pattern per line (\\xNN escapes allowed), or
              patterns given inline separated by '|' when prefixed with 'inline:'
-             nocase (bool) match without regard to ASCII case
+             nocase (bool) match without regard to ASCII case (A-Z and a-z only: é and É are
+             different bytes, and match only as written)
     Counters: matches, gaps (a pattern cannot match across a gap)
     Example: flowsift chain "strsearch(patterns=rules.txt,nocase=true)",counter trace.pcap
     """
@@ -26,20 +39,29 @@ class StrSearch(Module):
         if not spec:
             raise ModuleError("module strsearch: option patterns=FILE is required (or patterns=inline:a|b)")
         if spec.startswith("inline:"):
-            raw = [p for p in spec[len("inline:"):].split("|") if p]
+            raw = [p.encode("utf-8") for p in spec[len("inline:"):].split("|") if p]
         else:
             try:
                 with open(spec, "rb") as f:
-                    raw = [line.rstrip(b"\r\n").decode("unicode_escape") for line in f if line.strip()]
+                    lines = [line.rstrip(b"\r\n") for line in f if line.strip()]
             except OSError as e:
                 raise ModuleError(f"module strsearch: patterns file {spec!r}: {e.strerror}") from None
+            raw = []
+            for n, line in enumerate(lines, 1):
+                try:
+                    # escapes to bytes: other bytes stay as they are (UTF-8 text included)
+                    raw.append(line.decode("unicode_escape").encode("latin-1"))
+                except (UnicodeDecodeError, UnicodeEncodeError):
+                    raise ModuleError(f"module strsearch: patterns file {spec!r}: pattern {n}: bad escape "
+                                      "(\\xNN for a byte)") from None
         if not raw:
             raise ModuleError("module strsearch: no patterns (patterns=FILE or patterns=inline:a|b)")
         self.nocase = self.config.get("nocase", False)
         self.auto = ahocorasick.Automaton()
         for p in raw:
-            key = p.lower() if self.nocase else p
-            self.auto.add_word(key, (p, len(key)))
+            # keys as latin-1 text: one character per byte, as the stream bytes are searched
+            key = (p.lower() if self.nocase else p).decode("latin-1")
+            self.auto.add_word(key, (_shown(p), len(key)))
         self.auto.make_automaton()
         self.longest = max(len(p) for p in raw)
 
@@ -50,7 +72,8 @@ class StrSearch(Module):
         # bytes as latin-1 text: one character per byte, so offsets stay byte offsets
         here = stream.tell()
         text = tail + stream.peek_bytes().decode("latin-1")
-        hay = text.lower() if self.nocase else text
+        # ASCII case only (str.lower would fold latin-1 letters, i.e. bytes of UTF-8 text)
+        hay = text.encode("latin-1").lower().decode("latin-1") if self.nocase else text
         for end, (pattern, n) in self.auto.iter(hay):
             if end >= len(tail):                   # a match not already reported from the tail
                 # read to its last byte first: the event's time is that byte's packet's
