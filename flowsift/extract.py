@@ -1,4 +1,6 @@
 """`flowsift streams`: every direction of every connection, reassembled, to files (or counted)."""
+import os
+
 from flowsift.errors import CaptureFormatError, UsageError
 from flowsift.io import BpfError
 from flowsift.reassembly import POLICIES, CountSink, Reassembler
@@ -37,7 +39,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     out = {
         "file": str(path),
         "output": None if outdir is None else str(outdir),
-        "index": None if outdir is None else f"{outdir}/index.jsonl",
+        "index": None if outdir is None else os.path.join(str(outdir), "index.jsonl"),
         "policy": policy,
         "filter": filter_expression,
         "connections": t["tcp"] + t["udp"],
