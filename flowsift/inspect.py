@@ -39,7 +39,7 @@ def describe_file(path, n_records=20):
         info["record_list"] = [
             {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
              "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
-             "wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules}
+             "payload_wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules}
             for r in rf.records(0, stop)]
     return info
 
