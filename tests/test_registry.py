@@ -37,7 +37,7 @@ SLOW = textwrap.dedent('''
             self.count("connections")
 ''')
 
-CAPTURE = "tls__suri__tls-subjectaltname.pcap"      # 108 connections, 3,080 records
+CAPTURE = "tls__suri__tls-subjectaltname.pcap"      # 108 connections, 3,086 records
 
 
 def flowsift(*args, env=None, **kw):
@@ -140,7 +140,7 @@ def test_module_attached_later_killed_and_restarted_gives_the_chain_output(tmp_p
     want_events, want_counters = expected
     got = read_events(events)
     # nothing lost, nothing twice: the same multiset of events as one process makes
-    assert strip(got) == strip(want_events) and len(got) == 3080 + 108
+    assert strip(got) == strip(want_events) and len(got) == 3086 + 108
     assert {k: v for k, v in summary["modules"]["slow"].items()} == want_counters
     assert gsum["module_progress"] == {"slow": 108} and gsum["run"] == "r1"
     # the gateway recorded the module's bit in every record of every file

@@ -201,7 +201,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint_with_identical_output(tmp_p
                                 for l in text.splitlines())
     got, want = strip(out.getvalue()), strip(ref.getvalue())
     assert len(want) == 108 and got == want           # the running tallies too: state came back whole
-    assert summary["modules"]["source_tally"]["packets"] == 3080
+    assert summary["modules"]["source_tally"]["packets"] == 3086
     saved = (tmp_path / "store" / "state" / "source_tally.0.json").read_text().splitlines()
     assert json.loads(saved[0])["module"] == "source_tally" and json.loads(saved[1])["open"] == {}
 
