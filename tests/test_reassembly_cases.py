@@ -87,10 +87,26 @@ def test_midstream_directions_are_flagged(corpus):
     assert not info["dirs"][0]["midstream"] and not info["dirs"][1]["midstream"]
 
 
+def test_a_connection_picked_up_from_the_server_side_names_its_client(corpus):
+    """Without a SYN, the first sender is the client unless it sends from a service port to one
+    that is not: then it is the server (650 HTTP responses, all from port 80)."""
+    from flowsift.io import Batch, Decoder, FlowTable, open_capture
+    cap = open_capture(str(corpus / "midstream__pcpp__650HttpResponses.pcap"))
+    dec, flows, batch = Decoder(), FlowTable(), Batch(4096)
+    dirs = {}
+    while cap.fill(batch):
+        dec.decode(batch)
+        flows.update(batch)
+        a = batch.array
+        for sport, d in zip(a["sport"][a["proto"] == 6], a["dir"][a["proto"] == 6]):
+            dirs.setdefault(int(sport), set()).add(int(d))
+    assert dirs[80] == {1} and all(d == {0} for port, d in dirs.items() if port != 80)
+
+
 def test_midstream_start_is_the_lowest_sequence_seen(corpus):
     """Second half first: the stream starts at the lowest sequence number, not the first seen."""
     r = run(corpus / "ooo__tcpflow__test1-out-of-order.pcap")
-    d = r.collector.dirs[(0, 0)]
+    d = r.collector.dirs[(0, 1)]            # sent from port 80 to 50955: the server's direction
     assert d.gaps == [] or d.gaps[0][0] > 0
 
 
