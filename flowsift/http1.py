@@ -8,6 +8,8 @@ that loses the rest of the connection.
 """
 import re
 
+import httptools
+
 # A header block longer than this is not looked for: servers refuse far less (Apache 8 KiB a
 # line and 100 lines, nginx 4 x 8 KiB, h11 16 KiB in all); 64 KiB leaves room for big cookies.
 MAX_HEAD = 65536
@@ -48,29 +50,68 @@ def plausible_start(line, request, whole):
     return len(line) < MAX_START_LINE and (REQUEST_PREFIX if request else RESPONSE_PREFIX).match(line) is not None
 
 
-def head_end(buf):
-    """Offset just after the blank line ending the header block in `buf`, or -1. The block's
-    lines may end in CRLF or a bare LF."""
-    i = buf.find(b"\n\r\n")
-    j = buf.find(b"\n\n")
-    if i < 0:
-        return -1 if j < 0 else j + 2
-    return i + 3 if j < 0 or i < j else j + 2
+def head_end(buf, start=0, stop=None):
+    """Offset just after the blank line ending the header block in `buf[start:stop]` (an offset
+    in `buf`), or -1. The block's lines may end in CRLF or a bare LF."""
+    stop = len(buf) if stop is None else stop
+    i = buf.find(b"\n\r\n", start, stop)
+    if i >= 0:
+        # a bare-LF blank line can only come first if it lies before this one
+        j = buf.find(b"\n\n", start, i + 1)
+        return i + 3 if j < 0 else j + 2
+    j = buf.find(b"\n\n", start, stop)
+    return -1 if j < 0 else j + 2
+
+
+USED = ("host", "user-agent", "content-type", "content-length", "transfer-encoding", "connection", "upgrade")
+_USED = frozenset(n.encode() for n in USED)
+_FIRST = frozenset(c for n in _USED for c in (n[0], n[:1].upper()[0]))
+
+
+class _Headers:
+    """llhttp's callbacks for one header block: the headers flowsift reads, kept."""
+    __slots__ = ("headers",)
+
+    def __init__(self):
+        self.headers = {}
+
+    def on_header(self, name, value):
+        # most headers are none of these: told at their first byte, before any lowercasing
+        if name and name[0] in _FIRST:
+            name = name.lower()
+            if name in _USED:
+                self.headers.setdefault(name.decode(), []).append(value.decode("latin-1"))
 
 
 def parse_head(block, request):
     """(start, headers, lenient) of a header block (start line included, blank line optional):
     start is (method, target, version) or (version, status); headers {lowercased name: [values]}
-    as latin-1 text; lenient the number of lines a strict parser refuses. None when the start
-    line is not HTTP/1."""
-    lines = block.split(b"\n")
-    m = (REQUEST_LINE if request else RESPONSE_LINE).match(lines[0])
+    as latin-1 text, of the headers flowsift reads (USED); lenient the number of lines a strict
+    parser refuses. None when the start line is not HTTP/1."""
+    nl = block.find(b"\n")
+    m = (REQUEST_LINE if request else RESPONSE_LINE).match(block if nl < 0 else block[:nl])
     if m is None:
         return None
     if request:
         start = (m.group(1).decode(), m.group(2).decode("latin-1"), m.group(3).decode())
     else:
         start = (m.group(1).decode(), int(m.group(2)))
+    if nl < 0:
+        return start, {}, 0
+    # llhttp (strict) takes what RFC 9112 writes, in C; what it refuses is read line by line
+    got = _Headers()
+    parser = (httptools.HttpRequestParser if request else httptools.HttpResponseParser)(got)
+    try:
+        parser.feed_data(block)
+    except httptools.HttpParserUpgrade:
+        pass                                  # CONNECT, Upgrade: the header block was read
+    except httptools.HttpParserError:
+        return _parse_lenient(block.split(b"\n"), start)
+    return start, got.headers, 0
+
+
+def _parse_lenient(lines, start):
+    # line by line: folded lines, `Name : value`, lines without a colon, bare LFs
     # lines ending in a bare LF count once (the line after the last LF is not one)
     lenient = int(any(not raw.endswith(b"\r") for raw in lines[:-1]))
     headers = {}
@@ -91,7 +132,11 @@ def parse_head(block, request):
             continue
         if key != name:
             lenient += 1                      # `Name : value`
-        last = headers.setdefault(key.lower().decode("latin-1"), [])
+        key = key.lower().decode("latin-1")
+        if key not in USED:
+            last = None
+            continue
+        last = headers.setdefault(key, [])
         last.append(value.strip(b" \t").decode("latin-1"))
     return start, headers, lenient
 

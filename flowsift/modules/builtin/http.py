@@ -11,6 +11,10 @@ RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
 RESYNC_TAIL = 8300
 # A chunk-size line (size, extensions) longer than this is not HTTP.
 MAX_CHUNK_LINE = 4096
+# Bytes looked at first for a header block (most are far smaller), and bytes read at once
+# (see _peek).
+HEAD_LOOK = 4096
+WINDOW = 16384
 
 
 def _requests(st, direction):
@@ -18,6 +22,26 @@ def _requests(st, direction):
     midstream and its messages said otherwise (the side seen first is taken as the client)."""
     kind = st.get("kind")
     return direction == 0 if kind is None else kind == "request"
+
+
+def _window(flow, stream, d, n):
+    """(data, at): bytes holding the next `n` bytes at hand (fewer if fewer are) from data[at]
+    on, without moving. One read of up to WINDOW bytes serves the small reads that follow it
+    (header blocks, chunk lines of the messages after it): a stream's bytes never change, and
+    flow.cache keeps them meanwhile."""
+    pos = stream.tell()
+    win = flow.cache.get("window")
+    if win is not None and win[0] == d and win[1] <= pos and pos + n <= win[1] + len(win[2]):
+        return win[2], pos - win[1]
+    data = stream.peek_bytes(max(n, WINDOW))
+    flow.cache["window"] = (d, pos, data)
+    return data, 0
+
+
+def _peek(flow, stream, d, n):
+    """The next `n` bytes at hand (fewer if fewer are), without moving (see _window)."""
+    data, at = _window(flow, stream, d, n)
+    return data[at:at + n]
 
 
 def _cannot_grow(stream):
@@ -123,7 +147,7 @@ class Http(Module):
         while st["mode"] == "http":
             phase = st["phase"]
             if phase == "head":
-                if not self._head(flow, stream, st, d, request):
+                if stream.available <= 0 or not self._head(flow, stream, st, d, request):
                     return
             elif phase in ("body", "chunk_data"):
                 n = min(st["left"], stream.available)
@@ -145,7 +169,7 @@ class Http(Module):
                 st["msg"]["body"] += n
                 return
             elif phase == "chunk_end":        # the CRLF after a chunk's data
-                b = stream.peek_bytes(2)
+                b = _peek(flow, stream, d, 2)
                 if b[:1] == b"\n" or b == b"\r\n":
                     stream.skip(len(b) if b == b"\r\n" else 1)
                     st["phase"] = "chunk"
@@ -156,7 +180,7 @@ class Http(Module):
                 else:
                     self._malformed(flow, stream, st, d, request)
             else:                             # "chunk": a chunk-size line, or "trailer": a trailer line
-                line = self._line(stream)
+                line = self._line(flow, stream, d)
                 if line is None:
                     if stream.available >= MAX_CHUNK_LINE:
                         self._malformed(flow, stream, st, d, request)
@@ -177,8 +201,8 @@ class Http(Module):
                     st["phase"] = "trailer"
 
     @staticmethod
-    def _line(stream):
-        buf = stream.peek_bytes(MAX_CHUNK_LINE)
+    def _line(flow, stream, d):
+        buf = _peek(flow, stream, d, MAX_CHUNK_LINE)
         i = buf.find(b"\n")
         if i < 0:
             return None
@@ -190,18 +214,31 @@ class Http(Module):
         avail = stream.available
         if avail <= 0:
             return False
-        buf = stream.peek_bytes(min(avail, http1.MAX_HEAD))
-        blank = len(buf) - len(buf.lstrip(b"\r\n"))
-        if blank:                             # empty lines before a message are passed over
+        # one read of up to WINDOW bytes serves the header blocks of the small messages that
+        # follow it (a stream's bytes never change: flow.cache keeps them while they serve);
+        # a larger block is looked for again, up to MAX_HEAD
+        want = min(avail, HEAD_LOOK)
+        data, at = _window(flow, stream, d, want)
+        if data[at:at + 1] in (b"\r", b"\n"):
+            # empty lines before a message are passed over
+            blank = want - len(data[at:at + want].lstrip(b"\r\n"))
             stream.skip(blank)
-            buf = buf[blank:]
-            if not buf:
+            return avail > blank and self._head(flow, stream, st, d, request)
+        end = http1.head_end(data, at, at + want)
+        if end >= 0:
+            buf, end = data[at:end], end - at
+            nl = buf.find(b"\n")
+        else:
+            buf = data[at:at + want]
+            nl = buf.find(b"\n")
+            # (a whole header block's start line is checked by parse_head below)
+            if not http1.plausible_start(buf if nl < 0 else buf[:nl], request, nl >= 0):
+                self._malformed(flow, stream, st, d, request)
                 return False
-        nl = buf.find(b"\n")
-        if not http1.plausible_start(buf if nl < 0 else buf[:nl], request, nl >= 0):
-            self._malformed(flow, stream, st, d, request)
-            return False
-        end = http1.head_end(buf)
+        while end < 0 and want < min(avail, http1.MAX_HEAD):
+            want = min(avail, http1.MAX_HEAD, want * 4)
+            buf = stream.peek_bytes(want)
+            end = http1.head_end(buf)
         if end < 0:
             if len(buf) >= http1.MAX_HEAD:
                 self._malformed(flow, stream, st, d, request)
