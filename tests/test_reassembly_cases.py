@@ -798,3 +798,22 @@ def test_a_tuple_reused_by_a_new_syn_ends_the_old_connection_as_reused(tmp_path)
     (first,) = [c["file"] for c in listed if c["conn"] == 0]
     info = json.loads(run_cli("inspect", tmp_path / "g" / first, "--json", check=True).stdout)
     assert [d["close"] for d in info["streams"]] == ["reused", "reused"]
+
+
+def test_a_keep_alive_probe_is_named_not_a_retransmission(tmp_path):
+    """One garbage byte just below the next expected, nothing outstanding (RFC 9293 3.8.4): a
+    keep-alive, flagged on its record; its byte is still compared (a conflict, as tshark's
+    segment view counts it) but it is no retransmission."""
+    path = _timed_capture(tmp_path / "ka.pcap", HANDSHAKE + [
+        (0.03, True, C + 1, S + 1, 0x18, b"hello"), (0.04, False, S + 1, C + 6, 0x10, b""),
+        (60, True, C + 5, S + 1, 0x10, b"\0"), (60.01, False, S + 1, C + 6, 0x10, b""),
+        (61, True, C + 6, S + 1, 0x18, b"!")] + _close(62, C + 7, S + 1))
+    r = run(path)
+    info = r.collector.closed[0]
+    assert r.engine.keepalives == 1 and info["dirs"][0]["retransmissions"] == 0
+    assert r.collector.dirs[(0, 0)].data == b"hello!" and info["dirs"][0]["conflicts"] == 1
+    run_cli("gateway", path, "--store", tmp_path / "g", "--keep", check=True)
+    (f,) = json.loads(run_cli("inspect", tmp_path / "g", "--json", check=True).stdout)["connections"]
+    recs = json.loads(run_cli("inspect", tmp_path / "g" / f["file"], "--json", "-n", "-1", check=True).stdout)["record_list"]
+    probe = [x for x in recs if "keep-alive" in x["rflags"]]
+    assert len(probe) == 1 and "retransmission" not in probe[0]["rflags"] and "conflict" in probe[0]["rflags"]

@@ -61,6 +61,7 @@ cdef enum:
     RF_SNAPLEN_CUT = 32       # the capture cut some of its payload
     RF_LATE = 64              # its connection had already ended
     RF_IGNORED = 128          # FIN/RST from a side that never started: not applied
+    RF_KEEPALIVE = 256        # a keep-alive probe: its byte (below the next expected) not compared
 
 ctypedef struct pkt_t:
     int64_t ts_ns            # capture time, ns since the epoch

@@ -184,6 +184,7 @@ cdef class Engine:
     cdef readonly uint64_t segments
     cdef readonly uint64_t rst_out_of_window # RSTs whose sequence number lay outside the receive window: not applied
     cdef readonly uint64_t after_fin_bytes   # bytes sent beyond a direction's FIN: not delivered
+    cdef readonly uint64_t keepalives        # keep-alive probes: their byte neither compared nor counted
     cdef readonly uint64_t fin_conflicts     # FINs at another sequence number than the direction's first FIN
     cdef readonly uint64_t held_work         # chunk records moved or probed while holding (a scale witness)
     cdef readonly int64_t now

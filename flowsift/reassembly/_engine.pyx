@@ -387,7 +387,7 @@ cdef class Engine:
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
-                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "released_connections": self.released_connections}
+                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
@@ -787,7 +787,7 @@ cdef class Engine:
         cdef int64_t o, ack_off, keep
         cdef uint32_t n, wire
         cdef uint8_t fl
-        cdef bint has_payload
+        cdef bint has_payload, keepalive
         cdef uint32_t k = i >> CONN_CHUNK_SHIFT
         # (the state, read straight from the chunk in the common case: an open connection)
         cdef int st = self.chunks[k][i & (CONN_CHUNK - 1)].state \
@@ -915,11 +915,20 @@ cdef class Engine:
                 wire = <uint32_t>keep
                 if n > wire:
                     n = wire
+            # a keep-alive probe (RFC 9293 3.8.4): one byte, often garbage, just below the next
+            # expected with nothing outstanding. Its byte is still compared (a differing one is a
+            # conflict, as the segment view counts it), but it is named, not a retransmission
+            keepalive = (wire == 1 and not (fl & (TH_SYN | TH_FIN | TH_RST)) and D.settled and D.n_chunks == 0
+                         and o == D.next - 1 and D.next > D.origin)
             if wire:
                 self._insert(i, d, o, p.data + p.payload_off, n, wire)
                 c = conn_at(self, i)
                 D = &c.d[d]
                 P = &c.d[1 - d]
+            if keepalive:
+                self.keepalives += 1
+                D.retransmissions -= 1
+                self.cur_rflags = (self.cur_rflags & ~RF_RETRANSMISSION) | RF_KEEPALIVE
         if fl & TH_FIN:
             if not D.fin_seen:
                 D.fin_seen = 1

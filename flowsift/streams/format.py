@@ -142,9 +142,10 @@ RF_GAP_BEFORE = 16
 RF_SNAPLEN_CUT = 32
 RF_LATE = 64                    # after its connection ended: no record holds it (batch columns only)
 RF_IGNORED = 128                # a FIN/RST that says nothing about the stream: not applied (docs/reassembly.md)
+RF_KEEPALIVE = 256              # a keep-alive probe: its byte is not the stream's
 RF_NAMES = {RF_RETRANSMISSION: "retransmission", RF_OVERLAP: "overlap", RF_CONFLICT: "conflict",
             RF_OUT_OF_ORDER: "out-of-order", RF_GAP_BEFORE: "gap-before", RF_SNAPLEN_CUT: "snaplen-cut",
-            RF_IGNORED: "ignored"}
+            RF_IGNORED: "ignored", RF_KEEPALIVE: "keep-alive"}
 
 # gap entry: dir, reason, record index during which it was declared, stream offset, length
 GAP_STRUCT = struct.Struct("<BB6xQqq")
