@@ -225,6 +225,7 @@ cdef class Engine:
     cdef int _jump_confirmed(self) except -1
     cdef int _finish(self, uint32_t i, int reason) except -1
     cdef void _free_dir(self, dir_t* D) noexcept nogil
+    cdef int _ignored(self, uint32_t i, pkt_t* p, int cls) except -1
     cdef int _packet(self, pkt_t* p) except -1
     cdef bint _complete(self, dir_t* D) noexcept nogil
     cdef bint _fins_done(self, uint32_t i) noexcept nogil

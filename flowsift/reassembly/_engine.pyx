@@ -777,6 +777,14 @@ cdef class Engine:
 
     # --- per packet ------------------------------------------------------------------------
 
+    cdef int _ignored(self, uint32_t i, pkt_t* p, int cls) except -1:
+        # a packet reassembly applies nothing of: recorded as such, the connection waits on
+        p.rflags = RF_IGNORED
+        p.stream_off = 0
+        self.sink.on_packet(i, p)
+        self._lru_push(i, cls)
+        return 0
+
     cdef int _packet(self, pkt_t* p) except -1:
         cdef uint32_t i = p.flow_id
         cdef conn_t* c
@@ -866,11 +874,7 @@ cdef class Engine:
                         c.refused += 1      # (counted as ignored if a SYN-ACK comes after all)
                 else:
                     self.ignored_flags += 1
-                p.rflags = RF_IGNORED
-                p.stream_off = 0
-                self.sink.on_packet(i, p)
-                self._lru_push(i, LRU_CLOSING if c.refused else LRU_EMBRYONIC)
-                return 0
+                return self._ignored(i, p, LRU_CLOSING if c.refused else LRU_EMBRYONIC)
             self._anchor(D, seq)
             D.midstream = 1
         elif ((fl & TH_RST) and not has_payload and D.syn_seen and not P.syn_seen and not D.fin_seen
@@ -879,22 +883,14 @@ cdef class Engine:
             # connection on the tuple) with that ACK's number, and its handshake goes on (RFC 793,
             # SYN-SENT): a RST not at ISN + 1 there says nothing about this connection
             self.ignored_flags += 1
-            p.rflags = RF_IGNORED
-            p.stream_off = 0
-            self.sink.on_packet(i, p)
-            self._lru_push(i, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
-            return 0
+            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
 
         o = self._off(D, seq)
         if (fl & TH_RST) and D.settled and not self._rst_in_window(D, P, o):
             # RFC 9293 3.10.7.4 / RFC 5961: a RST outside the receive window is not acceptable
             # (a blind injection, or one for an older connection): nothing of it is applied
             self.rst_out_of_window += 1
-            p.rflags = RF_IGNORED
-            p.stream_off = 0
-            self.sink.on_packet(i, p)
-            self._lru_push(i, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
-            return 0
+            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
         if not (fl & TH_SYN) and p.window > D.max_win:
             D.max_win = p.window
         p.stream_off = o
