@@ -740,10 +740,13 @@ def test_a_refused_connection_is_reset(tmp_path):
     ([(1.1, False, S + 1, C + 6, 0x14, b""), (30, True, C + 6, S + 1, 0x18, b"x")], {"rst": 1}),
     (_close(1.1, C + 6, S + 1), {"fin": 1}),
     ([(1.1, True, C + 6, S + 1, 0x11, b"")], {"eof": 1}),
+    # both FINs, then a RST for the last ACK: each direction had ended by its FIN
+    (_close(1.1, C + 6, S + 1)[:2] + [(1.2, True, C + 7, S + 2, 0x14, b"")], {"fin": 1}),
 ])
 def test_summary_close_counts_say_how_connections_ended(tmp_path, last, want):
-    """The summary counts how each connection ended, as the index does per direction: a reset
-    connection is `rst` though the closing timeout or the end of input finished it."""
+    """The summary counts how each connection ended, by the rule the index's directions and
+    on_close (the counter module) follow: a reset connection is `rst` though the closing timeout
+    or the end of input finished it; every output says the same."""
     path = _timed_capture(tmp_path / "end.pcap", HANDSHAKE + [(1, True, C + 1, S + 1, 0x18, b"hello")] + last)
     r = run(path)
     assert r.engine.totals()["close"] == want
@@ -752,6 +755,10 @@ def test_summary_close_counts_say_how_connections_ended(tmp_path, last, want):
     index = [json.loads(l) for l in (tmp_path / "o" / "index.jsonl").read_text().splitlines()]
     if "rst" in want:
         assert {d["close"] for d in index} == {"rst"}
+    res = run_cli("chain", "counter", path, "--events", tmp_path / "ev.jsonl", "--json", check=True)
+    assert json.loads(res.stdout)["connections"]["close"] == want
+    (row,) = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert {row["close"]: 1} == want
 
 
 def test_copies_of_held_data_are_retransmissions(tmp_path):

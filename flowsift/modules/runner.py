@@ -70,9 +70,10 @@ CLOSE_ORDER = ("reused", "evicted", "timeout", "eof")   # when neither was reset
 
 def connection_close(close0, close1):
     """The reason a connection ended, given to on_close: `rst` if either direction was reset;
-    `fin` if each direction that was seen ended with a FIN; otherwise what ended the one(s) a FIN
-    did not close (`evicted`, then `timeout`, then `eof` if they differ): the FIN of one side
-    alone did not end the connection. None if neither direction has ended."""
+    `fin` if both ended with a FIN; otherwise what ended the one(s) a FIN did not close
+    (`reused`, then `evicted`, `timeout`, `eof` if they differ): the FIN of one side alone did
+    not end the connection. The engine counts connections by the same rule. None if neither
+    direction has ended."""
     ends = {c for c in (close0, close1) if c}
     if not ends:
         return None

@@ -734,8 +734,15 @@ cdef class Engine:
         c.state = CS_DONE
         self.open_connections -= 1
         self.t_conns[0 if c.proto == 6 else 1] += 1
-        # how it ended, as the index says it per direction: reset, both FINs, else what ended it
-        c.close_reason = CLOSE_RST if c.rst else (CLOSE_FIN if c.d[0].fin_seen and c.d[1].fin_seen else reason)
+        # how it ended, from how each direction ended (the index's close), by the rule on_close
+        # uses: a direction reset, else both closed by FIN, else what ended it. (A RST after both
+        # FINs ends nothing more: each direction had ended by its FIN.)
+        if c.d[0].close_reason == CLOSE_RST or c.d[1].close_reason == CLOSE_RST:
+            c.close_reason = CLOSE_RST
+        elif c.d[0].close_reason == CLOSE_FIN and c.d[1].close_reason == CLOSE_FIN:
+            c.close_reason = CLOSE_FIN
+        else:
+            c.close_reason = reason
         self.t_close[c.close_reason] += 1
         for d in range(2):
             D = &c.d[d]

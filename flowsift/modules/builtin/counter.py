@@ -15,8 +15,8 @@ class Counter(Module):
             retransmitted copies included, as on the wire; `flowsift streams` counts the bytes
             delivered), gaps and gap_bytes, conflicting_segments, retransmissions, close (the
             connection's reason, as on_close gets it: rst if either side reset it, fin if both
-            sides closed with FIN, else what ended the side a FIN did not: evicted, timeout or
-            eof)
+            sides closed with FIN, else what ended the side a FIN did not: reused, evicted,
+            timeout or eof)
     Example: flowsift chain counter trace.pcap
              emits one "flow" event per connection when it closes and prints a table at the end
     """
