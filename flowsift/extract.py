@@ -4,7 +4,7 @@ import os
 from flowsift.errors import CaptureFormatError, UsageError
 from flowsift.io import BpfError
 from flowsift.reassembly import POLICIES, CountSink, Reassembler
-from flowsift.stats import compile_filter
+from flowsift.stats import compile_filter, not_in_connections
 
 
 def extract_streams(path, outdir=None, filter_expression=None, policy="first", on_progress=None, **engine_options):
@@ -61,7 +61,6 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     }
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
-    c = decoder.counters()
-    out["capture_packets"] = c["packets"]
-    out["not_decoded"] = sum(c["reasons"].values())
+    out["capture_packets"] = decoder.packets
+    out.update(not_in_connections(decoder))
     return out

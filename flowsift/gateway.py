@@ -13,7 +13,7 @@ from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
-from flowsift.stats import compile_filter
+from flowsift.stats import compile_filter, not_in_connections
 from flowsift.streams._store import RecordStore
 
 # Default home of a run's store: memory-backed, gone at reboot; --store DIR keeps it on disk.
@@ -329,7 +329,7 @@ class Gateway:
         engine = self.reassembler.engine.counters()
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": engine,
-                   "packets": decoder.packets, "error": error}
+                   "packets": decoder.packets, **not_in_connections(decoder), "error": error}
         # packets after their connection ended have no record: the engine tells them apart and
         # never hands them to the store, whose own count is of those that reach a closed file
         summary["late_packets"] = engine["late_packets"] + summary["late_packets"]

@@ -117,6 +117,8 @@ def print_streams(s, console=None):
         why.append(f"{_n(late)} late, after their connection ended")
     if s.get("not_decoded"):
         why.append(f"{_n(s['not_decoded'])} not decoded")
+    if s.get("other_protocols"):
+        why.append(f"{_n(s['other_protocols'])} of other protocols than TCP and UDP")
     frag = s.get("fragments", {})
     if frag.get("fragments"):
         why.append(f"{_n(frag['fragments'])} fragments made {_n(frag['datagrams'])} "

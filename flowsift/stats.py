@@ -42,6 +42,14 @@ def capture_stats(path, filter_expression=None, on_progress=None):
     return _summarise(cap, decoder, flows, bpf, error, defrag)
 
 
+def not_in_connections(decoder):
+    """The packets read that no connection can hold, by why: not decoded (their reasons are in
+    `flowsift stats`), or IP of another protocol than TCP and UDP (ICMP, ESP, ...)."""
+    c = decoder.counters()
+    other = sum(n for table in (c["proto4"], c["proto6"]) for proto, n in table.items() if proto not in (6, 17))
+    return {"not_decoded": sum(c["reasons"].values()), "other_protocols": other}
+
+
 def _summarise(cap, decoder, flows, bpf, error, defrag):
     c = decoder.counters()
     rc = cap.counters()

@@ -150,3 +150,17 @@ def test_results_do_not_depend_on_the_batch_size(tmp_path, monkeypatch, name):
             # packet 2 is stamped 2038 between two from 2015; one interface's clock is 45 years behind
             assert summary["engine"]["clock_outliers"] == 1 and summary["engine"]["timeouts"] == 0
     assert runs["512"] == runs["37"] == runs["1"] and len(runs["1"]) > 10
+
+
+def test_every_packet_read_is_accounted_for(corpus):
+    """On every corpus capture, each packet read is in a connection, late after one, not
+    decoded, of another protocol than TCP and UDP, or a fragment of a rebuilt datagram."""
+    from flowsift.extract import extract_streams
+    paths = sorted(p for p in corpus.iterdir() if p.suffix in (".pcap", ".pcapng", ".cap"))
+    assert len(paths) == 75
+    for path in paths:
+        s = extract_streams(str(path))
+        f = s["fragments"]
+        held = (s["packets"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
+                + f["fragments"] - f["datagrams"])
+        assert s["capture_packets"] == held, path.name
