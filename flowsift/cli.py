@@ -627,7 +627,8 @@ def main():
         if os.environ.get("FLOWSIFT_DEBUG"):
             import traceback
             traceback.print_exc()
-        typer.echo(f"flowsift: {e}", err=True)
+        # a file name that is not UTF-8 shows its bytes as \xNN, as ls -b would
+        typer.echo(f"flowsift: {e}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("flowsift: interrupted", err=True)

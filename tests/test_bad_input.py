@@ -228,3 +228,10 @@ def test_live_source_limits_and_options_are_checked_before_capturing(args, words
     # they started a capture that ended at once (or a ring the kernel was given fewer blocks
     # of), exit 0; fanout=abc said what int() says
     one_line_error(run_cli("stats", *args), words)
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_by_its_bytes(tmp_path):
+    name = os.fsdecode(b"bad\xffname.pcap")
+    (tmp_path / name).write_bytes(b"")
+    res = run_cli("stats", tmp_path / name)
+    assert res.returncode == 2 and "bad\\xffname.pcap" in res.stderr and "udcff" not in res.stderr
