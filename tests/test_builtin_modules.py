@@ -470,3 +470,21 @@ def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
     rules = tmp_path / "rules.txt"
     rules.write_bytes("naïve\n".encode("utf-8") + b"\\xc3\\xa9cole\n")
     assert got(f"strsearch(patterns={rules})") == [("naïve", where("naïve")), ("école", where("école"))]
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path, monkeypatch, lost):
+    """`GET /a HTTP/1.1\\r` in one segment (read alone: one packet per batch), its LF in the
+    next: the direction was switched off as not_http. With the LF lost, the request is counted
+    lost with what its start line said, and its response still answers it."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    cap = conversation(tmp_path / "cr.pcap", [
+        (True, b"GET /a HTTP/1.1\r"), (True, b"\n", lost), (True, b"Host: x\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r"), (False, b"\nContent-Length: 2\r\n\r\nok"),
+        (True, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/a", True), (404, "GET", "/b", True)]
+    counters = res.counters("http")
+    assert counters.get("not_http", 0) == 0
+    assert counters.get("lost_requests", 0) == int(lost) and counters["requests"] == 2 - int(lost)

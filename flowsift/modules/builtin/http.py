@@ -245,7 +245,9 @@ class Http(Module):
             elif _cannot_grow(stream):
                 # the header block is cut by a loss or by the end: what its start line says is
                 # kept for the lost message (on_gap, on_close)
-                parsed = http1.parse_head(buf[:nl], request) if nl >= 0 else None
+                # (a start line whose CR came and whose LF was lost is whole too)
+                line = buf[:nl] if nl >= 0 else buf if buf.endswith(b"\r") else None
+                parsed = http1.parse_head(line, request) if line is not None else None
                 if parsed is not None:
                     st["cut"] = self._fields(request, parsed[0], parsed[1])
             return False
