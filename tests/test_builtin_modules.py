@@ -488,3 +488,18 @@ def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path,
     counters = res.counters("http")
     assert counters.get("not_http", 0) == 0
     assert counters.get("lost_requests", 0) == int(lost) and counters["requests"] == 2 - int(lost)
+
+
+@pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b"5_0", b"\xb2"])
+def test_http_a_chunk_size_that_is_not_hex_digits_is_malformed(tmp_path, size):
+    """int(x, 16) takes a sign, 0x and _: a chunk size of -5 left the parser waiting for -5
+    bytes, and every later response of the connection was lost. Only hex digits are a size;
+    anything else is malformed, the response reported incomplete, and parsing resumes."""
+    cap = conversation(tmp_path / "chunk.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nabcde\r\n0\r\n\r\n"
+                b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", False), (404, "GET", "/2", True)]
+    assert res.counters("http")["malformed"] == 1

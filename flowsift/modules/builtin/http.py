@@ -11,6 +11,9 @@ RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
 RESYNC_TAIL = 8300
 # A chunk-size line (size, extensions) longer than this is not HTTP.
 MAX_CHUNK_LINE = 4096
+# A chunk size is hex digits only (RFC 9112 7.1: no sign, no 0x, no _, which int(x, 16) takes);
+# 16 of them reach 2^64, more than any body
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Bytes looked at first for a header block (most are far smaller), and bytes read at once
 # (see _peek).
 HEAD_LOOK = 4096
@@ -190,11 +193,11 @@ class Http(Module):
                     if not line.strip():
                         self._done(flow, st, d, request)
                     continue
-                try:
-                    size = int(line.split(b";")[0].strip(b" \t"), 16)
-                except ValueError:
+                size = line.split(b";", 1)[0].strip(b" \t")
+                if CHUNK_SIZE.fullmatch(size) is None:
                     self._malformed(flow, stream, st, d, request)
                     continue
+                size = int(size, 16)
                 if size:
                     st.update(phase="chunk_data", left=size)
                 else:
