@@ -503,3 +503,26 @@ def test_http_a_chunk_size_that_is_not_hex_digits_is_malformed(tmp_path, size):
     pairs, res = http_pairs(cap)
     assert pairs == [(200, "GET", "/1", False), (404, "GET", "/2", True)]
     assert res.counters("http")["malformed"] == 1
+
+
+def test_http_a_framing_error_in_a_directions_first_message_is_malformed_not_not_http(tmp_path):
+    """Two different Content-Length values, `Content-Length: +2`, or a 70 KB header block in
+    the first message after a start line that is HTTP: the whole direction was switched off as
+    not_http. not_http is for a first start line that is not HTTP/1; these are malformed: the
+    message is reported incomplete with what its header block said, and the next one is read."""
+    for cl in (b"Content-Length: 2\r\nContent-Length: 3\r\n", b"Content-Length: +2\r\n"):
+        cap = conversation(tmp_path / "cl.pcap", [
+            (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+            (False, b"HTTP/1.1 200 OK\r\n" + cl + b"\r\nokHTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno"),
+        ])
+        pairs, res = http_pairs(cap)
+        assert pairs == [(200, "GET", "/1", False), (404, "GET", "/2", True)]
+        assert res.counters("http")["malformed"] == 1 and "not_http" not in res.counters("http")
+    big = b"GET /big HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\n\r\n"
+    cap = conversation(tmp_path / "big.pcap", [(True, big[i:i + 1400]) for i in range(0, len(big), 1400)] + [
+        (False, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(431, "GET", "/big", True), (200, "GET", "/after", True)]
+    assert [(e["uri"], e["complete"]) for e in res.of_kind("request")] == [("/big", False), ("/after", True)]
+    assert res.counters("http")["malformed"] == 1 and "not_http" not in res.counters("http")

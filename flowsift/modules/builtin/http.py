@@ -74,9 +74,11 @@ class Http(Module):
     Counters: requests, responses (final ones), interim (1xx before a final response), gaps (in
               the connections it reads), lost_requests, lost_responses (message starts lost in a
               gap), unanswered (requests without a response when the connection ended), lenient
-              (messages with header lines a strict parser refuses), malformed (a message after
-              HTTP was seen that could not be framed: parsing resumes at the next start),
-              not_http (directions whose first bytes are not HTTP/1)
+              (messages with header lines a strict parser refuses), malformed (a message that
+              could not be framed after a start line that is HTTP -- a Content-Length that
+              cannot be trusted, a header block over 64 KiB, a bad chunk size -- or a later
+              start line that is not: the message is reported incomplete, parsing resumes at
+              the next start), not_http (directions whose first start line is not HTTP/1)
     Events: "request": method, host, uri, request_body, user_agent, complete (false: bytes of
             the message were lost, or the connection ended inside it);
             "response": status (null when its header block was lost), response_body (bytes
@@ -244,6 +246,12 @@ class Http(Module):
             end = http1.head_end(buf)
         if end < 0:
             if len(buf) >= http1.MAX_HEAD:
+                # too long a header block after a start line that is HTTP: that message is
+                # malformed (reported with what its start line says), not the direction
+                nl = buf.find(b"\n")
+                parsed = http1.parse_head(buf[:nl], request) if nl >= 0 else None
+                if parsed is not None:
+                    self._begin(flow, st, request, self._fields(request, parsed[0], {}), 0)
                 self._malformed(flow, stream, st, d, request)
             elif _cannot_grow(stream):
                 # the header block is cut by a loss or by the end: what its start line says is
@@ -268,18 +276,17 @@ class Http(Module):
             # the request this response answers: the first one waiting, unless responses wait
             # for their requests already (then it is not known yet: taken as a GET)
             method = pending[0]["method"] if pending and not early else None
+        msg = self._fields(request, start, headers)
         try:
             kind, n = http1.framing(request, headers, method, status)
         except ValueError:
+            # a length that cannot be trusted after a start line that is HTTP: the message is
+            # malformed (reported as far as its header block), not the direction
+            self._begin(flow, st, request, msg, lenient)
             self._malformed(flow, stream, st, d, request)
             return False
         stream.skip(end)
-        st["seen"] += 1
-        msg = self._fields(request, start, headers)
-        msg.update(body=0, lenient=bool(lenient))
-        st["msg"] = msg
-        if request:
-            pending.append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
+        self._begin(flow, st, request, msg, lenient)
         if kind == http1.NONE:
             self._done(flow, st, d, request)
             if request and (method == "CONNECT" or self._upgrade(headers)):
@@ -295,6 +302,15 @@ class Http(Module):
         return True
 
     @staticmethod
+    def _begin(flow, st, request, msg, lenient):
+        """A message whose header block was read: the one being read from now on."""
+        st["seen"] += 1
+        msg.update(body=0, lenient=bool(lenient))
+        st["msg"] = msg
+        if request:
+            flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
+
+    @staticmethod
     def _upgrade(headers):
         connection = ",".join(headers.get("connection", ())).lower()
         return "upgrade" in connection and "upgrade" in headers
@@ -307,9 +323,11 @@ class Http(Module):
         return {"status": start[1], "content_type": (headers.get("content-type") or [None])[0]}
 
     def _malformed(self, flow, stream, st, d, request):
-        """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: at a
-        direction's start it is not HTTP; later, that message is reported as far as it was
-        read (or counted lost) and parsing resumes at the next message start after it."""
+        """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: a
+        direction whose first start line is not HTTP/1 is not HTTP; otherwise (a later start
+        line, or a message whose framing fails after a start line that is HTTP) that message
+        is reported as far as it was read (or counted lost) and parsing resumes at the next
+        message start after it."""
         if not st["seen"]:
             self.count("not_http")
             st["mode"] = "off"
