@@ -505,6 +505,30 @@ def test_http_a_chunk_size_that_is_not_hex_digits_is_malformed(tmp_path, size):
     assert res.counters("http")["malformed"] == 1
 
 
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_http_bytes_lost_before_a_directions_first_are_a_lost_message(tmp_path, side):
+    """The first 10 bytes of a direction are lost: on_gap came before the direction had a
+    state and was passed over, so what followed was parsed as a message start ("T /1 ..." or
+    "0 OK ..." refused as not HTTP, or a 1-byte loss read as method "ET"). The lost message is
+    counted, its partner still paired with it, and parsing resumes at the next start."""
+    q1, q2 = b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n", b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+    r1, r2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno"
+    for n in (1, 10):
+        if side == "client":
+            turns = [(True, q1[:n], True), (True, q1[n:] + q2), (False, r1 + r2)]
+            want = [(200, None, None, True), (404, "GET", "/2", True)]
+        else:
+            turns = [(True, q1 + q2), (False, r1[:n], True), (False, r1[n:] + r2)]
+            want = [(None, "GET", "/1", False), (404, "GET", "/2", True)]
+        pairs, res = http_pairs(conversation(tmp_path / f"lead{n}.pcap", turns))
+        assert pairs == want
+        counters = res.counters("http")
+        assert counters[f"lost_{'requests' if side == 'client' else 'responses'}"] == 1
+        assert counters.get("not_http", 0) == 0 and counters.get("malformed", 0) == 0
+        if side == "client":
+            assert [e["uri"] for e in res.of_kind("request")] == ["/2"]
+
+
 def test_http_a_framing_error_in_a_directions_first_message_is_malformed_not_not_http(tmp_path):
     """Two different Content-Length values, `Content-Length: +2`, or a 70 KB header block in
     the first message after a start line that is HTTP: the whole direction was switched off as

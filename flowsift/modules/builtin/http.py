@@ -61,8 +61,8 @@ class Http(Module):
     as servers and tshark read them (`Name : value`, folded lines, bare LF), and counted.
 
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
-    known) and is reported with complete=false; a gap where a message was to start lost that
-    message: a lost response still answers its request (reported with status null), a lost
+    known) and is reported with complete=false; a gap where a message was to start (the
+    direction's first bytes too) lost that message: a lost response still answers its request (reported with status null), a lost
     request still waits for its response (which is reported with method, host and uri null),
     so the pairing of what follows does not shift; parsing resumes at the next message start,
     as it starts in a side seen from the middle (which may be the server's, seen first).
@@ -385,7 +385,13 @@ class Http(Module):
     def on_gap(self, flow, direction, gap):
         self.count("gaps")
         st = flow.state["sides"][direction]
-        if st is None or st["mode"] != "http":
+        if st is None:
+            # bytes lost before the direction's first: a message was to start there (its first
+            # bytes are not a message start: parsing resumes at the next one)
+            flow.state["sides"][direction] = {"mode": "resync", "phase": "head", "left": 0, "msg": None, "seen": 0}
+            self._lost(flow, direction == 0, None)
+            return
+        if st["mode"] != "http":
             return                            # not HTTP, or looking for a message start already
         request = _requests(st, direction)
         phase, msg = st["phase"], st["msg"]
