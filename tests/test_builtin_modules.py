@@ -550,3 +550,35 @@ def test_http_a_framing_error_in_a_directions_first_message_is_malformed_not_not
     assert pairs == [(431, "GET", "/big", True), (200, "GET", "/after", True)]
     assert [(e["uri"], e["complete"]) for e in res.of_kind("request")] == [("/big", False), ("/after", True)]
     assert res.counters("http")["malformed"] == 1 and "not_http" not in res.counters("http")
+
+
+def test_http_only_the_response_switches_protocols(tmp_path):
+    """A CONNECT or an Upgrade request switched the client direction off at once: a CONNECT
+    refused with 407 and sent again, or an `Upgrade: h2c` the server ignores, lost every later
+    request. The request's direction now waits for its response: a 101, or a 2xx to CONNECT,
+    ends HTTP in both directions; any other answer and both go on."""
+    cap = conversation(tmp_path / "connect.pcap", [
+        (True, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+        (False, b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"),
+        (True, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nProxy-Authorization: Basic eDp5\r\n\r\n"),
+        (False, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+        (True, b"\x16\x03\x01\x00\x05hello"), (False, b"\x16\x03\x03\x00\x05hello"),
+    ], port=3128)
+    pairs, res = http_pairs(cap)
+    assert pairs == [(407, "CONNECT", "example.com:443", True), (200, "CONNECT", "example.com:443", True)]
+    counters = res.counters("http")
+    assert counters["requests"] == 2 and not {"malformed", "not_http", "unanswered"} & set(counters)
+    upgrade = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAM\r\n\r\n"
+    cap = conversation(tmp_path / "h2c.pcap", [
+        (True, upgrade), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        (True, b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    assert http_pairs(cap)[0] == [(200, "GET", "/a", True), (200, "GET", "/b", True)]
+    cap = conversation(tmp_path / "ws.pcap", [
+        (True, b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+        (False, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+        (True, b"\x81\x85abcd\x00\x00\x00\x00\x00"), (False, b"\x81\x02hi"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(101, "GET", "/ws", True)]
+    assert not {"malformed", "not_http", "unanswered"} & set(res.counters("http"))

@@ -60,6 +60,11 @@ class Http(Module):
     and a CONNECT's 2xx have no body, whatever their headers say. Headers are read leniently,
     as servers and tshark read them (`Name : value`, folded lines, bare LF), and counted.
 
+    A request asking to switch protocols (CONNECT, or Upgrade with Connection: upgrade) holds
+    its direction until its response: a 101, or a 2xx to CONNECT, ends HTTP in both directions
+    (what follows is another protocol); any other answer (a 407, a 200 ignoring an offered h2c)
+    and both go on as HTTP.
+
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
     known) and is reported with complete=false; a gap where a message was to start (the
     direction's first bytes too) lost that message: a lost response still answers its request (reported with status null), a lost
@@ -95,13 +100,22 @@ class Http(Module):
         flow.state["pending"] = []            # requests waiting for their responses, in order
         flow.state["early"] = []              # responses waiting for their requests, in order
         # per direction: mode "http" (parsing), "resync" (after a gap: waiting for a message
-        # start) or "off" (not HTTP); phase (where in a message), left (body or chunk bytes to
+        # start), "wait" (a request asked to switch protocols: its response tells whether what
+        # follows is HTTP) or "off" (not HTTP); phase (where in a message), left (body or chunk bytes to
         # go), msg (the message being read, from its header block on). All plain data: a
         # checkpoint carries it, and a restored worker goes on from its stream position.
         flow.state["sides"] = [None, None]
 
     def on_data(self, flow, stream):
+        d = stream.direction
+        cache = flow.cache
+        cache[("http", d)] = stream           # (a direction held by a switch request is read on by the other's call)
         self._data(flow, stream)
+        resume = cache.pop("http.resume", None)
+        if resume is not None and resume != d and cache.get(("http", resume)) is not None:
+            # the response refused the switch: its request's direction goes on now, not at its
+            # next call (which may never come: it may have ended already)
+            self._data(flow, cache[("http", resume)])
         sides = flow.state["sides"]
         if sides[0] is not None and sides[1] is not None and sides[0]["mode"] == sides[1]["mode"] == "off":
             flow.skip()                       # neither direction is HTTP/1: nothing more to read
@@ -124,6 +138,8 @@ class Http(Module):
             if st["mode"] == "off":
                 stream.skip()
                 return
+            if st["mode"] == "wait":
+                return                        # what follows the switch request waits for its answer
             self._parse(flow, stream, st, d)
             if st["mode"] == "http":
                 return                        # waiting for more bytes
@@ -287,11 +303,13 @@ class Http(Module):
             return False
         stream.skip(end)
         self._begin(flow, st, request, msg, lenient)
+        if request and (method == "CONNECT" or self._upgrade(headers)):
+            # what follows may be another protocol: only the response can tell
+            msg["switch"] = True
+            flow.state["pending"][-1]["switch"] = d
         if kind == http1.NONE:
             self._done(flow, st, d, request)
-            if request and (method == "CONNECT" or self._upgrade(headers)):
-                st["mode"] = "off"            # what follows is another protocol (if accepted)
-            elif not request and (status == 101 or (method == "CONNECT" and 200 <= status < 300)):
+            if not request and (status == 101 or (method == "CONNECT" and 200 <= status < 300)):
                 st["mode"] = "off"
         elif kind == http1.LENGTH:
             st.update(phase="body", left=n)
@@ -343,6 +361,8 @@ class Http(Module):
     def _done(self, flow, st, d, request, complete=True):
         msg, st["msg"] = st["msg"], None
         st.update(phase="head", left=0)
+        if msg.pop("switch", False) and st["mode"] == "http":
+            st["mode"] = "wait"               # until the response says (see _switch)
         if msg.pop("lenient", False):
             self.count("lenient")
         self._message(flow, request, msg, complete and not msg.pop("gap", False))
@@ -355,6 +375,8 @@ class Http(Module):
             self.emit("request", method=msg["method"], host=msg["host"], uri=msg["uri"],
                       request_body=msg["body"], user_agent=msg["user_agent"], complete=complete)
             self.count("requests")
+            if s["early"]:
+                self._pair(flow)              # responses read before it
             return
         resp = {"status": msg["status"], "response_body": msg["body"], "content_type": msg["content_type"],
                 "complete": complete}
@@ -378,9 +400,31 @@ class Http(Module):
             if not req and early[0]["status"] is None:
                 early.pop(0)                  # lost, and answering no request seen: nothing to say
                 continue
-            self.emit("response", **early.pop(0), interim=False, method=req.get("method"), host=req.get("host"),
+            resp = early.pop(0)
+            self.emit("response", **resp, interim=False, method=req.get("method"), host=req.get("host"),
                       uri=req.get("uri"))
             self.count("responses")
+            if "switch" in req:
+                self._switch(flow, req, resp["status"])
+
+    def _switch(self, flow, req, status):
+        """The response to a request asking to switch protocols (Upgrade, CONNECT): a 101, or
+        a 2xx to CONNECT, ends HTTP in both directions; another status lets the request's
+        direction go on; a lost one leaves it looking for the next message start."""
+        sides = flow.state["sides"]
+        st = sides[req["switch"]]
+        if status == 101 or (req["method"] == "CONNECT" and status is not None and 200 <= status < 300):
+            for side in sides:
+                if side is not None:
+                    side["mode"] = "off"
+            return
+        if st["mode"] != "wait":
+            return
+        lost = st.pop("waitgap", False)
+        if lost:
+            self._lost(flow, True, None)      # the gap was where the next request was to start
+        st["mode"] = "resync" if lost or status is None else "http"
+        flow.cache["http.resume"] = req["switch"]
 
     def on_gap(self, flow, direction, gap):
         self.count("gaps")
@@ -390,6 +434,9 @@ class Http(Module):
             # bytes are not a message start: parsing resumes at the next one)
             flow.state["sides"][direction] = {"mode": "resync", "phase": "head", "left": 0, "msg": None, "seen": 0}
             self._lost(flow, direction == 0, None)
+            return
+        if st["mode"] == "wait":
+            st["waitgap"] = True              # (see _switch)
             return
         if st["mode"] != "http":
             return                            # not HTTP, or looking for a message start already
