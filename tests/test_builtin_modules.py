@@ -582,3 +582,19 @@ def test_http_only_the_response_switches_protocols(tmp_path):
     pairs, res = http_pairs(cap)
     assert pairs == [(101, "GET", "/ws", True)]
     assert not {"malformed", "not_http", "unanswered"} & set(res.counters("http"))
+
+
+def test_http_and_tls_pass_over_udp_flows(tmp_path):
+    """An SSDP M-SEARCH datagram was reported as an HTTP request, and a DNS datagram counted
+    not_http and not_tls: both modules read TCP only, and pass over UDP flows uncounted."""
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    ssdp = b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: ssdp:all\r\n\r\n"
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x07example\x03com\x00\x00\x01\x00\x01"
+    frames = [(1_700_000_000, 0, ether(ipv4(A, B, 17, udp(40001, 1900, ssdp)))),
+              (1_700_000_000, 1000, ether(ipv4(A, B, 17, udp(40002, 53, query))))]
+    (tmp_path / "udp.pcap").write_bytes(pcap(frames))
+    res = run_module("http,tls", tmp_path / "udp.pcap")
+    assert res.events == []
+    chain_own = {"errors", "restarts"}
+    assert set(res.counters("http")) <= chain_own and set(res.counters("tls")) <= chain_own

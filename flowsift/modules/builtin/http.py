@@ -73,7 +73,8 @@ class Http(Module):
     as it starts in a side seen from the middle (which may be the server's, seen first).
 
     Synopsis: http
-    Reads: both streams of every TCP connection, until neither is HTTP/1
+    Reads: both streams of every TCP connection, until neither is HTTP/1 (UDP flows, such as
+           SSDP's HTTP-like datagrams, are passed over and not counted)
     Writes: nothing (read-only)
     Options: none
     Counters: requests, responses (final ones), interim (1xx before a final response), gaps (in
@@ -97,6 +98,9 @@ class Http(Module):
     name = "http"
 
     def on_open(self, flow):
+        if flow.proto != "tcp":
+            flow.skip()                       # HTTP/1 over UDP (SSDP) is not read, nor counted
+            return
         flow.state["pending"] = []            # requests waiting for their responses, in order
         flow.state["early"] = []              # responses waiting for their requests, in order
         # per direction: mode "http" (parsing), "resync" (after a gap: waiting for a message
@@ -487,6 +491,8 @@ class Http(Module):
             self._pair(flow)
 
     def on_close(self, flow, reason):
+        if "sides" not in flow.state:
+            return                            # (not TCP)
         for d, st in enumerate(flow.state["sides"]):
             if st is None or st["mode"] != "http":
                 continue

@@ -106,7 +106,8 @@ class Tls(Module):
     version, sslv2=true, and no SNI or ALPN (the format has no extensions).
 
     Synopsis: tls
-    Reads: the first bytes of the client-to-server stream
+    Reads: the first bytes of the client-to-server stream of TCP connections (UDP flows are
+           passed over and not counted)
     Writes: nothing (read-only)
     Options: none
     Counters: hellos, sslv2 (hellos in the SSLv2 format), not_tls
@@ -115,6 +116,10 @@ class Tls(Module):
     Example: flowsift chain tls trace.pcap   emits {"kind": "client_hello", "sni": ..., "alpn": [...], "version": ...}
     """
     name = "tls"
+
+    def on_open(self, flow):
+        if flow.proto != "tcp":
+            flow.skip()                              # (DTLS and QUIC are not read, nor counted)
 
     def on_data(self, flow, stream):
         if stream.direction != 0 or flow.state.get("done"):
