@@ -598,3 +598,54 @@ def test_http_and_tls_pass_over_udp_flows(tmp_path):
     assert res.events == []
     chain_own = {"errors", "restarts"}
     assert set(res.counters("http")) <= chain_own and set(res.counters("tls")) <= chain_own
+
+
+def test_dns_over_tcp_resumes_after_a_gap(tmp_path):
+    """Four length-prefixed queries, 10 bytes of the second lost: every message after the gap
+    was lost, uncounted (the bytes after it were read as a length prefix). The second is now
+    counted lost and the next message start found; a gap followed by 5 KiB that hold none
+    gives the direction up, counted."""
+    import struct
+
+    import dns.message
+    from flowsift.testing import run_module
+    msgs = []
+    for i in range(4):
+        q = dns.message.make_query(f"n{i}.example.", "A")
+        q.id = 0x100 + i
+        w = q.to_wire()
+        msgs.append(struct.pack(">H", len(w)) + w)
+    data, first = b"".join(msgs), len(msgs[0])
+    cap = conversation(tmp_path / "dnsgap.pcap", [(True, data[:first + 10]), (True, data[first + 10:first + 20], True),
+                                                  (True, data[first + 20:])], port=53)
+    res = run_module("dns", cap)
+    assert [e["qname"] for e in res.of_kind("query")] == ["n0.example.", "n2.example.", "n3.example."]
+    assert res.counters("dns")["lost"] == 1 and "gave_up" not in res.counters("dns")
+    cap = conversation(tmp_path / "dnsjunk.pcap", [(True, msgs[0]), (True, b"x" * 10, True), (True, b"\xff" * 5000),
+                                                   (True, msgs[1])], port=53)
+    res = run_module("dns", cap)
+    assert [e["qname"] for e in res.of_kind("query")] == ["n0.example."]
+    assert res.counters("dns")["lost"] == 1 and res.counters("dns")["gave_up"] == 1
+
+
+def test_dns_reads_mdns_records_with_the_cache_flush_bit(tmp_path, corpus):
+    """mDNS sets the top bit of a record's class (cache flush): class IN read as 32769, and
+    the A and AAAA records came out as opaque hex (local2's AAAA answers too). tshark reads
+    the addresses; so does dns."""
+    import struct
+    from flowsift.testing import run_module
+    from pcapgen import A, ether, ipv4, pcap, udp
+    name = b"\x05mucha\x05local\x00"
+    answer = (struct.pack(">HHHHHH", 0, 0x8400, 0, 2, 0, 0) + name + struct.pack(">HHIH", 1, 0x8001, 120, 4)
+              + bytes([192, 168, 1, 12]) + b"\xc0\x0c" + struct.pack(">HHIH", 28, 0x8001, 120, 16)
+              + bytes.fromhex("fe80000000000000e6ce8ffffe05ebda"))
+    (tmp_path / "mdns.pcap").write_bytes(pcap([(1_700_000_000, 0, ether(ipv4(A, bytes([224, 0, 0, 251]), 17,
+                                                                             udp(5353, 5353, answer))))]))
+    (e,) = run_module("dns", tmp_path / "mdns.pcap").of_kind("answer")
+    assert e["answers"] == ["mucha.local. A 192.168.1.12", "mucha.local. AAAA fe80::e6ce:8fff:fe05:ebda"]
+    evs, _ = events(corpus / "linktype__tcpflow__local2.pcap", "dns", tmp_path)
+    theirs = {a for row in tshark_fields(corpus / "linktype__tcpflow__local2.pcap", "mdns", "dns.a", "dns.aaaa")
+              for field in row for a in field.split(",") if a}
+    ours = {a.split()[-1] for e in evs if e["kind"] == "answer" for a in e["answers"] if " A " in a or " AAAA " in a}
+    # (events carry the answer section: the A record is an additional one there)
+    assert ours == {"fe80::e6ce:8fff:fe05:ebda"} and ours <= theirs
