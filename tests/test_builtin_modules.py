@@ -519,7 +519,7 @@ def test_http_bytes_lost_before_a_directions_first_are_a_lost_message(tmp_path, 
             turns = [(True, q1[:n], True), (True, q1[n:] + q2), (False, r1 + r2)]
             want = [(200, None, None, True), (404, "GET", "/2", True)]
         else:
-            turns = [(True, q1 + q2), (False, r1[:n], True), (False, r1[n:] + r2)]
+            turns = [(True, q1 + q2), (False, r1[:n], True), (False, r1[n:]), (False, r2)]
             want = [(None, "GET", "/1", False), (404, "GET", "/2", True)]
         pairs, res = http_pairs(conversation(tmp_path / f"lead{n}.pcap", turns))
         assert pairs == want
@@ -538,7 +538,7 @@ def test_http_a_framing_error_in_a_directions_first_message_is_malformed_not_not
     for cl in (b"Content-Length: 2\r\nContent-Length: 3\r\n", b"Content-Length: +2\r\n"):
         cap = conversation(tmp_path / "cl.pcap", [
             (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
-            (False, b"HTTP/1.1 200 OK\r\n" + cl + b"\r\nokHTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno"),
+            (False, b"HTTP/1.1 200 OK\r\n" + cl + b"\r\nok"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\nno"),
         ])
         pairs, res = http_pairs(cap)
         assert pairs == [(200, "GET", "/1", False), (404, "GET", "/2", True)]
@@ -650,3 +650,26 @@ def test_dns_reads_mdns_records_with_the_cache_flush_bit(tmp_path, corpus):
     ours = {a.split()[-1] for e in evs if e["kind"] == "answer" for a in e["answers"] if " A " in a or " AAAA " in a}
     # (events carry the answer section: the A record is an additional one there)
     assert ours == {"fe80::e6ce:8fff:fe05:ebda"} and ours <= theirs
+
+
+def test_http_resync_takes_a_message_start_only_at_a_line_or_a_segment_start(tmp_path):
+    """After a gap, parsing resumed at the first `HTTP/1.1 ddd` anywhere: a body quoting
+    "upstream said HTTP/1.1 503 ..." gave a response that was never sent (and shifted the
+    pairing), and a connection picked up inside a body holding "GET /fake HTTP/1.1" a request.
+    A start is now a whole start line at the start of a line or of a segment."""
+    body = b"log line: upstream said HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n and more text\n"
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    cap = conversation(tmp_path / "quoted.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (False, chunked[:45]), (False, chunked[45:55], True),
+        (False, chunked[55:] + b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    ])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", False), (404, "GET", "/2", True)]
+    from flowsift.testing import run_module, segments_capture
+    cap = segments_capture(tmp_path, handshake=False, client=[b"partial body GET /fake HTTP/1.1\r\n\r\n",
+                                                              b"GET /real HTTP/1.1\r\nHost: h\r\n\r\n"],
+                           server=[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    res = run_module("http", cap)
+    assert [e["uri"] for e in res.of_kind("request")] == ["/real"]

@@ -3,9 +3,12 @@ import re
 from flowsift import http1
 from flowsift.modules.base import Module
 
-# After a gap, parsing starts again at the next line that looks like the start of a message.
+# After a gap, parsing starts again at the next whole start line (up to its LF) that begins a
+# line (after an LF) or a segment (a packet's payload: where tshark looks for messages too, and
+# where a message after a body whose end was lost begins, as often as not): text quoting a
+# start line inside a body ("... upstream said HTTP/1.1 503 ...") is neither.
 REQUEST_START = re.compile(rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE) [^\r\n]{1,8192} HTTP/1\.[01]\r?\n")
-RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
+RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-9]\d\d(?:[ \t][^\r\n]*)?\r?\n")
 # While looking for a message start, the last bytes are kept for the next call: a start line
 # cut between two deliveries is still found (REQUEST_START spans up to 8 KiB).
 RESYNC_TAIL = 8300
@@ -70,7 +73,11 @@ class Http(Module):
     direction's first bytes too) lost that message: a lost response still answers its request (reported with status null), a lost
     request still waits for its response (which is reported with method, host and uri null),
     so the pairing of what follows does not shift; parsing resumes at the next message start,
-    as it starts in a side seen from the middle (which may be the server's, seen first).
+    as it starts in a side seen from the middle (which may be the server's, seen first). A
+    message start is then a whole start line at the start of a line or of a segment (a
+    packet's payload, where tshark looks too): a body quoting "HTTP/1.1 503" in its text is
+    not taken for a response, but a message glued in one segment to a body whose end was lost
+    is passed over too.
 
     Synopsis: http
     Reads: both streams of every TCP connection, until neither is HTTP/1 (UDP flows, such as
@@ -136,7 +143,7 @@ class Http(Module):
                 st.update(mode="resync", kind=None)
         while True:
             if st["mode"] == "resync":
-                self._resync(stream, st, d)
+                self._resync(flow, stream, st, d)
                 if st["mode"] == "resync":
                     return                    # no message start yet
             if st["mode"] == "off":
@@ -148,22 +155,51 @@ class Http(Module):
             if st["mode"] == "http":
                 return                        # waiting for more bytes
 
-    def _resync(self, stream, st, d):
+    def _resync(self, flow, stream, st, d):
         data = stream.peek_bytes()
+        segments = []                         # where the packets' payloads begin, once asked
+
+        def first(pattern):
+            # the first match at a line start or a segment start (see REQUEST_START)
+            m = pattern.search(data)
+            while m is not None:
+                i = m.start()
+                if (data[i - 1] == 0x0A if i else st.get("lf", False)):
+                    return i
+                if not segments:
+                    segments.append(self._segment_starts(flow, stream, d, len(data)))
+                if stream.tell() + i in segments[0]:
+                    return i
+                m = pattern.search(data, i + 1)
+            return None
+
         if "kind" in st and st["kind"] is None:
-            found = [(m.start(), k) for k, m in (("request", REQUEST_START.search(data)),
-                                                 ("response", RESPONSE_START.search(data))) if m]
-            m = None
+            found = [(i, k) for k, i in (("request", first(REQUEST_START)), ("response", first(RESPONSE_START)))
+                     if i is not None]
+            start = None
             if found:
                 start, st["kind"] = min(found)
-                m = (REQUEST_START if st["kind"] == "request" else RESPONSE_START).search(data, start)
         else:
-            m = (REQUEST_START if _requests(st, d) else RESPONSE_START).search(data)
-        if m is None:
-            stream.skip(max(0, len(data) - RESYNC_TAIL))
+            start = first(REQUEST_START if _requests(st, d) else RESPONSE_START)
+        if start is None:
+            n = max(0, len(data) - RESYNC_TAIL)
+            if n:
+                stream.skip(n)
+                st["lf"] = data[n - 1] == 0x0A
             return
-        stream.skip(m.start())
+        stream.skip(start)
+        st.pop("lf", None)
         st.update(mode="http", phase="head", left=0, msg=None)
+
+    @staticmethod
+    def _segment_starts(flow, stream, d, n):
+        """The stream offsets in [tell, tell + n) where a packet's payload of direction `d`
+        begins (a set)."""
+        records = flow.records()
+        pos = stream.tell()
+        offsets = records["seq_offset"][(records["dir"] == d) & (records["payload_len"] > 0)] \
+            - stream.file.header[f"origin{d}"]
+        return set(offsets[(offsets >= pos) & (offsets < pos + n)].tolist())
 
     # --- framing --------------------------------------------------------------------------
 
@@ -443,6 +479,7 @@ class Http(Module):
             st["waitgap"] = True              # (see _switch)
             return
         if st["mode"] != "http":
+            st.pop("lf", None)                # (what came before the loss says nothing of what follows)
             return                            # not HTTP, or looking for a message start already
         request = _requests(st, direction)
         phase, msg = st["phase"], st["msg"]
