@@ -673,3 +673,34 @@ def test_http_resync_takes_a_message_start_only_at_a_line_or_a_segment_start(tmp
                                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
     res = run_module("http", cap)
     assert [e["uri"] for e in res.of_kind("request")] == ["/real"]
+
+
+def test_tls_counts_hellos_it_cannot_read(tmp_path):
+    """A ClientHello cut by the end of the connection, or larger than 64 KiB, gave no event
+    and no count: both are `incomplete` now. A server_name whose inner length overruns its
+    extension was reported as a truncated name: it is `malformed`."""
+    import struct
+    from flowsift.testing import run_module
+    hello = client_hello()
+    record = struct.pack(">BHH", 22, 0x0301, len(hello)) + hello
+    cap = conversation(tmp_path / "cut.pcap", [(True, record[:60])], port=443)
+    res = run_module("tls", cap)
+    assert res.of_kind("client_hello") == [] and res.counters("tls")["incomplete"] == 1
+    big = b"".join(struct.pack(">BHH", 22, 0x0303, 16000) + bytes([1]) + (70000).to_bytes(3, "big") + bytes(15996)
+                   for _ in range(1)) + b"".join(struct.pack(">BHH", 22, 0x0303, 16000) + bytes(16000) for _ in range(4))
+    cap = conversation(tmp_path / "big.pcap", [(True, big[i:i + 1400]) for i in range(0, len(big), 1400)], port=443)
+    res = run_module("tls", cap)
+    assert res.of_kind("client_hello") == [] and res.counters("tls")["incomplete"] == 1
+    i = hello.find(b"example.com") - 2                    # the name's length
+    bad = hello[:i] + struct.pack(">H", 200) + hello[i + 2:]
+    cap = conversation(tmp_path / "sni.pcap", [(True, struct.pack(">BHH", 22, 0x0301, len(bad)) + bad)], port=443)
+    res = run_module("tls", cap)
+    assert res.of_kind("client_hello") == [] and res.counters("tls")["malformed"] == 1
+
+
+def test_http_a_status_is_three_digits_from_100(tmp_path):
+    """`HTTP/1.1 099 Odd` was read as status 99: it is not a status line."""
+    cap = conversation(tmp_path / "099.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [] and res.counters("http")["not_http"] == 1 and res.counters("http")["unanswered"] == 1

@@ -94,7 +94,8 @@ class Http(Module):
               the next start), not_http (directions whose first start line is not HTTP/1)
     Events: "request": method, host, uri, request_body, user_agent, complete (false: bytes of
             the message were lost, or the connection ended inside it);
-            "response": status (null when its header block was lost), response_body (bytes
+            "response": status (three digits, 100 to 999: "099" is not a status line; null
+            when its header block was lost), response_body (bytes
             seen, null when the header block was lost), content_type, complete (false: the
             connection ended inside its body, or bytes of it were lost), interim (a 1xx before
             the final response: it does not answer the request), and the method, host and uri
