@@ -70,9 +70,12 @@ class Http(Module):
 
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
     known) and is reported with complete=false; a gap where a message was to start (the
-    direction's first bytes too) lost that message: a lost response still answers its request (reported with status null), a lost
-    request still waits for its response (which is reported with method, host and uri null),
-    so the pairing of what follows does not shift; parsing resumes at the next message start,
+    direction's first bytes too) lost that message: a lost response still answers its
+    request (reported with status null), a lost request still waits for its response (which
+    is reported with method, host and uri null), so the pairing of what follows does not
+    shift when a gap loses one message start. A known limit: one gap taking the end of a
+    message and the starts of the next ones is counted as one lost message, and the pairing
+    after it may shift by the others; parsing resumes at the next message start,
     as it starts in a side seen from the middle (which may be the server's, seen first). A
     message start is then a whole start line at the start of a line or of a segment (a
     packet's payload, where tshark looks too): a body quoting "HTTP/1.1 503" in its text is
