@@ -18,11 +18,14 @@ MAX_START_LINE = 16384
 
 METHOD = rb"[A-Z][A-Z0-9_-]{0,23}"
 REQUEST_LINE = re.compile(rb"(" + METHOD + rb") +([^\r\n]*?) +HTTP/(1\.[01])[ \t]*\r?\Z")
-RESPONSE_LINE = re.compile(rb"HTTP/(1\.[01]) +(\d{3})(?:[ \t][^\r\n]*)?\r?\Z")
+# a status is three digits, 100 to 999 (RFC 9110 15: 1xx to 5xx defined; LinkedIn answers 999);
+# "099" is not one
+RESPONSE_LINE = re.compile(rb"HTTP/(1\.[01]) +([1-9]\d\d)(?:[ \t][^\r\n]*)?\r?\Z")
 # prefixes of a start line not complete yet: enough to tell at its first bytes that a direction
-# is not HTTP (a TLS record, an SSH banner, an SMTP greeting)
-REQUEST_PREFIX = re.compile(rb"(?:" + METHOD + rb"(?: [^\r\n]*)?)?\Z")
-RESPONSE_PREFIX = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01](?: [^\r\n]*)?)?)?)?)?)?)?)?)?\Z")
+# is not HTTP (a TLS record, an SSH banner, an SMTP greeting); a line cut between its CR and its
+# LF is one too
+REQUEST_PREFIX = re.compile(rb"(?:" + METHOD + rb"(?: [^\r\n]*\r?)?)?\Z")
+RESPONSE_PREFIX = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01](?: [^\r\n]*\r?)?)?)?)?)?)?)?)?)?\Z")
 
 NONE, LENGTH, CHUNKED, EOF = "none", "length", "chunked", "eof"
 

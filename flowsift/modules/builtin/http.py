@@ -3,14 +3,20 @@ import re
 from flowsift import http1
 from flowsift.modules.base import Module
 
-# After a gap, parsing starts again at the next line that looks like the start of a message.
+# After a gap, parsing starts again at the next whole start line (up to its LF) that begins a
+# line (after an LF) or a segment (a packet's payload: where tshark looks for messages too, and
+# where a message after a body whose end was lost begins, as often as not): text quoting a
+# start line inside a body ("... upstream said HTTP/1.1 503 ...") is neither.
 REQUEST_START = re.compile(rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE) [^\r\n]{1,8192} HTTP/1\.[01]\r?\n")
-RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}")
+RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-9]\d\d(?:[ \t][^\r\n]*)?\r?\n")
 # While looking for a message start, the last bytes are kept for the next call: a start line
 # cut between two deliveries is still found (REQUEST_START spans up to 8 KiB).
 RESYNC_TAIL = 8300
 # A chunk-size line (size, extensions) longer than this is not HTTP.
 MAX_CHUNK_LINE = 4096
+# A chunk size is hex digits only (RFC 9112 7.1: no sign, no 0x, no _, which int(x, 16) takes);
+# 16 of them reach 2^64, more than any body
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Bytes looked at first for a header block (most are far smaller), and bytes read at once
 # (see _peek).
 HEAD_LOOK = 4096
@@ -57,26 +63,42 @@ class Http(Module):
     and a CONNECT's 2xx have no body, whatever their headers say. Headers are read leniently,
     as servers and tshark read them (`Name : value`, folded lines, bare LF), and counted.
 
+    A request asking to switch protocols (CONNECT, or Upgrade with Connection: upgrade) holds
+    its direction until its response: a 101, or a 2xx to CONNECT, ends HTTP in both directions
+    (what follows is another protocol); any other answer (a 407, a 200 ignoring an offered h2c)
+    and both go on as HTTP.
+
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
-    known) and is reported with complete=false; a gap where a message was to start lost that
-    message: a lost response still answers its request (reported with status null), a lost
-    request still waits for its response (which is reported with method, host and uri null),
-    so the pairing of what follows does not shift; parsing resumes at the next message start,
-    as it starts in a side seen from the middle (which may be the server's, seen first).
+    known) and is reported with complete=false; a gap where a message was to start (the
+    direction's first bytes too) lost that message: a lost response still answers its
+    request (reported with status null), a lost request still waits for its response (which
+    is reported with method, host and uri null), so the pairing of what follows does not
+    shift when a gap loses one message start. A known limit: one gap taking the end of a
+    message and the starts of the next ones is counted as one lost message, and the pairing
+    after it may shift by the others; parsing resumes at the next message start,
+    as it starts in a side seen from the middle (which may be the server's, seen first). A
+    message start is then a whole start line at the start of a line or of a segment (a
+    packet's payload, where tshark looks too): a body quoting "HTTP/1.1 503" in its text is
+    not taken for a response, but a message glued in one segment to a body whose end was lost
+    is passed over too.
 
     Synopsis: http
-    Reads: both streams of every TCP connection, until neither is HTTP/1
+    Reads: both streams of every TCP connection, until neither is HTTP/1 (UDP flows, such as
+           SSDP's HTTP-like datagrams, are passed over and not counted)
     Writes: nothing (read-only)
     Options: none
     Counters: requests, responses (final ones), interim (1xx before a final response), gaps (in
               the connections it reads), lost_requests, lost_responses (message starts lost in a
               gap), unanswered (requests without a response when the connection ended), lenient
-              (messages with header lines a strict parser refuses), malformed (a message after
-              HTTP was seen that could not be framed: parsing resumes at the next start),
-              not_http (directions whose first bytes are not HTTP/1)
+              (messages with header lines a strict parser refuses), malformed (a message that
+              could not be framed after a start line that is HTTP -- a Content-Length that
+              cannot be trusted, a header block over 64 KiB, a bad chunk size -- or a later
+              start line that is not: the message is reported incomplete, parsing resumes at
+              the next start), not_http (directions whose first start line is not HTTP/1)
     Events: "request": method, host, uri, request_body, user_agent, complete (false: bytes of
             the message were lost, or the connection ended inside it);
-            "response": status (null when its header block was lost), response_body (bytes
+            "response": status (three digits, 100 to 999: "099" is not a status line; null
+            when its header block was lost), response_body (bytes
             seen, null when the header block was lost), content_type, complete (false: the
             connection ended inside its body, or bytes of it were lost), interim (a 1xx before
             the final response: it does not answer the request), and the method, host and uri
@@ -87,16 +109,28 @@ class Http(Module):
     name = "http"
 
     def on_open(self, flow):
+        if flow.proto != "tcp":
+            flow.skip()                       # HTTP/1 over UDP (SSDP) is not read, nor counted
+            return
         flow.state["pending"] = []            # requests waiting for their responses, in order
         flow.state["early"] = []              # responses waiting for their requests, in order
         # per direction: mode "http" (parsing), "resync" (after a gap: waiting for a message
-        # start) or "off" (not HTTP); phase (where in a message), left (body or chunk bytes to
+        # start), "wait" (a request asked to switch protocols: its response tells whether what
+        # follows is HTTP) or "off" (not HTTP); phase (where in a message), left (body or chunk bytes to
         # go), msg (the message being read, from its header block on). All plain data: a
         # checkpoint carries it, and a restored worker goes on from its stream position.
         flow.state["sides"] = [None, None]
 
     def on_data(self, flow, stream):
+        d = stream.direction
+        cache = flow.cache
+        cache[("http", d)] = stream           # (a direction held by a switch request is read on by the other's call)
         self._data(flow, stream)
+        resume = cache.pop("http.resume", None)
+        if resume is not None and resume != d and cache.get(("http", resume)) is not None:
+            # the response refused the switch: its request's direction goes on now, not at its
+            # next call (which may never come: it may have ended already)
+            self._data(flow, cache[("http", resume)])
         sides = flow.state["sides"]
         if sides[0] is not None and sides[1] is not None and sides[0]["mode"] == sides[1]["mode"] == "off":
             flow.skip()                       # neither direction is HTTP/1: nothing more to read
@@ -113,32 +147,63 @@ class Http(Module):
                 st.update(mode="resync", kind=None)
         while True:
             if st["mode"] == "resync":
-                self._resync(stream, st, d)
+                self._resync(flow, stream, st, d)
                 if st["mode"] == "resync":
                     return                    # no message start yet
             if st["mode"] == "off":
                 stream.skip()
                 return
+            if st["mode"] == "wait":
+                return                        # what follows the switch request waits for its answer
             self._parse(flow, stream, st, d)
             if st["mode"] == "http":
                 return                        # waiting for more bytes
 
-    def _resync(self, stream, st, d):
+    def _resync(self, flow, stream, st, d):
         data = stream.peek_bytes()
+        segments = []                         # where the packets' payloads begin, once asked
+
+        def first(pattern):
+            # the first match at a line start or a segment start (see REQUEST_START)
+            m = pattern.search(data)
+            while m is not None:
+                i = m.start()
+                if (data[i - 1] == 0x0A if i else st.get("lf", False)):
+                    return i
+                if not segments:
+                    segments.append(self._segment_starts(flow, stream, d, len(data)))
+                if stream.tell() + i in segments[0]:
+                    return i
+                m = pattern.search(data, i + 1)
+            return None
+
         if "kind" in st and st["kind"] is None:
-            found = [(m.start(), k) for k, m in (("request", REQUEST_START.search(data)),
-                                                 ("response", RESPONSE_START.search(data))) if m]
-            m = None
+            found = [(i, k) for k, i in (("request", first(REQUEST_START)), ("response", first(RESPONSE_START)))
+                     if i is not None]
+            start = None
             if found:
                 start, st["kind"] = min(found)
-                m = (REQUEST_START if st["kind"] == "request" else RESPONSE_START).search(data, start)
         else:
-            m = (REQUEST_START if _requests(st, d) else RESPONSE_START).search(data)
-        if m is None:
-            stream.skip(max(0, len(data) - RESYNC_TAIL))
+            start = first(REQUEST_START if _requests(st, d) else RESPONSE_START)
+        if start is None:
+            n = max(0, len(data) - RESYNC_TAIL)
+            if n:
+                stream.skip(n)
+                st["lf"] = data[n - 1] == 0x0A
             return
-        stream.skip(m.start())
+        stream.skip(start)
+        st.pop("lf", None)
         st.update(mode="http", phase="head", left=0, msg=None)
+
+    @staticmethod
+    def _segment_starts(flow, stream, d, n):
+        """The stream offsets in [tell, tell + n) where a packet's payload of direction `d`
+        begins (a set)."""
+        records = flow.records()
+        pos = stream.tell()
+        offsets = records["seq_offset"][(records["dir"] == d) & (records["payload_len"] > 0)] \
+            - stream.file.header[f"origin{d}"]
+        return set(offsets[(offsets >= pos) & (offsets < pos + n)].tolist())
 
     # --- framing --------------------------------------------------------------------------
 
@@ -190,11 +255,11 @@ class Http(Module):
                     if not line.strip():
                         self._done(flow, st, d, request)
                     continue
-                try:
-                    size = int(line.split(b";")[0].strip(b" \t"), 16)
-                except ValueError:
+                size = line.split(b";", 1)[0].strip(b" \t")
+                if CHUNK_SIZE.fullmatch(size) is None:
                     self._malformed(flow, stream, st, d, request)
                     continue
+                size = int(size, 16)
                 if size:
                     st.update(phase="chunk_data", left=size)
                 else:
@@ -241,11 +306,19 @@ class Http(Module):
             end = http1.head_end(buf)
         if end < 0:
             if len(buf) >= http1.MAX_HEAD:
+                # too long a header block after a start line that is HTTP: that message is
+                # malformed (reported with what its start line says), not the direction
+                nl = buf.find(b"\n")
+                parsed = http1.parse_head(buf[:nl], request) if nl >= 0 else None
+                if parsed is not None:
+                    self._begin(flow, st, request, self._fields(request, parsed[0], {}), 0)
                 self._malformed(flow, stream, st, d, request)
             elif _cannot_grow(stream):
                 # the header block is cut by a loss or by the end: what its start line says is
                 # kept for the lost message (on_gap, on_close)
-                parsed = http1.parse_head(buf[:nl], request) if nl >= 0 else None
+                # (a start line whose CR came and whose LF was lost is whole too)
+                line = buf[:nl] if nl >= 0 else buf if buf.endswith(b"\r") else None
+                parsed = http1.parse_head(line, request) if line is not None else None
                 if parsed is not None:
                     st["cut"] = self._fields(request, parsed[0], parsed[1])
             return False
@@ -263,23 +336,24 @@ class Http(Module):
             # the request this response answers: the first one waiting, unless responses wait
             # for their requests already (then it is not known yet: taken as a GET)
             method = pending[0]["method"] if pending and not early else None
+        msg = self._fields(request, start, headers)
         try:
             kind, n = http1.framing(request, headers, method, status)
         except ValueError:
+            # a length that cannot be trusted after a start line that is HTTP: the message is
+            # malformed (reported as far as its header block), not the direction
+            self._begin(flow, st, request, msg, lenient)
             self._malformed(flow, stream, st, d, request)
             return False
         stream.skip(end)
-        st["seen"] += 1
-        msg = self._fields(request, start, headers)
-        msg.update(body=0, lenient=bool(lenient))
-        st["msg"] = msg
-        if request:
-            pending.append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
+        self._begin(flow, st, request, msg, lenient)
+        if request and (method == "CONNECT" or self._upgrade(headers)):
+            # what follows may be another protocol: only the response can tell
+            msg["switch"] = True
+            flow.state["pending"][-1]["switch"] = d
         if kind == http1.NONE:
             self._done(flow, st, d, request)
-            if request and (method == "CONNECT" or self._upgrade(headers)):
-                st["mode"] = "off"            # what follows is another protocol (if accepted)
-            elif not request and (status == 101 or (method == "CONNECT" and 200 <= status < 300)):
+            if not request and (status == 101 or (method == "CONNECT" and 200 <= status < 300)):
                 st["mode"] = "off"
         elif kind == http1.LENGTH:
             st.update(phase="body", left=n)
@@ -288,6 +362,15 @@ class Http(Module):
         else:
             st.update(phase="eof", left=0)
         return True
+
+    @staticmethod
+    def _begin(flow, st, request, msg, lenient):
+        """A message whose header block was read: the one being read from now on."""
+        st["seen"] += 1
+        msg.update(body=0, lenient=bool(lenient))
+        st["msg"] = msg
+        if request:
+            flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
 
     @staticmethod
     def _upgrade(headers):
@@ -302,9 +385,11 @@ class Http(Module):
         return {"status": start[1], "content_type": (headers.get("content-type") or [None])[0]}
 
     def _malformed(self, flow, stream, st, d, request):
-        """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: at a
-        direction's start it is not HTTP; later, that message is reported as far as it was
-        read (or counted lost) and parsing resumes at the next message start after it."""
+        """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: a
+        direction whose first start line is not HTTP/1 is not HTTP; otherwise (a later start
+        line, or a message whose framing fails after a start line that is HTTP) that message
+        is reported as far as it was read (or counted lost) and parsing resumes at the next
+        message start after it."""
         if not st["seen"]:
             self.count("not_http")
             st["mode"] = "off"
@@ -320,6 +405,8 @@ class Http(Module):
     def _done(self, flow, st, d, request, complete=True):
         msg, st["msg"] = st["msg"], None
         st.update(phase="head", left=0)
+        if msg.pop("switch", False) and st["mode"] == "http":
+            st["mode"] = "wait"               # until the response says (see _switch)
         if msg.pop("lenient", False):
             self.count("lenient")
         self._message(flow, request, msg, complete and not msg.pop("gap", False))
@@ -332,6 +419,8 @@ class Http(Module):
             self.emit("request", method=msg["method"], host=msg["host"], uri=msg["uri"],
                       request_body=msg["body"], user_agent=msg["user_agent"], complete=complete)
             self.count("requests")
+            if s["early"]:
+                self._pair(flow)              # responses read before it
             return
         resp = {"status": msg["status"], "response_body": msg["body"], "content_type": msg["content_type"],
                 "complete": complete}
@@ -355,14 +444,46 @@ class Http(Module):
             if not req and early[0]["status"] is None:
                 early.pop(0)                  # lost, and answering no request seen: nothing to say
                 continue
-            self.emit("response", **early.pop(0), interim=False, method=req.get("method"), host=req.get("host"),
+            resp = early.pop(0)
+            self.emit("response", **resp, interim=False, method=req.get("method"), host=req.get("host"),
                       uri=req.get("uri"))
             self.count("responses")
+            if "switch" in req:
+                self._switch(flow, req, resp["status"])
+
+    def _switch(self, flow, req, status):
+        """The response to a request asking to switch protocols (Upgrade, CONNECT): a 101, or
+        a 2xx to CONNECT, ends HTTP in both directions; another status lets the request's
+        direction go on; a lost one leaves it looking for the next message start."""
+        sides = flow.state["sides"]
+        st = sides[req["switch"]]
+        if status == 101 or (req["method"] == "CONNECT" and status is not None and 200 <= status < 300):
+            for side in sides:
+                if side is not None:
+                    side["mode"] = "off"
+            return
+        if st["mode"] != "wait":
+            return
+        lost = st.pop("waitgap", False)
+        if lost:
+            self._lost(flow, True, None)      # the gap was where the next request was to start
+        st["mode"] = "resync" if lost or status is None else "http"
+        flow.cache["http.resume"] = req["switch"]
 
     def on_gap(self, flow, direction, gap):
         self.count("gaps")
         st = flow.state["sides"][direction]
-        if st is None or st["mode"] != "http":
+        if st is None:
+            # bytes lost before the direction's first: a message was to start there (its first
+            # bytes are not a message start: parsing resumes at the next one)
+            flow.state["sides"][direction] = {"mode": "resync", "phase": "head", "left": 0, "msg": None, "seen": 0}
+            self._lost(flow, direction == 0, None)
+            return
+        if st["mode"] == "wait":
+            st["waitgap"] = True              # (see _switch)
+            return
+        if st["mode"] != "http":
+            st.pop("lf", None)                # (what came before the loss says nothing of what follows)
             return                            # not HTTP, or looking for a message start already
         request = _requests(st, direction)
         phase, msg = st["phase"], st["msg"]
@@ -411,6 +532,8 @@ class Http(Module):
             self._pair(flow)
 
     def on_close(self, flow, reason):
+        if "sides" not in flow.state:
+            return                            # (not TCP)
         for d, st in enumerate(flow.state["sides"]):
             if st is None or st["mode"] != "http":
                 continue

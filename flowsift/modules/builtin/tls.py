@@ -84,6 +84,8 @@ def parse_client_hello(buf):
             pos += 4 + elen
             if etype == 0 and len(data) >= 5:                  # server_name
                 nlen = struct.unpack_from(">H", data, 3)[0]
+                if 5 + nlen > len(data):
+                    raise struct.error("server_name longer than its extension")
                 sni = data[5:5 + nlen].decode("ascii", "replace")
             elif etype == 16 and len(data) >= 2:               # ALPN
                 p = 2
@@ -106,15 +108,23 @@ class Tls(Module):
     version, sslv2=true, and no SNI or ALPN (the format has no extensions).
 
     Synopsis: tls
-    Reads: the first bytes of the client-to-server stream
+    Reads: the first bytes of the client-to-server stream of TCP connections (UDP flows are
+           passed over and not counted)
     Writes: nothing (read-only)
     Options: none
-    Counters: hellos, sslv2 (hellos in the SSLv2 format), not_tls
+    Counters: hellos, sslv2 (hellos in the SSLv2 format), not_tls, malformed (a ClientHello
+              whose lengths overrun what holds them, e.g. a server name longer than its
+              extension), incomplete (a hello larger than 64 KiB, or cut by a loss or by the
+              end of the connection)
     Events: "client_hello": version (the highest offered in supported_versions, else the
             hello's), sni, alpn, sslv2
     Example: flowsift chain tls trace.pcap   emits {"kind": "client_hello", "sni": ..., "alpn": [...], "version": ...}
     """
     name = "tls"
+
+    def on_open(self, flow):
+        if flow.proto != "tcp":
+            flow.skip()                              # (DTLS and QUIC are not read, nor counted)
 
     def on_data(self, flow, stream):
         if stream.direction != 0 or flow.state.get("done"):
@@ -124,16 +134,22 @@ class Tls(Module):
         try:
             found = parse_client_hello(stream_start)
         except ValueError:
-            if stream.available >= MAX_HELLO:
+            end = stream.tell() + stream.available
+            if stream.available >= MAX_HELLO or (stream.closed and end == stream.end_offset):
+                # larger than MAX_HELLO, or cut by the end of the connection (a loss: on_gap)
+                self.count("incomplete")
                 flow.state["done"] = True
                 flow.skip()
             return                                   # incomplete: wait for more bytes
         except (struct.error, IndexError):
-            found = None
+            found = False
         flow.state["done"] = True
         flow.skip()                                  # the hello is all it wants of a connection
         if found is None:
             self.count("not_tls")
+            return
+        if found is False:
+            self.count("malformed")                  # a handshake record whose hello's lengths do not add up
             return
         version, sni, alpn = found
         self.emit("client_hello", version=version, sni=sni, alpn=alpn, sslv2=stream_start[0] >= 0x80)
@@ -142,6 +158,7 @@ class Tls(Module):
         self.count("hellos")
 
     def on_gap(self, flow, direction, gap):
-        if direction == 0:
+        if direction == 0 and not flow.state.get("done"):
+            self.count("incomplete")
             flow.state["done"] = True                # a hello with a hole in it is not guessed at
             flow.skip()
