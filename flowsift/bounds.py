@@ -43,7 +43,7 @@ def _value(name, kind, text):
 def _parse(name, kind, text):
     m = re.match(_NUMBER, text)
     unit = m.group(2).lower() if m else None
-    if kind == "duration" and m and unit in _SECONDS:
+    if kind == "duration" and m and unit in _SECONDS and float(m.group(1)) > 0:
         return float(m.group(1)) * _SECONDS[unit]
     if kind == "size" and m and unit in _UNITS and (unit or "." not in m.group(1)):
         value = int(float(m.group(1)) * _UNITS[unit])
@@ -51,7 +51,8 @@ def _parse(name, kind, text):
             return value
     if kind == "count" and m and not unit and "." not in m.group(1) and int(m.group(1)) > 0:
         return int(m.group(1))
-    if m and float(m.group(1)) == 0 and ((kind == "size" and unit in _UNITS) or (kind == "count" and not unit)):
+    if m and float(m.group(1)) == 0 and ((kind == "size" and unit in _UNITS) or (kind == "count" and not unit)
+                                         or (kind == "duration" and unit in _SECONDS)):
         raise UsageError(f"--reassembly {name}={text}: must be more than 0")
     raise UsageError(f"--reassembly {name}={text}: {kind} expected ({_EXAMPLES[kind]})")
 

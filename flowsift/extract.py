@@ -51,6 +51,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         "gap_bytes": t["gap_bytes"],
         "conflicts": t["conflicts"],
         "retransmissions": t["retransmissions"],
+        "unverified_bytes": t["unverified_bytes"],
         "midstream_directions": t["midstream_directions"],
         "close": t["close"],
         "files": getattr(sink, "files", None),

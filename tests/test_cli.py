@@ -158,6 +158,7 @@ def test_reassembly_settings_read_units_and_refuse_nonsense():
         "finished_linger": 30.0, "max_connections": 1000, "udp_timeout": 5400.0}
     for bad, said in [("memcap=lots", "size expected"), ("memcap=1.5", "size expected"), ("memcap=0", "must be more than 0"),
                       ("max_connections=0", "must be more than 0"),
+                      ("established_timeout=0", "must be more than 0"), ("finished_linger=0ms", "must be more than 0"),
                       ("max_connections=1k", "whole number"), ("established_timeout=5 parsecs", "duration expected"),
                       ("memcap", "NAME=VALUE"), ("memcpa=1G", "no such setting; one of embryonic_timeout"),
                       ("max_connections=99999999999999999999", "at most 4294967295"),

@@ -208,3 +208,22 @@ def test_a_fragment_sent_again_after_its_datagram_was_rebuilt_is_a_duplicate(tmp
     ip = json.loads(run_cli("stats", "--json", f, check=True).stdout)["ip"]
     assert ip["reassembled_datagrams"] == 1 and ip["late_duplicate_fragments"] == 1
     assert ip["incomplete_datagrams"] == 1
+
+
+def test_a_datagram_in_too_many_pieces_is_counted_as_such(tmp_path):
+    """Every other 8-byte piece first, so that more than 64 holes are held at once: the datagram
+    is given up and counted apart, not as one whose fragments never all arrived."""
+    import json
+    from conftest import run_cli
+    payload = bytes(range(256)) * 4 + b"x" * 104                      # 1128 bytes: 141 pieces
+    udp_dgram = struct.pack(">HHHH", 53, 53, 8 + len(payload), 0) + payload
+    pieces = [(k * 8, udp_dgram[k * 8:k * 8 + 8]) for k in range(len(udp_dgram) // 8)]
+    order = pieces[0::2] + pieces[1::2]
+    frames = []
+    for off, chunk in order:
+        more = off + 8 < len(udp_dgram)
+        frames.append((1, len(frames), ether(ipv4(A, B, 17, chunk, ident=77, frag=(0x2000 if more else 0) | (off // 8)))))
+    f = tmp_path / "pieces.pcap"
+    f.write_bytes(pcap(frames))
+    ip = json.loads(run_cli("stats", "--json", f, check=True).stdout)["ip"]
+    assert ip["datagrams_in_too_many_pieces"] == 1 and ip["incomplete_datagrams"] == 0

@@ -824,3 +824,34 @@ def test_a_keep_alive_probe_is_named_not_a_retransmission(tmp_path):
     recs = json.loads(run_cli("inspect", tmp_path / "g" / f["file"], "--json", "-n", "-1", check=True).stdout)["record_list"]
     probe = [x for x in recs if "keep-alive" in x["rflags"]]
     assert len(probe) == 1 and "retransmission" not in probe[0]["rflags"] and "conflict" in probe[0]["rflags"]
+
+
+def test_a_direction_ends_at_two_tib_and_its_record_file_keeps_the_other_intact(tmp_path):
+    """Holes of 512 MiB, each acknowledged, carry the client's stream past 3 TiB (its room in a
+    record file, before the server's): past 2 TiB its bytes are counted, never written over the
+    server's."""
+    step = 1 << 29
+    pkts = HANDSHAKE + [(0.03, False, S + 1, C + 1, 0x18, b"S" * 100)]
+    for k in range(6300):
+        seq = (C + 1 + k * step) % (1 << 32)
+        pkts.append((0.1 + k * 0.001, True, seq, S + 101, 0x18, b"z" * 100))
+        pkts.append((0.1 + k * 0.001 + 0.0005, False, S + 101, (seq + 100) % (1 << 32), 0x10, b""))
+    path = _timed_capture(tmp_path / "long.pcap", pkts)
+    res = json.loads(run_cli("gateway", path, "--store", tmp_path / "g", "--keep", "--json", check=True).stdout)
+    # (past the limit nothing is delivered, so the anchor stops following: later segments read
+    # as old copies, and only those within reach count as beyond)
+    assert 0 < res["engine"]["beyond_limit_bytes"] <= (6300 - 4096) * 100
+    from flowsift.streams.reader import RecordFile
+    with RecordFile(tmp_path / "g" / "c00000000.rec") as rf:
+        assert rf.data(1, 0, 100) == b"S" * 100
+
+
+def test_a_late_segment_in_a_given_up_hole_is_no_retransmission(tmp_path):
+    """Bytes held past the per-direction bound are given up as a hole; when the missing bytes
+    come after, they were sent once: unverified, not a retransmission."""
+    path = _timed_capture(tmp_path / "late.pcap", HANDSHAKE + [
+        (0.03, True, C + 101, S + 1, 0x18, b"B" * 200), (0.04, True, C + 1, S + 1, 0x18, b"A" * 100)]
+        + _close(1, C + 301, S + 1))
+    s = json.loads(run_cli("streams", path, "--discard", "--json", "--reassembly", "max_held_per_dir=100",
+                           check=True).stdout)
+    assert s["gaps"] == 1 and s["retransmissions"] == 0 and s["unverified_bytes"] == 100

@@ -41,6 +41,7 @@ ctypedef struct tracker_t:
     uint8_t proto
     uint8_t poisoned         # a fragment was cut by the snaplen: the datagram cannot be whole
     uint8_t have_first
+    uint8_t overflowed       # more disjoint pieces than MAX_RANGES: given up, counted apart
     uint8_t src[16]
     uint8_t dst[16]
     uint32_t ident
@@ -89,6 +90,7 @@ cdef class Defragmenter:
     cdef readonly uint64_t truncated      # datagrams dropped because a fragment was cut by the snaplen
     cdef readonly uint64_t malformed      # fragments whose offsets run past 64 KiB or contradict the total
     cdef readonly uint64_t late_duplicates  # fragments of a datagram already rebuilt, sent again
+    cdef readonly uint64_t too_many_pieces  # datagrams given up: more than MAX_RANGES disjoint pieces at once
 
     def __cinit__(self, str policy="first"):
         if policy not in ("first", "last"):
@@ -186,14 +188,21 @@ cdef class Defragmenter:
                 if self.n_used == 0:
                     break
         if free_slot < 0:
-            self.timeouts += 1
-            self._drop(oldest)
+            self._give_up(oldest)
             free_slot = oldest
         return -1 - free_slot
 
     cdef void _drop(self, int i) noexcept nogil:
         self.trk[i].used = 0
         self.n_used -= 1
+
+    cdef void _give_up(self, int i) noexcept nogil:
+        # leaves the table incomplete: timed out, pushed out, or at the end of input
+        if self.trk[i].overflowed:
+            self.too_many_pieces += 1
+        else:
+            self.timeouts += 1
+        self._drop(i)
 
     cdef int _take(self, pkt_t* p) except -1:
         cdef const uint8_t* d = p.data
@@ -231,6 +240,7 @@ cdef class Defragmenter:
             t.ident = p.frag_id
             t.total = 0
             t.poisoned = 0
+            t.overflowed = 0
             t.have_first = 0
             t.n_ranges = 0
             t.fragments = 0
@@ -242,6 +252,8 @@ cdef class Defragmenter:
         t.fragments += 1
         if self.members is not None:
             self._pos.setdefault(i, []).append(p.rec_pos)
+        if t.overflowed:
+            return 0                # given up (counted when it leaves the table)
         if n < wire_n:
             t.poisoned = 1
         if off + wire_n > MAX_DATAGRAM or (t.total and off + wire_n > t.total) or (not more and t.total and off + wire_n != t.total):
@@ -331,7 +343,7 @@ cdef class Defragmenter:
                 e = t.ranges[j].end
             j += 1
         if j - k != 1 and t.n_ranges - (j - k) + 1 > MAX_RANGES:
-            t.poisoned = 1      # more holes than tracked: give up on this datagram
+            t.overflowed = 1    # more holes than tracked: give up on this datagram
             return
         if j != k + 1:
             _memmove(&t.ranges[k + 1], &t.ranges[j], (t.n_ranges - j) * sizeof(range_t))
@@ -399,18 +411,17 @@ cdef class Defragmenter:
             return
         for i in range(MAX_TRACKERS):
             if self.trk[i].used and self.trk[i].last_ts + FRAG_TIMEOUT_NS < now:
-                self.timeouts += 1
-                self._drop(i)
+                self._give_up(i)
 
     def finish(self):
         """End of input: datagrams still incomplete are dropped (counted)."""
         cdef int i
         for i in range(MAX_TRACKERS):
             if self.trk[i].used:
-                self.timeouts += 1
-                self._drop(i)
+                self._give_up(i)
 
     def counters(self):
         return {"fragments": self.fragments, "datagrams": self.datagrams, "overlaps": self.overlaps,
                 "conflict_bytes": self.conflict_bytes, "incomplete": self.timeouts + self.n_used,
-                "truncated": self.truncated, "malformed": self.malformed, "late_duplicates": self.late_duplicates}
+                "truncated": self.truncated, "malformed": self.malformed, "late_duplicates": self.late_duplicates,
+                "too_many_pieces": self.too_many_pieces}

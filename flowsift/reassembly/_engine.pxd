@@ -119,6 +119,7 @@ ctypedef struct dir_t:
     uint64_t gap_bytes
     uint64_t n_gaps            # holes: a gap right after another (nothing delivered between) is the same
     int64_t gap_end            # internal offset where the last gap ended
+    int64_t gap_start          # and where that hole began
     uint64_t conflict_bytes
     uint64_t overlap_bytes     # bytes seen more than once (same or different)
     uint64_t retransmissions   # segments whose bytes were all seen before
@@ -184,7 +185,8 @@ cdef class Engine:
     cdef readonly uint64_t segments
     cdef readonly uint64_t rst_out_of_window # RSTs whose sequence number lay outside the receive window: not applied
     cdef readonly uint64_t after_fin_bytes   # bytes sent beyond a direction's FIN: not delivered
-    cdef readonly uint64_t keepalives        # keep-alive probes: their byte neither compared nor counted
+    cdef readonly uint64_t keepalives        # keep-alive probes (not retransmissions)
+    cdef readonly uint64_t beyond_limit_bytes  # bytes past a direction's 2 TiB of sequence space
     cdef readonly uint64_t fin_conflicts     # FINs at another sequence number than the direction's first FIN
     cdef readonly uint64_t held_work         # chunk records moved or probed while holding (a scale witness)
     cdef readonly int64_t now
@@ -203,6 +205,7 @@ cdef class Engine:
     cdef uint64_t t_gap_bytes
     cdef uint64_t t_conflicts
     cdef uint64_t t_retrans
+    cdef uint64_t t_unverified
     cdef uint64_t t_midstream
     cdef uint16_t cur_rflags         # RF_* of the segment being handled
     cdef bint cur_stable             # its bytes lie in the capture file's mapping (PF_STABLE)

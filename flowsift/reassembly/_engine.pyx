@@ -76,6 +76,10 @@ DEF MAX_ANCHOR_STEP = 1073741824
 # allocator's header and rounding of its copy. Counted in held bytes, so the per-direction and
 # global bounds bound memory, not payload (a million 1-byte segments are ~70 MB, not 1 MB).
 DEF CHUNK_OVERHEAD = 64
+# A direction's stream ends at 2 TiB of sequence space (a record file keeps 3 TiB for the
+# client's bytes before the server's): bytes past it, reachable only through holes (window
+# jumps, thinned captures), are counted (beyond_limit_bytes), never delivered.
+DEF MAX_STREAM = 2199023255552
 # A RST is applied only when its sequence number lies in the receiver's window (RFC 9293
 # 3.10.7.4, RFC 5961): from RST_SLACK before the next byte expected to the largest window the
 # peer advertised (scaled when both SYNs offered window scaling), and never less than
@@ -377,7 +381,7 @@ cdef class Engine:
         """Sums over the finished connections."""
         return {"tcp": self.t_conns[0], "udp": self.t_conns[1], "packets": self.t_packets,
                 "bytes": self.t_delivered, "gaps": self.t_gaps, "gap_bytes": self.t_gap_bytes,
-                "conflicts": self.t_conflicts, "retransmissions": self.t_retrans,
+                "conflicts": self.t_conflicts, "retransmissions": self.t_retrans, "unverified_bytes": self.t_unverified,
                 "midstream_directions": self.t_midstream,
                 "close": {name: self.t_close[k] for k, name in CLOSE_NAMES.items() if self.t_close[k]}}
 
@@ -387,7 +391,7 @@ cdef class Engine:
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
-                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "released_connections": self.released_connections}
+                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
@@ -752,6 +756,7 @@ cdef class Engine:
             self.t_gap_bytes += D.gap_bytes
             self.t_conflicts += D.conflict_bytes
             self.t_retrans += D.retransmissions
+            self.t_unverified += D.unverified_bytes
             self.t_midstream += D.midstream
         if (reason == CLOSE_TIMEOUT or reason == CLOSE_EVICTED) and not c.rst and not self._any_fin(i):
             # a later packet on this 5-tuple starts a new connection; one that saw FIN or RST
@@ -915,6 +920,12 @@ cdef class Engine:
                 # the stream ended at its FIN: bytes beyond it are counted, never delivered
                 keep = D.fin_off - o if D.fin_off > o else 0
                 self.after_fin_bytes += <uint64_t>(wire - keep)
+                wire = <uint32_t>keep
+                if n > wire:
+                    n = wire
+            if o + wire > D.origin + MAX_STREAM:
+                keep = D.origin + MAX_STREAM - o if D.origin + MAX_STREAM > o else 0
+                self.beyond_limit_bytes += <uint64_t>(wire - keep)
                 wire = <uint32_t>keep
                 if n > wire:
                     n = wire
@@ -1109,6 +1120,7 @@ cdef class Engine:
         D.gap_bytes += <uint64_t>(upto - D.next)
         if D.n_gaps == 0 or D.gap_end != D.next:
             D.n_gaps += 1           # (a snaplen cut then a loss, say, is one hole, as the index lists it)
+            D.gap_start = D.next
         D.gap_end = upto
         self.cur_rflags |= RF_GAP_BEFORE
         self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
@@ -1302,7 +1314,9 @@ cdef class Engine:
         cdef int64_t end = o + n, skip, seg_s = o, cut_start = o + n, cut_end = o + wire
         if D.settled and o < D.next and n:
             # bytes below next were delivered (or given up): compare, then keep the rest
-            if end <= D.next:
+            # every byte seen before: a retransmission; not so bytes that land in the hole given
+            # up last (sent once, late: past a bound, or after the ACK)
+            if end <= D.next and not (D.n_gaps and o >= D.gap_start and end <= D.gap_end):
                 D.retransmissions += 1
                 self.cur_rflags |= RF_RETRANSMISSION
             skip = (end if end < D.next else D.next) - o
