@@ -227,3 +227,24 @@ def test_a_datagram_in_too_many_pieces_is_counted_as_such(tmp_path):
     f.write_bytes(pcap(frames))
     ip = json.loads(run_cli("stats", "--json", f, check=True).stdout)["ip"]
     assert ip["datagrams_in_too_many_pieces"] == 1 and ip["incomplete_datagrams"] == 0
+
+
+@pytest.mark.parametrize("batch", ["1", "4096"])
+def test_one_broken_timestamp_does_not_expire_the_datagrams_being_rebuilt(tmp_path, batch):
+    """A packet stamped ten years ahead between two fragments 1 ms apart: the fragments' clock
+    does not follow it (the next packet does not confirm it), whatever the batches."""
+    import json
+    import os
+    import subprocess
+    import sys
+    body = struct.pack(">HHHH", 1000, 2000, 32, 0) + b"y" * 24
+    t0 = 1_700_000_000
+    frames = [(t0, 0, ether(ipv4(A, B, 17, body[:16], ident=77, frag=0x2000))),
+              (t0 + 10 * 365 * 86400, 0, ether(ipv4(B, A, 17, struct.pack(">HHHH", 5, 6, 9, 0) + b"z"))),
+              (t0, 1000, ether(ipv4(A, B, 17, body[16:], ident=77, frag=2)))]
+    f = tmp_path / "outlier.pcap"
+    f.write_bytes(pcap(frames))
+    res = subprocess.run([sys.executable, "-m", "flowsift", "stats", "--json", str(f)], capture_output=True, text=True,
+                         env={**os.environ, "FLOWSIFT_BATCH": batch}, timeout=60)
+    ip = json.loads(res.stdout)["ip"]
+    assert ip["reassembled_datagrams"] == 1 and ip["incomplete_datagrams"] == 0

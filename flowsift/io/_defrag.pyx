@@ -28,8 +28,10 @@ DEF MAX_RANGES = 64
 cdef extern from *:
     """
     #define FS_FRAG_TIMEOUT_NS 30000000000LL
+    #define FS_FRAG_CLOCK_JUMP_NS 3600000000000LL
     """
     const int64_t FRAG_TIMEOUT_NS "FS_FRAG_TIMEOUT_NS"
+    const int64_t CLOCK_JUMP_NS "FS_FRAG_CLOCK_JUMP_NS"
 
 ctypedef struct range_t:
     uint32_t start
@@ -75,6 +77,7 @@ cdef class Defragmenter:
     cdef tracker_t* trk
     cdef done_t done[MAX_DONE]
     cdef int done_next
+    cdef int64_t clock             # capture time as the fragments' expiry sees it
     cdef int n_used
     cdef list _out                 # datagram buffers handed out with the current batch
     # with egress: position of a rebuilt datagram (its last fragment's) -> (its fragments'
@@ -161,15 +164,19 @@ cdef class Defragmenter:
         """Take in the batch's fragments; completed datagrams replace their last fragment."""
         cdef Py_ssize_t i
         cdef pkt_t* p
-        cdef int64_t now = 0
+        cdef int64_t now = self.clock
         self._out = []
         for i in range(batch.n):
             p = &batch.pkts[i]
-            if p.ts_ns > now:
+            # the clock follows the packets, but not to a time more than an hour ahead that the
+            # next packet does not confirm: one broken timestamp must not expire every datagram
+            if p.ts_ns > now and (now == 0 or p.ts_ns - now <= CLOCK_JUMP_NS or
+                                  (i + 1 < batch.n and batch.pkts[i + 1].ts_ns + CLOCK_JUMP_NS >= p.ts_ns)):
                 now = p.ts_ns
             if p.status == ST_OK and (p.flags & PF_FRAGMENT) and not (p.flags & PF_OTHER_SHARD) and \
                     (p.ipver == 4 or p.ipver == 6):
                 self._take(p)
+        self.clock = now
         self._expire(now)
 
     cdef int _find(self, pkt_t* p, uint32_t ident) noexcept nogil:
