@@ -9,6 +9,9 @@ import os
 import tempfile
 import time
 
+# bytes a store manifest takes at least (JSON padded with spaces)
+MANIFEST_ROOM = 4096
+
 from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.io._connset import ConnSet
@@ -94,16 +97,37 @@ class Gateway:
     def _write_manifest(self, complete, **extra):
         info = {"format": "flowsift record store", "version": 1, "source": self.source,
                 "keep": self.store.keep, "complete": complete, "written": time.time(), **extra}
+        # padded to a page: a store that fills up can still have its manifest rewritten in place
+        text = json.dumps(info).ljust(MANIFEST_ROOM)
+        path = os.path.join(self.store_dir, "store.json")
         tmp = os.path.join(self.store_dir, ".store.json.tmp")
         try:
             with open(tmp, "w") as f:
-                json.dump(info, f)
-            os.replace(tmp, os.path.join(self.store_dir, "store.json"))
+                f.write(text)
+            os.replace(tmp, path)
         except OSError as e:
-            raise FlowsiftError(f"{self.store_dir}: cannot write the store manifest: {e.strerror}") from None
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if complete or len(text) > MANIFEST_ROOM or not os.path.exists(path):
+                raise FlowsiftError(f"{self.store_dir}: cannot write the store manifest: {e.strerror}") from None
+            try:
+                with open(path, "r+") as f:     # the page it has: no new space needed
+                    f.write(text)
+            except OSError as e2:
+                raise FlowsiftError(f"{self.store_dir}: cannot write the store manifest: {e2.strerror}") from None
 
     def _fail(self, error):
         self.store.abort()
+        # files never put in place (no header yet: no reader sees them) go first, so that a
+        # full store has room for the manifest that says what happened
+        try:
+            for name in os.listdir(self.store_dir):
+                if name.endswith(".rec.new"):
+                    os.unlink(os.path.join(self.store_dir, name))
+        except OSError:
+            pass
         try:
             self._write_manifest(complete=False, error=error)
         except FlowsiftError:

@@ -347,3 +347,16 @@ def test_a_store_directory_that_vanishes_is_one_line(tmp_path):
     g = Gateway(tmp_path / "s", keep=True)
     with pytest.raises(FlowsiftError, match="s: cannot"):
         g.run_capture(capture, on_progress=lambda pos, size: shutil.rmtree(tmp_path / "s", ignore_errors=True))
+
+
+def test_a_store_filled_by_new_files_still_says_why(tmp_path):
+    """Thousands of new connections fill a small store with pages their packets' bytes do not
+    account for: the run stops in one line, and the manifest (rewritten in the page it holds)
+    says why; files never put in place are not left behind."""
+    cap = many_connections(tmp_path / "many.pcap", 20_000)
+    with small_tmpfs(tmp_path, "24m") as mnt:
+        res = run_cli("gateway", cap, "--store", mnt / "s")
+        one_line(res, "store is full")
+        manifest = json.loads((mnt / "s" / "store.json").read_text())
+        assert manifest["complete"] is False and "full" in manifest["error"] and manifest["source"] == str(cap)
+        assert not [p for p in (mnt / "s").iterdir() if p.name.endswith(".rec.new")]

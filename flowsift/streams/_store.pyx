@@ -753,6 +753,7 @@ cdef class RecordStore(Sink):
     cdef readonly str directory
     cdef readonly bint keep
     cdef readonly bint store_bytes   # False: streams' bytes are counted, not written (no reader wants them)
+    cdef int64_t last_avail          # free bytes at the last check_space (-1: none yet)
     cdef Engine engine
     cdef cstate_t** cs               # connection states, in chunks of CS_CHUNK (_state)
     cdef uint8_t* cs_forgotten       # per chunk: its connections retired and forgotten
@@ -787,6 +788,7 @@ cdef class RecordStore(Sink):
         self.keep = keep
         self.store_bytes = store_bytes
         self.forget_retired = True
+        self.last_avail = -1
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
@@ -1645,13 +1647,21 @@ cdef class RecordStore(Sink):
         cdef uint64_t need = FREE_MARGIN + self.cur.used     # plus what waits to be written
         if self.busy:
             need += self.ws.job.used            # (read while the writer works: an upper bound)
+        cdef uint64_t estimate = 0
         for i in range(batch.n):
-            need += 4 * batch.pkts[i].caplen
+            estimate += 4 * batch.pkts[i].caplen
         try:
             st = os.statvfs(self.directory)
         except OSError as e:
             raise FlowsiftError(f"{self.directory}: cannot check the store's free space: {e.strerror}") from None
-        if st.f_bavail * st.f_frsize < need:
+        avail = st.f_bavail * st.f_frsize
+        # what the last batch really took (new files cost pages whatever their packets' size),
+        # twice, if that is more than the estimate from this one's bytes
+        if self.last_avail >= 0 and avail < self.last_avail and 2 * (self.last_avail - avail) > estimate:
+            estimate = 2 * (self.last_avail - avail)
+        self.last_avail = avail
+        need += estimate
+        if avail < need:
             raise FlowsiftError(f"{self.directory}: store is full (less than {need >> 20} MiB free); "
                                 f"the connections being written are incomplete")
 
