@@ -346,7 +346,7 @@ def _handle_budget():
     from flowsift.limits import descriptor_limit, max_map_count
     soft, max_maps = descriptor_limit(), max_map_count()
     # leave half for readers in the same process (an inline chain maps and opens files too)
-    return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 4, 8192))
+    return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 4, 32768))
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
