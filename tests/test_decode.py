@@ -248,3 +248,25 @@ def test_one_broken_timestamp_does_not_expire_the_datagrams_being_rebuilt(tmp_pa
                          env={**os.environ, "FLOWSIFT_BATCH": batch}, timeout=60)
     ip = json.loads(res.stdout)["ip"]
     assert ip["reassembled_datagrams"] == 1 and ip["incomplete_datagrams"] == 0
+
+
+def test_with_every_tracker_taken_the_datagram_begun_first_goes(tmp_path):
+    """5,000 datagrams begun before any ends: the table holds 4,096, so the 904 begun first are
+    given up (incomplete) and the others are rebuilt, found through the index after thousands of
+    insertions and removals (the ends come newest first; the 904 late ones then begin datagrams
+    of their own, which never complete)."""
+    import json
+    from conftest import run_cli
+    frames = []
+    body = struct.pack(">HHHH", 1000, 2000, 32, 0) + b"y" * 24
+    for k in range(5000):
+        src = bytes([10, 1, k >> 8, k & 0xFF])
+        frames.append((1, k, ether(ipv4(src, B, 17, body[:16], ident=k, frag=0x2000))))
+    for k in reversed(range(5000)):
+        src = bytes([10, 1, k >> 8, k & 0xFF])
+        frames.append((2, 5000 - k, ether(ipv4(src, B, 17, body[16:], ident=k, frag=2))))
+    f = tmp_path / "many.pcap"
+    f.write_bytes(pcap(frames))
+    s = json.loads(run_cli("stats", "--json", f, check=True).stdout)
+    assert s["ip"]["reassembled_datagrams"] == 4096 and s["ip"]["incomplete_datagrams"] == 2 * 904
+    assert s["flows"]["udp"] == 4096

@@ -6,7 +6,7 @@ missing piece of a datagram arrives, its slot in the batch is replaced by the wh
 decoded as raw IP, so TCP/UDP see it as one packet. Overlapping fragments are resolved by a
 policy (first copy wins, or last) and counted, with the bytes that differed.
 """
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 
@@ -24,6 +24,15 @@ DEF MAX_TRACKERS = 4096
 DEF MAX_DATAGRAM = 65535
 # Linux's ipfrag_time default: a datagram not complete after 30 s of capture time is dropped.
 DEF MAX_RANGES = 64
+# The trackers are found through a hash index (twice their number: probes stay short), and
+# when all are taken the one begun first goes (a FIFO of creations): a fragment costs the
+# same whether 10 or 4,096 datagrams are being rebuilt.
+DEF INDEX_SLOTS = 8192
+DEF FIFO_SLOTS = 8192
+
+ctypedef struct fifo_t:
+    int32_t idx
+    uint32_t gen
 
 cdef extern from *:
     """
@@ -44,6 +53,8 @@ ctypedef struct tracker_t:
     uint8_t poisoned         # a fragment was cut by the snaplen: the datagram cannot be whole
     uint8_t have_first
     uint8_t overflowed       # more disjoint pieces than MAX_RANGES: given up, counted apart
+    uint64_t key_hash        # of ipver, proto (IPv4), addresses, identification: its index slot
+    uint32_t gen             # which use of this slot (stale FIFO entries are told apart)
     uint8_t src[16]
     uint8_t dst[16]
     uint32_t ident
@@ -73,8 +84,27 @@ ctypedef struct done_t:
     int64_t ts
 
 
+cdef inline uint64_t frag_hash(uint8_t ipver, uint8_t proto, const uint8_t* src, const uint8_t* dst,
+                               uint32_t ident) noexcept nogil:
+    cdef uint64_t h = 0xCBF29CE484222325ULL ^ ident ^ (<uint64_t>ipver << 40)
+    cdef int k, alen = 4 if ipver == 4 else 16
+    if ipver == 4:
+        h ^= <uint64_t>proto << 48      # (IPv6 fragments are matched without it)
+    for k in range(alen):
+        h = (h ^ src[k]) * 0x100000001B3ULL
+        h = (h ^ dst[k]) * 0x100000001B3ULL
+    return h ^ (h >> 29)
+
+
 cdef class Defragmenter:
     cdef tracker_t* trk
+    cdef int32_t* index            # INDEX_SLOTS: tracker + 1, 0 empty
+    cdef int32_t* free_list        # trackers not in use
+    cdef int n_free
+    cdef fifo_t* fifo              # trackers in the order they were begun (with stale entries)
+    cdef int fifo_head
+    cdef int fifo_len
+    cdef uint32_t next_gen
     cdef done_t done[MAX_DONE]
     cdef int done_next
     cdef int64_t clock             # capture time as the fragments' expiry sees it
@@ -99,9 +129,16 @@ cdef class Defragmenter:
         if policy not in ("first", "last"):
             raise ValueError(f"unknown fragment overlap policy {policy!r} (first or last)")
         self.last_wins = policy == "last"
+        cdef int k
         self.trk = <tracker_t*> calloc(MAX_TRACKERS, sizeof(tracker_t))
-        if self.trk == NULL:
+        self.index = <int32_t*> calloc(INDEX_SLOTS, sizeof(int32_t))
+        self.free_list = <int32_t*> malloc(MAX_TRACKERS * sizeof(int32_t))
+        self.fifo = <fifo_t*> malloc(FIFO_SLOTS * sizeof(fifo_t))
+        if self.trk == NULL or self.index == NULL or self.free_list == NULL or self.fifo == NULL:
             raise MemoryError()
+        for k in range(MAX_TRACKERS):
+            self.free_list[k] = MAX_TRACKERS - 1 - k
+        self.n_free = MAX_TRACKERS
         self._out = []
         self.members = None
         self._pos = {}
@@ -112,6 +149,9 @@ cdef class Defragmenter:
             for i in range(MAX_TRACKERS):
                 free(self.trk[i].data)
             free(self.trk)
+        free(self.index)
+        free(self.free_list)
+        free(self.fifo)
 
     def pending(self):
         return self.n_used
@@ -143,12 +183,11 @@ cdef class Defragmenter:
         cdef bytes tb = rec["tracker"], data = rec["data"]
         cdef int i
         cdef uint8_t* buf
-        for i in range(MAX_TRACKERS):
-            if not self.trk[i].used:
-                break
-        else:
+        if self.n_free == 0:
             self.timeouts += 1           # no room: dropped, as when the table is full
             return -1
+        self.n_free -= 1
+        i = self.free_list[self.n_free]
         buf = self.trk[i].data
         if buf == NULL:
             buf = <uint8_t*> malloc(MAX_DATAGRAM)
@@ -158,6 +197,7 @@ cdef class Defragmenter:
         self.trk[i].data = buf
         memcpy(buf, <const char*>data, len(data))
         self.n_used += 1
+        self._begin(i)
         return i
 
     def process(self, Batch batch):
@@ -180,28 +220,75 @@ cdef class Defragmenter:
         self._expire(now)
 
     cdef int _find(self, pkt_t* p, uint32_t ident) noexcept nogil:
-        cdef int i, free_slot = -1, oldest = -1
+        # the tracker of this fragment's datagram, or -1
+        cdef int i
         cdef int alen = 4 if p.ipver == 4 else 16
-        for i in range(MAX_TRACKERS):
-            if self.trk[i].used:
-                if (self.trk[i].ident == ident and self.trk[i].ipver == p.ipver and
-                        (p.ipver == 6 or self.trk[i].proto == p.proto) and
-                        memcmp(self.trk[i].src, p.src, alen) == 0 and memcmp(self.trk[i].dst, p.dst, alen) == 0):
-                    return i
-                if oldest < 0 or self.trk[i].last_ts < self.trk[oldest].last_ts:
-                    oldest = i
-            elif free_slot < 0:
-                free_slot = i
-                if self.n_used == 0:
-                    break
-        if free_slot < 0:
-            self._give_up(oldest)
-            free_slot = oldest
-        return -1 - free_slot
+        cdef uint32_t j = frag_hash(p.ipver, p.proto, p.src, p.dst, ident) & (INDEX_SLOTS - 1)
+        while self.index[j]:
+            i = self.index[j] - 1
+            if (self.trk[i].ident == ident and self.trk[i].ipver == p.ipver and
+                    (p.ipver == 6 or self.trk[i].proto == p.proto) and
+                    memcmp(self.trk[i].src, p.src, alen) == 0 and memcmp(self.trk[i].dst, p.dst, alen) == 0):
+                return i
+            j = (j + 1) & (INDEX_SLOTS - 1)
+        return -1
+
+    cdef int _alloc(self) noexcept nogil:
+        # a free tracker; when none is, the one begun first is given up
+        cdef fifo_t e
+        while self.n_free == 0 and self.fifo_len:
+            e = self.fifo[self.fifo_head]
+            self.fifo_head = (self.fifo_head + 1) % FIFO_SLOTS
+            self.fifo_len -= 1
+            if self.trk[e.idx].used and self.trk[e.idx].gen == e.gen:
+                self._give_up(e.idx)
+        self.n_free -= 1
+        return self.free_list[self.n_free]
+
+    cdef void _begin(self, int i) noexcept nogil:
+        # a tracker now in use (its key set): indexed, and queued in the order of creation
+        cdef tracker_t* t = &self.trk[i]
+        cdef uint32_t j
+        cdef int k, n
+        cdef fifo_t e
+        t.key_hash = frag_hash(t.ipver, t.proto, t.src, t.dst, t.ident)
+        j = t.key_hash & (INDEX_SLOTS - 1)
+        while self.index[j]:
+            j = (j + 1) & (INDEX_SLOTS - 1)
+        self.index[j] = i + 1
+        self.next_gen += 1
+        t.gen = self.next_gen
+        if self.fifo_len == FIFO_SLOTS:
+            # full of stale entries (trackers since dropped): keep the live ones, in order
+            n = 0
+            for k in range(self.fifo_len):
+                e = self.fifo[(self.fifo_head + k) % FIFO_SLOTS]
+                if self.trk[e.idx].used and self.trk[e.idx].gen == e.gen:
+                    self.fifo[n] = e
+                    n += 1
+            self.fifo_head = 0
+            self.fifo_len = n
+        self.fifo[(self.fifo_head + self.fifo_len) % FIFO_SLOTS].idx = i
+        self.fifo[(self.fifo_head + self.fifo_len) % FIFO_SLOTS].gen = t.gen
+        self.fifo_len += 1
 
     cdef void _drop(self, int i) noexcept nogil:
+        # out of the index (shifting back the entries that probed past it) and free again
+        cdef uint32_t j = self.trk[i].key_hash & (INDEX_SLOTS - 1), k, h
+        while self.index[j] != i + 1:
+            j = (j + 1) & (INDEX_SLOTS - 1)
+        k = (j + 1) & (INDEX_SLOTS - 1)
+        while self.index[k]:
+            h = self.trk[self.index[k] - 1].key_hash & (INDEX_SLOTS - 1)
+            if (k > j and (h <= j or h > k)) or (k < j and h <= j and h > k):
+                self.index[j] = self.index[k]
+                j = k
+            k = (k + 1) & (INDEX_SLOTS - 1)
+        self.index[j] = 0
         self.trk[i].used = 0
         self.n_used -= 1
+        self.free_list[self.n_free] = i
+        self.n_free += 1
 
     cdef void _give_up(self, int i) noexcept nogil:
         # leaves the table incomplete: timed out, pushed out, or at the end of input
@@ -232,7 +319,7 @@ cdef class Defragmenter:
             self.late_duplicates += 1
             return 0
         if i < 0:
-            i = -1 - i
+            i = self._alloc()
             t = &self.trk[i]
             if t.data == NULL:
                 t.data = <uint8_t*> malloc(MAX_DATAGRAM)
@@ -252,6 +339,7 @@ cdef class Defragmenter:
             t.n_ranges = 0
             t.fragments = 0
             t.first_ts = p.ts_ns
+            self._begin(i)
             if self.members is not None:
                 self._pos[i] = []
         t = &self.trk[i]
