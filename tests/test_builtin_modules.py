@@ -704,3 +704,18 @@ def test_http_a_status_is_three_digits_from_100(tmp_path):
         (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")])
     pairs, res = http_pairs(cap)
     assert pairs == [] and res.counters("http")["not_http"] == 1 and res.counters("http")["unanswered"] == 1
+
+
+def test_counter_keeps_a_bounded_table(tmp_path):
+    """The table stops at 10,000 rows (its memory and the summary's must not grow with every
+    connection a run sees); every flow still has its event, and the rest is counted."""
+    import io
+    from flowsift.chain import run_chain
+    from test_store_faults import many_connections
+    cap = many_connections(tmp_path / "many.pcap", 10_500)
+    events = io.StringIO()
+    s = run_chain("counter", str(cap), events=events)
+    c = s["modules"]["counter"]
+    assert c["flows"] == 10_500 and c["rows_not_kept"] == 500
+    assert len(s["tables"]["counter"]) == 10_000
+    assert sum(1 for line in events.getvalue().splitlines() if '"kind": "flow"' in line) == 10_500

@@ -10,7 +10,8 @@ class Counter(Module):
     Writes: nothing (read-only)
     Options: none
     Counters: flows, packets, bytes, gaps (holes: gap entries with no byte between them count
-              once, as in `flowsift streams`)
+              once, as in `flowsift streams`), rows_not_kept (flows past the table's 10,000
+              rows: their events still carry them)
     Events: "flow", per connection: packets and bytes per direction (bytes: payload captured,
             retransmitted copies included, as on the wire; `flowsift streams` counts the bytes
             delivered), gaps and gap_bytes, conflicting_segments, retransmissions, close (the
@@ -23,6 +24,9 @@ class Counter(Module):
     name = "counter"
     reads = {"records", "gaps"}               # not the bytes: a chain of such modules does not store them
     rows = Global(list, append_only=True)     # one row per finished flow, for the end-of-run table
+    # the table (and the summary's copy of it) stops there: its memory must not grow with every
+    # connection a long run or a flood sees; each flow's event has its row anyway
+    MAX_ROWS = 10_000
 
     def on_close(self, flow, reason):
         # everything is read once, at the end, in bulk: the packet totals in one pass over the
@@ -45,7 +49,10 @@ class Counter(Module):
         row = {"conn": flow.conn, "proto": flow.proto, "client": flow.client, "server": flow.server,
                "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
                "conflicting_segments": s["conflicts"], "retransmissions": s["retrans"], "close": reason}
-        self.rows.append(row)
+        if len(self.rows) < self.MAX_ROWS:
+            self.rows.append(row)
+        else:
+            self.count("rows_not_kept")
         self.emit("flow", **{k: v for k, v in row.items() if k not in ("conn", "proto", "client", "server")})
         self.count("flows")
         self.count("packets", sum(s["packets"]))
