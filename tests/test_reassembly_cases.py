@@ -855,3 +855,17 @@ def test_a_late_segment_in_a_given_up_hole_is_no_retransmission(tmp_path):
     s = json.loads(run_cli("streams", path, "--discard", "--json", "--reassembly", "max_held_per_dir=100",
                            check=True).stdout)
     assert s["gaps"] == 1 and s["retransmissions"] == 0 and s["unverified_bytes"] == 100
+
+
+def test_max_connections_bounds_the_lingering_connections_too(tmp_path):
+    """Finished connections linger (late packets stay late), but no more of them than
+    max_connections: past it the earliest ended stop lingering, counted, so a flood of short
+    connections does not grow the table at its rate times the linger."""
+    from test_store_faults import many_connections
+    path = many_connections(tmp_path / "many.pcap", 2000, block=50)
+    r = run(path, max_connections=100)
+    e = r.engine.counters()
+    assert r.engine.totals()["tcp"] == 2000 and e["late_packets"] == 0
+    assert e["lingers_cut"] >= 2000 - 2 * 100
+    r = run(path)
+    assert r.engine.counters()["lingers_cut"] == 0

@@ -187,6 +187,7 @@ cdef class Engine:
     cdef readonly uint64_t after_fin_bytes   # bytes sent beyond a direction's FIN: not delivered
     cdef readonly uint64_t keepalives        # keep-alive probes (not retransmissions)
     cdef readonly uint64_t beyond_limit_bytes  # bytes past a direction's 2 TiB of sequence space
+    cdef readonly uint64_t lingers_cut       # ended connections forgotten early: max_connections lingering
     cdef readonly uint64_t fin_conflicts     # FINs at another sequence number than the direction's first FIN
     cdef readonly uint64_t held_work         # chunk records moved or probed while holding (a scale witness)
     cdef readonly int64_t now

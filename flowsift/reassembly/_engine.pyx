@@ -391,7 +391,7 @@ cdef class Engine:
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
-                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "released_connections": self.released_connections}
+                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
@@ -467,12 +467,16 @@ cdef class Engine:
 
     cdef int _forget_ended(self) except -1:
         # flows of connections that ended more than the linger ago leave the table: a packet of
-        # theirs now starts a new connection
+        # theirs now starts a new connection. max_connections bounds the lingering ones too
+        # (a flood of short connections must not grow the table at its rate times the linger):
+        # past it, the earliest ended stop lingering at once (counted)
         cdef uint32_t i
         while self.ended_len:
             i = self.ended[self.ended_head]
             if flow_at(self.flows, i).ended_ts + self.linger > self.now:
-                break
+                if self.ended_len <= self.max_connections:
+                    break
+                self.lingers_cut += 1
             self.flows._remove(i)
             self.flows._release(i)
             self.ended_head = (self.ended_head + 1) % self.ended_cap
