@@ -13,6 +13,7 @@ fills in each line's digest when it has hashed the direction's last bytes.
 """
 import os
 import re
+from array import array as _array
 
 from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
 from cpython.mem cimport PyMem_Free
@@ -266,7 +267,8 @@ cdef class FileSink(Sink):
     cdef char* ibuf              # index lines not yet written (INDEX_BUF bytes)
     cdef Py_ssize_t ilen
     cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port"), UTF-8
-    cdef dict gaps               # (conn, d) -> [[offset, length], ...]
+    cdef dict gaps               # (conn, d) -> array('q'): offset, length, offset, length...
+                                 # (16 bytes a gap: a connection with a million holes stays small)
     cdef readonly uint64_t files
     cdef readonly uint64_t bytes_written
     cdef readonly uint64_t replaced      # stream files of an earlier output, removed first
@@ -508,11 +510,15 @@ cdef class FileSink(Sink):
         return self._append(conn, d, data, n)
 
     cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
-        lst = self.gaps.setdefault((conn, d), [])
-        if lst and lst[-1][0] + lst[-1][1] == offset:
-            lst[-1][1] += length            # adjacent gaps (e.g. cut, then lost) read as one
+        arr = self.gaps.get((conn, d))
+        if arr is None:
+            arr = self.gaps[(conn, d)] = _array("q")
+        n = len(arr)
+        if n and arr[n - 2] + arr[n - 1] == offset:
+            arr[n - 1] += length            # adjacent gaps (e.g. cut, then lost) read as one
         else:
-            lst.append([offset, length])
+            arr.append(offset)
+            arr.append(length)
         return 0
 
     # --- index.jsonl ---
@@ -567,7 +573,7 @@ cdef class FileSink(Sink):
         return p
 
     cdef int _index_line(self, uint32_t conn, int d, dir_t* D, const char* proto, bytes stem, bytes src,
-                         bytes dst, fdir_t* f, list gaps) except -1:
+                         bytes dst, fdir_t* f, object gaps) except -1:
         # one line per direction; keys and spacing as json.dumps writes them
         cdef char tmp[512]
         cdef const char* name = b"c2s" if d == 0 else b"s2c"
@@ -591,9 +597,9 @@ cdef class FileSink(Sink):
         else:
             self._put(EMPTY_SHA256, 64)
         self._put(b'", "gaps": [', 12)
-        for k, (offset, length) in enumerate(gaps):
+        for k in range(0, len(gaps), 2):
             self._put(tmp, snprintf(tmp, sizeof(tmp), b'%s[%lld, %lld]', b", " if k else b"",
-                                    <long long>offset, <long long>length))
+                                    <long long>gaps[k], <long long>gaps[k + 1]))
         self._put(tmp, snprintf(tmp, sizeof(tmp),
                                 b'], "gap_bytes": %llu, "conflicts": %llu, "retransmissions": %llu, '
                                 b'"midstream": %s, "close": %s, "packets": %llu, "first_ts": ',
@@ -617,7 +623,7 @@ cdef class FileSink(Sink):
             self._flush(conn, d)            # (hands its buffer over: none is left)
             f = self._fd(conn, d)
             self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f,
-                             self.gaps.pop((conn, d), []))
+                             self.gaps.pop((conn, d), ()))
         del self.names[conn]
         self._closed(conn)
         return 0
