@@ -24,12 +24,10 @@ class _DataConsole(Console):
         return super().render_str(_clean(text), **kw)
 
     def on_broken_pipe(self):
-        # the reader of our tables went away (`| head`): not an error of ours, as elsewhere
-        import os
-        import sys
+        # the reader of our tables went away (`| head`): said as for any other output (cli.main),
+        # not with rich's own exit 1
         self.quiet = True
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0)
+        raise BrokenPipeError
 
 
 def _clean(text):

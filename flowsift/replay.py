@@ -509,10 +509,8 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
     _check_waits(timeout, idle)
     if store is not None:
-        from flowsift.streams.reader import check_store, retired_note
-        check_store(store)
-        if retired_note(store):
-            raise FlowsiftError(retired_note(store))
+        from flowsift.streams.reader import check_kept_store
+        check_kept_store(store)
     if match not in ("exact", "http"):
         raise UsageError(f"--match {match!r}: exact or http")
     if ignore_body:
@@ -632,13 +630,10 @@ def unacked_plan(path):
 def replay_unacked(store, to, timeout=10.0, report=None):
     """Send, per connection of the kept `store`, the client bytes its server had not
     acknowledged, aligned to message boundaries; returns the summary."""
-    from flowsift.streams.reader import check_store, store_files
+    from flowsift.streams.reader import check_kept_store, store_files
     host, port = parse_target(to)
     _check_waits(timeout)
-    check_store(store)
-    from flowsift.streams.reader import retired_note
-    if retired_note(store):
-        raise FlowsiftError(retired_note(store))
+    check_kept_store(store)
     check_target(host, port)
     skipped, plans = {}, []
     for path in store_files(store):

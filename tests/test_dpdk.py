@@ -142,15 +142,21 @@ def test_without_dpdk_the_message_says_what_to_install(corpus):
                                   "libdpdk-dev (pkg-config libdpdk), then ./dev build")
 
 
+def inline_and_written(tmp_path, chain, src, count):
+    """The chain run inline over a net_pcap port reading `src` (--out the same port), and over
+    the file with -w: (the inline run's summary, frames it sent, frames -w wrote)."""
+    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
+    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
+                              "--count", count, "--events", "/dev/null", "--json").stdout)
+    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
+    return got, frames_of(out), frames_of(ref)
+
+
 def test_inline_nat_rewrites_the_fragments_of_a_datagram_as_w_does(tmp_path, corpus):
     src = CORPUS / "frag__pcpp__frag_http_req.pcap"
-    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
-    chain = "nat(to=10.9.9.9:8080)"
-    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
-                              "--count", 11, "--events", "/dev/null", "--json").stdout)
-    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
+    got, sent, written = inline_and_written(tmp_path, "nat(to=10.9.9.9:8080)", src, 11)
     assert got["egress"]["edited"] == 11 and got["egress"]["not_editable"] == 0
-    assert frames_of(out) == frames_of(ref) != frames_of(src)
+    assert sent == written != frames_of(src)
 
 
 @pytest.mark.parametrize("capture,pattern,count", [("overlap__zeek__reassembly.pcap", "displayname", 117),
@@ -160,13 +166,8 @@ def test_inline_masks_late_retransmissions_and_datagrams_as_w_does(tmp_path, cor
     as in -w's output."""
     from conftest import ROOT
     src = ROOT / "examples" / "demo.pcap" if capture == "demo" else CORPUS / capture
-    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
-    chain = f"redact(pattern={pattern})"
-    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
-                              "--count", count, "--events", "/dev/null", "--json").stdout)
-    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
-    sent = frames_of(out)
-    assert len(sent) == count and sent == frames_of(ref)
+    got, sent, written = inline_and_written(tmp_path, f"redact(pattern={pattern})", src, count)
+    assert len(sent) == count and sent == written
     assert any(pattern.encode() in f for f in frames_of(src)) and not any(pattern.encode() in f for f in sent)
     assert got["egress"]["edited"] > 0
 
@@ -177,12 +178,7 @@ def test_inline_payload_edits_of_later_batches_reach_the_wire(tmp_path, corpus):
     Every accepted edit is now in the frames sent; what differs from -w is only what was
     rejected because its frame had gone already (a match split by a batch's end)."""
     src = CORPUS / "http__zeek__bro.org.pcap"
-    out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
-    chain = "redact(pattern=HTTP)"
-    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
-                              "--count", 751, "--events", "/dev/null", "--json").stdout)
-    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
-    sent, written = frames_of(out), frames_of(ref)
+    got, sent, written = inline_and_written(tmp_path, "redact(pattern=HTTP)", src, 751)
     late = sum(got["edits"]["rejected"].values())
     assert got["egress"]["edited"] == got["edits"]["accepted"]["redact"]
     assert len(sent) == len(written) == 751

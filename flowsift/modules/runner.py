@@ -62,10 +62,8 @@ def passive(cls):
     return not cls.writes and not any(callable(getattr(cls, h, None)) for h in ("on_packet", "on_data", "on_gap"))
 
 
-
-# What ended a connection, from what ended each direction (the record header's close0/close1)
-CLOSE_FIN, CLOSE_RST = 1, 2
-CLOSE_ORDER = ("reused", "evicted", "timeout", "eof")   # when neither was reset nor both closed by FIN
+# What ended a connection when neither direction was reset nor both closed by FIN, in order
+CLOSE_ORDER = ("reused", "evicted", "timeout", "eof")
 
 
 def connection_close(close0, close1):
@@ -74,14 +72,14 @@ def connection_close(close0, close1):
     (`reused`, then `evicted`, `timeout`, `eof` if they differ): the FIN of one side alone did
     not end the connection. The engine counts connections by the same rule. None if neither
     direction has ended."""
-    ends = {c for c in (close0, close1) if c}
-    if not ends:
+    names = {CLOSE_NAMES[c] for c in (close0, close1) if c}
+    if not names:
         return None
-    if CLOSE_RST in ends:
+    if "rst" in names:
         return "rst"
-    if ends == {CLOSE_FIN}:
+    if names == {"fin"}:
         return "fin"
-    names = {CLOSE_NAMES[c] for c in ends if c != CLOSE_FIN}
+    names.discard("fin")
     return next((n for n in CLOSE_ORDER if n in names), None) or sorted(names)[0]
 
 

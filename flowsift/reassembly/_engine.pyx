@@ -811,7 +811,7 @@ cdef class Engine:
         cdef int64_t o, ack_off, keep
         cdef uint32_t n, wire
         cdef uint8_t fl
-        cdef bint has_payload, keepalive
+        cdef bint has_payload
         cdef uint32_t k = i >> CONN_CHUNK_SHIFT
         # (the state, read straight from the chunk in the common case: an open connection)
         cdef int st = self.chunks[k][i & (CONN_CHUNK - 1)].state \
@@ -936,17 +936,15 @@ cdef class Engine:
             # a keep-alive probe (RFC 9293 3.8.4): one byte, often garbage, just below the next
             # expected with nothing outstanding. Its byte is still compared (a differing one is a
             # conflict, as the segment view counts it), but it is named, not a retransmission
-            keepalive = (wire == 1 and not (fl & (TH_SYN | TH_FIN | TH_RST)) and D.settled and D.n_chunks == 0
-                         and o == D.next - 1 and D.next > D.origin)
+            if (wire == 1 and not (fl & (TH_SYN | TH_FIN | TH_RST)) and D.settled and D.n_chunks == 0
+                    and o == D.next - 1 and D.next > D.origin):
+                self.keepalives += 1
+                self.cur_rflags |= RF_KEEPALIVE       # (_insert counts no retransmission for it)
             if wire:
                 self._insert(i, d, o, p.data + p.payload_off, n, wire)
                 c = conn_at(self, i)
                 D = &c.d[d]
                 P = &c.d[1 - d]
-            if keepalive:
-                self.keepalives += 1
-                D.retransmissions -= 1
-                self.cur_rflags = (self.cur_rflags & ~RF_RETRANSMISSION) | RF_KEEPALIVE
         if fl & TH_FIN:
             if not D.fin_seen:
                 D.fin_seen = 1
@@ -1318,9 +1316,10 @@ cdef class Engine:
         cdef int64_t end = o + n, skip, seg_s = o, cut_start = o + n, cut_end = o + wire
         if D.settled and o < D.next and n:
             # bytes below next were delivered (or given up): compare, then keep the rest
-            # every byte seen before: a retransmission; not so bytes that land in the hole given
-            # up last (sent once, late: past a bound, or after the ACK)
-            if end <= D.next and not (D.n_gaps and o >= D.gap_start and end <= D.gap_end):
+            # every byte seen before: a retransmission; not so a keep-alive probe, nor bytes that
+            # land in the hole given up last (sent once, late: past a bound, or after the ACK)
+            if (end <= D.next and not (self.cur_rflags & RF_KEEPALIVE)
+                    and not (D.n_gaps and o >= D.gap_start and end <= D.gap_end)):
                 D.retransmissions += 1
                 self.cur_rflags |= RF_RETRANSMISSION
             skip = (end if end < D.next else D.next) - o

@@ -243,6 +243,15 @@ def check_store(directory):
         raise StoreError(f"{directory}: not a store (no record files, no store.json)")
 
 
+def check_kept_store(directory):
+    """check_store(), and refuse a store whose run let its record files go (no --keep): there
+    is nothing in it to replay."""
+    check_store(directory)
+    note = retired_note(directory)
+    if note:
+        raise StoreError(note)
+
+
 def retired_note(directory):
     """Why a store holds no record files when its run let them go as it went (no --keep), or
     None."""
