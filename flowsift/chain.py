@@ -58,9 +58,12 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     # A store that goes at the end, for modules that none read the bytes: the bytes are counted,
     # not stored (the records, gaps and counts do not change)
     bytes_read = any("stream" in cls.reads for cls, _ in chain)
+    # record files are read in this process by an inline chain, writing stages and egress; a
+    # parallel read-only chain's readers are its workers, so the gateway may hold more files open
+    readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
                 store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
-                **(reassembly or {}))
+                readers_here=readers_here, **(reassembly or {}))
     try:
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):

@@ -248,7 +248,7 @@ def gateway(
         if run or expect:
             _fail("--run and --expect need --registry URL")
         from flowsift.gateway import Gateway
-        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, **bounds)
+        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, **bounds)
         _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
              _render('print_gateway'))
         return

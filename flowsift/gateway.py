@@ -59,12 +59,12 @@ class Gateway:
     """Writes one record file per connection of a source into `store` (a directory)."""
 
     def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
-                 registry=None, shard=None, store_bytes=True, **engine_options):
+                 registry=None, shard=None, store_bytes=True, readers_here=True, **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
         self.store_dir = str(store) if store is not None else new_store_dir()
-        self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes)
+        self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
         self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None

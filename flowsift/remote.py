@@ -42,7 +42,7 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
     g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
-                **(reassembly or {}))
+                readers_here=False, **(reassembly or {}))
     started = False
     try:
         try:

@@ -63,3 +63,58 @@ def test_many_connections_bounded_descriptors_and_mappings(tmp_path, where):
     finally:
         if where == "shm":
             shutil.rmtree(base)
+
+
+def hot_and_passing(path, hot=100, rounds=12, passing=20):
+    """`hot` connections that send a segment every round, and `passing` new connections a round
+    that open, send once and stay open (never closed, never heard of again)."""
+    from pcapgen import ether, ipv4, pcap, tcp
+
+    def seg(c, s, seq, ack, fl, pl=b""):
+        return ether(ipv4(c[0], s[0], 6, tcp(c[1], s[1], seq=seq, ack=ack, flags=fl, payload=pl)))
+
+    def client(i):
+        return bytes([10, 3, i >> 8 & 255, i & 255]), 1024 + i % 60000
+
+    srv = (bytes([10, 4, 0, 1]), 80)
+    frames, t = [], 1_700_000_000
+
+    def opened(c, pl):
+        k = len(frames)
+        frames.extend([(t, k, seg(c, srv, 100, 0, 0x02)), (t, k + 1, seg(srv, c, 500, 101, 0x12)),
+                       (t, k + 2, seg(c, srv, 101, 501, 0x18, pl))])
+    for i in range(hot):
+        opened(client(i), b"h")
+    newcomer = hot
+    for r in range(rounds):
+        t += 1
+        for i in range(hot):
+            frames.append((t, len(frames), seg(client(i), srv, 102 + r, 501, 0x18, b"h")))
+        for _ in range(passing):
+            opened(client(newcomer), b"p")
+            newcomer += 1
+    path.write_bytes(pcap(frames))
+    return path, newcomer
+
+
+def test_files_reopened_are_the_least_recently_used(tmp_path):
+    # With more connections open than handles, the ones a busy connection needs stay open:
+    # the connections heard of least recently are the ones let go. (Letting go the oldest
+    # opened, or any, would reopen the busy ones again and again.)
+    capture, n = hot_and_passing(tmp_path / "hot.pcap")
+    g = Gateway(tmp_path / "store", keep=True, max_open_files=256)
+    summary = g.run_capture(capture)
+    assert summary["files"] == n
+    # the hot 100 stay open throughout; the only files reopened are the passing connections'
+    # that end with the capture while 256 others are open (letting go the oldest opened
+    # instead reopens the hot ones: 185)
+    assert g.store.counters()["reopens"] <= n - 256 + 8
+    for path in store_files(tmp_path / "store")[:100]:
+        with RecordFile(path) as rf:
+            assert rf.data(0) == b"h" * 13
+
+
+def test_gateway_alone_holds_more_files_than_a_chain_reading_in_process(tmp_path):
+    # the record files an inline chain reads count against the same descriptor limit
+    from flowsift.streams._store import _handle_budget
+    assert _handle_budget(False) > _handle_budget(True)

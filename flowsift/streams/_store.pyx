@@ -15,8 +15,8 @@ batches once written, a writer thread writes the batches while the gateway reass
 next ones (set_background); the thread owns every descriptor and mapping while it runs, and
 runs plain C. A gateway that must wait for it writes runs of the same batch meanwhile, with
 descriptors the thread found for them (ws_share_runs). Descriptors and mappings are held for at most
-`max_handles` connections at a time (least recently used are closed and reopened on demand), so
-any number of live connections fits in the process's descriptor and vm.max_map_count limits.
+`max_handles` connections at a time (the least recently used, kept in a list, are closed and
+reopened on demand), so any number of live connections fits in the process's descriptor and vm.max_map_count limits.
 A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
 gives back space (reclaim) and retires finished files.
 """
@@ -278,7 +278,7 @@ ctypedef struct wbuf_t:      # one batch's writes: the arena, its runs and its o
 ctypedef struct handle_t:
     int fd
     uint32_t conn
-    uint64_t stamp
+    int newer, older         # the recency list of open handles (slots; -1 at its ends)
     hdr_t* hdr               # the header: a shared mapping, or a copy in memory (in_memory)
     uint8_t in_memory        # written out with pwrite (disk file systems; new files)
     uint8_t fresh            # made in this drain, not yet renamed into place
@@ -301,7 +301,7 @@ ctypedef struct wstate_t:    # the files: touched by the writer thread only, or 
     int max_handles
     int* free_slots          # handle slots not in use (a stack), so opening is O(1)
     int n_free
-    uint64_t clock
+    int newest, oldest       # ends of the recency list: the oldest is closed when every slot is busy
     int32_t* hmap            # connection -> handle slot, or -1
     uint32_t hcap
     uint32_t* fresh          # connections whose file this drain made (ws_finish_new at its end)
@@ -340,13 +340,15 @@ def _refuse_earlier_store(directory):
                             f"or empty directory (give another, or remove that store first)")
 
 
-def _handle_budget():
+def _handle_budget(bint readers_here=True):
     """How many record files may be open at once: within the descriptor limit (raised to its
     hard limit if need be) and vm.max_map_count (each open file holds one mapping)."""
     from flowsift.limits import descriptor_limit, max_map_count
     soft, max_maps = descriptor_limit(), max_map_count()
-    # leave half for readers in the same process (an inline chain maps and opens files too)
-    return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 4, 32768))
+    if readers_here:
+        # leave half for readers in the same process (an inline chain maps and opens files too)
+        return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 4, 32768))
+    return max(MIN_HANDLES, min(soft - 256, (max_maps - 8192) // 2, 65536))
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
@@ -426,6 +428,29 @@ cdef int ws_finish_new(wstate_t* ws, handle_t* h) noexcept nogil:
     return 0
 
 
+cdef inline void ws_unlink(wstate_t* ws, int k) noexcept nogil:
+    cdef handle_t* h = &ws.handles[k]
+    if h.newer >= 0:
+        ws.handles[h.newer].older = h.older
+    else:
+        ws.newest = h.older
+    if h.older >= 0:
+        ws.handles[h.older].newer = h.newer
+    else:
+        ws.oldest = h.newer
+
+
+cdef inline void ws_push_newest(wstate_t* ws, int k) noexcept nogil:
+    cdef handle_t* h = &ws.handles[k]
+    h.newer = -1
+    h.older = ws.newest
+    if ws.newest >= 0:
+        ws.handles[ws.newest].newer = k
+    else:
+        ws.oldest = k
+    ws.newest = k
+
+
 cdef void ws_close_handle(wstate_t* ws, int k) noexcept nogil:
     cdef handle_t* h = &ws.handles[k]
     if h.fd < 0:
@@ -440,6 +465,7 @@ cdef void ws_close_handle(wstate_t* ws, int k) noexcept nogil:
         h.hdr = NULL
     c_close(h.fd)
     h.fd = -1
+    ws_unlink(ws, k)
     ws.closes += 1
     if h.conn < ws.hcap:
         ws.hmap[h.conn] = -1
@@ -467,12 +493,11 @@ cdef int ws_pwrite(wstate_t* ws, int fd, const void* src, int64_t n, int64_t off
 
 cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexcept nogil:
     # the open file of `conn`; with `create` (its header) the file is made first
-    cdef int k, victim = 0, fd
+    cdef int k, fd
     cdef void* m
     cdef handle_t* h
     cdef char path[4200]
     cdef int64_t old
-    ws.clock += 1
     if conn >= ws.hcap:
         old = grow_index(<void**>&ws.hmap, &ws.hcap, conn, sizeof(int32_t))
         if old < 0:
@@ -481,14 +506,12 @@ cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexc
         memset(&ws.hmap[old], 0xFF, (ws.hcap - old) * sizeof(int32_t))      # no handle
     k = ws.hmap[conn]
     if k >= 0:
-        ws.handles[k].stamp = ws.clock
+        if ws.newest != k:
+            ws_unlink(ws, k)
+            ws_push_newest(ws, k)
         return &ws.handles[k]
     if ws.n_free == 0:
-        # every slot busy: close the least recently used (a scan, but only when full)
-        for k in range(ws.max_handles):
-            if ws.handles[k].stamp < ws.handles[victim].stamp:
-                victim = k
-        ws_close_handle(ws, victim)
+        ws_close_handle(ws, ws.oldest)      # every slot busy: the least recently used goes
     if create != NULL:
         # made under a temporary name and renamed into place at the end of the drain, once its
         # header is written (ws_finish_new)
@@ -540,7 +563,7 @@ cdef handle_t* ws_handle(wstate_t* ws, uint32_t conn, const hdr_t* create) noexc
     h = &ws.handles[k]
     h.fd = fd
     h.conn = conn
-    h.stamp = ws.clock
+    ws_push_newest(ws, k)
     h.hdr = <hdr_t*> m
     h.in_memory = create != NULL or not ws.mapped
     h.fresh = create != NULL
@@ -781,7 +804,7 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t gateway_runs   # runs of the writer thread's batches the gateway wrote while it waited
     cdef list just_closed            # connections closed since the last publish
 
-    def __init__(self, str directory, bint keep=False, max_handles=None, bint store_bytes=True):
+    def __init__(self, str directory, bint keep=False, max_handles=None, bint store_bytes=True, bint readers_here=True):
         cdef int k
         cdef statfs_t sf
         self.directory = directory
@@ -802,7 +825,7 @@ cdef class RecordStore(Sink):
         memcpy(self.ws.dir, <const char*>raw, len(raw))
         self.ws.dir[len(raw)] = 0
         self.ws.mapped = statfs(raw, &sf) == 0 and sf.f_type in MEMORY_FS
-        self.ws.max_handles = _handle_budget() if max_handles is None else max(MIN_HANDLES, int(max_handles))
+        self.ws.max_handles = _handle_budget(readers_here) if max_handles is None else max(MIN_HANDLES, int(max_handles))
         self.ws.handles = <handle_t*> calloc(self.ws.max_handles, sizeof(handle_t))
         self.ws.free_slots = <int*> calloc(self.ws.max_handles, sizeof(int))
         self.ws.iov = <iovec*> malloc(MAX_IOV * sizeof(iovec))
@@ -817,6 +840,7 @@ cdef class RecordStore(Sink):
             self.ws.free_slots[k] = self.ws.max_handles - 1 - k
             self.ws.handles[k].fd = -1
         self.ws.n_free = self.ws.max_handles
+        self.ws.newest = self.ws.oldest = -1
         self.cur = &self.bufs[0]
         self.just_closed = []
         self.rng = int.from_bytes(os.urandom(8), "little")
