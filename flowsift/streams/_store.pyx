@@ -14,9 +14,10 @@ When nobody in the process reads the store during the run, or its readers hear o
 batches once written, a writer thread writes the batches while the gateway reassembles the
 next ones (set_background); the thread owns every descriptor and mapping while it runs, and
 runs plain C. A gateway that must wait for it writes runs of the same batch meanwhile, with
-descriptors the thread found for them (ws_share_runs). Descriptors and mappings are held for at most
-`max_handles` connections at a time (the least recently used, kept in a list, are closed and
-reopened on demand), so any number of live connections fits in the process's descriptor and vm.max_map_count limits.
+descriptors the thread found for them (ws_share_runs). Descriptors and mappings are held for
+at most `max_handles` connections at a time (the least recently used, kept in a list, are
+closed and reopened on demand), so any number of live connections fits in the process's
+descriptor and vm.max_map_count limits.
 A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
 gives back space (reclaim) and retires finished files.
 """
