@@ -994,10 +994,11 @@ cdef class RecordStore(Sink):
         return self._due()
 
     cdef bint _due(self):
-        # Not past half the files that may be open: a drain opens its new files first, and more
-        # than fit would be let go and opened again before their runs.
+        # Not past half the files that may be open: a drain goes over its connections three
+        # times (new files, runs, publishes), and with more than fit each pass would let go what
+        # the next one needs. (Publishes stand for the connections: one a batch per connection.)
         return (not self.busy or not fs_bg_running(&self.bg) or self.cur.used >= ARENA_HOLD
-                or self.cur.n_creates >= self.ws.max_handles // 2)
+                or self.cur.n_ops >= self.ws.max_handles // 2)
 
     def hand_over(self):
         """The batches published since the last hand-over go to the writer thread now (after it
