@@ -1,27 +1,25 @@
 """Egress to a pcap file (`flowsift chain ... -w OUT.pcap`): the source's frames, in order, with
-the chain's verdicts and verified edits applied and checksums recomputed on edited packets.
+the chain's verdicts and verified edits applied.
 
 Frames are found again by their position in the source (records keep it); frames no module
-touched are written byte for byte; dropped ones are left out.
+touched are written byte for byte; dropped ones are left out, with every fragment of a dropped
+datagram. An edit changes only what it names: header fields, and the stream bytes a payload
+edit replaced, laid on each copy of them on the wire (a retransmission, an overlapping segment,
+a packet after the connection ended). Checksums are updated for those bytes alone (RFC 1624),
+so a packet whose checksum was wrong on the wire stays as wrong, and no length is recomputed (a
+TSO capture's IP total length 0, a snaplen-cut packet: edited all the same).
 """
 import ipaddress
+import os
 import struct
 
 from flowsift.errors import UsageError
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
+from flowsift.modules.edits import _words
 from flowsift.streams import RecordFile
 from flowsift.streams.format import RF_LATE
 
 PF_FRAGMENT = 2
-
-
-def _csum(data, start=0):
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
-    s = start + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
 
 
 def _put_field(b, l3, l4, v4, key, value):
@@ -48,42 +46,6 @@ def _put_field(b, l3, l4, v4, key, value):
     return old, raw
 
 
-def _ipv4_header_checksum(b, l3):
-    ihl = (b[l3] & 15) * 4
-    b[l3 + 10:l3 + 12] = b"\0\0"
-    b[l3 + 10:l3 + 12] = struct.pack("!H", _csum(b[l3:l3 + ihl]))
-    return ihl
-
-
-def _rewrite(frame, p, fields, payload):
-    """A copy of `frame` (decoded as `p`) with header `fields` and `payload` bytes applied and
-    the IP and transport checksums recomputed; None if it cannot be edited (a fragment)."""
-    if p["flags"] & PF_FRAGMENT:
-        return None
-    b = bytearray(frame)
-    l3, l4, v4 = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4
-    for key, value in (fields or {}).items():
-        _put_field(b, l3, l4, v4, key, value)
-    if payload:
-        off, n = int(p["payload_off"]), min(len(payload), int(p["payload_len"]))
-        b[off:off + n] = payload[:n]
-    if v4:
-        ihl = _ipv4_header_checksum(b, l3)
-        l4_len = struct.unpack_from("!H", b, l3 + 2)[0] - ihl
-        src, dst = bytes(b[l3 + 12:l3 + 16]), bytes(b[l3 + 16:l3 + 20])
-    else:
-        l4_len = struct.unpack_from("!H", b, l3 + 4)[0] + 40 - (l4 - l3)
-        src, dst = bytes(b[l3 + 8:l3 + 24]), bytes(b[l3 + 24:l3 + 40])
-    proto = int(p["proto"])
-    if proto in (6, 17) and l4 + l4_len <= len(b):          # a transport checksum needs every byte
-        at = l4 + (16 if proto == 6 else 6)
-        b[at:at + 2] = b"\0\0"
-        pseudo = src + dst + (struct.pack("!BBH", 0, proto, l4_len) if v4 else struct.pack("!I3xB", l4_len, proto))
-        c = _csum(bytes(b[l4:l4 + l4_len]), sum(struct.unpack(f"!{len(pseudo) // 2}H", pseudo)))
-        b[at:at + 2] = struct.pack("!H", c if c or proto == 6 else 0xFFFF)
-    return bytes(b)
-
-
 def _incremental(csum, old, new):
     """A ones' complement checksum after bytes `old` of what it covers became `new` (RFC 1624)."""
     s = (~csum) & 0xFFFF
@@ -94,58 +56,96 @@ def _incremental(csum, old, new):
     return (~s) & 0xFFFF
 
 
-class _DatagramBytes:
-    """The merged stream bytes of a datagram that came in fragments, put back into each of its
-    fragments, and what they change of the transport checksum, which only the first fragment
-    holds: worked out from the edits' old and new bytes (Editor.changes), so no other fragment
-    is needed to write it."""
+def _checksums(b, l3, l4, v4, proto, ip_old, words):
+    """Update the IPv4 header checksum for the header bytes that changed (`ip_old`: the header
+    before, or None) and the transport checksum for `words` ((old, new) pairs), each from what
+    it was: a checksum wrong on the wire stays as wrong."""
+    if v4 and ip_old is not None:
+        csum = struct.unpack_from("!H", b, l3 + 10)[0]
+        b[l3 + 10:l3 + 12] = struct.pack("!H", _incremental(csum, ip_old, bytes(b[l3:l3 + len(ip_old)])))
+    if words and proto in (6, 17):
+        at = l4 + (16 if proto == 6 else 6)
+        if at + 2 > len(b):
+            return                            # (cut by the snaplen: no checksum to keep right)
+        old = struct.unpack_from("!H", b, at)[0]
+        if proto == 17 and old == 0 and v4:
+            return                            # no UDP checksum over IPv4: none to keep right
+        c = _incremental(old, b"".join(o for o, _ in words), b"".join(n for _, n in words))
+        b[at:at + 2] = struct.pack("!H", c if c or proto == 6 else 0xFFFF)
 
-    def __init__(self, rf, d, offset, length, header, changes):
+
+def _rewrite(frame, p, fields, changes=None, so=None):
+    """A copy of `frame` (decoded as `p`) with header `fields` and, its payload being stream
+    bytes from offset `so` on, the payload edits of `changes` (a Changes) laid on it; None if it
+    cannot be edited (a fragment, or a field the captured bytes lack)."""
+    if p["flags"] & PF_FRAGMENT:
+        return None
+    b = bytearray(frame)
+    l3, l4, v4, proto = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4, int(p["proto"])
+    ip_old = bytes(b[l3:l3 + (b[l3] & 15) * 4]) if v4 and fields else None
+    words = []
+    for key, value in (fields or {}).items():
+        if (key.endswith(("sport", "dport")) or key == "tcp_flags") and \
+                l4 + (14 if key == "tcp_flags" else 4) > len(b):
+            return None
+        change = _put_field(b, l3, l4, v4, key, value)
+        if change is not None:
+            words.append(change)
+    if changes is not None and so is not None:
+        at = int(p["payload_off"])
+        n = min(int(p["payload_len"]), len(b) - at)          # (what the snaplen left of it)
+        if n > 0:
+            w = changes.lay(b, at, n, so, at - l4)
+            if w is not None:
+                words.append(w)
+    _checksums(b, l3, l4, v4, proto, ip_old, words)
+    return bytes(b)
+
+
+class _DatagramBytes:
+    """The payload edits of a datagram that came in fragments, laid on each of its fragments,
+    and what they change of the transport checksum, which only the first fragment holds: worked
+    out from the edits' old and new bytes, so no other fragment is needed to write it."""
+
+    def __init__(self, changes, offset, length, header):
         # `header`: the transport header's length (the datagram's IP payload less the stream's)
-        self.rf, self.d, self.offset, self.length, self.header = rf, d, offset, length, header
-        self.changes = [c for c in changes if c[0] < offset + length and offset < c[0] + len(c[2])]
+        self.changes, self.offset, self.length, self.header = changes, offset, length, header
 
     def put(self, b, l4, frag_off, frag_len, first):
-        """Put the merged bytes into fragment bytes `b` (its IP payload at l4: bytes frag_off..
-        of the datagram's); returns the (old, new) checksum word changes for the first."""
+        """Lay the edits on fragment bytes `b` (its IP payload at l4: bytes frag_off.. of the
+        datagram's); returns the (old, new) checksum words for the first fragment."""
         H = self.header
         lo, hi = max(0, frag_off - H), min(self.length, frag_off + frag_len - H)
         if lo < hi:
-            at = l4 + H + lo - frag_off
-            b[at:at + hi - lo] = self.rf.data(self.d, self.offset + lo, hi - lo)
+            self.changes.lay(b, l4 + H + lo - frag_off, hi - lo, self.offset + lo, 0)
         if not first:
             return []
         words = []
-        for off, old, new in self.changes:
-            # clipped to the datagram, then laid on 16-bit words of the transport segment
+        for off, old, new in self.changes.over(self.offset, self.offset + self.length):
+            # clipped to the datagram, each from the bytes before it (in the order accepted)
             a, z = max(off, self.offset), min(off + len(new), self.offset + self.length)
-            old, new = old[a - off:z - off], new[a - off:z - off]
-            if (H + a - self.offset) % 2:
-                old, new = b"\0" + old, b"\0" + new
-            if len(old) % 2:
-                old, new = old + b"\0", new + b"\0"
-            words.append((old, new))
+            words.append(_words(old[a - off:z - off], new[a - off:z - off], H + a - self.offset))
         return words
 
 
 def _rewrite_fragment(frame, p, fields, payload=None):
     """A copy of one fragment of an edited datagram with its header edits: addresses and TTL in
-    every fragment (IPv4 header checksum recomputed), ports in the first, whose transport
-    checksum is updated for the changed addresses and ports without the other fragments' bytes;
-    and with the datagram's merged stream bytes (`payload`, a _DatagramBytes). None for what a
-    fragment cannot take."""
+    every fragment, ports in the first, whose transport checksum is updated for the changed
+    addresses and ports without the other fragments' bytes; and with the datagram's payload
+    edits (`payload`, a _DatagramBytes). None for what a fragment cannot take."""
     b = bytearray(frame)
     l3, l4, v4 = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4
     proto, first = int(p["proto"]), int(p["frag_off"]) == 0
-    changed = []                      # (old, new) bytes the transport checksum covers
+    ip_old = bytes(b[l3:l3 + (b[l3] & 15) * 4]) if v4 and fields else None
+    words = []                        # (old, new) bytes the transport checksum covers
     if payload is not None:
         if v4:
             frag_len = struct.unpack_from("!H", b, l3 + 2)[0] - (l4 - l3)
         else:
             frag_len = struct.unpack_from("!H", b, l3 + 4)[0] + 40 - (l4 - l3)
-        if l4 + frag_len > len(b):
-            return None                   # (cut by the snaplen)
-        changed.extend(payload.put(b, l4, int(p["frag_off"]), frag_len, first))
+        if frag_len <= 0 or l4 + frag_len > len(b):
+            return None                   # (cut by the snaplen, or no length to go by)
+        words.extend(payload.put(b, l4, int(p["frag_off"]), frag_len, first))
     for key, value in fields.items():
         if key.endswith(("sport", "dport")) or key == "tcp_flags":
             if not first:
@@ -154,18 +154,10 @@ def _rewrite_fragment(frame, p, fields, payload=None):
                 return None
         change = _put_field(b, l3, l4, v4, key, value)
         if change is not None:
-            changed.append(change)
-    if v4 and fields:
-        _ipv4_header_checksum(b, l3)
-    if first and changed and proto in (6, 17):
-        at = l4 + (16 if proto == 6 else 6)
-        if at + 2 > len(b):
-            return None
-        old = struct.unpack_from("!H", b, at)[0]
-        if proto == 17 and old == 0 and v4:
-            return bytes(b)               # no UDP checksum to keep right
-        c = _incremental(old, b"".join(o for o, _ in changed), b"".join(n for _, n in changed))
-        b[at:at + 2] = struct.pack("!H", c if c or proto == 6 else 0xFFFF)
+            words.append(change)
+    if first and words and proto in (6, 17) and l4 + (18 if proto == 6 else 8) > len(b):
+        return None
+    _checksums(b, l3, l4, v4, proto, ip_old, words if first else ())
     return bytes(b)
 
 
@@ -184,38 +176,36 @@ def _fragment_fields(editor, members, positions=None):
     return out
 
 
-class _LateBytes:
-    """Where a direction's merged bytes are, for its packets that came after the connection
-    ended: such a packet reaches no module, but a retransmission among them repeats stream
-    bytes, which must leave as merged (masked) as their first copy did."""
+def _dropped_frames(editor, members):
+    """The frame positions a drop verdict leaves out: a rebuilt datagram's are its fragments'."""
+    out = set(editor.dropped)
+    for pos in editor.dropped:
+        frags = members.get(pos)
+        if frags is not None:
+            out.update(frags[0])
+    return out
+
+
+class _LateStream:
+    """Where the packets of a direction that came after its connection ended fall in its stream:
+    such a packet reaches no module, but a retransmission among them repeats stream bytes, which
+    must leave with the edits (and the drops) their first copy had."""
 
     def __init__(self, rf, d):
-        h = rf.header
-        self.rf, self.d, self.end = rf, d, h[f"end{d}"]
-        self.origin = h[f"origin{d}"]
-        self.holes = [(g.offset, g.offset + g.length) for g in rf.gaps(d)]
+        self.origin = rf.header[f"origin{d}"]
         self.anchor = None                   # (seq, seq_offset) of the direction's last non-SYN record
         for rec in rf.records():
             if rec.dir == d and rec.proto == 6 and not rec.tcp_flags & 2:
                 self.anchor = (rec.seq, rec.seq_offset)
 
-    def payload(self, frame, p):
-        """The packet's payload with the merged bytes it repeats put in, or None when no
-        stream byte can be placed (a SYN, no anchor)."""
+    def offset(self, p):
+        """The stream offset of the packet's payload, or None when it has no place (a SYN, no
+        anchor)."""
         if self.anchor is None or p["tcp_flags"] & 2:
             return None
         seq0, off0 = self.anchor
         delta = (int(p["seq"]) - seq0) & 0xFFFFFFFF
-        off = off0 + (delta - (1 << 32) if delta >= 1 << 31 else delta) - self.origin
-        at, n = int(p["payload_off"]), int(p["payload_len"])
-        data = bytearray(frame[at:at + n])
-        lo, hi = max(off, 0), min(off + n, self.end)
-        # delivered ranges only: a gap's range holds no bytes
-        cuts = [lo] + [x for a, b in self.holes for x in (a, b) if lo < x < hi] + [hi]
-        for a, b in zip(cuts[::2], cuts[1::2]):
-            if a < b and not any(ga <= a < gb for ga, gb in self.holes):
-                data[a - off:b - off] = self.rf.data(self.d, a, b - a)
-        return bytes(data)
+        return off0 + (delta - (1 << 32) if delta >= 1 << 31 else delta) - self.origin
 
 
 def egress_linktype(source, cap=None):
@@ -235,12 +225,31 @@ def egress_linktype(source, cap=None):
 def write_egress(source, out, editor, store, late=None, members=None):
     """Write the source's frames to `out` with the chain's verdicts and edits; `late`: frame
     position -> (conn, dir) of the packets that came after their connection ended; `members`:
-    frame position of a rebuilt datagram -> its fragments' positions."""
+    frame position of a rebuilt datagram -> its fragments' positions. The file is written under
+    a temporary name and put in place once whole: a run that fails leaves none."""
+    out = str(out)
+    if os.path.exists(out) and not os.path.isfile(out):
+        return _write_egress(source, out, editor, store, late, members)    # (/dev/null, a pipe)
+    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.partial")
+    try:
+        counts = _write_egress(source, tmp, editor, store, late, members, shown=out)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return counts
+
+
+def _write_egress(source, out, editor, store, late, members, shown=None):
     cap = open_capture(source)
     batches = decoded_batches(cap, Decoder())
     first = next(batches, None)
-    linktype = egress_linktype(source, cap) or 1
+    linktype = egress_linktype(source, cap)
     members = members or {}
+    changes = editor.changes
     payload_of, files, in_fragments = {}, {}, {}
 
     def file_of(conn):
@@ -252,15 +261,16 @@ def write_egress(source, out, editor, store, late=None, members=None):
         rf = file_of(conn)
         for rec in rf.records():
             if rec.dir == d and rec.payload_len:          # (a TCP segment, or a UDP datagram)
-                payload_of[rec.frame_pos] = (conn, d, rec.stream_offset, rec.payload_len)
+                payload_of[rec.frame_pos] = (conn, d, rec.stream_offset)
                 if rec.frame_pos in members and members[rec.frame_pos][1]:
                     # a datagram rebuilt from fragments (its IP header, made by the defragmenter,
-                    # has no options): its bytes go back into them
+                    # has no options): its edits go into them
                     header = rec.wirelen - (20 if rec.ipver == 4 else 40) - rec.payload_len
-                    in_fragments[rec.frame_pos] = _DatagramBytes(rf, d, rec.stream_offset, rec.payload_len, header,
-                                                                 editor.changes.get((conn, d), ()))
-    counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0}
+                    in_fragments[rec.frame_pos] = _DatagramBytes(changes[(conn, d)], rec.stream_offset,
+                                                                 rec.payload_len, header)
+    counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0, "late_dropped": 0}
     late = late or {}
+    dropped = _dropped_frames(editor, members)
     fragment_fields = _fragment_fields(editor, members)
     for dpos in payload_of.keys() & members.keys():
         for m in members[dpos][0]:
@@ -269,7 +279,7 @@ def write_egress(source, out, editor, store, late=None, members=None):
             else:
                 fragment_fields[m] = None               # its transport header spans fragments
     datagram_of = {m: dpos for dpos, (frags, _) in members.items() for m in frags}
-    late_bytes = {}
+    late_streams = {}
     import itertools
     from flowsift.io.pcapwriter import MAX_SNAPLEN
     known = len(cap.interfaces())
@@ -277,8 +287,8 @@ def write_egress(source, out, editor, store, late=None, members=None):
     ifs = cap.interfaces()
     nanosecond = not ifs or any(i["tsresol"] != "1e-6" for i in ifs)
     snaplen = max((i["snaplen"] for i in ifs), default=0)
-    with PcapWriter(out, linktype=linktype, nanosecond=nanosecond,
-                    snaplen=snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN) as w:
+    with PcapWriter(out, linktype=1 if linktype is None else linktype, nanosecond=nanosecond,
+                    snaplen=snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN, shown=shown) as w:
         for batch in itertools.chain([first] if first is not None else [], batches):
             if len(cap.interfaces()) != known:          # a pcapng declared another interface
                 known = len(cap.interfaces())
@@ -286,7 +296,7 @@ def write_egress(source, out, editor, store, late=None, members=None):
             arr = batch.array
             for i in range(len(batch)):
                 pos = int(arr["rec_pos"][i])
-                if pos in editor.dropped:
+                if pos in dropped:
                     counts["dropped"] += 1
                     continue
                 frame = batch.frame(i)
@@ -300,20 +310,27 @@ def write_egress(source, out, editor, store, late=None, members=None):
                         new = _rewrite_fragment(frame, arr[i], fields, in_fragments.get(dpos))
                     else:
                         new = None
+                elif pos in late:
+                    key = late[pos]
+                    so = None
+                    if arr["proto"][i] == 6 and arr["payload_len"][i] and \
+                            (key in changes or key in editor.dropped_ranges):
+                        ls = late_streams.get(key)
+                        if ls is None:
+                            ls = late_streams[key] = _LateStream(file_of(key[0]), key[1])
+                        so = ls.offset(arr[i])
+                    if so is not None and editor.dropped_at(key, so, so + int(arr["payload_len"][i])):
+                        counts["late_dropped"] += 1   # a copy of bytes whose packet was dropped
+                        continue
+                    fields = editor.late_fields(*key)
+                    if fields or (so is not None and key in changes):
+                        new = _rewrite(frame, arr[i], fields, changes.get(key), so)
+                        counts["late_edited"] += new is not None and new != frame
                 else:
                     fields, where = editor.headers.get(pos), payload_of.get(pos)
-                    data = files[where[0]].data(where[1], where[2], where[3]) if where else None
-                    if pos in late:
-                        if not fields:
-                            fields = editor.late_fields(*late[pos])
-                        if late[pos] in editor.payload_dirs and arr["proto"][i] == 6 and arr["payload_len"][i]:
-                            lb = late_bytes.get(late[pos])
-                            if lb is None:
-                                lb = late_bytes[late[pos]] = _LateBytes(file_of(late[pos][0]), late[pos][1])
-                            data = lb.payload(frame, arr[i])
-                        counts["late_edited"] += bool(fields or data)
-                    if fields or data:
-                        new = _rewrite(frame, arr[i], fields, data)
+                    if fields or where:
+                        new = _rewrite(frame, arr[i], fields, changes[where[:2]] if where else None,
+                                       where[2] if where else None)
                 if new is None:
                     counts["not_editable"] += 1
                 elif new != frame:
@@ -356,11 +373,12 @@ class Forwarder:
         self.editor = editor
         self.store = store
         editor.forwarded_upto = -1            # frame positions at or below were sent
-        editor.forwarded_end = {}             # (conn, dir) -> stream offset sent so far
+        editor.forwarded_end = {}             # (conn, dir) -> sequence-space offset sent so far
+        self.udp_end = {}                     # (conn, dir) -> a UDP direction's stream offset so far
         self.files = {}
         self.members = None                   # the defragmenter's datagram -> fragments map
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
-                       "late_edited": 0}
+                       "late_edited": 0, "late_dropped": 0}
 
     def _file(self, conn):
         rf = self.files.get(conn)
@@ -392,7 +410,9 @@ class Forwarder:
         pos = arr["rec_pos"]
         skip = None
         if ed.dropped:
-            skip = np.isin(pos, np.fromiter(ed.dropped, dtype=np.uint64, count=len(ed.dropped))).astype(np.uint8)
+            # (a dropped datagram's fragments in this batch with it: those before were sent)
+            drop = _dropped_frames(ed, self.members or {})
+            skip = np.isin(pos, np.fromiter(drop, dtype=np.uint64, count=len(drop))).astype(np.uint8)
             self.counts["dropped"] += int(skip.sum())
         # packets carrying stream bytes at their stream offset: TCP segments and UDP datagrams
         # (late ones have none: see below)
@@ -413,12 +433,19 @@ class Forwarder:
             if frag:
                 todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
         late = None
-        if ed.flow_fields or ed.payload_dirs:
-            # (a late packet has no stream offset of its own: its bytes are placed by _LateBytes)
+        if ed.flow_fields or ed.payload_dirs or ed.dropped_ranges:
+            # (a late packet has no stream offset of its own: _LateStream places it)
             late = ((arr["rflags"] & RF_LATE) != 0) & (arr["flow_id"] != 0xFFFFFFFF)
             todo |= late
         if skip is not None:
             todo &= skip == 0
+        # a UDP direction's stream is its datagrams end to end: each one's offset is what came
+        # before it (the batch has none of its own)
+        stream_at = {}
+        for i in np.flatnonzero(data_pkts & (arr["proto"] == 17)).tolist():
+            key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
+            stream_at[i] = self.udp_end.get(key, 0)
+            self.udp_end[key] = stream_at[i] + int(arr["payload_len"][i])
         replace = {}
         for i in np.flatnonzero(todo):
             p = arr[i]
@@ -434,24 +461,36 @@ class Forwarder:
                 continue
             fields = ed.headers.get(int(p["rec_pos"]))
             key = (int(p["flow_id"]), int(p["dir"]))
-            data = None
-            frame = batch.frame(i)
+            changes, so = None, None
             if late is not None and late[i]:
-                if not fields:
-                    fields = ed.late_fields(*key)
-                if key in ed.payload_dirs and p["proto"] == 6 and p["payload_len"]:
-                    data = _LateBytes(self._file(key[0]), key[1]).payload(frame, p)
-                self.counts["late_edited"] += bool(fields or data)
-            elif data_pkts[i] and key in ed.payload_dirs:
-                data = self._file(key[0]).data(key[1], int(p["stream_off"]), int(p["payload_len"]))
-            if not fields and data is None:
-                continue                      # (a late packet with nothing to put in): as it came
-            new = _rewrite(frame, p, fields, data)
+                if p["proto"] == 6 and p["payload_len"] and (key in ed.changes or key in ed.dropped_ranges):
+                    so = _LateStream(self._file(key[0]), key[1]).offset(p)
+                    if so is not None and ed.dropped_at(key, so, so + int(p["payload_len"])):
+                        # a copy of bytes whose packet was dropped
+                        if skip is None:
+                            skip = np.zeros(n, dtype=np.uint8)
+                        skip[i] = 1
+                        self.counts["late_dropped"] += 1
+                        continue
+                fields = ed.late_fields(*key)
+                changes = ed.changes.get(key)
+            elif data_pkts[i]:
+                changes, so = ed.changes.get(key), stream_at.get(int(i))
+                if so is None and changes is not None:
+                    # a TCP segment's offset is in sequence space: its stream's origin is in
+                    # the header (it moves down when a side seen midstream gets earlier bytes)
+                    so = int(p["stream_off"]) - self._file(key[0]).header[f"origin{key[1]}"]
+            if not fields and (changes is None or so is None):
+                continue                      # (nothing to put in): as it came
+            frame = batch.frame(i)
+            new = _rewrite(frame, p, fields, changes, so)
             if new is None:
                 self.counts["not_editable"] += 1
             elif new != frame:
                 replace[int(i)] = new
                 self.counts["edited"] += 1
+                if late is not None and late[i]:
+                    self.counts["late_edited"] += 1
         sent = self.sink.send_batch(batch, skip.tobytes() if skip is not None else None, replace)
         want = n - (int(skip.sum()) if skip is not None else 0)
         self.counts["forwarded"] += sent
@@ -466,16 +505,20 @@ class Forwarder:
                 del self.members[k]
         if ed.dropped:
             ed.dropped.difference_update([k for k in ed.dropped if k <= top])
-        if data_pkts.any():
-            ends = (arr["stream_off"] + arr["payload_len"])[data_pkts]
-            uk, inv = np.unique(keys[data_pkts], return_inverse=True)
+        tcp = data_pkts & (arr["proto"] == 6)
+        fe = ed.forwarded_end
+        if tcp.any():
+            ends = (arr["stream_off"] + arr["payload_len"])[tcp]
+            uk, inv = np.unique(keys[tcp], return_inverse=True)
             best = np.full(len(uk), -1, dtype=np.int64)
             np.maximum.at(best, inv, ends)
-            fe = ed.forwarded_end
             for k, e in zip(uk.tolist(), best.tolist()):
                 key = (k >> 1, k & 1)
                 if e > fe.get(key, -1):
                     fe[key] = e
+        for i in stream_at:
+            key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
+            fe[key] = self.udp_end[key]         # (a UDP stream's origin is 0)
         return want - sent
 
     def close(self):

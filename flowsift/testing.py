@@ -53,6 +53,16 @@ def _register(cls):
     return key
 
 
+def _checksum(data):
+    # the Internet checksum (RFC 1071): the capture's packets are as a host would send them
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
 def segments_capture(directory, client=(), server=(), port=80, handshake=True, close=True, name="segments.pcap"):
     """A pcap of one TCP connection whose client sends `client` segments and whose server answers
     with `server` segments, alternating turn by turn (client first), with the handshake and FINs."""
@@ -66,7 +76,9 @@ def segments_capture(directory, client=(), server=(), port=80, handshake=True, c
         src, dst = (_CLIENT, (_SERVER[0], port)) if d == 0 else ((_SERVER[0], port), _CLIENT)
         ack = seq[1 - d]
         tcp = struct.pack(">HHIIBBHHH", src[1], dst[1], seq[d] % 2**32, ack % 2**32, 5 << 4, flags, 65535, 0, 0) + payload
-        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src[0], dst[0]) + tcp
+        tcp = tcp[:16] + struct.pack(">H", _checksum(src[0] + dst[0] + struct.pack(">HH", 6, len(tcp)) + tcp)) + tcp[18:]
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src[0], dst[0])
+        ip = ip[:10] + struct.pack(">H", _checksum(ip)) + ip[12:] + tcp
         frames.append((t[0], b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip))
         t[0] += 1_000_000
         seq[d] += len(payload) + (1 if flags & 0x03 else 0)

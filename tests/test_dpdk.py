@@ -159,6 +159,22 @@ def test_inline_nat_rewrites_the_fragments_of_a_datagram_as_w_does(tmp_path, cor
     assert sent == written != frames_of(src)
 
 
+@pytest.mark.parametrize("batch", ["512", "1"])
+def test_inline_sends_segments_out_of_order_with_their_own_bytes(tmp_path, corpus, monkeypatch, batch):
+    """Segments out of order in a direction seen midstream (its stream starts below them): they
+    left with zeros, read at their sequence-space offset taken for a stream offset, and edits
+    after they had gone were accepted. In one batch they now leave as -w writes them; a packet
+    at a time, each leaves as it came, and the edits that came after it are rejected."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+    src = CORPUS / "ooo__tcpflow__test5-lines-randomized.pcap"
+    got, sent, written = inline_and_written(tmp_path, "redact(pattern=line 7)", src, 11)
+    if batch == "512":
+        assert sent == written != frames_of(src) and got["egress"]["edited"] == 2
+    else:
+        assert sent == frames_of(src) != written
+        assert got["edits"]["accepted"] == {} and sum(got["edits"]["rejected"].values()) > 0
+
+
 @pytest.mark.parametrize("capture,pattern,count", [("overlap__zeek__reassembly.pcap", "displayname", 117),
                                                    ("demo", "flowsift", 88)])
 def test_inline_masks_late_retransmissions_and_datagrams_as_w_does(tmp_path, corpus, capture, pattern, count):

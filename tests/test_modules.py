@@ -69,7 +69,13 @@ def test_chain_errors_name_the_problem(spec, needle):
          """Doc."""
          name = "bad"
          writes = {"ip.dst", "the moon"}
-     ''', "`writes` must be a set of"),
+     ''', "`writes` names 'the moon': one of drop, ip.dst,"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         writes = ["payload"]
+     ''', "`writes` must be a set (e.g. {'drop'}), not a list"),
     ('''
      class Bad(Module):
          """Doc."""
@@ -81,7 +87,7 @@ def test_chain_errors_name_the_problem(spec, needle):
          """Doc."""
          name = "bad"
          reads = {"records", "payloads"}
-     ''', "`reads` must be a set of ['gaps', 'records', 'stream']; got ['payloads']"),
+     ''', "`reads` names 'payloads': one of gaps, records, stream"),
     ('''
      class Bad(Module):
          """Doc."""

@@ -18,10 +18,12 @@ class PcapWriter:
     and their on-wire length is kept, as a capture tool would.
     """
 
-    def __init__(self, path, linktype=1, snaplen=MAX_SNAPLEN, nanosecond=True):
+    def __init__(self, path, linktype=1, snaplen=MAX_SNAPLEN, nanosecond=True, shown=None):
+        # `shown`: the name errors give (a file written under a temporary name)
         if not 0 < snaplen <= MAX_SNAPLEN:
             raise FlowsiftError(f"snaplen {snaplen} out of range 1..{MAX_SNAPLEN}")
         self.path = str(path)
+        self.shown = self.path if shown is None else str(shown)
         self.linktype = linktype
         self.snaplen = snaplen
         self.nanosecond = nanosecond
@@ -29,8 +31,14 @@ class PcapWriter:
         try:
             self._f = open(path, "wb")
         except OSError as e:
-            raise FlowsiftError(f"{path}: cannot write: {e.strerror}") from None
-        self._f.write(_FILE_HEADER.pack(MAGIC_NS if nanosecond else MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
+            raise FlowsiftError(f"{self.shown}: cannot write: {e.strerror}") from None
+        self._put(_FILE_HEADER.pack(MAGIC_NS if nanosecond else MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
+
+    def _put(self, data):
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise FlowsiftError(f"{self.shown}: cannot write: {e.strerror}") from None
 
     def write(self, ts_ns, frame, wirelen=None):
         data = bytes(frame[:self.snaplen])
@@ -38,8 +46,7 @@ class PcapWriter:
         if not self.nanosecond:
             frac //= 1000
         wire = len(frame) if wirelen is None else max(wirelen, len(data))
-        self._f.write(_RECORD_HEADER.pack(sec, frac, len(data), wire))
-        self._f.write(data)
+        self._put(_RECORD_HEADER.pack(sec, frac, len(data), wire) + data)
         self.packets += 1
 
     def write_batch(self, batch):
@@ -50,7 +57,10 @@ class PcapWriter:
 
     def close(self):
         if not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as e:          # (what the buffer held could not be written)
+                raise FlowsiftError(f"{self.shown}: cannot write: {e.strerror}") from None
 
     def __enter__(self):
         return self

@@ -48,8 +48,9 @@ READABLE = frozenset({"stream", "records", "gaps"})
 HOOK_READS = {"on_data": "stream", "on_gap": "gaps", "on_packet": "records"}
 
 # counters the chain reports beside each module's own (hook exceptions, worker restarts,
-# --max-backlog losses): a module's counter of the same name would be overwritten or mixed in
-RESERVED_COUNTERS = frozenset({"errors", "restarts", "dropped_batches", "dropped_connections"})
+# --max-backlog losses, edits refused): a module's counter of the same name would be
+# overwritten or mixed in
+RESERVED_COUNTERS = frozenset({"errors", "restarts", "dropped_batches", "dropped_connections", "edits_rejected"})
 
 DOC_SECTIONS = ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example")
 
@@ -129,7 +130,7 @@ class Flow:
         if m is not None and "drop" not in m.writes:
             raise ModuleError(f"module {m.name}: flow.drop() is a verdict: add 'drop' to `writes`")
         if self._editor is not None:
-            self._editor.drop(record)
+            self._editor.drop(record, self.conn)
 
     def edit(self, record, **fields):
         """Ask the gateway to change header fields of a packet (record), e.g.
@@ -138,6 +139,8 @@ class Flow:
         if self._editor is None:
             from flowsift.modules.edits import FIELDS, Edit
             m = self._module
+            if m is not None:
+                m._tally("edits_rejected")
             for key in fields:
                 # the reason the gateway would give (a read-only module runs in a worker)
                 if key not in FIELDS:
@@ -224,6 +227,10 @@ class Module:
         else:
             c[name] = n
 
+    def _tally(self, name, n=1):
+        # a counter of the chain's own (RESERVED_COUNTERS), counted as `count` counts
+        self.counters[name] = self.counters.get(name, 0) + n
+
     def summary(self):
         """Rows for the end-of-run table (a list of dicts); none by default."""
         return []
@@ -258,14 +265,15 @@ def validate(cls, where):
         if len(got) != len(params):
             raise ModuleError(f"module {cls.name}: {hook}() takes ({', '.join(got)}), expected "
                               f"({', '.join(params)})")
-    writes = cls.writes
-    if not isinstance(writes, (set, frozenset)) or not set(writes) <= WRITABLE:
-        bad = sorted(set(writes) - WRITABLE) if isinstance(writes, (set, frozenset)) else writes
-        raise ModuleError(f"module {cls.name}: `writes` must be a set of {sorted(WRITABLE)}; got {bad!r}")
-    reads = cls.reads
-    if not isinstance(reads, (set, frozenset)) or not set(reads) <= READABLE:
-        bad = sorted(set(reads) - READABLE) if isinstance(reads, (set, frozenset)) else reads
-        raise ModuleError(f"module {cls.name}: `reads` must be a set of {sorted(READABLE)}; got {bad!r}")
+    for what, allowed in (("writes", WRITABLE), ("reads", READABLE)):
+        given = getattr(cls, what)
+        if not isinstance(given, (set, frozenset)):
+            raise ModuleError(f"module {cls.name}: `{what}` must be a set (e.g. {{{sorted(allowed)[0]!r}}}), "
+                              f"not a {type(given).__name__}")
+        if not set(given) <= allowed:
+            raise ModuleError(f"module {cls.name}: `{what}` names {sorted(map(repr, set(given) - allowed))[0]}: "
+                              f"one of {', '.join(sorted(allowed))}")
+    writes, reads = cls.writes, cls.reads
     for hook, what in HOOK_READS.items():
         if callable(getattr(cls, hook, None)) and what not in reads:
             raise ModuleError(f"module {cls.name}: {hook}() reads the connection's {what}: add {what!r} to `reads`")

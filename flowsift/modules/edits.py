@@ -7,6 +7,7 @@ into the edit table that egress applies; stream bytes into the record file, wher
 reader sees them), logs it (module, record, field, old, new), and counts it. A rejected edit is
 counted and its reason returned to the module.
 """
+import bisect
 import collections
 import ipaddress
 import json
@@ -27,23 +28,78 @@ class Edit(collections.namedtuple("Edit", "accepted reason")):
         return self.accepted
 
 
+def _words(old, new, pos):
+    """(old, new) bytes that begin at byte `pos` of what a checksum covers, padded onto whole
+    16-bit words."""
+    if pos % 2:
+        old, new = b"\0" + old, b"\0" + new
+    if len(old) % 2:
+        old, new = old + b"\0", new + b"\0"
+    return old, new
+
+
+class Changes:
+    """The payload edits accepted in one direction, in the order accepted, found by the stream
+    range they touch: what egress lays on each packet that carries those bytes."""
+
+    def __init__(self):
+        self.items = []                   # (offset, end, order, old, new), by offset
+        self.starts = []
+        self.longest = 0
+
+    def add(self, offset, old, new):
+        item = (offset, offset + len(new), len(self.items), old, new)
+        i = bisect.bisect_right(self.starts, offset)
+        self.items.insert(i, item)
+        self.starts.insert(i, offset)
+        self.longest = max(self.longest, len(new))
+
+    def __len__(self):
+        return len(self.items)
+
+    def over(self, lo, hi):
+        """(offset, old, new) of the edits touching stream range [lo, hi), in the order
+        accepted (a later one over an earlier one's bytes wins, as in the stream)."""
+        i = bisect.bisect_left(self.starts, lo - self.longest + 1)
+        j = bisect.bisect_left(self.starts, hi)
+        hits = sorted((c for c in self.items[i:j] if c[1] > lo), key=lambda c: c[2])
+        return [(c[0], c[3], c[4]) for c in hits]
+
+    def lay(self, b, at, n, so, pos):
+        """Lay the edits of stream range [so, so + n) onto b[at:at + n], whatever this copy of
+        those bytes held; returns the (old, new) checksum words of what changed (`pos`: where
+        b[at] is in what the checksum covers), or None."""
+        hits = self.over(so, so + n)
+        if not hits:
+            return None
+        lo = min(max(off, so) for off, _, _ in hits) - so
+        hi = max(min(off + len(new), so + n) for off, _, new in hits) - so
+        old = bytes(b[at + lo:at + hi])
+        for off, _, new in hits:
+            a, z = max(off, so), min(off + len(new), so + n)
+            b[at + a - so:at + z - so] = new[a - off:z - off]
+        return _words(old, bytes(b[at + lo:at + hi]), pos + lo)
+
+
 class Editor:
     def __init__(self, store, log=None):
         self.store = store
         self.log = log                    # a text file for edit log lines, or None
         self.headers = {}                 # frame_pos -> {keyword: value}
         self.dropped = set()              # frame_pos of packets not to forward
+        self.dropped_ranges = {}          # (conn, dir) -> [(start, end)]: stream bytes of dropped packets
         self.payload_dirs = set()         # (conn, dir) whose stream bytes were edited
-        self.changes = {}                 # (conn, dir) -> [(offset, old, new)]: fragments' checksums need them
+        self.changes = {}                 # (conn, dir) -> Changes: what egress lays on the packets
         self.flow_fields = {}             # (conn, dir) -> the header edits of its last edited packet
         self.accepted = collections.Counter()
         self.rejected = collections.Counter()
         self.drops = 0
         self.forwarded_upto = None        # inline forwarding: frame positions at or below were sent
-        self.forwarded_end = None         # inline forwarding: (conn, dir) -> stream offset sent
+        self.forwarded_end = None         # inline forwarding: (conn, dir) -> sequence-space offset sent
 
     def _reject(self, module, reason):
         self.rejected[f"{module.name}: {reason}"] += 1
+        module._tally("edits_rejected")
         return Edit(False, reason)
 
     def _log(self, module, conn, record_id, field, old, new):
@@ -99,8 +155,11 @@ class Editor:
             return self._reject(module, "payload is not declared in writes")
         if not new:
             return self._reject(module, "an empty replacement")
-        if self.forwarded_end is not None and offset < self.forwarded_end.get((flow.conn, stream.direction), 0):
-            return self._reject(module, f"bytes at {offset} were already forwarded")
+        if self.forwarded_end is not None:
+            # (kept in sequence space: a direction seen midstream may start lower later)
+            origin = stream.file.refresh()[f"origin{stream.direction}"]
+            if offset + origin < self.forwarded_end.get((flow.conn, stream.direction), origin):
+                return self._reject(module, f"bytes at {offset} were already forwarded")
         if offset < stream.tell():
             # read past already: a later stage may have been handed those bytes
             return self._reject(module, f"bytes at {offset} are behind the module's position {stream.tell()}")
@@ -113,17 +172,28 @@ class Editor:
         old = stream.file.data(stream.direction, offset, len(new))
         self.store.write_data(flow.conn, stream.direction, offset, new)
         self.payload_dirs.add((flow.conn, stream.direction))
-        self.changes.setdefault((flow.conn, stream.direction), []).append((offset, old, new))
+        changes = self.changes.get((flow.conn, stream.direction))
+        if changes is None:
+            changes = self.changes[(flow.conn, stream.direction)] = Changes()
+        changes.add(offset, old, new)
         self._log(module, flow.conn, None, f"payload[{stream.direction}]@{offset}", old.hex(), new.hex())
         return Edit(True, None)
 
-    def drop(self, record):
+    def drop(self, record, conn=None):
         if self.forwarded_upto is not None and record.frame_pos <= self.forwarded_upto:
             self.rejected["drop: the packet was already forwarded"] += 1
             return
         if record.frame_pos not in self.dropped:
             self.drops += 1
             self.dropped.add(record.frame_pos)
+            if conn is not None and record.payload_len:
+                # its copies after the connection ended (late retransmissions) go with it
+                so = record.stream_offset
+                self.dropped_ranges.setdefault((conn, record.dir), []).append((so, so + record.payload_len))
+
+    def dropped_at(self, key, start, end):
+        """Do stream bytes [start, end) of direction `key` ((conn, dir)) belong to a dropped packet?"""
+        return any(a < end and start < b for a, b in self.dropped_ranges.get(key, ()))
 
     def counters(self):
         return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "dropped": self.drops}

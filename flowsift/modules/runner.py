@@ -168,6 +168,7 @@ class InlineChain:
                 registry.register(m.name, bit_base + i)
             if on_done is not None:
                 m.count = self._counting(m.count)
+                m._tally = self._counting(m._tally)
         self.by_hook = {h: [(i, m) for i, m in enumerate(self.modules) if callable(getattr(m, h, None))]
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)

@@ -11,7 +11,8 @@ CONTEXT = 64
 
 class Redact(Module):
     """Masks every match of a regular expression in the streams with bytes of the same length
-    (a verified same-length payload edit), across packet boundaries.
+    (a verified same-length payload edit), across packet boundaries; in UDP flows, within each
+    datagram.
 
     Synopsis: redact(pattern=REGEX, mask=X, direction=both)
     Reads: the byte streams
@@ -47,6 +48,9 @@ class Redact(Module):
         if d not in self.dirs:
             stream.skip()
             return
+        if flow.proto == "udp":
+            self._datagrams(flow, stream)
+            return
         base = stream.tell()
         data = stream.peek_bytes()
         st = flow.state.setdefault("done", [None, None])           # masked up to, per direction
@@ -79,6 +83,22 @@ class Redact(Module):
                                m.group().decode("latin-1"), end]
         st[d] = done
         stream.skip(max(0, len(data) - LOOKBEHIND, done - base))
+
+    def _datagrams(self, flow, stream):
+        # a UDP flow's datagrams are messages of their own: a match never runs from one into
+        # the next (its stream is its datagrams end to end: their records say where each is)
+        d = stream.direction
+        base, data = stream.tell(), stream.peek_bytes()
+        recs = flow.records()
+        sel = (recs["dir"] == d) & (recs["payload_len"] > 0)
+        starts = recs["seq_offset"][sel] - stream.file.header[f"origin{d}"]
+        for at, n in zip(starts.tolist(), recs["payload_len"][sel].tolist()):
+            if at < base or at + n > base + len(data):
+                continue                      # (read already)
+            for m in self.regex.finditer(data[at - base:at - base + n]):
+                if m.end() > m.start():
+                    self._mask(stream, at + m.start(), at + m.end())
+        stream.skip()
 
     def _mask(self, stream, start, end, whole=True):
         # `whole`: a match, not the rest of one masked already
