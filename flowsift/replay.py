@@ -192,9 +192,12 @@ def conversation(path, partial=False, match=None):
                 return conv
             cend = conv.cut
         sgap = rf.gaps(1)
-        if cend <= 0 and send <= 0:
-            # (with --partial, a gap at the very start leaves nothing before it to replay)
-            conv.skip = "gap in the client's stream" if gaps and conv.cut == 0 else "no data"
+        if cend <= 0:
+            # (with --partial, a gap at the very start leaves nothing before it to replay); a
+            # client that sent nothing (a capture of one direction) has nothing to replay: its
+            # server's bytes would only be waited for as a banner
+            conv.skip = ("gap in the client's stream" if gaps and conv.cut == 0
+                         else "no data" if send <= 0 else "nothing from the client")
             return conv
         client = rf.data(0, 0, cend)
         server = rf.data(1, 0, send) if not sgap else rf.data(1, 0, sgap[0].offset)
@@ -587,6 +590,36 @@ def _store_of(source, store, filter_expression, on_progress, policy="first", rea
     return g.store_dir, g.store_dir
 
 
+class _Report:
+    """--report FILE, opened before anything is read or sent: a file that cannot be written is
+    said at once, not after the whole replay with its results lost. A file made here is removed
+    again when no report comes (an error, Ctrl-C while reading)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.made = not os.path.exists(path)
+        try:
+            self.f = open(path, "a")        # (not "w": an old report stays until the new one is written)
+        except OSError as e:
+            raise FlowsiftError(f"{path}: cannot write the report: {e.strerror}") from None
+
+    def write(self, obj):
+        try:
+            with self.f:
+                self.f.truncate(0)
+                json.dump(obj, self.f, indent=1)
+        except OSError as e:
+            raise FlowsiftError(f"{self.path}: cannot write the report: {e.strerror}") from None
+
+    def abandon(self):
+        self.f.close()
+        if self.made:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
            on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None):
@@ -611,8 +644,14 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             re.compile(ignore_body)
         except re.error as e:
             raise UsageError(f"--ignore-body-regex: {e}") from None
-    check_target(host, port)
-    directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
+    out = _Report(report) if report else None
+    try:
+        check_target(host, port)
+        directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
+    except BaseException:
+        if out is not None:
+            out.abandon()
+        raise
     skipped, convs = {}, []
     try:
         for path in store_files(directory):
@@ -625,6 +664,8 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
                 skipped[c.skip] = skipped.get(c.skip, 0) + 1
                 continue
             convs.append(c)
+        if limit and len(convs) > limit:
+            skipped["limit"] = len(convs) - limit       # every connection is accounted for
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         if on_start is not None:
@@ -648,10 +689,14 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         finally:
             loop.close()
         secs = time.monotonic() - t0
+    except BaseException:
+        if out is not None:
+            out.abandon()
+        raise
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, to, match, interrupted, report)
+    return _summary(results, skipped, secs, to, match, interrupted, out)
 
 
 def _summary(results, skipped, secs, to, match, interrupted, report):
@@ -667,7 +712,7 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
            "turns_unanswered": sum(r["unanswered"] for r in results),
            "turns_incomplete": sum(r["incomplete"] for r in results),
            "skipped": dict(sorted(skipped.items())), "partial": sum(1 for r in results if "partial_at" in r),
-           "interrupted": interrupted, "report": str(report) if report else None}
+           "interrupted": interrupted, "report": str(report.path) if report else None}
     out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
     out["turns_per_second"] = round(turns / secs, 1) if secs else None
     out["failures"] = [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in results if r["failed"]][:20]
@@ -676,13 +721,8 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
     if report:
-        try:
-            with open(report, "w") as f:
-                json.dump({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
-                           "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]},
-                          f, indent=1)
-        except OSError as e:
-            raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
+        report.write({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
+                      "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]})
     return out
 
 
@@ -728,7 +768,13 @@ def replay_unacked(store, to, timeout=10.0, report=None):
     host, port = parse_target(to)
     _check_waits(timeout)
     check_kept_store(store)
-    check_target(host, port)
+    out_file = _Report(report) if report else None
+    try:
+        check_target(host, port)
+    except BaseException:
+        if out_file is not None:
+            out_file.abandon()
+        raise
     skipped, plans = {}, []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
@@ -780,10 +826,6 @@ def replay_unacked(store, to, timeout=10.0, report=None):
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
            "report": str(report) if report else None,
            "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]]}
-    if report:
-        try:
-            with open(report, "w") as f:
-                json.dump({"summary": out, "connections": rows}, f, indent=1)
-        except OSError as e:
-            raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
+    if out_file:
+        out_file.write({"summary": out, "connections": rows})
     return out

@@ -106,8 +106,10 @@ class Server:
 
 def replay(*args):
     res = run_cli("replay", *args, "--json")
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    s = json.loads(res.stdout)
+    # as diff(1): 1 when a connection differed or failed
+    assert res.returncode == (1 if s.get("differing") or s["failed"] else 0), res.stderr
+    return s
 
 
 @pytest.fixture
@@ -379,7 +381,7 @@ def test_ctrl_c_ends_with_the_summary_so_far(corpus):
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=20)
         assert time.monotonic() - t0 < 10
-        assert p.returncode == 0, err
+        assert p.returncode == 130 and err.endswith("flowsift: interrupted\n"), err
         s = json.loads(out)
         assert s["interrupted"] and s["connections"] < 8
     finally:
@@ -709,3 +711,66 @@ def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     cap = _exchange(tmp_path, "echo.pcap", turns)
     s = _answers(tmp_path, "echo", cap)
     assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+
+
+def test_exit_code_says_whether_every_connection_answered_as_recorded(tmp_path):
+    """It was 0 whatever happened: identical, differing, or every connection failed."""
+    cap = _exchange(tmp_path, "one.pcap", [(True, GET, False), (False, OK10, False)])
+    srv = Server(tmp_path, ANSWERS, "extra")
+    to = f"127.0.0.1:{srv.port}"
+    try:
+        same = run_cli("replay", cap, "--to", to, "--timeout", 2)                         # exact: the garbage differs
+        like = run_cli("replay", cap, "--to", to, "--timeout", 2, "--match", "http",
+                       "--ignore-body-regex", "x")                                          # still the extra bytes
+        plain = _exchange(tmp_path, "ping.pcap", [(True, b"PING\r\n", False), (False, b"+PONG\r\n", False)])
+    finally:
+        srv.stop()
+    assert same.returncode == 1 and like.returncode == 1, (same.stderr, like.stderr)
+    srv = Server(tmp_path, ANSWERS, "echo")
+    try:
+        echoed = run_cli("replay", plain, "--to", f"127.0.0.1:{srv.port}", "--timeout", 2, "--idle", 0.3)
+        again = run_cli("replay", _exchange(tmp_path, "echo.pcap", [(True, b"hi\n", False), (False, b"hi\n", False)]),
+                        "--to", f"127.0.0.1:{srv.port}", "--timeout", 2, "--idle", 0.3)
+    finally:
+        srv.stop()
+    assert echoed.returncode == 1 and again.returncode == 0, (echoed.stderr, again.stderr)
+
+
+def test_an_unwritable_report_is_refused_before_the_replay(tmp_path, corpus):
+    """--report in a missing directory was found only after every connection was replayed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        t0 = time.monotonic()
+        res = run_cli("replay", BRO, "--to", f"127.0.0.1:{s.getsockname()[1]}", "--timeout", 5,
+                      "--report", tmp_path / "no" / "such" / "r.json")
+        assert time.monotonic() - t0 < 4
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"flowsift: {tmp_path / 'no' / 'such' / 'r.json'}: cannot write the report: No such file or directory"]
+        # one made for a replay that ends in an error is not left behind
+        made = tmp_path / "r.json"
+        res = run_cli("replay", tmp_path / "nope.pcap", "--to", f"127.0.0.1:{s.getsockname()[1]}", "--report", made)
+        assert res.returncode == 2 and not made.exists()
+
+
+def test_a_capture_of_the_server_side_only_is_skipped(tmp_path):
+    """A connection whose client sent nothing was waited on as a banner for the whole --timeout,
+    then failed; --limit left the connections past it uncounted."""
+    cap = _exchange(tmp_path, "onesided.pcap", [(False, OK10, False)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        t0 = time.monotonic()
+        r = replay(cap, "--to", f"127.0.0.1:{s.getsockname()[1]}", "--timeout", 5)
+        assert time.monotonic() - t0 < 4
+    assert r["connections"] == r["failed"] == 0 and r["skipped"] == {"nothing from the client": 1}, r
+
+
+def test_connections_past_the_limit_are_counted_as_skipped(tmp_path, http_table):
+    path, _ = http_table
+    srv = Server(tmp_path, RECORDED, path)
+    try:
+        s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--limit", 3)
+    finally:
+        srv.stop()
+    assert s["connections"] == 3 and s["skipped"] == {"no data": 5, "limit": 5}, s
