@@ -277,14 +277,25 @@ def _timed_turns(conv, client, server, arr, h, lost=False):
 
 # --- comparing answers -------------------------------------------------------------------------
 
+# difflib is quadratic in lines: bodies are diffed over their first DIFF_BYTES only, and a diff
+# line is cut at DIFF_LINE characters, so that a big differing body costs milliseconds, not minutes
+DIFF_BYTES = 16384
+DIFF_LINE = 200
+
+
 def _text_diff(a, b, limit=12):
     try:
-        ta, tb = a.decode("utf-8"), b.decode("utf-8")
+        ta, tb = a[:DIFF_BYTES].decode("utf-8", "strict" if len(a) <= DIFF_BYTES else "ignore"), \
+            b[:DIFF_BYTES].decode("utf-8", "strict" if len(b) <= DIFF_BYTES else "ignore")
     except UnicodeDecodeError:
         k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
         return [f"binary: {len(a)} bytes recorded, {len(b)} now; first difference at byte {k}"]
-    lines = list(difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm=""))
-    return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+    lines = [x if len(x) <= DIFF_LINE else x[:DIFF_LINE] + f"... ({len(x) - DIFF_LINE} more characters)"
+             for x in difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm="")]
+    out = lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+    if len(a) > DIFF_BYTES or len(b) > DIFF_BYTES:
+        out.append(f"(the first {DIFF_BYTES} bytes of each compared: {len(a)} recorded, {len(b)} now)")
+    return out
 
 
 def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=None):
