@@ -458,7 +458,7 @@ def replay(
         from flowsift.replay import replay_unacked
         if store is None or source is not None:
             _fail("--unacked replays a kept store: give --store DIR (and no capture)")
-        result = replay_unacked(store, to, timeout=timeout, report=report)
+        result = replay_unacked(store, to, timeout=timeout, report=report, concurrency=concurrency)
         typer.echo(json.dumps(result)) if as_json else print_replay(result)
         _replay_exit(result)
         return

@@ -526,7 +526,7 @@ class Replayer:
         return res
 
     async def run(self, convs, limit=None):
-        sem = asyncio.Semaphore(self.concurrency)
+        sem = asyncio.Semaphore(_descriptor_room(self.concurrency))
         results = self.results = []
 
         async def one(c):
@@ -772,7 +772,15 @@ def unacked_plan(path):
     return conv, acked, start, end, note
 
 
-def replay_unacked(store, to, timeout=10.0, report=None):
+def _descriptor_room(concurrency):
+    """Connections at once, within the descriptor limit (one socket each, some kept for the
+    process): running out would fail connections for a reason that is ours, not the target's."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - 64))
+
+
+def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
     """Send, per connection of the kept `store`, the client bytes its server had not
     acknowledged, aligned to message boundaries; returns the summary."""
     from flowsift.streams.reader import check_kept_store, store_files
@@ -828,7 +836,12 @@ def replay_unacked(store, to, timeout=10.0, report=None):
         return row
 
     async def main():
-        return await asyncio.gather(*(send(*p) for p in plans))
+        sem = asyncio.Semaphore(_descriptor_room(concurrency))
+
+        async def one(p):
+            async with sem:
+                return await send(*p)
+        return await asyncio.gather(*(one(p) for p in plans))
     t0 = time.monotonic()
     rows = list(asyncio.run(main())) if plans else []
     out = {"target": to, "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
@@ -836,7 +849,7 @@ def replay_unacked(store, to, timeout=10.0, report=None):
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
            "report": str(report) if report else None,
-           "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]]}
+           "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]][:20]}
     if out_file:
         out_file.write({"summary": out, "connections": rows})
     return out

@@ -787,3 +787,58 @@ def test_a_big_differing_body_is_diffed_in_bounded_time():
     assert time.process_time() - t0 < 2
     assert d[-1].startswith("(the first ") and all(len(x) < DIFF_LINE + 40 for x in d)
     assert any(x.startswith("-line 0 xxx") for x in d)
+
+
+COUNTING = textwrap.dedent('''
+    """Answers each HTTP request after 0.1 s; logs how many connections were open at once."""
+    import asyncio, sys
+    log, open_now = open(sys.argv[1], "w"), [0]
+
+    async def handle(r, w):
+        open_now[0] += 1
+        log.write(f"{open_now[0]}\\n")
+        log.flush()
+        try:
+            while True:
+                await r.readuntil(b"\\r\\n\\r\\n")
+                await asyncio.sleep(0.1)
+                w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        open_now[0] -= 1
+        w.close()
+
+''') + SERVE
+
+
+def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
+    """--unacked opened every connection at once whatever -j said, and listed every failure."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    frames, us = [], 1_700_000_000 * 10**6
+    for k in range(30):
+        port = 41000 + k
+        for from_client, seq, ack, flags, payload in ((True, 99, 0, 0x02, b""), (False, 499, 100, 0x12, b""),
+                                                      (True, 100, 500, 0x10, b""), (True, 100, 500, 0x18, GET)):
+            src, dst, sp, dp = (A, B, port, 80) if from_client else (B, A, 80, port)
+            us += 1000
+            frames.append((us // 10**6, us % 10**6, ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags,
+                                                                                payload=payload)))))
+    cap = tmp_path / "many.pcap"
+    cap.write_bytes(pcap(frames))
+    store = tmp_path / "st"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    log = tmp_path / "open.log"
+    srv = Server(tmp_path, COUNTING, log)
+    try:
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{srv.port}", "-j", 3, "--timeout", 5)
+    finally:
+        srv.stop()
+    assert (s["connections"], s["answers"], s["failed"]) == (30, 30, 0), s
+    assert max(int(x) for x in log.read_text().split()) <= 3
+    with socket.socket() as closer:                 # accepts, never answers: every connection fails
+        closer.bind(("127.0.0.1", 0))
+        closer.listen(64)
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{closer.getsockname()[1]}", "-j", 30,
+                   "--timeout", 0.5)
+    assert s["failed"] == 30 and len(s["failures"]) == 20
