@@ -453,6 +453,9 @@ def replay(
     if match != "http" and (ignore_header or ignore_body_regex is not None):
         _fail("--ignore-header and --ignore-body-regex go with --match http")
     bounds = parse_settings(reassembly)
+    if store is not None and (filter is not None or policy != "first" or reassembly):
+        # a kept store was reassembled when it was written: these would change nothing
+        _fail("--filter, --policy and --reassembly read a capture: a --store was read already")
     _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
