@@ -430,7 +430,8 @@ def replay(
     bytes up to where the server answered in the original, then its answer is awaited and
     compared with the recorded one. HTTP/1.x is cut at message boundaries. A hole in the
     client's stream is never sent as anything: such connections are skipped (or replayed up
-    to it with --partial). Ctrl-C ends with the summary so far.
+    to it with --partial). Ctrl-C ends with the summary so far (exit 130). Exit 0 when every
+    connection replayed answered as recorded, 1 when one differed or failed, 2 for bad input.
 
     \b
     Examples:
@@ -452,13 +453,17 @@ def replay(
     if match != "http" and (ignore_header or ignore_body_regex is not None):
         _fail("--ignore-header and --ignore-body-regex go with --match http")
     bounds = parse_settings(reassembly)
+    if store is not None and (filter is not None or policy != "first" or reassembly):
+        # a kept store was reassembled when it was written: these would change nothing
+        _fail("--filter, --policy and --reassembly read a capture: a --store was read already")
     _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
         if store is None or source is not None:
             _fail("--unacked replays a kept store: give --store DIR (and no capture)")
-        result = replay_unacked(store, to, timeout=timeout, report=report)
+        result = replay_unacked(store, to, timeout=timeout, report=report, concurrency=concurrency)
         typer.echo(json.dumps(result)) if as_json else print_replay(result)
+        _replay_exit(result)
         return
     from flowsift.replay import replay as run
     bar, task = None, None
@@ -486,6 +491,17 @@ def replay(
         if bar is not None:
             bar.stop()
     typer.echo(json.dumps(result)) if as_json else print_replay(result)
+    _replay_exit(result)
+
+
+def _replay_exit(result):
+    """As diff(1): 0 when every connection replayed answered as recorded, 1 when one differed or
+    failed; 130 when Ctrl-C ended it (after the summary so far)."""
+    if result.get("interrupted"):
+        typer.echo("flowsift: interrupted", err=True)
+        raise typer.Exit(130)
+    if result.get("differing") or result.get("failed"):
+        raise typer.Exit(1)
 
 
 @app.command()

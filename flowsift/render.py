@@ -301,7 +301,7 @@ def print_replay(s, console=None):
     t.add_column(style="bold")
     t.add_column(justify="right")
     for key in ("connections", "identical", "differing", "sent", "failed", "turns", "turns_identical",
-                "turns_differing", "turns_unanswered", "partial", "messages", "answers", "bytes"):
+                "turns_differing", "turns_unanswered", "turns_incomplete", "partial", "messages", "answers", "bytes"):
         if key in s:
             t.add_row(key.replace("_", " "), _n(s[key]))
     for reason, n in s.get("skipped", {}).items():

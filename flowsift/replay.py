@@ -145,14 +145,15 @@ def dechunk(body):
 # --- conversations and turns -------------------------------------------------------------------
 
 class Turn:
-    __slots__ = ("request", "response", "start", "offset", "method")
+    __slots__ = ("request", "response", "start", "offset", "method", "whole")
 
-    def __init__(self, request, response, start, offset, method=None):
+    def __init__(self, request, response, start, offset, method=None, whole=True):
         self.request = request          # bytes the client sent
         self.response = response        # bytes the server answered in the original
         self.start = start              # capture time of the turn's first byte, ns
         self.offset = offset            # stream offset of the request
         self.method = method
+        self.whole = whole              # False: the recording lost part of the answer (not comparable)
 
 
 class Conversation:
@@ -191,21 +192,24 @@ def conversation(path, partial=False, match=None):
                 return conv
             cend = conv.cut
         sgap = rf.gaps(1)
-        if cend <= 0 and send <= 0:
-            # (with --partial, a gap at the very start leaves nothing before it to replay)
-            conv.skip = "gap in the client's stream" if gaps and conv.cut == 0 else "no data"
+        if cend <= 0:
+            # (with --partial, a gap at the very start leaves nothing before it to replay); a
+            # client that sent nothing (a capture of one direction) has nothing to replay: its
+            # server's bytes would only be waited for as a banner
+            conv.skip = ("gap in the client's stream" if gaps and conv.cut == 0
+                         else "no data" if send <= 0 else "nothing from the client")
             return conv
         client = rf.data(0, 0, cend)
         server = rf.data(1, 0, send) if not sgap else rf.data(1, 0, sgap[0].offset)
         arr = rf.record_array()
         if (match == "http" or match is None) and HTTP_REQUEST.match(client):
             conv.http = True
-            _http_turns(conv, client, server, arr, h)
+            _http_turns(conv, client, server, arr, h, bool(sgap))
             return conv
         if match == "http":
             conv.skip = "not HTTP"
             return conv
-        _timed_turns(conv, client, server, arr, h)
+        _timed_turns(conv, client, server, arr, h, bool(sgap))
         return conv
 
 
@@ -221,17 +225,23 @@ def _first_ts(arr, h, d, offset):
     return int(t[-1]) if len(t) else (int(arr["ts_ns"][0]) if len(arr) else 0)
 
 
-def _http_turns(conv, client, server, arr, h):
+def _http_turns(conv, client, server, arr, h, lost=False):
+    """`lost`: the server's stream was cut by a gap at its end (an answer reaching it, and those
+    after it, were not recorded whole)."""
     reqs = http_messages(client, True)
     methods = [client[s:e].split(b" ", 1)[0] for s, e in reqs]
     resps = http_messages(server, False, methods)
     for i, (s, e) in enumerate(reqs):
         r = server[resps[i][0]:resps[i][1]] if i < len(resps) else b""
-        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i]))
+        # (eof: a response without length ends where the recorded stream does)
+        whole = (not r or final_response(r, 0, methods[i], eof=True) is not None) and \
+            not (lost and (i >= len(resps) or resps[i][1] >= len(server)))
+        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i], whole))
 
 
-def _timed_turns(conv, client, server, arr, h):
-    """Turns from the order of the records: client bytes until the server answers, and so on."""
+def _timed_turns(conv, client, server, arr, h, lost=False):
+    """Turns from the order of the records: client bytes until the server answers, and so on.
+    `lost`: as for _http_turns."""
     ts = arr["ts_ns"].tolist()
     origins = (h["origin0"], h["origin1"])
     c_start = s_start = 0
@@ -249,7 +259,8 @@ def _timed_turns(conv, client, server, arr, h):
         if d == 0:
             end = min(end, len(client))
             if answered:
-                conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start, c_start))
+                conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start, c_start,
+                                       whole=not (lost and s_mark >= len(server))))
                 c_start, s_start, answered, t_start = c_mark, s_mark, False, None
             if t_start is None:
                 t_start = ts[i]
@@ -260,19 +271,31 @@ def _timed_turns(conv, client, server, arr, h):
             s_mark = max(s_mark, min(end, len(server)))
             answered = True
     if c_mark > c_start or s_mark > s_start:
-        conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start or 0, c_start))
+        conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start or 0, c_start,
+                               whole=not (lost and s_mark >= len(server))))
 
 
 # --- comparing answers -------------------------------------------------------------------------
 
+# difflib is quadratic in lines: bodies are diffed over their first DIFF_BYTES only, and a diff
+# line is cut at DIFF_LINE characters, so that a big differing body costs milliseconds, not minutes
+DIFF_BYTES = 16384
+DIFF_LINE = 200
+
+
 def _text_diff(a, b, limit=12):
     try:
-        ta, tb = a.decode("utf-8"), b.decode("utf-8")
+        ta, tb = a[:DIFF_BYTES].decode("utf-8", "strict" if len(a) <= DIFF_BYTES else "ignore"), \
+            b[:DIFF_BYTES].decode("utf-8", "strict" if len(b) <= DIFF_BYTES else "ignore")
     except UnicodeDecodeError:
         k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
         return [f"binary: {len(a)} bytes recorded, {len(b)} now; first difference at byte {k}"]
-    lines = list(difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm=""))
-    return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+    lines = [x if len(x) <= DIFF_LINE else x[:DIFF_LINE] + f"... ({len(x) - DIFF_LINE} more characters)"
+             for x in difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm="")]
+    out = lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+    if len(a) > DIFF_BYTES or len(b) > DIFF_BYTES:
+        out.append(f"(the first {DIFF_BYTES} bytes of each compared: {len(a)} recorded, {len(b)} now)")
+    return out
 
 
 def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=None):
@@ -283,13 +306,14 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
         return [{"what": "bytes", "recorded": len(expected), "replayed": len(got), "diff": _text_diff(expected, got)}]
     a = final_response(expected, 0, method, eof=True) if expected else None
     b = final_response(got, 0, method, eof=True) if got else None
-    if a is None or b is None:
+    if a is None or b is None or not http1.RESPONSE_LINE.match(b[1]):
         if expected == got:
             return []
 
         def said(data, m):
             if m is not None:
-                return m[1].decode("latin-1")
+                line = m[1].decode("latin-1")
+                return line if http1.RESPONSE_LINE.match(m[1]) else f"not an HTTP response: {line[:60]!r}"
             return f"an incomplete response ({len(data)} bytes)" if data.startswith(b"HTTP/") else "no HTTP response"
         return [{"what": "message", "recorded": said(expected, a), "replayed": said(got, b)}]
     out = []
@@ -309,46 +333,111 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
         ba, bb = ignore_body.sub(b"", ba), ignore_body.sub(b"", bb)
     if ba != bb:
         out.append({"what": "body", "recorded": len(ba), "replayed": len(bb), "diff": _text_diff(ba, bb)})
+    if len(got) - b[0] != len(expected) - a[0]:
+        # bytes after a whole response answer nothing: the server said more than it was asked
+        out.append({"what": "extra bytes after the response", "recorded": len(expected) - a[0],
+                    "replayed": len(got) - b[0], "diff": _text_diff(expected[a[0]:], got[b[0]:])})
     return out
 
 
 # --- playing -----------------------------------------------------------------------------------
 
-async def _read_answer(reader, turn, http, timeout, idle):
-    """What the server sends back for one turn: a whole HTTP response, or as many bytes as in
-    the original (or what came before it went idle)."""
-    buf = bytearray()
+class _Inbox:
+    """What the server sent on one connection, read as it comes: its bytes are charged to a turn
+    by framing or by where they lie in the server's stream, never by which turn happens to be
+    waiting when they arrive."""
+
+    def __init__(self, reader):
+        self.buf = bytearray()
+        self.closed = False
+        self.error = None               # what ended the stream, when not a clean close
+        self._news = asyncio.Event()
+        self._task = asyncio.ensure_future(self._pump(reader))
+
+    async def _pump(self, reader):
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                self.buf += chunk
+                self._news.set()
+        except (ConnectionError, OSError) as e:
+            self.error = e
+        finally:
+            self.closed = True
+            self._news.set()
+
+    async def news(self, seconds):
+        """Wait up to `seconds` for more bytes or the end; False when nothing came."""
+        if self.closed or seconds <= 0:
+            return False
+        self._news.clear()
+        try:
+            await asyncio.wait_for(self._news.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def quiet(self, idle, deadline):
+        """Read on until the server closes, is silent for `idle` seconds, or the deadline."""
+        while not self.closed and await self.news(min(idle, deadline - time.monotonic())):
+            pass
+
+    def take(self, n=None):
+        n = len(self.buf) if n is None else n
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def close(self):
+        self._task.cancel()
+
+
+async def _read_answer(inbox, turn, http, timeout, idle, last=None):
+    """What the server sends back for one turn: (bytes, end of the answer in them or None, closed).
+    HTTP: a whole response (one without length: up to the server's close) and whatever came
+    after it, extra. Otherwise the bytes of the server's stream the recorded answer covered --
+    those after them are the next turn's -- or what came before it went quiet; the last turn
+    reads on until the server closes or goes quiet, so that an answer longer than recorded shows
+    (`last`: called first, when the recorded answer is in)."""
     want = len(turn.response)
     if not want:
         timeout = min(timeout, idle / 4)  # the original had no answer here: do not wait long for one
-    # a recorded response that is not a whole message (the capture ended inside it) is
-    # matched by its length, as raw bytes are
-    framed = http and final_response(turn.response, 0, turn.method) is not None
+    # a recorded answer that is not a whole message (the capture lost or cut it) is awaited by
+    # its length, as raw bytes are
+    by_length = not http or not turn.whole
     deadline = time.monotonic() + timeout
     while True:
-        if framed:
-            m = final_response(bytes(buf), 0, turn.method) if buf else None
+        have = len(inbox.buf)
+        if http and have:
+            m = final_response(bytes(inbox.buf), 0, turn.method, eof=inbox.closed)
             if m is not None and not _interim(m[1]):
-                return bytes(buf), m[0], False
-        elif want and len(buf) >= want:
-            return bytes(buf), len(buf), False
+                if last:
+                    last()
+                    await inbox.quiet(idle, deadline)
+                return inbox.take(), m[0], inbox.closed
+        if by_length and want and have >= want:
+            if not last:
+                return inbox.take(want), want, False
+            last()
+            await inbox.quiet(idle, deadline)
+            got = inbox.take()
+            return got, len(got), inbox.closed
+        if inbox.closed:
+            got = inbox.take()
+            return got, (len(got) if got and by_length else None), True
         left = deadline - time.monotonic()
         if left <= 0:
-            return bytes(buf), None, False
-        try:
-            chunk = await asyncio.wait_for(reader.read(65536), min(left, idle if buf else left))
-        except asyncio.TimeoutError:
-            if buf and not http:
-                return bytes(buf), len(buf), False      # it went quiet: that is its answer
-            if buf and http:
-                continue
-            return bytes(buf), None, False
-        if not chunk:                               # the server closed the connection
-            if http and buf:
-                m = final_response(bytes(buf), 0, turn.method, eof=True)
-                return bytes(buf), (m[0] if m else None), True
-            return bytes(buf), (len(buf) if buf or not want else None), True
-        buf += chunk
+            got = inbox.take()
+            return got, None, False
+        if not await inbox.news(min(left, idle) if have and by_length else left) and have and by_length:
+            got = inbox.take()
+            return got, len(got), False      # it went quiet: that is its answer
+
+
+def _said(e):
+    return getattr(e, "strerror", None) or type(e).__name__
 
 
 class Replayer:
@@ -367,7 +456,7 @@ class Replayer:
     async def play(self, conv):
         """Replay one conversation; returns its result dict."""
         res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": len(conv.turns),
-               "identical": 0, "differing": 0, "unanswered": 0, "failed": None, "differences": [],
+               "identical": 0, "differing": 0, "unanswered": 0, "incomplete": 0, "failed": None, "differences": [],
                "http": conv.http}
         if conv.cut is not None:
             res["partial_at"] = conv.cut
@@ -377,7 +466,17 @@ class Replayer:
             res["failed"] = f"connect: {getattr(e, 'strerror', None) or type(e).__name__}"
             return res
         match = "http" if (self.match == "http" and conv.http) else "exact"
+        inbox = _Inbox(reader)
+
+        def finish():
+            # the last answer is in: the client is done, as it was in the original; a server that
+            # closes on that ends the wait for anything more at once
+            try:
+                writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
         t0, first = time.monotonic(), conv.turns[0].start if conv.turns else 0
+        i = 0
         try:
             for i, turn in enumerate(conv.turns):
                 if self.stop:
@@ -389,16 +488,23 @@ class Replayer:
                 if turn.request:
                     writer.write(turn.request)
                     await writer.drain()
-                if not turn.response and not conv.http:
+                if not turn.response and not conv.http and turn.whole:
                     res["unanswered"] += 1      # sent; the original had no answer to compare with
                     continue
-                got, end, closed = await _read_answer(reader, turn, conv.http, self.timeout, self.idle)
+                last = finish if i == len(conv.turns) - 1 and turn.response else None
+                got, end, closed = await _read_answer(inbox, turn, conv.http, self.timeout, self.idle, last)
+                if not turn.whole:
+                    res["incomplete"] += 1      # part of the recorded answer is missing: nothing to hold it to
+                    continue
                 if not turn.response:
                     res["unanswered"] += 1      # nothing recorded to compare with
                     continue
                 if end is None and not got:
-                    res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
-                                     else f"turn {i}: no answer within {self.timeout:g} s")
+                    if inbox.error is not None:
+                        res["failed"] = f"turn {i}: connection: {_said(inbox.error)}"
+                    else:
+                        res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
+                                         else f"turn {i}: no answer within {self.timeout:g} s")
                     break
                 diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
                 if diff:
@@ -409,8 +515,9 @@ class Replayer:
                 else:
                     res["identical"] += 1
         except (ConnectionError, OSError) as e:
-            res["failed"] = f"connection: {getattr(e, 'strerror', None) or type(e).__name__}"
+            res["failed"] = f"turn {i}: connection: {_said(e)}"
         finally:
+            inbox.close()
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1)
@@ -419,7 +526,7 @@ class Replayer:
         return res
 
     async def run(self, convs, limit=None):
-        sem = asyncio.Semaphore(self.concurrency)
+        sem = asyncio.Semaphore(_descriptor_room(self.concurrency))
         results = self.results = []
 
         async def one(c):
@@ -494,6 +601,36 @@ def _store_of(source, store, filter_expression, on_progress, policy="first", rea
     return g.store_dir, g.store_dir
 
 
+class _Report:
+    """--report FILE, opened before anything is read or sent: a file that cannot be written is
+    said at once, not after the whole replay with its results lost. A file made here is removed
+    again when no report comes (an error, Ctrl-C while reading)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.made = not os.path.exists(path)
+        try:
+            self.f = open(path, "a")        # (not "w": an old report stays until the new one is written)
+        except OSError as e:
+            raise FlowsiftError(f"{path}: cannot write the report: {e.strerror}") from None
+
+    def write(self, obj):
+        try:
+            with self.f:
+                self.f.truncate(0)
+                json.dump(obj, self.f, indent=1)
+        except OSError as e:
+            raise FlowsiftError(f"{self.path}: cannot write the report: {e.strerror}") from None
+
+    def abandon(self):
+        self.f.close()
+        if self.made:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
            on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None):
@@ -518,8 +655,14 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             re.compile(ignore_body)
         except re.error as e:
             raise UsageError(f"--ignore-body-regex: {e}") from None
-    check_target(host, port)
-    directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
+    out = _Report(report) if report else None
+    try:
+        check_target(host, port)
+        directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
+    except BaseException:
+        if out is not None:
+            out.abandon()
+        raise
     skipped, convs = {}, []
     try:
         for path in store_files(directory):
@@ -532,6 +675,8 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
                 skipped[c.skip] = skipped.get(c.skip, 0) + 1
                 continue
             convs.append(c)
+        if limit and len(convs) > limit:
+            skipped["limit"] = len(convs) - limit       # every connection is accounted for
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         if on_start is not None:
@@ -555,10 +700,14 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         finally:
             loop.close()
         secs = time.monotonic() - t0
+    except BaseException:
+        if out is not None:
+            out.abandon()
+        raise
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, to, match, interrupted, report)
+    return _summary(results, skipped, secs, to, match, interrupted, out)
 
 
 def _summary(results, skipped, secs, to, match, interrupted, report):
@@ -572,8 +721,9 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
            "turns": turns, "turns_identical": sum(r["identical"] for r in results),
            "turns_differing": sum(r["differing"] for r in results),
            "turns_unanswered": sum(r["unanswered"] for r in results),
+           "turns_incomplete": sum(r["incomplete"] for r in results),
            "skipped": dict(sorted(skipped.items())), "partial": sum(1 for r in results if "partial_at" in r),
-           "interrupted": interrupted, "report": str(report) if report else None}
+           "interrupted": interrupted, "report": str(report.path) if report else None}
     out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
     out["turns_per_second"] = round(turns / secs, 1) if secs else None
     out["failures"] = [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in results if r["failed"]][:20]
@@ -582,13 +732,8 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
     if report:
-        try:
-            with open(report, "w") as f:
-                json.dump({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
-                           "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]},
-                          f, indent=1)
-        except OSError as e:
-            raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
+        report.write({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
+                      "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]})
     return out
 
 
@@ -627,14 +772,28 @@ def unacked_plan(path):
     return conv, acked, start, end, note
 
 
-def replay_unacked(store, to, timeout=10.0, report=None):
+def _descriptor_room(concurrency):
+    """Connections at once, within the descriptor limit (one socket each, some kept for the
+    process): running out would fail connections for a reason that is ours, not the target's."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - 64))
+
+
+def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
     """Send, per connection of the kept `store`, the client bytes its server had not
     acknowledged, aligned to message boundaries; returns the summary."""
     from flowsift.streams.reader import check_kept_store, store_files
     host, port = parse_target(to)
     _check_waits(timeout)
     check_kept_store(store)
-    check_target(host, port)
+    out_file = _Report(report) if report else None
+    try:
+        check_target(host, port)
+    except BaseException:
+        if out_file is not None:
+            out_file.abandon()
+        raise
     skipped, plans = {}, []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
@@ -654,6 +813,7 @@ def replay_unacked(store, to, timeout=10.0, report=None):
         except (OSError, asyncio.TimeoutError) as e:
             row["failed"] = f"connect: {getattr(e, 'strerror', None) or type(e).__name__}"
             return row
+        inbox = _Inbox(reader)
         try:
             for s, e in msgs:
                 writer.write(data[s:e])
@@ -661,7 +821,7 @@ def replay_unacked(store, to, timeout=10.0, report=None):
                 if conv.http:
                     method = data[s:e].split(b" ", 1)[0]
                     # nothing recorded to compare with: any whole HTTP response will do
-                    got, done, closed = await _read_answer(reader, Turn(data[s:e], ANY_RESPONSE, 0, s, method),
+                    got, done, closed = await _read_answer(inbox, Turn(data[s:e], ANY_RESPONSE, 0, s, method),
                                                            True, timeout, 1.0)
                     if done is None:
                         row["failed"] = (f"the server closed the connection without answering message {msgs.index((s, e))}"
@@ -669,13 +829,19 @@ def replay_unacked(store, to, timeout=10.0, report=None):
                         break
                     row["answers"] += 1
         except (ConnectionError, OSError) as e:
-            row["failed"] = f"connection: {getattr(e, 'strerror', None) or type(e).__name__}"
+            row["failed"] = f"connection: {_said(e)}"
         finally:
+            inbox.close()
             writer.close()
         return row
 
     async def main():
-        return await asyncio.gather(*(send(*p) for p in plans))
+        sem = asyncio.Semaphore(_descriptor_room(concurrency))
+
+        async def one(p):
+            async with sem:
+                return await send(*p)
+        return await asyncio.gather(*(one(p) for p in plans))
     t0 = time.monotonic()
     rows = list(asyncio.run(main())) if plans else []
     out = {"target": to, "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
@@ -683,11 +849,7 @@ def replay_unacked(store, to, timeout=10.0, report=None):
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
            "report": str(report) if report else None,
-           "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]]}
-    if report:
-        try:
-            with open(report, "w") as f:
-                json.dump({"summary": out, "connections": rows}, f, indent=1)
-        except OSError as e:
-            raise FlowsiftError(f"{report}: cannot write the report: {e.strerror}") from None
+           "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]][:20]}
+    if out_file:
+        out_file.write({"summary": out, "connections": rows})
     return out
