@@ -133,6 +133,21 @@ def test_dpdk_mistakes_are_one_line_exit_2(corpus):
         assert len(lines) == 1 and words in lines[0], res.stderr
 
 
+def test_out_of_range_values_are_one_line_exit_2_before_capturing(corpus):
+    """mbufs=-1, a count past 64 bits and an unclosed quote in --dpdk-args were internal
+    errors (OverflowError, ValueError), the count one only after the capture had started."""
+    for args, words in (
+            (("stats", "dpdk:net_null0,mbufs=-1", "--count", 1), "mbufs=-1 is a number of packet buffers from 385"),
+            (("stats", "dpdk:net_null0,mbufs=99999999999", "--count", 1), "from 385 to 4294967295"),
+            (("stats", "dpdk:net_null0,mbufs=300", "--count", 1), "from 385 to"),
+            (("stats", "dpdk:net_null0", "--count", 10 ** 23), "a number of packets, from 1 to 9223372036854775807"),
+            (("stats", f"dpdk:net_null0,count={10 ** 23}"), "from 1 to 9223372036854775807"),
+            (("--dpdk-args", "'unclosed", "stats", "dpdk:net_null0", "--count", 1), "--dpdk-args: no closing quotation")):
+        res = flowsift(*args, check=False)
+        assert res.returncode == 2 and "capturing on" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+
+
 def test_without_dpdk_the_message_says_what_to_install(corpus):
     code = ("import sys; sys.modules['flowsift.io._dpdk'] = None; sys.argv = ['flowsift', 'stats', 'dpdk:0']; "
             "from flowsift.cli import main; main()")

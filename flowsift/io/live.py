@@ -61,22 +61,47 @@ def parse_spec(spec):
 
 DEFAULT_EAL = "-l 0 --no-huge -m 256 --no-pci --no-shconf --no-telemetry --log-level=*:error"
 _FORBIDDEN_EAL = ("-h", "--help", "-v", "--version")     # EAL prints and exits the process on these
+# a pool keeps a cache of 256 mbufs per core, which DPDK wants to be at most 2/3 of the pool;
+# the count is an unsigned int
+MBUFS_MIN, MBUFS_MAX = 385, (1 << 32) - 1
+COUNT_MAX = (1 << 63) - 1           # a packet count the capture loop holds in a C integer
+
+
+def eal_args():
+    """The EAL's arguments, from --dpdk-args (FLOWSIFT_DPDK_ARGS) or the default, checked."""
+    import os
+    import shlex
+    try:
+        args = shlex.split(os.environ.get("FLOWSIFT_DPDK_ARGS") or DEFAULT_EAL)
+    except ValueError as e:
+        raise UsageError(f"--dpdk-args: {str(e)[:1].lower() + str(e)[1:]}") from None
+    bad = [a for a in args if a in _FORBIDDEN_EAL or a.split("=")[0] in _FORBIDDEN_EAL]
+    if bad:
+        raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
+    return args
+
+
+def mbufs_of(spec, opts):
+    """The mbufs= option of a dpdk: spec, in the range a pool can have."""
+    text = opts.get("mbufs", "8191")
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not MBUFS_MIN <= n <= MBUFS_MAX:
+        raise UsageError(f"{spec}: mbufs={text} is a number of packet buffers from {MBUFS_MIN} to {MBUFS_MAX}")
+    return n
 
 
 def dpdk_port(spec_name, mbufs=8191):
     """The DPDK port for device text `spec_name` ('0', 'net_pcap0,rx_pcap=F'), the EAL set up
     first (once per process)."""
-    import os
-    import shlex
     try:
         from flowsift.io import _dpdk
     except ImportError:
         raise FlowsiftError("dpdk: sources need flowsift built with DPDK: apt-get install libdpdk-dev "
                             "(pkg-config libdpdk), then ./dev build") from None
-    args = shlex.split(os.environ.get("FLOWSIFT_DPDK_ARGS") or DEFAULT_EAL)
-    bad = [a for a in args if a in _FORBIDDEN_EAL or a.split("=")[0] in _FORBIDDEN_EAL]
-    if bad:
-        raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
+    args = eal_args()
     try:
         _dpdk.eal_init(args)
         return _dpdk.open_port(spec_name, mbufs)
@@ -86,8 +111,8 @@ def dpdk_port(spec_name, mbufs=8191):
 
 def _check_limits(count_name, count, duration_name, duration):
     # a count or a duration that ends the capture before it starts is a mistake, not a run
-    if count is not None and count < 1:
-        raise UsageError(f"{count_name}{count}: a number of packets, 1 or more")
+    if count is not None and not 1 <= count <= COUNT_MAX:
+        raise UsageError(f"{count_name}{count}: a number of packets, from 1 to {COUNT_MAX}")
     if duration is not None and not duration > 0:
         raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0")
 
@@ -130,11 +155,7 @@ class LiveCapture:
         _check_limits(f"{spec}: count=", self.count, f"{spec}: duration=", self.duration)
         if scheme == "dpdk":
             self.version = "DPDK"
-            try:
-                mbufs = int(opts.get("mbufs", 8191))
-            except ValueError:
-                raise UsageError(f"{spec}: mbufs= is a number of packet buffers") from None
-            self._src = dpdk_port(name, mbufs)
+            self._src = dpdk_port(name, mbufs_of(spec, opts))
         elif scheme == "afpacket":
             self.version = "TPACKET_V3"
             self._src = self._afpacket(spec, name, opts, bpf)
