@@ -224,3 +224,27 @@ def test_a_count_takes_no_more_frames_off_the_port_than_it_processes(tmp_path, c
                               "dpdk:net_pcap0", "--count", 100, "--events", "/dev/null", "--json").stdout)
     assert got["packets"] == got["egress"]["forwarded"] == got["kernel"]["received"] == 100
     assert frames_of(out) == frames_of(JPEGS)[:100]
+
+
+def test_sigterm_to_the_process_group_ends_a_live_chain_as_sigterm_to_it_does(corpus):
+    """`systemctl stop` and `timeout` signal the whole group: the module workers died of it and
+    were restarted while the gateway ended the run. They leave it to the gateway now."""
+    import os
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", "counter,http", "dpdk:net_null0", "--json",
+                          "--events", "/dev/null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert "capturing on" in p.stderr.readline()
+        time.sleep(1)
+        os.killpg(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0 and "died" not in err, err
+    s = json.loads(out.splitlines()[-1])
+    assert s["kernel"]["stopped_by"] == "SIGTERM" and s["kernel"]["received"] > 0
+    assert s["mode"] == "parallel" and [m["restarts"] for m in s["modules"].values()] == [0, 0]
+
