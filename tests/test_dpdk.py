@@ -248,3 +248,16 @@ def test_sigterm_to_the_process_group_ends_a_live_chain_as_sigterm_to_it_does(co
     assert s["kernel"]["stopped_by"] == "SIGTERM" and s["kernel"]["received"] > 0
     assert s["mode"] == "parallel" and [m["restarts"] for m in s["modules"].values()] == [0, 0]
 
+
+def test_a_bad_out_port_is_said_before_the_first_packet(tmp_path, corpus):
+    """--out dpdk: was opened at the first batch: with no traffic a bogus device went unnoticed
+    (exit 0), with traffic the error came after the capture had started and the batch was lost."""
+    import struct
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for src in (empty, JPEGS):
+        res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={src}", "--out", "dpdk:net_bogus1",
+                       "--duration", 2, "--events", "/dev/null", check=False)
+        lines = [l for l in res.stderr.splitlines() if l.startswith("flowsift:")]
+        assert res.returncode == 2 and len(lines) == 1 and "dpdk:net_bogus1" in lines[0], res.stderr
+
