@@ -261,3 +261,26 @@ def test_a_bad_out_port_is_said_before_the_first_packet(tmp_path, corpus):
         lines = [l for l in res.stderr.splitlines() if l.startswith("flowsift:")]
         assert res.returncode == 2 and len(lines) == 1 and "dpdk:net_bogus1" in lines[0], res.stderr
 
+
+@pytest.mark.parametrize("name,words", [
+    ("linktype__pcpp__raw_ip.pcap", "has link type RAW (101): net_pcap hands every frame on as Ethernet"),
+    ("linktype__pcpp__sll.pcap", "has link type LINUX_SLL (113)"),
+    ("linktype__pcpp__sll2.pcap", "has link type LINUX_SLL2 (276)"),
+    ("linktype__pcpp__null_loopback.pcap", "has link type NULL (0)"),
+    ("pcapng__zeek__gap-data-missing.pcapng", "has link types EN10MB (1), LINUX_SLL (113), 274: net_pcap reads one")])
+def test_an_rx_pcap_that_is_not_ethernet_is_refused_before_capturing(corpus, name, words):
+    """net_pcap hands every frame on as Ethernet: a raw IP capture read as 100 non-IP frames,
+    and libpcap stopped a pcapng at its first interface of another link type (0 of 18 read)."""
+    res = flowsift("stats", f"dpdk:net_pcap0,rx_pcap={CORPUS / name}", "--duration", 1, "--json", check=False)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert words in res.stderr and "give flowsift the file itself instead" in res.stderr, res.stderr
+
+
+def test_an_rx_pcap_flowsift_cannot_read_is_said_before_probing(tmp_path, corpus):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    for path, words in ((tmp_path / "nosuch.pcap", "rx_pcap=" + str(tmp_path / "nosuch.pcap") + ": no such file"),
+                        (text, "not a capture file")):
+        res = flowsift("stats", f"dpdk:net_pcap0,rx_pcap={path}", "--duration", 1, check=False)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+

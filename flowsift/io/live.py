@@ -93,6 +93,37 @@ def mbufs_of(spec, opts):
     return n
 
 
+def check_rx_pcaps(devargs):
+    """Refuse a net_pcap rx_pcap= file that is not one of Ethernet frames: net_pcap hands every
+    frame on as Ethernet (another link type would be misread), and libpcap stops without a word
+    at a pcapng interface of a second link type. The file is read through once, here."""
+    from flowsift.io import Batch, open_capture
+    from flowsift.io.reasons import LINKTYPES
+    name = devargs.split(",", 1)[0]
+    for arg in devargs.split(",")[1:]:
+        key, _, path = arg.partition("=")
+        if key.strip() != "rx_pcap":
+            continue
+        try:
+            cap = open_capture(path)
+            if cap.format != "pcap":
+                batch = Batch(512)
+                while cap.fill(batch):
+                    pass
+                cap.check()
+        except FlowsiftError as e:
+            what = str(e)
+            raise FlowsiftError(f"dpdk:{name}: rx_pcap={path}: "
+                                f"{what[len(path) + 2:] if what.startswith(path + ': ') else what}") from None
+        types = sorted({i["linktype"] for i in cap.interfaces()})
+        if types and types != [1]:
+            kinds = ", ".join(f"{LINKTYPES[t]} ({t})" if t in LINKTYPES else str(t) for t in types)
+            why = ("net_pcap reads one link type and hands every frame on as Ethernet" if len(types) > 1
+                   else "net_pcap hands every frame on as Ethernet")
+            raise UsageError(f"dpdk:{name}: rx_pcap={path} has link type{'s' if len(types) > 1 else ''} {kinds}: "
+                             f"{why}; give flowsift the file itself instead")
+
+
 def dpdk_port(spec_name, mbufs=8191):
     """The DPDK port for device text `spec_name` ('0', 'net_pcap0,rx_pcap=F'), the EAL set up
     first (once per process)."""
@@ -102,6 +133,7 @@ def dpdk_port(spec_name, mbufs=8191):
         raise FlowsiftError("dpdk: sources need flowsift built with DPDK: apt-get install libdpdk-dev "
                             "(pkg-config libdpdk), then ./dev build") from None
     args = eal_args()
+    check_rx_pcaps(spec_name)
     try:
         _dpdk.eal_init(args)
         return _dpdk.open_port(spec_name, mbufs)
