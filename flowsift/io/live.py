@@ -17,6 +17,7 @@ A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, c
 was read is reassembled and summarised as at the end of a file.
 """
 import signal
+import struct
 import time
 
 from flowsift.errors import FlowsiftError, UsageError
@@ -33,6 +34,12 @@ def _size(spec, key, text):
     except ValueError:
         raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
 
+
+# The kernel runs a socket filter on a frame whose 802.1Q tag it took off (put back only in user
+# space): compiled for tagged frames, the filter would judge it untagged. Such frames pass this
+# guard (ld vlan_tag_present; jeq #0 -> the filter; else accept) and are filtered once tagged again.
+_VLAN_GUARD = struct.pack("=HBBI", 0x20, 0, 0, 0xFFFFF000 + 48) + struct.pack("=HBBI", 0x15, 1, 0, 0) + \
+    struct.pack("=HBBI", 0x06, 0, 0, 262144)
 
 OURS = ("count", "duration", "mbufs")          # options flowsift reads from a dpdk: spec; the rest are the device's
 
@@ -220,7 +227,7 @@ class LiveCapture:
         from flowsift.io._afpacket import AfPacketError, AfPacketSource
         try:
             return AfPacketSource(name, block_size=block, block_nr=ring // block,
-                                  bpf_program=bpf.program(1) if bpf is not None else None, fanout=fanout,
+                                  bpf_program=_VLAN_GUARD + bpf.program(1) if bpf is not None else None, fanout=fanout,
                                   hw_timestamps=ts == "hw", outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
         except AfPacketError as e:
             raise FlowsiftError(str(e)) from None
@@ -277,8 +284,10 @@ class LiveCapture:
                 n = self.fill(batch)
                 if n == 0:
                     continue
-                if self.bpf is not None and self.scheme == "dpdk":
-                    self.bpf.apply(batch)        # no kernel here: the filter runs on the batch
+                if self.bpf is not None:
+                    # DPDK has no kernel; AF_PACKET frames whose tag the kernel took off passed it
+                    # (the others passed the same filter there: they pass again)
+                    self.bpf.apply(batch)
                 if self.count is not None and self.position > self.count:
                     # a count is exact: the frames past it are left out of this batch
                     batch.n -= self.position - self.count
