@@ -117,7 +117,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             summary = g.run_capture(source, on_progress=on_progress, after_written=runner)
         else:
             summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
-                                    on_batch=forward if forwarder is not None else None)
+                                    on_batch=forward if forwarder is not None else None,
+                                    on_open=forwarder.open if forwarder is not None else None)
         runner.finish()
         g.registry.flush()
         g.store.settle_bits()               # module bits that waited for a last module that never came

@@ -359,8 +359,8 @@ class Forwarder:
         self.shared = scheme == "dpdk"          # a DPDK port may be the source too: never closed here
         self.sink = None
         if scheme == "dpdk":
-            # opened at the first batch: the source (maybe this very port, with its device
-            # arguments) is open by then
+            # opened once the source is (see open): it may be this very port, with its device
+            # arguments, or probe the port that a port number names
             self._open = lambda: dpdk_port(name)
         else:
             from flowsift.io._afpacket import AfPacketError, AfPacketSink
@@ -397,14 +397,19 @@ class Forwarder:
             self.fresh.add(conn)
         return rf
 
+    def open(self):
+        """The DPDK port opened, after the source and before its first packet: a bad one is
+        said before anything is read (at the first batch, that batch was lost)."""
+        if self.sink is None:
+            self.sink = self._open()
+
     def forward(self, batch):
         import numpy as np
         n = len(batch)
         if not n:
             return
         self.fresh = set()                    # record files read again for this batch
-        if self.sink is None:
-            self.sink = self._open()
+        self.open()
         ed = self.editor
         arr = batch.array
         pos = arr["rec_pos"]

@@ -252,10 +252,11 @@ class Gateway:
         self.late.update(zip(arr["rec_pos"][late].tolist(),
                              zip(arr["flow_id"][late].tolist(), arr["dir"][late].tolist())))
 
-    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None, after_written=None):
+    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None, after_written=None, on_open=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
         closed)` is called with the connections each publish changed and ended (an inline chain);
-        `on_batch(frames)` then with the batch's frames as captured (inline forwarding).
+        `on_batch(frames)` then with the batch's frames as captured (inline forwarding);
+        `on_open()` once the source is open, before its first packet (to open an egress port).
 
         `after_written` (readers in other processes: a ParallelChain) is told of each batch, in
         order, once it is in the files: a thread writes the batches while the next ones are
@@ -268,6 +269,8 @@ class Gateway:
         decoder, batch, error = Decoder(), None, None
         try:
             cap = open_capture(path, self.bpf)
+            if on_open is not None:
+                on_open()
         except FlowsiftError as e:
             self._fail(str(e))
             raise

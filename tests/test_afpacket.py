@@ -331,6 +331,19 @@ def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
         assert got[k] == want[k], k
 
 
+@pytest.mark.parametrize("expr", ["vlan and tcp port 80", "tcp port 80"])
+def test_a_filter_selects_the_frames_of_the_file_when_the_kernel_strips_their_tags(netns, corpus, expr):
+    """The kernel runs the socket filter on a frame after taking its 802.1Q tag off: compiled for
+    tagged frames, 'vlan and tcp port 80' let none through (the file: 14) and 'tcp port 80'
+    every one (the file: none)."""
+    name = "vlan__zeek__http-vlan-0.pcap"
+    want = file_stats(name, "--filter", expr)
+    got = live(netns, "stats", "afpacket:va", "--filter", expr, "--duration", 3, "--json", capture=CORPUS / name)
+    assert got["kernel"]["kernel_packets"] == want["packets"] == 14
+    assert got["packets"] - got["filtered"] == want["packets"] - want["filtered"]
+    assert got["flows"] == want["flows"]
+
+
 def test_hardware_timestamps_asked_for_where_there_are_none(netns, corpus):
     """veth has no clock of its own: the frames come with the kernel's time, and say so."""
     got = live(netns, "stats", "afpacket:va,timestamps=hw", "--count", 483, "--duration", 30, "--json")

@@ -133,6 +133,21 @@ def test_dpdk_mistakes_are_one_line_exit_2(corpus):
         assert len(lines) == 1 and words in lines[0], res.stderr
 
 
+def test_out_of_range_values_are_one_line_exit_2_before_capturing(corpus):
+    """mbufs=-1, a count past 64 bits and an unclosed quote in --dpdk-args were internal
+    errors (OverflowError, ValueError), the count one only after the capture had started."""
+    for args, words in (
+            (("stats", "dpdk:net_null0,mbufs=-1", "--count", 1), "mbufs=-1 is a number of packet buffers from 385"),
+            (("stats", "dpdk:net_null0,mbufs=99999999999", "--count", 1), "from 385 to 4294967295"),
+            (("stats", "dpdk:net_null0,mbufs=300", "--count", 1), "from 385 to"),
+            (("stats", "dpdk:net_null0", "--count", 10 ** 23), "a number of packets, from 1 to 9223372036854775807"),
+            (("stats", f"dpdk:net_null0,count={10 ** 23}"), "from 1 to 9223372036854775807"),
+            (("--dpdk-args", "'unclosed", "stats", "dpdk:net_null0", "--count", 1), "--dpdk-args: no closing quotation")):
+        res = flowsift(*args, check=False)
+        assert res.returncode == 2 and "capturing on" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+
+
 def test_without_dpdk_the_message_says_what_to_install(corpus):
     code = ("import sys; sys.modules['flowsift.io._dpdk'] = None; sys.argv = ['flowsift', 'stats', 'dpdk:0']; "
             "from flowsift.cli import main; main()")
@@ -209,3 +224,63 @@ def test_a_count_takes_no_more_frames_off_the_port_than_it_processes(tmp_path, c
                               "dpdk:net_pcap0", "--count", 100, "--events", "/dev/null", "--json").stdout)
     assert got["packets"] == got["egress"]["forwarded"] == got["kernel"]["received"] == 100
     assert frames_of(out) == frames_of(JPEGS)[:100]
+
+
+def test_sigterm_to_the_process_group_ends_a_live_chain_as_sigterm_to_it_does(corpus):
+    """`systemctl stop` and `timeout` signal the whole group: the module workers died of it and
+    were restarted while the gateway ended the run. They leave it to the gateway now."""
+    import os
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", "counter,http", "dpdk:net_null0", "--json",
+                          "--events", "/dev/null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert "capturing on" in p.stderr.readline()
+        time.sleep(1)
+        os.killpg(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0 and "died" not in err, err
+    s = json.loads(out.splitlines()[-1])
+    assert s["kernel"]["stopped_by"] == "SIGTERM" and s["kernel"]["received"] > 0
+    assert s["mode"] == "parallel" and [m["restarts"] for m in s["modules"].values()] == [0, 0]
+
+
+def test_a_bad_out_port_is_said_before_the_first_packet(tmp_path, corpus):
+    """--out dpdk: was opened at the first batch: with no traffic a bogus device went unnoticed
+    (exit 0), with traffic the error came after the capture had started and the batch was lost."""
+    import struct
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for src in (empty, JPEGS):
+        res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={src}", "--out", "dpdk:net_bogus1",
+                       "--duration", 2, "--events", "/dev/null", check=False)
+        lines = [l for l in res.stderr.splitlines() if l.startswith("flowsift:")]
+        assert res.returncode == 2 and len(lines) == 1 and "dpdk:net_bogus1" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("name,words", [
+    ("linktype__pcpp__raw_ip.pcap", "has link type RAW (101): net_pcap hands every frame on as Ethernet"),
+    ("linktype__pcpp__sll.pcap", "has link type LINUX_SLL (113)"),
+    ("linktype__pcpp__sll2.pcap", "has link type LINUX_SLL2 (276)"),
+    ("linktype__pcpp__null_loopback.pcap", "has link type NULL (0)"),
+    ("pcapng__zeek__gap-data-missing.pcapng", "has link types EN10MB (1), LINUX_SLL (113), 274: net_pcap reads one")])
+def test_an_rx_pcap_that_is_not_ethernet_is_refused_before_capturing(corpus, name, words):
+    """net_pcap hands every frame on as Ethernet: a raw IP capture read as 100 non-IP frames,
+    and libpcap stopped a pcapng at its first interface of another link type (0 of 18 read)."""
+    res = flowsift("stats", f"dpdk:net_pcap0,rx_pcap={CORPUS / name}", "--duration", 1, "--json", check=False)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert words in res.stderr and "give flowsift the file itself instead" in res.stderr, res.stderr
+
+
+def test_an_rx_pcap_flowsift_cannot_read_is_said_before_probing(tmp_path, corpus):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    for path, words in ((tmp_path / "nosuch.pcap", "rx_pcap=" + str(tmp_path / "nosuch.pcap") + ": no such file"),
+                        (text, "not a capture file")):
+        res = flowsift("stats", f"dpdk:net_pcap0,rx_pcap={path}", "--duration", 1, check=False)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
+

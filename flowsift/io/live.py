@@ -17,6 +17,7 @@ A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, c
 was read is reassembled and summarised as at the end of a file.
 """
 import signal
+import struct
 import time
 
 from flowsift.errors import FlowsiftError, UsageError
@@ -33,6 +34,12 @@ def _size(spec, key, text):
     except ValueError:
         raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
 
+
+# The kernel runs a socket filter on a frame whose 802.1Q tag it took off (put back only in user
+# space): compiled for tagged frames, the filter would judge it untagged. Such frames pass this
+# guard (ld vlan_tag_present; jeq #0 -> the filter; else accept) and are filtered once tagged again.
+_VLAN_GUARD = struct.pack("=HBBI", 0x20, 0, 0, 0xFFFFF000 + 48) + struct.pack("=HBBI", 0x15, 1, 0, 0) + \
+    struct.pack("=HBBI", 0x06, 0, 0, 262144)
 
 OURS = ("count", "duration", "mbufs")          # options flowsift reads from a dpdk: spec; the rest are the device's
 
@@ -61,22 +68,79 @@ def parse_spec(spec):
 
 DEFAULT_EAL = "-l 0 --no-huge -m 256 --no-pci --no-shconf --no-telemetry --log-level=*:error"
 _FORBIDDEN_EAL = ("-h", "--help", "-v", "--version")     # EAL prints and exits the process on these
+# a pool keeps a cache of 256 mbufs per core, which DPDK wants to be at most 2/3 of the pool;
+# the count is an unsigned int
+MBUFS_MIN, MBUFS_MAX = 385, (1 << 32) - 1
+COUNT_MAX = (1 << 63) - 1           # a packet count the capture loop holds in a C integer
+
+
+def eal_args():
+    """The EAL's arguments, from --dpdk-args (FLOWSIFT_DPDK_ARGS) or the default, checked."""
+    import os
+    import shlex
+    try:
+        args = shlex.split(os.environ.get("FLOWSIFT_DPDK_ARGS") or DEFAULT_EAL)
+    except ValueError as e:
+        raise UsageError(f"--dpdk-args: {str(e)[:1].lower() + str(e)[1:]}") from None
+    bad = [a for a in args if a in _FORBIDDEN_EAL or a.split("=")[0] in _FORBIDDEN_EAL]
+    if bad:
+        raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
+    return args
+
+
+def mbufs_of(spec, opts):
+    """The mbufs= option of a dpdk: spec, in the range a pool can have."""
+    text = opts.get("mbufs", "8191")
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not MBUFS_MIN <= n <= MBUFS_MAX:
+        raise UsageError(f"{spec}: mbufs={text} is a number of packet buffers from {MBUFS_MIN} to {MBUFS_MAX}")
+    return n
+
+
+def check_rx_pcaps(devargs):
+    """Refuse a net_pcap rx_pcap= file that is not one of Ethernet frames: net_pcap hands every
+    frame on as Ethernet (another link type would be misread), and libpcap stops without a word
+    at a pcapng interface of a second link type. The file is read through once, here."""
+    from flowsift.io import Batch, open_capture
+    from flowsift.io.reasons import LINKTYPES
+    name = devargs.split(",", 1)[0]
+    for arg in devargs.split(",")[1:]:
+        key, _, path = arg.partition("=")
+        if key.strip() != "rx_pcap":
+            continue
+        try:
+            cap = open_capture(path)
+            if cap.format != "pcap":
+                batch = Batch(512)
+                while cap.fill(batch):
+                    pass
+                cap.check()
+        except FlowsiftError as e:
+            what = str(e)
+            raise FlowsiftError(f"dpdk:{name}: rx_pcap={path}: "
+                                f"{what[len(path) + 2:] if what.startswith(path + ': ') else what}") from None
+        types = sorted({i["linktype"] for i in cap.interfaces()})
+        if types and types != [1]:
+            kinds = ", ".join(f"{LINKTYPES[t]} ({t})" if t in LINKTYPES else str(t) for t in types)
+            why = ("net_pcap reads one link type and hands every frame on as Ethernet" if len(types) > 1
+                   else "net_pcap hands every frame on as Ethernet")
+            raise UsageError(f"dpdk:{name}: rx_pcap={path} has link type{'s' if len(types) > 1 else ''} {kinds}: "
+                             f"{why}; give flowsift the file itself instead")
 
 
 def dpdk_port(spec_name, mbufs=8191):
     """The DPDK port for device text `spec_name` ('0', 'net_pcap0,rx_pcap=F'), the EAL set up
     first (once per process)."""
-    import os
-    import shlex
     try:
         from flowsift.io import _dpdk
     except ImportError:
         raise FlowsiftError("dpdk: sources need flowsift built with DPDK: apt-get install libdpdk-dev "
                             "(pkg-config libdpdk), then ./dev build") from None
-    args = shlex.split(os.environ.get("FLOWSIFT_DPDK_ARGS") or DEFAULT_EAL)
-    bad = [a for a in args if a in _FORBIDDEN_EAL or a.split("=")[0] in _FORBIDDEN_EAL]
-    if bad:
-        raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
+    args = eal_args()
+    check_rx_pcaps(spec_name)
     try:
         _dpdk.eal_init(args)
         return _dpdk.open_port(spec_name, mbufs)
@@ -86,8 +150,8 @@ def dpdk_port(spec_name, mbufs=8191):
 
 def _check_limits(count_name, count, duration_name, duration):
     # a count or a duration that ends the capture before it starts is a mistake, not a run
-    if count is not None and count < 1:
-        raise UsageError(f"{count_name}{count}: a number of packets, 1 or more")
+    if count is not None and not 1 <= count <= COUNT_MAX:
+        raise UsageError(f"{count_name}{count}: a number of packets, from 1 to {COUNT_MAX}")
     if duration is not None and not duration > 0:
         raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0")
 
@@ -130,11 +194,7 @@ class LiveCapture:
         _check_limits(f"{spec}: count=", self.count, f"{spec}: duration=", self.duration)
         if scheme == "dpdk":
             self.version = "DPDK"
-            try:
-                mbufs = int(opts.get("mbufs", 8191))
-            except ValueError:
-                raise UsageError(f"{spec}: mbufs= is a number of packet buffers") from None
-            self._src = dpdk_port(name, mbufs)
+            self._src = dpdk_port(name, mbufs_of(spec, opts))
         elif scheme == "afpacket":
             self.version = "TPACKET_V3"
             self._src = self._afpacket(spec, name, opts, bpf)
@@ -167,7 +227,7 @@ class LiveCapture:
         from flowsift.io._afpacket import AfPacketError, AfPacketSource
         try:
             return AfPacketSource(name, block_size=block, block_nr=ring // block,
-                                  bpf_program=bpf.program(1) if bpf is not None else None, fanout=fanout,
+                                  bpf_program=_VLAN_GUARD + bpf.program(1) if bpf is not None else None, fanout=fanout,
                                   hw_timestamps=ts == "hw", outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
         except AfPacketError as e:
             raise FlowsiftError(str(e)) from None
@@ -224,8 +284,10 @@ class LiveCapture:
                 n = self.fill(batch)
                 if n == 0:
                     continue
-                if self.bpf is not None and self.scheme == "dpdk":
-                    self.bpf.apply(batch)        # no kernel here: the filter runs on the batch
+                if self.bpf is not None:
+                    # DPDK has no kernel; AF_PACKET frames whose tag the kernel took off passed it
+                    # (the others passed the same filter there: they pass again)
+                    self.bpf.apply(batch)
                 if self.count is not None and self.position > self.count:
                     # a count is exact: the frames past it are left out of this batch
                     batch.n -= self.position - self.count

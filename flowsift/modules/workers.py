@@ -50,8 +50,10 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
     gc.freeze()
     collect_less()
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the gateway's to handle: it ends the run
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # (not the command's handler: the gateway ends workers so)
+    # Ctrl-C and SIGTERM are the gateway's to handle: it ends the run and its workers in order
+    # (`systemctl stop` and `timeout` signal the whole group: a worker ended so was restarted)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cls, config = parse_chain(spec)[index]
     done = []                                        # finished connections, reported with the next checkpoint
 
@@ -201,6 +203,16 @@ class _Rows(str):
     """The name of the append-only list that is a worker's summary (see _summary)."""
 
 
+def _kill_left(procs, pid):
+    # workers ignore SIGTERM, which multiprocessing's clean-up at exit ends daemonic children
+    # with: one still running then (an error ended the run) is killed just before
+    if os.getpid() != pid:
+        return                                       # (a forked copy: not its children)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+
+
 class _Worker:
     def __init__(self, owner, index):
         self.owner = owner
@@ -249,6 +261,7 @@ class _Worker:
                                                                   self.owner.store_dir, child, self.owner.strict,
                                                                   self.owner.every, list(ends)), daemon=True)
         self.proc.start()
+        self.owner.procs.append(self.proc)
         child.close()
 
     def checkpoint(self):
@@ -300,6 +313,9 @@ class ParallelChain:
         self.errors = {}
         self.counters = [dict() for _ in chain]
         self.gateway_ends = []           # this process's ends of every worker's pipe (see _worker)
+        self.procs = []                  # every worker process started
+        from multiprocessing import util
+        util.Finalize(self, _kill_left, args=(self.procs, os.getpid()), exitpriority=1)
         self.workers = [_Worker(self, i) for i in range(len(chain))]
         self.following = not all(w.passive for w in self.workers)    # some worker reads every batch
         self.opening = any(w.passive and w.opens for w in self.workers)
