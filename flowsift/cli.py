@@ -12,7 +12,7 @@ import typer
 from flowsift import __version__
 from flowsift.bounds import parse_settings, settings_help
 from flowsift.limits import collect_less
-from flowsift.errors import FlowsiftError
+from flowsift.errors import FlowsiftError, Terminated, raise_terminated
 
 app = typer.Typer(
     add_completion=False,
@@ -567,14 +567,6 @@ def modules_cmd(name: Optional[str] = typer.Argument(None, metavar="NAME", help=
                                  break_on_hyphens=False))
 
 
-class Terminated(BaseException):
-    """SIGTERM: the command ends as on Ctrl-C, cleaning up what it made for itself."""
-
-
-def _terminated(signum, frame):
-    raise Terminated()
-
-
 def _reflow(doc):
     """A docstring as rich help shows it well: each prose paragraph on one line (rich wraps it
     to the terminal; it would keep the source's line breaks and wrap each line again), and
@@ -621,7 +613,7 @@ def _usage_error(e):
 
 def main():
     import click
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
     collect_less()
     try:
         # click's (and typer's) main would turn Ctrl-C and a closed pipe into bare exit codes:

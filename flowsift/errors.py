@@ -4,6 +4,15 @@ Malformed *traffic* is not an exception: it is counted. These are for things the
 """
 
 
+class Terminated(BaseException):
+    """SIGTERM: the command ends as on Ctrl-C, cleaning up what it made for itself."""
+
+
+def raise_terminated(signum, frame):
+    """A SIGTERM handler: the command stops where it is, as a KeyboardInterrupt would stop it."""
+    raise Terminated()
+
+
 class FlowsiftError(Exception):
     """Base of every error flowsift raises on purpose. The CLI prints it as one line, exit 2."""
 

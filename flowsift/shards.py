@@ -20,7 +20,7 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import FlowsiftError, UsageError
+from flowsift.errors import FlowsiftError, Terminated, UsageError
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
@@ -164,9 +164,15 @@ def _leaving(rows, table, me):
 
 
 def _one(spec, source, index, count, split, events_path, kw, conn, handover=None, progress=False):
-    # the parent's handlers forward signals to the shards; a shard and its workers take their own
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # the parent's handlers forward signals to the shards, and a group's signal reaches them
+    # too: a shard stops at the first, as a gateway alone does, and says so; the second would
+    # break into its cleaning up
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     # the module workers this shard forks must not hold its result pipe: if the shard dies,
     # the parent sees the pipe end (and no half message waits for ever to be finished)
     fd = conn.fileno()
@@ -189,6 +195,10 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         conn.send(("ok", summary))
     except FlowsiftError as e:
         conn.send(("error", str(e)))
+    except KeyboardInterrupt:
+        conn.send(("stopped", "interrupt"))
+    except Terminated:
+        conn.send(("stopped", "terminate"))
     except Exception as e:                # reported by the parent, as one line
         conn.send(("error", f"shard {index}: {type(e).__name__}: {e}"))
 
@@ -272,6 +282,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             child.close()
             procs.append((p, parent))
         results = [None] * processes
+        stopped = None
         read = [0] * processes
         waiting = {conn: k for k, (p, conn) in enumerate(procs)}
         from multiprocessing.connection import wait
@@ -298,12 +309,19 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                 del waiting[conn]
                 status, value = msg
                 p.join()
+                if status == "stopped":
+                    # a file's run stopped by Ctrl-C or SIGTERM: the others stop as well (they
+                    # were sent the same signal); the run ends as one gateway's would
+                    stopped = stopped or value
+                    continue
                 if status != "ok":
                     if handover is not None:
                         # shards waiting for this one's handover stop at once
                         open(os.path.join(handover[1], "abort"), "w").close()
                     raise FlowsiftError(value)
                 results[k] = value
+        if stopped is not None:
+            raise KeyboardInterrupt if stopped == "interrupt" else Terminated()
         if events is not None:
             # each shard numbers its connections from 0: an event says whose its conn is
             for k in range(processes):

@@ -393,6 +393,46 @@ def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path, signame, 
     assert left.strip() == ""
 
 
+@pytest.mark.parametrize("signame,group,code,said", [("SIGTERM", False, 143, "terminated"),
+                                                     ("SIGTERM", True, 143, "terminated"),
+                                                     ("SIGINT", True, 130, "interrupted")])
+def test_a_sharded_chain_stops_as_one_gateway_does(tmp_path, signame, group, code, said):
+    """Each shard of a capture file took SIGTERM's default (it died, and its workers printed
+    tracebacks) or let Ctrl-C's KeyboardInterrupt out: "shard 1: its process died", exit 2. A
+    signal to the process group (systemctl stop, Ctrl-C in a terminal) reaches every shard
+    twice: the second one broke into its cleaning up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from test_store_faults import many_connections
+    cap = many_connections(tmp_path / "many.pcap", 30_000)
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("flowsift-shards-")}
+    proc = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", "counter", str(cap), "--shards", "2",
+                             "--events", "/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FLOWSIFT_BATCH": "16"}, start_new_session=True)
+    run = None
+    for _ in range(200):                      # both shards have made their stores and are under way
+        made = {n for n in os.listdir("/dev/shm") if n.startswith("flowsift-shards-")} - before
+        if made:
+            run = os.path.join("/dev/shm", next(iter(made)))
+            stores = [os.path.join(run, d) for d in os.listdir(run) if d.startswith("store-")]
+            if len(stores) == 2 and all(os.listdir(d) for d in stores):
+                break
+        time.sleep(0.05)
+    assert run is not None and proc.poll() is None
+    if group:
+        os.killpg(proc.pid, getattr(signal, signame))
+    else:
+        proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and err.strip() == f"flowsift: {said}"
+    assert not os.path.exists(run)
+    left = subprocess.run(["pgrep", "-f", f"flowsift chain counter {cap}"], capture_output=True, text=True).stdout
+    assert left.strip() == ""
+
+
 SKIPPER = '''
 import os, signal
 from flowsift.modules import Module
