@@ -302,14 +302,15 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     state.commit()
                     break
                 continue
-            if not meta and not reg.gateway_alive() and now - last_check > 1:
+            if now - last_check > 1:
                 last_check = now
+                # a gateway killed outright leaves its run "running": its heartbeat tells
                 give_up = time.monotonic() + HEARTBEAT_GRACE
-                while time.monotonic() < give_up and not reg.run_meta() and not reg.gateway_alive():
+                while not reg.gateway_alive() and not _ended(reg.run_meta()):
+                    if time.monotonic() >= give_up:
+                        raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
+                                            f"{len(runner.finished):,} connections done")
                     time.sleep(0.1)
-                if not reg.run_meta() and not reg.gateway_alive():
-                    raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
-                                        f"{len(runner.finished):,} connections done")
             if reg.wait(poll) is None:          # an outage: our keys may be gone with the server
                 state.restore()
         summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
@@ -330,6 +331,10 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
 
 
 HEARTBEAT_GRACE = 6.0           # seconds a gateway may be silent (a registry restart) before it is taken for gone
+
+
+def _ended(meta):
+    return meta.get("state") in ("complete", "failed")
 
 
 class _Attached:
@@ -441,6 +446,10 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     def tick():
         for i, p in list(procs.items()):
             rc = p.poll()
+            if rc == 2:
+                # the module stopped on purpose (--strict, bad state) and said why: the same
+                # again at every restart
+                raise FlowsiftError(f"module {names[i]}: its process stopped with an error (above)")
             if rc not in (None, 0):
                 restarts[names[i]] += 1
                 if restarts[names[i]] > 100:
@@ -463,13 +472,19 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                 raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
             with open(os.path.join(work, f"{i}.json")) as f:
                 results.append(json.load(f))
-            if events is not None:
-                with open(os.path.join(work, f"{i}.jsonl")) as f:
-                    shutil.copyfileobj(f, events)
     finally:
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
+                p.wait()
+        # the events of the connections the modules finished, even of a run stopped (Ctrl-C)
+        if events is not None:
+            for i in sorted(procs):
+                try:
+                    with open(os.path.join(work, f"{i}.jsonl")) as f:
+                        shutil.copyfileobj(f, events)
+                except OSError:
+                    pass
         shutil.rmtree(work, ignore_errors=True)
     summary["modules"] = {}
     summary["tables"] = {}

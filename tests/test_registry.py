@@ -45,7 +45,7 @@ def flowsift(*args, env=None, **kw):
     # attached module commits many times before it is done, and can be killed in between
     return subprocess.Popen([sys.executable, "-m", "flowsift", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, FLOWSIFT_BATCH="64", **(env or {})), **kw)
+                            env={**os.environ, "FLOWSIFT_BATCH": "64", **(env or {})}, **kw)
 
 
 def finish(proc, timeout=120):
@@ -560,3 +560,58 @@ def test_a_run_cleaned_up_under_an_attached_module_stays_gone(tmp_path, corpus, 
     assert r.keys("flowsift:{rg}:*") == []
     res = run_cli("gateway", "--registry", url, "--cleanup", "rg")
     assert res.returncode == 2 and "no run rg" in res.stderr
+
+
+def test_an_attached_module_leaves_when_its_gateway_is_killed(tmp_path, corpus, redis_server, slow):
+    """A gateway killed outright leaves its run "running" in the registry: the module waited
+    for ever. Its heartbeat (here, its process) tells it is gone."""
+    url, r = redis_server.url, redis_server.client()
+    events = tmp_path / "slow.jsonl"
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rk", "--expect", "slow",
+                  env={"FLOWSIFT_BATCH": "1"})
+    m = flowsift("module", slow, "--registry", url, "--run", "rk", "--events", events, env={"SLOW_CLOSE": "0.1"})
+    wait_until(lambda: closed_events(events) >= 2, procs=(gw, m))
+    os.kill(gw.pid, signal.SIGKILL)
+    gw.wait()
+    assert r.hget("flowsift:{rk}:meta", "state") == "running"
+    _, err = m.communicate(timeout=30)
+    assert m.returncode == 2 and "run rk ended (its gateway is gone) before module slow finished" in err
+
+
+RAISER = textwrap.dedent('''
+    from flowsift.modules import Module
+
+    class Raiser(Module):
+        """Fails at the first connection end.
+
+        Synopsis: raiser
+        """
+        name = "raiser"
+
+        def on_close(self, flow, reason):
+            raise ValueError("no")
+''')
+
+
+def test_a_strict_module_that_stops_with_registry_is_not_started_again(tmp_path, corpus, redis_server):
+    # it stopped on purpose (exit 2): it was restarted 100 times, each time failing the same
+    mod = tmp_path / "raiser.py"
+    mod.write_text(RAISER)
+    res = run_cli("chain", mod, corpus / CAPTURE, "--registry", redis_server.url, "--strict", "--events", "/dev/null")
+    assert res.returncode == 2
+    assert "restarting" not in res.stderr and len(res.stderr.splitlines()) <= 3
+    assert "module raiser: on_close() raised ValueError: no" in res.stderr
+
+
+def test_a_registry_chain_stopped_by_ctrl_c_keeps_the_events_it_made(tmp_path, corpus, redis_server, slow):
+    # the modules' events were copied only after a clean end, and their files removed
+    events = tmp_path / "events.jsonl"
+    proc = flowsift("chain", slow, corpus / CAPTURE, "--registry", redis_server.url, "--events", events,
+                    env={"FLOWSIFT_BATCH": "1", "SLOW_CLOSE": "0.05"})
+    r = redis_server.client()
+    wait_until(lambda: any(int(v) >= 5 for k in r.keys("flowsift:*:done:*") for v in [r.hlen(k)]), procs=(proc,))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().endswith("flowsift: interrupted")
+    got = read_events(events)
+    assert sum(e["kind"] == "closed" for e in got) >= 5

@@ -97,7 +97,7 @@ def _kind(t):
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
-                 "_module", "_skipped")
+                 "_module", "_skipped", "_own")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -114,6 +114,7 @@ class Flow:
         self._editor = None           # the gateway's Editor, for writing modules
         self._module = None           # the module whose hook is running
         self._skipped = set()         # modules that called skip()
+        self._own = None              # module -> (state, cache), when several modules share the flow
 
     def skip(self):
         """The module calling this needs nothing more of this connection: its on_data, on_gap

@@ -179,6 +179,7 @@ class InlineChain:
         self._current = None
         self._closing = None
         self._limits = None
+        self.shared_flows = len(self.modules) > 1     # several modules are handed one Flow
         self._when = None         # what gives the time of an event now (see _event_time)
 
     # --- events and failures ---
@@ -229,8 +230,18 @@ class InlineChain:
         return counted
 
     def _call(self, m, hook, *args):
-        if self._current is not None:
-            self._current._module = m
+        flow = self._current
+        if flow is not None:
+            flow._module = m
+            if self.shared_flows:
+                # each module has its own flow.state and flow.cache, as in its own worker
+                own = flow._own
+                if own is None:
+                    own = flow._own = {}
+                mine = own.get(m)
+                if mine is None:
+                    mine = own[m] = (flow.state, flow.cache) if not own else ({}, {})
+                flow.state, flow.cache = mine
         try:
             getattr(m, hook)(*args)
         except Exception as e:
@@ -485,8 +496,9 @@ class InlineChain:
         self._closing = c
         for _, m in self.by_hook["on_close"]:
             self._call(m, "on_close", c.flow, reason)
-        c.flow.state.clear()
-        c.flow.cache.clear()
+        for state, cache in (c.flow._own or {None: (c.flow.state, c.flow.cache)}).values():
+            state.clear()
+            cache.clear()
         records = h["records"]
         c.file.close()
         self.open_files.pop(conn, None)
@@ -591,14 +603,23 @@ class InlineChain:
                            "global_deltas": self.deltas.get(None, {})}, separators=(",", ":"))
         return head, parts
 
+    def _states(self, flow):
+        """A flow's per-flow state as a checkpoint keeps it: its module's dict or, when several
+        modules share the flow (inline), {module index: dict}."""
+        if not self.shared_flows:
+            return flow.state
+        own = flow._own or {}
+        return {str(i): own[m][0] for i, m in enumerate(self.modules) if m in own and own[m][0]}
+
     def _entry(self, conn, c):
         """One open connection's part of a checkpoint, as JSON text (or _AGAIN)."""
-        if not c.flow.state:
+        states = self._states(c.flow)
+        if not states:
             state, whole = "{}", True
         else:
             try:
-                state = json.dumps(c.flow.state)
-                whole = json.loads(state) == c.flow.state
+                state = json.dumps(states)
+                whole = json.loads(state) == states
             except (TypeError, ValueError):
                 whole = False
         if not whole:
@@ -632,7 +653,11 @@ class InlineChain:
     def _take_entry(self, conn, saved):
         # an open connection where a checkpoint entry says it stood (restore, adoption)
         c = self._open(conn, call_hooks=False)
-        c.flow.state.update(json.loads(saved["state"]))
+        states = json.loads(saved["state"])
+        if self.shared_flows:
+            c.flow._own = {m: (states.get(str(i), {}), {}) for i, m in enumerate(self.modules)}
+        else:
+            c.flow.state.update(states)
         if saved.get("skip"):
             c.flow._skipped = {self.modules[i] for i in saved["skip"]}
         c.flow.last_ts = saved["last_ts"]

@@ -14,6 +14,8 @@ next to traffic; tuples come back as lists.
 """
 import json
 
+from flowsift.errors import FlowsiftError
+
 # key fields of a cross-flow table: names a module may use, and what they read from a flow
 KEY_FIELDS = {
     "ip.src": lambda f: f.client.rpartition(":")[0].strip("[]"),      # the connection's initiator
@@ -29,8 +31,8 @@ KEY_FIELDS = {
 MERGES = ("add", "union", "last", "max", "min")
 
 
-class StateError(Exception):
-    pass
+class StateError(FlowsiftError):
+    """Declared state that cannot be saved or restored: one line, exit 2 (never retried)."""
 
 
 class CrossFlow:
@@ -87,6 +89,10 @@ class Number:
         return f"Number({self.value!r})"
 
 
+# capture time past an entry's expiry before it is let go (see CrossFlowTable._lookup)
+COLLECT_AFTER_NS = 3600 * 10**9
+
+
 class CrossFlowTable:
     """The entries of a declared cross-flow table: `table[flow]` is the entry (a dict) for the
     flow's key, made on first use; `table.key_of(flow)`; iteration over (key, entry)."""
@@ -100,38 +106,55 @@ class CrossFlowTable:
     def key_of(self, flow):
         return tuple(KEY_FIELDS[k](flow) for k in self.decl.key)
 
-    def __getitem__(self, flow):
-        k = flow if isinstance(flow, tuple) else self.key_of(flow)
+    # An entry has expired for a flow that last showed a packet more than `expire` seconds
+    # after the entry's last use. Expired entries are let go (collected) only once no flow can
+    # still find them alive: older than the latest flow seen by `expire` plus an hour (flows
+    # end within their idle timeout, minutes): so when a checkpoint collects them changes
+    # nothing a lookup, len() or items() gives, and a run gives the same answers whatever its
+    # batches and checkpoints, a restarted worker the same as an undisturbed one.
+    def _lookup(self, flow):
+        # (the key, its entry or None if there is none or it expired for this flow)
+        if isinstance(flow, tuple):
+            return flow, self.entries.get(flow)
+        k = self.key_of(flow)
+        t = flow.last_ts or 0
         e = self.entries.get(k)
-        if not isinstance(flow, tuple):
-            t = flow.last_ts or 0
-            if e is not None and self.decl.expire is not None and self.touched.get(k, 0) < t - self.decl.expire * 1e9:
-                e = None                # not used for `expire` seconds: gone, a new entry starts
-            # the key's last use: the latest time of a flow that used it, whatever their order
-            self.touched[k] = max(self.touched.get(k, 0) if e is not None else 0, t)
-            self.now = max(self.now, t)
+        if e is not None and self.decl.expire is not None and self.touched.get(k, 0) < t - self.decl.expire * 1e9:
+            e = None
+        return k, e
+
+    def __getitem__(self, flow):
+        k, e = self._lookup(flow)
         if e is None:
-            e = self.entries[k] = {}
+            e = self.entries[k] = {}        # (an expired entry: a new one starts)
+            self.touched[k] = 0
+        if not isinstance(flow, tuple):
+            # the key's last use: the latest time of a flow that used it, whatever their order;
+            # the table's clock only moves here, so it is the latest use a checkpoint keeps
+            self.touched[k] = max(self.touched.get(k, 0), flow.last_ts or 0)
+            self.now = max(self.now, self.touched[k])
         return e
 
     def get(self, flow, default=None):
-        k = flow if isinstance(flow, tuple) else self.key_of(flow)
-        return self.entries.get(k, default)
+        _, e = self._lookup(flow)
+        return default if e is None else e
 
     def __contains__(self, flow):
-        return (flow if isinstance(flow, tuple) else self.key_of(flow)) in self.entries
+        return self._lookup(flow)[1] is not None
 
     def __len__(self):
+        self.expire(self.now)
         return len(self.entries)
 
     def items(self):
+        self.expire(self.now)
         return self.entries.items()
 
     def expire(self, now_ns):
-        """Drop entries not touched for `expire` seconds of capture time."""
+        """Let go the entries no flow can find alive any more (see _lookup)."""
         if self.decl.expire is None:
             return 0
-        limit = now_ns - int(self.decl.expire * 1e9)
+        limit = now_ns - int(self.decl.expire * 1e9) - COLLECT_AFTER_NS
         old = [k for k, t in self.touched.items() if t < limit]
         for k in old:
             self.entries.pop(k, None)
@@ -140,7 +163,7 @@ class CrossFlowTable:
 
     # --- saving and merging ---
     def dump(self):
-        self.expire(self.now)           # (what a later use would find expired is not kept)
+        self.expire(self.now)           # (what no later use can find alive is not kept)
         return [[list(k), v, self.touched.get(k, 0)] for k, v in self.entries.items()]
 
     def load(self, rows):
@@ -218,6 +241,12 @@ def snapshot(module, incremental=False, appended=None):
     checkpoints keeps the rows."""
     out = {}
     for name, v in getattr(module, "_state", {}).items():
+        # (a cross-flow table's own keys are tuples, saved as lists: its entries are looked at)
+        bad = _text_keys(list(v.entries.values()) if isinstance(v, CrossFlowTable) else v)
+        if bad is not None:
+            # JSON keys are text: 80 would come back as "80", beside a new 80, after a restart
+            raise StateError(f"module {module.name}: {name}: a dict key {bad!r} ({type(bad).__name__}): "
+                             f"state is saved as JSON, whose keys are text; use str keys (e.g. str(port))")
         if incremental and isinstance(v, AppendOnly):
             out[name] = {"rows": len(v)}
             appended[name] = v[v.saved:]
@@ -232,6 +261,25 @@ def snapshot(module, incremental=False, appended=None):
         return json.dumps(out, separators=(",", ":"))
     except TypeError as e:
         raise StateError(f"module {module.name}: state that JSON cannot carry: {e}") from None
+
+
+def _text_keys(x):
+    """The first dict key in `x` (nested) that is not a str, or None."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if type(k) is not str:
+                return k
+            if isinstance(v, (dict, list, tuple)):
+                bad = _text_keys(v)
+                if bad is not None:
+                    return bad
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            if isinstance(v, (dict, list, tuple)):
+                bad = _text_keys(v)
+                if bad is not None:
+                    return bad
+    return None
 
 
 def restore(module, text, merge=False, rows=None):

@@ -180,8 +180,8 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
         # a module's failure under --strict, or a store that is gone (the gateway died and
         # its temporary store with it): one line for the gateway, if it is there to read it
         post(("fatal", str(e)))
-    except (EOFError, BrokenPipeError):
-        pass
+    except (EOFError, OSError):
+        pass                                  # the gateway went away (killed): nothing to tell
     finally:
         outbox.put(None)
         mailer.join()
