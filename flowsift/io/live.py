@@ -150,8 +150,10 @@ def dpdk_port(spec_name, mbufs=8191):
 
 def _check_limits(count_name, count, duration_name, duration):
     # a count or a duration that ends the capture before it starts is a mistake, not a run
-    if count is not None and not 1 <= count <= COUNT_MAX:
-        raise UsageError(f"{count_name}{count}: a number of packets, from 1 to {COUNT_MAX}")
+    if count is not None and count < 1:
+        raise UsageError(f"{count_name}{count}: a number of packets, 1 or more")
+    if count is not None and count > COUNT_MAX:
+        raise UsageError(f"{count_name}{count}: a number of packets, at most 2^63 - 1")
     if duration is not None and not duration > 0:
         raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0")
 
