@@ -524,8 +524,9 @@ SCRIPTED = textwrap.dedent('''
 ''') + SERVE
 
 
-def _exchange(tmp_path, name, turns, fin=True):
-    """A capture of one connection to port 80: turns of (client sends?, payload, retransmit?)."""
+def _exchange(tmp_path, name, turns, fin=True, swap=()):
+    """A capture of one connection to port 80: turns of (client sends?, payload, retransmit?);
+    swap: pairs of turns whose packets change places in the file (their timestamps stay)."""
     from pcapgen import timed_capture
     seq = {True: 100, False: 500}
     pkts, t = [(0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b"")], 0.01
@@ -540,6 +541,8 @@ def _exchange(tmp_path, name, turns, fin=True):
     if fin:
         pkts += [(t, True, seq[True], seq[False], 0x11, b""), (t + 0.001, False, seq[False], seq[True] + 1, 0x11, b""),
                  (t + 0.002, True, seq[True] + 1, seq[False] + 1, 0x10, b"")]
+    for a, b in swap:
+        pkts[3 + a], pkts[3 + b] = pkts[3 + b], pkts[3 + a]
     return timed_capture(tmp_path / name, pkts)
 
 
@@ -562,6 +565,24 @@ def test_a_retransmission_is_not_a_turn_of_its_own(tmp_path):
                                                (True, b"B\n", False), (False, b"ok\n", False)])
     s, _ = _scripted(tmp_path, "timed", cap, "--timeout", 3, "--idle", 0.3)
     assert (s["connections"], s["identical"], s["failed"], s["turns"], s["turns_identical"]) == (1, 1, 0, 2, 2)
+
+
+def test_turns_follow_the_acks_not_the_order_of_the_records(tmp_path, corpus):
+    """An answer stored before the request it acknowledges (two capture points, a SPAN port)
+    made a turn of its own with nothing to send, waited for as a banner: the connection failed
+    with no answer within --timeout."""
+    cap = _exchange(tmp_path, "reorder.pcap", [(True, b"hello\n", False), (False, b"hello\n", False),
+                                               (True, b"bye\n", False), (False, b"bye\n", False)], swap=[(0, 1)])
+    s = _answers(tmp_path, "echo", cap, "--idle", 0.3)
+    assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+    # frame 7, the answer acknowledging the 15-byte request, is stored before frame 8, the request
+    from flowsift.replay import conversation
+    from flowsift.streams.reader import store_files
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "frag__zeek__ipv6-http-atomic-frag.pcap", "--store", store, "--keep", check=True)
+    for path in store_files(store):
+        turns = conversation(path).turns
+        assert [(t.request, t.response[:6]) for t in turns] == [(b"GET /bad.html\r\n", b"<html>")]
 
 
 def test_an_interim_response_belongs_to_the_request_before_it(tmp_path):
