@@ -408,7 +408,8 @@ def replay(
                                    "of a connection: 1, 10... (connections start as --concurrency allows)."),
     concurrency: int = typer.Option(8, "--concurrency", "-j", metavar="N", help="Connections replayed at once."),
     limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections (0: no limit)."),
-    partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream."),
+    partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream "
+                                                           "(HTTP: its last whole request before it)."),
     match: str = typer.Option("exact", "--match", metavar="MODE",
                               help="exact (bytes), or http: status, headers (volatile ones ignored) and body."),
     ignore_header: list[str] = typer.Option([], "--ignore-header", metavar="NAME",

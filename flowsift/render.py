@@ -309,6 +309,8 @@ def print_replay(s, console=None):
     if s.get("seconds") is not None:
         t.add_row("seconds", f"{s['seconds']:.2f}")
     console.print(t)
+    if s.get("partial"):
+        console.print(f"partial: {_n(s['partial'])} replayed up to a gap in the client's stream, and no further")
     for f in s.get("failures", []):
         console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
     for d in s.get("first_differences", []):

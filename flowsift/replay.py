@@ -205,7 +205,9 @@ def conversation(path, partial=False, match=None):
         arr = rf.record_array()
         if (match == "http" or match is None) and HTTP_REQUEST.match(client):
             conv.http = True
-            _http_turns(conv, client, server, arr, h, bool(sgap))
+            _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut is not None)
+            if not conv.turns:
+                conv.skip = "gap in the client's stream"        # (no whole request before it)
             return conv
         if match == "http":
             conv.skip = "not HTTP"
@@ -226,10 +228,13 @@ def _first_ts(arr, h, d, offset):
     return int(t[-1]) if len(t) else (int(arr["ts_ns"][0]) if len(arr) else 0)
 
 
-def _http_turns(conv, client, server, arr, h, lost=False):
+def _http_turns(conv, client, server, arr, h, lost=False, cut=False):
     """`lost`: the server's stream was cut by a gap at its end (an answer reaching it, and those
-    after it, were not recorded whole)."""
+    after it, were not recorded whole). `cut`: the client's stream ends at a gap (--partial)."""
     reqs = http_messages(client, True)
+    if cut and reqs and http_message(client, reqs[-1][0], True) is None:
+        # the request the gap cuts into is not sent: its answer needed the bytes missing
+        reqs.pop()
     methods = [client[s:e].split(b" ", 1)[0] for s, e in reqs]
     resps = http_messages(server, False, methods)
     for i, (s, e) in enumerate(reqs):

@@ -646,6 +646,7 @@ ANSWERS = textwrap.dedent('''
     more: +PONG, and 50 ms later a reply nobody asked for
     extra: a whole response with bytes after it
     late: a whole response, and 0.2 s later bytes after it
+    ok: a whole response
     echo: every byte back"""
     import asyncio, sys
     mode = sys.argv[1]
@@ -737,6 +738,32 @@ def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     cap = _exchange(tmp_path, "echo.pcap", turns)
     s = _answers(tmp_path, "echo", cap)
     assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+
+
+def test_partial_stops_at_the_last_whole_request_before_a_gap(tmp_path):
+    """--partial sent the request the gap cuts into, waited --timeout for an answer and said the
+    connection failed."""
+    from pcapgen import timed_capture
+    one, two = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"
+    c, sv = 100 + len(one), 500 + len(OK10)
+    cap = timed_capture(tmp_path / "gap.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, one), (0.02, False, 500, c, 0x18, OK10),
+        (0.03, True, c, sv, 0x18, two[:10]), (0.04, True, c + 20, sv, 0x18, two[20:]),      # two[10:20] lost
+        (0.05, False, sv, c + len(two), 0x18, OK10), (0.06, True, c + len(two), sv + len(OK10), 0x11, b"")])
+    s = _answers(tmp_path, "ok", cap, "--match", "http", "--partial")
+    assert (s["connections"], s["identical"], s["failed"], s["turns"], s["partial"]) == (1, 1, 0, 1, 1), s
+    assert s["seconds"] < 2
+    s = _answers(tmp_path, "ok", cap, "--match", "http")
+    assert s["connections"] == 0 and s["skipped"] == {"gap in the client's stream": 1}, s
+    # a byte stream: sent up to the gap; the answer that came after the missing bytes is not awaited
+    cap = timed_capture(tmp_path / "gap2.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, b"hello\n"), (0.02, False, 500, 106, 0x18, b"hello\n"),
+        (0.03, True, 106, 506, 0x18, b"by"), (0.04, True, 109, 506, 0x18, b"\n"),                # "e" lost
+        (0.05, False, 506, 110, 0x18, b"bye\n"), (0.06, True, 110, 510, 0x11, b"")])
+    s = _answers(tmp_path, "echo", cap, "--partial", "--idle", 0.3)
+    assert (s["identical"], s["failed"], s["turns"], s["turns_unanswered"], s["partial"]) == (1, 0, 1, 1, 1), s
 
 
 def test_exit_code_says_whether_every_connection_answered_as_recorded(tmp_path):
