@@ -428,11 +428,13 @@ def replay(
     """Replay captured connections against a live server and compare its answers.
 
     Each connection's client stream is sent over a new connection, turn by turn: the client's
-    bytes up to where the server answered in the original, then its answer is awaited and
+    bytes up to where the server answered in the original (as the ACKs order them), then its
+    answer is awaited and
     compared with the recorded one. HTTP/1.x is cut at message boundaries. A hole in the
     client's stream is never sent as anything: such connections are skipped (or replayed up
     to it with --partial). Ctrl-C ends with the summary so far (exit 130). Exit 0 when every
-    connection replayed answered as recorded, 1 when one differed or failed, 2 for bad input.
+    connection replayed answered as recorded, 1 when one differed or failed or nothing at all
+    was compared, 2 for bad input.
 
     \b
     Examples:
@@ -497,11 +499,17 @@ def replay(
 
 def _replay_exit(result):
     """As diff(1): 0 when every connection replayed answered as recorded, 1 when one differed or
-    failed; 130 when Ctrl-C ended it (after the summary so far)."""
+    failed, or when not one answer was compared (nothing shows the server answers as recorded);
+    130 when Ctrl-C ended it (after the summary so far)."""
     if result.get("interrupted"):
         typer.echo("flowsift: interrupted", err=True)
         raise typer.Exit(130)
     if result.get("differing") or result.get("failed"):
+        raise typer.Exit(1)
+    if "turns" in result and not result["turns"]:
+        why = ("no connection was replayed" if not result["connections"]
+               else "no turn had a whole recorded answer to compare with")
+        typer.echo(f"flowsift: nothing compared: {why}", err=True)
         raise typer.Exit(1)
 
 

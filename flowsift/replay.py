@@ -785,7 +785,9 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
     turns = sum(r["identical"] + r["differing"] for r in results)
     out = {"target": to, "match": match, "seconds": round(secs, 3),
            "connections": len(results),
-           "identical": sum(1 for r in results if not r["failed"] and not r["differing"]),
+           "identical": sum(1 for r in results if not r["failed"] and not r["differing"] and r["identical"]),
+           # every turn unanswered or incomplete in the original: nothing shows it answers as recorded
+           "uncompared": sum(1 for r in results if not r["failed"] and not r["differing"] and not r["identical"]),
            "differing": sum(1 for r in results if not r["failed"] and r["differing"]),
            "failed": sum(1 for r in results if r["failed"]),
            "turns": turns, "turns_identical": sum(r["identical"] for r in results),

@@ -107,8 +107,8 @@ class Server:
 def replay(*args):
     res = run_cli("replay", *args, "--json")
     s = json.loads(res.stdout)
-    # as diff(1): 1 when a connection differed or failed
-    assert res.returncode == (1 if s.get("differing") or s["failed"] else 0), res.stderr
+    # as diff(1): 1 when a connection differed or failed, or when nothing at all was compared
+    assert res.returncode == (1 if s.get("differing") or s["failed"] or s.get("turns") == 0 else 0), res.stderr
     return s
 
 
@@ -132,11 +132,12 @@ def test_recorded_answers_replay_identical(tmp_path, http_table):
         for match in ("http", "exact"):
             # one at a time: a request line asked twice gets its recorded answers in order
             s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", match, "-j", 1)
-            assert s["connections"] == 8 and s["identical"] == 8 and s["differing"] == s["failed"] == 0
+            assert s["connections"] == 8 and s["differing"] == s["failed"] == 0
             assert s["turns"] == 25 and s["turns_unanswered"] == 0 and s["skipped"] == {"no data": 5}
             # the capture lost the server's bytes from inside one answer on (a gap it acknowledged):
-            # that answer and the five after it are not held against the server's whole ones
-            assert s["turns_incomplete"] == 6
+            # that answer and the five after it are not held against the server's whole ones, and
+            # their connection, with nothing else, is not said to be identical
+            assert s["turns_incomplete"] == 6 and (s["identical"], s["uncompared"]) == (7, 1)
     finally:
         srv.stop()
 
@@ -149,7 +150,7 @@ def test_report_pinpoints_a_changed_response(tmp_path, http_table):
         s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", "http", "--report", report, "-j", "3")
     finally:
         srv.stop()
-    assert s["differing"] == 1 and s["identical"] == 7 and s["turns_differing"] == 1
+    assert s["differing"] == 1 and s["identical"] == 6 and s["uncompared"] == 1 and s["turns_differing"] == 1
     r = json.loads(report.read_text())
     assert r["summary"]["turns_differing"] == 1
     (conn,) = r["connections"]
@@ -398,7 +399,7 @@ def test_pacing_follows_the_original_timing(tmp_path, http_table):
         srv.stop()
     # the longest conversation spans 3.13 s between its first and last request
     assert paced["seconds"] >= 3.13 / 2 and fast["seconds"] < 3.13 / 2
-    assert paced["identical"] == fast["identical"] == 8
+    assert paced["identical"] == fast["identical"] == 7 and paced["uncompared"] == fast["uncompared"] == 1
 
 
 def test_a_capture_is_reassembled_with_the_bounds_given(corpus):
@@ -738,6 +739,27 @@ def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     cap = _exchange(tmp_path, "echo.pcap", turns)
     s = _answers(tmp_path, "echo", cap)
     assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+
+
+def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
+    """A request whose answer the capture never held was counted identical, and a run that
+    compared nothing at all exited 0."""
+    cap = corpus / "frag__pcpp__frag_http_req.pcap"
+    srv = Server(tmp_path, ANSWERS, "ok")
+    try:
+        res = run_cli("replay", cap, "--to", f"127.0.0.1:{srv.port}", "--timeout", 2, "--json")
+        cmp = _exchange(tmp_path, "one.pcap", [(True, GET, False), (False, OK10, False), (True, GET, False)])
+        mixed = run_cli("replay", cmp, "--to", f"127.0.0.1:{srv.port}", "--timeout", 2, "--json")
+    finally:
+        srv.stop()
+    s = json.loads(res.stdout)
+    assert (s["connections"], s["identical"], s["uncompared"], s["turns"], s["turns_unanswered"]) == (1, 0, 1, 0, 1), s
+    assert res.returncode == 1 and res.stderr == (
+        "flowsift: nothing compared: no turn had a whole recorded answer to compare with\n")
+    # one turn compared and identical, one unanswered: identical, exit 0
+    s = json.loads(mixed.stdout)
+    assert (s["identical"], s["uncompared"], s["turns"], s["turns_unanswered"]) == (1, 0, 1, 1), s
+    assert mixed.returncode == 0, mixed.stderr
 
 
 def test_partial_stops_at_the_last_whole_request_before_a_gap(tmp_path):
