@@ -647,7 +647,12 @@ def check_target(host, port, timeout=5.0):
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise FlowsiftError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        raise FlowsiftError(f"cannot connect to {_where(host, port)}: {e.strerror or e}") from None
+
+
+def _where(host, port):
+    # an IPv6 address in brackets, as flowsift writes endpoints, however --to gave it
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None):
@@ -777,7 +782,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, to, match, interrupted, out)
+    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out)
 
 
 def _summary(results, skipped, secs, to, match, interrupted, report):
@@ -916,7 +921,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
         return await asyncio.gather(*(one(p) for p in plans))
     t0 = time.monotonic()
     rows = list(asyncio.run(main())) if plans else []
-    out = {"target": to, "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
+    out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
