@@ -419,7 +419,7 @@ def replay(
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="How long to wait for an answer."),
     idle: float = typer.Option(1.0, "--idle", metavar="SECONDS",
                                help="Non-HTTP: an answer shorter than the recorded one is complete after this much "
-                                    "silence."),
+                                    "silence (what comes later is the next turn's)."),
     report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),
     unacked: bool = typer.Option(False, "--unacked", help="Send, per connection of --store, the client bytes the "
                                                            "server had not acknowledged, from a message boundary."),
