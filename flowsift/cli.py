@@ -408,7 +408,8 @@ def replay(
                                    "of a connection: 1, 10... (connections start as --concurrency allows)."),
     concurrency: int = typer.Option(8, "--concurrency", "-j", metavar="N", help="Connections replayed at once."),
     limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Replay at most N connections (0: no limit)."),
-    partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream."),
+    partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream "
+                                                           "(HTTP: its last whole request before it)."),
     match: str = typer.Option("exact", "--match", metavar="MODE",
                               help="exact (bytes), or http: status, headers (volatile ones ignored) and body."),
     ignore_header: list[str] = typer.Option([], "--ignore-header", metavar="NAME",
@@ -418,7 +419,7 @@ def replay(
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="How long to wait for an answer."),
     idle: float = typer.Option(1.0, "--idle", metavar="SECONDS",
                                help="Non-HTTP: an answer shorter than the recorded one is complete after this much "
-                                    "silence."),
+                                    "silence (what comes later is the next turn's)."),
     report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),
     unacked: bool = typer.Option(False, "--unacked", help="Send, per connection of --store, the client bytes the "
                                                            "server had not acknowledged, from a message boundary."),
@@ -427,11 +428,13 @@ def replay(
     """Replay captured connections against a live server and compare its answers.
 
     Each connection's client stream is sent over a new connection, turn by turn: the client's
-    bytes up to where the server answered in the original, then its answer is awaited and
+    bytes up to where the server answered in the original (as the ACKs order them), then its
+    answer is awaited and
     compared with the recorded one. HTTP/1.x is cut at message boundaries. A hole in the
     client's stream is never sent as anything: such connections are skipped (or replayed up
     to it with --partial). Ctrl-C ends with the summary so far (exit 130). Exit 0 when every
-    connection replayed answered as recorded, 1 when one differed or failed, 2 for bad input.
+    connection replayed answered as recorded, 1 when one differed or failed or nothing at all
+    was compared, 2 for bad input.
 
     \b
     Examples:
@@ -496,11 +499,17 @@ def replay(
 
 def _replay_exit(result):
     """As diff(1): 0 when every connection replayed answered as recorded, 1 when one differed or
-    failed; 130 when Ctrl-C ended it (after the summary so far)."""
+    failed, or when not one answer was compared (nothing shows the server answers as recorded);
+    130 when Ctrl-C ended it (after the summary so far)."""
     if result.get("interrupted"):
         typer.echo("flowsift: interrupted", err=True)
         raise typer.Exit(130)
     if result.get("differing") or result.get("failed"):
+        raise typer.Exit(1)
+    if "turns" in result and not result["turns"]:
+        why = ("no connection was replayed" if not result["connections"]
+               else "no turn had a whole recorded answer to compare with")
+        typer.echo(f"flowsift: nothing compared: {why}", err=True)
         raise typer.Exit(1)
 
 

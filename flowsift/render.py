@@ -300,7 +300,7 @@ def print_replay(s, console=None):
     t = Table(title=f"replay against {s['target']} ({what})", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
-    for key in ("connections", "identical", "differing", "sent", "failed", "turns", "turns_identical",
+    for key in ("connections", "identical", "uncompared", "differing", "sent", "failed", "turns", "turns_identical",
                 "turns_differing", "turns_unanswered", "turns_incomplete", "partial", "messages", "answers", "bytes"):
         if key in s:
             t.add_row(key.replace("_", " "), _n(s[key]))
@@ -309,6 +309,11 @@ def print_replay(s, console=None):
     if s.get("seconds") is not None:
         t.add_row("seconds", f"{s['seconds']:.2f}")
     console.print(t)
+    if s.get("uncompared"):
+        console.print(f"uncompared: {_n(s['uncompared'])} with nothing to compare (the original's answers "
+                      "missing or not whole)")
+    if s.get("partial"):
+        console.print(f"partial: {_n(s['partial'])} replayed up to a gap in the client's stream, and no further")
     for f in s.get("failures", []):
         console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
     for d in s.get("first_differences", []):

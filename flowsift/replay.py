@@ -2,8 +2,9 @@
 with each answer compared to the recorded one; and the replay of what a backend had not
 acknowledged (SIFT).
 
-A conversation is cut into turns from the records' order: the client's bytes up to the point
-where the server answered, then the server's answer. HTTP/1.x streams are cut at message
+A conversation is cut into turns from the order of its bytes (as the ACKs give it, else as the
+records are stored): the client's bytes up to the point where the server answered, then the
+server's answer. HTTP/1.x streams are cut at message
 boundaries instead (a request, its response), so pipelining and keep-alive replay as messages,
 not packets. A hole in the client's stream ends what can be replayed there.
 """
@@ -204,12 +205,14 @@ def conversation(path, partial=False, match=None):
         arr = rf.record_array()
         if (match == "http" or match is None) and HTTP_REQUEST.match(client):
             conv.http = True
-            _http_turns(conv, client, server, arr, h, bool(sgap))
+            _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut is not None)
+            if not conv.turns:
+                conv.skip = "gap in the client's stream"        # (no whole request before it)
             return conv
         if match == "http":
             conv.skip = "not HTTP"
             return conv
-        _timed_turns(conv, client, server, arr, h, bool(sgap))
+        _timed_turns(conv, client, server, arr, h, bool(sgap), conv.cut)
         return conv
 
 
@@ -225,10 +228,13 @@ def _first_ts(arr, h, d, offset):
     return int(t[-1]) if len(t) else (int(arr["ts_ns"][0]) if len(arr) else 0)
 
 
-def _http_turns(conv, client, server, arr, h, lost=False):
+def _http_turns(conv, client, server, arr, h, lost=False, cut=False):
     """`lost`: the server's stream was cut by a gap at its end (an answer reaching it, and those
-    after it, were not recorded whole)."""
+    after it, were not recorded whole). `cut`: the client's stream ends at a gap (--partial)."""
     reqs = http_messages(client, True)
+    if cut and reqs and http_message(client, reqs[-1][0], True) is None:
+        # the request the gap cuts into is not sent: its answer needed the bytes missing
+        reqs.pop()
     methods = [client[s:e].split(b" ", 1)[0] for s, e in reqs]
     resps = http_messages(server, False, methods)
     for i, (s, e) in enumerate(reqs):
@@ -239,32 +245,96 @@ def _http_turns(conv, client, server, arr, h, lost=False):
         conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i], whole))
 
 
-def _timed_turns(conv, client, server, arr, h, lost=False):
-    """Turns from the order of the records: client bytes until the server answers, and so on.
-    `lost`: as for _http_turns."""
-    ts = arr["ts_ns"].tolist()
+def _acks(arr, h):
+    """Per record, the stream offset of the peer's stream up to which it acknowledges (below it:
+    bytes the sender had received), or None where the ACK says nothing: no ACK flag, a record
+    reassembly ignored, a peer whose sequence numbers are unknown."""
+    dirs, seqs, offs = arr["dir"].tolist(), arr["seq"].tolist(), arr["seq_offset"].tolist()
+    lens, acks = arr["payload_len"].tolist(), arr["ack"].tolist()
+    flags, rflags = arr["tcp_flags"].tolist(), arr["rflags"].tolist()
+    origins, ends = (h["origin0"], h["origin1"]), (h["end0"], h["end1"])
+    # the raw sequence number at seq_offset 0, per direction (not from a SYN: its offset is ISN + 1's)
+    base = [None, None]
+    for i in range(len(dirs)):
+        if base[dirs[i]] is None and not flags[i] & 2 and not rflags[i] & 128:
+            base[dirs[i]] = (seqs[i] - offs[i]) & 0xffffffff
+    top, out = [0, 0], []
+    for i in range(len(dirs)):
+        d, p = dirs[i], 1 - dirs[i]
+        top[d] = max(top[d], offs[i] + lens[i])
+        if not flags[i] & 16 or rflags[i] & 128 or base[p] is None:
+            out.append(None)
+            continue
+        # unwrapped against the peer's highest sequence number seen so far (within 2^31 of it)
+        rel = (acks[i] - base[p] - top[p]) & 0xffffffff
+        at = top[p] + (rel - (1 << 32) if rel >= 1 << 31 else rel) - origins[p]
+        # (the FIN's sequence number, or bytes the capture lacks: past everything there is)
+        out.append(min(at, ends[p]) if at > 0 else None)
+    return out
+
+
+def _in_order(arr, h):
+    """The records that carry new bytes, both directions merged in the order the ACKs give:
+    [(direction, record, start, end)] in stream offsets. A segment that acknowledges the peer's
+    bytes up to X was sent after the peer's byte X - 1 arrived and, as it acknowledges no more,
+    before byte X did. Where the ACKs say nothing (or contradict each other) the records' order
+    decides: a capture can store an answer before the request it acknowledges (two capture
+    points, a SPAN port)."""
+    dirs, lens, offs = arr["dir"].tolist(), arr["payload_len"].tolist(), arr["seq_offset"].tolist()
+    acks = _acks(arr, h)
     origins = (h["origin0"], h["origin1"])
+    queues, mark = ([], []), [0, 0]
+    for i in range(len(dirs)):
+        d = dirs[i]
+        end = offs[i] - origins[d] + lens[i]
+        if not lens[i] or end <= mark[d]:
+            continue                     # a retransmission: nothing new, no turn of its own
+        queues[d].append((i, mark[d], end, acks[i]))
+        mark[d] = end
+    out, at, placed = [], [0, 0], [0, 0]
+    while at[0] < len(queues[0]) or at[1] < len(queues[1]):
+        heads = [q[k] if k < len(q) else None for q, k in zip(queues, at)]
+        ready = [e is not None and (e[3] is None or e[3] <= placed[1 - d]) for d, e in enumerate(heads)]
+        c, s = heads
+        if ready[0] and ready[1]:
+            # each could come next: one sent before the other's bytes had arrived goes first
+            s_first = s[3] is not None and s[3] <= c[1]
+            c_first = c[3] is not None and c[3] <= s[1]
+            d = 1 if s_first and not c_first else 0 if c_first and not s_first else int(s[0] < c[0])
+        elif ready[0] or ready[1]:
+            d = 0 if ready[0] else 1
+        else:
+            d = 0 if s is None or (c is not None and c[0] < s[0]) else 1
+        i, start, end, _ = heads[d]
+        out.append((d, i, start, end))
+        placed[d] = end
+        at[d] += 1
+    return out
+
+
+def _timed_turns(conv, client, server, arr, h, lost=False, cut=None):
+    """Turns in the order of the two streams' bytes (_in_order): client bytes until the server
+    answers, and so on. `lost`: as for _http_turns. `cut`: where a gap cuts the client's stream
+    (--partial): the client's bytes after it, and answers to them, are not replayed."""
+    ts = arr["ts_ns"].tolist()
     c_start = s_start = 0
     c_mark = s_mark = 0
     answered = False
     t_start = None
-    for i in range(len(arr)):
-        n = int(arr["payload_len"][i])
-        if not n:
-            continue
-        d = int(arr["dir"][i])
-        end = int(arr["seq_offset"][i]) - origins[d] + n
-        if end <= (c_mark if d == 0 else s_mark):
-            continue                     # a retransmission: nothing new, no turn of its own
+    for d, i, start, end in _in_order(arr, h):
         if d == 0:
+            if cut is not None and end > cut:
+                break                    # sent after the hole: neither it nor what answers it can be replayed
             end = min(end, len(client))
+            if end <= c_mark:
+                continue
             if answered:
                 conv.turns.append(Turn(client[c_start:c_mark], server[s_start:s_mark], t_start, c_start,
                                        whole=not (lost and s_mark >= len(server))))
                 c_start, s_start, answered, t_start = c_mark, s_mark, False, None
             if t_start is None:
                 t_start = ts[i]
-            c_mark = max(c_mark, end)
+            c_mark = end
         else:
             if t_start is None:
                 t_start = ts[i]          # the server speaks first (a banner)
@@ -577,7 +647,12 @@ def check_target(host, port, timeout=5.0):
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise FlowsiftError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        raise FlowsiftError(f"cannot connect to {_where(host, port)}: {e.strerror or e}") from None
+
+
+def _where(host, port):
+    # an IPv6 address in brackets, as flowsift writes endpoints, however --to gave it
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None):
@@ -707,7 +782,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, to, match, interrupted, out)
+    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out)
 
 
 def _summary(results, skipped, secs, to, match, interrupted, report):
@@ -715,7 +790,9 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
     turns = sum(r["identical"] + r["differing"] for r in results)
     out = {"target": to, "match": match, "seconds": round(secs, 3),
            "connections": len(results),
-           "identical": sum(1 for r in results if not r["failed"] and not r["differing"]),
+           "identical": sum(1 for r in results if not r["failed"] and not r["differing"] and r["identical"]),
+           # every turn unanswered or incomplete in the original: nothing shows it answers as recorded
+           "uncompared": sum(1 for r in results if not r["failed"] and not r["differing"] and not r["identical"]),
            "differing": sum(1 for r in results if not r["failed"] and r["differing"]),
            "failed": sum(1 for r in results if r["failed"]),
            "turns": turns, "turns_identical": sum(r["identical"] for r in results),
@@ -844,7 +921,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
         return await asyncio.gather(*(one(p) for p in plans))
     t0 = time.monotonic()
     rows = list(asyncio.run(main())) if plans else []
-    out = {"target": to, "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
+    out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),

@@ -107,8 +107,8 @@ class Server:
 def replay(*args):
     res = run_cli("replay", *args, "--json")
     s = json.loads(res.stdout)
-    # as diff(1): 1 when a connection differed or failed
-    assert res.returncode == (1 if s.get("differing") or s["failed"] else 0), res.stderr
+    # as diff(1): 1 when a connection differed or failed, or when nothing at all was compared
+    assert res.returncode == (1 if s.get("differing") or s["failed"] or s.get("turns") == 0 else 0), res.stderr
     return s
 
 
@@ -132,11 +132,12 @@ def test_recorded_answers_replay_identical(tmp_path, http_table):
         for match in ("http", "exact"):
             # one at a time: a request line asked twice gets its recorded answers in order
             s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", match, "-j", 1)
-            assert s["connections"] == 8 and s["identical"] == 8 and s["differing"] == s["failed"] == 0
+            assert s["connections"] == 8 and s["differing"] == s["failed"] == 0
             assert s["turns"] == 25 and s["turns_unanswered"] == 0 and s["skipped"] == {"no data": 5}
             # the capture lost the server's bytes from inside one answer on (a gap it acknowledged):
-            # that answer and the five after it are not held against the server's whole ones
-            assert s["turns_incomplete"] == 6
+            # that answer and the five after it are not held against the server's whole ones, and
+            # their connection, with nothing else, is not said to be identical
+            assert s["turns_incomplete"] == 6 and (s["identical"], s["uncompared"]) == (7, 1)
     finally:
         srv.stop()
 
@@ -149,7 +150,7 @@ def test_report_pinpoints_a_changed_response(tmp_path, http_table):
         s = replay(BRO, "--to", f"127.0.0.1:{srv.port}", "--match", "http", "--report", report, "-j", "3")
     finally:
         srv.stop()
-    assert s["differing"] == 1 and s["identical"] == 7 and s["turns_differing"] == 1
+    assert s["differing"] == 1 and s["identical"] == 6 and s["uncompared"] == 1 and s["turns_differing"] == 1
     r = json.loads(report.read_text())
     assert r["summary"]["turns_differing"] == 1
     (conn,) = r["connections"]
@@ -235,7 +236,14 @@ def test_bad_targets_are_one_line_exit_2(corpus):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()                                            # nothing listens there now
+    s = socket.socket(socket.AF_INET6)
+    s.bind(("::1", 0))
+    port6 = s.getsockname()[1]
+    s.close()
     for args, words in ((("--to", f"127.0.0.1:{port}"), f"cannot connect to 127.0.0.1:{port}"),
+                        # an IPv6 address in brackets, as flowsift writes it elsewhere (given with or without)
+                        (("--to", f"[::1]:{port6}"), f"cannot connect to [::1]:{port6}:"),
+                        (("--to", f"::1:{port6}"), f"cannot connect to [::1]:{port6}:"),
                         (("--to", "no-such-host.invalid:80"), "cannot resolve no-such-host.invalid"),
                         (("--to", "localhost"), "expected HOST:PORT"),
                         (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number"),
@@ -398,7 +406,7 @@ def test_pacing_follows_the_original_timing(tmp_path, http_table):
         srv.stop()
     # the longest conversation spans 3.13 s between its first and last request
     assert paced["seconds"] >= 3.13 / 2 and fast["seconds"] < 3.13 / 2
-    assert paced["identical"] == fast["identical"] == 8
+    assert paced["identical"] == fast["identical"] == 7 and paced["uncompared"] == fast["uncompared"] == 1
 
 
 def test_a_capture_is_reassembled_with_the_bounds_given(corpus):
@@ -524,8 +532,9 @@ SCRIPTED = textwrap.dedent('''
 ''') + SERVE
 
 
-def _exchange(tmp_path, name, turns, fin=True):
-    """A capture of one connection to port 80: turns of (client sends?, payload, retransmit?)."""
+def _exchange(tmp_path, name, turns, fin=True, swap=()):
+    """A capture of one connection to port 80: turns of (client sends?, payload, retransmit?);
+    swap: pairs of turns whose packets change places in the file (their timestamps stay)."""
     from pcapgen import timed_capture
     seq = {True: 100, False: 500}
     pkts, t = [(0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b"")], 0.01
@@ -540,6 +549,8 @@ def _exchange(tmp_path, name, turns, fin=True):
     if fin:
         pkts += [(t, True, seq[True], seq[False], 0x11, b""), (t + 0.001, False, seq[False], seq[True] + 1, 0x11, b""),
                  (t + 0.002, True, seq[True] + 1, seq[False] + 1, 0x10, b"")]
+    for a, b in swap:
+        pkts[3 + a], pkts[3 + b] = pkts[3 + b], pkts[3 + a]
     return timed_capture(tmp_path / name, pkts)
 
 
@@ -562,6 +573,24 @@ def test_a_retransmission_is_not_a_turn_of_its_own(tmp_path):
                                                (True, b"B\n", False), (False, b"ok\n", False)])
     s, _ = _scripted(tmp_path, "timed", cap, "--timeout", 3, "--idle", 0.3)
     assert (s["connections"], s["identical"], s["failed"], s["turns"], s["turns_identical"]) == (1, 1, 0, 2, 2)
+
+
+def test_turns_follow_the_acks_not_the_order_of_the_records(tmp_path, corpus):
+    """An answer stored before the request it acknowledges (two capture points, a SPAN port)
+    made a turn of its own with nothing to send, waited for as a banner: the connection failed
+    with no answer within --timeout."""
+    cap = _exchange(tmp_path, "reorder.pcap", [(True, b"hello\n", False), (False, b"hello\n", False),
+                                               (True, b"bye\n", False), (False, b"bye\n", False)], swap=[(0, 1)])
+    s = _answers(tmp_path, "echo", cap, "--idle", 0.3)
+    assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+    # frame 7, the answer acknowledging the 15-byte request, is stored before frame 8, the request
+    from flowsift.replay import conversation
+    from flowsift.streams.reader import store_files
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "frag__zeek__ipv6-http-atomic-frag.pcap", "--store", store, "--keep", check=True)
+    for path in store_files(store):
+        turns = conversation(path).turns
+        assert [(t.request, t.response[:6]) for t in turns] == [(b"GET /bad.html\r\n", b"<html>")]
 
 
 def test_an_interim_response_belongs_to_the_request_before_it(tmp_path):
@@ -625,6 +654,7 @@ ANSWERS = textwrap.dedent('''
     more: +PONG, and 50 ms later a reply nobody asked for
     extra: a whole response with bytes after it
     late: a whole response, and 0.2 s later bytes after it
+    ok: a whole response
     echo: every byte back"""
     import asyncio, sys
     mode = sys.argv[1]
@@ -716,6 +746,64 @@ def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     cap = _exchange(tmp_path, "echo.pcap", turns)
     s = _answers(tmp_path, "echo", cap)
     assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+
+
+def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
+    """A request whose answer the capture never held was counted identical, and a run that
+    compared nothing at all exited 0."""
+    cap = corpus / "frag__pcpp__frag_http_req.pcap"
+    srv = Server(tmp_path, ANSWERS, "ok")
+    try:
+        res = run_cli("replay", cap, "--to", f"127.0.0.1:{srv.port}", "--timeout", 2, "--json")
+        cmp = _exchange(tmp_path, "one.pcap", [(True, GET, False), (False, OK10, False), (True, GET, False)])
+        mixed = run_cli("replay", cmp, "--to", f"127.0.0.1:{srv.port}", "--timeout", 2, "--json")
+    finally:
+        srv.stop()
+    s = json.loads(res.stdout)
+    assert (s["connections"], s["identical"], s["uncompared"], s["turns"], s["turns_unanswered"]) == (1, 0, 1, 0, 1), s
+    assert res.returncode == 1 and res.stderr == (
+        "flowsift: nothing compared: no turn had a whole recorded answer to compare with\n")
+    # one turn compared and identical, one unanswered: identical, exit 0
+    s = json.loads(mixed.stdout)
+    assert (s["identical"], s["uncompared"], s["turns"], s["turns_unanswered"]) == (1, 0, 1, 1), s
+    assert mixed.returncode == 0, mixed.stderr
+
+
+def test_an_ipv6_target_is_written_in_brackets(tmp_path):
+    """--to ::1:PORT (which still reads) came back as the summary's target unbracketed."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        s.listen(8)
+        port = s.getsockname()[1]
+        cap = _exchange(tmp_path, "ping.pcap", [(True, b"PING\r\n", False)])
+        for to in (f"::1:{port}", f"[::1]:{port}"):
+            assert replay(cap, "--to", to, "--timeout", 1)["target"] == f"[::1]:{port}"
+
+
+def test_partial_stops_at_the_last_whole_request_before_a_gap(tmp_path):
+    """--partial sent the request the gap cuts into, waited --timeout for an answer and said the
+    connection failed."""
+    from pcapgen import timed_capture
+    one, two = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n"
+    c, sv = 100 + len(one), 500 + len(OK10)
+    cap = timed_capture(tmp_path / "gap.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, one), (0.02, False, 500, c, 0x18, OK10),
+        (0.03, True, c, sv, 0x18, two[:10]), (0.04, True, c + 20, sv, 0x18, two[20:]),      # two[10:20] lost
+        (0.05, False, sv, c + len(two), 0x18, OK10), (0.06, True, c + len(two), sv + len(OK10), 0x11, b"")])
+    s = _answers(tmp_path, "ok", cap, "--match", "http", "--partial")
+    assert (s["connections"], s["identical"], s["failed"], s["turns"], s["partial"]) == (1, 1, 0, 1, 1), s
+    assert s["seconds"] < 2
+    s = _answers(tmp_path, "ok", cap, "--match", "http")
+    assert s["connections"] == 0 and s["skipped"] == {"gap in the client's stream": 1}, s
+    # a byte stream: sent up to the gap; the answer that came after the missing bytes is not awaited
+    cap = timed_capture(tmp_path / "gap2.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, b"hello\n"), (0.02, False, 500, 106, 0x18, b"hello\n"),
+        (0.03, True, 106, 506, 0x18, b"by"), (0.04, True, 109, 506, 0x18, b"\n"),                # "e" lost
+        (0.05, False, 506, 110, 0x18, b"bye\n"), (0.06, True, 110, 510, 0x11, b"")])
+    s = _answers(tmp_path, "echo", cap, "--partial", "--idle", 0.3)
+    assert (s["identical"], s["failed"], s["turns"], s["turns_unanswered"], s["partial"]) == (1, 0, 1, 1, 1), s
 
 
 def test_exit_code_says_whether_every_connection_answered_as_recorded(tmp_path):
