@@ -62,10 +62,12 @@ def main():
         runs = {}
         for match in ("exact", "http"):
             t0 = time.perf_counter()
-            out = subprocess.run([FLOWSIFT, "replay", str(capture), "--to", f"127.0.0.1:{port}", "--match", match,
+            res = subprocess.run([FLOWSIFT, "replay", str(capture), "--to", f"127.0.0.1:{port}", "--match", match,
                                   "--server-port", "80", "-j", str(args.concurrency), "--idle", "0.2", "--timeout", "1",
-                                  "--json"],
-                                 check=True, capture_output=True, text=True).stdout
+                                  "--json"], capture_output=True, text=True)
+            if res.returncode not in (0, 1):            # (1: some connection differed or failed)
+                sys.exit(f"replay failed ({res.returncode}): {res.stderr.strip()}")
+            out = res.stdout
             wall = time.perf_counter() - t0
             s = json.loads(out)
             runs[match] = s
