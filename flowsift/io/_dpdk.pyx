@@ -3,10 +3,11 @@
 
 Built only where `pkg-config libdpdk` is found. The EAL is initialised once per process (DPDK
 allows no second time); mbufs of a batch are freed at the next fill, after the gateway has
-copied what it keeps. Multi-segment packets are copied into one buffer.
+copied what it keeps. Multi-segment packets are copied into one buffer, which grows to hold
+every one of a batch; frames larger than one mbuf leave as a chain of them.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset
 
 from flowsift.io._batch cimport Batch, pkt_t
@@ -49,7 +50,10 @@ cdef extern from "_dpdk_helpers.h" nogil:
     int fs_ts_register()
     int64_t fs_now_ns()
     uint32_t fs_mbuf_copy(rte_mbuf* m, uint8_t* dst, uint32_t cap)
-    int fs_port_configure(uint16_t port, uint64_t rx_offloads)
+    int fs_port_configure(uint16_t port, uint64_t rx_offloads, uint64_t tx_offloads)
+    int fs_port_tx_segs(uint16_t port)
+    uint32_t fs_mbuf_room(rte_mempool* pool)
+    uint64_t RTE_ETH_TX_OFFLOAD_MULTI_SEGS
     uint64_t fs_port_rx_capa(uint16_t port)
     const char* fs_port_driver(uint16_t port)
     int fs_port_stats(uint16_t port, uint64_t* out)
@@ -57,7 +61,8 @@ cdef extern from "_dpdk_helpers.h" nogil:
 
 DEF BURST = 64
 DEF MBUF_ROOM = 9216 + 128    # a 9000-byte MTU frame plus DPDK's headroom
-DEF SEG_BUF = 16384           # room for one multi-segment packet copied whole (jumbo frames)
+DEF BIG_ROOM = 65535          # the largest mbuf: a frame to send whole, for ports that take no chains
+DEF BIG_MBUFS = 511
 
 
 class DpdkError(Exception):
@@ -138,15 +143,22 @@ cdef class DpdkPort:
     cdef rte_mempool* pool
     cdef rte_mbuf* held[512]
     cdef int n_held
-    cdef uint8_t* segbuf
-    cdef int n_segbuf
-    cdef int cap_segbuf
+    cdef uint8_t* segbuf        # the multi-segment packets of the batch, joined end to end
+    cdef size_t used_segbuf
+    cdef size_t cap_segbuf
+    cdef int seg_at[512]        # batch index of each joined packet, and its offset in segbuf
+    cdef size_t seg_off[512]
     cdef readonly uint64_t received
     cdef readonly uint64_t copied_multiseg
     cdef readonly uint64_t truncated
     cdef readonly uint64_t hw_timestamps
     cdef readonly uint64_t sent
     cdef readonly uint64_t tx_failed
+    cdef readonly uint64_t tx_too_large     # of tx_failed: larger than the largest mbuf, and the port sends no chains
+    cdef readonly uint64_t tx_no_mbufs      # of tx_failed: the pool had none left
+    cdef readonly bint tx_segs
+    cdef uint32_t room
+    cdef rte_mempool* big_pool  # made at the first frame that needs it
     cdef readonly bint timestamps
     cdef readonly bint started
     cdef rte_mbuf* _out[512]    # frames queued for the next tx burst
@@ -156,6 +168,7 @@ cdef class DpdkPort:
 
     def __cinit__(self):
         self.segbuf = NULL
+        self.big_pool = NULL
         self.n_held = 0
 
     def __init__(self, int port, str name, unsigned int mbufs=8191):
@@ -176,7 +189,10 @@ cdef class DpdkPort:
         if fs_port_rx_capa(port) & RTE_ETH_RX_OFFLOAD_TIMESTAMP:
             offloads |= RTE_ETH_RX_OFFLOAD_TIMESTAMP
             self.timestamps = True
-        rc = fs_port_configure(port, offloads)
+        # frames larger than one mbuf leave as a chain, where the port takes them
+        self.tx_segs = fs_port_tx_segs(port)
+        self.room = fs_mbuf_room(self.pool)
+        rc = fs_port_configure(port, offloads, RTE_ETH_TX_OFFLOAD_MULTI_SEGS if self.tx_segs else 0)
         if rc < 0:
             raise DpdkError(f"dpdk:{name}: cannot configure the port: {rte_strerror(-rc).decode()}")
         rc = rte_eth_rx_queue_setup(port, 0, 1024, sock, NULL, self.pool)
@@ -190,8 +206,7 @@ cdef class DpdkPort:
             raise DpdkError(f"dpdk:{name}: cannot start the port: {rte_strerror(-rc).decode()}")
         self.started = True
         rte_eth_promiscuous_enable(port)      # virtual devices may not support it: no matter
-        self.cap_segbuf = 64
-        self.segbuf = <uint8_t*> malloc(<size_t> self.cap_segbuf * SEG_BUF)
+        self.cap_segbuf = 0
 
     @property
     def driver(self):
@@ -214,6 +229,9 @@ cdef class DpdkPort:
         cdef uint16_t got, i, want
         cdef int64_t ts, deadline
         cdef uint64_t hw = 0, multi = 0, trunc = 0
+        cdef int n_seg = 0, j
+        cdef size_t want_room
+        cdef uint8_t* grown
         cdef int64_t e14 = 100000000000000, e17 = 100000000000000000     # µs and ns since the epoch, today
         if cap > 512:
             cap = 512
@@ -221,7 +239,7 @@ cdef class DpdkPort:
             cap = limit
         with nogil:
             self._free_held()
-            self.n_segbuf = 0
+            self.used_segbuf = 0
             deadline = fs_now_ns() + <int64_t> timeout_ms * 1000000
             while n < cap:
                 want = BURST if cap - n > BURST else <uint16_t> (cap - n)
@@ -258,21 +276,34 @@ cdef class DpdkPort:
                     if fs_mbuf_segs(m) == 1:
                         p.data = fs_mbuf_data(m)
                         p.caplen = fs_mbuf_data_len(m)
-                    elif self.n_segbuf < self.cap_segbuf:
-                        # segments of one packet are made one frame (decode reads it whole)
-                        p.data = self.segbuf + <size_t> self.n_segbuf * SEG_BUF
-                        p.caplen = fs_mbuf_copy(m, self.segbuf + <size_t> self.n_segbuf * SEG_BUF, SEG_BUF)
-                        if p.caplen < p.wirelen:
-                            trunc += 1
-                        self.n_segbuf += 1
-                        multi += 1
                     else:
-                        p.data = fs_mbuf_data(m)
-                        p.caplen = fs_mbuf_data_len(m)
-                        trunc += 1
+                        # segments of one packet are made one frame (decode reads it whole); the
+                        # buffer may move as it grows, so the frame's address is set at the end
+                        want_room = self.used_segbuf + fs_mbuf_pkt_len(m)
+                        if want_room > self.cap_segbuf:
+                            grown = <uint8_t*> realloc(self.segbuf, want_room * 2)
+                            if grown != NULL:
+                                self.segbuf = grown
+                                self.cap_segbuf = want_room * 2
+                        if want_room <= self.cap_segbuf:
+                            p.caplen = fs_mbuf_copy(m, self.segbuf + self.used_segbuf, fs_mbuf_pkt_len(m))
+                            self.seg_at[n_seg] = <int> n
+                            self.seg_off[n_seg] = self.used_segbuf
+                            n_seg += 1
+                            self.used_segbuf += p.caplen
+                            multi += 1
+                            if p.caplen < p.wirelen:
+                                trunc += 1
+                        else:
+                            # no memory: the first segment alone, counted
+                            p.data = fs_mbuf_data(m)
+                            p.caplen = fs_mbuf_data_len(m)
+                            trunc += 1
                     n += 1
                 if got < want:
                     break
+            for j in range(n_seg):
+                batch.pkts[self.seg_at[j]].data = self.segbuf + self.seg_off[j]
         batch.n = n
         self.received += n
         self.hw_timestamps += hw
@@ -309,9 +340,22 @@ cdef class DpdkPort:
         return self._flush()
 
     cdef void _queue(self, const uint8_t* data, uint32_t n):
-        # a frame into an mbuf of our pool (the caller's memory is not the pool's), sent 512 at a time
-        cdef rte_mbuf* m = fs_mbuf_from(self.pool, data, n)
+        # a frame into mbufs of our pool (the caller's memory is not the pool's), sent 512 at a time
+        cdef rte_mbuf* m
+        cdef rte_mempool* pool = self.pool
+        if n > self.room and not self.tx_segs:
+            # the port takes no chains: a frame larger than one mbuf goes in one big one
+            if n > BIG_ROOM - (MBUF_ROOM - self.room):
+                self.tx_too_large += 1
+                self.tx_failed += 1
+                return
+            if self.big_pool == NULL:
+                self.big_pool = rte_pktmbuf_pool_create(f"fs_big_{self.port}".encode(), BIG_MBUFS, 0, 0,
+                                                        BIG_ROOM, -1)   # (any socket)
+            pool = self.big_pool
+        m = fs_mbuf_from(pool, data, n) if pool != NULL else NULL
         if m == NULL:
+            self.tx_no_mbufs += 1
             self.tx_failed += 1
             return
         self._out[self._k] = m
@@ -343,6 +387,7 @@ cdef class DpdkPort:
     def statistics(self):
         cdef uint64_t st[8]
         out = {"received": self.received, "sent": self.sent, "tx_failed": self.tx_failed,
+               "tx_too_large": self.tx_too_large, "tx_no_mbufs": self.tx_no_mbufs,
                "port_timestamps": self.hw_timestamps, "multi_segment_copied": self.copied_multiseg,
                "truncated": self.truncated, "driver": self.driver}
         if fs_port_stats(self.port, st) == 0:
