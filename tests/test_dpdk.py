@@ -122,7 +122,7 @@ def test_net_ring_loops_frames_back(corpus):
 
 def test_dpdk_mistakes_are_one_line_exit_2(corpus):
     for args, words in (
-            (("stats", "dpdk:net_nosuch0", "--count", 1), "did not probe"),
+            (("stats", "dpdk:net_nosuch0", "--count", 1), "unknown DPDK driver net_nosuch"),
             (("--dpdk-args", "-l 0 --help", "stats", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 1),
              "--help is not accepted"),
             (("stats", "dpdk:7", "--count", 1), "dpdk:7: no such port"),
@@ -131,6 +131,27 @@ def test_dpdk_mistakes_are_one_line_exit_2(corpus):
         assert res.returncode == 2, res.stderr
         lines = [l for l in res.stderr.strip().splitlines() if l.startswith("flowsift:")]
         assert len(lines) == 1 and words in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--dpdk-args", "--bogus", "stats", "dpdk:net_null0"), "DPDK refused --dpdk-args '--bogus': unrecognized option '--bogus'"),
+    (("--dpdk-args", "-l 99 --no-huge", "stats", "dpdk:net_null0"), "DPDK refused --dpdk-args '-l 99 --no-huge': lcore 99 unavailable"),
+    (("stats", "dpdk:net_bogus0"), "dpdk:net_bogus0: unknown DPDK driver net_bogus (a virtual device is"),
+    (("stats", "dpdk:net_pcap0"), "dpdk:net_pcap0: net_pcap0 needs rx_pcap=FILE, rx_iface=IFACE or iface=IFACE"),
+    (("stats", "dpdk:net_pcap0,tx_pcap=/nonexistent/x.pcap"),
+     "the device did not probe: Couldn't open /nonexistent/x.pcap for writing; FLOWSIFT_DEBUG=1 shows DPDK's own")])
+def test_what_dpdk_refuses_is_one_line_naming_the_problem(args, words):
+    """DPDK's own lines (its log, its 60-line usage on stdout) came before flowsift's, and its
+    reason was a stray errno: "Bad address" for an unknown driver, "No such file or directory"
+    for net_pcap without arguments."""
+    res = flowsift(*args, "--count", 1, check=False)
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and words in res.stderr, res.stderr
+    if "--bogus" in args:
+        import os
+        res = subprocess.run([sys.executable, "-m", "flowsift", *args, "--count", "1"], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, FLOWSIFT_DEBUG="1"))
+        assert res.returncode == 2 and "Usage: flowsift [options]" in res.stdout + res.stderr
 
 
 def test_out_of_range_values_are_one_line_exit_2_before_capturing(corpus):

@@ -9,6 +9,12 @@ every one of a batch; frames larger than one mbuf leave as a chain of them.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset
+from libc.stdio cimport fflush
+
+import os
+import re
+import sys
+import tempfile
 
 from flowsift.io._batch cimport Batch, pkt_t
 
@@ -78,6 +84,52 @@ def _err(what):
     return f"{what}: {rte_strerror(rte_errno).decode()}"
 
 
+# DPDK's messages that say nothing about what went wrong
+_NOISE = re.compile(r"Detected |Multi-process socket|Selected IOVA|auxiliary bus|Invalid 'command line' arguments|"
+                    r"Driver cannot attach the device|Failed to attach device|Initializing pmd|No legacy callbacks")
+DEBUG_HINT = "FLOWSIFT_DEBUG=1 shows DPDK's own messages"
+
+
+class _Captured:
+    """What DPDK writes while the EAL starts or a device probes (its log, getopt's complaints, its
+    usage text): kept off the terminal, for flowsift's one line; FLOWSIFT_DEBUG=1 shows it."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fflush(NULL)
+        self.file = tempfile.TemporaryFile()
+        self.saved = (os.dup(1), os.dup(2))
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        fflush(NULL)
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self.file.seek(0)
+        self.text = self.file.read().decode(errors="replace")
+        self.file.close()
+        if self.text and os.environ.get("FLOWSIFT_DEBUG"):
+            os.write(2, self.text.encode())
+        return False
+
+    def reason(self):
+        """DPDK's first word on the failure, without its prefixes; or where to look."""
+        for line in self.text.splitlines():
+            line = line.strip()
+            if line.startswith("Usage:"):
+                break
+            if not line or _NOISE.search(line):
+                continue
+            line = re.sub(r"^(EAL: |flowsift: |\w+\(\): )", "", line)
+            line = re.sub(r"^(FATAL: |Error - )", "", line).rstrip(".")
+            return f"{line}; {DEBUG_HINT}"
+        return DEBUG_HINT
+
+
 def eal_init(list args):
     """Initialise the EAL once per process with `args` (already checked by the caller)."""
     global _eal_ready, _eal_args
@@ -85,17 +137,19 @@ def eal_init(list args):
         if args != _eal_args:
             raise DpdkError("the DPDK EAL is initialised once per process; it already is, with other arguments")
         return
-    cdef int argc = len(args) + 1
+    cdef int argc = len(args) + 1, rc
     cdef char** argv = <char**> malloc((argc + 1) * sizeof(char*))
     encoded = [b"flowsift"] + [a.encode() for a in args]
     for i, a in enumerate(encoded):
         argv[i] = a
     argv[argc] = NULL
     try:
-        if rte_eal_init(argc, argv) < 0:
-            raise DpdkError(_err("DPDK EAL initialisation failed (arguments: " + " ".join(args) + ")"))
+        with _Captured() as said:
+            rc = rte_eal_init(argc, argv)
     finally:
         free(argv)
+    if rc < 0:
+        raise DpdkError(f"DPDK refused --dpdk-args {' '.join(args)!r}: {said.reason()}")
     if fs_ts_register() < 0:
         pass                  # no timestamp field: frames get the time they were read
     _eal_ready = True
@@ -113,6 +167,22 @@ def ports_available():
     return rte_eth_dev_count_avail()
 
 
+_PCAP_KEYS = {"rx_pcap", "tx_pcap", "rx_iface", "rx_iface_in", "tx_iface", "iface"}
+
+
+def _probe_failed(str devargs, said):
+    """Why a device did not probe, where flowsift can tell; else DPDK's own reason."""
+    name = devargs.split(",", 1)[0]
+    keys = {a.partition("=")[0].strip() for a in devargs.split(",")[1:]}
+    if "failed to parse device" in said.text:
+        # (a virtual device is its driver's name and a number)
+        return (f"dpdk:{devargs}: unknown DPDK driver {re.sub(r'[0-9]+$', '', name)} "
+                f"(a virtual device is its driver's name and a number: net_pcap0, net_ring0, net_null0, ...)")
+    if name.startswith("net_pcap") and not keys & _PCAP_KEYS:
+        return f"dpdk:{devargs}: {name} needs rx_pcap=FILE, rx_iface=IFACE or iface=IFACE (tx_pcap=FILE or tx_iface=IFACE to send)"
+    return f"dpdk:{devargs}: the device did not probe: {said.reason()}"
+
+
 def open_port(str devargs, unsigned int mbufs=8191):
     """The port named by `devargs`: a port id ("0"), or a virtual device ("net_pcap0,rx_pcap=F"),
     probed now if it is not there yet. One DpdkPort per port per process."""
@@ -126,12 +196,14 @@ def open_port(str devargs, unsigned int mbufs=8191):
             raise DpdkError(f"dpdk:{name}: no such port ({rte_eth_dev_count_avail()} available; is the NIC bound to a DPDK driver?)")
     else:
         if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
-            rc = rte_dev_probe(devargs.encode())
+            with _Captured() as said:
+                rc = rte_dev_probe(devargs.encode())
             if rc < 0:
-                raise DpdkError(f"dpdk:{devargs}: the device did not probe: {rte_strerror(-rc).decode()}")
+                raise DpdkError(_probe_failed(devargs, said))
             if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
                 raise DpdkError(f"dpdk:{devargs}: probed, but no port came of it")
-    p = DpdkPort(port, name, mbufs)
+    with _Captured():
+        p = DpdkPort(port, name, mbufs)
     _ports[name] = p
     return p
 
