@@ -356,3 +356,15 @@ def test_frames_larger_than_an_mbuf_leave_as_a_chain_where_the_port_takes_one():
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)
     assert r["sent"] == len(frames) and [bytes.fromhex(h) for h in r["got"]] == frames
+
+
+def test_net_pcap_times_of_1970_are_the_captures(tmp_path):
+    """net_pcap's time unit was guessed from the first frame: a capture stamped in 1970 (times
+    from 0) looked like a device clock, and every frame got the time it was read."""
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    src = tmp_path / "epoch.pcap"
+    src.write_bytes(pcap([(sec, 250000, ether(ipv4(A, B, 17, udp(5000, 53, b"x" * sec)))) for sec in range(5)]))
+    got = json.loads(flowsift("stats", f"dpdk:net_pcap0,rx_pcap={src}", "--count", 5, "--json").stdout)
+    want = json.loads(flowsift("stats", src, "--json").stdout)
+    assert got["time"] == want["time"] and want["time"]["first_ns"] == 250000000
+    assert got["kernel"]["port_timestamps"] == 5

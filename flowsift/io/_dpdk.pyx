@@ -277,6 +277,9 @@ cdef class DpdkPort:
         if rc < 0:
             raise DpdkError(f"dpdk:{name}: cannot start the port: {rte_strerror(-rc).decode()}")
         self.started = True
+        if self.driver == "net_pcap":
+            # µs since the epoch, the capture's own: a capture of 1970 is not a device clock
+            self.ts_unit = 1000
         rte_eth_promiscuous_enable(port)      # virtual devices may not support it: no matter
         self.cap_segbuf = 0
 
@@ -328,8 +331,8 @@ cdef class DpdkPort:
                     memset(p, 0, sizeof(pkt_t))
                     ts = fs_mbuf_ts(m)
                     if ts >= 0 and self.ts_unit == 0:
-                        # the field's unit is the driver's: net_pcap gives µs since the epoch,
-                        # NICs often ns of their own clock; only epoch times are used
+                        # the field's unit is the driver's: NICs often give ns of their own clock,
+                        # taken for epoch times only when they look like today's
                         if ts >= e17:
                             self.ts_unit = 1
                         elif ts > e14:
