@@ -122,7 +122,7 @@ def test_net_ring_loops_frames_back(corpus):
 
 def test_dpdk_mistakes_are_one_line_exit_2(corpus):
     for args, words in (
-            (("stats", "dpdk:net_nosuch0", "--count", 1), "did not probe"),
+            (("stats", "dpdk:net_nosuch0", "--count", 1), "unknown DPDK driver net_nosuch"),
             (("--dpdk-args", "-l 0 --help", "stats", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 1),
              "--help is not accepted"),
             (("stats", "dpdk:7", "--count", 1), "dpdk:7: no such port"),
@@ -131,6 +131,27 @@ def test_dpdk_mistakes_are_one_line_exit_2(corpus):
         assert res.returncode == 2, res.stderr
         lines = [l for l in res.stderr.strip().splitlines() if l.startswith("flowsift:")]
         assert len(lines) == 1 and words in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--dpdk-args", "--bogus", "stats", "dpdk:net_null0"), "DPDK refused --dpdk-args '--bogus': unrecognized option '--bogus'"),
+    (("--dpdk-args", "-l 99 --no-huge", "stats", "dpdk:net_null0"), "DPDK refused --dpdk-args '-l 99 --no-huge': lcore 99 unavailable"),
+    (("stats", "dpdk:net_bogus0"), "dpdk:net_bogus0: unknown DPDK driver net_bogus (a virtual device is"),
+    (("stats", "dpdk:net_pcap0"), "dpdk:net_pcap0: net_pcap0 needs rx_pcap=FILE, rx_iface=IFACE or iface=IFACE"),
+    (("stats", "dpdk:net_pcap0,tx_pcap=/nonexistent/x.pcap"),
+     "the device did not probe: Couldn't open /nonexistent/x.pcap for writing; FLOWSIFT_DEBUG=1 shows DPDK's own")])
+def test_what_dpdk_refuses_is_one_line_naming_the_problem(args, words):
+    """DPDK's own lines (its log, its 60-line usage on stdout) came before flowsift's, and its
+    reason was a stray errno: "Bad address" for an unknown driver, "No such file or directory"
+    for net_pcap without arguments."""
+    res = flowsift(*args, "--count", 1, check=False)
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and words in res.stderr, res.stderr
+    if "--bogus" in args:
+        import os
+        res = subprocess.run([sys.executable, "-m", "flowsift", *args, "--count", "1"], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, FLOWSIFT_DEBUG="1"))
+        assert res.returncode == 2 and "Usage: flowsift [options]" in res.stdout + res.stderr
 
 
 def test_out_of_range_values_are_one_line_exit_2_before_capturing(corpus):
@@ -284,3 +305,66 @@ def test_an_rx_pcap_flowsift_cannot_read_is_said_before_probing(tmp_path, corpus
         res = flowsift("stats", f"dpdk:net_pcap0,rx_pcap={path}", "--duration", 1, check=False)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
 
+
+
+def jumbo_capture(path, sizes):
+    """One connection whose client sends a segment of each size (an ACK after each)."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    frames = []
+
+    def add(client, seq, ack, flags, payload=b""):
+        src, dst, sp, dp = (A, B, 40000, 80) if client else (B, A, 80, 40000)
+        frames.append((1_700_000_000, len(frames), ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags,
+                                                                              payload=payload)))))
+    add(1, 1000, 0, 0x02)
+    add(0, 5000, 1001, 0x12)
+    add(1, 1001, 5001, 0x10)
+    seq = 1001
+    for i, size in enumerate(sizes):
+        add(1, seq, 5001, 0x18, bytes((i * 7 + j) % 251 for j in range(size)))
+        seq += size
+        add(0, 5001, seq, 0x10)
+    add(1, seq, 5001, 0x11)
+    add(0, 5001, seq + 1, 0x11)
+    add(1, seq + 1, 5002, 0x10)
+    path.write_bytes(pcap(frames, snaplen=262144))
+    return len(frames)
+
+
+def test_frames_larger_than_an_mbuf_arrive_and_leave_whole(tmp_path):
+    """Only 64 multi-segment frames a batch were joined (the others were cut to their first
+    segment, counted truncated: 136 gaps in 200 segments of 10 KB), frames over 16 KiB were cut
+    when joined, and frames over one mbuf (9,216 bytes) could not be sent at all."""
+    src = tmp_path / "jumbo.pcap"
+    n = jumbo_capture(src, [10000] * 150 + [20000] * 20 + [65000])
+    a, b = tmp_path / "dpdk", tmp_path / "file"
+    got = json.loads(flowsift("streams", f"dpdk:net_pcap0,rx_pcap={src}", "--count", n, "-o", a, "--json").stdout)
+    flowsift("streams", src, "-o", b)
+    assert got["kernel"]["truncated"] == 0 and got["kernel"]["multi_segment_copied"] == 171
+    assert (a / "index.jsonl").read_bytes() == (b / "index.jsonl").read_bytes()     # bytes, sha256, no gaps
+    got, sent, written = inline_and_written(tmp_path, "counter", src, n)
+    assert got["egress"]["forwarded"] == n and got["egress"]["failed"] == 0
+    assert sent == written == frames_of(src)
+
+
+def test_frames_larger_than_an_mbuf_leave_as_a_chain_where_the_port_takes_one():
+    """net_ring takes chained mbufs (and hands them back as they are): frames of several mbufs,
+    past the largest mbuf (64 KiB) too, go round whole."""
+    frames = [bytes((i + j) % 256 for j in range(size)) for i, size in enumerate([60, 9000, 9300, 20000, 70000, 200000])]
+    res = subprocess.run([sys.executable, "-c", RING], input=json.dumps([f.hex() for f in frames]),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["sent"] == len(frames) and [bytes.fromhex(h) for h in r["got"]] == frames
+
+
+def test_net_pcap_times_of_1970_are_the_captures(tmp_path):
+    """net_pcap's time unit was guessed from the first frame: a capture stamped in 1970 (times
+    from 0) looked like a device clock, and every frame got the time it was read."""
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    src = tmp_path / "epoch.pcap"
+    src.write_bytes(pcap([(sec, 250000, ether(ipv4(A, B, 17, udp(5000, 53, b"x" * sec)))) for sec in range(5)]))
+    got = json.loads(flowsift("stats", f"dpdk:net_pcap0,rx_pcap={src}", "--count", 5, "--json").stdout)
+    want = json.loads(flowsift("stats", src, "--json").stdout)
+    assert got["time"] == want["time"] and want["time"]["first_ns"] == 250000000
+    assert got["kernel"]["port_timestamps"] == 5

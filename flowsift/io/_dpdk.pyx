@@ -3,11 +3,18 @@
 
 Built only where `pkg-config libdpdk` is found. The EAL is initialised once per process (DPDK
 allows no second time); mbufs of a batch are freed at the next fill, after the gateway has
-copied what it keeps. Multi-segment packets are copied into one buffer.
+copied what it keeps. Multi-segment packets are copied into one buffer, which grows to hold
+every one of a batch; frames larger than one mbuf leave as a chain of them.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset
+from libc.stdio cimport fflush
+
+import os
+import re
+import sys
+import tempfile
 
 from flowsift.io._batch cimport Batch, pkt_t
 
@@ -49,7 +56,10 @@ cdef extern from "_dpdk_helpers.h" nogil:
     int fs_ts_register()
     int64_t fs_now_ns()
     uint32_t fs_mbuf_copy(rte_mbuf* m, uint8_t* dst, uint32_t cap)
-    int fs_port_configure(uint16_t port, uint64_t rx_offloads)
+    int fs_port_configure(uint16_t port, uint64_t rx_offloads, uint64_t tx_offloads)
+    int fs_port_tx_segs(uint16_t port)
+    uint32_t fs_mbuf_room(rte_mempool* pool)
+    uint64_t RTE_ETH_TX_OFFLOAD_MULTI_SEGS
     uint64_t fs_port_rx_capa(uint16_t port)
     const char* fs_port_driver(uint16_t port)
     int fs_port_stats(uint16_t port, uint64_t* out)
@@ -57,7 +67,8 @@ cdef extern from "_dpdk_helpers.h" nogil:
 
 DEF BURST = 64
 DEF MBUF_ROOM = 9216 + 128    # a 9000-byte MTU frame plus DPDK's headroom
-DEF SEG_BUF = 16384           # room for one multi-segment packet copied whole (jumbo frames)
+DEF BIG_ROOM = 65535          # the largest mbuf: a frame to send whole, for ports that take no chains
+DEF BIG_MBUFS = 511
 
 
 class DpdkError(Exception):
@@ -73,6 +84,52 @@ def _err(what):
     return f"{what}: {rte_strerror(rte_errno).decode()}"
 
 
+# DPDK's messages that say nothing about what went wrong
+_NOISE = re.compile(r"Detected |Multi-process socket|Selected IOVA|auxiliary bus|Invalid 'command line' arguments|"
+                    r"Driver cannot attach the device|Failed to attach device|Initializing pmd|No legacy callbacks")
+DEBUG_HINT = "FLOWSIFT_DEBUG=1 shows DPDK's own messages"
+
+
+class _Captured:
+    """What DPDK writes while the EAL starts or a device probes (its log, getopt's complaints, its
+    usage text): kept off the terminal, for flowsift's one line; FLOWSIFT_DEBUG=1 shows it."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fflush(NULL)
+        self.file = tempfile.TemporaryFile()
+        self.saved = (os.dup(1), os.dup(2))
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        fflush(NULL)
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self.file.seek(0)
+        self.text = self.file.read().decode(errors="replace")
+        self.file.close()
+        if self.text and os.environ.get("FLOWSIFT_DEBUG"):
+            os.write(2, self.text.encode())
+        return False
+
+    def reason(self):
+        """DPDK's first word on the failure, without its prefixes; or where to look."""
+        for line in self.text.splitlines():
+            line = line.strip()
+            if line.startswith("Usage:"):
+                break
+            if not line or _NOISE.search(line):
+                continue
+            line = re.sub(r"^(EAL: |flowsift: |\w+\(\): )", "", line)
+            line = re.sub(r"^(FATAL: |Error - )", "", line).rstrip(".")
+            return f"{line}; {DEBUG_HINT}"
+        return DEBUG_HINT
+
+
 def eal_init(list args):
     """Initialise the EAL once per process with `args` (already checked by the caller)."""
     global _eal_ready, _eal_args
@@ -80,17 +137,19 @@ def eal_init(list args):
         if args != _eal_args:
             raise DpdkError("the DPDK EAL is initialised once per process; it already is, with other arguments")
         return
-    cdef int argc = len(args) + 1
+    cdef int argc = len(args) + 1, rc
     cdef char** argv = <char**> malloc((argc + 1) * sizeof(char*))
     encoded = [b"flowsift"] + [a.encode() for a in args]
     for i, a in enumerate(encoded):
         argv[i] = a
     argv[argc] = NULL
     try:
-        if rte_eal_init(argc, argv) < 0:
-            raise DpdkError(_err("DPDK EAL initialisation failed (arguments: " + " ".join(args) + ")"))
+        with _Captured() as said:
+            rc = rte_eal_init(argc, argv)
     finally:
         free(argv)
+    if rc < 0:
+        raise DpdkError(f"DPDK refused --dpdk-args {' '.join(args)!r}: {said.reason()}")
     if fs_ts_register() < 0:
         pass                  # no timestamp field: frames get the time they were read
     _eal_ready = True
@@ -108,6 +167,22 @@ def ports_available():
     return rte_eth_dev_count_avail()
 
 
+_PCAP_KEYS = {"rx_pcap", "tx_pcap", "rx_iface", "rx_iface_in", "tx_iface", "iface"}
+
+
+def _probe_failed(str devargs, said):
+    """Why a device did not probe, where flowsift can tell; else DPDK's own reason."""
+    name = devargs.split(",", 1)[0]
+    keys = {a.partition("=")[0].strip() for a in devargs.split(",")[1:]}
+    if "failed to parse device" in said.text:
+        # (a virtual device is its driver's name and a number)
+        return (f"dpdk:{devargs}: unknown DPDK driver {re.sub(r'[0-9]+$', '', name)} "
+                f"(a virtual device is its driver's name and a number: net_pcap0, net_ring0, net_null0, ...)")
+    if name.startswith("net_pcap") and not keys & _PCAP_KEYS:
+        return f"dpdk:{devargs}: {name} needs rx_pcap=FILE, rx_iface=IFACE or iface=IFACE (tx_pcap=FILE or tx_iface=IFACE to send)"
+    return f"dpdk:{devargs}: the device did not probe: {said.reason()}"
+
+
 def open_port(str devargs, unsigned int mbufs=8191):
     """The port named by `devargs`: a port id ("0"), or a virtual device ("net_pcap0,rx_pcap=F"),
     probed now if it is not there yet. One DpdkPort per port per process."""
@@ -121,12 +196,14 @@ def open_port(str devargs, unsigned int mbufs=8191):
             raise DpdkError(f"dpdk:{name}: no such port ({rte_eth_dev_count_avail()} available; is the NIC bound to a DPDK driver?)")
     else:
         if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
-            rc = rte_dev_probe(devargs.encode())
+            with _Captured() as said:
+                rc = rte_dev_probe(devargs.encode())
             if rc < 0:
-                raise DpdkError(f"dpdk:{devargs}: the device did not probe: {rte_strerror(-rc).decode()}")
+                raise DpdkError(_probe_failed(devargs, said))
             if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
                 raise DpdkError(f"dpdk:{devargs}: probed, but no port came of it")
-    p = DpdkPort(port, name, mbufs)
+    with _Captured():
+        p = DpdkPort(port, name, mbufs)
     _ports[name] = p
     return p
 
@@ -138,15 +215,22 @@ cdef class DpdkPort:
     cdef rte_mempool* pool
     cdef rte_mbuf* held[512]
     cdef int n_held
-    cdef uint8_t* segbuf
-    cdef int n_segbuf
-    cdef int cap_segbuf
+    cdef uint8_t* segbuf        # the multi-segment packets of the batch, joined end to end
+    cdef size_t used_segbuf
+    cdef size_t cap_segbuf
+    cdef int seg_at[512]        # batch index of each joined packet, and its offset in segbuf
+    cdef size_t seg_off[512]
     cdef readonly uint64_t received
     cdef readonly uint64_t copied_multiseg
     cdef readonly uint64_t truncated
     cdef readonly uint64_t hw_timestamps
     cdef readonly uint64_t sent
     cdef readonly uint64_t tx_failed
+    cdef readonly uint64_t tx_too_large     # of tx_failed: larger than the largest mbuf, and the port sends no chains
+    cdef readonly uint64_t tx_no_mbufs      # of tx_failed: the pool had none left
+    cdef readonly bint tx_segs
+    cdef uint32_t room
+    cdef rte_mempool* big_pool  # made at the first frame that needs it
     cdef readonly bint timestamps
     cdef readonly bint started
     cdef rte_mbuf* _out[512]    # frames queued for the next tx burst
@@ -156,6 +240,7 @@ cdef class DpdkPort:
 
     def __cinit__(self):
         self.segbuf = NULL
+        self.big_pool = NULL
         self.n_held = 0
 
     def __init__(self, int port, str name, unsigned int mbufs=8191):
@@ -176,7 +261,10 @@ cdef class DpdkPort:
         if fs_port_rx_capa(port) & RTE_ETH_RX_OFFLOAD_TIMESTAMP:
             offloads |= RTE_ETH_RX_OFFLOAD_TIMESTAMP
             self.timestamps = True
-        rc = fs_port_configure(port, offloads)
+        # frames larger than one mbuf leave as a chain, where the port takes them
+        self.tx_segs = fs_port_tx_segs(port)
+        self.room = fs_mbuf_room(self.pool)
+        rc = fs_port_configure(port, offloads, RTE_ETH_TX_OFFLOAD_MULTI_SEGS if self.tx_segs else 0)
         if rc < 0:
             raise DpdkError(f"dpdk:{name}: cannot configure the port: {rte_strerror(-rc).decode()}")
         rc = rte_eth_rx_queue_setup(port, 0, 1024, sock, NULL, self.pool)
@@ -189,9 +277,11 @@ cdef class DpdkPort:
         if rc < 0:
             raise DpdkError(f"dpdk:{name}: cannot start the port: {rte_strerror(-rc).decode()}")
         self.started = True
+        if self.driver == "net_pcap":
+            # µs since the epoch, the capture's own: a capture of 1970 is not a device clock
+            self.ts_unit = 1000
         rte_eth_promiscuous_enable(port)      # virtual devices may not support it: no matter
-        self.cap_segbuf = 64
-        self.segbuf = <uint8_t*> malloc(<size_t> self.cap_segbuf * SEG_BUF)
+        self.cap_segbuf = 0
 
     @property
     def driver(self):
@@ -214,6 +304,9 @@ cdef class DpdkPort:
         cdef uint16_t got, i, want
         cdef int64_t ts, deadline
         cdef uint64_t hw = 0, multi = 0, trunc = 0
+        cdef int n_seg = 0, j
+        cdef size_t want_room
+        cdef uint8_t* grown
         cdef int64_t e14 = 100000000000000, e17 = 100000000000000000     # µs and ns since the epoch, today
         if cap > 512:
             cap = 512
@@ -221,7 +314,7 @@ cdef class DpdkPort:
             cap = limit
         with nogil:
             self._free_held()
-            self.n_segbuf = 0
+            self.used_segbuf = 0
             deadline = fs_now_ns() + <int64_t> timeout_ms * 1000000
             while n < cap:
                 want = BURST if cap - n > BURST else <uint16_t> (cap - n)
@@ -238,8 +331,8 @@ cdef class DpdkPort:
                     memset(p, 0, sizeof(pkt_t))
                     ts = fs_mbuf_ts(m)
                     if ts >= 0 and self.ts_unit == 0:
-                        # the field's unit is the driver's: net_pcap gives µs since the epoch,
-                        # NICs often ns of their own clock; only epoch times are used
+                        # the field's unit is the driver's: NICs often give ns of their own clock,
+                        # taken for epoch times only when they look like today's
                         if ts >= e17:
                             self.ts_unit = 1
                         elif ts > e14:
@@ -258,21 +351,34 @@ cdef class DpdkPort:
                     if fs_mbuf_segs(m) == 1:
                         p.data = fs_mbuf_data(m)
                         p.caplen = fs_mbuf_data_len(m)
-                    elif self.n_segbuf < self.cap_segbuf:
-                        # segments of one packet are made one frame (decode reads it whole)
-                        p.data = self.segbuf + <size_t> self.n_segbuf * SEG_BUF
-                        p.caplen = fs_mbuf_copy(m, self.segbuf + <size_t> self.n_segbuf * SEG_BUF, SEG_BUF)
-                        if p.caplen < p.wirelen:
-                            trunc += 1
-                        self.n_segbuf += 1
-                        multi += 1
                     else:
-                        p.data = fs_mbuf_data(m)
-                        p.caplen = fs_mbuf_data_len(m)
-                        trunc += 1
+                        # segments of one packet are made one frame (decode reads it whole); the
+                        # buffer may move as it grows, so the frame's address is set at the end
+                        want_room = self.used_segbuf + fs_mbuf_pkt_len(m)
+                        if want_room > self.cap_segbuf:
+                            grown = <uint8_t*> realloc(self.segbuf, want_room * 2)
+                            if grown != NULL:
+                                self.segbuf = grown
+                                self.cap_segbuf = want_room * 2
+                        if want_room <= self.cap_segbuf:
+                            p.caplen = fs_mbuf_copy(m, self.segbuf + self.used_segbuf, fs_mbuf_pkt_len(m))
+                            self.seg_at[n_seg] = <int> n
+                            self.seg_off[n_seg] = self.used_segbuf
+                            n_seg += 1
+                            self.used_segbuf += p.caplen
+                            multi += 1
+                            if p.caplen < p.wirelen:
+                                trunc += 1
+                        else:
+                            # no memory: the first segment alone, counted
+                            p.data = fs_mbuf_data(m)
+                            p.caplen = fs_mbuf_data_len(m)
+                            trunc += 1
                     n += 1
                 if got < want:
                     break
+            for j in range(n_seg):
+                batch.pkts[self.seg_at[j]].data = self.segbuf + self.seg_off[j]
         batch.n = n
         self.received += n
         self.hw_timestamps += hw
@@ -309,9 +415,22 @@ cdef class DpdkPort:
         return self._flush()
 
     cdef void _queue(self, const uint8_t* data, uint32_t n):
-        # a frame into an mbuf of our pool (the caller's memory is not the pool's), sent 512 at a time
-        cdef rte_mbuf* m = fs_mbuf_from(self.pool, data, n)
+        # a frame into mbufs of our pool (the caller's memory is not the pool's), sent 512 at a time
+        cdef rte_mbuf* m
+        cdef rte_mempool* pool = self.pool
+        if n > self.room and not self.tx_segs:
+            # the port takes no chains: a frame larger than one mbuf goes in one big one
+            if n > BIG_ROOM - (MBUF_ROOM - self.room):
+                self.tx_too_large += 1
+                self.tx_failed += 1
+                return
+            if self.big_pool == NULL:
+                self.big_pool = rte_pktmbuf_pool_create(f"fs_big_{self.port}".encode(), BIG_MBUFS, 0, 0,
+                                                        BIG_ROOM, -1)   # (any socket)
+            pool = self.big_pool
+        m = fs_mbuf_from(pool, data, n) if pool != NULL else NULL
         if m == NULL:
+            self.tx_no_mbufs += 1
             self.tx_failed += 1
             return
         self._out[self._k] = m
@@ -343,6 +462,7 @@ cdef class DpdkPort:
     def statistics(self):
         cdef uint64_t st[8]
         out = {"received": self.received, "sent": self.sent, "tx_failed": self.tx_failed,
+               "tx_too_large": self.tx_too_large, "tx_no_mbufs": self.tx_no_mbufs,
                "port_timestamps": self.hw_timestamps, "multi_segment_copied": self.copied_multiseg,
                "truncated": self.truncated, "driver": self.driver}
         if fs_port_stats(self.port, st) == 0:

@@ -41,10 +41,11 @@ static inline uint32_t fs_mbuf_copy(struct rte_mbuf* m, uint8_t* dst, uint32_t c
     return p == NULL ? 0 : n;
 }
 
-static inline int fs_port_configure(uint16_t port, uint64_t rx_offloads) {
+static inline int fs_port_configure(uint16_t port, uint64_t rx_offloads, uint64_t tx_offloads) {
     struct rte_eth_conf conf;
     memset(&conf, 0, sizeof(conf));
     conf.rxmode.offloads = rx_offloads;
+    conf.txmode.offloads = tx_offloads;
     return rte_eth_dev_configure(port, 1, 1, &conf);
 }
 
@@ -69,13 +70,40 @@ static inline int fs_port_stats(uint16_t port, uint64_t* out) {
     return 0;
 }
 
-/* a frame into a fresh mbuf of the pool */
+/* the frame bytes one mbuf of the pool holds */
+static inline uint32_t fs_mbuf_room(struct rte_mempool* pool) {
+    return rte_pktmbuf_data_room_size(pool) - RTE_PKTMBUF_HEADROOM;
+}
+
+/* a frame into fresh mbufs of the pool, a chain of them when it is larger than one; NULL when
+   the pool has too few */
 static inline struct rte_mbuf* fs_mbuf_from(struct rte_mempool* pool, const uint8_t* data, uint32_t n) {
-    struct rte_mbuf* m = rte_pktmbuf_alloc(pool);
-    if (m == NULL) return NULL;
-    char* dst = rte_pktmbuf_append(m, n);
-    if (dst == NULL) { rte_pktmbuf_free(m); return NULL; }
-    memcpy(dst, data, n);
-    return m;
+    struct rte_mbuf* head = rte_pktmbuf_alloc(pool);
+    struct rte_mbuf* m = head;
+    uint32_t off = 0, k;
+    if (head == NULL) return NULL;
+    for (;;) {
+        k = rte_pktmbuf_tailroom(m);
+        if (k > n - off) k = n - off;
+        memcpy(rte_pktmbuf_mtod(m, uint8_t*), data + off, k);
+        m->data_len = (uint16_t) k;
+        m->pkt_len = k;
+        if (m != head && rte_pktmbuf_chain(head, m) != 0) {
+            rte_pktmbuf_free(m);
+            rte_pktmbuf_free(head);
+            return NULL;
+        }
+        off += k;
+        if (off >= n) return head;
+        m = rte_pktmbuf_alloc(pool);
+        if (m == NULL) { rte_pktmbuf_free(head); return NULL; }
+        m->data_off = 0;     /* only the first segment needs headroom */
+    }
+}
+
+static inline int fs_port_tx_segs(uint16_t port) {
+    struct rte_eth_dev_info info;
+    if (rte_eth_dev_info_get(port, &info) != 0) return 0;
+    return (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS) != 0;
 }
 #endif

@@ -8,7 +8,8 @@
     dpdk:0                                  DPDK port 0 (a NIC bound to a DPDK driver)
     dpdk:net_pcap0,rx_pcap=in.pcap          a DPDK virtual device and its arguments
     dpdk:net_ring0
-    dpdk:net_pcap0,rx_pcap=f.pcap,mbufs=16383   more packet buffers (default 8191, 9.5 KiB each)
+    dpdk:net_pcap0,rx_pcap=f.pcap,mbufs=16383   more packet buffers (default 8191, 9.5 KiB each;
+                                            larger frames are joined from several, and sent in several)
 
 DPDK's EAL takes its arguments from `flowsift --dpdk-args "..."` (or FLOWSIFT_DPDK_ARGS); the
 default runs without hugepages or PCI devices, for virtual devices.
