@@ -241,8 +241,10 @@ def snapshot(module, incremental=False, appended=None):
     checkpoints keeps the rows."""
     out = {}
     for name, v in getattr(module, "_state", {}).items():
-        # (a cross-flow table's own keys are tuples, saved as lists: its entries are looked at)
-        bad = _text_keys(list(v.entries.values()) if isinstance(v, CrossFlowTable) else v)
+        # what goes into this checkpoint is looked at: an append-only list's new rows only; a
+        # cross-flow table's entries (its own keys are tuples, saved as lists)
+        bad = _text_keys(v[v.saved:] if incremental and isinstance(v, AppendOnly) else
+                         list(v.entries.values()) if isinstance(v, CrossFlowTable) else v)
         if bad is not None:
             # JSON keys are text: 80 would come back as "80", beside a new 80, after a restart
             raise StateError(f"module {module.name}: {name}: a dict key {bad!r} ({type(bad).__name__}): "
