@@ -386,9 +386,17 @@ def test_sigterm_ends_a_chain_like_ctrl_c_and_its_store_goes(tmp_path, signame, 
         time.sleep(0.05)
     assert store is not None and proc.poll() is None
     proc.send_signal(getattr(signal, signame))
+    ended_as_said(proc, code, said, store, cap)
+
+
+def ended_as_said(proc, code, said, made, cap):
+    """The chain `proc` over `cap` ended with exit `code` and the one line `said`, what it made
+    under /dev/shm is gone, and none of its processes is left."""
+    import os
+    import subprocess
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code and err.strip() == f"flowsift: {said}"
-    assert not os.path.exists(store)
+    assert not os.path.exists(made)
     left = subprocess.run(["pgrep", "-f", f"flowsift chain counter {cap}"], capture_output=True, text=True).stdout
     assert left.strip() == ""
 
@@ -426,11 +434,7 @@ def test_a_sharded_chain_stops_as_one_gateway_does(tmp_path, signame, group, cod
         os.killpg(proc.pid, getattr(signal, signame))
     else:
         proc.send_signal(getattr(signal, signame))
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code and err.strip() == f"flowsift: {said}"
-    assert not os.path.exists(run)
-    left = subprocess.run(["pgrep", "-f", f"flowsift chain counter {cap}"], capture_output=True, text=True).stdout
-    assert left.strip() == ""
+    ended_as_said(proc, code, said, run, cap)
 
 
 SKIPPER = '''
