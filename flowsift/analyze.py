@@ -21,6 +21,9 @@ MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "pop", 
             "clear", "sort", "reverse", "__setitem__", "appendleft", "popleft", "extendleft"}
 API = {"counters", "config", "_emit", "_state", "name", "writes", "options"}
 FLOW_FIELDS = {"client": "ip.src", "server": "ip.dst", "proto": "proto"}
+# fields of flows, streams and records that are numbers (a key made of one is not a string)
+NUMBER_FIELDS = {"conn", "direction", "dir", "sport", "dport", "seq", "ack", "index", "record_id", "ts_ns",
+                 "payload_len", "stream_offset", "frame_pos"}
 
 
 def _self_attr(node):
@@ -129,6 +132,8 @@ class _Finder(ast.NodeVisitor):
         self.method = None
         self.flow_names = set()
         self.derived = {}
+        self.aliases = {}               # local name -> the self.X expression it names (d = self.last)
+        self.init_only = set()          # (class, method): helpers only __init__ calls
 
     def add(self, node, what, kind, suggestion):
         self.findings.append({"file": self.path, "line": node.lineno, "class": self.cls, "method": self.method,
@@ -147,6 +152,11 @@ class _Finder(ast.NodeVisitor):
         # locals assigned once from an expression: a key made from flow fields keeps its kind
         self.derived = {t.id: n.value for n in ast.walk(node) if isinstance(n, ast.Assign)
                         for t in n.targets if isinstance(t, ast.Name)}
+        outer_aliases = self.aliases
+        # a local that names an attribute of self (no call: `d = self.last`, not a copy): what
+        # is done to it is done to the attribute
+        self.aliases = {k: v for k, v in self.derived.items()
+                        if isinstance(v, (ast.Attribute, ast.Subscript)) and _self_attr(v) is not None}
         args = [a.arg for a in node.args.args]
         self.flow_names = {a for a in args if a == "flow"} | ({args[1]} if len(args) > 1 and self.cls and
                                                              node.name.startswith("on_") else set())
@@ -156,14 +166,30 @@ class _Finder(ast.NodeVisitor):
                 self.add(d, f"mutable default argument in {node.name}()", "global",
                          "declare it: NAME = Global() instead of a default argument that keeps values between calls")
         self.generic_visit(node)
-        self.method, self.flow_names, self.derived = outer, outer_flows, outer_derived
+        self.method, self.flow_names, self.derived, self.aliases = outer, outer_flows, outer_derived, outer_aliases
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def _in_hook(self):
-        # helper classes keep their own attributes: their instances live in declared state
+        # helper classes keep their own attributes: their instances live in declared state;
+        # a helper only __init__ calls sets up, as __init__ does
         return (self.cls is not None and self.method not in (None, "__init__")
+                and (self.cls, self.method) not in self.init_only
                 and (self.classes is None or self.cls in self.classes))
+
+    def _unalias(self, t):
+        # `d[k]` where d = self.last: self.last[k]
+        path, node = [], t
+        while isinstance(node, (ast.Subscript, ast.Attribute)):
+            path.append(node)
+            node = node.value
+        if not (isinstance(node, ast.Name) and node.id in self.aliases) or not path:
+            return t
+        rebuilt = self.aliases[node.id]
+        for n in reversed(path):
+            rebuilt = ast.Subscript(value=rebuilt, slice=n.slice) if isinstance(n, ast.Subscript) \
+                else ast.Attribute(value=rebuilt, attr=n.attr)
+        return rebuilt
 
     def _flow_state_value(self, target, value, node):
         # per-flow state that a checkpoint cannot carry: the connection would be read again from
@@ -171,7 +197,8 @@ class _Finder(ast.NodeVisitor):
         if not isinstance(target, ast.Subscript) or not _flow_state(target, self.flow_names):
             return
         key = target.slice
-        if isinstance(key, ast.Tuple) or (isinstance(key, ast.Constant) and not isinstance(key.value, str)):
+        if isinstance(key, ast.Tuple) or (isinstance(key, ast.Constant) and not isinstance(key.value, str)) \
+                or (isinstance(key, ast.Attribute) and key.attr in NUMBER_FIELDS):
             self.add(node, f"flow.state key {ast.unparse(key)} in {self.method}() is not a string (JSON keys are)",
                      "per-flow", "use a string key, or a list indexed by direction")
         why = _not_data(value) if value is not None else None
@@ -180,6 +207,7 @@ class _Finder(ast.NodeVisitor):
                      "keep objects in flow.cache and, in flow.state, the plain data that rebuilds them")
 
     def _target(self, t, node, how):
+        t = self._unalias(t)
         shared = _class_attr(t, self.class_names)
         if shared is not None and self._in_hook() and shared not in API:
             self.add(node, f"class attribute {shared} {how} in {self.method}() (every instance shares it)", "global",
@@ -225,7 +253,10 @@ class _Finder(ast.NodeVisitor):
             # d.setdefault(KEY, ...) / d.pop(KEY): keyed like d[KEY]
             keyed = ast.Subscript(value=f.value, slice=node.args[0]) if f.attr in ("setdefault", "pop") and node.args \
                 else f.value
-            self._target(keyed, node, f"mutated ({f.attr})") if not isinstance(f.value, ast.Name) else None
+            if not isinstance(f.value, ast.Name):
+                self._target(keyed, node, f"mutated ({f.attr})")
+            elif f.value.id in self.aliases:        # d.append(x) where d = self.items
+                self._target(self.aliases[f.value.id] if keyed is f.value else keyed, node, f"mutated ({f.attr})")
             if isinstance(f.value, ast.Name) and f.value.id in self.globals and self.method is not None:
                 kind, sug = _classify(_subscript_keys(keyed), self.flow_names, self.derived) \
                     if keyed is not f.value else ("global", "declare it: NAME = Global() (or CrossFlow if it is keyed by flow fields)")
@@ -245,6 +276,34 @@ class _Finder(ast.NodeVisitor):
                  "keep it in declared state (flow.state, CrossFlow or Global): a closure is not saved or moved")
 
 
+def _init_only(tree):
+    """(class, method) of the helpers that only __init__ calls (self.NAME(...)), directly or
+    through other such helpers: what they set is set up, not state."""
+    out = set()
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        methods = {m.name: m for m in cls.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        callers = {name: set() for name in methods}
+        for name, m in methods.items():
+            for n in ast.walk(m):
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name) \
+                        and n.func.value.id == "self" and n.func.attr in callers:
+                    callers[n.func.attr].add(name)
+        init = {"__init__"}
+        while True:
+            more = {name for name, by in callers.items() if name not in init and by and by <= init
+                    and not name.startswith("on_")}
+            if not more:
+                break
+            init |= more
+        # a method named other than in a call (a callback handed out) may run any time
+        called = {id(n.func) for m in methods.values() for n in ast.walk(m) if isinstance(n, ast.Call)}
+        handed = {n.attr for m in methods.values() for n in ast.walk(m)
+                  if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
+                  and id(n) not in called}
+        out |= {(cls.name, name) for name in init - {"__init__"} - handed}
+    return out
+
+
 def analyze_source(source, path, declared=(), classes=None):
     """Findings (dicts) for the Python source of a module file; `classes`: the names of the
     module classes in it (default: every class)."""
@@ -260,6 +319,7 @@ def analyze_source(source, path, declared=(), classes=None):
                     module_globals.add(t.id)
     class_names = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
     f = _Finder(path, module_globals, set(declared), classes, class_names)
+    f.init_only = _init_only(tree)
     f.visit(tree)
     return sorted(f.findings, key=lambda x: x["line"])
 

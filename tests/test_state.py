@@ -388,6 +388,43 @@ def test_analyze_finds_per_flow_state_a_checkpoint_cannot_carry(tmp_path):
                      (17, "flow.state holds a tuple (it comes back a list)")}, found
 
 
+def test_analyze_follows_aliases_and_number_keys_and_leaves_set_up_alone(tmp_path):
+    """State changed through a local naming it (`d = self.last; d[k] = v`) was missed, as was a
+    flow.state key that is a number (`flow.state[flow.conn]`: read again from the first record
+    after a restart); an attribute set in a helper only __init__ calls was taken for state."""
+    path = tmp_path / "aliases.py"
+    path.write_text(textwrap.dedent('''
+        import re
+        from flowsift.modules import Module
+
+        class Aliases(Module):
+            """Keeps state through names for it."""
+            name = "aliases"
+
+            def __init__(self, config=None):
+                super().__init__(config)
+                self._setup()
+
+            def _setup(self):
+                self.rx = re.compile("x")
+                self.last = {}
+                self.items = []
+
+            def on_open(self, flow):
+                d = self.last
+                d[flow.client] = flow.first_ts
+                items = self.items
+                items.append(flow.conn)
+                flow.state[flow.conn] = 1
+                copy = dict(self.last)
+                copy["x"] = 1
+    '''))
+    res = run_cli("analyze", path, "--json")
+    assert res.returncode == 1, res.stderr
+    found = {(f["line"], f["kind"]) for f in json.loads(res.stdout)["findings"]}
+    assert found == {(20, "cross-flow"), (22, "global"), (23, "per-flow")}, found
+
+
 def test_analyze_follows_a_key_made_from_flow_fields(tmp_path):
     """A key put in a local first (`src = flow.client...`) or given to setdefault is still
     a flow field: cross-flow, not global; the connection itself is per-flow."""
