@@ -73,7 +73,9 @@ class Http(Module):
     direction's first bytes too) lost that message: a lost response still answers its
     request (reported with status null), a lost request still waits for its response (which
     is reported with method, host and uri null), so the pairing of what follows does not
-    shift when a gap loses one message start. A known limit: one gap taking the end of a
+    shift when a gap loses one message start. A response captured before the request it
+    answers (a capture merged from two taps) waits for that request, or for the client's side
+    to end: how it is framed depends on the method. A known limit: one gap taking the end of a
     message and the starts of the next ones is counted as one lost message, and the pairing
     after it may shift by the others; parsing resumes at the next message start,
     as it starts in a side seen from the middle (which may be the server's, seen first). A
@@ -333,6 +335,13 @@ class Http(Module):
             status = None
         else:
             status = start[1]
+            if not pending and not early and self._request_may_come(flow, stream, d):
+                # a response before any request it could answer (captured out of order): its
+                # framing depends on the request's method (HEAD, CONNECT), so it waits for it
+                # (or for the client's side to end)
+                st["awaits"] = True
+                return False
+            st.pop("awaits", None)
             # the request this response answers: the first one waiting, unless responses wait
             # for their requests already (then it is not known yet: taken as a GET)
             method = pending[0]["method"] if pending and not early else None
@@ -371,6 +380,20 @@ class Http(Module):
         st["msg"] = msg
         if request:
             flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
+            sides = flow.state["sides"]
+            for other in (0, 1):
+                if sides[other] is not None and sides[other] is not st and sides[other].get("awaits"):
+                    flow.cache["http.resume"] = other       # the response that waited for it goes on now
+
+    @staticmethod
+    def _request_may_come(flow, stream, d):
+        """Can the other side of this connection still send a request? It is not known to be
+        something else than HTTP, and it has not ended."""
+        other = flow.state["sides"][1 - d]
+        if other is not None and other["mode"] == "off":
+            return False
+        h = stream.file.header
+        return not h[f"close{1 - d}"] and not h[f"close{d}"]
 
     @staticmethod
     def _upgrade(headers):
