@@ -612,6 +612,6 @@ def test_a_registry_chain_stopped_by_ctrl_c_keeps_the_events_it_made(tmp_path, c
     wait_until(lambda: any(int(v) >= 5 for k in r.keys("flowsift:*:done:*") for v in [r.hlen(k)]), procs=(proc,))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().endswith("flowsift: interrupted")
+    assert proc.returncode == 130 and err.strip().endswith("flowsift: interrupted"), err
     got = read_events(events)
     assert sum(e["kind"] == "closed" for e in got) >= 5
