@@ -15,7 +15,7 @@ import struct
 
 from flowsift.errors import UsageError
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
-from flowsift.modules.edits import _words
+from flowsift.modules.edits import checksum_words
 from flowsift.streams import RecordFile
 from flowsift.streams.format import RF_LATE
 
@@ -74,6 +74,23 @@ def _checksums(b, l3, l4, v4, proto, ip_old, words):
         b[at:at + 2] = struct.pack("!H", c if c or proto == 6 else 0xFFFF)
 
 
+def _put_fields(b, l3, l4, v4, fields, first=True):
+    """Header `fields` into frame bytes `b`: the (old, new) bytes the transport checksum covers,
+    or None when a field lies past the captured bytes. Not `first` (a fragment after the first):
+    the ports and flags are not in it."""
+    words = []
+    for key, value in (fields or {}).items():
+        if key.endswith(("sport", "dport")) or key == "tcp_flags":
+            if not first:
+                continue
+            if l4 + (14 if key == "tcp_flags" else 4) > len(b):
+                return None
+        change = _put_field(b, l3, l4, v4, key, value)
+        if change is not None:
+            words.append(change)
+    return words
+
+
 def _rewrite(frame, p, fields, changes=None, so=None):
     """A copy of `frame` (decoded as `p`) with header `fields` and, its payload being stream
     bytes from offset `so` on, the payload edits of `changes` (a Changes) laid on it; None if it
@@ -83,14 +100,9 @@ def _rewrite(frame, p, fields, changes=None, so=None):
     b = bytearray(frame)
     l3, l4, v4, proto = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4, int(p["proto"])
     ip_old = bytes(b[l3:l3 + (b[l3] & 15) * 4]) if v4 and fields else None
-    words = []
-    for key, value in (fields or {}).items():
-        if (key.endswith(("sport", "dport")) or key == "tcp_flags") and \
-                l4 + (14 if key == "tcp_flags" else 4) > len(b):
-            return None
-        change = _put_field(b, l3, l4, v4, key, value)
-        if change is not None:
-            words.append(change)
+    words = _put_fields(b, l3, l4, v4, fields)
+    if words is None:
+        return None
     if changes is not None and so is not None:
         at = int(p["payload_off"])
         n = min(int(p["payload_len"]), len(b) - at)          # (what the snaplen left of it)
@@ -124,7 +136,7 @@ class _DatagramBytes:
         for off, old, new in self.changes.over(self.offset, self.offset + self.length):
             # clipped to the datagram, each from the bytes before it (in the order accepted)
             a, z = max(off, self.offset), min(off + len(new), self.offset + self.length)
-            words.append(_words(old[a - off:z - off], new[a - off:z - off], H + a - self.offset))
+            words.append(checksum_words(old[a - off:z - off], new[a - off:z - off], H + a - self.offset))
         return words
 
 
@@ -146,15 +158,10 @@ def _rewrite_fragment(frame, p, fields, payload=None):
         if frag_len <= 0 or l4 + frag_len > len(b):
             return None                   # (cut by the snaplen, or no length to go by)
         words.extend(payload.put(b, l4, int(p["frag_off"]), frag_len, first))
-    for key, value in fields.items():
-        if key.endswith(("sport", "dport")) or key == "tcp_flags":
-            if not first:
-                continue                  # the ports and flags are in the first fragment only
-            if l4 + (4 if key != "tcp_flags" else 14) > len(b):
-                return None
-        change = _put_field(b, l3, l4, v4, key, value)
-        if change is not None:
-            words.append(change)
+    changed = _put_fields(b, l3, l4, v4, fields, first)
+    if changed is None:
+        return None
+    words.extend(changed)
     if first and words and proto in (6, 17) and l4 + (18 if proto == 6 else 8) > len(b):
         return None
     _checksums(b, l3, l4, v4, proto, ip_old, words if first else ())

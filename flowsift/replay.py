@@ -354,9 +354,11 @@ DIFF_LINE = 200
 
 
 def _text_diff(a, b, limit=12):
+    def text(x):
+        # (a cut body may end inside a character: that part is let go, not taken for binary)
+        return x[:DIFF_BYTES].decode("utf-8", "strict" if len(x) <= DIFF_BYTES else "ignore")
     try:
-        ta, tb = a[:DIFF_BYTES].decode("utf-8", "strict" if len(a) <= DIFF_BYTES else "ignore"), \
-            b[:DIFF_BYTES].decode("utf-8", "strict" if len(b) <= DIFF_BYTES else "ignore")
+        ta, tb = text(a), text(b)
     except UnicodeDecodeError:
         k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
         return [f"binary: {len(a)} bytes recorded, {len(b)} now; first difference at byte {k}"]
@@ -533,7 +535,7 @@ class Replayer:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            res["failed"] = f"connect: {getattr(e, 'strerror', None) or type(e).__name__}"
+            res["failed"] = f"connect: {_said(e)}"
             return res
         match = "http" if (self.match == "http" and conv.http) else "exact"
         inbox = _Inbox(reader)
@@ -731,15 +733,10 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         except re.error as e:
             raise UsageError(f"--ignore-body-regex: {e}") from None
     out = _Report(report) if report else None
+    skipped, convs, temporary = {}, [], None
     try:
         check_target(host, port)
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
-    except BaseException:
-        if out is not None:
-            out.abandon()
-        raise
-    skipped, convs = {}, []
-    try:
         for path in store_files(directory):
             c = conversation(path, partial=partial)
             if c.skip is None and server_port is not None and int(c.server.rpartition(":")[2]) != server_port:
@@ -888,7 +885,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            row["failed"] = f"connect: {getattr(e, 'strerror', None) or type(e).__name__}"
+            row["failed"] = f"connect: {_said(e)}"
             return row
         inbox = _Inbox(reader)
         try:

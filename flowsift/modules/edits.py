@@ -28,7 +28,7 @@ class Edit(collections.namedtuple("Edit", "accepted reason")):
         return self.accepted
 
 
-def _words(old, new, pos):
+def checksum_words(old, new, pos):
     """(old, new) bytes that begin at byte `pos` of what a checksum covers, padded onto whole
     16-bit words."""
     if pos % 2:
@@ -78,7 +78,7 @@ class Changes:
         for off, _, new in hits:
             a, z = max(off, so), min(off + len(new), so + n)
             b[at + a - so:at + z - so] = new[a - off:z - off]
-        return _words(old, bytes(b[at + lo:at + hi]), pos + lo)
+        return checksum_words(old, bytes(b[at + lo:at + hi]), pos + lo)
 
 
 class Editor:
