@@ -13,6 +13,33 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _stop_signals():
+    import signal
+    return (signal.SIGINT, signal.SIGTERM)
+
+
+def start_forked(proc):
+    """Start the forked multiprocessing.Process `proc` with Ctrl-C and SIGTERM held back in it
+    until its target calls `take_stop_signals`: in between it would run its parent's handlers
+    (a KeyboardInterrupt there is a traceback on the terminal, from a process that was to ignore
+    the signal). A signal that comes meanwhile reaches the parent as usual."""
+    import signal
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def take_stop_signals(handler):
+    """In a process started by `start_forked`: Ctrl-C and SIGTERM go to `handler` (or
+    signal.SIG_IGN) from now on; one held back since the fork is handled (or dropped) now."""
+    import signal
+    for s in _stop_signals():
+        signal.signal(s, handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
+
+
 class FlowsiftError(Exception):
     """Base of every error flowsift raises on purpose. The CLI prints it as one line, exit 2."""
 

@@ -20,7 +20,7 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import FlowsiftError, Terminated, UsageError
+from flowsift.errors import FlowsiftError, Terminated, UsageError, start_forked, take_stop_signals
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
@@ -171,8 +171,7 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    take_stop_signals(stop)
     # the module workers this shard forks must not hold its result pipe: if the shard dies,
     # the parent sees the pipe end (and no half message waits for ever to be finished)
     fd = conn.fileno()
@@ -278,7 +277,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             parent, child = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_one, args=(spec, src, k, count, split, os.path.join(tmp, f"{k}.jsonl"), kw, child,
                                                handover, on_progress is not None))
-            p.start()
+            start_forked(p)
             child.close()
             procs.append((p, parent))
         results = [None] * processes

@@ -602,3 +602,29 @@ def test_workers_of_a_gateway_killed_outright_go_too(tmp_path, corpus):
     for w in left:
         os.kill(int(w), signal.SIGKILL)
     assert left == []
+
+
+def _signalled_before_it_says(took):
+    # a forked process that is signalled (as a group's Ctrl-C would) before it has said what it
+    # does with the signal, and then ignores it
+    import os
+    import signal
+    from flowsift.errors import take_stop_signals
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    take_stop_signals(signal.SIG_IGN)
+    took.value = 1
+
+
+def test_a_forked_worker_never_runs_its_parents_signal_handlers():
+    """A group's Ctrl-C that came between a worker's fork and its ignoring the signal raised
+    KeyboardInterrupt in it: multiprocessing printed "Process ForkProcess-2:1:" and a traceback
+    under a chain that otherwise stopped as it should."""
+    import multiprocessing as mp
+    from flowsift.errors import start_forked
+    ctx = mp.get_context("fork")
+    took = ctx.Value("i", 0)
+    p = ctx.Process(target=_signalled_before_it_says, args=(took,))
+    start_forked(p)
+    p.join(timeout=30)
+    assert p.exitcode == 0 and took.value == 1

@@ -18,7 +18,7 @@ import sys
 
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
-from flowsift.errors import FlowsiftError
+from flowsift.errors import FlowsiftError, start_forked, take_stop_signals
 from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain, start
 from flowsift.modules.runner import InlineChain, join_checkpoint, passive
@@ -42,6 +42,10 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
     # `index`: the module's place in the whole chain (spec). `inherited`: the gateway's ends of
     # this worker's pipe and of the other workers': held here, they would keep those pipes open
     # after the gateway died, and this worker (or another) would wait for it for ever
+    # Ctrl-C and SIGTERM are the gateway's to handle: it ends the run and its workers in order
+    # (`systemctl stop` and `timeout` signal the whole group: a worker ended so was restarted)
+    import signal
+    take_stop_signals(signal.SIG_IGN)
     for c in inherited:
         c.close()
     # what the worker inherits from the gateway lives as long as it does: out of the
@@ -49,11 +53,6 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
     import gc
     gc.freeze()
     collect_less()
-    import signal
-    # Ctrl-C and SIGTERM are the gateway's to handle: it ends the run and its workers in order
-    # (`systemctl stop` and `timeout` signal the whole group: a worker ended so was restarted)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cls, config = parse_chain(spec)[index]
     done = []                                        # finished connections, reported with the next checkpoint
 
@@ -260,7 +259,7 @@ class _Worker:
         self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
                                                                   self.owner.store_dir, child, self.owner.strict,
                                                                   self.owner.every, list(ends)), daemon=True)
-        self.proc.start()
+        start_forked(self.proc)
         self.owner.procs.append(self.proc)
         child.close()
 
