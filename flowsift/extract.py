@@ -63,5 +63,5 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
     out["capture_packets"] = decoder.packets
-    out.update(not_in_connections(decoder))
+    out.update(not_in_connections(decoder, r.defrag))
     return out

@@ -85,7 +85,8 @@ def print_stats(s, console=None):
     pt.add_row(Text("total", style="bold"), Text(_n(s["decoded"]), style="bold"))
     console.print(pt)
 
-    if s["undecoded"]:
+    rebuilt = s["ip"].get("undecoded_datagrams", {})
+    if s["undecoded"] or rebuilt:
         ut = Table(title="not decoded", title_justify="left")
         ut.add_column("reason")
         ut.add_column("packets", justify="right")
@@ -95,6 +96,9 @@ def print_stats(s, console=None):
             if reason == "non_ip" and s["non_ip"]:
                 extra = " (" + ", ".join(f"{k} {_n(v)}" for k, v in s["non_ip"].items()) + ")"
             ut.add_row(reason, _n(n), REASON_HELP.get(reason, "") + extra)
+        for reason, n in rebuilt.items():
+            # (not frames: their fragments decoded, and are counted as such above)
+            ut.add_row(reason, _n(n), REASON_HELP.get(reason, "") + " (datagrams rebuilt from fragments)")
         console.print(ut)
 
     notes = {k: v for k, v in s["anomalies"].items() if v}

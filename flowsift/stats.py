@@ -42,12 +42,12 @@ def capture_stats(path, filter_expression=None, on_progress=None):
     return _summarise(cap, decoder, flows, bpf, error, defrag)
 
 
-def not_in_connections(decoder):
+def not_in_connections(decoder, defrag):
     """The packets read that no connection can hold, by why: not decoded (their reasons are in
-    `flowsift stats`), or IP of another protocol than TCP and UDP (ICMP, ESP, ...)."""
-    c = decoder.counters()
-    other = sum(n for table in (c["proto4"], c["proto6"]) for proto, n in table.items() if proto not in (6, 17))
-    return {"not_decoded": sum(c["reasons"].values()), "other_protocols": other}
+    `flowsift stats`), or IP of another protocol than TCP and UDP (ICMP, ESP, ...). A datagram
+    that came in fragments counts once, as rebuilt: its fragments are in `defrag`'s counters."""
+    not_decoded = sum(decoder.counters()["reasons"].values()) + sum(defrag.undecoded().values())
+    return {"not_decoded": not_decoded, "other_protocols": decoder.other_protocols + defrag.other_protocols}
 
 
 def _summarise(cap, decoder, flows, bpf, error, defrag):
@@ -87,7 +87,8 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
                "reassembled_datagrams": defrag.datagrams, "fragment_overlaps": defrag.overlaps,
                "incomplete_datagrams": defrag.counters()["incomplete"],
                "late_duplicate_fragments": defrag.late_duplicates,
-               "datagrams_in_too_many_pieces": defrag.too_many_pieces},
+               "datagrams_in_too_many_pieces": defrag.too_many_pieces,
+               "undecoded_datagrams": {REASONS[k]: n for k, n in sorted(defrag.undecoded().items())}},
         "flows": {"tcp": flows.tcp_connections, "udp": flows.udp_flows, "tcp_reused_tuples": flows.reused_tuples},
         "undecoded": undecoded,
         "non_ip": non_ip,

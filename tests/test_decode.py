@@ -270,3 +270,45 @@ def test_with_every_tracker_taken_the_datagram_begun_first_goes(tmp_path):
     s = json.loads(run_cli("stats", "--json", f, check=True).stdout)
     assert s["ip"]["reassembled_datagrams"] == 4096 and s["ip"]["incomplete_datagrams"] == 2 * 904
     assert s["flows"]["udp"] == 4096
+
+
+def accounted(s):
+    """A `streams` summary's packets as docs/cli.md accounts for them (it must be capture_packets)."""
+    f = s["fragments"]
+    return (s["packets"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
+            + f["fragments"] - f["datagrams"])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("proto,body,reason", [
+    (17, udp(1000, 2000, b"u" * 392, length=600), "bad_udp_length"),
+    (6, tcp(1000, 80, payload=b"t" * 380, doff=3), "bad_tcp_data_offset"),
+], ids=["udp", "tcp"])
+def test_a_rebuilt_datagram_whose_transport_header_is_bad_is_counted_as_not_decoded(tmp_path, v6, proto, body, reason):
+    """As an unfragmented packet with the same header would be: under its reason, so that
+    every packet read is still accounted for."""
+    from flowsift.extract import extract_streams
+    from flowsift.stats import capture_stats
+    from pcapgen import fragments
+    src, dst = (A6, B6) if v6 else (A, B)
+    f = tmp_path / "bad.pcap"
+    f.write_bytes(pcap([(1, k, fr) for k, fr in enumerate(fragments(src, dst, proto, body, [0, 200], v6=v6))]))
+    s = extract_streams(str(f))
+    assert s["fragments"]["datagrams"] == 1 and s["packets"] == 0 and s["not_decoded"] == 1
+    assert s["capture_packets"] == accounted(s) == 2
+    assert capture_stats(str(f))["ip"]["undecoded_datagrams"] == {reason: 1}
+
+
+def test_a_datagram_of_another_protocol_counts_once_whether_rebuilt_or_not(tmp_path):
+    """ICMP in fragments: rebuilt, it is one packet of another protocol; never completed, its
+    fragments are counted as such, and not its first fragment as an ICMP packet too."""
+    from flowsift.extract import extract_streams
+    from pcapgen import fragments
+    echo = struct.pack(">BBHHH", 8, 0, 0, 1, 1) + b"p" * 400
+    whole = fragments(A, B, 1, echo, [0, 200], ident=5)
+    lone = fragments(A, B, 1, echo, [0, 200], ident=6)[:1]
+    f = tmp_path / "icmp.pcap"
+    f.write_bytes(pcap([(1, k, fr) for k, fr in enumerate(whole + lone)]))
+    s = extract_streams(str(f))
+    assert s["other_protocols"] == 1 and s["fragments"]["incomplete"] == 1
+    assert s["capture_packets"] == accounted(s) == 3

@@ -55,6 +55,7 @@ cdef class Decoder:
     cdef readonly uint64_t ip_len_exceeds_frame
     cdef readonly uint64_t ts_backwards     # packets stamped earlier than the one before
     cdef readonly uint64_t ts_packets       # packets with a timestamp of their own
+    cdef readonly uint64_t other_protocols  # decoded packets, not fragments, of protocols other than TCP and UDP
     cdef uint64_t reasons[ST_COUNT]
     cdef uint64_t proto4[256]        # decoded IPv4 packets by protocol (later fragments apart)
     cdef uint64_t proto6[256]
@@ -117,6 +118,9 @@ cdef class Decoder:
             self.bad_tcp_options += 1
         if p.flags & PF_IP_LEN_EXCEEDS_FRAME:
             self.ip_len_exceeds_frame += 1
+        if p.proto != 6 and p.proto != 17 and not (p.flags & PF_FRAGMENT):
+            # (a datagram that came in fragments is counted once rebuilt, by the defragmenter)
+            self.other_protocols += 1
         if p.ipver == 4:
             self.ipv4 += 1
             if p.flags & PF_FRAGMENT:
@@ -147,6 +151,7 @@ cdef class Decoder:
             "ts_min": self.ts_min if self.ts_packets else 0, "ts_max": self.ts_max if self.ts_packets else 0,
             "ipv4": self.ipv4, "ipv6": self.ipv6, "ipv4_fragments": self.frag4, "ipv6_fragments": self.frag6,
             "ipv4_later_fragments": self.later_frag4, "ipv6_later_fragments": self.later_frag6,
+            "other_protocols": self.other_protocols,
             "snaplen_cut": self.snaplen_cut, "trailers": self.trailers,
             "ip_len_from_frame": self.ip_len_from_frame, "bad_tcp_options": self.bad_tcp_options, "ip_len_exceeds_frame": self.ip_len_exceeds_frame, "ts_backwards": self.ts_backwards,
             "reasons": reasons, "proto4": proto4, "proto6": proto6, "non_ip_ethertypes": ethertypes,

@@ -124,6 +124,10 @@ cdef class Defragmenter:
     cdef readonly uint64_t malformed      # fragments whose offsets run past 64 KiB or contradict the total
     cdef readonly uint64_t late_duplicates  # fragments of a datagram already rebuilt, sent again
     cdef readonly uint64_t too_many_pieces  # datagrams given up: more than MAX_RANGES disjoint pieces at once
+    # rebuilt datagrams no connection holds, as the decoder counts whole packets: by the reason
+    # their headers did not decode, or of protocols other than TCP and UDP
+    cdef uint64_t not_decoded[ST_COUNT]
+    cdef readonly uint64_t other_protocols
 
     def __cinit__(self, str policy="first"):
         if policy not in ("first", "last"):
@@ -496,6 +500,10 @@ cdef class Defragmenter:
         decode_packet(p)
         p.flags |= PF_REASSEMBLED
         self.datagrams += 1
+        if p.status != ST_OK:
+            self.not_decoded[p.status] += 1
+        elif p.proto != 6 and p.proto != 17:
+            self.other_protocols += 1
         self._remember_done(t)
         self._drop(i)
         return 0
@@ -514,6 +522,11 @@ cdef class Defragmenter:
         for i in range(MAX_TRACKERS):
             if self.trk[i].used:
                 self._give_up(i)
+
+    def undecoded(self):
+        """{reason code: rebuilt datagrams whose headers did not decode} (codes as in reasons.py)."""
+        cdef int k
+        return {k: self.not_decoded[k] for k in range(1, ST_COUNT) if self.not_decoded[k]}
 
     def counters(self):
         return {"fragments": self.fragments, "datagrams": self.datagrams, "overlaps": self.overlaps,
