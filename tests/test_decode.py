@@ -272,6 +272,29 @@ def test_with_every_tracker_taken_the_datagram_begun_first_goes(tmp_path):
     assert s["flows"]["udp"] == 4096
 
 
+DEST_OPTS_UDP = bytes([17, 0]) + b"\x01\x04\0\0\0\0"        # Destination Options (PadN) -> UDP
+
+
+def test_ipv6_fragments_whose_fragmentable_part_starts_with_destination_options_are_rebuilt(tmp_path):
+    """The fragmentable part starts right after the Fragment header, with the Destination
+    Options header in it: the first fragment's bytes are taken from there, and the datagram's
+    headers decoded once it is whole."""
+    from flowsift.extract import extract_streams
+    from flowsift.reassembly import Reassembler
+    from pcapgen import fragments
+    payload = bytes(range(256)) * 2
+    frames = fragments(A6, B6, 60, udp(2002, 9999, payload), [0, 200, 400], ident=22, v6=True, inner=DEST_OPTS_UDP)
+    f = tmp_path / "destopts.pcap"
+    f.write_bytes(pcap([(1, k, fr) for k, fr in enumerate(frames)]))
+    first, _ = one(tmp_path, frames[0])
+    assert first["flags"] & 4 and first["proto"] == 60 and first["l4_off"] == 14 + 40 + 8
+    r = Reassembler()
+    r.feed_capture(str(f))
+    assert bytes(r.collector.dirs[(0, 0)].data) == payload
+    s = extract_streams(str(f))
+    assert s["fragments"]["datagrams"] == 1 and s["fragments"]["incomplete"] == 0
+    assert s["capture_packets"] == accounted(s) == 3
+
 def accounted(s):
     """A `streams` summary's packets as docs/cli.md accounts for them (it must be capture_packets)."""
     f = s["fragments"]

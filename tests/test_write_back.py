@@ -176,6 +176,23 @@ def test_a_datagram_whose_transport_header_spans_fragments_leaves_whole_and_coun
     assert frames(out) == frames(src)
 
 
+def test_a_datagram_whose_fragments_begin_with_ipv6_extension_headers_leaves_whole_and_counted(tmp_path):
+    """IPv6 fragments whose fragmentable part starts with Destination Options: the datagram is
+    rebuilt and its flow edited, but its first fragment does not start with the UDP header the
+    edits would change, so every fragment leaves as it came, and is counted so."""
+    from pcapgen import A6, B6, fragments, pcap, udp
+    opts = bytes([17, 0]) + b"\x01\x04\0\0\0\0"
+    body = udp(2002, 9999, bytes(range(256)) * 2)
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    src.write_bytes(pcap([(1, k, fr) for k, fr in enumerate(
+        fragments(A6, B6, 60, body, [0, 200, 400], ident=22, v6=True, inner=opts))]))
+    res = run_cli("chain", "nat(to=[2001:db8::9]:53)", src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["edits"]["accepted"]["nat"] > 0
+    assert summary["egress"]["not_editable"] == summary["egress"]["packets"] == 3
+    assert frames(out) == frames(src)
+
 def test_redact_masks_udp_datagrams_in_the_output(tmp_path):
     """DNS names over UDP: their edits were accepted and counted, and the datagrams left
     masked. (Recorded on loopback, their checksums were never filled in: they stay so.)"""

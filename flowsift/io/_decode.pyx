@@ -391,7 +391,7 @@ cdef inline void decode_ipv6(pkt_t* p, uint32_t off) noexcept nogil:
     nh = d[off + 6]
     cur = off + 40
     end = off + tot
-    while nh == 0 or nh == 43 or nh == 44 or nh == 51 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
+    while ipv6_extension(nh):
         n_ext += 1
         if n_ext > MAX_IPV6_EXT:
             p.status = ST_TRUNCATED_IPV6_EXT
@@ -411,8 +411,10 @@ cdef inline void decode_ipv6(pkt_t* p, uint32_t off) noexcept nogil:
                 if p.frag_off == 0:
                     p.flags |= PF_FRAG_FIRST
             cur += 8
-            if p.frag_off != 0:
-                break           # later fragments: the rest is payload of the fragmented packet
+            if p.flags & PF_FRAGMENT:
+                # the fragmentable part starts here: the headers in it (Destination Options...)
+                # are decoded from the rebuilt datagram, as the first fragment may not hold them
+                break
         else:
             if cur + 2 > L or cur + 2 > end:
                 p.status = ST_TRUNCATED_IPV6_EXT

@@ -12,7 +12,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
 from flowsift.io._bytes cimport fs_be16
-from flowsift.io._decode cimport decode_packet
+from flowsift.io._decode cimport decode_packet, ipv6_extension
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -310,7 +310,8 @@ cdef class Defragmenter:
         cdef tracker_t* t
         cdef bint more = (p.flags & PF_MORE_FRAGS) != 0
         self.fragments += 1
-        # fragment payload: from the transport offset to the end of the IP packet
+        # fragment payload: the fragmentable part, from the end of the IP header (IPv6: of the
+        # Fragment header) to the end of the IP packet
         if p.ipver == 4:
             wire_n = fs_be16(d + l3 + 2) - (l4 - l3) if not (p.flags & PF_IP_LEN_FROM_FRAME) else p.wirelen - l4
         else:
@@ -487,8 +488,10 @@ cdef class Defragmenter:
         iface = p.iface
         if self.members is not None:
             # editable in its fragments only if the first holds the whole transport header
-            # (ports and checksum): tiny fragments spread it over several
-            self.members[pos] = (self._pos.pop(i, [pos]), t.first_len >= (20 if t.proto == 6 else 8))
+            # (ports and checksum) where its fragmentable part starts: tiny fragments spread it
+            # over several, and IPv6 extension headers (Destination Options) may come first
+            self.members[pos] = (self._pos.pop(i, [pos]), t.first_len >= (20 if t.proto == 6 else 8) and
+                                 not (t.ipver == 6 and ipv6_extension(t.proto)))
         memset(p, 0, sizeof(pkt_t))
         p.ts_ns = ts
         p.rec_pos = pos

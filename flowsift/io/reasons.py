@@ -53,8 +53,9 @@ LINKTYPES = {
 SUPPORTED_LINKTYPES = frozenset(LINKTYPES)
 
 IP_PROTOCOLS = {
-    1: "icmp", 2: "igmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6-in-ip", 47: "gre", 50: "esp",
-    51: "ah", 58: "icmpv6", 59: "ipv6-nonxt", 89: "ospf", 103: "pim", 112: "vrrp", 132: "sctp",
+    1: "icmp", 2: "igmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6-in-ip", 43: "ipv6-route", 44: "ipv6-frag",
+    47: "gre", 50: "esp", 51: "ah", 58: "icmpv6", 59: "ipv6-nonxt", 60: "ipv6-opts", 89: "ospf", 103: "pim",
+    112: "vrrp", 132: "sctp",
 }
 
 ETHERTYPES = {0: "llc", 0x0806: "arp", 0x8035: "rarp", 0x88CC: "lldp", 0x8847: "mpls", 0x8848: "mpls",
