@@ -86,6 +86,7 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
                "ipv4_fragments": c["ipv4_fragments"], "ipv6_fragments": c["ipv6_fragments"],
                "reassembled_datagrams": defrag.datagrams, "fragment_overlaps": defrag.overlaps,
                "incomplete_datagrams": defrag.counters()["incomplete"],
+               "truncated_datagrams": defrag.counters()["truncated"],
                "late_duplicate_fragments": defrag.late_duplicates,
                "datagrams_in_too_many_pieces": defrag.too_many_pieces,
                "undecoded_datagrams": {REASONS[k]: n for k, n in sorted(defrag.undecoded().items())}},

@@ -335,3 +335,27 @@ def test_a_datagram_of_another_protocol_counts_once_whether_rebuilt_or_not(tmp_p
     s = extract_streams(str(f))
     assert s["other_protocols"] == 1 and s["fragments"]["incomplete"] == 1
     assert s["capture_packets"] == accounted(s) == 3
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("cut,order", [(1, [0, 1, 2]), (0, [2, 1, 0]), (2, [0, 1, 2]), (1, [0, 1])],
+                         ids=["middle", "first-arriving-last", "last", "never-complete"])
+def test_a_datagram_with_a_fragment_cut_by_the_snaplen_is_dropped_as_truncated(tmp_path, v6, cut, order):
+    """Whether every fragment came (it is dropped when the last does) or not (when it is given
+    up): a fragment was cut, so the datagram could never be whole, and says so."""
+    from flowsift.extract import extract_streams
+    from flowsift.stats import capture_stats
+    from pcapgen import fragments
+    src, dst = (A6, B6) if v6 else (A, B)
+    frames = fragments(src, dst, 17, udp(3102, 9999, bytes(range(256)) * 2), [0, 200, 400], ident=43, v6=v6)
+    recs = [(1, k, frames[i][:100], len(frames[i])) if i == cut else (1, k, frames[i]) for k, i in enumerate(order)]
+    if len(order) == 3:
+        recs.append((1, 9, frames[1]))          # sent again once the datagram was dropped: late
+    f = tmp_path / "cut.pcap"
+    f.write_bytes(pcap(recs))
+    s = extract_streams(str(f))
+    assert (s["fragments"]["truncated"], s["fragments"]["incomplete"], s["fragments"]["datagrams"]) == (1, 0, 0)
+    assert s["fragments"]["late_duplicates"] == (len(order) == 3)
+    assert s["capture_packets"] == accounted(s) == len(recs)
+    ip = capture_stats(str(f))["ip"]
+    assert ip["truncated_datagrams"] == 1 and ip["incomplete_datagrams"] == 0

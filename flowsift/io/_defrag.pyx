@@ -296,7 +296,9 @@ cdef class Defragmenter:
 
     cdef void _give_up(self, int i) noexcept nogil:
         # leaves the table incomplete: timed out, pushed out, or at the end of input
-        if self.trk[i].overflowed:
+        if self.trk[i].poisoned:
+            self.truncated += 1             # (it could never have been whole)
+        elif self.trk[i].overflowed:
             self.too_many_pieces += 1
         else:
             self.timeouts += 1
@@ -376,14 +378,17 @@ cdef class Defragmenter:
             b = t.ranges[k].end if t.ranges[k].end < e else e
             if a < b:
                 self.overlaps += 1
-                for k2 in range(a, b):
-                    if t.data[k2] != d[l4 + k2 - off]:
-                        self.conflict_bytes += 1
+                if not t.poisoned:      # (else the bytes held there may be ones never captured)
+                    for k2 in range(a, b):
+                        if t.data[k2] != d[l4 + k2 - off]:
+                            self.conflict_bytes += 1
         if self.last_wins:
             memcpy(t.data + s, d + l4, e - s)
         else:
             self._copy_uncovered(t, s, e, d + l4 - off)
-        self._add_range(t, s, e)
+        # the bytes the capture cut count as arrived: the datagram completes when every fragment
+        # came, and is dropped then as truncated rather than waiting to be given up
+        self._add_range(t, s, off + wire_n)
         if t.total and t.have_first and t.n_ranges == 1 and t.ranges[0].start == 0 and t.ranges[0].end >= t.total:
             self._emit(i, p)
         return 0
@@ -461,6 +466,7 @@ cdef class Defragmenter:
         cdef uint16_t iface
         if t.poisoned:
             self.truncated += 1
+            self._remember_done(t)          # (its fragments all came: one sent again is late)
             self._drop(i)
             return 0
         hl = t.hdr_len if t.ipver == 4 else 40
@@ -532,7 +538,15 @@ cdef class Defragmenter:
         return {k: self.not_decoded[k] for k in range(1, ST_COUNT) if self.not_decoded[k]}
 
     def counters(self):
+        # datagrams still being rebuilt count as incomplete, but those a cut fragment already
+        # made truncated
+        cdef int i
+        cdef uint64_t cut = 0
+        if self.n_used:
+            for i in range(MAX_TRACKERS):
+                if self.trk[i].used and self.trk[i].poisoned:
+                    cut += 1
         return {"fragments": self.fragments, "datagrams": self.datagrams, "overlaps": self.overlaps,
-                "conflict_bytes": self.conflict_bytes, "incomplete": self.timeouts + self.n_used,
-                "truncated": self.truncated, "malformed": self.malformed, "late_duplicates": self.late_duplicates,
+                "conflict_bytes": self.conflict_bytes, "incomplete": self.timeouts + self.n_used - cut,
+                "truncated": self.truncated + cut, "malformed": self.malformed, "late_duplicates": self.late_duplicates,
                 "too_many_pieces": self.too_many_pieces}
