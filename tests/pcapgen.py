@@ -133,3 +133,11 @@ def timed_capture(path, packets, port=80):
                        ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags, payload=payload)))))
     path.write_bytes(pcap(frames))
     return path
+
+
+def udp_cut_capture(path):
+    """A UDP datagram of 1000 bytes the capture cut to its first 38, then one of 5 whole."""
+    cut = ether(ipv4(A, B, 17, udp(5003, 7003, b"S" * 1000)))
+    path.write_bytes(pcap([(1, 0, cut[:14 + 20 + 8 + 38], len(cut)),
+                           (1, 1, ether(ipv4(A, B, 17, udp(5003, 7003, b"after"))))]))
+    return path

@@ -429,6 +429,22 @@ def test_udp_datagrams_per_direction(corpus):
     assert len(udp) == 13
 
 
+def test_a_udp_datagram_cut_by_the_snaplen_leaves_a_gap(tmp_path):
+    """The missing tail is a gap of reason snaplen, as a TCP segment's would be: the next
+    datagram is not glued to the captured part, in the events and in the streams index."""
+    from pcapgen import udp_cut_capture
+    path = udp_cut_capture(tmp_path / "udpcut.pcap")
+    r = run(path)
+    D = r.collector.dirs[(0, 0)]
+    assert bytes(D.data) == b"S" * 38 + b"after" and D.gaps == [[38, 962]] and D.end == 1005
+    gaps = [e for e in r.collector.events if isinstance(e, Gap)]
+    assert [(g.offset, g.length, g.reason) for g in gaps] == [(38, 962, "snaplen")]
+    out = tmp_path / "o"
+    summary = json.loads(run_cli("streams", path, "-o", out, "--json", check=True).stdout)
+    assert (summary["gaps"], summary["gap_bytes"], summary["bytes"]) == (1, 962, 43)
+    line = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    assert line["gaps"] == [[38, 962]] and line["gap_bytes"] == 962 and line["bytes"] == 43
+
 def test_streams_index_fields_are_documented(tmp_path, corpus):
     from conftest import ROOT
     out = tmp_path / "o"

@@ -191,6 +191,18 @@ def test_a_store_without_bytes_has_the_same_records_and_refuses_to_be_read_for_b
 RF_DOCUMENTED = {1, 2, 4, 8, 16, 32, 128}     # docs/record-format.md, rflags
 
 
+
+def test_a_udp_datagram_cut_by_the_snaplen_is_flagged_and_leaves_a_hole(tmp_path):
+    """Its record says snaplen-cut (rflags 32) and carries the gap declared for its tail (16);
+    the next datagram lies at the offset the bytes sent give it, after the hole."""
+    from pcapgen import udp_cut_capture
+    store = tmp_path / "s"
+    run_cli("gateway", udp_cut_capture(tmp_path / "udpcut.pcap"), "--store", store, "--keep", check=True)
+    h, records, gaps, streams = read_with_struct(store / "c00000000.rec")
+    assert [(r[3], r[4], r[5], r[11]) for r in records] == [(0, 38, 1000, 32 | 16), (1000, 5, 5, 0)]
+    assert gaps == [(0, 4, 0, 38, 962)] and h["end0"] == 1005
+    assert streams[0] == b"S" * 38 + b"after"
+
 def test_record_fields_mean_what_the_document_says(tmp_path, corpus):
     """seq_offset, origin, acked, rflags and a gap's record_index, read with struct, on captures
     that exercise them: FIN/RST injected before the SYN-ACK (rflags 128), a hole and its gaps,

@@ -242,6 +242,7 @@ cdef class Engine:
     cdef int _acked_holes(self, uint32_t i) except -1
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1
     cdef int _trailing_gap(self, uint32_t i, int d) except -1
+    cdef int _udp_cut(self, uint32_t i, int d, pkt_t* p) except -1
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1
     cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n, bint stable) except -1
     cdef void _retain(self, dir_t* D, const uint8_t* data, uint32_t n, bint stable) noexcept nogil

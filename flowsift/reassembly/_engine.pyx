@@ -845,6 +845,8 @@ cdef class Engine:
             D.delivered += p.payload_len
             self.sink.on_datagram(i, d, p.ts_ns, p.data + p.payload_off, p.payload_len)
             p.rflags = 0
+            if p.payload_len < p.payload_wirelen:
+                self._udp_cut(i, d, p)
             self.sink.on_packet(i, p)
             self._lru_push(i, LRU_UDP)
             return 0
@@ -1134,6 +1136,21 @@ cdef class Engine:
         D.n_refs = 0
         D.ref_head = 0
         D.ref_bytes = 0
+        return 0
+
+    cdef int _udp_cut(self, uint32_t i, int d, pkt_t* p) except -1:
+        # the capture cut a datagram: its missing tail is a gap, so that the direction's offsets
+        # (the next datagram's too) count the bytes sent, as a TCP stream's do
+        cdef dir_t* D = &conn_at(self, i).d[d]
+        cdef int64_t at = <int64_t>(D.delivered + D.gap_bytes)
+        cdef int64_t n = <int64_t>p.payload_wirelen - p.payload_len
+        D.gap_bytes += <uint64_t>n
+        if D.n_gaps == 0 or D.gap_end != at:
+            D.n_gaps += 1
+            D.gap_start = at
+        D.gap_end = at + n
+        p.rflags = RF_SNAPLEN_CUT | RF_GAP_BEFORE
+        self.sink.on_gap(i, d, at, n, GAP_SNAPLEN)
         return 0
 
     cdef int _trailing_gap(self, uint32_t i, int d) except -1:

@@ -205,7 +205,7 @@ ctypedef struct cstate_t:
     uint64_t records
     uint64_t gaps
     uint64_t first_id
-    int64_t udp_end[2]       # data written so far for a UDP direction (datagrams are appended)
+    int64_t udp_end[2]       # data written so far for a UDP direction (datagrams appended, a cut tail a hole)
     int64_t udp_rec[2]       # the same, advanced as records are written
     int64_t pub_end[2]       # stream ends as last published (what readers were told)
     uint64_t done_mask       # modules that finished every record
@@ -1248,6 +1248,8 @@ cdef class RecordStore(Sink):
         g.length = length
         self._write(conn, st, R_GAPS, GAPS_OFF + <int64_t>st.gaps * GAP_SIZE, <const uint8_t*>&g, GAP_SIZE)
         st.gaps += 1
+        if st.proto == 17:
+            st.udp_end[d] = offset + length     # (a datagram's tail the capture cut: a hole)
         self._touch(conn, st)
         return 0
 
@@ -1290,7 +1292,7 @@ cdef class RecordStore(Sink):
         r.ts_ns = p.ts_ns
         if p.proto == 17:
             r.seq_offset = st.udp_rec[p.dir]
-            st.udp_rec[p.dir] += p.payload_len
+            st.udp_rec[p.dir] += p.payload_wirelen  # (what the capture cut of it is a gap)
         else:
             r.seq_offset = p.stream_off
         r.payload_len = p.payload_len
