@@ -154,6 +154,29 @@ def test_tso_zero_ip_length_uses_frame(tmp_path):
     assert p["status"] == 0 and len(pay) == 4000 and p["flags"] & 16
 
 
+def test_zero_ipv6_payload_length_uses_frame_as_ipv4_does(tmp_path):
+    """A GSO send captured before the NIC split it (Linux BIG TCP) has payload length 0 and no
+    Jumbo Payload option; a jumbogram has the option. No Next Header alone may carry nothing:
+    the bytes after it are padding."""
+    big = tcp(1, 2, payload=b"x" * 4000)
+    p, pay = one(tmp_path, ether(ipv6(A6, B6, 6, big, plen=0), ethertype=0x86DD))
+    assert p["status"] == 0 and len(pay) == 4000 and p["flags"] & 16
+    dgram = struct.pack(">HHHH", 5, 6, 0, 0) + b"j" * 70000                  # UDP length 0 too
+    jumbo = bytes([17, 0, 0xC2, 4]) + struct.pack(">I", 8 + len(dgram))      # Hop-by-Hop: Jumbo Payload
+    p, pay = one(tmp_path, ether(ipv6(A6, B6, 0, jumbo + dgram, plen=0), ethertype=0x86DD))
+    assert p["status"] == 0 and p["proto"] == 17 and len(pay) == 70000 and p["flags"] & 16
+    p, _ = one(tmp_path, ether(ipv6(A6, B6, 59, b"\0" * 6, plen=0), ethertype=0x86DD))
+    assert p["status"] == 0 and p["proto"] == 59 and not p["flags"] & 16 and p["flags"] & 128
+    # fragments so captured: each frame gives its fragment's length, and the datagram is rebuilt
+    from flowsift.extract import extract_streams
+    from pcapgen import fragments
+    frames = [fr[:18] + b"\0\0" + fr[20:] for fr in fragments(A6, B6, 17, udp(5, 6, b"f" * 400), [0, 200], v6=True)]
+    f = tmp_path / "frag0.pcap"
+    f.write_bytes(pcap([(1, k, fr) for k, fr in enumerate(frames)]))
+    s = extract_streams(str(f))
+    assert s["fragments"]["datagrams"] == 1 and s["bytes"] == 400
+
+
 def test_snaplen_cut_inside_tcp_header_is_truncation_not_malformation(tmp_path):
     frame = ether(ipv4(A, B, 6, SEG))
     p, _ = one(tmp_path, frame[:14 + 20 + 10], wirelen=len(frame))

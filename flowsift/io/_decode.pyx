@@ -378,8 +378,10 @@ cdef inline void decode_ipv6(pkt_t* p, uint32_t off) noexcept nogil:
         return
     wire = wire_ip_bytes(p, off)
     tot = 40 + <uint32_t>fs_be16(d + off + 4)
-    if tot == 40 and wire > 40 and d[off + 6] == 0:
-        # jumbogram or TSO capture: the frame gives the length
+    if tot == 40 and wire > 40 and d[off + 6] != 59:
+        # a jumbogram, or a TSO/GSO send captured before the NIC split it (Linux BIG TCP leaves
+        # the length 0, as IPv4's): the frame gives the length. Only No Next Header may really
+        # carry nothing, so its frame's bytes past the header stay padding
         tot = wire
         p.flags |= PF_IP_LEN_FROM_FRAME
     if tot > wire:

@@ -314,8 +314,10 @@ cdef class Defragmenter:
         self.fragments += 1
         # fragment payload: the fragmentable part, from the end of the IP header (IPv6: of the
         # Fragment header) to the end of the IP packet
-        if p.ipver == 4:
-            wire_n = fs_be16(d + l3 + 2) - (l4 - l3) if not (p.flags & PF_IP_LEN_FROM_FRAME) else p.wirelen - l4
+        if p.flags & PF_IP_LEN_FROM_FRAME:
+            wire_n = (p.wirelen if p.wirelen > p.caplen else p.caplen) - l4     # (as the decoder took it)
+        elif p.ipver == 4:
+            wire_n = fs_be16(d + l3 + 2) - (l4 - l3)
         else:
             wire_n = <uint32_t>fs_be16(d + l3 + 4) + 40 - (l4 - l3)
         n = p.caplen - l4 if p.caplen > l4 else 0
