@@ -46,6 +46,8 @@ def test_pppoe_and_mpls(tmp_path):
 
 @pytest.mark.parametrize("linktype,prefix", [
     (0, struct.pack("<I", 2)), (0, struct.pack(">I", 2)),        # NULL in either host order
+    (0, b"\x0f\x00\x08\x00"), (0, b"\x8f\x00\x08\x00"),              # NULL holding Cisco HDLC framing
+    (0, b"\xff\x03\x00\x21"),                                       # NULL holding PPP in HDLC framing
     (108, struct.pack(">I", 2)),                                  # LOOP: network order
     (12, b""), (101, b""), (228, b""),                            # raw IP
     (113, struct.pack(">HHH8sH", 0, 1, 6, b"\0" * 8, 0x0800)),    # Linux SLL
@@ -56,10 +58,27 @@ def test_link_types_ipv4(tmp_path, linktype, prefix):
     assert p["status"] == 0 and p["l3_off"] == len(prefix) and pay.startswith(b"GET")
 
 
-@pytest.mark.parametrize("linktype,prefix", [(0, struct.pack("<I", 10)), (0, struct.pack("<I", 30)), (101, b""), (229, b"")])
+@pytest.mark.parametrize("linktype,prefix", [(0, struct.pack("<I", 10)), (0, struct.pack("<I", 30)), (0, b"\x0f\x00\x86\xdd"),
+                                             (0, b"\xff\x03\x00\x57"), (101, b""), (229, b"")])
 def test_link_types_ipv6(tmp_path, linktype, prefix):
     p, _ = one(tmp_path, prefix + ipv6(A6, B6, 6, SEG), linktype=linktype)
     assert p["status"] == 0 and p["ipver"] == 6 and bytes(p["dst"]) == B6
+
+
+def test_null_frames_in_hdlc_framing_of_other_protocols_are_named(tmp_path):
+    """Cisco HDLC carries an ethertype (SLARP's here); PPP's other protocols (LCP) count as ppp."""
+    from flowsift.io.reasons import ethertype_name
+    p, _ = one(tmp_path, b"\x8f\x00\x80\x35" + b"\0" * 20, linktype=0)
+    assert REASONS[int(p["status"])] == "non_ip" and p["ethertype"] == 0x8035
+    p, _ = one(tmp_path, b"\xff\x03\xc0\x21" + b"\0" * 20, linktype=0)
+    assert REASONS[int(p["status"])] == "non_ip" and ethertype_name(int(p["ethertype"])) == "ppp"
+
+
+def test_a_loopback_capture_s_cisco_hdlc_frame_is_decoded_as_tshark_does(corpus):
+    """Frame 3 of the capture starts 0f 00 08 00: tshark reads an IPv4 DNS response in it."""
+    from flowsift.stats import capture_stats
+    s = capture_stats(str(corpus / "linktype__pcpp__null_loopback.pcap"))
+    assert s["undecoded"] == {} and s["protocols"] == {"udp": 2, "tcp": 1} and s["flows"]["udp"] == 2
 
 
 @pytest.mark.parametrize("linktype,head", [

@@ -33,6 +33,7 @@ cdef extern from *:
 
 DEF ET_IPV4 = 0x0800
 DEF ET_IPV6 = 0x86DD
+DEF ET_PPP = 0x880B       # PPP's ethertype: names a PPP frame of another protocol than IP
 
 
 cdef class Decoder:
@@ -237,19 +238,28 @@ cdef void decode_packet(pkt_t* p) noexcept nogil:
         if L < 4:
             p.status = ST_TRUNCATED_LINK
             return
-        if lt == LT_LOOP:
-            fam = fs_be32(d)
-        else:
-            fam = fs_ld32(d)             # host order of the capturing machine: either
-            if fam > 0xFFFF:
-                fam = __builtin_bswap32(fam)
         off = 4
-        if fam == 2:
-            et = ET_IPV4
-        elif fam == 10 or fam == 24 or fam == 28 or fam == 30:   # AF_INET6: Linux, BSDs, macOS
-            et = ET_IPV6
+        if lt == LT_NULL and (fs_be16(d) == 0x0F00 or fs_be16(d) == 0x8F00):
+            # Cisco HDLC framing (address, control, an ethertype), as tshark reads such a header:
+            # no address family starts so, in either byte order
+            et = fs_be16(d + 2)
+        elif lt == LT_NULL and fs_be16(d) == 0xFF03:
+            # PPP in HDLC framing (address, control, the PPP protocol)
+            fam = fs_be16(d + 2)
+            et = ET_IPV4 if fam == 0x0021 else (ET_IPV6 if fam == 0x0057 else ET_PPP)
         else:
-            et = 0
+            if lt == LT_LOOP:
+                fam = fs_be32(d)
+            else:
+                fam = fs_ld32(d)             # host order of the capturing machine: either
+                if fam > 0xFFFF:
+                    fam = __builtin_bswap32(fam)
+            if fam == 2:
+                et = ET_IPV4
+            elif fam == 10 or fam == 24 or fam == 28 or fam == 30:   # AF_INET6: Linux, BSDs, macOS
+                et = ET_IPV6
+            else:
+                et = 0
     elif lt == LT_SLL:
         if L < 16:
             p.status = ST_TRUNCATED_LINK

@@ -60,7 +60,7 @@ IP_PROTOCOLS = {
 
 ETHERTYPES = {0: "llc", 0x0806: "arp", 0x8035: "rarp", 0x88CC: "lldp", 0x8847: "mpls", 0x8848: "mpls",
               0x8863: "pppoe-discovery", 0x8864: "pppoe", 0x888E: "eapol", 0x88F7: "ptp", 0x8906: "fcoe",
-              0x0842: "wake-on-lan", 0x9000: "loopback"}
+              0x0842: "wake-on-lan", 0x9000: "loopback", 0x880B: "ppp"}
 
 
 def linktype_name(linktype):
