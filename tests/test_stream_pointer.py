@@ -389,6 +389,53 @@ def test_find_behind_the_position_stops_at_the_gap_there(tmp_path, corpus):
     assert sp.find(text, 1460) == sp.find(text) == 1460 + 136
 
 
+def test_sizes_past_int64_mean_all_and_offsets_past_it_are_outside(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
+    sp = StreamPointer(store_files(store)[0], 1)
+    end = sp.end_offset
+    sp.read(5)
+    assert sp.skip(2**63 - 1) == sp.tell() == end and sp.eof      # not past the end, never negative
+    assert sp.seek(0) == 0 and sp.skip(2**63 - 6) == end
+    sp.seek(0)
+    want = bytes(sp.peek())
+    assert bytes(sp.peek(2**63)) == bytes(sp.peek_bytes(2**64)) == want and sp.tell() == 0
+    assert bytes(sp.read_until(b"\r\n", 2**64)) == want[:want.index(b"\r\n") + 2]
+    assert sp.find(b"HTTP", 2**70) == sp.find(b"HTTP", -2**70) == -1
+    assert sp.find(b"\r\n\r\n", 0, 2**70) == want.find(b"\r\n\r\n")
+    for offset in (2**64, -2**64, end + 1, -1):
+        with pytest.raises(ValueError, match="outside the retained stream"):
+            sp.seek(offset)
+    with pytest.raises(ValueError, match="outside the stream"):
+        sp.resume(2**64)
+    import numpy
+    sp.seek(0)
+    assert bytes(sp.peek(numpy.int64(3))) == want[:3] and sp.seek(numpy.uint16(2)) == 2
+
+
+@pytest.mark.parametrize("call", ["seek", "resume", "skip", "peek", "read", "peek_bytes", "read_bytes", "find_start",
+                                  "find_end", "read_until_max"])
+def test_offsets_and_sizes_are_integers(tmp_path, corpus, call):
+    """As for range() or bytes.find: a float is a TypeError, never truncated."""
+    store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
+    sp = StreamPointer(store_files(store)[0], 1)
+    sp.read(4)
+    with pytest.raises(TypeError, match="'float' object cannot be interpreted as an integer"):
+        {"find_start": lambda: sp.find(b"x", 1.5), "find_end": lambda: sp.find(b"x", 0, 9.5),
+         "read_until_max": lambda: sp.read_until(b"\n", 9.5)}.get(call, lambda: getattr(sp, call)(1.5))()
+    assert sp.tell() == 4
+
+
+def test_an_empty_delimiter_is_a_mistake(tmp_path, corpus):
+    store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
+    sp = StreamPointer(store_files(store)[0], 1)
+    for delim in (b"", memoryview(b""), bytearray()):
+        with pytest.raises(ValueError, match="empty delimiter"):
+            sp.read_until(delim)
+    sp.skip()
+    with pytest.raises(ValueError, match="empty delimiter"):
+        sp.read_until(b"")                               # at the end too: the mistake is the same
+
+
 def test_a_gap_cut_by_the_end_of_a_short_file_is_passed_only_to_the_end(tmp_path):
     """A file cut inside a gap (its data region shorter than the gap): skip_gap stops at the
     end, and there is nothing more to meet."""

@@ -8,10 +8,13 @@ The hot loops (find, read_until) run memmem over the mapping.
 import mmap as _mmap
 import os as _os
 
+from operator import index as _index
+
 from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.errno cimport errno
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, INT64_MIN
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, INT64_MAX, INT64_MIN
 from libc.string cimport memchr, memcpy, strerror
 from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
 
@@ -21,6 +24,9 @@ from flowsift.streams.reader import RecordFile, StoreError
 
 cdef extern from "string.h" nogil:
     void* memmem(const void* haystack, size_t hl, const void* needle, size_t nl)
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
 
 # Virtual size of one mapping of a direction's data: no page is touched until read, so a big
 # window costs address space only, and the stream rarely outgrows it.
@@ -118,6 +124,21 @@ def first_carrier(const uint8_t[::1] recs not None, Py_ssize_t count, int direct
             memcpy(&ts, r + OFF_TS, 8)
             return ts
     return None
+
+
+cdef inline int64_t _as_int64(object n) except? -1:
+    # A size or offset argument: an integer (TypeError for anything else, as range() says), held
+    # to int64 (a size past it means "all there is"; an offset past it is out of range anyway).
+    cdef int overflow = 0
+    cdef long long v
+    if not PyLong_Check(n):
+        n = _index(n)
+    v = PyLong_AsLongLongAndOverflow(n, &overflow)
+    if overflow > 0:
+        return INT64_MAX
+    if overflow < 0:
+        return INT64_MIN
+    return v
 
 
 # The reason of the gap a pointer shows for bytes given back (reclaimed) that it had not read:
@@ -325,23 +346,24 @@ cdef class StreamPointer:
         self._ptr(off, n)
         return memoryview(self._map)[off - self.map_off:off - self.map_off + n]
 
-    def peek(self, Py_ssize_t n=-1):
+    def peek(self, n=-1):
         """Up to n bytes from the position (all available if n < 0), without moving."""
+        cdef int64_t k = _as_int64(n)
         cdef int64_t avail = self._limit() - self.pos
-        if n < 0 or n > avail:
-            n = avail
-        return self._view(self.pos, n)
+        if k < 0 or k > avail:
+            k = avail
+        return self._view(self.pos, k)
 
-    def read(self, Py_ssize_t n=-1):
+    def read(self, n=-1):
         """Up to n bytes (all available if n < 0); moves past them. Empty at a gap or the end."""
         v = self.peek(n)
         self.pos += len(v)
         return v
 
-    def peek_bytes(self, Py_ssize_t n=-1):
+    def peek_bytes(self, n=-1):
         """peek() as bytes, read from the file: for a caller that wants a copy anyway, no
         mapping is made, touched or unmapped (each costs more than the copy, for a few pages)."""
-        cdef int64_t k = n
+        cdef int64_t k = _as_int64(n)
         cdef int64_t avail = self._limit() - self.pos
         if k < 0 or k > avail:
             k = avail
@@ -354,22 +376,25 @@ cdef class StreamPointer:
             raise StoreError(f"{self.file.path}: cut short at stream offset {self.pos + len(data)}")
         return data
 
-    def read_bytes(self, Py_ssize_t n=-1):
+    def read_bytes(self, n=-1):
         """read() as bytes, read from the file (see peek_bytes)."""
         data = self.peek_bytes(n)
         self.pos += len(data)
         return data
 
-    def read_until(self, delim, Py_ssize_t max=-1):
+    def read_until(self, delim, max=-1):
         """Bytes up to and including `delim` if it occurs within the available bytes (and within
         `max`), moving past them; else None and the position stays (more may come)."""
         cdef const uint8_t[::1] d = memoryview(delim).cast("B") if not isinstance(delim, bytes) else delim
+        cdef int64_t limit = _as_int64(max)
         cdef int64_t avail = self._limit() - self.pos
         cdef const uint8_t* p
         cdef const uint8_t* hit
-        if max >= 0 and max < avail:
-            avail = max
-        if avail <= 0 or len(d) == 0:
+        if len(d) == 0:
+            raise ValueError("read_until: an empty delimiter (it would match before every byte)")
+        if limit >= 0 and limit < avail:
+            avail = limit
+        if avail <= 0:
             return None
         p = self._ptr(self.pos, avail)
         if len(d) == 1:
@@ -385,7 +410,7 @@ cdef class StreamPointer:
         contiguous bytes there (a gap ends the search; none at a start inside one), ending
         before `end` if given, or -1. Works across packet boundaries; does not move."""
         cdef const uint8_t[::1] pat = pattern
-        cdef int64_t s = self.pos if start is None else start
+        cdef int64_t s = self.pos if start is None else _as_int64(start)
         cdef int64_t lim, n
         cdef const uint8_t* p
         cdef const uint8_t* hit
@@ -393,7 +418,7 @@ cdef class StreamPointer:
             return -1
         lim = self._limit_at(s, self._gap_index(s))
         if end is not None:
-            lim = min(lim, <int64_t>end)
+            lim = min(lim, _as_int64(end))
         n = lim - s
         if len(pat) == 0:
             return s if n >= 0 else -1
@@ -404,12 +429,17 @@ cdef class StreamPointer:
             hit = <const uint8_t*> memmem(p, n, &pat[0], len(pat))
         return -1 if hit == NULL else s + (hit - p)
 
-    def skip(self, int64_t n=-1):
-        """Move forward n bytes (over a gap too); not past the end. Without n: past every
-        available byte, to the next gap or the end (what read() would have returned, unmapped)."""
-        if n < 0:
-            n = self._limit() - self.pos
-        self.pos = min(self.pos + n, self.end)
+    def skip(self, n=-1):
+        """Move forward n bytes (over a gap too); not past the end. Without n (or n < 0): past
+        every available byte, to the next gap or the end (what read() would have returned,
+        unmapped)."""
+        cdef int64_t k = _as_int64(n)
+        if k < 0:
+            k = self._limit() - self.pos
+        if k >= self.end - self.pos:
+            self.pos = max(self.pos, self.end)
+        else:
+            self.pos += k
         return self.pos
 
     def skip_gap(self):
@@ -419,21 +449,23 @@ cdef class StreamPointer:
             self.pos = g.offset + g.length
         return g
 
-    def seek(self, int64_t offset):
+    def seek(self, offset):
         """Move to a stream offset within what is retained [start, end]."""
-        if offset < self.start or offset > self.end:
+        cdef int64_t off = _as_int64(offset)
+        if off < self.start or off > self.end:
             raise ValueError(f"offset {offset} outside the retained stream [{self.start}, {self.end}]")
-        self.pos = offset
+        self.pos = off
         return self.pos
 
-    def resume(self, int64_t offset):
+    def resume(self, offset):
         """Stand at `offset` again (a reader that closed its file, or restarted from a
         checkpoint, comes back to where it stood). Unlike seek(), below the retained start is
         allowed: what was given back since is shown as a gap (reason "reclaimed", at_gap and
         next_gap), never as bytes."""
-        if offset < 0 or offset > self.end:
+        cdef int64_t off = _as_int64(offset)
+        if off < 0 or off > self.end:
             raise ValueError(f"offset {offset} outside the stream [0, {self.end}]")
-        self.pos = offset
+        self.pos = off
         return self.pos
 
     def __repr__(self):
