@@ -361,3 +361,42 @@ def test_a_store_filled_by_new_files_still_says_why(tmp_path):
         manifest = json.loads((mnt / "s" / "store.json").read_text())
         assert manifest["complete"] is False and "full" in manifest["error"] and manifest["source"] == str(cap)
         assert not [p for p in (mnt / "s").iterdir() if p.name.endswith(".rec.new")]
+
+
+def _quick_cli(*args, seconds=20):
+    # a command that hung (reading a FIFO, counting 2^62 records) fails the test, not the suite
+    try:
+        return subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], capture_output=True, text=True,
+                              timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flowsift {' '.join(map(str, args))} still running after {seconds} s")
+
+
+def test_only_regular_files_named_as_the_gateway_names_them_are_record_files(tmp_path, corpus):
+    """A directory or a FIFO named like a record file is named as a problem, never opened (a
+    FIFO would block for ever); names the gateway never writes are not record files; files go
+    in connection order past c99999999."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    real = store / "c00000000.rec"
+    os.link(real, store / "c100000000.rec")
+    os.link(real, store / "c99999999.rec")
+    (store / "c00000004.rec").mkdir()
+    os.mkfifo(store / "c00000008.rec")
+    for junk in ("C00000007.rec", "c123.rec", "c000000001.rec", "c00000001.rec.bak"):
+        (store / junk).write_text("x")
+    assert store_files(store) == [str(store / n) for n in ("c00000000.rec", "c99999999.rec", "c100000000.rec")]
+    res = _quick_cli("inspect", store, "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and len(out["connections"]) == 3
+    assert [p for p in out["problems"] if "not a regular file" in p] == [
+        "c00000004.rec: not a record file: a directory, not a regular file",
+        "c00000008.rec: not a record file: a FIFO, not a regular file"]
+    one_line(_quick_cli("inspect", store / "c00000008.rec"), "c00000008.rec: not a record file: a FIFO, not a regular file")
+    for name in ("c00000004.rec", "c00000008.rec"):
+        with pytest.raises(StoreError, match="not a regular file"):
+            StreamPointer(store / name, 0)
+    junk_only = tmp_path / "junk"
+    junk_only.mkdir()
+    (junk_only / "c123.rec").write_text("x")
+    one_line(_quick_cli("inspect", junk_only), "not a store")

@@ -3,6 +3,8 @@ modules read streams through StreamPointer."""
 import mmap
 import json
 import os
+import re
+import stat
 from collections import namedtuple
 
 from flowsift.errors import FlowsiftError
@@ -28,18 +30,23 @@ class RecordFile:
 
     `records()` yields only published records (complete by construction). If the gateway
     stopped without closing the file, `cut` is True and `unpublished` counts the complete
-    records found after the published ones.
+    records found after the published ones. Only a regular file is a record file.
     """
 
     def __init__(self, path):
         self.path = str(path)
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            # (O_NONBLOCK: a FIFO by that name would block the open until a writer came)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise StoreError(f"{self.path}: no such record file") from None
         except OSError as e:
             raise StoreError(f"{self.path}: cannot open: {e.strerror}") from None
-        size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            raise StoreError(f"{self.path}: not a record file: {_kind(st.st_mode)}, not a regular file")
         if size < F.HEADER_SIZE:
             os.close(self._fd)
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
@@ -221,13 +228,47 @@ class RecordFile:
         self.close()
 
 
+# A record file's name: c, the connection number in 8 digits or more (as the gateway writes it,
+# "c%08u.rec"), .rec
+RECORD_NAME = re.compile(r"c(\d{8,10})\.rec")
+
+
+def record_name(name):
+    """The connection number a record file's name gives, or None for any other name."""
+    m = RECORD_NAME.fullmatch(name)
+    if m is None or f"{int(m.group(1)):08d}" != m.group(1):
+        return None
+    return int(m.group(1))
+
+
+def _kind(mode):
+    return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+            stat.S_IFBLK: "a device", stat.S_IFLNK: "a symbolic link"}.get(stat.S_IFMT(mode), "a special file")
+
+
 def store_files(directory):
-    """The record files of a store directory, in connection order."""
+    """The record files of a store directory, in connection order: regular files named as the
+    gateway names them (`c00000007.rec`); other entries are not record files."""
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".rec"))
+        with os.scandir(directory) as it:
+            found = [(conn, e.path) for e in it if (conn := record_name(e.name)) is not None and e.is_file()]
     except FileNotFoundError:
         raise StoreError(f"{directory}: no such store directory") from None
-    return [os.path.join(directory, n) for n in names]
+    return [path for _, path in sorted(found)]
+
+
+def not_record_files(directory):
+    """Entries of a store directory named as record files that are not regular files (a
+    directory, a FIFO...), each with what it is: store_files() leaves them out."""
+    out = []
+    with os.scandir(directory) as it:
+        for e in it:
+            if record_name(e.name) is not None and not e.is_file():
+                try:
+                    out.append((e.name, _kind(e.stat().st_mode)))
+                except OSError:
+                    out.append((e.name, "a dangling symbolic link"))
+    return sorted(out)
 
 
 def check_store(directory):
@@ -239,7 +280,8 @@ def check_store(directory):
         names = os.listdir(directory)
     except OSError as e:
         raise StoreError(f"{directory}: cannot read the store: {e.strerror}") from None
-    if "store.json" not in names and not any(n.endswith((".rec", ".rec.new")) for n in names):
+    if "store.json" not in names and not any(record_name(n[:-4] if n.endswith(".new") else n) is not None
+                                             for n in names):
         raise StoreError(f"{directory}: not a store (no record files, no store.json)")
 
 
@@ -257,7 +299,7 @@ def retired_note(directory):
     None."""
     try:
         names = os.listdir(directory)
-        if any(n.endswith(".rec") for n in names):
+        if any(record_name(n) is not None for n in names):
             return None
         with open(os.path.join(directory, "store.json")) as f:
             manifest = json.load(f)
