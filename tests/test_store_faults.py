@@ -1,6 +1,7 @@
 """The store under bad conditions: unwritable, full, killed mid-write, cut, another version."""
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -370,6 +371,52 @@ def _quick_cli(*args, seconds=20):
                               timeout=seconds)
     except subprocess.TimeoutExpired:
         pytest.fail(f"flowsift {' '.join(map(str, args))} still running after {seconds} s")
+
+
+# (field, offset and struct code in the header, value, what the error names)
+BAD_HEADERS = [
+    ("records", 40, "<Q", 2**62, "header field records is 4,611,686,018,427,387,904; the records region holds"),
+    ("gaps", 48, "<Q", 2**62, "header field gaps is 4,611,686,018,427,387,904; the gaps region holds"),
+    ("end0", 144, "<q", -5, "header field end0 is -5; a stream offset of direction 0 is 0 to 3,298,534,883,328"),
+    ("end1", 152, "<q", 2**62, "header field end1 is 4,611,686,018,427,387,904"),
+    ("reclaimed1", 184, "<q", -1, "header field reclaimed1 is -1"),
+    ("header_size", 12, "<I", 512, "header field header_size is 512; version 2 has 256"),
+    ("record_size", 16, "<I", 64, "header field record_size is 64; version 2 has 128"),
+    ("records_off", 96, "<Q", 0, "header field records_off is 0; version 2 has 256"),
+    ("gaps_off", 104, "<Q", 2**38, "header field gaps_off is 274,877,906,944"),
+    ("data_off0", 112, "<Q", 2**62, "header field data_off0 is 4,611,686,018,427,387,904; version 2 has 1,099,511,627,776"),
+    ("data_off1", 120, "<Q", 2**40, "header field data_off1 is 1,099,511,627,776"),
+    ("gap entry", 48, "<Q", 3, "gap entry 0 (of 3 the header counts) is no gap: direction 0, offset 0, length 0"),
+]
+
+
+@pytest.mark.parametrize("field,offset,code,value,needle", BAD_HEADERS, ids=[b[0] for b in BAD_HEADERS])
+def test_a_header_that_does_not_fit_the_format_is_refused_naming_the_field(tmp_path, corpus, field, offset, code,
+                                                                            value, needle):
+    """Every header field that says where a region is, or how far it goes, is checked against
+    the format when the file is opened (and the counters at each refresh): a corrupt one is a
+    StoreError, and for inspect one line naming the file and the field, exit 2 -- never a hang,
+    an OverflowError or a read into another region."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    path = store_files(store)[0]
+    rf = RecordFile(path)                   # opened while the header was sound
+    sp = StreamPointer(rf, 1)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(code, value))
+    said = "^" + re.escape(f"{path}: {needle}")
+    with pytest.raises(StoreError, match=said):
+        StreamPointer(path, 1) if field == "gap entry" else RecordFile(path)
+    if field in ("records", "gaps", "end0", "end1", "reclaimed1"):
+        with pytest.raises(StoreError, match=said):                 # a counter that goes wrong later
+            sp.refresh()
+    res = _quick_cli("inspect", path, "-n", "-1", "--json")
+    one_line(res, f"flowsift: {path}: {needle}")
+    assert res.stdout == ""
+    res = _quick_cli("inspect", store, "--json")          # in a store: one of its problems
+    assert res.returncode == 0 and any(needle in p for p in json.loads(res.stdout)["problems"])
+    rf.close()
 
 
 def test_only_regular_files_named_as_the_gateway_names_them_are_record_files(tmp_path, corpus):

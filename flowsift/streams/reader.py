@@ -30,26 +30,39 @@ class RecordFile:
 
     `records()` yields only published records (complete by construction). If the gateway
     stopped without closing the file, `cut` is True and `unpublished` counts the complete
-    records found after the published ones. Only a regular file is a record file.
+    records found after the published ones. Only a regular file whose header places its regions
+    where this version does, and counts no further than they go, is opened (StoreError).
     """
 
     def __init__(self, path):
         self.path = str(path)
+        self._fd = None
         try:
             # (O_NONBLOCK: a FIFO by that name would block the open until a writer came)
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise StoreError(f"{self.path}: no such record file") from None
         except OSError as e:
             raise StoreError(f"{self.path}: cannot open: {e.strerror}") from None
-        st = os.fstat(self._fd)
-        size = st.st_size
-        if not stat.S_ISREG(st.st_mode):
-            os.close(self._fd)
-            raise StoreError(f"{self.path}: not a record file: {_kind(st.st_mode)}, not a regular file")
-        if size < F.HEADER_SIZE:
-            os.close(self._fd)
-            raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{self.path}: not a record file: {_kind(st.st_mode)}, not a regular file")
+            if st.st_size < F.HEADER_SIZE:
+                raise StoreError(f"{self.path}: cut short: {st.st_size} bytes, the header alone is {F.HEADER_SIZE}")
+            first = F.parse_header(os.pread(fd, F.HEADER_STRUCT.size, 0))
+            if first["magic"] != F.MAGIC:
+                raise StoreError(f"{self.path}: not a flowsift record file (magic {first['magic']!r})")
+            if first["version"] != F.VERSION:
+                raise StoreError(f"{self.path}: record file format version {first['version']}; "
+                                 f"this flowsift reads version {F.VERSION}")
+            problem = F.fixed_field_problem(first)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         from flowsift.streams._pointer import Mapping
         self._Mapping = Mapping
         # the header is read with pread; a file whose header is polled a third time gets a
@@ -58,22 +71,19 @@ class RecordFile:
         self._hdr = None
         self._reads = 0
         self._maps = {}
-        self._size = size
-        self._first = None                 # the first whole parse: what never changes comes from it
-        h = self.refresh()
-        if h["magic"] != F.MAGIC:
+        self._size = st.st_size
+        self._first = first                # the first whole parse: what never changes comes from it
+        try:
+            self.refresh()
+        except BaseException:
             self.close()
-            raise StoreError(f"{self.path}: not a flowsift record file (magic {h['magic']!r})")
-        if h["version"] != F.VERSION:
-            self.close()
-            raise StoreError(f"{self.path}: record file format version {h['version']}; "
-                             f"this flowsift reads version {F.VERSION}")
+            raise
 
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
-        layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
-        if self._first is None:
-            self._first = F.parse_header(os.pread(self._fd, F.HEADER_STRUCT.size, 0))
+        layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut. A
+        header counting past its regions is a StoreError."""
+        if self._reads == 0:
             h = dict(self._first)
         else:
             if self._hdr is None and self._reads >= 2:
@@ -81,6 +91,10 @@ class RecordFile:
             buf = self._hdr if self._hdr is not None else os.pread(self._fd, F.HEADER_SIZE, 0)
             h = F.parse_header_again(buf, self._first)
         self._reads += 1
+        if not (h["records"] <= F.MAX_RECORDS and h["gaps"] <= F.MAX_GAPS
+                and 0 <= h["end0"] <= F.MAX_END[0] and 0 <= h["end1"] <= F.MAX_END[1]
+                and 0 <= h["reclaimed0"] <= F.MAX_END[0] and 0 <= h["reclaimed1"] <= F.MAX_END[1]):
+            raise StoreError(f"{self.path}: {F.counter_problem(h)}")
         if self._size < F.FILE_SIZE:
             # a record file keeps its full (sparse) size; only a cut one is measured again
             self._size = os.fstat(self._fd).st_size
@@ -162,10 +176,16 @@ class RecordFile:
         return Totals((p0, p1), (b0, b1), retrans, conflicts)
 
     def gaps(self, direction=None):
+        """The published gap entries (of one direction), in order. An entry that is no gap (a
+        direction other than 0 and 1, an offset or length out of range: a count past what was
+        written) is a StoreError."""
         h = self.header
         out = []
         table = self._region(h["gaps_off"], h["gaps"] * F.GAP_SIZE)
-        for d, reason, rec, off, ln in F.GAP_STRUCT.iter_unpack(table):
+        for j, (d, reason, rec, off, ln) in enumerate(F.GAP_STRUCT.iter_unpack(table)):
+            if d > 1 or off < 0 or ln <= 0 or off > F.MAX_END[d] - ln:
+                raise StoreError(f"{self.path}: gap entry {j} (of {h['gaps']:,} the header counts) is no gap: "
+                                 f"direction {d}, offset {off:,}, length {ln:,}")
             if direction is None or d == direction:
                 out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
         return out
@@ -217,7 +237,7 @@ class RecordFile:
     def close(self):
         self._maps = {}                    # mappings go when the last view of them does
         self._hdr = None
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
 
