@@ -373,6 +373,36 @@ def _quick_cli(*args, seconds=20):
         pytest.fail(f"flowsift {' '.join(map(str, args))} still running after {seconds} s")
 
 
+def test_a_file_cut_while_a_reader_has_it_mapped_is_read_only_as_far_as_it_goes(tmp_path, corpus):
+    """The gateway keeps a record file at its full sparse size, but a file can still be cut
+    under a reader (by hand, a full disk): its next refresh measures the file, ends the stream
+    where the file does and says the rest is cut; reading never goes past the file (SIGBUS)."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", store, "--keep", check=True)
+    path = store_files(store)[0]
+    code = f"""
+import os
+from flowsift.streams import StreamPointer, StoreError, format as F
+sp = StreamPointer({str(path)!r}, 1)
+whole = sp.available
+assert bytes(sp.peek(4)) == b"HTTP" and whole > 100_000
+os.truncate({str(path)!r}, F.DATA_OFF[1] + 100)
+assert sp.refresh() is False and sp.end_offset == 100 and sp.file.truncated
+assert "100 s2c bytes" in sp.file.missing or "s2c bytes (100 in the file)" in sp.file.missing, sp.file.missing
+assert len(sp.read()) == 100 and sp.find(b"HTTP", 0) == 0 and sp.read() == b""
+sp.seek(0); sp.skip(2**40)
+assert sp.tell() == 100
+os.truncate({str(path)!r}, 200)                   # into the header
+try:
+    sp.refresh()
+except StoreError as e:
+    print("error:", e)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr)            # (-7: SIGBUS)
+    assert res.stdout.strip() == f"error: {path}: cut short: 200 bytes, the header alone is 256"
+
+
 # (field, offset and struct code in the header, value, what the error names)
 BAD_HEADERS = [
     ("records", 40, "<Q", 2**62, "header field records is 4,611,686,018,427,387,904; the records region holds"),

@@ -63,8 +63,8 @@ class RecordFile:
             os.close(fd)
             raise
         self._fd = fd
-        from flowsift.streams._pointer import Mapping
-        self._Mapping = Mapping
+        from flowsift.streams._pointer import Mapping, file_size
+        self._Mapping, self._file_size = Mapping, file_size
         # the header is read with pread; a file whose header is polled a third time gets a
         # mapping of it then (most files are read once or twice: mapping, faulting and
         # unmapping a page costs more than two reads)
@@ -81,8 +81,12 @@ class RecordFile:
 
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
-        layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut. A
-        header counting past its regions is a StoreError."""
+        layout (cut by hand, by a full disk, or while it was open) is read only as far as it
+        goes, and marked cut. A header counting past its regions is a StoreError."""
+        # measured at every read: a file cut while mapped must not be read past its end (SIGBUS)
+        size = self._size = self._file_size(self._fd)
+        if size < F.HEADER_SIZE:
+            raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
         if self._reads == 0:
             h = dict(self._first)
         else:
@@ -95,10 +99,6 @@ class RecordFile:
                 and 0 <= h["end0"] <= F.MAX_END[0] and 0 <= h["end1"] <= F.MAX_END[1]
                 and 0 <= h["reclaimed0"] <= F.MAX_END[0] and 0 <= h["reclaimed1"] <= F.MAX_END[1]):
             raise StoreError(f"{self.path}: {F.counter_problem(h)}")
-        if self._size < F.FILE_SIZE:
-            # a record file keeps its full (sparse) size; only a cut one is measured again
-            self._size = os.fstat(self._fd).st_size
-        size = self._size
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
             # what the header says, for telling what is missing (`missing`)
