@@ -329,7 +329,8 @@ def chain(
     events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Put the record store here (default: a temporary one in /dev/shm); "
-                                             "its record files go as connections finish unless --keep."),
+                                             "unless --keep, a connection's record file goes once every module "
+                                             "finished it and the receiver acknowledged its bytes."),
     keep: bool = typer.Option(False, "--keep", help="Keep every record file (and the default store) after the run, "
                                                      "for inspect and replay --store."),
     filter: Optional[str] = FILTER,
