@@ -64,7 +64,12 @@ class Gateway:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
         self.store_dir = str(store) if store is not None else new_store_dir()
-        self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
+        try:
+            self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
+        except FlowsiftError:
+            if store is None:
+                os.rmdir(self.store_dir)    # the default store made for this run: empty still
+            raise
         self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None

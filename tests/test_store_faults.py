@@ -477,3 +477,26 @@ def test_only_regular_files_named_as_the_gateway_names_them_are_record_files(tmp
     junk_only.mkdir()
     (junk_only / "c123.rec").write_text("x")
     one_line(_quick_cli("inspect", junk_only), "not a store")
+
+
+def _with_descriptor_limit(n):
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def test_a_small_descriptor_limit_is_shared_with_what_the_process_holds(tmp_path):
+    """The store's budget of open record files is what the limit leaves after the descriptors
+    the process holds and a spare for what it opens later: at ulimit -n 64 (hard) a gateway
+    with 1,000 connections open at once closes and reopens files instead of running out; a
+    limit that leaves too few is one line before anything is made."""
+    capture = many_connections(tmp_path / "many.pcap", 1000)
+    cmd = [sys.executable, "-m", "flowsift", "gateway", str(capture), "--keep", "--json"]
+    res = subprocess.run(cmd + ["--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=300,
+                         preexec_fn=_with_descriptor_limit(64))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["files"] == len(store_files(tmp_path / "s")) == 1000 and summary["reopens"] > 0
+    res = subprocess.run(cmd + ["--store", str(tmp_path / "t")], capture_output=True, text=True, timeout=300,
+                         preexec_fn=_with_descriptor_limit(12))
+    one_line(res, "the descriptor limit (12, ulimit -n) is too small for the record store")
+    assert "raise it to" in res.stderr and not (tmp_path / "t").exists()
