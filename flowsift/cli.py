@@ -249,8 +249,15 @@ def gateway(
             _fail("--run and --expect need --registry URL")
         from flowsift.gateway import Gateway
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, **bounds)
-        _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
-             _render('print_gateway'))
+        try:
+            _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
+                 _render('print_gateway'))
+        except FlowsiftError as e:
+            # a store that filled up (or could not be written) stopped the run: the summary of
+            # what was read still goes out, its `error` saying why, and the line and exit 2 follow
+            if as_json and getattr(e, "summary", None) is not None:
+                typer.echo(json.dumps(e.summary))
+            raise
         return
     from flowsift.remote import serve
     names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []

@@ -500,3 +500,25 @@ def test_a_small_descriptor_limit_is_shared_with_what_the_process_holds(tmp_path
                          preexec_fn=_with_descriptor_limit(12))
     one_line(res, "the descriptor limit (12, ulimit -n) is too small for the record store")
     assert "raise it to" in res.stderr and not (tmp_path / "t").exists()
+
+
+def test_a_full_store_with_json_still_prints_the_summary(tmp_path, corpus):
+    """--json: the summary of what was read goes to stdout with its `error` saying why the run
+    stopped; the one line on stderr and exit 2 are as without it."""
+    with small_tmpfs(tmp_path, "256k") as mnt:
+        res = run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", mnt / "s", "--json")
+        one_line(res, "store is full")
+        summary = json.loads(res.stdout)
+        assert "store is full" in summary["error"] and summary["store"] == str(mnt / "s")
+        assert summary["source"] == str(corpus / "http__zeek__206_example_b.pcap") and summary["packets"] > 0
+
+
+def test_the_manifest_names_its_source_while_the_run_goes_on(tmp_path, corpus):
+    """A gateway killed mid-run (kill -9) leaves store.json as it was while it ran: it says
+    where the store came from from the first batch on."""
+    from flowsift.gateway import Gateway
+    capture = corpus / "http__zeek__206_example_b.pcap"
+    g, seen = Gateway(tmp_path / "s", keep=True), []
+    g.run_capture(capture, after_batch=lambda touched, closed: seen.append(
+        json.loads((tmp_path / "s" / "store.json").read_text())))
+    assert seen and all(m["source"] == str(capture) and m["complete"] is False for m in seen)
