@@ -249,8 +249,15 @@ def gateway(
             _fail("--run and --expect need --registry URL")
         from flowsift.gateway import Gateway
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, **bounds)
-        _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
-             _render('print_gateway'))
+        try:
+            _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
+                 _render('print_gateway'))
+        except FlowsiftError as e:
+            # a store that filled up (or could not be written) stopped the run: the summary of
+            # what was read still goes out, its `error` saying why, and the line and exit 2 follow
+            if as_json and getattr(e, "summary", None) is not None:
+                typer.echo(json.dumps(e.summary))
+            raise
         return
     from flowsift.remote import serve
     names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []
@@ -329,7 +336,8 @@ def chain(
     events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Put the record store here (default: a temporary one in /dev/shm); "
-                                             "its record files go as connections finish unless --keep."),
+                                             "unless --keep, a connection's record file goes once every module "
+                                             "finished it and the receiver acknowledged its bytes."),
     keep: bool = typer.Option(False, "--keep", help="Keep every record file (and the default store) after the run, "
                                                      "for inspect and replay --store."),
     filter: Optional[str] = FILTER,

@@ -64,7 +64,12 @@ class Gateway:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
         self.store_dir = str(store) if store is not None else new_store_dir()
-        self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
+        try:
+            self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
+        except FlowsiftError:
+            if store is None:
+                os.rmdir(self.store_dir)    # the default store made for this run: empty still
+            raise
         self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None
@@ -266,6 +271,8 @@ class Gateway:
         writer is idle."""
         from flowsift.io import Decoder, decoded_batches, open_capture
         self.source = str(path)
+        # the manifest names its source from the start: a gateway killed (kill -9) leaves it so
+        self._write_manifest(complete=False)
         decoder, batch, error = Decoder(), None, None
         try:
             cap = open_capture(path, self.bpf)
@@ -330,6 +337,7 @@ class Gateway:
             # the store cannot be written (full, unwritable): leave files as they are, unclosed,
             # and the manifest saying the store is incomplete
             self._fail(str(e))
+            self._attach_summary(e, cap, decoder)
             raise
         except BaseException:
             self.store.halt()               # cut short (Ctrl-C, SIGTERM, a module's error): nothing writes on
@@ -349,10 +357,25 @@ class Gateway:
                 after_batch(*changed)
         except FlowsiftError as e:
             self._fail(str(e))
+            self._attach_summary(e, cap, decoder)
             raise
         except BaseException:
             self.store.halt()
             raise
+        summary = self._summary(cap, decoder, error)
+        self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
+        return summary
+
+    def _attach_summary(self, e, cap, decoder):
+        # (a summary that cannot be made must not hide the error that stopped the run)
+        try:
+            e.summary = self._summary(cap, decoder, str(e))
+        except Exception:
+            pass
+
+    def _summary(self, cap, decoder, error):
+        """The run's summary: what was read and written, and `error` (None, or what stopped it:
+        a run stopped by the store carries it as the exception's `summary`, for --json)."""
         engine = self.reassembler.engine.counters()
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": engine,
@@ -367,5 +390,4 @@ class Gateway:
                                 "other_shards_packets": self.other_shards}
             if self.resharder is not None:
                 summary["shard"]["moved"] = self.resharder.counters()
-        self._write_manifest(complete=error is None, files=self.store.files, records=self.store.records_written)
         return summary

@@ -3,7 +3,8 @@ import json
 import os
 
 from flowsift.streams import format as F
-from flowsift.streams.reader import RecordFile, StoreError, check_store, retired_note, store_files
+from flowsift.streams.reader import (RecordFile, StoreError, check_store, not_record_files, retired_note,
+                                     store_files)
 
 
 def _flags(rflags):
@@ -77,6 +78,8 @@ def describe_store(directory):
                     problems.append(f"{os.path.basename(path)}: {rf.missing}")
         except StoreError as e:
             problems.append(str(e))
+    for name, kind in not_record_files(directory):
+        problems.append(f"{name}: not a record file: {kind}, not a regular file")
     note = retired_note(directory)
     if note:
         problems.append(note)

@@ -1,6 +1,7 @@
 """The store under bad conditions: unwritable, full, killed mid-write, cut, another version."""
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -361,3 +362,163 @@ def test_a_store_filled_by_new_files_still_says_why(tmp_path):
         manifest = json.loads((mnt / "s" / "store.json").read_text())
         assert manifest["complete"] is False and "full" in manifest["error"] and manifest["source"] == str(cap)
         assert not [p for p in (mnt / "s").iterdir() if p.name.endswith(".rec.new")]
+
+
+def _quick_cli(*args, seconds=20):
+    # a command that hung (reading a FIFO, counting 2^62 records) fails the test, not the suite
+    try:
+        return subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], capture_output=True, text=True,
+                              timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flowsift {' '.join(map(str, args))} still running after {seconds} s")
+
+
+def test_a_file_cut_while_a_reader_has_it_mapped_is_read_only_as_far_as_it_goes(tmp_path, corpus):
+    """The gateway keeps a record file at its full sparse size, but a file can still be cut
+    under a reader (by hand, a full disk): its next refresh measures the file, ends the stream
+    where the file does and says the rest is cut; reading never goes past the file (SIGBUS)."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", store, "--keep", check=True)
+    path = store_files(store)[0]
+    code = f"""
+import os
+from flowsift.streams import StreamPointer, StoreError, format as F
+sp = StreamPointer({str(path)!r}, 1)
+whole = sp.available
+assert bytes(sp.peek(4)) == b"HTTP" and whole > 100_000
+os.truncate({str(path)!r}, F.DATA_OFF[1] + 100)
+assert sp.refresh() is False and sp.end_offset == 100 and sp.file.truncated
+assert "100 s2c bytes" in sp.file.missing or "s2c bytes (100 in the file)" in sp.file.missing, sp.file.missing
+assert len(sp.read()) == 100 and sp.find(b"HTTP", 0) == 0 and sp.read() == b""
+sp.seek(0); sp.skip(2**40)
+assert sp.tell() == 100
+os.truncate({str(path)!r}, 200)                   # into the header
+try:
+    sp.refresh()
+except StoreError as e:
+    print("error:", e)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr)            # (-7: SIGBUS)
+    assert res.stdout.strip() == f"error: {path}: cut short: 200 bytes, the header alone is 256"
+
+
+# (field, offset and struct code in the header, value, what the error names)
+BAD_HEADERS = [
+    ("records", 40, "<Q", 2**62, "header field records is 4,611,686,018,427,387,904; the records region holds"),
+    ("gaps", 48, "<Q", 2**62, "header field gaps is 4,611,686,018,427,387,904; the gaps region holds"),
+    ("end0", 144, "<q", -5, "header field end0 is -5; a stream offset of direction 0 is 0 to 3,298,534,883,328"),
+    ("end1", 152, "<q", 2**62, "header field end1 is 4,611,686,018,427,387,904"),
+    ("reclaimed1", 184, "<q", -1, "header field reclaimed1 is -1"),
+    ("header_size", 12, "<I", 512, "header field header_size is 512; version 2 has 256"),
+    ("record_size", 16, "<I", 64, "header field record_size is 64; version 2 has 128"),
+    ("records_off", 96, "<Q", 0, "header field records_off is 0; version 2 has 256"),
+    ("gaps_off", 104, "<Q", 2**38, "header field gaps_off is 274,877,906,944"),
+    ("data_off0", 112, "<Q", 2**62, "header field data_off0 is 4,611,686,018,427,387,904; version 2 has 1,099,511,627,776"),
+    ("data_off1", 120, "<Q", 2**40, "header field data_off1 is 1,099,511,627,776"),
+    ("gap entry", 48, "<Q", 3, "gap entry 0 (of 3 the header counts) is no gap: direction 0, offset 0, length 0"),
+]
+
+
+@pytest.mark.parametrize("field,offset,code,value,needle", BAD_HEADERS, ids=[b[0] for b in BAD_HEADERS])
+def test_a_header_that_does_not_fit_the_format_is_refused_naming_the_field(tmp_path, corpus, field, offset, code,
+                                                                            value, needle):
+    """Every header field that says where a region is, or how far it goes, is checked against
+    the format when the file is opened (and the counters at each refresh): a corrupt one is a
+    StoreError, and for inspect one line naming the file and the field, exit 2 -- never a hang,
+    an OverflowError or a read into another region."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    path = store_files(store)[0]
+    rf = RecordFile(path)                   # opened while the header was sound
+    sp = StreamPointer(rf, 1)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(code, value))
+    said = "^" + re.escape(f"{path}: {needle}")
+    with pytest.raises(StoreError, match=said):
+        StreamPointer(path, 1) if field == "gap entry" else RecordFile(path)
+    if field in ("records", "gaps", "end0", "end1", "reclaimed1"):
+        with pytest.raises(StoreError, match=said):                 # a counter that goes wrong later
+            sp.refresh()
+    res = _quick_cli("inspect", path, "-n", "-1", "--json")
+    one_line(res, f"flowsift: {path}: {needle}")
+    assert res.stdout == ""
+    res = _quick_cli("inspect", store, "--json")          # in a store: one of its problems
+    assert res.returncode == 0 and any(needle in p for p in json.loads(res.stdout)["problems"])
+    rf.close()
+
+
+def test_only_regular_files_named_as_the_gateway_names_them_are_record_files(tmp_path, corpus):
+    """A directory or a FIFO named like a record file is named as a problem, never opened (a
+    FIFO would block for ever); names the gateway never writes are not record files; files go
+    in connection order past c99999999."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    real = store / "c00000000.rec"
+    os.link(real, store / "c100000000.rec")
+    os.link(real, store / "c99999999.rec")
+    (store / "c00000004.rec").mkdir()
+    os.mkfifo(store / "c00000008.rec")
+    for junk in ("C00000007.rec", "c123.rec", "c000000001.rec", "c00000001.rec.bak"):
+        (store / junk).write_text("x")
+    assert store_files(store) == [str(store / n) for n in ("c00000000.rec", "c99999999.rec", "c100000000.rec")]
+    res = _quick_cli("inspect", store, "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and len(out["connections"]) == 3
+    assert [p for p in out["problems"] if "not a regular file" in p] == [
+        "c00000004.rec: not a record file: a directory, not a regular file",
+        "c00000008.rec: not a record file: a FIFO, not a regular file"]
+    one_line(_quick_cli("inspect", store / "c00000008.rec"), "c00000008.rec: not a record file: a FIFO, not a regular file")
+    for name in ("c00000004.rec", "c00000008.rec"):
+        with pytest.raises(StoreError, match="not a regular file"):
+            StreamPointer(store / name, 0)
+    junk_only = tmp_path / "junk"
+    junk_only.mkdir()
+    (junk_only / "c123.rec").write_text("x")
+    one_line(_quick_cli("inspect", junk_only), "not a store")
+
+
+def _with_descriptor_limit(n):
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def test_a_small_descriptor_limit_is_shared_with_what_the_process_holds(tmp_path):
+    """The store's budget of open record files is what the limit leaves after the descriptors
+    the process holds and a spare for what it opens later: at ulimit -n 64 (hard) a gateway
+    with 1,000 connections open at once closes and reopens files instead of running out; a
+    limit that leaves too few is one line before anything is made."""
+    capture = many_connections(tmp_path / "many.pcap", 1000)
+    cmd = [sys.executable, "-m", "flowsift", "gateway", str(capture), "--keep", "--json"]
+    res = subprocess.run(cmd + ["--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=300,
+                         preexec_fn=_with_descriptor_limit(64))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["files"] == len(store_files(tmp_path / "s")) == 1000 and summary["reopens"] > 0
+    res = subprocess.run(cmd + ["--store", str(tmp_path / "t")], capture_output=True, text=True, timeout=300,
+                         preexec_fn=_with_descriptor_limit(12))
+    one_line(res, "the descriptor limit (12, ulimit -n) is too small for the record store")
+    assert "raise it to" in res.stderr and not (tmp_path / "t").exists()
+
+
+def test_a_full_store_with_json_still_prints_the_summary(tmp_path, corpus):
+    """--json: the summary of what was read goes to stdout with its `error` saying why the run
+    stopped; the one line on stderr and exit 2 are as without it."""
+    with small_tmpfs(tmp_path, "256k") as mnt:
+        res = run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", mnt / "s", "--json")
+        one_line(res, "store is full")
+        summary = json.loads(res.stdout)
+        assert "store is full" in summary["error"] and summary["store"] == str(mnt / "s")
+        assert summary["source"] == str(corpus / "http__zeek__206_example_b.pcap") and summary["packets"] > 0
+
+
+def test_the_manifest_names_its_source_while_the_run_goes_on(tmp_path, corpus):
+    """A gateway killed mid-run (kill -9) leaves store.json as it was while it ran: it says
+    where the store came from from the first batch on."""
+    from flowsift.gateway import Gateway
+    capture = corpus / "http__zeek__206_example_b.pcap"
+    g, seen = Gateway(tmp_path / "s", keep=True), []
+    g.run_capture(capture, after_batch=lambda touched, closed: seen.append(
+        json.loads((tmp_path / "s" / "store.json").read_text())))
+    assert seen and all(m["source"] == str(capture) and m["complete"] is False for m in seen)

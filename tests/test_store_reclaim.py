@@ -73,6 +73,24 @@ def test_done_and_acknowledged_bytes_are_punched_out_offsets_stay(gateway_run):
         sp.seek(0)
 
 
+
+def test_a_reader_resumed_below_what_was_given_back_meets_it_as_a_gap(gateway_run):
+    """resume() may stand below the retained start (a reader that stood there before its file
+    was closed): the punched bytes it never read are a gap, never zeros shown as data."""
+    g = gateway_run(keep=False)
+    path = store_files(g.store_dir)[0]
+    with RecordFile(path) as rf:
+        n = rf.header["records"]
+    start = g.store.module_done(0, 3, n)["reclaimed"][1]
+    with RecordFile(path) as rf:
+        rest = rf.data(1, start, 100)
+    sp = StreamPointer(path, 1)
+    assert sp.resume(10) == 10 and sp.available == 0 and len(sp.peek(8)) == 0 and sp.read_until(b"\r\n") is None
+    gap = sp.at_gap
+    assert gap == sp.next_gap and (gap.offset, gap.length, gap.reason) == (10, start - 10, "reclaimed")
+    assert sp.find(b"HTTP", 10) == -1 and sp.skip_gap() == gap and sp.tell() == start
+    assert sp.at_gap is None and bytes(sp.read(100)) == rest
+
 def test_keep_keeps_everything(gateway_run):
     g = gateway_run(keep=True)
     path = store_files(g.store_dir)[0]

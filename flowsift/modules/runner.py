@@ -42,12 +42,13 @@ def reader_budget():
     descriptor limit and vm.max_map_count, next to the store's share): past it, the connection
     read least recently is closed and opened again when it next has news."""
     from flowsift.errors import env_number
-    from flowsift.limits import descriptor_limit, max_map_count
+    from flowsift.limits import free_descriptors, max_map_count
     given = env_number("FLOWSIFT_READER_FILES", None, 2, None, "record files readers keep open")
     if given is not None:
         return given
-    soft, max_maps = descriptor_limit(raise_it=False), max_map_count()
-    return max(64, min((soft - 256) // 4, (max_maps - 8192) // 16, 4096))
+    _, free = free_descriptors(raise_it=False)
+    # (at least 8: fewer would close and open again the files of one batch's connections)
+    return max(8, min(free // 4, (max_map_count() - 8192) // 16, 4096))
 
 
 def join_checkpoint(head, parts):

@@ -8,11 +8,16 @@ The hot loops (find, read_until) run memmem over the mapping.
 import mmap as _mmap
 import os as _os
 
+from operator import index as _index
+
 from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.long cimport PyLong_Check
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.errno cimport errno
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, INT64_MAX, INT64_MIN
 from libc.string cimport memchr, memcpy, strerror
 from posix.mman cimport mmap, munmap, PROT_READ, MAP_SHARED, MAP_FAILED
+from posix.stat cimport fstat, struct_stat
 
 from flowsift.reassembly.events import Gap
 from flowsift.streams import format as F
@@ -20,6 +25,9 @@ from flowsift.streams.reader import RecordFile, StoreError
 
 cdef extern from "string.h" nogil:
     void* memmem(const void* haystack, size_t hl, const void* needle, size_t nl)
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
 
 # Virtual size of one mapping of a direction's data: no page is touched until read, so a big
 # window costs address space only, and the stream rarely outgrows it.
@@ -66,6 +74,15 @@ cdef class Mapping:
     def __dealloc__(self):
         if self.addr != NULL:
             munmap(self.addr, self.length)
+
+
+def file_size(int fd):
+    """The size of an open file: fstat without the stat_result os.fstat builds, which would
+    double the cost of the header refresh that measures it every time (RecordFile.refresh)."""
+    cdef struct_stat st
+    if fstat(fd, &st) != 0:
+        raise OSError(errno, strerror(errno).decode())
+    return st.st_size
 
 
 def record_totals(const uint8_t[::1] recs not None, Py_ssize_t count):
@@ -119,6 +136,26 @@ def first_carrier(const uint8_t[::1] recs not None, Py_ssize_t count, int direct
     return None
 
 
+cdef inline int64_t _as_int64(object n) except? -1:
+    # A size or offset argument: an integer (TypeError for anything else, as range() says), held
+    # to int64 (a size past it means "all there is"; an offset past it is out of range anyway).
+    cdef int overflow = 0
+    cdef long long v
+    if not PyLong_Check(n):
+        n = _index(n)
+    v = PyLong_AsLongLongAndOverflow(n, &overflow)
+    if overflow > 0:
+        return INT64_MAX
+    if overflow < 0:
+        return INT64_MIN
+    return v
+
+
+# The reason of the gap a pointer shows for bytes given back (reclaimed) that it had not read:
+# one resumed below the retained start (resume()). No gap entry of a file has it.
+RECLAIMED = "reclaimed"
+
+
 cdef class StreamPointer:
     """Cursor into direction `direction` (0: client to server, 1: server to client) of a record file."""
     cdef readonly object file
@@ -126,14 +163,26 @@ cdef class StreamPointer:
     cdef int64_t pos
     cdef int64_t end              # stream offset after the last delivered byte or gap (published)
     cdef int64_t start            # lowest offset still retained (reclaimed below)
-    cdef list gaps                # [(offset, length, reason)], increasing
-    cdef Py_ssize_t gap_i         # first gap whose end is beyond pos
+    cdef list gaps                # [(offset, length, reason)], increasing offset
+    cdef int64_t* g_off           # the gaps' offsets, and the furthest end of gaps[0..i]:
+    cdef int64_t* g_reach         # the gap at or after an offset is the first whose reach is beyond it
+    cdef Py_ssize_t n_gaps
+    cdef uint64_t gaps_read       # the header's gap count when the gaps were read
+    cdef Py_ssize_t gap_i         # the gap at or after pos at the last lookup: a hint, checked
     cdef object _map
     cdef const uint8_t* base      # mapping start
     cdef int64_t map_off          # stream offset at `base`
     cdef int64_t map_len
     cdef int64_t data_off
     cdef bint ended               # the direction ended at `end` (as the header it was given says)
+
+    def __cinit__(self, *args, **kwargs):
+        self.g_off = self.g_reach = NULL
+        self.n_gaps = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.g_off)
+        PyMem_Free(self.g_reach)
 
     def __init__(self, file, int direction, header=None):
         """`header`: the file's header as the caller just read it (and may have limited it):
@@ -147,6 +196,7 @@ cdef class StreamPointer:
         self.pos = 0
         self._map = None
         self.gaps = []
+        self.gaps_read = 0
         self.gap_i = 0
         self.refresh(header)
         self.pos = self.start
@@ -158,10 +208,34 @@ cdef class StreamPointer:
         old = self.end
         self.end = h[f"end{self.direction}"]
         self.ended = h[f"close{self.direction}"] != 0
-        self.start = max(0, h[f"reclaimed{self.direction}"])
-        if len(self.gaps) < h["gaps"]:
-            self.gaps = [(g.offset, g.length, g.reason) for g in self.file.gaps(self.direction)]
+        # (a file cut short ends below what was given back)
+        self.start = min(max(0, h[f"reclaimed{self.direction}"]), self.end)
+        if h["gaps"] > self.gaps_read:
+            self._take_gaps([(g.offset, g.length, g.reason) for g in self.file.gaps(self.direction)])
+            self.gaps_read = h["gaps"]
         return self.end > old
+
+    cdef int _take_gaps(self, list gaps) except -1:
+        cdef Py_ssize_t i, n = len(gaps)
+        cdef int64_t reach = INT64_MIN
+        cdef int64_t* off
+        gaps.sort()             # (written in order, so this costs a pass; the bisection needs it)
+        off = <int64_t*> PyMem_Realloc(self.g_off, max(n, 1) * sizeof(int64_t))
+        if off == NULL:
+            raise MemoryError()
+        self.g_off = off
+        off = <int64_t*> PyMem_Realloc(self.g_reach, max(n, 1) * sizeof(int64_t))
+        if off == NULL:
+            raise MemoryError()
+        self.g_reach = off
+        for i in range(n):
+            self.g_off[i] = gaps[i][0]
+            reach = max(reach, self.g_off[i] + <int64_t>gaps[i][1])
+            self.g_reach[i] = reach
+        self.gaps = gaps
+        self.n_gaps = n
+        self.gap_i = 0
+        return 0
 
     @property
     def closed(self):
@@ -180,20 +254,54 @@ cdef class StreamPointer:
     def end_offset(self):
         return self.end
 
-    cdef int64_t _limit(self):
-        # end of the contiguous bytes from pos: the next gap's start, or end
-        cdef Py_ssize_t i = self.gap_i
-        cdef int64_t goff, glen
-        while i < len(self.gaps):
-            goff, glen = self.gaps[i][0], self.gaps[i][1]
-            if goff + glen <= self.pos:
-                i += 1
-                continue
-            self.gap_i = i
-            # (a gap past `end`: what a limited header leaves out)
-            return min(goff, self.end) if goff > self.pos else self.pos
-        self.gap_i = i
-        return self.end
+    cdef Py_ssize_t _gap_index(self, int64_t off) noexcept:
+        # The first gap whose reach is beyond `off` (n_gaps if none): the gap holding `off`, or
+        # else the next one. Found by bisection from any offset; the hint (the last lookup from
+        # the position) answers the common case, a position moving forward, in two compares.
+        cdef Py_ssize_t lo = 0, hi = self.n_gaps, mid, i = self.gap_i
+        if i > hi:
+            i = hi
+        if i == hi or self.g_reach[i] > off:
+            if i == 0 or self.g_reach[i - 1] <= off:
+                return i
+            hi = i - 1
+        else:
+            lo = i + 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.g_reach[mid] > off:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    cdef int64_t _limit_at(self, int64_t off, Py_ssize_t i) noexcept:
+        # End of the contiguous bytes from `off` (i: its _gap_index): the next gap's start, or
+        # end; `off` itself inside a gap, below the retained start, or past the end (a file cut
+        # short since) has none.
+        cdef int64_t lim = self.end
+        if off < self.start:
+            return off
+        if i < self.n_gaps and self.g_off[i] < lim:
+            lim = self.g_off[i]     # (a gap past `end`: what a limited header leaves out)
+        return lim if lim > off else off
+
+    cdef int64_t _limit(self) noexcept:
+        self.gap_i = self._gap_index(self.pos)
+        return self._limit_at(self.pos, self.gap_i)
+
+    cdef object _gap(self, Py_ssize_t i):
+        # gap i as a Gap, cut at `end` (a cut file, a limited header: the pointer reads no further)
+        goff, glen, reason = self.gaps[i]
+        return Gap(self.file.header["conn"], self.direction, goff, min(goff + glen, self.end) - goff, reason)
+
+    cdef object _reclaimed_gap(self, Py_ssize_t i):
+        # at a position below the retained start and in no gap: the bytes given back from there
+        # to the start (or the next gap) were never read by this reader, so they are lost to it
+        cdef int64_t stop = self.start
+        if i < self.n_gaps and self.g_off[i] < stop:
+            stop = self.g_off[i]
+        return Gap(self.file.header["conn"], self.direction, self.pos, stop - self.pos, RECLAIMED)
 
     @property
     def available(self):
@@ -202,22 +310,29 @@ cdef class StreamPointer:
 
     @property
     def at_gap(self):
-        """The Gap starting at (or containing) the position, or None."""
-        self._limit()
-        if self.gap_i < len(self.gaps):
-            goff, glen, reason = self.gaps[self.gap_i]
-            if goff <= self.pos < goff + glen and goff < self.end:
-                return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
+        """The Gap starting at (or containing) the position, or None. Below the retained start
+        (a pointer resumed there), what was given back is a gap of reason "reclaimed"."""
+        cdef Py_ssize_t i = self._gap_index(self.pos)
+        self.gap_i = i
+        if self.pos >= self.end:
+            return None
+        if i < self.n_gaps and self.g_off[i] <= self.pos:
+            return self._gap(i)
+        if self.pos < self.start:
+            return self._reclaimed_gap(i)
         return None
 
     @property
     def next_gap(self):
         """The next Gap at or after the position, or None."""
-        self._limit()
-        if self.gap_i < len(self.gaps):
-            goff, glen, reason = self.gaps[self.gap_i]
-            if goff < self.end:
-                return Gap(self.file.header["conn"], self.direction, goff, glen, reason)
+        cdef Py_ssize_t i = self._gap_index(self.pos)
+        self.gap_i = i
+        if self.pos >= self.end:
+            return None
+        if self.pos < self.start and not (i < self.n_gaps and self.g_off[i] <= self.pos):
+            return self._reclaimed_gap(i)
+        if i < self.n_gaps and self.g_off[i] < self.end:
+            return self._gap(i)
         return None
 
     cdef const uint8_t* _ptr(self, int64_t off, int64_t n) except NULL:
@@ -241,50 +356,55 @@ cdef class StreamPointer:
         self._ptr(off, n)
         return memoryview(self._map)[off - self.map_off:off - self.map_off + n]
 
-    def peek(self, Py_ssize_t n=-1):
+    def peek(self, n=-1):
         """Up to n bytes from the position (all available if n < 0), without moving."""
+        cdef int64_t k = _as_int64(n)
         cdef int64_t avail = self._limit() - self.pos
-        if n < 0 or n > avail:
-            n = avail
-        return self._view(self.pos, n)
+        if k < 0 or k > avail:
+            k = avail
+        return self._view(self.pos, k)
 
-    def read(self, Py_ssize_t n=-1):
+    def read(self, n=-1):
         """Up to n bytes (all available if n < 0); moves past them. Empty at a gap or the end."""
         v = self.peek(n)
         self.pos += len(v)
         return v
 
-    def peek_bytes(self, Py_ssize_t n=-1):
+    def peek_bytes(self, n=-1):
         """peek() as bytes, read from the file: for a caller that wants a copy anyway, no
         mapping is made, touched or unmapped (each costs more than the copy, for a few pages)."""
+        cdef int64_t k = _as_int64(n)
         cdef int64_t avail = self._limit() - self.pos
-        if n < 0 or n > avail:
-            n = avail
-        if n <= 0:
+        if k < 0 or k > avail:
+            k = avail
+        if k <= 0:
             return b""
-        if self._map is not None and self.pos >= self.map_off and self.pos + n <= self.map_off + self.map_len:
-            return bytes(self._view(self.pos, n))     # mapped already
-        data = _os.pread(self.file._fd, n, self.data_off + self.pos)
-        if len(data) < n:
+        if self._map is not None and self.pos >= self.map_off and self.pos + k <= self.map_off + self.map_len:
+            return bytes(self._view(self.pos, k))     # mapped already
+        data = _os.pread(self.file._fd, k, self.data_off + self.pos)
+        if len(data) < k:
             raise StoreError(f"{self.file.path}: cut short at stream offset {self.pos + len(data)}")
         return data
 
-    def read_bytes(self, Py_ssize_t n=-1):
+    def read_bytes(self, n=-1):
         """read() as bytes, read from the file (see peek_bytes)."""
         data = self.peek_bytes(n)
         self.pos += len(data)
         return data
 
-    def read_until(self, delim, Py_ssize_t max=-1):
+    def read_until(self, delim, max=-1):
         """Bytes up to and including `delim` if it occurs within the available bytes (and within
         `max`), moving past them; else None and the position stays (more may come)."""
         cdef const uint8_t[::1] d = memoryview(delim).cast("B") if not isinstance(delim, bytes) else delim
+        cdef int64_t limit = _as_int64(max)
         cdef int64_t avail = self._limit() - self.pos
         cdef const uint8_t* p
         cdef const uint8_t* hit
-        if max >= 0 and max < avail:
-            avail = max
-        if avail <= 0 or len(d) == 0:
+        if len(d) == 0:
+            raise ValueError("read_until: an empty delimiter (it would match before every byte)")
+        if limit >= 0 and limit < avail:
+            avail = limit
+        if avail <= 0:
             return None
         p = self._ptr(self.pos, avail)
         if len(d) == 1:
@@ -297,23 +417,21 @@ cdef class StreamPointer:
 
     def find(self, pattern, start=None, end=None):
         """Stream offset of the first `pattern` at or after `start` (default: the position) in the
-        contiguous bytes there (a gap ends the search), or -1. Works across packet boundaries."""
+        contiguous bytes there (a gap ends the search; none at a start inside one), ending
+        before `end` if given, or -1. Works across packet boundaries; does not move."""
         cdef const uint8_t[::1] pat = pattern
-        cdef int64_t s = self.pos if start is None else start
-        cdef int64_t saved = self.pos, lim, n
+        cdef int64_t s = self.pos if start is None else _as_int64(start)
+        cdef int64_t lim, n
         cdef const uint8_t* p
         cdef const uint8_t* hit
         if s < self.start or s > self.end:
             return -1
-        self.pos = s
-        lim = self._limit()
-        self.pos = saved
-        self.gap_i = 0
-        if end is not None and end < lim:
-            lim = end
+        lim = self._limit_at(s, self._gap_index(s))
+        if end is not None:
+            lim = min(lim, _as_int64(end))
         n = lim - s
         if len(pat) == 0:
-            return s
+            return s if n >= 0 else -1
         if n < len(pat):
             return -1
         p = self._ptr(s, n)
@@ -321,38 +439,43 @@ cdef class StreamPointer:
             hit = <const uint8_t*> memmem(p, n, &pat[0], len(pat))
         return -1 if hit == NULL else s + (hit - p)
 
-    def skip(self, int64_t n=-1):
-        """Move forward n bytes (over a gap too); not past the end. Without n: past every
-        available byte, to the next gap or the end (what read() would have returned, unmapped)."""
-        if n < 0:
-            n = self._limit() - self.pos
-        self.pos = min(self.pos + n, self.end)
+    def skip(self, n=-1):
+        """Move forward n bytes (over a gap too); not past the end. Without n (or n < 0): past
+        every available byte, to the next gap or the end (what read() would have returned,
+        unmapped)."""
+        cdef int64_t k = _as_int64(n)
+        if k < 0:
+            k = self._limit() - self.pos
+        if k >= self.end - self.pos:
+            self.pos = max(self.pos, self.end)
+        else:
+            self.pos += k
         return self.pos
 
     def skip_gap(self):
-        """At a gap: move past it and return it; else None."""
+        """At a gap: move past it (not past the end) and return it; else None."""
         g = self.at_gap
         if g is not None:
             self.pos = g.offset + g.length
         return g
 
-    def seek(self, int64_t offset):
+    def seek(self, offset):
         """Move to a stream offset within what is retained [start, end]."""
-        if offset < self.start or offset > self.end:
+        cdef int64_t off = _as_int64(offset)
+        if off < self.start or off > self.end:
             raise ValueError(f"offset {offset} outside the retained stream [{self.start}, {self.end}]")
-        self.pos = offset
-        self.gap_i = 0
+        self.pos = off
         return self.pos
 
-    def resume(self, int64_t offset):
+    def resume(self, offset):
         """Stand at `offset` again (a reader that closed its file, or restarted from a
         checkpoint, comes back to where it stood). Unlike seek(), below the retained start is
-        allowed: what was given back since lies in gaps (nobody read past this reader's
-        position), which it is shown as it goes on."""
-        if offset < 0 or offset > self.end:
+        allowed: what was given back since is shown as a gap (reason "reclaimed", at_gap and
+        next_gap), never as bytes."""
+        cdef int64_t off = _as_int64(offset)
+        if off < 0 or off > self.end:
             raise ValueError(f"offset {offset} outside the stream [0, {self.end}]")
-        self.pos = offset
-        self.gap_i = 0
+        self.pos = off
         return self.pos
 
     def __repr__(self):

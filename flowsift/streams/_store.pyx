@@ -97,8 +97,10 @@ cdef extern from *:
     const int64_t FILE_SIZE "FS_FILE_SIZE"
 
 # Connections whose file is open at once (a descriptor and a header mapping each) is sized at
-# start from the process's limits (see _handle_budget); never fewer than this.
-DEF MIN_HANDLES = 64
+# start from the process's limits (see _handle_budget); never fewer than this (with fewer,
+# nearly every batch would close and open again the files it writes). A descriptor limit too
+# small for it is said before the first packet.
+DEF MIN_HANDLES = 8
 # The staging arena is written out before it grows past this, even within a batch.
 DEF ARENA_FLUSH = 33554432
 # In the background, batches gather in the arena while the writer thread is busy, up to this:
@@ -343,13 +345,24 @@ def _refuse_earlier_store(directory):
 
 def _handle_budget(bint readers_here=True):
     """How many record files may be open at once: within the descriptor limit (raised to its
-    hard limit if need be) and vm.max_map_count (each open file holds one mapping)."""
-    from flowsift.limits import descriptor_limit, max_map_count
-    soft, max_maps = descriptor_limit(), max_map_count()
-    if readers_here:
-        # leave half for readers in the same process (an inline chain maps and opens files too)
-        return max(MIN_HANDLES, min((soft - 256) // 2, (max_maps - 8192) // 4, 32768))
-    return max(MIN_HANDLES, min(soft - 256, (max_maps - 8192) // 2, 65536))
+    hard limit if need be), less the descriptors the process holds and a spare for what it
+    opens later (flowsift.limits), and within vm.max_map_count (each open file holds one
+    mapping). A limit that leaves fewer than MIN_HANDLES is a FlowsiftError saying so."""
+    from flowsift.limits import free_descriptors, max_map_count, open_descriptors, spare_descriptors
+    soft, free = free_descriptors()
+    max_maps = max_map_count()
+    # leave half for readers in the same process (an inline chain maps and opens files too)
+    share = 2 if readers_here else 1
+    budget = min(free // share, (max_maps - 8192) // (2 * share), 65536 // share)
+    if budget < MIN_HANDLES:
+        held, need = open_descriptors(), soft
+        while need - held - spare_descriptors(need) < MIN_HANDLES * share:
+            need += 1
+        raise FlowsiftError(f"the descriptor limit ({soft}, ulimit -n) is too small for the record store: "
+                            f"{held} descriptors are in use and {spare_descriptors(soft)} kept for the run, "
+                            f"leaving {max(0, budget)} record files where it needs {MIN_HANDLES}; "
+                            f"raise it to {need} at least")
+    return budget
 
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
@@ -813,6 +826,8 @@ cdef class RecordStore(Sink):
         self.store_bytes = store_bytes
         self.forget_retired = True
         self.last_avail = -1
+        # (first: a limit too small leaves no directory made for nothing)
+        handles = _handle_budget(readers_here) if max_handles is None else max(MIN_HANDLES, int(max_handles))
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
@@ -826,7 +841,7 @@ cdef class RecordStore(Sink):
         memcpy(self.ws.dir, <const char*>raw, len(raw))
         self.ws.dir[len(raw)] = 0
         self.ws.mapped = statfs(raw, &sf) == 0 and sf.f_type in MEMORY_FS
-        self.ws.max_handles = _handle_budget(readers_here) if max_handles is None else max(MIN_HANDLES, int(max_handles))
+        self.ws.max_handles = handles
         self.ws.handles = <handle_t*> calloc(self.ws.max_handles, sizeof(handle_t))
         self.ws.free_slots = <int*> calloc(self.ws.max_handles, sizeof(int))
         self.ws.iov = <iovec*> malloc(MAX_IOV * sizeof(iovec))

@@ -25,6 +25,13 @@ GAPS_OFF = 1 << 39              # 512 GiB: room for 4 billion records before it
 DATA_OFF = (1 << 40, 1 << 42)   # 1 TiB and 4 TiB: 3 TiB for the client's stream, 4 TiB for the server's
 FILE_SIZE = 1 << 43             # 8 TiB apparent size (sparse; ext4 allows 16 TiB, tmpfs more)
 
+# How far each counter of a header can go before what it counts runs into the next region
+# (a header beyond them is corrupt: read as it says, it would send a reader into another
+# region, or into terabytes of nothing).
+MAX_RECORDS = (GAPS_OFF - RECORDS_OFF) // RECORD_SIZE
+MAX_GAPS = (DATA_OFF[0] - GAPS_OFF) // GAP_SIZE
+MAX_END = (DATA_OFF[1] - DATA_OFF[0], FILE_SIZE - DATA_OFF[1])   # bytes of each direction's region
+
 # header flags
 HF_CLOSED = 1        # the gateway finished the connection: nothing more will be written
 HF_KEEP = 2          # space is never reclaimed (--keep)
@@ -90,6 +97,34 @@ _HEADER_NAMES = [name for name, _, _ in sorted(HEADER_FIELDS, key=lambda f: f[2]
 def parse_header(buf):
     """The header fields of a record file, from its first HEADER_SIZE bytes."""
     return dict(zip(_HEADER_NAMES, HEADER_STRUCT.unpack_from(buf)))
+
+
+# the fields that say where the regions are: the same in every file of this version
+FIXED_FIELDS = {"header_size": HEADER_SIZE, "record_size": RECORD_SIZE, "records_off": RECORDS_OFF,
+                "gaps_off": GAPS_OFF, "data_off0": DATA_OFF[0], "data_off1": DATA_OFF[1]}
+
+
+def fixed_field_problem(h):
+    """None, or what is wrong with a header's fields that place the regions (they never change:
+    checked once, when a file is opened)."""
+    for name, want in FIXED_FIELDS.items():
+        if h[name] != want:
+            return f"header field {name} is {h[name]:,}; version {VERSION} has {want:,}"
+    return None
+
+
+def counter_problem(h):
+    """None, or what is wrong with a header's counters: one that counts past its region (records,
+    gap entries, a direction's end or what was given back of it)."""
+    if h["records"] > MAX_RECORDS:
+        return f"header field records is {h['records']:,}; the records region holds {MAX_RECORDS:,} at most"
+    if h["gaps"] > MAX_GAPS:
+        return f"header field gaps is {h['gaps']:,}; the gaps region holds {MAX_GAPS:,} entries at most"
+    for d in (0, 1):
+        for name in (f"end{d}", f"reclaimed{d}"):
+            if not 0 <= h[name] <= MAX_END[d]:
+                return f"header field {name} is {h[name]:,}; a stream offset of direction {d} is 0 to {MAX_END[d]:,}"
+    return None
 
 
 # The fields a gateway may change after it made the file (flags, conn -- a re-shard renumbers

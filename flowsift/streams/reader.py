@@ -3,6 +3,8 @@ modules read streams through StreamPointer."""
 import mmap
 import json
 import os
+import re
+import stat
 from collections import namedtuple
 
 from flowsift.errors import FlowsiftError
@@ -28,45 +30,64 @@ class RecordFile:
 
     `records()` yields only published records (complete by construction). If the gateway
     stopped without closing the file, `cut` is True and `unpublished` counts the complete
-    records found after the published ones.
+    records found after the published ones. Only a regular file whose header places its regions
+    where this version does, and counts no further than they go, is opened (StoreError).
     """
 
     def __init__(self, path):
         self.path = str(path)
+        self._fd = None
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            # (O_NONBLOCK: a FIFO by that name would block the open until a writer came)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise StoreError(f"{self.path}: no such record file") from None
         except OSError as e:
             raise StoreError(f"{self.path}: cannot open: {e.strerror}") from None
-        size = os.fstat(self._fd).st_size
-        if size < F.HEADER_SIZE:
-            os.close(self._fd)
-            raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
-        from flowsift.streams._pointer import Mapping
-        self._Mapping = Mapping
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{self.path}: not a record file: {_kind(st.st_mode)}, not a regular file")
+            if st.st_size < F.HEADER_SIZE:
+                raise StoreError(f"{self.path}: cut short: {st.st_size} bytes, the header alone is {F.HEADER_SIZE}")
+            first = F.parse_header(os.pread(fd, F.HEADER_STRUCT.size, 0))
+            if first["magic"] != F.MAGIC:
+                raise StoreError(f"{self.path}: not a flowsift record file (magic {first['magic']!r})")
+            if first["version"] != F.VERSION:
+                raise StoreError(f"{self.path}: record file format version {first['version']}; "
+                                 f"this flowsift reads version {F.VERSION}")
+            problem = F.fixed_field_problem(first)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        from flowsift.streams._pointer import Mapping, file_size
+        self._Mapping, self._file_size = Mapping, file_size
         # the header is read with pread; a file whose header is polled a third time gets a
         # mapping of it then (most files are read once or twice: mapping, faulting and
         # unmapping a page costs more than two reads)
         self._hdr = None
         self._reads = 0
         self._maps = {}
-        self._size = size
-        self._first = None                 # the first whole parse: what never changes comes from it
-        h = self.refresh()
-        if h["magic"] != F.MAGIC:
+        self._size = st.st_size
+        self._first = first                # the first whole parse: what never changes comes from it
+        try:
+            self.refresh()
+        except BaseException:
             self.close()
-            raise StoreError(f"{self.path}: not a flowsift record file (magic {h['magic']!r})")
-        if h["version"] != F.VERSION:
-            self.close()
-            raise StoreError(f"{self.path}: record file format version {h['version']}; "
-                             f"this flowsift reads version {F.VERSION}")
+            raise
 
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
-        layout (cut by hand or by a full disk) is read only as far as it goes, and marked cut."""
-        if self._first is None:
-            self._first = F.parse_header(os.pread(self._fd, F.HEADER_STRUCT.size, 0))
+        layout (cut by hand, by a full disk, or while it was open) is read only as far as it
+        goes, and marked cut. A header counting past its regions is a StoreError."""
+        # measured at every read: a file cut while mapped must not be read past its end (SIGBUS)
+        size = self._size = self._file_size(self._fd)
+        if size < F.HEADER_SIZE:
+            raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
+        if self._reads == 0:
             h = dict(self._first)
         else:
             if self._hdr is None and self._reads >= 2:
@@ -74,10 +95,10 @@ class RecordFile:
             buf = self._hdr if self._hdr is not None else os.pread(self._fd, F.HEADER_SIZE, 0)
             h = F.parse_header_again(buf, self._first)
         self._reads += 1
-        if self._size < F.FILE_SIZE:
-            # a record file keeps its full (sparse) size; only a cut one is measured again
-            self._size = os.fstat(self._fd).st_size
-        size = self._size
+        if not (h["records"] <= F.MAX_RECORDS and h["gaps"] <= F.MAX_GAPS
+                and 0 <= h["end0"] <= F.MAX_END[0] and 0 <= h["end1"] <= F.MAX_END[1]
+                and 0 <= h["reclaimed0"] <= F.MAX_END[0] and 0 <= h["reclaimed1"] <= F.MAX_END[1]):
+            raise StoreError(f"{self.path}: {F.counter_problem(h)}")
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
             # what the header says, for telling what is missing (`missing`)
@@ -155,10 +176,16 @@ class RecordFile:
         return Totals((p0, p1), (b0, b1), retrans, conflicts)
 
     def gaps(self, direction=None):
+        """The published gap entries (of one direction), in order. An entry that is no gap (a
+        direction other than 0 and 1, an offset or length out of range: a count past what was
+        written) is a StoreError."""
         h = self.header
         out = []
         table = self._region(h["gaps_off"], h["gaps"] * F.GAP_SIZE)
-        for d, reason, rec, off, ln in F.GAP_STRUCT.iter_unpack(table):
+        for j, (d, reason, rec, off, ln) in enumerate(F.GAP_STRUCT.iter_unpack(table)):
+            if d > 1 or off < 0 or ln <= 0 or off > F.MAX_END[d] - ln:
+                raise StoreError(f"{self.path}: gap entry {j} (of {h['gaps']:,} the header counts) is no gap: "
+                                 f"direction {d}, offset {off:,}, length {ln:,}")
             if direction is None or d == direction:
                 out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
         return out
@@ -210,7 +237,7 @@ class RecordFile:
     def close(self):
         self._maps = {}                    # mappings go when the last view of them does
         self._hdr = None
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
 
@@ -221,13 +248,47 @@ class RecordFile:
         self.close()
 
 
+# A record file's name: c, the connection number in 8 digits or more (as the gateway writes it,
+# "c%08u.rec"), .rec
+RECORD_NAME = re.compile(r"c(\d{8,10})\.rec")
+
+
+def record_name(name):
+    """The connection number a record file's name gives, or None for any other name."""
+    m = RECORD_NAME.fullmatch(name)
+    if m is None or f"{int(m.group(1)):08d}" != m.group(1):
+        return None
+    return int(m.group(1))
+
+
+def _kind(mode):
+    return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+            stat.S_IFBLK: "a device", stat.S_IFLNK: "a symbolic link"}.get(stat.S_IFMT(mode), "a special file")
+
+
 def store_files(directory):
-    """The record files of a store directory, in connection order."""
+    """The record files of a store directory, in connection order: regular files named as the
+    gateway names them (`c00000007.rec`); other entries are not record files."""
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".rec"))
+        with os.scandir(directory) as it:
+            found = [(conn, e.path) for e in it if (conn := record_name(e.name)) is not None and e.is_file()]
     except FileNotFoundError:
         raise StoreError(f"{directory}: no such store directory") from None
-    return [os.path.join(directory, n) for n in names]
+    return [path for _, path in sorted(found)]
+
+
+def not_record_files(directory):
+    """Entries of a store directory named as record files that are not regular files (a
+    directory, a FIFO...), each with what it is: store_files() leaves them out."""
+    out = []
+    with os.scandir(directory) as it:
+        for e in it:
+            if record_name(e.name) is not None and not e.is_file():
+                try:
+                    out.append((e.name, _kind(e.stat().st_mode)))
+                except OSError:
+                    out.append((e.name, "a dangling symbolic link"))
+    return sorted(out)
 
 
 def check_store(directory):
@@ -239,7 +300,8 @@ def check_store(directory):
         names = os.listdir(directory)
     except OSError as e:
         raise StoreError(f"{directory}: cannot read the store: {e.strerror}") from None
-    if "store.json" not in names and not any(n.endswith((".rec", ".rec.new")) for n in names):
+    if "store.json" not in names and not any(record_name(n[:-4] if n.endswith(".new") else n) is not None
+                                             for n in names):
         raise StoreError(f"{directory}: not a store (no record files, no store.json)")
 
 
@@ -257,7 +319,7 @@ def retired_note(directory):
     None."""
     try:
         names = os.listdir(directory)
-        if any(n.endswith(".rec") for n in names):
+        if any(record_name(n) is not None for n in names):
             return None
         with open(os.path.join(directory, "store.json")) as f:
             manifest = json.load(f)
