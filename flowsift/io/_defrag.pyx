@@ -82,6 +82,7 @@ ctypedef struct done_t:
     uint32_t ident
     uint32_t total
     int64_t ts
+    uint64_t pos             # the rebuilt datagram's frame position (its edits go to a copy too)
 
 
 cdef inline uint64_t frag_hash(uint8_t ipver, uint8_t proto, const uint8_t* src, const uint8_t* dst,
@@ -315,9 +316,14 @@ cdef class Defragmenter:
         if n > wire_n:
             n = wire_n          # link trailer (padding / FCS) is not payload
         i = self._find(p, p.frag_id)
-        if i < 0 and self._was_done(p, off + wire_n):
-            self.late_duplicates += 1
-            return 0
+        if i < 0:
+            k = self._was_done(p, off + wire_n)
+            if k >= 0:
+                self.late_duplicates += 1
+                if self.members is not None and self.done[k].pos in self.members:
+                    # a copy of one of its fragments: it leaves with the datagram's edits
+                    self.members[self.done[k].pos][0].append(p.rec_pos)
+                return 0
         if i < 0:
             i = self._alloc()
             t = &self.trk[i]
@@ -383,7 +389,8 @@ cdef class Defragmenter:
             self._emit(i, p)
         return 0
 
-    cdef bint _was_done(self, pkt_t* p, uint32_t end) noexcept nogil:
+    cdef int _was_done(self, pkt_t* p, uint32_t end) noexcept nogil:
+        # the entry of the datagram `p` is a fragment of, rebuilt lately; -1 if none
         cdef int k
         cdef int alen = 4 if p.ipver == 4 else 16
         cdef done_t* x
@@ -392,10 +399,10 @@ cdef class Defragmenter:
             if (x.ipver == p.ipver and x.ident == p.frag_id and (p.ipver == 6 or x.proto == p.proto) and
                     end <= x.total and p.ts_ns - x.ts <= FRAG_TIMEOUT_NS and
                     memcmp(x.src, p.src, alen) == 0 and memcmp(x.dst, p.dst, alen) == 0):
-                return True
-        return False
+                return k
+        return -1
 
-    cdef void _remember_done(self, tracker_t* t) noexcept nogil:
+    cdef void _remember_done(self, tracker_t* t, uint64_t pos) noexcept nogil:
         cdef done_t* x = &self.done[self.done_next]
         self.done_next = (self.done_next + 1) % MAX_DONE
         x.ipver = t.ipver
@@ -405,6 +412,7 @@ cdef class Defragmenter:
         x.ident = t.ident
         x.total = t.total
         x.ts = t.last_ts
+        x.pos = pos
 
     cdef void _copy_uncovered(self, tracker_t* t, uint32_t s, uint32_t e, const uint8_t* src) noexcept nogil:
         # src[x] is the byte for datagram offset x
@@ -496,7 +504,7 @@ cdef class Defragmenter:
         decode_packet(p)
         p.flags |= PF_REASSEMBLED
         self.datagrams += 1
-        self._remember_done(t)
+        self._remember_done(t, pos)
         self._drop(i)
         return 0
 
