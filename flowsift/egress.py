@@ -22,12 +22,26 @@ from flowsift.streams.format import RF_LATE
 PF_FRAGMENT = 2
 
 
+def _routed(b, l3, l4):
+    """Whether the IPv6 packet in `b` has a Routing header with segments left: its destination
+    field is the next hop, and the transport checksum covers the final one (RFC 8200 8.1)."""
+    nh, at = b[l3 + 6], l3 + 40
+    while at + 8 <= l4 and nh in (0, 43, 44, 51, 60):
+        if nh == 43 and b[at + 3]:
+            return True
+        nh, at = b[at], at + (8 if nh == 44 else (b[at + 1] + 2) * 4 if nh == 51 else (b[at + 1] + 1) * 8)
+    return False
+
+
 def _put_field(b, l3, l4, v4, key, value):
     """Write header field `key` into frame bytes `b`; returns (old bytes, new bytes) where the
     transport checksum covers them (addresses, ports), else None."""
     if key in ("ip_src", "ip_dst"):
         raw = ipaddress.ip_address(value).packed
         at = (l3 + 12 if key == "ip_src" else l3 + 16) if v4 else (l3 + 8 if key == "ip_src" else l3 + 24)
+        if key == "ip_dst" and not v4 and _routed(b, l3, l4):
+            b[at:at + len(raw)] = raw
+            return None
     elif key == "ip_ttl":
         b[l3 + 8 if v4 else l3 + 7] = value
         return None
@@ -68,8 +82,8 @@ def _checksums(b, l3, l4, v4, proto, ip_old, words):
         if at + 2 > len(b):
             return                            # (cut by the snaplen: no checksum to keep right)
         old = struct.unpack_from("!H", b, at)[0]
-        if proto == 17 and old == 0 and v4:
-            return                            # no UDP checksum over IPv4: none to keep right
+        if proto == 17 and old == 0:
+            return                            # no UDP checksum (IPv4; IPv6 tunnels, RFC 6935)
         c = _incremental(old, b"".join(o for o, _ in words), b"".join(n for _, n in words))
         b[at:at + 2] = struct.pack("!H", c if c or proto == 6 else 0xFFFF)
 

@@ -131,6 +131,9 @@ def test_downstream_modules_see_merged_bytes(tmp_path):
                                          ("nat(to=10.0.0.2:99999)", "port 99999 is not a number from 1 to 65535"),
                                          ("nat(to=[::1]:-1)", "port -1 is not"),
                                          ("nat(to=10.0.0.2,match=10.0.0.1:0)", "match='10.0.0.1:0': port 0"),
+                                         ("nat(to=[2001:db8::77]8080)", "is not ip, ip:port, [ipv6]"),
+                                         ("nat(to=[10.0.0.2]:80)", "is not ip, ip:port, [ipv6]"),
+                                         ("nat(to=10.0.0.2,match=[2001:db8::2]:80)", "a flow's address family cannot change"),
                                          ("strsearch", "option patterns=FILE is required"),
                                          ("strsearch(patterns=)", "option patterns=FILE is required")])
 def test_writing_modules_check_their_options(spec, needle):
@@ -380,3 +383,76 @@ def test_an_edit_from_a_read_only_module_is_refused_for_the_same_reason_in_both_
     for inline in (False, True):
         reasons |= {e["reason"] for e in run_module(str(mod), cap, inline=inline).events}
     assert reasons == {"ip.dst is not declared in writes"}
+
+
+def _checksummed_udp6(src, dst, sport, dport, payload, final=None, zero=False):
+    """An IPv6 UDP datagram with its checksum over `final` (a Routing header's last address, with
+    one segment left) or the destination; 0 if `zero`."""
+    import struct
+    from pcapgen import ipv6, udp
+    body = udp(sport, dport, payload)
+    pseudo = src + (final or dst) + struct.pack(">IxxxB", len(body), 17) + body
+    pseudo += b"\0" * (len(pseudo) % 2)
+    c = sum(struct.unpack(f">{len(pseudo) // 2}H", pseudo))
+    while c >> 16:
+        c = (c & 0xFFFF) + (c >> 16)
+    body = body[:6] + struct.pack(">H", 0 if zero else (~c & 0xFFFF) or 0xFFFF) + body[8:]
+    if final is None:
+        return ipv6(src, dst, 17, body)
+    routing = struct.pack(">BBBB4x", 17, 2, 0, 1) + final               # type 0, one segment left
+    return ipv6(src, dst, 43, routing + body)
+
+
+def test_nat_keeps_ipv6_udp_checksums_right_with_a_routing_header_and_zero_without_one(tmp_path):
+    """The destination of a packet with a Routing header (segments left) is its next hop, not in
+    the checksum: nat made that checksum wrong. An IPv6 UDP checksum of 0 (a tunnel's, RFC 6935)
+    came out non-zero and wrong."""
+    from pcapgen import A6, B6, ether, pcap
+    final = bytes.fromhex("20010db8000000000000000000000009")
+    pkts = [_checksummed_udp6(A6, B6, 40000, 53, b"routed query", final=final),
+            _checksummed_udp6(B6, A6, 53, 40000, b"routed answer"),
+            _checksummed_udp6(A6, B6, 40001, 53, b"tunnelled", zero=True)]
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    src.write_bytes(pcap([(1_700_000_000, i, ether(p, ethertype=0x86DD)) for i, p in enumerate(pkts)]))
+    res = run_cli("chain", "nat(to=[2001:db8::77]:5353)", src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+
+    def rows(path):
+        return [r.split("\t") for r in subprocess.run(
+            [require("tshark"), "-o", "udp.check_checksum:TRUE", "-r", str(path), "-T", "fields", "-e", "ipv6.dst",
+             "-e", "ipv6.src", "-e", "udp.checksum", "-e", "udp.checksum.status"],
+            capture_output=True, text=True, check=True).stdout.splitlines()]
+    before, after = rows(src), rows(out)
+    assert [r[3] for r in before] == ["1", "1", "4"]           # good, good, zero (illegal to tshark)
+    assert [r[3] for r in after] == ["1", "1", "4"] and after[2][2] == "0x0000"
+    assert after[0][0] == after[1][1] == after[2][0] == "2001:db8::77"
+
+
+def test_nat_counts_the_flows_of_the_other_address_family_it_leaves(tmp_path):
+    from pcapgen import A6, B6, ether, pcap
+    src = tmp_path / "in.pcap"
+    src.write_bytes(pcap([(1_700_000_000, 0, ether(_checksummed_udp6(A6, B6, 40000, 53, b"q"), ethertype=0x86DD))]))
+    res = run_cli("chain", "nat(to=10.0.0.9)", src, "-w", tmp_path / "out.pcap", "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["modules"]["nat"]["other_family"] == 1
+
+
+def test_a_fragment_sent_again_after_its_datagram_was_rebuilt_leaves_with_the_datagrams_edits(tmp_path):
+    """It left with its old destination address: the address a NAT hides, out of the NAT."""
+    import struct
+    from pcapgen import A6, B6, ether, ipv6, pcap
+    dgram = _checksummed_udp6(A6, B6, 41000, 9000, b"A" * 500)[40:]          # the UDP datagram
+    frags = []
+    for start, end in ((0, 200), (200, 400), (400, len(dgram))):
+        more = end < len(dgram)
+        header = struct.pack(">BBHI", 17, 0, start | more, 501)
+        frags.append(ether(ipv6(A6, B6, 44, header + dgram[start:end]), ethertype=0x86DD))
+    frags.append(frags[1])
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    src.write_bytes(pcap([(1_700_000_000, i * 10_000, f) for i, f in enumerate(frags)]))
+    res = run_cli("chain", "nat(to=[2001:db8::77])", src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["egress"]["edited"] == 4
+    new = bytes.fromhex("20010db8000000000000000000000077")
+    assert [f[14 + 24:14 + 40] for f in frames(out)] == [new] * 4
+

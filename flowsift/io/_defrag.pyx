@@ -73,6 +73,7 @@ ctypedef struct tracker_t:
 # Datagrams completed lately, remembered so that a fragment sent again after its datagram
 # was whole is known for a duplicate, not taken for the start of a datagram that never ends.
 DEF MAX_DONE = 256
+DEF NO_DATAGRAM = 0xFFFFFFFFFFFFFFFF   # a done entry of a datagram dropped, not rebuilt
 
 ctypedef struct done_t:
     uint8_t ipver
@@ -82,6 +83,7 @@ ctypedef struct done_t:
     uint32_t ident
     uint32_t total
     int64_t ts
+    uint64_t pos             # the rebuilt datagram's frame position (its edits go to a copy too)
 
 
 cdef inline uint64_t frag_hash(uint8_t ipver, uint8_t proto, const uint8_t* src, const uint8_t* dst,
@@ -324,9 +326,14 @@ cdef class Defragmenter:
         if n > wire_n:
             n = wire_n          # link trailer (padding / FCS) is not payload
         i = self._find(p, p.frag_id)
-        if i < 0 and self._was_done(p, off + wire_n):
-            self.late_duplicates += 1
-            return 0
+        if i < 0:
+            k = self._was_done(p, off + wire_n)
+            if k >= 0:
+                self.late_duplicates += 1
+                if self.members is not None and self.done[k].pos in self.members:
+                    # a copy of one of its fragments: it leaves with the datagram's edits
+                    self.members[self.done[k].pos][0].append(p.rec_pos)
+                return 0
         if i < 0:
             i = self._alloc()
             t = &self.trk[i]
@@ -395,7 +402,8 @@ cdef class Defragmenter:
             self._emit(i, p)
         return 0
 
-    cdef bint _was_done(self, pkt_t* p, uint32_t end) noexcept nogil:
+    cdef int _was_done(self, pkt_t* p, uint32_t end) noexcept nogil:
+        # the entry of the datagram `p` is a fragment of, rebuilt lately; -1 if none
         cdef int k
         cdef int alen = 4 if p.ipver == 4 else 16
         cdef done_t* x
@@ -404,10 +412,10 @@ cdef class Defragmenter:
             if (x.ipver == p.ipver and x.ident == p.frag_id and (p.ipver == 6 or x.proto == p.proto) and
                     end <= x.total and p.ts_ns - x.ts <= FRAG_TIMEOUT_NS and
                     memcmp(x.src, p.src, alen) == 0 and memcmp(x.dst, p.dst, alen) == 0):
-                return True
-        return False
+                return k
+        return -1
 
-    cdef void _remember_done(self, tracker_t* t) noexcept nogil:
+    cdef void _remember_done(self, tracker_t* t, uint64_t pos) noexcept nogil:
         cdef done_t* x = &self.done[self.done_next]
         self.done_next = (self.done_next + 1) % MAX_DONE
         x.ipver = t.ipver
@@ -417,6 +425,7 @@ cdef class Defragmenter:
         x.ident = t.ident
         x.total = t.total
         x.ts = t.last_ts
+        x.pos = pos
 
     cdef void _copy_uncovered(self, tracker_t* t, uint32_t s, uint32_t e, const uint8_t* src) noexcept nogil:
         # src[x] is the byte for datagram offset x
@@ -468,7 +477,7 @@ cdef class Defragmenter:
         cdef uint16_t iface
         if t.poisoned:
             self.truncated += 1
-            self._remember_done(t)          # (its fragments all came: one sent again is late)
+            self._remember_done(t, NO_DATAGRAM)   # (its fragments all came: one sent again is late)
             self._drop(i)
             return 0
         hl = t.hdr_len if t.ipver == 4 else 40
@@ -515,7 +524,7 @@ cdef class Defragmenter:
             self.not_decoded[p.status] += 1
         elif p.proto != 6 and p.proto != 17:
             self.other_protocols += 1
-        self._remember_done(t)
+        self._remember_done(t, pos)
         self._drop(i)
         return 0
 

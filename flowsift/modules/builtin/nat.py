@@ -4,18 +4,29 @@ from flowsift.modules.base import Module, ModuleError, Option
 
 
 def _endpoint(text, what):
-    host, _, port = text.rpartition(":") if text.count(":") == 1 or text.startswith("[") else (text, "", "")
-    host = host.strip("[]") or text
+    # ip, ip:port, [ipv6] or [ipv6]:port; a bare IPv6 address is an address alone (its last
+    # group could not be told from a port)
+    bad = ModuleError(f"module nat: {what}={text!r} is not ip, ip:port, [ipv6] or [ipv6]:port")
+    port = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or ":" not in host or (rest and not rest.startswith(":")):
+            raise bad
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host = text
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise ModuleError(f"module nat: {what}={text!r} is not ip or ip:port") from None
-    if not port:
+        raise bad from None
+    if port is None:
         return addr, None
     # checked here, not by the gateway at each edit: a port it would refuse is a chain that
     # rewrites nothing
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ModuleError(f"module nat: {what}={text!r}: port {port} is not a number from 1 to 65535")
+        raise ModuleError(f"module nat: {what}={text!r}: port {port or '(none)'} is not a number from 1 to 65535")
     return addr, int(port)
 
 
@@ -26,9 +37,12 @@ class Nat(Module):
     Synopsis: nat(to=IP[:PORT], match=IP[:PORT])
     Reads: packets (records)
     Writes: ip.src, ip.dst, tcp.sport, tcp.dport, udp.sport, udp.dport
-    Options: to (str) the new server address, optionally with a port
-             match (str) only flows to this server (ip or ip:port); default: every flow
-    Counters: rewritten, rejected, flows
+    Options: to (str) the new server address, optionally with a port; IPv6 with a port in
+             brackets ([2001:db8::2]:8080; a bare IPv6 address is an address alone)
+             match (str) only flows to this server (ip or ip:port); default: every flow of
+             to's address family (a flow's family cannot change)
+    Counters: rewritten, rejected, flows, other_family (flows of the other address family,
+             which pass unchanged)
     Example: flowsift chain "nat(to=10.0.0.2:8080,match=93.184.216.34:80)" in.pcap -w out.pcap
     """
     name = "nat"
@@ -41,6 +55,10 @@ class Nat(Module):
             raise ModuleError("module nat: option to=IP[:PORT] is required")
         self.to_ip, self.to_port = _endpoint(self.config["to"], "to")
         self.match = _endpoint(self.config["match"], "match") if self.config.get("match") else None
+        if self.match is not None and self.match[0].version != self.to_ip.version:
+            raise ModuleError(f"module nat: match={self.config['match']!r} is IPv{self.match[0].version} and "
+                              f"to={self.config['to']!r} IPv{self.to_ip.version}: a flow's address family "
+                              f"cannot change")
 
     def on_open(self, flow):
         host, _, port = flow.server.rpartition(":")
@@ -49,6 +67,8 @@ class Nat(Module):
         flow.state["nat"] = ok and addr.version == self.to_ip.version
         if flow.state["nat"]:
             self.count("flows")
+        elif ok:
+            self.count("other_family")          # (every flow: those of the other family pass as they are)
 
     def on_packet(self, flow, record):
         if not flow.state.get("nat"):
