@@ -167,6 +167,8 @@ class Gateway:
         if not intact:
             self._restore()
         for bit, info in modules.items():
+            if bit in self.module_bits and self.module_bits[bit].get("reserved") and not info.get("reserved"):
+                self.module_bits[bit] = info                # an expected module attached
             if bit not in self.module_bits:
                 self.module_bits[bit] = info
                 self.done_by.setdefault(bit, ConnSet())
@@ -228,7 +230,10 @@ class Gateway:
         while True:
             self.sync()
             total = len(self.announced)
-            waiting = {b: info for b, info in self.module_bits.items() if len(self.done_by.get(b, ())) < total}
+            # (an expected module not attached yet is waited for even when there is nothing to
+            # read: it comes, finds the run complete and leaves)
+            waiting = {b: info for b, info in self.module_bits.items()
+                       if len(self.done_by.get(b, ())) < total or info.get("reserved")}
             if not waiting:
                 # every module is through: let them commit their last words and release their bits
                 if not self.module_bits:

@@ -467,7 +467,9 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                 rc = p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-                rc = p.wait()
+                p.wait()
+                raise FlowsiftError(f"module {names[i]}: its process had not ended 60 s after the run did; "
+                                    f"stopped") from None
             if rc != 0:
                 raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
             with open(os.path.join(work, f"{i}.json")) as f:

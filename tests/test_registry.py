@@ -221,6 +221,20 @@ def test_chain_with_registry_gives_the_embedded_output(tmp_path, corpus, redis_s
     assert redis_server.client().keys("flowsift:*") == []
 
 
+def test_a_registry_chain_over_no_connection_ends_at_once_as_the_others_do(tmp_path, corpus, redis_server):
+    """The gateway, with nothing to wait for, removed the run before its modules attached: they
+    never found it, and the chain ended after a minute, blaming a module (exit 2)."""
+    cap = corpus / "http__zeek__get.pcap"
+    start = time.monotonic()
+    res = run_cli("chain", "http,counter", cap, "--filter", "tcp port 9999", "--registry", redis_server.url,
+                  "--json", "--events", tmp_path / "ev.jsonl")
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - start < 30
+    summary = json.loads(res.stdout)
+    assert summary["connections"]["tcp"] == 0 and set(summary["modules"]) == {"http", "counter"}
+    assert redis_server.client().keys("flowsift:*") == []
+
+
 def _register(url, run, name, queue):
     from flowsift.registry.redis import RedisRegistry
     from flowsift.registry import RegistryError
