@@ -350,7 +350,15 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         _add(out.setdefault("modules", {}), r["modules"])
     # from a file every shard decoded the whole source: count it once; from the kernel's fan-out
     # each had its own packets
-    out["packets"] = results[0]["packets"] if split == "hash" else sum(r["packets"] for r in results)
+    for key in ("packets", "not_decoded", "other_protocols"):
+        out[key] = results[0].get(key, 0) if split == "hash" else sum(r.get(key, 0) for r in results)
+    if "bytes_stored" in results[0]:
+        out["bytes_stored"] = all(r["bytes_stored"] for r in results)
+    for key in ("edits", "checkpoints"):
+        if key in results[0]:
+            out[key] = {}
+            for r in results:
+                _add(out[key], r.get(key, {}))
     if split == "kernel":
         out["kernel"] = _add({}, {})
         # each shard had the same limits and ran at the same time: those are not added up

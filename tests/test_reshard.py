@@ -315,3 +315,16 @@ def test_sharded_events_say_whose_conn_they_are(tmp_path, corpus):
     assert len({c for _, c in owners}) < len(owners)              # conn alone is ambiguous
     rows = json.loads(res.stdout)["tables"]["counter"]
     assert len({(r["shard"], r["conn"]) for r in rows}) == len(rows)
+
+
+def test_a_sharded_summary_has_every_field_of_one_gateways(corpus):
+    """It lacked not_decoded, other_protocols (packets no shard's connections hold: each shard
+    decodes the whole file, so they count once), edits, bytes_stored and checkpoints."""
+    cap = corpus / "vlan__pcpp__example2.pcap"
+    one, two = (json.loads(run_cli("chain", "redact(pattern=a),counter", cap, "--events", "/dev/null", "--json",
+                                   *extra, check=True).stdout) for extra in ((), ("--shards", 2)))
+    assert set(one) - set(two) == set()
+    for key in ("packets", "not_decoded", "other_protocols", "edits", "bytes_stored"):
+        assert two[key] == one[key], key
+    assert one["not_decoded"] > 0 and one["other_protocols"] > 0 and one["edits"]["accepted"]["redact"] > 0
+    assert two["checkpoints"]["counter"]["checkpoints"] >= one["checkpoints"]["counter"]["checkpoints"]
