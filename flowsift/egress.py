@@ -465,13 +465,16 @@ class Forwarder:
             todo |= late
         if skip is not None:
             todo &= skip == 0
-        # a UDP direction's stream is its datagrams end to end: each one's offset is what came
-        # before it (the batch has none of its own)
+        # a UDP direction's stream is its datagrams end to end, on the wire (what the snaplen cut
+        # of one is a gap, as the store counts it): each one's offset is what came before it
+        # (the batch has none of its own)
         stream_at = {}
-        for i in np.flatnonzero(data_pkts & (arr["proto"] == 17)).tolist():
+        udp = (arr["payload_wirelen"] > 0) & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF) \
+            & ((arr["rflags"] & RF_LATE) == 0)
+        for i in np.flatnonzero(udp).tolist():
             key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
             stream_at[i] = self.udp_end.get(key, 0)
-            self.udp_end[key] = stream_at[i] + int(arr["payload_len"][i])
+            self.udp_end[key] = stream_at[i] + int(arr["payload_wirelen"][i])
         replace = {}
         for i in np.flatnonzero(todo):
             p = arr[i]

@@ -368,3 +368,23 @@ def test_net_pcap_times_of_1970_are_the_captures(tmp_path):
     want = json.loads(flowsift("stats", src, "--json").stdout)
     assert got["time"] == want["time"] and want["time"]["first_ns"] == 250000000
     assert got["kernel"]["port_timestamps"] == 5
+
+
+def test_inline_udp_edits_after_a_datagram_the_snaplen_cut_land_where_they_do_with_w(tmp_path):
+    """A UDP direction's stream counts a cut datagram whole (its cut tail is a gap): inline
+    counted only its captured bytes, and the edits of every later datagram landed short."""
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    recs = []
+    for k, fill in enumerate(b"ABCD"):
+        frame = ether(ipv4(A, B, 17, udp(40000, 53, bytes([fill]) * 100)))
+        cut = frame[:len(frame) - 60] if fill == ord("B") else frame
+        recs.append((1_700_000_000, k, cut, len(frame)))
+    src, out, ref = tmp_path / "in.pcap", tmp_path / "tx.pcap", tmp_path / "ref.pcap"
+    src.write_bytes(pcap(recs))
+    chain = "redact(pattern=DDDD,mask=Z)"
+    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out",
+                              "dpdk:net_pcap0", "--count", 4, "--events", "/dev/null", "--json").stdout)
+    flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
+    sent = frames_of(out)
+    assert sent == frames_of(ref) and got["egress"]["edited"] == 1
+    assert sent[3].endswith(b"Z" * 100)
