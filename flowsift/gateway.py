@@ -391,8 +391,13 @@ class Gateway:
         if getattr(cap, "live", False):
             summary["kernel"] = cap.live_counters()
         if self.shard is not None:
+            # (the datagrams this shard rebuilt are its own: the rest of not_decoded and
+            # other_protocols every shard of a file counts alike)
+            d = self.reassembler.defrag
             summary["shard"] = {"index": self.shard[0], "of": self.shard[1], "split": self.shard[2],
-                                "other_shards_packets": self.other_shards}
+                                "other_shards_packets": self.other_shards,
+                                "rebuilt_not_decoded": sum(d.undecoded().values()),
+                                "rebuilt_other_protocols": d.other_protocols}
             if self.resharder is not None:
                 summary["shard"]["moved"] = self.resharder.counters()
         return summary

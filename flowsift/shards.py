@@ -336,7 +336,8 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                 p.kill()
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
-    out = {"mode": "sharded", "shards": [dict(r["shard"], packets=r["packets"], mode=r["mode"]) for r in results],
+    out = {"mode": "sharded", "shards": [dict({k: v for k, v in r["shard"].items() if not k.startswith("rebuilt_")},
+                                              packets=r["packets"], mode=r["mode"]) for r in results],
            "chain": results[0]["chain"], "source": str(source),
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
     if steps:
@@ -351,7 +352,11 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     # from a file every shard decoded the whole source: count it once; from the kernel's fan-out
     # each had its own packets
     for key in ("packets", "not_decoded", "other_protocols"):
-        out[key] = results[0].get(key, 0) if split == "hash" else sum(r.get(key, 0) for r in results)
+        out[key] = sum(r.get(key, 0) for r in results)
+        if split == "hash":
+            # every shard read the whole file; each rebuilt its own flows' datagrams only
+            own = [r["shard"].get(f"rebuilt_{key}", 0) for r in results]
+            out[key] = results[0].get(key, 0) - own[0] + sum(own)
     if "bytes_stored" in results[0]:
         out["bytes_stored"] = all(r["bytes_stored"] for r in results)
     for key in ("edits", "checkpoints"):

@@ -328,3 +328,19 @@ def test_a_sharded_summary_has_every_field_of_one_gateways(corpus):
         assert two[key] == one[key], key
     assert one["not_decoded"] > 0 and one["other_protocols"] > 0 and one["edits"]["accepted"]["redact"] > 0
     assert two["checkpoints"]["counter"]["checkpoints"] >= one["checkpoints"]["counter"]["checkpoints"]
+
+
+def test_a_sharded_run_counts_rebuilt_datagrams_of_other_protocols_once_each(tmp_path):
+    """Each shard rebuilds the datagrams of its own flows: counting shard 0's alone lost the
+    others' (fragmented ICMP of 8 address pairs: 0 of 8 when they all fell to shard 1)."""
+    from pcapgen import ether, fragments, ipv4, pcap, udp
+    frames = []
+    for k in range(8):
+        a, b = bytes([10, 0, k, 1]), bytes([10, 1, k, 2])
+        frames += fragments(a, b, 1, b"\x08\0\0\0\0\0\0\0" + b"A" * 3000, [0, 1480], ident=100 + k)
+        frames.append(ether(ipv4(a, b, 17, udp(1000 + k, 53, b"x" * 20))))
+    cap = tmp_path / "fragicmp.pcap"
+    cap.write_bytes(pcap([(1_700_000_000, i, f) for i, f in enumerate(frames)]))
+    for shards in ((), ("--shards", 2), ("--shards", 3)):
+        got = json.loads(run_cli("chain", "counter", cap, "--events", "/dev/null", "--json", *shards, check=True).stdout)
+        assert (got["other_protocols"], got["packets"]) == (8, 24), shards
