@@ -86,18 +86,26 @@ class Redact(Module):
 
     def _datagrams(self, flow, stream):
         # a UDP flow's datagrams are messages of their own: a match never runs from one into
-        # the next (its stream is its datagrams end to end: their records say where each is)
+        # the next (its stream is its datagrams end to end: their records say where each is).
+        # Records are looked at from the first not wholly read last time: a call per datagram
+        # (a gap between each, as the snaplen leaves) must not go over the flow's past again
         d = stream.direction
         base, data = stream.tell(), stream.peek_bytes()
-        recs = flow.records()
-        sel = (recs["dir"] == d) & (recs["payload_len"] > 0)
+        first = flow.state.setdefault("records_read", [0, 0])
+        recs = stream.file.record_array(first[d])
+        sel = ((recs["dir"] == d) & (recs["payload_len"] > 0)).nonzero()[0]
         starts = recs["seq_offset"][sel] - stream.file.header[f"origin{d}"]
-        for at, n in zip(starts.tolist(), recs["payload_len"][sel].tolist()):
-            if at < base or at + n > base + len(data):
+        upto = len(recs)
+        for i, at, n in zip(sel.tolist(), starts.tolist(), recs["payload_len"][sel].tolist()):
+            if at < base:
                 continue                      # (read already)
+            if at + n > base + len(data):
+                upto = i                      # (not all here yet)
+                break
             for m in self.regex.finditer(data[at - base:at - base + n]):
                 if m.end() > m.start():
                     self._mask(stream, at + m.start(), at + m.end())
+        first[d] += upto
         stream.skip()
 
     def _mask(self, stream, start, end, whole=True):
