@@ -196,6 +196,16 @@ cdef class PySink(Sink):
         return 0
 
 
+
+cdef inline void _count_hole(dir_t* D, int64_t at, int64_t end) noexcept nogil:
+    # a hole [at, end) in the direction's totals; one running on from the last is the same hole
+    # (a snaplen cut then a loss, say, is one hole, as the index lists it)
+    D.gap_bytes += <uint64_t>(end - at)
+    if D.n_gaps == 0 or D.gap_end != at:
+        D.n_gaps += 1
+        D.gap_start = at
+    D.gap_end = end
+
 cdef class Engine:
     """One reassembler for many connections. Feed it decoded batches (flow ids assigned by `flows`)."""
 
@@ -1121,11 +1131,7 @@ cdef class Engine:
         cdef dir_t* D = &conn_at(self, i).d[d]
         if upto <= D.next:
             return 0
-        D.gap_bytes += <uint64_t>(upto - D.next)
-        if D.n_gaps == 0 or D.gap_end != D.next:
-            D.n_gaps += 1           # (a snaplen cut then a loss, say, is one hole, as the index lists it)
-            D.gap_start = D.next
-        D.gap_end = upto
+        _count_hole(D, D.next, upto)
         self.cur_rflags |= RF_GAP_BEFORE
         self.sink.on_gap(i, d, D.next - D.origin, upto - D.next, reason)
         D = &conn_at(self, i).d[d]
@@ -1144,11 +1150,7 @@ cdef class Engine:
         cdef dir_t* D = &conn_at(self, i).d[d]
         cdef int64_t at = <int64_t>(D.delivered + D.gap_bytes)
         cdef int64_t n = <int64_t>p.payload_wirelen - p.payload_len
-        D.gap_bytes += <uint64_t>n
-        if D.n_gaps == 0 or D.gap_end != at:
-            D.n_gaps += 1
-            D.gap_start = at
-        D.gap_end = at + n
+        _count_hole(D, at, at + n)
         p.rflags = RF_SNAPLEN_CUT | RF_GAP_BEFORE
         self.sink.on_gap(i, d, at, n, GAP_SNAPLEN)
         return 0

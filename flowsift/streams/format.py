@@ -113,17 +113,19 @@ def fixed_field_problem(h):
     return None
 
 
+# each counter of a header and how far it may go: (field, highest, what holds it)
+_COUNTER_LIMITS = (("records", MAX_RECORDS, f"the records region holds {MAX_RECORDS:,} at most"),
+                   ("gaps", MAX_GAPS, f"the gaps region holds {MAX_GAPS:,} entries at most")) + tuple(
+    (f"{name}{d}", MAX_END[d], f"a stream offset of direction {d} is 0 to {MAX_END[d]:,}")
+    for d in (0, 1) for name in ("end", "reclaimed"))
+
+
 def counter_problem(h):
     """None, or what is wrong with a header's counters: one that counts past its region (records,
-    gap entries, a direction's end or what was given back of it)."""
-    if h["records"] > MAX_RECORDS:
-        return f"header field records is {h['records']:,}; the records region holds {MAX_RECORDS:,} at most"
-    if h["gaps"] > MAX_GAPS:
-        return f"header field gaps is {h['gaps']:,}; the gaps region holds {MAX_GAPS:,} entries at most"
-    for d in (0, 1):
-        for name in (f"end{d}", f"reclaimed{d}"):
-            if not 0 <= h[name] <= MAX_END[d]:
-                return f"header field {name} is {h[name]:,}; a stream offset of direction {d} is 0 to {MAX_END[d]:,}"
+    gap entries, a direction's end or what was given back of it). Checked at every header read."""
+    for name, high, why in _COUNTER_LIMITS:
+        if not 0 <= h[name] <= high:
+            return f"header field {name} is {h[name]:,}; {why}"
     return None
 
 

@@ -95,10 +95,9 @@ class RecordFile:
             buf = self._hdr if self._hdr is not None else os.pread(self._fd, F.HEADER_SIZE, 0)
             h = F.parse_header_again(buf, self._first)
         self._reads += 1
-        if not (h["records"] <= F.MAX_RECORDS and h["gaps"] <= F.MAX_GAPS
-                and 0 <= h["end0"] <= F.MAX_END[0] and 0 <= h["end1"] <= F.MAX_END[1]
-                and 0 <= h["reclaimed0"] <= F.MAX_END[0] and 0 <= h["reclaimed1"] <= F.MAX_END[1]):
-            raise StoreError(f"{self.path}: {F.counter_problem(h)}")
+        problem = F.counter_problem(h)
+        if problem:
+            raise StoreError(f"{self.path}: {problem}")
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
             # what the header says, for telling what is missing (`missing`)
