@@ -2,6 +2,7 @@
 import os
 import shutil
 
+from flowsift.errors import FlowsiftError
 from flowsift.gateway import Gateway
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
@@ -105,20 +106,32 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             def forward(frames):
                 forwarder.forward(frames)
                 g.registry.flush()
-        if forwarder is None and write is None and shard is None and max_backlog is None \
-                and isinstance(runner, ParallelChain) and not runner.following:
-            # Workers that read connections only at their ends leave the gateway the busier
-            # side: a thread writes the store while it reassembles on, and the workers hear of
-            # batches once written; their commits wait for the writer to be idle. (Workers that
-            # follow every batch are the busier side: a writer thread would take their core.
-            # Not with --max-backlog: batches told in bursts would put a module that keeps up
-            # behind for a moment.)
-            g.registry.hold = True
-            summary = g.run_capture(source, on_progress=on_progress, after_written=runner)
-        else:
-            summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
-                                    on_batch=forward if forwarder is not None else None,
-                                    on_open=forwarder.open if forwarder is not None else None)
+        try:
+            if forwarder is None and write is None and shard is None and max_backlog is None \
+                    and isinstance(runner, ParallelChain) and not runner.following:
+                # Workers that read connections only at their ends leave the gateway the busier
+                # side: a thread writes the store while it reassembles on, and the workers hear of
+                # batches once written; their commits wait for the writer to be idle. (Workers that
+                # follow every batch are the busier side: a writer thread would take their core.
+                # Not with --max-backlog: batches told in bursts would put a module that keeps up
+                # behind for a moment.)
+                g.registry.hold = True
+                summary = g.run_capture(source, on_progress=on_progress, after_written=runner)
+            else:
+                summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
+                                        on_batch=forward if forwarder is not None else None,
+                                        on_open=forwarder.open if forwarder is not None else None)
+        except FlowsiftError as e:
+            # the store stopped the run (full, unwritable): --json still gives the chain's
+            # summary of what was read, its `error` saying why (the workers are not asked to finish)
+            if getattr(e, "summary", None) is not None:
+                try:
+                    _complete(e.summary, runner, chain, store, keep)
+                    if editor is not None:
+                        e.summary["edits"] = editor.counters()
+                except Exception:
+                    pass            # (a summary that cannot be made must not hide the error)
+            raise
         runner.finish()
         g.registry.flush()
         g.store.settle_bits()               # module bits that waited for a last module that never came
@@ -138,6 +151,11 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             forwarder.close()
         if store is None and not keep:
             shutil.rmtree(g.store_dir, ignore_errors=True)
+    return _complete(summary, runner, chain, store, keep)
+
+
+def _complete(summary, runner, chain, store, keep):
+    """The gateway's `summary` with the chain's part: modules, their counters, tables and state."""
     if isinstance(runner, InlineChain):
         summary["modules"] = runner.counters()
         summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}

@@ -59,12 +59,19 @@ def _run(path, label, work, as_json, render):
     `render`), and exit 2 with its one-line error if reading stopped at a defect."""
     size = os.path.getsize(path) if os.path.isfile(path) else 0
     bar = _progress(size, label)
-    if bar is not None:
-        with bar:
-            task = bar.add_task(label, total=size)
-            result = work(lambda pos, total: bar.update(task, completed=pos))
-    else:
-        result = work(None)
+    try:
+        if bar is not None:
+            with bar:
+                task = bar.add_task(label, total=size)
+                result = work(lambda pos, total: bar.update(task, completed=pos))
+        else:
+            result = work(None)
+    except FlowsiftError as e:
+        # a store that filled up (or could not be written) stopped the run: the summary of
+        # what was read still goes out, its `error` saying why, and the line and exit 2 follow
+        if as_json and getattr(e, "summary", None) is not None:
+            typer.echo(json.dumps(e.summary))
+        raise
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -249,15 +256,8 @@ def gateway(
             _fail("--run and --expect need --registry URL")
         from flowsift.gateway import Gateway
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, **bounds)
-        try:
-            _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
-                 _render('print_gateway'))
-        except FlowsiftError as e:
-            # a store that filled up (or could not be written) stopped the run: the summary of
-            # what was read still goes out, its `error` saying why, and the line and exit 2 follow
-            if as_json and getattr(e, "summary", None) is not None:
-                typer.echo(json.dumps(e.summary))
-            raise
+        _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
+             _render('print_gateway'))
         return
     from flowsift.remote import serve
     names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []

@@ -513,6 +513,20 @@ def test_a_full_store_with_json_still_prints_the_summary(tmp_path, corpus):
         assert summary["source"] == str(corpus / "http__zeek__206_example_b.pcap") and summary["packets"] > 0
 
 
+@pytest.mark.parametrize("chain,extra,mode", [("counter", [], "parallel"), ("counter", ["--inline"], "inline"),
+                                              ("counter,nat(to=10.0.0.9)", [], "staged")])
+def test_a_full_store_under_a_chain_with_json_still_prints_its_summary(tmp_path, corpus, chain, extra, mode):
+    """chain --json as gateway --json: the chain's summary (its modules, its mode) with the
+    store's `error`, then the one line on stderr and exit 2."""
+    with small_tmpfs(tmp_path, "256k") as mnt:
+        res = run_cli("chain", chain, corpus / "http__zeek__206_example_b.pcap", "--store", mnt / "s", "--json", *extra)
+        one_line(res, "store is full")
+        summary = json.loads(res.stdout)
+        assert "store is full" in summary["error"] and summary["store"] == str(mnt / "s")
+        assert summary["chain"] == chain.replace("(to=10.0.0.9)", "").split(",") and summary["mode"] == mode
+        assert set(summary["modules"]) == set(summary["chain"]) and ("edits" in summary) == (mode == "staged")
+
+
 def test_the_manifest_names_its_source_while_the_run_goes_on(tmp_path, corpus):
     """A gateway killed mid-run (kill -9) leaves store.json as it was while it ran: it says
     where the store came from from the first batch on."""
