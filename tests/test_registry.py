@@ -581,8 +581,9 @@ def test_an_attached_module_leaves_when_its_gateway_is_killed(tmp_path, corpus, 
     for ever. Its heartbeat (here, its process) tells it is gone."""
     url, r = redis_server.url, redis_server.client()
     events = tmp_path / "slow.jsonl"
+    # (--store under tmp_path: a killed gateway cannot remove its store)
     gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rk", "--expect", "slow",
-                  env={"FLOWSIFT_BATCH": "1"})
+                  "--store", tmp_path / "store", env={"FLOWSIFT_BATCH": "1"})
     m = flowsift("module", slow, "--registry", url, "--run", "rk", "--events", events, env={"SLOW_CLOSE": "0.1"})
     wait_until(lambda: closed_events(events) >= 2, procs=(gw, m))
     os.kill(gw.pid, signal.SIGKILL)
