@@ -22,9 +22,22 @@ from flowsift.streams.format import RF_LATE
 PF_FRAGMENT = 2
 
 
-def _routed(b, l3, l4):
-    """Whether the IPv6 packet in `b` has a Routing header with segments left: its destination
-    field is the next hop, and the transport checksum covers the final one (RFC 8200 8.1)."""
+def _routed(b, l3, l4, v4):
+    """Whether the packet in `b` is source-routed with hops left (an IPv4 LSRR/SSRR option, an
+    IPv6 Routing header with segments left): its destination field is the next hop, and the
+    transport checksum covers the final one (RFC 9293 3.1, RFC 8200 8.1)."""
+    if v4:
+        at, end = l3 + 20, l3 + (b[l3] & 15) * 4
+        while at < end and b[at] != 0:                  # (0: end of options)
+            if b[at] == 1:                              # no-op
+                at += 1
+                continue
+            if at + 1 >= end or b[at + 1] < 2:
+                return False                            # (malformed: as it was)
+            if b[at] in (131, 137) and at + 2 < end and b[at + 2] <= b[at + 1]:
+                return True                             # (the pointer is inside the route)
+            at += b[at + 1]
+        return False
     nh, at = b[l3 + 6], l3 + 40
     while at + 8 <= l4 and nh in (0, 43, 44, 51, 60):
         if nh == 43 and b[at + 3]:
@@ -39,7 +52,7 @@ def _put_field(b, l3, l4, v4, key, value):
     if key in ("ip_src", "ip_dst"):
         raw = ipaddress.ip_address(value).packed
         at = (l3 + 12 if key == "ip_src" else l3 + 16) if v4 else (l3 + 8 if key == "ip_src" else l3 + 24)
-        if key == "ip_dst" and not v4 and _routed(b, l3, l4):
+        if key == "ip_dst" and _routed(b, l3, l4, v4):
             b[at:at + len(raw)] = raw
             return None
     elif key == "ip_ttl":

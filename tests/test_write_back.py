@@ -428,6 +428,54 @@ def test_nat_keeps_ipv6_udp_checksums_right_with_a_routing_header_and_zero_witho
     assert after[0][0] == after[1][1] == after[2][0] == "2001:db8::77"
 
 
+def _checksummed_udp4(src, dst, sport, dport, payload, route=None, pointer=4):
+    """An IPv4 UDP datagram with a loose source route option (`route`, its last address the
+    final destination; `pointer` 4: every hop left, past its end: the route done) after a
+    no-op, checksums right: the UDP one over the final destination while hops are left."""
+    import struct
+    from pcapgen import ipv4, udp
+
+    def csum(b):
+        b += b"\0" * (len(b) % 2)
+        c = sum(struct.unpack(f">{len(b) // 2}H", b))
+        while c >> 16:
+            c = (c & 0xFFFF) + (c >> 16)
+        return ~c & 0xFFFF
+    body = udp(sport, dport, payload)
+    final = route[-4:] if route and pointer <= 3 + len(route) else dst
+    c = csum(src + final + struct.pack(">xBH", 17, len(body)) + body) or 0xFFFF
+    body = body[:6] + struct.pack(">H", c) + body[8:]
+    opts = b"" if route is None else b"\x01" + struct.pack(">BBB", 131, 3 + len(route), pointer) + route
+    packet = ipv4(src, dst, 17, body, options=opts + b"\0" * (-len(opts) % 4))
+    hlen = len(packet) - len(body)
+    return packet[:10] + struct.pack(">H", csum(packet[:hlen])) + packet[12:]
+
+
+def test_nat_keeps_ipv4_udp_checksums_right_with_a_source_route(tmp_path):
+    """An IPv4 loose source route with hops left: the destination field is the next hop, and
+    the UDP checksum covers the route's last address (RFC 9293 3.1): nat made it wrong. A route
+    already done: the destination field is the final one, covered as without a route."""
+    from pcapgen import A, B, ether, pcap
+    hops = bytes([10, 8, 8, 8]) + bytes([10, 9, 9, 9])
+    pkts = [_checksummed_udp4(A, B, 40000, 53, b"routed query", route=hops),
+            _checksummed_udp4(B, A, 53, 40000, b"answer"),
+            _checksummed_udp4(A, B, 40001, 53, b"route done", route=hops, pointer=12)]
+    src, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    src.write_bytes(pcap([(1_700_000_000, i, ether(p)) for i, p in enumerate(pkts)]))
+    res = run_cli("chain", "nat(to=10.0.0.77:5353)", src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+
+    def rows(path):
+        return [r.split("\t") for r in subprocess.run(
+            [require("tshark"), "-o", "udp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-r", str(path),
+             "-T", "fields", "-e", "udp.checksum.status", "-e", "ip.checksum.status", "-e", "udp.dstport"],
+            capture_output=True, text=True, check=True).stdout.splitlines()]
+    assert rows(src) == [["1", "1", "53"], ["1", "1", "40000"], ["1", "1", "53"]]
+    assert rows(out) == [["1", "1", "5353"], ["1", "1", "40000"], ["1", "1", "5353"]]
+    sent = frames(out)
+    assert bytes(sent[0][30:34]) == bytes(sent[2][30:34]) == bytes([10, 0, 0, 77])
+
+
 def test_nat_counts_the_flows_of_the_other_address_family_it_leaves(tmp_path):
     from pcapgen import A6, B6, ether, pcap
     src = tmp_path / "in.pcap"
