@@ -20,6 +20,8 @@ from flowsift.streams import RecordFile
 from flowsift.streams.format import RF_LATE
 
 PF_FRAGMENT = 2
+DROPPED = object()          # (a datagram's verdict, where its edits would be)
+LATE_DATAGRAMS = 4096       # datagrams the forwarder remembers, for fragments sent again after them
 
 
 def _routed(b, l3, l4, v4):
@@ -411,6 +413,9 @@ class Forwarder:
         self.udp_end = {}                     # (conn, dir) -> a UDP direction's stream offset so far
         self.files = {}
         self.members = None                   # the defragmenter's datagram -> fragments map
+        # datagrams sent with header edits or dropped -> their edits (DROPPED): a fragment sent
+        # again after them (the defragmenter adds it to their members) leaves as they did
+        self.sent_datagrams = {}
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0, "late_dropped": 0}
 
@@ -436,6 +441,20 @@ class Forwarder:
         said before anything is read (at the first batch, that batch was lost)."""
         if self.sink is None:
             self.sink = self._open()
+
+    def _late_fragments(self, pos):
+        """{index in the batch: the edits (or DROPPED) of the datagram sent already} for the
+        fragments of this batch that copy one of its fragments."""
+        out = {}
+        index = None
+        for dpos, what in self.sent_datagrams.items():
+            frags = self.members.get(dpos, ((),))[0]
+            if frags:
+                if index is None:
+                    index = {p: i for i, p in enumerate(pos.tolist())}
+                out.update((index[m], what) for m in frags if m in index)
+                frags.clear()
+        return out
 
     def forward(self, batch):
         import numpy as np
@@ -464,13 +483,26 @@ class Forwarder:
         if ed.payload_dirs:
             edited = np.fromiter(((c << 1) | d for c, d in ed.payload_dirs), dtype=np.uint64)
             todo |= data_pkts & np.isin(keys, edited)
-        frag = {}
+        frag, late_frags = {}, {}
         if self.members and ed.headers:
             # a datagram's fragments take its edits only if all of them are in this batch (the
             # ones before were sent already): the datagram leaves rewritten whole, or as it came
             frag = _fragment_fields(ed, self.members, set(pos.tolist()))
             if frag:
                 todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
+        if self.sent_datagrams and (arr["flags"] & PF_FRAGMENT).any():
+            for i, what in self._late_fragments(pos).items():
+                if what is DROPPED:
+                    if skip is None:
+                        skip = np.zeros(n, dtype=np.uint8)
+                    skip[i] = 1
+                    self.counts["dropped"] += 1
+                    continue
+                new = _rewrite_fragment(batch.frame(i), arr[i], what)
+                if new is None:
+                    self.counts["not_editable"] += 1
+                else:
+                    late_frags[i] = new
         late = None
         if ed.flow_fields or ed.payload_dirs or ed.dropped_ranges:
             # (a late packet has no stream offset of its own: _LateStream places it)
@@ -533,18 +565,31 @@ class Forwarder:
                 self.counts["edited"] += 1
                 if late is not None and late[i]:
                     self.counts["late_edited"] += 1
+        for i, new in late_frags.items():
+            if skip is None or not skip[i]:
+                replace[i] = new
+                self.counts["edited"] += 1
         sent = self.sink.send_batch(batch, skip.tobytes() if skip is not None else None, replace)
         want = n - (int(skip.sum()) if skip is not None else 0)
         self.counts["forwarded"] += sent
         # what was sent is final: prune the verdicts it used, remember how far each stream went
         top = int(pos.max())
         ed.forwarded_upto = max(ed.forwarded_upto, top)
+        if self.members:
+            for k in [k for k in self.members if k <= top and k not in self.sent_datagrams]:
+                frags = self.members[k][0]
+                if k in ed.dropped or (k in ed.headers and frags and all(frag.get(m) for m in frags)):
+                    self.sent_datagrams[k] = DROPPED if k in ed.dropped else ed.headers[k]
+                    frags.clear()             # (what the defragmenter adds from now on is a copy)
+                    if len(self.sent_datagrams) > LATE_DATAGRAMS:
+                        oldest = next(iter(self.sent_datagrams))
+                        del self.sent_datagrams[oldest]
+                        self.members.pop(oldest, None)
+                else:
+                    del self.members[k]
         if ed.headers:
             for k in [k for k in ed.headers if k <= top]:
                 del ed.headers[k]
-        if self.members:
-            for k in [k for k in self.members if k <= top]:
-                del self.members[k]
         if ed.dropped:
             ed.dropped.difference_update([k for k in ed.dropped if k <= top])
         tcp = data_pkts & (arr["proto"] == 6)

@@ -388,3 +388,48 @@ def test_inline_udp_edits_after_a_datagram_the_snaplen_cut_land_where_they_do_wi
     sent = frames_of(out)
     assert sent == frames_of(ref) and got["egress"]["edited"] == 1
     assert sent[3].endswith(b"Z" * 100)
+
+
+NAT_AND_DROP = '''
+from flowsift.modules import Module
+
+
+class NatDrop(Module):
+    """Rewrites datagrams to port 9000, drops those to 9001.
+
+    Synopsis: natdrop
+    """
+    name = "natdrop"
+    writes = {"ip.dst", "drop"}
+    reads = {"records"}
+
+    def on_packet(self, flow, record):
+        if flow.server.endswith(":9000"):
+            flow.edit(record, ip_dst="10.9.9.9")
+        else:
+            flow.drop(record)
+'''
+
+
+def test_inline_a_fragment_sent_again_in_a_later_batch_leaves_as_its_datagram_did(tmp_path, monkeypatch):
+    """A packet at a time, a copy of a fragment after its datagram was rebuilt and sent came
+    out as it was captured: the address a NAT hides, out of the NAT; a dropped datagram's
+    copy went out too. It now leaves as with -w: edited, or dropped."""
+    from pcapgen import A, B, fragments, pcap, udp
+    monkeypatch.setenv("FLOWSIFT_BATCH", "3")         # each datagram in a batch, the copies in the next
+    frames = []
+    for ident, port in ((7, 9000), (8, 9001)):
+        frames += fragments(A, B, 17, udp(41000, port, bytes([port & 255]) * 400), [0, 160, 320], ident=ident)
+    frames += [frames[1], frames[4]]
+    src, out, ref = tmp_path / "in.pcap", tmp_path / "tx.pcap", tmp_path / "ref.pcap"
+    src.write_bytes(pcap([(1_700_000_000, i * 10_000, f) for i, f in enumerate(frames)]))
+    mod = tmp_path / "natdrop.py"
+    mod.write_text(NAT_AND_DROP)
+    got = json.loads(flowsift("chain", mod, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out",
+                              "dpdk:net_pcap0", "--count", len(frames), "--events", "/dev/null", "--json").stdout)
+    flowsift("chain", mod, src, "-w", ref, "--events", "/dev/null")
+    sent = frames_of(out)
+    assert sent == frames_of(ref) and len(sent) == 4
+    assert all(f[14 + 16:14 + 20] == bytes([10, 9, 9, 9]) for f in sent)
+    assert got["egress"]["edited"] == 4 and got["egress"]["dropped"] == 4
+    assert sent[3] == sent[1]                               # (the copy, as its original left)
