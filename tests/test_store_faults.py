@@ -69,6 +69,7 @@ def test_a_store_directory_holding_an_earlier_store_is_refused(tmp_path, corpus)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "unrelated.txt").write_text("x")
+    (empty / "notes.rec").write_text("x")                       # (not named as a record file)
     run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", empty, check=True)
 
 

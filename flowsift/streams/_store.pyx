@@ -332,9 +332,12 @@ def _refuse_earlier_store(directory):
     # A store is one run's: record files left by an earlier run would be read (inspect,
     # replay --store, modules) as connections of this one, and overwriting only some of them
     # mixes the two. A kept store is kept for a reason, so it is never cleared here.
+    # (named as the gateway names them: another file that ends in .rec is not a store's)
+    from flowsift.streams.reader import record_name
     try:
         with os.scandir(directory) as it:
-            earlier = [e.name for e in it if e.name == "store.json" or e.name.endswith((".rec", ".rec.new"))]
+            earlier = [e.name for e in it if e.name == "store.json" or record_name(e.name) is not None
+                       or (e.name.endswith(".new") and record_name(e.name[:-4]) is not None)]
     except OSError as e:
         raise FlowsiftError(f"{directory}: cannot read the store directory: {e.strerror}") from None
     if earlier:
