@@ -503,6 +503,22 @@ def test_a_small_descriptor_limit_is_shared_with_what_the_process_holds(tmp_path
     assert "raise it to" in res.stderr and not (tmp_path / "t").exists()
 
 
+def test_a_small_max_map_count_is_named_not_the_descriptor_limit(monkeypatch):
+    """Each open record file holds mappings: a vm.max_map_count that leaves too few record
+    files is said as such (the message named the descriptor limit, which was ample). The
+    sysctl is the machine's: its reading is replaced here, not the sysctl."""
+    import flowsift.limits
+    from flowsift.streams._store import _handle_budget
+    monkeypatch.setattr(flowsift.limits, "max_map_count", lambda: 8200)
+    from flowsift.errors import FlowsiftError
+    with pytest.raises(FlowsiftError) as e:
+        _handle_budget(True)
+    assert str(e.value).startswith("vm.max_map_count (8200) is too small for the record store")
+    assert "raise it to 8224 at least" in str(e.value) and "ulimit" not in str(e.value)
+    monkeypatch.setattr(flowsift.limits, "max_map_count", lambda: 8224)
+    assert _handle_budget(True) == 8
+
+
 def test_a_full_store_with_json_still_prints_the_summary(tmp_path, corpus):
     """--json: the summary of what was read goes to stdout with its `error` saying why the run
     stopped; the one line on stderr and exit 2 are as without it."""

@@ -356,7 +356,13 @@ def _handle_budget(bint readers_here=True):
     max_maps = max_map_count()
     # leave half for readers in the same process (an inline chain maps and opens files too)
     share = 2 if readers_here else 1
-    budget = min(free // share, (max_maps - 8192) // (2 * share), 65536 // share)
+    maps = (max_maps - 8192) // (2 * share)
+    budget = min(free // share, maps, 65536 // share)
+    if budget < MIN_HANDLES and maps < MIN_HANDLES <= free // share:
+        raise FlowsiftError(f"vm.max_map_count ({max_maps}) is too small for the record store: 8192 mappings "
+                            f"are kept for the process and each record file open takes {2 * share}, leaving "
+                            f"{max(0, maps)} record files where it needs {MIN_HANDLES}; raise it to "
+                            f"{8192 + 2 * share * MIN_HANDLES} at least (sysctl -w vm.max_map_count=N)")
     if budget < MIN_HANDLES:
         held, need = open_descriptors(), soft
         while need - held - spare_descriptors(need) < MIN_HANDLES * share:
