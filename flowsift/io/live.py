@@ -183,6 +183,7 @@ class LiveCapture:
         scheme, name, opts = parse_spec(spec)
         self.scheme, self.name, self.format = scheme, name, scheme
         self.bpf = bpf
+        self.kernel_filtered = False    # the last batch is all the kernel's filter let through
         self.position = 0
         self.started = None
         self.stopped_by = None
@@ -239,7 +240,12 @@ class LiveCapture:
         # with a count, no more than it: the frames past it stay where they are (inline, they
         # would otherwise be taken off the wire and neither processed nor forwarded)
         limit = -1 if self.count is None else max(0, self.count - self.position)
-        n = self._src.fill(batch, timeout_ms, limit)
+        if self.scheme == "afpacket":
+            tagged = self._src.vlan_stripped
+            n = self._src.fill(batch, timeout_ms, limit)
+            self.kernel_filtered = self._src.vlan_stripped == tagged
+        else:
+            n = self._src.fill(batch, timeout_ms, limit)
         self.position += n
         return n
 
@@ -287,9 +293,9 @@ class LiveCapture:
                 n = self.fill(batch)
                 if n == 0:
                     continue
-                if self.bpf is not None:
+                if self.bpf is not None and not self.kernel_filtered:
                     # DPDK has no kernel; AF_PACKET frames whose tag the kernel took off passed it
-                    # (the others passed the same filter there: they pass again)
+                    # (a batch of them is filtered whole: the others pass the same filter again)
                     self.bpf.apply(batch)
                 if self.count is not None and self.position > self.count:
                     # a count is exact: the frames past it are left out of this batch
