@@ -15,6 +15,7 @@ import struct
 
 from flowsift.errors import UsageError
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
+from flowsift.io._decode import is_ipv6_extension
 from flowsift.modules.edits import checksum_words
 from flowsift.streams import RecordFile
 from flowsift.streams.format import RF_LATE
@@ -41,7 +42,7 @@ def _routed(b, l3, l4, v4):
             at += b[at + 1]
         return False
     nh, at = b[l3 + 6], l3 + 40
-    while at + 8 <= l4 and nh in (0, 43, 44, 51, 60):
+    while at + 8 <= l4 and is_ipv6_extension(nh):
         if nh == 43 and b[at + 3]:
             return True
         nh, at = b[at], at + (8 if nh == 44 else (b[at + 1] + 2) * 4 if nh == 51 else (b[at + 1] + 1) * 8)

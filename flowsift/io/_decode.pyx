@@ -557,3 +557,9 @@ cdef inline void decode_tcp_header(pkt_t* p, uint32_t l4, uint32_t doff) noexcep
         elif kind == 2 or kind == 3 or kind == 4 or kind == 5 or kind == 8:
             p.flags |= PF_BAD_TCP_OPTION   # known option with the wrong length
         o += ln
+
+
+def is_ipv6_extension(unsigned char nh):
+    """Whether next-header value `nh` is an IPv6 extension header the decoder walks over (egress
+    walks the same ones to find a Routing header)."""
+    return ipv6_extension(nh)
