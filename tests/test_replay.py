@@ -883,23 +883,24 @@ def test_a_big_differing_body_is_diffed_in_bounded_time():
 
 
 COUNTING = textwrap.dedent('''
-    """Answers each HTTP request after 0.1 s; logs how many connections were open at once."""
+    """Answers each HTTP request after 0.1 s; logs how many requests it held at once (counted
+    from a request to its answer: a connection the client closed may still look open here)."""
     import asyncio, sys
     log, open_now = open(sys.argv[1], "w"), [0]
 
     async def handle(r, w):
-        open_now[0] += 1
-        log.write(f"{open_now[0]}\\n")
-        log.flush()
         try:
             while True:
                 await r.readuntil(b"\\r\\n\\r\\n")
+                open_now[0] += 1
+                log.write(f"{open_now[0]}\\n")
+                log.flush()
                 await asyncio.sleep(0.1)
                 w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+                open_now[0] -= 1
                 await w.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        open_now[0] -= 1
         w.close()
 
 ''') + SERVE
