@@ -103,8 +103,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             # file retired) only after the batch was forwarded: forwarding reads edited bytes
             g.registry.hold = True
 
-            def forward(frames):
-                forwarder.forward(frames)
+            def forward(frames, rebuilt):
+                forwarder.forward(frames, rebuilt)
                 g.registry.flush()
         try:
             if forwarder is None and write is None and shard is None and max_backlog is None \

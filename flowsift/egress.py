@@ -198,18 +198,15 @@ def _rewrite_fragment(frame, p, fields, payload=None):
     return bytes(b)
 
 
-def _fragment_fields(editor, members, positions=None):
+def _fragment_fields(editor, members):
     """frame position of each fragment of an edited datagram -> the datagram's header edits, or
-    None where the datagram cannot take them (its transport header spans fragments; or, given
-    the `positions` that can still be sent, some of its fragments are gone already): it leaves
-    unedited, whole, and counted."""
+    None where the datagram cannot take them (its transport header spans fragments): it leaves
+    unedited, whole, and counted. (-w; inline: Forwarder._datagram_edits.)"""
     out = {}
     for pos, fields in editor.headers.items():
         frags, whole = members.get(pos, ((), False))
-        ok = whole and (positions is None or all(m in positions for m in frags))
         for m in frags:
-            if positions is None or m in positions:
-                out[m] = fields if ok else None
+            out[m] = fields if whole else None
     return out
 
 
@@ -414,8 +411,8 @@ class Forwarder:
         self.udp_end = {}                     # (conn, dir) -> a UDP direction's stream offset so far
         self.files = {}
         self.members = None                   # the defragmenter's datagram -> fragments map
-        # datagrams sent with header edits or dropped -> their edits (DROPPED): a fragment sent
-        # again after them (the defragmenter adds it to their members) leaves as they did
+        # datagrams sent with edits or dropped -> their edits (DROPPED): a fragment sent again
+        # after them (the defragmenter adds it to their members) leaves as they did
         self.sent_datagrams = {}
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0, "late_dropped": 0}
@@ -457,7 +454,49 @@ class Forwarder:
                 frags.clear()
         return out
 
-    def forward(self, batch):
+    def _datagram_edits(self, ed, arr, pos, rebuilt, stream_at):
+        """{fragment position: (header fields, _DatagramBytes or None), or None where the
+        datagram cannot take its edits} for the datagrams rebuilt in this batch that have
+        edits. A datagram takes them only if all its fragments are in this batch (those before
+        were sent already) and its first holds the transport header; else it leaves as it came."""
+        out = {}
+        if not rebuilt or not self.members:
+            return out
+        here = set(pos.tolist())
+        index = None
+        for dpos, (length, header) in rebuilt.items():
+            member = self.members.get(dpos)
+            if member is None:
+                continue
+            fields = ed.headers.get(dpos) or {}
+            payload = None
+            if ed.changes:
+                if index is None:
+                    index = {p: i for i, p in enumerate(pos.tolist())}
+                i = index.get(dpos)
+                key = (int(arr["flow_id"][i]), int(arr["dir"][i])) if i is not None else None
+                changes = ed.changes.get(key)
+                if changes is not None and length:
+                    so = stream_at.get(i)
+                    if so is None:           # (TCP: in sequence space, from the stream's origin)
+                        so = int(arr["stream_off"][i]) - self._file(key[0]).header[f"origin{key[1]}"]
+                    if changes.over(so, so + length):
+                        payload = _DatagramBytes(changes, so, length, header)
+            if not fields and payload is None:
+                continue
+            frags, whole = member
+            ok = whole and all(m in here for m in frags)
+            for m in frags:
+                if m in here:
+                    out[m] = (fields, payload) if ok else None
+                elif not ok:
+                    self.counts["not_editable"] += 1      # (sent already, before the edits)
+        return out
+
+    def forward(self, batch, rebuilt=None):
+        """Send `batch` (the frames as captured) with the edits of what they carry; `rebuilt`:
+        {position: (payload length, transport header length)} of the datagrams rebuilt from
+        fragments in it (gateway._flows_onto)."""
         import numpy as np
         n = len(batch)
         if not n:
@@ -484,13 +523,7 @@ class Forwarder:
         if ed.payload_dirs:
             edited = np.fromiter(((c << 1) | d for c, d in ed.payload_dirs), dtype=np.uint64)
             todo |= data_pkts & np.isin(keys, edited)
-        frag, late_frags = {}, {}
-        if self.members and ed.headers:
-            # a datagram's fragments take its edits only if all of them are in this batch (the
-            # ones before were sent already): the datagram leaves rewritten whole, or as it came
-            frag = _fragment_fields(ed, self.members, set(pos.tolist()))
-            if frag:
-                todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
+        late_frags = {}
         if self.sent_datagrams and (arr["flags"] & PF_FRAGMENT).any():
             for i, what in self._late_fragments(pos).items():
                 if what is DROPPED:
@@ -499,7 +532,7 @@ class Forwarder:
                     skip[i] = 1
                     self.counts["dropped"] += 1
                     continue
-                new = _rewrite_fragment(batch.frame(i), arr[i], what)
+                new = _rewrite_fragment(batch.frame(i), arr[i], *what)
                 if new is None:
                     self.counts["not_editable"] += 1
                 else:
@@ -517,17 +550,29 @@ class Forwarder:
         stream_at = {}
         udp = (arr["payload_wirelen"] > 0) & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF) \
             & ((arr["rflags"] & RF_LATE) == 0)
+        rebuilt = rebuilt or {}
+        if rebuilt:
+            # a datagram rebuilt from fragments: the one that completed it stands for it
+            at_pos = {p: i for i, p in enumerate(pos.tolist())}
+            wire = {at_pos[d]: length for d, (length, _) in rebuilt.items() if d in at_pos}
+            udp |= np.isin(np.arange(n), np.fromiter(wire, dtype=np.int64, count=len(wire))) \
+                & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF)
         for i in np.flatnonzero(udp).tolist():
             key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
             stream_at[i] = self.udp_end.get(key, 0)
-            self.udp_end[key] = stream_at[i] + int(arr["payload_wirelen"][i])
+            self.udp_end[key] = stream_at[i] + (wire[i] if rebuilt and i in wire else int(arr["payload_wirelen"][i]))
+        frag = self._datagram_edits(ed, arr, pos, rebuilt, stream_at)
+        if frag:
+            todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
+            if skip is not None:
+                todo &= skip == 0
         replace = {}
         for i in np.flatnonzero(todo):
             p = arr[i]
             if frag and int(p["rec_pos"]) in frag and p["flags"] & PF_FRAGMENT:
-                fields = frag[int(p["rec_pos"])]
+                edits = frag[int(p["rec_pos"])]
                 frame = batch.frame(i)
-                new = _rewrite_fragment(frame, p, fields) if fields else None
+                new = _rewrite_fragment(frame, p, *edits) if edits else None
                 if new is None:
                     self.counts["not_editable"] += 1
                 elif new != frame:
@@ -579,8 +624,8 @@ class Forwarder:
         if self.members:
             for k in [k for k in self.members if k <= top and k not in self.sent_datagrams]:
                 frags = self.members[k][0]
-                if k in ed.dropped or (k in ed.headers and frags and all(frag.get(m) for m in frags)):
-                    self.sent_datagrams[k] = DROPPED if k in ed.dropped else ed.headers[k]
+                if k in ed.dropped or (frags and all(frag.get(m) for m in frags)):
+                    self.sent_datagrams[k] = DROPPED if k in ed.dropped else frag[frags[0]]
                     frags.clear()             # (what the defragmenter adds from now on is a copy)
                     if len(self.sent_datagrams) > LATE_DATAGRAMS:
                         oldest = next(iter(self.sent_datagrams))
@@ -594,9 +639,17 @@ class Forwarder:
         if ed.dropped:
             ed.dropped.difference_update([k for k in ed.dropped if k <= top])
         tcp = data_pkts & (arr["proto"] == 6)
+        plen = arr["payload_len"]
+        if rebuilt and wire:
+            # (a datagram rebuilt from fragments went out with the fragment that completed it)
+            plen = plen.copy()
+            for i, length in wire.items():
+                if arr["proto"][i] == 6 and arr["flow_id"][i] != 0xFFFFFFFF:
+                    plen[i] = length
+                    tcp[i] = length > 0
         fe = ed.forwarded_end
         if tcp.any():
-            ends = (arr["stream_off"] + arr["payload_len"])[tcp]
+            ends = (arr["stream_off"] + plen)[tcp]
             uk, inv = np.unique(keys[tcp], return_inverse=True)
             best = np.full(len(uk), -1, dtype=np.int64)
             np.maximum.at(best, inv, ends)

@@ -33,14 +33,19 @@ def changed_connections(touched, closed):
     return conns
 
 
+PF_REASSEMBLED = 1024
+
+
 def _flows_onto(frames, batch):
     """Copy what reassembly learnt of each packet (its flow, direction, stream offset, flags)
     from the batch onto the snapshot of its frames as captured (taken before defragmentation
-    rewrote entries): forwarding needs both."""
+    rewrote entries): forwarding needs both. Returns {position: (payload length, transport
+    header length)} of the datagrams rebuilt in the batch, whose snapshot rows are the
+    fragments that completed them."""
     import numpy as np
     snap, post = frames.array, batch.array
     if not len(snap) or not len(post):
-        return
+        return {}
     order = np.argsort(post["rec_pos"], kind="stable")
     keys = post["rec_pos"][order]
     at = np.minimum(np.searchsorted(keys, snap["rec_pos"]), len(keys) - 1)
@@ -48,6 +53,9 @@ def _flows_onto(frames, batch):
     src = order[at[hit]]
     for f in ("flow_id", "dir", "stream_off", "rflags"):
         snap[f][hit] = post[f][src]
+    rebuilt = np.flatnonzero((post["flags"] & PF_REASSEMBLED) != 0)
+    return {int(post["rec_pos"][i]): (int(post["payload_len"][i]), int(post["payload_off"][i]) - int(post["l4_off"][i]))
+            for i in rebuilt.tolist()}
 
 
 def new_store_dir(parent=DEFAULT_STORE_PARENT, prefix="flowsift-store-"):
@@ -331,8 +339,8 @@ class Gateway:
                 if self.late is not None:
                     self._note_late(batch)
                 if on_batch is not None:
-                    _flows_onto(frames, batch)
-                    on_batch(frames)        # the batch's frames as captured, after the chain saw them
+                    # the batch's frames as captured, after the chain saw them
+                    on_batch(frames, _flows_onto(frames, batch))
         except CaptureFormatError as e:
             error = str(e)          # what was read is still recorded and closed below
         except BpfError as e:

@@ -433,3 +433,37 @@ def test_inline_a_fragment_sent_again_in_a_later_batch_leaves_as_its_datagram_di
     assert all(f[14 + 16:14 + 20] == bytes([10, 9, 9, 9]) for f in sent)
     assert got["egress"]["edited"] == 4 and got["egress"]["dropped"] == 4
     assert sent[3] == sent[1]                               # (the copy, as its original left)
+
+
+@pytest.mark.parametrize("batch", ["512", "1"])
+def test_inline_stream_edits_go_into_fragments_as_w_puts_them(tmp_path, corpus, monkeypatch, batch):
+    """Redactions inside a TCP stream that came in IP fragments, and a UDP datagram in fragments
+    followed by whole ones: inline sent every fragment unmasked and counted nothing, and the
+    whole datagrams after it were masked at offsets shifted by the fragmented one. In one batch
+    they now leave as -w writes them; a fragment at a time, the fragmented datagrams leave as
+    they came, counted, and the rest as -w writes it."""
+    from pcapgen import A, B, ether, fragments, ipv4, pcap, tcp, udp
+    monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+    frames = [ether(ipv4(A, B, 6, tcp(40000, 80, seq=99, flags=0x02))),
+              ether(ipv4(B, A, 6, tcp(80, 40000, seq=499, ack=100, flags=0x12))),
+              ether(ipv4(A, B, 6, tcp(40000, 80, seq=100, ack=500, flags=0x10)))]
+    frames += fragments(A, B, 6, tcp(40000, 80, seq=100, ack=500, payload=b"id=12345&pin=9876 " * 30),
+                        [0, 160, 320], ident=9)
+    frames.append(ether(ipv4(B, A, 6, tcp(80, 40000, seq=500, ack=640, flags=0x10))))
+    src = tmp_path / "tcp.pcap"
+    src.write_bytes(pcap([(1_700_000_000, i * 10_000, f) for i, f in enumerate(frames)]))
+    got, sent, written = inline_and_written(tmp_path, "redact(pattern=[0-9]+)", src, len(frames))
+    if batch == "512":
+        assert sent == written != frames and got["egress"]["edited"] == 3 and got["egress"]["not_editable"] == 0
+    else:
+        assert sent == frames != written and got["egress"]["not_editable"] == 3
+    frames = fragments(A, B, 17, udp(41000, 9000, b"a secret, " * 40), [0, 160, 320], ident=7)
+    frames += [ether(ipv4(A, B, 17, udp(41000, 9000, b"another secret"))) for _ in range(2)]
+    udp_src = tmp_path / "udp.pcap"
+    udp_src.write_bytes(pcap([(1_700_000_000, i * 10_000, f) for i, f in enumerate(frames)]))
+    got, sent, written = inline_and_written(tmp_path, "redact(pattern=secret)", udp_src, len(frames))
+    assert b"secret" not in b"".join(written) and sent[3:] == written[3:]
+    if batch == "512":
+        assert sent == written and got["egress"]["edited"] == 5 and got["egress"]["not_editable"] == 0
+    else:
+        assert sent[:3] == frames[:3] and got["egress"]["not_editable"] == 3
