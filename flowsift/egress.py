@@ -242,16 +242,23 @@ class _LateStream:
         return off0 + (delta - (1 << 32) if delta >= 1 << 31 else delta) - self.origin
 
 
-def egress_linktype(source, cap=None):
-    """The one link type of the interfaces `source` declared so far (a pcapng declares them as
-    it goes: the ones before its first packets, unless `cap` was read further); -w writes a pcap,
-    which has one."""
+def egress_linktype(source, cap=None, batch=None):
+    """The one link type of `source`'s packets so far (`batch`, read from `cap`; the first batch
+    of the source when both are None): -w writes a pcap, which has one. Interfaces a pcapng
+    declares and no packet uses do not count; with no packet yet, the declared ones do."""
     if cap is None:
         cap = open_capture(source)
-        next(iter(cap.batches()), None)
-    linktypes = sorted({i["linktype"] for i in cap.interfaces()})
+        batch = next(iter(cap.batches()), None)
+    declared = cap.interfaces()
+    linktypes = []
+    if batch is not None and len(batch):
+        arr = batch.array
+        import numpy as np
+        linktypes = np.unique(arr["linktype"][arr["iface"] < len(declared)]).tolist()
+    if not linktypes:
+        linktypes = sorted({i["linktype"] for i in declared})
     if len(linktypes) > 1:
-        raise UsageError(f"{source}: -w writes a pcap, with one link type; this capture has "
+        raise UsageError(f"{source}: -w writes a pcap, with one link type; this capture's packets have "
                          f"{len(linktypes)} ({', '.join(map(str, linktypes))})")
     return linktypes[0] if linktypes else None
 
@@ -281,7 +288,7 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
     cap = open_capture(source)
     batches = decoded_batches(cap, Decoder())
     first = next(batches, None)
-    linktype = egress_linktype(source, cap)
+    linktype = egress_linktype(source, cap, first)
     members = members or {}
     changes = editor.changes
     payload_of, files, in_fragments = {}, {}, {}
@@ -316,7 +323,6 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
     late_streams = {}
     import itertools
     from flowsift.io.pcapwriter import MAX_SNAPLEN
-    known = len(cap.interfaces())
     # the source's time resolution and snaplen: a capture no module changed comes out as it came
     ifs = cap.interfaces()
     nanosecond = not ifs or any(i["tsresol"] != "1e-6" for i in ifs)
@@ -324,10 +330,12 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
     with PcapWriter(out, linktype=1 if linktype is None else linktype, nanosecond=nanosecond,
                     snaplen=snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN, shown=shown) as w:
         for batch in itertools.chain([first] if first is not None else [], batches):
-            if len(cap.interfaces()) != known:          # a pcapng declared another interface
-                known = len(cap.interfaces())
-                egress_linktype(source, cap)
             arr = batch.array
+            if linktype is not None and len(batch):
+                other = (arr["linktype"] != linktype) & (arr["iface"] < len(cap.interfaces()))
+                if other.any():                         # (packets of another interface's link type)
+                    raise UsageError(f"{source}: -w writes a pcap, with one link type; this capture's packets "
+                                     f"have 2 ({', '.join(map(str, sorted({linktype, int(arr['linktype'][other][0])})))})")
             for i in range(len(batch)):
                 pos = int(arr["rec_pos"][i])
                 if pos in dropped:

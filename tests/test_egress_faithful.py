@@ -185,19 +185,21 @@ def test_a_late_copy_of_a_dropped_packet_is_dropped_too(tmp_path):
 
 
 def test_w_leaves_no_output_when_the_run_fails(tmp_path):
-    # a pcapng that declares a second link type after its first batch: found at the end, and
-    # the 512 frames written before looked like a whole capture
+    # a pcapng whose packets take a second link type after its first batch: found at the end,
+    # and the 512 frames written before looked like a whole capture
     from pcapgen import ether, epb, idb, ipv4 as ip, shb, tcp as seg
     blocks = [shb(), idb(1)]
     for i in range(600):
         blocks.append(epb(0, T0 + i, ether(ip(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6,
                                               seg(1000 + i, 80, flags=0x02)))))
     blocks.append(idb(113))
+    blocks.append(epb(1, T0 + 600, b"\0\0\0\1\0\6" + b"\2" * 8 + b"\x08\0" + ip(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6,
+                                                                               seg(999, 80, flags=0x02))))
     src = tmp_path / "two.pcapng"
     src.write_bytes(b"".join(blocks))
     out = tmp_path / "out.pcap"
     res = run_cli("chain", "counter", src, "-w", out, "--events", "/dev/null")
-    assert res.returncode == 2 and "one link type; this capture has 2 (1, 113)" in res.stderr
+    assert res.returncode == 2 and "one link type; this capture's packets have 2 (1, 113)" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.pcapng"]
 
 

@@ -337,9 +337,14 @@ def test_w_writes_a_pcapng_with_one_link_type_and_refuses_several_before_the_run
     many = corpus / "pcapng__pcpp__many_interfaces-1.pcapng"
     res = run_cli("chain", "counter", many, "-w", tmp_path / "many.pcap", "--events", tmp_path / "ev2.jsonl")
     assert res.returncode == 2
-    assert res.stderr.strip() == f"flowsift: {many}: -w writes a pcap, with one link type; this capture has 3 (0, 1, 12)"
+    assert res.stderr.strip() == f"flowsift: {many}: -w writes a pcap, with one link type; this capture's packets have 2 (0, 1)"
     ev2 = tmp_path / "ev2.jsonl"
     assert not ev2.exists() or ev2.read_text() == ""          # refused before the first packet
+    # interfaces of other link types that no packet uses do not count: they were refused
+    unused = corpus / "pcapng__zeek__gap-data-missing.pcapng"
+    res = run_cli("chain", "counter", unused, "-w", tmp_path / "one.pcap", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert frames(tmp_path / "one.pcap") == frames(unused) and len(frames(unused)) == 18
 
 
 @pytest.mark.parametrize("chain", ["redact(pattern=Host:.[a-z.]*)", "nat(to=10.1.1.1:81),redact(pattern=Host:.[a-z.]*)"])
