@@ -564,7 +564,7 @@ class Forwarder:
             at_pos = {p: i for i, p in enumerate(pos.tolist())}
             wire = {at_pos[d]: length for d, (length, _) in rebuilt.items() if d in at_pos}
             udp |= np.isin(np.arange(n), np.fromiter(wire, dtype=np.int64, count=len(wire))) \
-                & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF)
+                & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF) & ((arr["rflags"] & RF_LATE) == 0)
         for i in np.flatnonzero(udp).tolist():
             key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
             stream_at[i] = self.udp_end.get(key, 0)
