@@ -146,15 +146,17 @@ def dechunk(body):
 # --- conversations and turns -------------------------------------------------------------------
 
 class Turn:
-    __slots__ = ("request", "response", "start", "offset", "method", "whole")
+    __slots__ = ("request", "response", "start", "offset", "method", "whole", "http", "switch")
 
-    def __init__(self, request, response, start, offset, method=None, whole=True):
+    def __init__(self, request, response, start, offset, method=None, whole=True, http=False, switch=False):
         self.request = request          # bytes the client sent
         self.response = response        # bytes the server answered in the original
         self.start = start              # capture time of the turn's first byte, ns
         self.offset = offset            # stream offset of the request
         self.method = method
         self.whole = whole              # False: the recording lost part of the answer (not comparable)
+        self.http = http                # an HTTP request and its response (else bytes, as they came)
+        self.switch = switch            # its recorded answer switched protocols: HTTP ends with it
 
 
 class Conversation:
@@ -205,7 +207,7 @@ def conversation(path, partial=False, match=None):
         arr = rf.record_array()
         if (match == "http" or match is None) and HTTP_REQUEST.match(client):
             conv.http = True
-            _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut is not None)
+            _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut)
             if not conv.turns:
                 conv.skip = "gap in the client's stream"        # (no whole request before it)
             return conv
@@ -228,11 +230,20 @@ def _first_ts(arr, h, d, offset):
     return int(t[-1]) if len(t) else (int(arr["ts_ns"][0]) if len(arr) else 0)
 
 
-def _http_turns(conv, client, server, arr, h, lost=False, cut=False):
+def _switches(line, method):
+    """Does a response with start line `line`, to `method`, end HTTP on its connection? A 101
+    (Switching Protocols), or a CONNECT's 2xx (the tunnel follows)."""
+    parts = line.split()
+    code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return code == 101 or (method == b"CONNECT" and 200 <= code < 300)
+
+
+def _http_turns(conv, client, server, arr, h, lost=False, cut=None):
     """`lost`: the server's stream was cut by a gap at its end (an answer reaching it, and those
-    after it, were not recorded whole). `cut`: the client's stream ends at a gap (--partial)."""
+    after it, were not recorded whole). `cut`: where a gap ends the client's stream (--partial).
+    After an answer that switches protocols the rest is a byte stream, cut into turns as one."""
     reqs = http_messages(client, True)
-    if cut and reqs and http_message(client, reqs[-1][0], True) is None:
+    if cut is not None and reqs and http_message(client, reqs[-1][0], True) is None:
         # the request the gap cuts into is not sent: its answer needed the bytes missing
         reqs.pop()
     methods = [client[s:e].split(b" ", 1)[0] for s, e in reqs]
@@ -240,9 +251,14 @@ def _http_turns(conv, client, server, arr, h, lost=False, cut=False):
     for i, (s, e) in enumerate(reqs):
         r = server[resps[i][0]:resps[i][1]] if i < len(resps) else b""
         # (eof: a response without length ends where the recorded stream does)
-        whole = (not r or final_response(r, 0, methods[i], eof=True) is not None) and \
-            not (lost and (i >= len(resps) or resps[i][1] >= len(server)))
-        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i], whole))
+        m = final_response(r, 0, methods[i], eof=True) if r else None
+        whole = (not r or m is not None) and not (lost and (i >= len(resps) or resps[i][1] >= len(server)))
+        switch = m is not None and _switches(m[1], methods[i])
+        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i], whole, True, switch))
+        if switch:
+            # (the requests parsed after it were never HTTP)
+            _timed_turns(conv, client, server, arr, h, lost, cut, e, resps[i][1])
+            return
 
 
 def _acks(arr, h):
@@ -312,13 +328,14 @@ def _in_order(arr, h):
     return out
 
 
-def _timed_turns(conv, client, server, arr, h, lost=False, cut=None):
+def _timed_turns(conv, client, server, arr, h, lost=False, cut=None, c_from=0, s_from=0):
     """Turns in the order of the two streams' bytes (_in_order): client bytes until the server
     answers, and so on. `lost`: as for _http_turns. `cut`: where a gap cuts the client's stream
-    (--partial): the client's bytes after it, and answers to them, are not replayed."""
+    (--partial): the client's bytes after it, and answers to them, are not replayed. `c_from`,
+    `s_from`: where the turns start in each stream (after an HTTP upgrade)."""
     ts = arr["ts_ns"].tolist()
-    c_start = s_start = 0
-    c_mark = s_mark = 0
+    c_start = c_mark = c_from
+    s_start = s_mark = s_from
     answered = False
     t_start = None
     for d, i, start, end in _in_order(arr, h):
@@ -336,6 +353,8 @@ def _timed_turns(conv, client, server, arr, h, lost=False, cut=None):
                 t_start = ts[i]
             c_mark = end
         else:
+            if end <= s_from:
+                continue                 # (an answer before the upgrade, already a turn's)
             if t_start is None:
                 t_start = ts[i]          # the server speaks first (a banner)
             s_mark = max(s_mark, min(end, len(server)))
@@ -485,6 +504,9 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None):
         if http and have:
             m = final_response(bytes(inbox.buf), 0, turn.method, eof=inbox.closed)
             if m is not None and not _interim(m[1]):
+                if turn.switch and not last:
+                    # what follows the switch is the next turn's, however soon it came
+                    return inbox.take(m[0]), m[0], False
                 if last:
                     last()
                     await inbox.quiet(idle, deadline)
@@ -537,7 +559,6 @@ class Replayer:
         except (OSError, asyncio.TimeoutError) as e:
             res["failed"] = f"connect: {_said(e)}"
             return res
-        match = "http" if (self.match == "http" and conv.http) else "exact"
         inbox = _Inbox(reader)
 
         def finish():
@@ -560,11 +581,11 @@ class Replayer:
                 if turn.request:
                     writer.write(turn.request)
                     await writer.drain()
-                if not turn.response and not conv.http and turn.whole:
+                if not turn.response and not turn.http and turn.whole:
                     res["unanswered"] += 1      # sent; the original had no answer to compare with
                     continue
                 last = finish if i == len(conv.turns) - 1 and turn.response else None
-                got, end, closed = await _read_answer(inbox, turn, conv.http, self.timeout, self.idle, last)
+                got, end, closed = await _read_answer(inbox, turn, turn.http, self.timeout, self.idle, last)
                 if not turn.whole:
                     res["incomplete"] += 1      # part of the recorded answer is missing: nothing to hold it to
                     continue
@@ -578,6 +599,8 @@ class Replayer:
                         res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
                                          else f"turn {i}: no answer within {self.timeout:g} s")
                     break
+                # (bytes after an upgrade are compared as bytes)
+                match = "http" if self.match == "http" and turn.http else "exact"
                 diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
                 if diff:
                     res["differing"] += 1

@@ -655,7 +655,8 @@ ANSWERS = textwrap.dedent('''
     extra: a whole response with bytes after it
     late: a whole response, and 0.2 s later bytes after it
     ok: a whole response
-    echo: every byte back"""
+    echo: every byte back
+    upgrade, upgrade-upper: 101 Switching Protocols, then each line back (upper-cased)"""
     import asyncio, sys
     mode = sys.argv[1]
     OK = b"HTTP/1.1 200 OK\\r\\nContent-Length: 10\\r\\n\\r\\n0123456789"
@@ -670,6 +671,13 @@ ANSWERS = textwrap.dedent('''
                     w.write(chunk)
                     await w.drain()
                     continue
+                if mode.startswith("upgrade"):
+                    await r.readuntil(b"\\r\\n\\r\\n")
+                    w.write(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n")
+                    while line := await r.readline():
+                        w.write(line.upper() if mode == "upgrade-upper" else line)
+                        await w.drain()
+                    break
                 if mode == "more":
                     await r.readline()
                     w.write(b"+PONG\\r\\n")
@@ -746,6 +754,24 @@ def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     cap = _exchange(tmp_path, "echo.pcap", turns)
     s = _answers(tmp_path, "echo", cap)
     assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+
+
+def test_after_a_switch_of_protocols_the_stream_replays_turn_by_turn(tmp_path):
+    """After a 101 the rest of the connection was sent in one burst as an HTTP request, its
+    answer incomplete, never compared: a server answering differently after the upgrade was
+    reported identical."""
+    up = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    cap = _exchange(tmp_path, "upgrade.pcap", [(True, up, False), (False, switched, False),
+                                               (True, b"hello\n", False), (False, b"hello\n", False),
+                                               (True, b"bye\n", False), (False, b"bye\n", False)])
+    for match in ("exact", "http"):
+        s = _answers(tmp_path, "upgrade", cap, "--match", match, "--idle", 0.3)
+        assert (s["identical"], s["turns"], s["turns_identical"], s["turns_incomplete"]) == (1, 3, 3, 0), s
+        s = _answers(tmp_path, "upgrade-upper", cap, "--match", match, "--idle", 0.3)
+        assert (s["differing"], s["turns_identical"], s["turns_differing"]) == (1, 1, 2), s
+        assert [(d["turn"], d["request"], d["what"]) for d in s["first_differences"]] == [
+            (1, "hello\n", ["bytes"]), (2, "bye\n", ["bytes"])]
 
 
 def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
