@@ -658,6 +658,17 @@ def parse_target(text):
     return host, int(port)
 
 
+def _check_choice(server_port, limit):
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit {limit}: a number of connections (0: no limit)")
+    if server_port is not None and not 1 <= server_port <= 65535:
+        raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
+
+
+def _other_port(conv, server_port):
+    return server_port is not None and int(conv.server.rpartition(":")[2]) != server_port
+
+
 def _check_waits(timeout, idle=None):
     # 0 would fail every turn at once; no wait is negative
     if not timeout > 0:
@@ -740,10 +751,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     if source is not None and store is not None:
         raise UsageError("give a capture or --store DIR, not both")
     host, port = parse_target(to)
-    if limit is not None and limit < 0:
-        raise UsageError(f"--limit {limit}: a number of connections (0: no limit)")
-    if server_port is not None and not 1 <= server_port <= 65535:
-        raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
+    _check_choice(server_port, limit)
     _check_waits(timeout, idle)
     if store is not None:
         from flowsift.streams.reader import check_kept_store
@@ -762,7 +770,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
         for path in store_files(directory):
             c = conversation(path, partial=partial)
-            if c.skip is None and server_port is not None and int(c.server.rpartition(":")[2]) != server_port:
+            if c.skip is None and _other_port(c, server_port):
                 c.skip = "other server port"
             if c.skip is None and not c.turns:
                 c.skip = "no data"
@@ -877,11 +885,13 @@ def _descriptor_room(concurrency):
     return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - 64))
 
 
-def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
-    """Send, per connection of the kept `store`, the client bytes its server had not
-    acknowledged, aligned to message boundaries; returns the summary."""
+def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_port=None, limit=None):
+    """Send, per connection of the kept `store` (to `server_port` only; at most `limit` of
+    them), the client bytes its server had not acknowledged, aligned to message boundaries;
+    returns the summary."""
     from flowsift.streams.reader import check_kept_store, store_files
     host, port = parse_target(to)
+    _check_choice(server_port, limit)
     _check_waits(timeout)
     check_kept_store(store)
     out_file = _Report(report) if report else None
@@ -894,10 +904,15 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
     skipped, plans = {}, []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
+        if conv.skip is None and _other_port(conv, server_port):
+            conv.skip = "other server port"
         if conv.skip:
             skipped[conv.skip] = skipped.get(conv.skip, 0) + 1
             continue
         plans.append((conv, acked, start, end, note))
+    if limit and len(plans) > limit:
+        skipped["limit"] = len(plans) - limit           # every connection is accounted for, as in replay()
+        del plans[limit:]
 
     async def send(conv, acked, start, end, note):
         row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,

@@ -932,22 +932,28 @@ COUNTING = textwrap.dedent('''
 ''') + SERVE
 
 
-def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
-    """--unacked opened every connection at once whatever -j said, and listed every failure."""
+def _unacked_store(tmp_path, server_ports):
+    """A kept store of one connection per server port, each a GET its server never acknowledged."""
     from pcapgen import A, B, ether, ipv4, pcap, tcp
     frames, us = [], 1_700_000_000 * 10**6
-    for k in range(30):
+    for k, server in enumerate(server_ports):
         port = 41000 + k
         for from_client, seq, ack, flags, payload in ((True, 99, 0, 0x02, b""), (False, 499, 100, 0x12, b""),
                                                       (True, 100, 500, 0x10, b""), (True, 100, 500, 0x18, GET)):
-            src, dst, sp, dp = (A, B, port, 80) if from_client else (B, A, 80, port)
+            src, dst, sp, dp = (A, B, port, server) if from_client else (B, A, server, port)
             us += 1000
             frames.append((us // 10**6, us % 10**6, ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags,
                                                                                 payload=payload)))))
-    cap = tmp_path / "many.pcap"
+    cap = tmp_path / "unacked.pcap"
     cap.write_bytes(pcap(frames))
     store = tmp_path / "st"
     run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    return store
+
+
+def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
+    """--unacked opened every connection at once whatever -j said, and listed every failure."""
+    store = _unacked_store(tmp_path, [80] * 30)
     log = tmp_path / "open.log"
     srv = Server(tmp_path, COUNTING, log)
     try:
@@ -962,3 +968,31 @@ def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
         s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{closer.getsockname()[1]}", "-j", 30,
                    "--timeout", 0.5)
     assert s["failed"] == 30 and len(s["failures"]) == 20
+
+
+def test_unacked_keeps_to_the_server_port_and_the_limit(tmp_path):
+    """--unacked sent every connection of the store whatever --server-port and --limit said, and
+    took --match, --partial, --speed and --idle without a word."""
+    store = _unacked_store(tmp_path, [80, 8080, 80])
+    srv = Server(tmp_path, COUNTING, tmp_path / "open.log")
+    to = f"127.0.0.1:{srv.port}"
+    try:
+        s = replay("--unacked", "--store", store, "--to", to, "--timeout", 5, "--server-port", 8080)
+        assert (s["connections"], s["answers"], s["skipped"]) == (1, 1, {"other server port": 2}), s
+        s = replay("--unacked", "--store", store, "--to", to, "--timeout", 5, "--server-port", 80, "--limit", 1)
+        assert (s["connections"], s["answers"], s["skipped"]) == (1, 1, {"limit": 1, "other server port": 1}), s
+    finally:
+        srv.stop()
+    assert len((tmp_path / "open.log").read_text().split()) == 2
+    with socket.socket() as listener:               # refused before anything is sent: nothing connects
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        for args, said in ((("--match", "http"), "--match"), (("--partial",), "--partial"),
+                           (("--speed", "1", "--idle", "0.5"), "--speed, --idle")):
+            res = run_cli("replay", "--unacked", "--store", store, "--to", f"127.0.0.1:{listener.getsockname()[1]}", *args)
+            assert res.returncode == 2 and res.stderr == (
+                f"flowsift: {said}: not with --unacked (it sends what the server had not acknowledged, "
+                "and compares nothing)\n"), res.stderr
+        with pytest.raises(BlockingIOError):
+            listener.accept()
