@@ -22,6 +22,8 @@ from flowsift.errors import FlowsiftError, UsageError
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
+# the start of a request line a gap cut (--partial): HTTP, lest its fragment be sent as bytes
+HTTP_REQUEST_CUT = re.compile(rb"[A-Z]{3,10} [^\r\n]*\r?\Z")
 ANY_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"   # a whole message: answers are read whole
 
 
@@ -205,7 +207,8 @@ def conversation(path, partial=False, match=None):
         client = rf.data(0, 0, cend)
         server = rf.data(1, 0, send) if not sgap else rf.data(1, 0, sgap[0].offset)
         arr = rf.record_array()
-        if (match == "http" or match is None) and HTTP_REQUEST.match(client):
+        if (match == "http" or match is None) and (HTTP_REQUEST.match(client) or
+                                                   conv.cut is not None and HTTP_REQUEST_CUT.match(client)):
             conv.http = True
             _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut)
             if not conv.turns:
