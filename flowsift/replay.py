@@ -918,11 +918,12 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         del plans[limit:]
 
     async def send(conv, acked, start, end, note):
-        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
-               "sent_from": start, "bytes": end - start, "note": note, "answers": 0, "failed": None}
         data = conv.turns[0].request
         msgs = [(s, e) for s, e in http_messages(data, True)] if conv.http else [(0, len(data))]
-        row["messages"] = len(msgs)
+        # bytes and messages: those sent (a failure leaves the rest unsent); planned: all there were
+        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
+               "sent_from": start, "bytes": 0, "messages": 0, "bytes_planned": end - start,
+               "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None}
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError) as e:
@@ -933,6 +934,8 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
             for s, e in msgs:
                 writer.write(data[s:e])
                 await writer.drain()
+                row["bytes"] += e - s
+                row["messages"] += 1
                 if conv.http:
                     method = data[s:e].split(b" ", 1)[0]
                     # nothing recorded to compare with: any whole HTTP response will do

@@ -639,6 +639,24 @@ def test_unacked_requests_wait_for_each_whole_answer(tmp_path):
     assert [json.loads(l)["waiting"] for l in log.read_text().splitlines()] == [0, 0, 0]
 
 
+def test_unacked_counts_what_was_sent(tmp_path):
+    """Against a server that never answered the first of three requests, the summary and the
+    report said all three (their bytes and messages) were sent."""
+    reqs = [f"GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3)]
+    cap = _exchange(tmp_path, "unacked.pcap", [(True, r, False) for r in reqs], fin=False)
+    store, report = tmp_path / "st", tmp_path / "r.json"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", 0.5,
+                   "--report", report)
+    assert (s["failed"], s["messages"], s["bytes"], s["answers"]) == (1, 1, len(reqs[0]), 0), s
+    (row,) = json.loads(report.read_text())["connections"]
+    assert (row["messages"], row["bytes"], row["messages_planned"], row["bytes_planned"]) == (
+        1, len(reqs[0]), 3, len(b"".join(reqs))), row
+
+
 def test_a_gap_at_the_start_is_the_reason_even_with_partial(tmp_path, corpus):
     from flowsift.replay import conversation
     from flowsift.streams.reader import store_files
