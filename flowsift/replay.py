@@ -552,7 +552,7 @@ class Replayer:
 
     async def play(self, conv):
         """Replay one conversation; returns its result dict."""
-        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": len(conv.turns),
+        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": 0,
                "identical": 0, "differing": 0, "unanswered": 0, "incomplete": 0, "failed": None, "differences": [],
                "http": conv.http}
         if conv.cut is not None:
@@ -621,6 +621,7 @@ class Replayer:
                 await asyncio.wait_for(writer.wait_closed(), 1)
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 pass
+        res["turns"] = res["identical"] + res["differing"]      # compared, as the summary's turns
         return res
 
     async def run(self, convs, limit=None):

@@ -761,6 +761,18 @@ def test_bytes_after_an_http_response_differ(tmp_path):
     assert s["turns_differing"] >= 1 and s["differing"] == 1, s
 
 
+def test_turns_are_the_turns_compared_in_the_summary_and_per_connection(tmp_path):
+    """The summary's turns left out a turn the original never answered; the report's turns of
+    its connection counted it."""
+    cap = _exchange(tmp_path, "three.pcap", [(True, GET, False), (False, OK10, False),
+                                             (True, GET, False), (False, OK10, False), (True, GET, False)])
+    report = tmp_path / "r.json"
+    s = _answers(tmp_path, "extra", cap, "--match", "http", "--report", report)
+    assert (s["turns"], s["turns_differing"], s["turns_unanswered"]) == (2, 2, 1), s
+    (conn,) = json.loads(report.read_text())["connections"]
+    assert (conn["turns"], conn["differing"], conn["unanswered"]) == (2, 2, 1), conn
+
+
 def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     """100,000 bytes echoed while the client sends its next line (the recording has the echo's
     first segment before it): the echo's later bytes were charged to the turn that was reading,
