@@ -841,7 +841,7 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
     if report:
-        report.write({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
+        report.write({"summary": out,
                       "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]})
     return out
 

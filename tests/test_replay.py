@@ -773,6 +773,15 @@ def test_turns_are_the_turns_compared_in_the_summary_and_per_connection(tmp_path
     assert (conn["turns"], conn["differing"], conn["unanswered"]) == (2, 2, 1), conn
 
 
+def test_the_report_holds_the_summary_json_gives(tmp_path):
+    """The report's summary lacked the failures and the first differences."""
+    cap = _exchange(tmp_path, "two.pcap", [(True, GET, False), (False, OK10, False), (True, GET, False),
+                                           (False, OK10, False)])
+    report = tmp_path / "r.json"
+    s = _answers(tmp_path, "extra", cap, "--report", report)
+    assert len(s["first_differences"]) == 2 and json.loads(report.read_text())["summary"] == s
+
+
 def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     """100,000 bytes echoed while the client sends its next line (the recording has the echo's
     first segment before it): the echo's later bytes were charged to the turn that was reading,
