@@ -408,7 +408,10 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
             if m is not None:
                 line = m[1].decode("latin-1")
                 return line if http1.RESPONSE_LINE.match(m[1]) else f"not an HTTP response: {line[:60]!r}"
-            return f"an incomplete response ({len(data)} bytes)" if data.startswith(b"HTTP/") else "no HTTP response"
+            if data.startswith(b"HTTP/"):
+                return f"an incomplete response ({len(data)} bytes)"
+            # (its first bytes: what the server speaks instead)
+            return f"not an HTTP response: {data[:60].decode('latin-1')!r}" if data else "nothing"
         return [{"what": "message", "recorded": said(expected, a), "replayed": said(got, b)}]
     out = []
     sa, sb = a[1].split(b" ", 2), b[1].split(b" ", 2)

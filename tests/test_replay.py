@@ -1058,3 +1058,13 @@ def test_unacked_keeps_to_the_server_port_and_the_limit(tmp_path):
                 "and compares nothing)\n"), res.stderr
         with pytest.raises(BlockingIOError):
             listener.accept()
+
+
+def test_an_answer_that_is_not_http_is_shown_by_its_first_bytes():
+    """An answer without an HTTP header block was said to be "no HTTP response", whatever it was."""
+    from flowsift.replay import compare
+    (d,) = compare(OK10, b"SSH-2.0-OpenSSH_9.6\r\n", "http", b"GET")
+    assert d == {"what": "message", "recorded": "HTTP/1.1 200 OK",
+                 "replayed": "not an HTTP response: 'SSH-2.0-OpenSSH_9.6\\r\\n'"}
+    (d,) = compare(OK10, b"HTTP/1.1 200 OK\r\n", "http", b"GET")
+    assert d["replayed"] == "an incomplete response (17 bytes)"
