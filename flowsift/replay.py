@@ -644,20 +644,28 @@ class Replayer:
         return results
 
 
+def _ipv6(text):
+    import ipaddress
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_target(text):
     host, sep, port = text.rpartition(":")
     bracketed = host.startswith("[") or host.endswith("]")
+    expected = f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)"
     if not sep or not port.isdigit() or not host or (bracketed and not (host[0] == "[" and host[-1] == "]")):
-        raise UsageError(f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)")
+        raise UsageError(expected)
     if not 1 <= int(port) <= 65535:
         raise UsageError(f"--to {text!r}: port {port} is not from 1 to 65535")
     host = host[1:-1] if bracketed else host
-    if ":" in host and not bracketed:
-        import ipaddress
-        try:
-            ipaddress.ip_address(host)      # (an unbracketed IPv6 address still reads)
-        except ValueError:
-            raise UsageError(f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)") from None
+    # an IPv6 address in brackets, and nothing else: unbracketed, 2001:db8::1:80 reads as an
+    # address with a port and as one without
+    if bracketed != (":" in host) or (bracketed and not _ipv6(host)):
+        raise UsageError(expected)
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except socket.gaierror as e:
