@@ -759,9 +759,10 @@ class _Report:
 
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
-           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None):
+           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None, on_notice=None):
     """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary.
-    `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled."""
+    `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled; `on_notice`
+    is told, in one line, of a -j the descriptor limit lowers."""
     from flowsift.streams.reader import store_files
     if source is not None and store is not None:
         raise UsageError("give a capture or --store DIR, not both")
@@ -797,6 +798,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
+        _say_room(concurrency, on_notice)
         if on_start is not None:
             on_start(min(len(convs), limit) if limit else len(convs))
         t0 = time.monotonic()
@@ -892,18 +894,34 @@ def unacked_plan(path):
     return conv, acked, start, end, note
 
 
+# Descriptors kept for the process beside the connections' sockets: Python's own, the event
+# loop's, a report, the store's files being read.
+KEPT_DESCRIPTORS = 64
+
+
 def _descriptor_room(concurrency):
     """Connections at once, within the descriptor limit (one socket each, some kept for the
     process): running out would fail connections for a reason that is ours, not the target's."""
     import resource
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - 64))
+    return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - KEPT_DESCRIPTORS))
 
 
-def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_port=None, limit=None):
+def _say_room(concurrency, on_notice):
+    """Tell `on_notice` when the descriptor limit lowers -j: fewer at once than asked is slower,
+    and should not pass unsaid."""
+    room = _descriptor_room(concurrency)
+    if room < concurrency and on_notice is not None:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        on_notice(f"-j {concurrency} lowered to {room}: the descriptor limit ({soft}, ulimit -n) less "
+                  f"{KEPT_DESCRIPTORS} kept for the process")
+
+
+def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_port=None, limit=None, on_notice=None):
     """Send, per connection of the kept `store` (to `server_port` only; at most `limit` of
     them), the client bytes its server had not acknowledged, aligned to message boundaries;
-    returns the summary."""
+    returns the summary. `on_notice`: as for replay()."""
     from flowsift.streams.reader import check_kept_store, store_files
     host, port = parse_target(to)
     _check_choice(server_port, limit)
@@ -972,6 +990,8 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
             async with sem:
                 return await send(*p)
         return await asyncio.gather(*(one(p) for p in plans))
+    if plans:
+        _say_room(concurrency, on_notice)
     t0 = time.monotonic()
     rows = list(asyncio.run(main())) if plans else []
     out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),

@@ -1071,3 +1071,23 @@ def test_an_answer_that_is_not_http_is_shown_by_its_first_bytes():
                  "replayed": "not an HTTP response: 'SSH-2.0-OpenSSH_9.6\\r\\n'"}
     (d,) = compare(OK10, b"HTTP/1.1 200 OK\r\n", "http", b"GET")
     assert d["replayed"] == "an incomplete response (17 bytes)"
+
+
+def test_a_concurrency_the_descriptor_limit_lowers_is_said(tmp_path):
+    """-j above the descriptor limit less 64 was lowered without a word."""
+    import resource
+    cap = _exchange(tmp_path, "ping.pcap", [(True, b"PING\r\n", False), (False, b"PING\r\n", False)])
+    srv = Server(tmp_path, ANSWERS, "echo")
+
+    def run(j):
+        # (the hard limit too: reading a capture raises the soft one as far as it may)
+        return subprocess.run([sys.executable, "-m", "flowsift", "replay", str(cap), "--to", f"127.0.0.1:{srv.port}",
+                               "--idle", "0.3", "--json", "-j", str(j)], capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (80, 80)))
+    try:
+        lowered, kept = run(50), run(16)
+    finally:
+        srv.stop()
+    assert lowered.returncode == 0 and lowered.stderr == (
+        "flowsift: -j 50 lowered to 16: the descriptor limit (80, ulimit -n) less 64 kept for the process\n")
+    assert kept.returncode == 0 and kept.stderr == ""
