@@ -1053,9 +1053,10 @@ def test_unacked_keeps_to_the_server_port_and_the_limit(tmp_path):
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         listener.setblocking(False)
+        to = f"127.0.0.1:{listener.getsockname()[1]}"
         for args, said in ((("--match", "http"), "--match"), (("--partial",), "--partial"),
                            (("--speed", "1", "--idle", "0.5"), "--speed, --idle")):
-            res = run_cli("replay", "--unacked", "--store", store, "--to", f"127.0.0.1:{listener.getsockname()[1]}", *args)
+            res = run_cli("replay", "--unacked", "--store", store, "--to", to, *args)
             assert res.returncode == 2 and res.stderr == (
                 f"flowsift: {said}: not with --unacked (it sends what the server had not acknowledged, "
                 "and compares nothing)\n"), res.stderr
