@@ -404,6 +404,7 @@ def chain(
 
 @app.command()
 def replay(
+    ctx: typer.Context,
     source: Optional[str] = typer.Argument(None, metavar="CAPTURE", help="A pcap or pcapng file (or use --store)."),
     to: str = typer.Option(..., "--to", metavar="HOST:PORT", help="The server to replay against."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR", help="Replay the connections of a kept store."),
@@ -451,6 +452,14 @@ def replay(
       flowsift replay --unacked --store run1 --to 10.0.0.2:80
     """
     from flowsift.render import print_replay
+    if unacked:
+        from click.core import ParameterSource
+        # they cut, pace or compare turns: --unacked sends one span per connection and compares nothing
+        given = [f"--{name}" for name in ("match", "partial", "speed", "idle")
+                 if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+        if given:
+            _fail(f"{', '.join(given)}: not with --unacked (it sends what the server had not acknowledged, "
+                  "and compares nothing)")
     if speed == "max":
         pace = None
     else:
@@ -472,7 +481,8 @@ def replay(
         from flowsift.replay import replay_unacked
         if store is None or source is not None:
             _fail("--unacked replays a kept store: give --store DIR (and no capture)")
-        result = replay_unacked(store, to, timeout=timeout, report=report, concurrency=concurrency)
+        result = replay_unacked(store, to, timeout=timeout, report=report, concurrency=concurrency,
+                                server_port=server_port, limit=limit, on_notice=_notice)
         typer.echo(json.dumps(result)) if as_json else print_replay(result)
         _replay_exit(result)
         return
@@ -497,12 +507,16 @@ def replay(
         result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
                      concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
                      ignore_body=ignore_body_regex, timeout=timeout, idle=idle, report=report, on_start=start,
-                     on_conversation=done, policy=policy, reassembly=bounds)
+                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=_notice)
     finally:
         if bar is not None:
             bar.stop()
     typer.echo(json.dumps(result)) if as_json else print_replay(result)
     _replay_exit(result)
+
+
+def _notice(message):
+    typer.echo(f"flowsift: {message}", err=True)
 
 
 def _replay_exit(result):

@@ -22,6 +22,8 @@ from flowsift.errors import FlowsiftError, UsageError
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
+# the start of a request line a gap cut (--partial): HTTP, lest its fragment be sent as bytes
+HTTP_REQUEST_CUT = re.compile(rb"[A-Z]{3,10} [^\r\n]*\r?\Z")
 ANY_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"   # a whole message: answers are read whole
 
 
@@ -146,15 +148,17 @@ def dechunk(body):
 # --- conversations and turns -------------------------------------------------------------------
 
 class Turn:
-    __slots__ = ("request", "response", "start", "offset", "method", "whole")
+    __slots__ = ("request", "response", "start", "offset", "method", "whole", "http", "switch")
 
-    def __init__(self, request, response, start, offset, method=None, whole=True):
+    def __init__(self, request, response, start, offset, method=None, whole=True, http=False, switch=False):
         self.request = request          # bytes the client sent
         self.response = response        # bytes the server answered in the original
         self.start = start              # capture time of the turn's first byte, ns
         self.offset = offset            # stream offset of the request
         self.method = method
         self.whole = whole              # False: the recording lost part of the answer (not comparable)
+        self.http = http                # an HTTP request and its response (else bytes, as they came)
+        self.switch = switch            # its recorded answer switched protocols: HTTP ends with it
 
 
 class Conversation:
@@ -203,9 +207,10 @@ def conversation(path, partial=False, match=None):
         client = rf.data(0, 0, cend)
         server = rf.data(1, 0, send) if not sgap else rf.data(1, 0, sgap[0].offset)
         arr = rf.record_array()
-        if (match == "http" or match is None) and HTTP_REQUEST.match(client):
+        if (match == "http" or match is None) and (HTTP_REQUEST.match(client) or
+                                                   conv.cut is not None and HTTP_REQUEST_CUT.match(client)):
             conv.http = True
-            _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut is not None)
+            _http_turns(conv, client, server, arr, h, bool(sgap), conv.cut)
             if not conv.turns:
                 conv.skip = "gap in the client's stream"        # (no whole request before it)
             return conv
@@ -228,11 +233,20 @@ def _first_ts(arr, h, d, offset):
     return int(t[-1]) if len(t) else (int(arr["ts_ns"][0]) if len(arr) else 0)
 
 
-def _http_turns(conv, client, server, arr, h, lost=False, cut=False):
+def _switches(line, method):
+    """Does a response with start line `line`, to `method`, end HTTP on its connection? A 101
+    (Switching Protocols), or a CONNECT's 2xx (the tunnel follows)."""
+    parts = line.split()
+    code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return code == 101 or (method == b"CONNECT" and 200 <= code < 300)
+
+
+def _http_turns(conv, client, server, arr, h, lost=False, cut=None):
     """`lost`: the server's stream was cut by a gap at its end (an answer reaching it, and those
-    after it, were not recorded whole). `cut`: the client's stream ends at a gap (--partial)."""
+    after it, were not recorded whole). `cut`: where a gap ends the client's stream (--partial).
+    After an answer that switches protocols the rest is a byte stream, cut into turns as one."""
     reqs = http_messages(client, True)
-    if cut and reqs and http_message(client, reqs[-1][0], True) is None:
+    if cut is not None and reqs and http_message(client, reqs[-1][0], True) is None:
         # the request the gap cuts into is not sent: its answer needed the bytes missing
         reqs.pop()
     methods = [client[s:e].split(b" ", 1)[0] for s, e in reqs]
@@ -240,9 +254,14 @@ def _http_turns(conv, client, server, arr, h, lost=False, cut=False):
     for i, (s, e) in enumerate(reqs):
         r = server[resps[i][0]:resps[i][1]] if i < len(resps) else b""
         # (eof: a response without length ends where the recorded stream does)
-        whole = (not r or final_response(r, 0, methods[i], eof=True) is not None) and \
-            not (lost and (i >= len(resps) or resps[i][1] >= len(server)))
-        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i], whole))
+        m = final_response(r, 0, methods[i], eof=True) if r else None
+        whole = (not r or m is not None) and not (lost and (i >= len(resps) or resps[i][1] >= len(server)))
+        switch = m is not None and _switches(m[1], methods[i])
+        conv.turns.append(Turn(client[s:e], r, _first_ts(arr, h, 0, s), s, methods[i], whole, True, switch))
+        if switch:
+            # (the requests parsed after it were never HTTP)
+            _timed_turns(conv, client, server, arr, h, lost, cut, e, resps[i][1])
+            return
 
 
 def _acks(arr, h):
@@ -312,13 +331,14 @@ def _in_order(arr, h):
     return out
 
 
-def _timed_turns(conv, client, server, arr, h, lost=False, cut=None):
+def _timed_turns(conv, client, server, arr, h, lost=False, cut=None, c_from=0, s_from=0):
     """Turns in the order of the two streams' bytes (_in_order): client bytes until the server
     answers, and so on. `lost`: as for _http_turns. `cut`: where a gap cuts the client's stream
-    (--partial): the client's bytes after it, and answers to them, are not replayed."""
+    (--partial): the client's bytes after it, and answers to them, are not replayed. `c_from`,
+    `s_from`: where the turns start in each stream (after an HTTP upgrade)."""
     ts = arr["ts_ns"].tolist()
-    c_start = s_start = 0
-    c_mark = s_mark = 0
+    c_start = c_mark = c_from
+    s_start = s_mark = s_from
     answered = False
     t_start = None
     for d, i, start, end in _in_order(arr, h):
@@ -336,6 +356,8 @@ def _timed_turns(conv, client, server, arr, h, lost=False, cut=None):
                 t_start = ts[i]
             c_mark = end
         else:
+            if end <= s_from:
+                continue                 # (an answer before the upgrade, already a turn's)
             if t_start is None:
                 t_start = ts[i]          # the server speaks first (a banner)
             s_mark = max(s_mark, min(end, len(server)))
@@ -386,7 +408,10 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
             if m is not None:
                 line = m[1].decode("latin-1")
                 return line if http1.RESPONSE_LINE.match(m[1]) else f"not an HTTP response: {line[:60]!r}"
-            return f"an incomplete response ({len(data)} bytes)" if data.startswith(b"HTTP/") else "no HTTP response"
+            if data.startswith(b"HTTP/"):
+                return f"an incomplete response ({len(data)} bytes)"
+            # (its first bytes: what the server speaks instead)
+            return f"not an HTTP response: {data[:60].decode('latin-1')!r}" if data else "nothing"
         return [{"what": "message", "recorded": said(expected, a), "replayed": said(got, b)}]
     out = []
     sa, sb = a[1].split(b" ", 2), b[1].split(b" ", 2)
@@ -485,6 +510,9 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None):
         if http and have:
             m = final_response(bytes(inbox.buf), 0, turn.method, eof=inbox.closed)
             if m is not None and not _interim(m[1]):
+                if turn.switch and not last:
+                    # what follows the switch is the next turn's, however soon it came
+                    return inbox.take(m[0]), m[0], False
                 if last:
                     last()
                     await inbox.quiet(idle, deadline)
@@ -527,7 +555,7 @@ class Replayer:
 
     async def play(self, conv):
         """Replay one conversation; returns its result dict."""
-        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": len(conv.turns),
+        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": 0,
                "identical": 0, "differing": 0, "unanswered": 0, "incomplete": 0, "failed": None, "differences": [],
                "http": conv.http}
         if conv.cut is not None:
@@ -537,7 +565,6 @@ class Replayer:
         except (OSError, asyncio.TimeoutError) as e:
             res["failed"] = f"connect: {_said(e)}"
             return res
-        match = "http" if (self.match == "http" and conv.http) else "exact"
         inbox = _Inbox(reader)
 
         def finish():
@@ -560,11 +587,11 @@ class Replayer:
                 if turn.request:
                     writer.write(turn.request)
                     await writer.drain()
-                if not turn.response and not conv.http and turn.whole:
+                if not turn.response and not turn.http and turn.whole:
                     res["unanswered"] += 1      # sent; the original had no answer to compare with
                     continue
                 last = finish if i == len(conv.turns) - 1 and turn.response else None
-                got, end, closed = await _read_answer(inbox, turn, conv.http, self.timeout, self.idle, last)
+                got, end, closed = await _read_answer(inbox, turn, turn.http, self.timeout, self.idle, last)
                 if not turn.whole:
                     res["incomplete"] += 1      # part of the recorded answer is missing: nothing to hold it to
                     continue
@@ -578,6 +605,8 @@ class Replayer:
                         res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
                                          else f"turn {i}: no answer within {self.timeout:g} s")
                     break
+                # (bytes after an upgrade are compared as bytes)
+                match = "http" if self.match == "http" and turn.http else "exact"
                 diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
                 if diff:
                     res["differing"] += 1
@@ -595,6 +624,7 @@ class Replayer:
                 await asyncio.wait_for(writer.wait_closed(), 1)
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 pass
+        res["turns"] = res["identical"] + res["differing"]      # compared, as the summary's turns
         return res
 
     async def run(self, convs, limit=None):
@@ -614,25 +644,44 @@ class Replayer:
         return results
 
 
+def _ipv6(text):
+    import ipaddress
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_target(text):
     host, sep, port = text.rpartition(":")
     bracketed = host.startswith("[") or host.endswith("]")
+    expected = f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)"
     if not sep or not port.isdigit() or not host or (bracketed and not (host[0] == "[" and host[-1] == "]")):
-        raise UsageError(f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)")
+        raise UsageError(expected)
     if not 1 <= int(port) <= 65535:
         raise UsageError(f"--to {text!r}: port {port} is not from 1 to 65535")
     host = host[1:-1] if bracketed else host
-    if ":" in host and not bracketed:
-        import ipaddress
-        try:
-            ipaddress.ip_address(host)      # (an unbracketed IPv6 address still reads)
-        except ValueError:
-            raise UsageError(f"--to {text!r}: expected HOST:PORT (an IPv6 address in brackets: [::1]:8080)") from None
+    # an IPv6 address in brackets, and nothing else: unbracketed, 2001:db8::1:80 reads as an
+    # address with a port and as one without
+    if bracketed != (":" in host) or (bracketed and not _ipv6(host)):
+        raise UsageError(expected)
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise FlowsiftError(f"--to {text}: cannot resolve {host}: {e.strerror}") from None
     return host, int(port)
+
+
+def _check_choice(server_port, limit):
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit {limit}: a number of connections (0: no limit)")
+    if server_port is not None and not 1 <= server_port <= 65535:
+        raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
+
+
+def _other_port(conv, server_port):
+    return server_port is not None and int(conv.server.rpartition(":")[2]) != server_port
 
 
 def _check_waits(timeout, idle=None):
@@ -710,17 +759,15 @@ class _Report:
 
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
-           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None):
+           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None, on_notice=None):
     """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary.
-    `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled."""
+    `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled; `on_notice`
+    is told, in one line, of a -j the descriptor limit lowers."""
     from flowsift.streams.reader import store_files
     if source is not None and store is not None:
         raise UsageError("give a capture or --store DIR, not both")
     host, port = parse_target(to)
-    if limit is not None and limit < 0:
-        raise UsageError(f"--limit {limit}: a number of connections (0: no limit)")
-    if server_port is not None and not 1 <= server_port <= 65535:
-        raise UsageError(f"--server-port {server_port}: a port, from 1 to 65535")
+    _check_choice(server_port, limit)
     _check_waits(timeout, idle)
     if store is not None:
         from flowsift.streams.reader import check_kept_store
@@ -739,7 +786,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
         for path in store_files(directory):
             c = conversation(path, partial=partial)
-            if c.skip is None and server_port is not None and int(c.server.rpartition(":")[2]) != server_port:
+            if c.skip is None and _other_port(c, server_port):
                 c.skip = "other server port"
             if c.skip is None and not c.turns:
                 c.skip = "no data"
@@ -751,6 +798,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
+        _say_room(concurrency, on_notice)
         if on_start is not None:
             on_start(min(len(convs), limit) if limit else len(convs))
         t0 = time.monotonic()
@@ -806,7 +854,7 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
     if report:
-        report.write({"summary": {k: v for k, v in out.items() if k not in ("failures", "first_differences")},
+        report.write({"summary": out,
                       "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]})
     return out
 
@@ -846,19 +894,37 @@ def unacked_plan(path):
     return conv, acked, start, end, note
 
 
+# Descriptors kept for the process beside the connections' sockets: Python's own, the event
+# loop's, a report, the store's files being read.
+KEPT_DESCRIPTORS = 64
+
+
 def _descriptor_room(concurrency):
     """Connections at once, within the descriptor limit (one socket each, some kept for the
     process): running out would fail connections for a reason that is ours, not the target's."""
     import resource
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - 64))
+    return concurrency if soft == resource.RLIM_INFINITY else max(1, min(concurrency, soft - KEPT_DESCRIPTORS))
 
 
-def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
-    """Send, per connection of the kept `store`, the client bytes its server had not
-    acknowledged, aligned to message boundaries; returns the summary."""
+def _say_room(concurrency, on_notice):
+    """Tell `on_notice` when the descriptor limit lowers -j: fewer at once than asked is slower,
+    and should not pass unsaid."""
+    room = _descriptor_room(concurrency)
+    if room < concurrency and on_notice is not None:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        on_notice(f"-j {concurrency} lowered to {room}: the descriptor limit ({soft}, ulimit -n) less "
+                  f"{KEPT_DESCRIPTORS} kept for the process")
+
+
+def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_port=None, limit=None, on_notice=None):
+    """Send, per connection of the kept `store` (to `server_port` only; at most `limit` of
+    them), the client bytes its server had not acknowledged, aligned to message boundaries;
+    returns the summary. `on_notice`: as for replay()."""
     from flowsift.streams.reader import check_kept_store, store_files
     host, port = parse_target(to)
+    _check_choice(server_port, limit)
     _check_waits(timeout)
     check_kept_store(store)
     out_file = _Report(report) if report else None
@@ -871,17 +937,23 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
     skipped, plans = {}, []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
+        if conv.skip is None and _other_port(conv, server_port):
+            conv.skip = "other server port"
         if conv.skip:
             skipped[conv.skip] = skipped.get(conv.skip, 0) + 1
             continue
         plans.append((conv, acked, start, end, note))
+    if limit and len(plans) > limit:
+        skipped["limit"] = len(plans) - limit           # every connection is accounted for, as in replay()
+        del plans[limit:]
 
     async def send(conv, acked, start, end, note):
-        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
-               "sent_from": start, "bytes": end - start, "note": note, "answers": 0, "failed": None}
         data = conv.turns[0].request
         msgs = [(s, e) for s, e in http_messages(data, True)] if conv.http else [(0, len(data))]
-        row["messages"] = len(msgs)
+        # bytes and messages: those sent (a failure leaves the rest unsent); planned: all there were
+        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
+               "sent_from": start, "bytes": 0, "messages": 0, "bytes_planned": end - start,
+               "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None}
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError) as e:
@@ -892,6 +964,8 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
             for s, e in msgs:
                 writer.write(data[s:e])
                 await writer.drain()
+                row["bytes"] += e - s
+                row["messages"] += 1
                 if conv.http:
                     method = data[s:e].split(b" ", 1)[0]
                     # nothing recorded to compare with: any whole HTTP response will do
@@ -916,6 +990,8 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8):
             async with sem:
                 return await send(*p)
         return await asyncio.gather(*(one(p) for p in plans))
+    if plans:
+        _say_room(concurrency, on_notice)
     t0 = time.monotonic()
     rows = list(asyncio.run(main())) if plans else []
     out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),

@@ -241,9 +241,14 @@ def test_bad_targets_are_one_line_exit_2(corpus):
     port6 = s.getsockname()[1]
     s.close()
     for args, words in ((("--to", f"127.0.0.1:{port}"), f"cannot connect to 127.0.0.1:{port}"),
-                        # an IPv6 address in brackets, as flowsift writes it elsewhere (given with or without)
+                        # an IPv6 address in brackets, as flowsift writes it elsewhere
                         (("--to", f"[::1]:{port6}"), f"cannot connect to [::1]:{port6}:"),
-                        (("--to", f"::1:{port6}"), f"cannot connect to [::1]:{port6}:"),
+                        # and only there: 2001:db8::1:80 reads as an address with a port and without
+                        (("--to", f"::1:{port6}"), "expected HOST:PORT"),
+                        (("--to", "2001:db8::1:80"), "expected HOST:PORT"),
+                        (("--to", f"[127.0.0.1]:{port}"), "expected HOST:PORT"),
+                        (("--to", f"[localhost]:{port}"), "expected HOST:PORT"),
+                        (("--to", f"[]:{port}"), "expected HOST:PORT"),
                         (("--to", "no-such-host.invalid:80"), "cannot resolve no-such-host.invalid"),
                         (("--to", "localhost"), "expected HOST:PORT"),
                         (("--to", f"127.0.0.1:{port}", "--speed", "fast"), "'max' or a positive number"),
@@ -639,6 +644,24 @@ def test_unacked_requests_wait_for_each_whole_answer(tmp_path):
     assert [json.loads(l)["waiting"] for l in log.read_text().splitlines()] == [0, 0, 0]
 
 
+def test_unacked_counts_what_was_sent(tmp_path):
+    """Against a server that never answered the first of three requests, the summary and the
+    report said all three (their bytes and messages) were sent."""
+    reqs = [f"GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3)]
+    cap = _exchange(tmp_path, "unacked.pcap", [(True, r, False) for r in reqs], fin=False)
+    store, report = tmp_path / "st", tmp_path / "r.json"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", 0.5,
+                   "--report", report)
+    assert (s["failed"], s["messages"], s["bytes"], s["answers"]) == (1, 1, len(reqs[0]), 0), s
+    (row,) = json.loads(report.read_text())["connections"]
+    assert (row["messages"], row["bytes"], row["messages_planned"], row["bytes_planned"]) == (
+        1, len(reqs[0]), 3, len(b"".join(reqs))), row
+
+
 def test_a_gap_at_the_start_is_the_reason_even_with_partial(tmp_path, corpus):
     from flowsift.replay import conversation
     from flowsift.streams.reader import store_files
@@ -655,7 +678,8 @@ ANSWERS = textwrap.dedent('''
     extra: a whole response with bytes after it
     late: a whole response, and 0.2 s later bytes after it
     ok: a whole response
-    echo: every byte back"""
+    echo: every byte back
+    upgrade, upgrade-upper: 101 Switching Protocols, then each line back (upper-cased)"""
     import asyncio, sys
     mode = sys.argv[1]
     OK = b"HTTP/1.1 200 OK\\r\\nContent-Length: 10\\r\\n\\r\\n0123456789"
@@ -670,6 +694,13 @@ ANSWERS = textwrap.dedent('''
                     w.write(chunk)
                     await w.drain()
                     continue
+                if mode.startswith("upgrade"):
+                    await r.readuntil(b"\\r\\n\\r\\n")
+                    w.write(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n")
+                    while line := await r.readline():
+                        w.write(line.upper() if mode == "upgrade-upper" else line)
+                        await w.drain()
+                    break
                 if mode == "more":
                     await r.readline()
                     w.write(b"+PONG\\r\\n")
@@ -735,6 +766,27 @@ def test_bytes_after_an_http_response_differ(tmp_path):
     assert s["turns_differing"] >= 1 and s["differing"] == 1, s
 
 
+def test_turns_are_the_turns_compared_in_the_summary_and_per_connection(tmp_path):
+    """The summary's turns left out a turn the original never answered; the report's turns of
+    its connection counted it."""
+    cap = _exchange(tmp_path, "three.pcap", [(True, GET, False), (False, OK10, False),
+                                             (True, GET, False), (False, OK10, False), (True, GET, False)])
+    report = tmp_path / "r.json"
+    s = _answers(tmp_path, "extra", cap, "--match", "http", "--report", report)
+    assert (s["turns"], s["turns_differing"], s["turns_unanswered"]) == (2, 2, 1), s
+    (conn,) = json.loads(report.read_text())["connections"]
+    assert (conn["turns"], conn["differing"], conn["unanswered"]) == (2, 2, 1), conn
+
+
+def test_the_report_holds_the_summary_json_gives(tmp_path):
+    """The report's summary lacked the failures and the first differences."""
+    cap = _exchange(tmp_path, "two.pcap", [(True, GET, False), (False, OK10, False), (True, GET, False),
+                                           (False, OK10, False)])
+    report = tmp_path / "r.json"
+    s = _answers(tmp_path, "extra", cap, "--report", report)
+    assert len(s["first_differences"]) == 2 and json.loads(report.read_text())["summary"] == s
+
+
 def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     """100,000 bytes echoed while the client sends its next line (the recording has the echo's
     first segment before it): the echo's later bytes were charged to the turn that was reading,
@@ -746,6 +798,24 @@ def test_an_answer_still_arriving_is_not_charged_to_the_next_turn(tmp_path):
     cap = _exchange(tmp_path, "echo.pcap", turns)
     s = _answers(tmp_path, "echo", cap)
     assert (s["turns"], s["turns_identical"], s["identical"], s["failed"]) == (2, 2, 1, 0), s
+
+
+def test_after_a_switch_of_protocols_the_stream_replays_turn_by_turn(tmp_path):
+    """After a 101 the rest of the connection was sent in one burst as an HTTP request, its
+    answer incomplete, never compared: a server answering differently after the upgrade was
+    reported identical."""
+    up = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    cap = _exchange(tmp_path, "upgrade.pcap", [(True, up, False), (False, switched, False),
+                                               (True, b"hello\n", False), (False, b"hello\n", False),
+                                               (True, b"bye\n", False), (False, b"bye\n", False)])
+    for match in ("exact", "http"):
+        s = _answers(tmp_path, "upgrade", cap, "--match", match, "--idle", 0.3)
+        assert (s["identical"], s["turns"], s["turns_identical"], s["turns_incomplete"]) == (1, 3, 3, 0), s
+        s = _answers(tmp_path, "upgrade-upper", cap, "--match", match, "--idle", 0.3)
+        assert (s["differing"], s["turns_identical"], s["turns_differing"]) == (1, 1, 2), s
+        assert [(d["turn"], d["request"], d["what"]) for d in s["first_differences"]] == [
+            (1, "hello\n", ["bytes"]), (2, "bye\n", ["bytes"])]
 
 
 def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
@@ -770,14 +840,12 @@ def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
 
 
 def test_an_ipv6_target_is_written_in_brackets(tmp_path):
-    """--to ::1:PORT (which still reads) came back as the summary's target unbracketed."""
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         s.listen(8)
         port = s.getsockname()[1]
         cap = _exchange(tmp_path, "ping.pcap", [(True, b"PING\r\n", False)])
-        for to in (f"::1:{port}", f"[::1]:{port}"):
-            assert replay(cap, "--to", to, "--timeout", 1)["target"] == f"[::1]:{port}"
+        assert replay(cap, "--to", f"[::1]:{port}", "--timeout", 1)["target"] == f"[::1]:{port}"
 
 
 def test_partial_stops_at_the_last_whole_request_before_a_gap(tmp_path):
@@ -804,6 +872,29 @@ def test_partial_stops_at_the_last_whole_request_before_a_gap(tmp_path):
         (0.05, False, 506, 110, 0x18, b"bye\n"), (0.06, True, 110, 510, 0x11, b"")])
     s = _answers(tmp_path, "echo", cap, "--partial", "--idle", 0.3)
     assert (s["identical"], s["failed"], s["turns"], s["turns_unanswered"], s["partial"]) == (1, 0, 1, 1, 1), s
+
+
+def test_partial_never_sends_a_request_line_a_gap_cut(tmp_path):
+    """A gap inside the first request line made the stream not HTTP, and its first 10 bytes,
+    `GET /one H`, were sent as a byte stream."""
+    from pcapgen import timed_capture
+    one = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+    cap = timed_capture(tmp_path / "gap.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, one[:10]), (0.02, True, 120, 500, 0x18, one[20:]),        # one[10:20] lost
+        (0.03, False, 500, 100 + len(one), 0x18, OK10), (0.04, True, 100 + len(one), 500 + len(OK10), 0x11, b"")])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        res = run_cli("replay", cap, "--to", f"127.0.0.1:{listener.getsockname()[1]}", "--partial", "--timeout", 1,
+                      "--json")
+        listener.settimeout(0.5)
+        listener.accept()[0].close()                # the check that the target listens
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()                       # and nothing else
+    s = json.loads(res.stdout)
+    assert s["connections"] == 0 and s["skipped"] == {"gap in the client's stream": 1}, s
 
 
 def test_exit_code_says_whether_every_connection_answered_as_recorded(tmp_path):
@@ -906,22 +997,28 @@ COUNTING = textwrap.dedent('''
 ''') + SERVE
 
 
-def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
-    """--unacked opened every connection at once whatever -j said, and listed every failure."""
+def _unacked_store(tmp_path, server_ports):
+    """A kept store of one connection per server port, each a GET its server never acknowledged."""
     from pcapgen import A, B, ether, ipv4, pcap, tcp
     frames, us = [], 1_700_000_000 * 10**6
-    for k in range(30):
+    for k, server in enumerate(server_ports):
         port = 41000 + k
         for from_client, seq, ack, flags, payload in ((True, 99, 0, 0x02, b""), (False, 499, 100, 0x12, b""),
                                                       (True, 100, 500, 0x10, b""), (True, 100, 500, 0x18, GET)):
-            src, dst, sp, dp = (A, B, port, 80) if from_client else (B, A, 80, port)
+            src, dst, sp, dp = (A, B, port, server) if from_client else (B, A, server, port)
             us += 1000
             frames.append((us // 10**6, us % 10**6, ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags,
                                                                                 payload=payload)))))
-    cap = tmp_path / "many.pcap"
+    cap = tmp_path / "unacked.pcap"
     cap.write_bytes(pcap(frames))
     store = tmp_path / "st"
     run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    return store
+
+
+def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
+    """--unacked opened every connection at once whatever -j said, and listed every failure."""
+    store = _unacked_store(tmp_path, [80] * 30)
     log = tmp_path / "open.log"
     srv = Server(tmp_path, COUNTING, log)
     try:
@@ -936,3 +1033,62 @@ def test_unacked_keeps_to_the_concurrency_and_lists_twenty_failures(tmp_path):
         s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{closer.getsockname()[1]}", "-j", 30,
                    "--timeout", 0.5)
     assert s["failed"] == 30 and len(s["failures"]) == 20
+
+
+def test_unacked_keeps_to_the_server_port_and_the_limit(tmp_path):
+    """--unacked sent every connection of the store whatever --server-port and --limit said, and
+    took --match, --partial, --speed and --idle without a word."""
+    store = _unacked_store(tmp_path, [80, 8080, 80])
+    srv = Server(tmp_path, COUNTING, tmp_path / "open.log")
+    to = f"127.0.0.1:{srv.port}"
+    try:
+        s = replay("--unacked", "--store", store, "--to", to, "--timeout", 5, "--server-port", 8080)
+        assert (s["connections"], s["answers"], s["skipped"]) == (1, 1, {"other server port": 2}), s
+        s = replay("--unacked", "--store", store, "--to", to, "--timeout", 5, "--server-port", 80, "--limit", 1)
+        assert (s["connections"], s["answers"], s["skipped"]) == (1, 1, {"limit": 1, "other server port": 1}), s
+    finally:
+        srv.stop()
+    assert len((tmp_path / "open.log").read_text().split()) == 2
+    with socket.socket() as listener:               # refused before anything is sent: nothing connects
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        to = f"127.0.0.1:{listener.getsockname()[1]}"
+        for args, said in ((("--match", "http"), "--match"), (("--partial",), "--partial"),
+                           (("--speed", "1", "--idle", "0.5"), "--speed, --idle")):
+            res = run_cli("replay", "--unacked", "--store", store, "--to", to, *args)
+            assert res.returncode == 2 and res.stderr == (
+                f"flowsift: {said}: not with --unacked (it sends what the server had not acknowledged, "
+                "and compares nothing)\n"), res.stderr
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+def test_an_answer_that_is_not_http_is_shown_by_its_first_bytes():
+    """An answer without an HTTP header block was said to be "no HTTP response", whatever it was."""
+    from flowsift.replay import compare
+    (d,) = compare(OK10, b"SSH-2.0-OpenSSH_9.6\r\n", "http", b"GET")
+    assert d == {"what": "message", "recorded": "HTTP/1.1 200 OK",
+                 "replayed": "not an HTTP response: 'SSH-2.0-OpenSSH_9.6\\r\\n'"}
+    (d,) = compare(OK10, b"HTTP/1.1 200 OK\r\n", "http", b"GET")
+    assert d["replayed"] == "an incomplete response (17 bytes)"
+
+
+def test_a_concurrency_the_descriptor_limit_lowers_is_said(tmp_path):
+    """-j above the descriptor limit less 64 was lowered without a word."""
+    import resource
+    cap = _exchange(tmp_path, "ping.pcap", [(True, b"PING\r\n", False), (False, b"PING\r\n", False)])
+    srv = Server(tmp_path, ANSWERS, "echo")
+
+    def run(j):
+        # (the hard limit too: reading a capture raises the soft one as far as it may)
+        return subprocess.run([sys.executable, "-m", "flowsift", "replay", str(cap), "--to", f"127.0.0.1:{srv.port}",
+                               "--idle", "0.3", "--json", "-j", str(j)], capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (80, 80)))
+    try:
+        lowered, kept = run(50), run(16)
+    finally:
+        srv.stop()
+    assert lowered.returncode == 0 and lowered.stderr == (
+        "flowsift: -j 50 lowered to 16: the descriptor limit (80, ulimit -n) less 64 kept for the process\n")
+    assert kept.returncode == 0 and kept.stderr == ""
