@@ -23,7 +23,9 @@ from flowsift.errors import FlowsiftError, UsageError
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
 # the start of a request line a gap cut (--partial): HTTP, lest its fragment be sent as bytes
-HTTP_REQUEST_CUT = re.compile(rb"[A-Z]{3,10} [^\r\n]*\r?\Z")
+# (known methods only: SMTP's `EHLO host` or FTP's `USER name` stay byte streams)
+HTTP_REQUEST_CUT = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH|PROPFIND|PROPPATCH|MKCOL|"
+                              rb"COPY|MOVE|LOCK|UNLOCK|REPORT|SEARCH) [^\r\n]*\r?\Z")
 ANY_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"   # a whole message: answers are read whole
 
 

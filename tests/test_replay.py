@@ -895,6 +895,24 @@ def test_partial_never_sends_a_request_line_a_gap_cut(tmp_path):
             listener.accept()                       # and nothing else
     s = json.loads(res.stdout)
     assert s["connections"] == 0 and s["skipped"] == {"gap in the client's stream": 1}, s
+    # a line of another protocol the gap cut is a byte stream: sent up to the gap
+    ehlo = b"EHLO mail.example.com\r\nMAIL FROM:<a@b>\r\n"
+    cap = timed_capture(tmp_path / "smtp.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, ehlo[:10]), (0.02, True, 120, 500, 0x18, ehlo[20:]),
+        (0.03, False, 500, 100 + len(ehlo), 0x18, b"250 ok\r\n"), (0.04, True, 100 + len(ehlo), 509, 0x11, b"")])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        res = run_cli("replay", cap, "--to", f"127.0.0.1:{listener.getsockname()[1]}", "--partial", "--timeout", 1,
+                      "--json")
+        listener.settimeout(0.5)
+        listener.accept()[0].close()
+        conn = listener.accept()[0]
+        conn.settimeout(0.5)
+        assert conn.recv(100) == ehlo[:10]
+        conn.close()
+    assert json.loads(res.stdout)["connections"] == 1
 
 
 def test_exit_code_says_whether_every_connection_answered_as_recorded(tmp_path):
