@@ -27,6 +27,7 @@ class Netns:
             pytest.skip(msg)
         require("ip")
         self.name = "fs" + uuid.uuid4().hex[:10]
+        self.procs = []                 # what a failed test left running is killed at close
         self.ip("netns", "add", self.name)
         self.exec("ip", "link", "set", "lo", "up")
         self.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")     # no router solicitations
@@ -46,14 +47,22 @@ class Netns:
             self.ip("-n", self.name, "link", "set", dev, "up")
 
     def flowsift(self, *args):
-        return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-m", "flowsift", *map(str, args)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.popen(sys.executable, "-m", "flowsift", *args)
 
     def python(self, code, *args):
-        return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", code, *map(str, args)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.popen(sys.executable, "-c", code, *args)
+
+    def popen(self, *args, **kw):
+        p = subprocess.Popen(["ip", "netns", "exec", self.name, *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, **kw)
+        self.procs.append(p)
+        return p
 
     def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=20)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 
 
@@ -193,8 +202,7 @@ print(json.dumps(dict(src.statistics(), read=n, first=[f.hex() for f in first]))
 
 
 def test_a_full_ring_drops_and_says_how_many(netns, corpus):
-    p = subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-c", RING], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = netns.popen(sys.executable, "-c", RING, stdin=subprocess.PIPE)
     assert p.stdout.readline().strip() == "ready"
     sent = send(netns, CORPUS / JPEGS)
     out, err = p.communicate("go\n", timeout=60)
@@ -215,11 +223,24 @@ def test_bad_live_sources_are_one_line_exit_2(netns):
                         (("stats", "afpacket:va,ring=lots"), "is not a size"),
                         (("stats", "afpacket:va,speed=9"), "unknown option 'speed'"),
                         (("stats", "afpacket:"), "name the interface"),
+                        (("stats", "afpacket:va,outgoing=maybe"), "outgoing= is yes or no"),
+                        (("stats", "afpacket:va,outgoing="), "outgoing= is yes or no"),
                         (("stats", CORPUS / JPEGS, "--count", "5"), "--count and --duration are for live sources")):
         p = netns.flowsift(*args)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 2, err
         assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.parametrize("value, frames", [("off", 0), ("NO", 0), ("False", 0), ("On", 483)])
+def test_outgoing_takes_the_usual_spellings_of_yes_and_no(netns, corpus, value, frames):
+    """Frames sent out of va are its outgoing ones: outgoing=off leaves them out as outgoing=no does."""
+    p = netns.flowsift("stats", f"afpacket:va,outgoing={value}", "--duration", 2, "--json")
+    started(p)
+    assert send(netns, CORPUS / JPEGS, dev="va") == 483
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert json.loads(out)["packets"] == frames
 
 
 RECEIVE = """

@@ -200,8 +200,9 @@ cdef class AfPacketSource:
                     raise AfPacketError(_err(f"afpacket:{ifname}: the kernel refused the filter"))
             if setsockopt(self.fd, SOL_PACKET, PACKET_VERSION, &v, sizeof(v)) < 0:
                 raise AfPacketError(_err(f"afpacket:{ifname}: TPACKET_V3 not available"))
-            if not outgoing:
-                setsockopt(self.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one))
+            if not outgoing and setsockopt(self.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0:
+                # (Linux 4.20 or later) refused: the host's own frames would come in all the same
+                raise AfPacketError(_err(f"afpacket:{ifname}: outgoing=no refused"))
             self.hw_ts_requested = hw_timestamps
             if hw_timestamps:
                 tsflags = SOF_TIMESTAMPING_RAW_HARDWARE

@@ -4,6 +4,7 @@
     afpacket:eth0,ring=64M,block=1M         ring size and block size (powers of two)
     afpacket:eth0,fanout=7                  hash fan-out group 7 (several shards, one interface)
     afpacket:eth0,timestamps=hw             hardware timestamps where the NIC gives them
+    afpacket:eth0,outgoing=no               not the frames this host sends (yes/no, true/false, on/off, 1/0)
     afpacket:eth0,count=1000,duration=10    stop after 1000 packets or 10 s (--count, --duration)
     dpdk:0                                  DPDK port 0 (a NIC bound to a DPDK driver)
     dpdk:net_pcap0,rx_pcap=in.pcap          a DPDK virtual device and its arguments
@@ -34,6 +35,17 @@ def _size(spec, key, text):
         return int(t[:-1] if t[-1:] in _SIZES else t) * mult
     except ValueError:
         raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
+
+
+# the spellings of a yes/no option (case-blind); anything else is refused, not taken as yes
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def _boolean(spec, key, text):
+    try:
+        return _BOOLEANS[text.lower()]
+    except KeyError:
+        raise UsageError(f"{spec}: {key}= is yes or no (true/false, on/off, 1/0)") from None
 
 
 # The kernel runs a socket filter on a frame whose 802.1Q tag it took off (put back only in user
@@ -228,11 +240,12 @@ class LiveCapture:
         ts = opts.get("timestamps", "sw")
         if ts not in ("sw", "hw"):
             raise UsageError(f"{spec}: timestamps= is sw or hw")
+        outgoing = _boolean(spec, "outgoing", opts.get("outgoing", "yes"))
         from flowsift.io._afpacket import AfPacketError, AfPacketSource
         try:
             return AfPacketSource(name, block_size=block, block_nr=ring // block,
                                   bpf_program=_VLAN_GUARD + bpf.program(1) if bpf is not None else None, fanout=fanout,
-                                  hw_timestamps=ts == "hw", outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
+                                  hw_timestamps=ts == "hw", outgoing=outgoing)
         except AfPacketError as e:
             raise FlowsiftError(str(e)) from None
 
