@@ -18,6 +18,7 @@ default runs without hugepages or PCI devices, for virtual devices.
 A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, cleanly: what
 was read is reassembled and summarised as at the end of a file.
 """
+import math
 import signal
 import struct
 import time
@@ -167,8 +168,9 @@ def _check_limits(count_name, count, duration_name, duration):
         raise UsageError(f"{count_name}{count}: a number of packets, 1 or more")
     if count is not None and count > COUNT_MAX:
         raise UsageError(f"{count_name}{count}: a number of packets, at most 2^63 - 1")
-    if duration is not None and not duration > 0:
-        raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0")
+    if duration is not None and not 0 < duration < math.inf:
+        # (inf would run for ever and write "duration": Infinity, which is not JSON)
+        raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0 and finite")
 
 
 def with_limits(spec, count=None, duration=None):
