@@ -243,6 +243,68 @@ def test_outgoing_takes_the_usual_spellings_of_yes_and_no(netns, corpus, value, 
     assert json.loads(out)["packets"] == frames
 
 
+def cpu_ticks(proc, seconds):
+    """Clock ticks (1/100 s) of CPU `proc` used over the next `seconds`: a busy loop takes them all."""
+    def used():
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])          # utime, stime
+    before = used()
+    time.sleep(seconds)
+    return used() - before
+
+
+def test_a_capture_started_on_a_down_interface_says_so_and_waits_without_spinning(netns, corpus):
+    """The socket of a down interface is in error (ENETDOWN) until that is read: poll() said
+    POLLERR at once, again and again, and --count 1 waited for ever at full CPU."""
+    netns.ip("-n", netns.name, "link", "set", "va", "down")
+    p = netns.flowsift("stats", "afpacket:va", "--count", 1, "--duration", 30, "--json")
+    started(p)
+    assert cpu_ticks(p, 1.5) < 30
+    assert p.stderr.readline() == "flowsift: afpacket:va is down; waiting for it to come up\n"
+    netns.ip("-n", netns.name, "link", "set", "va", "up")
+    time.sleep(0.5)
+    send(netns, CORPUS / JPEGS)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and err == "", err
+    got = json.loads(out)
+    assert got["packets"] == 1 and got["kernel"]["stopped_by"] == "count"
+
+
+def test_an_interface_that_goes_down_is_waited_for_without_spinning(netns, corpus):
+    p = netns.flowsift("stats", "afpacket:va", "--count", 483, "--duration", 30, "--json")
+    started(p)
+    netns.ip("-n", netns.name, "link", "set", "va", "down")
+    assert cpu_ticks(p, 1.5) < 30
+    assert p.stderr.readline() == "flowsift: afpacket:va went down; waiting for it to come up\n"
+    netns.ip("-n", netns.name, "link", "set", "va", "up")
+    time.sleep(0.5)
+    assert cpu_ticks(p, 1.0) < 20           # up again (and still nothing to read)
+    send(netns, CORPUS / JPEGS)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and err == "", err
+    got = json.loads(out)
+    assert got["packets"] == 483 and got["kernel"]["stopped_by"] == "count"
+
+
+@pytest.mark.parametrize("command", [("stats",), ("chain", "counter", "--events", "/dev/null")])
+def test_an_interface_deleted_while_captured_ends_the_run_with_what_it_read(netns, corpus, command):
+    """It ran for ever at full CPU; now it ends as a capture file cut short does: the summary of
+    what was read, its error, the same one line on stderr, exit 2."""
+    netns.veth("vx", "vy")
+    p = netns.flowsift(*command[:1], *command[1:2], "afpacket:vx", *command[2:], "--json")
+    started(p)
+    assert send(netns, CORPUS / JPEGS, dev="vy") == 483
+    time.sleep(0.5)
+    netns.ip("-n", netns.name, "link", "del", "vx")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2, err
+    assert err.splitlines()[-1] == "flowsift: afpacket:vx: the interface was deleted", err
+    got = json.loads(out)
+    assert got["error"] == "afpacket:vx: the interface was deleted"
+    assert got["kernel"]["stopped_by"] == "error" and got["kernel"]["received"] == 483 and got["packets"] == 483
+
+
 RECEIVE = """
 import sys, time
 from flowsift.io import Batch, PcapWriter

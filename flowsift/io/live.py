@@ -16,14 +16,15 @@ DPDK's EAL takes its arguments from `flowsift --dpdk-args "..."` (or FLOWSIFT_DP
 default runs without hugepages or PCI devices, for virtual devices.
 
 A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, cleanly: what
-was read is reassembled and summarised as at the end of a file.
+was read is reassembled and summarised as at the end of a file. An interface that is down is
+waited for; one deleted ends the run as a file's defect does (summary, error, exit 2).
 """
 import math
 import signal
 import struct
 import time
 
-from flowsift.errors import FlowsiftError, UsageError
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -187,6 +188,12 @@ def with_limits(spec, count=None, duration=None):
     return spec
 
 
+def _say(line):
+    import sys
+    sys.stderr.write(f"flowsift: {line}\n")
+    sys.stderr.flush()
+
+
 class LiveCapture:
     """A live source with the face of a Capture: fill(batch), position, counters()."""
     live = True
@@ -216,6 +223,8 @@ class LiveCapture:
         elif scheme == "afpacket":
             self.version = "TPACKET_V3"
             self._src = self._afpacket(spec, name, opts, bpf)
+            from flowsift.io._afpacket import AfPacketError
+            self._failed = AfPacketError
         else:
             raise UsageError(f"{spec}: unknown live source (afpacket:IFACE or dpdk:PORT)")
 
@@ -256,9 +265,17 @@ class LiveCapture:
         # would otherwise be taken off the wire and neither processed nor forwarded)
         limit = -1 if self.count is None else max(0, self.count - self.position)
         if self.scheme == "afpacket":
-            tagged = self._src.vlan_stripped
-            n = self._src.fill(batch, timeout_ms, limit)
+            tagged, downs = self._src.vlan_stripped, self._src.went_down
+            try:
+                n = self._src.fill(batch, timeout_ms, limit)
+            except self._failed as e:
+                # the interface was deleted (or the socket failed): no frame will come again, and
+                # the run ends as at a file's defect (what was read summarised, the error said, exit 2)
+                self.stopped_by = "error"
+                raise CaptureFormatError(f"afpacket:{self.name}", str(e).partition(": ")[2]) from None
             self.kernel_filtered = self._src.vlan_stripped == tagged
+            if self._src.went_down != downs:
+                _say(f"afpacket:{self.name} went down; waiting for it to come up")
         else:
             n = self._src.fill(batch, timeout_ms, limit)
         self.position += n
@@ -290,9 +307,10 @@ class LiveCapture:
         handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.monotonic()
-        import sys
-        sys.stderr.write(f"flowsift: capturing on {self.name} ({self.scheme}); Ctrl-C ends\n")
-        sys.stderr.flush()
+        _say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
+        if getattr(self._src, "down", False):
+            # not an error: it may come up (frames come from then on)
+            _say(f"afpacket:{self.name} is down; waiting for it to come up")
         deadline = None if self.duration is None else self.started + self.duration
         try:
             while True:
