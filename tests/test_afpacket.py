@@ -127,9 +127,19 @@ def test_stats_live_equals_stats_of_the_file(netns, corpus):
     assert got["flows"] == want["flows"] and got["protocols"] == want["protocols"]
     assert got["bytes_captured"] == want["bytes_captured"]
     k = got["kernel"]
-    assert k["stopped_by"] == "count" and k["kernel_drops"] == 0 and k["received"] == 483
+    assert k["stopped_by"] == "count" and k["kernel_drops"] == 0 and k["received"] == 483 and k["left_in_ring"] == 0
     assert (k["count"], k["duration"]) == (483, 30.0)
     assert got["format"] == "afpacket" and got["interfaces"][0]["name"] == "va"
+
+
+def test_frames_left_in_the_ring_at_the_stop_are_counted(netns, corpus):
+    """--count stops in the middle of the burst: the frames the kernel took after the last one
+    read are neither received nor dropped, and were unexplained."""
+    got = live(netns, "stats", "afpacket:va", "--count", 10, "--duration", 30, "--json")
+    k = got["kernel"]
+    assert k["stopped_by"] == "count" and k["received"] == got["packets"] == 10
+    assert k["left_in_ring"] > 0
+    assert k["kernel_packets"] == k["received"] + k["kernel_drops"] + k["left_in_ring"]
 
 
 def test_the_kernel_runs_the_filter(netns, corpus):

@@ -405,7 +405,8 @@ cdef class AfPacketSource:
 
     def statistics(self):
         """The kernel's counts since the socket opened: packets that passed the filter, drops
-        (ring full), times the queue froze."""
+        (ring full), times the queue froze; and the frames it put in the ring that were not read
+        (the run stopped first): kernel_packets = received + kernel_drops + left_in_ring."""
         cdef tpacket_stats_v3 st
         cdef socklen_t len = sizeof(st)
         if self.fd >= 0 and getsockopt(self.fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0:
@@ -416,7 +417,8 @@ cdef class AfPacketSource:
         return {"kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
                 "freeze_count": self.freeze_count, "received": self.received,
                 "vlan_tags_restored": self.vlan_stripped, "hw_timestamps": self.hw_timestamps,
-                "blocks": self.blocks_read}
+                "blocks": self.blocks_read,
+                "left_in_ring": self.kernel_packets - self.received - self.kernel_drops}
 
 
 cdef class AfPacketSink:
