@@ -467,7 +467,7 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     assert got["mode"] == "sharded" and [s["split"] for s in got["shards"]] == ["kernel", "kernel"]
     assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
     assert got["packets"] == 483 and got["kernel"]["received"] == 483 and got["kernel"]["kernel_drops"] == 0
-    assert got["kernel"]["stopped_by"] == ["SIGINT"] and got["kernel"]["count"] is None
+    assert got["kernel"]["stopped_by"] == "SIGINT" and got["kernel"]["count"] is None
     assert 0 < got["kernel"]["seconds"] <= time.monotonic() - began, "the shards' seconds were added up"
     assert all(s["other_shards_packets"] == 0 for s in got["shards"])
     for m in ("counter", "http"):
@@ -479,6 +479,21 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     rows = lambda t: sorted(json.dumps({k: v for k, v in r.items() if k not in ("conn", "shard")}, sort_keys=True)
                             for r in t["counter"])
     assert rows(got["tables"]) == rows(want["tables"])
+
+
+def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
+    """One connection: the shard that has it stops at its count, the other at the duration; the
+    run ended with the last, and stopped_by is one value, as for one gateway."""
+    p = netns.flowsift("chain", "counter", "afpacket:va", "--shards", 2, "--count", 5, "--duration", 3,
+                       "--events", "/dev/null", "--json")
+    started(p)
+    started(p)
+    assert send(netns, CORPUS / "http__zeek__get.pcap") == 14
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    assert sorted(s["packets"] for s in got["shards"]) == [0, 5]          # --count is each shard's
+    assert got["kernel"]["stopped_by"] == "duration"
 
 
 def test_shards_refuse_what_cannot_be_split(netns):
