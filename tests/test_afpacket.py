@@ -414,6 +414,41 @@ def test_inline_leaves_dropped_packets_out(netns, corpus, tmp_path):
     assert len(kept) == 483 - dropped and all(f in sent for f in kept)
 
 
+def forward_to_vc(ns):
+    """chain counter va --out vc, the capture sent into va: (summary, stderr)."""
+    fs = ns.flowsift("chain", "counter", "afpacket:va", "--out", "afpacket:vc", "--count", 483, "--duration", 30,
+                     "--events", "/dev/null", "--json")
+    started(fs)
+    send(ns, CORPUS / JPEGS)
+    out, err = fs.communicate(timeout=60)
+    assert fs.returncode == 0, err
+    return json.loads(out)["egress"], err
+
+
+def test_inline_frames_the_output_refuses_are_failed_not_forwarded(netns, corpus, tmp_path):
+    """Frames larger than the output's MTU: the kernel refuses them (EMSGSIZE); they were counted
+    as forwarded as well as failed."""
+    netns.veth("vc", "vd")
+    netns.ip("-n", netns.name, "link", "set", "vc", "mtu", "1000")
+    big = sum(len(f) > 1000 + 14 for f in frames_of(CORPUS / JPEGS))
+    assert 0 < big < 483
+    rx = netns.python(RECEIVE, "vd", tmp_path / "out.pcap", 483 - big)
+    assert rx.stdout.readline().strip() == "ready"
+    egress, err = forward_to_vc(netns)
+    got, rerr = rx.communicate(timeout=60)
+    assert egress["failed"] == big and egress["forwarded"] == 483 - big == int(got)
+    assert egress["bytes"] == sum(len(f) for f in frames_of(tmp_path / "out.pcap"))
+    assert "none of the" not in err
+
+
+def test_inline_to_a_down_interface_says_nothing_was_sent(netns, corpus):
+    netns.veth("vc", "vd")
+    netns.ip("-n", netns.name, "link", "set", "vc", "down")
+    egress, err = forward_to_vc(netns)
+    assert (egress["forwarded"], egress["failed"], egress["bytes"]) == (0, 483, 0)
+    assert "flowsift: --out afpacket:vc: the interface is down; none of the 483 frames was sent\n" in err
+
+
 def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
     name = "vlan__pcpp__example2.pcap"
     want = file_stats(name)

@@ -428,6 +428,7 @@ cdef class AfPacketSink:
     cdef readonly int ifindex
     cdef readonly uint64_t sent
     cdef readonly uint64_t failed
+    cdef readonly uint64_t failed_down      # of failed: the interface was down (ENETDOWN)
     cdef readonly uint64_t bytes_sent
     cdef mmsghdr* msgs
     cdef iovec* iovs
@@ -473,7 +474,7 @@ cdef class AfPacketSink:
 
     cdef int send_frames(self, const uint8_t** frames, const uint32_t* lens, int n) except -1:
         """Send n frames; returns how many the kernel took (the rest are counted as failed)."""
-        cdef int i, done = 0, rc, k
+        cdef int i, done = 0, rc, k, took = 0
         while done < n:
             k = n - done if n - done < self.cap else self.cap
             for i in range(k):
@@ -487,18 +488,21 @@ cdef class AfPacketSink:
             if rc < 0:
                 if errno == EINTR:
                     continue
-                # one frame the device will not take (too long, ...): count it and go on
+                # one frame the device will not take (too long, the interface down): count it and go on
                 self.failed += 1
+                if errno == ENETDOWN:
+                    self.failed_down += 1
                 done += 1
                 continue
             for i in range(rc):
                 self.bytes_sent += lens[done + i]
             self.sent += rc
+            took += rc
             done += rc if rc > 0 else 1
-        return done
+        return took
 
     def send(self, frames):
-        """Send a list of frames (bytes)."""
+        """Send a list of frames (bytes); returns how many the kernel took."""
         cdef int n = len(frames), i
         cdef const uint8_t** ptrs = <const uint8_t**> malloc(max(n, 1) * sizeof(void*))
         cdef uint32_t* lens = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
@@ -514,7 +518,8 @@ cdef class AfPacketSink:
 
     def send_batch(self, Batch batch, bytes skip=None, dict replace=None):
         """Send the frames of `batch` as captured, but not those whose byte `skip[i]` is set, and
-        `replace[i]` (bytes) instead of frame i where given. Returns how many were sent."""
+        `replace[i]` (bytes) instead of frame i where given. Returns how many the kernel took (not
+        those it refused: counted in `failed`)."""
         cdef int n = batch.n, i, k = 0
         cdef const uint8_t* sk = NULL
         if skip is not None:
