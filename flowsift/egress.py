@@ -676,6 +676,12 @@ class Forwarder:
         self.files.clear()
         if not self.shared:
             self.sink.close()
+            s = self.sink
+            if s.failed and not s.sent and s.failed_down == s.failed:
+                # a run that sent nothing, and not for the frames' sake: say it, not only count it
+                import sys
+                sys.stderr.write(f"flowsift: --out {self.spec}: the interface is down; "
+                                 f"none of the {s.failed} frames was sent\n")
 
     def counters(self):
         if self.shared:

@@ -373,7 +373,11 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         for k in ("count", "duration"):
             out["kernel"][k] = results[0].get("kernel", {}).get(k)
         out["kernel"]["seconds"] = max(r.get("kernel", {}).get("seconds", 0) for r in results)
-        out["kernel"]["stopped_by"] = sorted({r.get("kernel", {}).get("stopped_by") for r in results} - {None})
+        # one reason, as for one gateway: the run ended when its last shard stopped (a shard may
+        # reach its own --count before the others stop), unless a shard failed
+        kernels = [r.get("kernel", {}) for r in results]
+        out["kernel"]["stopped_by"] = "error" if out["error"] else \
+            max(kernels, key=lambda k: k.get("seconds", 0)).get("stopped_by")
     tables = {}
     for k, r in enumerate(results):
         for name, rows in r.get("tables", {}).items():

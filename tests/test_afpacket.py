@@ -27,6 +27,7 @@ class Netns:
             pytest.skip(msg)
         require("ip")
         self.name = "fs" + uuid.uuid4().hex[:10]
+        self.procs = []                 # what a failed test left running is killed at close
         self.ip("netns", "add", self.name)
         self.exec("ip", "link", "set", "lo", "up")
         self.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")     # no router solicitations
@@ -46,14 +47,22 @@ class Netns:
             self.ip("-n", self.name, "link", "set", dev, "up")
 
     def flowsift(self, *args):
-        return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-m", "flowsift", *map(str, args)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.popen(sys.executable, "-m", "flowsift", *args)
 
     def python(self, code, *args):
-        return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", code, *map(str, args)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.popen(sys.executable, "-c", code, *args)
+
+    def popen(self, *args, **kw):
+        p = subprocess.Popen(["ip", "netns", "exec", self.name, *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, **kw)
+        self.procs.append(p)
+        return p
 
     def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=20)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 
 
@@ -118,9 +127,19 @@ def test_stats_live_equals_stats_of_the_file(netns, corpus):
     assert got["flows"] == want["flows"] and got["protocols"] == want["protocols"]
     assert got["bytes_captured"] == want["bytes_captured"]
     k = got["kernel"]
-    assert k["stopped_by"] == "count" and k["kernel_drops"] == 0 and k["received"] == 483
+    assert k["stopped_by"] == "count" and k["kernel_drops"] == 0 and k["received"] == 483 and k["left_in_ring"] == 0
     assert (k["count"], k["duration"]) == (483, 30.0)
     assert got["format"] == "afpacket" and got["interfaces"][0]["name"] == "va"
+
+
+def test_frames_left_in_the_ring_at_the_stop_are_counted(netns, corpus):
+    """--count stops in the middle of the burst: the frames the kernel took after the last one
+    read are neither received nor dropped, and were unexplained."""
+    got = live(netns, "stats", "afpacket:va", "--count", 10, "--duration", 30, "--json")
+    k = got["kernel"]
+    assert k["stopped_by"] == "count" and k["received"] == got["packets"] == 10
+    assert k["left_in_ring"] > 0
+    assert k["kernel_packets"] == k["received"] + k["kernel_drops"] + k["left_in_ring"]
 
 
 def test_the_kernel_runs_the_filter(netns, corpus):
@@ -193,8 +212,7 @@ print(json.dumps(dict(src.statistics(), read=n, first=[f.hex() for f in first]))
 
 
 def test_a_full_ring_drops_and_says_how_many(netns, corpus):
-    p = subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-c", RING], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = netns.popen(sys.executable, "-c", RING, stdin=subprocess.PIPE)
     assert p.stdout.readline().strip() == "ready"
     sent = send(netns, CORPUS / JPEGS)
     out, err = p.communicate("go\n", timeout=60)
@@ -215,11 +233,86 @@ def test_bad_live_sources_are_one_line_exit_2(netns):
                         (("stats", "afpacket:va,ring=lots"), "is not a size"),
                         (("stats", "afpacket:va,speed=9"), "unknown option 'speed'"),
                         (("stats", "afpacket:"), "name the interface"),
+                        (("stats", "afpacket:va,outgoing=maybe"), "outgoing= is yes or no"),
+                        (("stats", "afpacket:va,outgoing="), "outgoing= is yes or no"),
                         (("stats", CORPUS / JPEGS, "--count", "5"), "--count and --duration are for live sources")):
         p = netns.flowsift(*args)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 2, err
         assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.parametrize("value, frames", [("off", 0), ("NO", 0), ("False", 0), ("On", 483)])
+def test_outgoing_takes_the_usual_spellings_of_yes_and_no(netns, corpus, value, frames):
+    """Frames sent out of va are its outgoing ones: outgoing=off leaves them out as outgoing=no does."""
+    p = netns.flowsift("stats", f"afpacket:va,outgoing={value}", "--duration", 2, "--json")
+    started(p)
+    assert send(netns, CORPUS / JPEGS, dev="va") == 483
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert json.loads(out)["packets"] == frames
+
+
+def cpu_ticks(proc, seconds):
+    """Clock ticks (1/100 s) of CPU `proc` used over the next `seconds`: a busy loop takes them all."""
+    def used():
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])          # utime, stime
+    before = used()
+    time.sleep(seconds)
+    return used() - before
+
+
+def test_a_capture_started_on_a_down_interface_says_so_and_waits_without_spinning(netns, corpus):
+    """The socket of a down interface is in error (ENETDOWN) until that is read: poll() said
+    POLLERR at once, again and again, and --count 1 waited for ever at full CPU."""
+    netns.ip("-n", netns.name, "link", "set", "va", "down")
+    p = netns.flowsift("stats", "afpacket:va", "--count", 1, "--duration", 30, "--json")
+    started(p)
+    assert cpu_ticks(p, 1.5) < 30
+    assert p.stderr.readline() == "flowsift: afpacket:va is down; waiting for it to come up\n"
+    netns.ip("-n", netns.name, "link", "set", "va", "up")
+    time.sleep(0.5)
+    send(netns, CORPUS / JPEGS)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and err == "", err
+    got = json.loads(out)
+    assert got["packets"] == 1 and got["kernel"]["stopped_by"] == "count"
+
+
+def test_an_interface_that_goes_down_is_waited_for_without_spinning(netns, corpus):
+    p = netns.flowsift("stats", "afpacket:va", "--count", 483, "--duration", 30, "--json")
+    started(p)
+    netns.ip("-n", netns.name, "link", "set", "va", "down")
+    assert cpu_ticks(p, 1.5) < 30
+    assert p.stderr.readline() == "flowsift: afpacket:va went down; waiting for it to come up\n"
+    netns.ip("-n", netns.name, "link", "set", "va", "up")
+    time.sleep(0.5)
+    assert cpu_ticks(p, 1.0) < 20           # up again (and still nothing to read)
+    send(netns, CORPUS / JPEGS)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and err == "", err
+    got = json.loads(out)
+    assert got["packets"] == 483 and got["kernel"]["stopped_by"] == "count"
+
+
+@pytest.mark.parametrize("command", [("stats",), ("chain", "counter", "--events", "/dev/null")])
+def test_an_interface_deleted_while_captured_ends_the_run_with_what_it_read(netns, corpus, command):
+    """It ran for ever at full CPU; now it ends as a capture file cut short does: the summary of
+    what was read, its error, the same one line on stderr, exit 2."""
+    netns.veth("vx", "vy")
+    p = netns.flowsift(*command[:1], *command[1:2], "afpacket:vx", *command[2:], "--json")
+    started(p)
+    assert send(netns, CORPUS / JPEGS, dev="vy") == 483
+    time.sleep(0.5)
+    netns.ip("-n", netns.name, "link", "del", "vx")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2, err
+    assert err.splitlines()[-1] == "flowsift: afpacket:vx: the interface was deleted", err
+    got = json.loads(out)
+    assert got["error"] == "afpacket:vx: the interface was deleted"
+    assert got["kernel"]["stopped_by"] == "error" and got["kernel"]["received"] == 483 and got["packets"] == 483
 
 
 RECEIVE = """
@@ -321,6 +414,41 @@ def test_inline_leaves_dropped_packets_out(netns, corpus, tmp_path):
     assert len(kept) == 483 - dropped and all(f in sent for f in kept)
 
 
+def forward_to_vc(ns):
+    """chain counter va --out vc, the capture sent into va: (summary, stderr)."""
+    fs = ns.flowsift("chain", "counter", "afpacket:va", "--out", "afpacket:vc", "--count", 483, "--duration", 30,
+                     "--events", "/dev/null", "--json")
+    started(fs)
+    send(ns, CORPUS / JPEGS)
+    out, err = fs.communicate(timeout=60)
+    assert fs.returncode == 0, err
+    return json.loads(out)["egress"], err
+
+
+def test_inline_frames_the_output_refuses_are_failed_not_forwarded(netns, corpus, tmp_path):
+    """Frames larger than the output's MTU: the kernel refuses them (EMSGSIZE); they were counted
+    as forwarded as well as failed."""
+    netns.veth("vc", "vd")
+    netns.ip("-n", netns.name, "link", "set", "vc", "mtu", "1000")
+    big = sum(len(f) > 1000 + 14 for f in frames_of(CORPUS / JPEGS))
+    assert 0 < big < 483
+    rx = netns.python(RECEIVE, "vd", tmp_path / "out.pcap", 483 - big)
+    assert rx.stdout.readline().strip() == "ready"
+    egress, err = forward_to_vc(netns)
+    got, rerr = rx.communicate(timeout=60)
+    assert egress["failed"] == big and egress["forwarded"] == 483 - big == int(got)
+    assert egress["bytes"] == sum(len(f) for f in frames_of(tmp_path / "out.pcap"))
+    assert "none of the" not in err
+
+
+def test_inline_to_a_down_interface_says_nothing_was_sent(netns, corpus):
+    netns.veth("vc", "vd")
+    netns.ip("-n", netns.name, "link", "set", "vc", "down")
+    egress, err = forward_to_vc(netns)
+    assert (egress["forwarded"], egress["failed"], egress["bytes"]) == (0, 483, 0)
+    assert "flowsift: --out afpacket:vc: the interface is down; none of the 483 frames was sent\n" in err
+
+
 def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
     name = "vlan__pcpp__example2.pcap"
     want = file_stats(name)
@@ -374,7 +502,7 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     assert got["mode"] == "sharded" and [s["split"] for s in got["shards"]] == ["kernel", "kernel"]
     assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
     assert got["packets"] == 483 and got["kernel"]["received"] == 483 and got["kernel"]["kernel_drops"] == 0
-    assert got["kernel"]["stopped_by"] == ["SIGINT"] and got["kernel"]["count"] is None
+    assert got["kernel"]["stopped_by"] == "SIGINT" and got["kernel"]["count"] is None
     assert 0 < got["kernel"]["seconds"] <= time.monotonic() - began, "the shards' seconds were added up"
     assert all(s["other_shards_packets"] == 0 for s in got["shards"])
     for m in ("counter", "http"):
@@ -386,6 +514,21 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     rows = lambda t: sorted(json.dumps({k: v for k, v in r.items() if k not in ("conn", "shard")}, sort_keys=True)
                             for r in t["counter"])
     assert rows(got["tables"]) == rows(want["tables"])
+
+
+def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
+    """One connection: the shard that has it stops at its count, the other at the duration; the
+    run ended with the last, and stopped_by is one value, as for one gateway."""
+    p = netns.flowsift("chain", "counter", "afpacket:va", "--shards", 2, "--count", 5, "--duration", 3,
+                       "--events", "/dev/null", "--json")
+    started(p)
+    started(p)
+    assert send(netns, CORPUS / "http__zeek__get.pcap") == 14
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    assert sorted(s["packets"] for s in got["shards"]) == [0, 5]          # --count is each shard's
+    assert got["kernel"]["stopped_by"] == "duration"
 
 
 def test_shards_refuse_what_cannot_be_split(netns):

@@ -219,6 +219,11 @@ def test_max_backlog_below_one_is_refused(tmp_path, value):
     (["afpacket:lo", "--count", "0"], "--count 0: a number of packets"),
     (["afpacket:lo", "--duration", "-1"], "--duration -1: seconds, more than 0"),
     (["afpacket:lo", "--duration", "0"], "--duration 0: seconds, more than 0"),
+    # (an interface that does not exist: the duration is refused before it is looked for)
+    (["afpacket:nosuch0", "--duration", "inf"], "--duration inf: seconds, more than 0 and finite"),
+    (["afpacket:nosuch0", "--duration", "1e400"], "--duration inf: seconds, more than 0 and finite"),
+    (["afpacket:nosuch0", "--duration", "nan"], "--duration nan: seconds, more than 0 and finite"),
+    (["afpacket:nosuch0,duration=inf"], "afpacket:nosuch0,duration=inf: duration=inf: seconds, more than 0 and finite"),
     (["afpacket:lo,count=-2"], "afpacket:lo,count=-2: count=-2: a number of packets"),
     (["afpacket:lo,ring=3M", "--duration", "1"], "ring=3M is not a power of two"),
     (["afpacket:lo,block=3k", "--duration", "1"], "block=3k is not a power of two"),

@@ -9,7 +9,7 @@ an interface; PACKET_STATISTICS gives the kernel's drop counts.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
 from libc.string cimport memset, strlen, memcpy
-from libc.errno cimport errno, EINTR, EAGAIN
+from libc.errno cimport errno, EINTR, EAGAIN, ENETDOWN
 from libc.stdlib cimport malloc, free
 
 from flowsift.io._batch cimport Batch, pkt_t
@@ -38,7 +38,7 @@ cdef extern from "<sys/socket.h>" nogil:
         msghdr msg_hdr
         unsigned int msg_len
     int sendmmsg(int fd, mmsghdr* vec, unsigned int n, int flags)
-    int AF_PACKET, SOCK_RAW, SOL_SOCKET, SO_ATTACH_FILTER, SO_RCVBUF, MSG_DONTWAIT
+    int AF_PACKET, SOCK_RAW, SOL_SOCKET, SO_ATTACH_FILTER, SO_RCVBUF, SO_ERROR, MSG_DONTWAIT
 
 cdef extern from "<sys/mman.h>" nogil:
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
@@ -59,6 +59,15 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<net/if.h>" nogil:
     unsigned int if_nametoindex(const char* name)
+    char* if_indextoname(unsigned int index, char* name)
+    int IFF_UP
+    struct ifreq:
+        char ifr_name[16]
+        short ifr_flags
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+    unsigned long SIOCGIFFLAGS
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t)
@@ -136,8 +145,21 @@ class AfPacketError(Exception):
     """The interface cannot be opened as asked (one line: what, and why)."""
 
 
+class InterfaceGone(AfPacketError):
+    """The interface being captured was deleted: no frame will come again."""
+
+
 cdef str _err(str what):
     return f"{what}: {os.strerror(errno)}"
+
+
+cdef int _take_error(int fd) noexcept nogil:
+    # the socket's pending error, read (and so cleared: until it is, poll says POLLERR at once)
+    cdef int e = 0
+    cdef socklen_t n = sizeof(e)
+    if getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &n) < 0:
+        return 0
+    return e
 
 
 cdef class AfPacketSource:
@@ -163,6 +185,9 @@ cdef class AfPacketSource:
     cdef readonly uint64_t hw_timestamps
     cdef readonly uint64_t blocks_read
     cdef readonly int hw_ts_requested
+    cdef readonly bint down             # the kernel said the interface is down: nothing comes until it is up
+    cdef readonly uint64_t went_down    # times it went down while captured
+    cdef int sock_error                 # what the kernel said at the last POLLERR
     cdef uint8_t* arena           # frames rebuilt with their VLAN tag, valid until the next fill
     cdef size_t arena_size
     cdef size_t arena_used
@@ -200,8 +225,9 @@ cdef class AfPacketSource:
                     raise AfPacketError(_err(f"afpacket:{ifname}: the kernel refused the filter"))
             if setsockopt(self.fd, SOL_PACKET, PACKET_VERSION, &v, sizeof(v)) < 0:
                 raise AfPacketError(_err(f"afpacket:{ifname}: TPACKET_V3 not available"))
-            if not outgoing:
-                setsockopt(self.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one))
+            if not outgoing and setsockopt(self.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0:
+                # (Linux 4.20 or later) refused: the host's own frames would come in all the same
+                raise AfPacketError(_err(f"afpacket:{ifname}: outgoing=no refused"))
             self.hw_ts_requested = hw_timestamps
             if hw_timestamps:
                 tsflags = SOF_TIMESTAMPING_RAW_HARDWARE
@@ -228,6 +254,8 @@ cdef class AfPacketSource:
             sll.sll_ifindex = self.ifindex
             if bind(self.fd, <sockaddr*> &sll, sizeof(sll)) < 0:
                 raise AfPacketError(_err(f"afpacket:{ifname}: cannot bind"))
+            # bound to a down interface, the socket waits for it to come up (and said ENETDOWN)
+            self.down = _take_error(self.fd) == ENETDOWN
             if fanout >= 0:
                 # no PACKET_FANOUT_FLAG_DEFRAG: on veth it loses frames without counting them
                 # (19 of 483 of a corpus capture); flowsift defragments in user space
@@ -308,6 +336,8 @@ cdef class AfPacketSource:
                     pfd.events = POLLIN | POLLERR
                     pfd.revents = 0
                     rc = poll(&pfd, 1, timeout_ms)
+                    if rc > 0 and pfd.revents & POLLERR:
+                        self.sock_error = _take_error(self.fd)
                     if rc <= 0 or not (d.hdr.bh1.block_status & TP_STATUS_USER):
                         break           # nothing in time (or a signal): the caller decides
                     continue
@@ -343,14 +373,40 @@ cdef class AfPacketSource:
                     self.block = (self.block + 1) % self.block_nr
                     self.held += 1
         batch.n = n
+        if self.sock_error:
+            self._said(self.sock_error)
+        if n == 0 and self.down:
+            self._check_up()
         self.received += n
         self.vlan_stripped += vlan
         self.hw_timestamps += hw
         return n
 
+    cdef _said(self, int e):
+        self.sock_error = 0
+        if e != ENETDOWN:
+            raise AfPacketError(f"afpacket:{self.ifname}: {os.strerror(e)}")
+        # the interface went down (or is being deleted; the kernel says so at each fall, not
+        # while it stays down): the socket is off it until it is up again, and the next poll
+        # waits, as the error was read
+        self.went_down += 1
+        self.down = True
+
+    cdef _check_up(self):
+        # nothing comes while it is down: is it up again, or gone? (by index: a rename is no matter)
+        cdef char name[16]
+        cdef ifreq ifr
+        if if_indextoname(self.ifindex, name) == NULL:
+            raise InterfaceGone(f"afpacket:{self.ifname}: the interface was deleted")
+        memset(&ifr, 0, sizeof(ifr))
+        memcpy(ifr.ifr_name, name, 16)
+        if ioctl(self.fd, SIOCGIFFLAGS, &ifr) == 0 and ifr.ifr_flags & IFF_UP:
+            self.down = False
+
     def statistics(self):
         """The kernel's counts since the socket opened: packets that passed the filter, drops
-        (ring full), times the queue froze."""
+        (ring full), times the queue froze; and the frames it put in the ring that were not read
+        (the run stopped first): kernel_packets = received + kernel_drops + left_in_ring."""
         cdef tpacket_stats_v3 st
         cdef socklen_t len = sizeof(st)
         if self.fd >= 0 and getsockopt(self.fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0:
@@ -361,7 +417,8 @@ cdef class AfPacketSource:
         return {"kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
                 "freeze_count": self.freeze_count, "received": self.received,
                 "vlan_tags_restored": self.vlan_stripped, "hw_timestamps": self.hw_timestamps,
-                "blocks": self.blocks_read}
+                "blocks": self.blocks_read,
+                "left_in_ring": self.kernel_packets - self.received - self.kernel_drops}
 
 
 cdef class AfPacketSink:
@@ -371,6 +428,7 @@ cdef class AfPacketSink:
     cdef readonly int ifindex
     cdef readonly uint64_t sent
     cdef readonly uint64_t failed
+    cdef readonly uint64_t failed_down      # of failed: the interface was down (ENETDOWN)
     cdef readonly uint64_t bytes_sent
     cdef mmsghdr* msgs
     cdef iovec* iovs
@@ -416,7 +474,7 @@ cdef class AfPacketSink:
 
     cdef int send_frames(self, const uint8_t** frames, const uint32_t* lens, int n) except -1:
         """Send n frames; returns how many the kernel took (the rest are counted as failed)."""
-        cdef int i, done = 0, rc, k
+        cdef int i, done = 0, rc, k, took = 0
         while done < n:
             k = n - done if n - done < self.cap else self.cap
             for i in range(k):
@@ -430,18 +488,21 @@ cdef class AfPacketSink:
             if rc < 0:
                 if errno == EINTR:
                     continue
-                # one frame the device will not take (too long, ...): count it and go on
+                # one frame the device will not take (too long, the interface down): count it and go on
                 self.failed += 1
+                if errno == ENETDOWN:
+                    self.failed_down += 1
                 done += 1
                 continue
             for i in range(rc):
                 self.bytes_sent += lens[done + i]
             self.sent += rc
+            took += rc
             done += rc if rc > 0 else 1
-        return done
+        return took
 
     def send(self, frames):
-        """Send a list of frames (bytes)."""
+        """Send a list of frames (bytes); returns how many the kernel took."""
         cdef int n = len(frames), i
         cdef const uint8_t** ptrs = <const uint8_t**> malloc(max(n, 1) * sizeof(void*))
         cdef uint32_t* lens = <uint32_t*> malloc(max(n, 1) * sizeof(uint32_t))
@@ -457,7 +518,8 @@ cdef class AfPacketSink:
 
     def send_batch(self, Batch batch, bytes skip=None, dict replace=None):
         """Send the frames of `batch` as captured, but not those whose byte `skip[i]` is set, and
-        `replace[i]` (bytes) instead of frame i where given. Returns how many were sent."""
+        `replace[i]` (bytes) instead of frame i where given. Returns how many the kernel took (not
+        those it refused: counted in `failed`)."""
         cdef int n = batch.n, i, k = 0
         cdef const uint8_t* sk = NULL
         if skip is not None:

@@ -4,6 +4,7 @@
     afpacket:eth0,ring=64M,block=1M         ring size and block size (powers of two)
     afpacket:eth0,fanout=7                  hash fan-out group 7 (several shards, one interface)
     afpacket:eth0,timestamps=hw             hardware timestamps where the NIC gives them
+    afpacket:eth0,outgoing=no               not the frames this host sends (yes/no, true/false, on/off, 1/0)
     afpacket:eth0,count=1000,duration=10    stop after 1000 packets or 10 s (--count, --duration)
     dpdk:0                                  DPDK port 0 (a NIC bound to a DPDK driver)
     dpdk:net_pcap0,rx_pcap=in.pcap          a DPDK virtual device and its arguments
@@ -15,13 +16,15 @@ DPDK's EAL takes its arguments from `flowsift --dpdk-args "..."` (or FLOWSIFT_DP
 default runs without hugepages or PCI devices, for virtual devices.
 
 A live source ends at its count or duration, or at Ctrl-C (SIGINT) or SIGTERM, cleanly: what
-was read is reassembled and summarised as at the end of a file.
+was read is reassembled and summarised as at the end of a file. An interface that is down is
+waited for; one deleted ends the run as a file's defect does (summary, error, exit 2).
 """
+import math
 import signal
 import struct
 import time
 
-from flowsift.errors import FlowsiftError, UsageError
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -34,6 +37,17 @@ def _size(spec, key, text):
         return int(t[:-1] if t[-1:] in _SIZES else t) * mult
     except ValueError:
         raise UsageError(f"{spec}: {key}={text!r} is not a size (e.g. 64M)") from None
+
+
+# the spellings of a yes/no option (case-blind); anything else is refused, not taken as yes
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+
+
+def _boolean(spec, key, text):
+    try:
+        return _BOOLEANS[text.lower()]
+    except KeyError:
+        raise UsageError(f"{spec}: {key}= is yes or no (true/false, on/off, 1/0)") from None
 
 
 # The kernel runs a socket filter on a frame whose 802.1Q tag it took off (put back only in user
@@ -155,8 +169,9 @@ def _check_limits(count_name, count, duration_name, duration):
         raise UsageError(f"{count_name}{count}: a number of packets, 1 or more")
     if count is not None and count > COUNT_MAX:
         raise UsageError(f"{count_name}{count}: a number of packets, at most 2^63 - 1")
-    if duration is not None and not duration > 0:
-        raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0")
+    if duration is not None and not 0 < duration < math.inf:
+        # (inf would run for ever and write "duration": Infinity, which is not JSON)
+        raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0 and finite")
 
 
 def with_limits(spec, count=None, duration=None):
@@ -171,6 +186,12 @@ def with_limits(spec, count=None, duration=None):
     if duration is not None:
         spec += f",duration={float(duration):g}"
     return spec
+
+
+def _say(line):
+    import sys
+    sys.stderr.write(f"flowsift: {line}\n")
+    sys.stderr.flush()
 
 
 class LiveCapture:
@@ -202,6 +223,8 @@ class LiveCapture:
         elif scheme == "afpacket":
             self.version = "TPACKET_V3"
             self._src = self._afpacket(spec, name, opts, bpf)
+            from flowsift.io._afpacket import AfPacketError
+            self._failed = AfPacketError
         else:
             raise UsageError(f"{spec}: unknown live source (afpacket:IFACE or dpdk:PORT)")
 
@@ -228,11 +251,12 @@ class LiveCapture:
         ts = opts.get("timestamps", "sw")
         if ts not in ("sw", "hw"):
             raise UsageError(f"{spec}: timestamps= is sw or hw")
+        outgoing = _boolean(spec, "outgoing", opts.get("outgoing", "yes"))
         from flowsift.io._afpacket import AfPacketError, AfPacketSource
         try:
             return AfPacketSource(name, block_size=block, block_nr=ring // block,
                                   bpf_program=_VLAN_GUARD + bpf.program(1) if bpf is not None else None, fanout=fanout,
-                                  hw_timestamps=ts == "hw", outgoing=opts.get("outgoing", "yes") not in ("no", "0", "false"))
+                                  hw_timestamps=ts == "hw", outgoing=outgoing)
         except AfPacketError as e:
             raise FlowsiftError(str(e)) from None
 
@@ -241,9 +265,17 @@ class LiveCapture:
         # would otherwise be taken off the wire and neither processed nor forwarded)
         limit = -1 if self.count is None else max(0, self.count - self.position)
         if self.scheme == "afpacket":
-            tagged = self._src.vlan_stripped
-            n = self._src.fill(batch, timeout_ms, limit)
+            tagged, downs = self._src.vlan_stripped, self._src.went_down
+            try:
+                n = self._src.fill(batch, timeout_ms, limit)
+            except self._failed as e:
+                # the interface was deleted (or the socket failed): no frame will come again, and
+                # the run ends as at a file's defect (what was read summarised, the error said, exit 2)
+                self.stopped_by = "error"
+                raise CaptureFormatError(f"afpacket:{self.name}", str(e).partition(": ")[2]) from None
             self.kernel_filtered = self._src.vlan_stripped == tagged
+            if self._src.went_down != downs:
+                _say(f"afpacket:{self.name} went down; waiting for it to come up")
         else:
             n = self._src.fill(batch, timeout_ms, limit)
         self.position += n
@@ -275,9 +307,10 @@ class LiveCapture:
         handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.monotonic()
-        import sys
-        sys.stderr.write(f"flowsift: capturing on {self.name} ({self.scheme}); Ctrl-C ends\n")
-        sys.stderr.flush()
+        _say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
+        if getattr(self._src, "down", False):
+            # not an error: it may come up (frames come from then on)
+            _say(f"afpacket:{self.name} is down; waiting for it to come up")
         deadline = None if self.duration is None else self.started + self.duration
         try:
             while True:
