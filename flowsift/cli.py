@@ -12,7 +12,7 @@ import typer
 from flowsift import __version__
 from flowsift.bounds import parse_settings, settings_help
 from flowsift.limits import collect_less
-from flowsift.errors import FlowsiftError, Terminated, raise_terminated
+from flowsift.errors import FlowsiftError, Terminated, raise_terminated, say
 
 app = typer.Typer(
     add_completion=False,
@@ -482,7 +482,7 @@ def replay(
         if store is None or source is not None:
             _fail("--unacked replays a kept store: give --store DIR (and no capture)")
         result = replay_unacked(store, to, timeout=timeout, report=report, concurrency=concurrency,
-                                server_port=server_port, limit=limit, on_notice=_notice)
+                                server_port=server_port, limit=limit, on_notice=say)
         typer.echo(json.dumps(result)) if as_json else print_replay(result)
         _replay_exit(result)
         return
@@ -507,16 +507,12 @@ def replay(
         result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
                      concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
                      ignore_body=ignore_body_regex, timeout=timeout, idle=idle, report=report, on_start=start,
-                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=_notice)
+                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=say)
     finally:
         if bar is not None:
             bar.stop()
     typer.echo(json.dumps(result)) if as_json else print_replay(result)
     _replay_exit(result)
-
-
-def _notice(message):
-    typer.echo(f"flowsift: {message}", err=True)
 
 
 def _replay_exit(result):

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import struct
 
-from flowsift.errors import UsageError
+from flowsift.errors import UsageError, say
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
 from flowsift.io._decode import is_ipv6_extension
 from flowsift.modules.edits import checksum_words
@@ -563,8 +563,9 @@ class Forwarder:
             # a datagram rebuilt from fragments: the one that completed it stands for it
             at_pos = {p: i for i, p in enumerate(pos.tolist())}
             wire = {at_pos[d]: length for d, (length, _) in rebuilt.items() if d in at_pos}
-            udp |= np.isin(np.arange(n), np.fromiter(wire, dtype=np.int64, count=len(wire))) \
-                & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF) & ((arr["rflags"] & RF_LATE) == 0)
+            stands = np.zeros(n, dtype=bool)
+            stands[list(wire)] = True
+            udp |= stands & (arr["proto"] == 17) & (arr["flow_id"] != 0xFFFFFFFF) & ((arr["rflags"] & RF_LATE) == 0)
         for i in np.flatnonzero(udp).tolist():
             key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
             stream_at[i] = self.udp_end.get(key, 0)
@@ -679,9 +680,7 @@ class Forwarder:
             s = self.sink
             if s.failed and not s.sent and s.failed_down == s.failed:
                 # a run that sent nothing, and not for the frames' sake: say it, not only count it
-                import sys
-                sys.stderr.write(f"flowsift: --out {self.spec}: the interface is down; "
-                                 f"none of the {s.failed} frames was sent\n")
+                say(f"--out {self.spec}: the interface is down; none of the {s.failed} frames was sent")
 
     def counters(self):
         if self.shared:

@@ -2,6 +2,13 @@
 
 Malformed *traffic* is not an exception: it is counted. These are for things the caller must fix.
 """
+import sys
+
+
+def say(line):
+    """One line on stderr, as flowsift says what it does or waits for (not an error)."""
+    sys.stderr.write(f"flowsift: {line}\n")
+    sys.stderr.flush()
 
 
 class Terminated(BaseException):

@@ -14,16 +14,11 @@ import shutil
 import sys
 import time
 
-from flowsift.errors import FlowsiftError, UsageError
+from flowsift.errors import FlowsiftError, UsageError, say
 from flowsift.registry import RegistryError, open_registry
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
 LOG_CHUNK = 64                  # batch log entries read at a time
-
-
-def _say(line):
-    sys.stderr.write(f"flowsift: {line}\n")
-    sys.stderr.flush()
 
 
 def _redis(url, run=None, role="gateway"):
@@ -37,7 +32,7 @@ def _redis(url, run=None, role="gateway"):
 
 
 def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
-          on_progress=None, on_status=_say, tick=None, on_started=None, reassembly=None):
+          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None):
     """Run the gateway over `source` with the registry at `url`; returns its summary."""
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
@@ -170,7 +165,7 @@ class _Output:
             self.fd = None
 
 
-def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=_say, name=None, poll=0.5):
+def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=say, name=None, poll=0.5):
     """Run one read-only module against run `run` (default: the only live one) of the registry
     at `url` until the run is complete and the module has finished every connection. Returns
     a summary like `flowsift chain`'s."""
@@ -454,7 +449,7 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                 restarts[names[i]] += 1
                 if restarts[names[i]] > 100:
                     raise FlowsiftError(f"module {names[i]}: its process died {restarts[names[i]]} times; giving up")
-                _say(f"module {names[i]}: its process died ({rc}); restarting it")
+                say(f"module {names[i]}: its process died ({rc}); restarting it")
                 launch(i)
 
     try:

@@ -24,7 +24,7 @@ import signal
 import struct
 import time
 
-from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, say
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -188,12 +188,6 @@ def with_limits(spec, count=None, duration=None):
     return spec
 
 
-def _say(line):
-    import sys
-    sys.stderr.write(f"flowsift: {line}\n")
-    sys.stderr.flush()
-
-
 class LiveCapture:
     """A live source with the face of a Capture: fill(batch), position, counters()."""
     live = True
@@ -275,7 +269,7 @@ class LiveCapture:
                 raise CaptureFormatError(f"afpacket:{self.name}", str(e).partition(": ")[2]) from None
             self.kernel_filtered = self._src.vlan_stripped == tagged
             if self._src.went_down != downs:
-                _say(f"afpacket:{self.name} went down; waiting for it to come up")
+                say(f"afpacket:{self.name} went down; waiting for it to come up")
         else:
             n = self._src.fill(batch, timeout_ms, limit)
         self.position += n
@@ -307,10 +301,10 @@ class LiveCapture:
         handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.monotonic()
-        _say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
+        say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
         if getattr(self._src, "down", False):
             # not an error: it may come up (frames come from then on)
-            _say(f"afpacket:{self.name} is down; waiting for it to come up")
+            say(f"afpacket:{self.name} is down; waiting for it to come up")
         deadline = None if self.duration is None else self.started + self.duration
         try:
             while True:
