@@ -422,6 +422,7 @@ class Forwarder:
         # datagrams sent with edits or dropped -> their edits (DROPPED): a fragment sent again
         # after them (the defragmenter adds it to their members) leaves as they did
         self.sent_datagrams = {}
+        self._down_said, self._down_seen, self._sent_seen = False, 0, 0
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0, "late_dropped": 0}
 
@@ -625,6 +626,8 @@ class Forwarder:
                 replace[i] = new
                 self.counts["edited"] += 1
         sent = self.sink.send_batch(batch, skip.tobytes() if skip is not None else None, replace)
+        if not self.shared:
+            self._say_down_or_up()
         want = n - (int(skip.sum()) if skip is not None else 0)
         self.counts["forwarded"] += sent
         # what was sent is final: prune the verdicts it used, remember how far each stream went
@@ -670,6 +673,18 @@ class Forwarder:
             key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
             fe[key] = self.udp_end[key]         # (a UDP stream's origin is 0)
         return want - sent
+
+    def _say_down_or_up(self):
+        # said when it happens, once each way: a run on an interface that stays down would
+        # otherwise only count its frames failed (an operator sees it at the end, or never)
+        s = self.sink
+        if s.failed_down > self._down_seen and not self._down_said:
+            say(f"--out {self.spec}: the interface is down; frames are counted failed until it comes up")
+            self._down_said = True
+        elif self._down_said and s.sent > self._sent_seen:
+            say(f"--out {self.spec}: the interface is up again; sending")
+            self._down_said = False
+        self._down_seen, self._sent_seen = s.failed_down, s.sent
 
     def close(self):
         for rf in self.files.values():

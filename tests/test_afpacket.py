@@ -449,6 +449,28 @@ def test_inline_to_a_down_interface_says_nothing_was_sent(netns, corpus):
     assert "flowsift: --out afpacket:vc: the interface is down; none of the 483 frames was sent\n" in err
 
 
+def test_inline_says_when_the_output_goes_down_and_comes_up_again(netns, corpus):
+    """Said when it happens: a run whose output stayed down said so only at its end, and a
+    long one that had sent something never."""
+    netns.veth("vc", "vd")
+    netns.ip("-n", netns.name, "link", "set", "vc", "down")
+    fs = netns.flowsift("chain", "counter", "afpacket:va", "--out", "afpacket:vc", "--count", 2 * 483,
+                        "--duration", 30, "--events", "/dev/null", "--json")
+    started(fs)
+    send(netns, CORPUS / JPEGS)
+    # (read while the run waits for the second copy: a message kept for the end blocks here
+    # until --duration ends the run, and then is the wrong one)
+    assert fs.stderr.readline() == "flowsift: --out afpacket:vc: the interface is down; frames are counted failed until it comes up\n"
+    netns.ip("-n", netns.name, "link", "set", "vc", "up")
+    time.sleep(0.5)
+    send(netns, CORPUS / JPEGS)
+    out, err = fs.communicate(timeout=60)
+    assert fs.returncode == 0, err
+    egress = json.loads(out)["egress"]
+    assert (egress["failed"], egress["forwarded"]) == (483, 483)
+    assert err == "flowsift: --out afpacket:vc: the interface is up again; sending\n"
+
+
 def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
     name = "vlan__pcpp__example2.pcap"
     want = file_stats(name)
