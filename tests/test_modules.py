@@ -704,3 +704,103 @@ def test_options_are_checked_for_their_kind_and_given_once(tmp_path):
     ''', name="bad.py")
     with pytest.raises(ModuleError, match=re.escape("module bad: option n's default 'ten' is not an integer")):
         find(str(bad))
+
+
+def events_by_batch(tmp_path, monkeypatch, spec, cap, batches=("1", "4", "512"), modes=((),)):
+    """{(batch, mode): the events of `spec` over `cap`}, without their time."""
+    out = {}
+    for batch in batches:
+        for mode in modes:
+            monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+            path = tmp_path / f"ev{batch}{''.join(mode)}.jsonl"
+            res = run_cli("chain", spec, cap, "--events", path, *mode)
+            assert res.returncode == 0, res.stderr
+            out[(batch, mode)] = [{k: v for k, v in json.loads(l).items() if k != "ts"}
+                                  for l in path.read_text().splitlines()]
+    return out
+
+
+def test_a_module_without_on_gap_sees_every_gap_at_it_however_bytes_were_batched(tmp_path, corpus, monkeypatch):
+    """A module that reads everything, and passes a gap itself when stream.at_gap shows one:
+    when the bytes before a gap all came before the loss was known (small batches, or a gap
+    declared at the end), no call showed it the gap and flowsift passed it silently."""
+    p = write_module(tmp_path, '''
+        class Walk(Module):
+            """Reads everything; says where it meets a gap.
+
+            Synopsis: walk
+            """
+            name = "walk"
+            def on_data(self, flow, stream):
+                while True:
+                    g = stream.at_gap
+                    if g is not None:
+                        self.emit("gap", dir=stream.direction, at=g.offset, n=g.length)
+                        stream.skip_gap()
+                    elif stream.available:
+                        stream.read_bytes(stream.available)
+                    else:
+                        return
+    ''')
+    modes = ((), ("--inline",))
+    for name, want in (("gap__zeek__gap-recovery.pcap", [(1, 19520, 5770)]),
+                       ("gap__suri__tcp-simple-gap2.pcap", [(0, 4, 4)])):
+        runs = events_by_batch(tmp_path, monkeypatch, p, corpus / name, modes=modes)
+        got = {k: [(e["dir"], e["at"], e["n"]) for e in v] for k, v in runs.items()}
+        assert all(g == want for g in got.values()), (name, got)
+
+
+def test_skip_stops_at_a_gap_and_on_gap_hears_of_it(tmp_path, corpus, monkeypatch):
+    """skip(n) past a gap went over it, without on_gap, or stopped short of it, by batch."""
+    p = write_module(tmp_path, '''
+        class Skipper(Module):
+            """Skips a long body of the server's stream.
+
+            Synopsis: skipper
+            """
+            name = "skipper"
+            def on_data(self, flow, stream):
+                if stream.direction == 1:
+                    left = flow.state.setdefault("left", 30000)
+                    before = stream.tell()
+                    stream.skip(left)
+                    flow.state["left"] = left - (stream.tell() - before)
+                    if stream.tell() > before:
+                        self.emit("skip", at=before, to=stream.tell())
+                else:
+                    stream.skip()
+            def on_gap(self, flow, direction, gap):
+                self.emit("gap", dir=direction, at=gap.offset, n=gap.length)
+    ''')
+    runs = events_by_batch(tmp_path, monkeypatch, p, corpus / "gap__zeek__gap-recovery.pcap")
+    for got in runs.values():
+        gaps = [(e["dir"], e["at"], e["n"]) for e in got if e["kind"] == "gap"]
+        assert gaps == [(1, 19520, 5770)], got
+        conn = next(e["conn"] for e in got if e["kind"] == "gap")
+        skips = [(e["at"], e["to"]) for e in got if e["kind"] == "skip" and e["conn"] == conn]
+        assert skips[-1][1] == 30000 + 5770 and any(a == 25290 for a, _ in skips), skips
+        assert all(not (a < 19520 < t) for a, t in skips), skips
+
+
+def test_records_so_far_in_on_packet_end_at_the_packet(tmp_path, corpus, monkeypatch):
+    """flow.totals(), flow.records() and flow.gaps() in on_packet: the connection up to the
+    packet handed over (they took in the rest of its batch: the whole connection, or one packet)."""
+    p = write_module(tmp_path, '''
+        class Sofar(Module):
+            """Totals at every packet.
+
+            Synopsis: sofar
+            """
+            name = "sofar"
+            reads = {"records", "gaps"}
+            def on_packet(self, flow, record):
+                t = flow.totals()
+                self.emit("pkt", i=record.index, packets=list(t.packets), rows=len(flow.records()),
+                          gaps=len(flow.gaps()), last=flow.last_ts == record.ts_ns)
+    ''')
+    runs = events_by_batch(tmp_path, monkeypatch, p, corpus / "gap__zeek__gap-recovery.pcap")
+    first = next(iter(runs.values()))
+    assert all(r == first for r in runs.values())
+    for e in first:
+        assert sum(e["packets"]) == e["rows"] == e["i"] + 1 and e["last"], e
+    assert any(e["gaps"] for e in first) and not all(e["gaps"] for e in first)      # noted at its packet

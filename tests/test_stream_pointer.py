@@ -278,8 +278,8 @@ class PointerModel:
         return None if i < 0 else self.read(i + len(delim))
 
     def skip(self, n):
-        n = self.available() if n < 0 else n
-        self.pos = max(self.pos, self.end) if n >= self.end - self.pos else self.pos + n
+        # as read: not past a gap
+        self.pos += self.available() if n < 0 else min(n, self.available())
         return self.pos
 
     def skip_gap(self):

@@ -97,7 +97,7 @@ def _kind(t):
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
-                 "_module", "_skipped", "_own")
+                 "_module", "_skipped", "_own", "_upto")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -115,6 +115,9 @@ class Flow:
         self._module = None           # the module whose hook is running
         self._skipped = set()         # modules that called skip()
         self._own = None              # module -> (state, cache), when several modules share the flow
+        # in on_packet: the records up to the one handed over (those after it in its batch are
+        # not "so far" yet: what a module sees must not depend on how packets were batched)
+        self._upto = None
 
     def skip(self):
         """The module calling this needs nothing more of this connection: its on_data, on_gap
@@ -165,7 +168,7 @@ class Flow:
         self._reading("records", "records")
         if self._file is None:
             raise ModuleError("records need a flow backed by a record file")
-        return self._file.record_array()
+        return self._file.record_array(0, self._upto)
 
     def totals(self):
         """Totals over every record of the connection so far, in one pass: `packets` and
@@ -174,7 +177,7 @@ class Flow:
         self._reading("records", "totals")
         if self._file is None:
             raise ModuleError("totals need a flow backed by a record file")
-        return self._file.totals()
+        return self._file.totals(0, self._upto)
 
     def gaps(self):
         """Every gap of the connection so far, both directions, in the order they were found:
@@ -182,6 +185,9 @@ class Flow:
         self._reading("gaps", "gaps")
         if self._file is None:
             raise ModuleError("gaps need a flow backed by a record file")
+        if self._upto is not None:
+            # (an entry declared while handling record i has record_index i)
+            return [g for g in self._file.gaps() if g.record_index < self._upto]
         return self._file.gaps()
 
     def payload(self, record):

@@ -103,8 +103,18 @@ class _Conn:
 
 ORIGINS = ("origin0", "origin1")
 GAP_FOLLOWS, ENDED = 1, 2     # why bytes a module left unread can no longer grow (_stream)
+AT_GAP = 3                    # an on_data call at a gap (stream.at_gap), for a module with no on_gap
 _AGAIN = "again"               # a checkpoint entry: read this connection again from its first record
 _OPEN = "@@flowsift-open@@"      # where a checkpoint's open connections are put in
+
+
+def _told(seen, gap):
+    # the module's last on_data call showed it this gap already: as next_gap, right after the
+    # bytes it was handed (GAP_FOLLOWS), or at it (AT_GAP)
+    if seen is None:
+        return False
+    pos, avail, final = seen
+    return (final == GAP_FOLLOWS and pos + avail == gap.offset) or (final == AT_GAP and pos == gap.offset)
 
 
 class _PacketTimes:
@@ -345,15 +355,19 @@ class InlineChain:
         flow.last_ts = h["last_ts"]
         if self.by_hook["on_packet"] and h["records"] > c.next_record:
             hooks = [m for _, m in self.by_hook["on_packet"]]
-            for rec in c.file.records(c.next_record, h["records"]):
-                self._when = rec.ts_ns
-                for m in hooks:
-                    self._call(m, "on_packet", flow, rec)
-                if flow._skipped:
-                    hooks = [m for m in hooks if m not in flow._skipped]
-                    if not hooks:
-                        break      # (the records are not even decoded for it any more)
-            self._when = None
+            try:
+                for rec in c.file.records(c.next_record, h["records"]):
+                    self._when = rec.ts_ns
+                    flow._upto, flow.last_ts = rec.index + 1, rec.ts_ns     # the connection so far
+                    for m in hooks:
+                        self._call(m, "on_packet", flow, rec)
+                    if flow._skipped:
+                        hooks = [m for m in hooks if m not in flow._skipped]
+                        if not hooks:
+                            break      # (the records are not even decoded for it any more)
+            finally:
+                self._when = None
+                flow._upto, flow.last_ts = None, h["last_ts"]
         c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
         ends = (h["end0"], h["end1"], h["gaps"], h["close0"], h["close1"], closing)
         if ends == c.ends_seen:
@@ -451,6 +465,18 @@ class InlineChain:
                     self._when = None
                     if m in c.flow._skipped:
                         break
+                elif has_data and not _told(c.seen.get((i, d)), gap):
+                    # a module that reads bytes and not gaps is shown the gap once, at it
+                    # (stream.at_gap), however the bytes before it were batched: when they all
+                    # came before the loss was known, it had read them and no call showed it
+                    c.seen[(i, d)] = (gap.offset, 0, AT_GAP)
+                    self._when = (c, d, sp)
+                    self._call(m, "on_data", c.flow, sp)
+                    self._when = None
+                    if m in c.flow._skipped:
+                        break
+                    if sp.tell() != gap.offset:
+                        continue               # it moved (past the gap, or back): where it stands now
                 sp.skip_gap()
                 continue
             pos, avail = sp.tell(), sp.available

@@ -440,16 +440,14 @@ cdef class StreamPointer:
         return -1 if hit == NULL else s + (hit - p)
 
     def skip(self, n=-1):
-        """Move forward n bytes (over a gap too); not past the end. Without n (or n < 0): past
-        every available byte, to the next gap or the end (what read() would have returned,
-        unmapped)."""
+        """Move forward up to n bytes, as read() would, unmapped: not past a gap (skip_gap()
+        passes it, and the reader's on_gap learns of it) nor the end. Without n (or n < 0):
+        every available byte. Returns the new position."""
         cdef int64_t k = _as_int64(n)
-        if k < 0:
-            k = self._limit() - self.pos
-        if k >= self.end - self.pos:
-            self.pos = max(self.pos, self.end)
-        else:
-            self.pos += k
+        cdef int64_t avail = self._limit() - self.pos
+        if k < 0 or k > avail:
+            k = avail
+        self.pos += k
         return self.pos
 
     def skip_gap(self):
