@@ -217,9 +217,27 @@ def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     # every one of the 14 packets, the last ACK (of the last FIN) included
     assert summary["modules"]["boom"]["errors"] == 14 and summary["modules"]["counter"]["flows"] == 1
-    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict")
-    assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1
-    assert "module boom: on_packet() raised RuntimeError: kaboom" in strict.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_strict_stops_at_a_hook_exception_and_shows_the_modules_frames(tmp_path, corpus, mode):
+    """In parallel mode the worker sent the gateway the message alone: the module's file and
+    line were lost, where --inline (and a failure without --strict) showed them."""
+    p = write_module(tmp_path, '''
+        class Boom(Module):
+            """Fails on every packet.
+
+            Synopsis: boom
+            """
+            name = "boom"
+            def on_packet(self, flow, record):
+                raise RuntimeError("kaboom")
+    ''')
+    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict", *mode)
+    assert strict.returncode == 2
+    lines = strict.stderr.strip().splitlines()
+    assert lines[0] == "flowsift: module boom: on_packet() raised RuntimeError: kaboom"
+    assert lines[1:] == [f'  File "{p}", line 10, in on_packet', '    raise RuntimeError("kaboom")']
 
 
 def test_a_counter_named_like_the_chains_own_is_refused(tmp_path, corpus):

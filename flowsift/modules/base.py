@@ -59,6 +59,12 @@ class ModuleError(FlowsiftError):
     """A module that cannot be loaded or run (names the module and the problem)."""
 
 
+class HookError(ModuleError):
+    """An exception a hook raised, stopping a strict chain: names the module and the hook, shows
+    the module's frames, and has the exception itself as its __cause__ (in the process that
+    ran the hook)."""
+
+
 @dataclass(frozen=True)
 class Option:
     type: type
@@ -293,8 +299,21 @@ def validate(cls, where):
     return cls
 
 
-def trimmed_traceback(exc):
-    """The traceback of an exception raised in a hook, without flowsift's own frames."""
+def module_frames(exc):
+    """The frames of an exception raised in a hook, formatted, without flowsift's own."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/flowsift/" not in f.filename.replace("\\", "/")
               or "/flowsift/modules/builtin/" in f.filename.replace("\\", "/")]
-    return "".join(traceback.format_list(frames)) + f"{type(exc).__name__}: {exc}"
+    return "".join(traceback.format_list(frames))
+
+
+def trimmed_traceback(exc):
+    """The traceback of an exception raised in a hook, without flowsift's own frames."""
+    return module_frames(exc) + f"{type(exc).__name__}: {exc}"
+
+
+def hook_error(module, hook, exc):
+    """The HookError for `exc` raised in `hook` of `module` (raise it `from exc`): one line
+    naming them, then the module's frames (as a failure is logged without --strict)."""
+    frames = module_frames(exc).rstrip("\n")
+    return HookError(f"module {module.name}: {hook}() raised {type(exc).__name__}: {exc}"
+                     + (f"\n{frames}" if frames else ""))

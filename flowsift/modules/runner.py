@@ -10,7 +10,7 @@ import json
 import sys
 
 from flowsift.io._connset import ConnSet
-from flowsift.modules.base import ModuleError, trimmed_traceback
+from flowsift.modules.base import ModuleError, hook_error, trimmed_traceback
 from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams._pointer import first_carrier
@@ -249,7 +249,8 @@ class InlineChain:
             if self.strict:
                 if isinstance(e, ModuleError):
                     raise               # the module API's own complaint names the module already
-                raise ModuleError(f"module {m.name}: {hook}() raised {type(e).__name__}: {e}") from e
+                # (the message carries the module's frames: a worker sends the gateway text)
+                raise hook_error(m, hook, e) from e
             n = self.errors.get(m.name, 0)
             self.errors[m.name] = n + 1
             if n == 0:
