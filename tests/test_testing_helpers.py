@@ -1,7 +1,11 @@
 """flowsift.testing: what module authors use in their own tests."""
+import inspect
+import re
+import textwrap
+
 import pytest
 
-from flowsift.modules import Module, ModuleError
+from flowsift.modules import Module, ModuleError, Option
 from flowsift.testing import run_module, segments_capture
 
 
@@ -30,11 +34,60 @@ class Echo(Module):
 
 
 def test_a_module_class_directly_and_strict_errors(tmp_path):
+    """Strict: the hook's own exception reaches the test, raised where the module raised it (it
+    came as a ModuleError made from the worker's message, its type and frames lost)."""
     cap = segments_capture(tmp_path, client=[b"hello ", b"world"], server=[b"hi"])
-    with pytest.raises(ModuleError, match="boom at close"):
+    with pytest.raises(ValueError, match="boom at close") as raised:
         run_module(Echo, cap)
+    assert raised.type is ValueError
+    last = raised.traceback[-1]
+    assert str(last.path) == __file__ and last.name == "on_close"
+    # in worker processes, as `flowsift chain` runs it: the message names the hook and its line
+    with pytest.raises(ModuleError, match="module echo_test: on_close\\(\\) raised ValueError: boom at close") as raised:
+        run_module(Echo, cap, inline=False)
+    assert f'File "{__file__}", line {last.lineno + 1}, in on_close' in str(raised.value)
     result = run_module(Echo, cap, strict=False)
     assert "".join(e["text"] for e in result.of_kind("said")) == "hello world"
+    assert result.counters("echo_test")["errors"] == 1 and result.summary["mode"] == "inline"
+
+
+class Sized(Module):
+    """Emits its options.
+
+    Synopsis: sized
+    """
+    name = "sized"
+    options = {"big": Option(int, 10, "a size"), "ratio": Option(float, 1.0, "a ratio"),
+               "on": Option(bool, False, "a switch"), "words": Option(list, [], "words")}
+
+    def on_open(self, flow):
+        self.emit("config", **self.config)
+
+
+def test_keyword_arguments_are_the_modules_options(tmp_path):
+    """They were handed to the chain runner: `big=500` was a TypeError from deep inside it."""
+    cap = segments_capture(tmp_path, client=[b"hi"], server=[b"yo"])
+    mod = tmp_path / "sized.py"
+    mod.write_text("from flowsift.modules import Module, Option\n\n" + textwrap.dedent(inspect.getsource(Sized)))
+
+    def config(spec, **kw):
+        (e,) = run_module(spec, cap, **kw).of_kind("config")
+        return {k: e[k] for k in Sized.options}
+    want = {"big": 500, "ratio": 1.0, "on": False, "words": []}
+    assert config(str(mod), big=500) == config(Sized, big="500") == config(f"{mod}:Sized", big=500) == want
+    assert config(Sized, ratio=2, on="yes", words=("a", "b")) == {**want, "big": 10, "ratio": 2, "on": True,
+                                                                 "words": ["a", "b"]}
+    assert config(Sized) == {**want, "big": 10}                 # defaults again: nothing stays from a run
+    for kw, needle in (({"bog": 1}, "module sized: no option 'bog' (options: big, ratio, on, words)"),
+                       ({"big": "x"}, "module sized: option big='x' is not an integer"),
+                       ({"big": 1.5}, "module sized: option big=1.5 is not an integer"),
+                       ({"big": True}, "module sized: option big=True is not an integer"),
+                       ({"on": 1}, "module sized: option on=1 is not true or false")):
+        with pytest.raises(ModuleError, match=re.escape(needle)):
+            run_module(Sized, cap, **kw)
+    for spec in (f"{mod},counter", f"{mod}(big=2)"):
+        with pytest.raises(TypeError, match="keyword options \\(big\\) are for one module"):
+            run_module(spec, cap, big=1)
 
 
 def test_each_class_given_is_run_itself(tmp_path):
