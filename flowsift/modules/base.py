@@ -261,17 +261,36 @@ def validate(cls, where):
         raise ModuleError(f"{where}: module class {cls.__name__} needs a `name` that is an identifier")
     for attr in dir(cls):
         if attr.startswith("on_") and attr not in HOOKS and callable(getattr(cls, attr)):
-            raise ModuleError(f"module {cls.name}: unknown hook {attr}() (hooks: {', '.join(HOOKS)})")
+            raise ModuleError(f"module {cls.name}: unknown hook {attr}() (hooks: {', '.join(HOOKS)}; on_* names "
+                              f"are for hooks: name a helper method otherwise)")
     for hook, params in HOOKS.items():
         fn = getattr(cls, hook, None)
         if fn is None:
             continue
+        want = f"def {hook}(self, {', '.join(params)})"
+        if not callable(fn):
+            raise ModuleError(f"module {cls.name}: {hook} is {fn!r}, not a method: {want}")
         if isinstance(inspect.getattr_static(cls, hook), (staticmethod, classmethod)):
-            raise ModuleError(f"module {cls.name}: {hook}() must be a method: def {hook}(self, {', '.join(params)})")
-        got = [p for p in list(inspect.signature(fn).parameters)[1:]]
+            raise ModuleError(f"module {cls.name}: {hook}() must be a method: {want}")
+        # hooks are called and their result dropped: the body of an async or generator hook
+        # would never run
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ModuleError(f"module {cls.name}: {hook}() is async: hooks are called, not awaited ({want})")
+        if inspect.isgeneratorfunction(fn):
+            raise ModuleError(f"module {cls.name}: {hook}() yields: a generator's body runs only when iterated, "
+                              f"and nothing iterates a hook ({want})")
+        try:
+            sig = list(inspect.signature(fn).parameters.values())[1:]
+        except (TypeError, ValueError):
+            raise ModuleError(f"module {cls.name}: {hook} has no signature to check: {want}") from None
+        got = [p.name for p in sig]
         if len(got) != len(params):
             raise ModuleError(f"module {cls.name}: {hook}() takes ({', '.join(got)}), expected "
                               f"({', '.join(params)})")
+        by_name = [str(p) for p in sig if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+        if by_name:
+            raise ModuleError(f"module {cls.name}: {hook}() takes {by_name[0]} by keyword only: hooks are called "
+                              f"with positional arguments ({want})")
     for what, allowed in (("writes", WRITABLE), ("reads", READABLE)):
         given = getattr(cls, what)
         if not isinstance(given, (set, frozenset)):
