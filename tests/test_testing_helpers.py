@@ -112,3 +112,37 @@ def test_each_class_given_is_run_itself(tmp_path):
     assert [e["tag"] for e in run_module(make("b"), cap).events] == ["b"]
     assert [e["tag"] for e in run_module(make("c", name="counter"), cap).events] == ["c"]
     assert [e["kind"] for e in run_module("counter", cap).events] == ["flow"]          # the built-in still
+
+
+class Numbers(Module):
+    """Emits numpy values, and a NaN when told.
+
+    Synopsis: numbers
+    """
+    name = "numbers"
+    options = {"bad": Option(str, "", "a field to make NaN or infinite")}
+
+    def on_close(self, flow, reason):
+        import numpy as np
+        bad = self.config["bad"]
+        fields = {"total": flow.records()["payload_len"].sum(), "i": np.int64(5), "f": np.float32(1.5),
+                  "yes": np.bool_(True), "sizes": flow.records()["payload_len"][:3], "plain": 2.5}
+        if bad:
+            fields[bad] = {"nan": float("nan"), "inf": float("inf"), "list": [1.0, np.float64("-inf")],
+                           "np": np.float32("nan")}[bad]
+        self.emit("numbers", **fields)
+
+
+def test_numpy_values_are_json_numbers_and_nan_is_a_hook_error(tmp_path):
+    """numpy scalars were written as strings ("312"), NaN and infinities as NaN and Infinity,
+    which no JSON reader takes."""
+    cap = segments_capture(tmp_path, client=[b"hello ", b"world"], server=[b"hi"])
+    (e,) = run_module(Numbers, cap).of_kind("numbers")
+    assert e["total"] == 13 and type(e["total"]) is int and e["i"] == 5 and e["f"] == 1.5 and e["yes"] is True
+    assert e["sizes"] == [0, 0, 6] and e["plain"] == 2.5
+    for bad in ("nan", "inf", "list", "np"):
+        with pytest.raises(ModuleError, match=re.escape(f"module numbers: event 'numbers': field {bad!r} holds NaN "
+                                                        f"or an infinity, which JSON has no number for")):
+            run_module(Numbers, cap, bad=bad)
+    result = run_module(Numbers, cap, strict=False, bad="nan")
+    assert result.events == [] and result.counters("numbers")["errors"] == 1
