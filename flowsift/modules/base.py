@@ -142,12 +142,15 @@ class Flow:
     def edit(self, record, **fields):
         """Ask the gateway to change header fields of a packet (record), e.g.
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
-        module's `writes`. Returns an Edit: accepted, or rejected with its reason."""
+        module's `writes`. Returns an Edit: accepted, or rejected with its reason (one that
+        names no field is rejected)."""
         if self._editor is None:
-            from flowsift.modules.edits import FIELDS, Edit
+            from flowsift.modules.edits import FIELDS, NO_FIELD, Edit
             m = self._module
             if m is not None:
                 m._tally("edits_rejected")
+            if not fields:
+                return Edit(False, NO_FIELD)
             for key in fields:
                 # the reason the gateway would give (a read-only module runs in a worker)
                 if key not in FIELDS:
