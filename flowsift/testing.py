@@ -128,10 +128,40 @@ def _checksum(data):
     return ~s & 0xFFFF
 
 
+# the most payload a segment here carries: an IPv4 packet's 16-bit total length, less the IP and
+# TCP headers (20 bytes each: no options)
+MAX_SEGMENT = 65535 - 20 - 20
+
+
+def _segments(side, given):
+    """`given` as a list of bytes, or a TypeError/ValueError saying what a segment may be."""
+    if isinstance(given, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"segments_capture: {side} is a list of segments, not one {type(given).__name__}: "
+                        f"{side}=[b'...', ...]")
+    try:
+        items = list(given)
+    except TypeError:
+        raise TypeError(f"segments_capture: {side} is a list of segments (bytes), not a "
+                        f"{type(given).__name__}") from None
+    for i, seg in enumerate(items):
+        if not isinstance(seg, (bytes, bytearray, memoryview)):
+            raise TypeError(f"segments_capture: {side}[{i}] is a {type(seg).__name__}: a segment is bytes "
+                            f"(or a bytearray or memoryview)")
+        if len(seg) > MAX_SEGMENT:
+            raise ValueError(f"segments_capture: {side}[{i}] has {len(seg):,} bytes: a segment carries at most "
+                             f"{MAX_SEGMENT:,} (an IPv4 packet's 65,535 less its IP and TCP headers)")
+        items[i] = bytes(seg)
+    return items
+
+
 def segments_capture(directory, client=(), server=(), port=80, handshake=True, close=True, name="segments.pcap"):
     """A pcap of one TCP connection whose client sends `client` segments and whose server answers
-    with `server` segments, alternating turn by turn (client first), with the handshake and FINs."""
+    with `server` segments, alternating turn by turn (client first), with the handshake and FINs.
+    A segment is bytes, of at most MAX_SEGMENT (65,495); `port` is the server's."""
     from flowsift.io import PcapWriter
+    client, server = _segments("client", client), _segments("server", server)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"segments_capture: port={port!r}: the server's port, from 1 to 65535")
     path = Path(directory) / name
     seq = {0: 1000, 1: 5000}
     frames = []

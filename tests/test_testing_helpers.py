@@ -146,3 +146,24 @@ def test_numpy_values_are_json_numbers_and_nan_is_a_hook_error(tmp_path):
             run_module(Numbers, cap, bad=bad)
     result = run_module(Numbers, cap, strict=False, bad="nan")
     assert result.events == [] and result.counters("numbers")["errors"] == 1
+
+
+def test_segments_are_checked_and_the_limit_is_said(tmp_path):
+    """A segment over what an IPv4 packet carries was a struct.error, one that is not bytes
+    "can't concat tuple to bytes", a bare bytes a TypeError about ints."""
+    import flowsift.testing
+    most = 65_535 - 20 - 20
+    assert getattr(flowsift.testing, "MAX_SEGMENT", most) == most
+    cap = segments_capture(tmp_path, client=[b"x" * most, bytearray(b"y"), memoryview(b"z")])
+    assert run_module("counter", cap).of_kind("flow")[0]["bytes"][0] == most + 2
+    for kw, error, needle in (
+            ({"client": [b"x" * 70000]}, ValueError, "segments_capture: client[0] has 70,000 bytes: a segment carries "
+                                                     "at most 65,495 (an IPv4 packet's 65,535 less its IP and TCP headers)"),
+            ({"server": [b"ok", (b"a", b"b")]}, TypeError, "segments_capture: server[1] is a tuple: a segment is bytes"),
+            ({"client": [b"ok", "text"]}, TypeError, "segments_capture: client[1] is a str: a segment is bytes"),
+            ({"client": b"hello"}, TypeError, "segments_capture: client is a list of segments, not one bytes"),
+            ({"client": 5}, TypeError, "segments_capture: client is a list of segments (bytes), not a int"),
+            ({"port": 70000}, ValueError, "segments_capture: port=70000: the server's port, from 1 to 65535")):
+        with pytest.raises(error, match=re.escape(needle)):
+            segments_capture(tmp_path, **kw)
+
