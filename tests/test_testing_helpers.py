@@ -167,3 +167,35 @@ def test_segments_are_checked_and_the_limit_is_said(tmp_path):
         with pytest.raises(error, match=re.escape(needle)):
             segments_capture(tmp_path, **kw)
 
+
+def test_an_option_of_a_type_of_the_modules_own_says_its_own_words(tmp_path):
+    """The type's message was dropped: "option port='70000' is not a port", not why."""
+    from flowsift.modules import parse_chain
+    mod = tmp_path / "porty.py"
+    mod.write_text(textwrap.dedent('''
+        from flowsift.modules import Module, Option
+
+        class port(int):
+            def __new__(cls, text):
+                value = int(text)
+                if not 0 < value < 65536:
+                    raise ValueError(f"{value} is not from 1 to 65535")
+                return super().__new__(cls, value)
+
+        class Porty(Module):
+            """Takes a port.
+
+            Synopsis: porty
+            """
+            name = "porty"
+            options = {"port": Option(port, port("80"), "a port")}
+    '''))
+    ((_, config),) = parse_chain(f"{mod}(port=8080)")
+    assert config["port"] == 8080
+    with pytest.raises(ModuleError, match=re.escape("module porty: option port='70000' is not a port: "
+                                                    "70000 is not from 1 to 65535")):
+        parse_chain(f"{mod}(port=70000)")
+    # a message that only repeats the text adds nothing: the kind alone
+    with pytest.raises(ModuleError, match=re.escape("module dns: option ports='0' is not a list of ports "
+                                                    "(1 to 65535, parted by ';')") + "$"):
+        parse_chain("dns(ports=0)")

@@ -84,7 +84,11 @@ class Option:
                 # (commas part the options of a chain: a list's items are parted by semicolons)
                 return [item.strip() for item in text.split(";") if item.strip()]
             return self.type(text)
-        except ValueError:
+        except ValueError as e:
+            why = str(e)
+            if self.type not in OPTION_TYPES and why and why != text:
+                # a type of the module's own says what is wrong (int's own words are no help)
+                raise ModuleError(f"module {module}: option {name}={text!r} is not {_kind(self.type)}: {why}") from None
             raise ModuleError(f"module {module}: option {name}={text!r} is not {_kind(self.type)}") from None
 
 
