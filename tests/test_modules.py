@@ -64,6 +64,40 @@ def test_chain_errors_name_the_problem(spec, needle):
          @staticmethod
          def on_open(flow): pass
      ''', "on_open() must be a method: def on_open(self, flow)"),
+    # (these loaded: an async or generator hook then did nothing, a keyword-only parameter failed
+    # at every call, and a hook that is no function was an internal error)
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         async def on_open(self, flow): pass
+     ''', "module bad: on_open() is async: hooks are called, not awaited (def on_open(self, flow))"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         def on_data(self, flow, stream):
+             yield stream.read()
+     ''', "module bad: on_data() yields: a generator's body runs only when iterated"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         def on_close(self, flow, *, reason): pass
+     ''', "module bad: on_close() takes reason by keyword only: hooks are called with positional arguments"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         on_open = 5
+     ''', "module bad: on_open is 5, not a method: def on_open(self, flow)"),
+    ('''
+     class Bad(Module):
+         """Doc."""
+         name = "bad"
+         def on_request(self, flow): pass
+     ''', "module bad: unknown hook on_request() (hooks: on_open, on_data, on_gap, on_close, on_packet; on_* names "
+          "are for hooks"),
     ('''
      class Bad(Module):
          """Doc."""
@@ -130,6 +164,18 @@ def test_bad_modules_fail_when_they_load(tmp_path, body, needle):
     p = write_module(tmp_path, body)
     with pytest.raises(ModuleError, match=re.escape(needle)):
         parse_chain(str(p))
+
+
+def test_a_hook_that_is_no_function_is_one_line_when_the_chain_loads(tmp_path, corpus):
+    p = write_module(tmp_path, '''
+        class Bad(Module):
+            """Doc."""
+            name = "bad"
+            on_open = 5
+    ''')
+    res = run_cli("chain", p, corpus / "http__zeek__get.pcap")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == "flowsift: module bad: on_open is 5, not a method: def on_open(self, flow)\n"
 
 
 def test_stream_pointer_hooks_unread_bytes_stay_and_gaps_arrive_in_order(tmp_path, corpus):
@@ -217,9 +263,27 @@ def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     # every one of the 14 packets, the last ACK (of the last FIN) included
     assert summary["modules"]["boom"]["errors"] == 14 and summary["modules"]["counter"]["flows"] == 1
-    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict")
-    assert strict.returncode == 2 and len(strict.stderr.strip().splitlines()) == 1
-    assert "module boom: on_packet() raised RuntimeError: kaboom" in strict.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_strict_stops_at_a_hook_exception_and_shows_the_modules_frames(tmp_path, corpus, mode):
+    """In parallel mode the worker sent the gateway the message alone: the module's file and
+    line were lost, where --inline (and a failure without --strict) showed them."""
+    p = write_module(tmp_path, '''
+        class Boom(Module):
+            """Fails on every packet.
+
+            Synopsis: boom
+            """
+            name = "boom"
+            def on_packet(self, flow, record):
+                raise RuntimeError("kaboom")
+    ''')
+    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict", *mode)
+    assert strict.returncode == 2
+    lines = strict.stderr.strip().splitlines()
+    assert lines[0] == "flowsift: module boom: on_packet() raised RuntimeError: kaboom"
+    assert lines[1:] == [f'  File "{p}", line 10, in on_packet', '    raise RuntimeError("kaboom")']
 
 
 def test_a_counter_named_like_the_chains_own_is_refused(tmp_path, corpus):

@@ -1,6 +1,7 @@
 """Stream pointers over record files: reads without copies, searches across packets, gaps as values."""
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -254,7 +255,7 @@ class PointerModel:
         return self.limit(self.pos) - self.pos
 
     def peek(self, n):
-        k = self.available() if n < 0 or n > self.available() else n
+        k = self.available() if n is None or n > self.available() else n
         return self.data[self.pos:self.pos + k]
 
     def read(self, n):
@@ -273,13 +274,13 @@ class PointerModel:
         return -1 if i < 0 else s + i
 
     def read_until(self, delim, max):
-        avail = self.available() if max < 0 else min(max, self.available())
+        avail = self.available() if max is None else min(max, self.available())
         i = self.data[self.pos:self.pos + avail].find(delim) if avail > 0 else -1
         return None if i < 0 else self.read(i + len(delim))
 
     def skip(self, n):
         # as read: not past a gap
-        self.pos += self.available() if n < 0 else min(n, self.available())
+        self.pos += self.available() if n is None else min(n, self.available())
         return self.pos
 
     def skip_gap(self):
@@ -323,9 +324,9 @@ def _ops(draw, end):
     pat = st.binary(min_size=0, max_size=3).map(lambda b: bytes(b"ab\0\n"[x % 4] for x in b))
     return draw(st.lists(st.one_of(
         st.tuples(st.sampled_from(["seek", "resume", "find_from"]), off),
-        st.tuples(st.sampled_from(["read", "peek", "skip"]), st.integers(-1, end + 3)),
+        st.tuples(st.sampled_from(["read", "peek", "skip"]), st.one_of(st.none(), st.integers(0, end + 3))),
         st.tuples(st.just("find"), pat, st.one_of(st.none(), off), st.one_of(st.none(), off)),
-        st.tuples(st.just("read_until"), pat.filter(bool), st.integers(-1, end + 3)),
+        st.tuples(st.just("read_until"), pat.filter(bool), st.one_of(st.none(), st.integers(0, end + 3))),
         st.tuples(st.just("skip_gap"))), max_size=25))
 
 
@@ -347,7 +348,7 @@ def test_pointer_operations_match_the_model_over_any_gap_layout(tmp_path_factory
             assert sp.tell() == m.pos and sp.available == m.available()
             for got, want in ((sp.at_gap, m.at_gap()), (sp.next_gap, m.next_gap())):
                 assert (got and (got.offset, got.length, got.reason)) == want
-            assert bytes(sp.peek()) == m.peek(-1) and sp.peek_bytes(2) == m.peek(2)
+            assert bytes(sp.peek()) == m.peek(None) and sp.peek_bytes(2) == m.peek(2)
         same()
         for op in _ops(data.draw, len(stream)):
             name, args = op[0], op[1:]
@@ -447,3 +448,26 @@ def test_a_gap_cut_by_the_end_of_a_short_file_is_passed_only_to_the_end(tmp_path
     gap = sp.skip_gap()
     assert (gap.offset, gap.length) == (0, 1342) and sp.tell() == 1342 == sp.end_offset
     assert sp.at_gap is None and sp.next_gap is None and sp.skip_gap() is None and sp.eof
+
+
+@pytest.mark.parametrize("call", ["skip", "peek", "read", "peek_bytes", "read_bytes", "read_until_max"])
+def test_a_negative_size_is_a_mistake(tmp_path, corpus, call):
+    """It read as "all there is": skip(-5) passed every byte available, peek(-1) returned them.
+    All there is is asked for with no size (None)."""
+    store = store_of(tmp_path, corpus, "http__zeek__get.pcap")
+    sp = StreamPointer(store_files(store)[0], 1)
+    sp.read(4)
+    fn = (lambda n: sp.read_until(b"\n", n)) if call == "read_until_max" else getattr(sp, call)
+    name = call.replace("_max", "")
+    for n in (-1, -5, -2**70):
+        with pytest.raises(ValueError, match=re.escape(f"{name}({n}): a size is 0 or more (None: all there is)")):
+            fn(n)
+    assert sp.tell() == 4
+    whole = sp.available
+    if call == "skip":
+        assert fn(None) == sp.tell() == 4 + whole
+    elif call == "read_until_max":
+        line = fn(None)
+        assert bytes(line).endswith(b"\n") and sp.tell() == 4 + len(line)
+    else:
+        assert len(fn(None)) == whole and sp.tell() == (4 if call.startswith("peek") else 4 + whole)

@@ -1,7 +1,11 @@
 """flowsift.testing: what module authors use in their own tests."""
+import inspect
+import re
+import textwrap
+
 import pytest
 
-from flowsift.modules import Module, ModuleError
+from flowsift.modules import Module, ModuleError, Option
 from flowsift.testing import run_module, segments_capture
 
 
@@ -30,11 +34,60 @@ class Echo(Module):
 
 
 def test_a_module_class_directly_and_strict_errors(tmp_path):
+    """Strict: the hook's own exception reaches the test, raised where the module raised it (it
+    came as a ModuleError made from the worker's message, its type and frames lost)."""
     cap = segments_capture(tmp_path, client=[b"hello ", b"world"], server=[b"hi"])
-    with pytest.raises(ModuleError, match="boom at close"):
+    with pytest.raises(ValueError, match="boom at close") as raised:
         run_module(Echo, cap)
+    assert raised.type is ValueError
+    last = raised.traceback[-1]
+    assert str(last.path) == __file__ and last.name == "on_close"
+    # in worker processes, as `flowsift chain` runs it: the message names the hook and its line
+    with pytest.raises(ModuleError, match="module echo_test: on_close\\(\\) raised ValueError: boom at close") as raised:
+        run_module(Echo, cap, inline=False)
+    assert f'File "{__file__}", line {last.lineno + 1}, in on_close' in str(raised.value)
     result = run_module(Echo, cap, strict=False)
     assert "".join(e["text"] for e in result.of_kind("said")) == "hello world"
+    assert result.counters("echo_test")["errors"] == 1 and result.summary["mode"] == "inline"
+
+
+class Sized(Module):
+    """Emits its options.
+
+    Synopsis: sized
+    """
+    name = "sized"
+    options = {"big": Option(int, 10, "a size"), "ratio": Option(float, 1.0, "a ratio"),
+               "on": Option(bool, False, "a switch"), "words": Option(list, [], "words")}
+
+    def on_open(self, flow):
+        self.emit("config", **self.config)
+
+
+def test_keyword_arguments_are_the_modules_options(tmp_path):
+    """They were handed to the chain runner: `big=500` was a TypeError from deep inside it."""
+    cap = segments_capture(tmp_path, client=[b"hi"], server=[b"yo"])
+    mod = tmp_path / "sized.py"
+    mod.write_text("from flowsift.modules import Module, Option\n\n" + textwrap.dedent(inspect.getsource(Sized)))
+
+    def config(spec, **kw):
+        (e,) = run_module(spec, cap, **kw).of_kind("config")
+        return {k: e[k] for k in Sized.options}
+    want = {"big": 500, "ratio": 1.0, "on": False, "words": []}
+    assert config(str(mod), big=500) == config(Sized, big="500") == config(f"{mod}:Sized", big=500) == want
+    assert config(Sized, ratio=2, on="yes", words=("a", "b")) == {**want, "big": 10, "ratio": 2, "on": True,
+                                                                 "words": ["a", "b"]}
+    assert config(Sized) == {**want, "big": 10}                 # defaults again: nothing stays from a run
+    for kw, needle in (({"bog": 1}, "module sized: no option 'bog' (options: big, ratio, on, words)"),
+                       ({"big": "x"}, "module sized: option big='x' is not an integer"),
+                       ({"big": 1.5}, "module sized: option big=1.5 is not an integer"),
+                       ({"big": True}, "module sized: option big=True is not an integer"),
+                       ({"on": 1}, "module sized: option on=1 is not true or false")):
+        with pytest.raises(ModuleError, match=re.escape(needle)):
+            run_module(Sized, cap, **kw)
+    for spec in (f"{mod},counter", f"{mod}(big=2)"):
+        with pytest.raises(TypeError, match="keyword options \\(big\\) are for one module"):
+            run_module(spec, cap, big=1)
 
 
 def test_each_class_given_is_run_itself(tmp_path):
@@ -59,3 +112,90 @@ def test_each_class_given_is_run_itself(tmp_path):
     assert [e["tag"] for e in run_module(make("b"), cap).events] == ["b"]
     assert [e["tag"] for e in run_module(make("c", name="counter"), cap).events] == ["c"]
     assert [e["kind"] for e in run_module("counter", cap).events] == ["flow"]          # the built-in still
+
+
+class Numbers(Module):
+    """Emits numpy values, and a NaN when told.
+
+    Synopsis: numbers
+    """
+    name = "numbers"
+    options = {"bad": Option(str, "", "a field to make NaN or infinite")}
+
+    def on_close(self, flow, reason):
+        import numpy as np
+        bad = self.config["bad"]
+        fields = {"total": flow.records()["payload_len"].sum(), "i": np.int64(5), "f": np.float32(1.5),
+                  "yes": np.bool_(True), "sizes": flow.records()["payload_len"][:3], "plain": 2.5}
+        if bad:
+            fields[bad] = {"nan": float("nan"), "inf": float("inf"), "list": [1.0, np.float64("-inf")],
+                           "np": np.float32("nan")}[bad]
+        self.emit("numbers", **fields)
+
+
+def test_numpy_values_are_json_numbers_and_nan_is_a_hook_error(tmp_path):
+    """numpy scalars were written as strings ("312"), NaN and infinities as NaN and Infinity,
+    which no JSON reader takes."""
+    cap = segments_capture(tmp_path, client=[b"hello ", b"world"], server=[b"hi"])
+    (e,) = run_module(Numbers, cap).of_kind("numbers")
+    assert e["total"] == 13 and type(e["total"]) is int and e["i"] == 5 and e["f"] == 1.5 and e["yes"] is True
+    assert e["sizes"] == [0, 0, 6] and e["plain"] == 2.5
+    for bad in ("nan", "inf", "list", "np"):
+        with pytest.raises(ModuleError, match=re.escape(f"module numbers: event 'numbers': field {bad!r} holds NaN "
+                                                        f"or an infinity, which JSON has no number for")):
+            run_module(Numbers, cap, bad=bad)
+    result = run_module(Numbers, cap, strict=False, bad="nan")
+    assert result.events == [] and result.counters("numbers")["errors"] == 1
+
+
+def test_segments_are_checked_and_the_limit_is_said(tmp_path):
+    """A segment over what an IPv4 packet carries was a struct.error, one that is not bytes
+    "can't concat tuple to bytes", a bare bytes a TypeError about ints."""
+    import flowsift.testing
+    most = 65_535 - 20 - 20
+    assert getattr(flowsift.testing, "MAX_SEGMENT", most) == most
+    cap = segments_capture(tmp_path, client=[b"x" * most, bytearray(b"y"), memoryview(b"z")])
+    assert run_module("counter", cap).of_kind("flow")[0]["bytes"][0] == most + 2
+    for kw, error, needle in (
+            ({"client": [b"x" * 70000]}, ValueError, "segments_capture: client[0] has 70,000 bytes: a segment carries "
+                                                     "at most 65,495 (an IPv4 packet's 65,535 less its IP and TCP headers)"),
+            ({"server": [b"ok", (b"a", b"b")]}, TypeError, "segments_capture: server[1] is a tuple: a segment is bytes"),
+            ({"client": [b"ok", "text"]}, TypeError, "segments_capture: client[1] is a str: a segment is bytes"),
+            ({"client": b"hello"}, TypeError, "segments_capture: client is a list of segments, not one bytes"),
+            ({"client": 5}, TypeError, "segments_capture: client is a list of segments (bytes), not a int"),
+            ({"port": 70000}, ValueError, "segments_capture: port=70000: the server's port, from 1 to 65535")):
+        with pytest.raises(error, match=re.escape(needle)):
+            segments_capture(tmp_path, **kw)
+
+
+def test_an_option_of_a_type_of_the_modules_own_says_its_own_words(tmp_path):
+    """The type's message was dropped: "option port='70000' is not a port", not why."""
+    from flowsift.modules import parse_chain
+    mod = tmp_path / "porty.py"
+    mod.write_text(textwrap.dedent('''
+        from flowsift.modules import Module, Option
+
+        class port(int):
+            def __new__(cls, text):
+                value = int(text)
+                if not 0 < value < 65536:
+                    raise ValueError(f"{value} is not from 1 to 65535")
+                return super().__new__(cls, value)
+
+        class Porty(Module):
+            """Takes a port.
+
+            Synopsis: porty
+            """
+            name = "porty"
+            options = {"port": Option(port, port("80"), "a port")}
+    '''))
+    ((_, config),) = parse_chain(f"{mod}(port=8080)")
+    assert config["port"] == 8080
+    with pytest.raises(ModuleError, match=re.escape("module porty: option port='70000' is not a port: "
+                                                    "70000 is not from 1 to 65535")):
+        parse_chain(f"{mod}(port=70000)")
+    # a message that only repeats the text adds nothing: the kind alone
+    with pytest.raises(ModuleError, match=re.escape("module dns: option ports='0' is not a list of ports "
+                                                    "(1 to 65535, parted by ';')") + "$"):
+        parse_chain("dns(ports=0)")

@@ -509,3 +509,29 @@ def test_a_fragment_sent_again_after_its_datagram_was_rebuilt_leaves_with_the_da
     new = bytes.fromhex("20010db8000000000000000000000077")
     assert [f[14 + 24:14 + 40] for f in frames(out)] == [new] * 4
 
+
+
+@pytest.mark.parametrize("writes", [{"ip.dst"}, set()])
+def test_an_edit_that_names_no_field_is_rejected(tmp_path, writes):
+    """flow.edit(record) changed nothing and said it was accepted."""
+    from flowsift.modules import Module
+    no_field = "no field to change: edit(record, ip_dst=..., tcp_dport=...)"
+    cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
+
+    class Empty(Module):
+        """Edits nothing.
+
+        Synopsis: empty
+        """
+        name = "empty"
+
+        def on_packet(self, flow, record):
+            r = flow.edit(record)
+            self.emit("edit", accepted=r.accepted, reason=r.reason)
+    Empty.writes = frozenset(writes)
+    res = run_module(Empty, cap)
+    got = {(e["accepted"], e["reason"]) for e in res.of_kind("edit")}
+    assert got == {(False, no_field)}
+    assert res.counters("empty")["edits_rejected"] == len(res.of_kind("edit")) > 0
+    if writes:
+        assert res.summary["edits"]["rejected"] == {f"empty: {no_field}": len(res.of_kind("edit"))}

@@ -59,6 +59,12 @@ class ModuleError(FlowsiftError):
     """A module that cannot be loaded or run (names the module and the problem)."""
 
 
+class HookError(ModuleError):
+    """An exception a hook raised, stopping a strict chain: names the module and the hook, shows
+    the module's frames, and has the exception itself as its __cause__ (in the process that
+    ran the hook)."""
+
+
 @dataclass(frozen=True)
 class Option:
     type: type
@@ -78,7 +84,11 @@ class Option:
                 # (commas part the options of a chain: a list's items are parted by semicolons)
                 return [item.strip() for item in text.split(";") if item.strip()]
             return self.type(text)
-        except ValueError:
+        except ValueError as e:
+            why = str(e)
+            if self.type not in OPTION_TYPES and why and why != text:
+                # a type of the module's own says what is wrong (int's own words are no help)
+                raise ModuleError(f"module {module}: option {name}={text!r} is not {_kind(self.type)}: {why}") from None
             raise ModuleError(f"module {module}: option {name}={text!r} is not {_kind(self.type)}") from None
 
 
@@ -139,12 +149,15 @@ class Flow:
     def edit(self, record, **fields):
         """Ask the gateway to change header fields of a packet (record), e.g.
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
-        module's `writes`. Returns an Edit: accepted, or rejected with its reason."""
+        module's `writes`. Returns an Edit: accepted, or rejected with its reason (one that
+        names no field is rejected)."""
         if self._editor is None:
-            from flowsift.modules.edits import FIELDS, Edit
+            from flowsift.modules.edits import FIELDS, NO_FIELD, Edit
             m = self._module
             if m is not None:
                 m._tally("edits_rejected")
+            if not fields:
+                return Edit(False, NO_FIELD)
             for key in fields:
                 # the reason the gateway would give (a read-only module runs in a worker)
                 if key not in FIELDS:
@@ -261,17 +274,36 @@ def validate(cls, where):
         raise ModuleError(f"{where}: module class {cls.__name__} needs a `name` that is an identifier")
     for attr in dir(cls):
         if attr.startswith("on_") and attr not in HOOKS and callable(getattr(cls, attr)):
-            raise ModuleError(f"module {cls.name}: unknown hook {attr}() (hooks: {', '.join(HOOKS)})")
+            raise ModuleError(f"module {cls.name}: unknown hook {attr}() (hooks: {', '.join(HOOKS)}; on_* names "
+                              f"are for hooks: name a helper method otherwise)")
     for hook, params in HOOKS.items():
         fn = getattr(cls, hook, None)
         if fn is None:
             continue
+        want = f"def {hook}(self, {', '.join(params)})"
+        if not callable(fn):
+            raise ModuleError(f"module {cls.name}: {hook} is {fn!r}, not a method: {want}")
         if isinstance(inspect.getattr_static(cls, hook), (staticmethod, classmethod)):
-            raise ModuleError(f"module {cls.name}: {hook}() must be a method: def {hook}(self, {', '.join(params)})")
-        got = [p for p in list(inspect.signature(fn).parameters)[1:]]
+            raise ModuleError(f"module {cls.name}: {hook}() must be a method: {want}")
+        # hooks are called and their result dropped: the body of an async or generator hook
+        # would never run
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ModuleError(f"module {cls.name}: {hook}() is async: hooks are called, not awaited ({want})")
+        if inspect.isgeneratorfunction(fn):
+            raise ModuleError(f"module {cls.name}: {hook}() yields: a generator's body runs only when iterated, "
+                              f"and nothing iterates a hook ({want})")
+        try:
+            sig = list(inspect.signature(fn).parameters.values())[1:]
+        except (TypeError, ValueError):
+            raise ModuleError(f"module {cls.name}: {hook} has no signature to check: {want}") from None
+        got = [p.name for p in sig]
         if len(got) != len(params):
             raise ModuleError(f"module {cls.name}: {hook}() takes ({', '.join(got)}), expected "
                               f"({', '.join(params)})")
+        by_name = [str(p) for p in sig if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+        if by_name:
+            raise ModuleError(f"module {cls.name}: {hook}() takes {by_name[0]} by keyword only: hooks are called "
+                              f"with positional arguments ({want})")
     for what, allowed in (("writes", WRITABLE), ("reads", READABLE)):
         given = getattr(cls, what)
         if not isinstance(given, (set, frozenset)):
@@ -299,8 +331,21 @@ def validate(cls, where):
     return cls
 
 
-def trimmed_traceback(exc):
-    """The traceback of an exception raised in a hook, without flowsift's own frames."""
+def module_frames(exc):
+    """The frames of an exception raised in a hook, formatted, without flowsift's own."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/flowsift/" not in f.filename.replace("\\", "/")
               or "/flowsift/modules/builtin/" in f.filename.replace("\\", "/")]
-    return "".join(traceback.format_list(frames)) + f"{type(exc).__name__}: {exc}"
+    return "".join(traceback.format_list(frames))
+
+
+def trimmed_traceback(exc):
+    """The traceback of an exception raised in a hook, without flowsift's own frames."""
+    return module_frames(exc) + f"{type(exc).__name__}: {exc}"
+
+
+def hook_error(module, hook, exc):
+    """The HookError for `exc` raised in `hook` of `module` (raise it `from exc`): one line
+    naming them, then the module's frames (as a failure is logged without --strict)."""
+    frames = module_frames(exc).rstrip("\n")
+    return HookError(f"module {module.name}: {hook}() raised {type(exc).__name__}: {exc}"
+                     + (f"\n{frames}" if frames else ""))

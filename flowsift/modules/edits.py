@@ -18,6 +18,8 @@ from flowsift.streams._pointer import StreamPointer
 FIELDS = {"ip_src": "ip.src", "ip_dst": "ip.dst", "ip_ttl": "ip.ttl", "tcp_sport": "tcp.sport",
           "tcp_dport": "tcp.dport", "tcp_flags": "tcp.flags", "udp_sport": "udp.sport", "udp_dport": "udp.dport"}
 LIMITS = {"ip.ttl": 255, "tcp.flags": 255}          # else a port: 65535
+# why an edit that names no field is refused (it changed nothing and said it was accepted)
+NO_FIELD = "no field to change: edit(record, ip_dst=..., tcp_dport=...)"
 
 
 class Edit(collections.namedtuple("Edit", "accepted reason")):
@@ -109,6 +111,8 @@ class Editor:
                                        "old": old, "new": new}) + "\n")
 
     def edit(self, module, flow, record, fields):
+        if not fields:
+            return self._reject(module, NO_FIELD)
         if self.forwarded_upto is not None and record.frame_pos <= self.forwarded_upto:
             return self._reject(module, "the packet was already forwarded")
         checked = {}

@@ -73,7 +73,7 @@ def start(cls, config):
 
 
 # Module classes given as objects (flowsift.testing.run_module), under names no file, built-in
-# or entry point can have
+# or entry point can have: name -> (class, option values that replace its defaults)
 GIVEN = {}
 
 
@@ -88,7 +88,7 @@ def find(name):
     if name.endswith(".py") or ".py:" in name:
         return _from_file(name)
     if name in GIVEN:
-        return GIVEN[name]
+        return GIVEN[name][0]
     if name in BUILTINS:
         return _import(BUILTINS[name], f"built-in {name}")
     for ep in entry_points(group="flowsift.modules"):
@@ -140,6 +140,7 @@ def parse_chain(text):
             raise ModuleError(f"cannot read the chain at {item!r}: options end with ')'")
         cls = find(name.strip())
         config = {k: o.default for k, o in cls.options.items()}
+        config.update(GIVEN[name.strip()][1] if name.strip() in GIVEN else ())
         given = set()
         for part in filter(None, (p.strip() for p in _split(rest[:-1], ","))) if paren else ():
             key, eq, value = part.partition("=")

@@ -9,8 +9,10 @@ with (the gateway records it), so complete and acknowledged space can be reclaim
 import json
 import sys
 
+import numpy as np
+
 from flowsift.io._connset import ConnSet
-from flowsift.modules.base import ModuleError, trimmed_traceback
+from flowsift.modules.base import ModuleError, hook_error, trimmed_traceback
 from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams._pointer import first_carrier
@@ -19,8 +21,9 @@ from flowsift.streams.format import CLOSE_NAMES, RECORD_SIZE, endpoint
 # one encoder for every event (json.dumps with an argument makes a new one at each call)
 # (events are trees of plain values: no cycle check, which costs a dict per event)
 def _plain(value):
-    # event field values JSON has no type for: bytes as latin-1 text (one character per byte),
-    # sets as lists, anything else as its text
+    # event field values JSON has no type for (only these pay for the checks): bytes as latin-1
+    # text (one character per byte), sets as lists, numpy scalars and arrays as numbers and
+    # lists (a sum over flow.records()), anything else as its text
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("latin-1")
     if isinstance(value, (set, frozenset)):
@@ -28,13 +31,26 @@ def _plain(value):
             return sorted(value)
         except TypeError:
             return list(value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
     return str(value)
 
 
-_event_json = json.JSONEncoder(default=_plain, check_circular=False).encode
+# (NaN and infinities are no JSON: a ValueError, said by _on_emit with the field's name)
+_event_json = json.JSONEncoder(default=_plain, check_circular=False, allow_nan=False).encode
 # what every event carries: a module's fields of these names would replace them
 ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server"})
 PROTO_NAMES = {6: "tcp", 17: "udp"}
+
+
+def _not_json(fields):
+    # which field of an event the encoder refused (a NaN or an infinity, maybe in a list)
+    for name, value in fields.items():
+        try:
+            _event_json(value)
+        except ValueError:
+            return f"field {name!r} holds NaN or an infinity, which JSON has no number for"
+    return "a value JSON cannot hold"
 
 
 def reader_budget():
@@ -206,7 +222,10 @@ class InlineChain:
         if flow is not None:
             line.update(flow.key())
         line.update(fields)
-        text = _event_json(line) + "\n"
+        try:
+            text = _event_json(line) + "\n"
+        except ValueError:
+            raise ModuleError(f"module {module.name}: event {kind!r}: {_not_json(fields)}") from None
         holder = (self.conns.get(flow.conn) or self._closing) if (self.hold_events and flow is not None) else None
         if holder is not None:
             holder.events.append(text)
@@ -259,7 +278,8 @@ class InlineChain:
             if self.strict:
                 if isinstance(e, ModuleError):
                     raise               # the module API's own complaint names the module already
-                raise ModuleError(f"module {m.name}: {hook}() raised {type(e).__name__}: {e}") from e
+                # (the message carries the module's frames: a worker sends the gateway text)
+                raise hook_error(m, hook, e) from e
             n = self.errors.get(m.name, 0)
             self.errors[m.name] = n + 1
             if n == 0:

@@ -151,6 +151,18 @@ cdef inline int64_t _as_int64(object n) except? -1:
     return v
 
 
+cdef inline int64_t _size(object n, int64_t avail, str call) except? -1:
+    # A size argument: None for all there is (up to `avail`); a negative one is a mistake, once
+    # taken for "all" (skip(-5) passed everything)
+    cdef int64_t k
+    if n is None:
+        return avail
+    k = _as_int64(n)
+    if k < 0:
+        raise ValueError(f"{call}({n}): a size is 0 or more (None: all there is)")
+    return avail if k > avail else k
+
+
 # The reason of the gap a pointer shows for bytes given back (reclaimed) that it had not read:
 # one resumed below the retained start (resume()). No gap entry of a file has it.
 RECLAIMED = "reclaimed"
@@ -356,27 +368,23 @@ cdef class StreamPointer:
         self._ptr(off, n)
         return memoryview(self._map)[off - self.map_off:off - self.map_off + n]
 
-    def peek(self, n=-1):
-        """Up to n bytes from the position (all available if n < 0), without moving."""
-        cdef int64_t k = _as_int64(n)
-        cdef int64_t avail = self._limit() - self.pos
-        if k < 0 or k > avail:
-            k = avail
-        return self._view(self.pos, k)
+    def peek(self, n=None):
+        """Up to n bytes from the position (all available if n is None), without moving."""
+        return self._view(self.pos, _size(n, self._limit() - self.pos, "peek"))
 
-    def read(self, n=-1):
-        """Up to n bytes (all available if n < 0); moves past them. Empty at a gap or the end."""
-        v = self.peek(n)
+    def read(self, n=None):
+        """Up to n bytes (all available if n is None); moves past them. Empty at a gap or the end."""
+        v = self._view(self.pos, _size(n, self._limit() - self.pos, "read"))
         self.pos += len(v)
         return v
 
-    def peek_bytes(self, n=-1):
+    def peek_bytes(self, n=None):
         """peek() as bytes, read from the file: for a caller that wants a copy anyway, no
         mapping is made, touched or unmapped (each costs more than the copy, for a few pages)."""
-        cdef int64_t k = _as_int64(n)
-        cdef int64_t avail = self._limit() - self.pos
-        if k < 0 or k > avail:
-            k = avail
+        return self._bytes(n, "peek_bytes")
+
+    cdef object _bytes(self, object n, str call):
+        cdef int64_t k = _size(n, self._limit() - self.pos, call)
         if k <= 0:
             return b""
         if self._map is not None and self.pos >= self.map_off and self.pos + k <= self.map_off + self.map_len:
@@ -386,24 +394,21 @@ cdef class StreamPointer:
             raise StoreError(f"{self.file.path}: cut short at stream offset {self.pos + len(data)}")
         return data
 
-    def read_bytes(self, n=-1):
+    def read_bytes(self, n=None):
         """read() as bytes, read from the file (see peek_bytes)."""
-        data = self.peek_bytes(n)
+        data = self._bytes(n, "read_bytes")
         self.pos += len(data)
         return data
 
-    def read_until(self, delim, max=-1):
+    def read_until(self, delim, max=None):
         """Bytes up to and including `delim` if it occurs within the available bytes (and within
         `max`), moving past them; else None and the position stays (more may come)."""
         cdef const uint8_t[::1] d = memoryview(delim).cast("B") if not isinstance(delim, bytes) else delim
-        cdef int64_t limit = _as_int64(max)
-        cdef int64_t avail = self._limit() - self.pos
+        cdef int64_t avail = _size(max, self._limit() - self.pos, "read_until")
         cdef const uint8_t* p
         cdef const uint8_t* hit
         if len(d) == 0:
             raise ValueError("read_until: an empty delimiter (it would match before every byte)")
-        if limit >= 0 and limit < avail:
-            avail = limit
         if avail <= 0:
             return None
         p = self._ptr(self.pos, avail)
@@ -439,15 +444,11 @@ cdef class StreamPointer:
             hit = <const uint8_t*> memmem(p, n, &pat[0], len(pat))
         return -1 if hit == NULL else s + (hit - p)
 
-    def skip(self, n=-1):
+    def skip(self, n=None):
         """Move forward up to n bytes, as read() would, unmapped: not past a gap (skip_gap()
-        passes it, and the reader's on_gap learns of it) nor the end. Without n (or n < 0):
-        every available byte. Returns the new position."""
-        cdef int64_t k = _as_int64(n)
-        cdef int64_t avail = self._limit() - self.pos
-        if k < 0 or k > avail:
-            k = avail
-        self.pos += k
+        passes it, and the reader's on_gap learns of it) nor the end. Without n (None): every
+        available byte. Returns the new position."""
+        self.pos += _size(n, self._limit() - self.pos, "skip")
         return self.pos
 
     def skip_gap(self):
