@@ -1,10 +1,9 @@
 """`flowsift inspect`: record files and stores, described as plain data."""
-import json
 import os
 
 from flowsift.streams import format as F
-from flowsift.streams.reader import (RecordFile, StoreError, check_store, not_record_files, retired_note,
-                                     store_files)
+from flowsift.streams.reader import (RecordFile, StoreError, check_store, not_record_files, read_manifest,
+                                     retired_note, store_files)
 
 
 def _flags(rflags):
@@ -47,17 +46,8 @@ def describe_file(path, n_records=20):
 
 def describe_store(directory):
     check_store(directory)
-    manifest, problems = None, []
-    try:
-        with open(os.path.join(directory, "store.json")) as f:
-            manifest = json.load(f)
-        if not isinstance(manifest, dict):
-            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
-    except FileNotFoundError:
-        problems.append("store.json: missing (the gateway writes it first: these files come from elsewhere)")
-    except (OSError, ValueError) as e:
-        manifest = None
-        problems.append(f"store.json: cannot be read: {getattr(e, 'strerror', None) or e}")
+    manifest, problem = read_manifest(directory)
+    problems = [problem] if problem else []
     if manifest is not None and not manifest.get("complete"):
         why = f": {manifest['error']}" if manifest.get("error") else ""
         problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")

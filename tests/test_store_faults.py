@@ -553,3 +553,52 @@ def test_the_manifest_names_its_source_while_the_run_goes_on(tmp_path, corpus):
     g.run_capture(capture, after_batch=lambda touched, closed: seen.append(
         json.loads((tmp_path / "s" / "store.json").read_text())))
     assert seen and all(m["source"] == str(capture) and m["complete"] is False for m in seen)
+
+
+def _bounded_cli(*args, seconds=20, memory=4 << 30):
+    # as _quick_cli, in at most `memory` bytes of address space: a command that reads without
+    # end fails the test with a MemoryError, not the machine through its OOM killer
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    try:
+        return subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], capture_output=True, text=True,
+                              timeout=seconds, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flowsift {' '.join(map(str, args))} still running after {seconds} s")
+
+
+def test_a_store_json_that_is_no_regular_file_or_no_manifest_is_a_problem_of_the_store(tmp_path, corpus):
+    """store.json is read only if it is a regular file, and only so far: a FIFO (which would
+    block the open), a link to /dev/zero or /dev/urandom (which never end), a file of
+    megabytes or of JSON nested 100,000 deep are each one of the store's problems, exit 0."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    manifest = store / "store.json"
+
+    def problems():
+        res = _bounded_cli("inspect", store, "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert len(out["connections"]) == 1 and out["manifest"] is None
+        return [p for p in out["problems"] if p.startswith("store.json")]
+
+    for device in ("/dev/zero", "/dev/urandom"):
+        manifest.unlink()
+        manifest.symlink_to(device)
+        assert problems() == ["store.json: cannot be read: a device, not a regular file"]
+    manifest.unlink()
+    os.mkfifo(manifest)
+    assert problems() == ["store.json: cannot be read: a FIFO, not a regular file"]
+    res = _bounded_cli("inspect", store)                 # the table too
+    assert res.returncode == 0 and "store.json: cannot be read: a FIFO, not a regular file" in res.stdout
+    manifest.unlink()
+    manifest.write_bytes(b" " * (2 << 20))
+    assert problems() == ["store.json: too large (over 1,048,576 bytes): not a store manifest"]
+    for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        manifest.write_text(nested)
+        assert problems() == ["store.json: cannot be read: JSON nested too deeply"]
+    manifest.unlink()
+    manifest.symlink_to(tmp_path / "nowhere")
+    assert problems() == ["store.json: cannot be read: a dangling symbolic link"]

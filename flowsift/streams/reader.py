@@ -290,6 +290,59 @@ def not_record_files(directory):
     return sorted(out)
 
 
+# The gateway writes store.json padded to a page (flowsift.gateway.MANIFEST_ROOM): one much
+# larger is not a manifest, and is not read whole (a link to /dev/zero would fill the memory).
+MANIFEST_MAX = 1 << 20
+
+
+def read_manifest(directory):
+    """(the store's store.json as a dict, or None; None, or what is wrong with it, one line
+    starting "store.json: "). Only a regular file is opened (a FIFO would block for ever, a
+    device such as /dev/zero never end), and only MANIFEST_MAX bytes of it are read."""
+    path = os.path.join(directory, "store.json")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return None, "store.json: cannot be read: a dangling symbolic link"
+        return None, "store.json: missing (the gateway writes it first: these files come from elsewhere)"
+    except OSError as e:
+        return None, f"store.json: cannot be read: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"store.json: cannot be read: {_kind(st.st_mode)}, not a regular file"
+    try:
+        # (O_NONBLOCK, and fstat again: it may have been swapped for something else since)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        return None, f"store.json: cannot be read: {e.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"store.json: cannot be read: {_kind(st.st_mode)}, not a regular file"
+        chunks, got = [], 0
+        while got <= MANIFEST_MAX:
+            chunk = os.read(fd, MANIFEST_MAX + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as e:
+        return None, f"store.json: cannot be read: {e.strerror}"
+    finally:
+        os.close(fd)
+    if got > MANIFEST_MAX:
+        return None, f"store.json: too large (over {MANIFEST_MAX:,} bytes): not a store manifest"
+    try:
+        manifest = json.loads(b"".join(chunks))
+    except RecursionError:
+        return None, "store.json: cannot be read: JSON nested too deeply"
+    except ValueError as e:
+        return None, f"store.json: cannot be read: {e}"
+    if not isinstance(manifest, dict):
+        return None, f"store.json: cannot be read: a JSON {type(manifest).__name__}, not an object"
+    return manifest, None
+
+
 def check_store(directory):
     """Raise StoreError unless `directory` is a store: it holds record files or a store.json
     (an empty directory, or any other, would read as a store without connections)."""
@@ -318,12 +371,11 @@ def retired_note(directory):
     None."""
     try:
         names = os.listdir(directory)
-        if any(record_name(n) is not None for n in names):
-            return None
-        with open(os.path.join(directory, "store.json")) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
+    except OSError:
         return None
+    if any(record_name(n) is not None for n in names):
+        return None
+    manifest, _ = read_manifest(directory)
     if isinstance(manifest, dict) and manifest.get("keep") is False and manifest.get("files"):
         return (f"{directory}: its run let its {manifest['files']:,} record files go as connections finished "
                 f"(run it with --keep to keep them)")
