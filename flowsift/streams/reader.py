@@ -83,7 +83,8 @@ class RecordFile:
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand, by a full disk, or while it was open) is read only as far as it
         goes, and marked cut. A header counting past its regions is a StoreError."""
-        # measured at every read: a file cut while mapped must not be read past its end (SIGBUS)
+        # measured at every header read, never per read: what follows reads nothing past this end
+        # (a file another process cuts between two header reads can still fault a mapped reader)
         size = self._size = self._file_size(self._fd)
         if size < F.HEADER_SIZE:
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
