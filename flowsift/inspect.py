@@ -26,7 +26,7 @@ def describe_file(path, n_records=20):
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
             "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"],
-                         "delivered": h[f"end{d}"] - sum(g.length for g in rf.gaps(d)), "acked": h[f"acked{d}"],
+                         "delivered": rf.delivered(d), "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
                          "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"]),
                          "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
@@ -61,7 +61,7 @@ def describe_store(directory):
                               "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
                               "records": h["records"], "end": [h["end0"], h["end1"]],
-                              "delivered": [h[f"end{d}"] - sum(g.length for g in rf.gaps(d)) for d in (0, 1)],
+                              "delivered": [rf.delivered(d) for d in (0, 1)],
                               "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
                 if rf.missing:

@@ -117,7 +117,10 @@ def test_file_cut_by_hand_reads_up_to_the_last_complete_record(tmp_path, corpus)
     os.truncate(path, 256 + 128 * 100 + 50)          # in the middle of record 100
     with RecordFile(path) as rf:
         assert rf.cut and rf.header["records"] == 100 == len(list(rf.records()))
-        assert rf.header["end0"] == rf.header["end1"] == 0         # the data regions are gone
+        for d in (0, 1):                # the data regions are gone: each stream is one gap
+            end = rf.header[f"end{d}"]
+            assert end > 0 and rf.in_file(d) == 0 == rf.delivered(d)
+            assert [(g.offset, g.length, g.reason) for g in rf.gaps(d)] == [(0, end, "truncated")]
     res = run_cli("inspect", path, "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["records"] == 100 < total
 
@@ -376,8 +379,9 @@ def _quick_cli(*args, seconds=20):
 
 def test_a_file_cut_while_a_reader_has_it_mapped_is_read_only_as_far_as_it_goes(tmp_path, corpus):
     """The gateway keeps a record file at its full sparse size, but a file can still be cut
-    under a reader (by hand, a full disk): its next refresh measures the file, ends the stream
-    where the file does and says the rest is cut; reading never goes past the file (SIGBUS)."""
+    under a reader (by hand, a full disk): its next refresh measures the file, and the bytes the
+    file lacks are a gap of reason "truncated" up to the end the header says; reading never goes
+    past the file (SIGBUS)."""
     store = tmp_path / "s"
     run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", store, "--keep", check=True)
     path = store_files(store)[0]
@@ -385,12 +389,14 @@ def test_a_file_cut_while_a_reader_has_it_mapped_is_read_only_as_far_as_it_goes(
 import os
 from flowsift.streams import StreamPointer, StoreError, format as F
 sp = StreamPointer({str(path)!r}, 1)
-whole = sp.available
+whole, end = sp.available, sp.end_offset
 assert bytes(sp.peek(4)) == b"HTTP" and whole > 100_000
 os.truncate({str(path)!r}, F.DATA_OFF[1] + 100)
-assert sp.refresh() is False and sp.end_offset == 100 and sp.file.truncated
-assert "100 s2c bytes" in sp.file.missing or "s2c bytes (100 in the file)" in sp.file.missing, sp.file.missing
+assert sp.refresh() is False and sp.end_offset == end and sp.file.truncated
+assert "s2c bytes (100 in the file)" in sp.file.missing, sp.file.missing
 assert len(sp.read()) == 100 and sp.find(b"HTTP", 0) == 0 and sp.read() == b""
+gap = sp.at_gap
+assert (gap.offset, gap.reason) == (100, "truncated") and not sp.eof
 sp.seek(0); sp.skip(2**40)
 assert sp.tell() == 100
 os.truncate({str(path)!r}, 200)                   # into the header
@@ -602,3 +608,31 @@ def test_a_store_json_that_is_no_regular_file_or_no_manifest_is_a_problem_of_the
     manifest.unlink()
     manifest.symlink_to(tmp_path / "nowhere")
     assert problems() == ["store.json: cannot be read: a dangling symbolic link"]
+
+
+def test_what_a_cut_file_lacks_is_a_gap_and_replay_does_not_send_a_cut_stream_as_whole(tmp_path, corpus):
+    """A file cut at data_off0 + 20 whose header says the client sent 92 bytes (and 8 more the
+    capture cut): a pointer read 20 bytes and stood at the end, closed, eof, no gap. The bytes
+    the file lacks are a gap of reason "truncated", before the file's own gaps; replay skips
+    the connection for the gap as for any other hole in the client's stream."""
+    from flowsift.replay import conversation
+    from flowsift.streams import format as F
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    path = store / "c00000010.rec"
+    os.truncate(path, F.DATA_OFF[0] + 20)
+    sp = StreamPointer(path, 0)
+    assert sp.end_offset == 100 and sp.closed and len(sp.read()) == 20 and not sp.eof
+    gap = sp.skip_gap()
+    assert (gap.offset, gap.length, gap.reason) == (20, 72, "truncated") and not sp.eof
+    gap = sp.skip_gap()
+    assert (gap.offset, gap.length, gap.reason) == (92, 8, "snaplen") and sp.eof
+    sp = StreamPointer(path, 1)                          # none of the server's bytes is in the file
+    assert (sp.at_gap.offset, sp.at_gap.length, sp.at_gap.reason) == (0, 28, "truncated")
+    store = tmp_path / "h"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    (path,) = store_files(store)
+    whole = conversation(path)
+    assert whole.skip is None and len(whole.turns) == 1
+    os.truncate(path, F.DATA_OFF[0] + 20)               # inside the request
+    assert conversation(path).skip == conversation(path, partial=True).skip == "gap in the client's stream"

@@ -20,6 +20,22 @@ Totals = namedtuple("Totals", "packets bytes retransmissions conflicts")
 # regions up to this size are read with pread rather than mapped (see RecordFile._region)
 SMALL_REGION = 65536
 
+# The reason of the gap that stands for stream bytes a file shorter than its layout lacks
+# (RecordFile.gaps): no gap entry of a file has it.
+TRUNCATED = "truncated"
+
+
+def merged(ranges):
+    """(start, stop) ranges sorted and merged where they overlap or touch."""
+    out = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1][1] = b
+        else:
+            out.append([a, b])
+    return out
+
 
 class StoreError(FlowsiftError):
     """A record file or store that cannot be read."""
@@ -82,7 +98,9 @@ class RecordFile:
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand, by a full disk, or while it was open) is read only as far as it
-        goes, and marked cut. A header counting past its regions is a StoreError."""
+        goes: records and gap entries past its end are not counted, and the stream bytes it
+        lacks are gaps of reason "truncated" (gaps()). A header counting past its regions is a
+        StoreError."""
         # measured at every header read, never per read: what follows reads nothing past this end
         # (a file another process cuts between two header reads can still fault a mapped reader)
         size = self._size = self._file_size(self._fd)
@@ -101,15 +119,28 @@ class RecordFile:
             raise StoreError(f"{self.path}: {problem}")
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
-            # what the header says, for telling what is missing (`missing`)
-            self.header_says = {k: h[k] for k in ("records", "gaps", "end0", "end1")}
+            # records and gap entries past the end are not there to read: counted no further
+            # (`header_says` keeps the header's counts, for `missing`); the streams keep their
+            # ends, and what of them the file lacks is a gap of reason "truncated" (gaps())
+            self.header_says = {k: h[k] for k in ("records", "gaps")}
             fit = lambda off, unit: max(0, (size - off) // unit)
             h["records"] = min(h["records"], fit(h["records_off"], F.RECORD_SIZE))
             h["gaps"] = min(h["gaps"], fit(h["gaps_off"], F.GAP_SIZE))
-            for d in (0, 1):
-                h[f"end{d}"] = min(h[f"end{d}"], fit(h[f"data_off{d}"], 1))
         self.header = h
         return h
+
+    @property
+    def cut_at(self):
+        """Where a file shorter than its layout ends (its size), else None."""
+        return self._size if self.truncated else None
+
+    def in_file(self, direction):
+        """The stream offset where direction `direction`'s bytes in the file end: its `end`,
+        or less in a file cut inside (or before) its data region."""
+        end = self.header[f"end{direction}"]
+        if self.truncated:
+            end = min(end, max(0, self._size - self.header[f"data_off{direction}"]))
+        return end
 
     @property
     def has_bytes(self):
@@ -176,9 +207,11 @@ class RecordFile:
         return Totals((p0, p1), (b0, b1), retrans, conflicts)
 
     def gaps(self, direction=None):
-        """The published gap entries (of one direction), in order. An entry that is no gap (a
-        direction other than 0 and 1, an offset or length out of range: a count past what was
-        written) is a StoreError."""
+        """The published gap entries, in the file's order; for a file shorter than its layout,
+        then the ranges of its streams that the header counts and the file lacks (no gap entry
+        covers them), of reason "truncated". Those of one direction (`direction`) come by
+        offset. An entry that is no gap (a direction other than 0 and 1, an offset or length out
+        of range: a count past what was written) is a StoreError."""
         h = self.header
         out = []
         table = self._region(h["gaps_off"], h["gaps"] * F.GAP_SIZE)
@@ -186,9 +219,42 @@ class RecordFile:
             if d > 1 or off < 0 or ln <= 0 or off > F.MAX_END[d] - ln:
                 raise StoreError(f"{self.path}: gap entry {j} (of {h['gaps']:,} the header counts) is no gap: "
                                  f"direction {d}, offset {off:,}, length {ln:,}")
-            if direction is None or d == direction:
-                out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
+            out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
+        if self.truncated:
+            out += self._lost(out)
+        if direction is None:
+            return out
+        return sorted((g for g in out if g.dir == direction), key=lambda g: g.offset)
+
+    def _lost(self, entries):
+        # the ranges of each direction in [where the file ends, end) that no gap entry covers
+        # (nor what was given back: not lost, punched out), as "truncated" gap entries
+        h, out = self.header, []
+        if not self.has_bytes:
+            return out                  # (nothing was stored: the file lacks nothing)
+        for d in (0, 1):
+            end = h[f"end{d}"]
+            pos = max(self.in_file(d), min(h[f"reclaimed{d}"], end))
+            for off, stop in merged((g.offset, g.offset + g.length) for g in entries if g.dir == d):
+                if stop <= pos:
+                    continue
+                if off >= end:
+                    break
+                if off > pos:
+                    out.append(GapEntry(d, TRUNCATED, h["records"], pos, off - pos))
+                pos = stop
+            if pos < end:
+                out.append(GapEntry(d, TRUNCATED, h["records"], pos, end - pos))
         return out
+
+    def delivered(self, direction):
+        """Bytes of the direction below its `end` that no gap covers (adjacent, overlapping or
+        repeated entries counted once; a file's "truncated" ranges are gaps too): what the file
+        holds of the stream, what was given back since included."""
+        end, covered = self.header[f"end{direction}"], 0
+        for off, stop in merged((g.offset, g.offset + g.length) for g in self.gaps(direction)):
+            covered += max(0, min(stop, end) - max(off, 0))
+        return end - covered
 
     @property
     def unpublished(self):
@@ -205,34 +271,37 @@ class RecordFile:
 
     @property
     def missing(self):
-        """None, or for a file shorter than its layout (cut by hand, a full disk): one line on
-        where it ends and what its header says lies beyond."""
+        """None, or for a file shorter than its layout (cut by hand, a full disk) that lacks
+        something its header counts: one line on where it ends and what its header says lies
+        beyond. (A file cut where only holes lie, a trailing gap's say, lacks nothing.)"""
         if not self.truncated:
             return None
         says, h = self.header_says, self.header
-        if says == {k: h[k] for k in says}:
-            return None                        # everything the header counts is in the file
         parts = []
         if says["records"] != h["records"]:
             parts.append(f"{says['records']:,} records ({h['records']:,} in the file)")
         if says["gaps"] != h["gaps"]:
             parts.append(f"{says['gaps']:,} gaps ({h['gaps']:,} in the file)")
+        gaps = self.gaps()
         for d, name in ((0, "c2s"), (1, "s2c")):
-            if says[f"end{d}"] != h[f"end{d}"]:
-                parts.append(f"{says[f'end{d}']:,} {name} bytes ({h[f'end{d}']:,} in the file)")
+            lost = sum(g.length for g in gaps if g.dir == d and g.reason == TRUNCATED)
+            if lost:
+                held = self.delivered(d)
+                parts.append(f"{held + lost:,} {name} bytes ({held:,} in the file)")
+        if not parts:
+            return None
         return f"truncated: the file ends at byte {self._size:,}, its header says " + ", ".join(parts)
 
     @property
     def cut(self):
-        return not self.closed_by_gateway or self.truncated
+        return not self.closed_by_gateway or self.missing is not None
 
     def data(self, direction, offset=0, length=None):
         """Delivered bytes of a direction (a copy). Gap ranges are holes: callers skip them."""
         self.require_bytes()
-        h = self.header
-        end = h[f"end{direction}"]
+        end = self.in_file(direction)          # (what a cut file lacks is a "truncated" gap)
         length = end - offset if length is None else min(length, end - offset)
-        return bytes(self._region(h[f"data_off{direction}"] + offset, length))
+        return bytes(self._region(self.header[f"data_off{direction}"] + offset, length))
 
     def close(self):
         self._maps = {}                    # mappings go when the last view of them does
