@@ -318,15 +318,17 @@ def inspect(
       flowsift inspect /dev/shm/flowsift-store-abc123
       flowsift inspect /dev/shm/flowsift-store-abc123/c00000007.rec -n -1 --json
     """
-    from flowsift.inspect import describe_file, describe_store
+    from flowsift.inspect import describe_file, describe_store, file_description, write_json
     from flowsift.render import print_inspect_file, print_inspect_store
 
     if os.path.isdir(path):
         result = describe_store(path)
         typer.echo(json.dumps(result)) if as_json else print_inspect_store(result)
+    elif as_json:
+        with file_description(path, records) as info:
+            write_json(info, sys.stdout)
     else:
-        result = describe_file(path, records)
-        typer.echo(json.dumps(result)) if as_json else print_inspect_file(result)
+        print_inspect_file(describe_file(path, records))
 
 
 @app.command()

@@ -636,3 +636,112 @@ def test_what_a_cut_file_lacks_is_a_gap_and_replay_does_not_send_a_cut_stream_as
     assert whole.skip is None and len(whole.turns) == 1
     os.truncate(path, F.DATA_OFF[0] + 20)               # inside the request
     assert conversation(path).skip == conversation(path, partial=True).skip == "gap in the client's stream"
+
+
+def _patched(src, dst, *edits):
+    """A sparse copy of record file `src` at `dst` with `edits` written in: (offset, struct
+    code, value)."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    with open(dst, "r+b") as f:
+        for offset, code, value in edits:
+            f.seek(offset)
+            f.write(struct.pack(code, value))
+    return dst
+
+
+def _inspected(path, *args):
+    # inspect PATH as a table and as JSON: both exit 0 (a problem is said, not an error)
+    table = _quick_cli("inspect", path, *args)
+    assert table.returncode == 0 and table.stderr == "", table.stderr
+    res = _quick_cli("inspect", path, *args, "--json")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    return table.stdout, json.loads(res.stdout)
+
+
+REC = 256                       # records_off
+GAP = 2**39                     # gaps_off
+
+
+def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(tmp_path, corpus):
+    """A record's direction of 5 was an IndexError, a header proto of 1 an AttributeError in
+    the store's table (and shown quietly in the file's); ipver 5, close 9, unknown flag bits,
+    `reclaimed` past `end`, gap entries out of order, past the end or repeated were shown
+    without a word (and a repeated entry made the bytes delivered wrong). Each is a problem
+    of the file, in the file's view and the store's, exit 0."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    src = store / "c00000005.rec"           # c2s: 3,360, gaps 60+1060, 1180+1060, 2300+1060 (entries 1-3)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "store.json").write_text((store / "store.json").read_text())
+    cases = {
+        "dir": ([(REC + 128 + 51, "<B", 5)], ["record 1 has direction 5; 0 or 1"]),
+        "proto": ([(57, "<B", 1)], ["header field proto is 1; 6 (TCP) or 17 (UDP)"]),
+        "ipver": ([(56, "<B", 5)], ["header field ipver is 5; 4 or 6 (its addresses are shown as IPv6)"]),
+        "ipver0": ([(56, "<B", 0)], ["header field ipver is 0; 4 or 6 (its addresses are shown as IPv6)"]),
+        "close": ([(210, "<B", 9)], ["header field close0 is 9; 0 (open) to 6"]),
+        "flags": ([(20, "<I", 0x13)], ["header field flags has bits the format does not define: 0x10"]),
+        "rflags": ([(REC + 2 * 128 + 52, "<H", 0x1410), (REC + 4 * 128 + 52, "<H", 0x400)],
+                   ["record 2 has reassembly flags the format does not define: 0x1400 (in 2 records)"]),
+        "reclaimed": ([(176, "<q", 99_999)], ["header field reclaimed0 is 99,999, past end0 (3,360)"]),
+        "past_end": ([(GAP + 3 * 32 + 24, "<q", 9_999)],
+                     ["gap entry 3 (2,300+9,999) reaches past its direction's end (3,360)"]),
+        "order": ([(GAP + 32 + 16, "<q", 2000), (GAP + 32 + 24, "<q", 100)],
+                  ["gap entry 2 (offset 1,180) overlaps or comes before the one before it (which reaches 2,100)"]),
+        "repeated": ([(48, "<Q", 6), (GAP + 5 * 32, "<B", 0), (GAP + 5 * 32 + 1, "<B", 4),
+                      (GAP + 5 * 32 + 16, "<q", 60), (GAP + 5 * 32 + 24, "<q", 1060)],
+                     ["gap entry 5 (offset 60) overlaps or comes before the one before it (which reaches 3,360)"]),
+    }
+    for conn, (case, (edits, said)) in enumerate(cases.items()):
+        path = _patched(src, bad / f"c{conn:08d}.rec", (24, "<Q", conn), *edits)
+        table, out = _inspected(path, "-n", "-1")
+        assert out["problems"] == said, case
+        assert all(p in " ".join(table.split()) for p in said), case
+        listing = json.loads(_quick_cli("inspect", bad, "--json").stdout)
+        assert [p for p in listing["problems"] if p.startswith(path.name)] == [f"{path.name}: {p}" for p in said]
+    table, out = _inspected(bad / "c00000000.rec", "-n", "-1")
+    assert out["record_list"][1]["dir"] == 5 and out["record_list"][1]["offset"] is None
+    table, out = _inspected(bad / "c00000004.rec")
+    assert out["streams"][0]["close"] == 9
+    table, out = _inspected(bad / "c00000006.rec", "-n", "-1")
+    assert out["record_list"][2]["rflags"] == ["gap-before", "0x1400"] and "gap-before, 0x1400" in table
+    table, out = _inspected(bad / "c00000010.rec")              # 60+1060 twice: counted once
+    assert out["streams"][0]["delivered"] == 180 and out["streams"][0]["end"] == 3360
+    table, listing = _inspected(bad)
+    assert listing["connections"][1]["proto"] == 1 and " 1 " in table
+
+
+def test_a_header_counting_records_never_written_lists_only_those_written(tmp_path, corpus):
+    """Records past those written were listed with id 0 and time 0; with `records` at
+    4,294,967,294, `inspect -n -1 --json` grew to gigabytes. A record whose id is not
+    first_record_id + its index is where the written records end: the listing stops there
+    and says so."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    for claimed in (12, 4_294_967_294):
+        path = _patched(store / "c00000005.rec", tmp_path / "c00000005.rec", (40, "<Q", claimed))
+        res = _bounded_cli("inspect", path, "-n", "-1", "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["records"] == claimed and [r["index"] for r in out["record_list"]] == list(range(10))
+        assert out["problems"] == [f"records 10 to {claimed - 1:,}: not written (the header counts {claimed:,}; "
+                                   "record 10 does not have the id first_record_id + 10)"]
+        res = _bounded_cli("inspect", path, "-n", "-1")
+        assert res.returncode == 0 and "not written" in res.stdout
+
+
+def test_a_file_cut_by_a_stopped_gateway_lists_its_unpublished_records(tmp_path, corpus):
+    """A file the gateway did not close counted its complete records after the published ones
+    ("2 complete unpublished") without listing them: they are listed, marked unpublished
+    (JSON `published`: false; the table marks their index with *)."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    path = _patched(store / "c00000005.rec", tmp_path / "c00000005.rec", (40, "<Q", 8), (20, "<I", 2))
+    table, out = _inspected(path, "-n", "-1")
+    assert out["cut"]["unpublished_complete_records"] == 2 and out["problems"] == []
+    assert [(r["index"], r["published"]) for r in out["record_list"]] == [(i, i < 8) for i in range(10)]
+    rows = [w[0] for line in table.splitlines()
+            if (w := line.split()) and re.fullmatch(r"\d+\*?", w[0]) and ("c2s" in w or "s2c" in w)]
+    assert rows == [str(i) for i in range(8)] + ["8*", "9*"]
+    _, out = _inspected(path, "-n", "9")
+    assert len(out["record_list"]) == 9

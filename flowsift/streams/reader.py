@@ -20,6 +20,9 @@ Totals = namedtuple("Totals", "packets bytes retransmissions conflicts")
 # regions up to this size are read with pread rather than mapped (see RecordFile._region)
 SMALL_REGION = 65536
 
+# records whose ids are compared in one step (RecordFile.first_unwritten): 1 MiB of them
+SCAN_RECORDS = 8192
+
 # The reason of the gap that stands for stream bytes a file shorter than its layout lacks
 # (RecordFile.gaps): no gap entry of a file has it.
 TRUNCATED = "truncated"
@@ -175,23 +178,29 @@ class RecordFile:
             self._maps = {key: m}          # keep one mapping: tools walk forward
         return memoryview(m)[offset - start:offset - start + length]
 
-    def records(self, start=0, stop=None):
+    def records(self, start=0, stop=None, unpublished=False):
+        """Published records [start, stop) (with `unpublished`, the complete ones after them
+        too: `unpublished`). A record of a direction other than 0 and 1 has no stream offset
+        (None)."""
         h = self.header
-        stop = h["records"] if stop is None else min(stop, h["records"])
+        last = h["records"] + (self.unpublished if unpublished else 0)
+        stop = last if stop is None else min(stop, last)
         origin = (h["origin0"], h["origin1"])
         for i in range(start, stop):
             raw = self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE)
             fields = F.RECORD_STRUCT.unpack(raw)
             rec = dict(zip([n for n, _, _ in F.RECORD_FIELDS], fields))
-            yield Record(**rec, index=i, stream_offset=rec["seq_offset"] - origin[rec["dir"]]
-                         if rec["proto"] == 6 else rec["seq_offset"])
+            yield Record(**rec, index=i, stream_offset=rec["seq_offset"] if rec["proto"] != 6 else
+                         rec["seq_offset"] - origin[rec["dir"]] if rec["dir"] < 2 else None)
 
-    def record_array(self, start=0, stop=None):
-        """Published records [start, stop) as a read-only numpy structured array (a view of
-        the mapping, or of a copy for a few records)."""
+    def record_array(self, start=0, stop=None, unpublished=False):
+        """Published records [start, stop) (with `unpublished`, the complete ones after them
+        too) as a read-only numpy structured array (a view of the mapping, or of a copy for a
+        few records)."""
         import numpy as np
         h = self.header
-        stop = h["records"] if stop is None else min(stop, h["records"])
+        last = h["records"] + (self.unpublished if unpublished else 0)
+        stop = last if stop is None else min(stop, last)
         n = max(0, stop - start)
         view = self._region(h["records_off"] + start * F.RECORD_SIZE, n * F.RECORD_SIZE)
         return np.frombuffer(view, dtype=F.record_dtype(), count=n)
@@ -256,18 +265,31 @@ class RecordFile:
             covered += max(0, min(stop, end) - max(off, 0))
         return end - covered
 
+    def first_unwritten(self, start, stop):
+        """The index of the first record of [start, stop) whose id is not `first_record_id` +
+        its index (mod 2^64): where the records written end, whatever a header says. `stop` if
+        none (or where the file or the records region ends). Ids are compared SCAN_RECORDS
+        at a time: a header counting billions of records never written costs one step."""
+        import numpy as np
+        h = self.header
+        room = (min(self._size, h["gaps_off"]) - h["records_off"]) // F.RECORD_SIZE
+        stop = max(start, min(stop, room))
+        i = start
+        while i < stop:
+            n = min(SCAN_RECORDS, stop - i)
+            ids = np.frombuffer(self._region(h["records_off"] + i * F.RECORD_SIZE, n * F.RECORD_SIZE),
+                                dtype=F.record_dtype(), count=n)["record_id"]
+            bad = np.flatnonzero(ids != np.arange(i, i + n, dtype=np.uint64) + np.uint64(h["first_record_id"]))
+            if len(bad):
+                return i + int(bad[0])
+            i += n
+        return stop
+
     @property
     def unpublished(self):
         """Complete records written after the published count (a gateway stopped mid-batch)."""
-        h = self.header
-        n, i = 0, h["records"]
-        size = os.fstat(self._fd).st_size
-        while h["records_off"] + (i + 1) * F.RECORD_SIZE <= min(size, h["gaps_off"]) and n < 1 << 20:
-            rid = F.RECORD_STRUCT.unpack(self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE))[0]
-            if rid != (h["first_record_id"] + i) % 2**64:
-                break
-            n, i = n + 1, i + 1
-        return n
+        n = self.header["records"]
+        return self.first_unwritten(n, F.MAX_RECORDS) - n
 
     @property
     def missing(self):
