@@ -174,13 +174,33 @@ def write_json(info, out):
     out.write("]}\n")
 
 
+def _missing_files(directory, manifest):
+    """A line naming the record files a complete store kept whole (--keep) lacks, or None: its
+    run made `files` of them, numbered from 0."""
+    made = manifest.get("files")
+    if not manifest["complete"] or not manifest["keep"] or made is None:
+        return None
+    found = {conn for name in os.listdir(directory) if (conn := record_name(name)) is not None}
+    if len(found) >= made:
+        return None
+    lacking = [f"c{conn:08d}.rec" for conn in range(made) if conn not in found]
+    named = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5:,} more" if len(lacking) > 5 else "")
+    return (f"store.json: its run kept the {made:,} record files it made, {len(found):,} are here"
+            + (f": {named} missing" if lacking else ""))
+
+
 def describe_store(directory):
     check_store(directory)
     manifest, problem = read_manifest(directory)
     problems = [problem] if problem else []
-    if manifest is not None and not manifest.get("complete"):
+    usable = manifest is not None and problem is None
+    if usable and not manifest["complete"]:
         why = f": {manifest['error']}" if manifest.get("error") else ""
         problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")
+    if usable:
+        lacking = _missing_files(directory, manifest)
+        if lacking:
+            problems.append(lacking)
     conns = []
     for path in store_files(directory):
         name = os.path.basename(path)
@@ -197,6 +217,8 @@ def describe_store(directory):
                 if rf.missing:
                     problems.append(f"{name}: {rf.missing}")
                 problems += [f"{name}: {p}" for p in _file_problems(rf, name)[2]]
+                if usable and manifest["complete"] and not rf.closed_by_gateway:
+                    problems.append(f"{name}: not closed by the gateway, though store.json says the store is complete")
         except StoreError as e:
             problems.append(str(e))
     for name, kind in not_record_files(directory):

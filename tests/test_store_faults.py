@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -745,3 +746,56 @@ def test_a_file_cut_by_a_stopped_gateway_lists_its_unpublished_records(tmp_path,
     assert rows == [str(i) for i in range(8)] + ["8*", "9*"]
     _, out = _inspected(path, "-n", "9")
     assert len(out["record_list"]) == 9
+
+
+def test_the_store_listing_sees_files_missing_copied_or_linked_and_open_files_of_a_complete_store(tmp_path,
+                                                                                                  corpus):
+    """A complete store kept whole that lacks a file its run made, a record file that is a
+    symbolic link (to another store's file, or to itself), a file whose name says another
+    connection than its header, a file not closed in a store said complete: each is a
+    problem; a link is never followed (nor an internal error: ELOOP), for replay neither."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    other = tmp_path / "o"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", other, "--keep", check=True)
+    (store / "c00000003.rec").unlink()
+    (store / "c00000004.rec").unlink()
+    (store / "c00000004.rec").symlink_to(other / "c00000000.rec")
+    (store / "c00000005.rec").unlink()
+    (store / "c00000005.rec").symlink_to("c00000005.rec")
+    (store / "c00000007.rec").unlink()
+    subprocess.run(["cp", "--sparse=always", str(store / "c00000000.rec"), str(store / "c00000007.rec")], check=True)
+    _patched(store / "c00000001.rec", tmp_path / "open.rec", (20, "<I", 2))
+    os.replace(tmp_path / "open.rec", store / "c00000001.rec")
+    table, out = _inspected(store)
+    assert out["problems"] == [
+        "store.json: its run kept the 15 record files it made, 14 are here: c00000003.rec missing",
+        "c00000001.rec: not closed by the gateway, though store.json says the store is complete",
+        "c00000007.rec: named for connection 7, its header says connection 0",
+        "c00000004.rec: not a record file: a symbolic link, not a regular file",
+        "c00000005.rec: not a record file: a symbolic link, not a regular file"]
+    assert [c["file"] for c in out["connections"]] == [f"c{i:08d}.rec" for i in range(15) if i not in (3, 4, 5)]
+    assert store_files(store) == [str(store / c["file"]) for c in out["connections"]]
+    _, one = _inspected(store / "c00000007.rec")
+    assert one["problems"] == ["named for connection 7, its header says connection 0"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = _quick_cli("replay", "--store", store, "--to", f"127.0.0.1:{s.getsockname()[1]}", "--limit", 1,
+                         "--timeout", 0.5, "--json")
+    assert "internal error" not in res.stderr and res.returncode in (0, 1), res.stderr
+
+
+@pytest.mark.parametrize("manifest,said", [
+    ({"format": "something else"}, "store.json: not a flowsift store manifest (format 'something else')"),
+    ({"version": 99}, "store.json: store manifest version 99; this flowsift reads version 1"),
+    ({"complete": "yes"}, 'store.json: field complete is "yes"; true or false'),
+    ({"files": -3}, "store.json: field files is -3; a number"),
+])
+def test_a_store_json_of_another_format_or_version_is_a_problem(tmp_path, corpus, manifest, said):
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    good = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**good, **manifest}))
+    _, out = _inspected(store)
+    assert out["problems"] == [said] and len(out["connections"]) == 1

@@ -362,7 +362,9 @@ def store_files(directory):
     gateway names them (`c00000007.rec`); other entries are not record files."""
     try:
         with os.scandir(directory) as it:
-            found = [(conn, e.path) for e in it if (conn := record_name(e.name)) is not None and e.is_file()]
+            # (not following a symbolic link: a record file is the store's own, never another's)
+            found = [(conn, e.path) for e in it
+                     if (conn := record_name(e.name)) is not None and e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         raise StoreError(f"{directory}: no such store directory") from None
     return [path for _, path in sorted(found)]
@@ -370,17 +372,27 @@ def store_files(directory):
 
 def not_record_files(directory):
     """Entries of a store directory named as record files that are not regular files (a
-    directory, a FIFO...), each with what it is: store_files() leaves them out."""
+    directory, a FIFO, a symbolic link...), each with what it is: store_files() leaves them
+    out."""
     out = []
     with os.scandir(directory) as it:
         for e in it:
-            if record_name(e.name) is not None and not e.is_file():
+            if record_name(e.name) is not None and not e.is_file(follow_symlinks=False):
                 try:
-                    out.append((e.name, _kind(e.stat().st_mode)))
-                except OSError:
-                    out.append((e.name, "a dangling symbolic link"))
+                    out.append((e.name, _kind(e.stat(follow_symlinks=False).st_mode)))
+                except OSError as err:
+                    out.append((e.name, f"cannot be read: {err.strerror}"))
     return sorted(out)
 
+
+# What store.json says it is (flowsift.gateway writes it): a manifest of another format or
+# version is not read as this one.
+MANIFEST_FORMAT = "flowsift record store"
+MANIFEST_VERSION = 1
+# its fields a reader goes by, and what each must be
+_MANIFEST_FIELDS = (("complete", (bool,), "true or false"), ("keep", (bool,), "true or false"),
+                    ("files", (int, type(None)), "a number"), ("records", (int, type(None)), "a number"),
+                    ("error", (str, type(None)), "text or null"), ("source", (str, type(None)), "text or null"))
 
 # The gateway writes store.json padded to a page (flowsift.gateway.MANIFEST_ROOM): one much
 # larger is not a manifest, and is not read whole (a link to /dev/zero would fill the memory).
@@ -432,7 +444,26 @@ def read_manifest(directory):
         return None, f"store.json: cannot be read: {e}"
     if not isinstance(manifest, dict):
         return None, f"store.json: cannot be read: a JSON {type(manifest).__name__}, not an object"
-    return manifest, None
+    return manifest, manifest_problem(manifest)
+
+
+def manifest_problem(manifest):
+    """None, or why a store.json (a JSON object) is not a manifest this flowsift reads: another
+    format or version, or a field it goes by that is not what it must be."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        return f"store.json: not a flowsift store manifest (format {manifest.get('format')!r})"
+    if manifest.get("version") != MANIFEST_VERSION:
+        return (f"store.json: store manifest version {manifest.get('version')!r}; "
+                f"this flowsift reads version {MANIFEST_VERSION}")
+    for name, kinds, what in _MANIFEST_FIELDS:
+        value = manifest.get(name)
+        if name in ("complete", "keep") and name not in manifest:
+            return f"store.json: field {name} is missing; {what}"
+        # (True is an int to Python: not a count here)
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)) or (
+                int in kinds and isinstance(value, int) and value < 0):
+            return f"store.json: field {name} is {json.dumps(value)}; {what}"
+    return None
 
 
 def check_store(directory):
@@ -467,7 +498,9 @@ def retired_note(directory):
         return None
     if any(record_name(n) is not None for n in names):
         return None
-    manifest, _ = read_manifest(directory)
+    manifest, problem = read_manifest(directory)
+    if problem:
+        return None
     if isinstance(manifest, dict) and manifest.get("keep") is False and manifest.get("files"):
         return (f"{directory}: its run let its {manifest['files']:,} record files go as connections finished "
                 f"(run it with --keep to keep them)")
