@@ -302,10 +302,17 @@ def module(
         render.print_module(summary)
 
 
+def _record_count(n: int):
+    if n < -1:
+        raise typer.BadParameter(f"{n}: 0 or more, or -1 for all")
+    return n
+
+
 @app.command()
 def inspect(
     path: str = typer.Argument(..., metavar="PATH", help="A record file (.rec) or a store directory."),
-    records: int = typer.Option(20, "--records", "-n", metavar="N", help="Records to show (0: none, -1: all)."),
+    records: int = typer.Option(20, "--records", "-n", metavar="N", callback=_record_count,
+                                help="Records to show (0: none, -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
 ):
     """Show a record file, or summarise a store directory.
