@@ -189,8 +189,9 @@ def _missing_files(directory, manifest):
             + (f": {named} missing" if lacking else ""))
 
 
-def describe_store(directory):
-    check_store(directory)
+def manifest_problems(directory):
+    """(store.json as read, or None; whether it is a manifest to go by; what is wrong with it,
+    or with the store as it says it should be: one line each)."""
     manifest, problem = read_manifest(directory)
     problems = [problem] if problem else []
     usable = manifest is not None and problem is None
@@ -201,6 +202,24 @@ def describe_store(directory):
         lacking = _missing_files(directory, manifest)
         if lacking:
             problems.append(lacking)
+    return manifest, usable, problems
+
+
+def entry_problems(directory):
+    """[(kind, line)] for the entries of a store that are named as record files and are not
+    record files in place: not regular files (never opened), files being made or left unmade
+    (`.rec.new`)."""
+    out = [("not a record file", f"{name}: not a record file: {kind}, not a regular file")
+           for name, kind in not_record_files(directory)]
+    out += [("not in place", f"{name}: not in place (being made, or left by a gateway that stopped before "
+                             f"writing its header)")
+            for name in sorted(os.listdir(directory)) if name.endswith(".rec.new")]
+    return out
+
+
+def describe_store(directory):
+    check_store(directory)
+    manifest, usable, problems = manifest_problems(directory)
     conns = []
     for path in store_files(directory):
         name = os.path.basename(path)
@@ -221,13 +240,8 @@ def describe_store(directory):
                     problems.append(f"{name}: not closed by the gateway, though store.json says the store is complete")
         except StoreError as e:
             problems.append(str(e))
-    for name, kind in not_record_files(directory):
-        problems.append(f"{name}: not a record file: {kind}, not a regular file")
+    problems += [line for _, line in entry_problems(directory)]
     note = retired_note(directory)
     if note:
         problems.append(note)
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".rec.new"):
-            problems.append(f"{name}: not in place (being made, or left by a gateway that stopped before "
-                            f"writing its header)")
     return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems}
