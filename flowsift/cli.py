@@ -302,10 +302,17 @@ def module(
         render.print_module(summary)
 
 
+def _record_count(n: int):
+    if n < -1:
+        raise typer.BadParameter(f"{n}: 0 or more, or -1 for all")
+    return n
+
+
 @app.command()
 def inspect(
     path: str = typer.Argument(..., metavar="PATH", help="A record file (.rec) or a store directory."),
-    records: int = typer.Option(20, "--records", "-n", metavar="N", help="Records to show (0: none, -1: all)."),
+    records: int = typer.Option(20, "--records", "-n", metavar="N", callback=_record_count,
+                                help="Records to show (0: none, -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
 ):
     """Show a record file, or summarise a store directory.
@@ -318,15 +325,17 @@ def inspect(
       flowsift inspect /dev/shm/flowsift-store-abc123
       flowsift inspect /dev/shm/flowsift-store-abc123/c00000007.rec -n -1 --json
     """
-    from flowsift.inspect import describe_file, describe_store
+    from flowsift.inspect import describe_file, describe_store, file_description, write_json
     from flowsift.render import print_inspect_file, print_inspect_store
 
     if os.path.isdir(path):
         result = describe_store(path)
         typer.echo(json.dumps(result)) if as_json else print_inspect_store(result)
+    elif as_json:
+        with file_description(path, records) as info:
+            write_json(info, sys.stdout)
     else:
-        result = describe_file(path, records)
-        typer.echo(json.dumps(result)) if as_json else print_inspect_file(result)
+        print_inspect_file(describe_file(path, records))
 
 
 @app.command()

@@ -18,6 +18,7 @@ from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
 from flowsift.stats import compile_filter, not_in_connections
 from flowsift.streams._store import RecordStore
+from flowsift.streams.reader import MANIFEST_FORMAT, MANIFEST_VERSION
 
 # Default home of a run's store: memory-backed, gone at reboot; --store DIR keeps it on disk.
 DEFAULT_STORE_PARENT = "/dev/shm"
@@ -108,7 +109,7 @@ class Gateway:
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
-        info = {"format": "flowsift record store", "version": 1, "source": self.source,
+        info = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "source": self.source,
                 "keep": self.store.keep, "complete": complete, "written": time.time(), **extra}
         # padded to a page: a store that fills up can still have its manifest rewritten in place
         text = json.dumps(info).ljust(MANIFEST_ROOM)

@@ -1,90 +1,247 @@
 """`flowsift inspect`: record files and stores, described as plain data."""
+import contextlib
 import json
 import os
 
 from flowsift.streams import format as F
-from flowsift.streams.reader import (RecordFile, StoreError, check_store, not_record_files, retired_note,
-                                     store_files)
+from flowsift.streams.reader import (TRUNCATED, RecordFile, StoreError, check_store, not_record_files,
+                                     read_manifest, record_name, retired_note, store_files)
+
+PROTOS = {6: "tcp", 17: "udp"}
+# what the format gives a meaning to (docs/record-format.md): anything else is said, not dropped
+KNOWN_FLAGS = F.HF_CLOSED | F.HF_KEEP | F.HF_NO_BYTES
+KNOWN_RFLAGS = sum(F.RF_NAMES)
 
 
 def _flags(rflags):
-    return [name for bit, name in F.RF_NAMES.items() if rflags & bit]
+    return [name for bit, name in F.RF_NAMES.items() if rflags & bit] + (
+        [f"{rflags & ~KNOWN_RFLAGS:#x}"] if rflags & ~KNOWN_RFLAGS else [])
 
 
 def _tcp_flags(f):
     return "".join(c for bit, c in ((2, "S"), (16, "."), (8, "P"), (1, "F"), (4, "R"), (32, "U")) if f & bit) or "-"
 
 
-def describe_file(path, n_records=20):
+def _header_problems(h):
+    """What a header holds that the format gives no meaning to, in the fields a reader does not
+    need to read the file (those it needs are refused when it is opened: RecordFile)."""
+    out = []
+    if h["ipver"] not in (4, 6):
+        out.append(f"header field ipver is {h['ipver']}; 4 or 6 (its addresses are shown as IPv6)")
+    if h["proto"] not in PROTOS:
+        out.append(f"header field proto is {h['proto']}; 6 (TCP) or 17 (UDP)")
+    if h["flags"] & ~KNOWN_FLAGS:
+        out.append(f"header field flags has bits the format does not define: {h['flags'] & ~KNOWN_FLAGS:#x}")
+    for d in (0, 1):
+        if h[f"close{d}"] not in F.CLOSE_NAMES:
+            out.append(f"header field close{d} is {h[f'close{d}']}; 0 (open) to {max(F.CLOSE_NAMES)}")
+        if h[f"reclaimed{d}"] > h[f"end{d}"]:
+            out.append(f"header field reclaimed{d} is {h[f'reclaimed{d}']:,}, past end{d} ({h[f'end{d}']:,})")
+    return out
+
+
+def _gap_problems(rf):
+    """Gap entries out of the order the format gives (by offset within a direction, none
+    overlapping another), past their direction's end, or of a reason it does not define: one
+    line per kind, naming the first."""
+    h, found, reach = rf.header, {}, [None, None]
+    for j, g in enumerate(g for g in rf.gaps() if g.reason != TRUNCATED):
+        if reach[g.dir] is not None and g.offset < reach[g.dir]:
+            found.setdefault("order", []).append(f"gap entry {j} (offset {g.offset:,}) overlaps or comes before "
+                                                 f"the one before it (which reaches {reach[g.dir]:,})")
+        reach[g.dir] = max(reach[g.dir] or 0, g.offset + g.length)
+        if g.offset + g.length > h[f"end{g.dir}"]:
+            found.setdefault("end", []).append(f"gap entry {j} ({g.offset:,}+{g.length:,}) reaches past its "
+                                               f"direction's end ({h[f'end{g.dir}']:,})")
+        if not isinstance(g.reason, str):
+            found.setdefault("reason", []).append(f"gap entry {j} has reason {g.reason}; 1 to {max(F.GAP_REASONS)}")
+    return [lines[0] + (f" (and {len(lines) - 1:,} more)" if len(lines) > 1 else "") for lines in found.values()]
+
+
+def _record_problems(rf, upto):
+    """Records [0, upto) of a direction other than 0 and 1, or with reassembly flags the format
+    does not define: one line per kind, naming the first and counting the rest."""
+    import numpy as np
+    out = []
+    arr = rf.record_array(0, upto, unpublished=upto > rf.header["records"])
+    bad = np.flatnonzero(arr["dir"] > 1)
+    if len(bad):
+        out.append(f"record {bad[0]:,} has direction {arr['dir'][bad[0]]}; 0 or 1"
+                   + (f" (and {len(bad) - 1:,} more)" if len(bad) > 1 else ""))
+    unknown = arr["rflags"] & np.uint16(~KNOWN_RFLAGS & 0xFFFF)
+    bad = np.flatnonzero(unknown)
+    if len(bad):
+        out.append(f"record {bad[0]:,} has reassembly flags the format does not define: "
+                   f"{int(np.bitwise_or.reduce(unknown[bad])):#x}"
+                   + (f" (in {len(bad):,} records)" if len(bad) > 1 else ""))
+    return out
+
+
+def _written(rf):
+    """(records written and published, complete records after them, problems): a record whose
+    id is not `first_record_id` + its index is where those written end (docs/record-format.md),
+    whatever the header counts."""
+    h, problems = rf.header, []
+    written = rf.first_unwritten(0, h["records"])
+    unpublished = 0
+    if written < h["records"]:
+        problems.append(f"records {written:,} to {h['records'] - 1:,}: not written (the header counts "
+                        f"{h['records']:,}; record {written:,} does not have the id first_record_id + {written:,})")
+    elif not rf.closed_by_gateway:
+        unpublished = rf.unpublished
+    return written, unpublished, problems
+
+
+def _name_problem(rf, name):
+    conn = record_name(name)
+    if conn is not None and conn != rf.header["conn"]:
+        return f"named for connection {conn}, its header says connection {rf.header['conn']}"
+    return None
+
+
+def _file_problems(rf, name):
+    """(records written and published, unpublished complete records, problems) of a record
+    file named `name`."""
+    written, unpublished, problems = _written(rf)
+    problems += _header_problems(rf.header) + _gap_problems(rf) + _record_problems(rf, written + unpublished)
+    named = _name_problem(rf, name)
+    if named:
+        problems.append(named)
+    return written, unpublished, problems
+
+
+def _record_row(r, published):
+    return {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
+            "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
+            "payload_wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules,
+            "published": published}
+
+
+@contextlib.contextmanager
+def file_description(path, n_records=20):
+    """describe_file() with `record_list` an iterator, read while the block runs: a listing
+    of every record (-n -1) is written as it is read, never held whole."""
     with RecordFile(path) as rf:
         h = rf.header
+        written, unpublished, problems = _file_problems(rf, os.path.basename(str(path)))
         info = {
             "file": str(path), "conn": h["conn"], "version": h["version"],
-            "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
+            "proto": PROTOS.get(h["proto"], h["proto"]),
             "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
             "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
             "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"],
-                         "delivered": h[f"end{d}"] - sum(g.length for g in rf.gaps(d)), "acked": h[f"acked{d}"],
+                         "delivered": rf.delivered(d), "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
-                         "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"]),
+                         "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"], h[f"close{d}"]),
                          "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
         }
         info["truncated"] = rf.missing
         if not rf.closed_by_gateway:
-            info["cut"] = {"unpublished_complete_records": rf.unpublished,
+            info["cut"] = {"unpublished_complete_records": unpublished,
                            "note": "the gateway did not close this file: records after these may be missing"}
-        stop = None if n_records < 0 else n_records
-        info["record_list"] = [
-            {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
-             "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
-             "payload_wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules}
-            for r in rf.records(0, stop)]
+        info["problems"] = problems
+        upto = written + unpublished
+        stop = upto if n_records < 0 else min(n_records, upto)
+        info["record_list"] = (_record_row(r, r.index < written) for r in rf.records(0, stop, unpublished=unpublished > 0))
+        yield info
+
+
+def describe_file(path, n_records=20):
+    """A record file as plain data: its header, streams, problems and first `n_records`
+    records (all of them written if negative: a header may count records never written)."""
+    with file_description(path, n_records) as info:
+        info["record_list"] = list(info["record_list"])
     return info
+
+
+def write_json(info, out):
+    """`info` of file_description() as one JSON object on `out`, its records written as they
+    are read."""
+    rows = info.pop("record_list")
+    head = json.dumps({**info, "record_list": []})
+    out.write(head[:-len("[]}")] + "[")
+    batch, first = [], True
+    for row in rows:
+        batch.append(json.dumps(row))
+        if len(batch) == 1024:
+            out.write(("" if first else ", ") + ", ".join(batch))
+            batch, first = [], False
+    if batch:
+        out.write(("" if first else ", ") + ", ".join(batch))
+    out.write("]}\n")
+
+
+def _missing_files(directory, manifest):
+    """A line naming the record files a complete store kept whole (--keep) lacks, or None: its
+    run made `files` of them, numbered from 0."""
+    made = manifest.get("files")
+    if not manifest["complete"] or not manifest["keep"] or made is None:
+        return None
+    found = {conn for name in os.listdir(directory) if (conn := record_name(name)) is not None}
+    if len(found) >= made:
+        return None
+    lacking = [f"c{conn:08d}.rec" for conn in range(made) if conn not in found]
+    named = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5:,} more" if len(lacking) > 5 else "")
+    return (f"store.json: its run kept the {made:,} record files it made, {len(found):,} are here"
+            + (f": {named} missing" if lacking else ""))
+
+
+def manifest_problems(directory):
+    """(store.json as read, or None; whether it is a manifest to go by; what is wrong with it,
+    or with the store as it says it should be: one line each)."""
+    manifest, problem = read_manifest(directory)
+    problems = [problem] if problem else []
+    usable = manifest is not None and problem is None
+    if usable and not manifest["complete"]:
+        why = f": {manifest['error']}" if manifest.get("error") else ""
+        problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")
+    if usable:
+        lacking = _missing_files(directory, manifest)
+        if lacking:
+            problems.append(lacking)
+    return manifest, usable, problems
+
+
+def entry_problems(directory):
+    """[(kind, line)] for the entries of a store that are named as record files and are not
+    record files in place: not regular files (never opened), files being made or left unmade
+    (`.rec.new`)."""
+    out = [("not a record file", f"{name}: not a record file: {kind}, not a regular file")
+           for name, kind in not_record_files(directory)]
+    out += [("not in place", f"{name}: not in place (being made, or left by a gateway that stopped before "
+                             f"writing its header)")
+            for name in sorted(os.listdir(directory)) if name.endswith(".rec.new")]
+    return out
 
 
 def describe_store(directory):
     check_store(directory)
-    manifest, problems = None, []
-    try:
-        with open(os.path.join(directory, "store.json")) as f:
-            manifest = json.load(f)
-        if not isinstance(manifest, dict):
-            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
-    except FileNotFoundError:
-        problems.append("store.json: missing (the gateway writes it first: these files come from elsewhere)")
-    except (OSError, ValueError) as e:
-        manifest = None
-        problems.append(f"store.json: cannot be read: {getattr(e, 'strerror', None) or e}")
-    if manifest is not None and not manifest.get("complete"):
-        why = f": {manifest['error']}" if manifest.get("error") else ""
-        problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")
+    manifest, usable, problems = manifest_problems(directory)
     conns = []
     for path in store_files(directory):
+        name = os.path.basename(path)
         try:
             with RecordFile(path) as rf:
                 h = rf.header
-                conns.append({"file": os.path.basename(path), "conn": h["conn"],
-                              "proto": {6: "tcp", 17: "udp"}.get(h["proto"], h["proto"]),
+                conns.append({"file": name, "conn": h["conn"], "proto": PROTOS.get(h["proto"], h["proto"]),
                               "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
                               "records": h["records"], "end": [h["end0"], h["end1"]],
-                              "delivered": [h[f"end{d}"] - sum(g.length for g in rf.gaps(d)) for d in (0, 1)],
+                              "delivered": [rf.delivered(d) for d in (0, 1)],
                               "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
                 if rf.missing:
-                    problems.append(f"{os.path.basename(path)}: {rf.missing}")
+                    problems.append(f"{name}: {rf.missing}")
+                problems += [f"{name}: {p}" for p in _file_problems(rf, name)[2]]
+                if usable and manifest["complete"] and not rf.closed_by_gateway:
+                    problems.append(f"{name}: not closed by the gateway, though store.json says the store is complete")
         except StoreError as e:
             problems.append(str(e))
-    for name, kind in not_record_files(directory):
-        problems.append(f"{name}: not a record file: {kind}, not a regular file")
+    problems += [line for _, line in entry_problems(directory)]
     note = retired_note(directory)
     if note:
         problems.append(note)
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".rec.new"):
-            problems.append(f"{name}: not in place (being made, or left by a gateway that stopped before "
-                            f"writing its header)")
     return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems}

@@ -176,7 +176,7 @@ def print_inspect_store(s, console=None):
     # bytes delivered per direction (a direction's end less its gaps)
     columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s bytes", True),
                ("s2c bytes", True), ("gaps", True), ("closed", False)]
-    rows = [[c["file"], c["proto"], f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["delivered"][0]),
+    rows = [[c["file"], str(c["proto"]), f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["delivered"][0]),
              _n(c["delivered"][1]), _n(c["gaps"]), "truncated" if c.get("truncated") else "yes" if c["closed"] else "no"]
             for c in s["connections"]]
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
@@ -199,7 +199,9 @@ def print_inspect_file(s, console=None):
     if not s.get("bytes_stored", True):
         head.add_row("bytes", "counted, not stored (the run's modules read none)")
     if "cut" in s:
-        head.add_row("cut", f"{s['cut']['note']} ({s['cut']['unpublished_complete_records']} complete unpublished)")
+        head.add_row("cut", f"{s['cut']['note']} ({s['cut']['unpublished_complete_records']} complete unpublished"
+                            + (", listed with their index marked *" if s['cut']['unpublished_complete_records'] else "")
+                            + ")")
     console.print(head)
     columns = [("dir", False), ("bytes", True), ("end", True), ("acked", True), ("reclaimed", True),
                ("midstream", False), ("close", False), ("gaps", False)]
@@ -210,11 +212,15 @@ def print_inspect_file(s, console=None):
     if s["record_list"]:
         columns = [("#", True), ("id", True), ("dir", False), ("flags", False), ("seq", True), ("ack", True),
                    ("offset", True), ("len", True), ("reassembly", False), ("modules", True)]
-        rows = [[str(r["index"]), f"{r['id']:#018x}", "c2s" if r["dir"] == 0 else "s2c", r["flags"], str(r["seq"]),
-                 str(r["ack"]), str(r["offset"]), str(r["len"]), ", ".join(r["rflags"]) or "-", f"{r['modules']:#x}"]
+        rows = [[str(r["index"]) + ("" if r.get("published", True) else "*"), f"{r['id']:#018x}",
+                 {0: "c2s", 1: "s2c"}.get(r["dir"], str(r["dir"])), r["flags"], str(r["seq"]), str(r["ack"]),
+                 "-" if r["offset"] is None else str(r["offset"]), str(r["len"]), ", ".join(r["rflags"]) or "-",
+                 f"{r['modules']:#x}"]
                 for r in s["record_list"]]
         console.print(fitted_table(console, "records", columns, rows, spare=(1,),
                                    spared="id: first id + # (--json, or a wider terminal, shows them)"))
+    for p in s.get("problems", ()):
+        console.print(Text(_clean(p), style="red"))
 
 
 def print_chain(s, console=None):

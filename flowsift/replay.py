@@ -171,6 +171,7 @@ class Conversation:
         self.cut = None                 # offset where a gap cut the client's stream
         self.http = False
         self.note = None
+        self.truncated = None           # what its record file, cut short, lacks (RecordFile.missing)
 
 
 def _conversation_of(h):
@@ -188,6 +189,7 @@ def conversation(path, partial=False, match=None):
     with RecordFile(path) as rf:
         h = rf.header
         conv = _conversation_of(h)
+        conv.truncated = rf.missing
         if conv.skip:
             return conv
         cend, send = h["end0"], h["end1"]
@@ -708,6 +710,39 @@ def _where(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def store_problems(store):
+    """What `inspect` lists as a kept store's problems beyond its record files' own, one line
+    per kind (a kind met more than once counted after its first): store.json missing,
+    unreadable, of another format or saying the store is incomplete, record files it made that
+    are not there, entries named as record files that are not (never read), files not in place.
+    A replay goes on with the record files there are, and says these first."""
+    from flowsift.inspect import entry_problems, manifest_problems
+    _, _, lines = manifest_problems(store)
+    kinds = {}
+    for kind, line in entry_problems(store):
+        kinds.setdefault(kind, []).append(line)
+    return lines + [_one_of(found, "entries like it") for found in kinds.values()]
+
+
+def _one_of(lines, what):
+    return lines[0] + (f" (and {len(lines) - 1:,} more {what})" if len(lines) > 1 else "")
+
+
+def _said_problems(store, truncated, on_notice):
+    """A kept store's problems (store_problems), and its record files cut short
+    (`truncated`: their names and what they lack), each said to `on_notice`: the summary's
+    `store_problems`."""
+    if store is None:
+        return []
+    lines = store_problems(store)
+    if truncated:
+        lines.append(_one_of([f"{os.path.basename(p)}: {why}" for p, why in truncated], "record files cut short"))
+    if on_notice is not None:
+        for line in lines:
+            on_notice(f"{store}: {line}")
+    return lines
+
+
 def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None):
     """A kept store for `source` (a capture, read now into a temporary store) or `store`."""
     if store is not None:
@@ -786,8 +821,11 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     try:
         check_target(host, port)
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
+        truncated = []
         for path in store_files(directory):
             c = conversation(path, partial=partial)
+            if c.truncated:
+                truncated.append((path, c.truncated))
             if c.skip is None and _other_port(c, server_port):
                 c.skip = "other server port"
             if c.skip is None and not c.turns:
@@ -798,6 +836,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             convs.append(c)
         if limit and len(convs) > limit:
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
+        problems = _said_problems(store, truncated, on_notice)
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         _say_room(concurrency, on_notice)
@@ -829,10 +868,10 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out)
+    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems)
 
 
-def _summary(results, skipped, secs, to, match, interrupted, report):
+def _summary(results, skipped, secs, to, match, interrupted, report, problems=()):
     results.sort(key=lambda r: r["conn"])
     turns = sum(r["identical"] + r["differing"] for r in results)
     out = {"target": to, "match": match, "seconds": round(secs, 3),
@@ -847,7 +886,8 @@ def _summary(results, skipped, secs, to, match, interrupted, report):
            "turns_unanswered": sum(r["unanswered"] for r in results),
            "turns_incomplete": sum(r["incomplete"] for r in results),
            "skipped": dict(sorted(skipped.items())), "partial": sum(1 for r in results if "partial_at" in r),
-           "interrupted": interrupted, "report": str(report.path) if report else None}
+           "store_problems": list(problems), "interrupted": interrupted,
+           "report": str(report.path) if report else None}
     out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
     out["turns_per_second"] = round(turns / secs, 1) if secs else None
     out["failures"] = [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in results if r["failed"]][:20]
@@ -871,6 +911,7 @@ def unacked_plan(path):
     with RecordFile(path) as rf:
         h = rf.header
         conv = _conversation_of(h)
+        conv.truncated = rf.missing
         if conv.skip:
             return conv, 0, 0, 0, None
         acked, end = h["acked0"], h["end0"]
@@ -936,9 +977,11 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         if out_file is not None:
             out_file.abandon()
         raise
-    skipped, plans = {}, []
+    skipped, plans, truncated = {}, [], []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
+        if conv.truncated:
+            truncated.append((path, conv.truncated))
         if conv.skip is None and _other_port(conv, server_port):
             conv.skip = "other server port"
         if conv.skip:
@@ -948,6 +991,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     if limit and len(plans) > limit:
         skipped["limit"] = len(plans) - limit           # every connection is accounted for, as in replay()
         del plans[limit:]
+    problems = _said_problems(store, truncated, on_notice)
 
     async def send(conv, acked, start, end, note):
         data = conv.turns[0].request
@@ -1000,7 +1044,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
-           "report": str(report) if report else None,
+           "store_problems": problems, "report": str(report) if report else None,
            "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]][:20]}
     if out_file:
         out_file.write({"summary": out, "connections": rows})

@@ -132,6 +132,8 @@ def test_unknown_option_is_a_usage_error(tmp_path):
     (["replay", "x.pcap", "--to"], "replay: option '--to' requires an argument (see flowsift replay --help)"),
     (["replay", "x.pcap", "--to", "h:1", "--limit", "many"],
      "replay: invalid value for '--limit': 'many' is not a valid integer (see flowsift replay --help)"),
+    (["inspect", "x.rec", "-n", "-2"],
+     "inspect: invalid value for '--records' / '-n': -2: 0 or more, or -1 for all (see flowsift inspect --help)"),
 ])
 def test_usage_errors_are_one_line(args, line):
     # click's usage block and boxed message, on several lines, said what one line says

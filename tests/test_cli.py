@@ -395,3 +395,38 @@ def test_chain_with_events_on_stdout_keeps_stdout_to_json_lines(tmp_path):
     # events to a file: stdout is the tables (or the summary), as before
     res = run_cli("chain", "http,counter", demo, "--events", tmp_path / "ev.jsonl")
     assert "counter" in res.stdout and not res.stdout.lstrip().startswith("{")
+
+
+def test_a_file_cut_where_only_holes_lie_lacks_nothing_and_never_shows_negative_bytes(tmp_path, corpus):
+    """Bytes delivered are the end less the gaps (merged), counted only as far as the file
+    goes: a file cut inside a trailing gap's hole (or one whose every byte is a gap) lacks
+    nothing and is not called truncated; one cut inside its bytes shows those it holds, the
+    rest a "truncated" gap. Inspect said "s2c -128" and `"delivered": [-374, -23783]`."""
+    import subprocess
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    cut = tmp_path / "c00000009.rec"
+    subprocess.run(["cp", "--sparse=always", store / "c00000009.rec", cut], check=True)
+    os.truncate(cut, 2**42 + 104)                        # s2c: 104 bytes, then a snaplen hole to 336
+    out = json.loads(run_cli("inspect", cut, "-n", "0", "--json", check=True).stdout)
+    assert out["truncated"] is None and out["closed"]
+    assert [(s["delivered"], s["end"], s["gaps"]) for s in out["streams"]] == [
+        (64, 64, []), (104, 336, [[104, 232, "snaplen"]])]
+    res = run_cli("inspect", cut, "-n", "0", check=True)
+    assert "truncated" not in res.stdout and "-128" not in res.stdout
+    os.truncate(cut, 2**42 + 50)                         # inside its bytes: 54 of them lacking
+    out = json.loads(run_cli("inspect", cut, "-n", "0", "--json", check=True).stdout)
+    assert out["truncated"] == ("truncated: the file ends at byte 4,398,046,511,154, its header says "
+                                "104 s2c bytes (50 in the file)")
+    assert [(s["delivered"], s["gaps"]) for s in out["streams"]] == [
+        (64, []), (50, [[50, 54, "truncated"], [104, 232, "snaplen"]])]
+
+    store = tmp_path / "r"
+    run_cli("gateway", corpus / "retrans__zeek__retransmit-fast009.pcap", "--store", store, "--keep", check=True)
+    os.truncate(store / "c00000000.rec", 2**40 + 100)    # every byte of it is a snaplen gap
+    out = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    (c,) = out["connections"]
+    assert c["delivered"] == [0, 0] and c["end"] == [474, 23783] and not c["truncated"] and c["closed"]
+    assert out["problems"] == []
+    f = json.loads(run_cli("inspect", store / "c00000000.rec", "-n", "0", "--json", check=True).stdout)
+    assert f["truncated"] is None and [s["delivered"] for s in f["streams"]] == [0, 0]

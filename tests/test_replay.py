@@ -1108,3 +1108,36 @@ def test_a_concurrency_the_descriptor_limit_lowers_is_said(tmp_path):
     assert lowered.returncode == 0 and lowered.stderr == (
         "flowsift: -j 50 lowered to 16: the descriptor limit (80, ulimit -n) less 64 kept for the process\n")
     assert kept.returncode == 0 and kept.stderr == ""
+
+
+def test_replay_of_a_store_says_what_inspect_lists_as_its_problems(tmp_path, corpus):
+    """A killed store (store.json saying incomplete), one without store.json, one holding a
+    directory named as a record file, one with a record file cut short: replay --store said
+    nothing of them. Each kind is one line on stderr, and in the summary's `store_problems`;
+    the record files there are are replayed."""
+    store = tmp_path / "st"
+    run_cli("gateway", BRO, "--store", store, "--keep", check=True)
+    manifest = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**manifest, "complete": False}))
+    (store / "c00000090.rec").mkdir()
+    (store / "c00000091.rec").mkdir()
+    os.truncate(store / "c00000001.rec", 2**40 + 10)
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        to = f"127.0.0.1:{silent.getsockname()[1]}"
+        for extra in ((), ("--unacked",)):
+            res = run_cli("replay", "--store", store, "--to", to, "--timeout", 0.2, "--limit", 1, "--json", *extra)
+            said = [line for line in res.stderr.splitlines() if line.startswith(f"flowsift: {store}: ")]
+            assert res.returncode in (0, 1) and "internal error" not in res.stderr, res.stderr
+            problems = json.loads(res.stdout)["store_problems"]
+            assert said == [f"flowsift: {store}: {p}" for p in problems]
+            assert problems[0] == "store.json: incomplete (being written, or its gateway stopped before the end)"
+            assert problems[1] == ("c00000090.rec: not a record file: a directory, not a regular file "
+                                   "(and 1 more entries like it)")
+            assert problems[2].startswith("c00000001.rec: truncated: the file ends at byte 1,099,511,627,786")
+            assert len(problems) == 3
+        (store / "store.json").unlink()
+        res = run_cli("replay", "--store", store, "--to", to, "--timeout", 0.2, "--limit", 1, "--json")
+        assert json.loads(res.stdout)["store_problems"][0] == ("store.json: missing (the gateway writes it first: "
+                                                               "these files come from elsewhere)")

@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -117,7 +118,10 @@ def test_file_cut_by_hand_reads_up_to_the_last_complete_record(tmp_path, corpus)
     os.truncate(path, 256 + 128 * 100 + 50)          # in the middle of record 100
     with RecordFile(path) as rf:
         assert rf.cut and rf.header["records"] == 100 == len(list(rf.records()))
-        assert rf.header["end0"] == rf.header["end1"] == 0         # the data regions are gone
+        for d in (0, 1):                # the data regions are gone: each stream is one gap
+            end = rf.header[f"end{d}"]
+            assert end > 0 and rf.in_file(d) == 0 == rf.delivered(d)
+            assert [(g.offset, g.length, g.reason) for g in rf.gaps(d)] == [(0, end, "truncated")]
     res = run_cli("inspect", path, "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["records"] == 100 < total
 
@@ -376,8 +380,9 @@ def _quick_cli(*args, seconds=20):
 
 def test_a_file_cut_while_a_reader_has_it_mapped_is_read_only_as_far_as_it_goes(tmp_path, corpus):
     """The gateway keeps a record file at its full sparse size, but a file can still be cut
-    under a reader (by hand, a full disk): its next refresh measures the file, ends the stream
-    where the file does and says the rest is cut; reading never goes past the file (SIGBUS)."""
+    under a reader (by hand, a full disk): its next refresh measures the file, and the bytes the
+    file lacks are a gap of reason "truncated" up to the end the header says; reading never goes
+    past the file (SIGBUS)."""
     store = tmp_path / "s"
     run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", store, "--keep", check=True)
     path = store_files(store)[0]
@@ -385,12 +390,14 @@ def test_a_file_cut_while_a_reader_has_it_mapped_is_read_only_as_far_as_it_goes(
 import os
 from flowsift.streams import StreamPointer, StoreError, format as F
 sp = StreamPointer({str(path)!r}, 1)
-whole = sp.available
+whole, end = sp.available, sp.end_offset
 assert bytes(sp.peek(4)) == b"HTTP" and whole > 100_000
 os.truncate({str(path)!r}, F.DATA_OFF[1] + 100)
-assert sp.refresh() is False and sp.end_offset == 100 and sp.file.truncated
-assert "100 s2c bytes" in sp.file.missing or "s2c bytes (100 in the file)" in sp.file.missing, sp.file.missing
+assert sp.refresh() is False and sp.end_offset == end and sp.file.truncated
+assert "s2c bytes (100 in the file)" in sp.file.missing, sp.file.missing
 assert len(sp.read()) == 100 and sp.find(b"HTTP", 0) == 0 and sp.read() == b""
+gap = sp.at_gap
+assert (gap.offset, gap.reason) == (100, "truncated") and not sp.eof
 sp.seek(0); sp.skip(2**40)
 assert sp.tell() == 100
 os.truncate({str(path)!r}, 200)                   # into the header
@@ -553,3 +560,242 @@ def test_the_manifest_names_its_source_while_the_run_goes_on(tmp_path, corpus):
     g.run_capture(capture, after_batch=lambda touched, closed: seen.append(
         json.loads((tmp_path / "s" / "store.json").read_text())))
     assert seen and all(m["source"] == str(capture) and m["complete"] is False for m in seen)
+
+
+def _bounded_cli(*args, seconds=20, memory=4 << 30):
+    # as _quick_cli, in at most `memory` bytes of address space: a command that reads without
+    # end fails the test with a MemoryError, not the machine through its OOM killer
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    try:
+        return subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], capture_output=True, text=True,
+                              timeout=seconds, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flowsift {' '.join(map(str, args))} still running after {seconds} s")
+
+
+def test_a_store_json_that_is_no_regular_file_or_no_manifest_is_a_problem_of_the_store(tmp_path, corpus):
+    """store.json is read only if it is a regular file, and only so far: a FIFO (which would
+    block the open), a link to /dev/zero or /dev/urandom (which never end), a file of
+    megabytes or of JSON nested 100,000 deep are each one of the store's problems, exit 0."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    manifest = store / "store.json"
+
+    def problems():
+        res = _bounded_cli("inspect", store, "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert len(out["connections"]) == 1 and out["manifest"] is None
+        return [p for p in out["problems"] if p.startswith("store.json")]
+
+    for device in ("/dev/zero", "/dev/urandom"):
+        manifest.unlink()
+        manifest.symlink_to(device)
+        assert problems() == ["store.json: cannot be read: a device, not a regular file"]
+    manifest.unlink()
+    os.mkfifo(manifest)
+    assert problems() == ["store.json: cannot be read: a FIFO, not a regular file"]
+    res = _bounded_cli("inspect", store)                 # the table too
+    assert res.returncode == 0 and "store.json: cannot be read: a FIFO, not a regular file" in res.stdout
+    manifest.unlink()
+    manifest.write_bytes(b" " * (2 << 20))
+    assert problems() == ["store.json: too large (over 1,048,576 bytes): not a store manifest"]
+    for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        manifest.write_text(nested)
+        assert problems() == ["store.json: cannot be read: JSON nested too deeply"]
+    manifest.unlink()
+    manifest.symlink_to(tmp_path / "nowhere")
+    assert problems() == ["store.json: cannot be read: a dangling symbolic link"]
+
+
+def test_what_a_cut_file_lacks_is_a_gap_and_replay_does_not_send_a_cut_stream_as_whole(tmp_path, corpus):
+    """A file cut at data_off0 + 20 whose header says the client sent 92 bytes (and 8 more the
+    capture cut): a pointer read 20 bytes and stood at the end, closed, eof, no gap. The bytes
+    the file lacks are a gap of reason "truncated", before the file's own gaps; replay skips
+    the connection for the gap as for any other hole in the client's stream."""
+    from flowsift.replay import conversation
+    from flowsift.streams import format as F
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    path = store / "c00000010.rec"
+    os.truncate(path, F.DATA_OFF[0] + 20)
+    sp = StreamPointer(path, 0)
+    assert sp.end_offset == 100 and sp.closed and len(sp.read()) == 20 and not sp.eof
+    gap = sp.skip_gap()
+    assert (gap.offset, gap.length, gap.reason) == (20, 72, "truncated") and not sp.eof
+    gap = sp.skip_gap()
+    assert (gap.offset, gap.length, gap.reason) == (92, 8, "snaplen") and sp.eof
+    sp = StreamPointer(path, 1)                          # none of the server's bytes is in the file
+    assert (sp.at_gap.offset, sp.at_gap.length, sp.at_gap.reason) == (0, 28, "truncated")
+    store = tmp_path / "h"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    (path,) = store_files(store)
+    whole = conversation(path)
+    assert whole.skip is None and len(whole.turns) == 1
+    os.truncate(path, F.DATA_OFF[0] + 20)               # inside the request
+    assert conversation(path).skip == conversation(path, partial=True).skip == "gap in the client's stream"
+
+
+def _patched(src, dst, *edits):
+    """A sparse copy of record file `src` at `dst` with `edits` written in: (offset, struct
+    code, value)."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    with open(dst, "r+b") as f:
+        for offset, code, value in edits:
+            f.seek(offset)
+            f.write(struct.pack(code, value))
+    return dst
+
+
+def _inspected(path, *args):
+    # inspect PATH as a table and as JSON: both exit 0 (a problem is said, not an error)
+    table = _quick_cli("inspect", path, *args)
+    assert table.returncode == 0 and table.stderr == "", table.stderr
+    res = _quick_cli("inspect", path, *args, "--json")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    return table.stdout, json.loads(res.stdout)
+
+
+REC = 256                       # records_off
+GAP = 2**39                     # gaps_off
+
+
+def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(tmp_path, corpus):
+    """A record's direction of 5 was an IndexError, a header proto of 1 an AttributeError in
+    the store's table (and shown quietly in the file's); ipver 5, close 9, unknown flag bits,
+    `reclaimed` past `end`, gap entries out of order, past the end or repeated were shown
+    without a word (and a repeated entry made the bytes delivered wrong). Each is a problem
+    of the file, in the file's view and the store's, exit 0."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    src = store / "c00000005.rec"           # c2s: 3,360, gaps 60+1060, 1180+1060, 2300+1060 (entries 1-3)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "store.json").write_text((store / "store.json").read_text())
+    cases = {
+        "dir": ([(REC + 128 + 51, "<B", 5)], ["record 1 has direction 5; 0 or 1"]),
+        "proto": ([(57, "<B", 1)], ["header field proto is 1; 6 (TCP) or 17 (UDP)"]),
+        "ipver": ([(56, "<B", 5)], ["header field ipver is 5; 4 or 6 (its addresses are shown as IPv6)"]),
+        "ipver0": ([(56, "<B", 0)], ["header field ipver is 0; 4 or 6 (its addresses are shown as IPv6)"]),
+        "close": ([(210, "<B", 9)], ["header field close0 is 9; 0 (open) to 6"]),
+        "flags": ([(20, "<I", 0x13)], ["header field flags has bits the format does not define: 0x10"]),
+        "rflags": ([(REC + 2 * 128 + 52, "<H", 0x1410), (REC + 4 * 128 + 52, "<H", 0x400)],
+                   ["record 2 has reassembly flags the format does not define: 0x1400 (in 2 records)"]),
+        "reclaimed": ([(176, "<q", 99_999)], ["header field reclaimed0 is 99,999, past end0 (3,360)"]),
+        "past_end": ([(GAP + 3 * 32 + 24, "<q", 9_999)],
+                     ["gap entry 3 (2,300+9,999) reaches past its direction's end (3,360)"]),
+        "order": ([(GAP + 32 + 16, "<q", 2000), (GAP + 32 + 24, "<q", 100)],
+                  ["gap entry 2 (offset 1,180) overlaps or comes before the one before it (which reaches 2,100)"]),
+        "repeated": ([(48, "<Q", 6), (GAP + 5 * 32, "<B", 0), (GAP + 5 * 32 + 1, "<B", 4),
+                      (GAP + 5 * 32 + 16, "<q", 60), (GAP + 5 * 32 + 24, "<q", 1060)],
+                     ["gap entry 5 (offset 60) overlaps or comes before the one before it (which reaches 3,360)"]),
+    }
+    for conn, (case, (edits, said)) in enumerate(cases.items()):
+        path = _patched(src, bad / f"c{conn:08d}.rec", (24, "<Q", conn), *edits)
+        table, out = _inspected(path, "-n", "-1")
+        assert out["problems"] == said, case
+        assert all(p in " ".join(table.split()) for p in said), case
+        listing = json.loads(_quick_cli("inspect", bad, "--json").stdout)
+        assert [p for p in listing["problems"] if p.startswith(path.name)] == [f"{path.name}: {p}" for p in said]
+    table, out = _inspected(bad / "c00000000.rec", "-n", "-1")
+    assert out["record_list"][1]["dir"] == 5 and out["record_list"][1]["offset"] is None
+    table, out = _inspected(bad / "c00000004.rec")
+    assert out["streams"][0]["close"] == 9
+    table, out = _inspected(bad / "c00000006.rec", "-n", "-1")
+    assert out["record_list"][2]["rflags"] == ["gap-before", "0x1400"] and "gap-before, 0x1400" in table
+    table, out = _inspected(bad / "c00000010.rec")              # 60+1060 twice: counted once
+    assert out["streams"][0]["delivered"] == 180 and out["streams"][0]["end"] == 3360
+    table, listing = _inspected(bad)
+    assert listing["connections"][1]["proto"] == 1 and " 1 " in table
+
+
+def test_a_header_counting_records_never_written_lists_only_those_written(tmp_path, corpus):
+    """Records past those written were listed with id 0 and time 0; with `records` at
+    4,294,967,294, `inspect -n -1 --json` grew to gigabytes. A record whose id is not
+    first_record_id + its index is where the written records end: the listing stops there
+    and says so."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    for claimed in (12, 4_294_967_294):
+        path = _patched(store / "c00000005.rec", tmp_path / "c00000005.rec", (40, "<Q", claimed))
+        res = _bounded_cli("inspect", path, "-n", "-1", "--json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["records"] == claimed and [r["index"] for r in out["record_list"]] == list(range(10))
+        assert out["problems"] == [f"records 10 to {claimed - 1:,}: not written (the header counts {claimed:,}; "
+                                   "record 10 does not have the id first_record_id + 10)"]
+        res = _bounded_cli("inspect", path, "-n", "-1")
+        assert res.returncode == 0 and "not written" in res.stdout
+
+
+def test_a_file_cut_by_a_stopped_gateway_lists_its_unpublished_records(tmp_path, corpus):
+    """A file the gateway did not close counted its complete records after the published ones
+    ("2 complete unpublished") without listing them: they are listed, marked unpublished
+    (JSON `published`: false; the table marks their index with *)."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    path = _patched(store / "c00000005.rec", tmp_path / "c00000005.rec", (40, "<Q", 8), (20, "<I", 2))
+    table, out = _inspected(path, "-n", "-1")
+    assert out["cut"]["unpublished_complete_records"] == 2 and out["problems"] == []
+    assert [(r["index"], r["published"]) for r in out["record_list"]] == [(i, i < 8) for i in range(10)]
+    rows = [w[0] for line in table.splitlines()
+            if (w := line.split()) and re.fullmatch(r"\d+\*?", w[0]) and ("c2s" in w or "s2c" in w)]
+    assert rows == [str(i) for i in range(8)] + ["8*", "9*"]
+    _, out = _inspected(path, "-n", "9")
+    assert len(out["record_list"]) == 9
+
+
+def test_the_store_listing_sees_files_missing_copied_or_linked_and_open_files_of_a_complete_store(tmp_path,
+                                                                                                  corpus):
+    """A complete store kept whole that lacks a file its run made, a record file that is a
+    symbolic link (to another store's file, or to itself), a file whose name says another
+    connection than its header, a file not closed in a store said complete: each is a
+    problem; a link is never followed (nor an internal error: ELOOP), for replay neither."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    other = tmp_path / "o"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", other, "--keep", check=True)
+    (store / "c00000003.rec").unlink()
+    (store / "c00000004.rec").unlink()
+    (store / "c00000004.rec").symlink_to(other / "c00000000.rec")
+    (store / "c00000005.rec").unlink()
+    (store / "c00000005.rec").symlink_to("c00000005.rec")
+    (store / "c00000007.rec").unlink()
+    subprocess.run(["cp", "--sparse=always", str(store / "c00000000.rec"), str(store / "c00000007.rec")], check=True)
+    _patched(store / "c00000001.rec", tmp_path / "open.rec", (20, "<I", 2))
+    os.replace(tmp_path / "open.rec", store / "c00000001.rec")
+    table, out = _inspected(store)
+    assert out["problems"] == [
+        "store.json: its run kept the 15 record files it made, 14 are here: c00000003.rec missing",
+        "c00000001.rec: not closed by the gateway, though store.json says the store is complete",
+        "c00000007.rec: named for connection 7, its header says connection 0",
+        "c00000004.rec: not a record file: a symbolic link, not a regular file",
+        "c00000005.rec: not a record file: a symbolic link, not a regular file"]
+    assert [c["file"] for c in out["connections"]] == [f"c{i:08d}.rec" for i in range(15) if i not in (3, 4, 5)]
+    assert store_files(store) == [str(store / c["file"]) for c in out["connections"]]
+    _, one = _inspected(store / "c00000007.rec")
+    assert one["problems"] == ["named for connection 7, its header says connection 0"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = _quick_cli("replay", "--store", store, "--to", f"127.0.0.1:{s.getsockname()[1]}", "--limit", 1,
+                         "--timeout", 0.5, "--json")
+    assert "internal error" not in res.stderr and res.returncode in (0, 1), res.stderr
+
+
+@pytest.mark.parametrize("manifest,said", [
+    ({"format": "something else"}, "store.json: not a flowsift store manifest (format 'something else')"),
+    ({"version": 99}, "store.json: store manifest version 99; this flowsift reads version 1"),
+    ({"complete": "yes"}, 'store.json: field complete is "yes"; true or false'),
+    ({"files": -3}, "store.json: field files is -3; a number"),
+])
+def test_a_store_json_of_another_format_or_version_is_a_problem(tmp_path, corpus, manifest, said):
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    good = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**good, **manifest}))
+    _, out = _inspected(store)
+    assert out["problems"] == [said] and len(out["connections"]) == 1

@@ -437,16 +437,19 @@ def test_an_empty_delimiter_is_a_mistake(tmp_path, corpus):
         sp.read_until(b"")                               # at the end too: the mistake is the same
 
 
-def test_a_gap_cut_by_the_end_of_a_short_file_is_passed_only_to_the_end(tmp_path):
-    """A file cut inside a gap (its data region shorter than the gap): skip_gap stops at the
-    end, and there is nothing more to meet."""
+def test_a_file_cut_inside_a_gap_shows_what_it_lacks_after_the_gap_as_a_truncated_gap(tmp_path):
+    """A file cut inside a gap (its data region shorter than the gap): the gap is passed whole,
+    and the bytes after it that the file lacks are a gap of reason "truncated", up to the end
+    the header says; then there is nothing more to meet."""
     from flowsift.streams import format as F
     path = hand_made_file(tmp_path / "c00000007.rec", bytes(1460) + b"x" * 1224, [(0, 1460, 2)])
     os.truncate(path, F.DATA_OFF[1] + 1342)
     sp = StreamPointer(path, 1)
-    assert sp.end_offset == 1342 and sp.file.missing
+    assert sp.end_offset == 2684 and sp.file.missing and sp.closed and not sp.eof
     gap = sp.skip_gap()
-    assert (gap.offset, gap.length) == (0, 1342) and sp.tell() == 1342 == sp.end_offset
+    assert (gap.offset, gap.length, gap.reason) == (0, 1460, "closed") and sp.available == 0
+    gap = sp.skip_gap()
+    assert (gap.offset, gap.length, gap.reason) == (1460, 1224, "truncated") and sp.tell() == 2684 == sp.end_offset
     assert sp.at_gap is None and sp.next_gap is None and sp.skip_gap() is None and sp.eof
 
 

@@ -180,6 +180,7 @@ cdef class StreamPointer:
     cdef int64_t* g_reach         # the gap at or after an offset is the first whose reach is beyond it
     cdef Py_ssize_t n_gaps
     cdef uint64_t gaps_read       # the header's gap count when the gaps were read
+    cdef object cut_read          # and where the file ended then (None: not short of its layout)
     cdef Py_ssize_t gap_i         # the gap at or after pos at the last lookup: a hint, checked
     cdef object _map
     cdef const uint8_t* base      # mapping start
@@ -209,6 +210,7 @@ cdef class StreamPointer:
         self._map = None
         self.gaps = []
         self.gaps_read = 0
+        self.cut_read = None
         self.gap_i = 0
         self.refresh(header)
         self.pos = self.start
@@ -222,9 +224,12 @@ cdef class StreamPointer:
         self.ended = h[f"close{self.direction}"] != 0
         # (a file cut short ends below what was given back)
         self.start = min(max(0, h[f"reclaimed{self.direction}"]), self.end)
-        if h["gaps"] > self.gaps_read:
+        cut = self.file.cut_at
+        if h["gaps"] > self.gaps_read or cut != self.cut_read:
+            # (a file cut short has gaps where it lacks bytes: RecordFile.gaps)
             self._take_gaps([(g.offset, g.length, g.reason) for g in self.file.gaps(self.direction)])
             self.gaps_read = h["gaps"]
+            self.cut_read = cut
         return self.end > old
 
     cdef int _take_gaps(self, list gaps) except -1:

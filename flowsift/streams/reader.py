@@ -20,6 +20,25 @@ Totals = namedtuple("Totals", "packets bytes retransmissions conflicts")
 # regions up to this size are read with pread rather than mapped (see RecordFile._region)
 SMALL_REGION = 65536
 
+# records whose ids are compared in one step (RecordFile.first_unwritten): 1 MiB of them
+SCAN_RECORDS = 8192
+
+# The reason of the gap that stands for stream bytes a file shorter than its layout lacks
+# (RecordFile.gaps): no gap entry of a file has it.
+TRUNCATED = "truncated"
+
+
+def merged(ranges):
+    """(start, stop) ranges sorted and merged where they overlap or touch."""
+    out = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1][1] = b
+        else:
+            out.append([a, b])
+    return out
+
 
 class StoreError(FlowsiftError):
     """A record file or store that cannot be read."""
@@ -82,8 +101,11 @@ class RecordFile:
     def refresh(self):
         """Re-read the header: what the gateway has published since. A file shorter than its
         layout (cut by hand, by a full disk, or while it was open) is read only as far as it
-        goes, and marked cut. A header counting past its regions is a StoreError."""
-        # measured at every read: a file cut while mapped must not be read past its end (SIGBUS)
+        goes: records and gap entries past its end are not counted, and the stream bytes it
+        lacks are gaps of reason "truncated" (gaps()). A header counting past its regions is a
+        StoreError."""
+        # measured at every header read, never per read: what follows reads nothing past this end
+        # (a file another process cuts between two header reads can still fault a mapped reader)
         size = self._size = self._file_size(self._fd)
         if size < F.HEADER_SIZE:
             raise StoreError(f"{self.path}: cut short: {size} bytes, the header alone is {F.HEADER_SIZE}")
@@ -100,15 +122,28 @@ class RecordFile:
             raise StoreError(f"{self.path}: {problem}")
         self.truncated = size < F.FILE_SIZE
         if self.truncated:
-            # what the header says, for telling what is missing (`missing`)
-            self.header_says = {k: h[k] for k in ("records", "gaps", "end0", "end1")}
+            # records and gap entries past the end are not there to read: counted no further
+            # (`header_says` keeps the header's counts, for `missing`); the streams keep their
+            # ends, and what of them the file lacks is a gap of reason "truncated" (gaps())
+            self.header_says = {k: h[k] for k in ("records", "gaps")}
             fit = lambda off, unit: max(0, (size - off) // unit)
             h["records"] = min(h["records"], fit(h["records_off"], F.RECORD_SIZE))
             h["gaps"] = min(h["gaps"], fit(h["gaps_off"], F.GAP_SIZE))
-            for d in (0, 1):
-                h[f"end{d}"] = min(h[f"end{d}"], fit(h[f"data_off{d}"], 1))
         self.header = h
         return h
+
+    @property
+    def cut_at(self):
+        """Where a file shorter than its layout ends (its size), else None."""
+        return self._size if self.truncated else None
+
+    def in_file(self, direction):
+        """The stream offset where direction `direction`'s bytes in the file end: its `end`,
+        or less in a file cut inside (or before) its data region."""
+        end = self.header[f"end{direction}"]
+        if self.truncated:
+            end = min(end, max(0, self._size - self.header[f"data_off{direction}"]))
+        return end
 
     @property
     def has_bytes(self):
@@ -143,23 +178,29 @@ class RecordFile:
             self._maps = {key: m}          # keep one mapping: tools walk forward
         return memoryview(m)[offset - start:offset - start + length]
 
-    def records(self, start=0, stop=None):
+    def records(self, start=0, stop=None, unpublished=False):
+        """Published records [start, stop) (with `unpublished`, the complete ones after them
+        too: `unpublished`). A record of a direction other than 0 and 1 has no stream offset
+        (None)."""
         h = self.header
-        stop = h["records"] if stop is None else min(stop, h["records"])
+        last = h["records"] + (self.unpublished if unpublished else 0)
+        stop = last if stop is None else min(stop, last)
         origin = (h["origin0"], h["origin1"])
         for i in range(start, stop):
             raw = self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE)
             fields = F.RECORD_STRUCT.unpack(raw)
             rec = dict(zip([n for n, _, _ in F.RECORD_FIELDS], fields))
-            yield Record(**rec, index=i, stream_offset=rec["seq_offset"] - origin[rec["dir"]]
-                         if rec["proto"] == 6 else rec["seq_offset"])
+            yield Record(**rec, index=i, stream_offset=rec["seq_offset"] if rec["proto"] != 6 else
+                         rec["seq_offset"] - origin[rec["dir"]] if rec["dir"] < 2 else None)
 
-    def record_array(self, start=0, stop=None):
-        """Published records [start, stop) as a read-only numpy structured array (a view of
-        the mapping, or of a copy for a few records)."""
+    def record_array(self, start=0, stop=None, unpublished=False):
+        """Published records [start, stop) (with `unpublished`, the complete ones after them
+        too) as a read-only numpy structured array (a view of the mapping, or of a copy for a
+        few records)."""
         import numpy as np
         h = self.header
-        stop = h["records"] if stop is None else min(stop, h["records"])
+        last = h["records"] + (self.unpublished if unpublished else 0)
+        stop = last if stop is None else min(stop, last)
         n = max(0, stop - start)
         view = self._region(h["records_off"] + start * F.RECORD_SIZE, n * F.RECORD_SIZE)
         return np.frombuffer(view, dtype=F.record_dtype(), count=n)
@@ -175,9 +216,11 @@ class RecordFile:
         return Totals((p0, p1), (b0, b1), retrans, conflicts)
 
     def gaps(self, direction=None):
-        """The published gap entries (of one direction), in order. An entry that is no gap (a
-        direction other than 0 and 1, an offset or length out of range: a count past what was
-        written) is a StoreError."""
+        """The published gap entries, in the file's order; for a file shorter than its layout,
+        then the ranges of its streams that the header counts and the file lacks (no gap entry
+        covers them), of reason "truncated". Those of one direction (`direction`) come by
+        offset. An entry that is no gap (a direction other than 0 and 1, an offset or length out
+        of range: a count past what was written) is a StoreError."""
         h = self.header
         out = []
         table = self._region(h["gaps_off"], h["gaps"] * F.GAP_SIZE)
@@ -185,53 +228,102 @@ class RecordFile:
             if d > 1 or off < 0 or ln <= 0 or off > F.MAX_END[d] - ln:
                 raise StoreError(f"{self.path}: gap entry {j} (of {h['gaps']:,} the header counts) is no gap: "
                                  f"direction {d}, offset {off:,}, length {ln:,}")
-            if direction is None or d == direction:
-                out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
+            out.append(GapEntry(d, F.GAP_REASONS.get(reason, reason), rec, off, ln))
+        if self.truncated:
+            out += self._lost(out)
+        if direction is None:
+            return out
+        return sorted((g for g in out if g.dir == direction), key=lambda g: g.offset)
+
+    def _lost(self, entries):
+        # the ranges of each direction in [where the file ends, end) that no gap entry covers
+        # (nor what was given back: not lost, punched out), as "truncated" gap entries
+        h, out = self.header, []
+        if not self.has_bytes:
+            return out                  # (nothing was stored: the file lacks nothing)
+        for d in (0, 1):
+            end = h[f"end{d}"]
+            pos = max(self.in_file(d), min(h[f"reclaimed{d}"], end))
+            for off, stop in merged((g.offset, g.offset + g.length) for g in entries if g.dir == d):
+                if stop <= pos:
+                    continue
+                if off >= end:
+                    break
+                if off > pos:
+                    out.append(GapEntry(d, TRUNCATED, h["records"], pos, off - pos))
+                pos = stop
+            if pos < end:
+                out.append(GapEntry(d, TRUNCATED, h["records"], pos, end - pos))
         return out
+
+    def delivered(self, direction):
+        """Bytes of the direction below its `end` that no gap covers (adjacent, overlapping or
+        repeated entries counted once; a file's "truncated" ranges are gaps too): what the file
+        holds of the stream, what was given back since included."""
+        end, covered = self.header[f"end{direction}"], 0
+        for off, stop in merged((g.offset, g.offset + g.length) for g in self.gaps(direction)):
+            covered += max(0, min(stop, end) - max(off, 0))
+        return end - covered
+
+    def first_unwritten(self, start, stop):
+        """The index of the first record of [start, stop) whose id is not `first_record_id` +
+        its index (mod 2^64): where the records written end, whatever a header says. `stop` if
+        none (or where the file or the records region ends). Ids are compared SCAN_RECORDS
+        at a time: a header counting billions of records never written costs one step."""
+        import numpy as np
+        h = self.header
+        room = (min(self._size, h["gaps_off"]) - h["records_off"]) // F.RECORD_SIZE
+        stop = max(start, min(stop, room))
+        i = start
+        while i < stop:
+            n = min(SCAN_RECORDS, stop - i)
+            ids = np.frombuffer(self._region(h["records_off"] + i * F.RECORD_SIZE, n * F.RECORD_SIZE),
+                                dtype=F.record_dtype(), count=n)["record_id"]
+            bad = np.flatnonzero(ids != np.arange(i, i + n, dtype=np.uint64) + np.uint64(h["first_record_id"]))
+            if len(bad):
+                return i + int(bad[0])
+            i += n
+        return stop
 
     @property
     def unpublished(self):
         """Complete records written after the published count (a gateway stopped mid-batch)."""
-        h = self.header
-        n, i = 0, h["records"]
-        size = os.fstat(self._fd).st_size
-        while h["records_off"] + (i + 1) * F.RECORD_SIZE <= min(size, h["gaps_off"]) and n < 1 << 20:
-            rid = F.RECORD_STRUCT.unpack(self._region(h["records_off"] + i * F.RECORD_SIZE, F.RECORD_SIZE))[0]
-            if rid != (h["first_record_id"] + i) % 2**64:
-                break
-            n, i = n + 1, i + 1
-        return n
+        n = self.header["records"]
+        return self.first_unwritten(n, F.MAX_RECORDS) - n
 
     @property
     def missing(self):
-        """None, or for a file shorter than its layout (cut by hand, a full disk): one line on
-        where it ends and what its header says lies beyond."""
+        """None, or for a file shorter than its layout (cut by hand, a full disk) that lacks
+        something its header counts: one line on where it ends and what its header says lies
+        beyond. (A file cut where only holes lie, a trailing gap's say, lacks nothing.)"""
         if not self.truncated:
             return None
         says, h = self.header_says, self.header
-        if says == {k: h[k] for k in says}:
-            return None                        # everything the header counts is in the file
         parts = []
         if says["records"] != h["records"]:
             parts.append(f"{says['records']:,} records ({h['records']:,} in the file)")
         if says["gaps"] != h["gaps"]:
             parts.append(f"{says['gaps']:,} gaps ({h['gaps']:,} in the file)")
+        gaps = self.gaps()
         for d, name in ((0, "c2s"), (1, "s2c")):
-            if says[f"end{d}"] != h[f"end{d}"]:
-                parts.append(f"{says[f'end{d}']:,} {name} bytes ({h[f'end{d}']:,} in the file)")
+            lost = sum(g.length for g in gaps if g.dir == d and g.reason == TRUNCATED)
+            if lost:
+                held = self.delivered(d)
+                parts.append(f"{held + lost:,} {name} bytes ({held:,} in the file)")
+        if not parts:
+            return None
         return f"truncated: the file ends at byte {self._size:,}, its header says " + ", ".join(parts)
 
     @property
     def cut(self):
-        return not self.closed_by_gateway or self.truncated
+        return not self.closed_by_gateway or self.missing is not None
 
     def data(self, direction, offset=0, length=None):
         """Delivered bytes of a direction (a copy). Gap ranges are holes: callers skip them."""
         self.require_bytes()
-        h = self.header
-        end = h[f"end{direction}"]
+        end = self.in_file(direction)          # (what a cut file lacks is a "truncated" gap)
         length = end - offset if length is None else min(length, end - offset)
-        return bytes(self._region(h[f"data_off{direction}"] + offset, length))
+        return bytes(self._region(self.header[f"data_off{direction}"] + offset, length))
 
     def close(self):
         self._maps = {}                    # mappings go when the last view of them does
@@ -270,7 +362,9 @@ def store_files(directory):
     gateway names them (`c00000007.rec`); other entries are not record files."""
     try:
         with os.scandir(directory) as it:
-            found = [(conn, e.path) for e in it if (conn := record_name(e.name)) is not None and e.is_file()]
+            # (not following a symbolic link: a record file is the store's own, never another's)
+            found = [(conn, e.path) for e in it
+                     if (conn := record_name(e.name)) is not None and e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         raise StoreError(f"{directory}: no such store directory") from None
     return [path for _, path in sorted(found)]
@@ -278,16 +372,98 @@ def store_files(directory):
 
 def not_record_files(directory):
     """Entries of a store directory named as record files that are not regular files (a
-    directory, a FIFO...), each with what it is: store_files() leaves them out."""
+    directory, a FIFO, a symbolic link...), each with what it is: store_files() leaves them
+    out."""
     out = []
     with os.scandir(directory) as it:
         for e in it:
-            if record_name(e.name) is not None and not e.is_file():
+            if record_name(e.name) is not None and not e.is_file(follow_symlinks=False):
                 try:
-                    out.append((e.name, _kind(e.stat().st_mode)))
-                except OSError:
-                    out.append((e.name, "a dangling symbolic link"))
+                    out.append((e.name, _kind(e.stat(follow_symlinks=False).st_mode)))
+                except OSError as err:
+                    out.append((e.name, f"cannot be read: {err.strerror}"))
     return sorted(out)
+
+
+# What store.json says it is (flowsift.gateway writes it): a manifest of another format or
+# version is not read as this one.
+MANIFEST_FORMAT = "flowsift record store"
+MANIFEST_VERSION = 1
+# its fields a reader goes by, and what each must be
+_MANIFEST_FIELDS = (("complete", (bool,), "true or false"), ("keep", (bool,), "true or false"),
+                    ("files", (int, type(None)), "a number"), ("records", (int, type(None)), "a number"),
+                    ("error", (str, type(None)), "text or null"), ("source", (str, type(None)), "text or null"))
+
+# The gateway writes store.json padded to a page (flowsift.gateway.MANIFEST_ROOM): one much
+# larger is not a manifest, and is not read whole (a link to /dev/zero would fill the memory).
+MANIFEST_MAX = 1 << 20
+
+
+def read_manifest(directory):
+    """(the store's store.json as a dict, or None; None, or what is wrong with it, one line
+    starting "store.json: "). Only a regular file is opened (a FIFO would block for ever, a
+    device such as /dev/zero never end), and only MANIFEST_MAX bytes of it are read."""
+    path = os.path.join(directory, "store.json")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return None, "store.json: cannot be read: a dangling symbolic link"
+        return None, "store.json: missing (the gateway writes it first: these files come from elsewhere)"
+    except OSError as e:
+        return None, f"store.json: cannot be read: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"store.json: cannot be read: {_kind(st.st_mode)}, not a regular file"
+    try:
+        # (O_NONBLOCK, and fstat again: it may have been swapped for something else since)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        return None, f"store.json: cannot be read: {e.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"store.json: cannot be read: {_kind(st.st_mode)}, not a regular file"
+        chunks, got = [], 0
+        while got <= MANIFEST_MAX:
+            chunk = os.read(fd, MANIFEST_MAX + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as e:
+        return None, f"store.json: cannot be read: {e.strerror}"
+    finally:
+        os.close(fd)
+    if got > MANIFEST_MAX:
+        return None, f"store.json: too large (over {MANIFEST_MAX:,} bytes): not a store manifest"
+    try:
+        manifest = json.loads(b"".join(chunks))
+    except RecursionError:
+        return None, "store.json: cannot be read: JSON nested too deeply"
+    except ValueError as e:
+        return None, f"store.json: cannot be read: {e}"
+    if not isinstance(manifest, dict):
+        return None, f"store.json: cannot be read: a JSON {type(manifest).__name__}, not an object"
+    return manifest, manifest_problem(manifest)
+
+
+def manifest_problem(manifest):
+    """None, or why a store.json (a JSON object) is not a manifest this flowsift reads: another
+    format or version, or a field it goes by that is not what it must be."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        return f"store.json: not a flowsift store manifest (format {manifest.get('format')!r})"
+    if manifest.get("version") != MANIFEST_VERSION:
+        return (f"store.json: store manifest version {manifest.get('version')!r}; "
+                f"this flowsift reads version {MANIFEST_VERSION}")
+    for name, kinds, what in _MANIFEST_FIELDS:
+        value = manifest.get(name)
+        if name in ("complete", "keep") and name not in manifest:
+            return f"store.json: field {name} is missing; {what}"
+        # (True is an int to Python: not a count here)
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)) or (
+                int in kinds and isinstance(value, int) and value < 0):
+            return f"store.json: field {name} is {json.dumps(value)}; {what}"
+    return None
 
 
 def check_store(directory):
@@ -318,11 +494,12 @@ def retired_note(directory):
     None."""
     try:
         names = os.listdir(directory)
-        if any(record_name(n) is not None for n in names):
-            return None
-        with open(os.path.join(directory, "store.json")) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
+    except OSError:
+        return None
+    if any(record_name(n) is not None for n in names):
+        return None
+    manifest, problem = read_manifest(directory)
+    if problem:
         return None
     if isinstance(manifest, dict) and manifest.get("keep") is False and manifest.get("files"):
         return (f"{directory}: its run let its {manifest['files']:,} record files go as connections finished "
