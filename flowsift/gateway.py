@@ -105,6 +105,7 @@ class Gateway:
         self.module_bits = {}         # bit -> info of the modules registered through the registry
         self.done_by = {}             # bit -> connections that module finished (remote modules)
         self.released = {}            # name -> connections finished, of modules that left
+        self.retired = ConnSet()      # connections whose file went (remote modules' reports)
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
@@ -171,7 +172,7 @@ class Gateway:
                     self.announced.add(c)
                     new.append((c, identity_text(self.store.identity(c), self.store.path(c))))
         updates = [(c, *latest) for c, latest in zip(conns, self.store.latest(conns))] if conns else []
-        progress, modules, intact = reg.sync(new, updates, entry)
+        progress, modules, intact = reg.sync(new, updates, entry, taken=list(self.module_bits))
         if not intact:
             self._restore()
         for bit, info in modules.items():
@@ -186,7 +187,12 @@ class Gateway:
                 # a report sent again (after a registry restart) is not recorded twice: the file
                 # may be retired already
                 self.done_by[bit].add(conn)
-                self.store.module_done(conn, bit, records)
+                if conn in self.retired:
+                    # a module that registered after every module known then had finished it
+                    # (it counts the connection as missed): no file is left to mark
+                    continue
+                if self.store.module_done(conn, bit, records)["retired"]:
+                    self.retired.add(conn)
         for bit in [b for b in self.module_bits if b not in modules]:
             # released (a clean exit): it holds nothing back any more
             if intact:

@@ -200,10 +200,21 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         if not store_dir or not os.path.isdir(store_dir):
             raise FlowsiftError(f"run {run}: its store {store_dir} is not on this machine")
         bit, resumed = reg.register(name)
-        if not reg.run_meta() and not reg.gateway_alive():
-            # the run ended while this module waited for its bit: its --events file is not touched
-            reg.release(bit)
-            raise FlowsiftError(f"run {run} ended before module {name} could attach")
+        # The gateway gives back the files every module it counts has finished: nothing is read
+        # before it counts this one too (at its next batch; every 0.1 s once the source is done).
+        give_up = None
+        while not reg.taken(bit):
+            if reg.gateway_alive():
+                give_up = None
+            elif not reg.run_meta():
+                # the run ended while this module waited for its bit: its --events file is not touched
+                reg.release(bit)
+                raise FlowsiftError(f"run {run} ended before module {name} could attach")
+            elif give_up is None:
+                give_up = time.monotonic() + HEARTBEAT_GRACE
+            elif time.monotonic() > give_up:
+                raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} could attach")
+            time.sleep(0.05)
         done, counters, outpos, ckpt = reg.module_state(bit) if resumed else ({}, {}, None, None)
         resumed = bool(done or outpos or ckpt)       # a bit the gateway held for it is a fresh start
         out.start(outpos)
@@ -359,6 +370,8 @@ class _Attached:
         self.pending.append((conn, records, counts))
 
     def missed(self, conn, records):
+        # in the module's counters too: its summary and checkpoint are taken from them
+        self.runner.modules[0]._tally("missed_connections")
         self.pending.append((conn, records, {"missed_connections": 1}))
 
     def commit(self, soon=False):

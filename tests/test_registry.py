@@ -630,3 +630,30 @@ def test_a_registry_chain_stopped_by_ctrl_c_keeps_the_events_it_made(tmp_path, c
     assert proc.returncode == 130 and err.strip().endswith("flowsift: interrupted"), err
     got = read_events(events)
     assert sum(e["kind"] == "closed" for e in got) >= 5
+
+
+def test_a_module_attached_late_beside_another_counts_what_it_missed(tmp_path, corpus, redis_server, slow, expected):
+    """A second module attached while the first was at work: the files the first had finished
+    were gone already, and the late module's report of them as missed crashed the gateway
+    (KeyError in the store). Both now finish; the first's output is as without the late one."""
+    url, r = redis_server.url, redis_server.client()
+    store = tmp_path / "store"
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rl2", "--expect", "slow",
+                  "--store", store, "--json")
+    events = tmp_path / "slow.jsonl"
+    first = flowsift("module", slow, "--registry", url, "--run", "rl2", "--events", events, "--json", "--wait", "30",
+                     env={"SLOW_CLOSE": "0.05"})
+    # the gateway has retired files the first module finished (most connections end with the
+    # capture: the first module is then at work for seconds)
+    wait_until(lambda: r.hget("flowsift:{rl2}:meta", "state") == "complete" and len(list(store.glob("*.rec"))) < 108,
+               procs=(gw, first))
+    late = flowsift("module", "counter", "--registry", url, "--run", "rl2", "--events", tmp_path / "c.jsonl", "--json")
+    lsum = json.loads(finish(late)[0])
+    fsum = json.loads(finish(first)[0])
+    gsum = json.loads(finish(gw)[0])
+    assert lsum["connections"] == 108 and 1 <= lsum["modules"]["counter"]["missed_connections"] < 108
+    assert lsum["modules"]["counter"]["flows"] == 108 - lsum["modules"]["counter"]["missed_connections"]
+    want_events, want_counters = expected
+    assert strip(read_events(events)) == strip(want_events) and fsum["modules"]["slow"] == want_counters
+    assert gsum["module_progress"] == {"slow": 108, "counter": 108}
+    assert r.keys("flowsift:*") == []

@@ -21,6 +21,7 @@ the Lua scripts and transactions below stay valid on a cluster):
                                         replay it in order, so they see what workers see
     flowsift:{R}:seqs             hash  bit -> the last batch a module committed (the log is
                                         trimmed below the lowest)
+    flowsift:{R}:taken            string: the module bits the gateway counts, written at each sync
 
 The record files are the truth: after a Redis restart (no persistence) the gateway rebuilds
 its keys from the store, and each module re-registers with its bit and rewrites its progress.
@@ -312,10 +313,12 @@ class RedisRegistry(Registry):
         key = self.P + ("gateway" if bit is None else f"alive:{bit}")
         return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
 
-    def sync(self, new, updates, batch=None):
+    def sync(self, new, updates, batch=None, taken=None):
         """The gateway's one round trip per batch: new identities, latest records and the
-        batch's log entry out, module progress and registrations in. Returns (progress,
-        modules, intact); `intact` is False when the run's keys are gone (a restarted server)."""
+        batch's log entry out, module progress and registrations in; `taken`, the module bits
+        it counts already (a module registered later waits to be among them before it reads).
+        Returns (progress, modules, intact); `intact` is False when the run's keys are gone (a
+        restarted server)."""
         P = self.P
         trim = None
         if batch is not None and batch[0] % TRIM_EVERY == 0 and self._seqs is not None:
@@ -339,10 +342,14 @@ class RedisRegistry(Registry):
             p.delete(P + "progress")
             p.hgetall(P + "modules")
             p.hgetall(P + "seqs")
+            if taken is not None:
+                p.set(P + "taken", " ".join(map(str, sorted(taken))))
             p.set(P + "gateway", json.dumps(whoami()), px=HEARTBEAT_TTL)
             return p.execute()
         res = self._retry(op)
         self._last_beat = time.monotonic()
+        if taken is not None:
+            res = res[:-2] + res[-1:]
         progress = []
         for item in res[-5]:
             bit, conn, records = item.split()
@@ -370,6 +377,12 @@ class RedisRegistry(Registry):
             return out, out[0][0] != seq + 1
         last = self._retry(lambda: self.r.hget(self.P + "meta", "batches"))
         return out, last is not None and last != "" and int(last) > seq
+
+    def taken(self, bit):
+        """Does the gateway count module bit `bit` (so that it gives back nothing that module
+        has not finished)?"""
+        held = self._retry(lambda: self.r.get(self.P + "taken"))
+        return held is not None and str(bit) in held.split()
 
     def alive_bits(self, bits):
         def op():
