@@ -56,6 +56,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                                if on_status else None, tick=tick)
         except RegistryError as e:
             raise FlowsiftError(str(e)) from None
+        # the modules finish after the source: what their reports gave back counts too
+        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
         summary["run"] = reg.run
         summary["registry"] = reg.shown
         summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)

@@ -221,6 +221,21 @@ def test_chain_with_registry_gives_the_embedded_output(tmp_path, corpus, redis_s
     assert redis_server.client().keys("flowsift:*") == []
 
 
+def test_a_registry_run_counts_what_its_modules_gave_back(tmp_path, corpus, redis_server):
+    # the summary was taken when the source ended, before the modules' reports: 0 retired
+    stores, sums = {}, {}
+    for mode, extra in (("embedded", ()), ("registry", ("--registry", redis_server.url))):
+        stores[mode] = tmp_path / mode
+        res = run_cli("chain", "tls", corpus / CAPTURE, "--store", stores[mode], "--events", "/dev/null", "--json",
+                      *extra)
+        assert res.returncode == 0, res.stderr
+        sums[mode] = json.loads(res.stdout)
+    left = {mode: sorted(p.name for p in store.glob("*.rec")) for mode, store in stores.items()}
+    assert left["embedded"] == left["registry"] and len(left["registry"]) == 108 - sums["registry"]["retired"]
+    for key in ("retired", "reclaimed_bytes"):
+        assert sums["registry"][key] == sums["embedded"][key] > 0, key
+
+
 def test_a_registry_chain_over_no_connection_ends_at_once_as_the_others_do(tmp_path, corpus, redis_server):
     """The gateway, with nothing to wait for, removed the run before its modules attached: they
     never found it, and the chain ended after a minute, blaming a module (exit 2)."""
