@@ -380,7 +380,10 @@ def test_unreachable_registry_is_one_line_exit_2(corpus, redis_server):
 
 @pytest.mark.parametrize("url,words", [("redis://[::1", "Invalid IPv6 URL"), ("redis://:secret@[::1", "Invalid IPv6"),
                                        ("redis://localhost:abc/0", "Port could not be cast"),
-                                       ("redis://localhost:99999/0", "Port out of range")])
+                                       ("redis://localhost:99999/0", "Port out of range"),
+                                       # (redis-py took these for db 0)
+                                       ("redis://:secret@localhost:6379/abc", "the path '/abc' names the database"),
+                                       ("unix:///tmp/no.sock?db=x", "db='x' names the database")])
 def test_a_registry_url_that_does_not_parse_is_a_usage_error(corpus, url, words):
     # urllib's ValueError came out as an internal error, exit 1
     for args in (("gateway", corpus / "http__tcpflow__jpegs.cap"), ("module", "counter")):
