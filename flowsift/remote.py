@@ -36,8 +36,16 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
     """Run the gateway over `source` with the registry at `url`; returns its summary."""
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
-    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
-                readers_here=False, **(reassembly or {}))
+    try:
+        reg.check_run()                 # a live run is refused before the store is made
+        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
+                    readers_here=False, **(reassembly or {}))
+    except RegistryError as e:
+        reg.close()
+        raise FlowsiftError(str(e)) from None
+    except BaseException:
+        reg.close()
+        raise
     started = False
     try:
         try:

@@ -342,7 +342,7 @@ def test_stale_keys_of_a_crashed_run_never_break_a_new_one(tmp_path, corpus, red
     assert res.returncode == 2 and res.stderr.strip() == "flowsift: --cleanup removes a run's keys: give no SOURCE with it"
 
 
-def test_cleanup_refuses_a_live_run(corpus, redis_server):
+def test_cleanup_refuses_a_live_run(tmp_path, corpus, redis_server):
     url, r = redis_server.url, redis_server.client()
     gw = flowsift("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rl", "--expect", "nobody")
     try:
@@ -350,8 +350,11 @@ def test_cleanup_refuses_a_live_run(corpus, redis_server):
         res = run_cli("gateway", "--registry", url, "--cleanup", "rl")
         assert res.returncode == 2 and "run rl is live" in res.stderr
         before = sorted(r.keys("flowsift:*"))
-        res = run_cli("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rl")
+        res = run_cli("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rl",
+                      "--store", tmp_path / "dup")
         assert res.returncode == 2 and "run rl is live" in res.stderr
+        # refused before it made its store: a retry with the same --store is not taken for a later run's
+        assert not (tmp_path / "dup").exists()
         # refused, it once removed the live run's keys on its way out; and a run named r* ended
         # by deleting what r* matched as a pattern
         res = run_cli("gateway", corpus / "http__zeek__get.pcap", "--registry", url, "--run", "r*")

@@ -268,9 +268,9 @@ class RedisRegistry(Registry):
         return self._retry(op)
 
     # --- gateway side ---
-    def start_run(self, meta):
-        """Claim run id `self.run` (a fresh one when None). A dead run of the same id, left by a
-        crash, is cleared first; a live one is an error."""
+    def check_run(self):
+        """Can run id `self.run` (a fresh one when None) be started here? A live one is an
+        error, said before the gateway makes anything (its store)."""
         self.ensure_notifications()
         if self.run is None:
             self.run = new_run_id()
@@ -279,6 +279,11 @@ class RedisRegistry(Registry):
             held = self.all_runs().get(self.run, {})
             raise RegistryError(f"run {self.run} is live in {self.shown} (gateway pid {held.get('pid')} on "
                                 f"{held.get('host')}): pick another --run")
+
+    def start_run(self, meta):
+        """Claim run id `self.run` (a fresh one when None). A dead run of the same id, left by a
+        crash, is cleared first; a live one is an error."""
+        self.check_run()
         stale = self._retry(lambda: self.r.hexists("flowsift:runs", self.run)) or self.has_keys(self.run)
         if stale:
             self.remove_run(self.run)
