@@ -294,7 +294,14 @@ def module(
       flowsift module http --registry redis://:secret@10.0.0.5:6379/0 --run r1 --events http.jsonl
     """
     from flowsift.remote import attach
-    summary = attach(name, registry, run=run, events=None if events == "-" else events, strict=strict, wait=wait)
+    try:
+        summary = attach(name, registry, run=run, events=None if events == "-" else events, strict=strict, wait=wait)
+    except FlowsiftError as e:
+        # stopped once attached (its gateway gone, the registry lost or full): what it did still
+        # goes out, its `error` saying why; the line and exit 2 follow
+        if as_json and getattr(e, "summary", None) is not None:
+            typer.echo(json.dumps(e.summary), err=events == "-")
+        raise
     if as_json:
         typer.echo(json.dumps(summary), err=events == "-")
     else:

@@ -16,6 +16,7 @@ from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
+from flowsift.registry.base import RegistryError
 from flowsift.stats import compile_filter, not_in_connections
 from flowsift.streams._store import RecordStore
 
@@ -352,9 +353,9 @@ class Gateway:
         except BpfError as e:
             self._fail(str(e))
             raise UsageError(f"filter cannot be applied to {path}: {e}") from None
-        except FlowsiftError as e:
-            # the store cannot be written (full, unwritable): leave files as they are, unclosed,
-            # and the manifest saying the store is incomplete
+        except (FlowsiftError, RegistryError) as e:
+            # the store cannot be written (full, unwritable), or the registry is lost: leave
+            # files as they are, unclosed, and the manifest saying the store is incomplete
             self._fail(str(e))
             self._attach_summary(e, cap, decoder)
             raise
@@ -374,7 +375,7 @@ class Gateway:
             self.sync(*changed, batch=True)
             if after_batch is not None:
                 after_batch(*changed)
-        except FlowsiftError as e:
+        except (FlowsiftError, RegistryError) as e:
             self._fail(str(e))
             self._attach_summary(e, cap, decoder)
             raise

@@ -47,6 +47,22 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
         reg.close()
         raise
     started = False
+    removed = store is None and not keep       # the default store goes with the run
+
+    def complete(summary):
+        # the modules finish after the source: what their reports gave back counts too
+        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
+        summary["run"] = reg.run
+        summary["registry"] = reg.shown
+        summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
+                                                         for b, d in g.done_by.items()})
+        summary["registry_outages"] = reg.outages
+        summary["registry_rebuilt"] = reg.rebuilt
+        if removed:
+            summary["store"] = None
+        return summary
+
+    summary = None
     try:
         try:
             reg.start_run({"store": g.store_dir, "source": str(source)})
@@ -62,17 +78,21 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                 on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
             g.wait_for_modules(on_status=(lambda lines: [on_status("waiting for " + x) for x in lines])
                                if on_status else None, tick=tick)
-        except RegistryError as e:
-            raise FlowsiftError(str(e)) from None
-        # the modules finish after the source: what their reports gave back counts too
-        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
-        summary["run"] = reg.run
-        summary["registry"] = reg.shown
-        summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
-                                                         for b, d in g.done_by.items()})
-        summary["registry_outages"] = reg.outages
-        summary["registry_rebuilt"] = reg.rebuilt
-        return summary
+        except (RegistryError, FlowsiftError) as e:
+            # the summary of what was done still goes out (--json), its `error` saying why
+            error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
+            if error is not e:
+                reg.retry_for = 0       # the keys' removal on the way out: one try, not another wait
+            partial = summary if summary is not None else getattr(e, "summary", None)
+            if partial is not None:
+                try:
+                    error.summary = complete(dict(partial, error=str(e)))
+                except Exception:
+                    pass            # (a summary that cannot be made must not hide the error)
+            if error is e:
+                raise
+            raise error from None
+        return complete(summary)
     finally:
         try:
             if started:                 # (a run this gateway was refused is another's: untouched)
@@ -199,6 +219,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     out = _Output(events)
     name = name or cls.name
     reg = _redis(url, role="module")
+    summarize = None
     try:
         reg.ensure_notifications()          # what wakes this module: checked before any waiting
         run, info = _find_run(reg, run, wait, on_status)
@@ -238,6 +259,16 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         runner = InlineChain([(cls, config)], None, strict=strict, path_of=path_of, on_done=state.on_done,
                              hold_events=True)
         module = runner.modules[0]
+
+        def summarize(error=None):
+            summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
+                       "events": state.events,
+                       "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
+                       "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
+                       "batch_log_gaps": state.log_gaps, "registry_rebuilt": reg.rebuilt, "error": error}
+            if runner.state_snapshots():
+                summary["state"] = runner.state_snapshots()
+            return summary
         if ckpt:
             # its declared state, counters and open connections as of its last commit
             runner.restore_checkpoint(ckpt)
@@ -329,18 +360,21 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     time.sleep(0.1)
             if reg.wait(poll) is None:          # an outage: our keys may be gone with the server
                 state.restore()
-        summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
-                   "events": state.events, "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
-                   "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
-                   "batch_log_gaps": state.log_gaps,
-                   "registry_rebuilt": reg.rebuilt}
-        if runner.state_snapshots():
-            summary["state"] = runner.state_snapshots()
+        summary = summarize()
         reg.release(bit)
         out.close()
         return summary
-    except RegistryError as e:
-        raise FlowsiftError(str(e)) from None
+    except (RegistryError, FlowsiftError) as e:
+        # once attached, the summary of what was done goes out with the error (--json)
+        error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
+        if summarize is not None:
+            try:
+                error.summary = summarize(str(e))
+            except Exception:
+                pass            # (a summary that cannot be made must not hide the error)
+        if error is e:
+            raise
+        raise error from None
     finally:
         out.close()
         reg.close()

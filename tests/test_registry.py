@@ -605,13 +605,17 @@ def test_an_attached_module_leaves_when_its_gateway_is_killed(tmp_path, corpus, 
     # (--store under tmp_path: a killed gateway cannot remove its store)
     gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rk", "--expect", "slow",
                   "--store", tmp_path / "store", env={"FLOWSIFT_BATCH": "1"})
-    m = flowsift("module", slow, "--registry", url, "--run", "rk", "--events", events, env={"SLOW_CLOSE": "0.1"})
+    m = flowsift("module", slow, "--registry", url, "--run", "rk", "--events", events, "--json",
+                 env={"SLOW_CLOSE": "0.1"})
     wait_until(lambda: closed_events(events) >= 2, procs=(gw, m))
     os.kill(gw.pid, signal.SIGKILL)
     gw.wait()
     assert r.hget("flowsift:{rk}:meta", "state") == "running"
-    _, err = m.communicate(timeout=30)
+    out, err = m.communicate(timeout=30)
     assert m.returncode == 2 and "run rk ended (its gateway is gone) before module slow finished" in err
+    # --json: what it did, its error saying why it stopped (it printed nothing)
+    summary = json.loads(out)
+    assert "its gateway is gone" in summary["error"] and summary["modules"]["slow"]["connections"] >= 2
 
 
 RAISER = textwrap.dedent('''
@@ -678,3 +682,26 @@ def test_a_module_attached_late_beside_another_counts_what_it_missed(tmp_path, c
     assert strip(read_events(events)) == strip(want_events) and fsum["modules"]["slow"] == want_counters
     assert gsum["module_progress"] == {"slow": 108, "counter": 108}
     assert r.keys("flowsift:*") == []
+
+
+def test_a_registry_gateway_says_its_default_store_is_gone_and_gives_its_summary_when_redis_is_lost(
+        tmp_path, corpus, redis_server):
+    url, r = redis_server.url, redis_server.client()
+    cap = corpus / "http__zeek__get.pcap"
+    # the default store is removed at the end (unless --keep): the summary named a directory gone
+    res = run_cli("gateway", cap, "--registry", url, "--json", check=True)
+    assert json.loads(res.stdout)["store"] is None
+    res = run_cli("gateway", cap, "--registry", url, "--json", "--keep", check=True)
+    kept = json.loads(res.stdout)["store"]
+    assert kept and os.path.isfile(os.path.join(kept, "store.json"))
+    import shutil
+    shutil.rmtree(kept)
+    # the registry lost for good while the gateway waits for a module: --json printed nothing
+    gw = flowsift("gateway", cap, "--registry", url, "--run", "lost", "--expect", "nobody", "--json",
+                  env={"FLOWSIFT_REGISTRY_RETRY": "1"})
+    wait_until(lambda: r.hget("flowsift:{lost}:meta", "state") == "complete", procs=(gw,))
+    redis_server.stop()
+    out, err = gw.communicate(timeout=60)
+    assert gw.returncode == 2 and err.strip().splitlines()[-1].startswith("flowsift: lost Redis at"), err
+    summary = json.loads(out)
+    assert summary["error"].startswith("lost Redis at") and summary["run"] == "lost" and summary["packets"] > 0
