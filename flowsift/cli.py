@@ -274,7 +274,8 @@ def module(
     registry: str = typer.Option(..., "--registry", metavar="URL", help="The Redis registry the gateway uses."),
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to attach to (default: the only live one)."),
     events: str = typer.Option("-", "--events", metavar="FILE",
-                               help="Where the JSON event lines go ('-': stdout). A file is resumed exactly after a crash."),
+                               help="Where the JSON event lines go ('-': stdout). A regular file is resumed exactly "
+                                    "after a crash; stdout, a pipe or a device get each line once committed."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     wait: Optional[float] = typer.Option(None, "--wait", metavar="SECONDS",
                                          help="How long to wait for the run to start (default: for ever)."),

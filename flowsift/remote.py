@@ -11,6 +11,7 @@ event file is cut back to what was committed.
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 
@@ -143,11 +144,13 @@ def _find_run(reg, run, wait, on_status):
 class _Output:
     """Where an attached module's event lines go. A regular file is written before its
     connections are committed, with its length in the same commit, and cut back to that length
-    after a crash; a pipe or terminal gets the lines after the commit."""
+    after a crash; standard output, a pipe or a device (/dev/null) gets the lines after the
+    commit (it cannot be cut back)."""
 
     def __init__(self, path):
         # opened before the module waits for its run: a path it cannot write is said at once
-        self.fd = None
+        self.fd = None              # None: standard output
+        self.regular = False
         self.held = []
         self.path = path
         self.pos = None
@@ -155,12 +158,13 @@ class _Output:
             return
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         except OSError as e:
             raise UsageError(f"{path}: cannot write events: {e.strerror}") from None
 
     def start(self, committed):
         """Cut the file back to what this module's last commit says it held."""
-        if self.fd is None:
+        if not self.regular:
             return
         path = self.path
         size = os.fstat(self.fd).st_size
@@ -174,20 +178,26 @@ class _Output:
     def write(self, data):
         if not data:
             return
-        if self.fd is None:
+        if not self.regular:
             self.held.append(data)
             return
+        self._put(data)
+        self.pos += len(data)
+
+    def _put(self, data):
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-        self.pos += len(data)
 
     def committed(self):
         if self.held:
-            sys.stdout.buffer.write(b"".join(self.held))
-            sys.stdout.flush()
-            self.held = []
+            data, self.held = b"".join(self.held), []
+            if self.fd is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                self._put(data)
 
     def close(self):
         if self.fd is not None:

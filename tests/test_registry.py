@@ -705,3 +705,22 @@ def test_a_registry_gateway_says_its_default_store_is_gone_and_gives_its_summary
     assert gw.returncode == 2 and err.strip().splitlines()[-1].startswith("flowsift: lost Redis at"), err
     summary = json.loads(out)
     assert summary["error"].startswith("lost Redis at") and summary["run"] == "lost" and summary["packets"] > 0
+
+
+def test_an_attached_module_writes_its_events_to_a_device(corpus, redis_server):
+    # a file that cannot be cut back (to what was committed) gets its lines after each commit,
+    # as standard output does: /dev/null was an internal error (ftruncate: invalid argument)
+    url = redis_server.url
+    gw = flowsift("gateway", corpus / "http__tcpflow__jpegs.cap", "--registry", url, "--run", "rn",
+                  "--expect", "counter")
+    res = None
+    try:
+        res = run_cli("module", "counter", "--registry", url, "--run", "rn", "--events", "/dev/null", "--json",
+                      "--wait", "30")
+        assert res.returncode == 0, res.stderr
+    finally:
+        if res is None or res.returncode:
+            gw.terminate()          # (it would wait for ever for its module)
+            gw.wait(timeout=60)
+    finish(gw)
+    assert json.loads(res.stdout)["events"] == 19
