@@ -435,6 +435,14 @@ def test_passwords_and_acl_users(tmp_path, corpus):
         res = run_cli("module", "counter", "--registry", f"redis://bob:bobpw@127.0.0.1:{port}/0")
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
         assert "'notify-keyspace-events Kh' in redis.conf" in res.stderr and "user 'bob'" in res.stderr
+        assert "a hash written as a probe was not announced" in res.stderr
+        # on, and a user who may not read the setting: it was refused as if they were off
+        admin.config_set("notify-keyspace-events", "Kh")
+        admin.execute_command("ACL", "SETUSER", "nonotify", "on", ">npw", "~*", "&*", "+@all", "-config")
+        res = run_cli("chain", "http,counter", cap, "--registry", f"redis://nonotify:npw@127.0.0.1:{port}/0", "--json")
+        assert res.returncode == 0, res.stderr
+        assert admin.keys("flowsift:*") == []
+        admin.config_set("notify-keyspace-events", "")
         # a user who may: flowsift turns them on
         res = run_cli("chain", "counter", cap, "--registry", f"redis://alice:alicepw@127.0.0.1:{port}/0", "--json")
         assert res.returncode == 0, res.stderr

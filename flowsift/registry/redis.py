@@ -40,6 +40,7 @@ HEARTBEAT_EVERY = HEARTBEAT_TTL / 5000
 RETRY_FOR = env_number("FLOWSIFT_REGISTRY_RETRY", 120.0, 0, None, "seconds of retrying", float)   # back-off before giving up
 TRIM_EVERY = 64               # batches between trims of the batch log
 NOTIFY_FLAGS = "Kh"          # keyspace events (K) of hash commands (h): what modules subscribe to
+PROBE_WAIT = 1.0             # seconds to wait for a probe's notification (they come within a round trip)
 
 # Take a bit for module ARGV[2]: its own again if it held one and is not alive (a restart, or
 # a bit the gateway reserved for it), else the wanted one if free, else the lowest free one.
@@ -175,6 +176,9 @@ class RedisRegistry(Registry):
         flags = self._retry(get)
         if flags is not None and "K" in flags and ("h" in flags or "A" in flags):
             return
+        # a user who may not read the setting may still be sent the notifications: see one come
+        if flags is None and self._retry(self._probe_notifications):
+            return
 
         def put():
             try:
@@ -183,11 +187,37 @@ class RedisRegistry(Registry):
                 return e
         refused = self._retry(put)
         if refused is not None:
+            seen = (f"(notify-keyspace-events is {flags!r})" if flags is not None else
+                    f"(a hash written as a probe was not announced within {PROBE_WAIT:g} s)")
             raise RegistryError(
-                f"Redis at {self.shown} does not send keyspace notifications, and user {self.user!r} may not "
-                f"turn them on ({str(refused).split(':')[0].strip() or refused}). Configure the server with "
-                f"'notify-keyspace-events {NOTIFY_FLAGS}' in redis.conf (or as an administrator: "
+                f"Redis at {self.shown} does not send keyspace notifications of hash commands {seen}, and user "
+                f"{self.user!r} may not turn them on ({str(refused).split(':')[0].strip() or refused}). Configure the "
+                f"server with 'notify-keyspace-events {NOTIFY_FLAGS}' in redis.conf (or as an administrator: "
                 f"CONFIG SET notify-keyspace-events {NOTIFY_FLAGS}), or allow this user +config|get +config|set")
+
+    def _probe_notifications(self):
+        """Write a hash of its own and wait for its keyspace notification: what modules are woken
+        by. True when it came."""
+        key = f"flowsift:probe:{new_run_id()}"
+        ps = self.r.pubsub()
+        try:
+            ps.subscribe(f"__keyspace@{self.db}__:{key}")
+            # (the subscription is in place once confirmed: only then is the write announced to it)
+            deadline = time.monotonic() + PROBE_WAIT
+            msg = None
+            while (msg is None or msg.get("type") != "subscribe") and time.monotonic() < deadline:
+                msg = ps.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            self.r.hset(key, "probe", 1)
+            try:
+                while time.monotonic() < deadline:
+                    msg = ps.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                    if msg is not None and msg.get("type") == "message" and msg.get("data") == "hset":
+                        return True
+                return False
+            finally:
+                self.r.delete(key)
+        finally:
+            ps.close()
 
     def _retry(self, op):
         """Run `op()`; while the server is unreachable, retry with back-off. After an outage,
