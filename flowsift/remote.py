@@ -374,15 +374,22 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         reg.release(bit)
         out.close()
         return summary
-    except (RegistryError, FlowsiftError) as e:
+    except (RegistryError, FlowsiftError) as caught:
         # once attached, the summary of what was done goes out with the error (--json)
-        error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
+        from flowsift.registry.redis import TakenOver
+        if isinstance(caught, TakenOver):
+            h = caught.holder
+            error = FlowsiftError(f"run {run}: module {name} was taken over by another process of it (pid "
+                                  f"{h.get('pid')} on {h.get('host')}) while this one was held up {caught.silent:.0f} s, "
+                                  f"past its heartbeat: this one stops (the other writes its events now)")
+        else:
+            error = caught if isinstance(caught, FlowsiftError) else FlowsiftError(str(caught))
         if summarize is not None:
             try:
-                error.summary = summarize(str(e))
+                error.summary = summarize(str(error))
             except Exception:
                 pass            # (a summary that cannot be made must not hide the error)
-        if error is e:
+        if error is caught:
             raise
         raise error from None
     finally:
@@ -417,6 +424,8 @@ class _Attached:
 
     def on_done(self, conn, records, events, counts):
         data = "".join(events).encode()
+        if data and self.out.regular and not self.reg.still_held(self.bit):
+            self.restore()              # (it stops if the run is over: the file may be another's now)
         self.out.write(data)
         if events:
             counts = dict(counts)
@@ -466,14 +475,28 @@ class _Attached:
         once the gateway has put the run's own keys back. Keys removed by --cleanup (its gateway
         gone) do not come back: then the run is over, and writing ours again would leave keys
         of a run that no longer exists, for the next run of that name to trip on."""
-        from flowsift.registry.redis import HEARTBEAT_TTL
+        from flowsift.registry.redis import HEARTBEAT_TTL, TakenOver
+        from flowsift.registry.base import whoami
+        # held up (stopped, swapped out) past its heartbeat: another process of the module may
+        # have taken its bit over meanwhile, and finished
+        silent = time.monotonic() - self.reg.beat_ok
         self.reg.ensure_notifications()
         deadline = time.monotonic() + 3 * HEARTBEAT_TTL / 1000
         while not self.reg.run_meta():
             if time.monotonic() > deadline:
+                if silent > HEARTBEAT_TTL / 1000:
+                    raise FlowsiftError(
+                        f"run {self.reg.run}: its keys are gone (the run ended or was cleaned up) and module "
+                        f"{self.name} had been held up {silent:.0f} s, past its {HEARTBEAT_TTL / 1000:g} s heartbeat: "
+                        f"another process of it may have taken its bit over and finished; this one stops")
                 raise FlowsiftError(f"run {self.reg.run}: its keys are gone and its gateway did not put them back "
                                     f"(the run was cleaned up, or its gateway died): module {self.name} stops")
             time.sleep(0.1)
+        holder = self.reg.holder(self.bit)
+        me = whoami()
+        if holder is not None and not holder.get("reserved") and (holder.get("host"), holder.get("pid")) != \
+                (me["host"], me["pid"]):
+            raise TakenOver(self.bit, holder, silent)
         self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos, self.ckpt)
 
 

@@ -732,3 +732,32 @@ def test_an_attached_module_writes_its_events_to_a_device(corpus, redis_server):
             gw.wait(timeout=60)
     finish(gw)
     assert json.loads(res.stdout)["events"] == 19
+
+
+def test_a_module_held_up_and_taken_over_says_so_and_writes_nothing(tmp_path, corpus, redis_server, slow, expected):
+    """Stopped (SIGSTOP) past its heartbeat, its bit taken over by a second process of it, then
+    let go: it said its run's keys were gone (the run cleaned up, or its gateway dead) though
+    the run was alive; it could also have written into the events file the other now writes."""
+    url, r = redis_server.url, redis_server.client()
+    fast = {"FLOWSIFT_HEARTBEAT_TTL_MS": "1000"}
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rto", "--expect", "slow",
+                  "--store", tmp_path / "store", env=fast)
+    events = tmp_path / "slow.jsonl"
+    first = flowsift("module", slow, "--registry", url, "--run", "rto", "--events", events, "--json", env=fast)
+    try:
+        wait_until(lambda: r.exists("flowsift:{rto}:ckpt:0"), procs=(gw, first))
+        os.kill(first.pid, signal.SIGSTOP)
+        wait_until(lambda: not r.exists("flowsift:{rto}:alive:0"), timeout=10)
+        second = flowsift("module", slow, "--registry", url, "--run", "rto", "--events", events, "--json",
+                          env=dict(fast, SLOW_CLOSE="0.03"))
+        wait_until(lambda: str(second.pid) in (r.get("flowsift:{rto}:alive:0") or ""), procs=(second,))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 2, err
+    assert f"module slow was taken over by another process of it (pid {second.pid}" in err, err
+    assert "taken over" in json.loads(out)["error"]
+    finish(second)
+    finish(gw)
+    # what the second wrote is whole: the first wrote nothing more into it
+    assert strip(read_events(events)) == strip(expected[0])

@@ -46,7 +46,7 @@ PROBE_WAIT = 1.0             # seconds to wait for a probe's notification (they 
 # a bit the gateway reserved for it), else the wanted one if free, else the lowest free one.
 # Returns {bit, resumed} or {-1, bit, holder} (alive elsewhere) or {-2} (all bits taken).
 _REGISTER = """
-local prefix, name, info, ttl, want, max, live = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local prefix, name, info, ttl, want, max, live, who = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local held = cjson.decode(all[i + 1])
@@ -55,13 +55,13 @@ for i = 1, #all, 2 do
       return {-1, tonumber(all[i]), all[i + 1]}
     end
     redis.call('HSET', KEYS[1], all[i], info)
-    if live == '1' then redis.call('SET', prefix .. 'alive:' .. all[i], info, 'PX', ttl) end
+    if live == '1' then redis.call('SET', prefix .. 'alive:' .. all[i], who, 'PX', ttl) end
     return {tonumber(all[i]), 1}
   end
 end
 local function take(b)
   redis.call('HSET', KEYS[1], b, info)
-  if live == '1' then redis.call('SET', prefix .. 'alive:' .. b, info, 'PX', ttl) end
+  if live == '1' then redis.call('SET', prefix .. 'alive:' .. b, who, 'PX', ttl) end
   return {b, 0}
 end
 if want >= 0 and redis.call('HEXISTS', KEYS[1], want) == 0 then return take(want) end
@@ -71,12 +71,25 @@ end
 return {-2}
 """
 
+# A module's heartbeat key holds its process (host and pid): another process of the module
+# takes the bit over once it has expired (this one held up: stopped, swapped out). Returns 1,
+# 0 when the key is gone (a restarted server), or the holder's text when another holds it.
+_BEAT = """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+if held ~= ARGV[1] then return held end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # A module's commit: finished connections (done hash and the gateway's progress list), counter
 # increments, output length and the module's checkpoint, all or nothing, and only while its
-# heartbeat key exists.
+# heartbeat key is its own (as _BEAT answers).
 _COMMIT = """
 local prefix, bit, ttl, who, outpos, n, ckpt, seq = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+if held ~= who then return held end
 if ckpt ~= '' then redis.call('SET', prefix .. 'ckpt:' .. bit, ckpt) end
 if seq ~= '' then redis.call('HSET', prefix .. 'seqs', bit, seq) end
 local i = 9
@@ -130,6 +143,8 @@ class RedisRegistry(Registry):
         self.user = self.r.connection_pool.connection_kwargs.get("username") or "default"
         self._register = None
         self._commit = None
+        self._beat = None
+        self.beat_ok = time.monotonic()  # when this module's heartbeat was last known to hold
         self._seqs = None             # the lowest batch every module has committed (gateway)
         self._check()
         self.run = run
@@ -340,13 +355,42 @@ class RedisRegistry(Registry):
 
     def heartbeat(self, bit=None):
         """Refresh this process's heartbeat (at most every HEARTBEAT_EVERY). False when it had
-        gone (a restarted server, or a process too slow to beat): the caller writes its part again."""
+        gone (a restarted server, or a process too slow to beat): the caller writes its part again.
+        A module's bit taken over by another process of it raises TakenOver."""
         now = time.monotonic()
         if now - self._last_beat < HEARTBEAT_EVERY:
             return True
         self._last_beat = now
-        key = self.P + ("gateway" if bit is None else f"alive:{bit}")
-        return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
+        if bit is None:
+            key = self.P + "gateway"
+            return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
+        if self._beat is None:
+            self._beat = self.r.register_script(_BEAT)
+        res = self._retry(lambda: self._beat(keys=[f"{self.P}alive:{bit}"], args=[json.dumps(whoami()), HEARTBEAT_TTL]))
+        return self._held(bit, res)
+
+    def still_held(self, bit):
+        """Before writing where another process of the module would write (its --events file):
+        a process silent nearly as long as its heartbeat lasts (held up: stopped, swapped out)
+        asks the server whether the bit is still its own. TakenOver if not; False when its key
+        is gone."""
+        if time.monotonic() - self.beat_ok < HEARTBEAT_TTL / 1000 - HEARTBEAT_EVERY:
+            return True                 # (its key cannot have expired yet)
+        self._last_beat = 0.0
+        return self.heartbeat(bit)
+
+    def _held(self, bit, res):
+        # what _BEAT and _COMMIT answer: 1 (ours), 0 (gone), or the text of another holder
+        if res == 1:
+            self.beat_ok = time.monotonic()
+            return True
+        if res == 0:
+            return False
+        try:
+            holder = json.loads(res)
+        except (TypeError, ValueError):
+            holder = {}
+        raise TakenOver(bit, holder, time.monotonic() - self.beat_ok)
 
     def sync(self, new, updates, batch=None, taken=None):
         """The gateway's one round trip per batch: new identities, latest records and the
@@ -458,7 +502,9 @@ class RedisRegistry(Registry):
     def _take(self, name, want, info, live=True):
         res = self._retry(lambda: self._script()(keys=[self.P + "modules"],
                                                  args=[self.P, name, json.dumps(info), HEARTBEAT_TTL,
-                                                       -1 if want is None else want, MAX_MODULES, "1" if live else "0"]))
+                                                       -1 if want is None else want, MAX_MODULES, "1" if live else "0",
+                                                       json.dumps(whoami())]))
+        self.beat_ok = time.monotonic()
         if res[0] == -2:
             raise RegistryError(f"run {self.run}: all {MAX_MODULES} module bits are taken")
         if res[0] == -1:
@@ -515,7 +561,8 @@ class RedisRegistry(Registry):
         """Connections finished: [(conn, records, counter increments)], and the output written
         so far, in one atomic step: after a crash either all of it counts or none. Refused
         (returns False, nothing written) when this module's heartbeat key is gone, i.e. the
-        server lost the module's state: the caller restores it first, then commits again."""
+        server lost the module's state: the caller restores it first, then commits again.
+        Raises TakenOver (nothing written) when another process of the module holds the bit."""
         done, totals = {}, {}
         for conn, records, counters in items:
             done[conn] = records
@@ -529,7 +576,7 @@ class RedisRegistry(Registry):
             args += [k, v]
         if self._commit is None:
             self._commit = self.r.register_script(_COMMIT)
-        return bool(self._retry(lambda: self._commit(keys=[f"{self.P}alive:{bit}"], args=args)))
+        return self._held(bit, self._retry(lambda: self._commit(keys=[f"{self.P}alive:{bit}"], args=args)))
 
     def commit(self, bit, conn, records, counters=None, outpos=None):
         return self.commit_many(bit, [(conn, records, counters)], outpos)
@@ -558,6 +605,12 @@ class RedisRegistry(Registry):
                 p.hset(self.P + "seqs", bit, json.loads(checkpoint).get("seq", 0))
             p.execute()
         self._retry(op)
+        self.beat_ok = time.monotonic()
+
+    def holder(self, bit):
+        """{name, host, pid, ...} of the process that holds module bit `bit`, or None."""
+        held = self._retry(lambda: self.r.hget(self.P + "modules", bit))
+        return None if held is None else json.loads(held)
 
     def run_meta(self):
         return self._retry(lambda: self.r.hgetall(self.P + "meta"))
@@ -622,6 +675,17 @@ class RedisRegistry(Registry):
             self.r.close()
         except Exception:
             pass
+
+
+class TakenOver(RegistryError):
+    """Another process of a module took its bit over while this one was held up past its
+    heartbeat (stopped, swapped out)."""
+
+    def __init__(self, bit, holder, silent):
+        self.bit, self.holder, self.silent = bit, holder, silent
+        super().__init__(f"bit {bit} was taken over by another process (pid {holder.get('pid')} on "
+                         f"{holder.get('host')}) while this one was held up {silent:.0f} s, past its "
+                         f"{HEARTBEAT_TTL / 1000:g} s heartbeat")
 
 
 class _Held(Exception):
