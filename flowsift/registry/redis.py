@@ -582,11 +582,14 @@ class RedisRegistry(Registry):
         return self.commit_many(bit, [(conn, records, counters)], outpos)
 
     def restore_module(self, bit, name, done, counters, outpos, checkpoint=None):
-        """After a server restart: this module's bit, progress and counters again."""
-        self.rebuilt += 1
+        """After a server restart: this module's bit, progress and counters again (once: what
+        finds its heartbeat key its own again has been written already)."""
         info = dict(name=name, started=time.time(), **whoami())
+        who = json.dumps(whoami())
 
         def op():
+            if self.r.get(f"{self.P}alive:{bit}") == who:
+                return False
             p = self.r.pipeline(transaction=True)
             p.hset(self.P + "modules", bit, json.dumps(info))
             p.set(f"{self.P}alive:{bit}", json.dumps(whoami()), px=HEARTBEAT_TTL)
@@ -604,7 +607,9 @@ class RedisRegistry(Registry):
                 p.set(f"{self.P}ckpt:{bit}", checkpoint)
                 p.hset(self.P + "seqs", bit, json.loads(checkpoint).get("seq", 0))
             p.execute()
-        self._retry(op)
+            return True
+        if self._retry(op):
+            self.rebuilt += 1
         self.beat_ok = time.monotonic()
 
     def holder(self, bit):
@@ -663,7 +668,8 @@ class RedisRegistry(Registry):
                 msg = self._pubsub.get_message(timeout=0)
             return changed
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self.outages += 1
+            # (counted as an outage only if the server cannot be reached now: a subscription that
+            # learns late of a restart the other connection already came through is the same one)
             self._retry(lambda: self.r.ping())      # back-off until the server is back
             self.subscribe()
             return None
