@@ -245,6 +245,8 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         # before it counts this one too (at its next batch; every 0.1 s once the source is done).
         give_up = None
         while not reg.taken(bit):
+            if _gone_here(info):
+                raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} could attach")
             if reg.gateway_alive():
                 give_up = None
             elif not reg.run_meta():
@@ -359,6 +361,10 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     state.commit()
                     break
                 continue
+            if _gone_here(info):
+                # killed on this host (kill -9, before it could mark the run ended): known at once
+                raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
+                                    f"{len(runner.finished):,} connections done")
             if now - last_check > 1:
                 last_check = now
                 # a gateway killed outright leaves its run "running": its heartbeat tells
@@ -402,6 +408,14 @@ HEARTBEAT_GRACE = 6.0           # seconds a gateway may be silent (a registry re
 
 def _ended(meta):
     return meta.get("state") in ("complete", "failed")
+
+
+def _gone_here(info):
+    """Is the run's gateway (`info`: its host and pid, as the registry has them) a process of
+    this host that no longer exists? Checked at each wait: it costs no round trip."""
+    from flowsift.registry.base import whoami
+    from flowsift.registry.redis import _pid_alive
+    return info.get("host") == whoami()["host"] and info.get("pid") is not None and not _pid_alive(info["pid"])
 
 
 class _Attached:
