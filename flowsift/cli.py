@@ -259,12 +259,12 @@ def gateway(
         _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
              _render('print_gateway'))
         return
-    from flowsift.remote import serve
-    names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []
+    from flowsift.remote import expected_names, serve
+    names, unknown = expected_names(expect)
     started = (lambda r: typer.echo(f"flowsift: run {r} in the registry", err=True)) if not as_json else None
     _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
                                                    filter_expression=filter, policy=policy, reassembly=bounds,
-                                                   on_progress=progress, on_started=started),
+                                                   on_progress=progress, on_started=started, unknown=unknown),
          as_json, _render('print_gateway'))
 
 

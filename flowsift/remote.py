@@ -32,9 +32,38 @@ def _redis(url, run=None, role="gateway"):
         raise FlowsiftError(str(e)) from None
 
 
+def expected_names(text, on_status=say):
+    """The module names of `--expect` (comma-separated), checked: a module attaches by its name,
+    so a name no module can have, or one twice, would be waited for for ever. A name flowsift
+    does not know (not built in, not installed) may be a module file's: said once, not refused,
+    unless it looks like a known one mistyped. Returns (names, those not known)."""
+    import difflib
+    from flowsift.modules.loader import BUILTINS, plugins
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else []
+    for n in names:
+        if not n.isidentifier():
+            raise UsageError(f"--expect {n!r}: modules are expected by name, as they register (http, or the `name` "
+                             f"a module file's class declares), not by path or with options")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--expect names module {twice[0]} twice: one process of a module attaches to a run")
+    known = set(BUILTINS) | set(plugins())
+    unknown = [n for n in names if n not in known]
+    for n in unknown:
+        close = difflib.get_close_matches(n, sorted(known), n=1, cutoff=0.75)
+        if close:
+            raise UsageError(f"--expect {n}: no module is named {n}; did you mean {close[0]}? (flowsift modules "
+                             f"lists them)")
+        if on_status is not None:
+            on_status(f"--expect {n}: not a module flowsift knows (flowsift modules): the gateway waits for a "
+                      f"module that registers as {n}, such as a module file whose class is named so")
+    return names, unknown
+
+
 def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
-          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None):
-    """Run the gateway over `source` with the registry at `url`; returns its summary."""
+          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None, unknown=()):
+    """Run the gateway over `source` with the registry at `url`; returns its summary. `unknown`:
+    expected names that are no module flowsift knows (said again while waiting for them)."""
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
     try:
@@ -77,8 +106,11 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
             if g.module_bits and on_status is not None:
                 names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
                 on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
-            g.wait_for_modules(on_status=(lambda lines: [on_status("waiting for " + x) for x in lines])
-                               if on_status else None, tick=tick)
+            def waiting(lines):
+                for x in lines:
+                    note = ", not a module flowsift knows" if x.split(" (bit")[0] in unknown else ""
+                    on_status("waiting for " + x + note)
+            g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
         except (RegistryError, FlowsiftError) as e:
             # the summary of what was done still goes out (--json), its `error` saying why
             error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))

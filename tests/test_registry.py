@@ -799,3 +799,20 @@ def test_one_server_restart_is_one_outage_and_one_rebuild(redis_server):
     reg.restore_module(bit, "m", {1: 3}, {}, None)      # what the module does after an outage
     assert (reg.outages, reg.rebuilt) == (1, 1)
     assert redis_server.client().hgetall("flowsift:{r1o}:done:0") == {"1": "3"}
+
+
+def test_expected_module_names_are_checked(corpus):
+    """A mistyped or doubled --expect name was taken, and the gateway waited for ever for a
+    module that could not come."""
+    cap = corpus / "http__zeek__get.pcap"
+    for names, words in (("htpp", "--expect htpp: no module is named htpp; did you mean http?"),
+                         ("http,counter,http", "--expect names module http twice"),
+                         ("./mine.py:Mine", "modules are expected by name")):
+        # (refused before the registry is reached: this one does not exist)
+        res = run_cli("gateway", cap, "--registry", "redis://127.0.0.1:1/0", "--expect", names)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and words in res.stderr, res.stderr
+    # a name no module flowsift knows may be a module file's: said, not refused
+    from flowsift.remote import expected_names
+    said = []
+    assert expected_names("http, mine", on_status=said.append) == (["http", "mine"], ["mine"])
+    assert len(said) == 1 and "--expect mine: not a module flowsift knows" in said[0]
