@@ -569,10 +569,16 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     work = tempfile.mkdtemp(prefix="flowsift-chain-")
     procs, restarts = {}, {n: 0 for n in names}
 
+    # the password goes to the module processes in their environment: a command line is
+    # anyone's to read (ps)
+    from flowsift.registry.redis import PASSWORD_ENV, split_password
+    child_url, password = split_password(url)
+    child_env = dict(os.environ, **{PASSWORD_ENV: password}) if password else None
+
     def launch(i):
-        cmd = [sys.executable, "-m", "flowsift", "module", parts[i], "--registry", url, "--run", run,
+        cmd = [sys.executable, "-m", "flowsift", "module", parts[i], "--registry", child_url, "--run", run,
                "--events", os.path.join(work, f"{i}.jsonl"), "--json", "--wait", "60"] + (["--strict"] if strict else [])
-        procs[i] = subprocess.Popen(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"))
+        procs[i] = subprocess.Popen(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"), env=child_env)
 
     def tick():
         for i, p in list(procs.items()):

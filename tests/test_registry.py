@@ -816,3 +816,38 @@ def test_expected_module_names_are_checked(corpus):
     said = []
     assert expected_names("http, mine", on_status=said.append) == (["http", "mine"], ["mine"])
     assert len(said) == 1 and "--expect mine: not a module flowsift knows" in said[0]
+
+
+def _cmdlines():
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return out
+
+
+def test_a_registry_password_stays_off_command_lines(tmp_path, corpus):
+    """chain --registry started its module processes with the URL, password and all, on their
+    command lines, for anyone's ps to show. The password now goes in their environment, where
+    a user may put it too (FLOWSIFT_REGISTRY_PASSWORD)."""
+    server = RedisServer(tmp_path, "--requirepass", "pw-in-ps")
+    proc = None
+    try:
+        plain = f"redis://127.0.0.1:{server.port}/0"
+        proc = flowsift("chain", "counter", corpus / CAPTURE, "--registry",
+                        f"redis://:pw-in-ps@127.0.0.1:{server.port}/0", "--events", "/dev/null")
+        started = wait_until(lambda: [c for c in _cmdlines() if " module counter " in c and str(server.port) in c],
+                             procs=(proc,))
+        # (the module process authenticates with the password from its environment)
+        assert "pw-in-ps" not in started[0] and plain in started[0]
+        finish(proc)
+        res = run_cli("module", "counter", "--registry", plain)
+        assert res.returncode == 2 and "FLOWSIFT_REGISTRY_PASSWORD" in res.stderr
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)         # (a clean exit: its store and keys go)
+            proc.wait(timeout=60)
+        server.stop()

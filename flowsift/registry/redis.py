@@ -108,12 +108,43 @@ return 1
 """
 
 
+# A password the URL does not carry (so that it is not on a command line, for ps to show)
+PASSWORD_ENV = "FLOWSIFT_REGISTRY_PASSWORD"
+
+
+def _join(p):
+    # urlunsplit drops the "//" of an empty host (unix:///path.sock): a URL as the user wrote it
+    return (f"{p.scheme}://{p.netloc}{p.path}" + (f"?{p.query}" if p.query else "")
+            + (f"#{p.fragment}" if p.fragment else ""))
+
+
 def _redact(url):
     p = urllib.parse.urlsplit(url)
+    if not p.password and "password=" not in p.query:
+        return url
     if p.password:
-        netloc = p.netloc.replace(":" + p.password + "@", ":***@")
-        return urllib.parse.urlunsplit(p._replace(netloc=netloc))
-    return url
+        p = p._replace(netloc=p.netloc.replace(":" + p.password + "@", ":***@"))
+    if "password=" in p.query:
+        p = p._replace(query="&".join("password=***" if part.startswith("password=") else part
+                                      for part in p.query.split("&")))
+    return _join(p)
+
+
+def split_password(url):
+    """(`url` without its password, the password or None): a process started with this URL is
+    given the URL on its command line and the password in its environment (PASSWORD_ENV)."""
+    p = urllib.parse.urlsplit(url)
+    password = urllib.parse.unquote(p.password) if p.password else None
+    if p.password is not None:
+        userinfo, _, host = p.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        p = p._replace(netloc=(user + "@" if user else "") + host)
+    query = urllib.parse.parse_qsl(p.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "password"]
+    if len(kept) != len(query):
+        password = password or next(v for k, v in query if k == "password") or None
+        p = p._replace(query=urllib.parse.urlencode(kept))
+    return _join(p), password
 
 
 def run_prefix(run):
@@ -134,9 +165,11 @@ class RedisRegistry(Registry):
         self.shown = _redact(url)
         self.role = role
         self.retry_for = RETRY_FOR if retry_for is None else retry_for
+        # (a password in the URL comes first: redis-py lets the URL's options override these)
+        extra = {"password": os.environ[PASSWORD_ENV]} if os.environ.get(PASSWORD_ENV) else {}
         try:
             self.r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10,
-                                          health_check_interval=15, decode_responses=True)
+                                          health_check_interval=15, decode_responses=True, **extra)
         except ValueError as e:
             raise RegistryError(f"registry {self.shown}: {e}") from None
         self.db = self.r.connection_pool.connection_kwargs.get("db", 0)
@@ -161,7 +194,8 @@ class RedisRegistry(Registry):
         redis = self._redis
         text = str(e).strip() or type(e).__name__
         if "NOAUTH" in text or "Authentication required" in text:
-            return f"Redis at {self.shown} needs a password: redis://[user]:password@host:port/db"
+            return (f"Redis at {self.shown} needs a password: redis://[user]:password@host:port/db, or "
+                    f"{PASSWORD_ENV} in the environment (kept out of the command line)")
         if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid password" in text \
                 or "invalid username-password" in text:
             return f"Redis at {self.shown} refused user {self.user!r}: wrong password or no such user"
