@@ -418,8 +418,9 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         if isinstance(caught, TakenOver):
             h = caught.holder
             error = FlowsiftError(f"run {run}: module {name} was taken over by another process of it (pid "
-                                  f"{h.get('pid')} on {h.get('host')}) while this one was held up {caught.silent:.0f} s, "
-                                  f"past its heartbeat: this one stops (the other writes its events now)")
+                                  f"{h.get('pid')} on {h.get('host')}) while this one was silent "
+                                  f"{caught.silent:.0f} s, past its heartbeat: this one stops (the other writes "
+                                  f"its events now)")
         else:
             error = caught if isinstance(caught, FlowsiftError) else FlowsiftError(str(caught))
         if summarize is not None:
@@ -533,8 +534,9 @@ class _Attached:
                 if silent > HEARTBEAT_TTL / 1000:
                     raise FlowsiftError(
                         f"run {self.reg.run}: its keys are gone (the run ended or was cleaned up) and module "
-                        f"{self.name} had been held up {silent:.0f} s, past its {HEARTBEAT_TTL / 1000:g} s heartbeat: "
-                        f"another process of it may have taken its bit over and finished; this one stops")
+                        f"{self.name} had been silent {silent:.0f} s (held up, or cut off from the server), past its "
+                        f"{HEARTBEAT_TTL / 1000:g} s heartbeat: another process of it may have taken its bit over "
+                        f"and finished; this one stops")
                 raise FlowsiftError(f"run {self.reg.run}: its keys are gone and its gateway did not put them back "
                                     f"(the run was cleaned up, or its gateway died): module {self.name} stops")
             time.sleep(0.1)

@@ -724,7 +724,7 @@ class TakenOver(RegistryError):
     def __init__(self, bit, holder, silent):
         self.bit, self.holder, self.silent = bit, holder, silent
         super().__init__(f"bit {bit} was taken over by another process (pid {holder.get('pid')} on "
-                         f"{holder.get('host')}) while this one was held up {silent:.0f} s, past its "
+                         f"{holder.get('host')}) while this one was silent {silent:.0f} s, past its "
                          f"{HEARTBEAT_TTL / 1000:g} s heartbeat")
 
 
