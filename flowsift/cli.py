@@ -259,12 +259,12 @@ def gateway(
         _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
              _render('print_gateway'))
         return
-    from flowsift.remote import serve
-    names = [n.strip() for n in expect.split(",") if n.strip()] if expect else []
+    from flowsift.remote import expected_names, serve
+    names, unknown = expected_names(expect)
     started = (lambda r: typer.echo(f"flowsift: run {r} in the registry", err=True)) if not as_json else None
     _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
                                                    filter_expression=filter, policy=policy, reassembly=bounds,
-                                                   on_progress=progress, on_started=started),
+                                                   on_progress=progress, on_started=started, unknown=unknown),
          as_json, _render('print_gateway'))
 
 
@@ -274,7 +274,8 @@ def module(
     registry: str = typer.Option(..., "--registry", metavar="URL", help="The Redis registry the gateway uses."),
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to attach to (default: the only live one)."),
     events: str = typer.Option("-", "--events", metavar="FILE",
-                               help="Where the JSON event lines go ('-': stdout). A file is resumed exactly after a crash."),
+                               help="Where the JSON event lines go ('-': stdout). A regular file is resumed exactly "
+                                    "after a crash; stdout, a pipe or a device get each line once committed."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     wait: Optional[float] = typer.Option(None, "--wait", metavar="SECONDS",
                                          help="How long to wait for the run to start (default: for ever)."),
@@ -294,7 +295,14 @@ def module(
       flowsift module http --registry redis://:secret@10.0.0.5:6379/0 --run r1 --events http.jsonl
     """
     from flowsift.remote import attach
-    summary = attach(name, registry, run=run, events=None if events == "-" else events, strict=strict, wait=wait)
+    try:
+        summary = attach(name, registry, run=run, events=None if events == "-" else events, strict=strict, wait=wait)
+    except FlowsiftError as e:
+        # stopped once attached (its gateway gone, the registry lost or full): what it did still
+        # goes out, its `error` saying why; the line and exit 2 follow
+        if as_json and getattr(e, "summary", None) is not None:
+            typer.echo(json.dumps(e.summary), err=events == "-")
+        raise
     if as_json:
         typer.echo(json.dumps(summary), err=events == "-")
     else:

@@ -16,6 +16,7 @@ from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
+from flowsift.registry.base import RegistryError
 from flowsift.stats import compile_filter, not_in_connections
 from flowsift.streams._store import RecordStore
 from flowsift.streams.reader import MANIFEST_FORMAT, MANIFEST_VERSION
@@ -106,6 +107,7 @@ class Gateway:
         self.module_bits = {}         # bit -> info of the modules registered through the registry
         self.done_by = {}             # bit -> connections that module finished (remote modules)
         self.released = {}            # name -> connections finished, of modules that left
+        self.retired = ConnSet()      # connections whose file went (remote modules' reports)
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
@@ -172,7 +174,7 @@ class Gateway:
                     self.announced.add(c)
                     new.append((c, identity_text(self.store.identity(c), self.store.path(c))))
         updates = [(c, *latest) for c, latest in zip(conns, self.store.latest(conns))] if conns else []
-        progress, modules, intact = reg.sync(new, updates, entry)
+        progress, modules, intact = reg.sync(new, updates, entry, taken=list(self.module_bits))
         if not intact:
             self._restore()
         for bit, info in modules.items():
@@ -187,7 +189,12 @@ class Gateway:
                 # a report sent again (after a registry restart) is not recorded twice: the file
                 # may be retired already
                 self.done_by[bit].add(conn)
-                self.store.module_done(conn, bit, records)
+                if conn in self.retired:
+                    # a module that registered after every module known then had finished it
+                    # (it counts the connection as missed): no file is left to mark
+                    continue
+                if self.store.module_done(conn, bit, records)["retired"]:
+                    self.retired.add(conn)
         for bit in [b for b in self.module_bits if b not in modules]:
             # released (a clean exit): it holds nothing back any more
             if intact:
@@ -347,9 +354,9 @@ class Gateway:
         except BpfError as e:
             self._fail(str(e))
             raise UsageError(f"filter cannot be applied to {path}: {e}") from None
-        except FlowsiftError as e:
-            # the store cannot be written (full, unwritable): leave files as they are, unclosed,
-            # and the manifest saying the store is incomplete
+        except (FlowsiftError, RegistryError) as e:
+            # the store cannot be written (full, unwritable), or the registry is lost: leave
+            # files as they are, unclosed, and the manifest saying the store is incomplete
             self._fail(str(e))
             self._attach_summary(e, cap, decoder)
             raise
@@ -369,7 +376,7 @@ class Gateway:
             self.sync(*changed, batch=True)
             if after_batch is not None:
                 after_batch(*changed)
-        except FlowsiftError as e:
+        except (FlowsiftError, RegistryError) as e:
             self._fail(str(e))
             self._attach_summary(e, cap, decoder)
             raise

@@ -11,6 +11,7 @@ event file is cut back to what was committed.
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 
@@ -31,14 +32,67 @@ def _redis(url, run=None, role="gateway"):
         raise FlowsiftError(str(e)) from None
 
 
+def expected_names(text, on_status=say):
+    """The module names of `--expect` (comma-separated), checked: a module attaches by its name,
+    so a name no module can have, or one twice, would be waited for for ever. A name flowsift
+    does not know (not built in, not installed) may be a module file's: said once, not refused,
+    unless it looks like a known one mistyped. Returns (names, those not known)."""
+    import difflib
+    from flowsift.modules.loader import BUILTINS, plugins
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else []
+    for n in names:
+        if not n.isidentifier():
+            raise UsageError(f"--expect {n!r}: modules are expected by name, as they register (http, or the `name` "
+                             f"a module file's class declares), not by path or with options")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--expect names module {twice[0]} twice: one process of a module attaches to a run")
+    known = set(BUILTINS) | set(plugins())
+    unknown = [n for n in names if n not in known]
+    for n in unknown:
+        close = difflib.get_close_matches(n, sorted(known), n=1, cutoff=0.75)
+        if close:
+            raise UsageError(f"--expect {n}: no module is named {n}; did you mean {close[0]}? (flowsift modules "
+                             f"lists them)")
+        if on_status is not None:
+            on_status(f"--expect {n}: not a module flowsift knows (flowsift modules): the gateway waits for a "
+                      f"module that registers as {n}, such as a module file whose class is named so")
+    return names, unknown
+
+
 def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
-          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None):
-    """Run the gateway over `source` with the registry at `url`; returns its summary."""
+          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None, unknown=()):
+    """Run the gateway over `source` with the registry at `url`; returns its summary. `unknown`:
+    expected names that are no module flowsift knows (said again while waiting for them)."""
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
-    g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
-                readers_here=False, **(reassembly or {}))
+    try:
+        reg.check_run()                 # a live run is refused before the store is made
+        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
+                    readers_here=False, **(reassembly or {}))
+    except RegistryError as e:
+        reg.close()
+        raise FlowsiftError(str(e)) from None
+    except BaseException:
+        reg.close()
+        raise
     started = False
+    removed = store is None and not keep       # the default store goes with the run
+
+    def complete(summary):
+        # the modules finish after the source: what their reports gave back counts too
+        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
+        summary["run"] = reg.run
+        summary["registry"] = reg.shown
+        summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
+                                                         for b, d in g.done_by.items()})
+        summary["registry_outages"] = reg.outages
+        summary["registry_rebuilt"] = reg.rebuilt
+        if removed:
+            summary["store"] = None
+        return summary
+
+    summary = None
     try:
         try:
             reg.start_run({"store": g.store_dir, "source": str(source)})
@@ -52,17 +106,26 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
             if g.module_bits and on_status is not None:
                 names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
                 on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
-            g.wait_for_modules(on_status=(lambda lines: [on_status("waiting for " + x) for x in lines])
-                               if on_status else None, tick=tick)
-        except RegistryError as e:
-            raise FlowsiftError(str(e)) from None
-        summary["run"] = reg.run
-        summary["registry"] = reg.shown
-        summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
-                                                         for b, d in g.done_by.items()})
-        summary["registry_outages"] = reg.outages
-        summary["registry_rebuilt"] = reg.rebuilt
-        return summary
+            def waiting(lines):
+                for x in lines:
+                    note = ", not a module flowsift knows" if x.split(" (bit")[0] in unknown else ""
+                    on_status("waiting for " + x + note)
+            g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
+        except (RegistryError, FlowsiftError) as e:
+            # the summary of what was done still goes out (--json), its `error` saying why
+            error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
+            if error is not e:
+                reg.retry_for = 0       # the keys' removal on the way out: one try, not another wait
+            partial = summary if summary is not None else getattr(e, "summary", None)
+            if partial is not None:
+                try:
+                    error.summary = complete(dict(partial, error=str(e)))
+                except Exception:
+                    pass            # (a summary that cannot be made must not hide the error)
+            if error is e:
+                raise
+            raise error from None
+        return complete(summary)
     finally:
         try:
             if started:                 # (a run this gateway was refused is another's: untouched)
@@ -113,11 +176,13 @@ def _find_run(reg, run, wait, on_status):
 class _Output:
     """Where an attached module's event lines go. A regular file is written before its
     connections are committed, with its length in the same commit, and cut back to that length
-    after a crash; a pipe or terminal gets the lines after the commit."""
+    after a crash; standard output, a pipe or a device (/dev/null) gets the lines after the
+    commit (it cannot be cut back)."""
 
     def __init__(self, path):
         # opened before the module waits for its run: a path it cannot write is said at once
-        self.fd = None
+        self.fd = None              # None: standard output
+        self.regular = False
         self.held = []
         self.path = path
         self.pos = None
@@ -125,12 +190,13 @@ class _Output:
             return
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         except OSError as e:
             raise UsageError(f"{path}: cannot write events: {e.strerror}") from None
 
     def start(self, committed):
         """Cut the file back to what this module's last commit says it held."""
-        if self.fd is None:
+        if not self.regular:
             return
         path = self.path
         size = os.fstat(self.fd).st_size
@@ -144,20 +210,26 @@ class _Output:
     def write(self, data):
         if not data:
             return
-        if self.fd is None:
+        if not self.regular:
             self.held.append(data)
             return
+        self._put(data)
+        self.pos += len(data)
+
+    def _put(self, data):
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-        self.pos += len(data)
 
     def committed(self):
         if self.held:
-            sys.stdout.buffer.write(b"".join(self.held))
-            sys.stdout.flush()
-            self.held = []
+            data, self.held = b"".join(self.held), []
+            if self.fd is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                self._put(data)
 
     def close(self):
         if self.fd is not None:
@@ -189,6 +261,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     out = _Output(events)
     name = name or cls.name
     reg = _redis(url, role="module")
+    summarize = None
     try:
         reg.ensure_notifications()          # what wakes this module: checked before any waiting
         run, info = _find_run(reg, run, wait, on_status)
@@ -200,10 +273,23 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         if not store_dir or not os.path.isdir(store_dir):
             raise FlowsiftError(f"run {run}: its store {store_dir} is not on this machine")
         bit, resumed = reg.register(name)
-        if not reg.run_meta() and not reg.gateway_alive():
-            # the run ended while this module waited for its bit: its --events file is not touched
-            reg.release(bit)
-            raise FlowsiftError(f"run {run} ended before module {name} could attach")
+        # The gateway gives back the files every module it counts has finished: nothing is read
+        # before it counts this one too (at its next batch; every 0.1 s once the source is done).
+        give_up = None
+        while not reg.taken(bit):
+            if _gone_here(info):
+                raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} could attach")
+            if reg.gateway_alive():
+                give_up = None
+            elif not reg.run_meta():
+                # the run ended while this module waited for its bit: its --events file is not touched
+                reg.release(bit)
+                raise FlowsiftError(f"run {run} ended before module {name} could attach")
+            elif give_up is None:
+                give_up = time.monotonic() + HEARTBEAT_GRACE
+            elif time.monotonic() > give_up:
+                raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} could attach")
+            time.sleep(0.05)
         done, counters, outpos, ckpt = reg.module_state(bit) if resumed else ({}, {}, None, None)
         resumed = bool(done or outpos or ckpt)       # a bit the gateway held for it is a fresh start
         out.start(outpos)
@@ -217,6 +303,16 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         runner = InlineChain([(cls, config)], None, strict=strict, path_of=path_of, on_done=state.on_done,
                              hold_events=True)
         module = runner.modules[0]
+
+        def summarize(error=None):
+            summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
+                       "events": state.events,
+                       "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
+                       "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
+                       "batch_log_gaps": state.log_gaps, "registry_rebuilt": reg.rebuilt, "error": error}
+            if runner.state_snapshots():
+                summary["state"] = runner.state_snapshots()
+            return summary
         if ckpt:
             # its declared state, counters and open connections as of its last commit
             runner.restore_checkpoint(ckpt)
@@ -297,6 +393,10 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     state.commit()
                     break
                 continue
+            if _gone_here(info):
+                # killed on this host (kill -9, before it could mark the run ended): known at once
+                raise FlowsiftError(f"run {run} ended (its gateway is gone) before module {name} finished: "
+                                    f"{len(runner.finished):,} connections done")
             if now - last_check > 1:
                 last_check = now
                 # a gateway killed outright leaves its run "running": its heartbeat tells
@@ -308,18 +408,29 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                     time.sleep(0.1)
             if reg.wait(poll) is None:          # an outage: our keys may be gone with the server
                 state.restore()
-        summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
-                   "events": state.events, "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
-                   "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
-                   "batch_log_gaps": state.log_gaps,
-                   "registry_rebuilt": reg.rebuilt}
-        if runner.state_snapshots():
-            summary["state"] = runner.state_snapshots()
+        summary = summarize()
         reg.release(bit)
         out.close()
         return summary
-    except RegistryError as e:
-        raise FlowsiftError(str(e)) from None
+    except (RegistryError, FlowsiftError) as caught:
+        # once attached, the summary of what was done goes out with the error (--json)
+        from flowsift.registry.redis import TakenOver
+        if isinstance(caught, TakenOver):
+            h = caught.holder
+            error = FlowsiftError(f"run {run}: module {name} was taken over by another process of it (pid "
+                                  f"{h.get('pid')} on {h.get('host')}) while this one was silent "
+                                  f"{caught.silent:.0f} s, past its heartbeat: this one stops (the other writes "
+                                  f"its events now)")
+        else:
+            error = caught if isinstance(caught, FlowsiftError) else FlowsiftError(str(caught))
+        if summarize is not None:
+            try:
+                error.summary = summarize(str(error))
+            except Exception:
+                pass            # (a summary that cannot be made must not hide the error)
+        if error is caught:
+            raise
+        raise error from None
     finally:
         out.close()
         reg.close()
@@ -330,6 +441,14 @@ HEARTBEAT_GRACE = 6.0           # seconds a gateway may be silent (a registry re
 
 def _ended(meta):
     return meta.get("state") in ("complete", "failed")
+
+
+def _gone_here(info):
+    """Is the run's gateway (`info`: its host and pid, as the registry has them) a process of
+    this host that no longer exists? Checked at each wait: it costs no round trip."""
+    from flowsift.registry.base import whoami
+    from flowsift.registry.redis import _pid_alive
+    return info.get("host") == whoami()["host"] and info.get("pid") is not None and not _pid_alive(info["pid"])
 
 
 class _Attached:
@@ -352,6 +471,8 @@ class _Attached:
 
     def on_done(self, conn, records, events, counts):
         data = "".join(events).encode()
+        if data and self.out.regular and not self.reg.still_held(self.bit):
+            self.restore()              # (it stops if the run is over: the file may be another's now)
         self.out.write(data)
         if events:
             counts = dict(counts)
@@ -359,6 +480,8 @@ class _Attached:
         self.pending.append((conn, records, counts))
 
     def missed(self, conn, records):
+        # in the module's counters too: its summary and checkpoint are taken from them
+        self.runner.modules[0]._tally("missed_connections")
         self.pending.append((conn, records, {"missed_connections": 1}))
 
     def commit(self, soon=False):
@@ -399,14 +522,29 @@ class _Attached:
         once the gateway has put the run's own keys back. Keys removed by --cleanup (its gateway
         gone) do not come back: then the run is over, and writing ours again would leave keys
         of a run that no longer exists, for the next run of that name to trip on."""
-        from flowsift.registry.redis import HEARTBEAT_TTL
+        from flowsift.registry.redis import HEARTBEAT_TTL, TakenOver
+        from flowsift.registry.base import whoami
+        # held up (stopped, swapped out) past its heartbeat: another process of the module may
+        # have taken its bit over meanwhile, and finished
+        silent = time.monotonic() - self.reg.beat_ok
         self.reg.ensure_notifications()
         deadline = time.monotonic() + 3 * HEARTBEAT_TTL / 1000
         while not self.reg.run_meta():
             if time.monotonic() > deadline:
+                if silent > HEARTBEAT_TTL / 1000:
+                    raise FlowsiftError(
+                        f"run {self.reg.run}: its keys are gone (the run ended or was cleaned up) and module "
+                        f"{self.name} had been silent {silent:.0f} s (held up, or cut off from the server), past its "
+                        f"{HEARTBEAT_TTL / 1000:g} s heartbeat: another process of it may have taken its bit over "
+                        f"and finished; this one stops")
                 raise FlowsiftError(f"run {self.reg.run}: its keys are gone and its gateway did not put them back "
                                     f"(the run was cleaned up, or its gateway died): module {self.name} stops")
             time.sleep(0.1)
+        holder = self.reg.holder(self.bit)
+        me = whoami()
+        if holder is not None and not holder.get("reserved") and (holder.get("host"), holder.get("pid")) != \
+                (me["host"], me["pid"]):
+            raise TakenOver(self.bit, holder, silent)
         self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos, self.ckpt)
 
 
@@ -433,10 +571,16 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     work = tempfile.mkdtemp(prefix="flowsift-chain-")
     procs, restarts = {}, {n: 0 for n in names}
 
+    # the password goes to the module processes in their environment: a command line is
+    # anyone's to read (ps)
+    from flowsift.registry.redis import PASSWORD_ENV, split_password
+    child_url, password = split_password(url)
+    child_env = dict(os.environ, **{PASSWORD_ENV: password}) if password else None
+
     def launch(i):
-        cmd = [sys.executable, "-m", "flowsift", "module", parts[i], "--registry", url, "--run", run,
+        cmd = [sys.executable, "-m", "flowsift", "module", parts[i], "--registry", child_url, "--run", run,
                "--events", os.path.join(work, f"{i}.jsonl"), "--json", "--wait", "60"] + (["--strict"] if strict else [])
-        procs[i] = subprocess.Popen(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"))
+        procs[i] = subprocess.Popen(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"), env=child_env)
 
     def tick():
         for i, p in list(procs.items()):

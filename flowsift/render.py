@@ -150,7 +150,7 @@ def print_gateway(s, console=None):
     t = Table(title="gateway", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
-    t.add_row("store", s["store"])
+    t.add_row("store", s["store"] or "(removed at the end)")
     t.add_row("record files", _n(s["files"]))
     t.add_row("records", _n(s["records"]))
     t.add_row("stream bytes", _bytes(s["bytes"]))

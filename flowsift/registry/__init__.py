@@ -16,12 +16,23 @@ def open_registry(url=None, run=None, role="gateway"):
     if url.startswith(("redis://", "rediss://", "unix://")):
         import re
         import urllib.parse
+        shown = re.sub(r":[^:@/]*@", ":***@", url)           # a password is never printed
+        expected = "expected redis://[user:password@]host:port/db"
         try:
-            urllib.parse.urlsplit(url).port      # (the port too: redis-py would say less)
+            parts = urllib.parse.urlsplit(url)
+            parts.port                          # (the port too: redis-py would say less)
         except ValueError as e:
-            shown = re.sub(r":[^:@/]*@", ":***@", url)       # a password is never printed
-            raise RegistryError(f"registry {shown!r}: {e}; expected redis://[user:password@]host:port/db "
+            raise RegistryError(f"registry {shown!r}: {e}; {expected} "
                                 f"(an IPv6 host in brackets: redis://[::1]:6379/0)") from None
+        # redis-py takes a database it cannot read as a number for db 0, without a word
+        db = parts.path.lstrip("/") if not url.startswith("unix://") else ""
+        if db and not re.fullmatch("[0-9]+", db):
+            raise RegistryError(f"registry {shown!r}: the path {'/' + db!r} names the database: a number, 0 or more; "
+                                f"{expected}")
+        for value in urllib.parse.parse_qs(parts.query).get("db", []):
+            if not re.fullmatch("[0-9]+", value):
+                raise RegistryError(f"registry {shown!r}: db={value!r} names the database: a number, 0 or more; "
+                                    f"{expected} (or unix:///path.sock?db=N)")
         from flowsift.registry.redis import RedisRegistry
         return RedisRegistry(url, run, role=role)
     raise RegistryError(f"registry {url!r}: expected redis://[user:password@]host:port/db "

@@ -48,13 +48,13 @@ class Registry:
     def set_state(self, state, **extra):
         raise NotImplementedError
 
-    def sync(self, new, updates, batch=None):
+    def sync(self, new, updates, batch=None, taken=None):
         """The gateway's call once per batch. `new`: [(conn, identity text)]; `updates`: [(conn,
         records, latest record id, closed)]; `batch`: (seq, touched, closed, [(conn, records,
         gaps, end0, end1)]) for the batch log, or None (all empty where `announces` is False:
-        the record headers are the registry). Returns ([(bit, conn, records done)] reported since the last
-        call, {bit: {"name": ..., ...}} of the modules registered or reserved, whether the
-        run's state is intact)."""
+        the record headers are the registry); `taken`: the module bits the gateway counts.
+        Returns ([(bit, conn, records done)] reported since the last call, {bit: {"name": ...,
+        ...}} of the modules registered or reserved, whether the run's state is intact)."""
         raise NotImplementedError
 
     def flush(self):

@@ -21,6 +21,7 @@ the Lua scripts and transactions below stay valid on a cluster):
                                         replay it in order, so they see what workers see
     flowsift:{R}:seqs             hash  bit -> the last batch a module committed (the log is
                                         trimmed below the lowest)
+    flowsift:{R}:taken            string: the module bits the gateway counts, written at each sync
 
 The record files are the truth: after a Redis restart (no persistence) the gateway rebuilds
 its keys from the store, and each module re-registers with its bit and rewrites its progress.
@@ -39,12 +40,13 @@ HEARTBEAT_EVERY = HEARTBEAT_TTL / 5000
 RETRY_FOR = env_number("FLOWSIFT_REGISTRY_RETRY", 120.0, 0, None, "seconds of retrying", float)   # back-off before giving up
 TRIM_EVERY = 64               # batches between trims of the batch log
 NOTIFY_FLAGS = "Kh"          # keyspace events (K) of hash commands (h): what modules subscribe to
+PROBE_WAIT = 1.0             # seconds to wait for a probe's notification (they come within a round trip)
 
 # Take a bit for module ARGV[2]: its own again if it held one and is not alive (a restart, or
 # a bit the gateway reserved for it), else the wanted one if free, else the lowest free one.
 # Returns {bit, resumed} or {-1, bit, holder} (alive elsewhere) or {-2} (all bits taken).
 _REGISTER = """
-local prefix, name, info, ttl, want, max, live = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local prefix, name, info, ttl, want, max, live, who = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local held = cjson.decode(all[i + 1])
@@ -53,13 +55,13 @@ for i = 1, #all, 2 do
       return {-1, tonumber(all[i]), all[i + 1]}
     end
     redis.call('HSET', KEYS[1], all[i], info)
-    if live == '1' then redis.call('SET', prefix .. 'alive:' .. all[i], info, 'PX', ttl) end
+    if live == '1' then redis.call('SET', prefix .. 'alive:' .. all[i], who, 'PX', ttl) end
     return {tonumber(all[i]), 1}
   end
 end
 local function take(b)
   redis.call('HSET', KEYS[1], b, info)
-  if live == '1' then redis.call('SET', prefix .. 'alive:' .. b, info, 'PX', ttl) end
+  if live == '1' then redis.call('SET', prefix .. 'alive:' .. b, who, 'PX', ttl) end
   return {b, 0}
 end
 if want >= 0 and redis.call('HEXISTS', KEYS[1], want) == 0 then return take(want) end
@@ -69,12 +71,25 @@ end
 return {-2}
 """
 
+# A module's heartbeat key holds its process (host and pid): another process of the module
+# takes the bit over once it has expired (this one held up: stopped, swapped out). Returns 1,
+# 0 when the key is gone (a restarted server), or the holder's text when another holds it.
+_BEAT = """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+if held ~= ARGV[1] then return held end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # A module's commit: finished connections (done hash and the gateway's progress list), counter
 # increments, output length and the module's checkpoint, all or nothing, and only while its
-# heartbeat key exists.
+# heartbeat key is its own (as _BEAT answers).
 _COMMIT = """
 local prefix, bit, ttl, who, outpos, n, ckpt, seq = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+if held ~= who then return held end
 if ckpt ~= '' then redis.call('SET', prefix .. 'ckpt:' .. bit, ckpt) end
 if seq ~= '' then redis.call('HSET', prefix .. 'seqs', bit, seq) end
 local i = 9
@@ -93,12 +108,43 @@ return 1
 """
 
 
+# A password the URL does not carry (so that it is not on a command line, for ps to show)
+PASSWORD_ENV = "FLOWSIFT_REGISTRY_PASSWORD"
+
+
+def _join(p):
+    # urlunsplit drops the "//" of an empty host (unix:///path.sock): a URL as the user wrote it
+    return (f"{p.scheme}://{p.netloc}{p.path}" + (f"?{p.query}" if p.query else "")
+            + (f"#{p.fragment}" if p.fragment else ""))
+
+
 def _redact(url):
     p = urllib.parse.urlsplit(url)
+    if not p.password and "password=" not in p.query:
+        return url
     if p.password:
-        netloc = p.netloc.replace(":" + p.password + "@", ":***@")
-        return urllib.parse.urlunsplit(p._replace(netloc=netloc))
-    return url
+        p = p._replace(netloc=p.netloc.replace(":" + p.password + "@", ":***@"))
+    if "password=" in p.query:
+        p = p._replace(query="&".join("password=***" if part.startswith("password=") else part
+                                      for part in p.query.split("&")))
+    return _join(p)
+
+
+def split_password(url):
+    """(`url` without its password, the password or None): a process started with this URL is
+    given the URL on its command line and the password in its environment (PASSWORD_ENV)."""
+    p = urllib.parse.urlsplit(url)
+    password = urllib.parse.unquote(p.password) if p.password else None
+    if p.password is not None:
+        userinfo, _, host = p.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        p = p._replace(netloc=(user + "@" if user else "") + host)
+    query = urllib.parse.parse_qsl(p.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "password"]
+    if len(kept) != len(query):
+        password = password or next(v for k, v in query if k == "password") or None
+        p = p._replace(query=urllib.parse.urlencode(kept))
+    return _join(p), password
 
 
 def run_prefix(run):
@@ -119,15 +165,19 @@ class RedisRegistry(Registry):
         self.shown = _redact(url)
         self.role = role
         self.retry_for = RETRY_FOR if retry_for is None else retry_for
+        # (a password in the URL comes first: redis-py lets the URL's options override these)
+        extra = {"password": os.environ[PASSWORD_ENV]} if os.environ.get(PASSWORD_ENV) else {}
         try:
             self.r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10,
-                                          health_check_interval=15, decode_responses=True)
+                                          health_check_interval=15, decode_responses=True, **extra)
         except ValueError as e:
             raise RegistryError(f"registry {self.shown}: {e}") from None
         self.db = self.r.connection_pool.connection_kwargs.get("db", 0)
         self.user = self.r.connection_pool.connection_kwargs.get("username") or "default"
         self._register = None
         self._commit = None
+        self._beat = None
+        self.beat_ok = time.monotonic()  # when this module's heartbeat was last known to hold
         self._seqs = None             # the lowest batch every module has committed (gateway)
         self._check()
         self.run = run
@@ -144,7 +194,8 @@ class RedisRegistry(Registry):
         redis = self._redis
         text = str(e).strip() or type(e).__name__
         if "NOAUTH" in text or "Authentication required" in text:
-            return f"Redis at {self.shown} needs a password: redis://[user]:password@host:port/db"
+            return (f"Redis at {self.shown} needs a password: redis://[user]:password@host:port/db, or "
+                    f"{PASSWORD_ENV} in the environment (kept out of the command line)")
         if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in text or "invalid password" in text \
                 or "invalid username-password" in text:
             return f"Redis at {self.shown} refused user {self.user!r}: wrong password or no such user"
@@ -174,6 +225,9 @@ class RedisRegistry(Registry):
         flags = self._retry(get)
         if flags is not None and "K" in flags and ("h" in flags or "A" in flags):
             return
+        # a user who may not read the setting may still be sent the notifications: see one come
+        if flags is None and self._retry(self._probe_notifications):
+            return
 
         def put():
             try:
@@ -182,11 +236,37 @@ class RedisRegistry(Registry):
                 return e
         refused = self._retry(put)
         if refused is not None:
+            seen = (f"(notify-keyspace-events is {flags!r})" if flags is not None else
+                    f"(a hash written as a probe was not announced within {PROBE_WAIT:g} s)")
             raise RegistryError(
-                f"Redis at {self.shown} does not send keyspace notifications, and user {self.user!r} may not "
-                f"turn them on ({str(refused).split(':')[0].strip() or refused}). Configure the server with "
-                f"'notify-keyspace-events {NOTIFY_FLAGS}' in redis.conf (or as an administrator: "
+                f"Redis at {self.shown} does not send keyspace notifications of hash commands {seen}, and user "
+                f"{self.user!r} may not turn them on ({str(refused).split(':')[0].strip() or refused}). Configure the "
+                f"server with 'notify-keyspace-events {NOTIFY_FLAGS}' in redis.conf (or as an administrator: "
                 f"CONFIG SET notify-keyspace-events {NOTIFY_FLAGS}), or allow this user +config|get +config|set")
+
+    def _probe_notifications(self):
+        """Write a hash of its own and wait for its keyspace notification: what modules are woken
+        by. True when it came."""
+        key = f"flowsift:probe:{new_run_id()}"
+        ps = self.r.pubsub()
+        try:
+            ps.subscribe(f"__keyspace@{self.db}__:{key}")
+            # (the subscription is in place once confirmed: only then is the write announced to it)
+            deadline = time.monotonic() + PROBE_WAIT
+            msg = None
+            while (msg is None or msg.get("type") != "subscribe") and time.monotonic() < deadline:
+                msg = ps.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            self.r.hset(key, "probe", 1)
+            try:
+                while time.monotonic() < deadline:
+                    msg = ps.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                    if msg is not None and msg.get("type") == "message" and msg.get("data") == "hset":
+                        return True
+                return False
+            finally:
+                self.r.delete(key)
+        finally:
+            ps.close()
 
     def _retry(self, op):
         """Run `op()`; while the server is unreachable, retry with back-off. After an outage,
@@ -267,9 +347,9 @@ class RedisRegistry(Registry):
         return self._retry(op)
 
     # --- gateway side ---
-    def start_run(self, meta):
-        """Claim run id `self.run` (a fresh one when None). A dead run of the same id, left by a
-        crash, is cleared first; a live one is an error."""
+    def check_run(self):
+        """Can run id `self.run` (a fresh one when None) be started here? A live one is an
+        error, said before the gateway makes anything (its store)."""
         self.ensure_notifications()
         if self.run is None:
             self.run = new_run_id()
@@ -278,6 +358,11 @@ class RedisRegistry(Registry):
             held = self.all_runs().get(self.run, {})
             raise RegistryError(f"run {self.run} is live in {self.shown} (gateway pid {held.get('pid')} on "
                                 f"{held.get('host')}): pick another --run")
+
+    def start_run(self, meta):
+        """Claim run id `self.run` (a fresh one when None). A dead run of the same id, left by a
+        crash, is cleared first; a live one is an error."""
+        self.check_run()
         stale = self._retry(lambda: self.r.hexists("flowsift:runs", self.run)) or self.has_keys(self.run)
         if stale:
             self.remove_run(self.run)
@@ -304,18 +389,49 @@ class RedisRegistry(Registry):
 
     def heartbeat(self, bit=None):
         """Refresh this process's heartbeat (at most every HEARTBEAT_EVERY). False when it had
-        gone (a restarted server, or a process too slow to beat): the caller writes its part again."""
+        gone (a restarted server, or a process too slow to beat): the caller writes its part again.
+        A module's bit taken over by another process of it raises TakenOver."""
         now = time.monotonic()
         if now - self._last_beat < HEARTBEAT_EVERY:
             return True
         self._last_beat = now
-        key = self.P + ("gateway" if bit is None else f"alive:{bit}")
-        return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
+        if bit is None:
+            key = self.P + "gateway"
+            return bool(self._retry(lambda: self.r.set(key, json.dumps(whoami()), px=HEARTBEAT_TTL, xx=True)))
+        if self._beat is None:
+            self._beat = self.r.register_script(_BEAT)
+        res = self._retry(lambda: self._beat(keys=[f"{self.P}alive:{bit}"], args=[json.dumps(whoami()), HEARTBEAT_TTL]))
+        return self._held(bit, res)
 
-    def sync(self, new, updates, batch=None):
+    def still_held(self, bit):
+        """Before writing where another process of the module would write (its --events file):
+        a process silent nearly as long as its heartbeat lasts (held up: stopped, swapped out)
+        asks the server whether the bit is still its own. TakenOver if not; False when its key
+        is gone."""
+        if time.monotonic() - self.beat_ok < HEARTBEAT_TTL / 1000 - HEARTBEAT_EVERY:
+            return True                 # (its key cannot have expired yet)
+        self._last_beat = 0.0
+        return self.heartbeat(bit)
+
+    def _held(self, bit, res):
+        # what _BEAT and _COMMIT answer: 1 (ours), 0 (gone), or the text of another holder
+        if res == 1:
+            self.beat_ok = time.monotonic()
+            return True
+        if res == 0:
+            return False
+        try:
+            holder = json.loads(res)
+        except (TypeError, ValueError):
+            holder = {}
+        raise TakenOver(bit, holder, time.monotonic() - self.beat_ok)
+
+    def sync(self, new, updates, batch=None, taken=None):
         """The gateway's one round trip per batch: new identities, latest records and the
-        batch's log entry out, module progress and registrations in. Returns (progress,
-        modules, intact); `intact` is False when the run's keys are gone (a restarted server)."""
+        batch's log entry out, module progress and registrations in; `taken`, the module bits
+        it counts already (a module registered later waits to be among them before it reads).
+        Returns (progress, modules, intact); `intact` is False when the run's keys are gone (a
+        restarted server)."""
         P = self.P
         trim = None
         if batch is not None and batch[0] % TRIM_EVERY == 0 and self._seqs is not None:
@@ -339,10 +455,14 @@ class RedisRegistry(Registry):
             p.delete(P + "progress")
             p.hgetall(P + "modules")
             p.hgetall(P + "seqs")
+            if taken is not None:
+                p.set(P + "taken", " ".join(map(str, sorted(taken))))
             p.set(P + "gateway", json.dumps(whoami()), px=HEARTBEAT_TTL)
             return p.execute()
         res = self._retry(op)
         self._last_beat = time.monotonic()
+        if taken is not None:
+            res = res[:-2] + res[-1:]
         progress = []
         for item in res[-5]:
             bit, conn, records = item.split()
@@ -370,6 +490,12 @@ class RedisRegistry(Registry):
             return out, out[0][0] != seq + 1
         last = self._retry(lambda: self.r.hget(self.P + "meta", "batches"))
         return out, last is not None and last != "" and int(last) > seq
+
+    def taken(self, bit):
+        """Does the gateway count module bit `bit` (so that it gives back nothing that module
+        has not finished)?"""
+        held = self._retry(lambda: self.r.get(self.P + "taken"))
+        return held is not None and str(bit) in held.split()
 
     def alive_bits(self, bits):
         def op():
@@ -410,7 +536,9 @@ class RedisRegistry(Registry):
     def _take(self, name, want, info, live=True):
         res = self._retry(lambda: self._script()(keys=[self.P + "modules"],
                                                  args=[self.P, name, json.dumps(info), HEARTBEAT_TTL,
-                                                       -1 if want is None else want, MAX_MODULES, "1" if live else "0"]))
+                                                       -1 if want is None else want, MAX_MODULES, "1" if live else "0",
+                                                       json.dumps(whoami())]))
+        self.beat_ok = time.monotonic()
         if res[0] == -2:
             raise RegistryError(f"run {self.run}: all {MAX_MODULES} module bits are taken")
         if res[0] == -1:
@@ -467,7 +595,8 @@ class RedisRegistry(Registry):
         """Connections finished: [(conn, records, counter increments)], and the output written
         so far, in one atomic step: after a crash either all of it counts or none. Refused
         (returns False, nothing written) when this module's heartbeat key is gone, i.e. the
-        server lost the module's state: the caller restores it first, then commits again."""
+        server lost the module's state: the caller restores it first, then commits again.
+        Raises TakenOver (nothing written) when another process of the module holds the bit."""
         done, totals = {}, {}
         for conn, records, counters in items:
             done[conn] = records
@@ -481,17 +610,20 @@ class RedisRegistry(Registry):
             args += [k, v]
         if self._commit is None:
             self._commit = self.r.register_script(_COMMIT)
-        return bool(self._retry(lambda: self._commit(keys=[f"{self.P}alive:{bit}"], args=args)))
+        return self._held(bit, self._retry(lambda: self._commit(keys=[f"{self.P}alive:{bit}"], args=args)))
 
     def commit(self, bit, conn, records, counters=None, outpos=None):
         return self.commit_many(bit, [(conn, records, counters)], outpos)
 
     def restore_module(self, bit, name, done, counters, outpos, checkpoint=None):
-        """After a server restart: this module's bit, progress and counters again."""
-        self.rebuilt += 1
+        """After a server restart: this module's bit, progress and counters again (once: what
+        finds its heartbeat key its own again has been written already)."""
         info = dict(name=name, started=time.time(), **whoami())
+        who = json.dumps(whoami())
 
         def op():
+            if self.r.get(f"{self.P}alive:{bit}") == who:
+                return False
             p = self.r.pipeline(transaction=True)
             p.hset(self.P + "modules", bit, json.dumps(info))
             p.set(f"{self.P}alive:{bit}", json.dumps(whoami()), px=HEARTBEAT_TTL)
@@ -509,7 +641,15 @@ class RedisRegistry(Registry):
                 p.set(f"{self.P}ckpt:{bit}", checkpoint)
                 p.hset(self.P + "seqs", bit, json.loads(checkpoint).get("seq", 0))
             p.execute()
-        self._retry(op)
+            return True
+        if self._retry(op):
+            self.rebuilt += 1
+        self.beat_ok = time.monotonic()
+
+    def holder(self, bit):
+        """{name, host, pid, ...} of the process that holds module bit `bit`, or None."""
+        held = self._retry(lambda: self.r.hget(self.P + "modules", bit))
+        return None if held is None else json.loads(held)
 
     def run_meta(self):
         return self._retry(lambda: self.r.hgetall(self.P + "meta"))
@@ -562,7 +702,8 @@ class RedisRegistry(Registry):
                 msg = self._pubsub.get_message(timeout=0)
             return changed
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self.outages += 1
+            # (counted as an outage only if the server cannot be reached now: a subscription that
+            # learns late of a restart the other connection already came through is the same one)
             self._retry(lambda: self.r.ping())      # back-off until the server is back
             self.subscribe()
             return None
@@ -574,6 +715,17 @@ class RedisRegistry(Registry):
             self.r.close()
         except Exception:
             pass
+
+
+class TakenOver(RegistryError):
+    """Another process of a module took its bit over while this one was held up past its
+    heartbeat (stopped, swapped out)."""
+
+    def __init__(self, bit, holder, silent):
+        self.bit, self.holder, self.silent = bit, holder, silent
+        super().__init__(f"bit {bit} was taken over by another process (pid {holder.get('pid')} on "
+                         f"{holder.get('host')}) while this one was silent {silent:.0f} s, past its "
+                         f"{HEARTBEAT_TTL / 1000:g} s heartbeat")
 
 
 class _Held(Exception):
