@@ -412,9 +412,14 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         reg.release(bit)
         out.close()
         return summary
-    except (RegistryError, FlowsiftError) as caught:
+    except (RegistryError, FlowsiftError) as failed:
+        caught = failed
         # once attached, the summary of what was done goes out with the error (--json)
         from flowsift.registry.redis import TakenOver
+        if summarize is not None and not isinstance(caught, TakenOver):
+            # held up past its heartbeat (stopped, swapped out) in the middle of reading: what
+            # failed (a record file retired meanwhile...) is the run having gone on without it
+            caught = state.moved_on() or caught
         if isinstance(caught, TakenOver):
             h = caught.holder
             error = FlowsiftError(f"run {run}: module {name} was taken over by another process of it (pid "
@@ -428,7 +433,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
                 error.summary = summarize(str(error))
             except Exception:
                 pass            # (a summary that cannot be made must not hide the error)
-        if error is caught:
+        if error is failed:
             raise
         raise error from None
     finally:
@@ -523,7 +528,6 @@ class _Attached:
         gone) do not come back: then the run is over, and writing ours again would leave keys
         of a run that no longer exists, for the next run of that name to trip on."""
         from flowsift.registry.redis import HEARTBEAT_TTL, TakenOver
-        from flowsift.registry.base import whoami
         # held up (stopped, swapped out) past its heartbeat: another process of the module may
         # have taken its bit over meanwhile, and finished
         silent = time.monotonic() - self.reg.beat_ok
@@ -532,20 +536,47 @@ class _Attached:
         while not self.reg.run_meta():
             if time.monotonic() > deadline:
                 if silent > HEARTBEAT_TTL / 1000:
-                    raise FlowsiftError(
-                        f"run {self.reg.run}: its keys are gone (the run ended or was cleaned up) and module "
-                        f"{self.name} had been silent {silent:.0f} s (held up, or cut off from the server), past its "
-                        f"{HEARTBEAT_TTL / 1000:g} s heartbeat: another process of it may have taken its bit over "
-                        f"and finished; this one stops")
+                    raise self._gone_while_silent(silent)
                 raise FlowsiftError(f"run {self.reg.run}: its keys are gone and its gateway did not put them back "
                                     f"(the run was cleaned up, or its gateway died): module {self.name} stops")
             time.sleep(0.1)
+        holder = self._other_holder()
+        if holder is not None:
+            raise TakenOver(self.bit, holder, silent)
+        self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos, self.ckpt)
+
+    def _gone_while_silent(self, silent):
+        from flowsift.registry.redis import HEARTBEAT_TTL
+        return FlowsiftError(
+            f"run {self.reg.run}: its keys are gone (the run ended or was cleaned up) and module "
+            f"{self.name} had been silent {silent:.0f} s (held up, or cut off from the server), past its "
+            f"{HEARTBEAT_TTL / 1000:g} s heartbeat: another process of it may have taken its bit over "
+            f"and finished; this one stops")
+
+    def _other_holder(self):
+        # the process of this module that holds its bit, when it is not this one
+        from flowsift.registry.base import whoami
         holder = self.reg.holder(self.bit)
         me = whoami()
         if holder is not None and not holder.get("reserved") and (holder.get("host"), holder.get("pid")) != \
                 (me["host"], me["pid"]):
-            raise TakenOver(self.bit, holder, silent)
-        self.reg.restore_module(self.bit, self.name, self.done, self.counters, self.committed_pos, self.ckpt)
+            return holder
+        return None
+
+    def moved_on(self):
+        """After a failure: when this module had been silent past its heartbeat, the reason the
+        run went on without it (its keys gone, its bit taken over) as the error to give, else None."""
+        from flowsift.registry.redis import HEARTBEAT_TTL, TakenOver
+        silent = time.monotonic() - self.reg.beat_ok
+        if silent <= HEARTBEAT_TTL / 1000:
+            return None
+        try:
+            if not self.reg.run_meta():
+                return self._gone_while_silent(silent)
+            holder = self._other_holder()
+            return TakenOver(self.bit, holder, silent) if holder is not None else None
+        except RegistryError:
+            return None
 
 
 def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
