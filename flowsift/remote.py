@@ -244,7 +244,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     from flowsift.modules.loader import parse_chain
     from flowsift.io._connset import ConnSet
     from flowsift.modules.runner import InlineChain
-    from flowsift.streams.reader import RecordFile
+    from flowsift.streams.reader import RecordFile, StoreError
 
     chain = parse_chain(spec)
     if len(chain) != 1:
@@ -416,9 +416,9 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         caught = failed
         # once attached, the summary of what was done goes out with the error (--json)
         from flowsift.registry.redis import TakenOver
-        if summarize is not None and not isinstance(caught, TakenOver):
-            # held up past its heartbeat (stopped, swapped out) in the middle of reading: what
-            # failed (a record file retired meanwhile...) is the run having gone on without it
+        if summarize is not None and isinstance(caught, StoreError):
+            # held up past its heartbeat (stopped, swapped out) in the middle of reading: a
+            # record file retired meanwhile is the run having gone on without it
             caught = state.moved_on() or caught
         if isinstance(caught, TakenOver):
             h = caught.holder
