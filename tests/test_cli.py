@@ -395,3 +395,38 @@ def test_chain_with_events_on_stdout_keeps_stdout_to_json_lines(tmp_path):
     # events to a file: stdout is the tables (or the summary), as before
     res = run_cli("chain", "http,counter", demo, "--events", tmp_path / "ev.jsonl")
     assert "counter" in res.stdout and not res.stdout.lstrip().startswith("{")
+
+
+# Runs flowsift as `python -m flowsift` does, sending the process SIGNAL (argv[1]) as the command
+# line imports typer (what takes the time at start), or as it exits.
+SIGNALLED = '''
+import atexit, builtins, os, runpy, signal, sys
+when, sig = sys.argv.pop(1), getattr(signal, sys.argv.pop(1))
+real = builtins.__import__
+def imported(name, *args, **kw):
+    if name == "typer" and when == "start":
+        builtins.__import__ = real
+        os.kill(os.getpid(), sig)
+    return real(name, *args, **kw)
+builtins.__import__ = imported
+if when == "exit":
+    atexit.register(os.kill, os.getpid(), sig)
+runpy.run_module("flowsift", run_name="__main__", alter_sys=True)
+'''
+
+
+@pytest.mark.parametrize("signame,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_stop_signal_as_the_command_starts_or_exits_is_no_traceback(signame, code, said):
+    """Ctrl-C to a process group (a terminal's) comes when it comes: while Python still imported
+    the command line it was a KeyboardInterrupt traceback from typer's import (SIGTERM killed it
+    without a word); after the command had said its last line, one from threading._shutdown or
+    an exit handler (or a process killed by the signal as Python put its default handler back)."""
+    import subprocess
+    import sys
+    demo = ROOT / "examples" / "demo.pcap"
+    res = subprocess.run([sys.executable, "-c", SIGNALLED, "start", signame, "stats", demo], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert (res.returncode, res.stderr, res.stdout) == (code, f"flowsift: {said}\n", "")
+    res = subprocess.run([sys.executable, "-c", SIGNALLED, "exit", signame, "stats", demo], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert (res.returncode, res.stderr) == (0, "") and "packets" in res.stdout
