@@ -44,10 +44,12 @@ def _on_stop(signum, frame):
     if _stops.held:
         _stops.waiting = _stops.waiting or signum
         return
-    _raise_stop(signum)
+    raise_stop(signum)
 
 
-def _raise_stop(signum):
+def raise_stop(signum):
+    """Raise the stop of signal `signum` (KeyboardInterrupt for SIGINT, else Terminated), as
+    when it comes here."""
     import signal
     _stops.waiting = None
     _stops.raised = KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
@@ -79,7 +81,7 @@ class stops_raised:
     def __enter__(self):
         self.held, _stops.held = _stops.held, 0
         if _stops.waiting is not None:
-            _raise_stop(_stops.waiting)
+            raise_stop(_stops.waiting)
 
     def __exit__(self, kind, value, tb):
         _stops.held = self.held
@@ -96,7 +98,7 @@ class stops_held:
     def __exit__(self, kind, value, tb):
         _stops.held -= 1
         if not _stops.held and kind is None and _stops.waiting is not None:
-            _raise_stop(_stops.waiting)
+            raise_stop(_stops.waiting)
 
 
 def start_deaf(argv, **kw):
