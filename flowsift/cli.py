@@ -647,7 +647,8 @@ def main():
         # raised only while it runs: one while that line is said, or at exit, is dropped
         with stops_raised():
             command = typer.main.get_command(app)
-            with command.make_context(click.utils._detect_program_name(), sys.argv[1:]) as ctx:
+            # the program's name, however it was started (`python -m flowsift` is the same program)
+            with command.make_context("flowsift", sys.argv[1:]) as ctx:
                 command.invoke(ctx)
     except click.exceptions.Exit as e:          # --help, --version, ctx.exit()
         sys.exit(e.exit_code)

@@ -40,6 +40,15 @@ def test_help_prose_is_wrapped_to_the_terminal_and_examples_keep_their_lines(com
     assert "\b" not in res.stdout
 
 
+def test_usage_lines_name_the_program_flowsift():
+    """Run as `python -m flowsift` (as the tests do), every usage line said `python -m flowsift
+    chain ...`: a user who copied it got a different command than the one the docs give."""
+    for args in (("--help",), ("chain", "--help"), ("gateway", "--help"), ()):
+        res = run_cli(*args)
+        usage = [line.strip() for line in (res.stdout + res.stderr).splitlines() if "Usage:" in line]
+        assert usage and all(u.startswith(f"Usage: flowsift {' '.join(args[:-1])}".rstrip() + " ") for u in usage), usage
+
+
 def test_version():
     res = run_cli("--version")
     assert res.returncode == 0 and re.match(r"flowsift \d+\.\d+", res.stdout)
