@@ -247,6 +247,10 @@ def shard_source(source):
     return f"{src},fanout={os.getpid() & 0xFFFF}", "kernel"
 
 
+# a shard's summary fields that the merged summary uses, not shows
+_OWN = ("rebuilt_not_decoded", "rebuilt_other_protocols", "steps_reached")
+
+
 def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None, **kw):
     src, split = shard_source(source)
     steps = list(reshard or ())
@@ -361,11 +365,17 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             raise FlowsiftError(failed)
         if stopped is not None:
             raise_stop(signal.SIGINT if stopped == "interrupt" else signal.SIGTERM)
-    out = {"mode": "sharded", "shards": [dict({k: v for k, v in r["shard"].items() if not k.startswith("rebuilt_")},
+    asked = bool(steps)
+    if asked:
+        # a step past the end of the capture never came: it is not listed, and a shard only it
+        # would have used (it read the capture, owning nothing) is left out
+        steps = steps[:max(r["shard"]["steps_reached"] for r in results)]
+        results = results[:max([count] + [n for _, n in steps])]
+    out = {"mode": "sharded", "shards": [dict({k: v for k, v in r["shard"].items() if k not in _OWN},
                                               packets=r["packets"], mode=r["mode"]) for r in results],
            "chain": results[0]["chain"], "source": str(source),
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
-    if steps:
+    if asked:
         out["reshard"] = [{"packets": at, "shards": n} for at, n in steps]
     for key in ("files", "records", "bytes", "reopens", "writes", "late_packets", "reclaimed_bytes", "retired", "events"):
         out[key] = sum(r.get(key, 0) or 0 for r in results)
