@@ -472,6 +472,26 @@ def spread_connections(path, n, block=1000):
     return path
 
 
+def shards_directory(pid):
+    """The directory of the sharded run of process `pid`: where its shards write their events
+    (other runs may be going on)."""
+    import os
+    import subprocess
+    for shard in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        try:
+            fds = os.listdir(f"/proc/{shard}/fd")
+        except OSError:
+            continue
+        for n in fds:
+            try:
+                where = os.path.dirname(os.readlink(f"/proc/{shard}/fd/{n}"))
+            except OSError:
+                continue
+            if os.path.basename(where).startswith("flowsift-shards-"):
+                return where
+    return None
+
+
 def sharded_run_under_way(tmp_path, *args):
     """A `chain closes CAPTURE --shards 2 ARGS --events FILE` in a session of its own, once both
     shards have written events: (process, its run directory, capture, events file, {shard: whole
@@ -484,16 +504,14 @@ def sharded_run_under_way(tmp_path, *args):
     mod = tmp_path / "closes.py"
     mod.write_text(CLOSES)
     events = tmp_path / "events.jsonl"
-    before = {n for n in os.listdir("/dev/shm") if n.startswith("flowsift-shards-")}
     proc = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", str(mod), str(cap), "--shards", "2", *args,
                              "--events", str(events)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "FLOWSIFT_BATCH": "16"}, start_new_session=True)
 
     def written():
-        made = {n for n in os.listdir("/dev/shm") if n.startswith("flowsift-shards-")} - before
-        if not made:
+        run = shards_directory(proc.pid)
+        if run is None:
             return None, {}
-        run = os.path.join("/dev/shm", next(iter(made)))
         seen = {}
         for k in range(2):
             try:
@@ -507,7 +525,7 @@ def sharded_run_under_way(tmp_path, *args):
     while not (len(seen) == 2 and min(seen.values()) > 0) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
         run, seen = written()
-    assert proc.poll() is None and min(seen.values()) > 0, seen
+    assert proc.poll() is None and len(seen) == 2 and min(seen.values()) > 0, seen
     return proc, run, cap, events, seen
 
 
