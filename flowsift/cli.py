@@ -685,6 +685,11 @@ def main():
     finally:
         # the command has ended (and said so)
         ignore_stops()
+        # Python takes a KeyboardInterrupt that went through exec() or eval() of a string (a
+        # dataclass or namedtuple being made) for unhandled, even once caught, and then kills
+        # itself with SIGINT as it exits, for an exit status of -2, not 130: an exec of nothing
+        # forgets it
+        exec("")
         # Python's collections at shutdown would walk every object of the imported modules
         # (20-60 ms) to find nothing: the exit frees them all
         gc.freeze()

@@ -56,6 +56,27 @@ def raise_stop(signum):
     raise _stops.raised
 
 
+def _unraisable(unraisable, previous=sys.unraisablehook):
+    if unraisable.exc_value is not None and unraisable.exc_value is _stops.raised:
+        # raised where Python ignores exceptions (a generator being closed, a __del__), the
+        # stop was lost: it waits, and comes again in a moment, once that is over (from a
+        # thread: here it would be lost again), or as the command's work ends
+        import _thread
+        import signal
+        import threading
+        _stops.raised = None
+        _stops.waiting = _stops.waiting or (signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt)
+                                            else signal.SIGTERM)
+        again = threading.Timer(STOP_AGAIN, _thread.interrupt_main, (_stops.waiting,))
+        again.daemon = True
+        again.start()
+        return
+    previous(unraisable)
+
+
+STOP_AGAIN = 0.001              # seconds until a lost stop comes again (a finalizer's run is shorter)
+
+
 def take_stops():
     """Install flowsift's Ctrl-C and SIGTERM handlers, held (`stops_raised` lets them stop the
     command). First thing: a signal before the command runs is not a traceback from an import.
@@ -64,6 +85,7 @@ def take_stops():
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_stop)
     signal.signal(signal.SIGTERM, _on_stop)
+    sys.unraisablehook = _unraisable
 
 
 def ignore_stops():
@@ -75,8 +97,8 @@ def ignore_stops():
 
 
 class stops_raised:
-    """In this block a stop is raised where the code runs (the command's work); one that waited
-    is raised as it starts."""
+    """In this block a stop is raised where the code runs (the command's work); one that waits
+    is raised as it starts, or as it ends."""
 
     def __enter__(self):
         self.held, _stops.held = _stops.held, 0
@@ -85,6 +107,8 @@ class stops_raised:
 
     def __exit__(self, kind, value, tb):
         _stops.held = self.held
+        if kind is None and _stops.waiting is not None:
+            raise_stop(_stops.waiting)
 
 
 class stops_held:

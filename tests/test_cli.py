@@ -439,3 +439,61 @@ def test_a_stop_signal_as_the_command_starts_or_exits_is_no_traceback(signame, c
     res = subprocess.run([sys.executable, "-c", SIGNALLED, "exit", signame, "stats", demo], capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert (res.returncode, res.stderr) == (0, "") and "packets" in res.stdout
+
+
+STOPPING = '''
+import os, signal
+from flowsift.modules import Module
+
+sent = []
+
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(3):          # (Python takes the signal at a loop's turn)
+        pass
+
+
+def closed_later():
+    try:
+        yield
+    finally:
+        ctrl_c()
+
+
+class Stopping(Module):
+    """Presses Ctrl-C once, at its first packet, where $STOP_IN says.
+
+    Synopsis: stopping
+    """
+    name = "stopping"
+
+    def on_packet(self, flow, record):
+        if sent:
+            return
+        sent.append(1)
+        if os.environ["STOP_IN"] == "exec":
+            exec("ctrl_c()")
+        else:
+            g = closed_later()
+            next(g)
+            del g               # closed now, in its finalizer
+        for _ in range(1000):
+            pass
+'''
+
+
+@pytest.mark.parametrize("where", ["exec", "finalizer"])
+def test_a_stop_that_lands_where_python_ignores_or_remembers_it_still_stops_in_one_line(tmp_path, corpus, where):
+    """Ctrl-C as Python ran code from a string (exec, eval: a dataclass or namedtuple being
+    made) was caught and said, but Python took it for unhandled and killed itself with SIGINT
+    as it exited (status -2, not 130); one that landed in a finalizer (a generator being closed,
+    a __del__) was printed as "Exception ignored" and lost: the run went on to its end, exit 0."""
+    import subprocess
+    import sys
+    mod = tmp_path / "stopping.py"
+    mod.write_text(STOPPING)
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "--inline", mod, corpus / "http__zeek__bro.org.pcap",
+                          "--events", "/dev/null"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "STOP_IN": where})
+    assert (res.returncode, res.stderr) == (130, "flowsift: interrupted\n")
