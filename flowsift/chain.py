@@ -2,7 +2,7 @@
 import os
 import shutil
 
-from flowsift.errors import FlowsiftError
+from flowsift.errors import FlowsiftError, stops_held
 from flowsift.gateway import Gateway
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
@@ -147,10 +147,11 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             summary["egress"] = dict(write_egress(source, write, editor, g.store, g.late,
                                                   g.reassembler.defrag.members), file=str(write))
     finally:
-        if forwarder is not None:
-            forwarder.close()
-        if store is None and not keep:
-            shutil.rmtree(g.store_dir, ignore_errors=True)
+        with stops_held():              # (a stop that comes now is raised once the store is gone)
+            if forwarder is not None:
+                forwarder.close()
+            if store is None and not keep:
+                shutil.rmtree(g.store_dir, ignore_errors=True)
     return _complete(summary, runner, chain, store, keep)
 
 

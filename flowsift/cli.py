@@ -3,7 +3,6 @@ import gc
 import inspect as _inspect     # (`inspect` is a command here)
 import json
 import os
-import signal
 import sys
 from typing import List, Optional
 
@@ -12,7 +11,7 @@ import typer
 from flowsift import __version__
 from flowsift.bounds import parse_settings, settings_help
 from flowsift.limits import collect_less
-from flowsift.errors import FlowsiftError, Terminated, raise_terminated, say
+from flowsift.errors import FlowsiftError, Terminated, ignore_stops, say, stops_raised, take_stops
 
 app = typer.Typer(
     add_completion=False,
@@ -657,14 +656,17 @@ def _usage_error(e):
 
 def main():
     import click
-    signal.signal(signal.SIGTERM, raise_terminated)
+    take_stops()                # (already taken when started as flowsift.__main__)
     collect_less()
     try:
         # click's (and typer's) main would turn Ctrl-C and a closed pipe into bare exit codes:
-        # the command runs here so that every outcome is said in one line below
-        command = typer.main.get_command(app)
-        with command.make_context(click.utils._detect_program_name(), sys.argv[1:]) as ctx:
-            command.invoke(ctx)
+        # the command runs here so that every outcome is said in one line below. A stop is
+        # raised only while it runs: one while that line is said, or at exit, is dropped
+        with stops_raised():
+            command = typer.main.get_command(app)
+            # the program's name, however it was started (`python -m flowsift` is the same program)
+            with command.make_context("flowsift", sys.argv[1:]) as ctx:
+                command.invoke(ctx)
     except click.exceptions.Exit as e:          # --help, --version, ctx.exit()
         sys.exit(e.exit_code)
     except click.exceptions.NoArgsIsHelpError as e:
@@ -698,6 +700,13 @@ def main():
         typer.echo(f"flowsift: internal error: {type(e).__name__}: {e} (FLOWSIFT_DEBUG=1 shows where)", err=True)
         sys.exit(1)
     finally:
+        # the command has ended (and said so)
+        ignore_stops()
+        # Python takes a KeyboardInterrupt that went through exec() or eval() of a string (a
+        # dataclass or namedtuple being made) for unhandled, even once caught, and then kills
+        # itself with SIGINT as it exits, for an exit status of -2, not 130: an exec of nothing
+        # forgets it
+        exec("")
         # Python's collections at shutdown would walk every object of the imported modules
         # (20-60 ms) to find nothing: the exit frees them all
         gc.freeze()

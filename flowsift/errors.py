@@ -15,14 +15,128 @@ class Terminated(BaseException):
     """SIGTERM: the command ends as on Ctrl-C, cleaning up what it made for itself."""
 
 
-def raise_terminated(signum, frame):
-    """A SIGTERM handler: the command stops where it is, as a KeyboardInterrupt would stop it."""
-    raise Terminated()
-
-
 def _stop_signals():
     import signal
     return (signal.SIGINT, signal.SIGTERM)
+
+
+# Ctrl-C and SIGTERM in a command stop it: KeyboardInterrupt or Terminated, raised where it runs.
+# Not while it cleans up after one (a group's signal that came twice, Ctrl-C pressed again would
+# cut that short), nor in a block that must not be cut (`stops_held`) or before the command runs:
+# there it waits, and is raised once the block is done. (Python takes a signal between two
+# bytecodes: a flag set without a call is not cut short.)
+class _Stops:
+    held = 1            # > 0: a stop waits; held until the command runs (stops_raised)
+    waiting = None      # the signal of a stop that waits
+    raised = None       # the last stop raised
+
+
+_stops = _Stops()
+
+
+def _on_stop(signum, frame):
+    # what is being handled where the signal came: the stop raised before (or what followed it)
+    e = sys.exc_info()[1]
+    while e is not None:
+        if e is _stops.raised:
+            return
+        e = e.__context__
+    if _stops.held:
+        _stops.waiting = _stops.waiting or signum
+        return
+    raise_stop(signum)
+
+
+def raise_stop(signum):
+    """Raise the stop of signal `signum` (KeyboardInterrupt for SIGINT, else Terminated), as
+    when it comes here."""
+    import signal
+    _stops.waiting = None
+    _stops.raised = KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+    raise _stops.raised
+
+
+def _unraisable(unraisable, previous=sys.unraisablehook):
+    if unraisable.exc_value is not None and unraisable.exc_value is _stops.raised:
+        # raised where Python ignores exceptions (a generator being closed, a __del__), the
+        # stop was lost: it waits, and comes again in a moment, once that is over (from a
+        # thread: here it would be lost again), or as the command's work ends
+        import _thread
+        import signal
+        import threading
+        _stops.raised = None
+        _stops.waiting = _stops.waiting or (signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt)
+                                            else signal.SIGTERM)
+        again = threading.Timer(STOP_AGAIN, _thread.interrupt_main, (_stops.waiting,))
+        again.daemon = True
+        again.start()
+        return
+    previous(unraisable)
+
+
+STOP_AGAIN = 0.001              # seconds until a lost stop comes again (a finalizer's run is shorter)
+
+
+def take_stops():
+    """Install flowsift's Ctrl-C and SIGTERM handlers, held (`stops_raised` lets them stop the
+    command). First thing: a signal before the command runs is not a traceback from an import.
+    Ctrl-C ignored from the start (a background job) stays ignored, as Python leaves it."""
+    import signal
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_stop)
+    signal.signal(signal.SIGTERM, _on_stop)
+    sys.unraisablehook = _unraisable
+
+
+def ignore_stops():
+    """Ctrl-C and SIGTERM ignored from now on: the process is ending, and Python puts its default
+    handlers back as it exits (one that came then would kill it, through any thread)."""
+    import signal
+    for s in _stop_signals():
+        signal.signal(s, signal.SIG_IGN)
+
+
+class stops_raised:
+    """In this block a stop is raised where the code runs (the command's work); one that waits
+    is raised as it starts, or as it ends."""
+
+    def __enter__(self):
+        self.held, _stops.held = _stops.held, 0
+        if _stops.waiting is not None:
+            raise_stop(_stops.waiting)
+
+    def __exit__(self, kind, value, tb):
+        _stops.held = self.held
+        if kind is None and _stops.waiting is not None:
+            raise_stop(_stops.waiting)
+
+
+class stops_held:
+    """In this block a stop waits until it is done (cleaning up is not cut short), and is raised
+    then unless the block raised. Enter it before making what it cleans up: the stop may be
+    raised as it is entered."""
+
+    def __enter__(self):
+        _stops.held += 1
+
+    def __exit__(self, kind, value, tb):
+        _stops.held -= 1
+        if not _stops.held and kind is None and _stops.waiting is not None:
+            raise_stop(_stops.waiting)
+
+
+def start_deaf(argv, **kw):
+    """subprocess.Popen(argv, **kw) with Ctrl-C and SIGTERM blocked in the new process from its
+    first instruction (a blocked mask is kept through exec): a signal to the process group is
+    this process's to act on, and it ends the child. Call it in `stops_held`: a signal that
+    comes meanwhile reaches this process once the child is started."""
+    import signal
+    import subprocess
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        return subprocess.Popen(argv, **kw)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def start_forked(proc):

@@ -416,4 +416,5 @@ class Gateway:
                                 "rebuilt_other_protocols": d.other_protocols}
             if self.resharder is not None:
                 summary["shard"]["moved"] = self.resharder.counters()
+                summary["shard"]["steps_reached"] = self.resharder.step
         return summary

@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 
-from flowsift.errors import FlowsiftError, UsageError, say
+from flowsift.errors import FlowsiftError, UsageError, say, start_deaf, stops_held, stops_raised
 from flowsift.registry import RegistryError, open_registry
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
@@ -61,80 +61,94 @@ def expected_names(text, on_status=say):
 
 
 def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
-          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None, unknown=()):
+          on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None, unknown=(), on_stopped=None):
     """Run the gateway over `source` with the registry at `url`; returns its summary. `unknown`:
-    expected names that are no module flowsift knows (said again while waiting for them)."""
+    expected names that are no module flowsift knows (said again while waiting for them).
+    `on_stopped()` is called when the run is cut short (Ctrl-C, an error), before its keys go."""
     from flowsift.gateway import Gateway
     reg = _redis(url, run)
-    try:
-        reg.check_run()                 # a live run is refused before the store is made
-        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
-                    readers_here=False, **(reassembly or {}))
-    except RegistryError as e:
-        reg.close()
-        raise FlowsiftError(str(e)) from None
-    except BaseException:
-        reg.close()
-        raise
-    started = False
-    removed = store is None and not keep       # the default store goes with the run
-
-    def complete(summary):
-        # the modules finish after the source: what their reports gave back counts too
-        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
-        summary["run"] = reg.run
-        summary["registry"] = reg.shown
-        summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
-                                                         for b, d in g.done_by.items()})
-        summary["registry_outages"] = reg.outages
-        summary["registry_rebuilt"] = reg.rebuilt
-        if removed:
-            summary["store"] = None
-        return summary
-
-    summary = None
-    try:
+    with stops_held():              # the run's keys and a default store go however it ends
         try:
-            reg.start_run({"store": g.store_dir, "source": str(source)})
-            started = True
-            g.expect(expect)
-            if on_started is not None:
-                on_started(reg.run)
-            summary = g.run_capture(source, on_progress=on_progress)
-            reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced),
-                          batches=g.batches)
-            if g.module_bits and on_status is not None:
-                names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
-                on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
-            def waiting(lines):
-                for x in lines:
-                    note = ", not a module flowsift knows" if x.split(" (bit")[0] in unknown else ""
-                    on_status("waiting for " + x + note)
-            g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
-        except (RegistryError, FlowsiftError) as e:
-            # the summary of what was done still goes out (--json), its `error` saying why
-            error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
-            if error is not e:
-                reg.retry_for = 0       # the keys' removal on the way out: one try, not another wait
-            partial = summary if summary is not None else getattr(e, "summary", None)
-            if partial is not None:
+            reg.check_run()             # a live run is refused before the store is made
+            g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
+                        readers_here=False, **(reassembly or {}))
+        except RegistryError as e:
+            reg.close()
+            raise FlowsiftError(str(e)) from None
+        except BaseException:
+            reg.close()
+            raise
+        started = False
+        removed = store is None and not keep       # the default store goes with the run
+
+        def complete(summary):
+            # the modules finish after the source: what their reports gave back counts too
+            summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
+            summary["run"] = reg.run
+            summary["registry"] = reg.shown
+            summary["module_progress"] = dict(g.released, **{g.module_bits.get(b, {}).get("name", str(b)): len(d)
+                                                             for b, d in g.done_by.items()})
+            summary["registry_outages"] = reg.outages
+            summary["registry_rebuilt"] = reg.rebuilt
+            if removed:
+                summary["store"] = None
+            return summary
+
+        def waiting(lines):
+            for x in lines:
+                note = ", not a module flowsift knows" if x.split(" (bit")[0] in unknown else ""
+                on_status("waiting for " + x + note)
+
+        summary = None
+        try:
+            with stops_raised():
                 try:
-                    error.summary = complete(dict(partial, error=str(e)))
-                except Exception:
-                    pass            # (a summary that cannot be made must not hide the error)
-            if error is e:
-                raise
-            raise error from None
-        return complete(summary)
-    finally:
-        try:
-            if started:                 # (a run this gateway was refused is another's: untouched)
-                reg.end_run()           # a clean exit leaves no key behind
-        except RegistryError:
-            pass
-        reg.close()
-        if store is None and not keep:
-            shutil.rmtree(g.store_dir, ignore_errors=True)
+                    try:
+                        reg.start_run({"store": g.store_dir, "source": str(source)})
+                    except RegistryError:
+                        raise           # refused (a live run of that name is another's) or unreachable
+                    except BaseException:
+                        started = True  # cut short while it wrote the run's keys
+                        raise
+                    started = True
+                    g.expect(expect)
+                    if on_started is not None:
+                        on_started(reg.run)
+                    summary = g.run_capture(source, on_progress=on_progress)
+                    reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced),
+                                  batches=g.batches)
+                    if g.module_bits and on_status is not None:
+                        names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
+                        on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
+                    g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
+                except (RegistryError, FlowsiftError) as e:
+                    # the summary of what was done still goes out (--json), its `error` saying why
+                    error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
+                    if error is not e:
+                        reg.retry_for = 0   # the keys' removal on the way out: one try, not another wait
+                    partial = summary if summary is not None else getattr(e, "summary", None)
+                    if partial is not None:
+                        try:
+                            error.summary = complete(dict(partial, error=str(e)))
+                        except Exception:
+                            pass        # (a summary that cannot be made must not hide the error)
+                    if error is e:
+                        raise
+                    raise error from None
+            return complete(summary)
+        except BaseException:
+            if on_stopped is not None:
+                on_stopped()
+            raise
+        finally:
+            try:
+                if started:
+                    reg.end_run()       # a clean exit leaves no key behind
+            except RegistryError:
+                pass
+            reg.close()
+            if removed:
+                shutil.rmtree(g.store_dir, ignore_errors=True)
 
 
 def cleanup(url, run):
@@ -579,6 +593,18 @@ class _Attached:
             return None
 
 
+def _copy_lines(path, out):
+    """The whole lines of the file at `path` onto `out` (a module killed while it wrote may
+    have left part of one)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.endswith("\n"):
+                    out.write(line)
+    except OSError:
+        pass
+
+
 def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
                      strict=False, on_progress=None, reassembly=None):
     """`flowsift chain ... --registry URL`: the gateway here, each module in its own
@@ -599,7 +625,6 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
         raise UsageError(f"module {twice[0]} appears twice: with --registry modules attach by name")
     parts = [p.strip() for p in _split(spec, ",")]
     run = new_run_id()
-    work = tempfile.mkdtemp(prefix="flowsift-chain-")
     procs, restarts = {}, {n: 0 for n in names}
 
     # the password goes to the module processes in their environment: a command line is
@@ -611,7 +636,10 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     def launch(i):
         cmd = [sys.executable, "-m", "flowsift", "module", parts[i], "--registry", child_url, "--run", run,
                "--events", os.path.join(work, f"{i}.jsonl"), "--json", "--wait", "60"] + (["--strict"] if strict else [])
-        procs[i] = subprocess.Popen(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"), env=child_env)
+        # Ctrl-C or SIGTERM to the group is this process's: it ends the modules, and so keeps
+        # what they wrote (one stopped on its own would be started again, and say so)
+        with stops_held():
+            procs[i] = start_deaf(cmd, stdout=open(os.path.join(work, f"{i}.json"), "w"), env=child_env)
 
     def tick():
         for i, p in list(procs.items()):
@@ -627,37 +655,41 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                 say(f"module {names[i]}: its process died ({rc}); restarting it")
                 launch(i)
 
-    try:
-        summary = serve(source, url, run=run, store=store, keep=keep, expect=names, filter_expression=filter_expression,
-                        policy=policy, on_progress=on_progress, tick=tick, reassembly=reassembly,
-                        on_started=lambda r: [launch(i) for i in range(len(parts))])
-        results = []
-        for i, p in procs.items():
-            try:
-                rc = p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                raise FlowsiftError(f"module {names[i]}: its process had not ended 60 s after the run did; "
-                                    f"stopped") from None
-            if rc != 0:
-                raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
-            with open(os.path.join(work, f"{i}.json")) as f:
-                results.append(json.load(f))
-    finally:
+    def stop_modules():
+        # before the run's keys go: a module still starting would write its bit after
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        # the events of the connections the modules finished, even of a run stopped (Ctrl-C)
-        if events is not None:
-            for i in sorted(procs):
-                try:
-                    with open(os.path.join(work, f"{i}.jsonl")) as f:
-                        shutil.copyfileobj(f, events)
-                except OSError:
-                    pass
-        shutil.rmtree(work, ignore_errors=True)
+
+    with stops_held():          # the modules end, their events are kept and the directory goes, however it ends
+        work = tempfile.mkdtemp(prefix="flowsift-chain-")
+        try:
+            with stops_raised():
+                summary = serve(source, url, run=run, store=store, keep=keep, expect=names,
+                                filter_expression=filter_expression, policy=policy, on_progress=on_progress,
+                                tick=tick, reassembly=reassembly, on_stopped=stop_modules,
+                                on_started=lambda r: [launch(i) for i in range(len(parts))])
+                results = []
+                for i, p in procs.items():
+                    try:
+                        rc = p.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+                        raise FlowsiftError(f"module {names[i]}: its process had not ended 60 s after the run did; "
+                                            f"stopped") from None
+                    if rc != 0:
+                        raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
+                    with open(os.path.join(work, f"{i}.json")) as f:
+                        results.append(json.load(f))
+        finally:
+            stop_modules()
+            # the events of the connections the modules finished, even of a run stopped (Ctrl-C)
+            if events is not None:
+                for i in sorted(procs):
+                    _copy_lines(os.path.join(work, f"{i}.jsonl"), events)
+            shutil.rmtree(work, ignore_errors=True)
     summary["modules"] = {}
     summary["tables"] = {}
     for r in results:

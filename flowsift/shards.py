@@ -20,11 +20,13 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import FlowsiftError, Terminated, UsageError, start_forked, take_stop_signals
+from flowsift.errors import (FlowsiftError, Terminated, UsageError, raise_stop, start_forked, stops_held, stops_raised,
+                             take_stop_signals)
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
 PROGRESS_EVERY = 0.2            # seconds between a shard's progress reports to the parent
+SHARD_STOP_GRACE = 60.0         # seconds the other shards have to stop, keeping their events, after one failed
 
 
 def parse_reshard(texts):
@@ -245,6 +247,10 @@ def shard_source(source):
     return f"{src},fanout={os.getpid() & 0xFFFF}", "kernel"
 
 
+# a shard's summary fields that the merged summary uses, not shows
+_OWN = ("rebuilt_not_decoded", "rebuilt_other_protocols", "steps_reached")
+
+
 def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None, **kw):
     src, split = shard_source(source)
     steps = list(reshard or ())
@@ -257,11 +263,6 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     # the run's directory holds every shard's store (removed with it, even a shard's that was
     # stopped), their events and the handovers, through which record files are renamed
     from flowsift.gateway import new_store_dir
-    tmp = new_store_dir(prefix="flowsift-shards-")
-    handover = None
-    if steps:
-        os.mkdir(os.path.join(tmp, "handover"))
-        handover = (steps, os.path.join(tmp, "handover"), processes)
     procs = []
     old = {}
 
@@ -270,77 +271,111 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         for p, _ in procs:
             if p.is_alive():
                 os.kill(p.pid, signum)
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, forward)
-        for k in range(processes):
-            parent, child = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_one, args=(spec, src, k, count, split, os.path.join(tmp, f"{k}.jsonl"), kw, child,
-                                               handover, on_progress is not None))
-            start_forked(p)
-            child.close()
-            procs.append((p, parent))
-        results = [None] * processes
-        stopped = None
-        read = [0] * processes
-        waiting = {conn: k for k, (p, conn) in enumerate(procs)}
-        from multiprocessing.connection import wait
-        while waiting:
-            ready = wait(list(waiting), timeout=0.5)
-            # a shard killed outright says nothing, and its pipe (and its end's sentinel) stay
-            # open in its module workers, which outlive it a while: its exit code tells
-            ready += [conn for conn, k in waiting.items() if conn not in ready and procs[k][0].exitcode is not None
-                      and not conn.poll()]
-            for conn in ready:
-                k = waiting[conn]
-                p = procs[k][0]
-                try:
-                    msg = conn.recv() if conn.poll() else None
-                except EOFError:
-                    msg = None
-                if msg is None:
-                    p.join(timeout=5)
-                    msg = ("error", f"shard {k}: its process died ({p.exitcode})")
-                if msg[0] == "progress":
-                    read[k] = msg[1]
-                    on_progress(min(read), msg[2])
-                    continue
-                del waiting[conn]
-                status, value = msg
-                p.join()
-                if status == "stopped":
-                    # a file's run stopped by Ctrl-C or SIGTERM: the others stop as well (they
-                    # were sent the same signal); the run ends as one gateway's would
-                    stopped = stopped or value
-                    continue
-                if status != "ok":
-                    if handover is not None:
-                        # shards waiting for this one's handover stop at once
-                        open(os.path.join(handover[1], "abort"), "w").close()
-                    raise FlowsiftError(value)
-                results[k] = value
+    results = [None] * processes
+    stopped = failed = None
+    with stops_held():              # the shards' events are kept and the run's directory goes, however it ends
+        tmp = new_store_dir(prefix="flowsift-shards-")
+        try:
+            handover = None
+            if steps:
+                os.mkdir(os.path.join(tmp, "handover"))
+                handover = (steps, os.path.join(tmp, "handover"), processes)
+            with stops_raised():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    old[sig] = signal.signal(sig, forward)
+                for k in range(processes):
+                    parent, child = ctx.Pipe(duplex=False)
+                    p = ctx.Process(target=_one, args=(spec, src, k, count, split, os.path.join(tmp, f"{k}.jsonl"), kw,
+                                                       child, handover, on_progress is not None))
+                    start_forked(p)
+                    child.close()
+                    procs.append((p, parent))
+            read = [0] * processes
+            waiting = {conn: k for k, (p, conn) in enumerate(procs)}
+            give_up = None              # when the shards still running after one failed are killed
+            from multiprocessing.connection import wait
+            while waiting:
+                ready = wait(list(waiting), timeout=0.5)
+                # a shard killed outright says nothing, and its pipe (and its end's sentinel) stay
+                # open in its module workers, which outlive it a while: its exit code tells
+                ready += [conn for conn, k in waiting.items() if conn not in ready and procs[k][0].exitcode is not None
+                          and not conn.poll()]
+                if give_up is not None and time.monotonic() > give_up:
+                    for conn, k in waiting.items():
+                        procs[k][0].kill()
+                for conn in ready:
+                    k = waiting[conn]
+                    p = procs[k][0]
+                    try:
+                        msg = conn.recv() if conn.poll() else None
+                    except EOFError:
+                        msg = None
+                    if msg is None:
+                        p.join(timeout=5)
+                        msg = ("error", f"shard {k}: its process died ({p.exitcode})")
+                    if msg[0] == "progress":
+                        read[k] = msg[1]
+                        on_progress(min(read), msg[2])
+                        continue
+                    del waiting[conn]
+                    status, value = msg
+                    p.join()
+                    if status == "stopped":
+                        # a file's run stopped by Ctrl-C or SIGTERM: the others stop as well (they
+                        # were sent the same signal); the run ends as one gateway's would
+                        stopped = stopped or value
+                        continue
+                    if status != "ok":
+                        if failed is None:
+                            failed = value
+                            if handover is not None:
+                                # shards waiting for this one's handover stop at once
+                                open(os.path.join(handover[1], "abort"), "w").close()
+                            # the others stop as on SIGTERM, keeping the events they wrote
+                            for q, _ in procs:
+                                if q.is_alive():
+                                    os.kill(q.pid, signal.SIGTERM)
+                            give_up = time.monotonic() + SHARD_STOP_GRACE
+                        continue
+                    results[k] = value
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            for p, _ in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            if events is not None:
+                # what each shard wrote, shard after shard: all of it after a whole run; the events
+                # of the connections it finished when the run stopped or a shard failed (a shard
+                # killed outright may have left part of a line). Each shard numbers its
+                # connections from 0: an event says whose its conn is
+                for k in range(len(procs)):
+                    tail = f', "shard": {k}}}\n'
+                    try:
+                        with open(os.path.join(tmp, f"{k}.jsonl")) as f:
+                            for line in f:
+                                if line.endswith("}\n"):
+                                    events.write(line[:-2] + tail)
+                    except OSError:
+                        pass
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+        if failed is not None:
+            raise FlowsiftError(failed)
         if stopped is not None:
-            raise KeyboardInterrupt if stopped == "interrupt" else Terminated()
-        if events is not None:
-            # each shard numbers its connections from 0: an event says whose its conn is
-            for k in range(processes):
-                tail = f', "shard": {k}}}\n'
-                with open(os.path.join(tmp, f"{k}.jsonl")) as f:
-                    for line in f:
-                        events.write(line[:-2] + tail if line.endswith("}\n") else line)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        for p, _ in procs:
-            if p.is_alive():
-                p.kill()
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    out = {"mode": "sharded", "shards": [dict({k: v for k, v in r["shard"].items() if not k.startswith("rebuilt_")},
+            raise_stop(signal.SIGINT if stopped == "interrupt" else signal.SIGTERM)
+    asked = bool(steps)
+    if asked:
+        # a step past the end of the capture never came: it is not listed, and a shard only it
+        # would have used (it read the capture, owning nothing) is left out
+        steps = steps[:max(r["shard"]["steps_reached"] for r in results)]
+        results = results[:max([count] + [n for _, n in steps])]
+    out = {"mode": "sharded", "shards": [dict({k: v for k, v in r["shard"].items() if k not in _OWN},
                                               packets=r["packets"], mode=r["mode"]) for r in results],
            "chain": results[0]["chain"], "source": str(source),
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
-    if steps:
+    if asked:
         out["reshard"] = [{"packets": at, "shards": n} for at, n in steps]
     for key in ("files", "records", "bytes", "reopens", "writes", "late_packets", "reclaimed_bytes", "retired", "events"):
         out[key] = sum(r.get(key, 0) or 0 for r in results)

@@ -40,6 +40,15 @@ def test_help_prose_is_wrapped_to_the_terminal_and_examples_keep_their_lines(com
     assert "\b" not in res.stdout
 
 
+def test_usage_lines_name_the_program_flowsift():
+    """Run as `python -m flowsift` (as the tests do), every usage line said `python -m flowsift
+    chain ...`: a user who copied it got a different command than the one the docs give."""
+    for args in (("--help",), ("chain", "--help"), ("gateway", "--help"), ()):
+        res = run_cli(*args)
+        usage = [line.strip() for line in (res.stdout + res.stderr).splitlines() if "Usage:" in line]
+        assert usage and all(u.startswith(f"Usage: flowsift {' '.join(args[:-1])}".rstrip() + " ") for u in usage), usage
+
+
 def test_version():
     res = run_cli("--version")
     assert res.returncode == 0 and re.match(r"flowsift \d+\.\d+", res.stdout)
@@ -430,3 +439,96 @@ def test_a_file_cut_where_only_holes_lie_lacks_nothing_and_never_shows_negative_
     assert out["problems"] == []
     f = json.loads(run_cli("inspect", store / "c00000000.rec", "-n", "0", "--json", check=True).stdout)
     assert f["truncated"] is None and [s["delivered"] for s in f["streams"]] == [0, 0]
+
+
+# Runs flowsift as `python -m flowsift` does, sending the process SIGNAL (argv[1]) as the command
+# line imports typer (what takes the time at start), or as it exits.
+SIGNALLED = '''
+import atexit, builtins, os, runpy, signal, sys
+when, sig = sys.argv.pop(1), getattr(signal, sys.argv.pop(1))
+real = builtins.__import__
+def imported(name, *args, **kw):
+    if name == "typer" and when == "start":
+        builtins.__import__ = real
+        os.kill(os.getpid(), sig)
+    return real(name, *args, **kw)
+builtins.__import__ = imported
+if when == "exit":
+    atexit.register(os.kill, os.getpid(), sig)
+runpy.run_module("flowsift", run_name="__main__", alter_sys=True)
+'''
+
+
+@pytest.mark.parametrize("signame,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_stop_signal_as_the_command_starts_or_exits_is_no_traceback(signame, code, said):
+    """Ctrl-C to a process group (a terminal's) comes when it comes: while Python still imported
+    the command line it was a KeyboardInterrupt traceback from typer's import (SIGTERM killed it
+    without a word); after the command had said its last line, one from threading._shutdown or
+    an exit handler (or a process killed by the signal as Python put its default handler back)."""
+    import subprocess
+    import sys
+    demo = ROOT / "examples" / "demo.pcap"
+    res = subprocess.run([sys.executable, "-c", SIGNALLED, "start", signame, "stats", demo], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert (res.returncode, res.stderr, res.stdout) == (code, f"flowsift: {said}\n", "")
+    res = subprocess.run([sys.executable, "-c", SIGNALLED, "exit", signame, "stats", demo], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert (res.returncode, res.stderr) == (0, "") and "packets" in res.stdout
+
+
+STOPPING = '''
+import os, signal
+from flowsift.modules import Module
+
+sent = []
+
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(3):          # (Python takes the signal at a loop's turn)
+        pass
+
+
+def closed_later():
+    try:
+        yield
+    finally:
+        ctrl_c()
+
+
+class Stopping(Module):
+    """Presses Ctrl-C once, at its first packet, where $STOP_IN says.
+
+    Synopsis: stopping
+    """
+    name = "stopping"
+
+    def on_packet(self, flow, record):
+        if sent:
+            return
+        sent.append(1)
+        if os.environ["STOP_IN"] == "exec":
+            exec("ctrl_c()")
+        else:
+            g = closed_later()
+            next(g)
+            del g               # closed now, in its finalizer
+        for _ in range(1000):
+            pass
+'''
+
+
+@pytest.mark.parametrize("where", ["exec", "finalizer"])
+def test_a_stop_that_lands_where_python_ignores_or_remembers_it_still_stops_in_one_line(tmp_path, corpus, where):
+    """Ctrl-C as Python ran code from a string (exec, eval: a dataclass or namedtuple being
+    made) was caught and said, but Python took it for unhandled and killed itself with SIGINT
+    as it exited (status -2, not 130); one that landed in a finalizer (a generator being closed,
+    a __del__) was printed as "Exception ignored" and lost: the run went on to its end, exit 0."""
+    import subprocess
+    import sys
+    mod = tmp_path / "stopping.py"
+    mod.write_text(STOPPING)
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "--inline", mod, corpus / "http__zeek__bro.org.pcap",
+                          "--events", "/dev/null"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "STOP_IN": where})
+    assert (res.returncode, res.stderr) == (130, "flowsift: interrupted\n")

@@ -437,6 +437,138 @@ def test_a_sharded_chain_stops_as_one_gateway_does(tmp_path, signame, group, cod
     ended_as_said(proc, code, said, run, cap)
 
 
+CLOSES = '''
+from flowsift.modules import Module
+
+class Closes(Module):
+    """An event per connection end.
+
+    Synopsis: closes
+    """
+    name = "closes"
+    reads = set()
+
+    def on_close(self, flow, reason):
+        self.emit("closed", reason=reason)
+'''
+
+
+def spread_connections(path, n, block=1000):
+    """n short TCP connections, each from a client address of its own (the shards split flows by
+    address), interleaved by blocks of `block` so that many are open at once."""
+    from pcapgen import ether, ipv4, pcap, tcp
+    server, frames = (bytes([10, 2, 0, 1]), 80), []
+    for b0 in range(0, n, block):
+        ends = [(bytes([10, 3, (i >> 8) & 255, i & 255]), 1024 + i % 60000) for i in range(b0, min(n, b0 + block))]
+        t = 1_700_000_000 + b0 // block
+        for step, (fwd, seq, ack, flags, payload) in enumerate([(1, 100, 0, 0x02, b""), (0, 500, 101, 0x12, b""),
+                                                                 (1, 101, 501, 0x18, b"x" * 200),
+                                                                 (1, 301, 501, 0x11, b""), (0, 501, 302, 0x11, b"")]):
+            for k, c in enumerate(ends):
+                src, dst = (c, server) if fwd else (server, c)
+                frames.append((t, step * 2000 + k, ether(ipv4(src[0], dst[0], 6, tcp(src[1], dst[1], seq=seq, ack=ack,
+                                                                                      flags=flags, payload=payload)))))
+    path.write_bytes(pcap(frames))
+    return path
+
+
+def shards_directory(pid):
+    """The directory of the sharded run of process `pid`: where its shards write their events
+    (other runs may be going on)."""
+    import os
+    import subprocess
+    for shard in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        try:
+            fds = os.listdir(f"/proc/{shard}/fd")
+        except OSError:
+            continue
+        for n in fds:
+            try:
+                where = os.path.dirname(os.readlink(f"/proc/{shard}/fd/{n}"))
+            except OSError:
+                continue
+            if os.path.basename(where).startswith("flowsift-shards-"):
+                return where
+    return None
+
+
+def sharded_run_under_way(tmp_path, *args):
+    """A `chain closes CAPTURE --shards 2 ARGS --events FILE` in a session of its own, once both
+    shards have written events: (process, its run directory, capture, events file, {shard: whole
+    event lines it had written})."""
+    import os
+    import subprocess
+    import sys
+    import time
+    cap = spread_connections(tmp_path / "many.pcap", 30_000)
+    mod = tmp_path / "closes.py"
+    mod.write_text(CLOSES)
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", str(mod), str(cap), "--shards", "2", *args,
+                             "--events", str(events)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FLOWSIFT_BATCH": "16"}, start_new_session=True)
+
+    def written():
+        run = shards_directory(proc.pid)
+        if run is None:
+            return None, {}
+        seen = {}
+        for k in range(2):
+            try:
+                with open(os.path.join(run, f"{k}.jsonl")) as f:
+                    seen[k] = sum(line.endswith("\n") for line in f)
+            except OSError:
+                pass
+        return run, seen
+    deadline = time.monotonic() + 60
+    run, seen = written()
+    while not (len(seen) == 2 and min(seen.values()) > 0) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        run, seen = written()
+    assert proc.poll() is None and len(seen) == 2 and min(seen.values()) > 0, seen
+    return proc, run, cap, events, seen
+
+
+def events_by_shard(path):
+    return collections.Counter(json.loads(line)["shard"] for line in open(path))
+
+
+@pytest.mark.parametrize("signame,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_sharded_chain_stopped_keeps_the_events_its_shards_wrote(tmp_path, signame, code, said):
+    """Stopped by Ctrl-C or SIGTERM to its group, a sharded run wrote no event at all: the
+    shards' files went with the run's directory (one gateway stopped keeps the events of the
+    connections its modules finished)."""
+    import os
+    import signal
+    import subprocess
+    proc, run, cap, events, seen = sharded_run_under_way(tmp_path, "--reshard", "200000:3")
+    os.killpg(proc.pid, getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and err.strip() == f"flowsift: {said}", err
+    assert not os.path.exists(run)
+    assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout == b""
+    got = events_by_shard(events)
+    assert all(got[k] >= n for k, n in seen.items()), (got, seen)
+
+
+def test_a_shard_that_dies_ends_the_run_with_the_events_of_every_shard(tmp_path):
+    """A shard killed (kill -9) ended the run, one line and exit 2, as it should, but the
+    events of the others went too: they were killed, and nothing was written."""
+    import os
+    import re
+    import signal
+    import subprocess
+    proc, run, cap, events, seen = sharded_run_under_way(tmp_path)
+    shards = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(shards) == 2, shards
+    os.kill(int(shards[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and re.fullmatch(r"flowsift: shard [01]: its process died \(-9\)", err.strip()), err
+    got = events_by_shard(events)          # (whole lines: the dead one's last may have been cut)
+    assert all(got[k] >= n for k, n in seen.items()), (got, seen)
+    assert not os.path.exists(run)
+
+
 SKIPPER = '''
 import os, signal
 from flowsift.modules import Module

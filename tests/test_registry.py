@@ -859,3 +859,33 @@ def test_a_registry_password_stays_off_command_lines(tmp_path, corpus):
             proc.send_signal(signal.SIGINT)         # (a clean exit: its store and keys go)
             proc.wait(timeout=60)
         server.stop()
+
+
+@pytest.mark.parametrize("signame,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_registry_chain_stopped_by_a_group_signal_keeps_its_events_and_leaves_nothing(tmp_path, corpus, redis_server,
+                                                                                       slow, signame, code, said):
+    """Ctrl-C in a terminal and `systemctl stop` signal the whole group: each module process said
+    its own line (or died and was started again), and the chain's cleaning up, cut by a signal
+    that came late or twice, left the run's keys, its directory of module events (the events
+    lost with it) and tracebacks."""
+    events, tmp = tmp_path / "events.jsonl", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = flowsift("chain", f"{slow},counter", corpus / CAPTURE, "--registry", redis_server.url, "--events", events,
+                    env={"FLOWSIFT_BATCH": "1", "SLOW_CLOSE": "0.05", "TMPDIR": str(tmp)}, start_new_session=True)
+
+    def written():
+        # the slow module's events so far, in the chain's directory for them
+        return sum(closed_events(p) for p in tmp.glob("flowsift-chain-*/0.jsonl"))
+    wait_until(lambda: written() >= 5, procs=(proc,))
+    before = written()
+    os.killpg(proc.pid, getattr(signal, signame))
+    time.sleep(0.05)
+    os.killpg(proc.pid, getattr(signal, signame))       # a second one while it cleans up changes nothing
+    _, err = proc.communicate(timeout=60)
+    said_else = [line for line in err.splitlines() if "; waiting for " not in line]     # (the source may be done)
+    assert proc.returncode == code and said_else == [f"flowsift: {said}"], err
+    assert sum(e["kind"] == "closed" for e in read_events(events)) >= before
+    assert redis_server.client().keys("*") == []
+    assert list(tmp.iterdir()) == []
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert left == []

@@ -271,6 +271,19 @@ def test_a_sharded_run_reports_its_progress(corpus):
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
 
 
+def test_a_step_past_the_end_of_the_capture_is_not_said_to_have_happened(corpus):
+    """`--reshard 999999999:3` on a smaller capture: the summary listed the step, and a third
+    shard (`"index": 2, "of": 2`) that owned nothing at any time."""
+    cap = corpus / "tls__suri__tls-subjectaltname.pcap"        # 3,086 packets
+    for plan, steps, shards in ((["999999:3"], [], [0, 1]),
+                                (["1000:3", "999999:4"], [{"packets": 1000, "shards": 3}], [0, 1, 2])):
+        args = [a for at in plan for a in ("--reshard", at)]
+        got = json.loads(run_cli("chain", "counter", cap, "--shards", 2, *args, "--events", "/dev/null", "--json",
+                                 check=True).stdout)
+        assert got["reshard"] == steps and [s["index"] for s in got["shards"]] == shards, plan
+        assert got["modules"]["counter"]["flows"] == 108
+
+
 def test_a_shard_killed_outright_ends_the_run_in_one_line(tmp_path, corpus):
     """Its module workers kept its result pipe open: the run waited for ever, saying nothing."""
     import signal

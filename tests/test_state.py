@@ -588,11 +588,11 @@ def test_expiry_answers_do_not_depend_on_batches_or_checkpoints(tmp_path, corpus
 
 
 @pytest.mark.parametrize("value,said", [("{80: 1}", "ports: a dict key 80 (int): state is saved as JSON, whose keys are text"),
-                                         ("{'a': {1, 2}}", "state that JSON cannot carry: Object of type set")])
+                                         ("{'a': {1, 2}}", "module ports: ports: state that JSON cannot carry: Object of type set")])
 def test_state_json_cannot_carry_is_one_line_and_not_retried(tmp_path, corpus, value, said):
     """A Global dict keyed by port numbers came back keyed by text after a restart (beside new
     int keys: counts lost); a set made its worker die and be started again a hundred times,
-    with a traceback each time."""
+    with a traceback each time, and then its line did not name the table."""
     mod = tmp_path / "ports.py"
     mod.write_text(f'''
 from flowsift.modules import Global, Module

@@ -262,6 +262,12 @@ def snapshot(module, incremental=False, appended=None):
     try:
         return json.dumps(out, separators=(",", ":"))
     except TypeError as e:
+        # which table: each is tried alone, now that one failed
+        for name, blob in out.items():
+            try:
+                json.dumps(blob)
+            except TypeError as e:
+                raise StateError(f"module {module.name}: {name}: state that JSON cannot carry: {e}") from None
         raise StateError(f"module {module.name}: state that JSON cannot carry: {e}") from None
 
 

@@ -530,6 +530,9 @@ class RedisRegistry(Registry):
 
     def end_run(self):
         if self.run is not None:
+            # on fresh connections: a command cut short (Ctrl-C between its request and its
+            # reply) leaves its reply to be read as the next command's
+            self.r.connection_pool.disconnect()
             self.remove_run(self.run)
 
     # --- module side ---
