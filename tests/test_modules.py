@@ -245,17 +245,20 @@ def test_bytes_left_unread_before_a_gap_go_with_it(tmp_path, corpus, mode):
                       ("data", 8, 4, False, True)]
 
 
-def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
-    p = write_module(tmp_path, '''
-        class Boom(Module):
-            """Fails on every packet.
+BOOM = '''
+    class Boom(Module):
+        """Fails on every packet.
 
-            Synopsis: boom
-            """
-            name = "boom"
-            def on_packet(self, flow, record):
-                raise RuntimeError("kaboom")
-    ''')
+        Synopsis: boom
+        """
+        name = "boom"
+        def on_packet(self, flow, record):
+            raise RuntimeError("kaboom")
+'''
+
+
+def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
+    p = write_module(tmp_path, BOOM)
     res = run_cli("chain", f"{p},counter", corpus / "http__zeek__get.pcap", "--json")
     assert res.returncode == 0
     assert res.stderr.count("RuntimeError: kaboom") == 1 and res.stderr.count("module boom failed in on_packet()") == 1
@@ -269,16 +272,7 @@ def test_failing_module_is_logged_once_and_the_chain_goes_on(tmp_path, corpus):
 def test_strict_stops_at_a_hook_exception_and_shows_the_modules_frames(tmp_path, corpus, mode):
     """In parallel mode the worker sent the gateway the message alone: the module's file and
     line were lost, where --inline (and a failure without --strict) showed them."""
-    p = write_module(tmp_path, '''
-        class Boom(Module):
-            """Fails on every packet.
-
-            Synopsis: boom
-            """
-            name = "boom"
-            def on_packet(self, flow, record):
-                raise RuntimeError("kaboom")
-    ''')
+    p = write_module(tmp_path, BOOM)
     strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict", *mode)
     assert strict.returncode == 2
     lines = strict.stderr.strip().splitlines()
