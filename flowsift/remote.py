@@ -593,18 +593,6 @@ class _Attached:
             return None
 
 
-def _copy_lines(path, out):
-    """The whole lines of the file at `path` onto `out` (a module killed while it wrote may
-    have left part of one)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.endswith("\n"):
-                    out.write(line)
-    except OSError:
-        pass
-
-
 def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
                      strict=False, on_progress=None, reassembly=None):
     """`flowsift chain ... --registry URL`: the gateway here, each module in its own
@@ -612,6 +600,7 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     import subprocess
     import tempfile
     from flowsift.modules.loader import _split, parse_chain
+    from flowsift.modules.runner import copy_events
     from flowsift.registry.base import new_run_id
 
     chain = parse_chain(spec)
@@ -688,7 +677,7 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
             # the events of the connections the modules finished, even of a run stopped (Ctrl-C)
             if events is not None:
                 for i in sorted(procs):
-                    _copy_lines(os.path.join(work, f"{i}.jsonl"), events)
+                    copy_events(os.path.join(work, f"{i}.jsonl"), events)
             shutil.rmtree(work, ignore_errors=True)
     summary["modules"] = {}
     summary["tables"] = {}

@@ -350,15 +350,9 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                 # of the connections it finished when the run stopped or a shard failed (a shard
                 # killed outright may have left part of a line). Each shard numbers its
                 # connections from 0: an event says whose its conn is
+                from flowsift.modules.runner import copy_events
                 for k in range(len(procs)):
-                    tail = f', "shard": {k}}}\n'
-                    try:
-                        with open(os.path.join(tmp, f"{k}.jsonl")) as f:
-                            for line in f:
-                                if line.endswith("}\n"):
-                                    events.write(line[:-2] + tail)
-                    except OSError:
-                        pass
+                    copy_events(os.path.join(tmp, f"{k}.jsonl"), events, f', "shard": {k}')
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
         if failed is not None:

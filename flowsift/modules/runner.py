@@ -43,6 +43,19 @@ ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 
 
+def copy_events(path, out, add=""):
+    """The whole event lines of the file at `path` onto `out` (a process killed while it wrote
+    may have left part of one), with `add` (text such as ', "shard": 1') put in each before its
+    closing brace. A file that is not there holds none."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.endswith("}\n"):
+                    out.write(line[:-2] + add + "}\n" if add else line)
+    except OSError:
+        pass
+
+
 def _not_json(fields):
     # which field of an event the encoder refused (a NaN or an infinity, maybe in a list)
     for name, value in fields.items():
@@ -490,10 +503,7 @@ class InlineChain:
                     # (stream.at_gap), however the bytes before it were batched: when they all
                     # came before the loss was known, it had read them and no call showed it
                     c.seen[(i, d)] = (gap.offset, 0, AT_GAP)
-                    self._when = (c, d, sp)
-                    self._call(m, "on_data", c.flow, sp)
-                    self._when = None
-                    if m in c.flow._skipped:
+                    if not self._on_data(c, d, m, sp):
                         break
                     if sp.tell() != gap.offset:
                         continue               # it moved (past the gap, or back): where it stands now
@@ -522,11 +532,15 @@ class InlineChain:
                     continue
                 break                          # nothing new since its last call: unread bytes wait
             c.seen[(i, d)] = state
-            self._when = (c, d, sp)
-            self._call(m, "on_data", c.flow, sp)
-            self._when = None
-            if m in c.flow._skipped:
+            if not self._on_data(c, d, m, sp):
                 break
+
+    def _on_data(self, c, d, m, sp):
+        # m.on_data over direction d of c; False once the module skipped the connection
+        self._when = (c, d, sp)
+        self._call(m, "on_data", c.flow, sp)
+        self._when = None
+        return m not in c.flow._skipped
 
     def _close(self, conn, fresh=False):
         # `fresh`: its header was read just now (by _open or _advance)
