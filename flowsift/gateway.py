@@ -325,7 +325,10 @@ class Gateway:
                 after_written.process(touched, closed, published=snapshot)
         try:
             read = 0                        # packets read so far (before sharding)
-            for batch in decoded_batches(cap, decoder, self.bpf, on_progress):
+            # a quiet live source still syncs: its heartbeat keeps attached modules from
+            # taking the run for dead, and their progress is taken in
+            idle = (lambda: self.registry.beat_due() and self.sync()) if self.registry.announces else None
+            for batch in decoded_batches(cap, decoder, self.bpf, on_progress, on_idle=idle):
                 if self.table is not None:
                     from flowsift.io.shard import shard_mask
                     if self.resharder is not None:

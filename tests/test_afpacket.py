@@ -192,6 +192,32 @@ def test_ctrl_c_ends_a_live_run_with_its_summary(netns, corpus):
     assert got["kernel"]["stopped_by"] == "SIGINT" and got["capture_packets"] == 483 and got["tcp"] == 19
 
 
+def test_a_quiet_live_gateway_keeps_its_registry_heartbeat(netns, corpus, tmp_path):
+    """Nothing on the wire for several heartbeat lifetimes: the gateway still tells the
+    registry it is alive (attached modules would otherwise leave the run for dead)."""
+    import redis
+    from conftest import RedisServer
+    sock = tmp_path / "redis.sock"          # a path: reachable from inside the namespace
+    server = RedisServer(tmp_path, "--unixsocket", str(sock), "--unixsocketperm", "700")
+    try:
+        p = netns.popen(sys.executable, "-m", "flowsift", "gateway", "afpacket:va", "--registry",
+                        f"unix://{sock}?db=0", "--run", "quiet", "--keep", "--store", tmp_path / "store",
+                        "--json", env=dict(os.environ, FLOWSIFT_HEARTBEAT_TTL_MS="300"))
+        started(p)
+        client = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
+        for _ in range(8):                  # 1.6 s of silence, five lifetimes of the key
+            time.sleep(0.2)
+            assert client.exists("flowsift:{quiet}:gateway"), "the gateway's heartbeat expired"
+        send(netns, CORPUS / JPEGS)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert json.loads(out)["connections"]["tcp"] == 19
+    finally:
+        server.stop()
+
+
 RING = """
 import sys, json
 from flowsift.io import Batch

@@ -138,15 +138,15 @@ def batch_size():
     return env_number("FLOWSIFT_BATCH", DEFAULT_BATCH, 1, 65536, "packets per batch")
 
 
-def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None):
+def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None, on_idle=None):
     """Yield each batch of `source` (a path or an open Capture) filtered (bpf) and decoded,
     reporting progress; at the end, raise the defect that stopped reading, if any. The one
-    loop every command shares."""
+    loop every command shares. `on_idle()` is called while a live source has nothing to read."""
     cap = source if hasattr(source, "fill") else open_capture(source, bpf)
     batch = Batch(capacity or batch_size())
     if getattr(cap, "live", False):
         # the kernel ran the filter
-        yield from cap.batches(batch, decoder, on_progress)
+        yield from cap.batches(batch, decoder, on_progress, on_idle)
         return
     if bpf is not None and cap.format == "pcap":
         bpf.check(cap.interfaces()[0]["linktype"])     # one link type: a filter it refuses fails now

@@ -295,8 +295,9 @@ class LiveCapture:
     def close(self):
         self._src.close()
 
-    def batches(self, batch, decoder=None, on_progress=None):
-        """Fill `batch` again and again until the count, the duration, SIGINT or SIGTERM."""
+    def batches(self, batch, decoder=None, on_progress=None, on_idle=None):
+        """Fill `batch` again and again until the count, the duration, SIGINT or SIGTERM;
+        `on_idle()` after each wait that brought nothing."""
         stop = []
         handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -319,6 +320,8 @@ class LiveCapture:
                     return
                 n = self.fill(batch)
                 if n == 0:
+                    if on_idle is not None:
+                        on_idle()
                     continue
                 if self.bpf is not None and not self.kernel_filtered:
                     # DPDK has no kernel; AF_PACKET frames whose tag the kernel took off passed it

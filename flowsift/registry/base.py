@@ -68,6 +68,11 @@ class Registry:
     def heartbeat(self):
         pass
 
+    def beat_due(self):
+        """True when a process that has written nothing for a while should sync anyway, so
+        that others still take it for alive (a registry with heartbeats)."""
+        return False
+
     def end_run(self):
         pass
 

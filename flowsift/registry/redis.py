@@ -403,6 +403,9 @@ class RedisRegistry(Registry):
         res = self._retry(lambda: self._beat(keys=[f"{self.P}alive:{bit}"], args=[json.dumps(whoami()), HEARTBEAT_TTL]))
         return self._held(bit, res)
 
+    def beat_due(self):
+        return time.monotonic() - self._last_beat >= HEARTBEAT_EVERY
+
     def still_held(self, bit):
         """Before writing where another process of the module would write (its --events file):
         a process silent nearly as long as its heartbeat lasts (held up: stopped, swapped out)
