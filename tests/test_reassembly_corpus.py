@@ -22,9 +22,6 @@ DIVERGENCES = {
     ("ooo__tcpflow__test5-lines-randomized.pcap", 1, "node1_to_node0"): "same connection as above",
     ("rstfin__suri__tcp-rst-with-data.pcap", 0, "node0_to_node1"):
         "the 13 bytes carried on the RST are delivered; tshark does not export RST payload",
-    ("overlap__zeek__reassembly.pcap", 0, "node0_to_node1"):
-        "same bytes and holes; 131 conflicting bytes instead of 151: copies landing in a range "
-        "already given up as a gap cannot be compared (counted as unverified)",
     ("vlan__pcpp__example2.pcap", 68, "node0_to_node1"):
         "same bytes; 1 conflicting byte instead of 3: two keep-alive probes arrive after both "
         "FINs closed the connection and are counted as late packets",

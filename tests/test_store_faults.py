@@ -671,7 +671,7 @@ def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(
     of the file, in the file's view and the store's, exit 0."""
     store = tmp_path / "s"
     run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
-    src = store / "c00000005.rec"           # c2s: 3,360, gaps 60+1060, 1180+1060, 2300+1060 (entries 1-3)
+    src = store / "c00000005.rec"           # c2s: 3,360, gaps 60+1060, 1180+1060, 2300+1060 (entries 0-2)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "store.json").write_text((store / "store.json").read_text())
@@ -685,10 +685,10 @@ def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(
         "rflags": ([(REC + 2 * 128 + 52, "<H", 0x1410), (REC + 4 * 128 + 52, "<H", 0x400)],
                    ["record 2 has reassembly flags the format does not define: 0x1400 (in 2 records)"]),
         "reclaimed": ([(176, "<q", 99_999)], ["header field reclaimed0 is 99,999, past end0 (3,360)"]),
-        "past_end": ([(GAP + 3 * 32 + 24, "<q", 9_999)],
-                     ["gap entry 3 (2,300+9,999) reaches past its direction's end (3,360)"]),
-        "order": ([(GAP + 32 + 16, "<q", 2000), (GAP + 32 + 24, "<q", 100)],
-                  ["gap entry 2 (offset 1,180) overlaps or comes before the one before it (which reaches 2,100)"]),
+        "past_end": ([(GAP + 2 * 32 + 24, "<q", 9_999)],
+                     ["gap entry 2 (2,300+9,999) reaches past its direction's end (3,360)"]),
+        "order": ([(GAP + 16, "<q", 2000), (GAP + 24, "<q", 100)],
+                  ["gap entry 1 (offset 1,180) overlaps or comes before the one before it (which reaches 2,100)"]),
         "repeated": ([(48, "<Q", 6), (GAP + 5 * 32, "<B", 0), (GAP + 5 * 32 + 1, "<B", 4),
                       (GAP + 5 * 32 + 16, "<q", 60), (GAP + 5 * 32 + 24, "<q", 1060)],
                      ["gap entry 5 (offset 60) overlaps or comes before the one before it (which reaches 3,360)"]),

@@ -65,7 +65,7 @@ ctypedef struct chunk_t:
     int64_t start
     int64_t end
     int64_t own_start      # the segment that supplied these bytes, for the overlap policy
-    int64_t own_end
+    int64_t own_end        # (bytes known missing: own_start is when the capture cut them, cut_ts)
     uint8_t* data          # NULL for bytes known to be missing (cut by the capture)
 
 ctypedef struct ref_t:        # delivered bytes still in the capture file's mapping (not copied)
@@ -240,6 +240,8 @@ cdef class Engine:
     cdef int _settle_at(self, uint32_t i, int d, int64_t start) except -1
     cdef int _on_ack(self, uint32_t i, int d) except -1
     cdef int _acked_holes(self, uint32_t i) except -1
+    cdef int _cuts_due(self, uint32_t i) except -1
+    cdef int _pass_front(self, uint32_t i, int d, int reason) except -1
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1
     cdef int _trailing_gap(self, uint32_t i, int d) except -1
     cdef int _udp_cut(self, uint32_t i, int d, pkt_t* p) except -1

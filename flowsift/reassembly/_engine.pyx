@@ -24,7 +24,7 @@ references hold while the capture is open: whoever feeds a capture file ends its
 
 A hole becomes a gap when it can no longer fill: the receiver acknowledged past it while
 data waits beyond it, the out-of-order memory bound is reached (the oldest hole is given up),
-the capture cut the bytes, or the connection ends. Gaps are events with an offset and a
+the capture cut the bytes and no full copy came within CUT_GRACE_NS, or the connection ends. Gaps are events with an offset and a
 length; the stream goes on after them.
 
 Connections end lazily: FIN from both sides with nothing missing ends one at once; a RST,
@@ -32,7 +32,7 @@ or FINs with holes left, moves it to the closing timeout so late retransmissions
 Idle timeouts are per state (embryonic, established, closing, UDP), kept in one LRU list per
 state so expiry is O(1) per connection.
 """
-from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t, INT64_MAX
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, calloc, realloc, free
 
@@ -58,6 +58,9 @@ DEF SETTLE_NS = 1000000000
 # long after the ACK, not at once: a capture can hold the (spurious) retransmission just after
 # the ACK, or stamped a little earlier on another interface.
 DEF ACK_GRACE_NS = 500000000
+# Bytes the capture cut wait as long for a full copy before they are a gap: the same packet
+# seen whole on a second interface, or the sender's retransmission.
+DEF CUT_GRACE_NS = ACK_GRACE_NS
 # A trailing gap (bytes proven sent by FIN or ACK but never captured) larger than this is not
 # believed: such ACK values come from broken or crafted packets.
 DEF MAX_TRAILING_GAP = 1073741824
@@ -110,6 +113,25 @@ cdef inline bint new_wins(int policy, int64_t ns, int64_t ne, int64_t os, int64_
     # solaris
     return ne > oe or (ne == oe and ns <= os)
 
+
+cdef inline int64_t cut_ts(const chunk_t* ch) noexcept nogil:
+    # when the capture cut the bytes of a "known missing" chunk (no policy looks at its extent)
+    return ch.own_start
+
+cdef inline bint cut_waits(const dir_t* D) noexcept nogil:
+    # the next bytes to deliver were cut by the capture: a full copy may still come
+    return D.settled and D.n_chunks and D.chunks[0].data == NULL and D.chunks[0].start <= D.next
+
+cdef inline int64_t _cut_end(const dir_t* D, int64_t cut_by) noexcept nogil:
+    # where the cut bytes at the front end: over the pieces that follow on, cut by `cut_by`
+    # (pieces of one cut, split by other copies, are one gap)
+    cdef int32_t k = 0
+    cdef int64_t end = D.chunks[0].end
+    while (k + 1 < D.n_chunks and D.chunks[k + 1].data == NULL and D.chunks[k + 1].start == end
+           and cut_ts(&D.chunks[k + 1]) <= cut_by):
+        k += 1
+        end = D.chunks[k].end
+    return end
 
 cdef inline uint64_t chunk_cost(const chunk_t* ch) noexcept nogil:
     # what a held chunk counts for in held bytes: its payload copy and its bookkeeping
@@ -982,6 +1004,9 @@ cdef class Engine:
                 self._on_ack(i, 1 - d)
         if not D.settled and D.n_chunks and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS):
             self._settle(i, d)
+        if cut_waits(&c.d[0]) or cut_waits(&c.d[1]):
+            self._cuts_due(i)
+            c = conn_at(self, i)
         if c.d[0].hole_acked_ts or c.d[1].hole_acked_ts:
             self._acked_holes(i)
         c = conn_at(self, i)
@@ -1127,6 +1152,29 @@ cdef class Engine:
                     self._flush(i, d)
         return 0
 
+    cdef int _cuts_due(self, uint32_t i) except -1:
+        # give up bytes the capture cut that no full copy replaced within CUT_GRACE_NS
+        cdef int d
+        cdef dir_t* D
+        for d in range(2):
+            D = &conn_at(self, i).d[d]
+            while cut_waits(D) and self.now - cut_ts(&D.chunks[0]) >= CUT_GRACE_NS:
+                self._gap_to(i, d, _cut_end(D, self.now - CUT_GRACE_NS), GAP_SNAPLEN)
+                self._flush(i, d)
+                D = &conn_at(self, i).d[d]
+        return 0
+
+    cdef int _pass_front(self, uint32_t i, int d, int reason) except -1:
+        # give up the hole before the first held chunk (bytes the capture cut are a gap of
+        # their own reason), then deliver what follows it
+        cdef dir_t* D = &conn_at(self, i).d[d]
+        if cut_waits(D):
+            self._gap_to(i, d, _cut_end(D, INT64_MAX), GAP_SNAPLEN)
+        else:
+            self._gap_to(i, d, D.chunks[0].start, reason)
+        self._flush(i, d)
+        return 0
+
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1:
         cdef dir_t* D = &conn_at(self, i).d[d]
         if upto <= D.next:
@@ -1173,8 +1221,7 @@ cdef class Engine:
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1:
         cdef dir_t* D = &conn_at(self, i).d[d]
         while D.n_chunks:
-            self._gap_to(i, d, D.chunks[0].start, reason)
-            self._flush(i, d)
+            self._pass_front(i, d, reason)
             D = &conn_at(self, i).d[d]
         return 0
 
@@ -1359,8 +1406,8 @@ cdef class Engine:
                 self.cur_rflags |= RF_RETRANSMISSION
         if cut_end > cut_start:
             self.cur_rflags |= RF_SNAPLEN_CUT
-            # bytes the capture cut: a piece known to be missing
-            self._hold(i, d, cut_start, cut_end, NULL, cut_start, cut_end)
+            # bytes the capture cut: a piece known to be missing, since now
+            self._hold(i, d, cut_start, cut_end, NULL, self.now, self.now)
         D = &conn_at(self, i).d[d]
         if D.settled and D.n_chunks and D.chunks[0].start <= D.next:
             self._flush(i, d)
@@ -1374,8 +1421,7 @@ cdef class Engine:
                 self._settle(i, d)
             else:
                 self.memcap_gaps += 1
-                self._gap_to(i, d, D.chunks[0].start, GAP_MEMCAP)
-                self._flush(i, d)
+                self._pass_front(i, d, GAP_MEMCAP)
             D = &conn_at(self, i).d[d]
             if D.n_chunks and D.chunks[0].start <= D.next:
                 self._flush(i, d)
@@ -1394,6 +1440,8 @@ cdef class Engine:
             return 0
         try:
             while k < D.n_chunks and D.chunks[k].start <= D.next:
+                if D.chunks[k].data == NULL and D.chunks[k].end > D.next:
+                    break                   # cut by the capture: waits for a full copy (_cuts_due)
                 ch = D.chunks[k]
                 D.chunks[k].data = NULL
                 k += 1
@@ -1403,10 +1451,7 @@ cdef class Engine:
                 try:
                     if ch.end > D.next:
                         from_ = D.next
-                        if ch.data != NULL:
-                            self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_), False)
-                        else:
-                            self._gap_to(i, d, ch.end, GAP_SNAPLEN)
+                        self._deliver(i, d, ch.data + (from_ - ch.start), <uint32_t>(ch.end - from_), False)
                     elif ch.data != NULL:
                         # wholly before the start a late SYN fixed: never delivered, never
                         # compared, but counted

@@ -4,8 +4,9 @@ It exists to check the compiled engine: property tests feed both the same segmen
 the same bytes, gaps and conflict counts. It models bytes one at a time (a sorted map from
 offset to the byte and the segment that supplied it), so there is nothing clever to get wrong.
 It covers what the engine does for a settled direction (its start known): in-order delivery,
-held out-of-order bytes, overlap policies, bytes cut by the capture, holes given up when
-the receiver acknowledges past them, and gaps at the end. Connection state (SYN/FIN/RST,
+held out-of-order bytes, overlap policies, bytes cut by the capture (a gap when no full copy
+came by the next event), holes given up when the receiver acknowledges past them, and gaps at
+the end. Connection state (SYN/FIN/RST,
 timeouts, midstream settling) stays in the engine and its corpus tests.
 """
 from sortedcontainers import SortedDict
@@ -49,6 +50,8 @@ class ReferenceDirection:
         self.delivered_at = {}        # offset -> byte, for the last RETAIN_MAX delivered bytes
         self.acked = None             # highest offset the receiver acknowledged
         self.pending = False          # a hole was acknowledged; it is given up at the next event
+        self.event = 0                # events so far: bytes cut at an earlier one are given up
+        self.cut_at = {}              # offset of a byte the capture cut -> the event that cut it
         self._last_seq = self.base    # highest segment start seen, for unwrapping
         self._last_off = 0
 
@@ -70,6 +73,7 @@ class ReferenceDirection:
 
     def segment(self, seq, payload, wirelen=None):
         """A segment's captured bytes; `wirelen` > len(payload) means the capture cut the rest."""
+        self.event += 1
         s = self.offset(seq)
         self._note(s)
         wire = len(payload) if wirelen is None else wirelen
@@ -79,6 +83,7 @@ class ReferenceDirection:
         for off in range(e, s + wire):
             self._byte(off, self.CUT, s, s + wire)
         self._flush()
+        self._cuts_due()
         if self.pending:
             self._give_up_acked()
 
@@ -90,6 +95,8 @@ class ReferenceDirection:
             return
         if off not in self.held:
             self.held[off] = (b, s, e)
+            if b is self.CUT:
+                self.cut_at[off] = self.event
             return
         ob, os_, oe = self.held[off]
         if ob is self.CUT:
@@ -105,19 +112,29 @@ class ReferenceDirection:
 
     def _flush(self):
         while self.held and self.held.peekitem(0)[0] <= self.next:
-            off, (b, _, _) = self.held.popitem(0)
+            off, (b, _, _) = self.held.peekitem(0)
+            if b is self.CUT and off == self.next:
+                break                 # waits for a full copy (_cuts_due)
+            self.held.popitem(0)
             if off < self.next:
                 continue
-            if b is self.CUT:
-                self._gap(off + 1)
-            else:
-                self.data.append(b)
-                self.delivered_at[off] = b
-                self.delivered_at.pop(off - RETAIN_MAX, None)
-                self.next += 1
+            self.data.append(b)
+            self.delivered_at[off] = b
+            self.delivered_at.pop(off - RETAIN_MAX, None)
+            self.next += 1
 
         if self.pending and (not self.held or self.acked <= self.next):
             self.pending = False
+
+    def _cut_first(self):
+        return self.held and self.held.peekitem(0)[0] == self.next and self.held.peekitem(0)[1][0] is self.CUT
+
+    def _cuts_due(self):
+        # bytes cut at an earlier event that no full copy replaced become a gap
+        while self._cut_first() and self.cut_at[self.next] < self.event:
+            self.held.popitem(0)
+            self._gap(self.next + 1)
+            self._flush()
 
     def _give_up_acked(self):
         self.pending = False
@@ -139,9 +156,11 @@ class ReferenceDirection:
         """The receiver acknowledged up to `ack_seq`. A hole below it with data waiting beyond
         is given up at the next event (the engine waits ACK_GRACE of capture time, and the
         tests space events further apart), so a retransmission right after the ACK still counts."""
+        self.event += 1
         a = self.offset(ack_seq)
         if self.acked is None or a > self.acked:
             self.acked = a
+        self._cuts_due()
         if self.pending:
             self._give_up_acked()
         elif self.held and self.acked > self.next:
@@ -150,7 +169,11 @@ class ReferenceDirection:
     def finish(self):
         """End of the connection: every remaining hole becomes a gap."""
         while self.held:
-            self._gap(self.held.peekitem(0)[0])
+            if self._cut_first():
+                self.held.popitem(0)
+                self._gap(self.next + 1)
+            else:
+                self._gap(self.held.peekitem(0)[0])
             self._flush()
         if self.acked is not None and 0 < self.acked - self.next < 1 << 30:
             self._gap(self.acked)     # acknowledged but never captured: a trailing gap
