@@ -62,6 +62,6 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     }
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
-    out["capture_packets"] = decoder.packets
-    out.update(not_in_connections(decoder, r.defrag))
+    out.update(not_in_connections(decoder, r.defrag, bpf))
+    out["capture_packets"] = decoder.packets + out["filtered"]
     return out

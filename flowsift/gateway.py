@@ -403,7 +403,8 @@ class Gateway:
         engine = self.reassembler.engine.counters()
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": engine,
-                   "packets": decoder.packets, **not_in_connections(decoder, self.reassembler.defrag), "error": error}
+                   **not_in_connections(decoder, self.reassembler.defrag, self.bpf), "error": error}
+        summary["packets"] = decoder.packets + summary["filtered"]
         # packets after their connection ended have no record: the engine tells them apart and
         # never hands them to the store, whose own count is of those that reach a closed file
         summary["late_packets"] = engine["late_packets"] + summary["late_packets"]

@@ -114,6 +114,8 @@ def print_streams(s, console=None):
     t.add_row("connections", f"{_n(s['tcp'])} TCP, {_n(s['udp'])} UDP")
     # every packet read: in a connection, or why not
     why = []
+    if s.get("filtered"):
+        why.append(f"{_n(s['filtered'])} rejected by the filter")
     late = s.get("engine", {}).get("late_packets", 0)
     if late:
         why.append(f"{_n(late)} late, after their connection ended")

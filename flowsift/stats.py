@@ -42,12 +42,14 @@ def capture_stats(path, filter_expression=None, on_progress=None):
     return _summarise(cap, decoder, flows, bpf, error, defrag)
 
 
-def not_in_connections(decoder, defrag):
-    """The packets read that no connection can hold, by why: not decoded (their reasons are in
-    `flowsift stats`), or IP of another protocol than TCP and UDP (ICMP, ESP, ...). A datagram
-    that came in fragments counts once, as rebuilt: its fragments are in `defrag`'s counters."""
+def not_in_connections(decoder, defrag, bpf=None):
+    """The packets read that no connection can hold, by why: rejected by the filter, not decoded
+    (their reasons are in `flowsift stats`), or IP of another protocol than TCP and UDP (ICMP,
+    ESP, ...). A datagram that came in fragments counts once, as rebuilt: its fragments are in
+    `defrag`'s counters."""
     not_decoded = sum(decoder.counters()["reasons"].values()) + sum(defrag.undecoded().values())
-    return {"not_decoded": not_decoded, "other_protocols": decoder.other_protocols + defrag.other_protocols}
+    return {"filtered": bpf.rejected if bpf is not None else 0, "not_decoded": not_decoded,
+            "other_protocols": decoder.other_protocols + defrag.other_protocols}
 
 
 def _summarise(cap, decoder, flows, bpf, error, defrag):

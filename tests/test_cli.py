@@ -247,6 +247,22 @@ def test_streams_summary_has_every_field_when_reading_stops_at_a_defect(corpus, 
     assert out["capture_packets"] == 5 and out["not_decoded"] == 0
 
 
+def test_frames_the_filter_rejects_are_counted_by_streams_gateway_and_chain(corpus):
+    """A port filter rejects the later IP fragments (no TCP header, as in tcpdump): every frame
+    it rejects is counted, so the summaries still add up to the frames in the file."""
+    path = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap"
+    s = json.loads(run_cli("streams", path, "--discard", "--filter", "tcp port 80", "--json", check=True).stdout)
+    f = s["fragments"]
+    assert s["filtered"] == 433 and s["capture_packets"] == 444 == (
+        s["packets"] + s["filtered"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
+        + f["fragments"] - f["datagrams"])
+    table = run_cli("streams", path, "--discard", "--filter", "tcp port 80", check=True).stdout
+    assert "of 444 read: 433 rejected by the filter" in " ".join(table.split())
+    for cmd in (["gateway"], ["chain", "counter"]):
+        out = json.loads(run_cli(*cmd, path, "--filter", "tcp port 80", "--json", check=True).stdout)
+        assert (out["packets"], out["filtered"]) == (444, 433), cmd
+
+
 def test_inspect_says_a_record_file_is_truncated(corpus, tmp_path, monkeypatch):
     # a closed file cut short read as "closed by the gateway" and "the gateway did not close
     # this file" at once, its streams 0 bytes long, exit 0; a store listed it as closed

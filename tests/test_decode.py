@@ -340,7 +340,7 @@ def test_ipv6_fragments_whose_fragmentable_part_starts_with_destination_options_
 def accounted(s):
     """A `streams` summary's packets as docs/cli.md accounts for them (it must be capture_packets)."""
     f = s["fragments"]
-    return (s["packets"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
+    return (s["packets"] + s["filtered"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
             + f["fragments"] - f["datagrams"])
 
 

@@ -158,6 +158,6 @@ def test_every_packet_read_is_accounted_for(corpus):
     for path in paths:
         s = extract_streams(str(path))
         f = s["fragments"]
-        held = (s["packets"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
+        held = (s["packets"] + s["filtered"] + s["engine"]["late_packets"] + s["not_decoded"] + s["other_protocols"]
                 + f["fragments"] - f["datagrams"])
         assert s["capture_packets"] == held, path.name
