@@ -159,6 +159,29 @@ def test_bytes_the_capture_cut_are_filled_by_a_full_copy_that_soon_follows(tmp_p
         assert [g.reason for g in r.collector.events if isinstance(g, Gap)] == ["snaplen"]
 
 
+def test_a_direction_the_capture_never_saw_is_a_gap_of_what_its_peer_acknowledged(corpus, tmp_path):
+    """One-sided captures: the peer's ACKs prove how many bytes the unseen side sent (less the
+    FIN's sequence number). With the server's packets filtered out, the gap is exactly the
+    response the whole capture delivers."""
+    path = corpus / "http__zeek__get.pcap"
+    whole = [json.loads(l) for l in (_streams(path, tmp_path / "w") / "index.jsonl").read_text().splitlines()]
+    one = [json.loads(l) for l in (_streams(path, tmp_path / "o", "--filter", "src host 141.142.228.5")
+                                   / "index.jsonl").read_text().splitlines()]
+    sent = next(d["bytes"] for d in whole if d["dir"] == "s2c")
+    (unseen,) = [d for d in one if d["packets"] == 0]
+    assert sent > 0 and (unseen["bytes"], unseen["gaps"]) == (0, [[0, sent]])
+    res = run_cli("gateway", corpus / "midstream__zeek__smtp-one-side-only.pcap", "--store", tmp_path / "g", "--keep",
+                  "--json", check=True)
+    assert json.loads(res.stdout)["connections"]["gap_bytes"] == 763
+    listed = json.loads(run_cli("inspect", tmp_path / "g" / "c00000000.rec", "--json", check=True).stdout)
+    assert listed["problems"] == [] and listed["streams"][1]["gaps"] == [[0, 763, "trailing"]]
+
+
+def _streams(path, out, *args):
+    run_cli("streams", path, "-o", out, *args, check=True)
+    return out
+
+
 def test_reused_tuple_after_close_is_a_new_connection(corpus):
     r = run(corpus / "rstfin__suri__tcp-fastopen-01.pcap")
     assert len(r.collector.closed) == 2

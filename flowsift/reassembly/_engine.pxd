@@ -91,7 +91,11 @@ ctypedef struct dir_t:
     uint8_t has_ack
     int8_t wscale          # window scale its SYN offered (-1: none)
     uint16_t max_win       # largest window field it advertised outside its SYN (unscaled)
-    uint8_t _pad[4]
+    uint8_t unseen_acks    # the peer acknowledged this direction before any packet of it
+    uint8_t _pad[3]
+    uint32_t unseen_ack    # (so far unseen) the peer's latest ACK number, how far its ACKs
+    uint32_t unseen_step   # advanced in all and at their last step: what was sent unseen
+    int64_t unseen_advance
     int64_t hole_acked_ts  # when the receiver first ACKed past the current hole (0: not)
     int64_t first_data_ts
     # held (out-of-order) data: n_chunks chunks from `chunks`, which points into the
@@ -244,6 +248,7 @@ cdef class Engine:
     cdef int _pass_front(self, uint32_t i, int d, int reason) except -1
     cdef int _gap_to(self, uint32_t i, int d, int64_t upto, int reason) except -1
     cdef int _trailing_gap(self, uint32_t i, int d) except -1
+    cdef int _unseen_gap(self, uint32_t i, int d) except -1
     cdef int _udp_cut(self, uint32_t i, int d, pkt_t* p) except -1
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1
     cdef int _deliver(self, uint32_t i, int d, const uint8_t* data, uint32_t n, bint stable) except -1

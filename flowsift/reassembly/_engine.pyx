@@ -133,6 +133,20 @@ cdef inline int64_t _cut_end(const dir_t* D, int64_t cut_by) noexcept nogil:
         end = D.chunks[k].end
     return end
 
+cdef inline void _unseen_ack(dir_t* P, uint32_t ack) noexcept nogil:
+    # the peer acknowledged P, of which no packet came: how far its ACKs advance (forward steps
+    # only, modulo 2^32) tells what P sent
+    cdef uint32_t step
+    if not P.unseen_acks:
+        P.unseen_acks = 1
+        P.unseen_ack = ack
+        return
+    step = ack - P.unseen_ack
+    if step != 0 and step < (<uint32_t>1 << 31):
+        P.unseen_advance += step
+        P.unseen_ack = ack
+        P.unseen_step = step
+
 cdef inline uint64_t chunk_cost(const chunk_t* ch) noexcept nogil:
     # what a held chunk counts for in held bytes: its payload copy and its bookkeeping
     return <uint64_t>(ch.end - ch.start if ch.data != NULL else 0) + CHUNK_OVERHEAD
@@ -763,6 +777,7 @@ cdef class Engine:
             D = &c.d[d]
             if not D.anchored:
                 D.close_reason = CLOSE_RST if c.rst else reason
+                self._unseen_gap(i, d)
                 continue
             if not D.settled:
                 self._settle(i, d)
@@ -1002,6 +1017,8 @@ cdef class Engine:
                 P.has_ack = 1
             if P.n_chunks:
                 self._on_ack(i, 1 - d)
+        elif (fl & TH_ACK) and not (fl & TH_RST):
+            _unseen_ack(P, p.ack)
         if not D.settled and D.n_chunks and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS):
             self._settle(i, d)
         if cut_waits(&c.d[0]) or cut_waits(&c.d[1]):
@@ -1216,6 +1233,19 @@ cdef class Engine:
         # an ACK far beyond anything sent is garbage (zero or random ACK fields), not a loss
         if end > D.next and end - D.next < MAX_TRAILING_GAP:
             self._gap_to(i, d, end, GAP_TRAILING)
+        return 0
+
+    cdef int _unseen_gap(self, uint32_t i, int d) except -1:
+        # a direction the capture never held a packet of, whose peer acknowledged bytes of it
+        # (a one-sided capture): those bytes are a trailing gap from offset 0, less the one
+        # sequence number of a FIN when the last acknowledgement moved by one
+        cdef dir_t* D = &conn_at(self, i).d[d]
+        cdef int64_t n = D.unseen_advance - (1 if D.unseen_step == 1 else 0)
+        if D.unseen_acks and 0 < n < MAX_TRAILING_GAP:
+            D.settled = 1                   # its stream is that gap: offsets 0 to n
+            D.origin = 0
+            D.next = 0
+            self._gap_to(i, d, n, GAP_TRAILING)
         return 0
 
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1:
