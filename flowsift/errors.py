@@ -29,6 +29,7 @@ class _Stops:
     held = 1            # > 0: a stop waits; held until the command runs (stops_raised)
     waiting = None      # the signal of a stop that waits
     raised = None       # the last stop raised
+    hook_left = True    # the unraisable hook that keeps a lost stop has returned
 
 
 _stops = _Stops()
@@ -64,12 +65,21 @@ def _unraisable(unraisable, previous=sys.unraisablehook):
         import _thread
         import signal
         import threading
+        import time
         _stops.raised = None
         _stops.waiting = _stops.waiting or (signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt)
                                             else signal.SIGTERM)
-        again = threading.Timer(STOP_AGAIN, _thread.interrupt_main, (_stops.waiting,))
-        again.daemon = True
-        again.start()
+        def again(signum=_stops.waiting):
+            # not before this hook has returned: raised in it, the stop would be lost again
+            for _ in range(5000):
+                if _stops.hook_left:
+                    break
+                time.sleep(0.0002)
+            time.sleep(STOP_AGAIN)
+            _thread.interrupt_main(signum)
+        _stops.hook_left = False
+        threading.Thread(target=again, daemon=True).start()
+        _stops.hook_left = True         # (the last statement: no signal is taken after it here)
         return
     previous(unraisable)
 

@@ -380,7 +380,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         _add(out.setdefault("modules", {}), r["modules"])
     # from a file every shard decoded the whole source: count it once; from the kernel's fan-out
     # each had its own packets
-    for key in ("packets", "not_decoded", "other_protocols"):
+    for key in ("packets", "filtered", "not_decoded", "other_protocols"):
         out[key] = sum(r.get(key, 0) for r in results)
         if split == "hash":
             # every shard read the whole file; each rebuilt its own flows' datagrams only

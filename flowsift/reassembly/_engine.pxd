@@ -213,6 +213,7 @@ cdef class Engine:
     cdef uint64_t t_unverified
     cdef uint64_t t_midstream
     cdef uint16_t cur_rflags         # RF_* of the segment being handled
+    cdef int64_t cut_filled          # bytes the capture had cut that the last _hold brought
     cdef bint cur_stable             # its bytes lie in the capture file's mapping (PF_STABLE)
 
     cdef int _grow(self, uint32_t need) except -1

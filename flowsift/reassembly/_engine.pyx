@@ -1429,8 +1429,8 @@ cdef class Engine:
         elif n:
             self.cur_rflags |= RF_OUT_OF_ORDER
             # the policy judges the whole segment as sent, so pass its original extent
-            if self._hold(i, d, o, o + n, data, seg_s, cut_start) == n and cut_end <= cut_start:
-                # every byte of it was held already: a retransmission too
+            if self._hold(i, d, o, o + n, data, seg_s, cut_start) + self.cut_filled == n and cut_end <= cut_start:
+                # every byte of it was held already (or cut from an earlier copy): a retransmission too
                 D = &conn_at(self, i).d[d]
                 D.retransmissions += 1
                 self.cur_rflags |= RF_RETRANSMISSION
@@ -1596,6 +1596,7 @@ cdef class Engine:
         cdef int64_t pos, a, b, cs, ce, x, overlap = 0
         cdef uint64_t diff = 0
         cdef bint take_new
+        self.cut_filled = 0
         if e <= s:
             return 0
         if D.settled and s < D.next:
@@ -1642,6 +1643,8 @@ cdef class Engine:
                 b = ce if ce < e else e
                 if old[k].data == NULL:
                     take_new = data != NULL            # real bytes replace "known missing"
+                    if take_new:
+                        self.cut_filled += b - a
                 elif data == NULL:
                     take_new = False                   # "known missing" never replaces bytes
                 else:
