@@ -24,8 +24,8 @@ references hold while the capture is open: whoever feeds a capture file ends its
 
 A hole becomes a gap when it can no longer fill: the receiver acknowledged past it while
 data waits beyond it, the out-of-order memory bound is reached (the oldest hole is given up),
-the capture cut the bytes and no full copy came within CUT_GRACE_NS, or the connection ends. Gaps are events with an offset and a
-length; the stream goes on after them.
+the capture cut the bytes and no full copy came within CUT_GRACE_NS, or the connection ends.
+Gaps are events with an offset and a length; the stream goes on after them.
 
 Connections end lazily: FIN from both sides with nothing missing ends one at once; a RST,
 or FINs with holes left, moves it to the closing timeout so late retransmissions still count.
