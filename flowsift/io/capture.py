@@ -158,5 +158,7 @@ def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None, 
         if on_progress is not None:
             on_progress(cap.position, cap.size)
     cap.check()
+    from flowsift.io.reasons import check_decodable
+    check_decodable(cap.path, decoder)
     if bpf is not None:
         bpf.finish()
