@@ -108,7 +108,9 @@ DURATION = typer.Option(None, "--duration", metavar="SECONDS", help="Live source
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
 POLICY = typer.Option("first", "--policy", metavar="NAME",
-                      help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris.")
+                      help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris. "
+                           "Delivered bytes are final: a policy (last too) only chooses among copies of bytes held "
+                           "out of order, before they are delivered.")
 REASSEMBLY = typer.Option(None, "--reassembly", metavar="NAME=VALUE",
                           help="Set a reassembly timeout or bound (repeat it, or comma-separate), defaults: "
                                f"{settings_help()}. What happens at each: docs/reassembly.md.")
@@ -174,7 +176,7 @@ def streams(
       flowsift streams trace.pcap -o out/
       flowsift streams trace.pcap -o out/ --filter 'tcp port 80' --policy linux
       flowsift streams big.pcap --discard --json
-      flowsift streams day.pcap -o out/ --reassembly memcap=4GiB,established_timeout=5m
+      flowsift streams day.pcap -o out/ --reassembly memcap=4GiB
     """
     from flowsift.extract import extract_streams
 

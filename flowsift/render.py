@@ -159,7 +159,8 @@ def print_streams(s, console=None):
     if frag["fragments"]:
         t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_n(frag['datagrams'])} datagrams")
     if s["output"]:
-        t.add_row("written", f"{_n(s['files'])} files in {s['output']} (index: {s['index']})")
+        t.add_row("written", f"{_n(s['files'])} file{'' if s['files'] == 1 else 's'} in {s['output']} "
+                             f"(index: {s['index']})")
         if s.get("replaced"):
             t.add_row("replaced", f"{_n(s['replaced'])} stream files of an earlier run, removed first")
     console.print(t)
