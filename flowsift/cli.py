@@ -156,7 +156,14 @@ def stats(
 def streams(
     capture: str = CAPTURE,
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR",
-                                         help="Write one file per direction and DIR/index.jsonl."),
+                                         help="Write one file per direction and DIR/index.jsonl. Stream files "
+                                              "an earlier run left in DIR are replaced (removed before the first "
+                                              "is written, once the capture was checked); other files stay."),
+    gaps: str = typer.Option("splice", "--gaps", metavar="MODE",
+                             help="splice: a gap takes no room in its file (the bytes after it follow those "
+                                  "before it); zeros: a gap before bytes is written as zeros, so that file "
+                                  "offsets are stream offsets (for carving tools). The index lists every gap "
+                                  "either way."),
     discard: bool = typer.Option(False, "--discard", help="Reassemble everything, write nothing but the summary."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
@@ -168,8 +175,9 @@ def streams(
     """Reassemble every TCP connection (and UDP flow) of a capture into its byte streams.
 
     Each direction's delivered bytes go to their own file, exactly as delivered: a hole the
-    capture never filled is a gap listed in the index, never filled with zeros. Overlapping
-    copies that differ are resolved by --policy and counted as conflicts.
+    capture never filled is a gap listed in the index (with its place in the file and its
+    reason), not filled with zeros unless --gaps zeros asks. Overlapping copies that differ
+    are resolved by --policy and counted as conflicts.
 
     \b
     Examples:
@@ -182,6 +190,8 @@ def streams(
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    if discard and gaps != "splice":
+        _fail("--gaps says how files hold gaps: it goes with -o DIR, not --discard")
     if output is not None and os.path.isdir(output):
         # index.jsonl is rewritten and an earlier run's stream files removed first
         from flowsift.reassembly._filesink import _STREAM_FILE
@@ -194,7 +204,7 @@ def streams(
     bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
-                                                                   **bounds),
+                                                                   gaps=gaps, **bounds),
          as_json, _render('print_streams'))
 
 

@@ -443,7 +443,8 @@ def test_a_udp_datagram_cut_by_the_snaplen_leaves_a_gap(tmp_path):
     summary = json.loads(run_cli("streams", path, "-o", out, "--json", check=True).stdout)
     assert (summary["gaps"], summary["gap_bytes"], summary["bytes"]) == (1, 962, 43)
     line = json.loads((out / "index.jsonl").read_text().splitlines()[0])
-    assert line["gaps"] == [[38, 962]] and line["gap_bytes"] == 962 and line["bytes"] == 43
+    assert line["gaps"] == [{"offset": 38, "length": 962, "file_offset": 38, "reason": "snaplen"}]
+    assert line["gap_bytes"] == 962 and line["bytes"] == 43
 
 def test_streams_index_fields_are_documented(tmp_path, corpus):
     from conftest import ROOT
