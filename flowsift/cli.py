@@ -108,7 +108,9 @@ DURATION = typer.Option(None, "--duration", metavar="SECONDS", help="Live source
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
 POLICY = typer.Option("first", "--policy", metavar="NAME",
-                      help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris.")
+                      help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris. "
+                           "Delivered bytes are final: a policy (last too) only chooses among copies of bytes held "
+                           "out of order, before they are delivered.")
 REASSEMBLY = typer.Option(None, "--reassembly", metavar="NAME=VALUE",
                           help="Set a reassembly timeout or bound (repeat it, or comma-separate), defaults: "
                                f"{settings_help()}. What happens at each: docs/reassembly.md.")
@@ -154,7 +156,14 @@ def stats(
 def streams(
     capture: str = CAPTURE,
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR",
-                                         help="Write one file per direction and DIR/index.jsonl."),
+                                         help="Write one file per direction and DIR/index.jsonl. Stream files "
+                                              "an earlier run left in DIR are replaced (removed before the first "
+                                              "is written, once the capture was checked); other files stay."),
+    gaps: str = typer.Option("splice", "--gaps", metavar="MODE",
+                             help="splice: a gap takes no room in its file (the bytes after it follow those "
+                                  "before it); zeros: a gap before bytes is written as zeros, so that file "
+                                  "offsets are stream offsets (for carving tools). The index lists every gap "
+                                  "either way."),
     discard: bool = typer.Option(False, "--discard", help="Reassemble everything, write nothing but the summary."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
@@ -166,20 +175,23 @@ def streams(
     """Reassemble every TCP connection (and UDP flow) of a capture into its byte streams.
 
     Each direction's delivered bytes go to their own file, exactly as delivered: a hole the
-    capture never filled is a gap listed in the index, never filled with zeros. Overlapping
-    copies that differ are resolved by --policy and counted as conflicts.
+    capture never filled is a gap listed in the index (with its place in the file and its
+    reason), not filled with zeros unless --gaps zeros asks. Overlapping copies that differ
+    are resolved by --policy and counted as conflicts.
 
     \b
     Examples:
       flowsift streams trace.pcap -o out/
       flowsift streams trace.pcap -o out/ --filter 'tcp port 80' --policy linux
       flowsift streams big.pcap --discard --json
-      flowsift streams day.pcap -o out/ --reassembly memcap=4GiB,established_timeout=5m
+      flowsift streams day.pcap -o out/ --reassembly memcap=4GiB
     """
     from flowsift.extract import extract_streams
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    if discard and gaps != "splice":
+        _fail("--gaps says how files hold gaps: it goes with -o DIR, not --discard")
     if output is not None and os.path.isdir(output):
         # index.jsonl is rewritten and an earlier run's stream files removed first
         from flowsift.reassembly._filesink import _STREAM_FILE
@@ -192,7 +204,7 @@ def streams(
     bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
-                                                                   **bounds),
+                                                                   gaps=gaps, **bounds),
          as_json, _render('print_streams'))
 
 

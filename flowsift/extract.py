@@ -7,34 +7,54 @@ from flowsift.reassembly import POLICIES, CountSink, Reassembler
 from flowsift.stats import compile_filter, not_in_connections
 
 
-def extract_streams(path, outdir=None, filter_expression=None, policy="first", on_progress=None, **engine_options):
+# what --gaps takes: a gap spliced out of its file (the default), or written as zeros
+GAP_MODES = ("splice", "zeros")
+
+
+def extract_streams(path, outdir=None, filter_expression=None, policy="first", on_progress=None, gaps="splice",
+                    **engine_options):
     """Reassemble `path`; write files and DIR/index.jsonl unless `outdir` is None (discard).
+    `gaps`: "splice" (a gap takes no room in its file) or "zeros" (a gap before bytes is
+    written as zeros: file offsets are stream offsets); the index lists every gap either way.
 
     Returns the summary dict documented in docs/cli.md; a defect that stopped reading is in
     its "error" field (everything read before it was reassembled and closed as end of input).
+    The input is checked (opened, its format read, the filter compiled for its link type)
+    before anything in `outdir` is made or removed, and a run that fails on its input leaves
+    it as it was.
     """
     if policy not in POLICIES:
         raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
+    if gaps not in GAP_MODES:
+        raise UsageError(f"--gaps {gaps!r}: one of {', '.join(GAP_MODES)}")
     bpf = compile_filter(filter_expression)
+    from flowsift.io import Decoder, open_capture
+    cap = open_capture(path, bpf)
+    if bpf is not None and not getattr(cap, "live", False) and cap.format == "pcap":
+        try:
+            bpf.check(cap.interfaces()[0]["linktype"])     # (one link type: a filter it refuses fails now)
+        except BpfError as e:
+            raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
     if outdir is None:
         sink = CountSink()
     else:
         from flowsift.reassembly._filesink import FileSink
-        sink = FileSink(str(outdir))
+        sink = FileSink(str(outdir), zeros=gaps == "zeros")
     r = Reassembler(sink=sink, policy=policy, **engine_options)
     error = None
-    from flowsift.io import Decoder, open_capture
-    cap = open_capture(path, bpf)
     decoder = Decoder()         # (ours: its counters are reported when reading stops at a defect too)
+    ended = False               # read to the end, or to a defect: the output is the run's
     try:
         r.feed_capture(cap, bpf=bpf, decoder=decoder, on_progress=on_progress)
+        ended = True
     except CaptureFormatError as e:
         error = str(e)          # feed_capture closed everything read so far
+        ended = True
     except BpfError as e:
         raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
     finally:
         if outdir is not None:
-            sink.close()
+            sink.close(ended)
     t = r.engine.totals()
     out = {
         "file": str(path),
@@ -56,6 +76,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         "close": t["close"],
         "files": getattr(sink, "files", None),
         "replaced": getattr(sink, "replaced", None),
+        "gaps_in_files": None if outdir is None else gaps,
         "fragments": r.defrag.counters(),
         "engine": r.engine.counters(),
         "error": error,

@@ -56,6 +56,25 @@ def _bytes(x):
         x /= 1024
 
 
+def _linktype(x):
+    return f"link type {x['linktype']}" + (f" ({x['name']})" if x["name"] else "")
+
+
+def _not_decoded(s):
+    """`14 not decoded: link type 147 (USER0) unsupported`: the packets no connection holds for
+    want of decoding, naming the link types flowsift does not decode (None: there are none)."""
+    n = s.get("not_decoded")
+    if not n:
+        return None
+    lts = s.get("unsupported_link_types") or []
+    said = ", ".join(f"{_linktype(x)} unsupported" for x in lts)
+    if not lts:
+        return f"{_n(n)} not decoded"
+    if sum(x["packets"] for x in lts) == n:
+        return f"{_n(n)} not decoded: {said}"
+    return f"{_n(n)} not decoded ({_n(sum(x['packets'] for x in lts))} of them: {said})"
+
+
 def print_stats(s, console=None):
     console = console or _console()
     head = Table(show_header=False, box=None, pad_edge=False)
@@ -95,6 +114,8 @@ def print_stats(s, console=None):
             extra = ""
             if reason == "non_ip" and s["non_ip"]:
                 extra = " (" + ", ".join(f"{k} {_n(v)}" for k, v in s["non_ip"].items()) + ")"
+            elif reason == "unsupported_link_type" and s.get("unsupported_link_types"):
+                extra = " (" + ", ".join(f"{_linktype(x)}: {_n(x['packets'])}" for x in s["unsupported_link_types"]) + ")"
             ut.add_row(reason, _n(n), REASON_HELP.get(reason, "") + extra)
         for reason, n in rebuilt.items():
             # (not frames: their fragments decoded, and are counted as such above)
@@ -120,7 +141,7 @@ def print_streams(s, console=None):
     if late:
         why.append(f"{_n(late)} late, after their connection ended")
     if s.get("not_decoded"):
-        why.append(f"{_n(s['not_decoded'])} not decoded")
+        why.append(_not_decoded(s))
     if s.get("other_protocols"):
         why.append(f"{_n(s['other_protocols'])} of other protocols than TCP and UDP")
     frag = s.get("fragments", {})
@@ -140,7 +161,8 @@ def print_streams(s, console=None):
     if frag["fragments"]:
         t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_n(frag['datagrams'])} datagrams")
     if s["output"]:
-        t.add_row("written", f"{_n(s['files'])} files in {s['output']} (index: {s['index']})")
+        t.add_row("written", f"{_n(s['files'])} file{'' if s['files'] == 1 else 's'} in {s['output']} "
+                             f"(index: {s['index']})")
         if s.get("replaced"):
             t.add_row("replaced", f"{_n(s['replaced'])} stream files of an earlier run, removed first")
     console.print(t)
@@ -159,6 +181,8 @@ def print_gateway(s, console=None):
     t.add_row("connections", f"{_n(c['tcp'])} TCP, {_n(c['udp'])} UDP")
     t.add_row("gaps", f"{_n(c['gaps'])} ({_bytes(c['gap_bytes'])})")
     t.add_row("late packets", _n(s["engine"]["late_packets"]))
+    if s.get("unsupported_link_types"):
+        t.add_row("packets", f"{_n(s['packets'])} read, {_not_decoded(s)}")
     if s.get("run"):
         t.add_row("run", f"{s['run']} in {s['registry']}")
         for name, n in s.get("module_progress", {}).items():
@@ -231,6 +255,8 @@ def print_chain(s, console=None):
     c = s["connections"]
     console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
                   f"{_n(s['events'])} events")
+    if s.get("unsupported_link_types"):
+        console.print(f"of {_n(s['packets'])} packets read, {_not_decoded(s)}")
 
 
 def fitted_table(console, title, columns, rows, spare=(), spared=""):

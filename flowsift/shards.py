@@ -186,22 +186,32 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         if now - last[0] >= PROGRESS_EVERY or pos >= total:
             last[0] = now
             conn.send(("progress", pos, total))
+    outcome = None
     try:
-        from flowsift.chain import run_chain
-        with open(events_path, "w") as ev:
-            summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
-                                store=os.path.join(os.path.dirname(events_path), f"store-{index}"),
-                                on_progress=report if progress else None, **kw)
-        summary["store"] = None             # removed with the run's directory
-        conn.send(("ok", summary))
-    except FlowsiftError as e:
-        conn.send(("error", str(e)))
-    except KeyboardInterrupt:
-        conn.send(("stopped", "interrupt"))
-    except Terminated:
-        conn.send(("stopped", "terminate"))
-    except Exception as e:                # reported by the parent, as one line
-        conn.send(("error", f"shard {index}: {type(e).__name__}: {e}"))
+        try:
+            from flowsift.chain import run_chain
+            with open(events_path, "w") as ev:
+                summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
+                                    store=os.path.join(os.path.dirname(events_path), f"store-{index}"),
+                                    on_progress=report if progress else None, **kw)
+            summary["store"] = None             # removed with the run's directory
+            outcome = ("ok", summary)
+        except FlowsiftError as e:
+            outcome = ("error", str(e))
+        except KeyboardInterrupt:
+            outcome = ("stopped", "interrupt")
+        except Terminated:
+            outcome = ("stopped", "terminate")
+        except Exception as e:                # reported by the parent, as one line
+            outcome = ("error", f"shard {index}: {type(e).__name__}: {e}")
+        # done: a stop from here on (the parent stops every shard when one fails, and all fail
+        # alike on a capture nothing in which decodes) would break into the process's exit
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (KeyboardInterrupt, Terminated) as e:
+        # the one stop (`stop` ignores those after it) came as the outcome was being settled
+        outcome = outcome or ("stopped", "interrupt" if isinstance(e, KeyboardInterrupt) else "terminate")
+    conn.send(outcome)
 
 
 def _add(a, b):
@@ -386,6 +396,12 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             # every shard read the whole file; each rebuilt its own flows' datagrams only
             own = [r["shard"].get(f"rebuilt_{key}", 0) for r in results]
             out[key] = results[0].get(key, 0) - own[0] + sum(own)
+    # (frames, not rebuilt datagrams: from a file, every shard read them all)
+    lts = {}
+    for r in results[:1] if split == "hash" else results:
+        for x in r.get("unsupported_link_types", []):
+            lts.setdefault(x["linktype"], dict(x, packets=0))["packets"] += x["packets"]
+    out["unsupported_link_types"] = [lts[lt] for lt in sorted(lts)]
     if "bytes_stored" in results[0]:
         out["bytes_stored"] = all(r["bytes_stored"] for r in results)
     for key in ("edits", "checkpoints"):

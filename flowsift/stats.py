@@ -3,7 +3,7 @@ import datetime as _dt
 
 from flowsift.errors import CaptureFormatError, UsageError
 from flowsift.io import BpfError, BpfFilter, Decoder, Defragmenter, FlowTable, decoded_batches, open_capture
-from flowsift.io.reasons import REASONS, ethertype_name, linktype_name, proto_name
+from flowsift.io.reasons import REASONS, ethertype_name, linktype_name, proto_name, unsupported_linktypes
 
 
 def compile_filter(expression):
@@ -49,6 +49,7 @@ def not_in_connections(decoder, defrag, bpf=None):
     `defrag`'s counters."""
     not_decoded = sum(decoder.counters()["reasons"].values()) + sum(defrag.undecoded().values())
     return {"filtered": bpf.rejected if bpf is not None else 0, "not_decoded": not_decoded,
+            "unsupported_link_types": unsupported_linktypes(decoder),
             "other_protocols": decoder.other_protocols + defrag.other_protocols}
 
 
@@ -95,6 +96,7 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
         "flows": {"tcp": flows.tcp_connections, "udp": flows.udp_flows, "tcp_reused_tuples": flows.reused_tuples},
         "undecoded": undecoded,
         "non_ip": non_ip,
+        "unsupported_link_types": unsupported_linktypes(decoder),
         "filter": bpf.expression if bpf is not None else None,
         "filtered": bpf.rejected if bpf is not None else 0,
         "filter_not_applicable": ({linktype_name(lt): n for lt, n in bpf.not_applicable_counts().items()}

@@ -137,7 +137,7 @@ def timed_capture(path, packets, port=80):
 
 def udp_cut_capture(path):
     """A UDP datagram of 1000 bytes the capture cut to its first 38, then one of 5 whole."""
-    cut = ether(ipv4(A, B, 17, udp(5003, 7003, b"S" * 1000)))
+    cut = ether(ipv4(A, B, 17, udp(50003, 7003, b"S" * 1000)))
     path.write_bytes(pcap([(1, 0, cut[:14 + 20 + 8 + 38], len(cut)),
-                           (1, 1, ether(ipv4(A, B, 17, udp(5003, 7003, b"after"))))]))
+                           (1, 1, ether(ipv4(A, B, 17, udp(50003, 7003, b"after"))))]))
     return path

@@ -1,6 +1,7 @@
 """Bad input of every kind: one line naming the file, the position and the problem; exit 2."""
 import os
 import random
+import re
 import struct
 
 import pytest
@@ -242,3 +243,41 @@ def test_a_file_name_that_is_not_utf8_is_shown_by_its_bytes(tmp_path):
     (tmp_path / name).write_bytes(b"")
     res = run_cli("stats", tmp_path / name)
     assert res.returncode == 2 and "bad\\xffname.pcap" in res.stderr and "udcff" not in res.stderr
+
+
+USER0 = 147      # a link type flowsift does not decode (editcap -T user0 makes such captures)
+
+
+@pytest.mark.parametrize("args", [["stats"], ["streams", "--discard"], ["gateway"], ["chain", "counter"],
+                                  ["chain", "counter", "--shards", "2"]])
+def test_a_capture_of_no_link_type_flowsift_decodes_is_one_line(tmp_path, args):
+    """Nothing in it can be decoded: every command says which link type, exit 2, rather than
+    a summary of nothing with exit 0."""
+    frames = [(1, k, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1 + k, payload=b"x")))) for k in range(14)]
+    cap = write(tmp_path, "u0.pcap", pcap(frames, linktype=USER0))
+    *command, = args
+    res = run_cli(*command[:2 if command[0] == "chain" else 1], cap, *command[2 if command[0] == "chain" else 1:])
+    one_line_error(res, "u0.pcap", "nothing decoded", "link type 147 (USER0) not supported")
+
+
+def test_packets_of_a_link_type_not_decoded_are_named_in_every_summary(tmp_path):
+    """A pcapng with an Ethernet interface and a USER0 one: the Ethernet packets are read, the
+    others counted and their link type named, in JSON and in the tables; exit 0."""
+    import json
+    blocks = [shb(), idb(1), idb(USER0)]
+    for k in range(3):
+        blocks += [epb(0, 10**6 + k, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1 + k, payload=b"x")))),
+                   epb(1, 10**6 + k, b"\0" * 40)]
+    cap = write(tmp_path, "mixed.pcapng", b"".join(blocks))
+    named = [{"linktype": USER0, "name": "USER0", "packets": 3}]
+    for args in (["stats", cap], ["streams", cap, "--discard"], ["gateway", cap], ["chain", "counter", cap]):
+        res = run_cli(*args, "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout.splitlines()[-1])["unsupported_link_types"] == named, args
+
+    def text(*args):
+        # the table's words, whatever width folded its cells
+        return " ".join(re.sub(r"[│┃]", " ", run_cli(*args, check=True).stdout).split())
+    assert "3 not decoded: link type 147 (USER0) unsupported" in text("streams", cap, "--discard")
+    assert "link type 147 (USER0): 3" in text("stats", cap)
+    assert "3 not decoded: link type 147 (USER0) unsupported" in text("gateway", cap)

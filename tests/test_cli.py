@@ -430,21 +430,21 @@ def test_a_file_cut_where_only_holes_lie_lacks_nothing_and_never_shows_negative_
     import subprocess
     store = tmp_path / "s"
     run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
-    cut = tmp_path / "c00000009.rec"
-    subprocess.run(["cp", "--sparse=always", store / "c00000009.rec", cut], check=True)
-    os.truncate(cut, 2**42 + 104)                        # s2c: 104 bytes, then a snaplen hole to 336
+    cut = tmp_path / "c00000010.rec"
+    subprocess.run(["cp", "--sparse=always", store / "c00000010.rec", cut], check=True)
+    os.truncate(cut, 2**42 + 92)                         # s2c: 92 bytes, then a snaplen hole to 100
     out = json.loads(run_cli("inspect", cut, "-n", "0", "--json", check=True).stdout)
     assert out["truncated"] is None and out["closed"]
     assert [(s["delivered"], s["end"], s["gaps"]) for s in out["streams"]] == [
-        (64, 64, []), (104, 336, [[104, 232, "snaplen"]])]
+        (28, 28, []), (92, 100, [[92, 8, "snaplen"]])]
     res = run_cli("inspect", cut, "-n", "0", check=True)
     assert "truncated" not in res.stdout and "-128" not in res.stdout
-    os.truncate(cut, 2**42 + 50)                         # inside its bytes: 54 of them lacking
+    os.truncate(cut, 2**42 + 50)                         # inside its bytes: 42 of them lacking
     out = json.loads(run_cli("inspect", cut, "-n", "0", "--json", check=True).stdout)
     assert out["truncated"] == ("truncated: the file ends at byte 4,398,046,511,154, its header says "
-                                "104 s2c bytes (50 in the file)")
+                                "92 s2c bytes (50 in the file)")
     assert [(s["delivered"], s["gaps"]) for s in out["streams"]] == [
-        (64, []), (50, [[50, 54, "truncated"], [104, 232, "snaplen"]])]
+        (28, []), (50, [[50, 42, "truncated"], [92, 8, "snaplen"]])]
 
     store = tmp_path / "r"
     run_cli("gateway", corpus / "retrans__zeek__retransmit-fast009.pcap", "--store", store, "--keep", check=True)

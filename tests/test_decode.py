@@ -325,7 +325,7 @@ def test_ipv6_fragments_whose_fragmentable_part_starts_with_destination_options_
     from flowsift.reassembly import Reassembler
     from pcapgen import fragments
     payload = bytes(range(256)) * 2
-    frames = fragments(A6, B6, 60, udp(2002, 9999, payload), [0, 200, 400], ident=22, v6=True, inner=DEST_OPTS_UDP)
+    frames = fragments(A6, B6, 60, udp(52002, 9999, payload), [0, 200, 400], ident=22, v6=True, inner=DEST_OPTS_UDP)
     f = tmp_path / "destopts.pcap"
     f.write_bytes(pcap([(1, k, fr) for k, fr in enumerate(frames)]))
     first, _ = one(tmp_path, frames[0])

@@ -72,3 +72,26 @@ def test_remove_and_growth(tmp_path):
         ids = b.array["flow_id"]
     assert len(ft) == 5000 + 2500
     assert ft.flow(1)["live"] and not ft.flow(0)["live"]
+
+
+def test_a_connection_picked_up_midstream_names_its_server_by_its_ports(tmp_path):
+    """Without SYN or SYN-ACK: the port on the service list when only one is; else the lower
+    port (clients send from high, ephemeral ones); the first sender only when ports say nothing.
+    Whichever side speaks first, every connection to one server is named alike."""
+    frames = [t(B, A, 6000, 40001, ACK, payload=b"x"), t(A, B, 40002, 6000, ACK, payload=b"y"),   # X11: 6000 not listed
+              t(B, A, 80, 40003, ACK, payload=b"z"), t(A, B, 40004, 80, ACK, payload=b"z"),
+              t(A, B, 7000, 7000, ACK, payload=b"q"), t(A, B, 53, 853, ACK, payload=b"r"),        # first sender
+              ether(ipv4(B, A, 17, udp(9999, 50000, b"u"))), ether(ipv4(A, B, 17, udp(50001, 9999, b"u")))]
+    _, dirs = flows_of(tmp_path, frames)
+    assert dirs == [1, 0, 1, 0, 0, 0, 1, 0]
+
+
+def test_x11_connections_seen_midstream_all_name_port_6000_the_server(corpus):
+    """pcapng-example holds eleven X11 connections picked up midstream, some first seen from the
+    server's side: each has the X server (port 6000) as its server."""
+    from flowsift.reassembly import Reassembler
+    r = Reassembler()
+    r.feed_capture(corpus / "pcapng__pcpp__pcapng-example.pcapng")
+    x11 = [(i["client"][1], i["server"][1]) for i in r.collector.closed.values()
+           if 6000 in (i["client"][1], i["server"][1])]
+    assert len(x11) == 11 and all(server == 6000 for _, server in x11)

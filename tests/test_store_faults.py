@@ -612,24 +612,24 @@ def test_a_store_json_that_is_no_regular_file_or_no_manifest_is_a_problem_of_the
 
 
 def test_what_a_cut_file_lacks_is_a_gap_and_replay_does_not_send_a_cut_stream_as_whole(tmp_path, corpus):
-    """A file cut at data_off0 + 20 whose header says the client sent 92 bytes (and 8 more the
-    capture cut): a pointer read 20 bytes and stood at the end, closed, eof, no gap. The bytes
+    """A file cut at data_off0 + 20 whose header says the client sent 104 bytes (and 232 more
+    the capture cut): a pointer read 20 bytes and stood at the end, closed, eof, no gap. The bytes
     the file lacks are a gap of reason "truncated", before the file's own gaps; replay skips
     the connection for the gap as for any other hole in the client's stream."""
     from flowsift.replay import conversation
     from flowsift.streams import format as F
     store = tmp_path / "s"
     run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
-    path = store / "c00000010.rec"
+    path = store / "c00000009.rec"
     os.truncate(path, F.DATA_OFF[0] + 20)
     sp = StreamPointer(path, 0)
-    assert sp.end_offset == 100 and sp.closed and len(sp.read()) == 20 and not sp.eof
+    assert sp.end_offset == 336 and sp.closed and len(sp.read()) == 20 and not sp.eof
     gap = sp.skip_gap()
-    assert (gap.offset, gap.length, gap.reason) == (20, 72, "truncated") and not sp.eof
+    assert (gap.offset, gap.length, gap.reason) == (20, 84, "truncated") and not sp.eof
     gap = sp.skip_gap()
-    assert (gap.offset, gap.length, gap.reason) == (92, 8, "snaplen") and sp.eof
+    assert (gap.offset, gap.length, gap.reason) == (104, 232, "snaplen") and sp.eof
     sp = StreamPointer(path, 1)                          # none of the server's bytes is in the file
-    assert (sp.at_gap.offset, sp.at_gap.length, sp.at_gap.reason) == (0, 28, "truncated")
+    assert (sp.at_gap.offset, sp.at_gap.length, sp.at_gap.reason) == (0, 64, "truncated")
     store = tmp_path / "h"
     run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
     (path,) = store_files(store)
@@ -671,7 +671,7 @@ def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(
     of the file, in the file's view and the store's, exit 0."""
     store = tmp_path / "s"
     run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
-    src = store / "c00000005.rec"           # c2s: 3,360, gaps 60+1060, 1180+1060, 2300+1060 (entries 0-2)
+    src = store / "c00000005.rec"           # s2c: 3,360, gaps 60+1060, 1180+1060, 2300+1060 (entries 2-4)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "store.json").write_text((store / "store.json").read_text())
@@ -684,12 +684,12 @@ def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(
         "flags": ([(20, "<I", 0x13)], ["header field flags has bits the format does not define: 0x10"]),
         "rflags": ([(REC + 2 * 128 + 52, "<H", 0x1410), (REC + 4 * 128 + 52, "<H", 0x400)],
                    ["record 2 has reassembly flags the format does not define: 0x1400 (in 2 records)"]),
-        "reclaimed": ([(176, "<q", 99_999)], ["header field reclaimed0 is 99,999, past end0 (3,360)"]),
-        "past_end": ([(GAP + 2 * 32 + 24, "<q", 9_999)],
-                     ["gap entry 2 (2,300+9,999) reaches past its direction's end (3,360)"]),
-        "order": ([(GAP + 16, "<q", 2000), (GAP + 24, "<q", 100)],
-                  ["gap entry 1 (offset 1,180) overlaps or comes before the one before it (which reaches 2,100)"]),
-        "repeated": ([(48, "<Q", 6), (GAP + 5 * 32, "<B", 0), (GAP + 5 * 32 + 1, "<B", 4),
+        "reclaimed": ([(184, "<q", 99_999)], ["header field reclaimed1 is 99,999, past end1 (3,360)"]),
+        "past_end": ([(GAP + 4 * 32 + 24, "<q", 9_999)],
+                     ["gap entry 4 (2,300+9,999) reaches past its direction's end (3,360)"]),
+        "order": ([(GAP + 2 * 32 + 16, "<q", 2000), (GAP + 2 * 32 + 24, "<q", 100)],
+                  ["gap entry 3 (offset 1,180) overlaps or comes before the one before it (which reaches 2,100)"]),
+        "repeated": ([(48, "<Q", 6), (GAP + 5 * 32, "<B", 1), (GAP + 5 * 32 + 1, "<B", 4),
                       (GAP + 5 * 32 + 16, "<q", 60), (GAP + 5 * 32 + 24, "<q", 1060)],
                      ["gap entry 5 (offset 60) overlaps or comes before the one before it (which reaches 3,360)"]),
     }
@@ -707,7 +707,7 @@ def test_fields_the_format_gives_no_meaning_are_problems_of_the_file_not_errors(
     table, out = _inspected(bad / "c00000006.rec", "-n", "-1")
     assert out["record_list"][2]["rflags"] == ["gap-before", "0x1400"] and "gap-before, 0x1400" in table
     table, out = _inspected(bad / "c00000010.rec")              # 60+1060 twice: counted once
-    assert out["streams"][0]["delivered"] == 180 and out["streams"][0]["end"] == 3360
+    assert out["streams"][1]["delivered"] == 180 and out["streams"][1]["end"] == 3360
     table, listing = _inspected(bad)
     assert listing["connections"][1]["proto"] == 1 and " 1 " in table
 

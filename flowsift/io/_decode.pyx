@@ -63,16 +63,19 @@ cdef class Decoder:
     cdef uint64_t later_frag4        # fragments with offset > 0: no transport header
     cdef uint64_t later_frag6
     cdef uint64_t* ethertypes        # non-IP frames by ethertype (0: 802.3/LLC or unknown family)
+    cdef uint64_t* linktypes         # frames of a link type not decoded, by link type
 
     def __cinit__(self):
         self.ethertypes = <uint64_t*> calloc(65536, sizeof(uint64_t))
-        if self.ethertypes == NULL:
+        self.linktypes = <uint64_t*> calloc(65536, sizeof(uint64_t))
+        if self.ethertypes == NULL or self.linktypes == NULL:
             raise MemoryError()
         self.ts_min = 0x7FFFFFFFFFFFFFFF
         self.ts_max = -0x7FFFFFFFFFFFFFFF
 
     def __dealloc__(self):
         free(self.ethertypes)
+        free(self.linktypes)
 
     def decode(self, Batch batch):
         """Decode every packet of `batch` in place; returns the number decoded (status OK)."""
@@ -108,6 +111,8 @@ cdef class Decoder:
             self.reasons[p.status] += 1
             if p.status == ST_NON_IP:
                 self.ethertypes[p.ethertype] += 1
+            elif p.status == ST_UNSUPPORTED_LINKTYPE:
+                self.linktypes[p.linktype] += 1
             return
         if p.flags & PF_SNAPLEN_CUT:
             self.snaplen_cut += 1
@@ -146,6 +151,7 @@ cdef class Decoder:
         proto4 = {i: self.proto4[i] for i in range(256) if self.proto4[i]}
         proto6 = {i: self.proto6[i] for i in range(256) if self.proto6[i]}
         ethertypes = {i: self.ethertypes[i] for i in range(65536) if self.ethertypes[i]}
+        linktypes = {i: self.linktypes[i] for i in range(65536) if self.linktypes[i]} if self.reasons[ST_UNSUPPORTED_LINKTYPE] else {}
         return {
             "packets": self.packets, "bytes_captured": self.bytes_captured, "bytes_wire": self.bytes_wire,
             "ts_first": self.ts_first, "ts_last": self.ts_last, "ts_packets": self.ts_packets,
@@ -156,6 +162,7 @@ cdef class Decoder:
             "snaplen_cut": self.snaplen_cut, "trailers": self.trailers,
             "ip_len_from_frame": self.ip_len_from_frame, "bad_tcp_options": self.bad_tcp_options, "ip_len_exceeds_frame": self.ip_len_exceeds_frame, "ts_backwards": self.ts_backwards,
             "reasons": reasons, "proto4": proto4, "proto6": proto6, "non_ip_ethertypes": ethertypes,
+            "unsupported_linktypes": linktypes,
         }
 
 

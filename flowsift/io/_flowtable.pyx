@@ -32,9 +32,10 @@ cdef extern from *:
 NO_FLOW = 0xFFFFFFFF
 
 # Ports a server listens on: below 1024, and the common ones above. A connection first seen
-# without its SYN (or a UDP flow first seen answering) whose first sender is on such a port and
-# its peer is not, was picked up from the server's side: the peer is the client (as Zeek's
-# likely-server ports do).
+# without its SYN (and a UDP flow) has its server guessed from its ports, so that every
+# connection to one server is named alike whichever side was seen first: the port on this list
+# when only one is (as Zeek's likely-server ports do), else the lower port (clients send from
+# high, ephemeral ports), and the first sender is the client only when that says nothing.
 SERVICE_PORTS = frozenset(range(1, 1024)) | frozenset((
     1080, 1194, 1433, 1521, 1723, 1883, 2049, 2181, 2375, 2376, 3128, 3268, 3306, 3389, 4369, 5000, 5060,
     5061, 5222, 5349, 5353, 5355, 5432, 5601, 5671, 5672, 5900, 5984, 6379, 6443, 6881, 7001, 8000, 8008,
@@ -46,6 +47,16 @@ for _p in SERVICE_PORTS:
 
 cdef inline bint is_service(uint16_t port) noexcept nogil:
     return (_service[port >> 3] >> (port & 7)) & 1
+
+
+cdef inline bint sent_by_server(uint16_t sport, uint16_t dport) noexcept nogil:
+    # the guess above, for a first packet that is neither SYN nor SYN-ACK
+    cdef bint ss = is_service(sport), ds = is_service(dport)
+    if ss != ds:
+        return ss
+    if ss:
+        return False            # both on the list (53 to 53, 1021 to 2049): the first sender asks
+    return sport < dport
 
 cdef inline uint64_t rotl(uint64_t x, int r) noexcept nogil:
     return (x << r) | (x >> (64 - r))
@@ -234,11 +245,11 @@ cdef class FlowTable:
             self.slots[j].idx1 = <uint32_t>idx + 1
             self.used += 1
             f = flow_at(self, idx)
-            # the client sends direction 0: the SYN's sender, the SYN-ACK's receiver; else the
-            # first sender, unless it answers from a service port to one that is not
+            # the client sends direction 0: the SYN's sender, the SYN-ACK's receiver; else as
+            # the ports say (SERVICE_PORTS)
             if p.proto == 6 and (fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK):
                 f.client_is_a = not src_is_a
-            elif (p.proto != 6 or not (fl & TH_SYN)) and is_service(p.sport) and not is_service(p.dport):
+            elif (p.proto != 6 or not (fl & TH_SYN)) and sent_by_server(p.sport, p.dport):
                 f.client_is_a = not src_is_a
             else:
                 f.client_is_a = src_is_a

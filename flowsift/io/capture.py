@@ -106,6 +106,10 @@ def open_capture(path, bpf=None):
         # O_NONBLOCK: opening a FIFO must not wait for a writer (we refuse FIFOs below)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
+        if path == "-":
+            # (standard input is a pipe or a terminal: what /dev/stdin would be told)
+            raise FlowsiftError("-: captures are not read from standard input (nor from pipes or devices): "
+                                "save the capture to a file and give its path") from None
         raise FlowsiftError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FlowsiftError(f"{path}: is a directory, not a capture file") from None
@@ -158,5 +162,7 @@ def decoded_batches(source, decoder, bpf=None, on_progress=None, capacity=None, 
         if on_progress is not None:
             on_progress(cap.position, cap.size)
     cap.check()
+    from flowsift.io.reasons import check_decodable
+    check_decodable(cap.path, decoder)
     if bpf is not None:
         bpf.finish()

@@ -52,6 +52,17 @@ LINKTYPES = {
 # link types decode_packet understands
 SUPPORTED_LINKTYPES = frozenset(LINKTYPES)
 
+# names of common link types it does not (tcpdump.org's LINKTYPE_ list), to say which one a
+# capture has
+OTHER_LINKTYPES = {
+    3: "AX25", 6: "IEEE802_5", 8: "SLIP", 9: "PPP", 10: "FDDI", 50: "PPP_HDLC", 51: "PPP_ETHER", 104: "C_HDLC",
+    105: "IEEE802_11", 107: "FRELAY", 117: "PFLOG", 119: "IEEE802_11_PRISM", 127: "IEEE802_11_RADIOTAP",
+    **{147 + k: f"USER{k}" for k in range(16)},
+    163: "IEEE802_11_AVS", 189: "USB_LINUX", 192: "PPI", 195: "IEEE802_15_4_WITHFCS", 197: "ERF",
+    220: "USB_LINUX_MMAPPED", 227: "CAN_SOCKETCAN", 239: "NFLOG", 249: "USBPCAP", 251: "BLUETOOTH_LE_LL",
+    253: "NETLINK", 254: "BLUETOOTH_LINUX_MONITOR",
+}
+
 IP_PROTOCOLS = {
     1: "icmp", 2: "igmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6-in-ip", 43: "ipv6-route", 44: "ipv6-frag",
     47: "gre", 50: "esp", 51: "ah", 58: "icmpv6", 59: "ipv6-nonxt", 60: "ipv6-opts", 89: "ospf", 103: "pim",
@@ -65,6 +76,31 @@ ETHERTYPES = {0: "llc", 0x0806: "arp", 0x8035: "rarp", 0x88CC: "lldp", 0x8847: "
 
 def linktype_name(linktype):
     return LINKTYPES.get(linktype, f"linktype {linktype}")
+
+
+def linktype_label(linktype):
+    """`link type 147 (USER0)`, as errors and summaries name one."""
+    name = LINKTYPES.get(linktype) or OTHER_LINKTYPES.get(linktype)
+    return f"link type {linktype}" + (f" ({name})" if name else "")
+
+
+def unsupported_linktypes(decoder):
+    """[{linktype, name (None when unknown), packets}] of the frames `decoder` could not decode
+    for their link type."""
+    return [{"linktype": lt, "name": LINKTYPES.get(lt) or OTHER_LINKTYPES.get(lt), "packets": n}
+            for lt, n in sorted(decoder.counters()["unsupported_linktypes"].items())]
+
+
+def check_decodable(path, decoder):
+    """Raise FlowsiftError when every frame read was of a link type flowsift does not decode:
+    a run over such a capture has nothing to say but that."""
+    from flowsift.errors import FlowsiftError
+    c = decoder.counters()
+    lts = c["unsupported_linktypes"]
+    if c["packets"] and sum(lts.values()) == c["packets"]:
+        which = ", ".join(linktype_label(lt) for lt in sorted(lts))
+        raise FlowsiftError(f"{path}: nothing decoded: {which} not supported "
+                            "(flowsift decodes Ethernet, raw IP, Linux SLL and SLL2, BSD NULL and LOOP)")
 
 
 def proto_name(proto):

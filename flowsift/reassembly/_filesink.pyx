@@ -9,8 +9,18 @@ system calls and the hashing, more than half the time of writing streams to tmpf
 reassembly. Confined to one CPU, the same lists of jobs are run inline, without the thread.
 Index lines are written when connections end, formatted in C into a buffer that goes out with
 write(2) (as json.dumps would write them), never before the bytes they describe; the writer
-fills in each line's digest when it has hashed the direction's last bytes.
+fills in each line's digest when it has hashed the direction's last bytes, and stamps the file
+with the time of the direction's last packet.
+
+A gap is spliced out of its file (the bytes after it follow the bytes before it) and listed in
+the index with its place in the file; with zero filling, a gap before bytes is written as zeros
+(a sparse extension of the file), so that file offsets are stream offsets.
+
+The output directory is checked when the sink is made and touched only at the first connection
+(or at the end): a run that fails on its input leaves an earlier run's output as it was. A run
+that fails to write removes the stream files its index does not list (see `close`).
 """
+import json
 import os
 import re
 from array import array as _array
@@ -25,11 +35,22 @@ from libc.string cimport memcpy, memset, strerror, strlen
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport strdup
 from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
-from posix.unistd cimport write as c_write, close as c_close
+from posix.time cimport timespec
+from posix.unistd cimport write as c_write, close as c_close, lseek, ftruncate, SEEK_END
 
 from flowsift.errors import FlowsiftError
 from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
+from flowsift.reassembly._engine import GAP_NAMES
+
+
+cdef extern from "<sys/stat.h>" nogil:
+    int futimens(int fd, const timespec* times)
+    int utimensat(int dirfd, const char* path, const timespec* times, int flags)
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        AT_FDCWD
 
 
 cdef extern from "_writer.h" nogil:
@@ -76,6 +97,20 @@ DEF POOL = 1024
 DEF INDEX_BUF = 65536
 # connections per chunk of direction state
 DEF DIR_CHUNK = 64
+# zeros hashed per call, for a gap written as zeros
+DEF ZERO_STEP = 65536
+# gap reasons kept per hole (a hole declared in adjacent pieces: a snaplen cut, then the end)
+DEF MAX_REASONS = 8
+
+# job kinds (fjob_t.kind)
+DEF JOB_BYTES = 0
+DEF JOB_INDEX = 1
+DEF JOB_ZEROS = 2
+DEF JOB_CLOSE = 3
+
+cdef uint8_t ZEROS[ZERO_STEP]
+# (fjob_t.mtime) no time to stamp
+cdef int64_t NO_TIME = -0x7FFFFFFFFFFFFFFF - 1
 
 cdef const char* HEX = b"0123456789abcdef"
 # the SHA-256 of no bytes (a direction that carried none)
@@ -91,6 +126,8 @@ ctypedef struct fdir_t:
     EVP_MD_CTX* md         # its SHA-256, once it has bytes (the writer's from its close job)
     uint32_t len
     uint64_t written        # bytes handed to the writer (its file exists once this is not 0)
+    uint64_t zeros          # zero bytes handed to the writer (gaps, with zero filling)
+    uint64_t pending        # gap bytes not written yet: zeros once bytes come after them
 
 # The writer thread's: a descriptor cache entry (a direction is known by its path pointer,
 # unique while the direction is live), a job, a list of jobs, and its whole state.
@@ -101,12 +138,14 @@ ctypedef struct fdslot_t:
 
 ctypedef struct fjob_t:
     char* path             # the direction's file (freed by the main thread after its close)
-    uint8_t* buf           # bytes to append (back to the main thread's pool once written); NULL: close the file
+    uint8_t* buf           # JOB_BYTES, JOB_INDEX: bytes to append (back to the main thread's pool once written)
     EVP_MD_CTX* md         # the direction's SHA-256: updated with buf; at the close, finished and freed
     char* hex              # (close) where its index line waits for the digest, 64 hex digits
+    uint64_t zeros         # (JOB_ZEROS) zero bytes to append
+    int64_t mtime          # (close) the file's time, ns since the epoch
     uint32_t len
-    uint8_t create         # the first bytes: create (truncate) the file
-    uint8_t index          # index lines: buf goes to index.jsonl (path NULL)
+    uint8_t create         # the first job of the file: create (truncate) it
+    uint8_t kind           # JOB_*: bytes, index lines (to index.jsonl, path NULL), zeros, close
     uint8_t _pad[2]
 
 ctypedef struct fjobs_t:
@@ -177,29 +216,73 @@ cdef void fw_run(void* arg) noexcept nogil:
     cdef int fd, k
     for i in range(L.n):
         j = &L.jobs[i]
-        if j.buf != NULL:
+        if j.kind == JOB_BYTES or j.kind == JOB_INDEX:
             if w.err == 0:
-                fd = w.index_fd if j.index else fw_descriptor(w, j)
+                fd = w.index_fd if j.kind == JOB_INDEX else fw_descriptor(w, j)
                 if fd < 0:
-                    fw_fail(w, w.index_path if j.index else j.path)
+                    fw_fail(w, w.index_path if j.kind == JOB_INDEX else j.path)
                 else:
                     done = 0
                     while done < j.len:
                         n = c_write(fd, j.buf + done, j.len - done)
                         if n < 0:
-                            fw_fail(w, w.index_path if j.index else j.path)
+                            fw_fail(w, w.index_path if j.kind == JOB_INDEX else j.path)
                             break
                         done += n
-            if not j.index and EVP_DigestUpdate(j.md, j.buf, j.len) != 1 and w.err == 0:
+            if j.kind == JOB_BYTES and EVP_DigestUpdate(j.md, j.buf, j.len) != 1 and w.err == 0:
                 w.err = ENOMEM
                 w.err_path = strdup(j.path)
+        elif j.kind == JOB_ZEROS:
+            fw_zeros(w, j)
         else:
             fw_digest(j)
             k = fw_slot(w, j.path)
+            fw_stamp(w.slots[k].fd if k >= 0 else -1, j)
             if k >= 0:
                 c_close(w.slots[k].fd)
                 w.slots[k].fd = -1
                 w.slots[k].path = NULL
+
+
+cdef void fw_zeros(fwriter_t* w, fjob_t* j) noexcept nogil:
+    # a gap before more bytes, as zeros: the file grows by a hole (no blocks on most file
+    # systems), and its digest takes the zeros in
+    cdef int fd
+    cdef int64_t end
+    cdef uint64_t left = j.zeros, take
+    if w.err:
+        return
+    fd = fw_descriptor(w, j)
+    # (a descriptor that created the file is not O_APPEND: it is moved to the new end)
+    if fd < 0:
+        fw_fail(w, j.path)
+        return
+    end = lseek(fd, 0, SEEK_END)
+    if end < 0 or ftruncate(fd, end + <int64_t>j.zeros) != 0 or lseek(fd, 0, SEEK_END) < 0:
+        fw_fail(w, j.path)
+        return
+    while left:
+        take = ZERO_STEP if left > ZERO_STEP else left
+        if EVP_DigestUpdate(j.md, ZEROS, take) != 1:
+            w.err = ENOMEM
+            w.err_path = strdup(j.path)
+            return
+        left -= take
+
+
+cdef void fw_stamp(int fd, fjob_t* j) noexcept nogil:
+    # the file's times: its direction's last packet (as tcpflow stamps its files); a failure
+    # here changes no byte and is not one of the run's
+    cdef timespec t[2]
+    if j.mtime == NO_TIME:
+        return
+    t[0].tv_sec = j.mtime // 1000000000
+    t[0].tv_nsec = j.mtime % 1000000000
+    t[1] = t[0]
+    if fd >= 0:
+        futimens(fd, t)
+    else:
+        utimensat(AT_FDCWD, j.path, t, 0)
 
 
 cdef void fw_digest(fjob_t* j) noexcept nogil:
@@ -221,9 +304,9 @@ cdef void fw_discard(fjobs_t* L) noexcept nogil:
     # jobs that will not run (the sink goes away after a failure): free what they own
     cdef size_t i
     for i in range(L.n):
-        if L.jobs[i].buf != NULL:
+        if L.jobs[i].kind == JOB_BYTES or L.jobs[i].kind == JOB_INDEX:
             free(L.jobs[i].buf)
-        else:
+        elif L.jobs[i].kind == JOB_CLOSE:
             free(L.jobs[i].path)
             EVP_MD_CTX_free(L.jobs[i].md)
     L.n = 0
@@ -232,6 +315,9 @@ cdef void fw_discard(fjobs_t* L) noexcept nogil:
 
 # the names FileSink gives stream files (see on_open and _path)
 _STREAM_FILE = re.compile(r"c[0-9]{6,}-.+\.(c2s|s2c)\Z", re.S)
+
+# gap reason codes -> their names in the index, JSON-encoded
+_REASON_JSON = {code: name.encode() for code, name in GAP_NAMES.items()}
 
 
 def _clear_earlier(outdir):
@@ -247,7 +333,49 @@ def _clear_earlier(outdir):
     return n
 
 
+def _what_is(path):
+    """What a path that is not a directory is, in a few words ("a regular file")."""
+    import stat
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        try:
+            os.stat(path)
+        except OSError:
+            return f"a symbolic link to {target!r}, which does not exist"
+        return f"a symbolic link to {target!r}, which is not a directory"
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(st.st_mode):
+            return name
+    return "not a directory"
+
+
+def check_output_dir(outdir):
+    """Raise FlowsiftError (one line) when streams cannot go to `outdir`, without creating or
+    changing anything: it, or the nearest of its parents that exists, must be a directory this
+    process may write in."""
+    path = os.path.abspath(outdir)
+    while True:
+        if os.path.isdir(path):
+            if not os.access(path, os.W_OK | os.X_OK):
+                where = "" if path == os.path.abspath(outdir) else f" (in {path})"
+                raise FlowsiftError(f"{outdir}: cannot write there: permission denied{where}")
+            return
+        if os.path.lexists(path):
+            what = _what_is(path)
+            if path == os.path.abspath(outdir):
+                raise FlowsiftError(f"{outdir}: cannot write there: it is {what}, not a directory")
+            raise FlowsiftError(f"{outdir}: cannot write there: {path} is {what}, not a directory")
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
 cdef class FileSink(Sink):
+    """`FileSink(outdir, zeros=False)`: the files and index of `flowsift streams -o`. `zeros`:
+    write each gap before bytes as zeros (file offsets are then stream offsets)."""
     cdef fdir_t** chunks         # DIR_CHUNK connections' directions each (2 per connection);
     cdef uint8_t* closed         # per chunk: connections closed; a chunk all closed is freed
     cdef uint32_t cap_chunks
@@ -267,28 +395,28 @@ cdef class FileSink(Sink):
     cdef char* ibuf              # index lines not yet written (INDEX_BUF bytes)
     cdef Py_ssize_t ilen
     cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port"), UTF-8
-    cdef dict gaps               # (conn, d) -> array('q'): offset, length, offset, length...
-                                 # (16 bytes a gap: a connection with a million holes stays small)
+    cdef dict gaps               # (conn, d) -> array('q'): offset, length, file offset, reasons...
+                                 # (32 bytes a gap: a connection with a million holes stays small)
+    cdef readonly bint zeros     # gaps before bytes are written as zeros
+    cdef readonly bint prepared  # the directory was made ready (earlier streams removed)
+    cdef object failure          # the one-line error that stopped writing, once one did
     cdef readonly uint64_t files
     cdef readonly uint64_t bytes_written
     cdef readonly uint64_t replaced      # stream files of an earlier output, removed first
+    cdef readonly uint64_t removed       # stream files not written whole, removed after a failure
 
-    def __init__(self, str outdir):
+    def __init__(self, str outdir, bint zeros=False):
         cdef int k
+        check_output_dir(outdir)
         self.outdir = outdir
+        self.zeros = zeros
         self.outdir_b = os.fsencode(os.path.join(outdir, ""))
         self.index_fd = -1
+        self.w.index_fd = -1
         self.index_path = os.path.join(outdir, "index.jsonl")
-        try:
-            os.makedirs(outdir, exist_ok=True)
-            self.replaced = _clear_earlier(outdir)
-            self.index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as e:
-            raise FlowsiftError(f"{outdir}: cannot write there: {e.strerror}") from None
         self.ibuf = <char*> malloc(INDEX_BUF)
         if self.ibuf == NULL:
             raise MemoryError()
-        self.w.index_fd = self.index_fd
         self.w.index_path = strdup(os.fsencode(self.index_path))
         if self.w.index_path == NULL:
             raise MemoryError()
@@ -304,6 +432,20 @@ cdef class FileSink(Sink):
         self.pool = <uint8_t**> malloc(POOL * sizeof(uint8_t*))
         if self.pool == NULL:
             raise MemoryError()
+
+    cdef int _prepare(self) except -1:
+        # the directory made, an earlier run's streams removed, index.jsonl begun: at the first
+        # connection, so that a run that fails on its input leaves the directory as it was
+        self.prepared = True
+        try:
+            os.makedirs(self.outdir, exist_ok=True)
+            self.replaced = _clear_earlier(self.outdir)
+            self.index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as e:
+            self.failure = f"{self.outdir}: cannot write there: {e.strerror}"
+            raise FlowsiftError(self.failure) from None
+        self.w.index_fd = self.index_fd
+        return 0
 
     def __dealloc__(self):
         cdef uint32_t k
@@ -361,6 +503,10 @@ cdef class FileSink(Sink):
         cdef char sa[64]
         cdef char out[256]
         cdef int fam = AF_INET if c.ipver == 4 else AF_INET6
+        if self.failure is not None:
+            return 0                       # (said once: nothing more is written)
+        if not self.prepared:
+            self._prepare()
         if inet_ntop(fam, c.client, ca, sizeof(ca)) == NULL or inet_ntop(fam, c.server, sa, sizeof(sa)) == NULL:
             raise FlowsiftError(f"connection {conn}: address of an unknown family (IP version {c.ipver})")
         stem = out[:snprintf(out, sizeof(out), b"c%06u-%s.%u-%s.%u", conn, ca, c.cport, sa, c.sport)]
@@ -374,11 +520,8 @@ cdef class FileSink(Sink):
     cdef bytes _path(self, uint32_t conn, int d):
         return self.outdir_b + self.names[conn][0] + (b".c2s" if d == 0 else b".s2c")
 
-    cdef int _flush(self, uint32_t conn, int d) except -1:
-        # a direction's buffered bytes, for the writer thread to append to its file and hash
-        cdef fdir_t* f = self._fd(conn, d)
-        if f.len == 0:
-            return 0
+    cdef bint _file(self, uint32_t conn, int d, fdir_t* f) except -1:
+        # the direction's file and digest, made at its first job; True for that first job
         if f.path == NULL:
             f.path = strdup(self._path(conn, d))
             if f.path == NULL:
@@ -386,36 +529,61 @@ cdef class FileSink(Sink):
             f.md = EVP_MD_CTX_new()
             if f.md == NULL or EVP_DigestInit_ex(f.md, EVP_sha256(), NULL) != 1:
                 raise MemoryError()
-        self._push(f.path, f.md, NULL, f.buf, f.len, f.written == 0, 0)
-        self.files += f.written == 0
+        if f.written == 0 and f.zeros == 0:
+            self.files += 1
+            return True
+        return False
+
+    cdef int _flush(self, uint32_t conn, int d) except -1:
+        # a direction's buffered bytes, for the writer thread to append to its file and hash
+        cdef fdir_t* f = self._fd(conn, d)
+        cdef bint create
+        if f.len == 0:
+            return 0
+        create = self._file(conn, d, f)
+        self._push(JOB_BYTES, f.path, f.md, NULL, f.buf, f.len, create, 0, NO_TIME)
         f.buf = NULL                       # the thread's now; the next bytes get a new buffer
         f.written += f.len
         self.bytes_written += f.len
         f.len = 0
         return 0
 
-    cdef int _end(self, fdir_t* f, char* hex) except -1:
+    cdef int _fill(self, uint32_t conn, int d) except -1:
+        # (zero filling) the gaps before the bytes that come now, as zeros, after what the
+        # direction buffered before them
+        cdef fdir_t* f = self._fd(conn, d)
+        cdef bint create
+        self._flush(conn, d)
+        create = self._file(conn, d, f)
+        self._push(JOB_ZEROS, f.path, f.md, NULL, NULL, 0, create, f.pending, NO_TIME)
+        f.zeros += f.pending
+        f.pending = 0
+        return 0
+
+    cdef int _end(self, fdir_t* f, char* hex, int64_t mtime) except -1:
         # the direction ended: after its last bytes, its digest goes to `hex` (in its index
-        # line) and its file is closed (and its path freed)
+        # line), its file gets its time and is closed (and its path freed)
         if f.path == NULL:
             return 0
-        self._push(f.path, f.md, hex, NULL, 0, 0, 0)
+        self._push(JOB_CLOSE, f.path, f.md, hex, NULL, 0, 0, 0, mtime)
         f.path = NULL
         f.md = NULL
         return 0
 
-    cdef int _push(self, char* path, EVP_MD_CTX* md, char* hex, uint8_t* buf, uint32_t n, bint create,
-                   bint index) except -1:
+    cdef int _push(self, uint8_t kind, char* path, EVP_MD_CTX* md, char* hex, uint8_t* buf, uint32_t n,
+                   bint create, uint64_t zeros, int64_t mtime) except -1:
         # one job at the end of the list being gathered (see fjob_t)
         cdef fjobs_t* L = self._room()
         cdef fjob_t* j = &L.jobs[L.n]
+        j.kind = kind
         j.path = path
         j.md = md
         j.hex = hex
         j.buf = buf
         j.len = n
         j.create = create
-        j.index = index
+        j.zeros = zeros
+        j.mtime = mtime
         L.n += 1
         L.nbytes += n
         return 0
@@ -441,9 +609,11 @@ cdef class FileSink(Sink):
             self.busy = False
             L = self.ran
             for i in range(L.n):
-                if L.jobs[i].buf == NULL:
+                if L.jobs[i].kind == JOB_CLOSE:
                     free(L.jobs[i].path)
-                elif L.jobs[i].index or self.pooled >= POOL:
+                elif L.jobs[i].kind == JOB_ZEROS:
+                    pass                   # (its path is the direction's)
+                elif L.jobs[i].kind == JOB_INDEX or self.pooled >= POOL:
                     free(L.jobs[i].buf)
                 else:
                     self.pool[self.pooled] = L.jobs[i].buf
@@ -452,7 +622,8 @@ cdef class FileSink(Sink):
             L.nbytes = 0
         if self.w.err:
             err = self.w.err
-            raise FlowsiftError(f"{os.fsdecode(<bytes> self.w.err_path)}: cannot write: {strerror(err).decode()}")
+            self.failure = f"{os.fsdecode(<bytes> self.w.err_path)}: cannot write: {strerror(err).decode()}"
+            raise FlowsiftError(self.failure)
         return 0
 
     cdef int _hand(self) except -1:
@@ -470,7 +641,8 @@ cdef class FileSink(Sink):
             return 0
         err = fs_bg_start(&self.bg, fw_run, &self.w)
         if err:
-            raise FlowsiftError(f"{self.outdir}: cannot start the writer thread: {strerror(err).decode()}")
+            self.failure = f"{self.outdir}: cannot start the writer thread: {strerror(err).decode()}"
+            raise FlowsiftError(self.failure)
         fs_bg_kick(&self.bg)
         self.busy = True
         return 0
@@ -484,6 +656,10 @@ cdef class FileSink(Sink):
     cdef int _append(self, uint32_t conn, int d, const uint8_t* data, uint32_t n) except -1:
         cdef fdir_t* f = self._fd(conn, d)
         cdef uint32_t take
+        if self.failure is not None:
+            return 0
+        if f.pending:
+            self._fill(conn, d)
         while n:
             if f.buf == NULL:
                 if self.pooled:
@@ -510,15 +686,34 @@ cdef class FileSink(Sink):
         return self._append(conn, d, data, n)
 
     cdef int on_gap(self, uint32_t conn, int d, int64_t offset, int64_t length, int reason) except -1:
+        # listed with where it is in the file: spliced out, where the bytes after it start;
+        # zero filled, where its zeros start (its stream offset)
+        cdef fdir_t* f
+        cdef int64_t at, reasons
+        cdef int k, code
+        if self.failure is not None:
+            return 0
+        f = self._fd(conn, d)
+        at = f.written + f.len + f.zeros + f.pending
+        if self.zeros:
+            f.pending += length
         arr = self.gaps.get((conn, d))
         if arr is None:
             arr = self.gaps[(conn, d)] = _array("q")
         n = len(arr)
-        if n and arr[n - 2] + arr[n - 1] == offset:
-            arr[n - 1] += length            # adjacent gaps (e.g. cut, then lost) read as one
+        code = reason & 0xFF
+        if n and arr[n - 4] + arr[n - 3] == offset:
+            # adjacent gaps (e.g. cut, then lost) read as one hole, with each reason once
+            arr[n - 3] += length
+            reasons = arr[n - 1]
+            for k in range(MAX_REASONS):
+                if (reasons >> (8 * k)) & 0xFF == code:
+                    break
+                if (reasons >> (8 * k)) & 0xFF == 0:
+                    arr[n - 1] = reasons | (<int64_t>code << (8 * k))
+                    break
         else:
-            arr.append(offset)
-            arr.append(length)
+            arr.extend((offset, length, at, code))
         return 0
 
     # --- index.jsonl ---
@@ -530,7 +725,7 @@ cdef class FileSink(Sink):
         fresh = <char*> malloc(INDEX_BUF)
         if fresh == NULL:
             raise MemoryError()
-        self._push(NULL, NULL, NULL, <uint8_t*> self.ibuf, self.ilen, 0, 1)
+        self._push(JOB_INDEX, NULL, NULL, NULL, <uint8_t*> self.ibuf, self.ilen, 0, 0, NO_TIME)
         self.ibuf = fresh
         self.ilen = 0
         return 0
@@ -572,6 +767,19 @@ cdef class FileSink(Sink):
         self.ilen += n
         return p
 
+    cdef int _put_reasons(self, int64_t reasons) except -1:
+        # a hole's reasons, in the order they were declared, joined by "+"
+        cdef int k, code
+        for k in range(MAX_REASONS):
+            code = (reasons >> (8 * k)) & 0xFF
+            if code == 0:
+                break
+            if k:
+                self._put(b"+", 1)
+            name = _REASON_JSON.get(code) or str(code).encode()
+            self._put(name, len(name))
+        return 0
+
     cdef int _index_line(self, uint32_t conn, int d, dir_t* D, const char* proto, bytes stem, bytes src,
                          bytes dst, fdir_t* f, object gaps) except -1:
         # one line per direction; keys and spacing as json.dumps writes them
@@ -593,13 +801,16 @@ cdef class FileSink(Sink):
         if f.md != NULL:
             # the close goes right after its place is reserved: an index buffer handed over
             # later in this line is written after the digest is in it
-            self._end(f, self._reserve(64))
+            self._end(f, self._reserve(64), D.last_ts if D.packets else NO_TIME)
         else:
             self._put(EMPTY_SHA256, 64)
         self._put(b'", "gaps": [', 12)
-        for k in range(0, len(gaps), 2):
-            self._put(tmp, snprintf(tmp, sizeof(tmp), b'%s[%lld, %lld]', b", " if k else b"",
-                                    <long long>gaps[k], <long long>gaps[k + 1]))
+        for k in range(0, len(gaps), 4):
+            self._put(tmp, snprintf(tmp, sizeof(tmp), b'%s{"offset": %lld, "length": %lld, "file_offset": %lld, '
+                                    b'"reason": "', b", " if k else b"", <long long>gaps[k], <long long>gaps[k + 1],
+                                    <long long>gaps[k + 2]))
+            self._put_reasons(gaps[k + 3])
+            self._put(b'"}', 2)
         self._put(tmp, snprintf(tmp, sizeof(tmp),
                                 b'], "gap_bytes": %llu, "conflicts": %llu, "retransmissions": %llu, '
                                 b'"midstream": %s, "close": %s, "packets": %llu, "first_ts": ',
@@ -616,28 +827,80 @@ cdef class FileSink(Sink):
         cdef int d
         cdef fdir_t* f
         cdef Engine e = <Engine?> engine
+        if self.failure is not None:
+            return 0
         stem, client, server = self.names[conn]
         ends = (client, server)
         proto = b"tcp" if conn_at(e, conn).proto == 6 else b"udp"
         for d in range(2):
             self._flush(conn, d)            # (hands its buffer over: none is left)
             f = self._fd(conn, d)
+            f.pending = 0                   # (a gap after the last bytes takes no room)
             self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f,
                              self.gaps.pop((conn, d), ()))
         del self.names[conn]
         self._closed(conn)
         return 0
 
-    def close(self):
-        """Write out what index.jsonl still holds and close it."""
-        if self.index_fd < 0:
-            return
+    def close(self, bint ended=True):
+        """Write out what index.jsonl still holds and close it. `ended`: the run read its input
+        to the end (or to a defect); else (stopped, or failed on its input) a directory never
+        made ready is left as it was.
+
+        After a failure to write (a full disk), the stream files index.jsonl does not list
+        (cut short, or written whole but not yet listed) are removed, so that the directory
+        holds only files the index describes, as after a stop, and the error is raised again,
+        saying so."""
+        if not self.prepared and self.failure is None:
+            if not ended:
+                return
+            self._prepare()
+        if self.index_fd >= 0:
+            try:
+                self._iflush()
+                self._sync()
+            except FlowsiftError:
+                if self.failure is None:
+                    raise
+            finally:
+                with nogil:
+                    fs_bg_stop(&self.bg)      # (after the job it runs, if any)
+                self.busy = False
+                c_close(self.index_fd)
+                self.index_fd = self.w.index_fd = -1
+        if self.failure is not None:
+            if self.prepared and not self.removed:
+                self._remove_unlisted()
+            raise FlowsiftError(self.failure + (f"; {self.removed} stream file{'s' if self.removed != 1 else ''} "
+                                                "not listed in index.jsonl removed" if self.removed else ""))
+
+    cdef int _remove_unlisted(self) except -1:
+        # the index keeps its whole lines (each written after its file's last byte); every
+        # stream file none of them lists goes
+        cdef int k
+        for k in range(MAX_OPEN):
+            if self.w.slots[k].fd >= 0:
+                c_close(self.w.slots[k].fd)
+                self.w.slots[k].fd = -1
+        listed = set()
         try:
-            self._iflush()
-            self._sync()
-        finally:
-            with nogil:
-                fs_bg_stop(&self.bg)      # (after the job it runs, if any)
-            self.busy = False
-            c_close(self.index_fd)
-            self.index_fd = self.w.index_fd = -1
+            with open(self.index_path, "r+b") as f:
+                text = f.read()
+                whole = text.rfind(b"\n") + 1
+                f.truncate(whole)
+            for line in text[:whole].splitlines():
+                try:
+                    listed.add(json.loads(line)["file"])
+                except (ValueError, KeyError, TypeError):
+                    pass
+        except OSError:
+            pass                            # (no index: nothing is listed)
+        try:
+            with os.scandir(self.outdir) as it:
+                for e in it:
+                    if _STREAM_FILE.match(e.name) and e.name not in listed and e.is_file(follow_symlinks=False):
+                        os.unlink(e.path)
+                        self.removed += 1
+        except OSError:
+            pass
+        return 0

@@ -1,0 +1,301 @@
+"""`flowsift streams -o DIR`: what the directory holds after good runs, failed ones and full
+disks; the index's gaps; names, times and messages."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli, small_tmpfs
+from pcapgen import A, B, epb, ether, idb, ipv4, pcap, shb, tcp
+
+SYN, SYNACK, ACK, PSH, FIN = 0x02, 0x12, 0x10, 0x18, 0x11
+
+
+def conversation(conns, size, t0=1_700_000_000, chunk=1400):
+    """Frames of `conns` whole TCP connections, one after the other, each sending `size` bytes
+    each way in segments of `chunk`, then closing with FINs. Returns (frames, {(conn, dir): bytes})."""
+    frames, sent, clock = [], {}, [0]
+
+    def put(src, dst, sport, dport, **kw):
+        clock[0] += 1
+        frames.append((t0 + clock[0] // 1000, clock[0] % 1000 * 1000, ether(ipv4(src, dst, 6, tcp(sport, dport, **kw)))))
+    for c in range(conns):
+        port = 40000 + c
+        seq = [1000, 5000]
+        put(A, B, port, 80, seq=999, flags=SYN)
+        put(B, A, 80, port, seq=4999, ack=1000, flags=SYNACK)
+        put(A, B, port, 80, seq=1000, ack=5000, flags=ACK)
+        for d in (0, 1):
+            data = (bytes(range(251)) * (size // 251 + 2))[(c * 7 + d * 3) % 251:][:size]
+            sent[(c, d)] = data
+            src, dst, sp, dp = (A, B, port, 80) if d == 0 else (B, A, 80, port)
+            for k in range(0, size, chunk):
+                put(src, dst, sp, dp, seq=seq[d] + k, ack=seq[1 - d], flags=PSH, payload=data[k:k + chunk])
+            seq[d] += size
+        put(A, B, port, 80, seq=seq[0], ack=seq[1], flags=FIN)
+        put(B, A, 80, port, seq=seq[1], ack=seq[0] + 1, flags=FIN)
+        put(A, B, port, 80, seq=seq[0] + 1, ack=seq[1] + 1, flags=ACK)
+    return frames, sent
+
+
+def listing(out):
+    """{name: bytes} of everything in `out`."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def index_of(out):
+    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+
+
+def only_listed_files_whole(out):
+    """Every stream file in `out` is listed in its index, and every line says its file's size
+    and digest. Returns the lines."""
+    lines = index_of(out)
+    listed = {line["file"] for line in lines if line["file"]}
+    assert {p.name for p in out.iterdir()} - {"index.jsonl"} == listed
+    for line in lines:
+        if line["file"]:
+            data = (out / line["file"]).read_bytes()
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (line["bytes"], line["sha256"]), line["file"]
+    return lines
+
+
+def one_line_error(res, *needles):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# --- a run that fails on its input leaves the directory as it was ----------------------------
+
+def _bad_inputs(tmp_path):
+    conn = [(1, k, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1 + k, payload=b"x")))) for k in range(3)]
+    raw = [(1, 0, ipv4(A, B, 6, tcp(40000, 80, payload=b"x")))]
+    files = {
+        "missing": (tmp_path / "http__zeek__gte.pcap", None, "no such file"),
+        "text": (tmp_path / "notes.txt", b"root:x:0:0:root:/root:/bin/bash\n", "not a capture file"),
+        "empty": (tmp_path / "empty.pcap", b"", "empty file"),
+        # a filter libpcap cannot compile for the capture's link type: a pcap says it at its
+        # header, a pcapng once every interface was read
+        "filter-pcap": (tmp_path / "raw.pcap", pcap(raw, linktype=101), "cannot be applied"),
+        "filter-pcapng": (tmp_path / "raw.pcapng", shb() + idb(101) + epb(0, 1, raw[0][2]), "cannot be applied"),
+        "user0": (tmp_path / "u0.pcap", pcap(conn, linktype=147), "link type 147 (USER0) not supported"),
+    }
+    for path, blob, _ in files.values():
+        if blob is not None:
+            path.write_bytes(blob)
+    return files
+
+
+@pytest.mark.parametrize("bad", ["missing", "text", "empty", "stdin", "filter-pcap", "filter-pcapng", "user0"])
+def test_a_run_that_fails_on_its_input_leaves_the_earlier_output(tmp_path, bad):
+    """A typo in the capture's name, a file that is no capture, `-`, a filter that cannot apply
+    to the capture's link type, a capture nothing in which decodes: one line, exit 2, and DIR
+    holds the earlier run's files and index as they were (it used to hold an empty index)."""
+    good = tmp_path / "good.pcap"
+    frames, _ = conversation(2, 3000)
+    good.write_bytes(pcap(frames))
+    out = tmp_path / "out1"
+    run_cli("streams", good, "-o", out, check=True)
+    before = listing(out)
+    assert len(before) == 5
+    if bad == "stdin":
+        path, needle = "-", "standard input"
+    else:
+        path, _, needle = _bad_inputs(tmp_path)[bad]
+    args = ["--filter", "vlan"] if bad.startswith("filter") else []
+    one_line_error(run_cli("streams", path, "-o", out, *args), needle)
+    assert listing(out) == before
+
+
+def test_a_run_that_fails_on_its_input_makes_no_directory(tmp_path):
+    one_line_error(run_cli("streams", tmp_path / "nope.pcap", "-o", tmp_path / "new"), "no such file")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_capture_without_connections_still_replaces_the_earlier_output(tmp_path):
+    """A capture read to its end is this run's output, even with no connection in it: the
+    earlier streams go and the index is empty."""
+    good, arp = tmp_path / "good.pcap", tmp_path / "arp.pcap"
+    good.write_bytes(pcap(conversation(1, 100)[0]))
+    arp.write_bytes(pcap([(1, 0, ether(b"\0" * 28, ethertype=0x0806))]))
+    out = tmp_path / "o"
+    run_cli("streams", good, "-o", out, check=True)
+    res = json.loads(run_cli("streams", arp, "-o", out, "--json", check=True).stdout)
+    assert res["replaced"] == 2 and listing(out) == {"index.jsonl": b""}
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+def test_a_full_disk_leaves_only_files_the_index_lists(tmp_path):
+    """The file system fills up: one line naming the file that did not fit, exit 2, and the
+    directory holds no stream file cut short (as after SIGTERM, only what the index lists,
+    each file as its line says)."""
+    frames, _ = conversation(12, 150_000)
+    cap = tmp_path / "big.pcap"
+    cap.write_bytes(pcap(frames))
+    with small_tmpfs(tmp_path, "1m") as mnt:
+        res = run_cli("streams", cap, "-o", mnt / "s")
+        line = one_line_error(res, f"{mnt}/s/c0000", "cannot write: No space left on device")
+        assert re.search(r"; \d+ stream files? not listed in index.jsonl removed$", line), line
+        only_listed_files_whole(mnt / "s")
+
+
+# --- gaps ------------------------------------------------------------------------------------
+
+GAPPY = ["gap__zeek__gap-recovery.pcap", "overlap__zeek__reassembly.pcap", "trunc__suri__tcp-rst-unacked-stream-10.pcap",
+         "gap__suri__tcp-leading-gap.pcap", "retrans__zeek__retransmit-fast009.pcap"]
+
+
+def expected_directions(path):
+    """{(conn, dir): (spliced bytes, zero-filled bytes, [index gaps])} from the reassembler's
+    events: a hole declared in adjacent pieces is one, its reasons each once, in order."""
+    from flowsift.reassembly import Gap, Reassembler, StreamData
+    r = Reassembler()
+    r.feed_capture(str(path))
+    out = {}
+    for e in r.collector.events:
+        if not isinstance(e, (Gap, StreamData)):
+            continue
+        spliced, zeros, gaps, pending = out.setdefault((e.conn, e.direction), (bytearray(), bytearray(), [], [0]))
+        if isinstance(e, StreamData):
+            zeros += bytes(pending[0]) + e.data
+            pending[0] = 0
+            spliced += e.data
+        elif gaps and gaps[-1]["offset"] + gaps[-1]["length"] == e.offset:
+            gaps[-1]["length"] += e.length
+            pending[0] += e.length
+            if e.reason not in gaps[-1]["reason"].split("+"):
+                gaps[-1]["reason"] += "+" + e.reason
+        else:
+            gaps.append({"offset": e.offset, "length": e.length, "file_offset": len(spliced), "reason": e.reason})
+            pending[0] += e.length
+    return {k: v[:3] for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", GAPPY)
+def test_index_gaps_say_where_they_are_in_the_file_and_why(tmp_path, corpus, name):
+    """Each gap: its stream offset and length, where the bytes after it start in the file (they
+    follow the bytes before it), and the engine's reason. With --gaps zeros, the file holds
+    each gap before bytes as zeros (file offsets are stream offsets) and the same gaps are
+    listed, at their stream offsets; `bytes` stays what was delivered, `sha256` is the file's."""
+    want = expected_directions(corpus / name)
+    assert any(g for _, _, g in want.values())
+    for mode in ("splice", "zeros"):
+        out = tmp_path / mode
+        summary = json.loads(run_cli("streams", corpus / name, "-o", out, "--gaps", mode, "--json", check=True).stdout)
+        assert summary["gaps_in_files"] == mode
+        for line in index_of(out):
+            spliced, zeros, gaps = want.get((line["conn"], 0 if line["dir"] == "c2s" else 1), (b"", b"", []))
+            data = (out / line["file"]).read_bytes() if line["file"] else b""
+            assert line["bytes"] == len(spliced) and hashlib.sha256(data).hexdigest() == line["sha256"]
+            if mode == "splice":
+                assert data == spliced and line["gaps"] == gaps
+            else:
+                assert data == zeros and line["gaps"] == [dict(g, file_offset=g["offset"]) for g in gaps]
+
+
+def test_a_udp_datagram_cut_short_is_zeros_in_its_file_with_gaps_zeros(tmp_path):
+    from pcapgen import udp_cut_capture
+    path = udp_cut_capture(tmp_path / "udpcut.pcap")
+    run_cli("streams", path, "-o", tmp_path / "o", "--gaps", "zeros", check=True)
+    (line,) = [x for x in index_of(tmp_path / "o") if x["file"]]
+    assert (tmp_path / "o" / line["file"]).read_bytes() == b"S" * 38 + bytes(962) + b"after"
+    assert line["gaps"] == [{"offset": 38, "length": 962, "file_offset": 38, "reason": "snaplen"}]
+
+
+@pytest.mark.parametrize("args,needle", [(["--discard", "--gaps", "zeros"], "--gaps says how files hold gaps"),
+                                         (["-o", "o", "--gaps", "fill"], "--gaps 'fill': one of splice, zeros")])
+def test_gaps_option_misuse_is_one_line(tmp_path, args, needle):
+    good = tmp_path / "good.pcap"
+    good.write_bytes(pcap(conversation(1, 10)[0]))
+    one_line_error(run_cli("streams", good, *args), needle)
+
+
+# --- names, times, messages ------------------------------------------------------------------
+
+def test_stream_files_are_stamped_with_their_last_packet(tmp_path):
+    """A file's modification time is its direction's last packet (the index's last_ts), as
+    tcpflow stamps its files, not the time it was written."""
+    frames, _ = conversation(2, 5000, t0=1_300_000_000)
+    cap = tmp_path / "t.pcap"
+    cap.write_bytes(pcap(frames))
+    run_cli("streams", cap, "-o", tmp_path / "o", check=True)
+    lines = [x for x in index_of(tmp_path / "o") if x["file"]]
+    assert len(lines) == 4
+    for line in lines:
+        st = os.stat(tmp_path / "o" / line["file"])
+        assert abs(st.st_mtime_ns - round(line["last_ts"] * 1e9)) < 1000 and st.st_mtime < 1_400_000_000
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling", "under-a-file"])
+def test_an_output_that_is_not_a_directory_says_what_it_is(tmp_path, kind):
+    good = tmp_path / "good.pcap"
+    good.write_bytes(pcap(conversation(1, 10)[0]))
+    (tmp_path / "afile").write_text("mine")
+    os.symlink("nowhere", tmp_path / "dangling")
+    target, needle = {"file": ("afile", "afile: cannot write there: it is a regular file, not a directory"),
+                      "dangling": ("dangling", "dangling: cannot write there: it is a symbolic link to 'nowhere', "
+                                               "which does not exist"),
+                      "under-a-file": ("afile/sub", f"{tmp_path}/afile is a regular file, not a directory")}[kind]
+    one_line_error(run_cli("streams", good, "-o", tmp_path / target), needle)
+    assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "nowhere").exists()
+
+
+def test_stdin_is_named_as_such(tmp_path):
+    one_line_error(run_cli("streams", "-", "-o", tmp_path / "x"), "-: captures are not read from standard input",
+                   "save the capture to a file")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("one", [False, True])
+def test_the_table_counts_files_in_words_that_agree(tmp_path, one):
+    if one:
+        frames = [(1, 0, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1, flags=PSH, payload=b"hello"))))]
+    else:
+        frames, _ = conversation(1, 10)
+    cap = tmp_path / "c.pcap"
+    cap.write_bytes(pcap(frames))
+    table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", cap, "-o", tmp_path / "o", check=True).stdout).split())
+    assert ("written 1 file in" if one else "written 2 files in") in table
+
+
+def test_streams_help_fits_80_columns_and_says_what_it_replaces():
+    """At 80 columns, no example breaks in the middle (the --reassembly one did), and -o says
+    that earlier stream files in DIR are replaced; --policy says delivered bytes are final."""
+    env = dict(os.environ, COLUMNS="80", TERM="dumb")
+    text = subprocess.run([sys.executable, "-m", "flowsift", "streams", "--help"], capture_output=True, text=True,
+                          env=env, check=True).stdout
+    examples = text.split("Examples:")[1].split("╭")[0]
+    lines = [x.strip() for x in examples.strip().splitlines() if x.strip()]
+    assert lines and all(x.startswith("flowsift streams ") for x in lines), lines
+    words = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+    assert "earlier run left in DIR are replaced" in words
+    assert "Delivered bytes are final" in words
+
+
+def test_a_stopped_run_leaves_only_files_the_index_lists(tmp_path):
+    """SIGTERM while streams are written: `flowsift: terminated`, exit 143, and every stream
+    file in DIR is listed, whole (connections open at the stop are closed as at the end)."""
+    import signal
+    import time
+    frames, _ = conversation(3000, 20_000, chunk=4000)
+    cap = tmp_path / "big.pcap"
+    cap.write_bytes(pcap(frames))
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "flowsift", "streams", str(cap), "-o", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and not any(out.glob("c0000*")):
+        time.sleep(0.001)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and err.strip() == "flowsift: terminated", (p.returncode, err)
+    assert 0 < len(only_listed_files_whole(out)) < 2 * 3000
