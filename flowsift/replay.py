@@ -379,18 +379,73 @@ DIFF_BYTES = 16384
 DIFF_LINE = 200
 
 
-def _text_diff(a, b, limit=12):
-    def text(x):
-        # (a cut body may end inside a character: that part is let go, not taken for binary)
-        return x[:DIFF_BYTES].decode("utf-8", "strict" if len(x) <= DIFF_BYTES else "ignore")
+# a body whose media type says what it is: text (a unified diff) or not (its first differing byte)
+TEXT_TYPE = re.compile(r"text/|application/(?:[\w.-]+\+)?(?:json|xml|javascript|ecmascript|x-www-form-urlencoded)\b"
+                       r"|image/svg\+xml\b", re.I)
+BINARY_TYPE = re.compile(r"image/|audio/|video/|font/|application/(?:octet-stream|zip|gzip|x-gzip|pdf|wasm|"
+                         r"x-protobuf|protobuf|grpc|ogg|vnd\.)", re.I)
+# C0 controls that text does not hold (tab, line ends, form feed and escape it may)
+CONTROLS = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def body_kind(headers):
+    """"text", "binary" or None (the bytes decide) for a body with these HTTP headers: an
+    encoded one (gzip, br...) is binary whatever its media type."""
+    coding = ",".join(headers.get("content-encoding", [])).strip().lower()
+    if coding and coding != "identity":
+        return "binary"
+    ctype = ",".join(headers.get("content-type", []))
+    if BINARY_TYPE.match(ctype.strip()):
+        return "binary"
+    return "text" if TEXT_TYPE.match(ctype.strip()) else None
+
+
+def _as_text(x, kind):
+    """The first DIFF_BYTES of `x` as text, or None when it is binary: by `kind` if known, else
+    when it is not UTF-8 or holds control characters. Text that is not UTF-8 is read as
+    latin-1, which keeps every byte (dropping undecodable ones could hide a difference)."""
+    if kind == "binary":
+        return None
+    part = x[:DIFF_BYTES]
     try:
-        ta, tb = text(a), text(b)
-    except UnicodeDecodeError:
-        k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+        text = part.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # a character the cut at DIFF_BYTES split is text still; any other bad byte is not UTF-8
+        if len(x) > DIFF_BYTES and e.start >= len(part) - 3 and e.reason == "unexpected end of data":
+            text = part[:e.start].decode("utf-8")
+        elif kind == "text":
+            return part.decode("latin-1")
+        else:
+            return None
+    if kind is None and CONTROLS.search(part):
+        return None
+    return text
+
+
+def first_difference(a, b):
+    """The offset of the first byte where `a` and `b` differ (the shorter one's length when
+    one begins the other)."""
+    n, lo = min(len(a), len(b)), 0
+    # (compared a block at a time in C: a big body is not walked byte by byte in Python)
+    step = 4096
+    while lo + step <= n and a[lo:lo + step] == b[lo:lo + step]:
+        lo += step
+    return next((i for i in range(lo, n) if a[i] != b[i]), n)
+
+
+def _text_diff(a, b, limit=12, kind=None):
+    """What tells `a` from `b`: a short unified diff when both are text, else where the first
+    differing byte is; `kind` ("text", "binary" or None) is what the answer's headers say."""
+    ta, tb = _as_text(a, kind), _as_text(b, kind)
+    k = first_difference(a, b)
+    if ta is None or tb is None:
         return [f"binary: {len(a)} bytes recorded, {len(b)} now; first difference at byte {k}"]
     lines = [x if len(x) <= DIFF_LINE else x[:DIFF_LINE] + f"... ({len(x) - DIFF_LINE} more characters)"
              for x in difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm="")]
     out = lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+    if not lines:
+        # past the part compared as lines, or in line ends only
+        out.append(f"first difference at byte {k}")
     if len(a) > DIFF_BYTES or len(b) > DIFF_BYTES:
         out.append(f"(the first {DIFF_BYTES} bytes of each compared: {len(a)} recorded, {len(b)} now)")
     return out
@@ -433,7 +488,9 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
     if ignore_body is not None:
         ba, bb = ignore_body.sub(b"", ba), ignore_body.sub(b"", bb)
     if ba != bb:
-        out.append({"what": "body", "recorded": len(ba), "replayed": len(bb), "diff": _text_diff(ba, bb)})
+        kinds = {body_kind(a[2]), body_kind(b[2])}
+        kind = "binary" if "binary" in kinds else "text" if "text" in kinds else None
+        out.append({"what": "body", "recorded": len(ba), "replayed": len(bb), "diff": _text_diff(ba, bb, kind=kind)})
     if len(got) - b[0] != len(expected) - a[0]:
         # bytes after a whole response answer nothing: the server said more than it was asked
         out.append({"what": "extra bytes after the response", "recorded": len(expected) - a[0],

@@ -1141,3 +1141,31 @@ def test_replay_of_a_store_says_what_inspect_lists_as_its_problems(tmp_path, cor
         res = run_cli("replay", "--store", store, "--to", to, "--timeout", 0.2, "--limit", 1, "--json")
         assert json.loads(res.stdout)["store_problems"][0] == ("store.json: missing (the gateway writes it first: "
                                                                "these files come from elsewhere)")
+
+
+def _response(ctype, body):
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def test_a_binary_body_that_differs_says_where():
+    """A PNG body past 16 KiB was diffed as text with its bytes that are not UTF-8 dropped: the
+    diff was empty but for the note on what was compared."""
+    from flowsift.replay import compare
+    png = bytes(range(256)) * 180
+    flipped = png[:305] + bytes([png[305] ^ 0x55]) + png[306:]
+    for ctype in (b"image/png", b"application/x-unknown"):
+        (d,) = compare(_response(ctype, png), _response(ctype, flipped), "http", b"GET")
+        assert d["what"] == "body" and d["diff"] == [f"binary: {len(png)} bytes recorded, {len(png)} now; "
+                                                     "first difference at byte 305"], d
+    # text in latin-1 is still text, every byte kept; one past what is diffed says where
+    page = b"caf\xe9 " * 5000
+    (d,) = compare(_response(b"text/html", page), _response(b"text/html", page.replace(b"\xe9", b"e", 1)),
+                   "http", b"GET")
+    assert "-caf\xe9 caf\xe9" in d["diff"][3] and "+cafe caf\xe9" in d["diff"][4], d["diff"]
+    late = b"a\n" * 10000
+    (d,) = compare(_response(b"text/plain", late), _response(b"text/plain", late[:-2] + b"b\n"), "http", b"GET")
+    assert d["diff"][0] == "first difference at byte 19998", d["diff"]
+    # a gzip-encoded body is binary whatever its media type
+    gz = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n")
+    (d,) = compare(gz + b"abcd", gz + b"abce", "http", b"GET")
+    assert d["diff"] == ["binary: 4 bytes recorded, 4 now; first difference at byte 3"], d
