@@ -172,13 +172,21 @@ class Conversation:
         self.http = False
         self.note = None
         self.truncated = None           # what its record file, cut short, lacks (RecordFile.missing)
+        self.misnamed = None            # its record file's name gives another connection than its header
 
 
-def _conversation_of(h):
+def _conversation_of(rf, path):
+    from flowsift.inspect import name_problem
     from flowsift.streams.format import endpoint
+    h = rf.header
     conv = Conversation(h["conn"], endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                         endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
-    if h["proto"] != 6:
+    conv.truncated = rf.missing
+    conv.misnamed = name_problem(rf, os.path.basename(str(path)))
+    if conv.misnamed:
+        # a copy or a rename: the connection it holds may be replayed from its own file too
+        conv.skip = "record file named for another connection"
+    elif h["proto"] != 6:
         conv.skip = "not TCP"
     return conv
 
@@ -188,8 +196,7 @@ def conversation(path, partial=False, match=None):
     from flowsift.streams.reader import RecordFile
     with RecordFile(path) as rf:
         h = rf.header
-        conv = _conversation_of(h)
-        conv.truncated = rf.missing
+        conv = _conversation_of(rf, path)
         if conv.skip:
             return conv
         cend, send = h["end0"], h["end1"]
@@ -785,15 +792,19 @@ def _one_of(lines, what):
     return lines[0] + (f" (and {len(lines) - 1:,} more {what})" if len(lines) > 1 else "")
 
 
-def _said_problems(store, truncated, on_notice):
-    """A kept store's problems (store_problems), and its record files cut short
-    (`truncated`: their names and what they lack), each said to `on_notice`: the summary's
+def _said_problems(store, truncated, on_notice, misnamed=()):
+    """A kept store's problems (store_problems), its record files cut short (`truncated`:
+    their names and what they lack) and those named for another connection than their
+    header's (`misnamed`, not replayed), each said to `on_notice`: the summary's
     `store_problems`."""
     if store is None:
         return []
     lines = store_problems(store)
     if truncated:
         lines.append(_one_of([f"{os.path.basename(p)}: {why}" for p, why in truncated], "record files cut short"))
+    if misnamed:
+        lines.append(_one_of([f"{os.path.basename(p)}: {why} (not replayed)" for p, why in misnamed],
+                             "record files named for another connection"))
     if on_notice is not None:
         for line in lines:
             on_notice(f"{store}: {line}")
@@ -878,11 +889,13 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     try:
         check_target(host, port)
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
-        truncated = []
+        truncated, misnamed = [], []
         for path in store_files(directory):
             c = conversation(path, partial=partial)
             if c.truncated:
                 truncated.append((path, c.truncated))
+            if c.misnamed:
+                misnamed.append((path, c.misnamed))
             if c.skip is None and _other_port(c, server_port):
                 c.skip = "other server port"
             if c.skip is None and not c.turns:
@@ -893,7 +906,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             convs.append(c)
         if limit and len(convs) > limit:
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
-        problems = _said_problems(store, truncated, on_notice)
+        problems = _said_problems(store, truncated, on_notice, misnamed)
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         _say_room(concurrency, on_notice)
@@ -967,8 +980,7 @@ def unacked_plan(path):
     from flowsift.streams.reader import RecordFile
     with RecordFile(path) as rf:
         h = rf.header
-        conv = _conversation_of(h)
-        conv.truncated = rf.missing
+        conv = _conversation_of(rf, path)
         if conv.skip:
             return conv, 0, 0, 0, None
         acked, end = h["acked0"], h["end0"]
@@ -1034,11 +1046,13 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         if out_file is not None:
             out_file.abandon()
         raise
-    skipped, plans, truncated = {}, [], []
+    skipped, plans, truncated, misnamed = {}, [], [], []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
         if conv.truncated:
             truncated.append((path, conv.truncated))
+        if conv.misnamed:
+            misnamed.append((path, conv.misnamed))
         if conv.skip is None and _other_port(conv, server_port):
             conv.skip = "other server port"
         if conv.skip:
@@ -1048,7 +1062,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     if limit and len(plans) > limit:
         skipped["limit"] = len(plans) - limit           # every connection is accounted for, as in replay()
         del plans[limit:]
-    problems = _said_problems(store, truncated, on_notice)
+    problems = _said_problems(store, truncated, on_notice, misnamed)
 
     async def send(conv, acked, start, end, note):
         data = conv.turns[0].request

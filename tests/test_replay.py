@@ -1169,3 +1169,31 @@ def test_a_binary_body_that_differs_says_where():
     gz = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n")
     (d,) = compare(gz + b"abcd", gz + b"abce", "http", b"GET")
     assert d["diff"] == ["binary: 4 bytes recorded, 4 now; first difference at byte 3"], d
+
+
+def test_a_missing_record_file_is_found_by_its_number_and_a_copy_is_not_replayed(tmp_path, corpus):
+    """With c00000003.rec gone and c00000004.rec copied to c00000044.rec, the count of record
+    files matched what store.json says: nothing was said missing, and connection 4 was replayed
+    twice."""
+    store = tmp_path / "st"
+    run_cli("gateway", BRO, "--store", store, "--keep", check=True)
+    (store / "c00000003.rec").unlink()
+    # (sparse: a record file's size is mostly holes)
+    subprocess.run(["cp", "--sparse=always", str(store / "c00000004.rec"), str(store / "c00000044.rec")], check=True)
+    said = ["store.json: its run kept the 13 record files it made, 12 are here: c00000003.rec missing",
+            "store.json: its run made 13 record files, numbered from 0: c00000044.rec is not one of them"]
+    res = run_cli("inspect", store, "--json")
+    assert json.loads(res.stdout)["problems"] == said + ["c00000044.rec: named for connection 44, its header says "
+                                                         "connection 4"], res.stdout
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        for extra in ((), ("--unacked",)):
+            res = run_cli("replay", "--store", store, "--to", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", 0.2,
+                          "-j", 16, "--json", *extra)
+            s = json.loads(res.stdout)
+            assert s["store_problems"] == said + ["c00000044.rec: named for connection 44, its header says "
+                                                  "connection 4 (not replayed)"], s
+            assert s["skipped"]["record file named for another connection"] == 1, s
+    # conn 3 carried data (it is the one left out): 7 of the 8 replayed before
+    assert s["connections"] + sum(s["skipped"].values()) == 13, s
