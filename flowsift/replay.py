@@ -990,18 +990,30 @@ def unacked_plan(path):
             end = gaps[0].offset
             conv.cut = end
         if acked >= end:
-            conv.skip = "everything acknowledged"
+            # (what is unacknowledged lies past the gap: it cannot be sent)
+            conv.skip = "gap in the client's stream" if acked < h["end0"] else "everything acknowledged"
             return conv, acked, acked, end, None
         client = rf.data(0, 0, end)
     start, note = acked, "from the first unacknowledged byte (no message boundaries known)"
-    if HTTP_REQUEST.match(client):
+    if HTTP_REQUEST.match(client) or conv.cut is not None and HTTP_REQUEST_CUT.match(client):
         conv.http = True
-        for s, e in http_messages(client, True):
+        msgs = http_messages(client, True)
+        for s, e in msgs:
             if s <= acked < e:
                 start = s
                 note = ("from the start of the request that holds the first unacknowledged byte "
                         f"({acked - s} bytes of it had been acknowledged)") if s < acked else "from a request boundary"
                 break
+        if conv.cut is not None and msgs and http_message(client, msgs[-1][0], True) is None:
+            # the request the gap cuts into is not sent (as with --partial): a server would wait
+            # for the bytes missing, or take what follows them for its body
+            end = msgs[-1][0]
+            if end <= start:
+                conv.skip = "gap in the client's stream"
+                return conv, acked, start, end, None
+            note += "; up to the request the gap cuts into, not sent"
+    elif conv.cut is not None:
+        note += "; up to the gap"
     conv.turns = [Turn(client[start:end], b"", 0, start)]
     return conv, acked, start, end, note
 
@@ -1070,7 +1082,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         # bytes and messages: those sent (a failure leaves the rest unsent); planned: all there were
         row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
                "sent_from": start, "bytes": 0, "messages": 0, "bytes_planned": end - start,
-               "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None}
+               "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None, "partial_at": conv.cut}
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError) as e:

@@ -1197,3 +1197,43 @@ def test_a_missing_record_file_is_found_by_its_number_and_a_copy_is_not_replayed
             assert s["skipped"]["record file named for another connection"] == 1, s
     # conn 3 carried data (it is the one left out): 7 of the 8 replayed before
     assert s["connections"] + sum(s["skipped"].values()) == 13, s
+
+
+def test_unacked_never_sends_a_request_a_gap_cuts_into(tmp_path, corpus):
+    """--unacked sent a POST's head and the 977 bytes of its body before a gap, then failed the
+    server for not answering; --partial leaves such a request out."""
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "gap__pcpp__unidirectional_tcp_stream_with_missing_packet.pcap", "--store", store,
+            "--keep", check=True)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{listener.getsockname()[1]}", "--timeout", 1)
+        assert (s["connections"], s["failed"], s["skipped"]) == (0, 0, {"gap in the client's stream": 1}), s
+        while True:                                 # nothing was sent on any connection
+            try:
+                conn = listener.accept()[0]
+            except BlockingIOError:
+                break
+            with conn:
+                conn.settimeout(1)
+                assert conn.recv(100) == b""
+    # a whole request before the one the gap cuts: that one is sent, and answered
+    from pcapgen import timed_capture
+    one, post = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /two HTTP/1.1\r\nContent-Length: 30\r\n\r\n" + b"x" * 30
+    c = 100 + len(one)
+    cap = timed_capture(tmp_path / "gap.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, one), (0.02, True, c, 500, 0x18, post[:50]),
+        (0.03, True, c + 60, 500, 0x18, post[60:])])                                        # post[50:60] lost
+    store, report = tmp_path / "st2", tmp_path / "r.json"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    srv = Server(tmp_path, ANSWERS, "ok")
+    try:
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{srv.port}", "--timeout", 3, "--report", report)
+    finally:
+        srv.stop()
+    assert (s["connections"], s["messages"], s["answers"], s["bytes"], s["failed"]) == (1, 1, 1, len(one), 0), s
+    (row,) = json.loads(report.read_text())["connections"]
+    assert row["partial_at"] == c - 100 + 50 and row["note"].endswith("up to the request the gap cuts into, not sent")
