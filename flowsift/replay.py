@@ -461,6 +461,9 @@ def _text_diff(a, b, limit=12, kind=None):
 def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=None):
     """[] when the answers agree, else a list of differences (dicts)."""
     if match != "http":
+        if ignore_body is not None:
+            # (the answer is its own body here: what varies is masked in it as a whole)
+            expected, got = ignore_body.sub(b"", expected), ignore_body.sub(b"", got)
         if expected == got:
             return []
         return [{"what": "bytes", "recorded": len(expected), "replayed": len(got), "diff": _text_diff(expected, got)}]
@@ -545,9 +548,18 @@ class _Inbox:
         return True
 
     async def quiet(self, idle, deadline):
-        """Read on until the server closes, is silent for `idle` seconds, or the deadline."""
-        while not self.closed and await self.news(min(idle, deadline - time.monotonic())):
-            pass
+        """Read on until the server closes, is silent for `idle` seconds, or the deadline;
+        True unless the deadline came first with the server still sending."""
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if not await self.news(min(idle, left)):
+                return left > idle or self.closed
+        return True
+
+    @property
+    def ended(self):
+        """How the server's stream ended: "reset", "closed", or None while it is open."""
+        return None if not self.closed else "reset" if self.error is not None else "closed"
 
     def take(self, n=None):
         n = len(self.buf) if n is None else n
@@ -559,13 +571,32 @@ class _Inbox:
         self._task.cancel()
 
 
-async def _read_answer(inbox, turn, http, timeout, idle, last=None):
-    """What the server sends back for one turn: (bytes, end of the answer in them or None, closed).
-    HTTP: a whole response (one without length: up to the server's close) and whatever came
-    after it, extra. Otherwise the bytes of the server's stream the recorded answer covered --
-    those after them are the next turn's -- or what came before it went quiet; the last turn
-    reads on until the server closes or goes quiet, so that an answer longer than recorded shows
-    (`last`: called first, when the recorded answer is in)."""
+class _Answer:
+    """What the server sent back for one turn: `data`; `whole`, whether it is all of its
+    answer (HTTP: a whole response; bytes: as long as recorded, or followed by silence);
+    `ended`, what ended the wait otherwise: "closed", "reset" or "timeout" (and, for a whole
+    response that ends at the close, "timeout": the close never came)."""
+    __slots__ = ("data", "whole", "ended")
+
+    def __init__(self, data, whole, ended=None):
+        self.data, self.whole, self.ended = data, whole, ended
+
+
+def _close_delimited(m):
+    """Does the response of http_message() `m` end at the close (no length, not chunked)?"""
+    return "chunked" not in ",".join(m[2].get("transfer-encoding", [])).lower() and "content-length" not in m[2]
+
+
+async def _read_answer(inbox, turn, http, timeout, idle, last=None, following=None):
+    """What the server sends back for one turn (an _Answer). HTTP: a whole response (one
+    without length: up to the server's close) and whatever came after it, extra. Otherwise the
+    bytes the server sent before the client's next turn was due: while they agree with the
+    recorded answer, as many as it holds (those after them are the next turn's, as
+    `following`, the next turn's recorded answer, begins); once they differ from it or say
+    more, all that comes before the server goes quiet for `idle` seconds, so that a longer or
+    different answer is this turn's and the next turn's answer starts where it should. The last
+    turn reads on until the server closes or goes quiet, so that an answer longer than recorded
+    shows (`last`: called first, when the recorded answer is in)."""
     want = len(turn.response)
     if not want:
         timeout = min(timeout, idle / 4)  # the original had no answer here: do not wait long for one
@@ -573,6 +604,14 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None):
     # its length, as raw bytes are
     by_length = not http or not turn.whole
     deadline = time.monotonic() + timeout
+    agreed = 0                            # bytes seen to agree with the recorded answer
+
+    async def rest(whole=True):
+        # all the server sends until it closes or goes quiet
+        calm = await inbox.quiet(idle, deadline)
+        got = inbox.take()
+        ended = inbox.ended if inbox.ended == "reset" and len(got) < want else None
+        return _Answer(got, whole and calm and ended is None, ended or (None if calm else "timeout"))
     while True:
         have = len(inbox.buf)
         if http and have:
@@ -580,32 +619,78 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None):
             if m is not None and not _interim(m[1]):
                 if turn.switch and not last:
                     # what follows the switch is the next turn's, however soon it came
-                    return inbox.take(m[0]), m[0], False
+                    return _Answer(inbox.take(m[0]), True)
                 if last:
                     last()
                     await inbox.quiet(idle, deadline)
-                return inbox.take(), m[0], inbox.closed
-        if by_length and want and have >= want:
-            if not last:
-                return inbox.take(want), want, False
-            last()
-            await inbox.quiet(idle, deadline)
-            got = inbox.take()
-            return got, len(got), inbox.closed
+                return _Answer(inbox.take(), True)
+        if by_length and have:
+            n = min(have, want)
+            if inbox.buf[agreed:n] != turn.response[agreed:n]:
+                return await rest()       # it differs: all of it is this turn's answer
+            agreed = n
+            if want and have >= want:
+                if last:
+                    last()
+                    return await rest()
+                surplus = bytes(inbox.buf[want:want + len(following or b"")])
+                if have == want or following and surplus == following[:len(surplus)]:
+                    return _Answer(inbox.take(want), True)
+                return await rest()       # more than recorded, and not the next answer's start
         if inbox.closed:
             got = inbox.take()
-            return got, (len(got) if got and by_length else None), True
+            # (bytes shorter than recorded that end with the close of the last turn: its answer)
+            whole = bool(got) and by_length and last is not None and inbox.ended == "closed"
+            return _Answer(got, whole, None if whole else inbox.ended)
         left = deadline - time.monotonic()
         if left <= 0:
             got = inbox.take()
-            return got, None, False
+            if http and got:
+                m = final_response(got, 0, turn.method, eof=True)
+                if m is not None and not _interim(m[1]) and _close_delimited(m):
+                    return _Answer(got, True, "timeout")     # whole, but for the close that never came
+            return _Answer(got, False, "timeout")
         if not await inbox.news(min(left, idle) if have and by_length else left) and have and by_length:
-            got = inbox.take()
-            return got, len(got), False      # it went quiet: that is its answer
+            return _Answer(inbox.take(), True)     # it went quiet: that is its answer
 
 
 def _said(e):
     return getattr(e, "strerror", None) or type(e).__name__
+
+
+def _closing(inbox):
+    return "reset" if inbox.ended == "reset" else "closed"
+
+
+def _cut_short(ans, turn, timeout):
+    """Why the answer `ans` to `turn` is not all of it, in words: the server closed or reset
+    the connection, or --timeout ran out, before it or during it."""
+    n = len(ans.data)
+    if turn.http and turn.whole:
+        what = (f"an incomplete response, {n} bytes" if ans.data.startswith(b"HTTP/"[:n]) or
+                ans.data.startswith(b"HTTP/") else f"not an HTTP response: {ans.data[:60].decode('latin-1')!r}")
+    else:
+        what = f"{n} bytes came, {len(turn.response)} recorded"
+    if ans.ended == "timeout":
+        return f"no answer within {timeout:g} s" if not n else f"--timeout ({timeout:g} s) ran out during its answer ({what})"
+    how = "reset" if ans.ended == "reset" else "closed"
+    if not n:
+        return f"the server {how} the connection without answering"
+    if turn.http and turn.whole:
+        return f"the server {how} the connection during its answer ({what})"
+    return f"the server {how} the connection after {n} of the {len(turn.response)} bytes recorded for its answer"
+
+
+def _first_line(data, limit=80):
+    """A request's first line as text, within its first `limit` bytes; one that is not text is
+    shown in hex."""
+    line = data[:limit].split(b"\n", 1)[0].rstrip(b"\r")
+    if CONTROLS.search(line) or b"\r" in line:
+        return "binary: " + data[:16].hex(" ") + (" ..." if len(data) > 16 else "")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")
 
 
 class Replayer:
@@ -648,6 +733,16 @@ class Replayer:
             for i, turn in enumerate(conv.turns):
                 if self.stop:
                     break
+                if i:
+                    # (a close already received is seen before the next turn goes out: the read
+                    # of its end is a turn of the event loop behind the bytes before it)
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                if i and inbox.closed and (turn.request or turn.response):
+                    # it closed during or after the turn before: that turn is where, not this one
+                    res["failed"] = (f"turn {i - 1}: the server {_closing(inbox)} the connection after its answer "
+                                     f"(turn {i} and after not sent)")
+                    break
                 if self.speed and i:
                     wait = (turn.start - first) / 1e9 / self.speed - (time.monotonic() - t0)
                     if wait > 0:
@@ -659,27 +754,28 @@ class Replayer:
                     res["unanswered"] += 1      # sent; the original had no answer to compare with
                     continue
                 last = finish if i == len(conv.turns) - 1 and turn.response else None
-                got, end, closed = await _read_answer(inbox, turn, turn.http, self.timeout, self.idle, last)
+                following = conv.turns[i + 1].response if i + 1 < len(conv.turns) else None
+                ans = await _read_answer(inbox, turn, turn.http, self.timeout, self.idle, last, following)
                 if not turn.whole:
                     res["incomplete"] += 1      # part of the recorded answer is missing: nothing to hold it to
                     continue
                 if not turn.response:
                     res["unanswered"] += 1      # nothing recorded to compare with
                     continue
-                if end is None and not got:
-                    if inbox.error is not None:
-                        res["failed"] = f"turn {i}: connection: {_said(inbox.error)}"
-                    else:
-                        res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
-                                         else f"turn {i}: no answer within {self.timeout:g} s")
+                if not ans.whole:
+                    # closed, reset or out of time before the answer was all there: no verdict on it
+                    res["failed"] = f"turn {i}: " + _cut_short(ans, turn, self.timeout)
                     break
                 # (bytes after an upgrade are compared as bytes)
                 match = "http" if self.match == "http" and turn.http else "exact"
-                diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
+                diff = compare(turn.response, ans.data, match, turn.method, self.ignore_headers, self.ignore_body)
+                if ans.ended == "timeout" and ans.whole:
+                    # a response that ends at the close: the close never came
+                    diff.append({"what": "end", "recorded": "the server closed the connection",
+                                 "replayed": f"still open when --timeout ({self.timeout:g} s) ran out"})
                 if diff:
                     res["differing"] += 1
-                    res["differences"].append({"turn": i, "offset": turn.offset,
-                                               "request": turn.request[:80].decode("latin-1").split("\r\n")[0],
+                    res["differences"].append({"turn": i, "offset": turn.offset, "request": _first_line(turn.request),
                                                "differences": diff})
                 else:
                     res["identical"] += 1
@@ -1098,11 +1194,12 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
                 if conv.http:
                     method = data[s:e].split(b" ", 1)[0]
                     # nothing recorded to compare with: any whole HTTP response will do
-                    got, done, closed = await _read_answer(inbox, Turn(data[s:e], ANY_RESPONSE, 0, s, method),
-                                                           True, timeout, 1.0)
-                    if done is None:
-                        row["failed"] = (f"the server closed the connection without answering message {msgs.index((s, e))}"
-                                         if closed else f"no answer to message {msgs.index((s, e))} within {timeout:g} s")
+                    ans = await _read_answer(inbox, Turn(data[s:e], ANY_RESPONSE, 0, s, method), True, timeout, 1.0)
+                    if not ans.whole:
+                        k = msgs.index((s, e))
+                        row["failed"] = (f"no answer to message {k} within {timeout:g} s" if ans.ended == "timeout"
+                                         and not ans.data else f"message {k}: " + _cut_short(ans, Turn(
+                                             data[s:e], ANY_RESPONSE, 0, s, method, http=True), timeout))
                         break
                     row["answers"] += 1
         except (ConnectionError, OSError) as e:

@@ -262,7 +262,7 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", f"127.0.0.1:{port}", "--server-port", "99999"), "--server-port 99999: a port"),
                         (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port"),
                         (("--to", f"127.0.0.1:{port}", "--ignore-header", "Date"),
-                         "--ignore-header and --ignore-body-regex go with --match http")):
+                         "--ignore-header goes with --match http")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
@@ -815,7 +815,7 @@ def test_after_a_switch_of_protocols_the_stream_replays_turn_by_turn(tmp_path):
         s = _answers(tmp_path, "upgrade-upper", cap, "--match", match, "--idle", 0.3)
         assert (s["differing"], s["turns_identical"], s["turns_differing"]) == (1, 1, 2), s
         assert [(d["turn"], d["request"], d["what"]) for d in s["first_differences"]] == [
-            (1, "hello\n", ["bytes"]), (2, "bye\n", ["bytes"])]
+            (1, "hello", ["bytes"]), (2, "bye", ["bytes"])]
 
 
 def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
@@ -1237,3 +1237,146 @@ def test_unacked_never_sends_a_request_a_gap_cuts_into(tmp_path, corpus):
     assert (s["connections"], s["messages"], s["answers"], s["bytes"], s["failed"]) == (1, 1, 1, len(one), 0), s
     (row,) = json.loads(report.read_text())["connections"]
     assert row["partial_at"] == c - 100 + 50 and row["note"].endswith("up to the request the gap cuts into, not sent")
+
+
+CUTS = textwrap.dedent('''
+    """Answers by mode (argv[1]), cutting its answers short or saying more than recorded.
+    http-reset, http-close: half of a 100-byte response, then a reset (or a close)
+    http-trickle: a response's head, then its body a byte every 0.4 s
+    http-open: a response without length (it ends at the close), never closed
+    smtp-half: a greeting, then half the answer to the first command and the close
+    smtp-after: a greeting, the whole answer to the first command, then the close
+    smtp-long: a greeting longer than recorded, then 250 ok to each command (221 bye to QUIT)
+    redis: +PONG to PING, $1 x to ECHO x, and a TIME one digit longer than recorded"""
+    import asyncio, socket, struct, sys
+    mode = sys.argv[1]
+    BODY = b"HTTP/1.1 200 OK\\r\\nContent-Length: 100\\r\\n\\r\\n" + b"x" * 100
+
+    async def handle(r, w):
+        try:
+            if mode.startswith("http"):
+                await r.readuntil(b"\\r\\n\\r\\n")
+                if mode == "http-trickle":
+                    w.write(BODY[:40])
+                    for k in range(40, len(BODY)):
+                        await w.drain()
+                        await asyncio.sleep(0.4)
+                        w.write(BODY[k:k + 1])
+                elif mode == "http-open":
+                    w.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello")
+                    await w.drain()
+                    await asyncio.sleep(60)
+                else:
+                    w.write(BODY[:70])
+                    await w.drain()
+                    await asyncio.sleep(0.2)
+                    if mode == "http-reset":
+                        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                              struct.pack("ii", 1, 0))
+                        w.transport.abort()
+                        return
+                w.close()
+                return
+            if mode.startswith("smtp"):
+                w.write(b"220 ready, and the date: Mon 1 Jan 2024\\r\\n" if mode == "smtp-long" else b"220 ready\\r\\n")
+                first = True
+                while line := await r.readline():
+                    if mode == "smtp-after":
+                        # the answer and the close in one segment (corked): the close is there with it
+                        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                    if first and mode == "smtp-half":
+                        w.write(b"250-mail.exa")
+                        await w.drain()
+                        break
+                    w.write(b"221 bye\\r\\n" if line.startswith(b"QUIT") else
+                            b"250-mail.example\\r\\n250 OK\\r\\n" if line.startswith(b"EHLO") else b"250 ok\\r\\n")
+                    await w.drain()
+                    first = False
+                    if mode == "smtp-after":
+                        w.write_eof()
+                        await asyncio.sleep(0)
+                        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                        await asyncio.sleep(1)
+                        break
+            else:
+                while line := await r.readline():
+                    w.write({b"PING\\r\\n": b"+PONG\\r\\n", b"ECHO x\\r\\n": b"$1\\r\\nx\\r\\n"}.get(
+                        line, b"*2\\r\\n$10\\r\\n1800000000\\r\\n$7\\r\\n1234567\\r\\n"))
+                    await w.drain()
+            await asyncio.sleep(0.2)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        w.close()
+
+''') + SERVE
+
+SMTP_TURNS = [(False, b"220 ready\r\n", False), (True, b"EHLO x\r\n", False),
+              (False, b"250-mail.example\r\n250 OK\r\n", False), (True, b"MAIL FROM:<a@b>\r\n", False),
+              (False, b"250 ok\r\n", False), (True, b"QUIT\r\n", False), (False, b"221 bye\r\n", False)]
+
+
+def _cut(tmp_path, mode, capture, *args):
+    srv = Server(tmp_path, CUTS, mode)
+    try:
+        return replay(capture, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, *args)
+    finally:
+        srv.stop()
+
+
+def test_an_answer_cut_short_says_how_and_at_which_turn(tmp_path):
+    """A response cut by a reset or a close was "an incomplete response (70 bytes)"; one still
+    coming when --timeout ran out, the same; an SMTP server that closed during its answer to
+    turn 1 had turn 2 blamed ("turn 2: the server closed the connection without answering")."""
+    cap = _exchange(tmp_path, "one.pcap", [(True, GET, False),
+                                           (False, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
+                                            False)])
+    for mode, how in (("http-reset", "reset"), ("http-close", "closed")):
+        s = _cut(tmp_path, mode, cap, "--match", "http", "--timeout", 5)
+        assert s["failures"][0]["reason"] == (f"turn 0: the server {how} the connection during its answer "
+                                              "(an incomplete response, 70 bytes)"), s
+    s = _cut(tmp_path, "http-trickle", cap, "--match", "http", "--timeout", 1)
+    assert s["failures"][0]["reason"].startswith("turn 0: --timeout (1 s) ran out during its answer ("), s
+    smtp = _exchange(tmp_path, "smtp.pcap", SMTP_TURNS)
+    s = _cut(tmp_path, "smtp-half", smtp, "--timeout", 5)
+    assert s["failures"][0]["reason"] == ("turn 1: the server closed the connection after 12 of the 26 bytes "
+                                          "recorded for its answer"), s
+    s = _cut(tmp_path, "smtp-after", smtp, "--timeout", 5)
+    assert s["failures"][0]["reason"] == ("turn 1: the server closed the connection after its answer (turn 2 and "
+                                          "after not sent)"), s
+    assert s["turns_identical"] == 2, s
+
+
+def test_an_answer_longer_than_recorded_is_its_own_turns_difference(tmp_path):
+    """Compared as bytes, an answer longer than recorded was cut at the recorded length: a
+    greeting with a longer date showed as 11 bytes recorded, 11 replayed, and every later turn
+    differed, each answer starting with the surplus of the one before."""
+    report = tmp_path / "r.json"
+    s = _cut(tmp_path, "smtp-long", _exchange(tmp_path, "smtp.pcap", SMTP_TURNS), "--timeout", 5, "--report", report)
+    assert (s["turns"], s["turns_differing"], s["turns_identical"]) == (4, 1, 3), s
+    (d,) = json.loads(report.read_text())["connections"][0]["differences"]
+    assert (d["turn"], d["request"]) == (0, "") and (d["differences"][0]["recorded"],
+                                                     d["differences"][0]["replayed"]) == (11, 41), d
+    # a reply one digit longer in the middle of a conversation: that turn alone differs
+    redis = _exchange(tmp_path, "redis.pcap", [
+        (True, b"PING\r\n", False), (False, b"+PONG\r\n", False), (True, b"TIME\r\n", False),
+        (False, b"*2\r\n$10\r\n1700000000\r\n$6\r\n123456\r\n", False), (True, b"PING\r\n", False),
+        (False, b"+PONG\r\n", False), (True, b"ECHO x\r\n", False), (False, b"$1\r\nx\r\n", False)])
+    s = _cut(tmp_path, "redis", redis, "--timeout", 5)
+    assert (s["turns_differing"], s["turns_identical"]) == (1, 3), s
+    assert [d["turn"] for d in s["first_differences"]] == [1], s
+    # and what varies can be masked, as bytes too
+    s = _cut(tmp_path, "redis", redis, "--timeout", 5, "--ignore-body-regex", "[0-9]+")
+    assert (s["turns_differing"], s["turns_identical"]) == (0, 4), s
+
+
+def test_a_response_that_ends_at_a_close_that_never_comes_differs(tmp_path):
+    """A response without length whose server never closed was compared as it stood after
+    --timeout, and called identical."""
+    cap = _exchange(tmp_path, "open.pcap", [(True, GET, False),
+                                            (False, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello", False)])
+    report = tmp_path / "r.json"
+    s = _cut(tmp_path, "http-open", cap, "--match", "http", "--timeout", 1, "--report", report)
+    assert (s["differing"], s["failed"], s["first_differences"][0]["what"]) == (1, 0, ["end"]), s
+    (d,) = json.loads(report.read_text())["connections"][0]["differences"][0]["differences"]
+    assert d == {"what": "end", "recorded": "the server closed the connection",
+                 "replayed": "still open when --timeout (1 s) ran out"}
