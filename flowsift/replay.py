@@ -132,19 +132,31 @@ def http_messages(data, request, methods=None):
 
 
 def dechunk(body):
+    """(data, trailers) of a chunked body: its chunks joined, and the trailer fields after the
+    last one as {lowercased name: [values]}."""
     out, pos = bytearray(), 0
     while True:
         eol = body.find(b"\r\n", pos)
         if eol < 0:
-            return bytes(out)
+            return bytes(out), {}
         try:
             size = int(body[pos:eol].split(b";")[0].strip() or b"0", 16)
         except ValueError:
-            return bytes(out)
+            return bytes(out), {}
         if size == 0:
-            return bytes(out)
+            return bytes(out), _trailers(body, eol + 2)
         out += body[eol + 2:eol + 2 + size]
         pos = eol + 2 + size + 2
+
+
+def _trailers(body, pos):
+    fields = {}
+    for line in body[pos:].split(b"\r\n"):
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        fields.setdefault(name.strip().lower().decode("latin-1"), []).append(value.strip().decode("latin-1"))
+    return fields
 
 
 # --- conversations and turns -------------------------------------------------------------------
@@ -491,10 +503,15 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
         if a[2].get(name) != b[2].get(name):
             out.append({"what": f"header {name}", "recorded": a[2].get(name), "replayed": b[2].get(name)})
     ba, bb = expected[a[3][0]:a[3][1]], got[b[3][0]:b[3][1]]
+    ta, tb = {}, {}
     if "chunked" in ",".join(a[2].get("transfer-encoding", [])).lower():
-        ba = dechunk(ba)
+        ba, ta = dechunk(ba)
     if "chunked" in ",".join(b[2].get("transfer-encoding", [])).lower():
-        bb = dechunk(bb)
+        bb, tb = dechunk(bb)
+    # trailer fields (after a chunked body's last chunk) are header fields that come late
+    for name in sorted((set(ta) | set(tb)) - skip):
+        if ta.get(name) != tb.get(name):
+            out.append({"what": f"trailer {name}", "recorded": ta.get(name), "replayed": tb.get(name)})
     if ignore_body is not None:
         ba, bb = ignore_body.sub(b"", ba), ignore_body.sub(b"", bb)
     if ba != bb:

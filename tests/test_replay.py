@@ -1380,3 +1380,16 @@ def test_a_response_that_ends_at_a_close_that_never_comes_differs(tmp_path):
     (d,) = json.loads(report.read_text())["connections"][0]["differences"][0]["differences"]
     assert d == {"what": "end", "recorded": "the server closed the connection",
                  "replayed": "still open when --timeout (1 s) ran out"}
+
+
+def test_trailer_fields_are_compared_as_headers_are():
+    """A chunked response's trailer fields were not compared: one that changed went unseen."""
+    from flowsift.replay import compare
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+    recorded = head + b"X-Checksum: v1\r\nDate: Mon\r\n\r\n"
+    (d,) = compare(recorded, head + b"X-Checksum: changed\r\nDate: Tue\r\n\r\n", "http", b"GET")
+    assert d == {"what": "trailer x-checksum", "recorded": ["v1"], "replayed": ["changed"]}
+    assert compare(recorded, head + b"\r\n", "http", b"GET") == [
+        {"what": "trailer x-checksum", "recorded": ["v1"], "replayed": None}]
+    # as volatile and --ignore-header headers are not
+    assert compare(recorded, head + b"X-Checksum: changed\r\n\r\n", "http", b"GET", ignore_headers=["X-Checksum"]) == []
