@@ -1020,6 +1020,9 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         if limit and len(convs) > limit:
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
         problems = _said_problems(store, truncated, on_notice, misnamed)
+        ports = _server_ports(convs[:limit] if limit else convs)
+        if server_port is None:
+            _say_ports(ports, _where(host, port), on_notice)
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         _say_room(concurrency, on_notice)
@@ -1051,10 +1054,10 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems)
+    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems, ports)
 
 
-def _summary(results, skipped, secs, to, match, interrupted, report, problems=()):
+def _summary(results, skipped, secs, to, match, interrupted, report, problems=(), server_ports=None):
     results.sort(key=lambda r: r["conn"])
     turns = sum(r["identical"] + r["differing"] for r in results)
     out = {"target": to, "match": match, "seconds": round(secs, 3),
@@ -1078,10 +1081,48 @@ def _summary(results, skipped, secs, to, match, interrupted, report, problems=()
         {"conn": r["conn"], "client": r["client"], "server": r["server"], "turn": d["turn"], "request": d["request"],
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
+    for r in results:
+        if not r["failed"] and not r["differing"] and not r["identical"]:
+            r["uncompared"] = _why_uncompared(r)
+    out["uncompared_connections"] = [{"conn": r["conn"], "client": r["client"], "server": r["server"],
+                                      "why": r["uncompared"]} for r in results if r.get("uncompared")][:20]
+    out["server_ports"] = server_ports
     if report:
-        report.write({"summary": out,
-                      "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]})
+        report.write({"summary": out, "connections": [r for r in results if r["failed"] or r["differing"]
+                                                      or "partial_at" in r or r.get("uncompared")]})
     return out
+
+
+def _why_uncompared(r):
+    """Why no turn of a connection replayed was compared, in words."""
+    if r["unanswered"] and r["incomplete"]:
+        return (f"the original answered none of its turns whole ({r['unanswered']} unanswered, "
+                f"{r['incomplete']} recorded in part)")
+    if r["unanswered"]:
+        return f"the original never answered ({r['unanswered']} turn{'s' * (r['unanswered'] > 1)} sent)"
+    if r["incomplete"]:
+        return (f"the capture holds none of its answers whole ({r['incomplete']} "
+                f"turn{'s' * (r['incomplete'] > 1)} sent)")
+    return "no turn was sent"
+
+
+def _server_ports(convs):
+    """{server port: connections} of the connections to replay, the most used first."""
+    ports = {}
+    for c in convs:
+        p = int(c.server.rpartition(":")[2])
+        ports[p] = ports.get(p, 0) + 1
+    return dict(sorted(ports.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _say_ports(ports, to, on_notice):
+    """One line when connections to several server ports all go to `to`: a capture's FTP data
+    connections, say, sent to its control server."""
+    if len(ports) > 1 and on_notice is not None:
+        named = ", ".join(f"{p} ({n:,})" for p, n in list(ports.items())[:5]) + (
+            f" and {len(ports) - 5:,} more" if len(ports) > 5 else "")
+        on_notice(f"connections to {len(ports):,} server ports, all replayed against {to}: {named}; "
+                  "--server-port N replays those to one")
 
 
 # --- what a backend had not acknowledged -------------------------------------------------------
@@ -1188,6 +1229,9 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         skipped["limit"] = len(plans) - limit           # every connection is accounted for, as in replay()
         del plans[limit:]
     problems = _said_problems(store, truncated, on_notice, misnamed)
+    ports = _server_ports([p[0] for p in plans])
+    if server_port is None:
+        _say_ports(ports, _where(host, port), on_notice)
 
     async def send(conv, acked, start, end, note):
         data = conv.turns[0].request
@@ -1241,7 +1285,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
-           "store_problems": problems, "report": str(report) if report else None,
+           "store_problems": problems, "server_ports": ports, "report": str(report) if report else None,
            "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]][:20]}
     if out_file:
         out_file.write({"summary": out, "connections": rows})

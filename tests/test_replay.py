@@ -1393,3 +1393,38 @@ def test_trailer_fields_are_compared_as_headers_are():
         {"what": "trailer x-checksum", "recorded": ["v1"], "replayed": None}]
     # as volatile and --ignore-header headers are not
     assert compare(recorded, head + b"X-Checksum: changed\r\n\r\n", "http", b"GET", ignore_headers=["X-Checksum"]) == []
+
+
+def test_uncompared_connections_and_other_server_ports_are_named(tmp_path):
+    """Connections with nothing to compare were counted and named nowhere, and a capture's
+    connections to several server ports all went to --to without a word (FTP data connections
+    sent to the control server)."""
+    from pcapgen import timed_capture
+
+    def conn(name, port, at, answer):
+        return timed_capture(tmp_path / name, [
+            (at, True, 99, 0, 0x02, b""), (at + 0.001, False, 499, 100, 0x12, b""),
+            (at + 0.002, True, 100, 500, 0x10, b""), (at + 0.01, True, 100, 500, 0x18, b"hello\n")]
+            + ([(at + 0.02, False, 500, 106, 0x18, answer)] if answer else []), port=port).read_bytes()
+    cap = tmp_path / "two.pcap"
+    cap.write_bytes(conn("a.pcap", 80, 0, b"hello\n") + conn("b.pcap", 8080, 1, None)[24:])
+    srv = Server(tmp_path, ANSWERS, "echo")
+    report = tmp_path / "r.json"
+    try:
+        res = run_cli("replay", cap, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, "--report", report)
+        s = replay(cap, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3)
+        one = run_cli("replay", cap, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, "--server-port", 80)
+    finally:
+        srv.stop()
+    assert res.returncode == 0 and res.stderr == (
+        f"flowsift: connections to 2 server ports, all replayed against 127.0.0.1:{srv.port}: 80 (1), 8080 (1); "
+        "--server-port N replays those to one\n"), res.stderr
+    # (folded to the terminal's width where COLUMNS says one)
+    assert ("uncompared: connection 1 (10.0.0.1:40000 -> 10.0.0.2:8080): the original never answered (1 turn "
+            "sent)") in " ".join(res.stdout.split()), res.stdout
+    (row,) = json.loads(report.read_text())["connections"]
+    assert (row["conn"], row["uncompared"]) == (1, "the original never answered (1 turn sent)"), row
+    assert s["uncompared_connections"] == [{"conn": 1, "client": "10.0.0.1:40000", "server": "10.0.0.2:8080",
+                                            "why": "the original never answered (1 turn sent)"}], s
+    assert s["server_ports"] == {"80": 1, "8080": 1}, s
+    assert one.returncode == 0 and one.stderr == "", one.stderr
