@@ -675,6 +675,41 @@ def _said(e):
     return getattr(e, "strerror", None) or type(e).__name__
 
 
+class _FirstConnection:
+    """The first connection of a run is made alone, the others after it: a target that does
+    not accept it ends the run in one line (Unreachable) before any other is tried. Nothing
+    connects beforehand only to check the target: a server would log that empty connection
+    as one of the replay's."""
+
+    def __init__(self):
+        self.taken = False
+        self.error = None
+        self._done = asyncio.Event()
+
+    async def open(self, host, port, timeout):
+        if self.taken:
+            await self._done.wait()
+            if self.error is not None:
+                raise self.error
+            return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        self.taken = True
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            self.error = e
+            raise
+        finally:
+            self._done.set()
+
+    def check(self, host, port):
+        """Raise FlowsiftError when the first connection failed: the target is not there."""
+        e = self.error
+        if e is not None:
+            why = "timed out" if isinstance(e, asyncio.TimeoutError) else (
+                os.strerror(e.errno) if getattr(e, "errno", None) else str(e))
+            raise FlowsiftError(f"cannot connect to {_where(host, port)}: {why}")
+
+
 def _closing(inbox):
     return "reset" if inbox.ended == "reset" else "closed"
 
@@ -722,6 +757,7 @@ class Replayer:
         self.timeout, self.idle = timeout, idle
         self.on_done = on_done
         self.stop = False
+        self.first = _FirstConnection()
 
     async def play(self, conv):
         """Replay one conversation; returns its result dict."""
@@ -731,7 +767,7 @@ class Replayer:
         if conv.cut is not None:
             res["partial_at"] = conv.cut
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+            reader, writer = await self.first.open(self.host, self.port, self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             res["failed"] = f"connect: {_said(e)}"
             return res
@@ -873,15 +909,6 @@ def _check_waits(timeout, idle=None):
         raise UsageError(f"--idle {idle:g}: seconds, more than 0")
 
 
-def check_target(host, port, timeout=5.0):
-    """One connection before anything is replayed: a target that is not there is one line."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise FlowsiftError(f"cannot connect to {_where(host, port)}: {e.strerror or e}") from None
-
-
 def _where(host, port):
     # an IPv6 address in brackets, as flowsift writes endpoints, however --to gave it
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -1000,7 +1027,6 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     out = _Report(report) if report else None
     skipped, convs, temporary = {}, [], None
     try:
-        check_target(host, port)
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
         truncated, misnamed = [], []
         for path in store_files(directory):
@@ -1046,6 +1072,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
                 results = list(getattr(rp, "results", []))
         finally:
             loop.close()
+        rp.first.check(host, port)
         secs = time.monotonic() - t0
     except BaseException:
         if out is not None:
@@ -1206,12 +1233,6 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     _check_waits(timeout)
     check_kept_store(store)
     out_file = _Report(report) if report else None
-    try:
-        check_target(host, port)
-    except BaseException:
-        if out_file is not None:
-            out_file.abandon()
-        raise
     skipped, plans, truncated, misnamed = {}, [], [], []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
@@ -1241,7 +1262,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
                "sent_from": start, "bytes": 0, "messages": 0, "bytes_planned": end - start,
                "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None, "partial_at": conv.cut}
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer = await first.open(host, port, timeout)
         except (OSError, asyncio.TimeoutError) as e:
             row["failed"] = f"connect: {_said(e)}"
             return row
@@ -1270,7 +1291,11 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
             writer.close()
         return row
 
+    first = None
+
     async def main():
+        nonlocal first
+        first = _FirstConnection()
         sem = asyncio.Semaphore(_descriptor_room(concurrency))
 
         async def one(p):
@@ -1280,7 +1305,14 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     if plans:
         _say_room(concurrency, on_notice)
     t0 = time.monotonic()
-    rows = list(asyncio.run(main())) if plans else []
+    try:
+        rows = list(asyncio.run(main())) if plans else []
+        if first is not None:
+            first.check(host, port)
+    except BaseException:
+        if out_file is not None:
+            out_file.abandon()
+        raise
     out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
