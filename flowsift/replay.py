@@ -792,6 +792,8 @@ class Replayer:
                     for _ in range(3):
                         await asyncio.sleep(0)
                 if i and inbox.closed and (turn.request or turn.response):
+                    if not any(t.response for t in conv.turns[i:]):
+                        break                   # as in the original, whose server said nothing more
                     # it closed during or after the turn before: that turn is where, not this one
                     res["failed"] = (f"turn {i - 1}: the server {_closing(inbox)} the connection after its answer "
                                      f"(turn {i} and after not sent)")
@@ -1046,6 +1048,8 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         if limit and len(convs) > limit:
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
         problems = _said_problems(store, truncated, on_notice, misnamed)
+        if match == "http" and ignore_headers and on_notice is not None and not any(c.http for c in convs):
+            on_notice("--ignore-header: no connection replayed is HTTP, it applies to none")
         ports = _server_ports(convs[:limit] if limit else convs)
         if server_port is None:
             _say_ports(ports, _where(host, port), on_notice)

@@ -1343,6 +1343,12 @@ def test_an_answer_cut_short_says_how_and_at_which_turn(tmp_path):
     assert s["failures"][0]["reason"] == ("turn 1: the server closed the connection after its answer (turn 2 and "
                                           "after not sent)"), s
     assert s["turns_identical"] == 2, s
+    # a close where the original's server said nothing more either is no failure
+    cap = _exchange(tmp_path, "closes.pcap", [
+        (True, GET, False), (False, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, and more than before",
+                             False), (True, GET, False)])
+    s = _answers(tmp_path, "http10", cap, "--match", "http")
+    assert (s["identical"], s["failed"]) == (1, 0), s
 
 
 def test_an_answer_longer_than_recorded_is_its_own_turns_difference(tmp_path):
@@ -1363,9 +1369,18 @@ def test_an_answer_longer_than_recorded_is_its_own_turns_difference(tmp_path):
     s = _cut(tmp_path, "redis", redis, "--timeout", 5)
     assert (s["turns_differing"], s["turns_identical"]) == (1, 3), s
     assert [d["turn"] for d in s["first_differences"]] == [1], s
-    # and what varies can be masked, as bytes too
+    # and what varies can be masked, as bytes too (with --match http as well: not HTTP, compared as bytes)
     s = _cut(tmp_path, "redis", redis, "--timeout", 5, "--ignore-body-regex", "[0-9]+")
     assert (s["turns_differing"], s["turns_identical"]) == (0, 4), s
+    srv = Server(tmp_path, CUTS, "redis")
+    try:
+        res = run_cli("replay", redis, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, "--match", "http",
+                      "--ignore-body-regex", "[0-9]+", "--ignore-header", "Date", "--json")
+    finally:
+        srv.stop()
+    assert json.loads(res.stdout)["turns_identical"] == 4 and res.returncode == 0
+    # an option that applies to nothing is said
+    assert res.stderr == "flowsift: --ignore-header: no connection replayed is HTTP, it applies to none\n", res.stderr
 
 
 def test_a_response_that_ends_at_a_close_that_never_comes_differs(tmp_path):
