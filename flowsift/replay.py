@@ -623,12 +623,13 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None, following=No
     deadline = time.monotonic() + timeout
     agreed = 0                            # bytes seen to agree with the recorded answer
 
-    async def rest(whole=True):
-        # all the server sends until it closes or goes quiet
+    async def rest():
+        # all the server sends until it closes or goes quiet (a reset before the recorded
+        # length, or the deadline while bytes still come, cut it short)
         calm = await inbox.quiet(idle, deadline)
         got = inbox.take()
-        ended = inbox.ended if inbox.ended == "reset" and len(got) < want else None
-        return _Answer(got, whole and calm and ended is None, ended or (None if calm else "timeout"))
+        ended = "reset" if inbox.ended == "reset" and len(got) < want else None if calm else "timeout"
+        return _Answer(got, ended is None, ended)
     while True:
         have = len(inbox.buf)
         if http and have:
