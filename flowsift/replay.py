@@ -413,10 +413,9 @@ def body_kind(headers):
     coding = ",".join(headers.get("content-encoding", [])).strip().lower()
     if coding and coding != "identity":
         return "binary"
-    ctype = ",".join(headers.get("content-type", []))
-    if BINARY_TYPE.match(ctype.strip()):
-        return "binary"
-    return "text" if TEXT_TYPE.match(ctype.strip()) else None
+    ctype = ",".join(headers.get("content-type", [])).strip()
+    # (text first: application/vnd.api+json is text)
+    return "text" if TEXT_TYPE.match(ctype) else "binary" if BINARY_TYPE.match(ctype) else None
 
 
 def _as_text(x, kind):
@@ -678,7 +677,7 @@ def _said(e):
 
 class _FirstConnection:
     """The first connection of a run is made alone, the others after it: a target that does
-    not accept it ends the run in one line (Unreachable) before any other is tried. Nothing
+    not accept it ends the run in one line (check()) before any other is tried. Nothing
     connects beforehand only to check the target: a server would log that empty connection
     as one of the replay's."""
 
@@ -711,21 +710,19 @@ class _FirstConnection:
             raise FlowsiftError(f"cannot connect to {_where(host, port)}: {why}")
 
 
-def _closing(inbox):
-    return "reset" if inbox.ended == "reset" else "closed"
-
-
 def _cut_short(ans, turn, timeout):
     """Why the answer `ans` to `turn` is not all of it, in words: the server closed or reset
     the connection, or --timeout ran out, before it or during it."""
     n = len(ans.data)
     if turn.http and turn.whole:
-        what = (f"an incomplete response, {n} bytes" if ans.data.startswith(b"HTTP/"[:n]) or
-                ans.data.startswith(b"HTTP/") else f"not an HTTP response: {ans.data[:60].decode('latin-1')!r}")
+        what = (f"an incomplete response, {n} bytes" if b"HTTP/".startswith(ans.data[:5])
+                else f"not an HTTP response: {ans.data[:60].decode('latin-1')!r}")
     else:
         what = f"{n} bytes came, {len(turn.response)} recorded"
     if ans.ended == "timeout":
-        return f"no answer within {timeout:g} s" if not n else f"--timeout ({timeout:g} s) ran out during its answer ({what})"
+        if not n:
+            return f"no answer within {timeout:g} s"
+        return f"--timeout ({timeout:g} s) ran out during its answer ({what})"
     how = "reset" if ans.ended == "reset" else "closed"
     if not n:
         return f"the server {how} the connection without answering"
@@ -796,7 +793,7 @@ class Replayer:
                     if not any(t.response for t in conv.turns[i:]):
                         break                   # as in the original, whose server said nothing more
                     # it closed during or after the turn before: that turn is where, not this one
-                    res["failed"] = (f"turn {i - 1}: the server {_closing(inbox)} the connection after its answer "
+                    res["failed"] = (f"turn {i - 1}: the server {inbox.ended} the connection after its answer "
                                      f"(turn {i} and after not sent)")
                     break
                 if self.speed and i:

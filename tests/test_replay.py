@@ -1164,6 +1164,9 @@ def test_a_binary_body_that_differs_says_where():
     late = b"a\n" * 10000
     (d,) = compare(_response(b"text/plain", late), _response(b"text/plain", late[:-2] + b"b\n"), "http", b"GET")
     assert d["diff"][0] == "first difference at byte 19998", d["diff"]
+    from flowsift.replay import body_kind
+    assert body_kind({"content-type": ["application/vnd.api+json"]}) == "text"
+    assert body_kind({"content-type": ["application/vnd.ms-excel"]}) == "binary"
     # a gzip-encoded body is binary whatever its media type
     gz = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n")
     (d,) = compare(gz + b"abcd", gz + b"abce", "http", b"GET")
