@@ -448,15 +448,19 @@ def replay(
     partial: bool = typer.Option(False, "--partial", help="Replay connections up to a gap in the client's stream "
                                                            "(HTTP: its last whole request before it)."),
     match: str = typer.Option("exact", "--match", metavar="MODE",
-                              help="exact (bytes), or http: status, headers (volatile ones ignored) and body."),
+                              help="exact: every byte of each answer; or http: status, headers (volatile ones "
+                                   "ignored) and body, other streams as bytes. TLS and SSH answers always differ "
+                                   "from a real server's (keys, randomness)."),
     ignore_header: list[str] = typer.Option([], "--ignore-header", metavar="NAME",
                                             help="With --match http: a header not compared (repeatable)."),
     ignore_body_regex: Optional[str] = typer.Option(None, "--ignore-body-regex", metavar="RE",
-                                                    help="With --match http: body text matching RE is not compared."),
+                                                    help="Bytes matching RE are removed before comparing: from "
+                                                         "bodies (--match http), from whole answers compared as "
+                                                         "bytes (--match exact, streams that are not HTTP)."),
     timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="How long to wait for an answer."),
     idle: float = typer.Option(1.0, "--idle", metavar="SECONDS",
-                               help="Non-HTTP: an answer shorter than the recorded one is complete after this much "
-                                    "silence (what comes later is the next turn's)."),
+                               help="Non-HTTP: an answer shorter than the recorded one, or one that differs from "
+                                    "it, is complete after this much silence (what comes later is the next turn's)."),
     report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),
     unacked: bool = typer.Option(False, "--unacked", help="Send, per connection of --store, the client bytes the "
                                                            "server had not acknowledged, from a message boundary."),
@@ -467,7 +471,10 @@ def replay(
     Each connection's client stream is sent over a new connection, turn by turn: the client's
     bytes up to where the server answered in the original (as the ACKs order them), then its
     answer is awaited and
-    compared with the recorded one. HTTP/1.x is cut at message boundaries. A hole in the
+    compared with the recorded one: as bytes (--match exact), or as HTTP messages (--match
+    http). HTTP/1.x is cut at message boundaries. Encrypted protocols (TLS, SSH) always
+    answer differently from what was recorded. An answer cut short by a close, a reset or
+    --timeout fails its connection at that turn. A hole in the
     client's stream is never sent as anything: such connections are skipped (or replayed up
     to it with --partial). Ctrl-C ends with the summary so far (exit 130). Exit 0 when every
     connection replayed answered as recorded, 1 when one differed or failed or nothing at all
@@ -498,8 +505,8 @@ def replay(
             _fail(f"--speed {speed!r}: 'max' or a positive number")
     if concurrency < 1:
         _fail("--concurrency must be at least 1")
-    if match != "http" and (ignore_header or ignore_body_regex is not None):
-        _fail("--ignore-header and --ignore-body-regex go with --match http")
+    if match != "http" and ignore_header:
+        _fail("--ignore-header goes with --match http (--match exact compares answers as bytes)")
     bounds = parse_settings(reassembly)
     if store is not None and (filter is not None or policy != "first" or reassembly):
         # a kept store was reassembled when it was written: these would change nothing

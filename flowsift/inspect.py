@@ -92,7 +92,9 @@ def _written(rf):
     return written, unpublished, problems
 
 
-def _name_problem(rf, name):
+def name_problem(rf, name):
+    """What is wrong with a record file named `name` whose header names another connection,
+    or None: a copy or a rename, whose connection another file may hold too."""
     conn = record_name(name)
     if conn is not None and conn != rf.header["conn"]:
         return f"named for connection {conn}, its header says connection {rf.header['conn']}"
@@ -104,7 +106,7 @@ def _file_problems(rf, name):
     file named `name`."""
     written, unpublished, problems = _written(rf)
     problems += _header_problems(rf.header) + _gap_problems(rf) + _record_problems(rf, written + unpublished)
-    named = _name_problem(rf, name)
+    named = name_problem(rf, name)
     if named:
         problems.append(named)
     return written, unpublished, problems
@@ -175,18 +177,26 @@ def write_json(info, out):
 
 
 def _missing_files(directory, manifest):
-    """A line naming the record files a complete store kept whole (--keep) lacks, or None: its
-    run made `files` of them, numbered from 0."""
+    """Lines naming the record files a complete store kept whole (--keep) lacks, and those
+    its run cannot have made: it made `files` of them, numbered from 0. The numbers are looked
+    for, not counted: another file in place of a missing one hides nothing."""
     made = manifest.get("files")
     if not manifest["complete"] or not manifest["keep"] or made is None:
-        return None
+        return []
     found = {conn for name in os.listdir(directory) if (conn := record_name(name)) is not None}
-    if len(found) >= made:
-        return None
+    out = []
     lacking = [f"c{conn:08d}.rec" for conn in range(made) if conn not in found]
-    named = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5:,} more" if len(lacking) > 5 else "")
-    return (f"store.json: its run kept the {made:,} record files it made, {len(found):,} are here"
-            + (f": {named} missing" if lacking else ""))
+    if lacking:
+        named = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5:,} more" if len(lacking) > 5 else "")
+        out.append(f"store.json: its run kept the {made:,} record files it made, "
+                   f"{made - len(lacking):,} are here: {named} missing")
+    beyond = sorted(conn for conn in found if conn >= made)
+    if beyond:
+        named = ", ".join(f"c{conn:08d}.rec" for conn in beyond[:5]) + (
+            f" and {len(beyond) - 5:,} more" if len(beyond) > 5 else "")
+        out.append(f"store.json: its run made {made:,} record files, numbered from 0: {named} "
+                   f"{'is' if len(beyond) == 1 else 'are'} not one of them")
+    return out
 
 
 def manifest_problems(directory):
@@ -199,9 +209,7 @@ def manifest_problems(directory):
         why = f": {manifest['error']}" if manifest.get("error") else ""
         problems.append(f"store.json: incomplete (being written, or its gateway stopped before the end{why})")
     if usable:
-        lacking = _missing_files(directory, manifest)
-        if lacking:
-            problems.append(lacking)
+        problems += _missing_files(directory, manifest)
     return manifest, usable, problems
 
 

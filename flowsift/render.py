@@ -332,6 +332,11 @@ def print_chain_tables(s, console):
     console.print(m)
 
 
+def _more(console, total, shown, every):
+    if total > shown:
+        console.print(f"  ... and {_n(total - shown)} more; {every}")
+
+
 def print_replay(s, console=None):
     console = console or _console()
     what = "unacknowledged bytes" if s.get("mode") == "unacked" else s.get("match", "exact")
@@ -352,11 +357,19 @@ def print_replay(s, console=None):
                       "missing or not whole)")
     if s.get("partial"):
         console.print(f"partial: {_n(s['partial'])} replayed up to a gap in the client's stream, and no further")
+    every = "--report has all" if s.get("report") else "--report FILE.json lists all"
+    for u in s.get("uncompared_connections", []):
+        console.print(f"  uncompared: connection {u['conn']} ({u['client']} -> {u['server']}): {u['why']}")
+    _more(console, s.get("uncompared", 0), len(s.get("uncompared_connections", [])), every)
     for f in s.get("failures", []):
         console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
+    _more(console, s.get("failed", 0), len(s.get("failures", [])), every)
     for d in s.get("first_differences", []):
+        # (a turn with nothing sent is a server's greeting: SMTP, FTP)
+        what = repr(d["request"]) if d["request"] else "(the server's greeting)"
         console.print(f"  differs: connection {d['conn']} ({d['client']} -> {d['server']}) turn {d['turn']} "
-                      f"{d['request']!r}: {', '.join(d['what'])}")
+                      f"{what}: {', '.join(d['what'])}")
+    _more(console, s.get("turns_differing", 0), len(s.get("first_differences", [])), every)
     if s.get("report"):
         console.print(f"every difference: {s['report']}")
     if s.get("interrupted"):

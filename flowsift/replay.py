@@ -132,19 +132,31 @@ def http_messages(data, request, methods=None):
 
 
 def dechunk(body):
+    """(data, trailers) of a chunked body: its chunks joined, and the trailer fields after the
+    last one as {lowercased name: [values]}."""
     out, pos = bytearray(), 0
     while True:
         eol = body.find(b"\r\n", pos)
         if eol < 0:
-            return bytes(out)
+            return bytes(out), {}
         try:
             size = int(body[pos:eol].split(b";")[0].strip() or b"0", 16)
         except ValueError:
-            return bytes(out)
+            return bytes(out), {}
         if size == 0:
-            return bytes(out)
+            return bytes(out), _trailers(body, eol + 2)
         out += body[eol + 2:eol + 2 + size]
         pos = eol + 2 + size + 2
+
+
+def _trailers(body, pos):
+    fields = {}
+    for line in body[pos:].split(b"\r\n"):
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        fields.setdefault(name.strip().lower().decode("latin-1"), []).append(value.strip().decode("latin-1"))
+    return fields
 
 
 # --- conversations and turns -------------------------------------------------------------------
@@ -172,13 +184,21 @@ class Conversation:
         self.http = False
         self.note = None
         self.truncated = None           # what its record file, cut short, lacks (RecordFile.missing)
+        self.misnamed = None            # its record file's name gives another connection than its header
 
 
-def _conversation_of(h):
+def _conversation_of(rf, path):
+    from flowsift.inspect import name_problem
     from flowsift.streams.format import endpoint
+    h = rf.header
     conv = Conversation(h["conn"], endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                         endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
-    if h["proto"] != 6:
+    conv.truncated = rf.missing
+    conv.misnamed = name_problem(rf, os.path.basename(str(path)))
+    if conv.misnamed:
+        # a copy or a rename: the connection it holds may be replayed from its own file too
+        conv.skip = "record file named for another connection"
+    elif h["proto"] != 6:
         conv.skip = "not TCP"
     return conv
 
@@ -188,8 +208,7 @@ def conversation(path, partial=False, match=None):
     from flowsift.streams.reader import RecordFile
     with RecordFile(path) as rf:
         h = rf.header
-        conv = _conversation_of(h)
-        conv.truncated = rf.missing
+        conv = _conversation_of(rf, path)
         if conv.skip:
             return conv
         cend, send = h["end0"], h["end1"]
@@ -379,18 +398,72 @@ DIFF_BYTES = 16384
 DIFF_LINE = 200
 
 
-def _text_diff(a, b, limit=12):
-    def text(x):
-        # (a cut body may end inside a character: that part is let go, not taken for binary)
-        return x[:DIFF_BYTES].decode("utf-8", "strict" if len(x) <= DIFF_BYTES else "ignore")
+# a body whose media type says what it is: text (a unified diff) or not (its first differing byte)
+TEXT_TYPE = re.compile(r"text/|application/(?:[\w.-]+\+)?(?:json|xml|javascript|ecmascript|x-www-form-urlencoded)\b"
+                       r"|image/svg\+xml\b", re.I)
+BINARY_TYPE = re.compile(r"image/|audio/|video/|font/|application/(?:octet-stream|zip|gzip|x-gzip|pdf|wasm|"
+                         r"x-protobuf|protobuf|grpc|ogg|vnd\.)", re.I)
+# C0 controls that text does not hold (tab, line ends, form feed and escape it may)
+CONTROLS = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def body_kind(headers):
+    """"text", "binary" or None (the bytes decide) for a body with these HTTP headers: an
+    encoded one (gzip, br...) is binary whatever its media type."""
+    coding = ",".join(headers.get("content-encoding", [])).strip().lower()
+    if coding and coding != "identity":
+        return "binary"
+    ctype = ",".join(headers.get("content-type", [])).strip()
+    # (text first: application/vnd.api+json is text)
+    return "text" if TEXT_TYPE.match(ctype) else "binary" if BINARY_TYPE.match(ctype) else None
+
+
+def _as_text(x, kind):
+    """The first DIFF_BYTES of `x` as text, or None when it is binary: by `kind` if known, else
+    when it is not UTF-8 or holds control characters. Text that is not UTF-8 is read as
+    latin-1, which keeps every byte (dropping undecodable ones could hide a difference)."""
+    if kind == "binary":
+        return None
+    part = x[:DIFF_BYTES]
     try:
-        ta, tb = text(a), text(b)
-    except UnicodeDecodeError:
-        k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+        text = part.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # a character the cut at DIFF_BYTES split is text still; any other bad byte is not UTF-8
+        if len(x) > DIFF_BYTES and e.start >= len(part) - 3 and e.reason == "unexpected end of data":
+            text = part[:e.start].decode("utf-8")
+        elif kind == "text":
+            return part.decode("latin-1")
+        else:
+            return None
+    if kind is None and CONTROLS.search(part):
+        return None
+    return text
+
+
+def first_difference(a, b):
+    """The offset of the first byte where `a` and `b` differ (the shorter one's length when
+    one begins the other)."""
+    n, lo = min(len(a), len(b)), 0
+    # (compared a block at a time in C: a big body is not walked byte by byte in Python)
+    step = 4096
+    while lo + step <= n and a[lo:lo + step] == b[lo:lo + step]:
+        lo += step
+    return next((i for i in range(lo, n) if a[i] != b[i]), n)
+
+
+def _text_diff(a, b, limit=12, kind=None):
+    """What tells `a` from `b`: a short unified diff when both are text, else where the first
+    differing byte is; `kind` ("text", "binary" or None) is what the answer's headers say."""
+    ta, tb = _as_text(a, kind), _as_text(b, kind)
+    k = first_difference(a, b)
+    if ta is None or tb is None:
         return [f"binary: {len(a)} bytes recorded, {len(b)} now; first difference at byte {k}"]
     lines = [x if len(x) <= DIFF_LINE else x[:DIFF_LINE] + f"... ({len(x) - DIFF_LINE} more characters)"
              for x in difflib.unified_diff(ta.splitlines(), tb.splitlines(), "recorded", "replayed", n=1, lineterm="")]
     out = lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+    if not lines:
+        # past the part compared as lines, or in line ends only
+        out.append(f"first difference at byte {k}")
     if len(a) > DIFF_BYTES or len(b) > DIFF_BYTES:
         out.append(f"(the first {DIFF_BYTES} bytes of each compared: {len(a)} recorded, {len(b)} now)")
     return out
@@ -399,6 +472,9 @@ def _text_diff(a, b, limit=12):
 def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=None):
     """[] when the answers agree, else a list of differences (dicts)."""
     if match != "http":
+        if ignore_body is not None:
+            # (the answer is its own body here: what varies is masked in it as a whole)
+            expected, got = ignore_body.sub(b"", expected), ignore_body.sub(b"", got)
         if expected == got:
             return []
         return [{"what": "bytes", "recorded": len(expected), "replayed": len(got), "diff": _text_diff(expected, got)}]
@@ -426,14 +502,21 @@ def compare(expected, got, match, method=None, ignore_headers=(), ignore_body=No
         if a[2].get(name) != b[2].get(name):
             out.append({"what": f"header {name}", "recorded": a[2].get(name), "replayed": b[2].get(name)})
     ba, bb = expected[a[3][0]:a[3][1]], got[b[3][0]:b[3][1]]
+    ta, tb = {}, {}
     if "chunked" in ",".join(a[2].get("transfer-encoding", [])).lower():
-        ba = dechunk(ba)
+        ba, ta = dechunk(ba)
     if "chunked" in ",".join(b[2].get("transfer-encoding", [])).lower():
-        bb = dechunk(bb)
+        bb, tb = dechunk(bb)
+    # trailer fields (after a chunked body's last chunk) are header fields that come late
+    for name in sorted((set(ta) | set(tb)) - skip):
+        if ta.get(name) != tb.get(name):
+            out.append({"what": f"trailer {name}", "recorded": ta.get(name), "replayed": tb.get(name)})
     if ignore_body is not None:
         ba, bb = ignore_body.sub(b"", ba), ignore_body.sub(b"", bb)
     if ba != bb:
-        out.append({"what": "body", "recorded": len(ba), "replayed": len(bb), "diff": _text_diff(ba, bb)})
+        kinds = {body_kind(a[2]), body_kind(b[2])}
+        kind = "binary" if "binary" in kinds else "text" if "text" in kinds else None
+        out.append({"what": "body", "recorded": len(ba), "replayed": len(bb), "diff": _text_diff(ba, bb, kind=kind)})
     if len(got) - b[0] != len(expected) - a[0]:
         # bytes after a whole response answer nothing: the server said more than it was asked
         out.append({"what": "extra bytes after the response", "recorded": len(expected) - a[0],
@@ -481,9 +564,18 @@ class _Inbox:
         return True
 
     async def quiet(self, idle, deadline):
-        """Read on until the server closes, is silent for `idle` seconds, or the deadline."""
-        while not self.closed and await self.news(min(idle, deadline - time.monotonic())):
-            pass
+        """Read on until the server closes, is silent for `idle` seconds, or the deadline;
+        True unless the deadline came first with the server still sending."""
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if not await self.news(min(idle, left)):
+                return left > idle or self.closed
+        return True
+
+    @property
+    def ended(self):
+        """How the server's stream ended: "reset", "closed", or None while it is open."""
+        return None if not self.closed else "reset" if self.error is not None else "closed"
 
     def take(self, n=None):
         n = len(self.buf) if n is None else n
@@ -495,13 +587,32 @@ class _Inbox:
         self._task.cancel()
 
 
-async def _read_answer(inbox, turn, http, timeout, idle, last=None):
-    """What the server sends back for one turn: (bytes, end of the answer in them or None, closed).
-    HTTP: a whole response (one without length: up to the server's close) and whatever came
-    after it, extra. Otherwise the bytes of the server's stream the recorded answer covered --
-    those after them are the next turn's -- or what came before it went quiet; the last turn
-    reads on until the server closes or goes quiet, so that an answer longer than recorded shows
-    (`last`: called first, when the recorded answer is in)."""
+class _Answer:
+    """What the server sent back for one turn: `data`; `whole`, whether it is all of its
+    answer (HTTP: a whole response; bytes: as long as recorded, or followed by silence);
+    `ended`, what ended the wait otherwise: "closed", "reset" or "timeout" (and, for a whole
+    response that ends at the close, "timeout": the close never came)."""
+    __slots__ = ("data", "whole", "ended")
+
+    def __init__(self, data, whole, ended=None):
+        self.data, self.whole, self.ended = data, whole, ended
+
+
+def _close_delimited(m):
+    """Does the response of http_message() `m` end at the close (no length, not chunked)?"""
+    return "chunked" not in ",".join(m[2].get("transfer-encoding", [])).lower() and "content-length" not in m[2]
+
+
+async def _read_answer(inbox, turn, http, timeout, idle, last=None, following=None):
+    """What the server sends back for one turn (an _Answer). HTTP: a whole response (one
+    without length: up to the server's close) and whatever came after it, extra. Otherwise the
+    bytes the server sent before the client's next turn was due: while they agree with the
+    recorded answer, as many as it holds (those after them are the next turn's, as
+    `following`, the next turn's recorded answer, begins); once they differ from it or say
+    more, all that comes before the server goes quiet for `idle` seconds, so that a longer or
+    different answer is this turn's and the next turn's answer starts where it should. The last
+    turn reads on until the server closes or goes quiet, so that an answer longer than recorded
+    shows (`last`: called first, when the recorded answer is in)."""
     want = len(turn.response)
     if not want:
         timeout = min(timeout, idle / 4)  # the original had no answer here: do not wait long for one
@@ -509,6 +620,15 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None):
     # its length, as raw bytes are
     by_length = not http or not turn.whole
     deadline = time.monotonic() + timeout
+    agreed = 0                            # bytes seen to agree with the recorded answer
+
+    async def rest():
+        # all the server sends until it closes or goes quiet (a reset before the recorded
+        # length, or the deadline while bytes still come, cut it short)
+        calm = await inbox.quiet(idle, deadline)
+        got = inbox.take()
+        ended = "reset" if inbox.ended == "reset" and len(got) < want else None if calm else "timeout"
+        return _Answer(got, ended is None, ended)
     while True:
         have = len(inbox.buf)
         if http and have:
@@ -516,32 +636,111 @@ async def _read_answer(inbox, turn, http, timeout, idle, last=None):
             if m is not None and not _interim(m[1]):
                 if turn.switch and not last:
                     # what follows the switch is the next turn's, however soon it came
-                    return inbox.take(m[0]), m[0], False
+                    return _Answer(inbox.take(m[0]), True)
                 if last:
                     last()
                     await inbox.quiet(idle, deadline)
-                return inbox.take(), m[0], inbox.closed
-        if by_length and want and have >= want:
-            if not last:
-                return inbox.take(want), want, False
-            last()
-            await inbox.quiet(idle, deadline)
-            got = inbox.take()
-            return got, len(got), inbox.closed
+                return _Answer(inbox.take(), True)
+        if by_length and have:
+            n = min(have, want)
+            if inbox.buf[agreed:n] != turn.response[agreed:n]:
+                return await rest()       # it differs: all of it is this turn's answer
+            agreed = n
+            if want and have >= want:
+                if last:
+                    last()
+                    return await rest()
+                surplus = bytes(inbox.buf[want:want + len(following or b"")])
+                if have == want or following and surplus == following[:len(surplus)]:
+                    return _Answer(inbox.take(want), True)
+                return await rest()       # more than recorded, and not the next answer's start
         if inbox.closed:
             got = inbox.take()
-            return got, (len(got) if got and by_length else None), True
+            # (bytes shorter than recorded that end with the close of the last turn: its answer)
+            whole = bool(got) and by_length and last is not None and inbox.ended == "closed"
+            return _Answer(got, whole, None if whole else inbox.ended)
         left = deadline - time.monotonic()
         if left <= 0:
             got = inbox.take()
-            return got, None, False
+            if http and got:
+                m = final_response(got, 0, turn.method, eof=True)
+                if m is not None and not _interim(m[1]) and _close_delimited(m):
+                    return _Answer(got, True, "timeout")     # whole, but for the close that never came
+            return _Answer(got, False, "timeout")
         if not await inbox.news(min(left, idle) if have and by_length else left) and have and by_length:
-            got = inbox.take()
-            return got, len(got), False      # it went quiet: that is its answer
+            return _Answer(inbox.take(), True)     # it went quiet: that is its answer
 
 
 def _said(e):
     return getattr(e, "strerror", None) or type(e).__name__
+
+
+class _FirstConnection:
+    """The first connection of a run is made alone, the others after it: a target that does
+    not accept it ends the run in one line (check()) before any other is tried. Nothing
+    connects beforehand only to check the target: a server would log that empty connection
+    as one of the replay's."""
+
+    def __init__(self):
+        self.taken = False
+        self.error = None
+        self._done = asyncio.Event()
+
+    async def open(self, host, port, timeout):
+        if self.taken:
+            await self._done.wait()
+            if self.error is not None:
+                raise self.error
+            return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        self.taken = True
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            self.error = e
+            raise
+        finally:
+            self._done.set()
+
+    def check(self, host, port):
+        """Raise FlowsiftError when the first connection failed: the target is not there."""
+        e = self.error
+        if e is not None:
+            why = "timed out" if isinstance(e, asyncio.TimeoutError) else (
+                os.strerror(e.errno) if getattr(e, "errno", None) else str(e))
+            raise FlowsiftError(f"cannot connect to {_where(host, port)}: {why}")
+
+
+def _cut_short(ans, turn, timeout):
+    """Why the answer `ans` to `turn` is not all of it, in words: the server closed or reset
+    the connection, or --timeout ran out, before it or during it."""
+    n = len(ans.data)
+    if turn.http and turn.whole:
+        what = (f"an incomplete response, {n} bytes" if b"HTTP/".startswith(ans.data[:5])
+                else f"not an HTTP response: {ans.data[:60].decode('latin-1')!r}")
+    else:
+        what = f"{n} bytes came, {len(turn.response)} recorded"
+    if ans.ended == "timeout":
+        if not n:
+            return f"no answer within {timeout:g} s"
+        return f"--timeout ({timeout:g} s) ran out during its answer ({what})"
+    how = "reset" if ans.ended == "reset" else "closed"
+    if not n:
+        return f"the server {how} the connection without answering"
+    if turn.http and turn.whole:
+        return f"the server {how} the connection during its answer ({what})"
+    return f"the server {how} the connection after {n} of the {len(turn.response)} bytes recorded for its answer"
+
+
+def _first_line(data, limit=80):
+    """A request's first line as text, within its first `limit` bytes; one that is not text is
+    shown in hex."""
+    line = data[:limit].split(b"\n", 1)[0].rstrip(b"\r")
+    if CONTROLS.search(line) or b"\r" in line:
+        return "binary: " + data[:16].hex(" ") + (" ..." if len(data) > 16 else "")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")
 
 
 class Replayer:
@@ -556,6 +755,7 @@ class Replayer:
         self.timeout, self.idle = timeout, idle
         self.on_done = on_done
         self.stop = False
+        self.first = _FirstConnection()
 
     async def play(self, conv):
         """Replay one conversation; returns its result dict."""
@@ -565,7 +765,7 @@ class Replayer:
         if conv.cut is not None:
             res["partial_at"] = conv.cut
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+            reader, writer = await self.first.open(self.host, self.port, self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
             res["failed"] = f"connect: {_said(e)}"
             return res
@@ -584,6 +784,18 @@ class Replayer:
             for i, turn in enumerate(conv.turns):
                 if self.stop:
                     break
+                if i:
+                    # (a close already received is seen before the next turn goes out: the read
+                    # of its end is a turn of the event loop behind the bytes before it)
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                if i and inbox.closed and (turn.request or turn.response):
+                    if not any(t.response for t in conv.turns[i:]):
+                        break                   # as in the original, whose server said nothing more
+                    # it closed during or after the turn before: that turn is where, not this one
+                    res["failed"] = (f"turn {i - 1}: the server {inbox.ended} the connection after its answer "
+                                     f"(turn {i} and after not sent)")
+                    break
                 if self.speed and i:
                     wait = (turn.start - first) / 1e9 / self.speed - (time.monotonic() - t0)
                     if wait > 0:
@@ -595,27 +807,28 @@ class Replayer:
                     res["unanswered"] += 1      # sent; the original had no answer to compare with
                     continue
                 last = finish if i == len(conv.turns) - 1 and turn.response else None
-                got, end, closed = await _read_answer(inbox, turn, turn.http, self.timeout, self.idle, last)
+                following = conv.turns[i + 1].response if i + 1 < len(conv.turns) else None
+                ans = await _read_answer(inbox, turn, turn.http, self.timeout, self.idle, last, following)
                 if not turn.whole:
                     res["incomplete"] += 1      # part of the recorded answer is missing: nothing to hold it to
                     continue
                 if not turn.response:
                     res["unanswered"] += 1      # nothing recorded to compare with
                     continue
-                if end is None and not got:
-                    if inbox.error is not None:
-                        res["failed"] = f"turn {i}: connection: {_said(inbox.error)}"
-                    else:
-                        res["failed"] = (f"turn {i}: the server closed the connection without answering" if closed
-                                         else f"turn {i}: no answer within {self.timeout:g} s")
+                if not ans.whole:
+                    # closed, reset or out of time before the answer was all there: no verdict on it
+                    res["failed"] = f"turn {i}: " + _cut_short(ans, turn, self.timeout)
                     break
                 # (bytes after an upgrade are compared as bytes)
                 match = "http" if self.match == "http" and turn.http else "exact"
-                diff = compare(turn.response, got, match, turn.method, self.ignore_headers, self.ignore_body)
+                diff = compare(turn.response, ans.data, match, turn.method, self.ignore_headers, self.ignore_body)
+                if ans.ended == "timeout" and ans.whole:
+                    # a response that ends at the close: the close never came
+                    diff.append({"what": "end", "recorded": "the server closed the connection",
+                                 "replayed": f"still open when --timeout ({self.timeout:g} s) ran out"})
                 if diff:
                     res["differing"] += 1
-                    res["differences"].append({"turn": i, "offset": turn.offset,
-                                               "request": turn.request[:80].decode("latin-1").split("\r\n")[0],
+                    res["differences"].append({"turn": i, "offset": turn.offset, "request": _first_line(turn.request),
                                                "differences": diff})
                 else:
                     res["identical"] += 1
@@ -696,15 +909,6 @@ def _check_waits(timeout, idle=None):
         raise UsageError(f"--idle {idle:g}: seconds, more than 0")
 
 
-def check_target(host, port, timeout=5.0):
-    """One connection before anything is replayed: a target that is not there is one line."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise FlowsiftError(f"cannot connect to {_where(host, port)}: {e.strerror or e}") from None
-
-
 def _where(host, port):
     # an IPv6 address in brackets, as flowsift writes endpoints, however --to gave it
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -728,15 +932,19 @@ def _one_of(lines, what):
     return lines[0] + (f" (and {len(lines) - 1:,} more {what})" if len(lines) > 1 else "")
 
 
-def _said_problems(store, truncated, on_notice):
-    """A kept store's problems (store_problems), and its record files cut short
-    (`truncated`: their names and what they lack), each said to `on_notice`: the summary's
+def _said_problems(store, truncated, on_notice, misnamed=()):
+    """A kept store's problems (store_problems), its record files cut short (`truncated`:
+    their names and what they lack) and those named for another connection than their
+    header's (`misnamed`, not replayed), each said to `on_notice`: the summary's
     `store_problems`."""
     if store is None:
         return []
     lines = store_problems(store)
     if truncated:
         lines.append(_one_of([f"{os.path.basename(p)}: {why}" for p, why in truncated], "record files cut short"))
+    if misnamed:
+        lines.append(_one_of([f"{os.path.basename(p)}: {why} (not replayed)" for p, why in misnamed],
+                             "record files named for another connection"))
     if on_notice is not None:
         for line in lines:
             on_notice(f"{store}: {line}")
@@ -819,13 +1027,14 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     out = _Report(report) if report else None
     skipped, convs, temporary = {}, [], None
     try:
-        check_target(host, port)
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
-        truncated = []
+        truncated, misnamed = [], []
         for path in store_files(directory):
             c = conversation(path, partial=partial)
             if c.truncated:
                 truncated.append((path, c.truncated))
+            if c.misnamed:
+                misnamed.append((path, c.misnamed))
             if c.skip is None and _other_port(c, server_port):
                 c.skip = "other server port"
             if c.skip is None and not c.turns:
@@ -836,7 +1045,12 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             convs.append(c)
         if limit and len(convs) > limit:
             skipped["limit"] = len(convs) - limit       # every connection is accounted for
-        problems = _said_problems(store, truncated, on_notice)
+        problems = _said_problems(store, truncated, on_notice, misnamed)
+        if match == "http" and ignore_headers and on_notice is not None and not any(c.http for c in convs):
+            on_notice("--ignore-header: no connection replayed is HTTP, it applies to none")
+        ports = _server_ports(convs[:limit] if limit else convs)
+        if server_port is None:
+            _say_ports(ports, _where(host, port), on_notice)
         rp = Replayer(host, port, speed=speed, concurrency=concurrency, match=match, ignore_headers=ignore_headers,
                       ignore_body=ignore_body, timeout=timeout, idle=idle, on_done=on_conversation)
         _say_room(concurrency, on_notice)
@@ -860,6 +1074,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
                 results = list(getattr(rp, "results", []))
         finally:
             loop.close()
+        rp.first.check(host, port)
         secs = time.monotonic() - t0
     except BaseException:
         if out is not None:
@@ -868,10 +1083,10 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems)
+    return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems, ports)
 
 
-def _summary(results, skipped, secs, to, match, interrupted, report, problems=()):
+def _summary(results, skipped, secs, to, match, interrupted, report, problems=(), server_ports=None):
     results.sort(key=lambda r: r["conn"])
     turns = sum(r["identical"] + r["differing"] for r in results)
     out = {"target": to, "match": match, "seconds": round(secs, 3),
@@ -895,10 +1110,48 @@ def _summary(results, skipped, secs, to, match, interrupted, report, problems=()
         {"conn": r["conn"], "client": r["client"], "server": r["server"], "turn": d["turn"], "request": d["request"],
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
+    for r in results:
+        if not r["failed"] and not r["differing"] and not r["identical"]:
+            r["uncompared"] = _why_uncompared(r)
+    out["uncompared_connections"] = [{"conn": r["conn"], "client": r["client"], "server": r["server"],
+                                      "why": r["uncompared"]} for r in results if r.get("uncompared")][:20]
+    out["server_ports"] = server_ports
     if report:
-        report.write({"summary": out,
-                      "connections": [r for r in results if r["failed"] or r["differing"] or "partial_at" in r]})
+        report.write({"summary": out, "connections": [r for r in results if r["failed"] or r["differing"]
+                                                      or "partial_at" in r or r.get("uncompared")]})
     return out
+
+
+def _why_uncompared(r):
+    """Why no turn of a connection replayed was compared, in words."""
+    if r["unanswered"] and r["incomplete"]:
+        return (f"the original answered none of its turns whole ({r['unanswered']} unanswered, "
+                f"{r['incomplete']} recorded in part)")
+    if r["unanswered"]:
+        return f"the original never answered ({r['unanswered']} turn{'s' * (r['unanswered'] > 1)} sent)"
+    if r["incomplete"]:
+        return (f"the capture holds none of its answers whole ({r['incomplete']} "
+                f"turn{'s' * (r['incomplete'] > 1)} sent)")
+    return "no turn was sent"
+
+
+def _server_ports(convs):
+    """{server port: connections} of the connections to replay, the most used first."""
+    ports = {}
+    for c in convs:
+        p = int(c.server.rpartition(":")[2])
+        ports[p] = ports.get(p, 0) + 1
+    return dict(sorted(ports.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _say_ports(ports, to, on_notice):
+    """One line when connections to several server ports all go to `to`: a capture's FTP data
+    connections, say, sent to its control server."""
+    if len(ports) > 1 and on_notice is not None:
+        named = ", ".join(f"{p} ({n:,})" for p, n in list(ports.items())[:5]) + (
+            f" and {len(ports) - 5:,} more" if len(ports) > 5 else "")
+        on_notice(f"connections to {len(ports):,} server ports, all replayed against {to}: {named}; "
+                  "--server-port N replays those to one")
 
 
 # --- what a backend had not acknowledged -------------------------------------------------------
@@ -910,8 +1163,7 @@ def unacked_plan(path):
     from flowsift.streams.reader import RecordFile
     with RecordFile(path) as rf:
         h = rf.header
-        conv = _conversation_of(h)
-        conv.truncated = rf.missing
+        conv = _conversation_of(rf, path)
         if conv.skip:
             return conv, 0, 0, 0, None
         acked, end = h["acked0"], h["end0"]
@@ -921,18 +1173,30 @@ def unacked_plan(path):
             end = gaps[0].offset
             conv.cut = end
         if acked >= end:
-            conv.skip = "everything acknowledged"
+            # (what is unacknowledged lies past the gap: it cannot be sent)
+            conv.skip = "gap in the client's stream" if acked < h["end0"] else "everything acknowledged"
             return conv, acked, acked, end, None
         client = rf.data(0, 0, end)
     start, note = acked, "from the first unacknowledged byte (no message boundaries known)"
-    if HTTP_REQUEST.match(client):
+    if HTTP_REQUEST.match(client) or conv.cut is not None and HTTP_REQUEST_CUT.match(client):
         conv.http = True
-        for s, e in http_messages(client, True):
+        msgs = http_messages(client, True)
+        for s, e in msgs:
             if s <= acked < e:
                 start = s
                 note = ("from the start of the request that holds the first unacknowledged byte "
                         f"({acked - s} bytes of it had been acknowledged)") if s < acked else "from a request boundary"
                 break
+        if conv.cut is not None and msgs and http_message(client, msgs[-1][0], True) is None:
+            # the request the gap cuts into is not sent (as with --partial): a server would wait
+            # for the bytes missing, or take what follows them for its body
+            end = msgs[-1][0]
+            if end <= start:
+                conv.skip = "gap in the client's stream"
+                return conv, acked, start, end, None
+            note += "; up to the request the gap cuts into, not sent"
+    elif conv.cut is not None:
+        note += "; up to the gap"
     conv.turns = [Turn(client[start:end], b"", 0, start)]
     return conv, acked, start, end, note
 
@@ -971,17 +1235,13 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     _check_waits(timeout)
     check_kept_store(store)
     out_file = _Report(report) if report else None
-    try:
-        check_target(host, port)
-    except BaseException:
-        if out_file is not None:
-            out_file.abandon()
-        raise
-    skipped, plans, truncated = {}, [], []
+    skipped, plans, truncated, misnamed = {}, [], [], []
     for path in store_files(store):
         conv, acked, start, end, note = unacked_plan(path)
         if conv.truncated:
             truncated.append((path, conv.truncated))
+        if conv.misnamed:
+            misnamed.append((path, conv.misnamed))
         if conv.skip is None and _other_port(conv, server_port):
             conv.skip = "other server port"
         if conv.skip:
@@ -991,7 +1251,10 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     if limit and len(plans) > limit:
         skipped["limit"] = len(plans) - limit           # every connection is accounted for, as in replay()
         del plans[limit:]
-    problems = _said_problems(store, truncated, on_notice)
+    problems = _said_problems(store, truncated, on_notice, misnamed)
+    ports = _server_ports([p[0] for p in plans])
+    if server_port is None:
+        _say_ports(ports, _where(host, port), on_notice)
 
     async def send(conv, acked, start, end, note):
         data = conv.turns[0].request
@@ -999,9 +1262,9 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         # bytes and messages: those sent (a failure leaves the rest unsent); planned: all there were
         row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
                "sent_from": start, "bytes": 0, "messages": 0, "bytes_planned": end - start,
-               "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None}
+               "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None, "partial_at": conv.cut}
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer = await first.open(host, port, timeout)
         except (OSError, asyncio.TimeoutError) as e:
             row["failed"] = f"connect: {_said(e)}"
             return row
@@ -1015,11 +1278,12 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
                 if conv.http:
                     method = data[s:e].split(b" ", 1)[0]
                     # nothing recorded to compare with: any whole HTTP response will do
-                    got, done, closed = await _read_answer(inbox, Turn(data[s:e], ANY_RESPONSE, 0, s, method),
-                                                           True, timeout, 1.0)
-                    if done is None:
-                        row["failed"] = (f"the server closed the connection without answering message {msgs.index((s, e))}"
-                                         if closed else f"no answer to message {msgs.index((s, e))} within {timeout:g} s")
+                    ans = await _read_answer(inbox, Turn(data[s:e], ANY_RESPONSE, 0, s, method), True, timeout, 1.0)
+                    if not ans.whole:
+                        k = msgs.index((s, e))
+                        row["failed"] = (f"no answer to message {k} within {timeout:g} s" if ans.ended == "timeout"
+                                         and not ans.data else f"message {k}: " + _cut_short(ans, Turn(
+                                             data[s:e], ANY_RESPONSE, 0, s, method, http=True), timeout))
                         break
                     row["answers"] += 1
         except (ConnectionError, OSError) as e:
@@ -1029,7 +1293,11 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
             writer.close()
         return row
 
+    first = None
+
     async def main():
+        nonlocal first
+        first = _FirstConnection()
         sem = asyncio.Semaphore(_descriptor_room(concurrency))
 
         async def one(p):
@@ -1039,12 +1307,19 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
     if plans:
         _say_room(concurrency, on_notice)
     t0 = time.monotonic()
-    rows = list(asyncio.run(main())) if plans else []
+    try:
+        rows = list(asyncio.run(main())) if plans else []
+        if first is not None:
+            first.check(host, port)
+    except BaseException:
+        if out_file is not None:
+            out_file.abandon()
+        raise
     out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
-           "store_problems": problems, "report": str(report) if report else None,
+           "store_problems": problems, "server_ports": ports, "report": str(report) if report else None,
            "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]][:20]}
     if out_file:
         out_file.write({"summary": out, "connections": rows})

@@ -153,7 +153,9 @@ def test_report_pinpoints_a_changed_response(tmp_path, http_table):
     assert s["differing"] == 1 and s["identical"] == 6 and s["uncompared"] == 1 and s["turns_differing"] == 1
     r = json.loads(report.read_text())
     assert r["summary"]["turns_differing"] == 1
-    (conn,) = r["connections"]
+    # the connection that differs, and the one with nothing compared (and why)
+    conn, other = sorted(r["connections"], key=lambda c: not c["differing"])
+    assert other["uncompared"].startswith("the capture holds none of its answers whole"), other
     (turn,) = conn["differences"]
     assert turn["request"] == "GET /css/pygments.css HTTP/1.1"
     whats = {d["what"]: d for d in turn["differences"]}
@@ -226,9 +228,8 @@ def test_a_gap_in_the_client_stream_is_never_sent(tmp_path, corpus):
         assert s["connections"] == 1 and s["partial"] == 1
     finally:
         srv_sock.close()
-    # the preflight connections send nothing; the partial replay sent the 4 bytes before the gap
-    sent = [g for g in got if g]
-    assert len(sent) == 1 and len(sent[0]) == 4
+    # one connection in all: the partial replay's, with the 4 bytes before the gap
+    assert [len(g) for g in got] == [4]
 
 
 def test_bad_targets_are_one_line_exit_2(corpus):
@@ -262,7 +263,7 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", f"127.0.0.1:{port}", "--server-port", "99999"), "--server-port 99999: a port"),
                         (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port"),
                         (("--to", f"127.0.0.1:{port}", "--ignore-header", "Date"),
-                         "--ignore-header and --ignore-body-regex go with --match http")):
+                         "--ignore-header goes with --match http")):
         res = run_cli("replay", BRO, *args)
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
@@ -623,8 +624,8 @@ def test_turns_the_original_never_answered_are_counted(tmp_path):
                                                   (True, b"bye\n", False)])
     s, seen = _scripted(tmp_path, "unanswered", cap, "--timeout", 3, "--idle", 0.3)
     assert (s["turns"], s["turns_identical"], s["turns_unanswered"], s["failed"]) == (1, 1, 1, 0)
-    # sent all the same (the empty one: the check that the target listens)
-    assert [x for x in seen if x["then"]] == [{"then": "bye\n"}]
+    # sent all the same
+    assert seen == [{"then": "bye\n"}]
 
 
 def test_unacked_requests_wait_for_each_whole_answer(tmp_path):
@@ -815,7 +816,7 @@ def test_after_a_switch_of_protocols_the_stream_replays_turn_by_turn(tmp_path):
         s = _answers(tmp_path, "upgrade-upper", cap, "--match", match, "--idle", 0.3)
         assert (s["differing"], s["turns_identical"], s["turns_differing"]) == (1, 1, 2), s
         assert [(d["turn"], d["request"], d["what"]) for d in s["first_differences"]] == [
-            (1, "hello\n", ["bytes"]), (2, "bye\n", ["bytes"])]
+            (1, "hello", ["bytes"]), (2, "bye", ["bytes"])]
 
 
 def test_a_connection_with_nothing_compared_is_not_identical(tmp_path, corpus):
@@ -877,7 +878,7 @@ def test_partial_stops_at_the_last_whole_request_before_a_gap(tmp_path):
 def _first_line_cut(tmp_path, name, client, answer):
     """A capture of one connection whose client stream lost bytes 10..20 of `client`, replayed
     with --partial against a listener that answers nothing: (summary, what the listener got
-    beside the check that it listens, or None)."""
+    or None)."""
     from pcapgen import timed_capture
     cap = timed_capture(tmp_path / name, [
         (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
@@ -889,8 +890,6 @@ def _first_line_cut(tmp_path, name, client, answer):
         listener.listen(8)
         res = run_cli("replay", cap, "--to", f"127.0.0.1:{listener.getsockname()[1]}", "--partial", "--timeout", 1,
                       "--json")
-        listener.settimeout(0.5)
-        listener.accept()[0].close()                # the check that the target listens
         listener.setblocking(False)
         try:
             conn = listener.accept()[0]
@@ -1141,3 +1140,334 @@ def test_replay_of_a_store_says_what_inspect_lists_as_its_problems(tmp_path, cor
         res = run_cli("replay", "--store", store, "--to", to, "--timeout", 0.2, "--limit", 1, "--json")
         assert json.loads(res.stdout)["store_problems"][0] == ("store.json: missing (the gateway writes it first: "
                                                                "these files come from elsewhere)")
+
+
+def _response(ctype, body):
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def test_a_binary_body_that_differs_says_where():
+    """A PNG body past 16 KiB was diffed as text with its bytes that are not UTF-8 dropped: the
+    diff was empty but for the note on what was compared."""
+    from flowsift.replay import compare
+    png = bytes(range(256)) * 180
+    flipped = png[:305] + bytes([png[305] ^ 0x55]) + png[306:]
+    for ctype in (b"image/png", b"application/x-unknown"):
+        (d,) = compare(_response(ctype, png), _response(ctype, flipped), "http", b"GET")
+        assert d["what"] == "body" and d["diff"] == [f"binary: {len(png)} bytes recorded, {len(png)} now; "
+                                                     "first difference at byte 305"], d
+    # text in latin-1 is still text, every byte kept; one past what is diffed says where
+    page = b"caf\xe9 " * 5000
+    (d,) = compare(_response(b"text/html", page), _response(b"text/html", page.replace(b"\xe9", b"e", 1)),
+                   "http", b"GET")
+    assert "-caf\xe9 caf\xe9" in d["diff"][3] and "+cafe caf\xe9" in d["diff"][4], d["diff"]
+    late = b"a\n" * 10000
+    (d,) = compare(_response(b"text/plain", late), _response(b"text/plain", late[:-2] + b"b\n"), "http", b"GET")
+    assert d["diff"][0] == "first difference at byte 19998", d["diff"]
+    from flowsift.replay import body_kind
+    assert body_kind({"content-type": ["application/vnd.api+json"]}) == "text"
+    assert body_kind({"content-type": ["application/vnd.ms-excel"]}) == "binary"
+    # a gzip-encoded body is binary whatever its media type
+    gz = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n")
+    (d,) = compare(gz + b"abcd", gz + b"abce", "http", b"GET")
+    assert d["diff"] == ["binary: 4 bytes recorded, 4 now; first difference at byte 3"], d
+
+
+def test_a_missing_record_file_is_found_by_its_number_and_a_copy_is_not_replayed(tmp_path, corpus):
+    """With c00000003.rec gone and c00000004.rec copied to c00000044.rec, the count of record
+    files matched what store.json says: nothing was said missing, and connection 4 was replayed
+    twice."""
+    store = tmp_path / "st"
+    run_cli("gateway", BRO, "--store", store, "--keep", check=True)
+    (store / "c00000003.rec").unlink()
+    # (sparse: a record file's size is mostly holes)
+    subprocess.run(["cp", "--sparse=always", str(store / "c00000004.rec"), str(store / "c00000044.rec")], check=True)
+    said = ["store.json: its run kept the 13 record files it made, 12 are here: c00000003.rec missing",
+            "store.json: its run made 13 record files, numbered from 0: c00000044.rec is not one of them"]
+    res = run_cli("inspect", store, "--json")
+    assert json.loads(res.stdout)["problems"] == said + ["c00000044.rec: named for connection 44, its header says "
+                                                         "connection 4"], res.stdout
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        for extra in ((), ("--unacked",)):
+            res = run_cli("replay", "--store", store, "--to", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", 0.2,
+                          "-j", 16, "--json", *extra)
+            s = json.loads(res.stdout)
+            assert s["store_problems"] == said + ["c00000044.rec: named for connection 44, its header says "
+                                                  "connection 4 (not replayed)"], s
+            assert s["skipped"]["record file named for another connection"] == 1, s
+    # conn 3 carried data (it is the one left out): 7 of the 8 replayed before
+    assert s["connections"] + sum(s["skipped"].values()) == 13, s
+
+
+def test_unacked_never_sends_a_request_a_gap_cuts_into(tmp_path, corpus):
+    """--unacked sent a POST's head and the 977 bytes of its body before a gap, then failed the
+    server for not answering; --partial leaves such a request out."""
+    store = tmp_path / "st"
+    run_cli("gateway", corpus / "gap__pcpp__unidirectional_tcp_stream_with_missing_packet.pcap", "--store", store,
+            "--keep", check=True)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{listener.getsockname()[1]}", "--timeout", 1)
+        assert (s["connections"], s["failed"], s["skipped"]) == (0, 0, {"gap in the client's stream": 1}), s
+        while True:                                 # nothing was sent on any connection
+            try:
+                conn = listener.accept()[0]
+            except BlockingIOError:
+                break
+            with conn:
+                conn.settimeout(1)
+                assert conn.recv(100) == b""
+    # a whole request before the one the gap cuts: that one is sent, and answered
+    from pcapgen import timed_capture
+    one, post = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /two HTTP/1.1\r\nContent-Length: 30\r\n\r\n" + b"x" * 30
+    c = 100 + len(one)
+    cap = timed_capture(tmp_path / "gap.pcap", [
+        (0, True, 99, 0, 0x02, b""), (0.001, False, 499, 100, 0x12, b""), (0.002, True, 100, 500, 0x10, b""),
+        (0.01, True, 100, 500, 0x18, one), (0.02, True, c, 500, 0x18, post[:50]),
+        (0.03, True, c + 60, 500, 0x18, post[60:])])                                        # post[50:60] lost
+    store, report = tmp_path / "st2", tmp_path / "r.json"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    srv = Server(tmp_path, ANSWERS, "ok")
+    try:
+        s = replay("--unacked", "--store", store, "--to", f"127.0.0.1:{srv.port}", "--timeout", 3, "--report", report)
+    finally:
+        srv.stop()
+    assert (s["connections"], s["messages"], s["answers"], s["bytes"], s["failed"]) == (1, 1, 1, len(one), 0), s
+    (row,) = json.loads(report.read_text())["connections"]
+    assert row["partial_at"] == c - 100 + 50 and row["note"].endswith("up to the request the gap cuts into, not sent")
+
+
+CUTS = textwrap.dedent('''
+    """Answers by mode (argv[1]), cutting its answers short or saying more than recorded.
+    http-reset, http-close: half of a 100-byte response, then a reset (or a close)
+    http-trickle: a response's head, then its body a byte every 0.4 s
+    http-open: a response without length (it ends at the close), never closed
+    smtp-half: a greeting, then half the answer to the first command and the close
+    smtp-after: a greeting, the whole answer to the first command, then the close
+    smtp-long: a greeting longer than recorded, then 250 ok to each command (221 bye to QUIT)
+    redis: +PONG to PING, $1 x to ECHO x, and a TIME one digit longer than recorded"""
+    import asyncio, socket, struct, sys
+    mode = sys.argv[1]
+    BODY = b"HTTP/1.1 200 OK\\r\\nContent-Length: 100\\r\\n\\r\\n" + b"x" * 100
+
+    async def handle(r, w):
+        try:
+            if mode.startswith("http"):
+                await r.readuntil(b"\\r\\n\\r\\n")
+                if mode == "http-trickle":
+                    w.write(BODY[:40])
+                    for k in range(40, len(BODY)):
+                        await w.drain()
+                        await asyncio.sleep(0.4)
+                        w.write(BODY[k:k + 1])
+                elif mode == "http-open":
+                    w.write(b"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello")
+                    await w.drain()
+                    await asyncio.sleep(60)
+                else:
+                    w.write(BODY[:70])
+                    await w.drain()
+                    await asyncio.sleep(0.2)
+                    if mode == "http-reset":
+                        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                              struct.pack("ii", 1, 0))
+                        w.transport.abort()
+                        return
+                w.close()
+                return
+            if mode.startswith("smtp"):
+                w.write(b"220 ready, and the date: Mon 1 Jan 2024\\r\\n" if mode == "smtp-long" else b"220 ready\\r\\n")
+                first = True
+                while line := await r.readline():
+                    if mode == "smtp-after":
+                        # the answer and the close in one segment (corked): the close is there with it
+                        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                    if first and mode == "smtp-half":
+                        w.write(b"250-mail.exa")
+                        await w.drain()
+                        break
+                    w.write(b"221 bye\\r\\n" if line.startswith(b"QUIT") else
+                            b"250-mail.example\\r\\n250 OK\\r\\n" if line.startswith(b"EHLO") else b"250 ok\\r\\n")
+                    await w.drain()
+                    first = False
+                    if mode == "smtp-after":
+                        w.write_eof()
+                        await asyncio.sleep(0)
+                        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                        await asyncio.sleep(1)
+                        break
+            else:
+                while line := await r.readline():
+                    w.write({b"PING\\r\\n": b"+PONG\\r\\n", b"ECHO x\\r\\n": b"$1\\r\\nx\\r\\n"}.get(
+                        line, b"*2\\r\\n$10\\r\\n1800000000\\r\\n$7\\r\\n1234567\\r\\n"))
+                    await w.drain()
+            await asyncio.sleep(0.2)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        w.close()
+
+''') + SERVE
+
+SMTP_TURNS = [(False, b"220 ready\r\n", False), (True, b"EHLO x\r\n", False),
+              (False, b"250-mail.example\r\n250 OK\r\n", False), (True, b"MAIL FROM:<a@b>\r\n", False),
+              (False, b"250 ok\r\n", False), (True, b"QUIT\r\n", False), (False, b"221 bye\r\n", False)]
+
+
+def _cut(tmp_path, mode, capture, *args):
+    srv = Server(tmp_path, CUTS, mode)
+    try:
+        return replay(capture, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, *args)
+    finally:
+        srv.stop()
+
+
+def test_an_answer_cut_short_says_how_and_at_which_turn(tmp_path):
+    """A response cut by a reset or a close was "an incomplete response (70 bytes)"; one still
+    coming when --timeout ran out, the same; an SMTP server that closed during its answer to
+    turn 1 had turn 2 blamed ("turn 2: the server closed the connection without answering")."""
+    cap = _exchange(tmp_path, "one.pcap", [(True, GET, False),
+                                           (False, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
+                                            False)])
+    for mode, how in (("http-reset", "reset"), ("http-close", "closed")):
+        s = _cut(tmp_path, mode, cap, "--match", "http", "--timeout", 5)
+        assert s["failures"][0]["reason"] == (f"turn 0: the server {how} the connection during its answer "
+                                              "(an incomplete response, 70 bytes)"), s
+    s = _cut(tmp_path, "http-trickle", cap, "--match", "http", "--timeout", 1)
+    assert s["failures"][0]["reason"].startswith("turn 0: --timeout (1 s) ran out during its answer ("), s
+    smtp = _exchange(tmp_path, "smtp.pcap", SMTP_TURNS)
+    s = _cut(tmp_path, "smtp-half", smtp, "--timeout", 5)
+    assert s["failures"][0]["reason"] == ("turn 1: the server closed the connection after 12 of the 26 bytes "
+                                          "recorded for its answer"), s
+    s = _cut(tmp_path, "smtp-after", smtp, "--timeout", 5)
+    assert s["failures"][0]["reason"] == ("turn 1: the server closed the connection after its answer (turn 2 and "
+                                          "after not sent)"), s
+    assert s["turns_identical"] == 2, s
+    # a close where the original's server said nothing more either is no failure
+    cap = _exchange(tmp_path, "closes.pcap", [
+        (True, GET, False), (False, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, and more than before",
+                             False), (True, GET, False)])
+    s = _answers(tmp_path, "http10", cap, "--match", "http")
+    assert (s["identical"], s["failed"]) == (1, 0), s
+
+
+def test_an_answer_longer_than_recorded_is_its_own_turns_difference(tmp_path):
+    """Compared as bytes, an answer longer than recorded was cut at the recorded length: a
+    greeting with a longer date showed as 11 bytes recorded, 11 replayed, and every later turn
+    differed, each answer starting with the surplus of the one before."""
+    report = tmp_path / "r.json"
+    s = _cut(tmp_path, "smtp-long", _exchange(tmp_path, "smtp.pcap", SMTP_TURNS), "--timeout", 5, "--report", report)
+    assert (s["turns"], s["turns_differing"], s["turns_identical"]) == (4, 1, 3), s
+    (d,) = json.loads(report.read_text())["connections"][0]["differences"]
+    assert (d["turn"], d["request"]) == (0, "") and (d["differences"][0]["recorded"],
+                                                     d["differences"][0]["replayed"]) == (11, 41), d
+    # a reply one digit longer in the middle of a conversation: that turn alone differs
+    redis = _exchange(tmp_path, "redis.pcap", [
+        (True, b"PING\r\n", False), (False, b"+PONG\r\n", False), (True, b"TIME\r\n", False),
+        (False, b"*2\r\n$10\r\n1700000000\r\n$6\r\n123456\r\n", False), (True, b"PING\r\n", False),
+        (False, b"+PONG\r\n", False), (True, b"ECHO x\r\n", False), (False, b"$1\r\nx\r\n", False)])
+    s = _cut(tmp_path, "redis", redis, "--timeout", 5)
+    assert (s["turns_differing"], s["turns_identical"]) == (1, 3), s
+    assert [d["turn"] for d in s["first_differences"]] == [1], s
+    # and what varies can be masked, as bytes too (with --match http as well: not HTTP, compared as bytes)
+    s = _cut(tmp_path, "redis", redis, "--timeout", 5, "--ignore-body-regex", "[0-9]+")
+    assert (s["turns_differing"], s["turns_identical"]) == (0, 4), s
+    srv = Server(tmp_path, CUTS, "redis")
+    try:
+        res = run_cli("replay", redis, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, "--match", "http",
+                      "--ignore-body-regex", "[0-9]+", "--ignore-header", "Date", "--json")
+    finally:
+        srv.stop()
+    assert json.loads(res.stdout)["turns_identical"] == 4 and res.returncode == 0
+    # an option that applies to nothing is said
+    assert res.stderr == "flowsift: --ignore-header: no connection replayed is HTTP, it applies to none\n", res.stderr
+
+
+def test_a_response_that_ends_at_a_close_that_never_comes_differs(tmp_path):
+    """A response without length whose server never closed was compared as it stood after
+    --timeout, and called identical."""
+    cap = _exchange(tmp_path, "open.pcap", [(True, GET, False),
+                                            (False, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello", False)])
+    report = tmp_path / "r.json"
+    s = _cut(tmp_path, "http-open", cap, "--match", "http", "--timeout", 1, "--report", report)
+    assert (s["differing"], s["failed"], s["first_differences"][0]["what"]) == (1, 0, ["end"]), s
+    (d,) = json.loads(report.read_text())["connections"][0]["differences"][0]["differences"]
+    assert d == {"what": "end", "recorded": "the server closed the connection",
+                 "replayed": "still open when --timeout (1 s) ran out"}
+
+
+def test_trailer_fields_are_compared_as_headers_are():
+    """A chunked response's trailer fields were not compared: one that changed went unseen."""
+    from flowsift.replay import compare
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+    recorded = head + b"X-Checksum: v1\r\nDate: Mon\r\n\r\n"
+    (d,) = compare(recorded, head + b"X-Checksum: changed\r\nDate: Tue\r\n\r\n", "http", b"GET")
+    assert d == {"what": "trailer x-checksum", "recorded": ["v1"], "replayed": ["changed"]}
+    assert compare(recorded, head + b"\r\n", "http", b"GET") == [
+        {"what": "trailer x-checksum", "recorded": ["v1"], "replayed": None}]
+    # as volatile and --ignore-header headers are not
+    assert compare(recorded, head + b"X-Checksum: changed\r\n\r\n", "http", b"GET", ignore_headers=["X-Checksum"]) == []
+
+
+def test_uncompared_connections_and_other_server_ports_are_named(tmp_path):
+    """Connections with nothing to compare were counted and named nowhere, and a capture's
+    connections to several server ports all went to --to without a word (FTP data connections
+    sent to the control server)."""
+    from pcapgen import timed_capture
+
+    def conn(name, port, at, answer):
+        return timed_capture(tmp_path / name, [
+            (at, True, 99, 0, 0x02, b""), (at + 0.001, False, 499, 100, 0x12, b""),
+            (at + 0.002, True, 100, 500, 0x10, b""), (at + 0.01, True, 100, 500, 0x18, b"hello\n")]
+            + ([(at + 0.02, False, 500, 106, 0x18, answer)] if answer else []), port=port).read_bytes()
+    cap = tmp_path / "two.pcap"
+    cap.write_bytes(conn("a.pcap", 80, 0, b"hello\n") + conn("b.pcap", 8080, 1, None)[24:])
+    srv = Server(tmp_path, ANSWERS, "echo")
+    report = tmp_path / "r.json"
+    try:
+        res = run_cli("replay", cap, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, "--report", report)
+        s = replay(cap, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3)
+        one = run_cli("replay", cap, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.3, "--server-port", 80)
+    finally:
+        srv.stop()
+    assert res.returncode == 0 and res.stderr == (
+        f"flowsift: connections to 2 server ports, all replayed against 127.0.0.1:{srv.port}: 80 (1), 8080 (1); "
+        "--server-port N replays those to one\n"), res.stderr
+    # (folded to the terminal's width where COLUMNS says one)
+    assert ("uncompared: connection 1 (10.0.0.1:40000 -> 10.0.0.2:8080): the original never answered (1 turn "
+            "sent)") in " ".join(res.stdout.split()), res.stdout
+    (row,) = json.loads(report.read_text())["connections"]
+    assert (row["conn"], row["uncompared"]) == (1, "the original never answered (1 turn sent)"), row
+    assert s["uncompared_connections"] == [{"conn": 1, "client": "10.0.0.1:40000", "server": "10.0.0.2:8080",
+                                            "why": "the original never answered (1 turn sent)"}], s
+    assert s["server_ports"] == {"80": 1, "8080": 1}, s
+    assert one.returncode == 0 and one.stderr == "", one.stderr
+
+
+def test_the_text_output_says_what_it_leaves_out_and_shows_turns_plainly(tmp_path):
+    """The text output listed the first 10 differing turns without a word of the others, showed
+    a greeting turn as `turn 0 ''`, and a binary request's "first line" ran past its newline."""
+    turns = [t for k in range(12) for t in ((True, b"line %d\n" % k, False), (False, b"LINE %d\n" % k, False))]
+    srv = Server(tmp_path, ANSWERS, "echo")
+    try:
+        res = run_cli("replay", _exchange(tmp_path, "twelve.pcap", turns), "--to", f"127.0.0.1:{srv.port}",
+                      "--idle", 0.1)
+        tls = _exchange(tmp_path, "tls.pcap", [(True, b"\x16\x03\x01\x00\x05hello\nworld", False),
+                                               (False, b"\x16\x03\x03\x00\x02hi", False)])
+        s = replay(tls, "--to", f"127.0.0.1:{srv.port}", "--idle", 0.1)
+    finally:
+        srv.stop()
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 1 and out.count("differs: connection 0") == 10, res.stdout
+    assert "... and 2 more; --report FILE.json lists all" in out, res.stdout
+    assert s["first_differences"][0]["request"] == "binary: 16 03 01 00 05 68 65 6c 6c 6f 0a 77 6f 72 6c 64", s
+    srv = Server(tmp_path, CUTS, "smtp-long")
+    try:
+        res = run_cli("replay", _exchange(tmp_path, "smtp.pcap", SMTP_TURNS), "--to", f"127.0.0.1:{srv.port}",
+                      "--idle", 0.3)
+    finally:
+        srv.stop()
+    assert "turn 0 (the server's greeting): bytes" in " ".join(res.stdout.split()), res.stdout
