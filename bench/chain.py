@@ -19,11 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from ingest import workload  # noqa: E402
-
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, capture_arg, describe, flowsift  # noqa: E402
 
 
 def timed(*args, before=None):
@@ -32,7 +29,7 @@ def timed(*args, before=None):
         if before is not None:
             before()
         t0 = time.perf_counter()
-        out = subprocess.run([FLOWSIFT, *map(str, args)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(flowsift(*args), check=True, capture_output=True, text=True).stdout
         t = time.perf_counter() - t0
         best = t if best is None else min(best, t)
     return best, out
@@ -72,4 +69,5 @@ if __name__ == "__main__":
     ap.add_argument("capture", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     ARGS = ap.parse_args()
-    main(Path(ARGS.capture) if ARGS.capture else workload())
+    describe()
+    main(capture_arg(ARGS.capture))

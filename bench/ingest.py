@@ -9,25 +9,13 @@ C loop. Needs: gcc, libpcap-dev; `pip install dpkt scapy` in the venv for those 
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-OUT = HERE / "out"
-
-
-def workload():
-    path = OUT / "web.pcap"
-    if not path.exists():
-        OUT.mkdir(exist_ok=True)
-        script = ROOT.parent / "shared" / "bench" / "make_workload.sh"
-        print(f"building the workload with {script} (a few minutes)...", file=sys.stderr)
-        subprocess.run(["bash", str(script), str(OUT)], check=True)
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, OUT, capture_arg, describe, flowsift  # noqa: E402
 
 
 def c_loop():
@@ -101,7 +89,8 @@ def main():
     ap.add_argument("--scapy-packets", type=int, default=20_000)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    path = Path(a.capture) if a.capture else workload()
+    describe()
+    path = capture_arg(a.capture)
     size = path.stat().st_size
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
 
@@ -111,8 +100,7 @@ def main():
     total = int(out.split()[0])
     rows.append(("C libpcap read loop", total, t, False))
 
-    flowsift = str(Path(sys.executable).parent / "flowsift")
-    t, out = best(lambda: run([flowsift, "stats", "--json", str(path)]), a.repeat)
+    t, out = best(lambda: run(flowsift("stats", "--json", path)), a.repeat)
     assert json.loads(out)["packets"] == total
     rows.append(("flowsift stats (whole command)", total, t, False))
     t, n = best(lambda: flowsift_in_process(path), a.repeat)

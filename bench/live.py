@@ -22,11 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from ingest import workload  # noqa: E402
-
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLOWSIFT, capture_arg, describe  # noqa: E402
 
 
 def sh(*args, **kw):
@@ -84,8 +81,8 @@ def afpacket(capture, loops):
         got = int(re.search(r"(\d+) packets captured", err).group(1))
         drops = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
         rows.append(("tcpdump -w /dev/null", sent, secs, got, drops))
-        for name, cmd in (("flowsift stats afpacket:", [FLOWSIFT, "stats", "afpacket:va,ring=32M", "--json"]),
-                          ("flowsift gateway afpacket:", [FLOWSIFT, "gateway", "afpacket:va,ring=32M", "--json"])):
+        for name, cmd in (("flowsift stats afpacket:", [*FLOWSIFT, "stats", "afpacket:va,ring=32M", "--json"]),
+                          ("flowsift gateway afpacket:", [*FLOWSIFT, "gateway", "afpacket:va,ring=32M", "--json"])):
             sent, secs, out, err = receive(veth, cmd, capture, loops, "capturing on")
             summary = json.loads(out)
             if summary.get("store"):
@@ -103,7 +100,7 @@ def afpacket(capture, loops):
 
 def timed(*args):
     t0 = time.perf_counter()
-    out = subprocess.run([FLOWSIFT, *map(str, args)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([*FLOWSIFT, *map(str, args)], check=True, capture_output=True, text=True).stdout
     return time.perf_counter() - t0, json.loads(out)
 
 
@@ -135,6 +132,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/live.py makes a network namespace: run it as root")
-    cap = Path(args.capture) if args.capture else workload()
+    describe()
+    cap = capture_arg(args.capture)
     afpacket(cap, args.loops)
     dpdk(cap, args.count)

@@ -30,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from ingest import OUT, c_loop, workload  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLOWSIFT, HERE, OUT, ROOT, capture_arg, describe  # noqa: E402
+from ingest import c_loop  # noqa: E402
+sys.path.insert(1, str(ROOT / "tests"))
 
 # Runs FUNC(PATH, LIMIT) of a bench module and prints [seconds, peak RSS KiB, *FUNC's result].
 CHILD = """import json, resource, sys, time
@@ -141,14 +141,15 @@ def main():
                     help="short connections in the smaller capture of the memory rows (0: no memory rows)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    path = Path(a.capture) if a.capture else workload()
+    describe()
+    path = capture_arg(a.capture)
     size = path.stat().st_size
     allowed = sorted(os.sched_getaffinity(0))
     cpu = max(allowed)
     os.sched_setaffinity(0, {cpu})
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
-    flowsift = str(Path(sys.executable).parent / "flowsift")
 
+    flowsift = FLOWSIFT
     t, out, rss = best(lambda: measure([str(c_loop()), str(path)]), a.repeat)
     total = int(out.split()[0])
     rows = [dict(tool="C libpcap read loop", packets=total, seconds=t, rss=rss, conns=None, bytes=None,
@@ -168,7 +169,7 @@ def main():
                          + (f", {r['evicted']:,} evicted (table full)" if r["evicted"] else ""))
 
     def discard():
-        t, out, rss = best(lambda: measure([flowsift, "streams", str(path), "--discard", "--json"]), a.repeat)
+        t, out, rss = best(lambda: measure([*flowsift, "streams", str(path), "--discard", "--json"]), a.repeat)
         r = json.loads(out)   # its "packets" are the TCP and UDP ones it reassembled, of capture_packets
         return dict(packets=r.get("capture_packets", r["packets"]), seconds=t, rss=rss, conns=r["connections"], bytes=r["bytes"],
                     note=f"complete; {r['gaps']:,} gaps, {r['conflicts']:,} conflicts")
@@ -189,7 +190,7 @@ def main():
 
     row("libnids (nids_count.c)", libnids)
     row("flowsift streams --discard", discard)
-    row("flowsift streams -o tmpfs", to_files(lambda d: [flowsift, "streams", str(path), "-o", d, "--json"],
+    row("flowsift streams -o tmpfs", to_files(lambda d: [*flowsift, "streams", str(path), "-o", d, "--json"],
                                               "complete, holes left out and listed"))
     row("tcpflow -o tmpfs", to_files(lambda d: ["tcpflow", "-r", str(path), "-o", d],
                                      "NUL-fills holes, last copy wins"))
@@ -198,7 +199,7 @@ def main():
         # reassembly (tcpflow has one thread either way)
         cpus = ",".join(map(str, allowed[-2:]))
         row("flowsift streams -o, 2 CPUs", to_files(
-            lambda d: ["taskset", "-c", cpus, flowsift, "streams", str(path), "-o", d, "--json"],
+            lambda d: ["taskset", "-c", cpus, *flowsift, "streams", str(path), "-o", d, "--json"],
             "the same; system calls in a writer thread"))
     row("dpkt + dict (Python)", lambda: python_row(
         "dpkt_reassembler:reassemble", a.dpkt_packets, path, "stalls on re-cut retransmissions"))
@@ -217,7 +218,7 @@ def memory_rows(a, flowsift):
     """Peak RSS on N and 4N short connections, few open at once; bytes kept per connection seen."""
     from test_store_faults import many_connections
     n = a.memory_connections
-    tools = {"flowsift streams --discard": lambda p: [flowsift, "streams", str(p), "--discard", "--json"],
+    tools = {"flowsift streams --discard": lambda p: [*flowsift, "streams", str(p), "--discard", "--json"],
              "libnids (nids_count.c)": lambda p: [str(nids_count()), str(p), str(a.nids_streams)]}
     rss = {}
     with tempfile.TemporaryDirectory(prefix="reassembly-mem-", dir="/dev/shm") as d:

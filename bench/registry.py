@@ -24,12 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from ingest import workload  # noqa: E402
-
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLOWSIFT, capture_arg, describe  # noqa: E402
 
 
 def start_redis():
@@ -139,7 +135,7 @@ def timed(*args):
     best = None
     for _ in range(ARGS.repeat):
         t0 = time.perf_counter()
-        subprocess.run([FLOWSIFT, *map(str, args)], check=True, capture_output=True)
+        subprocess.run([*FLOWSIFT, *map(str, args)], check=True, capture_output=True)
         t = time.perf_counter() - t0
         best = t if best is None else min(best, t)
     return best
@@ -165,7 +161,7 @@ def main():
         rl, pl = redis_latency(url), pipe_latency()
         print(f"3. wake-up latency (µs)  redis notifications: median {statistics.median(rl):6.0f}  p99 {pct(rl, 0.99):6.0f}"
               f"   embedded pipe: median {statistics.median(pl):6.0f}  p99 {pct(pl, 0.99):6.0f}")
-        capture = Path(ARGS.capture) if ARGS.capture else workload()
+        capture = capture_arg(ARGS.capture)
         t_emb = timed("chain", "counter", capture, "--events", "/dev/null", "--json")
         t_red = timed("chain", "counter", capture, "--events", "/dev/null", "--json", "--registry", url)
         print(f"4. flowsift chain counter on {capture.name} ({capture.stat().st_size / 2**20:,.0f} MiB), best of {ARGS.repeat}: "
@@ -179,4 +175,5 @@ if __name__ == "__main__":
     ap.add_argument("capture", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     ARGS = ap.parse_args()
+    describe()
     main()

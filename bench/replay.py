@@ -16,12 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from ingest import workload  # noqa: E402
-
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, FLOWSIFT, capture_arg, describe  # noqa: E402
 SERVER = HERE.parent / "tests" / "servers" / "recorded_http.py"
 
 
@@ -51,7 +47,8 @@ def main():
     ap.add_argument("capture", nargs="?")
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
-    capture = Path(args.capture) if args.capture else workload()
+    describe()
+    capture = capture_arg(args.capture)
     table = HERE / "out" / "replay-table.json"
     table.parent.mkdir(exist_ok=True)
     n = table_of(capture, table)
@@ -62,7 +59,7 @@ def main():
         runs = {}
         for match in ("exact", "http"):
             t0 = time.perf_counter()
-            res = subprocess.run([FLOWSIFT, "replay", str(capture), "--to", f"127.0.0.1:{port}", "--match", match,
+            res = subprocess.run([*FLOWSIFT, "replay", str(capture), "--to", f"127.0.0.1:{port}", "--match", match,
                                   "--server-port", "80", "-j", str(args.concurrency), "--idle", "0.2", "--timeout", "1",
                                   "--json"], capture_output=True, text=True)
             if res.returncode not in (0, 1):            # (1: some connection differed or failed)

@@ -11,23 +11,20 @@ import os
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from ingest import best, workload  # noqa: E402
-from ingest import run as run_cmd  # noqa: E402
-
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, best, capture_arg, describe, flowsift  # noqa: E402
+from common import run as run_cmd  # noqa: E402
 
 
 def run(capture, every, repeat):
     env = dict(os.environ, FLOWSIFT_CHECKPOINT_EVERY=str(every))
-    cmd = [FLOWSIFT, "chain", str(HERE / "modules" / "tally.py"), str(capture), "--events", "/dev/null", "--json"]
+    cmd = flowsift("chain", HERE / "modules" / "tally.py", capture, "--events", "/dev/null", "--json")
     t, out = best(lambda: run_cmd(cmd, env), repeat)
     return t, json.loads(out)
 
 
 def sharded(capture, repeat, *extra):
-    cmd = [FLOWSIFT, "chain", "counter", str(capture), "--events", "/dev/null", "--json", "--shards", "2", *extra]
+    cmd = flowsift("chain", "counter", capture, "--events", "/dev/null", "--json", "--shards", "2", *extra)
     t, out = best(lambda: run_cmd(cmd, dict(os.environ)), repeat)
     return t, json.loads(out)
 
@@ -42,7 +39,8 @@ def main():
     ap.add_argument("capture", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    capture = Path(args.capture) if args.capture else workload()
+    describe()
+    capture = capture_arg(args.capture)
     base, s = run(capture, 10**9, args.repeat)
     secs = (s["connections"]["tcp"] + s["connections"]["udp"])
     print(f"capture {capture.name}: {secs:,} connections, best of {args.repeat}")

@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from ingest import workload  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLOWSIFT, ROOT, capture_arg, describe  # noqa: E402
+sys.path.insert(1, str(ROOT / "tests"))
 
 
 def timed(cmd):
@@ -36,15 +35,14 @@ def timed(cmd):
 
 
 def gateway_vs_streams(capture):
-    flowsift = str(Path(sys.executable).parent / "flowsift")
-    t_streams = timed([flowsift, "streams", str(capture), "--discard", "--json"])
+    t_streams = timed([*FLOWSIFT, "streams", str(capture), "--discard", "--json"])
     store = Path(tempfile.mkdtemp(prefix="bench-store-", dir="/dev/shm"))
     try:
         best = None
         for _ in range(ARGS.repeat):
             shutil.rmtree(store / "s", ignore_errors=True)      # (freeing the last run's pages is not timed)
             t0 = time.perf_counter()
-            subprocess.run([flowsift, "gateway", str(capture), "--store", str(store / "s"), "--keep", "--json"],
+            subprocess.run([*FLOWSIFT, "gateway", str(capture), "--store", str(store / "s"), "--keep", "--json"],
                            check=True, stdout=subprocess.DEVNULL)
             t = time.perf_counter() - t0
             best = t if best is None else min(best, t)
@@ -56,7 +54,7 @@ def gateway_vs_streams(capture):
         for _ in range(ARGS.repeat):
             shutil.rmtree(store / "o", ignore_errors=True)
             t0 = time.perf_counter()
-            subprocess.run([flowsift, "streams", str(capture), "-o", str(store / "o"), "--json"],
+            subprocess.run([*FLOWSIFT, "streams", str(capture), "-o", str(store / "o"), "--json"],
                            check=True, stdout=subprocess.DEVNULL)
             t = time.perf_counter() - t0
             t_files = t if t_files is None else min(t_files, t)
@@ -74,14 +72,13 @@ def per_connection(n):
     from test_store_faults import many_connections
     tmp = Path(tempfile.mkdtemp(prefix="bench-conns-"))
     capture = many_connections(tmp / "many.pcap", n, payload=b"z" * 100)
-    flowsift = str(Path(sys.executable).parent / "flowsift")
-    t_streams = timed([flowsift, "streams", str(capture), "--discard", "--json"])
+    t_streams = timed([*FLOWSIFT, "streams", str(capture), "--discard", "--json"])
     print(f"2. {n:,} connections of 5 packets:")
     print(f"   flowsift streams --discard   {t_streams:7.3f} s")
     for where, parent in (("/dev/shm", "/dev/shm"), ("disk /tmp", str(tmp))):
         store = Path(tempfile.mkdtemp(dir=parent)) / "s"
         t0 = time.perf_counter()
-        subprocess.run([flowsift, "gateway", str(capture), "--store", str(store), "--keep", "--json"],
+        subprocess.run([*FLOWSIFT, "gateway", str(capture), "--store", str(store), "--keep", "--json"],
                        check=True, stdout=subprocess.DEVNULL)
         t = time.perf_counter() - t0
         shutil.rmtree(store.parent)
@@ -134,6 +131,7 @@ if __name__ == "__main__":
     ap.add_argument("--stream-mb", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
     ARGS = ap.parse_args()
-    gateway_vs_streams(Path(ARGS.capture) if ARGS.capture else workload())
+    describe()
+    gateway_vs_streams(capture_arg(ARGS.capture))
     per_connection(ARGS.connections)
     pointer_find(ARGS.stream_mb)
