@@ -154,11 +154,12 @@ def scratch(tag, shm=True):
 
 
 def free_bytes(path):
-    return shutil.disk_usage(path).free
+    return shutil.disk_usage(path or tempfile.gettempdir()).free
 
 
 def need_space(path, nbytes, what):
     """Fails in one line when `path`'s file system has less than nbytes free."""
     free = free_bytes(path)
     if free < nbytes:
-        fail(f"{what} needs about {nbytes / 2**30:.1f} GiB free in {path}, which has {free / 2**30:.1f} GiB")
+        fail(f"{what} needs about {nbytes / 2**30:.1f} GiB free in {path or tempfile.gettempdir()}, "
+             f"which has {free / 2**30:.1f} GiB")
