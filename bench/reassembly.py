@@ -9,15 +9,19 @@ runs on one core: this process pins itself and its children inherit the pin. Row
 - libnids (nids_count.c) and `flowsift streams --discard`: both directions reassembled, every
   byte handed to a no-op consumer;
 - `flowsift streams -o DIR` and `tcpflow -o DIR`: the same, written to files on tmpfs;
-- dpkt + dict (dpkt_reassembler.py) and Scapy TCPSession: first N packets, extrapolated;
+- dpkt + dict (dpkt_reassembler.py) and Scapy TCPSession (scapy_reassembler.py): first N
+  packets, extrapolated; imported before the clock starts;
 - memory against connections: peak RSS of `streams --discard` and libnids on generated captures
-  of N and 4N short connections with at most 1,000 open at once (--memory-connections N): what
-  each keeps per connection it has seen, though few are open.
-With two or more CPUs, one more row runs `streams -o` on two (its writer thread then runs beside
-reassembly): the only row that breaks the one-core rule. Full-file rows are the best of
---repeat runs, page cache warm. Peak RSS is each tool's own process (Python rows run in a child
-that measures itself). Needs gcc, libpcap-dev, libnids-dev, tcpflow, and dpkt + scapy in the
-venv.
+  of N and 4N short connections (bench/gen.py: SYN, SYN-ACK, data, FIN, FIN, ACK), at most
+  1,000 open at once (--memory-connections N): what each keeps per connection it has seen,
+  though few are open; each tool's count of connections closed and evicted shows they closed.
+Every peer reassembles TCP only, so the flowsift rows run with `--filter tcp`; one more row
+shows `streams --discard` over everything (UDP flows too) with both counts. With two or more
+CPUs, one more row runs `streams -o` on two (its writer thread then runs beside reassembly):
+the only row that breaks the one-core rule. Every row is the best of --repeat runs, page cache
+warm. Peak RSS is each tool's own process (Python rows run in a child that measures itself).
+A tool that is missing or fails is a row that says why. Needs gcc, libpcap-dev, libnids-dev,
+tcpflow, and dpkt + scapy in the venv.
 """
 import argparse
 import json
@@ -30,20 +34,23 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from ingest import OUT, c_loop, workload  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLOWSIFT, HERE, OUT, PREFIX, SHM, capture_arg, describe, last_line, x  # noqa: E402
+from gen import many_connections  # noqa: E402
+from ingest import c_loop  # noqa: E402
 
-# Runs FUNC(PATH, LIMIT) of a bench module and prints [seconds, peak RSS KiB, *FUNC's result].
+# Runs FUNC(PATH, LIMIT) of a bench module REPEAT times, the module imported before the clock
+# starts, and prints [best seconds, peak RSS KiB, *FUNC's result].
 CHILD = """import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 mod, fn = sys.argv[2].split(":")
 fn = getattr(__import__(mod), fn)
-t0 = time.perf_counter()
-r = fn(sys.argv[3], int(sys.argv[4]))
-t = time.perf_counter() - t0
-print(json.dumps([t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, *r]))
+times = []
+for _ in range(int(sys.argv[5])):
+    t0 = time.perf_counter()
+    r = fn(sys.argv[3], int(sys.argv[4]))
+    times.append(time.perf_counter() - t0)
+print(json.dumps([min(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, *r]))
 """
 
 
@@ -62,9 +69,7 @@ def measure(cmd):
         p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], capture_output=True, text=True)
         t = time.perf_counter() - t0
         if p.returncode:
-            # Keep the text of the last lines, not the frame a rich error box draws around it.
-            lines = [s for s in (line.strip("│╭╮╰╯─ ") for line in p.stderr.splitlines()) if s][-2:]
-            raise RuntimeError(f"`{' '.join(cmd[:2])} ...` exited {p.returncode}: {' '.join(lines)}")
+            raise RuntimeError(f"`{' '.join(cmd[:2])} ...` exited {p.returncode}: {last_line(p.stderr)}")
         return t, p.stdout, int(rss.read().split()[-1])
 
 
@@ -75,7 +80,7 @@ def best(run, repeat):
 def into_tmpfs(cmd):
     """One run of cmd(DIR) writing into a fresh tmpfs directory: (seconds, stdout, RSS KiB, stream
     files, their bytes); tcpflow's report.xml and flowsift's index.jsonl are not stream files."""
-    d = tempfile.mkdtemp(prefix="reassembly-", dir="/dev/shm")
+    d = tempfile.mkdtemp(prefix=f"{PREFIX}reassembly-", dir=SHM)
     try:
         t, out, rss = measure(cmd(d))
         sizes = [e.stat().st_size for e in os.scandir(d)
@@ -85,10 +90,12 @@ def into_tmpfs(cmd):
         shutil.rmtree(d)
 
 
-def in_child(func, path, limit):
-    out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), func, str(path), str(limit)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+def in_child(func, path, limit, repeat):
+    p = subprocess.run([sys.executable, "-c", CHILD, str(HERE), func, str(path), str(limit), str(repeat)],
+                       capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(last_line(p.stderr))     # e.g. ModuleNotFoundError: No module named 'scapy'
+    return json.loads(p.stdout)
 
 
 def head_pcap(src, n, dst):
@@ -104,31 +111,6 @@ def head_pcap(src, n, dst):
             out.write(rec + f.read(struct.unpack(order + "I", rec[8:12])[0]))
 
 
-def scapy_reassemble(path, _limit):
-    """Scapy's TCPSession over the whole of path, which the caller cut to the subset: sniff's
-    count= counts what the session emits, not packets read. Returns (packets, None, bytes)."""
-    from scapy.layers.inet import TCP
-    from scapy.sendrecv import sniff
-    from scapy.sessions import TCPSession
-
-    class Counting(TCPSession):
-        packets = 0
-
-        def process(self, pkt, cls=None):
-            Counting.packets += 1
-            return super().process(pkt, cls)
-
-    delivered = 0
-
-    def consume(p):
-        nonlocal delivered
-        if TCP in p:
-            delivered += len(p[TCP].payload)
-
-    sniff(offline=path, session=Counting, store=False, prn=consume)
-    return Counting.packets, None, delivered
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", nargs="?")
@@ -141,14 +123,15 @@ def main():
                     help="short connections in the smaller capture of the memory rows (0: no memory rows)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    path = Path(a.capture) if a.capture else workload()
+    describe()
+    path = capture_arg(a.capture)
     size = path.stat().st_size
     allowed = sorted(os.sched_getaffinity(0))
     cpu = max(allowed)
     os.sched_setaffinity(0, {cpu})
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)   # warm the page cache
-    flowsift = str(Path(sys.executable).parent / "flowsift")
 
+    flowsift = FLOWSIFT
     t, out, rss = best(lambda: measure([str(c_loop()), str(path)]), a.repeat)
     total = int(out.split()[0])
     rows = [dict(tool="C libpcap read loop", packets=total, seconds=t, rss=rss, conns=None, bytes=None,
@@ -157,8 +140,8 @@ def main():
     def row(tool, fn):
         try:
             rows.append(dict(tool=tool, **fn()))
-        except Exception as e:   # one tool missing or failing costs its row, not the run
-            print(f"{tool}: skipped: {e}", file=sys.stderr)
+        except Exception as e:   # one tool missing or failing is a row that says why, not the run's end
+            rows.append(dict(tool=tool, skipped=str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__))
 
     def libnids():
         t, out, rss = best(lambda: measure([str(nids_count()), str(path), str(a.nids_streams)]), a.repeat)
@@ -167,11 +150,15 @@ def main():
                     note=f"skips IPv6, SYN-less flows, all after a side's first hole; {r['closed']:,} closed"
                          + (f", {r['evicted']:,} evicted (table full)" if r["evicted"] else ""))
 
-    def discard():
-        t, out, rss = best(lambda: measure([flowsift, "streams", str(path), "--discard", "--json"]), a.repeat)
-        r = json.loads(out)   # its "packets" are the TCP and UDP ones it reassembled, of capture_packets
-        return dict(packets=r.get("capture_packets", r["packets"]), seconds=t, rss=rss, conns=r["connections"], bytes=r["bytes"],
-                    note=f"complete; {r['gaps']:,} gaps, {r['conflicts']:,} conflicts")
+    def discard(*tcp):
+        def run():
+            t, out, rss = best(lambda: measure([*flowsift, "streams", str(path), "--discard", *tcp, "--json"]), a.repeat)
+            r = json.loads(out)   # its "packets" are those of the connections it reassembled, of capture_packets
+            what = ("TCP only (--filter tcp), as its peers" if tcp else
+                    f"TCP and UDP: {r['tcp']:,} TCP connections and {r['udp']:,} UDP flows")
+            return dict(packets=r["capture_packets"], seconds=t, rss=rss, conns=r["connections"], bytes=r["bytes"],
+                        note=f"complete; {r['gaps']:,} gaps, {r['conflicts']:,} conflicts; {what}")
+        return run
 
     def to_files(cmd, note):
         def run():
@@ -182,15 +169,16 @@ def main():
         return run
 
     def python_row(func, limit, capture, note):
-        t, rss, n, conns, nbytes = in_child(func, capture, limit)
+        t, rss, n, conns, nbytes = in_child(func, capture, limit, a.repeat)
         subset = f"subset, extrapolated: first {n:,} packets, whole file ~{t * total / n:,.0f} s; "
         return dict(packets=n, seconds=t, rss=rss, conns=conns, bytes=nbytes, subset=n < total,
                     note=(subset if n < total else "") + note)
 
     row("libnids (nids_count.c)", libnids)
-    row("flowsift streams --discard", discard)
-    row("flowsift streams -o tmpfs", to_files(lambda d: [flowsift, "streams", str(path), "-o", d, "--json"],
-                                              "complete, holes left out and listed"))
+    tcp = ("--filter", "tcp")
+    row("flowsift streams --discard", discard(*tcp))
+    row("flowsift streams -o tmpfs", to_files(lambda d: [*flowsift, "streams", str(path), "-o", d, *tcp, "--json"],
+                                              "complete, holes left out and listed; TCP only"))
     row("tcpflow -o tmpfs", to_files(lambda d: ["tcpflow", "-r", str(path), "-o", d],
                                      "NUL-fills holes, last copy wins"))
     if len(allowed) > 1 and shutil.which("taskset"):
@@ -198,14 +186,15 @@ def main():
         # reassembly (tcpflow has one thread either way)
         cpus = ",".join(map(str, allowed[-2:]))
         row("flowsift streams -o, 2 CPUs", to_files(
-            lambda d: ["taskset", "-c", cpus, flowsift, "streams", str(path), "-o", d, "--json"],
+            lambda d: ["taskset", "-c", cpus, *flowsift, "streams", str(path), "-o", d, *tcp, "--json"],
             "the same; system calls in a writer thread"))
     row("dpkt + dict (Python)", lambda: python_row(
         "dpkt_reassembler:reassemble", a.dpkt_packets, path, "stalls on re-cut retransmissions"))
-    with tempfile.NamedTemporaryFile(suffix=".pcap", dir="/dev/shm") as head:
+    with tempfile.NamedTemporaryFile(prefix=PREFIX, suffix=".pcap", dir=SHM) as head:
         head_pcap(path, a.scapy_packets, head.name)
         row("Scapy sniff TCPSession", lambda: python_row(
-            "reassembly:scapy_reassemble", a.scapy_packets, head.name, "zero-fills holes, last copy wins"))
+            "scapy_reassembler:reassemble", a.scapy_packets, head.name, "zero-fills holes, last copy wins"))
+    row("flowsift streams --discard, all", discard())
 
     print_table(rows, path, size, total, cpu, a)
     memory = memory_rows(a, flowsift) if a.memory_connections else []
@@ -215,46 +204,63 @@ def main():
 
 def memory_rows(a, flowsift):
     """Peak RSS on N and 4N short connections, few open at once; bytes kept per connection seen."""
-    from test_store_faults import many_connections
+    def flowsift_closed(out):
+        r = json.loads(out)
+        return sum(r["close"].get(k, 0) for k in ("fin", "rst")), r["close"].get("evicted", 0)
+
+    def nids_closed(out):
+        r = json.loads(out)
+        return r["closed"], r["evicted"]
     n = a.memory_connections
-    tools = {"flowsift streams --discard": lambda p: [flowsift, "streams", str(p), "--discard", "--json"],
-             "libnids (nids_count.c)": lambda p: [str(nids_count()), str(p), str(a.nids_streams)]}
-    rss = {}
-    with tempfile.TemporaryDirectory(prefix="reassembly-mem-", dir="/dev/shm") as d:
+    tools = {"flowsift streams --discard": (lambda p: [*flowsift, "streams", str(p), "--discard", "--json"], flowsift_closed),
+             "libnids (nids_count.c)": (lambda p: [str(nids_count()), str(p), str(a.nids_streams)], nids_closed)}
+    rss, ends = {}, {}
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}reassembly-mem-", dir=SHM) as d:
         for k in (n, 4 * n):
             cap = many_connections(Path(d) / f"c{k}.pcap", k)
-            for tool, cmd in tools.items():
-                rss[tool, k] = best(lambda: measure(cmd(cap)), 1)[2]
+            for tool, (cmd, closed) in tools.items():
+                _, out, rss[tool, k] = best(lambda: measure(cmd(cap)), a.repeat)
+                ends[tool, k] = closed(out)
             cap.unlink()
-    print(f"\nmemory: {n:,} and {4 * n:,} five-packet connections, at most 1,000 open at once")
-    print(f"{'tool':<28} {'RSS MiB':>8} {'RSS MiB':>8}  {'bytes kept per connection seen':>30}")
+    print(f"\nmemory: {n:,} and {4 * n:,} six-packet connections (SYN, SYN-ACK, data, FIN, FIN, ACK), "
+          f"at most 1,000 open at once; best of {a.repeat}")
+    print(f"{'tool':<28} {'RSS MiB':>8} {'RSS MiB':>8}  {'bytes kept per connection seen':>30}  closed / evicted")
     out = []
     for tool in tools:
         per = (rss[tool, 4 * n] - rss[tool, n]) * 1024 / (3 * n)
-        print(f"{tool:<28} {rss[tool, n] / 1024:>8.0f} {rss[tool, 4 * n] / 1024:>8.0f}  {per:>30,.0f}")
+        said = "; ".join(f"{k:,}: {ends[tool, k][0]:,} / {ends[tool, k][1]:,}" for k in (n, 4 * n))
+        # (RSS is in KiB: a few bytes a connection either way is none)
+        kept = f"{per:,.0f}" if per >= 8 else "under 8"
+        print(f"{tool:<28} {rss[tool, n] / 1024:>8.0f} {rss[tool, 4 * n] / 1024:>8.0f}  {kept:>30}  {said}")
         out.append(dict(tool=tool, memory_connections=[n, 4 * n], rss=[rss[tool, n], rss[tool, 4 * n]],
-                        bytes_per_connection=per))
+                        bytes_per_connection=per, closed=[ends[tool, k][0] for k in (n, 4 * n)],
+                        evicted=[ends[tool, k][1] for k in (n, 4 * n)]))
     return out
 
 
 def print_table(rows, path, size, total, cpu, a):
-    ref = {r["tool"].split()[0]: r["packets"] / r["seconds"] for r in rows}
+    done = [r for r in rows if "skipped" not in r]
+    ref = {r["tool"].split()[0]: r["packets"] / r["seconds"] for r in done}
     print(f"capture: {path} ({size / 2**20:,.0f} MiB, {total:,} packets); CPU {cpu} only; "
-          f"best of {a.repeat} for full-file rows; libnids table {a.nids_streams:,} streams; "
-          f"/libnids, /tcpflow: packets/s against theirs, above 1x is faster")
-    head = (f"{'tool':<28} {'packets':>10} {'seconds':>8} {'Mpkt/s':>7} {'Gbit/s':>6} {'RSS MiB':>7} "
+          f"best of {a.repeat}; libnids table {a.nids_streams:,} streams; "
+          f"/libnids, /tcpflow: packets/s against theirs, above 1x = faster than it")
+    head = (f"{'tool':<31} {'packets':>10} {'seconds':>8} {'Mpkt/s':>7} {'Gbit/s':>6} {'RSS MiB':>7} "
             f"{'conns':>7} {'MB out':>7} {'/libnids':>8} {'/tcpflow':>8}  complete?")
     print(head)
     for r in rows:
+        if "skipped" in r:
+            print(f"{r['tool']:<31} {'-':>10} {'-':>8} {'-':>7} {'-':>6} {'-':>7} {'-':>7} {'-':>7} {'-':>8} {'-':>8}  "
+                  f"skipped: {r['skipped']}")
+            continue
         pps = r["packets"] / r["seconds"]
         r.setdefault("subset", False)
         r.update(pps=pps, gbps=size * r["packets"] / total * 8 / r["seconds"] / 1e9, rss_mib=r["rss"] / 1024,
                  vs_libnids=pps / ref["libnids"] if "libnids" in ref else None,
                  vs_tcpflow=pps / ref["tcpflow"] if "files" in r and "tcpflow" in ref else None)
         num = lambda v, fmt, unit="": "-" if v is None else format(v, fmt) + unit   # noqa: E731
-        print(f"{r['tool']:<28} {r['packets']:>10,} {r['seconds']:>8.3f} {pps / 1e6:>7.3f} {r['gbps']:>6.2f} "
+        print(f"{r['tool']:<31} {r['packets']:>10,} {r['seconds']:>8.3f} {pps / 1e6:>7.3f} {r['gbps']:>6.2f} "
               f"{r['rss_mib']:>7.0f} {num(r['conns'], ','):>7} {num(r['bytes'] and r['bytes'] / 1e6, ',.1f'):>7} "
-              f"{num(r['vs_libnids'], '.3g', 'x'):>8} {num(r['vs_tcpflow'], '.3g', 'x'):>8}  {r['note']}")
+              f"{x(r['vs_libnids']):>8} {x(r['vs_tcpflow']):>8}  {r['note']}")
 
 
 if __name__ == "__main__":

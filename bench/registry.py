@@ -10,13 +10,20 @@ Starts its own redis-server (no persistence) on a free loopback port.
    cost of the call.
 2. Module commits per second: finished connections with counters and output length, one
    transaction per connection and per 64.
-3. Wake-up latency, from the gateway's update to the module process holding the connection
-   id: Redis keyspace notifications, against the embedded chain's pipe to a worker.
-4. `flowsift chain counter --registry redis://...` against the embedded default (ratio).
+3. Wake-up latency: from the gateway's call that tells of a changed connection to the module
+   process holding its id, one connection every 2 ms, the same clock on both sides.
+   Redis: RedisRegistry.sync() in this process to RedisRegistry.wait() returning it in
+   another (a keyspace notification); the sync call's own round trip is given beside it.
+   Embedded: the embedded registry wakes nothing; a parallel chain's worker is woken by the
+   batch message ParallelChain sends it (the same tuple, pickled over a multiprocessing pipe,
+   received as its worker receives it). Every wait is bounded: a notification that does not
+   come is counted as lost, not waited for.
+4. `flowsift chain counter --registry redis://...` against the embedded default; ratio =
+   embedded time / redis time, above 1x = redis faster.
+Needs redis-server and the `redis` package in the venv.
 """
 import argparse
 import multiprocessing as mp
-import os
 import socket
 import statistics
 import subprocess
@@ -24,28 +31,36 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from ingest import workload  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Failed, best, capture_arg, describe, fail, flowsift, run, x  # noqa: E402
 
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+SAMPLES = 500
+PACE = 0.002            # seconds between two wake-ups
+GRACE = 10.0            # how long after the last wake-up a late one is still waited for
 
 
 def start_redis():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    import redis
+    try:
+        import redis
+    except ImportError:
+        fail("needs the redis package in the venv (pip install redis)")
+    try:
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    except FileNotFoundError:
+        fail("needs redis-server (apt-get install redis-server)")
     for _ in range(200):
         try:
             redis.Redis(port=port).ping()
             return proc, f"redis://127.0.0.1:{port}/0"
         except redis.ConnectionError:
             time.sleep(0.02)
-    raise SystemExit("redis-server did not start")
+    proc.kill()
+    proc.wait()
+    fail("redis-server did not start within 4 s")
 
 
 def updates(reg, batches=400, per_batch=256):
@@ -71,63 +86,84 @@ def commits(reg, bit, n, per):
     return n / (time.perf_counter() - t0)
 
 
-def _listener(url, run, ready, out, count):
+def _listener(url, run, ready, out, count, deadline):
     from flowsift.registry.redis import RedisRegistry
     reg = RedisRegistry(url, run, role="module")
     reg.subscribe()
     ready.set()
     got = []
-    while len(got) < count:
-        changed = reg.wait(1.0) or ()
+    while len(got) < count and time.monotonic() < deadline:
+        changed = reg.wait(0.2) or ()
         now = time.monotonic()
         got += [(c, now) for c in changed if c >= 0]
     out.send(got)
 
 
-def redis_latency(url, samples=500):
-    from flowsift.registry.redis import RedisRegistry
-    reg = RedisRegistry(url, "lat")
-    reg.start_run({"store": "/nonexistent", "source": "bench"})
-    ctx = mp.get_context("fork")
-    ready, (rx, tx) = ctx.Event(), ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_listener, args=(url, "lat", ready, tx, samples))
-    p.start()
-    ready.wait(10)
-    time.sleep(0.2)
-    sent = {}
-    for c in range(samples):
-        sent[c] = time.monotonic()
-        reg.sync([], [(c, 1, 1, 0)])
-        time.sleep(0.002)
-    got = rx.recv()
-    p.join(10)
-    reg.end_run()
-    return [(t - sent[c]) * 1e6 for c, t in got if c in sent]
-
-
-def _pipe_worker(conn, out, count):
+def _pipe_worker(conn, ready, out, count, deadline):
+    ready.set()
     got = []
-    while len(got) < count:
-        msg = conn.recv()
-        got.append((msg, time.monotonic()))
+    while len(got) < count and time.monotonic() < deadline:
+        if not conn.poll(0.2):
+            continue
+        msg = conn.recv()                   # as flowsift's _worker receives a batch
+        now = time.monotonic()
+        got += [(c, now) for c in msg[2]]
     out.send(got)
 
 
-def pipe_latency(samples=500):
+def _collect(ctx, target, args, send):
+    """Starts target(*args, ready, tx, SAMPLES, deadline) in a process, calls send(c) for each
+    sample and returns ({sample: latency µs}, samples lost); every wait ends by the deadline."""
+    ready, (rx, tx) = ctx.Event(), ctx.Pipe(duplex=False)
+    deadline = time.monotonic() + 10 + SAMPLES * PACE + GRACE
+    p = ctx.Process(target=target, args=(*args, ready, tx, SAMPLES, deadline))
+    p.start()
+    try:
+        if not ready.wait(10):
+            raise Failed("the listening process did not start within 10 s")
+        time.sleep(0.2)
+        sent = {}
+        for c in range(SAMPLES):
+            sent[c] = time.monotonic()
+            send(c)
+            time.sleep(PACE)
+        got = rx.recv() if rx.poll(max(0.0, deadline - time.monotonic()) + 2) else []
+    finally:
+        p.join(2)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    lat = {c: (t - sent[c]) * 1e6 for c, t in got if c in sent}
+    return lat, SAMPLES - len(lat)
+
+
+def redis_latency(url):
+    from flowsift.registry.redis import RedisRegistry
+    reg = RedisRegistry(url, "lat")
+    reg.start_run({"store": "/nonexistent", "source": "bench"})
+    calls = []
+
+    def send(c):
+        t0 = time.monotonic()
+        reg.sync([], [(c, 1, 1, 0)])
+        calls.append((time.monotonic() - t0) * 1e6)
+    try:
+        lat, lost = _collect(mp.get_context("fork"), _listener, (url, "lat"), send)
+    finally:
+        reg.end_run()
+    return list(lat.values()), lost, calls
+
+
+def pipe_latency():
     ctx = mp.get_context("fork")
     a, b = ctx.Pipe()
-    rx, tx = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_pipe_worker, args=(b, tx, samples))
-    p.start()
-    time.sleep(0.2)
-    sent = {}
-    for c in range(samples):
-        sent[c] = time.monotonic()
-        a.send(("batch", [c], []))
-        time.sleep(0.002)
-    got = rx.recv()
-    p.join(10)
-    return [(t - sent[m[1][0]]) * 1e6 for m, t in got]
+
+    def send(c):
+        # ParallelChain.process's message: ("batch", seq, touched, closed, limits, forget), the
+        # limits being the store's published (records, gaps, end0, end1, last_ts)
+        a.send(("batch", c, [c], [], {c: (3, 0, 1200, 5400, 1_700_000_000_000_000_000)}, []))
+    lat, lost = _collect(ctx, _pipe_worker, (b,), send)
+    return list(lat.values()), lost
 
 
 def pct(xs, q):
@@ -136,13 +172,14 @@ def pct(xs, q):
 
 
 def timed(*args):
-    best = None
-    for _ in range(ARGS.repeat):
-        t0 = time.perf_counter()
-        subprocess.run([FLOWSIFT, *map(str, args)], check=True, capture_output=True)
-        t = time.perf_counter() - t0
-        best = t if best is None else min(best, t)
-    return best
+    return best(lambda: run(flowsift(*args)), ARGS.repeat)[0]
+
+
+def said(lat, lost):
+    if not lat:
+        return f"none of {SAMPLES} arrived"
+    out = f"median {statistics.median(lat):6.0f}  p99 {pct(lat, 0.99):6.0f}"
+    return out + (f"  ({lost} of {SAMPLES} lost)" if lost else "")
 
 
 def main():
@@ -162,16 +199,20 @@ def main():
         print(f"2. module commits per second                       embedded {e_c:12,.0f}   redis {r_c1:10,.0f} "
               f"(one per transaction), {r_c64:,.0f} (64 per transaction)")
         red.end_run()
-        rl, pl = redis_latency(url), pipe_latency()
-        print(f"3. wake-up latency (µs)  redis notifications: median {statistics.median(rl):6.0f}  p99 {pct(rl, 0.99):6.0f}"
-              f"   embedded pipe: median {statistics.median(pl):6.0f}  p99 {pct(pl, 0.99):6.0f}")
-        capture = Path(ARGS.capture) if ARGS.capture else workload()
+        (rl, rlost, calls), (pl, plost) = redis_latency(url), pipe_latency()
+        print(f"3. wake-up latency (µs), gateway's call to the module process holding the id, {SAMPLES} samples:")
+        print(f"   redis (sync -> keyspace notification -> wait)      {said(rl, rlost)}   "
+              f"(the sync call alone: median {statistics.median(calls):.0f})")
+        print(f"   embedded (a parallel chain's batch message, pipe)  {said(pl, plost)}")
+        capture = capture_arg(ARGS.capture)
         t_emb = timed("chain", "counter", capture, "--events", "/dev/null", "--json")
         t_red = timed("chain", "counter", capture, "--events", "/dev/null", "--json", "--registry", url)
         print(f"4. flowsift chain counter on {capture.name} ({capture.stat().st_size / 2**20:,.0f} MiB), best of {ARGS.repeat}: "
-              f"embedded {t_emb:.2f} s, --registry redis {t_red:.2f} s   ratio {t_emb / t_red:.2f}x")
+              f"embedded {t_emb:.2f} s, --registry redis {t_red:.2f} s   ratio {x(t_emb / t_red)} "
+              f"(embedded time / redis time, above 1x = redis faster)")
     finally:
         proc.kill()
+        proc.wait()
 
 
 if __name__ == "__main__":
@@ -179,4 +220,8 @@ if __name__ == "__main__":
     ap.add_argument("capture", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     ARGS = ap.parse_args()
-    main()
+    describe()
+    try:
+        main()
+    except Failed as e:
+        sys.exit(f"bench/registry.py: {e}")

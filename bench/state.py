@@ -4,6 +4,12 @@ re-sharding: two shards, against two shards that go to three and back to two whi
 goes on (the connections moved, the pause each shard took, and the output compared).
 
     .venv/bin/python bench/state.py [CAPTURE] [--repeat 2]
+
+Throughput ratios are the baseline's time over the row's: above 1x = faster than the baseline.
+The cost of one checkpoint is the row's extra time over the baseline's, both best of --repeat,
+divided by its checkpoints; an extra time within the spread of the baseline's runs is noise
+and said so. The output compared is the counter's table, each row without `conn` and `shard`:
+a flow a re-shard moves is named by its new shard from the move on (docs/cli.md).
 """
 import argparse
 import json
@@ -11,29 +17,27 @@ import os
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from ingest import best, workload  # noqa: E402
-from ingest import run as run_cmd  # noqa: E402
-
-FLOWSIFT = str(Path(sys.executable).parent / "flowsift")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, Failed, capture_arg, describe, flowsift, timings, x  # noqa: E402
+from common import run as run_cmd  # noqa: E402
 
 
 def run(capture, every, repeat):
     env = dict(os.environ, FLOWSIFT_CHECKPOINT_EVERY=str(every))
-    cmd = [FLOWSIFT, "chain", str(HERE / "modules" / "tally.py"), str(capture), "--events", "/dev/null", "--json"]
-    t, out = best(lambda: run_cmd(cmd, env), repeat)
-    return t, json.loads(out)
+    cmd = flowsift("chain", HERE / "modules" / "tally.py", capture, "--events", "/dev/null", "--json")
+    times, out = timings(lambda: run_cmd(cmd, env), repeat)
+    return times, json.loads(out)
 
 
 def sharded(capture, repeat, *extra):
-    cmd = [FLOWSIFT, "chain", "counter", str(capture), "--events", "/dev/null", "--json", "--shards", "2", *extra]
-    t, out = best(lambda: run_cmd(cmd, dict(os.environ)), repeat)
-    return t, json.loads(out)
+    cmd = flowsift("chain", "counter", capture, "--events", "/dev/null", "--json", "--shards", "2", *extra)
+    times, out = timings(lambda: run_cmd(cmd, dict(os.environ)), repeat)
+    return min(times), json.loads(out)
 
 
 def rows(summary):
-    return sorted(json.dumps({k: v for k, v in r.items() if k != "conn"}, sort_keys=True)
+    # conn and shard name a connection, and a re-shard renames the flows it moves
+    return sorted(json.dumps({k: v for k, v in r.items() if k not in ("conn", "shard")}, sort_keys=True)
                   for r in summary["tables"]["counter"])
 
 
@@ -42,28 +46,38 @@ def main():
     ap.add_argument("capture", nargs="?")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    capture = Path(args.capture) if args.capture else workload()
-    base, s = run(capture, 10**9, args.repeat)
+    describe()
+    capture = capture_arg(args.capture)
+    base_times, s = run(capture, 10**9, args.repeat)
+    base, noise = min(base_times), max(base_times) - min(base_times)
     secs = (s["connections"]["tcp"] + s["connections"]["udp"])
-    print(f"capture {capture.name}: {secs:,} connections, best of {args.repeat}")
-    print(f"  checkpoint only at the end      {base:7.2f} s")
+    print(f"capture {capture.name}: {secs:,} connections, best of {args.repeat}; "
+          f"throughput ratio = baseline time / row time, above 1x = faster than the baseline")
+    print(f"  checkpoint only at the end       {base:7.2f} s   (the baseline; its runs spread {noise * 1e3:.0f} ms)")
     for every in (16, 1):
-        t, s = run(capture, every, args.repeat)
+        times, s = run(capture, every, args.repeat)
+        t = min(times)
         c = s["checkpoints"]["tally"]
+        extra = t - base
+        each = (f"{extra / c['checkpoints'] * 1e3:.2f} ms each" if extra > noise and c["checkpoints"]
+                else f"cost below noise ({extra * 1e3:+.0f} ms in all, runs spread {noise * 1e3:.0f} ms)")
         print(f"  checkpoint every {every:2} batch{'es' if every > 1 else '  '}      {t:7.2f} s   throughput ratio "
-              f"{base / t:.2f}x   {c['checkpoints']:,} checkpoints, {c['bytes'] / 2**20:,.1f} MiB, "
-              f"{(t - base) / max(c['checkpoints'], 1) * 1e3:.2f} ms each")
+              f"{x(base / t)}   {c['checkpoints']:,} checkpoints, {c['bytes'] / 2**20:,.1f} MiB, {each}")
     fixed, s2 = sharded(capture, args.repeat)
     n = s2["packets"]
     moving, s3 = sharded(capture, args.repeat, "--reshard", f"{n // 3}:3", "--reshard", f"{2 * n // 3}:2")
-    moved = [x["moved"] for x in s3["shards"]]
+    moved = [sh["moved"] for sh in s3["shards"]]
     same = s3["connections"] == s2["connections"] and rows(s3) == rows(s2)
-    print(f"  chain counter --shards 2         {fixed:7.2f} s")
-    print(f"  ... 2 -> 3 -> 2 shards           {moving:7.2f} s   throughput ratio {fixed / moving:.2f}x   "
+    print(f"  chain counter --shards 2         {fixed:7.2f} s   (the baseline)")
+    print(f"  ... 2 -> 3 -> 2 shards           {moving:7.2f} s   throughput ratio {x(fixed / moving)}   "
           f"{sum(m['connections_in'] for m in moved):,} open connections and "
           f"{sum(m['flows_in'] for m in moved):,} flows moved, pause per shard "
-          f"{max(m['seconds'] for m in moved):.2f} s at most; same output: {'yes' if same else 'NO'}")
+          f"{max(m['seconds'] for m in moved):.2f} s at most; same output (counter rows without conn and "
+          f"shard, connection totals): {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Failed as e:
+        sys.exit(f"bench/state.py: {e}")
