@@ -1,4 +1,4 @@
-# A test server: answers HTTP requests with recorded responses (used by tests/test_replay.py and bench/replay.py).
+# A test server: answers HTTP requests with recorded responses (used by tests/test_replay.py).
 """Answers each HTTP request with the response recorded for its request line (in turn);
 with --alter PATH, the response for PATH has another Content-Type and one body byte changed."""
 import asyncio, json, sys
