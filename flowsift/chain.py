@@ -11,11 +11,12 @@ from flowsift.modules.workers import ParallelChain
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
               strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
-              shards=None, shard=None, reshard=None, handover=None, reassembly=None):
+              shards=None, shard=None, reshard=None, handover=None, reassembly=None, edits=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`. `reassembly`: the engine's timeouts
-    and bounds (flowsift.bounds)."""
+    and bounds (flowsift.bounds). `edits`: a writable text file that also gets the edit log's
+    lines (edits.jsonl in the store), or None."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     from flowsift.io.live import is_live
     from flowsift.errors import UsageError
@@ -69,7 +70,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
             from flowsift.modules.edits import Editor
-            editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"))
+            editor = Editor(g.store, log=open(os.path.join(g.store_dir, "edits.jsonl"), "w"), also=edits)
             if write is not None:
                 g.late = {}                     # late packets, for -w to give them their flow's edits
             if write is not None or out is not None:

@@ -26,12 +26,24 @@ _SERVER = (bytes([192, 0, 2, 2]), 80)
 class Result:
     events: list = field(default_factory=list)       # the JSON event lines, as dicts
     summary: dict = field(default_factory=dict)      # what `flowsift chain --json` prints
+    # the edit log's lines, as dicts: each edit, replacement and drop the gateway was asked
+    # for by a writing module, in order (module, conn, record, field, old, new, accepted, reason;
+    # `over`: the module whose value of the field it replaced)
+    edits: list = field(default_factory=list)
 
     def of_kind(self, kind):
         return [e for e in self.events if e["kind"] == kind]
 
     def counters(self, module):
         return self.summary["modules"][module]
+
+    def accepted(self, module=None):
+        """The edits accepted (of `module`, or of every module)."""
+        return [e for e in self.edits if e["accepted"] and module in (None, e["module"])]
+
+    def rejected(self, module=None):
+        """The edits rejected (of `module`, or of every module), each with its `reason`."""
+        return [e for e in self.edits if not e["accepted"] and module in (None, e["module"])]
 
 
 def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="first", filter_expression=None,
@@ -44,6 +56,9 @@ def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="f
     values of the option's type, or text read as a chain reads it (`run_module("m.py", cap,
     big=500)` or `big="500"`); an option not declared, or of another kind, is a ModuleError.
     An option named like a parameter below is given in brackets instead.
+
+    The Result's `edits` are the edit log's lines (what writing modules asked for, accepted or
+    rejected); `write` gives the edited capture.
 
     `strict` (default): the first exception in a hook stops the run. With `inline` (default:
     every module runs in this process, in order) it is that exception itself that propagates,
@@ -66,16 +81,18 @@ def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="f
             raise TypeError(f"run_module: keyword options ({', '.join(options)}) are for one module named without "
                             f"options in brackets; {spec!r} is not: give them in brackets, e.g. 'a,b(x=1)'")
         key = _register(chain[0][0], _options(chain[0][0], options))
-    out = io.StringIO()
+    out, edits = io.StringIO(), io.StringIO()
     try:
         summary = run_chain(spec if key is None else key, str(capture), events=out, strict=strict, inline=inline,
-                            write=write, policy=policy, filter_expression=filter_expression, reassembly=reassembly)
+                            write=write, policy=policy, filter_expression=filter_expression, reassembly=reassembly,
+                            edits=edits)
     except HookError as e:
         if not inline or e.__cause__ is None:
             raise
         failed = e.__cause__
     else:
-        return Result([json.loads(l) for l in out.getvalue().splitlines()], summary)
+        return Result([json.loads(l) for l in out.getvalue().splitlines()], summary,
+                      [json.loads(l) for l in edits.getvalue().splitlines()])
     finally:
         loader.GIVEN.pop(key, None)
     # the hook's exception itself, out of the except clause: no "during handling" context

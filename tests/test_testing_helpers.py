@@ -199,3 +199,36 @@ def test_an_option_of_a_type_of_the_modules_own_says_its_own_words(tmp_path):
     with pytest.raises(ModuleError, match=re.escape("module dns: option ports='0' is not a list of ports "
                                                     "(1 to 65535, parted by ';')") + "$"):
         parse_chain("dns(ports=0)")
+
+
+def test_an_editing_module_is_tested_by_its_edits_and_its_output(tmp_path):
+    """The example of docs/modules.md: Result.edits holds what the gateway accepted and
+    refused, with the old and new values, and `write` the edited capture."""
+    from flowsift.modules import Module
+
+    class Mask(Module):
+        """Masks the password of a login line.
+
+        Synopsis: mask
+        """
+        name = "mask"
+        reads = {"stream"}
+        writes = {"payload"}
+
+        def on_data(self, flow, stream):
+            at = stream.find(b"PASS ")
+            end = stream.find(b"\r\n", at) if at >= 0 else -1
+            if end >= 0:
+                secret = stream.peek_bytes(end - stream.tell())[at + 5 - stream.tell():]
+                stream.replace(at + 5, b"*" * len(secret), old=secret)
+                stream.replace(at + 5, b"x" * len(secret), old=secret)     # masked already: refused
+            stream.skip()
+
+    cap = segments_capture(tmp_path, client=[b"USER bob\r\n", b"PASS hunter2\r\n"], server=[b"331 ok\r\n"])
+    out = tmp_path / "out.pcap"
+    result = run_module(Mask, cap, write=str(out))
+    (edit,) = result.accepted("mask")
+    assert (edit["field"], bytes.fromhex(edit["old"]), bytes.fromhex(edit["new"])) == \
+        ("payload[0]@15", b"hunter2", b"*******")
+    assert [e["reason"] for e in result.rejected("mask")] == ["the stream holds b'*******' at 15, not b'hunter2'"]
+    assert b"PASS *******\r\n" in out.read_bytes() and b"hunter2" not in out.read_bytes()

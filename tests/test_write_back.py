@@ -6,7 +6,7 @@ import pytest
 
 from conftest import require, run_cli
 from flowsift.io import open_capture
-from flowsift.modules import ModuleError
+from flowsift.modules import Module, ModuleError
 from flowsift.testing import run_module, segments_capture
 
 
@@ -305,17 +305,53 @@ def test_tcp_flags_edits_and_drops_reach_the_output(tmp_path, inline):
     assert int(data[1], 16) == 0x10 and data[3] == "1"           # ACK without PSH, checksum good
 
 
-def test_a_module_that_drops_without_declaring_it_is_told(tmp_path):
-    """flow.drop() from a module that does not declare "drop": it ran in a worker, and the drop
-    was lost in parallel but kept with --inline."""
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_module_that_drops_without_declaring_it_is_told(tmp_path, inline):
+    """flow.drop() from a module that does not declare "drop" is refused as an undeclared edit
+    is: a rejected Edit with the reason, counted under the module, in a worker as inline (it
+    was a ModuleError there, and None when accepted)."""
     cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
     mod = packet_module(tmp_path, "dropper", """
-        if record.dir == 1:
-            flow.drop(record)""")
-    for mode in ([], ["--inline"]):
-        res = run_cli("chain", mod, cap, "--strict", *mode)
-        assert res.returncode == 2
-        assert res.stderr.strip().endswith("module dropper: flow.drop() is a verdict: add 'drop' to `writes`")
+        r = flow.drop(record)
+        self.emit("drop", accepted=r.accepted, reason=r.reason)""")
+    res = run_module(str(mod), cap, inline=inline)
+    got = {(e["accepted"], e["reason"]) for e in res.of_kind("drop")}
+    assert got == {(False, "drop is not declared in writes")}
+    assert res.counters("dropper")["edits_rejected"] == len(res.of_kind("drop")) > 0
+
+
+def test_a_drop_returns_an_edit_and_its_rejections_are_counted_under_the_module(tmp_path):
+    cap = segments_capture(tmp_path, client=[b"abc"], server=[b"def"])
+
+    class Dropper(Module):
+        """Drops the server's data, and the first packet after the connection ended.
+
+        Synopsis: dropper
+        """
+        name = "dropper"
+        reads = {"records"}
+        writes = {"drop"}
+
+        def on_packet(self, flow, record):
+            if record.dir == 1 and record.payload_len:
+                self.emit("drop", edit=repr(flow.drop(record)))
+            if record.index == 0:
+                flow.cache["first"] = record
+
+        def on_close(self, flow, reason):
+            # a record of another connection's numbering
+            r = flow.drop(flow.cache["first"]._replace(index=99))
+            self.emit("bad", accepted=r.accepted, reason=r.reason)
+
+    out = tmp_path / "out.pcap"
+    res = run_module(Dropper, cap, write=str(out))
+    assert [e["edit"] for e in res.of_kind("drop")] == ["Edit(accepted=True, reason=None)"]
+    (bad,) = res.of_kind("bad")
+    assert not bad["accepted"] and "is not one of connection 0's" in bad["reason"]
+    assert res.summary["edits"]["rejected"] == {"dropper: not this connection's record": 1}
+    assert res.counters("dropper")["edits_rejected"] == 1
+    assert [e["field"] for e in res.accepted("dropper")] == ["drop"]
+    assert len(frames(out)) == len(frames(cap)) - 1
 
 
 def test_a_nat_port_out_of_range_stops_the_chain_before_the_first_packet(tmp_path, corpus):
@@ -534,4 +570,4 @@ def test_an_edit_that_names_no_field_is_rejected(tmp_path, writes):
     assert got == {(False, no_field)}
     assert res.counters("empty")["edits_rejected"] == len(res.of_kind("edit")) > 0
     if writes:
-        assert res.summary["edits"]["rejected"] == {f"empty: {no_field}": len(res.of_kind("edit"))}
+        assert res.summary["edits"]["rejected"] == {"empty: no field": len(res.of_kind("edit"))}

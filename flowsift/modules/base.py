@@ -140,33 +140,41 @@ class Flow:
 
     def drop(self, record):
         """Verdict: do not forward this packet (record) on egress (-w, --out). The module
-        declares "drop" in `writes`."""
-        m = self._module
-        if m is not None and "drop" not in m.writes:
-            raise ModuleError(f"module {m.name}: flow.drop() is a verdict: add 'drop' to `writes`")
-        if self._editor is not None:
-            self._editor.drop(record, self.conn)
+        declares "drop" in `writes`. Returns an Edit: accepted, or rejected with its reason (as
+        flow.edit)."""
+        if self._editor is None:
+            return self._refused(record, "flow.drop", {"drop": True})
+        return self._editor.drop(self._module, self, record)
 
     def edit(self, record, **fields):
         """Ask the gateway to change header fields of a packet (record), e.g.
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
         module's `writes`. Returns an Edit: accepted, or rejected with its reason (one that
-        names no field is rejected)."""
+        names no field is rejected). A `record` that is not one is a TypeError."""
         if self._editor is None:
-            from flowsift.modules.edits import FIELDS, NO_FIELD, Edit
-            m = self._module
-            if m is not None:
-                m._tally("edits_rejected")
-            if not fields:
-                return Edit(False, NO_FIELD)
-            for key in fields:
-                # the reason the gateway would give (a read-only module runs in a worker)
-                if key not in FIELDS:
-                    return Edit(False, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
-                if m is not None and FIELDS[key] not in m.writes:
-                    return Edit(False, f"{FIELDS[key]} is not declared in writes")
-            return Edit(False, "edits need a chain run by the gateway")
+            return self._refused(record, "flow.edit", fields)
         return self._editor.edit(self._module, self, record, fields)
+
+    def _refused(self, record, call, fields):
+        # a module run where no gateway takes edits (a read-only module, in a worker): the
+        # reason the gateway would give, or that one
+        from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD, Edit, check_record
+        check_record(record, call)
+        m = self._module
+        if m is not None:
+            m._tally("edits_rejected")
+        if not fields:
+            return Edit(False, NO_FIELD)
+        for key in fields:
+            if key == "drop" and call == "flow.drop":
+                if m is not None and "drop" not in m.writes:
+                    return Edit(False, DROP_UNDECLARED)
+                continue
+            if key not in FIELDS:
+                return Edit(False, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
+            if m is not None and FIELDS[key] not in m.writes:
+                return Edit(False, f"{FIELDS[key]} is not declared in writes")
+        return Edit(False, "edits need a chain run by the gateway")
 
     def key(self):
         return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}

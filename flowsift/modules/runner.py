@@ -389,10 +389,14 @@ class InlineChain:
         if self.by_hook["on_packet"] and h["records"] > c.next_record:
             hooks = [m for _, m in self.by_hook["on_packet"]]
             try:
+                headers = self.editor.headers if self.editor is not None else None
                 for rec in c.file.records(c.next_record, h["records"]):
                     self._when = rec.ts_ns
                     flow._upto, flow.last_ts = rec.index + 1, rec.ts_ns     # the connection so far
                     for m in hooks:
+                        if headers and rec.frame_pos in headers:
+                            # a module before it edited the record after it was read: as merged
+                            rec = self.editor.merged(rec)
                         self._call(m, "on_packet", flow, rec)
                     if flow._skipped:
                         hooks = [m for m in hooks if m not in flow._skipped]
@@ -423,10 +427,19 @@ class InlineChain:
                 # replace bytes behind its position), as in a chain of stages
                 held = held or [None, None]
                 for d in (0, 1):
-                    sp = c.pointers.get((i, d))
-                    at = sp.tell() if sp is not None else 0
+                    at = self._reached(c, i, d)
                     held[d] = at if held[d] is None else min(held[d], at)
         return True
+
+    def _reached(self, c, i, d):
+        # how far module i has read direction d of c: for a writing module, the furthest it
+        # went (going back makes nothing it read past editable again, so it is final)
+        sp = c.pointers.get((i, d))
+        pos = sp.tell() if sp is not None else c.saved.get((i, d), 0)
+        m = self.modules[i]
+        if m.writes and self.editor is not None:
+            pos = self.editor.reached(m, c.flow.conn, d, pos)
+        return pos
 
     def _let_go(self, c, i):
         # a module that skipped the connection keeps no pointer into it
@@ -590,8 +603,7 @@ class InlineChain:
                 if self.modules[i] in c.flow._skipped:
                     continue               # it reads no further: nothing waits for it
                 for d in (0, 1):
-                    sp = c.pointers.get((i, d))
-                    ends[d] = min(ends[d], sp.tell() if sp is not None else c.saved.get((i, d), 0))
+                    ends[d] = min(ends[d], self._reached(c, i, d))
             n = 0
             for g in c.file.gaps()[:h["gaps"]] if h["gaps"] else ():
                 if g.offset + g.length > ends[g.dir]:

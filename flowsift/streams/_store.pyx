@@ -1416,6 +1416,21 @@ cdef class RecordStore(Sink):
         if ws_pwrite(&self.ws, h.fd, <const uint8_t*><char*>data, len(data), (DATA1_OFF if d else DATA0_OFF) + offset, conn) != 0:
             self._check()
 
+    def write_record_field(self, uint32_t conn, uint64_t index, int field_off, bytes data):
+        """Merge a verified header edit into record `index` (bytes at `field_off` of it), so later
+        stages, workers included, read the merged field; the record must be published."""
+        cdef cstate_t* st = self._state(conn)
+        cdef handle_t* h
+        if not st.exists:
+            raise KeyError(conn)
+        if field_off < 0 or field_off + len(data) > RECORD_SIZE:
+            raise ValueError(f"bytes {field_off}+{len(data)} are outside a record")
+        self._wait()                # (the writer thread may still hold the record: see _set_bits)
+        h = self._open(conn)
+        if ws_pwrite(&self.ws, h.fd, <const uint8_t*><char*>data, len(data),
+                     RECORDS_OFF + <int64_t>index * RECORD_SIZE + field_off, conn) != 0:
+            self._check()
+
     def latest(self, conns):
         """(records published, latest record id, closed) of each connection: what the registry
         announces once per batch."""

@@ -11,7 +11,8 @@ CONTEXT = 64
 
 class Redact(Module):
     """Masks every match of a regular expression in the streams with bytes of the same length
-    (a verified same-length payload edit), across packet boundaries; in UDP flows, within each
+    (a same-length payload edit, verified by the gateway against the matched bytes), across
+    packet boundaries; in UDP flows, within each
     datagram.
 
     Synopsis: redact(pattern=REGEX, mask=X, direction=both)
@@ -66,7 +67,7 @@ class Redact(Module):
             m = self.regex.match(ctx + orig + data, len(ctx)) if at == base else None
             if m is not None and m.end() > len(ctx) + len(orig):
                 n = m.end() - len(ctx) - len(orig)
-                if self._mask(stream, base, base + n, whole=False):
+                if self._mask(stream, base, data[:n], whole=False):
                     done = max(done, base + n)
                     if n == len(data) and not self._final(stream, base + n):
                         pend[d] = [ctx.decode("latin-1"), (orig + data).decode("latin-1"), base + n]
@@ -74,7 +75,7 @@ class Redact(Module):
             start, end = base + m.start(), base + m.end()
             if start < done or end == start:
                 continue
-            if self._mask(stream, start, end):
+            if self._mask(stream, start, m.group()):
                 done = end
                 if m.end() == len(data) and not self._final(stream, end):
                     # more bytes may extend it (password=sec|ret): looked at with them
@@ -104,15 +105,16 @@ class Redact(Module):
                 break
             for m in self.regex.finditer(data[at - base:at - base + n]):
                 if m.end() > m.start():
-                    self._mask(stream, at + m.start(), at + m.end())
+                    self._mask(stream, at + m.start(), m.group())
         first[d] += upto
         stream.skip()
 
-    def _mask(self, stream, start, end, whole=True):
+    def _mask(self, stream, start, old, whole=True):
+        # `old`: the matched bytes, which the gateway checks are the stream's there;
         # `whole`: a match, not the rest of one masked already
-        if stream.replace(start, self.mask * (end - start)):
+        if stream.replace(start, self.mask * len(old), old=old):
             self.count("redacted", int(whole))
-            self.count("bytes", end - start)
+            self.count("bytes", len(old))
             return True
         self.count("rejected")
         return False

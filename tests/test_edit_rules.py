@@ -1,0 +1,226 @@
+"""What the gateway accepts of writing modules' edits, and how it says so."""
+import pytest
+
+from flowsift.modules import Module, Option
+from flowsift.testing import run_module, segments_capture
+
+REQUEST = [b"GET / HTTP/1.1\r\n", b"Host: example.com\r\n", b"Accept: */*\r\n\r\n"]
+
+
+class GoesBack(Module):
+    """Reads the client's bytes, then goes back to the start and masks 4 bytes.
+
+    Synopsis: goesback(mode=seek)
+    """
+    name = "goesback"
+    reads = {"stream", "gaps"}
+    writes = {"payload"}
+    options = {"mode": Option(str, "seek", "seek or resume")}
+
+    def on_data(self, flow, stream):
+        stream.skip()
+        if stream.direction == 0:
+            if stream.tell() > 0 and not flow.state.get("done"):
+                flow.state["done"] = True
+                (stream.seek if self.config["mode"] == "seek" else stream.resume)(0)
+                r = stream.replace(0, b"XXXX")
+                self.emit("late", accepted=r.accepted, reason=r.reason)
+                stream.skip()
+
+
+class FirstBytes(Module):
+    """Read-only: the first bytes of the client's stream as it reads them.
+
+    Synopsis: firstbytes
+    """
+    name = "firstbytes"
+    reads = {"stream"}
+
+    def on_data(self, flow, stream):
+        if stream.direction == 0 and stream.tell() == 0 and stream.available >= 4:
+            self.emit("first", b=stream.peek_bytes(4))
+        stream.skip()
+
+
+@pytest.mark.parametrize("batch", ["1", None])
+@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("mode", ["seek", "resume"])
+def test_going_back_does_not_make_bytes_read_past_editable(tmp_path, monkeypatch, batch, inline, mode):
+    if batch:
+        monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+    cap = segments_capture(tmp_path, client=REQUEST, server=[b"HTTP/1.1 200 OK\r\n", b"\r\n", b""])
+    from flowsift.testing import _register
+    chain = f"{_register(GoesBack, {'mode': mode})},{_register(FirstBytes)}"
+    res = run_module(chain, cap, inline=inline)
+    late = res.of_kind("late")
+    assert late
+    assert all(not e["accepted"] and "behind the module's position (it read to" in e["reason"] for e in late)
+    assert [e["b"] for e in res.of_kind("first")] == ["GET "]
+    assert res.summary["edits"]["rejected"] == {"goesback: behind the module's position": len(late)}
+
+
+class HostSwap(Module):
+    """Replaces the Host header's value of requests, saying what it replaces.
+
+    Synopsis: hostswap(host=example.org)
+    """
+    name = "hostswap"
+    reads = {"stream", "gaps"}
+    writes = {"payload"}
+    options = {"host": Option(str, "example.org", "the new host"), "claim": Option(str, "", "old bytes claimed")}
+
+    def on_data(self, flow, stream):
+        if stream.direction == 0:
+            at = stream.find(b"Host: ")
+            end = stream.find(b"\r\n", at) if at >= 0 else -1
+            if end < 0:
+                if stream.closed:
+                    stream.skip()
+                return
+            old = stream.peek_bytes(end - stream.tell())[at + 6 - stream.tell():]
+            r = stream.replace(at + 6, self.config["host"].encode(), old=self.config["claim"].encode() or old)
+            self.emit("swap", accepted=r.accepted, reason=r.reason)
+        stream.skip()
+
+
+@pytest.mark.parametrize("host,claim,accepted,reason", [
+    ("example.org", "", True, None),                                   # same length: merged
+    ("example.co", "", False, "replacing 11 bytes with 10: length-changing edits are not supported yet"),
+    ("example.com.evil", "", False, "replacing 11 bytes with 16: length-changing edits are not supported yet"),
+    ("example.org", "EXAMPLE.COM", False, "the stream holds b'example.com' at 22, not b'EXAMPLE.COM'")])
+def test_a_replacement_says_what_it_replaces(tmp_path, host, claim, accepted, reason):
+    cap = segments_capture(tmp_path, client=[b"".join(REQUEST)], server=[b"HTTP/1.1 200 OK\r\n\r\n"])
+    out = tmp_path / "out.pcap"
+    res = run_module(HostSwap, cap, host=host, claim=claim, write=str(out))
+    (swap,) = res.of_kind("swap")
+    assert swap["accepted"] is accepted
+    assert reason is None and swap["reason"] is None or swap["reason"].startswith(reason)
+    client = b"".join(REQUEST)
+    if accepted:
+        client = client.replace(b"example.com", host.encode())
+    assert client in out.read_bytes()                  # nothing else of the request overwritten
+    if not accepted:
+        kind = "length change" if not claim else "old bytes differ"
+        assert res.summary["edits"]["rejected"] == {f"hostswap: {kind}": 1}
+
+
+class Hdr(Module):
+    """Sets header fields of the client's packets.
+
+    Synopsis: hdr(dst=, ttl=0, dport=0)
+    """
+    name = "hdr"
+    reads = {"records"}
+    writes = {"ip.dst", "ip.ttl", "tcp.dport"}
+    options = {"dst": Option(str, "", ""), "ttl": Option(int, 0, ""), "dport": Option(int, 0, "")}
+
+    def on_packet(self, flow, record):
+        if record.dir == 0:
+            c = self.config
+            kw = {k: v for k, v in (("ip_dst", c["dst"]), ("ip_ttl", c["ttl"]), ("tcp_dport", c["dport"])) if v}
+            flow.edit(record, **kw)
+
+
+class Hdr2(Hdr):
+    """Sets header fields of the client's packets too.
+
+    Synopsis: hdr2(dst=, ttl=0, dport=0)
+    """
+    name = "hdr2"
+
+
+class SeeHdr(Module):
+    """Read-only: the ports and destination of the client's packets, as it is handed them.
+
+    Synopsis: seehdr
+    """
+    name = "seehdr"
+    reads = {"records"}
+
+    def on_packet(self, flow, record):
+        if record.dir == 0:
+            self.emit("see", dport=record.dport, dst=".".join(map(str, record.dst[:4])),
+                      column=int(flow.records()["dport"][record.index]))
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_later_module_sees_earlier_header_edits_and_an_override_is_reported(tmp_path, inline):
+    from flowsift.testing import _register
+    cap = segments_capture(tmp_path, client=[b"abc", b"def"], server=[b"ok"])
+    chain = (f"{_register(Hdr, {'dst': '10.8.8.8', 'ttl': 7, 'dport': 81})},"
+             f"{_register(Hdr2, {'dst': '10.7.7.7', 'ttl': 9})},{_register(SeeHdr)}")
+    out = tmp_path / "out.pcap"
+    res = run_module(chain, cap, inline=inline, write=str(out))
+    seen = res.of_kind("see")
+    assert seen and all(e == {**e, "dport": 81, "column": 81, "dst": "10.7.7.7"} for e in seen)
+    n = len(seen)
+    assert res.summary["edits"]["overridden"] == {"hdr2 over hdr: ip.dst": n, "hdr2 over hdr: ip.ttl": n}
+    over = [e for e in res.edits if e.get("over")]
+    assert {(e["field"], e["old"], e["new"], e["over"]) for e in over} == {("ip.dst", "10.8.8.8", "10.7.7.7", "hdr"),
+                                                                          ("ip.ttl", 7, 9, "hdr")}
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_module_after_nat_sees_the_new_port(tmp_path, inline):
+    from flowsift.testing import _register
+    cap = segments_capture(tmp_path, client=[b"abc"], server=[b"ok"])
+    res = run_module(f"nat(to=10.0.0.2:8080),{_register(SeeHdr)}", cap, inline=inline)
+    assert {(e["dport"], e["dst"]) for e in res.of_kind("see")} == {(8080, "10.0.0.2")}
+    assert "overridden" not in res.summary["edits"]
+
+
+class Misuse(Module):
+    """Asks for edits with arguments of the wrong kind.
+
+    Synopsis: misuse
+    """
+    name = "misuse"
+    reads = {"stream", "records", "gaps"}
+    writes = {"payload", "ip.ttl", "drop"}
+
+    def on_packet(self, flow, record):
+        if record.index == 0:
+            import numpy as np
+            for label, r in (("None", None), ("0", 0), ("row", flow.records()[0]), ("tuple", tuple(record))):
+                for call in (lambda r: flow.edit(r, ip_ttl=42), flow.drop):
+                    try:
+                        call(r)
+                    except TypeError as e:
+                        self.emit("record", label=label, error=str(e))
+            assert flow.edit(record._replace(index=np.int64(0)), ip_ttl=42)
+
+    def on_data(self, flow, stream):
+        import numpy as np
+        if stream.direction == 0 and not flow.state.get("done"):
+            flow.state["done"] = True
+            for off, data in ((True, b"AB"), ("0", b"AB"), (None, b"AB"), (0.0, b"AB"), (0, "AB"), (0, [65, 66]),
+                              (0, None)):
+                try:
+                    stream.replace(off, data)
+                except TypeError as e:
+                    self.emit("replace", error=str(e))
+            self.emit("numpy", accepted=stream.replace(np.int64(0), bytearray(b"AB")).accepted)
+            self.emit("far", reason=stream.replace(10**8, b"x").reason)
+            self.emit("far", reason=stream.replace(10**9 + 7, b"x").reason)
+        stream.skip()
+
+
+def test_arguments_of_the_wrong_kind_are_a_type_error_naming_them(tmp_path):
+    cap = segments_capture(tmp_path, client=[b"GET / HTTP/1.1\r\n\r\n"], server=[b"ok"])
+    res = run_module(Misuse, cap)
+    errors = [e["error"] for e in res.of_kind("replace")]
+    assert errors == ["stream.replace: offset is a bool (True), not an integer",
+                      "stream.replace: offset is a str ('0'), not an integer",
+                      "stream.replace: offset is a NoneType (None), not an integer",
+                      "stream.replace: offset is a float (0.0), not an integer",
+                      "stream.replace: new_bytes is a str, not bytes (bytes, bytearray or memoryview)",
+                      "stream.replace: new_bytes is a list, not bytes (bytes, bytearray or memoryview)",
+                      "stream.replace: new_bytes is a NoneType, not bytes (bytes, bytearray or memoryview)"]
+    records = res.of_kind("record")
+    assert len(records) == 8
+    assert {e["error"].split(":")[0] for e in records} == {"flow.edit", "flow.drop"}
+    assert all("record is" in e["error"] and "not a record" in e["error"] for e in records)
+    assert [e["accepted"] for e in res.of_kind("numpy")] == [True]
+    # rejections are counted by kind: the numbers are in the reasons, not the keys
+    assert len({e["reason"] for e in res.of_kind("far")}) == 2
+    assert res.summary["edits"]["rejected"] == {"misuse: outside the stream": 2}
