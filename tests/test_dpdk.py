@@ -467,3 +467,15 @@ def test_inline_stream_edits_go_into_fragments_as_w_puts_them(tmp_path, corpus, 
         assert sent == written and got["egress"]["edited"] == 5 and got["egress"]["not_editable"] == 0
     else:
         assert sent[:3] == frames[:3] and got["egress"]["not_editable"] == 3
+
+
+def test_an_idle_port_does_not_spin_a_core():
+    """A port with nothing to read (net_ring, no sender) is polled with pauses, not spun: the
+    process takes a small part of one core."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = flowsift("stats", "dpdk:net_ring0", "--duration", 3, "--json")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert json.loads(res.stdout)["packets"] == 0
+    assert cpu < 1.5, f"{cpu:.2f} s of CPU in a 3 s idle run"

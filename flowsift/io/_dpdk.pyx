@@ -18,6 +18,14 @@ import tempfile
 
 from flowsift.io._batch cimport Batch, pkt_t
 
+cdef extern from "unistd.h" nogil:
+    int _usleep "usleep"(unsigned int usec)
+
+# empty polls of a port before it is polled with pauses, and the longest pause (µs)
+DEF IDLE_POLLS = 256
+DEF IDLE_MAX_US = 1000
+
+
 cdef extern from "rte_dev.h" nogil:
     pass
 
@@ -303,6 +311,7 @@ cdef class DpdkPort:
         cdef Py_ssize_t n = 0, cap = batch.capacity
         cdef uint16_t got, i, want
         cdef int64_t ts, deadline
+        cdef uint32_t empty = 0
         cdef uint64_t hw = 0, multi = 0, trunc = 0
         cdef int n_seg = 0, j
         cdef size_t want_room
@@ -322,7 +331,13 @@ cdef class DpdkPort:
                 if got == 0:
                     if n > 0 or fs_now_ns() >= deadline:
                         break
+                    # an idle port is polled less and less often (up to every IDLE_MAX_US) rather
+                    # than spinning a core: a packet after a quiet spell waits that long at most
+                    empty += 1
+                    if empty > IDLE_POLLS:
+                        _usleep(IDLE_MAX_US if empty > IDLE_POLLS + 64 else (empty - IDLE_POLLS) * (IDLE_MAX_US // 64))
                     continue
+                empty = 0
                 for i in range(got):
                     m = burst[i]
                     self.held[self.n_held] = m
