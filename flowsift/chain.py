@@ -24,6 +24,13 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
+    if out is not None and is_live(source) and str(source).startswith("afpacket:") and out.startswith("afpacket:"):
+        from flowsift.io.live import _boolean, parse_spec
+        _, src_name, src_opts = parse_spec(str(source))
+        if parse_spec(out)[1] == src_name and _boolean(str(source), "outgoing", src_opts.get("outgoing", "yes")):
+            # the frames it sends out of that interface are captured as outgoing ones and sent again
+            raise UsageError(f"--out {out} is the interface captured: its own frames would come back and be "
+                             f"forwarded without end; capture it with afpacket:{src_name},outgoing=no")
     if write is not None:
         from flowsift.paths import refuse_overwrite
         refuse_overwrite([("input capture", source)], [("-w", write)])

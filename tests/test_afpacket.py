@@ -261,7 +261,9 @@ def test_bad_live_sources_are_one_line_exit_2(netns):
                         (("stats", "afpacket:"), "name the interface"),
                         (("stats", "afpacket:va,outgoing=maybe"), "outgoing= is yes or no"),
                         (("stats", "afpacket:va,outgoing="), "outgoing= is yes or no"),
-                        (("stats", CORPUS / JPEGS, "--count", "5"), "--count and --duration are for live sources")):
+                        (("stats", CORPUS / JPEGS, "--count", "5"), "--count and --duration are for live sources"),
+                        (("stats", "afpacket:va,ring=64G"), "more than a quarter of this machine's memory"),
+                        (("chain", "counter", "afpacket:va", "--out", "afpacket:va"), "capture it with afpacket:va,outgoing=no")):
         p = netns.flowsift(*args)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 2, err

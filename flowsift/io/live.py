@@ -20,6 +20,7 @@ was read is reassembled and summarised as at the end of a file. An interface tha
 waited for; one deleted ends the run as a file's defect does (summary, error, exit 2).
 """
 import math
+import os
 import signal
 import struct
 import time
@@ -242,6 +243,12 @@ class LiveCapture:
                 raise UsageError(f"{spec}: {key}={opts.get(key)} is not a power of two (e.g. 1M, 32M)")
         if ring < block:
             raise UsageError(f"{spec}: ring={opts.get('ring')} is smaller than one block ({block} bytes)")
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if ring > memory // 4:
+            # the kernel pins the whole ring: one past the machine's means is a typo (64G for 64M),
+            # and asking for it sets the OOM killer on other processes
+            raise UsageError(f"{spec}: ring={opts.get('ring')} is more than a quarter of this machine's memory "
+                             f"({memory / 2**30:.1f} GiB): the kernel pins the whole ring (e.g. ring=256M)")
         ts = opts.get("timestamps", "sw")
         if ts not in ("sw", "hw"):
             raise UsageError(f"{spec}: timestamps= is sw or hw")
