@@ -75,12 +75,35 @@ def _not_decoded(s):
     return f"{_n(n)} not decoded ({_n(sum(x['packets'] for x in lts))} of them: {said})"
 
 
+def _capture_line(s):
+    """What a live source took and lost: `received 7,000 of 9,262 (2,262 dropped by the kernel:
+    ring full; 0 left in the ring), stopped by SIGINT after 4.1 s` (None for a file)."""
+    k = s.get("kernel")
+    if not k:
+        return None
+    lost = []
+    if "kernel_packets" in k:           # AF_PACKET
+        head = f"received {_n(k['received'])} of {_n(k['kernel_packets'])}"
+        lost.append(f"{_n(k['kernel_drops'])} dropped by the kernel (ring full)")
+        lost.append(f"{_n(k['left_in_ring'])} left in the ring")
+    else:                               # DPDK
+        head = f"received {_n(k['received'])}"
+        for key, what in (("port_imissed", "missed by the port"), ("port_ierrors", "receive errors"),
+                          ("port_rx_nombuf", "lost for want of buffers"), ("truncated", "cut to a buffer")):
+            if k.get(key):
+                lost.append(f"{_n(k[key])} {what}")
+    line = head + (f" ({'; '.join(lost)})" if lost else "")
+    return line + f", stopped by {k['stopped_by'] or '-'} after {k['seconds']:,.1f} s"
+
+
 def print_stats(s, console=None):
     console = console or _console()
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
     head.add_column()
     head.add_row("file", f"{s['file']} ({s['format']} {s['version']}, {_bytes(s['size'])})")
+    if _capture_line(s):
+        head.add_row("capture", _capture_line(s))
     head.add_row("packets", _n(s["packets"]) + (f"  ({_n(s['filtered'])} rejected by filter {s['filter']!r})" if s["filter"] else ""))
     head.add_row("bytes", f"{_bytes(s['bytes_captured'])} captured, {_bytes(s['bytes_wire'])} on the wire")
     if s["time"]:
@@ -132,6 +155,8 @@ def print_streams(s, console=None):
     t = Table(title="streams", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
+    if _capture_line(s):
+        t.add_row("capture", _capture_line(s))
     t.add_row("connections", f"{_n(s['tcp'])} TCP, {_n(s['udp'])} UDP")
     # every packet read: in a connection, or why not
     why = []
@@ -175,6 +200,8 @@ def print_gateway(s, console=None):
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_row("store", s["store"] or "(removed at the end)")
+    if _capture_line(s):
+        t.add_row("capture", _capture_line(s))
     t.add_row("record files", _n(s["files"]))
     t.add_row("records", _n(s["records"]))
     t.add_row("stream bytes", _bytes(s["bytes"]))
@@ -255,6 +282,8 @@ def print_chain(s, console=None):
     c = s["connections"]
     console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
                   f"{_n(s['events'])} events")
+    if _capture_line(s):
+        console.print(f"capture: {_capture_line(s)}")
     if s.get("unsupported_link_types"):
         console.print(f"of {_n(s['packets'])} packets read, {_not_decoded(s)}")
 

@@ -586,3 +586,17 @@ def test_shards_refuse_what_cannot_be_split(netns):
         p = netns.flowsift("chain", "counter", source, "--shards", 2, "--duration", 1)
         out, err = p.communicate(timeout=60)
         assert p.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", [("stats",), ("streams", "--discard"), ("gateway", "--keep"), ("chain", "counter")])
+def test_the_tables_of_a_live_run_say_what_the_kernel_took_and_lost(netns, corpus, tmp_path, command):
+    """Without --json too: drops and frames left in the ring are on the table, not only in JSON."""
+    extra = ("--store", tmp_path / "s") if command[0] == "gateway" else ()
+    p = netns.popen(sys.executable, "-m", "flowsift", *command, "afpacket:va", "--count", 483, *extra,
+                    env=dict(os.environ, COLUMNS="250"))
+    started(p)
+    send(netns, CORPUS / JPEGS)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    said = " ".join((out + err).split())           # (a chain's tables go to stderr, its events to stdout)
+    assert "received 483 of 483 (0 dropped by the kernel (ring full); 0 left in the ring), stopped by count" in said, err
