@@ -102,6 +102,13 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.shards import Resharder
         g.resharder = Resharder(g, runner, shard[0], *handover)
     forwarder = None
+
+    def idle():
+        # a quiet live source: events of finished connections go out now, not with more traffic
+        if isinstance(runner, ParallelChain):
+            runner.idle()
+        if events is not None:
+            events.flush()
     try:
         if out is not None:
             from flowsift.egress import Forwarder
@@ -124,11 +131,11 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                 # Not with --max-backlog: batches told in bursts would put a module that keeps up
                 # behind for a moment.)
                 g.registry.hold = True
-                summary = g.run_capture(source, on_progress=on_progress, after_written=runner)
+                summary = g.run_capture(source, on_progress=on_progress, after_written=runner, on_idle=idle)
             else:
                 summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
                                         on_batch=forward if forwarder is not None else None,
-                                        on_open=forwarder.open if forwarder is not None else None)
+                                        on_open=forwarder.open if forwarder is not None else None, on_idle=idle)
         except FlowsiftError as e:
             # the store stopped the run (full, unwritable): --json still gives the chain's
             # summary of what was read, its `error` saying why (the workers are not asked to finish)

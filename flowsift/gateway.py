@@ -25,6 +25,11 @@ from flowsift.streams.reader import MANIFEST_FORMAT, MANIFEST_VERSION
 DEFAULT_STORE_PARENT = "/dev/shm"
 
 
+# a quiet live source lets idle timeouts run on the host's clock only when its packets' times
+# are that clock's (software timestamps), not a NIC's own
+IDLE_CLOCK_SPAN = 3600 * 10**9
+
+
 def changed_connections(touched, closed):
     """The connections a publish changed or ended, each once (one that ended without a packet
     in the batch is in `closed` only)."""
@@ -278,11 +283,13 @@ class Gateway:
         self.late.update(zip(arr["rec_pos"][late].tolist(),
                              zip(arr["flow_id"][late].tolist(), arr["dir"][late].tolist())))
 
-    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None, after_written=None, on_open=None):
+    def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None, after_written=None, on_open=None,
+                    on_idle=None):
         """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
         closed)` is called with the connections each publish changed and ended (an inline chain);
         `on_batch(frames)` then with the batch's frames as captured (inline forwarding);
-        `on_open()` once the source is open, before its first packet (to open an egress port).
+        `on_open()` once the source is open, before its first packet (to open an egress port);
+        `on_idle()` while a live source brings nothing (to hand on what the readers wait for).
 
         `after_written` (readers in other processes: a ParallelChain) is told of each batch, in
         order, once it is in the files: a thread writes the batches while the next ones are
@@ -325,9 +332,30 @@ class Gateway:
                 after_written.process(touched, closed, published=snapshot)
         try:
             read = 0                        # packets read so far (before sharding)
-            # a quiet live source still syncs: its heartbeat keeps attached modules from
-            # taking the run for dead, and their progress is taken in
-            idle = (lambda: self.registry.beat_due() and self.sync()) if self.registry.announces else None
+            def idle():
+                # a live source's packets carry the host's time: while it is quiet that time
+                # goes on, so idle timeouts fire (a connection whose FINs left a hole ends then,
+                # not at the next packet); a second behind the clock, for one stamped just now
+                engine = self.reassembler.engine
+                wall = time.time_ns() - 10**9
+                if 0 < wall - engine.now < IDLE_CLOCK_SPAN:
+                    engine.advance(wall)
+                    changed = self.store.publish(hand_over=not lagged)
+                    if changed[0] or changed[1]:
+                        self.sync(*changed, batch=True)
+                        if lagged:
+                            staged.append((*changed, after_written.snapshot(*changed)))
+                        if after_batch is not None:
+                            after_batch(*changed)
+                # a quiet live source still syncs: its heartbeat keeps attached modules from
+                # taking the run for dead, and their progress is taken in
+                if self.registry.announces and self.registry.beat_due():
+                    self.sync()
+                # batches published but not yet told of are told now, not at the next packet
+                if lagged and (staged or handed):
+                    written()
+                if on_idle is not None:
+                    on_idle()
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress, on_idle=idle):
                 if self.table is not None:
                     from flowsift.io.shard import shard_mask

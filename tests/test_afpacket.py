@@ -600,3 +600,25 @@ def test_the_tables_of_a_live_run_say_what_the_kernel_took_and_lost(netns, corpu
     assert p.returncode == 0, err
     said = " ".join((out + err).split())           # (a chain's tables go to stderr, its events to stdout)
     assert "received 483 of 483 (0 dropped by the kernel (ring full); 0 left in the ring), stopped by count" in said, err
+
+
+@pytest.mark.parametrize("mode", [(), ("--inline",), ("--max-backlog", "8")])
+def test_events_of_finished_connections_go_out_while_the_link_is_quiet(netns, corpus, tmp_path, mode):
+    """The capture's connections all end (FINs; those with holes left at their closing timeout,
+    which runs on the host's clock while nothing comes); nothing comes after them: their events
+    are in the events file within moments, not held until more traffic or the stop."""
+    events = tmp_path / "events.jsonl"
+    p = netns.flowsift("chain", "counter", "afpacket:va", "--events", events, "--reassembly", "closing_timeout=1s",
+                       *mode)
+    started(p)
+    send(netns, CORPUS / JPEGS)
+    lines = []
+    for _ in range(80):                     # up to 8 s
+        time.sleep(0.1)
+        lines = events.read_text().splitlines() if events.exists() else []
+        if len(lines) >= 19:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert len(lines) == 19, f"{len(lines)} events before the stop"

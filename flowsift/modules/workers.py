@@ -153,6 +153,10 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
                 if seq % every == 0:
                     checkpoint(seq)
                 post(("ack",))
+            elif msg[0] == "quiet":
+                # the source is quiet: what it finished goes now, not with a later checkpoint
+                if done:
+                    checkpoint(msg[1])
             elif msg[0] == "restore":
                 # a restarted worker: the last checkpoint, then the batches sent after it, in order
                 _, blob, rows, batches = msg
@@ -219,6 +223,7 @@ class _Worker:
         self.name = owner.names[index]
         self.done = set()                # connections this worker finished
         self.pending = 0                 # batches sent and not yet acknowledged (its backlog)
+        self.quiet_at = 0                # the batch after which it was last asked for what it finished
         self.dropped = set()             # connections given up for this module (--max-backlog)
         # A dropped connection's file may be given back only once the worker cannot read it any
         # more: it was told to forget it (with the next batch sent) and checkpointed after that
@@ -490,6 +495,20 @@ class ParallelChain:
             while not w.send(("batch", self.seq, t, k, lim, forget)):
                 self._restart(w)
             w.pending += 1
+
+    def idle(self):
+        """The source is quiet: ask each worker, once, for what it finished (it is sent with
+        checkpoints, every few batches) and take in what they sent: their events go out now,
+        not with more traffic."""
+        for w in self.workers:
+            while not self._drain(w):
+                self._restart(w)
+            if w.pending == 0 and w.quiet_at != self.seq:
+                w.quiet_at = self.seq
+                while not w.send(("quiet", self.seq)):
+                    self._restart(w)
+        if self.events is not None:
+            self.events.flush()
 
     def wait_all(self):
         """Block until every worker has processed every batch sent (a writing stage after this
