@@ -24,7 +24,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
     if write is not None:
-        from flowsift.paths import refuse_overwrite
+        from flowsift.paths import check_output_file, refuse_overwrite
+        check_output_file("-w", write)
         refuse_overwrite([("input capture", source)], [("-w", write)])
         from flowsift.egress import egress_linktype
         egress_linktype(source)                # (before the first packet, not after the run)

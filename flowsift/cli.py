@@ -411,6 +411,9 @@ def chain(
     from flowsift.chain import run_chain
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    if write is not None:
+        from flowsift.paths import check_output_file
+        check_output_file("-w", write)       # (before the events file is made)
     _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events)])
     out = sys.stdout if events == "-" else None
     try:

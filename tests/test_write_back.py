@@ -1,10 +1,12 @@
 """Verified write-back: NAT and redact through the gateway, written out with -w and read again."""
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
-from conftest import require, run_cli
+from conftest import ROOT, require, run_cli
 from flowsift.io import open_capture
 from flowsift.modules import ModuleError
 from flowsift.testing import run_module, segments_capture
@@ -535,3 +537,23 @@ def test_an_edit_that_names_no_field_is_rejected(tmp_path, writes):
     assert res.counters("empty")["edits_rejected"] == len(res.of_kind("edit")) > 0
     if writes:
         assert res.summary["edits"]["rejected"] == {f"empty: {no_field}": len(res.of_kind("edit"))}
+
+
+@pytest.mark.parametrize("write,why", [("", "-w '': an empty file name"), ("{tmp}", "is a directory"),
+                                       ("{tmp}/no/such/out.pcap", "no such directory")])
+def test_a_w_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, corpus, write, why):
+    """A path -w cannot write is a usage error before anything is read, not a failure at the end."""
+    write = write.format(tmp=tmp_path)
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "counter", str(corpus / "http__zeek__get.pcap"),
+                          "-w", write, "--events", "/dev/null"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and why in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_dev_null_is_no_clash_between_two_outputs(corpus):
+    res = run_cli("chain", "counter", corpus / "http__zeek__get.pcap", "-w", "/dev/null", "--events", "/dev/null",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["egress"]["file"] == "/dev/null"
