@@ -557,3 +557,16 @@ def test_dev_null_is_no_clash_between_two_outputs(corpus):
                   "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["egress"]["file"] == "/dev/null"
+
+
+def test_a_writing_module_without_an_output_is_said_once(tmp_path, corpus):
+    """Edits accepted and counted with nothing to write them to: one line says so."""
+    src = corpus / "http__zeek__get.pcap"
+    res = run_cli("chain", "redact(pattern=Host)", src, "--events", "/dev/null", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["edits"]["accepted"]["redact"] > 0
+    assert res.stderr == ("flowsift: module redact asks for edits but nothing is written: "
+                          "add -w OUT.pcap or --out afpacket:IFACE|dpdk:PORT\n")
+    for args in (["counter"], ["redact(pattern=Host)", "-w", tmp_path / "out.pcap"]):
+        res = run_cli("chain", args[0], src, *args[1:], "--events", "/dev/null", "--json")
+        assert res.returncode == 0 and "nothing is written" not in res.stderr, res.stderr
