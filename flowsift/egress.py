@@ -13,7 +13,7 @@ import ipaddress
 import os
 import struct
 
-from flowsift.errors import UsageError, say
+from flowsift.errors import CaptureFormatError, UsageError, say
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
 from flowsift.io._decode import is_ipv6_extension
 from flowsift.modules.edits import checksum_words
@@ -284,9 +284,19 @@ def write_egress(source, out, editor, store, late=None, members=None):
     return counts
 
 
+def _up_to_defect(batches):
+    """The batches up to where reading stops at a defect (a capture cut short): the run's
+    summary says where (its `error`), and the output holds every packet read before it, as
+    `streams` keeps the bytes it read."""
+    try:
+        yield from batches
+    except CaptureFormatError:
+        return
+
+
 def _write_egress(source, out, editor, store, late, members, shown=None):
     cap = open_capture(source)
-    batches = decoded_batches(cap, Decoder())
+    batches = _up_to_defect(decoded_batches(cap, Decoder()))
     first = next(batches, None)
     linktype = egress_linktype(source, cap, first)
     members = members or {}

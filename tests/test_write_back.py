@@ -570,3 +570,18 @@ def test_a_writing_module_without_an_output_is_said_once(tmp_path, corpus):
     for args in (["counter"], ["redact(pattern=Host)", "-w", tmp_path / "out.pcap"]):
         res = run_cli("chain", args[0], src, *args[1:], "--events", "/dev/null", "--json")
         assert res.returncode == 0 and "nothing is written" not in res.stderr, res.stderr
+
+
+def test_w_on_a_capture_cut_short_writes_what_was_read_and_says_where_it_stopped(tmp_path, corpus):
+    """As without -w: the summary of what was read, its `error` saying where, exit 2; the
+    output holds every packet read before the defect, edited."""
+    src, out = tmp_path / "cut.pcap", tmp_path / "out.pcap"
+    src.write_bytes((corpus / "http__zeek__bro.org.pcap").read_bytes()[:20000])
+    res = run_cli("chain", "redact(pattern=Host)", src, "-w", out, "--events", "/dev/null", "--json")
+    assert res.returncode == 2
+    summary = json.loads(res.stdout)
+    assert "cut short" in summary["error"] and res.stderr == f"flowsift: {summary['error']}\n"
+    assert summary["egress"]["packets"] == summary["packets"] == len(frames(out)) > 0
+    assert summary["egress"]["edited"] > 0 and b"Host:" not in out.read_bytes()
+    text = run_cli("chain", "redact(pattern=Host)", src, "-w", out, "--events", "/dev/null")
+    assert text.returncode == 2 and "redacted" in text.stdout
