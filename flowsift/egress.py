@@ -22,6 +22,7 @@ from flowsift.streams.format import RF_LATE
 
 PF_FRAGMENT = 2
 DROPPED = object()          # (a datagram's verdict, where its edits would be)
+GONE_CONNECTIONS = 65536    # connections dropped whole the forwarder remembers, for their late packets
 LATE_DATAGRAMS = 4096       # datagrams the forwarder remembers, for fragments sent again after them
 
 
@@ -220,6 +221,17 @@ def _dropped_frames(editor, members):
     return out
 
 
+def _all_dropped(conn, gone, file_of, dropped):
+    """Was every packet of connection `conn` dropped? (`gone` caches the answers.) Its packets
+    after its end are then dropped too: a connection dropped whole leaves nothing behind."""
+    answer = gone.get(conn)
+    if answer is None:
+        import numpy as np
+        pos = file_of(conn).record_array()["frame_pos"]
+        answer = gone[conn] = len(pos) > 0 and bool(np.isin(pos, np.fromiter(dropped, np.uint64, len(dropped))).all())
+    return answer
+
+
 class _LateStream:
     """Where the packets of a direction that came after its connection ended fall in its stream:
     such a packet reaches no module, but a retransmission among them repeats stream bytes, which
@@ -331,6 +343,7 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
                 fragment_fields[m] = None               # its transport header spans fragments
     datagram_of = {m: dpos for dpos, (frags, _) in members.items() for m in frags}
     late_streams = {}
+    gone = {}                                   # conn -> whether every packet of it was dropped
     import itertools
     from flowsift.io.pcapwriter import MAX_SNAPLEN
     # the source's time resolution and snaplen: a capture no module changed comes out as it came
@@ -364,6 +377,9 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
                         new = None
                 elif pos in late:
                     key = late[pos]
+                    if dropped and _all_dropped(key[0], gone, file_of, dropped):
+                        counts["late_dropped"] += 1   # of a connection dropped whole
+                        continue
                     so = None
                     if arr["proto"][i] == 6 and arr["payload_len"][i] and \
                             (key in changes or key in editor.dropped_ranges):
@@ -433,6 +449,7 @@ class Forwarder:
         # after them (the defragmenter adds it to their members) leaves as they did
         self.sent_datagrams = {}
         self._down_said, self._down_seen, self._sent_seen = False, 0, 0
+        self.gone, self.top_conn = {}, -1     # connections dropped whole so far (see _whole_drops)
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0, "late_dropped": 0}
 
@@ -458,6 +475,39 @@ class Forwarder:
         said before anything is read (at the first batch, that batch was lost)."""
         if self.sink is None:
             self.sink = self._open()
+
+    def _whole_drops(self, arr, skip):
+        """Note the connections every packet of which was dropped so far, and drop their
+        packets that come after their end (counted late_dropped): a connection dropped whole
+        leaves nothing behind. Returns the batch's skip mask (None: nothing to skip)."""
+        import numpy as np
+        flows = arr["flow_id"]
+        late = (arr["rflags"] & RF_LATE) != 0
+        own = (flows != 0xFFFFFFFF) & ~late
+        gone = self.gone
+        if own.any():
+            ids = flows[own]
+            out = skip[own] != 0 if skip is not None else np.zeros(len(ids), dtype=bool)
+            sent = np.unique(ids[~out])
+            if gone:
+                for c in sent[np.isin(sent, np.fromiter(gone, np.uint32, len(gone)))].tolist():
+                    del gone[c]
+            if out.any():
+                # (connections are numbered as they come: a higher one is new in this batch)
+                for c in np.setdiff1d(np.unique(ids[out]), sent).tolist():
+                    if c > self.top_conn:
+                        gone[c] = True
+                        if len(gone) > GONE_CONNECTIONS:
+                            del gone[next(iter(gone))]
+            self.top_conn = max(self.top_conn, int(ids.max()))
+        if gone and late.any():
+            hit = late & np.isin(flows, np.fromiter(gone, np.uint32, len(gone)))
+            if hit.any():
+                if skip is None:
+                    skip = np.zeros(len(arr), dtype=np.uint8)
+                skip[hit] = 1
+                self.counts["late_dropped"] += int(hit.sum())
+        return skip
 
     def _late_fragments(self, pos):
         """{index in the batch: the edits (or DROPPED) of the datagram sent already} for the
@@ -531,6 +581,7 @@ class Forwarder:
             drop = _dropped_frames(ed, self.members or {})
             skip = np.isin(pos, np.fromiter(drop, dtype=np.uint64, count=len(drop))).astype(np.uint8)
             self.counts["dropped"] += int(skip.sum())
+        skip = self._whole_drops(arr, skip)
         # packets carrying stream bytes at their stream offset: TCP segments and UDP datagrams
         # (late ones have none: see below)
         data_pkts = (arr["payload_len"] > 0) & (arr["flow_id"] != 0xFFFFFFFF) & ((arr["proto"] == 6) | (arr["proto"] == 17)) \

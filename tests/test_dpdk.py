@@ -467,3 +467,11 @@ def test_inline_stream_edits_go_into_fragments_as_w_puts_them(tmp_path, corpus, 
         assert sent == written and got["egress"]["edited"] == 5 and got["egress"]["not_editable"] == 0
     else:
         assert sent[:3] == frames[:3] and got["egress"]["not_editable"] == 3
+
+
+def test_inline_drops_the_late_packets_of_a_connection_dropped_whole_as_w_does(tmp_path, corpus):
+    from test_write_back import conn_dropper
+    src = CORPUS / "retrans__zeek__ssh-dups.pcap"
+    got, sent, written = inline_and_written(tmp_path, str(conn_dropper(tmp_path)), src, 377)
+    assert sent == written == []
+    assert got["egress"]["late_dropped"] == got["engine"]["late_packets"] > 0

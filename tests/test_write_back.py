@@ -585,3 +585,38 @@ def test_w_on_a_capture_cut_short_writes_what_was_read_and_says_where_it_stopped
     assert summary["egress"]["edited"] > 0 and b"Host:" not in out.read_bytes()
     text = run_cli("chain", "redact(pattern=Host)", src, "-w", out, "--events", "/dev/null")
     assert text.returncode == 2 and "redacted" in text.stdout
+
+
+def conn_dropper(tmp_path, conn=0):
+    """A module that drops every packet of connection `conn`."""
+    path = tmp_path / "dropconn.py"
+    path.write_text(f'''
+from flowsift.modules import Module
+
+class DropConn(Module):
+    """Drops every packet of connection {conn}.
+
+    Synopsis: dropconn
+    """
+    name = "dropconn"
+    reads = {{"records"}}
+    writes = {{"drop"}}
+
+    def on_packet(self, flow, record):
+        if flow.conn == {conn}:
+            flow.drop(record)
+''')
+    return path
+
+
+def test_the_late_packets_of_a_connection_dropped_whole_are_dropped_too(tmp_path, corpus):
+    """ACKs after the end of a connection every packet of which was dropped: they leave with it
+    (late_dropped), not alone."""
+    src, out = corpus / "retrans__zeek__ssh-dups.pcap", tmp_path / "out.pcap"
+    res = run_cli("chain", conn_dropper(tmp_path), src, "-w", out, "--events", "/dev/null", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    late = summary["engine"]["late_packets"]
+    assert late > 0 and summary["connections"]["tcp"] == 1
+    assert summary["egress"]["late_dropped"] == late and summary["egress"]["packets"] == 0
+    assert frames(out) == []
