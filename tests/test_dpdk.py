@@ -475,3 +475,11 @@ def test_inline_drops_the_late_packets_of_a_connection_dropped_whole_as_w_does(t
     got, sent, written = inline_and_written(tmp_path, str(conn_dropper(tmp_path)), src, 377)
     assert sent == written == []
     assert got["egress"]["late_dropped"] == got["engine"]["late_packets"] > 0
+
+
+def test_inline_edits_tiny_fragments_as_w_does(tmp_path, corpus):
+    """8-byte fragments: each edit goes into the fragment that holds its bytes, as with -w."""
+    src = CORPUS / "frag__peafowl__http_ip_fragmented_out_of_order.pcap"
+    got, sent, written = inline_and_written(tmp_path, "nat(to=10.9.9.9:8080),redact(pattern=Digest)", src, 444)
+    assert got["egress"]["not_editable"] == 0 and got["egress"]["edited"] == 444
+    assert sent == written != frames_of(src)

@@ -169,9 +169,62 @@ def test_nat_rewrites_every_fragment_of_a_fragmented_request(tmp_path, corpus):
     assert len(whole) == 1 and whole[0][5] == "1" and "8080" in (whole[0][6], whole[0][7])
 
 
-def test_a_datagram_whose_transport_header_spans_fragments_leaves_whole_and_counted(tmp_path, corpus):
-    src = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap"   # 8-byte fragments
-    nat_leaves_every_fragment_whole(src, tmp_path / "out.pcap", "nat(to=10.9.9.9:8080)", 444)
+def tshark_tcp(tshark, path):
+    """(ip.src, ip.dst, ttl, ports, IP and TCP checksum verdicts, Authorization) of each TCP
+    packet of `path`, its fragments reassembled by tshark."""
+    return [r.split("\t") for r in subprocess.run(
+        [tshark, "-r", str(path), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-Y", "tcp",
+         "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.ttl", "-e", "tcp.srcport", "-e", "tcp.dstport",
+         "-e", "ip.checksum.status", "-e", "tcp.checksum.status", "-e", "http.authorization"],
+        capture_output=True, text=True, check=True).stdout.splitlines()]
+
+
+@pytest.mark.parametrize("spec", ["nat(to=10.9.9.9:8080),redact(pattern=Digest)", "hdr"])
+def test_edits_of_tiny_fragments_go_into_the_fragments_that_hold_their_bytes(tmp_path, corpus, spec):
+    """8-byte fragments, out of order: the ports, the flags and the checksum of a datagram's
+    TCP header are in three fragments, the TTL and addresses in every one. Each edit goes into
+    the fragment that holds its bytes, and the checksum is right once tshark reassembles them."""
+    tshark = require("tshark")
+    src, out = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap", tmp_path / "out.pcap"
+    if spec == "hdr":
+        spec = str(packet_writer(tmp_path, "hdr", {"ip.ttl", "ip.dst", "tcp.flags"},
+                                 "flow.edit(record, ip_ttl=3, ip_dst='10.1.1.1', tcp_flags=0x18)"))
+    res = run_cli("chain", spec, src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    egress = json.loads(res.stdout)["egress"]
+    assert egress["not_editable"] == 0 and egress["packets"] == 444 and egress["edited"] > 0
+    before, after = tshark_tcp(tshark, src), tshark_tcp(tshark, out)
+    assert len(before) == len(after) == 11
+    assert [r[5:7] for r in after] == [r[5:7] for r in before] == [["1", "1"]] * 11
+    if "nat" in spec:
+        assert all("10.9.9.9" in r[:2] and "8080" in r[3:5] for r in after)
+        assert any(r[7].startswith("Digest ") for r in before) and any(r[7].startswith("XXXXXX ") for r in after)
+        assert not any("Digest" in r[7] for r in after)
+    else:
+        assert all(r[1] == "10.1.1.1" and r[2] == "3" for r in after)
+        assert "0x0018" in subprocess.run([tshark, "-r", str(out), "-Y", "tcp", "-T", "fields", "-e", "tcp.flags"],
+                                          capture_output=True, text=True, check=True).stdout
+
+
+def packet_writer(tmp_path, name, writes, call):
+    """A writing module NAME that declares `writes` and runs `call` on every packet."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(f'''
+from flowsift.modules import Module
+
+class M(Module):
+    """A writing module of a test.
+
+    Synopsis: {name}
+    """
+    name = "{name}"
+    reads = {{"records"}}
+    writes = {writes!r}
+
+    def on_packet(self, flow, record):
+        {call}
+''')
+    return path
 
 
 def nat_leaves_every_fragment_whole(src, out, spec, packets):
