@@ -229,13 +229,27 @@ class M(Module):
 
 def nat_leaves_every_fragment_whole(src, out, spec, packets):
     """The flows of `src` are edited by `spec` (a nat), but no datagram is half rewritten:
-    every one of its `packets` fragments leaves as it came, and is counted so."""
+    every one of its `packets` fragments leaves as it came, and is counted so, with why; the
+    text summary shows it, one line on stderr says it, and the exit code is 3."""
     res = run_cli("chain", spec, src, "-w", out, "--json", "--events", "/dev/null")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 3, res.stderr
     summary = json.loads(res.stdout)
     assert summary["edits"]["accepted"]["nat"] > 0
     assert summary["egress"]["not_editable"] == summary["egress"]["packets"] == packets
+    why = "a fragmented datagram with IPv6 extension headers before its transport header"
+    assert summary["egress"]["not_editable_reasons"] == {why: packets}
+    assert res.stderr == (f"flowsift: -w {out}: {packets} packets with accepted edits left as they came "
+                          f"({packets} {why})\n")
     assert frames(out) == frames(src)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}       # (piped: rows whole)
+    text = subprocess.run([sys.executable, "-m", "flowsift", "chain", spec, str(src), "-w", str(out), "--events",
+                           "/dev/null"], capture_output=True, text=True, timeout=120, env=env)
+    assert text.returncode == 3 and text.stderr == res.stderr
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.stdout.splitlines() if line.count("│") == 3]
+    accepted = summary["edits"]["accepted"]["nat"]
+    for row in [["written", f"{packets} packets to {out}"], ["not editable", f"{packets} (left as they came)"],
+                ["", f"{packets}: {why}"], ["edits accepted", f"nat {accepted}"], ["edits rejected", "0"]]:
+        assert row in rows, (row, text.stdout)
 
 
 def test_a_datagram_whose_fragments_begin_with_ipv6_extension_headers_leaves_whole_and_counted(tmp_path):
