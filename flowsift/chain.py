@@ -32,7 +32,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             raise UsageError(f"--out {out} is the interface captured: its own frames would come back and be "
                              f"forwarded without end; capture it with afpacket:{src_name},outgoing=no")
     if write is not None:
-        from flowsift.paths import refuse_overwrite
+        from flowsift.paths import check_output_file, refuse_overwrite
+        check_output_file("-w", write)
         refuse_overwrite([("input capture", source)], [("-w", write)])
         from flowsift.egress import egress_linktype
         egress_linktype(source)                # (before the first packet, not after the run)
@@ -51,6 +52,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             raise UsageError("--reshard moves read-only modules' state; a chain with a writing module "
                              "runs with a fixed number of shards")
         from flowsift.shards import parse_reshard, run_sharded
+        _say_unwritten(chain, write, out)
         return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
                            filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
                            max_backlog=max_backlog, on_progress=on_progress, reassembly=reassembly)
@@ -67,6 +69,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     # A store that goes at the end, for modules that none read the bytes: the bytes are counted,
     # not stored (the records, gaps and counts do not change)
     bytes_read = any("stream" in cls.reads for cls, _ in chain)
+    _say_unwritten(chain, write, out)
     # record files are read in this process by an inline chain, writing stages and egress; a
     # parallel read-only chain's readers are its workers, so the gateway may hold more files open
     readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
@@ -168,6 +171,18 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             if store is None and not keep:
                 shutil.rmtree(g.store_dir, ignore_errors=True)
     return _complete(summary, runner, chain, store, keep)
+
+
+def _say_unwritten(chain, write, out):
+    """One line when the chain's writing modules have no output: their edits are checked and
+    counted, and would otherwise go nowhere without a word (payload edits reach only the
+    modules after them)."""
+    writers = [cls.name for cls, _ in chain if not cls.read_only()]
+    if writers and write is None and out is None:
+        from flowsift.errors import say
+        say(f"{'module' if len(writers) == 1 else 'modules'} {', '.join(writers)} "
+            f"{'asks' if len(writers) == 1 else 'ask'} for edits but nothing is written: "
+            "add -w OUT.pcap or --out afpacket:IFACE|dpdk:PORT")
 
 
 def _complete(summary, runner, chain, store, keep):

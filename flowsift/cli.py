@@ -53,9 +53,10 @@ def _render(name, stderr=False):
     return show
 
 
-def _run(path, label, work, as_json, render):
+def _run(path, label, work, as_json, render, after=None):
     """Run `work(on_progress)` with a progress bar when worth it, print the result (JSON or
-    `render`), and exit 2 with its one-line error if reading stopped at a defect."""
+    `render`), call `after(result)` (it may say a line), and exit 2 with its one-line error if
+    reading stopped at a defect."""
     size = os.path.getsize(path) if os.path.isfile(path) else 0
     bar = _progress(size, label)
     try:
@@ -75,8 +76,11 @@ def _run(path, label, work, as_json, render):
         typer.echo(json.dumps(result))
     else:
         render(result)
+    code = after(result) if after is not None else 0
     if result["error"]:
         _fail(result["error"])
+    if code:
+        raise typer.Exit(code)
 
 
 def _refuse_overwrite(inputs, outputs):
@@ -411,6 +415,9 @@ def chain(
     from flowsift.chain import run_chain
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    if write is not None:
+        from flowsift.paths import check_output_file
+        check_output_file("-w", write)       # (before the events file is made)
     _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events)])
     out = sys.stdout if events == "-" else None
     try:
@@ -424,10 +431,28 @@ def chain(
                                                          strict=strict, on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
                                                          shards=shards, reshard=reshard),
-             as_json, _render('print_chain', stderr=events == "-"))
+             as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
+
+
+# exit code of a chain whose output left packets with accepted edits unedited (a redaction
+# that did not reach every copy of its bytes must not pass for a clean run)
+EXIT_NOT_APPLIED = 3
+
+
+def _unapplied_edits(summary):
+    """One line on stderr, and EXIT_NOT_APPLIED, when -w or --out left packets with accepted
+    edits as they came (egress.not_editable)."""
+    e = summary.get("egress") or {}
+    if not e.get("not_editable"):
+        return 0
+    where = f"-w {e['file']}" if "file" in e else f"--out {e.get('out')}"
+    why = "; ".join(f"{n} {reason}" for reason, n in e.get("not_editable_reasons", {}).items())
+    typer.echo(f"flowsift: {where}: {e['not_editable']:,} packets with accepted edits left as they came"
+               + (f" ({why})" if why else ""), err=True)
+    return EXIT_NOT_APPLIED
 
 
 @app.command()

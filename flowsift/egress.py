@@ -13,7 +13,7 @@ import ipaddress
 import os
 import struct
 
-from flowsift.errors import UsageError, say
+from flowsift.errors import CaptureFormatError, UsageError, say
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
 from flowsift.io._decode import is_ipv6_extension
 from flowsift.modules.edits import checksum_words
@@ -22,6 +22,7 @@ from flowsift.streams.format import RF_LATE
 
 PF_FRAGMENT = 2
 DROPPED = object()          # (a datagram's verdict, where its edits would be)
+GONE_CONNECTIONS = 65536    # connections dropped whole the forwarder remembers, for their late packets
 LATE_DATAGRAMS = 4096       # datagrams the forwarder remembers, for fragments sent again after them
 
 
@@ -86,7 +87,7 @@ def _incremental(csum, old, new):
     return (~s) & 0xFFFF
 
 
-def _checksums(b, l3, l4, v4, proto, ip_old, words):
+def _checksums(b, l3, l4, v4, proto, ip_old, words, at=None):
     """Update the IPv4 header checksum for the header bytes that changed (`ip_old`: the header
     before, or None) and the transport checksum for `words` ((old, new) pairs), each from what
     it was: a checksum wrong on the wire stays as wrong."""
@@ -94,7 +95,8 @@ def _checksums(b, l3, l4, v4, proto, ip_old, words):
         csum = struct.unpack_from("!H", b, l3 + 10)[0]
         b[l3 + 10:l3 + 12] = struct.pack("!H", _incremental(csum, ip_old, bytes(b[l3:l3 + len(ip_old)])))
     if words and proto in (6, 17):
-        at = l4 + (16 if proto == 6 else 6)
+        if at is None:
+            at = l4 + (16 if proto == 6 else 6)
         if at + 2 > len(b):
             return                            # (cut by the snaplen: no checksum to keep right)
         old = struct.unpack_from("!H", b, at)[0]
@@ -146,22 +148,20 @@ def _rewrite(frame, p, fields, changes=None, so=None):
 
 class _DatagramBytes:
     """The payload edits of a datagram that came in fragments, laid on each of its fragments,
-    and what they change of the transport checksum, which only the first fragment holds: worked
-    out from the edits' old and new bytes, so no other fragment is needed to write it."""
+    and what they change of the transport checksum, which one fragment holds: worked out from
+    the edits' old and new bytes, so no other fragment is needed to write it."""
 
     def __init__(self, changes, offset, length, header):
         # `header`: the transport header's length (the datagram's IP payload less the stream's)
         self.changes, self.offset, self.length, self.header = changes, offset, length, header
 
-    def put(self, b, l4, frag_off, frag_len, first):
+    def put(self, b, l4, frag_off, frag_len):
         """Lay the edits on fragment bytes `b` (its IP payload at l4: bytes frag_off.. of the
-        datagram's); returns the (old, new) checksum words for the first fragment."""
+        datagram's); returns the (old, new) checksum words of all of the datagram's edits."""
         H = self.header
         lo, hi = max(0, frag_off - H), min(self.length, frag_off + frag_len - H)
         if lo < hi:
             self.changes.lay(b, l4 + H + lo - frag_off, hi - lo, self.offset + lo, 0)
-        if not first:
-            return []
         words = []
         for off, old, new in self.changes.over(self.offset, self.offset + self.length):
             # clipped to the datagram, each from the bytes before it (in the order accepted)
@@ -170,44 +170,125 @@ class _DatagramBytes:
         return words
 
 
-def _rewrite_fragment(frame, p, fields, payload=None):
+# why a packet with edits to carry leaves as it came (egress `not_editable_reasons`)
+CUT = "cut by the snaplen before the bytes to edit"
+NO_LENGTH = "a fragment with no IP length to go by"
+V6_EXTENSIONS = "a fragmented datagram with IPv6 extension headers before its transport header"
+SENT_ALREADY = "a fragmented datagram partly sent in an earlier batch"
+A_FRAGMENT = "a fragment after its connection ended"
+
+# where a transport header field is (bytes from its start): ports, TCP flags, checksum
+_AT = {"tcp_sport": 0, "udp_sport": 0, "tcp_dport": 2, "udp_dport": 2, "tcp_flags": 13}
+_CHECKSUM_AT = {6: 16, 17: 6}
+HEAD = 20                   # transport header bytes a fragment's edits may need (a TCP header's fixed part)
+
+
+def head_piece(frame, p):
+    """(offset in the datagram, bytes) of what fragment `frame` (decoded as `p`) holds of its
+    datagram's first HEAD bytes, or None."""
+    off, l4 = int(p["frag_off"]), int(p["l4_off"])
+    if off >= HEAD:
+        return None
+    return off, bytes(frame[l4:l4 + HEAD - off])
+
+
+def datagram_head(pieces):
+    """The first HEAD bytes of a datagram from its fragments' head_piece()s (a byte no piece
+    holds: None)."""
+    head = [None] * HEAD
+    for off, piece in pieces:
+        for k, c in enumerate(piece):
+            head[off + k] = c
+    return head
+
+
+def _rewrite_fragment(frame, p, fields, payload=None, head=None):
     """A copy of one fragment of an edited datagram with its header edits: addresses and TTL in
-    every fragment, ports in the first, whose transport checksum is updated for the changed
-    addresses and ports without the other fragments' bytes; and with the datagram's payload
-    edits (`payload`, a _DatagramBytes). None for what a fragment cannot take."""
+    every fragment, ports and TCP flags in the fragment that holds them, the transport checksum
+    in the one that holds it, updated for every change of the datagram (addresses, ports, flags,
+    payload edits) from their old and new bytes; and with the datagram's payload edits that
+    fall in it (`payload`, a _DatagramBytes). `head`: the datagram's first HEAD bytes
+    (datagram_head), for the old values of fields another fragment holds (tiny fragments);
+    without it, this fragment's own. A reason (str) for what a fragment cannot take."""
     b = bytearray(frame)
     l3, l4, v4 = int(p["l3_off"]), int(p["l4_off"]), p["ipver"] == 4
-    proto, first = int(p["proto"]), int(p["frag_off"]) == 0
+    proto, frag_off = int(p["proto"]), int(p["frag_off"])
+    if not v4 and is_ipv6_extension(proto):
+        return V6_EXTENSIONS           # (its transport header is somewhere after them)
+    if v4:
+        frag_len = struct.unpack_from("!H", b, l3 + 2)[0] - (l4 - l3)
+    else:
+        frag_len = struct.unpack_from("!H", b, l3 + 4)[0] + 40 - (l4 - l3)
+    if frag_len <= 0:
+        return NO_LENGTH
+    end = min(frag_off + frag_len, frag_off + len(b) - l4)       # (what the snaplen left of it)
+
+    def here(x, n):
+        return frag_off <= x and x + n <= frag_off + frag_len
+
     ip_old = bytes(b[l3:l3 + (b[l3] & 15) * 4]) if v4 and fields else None
-    words = []                        # (old, new) bytes the transport checksum covers
+    words, unknown = [], False          # (old, new) bytes the transport checksum covers
     if payload is not None:
-        if v4:
-            frag_len = struct.unpack_from("!H", b, l3 + 2)[0] - (l4 - l3)
+        if frag_off + frag_len > end:
+            return CUT
+        words.extend(payload.put(b, l4, frag_off, frag_len))
+    for key, value in (fields or {}).items():
+        if key in _AT:
+            x = _AT[key]
+            new = struct.pack("!H", value) if key != "tcp_flags" else bytes([value])
+            if here(x, len(new)):
+                if x + len(new) > end:
+                    return CUT
+                at = l4 + x - frag_off
+                old = bytes(b[at:at + len(new)])
+                b[at:at + len(new)] = new
+            elif head is not None and None not in head[x:x + len(new)]:
+                old = bytes(head[x:x + len(new)])
+            else:
+                unknown = True
+                continue
+            words.append(checksum_words(old, new, x))
         else:
-            frag_len = struct.unpack_from("!H", b, l3 + 4)[0] + 40 - (l4 - l3)
-        if frag_len <= 0 or l4 + frag_len > len(b):
-            return None                   # (cut by the snaplen, or no length to go by)
-        words.extend(payload.put(b, l4, int(p["frag_off"]), frag_len, first))
-    changed = _put_fields(b, l3, l4, v4, fields, first)
-    if changed is None:
-        return None
-    words.extend(changed)
-    if first and words and proto in (6, 17) and l4 + (18 if proto == 6 else 8) > len(b):
-        return None
-    _checksums(b, l3, l4, v4, proto, ip_old, words if first else ())
+            change = _put_field(b, l3, l4, v4, key, value)
+            if change is not None:
+                words.append(change)
+    ck = _CHECKSUM_AT.get(proto)
+    if words and ck is not None and here(ck, 2):
+        if ck + 2 > end:
+            return CUT
+        if unknown:
+            return CUT                  # (a field's old value is in no fragment captured whole)
+        _checksums(b, l3, l4 + ck - frag_off, v4, proto, None, words, at=l4 + ck - frag_off)
+    if ip_old is not None:
+        _checksums(b, l3, l4, v4, proto, ip_old, ())
     return bytes(b)
 
 
 def _fragment_fields(editor, members):
-    """frame position of each fragment of an edited datagram -> the datagram's header edits, or
-    None where the datagram cannot take them (its transport header spans fragments): it leaves
-    unedited, whole, and counted. (-w; inline: Forwarder._datagram_edits.)"""
+    """frame position of each fragment of an edited datagram -> the datagram's header edits.
+    (-w; inline: Forwarder._datagram_edits.)"""
     out = {}
     for pos, fields in editor.headers.items():
-        frags, whole = members.get(pos, ((), False))
-        for m in frags:
-            out[m] = fields if whole else None
+        for m in members.get(pos, ((), False))[0]:
+            out[m] = fields
     return out
+
+
+def _heads(source, datagram_of, wanted):
+    """{datagram position: its first HEAD bytes (datagram_head)} for the datagrams in `wanted`
+    whose first fragment does not hold them (tiny fragments): read from their fragments in a
+    first pass, as the fragment that holds a field may come after the one that holds the
+    checksum."""
+    import numpy as np
+    want = np.fromiter((m for m, d in datagram_of.items() if d in wanted), dtype=np.uint64)
+    pieces = {}
+    for batch in _up_to_defect(decoded_batches(open_capture(source), Decoder())):
+        arr = batch.array
+        for i in np.flatnonzero(np.isin(arr["rec_pos"], want) & ((arr["flags"] & PF_FRAGMENT) != 0)).tolist():
+            piece = head_piece(batch.frame(i), arr[i])
+            if piece is not None:
+                pieces.setdefault(datagram_of[int(arr["rec_pos"][i])], []).append(piece)
+    return {d: datagram_head(ps) for d, ps in pieces.items()}
 
 
 def _dropped_frames(editor, members):
@@ -218,6 +299,17 @@ def _dropped_frames(editor, members):
         if frags is not None:
             out.update(frags[0])
     return out
+
+
+def _all_dropped(conn, gone, file_of, dropped):
+    """Was every packet of connection `conn` dropped? (`gone` caches the answers.) Its packets
+    after its end are then dropped too: a connection dropped whole leaves nothing behind."""
+    answer = gone.get(conn)
+    if answer is None:
+        import numpy as np
+        pos = file_of(conn).record_array()["frame_pos"]
+        answer = gone[conn] = len(pos) > 0 and bool(np.isin(pos, np.fromiter(dropped, np.uint64, len(dropped))).all())
+    return answer
 
 
 class _LateStream:
@@ -284,9 +376,19 @@ def write_egress(source, out, editor, store, late=None, members=None):
     return counts
 
 
+def _up_to_defect(batches):
+    """The batches up to where reading stops at a defect (a capture cut short): the run's
+    summary says where (its `error`), and the output holds every packet read before it, as
+    `streams` keeps the bytes it read."""
+    try:
+        yield from batches
+    except CaptureFormatError:
+        return
+
+
 def _write_egress(source, out, editor, store, late, members, shown=None):
     cap = open_capture(source)
-    batches = decoded_batches(cap, Decoder())
+    batches = _up_to_defect(decoded_batches(cap, Decoder()))
     first = next(batches, None)
     linktype = egress_linktype(source, cap, first)
     members = members or {}
@@ -303,24 +405,26 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
         for rec in rf.records():
             if rec.dir == d and rec.payload_len:          # (a TCP segment, or a UDP datagram)
                 payload_of[rec.frame_pos] = (conn, d, rec.stream_offset)
-                if rec.frame_pos in members and members[rec.frame_pos][1]:
+                if rec.frame_pos in members:
                     # a datagram rebuilt from fragments (its IP header, made by the defragmenter,
                     # has no options): its edits go into them
                     header = rec.wirelen - (20 if rec.ipver == 4 else 40) - rec.payload_len
                     in_fragments[rec.frame_pos] = _DatagramBytes(changes[(conn, d)], rec.stream_offset,
                                                                  rec.payload_len, header)
     counts = {"packets": 0, "edited": 0, "dropped": 0, "not_editable": 0, "late_edited": 0, "late_dropped": 0}
+    why = {}                                    # not editable: reason -> packets
     late = late or {}
     dropped = _dropped_frames(editor, members)
     fragment_fields = _fragment_fields(editor, members)
-    for dpos in payload_of.keys() & members.keys():
+    for dpos in in_fragments:
         for m in members[dpos][0]:
-            if dpos in in_fragments:
-                fragment_fields.setdefault(m, {})       # (fragments of a datagram with stream edits only)
-            else:
-                fragment_fields[m] = None               # its transport header spans fragments
+            fragment_fields.setdefault(m, {})           # (fragments of a datagram with stream edits only)
     datagram_of = {m: dpos for dpos, (frags, _) in members.items() for m in frags}
+    # datagrams whose first fragment lacks part of the transport header (tiny fragments)
+    spread = {d for d in set(editor.headers) | set(in_fragments) if d in members and not members[d][1]}
+    heads = _heads(source, datagram_of, spread) if spread else {}
     late_streams = {}
+    gone = {}                                   # conn -> whether every packet of it was dropped
     import itertools
     from flowsift.io.pcapwriter import MAX_SNAPLEN
     # the source's time resolution and snaplen: a capture no module changed comes out as it came
@@ -344,16 +448,14 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
                 frame = batch.frame(i)
                 new = frame
                 if pos in fragment_fields and arr["flags"][i] & PF_FRAGMENT:
-                    fields = fragment_fields[pos]          # (None: the datagram cannot take them)
                     dpos = datagram_of.get(pos)
-                    if dpos in payload_of and dpos not in in_fragments:
-                        new = None                        # its transport header spans fragments
-                    elif fields is not None:
-                        new = _rewrite_fragment(frame, arr[i], fields, in_fragments.get(dpos))
-                    else:
-                        new = None
+                    new = _rewrite_fragment(frame, arr[i], fragment_fields[pos], in_fragments.get(dpos),
+                                            heads.get(dpos))
                 elif pos in late:
                     key = late[pos]
+                    if dropped and _all_dropped(key[0], gone, file_of, dropped):
+                        counts["late_dropped"] += 1   # of a connection dropped whole
+                        continue
                     so = None
                     if arr["proto"][i] == 6 and arr["payload_len"][i] and \
                             (key in changes or key in editor.dropped_ranges):
@@ -367,14 +469,16 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
                     fields = editor.late_fields(*key)
                     if fields or (so is not None and key in changes):
                         new = _rewrite(frame, arr[i], fields, changes.get(key), so)
-                        counts["late_edited"] += new is not None and new != frame
+                        counts["late_edited"] += isinstance(new, bytes) and new != frame
                 else:
                     fields, where = editor.headers.get(pos), payload_of.get(pos)
                     if fields or where:
                         new = _rewrite(frame, arr[i], fields, changes[where[:2]] if where else None,
                                        where[2] if where else None)
-                if new is None:
+                if new is None or isinstance(new, str):
                     counts["not_editable"] += 1
+                    reason = new or (A_FRAGMENT if arr["flags"][i] & PF_FRAGMENT else CUT)
+                    why[reason] = why.get(reason, 0) + 1
                 elif new != frame:
                     frame = new
                     counts["edited"] += 1
@@ -382,6 +486,7 @@ def _write_egress(source, out, editor, store, late, members, shown=None):
                 counts["packets"] += 1
     for rf in files.values():
         rf.close()
+    counts["not_editable_reasons"] = why
     return counts
 
 
@@ -423,8 +528,10 @@ class Forwarder:
         # after them (the defragmenter adds it to their members) leaves as they did
         self.sent_datagrams = {}
         self._down_said, self._down_seen, self._sent_seen = False, 0, 0
+        self.gone, self.top_conn = {}, -1     # connections dropped whole so far (see _whole_drops)
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0, "late_dropped": 0}
+        self.why = {}                         # not editable: reason -> frames
 
     def _file(self, conn):
         rf = self.files.get(conn)
@@ -449,6 +556,39 @@ class Forwarder:
         if self.sink is None:
             self.sink = self._open()
 
+    def _whole_drops(self, arr, skip):
+        """Note the connections every packet of which was dropped so far, and drop their
+        packets that come after their end (counted late_dropped): a connection dropped whole
+        leaves nothing behind. Returns the batch's skip mask (None: nothing to skip)."""
+        import numpy as np
+        flows = arr["flow_id"]
+        late = (arr["rflags"] & RF_LATE) != 0
+        own = (flows != 0xFFFFFFFF) & ~late
+        gone = self.gone
+        if own.any():
+            ids = flows[own]
+            out = skip[own] != 0 if skip is not None else np.zeros(len(ids), dtype=bool)
+            sent = np.unique(ids[~out])
+            if gone:
+                for c in sent[np.isin(sent, np.fromiter(gone, np.uint32, len(gone)))].tolist():
+                    del gone[c]
+            if out.any():
+                # (connections are numbered as they come: a higher one is new in this batch)
+                for c in np.setdiff1d(np.unique(ids[out]), sent).tolist():
+                    if c > self.top_conn:
+                        gone[c] = True
+                        if len(gone) > GONE_CONNECTIONS:
+                            del gone[next(iter(gone))]
+            self.top_conn = max(self.top_conn, int(ids.max()))
+        if gone and late.any():
+            hit = late & np.isin(flows, np.fromiter(gone, np.uint32, len(gone)))
+            if hit.any():
+                if skip is None:
+                    skip = np.zeros(len(arr), dtype=np.uint8)
+                skip[hit] = 1
+                self.counts["late_dropped"] += int(hit.sum())
+        return skip
+
     def _late_fragments(self, pos):
         """{index in the batch: the edits (or DROPPED) of the datagram sent already} for the
         fragments of this batch that copy one of its fragments."""
@@ -463,7 +603,7 @@ class Forwarder:
                 frags.clear()
         return out
 
-    def _datagram_edits(self, ed, arr, pos, rebuilt, stream_at):
+    def _datagram_edits(self, ed, batch, arr, pos, rebuilt, stream_at):
         """{fragment position: (header fields, _DatagramBytes or None), or None where the
         datagram cannot take its edits} for the datagrams rebuilt in this batch that have
         edits. A datagram takes them only if all its fragments are in this batch (those before
@@ -494,13 +634,24 @@ class Forwarder:
             if not fields and payload is None:
                 continue
             frags, whole = member
-            ok = whole and all(m in here for m in frags)
+            ok = all(m in here for m in frags)
+            head = None
+            if ok and not whole:
+                # tiny fragments: the old values of the fields another fragment holds
+                if index is None:
+                    index = {p: i for i, p in enumerate(pos.tolist())}
+                head = datagram_head([hp for hp in (head_piece(batch.frame(index[m]), arr[index[m]]) for m in frags)
+                                      if hp is not None])
             for m in frags:
                 if m in here:
-                    out[m] = (fields, payload) if ok else None
+                    out[m] = (fields, payload, head) if ok else None
                 elif not ok:
-                    self.counts["not_editable"] += 1      # (sent already, before the edits)
+                    self._not_editable(SENT_ALREADY)      # (sent already, before the edits)
         return out
+
+    def _not_editable(self, reason):
+        self.counts["not_editable"] += 1
+        self.why[reason] = self.why.get(reason, 0) + 1
 
     def forward(self, batch, rebuilt=None):
         """Send `batch` (the frames as captured) with the edits of what they carry; `rebuilt`:
@@ -521,6 +672,7 @@ class Forwarder:
             drop = _dropped_frames(ed, self.members or {})
             skip = np.isin(pos, np.fromiter(drop, dtype=np.uint64, count=len(drop))).astype(np.uint8)
             self.counts["dropped"] += int(skip.sum())
+        skip = self._whole_drops(arr, skip)
         # packets carrying stream bytes at their stream offset: TCP segments and UDP datagrams
         # (late ones have none: see below)
         data_pkts = (arr["payload_len"] > 0) & (arr["flow_id"] != 0xFFFFFFFF) & ((arr["proto"] == 6) | (arr["proto"] == 17)) \
@@ -542,8 +694,8 @@ class Forwarder:
                     self.counts["dropped"] += 1
                     continue
                 new = _rewrite_fragment(batch.frame(i), arr[i], *what)
-                if new is None:
-                    self.counts["not_editable"] += 1
+                if isinstance(new, str):
+                    self._not_editable(new)
                 else:
                     late_frags[i] = new
         late = None
@@ -571,7 +723,7 @@ class Forwarder:
             key = (int(arr["flow_id"][i]), int(arr["dir"][i]))
             stream_at[i] = self.udp_end.get(key, 0)
             self.udp_end[key] = stream_at[i] + (wire[i] if rebuilt and i in wire else int(arr["payload_wirelen"][i]))
-        frag = self._datagram_edits(ed, arr, pos, rebuilt, stream_at)
+        frag = self._datagram_edits(ed, batch, arr, pos, rebuilt, stream_at)
         if frag:
             todo |= np.isin(pos, np.fromiter(frag, dtype=np.uint64, count=len(frag)))
             if skip is not None:
@@ -582,9 +734,9 @@ class Forwarder:
             if frag and int(p["rec_pos"]) in frag and p["flags"] & PF_FRAGMENT:
                 edits = frag[int(p["rec_pos"])]
                 frame = batch.frame(i)
-                new = _rewrite_fragment(frame, p, *edits) if edits else None
-                if new is None:
-                    self.counts["not_editable"] += 1
+                new = _rewrite_fragment(frame, p, *edits) if edits else SENT_ALREADY
+                if isinstance(new, str):
+                    self._not_editable(new)
                 elif new != frame:
                     replace[int(i)] = new
                     self.counts["edited"] += 1
@@ -615,7 +767,7 @@ class Forwarder:
             frame = batch.frame(i)
             new = _rewrite(frame, p, fields, changes, so)
             if new is None:
-                self.counts["not_editable"] += 1
+                self._not_editable(A_FRAGMENT if p["flags"] & PF_FRAGMENT else CUT)
             elif new != frame:
                 replace[int(i)] = new
                 self.counts["edited"] += 1
@@ -698,6 +850,7 @@ class Forwarder:
                 say(f"--out {self.spec}: the interface is down; none of the {s.failed} frames was sent")
 
     def counters(self):
+        counts = dict(self.counts, not_editable_reasons=dict(self.why))
         if self.shared:
-            return dict(self.counts, failed=self.sink.tx_failed if self.sink is not None else 0, out=self.spec)
-        return dict(self.counts, failed=self.sink.failed, out=self.spec, bytes=self.sink.bytes_sent)
+            return dict(counts, failed=self.sink.tx_failed if self.sink is not None else 0, out=self.spec)
+        return dict(counts, failed=self.sink.failed, out=self.spec, bytes=self.sink.bytes_sent)

@@ -5,6 +5,7 @@ empties the capture before it is read: a mapped capture then dies of SIGBUS. Nam
 enough to tell; the file's identity (st_dev, st_ino) after symlinks is.
 """
 import os
+import stat
 
 from flowsift.errors import UsageError
 
@@ -52,7 +53,33 @@ def refuse_overwrite(inputs, outputs):
         ident = identity(path)
         if ident is not None and ident in seen:
             raise UsageError(f"{option} {path} is {seen[ident]}")
+        if ident is not None and _char_device(path):
+            continue                # (/dev/null takes any number of writers: no clash)
         key = ident or os.path.realpath(path)
         if key in taken:
             raise UsageError(f"{taken[key]} and {option} {path} are the same file")
         taken[key] = f"{option} {path}"
+
+
+def _char_device(path):
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_file(option, path):
+    """Raise UsageError unless `path` can name an output file: not empty, not a directory, in a
+    directory that exists and can be written (a file, a device or a pipe that is there is
+    opened as it is). Checked before anything is read: a run must not end by failing to write."""
+    if path == "":
+        raise UsageError(f"{option} '': an empty file name")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):
+        return                      # (a device or a pipe: written as it is)
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the directory {parent} cannot be written")

@@ -279,6 +279,7 @@ def print_inspect_file(s, console=None):
 def print_chain(s, console=None):
     console = console or _console()
     print_chain_tables(s, console)
+    print_output(s, console)
     c = s["connections"]
     console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
                   f"{_n(s['events'])} events")
@@ -286,6 +287,39 @@ def print_chain(s, console=None):
         console.print(f"capture: {_capture_line(s)}")
     if s.get("unsupported_link_types"):
         console.print(f"of {_n(s['packets'])} packets read, {_not_decoded(s)}")
+
+
+def print_output(s, console):
+    """What left with -w or --out: packets written (forwarded), edited, dropped, not editable
+    and why; then the edits: accepted per module, rejected per reason."""
+    e, ed = s.get("egress"), s.get("edits")
+    if not e and not ed:
+        return
+    t = Table(title="output", title_justify="left", show_header=False)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")           # (folded, never cut: a file name, a reason)
+    if e:
+        if "file" in e:
+            t.add_row("written", f"{_n(e['packets'])} packets to {e['file']}")
+        else:
+            t.add_row("forwarded", f"{_n(e['forwarded'])} frames out of {e['out']}"
+                      + (f", {_n(e['failed'])} refused" if e.get("failed") else ""))
+        late = f" ({_n(e['late_edited'])} after their connection ended)" if e.get("late_edited") else ""
+        t.add_row("edited", _n(e["edited"]) + late)
+        late = f" ({_n(e['late_dropped'])} after their connection ended)" if e.get("late_dropped") else ""
+        t.add_row("dropped", _n(e["dropped"] + e.get("late_dropped", 0)) + late)
+        t.add_row("not editable", Text(_n(e["not_editable"]) + " (left as they came)" * bool(e["not_editable"]),
+                                       style="red" if e["not_editable"] else ""))
+        for reason, n in e.get("not_editable_reasons", {}).items():
+            t.add_row("", Text(f"{_n(n)}: {_clean(reason)}", style="red"))
+    if ed:
+        accepted = ed.get("accepted", {})
+        t.add_row("edits accepted", ", ".join(f"{m} {_n(n)}" for m, n in accepted.items()) or "0")
+        rejected = ed.get("rejected", {})
+        t.add_row("edits rejected", _n(sum(rejected.values())))
+        for reason, n in rejected.items():
+            t.add_row("", f"{_n(n)}: {_clean(reason)}")
+    console.print(t)
 
 
 def fitted_table(console, title, columns, rows, spare=(), spared=""):

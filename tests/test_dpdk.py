@@ -178,12 +178,15 @@ def test_without_dpdk_the_message_says_what_to_install(corpus):
                                   "libdpdk-dev (pkg-config libdpdk), then ./dev build")
 
 
-def inline_and_written(tmp_path, chain, src, count):
+def inline_and_written(tmp_path, chain, src, count, code=0):
     """The chain run inline over a net_pcap port reading `src` (--out the same port), and over
-    the file with -w: (the inline run's summary, frames it sent, frames -w wrote)."""
+    the file with -w: (the inline run's summary, frames it sent, frames -w wrote). `code`: the
+    inline run's exit code (3: it left packets with accepted edits unedited)."""
     out, ref = tmp_path / "tx.pcap", tmp_path / "ref.pcap"
-    got = json.loads(flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
-                              "--count", count, "--events", "/dev/null", "--json").stdout)
+    res = flowsift("chain", chain, f"dpdk:net_pcap0,rx_pcap={src},tx_pcap={out}", "--out", "dpdk:net_pcap0",
+                   "--count", count, "--events", "/dev/null", "--json", check=False)
+    assert res.returncode == code, res.stderr
+    got = json.loads(res.stdout)
     flowsift("chain", chain, src, "-w", ref, "--events", "/dev/null")
     return got, frames_of(out), frames_of(ref)
 
@@ -452,7 +455,8 @@ def test_inline_stream_edits_go_into_fragments_as_w_puts_them(tmp_path, corpus, 
     frames.append(ether(ipv4(B, A, 6, tcp(80, 40000, seq=500, ack=640, flags=0x10))))
     src = tmp_path / "tcp.pcap"
     src.write_bytes(pcap([(1_700_000_000, i * 10_000, f) for i, f in enumerate(frames)]))
-    got, sent, written = inline_and_written(tmp_path, "redact(pattern=[0-9]+)", src, len(frames))
+    got, sent, written = inline_and_written(tmp_path, "redact(pattern=[0-9]+)", src, len(frames),
+                                            code=0 if batch == "512" else 3)
     if batch == "512":
         assert sent == written != frames and got["egress"]["edited"] == 3 and got["egress"]["not_editable"] == 0
     else:
@@ -461,12 +465,29 @@ def test_inline_stream_edits_go_into_fragments_as_w_puts_them(tmp_path, corpus, 
     frames += [ether(ipv4(A, B, 17, udp(41000, 9000, b"another secret"))) for _ in range(2)]
     udp_src = tmp_path / "udp.pcap"
     udp_src.write_bytes(pcap([(1_700_000_000, i * 10_000, f) for i, f in enumerate(frames)]))
-    got, sent, written = inline_and_written(tmp_path, "redact(pattern=secret)", udp_src, len(frames))
+    got, sent, written = inline_and_written(tmp_path, "redact(pattern=secret)", udp_src, len(frames),
+                                            code=0 if batch == "512" else 3)
     assert b"secret" not in b"".join(written) and sent[3:] == written[3:]
     if batch == "512":
         assert sent == written and got["egress"]["edited"] == 5 and got["egress"]["not_editable"] == 0
     else:
         assert sent[:3] == frames[:3] and got["egress"]["not_editable"] == 3
+
+
+def test_inline_drops_the_late_packets_of_a_connection_dropped_whole_as_w_does(tmp_path, corpus):
+    from test_write_back import conn_dropper
+    src = CORPUS / "retrans__zeek__ssh-dups.pcap"
+    got, sent, written = inline_and_written(tmp_path, str(conn_dropper(tmp_path)), src, 377)
+    assert sent == written == []
+    assert got["egress"]["late_dropped"] == got["engine"]["late_packets"] > 0
+
+
+def test_inline_edits_tiny_fragments_as_w_does(tmp_path, corpus):
+    """8-byte fragments: each edit goes into the fragment that holds its bytes, as with -w."""
+    src = CORPUS / "frag__peafowl__http_ip_fragmented_out_of_order.pcap"
+    got, sent, written = inline_and_written(tmp_path, "nat(to=10.9.9.9:8080),redact(pattern=Digest)", src, 444)
+    assert got["egress"]["not_editable"] == 0 and got["egress"]["edited"] == 444
+    assert sent == written != frames_of(src)
 
 
 def test_an_idle_port_does_not_spin_a_core():

@@ -1,10 +1,12 @@
 """Verified write-back: NAT and redact through the gateway, written out with -w and read again."""
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
-from conftest import require, run_cli
+from conftest import ROOT, require, run_cli
 from flowsift.io import open_capture
 from flowsift.modules import Module, ModuleError
 from flowsift.testing import run_module, segments_capture
@@ -167,20 +169,87 @@ def test_nat_rewrites_every_fragment_of_a_fragmented_request(tmp_path, corpus):
     assert len(whole) == 1 and whole[0][5] == "1" and "8080" in (whole[0][6], whole[0][7])
 
 
-def test_a_datagram_whose_transport_header_spans_fragments_leaves_whole_and_counted(tmp_path, corpus):
-    src = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap"   # 8-byte fragments
-    nat_leaves_every_fragment_whole(src, tmp_path / "out.pcap", "nat(to=10.9.9.9:8080)", 444)
+def tshark_tcp(tshark, path):
+    """(ip.src, ip.dst, ttl, ports, IP and TCP checksum verdicts, Authorization) of each TCP
+    packet of `path`, its fragments reassembled by tshark."""
+    return [r.split("\t") for r in subprocess.run(
+        [tshark, "-r", str(path), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-Y", "tcp",
+         "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.ttl", "-e", "tcp.srcport", "-e", "tcp.dstport",
+         "-e", "ip.checksum.status", "-e", "tcp.checksum.status", "-e", "http.authorization"],
+        capture_output=True, text=True, check=True).stdout.splitlines()]
+
+
+@pytest.mark.parametrize("spec", ["nat(to=10.9.9.9:8080),redact(pattern=Digest)", "hdr"])
+def test_edits_of_tiny_fragments_go_into_the_fragments_that_hold_their_bytes(tmp_path, corpus, spec):
+    """8-byte fragments, out of order: the ports, the flags and the checksum of a datagram's
+    TCP header are in three fragments, the TTL and addresses in every one. Each edit goes into
+    the fragment that holds its bytes, and the checksum is right once tshark reassembles them."""
+    tshark = require("tshark")
+    src, out = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap", tmp_path / "out.pcap"
+    if spec == "hdr":
+        spec = str(packet_writer(tmp_path, "hdr", {"ip.ttl", "ip.dst", "tcp.flags"},
+                                 "flow.edit(record, ip_ttl=3, ip_dst='10.1.1.1', tcp_flags=0x18)"))
+    res = run_cli("chain", spec, src, "-w", out, "--json", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    egress = json.loads(res.stdout)["egress"]
+    assert egress["not_editable"] == 0 and egress["packets"] == 444 and egress["edited"] > 0
+    before, after = tshark_tcp(tshark, src), tshark_tcp(tshark, out)
+    assert len(before) == len(after) == 11
+    assert [r[5:7] for r in after] == [r[5:7] for r in before] == [["1", "1"]] * 11
+    if "nat" in spec:
+        assert all("10.9.9.9" in r[:2] and "8080" in r[3:5] for r in after)
+        assert any(r[7].startswith("Digest ") for r in before) and any(r[7].startswith("XXXXXX ") for r in after)
+        assert not any("Digest" in r[7] for r in after)
+    else:
+        assert all(r[1] == "10.1.1.1" and r[2] == "3" for r in after)
+        assert "0x0018" in subprocess.run([tshark, "-r", str(out), "-Y", "tcp", "-T", "fields", "-e", "tcp.flags"],
+                                          capture_output=True, text=True, check=True).stdout
+
+
+def packet_writer(tmp_path, name, writes, call):
+    """A writing module NAME that declares `writes` and runs `call` on every packet."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(f'''
+from flowsift.modules import Module
+
+class M(Module):
+    """A writing module of a test.
+
+    Synopsis: {name}
+    """
+    name = "{name}"
+    reads = {{"records"}}
+    writes = {writes!r}
+
+    def on_packet(self, flow, record):
+        {call}
+''')
+    return path
 
 
 def nat_leaves_every_fragment_whole(src, out, spec, packets):
     """The flows of `src` are edited by `spec` (a nat), but no datagram is half rewritten:
-    every one of its `packets` fragments leaves as it came, and is counted so."""
+    every one of its `packets` fragments leaves as it came, and is counted so, with why; the
+    text summary shows it, one line on stderr says it, and the exit code is 3."""
     res = run_cli("chain", spec, src, "-w", out, "--json", "--events", "/dev/null")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 3, res.stderr
     summary = json.loads(res.stdout)
     assert summary["edits"]["accepted"]["nat"] > 0
     assert summary["egress"]["not_editable"] == summary["egress"]["packets"] == packets
+    why = "a fragmented datagram with IPv6 extension headers before its transport header"
+    assert summary["egress"]["not_editable_reasons"] == {why: packets}
+    assert res.stderr == (f"flowsift: -w {out}: {packets} packets with accepted edits left as they came "
+                          f"({packets} {why})\n")
     assert frames(out) == frames(src)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}       # (piped: rows whole)
+    text = subprocess.run([sys.executable, "-m", "flowsift", "chain", spec, str(src), "-w", str(out), "--events",
+                           "/dev/null"], capture_output=True, text=True, timeout=120, env=env)
+    assert text.returncode == 3 and text.stderr == res.stderr
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.stdout.splitlines() if line.count("│") == 3]
+    accepted = summary["edits"]["accepted"]["nat"]
+    for row in [["written", f"{packets} packets to {out}"], ["not editable", f"{packets} (left as they came)"],
+                ["", f"{packets}: {why}"], ["edits accepted", f"nat {accepted}"], ["edits rejected", "0"]]:
+        assert row in rows, (row, text.stdout)
 
 
 def test_a_datagram_whose_fragments_begin_with_ipv6_extension_headers_leaves_whole_and_counted(tmp_path):
@@ -571,3 +640,86 @@ def test_an_edit_that_names_no_field_is_rejected(tmp_path, writes):
     assert res.counters("empty")["edits_rejected"] == len(res.of_kind("edit")) > 0
     if writes:
         assert res.summary["edits"]["rejected"] == {"empty: no field": len(res.of_kind("edit"))}
+
+
+@pytest.mark.parametrize("write,why", [("", "-w '': an empty file name"), ("{tmp}", "is a directory"),
+                                       ("{tmp}/no/such/out.pcap", "no such directory")])
+def test_a_w_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, corpus, write, why):
+    """A path -w cannot write is a usage error before anything is read, not a failure at the end."""
+    write = write.format(tmp=tmp_path)
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "counter", str(corpus / "http__zeek__get.pcap"),
+                          "-w", write, "--events", "/dev/null"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and why in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_dev_null_is_no_clash_between_two_outputs(corpus):
+    res = run_cli("chain", "counter", corpus / "http__zeek__get.pcap", "-w", "/dev/null", "--events", "/dev/null",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["egress"]["file"] == "/dev/null"
+
+
+def test_a_writing_module_without_an_output_is_said_once(tmp_path, corpus):
+    """Edits accepted and counted with nothing to write them to: one line says so."""
+    src = corpus / "http__zeek__get.pcap"
+    res = run_cli("chain", "redact(pattern=Host)", src, "--events", "/dev/null", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["edits"]["accepted"]["redact"] > 0
+    assert res.stderr == ("flowsift: module redact asks for edits but nothing is written: "
+                          "add -w OUT.pcap or --out afpacket:IFACE|dpdk:PORT\n")
+    for args in (["counter"], ["redact(pattern=Host)", "-w", tmp_path / "out.pcap"]):
+        res = run_cli("chain", args[0], src, *args[1:], "--events", "/dev/null", "--json")
+        assert res.returncode == 0 and "nothing is written" not in res.stderr, res.stderr
+
+
+def test_w_on_a_capture_cut_short_writes_what_was_read_and_says_where_it_stopped(tmp_path, corpus):
+    """As without -w: the summary of what was read, its `error` saying where, exit 2; the
+    output holds every packet read before the defect, edited."""
+    src, out = tmp_path / "cut.pcap", tmp_path / "out.pcap"
+    src.write_bytes((corpus / "http__zeek__bro.org.pcap").read_bytes()[:20000])
+    res = run_cli("chain", "redact(pattern=Host)", src, "-w", out, "--events", "/dev/null", "--json")
+    assert res.returncode == 2
+    summary = json.loads(res.stdout)
+    assert "cut short" in summary["error"] and res.stderr == f"flowsift: {summary['error']}\n"
+    assert summary["egress"]["packets"] == summary["packets"] == len(frames(out)) > 0
+    assert summary["egress"]["edited"] > 0 and b"Host:" not in out.read_bytes()
+    text = run_cli("chain", "redact(pattern=Host)", src, "-w", out, "--events", "/dev/null")
+    assert text.returncode == 2 and "redacted" in text.stdout
+
+
+def conn_dropper(tmp_path, conn=0):
+    """A module that drops every packet of connection `conn`."""
+    path = tmp_path / "dropconn.py"
+    path.write_text(f'''
+from flowsift.modules import Module
+
+class DropConn(Module):
+    """Drops every packet of connection {conn}.
+
+    Synopsis: dropconn
+    """
+    name = "dropconn"
+    reads = {{"records"}}
+    writes = {{"drop"}}
+
+    def on_packet(self, flow, record):
+        if flow.conn == {conn}:
+            flow.drop(record)
+''')
+    return path
+
+
+def test_the_late_packets_of_a_connection_dropped_whole_are_dropped_too(tmp_path, corpus):
+    """ACKs after the end of a connection every packet of which was dropped: they leave with it
+    (late_dropped), not alone."""
+    src, out = corpus / "retrans__zeek__ssh-dups.pcap", tmp_path / "out.pcap"
+    res = run_cli("chain", conn_dropper(tmp_path), src, "-w", out, "--events", "/dev/null", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    late = summary["engine"]["late_packets"]
+    assert late > 0 and summary["connections"]["tcp"] == 1
+    assert summary["egress"]["late_dropped"] == late and summary["egress"]["packets"] == 0
+    assert frames(out) == []
