@@ -12,19 +12,21 @@ from flowsift.modules import Module, ModuleError
 from flowsift.testing import run_module, segments_capture
 
 
-def packet_module(tmp_path, name, body):
-    """A read-only module NAME whose on_packet(self, flow, record) is `body` (indented by 8)."""
+def packet_module(tmp_path, name, body, writes=None):
+    """A module NAME whose on_packet(self, flow, record) is `body` (indented by 8): read-only,
+    or writing the fields in `writes`."""
     path = tmp_path / f"{name}.py"
     path.write_text(f'''
 from flowsift.modules import Module
 
 class M(Module):
-    """A read-only module of a test.
+    """A module of a test.
 
     Synopsis: {name}
     """
     name = "{name}"
     reads = {{"records"}}
+    writes = {writes or set()!r}
 
     def on_packet(self, flow, record):{body}
 ''')
@@ -187,8 +189,8 @@ def test_edits_of_tiny_fragments_go_into_the_fragments_that_hold_their_bytes(tmp
     tshark = require("tshark")
     src, out = corpus / "frag__peafowl__http_ip_fragmented_out_of_order.pcap", tmp_path / "out.pcap"
     if spec == "hdr":
-        spec = str(packet_writer(tmp_path, "hdr", {"ip.ttl", "ip.dst", "tcp.flags"},
-                                 "flow.edit(record, ip_ttl=3, ip_dst='10.1.1.1', tcp_flags=0x18)"))
+        spec = str(packet_module(tmp_path, "hdr", "\n        flow.edit(record, ip_ttl=3, ip_dst='10.1.1.1', tcp_flags=0x18)",
+                                 writes={"ip.ttl", "ip.dst", "tcp.flags"}))
     res = run_cli("chain", spec, src, "-w", out, "--json", "--events", "/dev/null")
     assert res.returncode == 0, res.stderr
     egress = json.loads(res.stdout)["egress"]
@@ -204,27 +206,6 @@ def test_edits_of_tiny_fragments_go_into_the_fragments_that_hold_their_bytes(tmp
         assert all(r[1] == "10.1.1.1" and r[2] == "3" for r in after)
         assert "0x0018" in subprocess.run([tshark, "-r", str(out), "-Y", "tcp", "-T", "fields", "-e", "tcp.flags"],
                                           capture_output=True, text=True, check=True).stdout
-
-
-def packet_writer(tmp_path, name, writes, call):
-    """A writing module NAME that declares `writes` and runs `call` on every packet."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(f'''
-from flowsift.modules import Module
-
-class M(Module):
-    """A writing module of a test.
-
-    Synopsis: {name}
-    """
-    name = "{name}"
-    reads = {{"records"}}
-    writes = {writes!r}
-
-    def on_packet(self, flow, record):
-        {call}
-''')
-    return path
 
 
 def nat_leaves_every_fragment_whole(src, out, spec, packets):
