@@ -256,6 +256,8 @@ def test_a_capture_of_no_link_type_flowsift_decodes_is_one_line(tmp_path, args):
     frames = [(1, k, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1 + k, payload=b"x")))) for k in range(14)]
     cap = write(tmp_path, "u0.pcap", pcap(frames, linktype=USER0))
     *command, = args
+    if command[0] == "gateway":
+        command += ["--store", tmp_path / "store"]         # (its default store would stay in /dev/shm)
     res = run_cli(*command[:2 if command[0] == "chain" else 1], cap, *command[2 if command[0] == "chain" else 1:])
     one_line_error(res, "u0.pcap", "nothing decoded", "link type 147 (USER0) not supported")
 
@@ -270,7 +272,8 @@ def test_packets_of_a_link_type_not_decoded_are_named_in_every_summary(tmp_path)
                    epb(1, 10**6 + k, b"\0" * 40)]
     cap = write(tmp_path, "mixed.pcapng", b"".join(blocks))
     named = [{"linktype": USER0, "name": "USER0", "packets": 3}]
-    for args in (["stats", cap], ["streams", cap, "--discard"], ["gateway", cap], ["chain", "counter", cap]):
+    for args in (["stats", cap], ["streams", cap, "--discard"], ["gateway", cap, "--store", tmp_path / "s1"],
+                 ["chain", "counter", cap]):
         res = run_cli(*args, "--json")
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout.splitlines()[-1])["unsupported_link_types"] == named, args
@@ -280,4 +283,4 @@ def test_packets_of_a_link_type_not_decoded_are_named_in_every_summary(tmp_path)
         return " ".join(re.sub(r"[│┃]", " ", run_cli(*args, check=True).stdout).split())
     assert "3 not decoded: link type 147 (USER0) unsupported" in text("streams", cap, "--discard")
     assert "link type 147 (USER0): 3" in text("stats", cap)
-    assert "3 not decoded: link type 147 (USER0) unsupported" in text("gateway", cap)
+    assert "3 not decoded: link type 147 (USER0) unsupported" in text("gateway", cap, "--store", tmp_path / "s2")
