@@ -130,6 +130,7 @@ def test_stats_live_equals_stats_of_the_file(netns, corpus):
     assert k["stopped_by"] == "count" and k["kernel_drops"] == 0 and k["received"] == 483 and k["left_in_ring"] == 0
     assert (k["count"], k["duration"]) == (483, 30.0)
     assert got["format"] == "afpacket" and got["interfaces"][0]["name"] == "va"
+    assert got["interfaces"][0]["tsresol"] == "1e-9"           # as a file's are written
 
 
 def test_frames_left_in_the_ring_at_the_stop_are_counted(netns, corpus):
@@ -263,6 +264,7 @@ def test_bad_live_sources_are_one_line_exit_2(netns):
                         (("stats", "afpacket:va,outgoing="), "outgoing= is yes or no"),
                         (("stats", CORPUS / JPEGS, "--count", "5"), "--count and --duration are for live sources"),
                         (("stats", "afpacket:va,ring=64G"), "more than a quarter of this machine's memory"),
+                        (("stats", "afpacket:va,ring=32M,ring=64k"), "option 'ring' is given twice"),
                         (("chain", "counter", "afpacket:va", "--out", "afpacket:va"), "capture it with afpacket:va,outgoing=no")):
         p = netns.flowsift(*args)
         out, err = p.communicate(timeout=30)

@@ -76,6 +76,9 @@ def parse_spec(spec):
         if scheme == "dpdk" and k.strip() not in OURS:
             device.append(p)
             continue
+        if k.strip() in options:
+            # (the last would win without a word: ring=32M,ring=64k)
+            raise UsageError(f"{spec}: option {k.strip()!r} is given twice")
         options[k.strip()] = v.strip()
     if scheme == "dpdk":
         name = ",".join(device)
@@ -286,7 +289,7 @@ class LiveCapture:
         pass
 
     def interfaces(self):
-        return [{"index": 0, "linktype": 1, "snaplen": 262144, "name": self.name, "tsresol": 9,
+        return [{"index": 0, "linktype": 1, "snaplen": 262144, "name": self.name, "tsresol": "1e-9",
                  "packets": self._src.received}]
 
     def counters(self):
