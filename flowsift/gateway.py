@@ -330,32 +330,40 @@ class Gateway:
             done, handed, staged = handed, staged, []
             for touched, closed, snapshot in done:
                 after_written.process(touched, closed, published=snapshot)
+
+        def hand_on(changed):
+            # what a publish changed and ended: to the registry, then to the readers
+            self.sync(*changed, batch=True)
+            if lagged:
+                staged.append((*changed, after_written.snapshot(*changed)))
+                if self.store.due():
+                    written()
+            if after_batch is not None:
+                after_batch(*changed)
+
+        def idle():
+            # a live source's packets carry the host's time: while it is quiet that time
+            # goes on, so idle timeouts fire (a connection whose FINs left a hole ends then,
+            # not at the next packet); a second behind the clock, for one stamped just now
+            engine = self.reassembler.engine
+            wall = time.time_ns() - 10**9
+            if 0 < wall - engine.now < IDLE_CLOCK_SPAN:
+                engine.advance(wall)
+                changed = self.store.publish(hand_over=not lagged)
+                if changed[0] or changed[1]:
+                    hand_on(changed)
+            # a quiet live source still syncs: its heartbeat keeps attached modules from
+            # taking the run for dead, and their progress is taken in
+            if self.registry.announces and self.registry.beat_due():
+                self.sync()
+            # batches published but not yet told of are told now, not at the next packet
+            if lagged and (staged or handed):
+                written()
+            if on_idle is not None:
+                on_idle()
+
         try:
             read = 0                        # packets read so far (before sharding)
-            def idle():
-                # a live source's packets carry the host's time: while it is quiet that time
-                # goes on, so idle timeouts fire (a connection whose FINs left a hole ends then,
-                # not at the next packet); a second behind the clock, for one stamped just now
-                engine = self.reassembler.engine
-                wall = time.time_ns() - 10**9
-                if 0 < wall - engine.now < IDLE_CLOCK_SPAN:
-                    engine.advance(wall)
-                    changed = self.store.publish(hand_over=not lagged)
-                    if changed[0] or changed[1]:
-                        self.sync(*changed, batch=True)
-                        if lagged:
-                            staged.append((*changed, after_written.snapshot(*changed)))
-                        if after_batch is not None:
-                            after_batch(*changed)
-                # a quiet live source still syncs: its heartbeat keeps attached modules from
-                # taking the run for dead, and their progress is taken in
-                if self.registry.announces and self.registry.beat_due():
-                    self.sync()
-                # batches published but not yet told of are told now, not at the next packet
-                if lagged and (staged or handed):
-                    written()
-                if on_idle is not None:
-                    on_idle()
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress, on_idle=idle):
                 if self.table is not None:
                     from flowsift.io.shard import shard_mask
@@ -367,14 +375,7 @@ class Gateway:
                 self.store.check_space(batch)
                 frames = batch.snapshot() if on_batch is not None else None
                 self.reassembler.feed(batch)
-                changed = self.store.publish(hand_over=not lagged)
-                self.sync(*changed, batch=True)
-                if lagged:
-                    staged.append((*changed, after_written.snapshot(*changed)))
-                    if self.store.due():
-                        written()
-                if after_batch is not None:
-                    after_batch(*changed)
+                hand_on(self.store.publish(hand_over=not lagged))
                 if self.late is not None:
                     self._note_late(batch)
                 if on_batch is not None:

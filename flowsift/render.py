@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from flowsift.io.reasons import REASON_HELP
+from flowsift.io.reasons import REASON_HELP, linktype_label
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -56,10 +56,6 @@ def _bytes(x):
         x /= 1024
 
 
-def _linktype(x):
-    return f"link type {x['linktype']}" + (f" ({x['name']})" if x["name"] else "")
-
-
 def _not_decoded(s):
     """`14 not decoded: link type 147 (USER0) unsupported`: the packets no connection holds for
     want of decoding, naming the link types flowsift does not decode (None: there are none)."""
@@ -67,7 +63,7 @@ def _not_decoded(s):
     if not n:
         return None
     lts = s.get("unsupported_link_types") or []
-    said = ", ".join(f"{_linktype(x)} unsupported" for x in lts)
+    said = ", ".join(f"{linktype_label(x['linktype'])} unsupported" for x in lts)
     if not lts:
         return f"{_n(n)} not decoded"
     if sum(x["packets"] for x in lts) == n:
@@ -138,7 +134,7 @@ def print_stats(s, console=None):
             if reason == "non_ip" and s["non_ip"]:
                 extra = " (" + ", ".join(f"{k} {_n(v)}" for k, v in s["non_ip"].items()) + ")"
             elif reason == "unsupported_link_type" and s.get("unsupported_link_types"):
-                extra = " (" + ", ".join(f"{_linktype(x)}: {_n(x['packets'])}" for x in s["unsupported_link_types"]) + ")"
+                extra = " (" + ", ".join(f"{linktype_label(x['linktype'])}: {_n(x['packets'])}" for x in s["unsupported_link_types"]) + ")"
             ut.add_row(reason, _n(n), REASON_HELP.get(reason, "") + extra)
         for reason, n in rebuilt.items():
             # (not frames: their fragments decoded, and are counted as such above)

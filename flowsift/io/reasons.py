@@ -78,16 +78,21 @@ def linktype_name(linktype):
     return LINKTYPES.get(linktype, f"linktype {linktype}")
 
 
+def _known_name(linktype):
+    # its LINKTYPE_ name, decoded or not (None when not a common one)
+    return LINKTYPES.get(linktype) or OTHER_LINKTYPES.get(linktype)
+
+
 def linktype_label(linktype):
     """`link type 147 (USER0)`, as errors and summaries name one."""
-    name = LINKTYPES.get(linktype) or OTHER_LINKTYPES.get(linktype)
+    name = _known_name(linktype)
     return f"link type {linktype}" + (f" ({name})" if name else "")
 
 
 def unsupported_linktypes(decoder):
     """[{linktype, name (None when unknown), packets}] of the frames `decoder` could not decode
     for their link type."""
-    return [{"linktype": lt, "name": LINKTYPES.get(lt) or OTHER_LINKTYPES.get(lt), "packets": n}
+    return [{"linktype": lt, "name": _known_name(lt), "packets": n}
             for lt, n in sorted(decoder.counters()["unsupported_linktypes"].items())]
 
 
