@@ -3,7 +3,7 @@
 its own module workers; at the end their outputs are put together.
 
 A capture file is read by every shard, each keeping its flows. An AF_PACKET interface is read
-once: the shards join one PACKET_FANOUT_HASH group and the kernel hands each its flows.
+once: the shards join one fan-out group and the kernel hands each its flows (flowsift.io.fanout).
 
 Per-flow state stays with its flow. Re-sharding (`--reshard PACKETS:N`, capture files) changes
 the number of shards while the run goes on: at that packet every shard hands the flows whose

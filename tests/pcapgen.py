@@ -141,3 +141,37 @@ def udp_cut_capture(path):
     path.write_bytes(pcap([(1, 0, cut[:14 + 20 + 8 + 38], len(cut)),
                            (1, 1, ether(ipv4(A, B, 17, udp(50003, 7003, b"after"))))]))
     return path
+
+
+def fragmented_clients(path, n, v6=False, atomic=False):
+    """A pcap of `n` TCP connections, each from its own client (port 40000+i) to port 80, each a
+    handshake, a 64-byte request, a 200-byte answer and the closes. The clients' segments are IP
+    fragments: IPv6 atomic ones (`atomic`: one Fragment header, offset 0, no more) or cut in two
+    (an IPv4 or IPv6 fragment of 24 bytes, then the rest); the servers' are not."""
+    frames, t = [], 1_700_000_000 * 10**6
+    for i in range(n):
+        if v6:
+            cli, srv = A6[:14] + bytes([i >> 8, i & 0xFF]), B6
+        else:
+            cli, srv = bytes([10, 1, i >> 8, i & 0xFF]), B
+        sp, cisn, sisn = 40000 + i, 1000 * i, 50000 * i
+        steps = ((True, cisn, 0, 0x02, b""), (False, sisn, cisn + 1, 0x12, b""),
+                 (True, cisn + 1, sisn + 1, 0x10, b""), (True, cisn + 1, sisn + 1, 0x18, b"Q%03d" % i * 16),
+                 (False, sisn + 1, cisn + 65, 0x18, b"A%03d" % i * 50), (True, cisn + 65, sisn + 201, 0x11, b""),
+                 (False, sisn + 201, cisn + 66, 0x11, b""), (True, cisn + 66, sisn + 202, 0x10, b""))
+        for k, (client, seq, ack, flags, payload) in enumerate(steps):
+            src, dst, a, b = (cli, srv, sp, 80) if client else (srv, cli, 80, sp)
+            seg = tcp(a, b, seq=seq, ack=ack, flags=flags, payload=payload)
+            if client and atomic:
+                out = [ether(ipv6(src, dst, 44, struct.pack(">BBHI", 6, 0, 0, 7 + i) + seg), ethertype=0x86DD)]
+            elif client and payload:
+                out = fragments(src, dst, 6, seg, [0, 24], ident=7 + i + k, v6=v6)
+            elif v6:
+                out = [ether(ipv6(src, dst, 6, seg), ethertype=0x86DD)]
+            else:
+                out = [ether(ipv4(src, dst, 6, seg))]
+            for f in out:
+                t += 1000
+                frames.append((t // 10**6, t % 10**6, f))
+    path.write_bytes(pcap(frames))
+    return path

@@ -568,6 +568,40 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     assert rows(got["tables"]) == rows(want["tables"])
 
 
+@pytest.mark.parametrize("v6,atomic,spread", [(True, True, "flow"), (False, False, "hosts"), (True, False, "hosts")],
+                         ids=["ipv6-atomic-fragments", "ipv4-fragments-hosts", "ipv6-fragments-hosts"])
+def test_shards_keep_a_connection_whole_when_only_its_client_fragments(netns, tmp_path, v6, atomic, spread):
+    """16 connections whose clients send IP fragments and whose servers do not. The kernel's own
+    hash took IPv6 fragments, atomic ones too, by their addresses and the servers' packets by
+    the 4-tuple: the two directions of a connection landed in different shards. Atomic fragments
+    carry the whole segment (hashed with the ports); real ones need `hash=hosts`."""
+    import pcapgen
+    capture = pcapgen.fragmented_clients(tmp_path / "c.pcap", 16, v6=v6, atomic=atomic)
+    source = "afpacket:va" + ("" if spread == "flow" else f",hash={spread}")
+    p = netns.flowsift("chain", "counter", source, "--shards", 2, "--events", "/dev/null", "--json")
+    started(p)
+    started(p)
+    sent = send(netns, capture)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    assert got["packets"] == sent == (128 if atomic else 144)
+    assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
+    rows = got["tables"]["counter"]
+    assert len(rows) == 16, "a connection was split between the shards"
+    assert all(r["bytes"] == [64, 200] and r["packets"] == [5, 3] and r["close"] == "fin" for r in rows)
+
+
+def test_a_fan_out_hash_is_flow_or_hosts_and_needs_a_group(netns):
+    for source, needle in (("afpacket:va,hash=ports", "hash='ports' is flow"),
+                           ("afpacket:va,hash=hosts", "give fanout=ID or --shards")):
+        p = netns.flowsift("stats", source, "--duration", 1)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
     """One connection: the shard that has it stops at its count, the other at the duration; the
     run ended with the last, and stopped_by is one value, as for one gateway."""

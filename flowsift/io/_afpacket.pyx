@@ -4,8 +4,8 @@
 The receive side fills the same Batch the file readers fill: frame pointers go straight into
 the ring (no copy); a block goes back to the kernel when the batch that used its frames is
 done, i.e. at the next fill. The kernel runs the BPF program (SO_ATTACH_FILTER), so frames a
-filter rejects never reach user space. PACKET_FANOUT (hash) lets several gateway shards share
-an interface; PACKET_STATISTICS gives the kernel's drop counts.
+filter rejects never reach user space. PACKET_FANOUT (by flowsift's own symmetric hash, a
+classic BPF program: flowsift.io.fanout) lets several gateway shards share an interface; PACKET_STATISTICS gives the kernel's drop counts.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t, uint64_t
 from libc.string cimport memset, strlen, memcpy
@@ -132,7 +132,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         unsigned int tp_drops
         unsigned int tp_freeze_q_cnt
     int SOL_PACKET, PACKET_VERSION, PACKET_RX_RING, PACKET_STATISTICS, PACKET_FANOUT, PACKET_TIMESTAMP
-    int PACKET_FANOUT_HASH, PACKET_FANOUT_FLAG_DEFRAG, TPACKET_V3, PACKET_IGNORE_OUTGOING
+    int PACKET_FANOUT_CBPF, PACKET_FANOUT_DATA, PACKET_FANOUT_FLAG_DEFRAG, TPACKET_V3, PACKET_IGNORE_OUTGOING
     int TP_STATUS_KERNEL, TP_STATUS_USER, TP_STATUS_VLAN_VALID, TP_STATUS_TS_RAW_HARDWARE
     int PACKET_OUTGOING, TP_STATUS_VLAN_TPID_VALID
 
@@ -165,7 +165,8 @@ cdef int _take_error(int fd) noexcept nogil:
 cdef class AfPacketSource:
     """Receive frames of interface `ifname` through a TPACKET_V3 ring of `block_nr` blocks of
     `block_size` bytes. `bpf_program`: bytes of a compiled classic BPF program (the kernel
-    runs it); `fanout`: a group id (hash fan-out with the other sockets of the group)."""
+    runs it); `fanout`: a group id, the sockets of the group sharing frames by `fanout_program`
+    (classic BPF whose result, modulo the group's size, picks the socket: flowsift.io.fanout)."""
     cdef int fd
     cdef uint8_t* ring
     cdef size_t ring_size
@@ -202,7 +203,7 @@ cdef class AfPacketSource:
 
     def __init__(self, str ifname, unsigned int block_size=1 << 20, unsigned int block_nr=32,
                  bytes bpf_program=None, int fanout=-1, bint hw_timestamps=False, unsigned int retire_ms=20,
-                 bint outgoing=True):
+                 bint outgoing=True, bytes fanout_program=None):
         cdef tpacket_req3 req
         cdef sockaddr_ll sll
         cdef int v = TPACKET_V3, fan, one = 1, tsflags
@@ -259,9 +260,16 @@ cdef class AfPacketSource:
             if fanout >= 0:
                 # no PACKET_FANOUT_FLAG_DEFRAG: on veth it loses frames without counting them
                 # (19 of 483 of a corpus capture); flowsift defragments in user space
-                fan = (fanout & 0xFFFF) | (PACKET_FANOUT_HASH << 16)
+                if fanout_program is None:
+                    raise AfPacketError(f"afpacket:{ifname}: a fan-out group needs its program")
+                fan = (fanout & 0xFFFF) | (PACKET_FANOUT_CBPF << 16)
                 if setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &fan, sizeof(fan)) < 0:
                     raise AfPacketError(_err(f"afpacket:{ifname}: cannot join fan-out group {fanout}"))
+                # every member sets the same program: the group has it whoever joined first
+                prog.len = len(fanout_program) // 8
+                prog.filter = <sock_filter*> <char*> fanout_program
+                if setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT_DATA, &prog, sizeof(prog)) < 0:
+                    raise AfPacketError(_err(f"afpacket:{ifname}: the kernel refused the fan-out program"))
         except BaseException:
             self.close()
             raise

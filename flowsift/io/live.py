@@ -2,7 +2,8 @@
 
     afpacket:eth0                           the whole interface
     afpacket:eth0,ring=64M,block=1M         ring size and block size (powers of two)
-    afpacket:eth0,fanout=7                  hash fan-out group 7 (several shards, one interface)
+    afpacket:eth0,fanout=7                  fan-out group 7 (several shards, one interface, each
+                                            connection whole in one; hash=hosts: each host pair)
     afpacket:eth0,timestamps=hw             hardware timestamps where the NIC gives them
     afpacket:eth0,outgoing=no               not the frames this host sends (yes/no, true/false, on/off, 1/0)
     afpacket:eth0,count=1000,duration=10    stop after 1000 packets or 10 s (--count, --duration)
@@ -228,7 +229,7 @@ class LiveCapture:
 
     @staticmethod
     def _afpacket(spec, name, opts, bpf):
-        known = {"ring", "block", "fanout", "timestamps", "count", "duration", "outgoing"}
+        known = {"ring", "block", "fanout", "hash", "timestamps", "count", "duration", "outgoing"}
         unknown = sorted(set(opts) - known)
         if unknown:
             raise UsageError(f"{spec}: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
@@ -237,6 +238,12 @@ class LiveCapture:
             # the kernel's fan-out group id is 16 bits
             raise UsageError(f"{spec}: fanout={fanout!r} is a group number from 0 to 65535")
         fanout = int(fanout)
+        from flowsift.io import fanout as fan
+        spread = opts.get("hash", "flow")
+        if spread not in fan.HASHES:
+            raise UsageError(f"{spec}: hash={spread!r} is flow (addresses and ports) or hosts (addresses only)")
+        if "hash" in opts and fanout < 0:
+            raise UsageError(f"{spec}: hash= says how a fan-out group shares the frames; give fanout=ID or --shards")
         block = _size(spec, "block", opts.get("block", "1M"))
         ring = _size(spec, "ring", opts.get("ring", "32M"))
         for key, size in (("block", block), ("ring", ring)):
@@ -260,7 +267,8 @@ class LiveCapture:
         try:
             return AfPacketSource(name, block_size=block, block_nr=ring // block,
                                   bpf_program=_VLAN_GUARD + bpf.program(1) if bpf is not None else None, fanout=fanout,
-                                  hw_timestamps=ts == "hw", outgoing=outgoing)
+                                  hw_timestamps=ts == "hw", outgoing=outgoing,
+                                  fanout_program=fan.program(spread) if fanout >= 0 else None)
         except AfPacketError as e:
             raise FlowsiftError(str(e)) from None
 
