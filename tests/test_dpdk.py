@@ -309,6 +309,22 @@ def test_an_rx_pcap_flowsift_cannot_read_is_said_before_probing(tmp_path, corpus
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr
 
 
+@pytest.mark.parametrize("form", ["--vdev DEV", "--vdev=DEV"])
+def test_a_vdev_of_the_dpdk_args_gets_its_rx_pcap_checked_too(tmp_path, corpus, form):
+    """The EAL probes a --vdev of --dpdk-args itself: a missing file was "needs rx_pcap=FILE" and
+    an SLL capture was read as Ethernet frames (518 packets of nothing decodable)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    for path, words in ((tmp_path / "nosuch.pcap", f"rx_pcap={tmp_path / 'nosuch.pcap'}: no such file"),
+                        (text, "not a capture file"),
+                        (CORPUS / "linktype__pcpp__sll.pcap", "has link type LINUX_SLL (113)")):
+        eal = "--no-huge -m 256 --no-pci " + form.replace("DEV", f"net_pcap0,rx_pcap={path}")
+        res = flowsift("--dpdk-args", eal, "stats", "dpdk:0", "--duration", 1, check=False)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert res.stderr.startswith("flowsift: --dpdk-args --vdev net_pcap0: rx_pcap=") and words in res.stderr, \
+            res.stderr
+
+
 
 def jumbo_capture(path, sizes):
     """One connection whose client sends a segment of each size (an ACK after each)."""

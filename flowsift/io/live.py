@@ -120,13 +120,26 @@ def mbufs_of(spec, opts):
     return n
 
 
-def check_rx_pcaps(devargs):
+def vdevs(args):
+    """The devices an EAL argument list adds (`--vdev X` and `--vdev=X`)."""
+    out = []
+    for i, a in enumerate(args):
+        if a == "--vdev" and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif a.startswith("--vdev="):
+            out.append(a[len("--vdev="):])
+    return out
+
+
+def check_rx_pcaps(devargs, where=None):
     """Refuse a net_pcap rx_pcap= file that is not one of Ethernet frames: net_pcap hands every
     frame on as Ethernet (another link type would be misread), and libpcap stops without a word
-    at a pcapng interface of a second link type. The file is read through once, here."""
+    at a pcapng interface of a second link type. The file is read through once, here. `where`
+    names the device in messages (default `dpdk:NAME`)."""
     from flowsift.io import Batch, open_capture
     from flowsift.io.reasons import LINKTYPES
     name = devargs.split(",", 1)[0]
+    where = where or f"dpdk:{name}"
     for arg in devargs.split(",")[1:]:
         key, _, path = arg.partition("=")
         if key.strip() != "rx_pcap":
@@ -140,14 +153,14 @@ def check_rx_pcaps(devargs):
                 cap.check()
         except FlowsiftError as e:
             what = str(e)
-            raise FlowsiftError(f"dpdk:{name}: rx_pcap={path}: "
+            raise FlowsiftError(f"{where}: rx_pcap={path}: "
                                 f"{what[len(path) + 2:] if what.startswith(path + ': ') else what}") from None
         types = sorted({i["linktype"] for i in cap.interfaces()})
         if types and types != [1]:
             kinds = ", ".join(f"{LINKTYPES[t]} ({t})" if t in LINKTYPES else str(t) for t in types)
             why = ("net_pcap reads one link type and hands every frame on as Ethernet" if len(types) > 1
                    else "net_pcap hands every frame on as Ethernet")
-            raise UsageError(f"dpdk:{name}: rx_pcap={path} has link type{'s' if len(types) > 1 else ''} {kinds}: "
+            raise UsageError(f"{where}: rx_pcap={path} has link type{'s' if len(types) > 1 else ''} {kinds}: "
                              f"{why}; give flowsift the file itself instead")
 
 
@@ -160,6 +173,9 @@ def dpdk_port(spec_name, mbufs=8191):
         raise FlowsiftError("dpdk: sources need flowsift built with DPDK: apt-get install libdpdk-dev "
                             "(pkg-config libdpdk), then ./dev build") from None
     args = eal_args()
+    for dev in vdevs(args):
+        # (the EAL probes these itself, and says no more than that the probe failed)
+        check_rx_pcaps(dev, f"--dpdk-args --vdev {dev.split(',', 1)[0]}")
     check_rx_pcaps(spec_name)
     try:
         _dpdk.eal_init(args)
