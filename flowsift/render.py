@@ -97,7 +97,9 @@ def print_stats(s, console=None):
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("file", f"{s['file']} ({s['format']} {s['version']}, {_bytes(s['size'])})")
+    # (a live source has no size)
+    size = f", {_bytes(s['size'])}" if s['size'] or s['format'] not in ("afpacket", "dpdk") else ""
+    head.add_row("file", f"{s['file']} ({s['format']} {s['version']}{size})")
     if _capture_line(s):
         head.add_row("capture", _capture_line(s))
     head.add_row("packets", _n(s["packets"]) + (f"  ({_n(s['filtered'])} rejected by filter {s['filter']!r})" if s["filter"] else ""))

@@ -181,6 +181,26 @@ def test_fanout_splits_connections_whole_between_shards(netns, corpus):
     assert all(r["packets"] > 0 for r in results)
 
 
+def test_a_small_block_says_the_snaplen_it_gives(netns):
+    """block=4k cuts a 9,000-byte frame to 3,966 bytes: the interface's snaplen says so (it said
+    262144), and the table's file line gives no size (it said "0 B")."""
+    p = netns.popen(sys.executable, "-m", "flowsift", "stats", "afpacket:va,block=4k", "--count", 1, "--json")
+    started(p)
+    jumbo = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + bytes(8986)
+    sink = netns.python("from flowsift.io._afpacket import AfPacketSink; print(AfPacketSink('vb').send([%r]))" % jumbo)
+    assert sink.communicate(timeout=60)[0].strip() == "1"
+    out, err = p.communicate(timeout=60)
+    got = json.loads(out)
+    assert got["bytes_captured"] == 3966 and got["bytes_wire"] == 9000
+    assert got["interfaces"][0]["snaplen"] == 3970
+    p = netns.popen(sys.executable, "-m", "flowsift", "stats", "afpacket:va", "--duration", 0.2,
+                    env=dict(os.environ, COLUMNS="200"))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    line = next(l for l in out.splitlines() if l.startswith("file"))
+    assert line.rstrip().endswith("(afpacket TPACKET_V3)"), line
+
+
 def test_ctrl_c_ends_a_live_run_with_its_summary(netns, corpus):
     p = netns.flowsift("streams", "afpacket:va", "--discard", "--json")
     started(p)

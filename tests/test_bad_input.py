@@ -229,7 +229,8 @@ def test_max_backlog_below_one_is_refused(tmp_path, value):
     (["afpacket:nosuch0,duration=inf"], "afpacket:nosuch0,duration=inf: duration=inf: seconds, more than 0 and finite"),
     (["afpacket:lo,count=-2"], "afpacket:lo,count=-2: count=-2: a number of packets"),
     (["afpacket:lo,ring=3M", "--duration", "1"], "ring=3M is not a power of two"),
-    (["afpacket:lo,block=3k", "--duration", "1"], "block=3k is not a power of two"),
+    (["afpacket:lo,block=6k", "--duration", "1"], "block=6k is not a power of two"),
+    (["afpacket:lo,block=1k", "--duration", "1"], "block=1k is less than 4k, the smallest block the kernel takes"),
     (["afpacket:lo,fanout=abc", "--duration", "1"], "fanout='abc' is a group number from 0 to 65535"),
 ])
 def test_live_source_limits_and_options_are_checked_before_capturing(args, words):

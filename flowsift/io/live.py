@@ -261,6 +261,8 @@ class LiveCapture:
         if "hash" in opts and fanout < 0:
             raise UsageError(f"{spec}: hash= says how a fan-out group shares the frames; give fanout=ID or --shards")
         block = _size(spec, "block", opts.get("block", "1M"))
+        if block < 4096:
+            raise UsageError(f"{spec}: block={opts.get('block')} is less than 4k, the smallest block the kernel takes")
         ring = _size(spec, "ring", opts.get("ring", "32M"))
         for key, size in (("block", block), ("ring", ring)):
             # the kernel takes a ring of whole blocks of a power-of-two size; a ring that is not
@@ -313,7 +315,11 @@ class LiveCapture:
         pass
 
     def interfaces(self):
-        return [{"index": 0, "linktype": 1, "snaplen": 262144, "name": self.name, "tsresol": "1e-9",
+        snaplen = 262144
+        if self.scheme == "afpacket":
+            # a frame fits in one block less its headers (130 bytes), plus the 802.1Q tag put back
+            snaplen = min(snaplen, self._src.block_size - 130 + 4)
+        return [{"index": 0, "linktype": 1, "snaplen": snaplen, "name": self.name, "tsresol": "1e-9",
                  "packets": self._src.received}]
 
     def counters(self):
