@@ -548,3 +548,27 @@ def test_a_stop_that_lands_where_python_ignores_or_remembers_it_still_stops_in_o
                           "--events", "/dev/null"], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "STOP_IN": where})
     assert (res.returncode, res.stderr) == (130, "flowsift: interrupted\n")
+
+
+@pytest.mark.parametrize("width", [300, 60])
+def test_a_long_table_reads_as_a_short_one(monkeypatch, width):
+    """Past PLAIN_ROWS rows a table that fits unfolded is laid out without rich's per-cell
+    measuring (20 s for a store of 17,840 connections): the text is the same to the byte; one
+    that does not fit is still folded by rich."""
+    import io
+    from flowsift import render
+    columns = [("file", False), ("proto", False), ("client → server", False), ("records", True), ("c2s bytes", True)]
+    rows = [[f"c{i:08d}.rec", "tcp" if i % 3 else "udp", f"10.0.{i % 7}.1:{40000 + i} → [2001:db8::{i:x}]:443",
+             f"{i * 7:,}", f"{i ** 2:,}"] for i in range(1, 60)]
+    rows[5][2] = "naïve\x1b[31m 表 → x"          # wide and control characters
+    out = {}
+    for plain in (True, False):
+        monkeypatch.setattr(render, "PLAIN_ROWS", 10 if plain else 10**9)
+        buf = io.StringIO()
+        console = render._DataConsole(file=buf, width=width)
+        table = render.fitted_table(console, "store /tmp/x", columns, rows)
+        assert isinstance(table, render._PlainTable) == (plain and width == 300)
+        console.print(table)
+        out[plain] = buf.getvalue()
+    assert out[True] == out[False]
+    assert "\\x1b[31m" in out[True] and "\x1b" not in out[True]
