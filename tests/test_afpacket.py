@@ -568,6 +568,27 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     assert rows(got["tables"]) == rows(want["tables"])
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_shards_of_a_live_interface_stopped_through_their_group_end_with_the_summary(netns, corpus, tmp_path,
+                                                                                   signame):
+    """`systemctl stop` or `kill -TERM -PGID`: each shard had the signal twice, from the sender
+    and forwarded by the parent; its capture ended at the first, and the second broke into its
+    summary: exit 143 (or 130) with nothing printed and events lost."""
+    events = tmp_path / "live.jsonl"
+    p = netns.popen(sys.executable, "-m", "flowsift", "chain", "counter", "afpacket:va", "--shards", 2,
+                    "--events", events, "--json", start_new_session=True)
+    started(p)
+    started(p)
+    assert send(netns, CORPUS / JPEGS) == 483
+    time.sleep(0.5)
+    os.killpg(p.pid, getattr(signal, signame))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    assert got["kernel"]["stopped_by"] == signame and got["packets"] == 483
+    assert got["events"] == len(events.read_text().splitlines()) == 19
+
+
 def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
     """One connection: the shard that has it stops at its count, the other at the duration; the
     run ended with the last, and stopped_by is one value, as for one gateway."""
