@@ -467,6 +467,7 @@ def test_inline_frames_the_output_refuses_are_failed_not_forwarded(netns, corpus
     egress, err = forward_to_vc(netns)
     got, rerr = rx.communicate(timeout=60)
     assert egress["failed"] == big and egress["forwarded"] == 483 - big == int(got)
+    assert egress["failed_reasons"] == {"interface_down": 0, "interface_deleted": 0, "other": big}
     assert egress["bytes"] == sum(len(f) for f in frames_of(tmp_path / "out.pcap"))
     assert "none of the" not in err
 
@@ -476,6 +477,7 @@ def test_inline_to_a_down_interface_says_nothing_was_sent(netns, corpus):
     netns.ip("-n", netns.name, "link", "set", "vc", "down")
     egress, err = forward_to_vc(netns)
     assert (egress["forwarded"], egress["failed"], egress["bytes"]) == (0, 483, 0)
+    assert egress["failed_reasons"] == {"interface_down": 483, "interface_deleted": 0, "other": 0}
     assert "flowsift: --out afpacket:vc: the interface is down; none of the 483 frames was sent\n" in err
 
 
@@ -499,6 +501,33 @@ def test_inline_says_when_the_output_goes_down_and_comes_up_again(netns, corpus)
     egress = json.loads(out)["egress"]
     assert (egress["failed"], egress["forwarded"]) == (483, 483)
     assert err == "flowsift: --out afpacket:vc: the interface is up again; sending\n"
+
+
+def test_inline_says_when_the_output_is_deleted_and_sends_to_one_of_its_name_again(netns, corpus, tmp_path):
+    """The socket stayed bound to the deleted interface's index: nothing said, every frame
+    failed from then on, even once an interface of that name was back."""
+    netns.veth("vc", "vd")
+    fs = netns.flowsift("chain", "counter", "afpacket:va", "--out", "afpacket:vc", "--count", 2 * 483,
+                        "--duration", 30, "--events", "/dev/null", "--json")
+    started(fs)
+    netns.ip("-n", netns.name, "link", "del", "vc")
+    send(netns, CORPUS / JPEGS)
+    assert fs.stderr.readline() == ("flowsift: --out afpacket:vc: the interface was deleted; frames are counted "
+                                    "failed until one of that name comes\n")
+    netns.veth("vc", "vd")
+    rx = netns.python(RECEIVE, "vd", tmp_path / "out.pcap", 483)
+    assert rx.stdout.readline().strip() == "ready"
+    time.sleep(1)                           # (more than the pause between looks for it)
+    send(netns, CORPUS / JPEGS)
+    out, err = fs.communicate(timeout=60)
+    assert fs.returncode == 0, err
+    got, rerr = rx.communicate(timeout=60)
+    assert int(got) == 483, rerr
+    egress = json.loads(out)["egress"]
+    assert (egress["failed"], egress["forwarded"]) == (483, 483)
+    assert egress["failed_reasons"] == {"interface_down": 0, "interface_deleted": 483, "other": 0}
+    assert err.startswith("flowsift: --out afpacket:vc: an interface of that name came (index ")
+    assert err.endswith("); sending to it\n") and err.count("\n") == 1, err
 
 
 def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
