@@ -12,6 +12,7 @@ TSO capture's IP total length 0, a snaplen-cut packet: edited all the same).
 import ipaddress
 import os
 import struct
+import time
 
 from flowsift.errors import CaptureFormatError, UsageError, say
 from flowsift.io import Decoder, PcapWriter, decoded_batches, open_capture
@@ -24,6 +25,9 @@ PF_FRAGMENT = 2
 DROPPED = object()          # (a datagram's verdict, where its edits would be)
 GONE_CONNECTIONS = 65536    # connections dropped whole the forwarder remembers, for their late packets
 LATE_DATAGRAMS = 4096       # datagrams the forwarder remembers, for fragments sent again after them
+# seconds between looks for an interface of the output's name once the one bound was deleted: a
+# name lookup is a system call, not for every batch of a busy link
+REBIND_EVERY = 0.5
 
 
 def _routed(b, l3, l4, v4):
@@ -528,6 +532,7 @@ class Forwarder:
         # after them (the defragmenter adds it to their members) leaves as they did
         self.sent_datagrams = {}
         self._down_said, self._down_seen, self._sent_seen = False, 0, 0
+        self._gone_said, self._gone_seen, self._rebind_at = False, 0, 0.0
         self.gone, self.top_conn = {}, -1     # connections dropped whole so far (see _whole_drops)
         self.counts = {"forwarded": 0, "edited": 0, "dropped": 0, "not_editable": 0, "failed": 0,
                        "late_edited": 0, "late_dropped": 0}
@@ -777,6 +782,8 @@ class Forwarder:
             if skip is None or not skip[i]:
                 replace[i] = new
                 self.counts["edited"] += 1
+        if self._gone_said:
+            self._rebind()                    # (one of that name may have come while the link was quiet)
         sent = self.sink.send_batch(batch, skip.tobytes() if skip is not None else None, replace)
         if not self.shared:
             self._say_down_or_up()
@@ -830,6 +837,14 @@ class Forwarder:
         # said when it happens, once each way: a run on an interface that stays down would
         # otherwise only count its frames failed (an operator sees it at the end, or never)
         s = self.sink
+        if s.failed_gone > self._gone_seen and not self._gone_said:
+            # the socket stays bound to the index of the interface deleted: it sends nowhere
+            # again unless bound to the one that has the name now
+            say(f"--out {self.spec}: the interface was deleted; frames are counted failed until one of that "
+                f"name comes")
+            self._gone_said = True
+            self._rebind()
+        self._gone_seen = s.failed_gone
         if s.failed_down > self._down_seen and not self._down_said:
             say(f"--out {self.spec}: the interface is down; frames are counted failed until it comes up")
             self._down_said = True
@@ -837,6 +852,16 @@ class Forwarder:
             say(f"--out {self.spec}: the interface is up again; sending")
             self._down_said = False
         self._down_seen, self._sent_seen = s.failed_down, s.sent
+
+    def _rebind(self):
+        now = time.monotonic()
+        if now < self._rebind_at:
+            return
+        self._rebind_at = now + REBIND_EVERY
+        index = self.sink.rebind()
+        if index:
+            say(f"--out {self.spec}: an interface of that name came (index {index}); sending to it")
+            self._gone_said = self._down_said = False      # (a new interface: its state is said anew)
 
     def close(self):
         for rf in self.files.values():
@@ -853,4 +878,7 @@ class Forwarder:
         counts = dict(self.counts, not_editable_reasons=dict(self.why))
         if self.shared:
             return dict(counts, failed=self.sink.tx_failed if self.sink is not None else 0, out=self.spec)
-        return dict(counts, failed=self.sink.failed, out=self.spec, bytes=self.sink.bytes_sent)
+        s = self.sink
+        reasons = {"interface_down": s.failed_down, "interface_deleted": s.failed_gone,
+                   "other": s.failed - s.failed_down - s.failed_gone}
+        return dict(counts, failed=s.failed, failed_reasons=reasons, out=self.spec, bytes=s.bytes_sent)

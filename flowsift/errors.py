@@ -29,6 +29,7 @@ class _Stops:
     held = 1            # > 0: a stop waits; held until the command runs (stops_raised)
     waiting = None      # the signal of a stop that waits
     raised = None       # the last stop raised
+    taken = None        # the signal of a stop the command took itself (a live source's end)
     hook_left = True    # the unraisable hook that keeps a lost stop has returned
 
 
@@ -36,6 +37,8 @@ _stops = _Stops()
 
 
 def _on_stop(signum, frame):
+    if _stops.taken is not None:
+        return              # the command is ending at a stop it took: this one is its cleaning up's
     # what is being handled where the signal came: the stop raised before (or what followed it)
     e = sys.exc_info()[1]
     while e is not None:
@@ -82,6 +85,19 @@ def _unraisable(unraisable, previous=sys.unraisablehook):
         _stops.hook_left = True         # (the last statement: no signal is taken after it here)
         return
     previous(unraisable)
+
+
+def take_stop(signum):
+    """The command took the stop of signal `signum` itself, not raised (a live source ends its
+    capture at it, and the run goes on to its summary): what follows is its cleaning up, which
+    a later stop does not cut short, as after one raised. (A signal to the process group comes
+    twice to a shard: from the sender and forwarded by its parent; `timeout` sends two too.)"""
+    _stops.taken = signum
+
+
+def stop_taken():
+    """The signal of the stop the command took itself (`take_stop`), or None."""
+    return _stops.taken
 
 
 STOP_AGAIN = 0.001              # seconds until a lost stop comes again (a finalizer's run is shorter)

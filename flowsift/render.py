@@ -300,8 +300,9 @@ def print_output(s, console):
         if "file" in e:
             t.add_row("written", f"{_n(e['packets'])} packets to {e['file']}")
         else:
+            why = ", ".join(f"{_n(n)} {k.replace('_', ' ')}" for k, n in e.get("failed_reasons", {}).items() if n)
             t.add_row("forwarded", f"{_n(e['forwarded'])} frames out of {e['out']}"
-                      + (f", {_n(e['failed'])} refused" if e.get("failed") else ""))
+                      + (f", {_n(e['failed'])} refused" + (f" ({why})" if why else "") if e.get("failed") else ""))
         late = f" ({_n(e['late_edited'])} after their connection ended)" if e.get("late_edited") else ""
         t.add_row("edited", _n(e["edited"]) + late)
         late = f" ({_n(e['late_dropped'])} after their connection ended)" if e.get("late_dropped") else ""

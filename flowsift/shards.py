@@ -20,8 +20,8 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import (FlowsiftError, Terminated, UsageError, raise_stop, start_forked, stops_held, stops_raised,
-                             take_stop_signals)
+from flowsift.errors import (FlowsiftError, Terminated, UsageError, raise_stop, start_forked, stop_taken, stops_held,
+                             stops_raised, take_stop_signals)
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
@@ -168,11 +168,13 @@ def _leaving(rows, table, me):
 def _one(spec, source, index, count, split, events_path, kw, conn, handover=None, progress=False):
     # the parent's handlers forward signals to the shards, and a group's signal reaches them
     # too: a shard stops at the first, as a gateway alone does, and says so; the second would
-    # break into its cleaning up
+    # break into its cleaning up. A live source takes the first itself (and summarises): the
+    # second comes after its capture ended
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        if stop_taken() is None:
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
     take_stop_signals(stop)
     # the module workers this shard forks must not hold its result pipe: if the shard dies,
     # the parent sees the pipe end (and no half message waits for ever to be finished)

@@ -487,6 +487,7 @@ def test_inline_frames_the_output_refuses_are_failed_not_forwarded(netns, corpus
     egress, err = forward_to_vc(netns)
     got, rerr = rx.communicate(timeout=60)
     assert egress["failed"] == big and egress["forwarded"] == 483 - big == int(got)
+    assert egress["failed_reasons"] == {"interface_down": 0, "interface_deleted": 0, "other": big}
     assert egress["bytes"] == sum(len(f) for f in frames_of(tmp_path / "out.pcap"))
     assert "none of the" not in err
 
@@ -496,6 +497,7 @@ def test_inline_to_a_down_interface_says_nothing_was_sent(netns, corpus):
     netns.ip("-n", netns.name, "link", "set", "vc", "down")
     egress, err = forward_to_vc(netns)
     assert (egress["forwarded"], egress["failed"], egress["bytes"]) == (0, 483, 0)
+    assert egress["failed_reasons"] == {"interface_down": 483, "interface_deleted": 0, "other": 0}
     assert "flowsift: --out afpacket:vc: the interface is down; none of the 483 frames was sent\n" in err
 
 
@@ -519,6 +521,33 @@ def test_inline_says_when_the_output_goes_down_and_comes_up_again(netns, corpus)
     egress = json.loads(out)["egress"]
     assert (egress["failed"], egress["forwarded"]) == (483, 483)
     assert err == "flowsift: --out afpacket:vc: the interface is up again; sending\n"
+
+
+def test_inline_says_when_the_output_is_deleted_and_sends_to_one_of_its_name_again(netns, corpus, tmp_path):
+    """The socket stayed bound to the deleted interface's index: nothing said, every frame
+    failed from then on, even once an interface of that name was back."""
+    netns.veth("vc", "vd")
+    fs = netns.flowsift("chain", "counter", "afpacket:va", "--out", "afpacket:vc", "--count", 2 * 483,
+                        "--duration", 30, "--events", "/dev/null", "--json")
+    started(fs)
+    netns.ip("-n", netns.name, "link", "del", "vc")
+    send(netns, CORPUS / JPEGS)
+    assert fs.stderr.readline() == ("flowsift: --out afpacket:vc: the interface was deleted; frames are counted "
+                                    "failed until one of that name comes\n")
+    netns.veth("vc", "vd")
+    rx = netns.python(RECEIVE, "vd", tmp_path / "out.pcap", 483)
+    assert rx.stdout.readline().strip() == "ready"
+    time.sleep(1)                           # (more than the pause between looks for it)
+    send(netns, CORPUS / JPEGS)
+    out, err = fs.communicate(timeout=60)
+    assert fs.returncode == 0, err
+    got, rerr = rx.communicate(timeout=60)
+    assert int(got) == 483, rerr
+    egress = json.loads(out)["egress"]
+    assert (egress["failed"], egress["forwarded"]) == (483, 483)
+    assert egress["failed_reasons"] == {"interface_down": 0, "interface_deleted": 483, "other": 0}
+    assert err.startswith("flowsift: --out afpacket:vc: an interface of that name came (index ")
+    assert err.endswith("); sending to it\n") and err.count("\n") == 1, err
 
 
 def test_vlan_tags_the_kernel_strips_are_put_back(netns, corpus):
@@ -620,6 +649,27 @@ def test_a_fan_out_hash_is_flow_or_hosts_and_needs_a_group(netns):
         p = netns.flowsift("stats", source, "--duration", 1)
         out, err = p.communicate(timeout=60)
         assert p.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_shards_of_a_live_interface_stopped_through_their_group_end_with_the_summary(netns, corpus, tmp_path,
+                                                                                   signame):
+    """`systemctl stop` or `kill -TERM -PGID`: each shard had the signal twice, from the sender
+    and forwarded by the parent; its capture ended at the first, and the second broke into its
+    summary: exit 143 (or 130) with nothing printed and events lost."""
+    events = tmp_path / "live.jsonl"
+    p = netns.popen(sys.executable, "-m", "flowsift", "chain", "counter", "afpacket:va", "--shards", 2,
+                    "--events", events, "--json", start_new_session=True)
+    started(p)
+    started(p)
+    assert send(netns, CORPUS / JPEGS) == 483
+    time.sleep(0.5)
+    os.killpg(p.pid, getattr(signal, signame))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    assert got["kernel"]["stopped_by"] == signame and got["packets"] == 483
+    assert got["events"] == len(events.read_text().splitlines()) == 19
 
 
 def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):

@@ -429,6 +429,9 @@ cdef class AfPacketSource:
                 "left_in_ring": self.kernel_packets - self.received - self.kernel_drops}
 
 
+from libc.errno cimport ENXIO
+
+
 cdef class AfPacketSink:
     """Send frames out of interface `ifname`, a batch per sendmmsg call."""
     cdef int fd
@@ -437,6 +440,7 @@ cdef class AfPacketSink:
     cdef readonly uint64_t sent
     cdef readonly uint64_t failed
     cdef readonly uint64_t failed_down      # of failed: the interface was down (ENETDOWN)
+    cdef readonly uint64_t failed_gone      # of failed: the interface bound was deleted (ENXIO)
     cdef readonly uint64_t bytes_sent
     cdef mmsghdr* msgs
     cdef iovec* iovs
@@ -448,7 +452,6 @@ cdef class AfPacketSink:
         self.iovs = NULL
 
     def __init__(self, str ifname, int capacity=1024):
-        cdef sockaddr_ll sll
         self.ifname = ifname
         self.ifindex = if_nametoindex(ifname.encode())
         if self.ifindex == 0:
@@ -456,11 +459,7 @@ cdef class AfPacketSink:
         self.fd = socket(AF_PACKET, SOCK_RAW, 0)
         if self.fd < 0:
             raise AfPacketError(_err(f"afpacket:{ifname}: cannot open a packet socket (needs CAP_NET_RAW)"))
-        memset(&sll, 0, sizeof(sll))
-        sll.sll_family = AF_PACKET
-        sll.sll_protocol = 0            # send only: receive nothing
-        sll.sll_ifindex = self.ifindex
-        if bind(self.fd, <sockaddr*> &sll, sizeof(sll)) < 0:
+        if self._bind(self.ifindex) < 0:
             e = _err(f"afpacket:{ifname}: cannot bind")
             self.close()
             raise AfPacketError(e)
@@ -469,6 +468,23 @@ cdef class AfPacketSink:
         self.iovs = <iovec*> malloc(capacity * sizeof(iovec))
         if self.msgs == NULL or self.iovs == NULL:
             raise MemoryError()
+
+    cdef int _bind(self, int ifindex) noexcept:
+        cdef sockaddr_ll sll
+        memset(&sll, 0, sizeof(sll))
+        sll.sll_family = AF_PACKET
+        sll.sll_protocol = 0            # send only: receive nothing
+        sll.sll_ifindex = ifindex
+        return bind(self.fd, <sockaddr*> &sll, sizeof(sll))
+
+    def rebind(self):
+        """Bind again to the interface that has the name now (the one bound was deleted, and
+        one of that name may have come since); returns its index, or 0 when there is none."""
+        cdef int ifindex = if_nametoindex(self.ifname.encode())
+        if ifindex == 0 or self.fd < 0 or self._bind(ifindex) < 0:
+            return 0
+        self.ifindex = ifindex
+        return ifindex
 
     def close(self):
         if self.fd >= 0:
@@ -500,6 +516,8 @@ cdef class AfPacketSink:
                 self.failed += 1
                 if errno == ENETDOWN:
                     self.failed_down += 1
+                elif errno == ENXIO:
+                    self.failed_gone += 1
                 done += 1
                 continue
             for i in range(rc):

@@ -26,7 +26,7 @@ import signal
 import struct
 import time
 
-from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, say
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, say, take_stop
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -351,6 +351,8 @@ class LiveCapture:
             while True:
                 if stop:
                     self.stopped_by = stop[0]
+                    # (before the handlers are put back: one that came twice is not a second stop)
+                    take_stop(getattr(signal, stop[0]))
                     return
                 if self.count is not None and self.position >= self.count:
                     self.stopped_by = "count"
