@@ -419,6 +419,8 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             _add(out["kernel"], {k: v for k, v in r.get("kernel", {}).items() if k not in same})
         for k in ("count", "duration"):
             out["kernel"][k] = results[0].get("kernel", {}).get(k)
+        # the source as given, not each shard's (with the fan-out group the run made)
+        out["kernel"]["source"] = str(source)
         out["kernel"]["seconds"] = max(r.get("kernel", {}).get("seconds", 0) for r in results)
         # one reason, as for one gateway: the run ended when its last shard stopped (a shard may
         # reach its own --count before the others stop), unless a shard failed

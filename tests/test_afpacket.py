@@ -604,6 +604,7 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
     assert got["packets"] == 483 and got["kernel"]["received"] == 483 and got["kernel"]["kernel_drops"] == 0
     assert got["kernel"]["stopped_by"] == "SIGINT" and got["kernel"]["count"] is None
+    assert got["kernel"]["source"] == "afpacket:va"            # not the shards' fan-out spec
     assert 0 < got["kernel"]["seconds"] <= time.monotonic() - began, "the shards' seconds were added up"
     assert all(s["other_shards_packets"] == 0 for s in got["shards"])
     for m in ("counter", "http"):
