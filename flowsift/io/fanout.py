@@ -56,6 +56,18 @@ class _Asm:
         return b"".join(out)
 
 
+def _addresses(a, offsets):
+    # M[1] (and A) = the address pair's words, all XORed together
+    first, *rest = offsets
+    a.op(LD_W_ABS, NET + first)
+    a.op(ST, 1)
+    for off in rest:
+        a.op(LD_W_ABS, NET + off)
+        a.op(LDX_MEM, 1)
+        a.op(XOR_X)
+        a.op(ST, 1)
+
+
 def program(hash="flow"):
     """Classic BPF bytes for PACKET_FANOUT_DATA, hashing by `hash` (`flow` or `hosts`)."""
     if hash not in HASHES:
@@ -66,14 +78,8 @@ def program(hash="flow"):
     a.op(JEQ_K, 0x86DD, "v6", None)
     a.op(RET_K, 0)
 
-    # M[1] = the address pair, XORed
     a.label("v4")
-    a.op(LD_W_ABS, NET + 16)
-    a.op(ST, 0)
-    a.op(LD_W_ABS, NET + 12)
-    a.op(LDX_MEM, 0)
-    a.op(XOR_X)
-    a.op(ST, 1)
+    _addresses(a, (12, 16))
     if hash == "hosts":
         a.op(JEQ_K, 0, "mix", "mix")
     else:
@@ -87,13 +93,7 @@ def program(hash="flow"):
         a.op(JEQ_K, 0, "ports", "ports")
 
     a.label("v6")
-    a.op(LD_W_ABS, NET + 8)
-    a.op(ST, 1)
-    for off in range(12, 40, 4):
-        a.op(LD_W_ABS, NET + off)
-        a.op(LDX_MEM, 1)
-        a.op(XOR_X)
-        a.op(ST, 1)
+    _addresses(a, range(8, 40, 4))
     if hash == "hosts":
         a.op(JEQ_K, 0, "mix", "mix")
     else:
