@@ -108,7 +108,7 @@ def _kind(t):
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
-                 "_module", "_skipped", "_own", "_upto")
+                 "_module", "_skipped", "_own", "_upto", "_handed")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -126,6 +126,7 @@ class Flow:
         self._module = None           # the module whose hook is running
         self._skipped = set()         # modules that called skip()
         self._own = None              # module -> (state, cache), when several modules share the flow
+        self._handed = None           # writing module -> (records, end0, end1) the stages after it may read
         # in on_packet: the records up to the one handed over (those after it in its batch are
         # not "so far" yet: what a module sees must not depend on how packets were batched)
         self._upto = None
