@@ -143,7 +143,7 @@ class Flow:
         """Verdict: do not forward this packet (record) on egress (-w, --out). The module
         declares "drop" in `writes`. Returns an Edit: accepted, or rejected with its reason (as
         flow.edit)."""
-        if self._editor is None:
+        if self._editor is None or self._module is None or not self._module.writes:
             return self._refused(record, "flow.drop", {"drop": True})
         return self._editor.drop(self._module, self, record)
 
@@ -152,13 +152,14 @@ class Flow:
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
         module's `writes`. Returns an Edit: accepted, or rejected with its reason (one that
         names no field is rejected). A `record` that is not one is a TypeError."""
-        if self._editor is None:
+        if self._editor is None or self._module is None or not self._module.writes:
             return self._refused(record, "flow.edit", fields)
         return self._editor.edit(self._module, self, record, fields)
 
     def _refused(self, record, call, fields):
-        # a module run where no gateway takes edits (a read-only module, in a worker): the
-        # reason the gateway would give, or that one
+        # a read-only module (inline as in a worker, where no gateway takes edits: counted alike,
+        # by its edits_rejected, which the summary's edits.rejected takes up), or a call outside
+        # a hook: the reason the gateway would give, or that one
         from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD, Edit, check_record
         check_record(record, call)
         m = self._module

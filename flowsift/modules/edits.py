@@ -26,6 +26,9 @@ LIMITS = {"ip.ttl": 255, "tcp.flags": 255}          # else a port: 65535
 # why an edit that names no field is refused (it changed nothing and said it was accepted)
 NO_FIELD = "no field to change: edit(record, ip_dst=..., tcp_dport=...)"
 DROP_UNDECLARED = "drop is not declared in writes"
+# the kind under which the edits of a read-only module are refused, wherever it runs (in a worker
+# no editor sees them: the module's edits_rejected counts them)
+READ_ONLY = "read-only module"
 # why an edit of what a later stage was handed already is refused: it read it as it was, and
 # "downstream stages see the merged values" would not hold
 LATE = "already read by a later stage"
@@ -344,6 +347,16 @@ class Editor:
         if self.overridden:
             out["overridden"] = dict(self.overridden)
         return out
+
+
+def take_up_read_only(summary, chain):
+    """Put the edits refused to the chain's read-only modules (their `edits_rejected`) into the
+    summary's edits.rejected, as `module: read-only module`: the same total in every mode."""
+    rejected = summary["edits"].setdefault("rejected", {})
+    for cls, _ in chain:
+        n = summary.get("modules", {}).get(cls.name, {}).get("edits_rejected", 0) if cls.read_only() else 0
+        if n:
+            rejected[f"{cls.name}: {READ_ONLY}"] = n
 
 
 def _original(record, key):
