@@ -151,7 +151,9 @@ class Flow:
         """Ask the gateway to change header fields of a packet (record), e.g.
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
         module's `writes`. Returns an Edit: accepted, or rejected with its reason (one that
-        names no field is rejected). A `record` that is not one is a TypeError."""
+        names no field is rejected, and so is one of a record the modules after this one have
+        read already: edit a record before your hooks for its batch return). A `record` that is
+        not one is a TypeError."""
         if self._editor is None or self._module is None or not self._module.writes:
             return self._refused(record, "flow.edit", fields)
         return self._editor.edit(self._module, self, record, fields)

@@ -431,6 +431,7 @@ class EditableStream(StreamPointer):
         """Ask the gateway to replace stream bytes [offset, offset + len(new_bytes)) with
         `new_bytes`. `old`: the bytes you mean to replace; the edit is rejected if the stream
         does not hold them there, or if they are not as long as `new_bytes` (length-changing
-        edits are not supported yet). Returns an Edit: accepted, or rejected with its reason.
+        edits are not supported yet), or if the modules after this one have read them already
+        (bytes of a connection it skipped). Returns an Edit: accepted, or rejected with its reason.
         An offset that is not an integer, or bytes that are not bytes, is a TypeError."""
         return self._editor.replace(self._module, self._flow, self, offset, new_bytes, old)

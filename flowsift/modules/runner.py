@@ -3,7 +3,10 @@
 After each batch the gateway publishes; the runner advances every connection that changed:
 new records go to `on_packet`, new stream bytes to `on_data` (each module has its own stream
 pointer per direction: what it leaves unread is there at its next call), gaps to `on_gap`,
-and a connection's end to `on_close`. Then each module's bit is set in the records it is done
+and a connection's end to `on_close`. A connection is read stage by stage (a writing module is a
+stage of its own), as StagedChain's stages read it: a stage reads what the stage before it is
+done with, so a writing module's edits reach the modules after it, and an edit of what they
+read already is refused. Then each module's bit is set in the records it is done
 with (the gateway records it), so complete and acknowledged space can be reclaimed.
 """
 import json
@@ -455,7 +458,7 @@ class InlineChain:
                 flow._upto, flow.last_ts = rec.index + 1, rec.ts_ns     # the connection so far
                 for m in hooks:
                     if headers and rec.frame_pos in headers:
-                        # edited after it was read: as merged (the TTL is in no record)
+                        # a module before it edited the record after it was read: as merged
                         rec = self.editor.merged(rec)
                     self._call(m, "on_packet", flow, rec)
                 if flow._skipped:
