@@ -144,9 +144,9 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             # summary of what was read, its `error` saying why (the workers are not asked to finish)
             if getattr(e, "summary", None) is not None:
                 try:
-                    _complete(e.summary, runner, chain, store, keep)
                     if editor is not None:
                         e.summary["edits"] = editor.counters()
+                    _complete(e.summary, runner, chain, store, keep)
                 except Exception:
                     pass            # (a summary that cannot be made must not hide the error)
             raise
@@ -203,6 +203,9 @@ def _complete(summary, runner, chain, store, keep):
     if state:
         summary["state"] = state
     summary["chain"] = [cls.name for cls, _ in chain]
+    if "edits" in summary:
+        from flowsift.modules.edits import take_up_read_only
+        take_up_read_only(summary, chain)
     if store is None and not keep:
         summary["store"] = None
     return summary

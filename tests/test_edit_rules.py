@@ -224,3 +224,188 @@ def test_arguments_of_the_wrong_kind_are_a_type_error_naming_them(tmp_path):
     # rejections are counted by kind: the numbers are in the reasons, not the keys
     assert len({e["reason"] for e in res.of_kind("far")}) == 2
     assert res.summary["edits"]["rejected"] == {"misuse: outside the stream": 2}
+
+
+LATE = '''
+from flowsift.modules import Module, Option
+
+class Late(Module):
+    """Keeps the client's records and stream pointer; edits them when the connection ends.
+
+    Synopsis: late(skip=false, data=false)
+    """
+    name = "late"
+    reads = {"records", "stream"}
+    writes = {"ip.dst", "payload"}
+    options = {"skip": Option(bool, False, "skip the connection once it has the client's pointer"),
+               "data": Option(bool, False, "edit the records kept so far in on_data instead")}
+
+    def on_packet(self, flow, record):
+        if record.dir == 0:
+            flow.cache.setdefault("records", []).append(record)
+
+    def on_data(self, flow, stream):
+        if stream.direction == 1:
+            stream.skip()
+            return
+        flow.cache["stream"] = stream        # (it reads nothing of it: what follows is its to edit)
+        if self.config["data"]:
+            self.on_close(flow, None)
+            flow.cache["records"] = []
+        if self.config["skip"]:
+            flow.skip()
+
+    def on_close(self, flow, reason):
+        for r in flow.cache.get("records", []):
+            e = flow.edit(r, ip_dst="10.9.9.9")
+            self.emit("hdr", index=r.index, accepted=e.accepted, reason=e.reason)
+        sp = flow.cache.get("stream")
+        if sp is not None and reason is not None:
+            e = sp.replace(0, b"ZZZZ")
+            self.emit("pay", accepted=e.accepted, reason=e.reason)
+'''
+
+SEE = '''
+from flowsift.modules import Module
+
+class See(Module):
+    """Read-only: counts the client packets sent to 10.9.9.9 or not, and ZZZZ in the client's bytes.
+
+    Synopsis: see
+    """
+    name = "see"
+    reads = {"records", "stream"}
+
+    def on_packet(self, flow, record):
+        if record.dir == 0:
+            self.count("new_dst" if record.dst[:4] == bytes([10, 9, 9, 9]) else "old_dst")
+
+    def on_data(self, flow, stream):
+        if stream.direction == 0:
+            self.count("zzzz", stream.read_bytes().count(b"ZZZZ"))
+        else:
+            stream.skip()
+'''
+
+
+def late_chain(tmp_path, skip=True, data=False):
+    late, see = tmp_path / "late.py", tmp_path / "see.py"
+    late.write_text(LATE)
+    see.write_text(SEE)
+    return f"{late}(skip={str(skip).lower()},data={str(data).lower()})", str(see)
+
+
+def run_chain_cli(tmp_path, spec, src, mode, write=None):
+    """`flowsift chain` in one of its modes: (summary, events)."""
+    import json
+    from conftest import run_cli
+    ev = tmp_path / "ev.jsonl"
+    args = {"inline": ["--inline"], "workers": [], "shards": ["--shards", "2"]}[mode]
+    res = run_cli("chain", spec, src, "--json", "--events", ev, *args, *(["-w", write] if write else []))
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    return json.loads(res.stdout), [json.loads(line) for line in ev.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["inline", "workers", "shards"])
+def test_an_edit_of_what_a_later_stage_has_read_is_refused(tmp_path, monkeypatch, corpus, mode):
+    """A writing module that edits in on_close the records and bytes it kept: what the stages
+    after it were handed already (the records of earlier batches; the bytes of a connection it
+    skipped) is refused as read by a later stage, the rest accepted and seen by them. It was all
+    accepted, and the later stage never saw most of it. -w writes what was accepted."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    src = corpus / "http__tcpflow__jpegs.cap"
+    for skip in (False, True):
+        late, see = late_chain(tmp_path, skip)
+        out = tmp_path / "out.pcap" if mode != "shards" else None
+        summary, events = run_chain_cli(tmp_path, f"{late},{see}", src, mode, out)
+        hdr = [e for e in events if e["kind"] == "hdr"]
+        pay = [e for e in events if e["kind"] == "pay"]
+        refused = [e for e in hdr + pay if not e["accepted"]]
+        accepted_hdr = sum(e["accepted"] for e in hdr)
+        accepted_pay = sum(e["accepted"] for e in pay)
+        assert accepted_hdr and accepted_pay and refused
+        # skipped, it has read all: its bytes were the later stage's at once; else they wait for it
+        assert any(e in refused for e in pay) is skip
+        assert all("already handed to the stages after late" in e["reason"] for e in refused)
+        assert all(e["reason"].startswith(f"record {e['index']}: ") for e in refused if e["kind"] == "hdr")
+        assert all(e["reason"].startswith("bytes at 0: ") for e in refused if e["kind"] == "pay")
+        assert summary["edits"]["rejected"] == {"late: already read by a later stage": len(refused)}
+        assert summary["modules"]["late"]["edits_rejected"] == len(refused)
+        # what the later stage read: the accepted edits, merged, and none of the refused ones
+        seen = summary["modules"]["see"]
+        assert seen["new_dst"] == accepted_hdr and seen["zzzz"] == accepted_pay
+        if out is not None:
+            from test_write_back import frames
+            after = frames(out)
+            assert sum(f[30:34] == bytes([10, 9, 9, 9]) for f in after) == accepted_hdr
+            assert sum(f.count(b"ZZZZ") for f in after) == accepted_pay
+    # the last stage's edits in on_close: no later stage, nothing refused
+    summary, events = run_chain_cli(tmp_path, f"{see},{late}", src, mode)
+    assert summary["edits"]["rejected"] == {}
+    edits = [e for e in events if e["kind"] in ("hdr", "pay")]
+    assert edits and all(e["accepted"] for e in edits)
+    assert summary["edits"]["accepted"]["late"] == len(edits)
+
+
+def test_inline_and_workers_accept_and_refuse_the_same_edits(tmp_path, monkeypatch, corpus):
+    """--inline reads a connection stage by stage, as stages run apart do: the module after a
+    writing one is handed a batch's records once the writing module is done with them all (its
+    on_data included), and a connection's last batch after its on_close. The same edits are
+    accepted, and the later module reads the same values. Inline, it read each record before
+    the writing module's on_data and on_close edited it."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "16")
+    src = corpus / "http__tcpflow__jpegs.cap"
+    for skip, data in ((False, False), (True, False), (False, True)):
+        late, see = late_chain(tmp_path, skip, data)
+        got = []
+        for inline in (True, False):
+            res = run_module(f"{late},{see}", src, inline=inline)
+            edits = sorted((e["conn"], e["kind"], e.get("index"), e["accepted"], e["reason"])
+                           for e in res.events if e["kind"] in ("hdr", "pay"))
+            seen = {k: v for k, v in res.counters("see").items() if k != "restarts"}
+            got.append((edits, seen, res.summary["edits"]["rejected"]))
+            assert edits and seen.get("new_dst", 0) == sum(e[3] for e in edits if e[1] == "hdr")
+        assert got[0] == got[1]
+
+
+class Afterwards(Module):
+    """Edits the record and bytes it kept of the connection that ended before, in the next one's on_close.
+
+    Synopsis: afterwards
+    """
+    name = "afterwards"
+    reads = {"records", "stream"}
+    writes = {"ip.dst", "payload"}
+    kept = None
+
+    def on_packet(self, flow, record):
+        flow.cache.setdefault("record", record)
+
+    def on_data(self, flow, stream):
+        flow.cache.setdefault("stream", stream)
+        stream.skip()
+
+    def on_close(self, flow, reason):
+        if self.kept is not None:
+            before, record, stream = self.kept
+            for kind, e in (("hdr", before.edit(record, ip_dst="10.9.9.9")), ("pay", stream.replace(stream.tell(), b"Z"))):
+                self.emit(kind, accepted=e.accepted, reason=e.reason)
+        self.kept = (flow, flow.cache["record"], flow.cache["stream"]) if "stream" in flow.cache else None
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_an_edit_of_a_connection_the_module_is_done_with_is_refused(tmp_path, corpus, inline):
+    """Its on_close returned: the record file may be closed, given back or gone. An edit of
+    the connection through what the module kept failed in the store (a KeyError or TypeError
+    in the module's hook) or, with the file kept (-w), was accepted after the connection was
+    over."""
+    out = tmp_path / "out.pcap"
+    res = run_module(Afterwards, corpus / "http__tcpflow__jpegs.cap", inline=inline, write=str(out))
+    edits = res.of_kind("hdr") + res.of_kind("pay")
+    assert edits and not any(e["accepted"] for e in edits)
+    assert all(e["reason"].startswith("connection ") and e["reason"].endswith(" ended: afterwards was done with it "
+                                                                                "(its on_close returned)")
+               for e in edits)
+    assert res.summary["edits"]["rejected"] == {"afterwards: connection ended": len(edits)}
+    assert bytes([10, 9, 9, 9]) not in out.read_bytes() and res.summary["egress"]["edited"] == 0

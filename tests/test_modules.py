@@ -862,3 +862,38 @@ def test_records_so_far_in_on_packet_end_at_the_packet(tmp_path, corpus, monkeyp
     for e in first:
         assert sum(e["packets"]) == e["rows"] == e["i"] + 1 and e["last"], e
     assert any(e["gaps"] for e in first) and not all(e["gaps"] for e in first)      # noted at its packet
+
+
+def test_a_module_that_skipped_a_connection_gets_none_of_its_packets_inline(tmp_path, corpus, monkeypatch):
+    """With another module still reading the connection, --inline handed the skipped module the
+    first packet of every later batch."""
+    monkeypatch.setenv("FLOWSIFT_BATCH", "4")
+    sk = write_module(tmp_path, '''
+        class Sk(Module):
+            """Skips the connection at its first packet.
+
+            Synopsis: sk
+            """
+            name = "sk"
+            reads = {"records"}
+            def on_packet(self, flow, record):
+                if flow.state.get("skipped"):
+                    self.count("after_skip")
+                flow.state["skipped"] = True
+                flow.skip()
+    ''')
+    pk = write_module(tmp_path, '''
+        class Pk(Module):
+            """Counts packets.
+
+            Synopsis: pk
+            """
+            name = "pk"
+            reads = {"records"}
+            def on_packet(self, flow, record):
+                self.count("packets")
+    ''', name="pk.py")
+    res = run_cli("chain", f"{sk},{pk}", corpus / "http__zeek__get.pcap", "--inline", "--events", "/dev/null", "--json")
+    assert res.returncode == 0, res.stderr
+    modules = json.loads(res.stdout)["modules"]
+    assert modules["pk"]["packets"] > 4 and "after_skip" not in modules["sk"]

@@ -476,6 +476,25 @@ def test_an_edit_from_a_read_only_module_is_refused_for_the_same_reason_in_both_
     assert reasons == {"ip.dst is not declared in writes"}
 
 
+@pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
+def test_the_edits_refused_to_a_read_only_module_are_in_the_summary_in_every_mode(tmp_path, corpus, mode):
+    """In a worker no editor sees a read-only module's edits: they were counted in its
+    edits_rejected only, and missing from the summary's edits.rejected (inline had them there,
+    under other kinds)."""
+    mod = packet_module(tmp_path, "ro", """
+        flow.edit(record, ip_dst="10.0.0.9")
+        if record.index == 0:
+            flow.drop(record)
+            flow.edit(record)""")
+    res = run_cli("chain", f"{mod},nat(to=10.0.0.2:8080)", corpus / "http__zeek__get.pcap", "--events", "/dev/null",
+                  "--json", *mode)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    n = summary["modules"]["ro"]["edits_rejected"]
+    assert n > 0 and summary["edits"]["rejected"] == {"ro: read-only module": n}
+    assert summary["edits"]["accepted"]["nat"] > 0
+
+
 def _checksummed_udp6(src, dst, sport, dport, payload, final=None, zero=False):
     """An IPv6 UDP datagram with its checksum over `final` (a Routing header's last address, with
     one segment left) or the destination; 0 if `zero`."""

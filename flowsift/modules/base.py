@@ -108,7 +108,7 @@ def _kind(t):
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
-                 "_module", "_skipped", "_own", "_upto")
+                 "_module", "_skipped", "_own", "_upto", "_handed")
 
     def __init__(self, conn, proto, client, server, first_ts):
         self.conn = conn
@@ -126,6 +126,7 @@ class Flow:
         self._module = None           # the module whose hook is running
         self._skipped = set()         # modules that called skip()
         self._own = None              # module -> (state, cache), when several modules share the flow
+        self._handed = None           # writing module -> (records, end0, end1) the stages after it may read
         # in on_packet: the records up to the one handed over (those after it in its batch are
         # not "so far" yet: what a module sees must not depend on how packets were batched)
         self._upto = None
@@ -142,7 +143,7 @@ class Flow:
         """Verdict: do not forward this packet (record) on egress (-w, --out). The module
         declares "drop" in `writes`. Returns an Edit: accepted, or rejected with its reason (as
         flow.edit)."""
-        if self._editor is None:
+        if self._editor is None or self._module is None or not self._module.writes:
             return self._refused(record, "flow.drop", {"drop": True})
         return self._editor.drop(self._module, self, record)
 
@@ -150,14 +151,17 @@ class Flow:
         """Ask the gateway to change header fields of a packet (record), e.g.
         edit(record, ip_dst="10.0.0.2", tcp_dport=8080). Each field must be declared in the
         module's `writes`. Returns an Edit: accepted, or rejected with its reason (one that
-        names no field is rejected). A `record` that is not one is a TypeError."""
-        if self._editor is None:
+        names no field is rejected, and so is one of a record the modules after this one have
+        read already: edit a record before your hooks for its batch return). A `record` that is
+        not one is a TypeError."""
+        if self._editor is None or self._module is None or not self._module.writes:
             return self._refused(record, "flow.edit", fields)
         return self._editor.edit(self._module, self, record, fields)
 
     def _refused(self, record, call, fields):
-        # a module run where no gateway takes edits (a read-only module, in a worker): the
-        # reason the gateway would give, or that one
+        # a read-only module (inline as in a worker, where no gateway takes edits: counted alike,
+        # by its edits_rejected, which the summary's edits.rejected takes up), or a call outside
+        # a hook: the reason the gateway would give, or that one
         from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD, Edit, check_record
         check_record(record, call)
         m = self._module

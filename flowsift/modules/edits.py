@@ -26,10 +26,28 @@ LIMITS = {"ip.ttl": 255, "tcp.flags": 255}          # else a port: 65535
 # why an edit that names no field is refused (it changed nothing and said it was accepted)
 NO_FIELD = "no field to change: edit(record, ip_dst=..., tcp_dport=...)"
 DROP_UNDECLARED = "drop is not declared in writes"
+# the kind under which the edits of a read-only module are refused, wherever it runs (in a worker
+# no editor sees them: the module's edits_rejected counts them)
+READ_ONLY = "read-only module"
+# why an edit of what a later stage was handed already is refused: it read it as it was, and
+# "downstream stages see the merged values" would not hold
+LATE = "already read by a later stage"
+ENDED = "connection ended"      # (after the module's on_close for it: its record file may be gone)
 # keyword of flow.edit() -> the record column that holds it (ip.ttl has none), and where it is
 RECORD_NAME = {"ip_src": "src", "ip_dst": "dst", "tcp_sport": "sport", "udp_sport": "sport", "tcp_dport": "dport",
                "udp_dport": "dport", "tcp_flags": "tcp_flags"}
 RECORD_FIELD = {k: next(off for n, _, off in F.RECORD_FIELDS if n == v) for k, v in RECORD_NAME.items()}
+
+
+class Handed(collections.namedtuple("Handed", "records end0 end1 ended")):
+    """What the stages after a writing module were handed of a connection (flow._handed): its
+    first `records` records and its stream bytes before end0, end1; `ended`: the module's stage
+    is done with it (its on_close returned)."""
+    __slots__ = ()
+
+
+ALL = 1 << 64
+EVERYTHING = Handed(ALL, ALL, ALL, False)   # of a connection the module skipped: it counts as read
 
 
 class Edit(collections.namedtuple("Edit", "accepted reason")):
@@ -158,6 +176,9 @@ class Editor:
             return self._reject(module, *bad, conn=flow.conn, record=rid)
         if not fields:
             return self._reject(module, "no field", NO_FIELD, conn=flow.conn, record=rid)
+        handed = flow._handed.get(module) if flow._handed else None
+        if handed is not None and (handed.ended or record.index < handed.records):
+            return self._reject(module, *self._late(module, flow, handed, f"record {record.index}"), flow.conn, rid)
         checked = {}
         for key, value in fields.items():
             name = FIELDS.get(key)
@@ -233,6 +254,14 @@ class Editor:
         """The header edits for a packet of (conn, d) that came after the connection ended."""
         return self.flow_fields.get((conn, d))
 
+    def _late(self, module, flow, handed, what, upto=ALL):
+        # (kind, reason) of an edit that comes too late: the stages after the module read the
+        # values it would change, or (the last stage) it is done with the connection
+        if handed.records:
+            return LATE, (f"{what}: already handed to the stages after {module.name}"
+                          + (f" (up to {upto})" if upto < ALL else "") + ", which read the old values")
+        return ENDED, f"connection {flow.conn} ended: {module.name} was done with it (its on_close returned)"
+
     def reached(self, module, conn, d, pos):
         """The furthest a writing module has read in direction d of conn (`pos`: where it stands):
         what it read past is final, wherever it went back to since."""
@@ -254,6 +283,10 @@ class Editor:
             return self._reject(module, "length change",
                                 f"replacing {len(old)} bytes with {len(new)}: length-changing edits are not "
                                 f"supported yet (same length only)", *args)
+        handed = flow._handed.get(module) if flow._handed else None
+        if handed is not None and handed.ended:
+            # (before anything reads the record file: it is closed)
+            return self._reject(module, *self._late(module, flow, handed, f"bytes at {offset}"), *args)
         if self.forwarded_end is not None:
             # (kept in sequence space: a direction seen midstream may start lower later)
             origin = stream.file.refresh()[f"origin{d}"]
@@ -264,6 +297,8 @@ class Editor:
             # read past already: a later stage may have been handed those bytes
             return self._reject(module, "behind the module's position",
                                 f"bytes at {offset} are behind the module's position (it read to {reached})", *args)
+        if handed is not None and offset < handed[1 + d]:
+            return self._reject(module, *self._late(module, flow, handed, f"bytes at {offset}", handed[1 + d]), *args)
         start, end = stream._retained()
         if offset < start or offset + len(new) > end:
             return self._reject(module, "outside the stream",
@@ -312,6 +347,16 @@ class Editor:
         if self.overridden:
             out["overridden"] = dict(self.overridden)
         return out
+
+
+def take_up_read_only(summary, chain):
+    """Put the edits refused to the chain's read-only modules (their `edits_rejected`) into the
+    summary's edits.rejected, as `module: read-only module`: the same total in every mode."""
+    rejected = summary["edits"].setdefault("rejected", {})
+    for cls, _ in chain:
+        n = summary.get("modules", {}).get(cls.name, {}).get("edits_rejected", 0) if cls.read_only() else 0
+        if n:
+            rejected[f"{cls.name}: {READ_ONLY}"] = n
 
 
 def _original(record, key):
@@ -386,6 +431,7 @@ class EditableStream(StreamPointer):
         """Ask the gateway to replace stream bytes [offset, offset + len(new_bytes)) with
         `new_bytes`. `old`: the bytes you mean to replace; the edit is rejected if the stream
         does not hold them there, or if they are not as long as `new_bytes` (length-changing
-        edits are not supported yet). Returns an Edit: accepted, or rejected with its reason.
+        edits are not supported yet), or if the modules after this one have read them already
+        (bytes of a connection it skipped). Returns an Edit: accepted, or rejected with its reason.
         An offset that is not an integer, or bytes that are not bytes, is a TypeError."""
         return self._editor.replace(self._module, self._flow, self, offset, new_bytes, old)

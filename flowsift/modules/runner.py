@@ -3,7 +3,10 @@
 After each batch the gateway publishes; the runner advances every connection that changed:
 new records go to `on_packet`, new stream bytes to `on_data` (each module has its own stream
 pointer per direction: what it leaves unread is there at its next call), gaps to `on_gap`,
-and a connection's end to `on_close`. Then each module's bit is set in the records it is done
+and a connection's end to `on_close`. A connection is read stage by stage (a writing module is a
+stage of its own), as StagedChain's stages read it: a stage reads what the stage before it is
+done with, so a writing module's edits reach the modules after it, and an edit of what they
+read already is refused. Then each module's bit is set in the records it is done
 with (the gateway records it), so complete and acknowledged space can be reclaimed.
 """
 import json
@@ -13,6 +16,7 @@ import numpy as np
 
 from flowsift.io._connset import ConnSet
 from flowsift.modules.base import ModuleError, hook_error, trimmed_traceback
+from flowsift.modules.edits import EVERYTHING, Handed
 from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams._pointer import first_carrier
@@ -115,7 +119,7 @@ def connection_close(close0, close1):
 
 class _Conn:
     __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved",
-                 "times")
+                 "times", "closed")
 
     def __init__(self, flow, file):
         self.flow = flow
@@ -128,6 +132,7 @@ class _Conn:
         self.gaps_seen = {}      # module index -> gap entries already handed to its on_gap (gap-only modules)
         self.ends_seen = None    # (end0, end1, gaps, close0, close1, closing) at the last advance: nothing new, nothing to do
         self.times = None        # _PacketTimes, once a module emits while reading bytes
+        self.closed = 0          # stages whose on_close was called (a closing advance calls them stage by stage)
 
 
 ORIGINS = ("origin0", "origin1")
@@ -213,6 +218,21 @@ class InlineChain:
                         for h in ("on_open", "on_data", "on_gap", "on_close", "on_packet")}
         self.streaming = [(i, m) for i, m in enumerate(self.modules)
                           if callable(getattr(m, "on_data", None)) or callable(getattr(m, "on_gap", None))]
+        # Stages: consecutive read-only modules form one, a writing module is one of its own. A
+        # connection is read stage by stage, each reading as far as the stage before it handed
+        # on, as stages run apart (StagedChain) do: an edit is accepted or refused alike
+        self.stages = []
+        for i, m in enumerate(self.modules):
+            if self.stages and not m.writes and not self.modules[self.stages[-1][-1]].writes:
+                self.stages[-1].append(i)
+            else:
+                self.stages.append([i])
+        self.stage_hooks = []             # per stage: (on_packet, streaming, on_close) modules, and its writer
+        for st in self.stages:
+            self.stage_hooks.append(tuple([(i, m) for i, m in hooks if i in st] for hooks in
+                                          (self.by_hook["on_packet"], self.streaming, self.by_hook["on_close"]))
+                                    + (self.modules[st[0]] if self.modules[st[0]].writes else None,))
+        self.followed = False             # a stage after this chain reads what it hands on (StagedChain)
         self.passive = all(passive(type(m)) for m in self.modules)
         # modules that read as connections go (what flow.skip() can spare)
         self.readers = [m for m in self.modules if not passive(type(m)) or m.writes]
@@ -317,8 +337,11 @@ class InlineChain:
                         self._open(conn)
                     self._close(conn, fresh)
             return
+        # a connection that ended is read once, to its end, stage by stage: a stage after a writing
+        # one is handed its last batch after the writing module's on_close, as a stage run apart is
+        ended = set(closed) if touched and closed and (len(self.stages) > 1 or self.followed) else ()
         for conn in touched:
-            if conn not in self.finished:
+            if conn not in self.finished and conn not in ended:
                 self._advance(conn)
         for conn in closed:
             if conn not in self.finished:
@@ -372,64 +395,116 @@ class InlineChain:
         return bool(sk) and all(m in sk for m in self.readers)
 
     def _advance(self, conn, closing=False):
-        """Hand the modules what is new of `conn`. True if its header was read for it.
-        `closing`: it ended (the writing modules read all they will)."""
+        """Hand the modules what is new of `conn`, stage by stage. True if its header was read for
+        it. `closing`: it ended (the writing modules read all they will): each stage's on_close
+        is called once it has read it, before the next stage reads the rest."""
         c = self.conns.get(conn)
         if c is None:
             c = self._open(conn)
             self._dirty.add(conn)
         flow = c.flow
         if self._skipping(flow):
+            for k in range(len(self.stages)):
+                self._hand_on(c, k, None)
             return False           # nothing to read it for (flow.skip()): not even its header
         self._touch(conn, c)
         self._dirty.add(conn)
         self._current = flow
         h = self._header(c, conn)
         flow.last_ts = h["last_ts"]
-        if self.by_hook["on_packet"] and h["records"] > c.next_record:
-            hooks = [m for _, m in self.by_hook["on_packet"]]
-            try:
-                headers = self.editor.headers if self.editor is not None else None
-                for rec in c.file.records(c.next_record, h["records"]):
-                    self._when = rec.ts_ns
-                    flow._upto, flow.last_ts = rec.index + 1, rec.ts_ns     # the connection so far
-                    for m in hooks:
-                        if headers and rec.frame_pos in headers:
-                            # a module before it edited the record after it was read: as merged
-                            rec = self.editor.merged(rec)
-                        self._call(m, "on_packet", flow, rec)
-                    if flow._skipped:
-                        hooks = [m for m in hooks if m not in flow._skipped]
-                        if not hooks:
-                            break      # (the records are not even decoded for it any more)
-            finally:
-                self._when = None
-                flow._upto, flow.last_ts = None, h["last_ts"]
-        c.next_record = max(c.next_record, h["records"])    # a reader ahead of a limit stays ahead
+        first, last = c.next_record, h["records"]
         ends = (h["end0"], h["end1"], h["gaps"], h["close0"], h["close1"], closing)
-        if ends == c.ends_seen:
-            return True            # no new bytes, gap or end since the last advance
+        moved = ends != c.ends_seen    # else no new bytes, gap or end since the last advance
         c.ends_seen = ends
         held = None                # per direction: how far the writing modules before read
-        for i, m in self.streaming:
-            if m in flow._skipped:
-                self._let_go(c, i)
-                continue
-            if not callable(getattr(m, "on_data", None)):
-                self._gaps_only(c, i, m, h)
-                continue
-            for d in (0, 1):
+        for k, (packets, streams, _, writer) in enumerate(self.stage_hooks):
+            if packets and last > first:
+                self._packets(c, h, packets, first, last)
+            for i, m in streams if moved else ():
                 if m in flow._skipped:
-                    break
-                self._stream(c, i, m, d, h, held[d] if held and not closing else None)
-            if m.writes and m not in flow._skipped:
-                # what a module after it reads is what it merged: as far as it read (it may not
-                # replace bytes behind its position), as in a chain of stages
-                held = held or [None, None]
+                    self._let_go(c, i)
+                    continue
+                if not callable(getattr(m, "on_data", None)):
+                    self._gaps_only(c, i, m, h)
+                    continue
                 for d in (0, 1):
-                    at = self._reached(c, i, d)
-                    held[d] = at if held[d] is None else min(held[d], at)
+                    if m in flow._skipped:
+                        break
+                    self._stream(c, i, m, d, h, held[d] if held and not closing else None)
+                if m.writes and m not in flow._skipped:
+                    # what a module after it reads is what it merged: as far as it read (it may not
+                    # replace bytes behind its position), as in a chain of stages
+                    held = held or [None, None]
+                    for d in (0, 1):
+                        at = self._reached(c, i, d)
+                        held[d] = at if held[d] is None else min(held[d], at)
+            if closing:
+                self._close_stage(c, h, k)
+            elif writer is not None:
+                self._hand_on(c, k, h)
+        c.next_record = max(c.next_record, last)    # a reader ahead of a limit stays ahead
         return True
+
+    def _packets(self, c, h, packets, first, last):
+        # records [first, last) to the on_packet hooks of one stage
+        flow = c.flow
+        hooks = [m for _, m in packets if m not in flow._skipped]
+        if not hooks:
+            return
+        try:
+            headers = self.editor.headers if self.editor is not None else None
+            for rec in c.file.records(first, last):
+                self._when = rec.ts_ns
+                flow._upto, flow.last_ts = rec.index + 1, rec.ts_ns     # the connection so far
+                for m in hooks:
+                    if headers and rec.frame_pos in headers:
+                        # a module before it edited the record after it was read: as merged
+                        rec = self.editor.merged(rec)
+                    self._call(m, "on_packet", flow, rec)
+                if flow._skipped:
+                    hooks = [m for m in hooks if m not in flow._skipped]
+                    if not hooks:
+                        break      # (the records are not even decoded for it any more)
+        finally:
+            self._when = None
+            flow._upto, flow.last_ts = None, h["last_ts"]
+
+    def _hand_on(self, c, k, h, ended=False):
+        """Record what the stages after writing stage k may read of c now (h: the header as read
+        for this batch; None: all of it): its editor refuses edits of that, which they read as
+        it was. What the module skipped counts as read. `ended`: its on_close returned (a last
+        stage hands nothing on, but edits of the connection are refused then too)."""
+        m = self.stage_hooks[k][3]
+        last = k + 1 == len(self.stages) and not self.followed
+        if m is None or (last and not ended):
+            return
+        if last:
+            handed = Handed(0, 0, 0, True)
+        elif h is None or m in c.flow._skipped:
+            handed = EVERYTHING._replace(ended=ended)
+        else:
+            ends = [h["end0"], h["end1"]]
+            if callable(getattr(m, "on_data", None)):
+                # (the bytes it has not read wait for it: handover())
+                i = self.stages[k][0]
+                ends = [min(ends[d], self._reached(c, i, d)) for d in (0, 1)]
+            handed = Handed(h["records"], ends[0], ends[1], False)
+        if c.flow._handed is None:
+            c.flow._handed = {}
+        c.flow._handed[m] = handed
+
+    def _close_stage(self, c, h, k):
+        # stage k's on_close; after it, the stages after it read the connection to its end
+        closers = self.stage_hooks[k][2]
+        if closers:
+            reason = connection_close(h["close0"], h["close1"])
+            c.flow.last_ts = h["last_ts"]
+            self._current = c.flow
+            self._closing = c
+            for _, m in closers:
+                self._call(m, "on_close", c.flow, reason)
+        self._hand_on(c, k, None, ended=True)
+        c.closed = k + 1
 
     def _reached(self, c, i, d):
         # how far module i has read direction d of c: for a writing module, the furthest it
@@ -564,12 +639,11 @@ class InlineChain:
         self._entries.pop(conn, None)
         self._touch(conn, c)
         h = self._header(c, conn, fresh)
-        reason = connection_close(h["close0"], h["close1"])
         c.flow.last_ts = h["last_ts"]
         self._current = c.flow
         self._closing = c
-        for _, m in self.by_hook["on_close"]:
-            self._call(m, "on_close", c.flow, reason)
+        for k in range(c.closed, len(self.stages)):      # (those a closing advance did not close)
+            self._close_stage(c, h, k)
         for state, cache in (c.flow._own or {None: (c.flow.state, c.flow.cache)}).values():
             state.clear()
             cache.clear()

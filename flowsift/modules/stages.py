@@ -32,6 +32,9 @@ class StagedChain:
             else:
                 self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry))
         self.modules = [m for st in self.stages for m in st.modules]
+        for st in self.stages[:-1]:
+            if isinstance(st, InlineChain):
+                st.followed = True        # (a writing stage refuses edits of what it handed on)
 
     def _cascade(self, k, touched=(), closed=()):
         # hand stage k's progress to stage k+1: the connections it finished, whole; after a
