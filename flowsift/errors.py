@@ -30,6 +30,7 @@ class _Stops:
     waiting = None      # the signal of a stop that waits
     raised = None       # the last stop raised
     taken = None        # the signal of a stop the command took itself (a live source's end)
+    ended = False       # a live capture ended (count, duration): the run is finishing what it took
     hook_left = True    # the unraisable hook that keeps a lost stop has returned
 
 
@@ -37,8 +38,8 @@ _stops = _Stops()
 
 
 def _on_stop(signum, frame):
-    if _stops.taken is not None:
-        return              # the command is ending at a stop it took: this one is its cleaning up's
+    if late_stop(signum):
+        return
     # what is being handled where the signal came: the stop raised before (or what followed it)
     e = sys.exc_info()[1]
     while e is not None:
@@ -95,9 +96,25 @@ def take_stop(signum):
     _stops.taken = signum
 
 
-def stop_taken():
-    """The signal of the stop the command took itself (`take_stop`), or None."""
-    return _stops.taken
+def capture_ended():
+    """A live capture ended at its count or duration: what follows is the run finishing what it
+    took (its modules catching up) and its summary, which a stop does not cut short either."""
+    _stops.ended = True
+
+
+def late_stop(signum):
+    """Whether the stop of `signum` comes after the one the command took (it is ignored), or
+    after its live capture ended (said once, and taken: the run ends once its modules have read
+    what the capture took, with its summary, as at a stop during the capture)."""
+    if _stops.taken is not None:
+        return True
+    if not _stops.ended:
+        return False
+    import signal
+    _stops.taken = signum
+    say(f"{signal.Signals(signum).name}: the capture has ended; the run ends with its summary once its modules "
+        f"have read what it took")
+    return True
 
 
 STOP_AGAIN = 0.001              # seconds until a lost stop comes again (a finalizer's run is shorter)

@@ -20,7 +20,7 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import (FlowsiftError, Terminated, UsageError, raise_stop, start_forked, stop_taken, stops_held,
+from flowsift.errors import (FlowsiftError, Terminated, UsageError, late_stop, raise_stop, start_forked, stops_held,
                              stops_raised, take_stop_signals)
 
 
@@ -169,11 +169,11 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
     # the parent's handlers forward signals to the shards, and a group's signal reaches them
     # too: a shard stops at the first, as a gateway alone does, and says so; the second would
     # break into its cleaning up. A live source takes the first itself (and summarises): the
-    # second comes after its capture ended
+    # second comes after its capture ended, as does one after its count or duration (late_stop)
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if stop_taken() is None:
+        if not late_stop(signum):
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
     take_stop_signals(stop)
     # the module workers this shard forks must not hold its result pipe: if the shard dies,

@@ -673,6 +673,43 @@ def test_shards_of_a_live_interface_stopped_through_their_group_end_with_the_sum
     assert got["events"] == len(events.read_text().splitlines()) == 19
 
 
+SLOW_CLOSE = """
+import time
+from flowsift.modules import Module
+
+
+class SlowClose(Module):
+    \"\"\"Takes 0.2 s per connection that ends: a run catches up after its capture.\"\"\"
+    name = "slowclose"
+
+    def on_close(self, flow, reason):
+        time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(netns, corpus, tmp_path, shards):
+    """The capture ended at --duration and the modules were still reading what it took: SIGTERM
+    to the group then cut the run short (exit 143, no summary). It is said, and the run ends as
+    at a stop during the capture: once the modules are done, with its summary."""
+    module = tmp_path / "slowclose.py"
+    module.write_text(SLOW_CLOSE)
+    events = tmp_path / "live.jsonl"
+    p = netns.popen(sys.executable, "-m", "flowsift", "chain", f"counter,{module}", "afpacket:va", "--duration", 1.5,
+                    "--shards", shards, "--events", events, "--json", start_new_session=True)
+    for _ in range(shards):
+        started(p)
+    assert send(netns, CORPUS / JPEGS) == 483
+    time.sleep(2.5)                       # past the duration; 19 closes take 3.8 s
+    os.killpg(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "SIGTERM: the capture has ended; the run ends with its summary" in err
+    got = json.loads(out)
+    assert got["kernel"]["stopped_by"] == "duration" and got["packets"] == 483
+    assert got["events"] == len(events.read_text().splitlines()) == 19
+
+
 def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
     """One connection: the shard that has it stops at its count, the other at the duration; the
     run ended with the last, and stopped_by is one value, as for one gateway."""

@@ -26,7 +26,7 @@ import signal
 import struct
 import time
 
-from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, say, take_stop
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, capture_ended, say, take_stop
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -379,5 +379,7 @@ class LiveCapture:
                 if on_progress is not None:
                     on_progress(self.position, 0)
         finally:
+            if not stop:
+                capture_ended()
             for s, h in old.items():
                 signal.signal(s, h)
