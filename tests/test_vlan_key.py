@@ -255,3 +255,41 @@ def test_the_commands_that_find_connections_take_the_option():
         assert "--vlan-key" in res.stdout and "Default: off" in " ".join(res.stdout.split()), command
     for command in ("module", "inspect", "analyze", "modules"):
         assert "--vlan-key" not in run_cli(command, "--help").stdout, command
+
+
+def test_replay_replays_each_tenant_s_connection(tmp_path):
+    """A server that answers as tenant 0 did: with the option, tenant 0's connection replays
+    identical and tenant 1's differs, each result naming its VLAN; without it the two are one
+    connection."""
+    import socket
+    import threading
+    cap = tmp_path / "tenants.pcap"
+    talks = tenants(cap)
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    more = conn.recv(4096)
+                    if not more:
+                        break
+                    got += more
+                conn.sendall(talks[0][1])
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        to = f"127.0.0.1:{srv.getsockname()[1]}"
+        res = run_cli("replay", cap, "--to", to, "--json", "--vlan-key", "--timeout", "2", "--idle", "0.2")
+        s = json.loads(res.stdout)
+        assert res.returncode == 1 and s["connections"] == 2 and s["identical"] == 1 and s["differing"] == 1
+        assert [d["vlan"] for d in s["first_differences"]] == [[20]]
+        res = run_cli("replay", cap, "--to", to, "--json", "--timeout", "2", "--idle", "0.2")
+        s = json.loads(res.stdout)
+        assert s["connections"] == 1 and all("vlan" not in d for d in s["first_differences"])
+    finally:
+        srv.close()
