@@ -119,6 +119,13 @@ REASSEMBLY = typer.Option(None, "--reassembly", metavar="NAME=VALUE",
                           help="Set a reassembly timeout or bound (repeat it, or comma-separate), defaults: "
                                f"{settings_help()}. What happens at each: docs/reassembly.md.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (fields in docs/cli.md).")
+VLAN_KEY = typer.Option(False, "--vlan-key",
+                        help="Tell connections apart by their VLAN ids too: the outer 802.1Q/802.1ad tag and, for "
+                             "QinQ, the inner one. One 5-tuple on two VLANs is then two connections, each with its "
+                             "own bytes (IP fragments are joined within one VLAN only), and outputs name each "
+                             "connection's VLAN. Use it on trunk links whose VLANs carry overlapping addresses "
+                             "(tenants with private address space). Default: off, connections are 5-tuples as in "
+                             "tshark.")
 
 
 @app.callback()
@@ -137,6 +144,7 @@ def stats(
     filter: Optional[str] = FILTER,
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
+    vlan_key: bool = VLAN_KEY,
     as_json: bool = JSON,
 ):
     """Summarise a capture without reassembling it.
@@ -153,7 +161,8 @@ def stats(
     from flowsift.stats import capture_stats
     capture = _limits(capture, count, duration)
 
-    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress), as_json, _render('print_stats'))
+    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress, vlan_key=vlan_key),
+         as_json, _render('print_stats'))
 
 
 @app.command()
@@ -172,6 +181,7 @@ def streams(
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
+    vlan_key: bool = VLAN_KEY,
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
     as_json: bool = JSON,
@@ -208,7 +218,7 @@ def streams(
     bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
-                                                                   gaps=gaps, **bounds),
+                                                                   gaps=gaps, vlan_key=vlan_key, **bounds),
          as_json, _render('print_streams'))
 
 
@@ -227,6 +237,7 @@ def gateway(
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
     registry: Optional[str] = REGISTRY,
+    vlan_key: bool = VLAN_KEY,
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN",
                                       help="Name of the run in the registry (default: a fresh random one)."),
     expect: Optional[str] = typer.Option(None, "--expect", metavar="NAMES",
@@ -270,7 +281,8 @@ def gateway(
         if run or expect:
             _fail("--run and --expect need --registry URL")
         from flowsift.gateway import Gateway
-        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, **bounds)
+        g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, vlan_key=vlan_key,
+                    **bounds)
         _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
              _render('print_gateway'))
         return
@@ -279,7 +291,8 @@ def gateway(
     started = (lambda r: typer.echo(f"flowsift: run {r} in the registry", err=True)) if not as_json else None
     _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
                                                    filter_expression=filter, policy=policy, reassembly=bounds,
-                                                   on_progress=progress, on_started=started, unknown=unknown),
+                                                   on_progress=progress, on_started=started, unknown=unknown,
+                                                   vlan_key=vlan_key),
          as_json, _render('print_gateway'))
 
 
@@ -375,6 +388,7 @@ def chain(
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
+    vlan_key: bool = VLAN_KEY,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
     max_backlog: Optional[int] = typer.Option(None, "--max-backlog", metavar="N",
@@ -430,7 +444,7 @@ def chain(
                                                          filter_expression=filter, policy=policy, reassembly=bounds,
                                                          strict=strict, on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
-                                                         shards=shards, reshard=reshard),
+                                                         shards=shards, reshard=reshard, vlan_key=vlan_key),
              as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
     finally:
         if out is not None and out is not sys.stdout:
@@ -464,6 +478,7 @@ def replay(
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
+    vlan_key: bool = VLAN_KEY,
     server_port: Optional[int] = typer.Option(None, "--server-port", metavar="N", help="Only connections to this server port."),
     speed: str = typer.Option("max", "--speed", metavar="X",
                               help="'max' (as fast as possible), or a multiple of the original pace between the turns "
@@ -533,9 +548,9 @@ def replay(
     if match != "http" and ignore_header:
         _fail("--ignore-header goes with --match http (--match exact compares answers as bytes)")
     bounds = parse_settings(reassembly)
-    if store is not None and (filter is not None or policy != "first" or reassembly):
+    if store is not None and (filter is not None or policy != "first" or reassembly or vlan_key):
         # a kept store was reassembled when it was written: these would change nothing
-        _fail("--filter, --policy and --reassembly read a capture: a --store was read already")
+        _fail("--filter, --policy, --reassembly and --vlan-key read a capture: a --store was read already")
     _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
@@ -567,7 +582,7 @@ def replay(
         result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
                      concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
                      ignore_body=ignore_body_regex, timeout=timeout, idle=idle, report=report, on_start=start,
-                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=say)
+                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=say, vlan_key=vlan_key)
     finally:
         if bar is not None:
             bar.stop()

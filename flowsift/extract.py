@@ -12,10 +12,11 @@ GAP_MODES = ("splice", "zeros")
 
 
 def extract_streams(path, outdir=None, filter_expression=None, policy="first", on_progress=None, gaps="splice",
-                    **engine_options):
+                    vlan_key=False, **engine_options):
     """Reassemble `path`; write files and DIR/index.jsonl unless `outdir` is None (discard).
     `gaps`: "splice" (a gap takes no room in its file) or "zeros" (a gap before bytes is
     written as zeros: file offsets are stream offsets); the index lists every gap either way.
+    `vlan_key`: connections are told apart by their VLAN ids too (the index says them).
 
     Returns the summary dict documented in docs/cli.md; a defect that stopped reading is in
     its "error" field (everything read before it was reassembled and closed as end of input).
@@ -40,7 +41,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     else:
         from flowsift.reassembly._filesink import FileSink
         sink = FileSink(str(outdir), zeros=gaps == "zeros")
-    r = Reassembler(sink=sink, policy=policy, **engine_options)
+    r = Reassembler(sink=sink, policy=policy, vlan_key=vlan_key, **engine_options)
     error = None
     decoder = Decoder()         # (ours: its counters are reported when reading stops at a defect too)
     ended = False               # read to the end, or to a defect: the output is the run's
@@ -62,6 +63,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         "index": None if outdir is None else os.path.join(str(outdir), "index.jsonl"),
         "policy": policy,
         "filter": filter_expression,
+        **({"vlan_key": True} if vlan_key else {}),
         "connections": t["tcp"] + t["udp"],
         "tcp": t["tcp"],
         "udp": t["udp"],

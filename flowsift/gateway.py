@@ -74,7 +74,7 @@ class Gateway:
     """Writes one record file per connection of a source into `store` (a directory)."""
 
     def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
-                 registry=None, shard=None, store_bytes=True, readers_here=True, **engine_options):
+                 registry=None, shard=None, store_bytes=True, readers_here=True, vlan_key=False, **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
@@ -85,7 +85,8 @@ class Gateway:
             if store is None:
                 os.rmdir(self.store_dir)    # the default store made for this run: empty still
             raise
-        self.reassembler = Reassembler(sink=self.store, policy=policy, **engine_options)
+        # vlan_key: connections told apart by VLAN ids too (record headers say them)
+        self.reassembler = Reassembler(sink=self.store, policy=policy, vlan_key=vlan_key, **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None
         if registry is None:
@@ -177,7 +178,7 @@ class Gateway:
             for c in conns:
                 if c not in self.announced:
                     self.announced.add(c)
-                    new.append((c, identity_text(self.store.identity(c), self.store.path(c))))
+                    new.append((c, identity_text(self.store.identity(c), self.store.path(c), self.store.vlan(c))))
         updates = [(c, *latest) for c, latest in zip(conns, self.store.latest(conns))] if conns else []
         progress, modules, intact = reg.sync(new, updates, entry, taken=list(self.module_bits))
         if not intact:
@@ -212,6 +213,7 @@ class Gateway:
         files, which are the truth (a retired file, finished by every module, from the store's
         own state)."""
         from flowsift.registry.base import identity_text
+        from flowsift.streams.format import header_vlan
         from flowsift.streams.reader import RecordFile
         rows = []
         for c in sorted(self.announced):
@@ -220,13 +222,13 @@ class Gateway:
                 rf = RecordFile(path)
             except FlowsiftError:
                 records, latest, closed = self.store.latest([c])[0]
-                rows.append((c, identity_text(self.store.identity(c), path), records, latest, closed))
+                rows.append((c, identity_text(self.store.identity(c), path, self.store.vlan(c)), records, latest, closed))
                 continue
             with rf:
                 h = rf.header
                 ident = (h["proto"], h["ipver"], h["client_addr"], h["client_port"], h["server_addr"], h["server_port"])
                 latest = h["first_record_id"] + h["records"] - 1 if h["records"] else 0
-                rows.append((c, identity_text(ident, path), h["records"], latest, rf.closed_by_gateway))
+                rows.append((c, identity_text(ident, path, header_vlan(h)), h["records"], latest, rf.closed_by_gateway))
         self.registry.restore(rows, self.module_bits)
         import sys
         sys.stderr.write(f"flowsift: registry restored from the store: {len(rows)} connections, "
@@ -433,6 +435,8 @@ class Gateway:
         summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": engine,
                    **not_in_connections(decoder, self.reassembler.defrag, self.bpf), "error": error}
+        if self.reassembler.flows.vlan_key:
+            summary["vlan_key"] = True
         summary["packets"] = decoder.packets + summary["filtered"]
         # packets after their connection ended have no record: the engine tells them apart and
         # never hands them to the store, whose own count is of those that reach a closed file

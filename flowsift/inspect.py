@@ -9,7 +9,7 @@ from flowsift.streams.reader import (TRUNCATED, RecordFile, StoreError, check_st
 
 PROTOS = {6: "tcp", 17: "udp"}
 # what the format gives a meaning to (docs/record-format.md): anything else is said, not dropped
-KNOWN_FLAGS = F.HF_CLOSED | F.HF_KEEP | F.HF_NO_BYTES
+KNOWN_FLAGS = F.HF_CLOSED | F.HF_KEEP | F.HF_NO_BYTES | F.HF_VLAN_KEY
 KNOWN_RFLAGS = sum(F.RF_NAMES)
 
 
@@ -22,6 +22,12 @@ def _tcp_flags(f):
     return "".join(c for bit, c in ((2, "S"), (16, "."), (8, "P"), (1, "F"), (4, "R"), (32, "U")) if f & bit) or "-"
 
 
+def _vlan(h):
+    """{"vlan": ids} for a connection of a gateway that keyed them by VLAN; else nothing."""
+    ids = F.header_vlan(h)
+    return {} if ids is None else {"vlan": ids}
+
+
 def _header_problems(h):
     """What a header holds that the format gives no meaning to, in the fields a reader does not
     need to read the file (those it needs are refused when it is opened: RecordFile)."""
@@ -32,6 +38,11 @@ def _header_problems(h):
         out.append(f"header field proto is {h['proto']}; 6 (TCP) or 17 (UDP)")
     if h["flags"] & ~KNOWN_FLAGS:
         out.append(f"header field flags has bits the format does not define: {h['flags'] & ~KNOWN_FLAGS:#x}")
+    for name in ("vlan_outer", "vlan_inner"):
+        if not h["flags"] & F.HF_VLAN_KEY and h[name]:
+            out.append(f"header field {name} is {h[name]}; 0 without flag {F.HF_VLAN_KEY} (connections keyed by VLAN)")
+        elif h[name] > 4095:
+            out.append(f"header field {name} is {h[name]:,}; a VLAN id is 0 to 4095")
     for d in (0, 1):
         if h[f"close{d}"] not in F.CLOSE_NAMES:
             out.append(f"header field close{d} is {h[f'close{d}']}; 0 (open) to {max(F.CLOSE_NAMES)}")
@@ -131,6 +142,7 @@ def file_description(path, n_records=20):
             "proto": PROTOS.get(h["proto"], h["proto"]),
             "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
             "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
+            **_vlan(h),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
@@ -237,7 +249,7 @@ def describe_store(directory):
                 conns.append({"file": name, "conn": h["conn"], "proto": PROTOS.get(h["proto"], h["proto"]),
                               "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
-                              "records": h["records"], "end": [h["end0"], h["end1"]],
+                              **_vlan(h), "records": h["records"], "end": [h["end0"], h["end1"]],
                               "delivered": [rf.delivered(d) for d in (0, 1)],
                               "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})

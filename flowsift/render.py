@@ -107,8 +107,17 @@ def print_stats(s, console=None):
     if s["time"]:
         t = s["time"]
         head.add_row("time", f"{t['first']} .. {t['last']}  ({t['duration_s']:,.3f} s)")
-    head.add_row("flows", f"{_n(s['flows']['tcp'])} TCP connections, {_n(s['flows']['udp'])} UDP flows")
+    by = " (5-tuple and VLAN ids)" if s["flows"].get("vlan_key") else ""
+    head.add_row("flows", f"{_n(s['flows']['tcp'])} TCP connections, {_n(s['flows']['udp'])} UDP flows{by}")
     console.print(head)
+
+    if s["flows"].get("vlan_key"):
+        vt = Table(title="flows by VLAN", title_justify="left")
+        for col in ("vlan", "tcp", "udp"):
+            vt.add_column(col, justify="left" if col == "vlan" else "right")
+        for v in s["flows"]["by_vlan"]:
+            vt.add_row(vlan_text(v["vlan"]), _n(v["tcp"]), _n(v["udp"]))
+        console.print(vt)
 
     ifs = Table(title="interfaces", title_justify="left")
     for col in ("#", "link type", "snaplen", "name", "packets"):
@@ -155,7 +164,7 @@ def print_streams(s, console=None):
     t.add_column(justify="right")
     if _capture_line(s):
         t.add_row("capture", _capture_line(s))
-    t.add_row("connections", f"{_n(s['tcp'])} TCP, {_n(s['udp'])} UDP")
+    t.add_row("connections", f"{_n(s['tcp'])} TCP, {_n(s['udp'])} UDP{_by_vlan(s)}")
     # every packet read: in a connection, or why not
     why = []
     if s.get("filtered"):
@@ -191,6 +200,11 @@ def print_streams(s, console=None):
     console.print(t)
 
 
+def _by_vlan(s):
+    # what a connection is, when it is not the 5-tuple alone
+    return " (told apart by VLAN too)" if s.get("vlan_key") else ""
+
+
 def print_gateway(s, console=None):
     console = console or _console()
     c = s["connections"]
@@ -203,7 +217,7 @@ def print_gateway(s, console=None):
     t.add_row("record files", _n(s["files"]))
     t.add_row("records", _n(s["records"]))
     t.add_row("stream bytes", _bytes(s["bytes"]))
-    t.add_row("connections", f"{_n(c['tcp'])} TCP, {_n(c['udp'])} UDP")
+    t.add_row("connections", f"{_n(c['tcp'])} TCP, {_n(c['udp'])} UDP{_by_vlan(s)}")
     t.add_row("gaps", f"{_n(c['gaps'])} ({_bytes(c['gap_bytes'])})")
     t.add_row("late packets", _n(s["engine"]["late_packets"]))
     if s.get("unsupported_link_types"):
@@ -230,6 +244,11 @@ def print_inspect_store(s, console=None):
     rows = [[c["file"], str(c["proto"]), f"{c['client']} → {c['server']}", _n(c["records"]), _n(c["delivered"][0]),
              _n(c["delivered"][1]), _n(c["gaps"]), "truncated" if c.get("truncated") else "yes" if c["closed"] else "no"]
             for c in s["connections"]]
+    if any("vlan" in c for c in s["connections"]):
+        # (a store whose gateway keyed connections by VLAN)
+        columns.insert(3, ("vlan", False))
+        for row, c in zip(rows, s["connections"]):
+            row.insert(3, vlan_text(c.get("vlan")))
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
         console.print(Text(_clean(p), style="red"))
@@ -241,7 +260,8 @@ def print_inspect_file(s, console=None):
     head.add_column(style="bold")
     head.add_column()
     head.add_row("file", f"{s['file']} (format {s['version']})")
-    head.add_row("connection", f"{s['conn']}: {s['proto']} {s['client']} -> {s['server']}")
+    vlan = f" vlan {vlan_text(s['vlan'])}" if "vlan" in s else ""
+    head.add_row("connection", f"{s['conn']}: {s['proto']} {s['client']} -> {s['server']}{vlan}")
     head.add_row("records", f"{_n(s['records'])} (first id {s['first_record_id']})")
     if s.get("truncated"):
         head.add_row("state", Text(_clean(s["truncated"]), style="red"))
@@ -279,7 +299,7 @@ def print_chain(s, console=None):
     print_chain_tables(s, console)
     print_output(s, console)
     c = s["connections"]
-    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections, {_n(s['records'])} records, "
+    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections{_by_vlan(s)}, {_n(s['records'])} records, "
                   f"{_n(s['events'])} events")
     if _capture_line(s):
         console.print(f"capture: {_capture_line(s)}")
@@ -403,12 +423,24 @@ def _module_table(console, name, rows):
     """A module's end-of-run rows (dicts) as a fitted table; client and server are one
     column, folded at the arrow when narrow."""
     cols = [c for c in rows[0] if c != "conn"]
+    if "vlan" in cols:
+        rows = [dict(r, vlan=vlan_text(r.get("vlan"))) for r in rows]
     if "client" in cols and "server" in cols:
         cols[cols.index("client")] = "client → server"
         cols.remove("server")
         rows = [dict(r, **{"client → server": f"{r.get('client')} → {r.get('server')}"}) for r in rows]
     columns = [(c.replace("_", " "), all(_numeric(r.get(c)) for r in rows)) for c in cols]
     return fitted_table(console, name, columns, [[_cell(r.get(c)) for c in cols] for r in rows])
+
+
+def vlan_text(ids):
+    """A connection's VLAN ids for a table: 100.10 (outer first), '-' untagged, '' unknown."""
+    return "" if ids is None else ".".join(map(str, ids)) or "-"
+
+
+def _on_vlan(c):
+    # ", vlan 10" for a connection of a run keyed by VLAN
+    return f", vlan {vlan_text(c['vlan'])}" if "vlan" in c else ""
 
 
 def _cell(v):
@@ -462,15 +494,15 @@ def print_replay(s, console=None):
         console.print(f"partial: {_n(s['partial'])} replayed up to a gap in the client's stream, and no further")
     every = "--report has all" if s.get("report") else "--report FILE.json lists all"
     for u in s.get("uncompared_connections", []):
-        console.print(f"  uncompared: connection {u['conn']} ({u['client']} -> {u['server']}): {u['why']}")
+        console.print(f"  uncompared: connection {u['conn']} ({u['client']} -> {u['server']}{_on_vlan(u)}): {u['why']}")
     _more(console, s.get("uncompared", 0), len(s.get("uncompared_connections", [])), every)
     for f in s.get("failures", []):
-        console.print(f"  failed: connection {f['conn']} ({f['client']}): {f['reason']}")
+        console.print(f"  failed: connection {f['conn']} ({f['client']}{_on_vlan(f)}): {f['reason']}")
     _more(console, s.get("failed", 0), len(s.get("failures", [])), every)
     for d in s.get("first_differences", []):
         # (a turn with nothing sent is a server's greeting: SMTP, FTP)
         what = repr(d["request"]) if d["request"] else "(the server's greeting)"
-        console.print(f"  differs: connection {d['conn']} ({d['client']} -> {d['server']}) turn {d['turn']} "
+        console.print(f"  differs: connection {d['conn']} ({d['client']} -> {d['server']}{_on_vlan(d)}) turn {d['turn']} "
                       f"{what}: {', '.join(d['what'])}")
     _more(console, s.get("turns_differing", 0), len(s.get("first_differences", [])), every)
     if s.get("report"):

@@ -176,8 +176,9 @@ class Turn:
 
 
 class Conversation:
-    def __init__(self, conn, client, server, proto):
+    def __init__(self, conn, client, server, proto, vlan=None):
         self.conn, self.client, self.server, self.proto = conn, client, server, proto
+        self.vlan = vlan                # its VLAN ids when its gateway keyed connections by them
         self.turns = []
         self.skip = None                # reason it is not replayed
         self.cut = None                 # offset where a gap cut the client's stream
@@ -189,10 +190,10 @@ class Conversation:
 
 def _conversation_of(rf, path):
     from flowsift.inspect import name_problem
-    from flowsift.streams.format import endpoint
+    from flowsift.streams.format import endpoint, header_vlan
     h = rf.header
     conv = Conversation(h["conn"], endpoint(h["client_addr"], h["client_port"], h["ipver"]),
-                        endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"])
+                        endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["proto"], header_vlan(h))
     conv.truncated = rf.missing
     conv.misnamed = name_problem(rf, os.path.basename(str(path)))
     if conv.misnamed:
@@ -759,7 +760,7 @@ class Replayer:
 
     async def play(self, conv):
         """Replay one conversation; returns its result dict."""
-        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, "turns": 0,
+        res = {"conn": conv.conn, "client": conv.client, "server": conv.server, **_vlan(conv), "turns": 0,
                "identical": 0, "differing": 0, "unanswered": 0, "incomplete": 0, "failed": None, "differences": [],
                "http": conv.http}
         if conv.cut is not None:
@@ -951,7 +952,14 @@ def _said_problems(store, truncated, on_notice, misnamed=()):
     return lines
 
 
-def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None):
+def _vlan(c):
+    """{"vlan": ids} of a connection (a Conversation or a result row) whose gateway keyed
+    connections by VLAN; else nothing."""
+    vlan = c.get("vlan") if isinstance(c, dict) else c.vlan
+    return {} if vlan is None else {"vlan": vlan}
+
+
+def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None, vlan_key=False):
     """A kept store for `source` (a capture, read now into a temporary store) or `store`."""
     if store is not None:
         from flowsift.streams.reader import check_store
@@ -960,7 +968,8 @@ def _store_of(source, store, filter_expression, on_progress, policy="first", rea
     if source is None:
         raise UsageError("give a capture, or --store DIR")
     from flowsift.gateway import Gateway
-    g = Gateway(None, keep=True, filter_expression=filter_expression, policy=policy, **(reassembly or {}))
+    g = Gateway(None, keep=True, filter_expression=filter_expression, policy=policy, vlan_key=vlan_key,
+                **(reassembly or {}))
     try:
         summary = g.run_capture(source, on_progress=on_progress)
         if summary["error"]:
@@ -1004,10 +1013,11 @@ class _Report:
 
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
-           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None, on_notice=None):
+           on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None, on_notice=None,
+           vlan_key=False):
     """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary.
-    `policy` and `reassembly` (flowsift.bounds) are how a capture is reassembled; `on_notice`
-    is told, in one line, of a -j the descriptor limit lowers."""
+    `policy`, `reassembly` (flowsift.bounds) and `vlan_key` are how a capture is reassembled;
+    `on_notice` is told, in one line, of a -j the descriptor limit lowers."""
     from flowsift.streams.reader import store_files
     if source is not None and store is not None:
         raise UsageError("give a capture or --store DIR, not both")
@@ -1027,7 +1037,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     out = _Report(report) if report else None
     skipped, convs, temporary = {}, [], None
     try:
-        directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly)
+        directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly, vlan_key)
         truncated, misnamed = [], []
         for path in store_files(directory):
             c = conversation(path, partial=partial)
@@ -1105,15 +1115,16 @@ def _summary(results, skipped, secs, to, match, interrupted, report, problems=()
            "report": str(report.path) if report else None}
     out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
     out["turns_per_second"] = round(turns / secs, 1) if secs else None
-    out["failures"] = [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in results if r["failed"]][:20]
+    out["failures"] = [{"conn": r["conn"], "client": r["client"], **_vlan(r), "reason": r["failed"]}
+                       for r in results if r["failed"]][:20]
     out["first_differences"] = [
-        {"conn": r["conn"], "client": r["client"], "server": r["server"], "turn": d["turn"], "request": d["request"],
+        {"conn": r["conn"], "client": r["client"], "server": r["server"], **_vlan(r), "turn": d["turn"], "request": d["request"],
          "what": [x["what"] for x in d["differences"]]}
         for r in results for d in r["differences"]][:10]
     for r in results:
         if not r["failed"] and not r["differing"] and not r["identical"]:
             r["uncompared"] = _why_uncompared(r)
-    out["uncompared_connections"] = [{"conn": r["conn"], "client": r["client"], "server": r["server"],
+    out["uncompared_connections"] = [{"conn": r["conn"], "client": r["client"], "server": r["server"], **_vlan(r),
                                       "why": r["uncompared"]} for r in results if r.get("uncompared")][:20]
     out["server_ports"] = server_ports
     if report:
@@ -1260,7 +1271,7 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         data = conv.turns[0].request
         msgs = [(s, e) for s, e in http_messages(data, True)] if conv.http else [(0, len(data))]
         # bytes and messages: those sent (a failure leaves the rest unsent); planned: all there were
-        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, "unacked_from": acked,
+        row = {"conn": conv.conn, "client": conv.client, "server": conv.server, **_vlan(conv), "unacked_from": acked,
                "sent_from": start, "bytes": 0, "messages": 0, "bytes_planned": end - start,
                "messages_planned": len(msgs), "note": note, "answers": 0, "failed": None, "partial_at": conv.cut}
         try:
@@ -1320,7 +1331,8 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
            "store_problems": problems, "server_ports": ports, "report": str(report) if report else None,
-           "failures": [{"conn": r["conn"], "client": r["client"], "reason": r["failed"]} for r in rows if r["failed"]][:20]}
+           "failures": [{"conn": r["conn"], "client": r["client"], **_vlan(r), "reason": r["failed"]}
+                        for r in rows if r["failed"]][:20]}
     if out_file:
         out_file.write({"summary": out, "connections": rows})
     return out

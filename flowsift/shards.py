@@ -406,6 +406,8 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     out["unsupported_link_types"] = [lts[lt] for lt in sorted(lts)]
     if "bytes_stored" in results[0]:
         out["bytes_stored"] = all(r["bytes_stored"] for r in results)
+    if results[0].get("vlan_key"):
+        out["vlan_key"] = True
     for key in ("edits", "checkpoints"):
         if key in results[0]:
             out[key] = {}

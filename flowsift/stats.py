@@ -20,15 +20,16 @@ def _iso(ns):
     return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def capture_stats(path, filter_expression=None, on_progress=None):
+def capture_stats(path, filter_expression=None, on_progress=None, vlan_key=False):
     """Read the whole capture and return the stats dict documented in docs/cli.md.
+    `vlan_key`: flows (and IP datagrams) are told apart by their VLAN ids too.
 
     A defect that stops reading (a file cut short...) does not lose what was read: the dict
     carries it under "error", and the caller decides how to exit.
     """
     bpf = compile_filter(filter_expression)
     cap = open_capture(path, bpf)
-    decoder, defrag, flows = Decoder(), Defragmenter(), FlowTable()
+    decoder, defrag, flows = Decoder(), Defragmenter(vlan_key=vlan_key), FlowTable(vlan_key)
     error = None
     try:
         for batch in decoded_batches(cap, decoder, bpf, on_progress):
@@ -116,6 +117,11 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
         "pcapng_blocks_skipped": rc["blocks_skipped"],
         "error": error,
     }
+    if flows.vlan_key:
+        from flowsift.streams.format import vlan_ids
+        out["flows"]["vlan_key"] = True
+        out["flows"]["by_vlan"] = [{"vlan": vlan_ids(*v), "tcp": n[0], "udp": n[1]}
+                                   for v, n in sorted(flows.vlan_counts().items())]
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
     if c["ts_packets"]:

@@ -90,11 +90,11 @@ def udp(sport, dport, payload=b"", length=None):
     return struct.pack(">HHHH", sport, dport, 8 + len(payload) if length is None else length, 0) + payload
 
 
-def fragments(src, dst, proto, body, cuts, ident=1, v6=False, inner=b""):
+def fragments(src, dst, proto, body, cuts, ident=1, v6=False, inner=b"", vlans=()):
     """`body` (what follows the IP header: transport header and payload) as IP fragments, one
-    per piece starting at each of `cuts` (multiples of 8), in order; Ethernet frames. IPv6:
-    `inner` (extension headers that follow the Fragment header) is part of what is cut, and
-    `proto` is the Fragment header's next header."""
+    per piece starting at each of `cuts` (multiples of 8), in order; Ethernet frames (tagged
+    with `vlans`, as ether() takes them). IPv6: `inner` (extension headers that follow the
+    Fragment header) is part of what is cut, and `proto` is the Fragment header's next header."""
     body = inner + body
     ends = list(cuts[1:]) + [len(body)]
     out = []
@@ -102,9 +102,10 @@ def fragments(src, dst, proto, body, cuts, ident=1, v6=False, inner=b""):
         more = end < len(body)
         if v6:
             fh = struct.pack(">BBHI", proto, 0, start | more, ident)
-            out.append(ether(ipv6(src, dst, 44, fh + body[start:end]), ethertype=0x86DD))
+            out.append(ether(ipv6(src, dst, 44, fh + body[start:end]), ethertype=0x86DD, vlans=vlans))
         else:
-            out.append(ether(ipv4(src, dst, proto, body[start:end], ident=ident, frag=(0x2000 if more else 0) | start // 8)))
+            out.append(ether(ipv4(src, dst, proto, body[start:end], ident=ident, frag=(0x2000 if more else 0) | start // 8),
+                             vlans=vlans))
     return out
 
 

@@ -32,6 +32,7 @@ def test_ethernet_ipv4_tcp_fields(tmp_path):
 def test_vlan_tags(tmp_path, tags):
     p, pay = one(tmp_path, ether(ipv4(A, B, 6, SEG), vlans=tags))
     assert p["status"] == 0 and p["vlan"] == tags[0][1] and p["vlan_depth"] == len(tags)
+    assert p["vlan_inner"] == (tags[1][1] if len(tags) > 1 else 0)
     assert p["l3_off"] == 14 + 4 * len(tags) and pay.startswith(b"GET")
 
 

@@ -95,3 +95,36 @@ def test_x11_connections_seen_midstream_all_name_port_6000_the_server(corpus):
     x11 = [(i["client"][1], i["server"][1]) for i in r.collector.closed.values()
            if 6000 in (i["client"][1], i["server"][1])]
     assert len(x11) == 11 and all(server == 6000 for _, server in x11)
+
+
+def _tagged(tags, *args, **kw):
+    frame = t(*args, **kw)
+    return frame[:12] + b"".join(tpid.to_bytes(2, "big") + vid.to_bytes(2, "big") for tpid, vid in tags) + frame[12:]
+
+
+def _ids(tmp_path, frames, vlan_key):
+    path = tmp_path / "tagged.pcap"
+    path.write_bytes(pcap([(i, 0, f) for i, f in enumerate(frames)]))
+    ft, dec, out = FlowTable(vlan_key), Decoder(), []
+    for b in open_capture(path).batches(capacity=7):
+        dec.decode(b)
+        ft.update(b)
+        out += b.array["flow_id"].tolist()
+    return out, ft
+
+
+def test_vlan_key_parts_one_five_tuple_by_its_vlan_ids(tmp_path):
+    """Outer id, inner id (QinQ) and untagged are each their own flow with vlan_key; without it
+    (the default, as tshark) the VLAN does not part flows. A priority tag (id 0) is untagged."""
+    tags = [[(0x8100, 10)], [(0x8100, 20)], [(0x88A8, 10), (0x8100, 5)], [], [(0x8100, 0)], [(0x88A8, 10), (0x8100, 6)]]
+    frames = [_tagged(tg, A, B, 5000, 80, SYN, 1) for tg in tags] + [_tagged(tg, B, A, 80, 5000, SYNACK, 9) for tg in tags]
+    ids, ft = _ids(tmp_path, frames, False)
+    assert ids == [0] * 12 and ft.flow(0)["vlan"] is None
+    ids, ft = _ids(tmp_path, frames, True)
+    assert ids == [0, 1, 2, 3, 3, 4] * 2 and ft.tcp_connections == 5
+    assert [ft.flow(i)["vlan"] for i in range(5)] == [(10, 0), (20, 0), (10, 5), (0, 0), (10, 6)]
+    assert ft.vlan_counts() == {(10, 0): [1, 0], (20, 0): [1, 0], (10, 5): [1, 0], (0, 0): [1, 0], (10, 6): [1, 0]}
+    assert [ft.flow(i)["client"][1] for i in range(5)] == [5000] * 5
+    # a flow is found by its whole key to be removed: the others stay
+    assert ft.remove(1) and not ft.remove(1)
+    assert [ft.flow(i)["live"] for i in range(5)] == [True, False, True, True, True]

@@ -633,7 +633,8 @@ def test_event_fields_may_not_replace_the_envelope(tmp_path, corpus):
     res = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--events", out, "--inline", "--strict")
     assert res.returncode == 2
     assert res.stderr.strip().endswith("module spoof: event field 'client' is one every event has "
-                                       "(client, conn, kind, module, proto, server, ts): choose another name")
+                                       "(client, conn, kind, module, proto, server, ts; vlan with --vlan-key): "
+                                       "choose another name")
     (odd,) = [json.loads(l) for l in out.read_text().splitlines()]
     assert odd["raw"] == "\x00ab\xff" and odd["tags"] == ["a", "b"] and odd["client"] != "x"
 

@@ -469,10 +469,12 @@ def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_erro
                            ((BRO, "--store", store, "--unacked"), "--unacked replays a kept store: give --store DIR "
                                                                   "(and no capture)"),
                            # (they were ignored)
-                           (("--store", store, "--filter", "tcp"), "--filter, --policy and --reassembly read a capture: "
-                                                                   "a --store was read already"),
-                           (("--store", store, "--policy", "linux"), "--filter, --policy and --reassembly read a "
-                                                                     "capture: a --store was read already")):
+                           (("--store", store, "--filter", "tcp"), "--filter, --policy, --reassembly and --vlan-key "
+                                                                   "read a capture: a --store was read already"),
+                           (("--store", store, "--policy", "linux"), "--filter, --policy, --reassembly and --vlan-key "
+                                                                     "read a capture: a --store was read already"),
+                           (("--store", store, "--vlan-key"), "--filter, --policy, --reassembly and --vlan-key read a "
+                                                              "capture: a --store was read already")):
             res = run_cli("replay", *args, "--to", to)
             assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n", res.stderr
 

@@ -91,6 +91,7 @@ ctypedef struct pkt_t:
     uint16_t frag_off        # fragment offset in bytes
     uint16_t ethertype       # L3 protocol as an ethertype (0x0800 / 0x86dd / other)
     uint16_t vlan            # outermost VLAN id (0 when untagged)
+    uint16_t vlan_inner      # the next tag's id (QinQ: the customer VLAN; 0 when fewer than two tags)
     uint16_t flags           # PF_*
     uint16_t rflags          # set by reassembly: RF_* (what happened to this segment)
     uint8_t src[16]          # IPv4 in the first 4 bytes
@@ -106,7 +107,7 @@ ctypedef struct pkt_t:
     uint8_t dir              # 0: from the connection's client, 1: from its server
     uint8_t vlan_depth
     uint8_t filtered         # 1 when a BPF filter rejected the frame
-    uint8_t _pad[7]
+    uint8_t _pad[5]
 
 cdef class Batch:
     cdef pkt_t* pkts

@@ -171,7 +171,7 @@ cdef inline bint is_vlan(uint16_t et) noexcept nogil:
 
 
 cdef inline uint16_t skip_vlans(pkt_t* p, uint16_t et, uint32_t* off) noexcept nogil:
-    # 802.1Q/802.1ad tags from `off` on: the outer VLAN id and the depth noted, the inner
+    # 802.1Q/802.1ad tags from `off` on: the two outer VLAN ids and the depth noted, the inner
     # ethertype returned (status set when the frame ends inside them)
     cdef int tags = 0
     cdef uint32_t o = off[0]
@@ -181,6 +181,8 @@ cdef inline uint16_t skip_vlans(pkt_t* p, uint16_t et, uint32_t* off) noexcept n
             return 0
         if tags == 0:
             p.vlan = fs_be16(p.data + o) & 0x0FFF
+        elif tags == 1:
+            p.vlan_inner = fs_be16(p.data + o) & 0x0FFF
         tags += 1
         et = fs_be16(p.data + o + 2)
         o += 4

@@ -5,6 +5,10 @@ Fragments stay in the batch (counted by the decoder, skipped by the flow table);
 missing piece of a datagram arrives, its slot in the batch is replaced by the whole datagram,
 decoded as raw IP, so TCP/UDP see it as one packet. Overlapping fragments are resolved by a
 policy (first copy wins, or last) and counted, with the bytes that differed.
+
+A datagram is known by its addresses, identification and (IPv4) protocol, and with `vlan_key`
+by its frames' two outer VLAN ids too, as the flow table then keys flows: fragments of two
+VLANs are never joined. The rebuilt datagram carries the VLAN ids of its first fragment taken.
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
@@ -53,8 +57,11 @@ ctypedef struct tracker_t:
     uint8_t poisoned         # a fragment was cut by the snaplen: the datagram cannot be whole
     uint8_t have_first
     uint8_t overflowed       # more disjoint pieces than MAX_RANGES: given up, counted apart
-    uint64_t key_hash        # of ipver, proto (IPv4), addresses, identification: its index slot
+    uint64_t key_hash        # of ipver, proto (IPv4), addresses, identification, kvlan: its index slot
     uint32_t gen             # which use of this slot (stale FIFO entries are told apart)
+    uint32_t kvlan           # VLAN ids in the key (outer << 16 | inner; 0 without vlan_key)
+    uint16_t vlan[2]         # the VLAN ids of the fragment that began it, and how many tags
+    uint8_t vlan_depth
     uint8_t src[16]
     uint8_t dst[16]
     uint32_t ident
@@ -78,6 +85,7 @@ DEF NO_DATAGRAM = 0xFFFFFFFFFFFFFFFF   # a done entry of a datagram dropped, not
 ctypedef struct done_t:
     uint8_t ipver
     uint8_t proto
+    uint32_t kvlan
     uint8_t src[16]
     uint8_t dst[16]
     uint32_t ident
@@ -87,8 +95,8 @@ ctypedef struct done_t:
 
 
 cdef inline uint64_t frag_hash(uint8_t ipver, uint8_t proto, const uint8_t* src, const uint8_t* dst,
-                               uint32_t ident) noexcept nogil:
-    cdef uint64_t h = 0xCBF29CE484222325ULL ^ ident ^ (<uint64_t>ipver << 40)
+                               uint32_t ident, uint32_t kvlan) noexcept nogil:
+    cdef uint64_t h = 0xCBF29CE484222325ULL ^ ident ^ (<uint64_t>ipver << 40) ^ (<uint64_t>kvlan << 8)
     cdef int k, alen = 4 if ipver == 4 else 16
     if ipver == 4:
         h ^= <uint64_t>proto << 48      # (IPv6 fragments are matched without it)
@@ -117,6 +125,7 @@ cdef class Defragmenter:
     cdef public dict members
     cdef dict _pos                 # tracker -> positions of its fragments so far
     cdef readonly bint last_wins
+    cdef readonly bint vlan_key           # datagrams are told apart by VLAN ids too (see above)
     cdef readonly uint64_t datagrams      # datagrams rebuilt
     cdef readonly uint64_t fragments      # fragments taken in
     cdef readonly uint64_t overlaps       # fragments that overlapped bytes already held
@@ -131,10 +140,11 @@ cdef class Defragmenter:
     cdef uint64_t not_decoded[ST_COUNT]
     cdef readonly uint64_t other_protocols
 
-    def __cinit__(self, str policy="first"):
+    def __cinit__(self, str policy="first", bint vlan_key=False):
         if policy not in ("first", "last"):
             raise ValueError(f"unknown fragment overlap policy {policy!r} (first or last)")
         self.last_wins = policy == "last"
+        self.vlan_key = vlan_key
         cdef int k
         self.trk = <tracker_t*> calloc(MAX_TRACKERS, sizeof(tracker_t))
         self.index = <int32_t*> calloc(INDEX_SLOTS, sizeof(int32_t))
@@ -225,14 +235,18 @@ cdef class Defragmenter:
         self.clock = now
         self._expire(now)
 
+    cdef inline uint32_t _kvlan(self, const pkt_t* p) noexcept nogil:
+        return (<uint32_t>p.vlan << 16 | p.vlan_inner) if self.vlan_key else 0
+
     cdef int _find(self, pkt_t* p, uint32_t ident) noexcept nogil:
         # the tracker of this fragment's datagram, or -1
         cdef int i
         cdef int alen = 4 if p.ipver == 4 else 16
-        cdef uint32_t j = frag_hash(p.ipver, p.proto, p.src, p.dst, ident) & (INDEX_SLOTS - 1)
+        cdef uint32_t kv = self._kvlan(p)
+        cdef uint32_t j = frag_hash(p.ipver, p.proto, p.src, p.dst, ident, kv) & (INDEX_SLOTS - 1)
         while self.index[j]:
             i = self.index[j] - 1
-            if (self.trk[i].ident == ident and self.trk[i].ipver == p.ipver and
+            if (self.trk[i].ident == ident and self.trk[i].ipver == p.ipver and self.trk[i].kvlan == kv and
                     (p.ipver == 6 or self.trk[i].proto == p.proto) and
                     memcmp(self.trk[i].src, p.src, alen) == 0 and memcmp(self.trk[i].dst, p.dst, alen) == 0):
                 return i
@@ -257,7 +271,7 @@ cdef class Defragmenter:
         cdef uint32_t j
         cdef int k, n
         cdef fifo_t e
-        t.key_hash = frag_hash(t.ipver, t.proto, t.src, t.dst, t.ident)
+        t.key_hash = frag_hash(t.ipver, t.proto, t.src, t.dst, t.ident, t.kvlan)
         j = t.key_hash & (INDEX_SLOTS - 1)
         while self.index[j]:
             j = (j + 1) & (INDEX_SLOTS - 1)
@@ -348,6 +362,10 @@ cdef class Defragmenter:
             memcpy(t.src, p.src, 16)
             memcpy(t.dst, p.dst, 16)
             t.ident = p.frag_id
+            t.kvlan = self._kvlan(p)
+            t.vlan[0] = p.vlan
+            t.vlan[1] = p.vlan_inner
+            t.vlan_depth = p.vlan_depth
             t.total = 0
             t.poisoned = 0
             t.overflowed = 0
@@ -407,9 +425,10 @@ cdef class Defragmenter:
         cdef int k
         cdef int alen = 4 if p.ipver == 4 else 16
         cdef done_t* x
+        cdef uint32_t kv = self._kvlan(p)
         for k in range(MAX_DONE):
             x = &self.done[k]
-            if (x.ipver == p.ipver and x.ident == p.frag_id and (p.ipver == 6 or x.proto == p.proto) and
+            if (x.ipver == p.ipver and x.ident == p.frag_id and (p.ipver == 6 or x.proto == p.proto) and x.kvlan == kv and
                     end <= x.total and p.ts_ns - x.ts <= FRAG_TIMEOUT_NS and
                     memcmp(x.src, p.src, alen) == 0 and memcmp(x.dst, p.dst, alen) == 0):
                 return k
@@ -420,6 +439,7 @@ cdef class Defragmenter:
         self.done_next = (self.done_next + 1) % MAX_DONE
         x.ipver = t.ipver
         x.proto = t.proto
+        x.kvlan = t.kvlan
         memcpy(x.src, t.src, 16)
         memcpy(x.dst, t.dst, 16)
         x.ident = t.ident
@@ -518,6 +538,9 @@ cdef class Defragmenter:
         p.wirelen = hl + total
         p.linktype = 101
         decode_packet(p)
+        p.vlan = t.vlan[0]              # (raw IP has no tags: the frames' are kept)
+        p.vlan_inner = t.vlan[1]
+        p.vlan_depth = t.vlan_depth
         p.flags |= PF_REASSEMBLED
         self.datagrams += 1
         if p.status != ST_OK:

@@ -12,11 +12,17 @@ ctypedef struct slot_t:
     uint32_t hash
     uint32_t idx1
 
+# A flow's key is its first KEY_BYTES: addresses, ports, VLAN ids, protocol, IP version. flow_t
+# stays 128 bytes: the key's hash is kept in its slot only.
+cdef enum:
+    KEY_BYTES = 42
+
 ctypedef struct flow_t:
     uint8_t a[16]
     uint8_t b[16]
     uint16_t pa
     uint16_t pb
+    uint16_t vlan[2]         # outer, inner VLAN id when the table keys by VLAN (0: untagged), else 0
     uint8_t proto
     uint8_t ipver
     uint8_t client_is_a
@@ -25,7 +31,6 @@ ctypedef struct flow_t:
     uint8_t seq_seen[2]
     uint8_t in_table
     uint8_t _pad[3]
-    uint32_t hash
     uint32_t prev
     uint32_t isn[2]
     uint32_t min_seq[2]
@@ -55,8 +60,9 @@ cdef class FlowTable:
     cdef readonly uint64_t tcp_connections
     cdef readonly uint64_t udp_flows
     cdef readonly uint64_t reused_tuples
+    cdef readonly bint vlan_key   # the key holds the packets' two outer VLAN ids
     cdef int _grow_slots(self) noexcept nogil
-    cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil
+    cdef int _new_flow(self, const flow_t* key) noexcept nogil
     cdef int _assign(self, void* p) noexcept nogil
     cdef bint has_flow(self, const void* p) noexcept nogil
     cdef int place(self, void* p) noexcept nogil

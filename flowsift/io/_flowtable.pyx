@@ -4,6 +4,10 @@
 Both directions of a connection hash to the same slot because the key is canonical (the lower
 endpoint first), which is also what makes the hash usable for symmetric sharding. A TCP
 5-tuple that is reused after its connection closed gets a new flow id: see `_new_connection`.
+
+With `vlan_key` the key also holds the frame's two outer VLAN ids (802.1ad/802.1Q; 0: untagged),
+so that one 5-tuple on two VLANs (tenants with overlapping addresses on a trunk) is two flows.
+Without it the ids are 0 in every key: the VLAN does not part flows, as in tshark.
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, memcmp
@@ -83,7 +87,9 @@ cdef inline uint32_t key_hash(const flow_t* k) noexcept nogil:
         h = mix(h, w[1])
         h = mix(h, w[2])
         h = mix(h, w[3])
-    h = mix(h, (<uint64_t>k.pa << 32) | (<uint64_t>k.pb << 16) | k.proto)
+    # (VLAN ids are 12 bits: the word holds ports, ids and protocol without overlap)
+    h = mix(h, (<uint64_t>k.pa << 48) | (<uint64_t>k.pb << 32) | (<uint64_t>k.vlan[0] << 20)
+            | (<uint64_t>k.vlan[1] << 8) | k.proto)
     h ^= h >> 33
     h *= 0xFF51AFD7ED558CCDULL
     h ^= h >> 33
@@ -92,13 +98,16 @@ cdef inline uint32_t key_hash(const flow_t* k) noexcept nogil:
 
 cdef inline bint same_key(const flow_t* x, const flow_t* y) noexcept nogil:
     return (x.pa == y.pa and x.pb == y.pb and x.proto == y.proto
+            and x.vlan[0] == y.vlan[0] and x.vlan[1] == y.vlan[1]
             and memcmp(x.a, y.a, 16) == 0 and memcmp(x.b, y.b, 16) == 0)
 
 
 cdef class FlowTable:
-    """Assigns flow_id and dir to every decoded TCP/UDP packet of a batch."""
+    """Assigns flow_id and dir to every decoded TCP/UDP packet of a batch. `vlan_key`: flows
+    are told apart by their VLAN ids too (the outer and, for QinQ, the inner one)."""
 
-    def __cinit__(self):
+    def __cinit__(self, bint vlan_key=False):
+        self.vlan_key = vlan_key
         self.slots = <slot_t*> calloc(INITIAL_SLOTS, sizeof(slot_t))
         self.mask = INITIAL_SLOTS - 1
         if self.slots == NULL:
@@ -154,7 +163,7 @@ cdef class FlowTable:
         self.mask = n - 1
         return 0
 
-    cdef int _new_flow(self, const flow_t* key, uint32_t h) noexcept nogil:
+    cdef int _new_flow(self, const flow_t* key) noexcept nogil:
         cdef uint32_t k = self.n_flows >> FLOW_CHUNK_SHIFT
         if self.n_flows == MAX_FLOWS:
             return -1
@@ -166,8 +175,7 @@ cdef class FlowTable:
                 return -1
         cdef flow_t* f = flow_at(self, self.n_flows)
         memset(f, 0, sizeof(flow_t))
-        memcpy(f, key, 40)
-        f.hash = h
+        memcpy(f, key, KEY_BYTES)
         f.prev = NONE32
         f.in_table = 1
         self.n_flows += 1
@@ -198,7 +206,7 @@ cdef class FlowTable:
         cdef uint32_t h, j, old
         cdef uint8_t d, fl
         cdef int alen = 4 if p.ipver == 4 else 16
-        memset(&key, 0, 40)          # a, b, ports, proto, ipver: the part compared and hashed
+        memset(&key, 0, KEY_BYTES)   # the part compared and hashed
         c = memcmp(p.src, p.dst, alen)
         src_is_a = c < 0 or (c == 0 and p.sport <= p.dport)
         if src_is_a:
@@ -213,6 +221,9 @@ cdef class FlowTable:
             key.pb = p.sport
         key.proto = p.proto
         key.ipver = p.ipver
+        if self.vlan_key:
+            key.vlan[0] = p.vlan
+            key.vlan[1] = p.vlan_inner
         h = key_hash(&key)
         j = h & self.mask
         idx = -1
@@ -227,7 +238,7 @@ cdef class FlowTable:
             d = 0 if (src_is_a == f.client_is_a) else 1
             if self._new_connection(f, d, p.seq):
                 old = <uint32_t>idx
-                idx = self._new_flow(&key, h)
+                idx = self._new_flow(&key)
                 if idx < 0:
                     return -1
                 flow_at(self, idx).prev = old
@@ -238,7 +249,7 @@ cdef class FlowTable:
                 f.client_is_a = src_is_a
                 f.first_ts = p.ts_ns
         if idx < 0:
-            idx = self._new_flow(&key, h)
+            idx = self._new_flow(&key)
             if idx < 0:
                 return -1
             self.slots[j].hash = h
@@ -301,10 +312,28 @@ cdef class FlowTable:
         client, server = (a, b) if f.client_is_a else (b, a)
         return {
             "id": flow_id, "proto": f.proto, "ipver": f.ipver, "client": client, "server": server,
+            "vlan": (f.vlan[0], f.vlan[1]) if self.vlan_key else None,
             "packets": (f.pkts[0], f.pkts[1]), "bytes": (f.bytes[0], f.bytes[1]),
             "first_ts": f.first_ts, "last_ts": f.last_ts, "closing": bool(f.closing),
             "prev": None if f.prev == NONE32 else f.prev, "live": bool(f.in_table),
         }
+
+    def vlan_counts(self):
+        """{(outer VLAN id, inner VLAN id): [TCP connections, UDP flows]} over the flows not
+        released (a summary at the end of a run: one step per flow, none per packet). Ids are 0
+        without vlan_key."""
+        cdef uint32_t i
+        cdef flow_t* f
+        cdef dict packed = {}
+        for i in range(self.n_flows):
+            if self._known(i):
+                f = flow_at(self, i)
+                k = ((<uint32_t>f.vlan[0] << 13) | (<uint32_t>f.vlan[1] << 1) | (f.proto != 6))
+                packed[k] = packed.get(k, 0) + 1
+        out = {}
+        for k, n in packed.items():
+            out.setdefault((k >> 13, (k >> 1) & 0xFFF), [0, 0])[k & 1] += n
+        return out
 
     def remove(self, uint32_t flow_id):
         """Forget a flow's key (its id stays valid for `flow`); a later packet opens a new flow."""
@@ -320,7 +349,7 @@ cdef class FlowTable:
         f = flow_at(self, flow_id)
         if not f.in_table:
             return False
-        j = f.hash & self.mask
+        j = key_hash(f) & self.mask
         while self.slots[j].idx1 and self.slots[j].idx1 != flow_id + 1:
             j = (j + 1) & self.mask
         if not self.slots[j].idx1:
@@ -359,7 +388,7 @@ cdef class FlowTable:
             if self.slots[j].hash == h and same_key(flow_at(self, self.slots[j].idx1 - 1), src):
                 return -2
             j = (j + 1) & self.mask
-        idx = self._new_flow(src, h)
+        idx = self._new_flow(src)
         if idx < 0:
             return -1
         if src.proto == 6:
@@ -367,7 +396,6 @@ cdef class FlowTable:
         else:
             self.udp_flows -= 1
         memcpy(flow_at(self, idx), src, sizeof(flow_t))
-        flow_at(self, idx).hash = h
         flow_at(self, idx).prev = NONE32        # an earlier connection on the tuple stayed behind
         flow_at(self, idx).in_table = 1
         self.slots[j].hash = h

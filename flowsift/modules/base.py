@@ -107,14 +107,17 @@ def _kind(t):
 
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
-    __slots__ = ("conn", "proto", "client", "server", "state", "cache", "first_ts", "last_ts", "_file", "_editor",
-                 "_module", "_skipped", "_own", "_upto", "_handed")
+    __slots__ = ("conn", "proto", "client", "server", "vlan", "state", "cache", "first_ts", "last_ts", "_file",
+                 "_editor", "_module", "_skipped", "_own", "_upto", "_handed")
 
-    def __init__(self, conn, proto, client, server, first_ts):
+    def __init__(self, conn, proto, client, server, first_ts, vlan=None):
         self.conn = conn
         self.proto = proto
         self.client = client          # "ip:port"
         self.server = server
+        # its VLAN ids, outer first ([] untagged), when the gateway keys connections by VLAN
+        # (--vlan-key); else None: then the VLAN is no part of what a connection is
+        self.vlan = vlan
         self.state = {}               # per-flow state: created at open, dropped at close
         # per-flow objects JSON cannot carry (parsers, decoders): not checkpointed, so empty
         # again after a restore; a module rebuilds them from flow.state
@@ -181,7 +184,10 @@ class Flow:
         return Edit(False, "edits need a chain run by the gateway")
 
     def key(self):
-        return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
+        key = {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
+        if self.vlan is not None:
+            key["vlan"] = self.vlan
+        return key
 
     def _reading(self, what, call):
         m = self._module
@@ -225,7 +231,8 @@ class Flow:
         return self._file.data(record.dir, record.stream_offset, record.payload_len)
 
     def __repr__(self):
-        return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}>"
+        vlan = "" if self.vlan is None else f" vlan {'.'.join(map(str, self.vlan)) or 'none'}"
+        return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}{vlan}>"
 
 
 class Module:

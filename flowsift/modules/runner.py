@@ -20,7 +20,7 @@ from flowsift.modules.edits import EVERYTHING, Handed
 from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams._pointer import first_carrier
-from flowsift.streams.format import CLOSE_NAMES, RECORD_SIZE, endpoint
+from flowsift.streams.format import CLOSE_NAMES, RECORD_SIZE, endpoint, header_vlan
 
 # one encoder for every event (json.dumps with an argument makes a new one at each call)
 # (events are trees of plain values: no cycle check, which costs a dict per event)
@@ -43,7 +43,7 @@ def _plain(value):
 # (NaN and infinities are no JSON: a ValueError, said by _on_emit with the field's name)
 _event_json = json.JSONEncoder(default=_plain, check_circular=False, allow_nan=False).encode
 # what every event carries: a module's fields of these names would replace them
-ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server"})
+ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server", "vlan"})
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 
 
@@ -246,7 +246,8 @@ class InlineChain:
     def _on_emit(self, module, kind, fields):
         if not ENVELOPE.isdisjoint(fields):
             raise ModuleError(f"module {module.name}: event field {sorted(ENVELOPE.intersection(fields))[0]!r} "
-                              f"is one every event has ({', '.join(sorted(ENVELOPE))}): choose another name")
+                              f"is one every event has ({', '.join(sorted(ENVELOPE - {'vlan'}))}; vlan with "
+                              "--vlan-key): choose another name")
         self.event_count += 1
         if self.events is None and not self.hold_events:
             return
@@ -352,7 +353,7 @@ class InlineChain:
         h = rf.header
         flow = self._Flow(conn, PROTO_NAMES.get(h["proto"]) or str(h["proto"]),
                           endpoint(h["client_addr"], h["client_port"], h["ipver"]),
-                          endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"])
+                          endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"], header_vlan(h))
         flow._file = rf
         flow._editor = self.editor
         c = self.conns[conn] = _Conn(flow, rf)

@@ -31,13 +31,15 @@ class Reassembler:
     """Flow table + engine over batches of decoded packets (capture order).
 
     `sink`: a compiled Sink (CountSink, the streams FileSink...), or None to collect events
-    in Python (`self.collector`). Options are the Engine's: policy, timeouts, memory bounds.
+    in Python (`self.collector`). `vlan_key`: connections are told apart by VLAN ids too (the
+    flow table's and the defragmenter's key). Options are the Engine's: policy, timeouts,
+    memory bounds.
     """
 
-    def __init__(self, sink=None, fragment_policy="first", **options):
+    def __init__(self, sink=None, fragment_policy="first", vlan_key=False, **options):
         from flowsift.io import Defragmenter, FlowTable
-        self.flows = FlowTable()
-        self.defrag = Defragmenter(fragment_policy)
+        self.flows = FlowTable(vlan_key)
+        self.defrag = Defragmenter(fragment_policy, vlan_key)
         self.collector = None
         if sink is None:
             from flowsift.reassembly.events import EventCollector

@@ -150,6 +150,7 @@ ctypedef struct conn_t:
     uint8_t server[16]
     uint16_t cport
     uint16_t sport
+    uint16_t vlan[2]         # its flow key's VLAN ids (outer, inner; 0 without the table's vlan_key)
 
 
 

@@ -379,6 +379,18 @@ cdef class Engine:
         alen = 4 if c.ipver == 4 else 16
         return c.ipver, c.client[:alen], c.cport, c.server[:alen], c.sport
 
+    @property
+    def vlan_key(self):
+        """Its flow table tells flows apart by VLAN ids too."""
+        return self.flows.vlan_key
+
+    def vlan(self, uint32_t conn):
+        """(outer, inner) VLAN id of a connection, as its flow key has them; None when flows are
+        not keyed by VLAN."""
+        self._held(conn)
+        cdef conn_t* c = conn_at(self, conn)
+        return (c.vlan[0], c.vlan[1]) if self.flows.vlan_key else None
+
     def is_open(self, uint32_t conn):
         return self._state(conn) == CS_OPEN
 
@@ -409,6 +421,7 @@ cdef class Engine:
         alen = 4 if c.ipver == 4 else 16
         out = {"id": conn, "proto": "tcp" if c.proto == 6 else "udp", "ipver": c.ipver,
                "client": (bytes(c.client[:alen]), c.cport), "server": (bytes(c.server[:alen]), c.sport),
+               "vlan": (c.vlan[0], c.vlan[1]) if self.flows.vlan_key else None,
                "first_ts": c.first_ts, "last_ts": c.last_ts, "open": c.state == CS_OPEN, "dirs": []}
         for d in range(2):
             D = &c.d[d]
@@ -709,6 +722,8 @@ cdef class Engine:
         c.first_ts = p.ts_ns
         c.d[0].wscale = -1
         c.d[1].wscale = -1
+        c.vlan[0] = f.vlan[0]
+        c.vlan[1] = f.vlan[1]
         if f.client_is_a:
             memcpy(c.client, f.a, 16)
             memcpy(c.server, f.b, 16)

@@ -42,6 +42,7 @@ from flowsift.errors import FlowsiftError
 from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 from flowsift.reassembly._engine import GAP_NAMES
+from flowsift.streams.format import vlan_ids
 
 
 cdef extern from "<sys/stat.h>" nogil:
@@ -394,7 +395,8 @@ cdef class FileSink(Sink):
     cdef int index_fd
     cdef char* ibuf              # index lines not yet written (INDEX_BUF bytes)
     cdef Py_ssize_t ilen
-    cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port"), UTF-8
+    cdef dict names              # conn -> (file name stem, client "ip:port", server "ip:port", index
+                                 # text after "proto": its VLAN ids, when flows are keyed by them), UTF-8
     cdef dict gaps               # (conn, d) -> array('q'): offset, length, file offset, reasons...
                                  # (32 bytes a gap: a connection with a million holes stays small)
     cdef readonly bint zeros     # gaps before bytes are written as zeros
@@ -513,7 +515,14 @@ cdef class FileSink(Sink):
         fmt = b"%s:%u" if c.ipver == 4 else b"[%s]:%u"
         client = out[:snprintf(out, sizeof(out), fmt, ca, c.cport)]
         server = out[:snprintf(out, sizeof(out), fmt, sa, c.sport)]
-        self.names[conn] = (stem, client, server)
+        vlan = b""
+        if e.flows.vlan_key:
+            # a tagged connection's files say its VLAN (-vlan10, QinQ -vlan100.10), as ls shows them
+            ids = vlan_ids(c.vlan[0], c.vlan[1])
+            if ids:
+                stem += b"-vlan" + ".".join(map(str, ids)).encode()
+            vlan = b', "vlan": ' + json.dumps(ids).encode()
+        self.names[conn] = (stem, client, server, vlan)
         self._fd(conn, 1)
         return 0
 
@@ -781,7 +790,7 @@ cdef class FileSink(Sink):
         return 0
 
     cdef int _index_line(self, uint32_t conn, int d, dir_t* D, const char* proto, bytes stem, bytes src,
-                         bytes dst, fdir_t* f, object gaps) except -1:
+                         bytes dst, bytes vlan, fdir_t* f, object gaps) except -1:
         # one line per direction; keys and spacing as json.dumps writes them
         cdef char tmp[512]
         cdef const char* name = b"c2s" if d == 0 else b"s2c"
@@ -790,7 +799,9 @@ cdef class FileSink(Sink):
         self._put(src, len(src))
         self._put(b'", "dst": "', 11)
         self._put(dst, len(dst))
-        self._put(tmp, snprintf(tmp, sizeof(tmp), b'", "proto": "%s", "file": ', proto))
+        self._put(tmp, snprintf(tmp, sizeof(tmp), b'", "proto": "%s"', proto))
+        self._put(vlan, len(vlan))
+        self._put(b', "file": ', 10)
         if f.written:
             self._put(b'"', 1)
             self._put(stem, len(stem))
@@ -829,14 +840,14 @@ cdef class FileSink(Sink):
         cdef Engine e = <Engine?> engine
         if self.failure is not None:
             return 0
-        stem, client, server = self.names[conn]
+        stem, client, server, vlan = self.names[conn]
         ends = (client, server)
         proto = b"tcp" if conn_at(e, conn).proto == 6 else b"udp"
         for d in range(2):
             self._flush(conn, d)            # (hands its buffer over: none is left)
             f = self._fd(conn, d)
             f.pending = 0                   # (a gap after the last bytes takes no room)
-            self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], f,
+            self._index_line(conn, d, &conn_at(e, conn).d[d], proto, stem, ends[d], ends[1 - d], vlan, f,
                              self.gaps.pop((conn, d), ()))
         del self.names[conn]
         self._closed(conn)

@@ -28,12 +28,15 @@ def whoami():
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def identity_text(ident, path):
+def identity_text(ident, path, vlan=None):
+    """One connection's identity as the registry keeps it: 'tcp 10.0.0.1:1234 10.0.0.2:80 c00000001.rec';
+    with connections keyed by VLAN (`vlan`: its ids, outer first), 'tcp 10.0.0.1:1234 10.0.0.2:80
+    vlan=100.10 c00000001.rec' ('vlan=-' untagged)."""
     from flowsift.streams.format import endpoint
-    """One connection's identity as the registry keeps it: 'tcp 10.0.0.1:1234 10.0.0.2:80 c00000001.rec'."""
     proto, ipver, caddr, cport, saddr, sport = ident
     name = {6: "tcp", 17: "udp"}.get(proto, str(proto))
-    return f"{name} {endpoint(caddr, cport, ipver)} {endpoint(saddr, sport, ipver)} {os.path.basename(path)}"
+    tag = "" if vlan is None else f" vlan={'.'.join(map(str, vlan)) or '-'}"
+    return f"{name} {endpoint(caddr, cport, ipver)} {endpoint(saddr, sport, ipver)}{tag} {os.path.basename(path)}"
 
 
 class Registry:

@@ -23,6 +23,8 @@ gives back space (reclaim) and retires finished files.
 """
 import os
 
+from flowsift.streams.format import vlan_ids
+
 from libc.errno cimport errno, ENOSPC
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint16_t, uint8_t
 from libc.string cimport memcpy, memset, strerror
@@ -83,6 +85,7 @@ DEF VERSION = 2
 DEF HF_CLOSED = 1
 DEF HF_KEEP = 2
 DEF HF_NO_BYTES = 4
+DEF HF_VLAN_KEY = 8
 
 cdef extern from *:
     """
@@ -133,7 +136,7 @@ DEF R_DATA0 = 2
 DEF R_DATA1 = 3
 DEF N_REGION = 4
 
-ctypedef struct hdr_t:           # the header's first 232 bytes, at their offsets (format.py)
+ctypedef struct hdr_t:           # the header's first 236 bytes, at their offsets (format.py)
     uint8_t magic[8]
     uint32_t version
     uint32_t header_size
@@ -165,6 +168,7 @@ ctypedef struct hdr_t:           # the header's first 232 bytes, at their offset
     uint8_t _pad1[2]
     uint64_t modules_mask
     uint64_t oldest_unacked_done
+    uint16_t vlan[2]             # the flow key's outer and inner VLAN id (HF_VLAN_KEY)
 
 ctypedef struct rec_t:
     uint64_t record_id
@@ -222,6 +226,7 @@ ctypedef struct cstate_t:
     uint8_t ipver
     uint16_t cport
     uint16_t sport
+    uint16_t vlan[2]
     uint8_t client[16]
     uint8_t server[16]
 
@@ -1207,6 +1212,10 @@ cdef class RecordStore(Sink):
         hd.header_size = HEADER_SIZE
         hd.record_size = RECORD_SIZE
         hd.flags = (HF_KEEP if self.keep else 0) | (0 if self.store_bytes else HF_NO_BYTES)
+        if self.engine.flows.vlan_key:
+            hd.flags |= HF_VLAN_KEY
+            hd.vlan[0] = c.vlan[0]
+            hd.vlan[1] = c.vlan[1]
         hd.conn = conn
         st.first_id = splitmix64(&self.rng)      # SIFT: record ids start at a random 64-bit value
         hd.first_record_id = st.first_id
@@ -1241,6 +1250,8 @@ cdef class RecordStore(Sink):
         st.ipver = c.ipver
         st.cport = c.cport
         st.sport = c.sport
+        st.vlan[0] = c.vlan[0]
+        st.vlan[1] = c.vlan[1]
         memcpy(st.client, c.client, 16)
         memcpy(st.server, c.server, 16)
         self.files += 1
@@ -1460,6 +1471,14 @@ cdef class RecordStore(Sink):
             raise KeyError(conn)
         n = 4 if st.ipver == 4 else 16
         return (st.proto, st.ipver, bytes(st.client[:n]), st.cport, bytes(st.server[:n]), st.sport)
+
+    def vlan(self, uint32_t conn):
+        """The connection's VLAN ids as outputs list them (format.vlan_ids), or None when flows
+        are not keyed by VLAN."""
+        cdef cstate_t* st = self._state(conn)
+        if st.ipver == 0:
+            raise KeyError(conn)
+        return vlan_ids(st.vlan[0], st.vlan[1]) if self.engine.flows.vlan_key else None
 
     # --- re-sharding: a connection's file handed to another store -----------------------------
 

@@ -36,6 +36,7 @@ MAX_END = (DATA_OFF[1] - DATA_OFF[0], FILE_SIZE - DATA_OFF[1])   # bytes of each
 HF_CLOSED = 1        # the gateway finished the connection: nothing more will be written
 HF_KEEP = 2          # space is never reclaimed (--keep)
 HF_NO_BYTES = 4      # the streams' bytes were not stored: no reader of the run reads them
+HF_VLAN_KEY = 8      # connections were told apart by VLAN ids too: vlan_outer and vlan_inner are its own
 
 # header: (name, struct code, offset)
 HEADER_FIELDS = [
@@ -76,6 +77,8 @@ HEADER_FIELDS = [
     ("midstream1", "B", 213),
     ("modules_mask", "Q", 216),       # the global module bitmap at the last publish
     ("oldest_unacked_done", "Q", 224),  # index of the oldest record every module finished that is not yet ACKed
+    ("vlan_outer", "H", 232),         # with HF_VLAN_KEY: the connection's VLAN ids (0: untagged); else 0
+    ("vlan_inner", "H", 234),
 ]
 
 
@@ -130,9 +133,9 @@ def counter_problem(h):
 
 
 # The fields a gateway may change after it made the file (flags, conn -- a re-shard renumbers
-# it --, the counters, and everything from origin0 on): a reader polling a header re-reads
-# only these.
-_DYNAMIC = [f for f in HEADER_FIELDS if 20 <= f[2] < 56 or f[2] >= 128]
+# it --, the counters, and everything from origin0 up to the VLAN ids): a reader polling a
+# header re-reads only these.
+_DYNAMIC = [f for f in HEADER_FIELDS if 20 <= f[2] < 56 or 128 <= f[2] < 232]
 DYNAMIC_STRUCT = _header_struct(_DYNAMIC)
 _DYNAMIC_NAMES = [name for name, _, _ in sorted(_DYNAMIC, key=lambda f: f[2])]
 
@@ -200,6 +203,18 @@ def record_dtype():
                      "formats": ["<u8", "<i8", "<u8", "<i8", "<u4", "<u4", "<u4", "<u4", "<u2", "u1", "u1", "<u2",
                                  "u1", "u1", "<u2", "<u2", "<u4", "S16", "S16", "<u4", "<u8"],
                      "offsets": [off for _, _, off in RECORD_FIELDS], "itemsize": RECORD_SIZE})
+
+
+def header_vlan(h):
+    """A header's VLAN ids as outputs list them (vlan_ids), or None when its gateway did not
+    key connections by VLAN."""
+    return vlan_ids(h["vlan_outer"], h["vlan_inner"]) if h["flags"] & HF_VLAN_KEY else None
+
+
+def vlan_ids(outer, inner):
+    """A flow key's VLAN ids as outputs list them, outer first: [] untagged, [10], or QinQ
+    [100, 10]. Id 0 (a priority tag) is untagged, as 802.1Q means it."""
+    return [outer, inner] if inner else ([outer] if outer else [])
 
 
 def endpoint(raw, port, ipver):

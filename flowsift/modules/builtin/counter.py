@@ -17,7 +17,7 @@ class Counter(Module):
             delivered), gaps and gap_bytes, conflicting_segments, retransmissions, close (the
             connection's reason, as on_close gets it: rst if either side reset it, fin if both
             sides closed with FIN, else what ended the side a FIN did not: reused, evicted,
-            timeout or eof)
+            timeout or eof); with --vlan-key, rows and events name the connection's VLAN ids too
     Example: flowsift chain counter trace.pcap
              emits one "flow" event per connection when it closes and prints a table at the end
     """
@@ -47,13 +47,13 @@ class Counter(Module):
             ends[g.dir] = g.offset + g.length
             s["gap_bytes"][g.dir] += g.length
         row = {"conn": flow.conn, "proto": flow.proto, "client": flow.client, "server": flow.server,
-               "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
+               **({} if flow.vlan is None else {"vlan": flow.vlan}), "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
                "conflicting_segments": s["conflicts"], "retransmissions": s["retrans"], "close": reason}
         if len(self.rows) < self.MAX_ROWS:
             self.rows.append(row)
         else:
             self.count("rows_not_kept")
-        self.emit("flow", **{k: v for k, v in row.items() if k not in ("conn", "proto", "client", "server")})
+        self.emit("flow", **{k: v for k, v in row.items() if k not in ("conn", "proto", "client", "server", "vlan")})
         self.count("flows")
         self.count("packets", sum(s["packets"]))
         self.count("bytes", sum(s["bytes"]))
