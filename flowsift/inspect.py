@@ -22,12 +22,6 @@ def _tcp_flags(f):
     return "".join(c for bit, c in ((2, "S"), (16, "."), (8, "P"), (1, "F"), (4, "R"), (32, "U")) if f & bit) or "-"
 
 
-def _vlan(h):
-    """{"vlan": ids} for a connection of a gateway that keyed them by VLAN; else nothing."""
-    ids = F.header_vlan(h)
-    return {} if ids is None else {"vlan": ids}
-
-
 def _header_problems(h):
     """What a header holds that the format gives no meaning to, in the fields a reader does not
     need to read the file (those it needs are refused when it is opened: RecordFile)."""
@@ -142,7 +136,7 @@ def file_description(path, n_records=20):
             "proto": PROTOS.get(h["proto"], h["proto"]),
             "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
             "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
-            **_vlan(h),
+            **F.vlan_field(F.header_vlan(h)),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
@@ -249,7 +243,7 @@ def describe_store(directory):
                 conns.append({"file": name, "conn": h["conn"], "proto": PROTOS.get(h["proto"], h["proto"]),
                               "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
-                              **_vlan(h), "records": h["records"], "end": [h["end0"], h["end1"]],
+                              **F.vlan_field(F.header_vlan(h)), "records": h["records"], "end": [h["end0"], h["end1"]],
                               "delivered": [rf.delivered(d) for d in (0, 1)],
                               "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flowsift.io.reasons import REASON_HELP, linktype_label
+from flowsift.streams.format import vlan_text
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -431,11 +432,6 @@ def _module_table(console, name, rows):
         rows = [dict(r, **{"client → server": f"{r.get('client')} → {r.get('server')}"}) for r in rows]
     columns = [(c.replace("_", " "), all(_numeric(r.get(c)) for r in rows)) for c in cols]
     return fitted_table(console, name, columns, [[_cell(r.get(c)) for c in cols] for r in rows])
-
-
-def vlan_text(ids):
-    """A connection's VLAN ids for a table: 100.10 (outer first), '-' untagged, '' unknown."""
-    return "" if ids is None else ".".join(map(str, ids)) or "-"
 
 
 def _on_vlan(c):

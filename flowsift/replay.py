@@ -955,8 +955,8 @@ def _said_problems(store, truncated, on_notice, misnamed=()):
 def _vlan(c):
     """{"vlan": ids} of a connection (a Conversation or a result row) whose gateway keyed
     connections by VLAN; else nothing."""
-    vlan = c.get("vlan") if isinstance(c, dict) else c.vlan
-    return {} if vlan is None else {"vlan": vlan}
+    from flowsift.streams.format import vlan_field
+    return vlan_field(c.get("vlan") if isinstance(c, dict) else c.vlan)
 
 
 def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None, vlan_key=False):

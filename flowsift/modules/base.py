@@ -184,10 +184,9 @@ class Flow:
         return Edit(False, "edits need a chain run by the gateway")
 
     def key(self):
-        key = {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server}
-        if self.vlan is not None:
-            key["vlan"] = self.vlan
-        return key
+        from flowsift.streams.format import vlan_field
+        return {"conn": self.conn, "proto": self.proto, "client": self.client, "server": self.server,
+                **vlan_field(self.vlan)}
 
     def _reading(self, what, call):
         m = self._module

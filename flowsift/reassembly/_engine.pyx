@@ -379,18 +379,6 @@ cdef class Engine:
         alen = 4 if c.ipver == 4 else 16
         return c.ipver, c.client[:alen], c.cport, c.server[:alen], c.sport
 
-    @property
-    def vlan_key(self):
-        """Its flow table tells flows apart by VLAN ids too."""
-        return self.flows.vlan_key
-
-    def vlan(self, uint32_t conn):
-        """(outer, inner) VLAN id of a connection, as its flow key has them; None when flows are
-        not keyed by VLAN."""
-        self._held(conn)
-        cdef conn_t* c = conn_at(self, conn)
-        return (c.vlan[0], c.vlan[1]) if self.flows.vlan_key else None
-
     def is_open(self, uint32_t conn):
         return self._state(conn) == CS_OPEN
 

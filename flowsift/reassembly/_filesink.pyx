@@ -42,7 +42,7 @@ from flowsift.errors import FlowsiftError
 from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 from flowsift.reassembly._engine import GAP_NAMES
-from flowsift.streams.format import vlan_ids
+from flowsift.streams.format import vlan_ids, vlan_text
 
 
 cdef extern from "<sys/stat.h>" nogil:
@@ -520,7 +520,7 @@ cdef class FileSink(Sink):
             # a tagged connection's files say its VLAN (-vlan10, QinQ -vlan100.10), as ls shows them
             ids = vlan_ids(c.vlan[0], c.vlan[1])
             if ids:
-                stem += b"-vlan" + ".".join(map(str, ids)).encode()
+                stem += b"-vlan" + vlan_text(ids).encode()
             vlan = b', "vlan": ' + json.dumps(ids).encode()
         self.names[conn] = (stem, client, server, vlan)
         self._fd(conn, 1)

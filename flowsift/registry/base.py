@@ -32,10 +32,10 @@ def identity_text(ident, path, vlan=None):
     """One connection's identity as the registry keeps it: 'tcp 10.0.0.1:1234 10.0.0.2:80 c00000001.rec';
     with connections keyed by VLAN (`vlan`: its ids, outer first), 'tcp 10.0.0.1:1234 10.0.0.2:80
     vlan=100.10 c00000001.rec' ('vlan=-' untagged)."""
-    from flowsift.streams.format import endpoint
+    from flowsift.streams.format import endpoint, vlan_text
     proto, ipver, caddr, cport, saddr, sport = ident
     name = {6: "tcp", 17: "udp"}.get(proto, str(proto))
-    tag = "" if vlan is None else f" vlan={'.'.join(map(str, vlan)) or '-'}"
+    tag = "" if vlan is None else f" vlan={vlan_text(vlan)}"
     return f"{name} {endpoint(caddr, cport, ipver)} {endpoint(saddr, sport, ipver)}{tag} {os.path.basename(path)}"
 
 

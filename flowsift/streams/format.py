@@ -217,6 +217,17 @@ def vlan_ids(outer, inner):
     return [outer, inner] if inner else ([outer] if outer else [])
 
 
+def vlan_field(ids):
+    """{"vlan": ids} for a connection of a run keyed by VLAN (`ids` as vlan_ids gives them);
+    {} otherwise (ids None), so that outputs of other runs do not change."""
+    return {} if ids is None else {"vlan": ids}
+
+
+def vlan_text(ids):
+    """VLAN ids as text: 100.10 (outer first), '-' untagged, '' unknown (None)."""
+    return "" if ids is None else ".".join(map(str, ids)) or "-"
+
+
 def endpoint(raw, port, ipver):
     """'10.0.0.1:80' or '[2001:db8::1]:80' from an address field (16 bytes, IPv4 in the first 4),
     formatted as `flowsift streams` writes its index (inet_ntop: an IPv4-mapped IPv6 address

@@ -1,5 +1,6 @@
 from flowsift.modules.base import Module
 from flowsift.modules.state import Global
+from flowsift.streams.format import vlan_field
 
 
 class Counter(Module):
@@ -47,7 +48,7 @@ class Counter(Module):
             ends[g.dir] = g.offset + g.length
             s["gap_bytes"][g.dir] += g.length
         row = {"conn": flow.conn, "proto": flow.proto, "client": flow.client, "server": flow.server,
-               **({} if flow.vlan is None else {"vlan": flow.vlan}), "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
+               **vlan_field(flow.vlan), "packets": s["packets"], "bytes": s["bytes"], "gaps": s["gaps"], "gap_bytes": s["gap_bytes"],
                "conflicting_segments": s["conflicts"], "retransmissions": s["retrans"], "close": reason}
         if len(self.rows) < self.MAX_ROWS:
             self.rows.append(row)
