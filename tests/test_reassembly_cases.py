@@ -325,6 +325,23 @@ def test_a_reset_of_a_stray_ack_during_the_handshake_is_ignored(tmp_path, corpus
     assert [len(x) for x in streams(r)[conn]] == [344, 1507]
 
 
+def test_a_stray_ack_does_not_fix_where_the_stream_starts(tmp_path):
+    """The server answers the SYN with a challenge ACK of an older connection (its sequence
+    number is that connection's), and no SYN-ACK is captured; the server's FIN comes 314 MB
+    further on. The stray ACK is not applied: the server side starts at its FIN, not 314 MB of
+    gap after the old connection's number."""
+    path = _timed_capture(tmp_path / "chal.pcap", [
+        (0, True, 100, 0, 0x02, b""), (0.01, False, 1272121215, 3058576675, 0x10, b""),
+        (0.02, True, 3058576675, 0, 0x04, b""), (3, True, 100, 0, 0x02, b""),
+        (18, True, 445, 1586796467, 0x11, b""), (18.03, False, 1586796467, 446, 0x11, b""),
+        (18.04, True, 446, 1586796468, 0x10, b"")])
+    r = run(path)
+    assert len(r.collector.closed) == 1 and r.engine.stray_acks == 1 and r.engine.ignored_flags == 1
+    (conn,) = r.collector.closed.values()
+    assert [d["gap_bytes"] for d in conn["dirs"]] == [344, 0]
+    assert [d["close"] for d in conn["dirs"]] == ["fin", "fin"] and conn["dirs"][1]["midstream"]
+
+
 @pytest.mark.parametrize("name,holes,entries", [("retrans__zeek__retransmit-fast009.pcap", 2, 3),
                                                 ("trunc__zeek__truncated-header.pcap", 2, 9),
                                                 ("overlap__zeek__reassembly.pcap", 9, 10),

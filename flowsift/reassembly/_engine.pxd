@@ -189,6 +189,7 @@ cdef class Engine:
     cdef readonly uint64_t ignored_flags     # FIN/RST from a side that never started (evasion), RST of a stray ACK
     cdef readonly uint64_t segments
     cdef readonly uint64_t rst_out_of_window # RSTs whose sequence number lay outside the receive window: not applied
+    cdef readonly uint64_t stray_acks        # bare ACKs for an older connection answering a SYN: not applied
     cdef readonly uint64_t after_fin_bytes   # bytes sent beyond a direction's FIN: not delivered
     cdef readonly uint64_t keepalives        # keep-alive probes (not retransmissions)
     cdef readonly uint64_t beyond_limit_bytes  # bytes past a direction's 2 TiB of sequence space

@@ -438,6 +438,7 @@ cdef class Engine:
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
+                "stray_acks": self.stray_acks,
                 "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
@@ -931,6 +932,13 @@ cdef class Engine:
                 c.refused = 0
             seq += 1
         elif not D.anchored:
+            if ((fl & (TH_ACK | TH_FIN | TH_RST)) == TH_ACK and not has_payload and P.syn_seen and not P.fin_seen
+                    and P.next == P.origin and P.n_chunks == 0 and self._off(P, p.ack) != P.origin):
+                # the answer to a SYN is an ACK for something the SYN's side never sent: an ACK
+                # for an older connection on the tuple (RFC 5961's challenge ACK). Its sequence
+                # number is that connection's: it must not fix where this side's stream starts
+                self.stray_acks += 1
+                return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
             if (fl & (TH_FIN | TH_RST)) and not has_payload and P.syn_seen and not P.fin_seen and P.next == P.origin:
                 # a FIN/RST from a side that never answered the peer's SYN says nothing about its
                 # stream (an evasion trick): do not let it fix the start or close anything. But
