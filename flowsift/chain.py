@@ -3,7 +3,7 @@ import os
 import shutil
 
 from flowsift.errors import FlowsiftError, stops_held
-from flowsift.gateway import Gateway
+from flowsift.gateway import STORE_TOTALS, Gateway
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
@@ -11,13 +11,15 @@ from flowsift.modules.workers import ParallelChain
 
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
               strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
-              shards=None, shard=None, reshard=None, handover=None, reassembly=None, edits=None, vlan_key=False):
+              shards=None, shard=None, reshard=None, handover=None, reassembly=None, edits=None, vlan_key=False,
+              unacked_files=None):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`. `reassembly`: the engine's timeouts
     and bounds (flowsift.bounds). `edits`: a writable text file that also gets the edit log's
     lines (edits.jsonl in the store), or None. `vlan_key`: connections are told apart by VLAN
-    ids too."""
+    ids too. `unacked_files`: how many ended connections' files are kept at most for bytes their
+    receiver never acknowledged (default: the store's, 10,000)."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     from flowsift.io.live import is_live
     from flowsift.errors import UsageError
@@ -41,6 +43,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     if max_backlog is not None and max_backlog < 1:
         # 0 would give up every connection at once: a chain that reads nothing
         raise UsageError(f"--max-backlog {max_backlog}: a number of batches, 1 or more")
+    if unacked_files is not None and unacked_files < 0:
+        raise UsageError(f"--unacked-files {unacked_files}: a number of files, 0 or more")
     if shards is not None and not 1 <= shards <= 64:
         raise UsageError(f"--shards {shards}: the number of gateways, from 1 to 64")
     if reshard and not shards:
@@ -56,7 +60,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         _say_unwritten(chain, write, out)
         return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
                            filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
-                           max_backlog=max_backlog, on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key)
+                           max_backlog=max_backlog, on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key,
+                           unacked_files=unacked_files)
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError
@@ -65,7 +70,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.remote import run_chain_remote
         return run_chain_remote(spec, source, registry, events=events, store=store, keep=keep,
                                 filter_expression=filter_expression, policy=policy, strict=strict,
-                                on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key)
+                                on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key,
+                                unacked_files=unacked_files)
     # egress rereads stream bytes after the run: nothing may be given back before it is written.
     # A store that goes at the end, for modules that none read the bytes: the bytes are counted,
     # not stored (the records, gaps and counts do not change)
@@ -76,7 +82,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
                 store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
-                readers_here=readers_here, vlan_key=vlan_key, **(reassembly or {}))
+                readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, **(reassembly or {}))
     try:
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
@@ -155,7 +161,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         g.registry.flush()
         g.store.settle_bits()               # module bits that waited for a last module that never came
         # what the modules' last reports gave back counts too
-        summary.update({k: v for k, v in g.store.counters().items() if k in ("retired", "reclaimed_bytes")})
+        summary.update({k: v for k, v in g.store.counters().items() if k in STORE_TOTALS})
         if forwarder is not None:
             summary["egress"] = forwarder.counters()
         if editor is not None:

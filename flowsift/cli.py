@@ -225,6 +225,19 @@ def streams(
 REGISTRY = typer.Option(None, "--registry", metavar="URL",
                         help="Redis registry, redis://[user:password@]host:port/db: lets modules attach from other "
                              "processes (flowsift module). Default: embedded, no server.")
+UNACKED_FILES = typer.Option(None, "--unacked-files", metavar="N",
+                             help="Keep at most N record files of ended connections whose last bytes were never "
+                                  "acknowledged (replay --unacked sends them); past N the oldest goes, counted as "
+                                  "unacked_retired. Default 10000; 0 keeps none. Not with --keep (which keeps all).")
+
+
+def _unacked_files(n, keeps_all):
+    if n is None:
+        return
+    if n < 0:
+        _fail(f"--unacked-files {n}: a number of files, 0 or more")
+    if keeps_all:
+        _fail("--unacked-files bounds the files a run gives back: with --keep (or -w) every file stays")
 
 
 @app.command()
@@ -238,6 +251,7 @@ def gateway(
     reassembly: Optional[List[str]] = REASSEMBLY,
     registry: Optional[str] = REGISTRY,
     vlan_key: bool = VLAN_KEY,
+    unacked_files: Optional[int] = UNACKED_FILES,
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN",
                                       help="Name of the run in the registry (default: a fresh random one)."),
     expect: Optional[str] = typer.Option(None, "--expect", metavar="NAMES",
@@ -277,9 +291,13 @@ def gateway(
         _fail("missing SOURCE (a pcap or pcapng file); see flowsift gateway --help")
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    _unacked_files(unacked_files, keep)
     if registry is None:
         if run or expect:
             _fail("--run and --expect need --registry URL")
+        if unacked_files is not None:
+            _fail("--unacked-files bounds the files kept once modules finished them: the gateway alone "
+                  "gives nothing back (modules attach with --registry URL)")
         from flowsift.gateway import Gateway
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, vlan_key=vlan_key,
                     **bounds)
@@ -292,7 +310,7 @@ def gateway(
     _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
                                                    filter_expression=filter, policy=policy, reassembly=bounds,
                                                    on_progress=progress, on_started=started, unknown=unknown,
-                                                   vlan_key=vlan_key),
+                                                   vlan_key=vlan_key, unacked_files=unacked_files),
          as_json, _render('print_gateway'))
 
 
@@ -389,6 +407,7 @@ def chain(
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
     vlan_key: bool = VLAN_KEY,
+    unacked_files: Optional[int] = UNACKED_FILES,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
     max_backlog: Optional[int] = typer.Option(None, "--max-backlog", metavar="N",
@@ -429,6 +448,7 @@ def chain(
     from flowsift.chain import run_chain
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    _unacked_files(unacked_files, keep or write is not None)
     if write is not None:
         from flowsift.paths import check_output_file
         check_output_file("-w", write)       # (before the events file is made)
@@ -444,7 +464,8 @@ def chain(
                                                          filter_expression=filter, policy=policy, reassembly=bounds,
                                                          strict=strict, on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
-                                                         shards=shards, reshard=reshard, vlan_key=vlan_key),
+                                                         shards=shards, reshard=reshard, vlan_key=vlan_key,
+                                                         unacked_files=unacked_files),
              as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
     finally:
         if out is not None and out is not sys.stdout:

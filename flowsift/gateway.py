@@ -70,17 +70,24 @@ def new_store_dir(parent=DEFAULT_STORE_PARENT, prefix="flowsift-store-"):
     return tempfile.mkdtemp(prefix=prefix, dir=parent)
 
 
+# the store's counters a chain's summary gives (what went, and what stays for unacknowledged bytes)
+STORE_TOTALS = ("retired", "reclaimed_bytes", "unacked_kept", "unacked_retired")
+
+
 class Gateway:
     """Writes one record file per connection of a source into `store` (a directory)."""
 
     def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
-                 registry=None, shard=None, store_bytes=True, readers_here=True, vlan_key=False, **engine_options):
+                 registry=None, shard=None, store_bytes=True, readers_here=True, vlan_key=False, unacked_files=None,
+                 **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
         self.store_dir = str(store) if store is not None else new_store_dir()
         try:
             self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
+            if unacked_files is not None:
+                self.store.unacked_files = unacked_files
         except FlowsiftError:
             if store is None:
                 os.rmdir(self.store_dir)    # the default store made for this run: empty still

@@ -383,7 +383,8 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
     if asked:
         out["reshard"] = [{"packets": at, "shards": n} for at, n in steps]
-    for key in ("files", "records", "bytes", "reopens", "writes", "late_packets", "reclaimed_bytes", "retired", "events"):
+    for key in ("files", "records", "bytes", "reopens", "writes", "late_packets", "reclaimed_bytes", "retired",
+                "unacked_kept", "unacked_retired", "events"):
         out[key] = sum(r.get(key, 0) or 0 for r in results)
     out["connections"] = _add({}, {})
     for r in results:

@@ -239,6 +239,17 @@ def test_a_registry_run_counts_what_its_modules_gave_back(tmp_path, corpus, redi
         assert sums["registry"][key] == sums["embedded"][key] > 0, key
 
 
+def test_a_registry_run_keeps_at_most_unacked_files(tmp_path, corpus, redis_server):
+    """The bound holds when the modules report through the registry: their late reports of
+    files that went are no error, and the summary counts what went."""
+    res = run_cli("chain", "counter", corpus / "midstream__pcpp__650HttpResponses.pcap", "--store", tmp_path / "s",
+                  "--events", "/dev/null", "--json", "--registry", redis_server.url, "--unacked-files", "50")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert (summary["unacked_kept"], summary["unacked_retired"]) == (50, 234)
+    assert len(list((tmp_path / "s").glob("*.rec"))) == 50
+
+
 def test_a_registry_chain_over_no_connection_ends_at_once_as_the_others_do(tmp_path, corpus, redis_server):
     """The gateway, with nothing to wait for, removed the run before its modules attached: they
     never found it, and the chain ended after a minute, blaming a module (exit 2)."""

@@ -1,11 +1,13 @@
 """ACK tracking and reclaiming: space goes back only for records every module finished and the
 receiver acknowledged; --keep keeps everything; offsets stay valid."""
+import json
 import os
 
 import pytest
 
 from flowsift.gateway import Gateway
 from flowsift.streams import RecordFile, StreamPointer, store_files
+from conftest import run_cli
 
 SEEK_DATA, SEEK_HOLE = 3, 4
 
@@ -226,3 +228,56 @@ def test_files_a_chain_leaves_hold_every_modules_bits(tmp_path, corpus):
     assert len(left) == 1 and summary["files"] - summary["retired"] == 1
     with RecordFile(left[0]) as rf:
         assert {r.modules for r in rf.records()} == {0b11}
+
+
+def test_files_kept_for_unacknowledged_bytes_are_bounded_oldest_first(tmp_path, corpus):
+    """A one-sided capture: no byte of its 284 connections was acknowledged, so every file would
+    stay. With a bound of 3, the files kept are the last three finished; the others went in the
+    order they were finished, counted, and a late report of one that went says it went."""
+    g = Gateway(tmp_path / "s", unacked_files=3)
+    g.store.register_module(0)
+    g.run_capture(corpus / "midstream__pcpp__650HttpResponses.pcap")
+    files = store_files(g.store_dir)
+    assert len(files) == 284
+    order = [17, 3, 250, 99, 0, 141, 8]
+    for k, conn in enumerate(order):
+        state = g.store.module_done(conn, 0, g.store.latest([conn])[0][0])
+        assert not state["retired"]
+        kept = order[max(0, k - 2):k + 1]
+        left = {int(os.path.basename(f)[1:9]) for f in store_files(g.store_dir)}
+        assert left & set(order[:k + 1]) == set(kept) and len(left) == 284 - (k + 1 - len(kept))
+    c = g.store.counters()
+    assert (c["unacked_kept"], c["unacked_retired"], c["retired"]) == (3, 4, 4)
+    assert g.store.module_done(17, 0, 1)["retired"]          # gone already: not a KeyError
+
+
+@pytest.mark.parametrize("mode", ["inline", "parallel", "shards"])
+def test_a_chain_keeps_at_most_unacked_files(tmp_path, corpus, mode):
+    from flowsift.chain import run_chain
+    kw = {"inline": True} if mode == "inline" else {"shards": 2} if mode == "shards" else {}
+    if mode != "shards":
+        kw["store"] = str(tmp_path / "s")
+    summary = run_chain("counter", str(corpus / "midstream__pcpp__650HttpResponses.pcap"), unacked_files=50, **kw)
+    assert summary["files"] == 284 and summary["unacked_kept"] == (100 if mode == "shards" else 50)
+    assert summary["unacked_retired"] == 284 - summary["unacked_kept"] == summary["retired"]
+    if mode != "shards":
+        assert len(store_files(tmp_path / "s")) == 50
+    unbounded = run_chain("counter", str(corpus / "midstream__pcpp__650HttpResponses.pcap"))
+    assert (unbounded["unacked_kept"], unbounded["unacked_retired"]) == (284, 0)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["chain", "counter", "{cap}", "--unacked-files", "-1"], "--unacked-files -1: a number of files, 0 or more"),
+    (["chain", "counter", "{cap}", "--unacked-files", "5", "--keep"], "with --keep (or -w) every file stays"),
+    (["gateway", "{cap}", "--unacked-files", "5"], "the gateway alone gives nothing back"),
+])
+def test_unacked_files_refused_where_it_bounds_nothing(corpus, args, says):
+    r = run_cli(*[a.format(cap=corpus / "midstream__pcpp__650HttpResponses.pcap") for a in args])
+    assert r.returncode == 2 and r.stdout == "" and says in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_unacked_files_from_the_command_line(tmp_path, corpus):
+    r = run_cli("chain", "counter", str(corpus / "midstream__pcpp__650HttpResponses.pcap"), "--store",
+                str(tmp_path / "s"), "--unacked-files", "0", "--events", os.devnull, "--json", check=True)
+    summary = json.loads(r.stdout)
+    assert (summary["unacked_kept"], summary["unacked_retired"]) == (0, 284) and store_files(tmp_path / "s") == []

@@ -21,6 +21,7 @@ descriptor and vm.max_map_count limits.
 A reader that sees a count sees everything it covers. The gateway also records module bitmaps,
 gives back space (reclaim) and retires finished files.
 """
+import collections
 import os
 
 from flowsift.streams.format import vlan_ids
@@ -113,6 +114,10 @@ DEF ARENA_HOLD = 16777216
 DEF MAX_IOV = 1024
 # records read back at a time when setting module bits or finding what is complete
 DEF CHUNK_RECS = 512
+# Ended connections whose last bytes the receiver never acknowledged keep their files (for
+# `replay --unacked`); a long run keeps at most this many, the oldest going first, so that the
+# store stays bounded (~15% of a web capture's connections end so).
+DEF DEFAULT_UNACKED_FILES = 10000
 # Connection states are kept in chunks of this many; a chunk whose connections were all retired
 # (and forgotten) is freed, so a long chain keeps state for the files it has, not every one seen.
 DEF CS_CHUNK_SHIFT = 6
@@ -219,6 +224,7 @@ ctypedef struct cstate_t:
     uint64_t out_records     # records whose publish went to the writer (in the file once it is idle)
     uint8_t out_closed       # ... and its last publish too
     uint8_t forgotten        # retired, and counted in its chunk's forgotten ones
+    uint8_t kept_unacked     # ended and done, its file kept for bytes never acknowledged
     int32_t run[N_REGION]    # the filling batch's open run of each region, or -1
     # what the store needs of the connection once it ended (the engine frees its record then)
     int64_t pub_acked[2]     # stream offset the peer acknowledged as last published, or -1
@@ -829,6 +835,10 @@ cdef class RecordStore(Sink):
     cdef readonly uint64_t modules_mask
     cdef readonly uint64_t reclaimed_bytes
     cdef readonly uint64_t retired
+    cdef public uint64_t unacked_files   # at most this many files kept for unacknowledged bytes
+    cdef readonly uint64_t unacked_kept      # such files now
+    cdef readonly uint64_t unacked_retired   # such files that went, the oldest, past unacked_files
+    cdef object unacked_order            # their connections, oldest first
     cdef readonly uint64_t gateway_runs   # runs of the writer thread's batches the gateway wrote while it waited
     cdef list just_closed            # connections closed since the last publish
 
@@ -840,6 +850,8 @@ cdef class RecordStore(Sink):
         self.store_bytes = store_bytes
         self.forget_retired = True
         self.last_avail = -1
+        self.unacked_files = DEFAULT_UNACKED_FILES
+        self.unacked_order = collections.deque()
         # (first: a limit too small leaves no directory made for nothing)
         handles = _handle_budget(readers_here) if max_handles is None else max(MIN_HANDLES, int(max_handles))
         try:
@@ -1556,6 +1568,10 @@ cdef class RecordStore(Sink):
         cdef cstate_t* st = self._state(conn)
         cdef uint64_t n, mask = (<uint64_t>1) << bit
         if not st.exists:
+            if st.out_closed:
+                # ended and gone already: the oldest of the files kept for unacknowledged bytes
+                # (unacked_files), which a module that registered later had not read
+                return {"complete": None, "reclaimed": None, "oldest_unacked_done": None, "retired": True}
             raise KeyError(conn)
         if upto >= st.records:
             st.done_mask |= mask
@@ -1644,8 +1660,31 @@ cdef class RecordStore(Sink):
             ws_retire(&self.ws, conn)
         st.exists = 0
         self.retired += 1
+        if st.kept_unacked:
+            st.kept_unacked = 0
+            self.unacked_kept -= 1
         self._forget(conn, st)
         return 0
+
+    cdef int _keep_unacked(self, uint32_t conn, cstate_t* st) except -1:
+        # an ended connection done by every module keeps its file for bytes never acknowledged:
+        # counted, and past the bound the oldest such file goes. Returns 1 if that was conn's
+        # own (st is not to be used then)
+        cdef cstate_t* old
+        cdef int own = 0
+        if st.kept_unacked:
+            return 0
+        st.kept_unacked = 1
+        self.unacked_kept += 1
+        self.unacked_order.append(conn)
+        while self.unacked_kept > self.unacked_files and self.unacked_order:
+            k = self.unacked_order.popleft()
+            old = self._state(k)
+            if old.exists and old.kept_unacked:
+                self._retire(k, old)
+                self.unacked_retired += 1
+                own |= k == conn
+        return own
 
     def reclaim(self, uint32_t conn):
         """Give back the space of records every registered module finished and the receiver
@@ -1725,6 +1764,8 @@ cdef class RecordStore(Sink):
         retire = (st.out_closed and not self.keep and mask != 0 and complete == nrec and oldest == nrec)
         if retire:
             self._retire(conn, st)
+        elif st.out_closed and not self.keep and mask != 0 and complete == nrec:
+            retire = self._keep_unacked(conn, st)
         return {"complete": complete, "reclaimed": out, "oldest_unacked_done": oldest, "retired": bool(retire)}
 
     def check_space(self, Batch batch):
@@ -1758,5 +1799,6 @@ cdef class RecordStore(Sink):
             self.busy = False
         return {"files": self.files, "records": self.records_written, "bytes": self.bytes_written,
                 "reopens": self.ws.reopens, "late_packets": self.late_packets, "reclaimed_bytes": self.reclaimed_bytes,
-                "retired": self.retired, "writes": self.ws.writes,
+                "retired": self.retired, "unacked_kept": self.unacked_kept,
+                "unacked_retired": self.unacked_retired, "writes": self.ws.writes,
                 "bytes_stored": bool(self.store_bytes)}
