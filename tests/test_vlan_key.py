@@ -184,6 +184,41 @@ def test_a_module_sees_flow_vlan(tmp_path):
     assert [(e["tenant"], "vlan" in e) for e in res.events] == [(None, False)]
 
 
+@pytest.mark.parametrize("key,vlan_key,seen", [(("vlan", "ip.src"), True, [1, 1]), (("ip.src",), True, [1, 2]),
+                                                 (("vlan", "ip.src"), False, [1])])
+def test_cross_flow_state_keyed_by_vlan_keeps_tenants_apart(tmp_path, key, vlan_key, seen):
+    """Two tenants, one client address on two VLANs: an entry keyed by ("vlan", "ip.src") is
+    each tenant's own; keyed by the address alone, the second tenant finds the first's."""
+    from flowsift.modules import CrossFlow, Module
+    from flowsift.testing import run_module
+
+    class PerClient(Module):
+        """Counts connections per client.
+
+        Synopsis: perclient
+        Reads: nothing
+        Writes: nothing
+        Options: none
+        Counters: none
+        Example: run_module(PerClient, capture, vlan_key=True)
+        """
+        name = "perclient"
+        reads = set()
+        clients = CrossFlow(key=key)
+
+        def on_open(self, flow):
+            entry = self.clients[flow]
+            entry["n"] = entry.get("n", 0) + 1
+            self.emit("client", n=entry["n"], key=list(self.clients.key_of(flow)))
+
+    cap = tmp_path / "tenants.pcap"
+    tenants(cap)
+    res = run_module(PerClient, cap, vlan_key=vlan_key)
+    assert [e["n"] for e in res.events] == seen
+    if key[0] == "vlan":
+        assert sorted(e["key"][0] for e in res.events) == (["10", "20"] if vlan_key else [""])
+
+
 def test_record_headers_hold_the_vlan_ids(tmp_path):
     """The gateway's record files: flag bit 3 and the ids at 232 and 234 (docs/record-format.md),
     read with struct alone; inspect says them."""

@@ -15,6 +15,7 @@ next to traffic; tuples come back as lists.
 import json
 
 from flowsift.errors import FlowsiftError
+from flowsift.streams.format import vlan_text
 
 # key fields of a cross-flow table: names a module may use, and what they read from a flow
 KEY_FIELDS = {
@@ -27,6 +28,9 @@ KEY_FIELDS = {
     "udp.sport": lambda f: int(f.client.rpartition(":")[2]),
     "udp.dport": lambda f: int(f.server.rpartition(":")[2]),
     "proto": lambda f: f.proto,
+    # with --vlan-key, one address on two VLANs is two tenants ("-" untagged, "100.10" QinQ;
+    # "" in a run not keyed by VLAN)
+    "vlan": lambda f: vlan_text(f.vlan),
 }
 MERGES = ("add", "union", "last", "max", "min")
 
