@@ -230,7 +230,8 @@ class Flow:
         return self._file.data(record.dir, record.stream_offset, record.payload_len)
 
     def __repr__(self):
-        vlan = "" if self.vlan is None else f" vlan {'.'.join(map(str, self.vlan)) or 'none'}"
+        from flowsift.streams.format import vlan_text
+        vlan = "" if self.vlan is None else f" vlan {vlan_text(self.vlan)}"      # ('-' untagged, as tables say)
         return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}{vlan}>"
 
 
