@@ -1568,9 +1568,10 @@ cdef class RecordStore(Sink):
         cdef cstate_t* st = self._state(conn)
         cdef uint64_t n, mask = (<uint64_t>1) << bit
         if not st.exists:
-            if st.out_closed:
-                # ended and gone already: the oldest of the files kept for unacknowledged bytes
-                # (unacked_files), which a module that registered later had not read
+            if st.out_closed and not st.forgotten:
+                # ended and gone already, its state kept for a registry's late reports: the
+                # oldest of the files kept for unacknowledged bytes (unacked_files), which a
+                # module that registered later had not read
                 return {"complete": None, "reclaimed": None, "oldest_unacked_done": None, "retired": True}
             raise KeyError(conn)
         if upto >= st.records:
