@@ -898,3 +898,54 @@ def test_a_module_that_skipped_a_connection_gets_none_of_its_packets_inline(tmp_
     assert res.returncode == 0, res.stderr
     modules = json.loads(res.stdout)["modules"]
     assert modules["pk"]["packets"] > 4 and "after_skip" not in modules["sk"]
+
+
+class KeptPointer(Module):
+    """Keeps connection 0's client stream and reads it, 5 bytes a call, from connection 4's hooks.
+
+    Synopsis: kept_pointer
+    """
+    name = "kept_pointer"
+    kept = None
+
+    def on_data(self, flow, stream):
+        if flow.conn == 0 and stream.direction == 0:
+            if self.kept is None:
+                self.kept = stream            # read later, from another connection's hooks
+            self.emit("own", same=stream is self.kept, at=stream.tell())
+            return
+        if self.kept is not None and flow.conn == 4 and stream.direction == 0:
+            self.emit("kept", data=self.kept.read_bytes(5), view=bytes(self.kept.peek(3)))
+        stream.skip()
+
+    def on_close(self, flow, reason):
+        if flow.conn == 5:
+            self.kept.peek_bytes(1)           # connection 0 ended: its file may be given back
+
+
+def test_a_kept_stream_pointer_reads_on_after_its_file_was_closed_for_the_budget(tmp_path, monkeypatch):
+    """A pointer a module kept and reads from another connection's hooks while its own file was
+    closed to stay within FLOWSIFT_READER_FILES: the file opens again, and the pointer is the one
+    its own on_data is handed, where it stood. It used to be a TypeError in the module's hook
+    (the descriptor was gone), and its connection's on_data was handed a new pointer that knew
+    nothing of what was read through the kept one. Kept past its connection's end, it is a
+    StoreError that says so, not the bytes of a mapping whose file may be another's by then."""
+    from pcapgen import interleaved_capture
+    from flowsift.streams import StoreError
+    from flowsift.testing import run_module
+    monkeypatch.setenv("FLOWSIFT_READER_FILES", "2")
+    monkeypatch.setenv("FLOWSIFT_BATCH", "4")
+    cap = interleaved_capture(tmp_path / "six.pcap", 6, [b"conn %d part one|", b"conn %d part two|"])
+    with pytest.raises(StoreError, match=r"c00000000\.rec: the record file was closed: its connection ended"):
+        run_module(KeptPointer, cap)
+    monkeypatch.setattr(KeptPointer, "on_close", lambda self, flow, reason: None)
+    res = run_module(KeptPointer, cap)
+    assert res.summary["reader_reopens"] > 10          # files were closed and opened again
+    kept, own = res.of_kind("kept"), res.of_kind("own")
+    stream = b"conn 0 part one|conn 0 part two|"
+    read = "".join(e["data"] for e in kept).encode()
+    assert len(kept) >= 2 and read == stream[:len(read)]
+    assert all(e["view"].encode() == stream[5 * (k + 1):5 * (k + 1) + 3] for k, e in enumerate(kept))
+    # one pointer, so its own calls start where the kept one's reads left it
+    assert all(e["same"] for e in own) and [e["at"] for e in own] == sorted(e["at"] for e in own)
+    assert own[-1]["at"] == len(read) > 0
