@@ -238,6 +238,7 @@ class InlineChain:
         # modules that read as connections go (what flow.skip() can spare)
         self.readers = [m for m in self.modules if not passive(type(m)) or m.writes]
         self._current = None
+        self._running = [None]    # the module whose hook runs now (flow._module, for every flow)
         self._closing = None
         self._limits = None
         self.shared_flows = len(self.modules) > 1     # several modules are handed one Flow
@@ -294,8 +295,9 @@ class InlineChain:
 
     def _call(self, m, hook, *args):
         flow = self._current
+        running = self._running
+        running[0] = m
         if flow is not None:
-            flow._module = m
             if self.shared_flows:
                 # each module has its own flow.state and flow.cache, as in its own worker
                 own = flow._own
@@ -318,6 +320,8 @@ class InlineChain:
             if n == 0:
                 sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
                                  f"{trimmed_traceback(e)}\n")
+        finally:
+            running[0] = None
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):
@@ -355,6 +359,7 @@ class InlineChain:
                           endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"], header_vlan(h))
         flow._file = rf
         flow._editor = self.editor
+        flow._hook = self._running
         c = self.conns[conn] = _Conn(flow, rf)
         rf.on_reopen = lambda: self._reopened(conn)
         self._opened(conn)
