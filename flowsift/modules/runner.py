@@ -712,8 +712,13 @@ class InlineChain:
                 self._close(conn)
 
     def finish(self):
+        # what is open still is read to its end, stage by stage, before each stage's on_close, as
+        # a connection that ended is (process) and as the stages of a staged chain read it
         for conn in list(self.conns):
-            self._close(conn)
+            if self.passive:
+                self._close(conn)
+            else:
+                self._close(conn, self._advance(conn, closing=True))
 
     def state_snapshots(self):
         """{module name: its declared state} for the modules that declare some."""
