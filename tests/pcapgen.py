@@ -176,3 +176,33 @@ def fragmented_clients(path, n, v6=False, atomic=False):
                 frames.append((t // 10**6, t % 10**6, f))
     path.write_bytes(pcap(frames))
     return path
+
+
+def interleaved_capture(path, n, parts, port=80):
+    """A pcap of n TCP connections A:40000+i -> B:`port` open at once: each handshake, then
+    each client segment of `parts` (bytes formatted with the connection's number, `%d`) sent
+    by every connection in turn, then the FINs, connection after connection."""
+    t0 = 1_700_000_000 * 10**6
+    frames, seq = [], {}
+
+    def send(i, client, flags, payload=b""):
+        src, dst, sp, dp = (A, B, 40000 + i, port) if client else (B, A, port, 40000 + i)
+        s = seq.setdefault((i, client), 1000 if client else 5000)
+        ack = seq.get((i, not client), 0)
+        us = t0 + 1000 * len(frames)
+        frames.append((us // 10**6, us % 10**6,
+                       ether(ipv4(src, dst, 6, tcp(sp, dp, seq=s, ack=ack, flags=flags, payload=payload)))))
+        seq[(i, client)] = s + len(payload) + (1 if flags & 0x03 else 0)
+
+    for i in range(n):
+        send(i, True, 0x02)
+        send(i, False, 0x12)
+        send(i, True, 0x10)
+    for part in parts:
+        for i in range(n):
+            send(i, True, 0x18, part % i)
+    for i in range(n):
+        send(i, True, 0x11)
+        send(i, False, 0x11)
+    path.write_bytes(pcap(frames))
+    return path

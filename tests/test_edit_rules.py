@@ -300,7 +300,8 @@ def run_chain_cli(tmp_path, spec, src, mode, write=None):
     import json
     from conftest import run_cli
     ev = tmp_path / "ev.jsonl"
-    args = {"inline": ["--inline"], "workers": [], "shards": ["--shards", "2"]}[mode]
+    args = {"inline": ["--inline"], "workers": [], "shards": ["--shards", "2"],
+            "shards_inline": ["--shards", "2", "--inline"]}[mode]
     res = run_cli("chain", spec, src, "--json", "--events", ev, *args, *(["-w", write] if write else []))
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
@@ -409,3 +410,104 @@ def test_an_edit_of_a_connection_the_module_is_done_with_is_refused(tmp_path, co
                for e in edits)
     assert res.summary["edits"]["rejected"] == {"afterwards: connection ended": len(edits)}
     assert bytes([10, 9, 9, 9]) not in out.read_bytes() and res.summary["egress"]["edited"] == 0
+
+
+KEPT_FLOW = '''
+from flowsift.modules import Module
+
+
+class Grabby(Module):
+    """Read-only: keeps its first connection's first record, and edits it through that flow
+    from another connection's hook.
+
+    Synopsis: grabby
+    """
+    name = "grabby"
+    reads = {"records"}
+    kept = None
+
+    def on_packet(self, flow, record):
+        if self.kept is None:
+            self.kept = (flow, record)
+        elif self.kept[0] is not flow and len(self.kept) == 2:
+            kept_flow, kept_record = self.kept
+            e = kept_flow.edit(kept_record, ip_dst="10.9.9.9")
+            self.emit("tried", edited=kept_flow.conn, accepted=e.accepted, reason=e.reason)
+            self.kept += (True,)
+
+
+class Mark(Module):
+    """Writes ip.dst, and edits nothing: a writing module that runs on every record.
+
+    Synopsis: mark
+    """
+    name = "mark"
+    reads = {"records"}
+    writes = {"ip.dst"}
+
+    def on_packet(self, flow, record):
+        pass
+
+
+class Keeper(Grabby):
+    """Writes: drops and edits its first connection's first record from another connection's hook.
+
+    Synopsis: keeper
+    """
+    name = "keeper"
+    writes = {"ip.dst", "drop"}
+
+    def on_packet(self, flow, record):
+        if self.kept is not None and self.kept[0] is not flow and len(self.kept) == 2:
+            kept_flow, kept_record = self.kept
+            e = kept_flow.drop(kept_record)
+            self.emit("dropped", edited=kept_flow.conn, accepted=e.accepted, reason=e.reason)
+        super().on_packet(flow, record)
+
+
+class Seen(Module):
+    """Read-only: reads every record (it runs on a connection after keeper).
+
+    Synopsis: seen
+    """
+    name = "seen"
+    reads = {"records"}
+
+    def on_packet(self, flow, record):
+        self.count("records")
+'''
+
+
+@pytest.mark.parametrize("mode", ["inline", "workers", "shards", "shards_inline"])
+def test_an_edit_through_a_flow_kept_from_another_connection_is_the_calling_modules(tmp_path, mode):
+    """What a module does through a flow it kept, from a hook for another connection, is its own
+    doing, checked as its edits of that connection are, in every mode. Inline, it was charged to
+    the module whose hook had run last on that flow: a read-only module's edit went through as
+    the writing module's after it (accepted and sent), and a writing module's drop was refused
+    as a read-only module's."""
+    from pcapgen import interleaved_capture
+    mods = tmp_path / "kept.py"
+    mods.write_text(KEPT_FLOW)
+    cap = interleaved_capture(tmp_path / "six.pcap", 6, [b"conn %d says hello|"])
+    out = tmp_path / "out.pcap" if not mode.startswith("shards") else None
+    summary, events = run_chain_cli(tmp_path, f"{mods}:Grabby,{mods}:Mark", cap, mode, out)
+    tried = [e for e in events if e["kind"] == "tried"]
+    assert tried and all(e["edited"] != e["conn"] for e in tried)
+    assert all(not e["accepted"] and e["reason"] == "ip.dst is not declared in writes" for e in tried)
+    assert summary["edits"]["accepted"] == {}
+    assert summary["edits"]["rejected"] == {"grabby: read-only module": len(tried)}
+    assert summary["modules"]["grabby"]["edits_rejected"] == len(tried)
+    assert "edits_rejected" not in summary["modules"]["mark"]
+    if out is not None:
+        from test_write_back import frames
+        assert not any(f[30:34] == bytes([10, 9, 9, 9]) for f in frames(out))
+    summary, events = run_chain_cli(tmp_path, f"{mods}:Keeper,{mods}:Seen", cap, mode, out)
+    dropped, tried = [e for e in events if e["kind"] == "dropped"], [e for e in events if e["kind"] == "tried"]
+    assert dropped and len(dropped) == len(tried) and all(e["accepted"] for e in dropped)
+    # its own records of that connection, already handed to the stage after it
+    assert all(not e["accepted"] and "already handed to the stages after keeper" in e["reason"] for e in tried)
+    assert summary["edits"]["dropped"] == len(dropped)
+    assert summary["edits"]["rejected"] == {"keeper: already read by a later stage": len(tried)}
+    assert "edits_rejected" not in summary["modules"]["seen"]
+    if out is not None:
+        assert summary["egress"]["dropped"] == len(dropped) == 1

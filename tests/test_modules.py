@@ -898,3 +898,138 @@ def test_a_module_that_skipped_a_connection_gets_none_of_its_packets_inline(tmp_
     assert res.returncode == 0, res.stderr
     modules = json.loads(res.stdout)["modules"]
     assert modules["pk"]["packets"] > 4 and "after_skip" not in modules["sk"]
+
+
+class KeptPointer(Module):
+    """Keeps connection 0's client stream and reads it, 5 bytes a call, from connection 4's hooks.
+
+    Synopsis: kept_pointer
+    """
+    name = "kept_pointer"
+    kept = None
+
+    def on_data(self, flow, stream):
+        if flow.conn == 0 and stream.direction == 0:
+            if self.kept is None:
+                self.kept = stream            # read later, from another connection's hooks
+            self.emit("own", same=stream is self.kept, at=stream.tell())
+            return
+        if self.kept is not None and flow.conn == 4 and stream.direction == 0:
+            self.emit("kept", data=self.kept.read_bytes(5), view=bytes(self.kept.peek(3)))
+        stream.skip()
+
+    def on_close(self, flow, reason):
+        if flow.conn == 5:
+            self.kept.peek_bytes(1)           # connection 0 ended: its file may be given back
+
+
+def test_a_kept_stream_pointer_reads_on_after_its_file_was_closed_for_the_budget(tmp_path, monkeypatch):
+    """A pointer a module kept and reads from another connection's hooks while its own file was
+    closed to stay within FLOWSIFT_READER_FILES: the file opens again, and the pointer is the one
+    its own on_data is handed, where it stood. It used to be a TypeError in the module's hook
+    (the descriptor was gone), and its connection's on_data was handed a new pointer that knew
+    nothing of what was read through the kept one. Kept past its connection's end, it is a
+    StoreError that says so, not the bytes of a mapping whose file may be another's by then."""
+    from pcapgen import interleaved_capture
+    from flowsift.streams import StoreError
+    from flowsift.testing import run_module
+    monkeypatch.setenv("FLOWSIFT_READER_FILES", "2")
+    monkeypatch.setenv("FLOWSIFT_BATCH", "4")
+    cap = interleaved_capture(tmp_path / "six.pcap", 6, [b"conn %d part one|", b"conn %d part two|"])
+    with pytest.raises(StoreError, match=r"c00000000\.rec: the record file was closed: its connection ended"):
+        run_module(KeptPointer, cap)
+    monkeypatch.setattr(KeptPointer, "on_close", lambda self, flow, reason: None)
+    res = run_module(KeptPointer, cap)
+    assert res.summary["reader_reopens"] > 10          # files were closed and opened again
+    kept, own = res.of_kind("kept"), res.of_kind("own")
+    stream = b"conn 0 part one|conn 0 part two|"
+    read = "".join(e["data"] for e in kept).encode()
+    assert len(kept) >= 2 and read == stream[:len(read)]
+    assert all(e["view"].encode() == stream[5 * (k + 1):5 * (k + 1) + 3] for k, e in enumerate(kept))
+    # one pointer, so its own calls start where the kept one's reads left it
+    assert all(e["same"] for e in own) and [e["at"] for e in own] == sorted(e["at"] for e in own)
+    assert own[-1]["at"] == len(read) > 0
+
+
+class WholeLines(Module):
+    """Writes: reads whole lines only, leaving a line's start for the next call; says what is
+    left when the direction ended.
+
+    Synopsis: whole_lines
+    """
+    name = "whole_lines"
+    writes = {"payload"}
+
+    def on_data(self, flow, stream):
+        while stream.read_until(b"\n") is not None:
+            pass
+        if stream.closed and stream.available and stream.direction not in flow.state:
+            flow.state[stream.direction] = True
+            self.emit("rest", dir=stream.direction, data=stream.peek_bytes())
+
+
+class Handed(Module):
+    """Read-only: the bytes it was handed, per direction, at the end.
+
+    Synopsis: handed
+    """
+    name = "handed"
+
+    def on_data(self, flow, stream):
+        flow.state[stream.direction] = flow.state.get(stream.direction, b"") + stream.read_bytes()
+
+    def on_close(self, flow, reason):
+        self.emit("handed", reason=reason, **{f"d{d}": flow.state.get(d, b"") for d in (0, 1)})
+
+
+def test_inline_finish_reads_what_is_held_before_on_close(tmp_path, monkeypatch):
+    """A connection still open when an inline chain finishes (an attached module's run that
+    ended without closing it) is read to its end, stage by stage, before on_close, as one that
+    ended and as a staged chain's later stages read it: the writing module is shown the end
+    (stream.closed) with the line start it left, and the module after it the bytes that waited
+    for the writing module. finish() called on_close with none of them read."""
+    import io
+    from flowsift.gateway import Gateway
+    from flowsift.modules.runner import InlineChain
+    from flowsift.testing import run_module, segments_capture
+    cap = segments_capture(tmp_path, client=[b"one\ntw", b"o\nthr"], server=[b"ok\npart"], close=False)
+    want = {"d0": "one\ntwo\nthr", "d1": "ok\npart"}
+    rests = [{"dir": 0, "data": "thr"}, {"dir": 1, "data": "part"}]
+    for inline in (True, False):            # a whole run: the end of input closes it
+        res = run_module(f"{_given(WholeLines)},{_given(Handed)}", cap, inline=inline)
+        assert [{k: e[k] for k in want} for e in res.of_kind("handed")] == [want]
+        assert sorted(({k: e[k] for k in ("dir", "data")} for e in res.of_kind("rest")), key=str) == rests
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    g = Gateway(tmp_path / "store", keep=True)
+    batches = []
+    g.run_capture(cap, after_batch=lambda t, c: batches.append((list(t), list(c))))
+    assert batches[-1][1] == [0] and not any(c for _, c in batches[:-1])
+    out = io.StringIO()
+    chain = InlineChain([(WholeLines, {}), (Handed, {})], g.store, events=out, strict=True)
+    for touched, closed in batches[:-1]:     # all but the end of input
+        chain.process(touched, closed)
+    chain.finish()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [{k: e[k] for k in want} for e in events if e["kind"] == "handed"] == [want]
+    assert sorted(({k: e[k] for k in ("dir", "data")} for e in events if e["kind"] == "rest"), key=str) == rests
+
+
+def _given(cls):
+    from flowsift.testing import _register
+    return _register(cls)
+
+
+def test_inline_and_staged_give_the_same_events_over_connections_open_at_the_end(corpus, monkeypatch):
+    """A writing module that leaves line starts unread, then a read-only one, over a capture
+    whose connections are open at its end (closed by it, `eof`): --inline and the staged chain agree."""
+    from flowsift.testing import run_module
+    monkeypatch.setenv("FLOWSIFT_BATCH", "8")
+    cap = corpus / "smtp__zeek__smtp.pcap"
+    runs = []
+    for inline in (True, False):
+        res = run_module(f"{_given(WholeLines)},{_given(Handed)}", cap, inline=inline)
+        runs.append(sorted(json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True) for e in res.events))
+        assert res.summary["mode"] == ("inline" if inline else "staged")
+    handed = [json.loads(e) for e in runs[0] if '"kind": "handed"' in e]
+    assert runs[0] == runs[1]
+    assert sum(e["reason"] == "eof" for e in handed) == 5 and any(e.get("kind") == "rest" for e in map(json.loads, runs[0]))

@@ -108,7 +108,7 @@ def _kind(t):
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "vlan", "state", "cache", "first_ts", "last_ts", "_file",
-                 "_editor", "_module", "_skipped", "_own", "_upto", "_handed")
+                 "_editor", "_hook", "_skipped", "_own", "_upto", "_handed")
 
     def __init__(self, conn, proto, client, server, first_ts, vlan=None):
         self.conn = conn
@@ -126,13 +126,20 @@ class Flow:
         self.last_ts = first_ts
         self._file = None
         self._editor = None           # the gateway's Editor, for writing modules
-        self._module = None           # the module whose hook is running
+        self._hook = None             # [the module whose hook is running], shared by a chain's flows
         self._skipped = set()         # modules that called skip()
         self._own = None              # module -> (state, cache), when several modules share the flow
         self._handed = None           # writing module -> (records, end0, end1) the stages after it may read
         # in on_packet: the records up to the one handed over (those after it in its batch are
         # not "so far" yet: what a module sees must not depend on how packets were batched)
         self._upto = None
+
+    @property
+    def _module(self):
+        # the module whose hook is running, whichever connection the hook is for: what a module
+        # does through a flow it kept from another connection is its own doing (None outside hooks)
+        hook = self._hook
+        return hook[0] if hook is not None else None
 
     def skip(self):
         """The module calling this needs nothing more of this connection: its on_data, on_gap
@@ -181,6 +188,8 @@ class Flow:
                 return Edit(False, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
             if m is not None and FIELDS[key] not in m.writes:
                 return Edit(False, f"{FIELDS[key]} is not declared in writes")
+        if m is None and self._hook is not None:
+            return Edit(False, f"{call} outside a hook: a module edits from its hooks")
         return Edit(False, "edits need a chain run by the gateway")
 
     def key(self):

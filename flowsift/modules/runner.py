@@ -118,13 +118,14 @@ def connection_close(close0, close1):
 
 
 class _Conn:
-    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen", "saved",
+    __slots__ = ("flow", "file", "next_record", "pointers", "seen", "events", "gaps_seen", "ends_seen",
                  "times", "closed")
 
     def __init__(self, flow, file):
         self.flow = flow
-        self.file = file         # None while closed to stay within the reader budget
-        self.saved = {}          # (module index, direction) -> position, while the file is closed
+        # (released while it is past the reader budget: the same object opens again when read, so
+        # pointers and flows a module kept go on)
+        self.file = file
         self.next_record = 0
         self.pointers = {}       # (module index, direction) -> StreamPointer
         self.seen = {}           # (module index, direction) -> (position, available, final) at the last on_data
@@ -237,6 +238,7 @@ class InlineChain:
         # modules that read as connections go (what flow.skip() can spare)
         self.readers = [m for m in self.modules if not passive(type(m)) or m.writes]
         self._current = None
+        self._running = [None]    # the module whose hook runs now (flow._module, for every flow)
         self._closing = None
         self._limits = None
         self.shared_flows = len(self.modules) > 1     # several modules are handed one Flow
@@ -277,8 +279,6 @@ class InlineChain:
             return when
         c, d, at = when                # at: a stream offset, or the pointer being read (its last byte read)
         offset = at if isinstance(at, int) else max(at.tell() - 1, 0)
-        if c.file is None:
-            return flow.last_ts
         if c.times is None:
             c.times = _PacketTimes()
         ts = c.times.at(c.file, d, offset, c.file.header["records"])
@@ -295,8 +295,9 @@ class InlineChain:
 
     def _call(self, m, hook, *args):
         flow = self._current
+        running = self._running
+        running[0] = m
         if flow is not None:
-            flow._module = m
             if self.shared_flows:
                 # each module has its own flow.state and flow.cache, as in its own worker
                 own = flow._own
@@ -319,6 +320,8 @@ class InlineChain:
             if n == 0:
                 sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
                                  f"{trimmed_traceback(e)}\n")
+        finally:
+            running[0] = None
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):
@@ -356,7 +359,9 @@ class InlineChain:
                           endpoint(h["server_addr"], h["server_port"], h["ipver"]), h["first_ts"], header_vlan(h))
         flow._file = rf
         flow._editor = self.editor
+        flow._hook = self._running
         c = self.conns[conn] = _Conn(flow, rf)
+        rf.on_reopen = lambda: self._reopened(conn)
         self._opened(conn)
         self._current = flow
         if call_hooks:
@@ -373,22 +378,25 @@ class InlineChain:
             self._evict(old)
 
     def _evict(self, conn):
-        # close the file; the pointers' positions wait in `saved` (nothing else is lost)
+        # close the file and unmap; pointers and flow keep the file object, which opens again
+        # when read: by this chain, or through a pointer or flow a module kept and reads from
+        # another connection's hook (the same positions, never another file's bytes)
         c = self.conns[conn]
-        for key, sp in c.pointers.items():
-            c.saved[key] = sp.tell()
-        c.pointers = {}
-        c.file.close()
-        c.file = c.flow._file = None
+        for sp in c.pointers.values():
+            sp.detach()
+        c.file.release()
         del self.open_files[conn]
 
+    def _reopened(self, conn):
+        # a released file was opened again (to be read here or by a module): it counts again
+        self.reopens += 1
+        self._opened(conn)
+
     def _touch(self, conn, c):
-        if c.file is None:
-            c.file = c.flow._file = RecordFile(self.path_of(conn))
-            self.reopens += 1
-            self._opened(conn)
-        else:
+        if conn in self.open_files:
             self.open_files.move_to_end(conn)
+        else:
+            c.file.reopen()
 
     def _skipping(self, flow):
         # has every module that reads as the connection goes skipped it?
@@ -511,7 +519,7 @@ class InlineChain:
         # how far module i has read direction d of c: for a writing module, the furthest it
         # went (going back makes nothing it read past editable again, so it is final)
         sp = c.pointers.get((i, d))
-        pos = sp.tell() if sp is not None else c.saved.get((i, d), 0)
+        pos = sp.tell() if sp is not None else 0
         m = self.modules[i]
         if m.writes and self.editor is not None:
             pos = self.editor.reached(m, c.flow.conn, d, pos)
@@ -521,7 +529,6 @@ class InlineChain:
         # a module that skipped the connection keeps no pointer into it
         for d in (0, 1):
             c.pointers.pop((i, d), None)
-            c.saved.pop((i, d), None)
             c.seen.pop((i, d), None)
         c.gaps_seen.pop(i, None)
 
@@ -562,8 +569,6 @@ class InlineChain:
             sp = EditableStream(c.file, d, self.editor, c.flow, m, h)
         else:
             sp = StreamPointer(c.file, d, h)
-        if (i, d) in c.saved:
-            sp.resume(c.saved.pop((i, d)))     # the file was closed for a while: where it stood
         c.pointers[(i, d)] = sp
         return sp
 
@@ -649,6 +654,8 @@ class InlineChain:
             state.clear()
             cache.clear()
         records = h["records"]
+        for sp in c.pointers.values():
+            sp.detach()         # (a pointer kept past the end reads nothing: a StoreError says so)
         c.file.close()
         self.open_files.pop(conn, None)
         self._closing = None
@@ -670,7 +677,7 @@ class InlineChain:
         readers = [i for i, m in self.streaming if callable(getattr(m, "on_data", None))]
         for conn in conns:
             c = self.conns.get(conn)
-            if c is None or c.file is None or self._skipping(c.flow):
+            if c is None or conn not in self.open_files or self._skipping(c.flow):
                 continue                        # (skipped by all: as far as published)
             h = c.file.header                   # as this batch read it
             ends = [h["end0"], h["end1"]]
@@ -705,8 +712,13 @@ class InlineChain:
                 self._close(conn)
 
     def finish(self):
+        # what is open still is read to its end, stage by stage, before each stage's on_close, as
+        # a connection that ended is (process) and as the stages of a staged chain read it
         for conn in list(self.conns):
-            self._close(conn)
+            if self.passive:
+                self._close(conn)
+            else:
+                self._close(conn, self._advance(conn, closing=True))
 
     def state_snapshots(self):
         """{module name: its declared state} for the modules that declare some."""
@@ -773,8 +785,7 @@ class InlineChain:
         if not whole:
             return _AGAIN
         skip = [i for i, m in enumerate(self.modules) if m in c.flow._skipped]
-        pos = {f"{i}.{d}": p for (i, d), p in c.saved.items() if i not in skip}
-        pos.update({f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items() if i not in skip})
+        pos = {f"{i}.{d}": sp.tell() for (i, d), sp in c.pointers.items() if i not in skip}
         return json.dumps({"next": c.next_record, "pos": pos, **({"skip": skip} if skip else {}),
                            "seen": {f"{i}.{d}": list(v) for (i, d), v in c.seen.items()},
                            "gaps": c.gaps_seen, "ends": c.ends_seen, "state": state, "events": c.events,
@@ -841,9 +852,8 @@ class InlineChain:
             self._entries.pop(conn, None)
             self._dirty.discard(conn)
             self.deltas.pop(conn, None)
-            if c.file is not None:
-                c.file.close()
-                self.open_files.pop(conn, None)
+            c.file.close()
+            self.open_files.pop(conn, None)
 
     def hand_over(self, conns):
         """export() in the form every chain gives: {module slot: {conn: entry}}."""

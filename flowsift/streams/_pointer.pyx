@@ -232,6 +232,12 @@ cdef class StreamPointer:
             self.cut_read = cut
         return self.end > old
 
+    def detach(self):
+        """Let go of the mapping (the record file is being closed): the next read maps again,
+        from the file opened again, and views handed out keep theirs."""
+        self._map = None
+        self.base = NULL
+
     cdef int _take_gaps(self, list gaps) except -1:
         cdef Py_ssize_t i, n = len(gaps)
         cdef int64_t reach = INT64_MIN

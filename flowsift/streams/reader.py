@@ -55,7 +55,9 @@ class RecordFile:
 
     def __init__(self, path):
         self.path = str(path)
-        self._fd = None
+        self._desc = None              # the descriptor (None: closed)
+        self._released = False         # closed by release(): opened again when next read
+        self.on_reopen = None          # called when release()d and opened again (a reader's budget)
         try:
             # (O_NONBLOCK: a FIFO by that name would block the open until a writer came)
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
@@ -81,7 +83,8 @@ class RecordFile:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._desc = fd
+        self._ident = (st.st_dev, st.st_ino)   # a file opened again must be this one
         from flowsift.streams._pointer import Mapping, file_size
         self._Mapping, self._file_size = Mapping, file_size
         # the header is read with pread; a file whose header is polled a third time gets a
@@ -325,12 +328,51 @@ class RecordFile:
         length = end - offset if length is None else min(length, end - offset)
         return bytes(self._region(self.header[f"data_off{direction}"] + offset, length))
 
+    @property
+    def _fd(self):
+        fd = self._desc
+        return fd if fd is not None else self._reopen()
+
+    def _reopen(self):
+        if not self._released:
+            # (a stream pointer or flow a module kept past its connection's end: the file may be
+            # given back, emptied and used for another connection by now)
+            raise StoreError(f"{self.path}: the record file was closed: its connection ended for this reader")
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot open it again: {e.strerror}") from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._ident:
+            os.close(fd)
+            raise StoreError(f"{self.path}: not the file opened before (replaced since): not read")
+        self._desc, self._released = fd, False
+        if self.on_reopen is not None:
+            self.on_reopen()
+        return fd
+
+    def release(self):
+        """Close the descriptor and mappings, to stay within a reader's budget of open files;
+        the file opens again when next read, as the same object (stream pointers and flows that
+        hold it go on: detach() a pointer's mapping first), and `on_reopen()` is called then."""
+        if self._desc is not None:
+            self._maps = {}
+            self._hdr = None
+            os.close(self._desc)
+            self._desc, self._released = None, True
+
+    def reopen(self):
+        """Open a release()d file again now (nothing if it is open)."""
+        if self._desc is None:
+            self._reopen()
+
     def close(self):
         self._maps = {}                    # mappings go when the last view of them does
         self._hdr = None
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._released = False             # (for good: reading it now is a StoreError)
+        if getattr(self, "_desc", None) is not None:
+            os.close(self._desc)
+            self._desc = None
 
     def __enter__(self):
         return self
