@@ -87,7 +87,8 @@ print(sink.send(frames))
 
 
 def started(proc, timeout=20):
-    """Wait for a live flowsift to say it is capturing (its socket is bound)."""
+    """Wait for a live flowsift to say it is capturing (its socket is bound; with --shards,
+    every shard's); returns that line."""
     deadline = time.monotonic() + timeout
     line = ""
     while time.monotonic() < deadline:
@@ -95,6 +96,7 @@ def started(proc, timeout=20):
         if "capturing on" in line or not line:
             break
     assert "capturing on" in line, line + proc.stderr.read()
+    return line
 
 
 def send(ns, capture, dev="vb"):
@@ -592,13 +594,14 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     events = tmp_path / "live.jsonl"
     began = time.monotonic()
     p = netns.flowsift("chain", spec, "afpacket:va", "--shards", 2, "--events", events, "--json")
-    started(p)
-    started(p)                              # both shards are in the fan-out group
+    # one line for the run, once both shards are in the fan-out group (each said its own)
+    assert started(p) == "flowsift: capturing on va (afpacket), 2 shards sharing it; Ctrl-C ends\n"
     assert send(netns, CORPUS / JPEGS) == 483
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)            # Ctrl-C: every shard ends cleanly, with its summary
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
+    assert "capturing on" not in err, err
     got = json.loads(out)
     assert got["mode"] == "sharded" and [s["split"] for s in got["shards"]] == ["kernel", "kernel"]
     assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
@@ -629,8 +632,7 @@ def test_shards_keep_a_connection_whole_when_only_its_client_fragments(netns, tm
     capture = pcapgen.fragmented_clients(tmp_path / "c.pcap", 16, v6=v6, atomic=atomic)
     source = "afpacket:va" + ("" if spread == "flow" else f",hash={spread}")
     p = netns.flowsift("chain", "counter", source, "--shards", 2, "--events", "/dev/null", "--json")
-    started(p)
-    started(p)
+    started(p)                              # (every shard listens)
     sent = send(netns, capture)
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
@@ -661,8 +663,7 @@ def test_shards_of_a_live_interface_stopped_through_their_group_end_with_the_sum
     events = tmp_path / "live.jsonl"
     p = netns.popen(sys.executable, "-m", "flowsift", "chain", "counter", "afpacket:va", "--shards", 2,
                     "--events", events, "--json", start_new_session=True)
-    started(p)
-    started(p)
+    started(p)                              # (every shard listens)
     assert send(netns, CORPUS / JPEGS) == 483
     time.sleep(0.5)
     os.killpg(p.pid, getattr(signal, signame))
@@ -697,8 +698,7 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     events = tmp_path / "live.jsonl"
     p = netns.popen(sys.executable, "-m", "flowsift", "chain", f"counter,{module}", "afpacket:va", "--duration", 1.5,
                     "--shards", shards, "--events", events, "--json", start_new_session=True)
-    for _ in range(shards):
-        started(p)
+    started(p)
     assert send(netns, CORPUS / JPEGS) == 483
     time.sleep(2.5)                       # past the duration; 19 closes take 3.8 s
     os.killpg(p.pid, signal.SIGTERM)
@@ -715,8 +715,7 @@ def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
     run ended with the last, and stopped_by is one value, as for one gateway."""
     p = netns.flowsift("chain", "counter", "afpacket:va", "--shards", 2, "--count", 5, "--duration", 3,
                        "--events", "/dev/null", "--json")
-    started(p)
-    started(p)
+    started(p)                              # (every shard listens)
     assert send(netns, CORPUS / "http__zeek__get.pcap") == 14
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err

@@ -31,6 +31,10 @@ from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: 
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
+# How a capture tells that it listens: None, it says so on stderr. A shard of `--shards` tells
+# its parent instead (on_listening(capture, down)), which says one line once every shard listens.
+on_listening = None
+
 
 def _size(spec, key, text):
     t = text.strip().lower().rstrip("b")
@@ -342,10 +346,14 @@ class LiveCapture:
         handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.monotonic()
-        say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
-        if getattr(self._src, "down", False):
-            # not an error: it may come up (frames come from then on)
-            say(f"afpacket:{self.name} is down; waiting for it to come up")
+        down = getattr(self._src, "down", False)
+        if on_listening is not None:
+            on_listening(self, down)
+        else:
+            say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
+            if down:
+                # not an error: it may come up (frames come from then on)
+                say(f"afpacket:{self.name} is down; waiting for it to come up")
         deadline = None if self.duration is None else self.started + self.duration
         try:
             while True:
