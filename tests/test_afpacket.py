@@ -710,6 +710,36 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     assert got["events"] == len(events.read_text().splitlines()) == 19
 
 
+def _sigint_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # as a shell starts a background job
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_ctrl_c_in_a_background_job_is_taken_after_the_capture_as_during_it(netns, corpus, tmp_path, when):
+    """A background job starts with SIGINT ignored. The capture takes it (`kill -INT` ends it as
+    Ctrl-C does); after --count ended it, while the modules caught up, SIG_IGN was back and a
+    `kill -INT` went unheard, where a SIGTERM is said and taken. It is said (once) and taken too."""
+    module = tmp_path / "slowclose.py"
+    module.write_text(SLOW_CLOSE)
+    events = tmp_path / "live.jsonl"
+    limit = ("--count", 483) if when == "after" else ()
+    p = netns.popen(sys.executable, "-m", "flowsift", "chain", f"counter,{module}", "afpacket:va", *limit,
+                    "--events", events, "--json", preexec_fn=_sigint_ignored)
+    started(p)
+    assert send(netns, CORPUS / JPEGS) == 483
+    time.sleep(0.5 if when == "during" else 1.0)       # (after: the count was reached; 19 closes take 3.8 s)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)                        # a second one is not said again
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    said = err.count("SIGINT: the capture has ended; the run ends with its summary once its modules have read")
+    assert said == (1 if when == "after" else 0), err
+    got = json.loads(out)
+    assert got["kernel"]["stopped_by"] == ("count" if when == "after" else "SIGINT") and got["packets"] == 483
+    assert got["events"] == len(events.read_text().splitlines()) == 19
+
+
 def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
     """One connection: the shard that has it stops at its count, the other at the duration; the
     run ended with the last, and stopped_by is one value, as for one gateway."""

@@ -26,7 +26,8 @@ import signal
 import struct
 import time
 
-from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, capture_ended, say, take_stop
+from flowsift.errors import (CaptureFormatError, FlowsiftError, UsageError, capture_ended, say, stop_after_capture,
+                             take_stop)
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -390,4 +391,4 @@ class LiveCapture:
             if not stop:
                 capture_ended()
             for s, h in old.items():
-                signal.signal(s, h)
+                signal.signal(s, stop_after_capture if h is signal.SIG_IGN else h)
