@@ -710,6 +710,78 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     assert got["events"] == len(events.read_text().splitlines()) == 19
 
 
+PACED = """
+import sys, time
+from flowsift.io import Batch, open_capture
+from flowsift.io._afpacket import AfPacketSink
+cap, b, frames = open_capture(sys.argv[1]), Batch(512), []
+while cap.fill(b):
+    frames += [b.frame(i) for i in range(b.n)]
+sink, pause, sent = AfPacketSink(sys.argv[2]), float(sys.argv[3]), 0
+for f in frames:                            # one by one: a link the chain keeps up with, but for its modules
+    sent += sink.send([f])
+    time.sleep(pause)
+print(sent)
+"""
+
+HELD = """
+import os, time
+from flowsift.modules import Module
+
+
+class Held(Module):
+    \"\"\"Sleeps in on_data until the file {gate} is there (for 20 s at most): far slower than
+    the traffic until then, and quick after.\"\"\"
+    name = "{name}"
+
+    def on_data(self, flow, stream):
+        deadline = time.monotonic() + 20
+        while not os.path.exists({gate!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stream.skip()
+"""
+
+
+@pytest.mark.parametrize("slow", [True, False], ids=["slow", "quick"])
+def test_drops_while_the_capture_waited_for_a_slow_module_name_it(netns, corpus, tmp_path, slow):
+    """A module slower than the traffic: its worker falls behind, the gateway waits for it
+    (back-pressure), the ring fills meanwhile and the kernel drops. The summary showed the drops,
+    and nothing said a module made them; it names the module and --max-backlog. Drops a module
+    that keeps up had no part in (a burst into a small ring) are put on no module."""
+    from flowsift.render import _console, print_chain
+    name, gate = ("slowdata", tmp_path / "go") if slow else ("quick", tmp_path)
+    module = tmp_path / f"{name}.py"
+    module.write_text(HELD.format(gate=str(gate), name=name))
+    p = netns.flowsift("chain", module, "afpacket:va,ring=8k,block=4k", "--duration", 3 if slow else 1.5,
+                       "--events", "/dev/null", "--json")
+    started(p)
+    if slow:
+        sender = netns.python(PACED, CORPUS / JPEGS, "vb", 0.002)       # 1 s of traffic
+        assert int(sender.communicate(timeout=60)[0]) == 483
+        gate.touch()                        # the module catches up: the gateway reads on
+    else:
+        assert send(netns, CORPUS / JPEGS) == 483
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    k = got["kernel"]
+    console = _console()
+    with console.capture() as table:
+        print_chain(got, console)
+    said = [l for l in table.get().splitlines() if l.startswith("held back:")]
+    assert k["kernel_drops"] > 0, k
+    if slow:
+        assert 0 < k["lost_while_held"] <= k["kernel_drops"], k
+        h = k["held_back"][name]
+        assert list(k["held_back"]) == [name] and h["waits"] > 0 and h["lost"] == k["lost_while_held"], k
+        assert said == [f"held back: {k['lost_while_held']:,} of the {k['kernel_drops']:,} kernel drops came while "
+                        f"the capture waited for module {name} ({h['seconds']:,.1f} s in {h['waits']:,} wait{'s' * (h['waits'] != 1)}), "
+                        f"too slow for the traffic: --max-backlog N lets a module N batches behind lose connections "
+                        f"(counted) instead of holding the capture back"], table.get()
+    else:
+        assert k["held_back"] == {} and k["lost_while_held"] == 0 and said == [], k
+
+
 def _sigint_ignored():
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # as a shell starts a background job
 

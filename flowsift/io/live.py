@@ -337,6 +337,14 @@ class LiveCapture:
                 "duration": self.duration, "stopped_by": self.stopped_by,
                 "seconds": round(time.monotonic() - self.started, 3) if self.started else 0, **s}
 
+    def lost(self):
+        """Frames lost so far for want of reading them in time: dropped by the kernel (ring
+        full); for DPDK missed by the port or for want of buffers."""
+        s = self._src.statistics()
+        if "kernel_drops" in s:
+            return s["kernel_drops"]
+        return s.get("port_imissed", 0) + s.get("port_rx_nombuf", 0)
+
     def close(self):
         self._src.close()
 
