@@ -774,10 +774,11 @@ def test_drops_while_the_capture_waited_for_a_slow_module_name_it(netns, corpus,
         assert 0 < k["lost_while_held"] <= k["kernel_drops"], k
         h = k["held_back"][name]
         assert list(k["held_back"]) == [name] and h["waits"] > 0 and h["lost"] == k["lost_while_held"], k
+        waits = f"{h['waits']:,} wait{'s' * (h['waits'] != 1)}"
         assert said == [f"held back: {k['lost_while_held']:,} of the {k['kernel_drops']:,} kernel drops came while "
-                        f"the capture waited for module {name} ({h['seconds']:,.1f} s in {h['waits']:,} wait{'s' * (h['waits'] != 1)}), "
-                        f"too slow for the traffic: --max-backlog N lets a module N batches behind lose connections "
-                        f"(counted) instead of holding the capture back"], table.get()
+                        f"the capture waited for module {name} ({h['seconds']:,.1f} s in {waits}), too slow for the "
+                        f"traffic: --max-backlog N lets a module N batches behind lose connections (counted) instead "
+                        f"of holding the capture back"], table.get()
     else:
         assert k["held_back"] == {} and k["lost_while_held"] == 0 and said == [], k
 
