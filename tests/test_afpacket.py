@@ -61,8 +61,20 @@ class Netns:
     def close(self):
         for p in self.procs:
             if p.poll() is None:
-                p.kill()
-                p.wait(timeout=20)
+                p.terminate()               # (a flowsift cleans up at SIGTERM: its store, its shards)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=20)
+        # what they started outlives them (a sharded run's shards and workers, after a failed
+        # test), in the namespace, which it keeps alive: every process still in it goes too
+        left = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, timeout=20)
+        for pid in left.stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 
 
