@@ -108,6 +108,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         if store is None and not keep:       # a chain that cannot start leaves no store behind
             shutil.rmtree(g.store_dir, ignore_errors=True)
         raise
+    for st in _parallel(runner):
+        st.source_lost = g.source_lost       # (a live source's losses while the gateway waits for a worker)
     if handover is not None:
         from flowsift.shards import Resharder
         g.resharder = Resharder(g, runner, shard[0], *handover)
@@ -192,8 +194,20 @@ def _say_unwritten(chain, write, out):
             "add -w OUT.pcap or --out afpacket:IFACE|dpdk:PORT")
 
 
+def _parallel(runner):
+    """The chain's stages whose modules run in worker processes."""
+    return [st for st in getattr(runner, "stages", [runner]) if isinstance(st, ParallelChain)]
+
+
 def _complete(summary, runner, chain, store, keep):
     """The gateway's `summary` with the chain's part: modules, their counters, tables and state."""
+    if "kernel" in summary:
+        # the modules the capture waited for, and the frames it lost meanwhile
+        held = {}
+        for st in _parallel(runner):
+            held.update(st.held_back())
+        summary["kernel"]["held_back"] = held
+        summary["kernel"]["lost_while_held"] = sum(h["lost"] for h in held.values())
     if isinstance(runner, InlineChain):
         summary["modules"] = runner.counters()
         summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}

@@ -117,6 +117,13 @@ def late_stop(signum):
     return True
 
 
+def stop_after_capture(signum, frame):
+    """The handler, after a live capture, of a signal the process ignored before it (Ctrl-C in a
+    shell's background job): the capture took it, so it is taken as late_stop takes a stop then
+    (said once, the run ends with its summary), not ignored again until the process exits."""
+    late_stop(signum)
+
+
 STOP_AGAIN = 0.001              # seconds until a lost stop comes again (a finalizer's run is shorter)
 
 

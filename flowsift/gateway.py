@@ -121,6 +121,7 @@ class Gateway:
         self.done_by = {}             # bit -> connections that module finished (remote modules)
         self.released = {}            # name -> connections finished, of modules that left
         self.retired = ConnSet()      # connections whose file went (remote modules' reports)
+        self.capture = None           # the live source while it is read (see source_lost)
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
@@ -283,6 +284,11 @@ class Gateway:
                            + ("" if alive.get(b) else ", not attached") for b, info in sorted(waiting.items())])
             time.sleep(poll)
 
+    def source_lost(self):
+        """Frames the live source has lost so far for want of reading (kernel drops), while it is
+        read; else None. A chain that makes the gateway wait counts those lost meanwhile."""
+        return None if self.capture is None else self.capture.lost()
+
     def _note_late(self, batch):
         # packets after their connection ended have no record: egress gives them the header
         # edits their connection's last packet got (a NAT must not let them out unrewritten)
@@ -371,6 +377,7 @@ class Gateway:
             if on_idle is not None:
                 on_idle()
 
+        self.capture = cap if getattr(cap, "live", False) else None
         try:
             read = 0                        # packets read so far (before sharding)
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress, on_idle=idle):
@@ -404,6 +411,8 @@ class Gateway:
         except BaseException:
             self.store.halt()               # cut short (Ctrl-C, SIGTERM, a module's error): nothing writes on
             raise
+        finally:
+            self.capture = None             # not read any more: what it loses now is not the chain's doing
         try:
             if batch is not None:
                 self.store.check_space(batch)

@@ -93,6 +93,23 @@ def _capture_line(s):
     return line + f", stopped by {k['stopped_by'] or '-'} after {k['seconds']:,.1f} s"
 
 
+def _held_line(s):
+    """The frames a live source lost while the chain held the capture back for its modules,
+    naming them and the remedy (None: none were lost so)."""
+    k = s.get("kernel") or {}
+    if not k.get("lost_while_held"):
+        return None
+    if "kernel_drops" in k:
+        lost, what = k["kernel_drops"], "kernel drops"
+    else:
+        lost, what = k.get("port_imissed", 0) + k.get("port_rx_nombuf", 0), "frames the port missed"
+    held = sorted(((m, h) for m, h in k["held_back"].items() if h["lost"]), key=lambda x: -x[1]["lost"])
+    who = ", ".join(f"{m} ({h['seconds']:,.1f} s in {_n(h['waits'])} wait{'s' * (h['waits'] != 1)})" for m, h in held)
+    return (f"{_n(k['lost_while_held'])} of the {_n(lost)} {what} came while the capture waited for "
+            f"module{'s' * (len(held) != 1)} {who}, too slow for the traffic: --max-backlog N lets a module "
+            f"N batches behind lose connections (counted) instead of holding the capture back")
+
+
 def print_stats(s, console=None):
     console = console or _console()
     head = Table(show_header=False, box=None, pad_edge=False)
@@ -304,6 +321,8 @@ def print_chain(s, console=None):
                   f"{_n(s['events'])} events")
     if _capture_line(s):
         console.print(f"capture: {_capture_line(s)}")
+    if _held_line(s):
+        console.print(Text(f"held back: {_held_line(s)}", style="red"))
     if s.get("unsupported_link_types"):
         console.print(f"of {_n(s['packets'])} packets read, {_not_decoded(s)}")
 

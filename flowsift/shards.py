@@ -20,8 +20,8 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import (FlowsiftError, Terminated, UsageError, late_stop, raise_stop, start_forked, stops_held,
-                             stops_raised, take_stop_signals)
+from flowsift.errors import (FlowsiftError, Terminated, UsageError, late_stop, raise_stop, say, start_forked,
+                             stops_held, stops_raised, take_stop_signals)
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
@@ -188,6 +188,10 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         if now - last[0] >= PROGRESS_EVERY or pos >= total:
             last[0] = now
             conn.send(("progress", pos, total))
+    if split == "kernel":
+        # one line for the run, said by the parent once every shard is in the fan-out group
+        from flowsift.io import live
+        live.on_listening = lambda cap, down: conn.send(("listening", cap.name, cap.scheme, down))
     outcome = None
     try:
         try:
@@ -303,6 +307,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                     child.close()
                     procs.append((p, parent))
             read = [0] * processes
+            listening = {}              # shard -> its interface was down, of the shards whose capture listens
             waiting = {conn: k for k, (p, conn) in enumerate(procs)}
             give_up = None              # when the shards still running after one failed are killed
             from multiprocessing.connection import wait
@@ -328,6 +333,14 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                     if msg[0] == "progress":
                         read[k] = msg[1]
                         on_progress(min(read), msg[2])
+                        continue
+                    if msg[0] == "listening":
+                        _, name, scheme, listening[k] = msg
+                        if len(listening) == processes:
+                            # every shard is in the group: from now on no frame misses the run
+                            say(f"capturing on {name} ({scheme}), {processes} shards sharing it; Ctrl-C ends")
+                            if any(listening.values()):
+                                say(f"{scheme}:{name} is down; waiting for it to come up")
                         continue
                     del waiting[conn]
                     status, value = msg

@@ -61,8 +61,20 @@ class Netns:
     def close(self):
         for p in self.procs:
             if p.poll() is None:
-                p.kill()
-                p.wait(timeout=20)
+                p.terminate()               # (a flowsift cleans up at SIGTERM: its store, its shards)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=20)
+        # what they started outlives them (a sharded run's shards and workers, after a failed
+        # test), in the namespace, which it keeps alive: every process still in it goes too
+        left = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, timeout=20)
+        for pid in left.stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
 
 
@@ -87,7 +99,8 @@ print(sink.send(frames))
 
 
 def started(proc, timeout=20):
-    """Wait for a live flowsift to say it is capturing (its socket is bound)."""
+    """Wait for a live flowsift to say it is capturing (its socket is bound; with --shards,
+    every shard's); returns that line."""
     deadline = time.monotonic() + timeout
     line = ""
     while time.monotonic() < deadline:
@@ -95,6 +108,7 @@ def started(proc, timeout=20):
         if "capturing on" in line or not line:
             break
     assert "capturing on" in line, line + proc.stderr.read()
+    return line
 
 
 def send(ns, capture, dev="vb"):
@@ -592,13 +606,14 @@ def test_shards_of_a_live_interface_split_it_by_fan_out(netns, corpus, tmp_path)
     events = tmp_path / "live.jsonl"
     began = time.monotonic()
     p = netns.flowsift("chain", spec, "afpacket:va", "--shards", 2, "--events", events, "--json")
-    started(p)
-    started(p)                              # both shards are in the fan-out group
+    # one line for the run, once both shards are in the fan-out group (each said its own)
+    assert started(p) == "flowsift: capturing on va (afpacket), 2 shards sharing it; Ctrl-C ends\n"
     assert send(netns, CORPUS / JPEGS) == 483
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)            # Ctrl-C: every shard ends cleanly, with its summary
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
+    assert "capturing on" not in err, err
     got = json.loads(out)
     assert got["mode"] == "sharded" and [s["split"] for s in got["shards"]] == ["kernel", "kernel"]
     assert all(s["packets"] > 0 for s in got["shards"]), "one shard had every packet: nothing was split"
@@ -629,8 +644,7 @@ def test_shards_keep_a_connection_whole_when_only_its_client_fragments(netns, tm
     capture = pcapgen.fragmented_clients(tmp_path / "c.pcap", 16, v6=v6, atomic=atomic)
     source = "afpacket:va" + ("" if spread == "flow" else f",hash={spread}")
     p = netns.flowsift("chain", "counter", source, "--shards", 2, "--events", "/dev/null", "--json")
-    started(p)
-    started(p)
+    started(p)                              # (every shard listens)
     sent = send(netns, capture)
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
@@ -661,8 +675,7 @@ def test_shards_of_a_live_interface_stopped_through_their_group_end_with_the_sum
     events = tmp_path / "live.jsonl"
     p = netns.popen(sys.executable, "-m", "flowsift", "chain", "counter", "afpacket:va", "--shards", 2,
                     "--events", events, "--json", start_new_session=True)
-    started(p)
-    started(p)
+    started(p)                              # (every shard listens)
     assert send(netns, CORPUS / JPEGS) == 483
     time.sleep(0.5)
     os.killpg(p.pid, getattr(signal, signame))
@@ -697,8 +710,7 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     events = tmp_path / "live.jsonl"
     p = netns.popen(sys.executable, "-m", "flowsift", "chain", f"counter,{module}", "afpacket:va", "--duration", 1.5,
                     "--shards", shards, "--events", events, "--json", start_new_session=True)
-    for _ in range(shards):
-        started(p)
+    started(p)
     assert send(netns, CORPUS / JPEGS) == 483
     time.sleep(2.5)                       # past the duration; 19 closes take 3.8 s
     os.killpg(p.pid, signal.SIGTERM)
@@ -710,13 +722,115 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     assert got["events"] == len(events.read_text().splitlines()) == 19
 
 
+PACED = """
+import sys, time
+from flowsift.io import Batch, open_capture
+from flowsift.io._afpacket import AfPacketSink
+cap, b, frames = open_capture(sys.argv[1]), Batch(512), []
+while cap.fill(b):
+    frames += [b.frame(i) for i in range(b.n)]
+sink, pause, sent = AfPacketSink(sys.argv[2]), float(sys.argv[3]), 0
+for f in frames:                            # one by one: a link the chain keeps up with, but for its modules
+    sent += sink.send([f])
+    time.sleep(pause)
+print(sent)
+"""
+
+HELD = """
+import os, time
+from flowsift.modules import Module
+
+
+class Held(Module):
+    \"\"\"Sleeps in on_data until the file {gate} is there (for 20 s at most): far slower than
+    the traffic until then, and quick after.\"\"\"
+    name = "{name}"
+
+    def on_data(self, flow, stream):
+        deadline = time.monotonic() + 20
+        while not os.path.exists({gate!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stream.skip()
+"""
+
+
+@pytest.mark.parametrize("slow", [True, False], ids=["slow", "quick"])
+def test_drops_while_the_capture_waited_for_a_slow_module_name_it(netns, corpus, tmp_path, slow):
+    """A module slower than the traffic: its worker falls behind, the gateway waits for it
+    (back-pressure), the ring fills meanwhile and the kernel drops. The summary showed the drops,
+    and nothing said a module made them; it names the module and --max-backlog. Drops a module
+    that keeps up had no part in (a burst into a small ring) are put on no module."""
+    from flowsift.render import _console, print_chain
+    name, gate = ("slowdata", tmp_path / "go") if slow else ("quick", tmp_path)
+    module = tmp_path / f"{name}.py"
+    module.write_text(HELD.format(gate=str(gate), name=name))
+    p = netns.flowsift("chain", module, "afpacket:va,ring=8k,block=4k", "--duration", 3 if slow else 1.5,
+                       "--events", "/dev/null", "--json")
+    started(p)
+    if slow:
+        sender = netns.python(PACED, CORPUS / JPEGS, "vb", 0.002)       # 1 s of traffic
+        assert int(sender.communicate(timeout=60)[0]) == 483
+        gate.touch()                        # the module catches up: the gateway reads on
+    else:
+        assert send(netns, CORPUS / JPEGS) == 483
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = json.loads(out)
+    k = got["kernel"]
+    console = _console()
+    with console.capture() as table:
+        print_chain(got, console)
+    said = [l for l in table.get().splitlines() if l.startswith("held back:")]
+    assert k["kernel_drops"] > 0, k
+    if slow:
+        assert 0 < k["lost_while_held"] <= k["kernel_drops"], k
+        h = k["held_back"][name]
+        assert list(k["held_back"]) == [name] and h["waits"] > 0 and h["lost"] == k["lost_while_held"], k
+        waits = f"{h['waits']:,} wait{'s' * (h['waits'] != 1)}"
+        assert said == [f"held back: {k['lost_while_held']:,} of the {k['kernel_drops']:,} kernel drops came while "
+                        f"the capture waited for module {name} ({h['seconds']:,.1f} s in {waits}), too slow for the "
+                        f"traffic: --max-backlog N lets a module N batches behind lose connections (counted) instead "
+                        f"of holding the capture back"], table.get()
+    else:
+        assert k["held_back"] == {} and k["lost_while_held"] == 0 and said == [], k
+
+
+def _sigint_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # as a shell starts a background job
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_ctrl_c_in_a_background_job_is_taken_after_the_capture_as_during_it(netns, corpus, tmp_path, when):
+    """A background job starts with SIGINT ignored. The capture takes it (`kill -INT` ends it as
+    Ctrl-C does); after --count ended it, while the modules caught up, SIG_IGN was back and a
+    `kill -INT` went unheard, where a SIGTERM is said and taken. It is said (once) and taken too."""
+    module = tmp_path / "slowclose.py"
+    module.write_text(SLOW_CLOSE)
+    events = tmp_path / "live.jsonl"
+    limit = ("--count", 483) if when == "after" else ()
+    p = netns.popen(sys.executable, "-m", "flowsift", "chain", f"counter,{module}", "afpacket:va", *limit,
+                    "--events", events, "--json", preexec_fn=_sigint_ignored)
+    started(p)
+    assert send(netns, CORPUS / JPEGS) == 483
+    time.sleep(0.5 if when == "during" else 1.0)       # (after: the count was reached; 19 closes take 3.8 s)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)                        # a second one is not said again
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    said = err.count("SIGINT: the capture has ended; the run ends with its summary once its modules have read")
+    assert said == (1 if when == "after" else 0), err
+    got = json.loads(out)
+    assert got["kernel"]["stopped_by"] == ("count" if when == "after" else "SIGINT") and got["packets"] == 483
+    assert got["events"] == len(events.read_text().splitlines()) == 19
+
+
 def test_shards_that_stop_for_different_reasons_give_the_run_one(netns, corpus):
     """One connection: the shard that has it stops at its count, the other at the duration; the
     run ended with the last, and stopped_by is one value, as for one gateway."""
     p = netns.flowsift("chain", "counter", "afpacket:va", "--shards", 2, "--count", 5, "--duration", 3,
                        "--events", "/dev/null", "--json")
-    started(p)
-    started(p)
+    started(p)                              # (every shard listens)
     assert send(netns, CORPUS / "http__zeek__get.pcap") == 14
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err

@@ -26,10 +26,15 @@ import signal
 import struct
 import time
 
-from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError, capture_ended, say, take_stop
+from flowsift.errors import (CaptureFormatError, FlowsiftError, UsageError, capture_ended, say, stop_after_capture,
+                             take_stop)
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+# How a capture tells that it listens: None, it says so on stderr. A shard of `--shards` tells
+# its parent instead (on_listening(capture, down)), which says one line once every shard listens.
+on_listening = None
 
 
 def _size(spec, key, text):
@@ -332,6 +337,14 @@ class LiveCapture:
                 "duration": self.duration, "stopped_by": self.stopped_by,
                 "seconds": round(time.monotonic() - self.started, 3) if self.started else 0, **s}
 
+    def lost(self):
+        """Frames lost so far for want of reading them in time: dropped by the kernel (ring
+        full); for DPDK missed by the port or for want of buffers."""
+        s = self._src.statistics()
+        if "kernel_drops" in s:
+            return s["kernel_drops"]
+        return s.get("port_imissed", 0) + s.get("port_rx_nombuf", 0)
+
     def close(self):
         self._src.close()
 
@@ -342,10 +355,14 @@ class LiveCapture:
         handler = lambda signum, frame: stop.append(signal.Signals(signum).name)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.monotonic()
-        say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
-        if getattr(self._src, "down", False):
-            # not an error: it may come up (frames come from then on)
-            say(f"afpacket:{self.name} is down; waiting for it to come up")
+        down = getattr(self._src, "down", False)
+        if on_listening is not None:
+            on_listening(self, down)
+        else:
+            say(f"capturing on {self.name} ({self.scheme}); Ctrl-C ends")
+            if down:
+                # not an error: it may come up (frames come from then on)
+                say(f"afpacket:{self.name} is down; waiting for it to come up")
         deadline = None if self.duration is None else self.started + self.duration
         try:
             while True:
@@ -382,4 +399,4 @@ class LiveCapture:
             if not stop:
                 capture_ended()
             for s, h in old.items():
-                signal.signal(s, h)
+                signal.signal(s, stop_after_capture if h is signal.SIG_IGN else h)

@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import time
 
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
@@ -233,6 +234,9 @@ class _Worker:
         self.drop_safe = set()
         self.drop_closed = set()
         self.dropped_batches = 0
+        # back-pressure waits for it while a live source was read: [waits, seconds, frames the
+        # source lost meanwhile] (what it cost the capture)
+        self.held = [0, 0.0, 0]
         self.restarts = 0
         self.bye = None
         self.head = None                 # the last checkpoint after batch checkpoint_seq, without
@@ -292,6 +296,9 @@ class ParallelChain:
         self.save_state = save_state
         self.first = first
         self.max_backlog = max_backlog   # None: back-pressure (the gateway waits for a slow module)
+        # a live source's count of frames lost for want of reading, while it is read (else None):
+        # those lost while the gateway waited for a worker are put down to its module
+        self.source_lost = None
         self.finished_now = []
         self.seq = 0                     # batches sent so far
         from flowsift.modules.runner import reader_budget
@@ -472,9 +479,8 @@ class ParallelChain:
                 continue
             # back-pressure: no more than INFLIGHT batches in the pipe, or both ends could block
             # sending to each other (batches one way, acknowledgements the other)
-            while w.pending >= INFLIGHT:
-                if not self._drain_one(w):
-                    self._restart(w)
+            if w.pending >= INFLIGHT:
+                self._hold(w)
             t = touched if not w.passive else new if w.opens else ()
             if w.dropped:
                 t = [c for c in t if c not in w.dropped]
@@ -495,6 +501,25 @@ class ParallelChain:
             while not w.send(("batch", self.seq, t, k, lim, forget)):
                 self._restart(w)
             w.pending += 1
+
+    def _hold(self, w):
+        """Wait until the worker is less than INFLIGHT batches behind; while a live source is
+        read, count the wait, its time and the frames the source lost meanwhile."""
+        lost = self.source_lost() if self.source_lost is not None else None
+        began = time.monotonic()
+        while w.pending >= INFLIGHT:
+            if not self._drain_one(w):
+                self._restart(w)
+        if lost is not None:
+            w.held[0] += 1
+            w.held[1] += time.monotonic() - began
+            w.held[2] += (self.source_lost() or lost) - lost
+
+    def held_back(self):
+        """{module: {"waits", "seconds", "lost"}} of the modules the gateway waited for while a
+        live source was read."""
+        return {w.name: {"waits": w.held[0], "seconds": round(w.held[1], 3), "lost": w.held[2]}
+                for w in self.workers if w.held[0]}
 
     def idle(self):
         """The source is quiet: ask each worker, once, for what it finished (it is sent with
