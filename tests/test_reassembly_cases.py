@@ -757,6 +757,62 @@ def test_a_second_syn_ack_with_another_isn_restarts_that_side(tmp_path, s2):
     assert r.collector.dirs[(0, 1)].gaps == [] and r.collector.closed[0]["dirs"][1]["retransmissions"] == 0
 
 
+@pytest.mark.parametrize("ack", ["isn", "garbage"])
+def test_a_forged_syn_ack_after_the_handshake_changes_nothing(tmp_path, ack):
+    """The handshake is done; a SYN-ACK with another ISN (forged: no SYN was sent again) and
+    data at that ISN come, then the server's real bytes. The real bytes are the stream, the
+    forged SYN-ACK is counted and not applied, and the forged bytes, far from the real stream,
+    come only after a gap."""
+    forged = 9_000_000
+    path = _timed_capture(tmp_path / "forged.pcap", HANDSHAKE + [
+        (1, False, forged, C + 1 if ack == "isn" else 0xDEADBEEF, 0x12, b""),
+        (1.01, False, forged + 1, C + 1, 0x18, b"FAKE"),
+        (1.1, False, S + 1, C + 1, 0x18, b"HTTP/1.0 200 OK"), (1.2, True, C + 1, S + 16, 0x10, b"")])
+    r = run(path)
+    d = r.collector.dirs[(0, 1)]
+    assert bytes(d.data).startswith(b"HTTP/1.0 200 OK") and r.engine.syn_conflicts == 1
+    assert d.gaps[0][0] == 15 and r.collector.closed[0]["dirs"][1]["retransmissions"] == 0
+
+
+@pytest.mark.parametrize("taken", ["forged", "real"])
+def test_of_two_syn_acks_the_one_the_client_acknowledges_counts(tmp_path, taken):
+    """A forged SYN-ACK (another ISN) comes before the real one: the client's ACK tells which
+    it took, and the server's stream starts after that one's ISN."""
+    forged = 123
+    first = forged if taken == "forged" else S
+    path = _timed_capture(tmp_path / "two.pcap", [
+        (0, True, C, 0, 0x02, b""), (0.01, False, forged, C + 1, 0x12, b""), (0.02, False, S, C + 1, 0x12, b""),
+        (0.03, True, C + 1, first + 1, 0x10, b""), (0.1, False, first + 1, C + 1, 0x18, b"SERVERDATA"),
+        (0.2, True, C + 1, first + 11, 0x10, b"")])
+    r = run(path)
+    assert streams(r) == {0: (b"", b"SERVERDATA")} and r.collector.dirs[(0, 1)].gaps == []
+    assert r.engine.syn_conflicts == 1
+
+
+def test_a_stale_fin_below_the_delivered_bytes_does_not_end_the_stream(tmp_path):
+    """ "hello " is delivered and acknowledged; a FIN at offset 3 (below it: no receiver takes
+    it) comes, then "ATTACK": the stream goes on, the FIN counted and not applied."""
+    path = _timed_capture(tmp_path / "stale.pcap", HANDSHAKE + [
+        (1, True, C + 1, S + 1, 0x18, b"hello "), (1.01, False, S + 1, C + 7, 0x10, b""),
+        (1.02, True, C + 4, S + 1, 0x11, b""), (1.03, True, C + 7, S + 1, 0x18, b"ATTACK")]
+        + _close(2, C + 13, S + 1))
+    r = run(path)
+    assert streams(r) == {0: (b"hello ATTACK", b"")}
+    assert r.engine.fin_out_of_window == 1 and r.engine.after_fin_bytes == 0 and r.engine.fin_conflicts == 0
+    assert [d["close"] for d in r.collector.closed[0]["dirs"]] == ["fin", "fin"]
+
+
+def test_segments_without_ack_are_not_applied(tmp_path):
+    """Data (and a FIN) without the ACK bit, which every receiver drops, are counted and not
+    applied: the bytes sent at the same place with ACK are the stream, with no conflict."""
+    path = _timed_capture(tmp_path / "noack.pcap", HANDSHAKE + [
+        (1, True, C + 1, S + 1, 0x18, b"abc"), (1.01, True, C + 4, 0, 0x08, b"EVIL"),
+        (1.02, True, C + 8, 0, 0x01, b""), (1.03, True, C + 4, S + 1, 0x18, b"GOOD")] + _close(2, C + 8, S + 1))
+    r = run(path)
+    assert streams(r) == {0: (b"abcGOOD", b"")}
+    assert r.engine.no_ack_segments == 2 and r.collector.closed[0]["dirs"][0]["conflicts"] == 0
+
+
 def test_a_syn_on_a_tuple_picked_up_midstream_starts_a_new_connection(tmp_path):
     """A connection picked up midstream, then 5 s later a handshake on the same 5-tuple whose
     ISN + 1 is not where the client's bytes start: a new connection (as tshark sees it), the

@@ -92,7 +92,10 @@ ctypedef struct dir_t:
     int8_t wscale          # window scale its SYN offered (-1: none)
     uint16_t max_win       # largest window field it advertised outside its SYN (unscaled)
     uint8_t unseen_acks    # the peer acknowledged this direction before any packet of it
-    uint8_t _pad[3]
+    uint8_t syn_again      # its SYN came again after the peer answered it (the answer was lost)
+    uint8_t has_alt        # alt_seq holds another SYN-ACK's ISN + 1, before any byte (see _packet)
+    uint8_t _pad[1]
+    uint32_t alt_seq
     uint32_t unseen_ack    # (so far unseen) the peer's latest ACK number, how far its ACKs
     uint32_t unseen_step   # advanced in all and at their last step: what was sent unseen
     int64_t unseen_advance
@@ -195,6 +198,9 @@ cdef class Engine:
     cdef readonly uint64_t beyond_limit_bytes  # bytes past a direction's 2 TiB of sequence space
     cdef readonly uint64_t lingers_cut       # ended connections forgotten early: max_connections lingering
     cdef readonly uint64_t fin_conflicts     # FINs at another sequence number than the direction's first FIN
+    cdef readonly uint64_t fin_out_of_window # first FINs below the bytes their direction delivered: not applied
+    cdef readonly uint64_t syn_conflicts     # SYNs with another ISN than their direction's, not a new answer to a SYN sent again: not applied
+    cdef readonly uint64_t no_ack_segments   # segments without ACK (nor SYN, RST): every receiver drops them; not applied
     cdef readonly uint64_t held_work         # chunk records moved or probed while holding (a scale witness)
     cdef readonly int64_t now
     cdef readonly uint64_t clock_outliers    # lone timestamps far ahead of the clock, not followed
@@ -269,6 +275,8 @@ cdef class Engine:
     cdef int32_t _first_ending_after(self, dir_t* D, int64_t s) noexcept nogil
     cdef void _follow(self, dir_t* D, int64_t off) noexcept nogil
     cdef bint _rst_in_window(self, dir_t* D, dir_t* P, int64_t o) noexcept nogil
+    cdef int64_t _window_end(self, dir_t* D, dir_t* P) noexcept nogil
+    cdef bint _fin_in_window(self, dir_t* D, dir_t* P, int64_t fin_off) noexcept nogil
     cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe, const uint8_t* src) except -1
     cdef int64_t _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1

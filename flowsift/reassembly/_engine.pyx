@@ -438,7 +438,8 @@ cdef class Engine:
                 "timeouts": self.timeouts_fired, "late_packets": self.late_packets,
                 "clock_outliers": self.clock_outliers,
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
-                "stray_acks": self.stray_acks,
+                "stray_acks": self.stray_acks, "fin_out_of_window": self.fin_out_of_window,
+                "syn_conflicts": self.syn_conflicts, "no_ack_segments": self.no_ack_segments,
                 "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
@@ -905,6 +906,11 @@ cdef class Engine:
         fl = p.tcp_flags
         seq = p.seq
         has_payload = p.payload_wirelen > 0
+        if not (fl & (TH_SYN | TH_ACK | TH_RST)):
+            # RFC 9293 3.10.7.4: a segment without ACK is dropped by every receiver, whatever its
+            # state (only a SYN or RST may lack it): its bytes or FIN would be an insertion
+            self.no_ack_segments += 1
+            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
         if fl & TH_SYN:
             if not D.syn_seen:
                 D.syn_seen = 1
@@ -919,13 +925,28 @@ cdef class Engine:
                     # a reordered capture: the SYN came after data; the stream starts after it
                     D.midstream = 0
                     self._settle_at(i, d, self._off(D, seq + 1))
-            elif ((fl & TH_ACK) and D.settled and D.next == D.origin and D.n_chunks == 0 and D.gap_bytes == 0
-                  and not D.fin_seen and not D.rst_seen and self._off(D, seq + 1) != D.origin):
-                # a SYN-ACK with another ISN while this side has sent no byte: it lost the state
-                # of its first answer (the client's SYN was retransmitted); the latest one counts
-                self._anchor(D, seq + 1)
-                D.settled = 1
-                D.has_ack = 0
+            elif self._off(D, seq + 1) != D.origin:
+                if ((fl & TH_ACK) and P.syn_again and D.settled and D.next == D.origin and D.n_chunks == 0
+                        and D.gap_bytes == 0 and not D.fin_seen and not D.rst_seen and P.anchored
+                        and self._off(P, p.ack) == P.origin):
+                    # a SYN-ACK with another ISN, answering the client's SYN sent again, while this
+                    # side has sent no byte: it lost the state of its first answer; the latest counts
+                    self._anchor(D, seq + 1)
+                    D.settled = 1
+                    D.has_ack = 0
+                    P.syn_again = 0
+                else:
+                    # another ISN that answers nothing new: a forged or stale SYN (RFC 9293
+                    # 3.10.7.4: a synchronized side answers it with a challenge ACK and drops it).
+                    # Before this side sent a byte, the client's ACK still tells which SYN-ACK it
+                    # took (the first one may be the forged one): this ISN is kept till then
+                    if (fl & TH_ACK) and D.next == D.origin and D.n_chunks == 0 and D.gap_bytes == 0:
+                        D.has_alt = 1
+                        D.alt_seq = seq + 1
+                    self.syn_conflicts += 1
+                    return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            elif not (fl & TH_ACK) and P.syn_seen:
+                D.syn_again = 1        # the client's SYN again, its answer lost: a new one may come
             if (fl & TH_ACK) and c.refused:
                 # it answered the SYN after all: the RSTs that refused it were not real
                 self.ignored_flags += c.refused
@@ -966,6 +987,11 @@ cdef class Engine:
             # RFC 9293 3.10.7.4 / RFC 5961: a RST outside the receive window is not acceptable
             # (a blind injection, or one for an older connection): nothing of it is applied
             self.rst_out_of_window += 1
+            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+        if (fl & TH_FIN) and D.settled and not D.fin_seen and not self._fin_in_window(D, P, o + p.payload_wirelen):
+            # a FIN below what this side delivered is not acceptable to its peer (RFC 9293
+            # 3.10.7.4): it must not end the stream
+            self.fin_out_of_window += 1
             return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
         if not (fl & TH_SYN) and p.window > D.max_win:
             D.max_win = p.window
@@ -1016,6 +1042,13 @@ cdef class Engine:
         if fl & TH_RST:
             D.rst_seen = 1
             c.rst = 1
+        if (fl & TH_ACK) and P.has_alt:
+            if p.ack == P.alt_seq and P.next == P.origin and P.n_chunks == 0 and P.gap_bytes == 0 and not P.fin_seen:
+                # the client took the other SYN-ACK: the peer's stream starts after its ISN
+                self._anchor(P, P.alt_seq)
+                P.settled = 1
+                P.has_ack = 0
+            P.has_alt = 0
         if (fl & TH_ACK) and P.anchored:
             ack_off = self._off(P, p.ack)
             if (not P.has_ack or ack_off > P.acked) and not (
@@ -1077,9 +1110,21 @@ cdef class Engine:
         # is a RST from D at offset o acceptable to its receiver P? (RFC 9293 3.10.7.4): from
         # the next byte expected (what D delivered, or P acknowledged if less) less RST_SLACK,
         # to the furthest D is known to have sent plus the largest window P advertised
-        cdef int64_t lo = D.next, hi = D.next, win
+        cdef int64_t lo = D.next
         if D.has_ack and D.acked < lo:
             lo = D.acked
+        return lo - RST_SLACK <= o <= self._window_end(D, P)
+
+    cdef bint _fin_in_window(self, dir_t* D, dir_t* P, int64_t fin_off) noexcept nogil:
+        # a first FIN at fin_off: not below the bytes D delivered (they were sent before it).
+        # Not bounded above: a FIN far ahead cuts nothing off (the bytes below it still come),
+        # and thinned captures jump beyond any window seen
+        return fin_off >= D.next
+
+    cdef int64_t _window_end(self, dir_t* D, dir_t* P) noexcept nogil:
+        # the furthest D is known to have sent (delivered, acknowledged, held, its FIN) plus the
+        # largest window P advertised (scaled when both SYNs offered scaling), MIN_RST_WINDOW at least
+        cdef int64_t hi = D.next, win
         if D.has_ack and D.acked > hi:
             hi = D.acked
         if D.n_chunks and D.chunks[D.n_chunks - 1].end > hi:
@@ -1089,7 +1134,7 @@ cdef class Engine:
         win = <int64_t>P.max_win << (P.wscale if P.wscale >= 0 and D.wscale >= 0 else 0)
         if win < MIN_RST_WINDOW:
             win = MIN_RST_WINDOW
-        return lo - RST_SLACK <= o <= hi + win
+        return hi + win
 
     cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1:
         # held bytes past the FIN's sequence number go: counted (after_fin_bytes), never delivered
