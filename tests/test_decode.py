@@ -490,3 +490,16 @@ def test_ipv4_overlapping_fragments_follow_the_fragment_policy_setting(tmp_path)
     assert res.returncode == 2 and res.stderr.strip() == (
         "flowsift: --reassembly fragment_policy=bsd: one of first, last expected")
 
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_stats_counts_a_malformed_fragment_as_streams_does(tmp_path, v6):
+    """A last fragment at offset 65520 runs the datagram past 64 KiB: dropped, and `stats`
+    says so (it showed only a decoded later fragment)."""
+    from flowsift.extract import extract_streams
+    from flowsift.stats import capture_stats
+    f = tmp_path / "over64k.pcap"
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    fragmented_request(f, v6, [(0, seg[:24], True, 9), (24, seg[24:], True, 9), (65520, b"X" * 32, False, 9)])
+    assert extract_streams(str(f))["fragments"]["malformed"] == 1
+    ip = capture_stats(str(f))["ip"]
+    assert (ip["malformed_fragments"], ip["reassembled_datagrams"], ip["incomplete_datagrams"]) == (1, 0, 1)
