@@ -1,9 +1,11 @@
-"""The reassembly engine's timeouts and bounds, as `--reassembly NAME=VALUE` sets them.
+"""The reassembly engine's timeouts and bounds, and the IPv4 fragment overlap policy, as
+`--reassembly NAME=VALUE` sets them.
 
     parse_settings(["memcap=2GiB", "established_timeout=5m,finished_linger=30"])
     -> {"memcap": 2147483648, "established_timeout": 300.0, "finished_linger": 30.0}
 
-Names are the Engine's keyword arguments; docs/reassembly.md says what happens at each bound.
+Names are the Reassembler's keyword arguments (the Engine's, and `fragment_policy`);
+docs/reassembly.md says what happens at each bound.
 (Outside the reassembly package: the command line reads this without loading the engine.)
 """
 import re
@@ -20,7 +22,10 @@ SETTINGS = {
     "max_held_per_dir": ("size", "4MiB", "out-of-order bytes held for one direction"),
     "memcap": ("size", "1GiB", "out-of-order bytes held in all"),
     "max_connections": ("count", "1048576", "open connections (the idlest is evicted)"),
+    "fragment_policy": ("choice", "first", "which copy of overlapping IPv4 fragment bytes is kept"),
 }
+# the values of each "choice" setting
+CHOICES = {"fragment_policy": ("first", "last")}
 
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tib": 1 << 40}
@@ -34,6 +39,10 @@ _EXAMPLES = {"duration": "seconds, or with a unit: 500ms, 30s, 5m, 1h",
 
 
 def _value(name, kind, text):
+    if kind == "choice":
+        if text not in CHOICES[name]:
+            raise UsageError(f"--reassembly {name}={text}: one of {', '.join(CHOICES[name])} expected")
+        return text
     value = _parse(name, kind, text)
     if value > _MOST[kind][0]:
         raise UsageError(f"--reassembly {name}={text}: at most {_MOST[kind][1]}")

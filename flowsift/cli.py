@@ -116,7 +116,8 @@ POLICY = typer.Option("first", "--policy", metavar="NAME",
                            "Delivered bytes are final: a policy (last too) only chooses among copies of bytes held "
                            "out of order, before they are delivered.")
 REASSEMBLY = typer.Option(None, "--reassembly", metavar="NAME=VALUE",
-                          help="Set a reassembly timeout or bound (repeat it, or comma-separate), defaults: "
+                          help="Set a reassembly timeout or bound, or the IPv4 fragment overlap policy (repeat it, "
+                               "or comma-separate), defaults: "
                                f"{settings_help()}. What happens at each: docs/reassembly.md.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (fields in docs/cli.md).")
 VLAN_KEY = typer.Option(False, "--vlan-key",

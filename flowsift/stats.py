@@ -93,6 +93,8 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
                "truncated_datagrams": defrag.counters()["truncated"],
                "late_duplicate_fragments": defrag.late_duplicates,
                "datagrams_in_too_many_pieces": defrag.too_many_pieces,
+               "overlap_discarded_datagrams": defrag.overlap_discarded,
+               "malformed_fragments": defrag.malformed,
                "undecoded_datagrams": {REASONS[k]: n for k, n in sorted(defrag.undecoded().items())}},
         "flows": {"tcp": flows.tcp_connections, "udp": flows.udp_flows, "tcp_reused_tuples": flows.reused_tuples},
         "undecoded": undecoded,

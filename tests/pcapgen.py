@@ -97,16 +97,17 @@ def fragments(src, dst, proto, body, cuts, ident=1, v6=False, inner=b"", vlans=(
     Fragment header) is part of what is cut, and `proto` is the Fragment header's next header."""
     body = inner + body
     ends = list(cuts[1:]) + [len(body)]
-    out = []
-    for start, end in zip(cuts, ends):
-        more = end < len(body)
-        if v6:
-            fh = struct.pack(">BBHI", proto, 0, start | more, ident)
-            out.append(ether(ipv6(src, dst, 44, fh + body[start:end]), ethertype=0x86DD, vlans=vlans))
-        else:
-            out.append(ether(ipv4(src, dst, proto, body[start:end], ident=ident, frag=(0x2000 if more else 0) | start // 8),
-                             vlans=vlans))
-    return out
+    return [fragment(src, dst, proto, start, body[start:end], end < len(body), ident, v6, vlans)
+            for start, end in zip(cuts, ends)]
+
+
+def fragment(src, dst, proto, offset, piece, more, ident=1, v6=False, vlans=()):
+    """One IP fragment in an Ethernet frame: `piece` at `offset` (a multiple of 8) of its
+    datagram, with the more-fragments flag `more` (any piece: overlapping ones too)."""
+    if v6:
+        fh = struct.pack(">BBHI", proto, 0, offset | more, ident)
+        return ether(ipv6(src, dst, 44, fh + piece), ethertype=0x86DD, vlans=vlans)
+    return ether(ipv4(src, dst, proto, piece, ident=ident, frag=(0x2000 if more else 0) | offset // 8), vlans=vlans)
 
 
 def ether(payload, ethertype=0x0800, vlans=()):

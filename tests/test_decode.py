@@ -402,3 +402,104 @@ def test_a_datagram_with_a_fragment_cut_by_the_snaplen_is_dropped_as_truncated(t
     assert s["capture_packets"] == accounted(s) == len(recs)
     ip = capture_stats(str(f))["ip"]
     assert ip["truncated_datagrams"] == 1 and ip["incomplete_datagrams"] == 0
+
+
+GOOD = b"GOODGOODGOODGOOD" * 2
+
+
+def fragmented_request(path, v6, pieces):
+    """A TCP connection A:40000 -> B:80 whose one 32-byte request goes as the IP fragments
+    `pieces`: (offset, bytes or None for the segment's own, more fragments?, ident), then the
+    server's ACK and both FINs. Returns the request's TCP segment (52 bytes)."""
+    from pcapgen import fragment
+    src, dst = (A6, B6) if v6 else (A, B)
+
+    def packet(a, b, segment):
+        return ether(ipv6(a, b, 6, segment), ethertype=0x86DD) if v6 else ether(ipv4(a, b, 6, segment))
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    frames = [packet(src, dst, tcp(40000, 80, seq=1000, flags=0x02)),
+              packet(dst, src, tcp(80, 40000, seq=5000, ack=1001, flags=0x12)),
+              packet(src, dst, tcp(40000, 80, seq=1001, ack=5001, flags=0x10))]
+    for off, piece, more, ident in pieces:
+        frames.append(fragment(src, dst, 6, off, seg[off:off + 20] if piece is None else piece, more, ident, v6))
+    frames += [packet(dst, src, tcp(80, 40000, seq=5001, ack=1033, flags=0x10)),
+               packet(src, dst, tcp(40000, 80, seq=1033, ack=5001, flags=0x11)),
+               packet(dst, src, tcp(80, 40000, seq=5001, ack=1034, flags=0x11)),
+               packet(src, dst, tcp(40000, 80, seq=1034, ack=5002, flags=0x10))]
+    path.write_bytes(pcap([(1, k, f) for k, f in enumerate(frames)]))
+    return seg
+
+
+def request_pieces(seg, evil, ident=9):
+    """The request as [0, 32) and [32, 52), with `evil` (offset, bytes) sent between them."""
+    return [(0, seg[:32], True, ident), (evil[0], evil[1], True, ident), (32, seg[32:], False, ident)]
+
+
+def test_an_ipv6_datagram_with_overlapping_fragments_is_discarded_and_its_retransmission_rebuilt(tmp_path):
+    """RFC 5722: hosts discard it whole, so its bytes ([32, 40) from the overlapping fragment
+    alone, which first-wins kept) must not reach the connection; the clean copy sent again
+    (same identification) is rebuilt."""
+    from flowsift.extract import extract_streams
+    from flowsift.reassembly import Reassembler
+    from flowsift.stats import capture_stats
+    f = tmp_path / "evil6.pcap"
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    pieces = request_pieces(seg, (24, b"EVILEVILEVILEVIL")) + [(0, seg[:32], True, 9), (32, seg[32:], False, 9)]
+    fragmented_request(f, True, pieces)
+    r = Reassembler()
+    r.feed_capture(str(f))
+    assert bytes(r.collector.dirs[(0, 0)].data) == GOOD
+    s = extract_streams(str(f))
+    fr = s["fragments"]
+    assert (fr["overlap_discarded"], fr["datagrams"], fr["conflict_bytes"], s["conflicts"]) == (1, 1, 0, 0)
+    assert s["capture_packets"] == accounted(s) == 12
+    assert capture_stats(str(f))["ip"]["overlap_discarded_datagrams"] == 1
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_duplicate_fragment_is_dropped_and_its_datagram_rebuilt_from_the_first_copy(tmp_path, v6):
+    """A copy of a fragment already held (its bytes changed) does not discard an IPv6 datagram
+    (RFC 5722 lets a host drop exact duplicates, as Linux does): the first copy stays, and the
+    bytes that differed are counted as fragment conflicts, not as the connection's."""
+    from flowsift.extract import extract_streams
+    f = tmp_path / "dup.pcap"
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    fragmented_request(f, v6, request_pieces(seg, (0, seg[:20] + b"EVILEVILEVIL")))
+    s = extract_streams(str(f))
+    fr = s["fragments"]
+    assert (fr["overlap_discarded"], fr["datagrams"], fr["conflict_bytes"], s["conflicts"]) == (0, 1, 12, 0)
+    assert s["bytes"] == 32 and s["capture_packets"] == accounted(s)
+
+
+def test_ipv4_overlapping_fragments_follow_the_fragment_policy_setting(tmp_path):
+    """IPv4 keeps its policy (no host-wide rule as RFC 5722's): `--reassembly
+    fragment_policy=last` takes the later copy; the bytes that differed are counted in the
+    summary's `fragments`, never in the connection's `conflicts`."""
+    import json
+    from conftest import run_cli
+    f = tmp_path / "evil4.pcap"
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    fragmented_request(f, False, request_pieces(seg, (24, b"EVILEVILEVILEVIL")))
+    for policy, want in (("first", GOOD[:12] + b"EVILEVIL" + GOOD[20:]), ("last", b"GOODEVILEVILGOOD" + GOOD[16:])):
+        out = tmp_path / policy
+        s = json.loads(run_cli("streams", f, "-o", out, "--json", "--reassembly", f"fragment_policy={policy}",
+                               check=True).stdout)
+        assert [p.read_bytes() for p in out.glob("*.c2s")] == [want]
+        assert (s["fragments"]["conflict_bytes"], s["fragments"]["overlap_discarded"], s["conflicts"]) == (16, 0, 0)
+    res = run_cli("streams", f, "--discard", "--reassembly", "fragment_policy=bsd")
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "flowsift: --reassembly fragment_policy=bsd: one of first, last expected")
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_stats_counts_a_malformed_fragment_as_streams_does(tmp_path, v6):
+    """A last fragment at offset 65520 runs the datagram past 64 KiB: dropped, and `stats`
+    says so (it showed only a decoded later fragment)."""
+    from flowsift.extract import extract_streams
+    from flowsift.stats import capture_stats
+    f = tmp_path / "over64k.pcap"
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    fragmented_request(f, v6, [(0, seg[:24], True, 9), (24, seg[24:], True, 9), (65520, b"X" * 32, False, 9)])
+    assert extract_streams(str(f))["fragments"]["malformed"] == 1
+    ip = capture_stats(str(f))["ip"]
+    assert (ip["malformed_fragments"], ip["reassembled_datagrams"], ip["incomplete_datagrams"]) == (1, 0, 1)

@@ -3,8 +3,11 @@
 
 Fragments stay in the batch (counted by the decoder, skipped by the flow table); when the last
 missing piece of a datagram arrives, its slot in the batch is replaced by the whole datagram,
-decoded as raw IP, so TCP/UDP see it as one packet. Overlapping fragments are resolved by a
-policy (first copy wins, or last) and counted, with the bytes that differed.
+decoded as raw IP, so TCP/UDP see it as one packet. Overlapping IPv4 fragments are resolved
+by a policy (first copy wins, or last) and counted, with the bytes that differed. An IPv6
+datagram with overlapping fragments is discarded whole (RFC 5722, RFC 8200 section 4.5), as
+hosts do: a fragment wholly within bytes already held is a duplicate, dropped (the first copy
+stays, as in Linux); any other overlap drops the datagram.
 
 A datagram is known by its addresses, identification and (IPv4) protocol, and with `vlan_key`
 by its frames' two outer VLAN ids too, as the flow table then keys flows: fragments of two
@@ -33,6 +36,10 @@ DEF MAX_RANGES = 64
 # same whether 10 or 4,096 datagrams are being rebuilt.
 DEF INDEX_SLOTS = 8192
 DEF FIFO_SLOTS = 8192
+# what a datagram holds of a new fragment's bytes (IPv6 overlap rules)
+DEF HELD_NONE = 0
+DEF HELD_ALL = 1
+DEF HELD_PART = 2
 
 ctypedef struct fifo_t:
     int32_t idx
@@ -135,6 +142,7 @@ cdef class Defragmenter:
     cdef readonly uint64_t malformed      # fragments whose offsets run past 64 KiB or contradict the total
     cdef readonly uint64_t late_duplicates  # fragments of a datagram already rebuilt, sent again
     cdef readonly uint64_t too_many_pieces  # datagrams given up: more than MAX_RANGES disjoint pieces at once
+    cdef readonly uint64_t overlap_discarded  # IPv6 datagrams discarded: a fragment overlapped (RFC 5722)
     # rebuilt datagrams no connection holds, as the decoder counts whole packets: by the reason
     # their headers did not decode, or of protocols other than TCP and UDP
     cdef uint64_t not_decoded[ST_COUNT]
@@ -327,6 +335,8 @@ cdef class Defragmenter:
         cdef int i
         cdef tracker_t* t
         cdef bint more = (p.flags & PF_MORE_FRAGS) != 0
+        cdef bint bad
+        cdef int held
         self.fragments += 1
         # fragment payload: the fragmentable part, from the end of the IP header (IPv6: of the
         # Fragment header) to the end of the IP packet
@@ -383,9 +393,29 @@ cdef class Defragmenter:
             self._pos.setdefault(i, []).append(p.rec_pos)
         if t.overflowed:
             return 0                # given up (counted when it leaves the table)
+        bad = off + wire_n > MAX_DATAGRAM or (t.total and off + wire_n > t.total) or (not more and t.total and off + wire_n != t.total)
+        if p.ipver == 6 and not bad:
+            held = self._held(t, off, off + wire_n)
+            if held == HELD_PART:
+                # RFC 5722: hosts discard the whole datagram; reassembling it would show the
+                # connection bytes no host took
+                self.overlaps += 1
+                self.overlap_discarded += 1
+                self._drop(i)
+                if self.members is not None:
+                    self._pos.pop(i, None)
+                return 0
+            if held == HELD_ALL:
+                # a duplicate: dropped, the first copy stays (Linux; RFC 5722 allows it)
+                self.overlaps += 1
+                if not t.poisoned:      # (else the bytes held there may be ones never captured)
+                    for k2 in range(off, off + n):
+                        if t.data[k2] != d[l4 + k2 - off]:
+                            self.conflict_bytes += 1
+                return 0
         if n < wire_n:
             t.poisoned = 1
-        if off + wire_n > MAX_DATAGRAM or (t.total and off + wire_n > t.total) or (not more and t.total and off + wire_n != t.total):
+        if bad:
             self.malformed += 1
             return 0
         if not more:
@@ -419,6 +449,14 @@ cdef class Defragmenter:
         if t.total and t.have_first and t.n_ranges == 1 and t.ranges[0].start == 0 and t.ranges[0].end >= t.total:
             self._emit(i, p)
         return 0
+
+    cdef int _held(self, tracker_t* t, uint32_t s, uint32_t e) noexcept nogil:
+        # how much of [s, e) the datagram holds: none, all of it in one range, or part
+        cdef int k
+        for k in range(t.n_ranges):
+            if t.ranges[k].start < e and s < t.ranges[k].end:
+                return HELD_ALL if t.ranges[k].start <= s and e <= t.ranges[k].end else HELD_PART
+        return HELD_NONE
 
     cdef int _was_done(self, pkt_t* p, uint32_t end) noexcept nogil:
         # the entry of the datagram `p` is a fragment of, rebuilt lately; -1 if none
@@ -583,4 +621,4 @@ cdef class Defragmenter:
         return {"fragments": self.fragments, "datagrams": self.datagrams, "overlaps": self.overlaps,
                 "conflict_bytes": self.conflict_bytes, "incomplete": self.timeouts + self.n_used - cut,
                 "truncated": self.truncated + cut, "malformed": self.malformed, "late_duplicates": self.late_duplicates,
-                "too_many_pieces": self.too_many_pieces}
+                "too_many_pieces": self.too_many_pieces, "overlap_discarded": self.overlap_discarded}
