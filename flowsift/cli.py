@@ -204,6 +204,8 @@ def streams(
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    if output == "":
+        _fail("-o '': an empty path names no directory")
     if discard and gaps != "splice":
         _fail("--gaps says how files hold gaps: it goes with -o DIR, not --discard")
     if output is not None and os.path.isdir(output):

@@ -50,6 +50,11 @@ def _n(x):
     return f"{x:,}"
 
 
+def _count(n, noun, plural=None):
+    """`1 file`, `2 files`: a count with its noun agreeing."""
+    return f"{_n(n)} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _bytes(x):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if x < 1024 or unit == "TiB":
@@ -209,12 +214,18 @@ def print_streams(s, console=None):
     t.add_row("closed by", ", ".join(f"{k} {_n(v)}" for k, v in s["close"].items()) or "-")
     frag = s["fragments"]
     if frag["fragments"]:
-        t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_n(frag['datagrams'])} datagrams")
+        t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_count(frag['datagrams'], 'datagram')}")
     if s["output"]:
-        t.add_row("written", f"{_n(s['files'])} file{'' if s['files'] == 1 else 's'} in {s['output']} "
-                             f"(index: {s['index']})")
+        t.add_row("written", f"{_count(s['files'], 'file')} in {s['output']} (index: {s['index']})")
         if s.get("replaced"):
-            t.add_row("replaced", f"{_n(s['replaced'])} stream files of an earlier run, removed first")
+            t.add_row("replaced", f"{_count(s['replaced'], 'stream file')} of an earlier run, removed first")
+        if s.get("spliced_files") and s.get("gaps_in_files") == "splice":
+            # only the index shows where a file's bytes jump over a hole: say it here
+            t.add_row("gaps spliced out", f"{_bytes(s['spliced_gap_bytes'])} from {_count(s['spliced_files'], 'file')} "
+                                          "(--gaps zeros keeps stream offsets)")
+    if s.get("error"):
+        # (reading stopped there: the counts above are of what came before)
+        t.add_row("error", Text(s["error"], style="red"))
     console.print(t)
 
 
