@@ -729,6 +729,10 @@ def _usage_error(e):
         names = typer.main.get_command(app).commands
         command = next((a for a in sys.argv[1:] if a in names), None)
     what = " ".join(e.format_message().split())
+    # typer and click (8.4 on) each add a hint to a mistyped command: it is said once
+    import re
+    for hint in list(re.finditer(r"\s*\(?Did you mean [^?]*\?\)?", what))[1:][::-1]:
+        what = what[:hint.start()] + what[hint.end():]
     what = what[:1].lower() + what[1:]
     what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
     see = f"flowsift {command} --help" if command else "flowsift --help"
