@@ -205,6 +205,8 @@ def streams(
 
     if (output is None) == (not discard):
         _fail("give either -o DIR or --discard")
+    if output == "":
+        _fail("-o '': an empty path names no directory")
     if discard and gaps != "splice":
         _fail("--gaps says how files hold gaps: it goes with -o DIR, not --discard")
     if output is not None and os.path.isdir(output):
@@ -728,6 +730,10 @@ def _usage_error(e):
         names = typer.main.get_command(app).commands
         command = next((a for a in sys.argv[1:] if a in names), None)
     what = " ".join(e.format_message().split())
+    # typer and click (8.4 on) each add a hint to a mistyped command: it is said once
+    import re
+    for hint in list(re.finditer(r"\s*\(?Did you mean [^?]*\?\)?", what))[1:][::-1]:
+        what = what[:hint.start()] + what[hint.end():]
     what = what[:1].lower() + what[1:]
     what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
     see = f"flowsift {command} --help" if command else "flowsift --help"

@@ -1,7 +1,7 @@
 """`flowsift streams`: every direction of every connection, reassembled, to files (or counted)."""
 import os
 
-from flowsift.errors import CaptureFormatError, UsageError
+from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.reassembly import POLICIES, CountSink, Reassembler
 from flowsift.stats import compile_filter, not_in_connections
@@ -46,21 +46,37 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     decoder = Decoder()         # (ours: its counters are reported when reading stops at a defect too)
     ended = False               # read to the end, or to a defect: the output is the run's
     try:
-        r.feed_capture(cap, bpf=bpf, decoder=decoder, on_progress=on_progress)
-        ended = True
-    except CaptureFormatError as e:
-        error = str(e)          # feed_capture closed everything read so far
-        ended = True
-    except BpfError as e:
-        raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
-    finally:
-        if outdir is not None:
-            sink.close(ended)
+        try:
+            r.feed_capture(cap, bpf=bpf, decoder=decoder, on_progress=on_progress)
+            ended = True
+        except CaptureFormatError as e:
+            error = str(e)          # feed_capture closed everything read so far
+            ended = True
+        except BpfError as e:
+            raise UsageError(f"filter {filter_expression!r} cannot be applied to {path}: {e}") from None
+        finally:
+            if outdir is not None:
+                sink.close(ended)
+    except FlowsiftError as e:
+        # writing failed once reading began (a full disk): the summary of what was read goes
+        # with the error, for --json, as a capture cut short gives it
+        if outdir is not None and sink.failure is not None:
+            try:
+                e.summary = _summary(path, outdir, filter_expression, policy, gaps, vlan_key, cap, r, sink,
+                                     decoder, bpf, str(e))
+            except Exception:
+                pass            # (a summary that cannot be made must not hide the error)
+        raise
+    return _summary(path, outdir, filter_expression, policy, gaps, vlan_key, cap, r, sink, decoder, bpf, error)
+
+
+def _summary(path, outdir, filter_expression, policy, gaps, vlan_key, cap, r, sink, decoder, bpf, error):
     t = r.engine.totals()
+    written = outdir is not None
     out = {
         "file": str(path),
-        "output": None if outdir is None else str(outdir),
-        "index": None if outdir is None else os.path.join(str(outdir), "index.jsonl"),
+        "output": str(outdir) if written else None,
+        "index": os.path.join(str(outdir), "index.jsonl") if written else None,
         "policy": policy,
         "filter": filter_expression,
         **({"vlan_key": True} if vlan_key else {}),
@@ -76,9 +92,11 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         "unverified_bytes": t["unverified_bytes"],
         "midstream_directions": t["midstream_directions"],
         "close": t["close"],
-        "files": getattr(sink, "files", None),
-        "replaced": getattr(sink, "replaced", None),
-        "gaps_in_files": None if outdir is None else gaps,
+        "files": sink.files if written else None,
+        "replaced": sink.replaced if written else None,
+        "gaps_in_files": gaps if written else None,
+        "spliced_files": sink.spliced_files if written else None,
+        "spliced_gap_bytes": sink.spliced_bytes if written else None,
         "fragments": r.defrag.counters(),
         "engine": r.engine.counters(),
         "error": error,

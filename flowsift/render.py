@@ -50,6 +50,11 @@ def _n(x):
     return f"{x:,}"
 
 
+def _count(n, noun, plural=None):
+    """`1 file`, `2 files`: a count with its noun agreeing."""
+    return f"{_n(n)} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _bytes(x):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if x < 1024 or unit == "TiB":
@@ -104,7 +109,7 @@ def _held_line(s):
     else:
         lost, what = k.get("port_imissed", 0) + k.get("port_rx_nombuf", 0), "frames the port missed"
     held = sorted(((m, h) for m, h in k["held_back"].items() if h["lost"]), key=lambda x: -x[1]["lost"])
-    who = ", ".join(f"{m} ({h['seconds']:,.1f} s in {_n(h['waits'])} wait{'s' * (h['waits'] != 1)})" for m, h in held)
+    who = ", ".join(f"{m} ({h['seconds']:,.1f} s in {_count(h['waits'], 'wait')})" for m, h in held)
     return (f"{_n(k['lost_while_held'])} of the {_n(lost)} {what} came while the capture waited for "
             f"module{'s' * (len(held) != 1)} {who}, too slow for the traffic: --max-backlog N lets a module "
             f"N batches behind lose connections (counted) instead of holding the capture back")
@@ -126,7 +131,7 @@ def print_stats(s, console=None):
         t = s["time"]
         head.add_row("time", f"{t['first']} .. {t['last']}  ({t['duration_s']:,.3f} s)")
     by = " (5-tuple and VLAN ids)" if s["flows"].get("vlan_key") else ""
-    head.add_row("flows", f"{_n(s['flows']['tcp'])} TCP connections, {_n(s['flows']['udp'])} UDP flows{by}")
+    head.add_row("flows", f"{_count(s['flows']['tcp'], 'TCP connection')}, {_count(s['flows']['udp'], 'UDP flow')}{by}")
     console.print(head)
 
     if s["flows"].get("vlan_key"):
@@ -196,8 +201,7 @@ def print_streams(s, console=None):
         why.append(f"{_n(s['other_protocols'])} of other protocols than TCP and UDP")
     frag = s.get("fragments", {})
     if frag.get("fragments"):
-        why.append(f"{_n(frag['fragments'])} fragments made {_n(frag['datagrams'])} "
-                   f"datagram{'' if frag['datagrams'] == 1 else 's'}")
+        why.append(f"{_count(frag['fragments'], 'fragment')} made {_count(frag['datagrams'], 'datagram')}")
     read = s.get("capture_packets")
     t.add_row("packets", _n(s["packets"]) + (f" (of {_n(read)} read: {'; '.join(why)})"
                                              if read is not None and read != s["packets"] and why else ""))
@@ -209,12 +213,18 @@ def print_streams(s, console=None):
     t.add_row("closed by", ", ".join(f"{k} {_n(v)}" for k, v in s["close"].items()) or "-")
     frag = s["fragments"]
     if frag["fragments"]:
-        t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_n(frag['datagrams'])} datagrams")
+        t.add_row("IP fragments", f"{_n(frag['fragments'])} -> {_count(frag['datagrams'], 'datagram')}")
     if s["output"]:
-        t.add_row("written", f"{_n(s['files'])} file{'' if s['files'] == 1 else 's'} in {s['output']} "
-                             f"(index: {s['index']})")
+        t.add_row("written", f"{_count(s['files'], 'file')} in {s['output']} (index: {s['index']})")
         if s.get("replaced"):
-            t.add_row("replaced", f"{_n(s['replaced'])} stream files of an earlier run, removed first")
+            t.add_row("replaced", f"{_count(s['replaced'], 'stream file')} of an earlier run, removed first")
+        if s.get("spliced_files") and s.get("gaps_in_files") == "splice":
+            # only the index shows where a file's bytes jump over a hole: say it here
+            t.add_row("gaps spliced out", f"{_bytes(s['spliced_gap_bytes'])} from {_count(s['spliced_files'], 'file')} "
+                                          "(--gaps zeros keeps stream offsets)")
+    if s.get("error"):
+        # (reading stopped there: the counts above are of what came before)
+        t.add_row("error", Text(s["error"], style="red"))
     console.print(t)
 
 
@@ -243,15 +253,15 @@ def print_gateway(s, console=None):
     if s.get("run"):
         t.add_row("run", f"{s['run']} in {s['registry']}")
         for name, n in s.get("module_progress", {}).items():
-            t.add_row(f"module {name}", f"{_n(n)} connections")
+            t.add_row(f"module {name}", _count(n, 'connection'))
     console.print(t)
 
 
 def print_module(s, console=None):
     console = console or _console(stderr=True)
     print_chain_tables(s, console)
-    console.print(f"module {s['module']} (bit {s['bit']}) of run {s['run']}: {_n(s['connections'])} connections, "
-                  f"{_n(s['events'])} events" + (" (resumed)" if s["resumed"] else ""))
+    console.print(f"module {s['module']} (bit {s['bit']}) of run {s['run']}: {_count(s['connections'], 'connection')}, "
+                  f"{_count(s['events'], 'event')}" + (" (resumed)" if s["resumed"] else ""))
 
 
 def print_inspect_store(s, console=None):
@@ -317,14 +327,14 @@ def print_chain(s, console=None):
     print_chain_tables(s, console)
     print_output(s, console)
     c = s["connections"]
-    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections{_by_vlan(s)}, {_n(s['records'])} records, "
-                  f"{_n(s['events'])} events")
+    console.print(f"{_n(c['tcp'])} TCP and {_n(c['udp'])} UDP connections{_by_vlan(s)}, {_count(s['records'], 'record')}, "
+                  f"{_count(s['events'], 'event')}")
     if _capture_line(s):
         console.print(f"capture: {_capture_line(s)}")
     if _held_line(s):
         console.print(Text(f"held back: {_held_line(s)}", style="red"))
     if s.get("unsupported_link_types"):
-        console.print(f"of {_n(s['packets'])} packets read, {_not_decoded(s)}")
+        console.print(f"of {_count(s['packets'], 'packet')} read, {_not_decoded(s)}")
 
 
 def print_output(s, console):
@@ -338,10 +348,10 @@ def print_output(s, console):
     t.add_column(overflow="fold")           # (folded, never cut: a file name, a reason)
     if e:
         if "file" in e:
-            t.add_row("written", f"{_n(e['packets'])} packets to {e['file']}")
+            t.add_row("written", f"{_count(e['packets'], 'packet')} to {e['file']}")
         else:
             why = ", ".join(f"{_n(n)} {k.replace('_', ' ')}" for k, n in e.get("failed_reasons", {}).items() if n)
-            t.add_row("forwarded", f"{_n(e['forwarded'])} frames out of {e['out']}"
+            t.add_row("forwarded", f"{_count(e['forwarded'], 'frame')} out of {e['out']}"
                       + (f", {_n(e['failed'])} refused" + (f" ({why})" if why else "") if e.get("failed") else ""))
         late = f" ({_n(e['late_edited'])} after their connection ended)" if e.get("late_edited") else ""
         t.add_row("edited", _n(e["edited"]) + late)

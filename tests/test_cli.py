@@ -49,6 +49,26 @@ def test_usage_lines_name_the_program_flowsift():
         assert usage and all(u.startswith(f"Usage: flowsift {' '.join(args[:-1])}".rstrip() + " ") for u in usage), usage
 
 
+@pytest.mark.parametrize("typo,hint", [("stream", "Did you mean 'streams'?"), ("sta", "Did you mean 'stats', 'streams'?")])
+def test_a_mistyped_command_is_hinted_once(typo, hint):
+    """typer and click both add the hint: it was said twice (the second time in click's words)."""
+    res = run_cli(typo, "x.pcap")
+    assert res.returncode == 2
+    assert res.stderr == f"flowsift: no such command '{typo}'. {hint} (see flowsift --help)\n"
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    """Tables said "1 TCP connections", "1 packets to", "1 records, 1 events"."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    cap = tmp_path / "one.pcap"
+    cap.write_bytes(pcap([(1, 0, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1, flags=0x18, payload=b"hello"))))]))
+    words = " ".join(re.sub(r"[│┃]", " ", run_cli("stats", cap, check=True).stdout).split())
+    assert "1 TCP connection, 0 UDP flows" in words, words
+    res = run_cli("chain", "counter", cap, "-w", tmp_path / "w.pcap", "--inline", check=True)
+    words = " ".join(re.sub(r"[│┃]", " ", res.stdout + res.stderr).split())
+    assert "written 1 packet to" in words and "1 record, 1 event" in words, words
+
+
 def test_version():
     res = run_cli("--version")
     assert res.returncode == 0 and re.match(r"flowsift \d+\.\d+", res.stdout)

@@ -148,6 +148,43 @@ def test_a_full_disk_leaves_only_files_the_index_lists(tmp_path):
         only_listed_files_whole(mnt / "s")
 
 
+def test_a_full_disk_still_gives_the_json_summary(tmp_path):
+    """With --json, a run the disk stopped prints its summary (it printed nothing), its `error`
+    the stderr line, as a capture cut short does; `files` counts the files the index lists,
+    not those begun and removed. Still one line and exit 2."""
+    frames, _ = conversation(12, 150_000)
+    cap = tmp_path / "big.pcap"
+    cap.write_bytes(pcap(frames))
+    with small_tmpfs(tmp_path, "1m") as mnt:
+        res = run_cli("streams", cap, "-o", mnt / "s", "--json")
+        line = one_line_error(res, "cannot write: No space left on device")
+        summary = json.loads(res.stdout)
+        assert summary["error"] == line[len("flowsift: "):]
+        lines = only_listed_files_whole(mnt / "s")
+        assert summary["files"] == sum(1 for x in lines if x["file"]) < 24
+        assert summary["spliced_files"] == 0 and summary["connections"] >= 1
+
+
+def test_a_capture_cut_short_says_so_in_the_table(tmp_path):
+    """The table of a capture cut short ends with an error line (it had none: only stderr said
+    why reading stopped, and a table sent to a file read as a whole run)."""
+    cap = tmp_path / "cut.pcap"
+    cap.write_bytes(pcap(conversation(2, 3000)[0])[:-20])
+    res = run_cli("streams", cap, "-o", tmp_path / "o")
+    one_line_error(res, "the file is cut short")
+    table = " ".join(re.sub(r"[│┃]", " ", res.stdout).split())
+    # (a long path may be cut to the terminal's width)
+    assert re.search(r" error \S+ record \d+ at byte \d+: caplen \d+ exceeds the end of the file \(\d+ bytes left\): "
+                     r"the file is cut short ", table), table
+
+
+def test_an_empty_output_path_says_it_is_empty(tmp_path):
+    good = tmp_path / "good.pcap"
+    good.write_bytes(pcap(conversation(1, 10)[0]))
+    line = one_line_error(run_cli("streams", good, "-o", ""), "-o '': an empty path")
+    assert ": :" not in line
+
+
 # --- gaps ------------------------------------------------------------------------------------
 
 GAPPY = ["gap__zeek__gap-recovery.pcap", "overlap__zeek__reassembly.pcap", "trunc__suri__tcp-rst-unacked-stream-10.pcap",
@@ -200,6 +237,35 @@ def test_index_gaps_say_where_they_are_in_the_file_and_why(tmp_path, corpus, nam
                 assert data == spliced and line["gaps"] == gaps
             else:
                 assert data == zeros and line["gaps"] == [dict(g, file_offset=g["offset"]) for g in gaps]
+
+
+@pytest.mark.parametrize("name", GAPPY + ["http__zeek__bro.org.pcap"])
+def test_the_summary_counts_the_files_gaps_are_spliced_out_of(tmp_path, corpus, name):
+    """`spliced_files` and `spliced_gap_bytes`: the files whose bytes after a gap follow those
+    before it, and those gaps' bytes, which is what --gaps zeros adds to them as zeros (a gap
+    after a file's last byte moves nothing and is not counted). 0 with --gaps zeros."""
+    zeros = json.loads(run_cli("streams", corpus / name, "-o", tmp_path / "z", "--gaps", "zeros", "--json",
+                               check=True).stdout)
+    grown = [(tmp_path / "z" / x["file"]).stat().st_size - x["bytes"] for x in index_of(tmp_path / "z") if x["file"]]
+    splice = json.loads(run_cli("streams", corpus / name, "-o", tmp_path / "s", "--json", check=True).stdout)
+    assert (splice["spliced_files"], splice["spliced_gap_bytes"]) == (sum(1 for g in grown if g), sum(grown))
+    assert (zeros["spliced_files"], zeros["spliced_gap_bytes"]) == (0, 0)
+    if name == "http__zeek__bro.org.pcap":
+        assert (splice["spliced_files"], splice["spliced_gap_bytes"]) == (1, 7240)
+    discard = json.loads(run_cli("streams", corpus / name, "--discard", "--json", check=True).stdout)
+    assert (discard["spliced_files"], discard["spliced_gap_bytes"]) == (None, None)
+
+
+def test_the_table_says_when_gaps_are_spliced_out_and_how_to_keep_offsets(tmp_path, corpus):
+    """Only the index showed that a file's bytes jump over a hole: the table says how many files
+    and bytes, naming --gaps zeros; not with --gaps zeros, nor for a run without such gaps."""
+    def table(*args):
+        return " ".join(re.sub(r"[│┃]", " ", run_cli("streams", *args, check=True).stdout).split())
+    bro = corpus / "http__zeek__bro.org.pcap"
+    assert "gaps spliced out 7.1 KiB from 1 file (--gaps zeros keeps stream offsets)" in table(bro, "-o", tmp_path / "a")
+    assert "spliced" not in table(bro, "-o", tmp_path / "b", "--gaps", "zeros")
+    trailing = corpus / "retrans__zeek__retransmit-fast009.pcap"     # gaps, each after its file's last byte
+    assert "spliced" not in table(trailing, "-o", tmp_path / "c")
 
 
 def test_a_udp_datagram_cut_short_is_zeros_in_its_file_with_gaps_zeros(tmp_path):
@@ -265,6 +331,9 @@ def test_the_table_counts_files_in_words_that_agree(tmp_path, one):
     cap.write_bytes(pcap(frames))
     table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", cap, "-o", tmp_path / "o", check=True).stdout).split())
     assert ("written 1 file in" if one else "written 2 files in") in table
+    # a second run replaces the first one's files ("1 stream files of an earlier run")
+    table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", cap, "-o", tmp_path / "o", check=True).stdout).split())
+    assert ("replaced 1 stream file of an earlier run" if one else "replaced 2 stream files of an earlier run") in table
 
 
 def test_streams_help_fits_80_columns_and_says_what_it_replaces():

@@ -401,11 +401,13 @@ cdef class FileSink(Sink):
                                  # (32 bytes a gap: a connection with a million holes stays small)
     cdef readonly bint zeros     # gaps before bytes are written as zeros
     cdef readonly bint prepared  # the directory was made ready (earlier streams removed)
-    cdef object failure          # the one-line error that stopped writing, once one did
-    cdef readonly uint64_t files
+    cdef readonly object failure # the one-line error that stopped writing, once one did
+    cdef readonly uint64_t files         # (after a failure to write, those index.jsonl lists)
     cdef readonly uint64_t bytes_written
     cdef readonly uint64_t replaced      # stream files of an earlier output, removed first
     cdef readonly uint64_t removed       # stream files not written whole, removed after a failure
+    cdef readonly uint64_t spliced_files # (splicing) files with a gap before some of their bytes,
+    cdef readonly uint64_t spliced_bytes # and those gaps' bytes: where file offsets leave stream offsets
 
     def __init__(self, str outdir, bint zeros=False):
         cdef int k
@@ -795,6 +797,7 @@ cdef class FileSink(Sink):
         cdef char tmp[512]
         cdef const char* name = b"c2s" if d == 0 else b"s2c"
         cdef int k
+        cdef int64_t spliced
         self._put(tmp, snprintf(tmp, sizeof(tmp), b'{"conn": %u, "dir": "%s", "src": "', conn, name))
         self._put(src, len(src))
         self._put(b'", "dst": "', 11)
@@ -822,6 +825,15 @@ cdef class FileSink(Sink):
                                     <long long>gaps[k + 2]))
             self._put_reasons(gaps[k + 3])
             self._put(b'"}', 2)
+        if not self.zeros:
+            # a gap with bytes after it shifts them in the file (one after the last byte does not)
+            spliced = 0
+            for k in range(0, len(gaps), 4):
+                if gaps[k + 2] < <int64_t> f.written:
+                    spliced += gaps[k + 1]
+            if spliced:
+                self.spliced_files += 1
+                self.spliced_bytes += spliced
         self._put(tmp, snprintf(tmp, sizeof(tmp),
                                 b'], "gap_bytes": %llu, "conflicts": %llu, "retransmissions": %llu, '
                                 b'"midstream": %s, "close": %s, "packets": %llu, "first_ts": ',
@@ -894,6 +906,8 @@ cdef class FileSink(Sink):
                 c_close(self.w.slots[k].fd)
                 self.w.slots[k].fd = -1
         listed = set()
+        # the counts the summary gives become those of what stays: the lines kept
+        self.files = self.spliced_files = self.spliced_bytes = 0
         try:
             with open(self.index_path, "r+b") as f:
                 text = f.read()
@@ -901,7 +915,14 @@ cdef class FileSink(Sink):
                 f.truncate(whole)
             for line in text[:whole].splitlines():
                 try:
-                    listed.add(json.loads(line)["file"])
+                    entry = json.loads(line)
+                    listed.add(entry["file"])
+                    if entry["file"] is not None:
+                        self.files += 1
+                    spliced = sum(g["length"] for g in entry["gaps"] if g["file_offset"] < entry["bytes"])
+                    if spliced and not self.zeros:
+                        self.spliced_files += 1
+                        self.spliced_bytes += spliced
                 except (ValueError, KeyError, TypeError):
                     pass
         except OSError:
