@@ -132,6 +132,9 @@ def print_stats(s, console=None):
         head.add_row("time", f"{t['first']} .. {t['last']}  ({t['duration_s']:,.3f} s)")
     by = " (5-tuple and VLAN ids)" if s["flows"].get("vlan_key") else ""
     head.add_row("flows", f"{_count(s['flows']['tcp'], 'TCP connection')}, {_count(s['flows']['udp'], 'UDP flow')}{by}")
+    if s.get("error"):
+        # (reading stopped there: the counts are of what came before)
+        head.add_row("error", Text(s["error"], style="red"))
     console.print(head)
 
     if s["flows"].get("vlan_key"):

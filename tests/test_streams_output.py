@@ -165,12 +165,13 @@ def test_a_full_disk_still_gives_the_json_summary(tmp_path):
         assert summary["spliced_files"] == 0 and summary["connections"] >= 1
 
 
-def test_a_capture_cut_short_says_so_in_the_table(tmp_path):
-    """The table of a capture cut short ends with an error line (it had none: only stderr said
-    why reading stopped, and a table sent to a file read as a whole run)."""
+@pytest.mark.parametrize("command", ["streams", "stats"])
+def test_a_capture_cut_short_says_so_in_the_table(tmp_path, command):
+    """The table of a capture cut short has an error line (it had none: only stderr said why
+    reading stopped, and a table sent to a file read as a whole run)."""
     cap = tmp_path / "cut.pcap"
     cap.write_bytes(pcap(conversation(2, 3000)[0])[:-20])
-    res = run_cli("streams", cap, "-o", tmp_path / "o")
+    res = run_cli(command, cap, *(["-o", tmp_path / "o"] if command == "streams" else []))
     one_line_error(res, "the file is cut short")
     table = " ".join(re.sub(r"[│┃]", " ", res.stdout).split())
     # (a long path may be cut to the terminal's width)
