@@ -294,6 +294,7 @@ def gateway(
         _fail("missing SOURCE (a pcap or pcapng file); see flowsift gateway --help")
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
+    _refuse_overwrite([], [("--store", store)])
     _unacked_files(unacked_files, keep)
     if registry is None:
         if run or expect:
@@ -455,7 +456,7 @@ def chain(
     if write is not None:
         from flowsift.paths import check_output_file
         check_output_file("-w", write)       # (before the events file is made)
-    _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events)])
+    _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events), ("--store", store)])
     out = sys.stdout if events == "-" else None
     try:
         if out is None:

@@ -45,6 +45,9 @@ def refuse_overwrite(inputs, outputs):
     """Raise UsageError if an output path is an input or another output. `inputs`: (what, path)
     pairs (e.g. ("input capture", "in.pcap"); path None or a live source's name is skipped, as
     is one that does not exist); `outputs`: (option, path) pairs, path None skipped."""
+    for option, path in outputs:
+        if path == "":
+            raise UsageError(f"{option} '': an empty path names nothing")
     seen = _inputs(inputs)
     taken = {}
     for option, path in outputs:

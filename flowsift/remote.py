@@ -203,6 +203,8 @@ class _Output:
         self.pos = None
         if path is None or path == "-":
             return
+        if path == "":
+            raise UsageError("--events '': an empty path names nothing")
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)

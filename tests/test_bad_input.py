@@ -285,3 +285,14 @@ def test_packets_of_a_link_type_not_decoded_are_named_in_every_summary(tmp_path)
     assert "3 not decoded: link type 147 (USER0) unsupported" in text("streams", cap, "--discard")
     assert "link type 147 (USER0): 3" in text("stats", cap)
     assert "3 not decoded: link type 147 (USER0) unsupported" in text("gateway", cap, "--store", tmp_path / "s2")
+
+
+@pytest.mark.parametrize("args", [
+    ["chain", "counter", "{cap}", "--events", ""], ["chain", "counter", "{cap}", "--store", ""],
+    ["gateway", "{cap}", "--store", ""], ["replay", "{cap}", "--to", "127.0.0.1:9", "--report", ""],
+    ["module", "counter", "--registry", "redis://127.0.0.1:1/0", "--events", ""]])
+def test_an_empty_path_is_said_to_be_empty(corpus, args):
+    """An empty option value names no file: said so, before anything is read or opened."""
+    option = args[-2]
+    res = run_cli(*[a.format(cap=corpus / "http__dpkt__http.pcap") for a in args])
+    assert res.returncode == 2 and res.stderr == f"flowsift: {option} '': an empty path names nothing\n"
