@@ -40,9 +40,16 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         refuse_overwrite([("input capture", source)], [("-w", write)])
         from flowsift.egress import egress_linktype
         egress_linktype(source)                # (before the first packet, not after the run)
-    if max_backlog is not None and max_backlog < 1:
-        # 0 would give up every connection at once: a chain that reads nothing
-        raise UsageError(f"--max-backlog {max_backlog}: a number of batches, 1 or more")
+    if max_backlog is not None:
+        from flowsift.modules.workers import INFLIGHT
+        if not 1 <= max_backlog < INFLIGHT:
+            # 0 would give up every connection at once (a chain that reads nothing); from
+            # INFLIGHT on, back-pressure holds the gateway before the backlog is reached
+            raise UsageError(f"--max-backlog {max_backlog}: a number of batches, 1 to {INFLIGHT - 1} (a module "
+                             f"{INFLIGHT} batches behind holds the gateway back whatever the bound)")
+        if inline or not all(cls.read_only() for cls, _ in chain):
+            raise UsageError("--max-backlog lets a read-only module in its own worker fall behind: not with "
+                             "--inline or a writing module (whose later stages must read what it wrote)")
     if unacked_files is not None and unacked_files < 0:
         raise UsageError(f"--unacked-files {unacked_files}: a number of files, 0 or more")
     if shards is not None and not 1 <= shards <= 64:

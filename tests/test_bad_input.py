@@ -210,11 +210,21 @@ def test_replay_report_that_is_an_input_is_refused(tmp_path):
     assert rec.stat().st_size == size and cap.read_bytes() == GOOD
 
 
-@pytest.mark.parametrize("value", ["0", "-1"])
-def test_max_backlog_below_one_is_refused(tmp_path, value):
-    # it gave up every connection at once: a chain that read nothing, exit 0
+@pytest.mark.parametrize("value", ["0", "-1", "64", "1000"])
+def test_max_backlog_outside_what_it_can_do_is_refused(tmp_path, value):
+    # below 1 it gave up every connection at once (a chain that read nothing, exit 0); from 64
+    # on, back-pressure held the gateway first, so the bound was never reached
     one_line_error(run_cli("chain", "counter", write(tmp_path, "good.pcap", GOOD), "--max-backlog", value,
-                           "--events", "/dev/null"), f"--max-backlog {value}: a number of batches, 1 or more")
+                           "--events", "/dev/null"), f"--max-backlog {value}: a number of batches, 1 to 63")
+
+
+@pytest.mark.parametrize("args", [["counter", "--inline"], ["redact(pattern=x),counter"]])
+def test_max_backlog_where_nothing_can_fall_behind_is_refused(tmp_path, args):
+    # (it was silently ignored: --inline runs every module in the gateway's process, and a
+    # writing module's later stages must read what it wrote)
+    res = run_cli("chain", args[0], write(tmp_path, "good.pcap", GOOD), *args[1:], "--max-backlog", "3",
+                  "--events", "/dev/null")
+    one_line_error(res, "--max-backlog lets a read-only module in its own worker fall behind")
 
 
 @pytest.mark.parametrize("args,words", [
