@@ -12,14 +12,15 @@ from flowsift.modules.workers import ParallelChain
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
               strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
               shards=None, shard=None, reshard=None, handover=None, reassembly=None, edits=None, vlan_key=False,
-              unacked_files=None):
+              unacked_files=None, checksums="ignore"):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`. `reassembly`: the engine's timeouts
     and bounds (flowsift.bounds). `edits`: a writable text file that also gets the edit log's
     lines (edits.jsonl in the store), or None. `vlan_key`: connections are told apart by VLAN
     ids too. `unacked_files`: how many ended connections' files are kept at most for bytes their
-    receiver never acknowledged (default: the store's, 10,000)."""
+    receiver never acknowledged (default: the store's, 10,000). `checksums`: "verify" leaves
+    packets with a wrong IPv4, TCP or UDP checksum out of connections (counted)."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     from flowsift.io.live import is_live
     from flowsift.errors import UsageError
@@ -68,7 +69,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
                            filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
                            max_backlog=max_backlog, on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key,
-                           unacked_files=unacked_files)
+                           unacked_files=unacked_files, checksums=checksums)
     if registry not in (None, "", "embedded"):
         if inline or write is not None or max_backlog is not None or out is not None:
             from flowsift.errors import UsageError
@@ -78,7 +79,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         return run_chain_remote(spec, source, registry, events=events, store=store, keep=keep,
                                 filter_expression=filter_expression, policy=policy, strict=strict,
                                 on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key,
-                                unacked_files=unacked_files)
+                                unacked_files=unacked_files, checksums=checksums)
     # egress rereads stream bytes after the run: nothing may be given back before it is written.
     # A store that goes at the end, for modules that none read the bytes: the bytes are counted,
     # not stored (the records, gaps and counts do not change)
@@ -89,7 +90,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
     g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
                 store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
-                readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, **(reassembly or {}))
+                readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, checksums=checksums,
+                **(reassembly or {}))
     try:
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):

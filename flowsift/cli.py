@@ -129,6 +129,21 @@ VLAN_KEY = typer.Option(False, "--vlan-key",
                              "tshark.")
 
 
+def _checksum_mode(mode: str):
+    from flowsift.io._decode import CHECKSUM_MODES
+    if mode not in CHECKSUM_MODES:
+        raise typer.BadParameter(f"{mode!r}: one of {', '.join(CHECKSUM_MODES)}")
+    return mode
+
+
+CHECKSUMS = typer.Option("ignore", "--checksums", metavar="MODE", callback=_checksum_mode,
+                         help="ignore (default): decode packets whatever their IPv4, TCP and UDP checksums say, as "
+                              "tshark and tcpflow do (a capture taken on a host with checksum offload has wrong ones on "
+                              "every packet it sent). verify: a packet with a wrong one is not decoded (counted as "
+                              "bad_checksum), as Suricata, Snort and Zeek drop it, since its receiver does: a copy "
+                              "that receivers drop cannot then stand in a stream for the one they took.")
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
           dpdk_args: Optional[str] = typer.Option(None, "--dpdk-args", metavar="ARGS",
@@ -146,6 +161,7 @@ def stats(
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
     vlan_key: bool = VLAN_KEY,
+    checksums: str = CHECKSUMS,
     as_json: bool = JSON,
 ):
     """Summarise a capture without reassembling it.
@@ -162,7 +178,8 @@ def stats(
     from flowsift.stats import capture_stats
     capture = _limits(capture, count, duration)
 
-    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress, vlan_key=vlan_key),
+    _run(capture, "reading", lambda progress: capture_stats(capture, filter, on_progress=progress, vlan_key=vlan_key,
+                                                            checksums=checksums),
          as_json, _render('print_stats'))
 
 
@@ -183,6 +200,7 @@ def streams(
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
     vlan_key: bool = VLAN_KEY,
+    checksums: str = CHECKSUMS,
     count: Optional[int] = COUNT,
     duration: Optional[float] = DURATION,
     as_json: bool = JSON,
@@ -221,7 +239,8 @@ def streams(
     bounds = parse_settings(reassembly)
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
-                                                                   gaps=gaps, vlan_key=vlan_key, **bounds),
+                                                                   gaps=gaps, vlan_key=vlan_key, checksums=checksums,
+                                                                   **bounds),
          as_json, _render('print_streams'))
 
 
@@ -254,6 +273,7 @@ def gateway(
     reassembly: Optional[List[str]] = REASSEMBLY,
     registry: Optional[str] = REGISTRY,
     vlan_key: bool = VLAN_KEY,
+    checksums: str = CHECKSUMS,
     unacked_files: Optional[int] = UNACKED_FILES,
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN",
                                       help="Name of the run in the registry (default: a fresh random one)."),
@@ -304,7 +324,7 @@ def gateway(
                   "gives nothing back (modules attach with --registry URL)")
         from flowsift.gateway import Gateway
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, vlan_key=vlan_key,
-                    **bounds)
+                    checksums=checksums, **bounds)
         _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
              _render('print_gateway'))
         return
@@ -314,7 +334,8 @@ def gateway(
     _run(source, "gateway", lambda progress: serve(source, registry, run=run, store=store, keep=keep, expect=names,
                                                    filter_expression=filter, policy=policy, reassembly=bounds,
                                                    on_progress=progress, on_started=started, unknown=unknown,
-                                                   vlan_key=vlan_key, unacked_files=unacked_files),
+                                                   vlan_key=vlan_key, unacked_files=unacked_files,
+                                                   checksums=checksums),
          as_json, _render('print_gateway'))
 
 
@@ -411,6 +432,7 @@ def chain(
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
     vlan_key: bool = VLAN_KEY,
+    checksums: str = CHECKSUMS,
     unacked_files: Optional[int] = UNACKED_FILES,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
     inline: bool = typer.Option(False, "--inline", help="Run the modules in the gateway's process (debugging)."),
@@ -469,7 +491,7 @@ def chain(
                                                          strict=strict, on_progress=progress, inline=inline, write=write,
                                                          max_backlog=max_backlog, registry=registry, out=forward_to,
                                                          shards=shards, reshard=reshard, vlan_key=vlan_key,
-                                                         unacked_files=unacked_files),
+                                                         unacked_files=unacked_files, checksums=checksums),
              as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
     finally:
         if out is not None and out is not sys.stdout:
@@ -504,6 +526,7 @@ def replay(
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
     vlan_key: bool = VLAN_KEY,
+    checksums: str = CHECKSUMS,
     server_port: Optional[int] = typer.Option(None, "--server-port", metavar="N", help="Only connections to this server port."),
     speed: str = typer.Option("max", "--speed", metavar="X",
                               help="'max' (as fast as possible), or a multiple of the original pace between the turns "
@@ -573,9 +596,10 @@ def replay(
     if match != "http" and ignore_header:
         _fail("--ignore-header goes with --match http (--match exact compares answers as bytes)")
     bounds = parse_settings(reassembly)
-    if store is not None and (filter is not None or policy != "first" or reassembly or vlan_key):
+    if store is not None and (filter is not None or policy != "first" or reassembly or vlan_key or checksums != "ignore"):
         # a kept store was reassembled when it was written: these would change nothing
-        _fail("--filter, --policy, --reassembly and --vlan-key read a capture: a --store was read already")
+        _fail("--filter, --policy, --reassembly, --vlan-key and --checksums read a capture: a --store was read "
+              "already")
     _refuse_overwrite([("input capture", source), ("store", store)], [("--report", report)])
     if unacked:
         from flowsift.replay import replay_unacked
@@ -607,7 +631,8 @@ def replay(
         result = run(source, to, store=store, filter_expression=filter, server_port=server_port, speed=pace,
                      concurrency=concurrency, limit=limit, partial=partial, match=match, ignore_headers=ignore_header,
                      ignore_body=ignore_body_regex, timeout=timeout, idle=idle, report=report, on_start=start,
-                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=say, vlan_key=vlan_key)
+                     on_conversation=done, policy=policy, reassembly=bounds, on_notice=say, vlan_key=vlan_key,
+                     checksums=checksums)
     finally:
         if bar is not None:
             bar.stop()

@@ -4,6 +4,7 @@ import os
 from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.reassembly import POLICIES, CountSink, Reassembler
+from flowsift.io.reasons import checksum_summary
 from flowsift.stats import compile_filter, not_in_connections
 
 
@@ -12,11 +13,12 @@ GAP_MODES = ("splice", "zeros")
 
 
 def extract_streams(path, outdir=None, filter_expression=None, policy="first", on_progress=None, gaps="splice",
-                    vlan_key=False, **engine_options):
+                    vlan_key=False, checksums="ignore", **engine_options):
     """Reassemble `path`; write files and DIR/index.jsonl unless `outdir` is None (discard).
     `gaps`: "splice" (a gap takes no room in its file) or "zeros" (a gap before bytes is
     written as zeros: file offsets are stream offsets); the index lists every gap either way.
     `vlan_key`: connections are told apart by their VLAN ids too (the index says them).
+    `checksums`: "verify" leaves packets with a wrong checksum out of connections (counted).
 
     Returns the summary dict documented in docs/cli.md; a defect that stopped reading is in
     its "error" field (everything read before it was reassembled and closed as end of input).
@@ -29,7 +31,7 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     if gaps not in GAP_MODES:
         raise UsageError(f"--gaps {gaps!r}: one of {', '.join(GAP_MODES)}")
     bpf = compile_filter(filter_expression)
-    from flowsift.io import Decoder, open_capture
+    from flowsift.io import open_capture
     cap = open_capture(path, bpf)
     if bpf is not None and not getattr(cap, "live", False) and cap.format == "pcap":
         try:
@@ -41,9 +43,9 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
     else:
         from flowsift.reassembly._filesink import FileSink
         sink = FileSink(str(outdir), zeros=gaps == "zeros")
-    r = Reassembler(sink=sink, policy=policy, vlan_key=vlan_key, **engine_options)
+    r = Reassembler(sink=sink, policy=policy, vlan_key=vlan_key, checksums=checksums, **engine_options)
     error = None
-    decoder = Decoder()         # (ours: its counters are reported when reading stops at a defect too)
+    decoder = r.decoder()       # (ours: its counters are reported when reading stops at a defect too)
     ended = False               # read to the end, or to a defect: the output is the run's
     try:
         try:
@@ -104,5 +106,7 @@ def _summary(path, outdir, filter_expression, policy, gaps, vlan_key, cap, r, si
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
     out.update(not_in_connections(decoder, r.defrag, bpf))
+    if decoder.verify:
+        out["checksums"] = checksum_summary(decoder.checksums(), r.defrag.checksums())
     out["capture_packets"] = decoder.packets + out["filtered"]
     return out

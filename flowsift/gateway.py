@@ -14,6 +14,7 @@ MANIFEST_ROOM = 4096
 
 from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
+from flowsift.io.reasons import checksum_summary
 from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
 from flowsift.registry.base import RegistryError
@@ -79,7 +80,7 @@ class Gateway:
 
     def __init__(self, store=None, keep=False, policy="first", filter_expression=None, max_open_files=None,
                  registry=None, shard=None, store_bytes=True, readers_here=True, vlan_key=False, unacked_files=None,
-                 **engine_options):
+                 checksums="ignore", **engine_options):
         if policy not in POLICIES:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
@@ -92,8 +93,10 @@ class Gateway:
             if store is None:
                 os.rmdir(self.store_dir)    # the default store made for this run: empty still
             raise
-        # vlan_key: connections told apart by VLAN ids too (record headers say them)
-        self.reassembler = Reassembler(sink=self.store, policy=policy, vlan_key=vlan_key, **engine_options)
+        # vlan_key: connections told apart by VLAN ids too (record headers say them); checksums
+        # "verify": packets with a wrong one stay out of connections (counted)
+        self.reassembler = Reassembler(sink=self.store, policy=policy, vlan_key=vlan_key, checksums=checksums,
+                                       **engine_options)
         self.store.attach(self.reassembler.engine)
         self.source = None
         if registry is None:
@@ -312,11 +315,11 @@ class Gateway:
         closed)` is taken at each publish and `process(touched, closed, published=snapshot)`
         called later. The registry must hold the modules' commits: they are recorded while the
         writer is idle."""
-        from flowsift.io import Decoder, decoded_batches, open_capture
+        from flowsift.io import decoded_batches, open_capture
         self.source = str(path)
         # the manifest names its source from the start: a gateway killed (kill -9) leaves it so
         self._write_manifest(complete=False)
-        decoder, batch, error = Decoder(), None, None
+        decoder, batch, error = self.reassembler.decoder(), None, None
         try:
             cap = open_capture(path, self.bpf)
             if on_open is not None:
@@ -453,6 +456,8 @@ class Gateway:
                    **not_in_connections(decoder, self.reassembler.defrag, self.bpf), "error": error}
         if self.reassembler.flows.vlan_key:
             summary["vlan_key"] = True
+        if decoder.verify:
+            summary["checksums"] = checksum_summary(decoder.checksums(), self.reassembler.defrag.checksums())
         summary["packets"] = decoder.packets + summary["filtered"]
         # packets after their connection ended have no record: the engine tells them apart and
         # never hands them to the store, whose own count is of those that reach a closed file
@@ -467,6 +472,8 @@ class Gateway:
                                 "other_shards_packets": self.other_shards,
                                 "rebuilt_not_decoded": sum(d.undecoded().values()),
                                 "rebuilt_other_protocols": d.other_protocols}
+            if decoder.verify:
+                summary["shard"]["rebuilt_checksums"] = d.checksums()
             if self.resharder is not None:
                 summary["shard"]["moved"] = self.resharder.counters()
                 summary["shard"]["steps_reached"] = self.resharder.step

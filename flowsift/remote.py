@@ -62,7 +62,7 @@ def expected_names(text, on_status=say):
 
 def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expression=None, policy="first",
           on_progress=None, on_status=say, tick=None, on_started=None, reassembly=None, unknown=(), on_stopped=None,
-          vlan_key=False, unacked_files=None):
+          vlan_key=False, unacked_files=None, checksums="ignore"):
     """Run the gateway over `source` with the registry at `url`; returns its summary. `unknown`:
     expected names that are no module flowsift knows (said again while waiting for them).
     `on_stopped()` is called when the run is cut short (Ctrl-C, an error), before its keys go."""
@@ -72,7 +72,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
         try:
             reg.check_run()             # a live run is refused before the store is made
             g = Gateway(store, keep=keep, policy=policy, filter_expression=filter_expression, registry=reg,
-                        readers_here=False, vlan_key=vlan_key, unacked_files=unacked_files, **(reassembly or {}))
+                        readers_here=False, vlan_key=vlan_key, unacked_files=unacked_files, checksums=checksums,
+                        **(reassembly or {}))
         except RegistryError as e:
             reg.close()
             raise FlowsiftError(str(e)) from None
@@ -597,7 +598,8 @@ class _Attached:
 
 
 def run_chain_remote(spec, source, url, events=None, store=None, keep=False, filter_expression=None, policy="first",
-                     strict=False, on_progress=None, reassembly=None, vlan_key=False, unacked_files=None):
+                     strict=False, on_progress=None, reassembly=None, vlan_key=False, unacked_files=None,
+                     checksums="ignore"):
     """`flowsift chain ... --registry URL`: the gateway here, each module in its own
     `flowsift module` process attached through the registry (restarted if it dies)."""
     import subprocess
@@ -661,7 +663,7 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                 summary = serve(source, url, run=run, store=store, keep=keep, expect=names,
                                 filter_expression=filter_expression, policy=policy, on_progress=on_progress,
                                 tick=tick, reassembly=reassembly, on_stopped=stop_modules, vlan_key=vlan_key,
-                                unacked_files=unacked_files,
+                                unacked_files=unacked_files, checksums=checksums,
                                 on_started=lambda r: [launch(i) for i in range(len(parts))])
                 results = []
                 for i, p in procs.items():

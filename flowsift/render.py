@@ -181,6 +181,11 @@ def print_stats(s, console=None):
     notes = {k: v for k, v in s["anomalies"].items() if v}
     if notes:
         console.print("notes: " + ", ".join(f"{k.replace('_', ' ')} {_n(v)}" for k, v in notes.items()))
+    if "checksums" in s:
+        c = s["checksums"]
+        console.print("checksums verified: wrong " + ", ".join(f"{k} {_n(v)}" for k, v in c["bad"].items())
+                      + "; not verifiable " + ", ".join(f"{k.replace('_', ' ')} {_n(v)}" for k, v in c["unverified"].items())
+                      + f"; UDP without checksum {_n(c['udp_without_checksum'])}")
 
 
 def print_streams(s, console=None):

@@ -959,7 +959,8 @@ def _vlan(c):
     return vlan_field(c.get("vlan") if isinstance(c, dict) else c.vlan)
 
 
-def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None, vlan_key=False):
+def _store_of(source, store, filter_expression, on_progress, policy="first", reassembly=None, vlan_key=False,
+              checksums="ignore"):
     """A kept store for `source` (a capture, read now into a temporary store) or `store`."""
     if store is not None:
         from flowsift.streams.reader import check_store
@@ -969,7 +970,7 @@ def _store_of(source, store, filter_expression, on_progress, policy="first", rea
         raise UsageError("give a capture, or --store DIR")
     from flowsift.gateway import Gateway
     g = Gateway(None, keep=True, filter_expression=filter_expression, policy=policy, vlan_key=vlan_key,
-                **(reassembly or {}))
+                checksums=checksums, **(reassembly or {}))
     try:
         summary = g.run_capture(source, on_progress=on_progress)
         if summary["error"]:
@@ -1014,9 +1015,9 @@ class _Report:
 def replay(source, to, store=None, filter_expression=None, server_port=None, speed=None, concurrency=8, limit=None,
            partial=False, match="exact", ignore_headers=(), ignore_body=None, timeout=10.0, idle=1.0, report=None,
            on_progress=None, on_conversation=None, on_start=None, policy="first", reassembly=None, on_notice=None,
-           vlan_key=False):
+           vlan_key=False, checksums="ignore"):
     """Replay the connections of `source` (or of the kept `store`) against `to`; returns the summary.
-    `policy`, `reassembly` (flowsift.bounds) and `vlan_key` are how a capture is reassembled;
+    `policy`, `reassembly` (flowsift.bounds), `vlan_key` and `checksums` are how a capture is reassembled;
     `on_notice` is told, in one line, of a -j the descriptor limit lowers."""
     from flowsift.streams.reader import store_files
     if source is not None and store is not None:
@@ -1037,7 +1038,8 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     out = _Report(report) if report else None
     skipped, convs, temporary = {}, [], None
     try:
-        directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly, vlan_key)
+        directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly, vlan_key,
+                                             checksums)
         truncated, misnamed = [], []
         for path in store_files(directory):
             c = conversation(path, partial=partial)

@@ -264,7 +264,25 @@ def shard_source(source):
 
 
 # a shard's summary fields that the merged summary uses, not shows
-_OWN = ("rebuilt_not_decoded", "rebuilt_other_protocols", "steps_reached")
+_OWN = ("rebuilt_not_decoded", "rebuilt_other_protocols", "rebuilt_checksums", "steps_reached")
+
+
+def _checksums(results, split):
+    """The shards' `checksums` (--checksums verify) as one: from a file every shard checked
+    every frame (counted once) and the datagrams it rebuilt (its own)."""
+    from flowsift.io.reasons import checksum_summary
+    if split != "hash":
+        return {"mode": "verify", **{part: {k: sum(r["checksums"][part][k] for r in results)
+                                            for k in results[0]["checksums"][part]}
+                                     for part in ("bad", "unverified")},
+                "udp_without_checksum": sum(r["checksums"]["udp_without_checksum"] for r in results)}
+    first = results[0]["checksums"]
+    own0 = checksum_summary(results[0]["shard"].get("rebuilt_checksums", {}))
+    datagrams = checksum_summary(*(r["shard"].get("rebuilt_checksums", {}) for r in results))
+    return {"mode": "verify", **{part: {k: first[part][k] - own0[part][k] + datagrams[part][k] for k in first[part]}
+                                 for part in ("bad", "unverified")},
+            "udp_without_checksum": first["udp_without_checksum"] - own0["udp_without_checksum"]
+            + datagrams["udp_without_checksum"]}
 
 
 def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None, **kw):
@@ -412,6 +430,8 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
             # every shard read the whole file; each rebuilt its own flows' datagrams only
             own = [r["shard"].get(f"rebuilt_{key}", 0) for r in results]
             out[key] = results[0].get(key, 0) - own[0] + sum(own)
+    if "checksums" in results[0]:
+        out["checksums"] = _checksums(results, split)
     # (frames, not rebuilt datagrams: from a file, every shard read them all)
     lts = {}
     for r in results[:1] if split == "hash" else results:

@@ -3,7 +3,7 @@ import datetime as _dt
 
 from flowsift.errors import CaptureFormatError, UsageError
 from flowsift.io import BpfError, BpfFilter, Decoder, Defragmenter, FlowTable, decoded_batches, open_capture
-from flowsift.io.reasons import REASONS, ethertype_name, linktype_name, proto_name, unsupported_linktypes
+from flowsift.io.reasons import REASONS, checksum_summary, ethertype_name, linktype_name, proto_name, unsupported_linktypes
 
 
 def compile_filter(expression):
@@ -20,16 +20,18 @@ def _iso(ns):
     return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def capture_stats(path, filter_expression=None, on_progress=None, vlan_key=False):
+def capture_stats(path, filter_expression=None, on_progress=None, vlan_key=False, checksums="ignore"):
     """Read the whole capture and return the stats dict documented in docs/cli.md.
-    `vlan_key`: flows (and IP datagrams) are told apart by their VLAN ids too.
+    `vlan_key`: flows (and IP datagrams) are told apart by their VLAN ids too. `checksums`:
+    "verify" leaves packets with a wrong IPv4, TCP or UDP checksum undecoded (bad_checksum).
 
     A defect that stops reading (a file cut short...) does not lose what was read: the dict
     carries it under "error", and the caller decides how to exit.
     """
     bpf = compile_filter(filter_expression)
     cap = open_capture(path, bpf)
-    decoder, defrag, flows = Decoder(), Defragmenter(vlan_key=vlan_key), FlowTable(vlan_key)
+    decoder, defrag, flows = Decoder(checksums), Defragmenter(vlan_key=vlan_key), FlowTable(vlan_key)
+    defrag.verify_checksums = decoder.verify
     error = None
     try:
         for batch in decoded_batches(cap, decoder, bpf, on_progress):
@@ -124,6 +126,8 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
         out["flows"]["vlan_key"] = True
         out["flows"]["by_vlan"] = [{"vlan": vlan_ids(*v), "tcp": n[0], "udp": n[1]}
                                    for v, n in sorted(flows.vlan_counts().items())]
+    if decoder.verify:
+        out["checksums"] = checksum_summary(decoder.checksums(), defrag.checksums())
     if getattr(cap, "live", False):
         out["kernel"] = cap.live_counters()
     if c["ts_packets"]:

@@ -207,3 +207,57 @@ def interleaved_capture(path, n, parts, port=80):
         send(i, False, 0x11)
     path.write_bytes(pcap(frames))
     return path
+
+
+# --- checksums ---------------------------------------------------------------------------
+# The builders above leave every checksum 0. checksummed() fills in an Ethernet frame's IPv4
+# header checksum and its TCP or UDP checksum (IPv4 or IPv6 without extension headers, not a
+# fragment), as a sender would; corrupt() then spoils one of them.
+
+def inet_checksum(data):
+    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _layers(frame):
+    # (offset of the IP header, IP version, offset of the transport header, its protocol, its end)
+    l3 = 14
+    while struct.unpack(">H", frame[l3 - 2:l3])[0] in (0x8100, 0x88A8):
+        l3 += 4
+    if frame[l3] >> 4 == 4:
+        ihl = (frame[l3] & 15) * 4
+        return l3, 4, l3 + ihl, frame[l3 + 9], l3 + struct.unpack(">H", frame[l3 + 2:l3 + 4])[0]
+    return l3, 6, l3 + 40, frame[l3 + 6], l3 + 40 + struct.unpack(">H", frame[l3 + 4:l3 + 6])[0]
+
+
+def checksummed(frame, udp_zero=False, transport=True):
+    """`frame` with right checksums (a UDP one left 0 over IPv4 with `udp_zero`: none computed;
+    the IPv4 header's alone without `transport`, for a fragment)."""
+    f = bytearray(frame)
+    l3, ver, l4, proto, end = _layers(f)
+    if ver == 4:
+        f[l3 + 10:l3 + 12] = b"\0\0"
+        f[l3 + 10:l3 + 12] = struct.pack(">H", inet_checksum(bytes(f[l3:l4])))
+        pseudo = bytes(f[l3 + 12:l3 + 20]) + struct.pack(">BBH", 0, proto, end - l4)
+    else:
+        pseudo = bytes(f[l3 + 8:l3 + 40]) + struct.pack(">IxxxB", end - l4, proto)
+    at = {6: 16, 17: 6}.get(proto)
+    if transport and at is not None and not (udp_zero and proto == 17):
+        f[l4 + at:l4 + at + 2] = b"\0\0"
+        c = inet_checksum(pseudo + bytes(f[l4:end]))
+        f[l4 + at:l4 + at + 2] = struct.pack(">H", c or 0xFFFF if proto == 17 else c)
+    return bytes(f)
+
+
+def corrupt(frame, which="tcp"):
+    """`frame` (checksummed) with its IPv4 header checksum ("ip") or its TCP/UDP one wrong."""
+    f = bytearray(frame)
+    l3, ver, l4, proto, end = _layers(f)
+    at = l3 + 10 if which == "ip" else l4 + {6: 16, 17: 6}[proto]
+    f[at] ^= 0x5A
+    return bytes(f)

@@ -23,7 +23,8 @@ cdef enum:
     ST_BAD_TCP_DATA_OFFSET = 12
     ST_TRUNCATED_UDP = 13
     ST_BAD_UDP_LENGTH = 14
-    ST_COUNT = 15
+    ST_BAD_CHECKSUM = 15         # with checksums verified: an IPv4 header or a TCP/UDP checksum is wrong
+    ST_COUNT = 16
 
 # pkt_t.flags
 cdef enum:

@@ -35,6 +35,11 @@ DEF ET_IPV4 = 0x0800
 DEF ET_IPV6 = 0x86DD
 DEF ET_PPP = 0x880B       # PPP's ethertype: names a PPP frame of another protocol than IP
 
+# --checksums: "ignore" decodes whatever the checksums say (tshark's and tcpflow's default: a
+# capture taken on a sending host with checksum offload has wrong ones on every packet it
+# sent); "verify" leaves out of connections what a receiver drops (Suricata, Snort, Zeek)
+CHECKSUM_MODES = ("ignore", "verify")
+
 
 cdef class Decoder:
     """Decodes batches in place and keeps the counters `flowsift stats` reports."""
@@ -64,8 +69,13 @@ cdef class Decoder:
     cdef uint64_t later_frag6
     cdef uint64_t* ethertypes        # non-IP frames by ethertype (0: 802.3/LLC or unknown family)
     cdef uint64_t* linktypes         # frames of a link type not decoded, by link type
+    cdef readonly bint verify        # --checksums verify: a wrong checksum makes a frame ST_BAD_CHECKSUM
+    cdef uint64_t checks[CK_COUNT]   # frames by what verifying their checksums found (CK_*)
 
-    def __cinit__(self):
+    def __cinit__(self, str checksums="ignore"):
+        if checksums not in CHECKSUM_MODES:
+            raise ValueError(f"checksums {checksums!r}: one of {', '.join(CHECKSUM_MODES)}")
+        self.verify = checksums == "verify"
         self.ethertypes = <uint64_t*> calloc(65536, sizeof(uint64_t))
         self.linktypes = <uint64_t*> calloc(65536, sizeof(uint64_t))
         if self.ethertypes == NULL or self.linktypes == NULL:
@@ -81,11 +91,18 @@ cdef class Decoder:
         """Decode every packet of `batch` in place; returns the number decoded (status OK)."""
         cdef Py_ssize_t i, ok = 0
         cdef pkt_t* p
+        cdef int k
         with nogil:
             for i in range(batch.n):
                 p = &batch.pkts[i]
                 if p.status == ST_OK:
                     decode_packet(p)
+                    if self.verify and p.status == ST_OK:
+                        k = check_packet(p)
+                        if k != CK_OK:
+                            self.checks[k] += 1
+                            if k <= CK_BAD_UDP:
+                                p.status = ST_BAD_CHECKSUM
                 self._account(p)
                 if p.status == ST_OK:
                     ok += 1
@@ -143,6 +160,11 @@ cdef class Decoder:
                     self.later_frag6 += 1
                     return
             self.proto6[p.proto] += 1
+
+    def checksums(self):
+        """{CK_* code: frames} of what verifying checksums found (empty unless verifying)."""
+        cdef int k
+        return {k: self.checks[k] for k in range(1, CK_COUNT) if self.checks[k]}
 
     def counters(self):
         """Plain-Python snapshot of the counters."""
@@ -572,3 +594,129 @@ def is_ipv6_extension(unsigned char nh):
     """Whether next-header value `nh` is an IPv6 extension header the decoder walks over (egress
     walks the same ones to find a Routing header)."""
     return ipv6_extension(nh)
+
+
+# --- checksums (--checksums verify) --------------------------------------------------------
+# The Internet checksum (RFC 1071) is byte-order independent: words summed in the machine's
+# order and folded give the byte-swapped sum, and a region that verifies sums to 0xFFFF in
+# either order. So 32-bit words are added as they lie in memory, into 64 bits (64 KiB of data
+# cannot overflow it), and folded once at the end.
+
+cdef inline uint64_t csum_add(const uint8_t* b, uint32_t n, uint64_t acc) noexcept nogil:
+    # `n` bytes from `b`, which starts at an even offset of what the checksum covers
+    cdef uint32_t w
+    cdef uint16_t h = 0
+    while n >= 4:
+        memcpy(&w, b, 4)
+        acc += w
+        b += 4
+        n -= 4
+    if n >= 2:
+        memcpy(&h, b, 2)
+        acc += h
+        b += 2
+        n -= 2
+    if n:
+        h = 0
+        memcpy(&h, b, 1)           # the odd last byte, padded with a zero byte
+        acc += h
+    return acc
+
+
+cdef inline bint csum_ok(uint64_t acc) noexcept nogil:
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc == 0xFFFF
+
+
+cdef inline bint ipv4_source_routed(const uint8_t* h, uint32_t ihl) noexcept nogil:
+    # Loose or Strict Source Route option (RFC 791): the pseudo-header then holds the final
+    # destination, not the header's
+    cdef uint32_t o = 20
+    while o < ihl:
+        if h[o] == 0:
+            return False
+        if h[o] == 1:
+            o += 1
+            continue
+        if h[o] == 131 or h[o] == 137:
+            return True
+        if o + 1 >= ihl or h[o + 1] < 2:
+            return False
+        o += h[o + 1]
+    return False
+
+
+cdef inline bint ipv6_routed(const pkt_t* p) noexcept nogil:
+    # a Routing header with segments left: the pseudo-header's destination is its last address
+    # (RFC 8200 8.1). The decoder walked the chain already: l4_off is where it ended
+    cdef const uint8_t* d = p.data
+    cdef uint32_t cur = p.l3_off + 40, end = p.l4_off
+    cdef uint8_t nh = d[p.l3_off + 6]
+    while cur + 4 <= end and ipv6_extension(nh):
+        if nh == 43 and d[cur + 3] != 0:
+            return True
+        nh, cur = d[cur], cur + ((<uint32_t>d[cur + 1] + 2) * 4 if nh == 51 else (<uint32_t>d[cur + 1] + 1) * 8)
+    return False
+
+
+cdef int check_transport(pkt_t* p) noexcept nogil:
+    # the TCP or UDP checksum of a decoded packet that is not a fragment (a datagram rebuilt
+    # from fragments included); CK_OK for other protocols
+    cdef const uint8_t* d = p.data
+    cdef uint32_t l4 = p.l4_off, n
+    cdef uint64_t acc
+    cdef uint8_t pseudo[8]
+    if (p.proto != 6 and p.proto != 17) or not (p.flags & PF_L4):
+        return CK_OK
+    if p.flags & PF_IP_LEN_FROM_FRAME:
+        return CK_LEN_FROM_FRAME
+    if p.flags & (PF_SNAPLEN_CUT | PF_IP_LEN_EXCEEDS_FRAME):
+        return CK_CUT
+    # the bytes covered: the TCP segment (header and payload) or the UDP length's
+    n = p.payload_off - l4 + p.payload_wirelen
+    if p.ipver == 4:
+        if p.proto == 17 and d[l4 + 6] == 0 and d[l4 + 7] == 0:
+            return CK_UDP_NONE
+        if l4 - p.l3_off > 20 and ipv4_source_routed(d + p.l3_off, (d[p.l3_off] & 0x0F) * 4):
+            return CK_SOURCE_ROUTED
+        acc = csum_add(p.src, 4, 0)
+        acc = csum_add(p.dst, 4, acc)
+        pseudo[0] = 0
+        pseudo[1] = p.proto
+        pseudo[2] = <uint8_t>(n >> 8)
+        pseudo[3] = <uint8_t>(n & 0xFF)
+        acc = csum_add(pseudo, 4, acc)
+    else:
+        # (UDP over IPv6 must have a checksum: 0 is wrong, RFC 8200 8.1)
+        if l4 > p.l3_off + 40 and ipv6_routed(p):
+            return CK_SOURCE_ROUTED
+        acc = csum_add(p.src, 16, 0)
+        acc = csum_add(p.dst, 16, acc)
+        pseudo[0] = <uint8_t>(n >> 24)
+        pseudo[1] = <uint8_t>((n >> 16) & 0xFF)
+        pseudo[2] = <uint8_t>((n >> 8) & 0xFF)
+        pseudo[3] = <uint8_t>(n & 0xFF)
+        pseudo[4] = 0
+        pseudo[5] = 0
+        pseudo[6] = 0
+        pseudo[7] = p.proto
+        acc = csum_add(pseudo, 8, acc)
+    if csum_ok(csum_add(d + l4, n, acc)):
+        return CK_OK
+    return CK_BAD_TCP if p.proto == 6 else CK_BAD_UDP
+
+
+cdef int check_packet(pkt_t* p) noexcept nogil:
+    # a decoded frame's checksums: its IPv4 header's, then (not for a fragment, whose datagram
+    # the defragmenter checks once rebuilt) its TCP or UDP checksum
+    cdef uint32_t ihl
+    if p.ipver == 4:
+        if p.flags & PF_IP_LEN_FROM_FRAME:
+            return CK_LEN_FROM_FRAME
+        ihl = (p.data[p.l3_off] & 0x0F) * 4
+        if not csum_ok(csum_add(p.data + p.l3_off, ihl, 0)):
+            return CK_BAD_IPV4
+    if p.flags & PF_FRAGMENT:
+        return CK_OK
+    return check_transport(p)

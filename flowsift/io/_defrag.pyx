@@ -19,7 +19,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
 from flowsift.io._bytes cimport fs_be16
-from flowsift.io._decode cimport decode_packet, ipv6_extension
+from flowsift.io._decode cimport decode_packet, ipv6_extension, check_transport, CK_OK, CK_BAD_UDP, CK_COUNT
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -147,6 +147,10 @@ cdef class Defragmenter:
     # their headers did not decode, or of protocols other than TCP and UDP
     cdef uint64_t not_decoded[ST_COUNT]
     cdef readonly uint64_t other_protocols
+    # --checksums verify: a rebuilt datagram's TCP/UDP checksum is checked (its fragments' IPv4
+    # headers were, by the decoder); one that is wrong is not decoded (ST_BAD_CHECKSUM)
+    cdef public bint verify_checksums
+    cdef uint64_t checks[CK_COUNT]
 
     def __cinit__(self, str policy="first", bint vlan_key=False):
         if policy not in ("first", "last"):
@@ -533,6 +537,7 @@ cdef class Defragmenter:
         cdef int64_t ts
         cdef uint64_t pos
         cdef uint16_t iface
+        cdef int k
         if t.poisoned:
             self.truncated += 1
             self._remember_done(t, NO_DATAGRAM)   # (its fragments all came: one sent again is late)
@@ -580,6 +585,12 @@ cdef class Defragmenter:
         p.vlan_inner = t.vlan[1]
         p.vlan_depth = t.vlan_depth
         p.flags |= PF_REASSEMBLED
+        if self.verify_checksums and p.status == ST_OK:
+            k = check_transport(p)
+            if k != CK_OK:
+                self.checks[k] += 1
+                if k <= CK_BAD_UDP:
+                    p.status = ST_BAD_CHECKSUM
         self.datagrams += 1
         if p.status != ST_OK:
             self.not_decoded[p.status] += 1
@@ -608,6 +619,11 @@ cdef class Defragmenter:
         """{reason code: rebuilt datagrams whose headers did not decode} (codes as in reasons.py)."""
         cdef int k
         return {k: self.not_decoded[k] for k in range(1, ST_COUNT) if self.not_decoded[k]}
+
+    def checksums(self):
+        """{CK_* code: rebuilt datagrams} of what verifying their checksums found."""
+        cdef int k
+        return {k: self.checks[k] for k in range(1, CK_COUNT) if self.checks[k]}
 
     def counters(self):
         # datagrams still being rebuilt count as incomplete, but those a cut fragment already

@@ -18,6 +18,7 @@ REASONS = {
     12: "bad_tcp_data_offset",
     13: "truncated_udp_header",
     14: "bad_udp_length",
+    15: "bad_checksum",
 }
 
 REASON_HELP = {
@@ -35,7 +36,28 @@ REASON_HELP = {
     "bad_tcp_data_offset": "TCP data offset below 20 bytes or beyond the segment",
     "truncated_udp_header": "UDP header cut short",
     "bad_udp_length": "UDP length field below 8 or beyond the IP payload",
+    "bad_checksum": "IPv4 header, TCP or UDP checksum wrong (--checksums verify only)",
 }
+
+# what verifying a packet's checksums found (--checksums verify), by the CK_* codes of
+# _decode.pxd: wrong (the packet is not decoded: bad_checksum), not verifiable (decoded all
+# the same), or a UDP checksum of 0 over IPv4 (none computed: valid)
+CHECKSUM_BAD = {1: "ipv4", 2: "tcp", 3: "udp"}
+CHECKSUM_UNVERIFIED = {4: "cut_short", 5: "ip_length_from_frame", 6: "source_routed"}
+CHECKSUM_UDP_NONE = 7
+
+
+def checksum_summary(*counters):
+    """The `checksums` object of a summary from {CK_* code: packets} dicts (a Decoder's frames,
+    a Defragmenter's rebuilt datagrams: `.checksums()`), added up."""
+    n = {}
+    for c in counters:
+        for k, v in c.items():
+            n[k] = n.get(k, 0) + v
+    return {"mode": "verify", "bad": {name: n.get(k, 0) for k, name in CHECKSUM_BAD.items()},
+            "unverified": {name: n.get(k, 0) for k, name in CHECKSUM_UNVERIFIED.items()},
+            "udp_without_checksum": n.get(CHECKSUM_UDP_NONE, 0)}
+
 
 LINKTYPES = {
     0: "NULL",

@@ -32,14 +32,20 @@ class Reassembler:
 
     `sink`: a compiled Sink (CountSink, the streams FileSink...), or None to collect events
     in Python (`self.collector`). `vlan_key`: connections are told apart by VLAN ids too (the
-    flow table's and the defragmenter's key). Options are the Engine's: policy, timeouts,
-    memory bounds.
+    flow table's and the defragmenter's key). `checksums`: "verify" checks rebuilt datagrams'
+    TCP/UDP checksums; the decoder that feeds it must verify too (`decoder()` makes one).
+    Options are the Engine's: policy, timeouts, memory bounds.
     """
 
-    def __init__(self, sink=None, fragment_policy="first", vlan_key=False, **options):
+    def __init__(self, sink=None, fragment_policy="first", vlan_key=False, checksums="ignore", **options):
         from flowsift.io import Defragmenter, FlowTable
+        from flowsift.io._decode import CHECKSUM_MODES
+        if checksums not in CHECKSUM_MODES:
+            raise ValueError(f"checksums {checksums!r}: one of {', '.join(CHECKSUM_MODES)}")
+        self.checksums = checksums
         self.flows = FlowTable(vlan_key)
         self.defrag = Defragmenter(fragment_policy, vlan_key)
+        self.defrag.verify_checksums = checksums == "verify"
         self.collector = None
         if sink is None:
             from flowsift.reassembly.events import EventCollector
@@ -47,6 +53,11 @@ class Reassembler:
             sink = PySink(self.collector)
         self.sink = sink
         self.engine = Engine(self.flows, sink, **options)
+
+    def decoder(self):
+        """A Decoder that checks checksums as this reassembler does."""
+        from flowsift.io import Decoder
+        return Decoder(self.checksums)
 
     def feed(self, batch):
         """A decoded batch: fragments are rebuilt, then each packet is placed in its flow and
@@ -60,8 +71,8 @@ class Reassembler:
 
     def feed_capture(self, path, bpf=None, decoder=None, on_progress=None):
         """Read, decode and reassemble a whole capture, then close everything (end of input)."""
-        from flowsift.io import Decoder, decoded_batches
-        decoder = decoder or Decoder()
+        from flowsift.io import decoded_batches
+        decoder = decoder or self.decoder()
         try:
             for batch in decoded_batches(path, decoder, bpf, on_progress):
                 self.feed(batch)
