@@ -454,6 +454,10 @@ def test_a_capture_that_cannot_be_read_leaves_no_store(tmp_path, corpus):
             assert _stores_of(source) == []
 
 
+# what replay --store says of the options that read a capture (they were ignored)
+READ_ALREADY = "--filter, --policy, --reassembly, --vlan-key and --checksums read a capture: a --store was read already"
+
+
 def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_errors(tmp_path, corpus):
     # the capture was ignored for the store; a directory that is no store replayed nothing, exit 0
     store, adir = tmp_path / "st", tmp_path / "adir"
@@ -469,12 +473,10 @@ def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_erro
                            ((BRO, "--store", store, "--unacked"), "--unacked replays a kept store: give --store DIR "
                                                                   "(and no capture)"),
                            # (they were ignored)
-                           (("--store", store, "--filter", "tcp"), "--filter, --policy, --reassembly and --vlan-key "
-                                                                   "read a capture: a --store was read already"),
-                           (("--store", store, "--policy", "linux"), "--filter, --policy, --reassembly and --vlan-key "
-                                                                     "read a capture: a --store was read already"),
-                           (("--store", store, "--vlan-key"), "--filter, --policy, --reassembly and --vlan-key read a "
-                                                              "capture: a --store was read already")):
+                           (("--store", store, "--filter", "tcp"), READ_ALREADY),
+                           (("--store", store, "--policy", "linux"), READ_ALREADY),
+                           (("--store", store, "--vlan-key"), READ_ALREADY),
+                           (("--store", store, "--checksums", "verify"), READ_ALREADY)):
             res = run_cli("replay", *args, "--to", to)
             assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n", res.stderr
 
