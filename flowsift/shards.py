@@ -192,6 +192,9 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         # one line for the run, said by the parent once every shard is in the fan-out group
         from flowsift.io import live
         live.on_listening = lambda cap, down: conn.send(("listening", cap.name, cap.scheme, down))
+        if index:
+            from flowsift.errors import follow
+            follow()        # (what every shard sees alike, shard 0 says)
     outcome = None
     try:
         try:

@@ -361,6 +361,23 @@ def test_an_interface_that_goes_down_is_waited_for_without_spinning(netns, corpu
     assert got["packets"] == 483 and got["kernel"]["stopped_by"] == "count"
 
 
+def test_shards_say_once_that_their_interface_went_down(netns, corpus):
+    """Every shard's socket sees the interface go down: the run says it once (it said it once
+    per shard)."""
+    p = netns.flowsift("chain", "counter", "afpacket:va", "--shards", 2, "--count", 483, "--duration", 30,
+                       "--events", "/dev/null", "--json")
+    started(p)
+    netns.ip("-n", netns.name, "link", "set", "va", "down")
+    time.sleep(1.0)
+    netns.ip("-n", netns.name, "link", "set", "va", "up")
+    time.sleep(0.5)
+    send(netns, CORPUS / JPEGS)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert err.count("afpacket:va went down; waiting for it to come up") == 1, err
+    assert json.loads(out)["packets"] == 483
+
+
 @pytest.mark.parametrize("command", [("stats",), ("chain", "counter", "--events", "/dev/null")])
 def test_an_interface_deleted_while_captured_ends_the_run_with_what_it_read(netns, corpus, command):
     """It ran for ever at full CPU; now it ends as a capture file cut short does: the summary of
@@ -716,7 +733,8 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
-    assert "SIGTERM: the capture has ended; the run ends with its summary" in err
+    # (said once, by the first shard: every shard took the same stop)
+    assert err.count("SIGTERM: the capture has ended; the run ends with its summary") == 1, err
     got = json.loads(out)
     assert got["kernel"]["stopped_by"] == "duration" and got["packets"] == 483
     assert got["events"] == len(events.read_text().splitlines()) == 19

@@ -26,8 +26,8 @@ import signal
 import struct
 import time
 
-from flowsift.errors import (CaptureFormatError, FlowsiftError, UsageError, capture_ended, say, stop_after_capture,
-                             take_stop)
+from flowsift.errors import (CaptureFormatError, FlowsiftError, UsageError, capture_ended, following, say,
+                             stop_after_capture, take_stop)
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -309,7 +309,7 @@ class LiveCapture:
                 self.stopped_by = "error"
                 raise CaptureFormatError(f"afpacket:{self.name}", str(e).partition(": ")[2]) from None
             self.kernel_filtered = self._src.vlan_stripped == tagged
-            if self._src.went_down != downs:
+            if self._src.went_down != downs and not following():
                 say(f"afpacket:{self.name} went down; waiting for it to come up")
         else:
             n = self._src.fill(batch, timeout_ms, limit)
