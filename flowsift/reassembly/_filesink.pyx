@@ -38,7 +38,7 @@ from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.time cimport timespec
 from posix.unistd cimport write as c_write, close as c_close, lseek, ftruncate, SEEK_END
 
-from flowsift.errors import FlowsiftError
+from flowsift.errors import FlowsiftError, UsageError
 from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 from flowsift.reassembly._engine import GAP_NAMES
@@ -319,6 +319,33 @@ _STREAM_FILE = re.compile(r"c[0-9]{6,}-.+\.(c2s|s2c)\Z", re.S)
 
 # gap reason codes -> their names in the index, JSON-encoded
 _REASON_JSON = {code: name.encode() for code, name in GAP_NAMES.items()}
+
+
+def earlier_output(outdir):
+    """What an earlier run left in `outdir`: (its index.jsonl is there, how many stream files);
+    (False, 0) for a directory that does not exist or cannot be listed (the sink says why)."""
+    n = 0
+    try:
+        index = os.path.lexists(os.path.join(outdir, "index.jsonl"))
+        with os.scandir(outdir) as it:
+            for e in it:
+                if _STREAM_FILE.match(e.name) and e.is_file(follow_symlinks=False):
+                    n += 1
+    except OSError:
+        return False, 0
+    return index, n
+
+
+def refuse_earlier_output(outdir):
+    """Raise UsageError (one line) when `outdir` holds an earlier run's output: this run would
+    replace it (mixed, the two would read as one output, and connection numbers restart at 0),
+    which only `--replace` may ask for. Nothing is read or changed."""
+    index, n = earlier_output(outdir)
+    if index or n:
+        files = f"{n:,} stream file{'s' if n != 1 else ''}" if n else "no stream file"
+        what = f"index.jsonl and {files}" if index else files
+        raise UsageError(f"{outdir}: holds the output of an earlier run ({what}): give --replace to replace "
+                         f"it, or another -o")
 
 
 def _clear_earlier(outdir):
