@@ -3,8 +3,8 @@
 
 Bytes are buffered per direction in C (BUF bytes, allocated while the direction is live).
 A full buffer is handed to a writer thread, which appends it with write(2) through descriptors
-kept in a small LRU cache (a capture with any number of live connections never runs out of
-them) and updates the direction's SHA-256 (OpenSSL, once per buffer, never per packet): the
+kept in a small LRU cache sized from the descriptor limit (a capture with any number of live
+connections never runs out of them) and updates the direction's SHA-256 (OpenSSL, once per buffer, never per packet): the
 system calls and the hashing, more than half the time of writing streams to tmpfs, run beside
 reassembly. Confined to one CPU, the same lists of jobs are run inline, without the thread.
 Index lines are written when connections end, formatted in C into a buffer that goes out with
@@ -87,8 +87,12 @@ cdef extern from "<arpa/inet.h>" nogil:
 # Per-direction buffer: a few syscalls per 8 KiB; small enough that thousands of live
 # connections cost tens of MB, not hundreds.
 DEF BUF = 8192
-# Descriptors kept open at once; a flush to a file not in the cache reopens it (O_APPEND).
+# Descriptors kept open at once, at most (fewer where the descriptor limit leaves fewer: see
+# _open_budget); a flush to a file not in the cache reopens it (O_APPEND).
 DEF MAX_OPEN = 256
+# ... and at least: a connection's two directions take turns, and with fewer nearly every
+# buffer would close and reopen a file. A limit that leaves fewer is said before the first packet.
+DEF MIN_OPEN = 4
 # Buffers handed to the writer thread in one go (bytes, jobs): the next ones fill meanwhile
 DEF HAND_BYTES = 4194304
 DEF HAND_JOBS = 4096
@@ -157,6 +161,7 @@ ctypedef struct fjobs_t:
 ctypedef struct fwriter_t:
     fjobs_t* run           # the list the thread runs next
     fdslot_t slots[MAX_OPEN]
+    int max_open           # slots used: MIN_OPEN to MAX_OPEN, as the descriptor limit allows
     uint64_t clock
     int index_fd
     char* index_path
@@ -167,7 +172,7 @@ ctypedef struct fwriter_t:
 cdef int fw_slot(fwriter_t* w, const char* path) noexcept nogil:
     # the cache entry holding the descriptor of this direction's file, or -1
     cdef int k
-    for k in range(MAX_OPEN):
+    for k in range(w.max_open):
         if w.slots[k].path == path and w.slots[k].fd >= 0:
             return k
     return -1
@@ -180,7 +185,7 @@ cdef int fw_descriptor(fwriter_t* w, fjob_t* j) noexcept nogil:
     if k >= 0:
         w.slots[k].stamp = w.clock
         return w.slots[k].fd
-    for k in range(MAX_OPEN):
+    for k in range(w.max_open):
         if w.slots[k].fd < 0:
             victim = k
             break
@@ -379,6 +384,25 @@ def _what_is(path):
     return "not a directory"
 
 
+def _open_budget():
+    """How many stream files may be open at once: MAX_OPEN, or what the descriptor limit
+    (raised to its hard limit if need be) leaves after the descriptors the process holds and a
+    spare for what it opens later (index.jsonl, listing DIR, imports; flowsift.limits), as the
+    gateway sizes its record files. A limit that leaves fewer than MIN_OPEN is a FlowsiftError
+    saying so (and the limit that would do)."""
+    from flowsift.limits import free_descriptors, open_descriptors, spare_descriptors
+    soft, free = free_descriptors()
+    if free < MIN_OPEN:
+        held, need = open_descriptors(), soft
+        while need - held - spare_descriptors(need) < MIN_OPEN:
+            need += 1
+        raise FlowsiftError(f"the descriptor limit ({soft}, ulimit -n) is too small for streams -o: {held} "
+                            f"descriptors are in use and {spare_descriptors(soft)} kept for the run, leaving "
+                            f"{max(0, free)} stream files open at once where it needs {MIN_OPEN}; "
+                            f"raise it to {need} at least")
+    return min(MAX_OPEN, free)
+
+
 def check_output_dir(outdir):
     """Raise FlowsiftError (one line) when streams cannot go to `outdir`, without creating or
     changing anything: it, or the nearest of its parents that exists, must be a directory this
@@ -455,6 +479,7 @@ cdef class FileSink(Sink):
         self.gaps = {}
         for k in range(MAX_OPEN):
             self.w.slots[k].fd = -1
+        self.w.max_open = _open_budget()
         for k in range(2):
             self.lists[k].jobs = <fjob_t*> malloc(HAND_JOBS * sizeof(fjob_t))
             if self.lists[k].jobs == NULL:
