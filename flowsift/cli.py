@@ -187,9 +187,13 @@ def stats(
 def streams(
     capture: str = CAPTURE,
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR",
-                                         help="Write one file per direction and DIR/index.jsonl. Stream files "
-                                              "an earlier run left in DIR are replaced (removed before the first "
-                                              "is written, once the capture was checked); other files stay."),
+                                         help="Write one file per direction and DIR/index.jsonl. A DIR that "
+                                              "holds an earlier run's output (index.jsonl, stream files) is "
+                                              "refused unless --replace is given; other files in DIR stay."),
+    replace: bool = typer.Option(False, "--replace",
+                                 help="Replace the output of an earlier run in -o DIR: its stream files are "
+                                      "removed before the first one is written, once the capture was checked, "
+                                      "and index.jsonl is rewritten."),
     gaps: str = typer.Option("splice", "--gaps", metavar="MODE",
                              help="splice: a gap takes no room in its file (the bytes after it follow those "
                                   "before it); zeros: a gap before bytes is written as zeros, so that file "
@@ -216,6 +220,7 @@ def streams(
     Examples:
       flowsift streams trace.pcap -o out/
       flowsift streams trace.pcap -o out/ --filter 'tcp port 80' --policy linux
+      flowsift streams again.pcap -o out/ --replace
       flowsift streams big.pcap --discard --json
       flowsift streams day.pcap -o out/ --reassembly memcap=4GiB
     """
@@ -227,8 +232,10 @@ def streams(
         _fail("-o '': an empty path names no directory")
     if discard and gaps != "splice":
         _fail("--gaps says how files hold gaps: it goes with -o DIR, not --discard")
+    if discard and replace:
+        _fail("--replace says what becomes of an earlier run's output in -o DIR: it goes with -o DIR, not --discard")
     if output is not None and os.path.isdir(output):
-        # index.jsonl is rewritten and an earlier run's stream files removed first
+        # (with --replace) index.jsonl is rewritten and an earlier run's stream files removed first
         from flowsift.reassembly._filesink import _STREAM_FILE
         try:
             names = [n for n in os.listdir(output) if n == "index.jsonl" or _STREAM_FILE.match(n)]
@@ -240,7 +247,7 @@ def streams(
     capture = _limits(capture, count, duration)
     _run(capture, "reassembling", lambda progress: extract_streams(capture, output, filter, policy, on_progress=progress,
                                                                    gaps=gaps, vlan_key=vlan_key, checksums=checksums,
-                                                                   **bounds),
+                                                                   replace=replace, **bounds),
          as_json, _render('print_streams'))
 
 

@@ -13,12 +13,14 @@ GAP_MODES = ("splice", "zeros")
 
 
 def extract_streams(path, outdir=None, filter_expression=None, policy="first", on_progress=None, gaps="splice",
-                    vlan_key=False, checksums="ignore", **engine_options):
+                    vlan_key=False, checksums="ignore", replace=False, **engine_options):
     """Reassemble `path`; write files and DIR/index.jsonl unless `outdir` is None (discard).
     `gaps`: "splice" (a gap takes no room in its file) or "zeros" (a gap before bytes is
     written as zeros: file offsets are stream offsets); the index lists every gap either way.
     `vlan_key`: connections are told apart by their VLAN ids too (the index says them).
     `checksums`: "verify" leaves packets with a wrong checksum out of connections (counted).
+    `replace`: an earlier run's output in `outdir` (index.jsonl, stream files) is replaced;
+    without it, such an `outdir` is refused before anything is read (UsageError).
 
     Returns the summary dict documented in docs/cli.md; a defect that stopped reading is in
     its "error" field (everything read before it was reassembled and closed as end of input).
@@ -30,6 +32,9 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
     if gaps not in GAP_MODES:
         raise UsageError(f"--gaps {gaps!r}: one of {', '.join(GAP_MODES)}")
+    if outdir is not None and not replace:
+        from flowsift.reassembly._filesink import refuse_earlier_output
+        refuse_earlier_output(str(outdir))
     bpf = compile_filter(filter_expression)
     from flowsift.io import open_capture
     cap = open_capture(path, bpf)

@@ -188,14 +188,14 @@ def test_chain_output_that_is_the_input_capture_is_refused(tmp_path):
 
 
 def test_streams_never_removes_the_input_capture(tmp_path):
-    # an earlier run's stream files are removed from -o DIR first: the input named like one is not
+    # --replace removes an earlier run's stream files from -o DIR first: the input named like one is not
     out = tmp_path / "out"
     out.mkdir()
     cap = write(out, "c000001-10.0.0.1.1-10.0.0.2.2.c2s", GOOD)
-    one_line_error(run_cli("streams", cap, "-o", out), "is the input capture")
+    one_line_error(run_cli("streams", cap, "-o", out, "--replace"), "is the input capture")
     assert cap.read_bytes() == GOOD
     index = write(out, "index.jsonl", GOOD)
-    one_line_error(run_cli("streams", index, "-o", out), "is the input capture")
+    one_line_error(run_cli("streams", index, "-o", out, "--replace"), "is the input capture")
     assert index.read_bytes() == GOOD
 
 

@@ -394,21 +394,23 @@ def test_streams_cli_files_and_index(tmp_path, corpus):
 
 
 def test_streams_cli_replaces_an_earlier_output(tmp_path, corpus):
-    """A second run into the same directory leaves exactly its own files and index: the first
-    run's stream files (other connections, other names) are removed and counted, a file of the
-    user's is not touched."""
+    """A second run into the same directory with --replace leaves exactly its own files and
+    index: the first run's stream files (other connections, other names) are removed and
+    counted, a file of the user's is not touched."""
     out = tmp_path / "out"
     first = json.loads(run_cli("streams", corpus / "http__pcpp__three_http_streams.pcap", "-o", out, "--json",
                                check=True).stdout)
     (out / "notes.txt").write_text("mine")
-    res = run_cli("streams", corpus / "ipv6__pcpp__one_ipv6_http_stream.pcap", "-o", out, "--json", check=True)
+    res = run_cli("streams", corpus / "ipv6__pcpp__one_ipv6_http_stream.pcap", "-o", out, "--replace", "--json",
+                  check=True)
     second = json.loads(res.stdout)
     assert first["replaced"] == 0 and second["replaced"] == first["files"] > second["files"] > 0
     listed = {json.loads(l)["file"] for l in (out / "index.jsonl").read_text().splitlines()} - {None}
     assert len(listed) == second["files"]
     assert {p.name for p in out.iterdir()} == listed | {"index.jsonl", "notes.txt"}
     assert (out / "notes.txt").read_text() == "mine"
-    table = run_cli("streams", corpus / "ipv6__pcpp__one_ipv6_http_stream.pcap", "-o", out, check=True).stdout
+    table = run_cli("streams", corpus / "ipv6__pcpp__one_ipv6_http_stream.pcap", "-o", out, "--replace",
+                    check=True).stdout
     assert f"{second['files']} stream files of an earlier run, removed first" in table
 
 

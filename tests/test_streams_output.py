@@ -98,7 +98,8 @@ def _bad_inputs(tmp_path):
 def test_a_run_that_fails_on_its_input_leaves_the_earlier_output(tmp_path, bad):
     """A typo in the capture's name, a file that is no capture, `-`, a filter that cannot apply
     to the capture's link type, a capture nothing in which decodes: one line, exit 2, and DIR
-    holds the earlier run's files and index as they were (it used to hold an empty index)."""
+    holds the earlier run's files and index as they were (it used to hold an empty index), even
+    with --replace."""
     good = tmp_path / "good.pcap"
     frames, _ = conversation(2, 3000)
     good.write_bytes(pcap(frames))
@@ -111,7 +112,7 @@ def test_a_run_that_fails_on_its_input_leaves_the_earlier_output(tmp_path, bad):
     else:
         path, _, needle = _bad_inputs(tmp_path)[bad]
     args = ["--filter", "vlan"] if bad.startswith("filter") else []
-    one_line_error(run_cli("streams", path, "-o", out, *args), needle)
+    one_line_error(run_cli("streams", path, "-o", out, "--replace", *args), needle)
     assert listing(out) == before
 
 
@@ -121,15 +122,155 @@ def test_a_run_that_fails_on_its_input_makes_no_directory(tmp_path):
 
 
 def test_a_capture_without_connections_still_replaces_the_earlier_output(tmp_path):
-    """A capture read to its end is this run's output, even with no connection in it: the
-    earlier streams go and the index is empty."""
+    """A capture read to its end is this run's output, even with no connection in it: with
+    --replace, the earlier streams go and the index is empty."""
     good, arp = tmp_path / "good.pcap", tmp_path / "arp.pcap"
     good.write_bytes(pcap(conversation(1, 100)[0]))
     arp.write_bytes(pcap([(1, 0, ether(b"\0" * 28, ethertype=0x0806))]))
     out = tmp_path / "o"
     run_cli("streams", good, "-o", out, check=True)
-    res = json.loads(run_cli("streams", arp, "-o", out, "--json", check=True).stdout)
+    res = json.loads(run_cli("streams", arp, "-o", out, "--replace", "--json", check=True).stdout)
     assert res["replaced"] == 2 and listing(out) == {"index.jsonl": b""}
+
+
+# --- a directory that holds an earlier run's output -------------------------------------------
+
+def _two_captures(tmp_path):
+    first, second = tmp_path / "first.pcap", tmp_path / "second.pcap"
+    first.write_bytes(pcap(conversation(2, 3000)[0]))
+    second.write_bytes(pcap(conversation(1, 500, t0=1_800_000_000)[0]))
+    return first, second
+
+
+def _stamps(out):
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("left", ["all", "streams", "index"])
+def test_an_earlier_runs_output_is_refused_and_left_as_it_was(tmp_path, left):
+    """Running again into the same -o DIR used to replace the earlier run's files silently (one
+    capture after another into one DIR kept only the last one's, their connection numbers
+    colliding): its index.jsonl or any of its stream files is one line and exit 2 before
+    anything is read, saying how many stream files DIR holds and the two ways on; every file
+    stays as it was, bytes and times."""
+    first, second = _two_captures(tmp_path)
+    out = tmp_path / "out"
+    run_cli("streams", first, "-o", out, check=True)
+    if left == "streams":
+        (out / "index.jsonl").unlink()
+    elif left == "index":
+        for p in out.glob("c*"):
+            p.unlink()
+    before, stamps = listing(out), _stamps(out)
+    files = {"all": "index.jsonl and 4 stream files", "streams": "(4 stream files)",
+             "index": "index.jsonl and no stream file"}[left]
+    res = run_cli("streams", second, "-o", out, "--json")
+    one_line_error(res, f"{out}: holds the output of an earlier run", files, "--replace", "another -o")
+    assert res.stdout == ""
+    assert listing(out) == before and _stamps(out) == stamps
+    # before anything is read: a capture that does not exist is not reached
+    one_line_error(run_cli("streams", tmp_path / "nope.pcap", "-o", out), "holds the output of an earlier run")
+
+
+def test_replace_replaces_an_earlier_runs_output(tmp_path):
+    """--replace does what a second run used to: the earlier stream files go (counted), the
+    index is rewritten, and DIR holds what a run into a new directory writes; other files stay."""
+    first, second = _two_captures(tmp_path)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    run_cli("streams", first, "-o", out, check=True)
+    (out / "notes.txt").write_bytes(b"mine")
+    res = json.loads(run_cli("streams", second, "-o", out, "--replace", "--json", check=True).stdout)
+    assert res["replaced"] == 4 and res["files"] == 2
+    run_cli("streams", second, "-o", fresh, check=True)
+    assert listing(out) == {**listing(fresh), "notes.txt": b"mine"}
+    table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", first, "-o", out, "--replace", check=True).stdout).split())
+    assert "replaced 2 stream files of an earlier run, removed first" in table
+    one_line_error(run_cli("streams", first, "--discard", "--replace"), "--replace", "goes with -o DIR")
+
+
+def test_only_a_runs_output_makes_a_directory_refused(tmp_path):
+    """An empty directory, or one with unrelated files (names close to a stream file's or the
+    index's, a directory named like a stream file), is written into as a new one, the other
+    files left alone; once it holds that run's output, the next run into it is refused."""
+    first, second = _two_captures(tmp_path)
+    empty, mixed, fresh = tmp_path / "empty", tmp_path / "mixed", tmp_path / "fresh"
+    empty.mkdir()
+    mixed.mkdir()
+    others = {"notes.txt": b"mine", "index.jsonl.bak": b"{}", "c1-10.0.0.1.1-10.0.0.2.2.c2s": b"short number",
+              "c000009-x.s2c.old": b"x"}
+    for name, blob in others.items():
+        (mixed / name).write_bytes(blob)
+    (mixed / "c000007-10.0.0.1.1-10.0.0.2.2.c2s").mkdir()
+    run_cli("streams", first, "-o", fresh, check=True)
+    for out, kept in ((empty, {}), (mixed, others)):
+        res = json.loads(run_cli("streams", first, "-o", out, "--json", check=True).stdout)
+        assert res["replaced"] == 0 and res["files"] == 4
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {**listing(fresh), **kept}
+        one_line_error(run_cli("streams", second, "-o", out), "holds the output of an earlier run",
+                       "index.jsonl and 4 stream files")
+    assert (mixed / "c000007-10.0.0.1.1-10.0.0.2.2.c2s").is_dir()
+
+
+# --- a low descriptor limit ------------------------------------------------------------------
+
+def _many_at_once(conns, size, t0=1_700_000_000):
+    """Frames of `conns` TCP connections live at once: all open, then `size` bytes each way in
+    rounds over all of them (more than a direction's buffer, so every file is written while the
+    others are open), then all close."""
+    frames, clock = [], [0]
+
+    def put(src, dst, sport, dport, **kw):
+        clock[0] += 1
+        frames.append((t0 + clock[0] // 1000, clock[0] % 1000 * 1000, ether(ipv4(src, dst, 6, tcp(sport, dport, **kw)))))
+    ports = [40000 + c for c in range(conns)]
+    for p in ports:
+        put(A, B, p, 80, seq=999, flags=SYN)
+        put(B, A, 80, p, seq=4999, ack=1000, flags=SYNACK)
+        put(A, B, p, 80, seq=1000, ack=5000, flags=ACK)
+    for k in range(0, size, 1400):
+        for c, p in enumerate(ports):
+            data = bytes((c + k + j) % 251 for j in range(1400))
+            put(A, B, p, 80, seq=1000 + k, ack=5000 + k, flags=PSH, payload=data)
+            put(B, A, 80, p, seq=5000 + k, ack=1000 + k + 1400, flags=PSH, payload=data[::-1])
+    end = 1000 + -(-size // 1400) * 1400, 5000 + -(-size // 1400) * 1400
+    for p in ports:
+        put(A, B, p, 80, seq=end[0], ack=end[1], flags=FIN)
+        put(B, A, 80, p, seq=end[1], ack=end[0] + 1, flags=FIN)
+        put(A, B, p, 80, seq=end[0] + 1, ack=end[1] + 1, flags=ACK)
+    return frames
+
+
+def _streams_within(limit, cap, out):
+    import resource
+    setting = None if limit is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    return subprocess.run([sys.executable, "-m", "flowsift", "streams", str(cap), "-o", str(out), "--json"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=setting)
+
+
+def test_a_low_descriptor_limit_is_lived_within_or_said_up_front(tmp_path):
+    """40 connections writing at once kept 80 stream files open: at ulimit -n 32 streams -o
+    stopped part-way ("Too many open files", the files not listed removed). The files kept open
+    are now sized from the limit (the others closed and reopened), so a low limit gives the
+    same files, bytes and times as no limit; one too low for a few is one line, exit 2, before
+    anything is read, and no DIR."""
+    cap = tmp_path / "many.pcap"
+    cap.write_bytes(pcap(_many_at_once(40, 12_000)))
+    free = _streams_within(None, cap, tmp_path / "free")
+    assert free.returncode == 0, free.stderr
+    want = json.loads(free.stdout)
+    assert want["files"] == 80
+    for limit in (32, 20):
+        out = tmp_path / f"at{limit}"
+        res = _streams_within(limit, cap, out)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        got = json.loads(res.stdout)
+        assert {**got, "output": None, "index": None} == {**want, "output": None, "index": None}
+        assert listing(out) == listing(tmp_path / "free")
+        # (the streams' times are their last packets'; the index's, when it was written)
+        assert {**_stamps(out), "index.jsonl": 0} == {**_stamps(tmp_path / "free"), "index.jsonl": 0}
+    res = _streams_within(8, cap, tmp_path / "at8")
+    one_line_error(res, "the descriptor limit (8, ulimit -n) is too small for streams -o", "raise it to")
+    assert res.stdout == "" and not (tmp_path / "at8").exists()
 
 
 # --- a full disk -----------------------------------------------------------------------------
@@ -333,13 +474,15 @@ def test_the_table_counts_files_in_words_that_agree(tmp_path, one):
     table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", cap, "-o", tmp_path / "o", check=True).stdout).split())
     assert ("written 1 file in" if one else "written 2 files in") in table
     # a second run replaces the first one's files ("1 stream files of an earlier run")
-    table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", cap, "-o", tmp_path / "o", check=True).stdout).split())
+    table = " ".join(re.sub(r"[│┃]", " ", run_cli("streams", cap, "-o", tmp_path / "o", "--replace",
+                                                  check=True).stdout).split())
     assert ("replaced 1 stream file of an earlier run" if one else "replaced 2 stream files of an earlier run") in table
 
 
 def test_streams_help_fits_80_columns_and_says_what_it_replaces():
-    """At 80 columns, no example breaks in the middle (the --reassembly one did), and -o says
-    that earlier stream files in DIR are replaced; --policy says delivered bytes are final."""
+    """At 80 columns, no example breaks in the middle (the --reassembly one did), -o says that
+    a DIR with an earlier run's output is refused and --replace that it replaces it; --policy
+    says delivered bytes are final."""
     env = dict(os.environ, COLUMNS="80", TERM="dumb")
     text = subprocess.run([sys.executable, "-m", "flowsift", "streams", "--help"], capture_output=True, text=True,
                           env=env, check=True).stdout
@@ -347,7 +490,8 @@ def test_streams_help_fits_80_columns_and_says_what_it_replaces():
     lines = [x.strip() for x in examples.strip().splitlines() if x.strip()]
     assert lines and all(x.startswith("flowsift streams ") for x in lines), lines
     words = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
-    assert "earlier run left in DIR are replaced" in words
+    assert "earlier run's output (index.jsonl, stream files) is refused unless --replace is given" in words
+    assert "--replace Replace the output of an earlier run in -o DIR" in words
     assert "Delivered bytes are final" in words
 
 

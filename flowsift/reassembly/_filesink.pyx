@@ -3,10 +3,10 @@
 
 Bytes are buffered per direction in C (BUF bytes, allocated while the direction is live).
 A full buffer is handed to a writer thread, which appends it with write(2) through descriptors
-kept in a small LRU cache (a capture with any number of live connections never runs out of
-them) and updates the direction's SHA-256 (OpenSSL, once per buffer, never per packet): the
-system calls and the hashing, more than half the time of writing streams to tmpfs, run beside
-reassembly. Confined to one CPU, the same lists of jobs are run inline, without the thread.
+kept in a small LRU cache sized from the descriptor limit (a capture with any number of live
+connections never runs out of them) and updates the direction's SHA-256 (OpenSSL, once per
+buffer, never per packet): the system calls and the hashing, more than half the time of
+writing streams to tmpfs, run beside reassembly. Confined to one CPU, the same lists of jobs are run inline, without the thread.
 Index lines are written when connections end, formatted in C into a buffer that goes out with
 write(2) (as json.dumps would write them), never before the bytes they describe; the writer
 fills in each line's digest when it has hashed the direction's last bytes, and stamps the file
@@ -38,7 +38,7 @@ from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
 from posix.time cimport timespec
 from posix.unistd cimport write as c_write, close as c_close, lseek, ftruncate, SEEK_END
 
-from flowsift.errors import FlowsiftError
+from flowsift.errors import FlowsiftError, UsageError
 from flowsift.io._tables cimport reach_chunk
 from flowsift.reassembly._engine cimport Sink, Engine, conn_t, conn_at, dir_t
 from flowsift.reassembly._engine import GAP_NAMES
@@ -87,8 +87,12 @@ cdef extern from "<arpa/inet.h>" nogil:
 # Per-direction buffer: a few syscalls per 8 KiB; small enough that thousands of live
 # connections cost tens of MB, not hundreds.
 DEF BUF = 8192
-# Descriptors kept open at once; a flush to a file not in the cache reopens it (O_APPEND).
+# Descriptors kept open at once, at most (fewer where the descriptor limit leaves fewer: see
+# _open_budget); a flush to a file not in the cache reopens it (O_APPEND).
 DEF MAX_OPEN = 256
+# ... and at least: a connection's two directions take turns, and with fewer nearly every
+# buffer would close and reopen a file. A limit that leaves fewer is said before the first packet.
+DEF MIN_OPEN = 4
 # Buffers handed to the writer thread in one go (bytes, jobs): the next ones fill meanwhile
 DEF HAND_BYTES = 4194304
 DEF HAND_JOBS = 4096
@@ -157,6 +161,7 @@ ctypedef struct fjobs_t:
 ctypedef struct fwriter_t:
     fjobs_t* run           # the list the thread runs next
     fdslot_t slots[MAX_OPEN]
+    int max_open           # slots used: MIN_OPEN to MAX_OPEN, as the descriptor limit allows
     uint64_t clock
     int index_fd
     char* index_path
@@ -167,7 +172,7 @@ ctypedef struct fwriter_t:
 cdef int fw_slot(fwriter_t* w, const char* path) noexcept nogil:
     # the cache entry holding the descriptor of this direction's file, or -1
     cdef int k
-    for k in range(MAX_OPEN):
+    for k in range(w.max_open):
         if w.slots[k].path == path and w.slots[k].fd >= 0:
             return k
     return -1
@@ -180,7 +185,7 @@ cdef int fw_descriptor(fwriter_t* w, fjob_t* j) noexcept nogil:
     if k >= 0:
         w.slots[k].stamp = w.clock
         return w.slots[k].fd
-    for k in range(MAX_OPEN):
+    for k in range(w.max_open):
         if w.slots[k].fd < 0:
             victim = k
             break
@@ -321,6 +326,33 @@ _STREAM_FILE = re.compile(r"c[0-9]{6,}-.+\.(c2s|s2c)\Z", re.S)
 _REASON_JSON = {code: name.encode() for code, name in GAP_NAMES.items()}
 
 
+def earlier_output(outdir):
+    """What an earlier run left in `outdir`: (its index.jsonl is there, how many stream files);
+    (False, 0) for a directory that does not exist or cannot be listed (the sink says why)."""
+    n = 0
+    try:
+        index = os.path.lexists(os.path.join(outdir, "index.jsonl"))
+        with os.scandir(outdir) as it:
+            for e in it:
+                if _STREAM_FILE.match(e.name) and e.is_file(follow_symlinks=False):
+                    n += 1
+    except OSError:
+        return False, 0
+    return index, n
+
+
+def refuse_earlier_output(outdir):
+    """Raise UsageError (one line) when `outdir` holds an earlier run's output: this run would
+    replace it (mixed, the two would read as one output, and connection numbers restart at 0),
+    which only `--replace` may ask for. Nothing is read or changed."""
+    index, n = earlier_output(outdir)
+    if index or n:
+        files = f"{n:,} stream file{'s' if n != 1 else ''}" if n else "no stream file"
+        what = f"index.jsonl and {files}" if index else files
+        raise UsageError(f"{outdir}: holds the output of an earlier run ({what}): give --replace to replace "
+                         f"it, or another -o")
+
+
 def _clear_earlier(outdir):
     """Remove what an earlier run left in `outdir` (its stream files; index.jsonl is rewritten):
     mixed with this run's files they would read as one output. Nothing else is touched.
@@ -350,6 +382,25 @@ def _what_is(path):
         if test(st.st_mode):
             return name
     return "not a directory"
+
+
+def _open_budget():
+    """How many stream files may be open at once: MAX_OPEN, or what the descriptor limit
+    (raised to its hard limit if need be) leaves after the descriptors the process holds and a
+    spare for what it opens later (index.jsonl, listing DIR, imports; flowsift.limits), as the
+    gateway sizes its record files. A limit that leaves fewer than MIN_OPEN is a FlowsiftError
+    saying so (and the limit that would do)."""
+    from flowsift.limits import free_descriptors, open_descriptors, spare_descriptors
+    soft, free = free_descriptors()
+    if free < MIN_OPEN:
+        held, need = open_descriptors(), soft
+        while need - held - spare_descriptors(need) < MIN_OPEN:
+            need += 1
+        raise FlowsiftError(f"the descriptor limit ({soft}, ulimit -n) is too small for streams -o: {held} "
+                            f"descriptors are in use and {spare_descriptors(soft)} kept for the run, leaving "
+                            f"{max(0, free)} stream files open at once where it needs {MIN_OPEN}; "
+                            f"raise it to {need} at least")
+    return min(MAX_OPEN, free)
 
 
 def check_output_dir(outdir):
@@ -428,6 +479,7 @@ cdef class FileSink(Sink):
         self.gaps = {}
         for k in range(MAX_OPEN):
             self.w.slots[k].fd = -1
+        self.w.max_open = _open_budget()
         for k in range(2):
             self.lists[k].jobs = <fjob_t*> malloc(HAND_JOBS * sizeof(fjob_t))
             if self.lists[k].jobs == NULL:
