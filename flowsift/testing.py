@@ -135,8 +135,9 @@ def _register(cls, options=None):
 _given = itertools.count(1)
 
 
-def _checksum(data):
-    # the Internet checksum (RFC 1071): the capture's packets are as a host would send them
+def inet_checksum(data):
+    """The Internet checksum (RFC 1071) of `data`: the packets this module writes are as a host
+    would send them."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f">{len(data) // 2}H", data))
@@ -188,9 +189,9 @@ def segments_capture(directory, client=(), server=(), port=80, handshake=True, c
         src, dst = (_CLIENT, (_SERVER[0], port)) if d == 0 else ((_SERVER[0], port), _CLIENT)
         ack = seq[1 - d]
         tcp = struct.pack(">HHIIBBHHH", src[1], dst[1], seq[d] % 2**32, ack % 2**32, 5 << 4, flags, 65535, 0, 0) + payload
-        tcp = tcp[:16] + struct.pack(">H", _checksum(src[0] + dst[0] + struct.pack(">HH", 6, len(tcp)) + tcp)) + tcp[18:]
+        tcp = tcp[:16] + struct.pack(">H", inet_checksum(src[0] + dst[0] + struct.pack(">HH", 6, len(tcp)) + tcp)) + tcp[18:]
         ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src[0], dst[0])
-        ip = ip[:10] + struct.pack(">H", _checksum(ip)) + ip[12:] + tcp
+        ip = ip[:10] + struct.pack(">H", inet_checksum(ip)) + ip[12:] + tcp
         frames.append((t[0], b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip))
         t[0] += 1_000_000
         seq[d] += len(payload) + (1 if flags & 0x03 else 0)

@@ -214,14 +214,7 @@ def interleaved_capture(path, n, parts, port=80):
 # header checksum and its TCP or UDP checksum (IPv4 or IPv6 without extension headers, not a
 # fragment), as a sender would; corrupt() then spoils one of them.
 
-def inet_checksum(data):
-    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f">{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from flowsift.testing import inet_checksum  # noqa: E402  (the one flowsift.testing's packets get)
 
 
 def _layers(frame):
