@@ -208,6 +208,28 @@ def test_idle_timeout_and_eviction(tmp_path):
     assert r.engine.peak_open == 1          # (it counted the new one before the eviction: 2)
 
 
+def test_a_syn_flood_into_a_full_table_does_not_push_out_an_established_connection(tmp_path):
+    """An established connection, idle while 50 SYNs from other ports fill a table of 10: the
+    half-open connections are given up first (the idlest was the established one, whose later
+    bytes then started a second, midstream connection)."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    frames = [(1000, 0, ether(ipv4(A, B, 6, tcp(40000, 80, seq=100, flags=0x02)))),
+              (1000, 1, ether(ipv4(B, A, 6, tcp(80, 40000, seq=500, ack=101, flags=0x12)))),
+              (1000, 2, ether(ipv4(A, B, 6, tcp(40000, 80, seq=101, ack=501, flags=0x18, payload=b"hello "))))]
+    frames += [(1001, i, ether(ipv4(A, B, 6, tcp(50000 + i, 80, seq=7, flags=0x02)))) for i in range(50)]
+    frames += [(1002, 0, ether(ipv4(A, B, 6, tcp(40000, 80, seq=107, ack=501, flags=0x18, payload=b"world")))),
+               (1002, 1, ether(ipv4(A, B, 6, tcp(40000, 80, seq=112, ack=501, flags=0x11)))),
+               (1002, 2, ether(ipv4(B, A, 6, tcp(80, 40000, seq=501, ack=113, flags=0x11))))]
+    path = tmp_path / "flood.pcap"
+    path.write_bytes(pcap(frames))
+    r = Reassembler(max_connections=10)
+    r.feed_capture(path)
+    victim = [c for c, info in r.collector.closed.items() if info["client"][1] == 40000]
+    assert len(victim) == 1 and streams(r)[victim[0]] == (b"hello world", b"")
+    assert [d["close"] for d in r.collector.closed[victim[0]]["dirs"]] == ["fin", "fin"]
+    assert r.engine.evictions == 41
+
+
 def _jump_capture(path, after):
     """A connection at year 2015, then `after`: (seconds, microseconds, frame) six years on."""
     from pcapgen import A, B, ether, ipv4, pcap, tcp

@@ -233,6 +233,11 @@ cdef class PySink(Sink):
 
 
 
+# which connections a full table gives up first (Engine._evict_idlest), by the LRU they wait in
+cdef int EVICT_ORDER[N_LRU]
+EVICT_ORDER[:] = [LRU_LAST_ACK, LRU_CLOSING, LRU_EMBRYONIC, LRU_UDP, LRU_ESTABLISHED]
+
+
 cdef inline void _count_hole(dir_t* D, int64_t at, int64_t end) noexcept nogil:
     # a hole [at, end) in the direction's totals; one running on from the last is the same hole
     # (a snaplen cut then a loss, say, is one hole, as the index lists it)
@@ -739,17 +744,21 @@ cdef class Engine:
         return conn_at(self, i).d[0].fin_seen or conn_at(self, i).d[1].fin_seen
 
     cdef int _evict_idlest(self, uint32_t keep) except -1:
-        cdef int cls, best = -1
-        cdef int64_t best_ts = 0
+        # the table is full: the idlest connection of the first state that has one, in the order
+        # of what losing it costs: ended ones waiting for late packets, then half-open ones (a
+        # SYN flood fills the table with them: it must not push out established connections),
+        # UDP flows, and established connections last
+        cdef int k, cls
         cdef int32_t h
-        for cls in range(N_LRU):
+        for k in range(N_LRU):
+            cls = EVICT_ORDER[k]
             h = self.lru_head[cls]
-            if h >= 0 and <uint32_t>h != keep and (best < 0 or conn_at(self, h).idle_ts < best_ts):
-                best = h
-                best_ts = conn_at(self, h).idle_ts
-        if best >= 0:
-            self.evictions += 1
-            self._finish(<uint32_t>best, CLOSE_EVICTED)
+            if h >= 0 and <uint32_t>h == keep:
+                h = conn_at(self, h).lru_next      # (not the connection being opened)
+            if h >= 0:
+                self.evictions += 1
+                self._finish(<uint32_t>h, CLOSE_EVICTED)
+                return 0
         return 0
 
     cdef int _expire(self) except -1:
