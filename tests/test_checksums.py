@@ -179,7 +179,8 @@ def test_every_command_takes_the_option_and_refuses_another_mode(tmp_path):
         res = run_cli(*cmd[:1], path, *cmd[1:], "--checksums", "auto")
         assert res.returncode == 2 and "'auto': one of ignore, verify" in res.stderr, (cmd, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1
-    g = json.loads(run_cli("gateway", path, "--checksums", "verify", "--json", check=True).stdout)
+    g = json.loads(run_cli("gateway", path, "--store", tmp_path / "g", "--checksums", "verify", "--json",
+                           check=True).stdout)
     assert g["checksums"]["bad"]["tcp"] == 1 and g["not_decoded"] == 1 and g["connections"]["conflicts"] == 0
     c = json.loads(run_cli("chain", "counter", path, "--checksums", "verify", "--json", "--events", os.devnull,
                            check=True).stdout)
