@@ -21,11 +21,12 @@ SETTINGS = {
     "finished_linger": ("duration", "60s", "a flow kept after its connection ended (late packets stay late)"),
     "max_held_per_dir": ("size", "4MiB", "out-of-order bytes held for one direction"),
     "memcap": ("size", "1GiB", "out-of-order bytes held in all"),
-    "max_connections": ("count", "1048576", "open connections (the idlest is evicted)"),
-    "fragment_policy": ("choice", "first", "which copy of overlapping IPv4 fragment bytes is kept"),
+    "max_connections": ("count", "1048576", "open connections (one is evicted: ended, half-open, UDP, then established)"),
+    "fragment_policy": ("choice", "first", "which copy of overlapping IPv4 fragment bytes is kept, or discard "
+                                           "the datagram (as IPv6's)"),
 }
 # the values of each "choice" setting
-CHOICES = {"fragment_policy": ("first", "last")}
+CHOICES = {"fragment_policy": ("first", "last", "discard")}
 
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tib": 1 << 40}

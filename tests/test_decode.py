@@ -486,9 +486,15 @@ def test_ipv4_overlapping_fragments_follow_the_fragment_policy_setting(tmp_path)
                                check=True).stdout)
         assert [p.read_bytes() for p in out.glob("*.c2s")] == [want]
         assert (s["fragments"]["conflict_bytes"], s["fragments"]["overlap_discarded"], s["conflicts"]) == (16, 0, 0)
+    # discard: the datagram goes, as a Linux host (4.19 on) drops it, and as IPv6's always do
+    out = tmp_path / "discard"
+    s = json.loads(run_cli("streams", f, "-o", out, "--json", "--reassembly", "fragment_policy=discard",
+                           check=True).stdout)
+    assert b"EVIL" not in b"".join(p.read_bytes() for p in out.glob("*.c2s"))
+    assert (s["fragments"]["overlap_discarded"], s["fragments"]["datagrams"]) == (1, 0)
     res = run_cli("streams", f, "--discard", "--reassembly", "fragment_policy=bsd")
     assert res.returncode == 2 and res.stderr.strip() == (
-        "flowsift: --reassembly fragment_policy=bsd: one of first, last expected")
+        "flowsift: --reassembly fragment_policy=bsd: one of first, last, discard expected")
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])

@@ -132,6 +132,7 @@ cdef class Defragmenter:
     cdef public dict members
     cdef dict _pos                 # tracker -> positions of its fragments so far
     cdef readonly bint last_wins
+    cdef readonly bint discard_overlaps  # IPv4 too: a datagram with overlapping fragments is dropped (policy "discard")
     cdef readonly bint vlan_key           # datagrams are told apart by VLAN ids too (see above)
     cdef readonly uint64_t datagrams      # datagrams rebuilt
     cdef readonly uint64_t fragments      # fragments taken in
@@ -153,9 +154,11 @@ cdef class Defragmenter:
     cdef uint64_t checks[CK_COUNT]
 
     def __cinit__(self, str policy="first", bint vlan_key=False):
-        if policy not in ("first", "last"):
-            raise ValueError(f"unknown fragment overlap policy {policy!r} (first or last)")
+        if policy not in ("first", "last", "discard"):
+            raise ValueError(f"unknown fragment overlap policy {policy!r} (first, last or discard)")
         self.last_wins = policy == "last"
+        # (Linux since 4.19 drops IPv4 datagrams whose fragments overlap, as RFC 5722 IPv6 ones)
+        self.discard_overlaps = policy == "discard"
         self.vlan_key = vlan_key
         cdef int k
         self.trk = <tracker_t*> calloc(MAX_TRACKERS, sizeof(tracker_t))
@@ -398,7 +401,7 @@ cdef class Defragmenter:
         if t.overflowed:
             return 0                # given up (counted when it leaves the table)
         bad = off + wire_n > MAX_DATAGRAM or (t.total and off + wire_n > t.total) or (not more and t.total and off + wire_n != t.total)
-        if p.ipver == 6 and not bad:
+        if (p.ipver == 6 or self.discard_overlaps) and not bad:
             held = self._held(t, off, off + wire_n)
             if held == HELD_PART:
                 # RFC 5722: hosts discard the whole datagram; reassembling it would show the
