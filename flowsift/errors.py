@@ -31,7 +31,7 @@ class _Stops:
     raised = None       # the last stop raised
     taken = None        # the signal of a stop the command took itself (a live source's end)
     ended = False       # a live capture ended (count, duration): the run is finishing what it took
-    follower = False    # a shard of a live interface other than the first: the first says what all see
+    follower = False    # a shard of a live interface other than the first: the first says what all see alike
     hook_left = True    # the unraisable hook that keeps a lost stop has returned
 
 
@@ -113,15 +113,15 @@ def late_stop(signum):
         return False
     import signal
     _stops.taken = signum
-    if not _stops.follower:
-        say(f"{signal.Signals(signum).name}: the capture has ended; the run ends with its summary once its modules "
-            f"have read what it took")
+    # (every shard that takes it says it: the first may have finished before the stop came)
+    say(f"{signal.Signals(signum).name}: the capture has ended; the run ends with its summary once its modules "
+        f"have read what it took")
     return True
 
 
 def follow():
     """This process is a shard of a live interface other than the first: what every shard
-    sees alike (the interface going down, a stop after the capture) the first one says."""
+    sees alike while they all capture (the interface going down) the first one says."""
     _stops.follower = True
 
 

@@ -194,7 +194,7 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         live.on_listening = lambda cap, down: conn.send(("listening", cap.name, cap.scheme, down))
         if index:
             from flowsift.errors import follow
-            follow()        # (what every shard sees alike, shard 0 says)
+            follow()        # (what every shard sees alike while capturing, shard 0 says)
     outcome = None
     try:
         try:

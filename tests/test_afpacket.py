@@ -733,8 +733,8 @@ def test_a_stop_while_the_modules_catch_up_after_the_duration_keeps_the_summary(
     os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
-    # (said once, by the first shard: every shard took the same stop)
-    assert err.count("SIGTERM: the capture has ended; the run ends with its summary") == 1, err
+    # (by each shard still catching up: one may have finished before the stop came)
+    assert "SIGTERM: the capture has ended; the run ends with its summary" in err, err
     got = json.loads(out)
     assert got["kernel"]["stopped_by"] == "duration" and got["packets"] == 483
     assert got["events"] == len(events.read_text().splitlines()) == 19
