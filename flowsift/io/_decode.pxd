@@ -1,4 +1,5 @@
-from flowsift.io._batch cimport pkt_t
+from libc.stdint cimport uint64_t
+from flowsift.io._batch cimport pkt_t, ST_BAD_CHECKSUM
 
 cdef void decode_packet(pkt_t* p) noexcept nogil
 
@@ -23,3 +24,11 @@ cdef enum:
 
 cdef int check_packet(pkt_t* p) noexcept nogil
 cdef int check_transport(pkt_t* p) noexcept nogil
+
+
+cdef inline void take_check(pkt_t* p, int k, uint64_t* checks) noexcept nogil:
+    # what verifying found (CK_*) is counted; a wrong checksum leaves the packet undecoded
+    if k != CK_OK:
+        checks[k] += 1
+        if k <= CK_BAD_UDP:
+            p.status = ST_BAD_CHECKSUM

@@ -91,18 +91,13 @@ cdef class Decoder:
         """Decode every packet of `batch` in place; returns the number decoded (status OK)."""
         cdef Py_ssize_t i, ok = 0
         cdef pkt_t* p
-        cdef int k
         with nogil:
             for i in range(batch.n):
                 p = &batch.pkts[i]
                 if p.status == ST_OK:
                     decode_packet(p)
                     if self.verify and p.status == ST_OK:
-                        k = check_packet(p)
-                        if k != CK_OK:
-                            self.checks[k] += 1
-                            if k <= CK_BAD_UDP:
-                                p.status = ST_BAD_CHECKSUM
+                        take_check(p, check_packet(p), self.checks)
                 self._account(p)
                 if p.status == ST_OK:
                     ok += 1

@@ -19,7 +19,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
 from flowsift.io._bytes cimport fs_be16
-from flowsift.io._decode cimport decode_packet, ipv6_extension, check_transport, CK_OK, CK_BAD_UDP, CK_COUNT
+from flowsift.io._decode cimport decode_packet, ipv6_extension, check_transport, take_check, CK_COUNT
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -143,7 +143,7 @@ cdef class Defragmenter:
     cdef readonly uint64_t malformed      # fragments whose offsets run past 64 KiB or contradict the total
     cdef readonly uint64_t late_duplicates  # fragments of a datagram already rebuilt, sent again
     cdef readonly uint64_t too_many_pieces  # datagrams given up: more than MAX_RANGES disjoint pieces at once
-    cdef readonly uint64_t overlap_discarded  # IPv6 datagrams discarded: a fragment overlapped (RFC 5722)
+    cdef readonly uint64_t overlap_discarded  # datagrams discarded: a fragment overlapped (IPv6: RFC 5722; IPv4: policy "discard")
     # rebuilt datagrams no connection holds, as the decoder counts whole packets: by the reason
     # their headers did not decode, or of protocols other than TCP and UDP
     cdef uint64_t not_decoded[ST_COUNT]
@@ -540,7 +540,6 @@ cdef class Defragmenter:
         cdef int64_t ts
         cdef uint64_t pos
         cdef uint16_t iface
-        cdef int k
         if t.poisoned:
             self.truncated += 1
             self._remember_done(t, NO_DATAGRAM)   # (its fragments all came: one sent again is late)
@@ -589,11 +588,7 @@ cdef class Defragmenter:
         p.vlan_depth = t.vlan_depth
         p.flags |= PF_REASSEMBLED
         if self.verify_checksums and p.status == ST_OK:
-            k = check_transport(p)
-            if k != CK_OK:
-                self.checks[k] += 1
-                if k <= CK_BAD_UDP:
-                    p.status = ST_BAD_CHECKSUM
+            take_check(p, check_transport(p), self.checks)
         self.datagrams += 1
         if p.status != ST_OK:
             self.not_decoded[p.status] += 1

@@ -243,6 +243,7 @@ cdef class Engine:
     cdef int _finish(self, uint32_t i, int reason) except -1
     cdef void _free_dir(self, dir_t* D) noexcept nogil
     cdef int _ignored(self, uint32_t i, pkt_t* p, int cls) except -1
+    cdef int _ignored_here(self, uint32_t i, pkt_t* p) except -1
     cdef int _packet(self, pkt_t* p) except -1
     cdef bint _complete(self, dir_t* D) noexcept nogil
     cdef bint _fins_done(self, uint32_t i) noexcept nogil
@@ -275,8 +276,6 @@ cdef class Engine:
     cdef int32_t _first_ending_after(self, dir_t* D, int64_t s) noexcept nogil
     cdef void _follow(self, dir_t* D, int64_t off) noexcept nogil
     cdef bint _rst_in_window(self, dir_t* D, dir_t* P, int64_t o) noexcept nogil
-    cdef int64_t _window_end(self, dir_t* D, dir_t* P) noexcept nogil
-    cdef bint _fin_in_window(self, dir_t* D, dir_t* P, int64_t fin_off) noexcept nogil
     cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe, const uint8_t* src) except -1
     cdef int64_t _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1

@@ -862,6 +862,11 @@ cdef class Engine:
         self._lru_push(i, cls)
         return 0
 
+    cdef int _ignored_here(self, uint32_t i, pkt_t* p) except -1:
+        # ignored, the connection waiting where it waits (a new one: as embryonic)
+        cdef int cls = conn_at(self, i).lru
+        return self._ignored(i, p, cls if cls < N_LRU else LRU_EMBRYONIC)
+
     cdef int _packet(self, pkt_t* p) except -1:
         cdef uint32_t i = p.flow_id
         cdef conn_t* c
@@ -919,7 +924,7 @@ cdef class Engine:
             # RFC 9293 3.10.7.4: a segment without ACK is dropped by every receiver, whatever its
             # state (only a SYN or RST may lack it): its bytes or FIN would be an insertion
             self.no_ack_segments += 1
-            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            return self._ignored_here(i, p)
         if fl & TH_SYN:
             if not D.syn_seen:
                 D.syn_seen = 1
@@ -953,7 +958,7 @@ cdef class Engine:
                         D.has_alt = 1
                         D.alt_seq = seq + 1
                     self.syn_conflicts += 1
-                    return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+                    return self._ignored_here(i, p)
             elif not (fl & TH_ACK) and P.syn_seen:
                 D.syn_again = 1        # the client's SYN again, its answer lost: a new one may come
             if (fl & TH_ACK) and c.refused:
@@ -968,7 +973,7 @@ cdef class Engine:
                 # for an older connection on the tuple (RFC 5961's challenge ACK). Its sequence
                 # number is that connection's: it must not fix where this side's stream starts
                 self.stray_acks += 1
-                return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+                return self._ignored_here(i, p)
             if (fl & (TH_FIN | TH_RST)) and not has_payload and P.syn_seen and not P.fin_seen and P.next == P.origin:
                 # a FIN/RST from a side that never answered the peer's SYN says nothing about its
                 # stream (an evasion trick): do not let it fix the start or close anything. But
@@ -989,19 +994,20 @@ cdef class Engine:
             # connection on the tuple) with that ACK's number, and its handshake goes on (RFC 793,
             # SYN-SENT): a RST not at ISN + 1 there says nothing about this connection
             self.ignored_flags += 1
-            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            return self._ignored_here(i, p)
 
         o = self._off(D, seq)
         if (fl & TH_RST) and D.settled and not self._rst_in_window(D, P, o):
             # RFC 9293 3.10.7.4 / RFC 5961: a RST outside the receive window is not acceptable
             # (a blind injection, or one for an older connection): nothing of it is applied
             self.rst_out_of_window += 1
-            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
-        if (fl & TH_FIN) and D.settled and not D.fin_seen and not self._fin_in_window(D, P, o + p.payload_wirelen):
+            return self._ignored_here(i, p)
+        if (fl & TH_FIN) and D.settled and not D.fin_seen and o + p.payload_wirelen < D.next:
             # a FIN below what this side delivered is not acceptable to its peer (RFC 9293
-            # 3.10.7.4): it must not end the stream
+            # 3.10.7.4): it must not end the stream. (Not bounded above: a FIN far ahead cuts
+            # nothing off, and thinned captures put real ones beyond any window seen)
             self.fin_out_of_window += 1
-            return self._ignored(i, p, c.lru if c.lru < N_LRU else LRU_EMBRYONIC)
+            return self._ignored_here(i, p)
         if not (fl & TH_SYN) and p.window > D.max_win:
             D.max_win = p.window
         p.stream_off = o
@@ -1119,21 +1125,9 @@ cdef class Engine:
         # is a RST from D at offset o acceptable to its receiver P? (RFC 9293 3.10.7.4): from
         # the next byte expected (what D delivered, or P acknowledged if less) less RST_SLACK,
         # to the furthest D is known to have sent plus the largest window P advertised
-        cdef int64_t lo = D.next
+        cdef int64_t lo = D.next, hi = D.next, win
         if D.has_ack and D.acked < lo:
             lo = D.acked
-        return lo - RST_SLACK <= o <= self._window_end(D, P)
-
-    cdef bint _fin_in_window(self, dir_t* D, dir_t* P, int64_t fin_off) noexcept nogil:
-        # a first FIN at fin_off: not below the bytes D delivered (they were sent before it).
-        # Not bounded above: a FIN far ahead cuts nothing off (the bytes below it still come),
-        # and thinned captures jump beyond any window seen
-        return fin_off >= D.next
-
-    cdef int64_t _window_end(self, dir_t* D, dir_t* P) noexcept nogil:
-        # the furthest D is known to have sent (delivered, acknowledged, held, its FIN) plus the
-        # largest window P advertised (scaled when both SYNs offered scaling), MIN_RST_WINDOW at least
-        cdef int64_t hi = D.next, win
         if D.has_ack and D.acked > hi:
             hi = D.acked
         if D.n_chunks and D.chunks[D.n_chunks - 1].end > hi:
@@ -1143,7 +1137,7 @@ cdef class Engine:
         win = <int64_t>P.max_win << (P.wscale if P.wscale >= 0 and D.wscale >= 0 else 0)
         if win < MIN_RST_WINDOW:
             win = MIN_RST_WINDOW
-        return hi + win
+        return lo - RST_SLACK <= o <= hi + win
 
     cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1:
         # held bytes past the FIN's sequence number go: counted (after_fin_bytes), never delivered
