@@ -511,3 +511,104 @@ def test_an_edit_through_a_flow_kept_from_another_connection_is_the_calling_modu
     assert "edits_rejected" not in summary["modules"]["seen"]
     if out is not None:
         assert summary["egress"]["dropped"] == len(dropped) == 1
+
+
+KEPT_STATE = '''
+from flowsift.modules import Module
+
+
+class Recall(Module):
+    """Read-only: marks each connection's state as its own, and reads its first connection's
+    state through the flow it kept, from other connections' hooks.
+
+    Synopsis: recall
+    """
+    name = "recall"
+    reads = {"records"}
+    kept = None
+
+    def on_open(self, flow):
+        flow.state["who"] = "recall"
+        flow.cache["who"] = "recall"
+        if self.kept is None:
+            self.kept = flow
+
+    def on_packet(self, flow, record):
+        if self.kept is not None and self.kept is not flow:
+            self.emit("recalled", of=self.kept.conn, state=self.kept.state.get("who"),
+                      cache=self.kept.cache.get("who"))
+
+
+class Other(Module):
+    """Read-only: marks each connection's state as its own.
+
+    Synopsis: other
+    """
+    name = "other"
+    reads = {"records"}
+
+    def on_open(self, flow):
+        flow.state["who"] = "other"
+        flow.cache["who"] = "other"
+
+    def on_packet(self, flow, record):
+        flow.state["seen"] = flow.state.get("seen", 0) + 1
+'''
+
+
+@pytest.mark.parametrize("mode", ["inline", "workers", "shards_inline"])
+def test_a_flow_kept_from_another_connection_gives_the_calling_modules_state(tmp_path, mode):
+    """flow.state and flow.cache read through a flow a module kept, from its hooks for another
+    connection, are that module's own, in every mode. Inline, where the modules share one Flow,
+    they were the state of the module whose hook had run last on that flow."""
+    from pcapgen import interleaved_capture
+    mods = tmp_path / "kept.py"
+    mods.write_text(KEPT_STATE)
+    cap = interleaved_capture(tmp_path / "six.pcap", 6, [b"conn %d says hello|"])
+    summary, events = run_chain_cli(tmp_path, f"{mods}:Recall,{mods}:Other", cap, mode)
+    recalled = [e for e in events if e["kind"] == "recalled"]
+    assert recalled and all(e["of"] != e["conn"] for e in recalled)
+    assert {(e["state"], e["cache"]) for e in recalled} == {("recall", "recall")}
+
+
+OUTSIDE_HOOK = '''
+from flowsift.modules import Module
+
+
+class Late(Module):
+    """Writes ip.dst: keeps a record, and asks to edit it when the chain asks for its summary,
+    outside any hook.
+
+    Synopsis: late
+    """
+    name = "late"
+    reads = {"records"}
+    writes = {"ip.dst"}
+    kept = None
+
+    def on_packet(self, flow, record):
+        if self.kept is None:
+            self.kept = (flow, record)
+
+    def summary(self):
+        flow, record = self.kept
+        e = flow.edit(record, ip_dst="10.9.9.9")
+        return [{"accepted": e.accepted, "reason": e.reason}]
+'''
+
+
+@pytest.mark.parametrize("mode", ["inline", "workers"])
+def test_an_edit_asked_outside_a_hook_is_refused_and_says_so(tmp_path, mode):
+    """A writing module's edit asked for outside its hooks (here from summary(), once the
+    packets are gone) is refused with the reason, and nothing is written."""
+    from pcapgen import interleaved_capture
+    mods = tmp_path / "late.py"
+    mods.write_text(OUTSIDE_HOOK)
+    cap = interleaved_capture(tmp_path / "two.pcap", 2, [b"conn %d says hello|"])
+    out = tmp_path / "out.pcap"
+    summary, events = run_chain_cli(tmp_path, f"{mods}:Late", cap, mode, out)
+    assert summary["tables"]["late"] == [{"accepted": False,
+                                          "reason": "flow.edit outside a hook: a module edits from its hooks"}]
+    assert summary["edits"]["accepted"] == {} and summary["egress"]["edited"] == 0
+    from test_write_back import frames
+    assert not any(f[30:34] == bytes([10, 9, 9, 9]) for f in frames(out))

@@ -107,7 +107,7 @@ def _kind(t):
 
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
-    __slots__ = ("conn", "proto", "client", "server", "vlan", "state", "cache", "first_ts", "last_ts", "_file",
+    __slots__ = ("conn", "proto", "client", "server", "vlan", "_state", "_cache", "first_ts", "last_ts", "_file",
                  "_editor", "_hook", "_skipped", "_own", "_upto", "_handed")
 
     def __init__(self, conn, proto, client, server, first_ts, vlan=None):
@@ -118,10 +118,8 @@ class Flow:
         # its VLAN ids, outer first ([] untagged), when the gateway keys connections by VLAN
         # (--vlan-key); else None: then the VLAN is no part of what a connection is
         self.vlan = vlan
-        self.state = {}               # per-flow state: created at open, dropped at close
-        # per-flow objects JSON cannot carry (parsers, decoders): not checkpointed, so empty
-        # again after a restore; a module rebuilds them from flow.state
-        self.cache = {}
+        self._state = {}
+        self._cache = {}
         self.first_ts = first_ts
         self.last_ts = first_ts
         self._file = None
@@ -140,6 +138,44 @@ class Flow:
         # does through a flow it kept from another connection is its own doing (None outside hooks)
         hook = self._hook
         return hook[0] if hook is not None else None
+
+    @property
+    def state(self):
+        """Per-flow state: a dict made when the connection opens and dropped when it closes,
+        carried by checkpoints (plain data JSON carries; docs/state.md)."""
+        return self._state if self._own is None else self._mine()[0]
+
+    @state.setter
+    def state(self, value):
+        if self._own is None:
+            self._state = value
+        else:
+            self._own[self._module] = (value, self._mine()[1])
+
+    @property
+    def cache(self):
+        """Per-flow objects JSON cannot carry (parsers, decoders): not checkpointed, so empty
+        again after a restore; a module rebuilds them from flow.state."""
+        return self._cache if self._own is None else self._mine()[1]
+
+    @cache.setter
+    def cache(self, value):
+        if self._own is None:
+            self._cache = value
+        else:
+            self._own[self._module] = (self._mine()[0], value)
+
+    def _mine(self):
+        # several modules share this flow (inline): each has its own state and cache, as in its
+        # own worker -- the module whose hook is running, whichever connection the hook is for
+        # (one reading a flow it kept reads its own state of it); outside hooks, the first's
+        own, m = self._own, self._module
+        mine = own.get(m)
+        if mine is None:
+            mine = (self._state, self._cache) if not own or m is None else ({}, {})
+            if m is not None:
+                own[m] = mine
+        return mine
 
     def skip(self):
         """The module calling this needs nothing more of this connection: its on_data, on_gap

@@ -297,16 +297,8 @@ class InlineChain:
         flow = self._current
         running = self._running
         running[0] = m
-        if flow is not None:
-            if self.shared_flows:
-                # each module has its own flow.state and flow.cache, as in its own worker
-                own = flow._own
-                if own is None:
-                    own = flow._own = {}
-                mine = own.get(m)
-                if mine is None:
-                    mine = own[m] = (flow.state, flow.cache) if not own else ({}, {})
-                flow.state, flow.cache = mine
+        if flow is not None and self.shared_flows and flow._own is None:
+            flow._own = {}      # each module has its own flow.state and flow.cache (Flow._mine)
         try:
             getattr(m, hook)(*args)
         except Exception as e:
@@ -650,7 +642,7 @@ class InlineChain:
         self._closing = c
         for k in range(c.closed, len(self.stages)):      # (those a closing advance did not close)
             self._close_stage(c, h, k)
-        for state, cache in (c.flow._own or {None: (c.flow.state, c.flow.cache)}).values():
+        for state, cache in (c.flow._own or {None: (c.flow._state, c.flow._cache)}).values():
             state.clear()
             cache.clear()
         records = h["records"]
@@ -815,6 +807,7 @@ class InlineChain:
         states = json.loads(saved["state"])
         if self.shared_flows:
             c.flow._own = {m: (states.get(str(i), {}), {}) for i, m in enumerate(self.modules)}
+            c.flow._state, c.flow._cache = c.flow._own[self.modules[0]]
         else:
             c.flow.state.update(states)
         if saved.get("skip"):
