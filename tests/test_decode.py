@@ -456,6 +456,20 @@ def test_an_ipv6_datagram_with_overlapping_fragments_is_discarded_and_its_retran
     assert capture_stats(str(f))["ip"]["overlap_discarded_datagrams"] == 1
 
 
+def test_an_ipv4_fragment_over_two_held_pieces_is_one_overlap(tmp_path):
+    """`overlaps` counts fragments that overlapped bytes already held: one that spans two
+    pieces held apart is one (it counted once per piece), and under `first` the datagram is
+    rebuilt from the bytes held first."""
+    from flowsift.extract import extract_streams
+    f = tmp_path / "span.pcap"
+    seg = tcp(40000, 80, seq=1001, ack=5001, flags=0x18, payload=GOOD)
+    fragmented_request(f, False, [(0, seg[:16], True, 9), (24, seg[24:32], True, 9), (8, seg[8:40], True, 9),
+                                  (40, seg[40:], False, 9)])
+    s = extract_streams(str(f))
+    fr = s["fragments"]
+    assert (fr["overlaps"], fr["datagrams"], fr["conflict_bytes"], s["bytes"]) == (1, 1, 0, 32)
+
+
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_a_duplicate_fragment_is_dropped_and_its_datagram_rebuilt_from_the_first_copy(tmp_path, v6):
     """A copy of a fragment already held (its bytes changed) does not discard an IPv6 datagram

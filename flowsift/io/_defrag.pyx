@@ -342,7 +342,7 @@ cdef class Defragmenter:
         cdef int i
         cdef tracker_t* t
         cdef bint more = (p.flags & PF_MORE_FRAGS) != 0
-        cdef bint bad
+        cdef bint bad, overlapped
         cdef int held
         self.fragments += 1
         # fragment payload: the fragmentable part, from the end of the IP header (IPv6: of the
@@ -437,15 +437,17 @@ cdef class Defragmenter:
         # copy the bytes: where ranges already cover them, the policy decides
         s = off
         e = off + n
+        overlapped = False
         for k in range(t.n_ranges):
             a = t.ranges[k].start if t.ranges[k].start > s else s
             b = t.ranges[k].end if t.ranges[k].end < e else e
             if a < b:
-                self.overlaps += 1
+                overlapped = True           # (counted once per fragment, however many pieces it spans)
                 if not t.poisoned:      # (else the bytes held there may be ones never captured)
                     for k2 in range(a, b):
                         if t.data[k2] != d[l4 + k2 - off]:
                             self.conflict_bytes += 1
+        self.overlaps += overlapped
         if self.last_wins:
             memcpy(t.data + s, d + l4, e - s)
         else:
