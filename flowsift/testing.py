@@ -47,7 +47,7 @@ class Result:
 
 
 def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="first", filter_expression=None,
-               reassembly=None, vlan_key=False, **options):
+               reassembly=None, vlan_key=False, checksums="ignore", **options):
     """Run `spec` over a capture; returns a Result (its events and the run's summary).
 
     `spec`: a Module class, or what a chain names: a module (`http`, `file.py[:Class]`, options
@@ -69,7 +69,8 @@ def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="f
     module's `errors` counter) and the run goes on.
 
     `write` (-w OUT.pcap), `policy` (--policy), `filter_expression` (--filter), `reassembly`
-    (--reassembly, a dict) and `vlan_key` (--vlan-key) are as for `flowsift chain`."""
+    (--reassembly, a dict), `vlan_key` (--vlan-key) and `checksums` (--checksums: "ignore" or
+    "verify") are as for `flowsift chain`."""
     from flowsift.modules import loader
     from flowsift.modules.base import HookError, validate
     key = None
@@ -85,7 +86,7 @@ def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="f
     try:
         summary = run_chain(spec if key is None else key, str(capture), events=out, strict=strict, inline=inline,
                             write=write, policy=policy, filter_expression=filter_expression, reassembly=reassembly,
-                            edits=edits, vlan_key=vlan_key)
+                            edits=edits, vlan_key=vlan_key, checksums=checksums)
     except HookError as e:
         if not inline or e.__cause__ is None:
             raise

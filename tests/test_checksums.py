@@ -190,6 +190,32 @@ def test_every_command_takes_the_option_and_refuses_another_mode(tmp_path):
     assert c["checksums"]["bad"]["tcp"] == 1 and c["not_decoded"] == 1
 
 
+
+def test_run_module_verifies_checksums_when_asked(tmp_path):
+    """flowsift.testing.run_module takes `checksums` as `flowsift chain` does: a module's test
+    can show it what a receiver takes, not the bad copy that came first."""
+    from flowsift.modules import Module
+    from flowsift.testing import run_module
+
+    class Said(Module):
+        """Emits what the client said.
+
+        Synopsis: said
+        """
+        name = "said"
+
+        def on_data(self, flow, stream):
+            if stream.direction == 0:
+                self.emit("said", data=stream.read_bytes())
+
+    path = write(tmp_path, connection([(1001, b"EVIL", 0x18, "tcp"), (1001, b"GOOD", 0x18, None)]))
+    assert [e["data"] for e in run_module(Said, path).of_kind("said")] == ["EVIL"]
+    res = run_module(Said, path, checksums="verify")
+    assert [e["data"] for e in res.of_kind("said")] == ["GOOD"]
+    assert res.summary["checksums"]["bad"]["tcp"] == 1
+    with pytest.raises(ValueError, match="one of ignore, verify"):
+        run_module(Said, path, checksums="auto")
+
 # Corpus captures whose bad checksums flowsift counts otherwise than tshark, and why (docs/cli.md):
 # (flowsift's frames with a wrong checksum, tshark's frames marked bad)
 TSHARK_DIFFERS = {
