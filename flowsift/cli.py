@@ -16,6 +16,7 @@ from flowsift.errors import FlowsiftError, Terminated, ignore_stops, say, stops_
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},   # (-h, as tcpdump and tshark take it)
     pretty_exceptions_enable=False,
     help="flowsift: read captures as streams and run middlebox modules over them.",
 )
@@ -271,7 +272,8 @@ def _unacked_files(n, keeps_all):
 
 @app.command()
 def gateway(
-    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE, dpdk:PORT."),
+    source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
+                                                           "dpdk:PORT or dpdk:VDEV[,ARGS] (docs/cli.md, Live sources)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Store directory (default: a fresh one under /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
@@ -388,8 +390,8 @@ def module(
         render.print_module(summary)
 
 
-def _record_count(n: int):
-    if n < -1:
+def _record_count(n: Optional[int]):
+    if n is not None and n < -1:
         raise typer.BadParameter(f"{n}: 0 or more, or -1 for all")
     return n
 
@@ -397,8 +399,8 @@ def _record_count(n: int):
 @app.command()
 def inspect(
     path: str = typer.Argument(..., metavar="PATH", help="A record file (.rec) or a store directory."),
-    records: int = typer.Option(20, "--records", "-n", metavar="N", callback=_record_count,
-                                help="Records to show (0: none, -1: all)."),
+    records: Optional[int] = typer.Option(None, "--records", "-n", metavar="N", callback=_record_count,
+                                          help="A record file's records to show (default 20; 0: none, -1: all)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of tables."),
 ):
     """Show a record file, or summarise a store directory.
@@ -415,19 +417,24 @@ def inspect(
     from flowsift.render import print_inspect_file, print_inspect_store
 
     if os.path.isdir(path):
+        if records is not None:
+            _fail(f"inspect: -n/--records is for a record file; {path} is a store (inspect one of its files)")
         result = describe_store(path)
         typer.echo(json.dumps(result)) if as_json else print_inspect_store(result)
     elif as_json:
-        with file_description(path, records) as info:
+        with file_description(path, 20 if records is None else records) as info:
             write_json(info, sys.stdout)
     else:
-        print_inspect_file(describe_file(path, records))
+        print_inspect_file(describe_file(path, 20 if records is None else records))
 
 
 @app.command()
 def chain(
-    modules: str = typer.Argument(..., metavar="MODULES", help="Modules in order, e.g. 'counter' or 'a,b(x=1),c'."),
-    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE, dpdk:PORT."),
+    modules: str = typer.Argument(..., metavar="MODULES", help="Modules in order, parted by commas: built-in names (flowsift modules), path.py or path.py:Class, "
+                                                                   "each with options in brackets: 'counter', 'http,strsearch(patterns=pass;user)', "
+                                                                   "'./mine.py:Mine(limit=5),counter'."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
+                                                           "dpdk:PORT or dpdk:VDEV[,ARGS] (docs/cli.md, Live sources)."),
     events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
     store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
                                         help="Put the record store here (default: a temporary one in /dev/shm); "
@@ -751,6 +758,22 @@ def _rich_help():
 _rich_help()
 
 
+def _command():
+    """The click command of the app, its arguments' help filled in: click 8.5's Parameter sets
+    `help` itself, over the one typer's argument was given (the help showed no argument's)."""
+    import inspect
+    from typer.models import ArgumentInfo
+    command = typer.main.get_command(app)
+    by_name = {info.name or info.callback.__name__.replace("_", "-"): info.callback for info in app.registered_commands}
+    for name, sub in command.commands.items():
+        defaults = {p.name: p.default for p in inspect.signature(by_name[name]).parameters.values()}
+        for param in sub.params:
+            given = defaults.get(param.name)
+            if isinstance(given, ArgumentInfo) and given.help and not getattr(param, "help", None):
+                param.help = given.help
+    return command
+
+
 def _usage_error(e):
     """click's usage error (unknown option or command, missing or bad argument) as one line,
     `flowsift: COMMAND: what (see flowsift COMMAND --help)`, instead of its usage block."""
@@ -783,7 +806,7 @@ def main():
         # the command runs here so that every outcome is said in one line below. A stop is
         # raised only while it runs: one while that line is said, or at exit, is dropped
         with stops_raised():
-            command = typer.main.get_command(app)
+            command = _command()
             # the program's name, however it was started (`python -m flowsift` is the same program)
             with command.make_context("flowsift", sys.argv[1:]) as ctx:
                 command.invoke(ctx)
