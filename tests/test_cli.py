@@ -9,13 +9,22 @@ import pytest
 from conftest import ROOT, run_cli
 
 
-def test_help_teaches():
+def test_help_teaches(monkeypatch):
     res = run_cli("--help")
     assert res.returncode == 0 and "stats" in res.stdout
     res = run_cli("stats", "--help")
     assert res.returncode == 0
     for word in ("--filter", "--json", "Examples", "tcp port"):
         assert word in res.stdout
+    # -h as tcpdump and tshark take it; the arguments say what they are (the help showed their
+    # names alone)
+    assert run_cli("chain", "-h").stdout == run_cli("chain", "--help").stdout
+    monkeypatch.setenv("COLUMNS", "200")
+    text = " ".join(run_cli("chain", "-h").stdout.split())
+    assert "parted by commas" in text and "afpacket:IFACE[,ring=32M" in text
+    for command in ("stats", "streams", "gateway", "module", "inspect", "replay", "analyze", "modules"):
+        arguments = run_cli(command, "-h").stdout.split("─ Arguments")[1].split("─ Options")[0]
+        assert re.search(r"\w+:? \S+ \S+ \S+", arguments), (command, arguments)
 
 
 @pytest.mark.parametrize("command", ["stats", "streams", "gateway", "module", "inspect", "chain", "replay"])
@@ -475,6 +484,10 @@ def test_a_file_cut_where_only_holes_lie_lacks_nothing_and_never_shows_negative_
     assert out["problems"] == []
     f = json.loads(run_cli("inspect", store / "c00000000.rec", "-n", "0", "--json", check=True).stdout)
     assert f["truncated"] is None and [s["delivered"] for s in f["streams"]] == [0, 0]
+    # -n counts a file's records: given with a store it is said, not ignored
+    res = run_cli("inspect", store, "-n", "5")
+    assert res.returncode == 2 and res.stdout == "" and res.stderr == (
+        f"flowsift: inspect: -n/--records is for a record file; {store} is a store (inspect one of its files)\n")
 
 
 # Runs flowsift as `python -m flowsift` does, sending the process SIGNAL (argv[1]) as the command
