@@ -902,12 +902,15 @@ def _other_port(conv, server_port):
     return server_port is not None and int(conv.server.rpartition(":")[2]) != server_port
 
 
+# the longest wait a turn may be given: a day (inf, or 1e308, would wait for ever)
+MAX_WAIT = 86400.0
+
+
 def _check_waits(timeout, idle=None):
     # 0 would fail every turn at once; no wait is negative
-    if not timeout > 0:
-        raise UsageError(f"--timeout {timeout:g}: seconds, more than 0")
-    if idle is not None and not idle > 0:
-        raise UsageError(f"--idle {idle:g}: seconds, more than 0")
+    for name, wait in (("--timeout", timeout), ("--idle", idle)):
+        if wait is not None and not 0 < wait <= MAX_WAIT:
+            raise UsageError(f"{name} {wait:g}: seconds, more than 0 and at most {MAX_WAIT:g} (a day)")
 
 
 def _where(host, port):
