@@ -657,10 +657,11 @@ def replay(
 def _replay_exit(result):
     """As diff(1): 0 when every connection replayed answered as recorded, 1 when one differed or
     failed, or when not one answer was compared (nothing shows the server answers as recorded);
-    130 when Ctrl-C ended it (after the summary so far)."""
+    130 when Ctrl-C ended it, 143 when SIGTERM did (after the summary so far)."""
     if result.get("interrupted"):
-        typer.echo("flowsift: interrupted", err=True)
-        raise typer.Exit(130)
+        term = result.get("signal") == "SIGTERM"
+        typer.echo(f"flowsift: {'terminated' if term else 'interrupted'}", err=True)
+        raise typer.Exit(143 if term else 130)
     if result.get("differing") or result.get("failed"):
         raise typer.Exit(1)
     if "turns" in result and not result["turns"]:

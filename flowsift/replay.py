@@ -18,7 +18,7 @@ import socket
 import time
 
 from flowsift import http1
-from flowsift.errors import FlowsiftError, UsageError
+from flowsift.errors import FlowsiftError, Terminated, UsageError
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
@@ -1078,13 +1078,13 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             task = loop.create_task(rp.run(convs, limit))
             try:
                 results = loop.run_until_complete(task)
-            except KeyboardInterrupt:
-                # Ctrl-C: what is under way is abandoned; the summary covers what finished
-                rp.stop, interrupted = True, True
+            except (KeyboardInterrupt, Terminated) as stop:
+                # Ctrl-C, SIGTERM: what is under way is abandoned; the summary covers what finished
+                rp.stop, interrupted = True, "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
                 task.cancel()
                 try:
                     loop.run_until_complete(task)
-                except (asyncio.CancelledError, KeyboardInterrupt):
+                except asyncio.CancelledError:
                     pass
                 results = list(getattr(rp, "results", []))
         finally:
@@ -1116,7 +1116,8 @@ def _summary(results, skipped, secs, to, match, interrupted, report, problems=()
            "turns_unanswered": sum(r["unanswered"] for r in results),
            "turns_incomplete": sum(r["incomplete"] for r in results),
            "skipped": dict(sorted(skipped.items())), "partial": sum(1 for r in results if "partial_at" in r),
-           "store_problems": list(problems), "interrupted": interrupted,
+           "store_problems": list(problems), "interrupted": bool(interrupted),
+           "signal": interrupted or None,         # which stop ended it: SIGINT (Ctrl-C) or SIGTERM
            "report": str(report.path) if report else None}
     out["connections_per_second"] = round(len(results) / secs, 1) if secs else None
     out["turns_per_second"] = round(turns / secs, 1) if secs else None

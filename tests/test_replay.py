@@ -385,7 +385,9 @@ def test_unacked_requests_of_a_dead_backend_complete_exactly_once(tmp_path, corp
         server_ns.close()
 
 
-def test_ctrl_c_ends_with_the_summary_so_far(corpus):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_end_with_the_summary_so_far(corpus, sig):
+    # (SIGTERM ended it without one)
     silent = socket.socket()                     # a server that accepts and never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
@@ -395,12 +397,13 @@ def test_ctrl_c_ends_with_the_summary_so_far(corpus):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(2.5)
         t0 = time.monotonic()
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=20)
         assert time.monotonic() - t0 < 10
-        assert p.returncode == 130 and err.endswith("flowsift: interrupted\n"), err
+        said, code = ("interrupted", 130) if sig == signal.SIGINT else ("terminated", 143)
+        assert p.returncode == code and err.endswith(f"flowsift: {said}\n"), err
         s = json.loads(out)
-        assert s["interrupted"] and s["connections"] < 8
+        assert s["interrupted"] and s["signal"] == sig.name and s["connections"] < 8
     finally:
         silent.close()
 
