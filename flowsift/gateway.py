@@ -468,7 +468,9 @@ class Gateway:
             # (the datagrams this shard rebuilt are its own: the rest of not_decoded and
             # other_protocols every shard of a file counts alike)
             d = self.reassembler.defrag
-            summary["shard"] = {"index": self.shard[0], "of": self.shard[1], "split": self.shard[2],
+            r = self.resharder
+            shards = r.steps[r.step - 1][1] if r is not None and r.step else self.shard[1]   # (as the run ended)
+            summary["shard"] = {"index": self.shard[0], "of": shards, "split": self.shard[2],
                                 "other_shards_packets": self.other_shards,
                                 "rebuilt_not_decoded": sum(d.undecoded().values()),
                                 "rebuilt_other_protocols": d.other_protocols}

@@ -155,6 +155,7 @@ def test_resharding_gives_the_output_of_one_shard(tmp_path, corpus, monkeypatch,
     assert two["reshard"] == [{"packets": n // 3, "shards": 3}, {"packets": 2 * n // 3, "shards": 1}]
     moved = [s["moved"] for s in two["shards"]]
     assert len(moved) == 3
+    assert [s["of"] for s in two["shards"]] == [1, 1, 1]         # the shards as the run ended
     assert sum(m["connections_out"] for m in moved) == sum(m["connections_in"] for m in moved) > 5
     assert moved[2]["connections_in"] > 0 and moved[2]["connections_out"] > 0     # joined, then gave all back
     assert all(0 < m["seconds"] < 30 for m in moved)                          # the pause each step cost
