@@ -26,6 +26,8 @@ def _redis(url, run=None, role="gateway"):
     if not url or url == "embedded":
         raise UsageError("--registry needs a Redis URL (redis://[user:password@]host:port/db): "
                          "processes find each other there")
+    if run is not None and not run.strip():
+        raise UsageError(f"run name {run!r}: a run is named by at least one character that is not a space")
     try:
         return open_registry(url, run, role=role)
     except RegistryError as e:
@@ -160,7 +162,8 @@ def cleanup(url, run):
         if reg.gateway_alive(run):
             raise FlowsiftError(f"run {run} is live (its gateway is sending heartbeats): stop its gateway instead")
         if run not in reg.all_runs() and not reg.has_keys(run):
-            raise FlowsiftError(f"no run {run} in {reg.shown}")
+            raise FlowsiftError(f"no run {run} in {reg.shown}: no key of it is left to remove (a run that "
+                                f"ended cleanly leaves none)")
         return reg.remove_run(run)
     except RegistryError as e:
         raise FlowsiftError(str(e)) from None

@@ -351,7 +351,12 @@ def test_stale_keys_of_a_crashed_run_never_break_a_new_one(tmp_path, corpus, red
     assert json.loads(res.stdout)["keys_removed"] > 5
     assert r.keys("flowsift:*") == []
     res = run_cli("gateway", "--registry", url, "--cleanup", "nosuch")
-    assert res.returncode == 2 and res.stderr.strip() == f"flowsift: no run nosuch in {url}"
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"flowsift: no run nosuch in {url}: no key of it is left to remove (a run that ended cleanly leaves none)")
+    for blank in ("", " "):
+        res = run_cli("gateway", "--registry", url, "--cleanup", blank)
+        assert res.returncode == 2 and res.stderr.strip() == (
+            f"flowsift: run name {blank!r}: a run is named by at least one character that is not a space")
     res = run_cli("gateway", corpus / "http__zeek__get.pcap", "--registry", url, "--cleanup", "nosuch")
     assert res.returncode == 2 and res.stderr.strip() == "flowsift: --cleanup removes a run's keys: give no SOURCE with it"
 
