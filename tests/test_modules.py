@@ -1033,3 +1033,47 @@ def test_inline_and_staged_give_the_same_events_over_connections_open_at_the_end
     handed = [json.loads(e) for e in runs[0] if '"kind": "handed"' in e]
     assert runs[0] == runs[1]
     assert sum(e["reason"] == "eof" for e in handed) == 5 and any(e.get("kind") == "rest" for e in map(json.loads, runs[0]))
+
+
+class Latency(Module):
+    """Read-only: the capture times of stream bytes, as each direction is read and at the end.
+
+    Synopsis: latency
+    """
+    name = "latency"
+
+    def times(self, flow):
+        # first and last bytes of each segment, and a byte never sent
+        return [flow.time_at(0, 0), flow.time_at(0, 8), flow.time_at(1, 0), flow.time_at(1, 10), flow.time_at(0, 100)]
+
+    def on_data(self, flow, stream):
+        stream.skip()
+        self.emit("read", dir=stream.direction, at=self.times(flow))
+
+    def on_close(self, flow, reason):
+        self.emit("end", at=self.times(flow))
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "workers"])
+def test_time_at_gives_the_capture_time_of_the_packet_that_carried_a_byte(tmp_path, monkeypatch, inline):
+    """flow.time_at(direction, offset): the time of the packet that first carried a stream
+    byte, among the records so far (None for a byte no packet carried yet): a request's and its
+    answer's, for latencies, whatever the batch size."""
+    from flowsift.testing import run_module, segments_capture
+    cap = segments_capture(tmp_path, client=[b"GET /a\r\n", b"GET /b\r\n"], server=[b"A" * 10, b"B" * 10])
+    t0 = 1_700_000_000 * 10**9
+    ms = lambda ts: [None if t is None else (t - t0) // 10**6 for t in ts]
+    # the segments go 1 ms apart after the SYN and SYN-ACK: client, server, client, server
+    whole = [2, 4, 3, 5, None]
+    res = run_module(Latency, cap, inline=inline)
+    assert [ms(e["at"]) for e in res.of_kind("end")] == [whole]
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    res = run_module(Latency, cap, inline=inline)
+    read = [(e["dir"], ms(e["at"])) for e in res.of_kind("read")]
+    # as each segment is read, the bytes after it have no time yet
+    assert read == [(0, [2, None, None, None, None]), (1, [2, None, 3, None, None]), (0, [2, 4, 3, None, None]),
+                    (1, whole)]
+    assert [ms(e["at"]) for e in res.of_kind("end")] == [whole]
+    with pytest.raises(ValueError, match="direction 2: 0 .client to server. or 1"):
+        run_module(type("Bad", (Latency,), {"on_close": lambda self, flow, reason: flow.time_at(2, 0),
+                                            "__doc__": Latency.__doc__}), cap)

@@ -108,7 +108,7 @@ def _kind(t):
 class Flow:
     """What a module sees of a connection: its endpoints, per-flow state, and verdicts."""
     __slots__ = ("conn", "proto", "client", "server", "vlan", "_state", "_cache", "first_ts", "last_ts", "_file",
-                 "_editor", "_hook", "_skipped", "_own", "_upto", "_handed")
+                 "_editor", "_hook", "_skipped", "_own", "_upto", "_handed", "_times")
 
     def __init__(self, conn, proto, client, server, first_ts, vlan=None):
         self.conn = conn
@@ -131,6 +131,7 @@ class Flow:
         # in on_packet: the records up to the one handed over (those after it in its batch are
         # not "so far" yet: what a module sees must not depend on how packets were batched)
         self._upto = None
+        self._times = None            # the records' copy time_at() searches (made at its first call)
 
     @property
     def _module(self):
@@ -265,6 +266,24 @@ class Flow:
             # (an entry declared while handling record i has record_index i)
             return [g for g in self._file.gaps() if g.record_index < self._upto]
         return self._file.gaps()
+
+    def time_at(self, direction, offset):
+        """The capture time (integer ns, as a record's ts_ns) of the packet that first carried
+        byte `offset` of stream `direction` (0: client to server, 1: server to client), among
+        the records so far; None when none did (a byte in a gap, or not arrived yet). For
+        latencies: the time of a request's last byte, and of its answer's first."""
+        self._reading("records", "time_at")
+        if self._file is None:
+            raise ModuleError("time_at needs a flow backed by a record file")
+        if direction not in (0, 1) or isinstance(direction, bool):
+            raise ValueError(f"time_at: direction {direction!r}: 0 (client to server) or 1 (server to client)")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"time_at: offset {offset!r}: a byte's offset in the stream, 0 or more")
+        if self._times is None:
+            from flowsift.modules.runner import _PacketTimes
+            self._times = _PacketTimes()
+        n = self._upto if self._upto is not None else self._file.header["records"]
+        return self._times.at(self._file, direction, offset, n)
 
     def payload(self, record):
         """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the

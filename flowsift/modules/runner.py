@@ -166,7 +166,9 @@ class _PacketTimes:
         if records > self.count:
             self.records += rf._region(h["records_off"] + self.count * RECORD_SIZE, (records - self.count) * RECORD_SIZE)
             self.count = records
-        return first_carrier(self.records, self.count, d, h[ORIGINS[d]] if h["proto"] == 6 else 0, offset)
+        # (the records so far may be fewer than those copied: on_packet's end at its record)
+        return first_carrier(self.records, min(records, self.count), d, h[ORIGINS[d]] if h["proto"] == 6 else 0,
+                             offset)
 
 
 class InlineChain:
