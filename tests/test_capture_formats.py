@@ -152,3 +152,17 @@ def test_a_file_cut_while_it_is_read_stops_with_an_error_not_a_crash(tmp_path):
     assert got == (1_000_000 - 24) // (16 + len(frame))      # every whole record left, no more
     with pytest.raises(CaptureFormatError, match="shrank to 1000000 bytes"):
         cap.check()
+
+
+@pytest.mark.parametrize("name", ["http__zeek__bro.org.pcap", "http__csanders__http_espn.pcapng"])
+def test_a_file_read_with_a_count_ends_after_that_many_packets(corpus, name):
+    """open_capture(count=N) reads a file as far as its first N packets, whatever the batch
+    size, as if it ended there: the same packets, in order, as read whole."""
+    from flowsift.io import open_capture
+    whole = [(int(b.array["ts_ns"][i]), int(b.array["caplen"][i]))
+             for b in open_capture(corpus / name).batches(64) for i in range(b.n)]
+    for count, capacity in ((1, 64), (5, 3), (100, 16), (len(whole), 7), (len(whole) + 10, 64)):
+        cap = open_capture(corpus / name, count=count)
+        got = [(int(b.array["ts_ns"][i]), int(b.array["caplen"][i])) for b in cap.batches(capacity)
+               for i in range(b.n)]
+        assert got == whole[:count] and cap.counters()["records"] == min(count, len(whole)), (count, capacity)

@@ -189,6 +189,7 @@ cdef class CaptureReader:
     cdef int section_first
     cdef readonly uint32_t sections
     cdef readonly uint64_t records        # packet records read so far
+    cdef public uint64_t max_records      # 0, or the packet records read at most (--count on a file)
     cdef readonly uint64_t blocks_skipped # pcapng blocks of other types (stats, names, ...)
     cdef readonly uint64_t caplen_gt_snaplen
     cdef readonly uint64_t caplen_gt_wirelen
@@ -294,12 +295,18 @@ cdef class CaptureReader:
 
     def fill(self, Batch batch):
         """Read up to batch.capacity packet records into `batch`; returns how many (0 at end)."""
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, cap = batch.capacity
         cdef uint64_t upto, here
         cdef stat_t st
         if self.err != E_NONE:
             batch.n = 0
             return 0
+        if self.max_records:
+            if self.records >= self.max_records:
+                batch.n = 0
+                return 0
+            if <uint64_t>cap > self.max_records - self.records:
+                cap = <Py_ssize_t>(self.max_records - self.records)
         if self.fd >= 0 and fstat(self.fd, &st) == 0 and <uint64_t>st.st_size < self.size:
             # cut since the last batch: read up to its new end, no further
             self.size = st.st_size
@@ -323,9 +330,9 @@ cdef class CaptureReader:
                     madvise(<void*>(self.base + here), upto - here, MADV_POPULATE_READ)
                     self.populated = upto
             if self.fmt == FMT_PCAP:
-                n = self._fill_pcap(batch.pkts, batch.capacity)
+                n = self._fill_pcap(batch.pkts, cap)
             else:
-                n = self._fill_pcapng(batch.pkts, batch.capacity)
+                n = self._fill_pcapng(batch.pkts, cap)
         if self.shrunk:
             n = self._cut_to_file(batch, n)
         batch.n = n

@@ -94,10 +94,10 @@ class Capture:
         return f"<Capture {self.path!r} {self.format} {self.size} bytes>"
 
 
-def open_capture(path, bpf=None):
+def open_capture(path, bpf=None, count=None):
     """Open a pcap or pcapng file, or a live source (`afpacket:IFACE`, see flowsift.io.live;
     its filter `bpf` runs in the kernel); raises FlowsiftError with one line on anything
-    unreadable."""
+    unreadable. `count`: a file is read as far as its first `count` packets (--count)."""
     if is_live(path):
         from flowsift.io.live import LiveCapture       # (only then: a file run does without it)
         return LiveCapture(path, bpf)
@@ -130,6 +130,7 @@ def open_capture(path, bpf=None):
         problem = reader.open(path, fd, st.st_size)
         if problem:
             raise CaptureFormatError(path, problem, position=0)
+        reader.max_records = count or 0
         return Capture(path, reader, st.st_size)
     finally:
         os.close(fd)   # the mapping stays valid after close
