@@ -658,3 +658,19 @@ def test_an_events_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path):
     res = run_cli("chain", "counter", many, "--events", bad[0], "--shards", "2")
     assert res.returncode == 2 and res.stderr.startswith(f"flowsift: {bad[0]}: cannot write events: "), res.stderr
 
+
+def test_an_events_fifo_is_written_for_its_reader(tmp_path):
+    """--events may name a FIFO: opened as tee opens one (it waits for the reader), every line
+    reaches the reader."""
+    import threading
+    fifo = tmp_path / "ev"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "--events", fifo, "--store", tmp_path / "s",
+                  "--json")
+    reader.join(30)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in got[0].splitlines()]
+    assert len(lines) == json.loads(res.stdout)["events"] > 0 and all(e["kind"] == "flow" for e in lines)
