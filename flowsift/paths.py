@@ -81,11 +81,13 @@ def _char_device(path):
 
 
 def check_output_file(option, path):
-    """Raise UsageError unless `path` can name an output file: not empty, not a directory, in a
-    directory that exists and can be written (a file, a device or a pipe that is there is
-    opened as it is). Checked before anything is read: a run must not end by failing to write."""
+    """Raise UsageError unless `path` can name an output file (a pcap: -w): not empty, not
+    named for another format (check_pcap_name), not a directory, in a directory that exists and
+    can be written (a file, a device or a pipe that is there is opened as it is). Checked before
+    anything is read: a run must not end by failing to write."""
     if path == "":
         raise UsageError(f"{option} '': an empty file name")
+    check_pcap_name(option, path)
     if os.path.isdir(path):
         raise UsageError(f"{option} {path}: is a directory")
     if os.path.exists(path) and not os.path.isfile(path):
@@ -95,6 +97,20 @@ def check_output_file(option, path):
         raise UsageError(f"{option} {path}: no such directory {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: the directory {parent} cannot be written")
+
+
+# names a -w file may not have: -w writes a classic pcap, and a name that says otherwise would
+# be taken at its word (tools that go by the name, a reader that expects pcapng blocks)
+NOT_PCAP_NAMES = (".pcapng",)
+
+
+def check_pcap_name(option, path):
+    """Raise UsageError when `path`, a pcap output, is named for another format (out.pcapng),
+    before anything is read; a device or a pipe is not named for a format."""
+    if path.lower().endswith(NOT_PCAP_NAMES) and not (os.path.exists(path) and not os.path.isfile(path)):
+        suffix = next(s for s in NOT_PCAP_NAMES if path.lower().endswith(s))
+        raise UsageError(f"{option} {path}: {option} writes a pcap (classic format), not {suffix[1:]}: "
+                         f"name it .pcap")
 
 
 class _Named(io.FileIO):
