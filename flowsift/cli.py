@@ -1,4 +1,5 @@
 """The `flowsift` command line: thin over the library."""
+import contextlib
 import gc
 import inspect as _inspect     # (`inspect` is a command here)
 import json
@@ -6,6 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
+import click
 import typer
 
 from flowsift import __version__
@@ -89,6 +91,31 @@ def _refuse_overwrite(inputs, outputs):
     opened for writing (flowsift.paths)."""
     from flowsift.paths import refuse_overwrite
     refuse_overwrite(inputs, outputs)
+
+
+@contextlib.contextmanager
+def _output(path, what):
+    """An output file of the command (stdout for '-'), written with its errors named
+    (flowsift.paths.open_output) and closed after it: a failure to write what it still held is
+    said as any write error (one line, exit 2), after an exit status too, but not over an
+    error the command ended with (that one is said)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    from flowsift.paths import open_output
+    f = open_output(path, what)
+    try:
+        yield f
+    except click.exceptions.Exit:
+        f.close()
+        raise
+    except BaseException:
+        try:
+            f.close()
+        except Exception:
+            pass
+        raise
+    f.close()
 
 
 def _limits(source, count, duration):
@@ -493,13 +520,7 @@ def chain(
         from flowsift.paths import check_output_file
         check_output_file("-w", write)       # (before the events file is made)
     _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events), ("--store", store)])
-    out = sys.stdout if events == "-" else None
-    try:
-        if out is None:
-            try:
-                out = open(events, "w")
-            except OSError as e:
-                _fail(f"{events}: cannot write events: {e.strerror}")
+    with _output(events, "events") as out:
         _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
                                                          filter_expression=filter, policy=policy, reassembly=bounds,
                                                          strict=strict, on_progress=progress, inline=inline, write=write,
@@ -507,9 +528,6 @@ def chain(
                                                          shards=shards, reshard=reshard, vlan_key=vlan_key,
                                                          unacked_files=unacked_files, checksums=checksums),
              as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
-    finally:
-        if out is not None and out is not sys.stdout:
-            out.close()
 
 
 # exit code of a chain whose output left packets with accepted edits unedited (a redaction
@@ -802,17 +820,28 @@ def main():
     import click
     take_stops()                # (already taken when started as flowsift.__main__)
     collect_less()
+    # results that cannot be written (a full disk) are said as `stdout: cannot write: ...`
+    from flowsift.paths import name_stdout
+    name_stdout()
     try:
         # click's (and typer's) main would turn Ctrl-C and a closed pipe into bare exit codes:
         # the command runs here so that every outcome is said in one line below. A stop is
         # raised only while it runs: one while that line is said, or at exit, is dropped
-        with stops_raised():
-            command = _command()
-            # the program's name, however it was started (`python -m flowsift` is the same program)
-            with command.make_context("flowsift", sys.argv[1:]) as ctx:
-                command.invoke(ctx)
-    except click.exceptions.Exit as e:          # --help, --version, ctx.exit()
-        sys.exit(e.exit_code)
+        try:
+            with stops_raised():
+                command = _command()
+                # the program's name, however it was started (`python -m flowsift` is the same program)
+                with command.make_context("flowsift", sys.argv[1:]) as ctx:
+                    command.invoke(ctx)
+        except click.exceptions.Exit as e:      # --help, --version, ctx.exit(), an exit status
+            code = e.exit_code
+        else:
+            code = 0
+        # what stdout still holds goes out here, not as Python exits: a failure to write it is
+        # said below, as one while the command ran is
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        sys.exit(code)
     except click.exceptions.NoArgsIsHelpError as e:
         e.show()                    # no arguments at all: the help, as before
         sys.exit(e.exit_code)
@@ -846,6 +875,13 @@ def main():
     finally:
         # the command has ended (and said so)
         ignore_stops()
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except BaseException:
+            # stdout cannot be written (said above, or an error was said already): what it
+            # holds goes nowhere, not into a second message as Python exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         # Python takes a KeyboardInterrupt that went through exec() or eval() of a string (a
         # dataclass or namedtuple being made) for unhandled, even once caught, and then kills
         # itself with SIGINT as it exits, for an exit status of -2, not 130: an exec of nothing

@@ -32,9 +32,11 @@ def extract_streams(path, outdir=None, filter_expression=None, policy="first", o
         raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
     if gaps not in GAP_MODES:
         raise UsageError(f"--gaps {gaps!r}: one of {', '.join(GAP_MODES)}")
-    if outdir is not None and not replace:
-        from flowsift.reassembly._filesink import refuse_earlier_output
-        refuse_earlier_output(str(outdir))
+    if outdir is not None:
+        from flowsift.reassembly._filesink import refuse_earlier_output, refuse_foreign_output
+        refuse_foreign_output(str(outdir))
+        if not replace:
+            refuse_earlier_output(str(outdir))
     bpf = compile_filter(filter_expression)
     from flowsift.io import open_capture
     cap = open_capture(path, bpf)

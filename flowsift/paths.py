@@ -1,13 +1,22 @@
-"""Output paths checked against input paths before anything is opened for writing.
+"""Output paths checked against input paths before anything is opened for writing, and output
+files whose write errors name them.
 
 Opening an output with O_TRUNC that is the input (the same name, a symlink to it, a hard link)
 empties the capture before it is read: a mapped capture then dies of SIGBUS. Names are not
 enough to tell; the file's identity (st_dev, st_ino) after symlinks is.
+
+A result that cannot be written (a full disk, a device that fails) is the user's to fix, as an
+input that cannot be read is: one line naming the output (`stdout: cannot write: No space left
+on device`), exit 2, never an internal error. The outputs the command line writes through
+Python files (standard output, --events) are `_Named` files, whose writes say so wherever they
+fail: at a write, at a flush, or at the close that writes what a buffer still held.
 """
+import io
 import os
 import stat
+import sys
 
-from flowsift.errors import UsageError
+from flowsift.errors import FlowsiftError, UsageError
 
 
 def identity(path):
@@ -72,11 +81,13 @@ def _char_device(path):
 
 
 def check_output_file(option, path):
-    """Raise UsageError unless `path` can name an output file: not empty, not a directory, in a
-    directory that exists and can be written (a file, a device or a pipe that is there is
-    opened as it is). Checked before anything is read: a run must not end by failing to write."""
+    """Raise UsageError unless `path` can name an output file (a pcap: -w): not empty, not
+    named for another format (check_pcap_name), not a directory, in a directory that exists and
+    can be written (a file, a device or a pipe that is there is opened as it is). Checked before
+    anything is read: a run must not end by failing to write."""
     if path == "":
         raise UsageError(f"{option} '': an empty file name")
+    check_pcap_name(option, path)
     if os.path.isdir(path):
         raise UsageError(f"{option} {path}: is a directory")
     if os.path.exists(path) and not os.path.isfile(path):
@@ -86,3 +97,61 @@ def check_output_file(option, path):
         raise UsageError(f"{option} {path}: no such directory {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: the directory {parent} cannot be written")
+
+
+# names a -w file may not have: -w writes a classic pcap, and a name that says otherwise would
+# be taken at its word (tools that go by the name, a reader that expects pcapng blocks)
+NOT_PCAP_NAMES = (".pcapng",)
+
+
+def check_pcap_name(option, path):
+    """Raise UsageError when `path`, a pcap output, is named for another format (out.pcapng),
+    before anything is read; a device or a pipe is not named for a format."""
+    if path.lower().endswith(NOT_PCAP_NAMES) and not (os.path.exists(path) and not os.path.isfile(path)):
+        suffix = next(s for s in NOT_PCAP_NAMES if path.lower().endswith(s))
+        raise UsageError(f"{option} {path}: {option} writes a pcap (classic format), not {suffix[1:]}: "
+                         f"name it .pcap")
+
+
+class _Named(io.FileIO):
+    """A raw output file whose write errors name it (`SHOWN: cannot write WHAT: reason`, a
+    FlowsiftError). A reader that went away (EPIPE) stays a BrokenPipeError: the command ends
+    quietly then (cli.main)."""
+
+    def __init__(self, file, shown, what="", closefd=True):
+        super().__init__(file, "w", closefd=closefd)
+        self.shown = shown
+        self.what = what
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise FlowsiftError(f"{self.shown}: cannot write{self.what}: {e.strerror}") from None
+
+
+def open_output(path, what=""):
+    """`path` opened for writing text (created, or emptied), its write errors named; one that
+    cannot be opened is a FlowsiftError (`PATH: cannot write WHAT: reason`). A FIFO is opened as
+    it is, as tee opens one: the open waits for a reader."""
+    try:
+        raw = _Named(path, path, f" {what}" if what else "")
+    except OSError as e:
+        raise FlowsiftError(f"{path}: cannot write{' ' + what if what else ''}: {e.strerror}") from None
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+
+
+def name_stdout():
+    """Make sys.stdout a stream whose write errors say `stdout: cannot write: reason` (the same
+    descriptor, encoding and buffering). A stdout that is closed, or not a file (a test's
+    capture), is left as it is."""
+    s = sys.stdout
+    try:
+        fd = s.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    s.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Named(fd, "stdout", closefd=False)), encoding=s.encoding,
+                                  errors=s.errors, line_buffering=s.line_buffering, write_through=s.write_through)

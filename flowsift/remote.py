@@ -239,9 +239,14 @@ class _Output:
 
     def _put(self, data):
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except BrokenPipeError:
+            raise                   # (a reader that went away: not an error, cli.main)
+        except OSError as e:        # a full disk: said in one line, as for any output
+            raise FlowsiftError(f"{self.path}: cannot write events: {e.strerror}") from None
 
     def committed(self):
         if self.held:

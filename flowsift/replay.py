@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import socket
 import time
 
@@ -1001,7 +1002,10 @@ class _Report:
     def write(self, obj):
         try:
             with self.f:
-                self.f.truncate(0)
+                # (a device or a FIFO, /dev/null or a reader's pipe, is written as it is: it
+                # holds no old report, and cannot be truncated)
+                if stat.S_ISREG(os.fstat(self.f.fileno()).st_mode):
+                    self.f.truncate(0)
                 json.dump(obj, self.f, indent=1)
         except OSError as e:
             raise FlowsiftError(f"{self.path}: cannot write the report: {e.strerror}") from None

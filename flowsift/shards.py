@@ -391,16 +391,18 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
                 if p.is_alive():
                     p.kill()
                     p.join()
-            if events is not None:
-                # what each shard wrote, shard after shard: all of it after a whole run; the events
-                # of the connections it finished when the run stopped or a shard failed (a shard
-                # killed outright may have left part of a line). Each shard numbers its
-                # connections from 0: an event says whose its conn is
-                from flowsift.modules.runner import copy_events
-                for k in range(len(procs)):
-                    copy_events(os.path.join(tmp, f"{k}.jsonl"), events, f', "shard": {k}')
             import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                if events is not None:
+                    # what each shard wrote, shard after shard: all of it after a whole run; the
+                    # events of the connections it finished when the run stopped or a shard failed
+                    # (a shard killed outright may have left part of a line). Each shard numbers its
+                    # connections from 0: an event says whose its conn is
+                    from flowsift.modules.runner import copy_events
+                    for k in range(len(procs)):
+                        copy_events(os.path.join(tmp, f"{k}.jsonl"), events, f', "shard": {k}')
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)      # (events that cannot be written too)
         if failed is not None:
             raise FlowsiftError(failed)
         if stopped is not None:

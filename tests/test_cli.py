@@ -605,3 +605,85 @@ def test_a_long_table_reads_as_a_short_one(monkeypatch, width):
         out[plain] = buf.getvalue()
     assert out[True] == out[False]
     assert "\\x1b[31m" in out[True] and "\x1b" not in out[True]
+
+
+def _to_dev_full(*args, cwd=None):
+    """`flowsift ARGS > /dev/full`: (exit status, stderr)."""
+    import subprocess
+    import sys
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-m", "flowsift", *map(str, args)], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return res.returncode, res.stderr
+
+
+def _many_flows(path, n=300):
+    """A pcap of `n` UDP flows of one datagram each (a counter event apiece: more than a buffer)."""
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    path.write_bytes(pcap([(1_700_000_000, k, ether(ipv4(A, B, 17, udp(20000 + k, 53, b"q" * 20))))
+                           for k in range(n)]))
+    return path
+
+
+FULL = "No space left on device"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_results_that_cannot_be_written_are_one_line_and_exit_2(tmp_path):
+    """`flowsift stats F > /dev/full` said `internal error: OSError: [Errno 28] ...`, exit 1, as
+    for a flowsift bug: a full disk under the results is said as one under -w is."""
+    demo = ROOT / "examples" / "demo.pcap"
+    run_cli("chain", "counter", demo, "--store", tmp_path / "kept", "--keep", "--events", "/dev/null", check=True)
+    rec = next((tmp_path / "kept").glob("*.rec"))
+    for args in (("stats", demo), ("stats", demo, "--json"), ("streams", demo, "--discard", "--json"),
+                 ("modules",), ("modules", "counter"), ("inspect", tmp_path / "kept", "--json"),
+                 ("inspect", rec), ("inspect", rec, "--json", "-n", "-1"), ("analyze", "counter"),
+                 ("chain", "counter", demo, "--store", tmp_path / "s1"),
+                 ("chain", "counter", demo, "--store", tmp_path / "s2", "--events", "/dev/null", "--json"),
+                 # more events than a buffer holds: the write fails while the chain runs
+                 ("chain", "counter", _many_flows(tmp_path / "many.pcap"), "--store", tmp_path / "s3"),
+                 ("chain", "counter", tmp_path / "many.pcap", "--store", tmp_path / "s4", "--inline")):
+        code, err = _to_dev_full(*args)
+        # (with the events on stdout, the tables go to stderr before the line)
+        assert code == 2 and err.endswith(f"flowsift: stdout: cannot write: {FULL}\n"), (args, err)
+        assert err.count("flowsift:") == 1, (args, err)
+        assert err.startswith("flowsift:") or (args[0] == "chain" and "--events" not in args), (args, err)
+
+
+def test_an_events_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path):
+    """`chain counter F --events /dev/full` was an internal error (exit 1) from closing the file;
+    a file whose device fails (EIO) too."""
+    demo = ROOT / "examples" / "demo.pcap"
+    bad = ["/dev/full"] if os.path.exists("/dev/full") else []
+    # (a file that opens for writing but fails every write: /proc/version, for root)
+    bad += ["/proc/version"] if os.access("/proc/version", os.W_OK) else []
+    if not bad:
+        pytest.skip("no output that fails its writes here")
+    many = _many_flows(tmp_path / "many.pcap")
+    for k, (path, capture, extra) in enumerate((p, c, e) for p in bad for c in (demo, many)
+                                               for e in ((), ("--inline",), ("--json",))):
+        res = run_cli("chain", "counter", capture, "--events", path, "--store", tmp_path / f"s{k}", *extra)
+        why = FULL if path == "/dev/full" else os.strerror(5)
+        assert res.returncode == 2, (path, capture, extra, res.stderr)
+        assert res.stderr.endswith(f"flowsift: {path}: cannot write events: {why}\n"), (path, extra, res.stderr)
+        assert res.stderr.count("flowsift:") == 1 and "internal error" not in res.stderr
+    # shards: their events are copied out as the run ends
+    res = run_cli("chain", "counter", many, "--events", bad[0], "--shards", "2")
+    assert res.returncode == 2 and res.stderr.startswith(f"flowsift: {bad[0]}: cannot write events: "), res.stderr
+
+
+def test_an_events_fifo_is_written_for_its_reader(tmp_path):
+    """--events may name a FIFO: opened as tee opens one (it waits for the reader), every line
+    reaches the reader."""
+    import threading
+    fifo = tmp_path / "ev"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "--events", fifo, "--store", tmp_path / "s",
+                  "--json")
+    reader.join(30)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in got[0].splitlines()]
+    assert len(lines) == json.loads(res.stdout)["events"] > 0 and all(e["kind"] == "flow" for e in lines)

@@ -195,6 +195,23 @@ def test_an_attached_module_will_not_write_its_events_over_the_run_input(tmp_pat
         gw.wait(timeout=60)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_attached_modules_events_that_cannot_be_written_are_one_line(tmp_path, corpus, redis_server):
+    """Events to a device that fails its writes were an internal error (exit 1): one line naming
+    the file, exit 2, as for every output."""
+    url, r = redis_server.url, redis_server.client()
+    gw = flowsift("gateway", corpus / CAPTURE, "--registry", url, "--run", "rf", "--expect", "counter",
+                  "--store", tmp_path / "s")
+    try:
+        wait_until(lambda: r.hget("flowsift:{rf}:meta", "state"), procs=(gw,))
+        m = flowsift("module", "counter", "--registry", url, "--run", "rf", "--events", "/dev/full")
+        out, err = m.communicate(timeout=60)
+        assert (m.returncode, err) == (2, "flowsift: /dev/full: cannot write events: No space left on device\n")
+    finally:
+        gw.terminate()
+        gw.wait(timeout=60)
+
+
 def test_module_started_before_the_gateway(tmp_path, corpus, redis_server, slow, expected):
     url = redis_server.url
     events = tmp_path / "slow.jsonl"

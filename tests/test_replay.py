@@ -1481,3 +1481,20 @@ def test_the_text_output_says_what_it_leaves_out_and_shows_turns_plainly(tmp_pat
     finally:
         srv.stop()
     assert "turn 0 (the server's greeting): bytes" in " ".join(res.stdout.split()), res.stdout
+
+
+def test_a_report_to_a_device_or_a_fifo_is_written_as_it_is(tmp_path):
+    """`--report /dev/null` (or a FIFO a reader reads) failed after the whole replay: the report
+    was truncated before it was written, which only a regular file can be."""
+    import threading
+    cap = _exchange(tmp_path, "two.pcap", [(True, GET, False), (False, OK10, False)])
+    s = _answers(tmp_path, "extra", cap, "--report", "/dev/null")
+    assert s["connections"] == 1
+    fifo = tmp_path / "r.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    s = _answers(tmp_path, "extra", cap, "--report", fifo)
+    reader.join(30)
+    assert json.loads(got[0])["summary"] == s

@@ -211,6 +211,66 @@ def test_only_a_runs_output_makes_a_directory_refused(tmp_path):
     assert (mixed / "c000007-10.0.0.1.1-10.0.0.2.2.c2s").is_dir()
 
 
+@pytest.mark.parametrize("replace", [False, True])
+@pytest.mark.parametrize("what", ["fifo", "symlink", "dangling", "stream-fifo", "stream-symlink", "index-dir"])
+def test_what_is_no_regular_file_under_an_output_name_is_refused_and_never_written_through(tmp_path, what, replace):
+    """A FIFO named index.jsonl in DIR hung `streams -o DIR --replace` (opened for writing, it
+    waited for a reader); a symlink named index.jsonl or like a stream file had its target
+    overwritten. No run wrote them, none writes through them: one line, exit 2, before anything
+    is read, with or without --replace; they, their targets and DIR stay as they were."""
+    first, _ = _two_captures(tmp_path)
+    out, fresh, victim = tmp_path / "out", tmp_path / "fresh", tmp_path / "victim"
+    run_cli("streams", first, "-o", fresh, check=True)
+    out.mkdir()
+    victim.write_bytes(b"not a stream")
+    stream = sorted(p.name for p in fresh.iterdir() if p.name != "index.jsonl")[0]
+    name, kind = {"fifo": ("index.jsonl", "a FIFO"), "symlink": ("index.jsonl", "a symbolic link (to "),
+                  "dangling": ("index.jsonl", "a symbolic link (to "), "stream-fifo": (stream, "a FIFO"),
+                  "stream-symlink": (stream, "a symbolic link (to "), "index-dir": ("index.jsonl", "a directory")}[what]
+    if what.endswith("fifo"):
+        os.mkfifo(out / name)
+    elif what == "index-dir":
+        (out / name).mkdir()
+    else:
+        (out / name).symlink_to(victim if what != "dangling" else tmp_path / "nowhere")
+    res = subprocess.run([sys.executable, "-m", "flowsift", "streams", str(first), "-o", str(out),
+                          *(["--replace"] if replace else [])], capture_output=True, text=True, timeout=60)
+    one_line_error(res, f"{out / name} is {kind}", "where streams writes a regular file", "remove it")
+    assert res.stdout == ""
+    assert [p.name for p in out.iterdir()] == [name] and victim.read_bytes() == b"not a stream"
+    assert not (tmp_path / "nowhere").exists()
+    # before anything is read
+    one_line_error(run_cli("streams", tmp_path / "nope.pcap", "-o", out), f"{out / name} is {kind}")
+
+
+def test_a_symlink_put_in_the_directory_while_it_is_written_is_never_followed(tmp_path):
+    """Files are made new (O_EXCL, O_NOFOLLOW), the writer thread's stream files as index.jsonl:
+    a symlink that comes at a stream file's name after the directory was made ready is not
+    written through; the run stops, saying which file it could not make."""
+    from flowsift.errors import FlowsiftError
+    from flowsift.io import Decoder, decoded_batches
+    from flowsift.reassembly import Reassembler
+    from flowsift.reassembly._filesink import FileSink
+    frames, _ = conversation(1, 3000)
+    start, rest = tmp_path / "start.pcap", tmp_path / "rest.pcap"
+    start.write_bytes(pcap(frames[:1]))         # the SYN: the connection opens, DIR is made ready
+    rest.write_bytes(pcap(frames[1:]))
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.write_bytes(b"not a stream")
+    sink = FileSink(str(out))
+    r = Reassembler(sink=sink)
+    for cap in (start, rest):
+        for batch in decoded_batches(str(cap), Decoder(), None, None):
+            r.feed(batch)
+        if cap == start:
+            assert os.listdir(out) == ["index.jsonl"]
+            (out / "c000000-10.0.0.1.40000-10.0.0.2.80.c2s").symlink_to(victim)
+    with pytest.raises(FlowsiftError, match="c000000-10.0.0.1.40000-10.0.0.2.80.c2s: cannot write: File exists"):
+        r.finish()
+        sink.close()
+    assert victim.read_bytes() == b"not a stream"
+
+
 # --- a low descriptor limit ------------------------------------------------------------------
 
 def _many_at_once(conns, size, t0=1_700_000_000):

@@ -723,3 +723,20 @@ def test_the_late_packets_of_a_connection_dropped_whole_are_dropped_too(tmp_path
     assert late > 0 and summary["connections"]["tcp"] == 1
     assert summary["egress"]["late_dropped"] == late and summary["egress"]["packets"] == 0
     assert frames(out) == []
+
+
+@pytest.mark.parametrize("name", ["out.pcapng", "OUT.PCAPNG"])
+def test_w_named_for_pcapng_is_refused_before_the_run(tmp_path, name):
+    """`-w out.pcapng` wrote a classic pcap under a pcapng name: -w writes pcap, as tcpdump -w
+    does, so a name that says pcapng is one line, exit 2, before anything is read."""
+    out, events = tmp_path / name, tmp_path / "ev.jsonl"
+    res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", out, "--events", events,
+                  "--store", tmp_path / "store")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == f"flowsift: -w {out}: -w writes a pcap (classic format), not pcapng: name it .pcap\n"
+    assert not out.exists() and not events.exists()
+    # a device or a pipe has no format in its name; .pcap is what -w writes
+    res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", tmp_path / "out.pcap", "--events",
+                  "/dev/null", "--store", tmp_path / "store2")
+    assert res.returncode == 0, res.stderr
+    assert open_capture(tmp_path / "out.pcap").format == "pcap"

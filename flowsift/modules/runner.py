@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from flowsift.errors import FlowsiftError
 from flowsift.io._connset import ConnSet
 from flowsift.modules.base import ModuleError, hook_error, trimmed_traceback
 from flowsift.modules.edits import EVERYTHING, Handed
@@ -193,6 +194,7 @@ class InlineChain:
         self.bit_base = bit_base          # this chain's modules hold bits bit_base.. of the global bitmap
         self.finished_now = []            # connections finished since the caller last looked (stages)
         self.events = events
+        self.output_error = None    # the events output's error, once writing it failed
         self.strict = strict
         self.errors = {}
         self.event_count = 0
@@ -268,7 +270,13 @@ class InlineChain:
         if holder is not None:
             holder.events.append(text)
         elif self.events is not None:
-            self.events.write(text)
+            try:
+                self.events.write(text)
+            except FlowsiftError as e:
+                # the events output cannot be written (a full disk): the run stops on it, said as
+                # the output's error, not taken for the module's failure (_call)
+                self.output_error = e
+                raise
 
     def _event_time(self, flow):
         """When an event happened: the packet a module was handed (on_packet), the one that
@@ -304,6 +312,8 @@ class InlineChain:
         try:
             getattr(m, hook)(*args)
         except Exception as e:
+            if self.output_error is not None:
+                raise self.output_error from None
             if self.strict:
                 if isinstance(e, ModuleError):
                     raise               # the module API's own complaint names the module already
@@ -316,6 +326,8 @@ class InlineChain:
                                  f"{trimmed_traceback(e)}\n")
         finally:
             running[0] = None
+        if self.output_error is not None:
+            raise self.output_error         # (a module that caught it does not keep the run going)
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):

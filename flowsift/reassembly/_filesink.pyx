@@ -23,6 +23,7 @@ that fails to write removes the stream files its index does not list (see `close
 import json
 import os
 import re
+import stat
 from array import array as _array
 
 from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
@@ -34,7 +35,7 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset, strerror, strlen
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport strdup
-from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND, O_TRUNC
+from posix.fcntl cimport open as c_open, O_WRONLY, O_CREAT, O_APPEND
 from posix.time cimport timespec
 from posix.unistd cimport write as c_write, close as c_close, lseek, ftruncate, SEEK_END
 
@@ -52,6 +53,10 @@ cdef extern from "<sys/stat.h>" nogil:
 cdef extern from "<fcntl.h>" nogil:
     enum:
         AT_FDCWD
+        AT_SYMLINK_NOFOLLOW
+        O_EXCL
+        O_NOFOLLOW
+        O_NONBLOCK
 
 
 cdef extern from "_writer.h" nogil:
@@ -194,7 +199,10 @@ cdef int fw_descriptor(fwriter_t* w, fjob_t* j) noexcept nogil:
     if w.slots[victim].fd >= 0:
         c_close(w.slots[victim].fd)
         w.slots[victim].fd = -1
-    fd = c_open(j.path, O_WRONLY | O_CREAT | (O_TRUNC if j.create else O_APPEND), 0o644)
+    # a stream file is made new (an earlier one was removed first): what is at its name then (a
+    # symlink, a FIFO) is never written through; opened again, it must still be no symlink,
+    # and a FIFO put there fails rather than waits for a reader
+    fd = c_open(j.path, O_WRONLY | O_NOFOLLOW | (O_CREAT | O_EXCL if j.create else O_APPEND | O_NONBLOCK), 0o644)
     if fd >= 0:
         w.slots[victim].fd = fd
         w.slots[victim].path = j.path
@@ -288,7 +296,7 @@ cdef void fw_stamp(int fd, fjob_t* j) noexcept nogil:
     if fd >= 0:
         futimens(fd, t)
     else:
-        utimensat(AT_FDCWD, j.path, t, 0)
+        utimensat(AT_FDCWD, j.path, t, AT_SYMLINK_NOFOLLOW)
 
 
 cdef void fw_digest(fjob_t* j) noexcept nogil:
@@ -341,6 +349,60 @@ def earlier_output(outdir):
     return index, n
 
 
+def _kind(path):
+    """What a path that is not a regular file is, in a few words ("a FIFO"), or None for a
+    regular file or nothing."""
+    import stat
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return f"a symbolic link (to {os.readlink(path)!r})"
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(st.st_mode):
+            return name
+    return "not a regular file"
+
+
+def foreign_output(outdir):
+    """The one-line error for what stands in `outdir` under a name this sink writes (index.jsonl,
+    a stream file's) and is not a regular file: a symlink, a FIFO, a device (a directory named
+    index.jsonl; one named like a stream file is left alone, as other files are). No run wrote
+    it, and none writes through it (a symlink would have its target overwritten, a FIFO would
+    wait for a reader), nor removes it (it is not an earlier run's output): None when there is
+    none."""
+    found = []
+    try:
+        with os.scandir(outdir) as it:
+            for e in it:
+                if e.is_file(follow_symlinks=False):
+                    continue
+                if e.name == "index.jsonl" or (_STREAM_FILE.match(e.name) and not e.is_dir(follow_symlinks=False)):
+                    found.append(e.name)
+    except OSError:
+        return None             # (the sink says why it cannot write there)
+    for name in sorted(found):
+        what = _kind(os.path.join(outdir, name))
+        if what is not None:
+            more = f" (and {len(found) - 1:,} more such)" if len(found) > 1 else ""
+            return (f"{os.path.join(outdir, name)} is {what}, where streams writes a regular file{more}: remove it, "
+                    f"or give another -o")
+    return None
+
+
+def refuse_foreign_output(outdir):
+    """Raise UsageError (one line) when `outdir` holds something other than a regular file under
+    a name this sink writes (foreign_output), with or without --replace. Nothing is read or
+    changed."""
+    why = foreign_output(outdir)
+    if why is not None:
+        raise UsageError(why)
+
+
 def refuse_earlier_output(outdir):
     """Raise UsageError (one line) when `outdir` holds an earlier run's output: this run would
     replace it (mixed, the two would read as one output, and connection numbers restart at 0),
@@ -354,15 +416,15 @@ def refuse_earlier_output(outdir):
 
 
 def _clear_earlier(outdir):
-    """Remove what an earlier run left in `outdir` (its stream files; index.jsonl is rewritten):
-    mixed with this run's files they would read as one output. Nothing else is touched.
-    Returns how many files went."""
+    """Remove what an earlier run left in `outdir` (its stream files, and its index.jsonl, which
+    is made again): mixed with this run's files they would read as one output. Only regular
+    files go; nothing else is touched. Returns how many stream files went."""
     n = 0
     with os.scandir(outdir) as it:
         for e in it:
-            if _STREAM_FILE.match(e.name) and e.is_file(follow_symlinks=False):
+            if (e.name == "index.jsonl" or _STREAM_FILE.match(e.name)) and e.is_file(follow_symlinks=False):
                 os.unlink(e.path)
-                n += 1
+                n += e.name != "index.jsonl"
     return n
 
 
@@ -492,11 +554,16 @@ cdef class FileSink(Sink):
     cdef int _prepare(self) except -1:
         # the directory made, an earlier run's streams removed, index.jsonl begun: at the first
         # connection, so that a run that fails on its input leaves the directory as it was
+        # (index.jsonl is made new, as the stream files are: never written through a symlink
+        # or into a FIFO put in its place; what stands there refuses the directory as it is)
+        self.failure = foreign_output(self.outdir)
+        if self.failure is not None:
+            raise FlowsiftError(self.failure)
         self.prepared = True
         try:
             os.makedirs(self.outdir, exist_ok=True)
             self.replaced = _clear_earlier(self.outdir)
-            self.index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.index_fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             self.failure = f"{self.outdir}: cannot write there: {e.strerror}"
             raise FlowsiftError(self.failure) from None
@@ -961,7 +1028,10 @@ cdef class FileSink(Sink):
         # the counts the summary gives become those of what stays: the lines kept
         self.files = self.spliced_files = self.spliced_bytes = 0
         try:
-            with open(self.index_path, "r+b") as f:
+            # (the index this run made: read as it is, never through a symlink or from a FIFO)
+            with open(os.open(self.index_path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK), "r+b") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise OSError()
                 text = f.read()
                 whole = text.rfind(b"\n") + 1
                 f.truncate(whole)
