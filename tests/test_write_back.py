@@ -735,6 +735,10 @@ def test_w_named_for_pcapng_is_refused_before_the_run(tmp_path, name):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == f"flowsift: -w {out}: -w writes a pcap (classic format), not pcapng: name it .pcap\n"
     assert not out.exists() and not events.exists()
+    res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", tmp_path / "out.pcap.gz", "--events",
+                  events, "--store", tmp_path / "store")
+    assert res.returncode == 2 and res.stderr == (f"flowsift: -w {tmp_path / 'out.pcap.gz'}: -w writes an uncompressed "
+                                                  f"pcap, not gz: name it .pcap (and compress it afterwards)\n")
     # a device or a pipe has no format in its name; .pcap is what -w writes
     res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", tmp_path / "out.pcap", "--events",
                   "/dev/null", "--store", tmp_path / "store2")
