@@ -7,6 +7,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from flowsift.modules import Module, ModuleError, Option, find, parse_chain
+from flowsift.testing import run_module
 
 
 def write_module(tmp_path, body, name="m.py"):
@@ -1033,3 +1034,76 @@ def test_inline_and_staged_give_the_same_events_over_connections_open_at_the_end
     handed = [json.loads(e) for e in runs[0] if '"kind": "handed"' in e]
     assert runs[0] == runs[1]
     assert sum(e["reason"] == "eof" for e in handed) == 5 and any(e.get("kind") == "rest" for e in map(json.loads, runs[0]))
+
+
+class Payloads(Module):
+    """Each packet's payload, when handed over and again at the end (from flow.records()).
+
+    Synopsis: payloads
+    """
+    name = "payloads"
+
+    def on_packet(self, flow, record):
+        if record.payload_len:
+            p = flow.payload(record)
+            self.emit("pkt", i=record.index, ooo=bool(record.rflags & 8), got=None if p is None else p.decode())
+
+    def on_close(self, flow, reason):
+        rows = flow.records()
+        for i, row in enumerate(rows):
+            if row["payload_len"]:
+                self.emit("end", i=i, got=flow.payload(row).decode())
+        for bad, kind in ((None, "None"), (5, "a int"), (rows[:1], "a numpy.ndarray"), ({"dir": 0}, "a dict")):
+            try:
+                flow.payload(bad)
+            except TypeError as e:
+                assert str(e).startswith(f"flow.payload: record is {kind}, not a record: pass the record "
+                                         "on_packet was handed, or a row of flow.records()"), e
+            else:
+                raise AssertionError(f"flow.payload({bad!r}) took it")
+        self.emit("checked")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_payload_of_a_record_held_out_of_order_is_none_until_delivered(tmp_path, monkeypatch, inline):
+    """A segment that came before the one it follows is held, its bytes not in the stream yet:
+    flow.payload(record) in its on_packet said b"" (no payload). It says None, and the bytes once
+    the hole filled; a row of flow.records() is a record to it as well (an AttributeError)."""
+    from pcapgen import timed_capture
+    cap = timed_capture(tmp_path / "ooo.pcap", [
+        (0.0, True, 0, 0, 0x02, b""), (0.01, False, 100, 1, 0x12, b""), (0.02, True, 1, 101, 0x10, b""),
+        (0.03, True, 5, 101, 0x18, b"BBBB"), (0.04, True, 1, 101, 0x18, b"AAAA"),
+        (0.05, False, 101, 9, 0x18, b"ok"), (0.06, True, 9, 103, 0x11, b""), (0.07, False, 103, 10, 0x11, b"")])
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")           # the hole fills in a later batch
+    res = run_module(Payloads, cap, inline=inline)
+    assert [(e["i"], e["ooo"], e["got"]) for e in res.of_kind("pkt")] == \
+        [(3, True, None), (4, True, "AAAA"), (5, False, "ok")]
+    assert [(e["i"], e["got"]) for e in res.of_kind("end")] == [(3, "BBBB"), (4, "AAAA"), (5, "ok")]
+    assert len(res.of_kind("checked")) == 1
+
+
+def test_payload_of_another_connections_record_is_refused(tmp_path):
+    """A record kept from one connection handed to another's flow.payload read the other's bytes
+    at its offset."""
+    from pcapgen import interleaved_capture
+    cap = interleaved_capture(tmp_path / "two.pcap", 2, [b"one %d,", b"two %d"])
+
+    class Other(Module):
+        """Asks one connection's flow for another's record.
+
+        Synopsis: other
+        """
+        name = "other"
+
+        def on_packet(self, flow, record):
+            kept = self.__dict__.setdefault("kept", {})
+            if record.payload_len:
+                for conn, rec in kept.items():
+                    if conn != flow.conn:
+                        with pytest.raises(ValueError, match=rf"flow.payload: the record of id {rec.record_id} "
+                                                             rf"is not one of connection {flow.conn}'s"):
+                            flow.payload(rec)
+                        self.emit("refused")
+                kept[flow.conn] = record
+
+    assert run_module(Other, cap).of_kind("refused")

@@ -267,17 +267,58 @@ class Flow:
         return self._file.gaps()
 
     def payload(self, record):
-        """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the
-        delivered bytes at its offset). Empty when the flow is not backed by a record file."""
+        """The bytes a record's packet carried, as the stream holds them: a UDP datagram as
+        captured; for TCP the delivered bytes at the record's offset (for a copy that differed
+        from the one delivered, flagged conflict, those of the copy delivered). b"" for a
+        record with no payload. None when the stream does not hold them all (never fewer bytes
+        than the record carried): held out of order and not delivered yet (they are once the
+        hole before them fills: ask again later, by on_close at the latest), lost in a gap,
+        given back, or of a packet reassembly ignored. `record`: one a hook was handed, or a row
+        of flow.records() (a TypeError for anything else)."""
         self._reading("stream", "payload")
-        if self._file is None or not record.payload_len:
+        rf = self._file
+        if rf is None:
+            raise ModuleError("payload needs a flow backed by a record file")
+        d, offset, length = _carried(record, rf, self.conn)
+        if not length:
             return b""
-        return self._file.data(record.dir, record.stream_offset, record.payload_len)
+        if offset is None:
+            return None
+        return rf.stream_bytes(d, offset, length)
 
     def __repr__(self):
         from flowsift.streams.format import vlan_text
         vlan = "" if self.vlan is None else f" vlan {vlan_text(self.vlan)}"      # ('-' untagged, as tables say)
         return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}{vlan}>"
+
+
+def _carried(record, rf, conn):
+    """(direction, stream offset, payload length) of a record of `rf` for flow.payload: one a hook
+    was handed or a row of flow.records(); the offset None for bytes no stream holds (a packet
+    reassembly ignored). A TypeError for what is neither, a ValueError for another connection's."""
+    from flowsift.streams import format as F
+    from flowsift.streams.reader import Record
+    h = rf.header
+    if isinstance(record, Record):
+        d, offset, rflags, rid = record.dir, record.stream_offset, record.rflags, record.record_id
+    else:
+        import numpy as np
+        if not (isinstance(record, np.void) and record.dtype == F.record_dtype()):
+            kind = "None" if record is None else f"a {type(record).__name__}" \
+                if type(record).__module__ == "builtins" else f"a {type(record).__module__}.{type(record).__name__}"
+            raise TypeError(f"flow.payload: record is {kind}, not a record: pass the record on_packet was "
+                            f"handed, or a row of flow.records()")
+        d, rflags, rid = int(record["dir"]), int(record["rflags"]), int(record["record_id"])
+        offset = int(record["seq_offset"])
+        if record["proto"] == 6:
+            offset = offset - h[f"origin{d}"] if d < 2 else None
+    index = (rid - h["first_record_id"]) % 2**64
+    if index >= h["records"] or (isinstance(record, Record) and index != record.index):
+        raise ValueError(f"flow.payload: the record of id {rid} is not one of connection {conn}'s")
+    if d > 1 or rflags & F.RF_IGNORED:
+        offset = None
+    length = record.payload_len if isinstance(record, Record) else int(record["payload_len"])
+    return d, offset, length
 
 
 class Module:
