@@ -233,9 +233,8 @@ def _complete(summary, runner, chain, store, keep):
     if state:
         summary["state"] = state
     summary["chain"] = [cls.name for cls, _ in chain]
-    if "edits" in summary:
-        from flowsift.modules.edits import take_up_read_only
-        take_up_read_only(summary, chain)
+    from flowsift.modules.edits import take_up_read_only
+    take_up_read_only(summary, chain)
     if store is None and not keep:
         summary["store"] = None
     return summary

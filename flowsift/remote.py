@@ -696,6 +696,8 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     if state:
         summary["state"] = state
     summary["chain"] = names
+    from flowsift.modules.edits import take_up_read_only
+    take_up_read_only(summary, chain)          # (no module writes here: only read-only ones run so)
     summary["mode"] = "registry"
     if store is None and not keep:
         summary["store"] = None

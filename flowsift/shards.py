@@ -446,7 +446,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     if results[0].get("vlan_key"):
         out["vlan_key"] = True
     for key in ("edits", "checkpoints"):
-        if key in results[0]:
+        if any(key in r for r in results):        # (a read-only module's refused edits: in some shards)
             out[key] = {}
             for r in results:
                 _add(out[key], r.get(key, {}))

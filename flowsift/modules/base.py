@@ -206,27 +206,41 @@ class Flow:
 
     def _refused(self, record, call, fields):
         # a read-only module (inline as in a worker, where no gateway takes edits: counted alike,
-        # by its edits_rejected, which the summary's edits.rejected takes up), or a call outside
-        # a hook: the reason the gateway would give, or that one
-        from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD, Edit, check_record
-        check_record(record, call)
+        # by its edits_rejected, which the summary's edits.rejected takes up as "read-only
+        # module", the kind its reasons begin with), or a call outside a hook: the reason the
+        # gateway would give, or that one
+        from flowsift.modules.edits import READ_ONLY, Edit
+        if call != "stream.replace":
+            from flowsift.modules.edits import check_record
+            check_record(record, call)
         m = self._module
+        why = self._why_refused(m, call, fields)
         if m is not None:
             m._tally("edits_rejected")
+            if m.read_only():
+                why = f"{READ_ONLY}: {why}"
+        return Edit(False, why)
+
+    def _why_refused(self, m, call, fields):
+        from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD
         if not fields:
-            return Edit(False, NO_FIELD)
+            return NO_FIELD
         for key in fields:
             if key == "drop" and call == "flow.drop":
                 if m is not None and "drop" not in m.writes:
-                    return Edit(False, DROP_UNDECLARED)
+                    return DROP_UNDECLARED
+                continue
+            if key == "payload" and call == "stream.replace":
+                if m is not None and "payload" not in m.writes:
+                    return "payload is not declared in writes"
                 continue
             if key not in FIELDS:
-                return Edit(False, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
+                return f"unknown field {key!r} (one of {', '.join(FIELDS)})"
             if m is not None and FIELDS[key] not in m.writes:
-                return Edit(False, f"{FIELDS[key]} is not declared in writes")
+                return f"{FIELDS[key]} is not declared in writes"
         if m is None and self._hook is not None:
-            return Edit(False, f"{call} outside a hook: a module edits from its hooks")
-        return Edit(False, "edits need a chain run by the gateway")
+            return f"{call} outside a hook: a module edits from its hooks"
+        return "edits need a chain run by the gateway"
 
     def key(self):
         from flowsift.streams.format import vlan_field

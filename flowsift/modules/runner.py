@@ -561,6 +561,7 @@ class InlineChain:
             sp = EditableStream(c.file, d, self.editor, c.flow, m, h)
         else:
             sp = StreamPointer(c.file, d, h)
+            sp._flow = c.flow             # (its replace() is refused as the module's flow.edit is)
         c.pointers[(i, d)] = sp
         return sp
 
