@@ -528,7 +528,9 @@ def test_a_read_only_modules_replace_is_refused_and_counted_in_every_mode(tmp_pa
     mod = tmp_path / "ro.py"
     mod.write_text(READ_ONLY_REPLACE)
     events = tmp_path / "ev.jsonl"
-    res = run_cli("chain", mod, corpus / "http__zeek__get.pcap", "--events", events, "--json", "--strict", *mode)
+    store = [] if "--shards" in mode else ["--store", tmp_path / "store"]     # (shards: temporary ones)
+    res = run_cli("chain", mod, corpus / "http__zeek__get.pcap", "--events", events, "--json", "--strict", *mode,
+                  *store)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     got = [json.loads(l) for l in events.read_text().splitlines()]

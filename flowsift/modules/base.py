@@ -353,7 +353,9 @@ class Module:
 
     # --- what a module calls ---
     def emit(self, kind, **fields):
-        """A structured event (a JSON line with the flow key and time, EVE style)."""
+        """A structured event (a JSON line with the flow key and time, EVE style). `kind` is
+        text; field values are what JSON carries, or bytes, sets and numpy values (converted):
+        anything else, and a NaN or an infinity, is a ModuleError naming the field."""
         if self._emit is not None:
             self._emit(self, kind, fields)
 
