@@ -4,6 +4,7 @@ import shutil
 
 from flowsift.errors import FlowsiftError, stops_held
 from flowsift.gateway import STORE_TOTALS, Gateway
+from flowsift.modules.base import summary_tables
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
@@ -219,7 +220,7 @@ def _complete(summary, runner, chain, store, keep):
         summary["kernel"]["lost_while_held"] = sum(h["lost"] for h in held.values())
     if isinstance(runner, InlineChain):
         summary["modules"] = runner.counters()
-        summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}
+        summary["tables"] = summary_tables(runner.modules)
         summary["mode"] = "inline"
         summary["reader_reopens"] = runner.reopens
     else:

@@ -1107,3 +1107,31 @@ def test_payload_of_another_connections_record_is_refused(tmp_path):
                 kept[flow.conn] = record
 
     assert run_module(Other, cap).of_kind("refused")
+
+
+@pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
+def test_a_summary_that_is_not_a_list_of_rows_is_refused_in_every_mode(tmp_path, corpus, mode):
+    """summary() returning a dict was taken as the table inline and merged under --shards into a
+    list of its keys."""
+    p = write_module(tmp_path, '''
+        class Tally(Module):
+            """Counts connections in a table.
+
+            Synopsis: tally
+            """
+            name = "tally"
+            reads = {"records"}
+            def on_close(self, flow, reason):
+                self.seen = getattr(self, "seen", 0) + 1
+            def summary(self):
+                return {"connections": getattr(self, "seen", 0)} if self.config["bad"] == "dict" else \\
+                    [{"connections": getattr(self, "seen", 0)}, "total"]
+            options = {"bad": Option(str, "dict", "what summary() returns")}
+    ''')
+    store = [] if "--shards" in mode else ["--store", tmp_path / "store"]
+    for bad, needle in (("dict", "module tally: summary() returned a dict, not a list of rows (dicts, column "
+                                 "name: value; [] for none)"),
+                        ("row", "module tally: summary() row 1 is a str, not a dict (column name: value)")):
+        res = run_cli("chain", f"{p}(bad={bad})", corpus / "http__zeek__get.pcap", "--json", *mode,
+                      *(store and [store[0], f"{store[1]}{bad}"]))
+        assert res.returncode != 0 and needle in res.stderr, res.stderr

@@ -374,7 +374,10 @@ class Module:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def summary(self):
-        """Rows for the end-of-run table (a list of dicts); none by default."""
+        """Rows for the module's end-of-run table, called once at the end of the run: a list
+        of dicts, one per row (column name: value), shown under the module's name and in the
+        summary's `tables` (joined across --shards); none by default. Another type is an error
+        naming the module."""
         return []
 
     # --- declared shape ---
@@ -385,6 +388,33 @@ class Module:
     @classmethod
     def read_only(cls):
         return not cls.writes
+
+
+def summary_rows(module):
+    """What `module.summary()` returned, checked: a list of dicts (a ModuleError naming the
+    module otherwise, the same in every mode: a dict was merged across shards into a list of its
+    keys)."""
+    rows = module.summary()
+    if isinstance(rows, tuple):
+        rows = list(rows)
+    if not isinstance(rows, list):
+        raise ModuleError(f"module {module.name}: summary() returned a {type(rows).__name__}, not a list of rows "
+                          f"(dicts, column name: value; [] for none)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ModuleError(f"module {module.name}: summary() row {i} is a {type(row).__name__}, not a dict "
+                              f"(column name: value)")
+    return rows
+
+
+def summary_tables(modules):
+    """{name: rows} of the modules whose summary() has rows."""
+    out = {}
+    for m in modules:
+        rows = summary_rows(m)
+        if rows:
+            out[m.name] = rows
+    return out
 
 
 def validate(cls, where):
