@@ -202,7 +202,7 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
             with open(events_path, "w") as ev:
                 summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
                                     store=os.path.join(os.path.dirname(events_path), f"store-{index}"),
-                                    on_progress=report if progress else None, **kw)
+                                    on_progress=report if progress else None, advise=False, **kw)
             summary["store"] = None             # removed with the run's directory
             outcome = ("ok", summary)
         except FlowsiftError as e:

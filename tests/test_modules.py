@@ -1135,3 +1135,12 @@ def test_a_summary_that_is_not_a_list_of_rows_is_refused_in_every_mode(tmp_path,
         res = run_cli("chain", f"{p}(bad={bad})", corpus / "http__zeek__get.pcap", "--json", *mode,
                       *(store and [store[0], f"{store[1]}{bad}"]))
         assert res.returncode != 0 and needle in res.stderr, res.stderr
+
+
+def test_a_sharded_run_says_once_that_a_writing_modules_edits_go_nowhere(tmp_path):
+    """Each shard's gateway said it too: three lines for two shards."""
+    from flowsift.testing import segments_capture
+    cap = segments_capture(tmp_path, client=[b"PASS x\r\n"])
+    res = run_cli("chain", ROOT / "examples" / "mask.py", cap, "--shards", "2", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("module mask asks for edits but nothing is written: add -w OUT.pcap") == 1, res.stderr

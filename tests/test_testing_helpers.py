@@ -290,3 +290,18 @@ def test_an_event_json_cannot_carry_is_an_error_without_event_output_too(tmp_pat
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["modules"]["odd"]["errors"] == 1 and summary["events"] == 0
+
+
+def test_the_docs_test_example_runs_as_shown(tmp_path, monkeypatch, capfd):
+    """docs/modules.md showed a test of a mask.py that was not shipped; and run_module without
+    write= said on stderr to add -w OUT.pcap, advice for a command line."""
+    from conftest import ROOT
+    docs = (ROOT / "docs" / "modules.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "def test_mask" in b]
+    monkeypatch.chdir(ROOT)
+    scope = {}
+    exec(compile(code, "docs/modules.md", "exec"), scope)
+    scope["test_mask"](tmp_path)
+    cap = segments_capture(tmp_path, client=[b"PASS x\r\n"])
+    assert run_module("examples/mask.py", cap).counters("mask") == {"masked": 1, "errors": 0}
+    assert capfd.readouterr().err == ""
