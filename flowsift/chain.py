@@ -4,6 +4,7 @@ import shutil
 
 from flowsift.errors import FlowsiftError, stops_held
 from flowsift.gateway import STORE_TOTALS, Gateway
+from flowsift.modules.base import summary_tables
 from flowsift.modules.loader import parse_chain
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
@@ -12,7 +13,7 @@ from flowsift.modules.workers import ParallelChain
 def run_chain(spec, source, events=None, store=None, keep=False, filter_expression=None, policy="first",
               strict=False, on_progress=None, inline=False, write=None, max_backlog=None, registry=None, out=None,
               shards=None, shard=None, reshard=None, handover=None, reassembly=None, edits=None, vlan_key=False,
-              unacked_files=None, checksums="ignore"):
+              unacked_files=None, checksums="ignore", advise=True):
     """Validate the chain, run it over `source`; returns the summary dict. `events`: a writable
     text file for the JSON event lines, or None. A store given with `store` stays; a default one
     (under /dev/shm) is removed at the end unless `keep`. `reassembly`: the engine's timeouts
@@ -20,7 +21,10 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     lines (edits.jsonl in the store), or None. `vlan_key`: connections are told apart by VLAN
     ids too. `unacked_files`: how many ended connections' files are kept at most for bytes their
     receiver never acknowledged (default: the store's, 10,000). `checksums`: "verify" leaves
-    packets with a wrong IPv4, TCP or UDP checksum out of connections (counted)."""
+    packets with a wrong IPv4, TCP or UDP checksum out of connections (counted). `advise`: say on
+    stderr what the command line lacks (-w or --out for writing modules' edits), as `flowsift
+    chain` does; not for a caller with other means (flowsift.testing, a shard of a run that said
+    it once)."""
     chain = parse_chain(spec)                  # before the first packet: errors name the module
     from flowsift.io.live import is_live
     from flowsift.errors import UsageError
@@ -65,7 +69,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             raise UsageError("--reshard moves read-only modules' state; a chain with a writing module "
                              "runs with a fixed number of shards")
         from flowsift.shards import parse_reshard, run_sharded
-        _say_unwritten(chain, write, out)
+        if advise:
+            _say_unwritten(chain, write, out)
         return run_sharded(spec, source, shards, events=events, reshard=parse_reshard(reshard),
                            filter_expression=filter_expression, policy=policy, strict=strict, inline=inline,
                            max_backlog=max_backlog, on_progress=on_progress, reassembly=reassembly, vlan_key=vlan_key,
@@ -84,7 +89,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     # A store that goes at the end, for modules that none read the bytes: the bytes are counted,
     # not stored (the records, gaps and counts do not change)
     bytes_read = any("stream" in cls.reads for cls, _ in chain)
-    _say_unwritten(chain, write, out)
+    if advise:
+        _say_unwritten(chain, write, out)
     # record files are read in this process by an inline chain, writing stages and egress; a
     # parallel read-only chain's readers are its workers, so the gateway may hold more files open
     readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
@@ -219,7 +225,7 @@ def _complete(summary, runner, chain, store, keep):
         summary["kernel"]["lost_while_held"] = sum(h["lost"] for h in held.values())
     if isinstance(runner, InlineChain):
         summary["modules"] = runner.counters()
-        summary["tables"] = {m.name: m.summary() for m in runner.modules if m.summary()}
+        summary["tables"] = summary_tables(runner.modules)
         summary["mode"] = "inline"
         summary["reader_reopens"] = runner.reopens
     else:
@@ -233,9 +239,8 @@ def _complete(summary, runner, chain, store, keep):
     if state:
         summary["state"] = state
     summary["chain"] = [cls.name for cls, _ in chain]
-    if "edits" in summary:
-        from flowsift.modules.edits import take_up_read_only
-        take_up_read_only(summary, chain)
+    from flowsift.modules.edits import take_up_read_only
+    take_up_read_only(summary, chain)
     if store is None and not keep:
         summary["store"] = None
     return summary

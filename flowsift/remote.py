@@ -267,6 +267,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     """Run one read-only module against run `run` (default: the only live one) of the registry
     at `url` until the run is complete and the module has finished every connection. Returns
     a summary like `flowsift chain`'s."""
+    from flowsift.modules.base import summary_tables
     from flowsift.modules.loader import parse_chain
     from flowsift.io._connset import ConnSet
     from flowsift.modules.runner import InlineChain
@@ -334,7 +335,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
             summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
                        "events": state.events,
                        "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
-                       "tables": {name: module.summary()} if module.summary() else {}, "registry_outages": reg.outages,
+                       "tables": summary_tables([module]), "registry_outages": reg.outages,
                        "batch_log_gaps": state.log_gaps, "registry_rebuilt": reg.rebuilt, "error": error}
             if runner.state_snapshots():
                 summary["state"] = runner.state_snapshots()
@@ -704,6 +705,8 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
     if state:
         summary["state"] = state
     summary["chain"] = names
+    from flowsift.modules.edits import take_up_read_only
+    take_up_read_only(summary, chain)          # (no module writes here: only read-only ones run so)
     summary["mode"] = "registry"
     if store is None and not keep:
         summary["store"] = None

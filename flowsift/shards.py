@@ -202,7 +202,7 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
             with open(events_path, "w") as ev:
                 summary = run_chain(spec, source, events=ev, shard=(index, count, split), handover=handover,
                                     store=os.path.join(os.path.dirname(events_path), f"store-{index}"),
-                                    on_progress=report if progress else None, **kw)
+                                    on_progress=report if progress else None, advise=False, **kw)
             summary["store"] = None             # removed with the run's directory
             outcome = ("ok", summary)
         except FlowsiftError as e:
@@ -448,7 +448,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     if results[0].get("vlan_key"):
         out["vlan_key"] = True
     for key in ("edits", "checkpoints"):
-        if key in results[0]:
+        if any(key in r for r in results):        # (a read-only module's refused edits: in some shards)
             out[key] = {}
             for r in results:
                 _add(out[key], r.get(key, {}))

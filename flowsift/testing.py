@@ -35,6 +35,8 @@ class Result:
         return [e for e in self.events if e["kind"] == kind]
 
     def counters(self, module):
+        """The counters of `module` (the summary's modules.NAME): its own and the chain's
+        (`errors`, `edits_rejected`, ...), each once counted."""
         return self.summary["modules"][module]
 
     def accepted(self, module=None):
@@ -58,7 +60,8 @@ def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="f
     An option named like a parameter below is given in brackets instead.
 
     The Result's `edits` are the edit log's lines (what writing modules asked for, accepted or
-    rejected); `write` gives the edited capture.
+    rejected); `write` gives the edited capture (without it, nothing is said on stderr of a
+    writing module's edits going nowhere, as `flowsift chain` says).
 
     `strict` (default): the first exception in a hook stops the run. With `inline` (default:
     every module runs in this process, in order) it is that exception itself that propagates,
@@ -86,7 +89,7 @@ def run_module(spec, capture, strict=True, *, inline=True, write=None, policy="f
     try:
         summary = run_chain(spec if key is None else key, str(capture), events=out, strict=strict, inline=inline,
                             write=write, policy=policy, filter_expression=filter_expression, reassembly=reassembly,
-                            edits=edits, vlan_key=vlan_key, checksums=checksums)
+                            edits=edits, vlan_key=vlan_key, checksums=checksums, advise=False)
     except HookError as e:
         if not inline or e.__cause__ is None:
             raise

@@ -493,7 +493,8 @@ def test_an_edit_through_a_flow_kept_from_another_connection_is_the_calling_modu
     summary, events = run_chain_cli(tmp_path, f"{mods}:Grabby,{mods}:Mark", cap, mode, out)
     tried = [e for e in events if e["kind"] == "tried"]
     assert tried and all(e["edited"] != e["conn"] for e in tried)
-    assert all(not e["accepted"] and e["reason"] == "ip.dst is not declared in writes" for e in tried)
+    assert all(not e["accepted"] and e["reason"] == "read-only module: ip.dst is not declared in writes"
+               for e in tried)
     assert summary["edits"]["accepted"] == {}
     assert summary["edits"]["rejected"] == {"grabby: read-only module": len(tried)}
     assert summary["modules"]["grabby"]["edits_rejected"] == len(tried)

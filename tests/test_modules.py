@@ -7,6 +7,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from flowsift.modules import Module, ModuleError, Option, find, parse_chain
+from flowsift.testing import run_module
 
 
 def write_module(tmp_path, body, name="m.py"):
@@ -1077,3 +1078,113 @@ def test_time_at_gives_the_capture_time_of_the_packet_that_carried_a_byte(tmp_pa
     with pytest.raises(ValueError, match="direction 2: 0 .client to server. or 1"):
         run_module(type("Bad", (Latency,), {"on_close": lambda self, flow, reason: flow.time_at(2, 0),
                                             "__doc__": Latency.__doc__}), cap)
+
+
+class Payloads(Module):
+    """Each packet's payload, when handed over and again at the end (from flow.records()).
+
+    Synopsis: payloads
+    """
+    name = "payloads"
+
+    def on_packet(self, flow, record):
+        if record.payload_len:
+            p = flow.payload(record)
+            self.emit("pkt", i=record.index, ooo=bool(record.rflags & 8), got=None if p is None else p.decode())
+
+    def on_close(self, flow, reason):
+        rows = flow.records()
+        for i, row in enumerate(rows):
+            if row["payload_len"]:
+                self.emit("end", i=i, got=flow.payload(row).decode())
+        for bad, kind in ((None, "None"), (5, "a int"), (rows[:1], "a numpy.ndarray"), ({"dir": 0}, "a dict")):
+            try:
+                flow.payload(bad)
+            except TypeError as e:
+                assert str(e).startswith(f"flow.payload: record is {kind}, not a record: pass the record "
+                                         "on_packet was handed, or a row of flow.records()"), e
+            else:
+                raise AssertionError(f"flow.payload({bad!r}) took it")
+        self.emit("checked")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_payload_of_a_record_held_out_of_order_is_none_until_delivered(tmp_path, monkeypatch, inline):
+    """A segment that came before the one it follows is held, its bytes not in the stream yet:
+    flow.payload(record) in its on_packet said b"" (no payload). It says None, and the bytes once
+    the hole filled; a row of flow.records() is a record to it as well (an AttributeError)."""
+    from pcapgen import timed_capture
+    cap = timed_capture(tmp_path / "ooo.pcap", [
+        (0.0, True, 0, 0, 0x02, b""), (0.01, False, 100, 1, 0x12, b""), (0.02, True, 1, 101, 0x10, b""),
+        (0.03, True, 5, 101, 0x18, b"BBBB"), (0.04, True, 1, 101, 0x18, b"AAAA"),
+        (0.05, False, 101, 9, 0x18, b"ok"), (0.06, True, 9, 103, 0x11, b""), (0.07, False, 103, 10, 0x11, b"")])
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")           # the hole fills in a later batch
+    res = run_module(Payloads, cap, inline=inline)
+    assert [(e["i"], e["ooo"], e["got"]) for e in res.of_kind("pkt")] == \
+        [(3, True, None), (4, True, "AAAA"), (5, False, "ok")]
+    assert [(e["i"], e["got"]) for e in res.of_kind("end")] == [(3, "BBBB"), (4, "AAAA"), (5, "ok")]
+    assert len(res.of_kind("checked")) == 1
+
+
+def test_payload_of_another_connections_record_is_refused(tmp_path):
+    """A record kept from one connection handed to another's flow.payload read the other's bytes
+    at its offset."""
+    from pcapgen import interleaved_capture
+    cap = interleaved_capture(tmp_path / "two.pcap", 2, [b"one %d,", b"two %d"])
+
+    class Other(Module):
+        """Asks one connection's flow for another's record.
+
+        Synopsis: other
+        """
+        name = "other"
+
+        def on_packet(self, flow, record):
+            kept = self.__dict__.setdefault("kept", {})
+            if record.payload_len:
+                for conn, rec in kept.items():
+                    if conn != flow.conn:
+                        with pytest.raises(ValueError, match=rf"flow.payload: the record of id {rec.record_id} "
+                                                             rf"is not one of connection {flow.conn}'s"):
+                            flow.payload(rec)
+                        self.emit("refused")
+                kept[flow.conn] = record
+
+    assert run_module(Other, cap).of_kind("refused")
+
+
+@pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
+def test_a_summary_that_is_not_a_list_of_rows_is_refused_in_every_mode(tmp_path, corpus, mode):
+    """summary() returning a dict was taken as the table inline and merged under --shards into a
+    list of its keys."""
+    p = write_module(tmp_path, '''
+        class Tally(Module):
+            """Counts connections in a table.
+
+            Synopsis: tally
+            """
+            name = "tally"
+            reads = {"records"}
+            def on_close(self, flow, reason):
+                self.seen = getattr(self, "seen", 0) + 1
+            def summary(self):
+                return {"connections": getattr(self, "seen", 0)} if self.config["bad"] == "dict" else \\
+                    [{"connections": getattr(self, "seen", 0)}, "total"]
+            options = {"bad": Option(str, "dict", "what summary() returns")}
+    ''')
+    store = [] if "--shards" in mode else ["--store", tmp_path / "store"]
+    for bad, needle in (("dict", "module tally: summary() returned a dict, not a list of rows (dicts, column "
+                                 "name: value; [] for none)"),
+                        ("row", "module tally: summary() row 1 is a str, not a dict (column name: value)")):
+        res = run_cli("chain", f"{p}(bad={bad})", corpus / "http__zeek__get.pcap", "--json", *mode,
+                      *(store and [store[0], f"{store[1]}{bad}"]))
+        assert res.returncode != 0 and needle in res.stderr, res.stderr
+
+
+def test_a_sharded_run_says_once_that_a_writing_modules_edits_go_nowhere(tmp_path):
+    """Each shard's gateway said it too: three lines for two shards."""
+    from flowsift.testing import segments_capture
+    cap = segments_capture(tmp_path, client=[b"PASS x\r\n"])
+    res = run_cli("chain", ROOT / "examples" / "mask.py", cap, "--shards", "2", "--events", "/dev/null")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("module mask asks for edits but nothing is written: add -w OUT.pcap") == 1, res.stderr

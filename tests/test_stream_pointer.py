@@ -474,3 +474,14 @@ def test_a_negative_size_is_a_mistake(tmp_path, corpus, call):
         assert bytes(line).endswith(b"\n") and sp.tell() == 4 + len(line)
     else:
         assert len(fn(None)) == whole and sp.tell() == (4 if call.startswith("peek") else 4 + whole)
+
+
+def test_a_pointer_no_chain_handed_out_refuses_replace(tmp_path, corpus):
+    """Every pointer has replace(): one a tool opens on a record file refuses it (it was an
+    AttributeError), its arguments checked as a writing module's are."""
+    sp = StreamPointer(store_files(store_of(tmp_path, corpus, "http__zeek__get.pcap"))[0], 0)
+    r = sp.replace(0, b"X")
+    assert not r and r.reason == "edits need a chain run by the gateway"
+    with pytest.raises(TypeError, match="stream.replace: offset is a str"):
+        sp.replace("0", b"X")
+    assert bytes(sp.peek(1)) != b"X"

@@ -1,5 +1,6 @@
 """flowsift.testing: what module authors use in their own tests."""
 import inspect
+import json
 import re
 import textwrap
 
@@ -232,3 +233,75 @@ def test_an_editing_module_is_tested_by_its_edits_and_its_output(tmp_path):
         ("payload[0]@15", b"hunter2", b"*******")
     assert [e["reason"] for e in result.rejected("mask")] == ["the stream holds b'*******' at 15, not b'hunter2'"]
     assert b"PASS *******\r\n" in out.read_bytes() and b"hunter2" not in out.read_bytes()
+
+
+class Odd(Module):
+    """Emits what JSON cannot carry, as told.
+
+    Synopsis: odd
+    """
+    name = "odd"
+    options = {"bad": Option(str, "", "what to emit")}
+
+    def on_close(self, flow, reason):
+        bad = self.config["bad"]
+        if bad == "kind":
+            self.emit(123, v=1)
+        elif bad == "empty":
+            self.emit("", v=1)
+        else:
+            value = {"object": object(), "nested": [1, {"a": object()}], "key": {(1, 2): 3},
+                     "path": __import__("pathlib").Path("/x")}[bad]
+            self.emit("odd", fine=1, v=value)
+
+
+ODD = [("object", "module odd: event 'odd': field 'v' holds a value of type object, which JSON cannot carry "
+                  "(emit converts bytes, sets and numpy values, nothing else): convert it first, e.g. str(value)"),
+       ("nested", "module odd: event 'odd': field 'v' holds a value of type object"),
+       ("path", "module odd: event 'odd': field 'v' holds a value of type pathlib.PosixPath"),
+       ("key", "module odd: event 'odd': field 'v' holds a dict JSON cannot carry: keys must be"),
+       ("kind", "module odd: emit(123, ...): an event's kind is text, e.g. emit(\"request\", ...), not int"),
+       ("empty", "module odd: emit('', ...): an event's kind is text, e.g. emit(\"request\", ...), not empty text")]
+
+
+@pytest.mark.parametrize("bad,needle", ODD)
+def test_an_event_value_json_cannot_carry_is_an_error_naming_the_field(tmp_path, bad, needle):
+    """An object emit has no conversion for was written as its repr (a memory address, another at
+    every run), and a kind that is no text as whatever JSON made of it."""
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    with pytest.raises(ModuleError, match=re.escape(needle)):
+        run_module(Odd, cap, bad=bad)
+    result = run_module(Odd, cap, strict=False, bad=bad)
+    assert result.events == [] and result.counters("odd")["errors"] == 1 and result.summary["events"] == 0
+
+
+@pytest.mark.parametrize("inline", [["--inline"], []])
+def test_an_event_json_cannot_carry_is_an_error_without_event_output_too(tmp_path, inline):
+    """Without --events no line was made, so a NaN (or an object) went through: the run's
+    outcome depended on whether its events were written."""
+    from conftest import run_cli
+    mod = tmp_path / "odd.py"
+    mod.write_text(f"from flowsift.modules import Module, Option\n\n{inspect.getsource(Odd)}")
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    for bad, needle in ODD[:1] + ODD[-2:-1]:
+        res = run_cli("chain", f"{mod}(bad={bad})", cap, "--strict", "--store", tmp_path / f"s{bad}", *inline)
+        assert res.returncode != 0 and needle in res.stderr, res.stderr
+    res = run_cli("chain", f"{mod}(bad=object)", cap, "--json", "--store", tmp_path / "s", *inline)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["modules"]["odd"]["errors"] == 1 and summary["events"] == 0
+
+
+def test_the_docs_test_example_runs_as_shown(tmp_path, monkeypatch, capfd):
+    """docs/modules.md showed a test of a mask.py that was not shipped; and run_module without
+    write= said on stderr to add -w OUT.pcap, advice for a command line."""
+    from conftest import ROOT
+    docs = (ROOT / "docs" / "modules.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", docs, re.S) if "def test_mask" in b]
+    monkeypatch.chdir(ROOT)
+    scope = {}
+    exec(compile(code, "docs/modules.md", "exec"), scope)
+    scope["test_mask"](tmp_path)
+    cap = segments_capture(tmp_path, client=[b"PASS x\r\n"])
+    assert run_module("examples/mask.py", cap).counters("mask") == {"masked": 1, "errors": 0}
+    assert capfd.readouterr().err == ""

@@ -366,7 +366,7 @@ def test_a_module_that_drops_without_declaring_it_is_told(tmp_path, inline):
         self.emit("drop", accepted=r.accepted, reason=r.reason)""")
     res = run_module(str(mod), cap, inline=inline)
     got = {(e["accepted"], e["reason"]) for e in res.of_kind("drop")}
-    assert got == {(False, "drop is not declared in writes")}
+    assert got == {(False, "read-only module: drop is not declared in writes")}
     assert res.counters("dropper")["edits_rejected"] == len(res.of_kind("drop")) > 0
 
 
@@ -473,7 +473,7 @@ def test_an_edit_from_a_read_only_module_is_refused_for_the_same_reason_in_both_
     reasons = set()
     for inline in (False, True):
         reasons |= {e["reason"] for e in run_module(str(mod), cap, inline=inline).events}
-    assert reasons == {"ip.dst is not declared in writes"}
+    assert reasons == {"read-only module: ip.dst is not declared in writes"}
 
 
 @pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
@@ -493,6 +493,52 @@ def test_the_edits_refused_to_a_read_only_module_are_in_the_summary_in_every_mod
     n = summary["modules"]["ro"]["edits_rejected"]
     assert n > 0 and summary["edits"]["rejected"] == {"ro: read-only module": n}
     assert summary["edits"]["accepted"]["nat"] > 0
+
+
+READ_ONLY_REPLACE = """
+from flowsift.modules import Module
+
+class Ro(Module):
+    \"\"\"Asks to replace bytes without declaring it.
+
+    Synopsis: ro
+    \"\"\"
+    name = "ro"
+
+    def on_data(self, flow, stream):
+        for bad in ((1.5, b"x"), (stream.tell(), "x"), (stream.tell(), b"x", 7)):
+            try:
+                stream.replace(*bad)
+            except TypeError as e:
+                assert str(e).startswith("stream.replace: "), e
+            else:
+                raise AssertionError(f"stream.replace{bad!r} took it")
+        r = stream.replace(stream.tell(), b"X")
+        self.emit("replace", accepted=r.accepted, reason=r.reason)
+        stream.skip()
+"""
+
+
+@pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
+def test_a_read_only_modules_replace_is_refused_and_counted_in_every_mode(tmp_path, corpus, mode):
+    """A read-only module's stream pointer had no replace(): an AttributeError, counted as a
+    hook error, where flow.edit is refused and counted. Without a writing module (no editor, no
+    -w) the summary had no `edits` object: the refusals were in the module's edits_rejected
+    alone."""
+    mod = tmp_path / "ro.py"
+    mod.write_text(READ_ONLY_REPLACE)
+    events = tmp_path / "ev.jsonl"
+    store = [] if "--shards" in mode else ["--store", tmp_path / "store"]     # (shards: temporary ones)
+    res = run_cli("chain", mod, corpus / "http__zeek__get.pcap", "--events", events, "--json", "--strict", *mode,
+                  *store)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    got = [json.loads(l) for l in events.read_text().splitlines()]
+    assert got and {(e["accepted"], e["reason"]) for e in got} == {
+        (False, "read-only module: payload is not declared in writes")}
+    assert summary["modules"]["ro"]["edits_rejected"] == len(got)
+    assert not summary["modules"]["ro"]["errors"]
+    assert summary["edits"]["rejected"] == {"ro: read-only module": len(got)}
 
 
 def _checksummed_udp6(src, dst, sport, dport, payload, final=None, zero=False):
@@ -636,7 +682,8 @@ def test_an_edit_that_names_no_field_is_rejected(tmp_path, writes):
     Empty.writes = frozenset(writes)
     res = run_module(Empty, cap)
     got = {(e["accepted"], e["reason"]) for e in res.of_kind("edit")}
-    assert got == {(False, no_field)}
+    # (a read-only module's reasons say so: it is the kind the summary counts them under)
+    assert got == {(False, no_field if writes else f"read-only module: {no_field}")}
     assert res.counters("empty")["edits_rejected"] == len(res.of_kind("edit")) > 0
     if writes:
         assert res.summary["edits"]["rejected"] == {"empty: no field": len(res.of_kind("edit"))}

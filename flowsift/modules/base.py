@@ -207,27 +207,41 @@ class Flow:
 
     def _refused(self, record, call, fields):
         # a read-only module (inline as in a worker, where no gateway takes edits: counted alike,
-        # by its edits_rejected, which the summary's edits.rejected takes up), or a call outside
-        # a hook: the reason the gateway would give, or that one
-        from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD, Edit, check_record
-        check_record(record, call)
+        # by its edits_rejected, which the summary's edits.rejected takes up as "read-only
+        # module", the kind its reasons begin with), or a call outside a hook: the reason the
+        # gateway would give, or that one
+        from flowsift.modules.edits import READ_ONLY, Edit
+        if call != "stream.replace":
+            from flowsift.modules.edits import check_record
+            check_record(record, call)
         m = self._module
+        why = self._why_refused(m, call, fields)
         if m is not None:
             m._tally("edits_rejected")
+            if m.read_only():
+                why = f"{READ_ONLY}: {why}"
+        return Edit(False, why)
+
+    def _why_refused(self, m, call, fields):
+        from flowsift.modules.edits import DROP_UNDECLARED, FIELDS, NO_FIELD
         if not fields:
-            return Edit(False, NO_FIELD)
+            return NO_FIELD
         for key in fields:
             if key == "drop" and call == "flow.drop":
                 if m is not None and "drop" not in m.writes:
-                    return Edit(False, DROP_UNDECLARED)
+                    return DROP_UNDECLARED
+                continue
+            if key == "payload" and call == "stream.replace":
+                if m is not None and "payload" not in m.writes:
+                    return "payload is not declared in writes"
                 continue
             if key not in FIELDS:
-                return Edit(False, f"unknown field {key!r} (one of {', '.join(FIELDS)})")
+                return f"unknown field {key!r} (one of {', '.join(FIELDS)})"
             if m is not None and FIELDS[key] not in m.writes:
-                return Edit(False, f"{FIELDS[key]} is not declared in writes")
+                return f"{FIELDS[key]} is not declared in writes"
         if m is None and self._hook is not None:
-            return Edit(False, f"{call} outside a hook: a module edits from its hooks")
-        return Edit(False, "edits need a chain run by the gateway")
+            return f"{call} outside a hook: a module edits from its hooks"
+        return "edits need a chain run by the gateway"
 
     def key(self):
         from flowsift.streams.format import vlan_field
@@ -286,17 +300,58 @@ class Flow:
         return self._times.at(self._file, direction, offset, n)
 
     def payload(self, record):
-        """The bytes a record's packet carried, as stored (a datagram for UDP; for TCP the
-        delivered bytes at its offset). Empty when the flow is not backed by a record file."""
+        """The bytes a record's packet carried, as the stream holds them: a UDP datagram as
+        captured; for TCP the delivered bytes at the record's offset (for a copy that differed
+        from the one delivered, flagged conflict, those of the copy delivered). b"" for a
+        record with no payload. None when the stream does not hold them all (never fewer bytes
+        than the record carried): held out of order and not delivered yet (they are once the
+        hole before them fills: ask again later, by on_close at the latest), lost in a gap,
+        given back, or of a packet reassembly ignored. `record`: one a hook was handed, or a row
+        of flow.records() (a TypeError for anything else)."""
         self._reading("stream", "payload")
-        if self._file is None or not record.payload_len:
+        rf = self._file
+        if rf is None:
+            raise ModuleError("payload needs a flow backed by a record file")
+        d, offset, length = _carried(record, rf, self.conn)
+        if not length:
             return b""
-        return self._file.data(record.dir, record.stream_offset, record.payload_len)
+        if offset is None:
+            return None
+        return rf.stream_bytes(d, offset, length)
 
     def __repr__(self):
         from flowsift.streams.format import vlan_text
         vlan = "" if self.vlan is None else f" vlan {vlan_text(self.vlan)}"      # ('-' untagged, as tables say)
         return f"<Flow {self.conn} {self.proto} {self.client} -> {self.server}{vlan}>"
+
+
+def _carried(record, rf, conn):
+    """(direction, stream offset, payload length) of a record of `rf` for flow.payload: one a hook
+    was handed or a row of flow.records(); the offset None for bytes no stream holds (a packet
+    reassembly ignored). A TypeError for what is neither, a ValueError for another connection's."""
+    from flowsift.streams import format as F
+    from flowsift.streams.reader import Record
+    h = rf.header
+    if isinstance(record, Record):
+        d, offset, rflags, rid = record.dir, record.stream_offset, record.rflags, record.record_id
+    else:
+        import numpy as np
+        if not (isinstance(record, np.void) and record.dtype == F.record_dtype()):
+            kind = "None" if record is None else f"a {type(record).__name__}" \
+                if type(record).__module__ == "builtins" else f"a {type(record).__module__}.{type(record).__name__}"
+            raise TypeError(f"flow.payload: record is {kind}, not a record: pass the record on_packet was "
+                            f"handed, or a row of flow.records()")
+        d, rflags, rid = int(record["dir"]), int(record["rflags"]), int(record["record_id"])
+        offset = int(record["seq_offset"])
+        if record["proto"] == 6:
+            offset = offset - h[f"origin{d}"] if d < 2 else None
+    index = (rid - h["first_record_id"]) % 2**64
+    if index >= h["records"] or (isinstance(record, Record) and index != record.index):
+        raise ValueError(f"flow.payload: the record of id {rid} is not one of connection {conn}'s")
+    if d > 1 or rflags & F.RF_IGNORED:
+        offset = None
+    length = record.payload_len if isinstance(record, Record) else int(record["payload_len"])
+    return d, offset, length
 
 
 class Module:
@@ -317,7 +372,9 @@ class Module:
 
     # --- what a module calls ---
     def emit(self, kind, **fields):
-        """A structured event (a JSON line with the flow key and time, EVE style)."""
+        """A structured event (a JSON line with the flow key and time, EVE style). `kind` is
+        text; field values are what JSON carries, or bytes, sets and numpy values (converted):
+        anything else, and a NaN or an infinity, is a ModuleError naming the field."""
         if self._emit is not None:
             self._emit(self, kind, fields)
 
@@ -336,7 +393,10 @@ class Module:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def summary(self):
-        """Rows for the end-of-run table (a list of dicts); none by default."""
+        """Rows for the module's end-of-run table, called once at the end of the run: a list
+        of dicts, one per row (column name: value), shown under the module's name and in the
+        summary's `tables` (joined across --shards); none by default. Another type is an error
+        naming the module."""
         return []
 
     # --- declared shape ---
@@ -347,6 +407,33 @@ class Module:
     @classmethod
     def read_only(cls):
         return not cls.writes
+
+
+def summary_rows(module):
+    """What `module.summary()` returned, checked: a list of dicts (a ModuleError naming the
+    module otherwise, the same in every mode: a dict was merged across shards into a list of its
+    keys)."""
+    rows = module.summary()
+    if isinstance(rows, tuple):
+        rows = list(rows)
+    if not isinstance(rows, list):
+        raise ModuleError(f"module {module.name}: summary() returned a {type(rows).__name__}, not a list of rows "
+                          f"(dicts, column name: value; [] for none)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ModuleError(f"module {module.name}: summary() row {i} is a {type(row).__name__}, not a dict "
+                              f"(column name: value)")
+    return rows
+
+
+def summary_tables(modules):
+    """{name: rows} of the modules whose summary() has rows."""
+    out = {}
+    for m in modules:
+        rows = summary_rows(m)
+        if rows:
+            out[m.name] = rows
+    return out
 
 
 def validate(cls, where):

@@ -351,12 +351,13 @@ class Editor:
 
 def take_up_read_only(summary, chain):
     """Put the edits refused to the chain's read-only modules (their `edits_rejected`) into the
-    summary's edits.rejected, as `module: read-only module`: the same total in every mode."""
-    rejected = summary["edits"].setdefault("rejected", {})
+    summary's edits.rejected, as `module: read-only module`: the same total in every mode, and
+    an `edits` object for them in a chain that has no writing module (and no editor) too."""
     for cls, _ in chain:
         n = summary.get("modules", {}).get(cls.name, {}).get("edits_rejected", 0) if cls.read_only() else 0
         if n:
-            rejected[f"{cls.name}: {READ_ONLY}"] = n
+            edits = summary.setdefault("edits", {"accepted": {}, "rejected": {}, "dropped": 0})
+            edits.setdefault("rejected", {})[f"{cls.name}: {READ_ONLY}"] = n
 
 
 def _original(record, key):
@@ -394,6 +395,18 @@ def _bytes_like(value, what):
         raise TypeError(f"stream.replace: {what} is a {type(value).__name__}, not bytes (bytes, bytearray or "
                         f"memoryview)")
     return bytes(value)
+
+
+def refused_replace(flow, offset, new_bytes, old):
+    """stream.replace on a pointer that cannot edit (a read-only module's, or one no chain
+    handed out): the arguments checked as for a writing module, then refused as flow.edit is."""
+    _offset(offset)
+    _bytes_like(new_bytes, "new_bytes")
+    if old is not None:
+        _bytes_like(old, "old")
+    if flow is None:
+        return Edit(False, "edits need a chain run by the gateway")
+    return flow._refused(None, "stream.replace", {"payload": new_bytes})
 
 
 def _short(b, n=24):

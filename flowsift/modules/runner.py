@@ -10,6 +10,7 @@ read already is refused. Then each module's bit is set in the records it is done
 with (the gateway records it), so complete and acknowledged space can be reclaimed.
 """
 import json
+import math
 import sys
 
 import numpy as np
@@ -38,11 +39,27 @@ def _plain(value):
             return list(value)
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
-    return str(value)
+    # not its text: an object's repr (a memory address) would change from run to run unseen
+    t = type(value)
+    raise _Unconvertible(t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}")
 
 
-# (NaN and infinities are no JSON: a ValueError, said by _on_emit with the field's name)
+class _Unconvertible(TypeError):
+    """A value of a type events have no conversion for (its type's name)."""
+
+
+# (NaN and infinities are no JSON: a ValueError; other types a TypeError: said by _on_emit with
+# the field's name)
 _event_json = json.JSONEncoder(default=_plain, check_circular=False, allow_nan=False).encode
+
+
+def _check_fields(fields):
+    # what the encoder would refuse, for an event no line is written for (no --events): the
+    # same errors whatever the output. Plain scalars (most fields) are not encoded for it
+    for value in fields.values():
+        t = type(value)
+        if not (t is str or t is int or t is bool or value is None or (t is float and math.isfinite(value))):
+            _event_json(value)
 # what every event carries: a module's fields of these names would replace them
 ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server", "vlan"})
 PROTO_NAMES = {6: "tcp", 17: "udp"}
@@ -62,12 +79,17 @@ def copy_events(path, out, add=""):
 
 
 def _not_json(fields):
-    # which field of an event the encoder refused (a NaN or an infinity, maybe in a list)
+    # which field of an event the encoder refused, and why (maybe deep in a list or a dict)
     for name, value in fields.items():
         try:
             _event_json(value)
         except ValueError:
             return f"field {name!r} holds NaN or an infinity, which JSON has no number for"
+        except _Unconvertible as e:
+            return (f"field {name!r} holds a value of type {e}, which JSON cannot carry (emit converts bytes, "
+                    f"sets and numpy values, nothing else): convert it first, e.g. str(value)")
+        except TypeError as e:
+            return f"field {name!r} holds a dict JSON cannot carry: {e}"
     return "a value JSON cannot hold"
 
 
@@ -250,12 +272,19 @@ class InlineChain:
 
     # --- events and failures ---
     def _on_emit(self, module, kind, fields):
+        if type(kind) is not str or not kind:
+            raise ModuleError(f"module {module.name}: emit({kind!r}, ...): an event's kind is text, e.g. "
+                              f"emit(\"request\", ...), not {'empty text' if kind == '' else type(kind).__name__}")
         if not ENVELOPE.isdisjoint(fields):
             raise ModuleError(f"module {module.name}: event field {sorted(ENVELOPE.intersection(fields))[0]!r} "
                               f"is one every event has ({', '.join(sorted(ENVELOPE - {'vlan'}))}; vlan with "
                               "--vlan-key): choose another name")
-        self.event_count += 1
         if self.events is None and not self.hold_events:
+            try:
+                _check_fields(fields)
+            except (ValueError, TypeError):
+                raise ModuleError(f"module {module.name}: event {kind!r}: {_not_json(fields)}") from None
+            self.event_count += 1
             return
         flow = self._current
         line = {"ts": self._event_time(flow) / 1e9 if flow else None, "module": module.name, "kind": kind}
@@ -264,8 +293,9 @@ class InlineChain:
         line.update(fields)
         try:
             text = _event_json(line) + "\n"
-        except ValueError:
+        except (ValueError, TypeError):
             raise ModuleError(f"module {module.name}: event {kind!r}: {_not_json(fields)}") from None
+        self.event_count += 1
         holder = (self.conns.get(flow.conn) or self._closing) if (self.hold_events and flow is not None) else None
         if holder is not None:
             holder.events.append(text)
@@ -575,6 +605,7 @@ class InlineChain:
             sp = EditableStream(c.file, d, self.editor, c.flow, m, h)
         else:
             sp = StreamPointer(c.file, d, h)
+            sp._flow = c.flow             # (its replace() is refused as the module's flow.edit is)
         c.pointers[(i, d)] = sp
         return sp
 

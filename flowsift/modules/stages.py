@@ -6,6 +6,7 @@ batch, up to where its modules stand in each stream; a writing stage after paral
 gets each batch once every worker has read it (the gateway waits for them). Across connections
 the stages pipeline.
 """
+from flowsift.modules.base import summary_tables
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
 
@@ -89,8 +90,7 @@ class StagedChain:
     def tables(self):
         out = {}
         for st in self.stages:
-            out.update(st.tables if isinstance(st, ParallelChain) else
-                       {m.name: m.summary() for m in st.modules if m.summary()})
+            out.update(st.tables if isinstance(st, ParallelChain) else summary_tables(st.modules))
         return out
 
     def state_snapshots(self):

@@ -20,7 +20,7 @@ import time
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
 from flowsift.errors import FlowsiftError, start_forked, take_stop_signals
-from flowsift.modules.base import ModuleError
+from flowsift.modules.base import ModuleError, summary_rows
 from flowsift.modules.loader import parse_chain, start
 from flowsift.modules.runner import InlineChain, join_checkpoint, passive
 from flowsift.modules.state import AppendOnly
@@ -196,7 +196,7 @@ def _summary(module):
     counter's is), the gateway already holds those rows from the checkpoints: it is named, not
     sent again (a row per connection: unpickling them all would be the last thing the run waits
     for)."""
-    rows = module.summary()
+    rows = summary_rows(module)
     for name, value in getattr(module, "_state", {}).items():
         if rows is value and isinstance(value, AppendOnly):
             return _Rows(name)

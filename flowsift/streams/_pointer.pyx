@@ -188,6 +188,8 @@ cdef class StreamPointer:
     cdef int64_t map_len
     cdef int64_t data_off
     cdef bint ended               # the direction ended at `end` (as the header it was given says)
+    # the Flow whose module was handed the pointer (a chain sets it): whose replace() is refused
+    cdef public object _flow
 
     def __cinit__(self, *args, **kwargs):
         self.g_off = self.g_reach = NULL
@@ -487,6 +489,15 @@ cdef class StreamPointer:
             raise ValueError(f"offset {offset} outside the stream [0, {self.end}]")
         self.pos = off
         return self.pos
+
+    def replace(self, offset, new_bytes, old=None):
+        """Ask to replace stream bytes [offset, offset + len(new_bytes)): a writing module that
+        declares "payload" in `writes` may (its pointers are EditableStreams). Here the request
+        is refused, as flow.edit refuses a read-only module's edits: an Edit, rejected with its
+        reason, counted in the module's edits_rejected. Arguments of the wrong type are a
+        TypeError, as for a writing module."""
+        from flowsift.modules.edits import refused_replace
+        return refused_replace(self._flow, offset, new_bytes, old)
 
     def __repr__(self):
         return f"<StreamPointer conn {self.file.header['conn']} dir {self.direction} at {self.pos}/{self.end}>"

@@ -322,11 +322,34 @@ class RecordFile:
         return not self.closed_by_gateway or self.missing is not None
 
     def data(self, direction, offset=0, length=None):
-        """Delivered bytes of a direction (a copy). Gap ranges are holes: callers skip them."""
+        """Delivered bytes of a direction (a copy), cut at its delivered end: a range that goes
+        past it comes back shorter, or empty. Gap ranges are holes: callers skip them (or ask
+        stream_bytes, which says None for a range the file does not hold whole)."""
         self.require_bytes()
         end = self.in_file(direction)          # (what a cut file lacks is a "truncated" gap)
         length = end - offset if length is None else min(length, end - offset)
         return bytes(self._region(self.header[f"data_off{direction}"] + offset, length))
+
+    def stream_bytes(self, direction, offset, length):
+        """Stream bytes [offset, offset + length) of a direction (a copy) when the file holds
+        every one of them as delivered: at or past what was given back, below the direction's
+        delivered end, in no gap. Otherwise None (never fewer bytes than asked for): bytes
+        held out of order (not delivered yet: they are once the hole before them fills), lost
+        in a gap, given back, or missing from a file cut short."""
+        self.require_bytes()
+        h = self.header
+        if length <= 0:
+            return b""
+        end = offset + length
+        if offset < max(0, h[f"reclaimed{direction}"]) or end > self.in_file(direction):
+            return None
+        if h["gaps"] or self.truncated:
+            for g in self.gaps(direction):
+                if g.offset >= end:
+                    break                       # (by offset)
+                if offset < g.offset + g.length:
+                    return None
+        return bytes(self._region(h[f"data_off{direction}"] + offset, length))
 
     @property
     def _fd(self):

@@ -117,7 +117,9 @@ class Dns(Module):
         if not self._is_dns(flow):
             flow.skip()                       # (opened without on_open: a restored checkpoint)
         elif flow.proto == "udp" and record.payload_len:
-            self._message(flow, flow.payload(record))
+            wire = flow.payload(record)
+            if wire is not None:              # (None: not in the file, one cut short)
+                self._message(flow, wire)
 
     def on_gap(self, flow, direction, gap):
         if flow.proto != "tcp" or flow.state.get(f"resync{direction}") == -1:
