@@ -329,10 +329,11 @@ def gateway(
         if unacked_files is not None:
             _fail("--unacked-files bounds the files kept once modules finished them: the gateway alone "
                   "gives nothing back (modules attach with --registry URL)")
-        from flowsift.gateway import Gateway
+        from flowsift.gateway import Gateway, open_source
+        cap = open_source(source)       # (one that cannot be read makes no store)
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, vlan_key=vlan_key,
                     checksums=checksums, **bounds)
-        _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
+        _run(source, "gateway", lambda progress: g.run_alone(cap, on_progress=progress), as_json,
              _render('print_gateway'))
         return
     from flowsift.remote import expected_names, serve

@@ -66,7 +66,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
     """Run the gateway over `source` with the registry at `url`; returns its summary. `unknown`:
     expected names that are no module flowsift knows (said again while waiting for them).
     `on_stopped()` is called when the run is cut short (Ctrl-C, an error), before its keys go."""
-    from flowsift.gateway import STORE_TOTALS, Gateway
+    from flowsift.gateway import STORE_TOTALS, Gateway, open_source
+    cap = open_source(source)       # a file that cannot be read: said before the registry and the store
     reg = _redis(url, run)
     with stops_held():              # the run's keys and a default store go however it ends
         try:
@@ -116,7 +117,7 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                     g.expect(expect)
                     if on_started is not None:
                         on_started(reg.run)
-                    summary = g.run_capture(source, on_progress=on_progress)
+                    summary = g.run_capture(cap, on_progress=on_progress)
                     reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced),
                                   batches=g.batches)
                     if g.module_bits and on_status is not None:
@@ -137,6 +138,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                     if error is e:
                         raise
                     raise error from None
+            if summary["error"] and not removed and g.discard_unused():
+                summary["store"] = None     # (failed before its first packet: nothing was kept)
             return complete(summary)
         except BaseException:
             if on_stopped is not None:
@@ -151,6 +154,10 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
             reg.close()
             if removed:
                 shutil.rmtree(g.store_dir, ignore_errors=True)
+            elif summary is None:
+                # cut short before the source was read whole: a store of nothing goes (a live
+                # source that would not open, the registry lost as the run started)
+                g.discard_unused()
 
 
 def cleanup(url, run):
