@@ -36,10 +36,11 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             raise UsageError(f"--out {out} is the interface captured: its own frames would come back and be "
                              f"forwarded without end; capture it with afpacket:{src_name},outgoing=no")
     if write is not None:
+        from flowsift.egress import EgressFile, egress_linktype
         from flowsift.paths import check_output_file, refuse_overwrite
-        check_output_file("-w", write)
-        refuse_overwrite([("input capture", source)], [("-w", write)])
-        from flowsift.egress import egress_linktype
+        path = write.path if isinstance(write, EgressFile) else str(write)
+        check_output_file("-w", path)
+        refuse_overwrite([("input capture", source)], [("-w", path)])
         egress_linktype(source)                # (before the first packet, not after the run)
     if max_backlog is not None:
         from flowsift.modules.workers import INFLIGHT
@@ -89,13 +90,23 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     # record files are read in this process by an inline chain, writing stages and egress; a
     # parallel read-only chain's readers are its workers, so the gateway may hold more files open
     readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
-    # a capture that cannot be read is said before the store is made: a run that never started
+    # what cannot be read or written is said before the store is made: a run that never started
     # leaves none (one left would refuse the same run given again)
     cap = open_source(source)
-    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
-                store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
-                readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, checksums=checksums,
-                **(reassembly or {}))
+    egress = None
+    if write is not None:
+        from flowsift.egress import EgressFile
+        egress = write if isinstance(write, EgressFile) else EgressFile(write)
+        write = egress.path
+    try:
+        g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression,
+                    shard=shard, store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
+                    readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, checksums=checksums,
+                    **(reassembly or {}))
+    except BaseException:
+        if egress is not None:
+            egress.discard()
+        raise
     try:
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
@@ -119,6 +130,8 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry,
                                  save_state=kept, modules=started)
     except BaseException:
+        if egress is not None:
+            egress.discard()
         if store is None and not keep:       # a chain that cannot start leaves no store behind
             shutil.rmtree(g.store_dir, ignore_errors=True)
         else:
@@ -188,12 +201,14 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             summary["edits"] = editor.counters()
         if write is not None:
             from flowsift.egress import write_egress
-            summary["egress"] = dict(write_egress(source, write, editor, g.store, g.late,
-                                                  g.reassembler.defrag.members), file=str(write))
+            summary["egress"] = dict(write_egress(source, egress, editor, g.store, g.late,
+                                                  g.reassembler.defrag.members), file=write)
     finally:
         with stops_held():              # (a stop that comes now is raised once the store is gone)
             if forwarder is not None:
                 forwarder.close()
+            if egress is not None:
+                egress.discard()        # (nothing once written: a run cut short leaves no partial file)
             if store is None and not keep:
                 shutil.rmtree(g.store_dir, ignore_errors=True)
             elif (summary is None or summary["error"]) and g.discard_unused() and summary is not None:

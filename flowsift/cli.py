@@ -488,7 +488,13 @@ def chain(
         check_output_file("-w", write)       # (before the events file is made)
     _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events), ("--store", store)])
     out = sys.stdout if events == "-" else None
+    egress = None
     try:
+        if write is not None:
+            # opened (made) before the events file and before anything is read: one that
+            # cannot be written is said now, with the reason its open gave
+            from flowsift.egress import EgressFile
+            write = egress = EgressFile(write)
         if out is None:
             try:
                 out = open(events, "w")
@@ -502,6 +508,8 @@ def chain(
                                                          unacked_files=unacked_files, checksums=checksums),
              as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
     finally:
+        if egress is not None:
+            egress.discard()                 # (nothing once written)
         if out is not None and out is not sys.stdout:
             out.close()
 
