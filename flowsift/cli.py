@@ -72,6 +72,12 @@ def _run(path, label, work, as_json, render, after=None):
         if as_json and getattr(e, "summary", None) is not None:
             typer.echo(json.dumps(e.summary))
         raise
+    except (KeyboardInterrupt, Terminated) as e:
+        # a stop that ended a wait once the source was read whole (the gateway's for its
+        # modules) comes with the summary, which goes out before the line and exit 130 or 143
+        if getattr(e, "summary", None) is not None:
+            typer.echo(json.dumps(e.summary)) if as_json else render(e.summary)
+        raise
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -320,6 +320,17 @@ class Gateway:
             self.done_by.setdefault(bit, ConnSet())
             self.store.register_module(bit)
 
+    def _waiting(self, total):
+        # the modules not through yet: {bit: info}. (An expected module not attached yet is
+        # waited for even when there is nothing to read: it comes, finds the run complete and
+        # leaves.)
+        return {b: info for b, info in self.module_bits.items()
+                if len(self.done_by.get(b, ())) < total or info.get("reserved")}
+
+    def waited_for(self):
+        """The names of the modules wait_for_modules would still wait for, sorted."""
+        return sorted({info.get("name", str(b)) for b, info in self._waiting(len(self.announced)).items()})
+
     def wait_for_modules(self, on_status=None, poll=0.1, tick=None, linger=5.0):
         """After the source: wait until every registered module finished every connection (or
         released its bit), then up to `linger` seconds for the finished ones to leave. `on_status(lines)`
@@ -330,10 +341,7 @@ class Gateway:
         while True:
             self.sync()
             total = len(self.announced)
-            # (an expected module not attached yet is waited for even when there is nothing to
-            # read: it comes, finds the run complete and leaves)
-            waiting = {b: info for b, info in self.module_bits.items()
-                       if len(self.done_by.get(b, ())) < total or info.get("reserved")}
+            waiting = self._waiting(total)
             if not waiting:
                 # every module is through: let them commit their last words and release their bits
                 if not self.module_bits:

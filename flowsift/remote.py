@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 
-from flowsift.errors import FlowsiftError, UsageError, say, start_deaf, stops_held, stops_raised
+from flowsift.errors import FlowsiftError, Terminated, UsageError, say, start_deaf, stops_held, stops_raised
 from flowsift.registry import RegistryError, open_registry
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
@@ -123,7 +123,19 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                     if g.module_bits and on_status is not None:
                         names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
                         on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
-                    g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
+                    try:
+                        g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
+                    except (KeyboardInterrupt, Terminated) as e:
+                        # the source was read whole: a stop ends the wait for modules, and the
+                        # summary of what was done still goes out (--json), saying for whom the
+                        # wait was and what ended it
+                        try:
+                            e.summary = complete(dict(summary, wait_interrupted={
+                                "by": "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM",
+                                "modules": g.waited_for()}))
+                        except Exception:
+                            pass        # (a summary that cannot be made must not hide the stop)
+                        raise
                 except (RegistryError, FlowsiftError) as e:
                     # the summary of what was done still goes out (--json), its `error` saying why
                     error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
@@ -685,6 +697,10 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                         raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
                     with open(os.path.join(work, f"{i}.json")) as f:
                         results.append(json.load(f))
+        except (KeyboardInterrupt, Terminated) as e:
+            # (the gateway's summary of a wait cut short is not the chain's, which needs its modules')
+            e.summary = None
+            raise
         finally:
             stop_modules()
             # the events of the connections the modules finished, even of a run stopped (Ctrl-C)
