@@ -3,9 +3,9 @@ import os
 import shutil
 
 from flowsift.errors import FlowsiftError, stops_held
-from flowsift.gateway import STORE_TOTALS, Gateway
+from flowsift.gateway import STORE_TOTALS, Gateway, open_source
 from flowsift.modules.base import summary_tables
-from flowsift.modules.loader import parse_chain
+from flowsift.modules.loader import parse_chain, start_chain
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
 
@@ -40,10 +40,11 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             raise UsageError(f"--out {out} is the interface captured: its own frames would come back and be "
                              f"forwarded without end; capture it with afpacket:{src_name},outgoing=no")
     if write is not None:
+        from flowsift.egress import EgressFile, egress_linktype
         from flowsift.paths import check_output_file, refuse_overwrite
-        check_output_file("-w", write)
-        refuse_overwrite([("input capture", source)], [("-w", write)])
-        from flowsift.egress import egress_linktype
+        path = write.path if isinstance(write, EgressFile) else str(write)
+        check_output_file("-w", path)
+        refuse_overwrite([("input capture", source)], [("-w", path)])
         egress_linktype(source)                # (before the first packet, not after the run)
     if max_backlog is not None:
         from flowsift.modules.workers import INFLIGHT
@@ -61,6 +62,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         raise UsageError(f"--shards {shards}: the number of gateways, from 1 to 64")
     if reshard and not shards:
         raise UsageError("--reshard changes the number of shards of a sharded run: give --shards N too")
+    started = start_chain(chain)               # options an __init__ refuses: said before the store is made
     if shards is not None and (shards > 1 or reshard):
         if write is not None or out is not None or registry not in (None, "", "embedded") or store is not None:
             raise UsageError("--shards runs one gateway per shard, each with its own temporary store: "
@@ -94,10 +96,23 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     # record files are read in this process by an inline chain, writing stages and egress; a
     # parallel read-only chain's readers are its workers, so the gateway may hold more files open
     readers_here = inline or write is not None or out is not None or not all(cls.read_only() for cls, _ in chain)
-    g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression, shard=shard,
-                store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
-                readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, checksums=checksums,
-                **(reassembly or {}))
+    # what cannot be read or written is said before the store is made: a run that never started
+    # leaves none (one left would refuse the same run given again)
+    cap = open_source(source)
+    egress = None
+    if write is not None:
+        from flowsift.egress import EgressFile
+        egress = write if isinstance(write, EgressFile) else EgressFile(write)
+        write = egress.path
+    try:
+        g = Gateway(store, keep=keep or write is not None, policy=policy, filter_expression=filter_expression,
+                    shard=shard, store_bytes=bytes_read or store is not None or keep or write is not None or out is not None,
+                    readers_here=readers_here, vlan_key=vlan_key, unacked_files=unacked_files, checksums=checksums,
+                    **(reassembly or {}))
+    except BaseException:
+        if egress is not None:
+            egress.discard()
+        raise
     try:
         editor = None
         if write is not None or out is not None or not all(cls.read_only() for cls, _ in chain):
@@ -110,18 +125,23 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         # the checkpoints' copy in the store is for reading after the run: not for a store that goes
         kept = store is not None or keep
         if inline:
-            runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry)
+            runner = InlineChain(chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry,
+                                 modules=started)
         elif all(cls.read_only() for cls, _ in chain):
             runner = ParallelChain(spec, chain, g.store, events=events, strict=strict, max_backlog=max_backlog,
-                                   registry=g.registry, save_state=kept)
+                                   registry=g.registry, save_state=kept, modules=started)
         else:
             # read-only runs in parallel stages, each writing module a stage of its own in this process
             from flowsift.modules.stages import StagedChain
             runner = StagedChain(spec, chain, g.store, events=events, strict=strict, editor=editor, registry=g.registry,
-                                 save_state=kept)
+                                 save_state=kept, modules=started)
     except BaseException:
+        if egress is not None:
+            egress.discard()
         if store is None and not keep:       # a chain that cannot start leaves no store behind
             shutil.rmtree(g.store_dir, ignore_errors=True)
+        else:
+            g.discard_unused()
         raise
     for st in _parallel(runner):
         st.source_lost = g.source_lost       # (a live source's losses while the gateway waits for a worker)
@@ -129,6 +149,7 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
         from flowsift.shards import Resharder
         g.resharder = Resharder(g, runner, shard[0], *handover)
     forwarder = None
+    summary = None
 
     def idle():
         # a quiet live source: events of finished connections go out now, not with more traffic
@@ -158,9 +179,9 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
                 # Not with --max-backlog: batches told in bursts would put a module that keeps up
                 # behind for a moment.)
                 g.registry.hold = True
-                summary = g.run_capture(source, on_progress=on_progress, after_written=runner, on_idle=idle)
+                summary = g.run_capture(cap, on_progress=on_progress, after_written=runner, on_idle=idle)
             else:
-                summary = g.run_capture(source, on_progress=on_progress, after_batch=runner.process,
+                summary = g.run_capture(cap, on_progress=on_progress, after_batch=runner.process,
                                         on_batch=forward if forwarder is not None else None,
                                         on_open=forwarder.open if forwarder is not None else None, on_idle=idle)
         except FlowsiftError as e:
@@ -186,14 +207,18 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
             summary["edits"] = editor.counters()
         if write is not None:
             from flowsift.egress import write_egress
-            summary["egress"] = dict(write_egress(source, write, editor, g.store, g.late,
-                                                  g.reassembler.defrag.members), file=str(write))
+            summary["egress"] = dict(write_egress(source, egress, editor, g.store, g.late,
+                                                  g.reassembler.defrag.members), file=write)
     finally:
         with stops_held():              # (a stop that comes now is raised once the store is gone)
             if forwarder is not None:
                 forwarder.close()
+            if egress is not None:
+                egress.discard()        # (nothing once written: a run cut short leaves no partial file)
             if store is None and not keep:
                 shutil.rmtree(g.store_dir, ignore_errors=True)
+            elif (summary is None or summary["error"]) and g.discard_unused() and summary is not None:
+                summary["store"] = None     # failed before its first packet: nothing was kept
     return _complete(summary, runner, chain, store, keep)
 
 

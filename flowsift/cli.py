@@ -75,6 +75,12 @@ def _run(path, label, work, as_json, render, after=None):
         if as_json and getattr(e, "summary", None) is not None:
             typer.echo(json.dumps(e.summary))
         raise
+    except (KeyboardInterrupt, Terminated) as e:
+        # a stop that ended a wait once the source was read whole (the gateway's for its
+        # modules) comes with the summary, which goes out before the line and exit 130 or 143
+        if getattr(e, "summary", None) is not None:
+            typer.echo(json.dumps(e.summary)) if as_json else render(e.summary)
+        raise
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -358,10 +364,11 @@ def gateway(
         if unacked_files is not None:
             _fail("--unacked-files bounds the files kept once modules finished them: the gateway alone "
                   "gives nothing back (modules attach with --registry URL)")
-        from flowsift.gateway import Gateway
+        from flowsift.gateway import Gateway, open_source
+        cap = open_source(source)       # (one that cannot be read makes no store)
         g = Gateway(store, keep=keep, policy=policy, filter_expression=filter, readers_here=False, vlan_key=vlan_key,
                     checksums=checksums, **bounds)
-        _run(source, "gateway", lambda progress: g.run_capture(source, on_progress=progress), as_json,
+        _run(source, "gateway", lambda progress: g.run_alone(cap, on_progress=progress), as_json,
              _render('print_gateway'))
         return
     from flowsift.remote import expected_names, serve
@@ -520,14 +527,24 @@ def chain(
         from flowsift.paths import check_output_file
         check_output_file("-w", write)       # (before the events file is made)
     _refuse_overwrite([("input capture", source)], [("-w", write), ("--events", events), ("--store", store)])
-    with _output(events, "events") as out:
-        _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
-                                                         filter_expression=filter, policy=policy, reassembly=bounds,
-                                                         strict=strict, on_progress=progress, inline=inline, write=write,
-                                                         max_backlog=max_backlog, registry=registry, out=forward_to,
-                                                         shards=shards, reshard=reshard, vlan_key=vlan_key,
-                                                         unacked_files=unacked_files, checksums=checksums),
-             as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
+    egress = None
+    try:
+        if write is not None:
+            # opened (made) before the events file and before anything is read: one that
+            # cannot be written is said now, with the reason its open gave
+            from flowsift.egress import EgressFile
+            write = egress = EgressFile(write)
+        with _output(events, "events") as out:
+            _run(source, "chain", lambda progress: run_chain(modules, source, events=out, store=store, keep=keep,
+                                                             filter_expression=filter, policy=policy, reassembly=bounds,
+                                                             strict=strict, on_progress=progress, inline=inline, write=write,
+                                                             max_backlog=max_backlog, registry=registry, out=forward_to,
+                                                             shards=shards, reshard=reshard, vlan_key=vlan_key,
+                                                             unacked_files=unacked_files, checksums=checksums),
+                 as_json, _render('print_chain', stderr=events == "-"), after=_unapplied_edits)
+    finally:
+        if egress is not None:
+            egress.discard()                 # (nothing once written)
 
 
 # exit code of a chain whose output left packets with accepted edits unedited (a redaction

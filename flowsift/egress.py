@@ -359,23 +359,66 @@ def egress_linktype(source, cap=None, batch=None):
     return linktypes[0] if linktypes else None
 
 
-def write_egress(source, out, editor, store, late=None, members=None):
-    """Write the source's frames to `out` with the chain's verdicts and edits; `late`: frame
-    position -> (conn, dir) of the packets that came after their connection ended; `members`:
-    frame position of a rebuilt datagram -> its fragments' positions. The file is written under
-    a temporary name and put in place once whole: a run that fails leaves none."""
-    out = str(out)
-    if os.path.exists(out) and not os.path.isfile(out):
-        return _write_egress(source, out, editor, store, late, members)    # (/dev/null, a pipe)
-    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.partial")
-    try:
-        counts = _write_egress(source, tmp, editor, store, late, members, shown=out)
-        os.replace(tmp, out)
-    except BaseException:
+class EgressFile:
+    """The -w output, opened before anything is read: a path that cannot be written is one line
+    at once, with the reason its open gave, not an error after the whole run. A regular file
+    (or a new one) is written under a temporary name beside it and put in its place once whole
+    (`commit`): a run that fails leaves none (`discard`). A device or a pipe is written as it
+    is (a FIFO's open waits for its reader)."""
+
+    def __init__(self, path, option="-w"):
+        self.path = str(path)
+        self.tmp = None
+        what = self.path
         try:
-            os.unlink(tmp)
+            if os.path.exists(self.path) and not os.path.isfile(self.path):
+                self.file = open(self.path, "wb")               # (/dev/null, a pipe)
+                return
+            if os.path.exists(self.path):
+                # the file it replaces: one that cannot be written is not replaced either
+                os.close(os.open(self.path, os.O_WRONLY))
+            self.tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.partial")
+            if os.path.exists(self.path):
+                what = f"{self.tmp} (written first, then put in its place)"
+            self.file = open(self.tmp, "wb")
+        except OSError as e:
+            self.tmp = None
+            where = f"{self.path}: cannot write" if what == self.path else f"{self.path}: cannot make {what}"
+            raise UsageError(f"{option} {where}: {e.strerror}") from None
+
+    def commit(self):
+        """Close the file and put it in place."""
+        self.file.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)
+            self.tmp = None
+
+    def discard(self):
+        """Close the file and remove what was made (nothing of a device or a pipe)."""
+        try:
+            self.file.close()
         except OSError:
             pass
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
+
+def write_egress(source, out, editor, store, late=None, members=None):
+    """Write the source's frames to `out` (a path, or an EgressFile opened before the run) with
+    the chain's verdicts and edits; `late`: frame position -> (conn, dir) of the packets that
+    came after their connection ended; `members`: frame position of a rebuilt datagram -> its
+    fragments' positions. A file is written under a temporary name and put in place once
+    whole: a run that fails leaves none."""
+    egress = out if isinstance(out, EgressFile) else EgressFile(out)
+    try:
+        counts = _write_egress(source, egress.file, editor, store, late, members, shown=egress.path)
+        egress.commit()
+    except BaseException:
+        egress.discard()
         raise
     return counts
 

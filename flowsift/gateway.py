@@ -6,6 +6,7 @@ range, gap, open and close; the gateway publishes the store's headers once per b
 """
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -66,6 +67,20 @@ def _flows_onto(frames, batch):
             for i in rebuilt.tolist()}
 
 
+def open_source(source):
+    """`source` opened now when it is a capture file, so that one that cannot be read (missing,
+    empty, not a capture, a directory, a device) is said before the store is made: a run that
+    never started leaves no store to refuse the next one. A live source is returned as it is,
+    for run_capture to open: its ring takes frames from the moment it opens (those that wait
+    while module workers start are lost), and workers forked after it would hold it open too.
+    An open Capture is returned as it is."""
+    from flowsift.io import open_capture
+    from flowsift.io.capture import is_live
+    if not isinstance(source, (str, os.PathLike)) or is_live(source):
+        return source
+    return open_capture(source)
+
+
 def new_store_dir(parent=DEFAULT_STORE_PARENT, prefix="flowsift-store-"):
     parent = parent if os.path.isdir(parent) else tempfile.gettempdir()
     return tempfile.mkdtemp(prefix=prefix, dir=parent)
@@ -85,6 +100,14 @@ class Gateway:
             raise UsageError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
         self.bpf = compile_filter(filter_expression)        # a bad filter leaves no store behind
         self.store_dir = str(store) if store is not None else new_store_dir()
+        # what was there before this run: discard_unused removes only what the run made (the
+        # whole directory when it made that; nothing of one it cannot list)
+        self._made_dir = store is None or not os.path.lexists(self.store_dir)
+        try:
+            self._found = set() if self._made_dir else set(os.listdir(self.store_dir))
+        except OSError:
+            self._found = None          # (RecordStore says why)
+        self.read_any = False         # a batch came from the source
         try:
             self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
             if unacked_files is not None:
@@ -165,6 +188,49 @@ class Gateway:
             self._write_manifest(complete=False, error=error)
         except FlowsiftError:
             pass                    # a full disk may refuse even the manifest
+
+    def discard_unused(self):
+        """Remove what this run made of the store when the run failed before reading a packet
+        (a live source that would not open, a filter its link type refuses, a registry that
+        refused the run) and no record file is in it: left there, a store of nothing would
+        refuse the run given again (a store is one run's). A directory that was there before
+        keeps what it held and stays. Returns whether the store went."""
+        from flowsift.streams.reader import record_name
+        if self.read_any or self._found is None:
+            return False
+        try:
+            names = os.listdir(self.store_dir)
+        except OSError:
+            return False
+        if any(record_name(n) is not None or (n.endswith(".new") and record_name(n[:-4]) is not None)
+               for n in names):
+            return False
+        if self._made_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+            return True
+        for name in set(names) - self._found:
+            path = os.path.join(self.store_dir, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
+        return True
+
+    def run_alone(self, source, on_progress=None):
+        """run_capture for a caller that does nothing more with the store (the gateway alone):
+        a run that fails before its first packet leaves no store (discard_unused), and its
+        summary's `store` is null then."""
+        try:
+            summary = self.run_capture(source, on_progress=on_progress)
+        except BaseException:
+            self.discard_unused()
+            raise
+        if summary["error"] and self.discard_unused():
+            summary["store"] = None
+        return summary
 
     # --- the registry (announcing connections, taking module progress) ---
     def sync(self, touched=(), closed=(), batch=False):
@@ -254,6 +320,17 @@ class Gateway:
             self.done_by.setdefault(bit, ConnSet())
             self.store.register_module(bit)
 
+    def _waiting(self, total):
+        # the modules not through yet: {bit: info}. (An expected module not attached yet is
+        # waited for even when there is nothing to read: it comes, finds the run complete and
+        # leaves.)
+        return {b: info for b, info in self.module_bits.items()
+                if len(self.done_by.get(b, ())) < total or info.get("reserved")}
+
+    def waited_for(self):
+        """The names of the modules wait_for_modules would still wait for, sorted."""
+        return sorted({info.get("name", str(b)) for b, info in self._waiting(len(self.announced)).items()})
+
     def wait_for_modules(self, on_status=None, poll=0.1, tick=None, linger=5.0):
         """After the source: wait until every registered module finished every connection (or
         released its bit), then up to `linger` seconds for the finished ones to leave. `on_status(lines)`
@@ -264,10 +341,7 @@ class Gateway:
         while True:
             self.sync()
             total = len(self.announced)
-            # (an expected module not attached yet is waited for even when there is nothing to
-            # read: it comes, finds the run complete and leaves)
-            waiting = {b: info for b, info in self.module_bits.items()
-                       if len(self.done_by.get(b, ())) < total or info.get("reserved")}
+            waiting = self._waiting(total)
             if not waiting:
                 # every module is through: let them commit their last words and release their bits
                 if not self.module_bits:
@@ -303,8 +377,9 @@ class Gateway:
 
     def run_capture(self, path, on_progress=None, after_batch=None, on_batch=None, after_written=None, on_open=None,
                     on_idle=None):
-        """Read a whole capture into the store; returns a summary dict. `after_batch(touched,
-        closed)` is called with the connections each publish changed and ended (an inline chain);
+        """Read a whole capture (`path`: a file, a live source, or a capture open_source opened)
+        into the store; returns a summary dict. `after_batch(touched, closed)` is called with
+        the connections each publish changed and ended (an inline chain);
         `on_batch(frames)` then with the batch's frames as captured (inline forwarding);
         `on_open()` once the source is open, before its first packet (to open an egress port);
         `on_idle()` while a live source brings nothing (to hand on what the readers wait for).
@@ -316,12 +391,13 @@ class Gateway:
         called later. The registry must hold the modules' commits: they are recorded while the
         writer is idle."""
         from flowsift.io import decoded_batches, open_capture
-        self.source = str(path)
+        opened = hasattr(path, "fill")          # a capture opened already (open_source)
+        self.source = str(path.path if opened else path)
         # the manifest names its source from the start: a gateway killed (kill -9) leaves it so
         self._write_manifest(complete=False)
         decoder, batch, error = self.reassembler.decoder(), None, None
         try:
-            cap = open_capture(path, self.bpf)
+            cap = path if opened else open_capture(path, self.bpf)
             if on_open is not None:
                 on_open()
         except FlowsiftError as e:
@@ -384,6 +460,7 @@ class Gateway:
         try:
             read = 0                        # packets read so far (before sharding)
             for batch in decoded_batches(cap, decoder, self.bpf, on_progress, on_idle=idle):
+                self.read_any = True
                 if self.table is not None:
                     from flowsift.io.shard import shard_mask
                     if self.resharder is not None:
@@ -404,7 +481,7 @@ class Gateway:
             error = str(e)          # what was read is still recorded and closed below
         except BpfError as e:
             self._fail(str(e))
-            raise UsageError(f"filter cannot be applied to {path}: {e}") from None
+            raise UsageError(f"filter cannot be applied to {self.source}: {e}") from None
         except (FlowsiftError, RegistryError) as e:
             # the store cannot be written (full, unwritable), or the registry is lost: leave
             # files as they are, unclosed, and the manifest saying the store is incomplete

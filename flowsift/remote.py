@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 
-from flowsift.errors import FlowsiftError, UsageError, say, start_deaf, stops_held, stops_raised
+from flowsift.errors import FlowsiftError, Terminated, UsageError, say, start_deaf, stops_held, stops_raised
 from flowsift.registry import RegistryError, open_registry
 
 EVENTS_KEY = "_events"          # committed with the counters: events written, across restarts
@@ -68,7 +68,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
     """Run the gateway over `source` with the registry at `url`; returns its summary. `unknown`:
     expected names that are no module flowsift knows (said again while waiting for them).
     `on_stopped()` is called when the run is cut short (Ctrl-C, an error), before its keys go."""
-    from flowsift.gateway import STORE_TOTALS, Gateway
+    from flowsift.gateway import STORE_TOTALS, Gateway, open_source
+    cap = open_source(source)       # a file that cannot be read: said before the registry and the store
     reg = _redis(url, run)
     with stops_held():              # the run's keys and a default store go however it ends
         try:
@@ -118,13 +119,25 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                     g.expect(expect)
                     if on_started is not None:
                         on_started(reg.run)
-                    summary = g.run_capture(source, on_progress=on_progress)
+                    summary = g.run_capture(cap, on_progress=on_progress)
                     reg.set_state("failed" if summary["error"] else "complete", connections=len(g.announced),
                                   batches=g.batches)
                     if g.module_bits and on_status is not None:
                         names = ", ".join(sorted({i.get("name", "?") for i in g.module_bits.values()}))
                         on_status(f"run {reg.run}: source done ({len(g.announced):,} connections); waiting for {names}")
-                    g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
+                    try:
+                        g.wait_for_modules(on_status=waiting if on_status else None, tick=tick)
+                    except (KeyboardInterrupt, Terminated) as e:
+                        # the source was read whole: a stop ends the wait for modules, and the
+                        # summary of what was done still goes out (--json), saying for whom the
+                        # wait was and what ended it
+                        try:
+                            e.summary = complete(dict(summary, wait_interrupted={
+                                "by": "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM",
+                                "modules": g.waited_for()}))
+                        except Exception:
+                            pass        # (a summary that cannot be made must not hide the stop)
+                        raise
                 except (RegistryError, FlowsiftError) as e:
                     # the summary of what was done still goes out (--json), its `error` saying why
                     error = e if isinstance(e, FlowsiftError) else FlowsiftError(str(e))
@@ -139,6 +152,8 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
                     if error is e:
                         raise
                     raise error from None
+            if summary["error"] and not removed and g.discard_unused():
+                summary["store"] = None     # (failed before its first packet: nothing was kept)
             return complete(summary)
         except BaseException:
             if on_stopped is not None:
@@ -153,6 +168,10 @@ def serve(source, url, run=None, store=None, keep=False, expect=(), filter_expre
             reg.close()
             if removed:
                 shutil.rmtree(g.store_dir, ignore_errors=True)
+            elif summary is None:
+                # cut short before the source was read whole: a store of nothing goes (a live
+                # source that would not open, the registry lost as the run started)
+                g.discard_unused()
 
 
 def cleanup(url, run):
@@ -687,6 +706,10 @@ def run_chain_remote(spec, source, url, events=None, store=None, keep=False, fil
                         raise FlowsiftError(f"module {names[i]} ended with exit status {rc}")
                     with open(os.path.join(work, f"{i}.json")) as f:
                         results.append(json.load(f))
+        except (KeyboardInterrupt, Terminated) as e:
+            # (the gateway's summary of a wait cut short is not the chain's, which needs its modules')
+            e.summary = None
+            raise
         finally:
             stop_modules()
             # the events of the connections the modules finished, even of a run stopped (Ctrl-C)

@@ -262,6 +262,9 @@ def print_gateway(s, console=None):
         t.add_row("run", f"{s['run']} in {s['registry']}")
         for name, n in s.get("module_progress", {}).items():
             t.add_row(f"module {name}", _count(n, 'connection'))
+    w = s.get("wait_interrupted")
+    if w:
+        t.add_row("wait", f"ended by {w['by']}" + (f", for {', '.join(w['modules'])}" if w["modules"] else ""))
     console.print(t)
 
 

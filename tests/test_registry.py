@@ -842,6 +842,37 @@ def test_one_server_restart_is_one_outage_and_one_rebuild(redis_server):
     assert redis_server.client().hgetall("flowsift:{r1o}:done:0") == {"1": "3"}
 
 
+@pytest.mark.parametrize("stop,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_stop_while_the_gateway_waits_for_an_expected_module_still_gives_its_summary(tmp_path, corpus, redis_server,
+                                                                                      stop, code, as_json):
+    """Ctrl-C ends the wait for a module that never attaches cleanly: every connection was read
+    and the store is complete, so the summary goes out (saying what ended the wait, and for
+    whom) before the line and exit 130 (it printed nothing)."""
+    store = tmp_path / "store"
+    proc = flowsift("gateway", corpus / CAPTURE, "--registry", redis_server.url, "--expect", "http", "--store", store,
+                    *(["--json"] if as_json else []))
+
+    def read_whole():
+        try:
+            return json.loads((store / "store.json").read_text())["complete"]
+        except (OSError, ValueError):
+            return False
+    wait_until(read_whole, procs=(proc,))
+    time.sleep(0.3)                     # (well into the wait)
+    proc.send_signal(stop)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and err.strip().endswith("interrupted" if code == 130 else "terminated"), err
+    if as_json:
+        s = json.loads(out)
+        assert s["wait_interrupted"] == {"by": signal.Signals(stop).name, "modules": ["http"]}
+        assert s["error"] is None and s["store"] == str(store) and s["files"] == 108
+        assert s["module_progress"] == {"http": 0}
+    else:
+        assert f"ended by {signal.Signals(stop).name}, for http" in out and str(store) in out
+    assert redis_server.client().keys("flowsift:*") == []        # the run's keys went all the same
+
+
 def test_expected_module_names_are_checked(corpus):
     """A mistyped or doubled --expect name was taken, and the gateway waited for ever for a
     module that could not come."""

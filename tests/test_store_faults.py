@@ -80,6 +80,76 @@ def test_store_path_that_cannot_be_a_directory(tmp_path, corpus):
     one_line(run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", blocker / "store"), "cannot create the store")
 
 
+GOOD = pcap([(1, 0, ether(ipv4(A, B, 6, tcp(1, 2, payload=b"x" * 50))))] * 3)
+
+
+def _bad_captures(tmp_path):
+    """(path, what the line says) of captures that cannot be read."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "e.pcap").write_bytes(b"")
+    (d / "t.txt").write_text("hello\n")
+    (d / "dir").mkdir()
+    absurd = bytearray(GOOD)
+    struct.pack_into("<I", absurd, 24 + 8, 70_000_000)        # the first record's caplen
+    (d / "a.pcap").write_bytes(bytes(absurd))
+    return [(d / "nope.pcap", "no such file"), (d / "e.pcap", "empty file"), (d / "t.txt", "not a capture file"),
+            (d / "dir", "is a directory"), ("/dev/null", "not a regular file"), (d / "a.pcap", "caplen 70000000")]
+
+
+@pytest.mark.parametrize("command", [["gateway"], ["chain", "counter"], ["chain", "counter", "--inline"]])
+def test_a_capture_that_cannot_be_read_leaves_no_store_to_refuse_the_run_again(tmp_path, corpus, command):
+    """A store left by a run that never read a packet refused the same run once its capture was
+    put right (a store is one run's): the capture is opened before the store is made, and a
+    store of nothing this run made goes when it fails (one whose first record is corrupt)."""
+    store = tmp_path / "store"
+    for bad, why in _bad_captures(tmp_path):
+        res = run_cli(*command, bad, "--store", store)
+        # (one line; after the summary of what was read where reading stopped at a defect)
+        assert res.returncode == 2 and why in res.stderr.strip().splitlines()[-1], res.stderr
+        assert not store.exists(), bad
+    run_cli(*command, corpus / "http__zeek__get.pcap", "--store", store, check=True)
+    assert (store / "store.json").exists()
+
+
+def test_the_default_store_of_a_gateway_that_cannot_read_its_capture_is_not_left_in_dev_shm(tmp_path):
+    nope = tmp_path / "nope.pcap"
+    one_line(run_cli("gateway", nope), "no such file")
+    for manifest in Path("/dev/shm").glob("flowsift-store-*/store.json"):
+        try:
+            assert str(nope) not in manifest.read_text(), manifest.parent
+        except OSError:
+            pass                    # (another run's, gone meanwhile)
+
+
+@pytest.mark.parametrize("spec", ["nat", "nat(to=bogus)", "redact(pattern=)", "redact(pattern=*)", "strsearch",
+                                  "http(x=1)", "counter,strsearch"])
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_a_module_that_refuses_its_options_leaves_no_store_and_no_output(tmp_path, corpus, spec, mode):
+    """An option a module's __init__ refuses (a required one missing, a value it cannot use) is
+    said before the store is made and -w opened, as one the chain's parser refuses is."""
+    out = tmp_path / "out"
+    out.mkdir()
+    res = run_cli("chain", spec, corpus / "http__zeek__get.pcap", *mode, "--store", out / "store", "-w", out / "o.pcap")
+    one_line(res, "module ")
+    assert sorted(os.listdir(out)) == []
+
+
+def test_a_source_that_does_not_open_leaves_no_store_made_for_it(tmp_path):
+    """A live source is opened as the run starts reading (its ring would fill meanwhile): one
+    that does not open leaves no store of nothing behind, and a --store directory that was
+    there keeps what it held and stays."""
+    made, there = tmp_path / "made", tmp_path / "there"
+    there.mkdir()
+    (there / "notes.txt").write_text("mine")
+    for command in (["gateway"], ["chain", "counter"], ["chain", "counter", "--keep"]):
+        for store in (made, there):
+            res = run_cli(*command, "afpacket:nosuch0", "--store", store)
+            assert res.returncode == 2 and "afpacket:nosuch0" in res.stderr, res.stderr
+            assert not made.exists()
+            assert sorted(os.listdir(there)) == ["notes.txt"] and (there / "notes.txt").read_text() == "mine"
+
+
 def test_full_store_is_one_line_and_nothing_looks_complete(tmp_path, corpus):
     with small_tmpfs(tmp_path, "256k") as mnt:
         res = run_cli("gateway", corpus / "http__zeek__206_example_b.pcap", "--store", mnt / "s")

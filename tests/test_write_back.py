@@ -702,6 +702,37 @@ def test_a_w_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, cor
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("write,why", [("/proc/x.pcap", "-w /proc/x.pcap: cannot write: No such file or directory"),
+                                       ("/sys/x.pcap", "-w /sys/x.pcap: cannot write: Permission denied"),
+                                       ("/proc/version", "-w /proc/version: cannot make /proc/.version.partial "
+                                                         "(written first, then put in its place): No such file")])
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_a_w_path_whose_open_fails_is_refused_before_anything_is_read(tmp_path, corpus, write, why, mode):
+    """-w is opened (made) before the first packet is read: a path whose directory is there but
+    takes no file (/proc, /sys) was found out only after the whole run, and with the reason
+    of another open (that of the file written first, for /proc/version)."""
+    store = tmp_path / "store"
+    res = run_cli("chain", "counter", corpus / "http__zeek__get.pcap", *mode, "-w", write, "--store", store,
+                  "--events", tmp_path / "events.jsonl", "--json")
+    assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res.stderr
+    if os.geteuid() == 0:       # (others are refused by the directory's permissions first)
+        assert res.stderr.startswith(f"flowsift: {why}"), res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing is made before -w is open"
+
+
+@pytest.mark.parametrize("there", [False, True])
+def test_a_w_file_opened_as_the_run_starts_is_put_in_place_once_whole(tmp_path, corpus, there):
+    """The file made before the run (under a temporary name beside the output) replaces the
+    output once written, and nothing else is left."""
+    out = tmp_path / "o.pcap"
+    if there:
+        out.write_bytes(b"an earlier output")
+    res = run_cli("chain", "counter", corpus / "http__zeek__get.pcap", "-w", out, "--events", "/dev/null", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["egress"]["file"] == str(out) and open_capture(out).format == "pcap"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.pcap"]
+
+
 def test_dev_null_is_no_clash_between_two_outputs(corpus):
     res = run_cli("chain", "counter", corpus / "http__zeek__get.pcap", "-w", "/dev/null", "--events", "/dev/null",
                   "--json")

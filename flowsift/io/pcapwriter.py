@@ -19,17 +19,19 @@ class PcapWriter:
     """
 
     def __init__(self, path, linktype=1, snaplen=MAX_SNAPLEN, nanosecond=True, shown=None):
+        # `path`: a file name, or a binary file open for writing (closed by close() too);
         # `shown`: the name errors give (a file written under a temporary name)
         if not 0 < snaplen <= MAX_SNAPLEN:
             raise FlowsiftError(f"snaplen {snaplen} out of range 1..{MAX_SNAPLEN}")
-        self.path = str(path)
+        opened = hasattr(path, "write")
+        self.path = str(path.name if opened else path)
         self.shown = self.path if shown is None else str(shown)
         self.linktype = linktype
         self.snaplen = snaplen
         self.nanosecond = nanosecond
         self.packets = 0
         try:
-            self._f = open(path, "wb")
+            self._f = path if opened else open(path, "wb")
         except OSError as e:
             raise FlowsiftError(f"{self.shown}: cannot write: {e.strerror}") from None
         self._put(_FILE_HEADER.pack(MAGIC_NS if nanosecond else MAGIC_US, 2, 4, 0, 0, snaplen, linktype))

@@ -72,6 +72,12 @@ def start(cls, config):
     return m
 
 
+def start_chain(chain):
+    """Every module of `chain` ([(class, config)]) started: what an __init__ refuses (a required
+    option missing, a value it cannot use) is said before a store is made or a packet read."""
+    return [start(cls, config) for cls, config in chain]
+
+
 # Module classes given as objects (flowsift.testing.run_module), under names no file, built-in
 # or entry point can have: name -> (class, option values that replace its defaults)
 GIVEN = {}

@@ -198,16 +198,17 @@ class InlineChain:
     """Modules of a chain, called in order for each connection, in one process."""
 
     def __init__(self, chain, store, events=None, strict=False, path_of=None, on_done=None, hold_events=False,
-                 editor=None, bit_base=0, registry=None):
+                 editor=None, bit_base=0, registry=None, modules=None):
         """`store`: the gateway's RecordStore (inline), or None with `path_of(conn)` giving record
         file paths and `on_done(conn, records, events, counts)` told when a connection is finished
         (a worker or an attached module process; with `hold_events`, a connection's events are
         handed to on_done, not written, and so are the counter increments made while it was the
         current connection). `registry` assigns the modules' bits and records their progress
-        (default: an embedded one over `store`)."""
+        (default: an embedded one over `store`). `modules`: instances of the chain's modules
+        started already (loader.start_chain), else started here."""
         from flowsift.modules.base import Flow
         self._Flow = Flow
-        self.modules = [start(cls, config) for cls, config in chain]
+        self.modules = modules if modules is not None else [start(cls, config) for cls, config in chain]
         self.store = store
         self.path_of = path_of or store.path
         self.on_done = on_done

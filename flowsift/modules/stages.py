@@ -24,14 +24,18 @@ def split(chain):
 
 
 class StagedChain:
-    def __init__(self, spec, chain, store, events=None, strict=False, editor=None, registry=None, save_state=True):
+    def __init__(self, spec, chain, store, events=None, strict=False, editor=None, registry=None, save_state=True,
+                 modules=None):
+        # `modules`: instances of the chain's modules started already (loader.start_chain)
         self.stages = []
         for ro, mods, first in split(chain):
+            started = modules[first:first + len(mods)] if modules is not None else None
             if ro:
                 self.stages.append(ParallelChain(spec, mods, store, events=events, strict=strict, first=first, registry=registry,
-                                                 save_state=save_state))
+                                                 save_state=save_state, modules=started))
             else:
-                self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry))
+                self.stages.append(InlineChain(mods, store, events=events, strict=strict, editor=editor, bit_base=first, registry=registry,
+                                               modules=started))
         self.modules = [m for st in self.stages for m in st.modules]
         for st in self.stages[:-1]:
             if isinstance(st, InlineChain):

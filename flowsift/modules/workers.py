@@ -288,10 +288,11 @@ class ParallelChain:
     """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
 
     def __init__(self, spec, chain, store, events=None, strict=False, first=0, max_backlog=None, registry=None,
-                 save_state=True):
+                 save_state=True, modules=None):
         """`chain`: this stage's modules, which are modules first.. of the whole chain `spec`
         (their bits in the global bitmap too). `save_state`: copy each checkpoint into the
-        store (see _save); pointless for a store removed at the end of the run."""
+        store (see _save); pointless for a store removed at the end of the run. `modules`:
+        instances of them started already (loader.start_chain), else started here."""
         self.spec = spec
         self.save_state = save_state
         self.first = first
@@ -309,7 +310,8 @@ class ParallelChain:
         self.events = events
         self.strict = strict
         self.names = [cls.name for cls, _ in chain]
-        self.modules = [start(cls, config) for cls, config in chain]     # for summaries and tables
+        # for summaries and tables
+        self.modules = modules if modules is not None else [start(cls, config) for cls, config in chain]
         if registry is None:
             from flowsift.registry import EmbeddedRegistry
             registry = EmbeddedRegistry(store=store)
