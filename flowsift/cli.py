@@ -141,7 +141,7 @@ def _version(value: bool):
 CAPTURE = typer.Argument(..., metavar="SOURCE",
                          help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
                               "dpdk:PORT or dpdk:VDEV[,ARGS] (e.g. dpdk:net_pcap0,rx_pcap=in.pcap).")
-COUNT = typer.Option(None, "--count", "-c", metavar="N", help="Live sources: stop after N packets.")
+COUNT = typer.Option(None, "--count", "-c", metavar="N", help="Stop after N packets (a file: read its first N, as tcpdump -c N -r F does).")
 DURATION = typer.Option(None, "--duration", metavar="SECONDS", help="Live sources: stop after this long (Ctrl-C also ends cleanly).")
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")

@@ -255,7 +255,7 @@ def shard_source(source):
     from flowsift.io.live import is_live, parse_spec
     src = str(source)
     if not is_live(src):
-        return src, "hash"
+        return source, "hash"           # (a file, or its first N packets: FirstPackets)
     scheme, _, options = parse_spec(src)
     if scheme == "dpdk":
         raise UsageError("--shards with a DPDK port: one process owns a port; use afpacket:IFACE (the kernel "

@@ -296,7 +296,7 @@ def test_bad_live_sources_are_one_line_exit_2(netns):
                         (("stats", "afpacket:"), "name the interface"),
                         (("stats", "afpacket:va,outgoing=maybe"), "outgoing= is yes or no"),
                         (("stats", "afpacket:va,outgoing="), "outgoing= is yes or no"),
-                        (("stats", CORPUS / JPEGS, "--count", "5"), "--count and --duration are for live sources"),
+                        (("stats", CORPUS / JPEGS, "--duration", "5"), "--duration is for live sources"),
                         (("stats", "afpacket:va,ring=64G"), "more than a quarter of this machine's memory"),
                         (("stats", "afpacket:va,ring=32M,ring=64k"), "option 'ring' is given twice"),
                         (("chain", "counter", "afpacket:va", "--out", "afpacket:va"), "capture it with afpacket:va,outgoing=no")):

@@ -687,3 +687,30 @@ def test_an_events_fifo_is_written_for_its_reader(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [json.loads(l) for l in got[0].splitlines()]
     assert len(lines) == json.loads(res.stdout)["events"] > 0 and all(e["kind"] == "flow" for e in lines)
+
+
+def test_count_on_a_file_reads_its_first_packets(tmp_path, corpus):
+    """`-c N` on a file reads its first N packets, as `tcpdump -c N -r F` does, in every command
+    and for every reader of the run: the chain's -w output is those N frames (it was refused:
+    "--count and --duration are for live sources")."""
+    from flowsift.io import open_capture
+    src = corpus / "http__zeek__bro.org.pcap"
+    first = [b.frame(i) for b in open_capture(src).batches(64) for i in range(b.n)][:100]
+    s = json.loads(run_cli("stats", src, "-c", "100", "--json", check=True).stdout)
+    assert s["packets"] == 100
+    s = json.loads(run_cli("streams", src, "--discard", "-c", "100", "--json", check=True).stdout)
+    assert s["capture_packets"] == s["packets"] == 100
+    g = json.loads(run_cli("gateway", src, "--count", "100", "--store", tmp_path / "g", "--json", check=True).stdout)
+    assert g["connections"]["packets"] == 100
+    for extra in ([], ["--inline"]):
+        out = tmp_path / f"out{len(extra)}.pcap"
+        c = json.loads(run_cli("chain", "counter", src, "-c", "100", "-w", out, "--events", os.devnull, "--json",
+                               "--store", tmp_path / f"c{len(extra)}", *extra, check=True).stdout)
+        assert c["packets"] == c["egress"]["packets"] == 100
+        assert [b.frame(i) for b in open_capture(out).batches(64) for i in range(b.n)] == first
+    c = json.loads(run_cli("chain", "counter", src, "-c", "100", "--shards", "2", "--events", os.devnull, "--json",
+                           check=True).stdout)
+    assert c["connections"]["packets"] == 100 and [x["packets"] for x in c["shards"]] == [100, 100]
+    res = run_cli("stats", src, "--duration", "5")
+    assert res.returncode == 2 and res.stderr == (
+        "flowsift: --duration is for live sources (afpacket:IFACE, dpdk:PORT): a file's first N packets are --count N\n")

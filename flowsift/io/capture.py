@@ -31,6 +31,26 @@ def is_live(spec):
     return isinstance(spec, str) and spec.startswith(LIVE_SCHEMES)
 
 
+class FirstPackets(os.PathLike):
+    """A capture file read as far as its first `count` packets (`--count N` on a file, as
+    `tcpdump -c N -r F`): given where its path would be, every reader of the run (the gateway,
+    `-w`'s output, each shard) stops there, as if the file ended."""
+    __slots__ = ("path", "count")
+
+    def __init__(self, path, count):
+        self.path = os.fspath(path)
+        self.count = count
+
+    def __fspath__(self):
+        return self.path
+
+    def __str__(self):
+        return self.path
+
+    def __repr__(self):
+        return f"FirstPackets({self.path!r}, {self.count})"
+
+
 class Capture:
     """An open pcap or pcapng file.
 
@@ -101,6 +121,8 @@ def open_capture(path, bpf=None, count=None):
     if is_live(path):
         from flowsift.io.live import LiveCapture       # (only then: a file run does without it)
         return LiveCapture(path, bpf)
+    if isinstance(path, FirstPackets):
+        count = path.count if count is None else min(count, path.count)
     path = os.fspath(path)
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (we refuse FIFOs below)

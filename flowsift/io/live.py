@@ -201,11 +201,17 @@ def _check_limits(count_name, count, duration_name, duration):
 
 
 def with_limits(spec, count=None, duration=None):
-    """The source spec with --count/--duration folded in; refused for files."""
+    """The source spec with --count/--duration folded in; a file with --count is read as far as
+    its first N packets (FirstPackets); --duration is for live sources."""
     if count is None and duration is None:
         return spec
     if not is_live(spec):
-        raise UsageError("--count and --duration are for live sources (afpacket:IFACE, dpdk:PORT)")
+        if duration is not None:
+            raise UsageError("--duration is for live sources (afpacket:IFACE, dpdk:PORT): a file's first N packets "
+                             "are --count N")
+        _check_limits("--count ", count, "--duration ", None)
+        from flowsift.io.capture import FirstPackets
+        return FirstPackets(spec, int(count))
     _check_limits("--count ", count, "--duration ", duration)
     if count is not None:
         spec += f",count={int(count)}"
