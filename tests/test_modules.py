@@ -280,6 +280,29 @@ def test_strict_stops_at_a_hook_exception_and_shows_the_modules_frames(tmp_path,
     assert lines[1:] == [f'  File "{p}", line 10, in on_packet', '    raise RuntimeError("kaboom")']
 
 
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_only_the_modules_frames_are_shown_not_flowsifts_compiled_ones(tmp_path, corpus, mode):
+    """A failure inside a stream pointer's call showed three frames of flowsift's
+    _pointer.pyx (Cython names its frames flowsift/streams/...: no leading slash); and a
+    module whose file lies in a folder named flowsift (a checkout's examples) lost its own."""
+    (tmp_path / "flowsift").mkdir()
+    p = write_module(tmp_path / "flowsift", '''
+        class Reader(Module):
+            """Reads a float's worth.
+
+            Synopsis: reader
+            """
+            name = "reader"
+            def on_data(self, flow, stream):
+                stream.read(1.0)
+    ''')
+    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict", "--store", tmp_path / "st", *mode)
+    assert strict.returncode == 2
+    lines = strict.stderr.strip().splitlines()
+    assert lines == ["flowsift: module reader: on_data() raised TypeError: 'float' object cannot be interpreted as "
+                     "an integer", f'  File "{p}", line 10, in on_data', "    stream.read(1.0)"]
+
+
 def test_a_counter_named_like_the_chains_own_is_refused(tmp_path, corpus):
     """`errors` is the chain's count of exceptions in a module's hooks: a module counting under
     that name would be overwritten in the summary, so the name is refused where it is used."""

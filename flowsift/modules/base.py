@@ -21,6 +21,7 @@ Hooks a module does not define are never called (they cost nothing). Unknown hoo
 wrong signatures and bad declarations are errors when the module loads, naming it.
 """
 import inspect
+import os
 import traceback
 from dataclasses import dataclass
 
@@ -396,10 +397,25 @@ def validate(cls, where):
     return cls
 
 
+# where flowsift's own code is (the built-in modules' frames are shown: they are modules)
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).replace("\\", "/") + "/"
+_PACKAGE = _ROOT + "flowsift/"
+_BUILTIN = _PACKAGE + "modules/builtin/"
+
+
+def _own_frame(filename):
+    name = filename.replace("\\", "/")
+    if not os.path.isabs(name):
+        # Cython names its frames from the source root: flowsift/streams/_pointer.pyx
+        name = _ROOT + name
+    return name.startswith(_PACKAGE) and not name.startswith(_BUILTIN)
+
+
 def module_frames(exc):
-    """The frames of an exception raised in a hook, formatted, without flowsift's own."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/flowsift/" not in f.filename.replace("\\", "/")
-              or "/flowsift/modules/builtin/" in f.filename.replace("\\", "/")]
+    """The frames of an exception raised in a hook, formatted, without flowsift's own (those of
+    its compiled parts included). A module's file is never taken for flowsift's, wherever it is
+    (a checkout's examples/ sits in a folder named flowsift)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _own_frame(f.filename)]
     return "".join(traceback.format_list(frames))
 
 
