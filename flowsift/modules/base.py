@@ -421,12 +421,18 @@ def module_frames(exc):
 
 def trimmed_traceback(exc):
     """The traceback of an exception raised in a hook, without flowsift's own frames."""
-    return module_frames(exc) + f"{type(exc).__name__}: {exc}"
+    return module_frames(exc) + _said(exc)
+
+
+def _said(exc):
+    # (sys.exit() and a bare `raise KeyboardInterrupt` have no message: the name alone)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def hook_error(module, hook, exc):
     """The HookError for `exc` raised in `hook` of `module` (raise it `from exc`): one line
     naming them, then the module's frames (as a failure is logged without --strict)."""
     frames = module_frames(exc).rstrip("\n")
-    return HookError(f"module {module.name}: {hook}() raised {type(exc).__name__}: {exc}"
+    return HookError(f"module {module.name}: {hook}() raised {_said(exc)}"
                      + (f"\n{frames}" if frames else ""))

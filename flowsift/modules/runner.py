@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from flowsift.errors import raised_stop
 from flowsift.io._connset import ConnSet
 from flowsift.modules.base import ModuleError, hook_error, trimmed_traceback
 from flowsift.modules.edits import EVERYTHING, Handed
@@ -302,18 +303,27 @@ class InlineChain:
         try:
             getattr(m, hook)(*args)
         except Exception as e:
-            if self.strict:
-                if isinstance(e, ModuleError):
-                    raise               # the module API's own complaint names the module already
-                # (the message carries the module's frames: a worker sends the gateway text)
-                raise hook_error(m, hook, e) from e
-            n = self.errors.get(m.name, 0)
-            self.errors[m.name] = n + 1
-            if n == 0:
-                sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
-                                 f"{trimmed_traceback(e)}\n")
+            self._failed(m, hook, e)
+        except (SystemExit, KeyboardInterrupt) as e:
+            # the module's own sys.exit() or KeyboardInterrupt fails its hook as any exception
+            # does; the user's Ctrl-C (and SIGTERM: Terminated) that came while it ran stops the run
+            if raised_stop(e):
+                raise
+            self._failed(m, hook, e)
         finally:
             running[0] = None
+
+    def _failed(self, m, hook, e):
+        if self.strict:
+            if isinstance(e, ModuleError):
+                raise e             # the module API's own complaint names the module already
+            # (the message carries the module's frames: a worker sends the gateway text)
+            raise hook_error(m, hook, e) from e
+        n = self.errors.get(m.name, 0)
+        self.errors[m.name] = n + 1
+        if n == 0:
+            sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
+                             f"{trimmed_traceback(e)}\n")
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):
