@@ -49,10 +49,10 @@ READABLE = frozenset({"stream", "records", "gaps"})
 HOOK_READS = {"on_data": "stream", "on_gap": "gaps", "on_packet": "records"}
 
 # counters the chain reports beside each module's own (hook exceptions, worker restarts,
-# --max-backlog losses, edits refused): a module's counter of the same name would be
-# overwritten or mixed in
+# --max-backlog losses, connections a worker died in twice, edits refused): a module's counter
+# of the same name would be overwritten or mixed in
 RESERVED_COUNTERS = frozenset({"errors", "restarts", "dropped_batches", "dropped_connections", "edits_rejected",
-                               "missed_connections"})
+                               "missed_connections", "crashed_connections"})
 
 DOC_SECTIONS = ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example")
 
