@@ -62,6 +62,26 @@ def raise_stop(signum):
     raise _stops.raised
 
 
+def raised_stop(exc):
+    """Whether `exc`, a KeyboardInterrupt, is a stop of the user's (Ctrl-C: what `raise_stop`
+    raised), not one some code raised itself (a module's `raise KeyboardInterrupt` is its own
+    failure). Python's own Ctrl-C handler (flowsift's are not installed: a library's caller)
+    raises one that cannot be told apart: it is taken for a stop."""
+    if exc is _stops.raised or getattr(exc, "_flowsift_stop", False):
+        return True
+    import signal
+    return isinstance(exc, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def signalled(stop):
+    """`stop`, the KeyboardInterrupt or Terminated a signal handler of flowsift's own raises,
+    marked as the user's for `raised_stop` and for nothing else (not as `raise_stop`'s: a shard
+    does not take a lost one up again). Marked on itself: held here, its traceback would keep
+    what the frames it went through held (pipes, files) from being closed as they are left."""
+    stop._flowsift_stop = True
+    return stop
+
+
 def _unraisable(unraisable, previous=sys.unraisablehook):
     if unraisable.exc_value is not None and unraisable.exc_value is _stops.raised:
         # raised where Python ignores exceptions (a generator being closed, a __del__), the

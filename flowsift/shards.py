@@ -20,8 +20,8 @@ import pickle
 import signal
 import time
 
-from flowsift.errors import (FlowsiftError, Terminated, UsageError, late_stop, raise_stop, say, start_forked,
-                             stops_held, stops_raised, take_stop_signals)
+from flowsift.errors import (FlowsiftError, Terminated, UsageError, late_stop, raise_stop, say, signalled,
+                             start_forked, stops_held, stops_raised, take_stop_signals)
 
 
 HANDOVER_TIMEOUT = 600.0        # seconds a shard waits for another's handover before giving up
@@ -174,7 +174,8 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not late_stop(signum):
-            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+            # (marked as the stop: a module's own KeyboardInterrupt is not)
+            raise signalled(KeyboardInterrupt() if signum == signal.SIGINT else Terminated())
     take_stop_signals(stop)
     # the module workers this shard forks must not hold its result pipe: if the shard dies,
     # the parent sees the pipe end (and no half message waits for ever to be finished)

@@ -281,6 +281,100 @@ def test_strict_stops_at_a_hook_exception_and_shows_the_modules_frames(tmp_path,
     assert lines[1:] == [f'  File "{p}", line 10, in on_packet', '    raise RuntimeError("kaboom")']
 
 
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_only_the_modules_frames_are_shown_not_flowsifts_compiled_ones(tmp_path, corpus, mode):
+    """A failure inside a stream pointer's call showed three frames of flowsift's
+    _pointer.pyx (Cython names its frames flowsift/streams/...: no leading slash); and a
+    module whose file lies in a folder named flowsift (a checkout's examples) lost its own."""
+    (tmp_path / "flowsift").mkdir()
+    p = write_module(tmp_path / "flowsift", '''
+        class Reader(Module):
+            """Reads a float's worth.
+
+            Synopsis: reader
+            """
+            name = "reader"
+            def on_data(self, flow, stream):
+                stream.read(1.0)
+    ''')
+    strict = run_cli("chain", p, corpus / "http__zeek__get.pcap", "--strict", "--store", tmp_path / "st", *mode)
+    assert strict.returncode == 2
+    lines = strict.stderr.strip().splitlines()
+    assert lines == ["flowsift: module reader: on_data() raised TypeError: 'float' object cannot be interpreted as "
+                     "an integer", f'  File "{p}", line 10, in on_data', "    stream.read(1.0)"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+@pytest.mark.parametrize("quits,said", [("sys.exit(3)", "SystemExit: 3"), ("sys.exit()", "SystemExit"),
+                                        ("raise KeyboardInterrupt", "KeyboardInterrupt")])
+def test_sys_exit_or_keyboard_interrupt_in_a_hook_is_its_failure(tmp_path, corpus, mode, quits, said):
+    """They are no Exception: inline, sys.exit(3) ended flowsift (exit 3, not a word) and a
+    KeyboardInterrupt was "interrupted", as if the user had pressed Ctrl-C; in a worker, either
+    killed it at every restart (with pages of tracebacks), and the run was given up."""
+    p = write_module(tmp_path, f'''
+        import sys
+        class Quits(Module):
+            """Quits.
+
+            Synopsis: quits
+            """
+            name = "quits"
+            def on_open(self, flow):
+                {quits}
+    ''')
+    cap = corpus / "http__zeek__get.pcap"
+    res = run_cli("chain", f"{p},counter", cap, "--json", "--store", tmp_path / "st", *mode)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == ["flowsift: module quits failed in on_open() (later failures are counted):",
+                                       f'  File "{p}", line 11, in on_open', f"    {quits}", said]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["modules"]["quits"]["errors"] == 1 and summary["modules"]["counter"]["flows"] == 1
+    strict = run_cli("chain", p, cap, "--strict", "--store", tmp_path / "st2", *mode)
+    assert strict.returncode == 2
+    assert strict.stderr.strip().splitlines() == [f"flowsift: module quits: on_open() raised {said}",
+                                                  f'  File "{p}", line 11, in on_open', f"    {quits}"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--inline"]])
+def test_ctrl_c_while_a_hook_runs_stops_the_run_and_is_not_the_modules_failure(tmp_path, corpus, mode):
+    """The user's Ctrl-C comes as a KeyboardInterrupt where the hook runs (inline): it stops the
+    run as ever, not counted as the module's failure."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    marker = tmp_path / "in-hook"
+    p = write_module(tmp_path, f'''
+        import time
+        class Sleeps(Module):
+            """Sleeps.
+
+            Synopsis: sleeps
+            """
+            name = "sleeps"
+            def on_open(self, flow):
+                open({str(marker)!r}, "w").close()
+                time.sleep(60)
+    ''')
+    proc = subprocess.Popen([sys.executable, "-m", "flowsift", "chain", str(p), str(corpus / "http__zeek__get.pcap"),
+                             "--store", str(tmp_path / "st"), *mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for _ in range(400):
+            if marker.exists():
+                break
+            time.sleep(0.05)
+        assert marker.exists()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and err.strip() == "flowsift: interrupted", err
+
+
 def test_a_counter_named_like_the_chains_own_is_refused(tmp_path, corpus):
     """`errors` is the chain's count of exceptions in a module's hooks: a module counting under
     that name would be overwritten in the summary, so the name is refused where it is used."""

@@ -679,28 +679,104 @@ class Glance(Module):
 
 
 def test_a_worker_that_dies_at_every_start_says_so_in_a_few_lines(tmp_path, corpus):
-    """It was restarted 100 times, each time with a line, then given up."""
+    """It was restarted 100 times, each time with a line, then given up (it dies outside any
+    hook: no connection to give up instead)."""
     mod = tmp_path / "exiter.py"
     mod.write_text('''
+import multiprocessing
 import os
 from flowsift.modules import Module
 
 class Exiter(Module):
-    """Dies.
+    """Dies in its worker as it starts.
 
     Synopsis: exiter
     """
     name = "exiter"
+    def __init__(self, config):
+        super().__init__(config)
+        if multiprocessing.parent_process() is not None:
+            os._exit(3)
     def on_open(self, flow):
-        os._exit(3)
+        pass
 ''')
-    res = run_cli("chain", mod, corpus / "http__zeek__get.pcap")
+    res = run_cli("chain", mod, corpus / "http__zeek__get.pcap", "--store", tmp_path / "st")
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert lines == ["flowsift: module exiter: worker died (3); restarting it",
                      "flowsift: module exiter: worker died (3) (10 times); restarting it",
                      "flowsift: module exiter: worker died (3) (100 times); restarting it",
                      "flowsift: module exiter: worker died 101 times; giving up"]
+
+
+CRASHER = '''
+import os
+from flowsift.modules import Module
+
+class Crasher(Module):
+    """Counts its on_data calls per connection; its process dies (as of a C extension's crash)
+    in on_data of the connection FLOWSIFT_CRASH_CONN names.
+
+    Synopsis: crasher
+    """
+    name = "crasher"
+
+    def on_data(self, flow, stream):
+        if str(flow.conn) == os.environ.get("FLOWSIFT_CRASH_CONN"):
+            os._exit(1)
+        stream.skip()
+        flow.state["calls"] = flow.state.get("calls", 0) + 1
+        self.count("calls")
+
+    def on_close(self, flow, reason):
+        self.emit("closed", calls=flow.state.get("calls", 0))
+'''
+
+
+@pytest.mark.parametrize("batch", [None, "4"])
+def test_a_worker_that_dies_twice_in_one_connection_gives_that_connection_up_and_goes_on(tmp_path, corpus,
+                                                                                         monkeypatch, batch):
+    """A module whose process died on one connection lost the whole run: restarted at the
+    last checkpoint, it died there again, 101 times, then "giving up", exit 2, with no event
+    and no summary even of the connections that were fine, and no word of where it died. (With
+    small batches and a checkpoint after each, the connection is in the checkpoint the restart
+    takes up.)"""
+    import os
+    mod = tmp_path / "crasher.py"
+    mod.write_text(CRASHER)
+    cap = corpus / "http__pcpp__three_http_streams.pcap"
+    if batch:
+        monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+        monkeypatch.setenv("FLOWSIFT_CHECKPOINT_EVERY", "1")
+    fine = run_cli("chain", mod, cap, "--json", "--inline", "--events", tmp_path / "fine.jsonl",
+                   "--store", tmp_path / "st0", check=True)
+    monkeypatch.setenv("FLOWSIFT_CRASH_CONN", "1")
+    res = run_cli("chain", mod, cap, "--json", "--events", tmp_path / "ev.jsonl", "--store", tmp_path / "st")
+    assert res.returncode == 0, res.stderr
+    where = "in on_data() of connection 1 (172.16.133.132:44305 -> 98.138.19.88:80)"
+    assert res.stderr.splitlines() == [
+        f"flowsift: module crasher: worker died (1) {where}; restarting it",
+        f"flowsift: module crasher: worker died (1) again {where}: the module gives up on that connection "
+        "(crashed_connections); restarting it"]
+    events = lambda name: [{k: v for k, v in json.loads(l).items() if k != "ts"}
+                           for l in (tmp_path / name).read_text().splitlines()]
+    assert events("ev.jsonl") == [e for e in events("fine.jsonl") if e["conn"] != 1] and len(events("ev.jsonl")) == 2
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    calls = sum(e["calls"] for e in events("ev.jsonl"))
+    assert summary["modules"]["crasher"] == {"calls": calls, "crashed_connections": 1, "errors": 0, "restarts": 2}
+    # the module's bit is set in every record, the given-up connection's too (its space can go)
+    every_record_has(tmp_path / "st", 0b1)
+
+
+def test_a_hard_crash_inline_says_which_module_and_hook(tmp_path, corpus, monkeypatch):
+    """A segmentation fault in a hook cannot be survived inline (the process is the gateway's),
+    but it said nothing at all of where it was."""
+    mod = tmp_path / "crasher.py"
+    mod.write_text(CRASHER.replace("os._exit(1)", "import ctypes; ctypes.string_at(0)"))
+    monkeypatch.setenv("FLOWSIFT_CRASH_CONN", "1")
+    res = run_cli("chain", mod, corpus / "http__pcpp__three_http_streams.pcap", "--inline", "--store", tmp_path / "st")
+    assert res.returncode < 0 or res.returncode == 139
+    assert f'File "{mod}", line 15 in on_data' in res.stderr, res.stderr
 
 
 def test_workers_of_a_gateway_killed_outright_go_too(tmp_path, corpus):

@@ -21,6 +21,7 @@ Hooks a module does not define are never called (they cost nothing). Unknown hoo
 wrong signatures and bad declarations are errors when the module loads, naming it.
 """
 import inspect
+import os
 import traceback
 from dataclasses import dataclass
 
@@ -48,10 +49,10 @@ READABLE = frozenset({"stream", "records", "gaps"})
 HOOK_READS = {"on_data": "stream", "on_gap": "gaps", "on_packet": "records"}
 
 # counters the chain reports beside each module's own (hook exceptions, worker restarts,
-# --max-backlog losses, edits refused): a module's counter of the same name would be
-# overwritten or mixed in
+# --max-backlog losses, connections a worker died in twice, edits refused): a module's counter
+# of the same name would be overwritten or mixed in
 RESERVED_COUNTERS = frozenset({"errors", "restarts", "dropped_batches", "dropped_connections", "edits_rejected",
-                               "missed_connections"})
+                               "missed_connections", "crashed_connections"})
 
 DOC_SECTIONS = ("Synopsis", "Reads", "Writes", "Options", "Counters", "Example")
 
@@ -502,21 +503,42 @@ def validate(cls, where):
     return cls
 
 
+# where flowsift's own code is (the built-in modules' frames are shown: they are modules)
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).replace("\\", "/") + "/"
+_PACKAGE = _ROOT + "flowsift/"
+_BUILTIN = _PACKAGE + "modules/builtin/"
+
+
+def _own_frame(filename):
+    name = filename.replace("\\", "/")
+    if not os.path.isabs(name):
+        # Cython names its frames from the source root: flowsift/streams/_pointer.pyx
+        name = _ROOT + name
+    return name.startswith(_PACKAGE) and not name.startswith(_BUILTIN)
+
+
 def module_frames(exc):
-    """The frames of an exception raised in a hook, formatted, without flowsift's own."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/flowsift/" not in f.filename.replace("\\", "/")
-              or "/flowsift/modules/builtin/" in f.filename.replace("\\", "/")]
+    """The frames of an exception raised in a hook, formatted, without flowsift's own (those of
+    its compiled parts included). A module's file is never taken for flowsift's, wherever it is
+    (a checkout's examples/ sits in a folder named flowsift)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _own_frame(f.filename)]
     return "".join(traceback.format_list(frames))
 
 
 def trimmed_traceback(exc):
     """The traceback of an exception raised in a hook, without flowsift's own frames."""
-    return module_frames(exc) + f"{type(exc).__name__}: {exc}"
+    return module_frames(exc) + _said(exc)
+
+
+def _said(exc):
+    # (sys.exit() and a bare `raise KeyboardInterrupt` have no message: the name alone)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def hook_error(module, hook, exc):
     """The HookError for `exc` raised in `hook` of `module` (raise it `from exc`): one line
     naming them, then the module's frames (as a failure is logged without --strict)."""
     frames = module_frames(exc).rstrip("\n")
-    return HookError(f"module {module.name}: {hook}() raised {type(exc).__name__}: {exc}"
+    return HookError(f"module {module.name}: {hook}() raised {_said(exc)}"
                      + (f"\n{frames}" if frames else ""))

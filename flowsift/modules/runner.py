@@ -15,9 +15,9 @@ import sys
 
 import numpy as np
 
-from flowsift.errors import FlowsiftError
+from flowsift.errors import FlowsiftError, raised_stop
 from flowsift.io._connset import ConnSet
-from flowsift.modules.base import ModuleError, hook_error, trimmed_traceback
+from flowsift.modules.base import HOOKS, ModuleError, hook_error, trimmed_traceback
 from flowsift.modules.edits import EVERYTHING, Handed
 from flowsift.modules.loader import start
 from flowsift.streams import RecordFile, StreamPointer
@@ -159,6 +159,30 @@ class _Conn:
         self.closed = 0          # stages whose on_close was called (a closing advance calls them stage by stage)
 
 
+# where a chain's hooks run, as a worker tells it (InlineChain.where): connection << 3 | the hook's
+# number (0: in no hook)
+HOOK_NUMBERS = {hook: i + 1 for i, hook in enumerate(HOOKS)}
+HOOK_NAMES = (None, *HOOKS)
+
+
+def faults_said():
+    """A hard crash (a segfault in a module's C extension) of the process that runs the hooks
+    cannot be survived: Python's faulthandler says at least where it was (the frames name the
+    module's file and the hook), unless something enabled it already (pytest, -X faulthandler)."""
+    global faults_ours
+    import faulthandler
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError):
+        return                          # (a stderr that is no file: nowhere to say it)
+    faults_ours = True
+
+
+faults_ours = False     # faults_said enabled the faulthandler (a worker forked from here turns it off)
+
+
 ORIGINS = ("origin0", "origin1")
 GAP_FOLLOWS, ENDED = 1, 2     # why bytes a module left unread can no longer grow (_stream)
 AT_GAP = 3                    # an on_data call at a gap (stream.at_gap), for a module with no on_gap
@@ -270,6 +294,11 @@ class InlineChain:
         self._limits = None
         self.shared_flows = len(self.modules) > 1     # several modules are handed one Flow
         self._when = None         # what gives the time of an event now (see _event_time)
+        # a worker's one-item shared memoryview ("q"): the connection and hook running now, for the
+        # gateway to read if the process dies in it (see HOOK_NUMBERS). None: not told
+        self.where = None
+        if on_done is None:
+            faults_said()         # the hooks run in this process (the gateway's)
 
     # --- events and failures ---
     def _on_emit(self, module, kind, fields):
@@ -340,25 +369,39 @@ class InlineChain:
         running[0] = m
         if flow is not None and self.shared_flows and flow._own is None:
             flow._own = {}      # each module has its own flow.state and flow.cache (Flow._mine)
+        where = self.where
+        if where is not None:
+            where[0] = args[0].conn << 3 | HOOK_NUMBERS[hook]
         try:
             getattr(m, hook)(*args)
         except Exception as e:
-            if self.output_error is not None:
-                raise self.output_error from None
-            if self.strict:
-                if isinstance(e, ModuleError):
-                    raise               # the module API's own complaint names the module already
-                # (the message carries the module's frames: a worker sends the gateway text)
-                raise hook_error(m, hook, e) from e
-            n = self.errors.get(m.name, 0)
-            self.errors[m.name] = n + 1
-            if n == 0:
-                sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
-                                 f"{trimmed_traceback(e)}\n")
+            self._failed(m, hook, e)
+        except (SystemExit, KeyboardInterrupt) as e:
+            # the module's own sys.exit() or KeyboardInterrupt fails its hook as any exception
+            # does; the user's Ctrl-C (and SIGTERM: Terminated) that came while it ran stops the run
+            if raised_stop(e):
+                raise
+            self._failed(m, hook, e)
         finally:
             running[0] = None
+            if where is not None:
+                where[0] = 0
         if self.output_error is not None:
             raise self.output_error         # (a module that caught it does not keep the run going)
+
+    def _failed(self, m, hook, e):
+        if self.output_error is not None:
+            raise self.output_error from None
+        if self.strict:
+            if isinstance(e, ModuleError):
+                raise e             # the module API's own complaint names the module already
+            # (the message carries the module's frames: a worker sends the gateway text)
+            raise hook_error(m, hook, e) from e
+        n = self.errors.get(m.name, 0)
+        self.errors[m.name] = n + 1
+        if n == 0:
+            sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
+                             f"{trimmed_traceback(e)}\n")
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):

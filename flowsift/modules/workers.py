@@ -22,7 +22,7 @@ from flowsift.limits import collect_less
 from flowsift.errors import FlowsiftError, start_forked, take_stop_signals
 from flowsift.modules.base import ModuleError, summary_rows
 from flowsift.modules.loader import parse_chain, start
-from flowsift.modules.runner import InlineChain, join_checkpoint, passive
+from flowsift.modules.runner import HOOK_NAMES, InlineChain, join_checkpoint, passive
 from flowsift.modules.state import AppendOnly
 
 
@@ -39,16 +39,22 @@ def checkpoint_every():
     return env_number("FLOWSIFT_CHECKPOINT_EVERY", CHECKPOINT_EVERY, 1, None, "batches between checkpoints")
 
 
-def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inherited=()):
+def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inherited=(), where=None):
     # `index`: the module's place in the whole chain (spec). `inherited`: the gateway's ends of
     # this worker's pipe and of the other workers': held here, they would keep those pipes open
-    # after the gateway died, and this worker (or another) would wait for it for ever
+    # after the gateway died, and this worker (or another) would wait for it for ever. `where`:
+    # its slot of memory shared with the gateway, which says where it died (InlineChain.where)
     # Ctrl-C and SIGTERM are the gateway's to handle: it ends the run and its workers in order
     # (`systemctl stop` and `timeout` signal the whole group: a worker ended so was restarted)
     import signal
     take_stop_signals(signal.SIG_IGN)
     for c in inherited:
         c.close()
+    from flowsift.modules import runner as _runner
+    if _runner.faults_ours:
+        # (the gateway's, for its own hooks: the gateway says where a worker died, in one line)
+        import faulthandler
+        faulthandler.disable()
     # what the worker inherits from the gateway lives as long as it does: out of the
     # collector's full passes
     import gc
@@ -65,6 +71,7 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
 
     runner = InlineChain([(cls, config)], None, events=None, strict=strict, path_of=path_of,
                          on_done=on_done, hold_events=True)
+    runner.where = where
     module = runner.modules[0]
 
     # A message to the gateway goes out from a thread while this one reads what the gateway
@@ -225,7 +232,7 @@ class _Worker:
         self.done = set()                # connections this worker finished
         self.pending = 0                 # batches sent and not yet acknowledged (its backlog)
         self.quiet_at = 0                # the batch after which it was last asked for what it finished
-        self.dropped = set()             # connections given up for this module (--max-backlog)
+        self.dropped = set()             # connections given up for this module (--max-backlog; _crashed)
         # A dropped connection's file may be given back only once the worker cannot read it any
         # more: it was told to forget it (with the next batch sent) and checkpointed after that
         # (a restart then never replays a batch naming it), and the gateway ended it.
@@ -238,6 +245,7 @@ class _Worker:
         # source lost meanwhile] (what it cost the capture)
         self.held = [0, 0.0, 0]
         self.restarts = 0
+        self.died_in = set()             # connections its worker died in a hook of (once)
         self.bye = None
         self.head = None                 # the last checkpoint after batch checkpoint_seq, without
         self.entries = {}                # ... its open connections' entries
@@ -265,9 +273,11 @@ class _Worker:
         ends.append(parent)
         self.pending = 0
         self.acked = False          # a worker still starting is not behind (--max-backlog)
+        where = self.owner.where[self.index:self.index + 1]
+        where[0] = 0
         self.proc = self.owner.ctx.Process(target=_worker, args=(self.owner.spec, self.owner.first + self.index,
                                                                   self.owner.store_dir, child, self.owner.strict,
-                                                                  self.owner.every, list(ends)), daemon=True)
+                                                                  self.owner.every, list(ends), where), daemon=True)
         start_forked(self.proc)
         self.owner.procs.append(self.proc)
         child.close()
@@ -326,6 +336,10 @@ class ParallelChain:
         self.errors = {}
         self.counters = [dict() for _ in chain]
         self.gateway_ends = []           # this process's ends of every worker's pipe (see _worker)
+        # per worker, where it runs a hook now (InlineChain.where), in memory the forked workers
+        # share: read when one dies
+        import mmap
+        self.where = memoryview(mmap.mmap(-1, 8 * len(chain))).cast("q")
         self.procs = []                  # every worker process started
         from multiprocessing import util
         util.Finalize(self, _kill_left, args=(self.procs, os.getpid()), exitpriority=1)
@@ -398,8 +412,17 @@ class ParallelChain:
     def _done(self, w, conn, records, events, delta):
         if conn in w.done or conn in w.dropped:
             return
-        w.done.add(conn)
         self.registry.commit(self.first + w.index, conn, records)
+        self._finished_by(w, conn)
+        for line in events:
+            if self.events is not None:
+                self.events.write(line)
+            self.event_count += 1
+        for k, v in delta.items():
+            self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
+
+    def _finished_by(self, w, conn):
+        w.done.add(conn)
         if all(conn in x.done for x in self.workers):
             self.finished_now.append(conn)
             # finished by every module: forget it (memory stays bounded by open connections)
@@ -407,12 +430,6 @@ class ParallelChain:
             self.closed_conns.discard(conn)
             for x in self.workers:
                 x.done.discard(conn)
-        for line in events:
-            if self.events is not None:
-                self.events.write(line)
-            self.event_count += 1
-        for k, v in delta.items():
-            self.counters[w.index][k] = self.counters[w.index].get(k, 0) + v
 
     def _drain(self, w, block=False):
         while True:
@@ -441,16 +458,57 @@ class ParallelChain:
         self._drain(w)
         w.proc.join(timeout=1)
         w.restarts += 1
+        at = self.where[w.index]            # (0: in no hook)
         if w.restarts > 100:
             raise ModuleError(f"module {w.name}: worker died {w.restarts} times; giving up")
-        if w.restarts in (1, 10, 100):
+        conn, hook = at >> 3, HOOK_NAMES[at & 7]
+        place = f" in {hook}() of connection {conn}{self._key(conn)}" if at else ""
+        if at and conn in w.died_in:
+            # it died at the same place after a restart had taken it up there again: a crash on
+            # this connection (a C extension's), not one a restart gets past
+            self._crashed(w, conn)
+            sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}) again{place}: the module "
+                             "gives up on that connection (crashed_connections); restarting it\n")
+        elif w.restarts in (1, 10, 100):
             # (one line, then at 10: a worker that dies at every start would fill the terminal)
             again = "" if w.restarts == 1 else f" ({w.restarts} times)"
-            sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}){again}; restarting it\n")
+            sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}){again}{place}; "
+                             "restarting it\n")
+        if at:
+            w.died_in.add(conn)
         w.start()
         # its last checkpoint, then every batch it was sent after it, in the same order: it
         # ends where it was, with the same state, and reports what it had not reported
         w.send(("restore", w.checkpoint(), w.rows, w.log))
+
+    def _key(self, conn):
+        # " (client -> server)" of a connection, as its record file says, or "" if it cannot
+        from flowsift.streams import RecordFile
+        from flowsift.streams.format import endpoint
+        try:
+            with RecordFile(self.store.path(conn)) as rf:
+                h = rf.header
+                return (f" ({endpoint(h['client_addr'], h['client_port'], h['ipver'])} -> "
+                        f"{endpoint(h['server_addr'], h['server_port'], h['ipver'])})")
+        except (OSError, FlowsiftError):
+            return ""
+
+    def _crashed(self, w, conn):
+        """The module gives up on `conn`, which its worker died in twice: it is never shown the
+        connection again (the restart takes up the last checkpoint without it, and the batches
+        after it without it), which counts as done for it, as one given up for a backlog is."""
+        w.dropped.add(conn)
+        w.drop_safe.add(conn)            # (its worker, dead, holds it no more)
+        w.entries.pop(conn, None)
+        w.log = [(seq, [c for c in t if c != conn], [c for c in k if c != conn], lim, forget)
+                 for seq, t, k, lim, forget in w.log]
+        self.counters[w.index]["crashed_connections"] = self.counters[w.index].get("crashed_connections", 0) + 1
+        if conn in self.closed_conns:
+            w.drop_closed.add(conn)
+            self._release_dropped(w, conn)
+            self._finished_by(w, conn)
+        else:
+            w.done.add(conn)             # (finished by all only once it ended: process)
 
     def snapshot(self, touched, closed):
         """How far each connection the workers will read was published with this batch (taken
@@ -497,10 +555,14 @@ class ParallelChain:
                 if conn in w.dropped:
                     w.drop_closed.add(conn)
                     self._release_dropped(w, conn)
+                    if conn in w.done:
+                        # (no report of this worker will say it finished it: the others may have)
+                        self._finished_by(w, conn)
             forget, w.forget = w.forget, []
             w.forgotten.extend((self.seq, c) for c in forget)
             w.log.append((self.seq, t, k, lim, forget))
-            while not w.send(("batch", self.seq, t, k, lim, forget)):
+            # (sent again after a restart as it left it: without a connection given up then)
+            while not w.send(("batch", *w.log[-1])):
                 self._restart(w)
             w.pending += 1
 
