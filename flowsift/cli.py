@@ -163,7 +163,7 @@ DURATION = typer.Option(None, "--duration", metavar="SECONDS", click_type=SECOND
                         help="Live sources: stop after this long (30, 90s, 5m, 1h; Ctrl-C also ends cleanly).")
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
-POLICY = typer.Option("first", "--policy", metavar="NAME",
+POLICY = typer.Option("first", "--policy", metavar="NAME", callback=lambda name: name.lower(),
                       help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris. "
                            "Delivered bytes are final: a policy (last too) only chooses among copies of bytes held "
                            "out of order, before they are delivered.")
@@ -183,6 +183,7 @@ VLAN_KEY = typer.Option(False, "--vlan-key",
 
 def _checksum_mode(mode: str):
     from flowsift.io._decode import CHECKSUM_MODES
+    mode = mode.lower()         # (as --policy, and outgoing= of a live source, take any case)
     if mode not in CHECKSUM_MODES:
         raise typer.BadParameter(f"{mode!r}: one of {', '.join(CHECKSUM_MODES)}")
     return mode

@@ -740,5 +740,9 @@ def test_seconds_and_sizes_take_the_units_reassembly_takes(corpus, monkeypatch):
     assert res.returncode == 2 and "'2d': seconds, or with a unit" in res.stderr
     res = run_cli("streams", src, "--discard", "--reassembly", "memcap=1GiB", "--reassembly", "memcap=2GiB")
     assert res.returncode == 2 and res.stderr == "flowsift: --reassembly memcap: given twice (memcap=1GiB, memcap=2GiB)\n"
+    # names of modes in any case, as a live source's outgoing= takes them
+    s = json.loads(run_cli("streams", src, "--discard", "--policy", "Linux", "--checksums", "VERIFY", "--json",
+                           check=True).stdout)
+    assert s["policy"] == "linux" and "checksums" in s
     monkeypatch.setenv("FLOWSIFT_PROGRESS_MIN_BYTES", "64MiB")
     assert run_cli("stats", src).returncode == 0
