@@ -356,6 +356,9 @@ def gateway(
     to the run (flowsift module); the gateway waits for the ones it knows before it exits,
     and removes the run's keys when it does.
 
+    Record files are sparse: each looks 8 TiB long (ls -l) and takes only what it holds (du).
+    Copy a store with cp --sparse=always, tar -S or rsync -S: another copy writes every byte.
+
     \b
     Examples:
       flowsift gateway trace.pcap --store /tmp/run1 --keep
