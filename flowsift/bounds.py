@@ -39,6 +39,30 @@ _EXAMPLES = {"duration": "seconds, or with a unit: 500ms, 30s, 5m, 1h",
              "count": "a whole number"}
 
 
+def seconds(text):
+    """A command line's SECONDS: a number (as float() reads it: what checks it says the rest),
+    or one with a unit as --reassembly durations take them (500ms, 30s, 5m, 1h). ValueError
+    otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        m = re.match(_NUMBER, text)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _SECONDS:
+            raise ValueError(f"{text!r}: {_EXAMPLES['duration']}") from None
+        return float(m.group(1)) * _SECONDS[unit]
+
+
+def byte_size(text):
+    """A size in bytes: a whole number, or one with a unit (512KiB, 64MiB, 2GiB; k, M, G alike).
+    ValueError otherwise."""
+    m = re.match(_NUMBER, text)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or (not unit and "." in m.group(1)):
+        raise ValueError(f"{text!r}: {_EXAMPLES['size']}")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
 def _value(name, kind, text):
     if kind == "choice":
         if text not in CHOICES[name]:
@@ -69,7 +93,7 @@ def _parse(name, kind, text):
 
 def parse_settings(items):
     """`NAME=VALUE` strings (each may hold several, comma-separated) -> Engine keyword arguments."""
-    out = {}
+    out, given = {}, {}
     for item in items or ():
         for part in filter(None, (p.strip() for p in item.split(","))):
             name, eq, text = part.partition("=")
@@ -78,6 +102,10 @@ def parse_settings(items):
                 raise UsageError(f"--reassembly {part}: NAME=VALUE expected, e.g. memcap=2GiB")
             if name not in SETTINGS:
                 raise UsageError(f"--reassembly {part}: no such setting; one of {', '.join(SETTINGS)}")
+            if name in given:
+                # (which one would count is no guess to leave to the reader of the command)
+                raise UsageError(f"--reassembly {name}: given twice ({given[name]}, {part})")
+            given[name] = part
             out[name] = _value(name, SETTINGS[name][0], text.strip())
     return out
 

@@ -35,7 +35,9 @@ def _fail(message):
 def _progress(size, label):
     """A rich progress bar on stderr when it is a terminal and the work is long; else None."""
     from flowsift.errors import env_number
-    least = env_number("FLOWSIFT_PROGRESS_MIN_BYTES", PROGRESS_MIN_BYTES, 0, None, "bytes a capture needs for a progress bar")
+    from flowsift.bounds import byte_size
+    least = env_number("FLOWSIFT_PROGRESS_MIN_BYTES", PROGRESS_MIN_BYTES, 0, None,
+                       "bytes a capture needs for a progress bar (64MiB, 1G: a unit may be given)", kind=byte_size)
     if size < least or not sys.stderr.isatty():
         return None
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -142,10 +144,26 @@ CAPTURE = typer.Argument(..., metavar="SOURCE",
                          help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
                               "dpdk:PORT or dpdk:VDEV[,ARGS] (e.g. dpdk:net_pcap0,rx_pcap=in.pcap).")
 COUNT = typer.Option(None, "--count", "-c", metavar="N", help="Stop after N packets (a file: read its first N, as tcpdump -c N -r F does).")
-DURATION = typer.Option(None, "--duration", metavar="SECONDS", help="Live sources: stop after this long (Ctrl-C also ends cleanly).")
+class _Seconds(click.ParamType):
+    """SECONDS: a number, or one with a unit as --reassembly takes them (500ms, 30s, 5m, 1h)."""
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        from flowsift.bounds import seconds
+        try:
+            return seconds(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+SECONDS = _Seconds()
+DURATION = typer.Option(None, "--duration", metavar="SECONDS", click_type=SECONDS,
+                        help="Live sources: stop after this long (30, 90s, 5m, 1h; Ctrl-C also ends cleanly).")
 FILTER = typer.Option(None, "--filter", "-f", metavar="EXPR",
                       help="BPF expression (tcpdump syntax), e.g. 'tcp port 80', applied before anything else.")
-POLICY = typer.Option("first", "--policy", metavar="NAME",
+POLICY = typer.Option("first", "--policy", metavar="NAME", callback=lambda name: name.lower(),
                       help="Overlap policy for differing copies: first, last, bsd, linux, windows, solaris. "
                            "Delivered bytes are final: a policy (last too) only chooses among copies of bytes held "
                            "out of order, before they are delivered.")
@@ -165,6 +183,7 @@ VLAN_KEY = typer.Option(False, "--vlan-key",
 
 def _checksum_mode(mode: str):
     from flowsift.io._decode import CHECKSUM_MODES
+    mode = mode.lower()         # (as --policy, and outgoing= of a live source, take any case)
     if mode not in CHECKSUM_MODES:
         raise typer.BadParameter(f"{mode!r}: one of {', '.join(CHECKSUM_MODES)}")
     return mode
@@ -337,6 +356,9 @@ def gateway(
     to the run (flowsift module); the gateway waits for the ones it knows before it exits,
     and removes the run's keys when it does.
 
+    Record files are sparse: each looks 8 TiB long (ls -l) and takes only what it holds (du).
+    Copy a store with cp --sparse=always, tar -S or rsync -S: another copy writes every byte.
+
     \b
     Examples:
       flowsift gateway trace.pcap --store /tmp/run1 --keep
@@ -391,7 +413,7 @@ def module(
                                help="Where the JSON event lines go ('-': stdout). A regular file is resumed exactly "
                                     "after a crash; stdout, a pipe or a device get each line once committed."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
-    wait: Optional[float] = typer.Option(None, "--wait", metavar="SECONDS",
+    wait: Optional[float] = typer.Option(None, "--wait", metavar="SECONDS", click_type=SECONDS,
                                          help="How long to wait for the run to start (default: for ever)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (on stderr when events go to stdout)."),
 ):
@@ -594,8 +616,9 @@ def replay(
                                                     help="Bytes matching RE are removed before comparing: from "
                                                          "bodies (--match http), from whole answers compared as "
                                                          "bytes (--match exact, streams that are not HTTP)."),
-    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", help="How long to wait for an answer."),
-    idle: float = typer.Option(1.0, "--idle", metavar="SECONDS",
+    timeout: float = typer.Option(10.0, "--timeout", metavar="SECONDS", click_type=SECONDS,
+                                  help="How long to wait for an answer (10, 2.5, 500ms, 1m)."),
+    idle: float = typer.Option(1.0, "--idle", metavar="SECONDS", click_type=SECONDS,
                                help="Non-HTTP: an answer shorter than the recorded one, or one that differs from "
                                     "it, is complete after this much silence (what comes later is the next turn's)."),
     report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),

@@ -714,3 +714,35 @@ def test_count_on_a_file_reads_its_first_packets(tmp_path, corpus):
     res = run_cli("stats", src, "--duration", "5")
     assert res.returncode == 2 and res.stderr == (
         "flowsift: --duration is for live sources (afpacket:IFACE, dpdk:PORT): a file's first N packets are --count N\n")
+
+
+def test_seconds_and_sizes_take_the_units_reassembly_takes(corpus, monkeypatch):
+    """--duration, --timeout, --idle and --wait take 500ms, 30s, 5m, 1h as --reassembly does
+    (they were floats alone: '--timeout 5s' was "not a valid float"), and
+    FLOWSIFT_PROGRESS_MIN_BYTES takes 64MiB as its documented default is written; a setting
+    given twice in --reassembly is refused rather than one of them taken."""
+    from flowsift.bounds import byte_size, seconds
+    assert [seconds(t) for t in ("2.5", "500ms", "30s", "5m", "2min", "1h", "inf")] == [
+        2.5, 0.5, 30.0, 300.0, 120.0, 3600.0, float("inf")]
+    assert [byte_size(t) for t in ("0", "4096", "64MiB", "1.5G", "512k")] == [0, 4096, 64 << 20, 3 << 29, 512 << 10]
+    for bad in ("5x", "2d", "", "ms"):
+        with pytest.raises(ValueError):
+            seconds(bad)
+    src = corpus / "http__zeek__bro.org.pcap"
+    # parsed, then refused for what it is: 5 minutes is no mistake, the interface is
+    res = run_cli("stats", "afpacket:nosuch0", "--duration", "5m")
+    assert res.returncode == 2 and res.stderr == "flowsift: afpacket:nosuch0: no such interface\n"
+    res = run_cli("replay", src, "--to", "127.0.0.1:9", "--timeout", "5x")
+    assert res.returncode == 2 and res.stderr == (
+        "flowsift: replay: invalid value for '--timeout': '5x': seconds, or with a unit: 500ms, 30s, 5m, 1h "
+        "(see flowsift replay --help)\n")
+    res = run_cli("replay", src, "--to", "127.0.0.1:9", "--idle", "2d")
+    assert res.returncode == 2 and "'2d': seconds, or with a unit" in res.stderr
+    res = run_cli("streams", src, "--discard", "--reassembly", "memcap=1GiB", "--reassembly", "memcap=2GiB")
+    assert res.returncode == 2 and res.stderr == "flowsift: --reassembly memcap: given twice (memcap=1GiB, memcap=2GiB)\n"
+    # names of modes in any case, as a live source's outgoing= takes them
+    s = json.loads(run_cli("streams", src, "--discard", "--policy", "Linux", "--checksums", "VERIFY", "--json",
+                           check=True).stdout)
+    assert s["policy"] == "linux" and "checksums" in s
+    monkeypatch.setenv("FLOWSIFT_PROGRESS_MIN_BYTES", "64MiB")
+    assert run_cli("stats", src).returncode == 0
