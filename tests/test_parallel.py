@@ -836,3 +836,45 @@ def test_a_forked_worker_never_runs_its_parents_signal_handlers():
     start_forked(p)
     p.join(timeout=30)
     assert p.exitcode == 0 and took.value == 1
+
+
+OPEN_PROBE = '''
+import time
+from flowsift.modules import Module
+
+
+class OpenProbe(Module):
+    """What on_open sees of its connection; slow on the first, so the gateway runs ahead.
+
+    Synopsis: open_probe
+    """
+    name = "open_probe"
+
+    def on_open(self, flow):
+        if flow.conn == 0:
+            time.sleep(0.5)
+        self.emit("open", records=len(flow.records()), packets=list(flow.totals()[0]), first=flow.time_at(0, 0))
+'''
+
+
+@pytest.mark.parametrize("others", ["", ",counter"], ids=["alone", "beside_a_reader"])
+def test_on_open_in_a_worker_behind_the_gateway_sees_what_inline_sees(tmp_path, corpus, monkeypatch, others):
+    """on_open reads its connection (flow.records(), totals, time_at) as far as the batch that
+    opened it goes, in a worker as inline: a worker behind the gateway saw the packets written
+    since (a connection's request time before its first byte was handed over)."""
+    import json
+    from conftest import run_cli
+    monkeypatch.setenv("FLOWSIFT_BATCH", "1")
+    probe = tmp_path / "probe.py"
+    probe.write_text(OPEN_PROBE)
+    cap = corpus / "http__csanders__http_espn.pcapng"
+    got = {}
+    for mode in ("inline", "workers"):
+        ev = tmp_path / f"{mode}.jsonl"
+        res = run_cli("chain", f"{probe}{others}", cap, "--events", ev, "--store", tmp_path / mode,
+                      *(["--inline"] if mode == "inline" else []))
+        assert res.returncode == 0, res.stderr
+        got[mode] = sorted(l for l in ev.read_text().splitlines() if json.loads(l)["kind"] == "open")
+    assert got["inline"] == got["workers"]
+    opened = [json.loads(l) for l in got["inline"]]
+    assert len(opened) > 20 and all(e["records"] == 1 for e in opened)

@@ -445,6 +445,9 @@ class InlineChain:
         self._opened(conn)
         self._current = flow
         if call_hooks:
+            # what on_open reads (flow.records(), totals, time_at) ends where this batch does, as
+            # for every hook: not where a worker that runs behind the gateway finds the file
+            self._header(c, conn, fresh=True)
             for _, m in self.by_hook["on_open"]:
                 self._call(m, "on_open", flow)
         return c

@@ -513,7 +513,13 @@ class ParallelChain:
     def snapshot(self, touched, closed):
         """How far each connection the workers will read was published with this batch (taken
         at the publish): they read no further."""
-        conns = changed_connections(touched, closed) if self.following else closed
+        if self.following:
+            conns = changed_connections(touched, closed)
+        elif self.opening:
+            # (connections opening now too: on_open reads them as far as this batch goes)
+            conns = [c for c in touched if c not in self.open_conns] + list(closed)
+        else:
+            conns = closed
         return dict(zip(conns, self.store.published(conns)))
 
     def process(self, touched, closed, limits=None, published=None):
@@ -546,9 +552,10 @@ class ParallelChain:
                 t = [c for c in t if c not in w.dropped]
             k = [c for c in closed if c not in w.dropped] if w.dropped else closed
             if w.passive and self.following:
-                # it reads ended connections only, as far as they were published
+                # it reads ended connections only, as far as they were published, and opens new
+                # ones (on_open) where this batch leaves them
                 ended = ended or {c: limits[c] for c in closed}
-                lim = ended
+                lim = {**ended, **{c: limits[c] for c in t if c in limits}} if t else ended
             else:
                 lim = limits
             for conn in closed:
