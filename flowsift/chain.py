@@ -29,9 +29,15 @@ def run_chain(spec, source, events=None, store=None, keep=False, filter_expressi
     from flowsift.io.live import is_live
     from flowsift.errors import UsageError
     if write is not None and is_live(source):
-        raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE")
+        raise UsageError("-w rewrites a capture file; a live source forwards with --out afpacket:IFACE or "
+                         "--out dpdk:PORT")
     if write is not None and out is not None:
         raise UsageError("-w and --out: choose one")
+    if out is not None and filter_expression is not None:
+        # the frames a filter rejects never reach the chain (the kernel drops them from an
+        # interface's ring): an inline box would black-hole them, where it forwards every frame
+        raise UsageError("--filter with --out: the frames it rejects would never be forwarded (inline, every frame "
+                         "goes out); leave connections to a module instead (flow.skip() in on_open)")
     if out is not None and is_live(source) and str(source).startswith("afpacket:") and out.startswith("afpacket:"):
         from flowsift.io.live import _boolean, parse_spec
         _, src_name, src_opts = parse_spec(str(source))

@@ -746,3 +746,13 @@ def test_seconds_and_sizes_take_the_units_reassembly_takes(corpus, monkeypatch):
     assert s["policy"] == "linux" and "checksums" in s
     monkeypatch.setenv("FLOWSIFT_PROGRESS_MIN_BYTES", "64MiB")
     assert run_cli("stats", src).returncode == 0
+
+
+@pytest.mark.parametrize("source,out", [("afpacket:nosuch0", "afpacket:nosuch1"), ("examples/demo.pcap", "dpdk:net_null0")])
+def test_a_filter_on_an_inline_chain_is_refused(source, out):
+    """An inline chain forwards every frame; the frames --filter rejects never reach it (the
+    kernel drops them from the ring), so they were black-holed, the run ending well (exit 0)."""
+    res = run_cli("chain", "counter", ROOT / source if "/" in source else source, "--out", out, "--filter", "tcp")
+    assert res.returncode == 2 and res.stdout == "" and res.stderr == (
+        "flowsift: --filter with --out: the frames it rejects would never be forwarded (inline, every frame goes "
+        "out); leave connections to a module instead (flow.skip() in on_open)\n")
