@@ -93,9 +93,10 @@ def parse_spec(spec):
 
 DEFAULT_EAL = "-l 0 --no-huge -m 256 --no-pci --no-shconf --no-telemetry --log-level=*:error"
 _FORBIDDEN_EAL = ("-h", "--help", "-v", "--version")     # EAL prints and exits the process on these
-# a pool keeps a cache of 256 mbufs per core, which DPDK wants to be at most 2/3 of the pool;
-# the count is an unsigned int
-MBUFS_MIN, MBUFS_MAX = 385, (1 << 32) - 1
+# the receive ring's 1,024 descriptors hold an mbuf each, a batch holds up to 512 more while it
+# is read, and the pool keeps a cache of 256 per core: fewer and frames are lost for want of
+# buffers (rx_nombuf) however slowly they come; the count is an unsigned int
+MBUFS_MIN, MBUFS_MAX = 1024 + 512 + 256, (1 << 32) - 1
 COUNT_MAX = (1 << 63) - 1           # a packet count the capture loop holds in a C integer
 
 
