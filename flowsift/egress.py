@@ -550,6 +550,11 @@ class Forwarder:
         scheme, name, opts = parse_spec(spec) if ":" in spec else (None, None, None)
         if scheme not in ("afpacket", "dpdk") or opts:
             raise UsageError(f"--out {spec}: expected afpacket:IFACE or dpdk:PORT")
+        if scheme == "dpdk" and name.startswith("net_pcap") and "," in name and not (
+                {a.partition("=")[0].strip() for a in name.split(",")[1:]} & {"tx_pcap", "tx_iface", "iface"}):
+            # (DPDK takes such a device: what it is given to send goes nowhere, counted sent)
+            raise UsageError(f"--out {spec}: {name.split(',')[0]} sends only with tx_pcap=FILE, tx_iface=IFACE or "
+                             f"iface=IFACE; without one, every frame would go nowhere")
         self.shared = scheme == "dpdk"          # a DPDK port may be the source too: never closed here
         self.sink = None
         if scheme == "dpdk":

@@ -526,3 +526,14 @@ def test_the_fewest_mbufs_taken_lose_no_frame():
     res = flowsift("stats", f"dpdk:net_pcap0,rx_pcap={speed},mbufs=1792", "--count", 4631, "--json")
     s = json.loads(res.stdout)
     assert s["packets"] == s["kernel"]["received"] == 4631 and s["kernel"]["port_rx_nombuf"] == 0
+
+
+def test_an_output_device_that_cannot_send_is_refused():
+    """--out dpdk:net_pcap1,rx_pcap=F (no tx_pcap, tx_iface or iface): DPDK takes the device and
+    drops what it is given, counted sent; the run said it forwarded every frame, exit 0."""
+    res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 5, "--out",
+                   f"dpdk:net_pcap1,rx_pcap={JPEGS}", check=False)
+    assert res.returncode == 2 and res.stdout == "" and res.stderr == (
+        f"flowsift: --out dpdk:net_pcap1,rx_pcap={JPEGS}: net_pcap1 sends only with tx_pcap=FILE, tx_iface=IFACE "
+        f"or iface=IFACE; without one, every frame would go nowhere\n")
+
