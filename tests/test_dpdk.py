@@ -2,6 +2,7 @@
 what flowsift forwards, net_ring loops frames back. The EAL allows one initialisation per
 process, so every case runs flowsift in a process of its own."""
 import json
+import os
 import subprocess
 import sys
 
@@ -536,4 +537,28 @@ def test_an_output_device_that_cannot_send_is_refused():
     assert res.returncode == 2 and res.stdout == "" and res.stderr == (
         f"flowsift: --out dpdk:net_pcap1,rx_pcap={JPEGS}: net_pcap1 sends only with tx_pcap=FILE, tx_iface=IFACE "
         f"or iface=IFACE; without one, every frame would go nowhere\n")
+
+
+def test_a_device_named_again_with_other_arguments_is_refused(tmp_path, corpus):
+    """The arguments of a device that is there already were ignored: --out naming the source's
+    device with a tx_pcap= sent nothing (the port had no tx side) and said it forwarded all, and a
+    source given with other arguments than --dpdk-args' --vdev made it read the --vdev's file."""
+    get = corpus / "http__zeek__get.pcap"
+    res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={get}", "--count", 14, "--out",
+                   f"dpdk:net_pcap0,tx_pcap={tmp_path / 'o.pcap'}", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == (
+        f"flowsift: dpdk:net_pcap0,tx_pcap={tmp_path / 'o.pcap'}: net_pcap0 is open already, made as "
+        f"dpdk:net_pcap0,rx_pcap={get}: name it alone (dpdk:net_pcap0), or give another device")
+    assert not (tmp_path / "o.pcap").exists()
+    eal = "-l 0 --no-huge -m 256 --no-pci --no-shconf --no-telemetry --log-level=*:error"
+    res = flowsift("--dpdk-args", f"{eal} --vdev net_pcap0,rx_pcap={get}", "stats",
+                   f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 3, check=False)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"flowsift: dpdk:net_pcap0,rx_pcap={JPEGS}: net_pcap0 was made by --dpdk-args --vdev, with its own "
+        f"arguments: name it alone (dpdk:net_pcap0), or give another device")
+    # named alone, it is the device as made: the source's own, sending where it was told to
+    out = tmp_path / "same.pcap"
+    flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={get},tx_pcap={out}", "--count", 14, "--out",
+             "dpdk:net_pcap0", "--events", os.devnull)
+    assert out.exists()
 

@@ -86,6 +86,7 @@ class DpdkError(Exception):
 cdef bint _eal_ready = False
 _eal_args = None
 _ports = {}                   # port id -> DpdkPort (a port is configured once per process)
+_made_with = {}               # a virtual device flowsift probed -> the arguments it was given
 
 
 def _err(what):
@@ -196,14 +197,24 @@ def open_port(str devargs, unsigned int mbufs=8191):
     probed now if it is not there yet. One DpdkPort per port per process."""
     cdef uint16_t port
     name = devargs.split(",", 1)[0]
+    given = "," in devargs
     if name in _ports:
+        if given and _made_with.get(name) != devargs:
+            # (the device's arguments are those it was made with: others would be ignored)
+            raise DpdkError(f"dpdk:{devargs}: {name} is open already, made "
+                            + (f"as dpdk:{_made_with[name]}" if name in _made_with else "by --dpdk-args --vdev")
+                            + f": name it alone (dpdk:{name}), or give another device")
         return _ports[name]
     if name.isdigit():
         port = int(name)
         if not rte_eth_dev_is_valid_port(port):
             raise DpdkError(f"dpdk:{name}: no such port ({rte_eth_dev_count_avail()} available; is the NIC bound to a DPDK driver?)")
     else:
-        if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
+        if rte_eth_dev_get_port_by_name(name.encode(), &port) == 0:
+            if given:
+                raise DpdkError(f"dpdk:{devargs}: {name} was made by --dpdk-args --vdev, with its own arguments: "
+                                f"name it alone (dpdk:{name}), or give another device")
+        else:
             with _Captured() as said:
                 rc = rte_dev_probe(devargs.encode())
             if rc < 0:
@@ -213,6 +224,8 @@ def open_port(str devargs, unsigned int mbufs=8191):
     with _Captured():
         p = DpdkPort(port, name, mbufs)
     _ports[name] = p
+    if given:
+        _made_with[name] = devargs
     return p
 
 
