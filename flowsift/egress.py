@@ -925,7 +925,13 @@ class Forwarder:
     def counters(self):
         counts = dict(self.counts, not_editable_reasons=dict(self.why))
         if self.shared:
-            return dict(counts, failed=self.sink.tx_failed if self.sink is not None else 0, out=self.spec)
+            p = self.sink
+            if p is None:
+                return dict(counts, failed=0, out=self.spec)
+            # (the port's own counts: the source's too when it is the same port)
+            reasons = {"too_large": p.tx_too_large, "no_mbufs": p.tx_no_mbufs,
+                       "other": p.tx_failed - p.tx_too_large - p.tx_no_mbufs}
+            return dict(counts, failed=p.tx_failed, failed_reasons=reasons, out=self.spec)
         s = self.sink
         reasons = {"interface_down": s.failed_down, "interface_deleted": s.failed_gone,
                    "other": s.failed - s.failed_down - s.failed_gone}

@@ -562,3 +562,20 @@ def test_a_device_named_again_with_other_arguments_is_refused(tmp_path, corpus):
              "dpdk:net_pcap0", "--events", os.devnull)
     assert out.exists()
 
+
+def test_frames_an_output_port_refuses_say_why(tmp_path):
+    """A frame larger than the largest buffer net_pcap sends (65,407 bytes) is refused by the
+    output port: the summary's egress says why (failed_reasons), as an AF_PACKET output's does;
+    it counted the frame failed, no reason given, when the output was not the source's port."""
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    frames = [ether(ipv4(A, B, 6, tcp(40000, 80, seq=1000, flags=0x02))),
+              ether(ipv4(A, B, 6, tcp(40000, 80, seq=1001, flags=0x18, payload=b"B" * 65455))),
+              ether(ipv4(A, B, 6, tcp(40000, 80, seq=66456, flags=0x11)))]
+    src = tmp_path / "big.pcap"
+    src.write_bytes(pcap([(1, k, f) for k, f in enumerate(frames)]))
+    out = tmp_path / "out.pcap"
+    res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={src}", "--count", 3, "--out",
+                   f"dpdk:net_pcap1,tx_pcap={out}", "--events", os.devnull, "--json")
+    e = json.loads(res.stdout)["egress"]
+    assert (e["forwarded"], e["failed"], e["failed_reasons"]) == (2, 1, {"too_large": 1, "no_mbufs": 0, "other": 0})
+
