@@ -14,13 +14,16 @@ import sys
 
 from flowsift.errors import FlowsiftError, raised_stop
 from flowsift.io._connset import ConnSet
-from flowsift.modules.base import HOOKS, ModuleError, hook_error, trimmed_traceback
+from flowsift.modules.base import HOOKS, ModuleError, checked_rows, hook_error, trimmed_traceback
 from flowsift.modules.edits import EVERYTHING, Handed
 from flowsift.modules.loader import start
 from flowsift.modules.values import NOT_JSON, check_fields, to_json, why_not_json
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams._pointer import first_carrier
 from flowsift.streams.format import CLOSE_NAMES, RECORD_SIZE, endpoint, header_vlan
+
+# what InlineChain.call_summary gives for a summary() that raised
+FAILED = object()
 
 # what every event carries: a module's fields of these names would replace them
 ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server", "vlan"})
@@ -349,6 +352,32 @@ class InlineChain:
         if n == 0:
             sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
                              f"{trimmed_traceback(e)}\n")
+
+    # --- the end-of-run tables ---
+    def call_summary(self, m):
+        """What m.summary() returned; FAILED when it raised, a failure of the module's as a hook's
+        is (counted and said, or the stop under --strict): its table is left out."""
+        try:
+            return m.summary()
+        except Exception as e:
+            self._failed(m, "summary", e)
+        except (SystemExit, KeyboardInterrupt) as e:
+            if raised_stop(e):
+                raise
+            self._failed(m, "summary", e)
+        return FAILED
+
+    def summary_tables(self):
+        """{name: rows} of the modules whose summary() has rows (checked: checked_rows). Before
+        counters(): a summary() that failed counts in its module's errors."""
+        out = {}
+        for m in self.modules:
+            rows = self.call_summary(m)
+            if rows is not FAILED:
+                rows = checked_rows(m, rows)
+                if rows:
+                    out[m.name] = rows
+        return out
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):
