@@ -1361,3 +1361,23 @@ def test_summary_rows_take_what_emit_takes(tmp_path, mode):
         res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", *mode, *(store and [store[0], f"{store[1]}{bad}"]))
         assert res.returncode == 2 and f"flowsift: {needle}" in res.stderr, res.stderr
         assert "internal error" not in res.stderr and "NaN" not in res.stdout
+
+
+@pytest.mark.parametrize("width", [80, 1000])
+def test_a_summary_table_shows_every_rows_columns(width):
+    """The text table took its columns from the first row alone (b was lost), showed a dict as
+    Python's repr, and folded a narrow table's title into pieces ("sum" / "m")."""
+    import io
+    from flowsift import render
+    buf = io.StringIO()
+    console = render._DataConsole(file=buf, width=width)
+    rows = [{"a": "x"}, {"b": "y"}, {"a": "z", "b": "w", "d": {"k": [1, "é"]}, "l": [1, 2], "n": 5}]
+    render.print_chain_tables({"tables": {"summ": rows, "m": [{"a": "x"}]}, "modules": {}}, console)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].strip() == "summ" and "m" in [l.strip() for l in lines], lines
+    header = next(l for l in lines if l.split() == ["a", "b", "d", "l", "n"])
+    at = {c: header.index(f" {c} ") + 1 for c in "abd"}
+    x, y, z = (next(l for l in lines if l.strip().startswith(v)) for v in "xyz")
+    assert x[at["a"]] == "x" and x[at["b"]:].strip() == ""
+    assert y[at["a"]] == " " and y[at["b"]] == "y" and y[at["b"] + 1:].strip() == ""
+    assert z.split() == ["z", "w", '{"k":[1,"é"]}', "1/2", "5"], z
