@@ -1381,3 +1381,32 @@ def test_a_summary_table_shows_every_rows_columns(width):
     assert x[at["a"]] == "x" and x[at["b"]:].strip() == ""
     assert y[at["a"]] == " " and y[at["b"]] == "y" and y[at["b"] + 1:].strip() == ""
     assert z.split() == ["z", "w", '{"k":[1,"é"]}', "1/2", "5"], z
+
+
+def test_a_modules_own_shard_column_is_kept_under_shards(tmp_path):
+    """flowsift's shard number overwrote the module's own `shard` in every row with a `conn`."""
+    from flowsift.testing import segments_capture
+    p = write_module(tmp_path, '''
+        class Where(Module):
+            """Rows with a shard of its own.
+
+            Synopsis: where
+            """
+            name = "where"
+            reads = {"records"}
+            def on_close(self, flow, reason):
+                self.seen = flow.conn
+            def summary(self):
+                return [{"conn": self.seen, "shard": "mine"}] if hasattr(self, "seen") else [{"shard": "none"}]
+    ''')
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    res = run_cli("chain", p, cap, "--json", "--shards", "2")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["tables"]["where"]
+    (mine,) = [r for r in rows if r["shard"] == "mine"]       # (one connection: one shard's)
+    assert mine["flowsift_shard"] in (0, 1) and set(mine) == {"conn", "shard", "flowsift_shard"}, rows
+    assert [r for r in rows if r is not mine] == [{"shard": "none"}], rows
+    from flowsift.shards import join_tables
+    assert join_tables([{"a": [{"conn": 1, "n": 2}, {"n": 3}]}, {"a": [{"conn": 4}], "b": [{"conn": 5, "shard": "x"}]}]) \
+        == {"a": [{"conn": 1, "n": 2, "shard": 0}, {"n": 3}, {"conn": 4, "shard": 1}],
+            "b": [{"conn": 5, "shard": "x", "flowsift_shard": 1}]}
