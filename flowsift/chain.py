@@ -4,7 +4,6 @@ import shutil
 
 from flowsift.errors import FlowsiftError, stops_held
 from flowsift.gateway import STORE_TOTALS, Gateway, open_source
-from flowsift.modules.base import summary_tables
 from flowsift.modules.loader import parse_chain, start_chain
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
@@ -255,13 +254,13 @@ def _complete(summary, runner, chain, store, keep):
         summary["kernel"]["held_back"] = held
         summary["kernel"]["lost_while_held"] = sum(h["lost"] for h in held.values())
     if isinstance(runner, InlineChain):
+        summary["tables"] = runner.summary_tables()     # (first: a summary() that fails counts in errors)
         summary["modules"] = runner.counters()
-        summary["tables"] = summary_tables(runner.modules)
         summary["mode"] = "inline"
         summary["reader_reopens"] = runner.reopens
     else:
-        summary["modules"] = runner.counters_summary()
         summary["tables"] = runner.tables
+        summary["modules"] = runner.counters_summary()
         summary["mode"] = "parallel" if runner.__class__.__name__ == "ParallelChain" else "staged"
     summary["events"] = runner.event_count
     if hasattr(runner, "checkpoint_stats") and runner.checkpoint_stats():

@@ -286,7 +286,6 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
     """Run one read-only module against run `run` (default: the only live one) of the registry
     at `url` until the run is complete and the module has finished every connection. Returns
     a summary like `flowsift chain`'s."""
-    from flowsift.modules.base import summary_tables
     from flowsift.modules.loader import parse_chain
     from flowsift.io._connset import ConnSet
     from flowsift.modules.runner import InlineChain
@@ -351,10 +350,11 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         module = runner.modules[0]
 
         def summarize(error=None):
+            tables = runner.summary_tables()     # (first: a summary() that fails counts in errors)
             summary = {"run": run, "module": name, "bit": bit, "resumed": resumed, "connections": len(runner.finished),
                        "events": state.events,
                        "modules": {name: dict(module.counters, errors=runner.errors.get(module.name, 0))},
-                       "tables": summary_tables([module]), "registry_outages": reg.outages,
+                       "tables": tables, "registry_outages": reg.outages,
                        "batch_log_gaps": state.log_gaps, "registry_rebuilt": reg.rebuilt, "error": error}
             if runner.state_snapshots():
                 summary["state"] = runner.state_snapshots()

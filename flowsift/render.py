@@ -422,15 +422,18 @@ def fitted_table(console, title, columns, rows, spare=(), spared=""):
     ("retra…"; --json carries the full names), and other values are folded onto more lines,
     never cut short (an address cut to "127.…" says nothing). If that is still too wide, the
     columns in `spare` are left out and `spared` says how to get them back."""
+    from rich.cells import cell_len
     if len(rows) > PLAIN_ROWS:
-        from rich.cells import cell_len
         widths = [max(cell_len(_clean(h)), max(cell_len(_clean(r[i])) for r in rows))
                   for i, (h, _) in enumerate(columns)]
         total = sum(widths) + 2 * len(widths)
         if cell_len(_clean(title)) <= total <= console.width and all("\n" not in c for r in rows for c in r):
             return _PlainTable(title, columns, rows, widths)
     def build(narrow, keep):
-        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        # (not narrower than its title, as wide as the terminal allows: a narrow table's title
+        # was folded into pieces)
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  min_width=min(cell_len(_clean(title)), console.width))
         for i, (header, numeric) in enumerate(columns):
             if i not in keep:
                 continue
@@ -461,16 +464,17 @@ def fitted_table(console, title, columns, rows, spare=(), spared=""):
 
 
 def _module_table(console, name, rows):
-    """A module's end-of-run rows (dicts) as a fitted table; client and server are one
+    """A module's end-of-run rows (dicts) as a fitted table: its columns are every row's keys,
+    in the order first seen (a row without one has an empty cell); client and server are one
     column, folded at the arrow when narrow."""
-    cols = [c for c in rows[0] if c != "conn"]
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "conn"]
     if "vlan" in cols:
         rows = [dict(r, vlan=vlan_text(r.get("vlan"))) for r in rows]
     if "client" in cols and "server" in cols:
         cols[cols.index("client")] = "client → server"
         cols.remove("server")
         rows = [dict(r, **{"client → server": f"{r.get('client')} → {r.get('server')}"}) for r in rows]
-    columns = [(c.replace("_", " "), all(_numeric(r.get(c)) for r in rows)) for c in cols]
+    columns = [(c.replace("_", " "), all(_numeric(r[c]) for r in rows if r.get(c) is not None)) for c in cols]
     return fitted_table(console, name, columns, [[_cell(r.get(c)) for c in cols] for r in rows])
 
 
@@ -480,7 +484,16 @@ def _on_vlan(c):
 
 
 def _cell(v):
-    return "/".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v)
+    # a list of numbers or text as a/b (counter's bytes: to server/to client); what nests, as
+    # compact JSON (a dict's repr is Python's, not what --json gives)
+    if v is None:
+        return ""
+    if isinstance(v, list) and not any(isinstance(x, (list, dict)) for x in v):
+        return "/".join(map(str, v))
+    if isinstance(v, (list, dict)):
+        import json
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    return str(v)
 
 
 def _numeric(v):

@@ -469,13 +469,27 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
         kernels = [r.get("kernel", {}) for r in results]
         out["kernel"]["stopped_by"] = "error" if out["error"] else \
             max(kernels, key=lambda k: k.get("seconds", 0)).get("stopped_by")
-    tables = {}
-    for k, r in enumerate(results):
-        for name, rows in r.get("tables", {}).items():
-            tables.setdefault(name, []).extend(dict(row, shard=k) if isinstance(row, dict) and "conn" in row else row
-                                               for row in rows)
-    out["tables"] = tables
+    out["tables"] = join_tables([r.get("tables", {}) for r in results])
     state = merge_state(spec, [r.get("state", {}) for r in results])
     if state:
         out["state"] = state
+    return out
+
+
+# the column a joined table's rows with a `conn` get their shard in, unless the module's rows
+# have a column of that name: theirs is kept, and the shard goes in SHARD_COLUMN_TAKEN
+SHARD_COLUMN = "shard"
+SHARD_COLUMN_TAKEN = "flowsift_shard"
+
+
+def join_tables(tables):
+    """The shards' end-of-run tables ({module: rows} each, in shard order) joined: a module's
+    rows one shard after the other, a row with a `conn` column marked with its shard."""
+    out = {}
+    for k, shard_tables in enumerate(tables):
+        for name, rows in shard_tables.items():
+            out.setdefault(name, []).extend((k, row) for row in rows)
+    for name, rows in out.items():
+        column = SHARD_COLUMN_TAKEN if any(SHARD_COLUMN in row for _, row in rows) else SHARD_COLUMN
+        out[name] = [dict(row, **{column: k}) if "conn" in row else row for k, row in rows]
     return out

@@ -1282,3 +1282,131 @@ def test_a_sharded_run_says_once_that_a_writing_modules_edits_go_nowhere(tmp_pat
     res = run_cli("chain", ROOT / "examples" / "mask.py", cap, "--shards", "2", "--events", "/dev/null")
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("module mask asks for edits but nothing is written: add -w OUT.pcap") == 1, res.stderr
+
+
+SUMM = '''
+    import sys
+    import numpy as np
+
+    class Summ(Module):
+        """A summary() that misbehaves as told.
+
+        Synopsis: summ
+        """
+        name = "summ"
+        reads = {"records"}
+        options = {"bad": Option(str, "", "how summary() misbehaves")}
+
+        def on_close(self, flow, reason):
+            self.count("closed")
+
+        def summary(self):
+            bad = self.config["bad"]
+            if bad == "raise":
+                raise ValueError("no table today")
+            if bad == "exit":
+                sys.exit(3)
+            if bad == "object":
+                return [{"n": 1}, {"n": 2, "v": object()}]
+            if bad == "nan":
+                return [{"n": float("nan")}]
+            if bad == "key":
+                return [{1: "one"}]
+            return [{"n": np.int64(3), "b": b"hi", "f": np.float32(0.5), "nested": {"k": (1, 2)}, "s": {2, 1},
+                     "l": np.longdouble(1.5)}]
+'''
+
+
+@pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
+def test_a_summary_that_raises_is_the_modules_failure(tmp_path, mode):
+    """An exception or sys.exit() in summary() ended the run as an internal error (or exit 3,
+    unsaid) inline, and in a worker restarted it 100 times, each saying its traceback."""
+    from flowsift.testing import segments_capture
+    p = write_module(tmp_path, SUMM)
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    for bad, said in (("raise", "ValueError: no table today"), ("exit", "SystemExit: 3")):
+        store = [] if "--shards" in mode else ["--store", tmp_path / f"s{bad}"]
+        res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", *mode, *store)
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.count("flowsift: module summ failed in summary() (later failures are counted):\n") == \
+            (2 if "--shards" in mode else 1), res.stderr
+        assert said in res.stderr and f'{p}", line' in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and "restart" not in res.stderr and "workers.py" not in res.stderr
+        summary = json.loads(res.stdout)
+        assert summary["tables"] == {} and summary["modules"]["summ"]["closed"] == 1
+        assert summary["modules"]["summ"]["errors"] == (2 if "--shards" in mode else 1)
+        res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", "--strict", *mode,
+                      *(store and [store[0], f"{store[1]}strict"]))
+        assert res.returncode == 2 and f"flowsift: module summ: summary() raised {said}\n" in res.stderr, res.stderr
+        assert "restart" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("mode", [["--inline"], [], ["--shards", "2"]])
+def test_summary_rows_take_what_emit_takes(tmp_path, mode):
+    """numpy values and bytes in a row were an internal error (exit 1, no summary), an object
+    too, and a NaN was written as a bare NaN, which is no JSON."""
+    from flowsift.testing import segments_capture
+    p = write_module(tmp_path, SUMM)
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    store = [] if "--shards" in mode else ["--store", tmp_path / "s"]
+    res = run_cli("chain", p, cap, "--json", *mode, *store)
+    assert res.returncode == 0, res.stderr
+    row = {"n": 3, "b": "hi", "f": 0.5, "nested": {"k": [1, 2]}, "s": [1, 2], "l": 1.5}
+    assert json.loads(res.stdout)["tables"]["summ"] == [row] * (2 if "--shards" in mode else 1)
+    for bad, needle in (("object", "module summ: summary() row 1: column 'v' holds a value of type object, which "
+                                   "JSON cannot carry (bytes, sets and numpy values are converted, nothing else)"),
+                        ("nan", "module summ: summary() row 0: column 'n' holds NaN or an infinity, which JSON has "
+                                "no number for"),
+                        ("key", "module summ: summary() row 0 has a column named 1, an integer: column names are text")):
+        res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", *mode, *(store and [store[0], f"{store[1]}{bad}"]))
+        assert res.returncode == 2 and f"flowsift: {needle}" in res.stderr, res.stderr
+        assert "internal error" not in res.stderr and "NaN" not in res.stdout
+
+
+@pytest.mark.parametrize("width", [80, 1000])
+def test_a_summary_table_shows_every_rows_columns(width):
+    """The text table took its columns from the first row alone (b was lost), showed a dict as
+    Python's repr, and folded a narrow table's title into pieces ("sum" / "m")."""
+    import io
+    from flowsift import render
+    buf = io.StringIO()
+    console = render._DataConsole(file=buf, width=width)
+    rows = [{"a": "x"}, {"b": "y"}, {"a": "z", "b": "w", "d": {"k": [1, "é"]}, "l": [1, 2], "n": 5}]
+    render.print_chain_tables({"tables": {"summ": rows, "m": [{"a": "x"}]}, "modules": {}}, console)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].strip() == "summ" and "m" in [l.strip() for l in lines], lines
+    header = next(l for l in lines if l.split() == ["a", "b", "d", "l", "n"])
+    at = {c: header.index(f" {c} ") + 1 for c in "abd"}
+    x, y, z = (next(l for l in lines if l.strip().startswith(v)) for v in "xyz")
+    assert x[at["a"]] == "x" and x[at["b"]:].strip() == ""
+    assert y[at["a"]] == " " and y[at["b"]] == "y" and y[at["b"] + 1:].strip() == ""
+    assert z.split() == ["z", "w", '{"k":[1,"é"]}', "1/2", "5"], z
+
+
+def test_a_modules_own_shard_column_is_kept_under_shards(tmp_path):
+    """flowsift's shard number overwrote the module's own `shard` in every row with a `conn`."""
+    from flowsift.testing import segments_capture
+    p = write_module(tmp_path, '''
+        class Where(Module):
+            """Rows with a shard of its own.
+
+            Synopsis: where
+            """
+            name = "where"
+            reads = {"records"}
+            def on_close(self, flow, reason):
+                self.seen = flow.conn
+            def summary(self):
+                return [{"conn": self.seen, "shard": "mine"}] if hasattr(self, "seen") else [{"shard": "none"}]
+    ''')
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    res = run_cli("chain", p, cap, "--json", "--shards", "2")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["tables"]["where"]
+    (mine,) = [r for r in rows if r["shard"] == "mine"]       # (one connection: one shard's)
+    assert mine["flowsift_shard"] in (0, 1) and set(mine) == {"conn", "shard", "flowsift_shard"}, rows
+    assert [r for r in rows if r is not mine] == [{"shard": "none"}], rows
+    from flowsift.shards import join_tables
+    assert join_tables([{"a": [{"conn": 1, "n": 2}, {"n": 3}]}, {"a": [{"conn": 4}], "b": [{"conn": 5, "shard": "x"}]}]) \
+        == {"a": [{"conn": 1, "n": 2, "shard": 0}, {"n": 3}, {"conn": 4, "shard": 1}],
+            "b": [{"conn": 5, "shard": "x", "flowsift_shard": 1}]}

@@ -149,6 +149,57 @@ def test_numpy_values_are_json_numbers_and_nan_is_a_hook_error(tmp_path):
     assert result.events == [] and result.counters("numbers")["errors"] == 1
 
 
+class Deep(Module):
+    """Emits long doubles, or a list that contains itself.
+
+    Synopsis: deep
+    """
+    name = "deep"
+    options = {"what": Option(str, "long", "what to emit")}
+
+    def on_close(self, flow, reason):
+        import numpy as np
+        what = self.config["what"]
+        if what == "long":
+            self.emit("deep", one=np.longdouble(1.5), many=np.array([0.5, 2], dtype=np.longdouble))
+        elif what == "nan":
+            self.emit("deep", v=np.longdouble("nan"))
+        elif what == "complex":
+            self.emit("deep", v=np.clongdouble(1 + 2j))
+        else:
+            loop = [1]
+            loop.append(loop)
+            self.emit("deep", fine=1, v={"in": loop})
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_long_doubles_are_numbers_and_a_value_that_contains_itself_is_a_module_error(tmp_path, events):
+    """Both were a RecursionError: numpy gives a long double back from tolist(), and the encoder
+    does not look for cycles."""
+    cap = segments_capture(tmp_path, client=[b"hello"], server=[b"hi"])
+    if events:
+        (e,) = run_module(Deep, cap).of_kind("deep")
+        assert e["one"] == 1.5 and type(e["one"]) is float and e["many"] == [0.5, 2.0]
+    for what, needle in (("nan", "field 'v' holds NaN or an infinity, which JSON has no number for"),
+                         ("complex", "field 'v' holds a value of type numpy.clongdouble, which JSON cannot carry"),
+                         ("loop", "field 'v' holds a value that contains itself, which JSON cannot write")):
+        if events:
+            with pytest.raises(ModuleError, match=re.escape(f"module deep: event 'deep': {needle}")):
+                run_module(Deep, cap, what=what)
+        else:
+            # no event line made (no --events): the same error
+            from flowsift.chain import run_chain
+            from flowsift.testing import _register
+            from flowsift.modules import loader
+            key = _register(Deep, {"what": what})
+            try:
+                with pytest.raises(ModuleError, match=re.escape(f"module deep: event 'deep': {needle}")):
+                    run_chain(key, str(cap), events=None, strict=True, inline=True, store=str(tmp_path / f"s{what}"),
+                              advise=False)
+            finally:
+                loader.GIVEN.pop(key, None)
+
+
 def test_segments_are_checked_and_the_limit_is_said(tmp_path):
     """A segment over what an IPv4 packet carries was a struct.error, one that is not bytes
     "can't concat tuple to bytes", a bare bytes a TypeError about ints."""
@@ -256,7 +307,7 @@ class Odd(Module):
 
 
 ODD = [("object", "module odd: event 'odd': field 'v' holds a value of type object, which JSON cannot carry "
-                  "(emit converts bytes, sets and numpy values, nothing else): convert it first, e.g. str(value)"),
+                  "(bytes, sets and numpy values are converted, nothing else): convert it first, e.g. str(value)"),
        ("nested", "module odd: event 'odd': field 'v' holds a value of type object"),
        ("path", "module odd: event 'odd': field 'v' holds a value of type pathlib.PosixPath"),
        ("key", "module odd: event 'odd': field 'v' holds a dict JSON cannot carry: keys must be"),

@@ -396,8 +396,10 @@ class Module:
     def summary(self):
         """Rows for the module's end-of-run table, called once at the end of the run: a list
         of dicts, one per row (column name: value), shown under the module's name and in the
-        summary's `tables` (joined across --shards); none by default. Another type is an error
-        naming the module."""
+        summary's `tables` (joined across --shards); none by default. Values are what emit
+        takes, converted as emit converts them; anything else, or another type than a list of
+        dicts, is a ModuleError naming the module. An exception raised here is the module's
+        failure, as one raised in a hook is."""
         return []
 
     # --- declared shape ---
@@ -410,30 +412,34 @@ class Module:
         return not cls.writes
 
 
-def summary_rows(module):
-    """What `module.summary()` returned, checked: a list of dicts (a ModuleError naming the
-    module otherwise, the same in every mode: a dict was merged across shards into a list of its
-    keys)."""
-    rows = module.summary()
+def checked_rows(module, rows):
+    """What `module.summary()` returned, checked and made plain: a list of dicts keyed by text,
+    their values converted as event fields are (flowsift.modules.values). Anything else is a
+    ModuleError naming the module (and the row and column), the same in every mode (a dict was
+    merged across shards into a list of its keys)."""
+    from flowsift.modules.values import NOT_JSON, plain_fields, why_not_json
     if isinstance(rows, tuple):
         rows = list(rows)
     if not isinstance(rows, list):
         raise ModuleError(f"module {module.name}: summary() returned a {type(rows).__name__}, not a list of rows "
                           f"(dicts, column name: value; [] for none)")
+    out = rows
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ModuleError(f"module {module.name}: summary() row {i} is a {type(row).__name__}, not a dict "
                               f"(column name: value)")
-    return rows
-
-
-def summary_tables(modules):
-    """{name: rows} of the modules whose summary() has rows."""
-    out = {}
-    for m in modules:
-        rows = summary_rows(m)
-        if rows:
-            out[m.name] = rows
+        for key in row:
+            if type(key) is not str:
+                raise ModuleError(f"module {module.name}: summary() row {i} has a column named {key!r}, "
+                                  f"{_kind(type(key))}: column names are text")
+        try:
+            plain = plain_fields(row)
+        except NOT_JSON:
+            raise ModuleError(f"module {module.name}: summary() row {i}: {why_not_json(row, 'column')}") from None
+        if plain is not row:
+            if out is rows:
+                out = list(rows)        # (the module's own list stays as it is)
+            out[i] = plain
     return out
 
 

@@ -10,56 +10,21 @@ read already is refused. Then each module's bit is set in the records it is done
 with (the gateway records it), so complete and acknowledged space can be reclaimed.
 """
 import json
-import math
 import sys
-
-import numpy as np
 
 from flowsift.errors import FlowsiftError, raised_stop
 from flowsift.io._connset import ConnSet
-from flowsift.modules.base import HOOKS, ModuleError, hook_error, trimmed_traceback
+from flowsift.modules.base import HOOKS, ModuleError, checked_rows, hook_error, trimmed_traceback
 from flowsift.modules.edits import EVERYTHING, Handed
 from flowsift.modules.loader import start
+from flowsift.modules.values import NOT_JSON, check_fields, to_json, why_not_json
 from flowsift.streams import RecordFile, StreamPointer
 from flowsift.streams._pointer import first_carrier
 from flowsift.streams.format import CLOSE_NAMES, RECORD_SIZE, endpoint, header_vlan
 
-# one encoder for every event (json.dumps with an argument makes a new one at each call)
-# (events are trees of plain values: no cycle check, which costs a dict per event)
-def _plain(value):
-    # event field values JSON has no type for (only these pay for the checks): bytes as latin-1
-    # text (one character per byte), sets as lists, numpy scalars and arrays as numbers and
-    # lists (a sum over flow.records()), anything else as its text
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("latin-1")
-    if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)
-        except TypeError:
-            return list(value)
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    # not its text: an object's repr (a memory address) would change from run to run unseen
-    t = type(value)
-    raise _Unconvertible(t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}")
+# what InlineChain.call_summary gives for a summary() that raised
+FAILED = object()
 
-
-class _Unconvertible(TypeError):
-    """A value of a type events have no conversion for (its type's name)."""
-
-
-# (NaN and infinities are no JSON: a ValueError; other types a TypeError: said by _on_emit with
-# the field's name)
-_event_json = json.JSONEncoder(default=_plain, check_circular=False, allow_nan=False).encode
-
-
-def _check_fields(fields):
-    # what the encoder would refuse, for an event no line is written for (no --events): the
-    # same errors whatever the output. Plain scalars (most fields) are not encoded for it
-    for value in fields.values():
-        t = type(value)
-        if not (t is str or t is int or t is bool or value is None or (t is float and math.isfinite(value))):
-            _event_json(value)
 # what every event carries: a module's fields of these names would replace them
 ENVELOPE = frozenset({"ts", "module", "kind", "conn", "proto", "client", "server", "vlan"})
 PROTO_NAMES = {6: "tcp", 17: "udp"}
@@ -76,21 +41,6 @@ def copy_events(path, out, add=""):
                     out.write(line[:-2] + add + "}\n" if add else line)
     except OSError:
         pass
-
-
-def _not_json(fields):
-    # which field of an event the encoder refused, and why (maybe deep in a list or a dict)
-    for name, value in fields.items():
-        try:
-            _event_json(value)
-        except ValueError:
-            return f"field {name!r} holds NaN or an infinity, which JSON has no number for"
-        except _Unconvertible as e:
-            return (f"field {name!r} holds a value of type {e}, which JSON cannot carry (emit converts bytes, "
-                    f"sets and numpy values, nothing else): convert it first, e.g. str(value)")
-        except TypeError as e:
-            return f"field {name!r} holds a dict JSON cannot carry: {e}"
-    return "a value JSON cannot hold"
 
 
 def reader_budget():
@@ -311,9 +261,9 @@ class InlineChain:
                               "--vlan-key): choose another name")
         if self.events is None and not self.hold_events:
             try:
-                _check_fields(fields)
-            except (ValueError, TypeError):
-                raise ModuleError(f"module {module.name}: event {kind!r}: {_not_json(fields)}") from None
+                check_fields(fields)
+            except NOT_JSON:
+                raise ModuleError(f"module {module.name}: event {kind!r}: {why_not_json(fields)}") from None
             self.event_count += 1
             return
         flow = self._current
@@ -322,9 +272,9 @@ class InlineChain:
             line.update(flow.key())
         line.update(fields)
         try:
-            text = _event_json(line) + "\n"
-        except (ValueError, TypeError):
-            raise ModuleError(f"module {module.name}: event {kind!r}: {_not_json(fields)}") from None
+            text = to_json(line) + "\n"
+        except NOT_JSON:
+            raise ModuleError(f"module {module.name}: event {kind!r}: {why_not_json(fields)}") from None
         self.event_count += 1
         holder = (self.conns.get(flow.conn) or self._closing) if (self.hold_events and flow is not None) else None
         if holder is not None:
@@ -402,6 +352,32 @@ class InlineChain:
         if n == 0:
             sys.stderr.write(f"flowsift: module {m.name} failed in {hook}() (later failures are counted):\n"
                              f"{trimmed_traceback(e)}\n")
+
+    # --- the end-of-run tables ---
+    def call_summary(self, m):
+        """What m.summary() returned; FAILED when it raised, a failure of the module's as a hook's
+        is (counted and said, or the stop under --strict): its table is left out."""
+        try:
+            return m.summary()
+        except Exception as e:
+            self._failed(m, "summary", e)
+        except (SystemExit, KeyboardInterrupt) as e:
+            if raised_stop(e):
+                raise
+            self._failed(m, "summary", e)
+        return FAILED
+
+    def summary_tables(self):
+        """{name: rows} of the modules whose summary() has rows (checked: checked_rows). Before
+        counters(): a summary() that failed counts in its module's errors."""
+        out = {}
+        for m in self.modules:
+            rows = self.call_summary(m)
+            if rows is not FAILED:
+                rows = checked_rows(m, rows)
+                if rows:
+                    out[m.name] = rows
+        return out
 
     # --- per batch ---
     def process(self, touched, closed, limits=None):

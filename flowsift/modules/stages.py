@@ -6,7 +6,6 @@ batch, up to where its modules stand in each stream; a writing stage after paral
 gets each batch once every worker has read it (the gateway waits for them). Across connections
 the stages pipeline.
 """
-from flowsift.modules.base import summary_tables
 from flowsift.modules.runner import InlineChain
 from flowsift.modules.workers import ParallelChain
 
@@ -94,7 +93,7 @@ class StagedChain:
     def tables(self):
         out = {}
         for st in self.stages:
-            out.update(st.tables if isinstance(st, ParallelChain) else summary_tables(st.modules))
+            out.update(st.tables if isinstance(st, ParallelChain) else st.summary_tables())
         return out
 
     def state_snapshots(self):

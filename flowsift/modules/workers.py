@@ -20,7 +20,7 @@ import time
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
 from flowsift.errors import FlowsiftError, start_forked, take_stop_signals
-from flowsift.modules.base import ModuleError, summary_rows
+from flowsift.modules.base import ModuleError, checked_rows
 from flowsift.modules.loader import parse_chain, start
 from flowsift.modules.runner import HOOK_NAMES, InlineChain, join_checkpoint, passive
 from flowsift.modules.state import AppendOnly
@@ -185,7 +185,8 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
                 runner.forget(msg[2])
                 runner.finish()
                 checkpoint(msg[1])
-                post(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), _summary(module)))
+                rows = _summary(runner, module)      # (first: a summary() that fails counts in errors)
+                post(("bye", runner.errors.get(module.name, 0), runner.deltas.pop(None, {}), rows))
                 return
     except FlowsiftError as e:
         # a module's failure under --strict, or a store that is gone (the gateway died and
@@ -198,16 +199,19 @@ def _worker(spec, index, store_dir, conn, strict, every=CHECKPOINT_EVERY, inheri
         mailer.join()
 
 
-def _summary(module):
-    """A worker's end-of-run table. When it is one of the module's append-only lists (as the
-    counter's is), the gateway already holds those rows from the checkpoints: it is named, not
-    sent again (a row per connection: unpickling them all would be the last thing the run waits
-    for)."""
-    rows = summary_rows(module)
+def _summary(runner, module):
+    """A worker's end-of-run table ([] when summary() failed: runner.call_summary). When it is
+    one of the module's append-only lists (as the counter's is), the gateway already holds those
+    rows from the checkpoints, plain data: it is named, not sent again (a row per connection:
+    unpickling them all would be the last thing the run waits for)."""
+    from flowsift.modules.runner import FAILED
+    rows = runner.call_summary(module)
+    if rows is FAILED:
+        return []
     for name, value in getattr(module, "_state", {}).items():
         if rows is value and isinstance(value, AppendOnly):
             return _Rows(name)
-    return rows
+    return checked_rows(module, rows)
 
 
 class _Rows(str):
