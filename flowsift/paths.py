@@ -101,7 +101,8 @@ def check_output_file(option, path):
 
 # names a -w file may not have: -w writes a classic pcap, and a name that says otherwise would
 # be taken at its word (tools that go by the name, a reader that expects pcapng blocks)
-NOT_PCAP_NAMES = (".pcapng", ".gz", ".zst", ".xz", ".bz2", ".lz4")     # (-w compresses nothing)
+NOT_PCAP_NAMES = (".pcapng", ".ntar", ".gz", ".tgz", ".zst", ".zstd", ".xz", ".bz2", ".lz4", ".z", ".7z",
+                  ".zip")     # (-w writes a classic pcap, and compresses nothing)
 
 
 def check_pcap_name(option, path):
@@ -109,7 +110,7 @@ def check_pcap_name(option, path):
     before anything is read; a device or a pipe is not named for a format."""
     if path.lower().endswith(NOT_PCAP_NAMES) and not (os.path.exists(path) and not os.path.isfile(path)):
         suffix = next(s for s in NOT_PCAP_NAMES if path.lower().endswith(s))
-        if suffix != ".pcapng":
+        if suffix not in (".pcapng", ".ntar"):
             raise UsageError(f"{option} {path}: {option} writes an uncompressed pcap, not {suffix[1:]}: "
                              f"name it .pcap (and compress it afterwards)")
         raise UsageError(f"{option} {path}: {option} writes a pcap (classic format), not {suffix[1:]}: "

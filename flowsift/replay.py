@@ -903,15 +903,16 @@ def _other_port(conv, server_port):
     return server_port is not None and int(conv.server.rpartition(":")[2]) != server_port
 
 
-# the longest wait a turn may be given: a day (inf, or 1e308, would wait for ever)
-MAX_WAIT = 86400.0
+# the waits a turn may be given: from a millisecond (less, and the connect itself times out,
+# said as the server's failure) to a day (inf, or 1e308, would wait for ever)
+MIN_WAIT, MAX_WAIT = 0.001, 86400.0
 
 
 def _check_waits(timeout, idle=None):
     # 0 would fail every turn at once; no wait is negative
     for name, wait in (("--timeout", timeout), ("--idle", idle)):
-        if wait is not None and not 0 < wait <= MAX_WAIT:
-            raise UsageError(f"{name} {wait:g}: seconds, more than 0 and at most {MAX_WAIT:g} (a day)")
+        if wait is not None and not MIN_WAIT <= wait <= MAX_WAIT:
+            raise UsageError(f"{name} {wait:g}: seconds, from {MIN_WAIT:g} (1ms) to {MAX_WAIT:g} (a day)")
 
 
 def _where(host, port):

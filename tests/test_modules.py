@@ -1169,9 +1169,12 @@ def test_time_at_gives_the_capture_time_of_the_packet_that_carried_a_byte(tmp_pa
     assert read == [(0, [2, None, None, None, None]), (1, [2, None, 3, None, None]), (0, [2, 4, 3, None, None]),
                     (1, whole)]
     assert [ms(e["at"]) for e in res.of_kind("end")] == [whole]
-    with pytest.raises(ValueError, match="direction 2: 0 .client to server. or 1"):
-        run_module(type("Bad", (Latency,), {"on_close": lambda self, flow, reason: flow.time_at(2, 0),
-                                            "__doc__": Latency.__doc__}), cap)
+    for call, error, words in ((lambda flow: flow.time_at(2, 0), ValueError, "direction 2: 0 .client to server. or 1"),
+                               (lambda flow: flow.time_at(0, 1.0), TypeError, "offset 1.0 is a float: a whole number"),
+                               (lambda flow: flow.time_at(0, -1), ValueError, "offset -1: a byte's offset")):
+        with pytest.raises(error, match=words):
+            run_module(type("Bad", (Latency,), {"on_close": (lambda c: lambda self, flow, reason: c(flow))(call),
+                                                "__doc__": Latency.__doc__}), cap)
 
 
 class Payloads(Module):

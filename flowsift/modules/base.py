@@ -290,9 +290,12 @@ class Flow:
         self._reading("records", "time_at")
         if self._file is None:
             raise ModuleError("time_at needs a flow backed by a record file")
-        if direction not in (0, 1) or isinstance(direction, bool):
+        for what, value in (("direction", direction), ("offset", offset)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"time_at: {what} {value!r} is a {type(value).__name__}: a whole number")
+        if direction not in (0, 1):
             raise ValueError(f"time_at: direction {direction!r}: 0 (client to server) or 1 (server to client)")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        if offset < 0:
             raise ValueError(f"time_at: offset {offset!r}: a byte's offset in the stream, 0 or more")
         if self._times is None:
             from flowsift.modules.runner import _PacketTimes
