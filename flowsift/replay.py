@@ -10,6 +10,7 @@ not packets. A hole in the client's stream ends what can be replayed there.
 """
 import asyncio
 import difflib
+import errno
 import json
 import os
 import re
@@ -1000,14 +1001,27 @@ class _Report:
             raise FlowsiftError(f"{path}: cannot write the report: {e.strerror}") from None
 
     def write(self, obj):
+        """Write the report; one that cannot be written whole (a full disk) is an error, and a
+        file made for it is removed: no empty or cut report is left to be read as one."""
+        text = json.dumps(obj, indent=1)
         try:
             with self.f:
                 # (a device or a FIFO, /dev/null or a reader's pipe, is written as it is: it
                 # holds no old report, and cannot be truncated)
                 if stat.S_ISREG(os.fstat(self.f.fileno()).st_mode):
+                    # the room first: a disk too full for the report refuses it here, while an
+                    # old report is still whole (file systems without fallocate are written as
+                    # they are)
+                    size = len(text.encode())
+                    try:
+                        os.posix_fallocate(self.f.fileno(), 0, max(size, 1))
+                    except OSError as e:
+                        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
                     self.f.truncate(0)
-                json.dump(obj, self.f, indent=1)
+                self.f.write(text)
         except OSError as e:
+            self.abandon()
             raise FlowsiftError(f"{self.path}: cannot write the report: {e.strerror}") from None
 
     def abandon(self):

@@ -962,6 +962,29 @@ def test_an_unwritable_report_is_refused_before_the_replay(tmp_path, corpus):
         assert res.returncode == 2 and not made.exists()
 
 
+def test_a_report_the_disk_has_no_room_for_is_not_left_behind(tmp_path):
+    """A report whose write failed (a full disk; here the file size limit, EFBIG) was said, exit
+    2, but left an empty file: one made for the replay goes, and an old one stays whole."""
+    import resource
+    cap = _exchange(tmp_path, "echo.pcap", [(True, b"hi\n", False), (False, b"hi\n", False)])
+    store = tmp_path / "st"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)     # (replayed from, nothing written)
+    old = tmp_path / "old.json"
+    old.write_text("an old report\n")
+    srv = Server(tmp_path, ANSWERS, "echo")
+    try:
+        for report, left in ((tmp_path / "r.json", None), (old, "an old report\n")):
+            res = subprocess.run([sys.executable, "-m", "flowsift", "replay", "--store", store, "--to",
+                                  f"127.0.0.1:{srv.port}", "--timeout", "3", "--idle", "0.3", "--report", str(report)],
+                                 capture_output=True, text=True, timeout=60,
+                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)))
+            assert res.returncode == 2, (res.returncode, res.stderr)
+            assert res.stderr.strip().splitlines()[-1] == f"flowsift: {report}: cannot write the report: File too large"
+            assert (report.read_text() if report.exists() else None) == left
+    finally:
+        srv.stop()
+
+
 def test_a_capture_of_the_server_side_only_is_skipped(tmp_path):
     """A connection whose client sent nothing was waited on as a banner for the whole --timeout,
     then failed; --limit left the connections past it uncounted."""
