@@ -1058,6 +1058,9 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             raise UsageError(f"--ignore-body-regex: {e}") from None
     out = _Report(report) if report else None
     skipped, convs, temporary = {}, [], None
+    # the replay has started: a stop from now on ends it with the summary of what finished (of
+    # no connection while the capture, or the store, is still read)
+    t0, looping, early = time.monotonic(), False, None
     try:
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly, vlan_key,
                                              checksums)
@@ -1092,6 +1095,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         t0 = time.monotonic()
         interrupted = False
         loop = asyncio.new_event_loop()
+        looping = True
         try:
             task = loop.create_task(rp.run(convs, limit))
             try:
@@ -1109,6 +1113,12 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             loop.close()
         rp.first.check(host, port)
         secs = time.monotonic() - t0
+    except (KeyboardInterrupt, Terminated) as stop:
+        if looping:
+            if out is not None:
+                out.abandon()
+            raise
+        early = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
     except BaseException:
         if out is not None:
             out.abandon()
@@ -1116,6 +1126,9 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
+    if early is not None:
+        # stopped before any connection was replayed: nothing was sent
+        return _summary([], {}, time.monotonic() - t0, _where(host, port), match, early, out, [], {})
     return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems, ports)
 
 

@@ -408,6 +408,27 @@ def test_ctrl_c_and_sigterm_end_with_the_summary_so_far(corpus, sig):
         silent.close()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_capture_is_read_ends_with_a_summary_of_nothing(tmp_path, corpus, sig):
+    """A stop that came while the capture was still read (before any connection was replayed)
+    ended the replay with no summary at all (--json printed nothing): once the replay has
+    started, it ends with its summary, here of no connection, its temporary store removed."""
+    from flowsift.errors import Terminated
+    from flowsift.replay import replay as run
+
+    def stop(position, size):       # (told after each batch read)
+        raise KeyboardInterrupt() if sig == signal.SIGINT else Terminated()
+    report = tmp_path / "r.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        summary = run(BRO, f"127.0.0.1:{s.getsockname()[1]}", on_progress=stop, report=report)
+    assert (summary["interrupted"], summary["signal"], summary["connections"], summary["skipped"]) == (
+        True, sig.name, 0, {})
+    assert json.loads(report.read_text())["summary"] == summary
+    assert _stores_of(BRO) == []
+
+
 def test_pacing_follows_the_original_timing(tmp_path, http_table):
     path, _ = http_table
     srv = Server(tmp_path, RECORDED, path)
