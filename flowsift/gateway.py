@@ -107,7 +107,6 @@ class Gateway:
             self._found = set() if self._made_dir else set(os.listdir(self.store_dir))
         except OSError:
             self._found = None          # (RecordStore says why)
-        self.read_any = False         # a batch came from the source
         try:
             self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
             if unacked_files is not None:
@@ -148,6 +147,8 @@ class Gateway:
         self.released = {}            # name -> connections finished, of modules that left
         self.retired = ConnSet()      # connections whose file went (remote modules' reports)
         self.capture = None           # the live source while it is read (see source_lost)
+        self.read_any = False         # a batch came from the source
+        self.decoder = None           # the run's decoder (what it read)
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete, **extra):
@@ -190,13 +191,15 @@ class Gateway:
             pass                    # a full disk may refuse even the manifest
 
     def discard_unused(self):
-        """Remove what this run made of the store when the run failed before reading a packet
+        """Remove what this run made of the store when the run failed before a packet decoded
         (a live source that would not open, a filter its link type refuses, a registry that
-        refused the run) and no record file is in it: left there, a store of nothing would
-        refuse the run given again (a store is one run's). A directory that was there before
-        keeps what it held and stays. Returns whether the store went."""
+        refused the run; a capture none of whose packets is of a link type flowsift decodes) and
+        no record file is in it: left there, a store of nothing would refuse the run given again
+        (a store is one run's). (A store that failed itself, full or unwritable, once packets
+        decoded keeps its manifest saying why.) A directory that was there before keeps what it
+        held and stays. Returns whether the store went."""
         from flowsift.streams.reader import record_name
-        if self.read_any or self._found is None:
+        if self._found is None or (self.read_any and not self._nothing_decoded()):
             return False
         try:
             names = os.listdir(self.store_dir)
@@ -218,6 +221,12 @@ class Gateway:
             except OSError:
                 pass
         return True
+
+    def _nothing_decoded(self):
+        # every packet read was of a link type flowsift does not decode (check_decodable)
+        if self.decoder is None or not self.decoder.packets:
+            return False
+        return sum(self.decoder.counters()["unsupported_linktypes"].values()) == self.decoder.packets
 
     def run_alone(self, source, on_progress=None):
         """run_capture for a caller that does nothing more with the store (the gateway alone):
@@ -396,6 +405,7 @@ class Gateway:
         # the manifest names its source from the start: a gateway killed (kill -9) leaves it so
         self._write_manifest(complete=False)
         decoder, batch, error = self.reassembler.decoder(), None, None
+        self.decoder = decoder
         try:
             cap = path if opened else open_capture(path, self.bpf)
             if on_open is not None:

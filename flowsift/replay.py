@@ -10,6 +10,7 @@ not packets. A hole in the client's stream ends what can be replayed there.
 """
 import asyncio
 import difflib
+import errno
 import json
 import os
 import re
@@ -1001,14 +1002,27 @@ class _Report:
             raise FlowsiftError(f"{path}: cannot write the report: {e.strerror}") from None
 
     def write(self, obj):
+        """Write the report; one that cannot be written whole (a full disk) is an error, and a
+        file made for it is removed: no empty or cut report is left to be read as one."""
+        text = json.dumps(obj, indent=1)
         try:
             with self.f:
                 # (a device or a FIFO, /dev/null or a reader's pipe, is written as it is: it
                 # holds no old report, and cannot be truncated)
                 if stat.S_ISREG(os.fstat(self.f.fileno()).st_mode):
+                    # the room first: a disk too full for the report refuses it here, while an
+                    # old report is still whole (file systems without fallocate are written as
+                    # they are)
+                    size = len(text.encode())
+                    try:
+                        os.posix_fallocate(self.f.fileno(), 0, max(size, 1))
+                    except OSError as e:
+                        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
                     self.f.truncate(0)
-                json.dump(obj, self.f, indent=1)
+                self.f.write(text)
         except OSError as e:
+            self.abandon()
             raise FlowsiftError(f"{self.path}: cannot write the report: {e.strerror}") from None
 
     def abandon(self):
@@ -1045,6 +1059,9 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             raise UsageError(f"--ignore-body-regex: {e}") from None
     out = _Report(report) if report else None
     skipped, convs, temporary = {}, [], None
+    # the replay has started: a stop from now on ends it with the summary of what finished (of
+    # no connection while the capture, or the store, is still read)
+    t0, looping, early = time.monotonic(), False, None
     try:
         directory, temporary = _store_of(source, store, filter_expression, on_progress, policy, reassembly, vlan_key,
                                              checksums)
@@ -1079,6 +1096,7 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         t0 = time.monotonic()
         interrupted = False
         loop = asyncio.new_event_loop()
+        looping = True
         try:
             task = loop.create_task(rp.run(convs, limit))
             try:
@@ -1096,6 +1114,12 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
             loop.close()
         rp.first.check(host, port)
         secs = time.monotonic() - t0
+    except (KeyboardInterrupt, Terminated) as stop:
+        if looping:
+            if out is not None:
+                out.abandon()
+            raise
+        early = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
     except BaseException:
         if out is not None:
             out.abandon()
@@ -1103,6 +1127,9 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
+    if early is not None:
+        # stopped before any connection was replayed: nothing was sent
+        return _summary([], {}, time.monotonic() - t0, _where(host, port), match, early, out, [], {})
     return _summary(results, skipped, secs, _where(host, port), match, interrupted, out, problems, ports)
 
 

@@ -273,6 +273,54 @@ def test_a_capture_of_no_link_type_flowsift_decodes_is_one_line(tmp_path, args):
     one_line_error(res, "u0.pcap", "nothing decoded", "link type 147 (USER0) not supported")
 
 
+def _stores_of(capture):
+    """The default stores (under /dev/shm, or the temporary directory) whose store.json names
+    `capture`: other runs' stores are not this test's."""
+    import glob
+    import tempfile
+    found = []
+    for parent in ("/dev/shm", tempfile.gettempdir()):
+        for manifest in glob.glob(os.path.join(parent, "flowsift-*", "store.json")):
+            try:
+                with open(manifest) as f:
+                    if str(capture) in f.read():
+                        found.append(os.path.dirname(manifest))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("args", [["gateway"], ["chain", "counter"], ["chain", "counter", "--inline"]])
+def test_a_capture_where_nothing_decodes_leaves_no_store(tmp_path, args):
+    """Packets were read but none made a connection, and the run fails: the store it made goes
+    (a new --store directory, the default one under /dev/shm), a --store directory that was
+    there keeps what it held, and the next run on it is not refused for a store of nothing."""
+    frames = [(1, k, ether(ipv4(A, B, 6, tcp(40000, 80, seq=1 + k, payload=b"x")))) for k in range(14)]
+    cap = write(tmp_path, "u0.pcap", pcap(frames, linktype=USER0))
+    good = write(tmp_path, "good.pcap", GOOD)
+    name, rest = args[:2 if args[0] == "chain" else 1], args[2 if args[0] == "chain" else 1:]
+
+    new = tmp_path / "new"
+    one_line_error(run_cli(*name, cap, *rest, "--store", new), "nothing decoded")
+    assert not os.path.lexists(new)
+
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "notes.txt").write_text("mine")
+    one_line_error(run_cli(*name, cap, *rest, "--store", there), "nothing decoded")
+    assert os.listdir(there) == ["notes.txt"] and (there / "notes.txt").read_text() == "mine"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(run_cli(*name, cap, *rest, "--store", empty), "nothing decoded")
+    assert os.listdir(empty) == []
+    run_cli(*name, good, *rest, "--store", empty, check=True)      # (not "holds an earlier store")
+
+    # the default store: removed (chain --keep would keep it after a run that worked)
+    one_line_error(run_cli(*name, cap, *rest, *(["--keep"] if name[0] == "chain" else [])), "nothing decoded")
+    assert _stores_of(cap) == []
+
+
 def test_packets_of_a_link_type_not_decoded_are_named_in_every_summary(tmp_path):
     """A pcapng with an Ethernet interface and a USER0 one: the Ethernet packets are read, the
     others counted and their link type named, in JSON and in the tables; exit 0."""

@@ -408,6 +408,27 @@ def test_ctrl_c_and_sigterm_end_with_the_summary_so_far(corpus, sig):
         silent.close()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_capture_is_read_ends_with_a_summary_of_nothing(tmp_path, corpus, sig):
+    """A stop that came while the capture was still read (before any connection was replayed)
+    ended the replay with no summary at all (--json printed nothing): once the replay has
+    started, it ends with its summary, here of no connection, its temporary store removed."""
+    from flowsift.errors import Terminated
+    from flowsift.replay import replay as run
+
+    def stop(position, size):       # (told after each batch read)
+        raise KeyboardInterrupt() if sig == signal.SIGINT else Terminated()
+    report = tmp_path / "r.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        summary = run(BRO, f"127.0.0.1:{s.getsockname()[1]}", on_progress=stop, report=report)
+    assert (summary["interrupted"], summary["signal"], summary["connections"], summary["skipped"]) == (
+        True, sig.name, 0, {})
+    assert json.loads(report.read_text())["summary"] == summary
+    assert _stores_of(BRO) == []
+
+
 def test_pacing_follows_the_original_timing(tmp_path, http_table):
     path, _ = http_table
     srv = Server(tmp_path, RECORDED, path)
@@ -960,6 +981,29 @@ def test_an_unwritable_report_is_refused_before_the_replay(tmp_path, corpus):
         made = tmp_path / "r.json"
         res = run_cli("replay", tmp_path / "nope.pcap", "--to", f"127.0.0.1:{s.getsockname()[1]}", "--report", made)
         assert res.returncode == 2 and not made.exists()
+
+
+def test_a_report_the_disk_has_no_room_for_is_not_left_behind(tmp_path):
+    """A report whose write failed (a full disk; here the file size limit, EFBIG) was said, exit
+    2, but left an empty file: one made for the replay goes, and an old one stays whole."""
+    import resource
+    cap = _exchange(tmp_path, "echo.pcap", [(True, b"hi\n", False), (False, b"hi\n", False)])
+    store = tmp_path / "st"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)     # (replayed from, nothing written)
+    old = tmp_path / "old.json"
+    old.write_text("an old report\n")
+    srv = Server(tmp_path, ANSWERS, "echo")
+    try:
+        for report, left in ((tmp_path / "r.json", None), (old, "an old report\n")):
+            res = subprocess.run([sys.executable, "-m", "flowsift", "replay", "--store", store, "--to",
+                                  f"127.0.0.1:{srv.port}", "--timeout", "3", "--idle", "0.3", "--report", str(report)],
+                                 capture_output=True, text=True, timeout=60,
+                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)))
+            assert res.returncode == 2, (res.returncode, res.stderr)
+            assert res.stderr.strip().splitlines()[-1] == f"flowsift: {report}: cannot write the report: File too large"
+            assert (report.read_text() if report.exists() else None) == left
+    finally:
+        srv.stop()
 
 
 def test_a_capture_of_the_server_side_only_is_skipped(tmp_path):

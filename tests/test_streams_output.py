@@ -190,8 +190,8 @@ def test_replace_replaces_an_earlier_runs_output(tmp_path):
 
 def test_only_a_runs_output_makes_a_directory_refused(tmp_path):
     """An empty directory, or one with unrelated files (names close to a stream file's or the
-    index's, a directory named like a stream file), is written into as a new one, the other
-    files left alone; once it holds that run's output, the next run into it is refused."""
+    index's), is written into as a new one, the other files left alone; once it holds that
+    run's output, the next run into it is refused."""
     first, second = _two_captures(tmp_path)
     empty, mixed, fresh = tmp_path / "empty", tmp_path / "mixed", tmp_path / "fresh"
     empty.mkdir()
@@ -200,7 +200,6 @@ def test_only_a_runs_output_makes_a_directory_refused(tmp_path):
               "c000009-x.s2c.old": b"x"}
     for name, blob in others.items():
         (mixed / name).write_bytes(blob)
-    (mixed / "c000007-10.0.0.1.1-10.0.0.2.2.c2s").mkdir()
     run_cli("streams", first, "-o", fresh, check=True)
     for out, kept in ((empty, {}), (mixed, others)):
         res = json.loads(run_cli("streams", first, "-o", out, "--json", check=True).stdout)
@@ -208,16 +207,18 @@ def test_only_a_runs_output_makes_a_directory_refused(tmp_path):
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {**listing(fresh), **kept}
         one_line_error(run_cli("streams", second, "-o", out), "holds the output of an earlier run",
                        "index.jsonl and 4 stream files")
-    assert (mixed / "c000007-10.0.0.1.1-10.0.0.2.2.c2s").is_dir()
 
 
 @pytest.mark.parametrize("replace", [False, True])
-@pytest.mark.parametrize("what", ["fifo", "symlink", "dangling", "stream-fifo", "stream-symlink", "index-dir"])
+@pytest.mark.parametrize("what", ["fifo", "symlink", "dangling", "stream-fifo", "stream-symlink", "index-dir",
+                                  "stream-dir"])
 def test_what_is_no_regular_file_under_an_output_name_is_refused_and_never_written_through(tmp_path, what, replace):
     """A FIFO named index.jsonl in DIR hung `streams -o DIR --replace` (opened for writing, it
     waited for a reader); a symlink named index.jsonl or like a stream file had its target
-    overwritten. No run wrote them, none writes through them: one line, exit 2, before anything
-    is read, with or without --replace; they, their targets and DIR stay as they were."""
+    overwritten; a directory at a stream file's name stopped the run half-way ("File exists"),
+    leaving an empty index and the directory stamped with the capture's time. No run wrote
+    them, none writes through them: one line, exit 2, before anything is read, with or without
+    --replace; they, their targets and DIR stay as they were."""
     first, _ = _two_captures(tmp_path)
     out, fresh, victim = tmp_path / "out", tmp_path / "fresh", tmp_path / "victim"
     run_cli("streams", first, "-o", fresh, check=True)
@@ -226,11 +227,13 @@ def test_what_is_no_regular_file_under_an_output_name_is_refused_and_never_writt
     stream = sorted(p.name for p in fresh.iterdir() if p.name != "index.jsonl")[0]
     name, kind = {"fifo": ("index.jsonl", "a FIFO"), "symlink": ("index.jsonl", "a symbolic link (to "),
                   "dangling": ("index.jsonl", "a symbolic link (to "), "stream-fifo": (stream, "a FIFO"),
-                  "stream-symlink": (stream, "a symbolic link (to "), "index-dir": ("index.jsonl", "a directory")}[what]
+                  "stream-symlink": (stream, "a symbolic link (to "), "index-dir": ("index.jsonl", "a directory"),
+                  "stream-dir": (stream, "a directory")}[what]
     if what.endswith("fifo"):
         os.mkfifo(out / name)
-    elif what == "index-dir":
+    elif what.endswith("-dir"):
         (out / name).mkdir()
+        os.utime(out / name, (1234567890, 1234567890))
     else:
         (out / name).symlink_to(victim if what != "dangling" else tmp_path / "nowhere")
     res = subprocess.run([sys.executable, "-m", "flowsift", "streams", str(first), "-o", str(out),
@@ -239,14 +242,19 @@ def test_what_is_no_regular_file_under_an_output_name_is_refused_and_never_writt
     assert res.stdout == ""
     assert [p.name for p in out.iterdir()] == [name] and victim.read_bytes() == b"not a stream"
     assert not (tmp_path / "nowhere").exists()
+    if what.endswith("-dir"):
+        assert os.lstat(out / name).st_mtime == 1234567890 and os.listdir(out / name) == []
     # before anything is read
     one_line_error(run_cli("streams", tmp_path / "nope.pcap", "-o", out), f"{out / name} is {kind}")
 
 
-def test_a_symlink_put_in_the_directory_while_it_is_written_is_never_followed(tmp_path):
+@pytest.mark.parametrize("what", ["symlink", "directory"])
+def test_a_symlink_put_in_the_directory_while_it_is_written_is_never_followed(tmp_path, what):
     """Files are made new (O_EXCL, O_NOFOLLOW), the writer thread's stream files as index.jsonl:
-    a symlink that comes at a stream file's name after the directory was made ready is not
-    written through; the run stops, saying which file it could not make."""
+    a symlink (a directory) that comes at a stream file's name after the directory was made
+    ready is not written through; the run stops, saying which file it could not make and what
+    came there ("File exists" did not say), and leaves it as it is (a directory was stamped
+    with the capture's time)."""
     from flowsift.errors import FlowsiftError
     from flowsift.io import Decoder, decoded_batches
     from flowsift.reassembly import Reassembler
@@ -264,11 +272,20 @@ def test_a_symlink_put_in_the_directory_while_it_is_written_is_never_followed(tm
             r.feed(batch)
         if cap == start:
             assert os.listdir(out) == ["index.jsonl"]
-            (out / "c000000-10.0.0.1.40000-10.0.0.2.80.c2s").symlink_to(victim)
-    with pytest.raises(FlowsiftError, match="c000000-10.0.0.1.40000-10.0.0.2.80.c2s: cannot write: File exists"):
+            there = out / "c000000-10.0.0.1.40000-10.0.0.2.80.c2s"
+            if what == "symlink":
+                there.symlink_to(victim)
+            else:
+                there.mkdir()
+                os.utime(there, (1234567890, 1234567890))
+    kind = "a symbolic link" if what == "symlink" else "a directory"
+    with pytest.raises(FlowsiftError, match=f"c000000-10.0.0.1.40000-10.0.0.2.80.c2s: cannot write: {kind}.* was "
+                                            "put at its name while streams wrote"):
         r.finish()
         sink.close()
     assert victim.read_bytes() == b"not a stream"
+    if what == "directory":
+        assert os.lstat(there).st_mtime == 1234567890 and os.listdir(there) == []
 
 
 # --- a low descriptor limit ------------------------------------------------------------------

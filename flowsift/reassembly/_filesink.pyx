@@ -29,7 +29,7 @@ from array import array as _array
 from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
 from cpython.mem cimport PyMem_Free
 
-from libc.errno cimport errno, ENOMEM
+from libc.errno cimport errno, EEXIST, ENOMEM
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, memset, strerror, strlen
@@ -251,7 +251,9 @@ cdef void fw_run(void* arg) noexcept nogil:
         else:
             fw_digest(j)
             k = fw_slot(w, j.path)
-            fw_stamp(w.slots[k].fd if k >= 0 else -1, j)
+            if w.err == 0:
+                # (after a failure a path may be what stopped the run, not this run's file)
+                fw_stamp(w.slots[k].fd if k >= 0 else -1, j)
             if k >= 0:
                 c_close(w.slots[k].fd)
                 w.slots[k].fd = -1
@@ -370,18 +372,18 @@ def _kind(path):
 
 def foreign_output(outdir):
     """The one-line error for what stands in `outdir` under a name this sink writes (index.jsonl,
-    a stream file's) and is not a regular file: a symlink, a FIFO, a device (a directory named
-    index.jsonl; one named like a stream file is left alone, as other files are). No run wrote
-    it, and none writes through it (a symlink would have its target overwritten, a FIFO would
-    wait for a reader), nor removes it (it is not an earlier run's output): None when there is
-    none."""
+    a stream file's) and is not a regular file: a symlink, a FIFO, a device, a directory. No run
+    wrote it, and none writes through it (a symlink would have its target overwritten, a FIFO
+    would wait for a reader), nor removes it (it is not an earlier run's output). Which names a
+    run will write is known only as it reads, so every such name is refused before it starts
+    (a directory at a stream file's name stopped the run half-way): None when there is none."""
     found = []
     try:
         with os.scandir(outdir) as it:
             for e in it:
                 if e.is_file(follow_symlinks=False):
                     continue
-                if e.name == "index.jsonl" or (_STREAM_FILE.match(e.name) and not e.is_dir(follow_symlinks=False)):
+                if e.name == "index.jsonl" or _STREAM_FILE.match(e.name):
                     found.append(e.name)
     except OSError:
         return None             # (the sink says why it cannot write there)
@@ -752,7 +754,14 @@ cdef class FileSink(Sink):
             L.nbytes = 0
         if self.w.err:
             err = self.w.err
-            self.failure = f"{os.fsdecode(<bytes> self.w.err_path)}: cannot write: {strerror(err).decode()}"
+            path = os.fsdecode(<bytes> self.w.err_path)
+            if err == EEXIST:
+                # a stream file is made new, and its name was free when the run started: what
+                # stands there came during the run ("File exists" would not say so)
+                self.failure = (f"{path}: cannot write: {_kind(path) or 'a file'} was put at its name "
+                                f"while streams wrote")
+            else:
+                self.failure = f"{path}: cannot write: {strerror(err).decode()}"
             raise FlowsiftError(self.failure)
         return 0
 
