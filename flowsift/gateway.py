@@ -111,15 +111,17 @@ class Gateway:
             self.store = RecordStore(self.store_dir, keep, max_open_files, store_bytes, readers_here)
             if unacked_files is not None:
                 self.store.unacked_files = unacked_files
-        except FlowsiftError:
-            if store is None:
-                os.rmdir(self.store_dir)    # the default store made for this run: empty still
+            # vlan_key: connections told apart by VLAN ids too (record headers say them); checksums
+            # "verify": packets with a wrong one stay out of connections (counted)
+            self.reassembler = Reassembler(sink=self.store, policy=policy, vlan_key=vlan_key, checksums=checksums,
+                                           **engine_options)
+            self.store.attach(self.reassembler.engine)
+        except BaseException:
+            if self._made_dir:
+                # (a setting the engine refuses, a stop as it starts: the store made for this
+                # run holds nothing yet)
+                shutil.rmtree(self.store_dir, ignore_errors=True)
             raise
-        # vlan_key: connections told apart by VLAN ids too (record headers say them); checksums
-        # "verify": packets with a wrong one stay out of connections (counted)
-        self.reassembler = Reassembler(sink=self.store, policy=policy, vlan_key=vlan_key, checksums=checksums,
-                                       **engine_options)
-        self.store.attach(self.reassembler.engine)
         self.source = None
         if registry is None:
             from flowsift.registry import EmbeddedRegistry

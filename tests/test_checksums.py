@@ -215,6 +215,11 @@ def test_run_module_verifies_checksums_when_asked(tmp_path):
     assert res.summary["checksums"]["bad"]["tcp"] == 1
     with pytest.raises(ValueError, match="one of ignore, verify"):
         run_module(Said, path, checksums="auto")
+    # a setting the engine refuses leaves no store made for the run (an empty one was left)
+    from flowsift.gateway import Gateway
+    with pytest.raises(ValueError, match="one of ignore, verify"):
+        Gateway(store=tmp_path / "new", checksums="auto")
+    assert not (tmp_path / "new").exists()
 
 # Corpus captures whose bad checksums flowsift counts otherwise than tshark, and why (docs/cli.md):
 # (flowsift's frames with a wrong checksum, tshark's frames marked bad)
