@@ -31,7 +31,8 @@ CHOICES = {"fragment_policy": ("first", "last", "discard")}
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
           "t": 1 << 40, "tib": 1 << 40}
 _SECONDS = {"": 1.0, "s": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0}
-_NUMBER = r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$"     # (compiled when first used: not at start-up)
+# a number as float() reads one (2, 2.5, .5, 1e3), then a unit (compiled when first used: not at start-up)
+_NUMBER = r"\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$"
 # beyond these the engine's integers would overflow (durations are kept in int64 nanoseconds)
 _MOST = {"duration": (100 * 365 * 86400, "100 years"), "size": (1 << 62, "4 EiB"), "count": ((1 << 32) - 1, "4294967295")}
 _EXAMPLES = {"duration": "seconds, or with a unit: 500ms, 30s, 5m, 1h",

@@ -722,10 +722,14 @@ def test_seconds_and_sizes_take_the_units_reassembly_takes(corpus, monkeypatch):
     FLOWSIFT_PROGRESS_MIN_BYTES takes 64MiB as its documented default is written; a setting
     given twice in --reassembly is refused rather than one of them taken."""
     from flowsift.bounds import byte_size, seconds
-    assert [seconds(t) for t in ("2.5", "500ms", "30s", "5m", "2min", "1h", "inf")] == [
-        2.5, 0.5, 30.0, 300.0, 120.0, 3600.0, float("inf")]
+    assert [seconds(t) for t in ("2.5", "500ms", "30s", "5m", "2min", "1h", "inf", "1e3ms", ".5s")] == [
+        2.5, 0.5, 30.0, 300.0, 120.0, 3600.0, float("inf"), 1.0, 0.5]
+    # and --reassembly reads its numbers as these do (it refused 1e3 and .5GiB)
+    from flowsift.bounds import parse_settings
+    assert parse_settings(["established_timeout=1e3,memcap=.5GiB"]) == {"established_timeout": 1000.0,
+                                                                         "memcap": 1 << 29}
     assert [byte_size(t) for t in ("0", "4096", "64MiB", "1.5G", "512k")] == [0, 4096, 64 << 20, 3 << 29, 512 << 10]
-    for bad in ("5x", "2d", "", "ms"):
+    for bad in ("5x", "2d", "", "ms", "5e", "1.2.3s"):
         with pytest.raises(ValueError):
             seconds(bad)
     src = corpus / "http__zeek__bro.org.pcap"
