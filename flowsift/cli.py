@@ -143,7 +143,11 @@ def _version(value: bool):
 CAPTURE = typer.Argument(..., metavar="SOURCE",
                          help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
                               "dpdk:PORT or dpdk:VDEV[,ARGS] (e.g. dpdk:net_pcap0,rx_pcap=in.pcap).")
-COUNT = typer.Option(None, "--count", "-c", metavar="N", help="Stop after N packets (a file: read its first N, counted before --filter, where tcpdump -c counts those it keeps).")
+COUNT = typer.Option(None, "--count", "-c", metavar="N",
+                     help="Stop after N packets (a file: read its first N, counted before --filter, where tcpdump "
+                          "-c counts those it keeps).")
+
+
 class _Seconds(click.ParamType):
     """SECONDS: a number, or one with a unit as --reassembly takes them (500ms, 30s, 5m, 1h)."""
     name = "seconds"

@@ -370,15 +370,16 @@ class EgressFile:
         self.path = str(path)
         self.tmp = None
         what = self.path
+        there = os.path.exists(self.path)
         try:
-            if os.path.exists(self.path) and not os.path.isfile(self.path):
+            if there and not os.path.isfile(self.path):
                 self.file = open(self.path, "wb")               # (/dev/null, a pipe)
                 return
-            if os.path.exists(self.path):
+            if there:
                 # the file it replaces: one that cannot be written is not replaced either
                 os.close(os.open(self.path, os.O_WRONLY))
             self.tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.partial")
-            if os.path.exists(self.path):
+            if there:
                 what = f"{self.tmp} (written first, then put in its place)"
             self.file = open(self.tmp, "wb")
         except OSError as e:

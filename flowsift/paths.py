@@ -108,13 +108,13 @@ NOT_PCAP_NAMES = (".pcapng", ".ntar", ".gz", ".tgz", ".zst", ".zstd", ".xz", ".b
 def check_pcap_name(option, path):
     """Raise UsageError when `path`, a pcap output, is named for another format (out.pcapng),
     before anything is read; a device or a pipe is not named for a format."""
-    if path.lower().endswith(NOT_PCAP_NAMES) and not (os.path.exists(path) and not os.path.isfile(path)):
-        suffix = next(s for s in NOT_PCAP_NAMES if path.lower().endswith(s))
-        if suffix not in (".pcapng", ".ntar"):
-            raise UsageError(f"{option} {path}: {option} writes an uncompressed pcap, not {suffix[1:]}: "
-                             f"name it .pcap (and compress it afterwards)")
-        raise UsageError(f"{option} {path}: {option} writes a pcap (classic format), not {suffix[1:]}: "
-                         f"name it .pcap")
+    suffix = next((s for s in NOT_PCAP_NAMES if path.lower().endswith(s)), None)
+    if suffix is None or (os.path.exists(path) and not os.path.isfile(path)):
+        return
+    if suffix not in (".pcapng", ".ntar"):
+        raise UsageError(f"{option} {path}: {option} writes an uncompressed pcap, not {suffix[1:]}: "
+                         f"name it .pcap (and compress it afterwards)")
+    raise UsageError(f"{option} {path}: {option} writes a pcap (classic format), not {suffix[1:]}: name it .pcap")
 
 
 class _Named(io.FileIO):

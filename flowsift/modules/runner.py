@@ -105,7 +105,6 @@ class _Conn:
         self.events = []         # event lines held until the connection is done (worker mode)
         self.gaps_seen = {}      # module index -> gap entries already handed to its on_gap (gap-only modules)
         self.ends_seen = None    # (end0, end1, gaps, close0, close1, closing) at the last advance: nothing new, nothing to do
-        self.times = None        # _PacketTimes, once a module emits while reading bytes
         self.closed = 0          # stages whose on_close was called (a closing advance calls them stage by stage)
 
 
@@ -299,9 +298,9 @@ class InlineChain:
             return when
         c, d, at = when                # at: a stream offset, or the pointer being read (its last byte read)
         offset = at if isinstance(at, int) else max(at.tell() - 1, 0)
-        if c.times is None:
-            c.times = _PacketTimes()
-        ts = c.times.at(c.file, d, offset, c.file.header["records"])
+        if c.flow._times is None:
+            c.flow._times = _PacketTimes()      # (the copy flow.time_at searches too)
+        ts = c.flow._times.at(c.file, d, offset, c.file.header["records"])
         return flow.last_ts if ts is None else ts
 
     def _counting(self, count):
@@ -324,13 +323,7 @@ class InlineChain:
             where[0] = args[0].conn << 3 | HOOK_NUMBERS[hook]
         try:
             getattr(m, hook)(*args)
-        except Exception as e:
-            self._failed(m, hook, e)
-        except (SystemExit, KeyboardInterrupt) as e:
-            # the module's own sys.exit() or KeyboardInterrupt fails its hook as any exception
-            # does; the user's Ctrl-C (and SIGTERM: Terminated) that came while it ran stops the run
-            if raised_stop(e):
-                raise
+        except (Exception, SystemExit, KeyboardInterrupt) as e:
             self._failed(m, hook, e)
         finally:
             running[0] = None
@@ -340,6 +333,10 @@ class InlineChain:
             raise self.output_error         # (a module that caught it does not keep the run going)
 
     def _failed(self, m, hook, e):
+        # the module's own sys.exit() or KeyboardInterrupt fails its hook as any exception does;
+        # the user's Ctrl-C (SIGTERM: Terminated, never caught) that came while it ran stops the run
+        if not isinstance(e, Exception) and raised_stop(e):
+            raise e
         if self.output_error is not None:
             raise self.output_error from None
         if self.strict:
@@ -359,11 +356,7 @@ class InlineChain:
         is (counted and said, or the stop under --strict): its table is left out."""
         try:
             return m.summary()
-        except Exception as e:
-            self._failed(m, "summary", e)
-        except (SystemExit, KeyboardInterrupt) as e:
-            if raised_stop(e):
-                raise
+        except (Exception, SystemExit, KeyboardInterrupt) as e:
             self._failed(m, "summary", e)
         return FAILED
 

@@ -6,7 +6,8 @@ A full buffer is handed to a writer thread, which appends it with write(2) throu
 kept in a small LRU cache sized from the descriptor limit (a capture with any number of live
 connections never runs out of them) and updates the direction's SHA-256 (OpenSSL, once per
 buffer, never per packet): the system calls and the hashing, more than half the time of
-writing streams to tmpfs, run beside reassembly. Confined to one CPU, the same lists of jobs are run inline, without the thread.
+writing streams to tmpfs, run beside reassembly. Confined to one CPU, the same lists of jobs
+are run inline, without the thread.
 Index lines are written when connections end, formatted in C into a buffer that goes out with
 write(2) (as json.dumps would write them), never before the bytes they describe; the writer
 fills in each line's digest when it has hashed the direction's last bytes, and stamps the file
@@ -354,7 +355,6 @@ def earlier_output(outdir):
 def _kind(path):
     """What a path that is not a regular file is, in a few words ("a FIFO"), or None for a
     regular file or nothing."""
-    import stat
     try:
         st = os.lstat(path)
     except OSError:
