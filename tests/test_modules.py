@@ -1273,9 +1273,9 @@ def test_a_summary_that_is_not_a_list_of_rows_is_refused_in_every_mode(tmp_path,
     for bad, needle in (("dict", "module tally: summary() returned a dict, not a list of rows (dicts, column "
                                  "name: value; [] for none)"),
                         ("row", "module tally: summary() row 1 is a str, not a dict (column name: value)")):
-        res = run_cli("chain", f"{p}(bad={bad})", corpus / "http__zeek__get.pcap", "--json", *mode,
+        res = run_cli("chain", f"{p}(bad={bad})", corpus / "http__zeek__get.pcap", "--json", "--strict", *mode,
                       *(store and [store[0], f"{store[1]}{bad}"]))
-        assert res.returncode != 0 and needle in res.stderr, res.stderr
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
 
 
 def test_a_sharded_run_says_once_that_a_writing_modules_edits_go_nowhere(tmp_path):
@@ -1361,9 +1361,20 @@ def test_summary_rows_take_what_emit_takes(tmp_path, mode):
                         ("nan", "module summ: summary() row 0: column 'n' holds NaN or an infinity, which JSON has "
                                 "no number for"),
                         ("key", "module summ: summary() row 0 has a column named 1, an integer: column names are text")):
-        res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", *mode, *(store and [store[0], f"{store[1]}{bad}"]))
+        res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", "--strict", *mode,
+                      *(store and [store[0], f"{store[1]}{bad}"]))
         assert res.returncode == 2 and f"flowsift: {needle}" in res.stderr, res.stderr
         assert "internal error" not in res.stderr and "NaN" not in res.stdout
+        # without --strict, the module's failure as a raise in summary() is: counted, the run goes on
+        res = run_cli("chain", f"{p}(bad={bad})", cap, "--json", *mode,
+                      *(store and [store[0], f"{store[1]}{bad}lax"]))
+        assert res.returncode == 0, res.stderr
+        shards = 2 if "--shards" in mode else 1
+        assert res.stderr.count("flowsift: module summ failed in summary() (later failures are counted):\n"
+                                f"ModuleError: {needle}") == shards, res.stderr
+        summary = json.loads(res.stdout)
+        assert summary["tables"] == {} and summary["modules"]["summ"]["errors"] == shards
+        assert summary["modules"]["summ"]["closed"] == 1
 
 
 @pytest.mark.parametrize("width", [80, 1000])

@@ -360,15 +360,24 @@ class InlineChain:
             self._failed(m, "summary", e)
         return FAILED
 
+    def checked_summary(self, m, rows):
+        """checked_rows(m, rows); FAILED when they are no table, a failure of summary()'s as a
+        raise in it is (a bad emit in a hook is counted too: only --strict stops on it)."""
+        try:
+            return checked_rows(m, rows)
+        except ModuleError as e:
+            self._failed(m, "summary", e)
+        return FAILED
+
     def summary_tables(self):
-        """{name: rows} of the modules whose summary() has rows (checked: checked_rows). Before
-        counters(): a summary() that failed counts in its module's errors."""
+        """{name: rows} of the modules whose summary() has rows (checked: checked_summary).
+        Before counters(): a summary() that failed counts in its module's errors."""
         out = {}
         for m in self.modules:
             rows = self.call_summary(m)
             if rows is not FAILED:
-                rows = checked_rows(m, rows)
-                if rows:
+                rows = self.checked_summary(m, rows)
+                if rows is not FAILED and rows:
                     out[m.name] = rows
         return out
 

@@ -20,7 +20,7 @@ import time
 from flowsift.gateway import changed_connections
 from flowsift.limits import collect_less
 from flowsift.errors import FlowsiftError, start_forked, take_stop_signals
-from flowsift.modules.base import ModuleError, checked_rows
+from flowsift.modules.base import ModuleError
 from flowsift.modules.loader import parse_chain, start
 from flowsift.modules.runner import HOOK_NAMES, InlineChain, join_checkpoint, passive
 from flowsift.modules.state import AppendOnly
@@ -211,7 +211,8 @@ def _summary(runner, module):
     for name, value in getattr(module, "_state", {}).items():
         if rows is value and isinstance(value, AppendOnly):
             return _Rows(name)
-    return checked_rows(module, rows)
+    rows = runner.checked_summary(module, rows)
+    return [] if rows is FAILED else rows
 
 
 class _Rows(str):
