@@ -197,6 +197,8 @@ def _one(spec, source, index, count, split, events_path, kw, conn, handover=None
             from flowsift.errors import follow
             follow()        # (what every shard sees alike while capturing, shard 0 says)
     outcome = None
+    from flowsift.modules import workers
+    workers.SHARD = index                 # (its connection numbers are this shard's own)
     try:
         try:
             from flowsift.chain import run_chain

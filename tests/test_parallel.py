@@ -768,6 +768,24 @@ def test_a_worker_that_dies_twice_in_one_connection_gives_that_connection_up_and
     every_record_has(tmp_path / "st", 0b1)
 
 
+def test_a_crash_under_shards_names_the_shard_of_the_connection(tmp_path, corpus, monkeypatch):
+    """Each shard numbers its own connections from 0: "connection 1" alone did not say which of
+    the shards' connections 1 it was (the events say it with their `shard`)."""
+    mod = tmp_path / "crasher.py"
+    mod.write_text(CRASHER)
+    monkeypatch.setenv("FLOWSIFT_CRASH_CONN", "1")
+    res = run_cli("chain", mod, corpus / "http__pcpp__three_http_streams.pcap", "--json", "--shards", "2",
+                  "--events", tmp_path / "ev.jsonl")
+    assert res.returncode == 0, res.stderr
+    crashes = [l for l in res.stderr.splitlines() if "worker died" in l]
+    assert crashes and all(" in on_data() of connection 1 of shard " in l for l in crashes), res.stderr
+    shard = int(crashes[0].split(" of shard ")[1].split()[0])
+    # the shard named is the one whose connection 1 was given up: it has no event of its own
+    events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert not any(e["shard"] == shard and e["conn"] == 1 for e in events)
+    assert any(e["shard"] == shard and e["conn"] == 0 for e in events), events
+
+
 def test_a_hard_crash_inline_says_which_module_and_hook(tmp_path, corpus, monkeypatch):
     """A segmentation fault in a hook cannot be survived inline (the process is the gateway's),
     but it said nothing at all of where it was."""

@@ -299,6 +299,10 @@ class _Worker:
             return False
 
 
+# the shard this process's gateway is of (--shards; its events' `shard`), else None
+SHARD = None
+
+
 class ParallelChain:
     """Each module of a chain in its own process; same interface as InlineChain for the gateway."""
 
@@ -467,7 +471,8 @@ class ParallelChain:
         if w.restarts > 100:
             raise ModuleError(f"module {w.name}: worker died {w.restarts} times; giving up")
         conn, hook = at >> 3, HOOK_NAMES[at & 7]
-        place = f" in {hook}() of connection {conn}{self._key(conn)}" if at else ""
+        shard = "" if SHARD is None else f" of shard {SHARD}"
+        place = f" in {hook}() of connection {conn}{shard}{self._key(conn)}" if at else ""
         if at and conn in w.died_in:
             # it died at the same place after a restart had taken it up there again: a crash on
             # this connection (a C extension's), not one a restart gets past
