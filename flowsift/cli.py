@@ -126,6 +126,14 @@ def _output(path, what):
     f.close()
 
 
+def _named(value: Optional[str]):
+    # `--events --json`, `-w -h`: an option typed after one that takes a file is taken for its
+    # name, and a file "--json" made; a name that begins with '-' is a slip unless given as ./NAME
+    if value and value != "-" and value.startswith("-"):
+        raise typer.BadParameter(f"{value!r} is an option, not a file name (a name that begins with '-': ./{value})")
+    return value
+
+
 def _limits(source, count, duration):
     if count is None and duration is None:
         return source               # (a file run need not load the live sources)
@@ -243,7 +251,7 @@ def stats(
 @app.command()
 def streams(
     capture: str = CAPTURE,
-    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR",
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="DIR", callback=_named,
                                          help="Write one file per direction and DIR/index.jsonl. A DIR that "
                                               "holds an earlier run's output (index.jsonl, stream files) is "
                                               "refused unless --replace is given; other files in DIR stay."),
@@ -330,7 +338,7 @@ def _unacked_files(n, keeps_all):
 def gateway(
     source: Optional[str] = typer.Argument(None, metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
                                                            "dpdk:PORT or dpdk:VDEV[,ARGS] (docs/cli.md, Live sources)."),
-    store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
+    store: Optional[str] = typer.Option(None, "--store", metavar="DIR", callback=_named,
                                         help="Store directory (default: a fresh one under /dev/shm)."),
     keep: bool = typer.Option(False, "--keep", help="Never reclaim space: keep every record for later replay."),
     filter: Optional[str] = FILTER,
@@ -413,7 +421,7 @@ def module(
     name: str = typer.Argument(..., metavar="MODULE", help="One module, e.g. 'http', 'strsearch(patterns=x)' or ./mine.py:Mine."),
     registry: str = typer.Option(..., "--registry", metavar="URL", help="The Redis registry the gateway uses."),
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to attach to (default: the only live one)."),
-    events: str = typer.Option("-", "--events", metavar="FILE",
+    events: str = typer.Option("-", "--events", metavar="FILE", callback=_named,
                                help="Where the JSON event lines go ('-': stdout). A regular file is resumed exactly "
                                     "after a crash; stdout, a pipe or a device get each line once committed."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first exception in a module hook."),
@@ -495,8 +503,8 @@ def chain(
                                                                    "'./mine.py:Mine(limit=5),counter'."),
     source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
                                                            "dpdk:PORT or dpdk:VDEV[,ARGS] (docs/cli.md, Live sources)."),
-    events: str = typer.Option("-", "--events", metavar="FILE", help="Where the JSON event lines go ('-': stdout)."),
-    store: Optional[str] = typer.Option(None, "--store", metavar="DIR",
+    events: str = typer.Option("-", "--events", metavar="FILE", callback=_named, help="Where the JSON event lines go ('-': stdout)."),
+    store: Optional[str] = typer.Option(None, "--store", metavar="DIR", callback=_named,
                                         help="Put the record store here (default: a temporary one in /dev/shm); "
                                              "unless --keep, a connection's record file goes once every module "
                                              "finished it and the receiver acknowledged its bytes."),
@@ -513,7 +521,7 @@ def chain(
     max_backlog: Optional[int] = typer.Option(None, "--max-backlog", metavar="N",
                                               help="A read-only module more than N batches behind loses connections "
                                                    "(counted) instead of holding the gateway back."),
-    write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap",
+    write: Optional[str] = typer.Option(None, "--write", "-w", metavar="OUT.pcap", callback=_named,
                                         help="Write the chain's output: edited packets, dropped ones left out."),
     forward_to: Optional[str] = typer.Option(None, "--out", metavar="afpacket:IFACE|dpdk:PORT",
                                       help="Inline mode: forward every packet out of this interface once the chain "
@@ -596,7 +604,7 @@ def replay(
     ctx: typer.Context,
     source: Optional[str] = typer.Argument(None, metavar="CAPTURE", help="A pcap or pcapng file (or use --store)."),
     to: str = typer.Option(..., "--to", metavar="HOST:PORT", help="The server to replay against."),
-    store: Optional[str] = typer.Option(None, "--store", metavar="DIR", help="Replay the connections of a kept store."),
+    store: Optional[str] = typer.Option(None, "--store", metavar="DIR", callback=_named, help="Replay the connections of a kept store."),
     filter: Optional[str] = FILTER,
     policy: str = POLICY,
     reassembly: Optional[List[str]] = REASSEMBLY,
@@ -625,7 +633,7 @@ def replay(
     idle: float = typer.Option(1.0, "--idle", metavar="SECONDS", click_type=SECONDS,
                                help="Non-HTTP: an answer shorter than the recorded one, or one that differs from "
                                     "it, is complete after this much silence (what comes later is the next turn's)."),
-    report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Every difference, in JSON."),
+    report: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", callback=_named, help="Every difference, in JSON."),
     unacked: bool = typer.Option(False, "--unacked", help="Send, per connection of --store, the client bytes the "
                                                            "server had not acknowledged, from a message boundary."),
     as_json: bool = JSON,

@@ -354,3 +354,32 @@ def test_an_empty_path_is_said_to_be_empty(corpus, args):
     option = args[-2]
     res = run_cli(*[a.format(cap=corpus / "http__dpkt__http.pcap") for a in args])
     assert res.returncode == 2 and res.stderr == f"flowsift: {option} '': an empty path names nothing\n"
+
+
+@pytest.mark.parametrize("args", [["chain", "counter", "{cap}", "--events", "--json"],
+                                  ["chain", "counter", "{cap}", "-w", "-h", "--store", "st"],
+                                  ["chain", "counter", "{cap}", "--store", "--keep"],
+                                  ["streams", "{cap}", "-o", "-h"],
+                                  ["gateway", "{cap}", "--store", "--json"],
+                                  ["replay", "{cap}", "--to", "127.0.0.1:9", "--report", "--json"]])
+def test_an_option_typed_where_a_file_name_goes_is_refused(tmp_path, args):
+    """`--events --json` took "--json" for the events file's name: the run went on, its summary
+    left out, and a file "--json" was made where the user stood (`-o -h`, `--store --keep` alike)."""
+    import subprocess
+    import sys
+    cap = write(tmp_path, "in.pcap", GOOD)
+    res = subprocess.run([sys.executable, "-m", "flowsift", *(a.format(cap=cap) for a in args)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    name = args[args.index("{cap}") + 2] if args[0] != "replay" else "--json"
+    one_line_error(res, f"{name!r} is an option, not a file name (a name that begins with '-': ./{name})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pcap"]
+
+
+def test_a_file_name_that_begins_with_a_dash_is_taken_as_dot_slash_name(tmp_path):
+    import subprocess
+    import sys
+    cap = write(tmp_path, "in.pcap", GOOD)
+    res = subprocess.run([sys.executable, "-m", "flowsift", "chain", "counter", str(cap), "--events", "./-h",
+                          "--store", "st"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "-h").exists()
