@@ -40,18 +40,35 @@ _EXAMPLES = {"duration": "seconds, or with a unit: 500ms, 30s, 5m, 1h",
              "count": "a whole number"}
 
 
+class Seconds(float):
+    """A SECONDS value that keeps how it was written, for the messages that refuse it (25h, not
+    90000)."""
+
+    def __new__(cls, value, written=None):
+        self = super().__new__(cls, value)
+        self.written = written
+        return self
+
+
+def written(value):
+    """A SECONDS value as the command line gave it, else as a number."""
+    return getattr(value, "written", None) or f"{value:g}"
+
+
 def seconds(text):
     """A command line's SECONDS: a number (as float() reads it: what checks it says the rest),
-    or one with a unit as --reassembly durations take them (500ms, 30s, 5m, 1h). ValueError
-    otherwise."""
+    or one with a unit as --reassembly durations take them (500ms, 30s, 5m, 1h), either signed
+    (the checks that refuse -5m say so). ValueError otherwise."""
     try:
-        return float(text)
+        return Seconds(float(text), text.strip())
     except ValueError:
-        m = re.match(_NUMBER, text)
+        body = text.strip()
+        sign = -1.0 if body[:1] == "-" else 1.0
+        m = re.match(_NUMBER, body[1:] if body[:1] in "+-" else body)
         unit = m.group(2).lower() if m else None
         if m is None or unit not in _SECONDS:
             raise ValueError(f"{text!r}: {_EXAMPLES['duration']}") from None
-        return float(m.group(1)) * _SECONDS[unit]
+        return Seconds(sign * float(m.group(1)) * _SECONDS[unit], body)
 
 
 def byte_size(text):

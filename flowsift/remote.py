@@ -15,6 +15,7 @@ import stat
 import sys
 import time
 
+from flowsift.bounds import written
 from flowsift.errors import FlowsiftError, Terminated, UsageError, say, start_deaf, stops_held, stops_raised
 from flowsift.registry import RegistryError, open_registry
 
@@ -300,7 +301,7 @@ def attach(spec, url, run=None, events=None, strict=False, wait=None, on_status=
         raise UsageError(f"module {cls.name} writes ({', '.join(sorted(cls.writes))}): writing modules run in the "
                          f"gateway's process (flowsift chain); attached modules are read-only")
     if wait is not None and not wait >= 0:
-        raise UsageError(f"--wait {wait:g}: seconds, 0 or more")
+        raise UsageError(f"--wait {written(wait)}: seconds, 0 or more")
     # its options (checked when it is made) and its --events file, before any waiting for a run
     cls(config)
     out = _Output(events)

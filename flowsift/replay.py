@@ -20,6 +20,7 @@ import socket
 import time
 
 from flowsift import http1
+from flowsift.bounds import written
 from flowsift.errors import FlowsiftError, Terminated, UsageError
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
@@ -913,7 +914,7 @@ def _check_waits(timeout, idle=None):
     # 0 would fail every turn at once; no wait is negative
     for name, wait in (("--timeout", timeout), ("--idle", idle)):
         if wait is not None and not MIN_WAIT <= wait <= MAX_WAIT:
-            raise UsageError(f"{name} {wait:g}: seconds, from {MIN_WAIT:g} (1ms) to {MAX_WAIT:g} (a day)")
+            raise UsageError(f"{name} {written(wait)}: seconds, from {MIN_WAIT:g} (1ms) to {MAX_WAIT:g} (a day)")
 
 
 def _where(host, port):

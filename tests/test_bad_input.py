@@ -234,8 +234,11 @@ def test_max_backlog_where_nothing_can_fall_behind_is_refused(tmp_path, args):
     (["afpacket:lo", "--duration", "0"], "--duration 0: seconds, more than 0"),
     # (an interface that does not exist: the duration is refused before it is looked for)
     (["afpacket:nosuch0", "--duration", "inf"], "--duration inf: seconds, more than 0 and finite"),
-    (["afpacket:nosuch0", "--duration", "1e400"], "--duration inf: seconds, more than 0 and finite"),
+    (["afpacket:nosuch0", "--duration", "1e400"], "--duration 1e400: seconds, more than 0 and finite"),
     (["afpacket:nosuch0", "--duration", "nan"], "--duration nan: seconds, more than 0 and finite"),
+    # as given, sign and unit (-5m was "seconds, or with a unit", 0ms was "--duration 0")
+    (["afpacket:nosuch0", "--duration", "-5m"], "--duration -5m: seconds, more than 0 and finite"),
+    (["afpacket:nosuch0", "--duration", "0ms"], "--duration 0ms: seconds, more than 0 and finite"),
     (["afpacket:nosuch0,duration=inf"], "afpacket:nosuch0,duration=inf: duration=inf: seconds, more than 0 and finite"),
     (["afpacket:lo,count=-2"], "afpacket:lo,count=-2: count=-2: a number of packets"),
     (["afpacket:lo,ring=3M", "--duration", "1"], "ring=3M is not a power of two"),

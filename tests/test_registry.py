@@ -438,7 +438,8 @@ def test_an_attached_module_checks_its_options_and_events_file_before_waiting(tm
     url = redis_server.url
     for args, line in ((("strsearch(patterns=inline:)",), "module strsearch: no patterns"),
                        (("counter", "--events", tmp_path / "nodir" / "e.jsonl"), "cannot write events"),
-                       (("counter", "--wait", "-1"), "--wait -1: seconds, 0 or more")):
+                       (("counter", "--wait", "-1"), "--wait -1: seconds, 0 or more"),
+                       (("counter", "--wait", "-2h"), "--wait -2h: seconds, 0 or more")):
         t0 = time.monotonic()
         res = run_cli("module", *args, "--registry", url, *([] if "--wait" in args else ["--wait", "5"]))
         assert res.returncode == 2 and line in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -260,9 +260,12 @@ def test_bad_targets_are_one_line_exit_2(corpus):
                         (("--to", f"127.0.0.1:{port}", "--timeout", "0"), 
                          "--timeout 0: seconds, from 0.001 (1ms) to 86400 (a day)"),
                         (("--to", f"127.0.0.1:{port}", "--timeout", "inf"), "--timeout inf: seconds, from 0.001 (1ms) to"),
-                        (("--to", f"127.0.0.1:{port}", "--idle", "1e308"), "--idle 1e+308: seconds, from 0.001"),
+                        (("--to", f"127.0.0.1:{port}", "--idle", "1e308"), "--idle 1e308: seconds, from 0.001"),
                         (("--to", f"127.0.0.1:{port}", "--timeout", "-1"), "--timeout -1: seconds"),
                         (("--to", f"127.0.0.1:{port}", "--idle", "-1"), "--idle -1: seconds, from 0.001"),
+                        # said as given (it was "--timeout 90000", "--idle -300")
+                        (("--to", f"127.0.0.1:{port}", "--timeout", "25h"), "--timeout 25h: seconds, from 0.001"),
+                        (("--to", f"127.0.0.1:{port}", "--idle", "-5m"), "--idle -5m: seconds, from 0.001"),
                         (("--to", f"127.0.0.1:{port}", "--server-port", "99999"), "--server-port 99999: a port"),
                         (("--to", f"127.0.0.1:{port}", "--server-port", "-1"), "--server-port -1: a port"),
                         (("--to", f"127.0.0.1:{port}", "--ignore-header", "Date"),

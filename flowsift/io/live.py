@@ -26,6 +26,7 @@ import signal
 import struct
 import time
 
+from flowsift.bounds import written
 from flowsift.errors import (CaptureFormatError, FlowsiftError, UsageError, capture_ended, following, say,
                              stop_after_capture, take_stop)
 from flowsift.io.capture import is_live  # noqa: F401  (its home is capture.py: a file run does without this module)
@@ -198,7 +199,7 @@ def _check_limits(count_name, count, duration_name, duration):
         raise UsageError(f"{count_name}{count}: a number of packets, at most 2^63 - 1")
     if duration is not None and not 0 < duration < math.inf:
         # (inf would run for ever and write "duration": Infinity, which is not JSON)
-        raise UsageError(f"{duration_name}{duration:g}: seconds, more than 0 and finite")
+        raise UsageError(f"{duration_name}{written(duration)}: seconds, more than 0 and finite")
 
 
 def with_limits(spec, count=None, duration=None):
