@@ -78,6 +78,26 @@ def test_inline_through_net_pcap_tx(tmp_path, corpus):
     assert frames_of(out2) == frames_of(ref)
 
 
+def test_inline_out_naming_the_sources_port_by_number(tmp_path, corpus):
+    """`--out dpdk:0` for the port the source's net_pcap0 is: a second DpdkPort for it failed,
+    "cannot create a pool ... File exists"; it is the same port, as `--out dpdk:net_pcap0`."""
+    out = tmp_path / "tx.pcap"
+    res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out}", "--out", "dpdk:0",
+                   "--count", 483, "--events", "/dev/null", "--json")
+    assert json.loads(res.stdout)["egress"]["forwarded"] == 483
+    assert frames_of(out) == frames_of(JPEGS)
+
+
+def test_a_count_in_the_spec_and_count_option_both(tmp_path):
+    """`dpdk:...,count=7 --count 9` said "option 'count' is given twice" of a spec with a second
+    count= the user never typed."""
+    for args, said in (([f"afpacket:lo,count=7", "--count", "9"], "--count 9 and count=7 in afpacket:lo,count=7: give one"),
+                       ([f"dpdk:net_pcap0,rx_pcap={JPEGS},duration=2", "--duration", "1m"],
+                        f"--duration 1m and duration=2 in dpdk:net_pcap0,rx_pcap={JPEGS},duration=2: give one")):
+        res = flowsift("stats", *args, check=False)
+        assert res.returncode == 2 and res.stderr == f"flowsift: stats: {said}\n", res.stderr
+
+
 @pytest.mark.parametrize("chain", ["redact(pattern=JFIF)", "counter,redact(pattern=JFIF)"])
 def test_inline_payload_edits_are_applied(tmp_path, corpus, chain):
     """redact inline: the masked bytes leave in the forwarded frames (they are read back from

@@ -221,6 +221,12 @@ def open_port(str devargs, unsigned int mbufs=8191):
                 raise DpdkError(_probe_failed(devargs, said))
             if rte_eth_dev_get_port_by_name(name.encode(), &port) != 0:
                 raise DpdkError(f"dpdk:{devargs}: probed, but no port came of it")
+    for p in _ports.values():
+        if p.port == port:
+            # the port open already under its other name (dpdk:0 for the source's net_pcap0):
+            # one port, one DpdkPort (a second would fail to make its pool, "File exists")
+            _ports[name] = p
+            return p
     with _Captured():
         p = DpdkPort(port, name, mbufs)
     _ports[name] = p

@@ -215,6 +215,12 @@ def with_limits(spec, count=None, duration=None):
         from flowsift.io.capture import FirstPackets
         return FirstPackets(spec, int(count))
     _check_limits("--count ", count, "--duration ", duration)
+    opts = parse_spec(spec)[2]
+    for option, value, key in (("--count", count, "count"), ("--duration", duration, "duration")):
+        if value is not None and key in opts:
+            # (folded into the spec, they were "option 'count' is given twice", of a spec never typed)
+            raise UsageError(f"{option} {written(value) if key == 'duration' else value} and {key}={opts[key]} in "
+                             f"{spec}: give one")
     if count is not None:
         spec += f",count={int(count)}"
     if duration is not None:
