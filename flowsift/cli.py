@@ -13,7 +13,7 @@ import typer
 from flowsift import __version__
 from flowsift.bounds import parse_settings, settings_help
 from flowsift.limits import collect_less
-from flowsift.errors import FlowsiftError, Terminated, ignore_stops, say, stops_raised, take_stops
+from flowsift.errors import FlowsiftError, Terminated, UsageError, ignore_stops, say, stops_raised, take_stops
 
 app = typer.Typer(
     add_completion=False,
@@ -28,8 +28,8 @@ PROGRESS_MIN_BYTES = 64 << 20          # smaller captures get no progress bar (F
 
 
 def _fail(message):
-    typer.echo(f"flowsift: {message}", err=True)
-    raise typer.Exit(2)
+    """A usage error of the command: said as `flowsift: COMMAND: message`."""
+    raise UsageError(message)
 
 
 def _progress(size, label):
@@ -89,7 +89,8 @@ def _run(path, label, work, as_json, render, after=None):
         render(result)
     code = after(result) if after is not None else 0
     if result["error"]:
-        _fail(result["error"])
+        typer.echo(f"flowsift: {result['error']}", err=True)
+        raise typer.Exit(2)
     if code:
         raise typer.Exit(code)
 
@@ -387,7 +388,7 @@ def gateway(
         typer.echo(json.dumps({"run": cleanup, "keys_removed": n}) if as_json else f"run {cleanup}: {n} keys removed")
         return
     if source is None:
-        _fail("missing SOURCE (a pcap or pcapng file); see flowsift gateway --help")
+        _fail("missing SOURCE (a pcap or pcapng file)")
     bounds = parse_settings(reassembly)
     source = _limits(source, count, duration)
     _refuse_overwrite([], [("--store", store)])
@@ -486,7 +487,7 @@ def inspect(
 
     if os.path.isdir(path):
         if records is not None:
-            _fail(f"inspect: -n/--records is for a record file; {path} is a store (inspect one of its files)")
+            _fail(f"-n/--records is for a record file; {path} is a store (inspect one of its files)")
         result = describe_store(path)
         typer.echo(json.dumps(result)) if as_json else print_inspect_store(result)
     elif as_json:
@@ -845,6 +846,12 @@ def _command():
     return command
 
 
+def _command_named():
+    """The command the command line names: its first word that names one (None if none)."""
+    names = typer.main.get_command(app).commands
+    return next((a for a in sys.argv[1:] if a in names), None)
+
+
 def _usage_error(e):
     """click's usage error (unknown option or command, missing or bad argument) as one line,
     `flowsift: COMMAND: what (see flowsift COMMAND --help)`, instead of its usage block."""
@@ -852,10 +859,8 @@ def _usage_error(e):
     ctx = e.ctx
     command = ctx.info_name if ctx is not None and ctx.parent is not None else None
     if ctx is None:
-        # (an option missing its value is raised without a context: the command is the first
-        # word that names one)
-        names = typer.main.get_command(app).commands
-        command = next((a for a in sys.argv[1:] if a in names), None)
+        # (an option missing its value is raised without a context)
+        command = _command_named()
     what = " ".join(e.format_message().split())
     # typer and click (8.4 on) each add a hint to a mistyped command: it is said once
     import re
@@ -906,8 +911,15 @@ def main():
         if os.environ.get("FLOWSIFT_DEBUG"):
             import traceback
             traceback.print_exc()
+        said = f"flowsift: {e}"
+        if isinstance(e, UsageError):
+            # the command named as in click's own usage errors (_usage_error; not their pointer
+            # to --help: these say what to give)
+            command = _command_named()
+            if command:
+                said = f"flowsift: {command}: {e}"
         # a file name that is not UTF-8 shows its bytes as \xNN, as ls -b would
-        typer.echo(f"flowsift: {e}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), err=True)
+        typer.echo(said.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("flowsift: interrupted", err=True)
