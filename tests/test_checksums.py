@@ -172,6 +172,20 @@ def test_fragments_the_rebuilt_datagram_is_verified(tmp_path, v6):
     assert summary["not_decoded"] == (1 if v6 else 2)
 
 
+def test_an_ipv6_udp_checksum_of_0_is_wrong_even_where_the_sum_comes_out_right(tmp_path):
+    # a datagram whose computed checksum is 0 is sent with 0xFFFF; the same with 0 in the field
+    # then sums as a right one, but over IPv6 0 means none and a receiver drops it (RFC 8200)
+    def dgram(tail, **how):
+        return checksummed(ether(ipv6(A6, B6, 17, udp(5353, 53, b"sums to zero" + tail)), ethertype=0x86DD), **how)
+    c = dgram(b"\0\0")[14 + 40 + 6:14 + 40 + 8]
+    right = dgram(c)                    # (the checksum's own bytes added: what it sums to is 0xFFFF)
+    assert right[14 + 40 + 6:14 + 40 + 8] == b"\xff\xff"
+    path = write(tmp_path, [dgram(c, udp_zero=True), right])
+    summary, data, _ = streams(tmp_path, path, "--checksums", "verify")
+    assert data[("udp6", "c2s")] == b"sums to zero" + c
+    assert summary["checksums"]["bad"] == {"ipv4": 0, "tcp": 0, "udp": 1}
+
+
 def test_every_command_takes_the_option_and_refuses_another_mode(tmp_path):
     path = write(tmp_path, connection([(1001, b"EVIL", 0x18, "tcp"), (1001, b"GOOD", 0x18, None)]))
     for cmd in (["stats"], ["streams", "--discard"], ["gateway"], ["chain", "counter"],

@@ -683,7 +683,10 @@ cdef int check_transport(pkt_t* p) noexcept nogil:
         pseudo[3] = <uint8_t>(n & 0xFF)
         acc = csum_add(pseudo, 4, acc)
     else:
-        # (UDP over IPv6 must have a checksum: 0 is wrong, RFC 8200 8.1)
+        # UDP over IPv6 must have a checksum: 0 is wrong (RFC 8200 8.1), even where the sum
+        # comes out right (a computed 0 is sent as 0xFFFF)
+        if p.proto == 17 and d[l4 + 6] == 0 and d[l4 + 7] == 0:
+            return CK_BAD_UDP
         if l4 > p.l3_off + 40 and ipv6_routed(p):
             return CK_SOURCE_ROUTED
         acc = csum_add(p.src, 16, 0)
