@@ -7,6 +7,7 @@ it) or a bad FIN. With `verify` they are left out of connections, counted as `ba
 """
 import json
 import os
+import struct
 
 import pytest
 
@@ -184,6 +185,34 @@ def test_an_ipv6_udp_checksum_of_0_is_wrong_even_where_the_sum_comes_out_right(t
     summary, data, _ = streams(tmp_path, path, "--checksums", "verify")
     assert data[("udp6", "c2s")] == b"sums to zero" + c
     assert summary["checksums"]["bad"] == {"ipv4": 0, "tcp": 0, "udp": 1}
+
+
+def routed_udp6(payload, final, fragment_at=None):
+    """A UDP datagram from A6 to B6 with a Routing header (one segment left: `final` is where
+    it ends, and what its checksum sums) in Ethernet frames: one, or its fragments cut at
+    `fragment_at`, each with the Routing header ahead of its Fragment header."""
+    from pcapgen import inet_checksum
+    body = udp(5353, 53, payload)
+    c = inet_checksum(A6 + final + struct.pack(">IxxxB", len(body), 17) + body)
+    body = body[:6] + struct.pack(">H", c or 0xFFFF) + body[8:]
+    if fragment_at is None:
+        return [ether(ipv6(A6, B6, 43, struct.pack(">BBBB4x", 17, 2, 0, 1) + final + body), ethertype=0x86DD)]
+    routing = struct.pack(">BBBB4x", 44, 2, 0, 1) + final
+    return [ether(ipv6(A6, B6, 43, routing + struct.pack(">BBHI", 17, 0, start | (end < len(body)), 77) + body[start:end]),
+                  ethertype=0x86DD)
+            for start, end in ((0, fragment_at), (fragment_at, len(body)))]
+
+
+def test_a_routed_ipv6_datagram_is_not_verified_whole_or_in_fragments(tmp_path):
+    # the pseudo-header's destination is the Routing header's last address, not the IPv6
+    # header's: not verifiable, kept. The rebuilt datagram's header has no Routing header: the
+    # fragments' must count (it was summed against the next hop, and dropped as wrong)
+    final = bytes.fromhex("20010db8000000000000000000000009")
+    path = write(tmp_path, routed_udp6(b"whole,", final) + routed_udp6(b"in fragments", final, fragment_at=16))
+    summary, data, _ = streams(tmp_path, path, "--checksums", "verify")
+    assert data[("udp6", "c2s")] == b"whole,in fragments"
+    c = summary["checksums"]
+    assert c["bad"] == {"ipv4": 0, "tcp": 0, "udp": 0} and c["unverified"]["source_routed"] == 2
 
 
 def test_every_command_takes_the_option_and_refuses_another_mode(tmp_path):
