@@ -198,9 +198,11 @@ def routed_udp6(payload, final, fragment_at=None):
     if fragment_at is None:
         return [ether(ipv6(A6, B6, 43, struct.pack(">BBBB4x", 17, 2, 0, 1) + final + body), ethertype=0x86DD)]
     routing = struct.pack(">BBBB4x", 44, 2, 0, 1) + final
-    return [ether(ipv6(A6, B6, 43, routing + struct.pack(">BBHI", 17, 0, start | (end < len(body)), 77) + body[start:end]),
-                  ethertype=0x86DD)
-            for start, end in ((0, fragment_at), (fragment_at, len(body)))]
+    frames = []
+    for start, end in ((0, fragment_at), (fragment_at, len(body))):
+        fragment = struct.pack(">BBHI", 17, 0, start | (end < len(body)), 77)
+        frames.append(ether(ipv6(A6, B6, 43, routing + fragment + body[start:end]), ethertype=0x86DD))
+    return frames
 
 
 def test_a_routed_ipv6_datagram_is_not_verified_whole_or_in_fragments(tmp_path):
