@@ -7,6 +7,7 @@ it) or a bad FIN. With `verify` they are left out of connections, counted as `ba
 """
 import json
 import os
+import struct
 
 import pytest
 
@@ -172,6 +173,50 @@ def test_fragments_the_rebuilt_datagram_is_verified(tmp_path, v6):
     assert summary["not_decoded"] == (1 if v6 else 2)
 
 
+def test_an_ipv6_udp_checksum_of_0_is_wrong_even_where_the_sum_comes_out_right(tmp_path):
+    # a datagram whose computed checksum is 0 is sent with 0xFFFF; the same with 0 in the field
+    # then sums as a right one, but over IPv6 0 means none and a receiver drops it (RFC 8200)
+    def dgram(tail, **how):
+        return checksummed(ether(ipv6(A6, B6, 17, udp(5353, 53, b"sums to zero" + tail)), ethertype=0x86DD), **how)
+    c = dgram(b"\0\0")[14 + 40 + 6:14 + 40 + 8]
+    right = dgram(c)                    # (the checksum's own bytes added: what it sums to is 0xFFFF)
+    assert right[14 + 40 + 6:14 + 40 + 8] == b"\xff\xff"
+    path = write(tmp_path, [dgram(c, udp_zero=True), right])
+    summary, data, _ = streams(tmp_path, path, "--checksums", "verify")
+    assert data[("udp6", "c2s")] == b"sums to zero" + c
+    assert summary["checksums"]["bad"] == {"ipv4": 0, "tcp": 0, "udp": 1}
+
+
+def routed_udp6(payload, final, fragment_at=None):
+    """A UDP datagram from A6 to B6 with a Routing header (one segment left: `final` is where
+    it ends, and what its checksum sums) in Ethernet frames: one, or its fragments cut at
+    `fragment_at`, each with the Routing header ahead of its Fragment header."""
+    from pcapgen import inet_checksum
+    body = udp(5353, 53, payload)
+    c = inet_checksum(A6 + final + struct.pack(">IxxxB", len(body), 17) + body)
+    body = body[:6] + struct.pack(">H", c or 0xFFFF) + body[8:]
+    if fragment_at is None:
+        return [ether(ipv6(A6, B6, 43, struct.pack(">BBBB4x", 17, 2, 0, 1) + final + body), ethertype=0x86DD)]
+    routing = struct.pack(">BBBB4x", 44, 2, 0, 1) + final
+    frames = []
+    for start, end in ((0, fragment_at), (fragment_at, len(body))):
+        fragment = struct.pack(">BBHI", 17, 0, start | (end < len(body)), 77)
+        frames.append(ether(ipv6(A6, B6, 43, routing + fragment + body[start:end]), ethertype=0x86DD))
+    return frames
+
+
+def test_a_routed_ipv6_datagram_is_not_verified_whole_or_in_fragments(tmp_path):
+    # the pseudo-header's destination is the Routing header's last address, not the IPv6
+    # header's: not verifiable, kept. The rebuilt datagram's header has no Routing header: the
+    # fragments' must count (it was summed against the next hop, and dropped as wrong)
+    final = bytes.fromhex("20010db8000000000000000000000009")
+    path = write(tmp_path, routed_udp6(b"whole,", final) + routed_udp6(b"in fragments", final, fragment_at=16))
+    summary, data, _ = streams(tmp_path, path, "--checksums", "verify")
+    assert data[("udp6", "c2s")] == b"whole,in fragments"
+    c = summary["checksums"]
+    assert c["bad"] == {"ipv4": 0, "tcp": 0, "udp": 0} and c["unverified"]["source_routed"] == 2
+
+
 def test_every_command_takes_the_option_and_refuses_another_mode(tmp_path):
     path = write(tmp_path, connection([(1001, b"EVIL", 0x18, "tcp"), (1001, b"GOOD", 0x18, None)]))
     for cmd in (["stats"], ["streams", "--discard"], ["gateway"], ["chain", "counter"],
@@ -222,7 +267,8 @@ def test_run_module_verifies_checksums_when_asked(tmp_path):
     assert not (tmp_path / "new").exists()
 
 # Corpus captures whose bad checksums flowsift counts otherwise than tshark, and why (docs/cli.md):
-# (flowsift's frames with a wrong checksum, tshark's frames marked bad)
+# (flowsift's frames with a wrong checksum, tshark's frames marked bad). Every frame flowsift
+# finds wrong tshark marks bad too: these are frames tshark alone marks
 TSHARK_DIFFERS = {
     # 5 TCP segments in frames shorter than their IP length: tshark sums the bytes there are and
     # finds them bad; flowsift cannot verify what the frame lacks (unverified.cut_short)
@@ -237,9 +283,27 @@ TSHARK_DIFFERS = {
 }
 
 
+def bad_checksum_frames(path):
+    """Numbers (from 1, as tshark's) of the frames `--checksums verify` leaves out for a wrong
+    checksum; a datagram rebuilt from fragments is its last fragment's, as in tshark."""
+    from flowsift.io import Decoder, Defragmenter
+    from flowsift.io.capture import decoded_batches
+    from flowsift.io.reasons import REASONS
+    bad = {name: code for code, name in REASONS.items()}["bad_checksum"]
+    decoder, defrag = Decoder("verify"), Defragmenter()
+    defrag.verify_checksums = True
+    frames, n = set(), 0
+    for batch in decoded_batches(str(path), decoder):
+        defrag.process(batch)
+        frames.update(n + 1 + i for i, status in enumerate(batch.array["status"]) if status == bad)
+        n += len(batch)
+    return frames
+
+
 def test_corpus_bad_checksums_agree_with_tshark(corpus):
     """`stats --checksums verify` on every corpus capture: the frames it finds with a wrong
-    checksum are those tshark marks bad (checksum status 0: Bad; 2 is Unverified)."""
+    checksum are those tshark marks bad (checksum status 0: Bad, or 4: Illegal, a UDP checksum
+    of 0 over IPv6; 2 is Unverified)."""
     tshark = require("tshark")
     seen = {}
     for path in sorted(p for p in corpus.iterdir() if p.suffix in (".pcap", ".pcapng", ".cap")):
@@ -249,10 +313,14 @@ def test_corpus_bad_checksums_agree_with_tshark(corpus):
         res = __import__("subprocess").run(
             [tshark, "-r", str(path), "-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE",
              "-o", "udp.check_checksum:TRUE", "-Y",
-             "tcp.checksum.status==0 or ip.checksum.status==0 or udp.checksum.status==0",
+             "tcp.checksum.status==0 or tcp.checksum.status==4 or ip.checksum.status==0 or udp.checksum.status==0 "
+             "or udp.checksum.status==4",
              "-T", "fields", "-e", "frame.number"], capture_output=True, text=True, timeout=300)
-        theirs = len(res.stdout.split())
-        seen[path.name] = (ours, theirs)
+        assert res.returncode == 0, res.stderr
+        theirs = {int(f) for f in res.stdout.split()}
+        frames = bad_checksum_frames(path)
+        assert len(frames) == ours and frames <= theirs, (path.name, sorted(frames - theirs))
+        seen[path.name] = (ours, len(theirs))
     differ = {name: n for name, n in seen.items() if n[0] != n[1]}
     assert differ == TSHARK_DIFFERS
     assert sum(o for o, _ in seen.values()) > 0         # (offload captures are in the corpus)

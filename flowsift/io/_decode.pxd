@@ -23,7 +23,8 @@ cdef enum:
     CK_COUNT = 8
 
 cdef int check_packet(pkt_t* p) noexcept nogil
-cdef int check_transport(pkt_t* p) noexcept nogil
+cdef int check_transport(pkt_t* p, bint routed) noexcept nogil
+cdef bint ipv6_routed(const pkt_t* p) noexcept nogil
 
 
 cdef inline void take_check(pkt_t* p, int k, uint64_t* checks) noexcept nogil:

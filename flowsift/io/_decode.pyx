@@ -642,9 +642,10 @@ cdef inline bint ipv4_source_routed(const uint8_t* h, uint32_t ihl) noexcept nog
     return False
 
 
-cdef inline bint ipv6_routed(const pkt_t* p) noexcept nogil:
+cdef bint ipv6_routed(const pkt_t* p) noexcept nogil:
     # a Routing header with segments left: the pseudo-header's destination is its last address
-    # (RFC 8200 8.1). The decoder walked the chain already: l4_off is where it ended
+    # (RFC 8200 8.1). The decoder walked the chain already: l4_off is where it ended (a
+    # fragment's: past its Fragment header, which follows any Routing header)
     cdef const uint8_t* d = p.data
     cdef uint32_t cur = p.l3_off + 40, end = p.l4_off
     cdef uint8_t nh = d[p.l3_off + 6]
@@ -655,9 +656,10 @@ cdef inline bint ipv6_routed(const pkt_t* p) noexcept nogil:
     return False
 
 
-cdef int check_transport(pkt_t* p) noexcept nogil:
+cdef int check_transport(pkt_t* p, bint routed) noexcept nogil:
     # the TCP or UDP checksum of a decoded packet that is not a fragment (a datagram rebuilt
-    # from fragments included); CK_OK for other protocols
+    # from fragments included); CK_OK for other protocols. `routed`: its fragments had a Routing
+    # header with segments left, which the rebuilt datagram does not carry
     cdef const uint8_t* d = p.data
     cdef uint32_t l4 = p.l4_off, n
     cdef uint64_t acc
@@ -683,8 +685,11 @@ cdef int check_transport(pkt_t* p) noexcept nogil:
         pseudo[3] = <uint8_t>(n & 0xFF)
         acc = csum_add(pseudo, 4, acc)
     else:
-        # (UDP over IPv6 must have a checksum: 0 is wrong, RFC 8200 8.1)
-        if l4 > p.l3_off + 40 and ipv6_routed(p):
+        # UDP over IPv6 must have a checksum: 0 is wrong (RFC 8200 8.1), even where the sum
+        # comes out right (a computed 0 is sent as 0xFFFF)
+        if p.proto == 17 and d[l4 + 6] == 0 and d[l4 + 7] == 0:
+            return CK_BAD_UDP
+        if routed or (l4 > p.l3_off + 40 and ipv6_routed(p)):
             return CK_SOURCE_ROUTED
         acc = csum_add(p.src, 16, 0)
         acc = csum_add(p.dst, 16, acc)
@@ -714,4 +719,4 @@ cdef int check_packet(pkt_t* p) noexcept nogil:
             return CK_BAD_IPV4
     if p.flags & PF_FRAGMENT:
         return CK_OK
-    return check_transport(p)
+    return check_transport(p, False)

@@ -19,7 +19,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 
 from flowsift.io._batch cimport *
 from flowsift.io._bytes cimport fs_be16
-from flowsift.io._decode cimport decode_packet, ipv6_extension, check_transport, take_check, CK_COUNT
+from flowsift.io._decode cimport decode_packet, ipv6_extension, ipv6_routed, check_transport, take_check, CK_COUNT
 
 cdef extern from "string.h" nogil:
     void* _memmove "memmove"(void* dst, const void* src, size_t n)
@@ -82,6 +82,7 @@ ctypedef struct tracker_t:
     int n_ranges
     uint32_t fragments
     uint32_t first_len       # payload bytes of the offset-0 fragment (does it hold the transport header?)
+    uint8_t routed           # the offset-0 fragment had a Routing header with segments left (IPv6)
 
 
 # Datagrams completed lately, remembered so that a fragment sent again after its datagram
@@ -431,6 +432,7 @@ cdef class Defragmenter:
             t.have_first = 1
             t.first_len = n
             t.proto = p.proto
+            t.routed = p.ipver == 6 and ipv6_routed(p)   # (the rebuilt datagram's header drops it)
             if p.ipver == 4:
                 t.hdr_len = <uint16_t>(l4 - l3)
                 memcpy(t.hdr, d + l3, t.hdr_len)
@@ -590,7 +592,7 @@ cdef class Defragmenter:
         p.vlan_depth = t.vlan_depth
         p.flags |= PF_REASSEMBLED
         if self.verify_checksums and p.status == ST_OK:
-            take_check(p, check_transport(p), self.checks)
+            take_check(p, check_transport(p, t.routed), self.checks)
         self.datagrams += 1
         if p.status != ST_OK:
             self.not_decoded[p.status] += 1
