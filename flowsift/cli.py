@@ -589,15 +589,21 @@ EXIT_NOT_APPLIED = 3
 
 def _unapplied_edits(summary):
     """One line on stderr, and EXIT_NOT_APPLIED, when -w or --out left packets with accepted
-    edits as they came (egress.not_editable)."""
+    edits as they came (egress.not_editable), and when --out had sent packets before the edits
+    of them came (rejected: "already forwarded")."""
     e = summary.get("egress") or {}
-    if not e.get("not_editable"):
-        return 0
     where = f"-w {e['file']}" if "file" in e else f"--out {e.get('out')}"
-    why = "; ".join(f"{n} {reason}" for reason, n in e.get("not_editable_reasons", {}).items())
-    typer.echo(f"flowsift: {where}: {e['not_editable']:,} packets with accepted edits left as they came"
-               + (f" ({why})" if why else ""), err=True)
-    return EXIT_NOT_APPLIED
+    late = sum(n for reason, n in ((summary.get("edits") or {}).get("rejected") or {}).items()
+               if reason.endswith(": already forwarded"))
+    if e.get("not_editable"):
+        why = "; ".join(f"{n} {reason}" for reason, n in e.get("not_editable_reasons", {}).items())
+        typer.echo(f"flowsift: {where}: {e['not_editable']:,} packets with accepted edits left as they came"
+                   + (f" ({why})" if why else ""), err=True)
+    if late:
+        # (a redaction that came after its bytes left did not mask them: no clean run either)
+        typer.echo(f"flowsift: {where}: {late:,} edits came after their packets had been forwarded "
+                   f"(rejected: those left as they came)", err=True)
+    return EXIT_NOT_APPLIED if e.get("not_editable") or late else 0
 
 
 @app.command()

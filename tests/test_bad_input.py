@@ -356,7 +356,7 @@ def test_an_empty_path_is_said_to_be_empty(corpus, args):
     """An empty option value names no file: said so, before anything is read or opened."""
     option = args[-2]
     res = run_cli(*[a.format(cap=corpus / "http__dpkt__http.pcap") for a in args])
-    assert res.returncode == 2 and res.stderr == f"flowsift: {option} '': an empty path names nothing\n"
+    assert res.returncode == 2 and res.stderr == f"flowsift: {args[0]}: {option} '': an empty path names nothing\n"
 
 
 @pytest.mark.parametrize("args", [["chain", "counter", "{cap}", "--events", "--json"],

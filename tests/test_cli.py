@@ -209,7 +209,7 @@ def test_a_bad_reassembly_setting_is_one_line(corpus):
     for args in (["streams", corpus / ESPN, "--discard"], ["gateway", corpus / ESPN], ["chain", "counter", corpus / ESPN]):
         res = run_cli(*args, "--reassembly", "memcap=lots")
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [
-            "flowsift: --reassembly memcap=lots: size expected (bytes, or with a unit: 512KiB, 64MiB, 2GiB)"], res.stderr
+            f"flowsift: {args[0]}: --reassembly memcap=lots: size expected (bytes, or with a unit: 512KiB, 64MiB, 2GiB)"], res.stderr
 
 
 @pytest.mark.parametrize("width", [80, 160])
@@ -713,7 +713,7 @@ def test_count_on_a_file_reads_its_first_packets(tmp_path, corpus):
     assert c["connections"]["packets"] == 100 and [x["packets"] for x in c["shards"]] == [100, 100]
     res = run_cli("stats", src, "--duration", "5")
     assert res.returncode == 2 and res.stderr == (
-        "flowsift: --duration is for live sources (afpacket:IFACE, dpdk:PORT): a file's first N packets are --count N\n")
+        "flowsift: stats: --duration is for live sources (afpacket:IFACE, dpdk:PORT): a file's first N packets are --count N\n")
 
 
 def test_seconds_and_sizes_take_the_units_reassembly_takes(corpus, monkeypatch):
@@ -743,7 +743,7 @@ def test_seconds_and_sizes_take_the_units_reassembly_takes(corpus, monkeypatch):
     res = run_cli("replay", src, "--to", "127.0.0.1:9", "--idle", "2d")
     assert res.returncode == 2 and "'2d': seconds, or with a unit" in res.stderr
     res = run_cli("streams", src, "--discard", "--reassembly", "memcap=1GiB", "--reassembly", "memcap=2GiB")
-    assert res.returncode == 2 and res.stderr == "flowsift: --reassembly memcap: given twice (memcap=1GiB, memcap=2GiB)\n"
+    assert res.returncode == 2 and res.stderr == "flowsift: streams: --reassembly memcap: given twice (memcap=1GiB, memcap=2GiB)\n"
     # names of modes in any case, as a live source's outgoing= takes them
     s = json.loads(run_cli("streams", src, "--discard", "--policy", "Linux", "--checksums", "VERIFY", "--json",
                            check=True).stdout)
@@ -758,5 +758,5 @@ def test_a_filter_on_an_inline_chain_is_refused(source, out):
     kernel drops them from the ring), so they were black-holed, the run ending well (exit 0)."""
     res = run_cli("chain", "counter", ROOT / source if "/" in source else source, "--out", out, "--filter", "tcp")
     assert res.returncode == 2 and res.stdout == "" and res.stderr == (
-        "flowsift: --filter with --out: the frames it rejects would never be forwarded (inline, every frame goes "
+        "flowsift: chain: --filter with --out: the frames it rejects would never be forwarded (inline, every frame goes "
         "out); leave connections to a module instead (flow.skip() in on_open)\n")

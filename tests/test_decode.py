@@ -508,7 +508,7 @@ def test_ipv4_overlapping_fragments_follow_the_fragment_policy_setting(tmp_path)
     assert (s["fragments"]["overlap_discarded"], s["fragments"]["datagrams"]) == (1, 0)
     res = run_cli("streams", f, "--discard", "--reassembly", "fragment_policy=bsd")
     assert res.returncode == 2 and res.stderr.strip() == (
-        "flowsift: --reassembly fragment_policy=bsd: one of first, last, discard expected")
+        "flowsift: streams: --reassembly fragment_policy=bsd: one of first, last, discard expected")
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])

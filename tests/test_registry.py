@@ -373,9 +373,9 @@ def test_stale_keys_of_a_crashed_run_never_break_a_new_one(tmp_path, corpus, red
     for blank in ("", " "):
         res = run_cli("gateway", "--registry", url, "--cleanup", blank)
         assert res.returncode == 2 and res.stderr.strip() == (
-            f"flowsift: run name {blank!r}: a run is named by at least one character that is not a space")
+            f"flowsift: gateway: run name {blank!r}: a run is named by at least one character that is not a space")
     res = run_cli("gateway", corpus / "http__zeek__get.pcap", "--registry", url, "--cleanup", "nosuch")
-    assert res.returncode == 2 and res.stderr.strip() == "flowsift: --cleanup removes a run's keys: give no SOURCE with it"
+    assert res.returncode == 2 and res.stderr.strip() == "flowsift: gateway: --cleanup removes a run's keys: give no SOURCE with it"
 
 
 def test_cleanup_refuses_a_live_run(tmp_path, corpus, redis_server):

@@ -508,7 +508,8 @@ def test_a_capture_and_a_store_or_a_directory_that_is_not_a_store_are_usage_erro
                            (("--store", store, "--vlan-key"), READ_ALREADY),
                            (("--store", store, "--checksums", "verify"), READ_ALREADY)):
             res = run_cli("replay", *args, "--to", to)
-            assert res.returncode == 2 and res.stderr == f"flowsift: {line}\n", res.stderr
+            assert res.returncode == 2 and res.stderr == f"flowsift: {'' if line.startswith(str(adir)) else 'replay: '}{line}\n", \
+                res.stderr
 
 
 SCRIPTED = textwrap.dedent('''
@@ -1130,7 +1131,7 @@ def test_unacked_keeps_to_the_server_port_and_the_limit(tmp_path):
                            (("--speed", "1", "--idle", "0.5"), "--speed, --idle")):
             res = run_cli("replay", "--unacked", "--store", store, "--to", to, *args)
             assert res.returncode == 2 and res.stderr == (
-                f"flowsift: {said}: not with --unacked (it sends what the server had not acknowledged, "
+                f"flowsift: replay: {said}: not with --unacked (it sends what the server had not acknowledged, "
                 "and compares nothing)\n"), res.stderr
         with pytest.raises(BlockingIOError):
             listener.accept()

@@ -423,7 +423,7 @@ def test_w_writes_a_pcapng_with_one_link_type_and_refuses_several_before_the_run
     many = corpus / "pcapng__pcpp__many_interfaces-1.pcapng"
     res = run_cli("chain", "counter", many, "-w", tmp_path / "many.pcap", "--events", tmp_path / "ev2.jsonl")
     assert res.returncode == 2
-    assert res.stderr.strip() == f"flowsift: {many}: -w writes a pcap, with one link type; this capture's packets have 2 (0, 1)"
+    assert res.stderr.strip() == f"flowsift: chain: {many}: -w writes a pcap, with one link type; this capture's packets have 2 (0, 1)"
     ev2 = tmp_path / "ev2.jsonl"
     assert not ev2.exists() or ev2.read_text() == ""          # refused before the first packet
     # interfaces of other link types that no packet uses do not count: they were refused
@@ -716,7 +716,7 @@ def test_a_w_path_whose_open_fails_is_refused_before_anything_is_read(tmp_path, 
                   "--events", tmp_path / "events.jsonl", "--json")
     assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res.stderr
     if os.geteuid() == 0:       # (others are refused by the directory's permissions first)
-        assert res.stderr.startswith(f"flowsift: {why}"), res.stderr
+        assert res.stderr.startswith(f"flowsift: chain: {why}"), res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing is made before -w is open"
 
 
@@ -811,11 +811,11 @@ def test_w_named_for_pcapng_is_refused_before_the_run(tmp_path, name):
     res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", out, "--events", events,
                   "--store", tmp_path / "store")
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr == f"flowsift: -w {out}: -w writes a pcap (classic format), not pcapng: name it .pcap\n"
+    assert res.stderr == f"flowsift: chain: -w {out}: -w writes a pcap (classic format), not pcapng: name it .pcap\n"
     assert not out.exists() and not events.exists()
     res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", tmp_path / "out.pcap.gz", "--events",
                   events, "--store", tmp_path / "store")
-    assert res.returncode == 2 and res.stderr == (f"flowsift: -w {tmp_path / 'out.pcap.gz'}: -w writes an uncompressed "
+    assert res.returncode == 2 and res.stderr == (f"flowsift: chain: -w {tmp_path / 'out.pcap.gz'}: -w writes an uncompressed "
                                                   f"pcap, not gz: name it .pcap (and compress it afterwards)\n")
     # a device or a pipe has no format in its name; .pcap is what -w writes
     res = run_cli("chain", "counter", ROOT / "examples" / "demo.pcap", "-w", tmp_path / "out.pcap", "--events",
