@@ -445,7 +445,8 @@ cdef class Engine:
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
                 "stray_acks": self.stray_acks, "fin_out_of_window": self.fin_out_of_window,
                 "syn_conflicts": self.syn_conflicts, "no_ack_segments": self.no_ack_segments,
-                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
+                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives,
+                "zero_window_probes": self.zero_window_probes, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
@@ -1008,6 +1009,16 @@ cdef class Engine:
             # nothing off, and thinned captures put real ones beyond any window seen)
             self.fin_out_of_window += 1
             return self._ignored_here(i, p)
+        if (p.payload_wirelen == 1 and P.zero_win and not (fl & (TH_SYN | TH_FIN | TH_RST)) and D.settled
+                and not D.fin_seen and o == D.next and D.n_chunks == 0 and D.has_ack and D.acked == D.next
+                and P.n_chunks == 0 and self._off(P, p.ack) == P.next):
+            # a zero-window probe (RFC 9293 3.8.6.1): one byte at the next sequence number, all
+            # acknowledged both ways, while the receiver's latest window is 0. The receiver drops
+            # it (no room), and the byte comes again, maybe another, once the window opens
+            self.zero_window_probes += 1
+            return self._ignored_here(i, p)
+        if not (fl & TH_RST):
+            D.zero_win = p.window == 0      # (0 is 0 whatever the scale; a SYN's is never scaled)
         if not (fl & TH_SYN) and p.window > D.max_win:
             D.max_win = p.window
         p.stream_off = o
