@@ -1068,6 +1068,46 @@ def test_a_probe_then_the_same_byte_delivers_it_once(tmp_path):
     assert (info["conflicts"], info["retransmissions"], info["delivered"]) == (0, 0, 10)
 
 
+@pytest.mark.parametrize("early", [
+    [(0.005, False, S + 1, C + 1, 0x18, b"EVIL")],
+    [(0.005, False, S + 3, C + 1, 0x18, b"XX")],
+    # (the second, a second after the first, used to fix the start on its own)
+    [(0.005, False, S + 1, C + 1, 0x18, b"EV"), (1.2, False, S + 3, C + 1, 0x18, b"IL")],
+])
+def test_server_data_before_its_syn_ack_is_not_the_stream(tmp_path, early):
+    """The client sent its SYN and nothing since: in SYN-SENT it takes nothing but a SYN-ACK
+    (RFC 9293 3.10.7.3), so server data sent before the SYN-ACK never reaches it. When the
+    SYN-ACK comes after such data, the data is dropped and counted; the server's real bytes
+    are the stream, with no conflict (the early copy used to win under `first`)."""
+    t = early[-1][0]
+    path = _timed_capture(tmp_path / "early.pcap", [(0, True, C, 0, 0x02, b"")] + early + [
+        (t + 0.01, False, S, C + 1, 0x12, b""), (t + 0.02, True, C + 1, S + 1, 0x10, b""),
+        (t + 0.03, True, C + 1, S + 1, 0x18, b"GET"), (t + 0.04, False, S + 1, C + 4, 0x18, b"GOOD")]
+        + _close(t + 1, C + 4, S + 5))
+    r = run(path)
+    assert streams(r)[0] == (b"GET", b"GOOD") and r.collector.dirs[(0, 1)].gaps == []
+    info = r.collector.closed[0]["dirs"][1]
+    assert info["conflicts"] == 0 and not info["midstream"]
+    assert r.engine.before_synack_bytes == sum(len(e[5]) for e in early) and r.engine.held_total == 0
+
+
+@pytest.mark.parametrize("case", ["ack_first", "no_syn_ack", "syn_ack_late"])
+def test_server_data_the_client_may_have_taken_is_the_stream(tmp_path, case):
+    """Near misses, kept as before: the capture missed the SYN-ACK and the client's ACK comes
+    first; or the server's data (an answer to Fast Open data on the SYN) comes before the
+    client's ACK and no SYN-ACK is ever captured; or the client's ACK, the data, and the
+    SYN-ACK last (a reordered capture): in each the client left SYN-SENT, or may have."""
+    syn = [(0, True, C, 0, 0x02, b"GET")]
+    ack = [(0.02, True, C + 4, S + 1, 0x10, b"")]
+    data = [(0.03, False, S + 1, C + 4, 0x18, b"GOOD")]
+    pkts = {"ack_first": syn + ack + data,
+            "no_syn_ack": syn + [(0.01,) + data[0][1:], (0.02, True, C + 4, S + 5, 0x10, b"")],
+            "syn_ack_late": syn + ack + data + [(0.04, False, S, C + 1, 0x12, b"")]}[case]
+    r = run(_timed_capture(tmp_path / "near.pcap", pkts + _close(1, C + 4, S + 5)))
+    assert streams(r)[0] == (b"GET", b"GOOD") and r.engine.before_synack_bytes == 0
+    assert r.collector.dirs[(0, 1)].gaps == []
+
+
 def test_a_direction_ends_at_two_tib_and_its_record_file_keeps_the_other_intact(tmp_path):
     """Holes of 512 MiB, each acknowledged, carry the client's stream past 3 TiB (its room in a
     record file, before the server's): past 2 TiB its bytes are counted, never written over the
