@@ -1073,6 +1073,9 @@ def test_a_probe_then_the_same_byte_delivers_it_once(tmp_path):
     [(0.005, False, S + 3, C + 1, 0x18, b"XX")],
     # (the second, a second after the first, used to fix the start on its own)
     [(0.005, False, S + 1, C + 1, 0x18, b"EV"), (1.2, False, S + 3, C + 1, 0x18, b"IL")],
+    # half the sequence space away: the real bytes are still read where they lie
+    [(0.005, False, (S + 1 - 0x7FFFFFFE) % 2**32, C + 1, 0x18, b"EVIL")],
+    [(0.005, False, S + 1 + 0x7FFFFFFE, C + 1, 0x18, b"EVIL")],
 ])
 def test_server_data_before_its_syn_ack_is_not_the_stream(tmp_path, early):
     """The client sent its SYN and nothing since: in SYN-SENT it takes nothing but a SYN-ACK
@@ -1082,10 +1085,10 @@ def test_server_data_before_its_syn_ack_is_not_the_stream(tmp_path, early):
     t = early[-1][0]
     path = _timed_capture(tmp_path / "early.pcap", [(0, True, C, 0, 0x02, b"")] + early + [
         (t + 0.01, False, S, C + 1, 0x12, b""), (t + 0.02, True, C + 1, S + 1, 0x10, b""),
-        (t + 0.03, True, C + 1, S + 1, 0x18, b"GET"), (t + 0.04, False, S + 1, C + 4, 0x18, b"GOOD")]
-        + _close(t + 1, C + 4, S + 5))
+        (t + 0.03, True, C + 1, S + 1, 0x18, b"GET"), (t + 0.04, False, S + 1, C + 4, 0x18, b"GOOD"),
+        (t + 0.05, False, S + 5, C + 4, 0x18, b"MORE")] + _close(t + 1, C + 4, S + 9))
     r = run(path)
-    assert streams(r)[0] == (b"GET", b"GOOD") and r.collector.dirs[(0, 1)].gaps == []
+    assert streams(r)[0] == (b"GET", b"GOODMORE") and r.collector.dirs[(0, 1)].gaps == []
     info = r.collector.closed[0]["dirs"][1]
     assert info["conflicts"] == 0 and not info["midstream"]
     assert r.engine.before_synack_bytes == sum(len(e[5]) for e in early) and r.engine.held_total == 0

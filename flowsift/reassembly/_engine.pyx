@@ -943,11 +943,8 @@ cdef class Engine:
                     D.midstream = 0
                     if D.early and not D.fin_seen and not D.rst_seen:
                         # that data came while the peer was in SYN-SENT, which takes nothing but
-                        # a SYN-ACK (RFC 9293 3.10.7.3): it never reached the peer. Later numbers
-                        # are read around this ISN, not around the dropped data
+                        # a SYN-ACK (RFC 9293 3.10.7.3): it never reached the peer
                         self.before_synack_bytes += self._drop_held(D)
-                        D.anchor_off = self._off(D, seq + 1)
-                        D.anchor_seq = seq + 1
                     D.early = 0
                     self._settle_at(i, d, self._off(D, seq + 1))
             elif self._off(D, seq + 1) != D.origin:
