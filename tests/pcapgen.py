@@ -125,14 +125,16 @@ B6 = bytes.fromhex("20010db8000000000000000000000002")
 
 def timed_capture(path, packets, port=80):
     """A pcap of one TCP connection between A:40000 and B:`port`. packets: (seconds after the
-    start, client sends?, seq, ack, flags, payload)."""
+    start, client sends?, seq, ack, flags, payload[, window[, options]]): the window field
+    8192 and no TCP options unless given."""
     t0 = 1_700_000_000 * 10**6
     frames = []
-    for at, from_client, seq, ack, flags, payload in packets:
+    for at, from_client, seq, ack, flags, payload, *rest in packets:
+        window, options = (list(rest) + [8192, b""][len(rest):])[:2]
         src, dst, sp, dp = (A, B, 40000, port) if from_client else (B, A, port, 40000)
         us = t0 + round(at * 10**6)
-        frames.append((us // 10**6, us % 10**6,
-                       ether(ipv4(src, dst, 6, tcp(sp, dp, seq=seq, ack=ack, flags=flags, payload=payload)))))
+        frames.append((us // 10**6, us % 10**6, ether(ipv4(src, dst, 6, tcp(
+            sp, dp, seq=seq, ack=ack, flags=flags, window=window, options=options, payload=payload)))))
     path.write_bytes(pcap(frames))
     return path
 

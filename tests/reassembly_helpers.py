@@ -8,7 +8,8 @@ SYN, SYNACK, ACK, PSH, FIN, RST = 0x02, 0x12, 0x10, 0x08, 0x01, 0x04
 
 
 def conversation(isn, events, server_isn=7777, gap_ns=10**9):
-    """events: ("data", seq, payload, wirelen) from the client, or ("ack", ack) from the server.
+    """events: ("data", seq, payload, wirelen) from the client, or ("ack", ack[, window]) from
+    the server (its window 8192 unless given).
 
     Returns pcap bytes: SYN, SYN-ACK, then the events, each `gap_ns` apart (longer than the
     engine's ACK grace, so an acknowledged hole is given up at the next event).
@@ -16,9 +17,9 @@ def conversation(isn, events, server_isn=7777, gap_ns=10**9):
     frames = []
     t = 1_700_000_000 * 10**9
 
-    def add(src, dst, seq, ack, flags, payload=b"", wirelen=None):
+    def add(src, dst, seq, ack, flags, payload=b"", wirelen=None, window=8192):
         nonlocal t
-        seg = tcp(src[1], dst[1], seq=seq % 2**32, ack=ack % 2**32, flags=flags, payload=payload)
+        seg = tcp(src[1], dst[1], seq=seq % 2**32, ack=ack % 2**32, flags=flags, window=window, payload=payload)
         frame = ether(ipv4(src[0], dst[0], 6, seg))
         if wirelen is not None and wirelen > len(payload):
             # the capture cut the frame: the headers say `wirelen` bytes of payload
@@ -36,7 +37,7 @@ def conversation(isn, events, server_isn=7777, gap_ns=10**9):
             _, seq, payload, wirelen = ev
             add(CLIENT, SERVER, seq, server_isn + 1, ACK | PSH, payload, wirelen)
         else:
-            add(SERVER, CLIENT, server_isn + 1, ev[1], ACK)
+            add(SERVER, CLIENT, server_isn + 1, ev[1], ACK, window=ev[2] if len(ev) > 2 else 8192)
     return pcap(frames, nanosecond=True)
 
 

@@ -986,6 +986,131 @@ def test_a_keep_alive_probe_is_named_not_a_retransmission(tmp_path):
     assert len(probe) == 1 and "retransmission" not in probe[0]["rflags"] and "conflict" in probe[0]["rflags"]
 
 
+WSCALE7 = b"\x01\x03\x03\x07"      # NOP, window scale 7
+
+
+def _zero_window(probe, scaled=False, window=0):
+    """"hello", the server acknowledges it with `window`, the client sends `probe` (one byte at
+    the next sequence number), the server acknowledges it with the same window and then opens
+    it, and the client sends "world" there."""
+    syns = HANDSHAKE if not scaled else [
+        (0, True, C, 0, 0x02, b"", 8192, WSCALE7), (0.01, False, S, C + 1, 0x12, b"", 8192, WSCALE7),
+        HANDSHAKE[2]]
+    return syns + [
+        (0.03, True, C + 1, S + 1, 0x18, b"hello"), (0.04, False, S + 1, C + 6, 0x10, b"", window),
+        (0.5, True, C + 6, S + 1, 0x10, probe), (0.51, False, S + 1, C + 6, 0x10, b"", window),
+        (1, False, S + 1, C + 6, 0x10, b"", 65535), (1.01, True, C + 6, S + 1, 0x18, b"world"),
+        (1.02, False, S + 1, C + 11, 0x10, b"")] + _close(2, C + 11, S + 1)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_zero_window_probe_is_not_the_stream(tmp_path, scaled):
+    """The server advertised a zero window (0 whether scaled or not): the client's one byte at
+    the next sequence number, acknowledging all the server sent, is a zero-window probe, which
+    the receiver drops (RFC 9293 3.8.6.1). It is counted and not applied, so the byte sent
+    there once the window opens is the stream, with no conflict (the probe's byte used to win
+    under `first`)."""
+    path = _timed_capture(tmp_path / "zwp.pcap", _zero_window(b"X", scaled))
+    r = run(path)
+    info = r.collector.closed[0]["dirs"][0]
+    assert streams(r)[0] == (b"helloworld", b"") and info["conflicts"] == 0
+    assert r.engine.zero_window_probes == 1 and info["retransmissions"] == 0 and r.engine.keepalives == 0
+    if not scaled:
+        run_cli("gateway", path, "--store", tmp_path / "g", "--keep", check=True)
+        (f,) = json.loads(run_cli("inspect", tmp_path / "g", "--json", check=True).stdout)["connections"]
+        recs = json.loads(run_cli("inspect", tmp_path / "g" / f["file"], "--json", "-n", "-1",
+                                  check=True).stdout)["record_list"]
+        assert [x["rflags"] for x in recs if x["len"] == 1] == [["ignored"]]
+
+
+def test_a_zero_window_from_the_syn_ack_makes_a_probe_too(tmp_path):
+    """A SYN-ACK's window field is never scaled, and 0 is 0: a byte at ISN + 1 before the
+    window opens is a probe."""
+    path = _timed_capture(tmp_path / "zwpsyn.pcap", [
+        (0, True, C, 0, 0x02, b"", 8192, WSCALE7), (0.01, False, S, C + 1, 0x12, b"", 0, WSCALE7),
+        (0.02, True, C + 1, S + 1, 0x10, b""), (0.5, True, C + 1, S + 1, 0x10, b"X"),
+        (0.51, False, S + 1, C + 1, 0x10, b"", 0), (1, False, S + 1, C + 1, 0x10, b"", 1),
+        (1.01, True, C + 1, S + 1, 0x18, b"hello")] + _close(2, C + 6, S + 1))
+    r = run(path)
+    assert streams(r)[0] == (b"hello", b"") and r.engine.zero_window_probes == 1
+    assert r.collector.closed[0]["dirs"][0]["conflicts"] == 0
+
+
+@pytest.mark.parametrize("case", ["open", "reopened", "two_bytes", "beyond", "unacked"])
+def test_near_misses_of_a_zero_window_probe_are_the_stream(tmp_path, case):
+    """What is not a probe is delivered: one byte while the window is open (or open again), two
+    bytes, one byte beyond the next expected, or one byte when the zero window did not
+    acknowledge all the client sent."""
+    if case == "open":
+        pkts = _zero_window(b"!", window=1)
+    elif case == "reopened":
+        pkts = _zero_window(b"!")
+        pkts[4:5] = [pkts[4], (0.2, False, S + 1, C + 6, 0x10, b"", 512)]
+    elif case == "two_bytes":
+        pkts = _zero_window(b"!!")
+    elif case == "beyond":
+        pkts = [p if p[0] != 0.5 else (0.5, True, C + 8, S + 1, 0x10, b"!") for p in _zero_window(b"!")]
+    else:
+        pkts = _zero_window(b"!")
+        pkts[4] = (0.04, False, S + 1, C + 5, 0x10, b"", 0)
+    r = run(_timed_capture(tmp_path / "near.pcap", pkts))
+    assert r.engine.zero_window_probes == 0
+    want = {"two_bytes": b"hello!!rld", "beyond": b"hellowo!ld"}.get(case, b"hello!orld")
+    assert streams(r)[0] == (want, b"")
+
+
+def test_a_probe_then_the_same_byte_delivers_it_once(tmp_path):
+    """A real zero-window probe carries the next byte, and the same byte comes again once the
+    window opens: delivered once, no conflict, no retransmission."""
+    r = run(_timed_capture(tmp_path / "zwpsame.pcap", _zero_window(b"w")))
+    info = r.collector.closed[0]["dirs"][0]
+    assert streams(r)[0] == (b"helloworld", b"") and r.engine.zero_window_probes == 1
+    assert (info["conflicts"], info["retransmissions"], info["delivered"]) == (0, 0, 10)
+
+
+@pytest.mark.parametrize("early", [
+    [(0.005, False, S + 1, C + 1, 0x18, b"EVIL")],
+    [(0.005, False, S + 3, C + 1, 0x18, b"XX")],
+    # (the second, a second after the first, used to fix the start on its own)
+    [(0.005, False, S + 1, C + 1, 0x18, b"EV"), (1.2, False, S + 3, C + 1, 0x18, b"IL")],
+    # half the sequence space away: the real bytes are still read where they lie
+    [(0.005, False, (S + 1 - 0x7FFFFFFE) % 2**32, C + 1, 0x18, b"EVIL")],
+    [(0.005, False, S + 1 + 0x7FFFFFFE, C + 1, 0x18, b"EVIL")],
+])
+def test_server_data_before_its_syn_ack_is_not_the_stream(tmp_path, early):
+    """The client sent its SYN and nothing since: in SYN-SENT it takes nothing but a SYN-ACK
+    (RFC 9293 3.10.7.3), so server data sent before the SYN-ACK never reaches it. When the
+    SYN-ACK comes after such data, the data is dropped and counted; the server's real bytes
+    are the stream, with no conflict (the early copy used to win under `first`)."""
+    t = early[-1][0]
+    path = _timed_capture(tmp_path / "early.pcap", [(0, True, C, 0, 0x02, b"")] + early + [
+        (t + 0.01, False, S, C + 1, 0x12, b""), (t + 0.02, True, C + 1, S + 1, 0x10, b""),
+        (t + 0.03, True, C + 1, S + 1, 0x18, b"GET"), (t + 0.04, False, S + 1, C + 4, 0x18, b"GOOD"),
+        (t + 0.05, False, S + 5, C + 4, 0x18, b"MORE")] + _close(t + 1, C + 4, S + 9))
+    r = run(path)
+    assert streams(r)[0] == (b"GET", b"GOODMORE") and r.collector.dirs[(0, 1)].gaps == []
+    info = r.collector.closed[0]["dirs"][1]
+    assert info["conflicts"] == 0 and not info["midstream"]
+    assert r.engine.before_synack_bytes == sum(len(e[5]) for e in early) and r.engine.held_total == 0
+
+
+@pytest.mark.parametrize("case", ["ack_first", "no_syn_ack", "syn_ack_late"])
+def test_server_data_the_client_may_have_taken_is_the_stream(tmp_path, case):
+    """Near misses, kept as before: the capture missed the SYN-ACK and the client's ACK comes
+    first; or the server's data (an answer to Fast Open data on the SYN) comes before the
+    client's ACK and no SYN-ACK is ever captured; or the client's ACK, the data, and the
+    SYN-ACK last (a reordered capture): in each the client left SYN-SENT, or may have."""
+    syn = [(0, True, C, 0, 0x02, b"GET")]
+    ack = [(0.02, True, C + 4, S + 1, 0x10, b"")]
+    data = [(0.03, False, S + 1, C + 4, 0x18, b"GOOD")]
+    pkts = {"ack_first": syn + ack + data,
+            "no_syn_ack": syn + [(0.01,) + data[0][1:], (0.02, True, C + 4, S + 5, 0x10, b"")],
+            "syn_ack_late": syn + ack + data + [(0.04, False, S, C + 1, 0x12, b"")]}[case]
+    r = run(_timed_capture(tmp_path / "near.pcap", pkts + _close(1, C + 4, S + 5)))
+    assert streams(r)[0] == (b"GET", b"GOOD") and r.engine.before_synack_bytes == 0
+    assert r.collector.dirs[(0, 1)].gaps == []
+
+
 def test_a_direction_ends_at_two_tib_and_its_record_file_keeps_the_other_intact(tmp_path):
     """Holes of 512 MiB, each acknowledged, carry the client's stream past 3 TiB (its room in a
     record file, before the server's): past 2 TiB its bytes are counted, never written over the

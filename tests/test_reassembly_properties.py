@@ -1,8 +1,9 @@
 """The compiled engine against the pure-Python reference: same bytes, gaps and conflicts.
 
 Random streams are cut into random segments, permuted, duplicated with conflicting bytes,
-partly lost, partly cut by the capture, interleaved with receiver ACKs, with sequence numbers
-anywhere in the 32-bit space (so wraparound happens), under every overlap policy.
+partly lost, partly cut by the capture, interleaved with receiver ACKs (some advertising a zero
+window, some followed by a one-byte probe), with sequence numbers anywhere in the 32-bit space
+(so wraparound happens), under every overlap policy.
 `HYPOTHESIS_PROFILE=deep` runs thousands of cases.
 """
 import os
@@ -31,6 +32,7 @@ def scenarios(draw):
         segs.append((pos, n))
         pos += n
     events = []
+    ordered = rnd.random() < 0.3                         # sent in order: probes meet a closed window
     for start, n in segs:
         r = rnd.random()
         if r < 0.12:
@@ -41,6 +43,10 @@ def scenarios(draw):
             cut = rnd.randint(1, n - 1)                  # the capture kept only the first bytes
             payload, wire = payload[:cut], n
         events.append(["data", start, payload, wire])
+        if ordered and rnd.random() < 0.2:               # the window closes: a probe, maybe it opens
+            events += [["ack", start + n, 0], ["data", start + n, bytes([rnd.getrandbits(8)]), None]]
+            if rnd.random() < 0.7:
+                events.append(["ack", start + n, 8192])
         if rnd.random() < 0.3:                           # a copy, maybe shifted, maybe different
             s2 = max(0, start + rnd.randint(-50, 50))
             n2 = rnd.randint(1, 300)
@@ -51,9 +57,10 @@ def scenarios(draw):
                         copy[rnd.randrange(len(copy))] ^= 0xFF
             if copy:
                 events.append(["data", s2, bytes(copy), None])
-    rnd.shuffle(events)
+    if not ordered:
+        rnd.shuffle(events)
     for _ in range(draw(st.integers(0, 3))):             # receiver ACKs, anywhere
-        events.insert(rnd.randint(0, len(events)), ["ack", rnd.randint(0, size + 10)])
+        events.insert(rnd.randint(0, len(events)), ["ack", rnd.randint(0, size + 10), rnd.choice([0, 8192])])
     policy = draw(st.sampled_from(POLICIES))
     return isn, events, policy
 
@@ -64,7 +71,7 @@ def reference(isn, events, policy):
         if ev[0] == "data":
             ref.segment((isn + 1 + ev[1]) % 2**32, ev[2], ev[3])
         else:
-            ref.ack((isn + 1 + ev[1]) % 2**32)
+            ref.ack((isn + 1 + ev[1]) % 2**32, *ev[2:])
     data, gaps, conflicts = ref.finish()
     return data, gaps, conflicts
 
@@ -75,7 +82,7 @@ def engine_events(isn, events):
         if ev[0] == "data":
             out.append(("data", isn + 1 + ev[1], ev[2], ev[3]))
         else:
-            out.append(("ack", isn + 1 + ev[1]))
+            out.append(("ack", isn + 1 + ev[1], *ev[2:]))
     return out
 
 

@@ -94,7 +94,8 @@ ctypedef struct dir_t:
     uint8_t unseen_acks    # the peer acknowledged this direction before any packet of it
     uint8_t syn_again      # its SYN came again after the peer answered it (the answer was lost)
     uint8_t has_alt        # alt_seq holds another SYN-ACK's ISN + 1, before any byte (see _packet)
-    uint8_t _pad[1]
+    uint8_t zero_win       # its latest window field (SYN, ACK; not RST) was 0: the peer may probe
+    uint8_t early          # first seen while the peer, its SYN sent, acknowledged nothing: its SYN(-ACK) drops what it holds
     uint32_t alt_seq
     uint32_t unseen_ack    # (so far unseen) the peer's latest ACK number, how far its ACKs
     uint32_t unseen_step   # advanced in all and at their last step: what was sent unseen
@@ -194,7 +195,9 @@ cdef class Engine:
     cdef readonly uint64_t rst_out_of_window # RSTs whose sequence number lay outside the receive window: not applied
     cdef readonly uint64_t stray_acks        # bare ACKs for an older connection answering a SYN: not applied
     cdef readonly uint64_t after_fin_bytes   # bytes sent beyond a direction's FIN: not delivered
+    cdef readonly uint64_t before_synack_bytes  # bytes sent before the SYN-ACK, the peer in SYN-SENT: not delivered
     cdef readonly uint64_t keepalives        # keep-alive probes (not retransmissions)
+    cdef readonly uint64_t zero_window_probes  # one byte at the next seq into a zero window: not applied
     cdef readonly uint64_t beyond_limit_bytes  # bytes past a direction's 2 TiB of sequence space
     cdef readonly uint64_t lingers_cut       # ended connections forgotten early: max_connections lingering
     cdef readonly uint64_t fin_conflicts     # FINs at another sequence number than the direction's first FIN
@@ -277,6 +280,7 @@ cdef class Engine:
     cdef void _follow(self, dir_t* D, int64_t off) noexcept nogil
     cdef bint _rst_in_window(self, dir_t* D, dir_t* P, int64_t o) noexcept nogil
     cdef int _drop_beyond(self, dir_t* D, int64_t end) except -1
+    cdef uint64_t _drop_held(self, dir_t* D) noexcept nogil
     cdef int _push_chunk(self, dir_t* D, int32_t at, int64_t s, int64_t e, int64_t os, int64_t oe, const uint8_t* src) except -1
     cdef int64_t _hold(self, uint32_t i, int d, int64_t s, int64_t e, const uint8_t* data, int64_t own_s, int64_t own_e) except -1
 

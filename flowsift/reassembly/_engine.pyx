@@ -445,7 +445,9 @@ cdef class Engine:
                 "ignored_flags": self.ignored_flags, "rst_out_of_window": self.rst_out_of_window,
                 "stray_acks": self.stray_acks, "fin_out_of_window": self.fin_out_of_window,
                 "syn_conflicts": self.syn_conflicts, "no_ack_segments": self.no_ack_segments,
-                "after_fin_bytes": self.after_fin_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
+                "after_fin_bytes": self.after_fin_bytes,
+                "before_synack_bytes": self.before_synack_bytes, "fin_conflicts": self.fin_conflicts, "keepalives": self.keepalives,
+                "zero_window_probes": self.zero_window_probes, "beyond_limit_bytes": self.beyond_limit_bytes, "lingers_cut": self.lingers_cut, "released_connections": self.released_connections}
 
     # --- connections ----------------------------------------------------------------------
 
@@ -936,8 +938,14 @@ cdef class Engine:
                     D.origin = D.anchor_off
                     D.next = D.origin
                 elif not D.settled:
-                    # a reordered capture: the SYN came after data; the stream starts after it
+                    # the SYN came after data (a reordered capture, or data sent too soon): the
+                    # stream starts after it
                     D.midstream = 0
+                    if D.early and not D.fin_seen and not D.rst_seen:
+                        # that data came while the peer was in SYN-SENT, which takes nothing but
+                        # a SYN-ACK (RFC 9293 3.10.7.3): it never reached the peer
+                        self.before_synack_bytes += self._drop_held(D)
+                    D.early = 0
                     self._settle_at(i, d, self._off(D, seq + 1))
             elif self._off(D, seq + 1) != D.origin:
                 if ((fl & TH_ACK) and P.syn_again and D.settled and D.next == D.origin and D.n_chunks == 0
@@ -988,6 +996,10 @@ cdef class Engine:
                 return self._ignored(i, p, LRU_CLOSING if c.refused else LRU_EMBRYONIC)
             self._anchor(D, seq)
             D.midstream = 1
+            # the peer sent its SYN and has acknowledged nothing: it may still be in SYN-SENT.
+            # What comes now is held as a midstream start would be, but dropped if this side's
+            # SYN(-ACK) comes before the peer's first ACK (a capture that missed it keeps it)
+            D.early = P.syn_seen and not D.unseen_acks
         elif ((fl & TH_RST) and not has_payload and D.syn_seen and not P.syn_seen and not D.fin_seen
               and D.next == D.origin and D.n_chunks == 0 and self._off(D, seq) != D.origin):
             # a side still waiting for the answer to its SYN resets a stray ACK (one for an older
@@ -1008,6 +1020,16 @@ cdef class Engine:
             # nothing off, and thinned captures put real ones beyond any window seen)
             self.fin_out_of_window += 1
             return self._ignored_here(i, p)
+        if (p.payload_wirelen == 1 and P.zero_win and not (fl & (TH_SYN | TH_FIN | TH_RST)) and D.settled
+                and not D.fin_seen and o == D.next and D.n_chunks == 0 and D.has_ack and D.acked == D.next
+                and P.n_chunks == 0 and self._off(P, p.ack) == P.next):
+            # a zero-window probe (RFC 9293 3.8.6.1): one byte at the next sequence number, all
+            # acknowledged both ways, while the receiver's latest window is 0. The receiver drops
+            # it (no room), and the byte comes again, maybe another, once the window opens
+            self.zero_window_probes += 1
+            return self._ignored_here(i, p)
+        if not (fl & TH_RST):
+            D.zero_win = p.window == 0      # (0 is 0 whatever the scale; a SYN's is never scaled)
         if not (fl & TH_SYN) and p.window > D.max_win:
             D.max_win = p.window
         p.stream_off = o
@@ -1065,6 +1087,7 @@ cdef class Engine:
                 P.has_ack = 0
             P.has_alt = 0
         if (fl & TH_ACK) and P.anchored:
+            P.early = 0                         # (this side left SYN-SENT)
             ack_off = self._off(P, p.ack)
             if (not P.has_ack or ack_off > P.acked) and not (
                     # a peer that sent only its SYN can be acknowledged at its ISN + 1 alone: an ACK
@@ -1078,7 +1101,8 @@ cdef class Engine:
                 self._on_ack(i, 1 - d)
         elif (fl & TH_ACK) and not (fl & TH_RST):
             _unseen_ack(P, p.ack)
-        if not D.settled and D.n_chunks and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS):
+        if (not D.settled and not D.early and D.n_chunks
+                and (D.held_bytes >= SETTLE_BYTES or p.ts_ns - D.first_data_ts >= SETTLE_NS)):
             self._settle(i, d)
         if cut_waits(&c.d[0]) or cut_waits(&c.d[1]):
             self._cuts_due(i)
@@ -1160,6 +1184,20 @@ cdef class Engine:
                 self.held_total += cost
                 break
         return 0
+
+    cdef uint64_t _drop_held(self, dir_t* D) noexcept nogil:
+        # every held chunk goes, never delivered: returns the sequence space they held
+        cdef uint64_t n = 0
+        cdef int32_t k
+        for k in range(D.n_chunks):
+            n += <uint64_t>(D.chunks[k].end - D.chunks[k].start)
+            self.held_total -= chunk_cost(&D.chunks[k])
+            free(D.chunks[k].data)
+        D.n_chunks = 0
+        D.held_bytes = 0
+        if D.chunk_mem != NULL:
+            D.chunks = D.chunk_mem + D.cap_chunks // 2
+        return n
 
     cdef void _anchor(self, dir_t* D, uint32_t seq) noexcept nogil:
         D.anchored = 1

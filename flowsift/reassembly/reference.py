@@ -5,9 +5,10 @@ the same bytes, gaps and conflict counts. It models bytes one at a time (a sorte
 offset to the byte and the segment that supplied it), so there is nothing clever to get wrong.
 It covers what the engine does for a settled direction (its start known): in-order delivery,
 held out-of-order bytes, overlap policies, bytes cut by the capture (a gap when no full copy
-came by the next event), holes given up when the receiver acknowledges past them, and gaps at
-the end. Connection state (SYN/FIN/RST,
-timeouts, midstream settling) stays in the engine and its corpus tests.
+came by the next event), holes given up when the receiver acknowledges past them, zero-window
+probes (left out), and gaps at the end. Connection state (SYN/FIN/RST,
+timeouts, midstream settling) stays in the engine and its corpus tests; of the receiver it
+models only its ACK numbers and whether its window is 0, and it sends no bytes of its own.
 """
 from sortedcontainers import SortedDict
 
@@ -50,6 +51,7 @@ class ReferenceDirection:
         self.delivered_at = {}        # offset -> byte, for the last RETAIN_MAX delivered bytes
         self.acked = None             # highest offset the receiver acknowledged
         self.pending = False          # a hole was acknowledged; it is given up at the next event
+        self.zero_window = False      # the receiver's latest ACK advertised a zero window
         self.event = 0                # events so far: bytes cut at an earlier one are given up
         self.cut_at = {}              # offset of a byte the capture cut -> the event that cut it
         self._last_seq = self.base    # highest segment start seen, for unwrapping
@@ -73,10 +75,12 @@ class ReferenceDirection:
 
     def segment(self, seq, payload, wirelen=None):
         """A segment's captured bytes; `wirelen` > len(payload) means the capture cut the rest."""
-        self.event += 1
         s = self.offset(seq)
-        self._note(s)
         wire = len(payload) if wirelen is None else wirelen
+        if self.zero_window and wire == 1 and not self.held and s == self.next == self.acked:
+            return                    # a zero-window probe: the receiver drops it
+        self.event += 1
+        self._note(s)
         e = s + len(payload)
         for k, b in enumerate(payload):
             self._byte(s + k, b, s, e)
@@ -152,11 +156,13 @@ class ReferenceDirection:
         self.delivered_at.clear()
         self.next = upto
 
-    def ack(self, ack_seq):
-        """The receiver acknowledged up to `ack_seq`. A hole below it with data waiting beyond
-        is given up at the next event (the engine waits ACK_GRACE of capture time, and the
-        tests space events further apart), so a retransmission right after the ACK still counts."""
+    def ack(self, ack_seq, window=8192):
+        """The receiver acknowledged up to `ack_seq`, advertising `window`. A hole below it with
+        data waiting beyond is given up at the next event (the engine waits ACK_GRACE of capture
+        time, and the tests space events further apart), so a retransmission right after the ACK
+        still counts."""
         self.event += 1
+        self.zero_window = window == 0
         a = self.offset(ack_seq)
         if self.acked is None or a > self.acked:
             self.acked = a

@@ -181,7 +181,7 @@ RF_OUT_OF_ORDER = 8
 RF_GAP_BEFORE = 16
 RF_SNAPLEN_CUT = 32
 RF_LATE = 64                    # after its connection ended: no record holds it (batch columns only)
-RF_IGNORED = 128                # a FIN/RST that says nothing about the stream: not applied (docs/reassembly.md)
+RF_IGNORED = 128                # not applied: a FIN/RST that says nothing about the stream, a zero-window probe... (docs/reassembly.md)
 RF_KEEPALIVE = 256              # a keep-alive probe: its byte is not the stream's
 RF_NAMES = {RF_RETRANSMISSION: "retransmission", RF_OVERLAP: "overlap", RF_CONFLICT: "conflict",
             RF_OUT_OF_ORDER: "out-of-order", RF_GAP_BEFORE: "gap-before", RF_SNAPLEN_CUT: "snaplen-cut",
