@@ -126,14 +126,55 @@ class _Named(io.FileIO):
         super().__init__(file, "w", closefd=closefd)
         self.shown = shown
         self.what = what
+        self.failed = None          # the error a write met: the output takes nothing after it
+        # where this output began in a regular file (a shell's `>> log` too), else None
+        try:
+            self.began = os.lseek(self.fileno(), 0, os.SEEK_CUR) if stat.S_ISREG(os.fstat(self.fileno()).st_mode) \
+                else None
+        except OSError:
+            self.began = None
 
     def write(self, data):
+        if self.failed is not None:
+            # the error was said: what a buffer still holds, flushed as the output closes (or
+            # Python exits), begins mid-line and would land after the cut, in the room it made
+            return len(data)
         try:
             return super().write(data)
         except BrokenPipeError:
             raise
         except OSError as e:
-            raise FlowsiftError(f"{self.shown}: cannot write{self.what}: {e.strerror}") from None
+            self.failed = f"{self.shown}: cannot write{self.what}: {e.strerror}"
+            self._cut_to_line()
+            raise FlowsiftError(self.failed) from None
+
+    def _cut_to_line(self):
+        # a full disk took part of a line (the buffer goes out in blocks): the file is cut back
+        # to its last whole line, never below where this output began, so that a reader of the
+        # lines (JSON lines) meets no half of one
+        if self.began is None:
+            return
+        fd = self.fileno()
+        try:
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            # (opened for writing only: read through a descriptor of its own)
+            rd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+            try:
+                at = end
+                while at > self.began:
+                    start = max(self.began, at - 65536)
+                    nl = os.pread(rd, at - start, start).rfind(b"\n")
+                    if nl >= 0:
+                        at = start + nl + 1
+                        break
+                    at = start
+            finally:
+                os.close(rd)
+            if at < end:
+                os.ftruncate(fd, at)
+                os.lseek(fd, at, os.SEEK_SET)
+        except OSError:
+            pass                    # (the error said is the write's)
 
 
 def open_output(path, what=""):

@@ -672,6 +672,38 @@ def test_an_events_file_that_cannot_be_written_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith(f"flowsift: {bad[0]}: cannot write events: "), res.stderr
 
 
+@pytest.mark.parametrize("mode", [[], ["--inline"], ["--shards", "2"]])
+def test_events_cut_by_a_full_disk_end_on_a_whole_line(tmp_path, corpus, mode):
+    """A full file system took the events file's last block part-way: it ended in half a JSON
+    line, and the close then flushed the rest of the buffer, mid-line, into the room the
+    error left. The file now ends at its last whole line, a prefix of the run's events."""
+    import subprocess
+    import sys
+    from conftest import small_tmpfs
+    cap = corpus / "http__csanders__http_espn.pcapng"
+    whole = tmp_path / "whole.jsonl"
+    run_cli("chain", "http,counter", cap, "--events", whole, *mode, *(["--store", tmp_path / "s0"] * (not mode[1:])),
+            check=True)
+    with small_tmpfs(tmp_path, "32k") as mnt:
+        res = run_cli("chain", "http,counter", cap, "--events", mnt / "ev.jsonl", *mode,
+                      *(["--store", tmp_path / "s1"] * (not mode[1:])))
+        got = (mnt / "ev.jsonl").read_bytes()
+        # a shell's `>> log` on it: what the log held stays, and flowsift's lines after it are whole
+        (mnt / "ev.jsonl").unlink()
+        (mnt / "log").write_bytes(b'{"old": true}\n' + b"x" * 100)
+        with open(mnt / "log", "ab") as log:
+            res2 = subprocess.run([sys.executable, "-m", "flowsift", "chain", "http,counter", str(cap),
+                                   *(["--store", str(tmp_path / "s2")] * (not mode[1:])), *mode], stdout=log,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+        log = (mnt / "log").read_bytes()
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"flowsift: {mnt / 'ev.jsonl'}: cannot write events: No space left on device"], res.stderr
+    assert 0 < len(got) < len(whole.read_bytes()) and got.endswith(b"\n") and whole.read_bytes().startswith(got)
+    assert res2.returncode == 2 and "stdout: cannot write: No space left on device" in res2.stderr, res2.stderr
+    assert log.startswith(b'{"old": true}\n' + b"x" * 100) and len(log) > 200
+    assert whole.read_bytes().startswith(log[114:]) and log.endswith(b"\n")
+
+
 def test_an_events_fifo_is_written_for_its_reader(tmp_path):
     """--events may name a FIFO: opened as tee opens one (it waits for the reader), every line
     reaches the reader."""
