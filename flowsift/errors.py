@@ -193,6 +193,11 @@ class stops_raised:
             raise_stop(_stops.waiting)
 
 
+def stop_waits():
+    """Whether a stop came in a `stops_held` block and waits for its end."""
+    return _stops.waiting is not None
+
+
 class stops_held:
     """In this block a stop waits until it is done (cleaning up is not cut short), and is raised
     then unless the block raised. Enter it before making what it cleans up: the stop may be

@@ -21,7 +21,7 @@ import time
 
 from flowsift import http1
 from flowsift.bounds import written
-from flowsift.errors import FlowsiftError, Terminated, UsageError
+from flowsift.errors import FlowsiftError, Terminated, UsageError, stop_waits, stops_held
 
 VOLATILE_HEADERS = ("date", "server", "etag", "set-cookie")
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
@@ -1099,17 +1099,12 @@ def replay(source, to, store=None, filter_expression=None, server_port=None, spe
         loop = asyncio.new_event_loop()
         looping = True
         try:
-            task = loop.create_task(rp.run(convs, limit))
             try:
-                results = loop.run_until_complete(task)
+                with stops_held():
+                    results = loop.run_until_complete(_stoppable(rp.run(convs, limit)))
             except (KeyboardInterrupt, Terminated) as stop:
-                # Ctrl-C, SIGTERM: what is under way is abandoned; the summary covers what finished
+                # Ctrl-C, SIGTERM: what is under way was abandoned; the summary covers what finished
                 rp.stop, interrupted = True, "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
-                task.cancel()
-                try:
-                    loop.run_until_complete(task)
-                except asyncio.CancelledError:
-                    pass
                 results = list(getattr(rp, "results", []))
         finally:
             loop.close()
@@ -1275,6 +1270,22 @@ def _say_room(concurrency, on_notice):
                   f"{KEPT_DESCRIPTORS} kept for the process")
 
 
+async def _stoppable(coro):
+    """`coro`'s result, or None once cancelled for a stop. The stop is held meanwhile (run it in
+    `stops_held`: raised at its end): raised where it came, in a transport's write it would be
+    taken for that connection's failure (asyncio lets only KeyboardInterrupt through there)."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        if stop_waits():
+            task.cancel()
+            break
+        await asyncio.wait({task}, timeout=0.05)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return None
+
+
 def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_port=None, limit=None, on_notice=None):
     """Send, per connection of the kept `store` (to `server_port` only; at most `limit` of
     them), the client bytes its server had not acknowledged, aligned to message boundaries;
@@ -1344,34 +1355,45 @@ def replay_unacked(store, to, timeout=10.0, report=None, concurrency=8, server_p
         return row
 
     first = None
+    done = {}                   # plan index -> its row, as each finishes (a stop keeps these)
 
     async def main():
         nonlocal first
         first = _FirstConnection()
         sem = asyncio.Semaphore(_descriptor_room(concurrency))
 
-        async def one(p):
+        async def one(k, p):
             async with sem:
-                return await send(*p)
-        return await asyncio.gather(*(one(p) for p in plans))
+                done[k] = await send(*p)
+        await asyncio.gather(*(one(k, p) for k, p in enumerate(plans)))
     if plans:
         _say_room(concurrency, on_notice)
     t0 = time.monotonic()
+    interrupted = None
     try:
-        rows = list(asyncio.run(main())) if plans else []
-        if first is not None:
+        try:
+            if plans:
+                with stops_held():
+                    asyncio.run(_stoppable(main()))
+        except (KeyboardInterrupt, Terminated) as stop:
+            # Ctrl-C, SIGTERM: what was under way is abandoned; the summary covers the
+            # connections that finished, as replay()'s does
+            interrupted = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        if first is not None and interrupted is None:
             first.check(host, port)
     except BaseException:
         if out_file is not None:
             out_file.abandon()
         raise
+    rows = [done[k] for k in sorted(done)]
     out = {"target": _where(host, port), "mode": "unacked", "seconds": round(time.monotonic() - t0, 3), "connections": len(rows),
            "sent": sum(1 for r in rows if not r["failed"]), "failed": sum(1 for r in rows if r["failed"]),
            "bytes": sum(r["bytes"] for r in rows), "messages": sum(r["messages"] for r in rows),
            "answers": sum(r["answers"] for r in rows), "skipped": dict(sorted(skipped.items())),
            "store_problems": problems, "server_ports": ports, "report": str(report) if report else None,
            "failures": [{"conn": r["conn"], "client": r["client"], **_vlan(r), "reason": r["failed"]}
-                        for r in rows if r["failed"]][:20]}
+                        for r in rows if r["failed"]][:20],
+           "interrupted": interrupted is not None, "signal": interrupted}
     if out_file:
         out_file.write({"summary": out, "connections": rows})
     return out

@@ -680,6 +680,38 @@ def test_unacked_requests_wait_for_each_whole_answer(tmp_path):
     assert [json.loads(l)["waiting"] for l in log.read_text().splitlines()] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_unacked_ends_a_stop_with_the_summary_so_far(tmp_path, sig):
+    """--unacked stopped by Ctrl-C or SIGTERM said one line and no summary (nor report) of what
+    it had sent, where replay gives them."""
+    reqs = [(True, f"GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), False) for i in range(2)]
+    cap = _exchange(tmp_path, "unacked.pcap", reqs, fin=False)
+    store, report = tmp_path / "st", tmp_path / "r.json"
+    run_cli("gateway", cap, "--store", store, "--keep", check=True)
+    with socket.socket() as silent:                 # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(30)
+        p = subprocess.Popen([sys.executable, "-m", "flowsift", "replay", "--unacked", "--store", str(store), "--to",
+                              f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "60", "--json", "--report",
+                              str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = silent.accept()               # its request is on its way: then the stop
+            conn.settimeout(30)
+            assert conn.recv(100).startswith(b"GET /r0")
+            p.send_signal(sig)
+            out, err = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        conn.close()
+    said, code = ("interrupted", 130) if sig == signal.SIGINT else ("terminated", 143)
+    assert p.returncode == code and err.endswith(f"flowsift: {said}\n"), err
+    s = json.loads(out)
+    assert s["interrupted"] and s["signal"] == sig.name and s["mode"] == "unacked" and s["connections"] == 0, s
+    assert json.loads(report.read_text())["summary"] == s
+
+
 def test_unacked_counts_what_was_sent(tmp_path):
     """Against a server that never answered the first of three requests, the summary and the
     report said all three (their bytes and messages) were sent."""
