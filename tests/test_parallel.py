@@ -706,7 +706,41 @@ class Exiter(Module):
     assert lines == ["flowsift: module exiter: worker died (3); restarting it",
                      "flowsift: module exiter: worker died (3) (10 times); restarting it",
                      "flowsift: module exiter: worker died (3) (100 times); restarting it",
-                     "flowsift: module exiter: worker died 101 times; giving up"]
+                     "flowsift: module exiter: worker died 101 times in a row without getting further; giving up"]
+
+
+def test_a_module_that_crashes_on_many_connections_goes_on_past_a_hundred_restarts(tmp_path):
+    """Each connection a module crashes in costs two restarts (the second gives it up): the
+    bound of 100 restarts in all ended a run whose module crashed on 51 connections of many,
+    "giving up", exit 2, though each crash was got past. Deaths in a row that get nowhere are
+    bounded now; a crash that gives up a connection is a step on."""
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    cap = tmp_path / "many.pcap"
+    cap.write_bytes(pcap([(1_700_000_000, k, ether(ipv4(A, B, 17, udp(20000 + k, 53, b"q" * 20)))) for k in range(60)]))
+    mod = tmp_path / "opener.py"
+    mod.write_text('''
+import multiprocessing
+import os
+from flowsift.modules import Module
+
+class Opener(Module):
+    """Dies in on_open of every connection but the first three (as of a C extension's crash).
+
+    Synopsis: opener
+    """
+    name = "opener"
+    def on_open(self, flow):
+        if flow.conn >= 3 and multiprocessing.parent_process() is not None:
+            os._exit(1)
+        self.count("opened")
+''')
+    res = run_cli("chain", mod, cap, "--json", "--store", tmp_path / "st", "--events", tmp_path / "ev.jsonl")
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads(res.stdout)["modules"]["opener"]
+    assert (s["opened"], s["crashed_connections"], s["restarts"]) == (3, 57, 114), s
+    gave_up = [l for l in res.stderr.splitlines() if "gives up on that connection" in l]
+    # (one line each for the first ten, the tenth saying that later ones are counted)
+    assert len(gave_up) == 10 and "(crashed_connections (later ones are counted))" in gave_up[-1], res.stderr
 
 
 CRASHER = '''

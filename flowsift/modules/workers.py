@@ -250,6 +250,8 @@ class _Worker:
         # source lost meanwhile] (what it cost the capture)
         self.held = [0, 0.0, 0]
         self.restarts = 0
+        self.fruitless = 0               # restarts in a row that got it no further (see _restart)
+        self.seq_restarted = -1          # its checkpoint's batch at the last restart
         self.died_in = set()             # connections its worker died in a hook of (once)
         self.bye = None
         self.head = None                 # the last checkpoint after batch checkpoint_seq, without
@@ -298,6 +300,10 @@ class _Worker:
         except (BrokenPipeError, OSError):
             return False
 
+
+# deaths in a row, with no checkpoint and no connection given up between them, before a
+# module's worker is given up (and the run with it)
+MAX_FRUITLESS = 100
 
 # the shard this process's gateway is of (--shards; its events' `shard`), else None
 SHARD = None
@@ -468,18 +474,29 @@ class ParallelChain:
         w.proc.join(timeout=1)
         w.restarts += 1
         at = self.where[w.index]            # (0: in no hook)
-        if w.restarts > 100:
-            raise ModuleError(f"module {w.name}: worker died {w.restarts} times; giving up")
         conn, hook = at >> 3, HOOK_NAMES[at & 7]
+        crashed = at and conn in w.died_in
+        # the bound is on deaths in a row that got it nowhere: a long run whose module dies now
+        # and then (in a connection it then gives up, or after checkpoints) goes on
+        if crashed or w.checkpoint_seq != w.seq_restarted:
+            w.fruitless = 0
+        w.fruitless += 1
+        w.seq_restarted = w.checkpoint_seq
+        if w.fruitless > MAX_FRUITLESS:
+            raise ModuleError(f"module {w.name}: worker died {w.fruitless} times in a row without getting further; "
+                              "giving up")
         shard = "" if SHARD is None else f" of shard {SHARD}"
         place = f" in {hook}() of connection {conn}{shard}{self._key(conn)}" if at else ""
-        if at and conn in w.died_in:
+        if crashed:
             # it died at the same place after a restart had taken it up there again: a crash on
             # this connection (a C extension's), not one a restart gets past
             self._crashed(w, conn)
-            sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}) again{place}: the module "
-                             "gives up on that connection (crashed_connections); restarting it\n")
-        elif w.restarts in (1, 10, 100):
+            n = self.counters[w.index]["crashed_connections"]
+            if n <= 10:
+                later = " (later ones are counted)" if n == 10 else ""
+                sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}) again{place}: the "
+                                 f"module gives up on that connection (crashed_connections{later}); restarting it\n")
+        elif w.restarts in (1, 10, 100) or w.fruitless in (10, 100):
             # (one line, then at 10: a worker that dies at every start would fill the terminal)
             again = "" if w.restarts == 1 else f" ({w.restarts} times)"
             sys.stderr.write(f"flowsift: module {w.name}: worker died ({w.proc.exitcode}){again}{place}; "
