@@ -5,7 +5,7 @@ from flowsift.errors import CaptureFormatError, FlowsiftError, UsageError
 from flowsift.io import BpfError
 from flowsift.reassembly import POLICIES, CountSink, Reassembler
 from flowsift.io.reasons import checksum_summary
-from flowsift.stats import compile_filter, not_in_connections
+from flowsift.stats import compile_filter, first_packets, not_in_connections
 
 
 # what --gaps takes: a gap spliced out of its file (the default), or written as zeros
@@ -84,6 +84,7 @@ def _summary(path, outdir, filter_expression, policy, gaps, vlan_key, cap, r, si
     written = outdir is not None
     out = {
         "file": str(path),
+        **first_packets(cap),
         "output": str(outdir) if written else None,
         "index": os.path.join(str(outdir), "index.jsonl") if written else None,
         "policy": policy,

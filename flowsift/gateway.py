@@ -19,7 +19,7 @@ from flowsift.io.reasons import checksum_summary
 from flowsift.io._connset import ConnSet
 from flowsift.reassembly import POLICIES, Reassembler
 from flowsift.registry.base import RegistryError
-from flowsift.stats import compile_filter, not_in_connections
+from flowsift.stats import compile_filter, first_packets, not_in_connections
 from flowsift.streams._store import RecordStore
 from flowsift.streams.reader import MANIFEST_FORMAT, MANIFEST_VERSION
 
@@ -540,7 +540,7 @@ class Gateway:
         """The run's summary: what was read and written, and `error` (None, or what stopped it:
         a run stopped by the store carries it as the exception's `summary`, for --json)."""
         engine = self.reassembler.engine.counters()
-        summary = {"store": self.store_dir, "source": self.source, **self.store.counters(),
+        summary = {"store": self.store_dir, "source": self.source, **first_packets(cap), **self.store.counters(),
                    "connections": self.reassembler.engine.totals(), "engine": engine,
                    **not_in_connections(decoder, self.reassembler.defrag, self.bpf), "error": error}
         if self.reassembler.flows.vlan_key:

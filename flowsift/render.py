@@ -79,10 +79,12 @@ def _not_decoded(s):
 
 def _capture_line(s):
     """What a live source took and lost: `received 7,000 of 9,262 (2,262 dropped by the kernel:
-    ring full; 0 left in the ring), stopped by SIGINT after 4.1 s` (None for a file)."""
+    ring full; 0 left in the ring), stopped by SIGINT after 4.1 s` (for a file, only what -c
+    read of it, else None)."""
     k = s.get("kernel")
     if not k:
-        return None
+        # (a file read as far as its first N packets: the summary is of those alone)
+        return f"the file's first {_n(s['count'])} packets (-c)" if s.get("count") else None
     lost = []
     if "kernel_packets" in k:           # AF_PACKET
         head = f"received {_n(k['received'])} of {_n(k['kernel_packets'])}"

@@ -419,6 +419,7 @@ def run_sharded(spec, source, count, events=None, reshard=None, on_progress=None
     out = {"mode": "sharded", "shards": [dict({k: v for k, v in r["shard"].items() if k not in _OWN},
                                               packets=r["packets"], mode=r["mode"]) for r in results],
            "chain": results[0]["chain"], "source": str(source),
+           **({"count": results[0]["count"]} if "count" in results[0] else {}),
            "store": None, "error": next((r["error"] for r in results if r["error"]), None)}
     if asked:
         out["reshard"] = [{"packets": at, "shards": n} for at, n in steps]

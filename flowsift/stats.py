@@ -45,6 +45,13 @@ def capture_stats(path, filter_expression=None, on_progress=None, vlan_key=False
     return _summarise(cap, decoder, flows, bpf, error, defrag)
 
 
+def first_packets(cap):
+    """{"count": N} for a file read as far as its first N packets (--count), else {} (a live
+    source says its count= in its `kernel`)."""
+    n = getattr(cap, "first_packets", None)
+    return {"count": n} if n else {}
+
+
 def not_in_connections(decoder, defrag, bpf=None):
     """The packets read that no connection can hold, by why: rejected by the filter, not decoded
     (their reasons are in `flowsift stats`), or IP of another protocol than TCP and UDP (ICMP,
@@ -78,6 +85,7 @@ def _summarise(cap, decoder, flows, bpf, error, defrag):
     packets = c["packets"] + (bpf.rejected if bpf is not None else 0)
     out = {
         "file": cap.path,
+        **first_packets(cap),
         "format": cap.format,
         "version": cap.version,
         "size": cap.size,

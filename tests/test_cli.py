@@ -729,20 +729,30 @@ def test_count_on_a_file_reads_its_first_packets(tmp_path, corpus):
     src = corpus / "http__zeek__bro.org.pcap"
     first = [b.frame(i) for b in open_capture(src).batches(64) for i in range(b.n)][:100]
     s = json.loads(run_cli("stats", src, "-c", "100", "--json", check=True).stdout)
-    assert s["packets"] == 100
+    assert s["packets"] == 100 and s["count"] == 100
     s = json.loads(run_cli("streams", src, "--discard", "-c", "100", "--json", check=True).stdout)
-    assert s["capture_packets"] == s["packets"] == 100
+    assert s["capture_packets"] == s["packets"] == 100 and s["count"] == 100
     g = json.loads(run_cli("gateway", src, "--count", "100", "--store", tmp_path / "g", "--json", check=True).stdout)
-    assert g["connections"]["packets"] == 100
+    assert g["connections"]["packets"] == 100 and g["count"] == 100
+    # the summaries say they are of the file's first packets (they said nothing of -c), and
+    # a whole file's say nothing
+    for args in (["stats"], ["streams", "--discard"], ["gateway", "--store", tmp_path / "g2"],
+                 ["chain", "counter", "--events", os.devnull, "--store", tmp_path / "c2"],
+                 ["chain", "counter", "--events", os.devnull, "--shards", "2"]):
+        text = run_cli(*args[:2 if args[0] == "chain" else 1], src, "-c", "100", *args[2 if args[0] == "chain" else 1:],
+                       check=True).stdout
+        assert "the file's first 100 packets (-c)" in text, (args, text)
+    assert "count" not in json.loads(run_cli("stats", src, "--json", check=True).stdout)
     for extra in ([], ["--inline"]):
         out = tmp_path / f"out{len(extra)}.pcap"
         c = json.loads(run_cli("chain", "counter", src, "-c", "100", "-w", out, "--events", os.devnull, "--json",
                                "--store", tmp_path / f"c{len(extra)}", *extra, check=True).stdout)
-        assert c["packets"] == c["egress"]["packets"] == 100
+        assert c["packets"] == c["egress"]["packets"] == 100 and c["count"] == 100
         assert [b.frame(i) for b in open_capture(out).batches(64) for i in range(b.n)] == first
     c = json.loads(run_cli("chain", "counter", src, "-c", "100", "--shards", "2", "--events", os.devnull, "--json",
                            check=True).stdout)
     assert c["connections"]["packets"] == 100 and [x["packets"] for x in c["shards"]] == [100, 100]
+    assert c["count"] == 100
     res = run_cli("stats", src, "--duration", "5")
     assert res.returncode == 2 and res.stderr == (
         "flowsift: stats: --duration is for live sources (afpacket:IFACE, dpdk:PORT): a file's first N packets are --count N\n")

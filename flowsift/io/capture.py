@@ -69,6 +69,11 @@ class Capture:
         return "pcap" if self._reader.fmt == 1 else "pcapng"
 
     @property
+    def first_packets(self):
+        """N when the file is read as far as its first N packets (--count), else None."""
+        return self._reader.max_records or None
+
+    @property
     def version(self):
         return f"{self._reader.version_major}.{self._reader.version_minor}"
 
