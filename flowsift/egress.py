@@ -547,10 +547,14 @@ class Forwarder:
     Once a frame is sent it cannot be changed: a later edit of it is rejected and counted."""
 
     def __init__(self, spec, editor, store):
-        from flowsift.io.live import dpdk_port, parse_spec
+        from flowsift.io.live import mbufs_of, parse_spec
         scheme, name, opts = parse_spec(spec) if ":" in spec else (None, None, None)
-        if scheme not in ("afpacket", "dpdk") or opts:
+        if scheme not in ("afpacket", "dpdk") or (opts and scheme != "dpdk"):
             raise UsageError(f"--out {spec}: expected afpacket:IFACE or dpdk:PORT")
+        for key in opts or ():
+            if key != "mbufs":
+                # (count= and duration= end a source: the run's -c/--duration end this one)
+                raise UsageError(f"--out {spec}: {key}= is for sources; an output takes mbufs= alone")
         if scheme == "dpdk" and name.startswith("net_pcap") and "," in name and not (
                 {a.partition("=")[0].strip() for a in name.split(",")[1:]} & {"tx_pcap", "tx_iface", "iface"}):
             # (DPDK takes such a device: what it is given to send goes nowhere, counted sent)
@@ -561,7 +565,8 @@ class Forwarder:
         if scheme == "dpdk":
             # opened once the source is (see open): it may be this very port, with its device
             # arguments, or probe the port that a port number names
-            self._open = lambda: dpdk_port(name)
+            mbufs = mbufs_of(f"--out {spec}", opts)
+            self._open = lambda: self._dpdk(name, mbufs, "mbufs" in opts)
         else:
             from flowsift.io._afpacket import AfPacketError, AfPacketSink
             try:
@@ -603,6 +608,15 @@ class Forwarder:
             rf.refresh()
             self.fresh.add(conn)
         return rf
+
+    def _dpdk(self, name, mbufs, given):
+        from flowsift.io.live import dpdk_port
+        port = dpdk_port(name, mbufs)
+        if given and port.mbufs != mbufs:
+            # the source's port, open already with its own pool (one pool per port)
+            raise UsageError(f"--out {self.spec}: dpdk:{port.name} is the source's port, with its {port.mbufs} "
+                             f"packet buffers: give mbufs= to the source")
+        return port
 
     def open(self):
         """The DPDK port opened, after the source and before its first packet: a bad one is

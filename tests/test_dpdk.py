@@ -88,6 +88,22 @@ def test_inline_out_naming_the_sources_port_by_number(tmp_path, corpus):
     assert frames_of(out) == frames_of(JPEGS)
 
 
+def test_an_output_port_takes_mbufs(tmp_path):
+    """`--out dpdk:X,mbufs=N` was refused as not a port ("expected afpacket:IFACE or dpdk:PORT"):
+    an output port of its own takes its pool's size; the source's port has the source's."""
+    out = tmp_path / "tx.pcap"
+    res = flowsift("chain", "counter", f"dpdk:net_pcap0,rx_pcap={JPEGS}", "--count", 483, "--out",
+                   f"dpdk:net_pcap1,tx_pcap={out},mbufs=2048", "--events", "/dev/null", "--json")
+    assert json.loads(res.stdout)["egress"]["forwarded"] == 483 and frames_of(out) == frames_of(JPEGS)
+    src = f"dpdk:net_pcap0,rx_pcap={JPEGS},tx_pcap={out}"
+    for spec, said in (("dpdk:net_pcap0,mbufs=2048", "dpdk:net_pcap0 is the source's port, with its 8191 packet "
+                                                      "buffers: give mbufs= to the source"),
+                       ("dpdk:0,count=5", "count= is for sources; an output takes mbufs= alone"),
+                       ("dpdk:0,mbufs=5", "mbufs=5 is a number of packet buffers from 1792 to 4294967295")):
+        res = flowsift("chain", "counter", src, "--count", 483, "--out", spec, "--events", "/dev/null", check=False)
+        assert res.returncode == 2 and res.stderr.endswith(f"flowsift: chain: --out {spec}: {said}\n"), res.stderr
+
+
 def test_a_count_in_the_spec_and_count_option_both(tmp_path):
     """`dpdk:...,count=7 --count 9` said "option 'count' is given twice" of a spec with a second
     count= the user never typed."""

@@ -239,6 +239,7 @@ cdef class DpdkPort:
     """One port, one Rx and one Tx queue."""
     cdef readonly int port
     cdef readonly str name
+    cdef readonly unsigned int mbufs    # its pool's packet buffers
     cdef rte_mempool* pool
     cdef rte_mbuf* held[512]
     cdef int n_held
@@ -277,6 +278,7 @@ cdef class DpdkPort:
             raise DpdkError(f"dpdk:{name}: no such port")
         self.port = port
         self.name = name
+        self.mbufs = mbufs
         sock = rte_eth_dev_socket_id(port)
         if sock < 0:
             sock = 0
