@@ -200,7 +200,12 @@ def test_out_of_range_values_are_one_line_exit_2_before_capturing(corpus):
             (("stats", "dpdk:net_null0,mbufs=1791", "--count", 1), "from 1792 to"),
             (("stats", "dpdk:net_null0", "--count", 10 ** 23), "a number of packets, at most 2^63 - 1"),
             (("stats", f"dpdk:net_null0,count={10 ** 23}"), "a number of packets, at most 2^63 - 1"),
-            (("--dpdk-args", "'unclosed", "stats", "dpdk:net_null0", "--count", 1), "--dpdk-args: no closing quotation")):
+            (("--dpdk-args", "'unclosed", "stats", "dpdk:net_null0", "--count", 1), "--dpdk-args: no closing quotation"),
+            # (DPDK took the words for the end of its options, and said only that hugepages failed)
+            (("--dpdk-args", "hello world", "stats", "dpdk:net_null0", "--count", 1),
+             "--dpdk-args: 'hello' is no EAL option nor an option's value (EAL options begin with '-'"),
+            (("--dpdk-args", "--no-huge -m 256 stray", "stats", "dpdk:net_null0", "--count", 1),
+             "--dpdk-args: 'stray' is no EAL option nor an option's value")):
         res = flowsift(*args, check=False)
         assert res.returncode == 2 and "capturing on" not in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, res.stderr

@@ -112,6 +112,12 @@ def eal_args():
     bad = [a for a in args if a in _FORBIDDEN_EAL or a.split("=")[0] in _FORBIDDEN_EAL]
     if bad:
         raise UsageError(f"--dpdk-args: {bad[0]} is not accepted (it makes DPDK exit)")
+    # a word that follows no option, as "hello" in "hello world", ends the EAL's options: DPDK
+    # started with its defaults (hugepages), and said only that those failed
+    for i, a in enumerate(args):
+        if not a.startswith("-") and (i == 0 or not args[i - 1].startswith("-") or "=" in args[i - 1]):
+            raise UsageError(f"--dpdk-args: {a!r} is no EAL option nor an option's value (EAL options begin "
+                             f"with '-', e.g. {DEFAULT_EAL!r})")
     return args
 
 
