@@ -252,7 +252,9 @@ def test_max_backlog_drops_a_slow_modules_connections_and_counts_them(tmp_path, 
     # nothing lost silently: every connection was seen by each module or counted as dropped for it
     assert len([e for e in events if e["module"] == "slow"]) + slow["dropped_connections"] == 1500
     assert counter["flows"] + counter.get("dropped_connections", 0) == 1500
-    assert counter.get("dropped_connections", 0) < slow["dropped_connections"]
+    # (whether the fast counter drops too, and how many, is the machine's load: on two busy
+    # cores it dropped more than the slow module once; each module's drops are its own)
+    assert slow["dropped_connections"] >= 100
     from flowsift.streams import RecordFile, store_files
     for path in store_files(tmp_path / "s")[::97]:
         with RecordFile(path) as rf:
