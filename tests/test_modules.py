@@ -35,7 +35,8 @@ def test_builtin_and_file_modules_and_options(tmp_path):
 
 
 @pytest.mark.parametrize("spec,needle", [
-    ("nosuch", "unknown module 'nosuch'"),
+    ("nosuch", "unknown module 'nosuch' (known: counter, "),
+    ("countr", "unknown module 'countr'; did you mean counter? (known: counter, "),
     ("counter(x=1)", "no option 'x'"),
     ("", "empty chain"),
     ("/no/such/file.py", "no such module file"),

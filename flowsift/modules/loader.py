@@ -101,7 +101,10 @@ def find(name):
         if ep.name == name:
             return _import(ep.value, f"entry point {ep.value}")
     known = sorted(set(BUILTINS) | set(plugins()))
-    raise ModuleError(f"unknown module {name!r} (known: {', '.join(known)}; or give path/to/file.py)")
+    import difflib
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    mean = f"; did you mean {close[0]}?" if close else ""
+    raise ModuleError(f"unknown module {name!r}{mean} (known: {', '.join(known)}; or give path/to/file.py)")
 
 
 def _split(text, sep):
