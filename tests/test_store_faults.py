@@ -624,6 +624,28 @@ def test_a_full_store_under_a_chain_with_json_still_prints_its_summary(tmp_path,
         assert set(summary["modules"]) == set(summary["chain"]) and ("edits" in summary) == (mode == "staged")
 
 
+def test_a_store_that_was_full_before_its_first_connection_takes_the_run_again(tmp_path, corpus):
+    """A run whose store was full before it wrote a record file left its manifest (saying why):
+    given again once room was made, into the same --store, it was refused ("holds an earlier
+    store (0 record files)"). The manifest of nothing is replaced, said in one line; one with
+    record files still refuses the run."""
+    capture = corpus / "http__zeek__206_example_b.pcap"
+    with small_tmpfs(tmp_path, "24m") as mnt:
+        (mnt / "s").mkdir()
+        (mnt / "filler").write_bytes(b"\0" * (12 << 20))
+        one_line(run_cli("gateway", capture, "--store", mnt / "s"), "store is full")
+        assert [p.name for p in (mnt / "s").iterdir()] == ["store.json"]
+        (mnt / "filler").unlink()
+        res = run_cli("gateway", capture, "--store", mnt / "s", "--json")
+        assert res.returncode == 0 and res.stderr == (
+            f"flowsift: {mnt / 's'}: an earlier run failed here before writing a connection; its manifest is "
+            "replaced\n"), res.stderr
+        assert json.loads(res.stdout)["files"] > 0
+        manifest = json.loads((mnt / "s" / "store.json").read_text().rstrip("\0 \n"))
+        assert manifest["complete"] is True and not manifest.get("error")
+        one_line(run_cli("gateway", capture, "--store", mnt / "s"), "holds an earlier store")
+
+
 def test_the_manifest_names_its_source_while_the_run_goes_on(tmp_path, corpus):
     """A gateway killed mid-run (kill -9) leaves store.json as it was while it ran: it says
     where the store came from from the first batch on."""

@@ -339,6 +339,17 @@ ctypedef struct wstate_t:    # the files: touched by the writer thread only, or 
     wbuf_t* job              # the batch the writer thread writes
 
 
+def _failed_empty(path):
+    """Whether the manifest at `path` is one of a run that ended in an error, incomplete."""
+    import json
+    try:
+        with open(path, "rb") as f:
+            info = json.loads(f.read().rstrip(b"\0 \n"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("complete") is False and bool(info.get("error"))
+
+
 def _refuse_earlier_store(directory):
     # A store is one run's: record files left by an earlier run would be read (inspect,
     # replay --store, modules) as connections of this one, and overwriting only some of them
@@ -351,6 +362,13 @@ def _refuse_earlier_store(directory):
                        or (e.name.endswith(".new") and record_name(e.name[:-4]) is not None)]
     except OSError as e:
         raise FlowsiftError(f"{directory}: cannot read the store directory: {e.strerror}") from None
+    if earlier == ["store.json"] and _failed_empty(os.path.join(directory, "store.json")):
+        # the manifest of a run that failed (a full store) before its first record file: it
+        # describes nothing, and left there it refused the run given again once room was made
+        os.unlink(os.path.join(directory, "store.json"))
+        from flowsift.errors import say
+        say(f"{directory}: an earlier run failed here before writing a connection; its manifest is replaced")
+        return
     if earlier:
         n = sum(1 for name in earlier if name != "store.json")
         raise FlowsiftError(f"{directory}: holds an earlier store ({n:,} record files): a run writes into a new "
