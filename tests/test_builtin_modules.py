@@ -473,6 +473,33 @@ def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
     assert got(f"strsearch(patterns={rules})") == [("naïve", where("naïve")), ("école", where("école"))]
 
 
+def test_strsearch_searches_udp_datagram_by_datagram(tmp_path, corpus):
+    """A UDP flow's stream is its datagrams end to end: a pattern made of one datagram's end and
+    the next one's start matched (mDNS in local2: 8 bytes at offset 86 of 192.168.1.12's
+    flow), though no receiver sees those bytes together. Each datagram is searched alone now,
+    the part a snaplen kept of a cut one included; TCP still matches across segments."""
+    from flowsift.testing import run_module, segments_capture
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    grams = [b"..xxAB", b"CDyy..", b"zzABCDzz", b"ABCDAB" + b"." * 100, b"CD"]
+    frames = [(1_700_000_000, i, ether(ipv4(A, B, 17, udp(40000, 5353, g)))) for i, g in enumerate(grams)]
+    cut = frames[3][2]
+    frames[3] = (frames[3][0], frames[3][1], cut[:len(cut) - 100], len(cut))      # the snaplen kept "ABCDAB"
+    frames.append((1_700_000_000, 9, ether(ipv4(B, A, 17, udp(5353, 40000, b"ABCD")))))
+    (tmp_path / "udp.pcap").write_bytes(pcap(frames))
+    res = run_module("strsearch(patterns=inline:ABCD|xxAB|DAB)", tmp_path / "udp.pcap")
+    starts = [0, 6, 12, 20, 126]
+    assert sorted((e["direction"], e["offset"], e["pattern"]) for e in res.of_kind("match")) == [
+        ("c2s", starts[0] + 2, "xxAB"), ("c2s", starts[2] + 2, "ABCD"), ("c2s", starts[3], "ABCD"),
+        ("c2s", starts[3] + 3, "DAB"), ("s2c", 0, "ABCD")]
+    cap = segments_capture(tmp_path, client=grams[:2])
+    assert [e["offset"] for e in run_module("strsearch(patterns=inline:ABCD)", cap).of_kind("match")] == [4]
+    rules = tmp_path / "rules.txt"
+    rules.write_text("\\x00\\x0c\\x00\\x01\\x00\\x00\\x84\\x00\n")
+    res = run_module(f"strsearch(patterns={rules})", corpus / "linktype__tcpflow__local2.pcap")
+    assert res.of_kind("match") == []
+
+
+
 @pytest.mark.parametrize("lost", [False, True])
 def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path, monkeypatch, lost):
     """`GET /a HTTP/1.1\\r` in one segment (read alone: one packet per batch), its LF in the

@@ -12,21 +12,25 @@ def _shown(pattern):
 
 
 class StrSearch(Module):
-    """Many patterns searched in both byte streams at once (Aho-Corasick), across packet
-    boundaries; one event per match with its stream offset.
+    """Many patterns searched in both byte streams at once (Aho-Corasick); one event per match
+    with its stream offset. In a TCP connection matches are found across packet boundaries; a
+    UDP flow is searched datagram by datagram (its records say where each starts), as a
+    receiver reads it: no match spans two datagrams. No match spans a gap.
 
     Patterns are text, searched for as their UTF-8 bytes (a file's lines are taken as bytes,
     with \\xNN escapes for any byte); an event names its pattern as given: the bytes read as
     UTF-8 (as latin-1 where they are not UTF-8).
 
     Synopsis: strsearch(patterns=FILE, nocase=false)
-    Reads: both streams of every connection
+    Reads: both streams of every connection (and, in UDP flows, the records: where each
+           datagram starts)
     Writes: nothing (read-only)
     Options: patterns (str) a file with one pattern per line (\\xNN escapes allowed), or
              patterns given inline separated by '|' when prefixed with 'inline:'
              nocase (bool) match without regard to ASCII case (A-Z and a-z only: é and É are
              different bytes, and match only as written)
     Counters: matches, gaps (a pattern cannot match across a gap)
+    Events: "match": direction (c2s or s2c), pattern, offset (of its first byte in the stream)
     Example: flowsift chain "strsearch(patterns=rules.txt,nocase=true)",counter trace.pcap
     """
     name = "strsearch"
@@ -65,7 +69,15 @@ class StrSearch(Module):
         self.auto.make_automaton()
         self.longest = max(len(p) for p in raw)
 
+    def _hay(self, data):
+        # bytes as latin-1 text: one character per byte, so offsets stay byte offsets; ASCII
+        # case only (str.lower would fold latin-1 letters, i.e. bytes of UTF-8 text)
+        return (data.lower() if self.nocase else data).decode("latin-1")
+
     def on_data(self, flow, stream):
+        if flow.proto == "udp":
+            self._datagrams(flow, stream)
+            return
         d = stream.direction
         tails = flow.state.setdefault("tails", [None, None])      # per direction: [offset, text]
         tail_off, tail = tails[d] or (stream.tell(), "")
@@ -84,6 +96,37 @@ class StrSearch(Module):
         stream.skip(here + len(text) - len(tail) - stream.tell())
         keep = text[-(self.longest - 1):] if self.longest > 1 else ""
         tails[d] = [tail_off + len(text) - len(keep), keep]
+
+    def _datagrams(self, flow, stream):
+        # a UDP flow's stream is its datagrams end to end, and a receiver reads each apart: each
+        # is searched alone. Its records say where each starts (a record's seq_offset is its
+        # datagram's stream offset); they are looked at from the first not wholly read yet, so
+        # a long flow is not gone over again at every call
+        d = stream.direction
+        base = stream.tell()
+        data = stream.peek_bytes()
+        end = base + len(data)
+        first = flow.state.setdefault("datagrams", [0, 0])          # per direction: a record index
+        recs = flow.records()[first[d]:]
+        sel = ((recs["dir"] == d) & (recs["payload_len"] > 0)).nonzero()[0]
+        g = stream.next_gap
+        final = (g is not None and g.offset == end) or (stream.closed and end == stream.end_offset)
+        upto, stop = len(recs), end
+        for i, at, n in zip(sel.tolist(), recs["seq_offset"][sel].tolist(), recs["payload_len"][sel].tolist()):
+            if at + n <= base:
+                continue                           # (read already, or lost)
+            if at >= end or (at + n > end and not final):
+                # not here yet, or not all of it (a stage before this one read part of it):
+                # searched whole later; what the capture cut of one (a gap follows) is not coming
+                upto, stop = i, min(max(at, base), end)
+                break
+            lo = max(at, base)
+            for last, (pattern, k) in self.auto.iter(self._hay(data[lo - base:min(at + n, end) - base])):
+                stream.skip(lo + last + 1 - stream.tell())
+                self.emit("match", direction="c2s" if d == 0 else "s2c", pattern=pattern, offset=lo + last - k + 1)
+                self.count("matches")
+        first[d] += upto
+        stream.skip(stop - stream.tell())
 
     def on_gap(self, flow, direction, gap):
         flow.state.setdefault("tails", [None, None])[direction] = None    # nothing matches across a gap
