@@ -499,6 +499,38 @@ def test_strsearch_searches_udp_datagram_by_datagram(tmp_path, corpus):
     assert res.of_kind("match") == []
 
 
+def test_strsearch_pattern_escapes_inline_and_in_a_file(tmp_path):
+    """A line of spaces was dropped (a file of them: "no patterns"); inline patterns took no
+    escapes (inline:\\x48ost: found nothing) and could not hold a '|'. Both forms now take the
+    same escapes: \\xNN, \\t \\r \\n, a backslash before punctuation for itself; a bad one is
+    refused naming it. chain --help's strsearch example works."""
+    import re
+
+    from flowsift.modules.base import ModuleError
+    from flowsift.modules.loader import parse_chain
+    from flowsift.testing import run_module, segments_capture
+    text = b"GET /a|b HTTP/1.1\r\nHost: x,y   z\\w\r\n\r\n"
+    cap = segments_capture(tmp_path, client=[text])
+    got = lambda spec: sorted((e["pattern"], e["offset"]) for e in run_module(spec, cap).of_kind("match"))
+    assert got(r"strsearch(patterns=inline:\x48ost:\x20|a\|b|x\,y|\\w\x0d\n)") == [
+        ("Host: ", text.find(b"Host")), ("\\w\r\n", text.find(b"\\w")), ("a|b", 5), ("x,y", text.find(b"x,y"))]
+    spaces = tmp_path / "spaces.txt"
+    spaces.write_bytes(b"   \r\n\n")
+    assert got(f"strsearch(patterns={spaces})") == [("   ", text.find(b"   "))]
+    rules = tmp_path / "rules.txt"
+    rules.write_bytes(b"a\\|b\n\\\\w\nHTTP\\x2f1\n")
+    assert got(f"strsearch(patterns={rules})") == [("HTTP/1", text.find(b"HTTP")), ("\\w", text.find(b"\\w")),
+                                                   ("a|b", 5)]
+    rules.write_bytes(b"ok\nC:\\Users\n")
+    with pytest.raises(ModuleError, match=r"line 2: bad escape '\\\\U'"):
+        run_module(f"strsearch(patterns={rules})", cap)
+    with pytest.raises(ModuleError, match=r"inline patterns: bad escape '\\\\x4'"):
+        run_module(r"strsearch(patterns=inline:\x4)", cap)
+    example = re.search(r"'(http,strsearch\([^']*\))'", (ROOT / "flowsift" / "cli.py").read_text())   # (chain --help)
+    for cls, config in parse_chain(example.group(1)):
+        cls(config)                                      # (the patterns it names can be read)
+
+
 
 @pytest.mark.parametrize("lost", [False, True])
 def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path, monkeypatch, lost):
