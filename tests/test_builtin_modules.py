@@ -531,6 +531,24 @@ def test_strsearch_pattern_escapes_inline_and_in_a_file(tmp_path):
         cls(config)                                      # (the patterns it names can be read)
 
 
+def test_strsearch_counts_holes_as_counter_does(tmp_path, corpus):
+    """A segment the snaplen cut and the lost one after it are two gap entries and one hole:
+    strsearch counted 2 (10 on overlap__zeek__reassembly, where counter counts 9)."""
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    pkts = [(A, B, 40000, 80, 100, 0, 0x02, b""), (B, A, 80, 40000, 500, 101, 0x12, b""),
+            (A, B, 40000, 80, 101, 501, 0x10, b""), (A, B, 40000, 80, 101, 501, 0x18, b"a" * 100),
+            (A, B, 40000, 80, 301, 501, 0x18, b"tail"), (B, A, 80, 40000, 501, 305, 0x10, b"")]
+    frames = [(1_700_000_000, i * 1000, ether(ipv4(s, d, 6, tcp(sp, dp, seq=q, ack=a, flags=f, payload=p))))
+              for i, (s, d, sp, dp, q, a, f, p) in enumerate(pkts)]
+    cut = frames[3][2]
+    frames[3] = (frames[3][0], frames[3][1], cut[:len(cut) - 90], len(cut))      # 10 bytes kept; 101..300 lost
+    (tmp_path / "hole.pcap").write_bytes(pcap(frames))
+    for cap in (tmp_path / "hole.pcap", corpus / "overlap__zeek__reassembly.pcap"):
+        res = run_module("strsearch(patterns=inline:tail),counter", cap)
+        assert res.counters("strsearch")["gaps"] == res.counters("counter")["gaps"] > 0
+    assert run_module("strsearch(patterns=inline:tail),counter", tmp_path / "hole.pcap").counters("counter")["gaps"] == 1
+
 
 @pytest.mark.parametrize("lost", [False, True])
 def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path, monkeypatch, lost):

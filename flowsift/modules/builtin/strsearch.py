@@ -75,7 +75,8 @@ class StrSearch(Module):
              write a leading or trailing space as \\x20; a comma as \\, or \\x2c)
              nocase (bool) match without regard to ASCII case (A-Z and a-z only: é and É are
              different bytes, and match only as written)
-    Counters: matches, gaps (a pattern cannot match across a gap)
+    Counters: matches, gaps (holes a stream lost, counted as counter counts them: gap entries
+              with no byte between them are one hole; a pattern cannot match across one)
     Events: "match": direction (c2s or s2c), pattern, offset (of its first byte in the stream)
     Example: flowsift chain "strsearch(patterns=rules.txt,nocase=true)",counter trace.pcap
              flowsift chain "strsearch(patterns=inline:USER|PASS\\x20)" trace.pcap
@@ -178,4 +179,9 @@ class StrSearch(Module):
 
     def on_gap(self, flow, direction, gap):
         flow.state.setdefault("tails", [None, None])[direction] = None    # nothing matches across a gap
-        self.count("gaps")
+        # one hole may be several gap entries with no byte between them (one per packet the
+        # snaplen cut, then a loss): counted once, as counter and the streams index count holes
+        ends = flow.state.setdefault("gap_ends", [None, None])
+        if gap.offset != ends[direction]:
+            self.count("gaps")
+        ends[direction] = gap.offset + gap.length
