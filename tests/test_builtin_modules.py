@@ -457,6 +457,30 @@ def test_dns_events_carry_the_header_flags_and_ports_restrict_the_flows(tmp_path
     assert len(run_module("dns(ports=5300;53)", tmp_path / "tc5300.pcap").events) == 2
 
 
+def test_dns_events_say_who_sent_the_message(tmp_path, corpus):
+    """An mDNS responder that sent first is the flow's client: its answers to 224.0.0.251
+    (local2's 192.168.1.12:5353 flow) read as if the group had answered. Events carry the
+    direction of the message, over UDP and TCP."""
+    import struct
+
+    import dns.message
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    q = dns.message.make_query("a.example.com", "A")
+    r = dns.message.make_response(q)
+    frames = [(1_700_000_000, i, ether(ipv4(s, d, 17, udp(sp, dp, m.to_wire()))))
+              for i, (s, d, sp, dp, m) in enumerate([(A, B, 40000, 53, q), (B, A, 53, 40000, r)])]
+    (tmp_path / "udp.pcap").write_bytes(pcap(frames))
+    got = lambda cap: [(e["kind"], e["direction"]) for e in run_module("dns", cap).events]
+    assert got(tmp_path / "udp.pcap") == [("query", "c2s"), ("answer", "s2c")]
+    wire = lambda m: struct.pack(">H", len(m.to_wire())) + m.to_wire()
+    cap = conversation(tmp_path / "tcp.pcap", [(True, wire(q)), (False, wire(r))], port=53)
+    assert got(cap) == [("query", "c2s"), ("answer", "s2c")]
+    evs = run_module("dns", corpus / "linktype__tcpflow__local2.pcap").events
+    sent = collections.Counter((e["client"], e["kind"], e["direction"]) for e in evs if e["proto"] == "udp")
+    assert sent[("192.168.1.12:5353", "answer", "c2s")] == 2 and not [k for k in sent if k[2] == "s2c"]
+
+
 def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
     """A pattern is text searched for as its UTF-8 bytes (inline: café never matched; from a
     file it did, reported as 'cafÃ©'); events name it as given. nocase folds ASCII only."""
