@@ -799,6 +799,51 @@ def test_tls_counts_hellos_it_cannot_read(tmp_path):
     assert res.of_kind("client_hello") == [] and res.counters("tls")["malformed"] == 1
 
 
+def test_tls_finds_a_client_hello_after_a_plaintext_prefix(tmp_path, corpus):
+    """STARTTLS (SMTP) and MySQL's SSLRequest put plaintext before the hello: it was counted
+    not_tls (tshark reads it). A hello that starts in the client stream's first 4 KiB is found
+    now, its offset said and counted after_plaintext; bytes that look like a record header
+    but whose lengths do not add up are passed over, as is a hello past 4 KiB."""
+    import struct
+    from flowsift.testing import run_module
+    record = struct.pack(">BHH", 22, 0x0301, len(client_hello())) + client_hello()
+    cap = conversation(tmp_path / "smtp.pcap", [(False, b"220 mx ESMTP\r\n"), (True, b"EHLO me\r\n"),
+                                                (False, b"250-mx\r\n250 STARTTLS\r\n"), (True, b"STARTTLS\r\n"),
+                                                (False, b"220 Go ahead\r\n"), (True, record[:70]), (True, record[70:])],
+                       port=25)
+    res = run_module("tls", cap)
+    (e,) = res.of_kind("client_hello")
+    assert (e["sni"], e["alpn"], e["version"], e["offset"]) == ("example.com", ["h2", "http/1.1"], "TLS 1.3", 19)
+    assert res.counters("tls")["after_plaintext"] == 1 and res.counters("tls")["hellos"] == 1
+    # a near miss first (a record header, handshake type 1, lengths that do not add up), then the hello
+    bogus = struct.pack(">BHHB", 22, 0x0301, 60, 1) + (56).to_bytes(3, "big") + b"\x03\x03" + bytes(54)
+    ssl_request = struct.pack("<I", 32)[:3] + b"\x01" + bytes(32)
+    cap = conversation(tmp_path / "mysql.pcap", [(False, b"\x4a\x00\x00\x00\x0a8.0.0\x00" + bytes(60)),
+                                                 (True, ssl_request + bogus + record)], port=3306)
+    (e,) = run_module("tls", cap).of_kind("client_hello")
+    assert (e["sni"], e["offset"]) == ("example.com", len(ssl_request) + len(bogus))
+    res = run_module("tls", corpus / "pcapng__pcpp__pcapng-example.pcapng")
+    assert [(e["server"], e["offset"], e["version"]) for e in res.of_kind("client_hello")] == \
+        [("127.0.0.1:3306", 36, "TLS 1.2")]
+    far = conversation(tmp_path / "far.pcap", [(True, b"x" * 4096 + record)], port=25)
+    res = run_module("tls", far)
+    assert res.of_kind("client_hello") == [] and res.counters("tls")["not_tls"] == 1
+
+
+def test_tls_counts_incomplete_only_a_cut_hello_start(tmp_path):
+    """Client streams of 4 bytes (GOOD, EVIL; VERY then a gap) were counted incomplete: their
+    first byte rules a hello out, they are not_tls; one the capture holds no byte of is not
+    counted (650HttpResponses: 116 port-80 connections without their clients' sides)."""
+    from flowsift.testing import run_module
+    counts = lambda cap: {k: v for k, v in run_module("tls", cap).counters("tls").items() if k not in ("errors",)}
+    assert counts(conversation(tmp_path / "good.pcap", [(True, b"GOOD"), (False, b"OK")])) == {"not_tls": 1}
+    assert counts(conversation(tmp_path / "very.pcap", [(True, b"VERY"), (True, b"lost", True)])) == {"not_tls": 1}
+    assert counts(conversation(tmp_path / "none.pcap", [(True, b"GET / HTTP/1.1\r\n\r\n", True),
+                                                        (False, b"HTTP/1.1 200 OK\r\n\r\n")])) == {}
+    assert counts(conversation(tmp_path / "cut.pcap", [(True, b"\x16\x03\x01")], port=443)) == {"incomplete": 1}
+
+
+
 def test_http_a_status_is_three_digits_from_100(tmp_path):
     """`HTTP/1.1 099 Odd` was read as status 99: it is not a status line."""
     cap = conversation(tmp_path / "099.pcap", [
