@@ -813,7 +813,8 @@ def test_tls_finds_a_client_hello_after_a_plaintext_prefix(tmp_path, corpus):
                        port=25)
     res = run_module("tls", cap)
     (e,) = res.of_kind("client_hello")
-    assert (e["sni"], e["alpn"], e["version"], e["offset"]) == ("example.com", ["h2", "http/1.1"], "TLS 1.3", 19)
+    assert (e["sni"], e["alpn"], e["version"], e["offset"], e["complete"]) == \
+        ("example.com", ["h2", "http/1.1"], "TLS 1.3", 19, True)
     assert res.counters("tls")["after_plaintext"] == 1 and res.counters("tls")["hellos"] == 1
     # a near miss first (a record header, handshake type 1, lengths that do not add up), then the hello
     bogus = struct.pack(">BHHB", 22, 0x0301, 60, 1) + (56).to_bytes(3, "big") + b"\x03\x03" + bytes(54)
@@ -842,6 +843,24 @@ def test_tls_counts_incomplete_only_a_cut_hello_start(tmp_path):
                                                         (False, b"HTTP/1.1 200 OK\r\n\r\n")])) == {}
     assert counts(conversation(tmp_path / "cut.pcap", [(True, b"\x16\x03\x01")], port=443)) == {"incomplete": 1}
 
+
+def test_tls_reports_a_hello_cut_by_a_loss_with_what_was_read(tmp_path):
+    """A hello whose padding was lost after its SNI and ALPN gave no event, only incomplete:
+    it is reported with them and complete=false; its version is not known (the hello says TLS
+    1.2, which a TLS 1.3 client says too, and supported_versions was not read)."""
+    import struct
+    from flowsift.testing import run_module
+    hello = client_hello()
+    i = hello.find(b"\x00\x2b")                           # supported_versions, after SNI and ALPN
+    record = struct.pack(">BHH", 22, 0x0301, len(hello)) + hello
+    cap = conversation(tmp_path / "gap.pcap", [(True, record[:i + 5]), (True, record[i + 5:i + 8], True),
+                                               (True, record[i + 8:])], port=443)
+    res = run_module("tls", cap)
+    (e,) = res.of_kind("client_hello")
+    assert (e["sni"], e["alpn"], e["version"], e["complete"], e["offset"]) == \
+        ("example.com", ["h2", "http/1.1"], None, False, 0)
+    assert res.counters("tls")["incomplete"] == 1 and res.counters("tls")["partial"] == 1
+    assert "hellos" not in res.counters("tls")
 
 
 def test_http_a_status_is_three_digits_from_100(tmp_path):

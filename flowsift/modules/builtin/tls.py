@@ -15,6 +15,8 @@ MAX_RECORD = 16384
 # exchanges take a few hundred bytes, and a longer wait would keep every plaintext
 # connection's first bytes read
 WINDOW = 4096
+# RFC 8446 4.1.2: a client offering TLS 1.3 says TLS 1.2 in the hello's legacy_version
+TLS12 = 0x0303
 
 
 def handshake_message(buf):
@@ -158,6 +160,69 @@ def well_formed(body):
         return False
 
 
+def gathered(buf):
+    """(handshake type, the bytes of the message's body gathered) from handshake records at the
+    start of `buf` cut short (by a loss, the connection's end or MAX_HELLO): what was read of
+    the first message, or None when there is no handshake header to read."""
+    frag = bytearray()
+    pos = 0
+    while len(buf) >= pos + 5:
+        ctype, rec_ver, rec_len = struct.unpack_from(">BHH", buf, pos)
+        if ctype != 22 or rec_ver >> 8 != 3 or rec_len == 0 or rec_len > MAX_RECORD:
+            break
+        frag += buf[pos + 5:pos + 5 + rec_len]
+        pos += 5 + rec_len
+    if len(frag) < 4:
+        return None
+    return frag[0], bytes(frag[4:4 + int.from_bytes(frag[1:4], "big")])
+
+
+def read_in_part(body):
+    """What the part of a ClientHello body before a cut says, or None if it says nothing sure:
+    {"version", "sni", "alpn"}, each None when it was not read (an extension cut or after the
+    cut). The version is the highest in supported_versions when that was read, else the
+    legacy version when it is below TLS 1.2 (a client offering TLS 1.3 says TLS 1.2 there);
+    only whole extensions are read, and the fixed fields must add up."""
+    try:
+        legacy = struct.unpack_from(">H", body, 0)[0]
+        pos = 34
+        sid = body[pos]
+        pos += 1 + sid
+        (cs_len,) = struct.unpack_from(">H", body, pos)
+        pos += 2 + cs_len
+        comp = body[pos]
+        pos += 1 + comp
+    except (struct.error, IndexError):
+        return None
+    if legacy >> 8 != 3 or sid > 32 or cs_len == 0 or cs_len % 2 or comp == 0:
+        return None
+    fields = {"version": TLS_VERSIONS.get(legacy, hex(legacy)) if legacy < TLS12 else None,
+              "sni": None, "alpn": None}
+    pos += 2                                         # (the extensions' length: they go past the cut)
+    while pos + 4 <= len(body):
+        etype, elen = struct.unpack_from(">HH", body, pos)
+        data = body[pos + 4:pos + 4 + elen]
+        pos += 4 + elen
+        if len(data) < elen:
+            break                                    # cut inside this extension
+        if etype == 0 and len(data) >= 5:
+            nlen = struct.unpack_from(">H", data, 3)[0]
+            if 5 + nlen <= len(data):
+                fields["sni"] = data[5:5 + nlen].decode("ascii", "replace")
+        elif etype == 16 and len(data) >= 2:
+            alpn, p = [], 2
+            while p < len(data):
+                alpn.append(data[p + 1:p + 1 + data[p]].decode("ascii", "replace"))
+                p += 1 + data[p]
+            fields["alpn"] = alpn
+        elif etype == 43 and len(data) >= 1:
+            n = min(data[0], len(data) - 1) // 2
+            vs = [v for v in struct.unpack_from(f">{n}H", data, 1) if v in TLS_VERSIONS]
+            if vs:
+                fields["version"] = TLS_VERSIONS[max(vs)]
+    return fields if any(v is not None for v in fields.values()) else None
+
+
 class Tls(Module):
     """The ClientHello of each TLS connection: server name (SNI), ALPN protocols, version. A
     hello split over several TLS records is put together first (up to 64 KiB); an SSLv2-format
@@ -169,7 +234,9 @@ class Tls(Module):
     SSLRequest of MySQL or PostgreSQL), in TLS records only: a record header 0x16 0x03
     0x00-0x04 holding a handshake of type 1, whose lengths (records, handshake, session id,
     cipher suites, compression methods, extensions) must add up exactly; bytes that look like
-    one but do not are passed over.
+    one but do not are passed over. A hello cut short (by a loss, the connection's end, or 64
+    KiB) is reported with what was read before the cut (complete=false) when that says
+    something sure.
 
     Synopsis: tls
     Reads: the first bytes of the client-to-server stream of TCP connections (UDP flows are
@@ -177,15 +244,20 @@ class Tls(Module):
            before one
     Writes: nothing (read-only)
     Options: none
-    Counters: hellos, after_plaintext (hellos found after a plaintext prefix), sslv2 (hellos in the SSLv2 format), not_tls (client streams
+    Counters: hellos (whole ones reported), after_plaintext (hellos, whole or not, found after
+              a plaintext prefix), sslv2 (hellos in the SSLv2 format), not_tls (client streams
               with no hello at their start nor one starting in their first 4 KiB; one the
               capture holds no byte of is not counted), malformed (a ClientHello at the start
               whose lengths overrun what holds them, e.g. a server name longer than its
               extension), incomplete (hellos larger than 64 KiB, or cut by a loss or by the end
-              of the connection: their first bytes were a hello's)
+              of the connection: their first bytes were a hello's), partial (incomplete hellos
+              reported in part)
     Events: "client_hello": version (the highest offered in supported_versions, else the
             hello's), sni, alpn, sslv2, offset (of the hello in the client stream: 0 at its
-            start, more after a plaintext prefix)
+            start, more after a plaintext prefix), complete (false: the hello was cut; its
+            fields are what was read before the cut, null for what was not: sni and alpn of
+            extensions not read, version unless supported_versions was read or the hello
+            says less than TLS 1.2)
     Example: flowsift chain tls trace.pcap   emits {"kind": "client_hello", "sni": ..., "alpn": [...], "version": ...}
     """
     name = "tls"
@@ -259,6 +331,7 @@ class Tls(Module):
             found = handshake_message(buf)
         except ValueError:
             if len(buf) >= MAX_HELLO or final:
+                stream.skip(1)                       # (the event's time: the hello's first byte's, as at the start)
                 self._cut(flow, buf, offset)
             else:
                 flow.state["cand"] = offset          # wait for the rest of it
@@ -275,18 +348,24 @@ class Tls(Module):
         self._report(flow, hello, offset)
         return True
 
-    def _report(self, flow, found, offset, sslv2=False):
+    def _report(self, flow, found, offset, sslv2=False, complete=True):
         version, sni, alpn = found
-        self.emit("client_hello", version=version, sni=sni, alpn=alpn, sslv2=sslv2, offset=offset)
+        self.emit("client_hello", version=version, sni=sni, alpn=alpn, sslv2=sslv2, offset=offset, complete=complete)
         if sslv2:
             self.count("sslv2")
         if offset:
             self.count("after_plaintext")
-        self._end(flow, "hellos")
+        self._end(flow, "hellos" if complete else "partial")
 
     def _cut(self, flow, buf, offset):
-        # a hello cut short (a hole in it is not guessed at)
-        self._end(flow, "incomplete")
+        # a hello cut short: what was read before the cut, when it says something sure
+        self.count("incomplete")
+        got = gathered(buf) if buf[0] == 22 else None
+        fields = read_in_part(got[1]) if got is not None and got[0] == 1 else None
+        if fields is None:
+            self._end(flow, None)
+        else:
+            self._report(flow, (fields["version"], fields["sni"], fields["alpn"]), offset, complete=False)
 
     def _end(self, flow, counter):
         # the hello is all it wants of a connection: once it is known, the rest is not read
