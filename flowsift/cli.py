@@ -500,7 +500,7 @@ def inspect(
 @app.command()
 def chain(
     modules: str = typer.Argument(..., metavar="MODULES", help="Modules in order, parted by commas: built-in names (flowsift modules), path.py or path.py:Class, "
-                                                                   "each with options in brackets: 'counter', 'http,strsearch(patterns=pass;user)', "
+                                                                   "each with options in brackets: 'counter', 'http,strsearch(patterns=inline:pass|user)', "
                                                                    "'./mine.py:Mine(limit=5),counter'."),
     source: str = typer.Argument(..., metavar="SOURCE", help="A pcap or pcapng file, or a live source: afpacket:IFACE[,ring=32M,fanout=N,timestamps=hw], "
                                                            "dpdk:PORT or dpdk:VDEV[,ARGS] (docs/cli.md, Live sources)."),

@@ -457,6 +457,30 @@ def test_dns_events_carry_the_header_flags_and_ports_restrict_the_flows(tmp_path
     assert len(run_module("dns(ports=5300;53)", tmp_path / "tc5300.pcap").events) == 2
 
 
+def test_dns_events_say_who_sent_the_message(tmp_path, corpus):
+    """An mDNS responder that sent first is the flow's client: its answers to 224.0.0.251
+    (local2's 192.168.1.12:5353 flow) read as if the group had answered. Events carry the
+    direction of the message, over UDP and TCP."""
+    import struct
+
+    import dns.message
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    q = dns.message.make_query("a.example.com", "A")
+    r = dns.message.make_response(q)
+    frames = [(1_700_000_000, i, ether(ipv4(s, d, 17, udp(sp, dp, m.to_wire()))))
+              for i, (s, d, sp, dp, m) in enumerate([(A, B, 40000, 53, q), (B, A, 53, 40000, r)])]
+    (tmp_path / "udp.pcap").write_bytes(pcap(frames))
+    got = lambda cap: [(e["kind"], e["direction"]) for e in run_module("dns", cap).events]
+    assert got(tmp_path / "udp.pcap") == [("query", "c2s"), ("answer", "s2c")]
+    wire = lambda m: struct.pack(">H", len(m.to_wire())) + m.to_wire()
+    cap = conversation(tmp_path / "tcp.pcap", [(True, wire(q)), (False, wire(r))], port=53)
+    assert got(cap) == [("query", "c2s"), ("answer", "s2c")]
+    evs = run_module("dns", corpus / "linktype__tcpflow__local2.pcap").events
+    sent = collections.Counter((e["client"], e["kind"], e["direction"]) for e in evs if e["proto"] == "udp")
+    assert sent[("192.168.1.12:5353", "answer", "c2s")] == 2 and not [k for k in sent if k[2] == "s2c"]
+
+
 def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
     """A pattern is text searched for as its UTF-8 bytes (inline: café never matched; from a
     file it did, reported as 'cafÃ©'); events name it as given. nocase folds ASCII only."""
@@ -471,6 +495,83 @@ def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
     rules = tmp_path / "rules.txt"
     rules.write_bytes("naïve\n".encode("utf-8") + b"\\xc3\\xa9cole\n")
     assert got(f"strsearch(patterns={rules})") == [("naïve", where("naïve")), ("école", where("école"))]
+
+
+def test_strsearch_searches_udp_datagram_by_datagram(tmp_path, corpus):
+    """A UDP flow's stream is its datagrams end to end: a pattern made of one datagram's end and
+    the next one's start matched (mDNS in local2: 8 bytes at offset 86 of 192.168.1.12's
+    flow), though no receiver sees those bytes together. Each datagram is searched alone now,
+    the part a snaplen kept of a cut one included; TCP still matches across segments."""
+    from flowsift.testing import run_module, segments_capture
+    from pcapgen import A, B, ether, ipv4, pcap, udp
+    grams = [b"..xxAB", b"CDyy..", b"zzABCDzz", b"ABCDAB" + b"." * 100, b"CD"]
+    frames = [(1_700_000_000, i, ether(ipv4(A, B, 17, udp(40000, 5353, g)))) for i, g in enumerate(grams)]
+    cut = frames[3][2]
+    frames[3] = (frames[3][0], frames[3][1], cut[:len(cut) - 100], len(cut))      # the snaplen kept "ABCDAB"
+    frames.append((1_700_000_000, 9, ether(ipv4(B, A, 17, udp(5353, 40000, b"ABCD")))))
+    (tmp_path / "udp.pcap").write_bytes(pcap(frames))
+    res = run_module("strsearch(patterns=inline:ABCD|xxAB|DAB)", tmp_path / "udp.pcap")
+    starts = [0, 6, 12, 20, 126]
+    assert sorted((e["direction"], e["offset"], e["pattern"]) for e in res.of_kind("match")) == [
+        ("c2s", starts[0] + 2, "xxAB"), ("c2s", starts[2] + 2, "ABCD"), ("c2s", starts[3], "ABCD"),
+        ("c2s", starts[3] + 3, "DAB"), ("s2c", 0, "ABCD")]
+    cap = segments_capture(tmp_path, client=grams[:2])
+    assert [e["offset"] for e in run_module("strsearch(patterns=inline:ABCD)", cap).of_kind("match")] == [4]
+    rules = tmp_path / "rules.txt"
+    rules.write_text("\\x00\\x0c\\x00\\x01\\x00\\x00\\x84\\x00\n")
+    res = run_module(f"strsearch(patterns={rules})", corpus / "linktype__tcpflow__local2.pcap")
+    assert res.of_kind("match") == []
+
+
+def test_strsearch_pattern_escapes_inline_and_in_a_file(tmp_path):
+    """A line of spaces was dropped (a file of them: "no patterns"); inline patterns took no
+    escapes (inline:\\x48ost: found nothing) and could not hold a '|'. Both forms now take the
+    same escapes: \\xNN, \\t \\r \\n, a backslash before punctuation for itself; a bad one is
+    refused naming it. chain --help's strsearch example works."""
+    import re
+
+    from flowsift.modules.base import ModuleError
+    from flowsift.modules.loader import parse_chain
+    from flowsift.testing import run_module, segments_capture
+    text = b"GET /a|b HTTP/1.1\r\nHost: x,y   z\\w\r\n\r\n"
+    cap = segments_capture(tmp_path, client=[text])
+    got = lambda spec: sorted((e["pattern"], e["offset"]) for e in run_module(spec, cap).of_kind("match"))
+    assert got(r"strsearch(patterns=inline:\x48ost:\x20|a\|b|x\,y|\\w\x0d\n)") == [
+        ("Host: ", text.find(b"Host")), ("\\w\r\n", text.find(b"\\w")), ("a|b", 5), ("x,y", text.find(b"x,y"))]
+    spaces = tmp_path / "spaces.txt"
+    spaces.write_bytes(b"   \r\n\n")
+    assert got(f"strsearch(patterns={spaces})") == [("   ", text.find(b"   "))]
+    rules = tmp_path / "rules.txt"
+    rules.write_bytes(b"a\\|b\n\\\\w\nHTTP\\x2f1\n")
+    assert got(f"strsearch(patterns={rules})") == [("HTTP/1", text.find(b"HTTP")), ("\\w", text.find(b"\\w")),
+                                                   ("a|b", 5)]
+    rules.write_bytes(b"ok\nC:\\Users\n")
+    with pytest.raises(ModuleError, match=r"line 2: bad escape '\\\\U'"):
+        run_module(f"strsearch(patterns={rules})", cap)
+    with pytest.raises(ModuleError, match=r"inline patterns: bad escape '\\\\x4'"):
+        run_module(r"strsearch(patterns=inline:\x4)", cap)
+    example = re.search(r"'(http,strsearch\([^']*\))'", (ROOT / "flowsift" / "cli.py").read_text())   # (chain --help)
+    for cls, config in parse_chain(example.group(1)):
+        cls(config)                                      # (the patterns it names can be read)
+
+
+def test_strsearch_counts_holes_as_counter_does(tmp_path, corpus):
+    """A segment the snaplen cut and the lost one after it are two gap entries and one hole:
+    strsearch counted 2 (10 on overlap__zeek__reassembly, where counter counts 9)."""
+    from flowsift.testing import run_module
+    from pcapgen import A, B, ether, ipv4, pcap, tcp
+    pkts = [(A, B, 40000, 80, 100, 0, 0x02, b""), (B, A, 80, 40000, 500, 101, 0x12, b""),
+            (A, B, 40000, 80, 101, 501, 0x10, b""), (A, B, 40000, 80, 101, 501, 0x18, b"a" * 100),
+            (A, B, 40000, 80, 301, 501, 0x18, b"tail"), (B, A, 80, 40000, 501, 305, 0x10, b"")]
+    frames = [(1_700_000_000, i * 1000, ether(ipv4(s, d, 6, tcp(sp, dp, seq=q, ack=a, flags=f, payload=p))))
+              for i, (s, d, sp, dp, q, a, f, p) in enumerate(pkts)]
+    cut = frames[3][2]
+    frames[3] = (frames[3][0], frames[3][1], cut[:len(cut) - 90], len(cut))      # 10 bytes kept; 101..300 lost
+    (tmp_path / "hole.pcap").write_bytes(pcap(frames))
+    for cap in (tmp_path / "hole.pcap", corpus / "overlap__zeek__reassembly.pcap"):
+        res = run_module("strsearch(patterns=inline:tail),counter", cap)
+        assert res.counters("strsearch")["gaps"] == res.counters("counter")["gaps"] > 0
+    assert run_module("strsearch(patterns=inline:tail),counter", tmp_path / "hole.pcap").counters("counter")["gaps"] == 1
 
 
 @pytest.mark.parametrize("lost", [False, True])
@@ -696,6 +797,70 @@ def test_tls_counts_hellos_it_cannot_read(tmp_path):
     cap = conversation(tmp_path / "sni.pcap", [(True, struct.pack(">BHH", 22, 0x0301, len(bad)) + bad)], port=443)
     res = run_module("tls", cap)
     assert res.of_kind("client_hello") == [] and res.counters("tls")["malformed"] == 1
+
+
+def test_tls_finds_a_client_hello_after_a_plaintext_prefix(tmp_path, corpus):
+    """STARTTLS (SMTP) and MySQL's SSLRequest put plaintext before the hello: it was counted
+    not_tls (tshark reads it). A hello that starts in the client stream's first 4 KiB is found
+    now, its offset said and counted after_plaintext; bytes that look like a record header
+    but whose lengths do not add up are passed over, as is a hello past 4 KiB."""
+    import struct
+    from flowsift.testing import run_module
+    record = struct.pack(">BHH", 22, 0x0301, len(client_hello())) + client_hello()
+    cap = conversation(tmp_path / "smtp.pcap", [(False, b"220 mx ESMTP\r\n"), (True, b"EHLO me\r\n"),
+                                                (False, b"250-mx\r\n250 STARTTLS\r\n"), (True, b"STARTTLS\r\n"),
+                                                (False, b"220 Go ahead\r\n"), (True, record[:70]), (True, record[70:])],
+                       port=25)
+    res = run_module("tls", cap)
+    (e,) = res.of_kind("client_hello")
+    assert (e["sni"], e["alpn"], e["version"], e["offset"], e["complete"]) == \
+        ("example.com", ["h2", "http/1.1"], "TLS 1.3", 19, True)
+    assert res.counters("tls")["after_plaintext"] == 1 and res.counters("tls")["hellos"] == 1
+    # a near miss first (a record header, handshake type 1, lengths that do not add up), then the hello
+    bogus = struct.pack(">BHHB", 22, 0x0301, 60, 1) + (56).to_bytes(3, "big") + b"\x03\x03" + bytes(54)
+    ssl_request = struct.pack("<I", 32)[:3] + b"\x01" + bytes(32)
+    cap = conversation(tmp_path / "mysql.pcap", [(False, b"\x4a\x00\x00\x00\x0a8.0.0\x00" + bytes(60)),
+                                                 (True, ssl_request + bogus + record)], port=3306)
+    (e,) = run_module("tls", cap).of_kind("client_hello")
+    assert (e["sni"], e["offset"]) == ("example.com", len(ssl_request) + len(bogus))
+    res = run_module("tls", corpus / "pcapng__pcpp__pcapng-example.pcapng")
+    assert [(e["server"], e["offset"], e["version"]) for e in res.of_kind("client_hello")] == \
+        [("127.0.0.1:3306", 36, "TLS 1.2")]
+    far = conversation(tmp_path / "far.pcap", [(True, b"x" * 4096 + record)], port=25)
+    res = run_module("tls", far)
+    assert res.of_kind("client_hello") == [] and res.counters("tls")["not_tls"] == 1
+
+
+def test_tls_counts_incomplete_only_a_cut_hello_start(tmp_path):
+    """Client streams of 4 bytes (GOOD, EVIL; VERY then a gap) were counted incomplete: their
+    first byte rules a hello out, they are not_tls; one the capture holds no byte of is not
+    counted (650HttpResponses: 116 port-80 connections without their clients' sides)."""
+    from flowsift.testing import run_module
+    counts = lambda cap: {k: v for k, v in run_module("tls", cap).counters("tls").items() if k not in ("errors",)}
+    assert counts(conversation(tmp_path / "good.pcap", [(True, b"GOOD"), (False, b"OK")])) == {"not_tls": 1}
+    assert counts(conversation(tmp_path / "very.pcap", [(True, b"VERY"), (True, b"lost", True)])) == {"not_tls": 1}
+    assert counts(conversation(tmp_path / "none.pcap", [(True, b"GET / HTTP/1.1\r\n\r\n", True),
+                                                        (False, b"HTTP/1.1 200 OK\r\n\r\n")])) == {}
+    assert counts(conversation(tmp_path / "cut.pcap", [(True, b"\x16\x03\x01")], port=443)) == {"incomplete": 1}
+
+
+def test_tls_reports_a_hello_cut_by_a_loss_with_what_was_read(tmp_path):
+    """A hello whose padding was lost after its SNI and ALPN gave no event, only incomplete:
+    it is reported with them and complete=false; its version is not known (the hello says TLS
+    1.2, which a TLS 1.3 client says too, and supported_versions was not read)."""
+    import struct
+    from flowsift.testing import run_module
+    hello = client_hello()
+    i = hello.find(b"\x00\x2b")                           # supported_versions, after SNI and ALPN
+    record = struct.pack(">BHH", 22, 0x0301, len(hello)) + hello
+    cap = conversation(tmp_path / "gap.pcap", [(True, record[:i + 5]), (True, record[i + 5:i + 8], True),
+                                               (True, record[i + 8:])], port=443)
+    res = run_module("tls", cap)
+    (e,) = res.of_kind("client_hello")
+    assert (e["sni"], e["alpn"], e["version"], e["complete"], e["offset"]) == \
+        ("example.com", ["h2", "http/1.1"], None, False, 0)
+    assert res.counters("tls")["incomplete"] == 1 and res.counters("tls")["partial"] == 1
+    assert "hellos" not in res.counters("tls")
 
 
 def test_http_a_status_is_three_digits_from_100(tmp_path):

@@ -96,9 +96,12 @@ class Dns(Module):
               read is left out), malformed (messages that could not be read), lost (TCP:
               messages a gap fell in), gave_up (TCP directions where no message start was
               found after a gap)
-    Events: "query" and "answer": id, qname, qtype (null when the message has no question, as
-            mDNS answers), the header flags aa, tc (truncated: the answer continues over TCP),
-            rd, ra, ad, cd, and partial; "answer" also rcode and answers
+    Events: "query" and "answer": direction (who sent the message: c2s the flow's client, s2c
+            its server; in an mDNS flow 5353 to 5353 the client is the first sender, which may
+            be a responder sending answers to the multicast group), id, qname, qtype (null
+            when the message has no question, as mDNS answers), the header flags aa, tc
+            (truncated: the answer continues over TCP), rd, ra, ad, cd, and partial; "answer"
+            also rcode and answers
     Example: flowsift chain dns trace.pcap   emits "query" and "answer" events (qname, qtype, rcode, answers)
     """
     name = "dns"
@@ -119,7 +122,7 @@ class Dns(Module):
         elif flow.proto == "udp" and record.payload_len:
             wire = flow.payload(record)
             if wire is not None:              # (None: not in the file, one cut short)
-                self._message(flow, wire)
+                self._message(flow, wire, record.dir)
 
     def on_gap(self, flow, direction, gap):
         if flow.proto != "tcp" or flow.state.get(f"resync{direction}") == -1:
@@ -147,7 +150,7 @@ class Dns(Module):
             if stream.available < 2 + n:
                 return                        # the message is not complete yet
             stream.skip(2)
-            self._message(flow, stream.read_bytes(n))
+            self._message(flow, stream.read_bytes(n), stream.direction)
 
     def _resync(self, flow, stream, key):
         """Look for the next message start after a gap; True once the stream is at one."""
@@ -187,7 +190,7 @@ class Dns(Module):
             stream.skip()                     # the rest of the lost message, before another loss or the end
         return False
 
-    def _message(self, flow, wire):
+    def _message(self, flow, wire, direction):
         partial = False
         if MDNS_PORT in (int(flow.server.rsplit(":", 1)[1]), int(flow.client.rsplit(":", 1)[1])):
             wire = mdns_unflagged(wire)
@@ -203,7 +206,9 @@ class Dns(Module):
                 return
             self.count("partial")
         q = m.question[0] if m.question else None
-        fields = {"id": m.id, "qname": q.name.to_text() if q is not None else None,
+        # who sent it: in mDNS the flow's client (its first sender) may be the one answering
+        fields = {"direction": "c2s" if direction == 0 else "s2c", "id": m.id,
+                  "qname": q.name.to_text() if q is not None else None,
                   "qtype": dns.rdatatype.to_text(q.rdtype) if q is not None else None,
                   **{name: bool(m.flags & bit) for name, bit in FLAGS}, "partial": partial}
         if m.flags & 0x8000:
