@@ -239,3 +239,27 @@ def test_record_fields_mean_what_the_document_says(tmp_path, corpus):
             assert [x["rflags"] for x in listed[1:3]] == [["ignored"], ["ignored"]]
     assert seen_rflags <= RF_DOCUMENTED and 128 in seen_rflags and 16 in seen_rflags
     assert syn_offsets == {0} and fin_acked > 0
+
+
+def test_a_direction_without_packets_says_what_its_peer_acknowledged(tmp_path, corpus):
+    """A one-sided capture: the server's direction has no packet, its stream is the trailing gap
+    the client's ACKs measure, and its `acked` is where those ACKs went (it was -1, "never")."""
+    from pcapgen import timed_capture
+    store = tmp_path / "smtp"
+    run_cli("gateway", corpus / "midstream__zeek__smtp-one-side-only.pcap", "--store", store, "--keep", check=True)
+    h, records, gaps, _ = read_with_struct(store / "c00000000.rec")
+    with open(store / "c00000000.rec", "rb") as f:
+        head = f.read(256)
+    acked = struct.unpack_from("<qq", head, 160)
+    assert records and all(r[10] == 0 for r in records)
+    assert [(g[0], g[1], g[3], g[4]) for g in gaps] == [(1, 5, 0, 763)] and h["end1"] == 763
+    assert acked == (-1, 764)          # the last ACK moved by one: the FIN's number (end + 1)
+    assert head[208:214] == bytes([1, 1, 1, 5, 0, 0])    # settled, close fin / eof, not midstream
+    # ACKs that moved by more than one at the end: no FIN, `acked` is the end
+    cap = timed_capture(tmp_path / "acks.pcap", [(0, True, 100, 0, 0x02, b""), (0.1, True, 101, 5000, 0x10, b""),
+                                                 (0.2, True, 101, 5100, 0x10, b"")])
+    run_cli("gateway", cap, "--store", tmp_path / "acks", "--keep", check=True)
+    h, _, gaps, _ = read_with_struct(tmp_path / "acks" / "c00000000.rec")
+    assert [(g[3], g[4]) for g in gaps] == [(0, 100)] and h["end1"] == 100
+    with open(tmp_path / "acks" / "c00000000.rec", "rb") as f:
+        assert struct.unpack_from("<q", f.read(256), 168)[0] == 100
