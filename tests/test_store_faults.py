@@ -175,8 +175,25 @@ def test_not_a_record_file(tmp_path):
     p = tmp_path / "junk.rec"
     p.write_bytes(b"\0" * 5000)
     one_line(run_cli("inspect", p), "not a flowsift record file")
-    p.write_bytes(b"short")
-    one_line(run_cli("inspect", p), "cut short")
+    p.write_bytes(b"FSREC")
+    one_line(run_cli("inspect", p), "cut short: 5 bytes")
+
+
+def test_a_file_shorter_than_the_header_is_named_by_what_its_bytes_say(tmp_path, corpus):
+    """The magic, then the version, then the length: a 100-byte text file, or a cut file of
+    another version, was "cut short"."""
+    p = tmp_path / "junk.rec"
+    for text in (b"short", b"hello, this is not a record file\n" * 3):
+        p.write_bytes(text)
+        one_line(run_cli("inspect", p), "not a flowsift record file")
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    with open(store_files(store)[0], "rb") as f:
+        head = f.read(100)
+    p.write_bytes(head[:8] + struct.pack("<I", 3) + head[12:])
+    one_line(run_cli("inspect", p), "version 3; this flowsift reads version 2")
+    p.write_bytes(head)
+    one_line(run_cli("inspect", p), "cut short: 100 bytes, the header alone is 256")
 
 
 def test_file_cut_by_hand_reads_up_to_the_last_complete_record(tmp_path, corpus):

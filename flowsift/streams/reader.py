@@ -69,14 +69,18 @@ class RecordFile:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise StoreError(f"{self.path}: not a record file: {_kind(st.st_mode)}, not a regular file")
-            if st.st_size < F.HEADER_SIZE:
-                raise StoreError(f"{self.path}: cut short: {st.st_size} bytes, the header alone is {F.HEADER_SIZE}")
-            first = F.parse_header(os.pread(fd, F.HEADER_STRUCT.size, 0))
-            if first["magic"] != F.MAGIC:
-                raise StoreError(f"{self.path}: not a flowsift record file (magic {first['magic']!r})")
-            if first["version"] != F.VERSION:
-                raise StoreError(f"{self.path}: record file format version {first['version']}; "
+            head = os.pread(fd, F.HEADER_SIZE, 0)
+            # what the bytes there say comes first: a short file of another kind or version is
+            # named as such, not as a cut record file
+            magic = head[:len(F.MAGIC)]
+            if magic != F.MAGIC[:len(magic)]:
+                raise StoreError(f"{self.path}: not a flowsift record file (magic {magic!r})")
+            if len(head) >= 12 and (version := int.from_bytes(head[8:12], "little")) != F.VERSION:
+                raise StoreError(f"{self.path}: record file format version {version}; "
                                  f"this flowsift reads version {F.VERSION}")
+            if len(head) < F.HEADER_SIZE:
+                raise StoreError(f"{self.path}: cut short: {len(head)} bytes, the header alone is {F.HEADER_SIZE}")
+            first = F.parse_header(head)
             problem = F.fixed_field_problem(first)
             if problem:
                 raise StoreError(f"{self.path}: {problem}")
