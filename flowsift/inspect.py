@@ -84,14 +84,17 @@ def _record_problems(rf, upto):
 
 def _written(rf):
     """(records written and published, complete records after them, problems): a record whose
-    id is not `first_record_id` + its index is where those written end (docs/record-format.md),
-    whatever the header counts."""
+    id is not `first_record_id` + its index, or whose `caplen` is 0, is where those written end
+    (docs/record-format.md), whatever the header counts."""
     h, problems = rf.header, []
     written = rf.first_unwritten(0, h["records"])
     unpublished = 0
     if written < h["records"]:
+        (first,) = rf.record_array(written, written + 1)
+        why = (f"does not have the id first_record_id + {written:,}"
+               if int(first["record_id"]) != (h["first_record_id"] + written) % 2**64 else "has caplen 0")
         problems.append(f"records {written:,} to {h['records'] - 1:,}: not written (the header counts "
-                        f"{h['records']:,}; record {written:,} does not have the id first_record_id + {written:,})")
+                        f"{h['records']:,}; record {written:,} {why})")
     elif not rf.closed_by_gateway:
         unpublished = rf.unpublished
     return written, unpublished, problems

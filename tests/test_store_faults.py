@@ -17,6 +17,7 @@ import pytest
 from conftest import run_cli, small_tmpfs
 from pcapgen import A, B, ether, ipv4, pcap, tcp
 from flowsift.streams import RecordFile, StoreError, StreamPointer, store_files
+from flowsift.streams import format as F
 
 
 def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000, block=1000, long_lived=False):
@@ -836,6 +837,28 @@ def test_a_file_cut_by_a_stopped_gateway_lists_its_unpublished_records(tmp_path,
     assert rows == [str(i) for i in range(8)] + ["8*", "9*"]
     _, out = _inspected(path, "-n", "9")
     assert len(out["record_list"]) == 9
+
+
+def test_a_slot_never_written_is_not_taken_for_a_record_when_its_id_wraps_to_zero(tmp_path, corpus):
+    """first_record_id + n is 0 mod 2^64 in a file of n records: the zeros after them passed
+    for record n, unpublished in a file not closed, written in one whose header counts it."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    with RecordFile(store / "c00000005.rec") as rf:
+        n = rf.header["records"]
+    first = 2**64 - n
+    ids = [(F.RECORDS_OFF + 128 * i, "<Q", (first + i) % 2**64) for i in range(n)]
+    path = _patched(store / "c00000005.rec", tmp_path / "c00000005.rec", (32, "<Q", first), (20, "<I", 2), *ids)
+    with RecordFile(path) as rf:
+        assert rf.unpublished == 0 and rf.first_unwritten(0, n + 5) == n
+    table, out = _inspected(path, "-n", "-1")
+    assert out["cut"]["unpublished_complete_records"] == 0 and out["problems"] == []
+    assert [r["index"] for r in out["record_list"]] == list(range(n))
+    _patched(path, tmp_path / "more.rec", (40, "<Q", n + 1))      # a header counting it
+    _, out = _inspected(tmp_path / "more.rec", "-n", "-1")
+    assert out["problems"] == [f"records {n} to {n}: not written (the header counts {n + 1}; "
+                               f"record {n} has caplen 0)"]
+    assert len(out["record_list"]) == n
 
 
 def test_the_store_listing_sees_files_missing_copied_or_linked_and_open_files_of_a_complete_store(tmp_path,

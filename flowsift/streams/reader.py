@@ -273,10 +273,12 @@ class RecordFile:
         return end - covered
 
     def first_unwritten(self, start, stop):
-        """The index of the first record of [start, stop) whose id is not `first_record_id` +
-        its index (mod 2^64): where the records written end, whatever a header says. `stop` if
-        none (or where the file or the records region ends). Ids are compared SCAN_RECORDS
-        at a time: a header counting billions of records never written costs one step."""
+        """The index of the first record of [start, stop) that was never written: its id is not
+        `first_record_id` + its index (mod 2^64), or its `caplen` is 0 (every written record has
+        one; a slot never written is zeros, and its id 0 passes when that sum wraps to 0): where
+        the records written end, whatever a header says. `stop` if none (or where the file or the
+        records region ends). Ids are compared SCAN_RECORDS at a time: a header counting
+        billions of records never written costs one step."""
         import numpy as np
         h = self.header
         room = (min(self._size, h["gaps_off"]) - h["records_off"]) // F.RECORD_SIZE
@@ -284,9 +286,10 @@ class RecordFile:
         i = start
         while i < stop:
             n = min(SCAN_RECORDS, stop - i)
-            ids = np.frombuffer(self._region(h["records_off"] + i * F.RECORD_SIZE, n * F.RECORD_SIZE),
-                                dtype=F.record_dtype(), count=n)["record_id"]
-            bad = np.flatnonzero(ids != np.arange(i, i + n, dtype=np.uint64) + np.uint64(h["first_record_id"]))
+            arr = np.frombuffer(self._region(h["records_off"] + i * F.RECORD_SIZE, n * F.RECORD_SIZE),
+                                dtype=F.record_dtype(), count=n)
+            bad = np.flatnonzero((arr["record_id"] != np.arange(i, i + n, dtype=np.uint64)
+                                  + np.uint64(h["first_record_id"])) | (arr["caplen"] == 0))
             if len(bad):
                 return i + int(bad[0])
             i += n
