@@ -120,6 +120,14 @@ def _file_problems(rf, name):
     return written, unpublished, problems
 
 
+def _gap_list(rf, d):
+    """A direction's gaps as [offset, length, reason], by offset: its gap entries, what a cut
+    file lacks ("truncated") and what was given back ("reclaimed"): every range of [0, end)
+    that is not there to read."""
+    return [[g.offset, g.length, g.reason]
+            for g in sorted(rf.gaps(d) + rf.given_back(d), key=lambda g: g.offset)]
+
+
 def _record_row(r, published):
     return {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
             "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
@@ -144,10 +152,10 @@ def file_description(path, n_records=20):
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
             "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"],
-                         "delivered": rf.delivered(d), "acked": h[f"acked{d}"],
+                         "delivered": rf.delivered(d), "readable": rf.readable(d), "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
                          "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"], h[f"close{d}"]),
-                         "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
+                         "gaps": _gap_list(rf, d)} for d in (0, 1)],
         }
         info["truncated"] = rf.missing
         if not rf.closed_by_gateway:
@@ -248,6 +256,7 @@ def describe_store(directory):
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
                               **F.vlan_field(F.header_vlan(h)), "records": h["records"], "end": [h["end0"], h["end1"]],
                               "delivered": [rf.delivered(d) for d in (0, 1)],
+                              "readable": [rf.readable(d) for d in (0, 1)],
                               "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
                 if rf.missing:

@@ -27,6 +27,10 @@ SCAN_RECORDS = 8192
 # (RecordFile.gaps): no gap entry of a file has it.
 TRUNCATED = "truncated"
 
+# The reason of the ranges below a direction's `reclaimed` that no gap entry covers: delivered,
+# then given back (RecordFile.given_back), as a StreamPointer names them too.
+RECLAIMED = "reclaimed"
+
 
 def merged(ranges):
     """(start, stop) ranges sorted and merged where they overlap or touch."""
@@ -271,6 +275,30 @@ class RecordFile:
         for off, stop in merged((g.offset, g.offset + g.length) for g in self.gaps(direction)):
             covered += max(0, min(stop, end) - max(off, 0))
         return end - covered
+
+    def given_back(self, direction):
+        """The ranges of a direction below its `reclaimed` (and its `end`) that no gap covers:
+        bytes delivered, then punched out of the file (they read as zeros), as gaps of reason
+        "reclaimed", by offset. No gap entry has that reason."""
+        h, out = self.header, []
+        upto = min(max(0, h[f"reclaimed{direction}"]), h[f"end{direction}"])
+        pos = 0
+        for off, stop in merged((g.offset, g.offset + g.length) for g in self.gaps(direction)):
+            if off >= upto:
+                break
+            if off > pos:
+                out.append(GapEntry(direction, RECLAIMED, h["records"], pos, off - pos))
+            pos = max(pos, stop)
+        if pos < upto:
+            out.append(GapEntry(direction, RECLAIMED, h["records"], pos, upto - pos))
+        return out
+
+    def readable(self, direction):
+        """Bytes of the direction a reader can read now: those delivered (delivered()) less those
+        given back since (given_back()); 0 when the streams' bytes were not stored."""
+        if not self.has_bytes:
+            return 0
+        return self.delivered(direction) - sum(g.length for g in self.given_back(direction))
 
     def first_unwritten(self, start, stop):
         """The index of the first record of [start, stop) that was never written: its id is not
