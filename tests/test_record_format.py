@@ -263,3 +263,18 @@ def test_a_direction_without_packets_says_what_its_peer_acknowledged(tmp_path, c
     assert [(g[3], g[4]) for g in gaps] == [(0, 100)] and h["end1"] == 100
     with open(tmp_path / "acks" / "c00000000.rec", "rb") as f:
         assert struct.unpack_from("<q", f.read(256), 168)[0] == 100
+
+
+def test_a_header_read_again_is_the_header():
+    """parse_header_again loads the fields that change in groups, in the order a reader of a
+    header being written must (flags, the directions' fields, the counts): every one of them
+    still comes from the buffer read, the rest from the first parse."""
+    import random
+    from flowsift.streams import format as F
+    rng = random.Random(7)
+    first, again = (bytes(rng.getrandbits(8) for _ in range(256)) for _ in range(2))
+    whole = F.parse_header(again)
+    mixed = F.parse_header_again(again, F.parse_header(first))
+    changing = {n for n, _, off in F.HEADER_FIELDS if 20 <= off < 56 or 128 <= off < 232}
+    assert {n: mixed[n] for n in changing} == {n: whole[n] for n in changing}
+    assert all(mixed[n] == F.parse_header(first)[n] for n in set(whole) - changing)
