@@ -82,6 +82,45 @@ def _record_problems(rf, upto):
     return out
 
 
+# the bytes the format says are zero (docs/record-format.md): (first, last) byte of each
+HEADER_ZERO = ((58, 59), (214, 215), (236, 255))
+RECORD_ZERO = ((100, 103), (112, 127))
+GAP_ZERO = ((2, 7),)
+
+
+def _nonzero(rf, off, count, size, spans):
+    """(first index, how many) of the `size`-byte items [0, count) at file offset `off` with a
+    byte not zero in `spans`, read 8192 at a time."""
+    import numpy as np
+    first, n = None, 0
+    for i in range(0, count, 8192):
+        k = min(8192, count - i)
+        items = np.frombuffer(rf._region(off + i * size, k * size), dtype=np.uint8).reshape(k, size)
+        bad = np.flatnonzero(np.logical_or.reduce([items[:, a:b + 1].any(axis=1) for a, b in spans]))
+        if len(bad):
+            first = i + int(bad[0]) if first is None else first
+            n += len(bad)
+    return first, n
+
+
+def reserved_warnings(rf, upto):
+    """Lines for bytes the format says are zero and are not, in the header, records [0, upto)
+    and the published gap entries: a writer of a later layout, or damage. Said, not refused
+    (a reader of this version reads the file as if they were zero)."""
+    h, out = rf.header, []
+    spans = lambda zero: ", ".join(f"{a}-{b}" for a, b in zero)
+    if _nonzero(rf, 0, 1, F.HEADER_SIZE, HEADER_ZERO)[1]:
+        out.append(f"header bytes {spans(HEADER_ZERO)} are not all zero (the format says they are)")
+    for what, many, off, count, size, zero in (
+            ("record", "records", h["records_off"], upto, F.RECORD_SIZE, RECORD_ZERO),
+            ("gap entry", "gap entries", h["gaps_off"], h["gaps"], F.GAP_SIZE, GAP_ZERO)):
+        first, n = _nonzero(rf, off, count, size, zero)
+        if n:
+            out.append(f"{what} {first:,} has bytes {spans(zero)} not all zero (the format says they are)"
+                       + (f" (and {n - 1:,} more {many})" if n > 1 else ""))
+    return out
+
+
 def _written(rf):
     """(records written and published, complete records after them, problems): a record whose
     id is not `first_record_id` + its index, or whose `caplen` is 0, is where those written end
@@ -163,6 +202,7 @@ def file_description(path, n_records=20):
                            "note": "the gateway did not close this file: records after these may be missing"}
         info["problems"] = problems
         upto = written + unpublished
+        info["warnings"] = reserved_warnings(rf, upto)
         stop = upto if n_records < 0 else min(n_records, upto)
         info["record_list"] = (_record_row(r, r.index < written) for r in rf.records(0, stop, unpublished=unpublished > 0))
         yield info
@@ -245,7 +285,7 @@ def entry_problems(directory):
 def describe_store(directory):
     check_store(directory)
     manifest, usable, problems = manifest_problems(directory)
-    conns = []
+    conns, warnings = [], []
     for path in store_files(directory):
         name = os.path.basename(path)
         try:
@@ -261,7 +301,9 @@ def describe_store(directory):
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
                 if rf.missing:
                     problems.append(f"{name}: {rf.missing}")
-                problems += [f"{name}: {p}" for p in _file_problems(rf, name)[2]]
+                written, unpublished, found = _file_problems(rf, name)
+                problems += [f"{name}: {p}" for p in found]
+                warnings += [f"{name}: {w}" for w in reserved_warnings(rf, written + unpublished)]
                 if usable and manifest["complete"] and not rf.closed_by_gateway:
                     problems.append(f"{name}: not closed by the gateway, though store.json says the store is complete")
         except StoreError as e:
@@ -270,4 +312,5 @@ def describe_store(directory):
     note = retired_note(directory)
     if note:
         problems.append(note)
-    return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems}
+    return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems,
+            "warnings": warnings}

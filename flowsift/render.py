@@ -293,6 +293,8 @@ def print_inspect_store(s, console=None):
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
         console.print(Text(_clean(p), style="red"))
+    for w in s.get("warnings", ()):
+        console.print(Text(_clean(w), style="yellow"))
 
 
 def print_inspect_file(s, console=None):
@@ -334,6 +336,8 @@ def print_inspect_file(s, console=None):
                                    spared="id: first id + # (--json, or a wider terminal, shows them)"))
     for p in s.get("problems", ()):
         console.print(Text(_clean(p), style="red"))
+    for w in s.get("warnings", ()):
+        console.print(Text(_clean(w), style="yellow"))
 
 
 def print_chain(s, console=None):

@@ -861,6 +861,28 @@ def test_a_slot_never_written_is_not_taken_for_a_record_when_its_id_wraps_to_zer
     assert len(out["record_list"]) == n
 
 
+def test_bytes_the_format_says_are_zero_are_flagged_when_they_are_not(tmp_path, corpus):
+    """Header bytes 236-255, record bytes 100-103 and 112-127, gap entry bytes 2-7 are zero in
+    this version: inspect read past them without a word. It warns (no problem, exit 0)."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "trunc__suri__tcp-rst-unacked-stream-10.pcap", "--store", store, "--keep", check=True)
+    kept = store / "c00000000.rec"
+    table, out = _inspected(kept)
+    assert out["warnings"] == [] and out["problems"] == []
+    path = _patched(kept, tmp_path / "c00000000.rec", (240, "<B", 1), (F.RECORDS_OFF + 128 * 3 + 101, "<B", 1),
+                    (F.RECORDS_OFF + 128 * 7 + 127, "<B", 9), (F.GAPS_OFF + 32 * 1 + 5, "<B", 1))
+    table, out = _inspected(path)
+    assert out["problems"] == []
+    assert out["warnings"] == [
+        "header bytes 58-59, 214-215, 236-255 are not all zero (the format says they are)",
+        "record 3 has bytes 100-103, 112-127 not all zero (the format says they are) (and 1 more records)",
+        "gap entry 1 has bytes 2-7 not all zero (the format says they are)"]
+    assert "record 3 has bytes 100-103" in " ".join(table.split())
+    os.replace(path, kept)
+    _, listing = _inspected(store)
+    assert listing["warnings"] == [f"c00000000.rec: {w}" for w in out["warnings"]] and listing["problems"] == []
+
+
 def test_the_store_listing_sees_files_missing_copied_or_linked_and_open_files_of_a_complete_store(tmp_path,
                                                                                                   corpus):
     """A complete store kept whole that lacks a file its run made, a record file that is a
