@@ -167,11 +167,19 @@ def _gap_list(rf, d):
             for g in sorted(rf.gaps(d) + rf.given_back(d), key=lambda g: g.offset)]
 
 
+def _gap_entries(rf, d):
+    """A direction's gap entries as the file holds them (no "truncated" or "reclaimed" range),
+    in the file's order, each with its index among the file's entries."""
+    return [{"entry": j, "offset": g.offset, "length": g.length, "reason": g.reason, "record_index": g.record_index}
+            for j, g in enumerate(g for g in rf.gaps() if g.reason != TRUNCATED) if g.dir == d]
+
+
 def _record_row(r, published):
     return {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
-            "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
-            "payload_wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules,
-            "published": published}
+            "tcp_flags": r.tcp_flags, "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset,
+            "seq_offset": r.seq_offset, "len": r.payload_len, "payload_wirelen": r.payload_wirelen,
+            "caplen": r.caplen, "wirelen": r.wirelen, "frame_pos": r.frame_pos, "rflags": _flags(r.rflags),
+            "modules": r.modules, "published": published}
 
 
 @contextlib.contextmanager
@@ -182,19 +190,20 @@ def file_description(path, n_records=20):
         h = rf.header
         written, unpublished, problems = _file_problems(rf, os.path.basename(str(path)))
         info = {
-            "file": str(path), "conn": h["conn"], "version": h["version"],
-            "proto": PROTOS.get(h["proto"], h["proto"]),
+            "file": str(path), "conn": h["conn"], "version": h["version"], "flags": h["flags"],
+            "ipver": h["ipver"], "proto": PROTOS.get(h["proto"], h["proto"]),
             "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
             "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
             **F.vlan_field(F.header_vlan(h)),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
-            "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"],
+            "oldest_unacked_done": h["oldest_unacked_done"],
+            "streams": [{"dir": "c2s" if d == 0 else "s2c", "origin": h[f"origin{d}"], "end": h[f"end{d}"],
                          "delivered": rf.delivered(d), "readable": rf.readable(d), "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
                          "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"], h[f"close{d}"]),
-                         "gaps": _gap_list(rf, d)} for d in (0, 1)],
+                         "gaps": _gap_list(rf, d), "gap_entries": _gap_entries(rf, d)} for d in (0, 1)],
         }
         info["truncated"] = rf.missing
         if not rf.closed_by_gateway:

@@ -278,3 +278,29 @@ def test_a_header_read_again_is_the_header():
     changing = {n for n, _, off in F.HEADER_FIELDS if 20 <= off < 56 or 128 <= off < 232}
     assert {n: mixed[n] for n in changing} == {n: whole[n] for n in changing}
     assert all(mixed[n] == F.parse_header(first)[n] for n in set(whole) - changing)
+
+
+def test_inspect_json_carries_what_the_file_holds(tmp_path, corpus):
+    """inspect --json lacked records' caplen, wirelen, frame_pos, seq_offset and raw TCP flags,
+    the header's flags, ipver, origins and oldest_unacked_done, and gap entries' record_index:
+    each as struct reads it."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "trunc__suri__tcp-rst-unacked-stream-10.pcap", "--store", store, "--keep", check=True)
+    path = store / "c00000000.rec"
+    h, records, gaps, _ = read_with_struct(path)
+    with open(path, "rb") as f:
+        head = f.read(256)
+    out = json.loads(run_cli("inspect", path, "--json", "-n", "-1", check=True).stdout)
+    assert (out["flags"], out["ipver"]) == (h["flags"], h["ipver"]) == (3, 4)
+    assert out["oldest_unacked_done"] == struct.unpack_from("<Q", head, 224)[0]
+    reasons = {1: "acked", 2: "closed", 3: "memcap", 4: "snaplen", 5: "trailing"}
+    for d in (0, 1):
+        s = out["streams"][d]
+        assert s["origin"] == h[f"origin{d}"]
+        assert s["gap_entries"] == [{"entry": j, "offset": off, "length": ln, "reason": reasons[reason],
+                                     "record_index": index}
+                                    for j, (gd, reason, index, off, ln) in enumerate(gaps) if gd == d]
+    assert sum(len(s["gap_entries"]) for s in out["streams"]) == len(gaps) == 3
+    assert [(r["seq_offset"], r["tcp_flags"], r["caplen"], r["wirelen"], r["frame_pos"]) for r in out["record_list"]] \
+        == [(r[3], r[9], r[16], r[19], r[20]) for r in records]
+    assert len({r["frame_pos"] for r in out["record_list"]}) == len(records) and records[0][20] == 24
