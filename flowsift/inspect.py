@@ -82,16 +82,58 @@ def _record_problems(rf, upto):
     return out
 
 
+# the bytes the format says are zero (docs/record-format.md): (first, last) byte of each
+HEADER_ZERO = ((58, 59), (214, 215), (236, 255))
+RECORD_ZERO = ((100, 103), (112, 127))
+GAP_ZERO = ((2, 7),)
+
+
+def _nonzero(rf, off, count, size, spans):
+    """(first index, how many) of the `size`-byte items [0, count) at file offset `off` with a
+    byte not zero in `spans`, read 8192 at a time."""
+    import numpy as np
+    first, n = None, 0
+    for i in range(0, count, 8192):
+        k = min(8192, count - i)
+        items = np.frombuffer(rf._region(off + i * size, k * size), dtype=np.uint8).reshape(k, size)
+        bad = np.flatnonzero(np.logical_or.reduce([items[:, a:b + 1].any(axis=1) for a, b in spans]))
+        if len(bad):
+            first = i + int(bad[0]) if first is None else first
+            n += len(bad)
+    return first, n
+
+
+def reserved_warnings(rf, upto):
+    """Lines for bytes the format says are zero and are not, in the header, records [0, upto)
+    and the published gap entries: a writer of a later layout, or damage. Said, not refused
+    (a reader of this version reads the file as if they were zero)."""
+    h, out = rf.header, []
+    spans = lambda zero: ", ".join(f"{a}-{b}" for a, b in zero)
+    if _nonzero(rf, 0, 1, F.HEADER_SIZE, HEADER_ZERO)[1]:
+        out.append(f"header bytes {spans(HEADER_ZERO)} are not all zero (the format says they are)")
+    for what, many, off, count, size, zero in (
+            ("record", "records", h["records_off"], upto, F.RECORD_SIZE, RECORD_ZERO),
+            ("gap entry", "gap entries", h["gaps_off"], h["gaps"], F.GAP_SIZE, GAP_ZERO)):
+        first, n = _nonzero(rf, off, count, size, zero)
+        if n:
+            out.append(f"{what} {first:,} has bytes {spans(zero)} not all zero (the format says they are)"
+                       + (f" (and {n - 1:,} more {many})" if n > 1 else ""))
+    return out
+
+
 def _written(rf):
     """(records written and published, complete records after them, problems): a record whose
-    id is not `first_record_id` + its index is where those written end (docs/record-format.md),
-    whatever the header counts."""
+    id is not `first_record_id` + its index, or whose `caplen` is 0, is where those written end
+    (docs/record-format.md), whatever the header counts."""
     h, problems = rf.header, []
     written = rf.first_unwritten(0, h["records"])
     unpublished = 0
     if written < h["records"]:
+        (first,) = rf.record_array(written, written + 1)
+        why = (f"does not have the id first_record_id + {written:,}"
+               if int(first["record_id"]) != (h["first_record_id"] + written) % 2**64 else "has caplen 0")
         problems.append(f"records {written:,} to {h['records'] - 1:,}: not written (the header counts "
-                        f"{h['records']:,}; record {written:,} does not have the id first_record_id + {written:,})")
+                        f"{h['records']:,}; record {written:,} {why})")
     elif not rf.closed_by_gateway:
         unpublished = rf.unpublished
     return written, unpublished, problems
@@ -117,11 +159,27 @@ def _file_problems(rf, name):
     return written, unpublished, problems
 
 
+def _gap_list(rf, d):
+    """A direction's gaps as [offset, length, reason], by offset: its gap entries, what a cut
+    file lacks ("truncated") and what was given back ("reclaimed"): every range of [0, end)
+    that is not there to read."""
+    return [[g.offset, g.length, g.reason]
+            for g in sorted(rf.gaps(d) + rf.given_back(d), key=lambda g: g.offset)]
+
+
+def _gap_entries(rf, d):
+    """A direction's gap entries as the file holds them (no "truncated" or "reclaimed" range),
+    in the file's order, each with its index among the file's entries."""
+    return [{"entry": j, "offset": g.offset, "length": g.length, "reason": g.reason, "record_index": g.record_index}
+            for j, g in enumerate(g for g in rf.gaps() if g.reason != TRUNCATED) if g.dir == d]
+
+
 def _record_row(r, published):
     return {"index": r.index, "id": r.record_id, "ts_ns": r.ts_ns, "dir": r.dir, "flags": _tcp_flags(r.tcp_flags),
-            "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset, "len": r.payload_len,
-            "payload_wirelen": r.payload_wirelen, "rflags": _flags(r.rflags), "modules": r.modules,
-            "published": published}
+            "tcp_flags": r.tcp_flags, "seq": r.seq, "ack": r.ack, "window": r.window, "offset": r.stream_offset,
+            "seq_offset": r.seq_offset, "len": r.payload_len, "payload_wirelen": r.payload_wirelen,
+            "caplen": r.caplen, "wirelen": r.wirelen, "frame_pos": r.frame_pos, "rflags": _flags(r.rflags),
+            "modules": r.modules, "published": published}
 
 
 @contextlib.contextmanager
@@ -132,19 +190,20 @@ def file_description(path, n_records=20):
         h = rf.header
         written, unpublished, problems = _file_problems(rf, os.path.basename(str(path)))
         info = {
-            "file": str(path), "conn": h["conn"], "version": h["version"],
-            "proto": PROTOS.get(h["proto"], h["proto"]),
+            "file": str(path), "conn": h["conn"], "version": h["version"], "flags": h["flags"],
+            "ipver": h["ipver"], "proto": PROTOS.get(h["proto"], h["proto"]),
             "client": F.endpoint(h["client_addr"], h["client_port"], h["ipver"]),
             "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
             **F.vlan_field(F.header_vlan(h)),
             "first_record_id": h["first_record_id"], "records": h["records"], "gaps": h["gaps"],
             "closed": rf.closed_by_gateway, "keep": bool(h["flags"] & F.HF_KEEP), "bytes_stored": rf.has_bytes,
             "first_ts": h["first_ts"], "last_ts": h["last_ts"], "modules_mask": h["modules_mask"],
-            "streams": [{"dir": "c2s" if d == 0 else "s2c", "end": h[f"end{d}"],
-                         "delivered": rf.delivered(d), "acked": h[f"acked{d}"],
+            "oldest_unacked_done": h["oldest_unacked_done"],
+            "streams": [{"dir": "c2s" if d == 0 else "s2c", "origin": h[f"origin{d}"], "end": h[f"end{d}"],
+                         "delivered": rf.delivered(d), "readable": rf.readable(d), "acked": h[f"acked{d}"],
                          "reclaimed": h[f"reclaimed{d}"], "settled": bool(h[f"settled{d}"]),
                          "midstream": bool(h[f"midstream{d}"]), "close": F.CLOSE_NAMES.get(h[f"close{d}"], h[f"close{d}"]),
-                         "gaps": [[g.offset, g.length, g.reason] for g in rf.gaps(d)]} for d in (0, 1)],
+                         "gaps": _gap_list(rf, d), "gap_entries": _gap_entries(rf, d)} for d in (0, 1)],
         }
         info["truncated"] = rf.missing
         if not rf.closed_by_gateway:
@@ -152,6 +211,7 @@ def file_description(path, n_records=20):
                            "note": "the gateway did not close this file: records after these may be missing"}
         info["problems"] = problems
         upto = written + unpublished
+        info["warnings"] = reserved_warnings(rf, upto)
         stop = upto if n_records < 0 else min(n_records, upto)
         info["record_list"] = (_record_row(r, r.index < written) for r in rf.records(0, stop, unpublished=unpublished > 0))
         yield info
@@ -234,7 +294,7 @@ def entry_problems(directory):
 def describe_store(directory):
     check_store(directory)
     manifest, usable, problems = manifest_problems(directory)
-    conns = []
+    conns, warnings = [], []
     for path in store_files(directory):
         name = os.path.basename(path)
         try:
@@ -245,11 +305,14 @@ def describe_store(directory):
                               "server": F.endpoint(h["server_addr"], h["server_port"], h["ipver"]),
                               **F.vlan_field(F.header_vlan(h)), "records": h["records"], "end": [h["end0"], h["end1"]],
                               "delivered": [rf.delivered(d) for d in (0, 1)],
+                              "readable": [rf.readable(d) for d in (0, 1)],
                               "gaps": h["gaps"],
                               "closed": rf.closed_by_gateway, "truncated": rf.missing is not None})
                 if rf.missing:
                     problems.append(f"{name}: {rf.missing}")
-                problems += [f"{name}: {p}" for p in _file_problems(rf, name)[2]]
+                written, unpublished, found = _file_problems(rf, name)
+                problems += [f"{name}: {p}" for p in found]
+                warnings += [f"{name}: {w}" for w in reserved_warnings(rf, written + unpublished)]
                 if usable and manifest["complete"] and not rf.closed_by_gateway:
                     problems.append(f"{name}: not closed by the gateway, though store.json says the store is complete")
         except StoreError as e:
@@ -258,4 +321,5 @@ def describe_store(directory):
     note = retired_note(directory)
     if note:
         problems.append(note)
-    return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems}
+    return {"store": str(directory), "manifest": manifest, "connections": conns, "problems": problems,
+            "warnings": warnings}

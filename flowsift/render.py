@@ -293,6 +293,8 @@ def print_inspect_store(s, console=None):
     console.print(fitted_table(console, f"store {s['store']}", columns, rows))
     for p in s["problems"]:
         console.print(Text(_clean(p), style="red"))
+    for w in s.get("warnings", ()):
+        console.print(Text(_clean(w), style="yellow"))
 
 
 def print_inspect_file(s, console=None):
@@ -315,9 +317,10 @@ def print_inspect_file(s, console=None):
                             + (", listed with their index marked *" if s['cut']['unpublished_complete_records'] else "")
                             + ")")
     console.print(head)
-    columns = [("dir", False), ("bytes", True), ("end", True), ("acked", True), ("reclaimed", True),
-               ("midstream", False), ("close", False), ("gaps", False)]
-    rows = [[x["dir"], _n(x["delivered"]), _n(x["end"]), _n(x["acked"]), _n(x["reclaimed"]), str(x["midstream"]).lower(),
+    columns = [("dir", False), ("bytes", True), ("readable", True), ("end", True), ("acked", True),
+               ("reclaimed", True), ("midstream", False), ("close", False), ("gaps", False)]
+    rows = [[x["dir"], _n(x["delivered"]), _n(x["readable"]), _n(x["end"]), _n(x["acked"]), _n(x["reclaimed"]),
+             str(x["midstream"]).lower(),
              str(x["close"]),
              ", ".join(f"{o}+{l} ({r})" for o, l, r in x["gaps"]) or "-"] for x in s["streams"]]
     console.print(fitted_table(console, "streams", columns, rows))
@@ -333,6 +336,8 @@ def print_inspect_file(s, console=None):
                                    spared="id: first id + # (--json, or a wider terminal, shows them)"))
     for p in s.get("problems", ()):
         console.print(Text(_clean(p), style="red"))
+    for w in s.get("warnings", ()):
+        console.print(Text(_clean(w), style="yellow"))
 
 
 def print_chain(s, console=None):

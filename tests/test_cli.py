@@ -802,3 +802,22 @@ def test_a_filter_on_an_inline_chain_is_refused(source, out):
     assert res.returncode == 2 and res.stdout == "" and res.stderr == (
         "flowsift: chain: --filter with --out: the frames it rejects would never be forwarded (inline, every frame goes "
         "out); leave connections to a module instead (flow.skip() in on_open)\n")
+
+
+def test_every_inspect_json_key_is_documented(tmp_path, corpus):
+    """inspect --json's keys and encodings were documented nowhere."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "trunc__suri__tcp-rst-unacked-stream-10.pcap", "--store", store, "--keep",
+            "--vlan-key", check=True)
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    section = doc[doc.index("### `inspect --json`"):doc.index("## `flowsift chain")]
+    one = json.loads(run_cli("inspect", store / "c00000000.rec", "--json", check=True).stdout)
+    listing = json.loads(run_cli("inspect", store, "--json", check=True).stdout)
+    keys = set(one) | set(one["streams"][1]) | set(one["streams"][1]["gap_entries"][0]) | set(one["record_list"][0])
+    keys |= set(listing) | set(listing["connections"][0])
+    assert {"vlan", "gap_entries", "frame_pos", "readable"} <= keys
+    for key in keys:
+        assert f"`{key}`" in section, key
+    for encoded in ("`\"S.\"`", "`-`", "`gap-before`", "`snaplen-cut`", "`keep-alive`", "`ignored`", "`null` while open",
+                    "`\"reclaimed\"`", "`\"truncated\"`"):
+        assert encoded in section, encoded

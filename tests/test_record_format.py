@@ -239,3 +239,68 @@ def test_record_fields_mean_what_the_document_says(tmp_path, corpus):
             assert [x["rflags"] for x in listed[1:3]] == [["ignored"], ["ignored"]]
     assert seen_rflags <= RF_DOCUMENTED and 128 in seen_rflags and 16 in seen_rflags
     assert syn_offsets == {0} and fin_acked > 0
+
+
+def test_a_direction_without_packets_says_what_its_peer_acknowledged(tmp_path, corpus):
+    """A one-sided capture: the server's direction has no packet, its stream is the trailing gap
+    the client's ACKs measure, and its `acked` is where those ACKs went (it was -1, "never")."""
+    from pcapgen import timed_capture
+    store = tmp_path / "smtp"
+    run_cli("gateway", corpus / "midstream__zeek__smtp-one-side-only.pcap", "--store", store, "--keep", check=True)
+    h, records, gaps, _ = read_with_struct(store / "c00000000.rec")
+    with open(store / "c00000000.rec", "rb") as f:
+        head = f.read(256)
+    acked = struct.unpack_from("<qq", head, 160)
+    assert records and all(r[10] == 0 for r in records)
+    assert [(g[0], g[1], g[3], g[4]) for g in gaps] == [(1, 5, 0, 763)] and h["end1"] == 763
+    assert acked == (-1, 764)          # the last ACK moved by one: the FIN's number (end + 1)
+    assert head[208:214] == bytes([1, 1, 1, 5, 0, 0])    # settled, close fin / eof, not midstream
+    # ACKs that moved by more than one at the end: no FIN, `acked` is the end
+    cap = timed_capture(tmp_path / "acks.pcap", [(0, True, 100, 0, 0x02, b""), (0.1, True, 101, 5000, 0x10, b""),
+                                                 (0.2, True, 101, 5100, 0x10, b"")])
+    run_cli("gateway", cap, "--store", tmp_path / "acks", "--keep", check=True)
+    h, _, gaps, _ = read_with_struct(tmp_path / "acks" / "c00000000.rec")
+    assert [(g[3], g[4]) for g in gaps] == [(0, 100)] and h["end1"] == 100
+    with open(tmp_path / "acks" / "c00000000.rec", "rb") as f:
+        assert struct.unpack_from("<q", f.read(256), 168)[0] == 100
+
+
+def test_a_header_read_again_is_the_header():
+    """parse_header_again loads the fields that change in groups, in the order a reader of a
+    header being written must (flags, the directions' fields, the counts): every one of them
+    still comes from the buffer read, the rest from the first parse."""
+    import random
+    from flowsift.streams import format as F
+    rng = random.Random(7)
+    first, again = (bytes(rng.getrandbits(8) for _ in range(256)) for _ in range(2))
+    whole = F.parse_header(again)
+    mixed = F.parse_header_again(again, F.parse_header(first))
+    changing = {n for n, _, off in F.HEADER_FIELDS if 20 <= off < 56 or 128 <= off < 232}
+    assert {n: mixed[n] for n in changing} == {n: whole[n] for n in changing}
+    assert all(mixed[n] == F.parse_header(first)[n] for n in set(whole) - changing)
+
+
+def test_inspect_json_carries_what_the_file_holds(tmp_path, corpus):
+    """inspect --json lacked records' caplen, wirelen, frame_pos, seq_offset and raw TCP flags,
+    the header's flags, ipver, origins and oldest_unacked_done, and gap entries' record_index:
+    each as struct reads it."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "trunc__suri__tcp-rst-unacked-stream-10.pcap", "--store", store, "--keep", check=True)
+    path = store / "c00000000.rec"
+    h, records, gaps, _ = read_with_struct(path)
+    with open(path, "rb") as f:
+        head = f.read(256)
+    out = json.loads(run_cli("inspect", path, "--json", "-n", "-1", check=True).stdout)
+    assert (out["flags"], out["ipver"]) == (h["flags"], h["ipver"]) == (3, 4)
+    assert out["oldest_unacked_done"] == struct.unpack_from("<Q", head, 224)[0]
+    reasons = {1: "acked", 2: "closed", 3: "memcap", 4: "snaplen", 5: "trailing"}
+    for d in (0, 1):
+        s = out["streams"][d]
+        assert s["origin"] == h[f"origin{d}"]
+        assert s["gap_entries"] == [{"entry": j, "offset": off, "length": ln, "reason": reasons[reason],
+                                     "record_index": index}
+                                    for j, (gd, reason, index, off, ln) in enumerate(gaps) if gd == d]
+    assert sum(len(s["gap_entries"]) for s in out["streams"]) == len(gaps) == 3
+    assert [(r["seq_offset"], r["tcp_flags"], r["caplen"], r["wirelen"], r["frame_pos"]) for r in out["record_list"]] \
+        == [(r[3], r[9], r[16], r[19], r[20]) for r in records]
+    assert len({r["frame_pos"] for r in out["record_list"]}) == len(records) and records[0][20] == 24

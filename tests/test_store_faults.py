@@ -17,6 +17,7 @@ import pytest
 from conftest import run_cli, small_tmpfs
 from pcapgen import A, B, ether, ipv4, pcap, tcp
 from flowsift.streams import RecordFile, StoreError, StreamPointer, store_files
+from flowsift.streams import format as F
 
 
 def many_connections(path, n, payload=b"x" * 200, start=1_700_000_000, block=1000, long_lived=False):
@@ -175,8 +176,25 @@ def test_not_a_record_file(tmp_path):
     p = tmp_path / "junk.rec"
     p.write_bytes(b"\0" * 5000)
     one_line(run_cli("inspect", p), "not a flowsift record file")
-    p.write_bytes(b"short")
-    one_line(run_cli("inspect", p), "cut short")
+    p.write_bytes(b"FSREC")
+    one_line(run_cli("inspect", p), "cut short: 5 bytes")
+
+
+def test_a_file_shorter_than_the_header_is_named_by_what_its_bytes_say(tmp_path, corpus):
+    """The magic, then the version, then the length: a 100-byte text file, or a cut file of
+    another version, was "cut short"."""
+    p = tmp_path / "junk.rec"
+    for text in (b"short", b"hello, this is not a record file\n" * 3):
+        p.write_bytes(text)
+        one_line(run_cli("inspect", p), "not a flowsift record file")
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "http__zeek__get.pcap", "--store", store, "--keep", check=True)
+    with open(store_files(store)[0], "rb") as f:
+        head = f.read(100)
+    p.write_bytes(head[:8] + struct.pack("<I", 3) + head[12:])
+    one_line(run_cli("inspect", p), "version 3; this flowsift reads version 2")
+    p.write_bytes(head)
+    one_line(run_cli("inspect", p), "cut short: 100 bytes, the header alone is 256")
 
 
 def test_file_cut_by_hand_reads_up_to_the_last_complete_record(tmp_path, corpus):
@@ -841,6 +859,50 @@ def test_a_file_cut_by_a_stopped_gateway_lists_its_unpublished_records(tmp_path,
     assert rows == [str(i) for i in range(8)] + ["8*", "9*"]
     _, out = _inspected(path, "-n", "9")
     assert len(out["record_list"]) == 9
+
+
+def test_a_slot_never_written_is_not_taken_for_a_record_when_its_id_wraps_to_zero(tmp_path, corpus):
+    """first_record_id + n is 0 mod 2^64 in a file of n records: the zeros after them passed
+    for record n, unpublished in a file not closed, written in one whose header counts it."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "pcapng__pcpp__pcapng-example.pcapng", "--store", store, "--keep", check=True)
+    with RecordFile(store / "c00000005.rec") as rf:
+        n = rf.header["records"]
+    first = 2**64 - n
+    ids = [(F.RECORDS_OFF + 128 * i, "<Q", (first + i) % 2**64) for i in range(n)]
+    path = _patched(store / "c00000005.rec", tmp_path / "c00000005.rec", (32, "<Q", first), (20, "<I", 2), *ids)
+    with RecordFile(path) as rf:
+        assert rf.unpublished == 0 and rf.first_unwritten(0, n + 5) == n
+    table, out = _inspected(path, "-n", "-1")
+    assert out["cut"]["unpublished_complete_records"] == 0 and out["problems"] == []
+    assert [r["index"] for r in out["record_list"]] == list(range(n))
+    _patched(path, tmp_path / "more.rec", (40, "<Q", n + 1))      # a header counting it
+    _, out = _inspected(tmp_path / "more.rec", "-n", "-1")
+    assert out["problems"] == [f"records {n} to {n}: not written (the header counts {n + 1}; "
+                               f"record {n} has caplen 0)"]
+    assert len(out["record_list"]) == n
+
+
+def test_bytes_the_format_says_are_zero_are_flagged_when_they_are_not(tmp_path, corpus):
+    """Header bytes 236-255, record bytes 100-103 and 112-127, gap entry bytes 2-7 are zero in
+    this version: inspect read past them without a word. It warns (no problem, exit 0)."""
+    store = tmp_path / "s"
+    run_cli("gateway", corpus / "trunc__suri__tcp-rst-unacked-stream-10.pcap", "--store", store, "--keep", check=True)
+    kept = store / "c00000000.rec"
+    table, out = _inspected(kept)
+    assert out["warnings"] == [] and out["problems"] == []
+    path = _patched(kept, tmp_path / "c00000000.rec", (240, "<B", 1), (F.RECORDS_OFF + 128 * 3 + 101, "<B", 1),
+                    (F.RECORDS_OFF + 128 * 7 + 127, "<B", 9), (F.GAPS_OFF + 32 * 1 + 5, "<B", 1))
+    table, out = _inspected(path)
+    assert out["problems"] == []
+    assert out["warnings"] == [
+        "header bytes 58-59, 214-215, 236-255 are not all zero (the format says they are)",
+        "record 3 has bytes 100-103, 112-127 not all zero (the format says they are) (and 1 more records)",
+        "gap entry 1 has bytes 2-7 not all zero (the format says they are)"]
+    assert "record 3 has bytes 100-103" in " ".join(table.split())
+    os.replace(path, kept)
+    _, listing = _inspected(store)
+    assert listing["warnings"] == [f"c00000000.rec: {w}" for w in out["warnings"]] and listing["problems"] == []
 
 
 def test_the_store_listing_sees_files_missing_copied_or_linked_and_open_files_of_a_complete_store(tmp_path,

@@ -282,3 +282,30 @@ def test_unacked_files_from_the_command_line(tmp_path, corpus):
                 str(tmp_path / "s"), "--unacked-files", "0", "--events", os.devnull, "--json", check=True)
     summary = json.loads(r.stdout)
     assert (summary["unacked_kept"], summary["unacked_retired"]) == (0, 284) and store_files(tmp_path / "s") == []
+
+
+def test_inspect_shows_what_was_given_back_as_not_there_to_read(tmp_path, corpus, monkeypatch):
+    """Bytes below `reclaimed` read as zeros: inspect listed neither them among the gaps nor
+    apart from the bytes delivered, so a reader going by it took 49 KB of zeros for data. Every
+    range it lists as a gap is one stream_bytes will not read, and every other one it reads."""
+    store = tmp_path / "s"
+    run_cli("chain", "counter", corpus / "trunc__suri__tcp-rst-unacked-stream-10.pcap", "--store", store,
+            "--events", os.devnull, check=True)
+    path = store / "c00000000.rec"
+    s2c = json.loads(run_cli("inspect", path, "--json", check=True).stdout)["streams"][1]
+    assert (s2c["end"], s2c["reclaimed"], s2c["delivered"]) == (58760, 49152, 52320)
+    assert s2c["gaps"] == [[0, 35576, "reclaimed"], [35576, 1288, "acked"], [36864, 12288, "reclaimed"],
+                           [51032, 1288, "acked"], [52320, 3864, "closed"]]
+    assert s2c["readable"] == 58760 - 35576 - 1288 - 12288 - 1288 - 3864
+    with RecordFile(path) as rf:
+        pos = 0
+        for off, length, _ in s2c["gaps"] + [[s2c["end"], 0, None]]:
+            if off > pos:
+                assert rf.stream_bytes(1, pos, off - pos) is not None
+            if length:
+                assert rf.stream_bytes(1, off, 1) is None and rf.stream_bytes(1, off + length - 1, 1) is None
+            pos = off + length
+    listing = json.loads(run_cli("inspect", store, "--json", check=True).stdout)["connections"]
+    assert listing[0]["readable"] == [771, s2c["readable"]] and listing[0]["delivered"] == [771, 52320]
+    monkeypatch.setenv("COLUMNS", "300")
+    assert "0+35576 (reclaimed)" in run_cli("inspect", path, check=True).stdout

@@ -1343,6 +1343,9 @@ cdef class Engine:
             D.origin = 0
             D.next = 0
             self._gap_to(i, d, n, GAP_TRAILING)
+            # what the peer acknowledged is known as well as the gap is (the FIN's number too)
+            D.acked = D.unseen_advance
+            D.has_ack = 1
         return 0
 
     cdef int _flush_all(self, uint32_t i, int d, int reason) except -1:

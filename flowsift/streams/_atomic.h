@@ -5,6 +5,7 @@
 #include <stdint.h>
 static inline void fs_publish_u64(volatile uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void fs_publish_i64(volatile int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void fs_publish_u32(volatile uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 /* the writer thread and the gateway sharing a batch's runs */
 static inline int fs_take(volatile int *p) { return __atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL); }
 static inline int fs_load_int(volatile int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }

@@ -56,6 +56,7 @@ cdef extern from "_writer.h" nogil:
 cdef extern from "_atomic.h":
     void fs_publish_u64(uint64_t* p, uint64_t v) nogil
     void fs_publish_i64(int64_t* p, int64_t v) nogil
+    void fs_publish_u32(uint32_t* p, uint32_t v) nogil
     int fs_take(int* p) nogil
     int fs_load_int(int* p) nogil
     void fs_add_u64(uint64_t* p, uint64_t v) nogil
@@ -729,12 +730,13 @@ cdef int ws_apply(wstate_t* ws, op_t* op, const pub_t* p) noexcept nogil:
         h.hdr = <hdr_t*> m
         h.in_memory = 0
     hd = h.hdr
+    # (docs/record-format.md, "Reading while the gateway writes": a reader loads flags, then the
+    # ends, then gaps and records: the gap entries an end covers are published before it, and
+    # CLOSED after everything)
     for d in range(2):
         hd.settled[d] = p.settled[d]
         hd.midstream[d] = p.midstream[d]
         fs_publish_i64(&hd.origin[d], p.origin[d])
-        if p.has_end[d]:
-            fs_publish_i64(&hd.end[d], p.end[d])
         if p.has_acked[d]:
             fs_publish_i64(&hd.acked[d], p.acked[d])
         if op.kind == OP_FINAL:
@@ -742,9 +744,12 @@ cdef int ws_apply(wstate_t* ws, op_t* op, const pub_t* p) noexcept nogil:
     hd.last_ts = p.last_ts
     hd.modules_mask = p.modules_mask
     fs_publish_u64(&hd.gaps, p.gaps)
+    for d in range(2):
+        if p.has_end[d]:
+            fs_publish_i64(&hd.end[d], p.end[d])
     fs_publish_u64(&hd.records, p.records)
     if op.kind == OP_FINAL:
-        hd.flags |= HF_CLOSED
+        fs_publish_u32(&hd.flags, hd.flags | HF_CLOSED)
     if h.fresh:
         h.final = op.kind == OP_FINAL       # written and closed at the end of the drain
         return 0

@@ -134,17 +134,21 @@ def counter_problem(h):
 
 # The fields a gateway may change after it made the file (flags, conn -- a re-shard renumbers
 # it --, the counters, and everything from origin0 up to the VLAN ids): a reader polling a
-# header re-reads only these.
-_DYNAMIC = [f for f in HEADER_FIELDS if 20 <= f[2] < 56 or 128 <= f[2] < 232]
-DYNAMIC_STRUCT = _header_struct(_DYNAMIC)
-_DYNAMIC_NAMES = [name for name, _, _ in sorted(_DYNAMIC, key=lambda f: f[2])]
+# header re-reads only these, in the order a reader of a header the gateway is changing must
+# load them (docs/record-format.md, "Reading while the gateway writes"): flags, then the
+# directions' fields (ends...), then the counts (records, gaps).
+_DYNAMIC_GROUPS = [[f for f in HEADER_FIELDS if lo <= f[2] < hi] for lo, hi in ((20, 24), (128, 232), (24, 56))]
+_DYNAMIC_STRUCTS = [(_header_struct(g), [name for name, _, _ in sorted(g, key=lambda f: f[2])])
+                    for g in _DYNAMIC_GROUPS]
 
 
 def parse_header_again(buf, first):
     """The header fields, from `first` (a whole parse of the same file) and the fields that
-    change re-read from `buf`: half the work of parse_header."""
+    change re-read from `buf` (in the order above, for a mapping the gateway writes through):
+    half the work of parse_header."""
     h = first.copy()
-    h.update(zip(_DYNAMIC_NAMES, DYNAMIC_STRUCT.unpack_from(buf)))
+    for st, names in _DYNAMIC_STRUCTS:
+        h.update(zip(names, st.unpack_from(buf)))
     return h
 
 RECORD_FIELDS = [

@@ -27,6 +27,10 @@ SCAN_RECORDS = 8192
 # (RecordFile.gaps): no gap entry of a file has it.
 TRUNCATED = "truncated"
 
+# The reason of the ranges below a direction's `reclaimed` that no gap entry covers: delivered,
+# then given back (RecordFile.given_back), as a StreamPointer names them too.
+RECLAIMED = "reclaimed"
+
 
 def merged(ranges):
     """(start, stop) ranges sorted and merged where they overlap or touch."""
@@ -69,14 +73,18 @@ class RecordFile:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise StoreError(f"{self.path}: not a record file: {_kind(st.st_mode)}, not a regular file")
-            if st.st_size < F.HEADER_SIZE:
-                raise StoreError(f"{self.path}: cut short: {st.st_size} bytes, the header alone is {F.HEADER_SIZE}")
-            first = F.parse_header(os.pread(fd, F.HEADER_STRUCT.size, 0))
-            if first["magic"] != F.MAGIC:
-                raise StoreError(f"{self.path}: not a flowsift record file (magic {first['magic']!r})")
-            if first["version"] != F.VERSION:
-                raise StoreError(f"{self.path}: record file format version {first['version']}; "
+            head = os.pread(fd, F.HEADER_SIZE, 0)
+            # what the bytes there say comes first: a short file of another kind or version is
+            # named as such, not as a cut record file
+            magic = head[:len(F.MAGIC)]
+            if magic != F.MAGIC[:len(magic)]:
+                raise StoreError(f"{self.path}: not a flowsift record file (magic {magic!r})")
+            if len(head) >= 12 and (version := int.from_bytes(head[8:12], "little")) != F.VERSION:
+                raise StoreError(f"{self.path}: record file format version {version}; "
                                  f"this flowsift reads version {F.VERSION}")
+            if len(head) < F.HEADER_SIZE:
+                raise StoreError(f"{self.path}: cut short: {len(head)} bytes, the header alone is {F.HEADER_SIZE}")
+            first = F.parse_header(head)
             problem = F.fixed_field_problem(first)
             if problem:
                 raise StoreError(f"{self.path}: {problem}")
@@ -268,11 +276,37 @@ class RecordFile:
             covered += max(0, min(stop, end) - max(off, 0))
         return end - covered
 
+    def given_back(self, direction):
+        """The ranges of a direction below its `reclaimed` (and its `end`) that no gap covers:
+        bytes delivered, then punched out of the file (they read as zeros), as gaps of reason
+        "reclaimed", by offset. No gap entry has that reason."""
+        h, out = self.header, []
+        upto = min(max(0, h[f"reclaimed{direction}"]), h[f"end{direction}"])
+        pos = 0
+        for off, stop in merged((g.offset, g.offset + g.length) for g in self.gaps(direction)):
+            if off >= upto:
+                break
+            if off > pos:
+                out.append(GapEntry(direction, RECLAIMED, h["records"], pos, off - pos))
+            pos = max(pos, stop)
+        if pos < upto:
+            out.append(GapEntry(direction, RECLAIMED, h["records"], pos, upto - pos))
+        return out
+
+    def readable(self, direction):
+        """Bytes of the direction a reader can read now: those delivered (delivered()) less those
+        given back since (given_back()); 0 when the streams' bytes were not stored."""
+        if not self.has_bytes:
+            return 0
+        return self.delivered(direction) - sum(g.length for g in self.given_back(direction))
+
     def first_unwritten(self, start, stop):
-        """The index of the first record of [start, stop) whose id is not `first_record_id` +
-        its index (mod 2^64): where the records written end, whatever a header says. `stop` if
-        none (or where the file or the records region ends). Ids are compared SCAN_RECORDS
-        at a time: a header counting billions of records never written costs one step."""
+        """The index of the first record of [start, stop) that was never written: its id is not
+        `first_record_id` + its index (mod 2^64), or its `caplen` is 0 (every written record has
+        one; a slot never written is zeros, and its id 0 passes when that sum wraps to 0): where
+        the records written end, whatever a header says. `stop` if none (or where the file or the
+        records region ends). Ids are compared SCAN_RECORDS at a time: a header counting
+        billions of records never written costs one step."""
         import numpy as np
         h = self.header
         room = (min(self._size, h["gaps_off"]) - h["records_off"]) // F.RECORD_SIZE
@@ -280,9 +314,10 @@ class RecordFile:
         i = start
         while i < stop:
             n = min(SCAN_RECORDS, stop - i)
-            ids = np.frombuffer(self._region(h["records_off"] + i * F.RECORD_SIZE, n * F.RECORD_SIZE),
-                                dtype=F.record_dtype(), count=n)["record_id"]
-            bad = np.flatnonzero(ids != np.arange(i, i + n, dtype=np.uint64) + np.uint64(h["first_record_id"]))
+            arr = np.frombuffer(self._region(h["records_off"] + i * F.RECORD_SIZE, n * F.RECORD_SIZE),
+                                dtype=F.record_dtype(), count=n)
+            bad = np.flatnonzero((arr["record_id"] != np.arange(i, i + n, dtype=np.uint64)
+                                  + np.uint64(h["first_record_id"])) | (arr["caplen"] == 0))
             if len(bad):
                 return i + int(bad[0])
             i += n
