@@ -10,7 +10,8 @@ from conftest import ROOT, require, run_cli
 
 def events(capture, chain, tmp_path):
     out = tmp_path / "events.jsonl"
-    res = run_cli("chain", chain, capture, "--events", out, "--json")
+    store = tmp_path / f"store{len(list(tmp_path.glob('store*')))}"     # a new one each run
+    res = run_cli("chain", chain, capture, "--events", out, "--json", "--store", store)
     assert res.returncode == 0, res.stderr
     return [json.loads(l) for l in out.read_text().splitlines()], json.loads(res.stdout)
 
