@@ -207,10 +207,11 @@ def test_http_reads_connections_seen_from_the_middle(tmp_path, corpus):
     assert ours == theirs and sum(ours.values()) == 153
 
 
-def conversation(path, turns, port=80):
+def conversation(path, turns, port=80, end="fin"):
     """A pcap of one TCP connection (handshake, `turns`, FINs) between pcapgen's A:40000 and
     B:`port`; turns: (client sends?, payload[, lost]) -- a lost segment is left out of the
-    capture, its bytes counted in the sequence numbers (and acknowledged by what follows)."""
+    capture, its bytes counted in the sequence numbers (and acknowledged by what follows).
+    `end`: "fin" (both sides), "rst" (the server resets) or "none" (the capture just stops)."""
     from pcapgen import A, B, ether, ipv4, pcap, tcp
     frames, seq = [], {True: 100, False: 500}
 
@@ -227,9 +228,12 @@ def conversation(path, turns, port=80):
     add(True, 0x10)
     for c2s, payload, *lost in turns:
         add(c2s, 0x18, payload, bool(lost and lost[0]))
-    add(True, 0x11)
-    add(False, 0x11)
-    add(True, 0x10)
+    if end == "fin":
+        add(True, 0x11)
+        add(False, 0x11)
+        add(True, 0x10)
+    elif end == "rst":
+        add(False, 0x14)
     path.write_bytes(pcap(frames))
     return path
 
@@ -741,3 +745,19 @@ def test_http_frames_a_response_captured_before_its_request_by_that_request(tmp_
         got, _ = events(cap, "http", tmp_path)
         answers = [(e["method"], e["status"], e["response_body"], e["complete"]) for e in got if e["kind"] == "response"]
         assert answers == [("HEAD", 200, 0, True), ("GET", 404, 0, True)], batch
+
+
+def test_http_a_body_read_to_the_end_is_whole_only_when_the_servers_fin_ended_it(tmp_path, corpus):
+    """A response without a length (Connection: close) ends where the server's side ends: it
+    was complete=true when a reset or the end of the capture cut it too. Only the server's FIN
+    says the body is whole."""
+    req = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart-of-a-long-body"
+    for end, whole in (("fin", True), ("rst", False), ("none", False)):
+        cap = conversation(tmp_path / f"{end}.pcap", [(True, req), (False, resp)], end=end)
+        pairs, _ = http_pairs(cap)
+        assert pairs == [(200, "GET", "/a", whole)], end
+    # 650HttpResponses' connection 5: a 4-byte body (Connection: close), the capture ends with no FIN
+    evs, _ = events(corpus / "midstream__pcpp__650HttpResponses.pcap", "http", tmp_path)
+    (e,) = [e for e in evs if e["conn"] == 5]
+    assert (e["status"], e["response_body"], e["complete"]) == (200, 4, False)

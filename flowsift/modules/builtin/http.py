@@ -2,6 +2,7 @@ import re
 
 from flowsift import http1
 from flowsift.modules.base import Module
+from flowsift.streams.format import CLOSE_NAMES
 
 # After a gap, parsing starts again at the next whole start line (up to its LF) that begins a
 # line (after an LF) or a segment (a packet's payload: where tshark looks for messages too, and
@@ -102,7 +103,9 @@ class Http(Module):
             "response": status (three digits, 100 to 999: "099" is not a status line; null
             when its header block was lost), response_body (bytes
             seen, null when the header block was lost), content_type, complete (false: the
-            connection ended inside its body, or bytes of it were lost), interim (a 1xx before
+            connection ended inside its body, or bytes of it were lost; a body without a length,
+            read to the end of the connection, is whole only if the server's FIN ended it, not
+            a reset or the capture's end), interim (a 1xx before
             the final response: it does not answer the request), and the method, host and uri
             of the request it answers (null when that request was lost or never seen)
     Example: flowsift chain http trace.pcap   emits "request" and "response" events with method,
@@ -230,10 +233,12 @@ class Http(Module):
                         st["phase"] = "chunk_end"
             elif phase == "eof":              # a response read to the end of the connection
                 n = stream.available
-                if n <= 0:
-                    return
-                stream.skip(n)
-                st["msg"]["body"] += n
+                if n > 0:
+                    stream.skip(n)
+                    st["msg"]["body"] += n
+                if stream.closed:
+                    # only a FIN says the body is whole: a reset or the capture's end may cut it
+                    st["msg"]["fin"] = CLOSE_NAMES.get(stream.file.header[f"close{d}"]) == "fin"
                 return
             elif phase == "chunk_end":        # the CRLF after a chunk's data
                 b = _peek(flow, stream, d, 2)
@@ -562,8 +567,10 @@ class Http(Module):
                 continue
             request = _requests(st, d)
             if st["msg"] is not None:
-                # the connection ended inside a message: a response read to the end is whole
-                self._done(flow, st, d, request, complete=not request and st["phase"] == "eof")
+                # the connection ended inside a message: a response read to the end is whole if
+                # the server's FIN ended it
+                whole = not request and st["phase"] == "eof" and st["msg"].pop("fin", False)
+                self._done(flow, st, d, request, complete=whole)
             elif "cut" in st:
                 self._lost(flow, request, st.pop("cut"))
         self._pair(flow, final=True)           # responses no request was seen for
