@@ -761,3 +761,22 @@ def test_http_a_body_read_to_the_end_is_whole_only_when_the_servers_fin_ended_it
     evs, _ = events(corpus / "midstream__pcpp__650HttpResponses.pcap", "http", tmp_path)
     (e,) = [e for e in evs if e["conn"] == 5]
     assert (e["status"], e["response_body"], e["complete"]) == (200, 4, False)
+
+
+def test_http_responses_counts_the_responses_read_and_lost_responses_the_others(tmp_path, corpus):
+    """`responses` counted the lost ones too (miss_end_data: responses 1 and lost_responses 1,
+    for one response whose bytes were all lost): it counts responses whose status line was
+    read; each lost one is in lost_responses only (its event says status null)."""
+    cap = conversation(tmp_path / "lost.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        (True, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\n", True),
+        (False, b"no"), (True, b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (False, b"HTTP/1.1 204 No Content\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", True), (None, "GET", "/2", False), (204, "GET", "/3", True)]
+    counters = res.counters("http")
+    assert (counters["responses"], counters["lost_responses"]) == (2, 1)
+    evs, summary = events(corpus / "gap__zeek__miss_end_data.pcap", "http", tmp_path)
+    assert [e["status"] for e in evs if e["kind"] == "response"] == [None]
+    counters = summary["modules"]["http"]
+    assert counters["lost_responses"] == 1 and "responses" not in counters

@@ -90,24 +90,29 @@ class Http(Module):
            SSDP's HTTP-like datagrams, are passed over and not counted)
     Writes: nothing (read-only)
     Options: none
-    Counters: requests, responses (final ones), interim (1xx before a final response), gaps (in
-              the connections it reads), lost_requests, lost_responses (message starts lost in a
-              gap), unanswered (requests without a response when the connection ended), lenient
+    Counters: requests (request events), responses (final responses whose status line was
+              read), interim (1xx before a final response), gaps (in the connections it reads),
+              lost_requests, lost_responses (messages whose start line was lost in a gap: apart
+              from requests and responses; a lost response has its event, status null), unanswered (requests without a response when the connection ended), lenient
               (messages with header lines a strict parser refuses), malformed (a message that
               could not be framed after a start line that is HTTP -- a Content-Length that
               cannot be trusted, a header block over 64 KiB, a bad chunk size -- or a later
               start line that is not: the message is reported incomplete, parsing resumes at
               the next start), not_http (directions whose first start line is not HTTP/1)
-    Events: "request": method, host, uri, request_body, user_agent, complete (false: bytes of
-            the message were lost, or the connection ended inside it);
-            "response": status (three digits, 100 to 999: "099" is not a status line; null
-            when its header block was lost), response_body (bytes
-            seen, null when the header block was lost), content_type, complete (false: the
+    Events: "request": method, host, uri, request_body (body bytes seen: a chunked body's
+            after decoding, lost bytes not counted), user_agent, complete (false: bytes of the
+            message were lost, or the connection ended inside it);
+            "response": status (an integer, 100 to 999, from the status line's three digits:
+            "099" is not a status line; null when its status line was lost), response_body
+            (bytes seen, as request_body; null when the header block was lost), content_type, complete (false: the
             connection ended inside its body, or bytes of it were lost; a body without a length,
             read to the end of the connection, is whole only if the server's FIN ended it, not
             a reset or the capture's end), interim (a 1xx before
             the final response: it does not answer the request), and the method, host and uri
-            of the request it answers (null when that request was lost or never seen)
+            of the request it answers (null when that request was lost or never seen). An
+            event's ts is that of the packet carrying the last byte read of its message; a lost
+            response's, that of the packet after the loss, or the connection's last packet when
+            the loss is at its end.
     Example: flowsift chain http trace.pcap   emits "request" and "response" events with method,
              host, uri, status, body lengths
     """
@@ -475,7 +480,8 @@ class Http(Module):
             resp = early.pop(0)
             self.emit("response", **resp, interim=False, method=req.get("method"), host=req.get("host"),
                       uri=req.get("uri"))
-            self.count("responses")
+            if resp["status"] is not None:
+                self.count("responses")       # (a lost one is counted where it was lost)
             if "switch" in req:
                 self._switch(flow, req, resp["status"])
 
@@ -556,7 +562,8 @@ class Http(Module):
             if resp["status"] is not None and http1.interim(resp["status"]):
                 return
             s["early"].append(resp)
-            self.count("lost_responses")
+            if cut is None:
+                self.count("lost_responses")  # (one whose status line was read is counted when paired)
             self._pair(flow)
 
     def on_close(self, flow, reason):
