@@ -481,8 +481,8 @@ def test_strsearch_matches_non_ascii_patterns_as_their_utf8_bytes(tmp_path):
 @pytest.mark.parametrize("lost", [False, True])
 def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path, monkeypatch, lost):
     """`GET /a HTTP/1.1\\r` in one segment (read alone: one packet per batch), its LF in the
-    next: the direction was switched off as not_http. With the LF lost, the request is counted
-    lost with what its start line said, and its response still answers it."""
+    next: the direction was switched off as not_http. With the LF lost, the request is reported
+    incomplete with what its start line said, and its response still answers it."""
     monkeypatch.setenv("FLOWSIFT_BATCH", "1")
     cap = conversation(tmp_path / "cr.pcap", [
         (True, b"GET /a HTTP/1.1\r"), (True, b"\n", lost), (True, b"Host: x\r\n\r\n"),
@@ -493,7 +493,8 @@ def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path,
     assert pairs == [(200, "GET", "/a", True), (404, "GET", "/b", True)]
     counters = res.counters("http")
     assert counters.get("not_http", 0) == 0
-    assert counters.get("lost_requests", 0) == int(lost) and counters["requests"] == 2 - int(lost)
+    assert "lost_requests" not in counters and counters["requests"] == 2
+    assert [(e["uri"], e["complete"]) for e in res.of_kind("request")] == [("/a", not lost), ("/b", True)]
 
 
 @pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b"5_0", b"\xb2"])
@@ -780,3 +781,37 @@ def test_http_responses_counts_the_responses_read_and_lost_responses_the_others(
     assert [e["status"] for e in evs if e["kind"] == "response"] == [None]
     counters = summary["modules"]["http"]
     assert counters["lost_responses"] == 1 and "responses" not in counters
+
+
+def test_http_a_message_cut_in_its_start_line_or_header_block_is_reported_as_far_as_seen(tmp_path, corpus):
+    """A gap in a request's start line or header block left no request event (only
+    lost_requests), and a status line followed by a gap no status: the request is reported
+    with its method, its uri as far as it came (uri_cut) and the headers whole before the gap,
+    incomplete; the response with its status."""
+    cap = conversation(tmp_path / "cut.pcap", [
+        (True, b"SEARCH /AAAA"), (True, b"AAAA", True), (True, b"AAAA HTTP/1.1\r\nHost: a\r\n\r\n"),
+        (False, b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n"),
+        (True, b"GET /b HTTP/1.1\r\nHost: b\r\n"), (True, b"X-Pad: yyyy\r\n", True), (True, b"User-Agent: z\r\n\r\n"),
+        (False, b"HTTP/1.0 302 MOVED"), (False, b" TEMPORARILY\r\nContent-Length: 0\r\n\r\n", True),
+        (True, b"GET /c HTTP/1.1\r\nHost: c\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ])
+    pairs, res = http_pairs(cap)
+    reqs = [(e["method"], e["uri"], e["uri_cut"], e["host"], e["user_agent"], e["request_body"], e["complete"])
+            for e in res.of_kind("request")]
+    assert reqs == [("SEARCH", "/AAAA", True, None, None, None, False), ("GET", "/b", False, "b", None, None, False),
+                    ("GET", "/c", False, "c", None, 0, True)]
+    assert pairs == [(414, "SEARCH", "/AAAA", True), (302, "GET", "/b", False), (200, "GET", "/c", True)]
+    assert [e["uri_cut"] for e in res.of_kind("response")] == [True, False, False]
+    counters = res.counters("http")
+    assert (counters["requests"], counters["responses"]) == (3, 3)
+    assert not {"lost_requests", "lost_responses", "unanswered"} & set(counters)
+    # a 28 KB WebDAV SEARCH overflow whose request line has an 8-byte snaplen gap at offset 1714
+    evs, summary = events(corpus / "overlap__zeek__reassembly.pcap", "http", tmp_path)
+    (e,) = [e for e in evs if e["conn"] == 0]
+    assert (e["kind"], e["method"], e["uri_cut"], e["complete"]) == ("request", "SEARCH", True, False)
+    assert e["uri"].startswith("/AAAA") and len(e["uri"]) == 1714 - len("SEARCH ")
+    assert "lost_requests" not in summary["modules"]["http"]
+    # status lines cut by a gap: `HTTP/1.0 302 MOVED` or `HTTP/1.0 200 OK`, then 1460 bytes lost
+    evs, _ = events(corpus / "http__tcpflow__jpegs.cap", "http", tmp_path)
+    cut = {e["conn"]: e["status"] for e in evs if e["kind"] == "response" and e["response_body"] is None}
+    assert cut == {1: None, 2: 302, 3: 302, 4: 302, 5: 302, 9: 200, 10: 200, 11: 200, 12: 200}

@@ -18,6 +18,13 @@ MAX_CHUNK_LINE = 4096
 # A chunk size is hex digits only (RFC 9112 7.1: no sign, no 0x, no _, which int(x, 16) takes);
 # 16 of them reach 2^64, more than any body
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A start line cut by a loss (or the end) is read as far as it came: a request's method once
+# the space after it came and its target began as one does ("/", "*", "scheme://", or any for
+# CONNECT; "VERY" or "MAIL FROM:<a>" cut short are not requests), a status once its three digits
+# came (whatever follows them in a status line leaves them as they are)
+CUT_REQUEST = re.compile(rb"(" + http1.METHOD + rb") +([^\r\n]+)\Z")
+CUT_TARGET = re.compile(rb"[/*]|[A-Za-z][A-Za-z0-9+.-]*://")
+CUT_RESPONSE = re.compile(rb"HTTP/1\.[01] +([1-9]\d\d)(?:[ \t][^\r\n]*)?\r?\Z")
 # Bytes looked at first for a header block (most are far smaller), and bytes read at once
 # (see _peek).
 HEAD_LOOK = 4096
@@ -70,7 +77,13 @@ class Http(Module):
     and both go on as HTTP.
 
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
-    known) and is reported with complete=false; a gap where a message was to start (the
+    known) and is reported with complete=false; a message whose start line or header block a
+    gap (or the connection's end) cuts is reported incomplete with what came before it: a
+    request once its method, the space after it and the start of a target came ("/", "*",
+    "scheme://", any for CONNECT), its uri as far as it came (uri_cut), request_body null; a
+    response once its status's three digits came, response_body null; host, user_agent and
+    content_type when their header lines came whole, else null. A gap where a message was to
+    start (the
     direction's first bytes too) lost that message: a lost response still answers its
     request (reported with status null), a lost request still waits for its response (which
     is reported with method, host and uri null), so the pairing of what follows does not
@@ -99,7 +112,8 @@ class Http(Module):
               cannot be trusted, a header block over 64 KiB, a bad chunk size -- or a later
               start line that is not: the message is reported incomplete, parsing resumes at
               the next start), not_http (directions whose first start line is not HTTP/1)
-    Events: "request": method, host, uri, request_body (body bytes seen: a chunked body's
+    Events: "request": method, host, uri, uri_cut (true: a loss cut the request line, and uri
+            is what came before it), request_body (body bytes seen: a chunked body's
             after decoding, lost bytes not counted), user_agent, complete (false: bytes of the
             message were lost, or the connection ended inside it);
             "response": status (an integer, 100 to 999, from the status line's three digits:
@@ -108,8 +122,8 @@ class Http(Module):
             connection ended inside its body, or bytes of it were lost; a body without a length,
             read to the end of the connection, is whole only if the server's FIN ended it, not
             a reset or the capture's end), interim (a 1xx before
-            the final response: it does not answer the request), and the method, host and uri
-            of the request it answers (null when that request was lost or never seen). An
+            the final response: it does not answer the request), and the method, host, uri and
+            uri_cut of the request it answers (null when that request was lost or never seen). An
             event's ts is that of the packet carrying the last byte read of its message; a lost
             response's, that of the packet after the loss, or the connection's last packet when
             the loss is at its end.
@@ -326,13 +340,11 @@ class Http(Module):
                     self._begin(flow, st, request, self._fields(request, parsed[0], {}), 0)
                 self._malformed(flow, stream, st, d, request)
             elif _cannot_grow(stream):
-                # the header block is cut by a loss or by the end: what its start line says is
-                # kept for the lost message (on_gap, on_close)
-                # (a start line whose CR came and whose LF was lost is whole too)
-                line = buf[:nl] if nl >= 0 else buf if buf.endswith(b"\r") else None
-                parsed = http1.parse_head(line, request) if line is not None else None
-                if parsed is not None:
-                    st["cut"] = self._fields(request, parsed[0], parsed[1])
+                # the header block is cut by a loss or by the end: what it said is kept for the
+                # message, reported when the loss or the end is reached (on_gap, on_close)
+                cut = self._cut_head(buf, request)
+                if cut is not None:
+                    st["cut"] = cut
             return False
         parsed = http1.parse_head(buf[:end], request)
         if parsed is None:
@@ -389,7 +401,8 @@ class Http(Module):
         msg.update(body=0, lenient=bool(lenient))
         st["msg"] = msg
         if request:
-            flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"]})
+            flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"],
+                                          "uri_cut": msg["uri_cut"]})
             sides = flow.state["sides"]
             for other in (0, 1):
                 if sides[other] is not None and sides[other] is not st and sides[other].get("awaits"):
@@ -414,8 +427,44 @@ class Http(Module):
     def _fields(request, start, headers):
         if request:
             return {"method": start[0], "uri": start[1], "host": (headers.get("host") or [None])[0],
-                    "user_agent": (headers.get("user-agent") or [None])[0]}
+                    "user_agent": (headers.get("user-agent") or [None])[0], "uri_cut": False}
         return {"status": start[1], "content_type": (headers.get("content-type") or [None])[0]}
+
+    def _cut_head(self, buf, request):
+        """What the start of a header block cut by a loss or the end says (the fields of
+        _fields, and "switch"), or None when it is not seen far enough to be HTTP (see
+        CUT_REQUEST): the header lines whole before the cut are read, the others are not
+        known."""
+        nl = buf.find(b"\n")
+        line = buf if nl < 0 else buf[:nl]
+        parsed = http1.parse_head(line, request)     # (one whose CR came, or all but its CRLF, is whole)
+        if parsed is not None:
+            if nl >= 0:
+                # a blank line ends the lines that came, or the parser waits for a folded one
+                parsed = http1.parse_head(buf[:buf.rfind(b"\n") + 1] + b"\r\n", request) or parsed
+            fields = self._fields(request, parsed[0], parsed[1])
+            fields["switch"] = request and (fields["method"] == "CONNECT" or self._upgrade(parsed[1]))
+            return fields
+        if nl >= 0:
+            return None
+        if not request:
+            m = CUT_RESPONSE.match(line)
+            return None if m is None else {"status": int(m.group(1)), "content_type": None, "switch": False}
+        m = CUT_REQUEST.match(line)
+        if m is None or (m.group(1) != b"CONNECT" and CUT_TARGET.match(m.group(2)) is None):
+            return None
+        return {"method": m.group(1).decode(), "uri": m.group(2).rstrip(b" \t\r").decode("latin-1"), "host": None,
+                "user_agent": None, "uri_cut": True, "switch": m.group(1) == b"CONNECT"}
+
+    def _cut(self, flow, st, d, request, cut):
+        """Report a message whose header block was cut (`cut`: what _cut_head read of it):
+        incomplete, its body not known."""
+        switch = cut.pop("switch")
+        self._begin(flow, st, request, cut, 0)
+        st["msg"]["body"] = None
+        if switch:
+            flow.state["pending"][-1]["switch"] = d    # (its 2xx or 101 ends HTTP: see _switch)
+        self._done(flow, st, d, request, complete=False)
 
     def _malformed(self, flow, stream, st, d, request):
         """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: a
@@ -431,7 +480,7 @@ class Http(Module):
         if st["msg"] is not None:
             self._done(flow, st, d, request, complete=False)
         else:
-            self._lost(flow, request, None)
+            self._lost(flow, request)
         stream.skip(1)                        # the next start found is after this one
         st.update(mode="resync", phase="head", left=0, msg=None)
 
@@ -449,7 +498,7 @@ class Http(Module):
     def _message(self, flow, request, msg, complete=True):
         s = flow.state
         if request:
-            self.emit("request", method=msg["method"], host=msg["host"], uri=msg["uri"],
+            self.emit("request", method=msg["method"], host=msg["host"], uri=msg["uri"], uri_cut=msg["uri_cut"],
                       request_body=msg["body"], user_agent=msg["user_agent"], complete=complete)
             self.count("requests")
             if s["early"]:
@@ -461,7 +510,7 @@ class Http(Module):
             # it precedes the final response to the first request waiting, and answers nothing
             req = s["pending"][0] if s["pending"] and not s["early"] else {}
             self.emit("response", **resp, interim=True, method=req.get("method"), host=req.get("host"),
-                      uri=req.get("uri"))
+                      uri=req.get("uri"), uri_cut=req.get("uri_cut", False))
             self.count("interim")
             return
         # the n-th response answers the n-th request, whichever was read first: a response read
@@ -479,7 +528,7 @@ class Http(Module):
                 continue
             resp = early.pop(0)
             self.emit("response", **resp, interim=False, method=req.get("method"), host=req.get("host"),
-                      uri=req.get("uri"))
+                      uri=req.get("uri"), uri_cut=req.get("uri_cut", False))
             if resp["status"] is not None:
                 self.count("responses")       # (a lost one is counted where it was lost)
             if "switch" in req:
@@ -500,7 +549,7 @@ class Http(Module):
             return
         lost = st.pop("waitgap", False)
         if lost:
-            self._lost(flow, True, None)      # the gap was where the next request was to start
+            self._lost(flow, True)      # the gap was where the next request was to start
         st["mode"] = "resync" if lost or status is None else "http"
         flow.cache["http.resume"] = req["switch"]
 
@@ -511,7 +560,7 @@ class Http(Module):
             # bytes lost before the direction's first: a message was to start there (its first
             # bytes are not a message start: parsing resumes at the next one)
             flow.state["sides"][direction] = {"mode": "resync", "phase": "head", "left": 0, "msg": None, "seen": 0}
-            self._lost(flow, direction == 0, None)
+            self._lost(flow, direction == 0)
             return
         if st["mode"] == "wait":
             st["waitgap"] = True              # (see _switch)
@@ -541,29 +590,24 @@ class Http(Module):
             # start of the next message
             self._done(flow, st, direction, request, complete=False)
             if phase == "body":
-                self._lost(flow, request, None)
+                self._lost(flow, request)
+        elif "cut" in st:
+            self._cut(flow, st, direction, request, st.pop("cut"))
         else:
             # a message was to start where the bytes were lost: at least one is gone
-            self._lost(flow, request, st.pop("cut", None))
+            self._lost(flow, request)
         st.update(mode="resync", phase="head", left=0, msg=None)
 
-    def _lost(self, flow, request, cut):
-        """A message whose start was lost (`cut`: what its start line said, if it was seen)."""
+    def _lost(self, flow, request):
+        """A message whose start line was lost."""
         s = flow.state
         if request:
             # its response will come: it answers this request, not the next one
-            cut = cut or {}
-            s["pending"].append({"method": cut.get("method"), "host": cut.get("host"), "uri": cut.get("uri")})
+            s["pending"].append({"method": None, "host": None, "uri": None})
             self.count("lost_requests")
         else:
-            resp = {"status": None, "response_body": None, "content_type": None, "complete": False}
-            if cut is not None:
-                resp.update(status=cut["status"], content_type=cut["content_type"])
-            if resp["status"] is not None and http1.interim(resp["status"]):
-                return
-            s["early"].append(resp)
-            if cut is None:
-                self.count("lost_responses")  # (one whose status line was read is counted when paired)
+            s["early"].append({"status": None, "response_body": None, "content_type": None, "complete": False})
+            self.count("lost_responses")
             self._pair(flow)
 
     def on_close(self, flow, reason):
@@ -579,7 +623,7 @@ class Http(Module):
                 whole = not request and st["phase"] == "eof" and st["msg"].pop("fin", False)
                 self._done(flow, st, d, request, complete=whole)
             elif "cut" in st:
-                self._lost(flow, request, st.pop("cut"))
+                self._cut(flow, st, d, request, st.pop("cut"))
         self._pair(flow, final=True)           # responses no request was seen for
         if flow.state["pending"]:
             self.count("unanswered", len(flow.state["pending"]))
