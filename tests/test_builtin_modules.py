@@ -815,3 +815,31 @@ def test_http_a_message_cut_in_its_start_line_or_header_block_is_reported_as_far
     evs, _ = events(corpus / "http__tcpflow__jpegs.cap", "http", tmp_path)
     cut = {e["conn"]: e["status"] for e in evs if e["kind"] == "response" and e["response_body"] is None}
     assert cut == {1: None, 2: 302, 3: 302, 4: 302, 5: 302, 9: 200, 10: 200, 11: 200, 12: 200}
+
+
+def test_http_reports_no_loss_in_a_connection_that_never_shows_http(tmp_path, corpus):
+    """A connection whose payload was all lost (a snaplen cutting every byte) gave a response
+    event with status, method, host and uri all null, and counted lost messages and gaps;
+    `VERY`, a gap, `DATA` a lost and an unanswered request. Losses count once a start line
+    that is HTTP is read in the connection (and the ones before it then), never without one."""
+    chain_own = {"errors", "restarts"}
+    cap = conversation(tmp_path / "blind.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n", True), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True)])
+    pairs, res = http_pairs(cap)
+    assert res.events == [] and set(res.counters("http")) <= chain_own
+    cap = conversation(tmp_path / "very.pcap", [(True, b"VERY"), (True, b"LOST", True), (True, b"DATA")])
+    pairs, res = http_pairs(cap)
+    assert res.events == [] and set(res.counters("http")) <= chain_own
+    # the same loss, then HTTP: the lost request is counted and its response answers it
+    cap = conversation(tmp_path / "later.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n", True), (True, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (False, b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(None, None, None, False), (404, "GET", "/2", True)]
+    counters = res.counters("http")
+    assert (counters["gaps"], counters["lost_requests"], counters["lost_responses"]) == (2, 1, 1)
+    for name, want in (("trunc__zeek__truncated-header.pcap", set()), ("retrans__zeek__retransmit-fast009.pcap", set()),
+                       ("midstream__zeek__smtp-one-side-only.pcap", {"not_http"}), ("gap__suri__tcp-simple-gap2.pcap", set())):
+        evs, summary = events(corpus / name, "http", tmp_path)
+        assert evs == [] and set(summary["modules"]["http"]) - chain_own == want, name

@@ -98,13 +98,19 @@ class Http(Module):
     not taken for a response, but a message glued in one segment to a body whose end was lost
     is passed over too.
 
+    Losses count only in a connection where a start line that is HTTP was read (whole, or cut
+    as above), in either direction; those met before it count then. A connection whose bytes
+    were all lost, or that shows no HTTP start line (`VERY`, a gap, `DATA`), gets no event and
+    no count but not_http.
+
     Synopsis: http
     Reads: both streams of every TCP connection, until neither is HTTP/1 (UDP flows, such as
            SSDP's HTTP-like datagrams, are passed over and not counted)
     Writes: nothing (read-only)
     Options: none
     Counters: requests (request events), responses (final responses whose status line was
-              read), interim (1xx before a final response), gaps (in the connections it reads),
+              read), interim (1xx before a final response), gaps (in the connections it reads
+              that show HTTP),
               lost_requests, lost_responses (messages whose start line was lost in a gap: apart
               from requests and responses; a lost response has its event, status null), unanswered (requests without a response when the connection ended), lenient
               (messages with header lines a strict parser refuses), malformed (a message that
@@ -144,6 +150,7 @@ class Http(Module):
         # go), msg (the message being read, from its header block on). All plain data: a
         # checkpoint carries it, and a restored worker goes on from its stream position.
         flow.state["sides"] = [None, None]
+        flow.state["held"] = {"gaps": 0, "lost": []}     # until HTTP is seen (see _evident)
 
     def on_data(self, flow, stream):
         d = stream.direction
@@ -344,6 +351,7 @@ class Http(Module):
                 # message, reported when the loss or the end is reached (on_gap, on_close)
                 cut = self._cut_head(buf, request)
                 if cut is not None:
+                    self._evident(flow)
                     st["cut"] = cut
             return False
         parsed = http1.parse_head(buf[:end], request)
@@ -351,6 +359,7 @@ class Http(Module):
             self._malformed(flow, stream, st, d, request)
             return False
         start, headers, lenient = parsed
+        self._evident(flow)
         pending, early = flow.state["pending"], flow.state["early"]
         if request:
             method = start[0]
@@ -394,9 +403,9 @@ class Http(Module):
             st.update(phase="eof", left=0)
         return True
 
-    @staticmethod
-    def _begin(flow, st, request, msg, lenient):
+    def _begin(self, flow, st, request, msg, lenient):
         """A message whose header block was read: the one being read from now on."""
+        self._evident(flow)
         st["seen"] += 1
         msg.update(body=0, lenient=bool(lenient))
         st["msg"] = msg
@@ -554,7 +563,10 @@ class Http(Module):
         flow.cache["http.resume"] = req["switch"]
 
     def on_gap(self, flow, direction, gap):
-        self.count("gaps")
+        if "held" in flow.state:
+            flow.state["held"]["gaps"] += 1
+        else:
+            self.count("gaps")
         st = flow.state["sides"][direction]
         if st is None:
             # bytes lost before the direction's first: a message was to start there (its first
@@ -601,6 +613,9 @@ class Http(Module):
     def _lost(self, flow, request):
         """A message whose start line was lost."""
         s = flow.state
+        if "held" in s:
+            s["held"]["lost"].append(request)   # (see _evident)
+            return
         if request:
             # its response will come: it answers this request, not the next one
             s["pending"].append({"method": None, "host": None, "uri": None})
@@ -609,6 +624,18 @@ class Http(Module):
             s["early"].append({"status": None, "response_body": None, "content_type": None, "complete": False})
             self.count("lost_responses")
             self._pair(flow)
+
+    def _evident(self, flow):
+        """A start line that is HTTP was read in this connection: the losses met before it are
+        HTTP's too. Until then they are held, and dropped if none ever comes (a connection whose
+        bytes were all lost, or that is not HTTP, gets no event and no count of its losses)."""
+        held = flow.state.pop("held", None)
+        if held is None:
+            return
+        if held["gaps"]:
+            self.count("gaps", held["gaps"])
+        for request in held["lost"]:
+            self._lost(flow, request)
 
     def on_close(self, flow, reason):
         if "sides" not in flow.state:
