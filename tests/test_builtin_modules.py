@@ -843,3 +843,49 @@ def test_http_reports_no_loss_in_a_connection_that_never_shows_http(tmp_path, co
                        ("midstream__zeek__smtp-one-side-only.pcap", {"not_http"}), ("gap__suri__tcp-simple-gap2.pcap", set())):
         evs, summary = events(corpus / name, "http", tmp_path)
         assert evs == [] and set(summary["modules"]["http"]) - chain_own == want, name
+
+
+def test_http_resumes_after_bytes_that_are_no_message_where_one_was_to_start(tmp_path, corpus):
+    """A server's first response starting with NUL bytes made its direction not_http (the
+    200 for /second was never reported); a PROXY protocol line before the requests hid them
+    all; a keep-alive NUL byte between two requests was a lost request, which took the next
+    response. Bytes before the next message start (within 8 KiB) are passed over and counted;
+    a line that ends as a status line, then header lines and a blank line, is a response that
+    could not be read: malformed, and lost for the request it answers."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    cap = conversation(tmp_path / "nul401.pcap", [
+        (True, b"GET /first HTTP/1.1\r\nHost: p\r\n\r\n"),
+        (False, b"\x00\x00\x00\x00\x00\x00.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nxxxxx"),
+        (True, b"GET /second HTTP/1.1\r\nHost: p\r\n\r\n"), (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(None, "GET", "/first", False), (200, "GET", "/second", True)]
+    counters = res.counters("http")
+    assert (counters["malformed"], counters["lost_responses"], counters["responses"]) == (1, 1, 1)
+    assert not {"not_http", "unanswered"} & set(counters)
+    proxy = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 80\r\n"
+    cap = conversation(tmp_path / "proxy.pcap", [
+        (True, proxy + b"GET /behind-proxy HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok),
+        (True, b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/behind-proxy", True), (200, "GET", "/second", True)]
+    assert res.counters("http")["skipped_bytes"] == len(proxy) and "not_http" not in res.counters("http")
+    cap = conversation(tmp_path / "keepalive.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok), (True, b"\x00"),
+        (True, b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", True), (404, "GET", "/2", True)]
+    counters = res.counters("http")
+    assert counters["skipped_bytes"] == 1 and not {"malformed", "lost_requests", "unanswered"} & set(counters)
+    # the search is bounded: a message start after 8 KiB of text is not looked for
+    cap = conversation(tmp_path / "far.pcap", [(True, b"x" * 9000 + b"\r\nGET /far HTTP/1.1\r\nHost: x\r\n\r\n"),
+                                               (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert res.of_kind("request") == [] and res.counters("http")["not_http"] == 1
+    # seen from the middle: the NUL-corrupted 401 answers the first request, the 200 the second
+    name = "midstream__peafowl__http_no_syn_synack_ack.pcap"
+    evs, summary = events(corpus / name, "http", tmp_path)
+    assert [(e["status"], e["complete"]) for e in evs if e["kind"] == "response"] == [(None, False), (200, True)]
+    assert sum(e["kind"] == "request" for e in evs) == 2 and "unanswered" not in summary["modules"]["http"]
+    requests = [int(f) for (f,) in tshark_fields(corpus / name, "http.request", "frame.number")]
+    assert tshark_fields(corpus / name, "http.response", "http.response.code", "http.request_in") == \
+        [("200", str(requests[1]))]

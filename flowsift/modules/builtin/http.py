@@ -13,6 +13,18 @@ RESPONSE_START = re.compile(rb"HTTP/1\.[01] [1-9]\d\d(?:[ \t][^\r\n]*)?\r?\n")
 # While looking for a message start, the last bytes are kept for the next call: a start line
 # cut between two deliveries is still found (REQUEST_START spans up to 8 KiB).
 RESYNC_TAIL = 8300
+# Where a message was to start and none does (see Http._junk), the next one is looked for in
+# this many bytes, text ones only (NUL bytes first, then no control byte but tab, CR and LF)
+JUNK_LOOK = 8192
+JUNK_TEXT = re.compile(rb"\x00*[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*")
+# A message whose start line cannot be read: a line ending as a request line or a status line
+# ends, that is not one, then header lines and a blank line
+REQUEST_TAIL = re.compile(rb" HTTP/1\.[01][ \t]*\r?\Z")
+RESPONSE_TAIL = re.compile(rb"[0-9] +[1-9]\d\d(?:[ \t][^\r\n]*)?\r?\Z")
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+UNREADABLE_HEAD = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)+\r?\n")
+# ... and what may still become one
+UNREADABLE_PART = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)*(?:" + _TOKEN + rb"(?:[ \t]*(?::[^\r\n]*)?)?\r?|\r)?")
 # A chunk-size line (size, extensions) longer than this is not HTTP.
 MAX_CHUNK_LINE = 4096
 # A chunk size is hex digits only (RFC 9112 7.1: no sign, no 0x, no _, which int(x, 16) takes);
@@ -36,6 +48,22 @@ def _requests(st, direction):
     midstream and its messages said otherwise (the side seen first is taken as the client)."""
     kind = st.get("kind")
     return direction == 0 if kind is None else kind == "request"
+
+
+def _unreadable_kind(data, final):
+    """Do `data` (bytes where a message was to start) begin with a message whose start line
+    cannot be read? "request" or "response" when they do, "wait" when more bytes may tell
+    (`final`: none will), else None."""
+    nl = data.find(b"\n", 0, http1.MAX_START_LINE)
+    if nl < 0:
+        return None if final or len(data) >= http1.MAX_START_LINE else "wait"
+    line = data[:nl]
+    if http1.REQUEST_LINE.match(line) or http1.RESPONSE_LINE.match(line):
+        return None                           # (one that can be read)
+    kind = "request" if REQUEST_TAIL.search(line) else "response" if RESPONSE_TAIL.search(line) else None
+    if kind is None or UNREADABLE_HEAD.match(data, nl + 1):
+        return kind
+    return None if final or UNREADABLE_PART.match(data, nl + 1).end() < len(data) else "wait"
 
 
 def _window(flow, stream, d, n):
@@ -76,6 +104,15 @@ class Http(Module):
     (what follows is another protocol); any other answer (a 407, a 200 ignoring an offered h2c)
     and both go on as HTTP.
 
+    Where a message was to start, bytes that are not a start line: a line ending as a request
+    line or a status line ends (" HTTP/1.1"; a digit, spaces and a status) without being one,
+    then header lines and a blank line, is a message whose start line could not be read
+    (malformed, and lost: a response whose status line is corrupt still answers its request);
+    other bytes up to the next message start within 8 KiB of text (NUL bytes, a PROXY
+    protocol line, a keep-alive byte) are passed over (skipped_bytes). A direction whose first
+    message is not found so (bytes that are not text, as TLS's; 8 KiB of text without a start;
+    its end) is not HTTP; a later one looks on for the next message start.
+
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
     known) and is reported with complete=false; a message whose start line or header block a
     gap (or the connection's end) cuts is reported incomplete with what came before it: a
@@ -115,9 +152,11 @@ class Http(Module):
               from requests and responses; a lost response has its event, status null), unanswered (requests without a response when the connection ended), lenient
               (messages with header lines a strict parser refuses), malformed (a message that
               could not be framed after a start line that is HTTP -- a Content-Length that
-              cannot be trusted, a header block over 64 KiB, a bad chunk size -- or a later
-              start line that is not: the message is reported incomplete, parsing resumes at
-              the next start), not_http (directions whose first start line is not HTTP/1)
+              cannot be trusted, a header block over 64 KiB, a bad chunk size --, reported
+              incomplete; a message whose start line could not be read; bytes where a message
+              was to start without a message start in the next 8 KiB of text: parsing resumes
+              at the next start), skipped_bytes (bytes passed over before a message start, see
+              above), not_http (directions whose first message is not HTTP/1)
     Events: "request": method, host, uri, uri_cut (true: a loss cut the request line, and uri
             is what came before it), request_body (body bytes seen: a chunked body's
             after decoding, lost bytes not counted), user_agent, complete (false: bytes of the
@@ -150,7 +189,7 @@ class Http(Module):
         # go), msg (the message being read, from its header block on). All plain data: a
         # checkpoint carries it, and a restored worker goes on from its stream position.
         flow.state["sides"] = [None, None]
-        flow.state["held"] = {"gaps": 0, "lost": []}     # until HTTP is seen (see _evident)
+        flow.state["held"] = {"gaps": 0, "malformed": 0, "lost": []}     # until HTTP is seen (see _evident)
 
     def on_data(self, flow, stream):
         d = stream.direction
@@ -175,8 +214,12 @@ class Http(Module):
             if stream.file.header[f"midstream{d}"]:
                 # seen from the middle: what comes first may be the rest of a message (or a
                 # keep-alive byte), and the side seen first may be the server
-                st.update(mode="resync", kind=None)
+                st.update(mode="junk", kind=None)
         while True:
+            if st["mode"] == "junk":
+                self._junk(flow, stream, st, d)
+                if st["mode"] == "junk":
+                    return                    # not told yet
             if st["mode"] == "resync":
                 self._resync(flow, stream, st, d)
                 if st["mode"] == "resync":
@@ -190,13 +233,14 @@ class Http(Module):
             if st["mode"] == "http":
                 return                        # waiting for more bytes
 
-    def _resync(self, flow, stream, st, d):
-        data = stream.peek_bytes()
+    def _first_start(self, flow, stream, st, d, data, lo=0, hi=None):
+        """Where in data[lo:hi] (data: the bytes from the position on) the first message start
+        is, at a line start or a segment start (see REQUEST_START), or None. A side whose
+        kind is not known yet takes either kind, the first found deciding it."""
         segments = []                         # where the packets' payloads begin, once asked
 
         def first(pattern):
-            # the first match at a line start or a segment start (see REQUEST_START)
-            m = pattern.search(data)
+            m = pattern.search(data, lo, len(data) if hi is None else hi)
             while m is not None:
                 i = m.start()
                 if (data[i - 1] == 0x0A if i else st.get("lf", False)):
@@ -205,17 +249,23 @@ class Http(Module):
                     segments.append(self._segment_starts(flow, stream, d, len(data)))
                 if stream.tell() + i in segments[0]:
                     return i
-                m = pattern.search(data, i + 1)
+                m = pattern.search(data, i + 1, len(data) if hi is None else hi)
             return None
 
         if "kind" in st and st["kind"] is None:
             found = [(i, k) for k, i in (("request", first(REQUEST_START)), ("response", first(RESPONSE_START)))
                      if i is not None]
-            start = None
-            if found:
-                start, st["kind"] = min(found)
-        else:
-            start = first(REQUEST_START if _requests(st, d) else RESPONSE_START)
+            if not found:
+                return None
+            start, st["kind"] = min(found)
+            for _ in range(st.pop("unread", 0)):
+                self._unreadable(flow, st["kind"] == "request")   # (see _junk)
+            return start
+        return first(REQUEST_START if _requests(st, d) else RESPONSE_START)
+
+    def _resync(self, flow, stream, st, d):
+        data = stream.peek_bytes()
+        start = self._first_start(flow, stream, st, d, data)
         if start is None:
             n = max(0, len(data) - RESYNC_TAIL)
             if n:
@@ -225,6 +275,66 @@ class Http(Module):
         stream.skip(start)
         st.pop("lf", None)
         st.update(mode="http", phase="head", left=0, msg=None)
+
+    def _junk(self, flow, stream, st, d):
+        """Bytes where a message was to start that are not a start line (or a side seen from
+        the middle, where one may start). A line ending as a start line ends, followed by
+        header lines and a blank line, is a message whose start line could not be read
+        (UNREADABLE): counted malformed, and lost so that its partner still pairs with it; its
+        body is passed over up to the next message start. Other bytes before a message start
+        within JUNK_LOOK (NUL bytes, a PROXY protocol line) are passed over and counted
+        (skipped_bytes). A direction with no message read yet and no start within reach (or
+        before bytes that are no text) is not HTTP; another looks on for the next start."""
+        data = _peek(flow, stream, d, JUNK_LOOK)
+        final = _cannot_grow(stream) or len(data) >= JUNK_LOOK
+        text = JUNK_TEXT.match(data).end()    # (nothing else than text is looked in)
+        nl = data.find(b"\n", 0, text)
+        # a message start in the first line (a segment's, after a keep-alive NUL byte): what
+        # is before it is no message
+        midstream = "kind" in st and st["kind"] is None
+        start = self._first_start(flow, stream, st, d, data, 0 if midstream else 1, text if nl < 0 else nl + 1)
+        if start is not None:
+            self._skip_to(stream, st, start)
+            return
+        kind = _unreadable_kind(data[:text], final or text < len(data))
+        if kind == "wait":
+            return                            # more bytes may tell
+        if kind is not None:
+            n = UNREADABLE_HEAD.match(data, nl + 1, text).end()
+            stream.skip(n)
+            if midstream:
+                st["unread"] = st.get("unread", 0) + 1    # counted once the side's kind is known
+            else:
+                self._unreadable(flow, _requests(st, d))
+            st.update(mode="resync")
+            return
+        if midstream:
+            st.update(mode="resync")          # (a side seen from the middle looks on, as it did)
+            return
+        start = self._first_start(flow, stream, st, d, data, 1, text)
+        if start is not None:
+            self._skip_to(stream, st, start)
+        elif final or text < len(data):
+            if not st["seen"]:
+                self.count("not_http")
+                st["mode"] = "off"
+            else:
+                self.count("malformed")
+                st.update(mode="resync")
+
+    def _skip_to(self, stream, st, start):
+        if start:
+            stream.skip(start)
+            self.count("skipped_bytes", start)
+        st["mode"] = "http"
+
+    def _unreadable(self, flow, request):
+        """A message whose start line could not be read (see _junk)."""
+        if "held" in flow.state:
+            flow.state["held"]["malformed"] += 1
+        else:
+            self.count("malformed")
+        self._lost(flow, request)
 
     @staticmethod
     def _segment_starts(flow, stream, d, n):
@@ -331,7 +441,7 @@ class Http(Module):
             nl = buf.find(b"\n")
             # (a whole header block's start line is checked by parse_head below)
             if not http1.plausible_start(buf if nl < 0 else buf[:nl], request, nl >= 0):
-                self._malformed(flow, stream, st, d, request)
+                st["mode"] = "junk"
                 return False
         while end < 0 and want < min(avail, http1.MAX_HEAD):
             want = min(avail, http1.MAX_HEAD, want * 4)
@@ -356,7 +466,7 @@ class Http(Module):
             return False
         parsed = http1.parse_head(buf[:end], request)
         if parsed is None:
-            self._malformed(flow, stream, st, d, request)
+            st["mode"] = "junk"
             return False
         start, headers, lenient = parsed
         self._evident(flow)
@@ -634,6 +744,8 @@ class Http(Module):
             return
         if held["gaps"]:
             self.count("gaps", held["gaps"])
+        if held["malformed"]:
+            self.count("malformed", held["malformed"])
         for request in held["lost"]:
             self._lost(flow, request)
 
