@@ -889,3 +889,35 @@ def test_http_resumes_after_bytes_that_are_no_message_where_one_was_to_start(tmp
     requests = [int(f) for (f,) in tshark_fields(corpus / name, "http.request", "frame.number")]
     assert tshark_fields(corpus / name, "http.response", "http.response.code", "http.request_in") == \
         [("200", str(requests[1]))]
+
+
+def test_http_says_which_pairings_a_loss_may_have_shifted(tmp_path):
+    """One gap takes the end of the 1st response and the start of the 2nd: counted as one
+    loss, the 200 for /h3 answers /h2 as far as can be told, and /h3 was counted unanswered.
+    A loss long enough to hold a whole message may hold several starts: the responses paired
+    after it say after_loss, and the requests left at the end are unanswered_after_loss. A loss
+    too short to hold a message (an 8-byte snaplen cut) shifts nothing."""
+    reqs = b"".join(b"GET /h%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in (1, 2, 3))
+    r1, r2, r3 = (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + c * 20 for c in (b"H", b"I", b"J"))
+    cap = conversation(tmp_path / "h.pcap", [(True, reqs), (False, r1[:30]), (False, r1[30:] + r2[:10], True),
+                                             (False, r2[10:]), (False, r3)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/h1", False), (200, "GET", "/h2", True)]
+    assert [e["after_loss"] for e in res.of_kind("response")] == [False, True]
+    counters = res.counters("http")
+    assert counters["unanswered_after_loss"] == 1 and "unanswered" not in counters
+    # 8 bytes lost across the end of the 1st body and the start of the 2nd response: one start
+    cap = conversation(tmp_path / "short.pcap", [(True, reqs), (False, r1[:-4]), (False, r1[-4:] + r2[:4], True),
+                                                 (False, r2[4:]), (False, r3)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/h1", False), (None, "GET", "/h2", False), (200, "GET", "/h3", True)]
+    assert not any(e["after_loss"] for e in res.of_kind("response"))
+    assert not {"unanswered", "unanswered_after_loss"} & set(res.counters("http"))
+    # two requests lost in one segment: the response read after them may answer a later one
+    q = [b"GET /q%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(1, 5)]
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    cap = conversation(tmp_path / "reqs.pcap", [(True, q[0]), (True, q[1] + q[2], True), (True, q[3]),
+                                                (False, ok), (False, ok), (False, ok), (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert [(p[2], e["after_loss"]) for p, e in zip(pairs, res.of_kind("response"))][:3] == \
+        [("/q1", False), (None, False), ("/q4", True)]

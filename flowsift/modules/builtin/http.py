@@ -25,6 +25,8 @@ _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 UNREADABLE_HEAD = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)+\r?\n")
 # ... and what may still become one
 UNREADABLE_PART = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)*(?:" + _TOKEN + rb"(?:[ \t]*(?::[^\r\n]*)?)?\r?|\r)?")
+# The shortest message (a request: "A  HTTP/1.0\n\n"; a response takes 14 bytes)
+MIN_MESSAGE = 13
 # A chunk-size line (size, extensions) longer than this is not HTTP.
 MAX_CHUNK_LINE = 4096
 # A chunk size is hex digits only (RFC 9112 7.1: no sign, no 0x, no _, which int(x, 16) takes);
@@ -126,9 +128,12 @@ class Http(Module):
     is reported with method, host and uri null), so the pairing of what follows does not
     shift when a gap loses one message start. A response captured before the request it
     answers (a capture merged from two taps) waits for that request, or for the client's side
-    to end: how it is framed depends on the method. A known limit: one gap taking the end of a
-    message and the starts of the next ones is counted as one lost message, and the pairing
-    after it may shift by the others; parsing resumes at the next message start,
+    to end: how it is framed depends on the method. One gap taking the end of a message and
+    the starts of the next ones is counted as one lost message (how many it held cannot be
+    told): when it can hold a whole message (over 13 bytes, or past the body it ends), the
+    responses paired after it (or after the requests read after it) say after_loss: each
+    answers the request it names or a later one; and the requests left without a response at
+    the end count as unanswered_after_loss, not unanswered. Parsing resumes at the next message start,
     as it starts in a side seen from the middle (which may be the server's, seen first). A
     message start is then a whole start line at the start of a line or of a segment (a
     packet's payload, where tshark looks too): a body quoting "HTTP/1.1 503" in its text is
@@ -149,7 +154,9 @@ class Http(Module):
               read), interim (1xx before a final response), gaps (in the connections it reads
               that show HTTP),
               lost_requests, lost_responses (messages whose start line was lost in a gap: apart
-              from requests and responses; a lost response has its event, status null), unanswered (requests without a response when the connection ended), lenient
+              from requests and responses; a lost response has its event, status null), unanswered (requests without a response when the connection ended),
+              unanswered_after_loss (the same, after a loss in the responses that may have
+              held theirs: see after_loss), lenient
               (messages with header lines a strict parser refuses), malformed (a message that
               could not be framed after a start line that is HTTP -- a Content-Length that
               cannot be trusted, a header block over 64 KiB, a bad chunk size --, reported
@@ -168,7 +175,9 @@ class Http(Module):
             read to the end of the connection, is whole only if the server's FIN ended it, not
             a reset or the capture's end), interim (a 1xx before
             the final response: it does not answer the request), and the method, host, uri and
-            uri_cut of the request it answers (null when that request was lost or never seen). An
+            uri_cut of the request it answers (null when that request was lost or never seen),
+            after_loss (true: a loss before it may have held more message starts than the one
+            counted, so it may answer a later request than the one named). An
             event's ts is that of the packet carrying the last byte read of its message; a lost
             response's, that of the packet after the loss, or the connection's last packet when
             the loss is at its end.
@@ -190,6 +199,7 @@ class Http(Module):
         # checkpoint carries it, and a restored worker goes on from its stream position.
         flow.state["sides"] = [None, None]
         flow.state["held"] = {"gaps": 0, "malformed": 0, "lost": []}     # until HTTP is seen (see _evident)
+        flow.state["after_loss"] = [False, False]   # requests', responses' (see _unsure)
 
     def on_data(self, flow, stream):
         d = stream.direction
@@ -521,7 +531,9 @@ class Http(Module):
         st["msg"] = msg
         if request:
             flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"],
-                                          "uri_cut": msg["uri_cut"]})
+                                          "uri_cut": msg["uri_cut"], "after_loss": flow.state["after_loss"][0]})
+        else:
+            msg["after_loss"] = flow.state["after_loss"][1]
             sides = flow.state["sides"]
             for other in (0, 1):
                 if sides[other] is not None and sides[other] is not st and sides[other].get("awaits"):
@@ -624,10 +636,11 @@ class Http(Module):
                 self._pair(flow)              # responses read before it
             return
         resp = {"status": msg["status"], "response_body": msg["body"], "content_type": msg["content_type"],
-                "complete": complete}
+                "complete": complete, "after_loss": msg["after_loss"]}
         if msg["status"] is not None and http1.interim(msg["status"]):
             # it precedes the final response to the first request waiting, and answers nothing
             req = s["pending"][0] if s["pending"] and not s["early"] else {}
+            resp["after_loss"] = resp["after_loss"] or req.get("after_loss", False)
             self.emit("response", **resp, interim=True, method=req.get("method"), host=req.get("host"),
                       uri=req.get("uri"), uri_cut=req.get("uri_cut", False))
             self.count("interim")
@@ -646,6 +659,7 @@ class Http(Module):
                 early.pop(0)                  # lost, and answering no request seen: nothing to say
                 continue
             resp = early.pop(0)
+            resp["after_loss"] = resp["after_loss"] or req.get("after_loss", False)
             self.emit("response", **resp, interim=False, method=req.get("method"), host=req.get("host"),
                       uri=req.get("uri"), uri_cut=req.get("uri_cut", False))
             if resp["status"] is not None:
@@ -683,14 +697,19 @@ class Http(Module):
             # bytes are not a message start: parsing resumes at the next one)
             flow.state["sides"][direction] = {"mode": "resync", "phase": "head", "left": 0, "msg": None, "seen": 0}
             self._lost(flow, direction == 0)
+            self._unsure(flow, direction == 0, gap.length)
             return
+        if st["mode"] == "off":
+            return
+        request = _requests(st, direction)
         if st["mode"] == "wait":
             st["waitgap"] = True              # (see _switch)
+            self._unsure(flow, request, gap.length)
             return
         if st["mode"] != "http":
             st.pop("lf", None)                # (what came before the loss says nothing of what follows)
-            return                            # not HTTP, or looking for a message start already
-        request = _requests(st, direction)
+            self._unsure(flow, request, gap.length)
+            return                            # looking for a message start already
         phase, msg = st["phase"], st["msg"]
         if phase in ("body", "chunk_data") and gap.length <= st["left"]:
             # inside a body (or a chunk) whose length is known: the framing holds, the message
@@ -706,6 +725,7 @@ class Http(Module):
         if phase == "eof":
             msg["gap"] = True                 # read to the end of the connection anyway
             return
+        span = gap.length                     # (lost bytes where messages may start)
         if msg is not None:
             # the message ends in the loss (or where in it cannot be told): it is reported as
             # far as it was read; past the end of a body of known length, the loss holds the
@@ -713,12 +733,22 @@ class Http(Module):
             self._done(flow, st, direction, request, complete=False)
             if phase == "body":
                 self._lost(flow, request)
+                span -= st["left"]
         elif "cut" in st:
             self._cut(flow, st, direction, request, st.pop("cut"))
         else:
             # a message was to start where the bytes were lost: at least one is gone
             self._lost(flow, request)
         st.update(mode="resync", phase="head", left=0, msg=None)
+        self._unsure(flow, request, span)
+
+    @staticmethod
+    def _unsure(flow, request, span):
+        """A loss of `span` bytes where messages may start may hold more than one start if a
+        whole message fits in it: counted as one lost message, the pairing of the messages
+        read after it may be shifted by the others (see after_loss)."""
+        if span > MIN_MESSAGE:
+            flow.state["after_loss"][0 if request else 1] = True
 
     def _lost(self, flow, request):
         """A message whose start line was lost."""
@@ -728,10 +758,11 @@ class Http(Module):
             return
         if request:
             # its response will come: it answers this request, not the next one
-            s["pending"].append({"method": None, "host": None, "uri": None})
+            s["pending"].append({"method": None, "host": None, "uri": None, "after_loss": s["after_loss"][0]})
             self.count("lost_requests")
         else:
-            s["early"].append({"status": None, "response_body": None, "content_type": None, "complete": False})
+            s["early"].append({"status": None, "response_body": None, "content_type": None, "complete": False,
+                               "after_loss": s["after_loss"][1]})
             self.count("lost_responses")
             self._pair(flow)
 
@@ -765,4 +796,6 @@ class Http(Module):
                 self._cut(flow, st, d, request, st.pop("cut"))
         self._pair(flow, final=True)           # responses no request was seen for
         if flow.state["pending"]:
-            self.count("unanswered", len(flow.state["pending"]))
+            # after a loss of the responses' that may hold several, theirs may be in it
+            self.count("unanswered_after_loss" if flow.state["after_loss"][1] else "unanswered",
+                       len(flow.state["pending"]))
