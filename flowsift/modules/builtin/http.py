@@ -529,15 +529,15 @@ class Http(Module):
         st["seen"] += 1
         msg.update(body=0, lenient=bool(lenient))
         st["msg"] = msg
-        if request:
-            flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"],
-                                          "uri_cut": msg["uri_cut"], "after_loss": flow.state["after_loss"][0]})
-        else:
+        if not request:
             msg["after_loss"] = flow.state["after_loss"][1]
-            sides = flow.state["sides"]
-            for other in (0, 1):
-                if sides[other] is not None and sides[other] is not st and sides[other].get("awaits"):
-                    flow.cache["http.resume"] = other       # the response that waited for it goes on now
+            return
+        flow.state["pending"].append({"method": msg["method"], "host": msg["host"], "uri": msg["uri"],
+                                      "uri_cut": msg["uri_cut"], "after_loss": flow.state["after_loss"][0]})
+        sides = flow.state["sides"]
+        for other in (0, 1):
+            if sides[other] is not None and sides[other] is not st and sides[other].get("awaits"):
+                flow.cache["http.resume"] = other       # the response that waited for it goes on now
 
     @staticmethod
     def _request_may_come(flow, stream, d):
