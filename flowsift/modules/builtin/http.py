@@ -24,7 +24,8 @@ RESPONSE_TAIL = re.compile(rb"[0-9] +[1-9]\d\d(?:[ \t][^\r\n]*)?\r?\Z")
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 UNREADABLE_HEAD = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)+\r?\n")
 # ... and what may still become one
-UNREADABLE_PART = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)*(?:" + _TOKEN + rb"(?:[ \t]*(?::[^\r\n]*)?)?\r?|\r)?")
+UNREADABLE_PART = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\r\n]*\r?\n)*"
+                             rb"(?:" + _TOKEN + rb"(?:[ \t]*(?::[^\r\n]*)?)?\r?|\r)?")
 # The shortest message (a request: "A  HTTP/1.0\n\n"; a response takes 14 bytes)
 MIN_MESSAGE = 13
 # A chunk-size line (size, extensions) longer than this is not HTTP.
@@ -116,29 +117,28 @@ class Http(Module):
     its end) is not HTTP; a later one looks on for the next message start.
 
     After a gap: a message whose body the gap falls in keeps its framing (the gap's length is
-    known) and is reported with complete=false; a message whose start line or header block a
+    known) and is reported with complete=false. A message whose start line or header block a
     gap (or the connection's end) cuts is reported incomplete with what came before it: a
     request once its method, the space after it and the start of a target came ("/", "*",
     "scheme://", any for CONNECT), its uri as far as it came (uri_cut), request_body null; a
     response once its status's three digits came, response_body null; host, user_agent and
     content_type when their header lines came whole, else null. A gap where a message was to
-    start (the
-    direction's first bytes too) lost that message: a lost response still answers its
-    request (reported with status null), a lost request still waits for its response (which
-    is reported with method, host and uri null), so the pairing of what follows does not
-    shift when a gap loses one message start. A response captured before the request it
+    start (the direction's first bytes too) lost that message: a lost response still answers
+    its request (reported with status null), a lost request still waits for its response
+    (which is reported with method, host and uri null), so the pairing of what follows does
+    not shift when a gap loses one message start. One gap taking the end of a message and the
+    starts of the next ones is counted as one lost message (how many it held cannot be told):
+    when it can hold a whole message (over 13 bytes, or over 13 past the body it ends), the
+    responses paired after it (or with the requests read after it) say after_loss, as each
+    may answer a later request than the one it names, and the requests left without a
+    response at the end count as unanswered_after_loss, not unanswered. Parsing resumes at the
+    next message start, as it starts in a side seen from the middle (which may be the
+    server's, seen first). A message start is then a whole start line at the start of a line
+    or of a segment (a packet's payload, where tshark looks too): a body quoting "HTTP/1.1
+    503" in its text is not taken for a response, but a message glued in one segment to a
+    body whose end was lost is passed over too. A response captured before the request it
     answers (a capture merged from two taps) waits for that request, or for the client's side
-    to end: how it is framed depends on the method. One gap taking the end of a message and
-    the starts of the next ones is counted as one lost message (how many it held cannot be
-    told): when it can hold a whole message (over 13 bytes, or past the body it ends), the
-    responses paired after it (or after the requests read after it) say after_loss: each
-    answers the request it names or a later one; and the requests left without a response at
-    the end count as unanswered_after_loss, not unanswered. Parsing resumes at the next message start,
-    as it starts in a side seen from the middle (which may be the server's, seen first). A
-    message start is then a whole start line at the start of a line or of a segment (a
-    packet's payload, where tshark looks too): a body quoting "HTTP/1.1 503" in its text is
-    not taken for a response, but a message glued in one segment to a body whose end was lost
-    is passed over too.
+    to end: how it is framed depends on the method.
 
     Losses count only in a connection where a start line that is HTTP was read (whole, or cut
     as above), in either direction; those met before it count then. A connection whose bytes
@@ -152,35 +152,34 @@ class Http(Module):
     Options: none
     Counters: requests (request events), responses (final responses whose status line was
               read), interim (1xx before a final response), gaps (in the connections it reads
-              that show HTTP),
-              lost_requests, lost_responses (messages whose start line was lost in a gap: apart
-              from requests and responses; a lost response has its event, status null), unanswered (requests without a response when the connection ended),
-              unanswered_after_loss (the same, after a loss in the responses that may have
-              held theirs: see after_loss), lenient
-              (messages with header lines a strict parser refuses), malformed (a message that
-              could not be framed after a start line that is HTTP -- a Content-Length that
-              cannot be trusted, a header block over 64 KiB, a bad chunk size --, reported
-              incomplete; a message whose start line could not be read; bytes where a message
-              was to start without a message start in the next 8 KiB of text: parsing resumes
-              at the next start), skipped_bytes (bytes passed over before a message start, see
-              above), not_http (directions whose first message is not HTTP/1)
+              that show HTTP), lost_requests, lost_responses (messages whose start line was
+              lost, apart from requests and responses: a lost response has its event, status
+              null), unanswered (requests without a response when the connection ended),
+              unanswered_after_loss (the same, after a loss in the responses that may have held
+              theirs), lenient (messages with header lines a strict parser refuses), malformed
+              (a message that could not be framed after a start line that is HTTP -- a
+              Content-Length that cannot be trusted, a header block over 64 KiB, a bad chunk
+              size --, reported incomplete; a message whose start line could not be read; bytes
+              where a message was to start without a message start in the next 8 KiB of text:
+              parsing resumes at the next start), skipped_bytes (bytes passed over before a
+              message start), not_http (directions whose first message is not HTTP/1)
     Events: "request": method, host, uri, uri_cut (true: a loss cut the request line, and uri
-            is what came before it), request_body (body bytes seen: a chunked body's
-            after decoding, lost bytes not counted), user_agent, complete (false: bytes of the
+            is what came before it), request_body (body bytes seen: a chunked body's after
+            decoding, lost bytes not counted), user_agent, complete (false: bytes of the
             message were lost, or the connection ended inside it);
             "response": status (an integer, 100 to 999, from the status line's three digits:
             "099" is not a status line; null when its status line was lost), response_body
-            (bytes seen, as request_body; null when the header block was lost), content_type, complete (false: the
-            connection ended inside its body, or bytes of it were lost; a body without a length,
-            read to the end of the connection, is whole only if the server's FIN ended it, not
-            a reset or the capture's end), interim (a 1xx before
-            the final response: it does not answer the request), and the method, host, uri and
+            (bytes seen, as request_body; null when the header block was lost), content_type,
+            complete (false: the connection ended inside its body, or bytes of it were lost; a
+            body without a length, read to the end of the connection, is whole only if the
+            server's FIN ended it, not a reset or the capture's end), interim (a 1xx before
+            the final response: it does not answer the request), the method, host, uri and
             uri_cut of the request it answers (null when that request was lost or never seen),
             after_loss (true: a loss before it may have held more message starts than the one
-            counted, so it may answer a later request than the one named). An
-            event's ts is that of the packet carrying the last byte read of its message; a lost
-            response's, that of the packet after the loss, or the connection's last packet when
-            the loss is at its end.
+            counted, so it may answer a later request than the one named).
+            An event's ts is that of the packet carrying the last byte read of its message; a
+            lost response's, that of the packet after the loss, or the connection's last packet
+            when the loss is at its end.
     Example: flowsift chain http trace.pcap   emits "request" and "response" events with method,
              host, uri, status, body lengths
     """
