@@ -845,7 +845,7 @@ def test_http_reports_no_loss_in_a_connection_that_never_shows_http(tmp_path, co
         assert evs == [] and set(summary["modules"]["http"]) - chain_own == want, name
 
 
-def test_http_resumes_after_bytes_that_are_no_message_where_one_was_to_start(tmp_path, corpus):
+def test_http_resumes_after_bytes_that_are_no_message_where_one_was_to_start(tmp_path, corpus, monkeypatch):
     """A server's first response starting with NUL bytes made its direction not_http (the
     200 for /second was never reported); a PROXY protocol line before the requests hid them
     all; a keep-alive NUL byte between two requests was a lost request, which took the next
@@ -862,13 +862,16 @@ def test_http_resumes_after_bytes_that_are_no_message_where_one_was_to_start(tmp
     counters = res.counters("http")
     assert (counters["malformed"], counters["lost_responses"], counters["responses"]) == (1, 1, 1)
     assert not {"not_http", "unanswered"} & set(counters)
-    proxy = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 80\r\n"
-    cap = conversation(tmp_path / "proxy.pcap", [
-        (True, proxy + b"GET /behind-proxy HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok),
-        (True, b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok)])
-    pairs, res = http_pairs(cap)
-    assert pairs == [(200, "GET", "/behind-proxy", True), (200, "GET", "/second", True)]
-    assert res.counters("http")["skipped_bytes"] == len(proxy) and "not_http" not in res.counters("http")
+    proxy = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\n"
+    for batch in ("1", "512"):                # (1: the line is read alone first)
+        monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+        cap = conversation(tmp_path / "proxy.pcap", [
+            (True, proxy), (True, b"GET /behind-proxy HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok),
+            (True, b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok)])
+        pairs, res = http_pairs(cap)
+        assert pairs == [(200, "GET", "/behind-proxy", True), (200, "GET", "/second", True)]
+        assert res.counters("http")["skipped_bytes"] == len(proxy) and "not_http" not in res.counters("http")
+    monkeypatch.delenv("FLOWSIFT_BATCH")
     cap = conversation(tmp_path / "keepalive.pcap", [
         (True, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok), (True, b"\x00"),
         (True, b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n")])

@@ -53,17 +53,22 @@ def _requests(st, direction):
     return direction == 0 if kind is None else kind == "request"
 
 
-def _unreadable_kind(data, final):
+def _unreadable_kind(data, final, kind=None):
     """Do `data` (bytes where a message was to start) begin with a message whose start line
-    cannot be read? "request" or "response" when they do, "wait" when more bytes may tell
-    (`final`: none will), else None."""
+    cannot be read (a `kind` one: "request", "response", None for either)? Its kind when they
+    do, "wait" when more bytes may tell (`final`: none will), else None."""
     nl = data.find(b"\n", 0, http1.MAX_START_LINE)
     if nl < 0:
         return None if final or len(data) >= http1.MAX_START_LINE else "wait"
     line = data[:nl]
     if http1.REQUEST_LINE.match(line) or http1.RESPONSE_LINE.match(line):
         return None                           # (one that can be read)
-    kind = "request" if REQUEST_TAIL.search(line) else "response" if RESPONSE_TAIL.search(line) else None
+    if kind != "response" and REQUEST_TAIL.search(line):
+        kind = "request"
+    elif kind != "request" and RESPONSE_TAIL.search(line):
+        kind = "response"
+    else:
+        kind = None
     if kind is None or UNREADABLE_HEAD.match(data, nl + 1):
         return kind
     return None if final or UNREADABLE_PART.match(data, nl + 1).end() < len(data) else "wait"
@@ -305,7 +310,8 @@ class Http(Module):
         if start is not None:
             self._skip_to(stream, st, start)
             return
-        kind = _unreadable_kind(data[:text], final or text < len(data))
+        kind = _unreadable_kind(data[:text], final or text < len(data),
+                                None if midstream else "request" if _requests(st, d) else "response")
         if kind == "wait":
             return                            # more bytes may tell
         if kind is not None:
