@@ -158,8 +158,8 @@ class Http(Module):
     Counters: requests (request events), responses (final responses whose status line was
               read), interim (1xx before a final response), gaps (in the connections it reads
               that show HTTP), lost_requests, lost_responses (messages whose start line was
-              lost, apart from requests and responses: a lost response has its event, status
-              null), unanswered (requests without a response when the connection ended),
+              lost, apart from requests and responses: a lost response answering a request
+              has its event, status null), unanswered (requests without a response when the connection ended),
               unanswered_after_loss (the same, after a loss in the responses that may have held
               theirs), lenient (messages with header lines a strict parser refuses), malformed
               (a message that could not be framed after a start line that is HTTP -- a
