@@ -603,11 +603,10 @@ class Http(Module):
         self._done(flow, st, d, request, complete=False)
 
     def _malformed(self, flow, stream, st, d, request):
-        """Bytes that cannot be HTTP/1 where a message (or the rest of one) was expected: a
-        direction whose first start line is not HTTP/1 is not HTTP; otherwise (a later start
-        line, or a message whose framing fails after a start line that is HTTP) that message
-        is reported as far as it was read (or counted lost) and parsing resumes at the next
-        message start after it."""
+        """A message whose framing fails after a start line that is HTTP: reported as far as
+        it was read, and parsing resumes at the next message start after it. (A header block
+        over MAX_HEAD whose start line has no end is none: a direction's first is not HTTP, a
+        later one is counted lost. Bytes that are no start line are _junk's.)"""
         if not st["seen"]:
             self.count("not_http")
             st["mode"] = "off"
