@@ -10,7 +10,8 @@ from conftest import ROOT, require, run_cli
 
 def events(capture, chain, tmp_path):
     out = tmp_path / "events.jsonl"
-    res = run_cli("chain", chain, capture, "--events", out, "--json")
+    store = tmp_path / f"store{len(list(tmp_path.glob('store*')))}"     # a new one each run
+    res = run_cli("chain", chain, capture, "--events", out, "--json", "--store", store)
     assert res.returncode == 0, res.stderr
     return [json.loads(l) for l in out.read_text().splitlines()], json.loads(res.stdout)
 
@@ -206,10 +207,11 @@ def test_http_reads_connections_seen_from_the_middle(tmp_path, corpus):
     assert ours == theirs and sum(ours.values()) == 153
 
 
-def conversation(path, turns, port=80):
+def conversation(path, turns, port=80, end="fin"):
     """A pcap of one TCP connection (handshake, `turns`, FINs) between pcapgen's A:40000 and
     B:`port`; turns: (client sends?, payload[, lost]) -- a lost segment is left out of the
-    capture, its bytes counted in the sequence numbers (and acknowledged by what follows)."""
+    capture, its bytes counted in the sequence numbers (and acknowledged by what follows).
+    `end`: "fin" (both sides), "rst" (the server resets) or "none" (the capture just stops)."""
     from pcapgen import A, B, ether, ipv4, pcap, tcp
     frames, seq = [], {True: 100, False: 500}
 
@@ -226,9 +228,12 @@ def conversation(path, turns, port=80):
     add(True, 0x10)
     for c2s, payload, *lost in turns:
         add(c2s, 0x18, payload, bool(lost and lost[0]))
-    add(True, 0x11)
-    add(False, 0x11)
-    add(True, 0x10)
+    if end == "fin":
+        add(True, 0x11)
+        add(False, 0x11)
+        add(True, 0x10)
+    elif end == "rst":
+        add(False, 0x14)
     path.write_bytes(pcap(frames))
     return path
 
@@ -577,8 +582,8 @@ def test_strsearch_counts_holes_as_counter_does(tmp_path, corpus):
 @pytest.mark.parametrize("lost", [False, True])
 def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path, monkeypatch, lost):
     """`GET /a HTTP/1.1\\r` in one segment (read alone: one packet per batch), its LF in the
-    next: the direction was switched off as not_http. With the LF lost, the request is counted
-    lost with what its start line said, and its response still answers it."""
+    next: the direction was switched off as not_http. With the LF lost, the request is reported
+    incomplete with what its start line said, and its response still answers it."""
     monkeypatch.setenv("FLOWSIFT_BATCH", "1")
     cap = conversation(tmp_path / "cr.pcap", [
         (True, b"GET /a HTTP/1.1\r"), (True, b"\n", lost), (True, b"Host: x\r\n\r\n"),
@@ -589,7 +594,8 @@ def test_http_a_start_line_cut_between_its_cr_and_its_lf_is_still_http(tmp_path,
     assert pairs == [(200, "GET", "/a", True), (404, "GET", "/b", True)]
     counters = res.counters("http")
     assert counters.get("not_http", 0) == 0
-    assert counters.get("lost_requests", 0) == int(lost) and counters["requests"] == 2 - int(lost)
+    assert "lost_requests" not in counters and counters["requests"] == 2
+    assert [(e["uri"], e["complete"]) for e in res.of_kind("request")] == [("/a", not lost), ("/b", True)]
 
 
 @pytest.mark.parametrize("size", [b"-5", b"+5", b"0x5", b"5_0", b"\xb2"])
@@ -905,3 +911,181 @@ def test_http_frames_a_response_captured_before_its_request_by_that_request(tmp_
         got, _ = events(cap, "http", tmp_path)
         answers = [(e["method"], e["status"], e["response_body"], e["complete"]) for e in got if e["kind"] == "response"]
         assert answers == [("HEAD", 200, 0, True), ("GET", 404, 0, True)], batch
+
+
+def test_http_a_body_read_to_the_end_is_whole_only_when_the_servers_fin_ended_it(tmp_path, corpus):
+    """A response without a length (Connection: close) ends where the server's side ends: it
+    was complete=true when a reset or the end of the capture cut it too. Only the server's FIN
+    says the body is whole."""
+    req = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart-of-a-long-body"
+    for end, whole in (("fin", True), ("rst", False), ("none", False)):
+        cap = conversation(tmp_path / f"{end}.pcap", [(True, req), (False, resp)], end=end)
+        pairs, _ = http_pairs(cap)
+        assert pairs == [(200, "GET", "/a", whole)], end
+    # 650HttpResponses' connection 5: a 4-byte body (Connection: close), the capture ends with no FIN
+    evs, _ = events(corpus / "midstream__pcpp__650HttpResponses.pcap", "http", tmp_path)
+    (e,) = [e for e in evs if e["conn"] == 5]
+    assert (e["status"], e["response_body"], e["complete"]) == (200, 4, False)
+
+
+def test_http_responses_counts_the_responses_read_and_lost_responses_the_others(tmp_path, corpus):
+    """`responses` counted the lost ones too (miss_end_data: responses 1 and lost_responses 1,
+    for one response whose bytes were all lost): it counts responses whose status line was
+    read; each lost one is in lost_responses only (its event says status null)."""
+    cap = conversation(tmp_path / "lost.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        (True, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 2\r\n\r\n", True),
+        (False, b"no"), (True, b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (False, b"HTTP/1.1 204 No Content\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", True), (None, "GET", "/2", False), (204, "GET", "/3", True)]
+    counters = res.counters("http")
+    assert (counters["responses"], counters["lost_responses"]) == (2, 1)
+    evs, summary = events(corpus / "gap__zeek__miss_end_data.pcap", "http", tmp_path)
+    assert [e["status"] for e in evs if e["kind"] == "response"] == [None]
+    counters = summary["modules"]["http"]
+    assert counters["lost_responses"] == 1 and "responses" not in counters
+
+
+def test_http_a_message_cut_in_its_start_line_or_header_block_is_reported_as_far_as_seen(tmp_path, corpus):
+    """A gap in a request's start line or header block left no request event (only
+    lost_requests), and a status line followed by a gap no status: the request is reported
+    with its method, its uri as far as it came (uri_cut) and the headers whole before the gap,
+    incomplete; the response with its status."""
+    cap = conversation(tmp_path / "cut.pcap", [
+        (True, b"SEARCH /AAAA"), (True, b"AAAA", True), (True, b"AAAA HTTP/1.1\r\nHost: a\r\n\r\n"),
+        (False, b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n"),
+        (True, b"GET /b HTTP/1.1\r\nHost: b\r\n"), (True, b"X-Pad: yyyy\r\n", True), (True, b"User-Agent: z\r\n\r\n"),
+        (False, b"HTTP/1.0 302 MOVED"), (False, b" TEMPORARILY\r\nContent-Length: 0\r\n\r\n", True),
+        (True, b"GET /c HTTP/1.1\r\nHost: c\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ])
+    pairs, res = http_pairs(cap)
+    reqs = [(e["method"], e["uri"], e["uri_cut"], e["host"], e["user_agent"], e["request_body"], e["complete"])
+            for e in res.of_kind("request")]
+    assert reqs == [("SEARCH", "/AAAA", True, None, None, None, False), ("GET", "/b", False, "b", None, None, False),
+                    ("GET", "/c", False, "c", None, 0, True)]
+    assert pairs == [(414, "SEARCH", "/AAAA", True), (302, "GET", "/b", False), (200, "GET", "/c", True)]
+    assert [e["uri_cut"] for e in res.of_kind("response")] == [True, False, False]
+    counters = res.counters("http")
+    assert (counters["requests"], counters["responses"]) == (3, 3)
+    assert not {"lost_requests", "lost_responses", "unanswered"} & set(counters)
+    # a 28 KB WebDAV SEARCH overflow whose request line has an 8-byte snaplen gap at offset 1714
+    evs, summary = events(corpus / "overlap__zeek__reassembly.pcap", "http", tmp_path)
+    (e,) = [e for e in evs if e["conn"] == 0]
+    assert (e["kind"], e["method"], e["uri_cut"], e["complete"]) == ("request", "SEARCH", True, False)
+    assert e["uri"].startswith("/AAAA") and len(e["uri"]) == 1714 - len("SEARCH ")
+    assert "lost_requests" not in summary["modules"]["http"]
+    # status lines cut by a gap: `HTTP/1.0 302 MOVED` or `HTTP/1.0 200 OK`, then 1460 bytes lost
+    evs, _ = events(corpus / "http__tcpflow__jpegs.cap", "http", tmp_path)
+    cut = {e["conn"]: e["status"] for e in evs if e["kind"] == "response" and e["response_body"] is None}
+    assert cut == {1: None, 2: 302, 3: 302, 4: 302, 5: 302, 9: 200, 10: 200, 11: 200, 12: 200}
+
+
+def test_http_reports_no_loss_in_a_connection_that_never_shows_http(tmp_path, corpus):
+    """A connection whose payload was all lost (a snaplen cutting every byte) gave a response
+    event with status, method, host and uri all null, and counted lost messages and gaps;
+    `VERY`, a gap, `DATA` a lost and an unanswered request. Losses count once a start line
+    that is HTTP is read in the connection (and the ones before it then), never without one."""
+    chain_own = {"errors", "restarts"}
+    cap = conversation(tmp_path / "blind.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n", True), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True)])
+    pairs, res = http_pairs(cap)
+    assert res.events == [] and set(res.counters("http")) <= chain_own
+    cap = conversation(tmp_path / "very.pcap", [(True, b"VERY"), (True, b"LOST", True), (True, b"DATA")])
+    pairs, res = http_pairs(cap)
+    assert res.events == [] and set(res.counters("http")) <= chain_own
+    # the same loss, then HTTP: the lost request is counted and its response answers it
+    cap = conversation(tmp_path / "later.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n", True), (True, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+        (False, b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(None, None, None, False), (404, "GET", "/2", True)]
+    counters = res.counters("http")
+    assert (counters["gaps"], counters["lost_requests"], counters["lost_responses"]) == (2, 1, 1)
+    for name, want in (("trunc__zeek__truncated-header.pcap", set()), ("retrans__zeek__retransmit-fast009.pcap", set()),
+                       ("midstream__zeek__smtp-one-side-only.pcap", {"not_http"}), ("gap__suri__tcp-simple-gap2.pcap", set())):
+        evs, summary = events(corpus / name, "http", tmp_path)
+        assert evs == [] and set(summary["modules"]["http"]) - chain_own == want, name
+
+
+def test_http_resumes_after_bytes_that_are_no_message_where_one_was_to_start(tmp_path, corpus, monkeypatch):
+    """A server's first response starting with NUL bytes made its direction not_http (the
+    200 for /second was never reported); a PROXY protocol line before the requests hid them
+    all; a keep-alive NUL byte between two requests was a lost request, which took the next
+    response. Bytes before the next message start (within 8 KiB) are passed over and counted;
+    a line that ends as a status line, then header lines and a blank line, is a response that
+    could not be read: malformed, and lost for the request it answers."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    cap = conversation(tmp_path / "nul401.pcap", [
+        (True, b"GET /first HTTP/1.1\r\nHost: p\r\n\r\n"),
+        (False, b"\x00\x00\x00\x00\x00\x00.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nxxxxx"),
+        (True, b"GET /second HTTP/1.1\r\nHost: p\r\n\r\n"), (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(None, "GET", "/first", False), (200, "GET", "/second", True)]
+    counters = res.counters("http")
+    assert (counters["malformed"], counters["lost_responses"], counters["responses"]) == (1, 1, 1)
+    assert not {"not_http", "unanswered"} & set(counters)
+    proxy = b"PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\n"
+    for batch in ("1", "512"):                # (1: the line is read alone first)
+        monkeypatch.setenv("FLOWSIFT_BATCH", batch)
+        cap = conversation(tmp_path / "proxy.pcap", [
+            (True, proxy), (True, b"GET /behind-proxy HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok),
+            (True, b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok)])
+        pairs, res = http_pairs(cap)
+        assert pairs == [(200, "GET", "/behind-proxy", True), (200, "GET", "/second", True)]
+        assert res.counters("http")["skipped_bytes"] == len(proxy) and "not_http" not in res.counters("http")
+    monkeypatch.delenv("FLOWSIFT_BATCH")
+    cap = conversation(tmp_path / "keepalive.pcap", [
+        (True, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"), (False, ok), (True, b"\x00"),
+        (True, b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"), (False, b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n")])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/1", True), (404, "GET", "/2", True)]
+    counters = res.counters("http")
+    assert counters["skipped_bytes"] == 1 and not {"malformed", "lost_requests", "unanswered"} & set(counters)
+    # the search is bounded: a message start after 8 KiB of text is not looked for
+    cap = conversation(tmp_path / "far.pcap", [(True, b"x" * 9000 + b"\r\nGET /far HTTP/1.1\r\nHost: x\r\n\r\n"),
+                                               (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert res.of_kind("request") == [] and res.counters("http")["not_http"] == 1
+    # seen from the middle: the NUL-corrupted 401 answers the first request, the 200 the second
+    name = "midstream__peafowl__http_no_syn_synack_ack.pcap"
+    evs, summary = events(corpus / name, "http", tmp_path)
+    assert [(e["status"], e["complete"]) for e in evs if e["kind"] == "response"] == [(None, False), (200, True)]
+    assert sum(e["kind"] == "request" for e in evs) == 2 and "unanswered" not in summary["modules"]["http"]
+    requests = [int(f) for (f,) in tshark_fields(corpus / name, "http.request", "frame.number")]
+    assert tshark_fields(corpus / name, "http.response", "http.response.code", "http.request_in") == \
+        [("200", str(requests[1]))]
+
+
+def test_http_says_which_pairings_a_loss_may_have_shifted(tmp_path):
+    """One gap takes the end of the 1st response and the start of the 2nd: counted as one
+    loss, the 200 for /h3 answers /h2 as far as can be told, and /h3 was counted unanswered.
+    A loss long enough to hold a whole message may hold several starts: the responses paired
+    after it say after_loss, and the requests left at the end are unanswered_after_loss. A loss
+    too short to hold a message (an 8-byte snaplen cut) shifts nothing."""
+    reqs = b"".join(b"GET /h%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in (1, 2, 3))
+    r1, r2, r3 = (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + c * 20 for c in (b"H", b"I", b"J"))
+    cap = conversation(tmp_path / "h.pcap", [(True, reqs), (False, r1[:30]), (False, r1[30:] + r2[:10], True),
+                                             (False, r2[10:]), (False, r3)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/h1", False), (200, "GET", "/h2", True)]
+    assert [e["after_loss"] for e in res.of_kind("response")] == [False, True]
+    counters = res.counters("http")
+    assert counters["unanswered_after_loss"] == 1 and "unanswered" not in counters
+    # 8 bytes lost across the end of the 1st body and the start of the 2nd response: one start
+    cap = conversation(tmp_path / "short.pcap", [(True, reqs), (False, r1[:-4]), (False, r1[-4:] + r2[:4], True),
+                                                 (False, r2[4:]), (False, r3)])
+    pairs, res = http_pairs(cap)
+    assert pairs == [(200, "GET", "/h1", False), (None, "GET", "/h2", False), (200, "GET", "/h3", True)]
+    assert not any(e["after_loss"] for e in res.of_kind("response"))
+    assert not {"unanswered", "unanswered_after_loss"} & set(res.counters("http"))
+    # two requests lost in one segment: the response read after them may answer a later one
+    q = [b"GET /q%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(1, 5)]
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    cap = conversation(tmp_path / "reqs.pcap", [(True, q[0]), (True, q[1] + q[2], True), (True, q[3]),
+                                                (False, ok), (False, ok), (False, ok), (False, ok)])
+    pairs, res = http_pairs(cap)
+    assert [(p[2], e["after_loss"]) for p, e in zip(pairs, res.of_kind("response"))][:3] == \
+        [("/q1", False), (None, False), ("/q4", True)]
