@@ -132,10 +132,10 @@ def candidate(buf):
             and 41 <= hlen <= MAX_HELLO and buf[9] == 3)
 
 
-def well_formed(body):
-    """True if a ClientHello body's lengths add up exactly: a session id of at most 32 bytes,
-    cipher suites (2 bytes each, at least one), compression methods (at least one), and
-    extensions that fill the rest, each within it."""
+def _extensions_at(body):
+    """Where a ClientHello body's extensions start, past its version, random, session id (at
+    most 32 bytes), cipher suites (2 bytes each, at least one) and compression methods (at
+    least one); None when those fields are cut or do not add up."""
     try:
         pos = 34
         sid = body[pos]
@@ -144,8 +144,18 @@ def well_formed(body):
         pos += 2 + cs_len
         comp = body[pos]
         pos += 1 + comp
-        if sid > 32 or cs_len == 0 or cs_len % 2 or comp == 0 or pos > len(body):
-            return False
+    except (struct.error, IndexError):
+        return None
+    return None if sid > 32 or cs_len == 0 or cs_len % 2 or comp == 0 else pos
+
+
+def well_formed(body):
+    """True if a ClientHello body's lengths add up exactly: its fixed fields (_extensions_at),
+    then extensions that fill the rest, each within it."""
+    pos = _extensions_at(body)
+    if pos is None or pos > len(body):
+        return False
+    try:
         if pos == len(body):
             return True                              # no extensions
         (ext_len,) = struct.unpack_from(">H", body, pos)
@@ -183,18 +193,11 @@ def read_in_part(body):
     cut). The version is the highest in supported_versions when that was read, else the
     legacy version when it is below TLS 1.2 (a client offering TLS 1.3 says TLS 1.2 there);
     only whole extensions are read, and the fixed fields must add up."""
-    try:
-        legacy = struct.unpack_from(">H", body, 0)[0]
-        pos = 34
-        sid = body[pos]
-        pos += 1 + sid
-        (cs_len,) = struct.unpack_from(">H", body, pos)
-        pos += 2 + cs_len
-        comp = body[pos]
-        pos += 1 + comp
-    except (struct.error, IndexError):
+    pos = _extensions_at(body)
+    if pos is None:
         return None
-    if legacy >> 8 != 3 or sid > 32 or cs_len == 0 or cs_len % 2 or comp == 0:
+    legacy = struct.unpack_from(">H", body, 0)[0]
+    if legacy >> 8 != 3:
         return None
     fields = {"version": TLS_VERSIONS.get(legacy, hex(legacy)) if legacy < TLS12 else None,
               "sni": None, "alpn": None}
