@@ -419,7 +419,7 @@ def gateway(
 
 @app.command()
 def module(
-    name: str = typer.Argument(..., metavar="MODULE", help="One module, e.g. 'http', 'strsearch(patterns=x)' or ./mine.py:Mine."),
+    name: str = typer.Argument(..., metavar="MODULE", help="One module, e.g. 'http', 'strsearch(patterns=rules.txt)' or ./mine.py:Mine."),
     registry: str = typer.Option(..., "--registry", metavar="URL", help="The Redis registry the gateway uses."),
     run: Optional[str] = typer.Option(None, "--run", metavar="RUN", help="The run to attach to (default: the only live one)."),
     events: str = typer.Option("-", "--events", metavar="FILE", callback=_named,

@@ -156,8 +156,8 @@ class Http(Module):
     Writes: nothing (read-only)
     Options: none
     Counters: requests (request events), responses (final responses whose status line was
-              read), interim (1xx before a final response), gaps (in the connections it reads
-              that show HTTP), lost_requests, lost_responses (messages whose start line was
+              read), interim (1xx before a final response), gaps (holes in the connections it
+              reads that show HTTP, counted as counter counts them), lost_requests, lost_responses (messages whose start line was
               lost, apart from requests and responses: a lost response answering a request
               has its event, status null), unanswered (requests without a response when the connection ended),
               unanswered_after_loss (the same, after a loss in the responses that may have held
@@ -691,7 +691,14 @@ class Http(Module):
         flow.cache["http.resume"] = req["switch"]
 
     def on_gap(self, flow, direction, gap):
-        if "held" in flow.state:
+        # one hole may be several gap entries with no byte between them (one per packet the
+        # snaplen cut, then a loss): counted once, as counter and strsearch count holes
+        ends = flow.state.setdefault("gap_ends", [None, None])
+        hole = gap.offset != ends[direction]
+        ends[direction] = gap.offset + gap.length
+        if not hole:
+            pass
+        elif "held" in flow.state:
             flow.state["held"]["gaps"] += 1
         else:
             self.count("gaps")
