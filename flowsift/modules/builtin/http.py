@@ -2,6 +2,7 @@ import re
 
 from flowsift import http1
 from flowsift.modules.base import Module
+from flowsift.modules.builtin import new_hole
 from flowsift.streams.format import CLOSE_NAMES
 
 # After a gap, parsing starts again at the next whole start line (up to its LF) that begins a
@@ -691,12 +692,7 @@ class Http(Module):
         flow.cache["http.resume"] = req["switch"]
 
     def on_gap(self, flow, direction, gap):
-        # one hole may be several gap entries with no byte between them (one per packet the
-        # snaplen cut, then a loss): counted once, as counter and strsearch count holes
-        ends = flow.state.setdefault("gap_ends", [None, None])
-        hole = gap.offset != ends[direction]
-        ends[direction] = gap.offset + gap.length
-        if not hole:
+        if not new_hole(flow, direction, gap):
             pass
         elif "held" in flow.state:
             flow.state["held"]["gaps"] += 1

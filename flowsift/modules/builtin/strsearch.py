@@ -1,6 +1,7 @@
 import ahocorasick
 
 from flowsift.modules.base import Module, ModuleError, Option
+from flowsift.modules.builtin import new_hole
 
 # what a backslash may stand before, besides x: the character itself (ASCII punctuation and
 # space), or one of these controls; a letter or a digit after it is refused (reserved)
@@ -179,9 +180,5 @@ class StrSearch(Module):
 
     def on_gap(self, flow, direction, gap):
         flow.state.setdefault("tails", [None, None])[direction] = None    # nothing matches across a gap
-        # one hole may be several gap entries with no byte between them (one per packet the
-        # snaplen cut, then a loss): counted once, as counter and the streams index count holes
-        ends = flow.state.setdefault("gap_ends", [None, None])
-        if gap.offset != ends[direction]:
+        if new_hole(flow, direction, gap):
             self.count("gaps")
-        ends[direction] = gap.offset + gap.length

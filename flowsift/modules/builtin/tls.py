@@ -60,6 +60,22 @@ def parse_sslv2_hello(buf):
     return TLS_VERSIONS.get(version, hex(version)), None, []
 
 
+def _server_name(data):
+    """The first name of a server_name extension's data (5 bytes or more), None when it is
+    longer than the extension."""
+    nlen = struct.unpack_from(">H", data, 3)[0]
+    return data[5:5 + nlen].decode("ascii", "replace") if 5 + nlen <= len(data) else None
+
+
+def _alpn(data):
+    """The protocols an ALPN extension's data (2 bytes or more) lists."""
+    alpn, p = [], 2
+    while p < len(data):
+        alpn.append(data[p + 1:p + 1 + data[p]].decode("ascii", "replace"))
+        p += 1 + data[p]
+    return alpn
+
+
 def parse_client_hello(buf):
     """(version, sni, alpn list) from the start of a client's stream holding a ClientHello, or
     None if it is not one. Raises ValueError when the bytes are not complete yet (the caller
@@ -91,16 +107,11 @@ def parse_client_hello(buf):
             data = body[pos + 4:pos + 4 + elen]
             pos += 4 + elen
             if etype == 0 and len(data) >= 5:                  # server_name
-                nlen = struct.unpack_from(">H", data, 3)[0]
-                if 5 + nlen > len(data):
+                sni = _server_name(data)
+                if sni is None:
                     raise struct.error("server_name longer than its extension")
-                sni = data[5:5 + nlen].decode("ascii", "replace")
             elif etype == 16 and len(data) >= 2:               # ALPN
-                p = 2
-                while p < len(data):
-                    n = data[p]
-                    alpn.append(data[p + 1:p + 1 + n].decode("ascii", "replace"))
-                    p += 1 + n
+                alpn = _alpn(data)
             elif etype == 43 and len(data) >= 1:               # supported_versions: the highest offered
                 vs = [struct.unpack_from(">H", data, 1 + 2 * i)[0] for i in range(data[0] // 2)]
                 vs = [v for v in vs if v in TLS_VERSIONS]
@@ -209,15 +220,11 @@ def read_in_part(body):
         if len(data) < elen:
             break                                    # cut inside this extension
         if etype == 0 and len(data) >= 5:
-            nlen = struct.unpack_from(">H", data, 3)[0]
-            if 5 + nlen <= len(data):
-                fields["sni"] = data[5:5 + nlen].decode("ascii", "replace")
+            name = _server_name(data)
+            if name is not None:
+                fields["sni"] = name
         elif etype == 16 and len(data) >= 2:
-            alpn, p = [], 2
-            while p < len(data):
-                alpn.append(data[p + 1:p + 1 + data[p]].decode("ascii", "replace"))
-                p += 1 + data[p]
-            fields["alpn"] = alpn
+            fields["alpn"] = _alpn(data)
         elif etype == 43 and len(data) >= 1:
             n = min(data[0], len(data) - 1) // 2
             vs = [v for v in struct.unpack_from(f">{n}H", data, 1) if v in TLS_VERSIONS]
